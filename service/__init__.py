@@ -1,0 +1,1 @@
+"""Hone control plane: REST API, domain logic, persistence and storage."""

@@ -1,0 +1,1 @@
+"""HTTP routers: parse the request, call the domain module, shape the response."""

@@ -1,0 +1,53 @@
+"""Projects and service accounts, shaped like OpenAI's Administration API."""
+
+from fastapi import APIRouter, Depends, Query
+
+from service import projects
+from service.api.deps import admin_principal, get_ctx
+from service.context import AppContext
+from service.pagination import check_limit
+from service.schemas import CreateProject, CreateServiceAccount
+
+router = APIRouter(prefix="/v1/organization/projects", tags=["admin"], dependencies=[Depends(admin_principal)])
+
+
+@router.post("")
+def create_project(body: CreateProject, ctx: AppContext = Depends(get_ctx)):
+    return projects.create_project(ctx, body.name)
+
+
+@router.get("")
+def list_projects(after: str | None = None, limit: int = 20, include_archived: bool = False,
+                  ctx: AppContext = Depends(get_ctx)):
+    return projects.list_projects(ctx, after=after, limit=check_limit(limit, 100), include_archived=include_archived)
+
+
+@router.get("/{project_id}")
+def get_project(project_id: str, ctx: AppContext = Depends(get_ctx)):
+    return projects.get_project(ctx, project_id)
+
+
+@router.delete("/{project_id}")
+def delete_project(project_id: str, ctx: AppContext = Depends(get_ctx)):
+    return projects.archive_project(ctx, project_id)
+
+
+@router.post("/{project_id}/service_accounts")
+def create_service_account(project_id: str, body: CreateServiceAccount, ctx: AppContext = Depends(get_ctx)):
+    return projects.create_service_account(ctx, project_id, body.name)
+
+
+@router.get("/{project_id}/service_accounts")
+def list_service_accounts(project_id: str, after: str | None = None, limit: int = Query(20),
+                          ctx: AppContext = Depends(get_ctx)):
+    return projects.list_service_accounts(ctx, project_id, after=after, limit=check_limit(limit, 100))
+
+
+@router.get("/{project_id}/service_accounts/{account_id}")
+def get_service_account(project_id: str, account_id: str, ctx: AppContext = Depends(get_ctx)):
+    return projects.get_service_account(ctx, project_id, account_id)
+
+
+@router.delete("/{project_id}/service_accounts/{account_id}")
+def delete_service_account(project_id: str, account_id: str, ctx: AppContext = Depends(get_ctx)):
+    return projects.delete_service_account(ctx, project_id, account_id)

@@ -1,0 +1,59 @@
+"""OpenAI Files API."""
+
+import base64
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from service import files
+from service.api.deps import get_ctx, project_principal
+from service.auth import ProjectPrincipal
+from service.context import AppContext
+from service.pagination import check_limit
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+_UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {"file": {"type": "string", "format": "binary"},
+                   "purpose": {"type": "string", "enum": list(files.UPLOAD_PURPOSES)},
+                   "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                   "expires_after[seconds]": {"type": "integer"}}}}}}}
+
+
+@router.post("", openapi_extra=_UPLOAD_DOC)
+async def create_file(request: Request, principal: ProjectPrincipal = Depends(project_principal),
+                      ctx: AppContext = Depends(get_ctx)):
+    # The body is parsed as a stream so that large files never sit in memory.
+    return await files.create_file(ctx, principal, request.headers.get("content-type"),
+                                   request.headers.get("content-length"), request.stream())
+
+
+@router.get("")
+def list_files(purpose: str | None = None, order: str = "desc", after: str | None = None, limit: int = 10000,
+               principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+    return files.list_files(ctx, principal, purpose=purpose, order=order, after=after,
+                            limit=check_limit(limit, 10000))
+
+
+@router.get("/{file_id:path}/content")
+def file_content(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
+                 ctx: AppContext = Depends(get_ctx)):
+    row, chunks = files.file_content(ctx, principal, file_id)
+    if row.purpose == "fine-tune-results" and ctx.settings.result_files_base64:
+        # OpenAI serves result CSVs base64-encoded and clients decode them; match it.
+        return Response(base64.b64encode(b"".join(chunks)), media_type="application/octet-stream")
+    return StreamingResponse(chunks, media_type="application/octet-stream",
+                             headers={"content-length": str(row.bytes)})
+
+
+@router.get("/{file_id:path}")
+def retrieve_file(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
+                  ctx: AppContext = Depends(get_ctx)):
+    return files.get_file(ctx, principal, file_id)
+
+
+@router.delete("/{file_id:path}")
+def delete_file(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
+                ctx: AppContext = Depends(get_ctx)):
+    return files.delete_file(ctx, principal, file_id)

@@ -1,0 +1,69 @@
+"""OpenAI fine-tuning jobs API."""
+
+import re
+
+from fastapi import APIRouter, Depends, Request
+
+from service import jobs
+from service.api.deps import get_ctx, project_principal
+from service.auth import ProjectPrincipal
+from service.context import AppContext
+from service.pagination import check_limit
+from service.schemas import CreateFineTuningJob
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+_METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
+
+
+@router.post("")
+def create_job(body: CreateFineTuningJob, request: Request,
+               principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+    job = jobs.create_job(ctx, principal, body)
+    request.app.state.loops.wake("validation")
+    return job
+
+
+@router.get("")
+def list_jobs(request: Request, after: str | None = None, limit: int = 20,
+              principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+    # `metadata[key]=value` pairs, as the openai SDK sends them; `metadata=null` means "without metadata".
+    metadata = {m.group(1): v for k, v in request.query_params.multi_items() if (m := _METADATA_KEY.match(k))}
+    return jobs.list_jobs(ctx, principal, after=after, limit=check_limit(limit, 100), metadata=metadata,
+                          without_metadata=request.query_params.get("metadata") == "null")
+
+
+@router.get("/{job_id}")
+def retrieve_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
+                 ctx: AppContext = Depends(get_ctx)):
+    return jobs.get_job(ctx, principal, job_id)
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
+               ctx: AppContext = Depends(get_ctx)):
+    return jobs.act_on_job(ctx, principal, job_id, "cancel")
+
+
+@router.post("/{job_id}/pause")
+def pause_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
+              ctx: AppContext = Depends(get_ctx)):
+    return jobs.act_on_job(ctx, principal, job_id, "pause")
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
+               ctx: AppContext = Depends(get_ctx)):
+    return jobs.act_on_job(ctx, principal, job_id, "resume")
+
+
+@router.get("/{job_id}/events")
+def list_events(job_id: str, after: str | None = None, limit: int = 20,
+                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+    return jobs.list_events(ctx, principal, job_id, after=after, limit=check_limit(limit, 1000))
+
+
+@router.get("/{job_id}/checkpoints")
+def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10,
+                     principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+    return jobs.list_checkpoints(ctx, principal, job_id, after=after, limit=check_limit(limit, 100))

@@ -1,0 +1,47 @@
+"""The FastAPI application: routers, error envelope, lifespan of background loops."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import FastAPI
+
+from service.api import admin, files, fine_tuning, health, models
+from service.context import AppContext
+from service.errors import install_error_handlers
+from service.jobs import advance_validating_jobs
+from service.logs import AccessLogMiddleware
+from service.loops import BackgroundLoop, Loops
+from service.settings import Settings
+
+log = logging.getLogger("hone.app")
+
+
+def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        ctx = context or AppContext.build(settings)
+        app.state.ctx = ctx
+        loops = app.state.loops = Loops()
+        loops.add(BackgroundLoop("validation", lambda: advance_validating_jobs(ctx),
+                                 settings.job_validation_poll_s))
+        loops.start()
+        log.info("hone control plane ready", extra={"database": ctx.db.engine.url.render_as_string(hide_password=True),
+                                                    "storage": settings.resolved_storage_url})
+        try:
+            yield
+        finally:
+            await loops.stop()
+            ctx.db.dispose()
+            log.info("hone control plane stopped")
+
+    app = FastAPI(title="Hone", version="0.1.0", lifespan=lifespan,
+                  description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.")
+    install_error_handlers(app)
+    for router in (health.router, admin.router, files.router, fine_tuning.router, models.router):
+        app.include_router(router)
+    app.add_middleware(AccessLogMiddleware)
+    return app

@@ -1,0 +1,46 @@
+"""What every request and background loop needs, built once per app from settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.base_models import BaseModelRegistry
+from service.db import Database
+from service.settings import Settings
+from service.storage import BlobStorage, open_storage
+
+log = logging.getLogger("hone.context")
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    storage: BlobStorage
+    base_models: BaseModelRegistry
+    admin_key: str
+
+    @classmethod
+    def build(cls, settings: Settings) -> "AppContext":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        if settings.auto_migrate:
+            db.migrate()
+        storage = open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+        return cls(settings, db, storage, BaseModelRegistry(settings.base_models),
+                   settings.admin_api_key or _local_admin_key(settings.data_dir))
+
+
+def _local_admin_key(data_dir: Path) -> str:
+    """With no HONE_ADMIN_API_KEY, a key is made once and kept (mode 0600) in the data dir."""
+    path = data_dir / "admin_api_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"sk-hone-admin-{secrets.token_urlsafe(32)}\n")
+        log.info("generated an admin API key", extra={"path": str(path)})
+    return path.read_text().strip()

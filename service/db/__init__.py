@@ -1,0 +1,3 @@
+from service.db.database import Database
+
+__all__ = ["Database"]

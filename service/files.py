@@ -1,0 +1,253 @@
+"""Files: streamed multipart upload into blob storage with dataset validation on the way in.
+
+An upload becomes visible only when it is complete and valid: the blob is committed
+and the row inserted at the end; any failure aborts the blob and leaves no row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import AsyncIterator, Iterator
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from service.context import AppContext
+from service.datasets import DatasetValidator
+from service.db.tables import File, Job
+from service.errors import InvalidRequest, NotFound, PayloadTooLarge
+from service.ids import new_id
+from service.job_states import ACTIVE
+from service.auth import ProjectPrincipal
+from service.pagination import list_envelope, paginate
+
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+FIELD_LIMIT = 64 * 1024  # non-file form fields
+MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 2592000
+
+
+def file_api(f: File) -> dict:
+    body = {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
+            "purpose": f.purpose, "status": f.status}
+    if f.expires_at is not None:
+        body["expires_at"] = f.expires_at
+    if f.status_details is not None:
+        body["status_details"] = f.status_details
+    if f.dataset_format is not None:  # Hone extension: what validation found
+        body["dataset"] = {"format": f.dataset_format, "examples": f.example_count}
+    return body
+
+
+class _Upload:
+    """State of one multipart upload while it streams in."""
+
+    def __init__(self, ctx: AppContext, file_id: str, boundary: bytes):
+        self.ctx = ctx
+        self.key = f"files/{file_id}"
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.size = 0
+        self.sha = hashlib.sha256()
+        self.validator = DatasetValidator(max_line_bytes=ctx.settings.max_line_bytes,
+                                          max_errors=ctx.settings.max_reported_errors)
+        self.writer = None
+        self.pending: list[bytes] = []
+        self._headers: dict[str, str] = {}
+        self._header_field = b""
+        self._header_value = b""
+        self._part_name: str | None = None
+        self._part_is_file = False
+        self._field_value = bytearray()
+        self.parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begin, "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        })
+
+    def _part_begin(self) -> None:
+        self._headers, self._field_value = {}, bytearray()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("utf-8", "replace")
+        self._header_field, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get("content-disposition", ""))
+        self._part_name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._part_is_file = b"filename" in options or self._part_name == "file"
+        if self._part_is_file:
+            if self._part_name != "file":
+                raise InvalidRequest(f"Unexpected file field '{self._part_name}'; send the file as 'file'.",
+                                     param=self._part_name, code="invalid_value")
+            if self.writer is not None:
+                raise InvalidRequest("Send exactly one 'file' field.", param="file", code="invalid_value")
+            self.filename = options.get(b"filename", b"upload").decode("utf-8", "replace").replace("\\", "/")
+            self.filename = self.filename.rsplit("/", 1)[-1] or "upload"
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part_is_file:
+            self.pending.append(data[start:end])
+        else:
+            self._field_value += data[start:end]
+            if len(self._field_value) > FIELD_LIMIT:
+                raise InvalidRequest(f"Form field '{self._part_name}' is too large.", param=self._part_name,
+                                     code="invalid_value")
+
+    def _part_end(self) -> None:
+        if not self._part_is_file and self._part_name:
+            self.fields[self._part_name] = self._field_value.decode("utf-8", "replace")
+
+    def flush(self) -> None:
+        """Runs in a worker thread: hashes, validates and stores the file bytes received so far."""
+        if self.writer is None:
+            self.writer = self.ctx.storage.writer(self.key)
+        for chunk in self.pending:
+            self.size += len(chunk)
+            if self.size > self.ctx.settings.max_file_bytes:
+                raise _too_large(self.ctx)
+            self.sha.update(chunk)
+            self.validator.feed(chunk)
+            self.writer.write(chunk)
+        self.pending.clear()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def _too_large(ctx: AppContext) -> PayloadTooLarge:
+    return PayloadTooLarge(f"File is too large: the limit is {ctx.settings.max_file_bytes} bytes.",
+                           param="file", code="file_too_large")
+
+
+def _expires_at(fields: dict[str, str], now: int) -> int | None:
+    anchor = fields.get("expires_after[anchor]")
+    seconds = fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor",
+                             code="invalid_value")
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        value = -1
+    if not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
+        raise InvalidRequest(f"expires_after[seconds] must be an integer from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}.",
+                             param="expires_after.seconds", code="invalid_value")
+    return now + value
+
+
+async def create_file(ctx: AppContext, principal: ProjectPrincipal, content_type: str | None,
+                      content_length: str | None, body: AsyncIterator[bytes]) -> dict:
+    kind, options = parse_options_header(content_type or "")
+    if kind != b"multipart/form-data" or b"boundary" not in options:
+        raise InvalidRequest("Uploads must be multipart/form-data with 'file' and 'purpose' fields.",
+                             param="file", code="invalid_content_type")
+    if content_length and content_length.isdigit() and int(content_length) > ctx.settings.max_file_bytes + FIELD_LIMIT:
+        raise _too_large(ctx)
+    file_id = new_id("file-")
+    upload = _Upload(ctx, file_id, options[b"boundary"])
+    try:
+        async for chunk in body:
+            upload.parser.write(chunk)
+            if upload.pending:
+                await run_in_threadpool(upload.flush)
+        upload.parser.finalize()
+        return await run_in_threadpool(_finish_upload, ctx, principal, file_id, upload)
+    except BaseException:
+        await run_in_threadpool(upload.abort)
+        raise
+
+
+def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, upload: _Upload) -> dict:
+    purpose = upload.fields.get("purpose")
+    if purpose is None:
+        raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequest(f"Invalid value for 'purpose': {purpose!r}; expected one of {', '.join(UPLOAD_PURPOSES)}.",
+                             param="purpose", code="invalid_value")
+    if upload.filename is None:
+        raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+    upload.flush()  # also opens the writer for an empty file
+    now = int(time.time())
+    expires_at = _expires_at(upload.fields, now)
+    row = File(id=file_id, project_id=principal.project_id, filename=upload.filename, purpose=purpose,
+               bytes=upload.size, created_at=now, expires_at=expires_at, status="processed",
+               storage_key=upload.key, sha256=upload.sha.hexdigest())
+    if purpose == "fine-tune":
+        if not upload.filename.lower().endswith(".jsonl"):
+            raise InvalidRequest("Invalid file format for Fine-Tuning API. Must be .jsonl", param="file",
+                                 code="invalid_file_format")
+        report = upload.validator.finish()
+        if not report.ok:
+            first = report.errors[0]
+            raise InvalidRequest(f"Invalid file format in {upload.filename}: {report.summary()}",
+                                 param="file", code="invalid_file_format",
+                                 extra={"line": first.line, "field": first.field,
+                                        "errors": [e.as_dict() for e in report.errors],
+                                        "total_errors": report.total_errors})
+        row.dataset_format, row.example_count = report.format.value, report.examples
+    upload.writer.commit()
+    try:
+        with ctx.db.write() as session:
+            session.add(row)
+    except BaseException:
+        ctx.storage.delete(upload.key)
+        raise
+    return file_api(row)
+
+
+def get_file_row(session, principal: ProjectPrincipal, file_id: str) -> File:
+    row = session.execute(select(File).where(File.id == file_id, File.project_id == principal.project_id)).scalar()
+    if row is None:
+        raise NotFound(f"No such File object: {file_id}", param="id", code="not_found")
+    return row
+
+
+def get_file(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> dict:
+    with ctx.db.read() as session:
+        return file_api(get_file_row(session, principal, file_id))
+
+
+def list_files(ctx: AppContext, principal: ProjectPrincipal, *, purpose: str | None, order: str,
+               after: str | None, limit: int) -> dict:
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
+    with ctx.db.read() as session:
+        stmt = select(File).where(File.project_id == principal.project_id)
+        if purpose:
+            stmt = stmt.where(File.purpose == purpose)
+        rows, has_more = paginate(session, stmt, File, after=after, limit=limit, newest_first=order == "desc")
+        return list_envelope([file_api(f) for f in rows], has_more, with_ids=True)
+
+
+def file_content(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> tuple[File, Iterator[bytes]]:
+    with ctx.db.read() as session:
+        row = get_file_row(session, principal, file_id)
+    return row, ctx.storage.iter_chunks(row.storage_key)
+
+
+def delete_file(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> dict:
+    with ctx.db.write() as session:
+        row = get_file_row(session, principal, file_id)
+        users = session.execute(
+            select(Job.id, Job.status).where(Job.project_id == principal.project_id,
+                                             Job.status.in_([s.value for s in ACTIVE]),
+                                             (Job.training_file == file_id) | (Job.validation_file == file_id))
+        ).first()
+        if users is not None:
+            raise InvalidRequest(f"File {file_id} is used by job {users.id}, which is {users.status}; "
+                                 "cancel the job or wait for it to finish first.", param="file_id", code="file_in_use")
+        session.delete(row)
+    ctx.storage.delete(row.storage_key)
+    return {"id": file_id, "object": "file", "deleted": True}

@@ -1,0 +1,263 @@
+"""Fine-tuning jobs: creation checks, listing, user actions and state transitions with events."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from service.auth import ProjectPrincipal
+from service.context import AppContext
+from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for
+from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, TunedModel
+from service.errors import InvalidRequest, NotFound
+from service.ids import new_id
+from service.job_states import JobStatus, check_transition
+from service.pagination import list_envelope, paginate
+from service.schemas import CreateFineTuningJob, DpoMethod, Method, SupervisedMethod
+
+
+def fine_tuned_model_name(base_model: str, project_slug: str, suffix: str | None, job_id: str) -> str:
+    return f"ft:{base_model}:{project_slug}:{suffix or ''}:{job_id}"
+
+
+# --- API shapes -------------------------------------------------------------------
+
+def _hyperparameters(method: dict) -> dict:
+    section = method.get(method["type"]) or {}
+    hp = dict(section.get("hyperparameters") or {})
+    return {k: hp.get(k, "auto") for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
+
+
+def job_api(job: Job, organization_id: str) -> dict:
+    return {
+        "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
+        "finished_at": job.finished_at, "fine_tuned_model": job.fine_tuned_model,
+        "hyperparameters": _hyperparameters(job.method), "model": job.model, "organization_id": organization_id,
+        "result_files": list(job.result_files or []), "status": job.status, "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file, "validation_file": job.validation_file, "seed": job.seed,
+        "estimated_finish": job.estimated_finish, "method": job.method, "integrations": job.integrations or [],
+        "metadata": job.metadata_, "user_provided_suffix": job.suffix,
+    }
+
+
+def event_api(event: JobEvent) -> dict:
+    return {"id": event.id, "object": "fine_tuning.job.event", "created_at": event.created_at,
+            "level": event.level, "message": event.message, "type": event.type,
+            "data": event.data if event.data is not None else {}}
+
+
+def checkpoint_api(ckpt: Checkpoint) -> dict:
+    return {"id": ckpt.id, "object": "fine_tuning.job.checkpoint", "created_at": ckpt.created_at,
+            "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint, "fine_tuning_job_id": ckpt.job_id,
+            "step_number": ckpt.step_number, "metrics": ckpt.metrics}
+
+
+# --- events and transitions ---------------------------------------------------------
+
+def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict | None = None) -> None:
+    session.add(JobEvent(id=new_id("ftevent-"), job_id=job_id, created_at=int(time.time()), level=level,
+                         message=message, type=type, data=data))
+
+
+def transition(session: Session, job: Job, target: JobStatus, message: str, *, level: str = "info",
+               **fields: Any) -> None:
+    """Moves a job to `target` if the table allows it and nobody moved it first; records an event."""
+    current = JobStatus(job.status)
+    check_transition(job.id, current, target)
+    result = session.execute(update(Job).where(Job.id == job.id, Job.status == current.value)
+                             .values(status=target.value, **fields))
+    if result.rowcount != 1:
+        session.refresh(job)
+        check_transition(job.id, JobStatus(job.status), target)  # raises with the status it has now
+        raise InvalidRequest(f"Job {job.id} changed while this request ran; retry.", code="concurrent_update")
+    session.refresh(job)
+    add_event(session, job.id, message, level=level)
+
+
+# --- creation ---------------------------------------------------------------------
+
+def _resolve_method(body: CreateFineTuningJob) -> dict:
+    if body.method is None:
+        method = Method(type="supervised", supervised=SupervisedMethod(
+            hyperparameters=body.hyperparameters or SupervisedMethod().hyperparameters))
+    else:
+        method = body.method
+        if method.type == "reinforcement":
+            raise InvalidRequest("Reinforcement fine-tuning is not supported by Hone; use 'supervised' or 'dpo'.",
+                                 param="method.type", code="unsupported_method")
+        for other in ("supervised", "dpo"):
+            if other != method.type and getattr(method, other) is not None:
+                raise InvalidRequest(f"method.type is '{method.type}' but a '{other}' section was given.",
+                                     param=f"method.{other}", code="invalid_value")
+        if method.type == "supervised" and method.supervised is None:
+            method.supervised = SupervisedMethod()
+        if method.type == "dpo" and method.dpo is None:
+            method.dpo = DpoMethod()
+        if body.hyperparameters is not None:
+            given = body.hyperparameters.model_dump()
+            section = getattr(method, method.type).hyperparameters.model_dump()
+            legacy_set = {k: v for k, v in given.items() if v != "auto"}
+            if any(section.get(k) != v for k, v in legacy_set.items()):
+                raise InvalidRequest("'hyperparameters' conflicts with method."
+                                     f"{method.type}.hyperparameters; give them in 'method' only.",
+                                     param="hyperparameters", code="invalid_value")
+    return method.model_dump(exclude_none=True)
+
+
+def _check_file(session: Session, principal: ProjectPrincipal, file_id: str, param: str, method_type: str,
+                min_examples: int) -> File:
+    code = f"invalid_{param}"
+    row = session.execute(select(File).where(File.id == file_id, File.project_id == principal.project_id)).scalar()
+    if row is None:
+        raise InvalidRequest(f"invalid {param}: {file_id} (no such file in this project)", param=param, code=code)
+    if row.purpose != "fine-tune":
+        raise InvalidRequest(f"invalid {param}: {file_id} has purpose '{row.purpose}', expected 'fine-tune'.",
+                             param=param, code=code)
+    if row.status != "processed" or row.dataset_format is None:
+        raise InvalidRequest(f"invalid {param}: {file_id} is not a processed fine-tune file ({row.status}).",
+                             param=param, code=code)
+    fmt = DatasetFormat(row.dataset_format)
+    if method_type not in methods_for(fmt):
+        raise InvalidRequest(
+            f"invalid {param}: {file_id} is in the {FORMAT_LABELS[fmt]} format, which the '{method_type}' method "
+            f"cannot train on; it needs {'OpenAI preference' if method_type == 'dpo' else 'a supervised'} data.",
+            param=param, code=code)
+    if (row.example_count or 0) < min_examples:
+        raise InvalidRequest(f"Training file has {row.example_count} example(s), but must have at least "
+                             f"{min_examples} examples", param=param, code="invalid_n_examples")
+    return row
+
+
+def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPrincipal, model: str) -> str:
+    if ctx.base_models.get(model) is not None:
+        return model
+    if model.startswith("ft:"):
+        tuned = session.execute(select(TunedModel).where(TunedModel.id == model,
+                                                         TunedModel.project_id == principal.project_id)).scalar()
+        if tuned is not None:
+            return tuned.base_model
+    raise InvalidRequest(f"Model {model} is not available for fine-tuning or does not exist.",
+                         param="model", code="model_not_available")
+
+
+def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob) -> dict:
+    method = _resolve_method(body)
+    now = int(time.time())
+    with ctx.db.write() as session:
+        base_model = _resolve_base_model(ctx, session, principal, body.model)
+        _check_file(session, principal, body.training_file, "training_file", method["type"],
+                    ctx.settings.min_training_examples)
+        if body.validation_file is not None:
+            _check_file(session, principal, body.validation_file, "validation_file", method["type"], 1)
+        job = Job(id=new_id("ftjob-"), project_id=principal.project_id, model=body.model, base_model=base_model,
+                  status=JobStatus.VALIDATING_FILES.value, created_at=now, training_file=body.training_file,
+                  validation_file=body.validation_file, method=method, suffix=body.suffix,
+                  seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
+                  metadata_=body.metadata, result_files=[],
+                  integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []])
+        session.add(job)
+        session.flush()
+        for key, value in (body.metadata or {}).items():
+            session.add(JobMetadata(job_seq=job.seq, key=key, value=value))
+        add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+        validating = f"Validating training file: {job.training_file}"
+        if job.validation_file:
+            validating += f" and validation file: {job.validation_file}"
+        add_event(session, job.id, validating)
+    return job_api(job, ctx.settings.organization_id)
+
+
+def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
+    """Moves jobs whose files are still valid from validating_files to queued; fails the others."""
+    with ctx.db.read() as session:
+        pending = session.execute(select(Job.id).where(Job.status == JobStatus.VALIDATING_FILES.value)
+                                  .order_by(Job.seq).limit(batch)).scalars().all()
+    for job_id in pending:
+        with ctx.db.write() as session:
+            job = session.execute(select(Job).where(Job.id == job_id)).scalar()
+            if job is None or job.status != JobStatus.VALIDATING_FILES.value:
+                continue  # another replica got there first
+            missing = [(param, fid) for param, fid in (("training_file", job.training_file),
+                                                       ("validation_file", job.validation_file))
+                       if fid and not session.execute(select(exists().where(File.id == fid))).scalar()]
+            if missing:
+                param, fid = missing[0]
+                error = {"code": f"invalid_{param}", "param": param,
+                         "message": f"The job failed due to an invalid {param.replace('_', ' ')}: {fid} was deleted."}
+                transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
+                           finished_at=int(time.time()))
+            else:
+                transition(session, job, JobStatus.QUEUED, "Files validated, moving job to queued state")
+    return len(pending)
+
+
+# --- reads ------------------------------------------------------------------------
+
+def _get_job(session: Session, principal: ProjectPrincipal, job_id: str) -> Job:
+    job = session.execute(select(Job).where(Job.id == job_id, Job.project_id == principal.project_id)).scalar()
+    if job is None:
+        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="not_found")
+    return job
+
+
+def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
+    with ctx.db.read() as session:
+        return job_api(_get_job(session, principal, job_id), ctx.settings.organization_id)
+
+
+def list_jobs(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
+              metadata: dict[str, str] | None, without_metadata: bool = False) -> dict:
+    with ctx.db.read() as session:
+        stmt = select(Job).where(Job.project_id == principal.project_id)
+        for key, value in (metadata or {}).items():
+            stmt = stmt.where(exists().where(JobMetadata.job_seq == Job.seq, JobMetadata.key == key,
+                                             JobMetadata.value == value))
+        if without_metadata:
+            stmt = stmt.where(~exists().where(JobMetadata.job_seq == Job.seq))
+        rows, has_more = paginate(session, stmt, Job, after=after, limit=limit)
+        org = ctx.settings.organization_id
+        return list_envelope([job_api(j, org) for j in rows], has_more)
+
+
+def list_events(ctx: AppContext, principal: ProjectPrincipal, job_id: str, *, after: str | None, limit: int) -> dict:
+    with ctx.db.read() as session:
+        _get_job(session, principal, job_id)
+        stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+        rows, has_more = paginate(session, stmt, JobEvent, after=after, limit=limit)
+        return list_envelope([event_api(e) for e in rows], has_more)
+
+
+def list_checkpoints(ctx: AppContext, principal: ProjectPrincipal, job_id: str, *, after: str | None,
+                     limit: int) -> dict:
+    with ctx.db.read() as session:
+        _get_job(session, principal, job_id)
+        stmt = select(Checkpoint).where(Checkpoint.job_id == job_id)
+        rows, has_more = paginate(session, stmt, Checkpoint, after=after, limit=limit)
+        return list_envelope([checkpoint_api(c) for c in rows], has_more, with_ids=True)
+
+
+# --- user actions -------------------------------------------------------------------
+
+_ACTIONS = {
+    "cancel": (JobStatus.CANCELLED, "Fine-tuning job cancelled"),
+    "pause": (JobStatus.PAUSED, "Fine-tuning job paused"),
+    "resume": (JobStatus.QUEUED, "Fine-tuning job resumed, moving job to queued state"),
+}
+
+
+def act_on_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str, action: str) -> dict:
+    target, message = _ACTIONS[action]
+    with ctx.db.write() as session:
+        job = _get_job(session, principal, job_id)
+        if action == "resume" and job.status != JobStatus.PAUSED.value:
+            # running -> queued exists for retries; users resume paused jobs only
+            raise InvalidRequest(f"Cannot resume job {job.id}: its status is '{job.status}'.",
+                                 param="fine_tuning_job_id", code="invalid_job_status")
+        fields = {"finished_at": int(time.time()), "estimated_finish": None} if target.terminal else {}
+        transition(session, job, target, message, **fields)
+    return job_api(job, ctx.settings.organization_id)

@@ -1,0 +1,131 @@
+"""Projects and their service accounts (whose API keys are shown once, then stored hashed)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from sqlalchemy import delete, select
+
+from service.auth import hash_key
+from service.context import AppContext
+from service.db.tables import ApiKey, Project, ServiceAccount
+from service.errors import InvalidRequest, NotFound
+from service.ids import new_api_key, new_id
+from service.pagination import list_envelope, paginate
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug[:48] or "project"
+
+
+def project_api(p: Project) -> dict:
+    return {"object": "organization.project", "id": p.id, "name": p.name, "created_at": p.created_at,
+            "archived_at": p.archived_at, "status": "archived" if p.archived_at else "active"}
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 256:
+        raise InvalidRequest("'name' must be 1 to 256 characters.", param="name", code="invalid_value")
+    return name
+
+
+def create_project(ctx: AppContext, name: str) -> dict:
+    name = _check_name(name)
+    project = Project(id=new_id("proj_"), name=name, slug=slugify(name), created_at=int(time.time()))
+    with ctx.db.write() as session:
+        session.add(project)
+    return project_api(project)
+
+
+def _get_project(session, project_id: str) -> Project:
+    project = session.execute(select(Project).where(Project.id == project_id)).scalar()
+    if project is None:
+        raise NotFound(f"No such project: {project_id}", param="project_id", code="not_found")
+    return project
+
+
+def get_project(ctx: AppContext, project_id: str) -> dict:
+    with ctx.db.read() as session:
+        return project_api(_get_project(session, project_id))
+
+
+def list_projects(ctx: AppContext, *, after: str | None, limit: int, include_archived: bool) -> dict:
+    with ctx.db.read() as session:
+        stmt = select(Project)
+        if not include_archived:
+            stmt = stmt.where(Project.archived_at.is_(None))
+        rows, has_more = paginate(session, stmt, Project, after=after, limit=limit, newest_first=False)
+        return list_envelope([project_api(p) for p in rows], has_more, with_ids=True)
+
+
+def archive_project(ctx: AppContext, project_id: str) -> dict:
+    """Archiving revokes every key of the project; its files, jobs and models are kept."""
+    with ctx.db.write() as session:
+        project = _get_project(session, project_id)
+        if project.archived_at is None:
+            project.archived_at = int(time.time())
+        session.execute(delete(ApiKey).where(ApiKey.project_id == project_id))
+    return {"object": "organization.project.deleted", "id": project_id, "deleted": True}
+
+
+def _account_api(account: ServiceAccount, key: ApiKey | None = None, secret: str | None = None) -> dict:
+    body = {"object": "organization.project.service_account", "id": account.id, "name": account.name,
+            "role": account.role, "created_at": account.created_at}
+    if key is not None:
+        body["api_key"] = {"object": "organization.project.service_account.api_key", "id": key.id,
+                           "name": "Secret Key", "created_at": key.created_at,
+                           **({"value": secret} if secret else {"redacted_value": key.redacted_value})}
+    return body
+
+
+def create_service_account(ctx: AppContext, project_id: str, name: str) -> dict:
+    name = _check_name(name)
+    now = int(time.time())
+    secret = new_api_key()
+    with ctx.db.write() as session:
+        project = _get_project(session, project_id)
+        if project.archived_at is not None:
+            raise InvalidRequest(f"Project {project_id} is archived.", param="project_id", code="project_archived")
+        account = ServiceAccount(id=new_id("svc_acct_"), project_id=project_id, name=name, role="member",
+                                 created_at=now)
+        key = ApiKey(id=new_id("key_"), project_id=project_id, service_account_id=account.id,
+                     key_hash=hash_key(secret), redacted_value=f"{secret[:10]}***{secret[-4:]}", created_at=now)
+        session.add(account)
+        session.flush()
+        session.add(key)
+    return _account_api(account, key, secret)
+
+
+def _get_account(session, project_id: str, account_id: str) -> ServiceAccount:
+    _get_project(session, project_id)
+    account = session.execute(select(ServiceAccount).where(ServiceAccount.id == account_id,
+                                                           ServiceAccount.project_id == project_id)).scalar()
+    if account is None:
+        raise NotFound(f"No such service account: {account_id}", param="service_account_id", code="not_found")
+    return account
+
+
+def get_service_account(ctx: AppContext, project_id: str, account_id: str) -> dict:
+    with ctx.db.read() as session:
+        account = _get_account(session, project_id, account_id)
+        key = session.execute(select(ApiKey).where(ApiKey.service_account_id == account.id)).scalar()
+        return _account_api(account, key)
+
+
+def list_service_accounts(ctx: AppContext, project_id: str, *, after: str | None, limit: int) -> dict:
+    with ctx.db.read() as session:
+        _get_project(session, project_id)
+        stmt = select(ServiceAccount).where(ServiceAccount.project_id == project_id)
+        rows, has_more = paginate(session, stmt, ServiceAccount, after=after, limit=limit, newest_first=False)
+        return list_envelope([_account_api(a) for a in rows], has_more, with_ids=True)
+
+
+def delete_service_account(ctx: AppContext, project_id: str, account_id: str) -> dict:
+    with ctx.db.write() as session:
+        account = _get_account(session, project_id, account_id)
+        session.execute(delete(ApiKey).where(ApiKey.service_account_id == account.id))
+        session.delete(account)
+    return {"object": "organization.project.service_account.deleted", "id": account_id, "deleted": True}

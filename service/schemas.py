@@ -1,0 +1,114 @@
+"""Request bodies, in OpenAI's shapes. Responses are plain dicts built by the domain modules."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, field_validator
+
+
+def _auto_or(kind: type, *, gt: float | None = None, ge: float | None = None, le: float | None = None):
+    """A hyperparameter that is "auto" or a number in range, with an error message that says so."""
+
+    def check(value: Any):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f'must be "auto" or a number, got {value!r}')
+        if kind is int:
+            if not float(value).is_integer():
+                raise ValueError(f"must be an integer, got {value!r}")
+            value = int(value)
+        if gt is not None and not value > gt:
+            raise ValueError(f"must be greater than {gt}, got {value}")
+        if ge is not None and not value >= ge:
+            raise ValueError(f"must be at least {ge}, got {value}")
+        if le is not None and not value <= le:
+            raise ValueError(f"must be at most {le}, got {value}")
+        return kind(value)
+
+    number: dict[str, Any] = {"type": "integer" if kind is int else "number"}
+    for key, bound in (("exclusiveMinimum", gt), ("minimum", ge), ("maximum", le)):
+        if bound is not None:
+            number[key] = bound
+    schema = {"anyOf": [{"type": "string", "enum": ["auto"]}, number], "default": "auto"}
+    return Annotated[Any, PlainValidator(check), WithJsonSchema(schema)]
+
+
+BatchSize = _auto_or(int, ge=1, le=256)
+LearningRateMultiplier = _auto_or(float, gt=0)
+Epochs = _auto_or(int, ge=1, le=50)
+Beta = _auto_or(float, gt=0, le=2)
+
+
+class _Body(BaseModel):
+    # Unknown keys are ignored: the openai SDK forwards `extra_body` verbatim.
+    model_config = ConfigDict(extra="ignore")
+
+
+class SupervisedHyperparameters(_Body):
+    batch_size: BatchSize = "auto"
+    learning_rate_multiplier: LearningRateMultiplier = "auto"
+    n_epochs: Epochs = "auto"
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: Beta = "auto"
+
+
+class SupervisedMethod(_Body):
+    hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+
+
+class DpoMethod(_Body):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
+class Method(_Body):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class WandbSettings(_Body):
+    project: str
+    name: str | None = None
+    entity: str | None = None
+    tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=50)
+
+
+class Integration(_Body):
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
+class CreateFineTuningJob(_Body):
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    hyperparameters: SupervisedHyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    seed: int | None = Field(default=None, ge=0, le=2147483647)
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+    integrations: list[Integration] | None = Field(default=None, max_length=5)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value):
+        if value is not None:
+            if len(value) > 16:
+                raise ValueError("at most 16 keys are allowed")
+            for key in value:
+                if not 1 <= len(key) <= 64:
+                    raise ValueError(f"key {key[:70]!r} must be 1 to 64 characters")
+        return value
+
+
+class CreateProject(_Body):
+    name: str
+
+
+class CreateServiceAccount(_Body):
+    name: str

@@ -1,0 +1,146 @@
+"""Blob storage on any S3-compatible store through boto3, with multipart uploads."""
+
+from __future__ import annotations
+
+from typing import Iterator
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from service.storage import BlobNotFound
+
+PART_SIZE = 8 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
+
+
+def _is_missing(err: ClientError) -> bool:
+    return err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+class _MultipartWriter:
+    """Buffers at most one part in memory; small objects become a single PUT."""
+
+    def __init__(self, storage: "S3Storage", key: str):
+        self._s3, self._bucket, self._key = storage.client, storage.bucket, storage.full_key(key)
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self._size += len(data)
+        while len(self._buffer) >= PART_SIZE:
+            self._upload_part(bytes(self._buffer[:PART_SIZE]))
+            del self._buffer[:PART_SIZE]
+
+    def _upload_part(self, body: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._s3.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
+        number = len(self._parts) + 1
+        resp = self._s3.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                    PartNumber=number, Body=body)
+        self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+
+    def commit(self) -> int:
+        if self._upload_id is None:
+            self._s3.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer))
+        else:
+            if self._buffer:
+                self._upload_part(bytes(self._buffer))
+            self._s3.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                               MultipartUpload={"Parts": self._parts})
+        self._buffer.clear()
+        return self._size
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            self._s3.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
+            self._upload_id = None
+        self._buffer.clear()
+
+
+class S3Storage:
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        # endpoint_url=None lets boto3 honour AWS_ENDPOINT_URL and the other AWS_* variables.
+        self.client = boto3.client("s3", endpoint_url=endpoint_url,
+                                   config=Config(retries={"max_attempts": 5, "mode": "standard"},
+                                                 max_pool_connections=32))
+        self._ensure_bucket()
+
+    @classmethod
+    def from_url(cls, url: str, endpoint_url: str | None = None) -> "S3Storage":
+        parsed = urlparse(url)
+        return cls(parsed.netloc, parsed.path, endpoint_url)
+
+    def _ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as err:
+            if not _is_missing(err):
+                raise
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _strip(self, full: str) -> str:
+        return full[len(self.prefix) + 1:] if self.prefix else full
+
+    def writer(self, key: str) -> _MultipartWriter:
+        return _MultipartWriter(self, key)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data)
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
+        except ClientError as err:
+            if _is_missing(err):
+                raise BlobNotFound(key) from None
+            raise
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def read_bytes(self, key: str) -> bytes:
+        return b"".join(self.iter_chunks(key))
+
+    def size(self, key: str) -> int:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))["ContentLength"]
+        except ClientError as err:
+            if _is_missing(err):
+                raise BlobNotFound(key) from None
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+            return True
+        except BlobNotFound:
+            return False
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = self.list(prefix)
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self.full_key(k)} for k in keys[start:start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    def list(self, prefix: str) -> list[str]:
+        out = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
+            out.extend(self._strip(obj["Key"]) for obj in page.get("Contents", []))
+        return sorted(out)
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)

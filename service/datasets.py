@@ -338,19 +338,20 @@ def check_gemini(line: dict, issues: _Issues) -> None:
     if not isinstance(contents, list) or not contents:
         issues.add("contents", "missing_content", "contents must be a non-empty array")
         return
-    roles = []
+    roles = []  # one per turn, None where the turn is not an object
     for i, turn in enumerate(contents):
         where = _join("contents", i)
+        role = None
         if isinstance(turn, dict):
             role = turn.get("role")
             if role not in GEMINI_ROLES:
                 issues.add(_join(where, "role"), "unrecognized_role", f"role must be 'user' or 'model', got {role!r}")
-            roles.append(role)
             _unknown_keys(turn, {"role", "parts"}, where, issues)
+        roles.append(role)
         _check_gemini_parts(turn, where, issues)
     if "model" not in roles:
         issues.add("contents", "missing_model_turn", "example has no 'model' turn to train on")
-    elif roles[-1] != "model":
+    elif roles[-1] != "model" and isinstance(contents[-1], dict):
         issues.add(f"contents[{len(roles) - 1}].role", "invalid_last_turn", "the last turn must be from the model")
 
 
@@ -520,6 +521,9 @@ class DatasetValidator:
         except (json.JSONDecodeError, ValueError) as exc:
             detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
             self._error(n, "$", "invalid_json", f"invalid JSON: {detail}")
+            return
+        except RecursionError:
+            self._error(n, "$", "invalid_json", "invalid JSON: arrays or objects are nested too deeply")
             return
         if not isinstance(obj, dict):
             self._error(n, "$", "data_type", f"line must be a JSON object, got {_type_name(obj)}")

@@ -228,7 +228,7 @@ def list_files(ctx: AppContext, principal: ProjectPrincipal, *, purpose: str | N
         if purpose:
             stmt = stmt.where(File.purpose == purpose)
         rows, has_more = paginate(session, stmt, File, after=after, limit=limit, newest_first=order == "desc")
-        return list_envelope([file_api(f) for f in rows], has_more, with_ids=True)
+        return list_envelope([file_api(f) for f in rows], has_more, with_ids=True, empty_id="")
 
 
 def file_content(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> tuple[File, Iterator[bytes]]:

@@ -31,11 +31,13 @@ def paginate(session: Session, stmt: Select, table: Any, *, after: str | None, l
     return rows[:limit], len(rows) > limit
 
 
-def list_envelope(data: list[dict], has_more: bool, *, with_ids: bool = False) -> dict:
+def list_envelope(data: list[dict], has_more: bool, *, with_ids: bool = False, empty_id: str | None = None) -> dict:
+    """OpenAI's list shape. `empty_id` fills first_id/last_id of an empty page: OpenAI's schema
+    types them as nullable for checkpoints but as plain strings for files."""
     body: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
     if with_ids:
-        body["first_id"] = data[0]["id"] if data else None
-        body["last_id"] = data[-1]["id"] if data else None
+        body["first_id"] = data[0]["id"] if data else empty_id
+        body["last_id"] = data[-1]["id"] if data else empty_id
     return body
 
 

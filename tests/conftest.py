@@ -1,0 +1,53 @@
+"""Fixtures: real servers on free ports, over SQLite + filesystem and PostgreSQL + S3 (moto)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import HoneServer, MotoServer, PostgresDatabase
+
+BACKENDS = ["sqlite-fs", "postgres-s3"]
+
+
+@pytest.fixture(scope="session")
+def moto():
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    db = PostgresDatabase()
+    yield db
+    db.drop()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(request, tmp_path_factory):
+    """The control plane, once per backend pair; every API test runs against both."""
+    # A second base model whose id holds '/', as Hugging Face ids do.
+    env = {"HONE_BASE_MODELS": '{"acme/tiny-chat": "/models/acme-tiny-chat"}'}
+    if request.param == "postgres-s3":
+        moto, postgres = request.getfixturevalue("moto"), request.getfixturevalue("postgres")
+        env |= {**moto.env(), "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-tests/blobs"}
+    srv = HoneServer(tmp_path_factory.mktemp(request.param), env)
+    srv.backend = request.param
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def project(server):
+    return server.new_project()
+
+
+@pytest.fixture
+def other_project(server):
+    return server.new_project("other project")
+
+
+@pytest.fixture
+def client(project):
+    """The real openai SDK, whose every response body is checked against OpenAI's JSON Schemas."""
+    return project.openai()

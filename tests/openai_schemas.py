@@ -1,0 +1,70 @@
+"""Checks every JSON body the openai SDK receives in tests against OpenAI's own JSON Schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import httpx
+from jsonschema import Draft202012Validator
+
+# A verbatim copy of shared/reference/openai-schemas.json, so a fresh clone tests on its own.
+SCHEMAS_PATH = Path(__file__).with_name("openai-schemas.json")
+
+# (method, path regex) -> schema name; the first match wins.
+ROUTES = [
+    ("POST", r"/v1/files", "OpenAIFile"),
+    ("GET", r"/v1/files", "ListFilesResponse"),
+    ("GET", r"/v1/files/.+/content", None),
+    ("GET", r"/v1/files/.+", "OpenAIFile"),
+    ("DELETE", r"/v1/files/.+", "DeleteFileResponse"),
+    ("POST", r"/v1/fine_tuning/jobs", "FineTuningJob"),
+    ("GET", r"/v1/fine_tuning/jobs", "ListPaginatedFineTuningJobsResponse"),
+    ("GET", r"/v1/fine_tuning/jobs/[^/]+/events", "ListFineTuningJobEventsResponse"),
+    ("GET", r"/v1/fine_tuning/jobs/[^/]+/checkpoints", "ListFineTuningJobCheckpointsResponse"),
+    ("GET", r"/v1/fine_tuning/jobs/[^/]+", "FineTuningJob"),
+    ("POST", r"/v1/fine_tuning/jobs/[^/]+/(cancel|pause|resume)", "FineTuningJob"),
+    ("GET", r"/v1/models", "ListModelsResponse"),
+    ("GET", r"/v1/models/.+", "Model"),
+    ("DELETE", r"/v1/models/.+", "DeleteModelResponse"),
+]
+
+CHECKED: list[str] = []  # schema names seen, so tests can assert coverage
+
+
+@lru_cache
+def schemas() -> dict:
+    return json.loads(SCHEMAS_PATH.read_text())
+
+
+@lru_cache
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(schemas()[name])
+
+
+def schema_for(method: str, path: str, status: int) -> str | None:
+    if status >= 400:
+        return "ErrorResponse"
+    for route_method, pattern, name in ROUTES:
+        if method == route_method and re.fullmatch(pattern, path):
+            return name
+    raise AssertionError(f"no schema mapped for {method} {path}")
+
+
+def check_response(response: httpx.Response) -> None:
+    name = schema_for(response.request.method, response.request.url.path, response.status_code)
+    if name is None:
+        return
+    response.read()
+    body = response.json()
+    errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.path))
+    if errors:
+        raise AssertionError(f"{response.request.method} {response.request.url.path} does not match {name}: "
+                             + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5]))
+    CHECKED.append(name)
+
+
+def schema_checking_http_client() -> httpx.Client:
+    return httpx.Client(event_hooks={"response": [check_response]}, timeout=60)

@@ -1,0 +1,154 @@
+"""Helpers for tests: free ports, real server subprocesses, moto's S3 server, a PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+class MotoServer:
+    """moto's standalone S3 server on a free loopback port, driven by real boto3."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(self.url + "/moto-api/", proc=self.proc)
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class PostgresDatabase:
+    """A fresh database on the real server at 127.0.0.1:5432, dropped afterwards."""
+
+    def __init__(self):
+        import psycopg
+
+        self.name = f"hone_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.name}"
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class HoneServer:
+    """`python -m service` in a subprocess, as `hone serve` runs it."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, admin_key: str = "sk-admin-test"):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = admin_key
+        self.data_dir = data_dir
+        self.log_path = data_dir / "server.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
+        full_env.update({"HONE_PORT": str(self.port), "HONE_DATA_DIR": str(data_dir),
+                         "HONE_ADMIN_API_KEY": admin_key, "HONE_JOB_VALIDATION_POLL_S": "0.5"})
+        full_env.update(env or {})
+        self.env = full_env
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=full_env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        wait_http(self.base_url + "/healthz", proc=self.proc)
+
+    @property
+    def database_url(self) -> str:
+        return self.env.get("HONE_DATABASE_URL") or f"sqlite:///{self.data_dir / 'hone.db'}"
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30)
+
+    def new_project(self, name: str = "test project") -> "ProjectKey":
+        with self.admin() as client:
+            project = client.post("/v1/organization/projects", json={"name": name}).json()
+            account = client.post(f"/v1/organization/projects/{project['id']}/service_accounts",
+                                  json={"name": "tests"}).json()
+        return ProjectKey(self, project["id"], account["api_key"]["value"])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class ProjectKey:
+    def __init__(self, server: HoneServer, project_id: str, api_key: str):
+        self.server, self.project_id, self.api_key = server, project_id, api_key
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.server.base_url, headers={"Authorization": f"Bearer {self.api_key}"},
+                            timeout=30)
+
+    def openai(self, **kwargs):
+        import openai
+
+        from tests.openai_schemas import schema_checking_http_client
+
+        return openai.OpenAI(base_url=self.server.base_url + "/v1", api_key=self.api_key,
+                             http_client=schema_checking_http_client(), max_retries=0, **kwargs)
+
+
+def chat_line(question: str = "What is 2+2?", answer: str = "4") -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def jsonl(rows: list[dict]) -> bytes:
+    import json
+
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def chat_dataset(n: int = 12) -> bytes:
+    return jsonl([chat_line(f"What is {i}+{i}?", str(2 * i)) for i in range(n)])

@@ -166,7 +166,7 @@ def test_mixed_file_errors_name_the_right_lines():
     report = validate_bytes(data)
     assert _errors(report) == expected
     assert report.total_errors == len(expected)
-    assert report.examples == 4 and report.lines == 11
+    assert report.examples == 5 and report.lines == 11
 
 
 @pytest.mark.parametrize("size", range(1, 8))
@@ -174,7 +174,7 @@ def test_line_numbers_survive_fixed_size_chunks(size):
     data, expected = _mixed_file()
     report = _feed_in_chunks(data, itertools.repeat(size))
     assert _errors(report) == expected
-    assert report.examples == 4 and report.lines == 11
+    assert report.examples == 5 and report.lines == 11
 
 
 @pytest.mark.parametrize("pattern", [(1, 2, 3, 4, 5, 6, 7), (7, 5, 3, 1), (2, 7, 1, 1, 6), (3,)])

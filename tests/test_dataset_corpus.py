@@ -413,9 +413,10 @@ def test_many_errors_are_capped_at_20_but_all_counted(corpus_server, sdk, http):
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in UNUSABLE])
-def test_unusable_file_uploads_but_job_creation_refuses_it(case: Unusable, sdk):
+def test_unusable_file_uploads_but_job_creation_refuses_it(case: Unusable, corpus_server, sdk):
     uploaded = sdk.files.create(file=("x.jsonl", case.data), purpose="fine-tune")
     assert uploaded.status == "processed"
+    assert uploaded.id in _blobs(corpus_server)  # where the rejected cases look for leftovers
     assert uploaded.to_dict()["dataset"] == {"format": case.format, "examples": case.examples}
     validation_id = None
     if case.validation is not None:

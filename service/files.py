@@ -1,7 +1,9 @@
-"""Files: streamed multipart upload into blob storage with dataset validation on the way in.
+"""Files: streamed multipart upload into blob storage, with dataset validation on the way in.
 
-An upload becomes visible only when it is complete and valid: the blob is committed
-and the row inserted at the end; any failure aborts the blob and leaves no row.
+An upload becomes visible only when it is complete: the blob is committed and the row
+inserted at the end, and any failure (size limit, bad form, disconnect) aborts the blob
+and leaves no row. A complete fine-tune file ends `processed`, or `error` with its
+line-numbered problems in `status_details`; jobs refuse files in `error`.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ def file_api(f: File) -> dict:
         body["expires_at"] = f.expires_at
     if f.status_details is not None:
         body["status_details"] = f.status_details
-    if f.dataset_format is not None:  # Hone extension: what validation found
+    if f.purpose == "fine-tune":  # Hone extension: what validation found, as data
         body["dataset"] = {"format": f.dataset_format, "examples": f.example_count}
+        if f.validation_errors:
+            body["dataset"] |= {"errors": f.validation_errors["errors"], "total_errors": f.validation_errors["total"]}
     return body
 
 
@@ -189,14 +193,11 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
             raise InvalidRequest("Invalid file format for Fine-Tuning API. Must be .jsonl", param="file",
                                  code="invalid_file_format")
         report = upload.validator.finish()
+        row.dataset_format = report.format.value if report.format else None
+        row.example_count = report.examples
         if not report.ok:
-            first = report.errors[0]
-            raise InvalidRequest(f"Invalid file format in {upload.filename}: {report.summary()}",
-                                 param="file", code="invalid_file_format",
-                                 extra={"line": first.line, "field": first.field,
-                                        "errors": [e.as_dict() for e in report.errors],
-                                        "total_errors": report.total_errors})
-        row.dataset_format, row.example_count = report.format.value, report.examples
+            row.status, row.status_details = "error", f"Invalid file format: {report.summary()}"
+            row.validation_errors = {"errors": [e.as_dict() for e in report.errors], "total": report.total_errors}
     upload.writer.commit()
     try:
         with ctx.db.write() as session:

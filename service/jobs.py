@@ -118,6 +118,13 @@ def _check_file(session: Session, principal: ProjectPrincipal, file_id: str, par
     if row.purpose != "fine-tune":
         raise InvalidRequest(f"invalid {param}: {file_id} has purpose '{row.purpose}', expected 'fine-tune'.",
                              param=param, code=code)
+    if row.status == "error":
+        errors = row.validation_errors or {"errors": [], "total": 0}
+        first = errors["errors"][0] if errors["errors"] else {}
+        raise InvalidRequest(f"invalid {param}: {file_id} failed validation. {row.status_details}", param=param,
+                             code=code, extra={"file_id": file_id, "line": first.get("line"),
+                                               "field": first.get("field"), "errors": errors["errors"],
+                                               "total_errors": errors["total"]})
     if row.status != "processed" or row.dataset_format is None:
         raise InvalidRequest(f"invalid {param}: {file_id} is not a processed fine-tune file ({row.status}).",
                              param=param, code=code)
@@ -179,7 +186,7 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
                                   .order_by(Job.seq).limit(batch)).scalars().all()
     for job_id in pending:
         with ctx.db.write() as session:
-            job = session.execute(select(Job).where(Job.id == job_id)).scalar()
+            job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar()
             if job is None or job.status != JobStatus.VALIDATING_FILES.value:
                 continue  # another replica got there first
             missing = [(param, fid) for param, fid in (("training_file", job.training_file),
@@ -198,8 +205,10 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
 
 # --- reads ------------------------------------------------------------------------
 
-def _get_job(session: Session, principal: ProjectPrincipal, job_id: str) -> Job:
-    job = session.execute(select(Job).where(Job.id == job_id, Job.project_id == principal.project_id)).scalar()
+def _get_job(session: Session, principal: ProjectPrincipal, job_id: str, *, for_update: bool = False) -> Job:
+    stmt = select(Job).where(Job.id == job_id, Job.project_id == principal.project_id)
+    # Row lock on PostgreSQL so a concurrent transition waits; SQLite writers are already serialized.
+    job = session.execute(stmt.with_for_update() if for_update else stmt).scalar()
     if job is None:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="not_found")
     return job
@@ -253,7 +262,7 @@ _ACTIONS = {
 def act_on_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str, action: str) -> dict:
     target, message = _ACTIONS[action]
     with ctx.db.write() as session:
-        job = _get_job(session, principal, job_id)
+        job = _get_job(session, principal, job_id, for_update=True)
         if action == "resume" and job.status != JobStatus.PAUSED.value:
             # running -> queued exists for retries; users resume paused jobs only
             raise InvalidRequest(f"Cannot resume job {job.id}: its status is '{job.status}'.",

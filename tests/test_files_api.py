@@ -137,3 +137,26 @@ def test_id_with_slash_is_a_clean_404(project):
     with project.http() as http:
         resp = http.get("/v1/files/file-abc%2Fdef")
     assert resp.status_code == 404 and resp.json()["error"]["message"] == "No such File object: file-abc/def"
+
+
+def test_invalid_dataset_ends_error_and_jobs_refuse_it(client):
+    data = chat_dataset(11) + b'{"messages": [{"role": "bot", "content": "hi"}]}\n' + b"{oops\n"
+    created = client.files.create(file=("bad.jsonl", data), purpose="fine-tune")
+    assert created.status == "error"
+    assert "line 12, field messages[0].role: unrecognized role 'bot'" in created.status_details
+    assert "line 13, field $: invalid JSON" in created.status_details
+    dataset = created.model_extra["dataset"]
+    assert dataset["total_errors"] == 2 and dataset["errors"][0]["code"] == "unrecognized_role"
+    assert client.files.wait_for_processing(created.id).status == "error"
+    assert client.files.content(created.id).read() == data  # kept so it can be inspected
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="hone-tiny", training_file=created.id)
+    assert (err.value.param, err.value.code) == ("training_file", "invalid_training_file")
+    assert "line 12, field messages[0].role" in err.value.message
+    assert (err.value.body["line"], err.value.body["field"]) == (12, "messages[0].role")
+    good = client.files.create(file=("good.jsonl", chat_dataset(10)), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="hone-tiny", training_file=good.id, validation_file=created.id)
+    assert (err.value.param, err.value.code) == ("validation_file", "invalid_validation_file")
+    assert client.fine_tuning.jobs.list().data == []

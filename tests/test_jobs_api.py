@@ -213,6 +213,15 @@ def test_checkpoints_list(client, training_file, server):
     assert page.data[0].metrics.train_loss == pytest.approx(1 / 30)
 
 
+def test_cancel_right_after_create_races_validation_safely(client, training_file):
+    # The validation loop moves each job to queued while the cancel runs; the row lock orders them.
+    for _ in range(15):
+        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id)
+        assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+        assert messages[0] == "Fine-tuning job cancelled"
+
+
 def test_every_response_was_schema_checked():
     # The SDK client in these tests validates each body it receives; make sure that really happened.
     for name in ("FineTuningJob", "ListPaginatedFineTuningJobsResponse", "ListFineTuningJobEventsResponse",

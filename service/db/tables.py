@@ -62,6 +62,8 @@ class File(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     dataset_format: Mapped[str | None] = mapped_column(String(32))
     example_count: Mapped[int | None] = mapped_column(Integer)
+    # {"errors": [{line, field, code, message}, ...first 20], "total": n} when validation failed
+    validation_errors: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_files_project_seq", "project_id", "seq"),)
 

@@ -40,6 +40,7 @@ def upgrade() -> None:
     sa.Column('sha256', sa.String(length=64), nullable=True),
     sa.Column('dataset_format', sa.String(length=32), nullable=True),
     sa.Column('example_count', sa.Integer(), nullable=True),
+    sa.Column('validation_errors', sa.JSON(), nullable=True),
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], ),
     sa.PrimaryKeyConstraint('seq'),
     sa.UniqueConstraint('id')

@@ -1,12 +1,13 @@
 """A corpus of malformed fine-tuning files, each uploaded to a real server over HTTP.
 
-Every rejected upload must answer 400 with OpenAI's error envelope naming the line and field
-(both as `line`/`field` keys and in the message), and must leave nothing behind: no row in
-`GET /v1/files` and no blob. Files the upload accepts but a job cannot use (too few examples,
-a format the method cannot train on) must be refused at job creation with the right param.
+As DESIGN.md says, a malformed file is stored whole and ends with status `error`, its problems
+(line and field) in `status_details` and, as data, in `dataset.errors`. Creating a job with it
+answers 400 with OpenAI's error envelope naming the line and field (as `line`/`field` keys and in
+the message). Files that validate but that a job cannot use (too few examples, a format the
+method cannot train on) are refused at job creation with the right param. Never a 5xx.
 
 The corpus runs against one SQLite + filesystem server started for this module; one test checks
-that a rejected 10 MB line leaves no object in S3 on a PostgreSQL + S3 (moto) server.
+on PostgreSQL + S3 (moto) that an upload cut off mid-stream leaves no object and no row.
 """
 
 from __future__ import annotations
@@ -342,41 +343,54 @@ def _blobs(server: HoneServer) -> set[str]:
     return {p.name for p in root.iterdir()} if root.exists() else set()
 
 
-def _assert_names(error: dict, line: int, field: str, code: str) -> None:
-    assert error["code"] == "invalid_file_format"
-    assert error["param"] == "file"
-    assert error["type"] == "invalid_request_error"
-    assert (error["line"], error["field"]) == (line, field), error["message"][:500]
-    assert f"line {line}, field {field}: " in error["message"], error["message"][:500]
-    first = error["errors"][0]
-    assert (first["line"], first["field"], first["code"]) == (line, field, code), error["errors"]
-    assert f"line {line}" in error["message"] and field in error["message"]
-    assert first["message"] and first["message"] in error["message"]
-    assert 1 <= len(error["errors"]) <= 20 and error["total_errors"] >= len(error["errors"])
-    for e in error["errors"]:
+def _assert_errors(errors: list[dict], total: int, text: str, line: int, field: str, code: str) -> None:
+    """`errors`/`total` are the structured report, `text` the human message that must name line and field."""
+    first = errors[0]
+    assert (first["line"], first["field"], first["code"]) == (line, field, code), errors
+    assert f"line {line}, field {field}: " in text, text[:500]
+    assert first["message"] and first["message"] in text
+    assert 1 <= len(errors) <= 20 and total >= len(errors)
+    for e in errors:
         assert set(e) == {"line", "field", "code", "message"}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in REJECTED])
-def test_malformed_upload_is_rejected_with_line_and_field(case: Bad, corpus_server, sdk, http):
-    ids_before, blobs_before = _file_ids(http), _blobs(corpus_server)
+def _upload_error_file(sdk, case_content: bytes, line: int, field: str, code: str):
+    """Uploads a malformed file: it is stored with status `error` and its problems in status_details."""
+    uploaded = sdk.files.create(file=("x.jsonl", case_content), purpose="fine-tune")
+    assert uploaded.status == "error", uploaded
+    dataset = uploaded.to_dict()["dataset"]
+    _assert_errors(dataset["errors"], dataset["total_errors"], uploaded.status_details, line, field, code)
+    assert uploaded.status_details.startswith("Invalid file format: ")
+    return uploaded, dataset
+
+
+def _assert_job_refused(sdk, file_id: str, line: int, field: str, code: str) -> dict:
+    """Creating a job with the file is a 400 naming the line and field; no job is created."""
+    jobs_before = {j.id for j in sdk.fine_tuning.jobs.list(limit=100)}
     with pytest.raises(openai.APIStatusError) as info:
-        sdk.files.create(file=("x.jsonl", case.content()), purpose="fine-tune")
+        sdk.fine_tuning.jobs.create(model="hone-tiny", training_file=file_id)
     exc = info.value
-    assert 400 <= exc.status_code < 500, f"{exc.status_code}: {exc.message}"
-    assert exc.status_code == 400
-    assert isinstance(exc, openai.BadRequestError)
-    assert exc.code == "invalid_file_format" and exc.param == "file"
-    # The SDK hands back the inner error object; the raw body is OpenAI's envelope around it.
+    assert exc.status_code == 400 and isinstance(exc, openai.BadRequestError), f"{exc.status_code}: {exc.message}"
+    assert (exc.param, exc.code, exc.type) == ("training_file", "invalid_training_file", "invalid_request_error")
     envelope = exc.response.json()
     assert set(envelope) == {"error"} and envelope["error"] == exc.body
-    _assert_names(exc.body, case.line, case.field, case.code)
-    reported = [(e["line"], e["field"], e["code"]) for e in exc.body["errors"]]
+    assert (exc.body["line"], exc.body["field"], exc.body["file_id"]) == (line, field, file_id)
+    _assert_errors(exc.body["errors"], exc.body["total_errors"], exc.body["message"], line, field, code)
+    assert {j.id for j in sdk.fine_tuning.jobs.list(limit=100)} == jobs_before
+    return exc.body
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in REJECTED])
+def test_malformed_file_is_flagged_and_refused_with_line_and_field(case: Bad, corpus_server, sdk, http):
+    uploaded, dataset = _upload_error_file(sdk, case.content(), case.line, case.field, case.code)
+    reported = [(e["line"], e["field"], e["code"]) for e in dataset["errors"]]
     for expected in case.also:
         assert expected in reported, reported
-    # Nothing half-written: no new row, no blob, no temporary file.
-    assert _file_ids(http) == ids_before
-    assert _blobs(corpus_server) == blobs_before
+    # The file is whole and listed as it is, so it can be downloaded and fixed.
+    assert sdk.files.retrieve(uploaded.id).status == "error"
+    assert uploaded.id in _file_ids(http)
+    assert sdk.files.content(uploaded.id).read() == case.content()
+    _assert_job_refused(sdk, uploaded.id, case.line, case.field, case.code)
 
 
 def test_corpus_is_big_enough():
@@ -385,31 +399,30 @@ def test_corpus_is_big_enough():
     assert len({c.id for c in UNUSABLE}) == len(UNUSABLE)
 
 
-def test_rejected_upload_over_raw_http_has_openai_envelope(corpus_server, http):
-    ids_before = _file_ids(http)
+def test_flagged_file_over_raw_http(corpus_server, http):
     data = lines(GOOD, GOOD, chat(U, asst(weight="1")))
     resp = http.post("/v1/files", data={"purpose": "fine-tune"},
                      files={"file": ("train.jsonl", data, "application/jsonl")})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "error" and body["dataset"]["total_errors"] == 1
+    assert body["status_details"] == ("Invalid file format: line 3, field messages[1].weight: "
+                                      'weight must be 0 or 1, got "1"')
+    resp = http.post("/v1/fine_tuning/jobs", json={"model": "hone-tiny", "training_file": body["id"]})
     assert resp.status_code == 400
     error = resp.json()["error"]
     assert set(error) >= {"message", "type", "param", "code", "line", "field", "errors", "total_errors"}
-    _assert_names(error, 3, "messages[1].weight", "invalid_weight")
-    assert error["message"].startswith("Invalid file format in train.jsonl: line 3, field messages[1].weight: ")
-    assert error["total_errors"] == 1
-    assert _file_ids(http) == ids_before
+    assert error["message"] == f"invalid training_file: {body['id']} failed validation. {body['status_details']}"
 
 
 def test_many_errors_are_capped_at_20_but_all_counted(corpus_server, sdk, http):
-    ids_before = _file_ids(http)
     data = lines(GOOD, *[b"oops"] * 30, GOOD)
-    with pytest.raises(openai.BadRequestError) as info:
-        sdk.files.create(file=("x.jsonl", data), purpose="fine-tune")
-    error = info.value.body
-    _assert_names(error, 2, "$", "invalid_json")
-    assert [e["line"] for e in error["errors"]] == list(range(2, 22))
-    assert error["total_errors"] == 30
-    assert "and 10 more error(s)" in error["message"]
-    assert _file_ids(http) == ids_before
+    uploaded, dataset = _upload_error_file(sdk, data, 2, "$", "invalid_json")
+    assert [e["line"] for e in dataset["errors"]] == list(range(2, 22))
+    assert dataset["total_errors"] == 30
+    assert "and 10 more error(s)" in uploaded.status_details
+    body = _assert_job_refused(sdk, uploaded.id, 2, "$", "invalid_json")
+    assert body["total_errors"] == 30
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in UNUSABLE])
@@ -437,8 +450,9 @@ def test_unusable_file_uploads_but_job_creation_refuses_it(case: Unusable, corpu
 
 # --- PostgreSQL + S3 -----------------------------------------------------------------------
 
-def test_ten_mb_line_leaves_no_object_in_s3(moto, tmp_path):
-    """The rejected upload had already streamed a multipart part to S3; it must be aborted, not kept."""
+def test_s3_failed_upload_leaves_nothing_and_flagged_file_is_kept(moto, tmp_path):
+    """An upload cut off by the size limit after a multipart part reached S3 is aborted, not kept;
+    a complete but malformed file (a 10 MB line) is kept whole with status `error`."""
     bucket = f"hone-corpus-{os.urandom(4).hex()}"
     # A database of its own: a second server on the session's shared database would compete with
     # the `server` fixture's server for its jobs.
@@ -446,23 +460,31 @@ def test_ten_mb_line_leaves_no_object_in_s3(moto, tmp_path):
     server = None
     try:
         server = HoneServer(tmp_path / "pg-s3", {**moto.env(), "HONE_DATABASE_URL": database.url,
-                                                 "HONE_STORAGE_URL": f"s3://{bucket}/blobs"})
+                                                 "HONE_STORAGE_URL": f"s3://{bucket}/blobs",
+                                                 "HONE_MAX_FILE_BYTES": str(11 * 1024 * 1024)})
         project = server.new_project("s3 corpus")
         s3 = boto3.client("s3", endpoint_url=moto.url, aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")
         with project.openai() as sdk, project.http() as http:
-            with pytest.raises(openai.BadRequestError) as info:
-                sdk.files.create(file=("big.jsonl", _ten_mb_line()), purpose="fine-tune")
-            _assert_names(info.value.body, 2, "$", "line_too_long")
+            big = chat_dataset(2000) * 60  # ~12 MB, streamed without a Content-Length
+
+            def body():
+                yield (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+                       b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n')
+                for i in range(0, len(big), 1 << 16):
+                    yield big[i:i + (1 << 16)]
+                yield b"\r\n--b--\r\n"
+            resp = http.post("/v1/files", content=body(), headers={"content-type": "multipart/form-data; boundary=b"})
+            assert resp.status_code == 413 and resp.json()["error"]["code"] == "file_too_large"
             assert s3.list_objects_v2(Bucket=bucket, Prefix="blobs/files/")["KeyCount"] == 0
             assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
             assert _file_ids(http) == set()
 
-            # The same check sees a file that was accepted.
-            kept = sdk.files.create(file=("ok.jsonl", chat_dataset(3)), purpose="fine-tune")
+            flagged, _ = _upload_error_file(sdk, _ten_mb_line(), 2, "$", "line_too_long")
             listed = s3.list_objects_v2(Bucket=bucket, Prefix="blobs/files/")
-            assert [o["Key"] for o in listed.get("Contents", [])] == [f"blobs/files/{kept.id}"]
-            assert _file_ids(http) == {kept.id}
+            assert [o["Key"] for o in listed.get("Contents", [])] == [f"blobs/files/{flagged.id}"]
+            assert _file_ids(http) == {flagged.id}
+            _assert_job_refused(sdk, flagged.id, 2, "$", "line_too_long")
     finally:
         if server is not None:
             server.stop()

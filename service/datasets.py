@@ -254,6 +254,10 @@ def _check_messages_list(line: dict, path: str, issues: _Issues) -> list[str | N
     return [_check_message(m, _join(where, i), issues) for i, m in enumerate(messages)]
 
 
+def _is_zero_weight(weight: Any) -> bool:
+    return type(weight) is int and weight == 0  # `false == 0` in Python; false is reported as invalid instead
+
+
 def check_chat(line: dict, issues: _Issues) -> None:
     _unknown_keys(line, CHAT_LINE_KEYS, "$", issues)
     _check_tools(line, "$", issues)
@@ -263,7 +267,7 @@ def check_chat(line: dict, issues: _Issues) -> None:
     assistants = [i for i, r in enumerate(roles) if r == "assistant"]
     if not assistants and None not in roles:
         issues.add("messages", "example_missing_assistant_message", "example has no assistant message to train on")
-    elif assistants and all(line["messages"][i].get("weight", 1) == 0 for i in assistants):
+    elif assistants and all(_is_zero_weight(line["messages"][i].get("weight", 1)) for i in assistants):
         issues.add("messages", "no_trainable_message", "every assistant message has weight 0, so nothing is trained")
 
 
@@ -391,7 +395,7 @@ CHECKERS: dict[DatasetFormat, Callable[[dict, _Issues], None]] = {
 
 def detect_format(line: dict) -> DatasetFormat | None:
     keys = set(line)
-    if "messages" in keys:
+    if keys & {"messages", "tools", "functions", "parallel_tool_calls"}:
         return DatasetFormat.OPENAI_CHAT
     if keys & {"preferred_output", "non_preferred_output", "preferred_completion", "non_preferred_completion"}:
         return DatasetFormat.OPENAI_PREFERENCE

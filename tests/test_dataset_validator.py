@@ -296,3 +296,13 @@ def test_gemini_last_turn_error_names_the_last_turn():
                         {"role": "user", "parts": [{"text": "b"}]}]}
     report = validate_bytes(jsonl([row]))
     assert _errors(report) == [(1, "contents[0]", "invalid_type"), (1, "contents[2].role", "invalid_last_turn")]
+
+
+def test_weight_false_is_one_error_not_two():
+    report = validate_bytes(b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","weight":false}]}\n')
+    assert [(e.line, e.field, e.code) for e in report.errors] == [(1, "messages[1].weight", "invalid_weight")]
+
+
+def test_chat_line_without_messages_says_so():
+    report = validate_bytes(b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}\n{"tools":[]}\n')
+    assert [(e.line, e.field, e.code) for e in report.errors] == [(2, "messages", "missing_messages_list")]

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from service.api import admin, files, fine_tuning, health, models
 from service.context import AppContext
 from service.errors import install_error_handlers
+from service.files import expire_files
 from service.jobs import advance_validating_jobs
 from service.logs import AccessLogMiddleware
 from service.loops import BackgroundLoop, Loops
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         loops = app.state.loops = Loops()
         loops.add(BackgroundLoop("validation", lambda: advance_validating_jobs(ctx),
                                  settings.job_validation_poll_s))
+        loops.add(BackgroundLoop("file-expiry", lambda: expire_files(ctx), settings.file_expiry_poll_s))
         loops.start()
         log.info("hone control plane ready", extra={"database": ctx.db.engine.url.render_as_string(hide_password=True),
                                                     "storage": settings.resolved_storage_url})

@@ -238,14 +238,36 @@ def file_content(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> 
     return row, ctx.storage.iter_chunks(row.storage_key)
 
 
+def _active_user(session, row: File):
+    """An unfinished job that still needs this file, if any."""
+    return session.execute(
+        select(Job.id, Job.status).where(Job.project_id == row.project_id, Job.status.in_([s.value for s in ACTIVE]),
+                                         (Job.training_file == row.id) | (Job.validation_file == row.id))
+    ).first()
+
+
+def expire_files(ctx: AppContext, batch: int = 100) -> int:
+    """Deletes files past their `expires_at`, except those an unfinished job still reads."""
+    now = int(time.time())
+    with ctx.db.read() as session:
+        due = session.execute(select(File.id).where(File.expires_at.is_not(None), File.expires_at <= now)
+                              .order_by(File.expires_at).limit(batch)).scalars().all()
+    expired = 0
+    for file_id in due:
+        with ctx.db.write() as session:
+            row = session.execute(select(File).where(File.id == file_id)).scalar()
+            if row is None or _active_user(session, row) is not None:
+                continue
+            session.delete(row)
+        ctx.storage.delete(row.storage_key)
+        expired += 1
+    return expired
+
+
 def delete_file(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> dict:
     with ctx.db.write() as session:
         row = get_file_row(session, principal, file_id)
-        users = session.execute(
-            select(Job.id, Job.status).where(Job.project_id == principal.project_id,
-                                             Job.status.in_([s.value for s in ACTIVE]),
-                                             (Job.training_file == file_id) | (Job.validation_file == file_id))
-        ).first()
+        users = _active_user(session, row)
         if users is not None:
             raise InvalidRequest(f"File {file_id} is used by job {users.id}, which is {users.status}; "
                                  "cancel the job or wait for it to finish first.", param="file_id", code="file_in_use")

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     graceful_shutdown_s: int = 10
     job_validation_poll_s: float = 2.0
+    file_expiry_poll_s: float = 60.0
 
     @field_validator("base_models", mode="before")
     @classmethod

@@ -86,7 +86,8 @@ class HoneServer:
         data_dir.mkdir(parents=True, exist_ok=True)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
         full_env.update({"HONE_PORT": str(self.port), "HONE_DATA_DIR": str(data_dir),
-                         "HONE_ADMIN_API_KEY": admin_key, "HONE_JOB_VALIDATION_POLL_S": "0.5"})
+                         "HONE_ADMIN_API_KEY": admin_key, "HONE_JOB_VALIDATION_POLL_S": "0.5",
+                         "HONE_FILE_EXPIRY_POLL_S": "0.5"})
         full_env.update(env or {})
         self.env = full_env
         self._log = open(self.log_path, "ab")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -65,6 +66,35 @@ def test_upload_errors_name_the_parameter(client, project):
         resp = http.post("/v1/files", files={"file": ("a.jsonl", chat_dataset(10))})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "purpose"
     assert client.files.list().data == []
+
+
+def test_expired_files_are_deleted_unless_a_job_needs_them(server, project, client):
+    from sqlalchemy import create_engine, update
+
+    from service.db.tables import File
+
+    loose = client.files.create(file=("a.jsonl", chat_dataset(10)), purpose="fine-tune",
+                                expires_after={"anchor": "created_at", "seconds": 3600})
+    needed = client.files.create(file=("b.jsonl", chat_dataset(10)), purpose="fine-tune",
+                                 expires_after={"anchor": "created_at", "seconds": 3600})
+    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=needed.id)
+    # An hour is too long to wait: move both expiry times into the past.
+    engine = create_engine(server.database_url)
+    with engine.begin() as conn:
+        conn.execute(update(File).where(File.id.in_([loose.id, needed.id])).values(expires_at=1))
+    engine.dispose()
+    deadline = time.monotonic() + 10
+    while loose.id in [f.id for f in client.files.list()] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    remaining = [f.id for f in client.files.list()]
+    assert loose.id not in remaining and needed.id in remaining
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(loose.id)
+    client.fine_tuning.jobs.cancel(job.id)
+    deadline = time.monotonic() + 10
+    while needed.id in [f.id for f in client.files.list()] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert needed.id not in [f.id for f in client.files.list()]
 
 
 def test_expires_after(project):

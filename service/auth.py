@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -17,6 +18,31 @@ from service.errors import AuthenticationFailed, PermissionDenied
 class ProjectPrincipal:
     project_id: str
     project_slug: str
+
+
+class KeyCache:
+    """Keys seen recently, so most requests skip the database lookup. Revocations made through
+    this process clear it at once; other replicas notice within `ttl_s`."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[ProjectPrincipal, float]] = {}
+
+    def get(self, key_hash: str) -> ProjectPrincipal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, principal: ProjectPrincipal) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def hash_key(key: str) -> str:
@@ -43,20 +69,30 @@ def _is_admin(ctx: AppContext, token: str) -> bool:
     return hmac.compare_digest(token.encode(), ctx.admin_key.encode())
 
 
+def cached_principal(ctx: AppContext, authorization: str | None) -> ProjectPrincipal | None:
+    """The caller's project if its key was checked recently; never touches the database."""
+    if not authorization or not authorization[:7].lower() == "bearer ":
+        return None
+    return ctx.key_cache.get(hash_key(authorization[7:].strip()))
+
+
 def authenticate_project(ctx: AppContext, authorization: str | None) -> ProjectPrincipal:
     token = bearer_token(authorization)
+    key_hash = hash_key(token)
     with ctx.db.read() as session:
         row = session.execute(
             select(Project.id, Project.slug)
             .join(ApiKey, ApiKey.project_id == Project.id)
-            .where(ApiKey.key_hash == hash_key(token), Project.archived_at.is_(None))
+            .where(ApiKey.key_hash == key_hash, Project.archived_at.is_(None))
         ).first()
     if row is None:
         if _is_admin(ctx, token):
             raise PermissionDenied("The admin key manages projects and keys only; use a project's API key "
                                    "for files, jobs and models.", code="admin_key_not_allowed")
         raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.", code="invalid_api_key")
-    return ProjectPrincipal(row.id, row.slug)
+    principal = ProjectPrincipal(row.id, row.slug)
+    ctx.key_cache.put(key_hash, principal)
+    return principal
 
 
 def authenticate_admin(ctx: AppContext, authorization: str | None) -> None:

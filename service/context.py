@@ -7,11 +7,15 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.base_models import BaseModelRegistry
 from service.db import Database
 from service.settings import Settings
 from service.storage import BlobStorage, open_storage
+
+if TYPE_CHECKING:
+    from service.auth import KeyCache
 
 log = logging.getLogger("hone.context")
 
@@ -23,6 +27,7 @@ class AppContext:
     storage: BlobStorage
     base_models: BaseModelRegistry
     admin_key: str
+    key_cache: "KeyCache"
 
     @classmethod
     def build(cls, settings: Settings) -> "AppContext":
@@ -31,8 +36,10 @@ class AppContext:
         if settings.auto_migrate:
             db.migrate()
         storage = open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+        from service.auth import KeyCache  # auth needs AppContext for its type hints
+
         return cls(settings, db, storage, BaseModelRegistry(settings.base_models),
-                   settings.admin_api_key or _local_admin_key(settings.data_dir))
+                   settings.admin_api_key or _local_admin_key(settings.data_dir), KeyCache(settings.key_cache_ttl_s))
 
 
 def _local_admin_key(data_dir: Path) -> str:

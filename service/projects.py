@@ -68,6 +68,7 @@ def archive_project(ctx: AppContext, project_id: str) -> dict:
         if project.archived_at is None:
             project.archived_at = int(time.time())
         session.execute(delete(ApiKey).where(ApiKey.project_id == project_id))
+    ctx.key_cache.clear()
     return {"object": "organization.project.deleted", "id": project_id, "deleted": True}
 
 
@@ -128,4 +129,5 @@ def delete_service_account(ctx: AppContext, project_id: str, account_id: str) ->
         account = _get_account(session, project_id, account_id)
         session.execute(delete(ApiKey).where(ApiKey.service_account_id == account.id))
         session.delete(account)
+    ctx.key_cache.clear()
     return {"object": "organization.project.service_account.deleted", "id": account_id, "deleted": True}

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_reported_errors: int = 20
     result_files_base64: bool = True  # OpenAI serves result CSVs base64-encoded
 
+    key_cache_ttl_s: float = 5.0  # how long another replica may still accept a revoked key
     auto_migrate: bool = True
     log_level: str = "INFO"
     graceful_shutdown_s: int = 10

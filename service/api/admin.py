@@ -4,11 +4,13 @@ from fastapi import APIRouter, Depends, Query
 
 from service import projects
 from service.api.deps import admin_principal, get_ctx
+from service.api.routing import JSONRoute
 from service.context import AppContext
 from service.pagination import check_limit
 from service.schemas import CreateProject, CreateServiceAccount
 
-router = APIRouter(prefix="/v1/organization/projects", tags=["admin"], dependencies=[Depends(admin_principal)])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/organization/projects", tags=["admin"],
+                   dependencies=[Depends(admin_principal)])
 
 
 @router.post("")

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from fastapi import Request, Security
 from fastapi.security import HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from service.auth import ProjectPrincipal, authenticate_admin, authenticate_project
+from service.auth import ProjectPrincipal, authenticate_admin, authenticate_project, cached_principal
 from service.context import AppContext
 
 # Declared for the OpenAPI document; the header itself is checked in service.auth.
 _bearer = HTTPBearer(auto_error=False, description="A project API key, or the admin key for /v1/organization")
 
 
-def get_ctx(request: Request) -> AppContext:
+# These are async so that FastAPI calls them on the event loop instead of a worker
+# thread each; only a key not seen recently costs a thread and a query.
+
+async def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-def project_principal(request: Request, _=Security(_bearer)) -> ProjectPrincipal:
-    principal = authenticate_project(get_ctx(request), request.headers.get("authorization"))
+async def project_principal(request: Request, _=Security(_bearer)) -> ProjectPrincipal:
+    ctx, header = request.app.state.ctx, request.headers.get("authorization")
+    principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
     request.state.project_id = principal.project_id  # for the access log
     return principal
 
 
-def admin_principal(request: Request, _=Security(_bearer)) -> None:
-    authenticate_admin(get_ctx(request), request.headers.get("authorization"))
+async def admin_principal(request: Request, _=Security(_bearer)) -> None:
+    authenticate_admin(request.app.state.ctx, request.headers.get("authorization"))

@@ -7,11 +7,12 @@ from fastapi.responses import Response, StreamingResponse
 
 from service import files
 from service.api.deps import get_ctx, project_principal
+from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.pagination import check_limit
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/files", tags=["files"])
 
 _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file", "purpose"],

@@ -6,12 +6,13 @@ from fastapi import APIRouter, Depends, Request
 
 from service import jobs
 from service.api.deps import get_ctx, project_principal
+from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.pagination import check_limit
 from service.schemas import CreateFineTuningJob
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 

@@ -5,9 +5,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import get_ctx
+from service.api.routing import JSONRoute
 from service.context import AppContext
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=JSONRoute, tags=["health"])
 
 
 @router.get("/healthz")

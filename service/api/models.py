@@ -4,10 +4,11 @@ from fastapi import APIRouter, Depends
 
 from service import models
 from service.api.deps import get_ctx, project_principal
+from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/models", tags=["models"])
 
 
 @router.get("")

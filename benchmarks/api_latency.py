@@ -13,8 +13,8 @@ the server's JSON access log (`duration_ms`, matched through the x-request-id he
 CPU time per request of the server process and of this load generator from /proc.
 
 The load generator is asyncio. By default it speaks HTTP/1.1 over keep-alive connections itself
-(`--client raw`, one connection per client, ~0.1 ms of CPU a request) because httpx.AsyncClient
-costs 1-2.5 ms of CPU a request, more than the server spends on /healthz, and on a small machine
+(`--client raw`, one connection per client, ~0.1-0.3 ms of CPU a request) because httpx.AsyncClient
+costs 1.5-3.5 ms of CPU a request, more than the server spends on /healthz, and on a small machine
 that turns the client into the bottleneck; `--client httpx` measures through httpx.AsyncClient
 instead, and `--client both` does both. Both send byte-identical requests.
 
@@ -33,6 +33,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +53,7 @@ from tests.support import HoneServer, chat_dataset  # noqa: E402
 # (operation tag, percentile, limit in ms): the goals this benchmark checks, at --concurrency.
 GOALS = [("list", 99, 25.0), ("job", 99, 50.0)]
 
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 BOUNDARY = "hone-bench-7f3a9c1e"
 TRAINING_FILE = chat_dataset(12)  # 12 valid chat lines: enough (>= 10) to start a job
 UPLOAD_BODY = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
@@ -203,6 +205,8 @@ class Result:
     client_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
     server_ms: list[float] = field(default_factory=list)  # duration_ms from the access log
+    other_cpu_s: float = 0.0  # CPU the rest of the machine used meanwhile (neither server nor client)
+    steal_s: float = 0.0  # CPU time the hypervisor gave to someone else
 
     @property
     def n(self) -> int:
@@ -219,6 +223,19 @@ class Result:
     @property
     def rps(self) -> float:
         return (self.n + self.errors) / self.wall_s if self.wall_s else float("nan")
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, all cores, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    steal = values[7] if len(values) > 7 else 0
+    busy = sum(values[:8]) - idle - steal  # guest time is already counted in user
+    tick = os.sysconf("SC_CLK_TCK")
+    return busy / tick, steal / tick
 
 
 def cpu_seconds(pid: int) -> float:
@@ -269,11 +286,15 @@ async def measure(clients: Clients, op: Op, tag: str, total: int, concurrency: i
     if warmup:
         await drive(clients, op, warmup, min(concurrency, warmup), f"warm-{tag}", None)
     result = Result(op.label, concurrency)
-    cpu0, srv0, t0 = time.process_time(), cpu_seconds(server_pid), time.perf_counter()
+    (busy0, steal0), cpu0, srv0 = machine_cpu_seconds(), time.process_time(), cpu_seconds(server_pid)
+    t0 = time.perf_counter()
     await drive(clients, op, total, concurrency, f"bench-{tag}", result)
     result.wall_s = time.perf_counter() - t0
     result.client_cpu_s = time.process_time() - cpu0
     result.server_cpu_s = cpu_seconds(server_pid) - srv0
+    busy1, steal1 = machine_cpu_seconds()
+    result.other_cpu_s = max(0.0, busy1 - busy0 - result.client_cpu_s - result.server_cpu_s)
+    result.steal_s = steal1 - steal0
     return result
 
 
@@ -364,10 +385,11 @@ def clean_shutdown(log_path: Path) -> bool:
 def print_table(title: str, results: dict[str, Result], baseline_p50: float) -> None:
     print(f"\n{title}")
     head = (f"{'operation':<26}{'conc':>5}{'n':>6}{'err':>4}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-            f"{'max ms':>9}{'req/s':>7}{'p50/hz':>8}{'srv p50':>9}{'srv p99':>9}{'srv cpu':>9}{'cli cpu':>9}")
+            f"{'max ms':>9}{'req/s':>7}{'p50/hz':>8}{'srv p50':>9}{'srv p99':>9}{'srv cpu':>9}{'cli cpu':>9}"
+            f"{'other':>7}")
     print(head)
     print(f"{'':<26}{'':>5}{'':>6}{'':>4}{'':>9}{'':>9}{'':>9}{'':>9}{'':>7}{'':>8}{'ms':>9}{'ms':>9}"
-          f"{'ms/req':>9}{'ms/req':>9}")
+          f"{'ms/req':>9}{'ms/req':>9}{'cpu %':>7}")
     print("-" * len(head))
     for result in results.values():
         done = max(1, result.n + result.errors)
@@ -376,7 +398,8 @@ def print_table(title: str, results: dict[str, Result], baseline_p50: float) -> 
               f"{result.pct(50):>9.2f}{result.pct(90):>9.2f}{result.pct(99):>9.2f}"
               f"{max(result.latencies_ms or [float('nan')]):>9.2f}{result.rps:>7.0f}{ratio:>7.1f}x"
               f"{result.pct(50, result.server_ms):>9.2f}{result.pct(99, result.server_ms):>9.2f}"
-              f"{result.server_cpu_s * 1000 / done:>9.2f}{result.client_cpu_s * 1000 / done:>9.2f}")
+              f"{result.server_cpu_s * 1000 / done:>9.2f}{result.client_cpu_s * 1000 / done:>9.2f}"
+              f"{100 * (result.other_cpu_s + result.steal_s) / (result.wall_s * CORES):>7.1f}")
     for result in results.values():
         if result.errors:
             print(f"  ! {result.label}: {result.errors} failed request(s); first: {result.first_error}")
@@ -437,6 +460,20 @@ class Run:
     results: dict[str, dict[str, Result]] = field(default_factory=dict)  # table title -> tag -> result
     fill_s: float = 0.0
     jobs_listed: int = 0
+    calibration_ms: list[float] = field(default_factory=list)
+
+
+def calibrate() -> float:
+    """Milliseconds for a fixed pure-Python workload (best of 5): how fast this machine runs Python now."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        json.dumps([{"i": i, "s": str(i)} for i in range(2000)])
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
 
 
 async def bench(server: HoneServer, api_key: str, args: argparse.Namespace, run: Run) -> None:
@@ -499,26 +536,25 @@ async def bench(server: HoneServer, api_key: str, args: argparse.Namespace, run:
         await setup.close()
 
 
-def main() -> None:
-    args = parse_args()
-    started = time.perf_counter()
-    cpus = os.cpu_count() or 1
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    print("Hone API latency benchmark")
-    print(f"  python {platform.python_version()} on {platform.machine()}, {usable} CPU core(s) usable; "
-          "server: one uvicorn process, SQLite (WAL) + filesystem blobs in a temp dir, on loopback")
-    print(f"  jobs={args.jobs:,} requests/op={args.requests:,} concurrency={args.concurrency} "
-          f"warmup={args.warmup} single-client pass={args.serial} client={args.client}")
-    if usable <= 4:
-        print(f"  NOTE: only {usable} CPU core(s), shared by the server and this load generator: client-side "
-              "latencies include waiting for CPU. Compare the p50/hz ratios and the server-side (srv) "
-              "columns across machines rather than absolute client-side milliseconds.")
+def git_revision() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "service"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"commit {head or 'unknown'}" + (" with uncommitted changes under service/" if dirty else "")
 
-    data_dir = Path(tempfile.mkdtemp(prefix="hone-bench-"))
+
+def run_and_report(args: argparse.Namespace, data_dir: Path, started: float) -> Path:
+    """Runs the server and the measurements, prints the report; returns the server log's path."""
     server = HoneServer(data_dir / "data", args.server_env)
-    print(f"  server env: HONE_JOB_VALIDATION_POLL_S={server.env.get('HONE_JOB_VALIDATION_POLL_S')} (HoneServer's)"
-          + "".join(f", {k}={v}" for k, v in args.server_env.items()))
-    run = Run()
+    preset = {k: v for k, v in server.env.items()
+              if k.startswith("HONE_") and k not in ("HONE_PORT", "HONE_DATA_DIR", "HONE_ADMIN_API_KEY")}
+    print("  server env: " + ", ".join(f"{k}={v}" for k, v in sorted(preset.items()))
+          + " (set by tests.support.HoneServer" + (" and --server-env)" if args.server_env else ")"))
+    run = Run(calibration_ms=[calibrate()])
     try:
         api_key = server.new_project("benchmark").api_key
         asyncio.run(bench(server, api_key, args, run))
@@ -535,7 +571,10 @@ def main() -> None:
 
     print(f"\nResults: {run.jobs_listed:,} jobs in the project. Latency is client-measured, send to full response; "
           "srv = server access-log duration_ms; p50/hz = p50 over the same table's GET /healthz p50; "
-          "cpu = CPU time per request of the server process / of the load generator.")
+          "cpu = CPU time per request of the server process / of the load generator; other cpu % = share of "
+          "the machine's CPU used meanwhile by anything else, or stolen by the hypervisor (should be near 0).")
+    print(f"Calibration, a fixed pure-Python loop: {run.calibration_ms[0]:.1f} ms at the start, "
+          f"{calibrate():.1f} ms at the end (compare machines and runs with it).")
     for title, table in run.results.items():
         baseline = next(iter(table.values())).pct(50)
         print_table(f"{title} (healthz p50 = {baseline:.2f} ms):", table, baseline)
@@ -545,8 +584,33 @@ def main() -> None:
     print(f"\nFill: {args.jobs:,} jobs in {run.fill_s:.1f} s ({args.jobs / run.fill_s:.0f} jobs/s, "
           f"{args.fill_concurrency} clients)")
     print(f"Total runtime: {time.perf_counter() - started:.1f} s")
+    return server.log_path
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    usable = CORES
+    print("Hone API latency benchmark")
+    print(f"  python {platform.python_version()} on {platform.machine()}, {usable} CPU core(s) usable; "
+          "server: one uvicorn process, SQLite (WAL) + filesystem blobs in a temp dir, on loopback")
+    print(f"  code: {git_revision()}")
+    print(f"  jobs={args.jobs:,} requests/op={args.requests:,} concurrency={args.concurrency} "
+          f"warmup={args.warmup} single-client pass={args.serial} client={args.client}")
+    if usable <= 4:
+        print(f"  NOTE: only {usable} CPU core(s), shared by the server and this load generator: client-side "
+              "latencies include waiting for CPU. Compare the p50/hz ratios and the server-side (srv) "
+              "columns across machines rather than absolute client-side milliseconds; on a shared VM, expect "
+              "run-to-run swings of tens of percent.")
+
+    data_dir = Path(tempfile.mkdtemp(prefix="hone-bench-"))
+    try:
+        log_path = run_and_report(args, data_dir, started)
+    except BaseException:
+        print(f"Data dir kept for inspection: {data_dir}", file=sys.stderr)
+        raise
     if args.keep_data:
-        print(f"Data dir kept: {data_dir} (server log: {server.log_path})")
+        print(f"Data dir kept: {data_dir} (server log: {log_path})")
     else:
         shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 
 from fastapi import FastAPI
@@ -31,6 +32,10 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
                                  settings.job_validation_poll_s))
         loops.add(BackgroundLoop("file-expiry", lambda: expire_files(ctx), settings.file_expiry_poll_s))
         loops.start()
+        # Start-up objects (routes, models, SQLAlchemy metadata) live as long as the process; keep
+        # the collector from re-scanning them: full collections paused the server ~110 ms each.
+        gc.collect()
+        gc.freeze()
         log.info("hone control plane ready", extra={"database": ctx.db.engine.url.render_as_string(hide_password=True),
                                                     "storage": settings.resolved_storage_url})
         try:

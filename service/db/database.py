@@ -21,8 +21,9 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
+            # As many connections as the server has worker threads (40), so none waits to open one.
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                                        pool_size=16, max_overflow=16)
+                                        pool_size=40, max_overflow=8)
             self._configure_sqlite()
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)

@@ -85,3 +85,12 @@ def test_s3_aborted_multipart_upload_is_gone(moto, monkeypatch):
     s3 = boto3.client("s3")
     assert s3.list_multipart_uploads(Bucket="abort-check").get("Uploads", []) == []
     assert storage.list("") == []
+
+
+def test_abort_after_commit_keeps_the_object(storage):
+    # The upload path aborts on any later failure; that must not undo or break a committed write.
+    writer = storage.writer("files/kept")
+    writer.write(b"z" * (PART_SIZE + 1))
+    writer.commit()
+    writer.abort()
+    assert storage.size("files/kept") == PART_SIZE + 1

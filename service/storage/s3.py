@@ -51,6 +51,7 @@ class _MultipartWriter:
                 self._upload_part(bytes(self._buffer))
             self._s3.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
                                                MultipartUpload={"Parts": self._parts})
+            self._upload_id = None  # completed: nothing left for abort() to cancel
         self._buffer.clear()
         return self._size
 

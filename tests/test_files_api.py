@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import openai
 import pytest
 
-from tests.support import chat_dataset, jsonl
+from tests.support import chat_dataset
 
 
 def test_upload_retrieve_content_delete(client):

@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 from sqlalchemy import exists, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import idempotency
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for
@@ -152,10 +154,28 @@ def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPri
                          param="model", code="model_not_available")
 
 
-def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob) -> dict:
+def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
+               idempotency_key: str | None = None) -> dict:
     method = _resolve_method(body)
+    request_sha = idempotency.fingerprint(body) if idempotency_key else ""
+    try:
+        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # A concurrent request with the same key won the insert (PostgreSQL); answer with its job.
+        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha)
+    return job_api(job, ctx.settings.organization_id)
+
+
+def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob, method: dict,
+                idempotency_key: str | None, request_sha: str) -> Job:
     now = int(time.time())
     with ctx.db.write() as session:
+        if idempotency_key:
+            earlier = idempotency.replayed_object(session, principal.project_id, idempotency_key, request_sha)
+            if earlier is not None:
+                return _get_job(session, principal, earlier)
         base_model = _resolve_base_model(ctx, session, principal, body.model)
         _check_file(session, principal, body.training_file, "training_file", method["type"],
                     ctx.settings.min_training_examples)
@@ -176,7 +196,9 @@ def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTun
         if job.validation_file:
             validating += f" and validation file: {job.validation_file}"
         add_event(session, job.id, validating)
-    return job_api(job, ctx.settings.organization_id)
+        if idempotency_key:
+            idempotency.remember(session, principal.project_id, idempotency_key, request_sha, job.id)
+    return job
 
 
 def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:

@@ -222,6 +222,22 @@ def test_cancel_right_after_create_races_validation_safely(client, training_file
         assert messages[0] == "Fine-tuning job cancelled"
 
 
+def test_idempotency_key_replays_the_first_job(client, training_file, other_project):
+    key = {"Idempotency-Key": "retry-7f3a"}
+    first = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id, extra_headers=key)
+    again = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id, extra_headers=key)
+    assert again.id == first.id
+    assert [j.id for j in client.fine_tuning.jobs.list()] == [first.id]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id, suffix="other",
+                                       extra_headers=key)
+    assert (err.value.param, err.value.code) == ("Idempotency-Key", "idempotency_key_reused")
+    # Keys are per project.
+    other = other_project.openai()
+    other_file = other.files.create(file=("t.jsonl", chat_dataset(10)), purpose="fine-tune")
+    assert other.fine_tuning.jobs.create(model="hone-tiny", training_file=other_file.id, extra_headers=key).id != first.id
+
+
 def test_every_response_was_schema_checked():
     # The SDK client in these tests validates each body it receives; make sure that really happened.
     for name in ("FineTuningJob", "ListPaginatedFineTuningJobsResponse", "ListFineTuningJobEventsResponse",

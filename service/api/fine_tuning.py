@@ -4,7 +4,7 @@ import re
 
 from fastapi import APIRouter, Depends, Request
 
-from service import jobs
+from service import idempotency, jobs
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
@@ -20,7 +20,8 @@ _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 @router.post("")
 def create_job(body: CreateFineTuningJob, request: Request,
                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
-    job = jobs.create_job(ctx, principal, body)
+    key = idempotency.check_key(request.headers.get("idempotency-key"))
+    job = jobs.create_job(ctx, principal, body, idempotency_key=key)
     request.app.state.loops.wake("validation")
     return job
 

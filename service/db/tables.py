@@ -134,6 +134,17 @@ class Checkpoint(Base):
     __table_args__ = (Index("ix_checkpoints_job_seq", "job_id", "seq"),)
 
 
+class IdempotencyKey(Base):
+    """A create request's `Idempotency-Key`, so a retried request returns what the first one made."""
+
+    __tablename__ = "idempotency_keys"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
 class TunedModel(Base):
     __tablename__ = "tuned_models"
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)

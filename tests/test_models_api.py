@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import create_engine, insert
 
 from service.db.tables import TunedModel
+from service.jobs import fine_tuned_model_name
 from tests.support import chat_dataset
 
 
@@ -14,7 +15,8 @@ def add_tuned_model(server, project, client, base: str = "acme/tiny-chat") -> st
     """Registers a tuned model row the way a finished job will; the trainer lands in a later issue."""
     f = client.files.create(file=("t.jsonl", chat_dataset(10)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model=base, training_file=f.id, suffix="sfx")
-    model_id = f"ft:{base}:test-project:sfx:{job.id}"
+    model_id = fine_tuned_model_name(base, "test-project", "sfx", job.id)
+    assert model_id == f"ft:{base}:test-project:sfx:{job.id}"  # DESIGN.md's naming contract
     engine = create_engine(server.database_url)
     with engine.begin() as conn:
         conn.execute(insert(TunedModel).values(id=model_id, project_id=project.project_id, job_id=job.id,

@@ -96,6 +96,8 @@ class _Upload:
                 raise InvalidRequest("Send exactly one 'file' field.", param="file", code="invalid_value")
             self.filename = options.get(b"filename", b"upload").decode("utf-8", "replace").replace("\\", "/")
             self.filename = self.filename.rsplit("/", 1)[-1] or "upload"
+            if self._fine_tune:
+                _check_fine_tune_name(self.filename)  # fail before streaming the body when we can
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part_is_file:
@@ -110,6 +112,11 @@ class _Upload:
         if not self._part_is_file and self._part_name:
             self.fields[self._part_name] = self._field_value.decode("utf-8", "replace")
 
+    @property
+    def _fine_tune(self) -> bool:
+        # Until the purpose field arrives the bytes are validated in case it is "fine-tune".
+        return self.fields.get("purpose", "fine-tune") == "fine-tune"
+
     def flush(self) -> None:
         """Runs in a worker thread: hashes, validates and stores the file bytes received so far."""
         if self.writer is None:
@@ -119,13 +126,20 @@ class _Upload:
             if self.size > self.ctx.settings.max_file_bytes:
                 raise _too_large(self.ctx)
             self.sha.update(chunk)
-            self.validator.feed(chunk)
+            if self._fine_tune:
+                self.validator.feed(chunk)
             self.writer.write(chunk)
         self.pending.clear()
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.abort()
+
+
+def _check_fine_tune_name(filename: str) -> None:
+    if not filename.lower().endswith(".jsonl"):
+        raise InvalidRequest("Invalid file format for Fine-Tuning API. Must be .jsonl", param="file",
+                             code="invalid_file_format")
 
 
 def _too_large(ctx: AppContext) -> PayloadTooLarge:
@@ -189,9 +203,7 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
                bytes=upload.size, created_at=now, expires_at=expires_at, status="processed",
                storage_key=upload.key, sha256=upload.sha.hexdigest())
     if purpose == "fine-tune":
-        if not upload.filename.lower().endswith(".jsonl"):
-            raise InvalidRequest("Invalid file format for Fine-Tuning API. Must be .jsonl", param="file",
-                                 code="invalid_file_format")
+        _check_fine_tune_name(upload.filename)
         report = upload.validator.finish()
         row.dataset_format = report.format.value if report.format else None
         row.example_count = report.examples

@@ -250,25 +250,29 @@ def file_content(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> 
     return row, ctx.storage.iter_chunks(row.storage_key)
 
 
+def _active_jobs_using(file_id, project_id):
+    """Unfinished jobs that still need the file; works on values or, correlated, on File's columns."""
+    return select(Job.id, Job.status).where(Job.project_id == project_id, Job.status.in_([s.value for s in ACTIVE]),
+                                            (Job.training_file == file_id) | (Job.validation_file == file_id))
+
+
 def _active_user(session, row: File):
-    """An unfinished job that still needs this file, if any."""
-    return session.execute(
-        select(Job.id, Job.status).where(Job.project_id == row.project_id, Job.status.in_([s.value for s in ACTIVE]),
-                                         (Job.training_file == row.id) | (Job.validation_file == row.id))
-    ).first()
+    return session.execute(_active_jobs_using(row.id, row.project_id)).first()
 
 
 def expire_files(ctx: AppContext, batch: int = 100) -> int:
     """Deletes files past their `expires_at`, except those an unfinished job still reads."""
     now = int(time.time())
     with ctx.db.read() as session:
-        due = session.execute(select(File.id).where(File.expires_at.is_not(None), File.expires_at <= now)
+        # Files still in use are left out here, so they cannot fill every batch and starve the rest.
+        due = session.execute(select(File.id).where(File.expires_at.is_not(None), File.expires_at <= now,
+                                                    ~_active_jobs_using(File.id, File.project_id).exists())
                               .order_by(File.expires_at).limit(batch)).scalars().all()
     expired = 0
     for file_id in due:
         with ctx.db.write() as session:
             row = session.execute(select(File).where(File.id == file_id)).scalar()
-            if row is None or _active_user(session, row) is not None:
+            if row is None or _active_user(session, row) is not None:  # a job may have claimed it since
                 continue
             session.delete(row)
         ctx.storage.delete(row.storage_key)

@@ -71,9 +71,11 @@ def _is_admin(ctx: AppContext, token: str) -> bool:
 
 def cached_principal(ctx: AppContext, authorization: str | None) -> ProjectPrincipal | None:
     """The caller's project if its key was checked recently; never touches the database."""
-    if not authorization or not authorization[:7].lower() == "bearer ":
-        return None
-    return ctx.key_cache.get(hash_key(authorization[7:].strip()))
+    try:
+        token = bearer_token(authorization)
+    except AuthenticationFailed:
+        return None  # authenticate_project gives the error
+    return ctx.key_cache.get(hash_key(token))
 
 
 def authenticate_project(ctx: AppContext, authorization: str | None) -> ProjectPrincipal:

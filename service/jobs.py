@@ -207,6 +207,9 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
     One transaction per batch; SKIP LOCKED lets several replicas share the backlog."""
     done = 0
     while True:
+        with ctx.db.read() as session:  # an idle poll must not take SQLite's write lock
+            if not session.execute(select(exists().where(Job.status == JobStatus.VALIDATING_FILES.value))).scalar():
+                return done
         with ctx.db.write() as session:
             pending = session.execute(select(Job).where(Job.status == JobStatus.VALIDATING_FILES.value)
                                       .order_by(Job.seq).limit(batch).with_for_update(skip_locked=True)).scalars().all()

@@ -1,0 +1,66 @@
+"""Checkpoints in storage: weights plus optimizer, scheduler, RNG and data position, committed by a marker file.
+
+`jobs/{id}/checkpoints/step-{n}/` holds the adapter (or full weights), `trainer_state.pt`, and `COMPLETE`,
+uploaded last: a checkpoint without it was cut off mid-upload and is ignored."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.blobs import Blobs
+
+MARKER = "COMPLETE"
+STATE = "trainer_state.pt"
+_STEP = re.compile(r"checkpoints/step-(\d+)/" + MARKER + "$")
+
+
+@dataclass
+class Saved:
+    step: int
+    local: Path
+    prefix: str
+
+
+def latest_step(blobs: Blobs, output_prefix: str) -> int | None:
+    steps = [int(m.group(1)) for key in blobs.list(output_prefix + "checkpoints/")
+             if (m := _STEP.search(key))]
+    return max(steps) if steps else None
+
+
+def save(blobs: Blobs, output_prefix: str, workdir: Path, step: int, model, state: dict) -> Saved:
+    local = workdir / f"step-{step}"
+    shutil.rmtree(local, ignore_errors=True)
+    model.save_pretrained(local, safe_serialization=True)
+    torch.save(state, local / STATE)
+    (local / MARKER).write_text(str(step))
+    prefix = f"{output_prefix}checkpoints/step-{step}/"
+    blobs.upload_dir(local, prefix, last=MARKER)
+    return Saved(step, local, prefix)
+
+
+def load(blobs: Blobs, output_prefix: str, workdir: Path, step: int) -> Path:
+    local = workdir / f"restore-step-{step}"
+    shutil.rmtree(local, ignore_errors=True)
+    blobs.download_prefix(f"{output_prefix}checkpoints/step-{step}/", local)
+    return local
+
+
+def load_weights(model, folder: Path, tuning_mode: str) -> None:
+    from safetensors.torch import load_file
+
+    if tuning_mode == "full":
+        state = {}
+        for shard in sorted(folder.glob("*.safetensors")):
+            state.update(load_file(shard))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise RuntimeError(f"checkpoint has weights the model lacks: {unexpected[:5]}")
+        return
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))

@@ -1,0 +1,143 @@
+"""Dataset lines -> token ids with a loss mask, for every supervised format Hone accepts.
+
+Chat-like formats go through the base model's chat template; the loss covers assistant turns
+(minus `weight: 0` ones). Prompt/completion trains on the completion, raw text on everything."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable
+
+CHAT_FORMATS = {"openai_chat", "vertex_gemini", "vertex_legacy", "pairs"}
+SUPERVISED_FORMATS = CHAT_FORMATS | {"prompt_completion", "raw_text"}
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    loss_mask: list[bool]  # True where the token is a training target
+
+    @property
+    def target_tokens(self) -> int:
+        return sum(self.loss_mask[1:])  # the first token is never predicted
+
+
+@dataclass
+class Tokenized:
+    examples: list[Example]
+    truncated: int  # examples cut to max_length
+    dropped: int  # examples with nothing left to learn after truncation
+
+
+class DataError(ValueError):
+    """A line the trainer cannot turn into an example (the control plane validated it, so this is rare)."""
+
+
+def _text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def to_messages(row: dict, fmt: str) -> tuple[list[dict], list[bool], list | None]:
+    """Returns (messages, trained flags per message, tools) in OpenAI chat shape."""
+    if fmt == "openai_chat":
+        messages, trained = [], []
+        for msg in row["messages"]:
+            clean = {k: v for k, v in msg.items() if k != "weight"}
+            if "content" in clean and not isinstance(clean["content"], (str, type(None))):
+                clean["content"] = _text(clean["content"])
+            if clean.get("content") is None:
+                clean["content"] = ""
+            messages.append(clean)
+            trained.append(msg["role"] == "assistant" and msg.get("weight", 1) != 0)
+        return messages, trained, row.get("tools")
+    if fmt == "vertex_gemini":
+        messages = []
+        system = row.get("systemInstruction") or row.get("system_instruction")
+        if system:
+            messages.append({"role": "system", "content": _text(system.get("parts"))})
+        for turn in row["contents"]:
+            role = "assistant" if turn["role"] == "model" else "user"
+            messages.append({"role": role, "content": _text(turn.get("parts"))})
+        return messages, [m["role"] == "assistant" for m in messages], None
+    if fmt == "vertex_legacy":
+        pair = (row["input_text"], row["output_text"])
+    elif fmt == "pairs":
+        prompt = row.get("input", "")
+        if "instruction" in row:
+            prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        pair = (prompt, row["output"])
+    else:
+        raise DataError(f"format {fmt!r} is not a chat format")
+    return ([{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}], [False, True], None)
+
+
+def _chat_spans(tokenizer, messages: list[dict], trained: list[bool], tools) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of trained assistant turns.
+
+    Each turn's span is what rendering through it adds after the generation prompt, so whatever the
+    template puts around a turn (its end token included) is learned exactly as the template writes it."""
+    kwargs = {"tokenize": False}
+    if tools:
+        kwargs["tools"] = tools
+    full = tokenizer.apply_chat_template(messages, **kwargs)
+    spans = []
+    for i, is_trained in enumerate(trained):
+        if not is_trained:
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, **kwargs) if i else ""
+        through = tokenizer.apply_chat_template(messages[: i + 1], **kwargs)
+        if not full.startswith(through) or not through.startswith(before):
+            raise DataError("the chat template does not render conversations prefix by prefix")
+        spans.append((len(before), len(through)))
+    return full, spans
+
+
+def _encode(tokenizer, text: str, spans: list[tuple[int, int]], *, add_special_tokens: bool) -> Example:
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    mask = []
+    for start, end in enc["offset_mapping"]:
+        if start == end == 0 and mask:  # special token added by the tokenizer itself (e.g. BOS)
+            mask.append(False)
+            continue
+        mask.append(any(s <= start < e for s, e in spans))
+    return Example(list(enc["input_ids"]), mask)
+
+
+def encode_row(tokenizer, row: dict, fmt: str) -> Example:
+    if fmt in CHAT_FORMATS:
+        messages, trained, tools = to_messages(row, fmt)
+        text, spans = _chat_spans(tokenizer, messages, trained, tools)
+        return _encode(tokenizer, text, spans, add_special_tokens=False)
+    eos = tokenizer.eos_token or ""
+    if fmt == "prompt_completion":
+        prompt = row["prompt"]
+        text = prompt + row["completion"] + eos
+        return _encode(tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True)
+    if fmt == "raw_text":
+        text = row["text"] + eos
+        return _encode(tokenizer, text, [(0, len(text))], add_special_tokens=True)
+    raise DataError(f"format {fmt!r} is not trained by the supervised trainer")
+
+
+def tokenize_lines(tokenizer, lines: Iterable[bytes], fmt: str, max_length: int) -> Tokenized:
+    examples, truncated, dropped = [], 0, 0
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            example = encode_row(tokenizer, json.loads(raw), fmt)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"line {number}: {exc}") from exc
+        if len(example.input_ids) > max_length:  # truncated from the end, like OpenAI
+            truncated += 1
+            example = Example(example.input_ids[:max_length], example.loss_mask[:max_length])
+        if example.target_tokens == 0:
+            dropped += 1
+            continue
+        examples.append(example)
+    return Tokenized(examples, truncated, dropped)

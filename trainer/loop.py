@@ -1,0 +1,261 @@
+"""One training run: load, (resume,) train step by step, report, checkpoint, publish the result."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from trainer import checkpoints
+from trainer.batches import micro_batches, step_indices, steps_per_epoch
+from trainer.blobs import Blobs
+from trainer.data import SUPERVISED_FORMATS, DataError, Example, tokenize_lines
+from trainer.modeling import ModelLoadError, device, load_base, loss_sums, wrap_for_tuning
+from trainer.reporting import Reporter
+from trainer.spec import TrainSpec
+
+log = logging.getLogger("hone.trainer")
+
+EXIT_OK = 0
+EXIT_FATAL = 2  # reported as failed; retrying would not help
+EXIT_SUPERSEDED = 3  # the control plane no longer wants this run
+EXIT_STOPPED = 75  # SIGTERM: checkpointed and stopped (pause or preemption)
+
+RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                  "full_valid_loss", "full_valid_mean_token_accuracy"]
+
+
+class FatalError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class Run:
+    def __init__(self, spec: TrainSpec, blobs: Blobs, reporter: Reporter, workdir: Path):
+        self.spec, self.blobs, self.reporter, self.workdir = spec, blobs, reporter, workdir
+        self.stop_requested = False
+
+    def request_stop(self, *_):
+        self.stop_requested = True
+
+    # --- setup --------------------------------------------------------------------------
+
+    def _examples(self, ref, what: str) -> list[Example]:
+        if ref.format not in SUPERVISED_FORMATS:
+            raise FatalError("unsupported_method", f"The {what} is in the {ref.format} format, which the "
+                                                   f"{self.spec.method} trainer does not train on.")
+        try:
+            data = tokenize_lines(self.tokenizer, self.blobs.iter_lines(ref.key), ref.format, self.spec.max_length)
+        except DataError as exc:
+            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} could not be tokenized: {exc}")
+        if data.truncated or data.dropped:
+            msg = (f"{data.truncated} {what} example(s) were longer than {self.spec.max_length} tokens and were "
+                   f"truncated")
+            if data.dropped:
+                msg += f"; {data.dropped} had no trained tokens left and were skipped"
+            self.reporter.event(msg + ".", level="warn", key=f"truncated:{what}",
+                                data={"truncated": data.truncated, "dropped": data.dropped})
+        if not data.examples:
+            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no example with trained tokens.")
+        return data.examples
+
+    def _setup(self):
+        spec = self.spec
+        if spec.method != "supervised":
+            raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
+        try:
+            base, self.tokenizer = load_base(spec.model_name, spec.model_source, spec.model_cache_dir)
+        except ModelLoadError as exc:
+            raise FatalError("model_not_found", str(exc))
+        self.train = self._examples(spec.training_file, "training file")
+        self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
+        torch.manual_seed(spec.seed)
+        self.model = wrap_for_tuning(base, spec.hyperparameters)
+        hp = spec.hyperparameters
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        self.per_epoch = steps_per_epoch(len(self.train), hp.batch_size)
+        self.total_steps = self.per_epoch * hp.n_epochs
+        warmup = int(self.total_steps * hp.warmup_ratio)
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
+        self.eval_interval = spec.eval_interval or max(1, self.total_steps // 10)
+        self.step, self.trained_tokens, self.rows = 0, 0, []
+
+    def _resume(self) -> None:
+        step = checkpoints.latest_step(self.blobs, self.spec.output_prefix)
+        if step is None:
+            return
+        folder = checkpoints.load(self.blobs, self.spec.output_prefix, self.workdir, step)
+        checkpoints.load_weights(self.model, folder, self.spec.hyperparameters.tuning_mode)
+        state = torch.load(folder / checkpoints.STATE, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        random.setstate(state["rng_python"])
+        self.step, self.trained_tokens, self.rows = state["step"], state["trained_tokens"], state["rows"]
+        self.reporter.event(f"Resumed from checkpoint at step {self.step} (attempt {self.spec.attempt})",
+                            key=f"resumed:{self.spec.attempt}", data={"step": self.step, "attempt": self.spec.attempt})
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _layout(self, examples: list[Example]):
+        return micro_batches(examples, packing=self.spec.packing, row_capacity=self.spec.max_length,
+                             token_budget=self.spec.token_budget, pad_id=self.tokenizer.pad_token_id)
+
+    def _train_step(self, step: int) -> dict:
+        hp = self.spec.hyperparameters
+        batch = [self.train[i] for i in step_indices(len(self.train), hp.batch_size, self.spec.seed, step)]
+        mbs = self._layout(batch)
+        targets = sum(mb.targets for mb in mbs)
+        self.model.train()
+        loss_total, correct_total = 0.0, 0
+        for mb in mbs:
+            loss, correct = loss_sums(self.model, mb)
+            (loss / targets).backward()
+            loss_total += float(loss.detach())
+            correct_total += int(correct)
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], hp.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.trained_tokens += sum(len(ex.input_ids) for ex in batch)
+        return {"train_loss": loss_total / targets, "train_mean_token_accuracy": correct_total / targets}
+
+    @torch.no_grad()
+    def evaluate(self, examples: list[Example]) -> tuple[float, float]:
+        self.model.eval()
+        loss_total, correct_total, targets = 0.0, 0, 0
+        for start in range(0, len(examples), 64):
+            for mb in self._layout(examples[start:start + 64]):
+                loss, correct = loss_sums(self.model, mb)
+                loss_total += float(loss)
+                correct_total += int(correct)
+                targets += mb.targets
+        return loss_total / targets, correct_total / targets
+
+    def _metrics(self, step: int, train: dict) -> dict:
+        data = {"step": step, "total_steps": self.total_steps, **train}
+        message = f"Step {step}/{self.total_steps}: training loss={train['train_loss']:.2f}"
+        if self.valid and (step % self.eval_interval == 0 or step == self.total_steps):
+            data["valid_loss"], data["valid_mean_token_accuracy"] = self.evaluate(self.valid[:self.spec.eval_examples])
+            message += f", validation loss={data['valid_loss']:.2f}"
+        if self.valid and step == self.total_steps:
+            data["full_valid_loss"], data["full_valid_mean_token_accuracy"] = self.evaluate(self.valid)
+            message += f", full validation loss={data['full_valid_loss']:.2f}"
+        self.reporter.event(message, type="metrics", data=data, key=f"step:{step}")
+        return data
+
+    def _checkpoint(self, metrics: dict) -> None:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng_cpu": torch.get_rng_state(),
+                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                 "rng_python": random.getstate(), "step": self.step, "trained_tokens": self.trained_tokens,
+                 "rows": self.rows}
+        saved = checkpoints.save(self.blobs, self.spec.output_prefix, self.workdir, self.step, self.model, state)
+        shutil.rmtree(saved.local, ignore_errors=True)
+        keep = {k: v for k, v in metrics.items() if k != "total_steps"}
+        self.reporter.checkpoint(self.step, keep, saved.prefix)
+
+    # --- result ---------------------------------------------------------------------------
+
+    def _result_csv(self) -> bytes:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(RESULT_COLUMNS)
+        for row in self.rows:
+            writer.writerow(["" if row.get(c) is None else (round(row[c], 6) if isinstance(row[c], float) else row[c])
+                             for c in RESULT_COLUMNS])
+        return out.getvalue().encode()
+
+    def _publish(self) -> str:
+        local = self.workdir / "adapter"
+        shutil.rmtree(local, ignore_errors=True)
+        self.model.save_pretrained(local, safe_serialization=True)
+        self.tokenizer.save_pretrained(local)
+        template = self.tokenizer.chat_template or ""
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id]
+        pinned = {"base_model": self.spec.model_name, "tuning_mode": self.spec.hyperparameters.tuning_mode,
+                  "chat_template": template, "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+                  "stop_token_ids": eos_ids, "stop_tokens": self.tokenizer.convert_ids_to_tokens(eos_ids),
+                  "max_length": self.spec.max_length}
+        (local / "hone_serving.json").write_text(json.dumps(pinned, indent=2))
+        prefix = self.spec.output_prefix + "adapter/"
+        self.blobs.upload_dir(local, prefix, last="hone_serving.json")
+        self.blobs.put_bytes(self.spec.output_prefix + "result.csv", self._result_csv())
+        return prefix
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def _should_quit(self) -> bool:
+        return self.reporter.superseded or self.reporter.job_status in ("cancelled", "failed", "succeeded")
+
+    def execute(self) -> int:
+        try:
+            self._setup()
+        except FatalError as exc:
+            self.reporter.call("/fail", {"code": exc.code, "message": exc.message})
+            return EXIT_FATAL
+        self._resume()
+        if self.step == 0:
+            self.reporter.event(f"Training {self.total_steps} steps: {len(self.train)} examples, "
+                                f"{self.spec.hyperparameters.n_epochs} epoch(s), batch size "
+                                f"{self.spec.hyperparameters.batch_size}", key="plan")
+        started, first_step = time.monotonic(), self.step
+        last_metrics: dict = {}
+        while self.step < self.total_steps:
+            if self._should_quit():
+                return EXIT_SUPERSEDED
+            if self.stop_requested:
+                if not last_metrics:
+                    return EXIT_STOPPED  # nothing new since the last checkpoint
+                self._checkpoint(last_metrics)
+                self.reporter.flush()
+                return EXIT_STOPPED
+            train = self._train_step(self.step)
+            self.step += 1
+            last_metrics = self._metrics(self.step, train)
+            self.rows.append({"step": self.step, "train_loss": train["train_loss"],
+                              "train_accuracy": train["train_mean_token_accuracy"],
+                              **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))}})
+            per_step = (time.monotonic() - started) / (self.step - first_step)
+            self.reporter.progress(trained_tokens=self.trained_tokens,
+                                   estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)))
+            interval = self.spec.checkpoint_interval_steps
+            if self.step % self.per_epoch == 0 or (interval and self.step % interval == 0):
+                self._checkpoint(last_metrics)
+                last_metrics = {}
+        adapter_prefix = self._publish()
+        final = self.rows[-1] if self.rows else {}
+        reply = self.reporter.call("/complete", {
+            "trained_tokens": self.trained_tokens, "adapter_prefix": adapter_prefix,
+            "result_key": self.spec.output_prefix + "result.csv",
+            "metrics": {k: v for k, v in final.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}})
+        return EXIT_OK if reply.get("status") == "succeeded" else EXIT_SUPERSEDED
+
+
+def install_stop_handler(run: Run) -> None:
+    signal.signal(signal.SIGTERM, run.request_stop)
+    signal.signal(signal.SIGINT, run.request_stop)
+
+
+__all__ = ["Run", "install_stop_handler", "EXIT_OK", "EXIT_FATAL", "EXIT_STOPPED", "EXIT_SUPERSEDED", "device"]

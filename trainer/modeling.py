@@ -1,0 +1,75 @@
+"""Loading the base model and tokenizer, wrapping it for LoRA or full tuning, and the loss over target tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from trainer import tiny_model
+from trainer.batches import IGNORE, MicroBatch
+from trainer.spec import Hyperparameters
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def resolve_model_dir(name: str, source: str, cache_dir: str) -> str:
+    """A local folder holding the base model (built first for built-in models), or the Hugging Face id."""
+    if source.startswith("builtin:"):
+        builtin = source.split(":", 1)[1]
+        if builtin != tiny_model.TINY_MODEL:
+            raise ModelLoadError(f"Base model {name!r}: unknown built-in model {builtin!r}.")
+        return str(tiny_model.build(Path(cache_dir) / builtin))
+    return source
+
+
+def device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_base(name: str, source: str, cache_dir: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_dir(name, source, cache_dir)
+    dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Base model {name!r} could not be loaded from {source!r}: {exc}".strip()) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device()), tokenizer
+
+
+def wrap_for_tuning(model, hp: Hyperparameters):
+    if hp.tuning_mode == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+                        target_modules=list(hp.lora_target_modules), task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config)
+
+
+def loss_sums(model, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross-entropy, number of correct argmax predictions) over the micro-batch's targets.
+
+    The output head only runs on target positions: prompts, padding and packed neighbours cost no logits."""
+    dev = device()
+    hidden = model.get_decoder()(
+        input_ids=mb.input_ids.to(dev), position_ids=mb.position_ids.to(dev),
+        attention_mask=None if mb.attention_mask is None else mb.attention_mask.to(dev),
+        use_cache=False,  # with a cache transformers ignores packed position ids and lets examples see each other
+    ).last_hidden_state
+    labels = mb.labels[:, 1:].to(dev)
+    keep = labels != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    targets = labels[keep]
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    correct = (logits.argmax(-1) == targets).sum()
+    return loss, correct

@@ -1,0 +1,64 @@
+"""The training spec the control plane writes to `jobs/{id}/spec.json`: everything a trainer needs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FileRef:
+    key: str
+    format: str
+
+
+@dataclass
+class Hyperparameters:
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    tuning_mode: str = "lora"  # "lora" | "full"
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"])
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainSpec:
+    job_id: str
+    fine_tuned_model: str
+    model_name: str
+    model_source: str  # local folder, Hugging Face id, or "builtin:hone-tiny"
+    model_cache_dir: str
+    storage_url: str
+    training_file: FileRef
+    validation_file: FileRef | None
+    method: str
+    hyperparameters: Hyperparameters
+    seed: int
+    output_prefix: str  # "jobs/{id}/"
+    callback_url: str
+    token: str
+    attempt: int = 1
+    s3_endpoint_url: str | None = None
+    max_length: int = 2048
+    packing: bool = True
+    token_budget: int = 16384  # padded tokens per micro-batch
+    eval_interval: int = 0  # 0: about ten validation points per run
+    eval_examples: int = 64  # examples in an interval validation (the full set at the end)
+    checkpoint_interval_steps: int = 0  # 0: once per epoch
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "TrainSpec":
+        data = json.loads(raw)
+        data["training_file"] = FileRef(**data["training_file"])
+        if data.get("validation_file"):
+            data["validation_file"] = FileRef(**data["validation_file"])
+        data["hyperparameters"] = Hyperparameters(**data["hyperparameters"])
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})

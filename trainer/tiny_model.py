@@ -1,0 +1,116 @@
+"""`hone-tiny`: a tiny Llama model with its own byte-level BPE tokenizer, built locally and deterministically.
+
+No download: the tokenizer is trained on a corpus generated here, the weights come from a fixed seed,
+so every machine builds the same bytes and the whole flow runs on a laptop CPU in seconds."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_MODEL = "hone-tiny"
+SEED = 1234
+VOCAB_SIZE = 1024
+SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
+BOS, EOS, PAD, IM_END = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|im_end|>"
+
+# ChatML. Tools, tool calls and content parts are rendered as text so that any OpenAI chat line fits.
+CHAT_TEMPLATE = (
+    "{%- if tools -%}<|im_start|>system{{ '\\n' }}Tools: {{ tools | tojson }}<|im_end|>{{ '\\n' }}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "<|im_start|>{{ message['role'] }}{{ '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- elif message['content'] -%}{%- for part in message['content'] -%}{{ part['text'] }}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- if message.get('tool_calls') -%}{{ message['tool_calls'] | tojson }}{%- endif -%}"
+    "<|im_end|>{{ '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
+)
+
+EMBEDDING_STD = 0.1
+ARCHITECTURE = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=2048, rope_theta=10000.0,
+                    tie_word_embeddings=True)
+
+_WORDS = (
+    "the of and to a in is it you that he was for on are with as I his they be at one have this from or had "
+    "by not word but what some we can out other were all there when up use your how said an each she which do "
+    "their time if will way about many then them write would like so these her long make thing see him two has "
+    "look more day could go come did number sound no most people my over know water than call first who may "
+    "down side been now find any new work part take get place made live where after back little only round man "
+    "year came show every good me give our under name very through just form sentence great think say help low "
+    "line differ turn cause much mean before move right boy old too same tell does set three want air well also "
+    "play small end put home read hand port large spell add even land here must big high such follow act why "
+    "ask men change went light kind off need house picture try us again animal point mother world near build "
+    "self earth father account password login reset invoice payment refund charge card billing error crash bug "
+    "page slow broken feature question help support price plan upgrade sales demo trial contract team user "
+    "email address profile settings access locked verify code app server data report export import customer "
+    "order please thanks hello hi assistant system user model label answer yes no true false null"
+).split()
+
+
+def _corpus(seed: int = SEED, lines: int = 4000) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(lines):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
+        if rng.random() < 0.3:
+            words[0] = words[0].capitalize()
+        tail = rng.choice([".", "?", "!", ",", ":", ";", ""])
+        extra = rng.choice(["", f" {rng.randint(0, 9999)}", ' {"key": "value"}', " (x)", " - ", "'s", "\n"])
+        out.append(" ".join(words) + tail + extra)
+    return out
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   chat_template=CHAT_TEMPLATE, model_max_length=ARCHITECTURE["max_position_embeddings"])
+
+
+def build(target: Path, seed: int = SEED) -> Path:
+    """Writes hone-tiny into `target` (atomically: a half-built folder is never visible)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    target = Path(target)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".hone-tiny-", dir=target.parent))
+    try:
+        tokenizer = build_tokenizer()
+        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
+                             pad_token_id=tokenizer.pad_token_id, **ARCHITECTURE)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+            # The (tied) embeddings bound every logit; at the default 0.02 std no hidden state can make a token
+            # likely, and LoRA cannot train them. Pretrained models have norms like this one.
+            model.get_input_embeddings().weight.data.normal_(0.0, EMBEDDING_STD)
+        model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                                                   pad_token_id=config.pad_token_id, do_sample=False)
+        model.save_pretrained(work, safe_serialization=True)
+        tokenizer.save_pretrained(work)
+        try:
+            os.rename(work, target)
+        except OSError:  # another process finished first; theirs is identical
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    os.chmod(target, 0o755)
+    return target

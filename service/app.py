@@ -7,14 +7,17 @@ import gc
 import logging
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
-from service.api import admin, files, fine_tuning, health, models
+from service.api import admin, files, fine_tuning, health, internal, models
 from service.context import AppContext
 from service.errors import install_error_handlers
 from service.files import expire_files
+from service.executors import open_executor
 from service.jobs import advance_validating_jobs
 from service.logs import AccessLogMiddleware
 from service.loops import BackgroundLoop, Loops
+from service.scheduler import Scheduler
 from service.settings import Settings
 
 log = logging.getLogger("hone.app")
@@ -28,8 +31,15 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         ctx = context or AppContext.build(settings)
         app.state.ctx = ctx
         loops = app.state.loops = Loops()
-        loops.add(BackgroundLoop("validation", lambda: advance_validating_jobs(ctx),
-                                 settings.job_validation_poll_s))
+        scheduler = Scheduler(ctx, open_executor(ctx.settings))
+        await run_in_threadpool(scheduler.reconcile)
+
+        def validate_then_wake_scheduler():
+            if advance_validating_jobs(ctx):
+                loops.wake("scheduler")
+
+        loops.add(BackgroundLoop("validation", validate_then_wake_scheduler, settings.job_validation_poll_s))
+        loops.add(BackgroundLoop("scheduler", scheduler.tick, settings.scheduler_poll_s))
         loops.add(BackgroundLoop("file-expiry", lambda: expire_files(ctx), settings.file_expiry_poll_s))
         loops.start()
         # Start-up objects (routes, models, SQLAlchemy metadata) live as long as the process; keep
@@ -48,7 +58,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     app = FastAPI(title="Hone", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.")
     install_error_handlers(app)
-    for router in (health.router, admin.router, files.router, fine_tuning.router, models.router):
+    for router in (health.router, admin.router, files.router, fine_tuning.router, models.router, internal.router):
         app.include_router(router)
     app.add_middleware(AccessLogMiddleware)
     return app

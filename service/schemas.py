@@ -46,10 +46,24 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+LoraRank = _auto_or(int, ge=1, le=256)
+LoraAlpha = _auto_or(float, gt=0)
+LoraDropout = _auto_or(float, ge=0, le=0.9)
+
+
 class SupervisedHyperparameters(_Body):
     batch_size: BatchSize = "auto"
     learning_rate_multiplier: LearningRateMultiplier = "auto"
     n_epochs: Epochs = "auto"
+    # Hone extensions; left out of responses unless given.
+    tuning_mode: Literal["auto", "lora", "full"] | None = Field(
+        default=None, description='Hone: "lora" (default) trains an adapter; "full" tunes every weight (small models).')
+    lora_rank: LoraRank | None = Field(default=None, description="Hone: LoRA rank (default 16).")
+    lora_alpha: LoraAlpha | None = Field(default=None, description="Hone: LoRA alpha (default twice the rank).")
+    lora_dropout: LoraDropout | None = Field(default=None, description="Hone: LoRA dropout (default 0).")
+    lora_target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, min_length=1, max_length=32,
+        description="Hone: module names to adapt (default: every attention and MLP projection).")
 
 
 class DpoHyperparameters(SupervisedHyperparameters):

@@ -40,12 +40,44 @@ class Settings(BaseSettings):
     job_validation_poll_s: float = 2.0
     file_expiry_poll_s: float = 60.0
 
+    # --- training ---
+    # Local executor slots: one per GPU in CUDA_VISIBLE_DEVICES, else HONE_LOCAL_SLOTS on CPU.
+    local_slots: int = 1  # 0: this replica schedules no local training
+    cuda_visible_devices: str | None = Field(default=None, validation_alias="CUDA_VISIBLE_DEVICES")
+    model_cache_dir: Path | None = None  # where built-in base models are built; default: data_dir/models
+    scheduler_poll_s: float = 1.0
+    max_job_attempts: int = 3  # trainer crashes before a job is failed
+    internal_url: str | None = None  # how trainers reach this server; default http://{host}:{port}
+    trainer_python: str | None = None  # interpreter for `python -m trainer`; default: this one
+    pause_grace_s: float = 60.0  # how long a paused trainer may take to checkpoint before it is killed
+    lora_learning_rate: float = 2e-3  # times learning_rate_multiplier
+    full_learning_rate: float = 1e-4
+    train_max_length: int = 2048  # examples are truncated to this many tokens
+    train_packing: bool = True
+    train_token_budget: int = 16384
+    checkpoint_interval_steps: int = 0  # 0: checkpoint once per epoch
+
     @field_validator("base_models", mode="before")
     @classmethod
     def _parse_base_models(cls, value):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @property
+    def gpu_devices(self) -> list[str]:
+        return [d.strip() for d in (self.cuda_visible_devices or "").split(",") if d.strip() and d.strip() != "-1"]
+
+    @cached_property
+    def resolved_model_cache_dir(self) -> Path:
+        return (self.model_cache_dir or self.data_dir / "models").resolve()
+
+    @cached_property
+    def resolved_internal_url(self) -> str:
+        if self.internal_url:
+            return self.internal_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -27,7 +27,8 @@ def postgres():
 def server(request, tmp_path_factory):
     """The control plane, once per backend pair; every API test runs against both."""
     # A second base model whose id holds '/', as Hugging Face ids do.
-    env = {"HONE_BASE_MODELS": '{"acme/tiny-chat": "/models/acme-tiny-chat"}'}
+    # No training slots: API tests drive job states by hand; training tests start their own servers.
+    env = {"HONE_BASE_MODELS": '{"acme/tiny-chat": "/models/acme-tiny-chat"}', "HONE_LOCAL_SLOTS": "0"}
     if request.param == "postgres-s3":
         moto, postgres = request.getfixturevalue("moto"), request.getfixturevalue("postgres")
         env |= {**moto.env(), "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-tests/blobs"}

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import uuid
@@ -74,11 +75,16 @@ class PostgresDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+# Built-in models are built once per test run, not once per server.
+MODEL_CACHE = Path(tempfile.gettempdir()) / f"hone-test-models-{os.getuid()}"
+
+
 class HoneServer:
     """`python -m service` in a subprocess, as `hone serve` runs it."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, admin_key: str = "sk-admin-test"):
-        self.port = free_port()
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, admin_key: str = "sk-admin-test",
+                 port: int | None = None):
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.admin_key = admin_key
         self.data_dir = data_dir
@@ -87,7 +93,8 @@ class HoneServer:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
         full_env.update({"HONE_PORT": str(self.port), "HONE_DATA_DIR": str(data_dir),
                          "HONE_ADMIN_API_KEY": admin_key, "HONE_JOB_VALIDATION_POLL_S": "0.5",
-                         "HONE_FILE_EXPIRY_POLL_S": "0.5"})
+                         "HONE_FILE_EXPIRY_POLL_S": "0.5", "HONE_SCHEDULER_POLL_S": "0.3",
+                         "HONE_MODEL_CACHE_DIR": str(MODEL_CACHE)})
         full_env.update(env or {})
         self.env = full_env
         self._log = open(self.log_path, "ab")
@@ -153,3 +160,38 @@ def jsonl(rows: list[dict]) -> bytes:
 
 def chat_dataset(n: int = 12) -> bytes:
     return jsonl([chat_line(f"What is {i}+{i}?", str(2 * i)) for i in range(n)])
+
+
+def trainer_pids(job_id: str) -> list[int]:
+    """Live trainer processes of a job, found the way the local executor marks them (HONE_JOB_ID)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if f"HONE_JOB_ID={job_id}".encode() in environ and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_job(client, job_id: str, until, timeout: float = 180, poll: float = 0.3):
+    """Polls a job until `until(job)` holds (or a terminal status that is not what we waited for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if until(job):
+            return job
+        if job.status in ("succeeded", "failed", "cancelled"):
+            raise AssertionError(f"job ended {job.status} ({job.error}) before the awaited condition")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job still {job.status} after {timeout}s")
+        time.sleep(poll)
+
+
+def all_events(client, job_id: str) -> list:
+    """Every event of a job, oldest first."""
+    return list(client.fine_tuning.jobs.list_events(job_id, limit=1000))[::-1]

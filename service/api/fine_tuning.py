@@ -42,21 +42,27 @@ def retrieve_job(job_id: str, principal: ProjectPrincipal = Depends(project_prin
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
+def cancel_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
-    return jobs.act_on_job(ctx, principal, job_id, "cancel")
+    job = jobs.act_on_job(ctx, principal, job_id, "cancel")
+    request.app.state.loops.wake("scheduler")  # stops or starts the trainer now, not at the next poll
+    return job
 
 
 @router.post("/{job_id}/pause")
-def pause_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
+def pause_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
               ctx: AppContext = Depends(get_ctx)):
-    return jobs.act_on_job(ctx, principal, job_id, "pause")
+    job = jobs.act_on_job(ctx, principal, job_id, "pause")
+    request.app.state.loops.wake("scheduler")
+    return job
 
 
 @router.post("/{job_id}/resume")
-def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
+def resume_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
-    return jobs.act_on_job(ctx, principal, job_id, "resume")
+    job = jobs.act_on_job(ctx, principal, job_id, "resume")
+    request.app.state.loops.wake("scheduler")  # stops or starts the trainer now, not at the next poll
+    return job
 
 
 @router.get("/{job_id}/events")

@@ -91,6 +91,11 @@ class Job(Base):
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result_files: Mapped[list[Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # trainer launches so far
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # launches that crashed
+    trainer_token_hash: Mapped[str | None] = mapped_column(String(64))  # sha256 of the current attempt's token
+    executor_ref: Mapped[str | None] = mapped_column(String(256))  # e.g. "local:<host>:<pid>"
+    last_report_at: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_jobs_project_seq", "project_id", "seq"),)
 
@@ -154,3 +159,12 @@ class TunedModel(Base):
     base_model: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[int] = mapped_column(BigInteger)
     storage_prefix: Mapped[str] = mapped_column(String(512))
+
+
+class RegisteredBaseModel(Base):
+    """A base model added through the admin API (settings-configured ones are not stored)."""
+
+    __tablename__ = "base_models"
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,24 @@
+"""The internal API trainers report to, authenticated by the job's trainer token. Not part of the public schema."""
+
+from fastapi import APIRouter, Request
+
+from service import trainer_reports
+from service.api.routing import JSONRoute
+from service.trainer_reports import Completion, Failure, Report
+
+router = APIRouter(route_class=JSONRoute, prefix="/internal/fine_tuning/jobs/{job_id}", include_in_schema=False)
+
+
+@router.post("/report")
+def report(job_id: str, body: Report, request: Request):
+    return trainer_reports.record_report(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
+
+
+@router.post("/complete")
+def complete(job_id: str, body: Completion, request: Request):
+    return trainer_reports.complete(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
+
+
+@router.post("/fail")
+def fail(job_id: str, body: Failure, request: Request):
+    return trainer_reports.fail(request.app.state.ctx, job_id, request.headers.get("authorization"), body)

@@ -1,0 +1,34 @@
+"""Executor backends run trainers: one small Protocol, the backend chosen from settings in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+
+@dataclass
+class TrainerExit:
+    job_id: str
+    ref: str
+    returncode: int | None  # None: the run vanished without an exit status (e.g. adopted after a restart)
+    log: bytes | None  # what the trainer printed, uploaded to jobs/{id}/logs/
+
+
+class Executor(Protocol):
+    def slots(self) -> int: ...  # how many trainers may run at once
+    def running(self) -> dict[str, str]: ...  # job id -> ref of every run this executor tracks
+    def launch(self, job_id: str, attempt: int, spec_url: str) -> str: ...  # returns the run's ref
+    def stop(self, job_id: str, *, kill: bool) -> None: ...  # kill: now; else ask it to checkpoint and exit
+    def reap(self) -> list[TrainerExit]: ...  # runs that ended since the last call
+    def adopt(self, job_id: str, ref: str) -> bool: ...  # after a restart: track a run that is still alive
+    def owns(self, ref: str) -> bool: ...  # whether a ref names a run this executor could track
+
+
+def open_executor(settings: "Settings") -> Executor:
+    if settings.executor == "local":
+        from service.executors.local import LocalExecutor
+        return LocalExecutor(settings)
+    raise ValueError(f"unknown executor {settings.executor!r} (HONE_EXECUTOR: local)")

@@ -1,0 +1,125 @@
+"""The local executor: one `python -m trainer` subprocess per job on this machine.
+
+Slots are the GPUs in CUDA_VISIBLE_DEVICES (each run gets one), else HONE_LOCAL_SLOTS on CPU. Runs start
+in their own session, so they outlive a control-plane restart; the restarted scheduler adopts them by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.executors import TrainerExit
+from service.settings import Settings
+
+
+@dataclass
+class _Run:
+    job_id: str
+    pid: int
+    ref: str
+    log_path: Path
+    device: str | None
+    process: subprocess.Popen | None  # None for a run adopted from an earlier control plane
+
+
+class LocalExecutor:
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._host = socket.gethostname()
+        self._devices = settings.gpu_devices
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+
+    def slots(self) -> int:
+        return len(self._devices) or max(0, self._settings.local_slots)  # 0: this replica trains nothing
+
+    def running(self) -> dict[str, str]:
+        with self._lock:
+            return {job_id: run.ref for job_id, run in self._runs.items()}
+
+    def owns(self, ref: str) -> bool:
+        return ref.startswith(f"local:{self._host}:")
+
+    def _log_path(self, job_id: str, attempt: int) -> Path:
+        folder = (self._settings.data_dir / "logs" / job_id).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"attempt-{attempt}.log"
+
+    def launch(self, job_id: str, attempt: int, spec_url: str) -> str:
+        with self._lock:
+            used = {run.device for run in self._runs.values()}
+            device = next((d for d in self._devices if d not in used), None)
+            env = dict(os.environ, PYTHONUNBUFFERED="1", HONE_JOB_ID=job_id)
+            # No GPU for a CPU slot: an empty list hides every device from torch.
+            env["CUDA_VISIBLE_DEVICES"] = device if device is not None else ("" if self._devices else
+                                                                             env.get("CUDA_VISIBLE_DEVICES", ""))
+            python = self._settings.trainer_python or sys.executable
+            log_path = self._log_path(job_id, attempt)
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen([python, "-m", "trainer", "--spec", spec_url], stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                           start_new_session=True)
+            ref = f"local:{self._host}:{process.pid}:{attempt}"
+            self._runs[job_id] = _Run(job_id, process.pid, ref, log_path, device, process)
+            return ref
+
+    def stop(self, job_id: str, *, kill: bool) -> None:
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is None:
+            return
+        try:
+            if kill:
+                os.killpg(run.pid, signal.SIGKILL)  # the whole session: data loader workers too
+            else:
+                os.kill(run.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _alive(self, run: _Run) -> int | None | bool:
+        """True while running; else the exit code (None when unknown)."""
+        if run.process is not None:
+            code = run.process.poll()
+            return True if code is None else code
+        return True if _is_trainer(run.pid, run.job_id) else None
+
+    def reap(self) -> list[TrainerExit]:
+        exits = []
+        with self._lock:
+            for job_id, run in list(self._runs.items()):
+                state = self._alive(run)
+                if state is True:
+                    continue
+                del self._runs[job_id]
+                log = run.log_path.read_bytes() if run.log_path.exists() else None
+                exits.append(TrainerExit(job_id, run.ref, state, log))
+        return exits
+
+    def adopt(self, job_id: str, ref: str) -> bool:
+        if not self.owns(ref):
+            return False
+        _, _, pid, attempt = ref.rsplit(":", 3)
+        if not _is_trainer(int(pid), job_id):
+            return False
+        with self._lock:
+            self._runs[job_id] = _Run(job_id, int(pid), ref, self._log_path(job_id, int(attempt)),
+                                      None, None)
+        return True
+
+
+def _is_trainer(pid: int, job_id: str) -> bool:
+    """Whether `pid` is still the trainer of `job_id` (the environment survives pid reuse checks)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie has exited
+        return False
+    return f"HONE_JOB_ID={job_id}".encode() in environ.split(b"\0")

@@ -1,0 +1,158 @@
+"""The scheduler: claims queued jobs for executor slots, carries out pause and cancel, and retries crashed runs.
+
+One `tick` reaps ended runs, stops runs whose job was paused or cancelled, then claims queued jobs
+(FIFO, `FOR UPDATE SKIP LOCKED` so replicas on PostgreSQL never claim the same job)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import training_plan
+from service.auth import hash_key
+from service.context import AppContext
+from service.db.tables import Checkpoint, File, Job, Project
+from service.executors import Executor, TrainerExit
+from service.jobs import fine_tuned_model_name, transition
+from service.job_states import JobStatus
+
+log = logging.getLogger("hone.scheduler")
+
+# The trainer's exit codes (trainer/loop.py): they are the process contract between the two.
+EXIT_STOPPED = 75  # checkpointed after SIGTERM
+
+
+def tuned_model_name(session: Session, job: Job) -> str:
+    slug = session.execute(select(Project.slug).where(Project.id == job.project_id)).scalar_one()
+    return fine_tuned_model_name(job.base_model, slug, job.suffix, job.id)
+
+
+def _last_checkpoint_step(session: Session, job_id: str) -> int | None:
+    return session.execute(select(Checkpoint.step_number).where(Checkpoint.job_id == job_id)
+                           .order_by(Checkpoint.step_number.desc()).limit(1)).scalar()
+
+
+class Scheduler:
+    def __init__(self, ctx: AppContext, executor: Executor):
+        self.ctx, self.executor = ctx, executor
+        self._stopping_since: dict[str, float] = {}  # job id -> when we asked a paused run to stop
+
+    def tick(self) -> None:
+        for ended in self.executor.reap():
+            self._on_exit(ended)
+        self._enforce_user_actions()
+        self._claim()
+
+    # --- start-up ---------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """After a restart: adopt runs still alive, and retry running jobs whose trainer is gone."""
+        with self.ctx.db.read() as session:
+            running = session.execute(select(Job.id, Job.executor_ref)
+                                      .where(Job.status == JobStatus.RUNNING.value)).all()
+        for job_id, ref in running:
+            if ref and not self.executor.owns(ref):
+                continue  # another machine's run
+            if ref and self.executor.adopt(job_id, ref):
+                log.info("adopted a running trainer", extra={"job_id": job_id, "ref": ref})
+                continue
+            self._on_exit(TrainerExit(job_id, ref or "", None, None))
+
+    # --- ended runs ------------------------------------------------------------------------
+
+    def _on_exit(self, ended: TrainerExit) -> None:
+        self._stopping_since.pop(ended.job_id, None)
+        with self.ctx.db.write() as session:
+            job = session.execute(select(Job).where(Job.id == ended.job_id).with_for_update()).scalar()
+            if job is None:
+                return
+            if ended.log is not None:
+                self.ctx.storage.put_bytes(f"jobs/{job.id}/logs/attempt-{job.attempts}.log", ended.log)
+            if job.status != JobStatus.RUNNING.value or (job.executor_ref or "") != ended.ref:
+                return  # finished, paused or cancelled as intended, or already handed to a newer attempt
+            job.executor_ref = None
+            step = _last_checkpoint_step(session, job.id)
+            where = f"checkpoint step {step}" if step else "the start"
+            if ended.returncode == EXIT_STOPPED:
+                transition(session, job, JobStatus.QUEUED, f"Trainer was stopped; requeued to resume from {where}")
+                return
+            job.failures += 1
+            how = "vanished" if ended.returncode is None else f"exited with code {ended.returncode}"
+            limit = self.ctx.settings.max_job_attempts
+            if job.failures < limit:
+                transition(session, job, JobStatus.QUEUED, f"Trainer {how}; retrying from {where} "
+                           f"(attempt {job.attempts + 1} of {limit})", level="warn")
+                return
+            error = {"code": "trainer_failed", "param": None,
+                     "message": f"The job failed after {job.failures} trainer crashes (the last {how}). "
+                                f"The trainer logs are in storage under jobs/{job.id}/logs/."}
+            transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
+                       finished_at=int(time.time()), estimated_finish=None)
+
+    # --- pause and cancel -------------------------------------------------------------------
+
+    def _enforce_user_actions(self) -> None:
+        tracked = self.executor.running()
+        if not tracked:
+            return
+        with self.ctx.db.read() as session:
+            statuses = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(tracked))).all())
+        now = time.monotonic()
+        for job_id in tracked:
+            status = statuses.get(job_id)
+            if status in (JobStatus.CANCELLED.value, JobStatus.FAILED.value, None):
+                self.executor.stop(job_id, kill=True)
+            elif status == JobStatus.PAUSED.value:
+                asked = self._stopping_since.setdefault(job_id, now)
+                if asked == now:
+                    self.executor.stop(job_id, kill=False)  # the trainer checkpoints, then exits
+                elif now - asked > self.ctx.settings.pause_grace_s:
+                    self.executor.stop(job_id, kill=True)
+
+    # --- claiming -----------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        free = self.executor.slots() - len(self.executor.running())
+        if free <= 0:
+            return
+        with self.ctx.db.read() as session:  # an idle poll must not take SQLite's write lock
+            if session.execute(select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(1)).scalar() is None:
+                return
+        launches = []
+        with self.ctx.db.write() as session:
+            queued = session.execute(select(Job).where(Job.status == JobStatus.QUEUED.value).order_by(Job.seq)
+                                     .limit(free).with_for_update(skip_locked=True)).scalars().all()
+            for job in queued:
+                launches.append(self._prepare(session, job))
+        for job_id, attempt, spec_url in launches:
+            self._launch(job_id, attempt, spec_url)
+
+    def _prepare(self, session: Session, job: Job) -> tuple[str, int, str]:
+        ids = [f for f in (job.training_file, job.validation_file) if f]
+        files = {f.id: f for f in session.execute(select(File).where(File.id.in_(ids))).scalars()}
+        job.method = training_plan.resolve_hyperparameters(job.method, files[job.training_file].example_count or 1)
+        token = secrets.token_urlsafe(32)
+        job.trainer_token_hash = hash_key(token)  # a new token per attempt: an older run can no longer report
+        job.attempts += 1
+        spec_url = training_plan.write_spec(self.ctx, job, files, token, tuned_model_name(session, job))
+        first = job.attempts == 1
+        message = "Fine-tuning job started" if first else f"Fine-tuning job resumed (attempt {job.attempts})"
+        fields = {"started_at": int(time.time())} if first else {}
+        transition(session, job, JobStatus.RUNNING, message, executor_ref=None, method=job.method,
+                   attempts=job.attempts, trainer_token_hash=job.trainer_token_hash, **fields)
+        return job.id, job.attempts, spec_url
+
+    def _launch(self, job_id: str, attempt: int, spec_url: str) -> None:
+        try:
+            ref = self.executor.launch(job_id, attempt, spec_url)
+        except OSError as exc:
+            log.exception("could not start a trainer", extra={"job_id": job_id})
+            self._on_exit(TrainerExit(job_id, "", None, f"could not start the trainer: {exc}".encode()))
+            return
+        with self.ctx.db.write() as session:
+            session.execute(Job.__table__.update().where(Job.id == job_id, Job.attempts == attempt)
+                            .values(executor_ref=ref))

@@ -1,0 +1,143 @@
+"""What trainers report through the internal API: events, checkpoints, progress, and how the run ended.
+
+Each call carries the job's current trainer token (new per attempt). Reports are idempotent: events
+keep the ids the trainer gave them and checkpoints are keyed by step, so a resent batch changes nothing."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.auth import bearer_token, hash_key
+from service.context import AppContext
+from service.db.tables import Checkpoint, File, Job, JobEvent, TunedModel
+from service.errors import ApiError, AuthenticationFailed, NotFound
+from service.ids import new_id
+from service.jobs import add_event, transition
+from service.job_states import JobStatus
+from service.scheduler import tuned_model_name
+
+ACCEPTS_REPORTS = {JobStatus.RUNNING.value, JobStatus.PAUSED.value}
+
+
+class JobNotRunning(ApiError):
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
+class ReportedEvent(BaseModel):
+    id: str = Field(pattern=r"^ftevent-[A-Za-z0-9]{1,40}$")
+    created_at: int
+    level: str = Field(pattern="^(info|warn|error)$")
+    message: str = Field(max_length=4000)
+    type: str = Field(pattern="^(message|metrics)$")
+    data: dict | None = None
+
+
+class ReportedCheckpoint(BaseModel):
+    step: int = Field(ge=1)
+    metrics: dict
+    storage_prefix: str
+
+
+class Report(BaseModel):
+    events: list[ReportedEvent] = Field(default_factory=list, max_length=5000)
+    checkpoints: list[ReportedCheckpoint] = Field(default_factory=list)
+    progress: dict = Field(default_factory=dict)
+
+
+class Completion(BaseModel):
+    trained_tokens: int = Field(ge=0)
+    adapter_prefix: str
+    result_key: str
+    metrics: dict = Field(default_factory=dict)
+
+
+class Failure(BaseModel):
+    code: str = Field(max_length=64)
+    message: str = Field(max_length=4000)
+
+
+def _job_for_trainer(session: Session, job_id: str, authorization: str | None) -> Job:
+    token = bearer_token(authorization)
+    job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar()
+    if job is None:
+        raise NotFound(f"No such fine-tuning job: {job_id}")
+    if not job.trainer_token_hash or not hmac.compare_digest(job.trainer_token_hash, hash_key(token)):
+        raise AuthenticationFailed("This trainer token is not valid for this job (a newer attempt may own it).",
+                                   code="invalid_trainer_token")
+    return job
+
+
+def record_report(ctx: AppContext, job_id: str, authorization: str | None, report: Report) -> dict:
+    with ctx.db.write() as session:
+        job = _job_for_trainer(session, job_id, authorization)
+        if job.status not in ACCEPTS_REPORTS:
+            return {"status": job.status}
+        incoming = [e.id for e in report.events]
+        seen = set(session.execute(select(JobEvent.id).where(JobEvent.id.in_(incoming))).scalars()) if incoming else set()
+        for event in report.events:
+            if event.id not in seen:
+                seen.add(event.id)
+                session.add(JobEvent(job_id=job.id, **event.model_dump()))
+        if report.checkpoints:
+            _record_checkpoints(session, job, report.checkpoints)
+        progress = report.progress
+        if isinstance(progress.get("trained_tokens"), int):
+            job.trained_tokens = progress["trained_tokens"]
+        if isinstance(progress.get("estimated_finish"), int) and job.status == JobStatus.RUNNING.value:
+            job.estimated_finish = progress["estimated_finish"]
+        job.last_report_at = int(time.time())
+        return {"status": job.status}
+
+
+def _record_checkpoints(session: Session, job: Job, checkpoints: list[ReportedCheckpoint]) -> None:
+    have = set(session.execute(select(Checkpoint.step_number).where(Checkpoint.job_id == job.id)).scalars())
+    name = tuned_model_name(session, job)
+    for ckpt in checkpoints:
+        if ckpt.step in have:
+            continue
+        have.add(ckpt.step)
+        snapshot = f"{name}:ckpt-step-{ckpt.step}"
+        metrics = {k: v for k, v in ckpt.metrics.items() if isinstance(v, (int, float))}
+        session.add(Checkpoint(id=new_id("ftckpt_"), job_id=job.id, created_at=int(time.time()),
+                               step_number=ckpt.step, fine_tuned_model_checkpoint=snapshot, metrics=metrics,
+                               storage_prefix=ckpt.storage_prefix))
+        add_event(session, job.id, f"Checkpoint created at step {ckpt.step} with Snapshot ID: {snapshot}")
+
+
+def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Completion) -> dict:
+    with ctx.db.write() as session:
+        job = _job_for_trainer(session, job_id, authorization)
+        if job.status == JobStatus.SUCCEEDED.value:
+            return {"status": job.status}  # a retried call whose first reply was lost
+        if job.status != JobStatus.RUNNING.value:
+            raise JobNotRunning(f"Job {job.id} is {job.status}; its result is discarded.", code="job_not_running")
+        now = int(time.time())
+        name = tuned_model_name(session, job)
+        result = File(id=new_id("file-"), project_id=job.project_id, filename="step_metrics.csv",
+                      purpose="fine-tune-results", bytes=ctx.storage.size(body.result_key), created_at=now,
+                      status="processed", storage_key=body.result_key)
+        session.add(result)
+        session.add(TunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.base_model,
+                               created_at=now, storage_prefix=body.adapter_prefix))
+        add_event(session, job.id, f"New fine-tuned model created: {name}")
+        transition(session, job, JobStatus.SUCCEEDED, "The job has successfully completed", fine_tuned_model=name,
+                   trained_tokens=body.trained_tokens, result_files=[result.id], finished_at=now,
+                   estimated_finish=None, executor_ref=job.executor_ref)
+        return {"status": job.status, "fine_tuned_model": name}
+
+
+def fail(ctx: AppContext, job_id: str, authorization: str | None, body: Failure) -> dict:
+    with ctx.db.write() as session:
+        job = _job_for_trainer(session, job_id, authorization)
+        if job.status != JobStatus.RUNNING.value:
+            return {"status": job.status}
+        error = {"code": body.code, "message": body.message, "param": None}
+        transition(session, job, JobStatus.FAILED, body.message, level="error", error=error,
+                   finished_at=int(time.time()), estimated_finish=None)
+        return {"status": job.status}

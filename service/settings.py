@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_job_attempts: int = 3  # trainer crashes before a job is failed
     internal_url: str | None = None  # how trainers reach this server; default http://{host}:{port}
     trainer_python: str | None = None  # interpreter for `python -m trainer`; default: this one
+    trainer_threads: int = 0  # CPU threads per local trainer; 0: torch's default (one per core)
     pause_grace_s: float = 60.0  # how long a paused trainer may take to checkpoint before it is killed
     lora_learning_rate: float = 2e-3  # times learning_rate_multiplier
     full_learning_rate: float = 1e-4

@@ -94,6 +94,7 @@ class HoneServer:
         full_env.update({"HONE_PORT": str(self.port), "HONE_DATA_DIR": str(data_dir),
                          "HONE_ADMIN_API_KEY": admin_key, "HONE_JOB_VALIDATION_POLL_S": "0.5",
                          "HONE_FILE_EXPIRY_POLL_S": "0.5", "HONE_SCHEDULER_POLL_S": "0.3",
+                         "HONE_TRAINER_THREADS": "1",
                          "HONE_MODEL_CACHE_DIR": str(MODEL_CACHE)})
         full_env.update(env or {})
         self.env = full_env

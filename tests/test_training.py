@@ -127,3 +127,105 @@ def test_cancel_kills_a_running_trainer_within_5_seconds(trainer_server):
     assert trainer_pids(job.id) == []
     time.sleep(1)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
+def _kill_when_mid_epoch(client, job_id: str, per_epoch: int) -> int:
+    """Waits until the trainer is past its first checkpoint but short of the next, then SIGKILLs it."""
+    job = wait_job(client, job_id, lambda j: any(
+        e.type == "metrics" and e.data["step"] > per_epoch + 2 for e in client.fine_tuning.jobs.list_events(j.id, limit=5)),
+        poll=0.05)
+    [pid] = trainer_pids(job.id)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_sigkilled_trainer_resumes_exactly_from_its_checkpoint(trainer_server):
+    client = trainer_server.new_project("sigkill").openai()
+    train = client.files.create(file=("train.jsonl", numbers_dataset(100, width=12)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, seed=7, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}})
+    _kill_when_mid_epoch(client, job.id, per_epoch=100)
+    done = wait_job(client, job.id, lambda j: j.status == "succeeded")
+
+    events = all_events(client, job.id)
+    messages = [e.message for e in events]
+    retry = next(m for m in messages if m.startswith("Trainer exited with code -9"))
+    assert "retrying from checkpoint step 100 (attempt 2 of 3)" in retry
+    assert "Resumed from checkpoint at step 100 (attempt 2)" in messages
+    metrics = {e.data["step"]: e.data for e in events if e.type == "metrics"}
+    assert sorted(metrics) == list(range(1, 201))  # same total steps, every step reported once
+    # Steps after the checkpoint ran twice; the first attempt's reported losses must match the
+    # second attempt's result file exactly: same optimizer, scheduler, RNG and data position.
+    rows = {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(io.StringIO(
+        base64.b64decode(client.files.content(done.result_files[0]).read()).decode()))}
+    assert sorted(rows) == list(range(1, 201))
+    for step in range(101, 201):
+        assert rows[step] == pytest.approx(metrics[step]["train_loss"], rel=1e-4, abs=1e-5), step
+
+
+def test_pause_checkpoints_and_resume_finishes_the_same_steps(trainer_server):
+    client = trainer_server.new_project("pause").openai()
+    train = client.files.create(file=("train.jsonl", numbers_dataset(100, width=12)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}})
+    wait_job(client, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    deadline = time.monotonic() + 30
+    while trainer_pids(job.id):
+        assert time.monotonic() < deadline, "paused trainer did not stop"
+        time.sleep(0.1)
+    paused_at = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert paused_at, "pause must leave a checkpoint"
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = wait_job(client, job.id, lambda j: j.status == "succeeded")
+    events = all_events(client, job.id)
+    assert f"Resumed from checkpoint at step {max(paused_at)} (attempt 2)" in [e.message for e in events]
+    assert sorted({e.data["step"] for e in events if e.type == "metrics"}) == list(range(1, 201))
+    assert done.fine_tuned_model
+
+
+def test_trainer_that_keeps_crashing_fails_the_job_after_the_retry_limit(tmp_path):
+    # A real subprocess that dies at once stands in for a trainer that always crashes.
+    crasher = tmp_path / "crash.sh"
+    crasher.write_text("#!/bin/sh\necho 'boom: out of memory' >&2\nexit 3\n")
+    crasher.chmod(0o755)
+    server = HoneServer(tmp_path / "srv", {"HONE_LOCAL_SLOTS": "1", "HONE_TRAINER_PYTHON": str(crasher),
+                                           "HONE_MAX_JOB_ATTEMPTS": "2"})
+    try:
+        client = server.new_project("crash").openai()
+        train = client.files.create(file=("train.jsonl", numbers_dataset(12)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id)
+        failed = wait_job(client, job.id, lambda j: j.status == "failed", timeout=60)
+        assert failed.error.code == "trainer_failed"
+        assert "2 trainer crashes" in failed.error.message and "exited with code 3" in failed.error.message
+        messages = [e.message for e in all_events(client, job.id)]
+        assert "Trainer exited with code 3; retrying from the start (attempt 2 of 2)" in messages
+        log = (server.data_dir / "blobs" / "jobs" / job.id / "logs" / "attempt-2.log").read_text()
+        assert "boom: out of memory" in log
+    finally:
+        server.stop()
+
+
+def test_control_plane_killed_mid_training_loses_no_event(tmp_path):
+    env = {"HONE_LOCAL_SLOTS": "1"}
+    server = HoneServer(tmp_path / "srv", env)
+    client = server.new_project("restart").openai()
+    train = client.files.create(file=("train.jsonl", numbers_dataset(100, width=12)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 1}}})
+    wait_job(client, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
+    [pid] = trainer_pids(job.id)
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    time.sleep(2)  # the trainer goes on and buffers its reports
+    assert trainer_pids(job.id) == [pid]
+    server = HoneServer(tmp_path / "srv", env, port=server.port)
+    try:
+        done = wait_job(client, job.id, lambda j: j.status == "succeeded")
+        events = all_events(client, job.id)
+        assert sorted(e.data["step"] for e in events if e.type == "metrics") == list(range(1, 601))
+        assert not any(e.message.startswith("Trainer ") for e in events)  # adopted, not retried
+        assert done.trained_tokens > 0
+    finally:
+        server.stop()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# In-process trainer tests share 2 cores with servers and trainers: spinning OpenMP workers would thrash.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tests.support import HoneServer, MotoServer, PostgresDatabase
 

@@ -1,0 +1,169 @@
+"""The trainer's data and math, in process: loss masks per format, packing, reproducibility, continued pre-training.
+
+These call `trainer.loop.Run` directly on a folder of blobs. The control-plane channel is replaced by a
+recorder (the HTTP path is covered end to end in test_training.py); model and data are real."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support import MODEL_CACHE, chat_line
+from trainer.blobs import FolderBlobs
+from trainer.data import encode_row
+from trainer.loop import EXIT_OK, Run
+from trainer.modeling import load_base
+from trainer.spec import FileRef, Hyperparameters, TrainSpec
+from trainer.tiny_model import build
+
+
+class RecordingReporter:
+    superseded = False
+    job_status = "running"
+
+    def __init__(self):
+        self.events, self.checkpoints, self.calls = [], [], []
+
+    def event(self, message, *, level="info", type="message", data=None, key=None):
+        self.events.append({"message": message, "level": level, "type": type, "data": data})
+
+    def checkpoint(self, step, metrics, prefix):
+        self.checkpoints.append(step)
+
+    def progress(self, **fields):
+        pass
+
+    def flush(self, timeout=None):
+        return True
+
+    def call(self, path, body):
+        self.calls.append((path, body))
+        return {"status": "succeeded"}
+
+    def losses(self) -> list[float]:
+        return [e["data"]["train_loss"] for e in self.events if e["type"] == "metrics"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(build(MODEL_CACHE / "hone-tiny"))
+
+
+def run_training(tmp_path: Path, rows: list[dict], fmt: str, *, seed: int = 1, packing: bool = True,
+                 epochs: int = 3, batch_size: int = 4, lr: float = 5e-3, max_length: int = 2048,
+                 valid_rows: list[dict] | None = None) -> tuple[Run, RecordingReporter]:
+    blobs_root = tmp_path / "blobs"
+    (blobs_root / "files").mkdir(parents=True, exist_ok=True)
+    (blobs_root / "files" / "train").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    valid = None
+    if valid_rows:
+        (blobs_root / "files" / "valid").write_text("".join(json.dumps(r) + "\n" for r in valid_rows))
+        valid = FileRef("files/valid", fmt)
+    spec = TrainSpec(job_id="ftjob-core", fine_tuned_model="ft:hone-tiny:p::ftjob-core", model_name="hone-tiny",
+                     model_source="builtin:hone-tiny", model_cache_dir=str(MODEL_CACHE),
+                     storage_url=blobs_root.as_uri(), training_file=FileRef("files/train", fmt), validation_file=valid,
+                     method="supervised", seed=seed, output_prefix="jobs/ftjob-core/", callback_url="http://unused",
+                     token="unused", packing=packing, max_length=max_length,
+                     hyperparameters=Hyperparameters(n_epochs=epochs, batch_size=batch_size, learning_rate=lr))
+    work = tmp_path / f"work-{random.random()}"
+    work.mkdir()
+    reporter = RecordingReporter()
+    run = Run(spec, FolderBlobs(blobs_root), reporter, work)
+    assert run.execute() == EXIT_OK, reporter.events
+    return run, reporter
+
+
+def trained_text(tokenizer, row: dict, fmt: str) -> str:
+    example = encode_row(tokenizer, row, fmt)
+    return tokenizer.decode([t for t, keep in zip(example.input_ids, example.loss_mask) if keep])
+
+
+def test_loss_covers_only_what_each_format_teaches(tokenizer):
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello", "weight": 0}, {"role": "user", "content": "Sum?"},
+                         {"role": "assistant", "content": "Four"}]}
+    assert trained_text(tokenizer, chat, "openai_chat") == "Four<|im_end|>\n"
+    pc = {"prompt": "Capital of France:", "completion": " Paris"}
+    assert trained_text(tokenizer, pc, "prompt_completion") == " Paris<|end_of_text|>"
+    assert trained_text(tokenizer, {"text": "plain words"}, "raw_text") == "plain words<|end_of_text|>"
+    assert trained_text(tokenizer, {"instruction": "Add", "input": "2 2", "output": "4"}, "pairs") == "4<|im_end|>\n"
+    assert trained_text(tokenizer, {"input_text": "q", "output_text": "a"}, "vertex_legacy") == "a<|im_end|>\n"
+    gemini = {"systemInstruction": {"parts": [{"text": "sys"}]},
+              "contents": [{"role": "user", "parts": [{"text": "q"}]}, {"role": "model", "parts": [{"text": "a"}]}]}
+    assert trained_text(tokenizer, gemini, "vertex_gemini") == "a<|im_end|>\n"
+    full = tokenizer.decode(encode_row(tokenizer, gemini, "vertex_gemini").input_ids)
+    assert full.startswith("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nq")
+
+
+FORMAT_ROWS = {
+    "openai_chat": lambda i: chat_line(f"What is {i} plus {i}?", f"It is {2 * i}."),
+    "prompt_completion": lambda i: {"prompt": f"{i} plus {i} is", "completion": f" {2 * i}"},
+    "vertex_gemini": lambda i: {"contents": [{"role": "user", "parts": [{"text": f"Double {i}"}]},
+                                             {"role": "model", "parts": [{"text": str(2 * i)}]}]},
+    "vertex_legacy": lambda i: {"input_text": f"Double {i}", "output_text": str(2 * i)},
+    "pairs": lambda i: {"instruction": "Double the number", "input": str(i), "output": str(2 * i)},
+    "raw_text": lambda i: {"text": f"The number {i} doubled is {2 * i}, and that is all."},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMAT_ROWS))
+def test_every_supervised_format_trains(tmp_path, fmt):
+    rows = [FORMAT_ROWS[fmt](i) for i in range(16)]
+    run, reporter = run_training(tmp_path, rows, fmt)
+    losses = reporter.losses()
+    assert len(losses) == 12  # 16 examples / 4 per step x 3 epochs
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    assert reporter.checkpoints == [4, 8, 12]
+    assert (tmp_path / "blobs/jobs/ftjob-core/adapter/adapter_model.safetensors").exists()
+    [(path, body)] = reporter.calls
+    assert path == "/complete" and body["trained_tokens"] == 3 * sum(len(encode_row(run.tokenizer, r, fmt).input_ids)
+                                                                     for r in rows)
+
+
+def test_packed_and_unpacked_training_give_the_same_losses(tmp_path):
+    rows = [chat_line("word " * random.Random(i).randint(1, 60), "answer " * random.Random(-i).randint(1, 9))
+            for i in range(24)]
+    _, packed = run_training(tmp_path / "packed", rows, "openai_chat", packing=True, epochs=1)
+    _, padded = run_training(tmp_path / "padded", rows, "openai_chat", packing=False, epochs=1)
+    assert packed.losses() == pytest.approx(padded.losses(), rel=1e-3)
+    assert packed.losses()[0] != packed.losses()[-1]
+
+
+def test_same_seed_same_losses_other_seed_other_order(tmp_path):
+    rows = [FORMAT_ROWS["openai_chat"](i) for i in range(16)]
+    _, first = run_training(tmp_path / "a", rows, "openai_chat", seed=5, epochs=1)
+    _, again = run_training(tmp_path / "b", rows, "openai_chat", seed=5, epochs=1)
+    _, other = run_training(tmp_path / "c", rows, "openai_chat", seed=6, epochs=1)
+    assert first.losses() == again.losses()
+    assert first.losses() != other.losses()
+
+
+def test_truncation_is_reported_with_a_count(tmp_path):
+    rows = [chat_line("long " * 80, "ok") for _ in range(3)] + [chat_line("short", "fine") for _ in range(9)]
+    _, reporter = run_training(tmp_path, rows, "openai_chat", max_length=64, epochs=1)
+    [warning] = [e for e in reporter.events if e["level"] == "warn"]
+    assert warning["data"] == {"truncated": 3, "dropped": 3}  # cut before the answer: nothing left to learn
+    assert "3 training file example(s) were longer than 64 tokens" in warning["message"]
+
+
+def test_continued_pretraining_lowers_held_out_perplexity(tmp_path):
+    rng = random.Random(3)
+    subjects, verbs, objects = ["The cat", "A dog", "My team", "The server"], ["sees", "likes", "moves"], \
+        ["the ball", "a report", "the data", "our plan"]
+    sentence = lambda: f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."  # noqa: E731
+    train = [{"text": " ".join(sentence() for _ in range(6))} for _ in range(48)]
+    held_out = [{"text": " ".join(sentence() for _ in range(6))} for _ in range(8)]
+    run, _ = run_training(tmp_path, train, "raw_text", epochs=2, batch_size=8, valid_rows=held_out)
+    tuned_loss, _ = run.evaluate(run.valid)
+    base, _ = load_base("hone-tiny", "builtin:hone-tiny", str(MODEL_CACHE))
+    run.model = base
+    base_loss, _ = run.evaluate(run.valid)
+    assert math.exp(tuned_loss) < 0.5 * math.exp(base_loss), (math.exp(tuned_loss), math.exp(base_loss))
+    assert torch.isfinite(torch.tensor(tuned_loss))

@@ -9,7 +9,7 @@ import logging
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service.api import admin, files, fine_tuning, health, internal, models
+from service.api import admin, base_models, files, fine_tuning, health, internal, models
 from service.context import AppContext
 from service.errors import install_error_handlers
 from service.files import expire_files
@@ -58,7 +58,8 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     app = FastAPI(title="Hone", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.")
     install_error_handlers(app)
-    for router in (health.router, admin.router, files.router, fine_tuning.router, models.router, internal.router):
+    for router in (health.router, admin.router, base_models.router, files.router, fine_tuning.router,
+                   models.router, internal.router):
         app.include_router(router)
     app.add_middleware(AccessLogMiddleware)
     return app

@@ -38,7 +38,7 @@ class AppContext:
         storage = open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url)
         from service.auth import KeyCache  # auth needs AppContext for its type hints
 
-        return cls(settings, db, storage, BaseModelRegistry(settings.base_models),
+        return cls(settings, db, storage, BaseModelRegistry(settings.base_models, db),
                    settings.admin_api_key or _local_admin_key(settings.data_dir), KeyCache(settings.key_cache_ttl_s))
 
 

@@ -15,7 +15,8 @@ import time
 import boto3
 import pytest
 
-from tests.support import (HoneServer, all_events, chat_line, jsonl, trainer_pids, wait_job)
+from tests.support import MODEL_CACHE, HoneServer, all_events, chat_line, jsonl, trainer_pids, wait_job
+from trainer.tiny_model import build
 
 BACKENDS = ["sqlite-fs", "postgres-s3"]
 
@@ -229,3 +230,35 @@ def test_control_plane_killed_mid_training_loses_no_event(tmp_path):
         assert done.trained_tokens > 0
     finally:
         server.stop()
+
+
+def test_admin_registers_a_local_folder_base_model_that_trains(trainer_server):
+    folder = build(MODEL_CACHE / "hone-tiny")  # any local folder in Hugging Face layout will do
+    name = f"acme/local-tiny-{trainer_server.backend}"
+    with trainer_server.admin() as admin:
+        created = admin.post("/v1/organization/base_models", json={"name": name, "source": str(folder)})
+        assert created.status_code == 200, created.text
+        assert created.json() == {"id": name, "object": "base_model", "created": created.json()["created"],
+                                  "source": str(folder), "origin": "admin"}
+        listed = {m["id"]: m for m in admin.get("/v1/organization/base_models").json()["data"]}
+        assert listed["hone-tiny"]["origin"] == "builtin" and listed["acme/missing"]["origin"] == "settings"
+        refused = admin.delete("/v1/organization/base_models/hone-tiny")
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "base_model_not_editable"
+        bad = admin.post("/v1/organization/base_models", json={"name": "ft:nope", "source": "/x"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "name"
+
+    project = trainer_server.new_project("registry")
+    with project.http() as http:  # a project key cannot manage the registry
+        assert http.get("/v1/organization/base_models").status_code in (401, 403)
+    client = project.openai()
+    assert name in {m.id for m in client.models.list()}
+    train = client.files.create(file=("train.jsonl", numbers_dataset(12)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=name, training_file=train.id, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    done = wait_job(client, job.id, lambda j: j.status == "succeeded")
+    assert done.fine_tuned_model.startswith(f"ft:{name}:registry::")
+
+    with trainer_server.admin() as admin:
+        assert admin.delete(f"/v1/organization/base_models/{name}").json()["deleted"] is True
+        assert admin.get(f"/v1/organization/base_models/{name}").status_code == 404
+    assert name not in {m.id for m in client.models.list()}

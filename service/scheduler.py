@@ -51,6 +51,8 @@ class Scheduler:
 
     def reconcile(self) -> None:
         """After a restart: adopt runs still alive, and retry running jobs whose trainer is gone."""
+        if self.executor.slots() == 0:
+            return  # a replica that trains nothing leaves runs to the one that does
         with self.ctx.db.read() as session:
             running = session.execute(select(Job.id, Job.executor_ref)
                                       .where(Job.status == JobStatus.RUNNING.value)).all()

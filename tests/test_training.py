@@ -15,7 +15,7 @@ import time
 import boto3
 import pytest
 
-from tests.support import MODEL_CACHE, HoneServer, all_events, chat_line, jsonl, trainer_pids, wait_job
+from tests.support import MODEL_CACHE, HoneServer, PostgresDatabase, all_events, chat_line, jsonl, trainer_pids, wait_job
 from trainer.tiny_model import build
 
 BACKENDS = ["sqlite-fs", "postgres-s3"]
@@ -28,13 +28,18 @@ def numbers_dataset(n: int, width: int = 1) -> bytes:
 @pytest.fixture(scope="module", params=BACKENDS)
 def trainer_server(request, tmp_path_factory):
     env = {"HONE_LOCAL_SLOTS": "1", "HONE_BASE_MODELS": '{"acme/missing": "/nonexistent/model"}'}
+    postgres = None
     if request.param == "postgres-s3":
-        moto, postgres = request.getfixturevalue("moto"), request.getfixturevalue("postgres")
+        # Its own database: the queue is shared by every server on a database, and the API tests'
+        # server leaves queued jobs that this one would otherwise train.
+        moto, postgres = request.getfixturevalue("moto"), PostgresDatabase()
         env |= {**moto.env(), "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-train/blobs"}
     srv = HoneServer(tmp_path_factory.mktemp(f"train-{request.param}"), env)
     srv.backend = request.param
     yield srv
     srv.stop()
+    if postgres is not None:
+        postgres.drop()
 
 
 def stored_keys(server: HoneServer, prefix: str) -> list[str]:

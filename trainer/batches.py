@@ -87,10 +87,14 @@ def _tensorize(rows: list[list[Example]], pad_id: int, packed: bool) -> MicroBat
     return MicroBatch(as_long(ids), as_long(labels), as_long(positions), None if packed else as_long(mask), tokens)
 
 
-def micro_batches(examples: list[Example], *, packing: bool, row_capacity: int, token_budget: int,
-                  pad_id: int) -> list[MicroBatch]:
-    """Lays out one optimizer step as micro-batches of at most ~token_budget (padded) tokens each."""
-    rows = _rows_packed(examples, row_capacity) if packing else [[ex] for ex in examples]
+def micro_batches(examples: list[Example], *, packing: bool, token_budget: int, pad_id: int) -> list[MicroBatch]:
+    """Lays out one optimizer step as micro-batches of at most ~token_budget (padded) tokens each.
+
+    Packed rows hold at most as many tokens as the step's longest example: padding mostly disappears,
+    while no row costs more attention than that example alone would (SDPA on a block-diagonal mask
+    still computes the whole square)."""
+    longest = max(len(ex.input_ids) for ex in examples)
+    rows = _rows_packed(examples, longest) if packing else [[ex] for ex in examples]
     out, current = [], []
     for row in rows:
         candidate = current + [row]

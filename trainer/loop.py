@@ -118,8 +118,8 @@ class Run:
     # --- steps ----------------------------------------------------------------------------
 
     def _layout(self, examples: list[Example]):
-        return micro_batches(examples, packing=self.spec.packing, row_capacity=self.spec.max_length,
-                             token_budget=self.spec.token_budget, pad_id=self.tokenizer.pad_token_id)
+        return micro_batches(examples, packing=self.spec.packing, token_budget=self.spec.token_budget,
+                             pad_id=self.tokenizer.pad_token_id)
 
     def _train_step(self, step: int) -> dict:
         hp = self.spec.hyperparameters

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main flow on embedded defaults (SQLite + local folder): start the server, create a
-# project and key, upload the sample dataset, create a job and watch it reach the queue.
+# project and key, upload the sample dataset, and fine-tune hone-tiny on it until the job succeeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

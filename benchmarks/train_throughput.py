@@ -7,7 +7,8 @@ Both sides train the same LoRA (rank 16, every projection) on the same model, a 
 than hone-tiny, over the same examples (lengths log-uniform between about 16 and 750 tokens), in the same
 order, each in its own process so peak memory is its own. Hone's side is the real trainer loop
 (`trainer.loop.Run`), reading a dataset file from a storage folder; the baseline pads each batch to its
-longest example and calls the model with `labels=`. Also measured: submit -> first training step with
+longest example and calls the model with `labels=`. transformers' Trainer with its packing collator
+(DataCollatorWithFlattening) runs too, as the off-the-shelf alternative to a hand-written loop. Also measured: submit -> first training step with
 hone-tiny through the real server (`python -m service` and `python -m trainer`)."""
 
 from __future__ import annotations
@@ -152,6 +153,51 @@ def run_padded(model_dir: Path, data: Path, steps: int, batch_size: int) -> dict
     return {"tokens": tokens, "seconds": elapsed, "peak_rss_mb": _rss_mb(), "loaded_rss_mb": loaded}
 
 
+def run_hf_trainer(model_dir: Path, data: Path, steps: int, batch_size: int) -> dict:
+    """transformers' Trainer with its own packing collator (DataCollatorWithFlattening), same examples and order."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.data import SequentialSampler
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    from trainer.batches import step_indices
+    from trainer.data import tokenize_lines
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = tokenize_lines(tokenizer, open(data, "rb"), "openai_chat", 2048).examples
+    ordered = [examples[i] for step in range(steps) for i in step_indices(len(examples), batch_size, 0, step)]
+    dataset = [{"input_ids": e.input_ids, "labels": [t if m else -100 for t, m in zip(e.input_ids, e.loss_mask)]}
+               for e in ordered]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM", target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    loaded = _rss_mb()
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            marks.append(time.perf_counter()) if not marks else None
+
+        def on_step_end(self, *a, **k):
+            marks[1:] = [time.perf_counter()]
+
+    class InOrder(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps,
+                                 learning_rate=1e-4, lr_scheduler_type="constant", save_strategy="no",
+                                 report_to=[], logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
+                                 disable_tqdm=True, remove_unused_columns=False)
+        InOrder(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithFlattening(),
+                callbacks=[Clock()]).train()
+    return {"tokens": sum(len(e.input_ids) for e in ordered), "seconds": marks[1] - marks[0],
+            "peak_rss_mb": _rss_mb(), "loaded_rss_mb": loaded}
+
+
 # --- submit -> first step ----------------------------------------------------------------------
 
 def first_step_latency() -> float:
@@ -224,7 +270,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mfu", action="store_true")
-    parser.add_argument("--run", choices=["hone", "padded"], help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=["hone", "padded", "hf-trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,7 +281,7 @@ def main() -> None:
     if args.run:
         import torch
         torch.set_num_threads(args.threads)
-        fn = run_hone if args.run == "hone" else run_padded
+        fn = {"hone": run_hone, "padded": run_padded, "hf-trainer": run_hf_trainer}[args.run]
         print(json.dumps(fn(args.model_dir, args.data, args.steps, args.batch_size)))
         return
 
@@ -246,7 +292,7 @@ def main() -> None:
         write_dataset(data, args.steps * args.batch_size)
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE")
         results = {}
-        for name in ("padded", "hone"):
+        for name in ("padded", "hf-trainer", "hone"):
             out = subprocess.run([sys.executable, __file__, "--run", name, "--model-dir", str(model_dir),
                                   "--data", str(data), "--steps", str(args.steps), "--batch-size",
                                   str(args.batch_size), "--threads", str(args.threads)],
@@ -255,7 +301,8 @@ def main() -> None:
     print(f"model: Llama {BENCH_ARCH['num_hidden_layers']} layers x {BENCH_ARCH['hidden_size']} hidden; "
           f"{args.steps} steps of {args.batch_size} examples, {args.threads} threads")
     print(f"{'loop':<22}{'tokens/s':>10}{'peak RSS MB':>13}{'RSS over model MB':>19}")
-    for name, label in (("padded", "transformers+peft pad"), ("hone", "hone trainer")):
+    for name, label in (("padded", "transformers+peft pad"), ("hf-trainer", "HF Trainer, flattening"),
+                        ("hone", "hone trainer")):
         r = results[name]
         print(f"{label:<22}{r['tokens'] / r['seconds']:>10.0f}{r['peak_rss_mb']:>13.0f}"
               f"{r['peak_rss_mb'] - r['loaded_rss_mb']:>19.0f}")
@@ -263,6 +310,9 @@ def main() -> None:
     mem = (results["hone"]["peak_rss_mb"] - results["hone"]["loaded_rss_mb"]) / max(
         1.0, results["padded"]["peak_rss_mb"] - results["padded"]["loaded_rss_mb"])
     print(f"throughput ratio hone/padded: {speed:.2f}x (goal >= 1.5x)")
+    hf = results["hf-trainer"]
+    print(f"throughput ratio hone/HF Trainer: "
+          f"{(results['hone']['tokens'] / results['hone']['seconds']) / (hf['tokens'] / hf['seconds']):.2f}x")
     print(f"working-memory ratio hone/padded: {mem:.2f}x")
     print(f"submit -> first training step (hone-tiny, real server): {first_step_latency():.1f} s (goal <= 10 s)")
 

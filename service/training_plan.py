@@ -60,8 +60,9 @@ def trainer_hyperparameters(ctx: AppContext, method: dict) -> dict:
     alpha = hp.get("lora_alpha") or "auto"
     dropout = hp.get("lora_dropout", "auto")
     base_lr = ctx.settings.full_learning_rate if mode == "full" else ctx.settings.lora_learning_rate
+    extra = {"beta": hp["beta"]} if method["type"] == "dpo" else {}
     return {
-        "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
+        **extra, "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
         "learning_rate": base_lr * hp["learning_rate_multiplier"], "tuning_mode": mode,
         "lora_rank": rank, "lora_alpha": 2.0 * rank if alpha == "auto" else alpha,
         "lora_dropout": 0.0 if dropout in ("auto", None) else dropout,

@@ -58,7 +58,7 @@ def tokenizer():
 
 def run_training(tmp_path: Path, rows: list[dict], fmt: str, *, seed: int = 1, packing: bool = True,
                  epochs: int = 3, batch_size: int = 4, lr: float = 5e-3, max_length: int = 2048,
-                 valid_rows: list[dict] | None = None) -> tuple[Run, RecordingReporter]:
+                 valid_rows: list[dict] | None = None, method: str = "supervised") -> tuple[Run, RecordingReporter]:
     blobs_root = tmp_path / "blobs"
     (blobs_root / "files").mkdir(parents=True, exist_ok=True)
     (blobs_root / "files" / "train").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -69,7 +69,7 @@ def run_training(tmp_path: Path, rows: list[dict], fmt: str, *, seed: int = 1, p
     spec = TrainSpec(job_id="ftjob-core", fine_tuned_model="ft:hone-tiny:p::ftjob-core", model_name="hone-tiny",
                      model_source="builtin:hone-tiny", model_cache_dir=str(MODEL_CACHE),
                      storage_url=blobs_root.as_uri(), training_file=FileRef("files/train", fmt), validation_file=valid,
-                     method="supervised", seed=seed, output_prefix="jobs/ftjob-core/", callback_url="http://unused",
+                     method=method, seed=seed, output_prefix="jobs/ftjob-core/", callback_url="http://unused",
                      token="unused", packing=packing, max_length=max_length,
                      hyperparameters=Hyperparameters(n_epochs=epochs, batch_size=batch_size, learning_rate=lr))
     work = tmp_path / f"work-{random.random()}"
@@ -167,3 +167,18 @@ def test_continued_pretraining_lowers_held_out_perplexity(tmp_path):
     base_loss, _ = run.evaluate(run.valid)
     assert math.exp(tuned_loss) < 0.5 * math.exp(base_loss), (math.exp(tuned_loss), math.exp(base_loss))
     assert torch.isfinite(torch.tensor(tuned_loss))
+
+
+def test_dpo_learns_to_prefer_the_preferred_answers(tmp_path):
+    def pair(i):
+        return {"input": {"messages": [{"role": "user", "content": f"Question number {i}?"}]},
+                "preferred_output": [{"role": "assistant", "content": "Thanks for asking, here it is."}],
+                "non_preferred_output": [{"role": "assistant", "content": "no"}]}
+    rows = [pair(i) for i in range(16)]
+    run, reporter = run_training(tmp_path, rows, "openai_preference", method="dpo", epochs=3, lr=2e-3,
+                                 valid_rows=[pair(100 + i) for i in range(4)])
+    steps = [e["data"] for e in reporter.events if e["type"] == "metrics"]
+    assert steps[0]["train_loss"] == pytest.approx(math.log(2), abs=0.05)  # policy == reference at the start
+    assert steps[-1]["train_loss"] < 0.5 and steps[-1]["train_mean_token_accuracy"] == 1.0
+    assert steps[-1]["full_valid_loss"] < 0.5 and steps[-1]["full_valid_mean_token_accuracy"] == 1.0
+    assert reporter.calls[0][0] == "/complete"

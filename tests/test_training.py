@@ -267,3 +267,18 @@ def test_admin_registers_a_local_folder_base_model_that_trains(trainer_server):
         assert admin.delete(f"/v1/organization/base_models/{name}").json()["deleted"] is True
         assert admin.get(f"/v1/organization/base_models/{name}").status_code == 404
     assert name not in {m.id for m in client.models.list()}
+
+
+def test_dpo_job_trains_on_preference_pairs(trainer_server):
+    client = trainer_server.new_project("dpo").openai()
+    rows = [{"input": {"messages": [{"role": "user", "content": f"Tell me about {i}"}]},
+             "preferred_output": [{"role": "assistant", "content": f"Gladly: {i} is a number."}],
+             "non_preferred_output": [{"role": "assistant", "content": "No."}]} for i in range(12)]
+    train = client.files.create(file=("prefs.jsonl", jsonl(rows)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}})
+    done = wait_job(client, job.id, lambda j: j.status == "succeeded")
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.1  # "auto", resolved
+    steps = [e.data for e in all_events(client, job.id) if e.type == "metrics"]
+    assert [s["step"] for s in steps] == list(range(1, 7))
+    assert "train_reward_margin" in steps[-1]

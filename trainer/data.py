@@ -42,18 +42,20 @@ def _text(content) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
+def _clean(msg: dict) -> dict:
+    clean = {k: v for k, v in msg.items() if k != "weight"}
+    if "content" in clean and not isinstance(clean["content"], (str, type(None))):
+        clean["content"] = _text(clean["content"])
+    if clean.get("content") is None:
+        clean["content"] = ""
+    return clean
+
+
 def to_messages(row: dict, fmt: str) -> tuple[list[dict], list[bool], list | None]:
     """Returns (messages, trained flags per message, tools) in OpenAI chat shape."""
     if fmt == "openai_chat":
-        messages, trained = [], []
-        for msg in row["messages"]:
-            clean = {k: v for k, v in msg.items() if k != "weight"}
-            if "content" in clean and not isinstance(clean["content"], (str, type(None))):
-                clean["content"] = _text(clean["content"])
-            if clean.get("content") is None:
-                clean["content"] = ""
-            messages.append(clean)
-            trained.append(msg["role"] == "assistant" and msg.get("weight", 1) != 0)
+        messages = [_clean(msg) for msg in row["messages"]]
+        trained = [msg["role"] == "assistant" and msg.get("weight", 1) != 0 for msg in row["messages"]]
         return messages, trained, row.get("tools")
     if fmt == "vertex_gemini":
         messages = []
@@ -124,6 +126,47 @@ def encode_row(tokenizer, row: dict, fmt: str) -> Example:
     raise DataError(f"format {fmt!r} is not trained by the supervised trainer")
 
 
+PREFERENCE_KEYS = (("preferred_output", "preferred_completion"), ("non_preferred_output", "non_preferred_completion"))
+
+
+def encode_preference(tokenizer, row: dict) -> tuple[Example, Example]:
+    """(preferred, non-preferred): the shared prompt plus each answer, trained on the answer only."""
+    prompt = [_clean(m) for m in row["input"]["messages"]]
+    tools = row["input"].get("tools")
+    encoded = []
+    for spellings in PREFERENCE_KEYS:
+        answer = [_clean(m) for m in next(row[k] for k in spellings if k in row)]
+        trained = [False] * len(prompt) + [m["role"] == "assistant" for m in answer]
+        text, spans = _chat_spans(tokenizer, prompt + answer, trained, tools)
+        encoded.append(_encode(tokenizer, text, spans, add_special_tokens=False))
+    return encoded[0], encoded[1]
+
+
+def _truncate(example: Example, max_length: int) -> tuple[Example, bool]:
+    if len(example.input_ids) <= max_length:  # truncated from the end, like OpenAI
+        return example, False
+    return Example(example.input_ids[:max_length], example.loss_mask[:max_length]), True
+
+
+def tokenize_preferences(tokenizer, lines: Iterable[bytes], max_length: int) -> tuple[list[tuple[Example, Example]], int, int]:
+    """Preference pairs for DPO, with the counts of truncated and dropped pairs."""
+    pairs, truncated, dropped = [], 0, 0
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            chosen, rejected = encode_preference(tokenizer, json.loads(raw))
+        except (KeyError, TypeError, ValueError, StopIteration) as exc:
+            raise DataError(f"line {number}: {exc!r}") from exc
+        (chosen, cut_a), (rejected, cut_b) = _truncate(chosen, max_length), _truncate(rejected, max_length)
+        truncated += cut_a or cut_b
+        if chosen.target_tokens == 0 or rejected.target_tokens == 0:
+            dropped += 1
+            continue
+        pairs.append((chosen, rejected))
+    return pairs, truncated, dropped
+
+
 def tokenize_lines(tokenizer, lines: Iterable[bytes], fmt: str, max_length: int) -> Tokenized:
     examples, truncated, dropped = [], 0, 0
     for number, raw in enumerate(lines, start=1):
@@ -133,9 +176,8 @@ def tokenize_lines(tokenizer, lines: Iterable[bytes], fmt: str, max_length: int)
             example = encode_row(tokenizer, json.loads(raw), fmt)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"line {number}: {exc}") from exc
-        if len(example.input_ids) > max_length:  # truncated from the end, like OpenAI
-            truncated += 1
-            example = Example(example.input_ids[:max_length], example.loss_mask[:max_length])
+        example, cut = _truncate(example, max_length)
+        truncated += cut
         if example.target_tokens == 0:
             dropped += 1
             continue

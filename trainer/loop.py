@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoints
+from trainer import checkpoints, dpo
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
-from trainer.data import SUPERVISED_FORMATS, DataError, Example, tokenize_lines
+from trainer.data import SUPERVISED_FORMATS, DataError, Example, tokenize_lines, tokenize_preferences
 from trainer.modeling import ModelLoadError, device, load_base, loss_sums, wrap_for_tuning
 from trainer.reporting import Reporter
 from trainer.spec import TrainSpec
@@ -51,29 +51,38 @@ class Run:
 
     # --- setup --------------------------------------------------------------------------
 
-    def _examples(self, ref, what: str) -> list[Example]:
-        if ref.format not in SUPERVISED_FORMATS:
+    def _examples(self, ref, what: str) -> list:
+        """Examples (supervised) or preference pairs (dpo) of one file."""
+        dpo_method = self.spec.method == "dpo"
+        if (ref.format == "openai_preference") != dpo_method or (not dpo_method and ref.format not in SUPERVISED_FORMATS):
             raise FatalError("unsupported_method", f"The {what} is in the {ref.format} format, which the "
-                                                   f"{self.spec.method} trainer does not train on.")
+                                                   f"{self.spec.method} method does not train on.")
+        lines, limit = self.blobs.iter_lines(ref.key), self.spec.max_length
         try:
-            data = tokenize_lines(self.tokenizer, self.blobs.iter_lines(ref.key), ref.format, self.spec.max_length)
+            if dpo_method:
+                items, truncated, dropped = tokenize_preferences(self.tokenizer, lines, limit)
+            else:
+                data = tokenize_lines(self.tokenizer, lines, ref.format, limit)
+                items, truncated, dropped = data.examples, data.truncated, data.dropped
         except DataError as exc:
             raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} could not be tokenized: {exc}")
-        if data.truncated or data.dropped:
-            msg = (f"{data.truncated} {what} example(s) were longer than {self.spec.max_length} tokens and were "
-                   f"truncated")
-            if data.dropped:
-                msg += f"; {data.dropped} had no trained tokens left and were skipped"
+        if truncated or dropped:
+            msg = f"{truncated} {what} example(s) were longer than {limit} tokens and were truncated"
+            if dropped:
+                msg += f"; {dropped} had no trained tokens left and were skipped"
             self.reporter.event(msg + ".", level="warn", key=f"truncated:{what}",
-                                data={"truncated": data.truncated, "dropped": data.dropped})
-        if not data.examples:
+                                data={"truncated": truncated, "dropped": dropped})
+        if not items:
             raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no example with trained tokens.")
-        return data.examples
+        return items
 
     def _setup(self):
         spec = self.spec
-        if spec.method != "supervised":
+        if spec.method not in ("supervised", "dpo"):
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
+        if spec.method == "dpo" and spec.hyperparameters.tuning_mode != "lora":
+            raise FatalError("unsupported_method", "DPO trains a LoRA adapter (the reference model is the base "
+                                                   "without it); use tuning_mode 'lora'.")
         try:
             base, self.tokenizer = load_base(spec.model_name, spec.model_source, spec.model_cache_dir)
         except ModelLoadError as exc:
@@ -124,6 +133,12 @@ class Run:
     def _train_step(self, step: int) -> dict:
         hp = self.spec.hyperparameters
         batch = [self.train[i] for i in step_indices(len(self.train), hp.batch_size, self.spec.seed, step)]
+        if self.spec.method == "dpo":
+            self.model.train()
+            metrics = dpo.train_step(self.model, batch, hp.beta, self.spec.token_budget, self.tokenizer.pad_token_id)
+            self._optimizer_step()
+            self.trained_tokens += sum(len(ex.input_ids) for pair in batch for ex in pair)
+            return metrics
         mbs = self._layout(batch)
         targets = sum(mb.targets for mb in mbs)
         self.model.train()
@@ -133,16 +148,24 @@ class Run:
             (loss / targets).backward()
             loss_total += float(loss.detach())
             correct_total += int(correct)
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], hp.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._optimizer_step()
         self.trained_tokens += sum(len(ex.input_ids) for ex in batch)
         return {"train_loss": loss_total / targets, "train_mean_token_accuracy": correct_total / targets}
 
+    def _optimizer_step(self) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, self.spec.hyperparameters.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
     @torch.no_grad()
-    def evaluate(self, examples: list[Example]) -> tuple[float, float]:
+    def evaluate(self, examples: list) -> tuple[float, float]:
+        """(loss, accuracy) on validation items: mean token loss, or DPO loss and preference accuracy."""
         self.model.eval()
+        if self.spec.method == "dpo":
+            return dpo.evaluate(self.model, examples, self.spec.hyperparameters.beta, self.spec.token_budget,
+                                self.tokenizer.pad_token_id)
         loss_total, correct_total, targets = 0.0, 0, 0
         for start in range(0, len(examples), 64):
             for mb in self._layout(examples[start:start + 64]):

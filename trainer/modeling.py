@@ -56,10 +56,7 @@ def wrap_for_tuning(model, hp: Hyperparameters):
     return get_peft_model(model, config)
 
 
-def loss_sums(model, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of cross-entropy, number of correct argmax predictions) over the micro-batch's targets.
-
-    The output head only runs on target positions: prompts, padding and packed neighbours cost no logits."""
+def _target_hidden(model, mb: MicroBatch):
     dev = device()
     hidden = model.get_decoder()(
         input_ids=mb.input_ids.to(dev), position_ids=mb.position_ids.to(dev),
@@ -68,8 +65,24 @@ def loss_sums(model, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
     ).last_hidden_state
     labels = mb.labels[:, 1:].to(dev)
     keep = labels != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    targets = labels[keep]
+    return hidden[:, :-1][keep], labels[keep], keep
+
+
+def sequence_logprobs(model, mb: MicroBatch) -> torch.Tensor:
+    """Summed log-probability of each row's targets (rows must hold one example each: unpacked)."""
+    hidden, targets, keep = _target_hidden(model, mb)
+    logps = torch.log_softmax(model.get_output_embeddings()(hidden).float(), -1)
+    picked = logps.gather(-1, targets[:, None]).squeeze(-1)
+    rows = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]
+    return torch.zeros(keep.shape[0], device=picked.device).index_add(0, rows, picked)
+
+
+def loss_sums(model, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross-entropy, number of correct argmax predictions) over the micro-batch's targets.
+
+    The output head only runs on target positions: prompts, padding and packed neighbours cost no logits."""
+    hidden, targets, _ = _target_hidden(model, mb)
+    logits = model.get_output_embeddings()(hidden).float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
     correct = (logits.argmax(-1) == targets).sum()
     return loss, correct

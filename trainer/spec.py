@@ -18,6 +18,7 @@ class Hyperparameters:
     batch_size: int
     learning_rate: float
     tuning_mode: str = "lora"  # "lora" | "full"
+    beta: float = 0.1  # DPO only
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0

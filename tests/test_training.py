@@ -25,6 +25,14 @@ def numbers_dataset(n: int, width: int = 1) -> bytes:
     return jsonl([chat_line(f"Add {i} and {i} please" + " now" * width, f"The sum is {2 * i}.") for i in range(n)])
 
 
+def start_job(client, data: bytes, model: str = "hone-tiny", hyperparameters: dict | None = None, **create):
+    """Uploads a training file and creates a supervised job on it."""
+    train = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
+    if hyperparameters is not None:
+        create["method"] = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    return client.fine_tuning.jobs.create(model=model, training_file=train.id, **create)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def trainer_server(request, tmp_path_factory):
     env = {"HONE_LOCAL_SLOTS": "1", "HONE_BASE_MODELS": '{"acme/missing": "/nonexistent/model"}'}
@@ -110,8 +118,7 @@ def test_job_trains_to_succeeded_with_events_checkpoints_and_adapter(trainer_ser
 
 def test_missing_base_model_fails_the_job_with_a_clear_error(trainer_server):
     client = trainer_server.new_project("missing model").openai()
-    train = client.files.create(file=("train.jsonl", numbers_dataset(12)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="acme/missing", training_file=train.id)
+    job = start_job(client, numbers_dataset(12), model="acme/missing")
     failed = wait_job(client, job.id, lambda j: j.status == "failed", timeout=120)
     assert failed.error.code == "model_not_found"
     assert "acme/missing" in failed.error.message and "/nonexistent/model" in failed.error.message
@@ -120,13 +127,12 @@ def test_missing_base_model_fails_the_job_with_a_clear_error(trainer_server):
 
 def test_cancel_kills_a_running_trainer_within_5_seconds(trainer_server):
     client = trainer_server.new_project("cancel").openai()
-    train = client.files.create(file=("train.jsonl", numbers_dataset(60, width=20)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 1}}})
-    wait_job(client, job.id, lambda j: j.status == "running" and j.trained_tokens)
+    job = start_job(client, numbers_dataset(60, width=20), hyperparameters={"n_epochs": 20, "batch_size": 1})
+    running = wait_job(client, job.id, lambda j: j.status == "running" and j.trained_tokens and j.estimated_finish)
+    assert running.estimated_finish >= running.created_at  # an ETA from the trainer's step times
     assert trainer_pids(job.id)
     cancelled = client.fine_tuning.jobs.cancel(job.id)
-    assert cancelled.status == "cancelled"
+    assert cancelled.status == "cancelled" and cancelled.estimated_finish is None
     deadline = time.monotonic() + 5
     while trainer_pids(job.id) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -147,9 +153,8 @@ def _kill_when_mid_epoch(client, job_id: str, per_epoch: int) -> int:
 
 def test_sigkilled_trainer_resumes_exactly_from_its_checkpoint(trainer_server):
     client = trainer_server.new_project("sigkill").openai()
-    train = client.files.create(file=("train.jsonl", numbers_dataset(100, width=12)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, seed=7, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}})
+    job = start_job(client, numbers_dataset(100, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1},
+                    seed=7)
     _kill_when_mid_epoch(client, job.id, per_epoch=100)
     done = wait_job(client, job.id, lambda j: j.status == "succeeded")
 
@@ -171,9 +176,7 @@ def test_sigkilled_trainer_resumes_exactly_from_its_checkpoint(trainer_server):
 
 def test_pause_checkpoints_and_resume_finishes_the_same_steps(trainer_server):
     client = trainer_server.new_project("pause").openai()
-    train = client.files.create(file=("train.jsonl", numbers_dataset(100, width=12)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}})
+    job = start_job(client, numbers_dataset(100, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1})
     wait_job(client, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
     assert client.fine_tuning.jobs.pause(job.id).status == "paused"
     deadline = time.monotonic() + 30
@@ -201,8 +204,7 @@ def test_trainer_that_keeps_crashing_fails_the_job_after_the_retry_limit(tmp_pat
                                            "HONE_MAX_JOB_ATTEMPTS": "2"})
     try:
         client = server.new_project("crash").openai()
-        train = client.files.create(file=("train.jsonl", numbers_dataset(12)), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id)
+        job = start_job(client, numbers_dataset(12))
         failed = wait_job(client, job.id, lambda j: j.status == "failed", timeout=60)
         assert failed.error.code == "trainer_failed"
         assert "2 trainer crashes" in failed.error.message and "exited with code 3" in failed.error.message
@@ -218,9 +220,7 @@ def test_control_plane_killed_mid_training_loses_no_event(tmp_path):
     env = {"HONE_LOCAL_SLOTS": "1"}
     server = HoneServer(tmp_path / "srv", env)
     client = server.new_project("restart").openai()
-    train = client.files.create(file=("train.jsonl", numbers_dataset(100, width=12)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 1}}})
+    job = start_job(client, numbers_dataset(100, width=12), hyperparameters={"n_epochs": 6, "batch_size": 1})
     wait_job(client, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
     [pid] = trainer_pids(job.id)
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -257,9 +257,7 @@ def test_admin_registers_a_local_folder_base_model_that_trains(trainer_server):
         assert http.get("/v1/organization/base_models").status_code in (401, 403)
     client = project.openai()
     assert name in {m.id for m in client.models.list()}
-    train = client.files.create(file=("train.jsonl", numbers_dataset(12)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=name, training_file=train.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    job = start_job(client, numbers_dataset(12), model=name, hyperparameters={"n_epochs": 1, "batch_size": 4})
     done = wait_job(client, job.id, lambda j: j.status == "succeeded")
     assert done.fine_tuned_model.startswith(f"ft:{name}:registry::")
 

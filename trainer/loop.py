@@ -20,7 +20,7 @@ from trainer import checkpoints, dpo
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, tokenize_lines, tokenize_preferences
-from trainer.modeling import ModelLoadError, device, load_base, loss_sums, wrap_for_tuning
+from trainer.modeling import ModelLoadError, load_base, loss_sums, wrap_for_tuning
 from trainer.reporting import Reporter
 from trainer.spec import TrainSpec
 
@@ -279,6 +279,3 @@ class Run:
 def install_stop_handler(run: Run) -> None:
     signal.signal(signal.SIGTERM, run.request_stop)
     signal.signal(signal.SIGINT, run.request_stop)
-
-
-__all__ = ["Run", "install_stop_handler", "EXIT_OK", "EXIT_FATAL", "EXIT_STOPPED", "EXIT_SUPERSEDED", "device"]

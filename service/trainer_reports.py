@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from service.auth import bearer_token, hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job, JobEvent, TunedModel
-from service.errors import ApiError, AuthenticationFailed, NotFound
+from service.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound
 from service.ids import new_id
 from service.jobs import add_event, transition
 from service.job_states import JobStatus
@@ -73,11 +73,19 @@ def _job_for_trainer(session: Session, job_id: str, authorization: str | None) -
     return job
 
 
+def _check_own_keys(job: Job, *keys: str) -> None:
+    """A trainer writes under its own job's folder only; anything else would point at another job's data."""
+    for key in keys:
+        if not key.startswith(f"jobs/{job.id}/") or ".." in key.split("/"):
+            raise InvalidRequest(f"Storage key {key!r} is outside jobs/{job.id}/.", code="invalid_storage_key")
+
+
 def record_report(ctx: AppContext, job_id: str, authorization: str | None, report: Report) -> dict:
     with ctx.db.write() as session:
         job = _job_for_trainer(session, job_id, authorization)
         if job.status not in ACCEPTS_REPORTS:
             return {"status": job.status}
+        _check_own_keys(job, *(c.storage_prefix for c in report.checkpoints))
         incoming = [e.id for e in report.events]
         seen = set(session.execute(select(JobEvent.id).where(JobEvent.id.in_(incoming))).scalars()) if incoming else set()
         for event in report.events:
@@ -117,6 +125,7 @@ def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Comp
             return {"status": job.status}  # a retried call whose first reply was lost
         if job.status != JobStatus.RUNNING.value:
             raise JobNotRunning(f"Job {job.id} is {job.status}; its result is discarded.", code="job_not_running")
+        _check_own_keys(job, body.adapter_prefix, body.result_key)
         now = int(time.time())
         name = tuned_model_name(session, job)
         result = File(id=new_id("file-"), project_id=job.project_id, filename="step_metrics.csv",

@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import os
 import signal
 import time
 
 import boto3
+import httpx
 import pytest
 
 from tests.support import MODEL_CACHE, HoneServer, PostgresDatabase, all_events, chat_line, jsonl, trainer_pids, wait_job
@@ -50,10 +52,20 @@ def trainer_server(request, tmp_path_factory):
         postgres.drop()
 
 
+def _s3(server: HoneServer):
+    return boto3.client("s3", endpoint_url=server.env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def stored_bytes(server: HoneServer, key: str) -> bytes:
+    if server.backend == "postgres-s3":
+        return _s3(server).get_object(Bucket="hone-train", Key="blobs/" + key)["Body"].read()
+    return (server.data_dir / "blobs" / key).read_bytes()
+
+
 def stored_keys(server: HoneServer, prefix: str) -> list[str]:
     if server.backend == "postgres-s3":
-        s3 = boto3.client("s3", endpoint_url=server.env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3 = _s3(server)
         listed = s3.list_objects_v2(Bucket="hone-train", Prefix="blobs/" + prefix).get("Contents", [])
         return sorted(obj["Key"][len("blobs/"):] for obj in listed)
     root = server.data_dir / "blobs"
@@ -280,3 +292,26 @@ def test_dpo_job_trains_on_preference_pairs(trainer_server):
     steps = [e.data for e in all_events(client, job.id) if e.type == "metrics"]
     assert [s["step"] for s in steps] == list(range(1, 7))
     assert "train_reward_margin" in steps[-1]
+
+
+def test_internal_api_needs_the_trainer_token_and_keeps_trainers_in_their_folder(trainer_server):
+    project = trainer_server.new_project("internal")
+    client = project.openai()
+    job = start_job(client, numbers_dataset(60, width=20), hyperparameters={"n_epochs": 20, "batch_size": 1})
+    wait_job(client, job.id, lambda j: j.status == "running" and j.trained_tokens)
+    url = f"{trainer_server.base_url}/internal/fine_tuning/jobs/{job.id}"
+    with project.http() as http:  # a project key is not a trainer token
+        refused = http.post(url + "/report", json={"events": []})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_trainer_token"
+    token = json.loads(stored_bytes(trainer_server, f"jobs/{job.id}/spec.json"))["token"]
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as trainer:
+        outside = trainer.post(url + "/report", json={"checkpoints": [
+            {"step": 1, "metrics": {}, "storage_prefix": "jobs/ftjob-someone-else/checkpoints/step-1/"}]})
+        assert outside.status_code == 400 and outside.json()["error"]["code"] == "invalid_storage_key"
+        client.fine_tuning.jobs.cancel(job.id)
+        # A cancelled job takes no more reports and no result: the trainer hears so and stops.
+        assert trainer.post(url + "/report", json={"events": []}).json() == {"status": "cancelled"}
+        late = trainer.post(url + "/complete", json={"trained_tokens": 1, "adapter_prefix": f"jobs/{job.id}/adapter/",
+                                                     "result_key": f"jobs/{job.id}/result.csv"})
+        assert late.status_code == 409 and late.json()["error"]["code"] == "job_not_running"
+    assert client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model is None

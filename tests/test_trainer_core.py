@@ -58,7 +58,8 @@ def tokenizer():
 
 def run_training(tmp_path: Path, rows: list[dict], fmt: str, *, seed: int = 1, packing: bool = True,
                  epochs: int = 3, batch_size: int = 4, lr: float = 5e-3, max_length: int = 2048,
-                 valid_rows: list[dict] | None = None, method: str = "supervised") -> tuple[Run, RecordingReporter]:
+                 valid_rows: list[dict] | None = None, method: str = "supervised",
+                 tuning_mode: str = "lora") -> tuple[Run, RecordingReporter]:
     blobs_root = tmp_path / "blobs"
     (blobs_root / "files").mkdir(parents=True, exist_ok=True)
     (blobs_root / "files" / "train").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -71,7 +72,8 @@ def run_training(tmp_path: Path, rows: list[dict], fmt: str, *, seed: int = 1, p
                      storage_url=blobs_root.as_uri(), training_file=FileRef("files/train", fmt), validation_file=valid,
                      method=method, seed=seed, output_prefix="jobs/ftjob-core/", callback_url="http://unused",
                      token="unused", packing=packing, max_length=max_length,
-                     hyperparameters=Hyperparameters(n_epochs=epochs, batch_size=batch_size, learning_rate=lr))
+                     hyperparameters=Hyperparameters(n_epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                                                     tuning_mode=tuning_mode))
     work = tmp_path / f"work-{random.random()}"
     work.mkdir()
     reporter = RecordingReporter()
@@ -182,3 +184,17 @@ def test_dpo_learns_to_prefer_the_preferred_answers(tmp_path):
     assert steps[-1]["train_loss"] < 0.5 and steps[-1]["train_mean_token_accuracy"] == 1.0
     assert steps[-1]["full_valid_loss"] < 0.5 and steps[-1]["full_valid_mean_token_accuracy"] == 1.0
     assert reporter.calls[0][0] == "/complete"
+
+
+def test_full_fine_tuning_trains_every_weight_and_resumes(tmp_path):
+    rows = [FORMAT_ROWS["openai_chat"](i) for i in range(16)]
+    run, reporter = run_training(tmp_path, rows, "openai_chat", tuning_mode="full", lr=1e-3, epochs=2)
+    losses = reporter.losses()
+    assert losses[-1] < 0.7 * losses[0], losses
+    saved = tmp_path / "blobs/jobs/ftjob-core/adapter"
+    assert (saved / "model.safetensors").exists() and not (saved / "adapter_config.json").exists()
+    assert json.loads((saved / "hone_serving.json").read_text())["tuning_mode"] == "full"
+    # A fresh run over the same storage picks up the last checkpoint (step 8) and has nothing left to do.
+    again, reporter_again = run_training(tmp_path, rows, "openai_chat", tuning_mode="full", lr=1e-3, epochs=2)
+    assert again.step == 8 and reporter_again.losses() == []
+    assert [e["message"] for e in reporter_again.events][0] == "Resumed from checkpoint at step 8 (attempt 1)"

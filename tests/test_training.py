@@ -315,3 +315,25 @@ def test_internal_api_needs_the_trainer_token_and_keeps_trainers_in_their_folder
                                                      "result_key": f"jobs/{job.id}/result.csv"})
         assert late.status_code == 409 and late.json()["error"]["code"] == "job_not_running"
     assert client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model is None
+
+
+def test_restarted_control_plane_retries_a_job_whose_trainer_died_meanwhile(tmp_path):
+    env = {"HONE_LOCAL_SLOTS": "1"}
+    server = HoneServer(tmp_path / "srv", env)
+    client = server.new_project("orphan").openai()
+    job = start_job(client, numbers_dataset(100, width=12), hyperparameters={"n_epochs": 3, "batch_size": 1})
+    wait_job(client, job.id, lambda j: client.fine_tuning.jobs.checkpoints.list(j.id).data, poll=0.05)
+    [pid] = trainer_pids(job.id)
+    server.stop(signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)  # both gone: the job is left `running` with no trainer
+    server = HoneServer(tmp_path / "srv", env, port=server.port)
+    try:
+        wait_job(client, job.id, lambda j: j.status == "succeeded")
+        events = all_events(client, job.id)
+        [retry] = [e.message for e in events if e.message.startswith("Trainer vanished; retrying from checkpoint")]
+        step = int(retry.split("checkpoint step ")[1].split(" ")[0])
+        assert step in (100, 200) and retry.endswith("(attempt 2 of 3)")
+        assert f"Resumed from checkpoint at step {step} (attempt 2)" in [e.message for e in events]
+        assert sorted({e.data["step"] for e in events if e.type == "metrics"}) == list(range(1, 301))
+    finally:
+        server.stop()

@@ -92,8 +92,8 @@ class Run:
         torch.manual_seed(spec.seed)
         self.model = wrap_for_tuning(base, spec.hyperparameters)
         hp = spec.hyperparameters
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         self.per_epoch = steps_per_epoch(len(self.train), hp.batch_size)
         self.total_steps = self.per_epoch * hp.n_epochs
         warmup = int(self.total_steps * hp.warmup_ratio)
@@ -153,8 +153,7 @@ class Run:
         return {"train_loss": loss_total / targets, "train_mean_token_accuracy": correct_total / targets}
 
     def _optimizer_step(self) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(params, self.spec.hyperparameters.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.hyperparameters.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

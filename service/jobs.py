@@ -42,7 +42,7 @@ def job_api(job: Job, organization_id: str) -> dict:
         "result_files": list(job.result_files or []), "status": job.status, "trained_tokens": job.trained_tokens,
         "training_file": job.training_file, "validation_file": job.validation_file, "seed": job.seed,
         "estimated_finish": job.estimated_finish, "method": job.method, "integrations": job.integrations or [],
-        "metadata": job.metadata_, "user_provided_suffix": job.suffix,
+        "metadata": job.metadata_, "user_provided_suffix": job.suffix, "priority": job.priority,
     }
 
 
@@ -185,7 +185,7 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
                   status=JobStatus.VALIDATING_FILES.value, created_at=now, training_file=body.training_file,
                   validation_file=body.validation_file, method=method, suffix=body.suffix,
                   seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
-                  metadata_=body.metadata, result_files=[],
+                  metadata_=body.metadata, result_files=[], priority=body.priority,
                   integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []])
         session.add(job)
         session.flush()

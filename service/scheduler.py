@@ -1,7 +1,8 @@
 """The scheduler: claims queued jobs for executor slots, carries out pause and cancel, and retries crashed runs.
 
-One `tick` reaps ended runs, stops runs whose job was paused or cancelled, then claims queued jobs
-(FIFO, `FOR UPDATE SKIP LOCKED` so replicas on PostgreSQL never claim the same job)."""
+One `tick` reaps ended runs, stops runs whose job was paused or cancelled, then claims queued jobs:
+highest priority first, FIFO within a priority, passing over projects at their running-job quota,
+with `FOR UPDATE SKIP LOCKED` so replicas on PostgreSQL never claim the same job."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import secrets
 import time
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import training_plan
@@ -125,10 +126,20 @@ class Scheduler:
             if session.execute(select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(1)).scalar() is None:
                 return
         launches = []
+        quota = self.ctx.settings.max_running_jobs_per_project
         with self.ctx.db.write() as session:
-            queued = session.execute(select(Job).where(Job.status == JobStatus.QUEUED.value).order_by(Job.seq)
-                                     .limit(free).with_for_update(skip_locked=True)).scalars().all()
+            # Jobs of projects at their quota are passed over, so look further down the queue than `free`.
+            queued = session.execute(select(Job).where(Job.status == JobStatus.QUEUED.value)
+                                     .order_by(Job.priority.desc(), Job.seq).limit(free + 200 if quota else free)
+                                     .with_for_update(skip_locked=True)).scalars().all()
+            running = dict(session.execute(select(Job.project_id, func.count()).where(
+                Job.status == JobStatus.RUNNING.value).group_by(Job.project_id)).all()) if quota else {}
             for job in queued:
+                if len(launches) == free:
+                    break
+                if quota and running.get(job.project_id, 0) >= quota:
+                    continue
+                running[job.project_id] = running.get(job.project_id, 0) + 1
                 launches.append(self._prepare(session, job))
         for job_id, attempt, spec_url in launches:
             self._launch(job_id, attempt, spec_url)

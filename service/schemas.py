@@ -107,6 +107,8 @@ class CreateFineTuningJob(_Body):
     seed: int | None = Field(default=None, ge=0, le=2147483647)
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
     integrations: list[Integration] | None = Field(default=None, max_length=5)
+    priority: int = Field(default=0, ge=-100, le=100,
+                          description="Hone: higher-priority jobs leave the queue first; FIFO within a priority.")
 
     @field_validator("metadata")
     @classmethod

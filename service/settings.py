@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = None  # where built-in base models are built; default: data_dir/models
     scheduler_poll_s: float = 1.0
     max_job_attempts: int = 3  # trainer crashes before a job is failed
+    max_running_jobs_per_project: int = 0  # a project's share of the trainers; 0: no limit
     internal_url: str | None = None  # how trainers reach this server; default http://{host}:{port}
     trainer_python: str | None = None  # interpreter for `python -m trainer`; default: this one
     trainer_threads: int = 0  # CPU threads per local trainer; 0: torch's default (one per core)

@@ -337,3 +337,45 @@ def test_restarted_control_plane_retries_a_job_whose_trainer_died_meanwhile(tmp_
         assert sorted({e.data["step"] for e in events if e.type == "metrics"}) == list(range(1, 301))
     finally:
         server.stop()
+
+
+LONG = {"n_epochs": 20, "batch_size": 1}  # minutes of training: these jobs are cancelled, never finished
+
+
+def test_higher_priority_leaves_the_queue_first(tmp_path):
+    server = HoneServer(tmp_path / "srv", {"HONE_LOCAL_SLOTS": "1"})
+    try:
+        client = server.new_project("priority").openai()
+        first = start_job(client, numbers_dataset(60, width=20), hyperparameters=LONG)
+        wait_job(client, first.id, lambda j: j.status == "running")
+        normal = start_job(client, numbers_dataset(60, width=20), hyperparameters=LONG)
+        urgent = start_job(client, numbers_dataset(60, width=20), hyperparameters=LONG, extra_body={"priority": 10})
+        assert urgent.model_extra["priority"] == 10 and normal.model_extra["priority"] == 0
+        for job in (normal, urgent):
+            wait_job(client, job.id, lambda j: j.status == "queued")
+        client.fine_tuning.jobs.cancel(first.id)
+        wait_job(client, urgent.id, lambda j: j.status == "running")
+        assert client.fine_tuning.jobs.retrieve(normal.id).status == "queued"
+        for job in (urgent, normal):
+            client.fine_tuning.jobs.cancel(job.id)
+    finally:
+        server.stop()
+
+
+def test_a_project_at_its_quota_does_not_hold_up_other_projects(tmp_path):
+    server = HoneServer(tmp_path / "srv", {"HONE_LOCAL_SLOTS": "2", "HONE_MAX_RUNNING_JOBS_PER_PROJECT": "1"})
+    try:
+        busy, other = server.new_project("busy").openai(), server.new_project("other").openai()
+        busy_jobs = [start_job(busy, numbers_dataset(60, width=20), hyperparameters=LONG) for _ in range(2)]
+        wait_job(busy, busy_jobs[0].id, lambda j: j.status == "running")
+        wait_job(busy, busy_jobs[1].id, lambda j: j.status == "queued")
+        other_job = start_job(other, numbers_dataset(60, width=20), hyperparameters=LONG)
+        wait_job(other, other_job.id, lambda j: j.status == "running")  # a free slot, and the queue head is blocked
+        time.sleep(1)
+        assert busy.fine_tuning.jobs.retrieve(busy_jobs[1].id).status == "queued"
+        busy.fine_tuning.jobs.cancel(busy_jobs[0].id)
+        wait_job(busy, busy_jobs[1].id, lambda j: j.status == "running")
+        busy.fine_tuning.jobs.cancel(busy_jobs[1].id)
+        other.fine_tuning.jobs.cancel(other_job.id)
+    finally:
+        server.stop()

@@ -96,6 +96,7 @@ class Job(Base):
     trainer_token_hash: Mapped[str | None] = mapped_column(String(64))  # sha256 of the current attempt's token
     executor_ref: Mapped[str | None] = mapped_column(String(256))  # e.g. "local:<host>:<pid>"
     last_report_at: Mapped[int | None] = mapped_column(BigInteger)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # higher is claimed first
 
     __table_args__ = (Index("ix_jobs_project_seq", "project_id", "seq"),)
 

@@ -1,4 +1,4 @@
-"""training runs: job attempts, trainer token, executor handle; admin-registered base models
+"""training runs: job attempts, trainer token, executor handle, priority; admin-registered base models
 
 Revision ID: 0003
 Revises: 0002
@@ -20,6 +20,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('trainer_token_hash', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('executor_ref', sa.String(length=256), nullable=True))
         batch_op.add_column(sa.Column('last_report_at', sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column('priority', sa.Integer(), nullable=False, server_default='0'))
     op.create_table('base_models',
     sa.Column('name', sa.String(length=256), nullable=False),
     sa.Column('source', sa.String(length=1024), nullable=False),
@@ -31,6 +32,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('base_models')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('priority')
         batch_op.drop_column('last_report_at')
         batch_op.drop_column('executor_ref')
         batch_op.drop_column('trainer_token_hash')

@@ -14,7 +14,7 @@ from service import idempotency
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for
-from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, TunedModel
+from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project, TunedModel
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
 from service.job_states import JobStatus, check_transition
@@ -24,6 +24,12 @@ from service.schemas import CreateFineTuningJob, DpoMethod, Method, SupervisedMe
 
 def fine_tuned_model_name(base_model: str, project_slug: str, suffix: str | None, job_id: str) -> str:
     return f"ft:{base_model}:{project_slug}:{suffix or ''}:{job_id}"
+
+
+def tuned_model_name(session: Session, job: Job) -> str:
+    """The name the job's model gets (and its checkpoints build on), from the job and its project."""
+    slug = session.execute(select(Project.slug).where(Project.id == job.project_id)).scalar_one()
+    return fine_tuned_model_name(job.base_model, slug, job.suffix, job.id)
 
 
 # --- API shapes -------------------------------------------------------------------

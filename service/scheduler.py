@@ -16,20 +16,15 @@ from sqlalchemy.orm import Session
 from service import training_plan
 from service.auth import hash_key
 from service.context import AppContext
-from service.db.tables import Checkpoint, File, Job, Project
+from service.db.tables import Checkpoint, File, Job
 from service.executors import Executor, TrainerExit
-from service.jobs import fine_tuned_model_name, transition
+from service.jobs import transition, tuned_model_name
 from service.job_states import JobStatus
 
 log = logging.getLogger("hone.scheduler")
 
 # The trainer's exit codes (trainer/loop.py): they are the process contract between the two.
 EXIT_STOPPED = 75  # checkpointed after SIGTERM
-
-
-def tuned_model_name(session: Session, job: Job) -> str:
-    slug = session.execute(select(Project.slug).where(Project.id == job.project_id)).scalar_one()
-    return fine_tuned_model_name(job.base_model, slug, job.suffix, job.id)
 
 
 def _last_checkpoint_step(session: Session, job_id: str) -> int | None:

@@ -17,9 +17,8 @@ from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job, JobEvent, TunedModel
 from service.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound
 from service.ids import new_id
-from service.jobs import add_event, transition
+from service.jobs import add_event, transition, tuned_model_name
 from service.job_states import JobStatus
-from service.scheduler import tuned_model_name
 
 ACCEPTS_REPORTS = {JobStatus.RUNNING.value, JobStatus.PAUSED.value}
 

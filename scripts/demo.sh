@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main flow on embedded defaults (SQLite + local folder): start the server, create a
-# project and key, upload the sample dataset, and fine-tune hone-tiny on it until the job succeeds.
+# The main flow on embedded defaults (SQLite + local folder): start the server, create a project and
+# key, upload the sample dataset, fine-tune hone-tiny on it, wait for the tuned model's endpoint, and
+# print its answers next to the base model's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -18,12 +18,13 @@ class ApiError(Exception):
     error_type = "invalid_request_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
         self.extra = extra or {}
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.error_type,
@@ -55,6 +56,11 @@ class ServiceUnavailable(ApiError):
     error_type = "server_error"
 
 
+class BadGateway(ApiError):
+    status_code = 502
+    error_type = "server_error"
+
+
 def _response(request: Request, status: int, body: dict, headers: dict | None = None) -> JSONResponse:
     response = JSONResponse(body, status_code=status, headers=headers)
     request_id = getattr(request.state, "request_id", None)
@@ -76,7 +82,7 @@ def _param_from_loc(loc: tuple) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _response(request, exc.status_code, exc.body())
+        return _response(request, exc.status_code, exc.body(), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

@@ -15,6 +15,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for
 from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project, TunedModel
+from service.serve_compat import check_servable
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
 from service.job_states import JobStatus, check_transition
@@ -49,6 +50,7 @@ def job_api(job: Job, organization_id: str) -> dict:
         "training_file": job.training_file, "validation_file": job.validation_file, "seed": job.seed,
         "estimated_finish": job.estimated_finish, "method": job.method, "integrations": job.integrations or [],
         "metadata": job.metadata_, "user_provided_suffix": job.suffix, "priority": job.priority,
+        "auto_deploy": job.auto_deploy,
     }
 
 
@@ -163,6 +165,7 @@ def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPri
 def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
                idempotency_key: str | None = None) -> dict:
     method = _resolve_method(body)
+    check_servable(method, ctx.settings.max_lora_rank)
     request_sha = idempotency.fingerprint(body) if idempotency_key else ""
     try:
         job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha)
@@ -191,7 +194,7 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
                   status=JobStatus.VALIDATING_FILES.value, created_at=now, training_file=body.training_file,
                   validation_file=body.validation_file, method=method, suffix=body.suffix,
                   seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
-                  metadata_=body.metadata, result_files=[], priority=body.priority,
+                  metadata_=body.metadata, result_files=[], priority=body.priority, auto_deploy=body.auto_deploy,
                   integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []])
         session.add(job)
         session.flush()

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import TunedModel
+from service.endpoints import stop_model_endpoints
 from service.errors import NotFound, PermissionDenied
 
 
@@ -51,6 +52,7 @@ def delete_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) ->
         tuned = _tuned(session, principal, model_id)
         if tuned is None:
             raise _not_found(model_id)
+        stop_model_endpoints(session, principal.project_id, model_id, f"The model '{model_id}' was deleted.")
         session.delete(tuned)
     ctx.storage.delete_prefix(tuned.storage_prefix)
     return {"id": model_id, "object": "model", "deleted": True}

@@ -109,6 +109,8 @@ class CreateFineTuningJob(_Body):
     integrations: list[Integration] | None = Field(default=None, max_length=5)
     priority: int = Field(default=0, ge=-100, le=100,
                           description="Hone: higher-priority jobs leave the queue first; FIFO within a priority.")
+    auto_deploy: bool = Field(default=True, description="Hone: deploy an endpoint for the tuned model when the job "
+                                                        "succeeds (unless HONE_AUTO_DEPLOY is off).")
 
     @field_validator("metadata")
     @classmethod

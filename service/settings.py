@@ -59,6 +59,23 @@ class Settings(BaseSettings):
     train_token_budget: int = 16384
     checkpoint_interval_steps: int = 0  # 0: checkpoint once per epoch
 
+    # --- serving ---
+    endpoint_backend: str = "local"  # where engines run: local processes (kubernetes: a later backend)
+    auto_deploy: bool = True  # deploy an endpoint when a job succeeds (jobs may opt out with auto_deploy=false)
+    shared_engines: bool = False  # one engine per base model serving all its adapters (multi-LoRA)
+    max_loras: int = 4  # adapters an engine keeps active at once (vLLM --max-loras)
+    max_cpu_loras: int = 0  # adapters kept in memory, LRU (vLLM --max-cpu-loras); 0: max_loras
+    max_lora_rank: int = 64  # the fleet's largest servable rank: jobs above it are refused (vLLM --max-lora-rank)
+    engine_threads: int = 1  # CPU threads per built-in engine; 0: torch's default
+    engine_start_timeout_s: float = 180.0
+    engine_python: str | None = None  # interpreter for the built-in engine; default: this one
+    endpoint_poll_s: float = 1.0  # how often endpoints are reconciled and engines health-checked
+    max_engine_restarts: int = 5  # failed deploys in a row before an endpoint is marked failed
+    parity_samples: int = 4  # training rows checked through the serving path before an endpoint is ready
+    adapter_cache_dir: Path | None = None  # local copies of served weights; default: data_dir/adapters
+    gateway_timeout_s: float = 600.0
+    usage_flush_s: float = 5.0
+
     @field_validator("base_models", mode="before")
     @classmethod
     def _parse_base_models(cls, value):
@@ -73,6 +90,14 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_model_cache_dir(self) -> Path:
         return (self.model_cache_dir or self.data_dir / "models").resolve()
+
+    @cached_property
+    def resolved_adapter_cache_dir(self) -> Path:
+        return (self.adapter_cache_dir or self.data_dir / "adapters").resolve()
+
+    @property
+    def resolved_max_cpu_loras(self) -> int:
+        return max(self.max_loras, self.max_cpu_loras)
 
     @cached_property
     def resolved_internal_url(self) -> str:

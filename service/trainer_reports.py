@@ -17,6 +17,7 @@ from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job, JobEvent, TunedModel
 from service.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound
 from service.ids import new_id
+from service import endpoints
 from service.jobs import add_event, transition, tuned_model_name
 from service.job_states import JobStatus
 
@@ -134,6 +135,10 @@ def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Comp
         session.add(TunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.base_model,
                                created_at=now, storage_prefix=body.adapter_prefix))
         add_event(session, job.id, f"New fine-tuned model created: {name}")
+        if job.auto_deploy and ctx.settings.auto_deploy:
+            session.flush()
+            ep = endpoints.deploy(ctx, session, job.project_id, endpoints.resolve_model(ctx, session, job.project_id, name))
+            add_event(session, job.id, f"Deploying endpoint {ep.id} for {name}", data={"endpoint_id": ep.id})
         transition(session, job, JobStatus.SUCCEEDED, "The job has successfully completed", fine_tuned_model=name,
                    trained_tokens=body.trained_tokens, result_files=[result.id], finished_at=now,
                    estimated_finish=None, executor_ref=job.executor_ref)

@@ -94,7 +94,9 @@ class HoneServer:
         full_env.update({"HONE_PORT": str(self.port), "HONE_DATA_DIR": str(data_dir),
                          "HONE_ADMIN_API_KEY": admin_key, "HONE_JOB_VALIDATION_POLL_S": "0.5",
                          "HONE_FILE_EXPIRY_POLL_S": "0.5", "HONE_SCHEDULER_POLL_S": "0.3",
-                         "HONE_TRAINER_THREADS": "1",
+                         "HONE_TRAINER_THREADS": "1", "HONE_ENGINE_THREADS": "1",
+                         # Serving tests turn this on; elsewhere a succeeded job would start an engine for nothing.
+                         "HONE_AUTO_DEPLOY": "false", "HONE_ENDPOINT_POLL_S": "0.3",
                          "HONE_MODEL_CACHE_DIR": str(MODEL_CACHE)})
         full_env.update(env or {})
         self.env = full_env
@@ -196,3 +198,32 @@ def wait_job(client, job_id: str, until, timeout: float = 180, poll: float = 0.3
 def all_events(client, job_id: str) -> list:
     """Every event of a job, oldest first."""
     return list(client.fine_tuning.jobs.list_events(job_id, limit=1000))[::-1]
+
+
+def engine_pids(key: str) -> list[int]:
+    """Live engine processes the local endpoint backend started under an engine key (HONE_ENDPOINT_ENGINE)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if f"HONE_ENDPOINT_ENGINE={key}".encode() in environ and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_endpoint(http: httpx.Client, model: str, states=("ready", "failed"), timeout: float = 180) -> dict:
+    """Polls the endpoint serving `model` until it reaches one of `states`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = http.get("/v1/endpoints", params={"model": model}).json()["data"]
+        live = [ep for ep in found if ep["state"] != "stopped"] or found
+        if live and live[0]["state"] in states:
+            return live[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"endpoint for {model} still {live[0]['state'] if live else 'absent'} after {timeout}s")
+        time.sleep(0.2)

@@ -32,10 +32,16 @@ def latest_step(blobs: Blobs, output_prefix: str) -> int | None:
     return max(steps) if steps else None
 
 
-def save(blobs: Blobs, output_prefix: str, workdir: Path, step: int, model, state: dict) -> Saved:
+def save(blobs: Blobs, output_prefix: str, workdir: Path, step: int, model, state: dict, *, tokenizer=None,
+         extra_files: dict[str, str] | None = None) -> Saved:
+    """The tokenizer and serving files make a checkpoint servable on its own, like the final adapter."""
     local = workdir / f"step-{step}"
     shutil.rmtree(local, ignore_errors=True)
     model.save_pretrained(local, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(local)
+    for name, text in (extra_files or {}).items():
+        (local / name).write_text(text)
     torch.save(state, local / STATE)
     (local / MARKER).write_text(str(step))
     prefix = f"{output_prefix}checkpoints/step-{step}/"

@@ -183,3 +183,45 @@ def tokenize_lines(tokenizer, lines: Iterable[bytes], fmt: str, max_length: int)
             continue
         examples.append(example)
     return Tokenized(examples, truncated, dropped)
+
+
+def _chat_ids(tokenizer, messages: list[dict], tools, *, generation_prompt: bool) -> list[int]:
+    kwargs = {"tools": tools} if tools else {}
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> dict:
+    """Training rows as the serving path must see them: `/tokenize` requests with the token ids training used,
+    and one prompt for a smoke generation. The control plane replays them against an endpoint before it is ready."""
+    samples: list[dict] = []
+    smoke: dict | None = None
+    rows = 0
+    for raw in lines:
+        if rows >= count:
+            break
+        if not raw.strip():
+            continue
+        row, rows = json.loads(raw), rows + 1
+        if fmt in CHAT_FORMATS or fmt == "openai_preference":
+            if fmt == "openai_preference":
+                messages, tools = [_clean(m) for m in row["input"]["messages"]], row["input"].get("tools")
+                trained = [False] * len(messages)
+            else:
+                messages, trained, tools = to_messages(row, fmt)
+            extra = {"tools": tools} if tools else {}
+            if fmt != "openai_preference":
+                samples.append({"tokenize": {"messages": messages, "add_generation_prompt": False, **extra},
+                                "token_ids": _chat_ids(tokenizer, messages, tools, generation_prompt=False)})
+            last = max((i for i, t in enumerate(trained) if t), default=len(messages))
+            prompt = messages[:last]
+            samples.append({"tokenize": {"messages": prompt, "add_generation_prompt": True, **extra},
+                            "token_ids": _chat_ids(tokenizer, prompt, tools, generation_prompt=True)})
+            smoke = smoke or {"messages": prompt, **extra}
+        elif fmt in ("prompt_completion", "raw_text"):
+            text = row["prompt"] if fmt == "prompt_completion" else row["text"]
+            samples.append({"tokenize": {"prompt": text, "add_special_tokens": True},
+                            "token_ids": list(tokenizer(text, add_special_tokens=True)["input_ids"])})
+            if fmt == "prompt_completion":  # raw text teaches no stopping point, so it gets no smoke test
+                smoke = smoke or {"prompt": text}
+    return {"format": fmt, "samples": samples, "smoke": smoke}

@@ -19,13 +19,15 @@ import torch
 from trainer import checkpoints, dpo
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
-from trainer.data import SUPERVISED_FORMATS, DataError, Example, tokenize_lines, tokenize_preferences
+from trainer.data import (SUPERVISED_FORMATS, DataError, Example, parity_samples, tokenize_lines,
+                          tokenize_preferences)
 from trainer.modeling import ModelLoadError, load_base, loss_sums, wrap_for_tuning
 from trainer.reporting import Reporter
 from trainer.spec import TrainSpec
 
 log = logging.getLogger("hone.trainer")
 
+PARITY_ROWS = 8  # training rows published for the endpoint's parity gate
 EXIT_OK = 0
 EXIT_FATAL = 2  # reported as failed; retrying would not help
 EXIT_SUPERSEDED = 3  # the control plane no longer wants this run
@@ -106,6 +108,7 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
         self.eval_interval = spec.eval_interval or max(1, self.total_steps // 10)
         self.step, self.trained_tokens, self.rows = 0, 0, []
+        self.serving_files = self._serving_files()
 
     def _resume(self) -> None:
         step = checkpoints.latest_step(self.blobs, self.spec.output_prefix)
@@ -192,7 +195,8 @@ class Run:
                  "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                  "rng_python": random.getstate(), "step": self.step, "trained_tokens": self.trained_tokens,
                  "rows": self.rows}
-        saved = checkpoints.save(self.blobs, self.spec.output_prefix, self.workdir, self.step, self.model, state)
+        saved = checkpoints.save(self.blobs, self.spec.output_prefix, self.workdir, self.step, self.model, state,
+                                 tokenizer=self.tokenizer, extra_files=self.serving_files)
         shutil.rmtree(saved.local, ignore_errors=True)
         keep = {k: v for k, v in metrics.items() if k != "total_steps"}
         self.reporter.checkpoint(self.step, keep, saved.prefix)
@@ -208,11 +212,9 @@ class Run:
                              for c in RESULT_COLUMNS])
         return out.getvalue().encode()
 
-    def _publish(self) -> str:
-        local = self.workdir / "adapter"
-        shutil.rmtree(local, ignore_errors=True)
-        self.model.save_pretrained(local, safe_serialization=True)
-        self.tokenizer.save_pretrained(local)
+    def _serving_files(self) -> dict[str, str]:
+        """What an endpoint needs beside the weights to serve exactly as training saw the data: the pinned
+        chat template and stop tokens (hone_serving.json) and rows to check that against (parity_samples.json)."""
         template = self.tokenizer.chat_template or ""
         eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
         eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id]
@@ -220,7 +222,17 @@ class Run:
                   "chat_template": template, "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
                   "stop_token_ids": eos_ids, "stop_tokens": self.tokenizer.convert_ids_to_tokens(eos_ids),
                   "max_length": self.spec.max_length}
-        (local / "hone_serving.json").write_text(json.dumps(pinned, indent=2))
+        ref = self.spec.training_file
+        samples = parity_samples(self.tokenizer, self.blobs.iter_lines(ref.key), ref.format, PARITY_ROWS)
+        return {"hone_serving.json": json.dumps(pinned, indent=2), "parity_samples.json": json.dumps(samples)}
+
+    def _publish(self) -> str:
+        local = self.workdir / "adapter"
+        shutil.rmtree(local, ignore_errors=True)
+        self.model.save_pretrained(local, safe_serialization=True)
+        self.tokenizer.save_pretrained(local)
+        for name, text in self.serving_files.items():
+            (local / name).write_text(text)
         prefix = self.spec.output_prefix + "adapter/"
         self.blobs.upload_dir(local, prefix, last="hone_serving.json")
         self.blobs.put_bytes(self.spec.output_prefix + "result.csv", self._result_csv())

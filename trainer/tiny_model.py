@@ -114,3 +114,9 @@ def build(target: Path, seed: int = SEED) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     os.chmod(target, 0o755)
     return target
+
+
+if __name__ == "__main__":  # `python -m trainer.tiny_model DIR`: how the control plane builds it for serving
+    import sys
+
+    print(build(Path(sys.argv[1])))

@@ -16,7 +16,9 @@ def report(job_id: str, body: Report, request: Request):
 
 @router.post("/complete")
 def complete(job_id: str, body: Completion, request: Request):
-    return trainer_reports.complete(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
+    reply = trainer_reports.complete(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
+    request.app.state.loops.wake("endpoints")  # the new model's endpoint deploys now, not at the next poll
+    return reply
 
 
 @router.post("/fail")

@@ -1,6 +1,6 @@
 """OpenAI Models API. Ids hold ':' and '/', hence the path converters."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from service import models
 from service.api.deps import get_ctx, project_principal
@@ -23,6 +23,8 @@ def retrieve_model(model_id: str, principal: ProjectPrincipal = Depends(project_
 
 
 @router.delete("/{model_id:path}")
-def delete_model(model_id: str, principal: ProjectPrincipal = Depends(project_principal),
+def delete_model(model_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
-    return models.delete_model(ctx, principal, model_id)
+    deleted = models.delete_model(ctx, principal, model_id)
+    request.app.state.loops.wake("endpoints")  # its engine and local copy go now
+    return deleted

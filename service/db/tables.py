@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
@@ -97,6 +97,7 @@ class Job(Base):
     executor_ref: Mapped[str | None] = mapped_column(String(256))  # e.g. "local:<host>:<pid>"
     last_report_at: Mapped[int | None] = mapped_column(BigInteger)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # higher is claimed first
+    auto_deploy: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())  # endpoint on success
 
     __table_args__ = (Index("ix_jobs_project_seq", "project_id", "seq"),)
 
@@ -169,3 +170,43 @@ class RegisteredBaseModel(Base):
     name: Mapped[str] = mapped_column(String(256), primary_key=True)
     source: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Endpoint(Base):
+    """A served model: a tuned model, a checkpoint or a base model on an inference engine."""
+
+    __tablename__ = "endpoints"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    model: Mapped[str] = mapped_column(String(512), index=True)  # the name requests use, also the engine's name
+    kind: Mapped[str] = mapped_column(String(16))  # adapter | full | base
+    base_model: Mapped[str] = mapped_column(String(512))
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    checkpoint_id: Mapped[str | None] = mapped_column(String(64))
+    weights_prefix: Mapped[str | None] = mapped_column(String(512))  # storage folder of the adapter or weights
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    engine: Mapped[str | None] = mapped_column(String(16))  # builtin | vllm
+    engine_key: Mapped[str | None] = mapped_column(String(256))  # which engine serves it (shared per base or own)
+    url: Mapped[str | None] = mapped_column(String(512))
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    ready_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_endpoints_project_seq", "project_id", "seq"),)
+
+
+class ModelUsage(Base):
+    """Gateway accounting per project and model, flushed from memory every few seconds."""
+
+    __tablename__ = "model_usage"
+    project_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(512), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_ms_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[int] = mapped_column(BigInteger)

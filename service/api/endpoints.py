@@ -1,0 +1,47 @@
+"""Hone endpoints: a served model per tuned model, checkpoint or base model (a Hone resource; OpenAI has none)."""
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field
+
+from service import endpoints
+from service.api.deps import get_ctx, project_principal
+from service.api.routing import JSONRoute
+from service.auth import ProjectPrincipal
+from service.context import AppContext
+from service.pagination import check_limit
+from service.schemas import _Body
+
+router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoints"])
+
+
+class CreateEndpoint(_Body):
+    model: str = Field(min_length=1, description="A tuned model (ft:...), a checkpoint id or name, or a base model.")
+
+
+@router.post("")
+def create_endpoint(body: CreateEndpoint, request: Request, principal: ProjectPrincipal = Depends(project_principal),
+                    ctx: AppContext = Depends(get_ctx)):
+    endpoint = endpoints.create_endpoint(ctx, principal, body.model, request.app.state.usage.pending)
+    request.app.state.loops.wake("endpoints")
+    return endpoint
+
+
+@router.get("")
+def list_endpoints(request: Request, after: str | None = None, limit: int = 20, model: str | None = None,
+                   principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+    return endpoints.list_endpoints(ctx, principal, after=after, limit=check_limit(limit, 100), model=model,
+                                    pending_usage=request.app.state.usage.pending)
+
+
+@router.get("/{endpoint_id}")
+def retrieve_endpoint(endpoint_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
+                      ctx: AppContext = Depends(get_ctx)):
+    return endpoints.get_endpoint(ctx, principal, endpoint_id, request.app.state.usage.pending)
+
+
+@router.delete("/{endpoint_id}")
+def delete_endpoint(endpoint_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
+                    ctx: AppContext = Depends(get_ctx)):
+    deleted = endpoints.delete_endpoint(ctx, principal, endpoint_id)
+    request.app.state.loops.wake("endpoints")
+    return deleted

@@ -1,0 +1,252 @@
+"""The endpoint deployer: a background loop that makes the engines match the endpoints.
+
+Each tick: deploying endpoints get a deploy (in a worker thread): weights fetched from storage into a local
+cache, an engine started (one per endpoint, or one per base model with HONE_SHARED_ENGINES), the adapter
+hot-loaded, and the parity gate passed before the endpoint is `ready`. Ready endpoints whose engine died or
+restarted are deployed again. Stopped endpoints have their adapter unloaded and local copy removed, and
+engines nothing uses any more are stopped."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sqlalchemy import select
+
+from inference.client import AdapterLoadError, AdapterNotFound, EngineClient, EngineUnavailable
+from inference.launcher import choose_engine
+from service import parity
+from service.context import AppContext
+from service.db.tables import Endpoint
+from service.endpoint_states import EndpointState
+from service.endpoints import live_endpoints, transition
+from service.engines import EngineBackend, EngineHandle, EngineSpec, EngineStartError
+from service.storage import BlobNotFound
+
+log = logging.getLogger("hone.deployer")
+
+# Trainer bookkeeping that checkpoints carry but engines do not need.
+_NOT_SERVED = ("trainer_state.pt", "COMPLETE")
+
+
+class DeployError(Exception):
+    def __init__(self, code: str, message: str, *, retry: bool = True):
+        super().__init__(message)
+        self.code, self.message, self.retry = code, message, retry
+
+
+class EndpointDeployer:
+    def __init__(self, ctx: AppContext, backend: EngineBackend):
+        self.ctx, self.backend = ctx, backend
+        self.engine = choose_engine(ctx.settings.inference_engine)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploy")
+        self._inflight: set[str] = set()
+        self._lock = threading.Lock()
+        self._cache = ctx.settings.resolved_adapter_cache_dir
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        with self.ctx.db.read() as session:
+            live = live_endpoints(session)
+            stopped = self._stopped_with_local_copies(session)
+        for ep in live:
+            if ep.state == EndpointState.READY.value:
+                handle = self.backend.get(ep.engine_key or "")
+                if handle is None or handle.url != ep.url:
+                    self._restart(ep.id, "its engine stopped" if handle is None else "its engine was restarted")
+                    continue
+            elif ep.state == EndpointState.DEPLOYING.value:
+                self._submit(ep.id)
+        for ep in stopped:
+            self._retire(ep)
+        self._stop_unused_engines()
+
+    def _submit(self, endpoint_id: str) -> None:
+        with self._lock:
+            if endpoint_id in self._inflight:
+                return
+            self._inflight.add(endpoint_id)
+        self._pool.submit(self._deploy_guarded, endpoint_id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.backend.close()
+
+    def _restart(self, endpoint_id: str, why: str) -> None:
+        with self.ctx.db.write() as session:
+            ep = session.get(Endpoint, self._seq(session, endpoint_id))
+            if ep is not None and transition(ep, EndpointState.DEPLOYING, restarts=ep.restarts + 1, url=None,
+                                             error={"code": "engine_restarted", "message": f"Redeploying: {why}."}):
+                log.warning("endpoint redeploying", extra={"endpoint": endpoint_id, "reason": why})
+        self._submit(endpoint_id)
+
+    @staticmethod
+    def _seq(session, endpoint_id: str) -> int | None:
+        return session.execute(select(Endpoint.seq).where(Endpoint.id == endpoint_id)).scalar()
+
+    # --- deploying ---------------------------------------------------------------------------------------
+
+    def _deploy_guarded(self, endpoint_id: str) -> None:
+        try:
+            self._deploy(endpoint_id)
+        except Exception:
+            log.exception("deploy crashed", extra={"endpoint": endpoint_id})
+        finally:
+            with self._lock:
+                self._inflight.discard(endpoint_id)
+
+    def _deploy(self, endpoint_id: str) -> None:
+        with self.ctx.db.read() as session:
+            ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id)).scalar()
+            if ep is None or ep.state != EndpointState.DEPLOYING.value:
+                return
+            session.expunge(ep)
+        started = time.monotonic()
+        try:
+            handle, weights = self._serve(ep)
+        except DeployError as exc:
+            self._failed_attempt(ep.id, exc)
+            return
+        with self.ctx.db.write() as session:
+            row = session.get(Endpoint, ep.seq)
+            moved = row is not None and transition(row, EndpointState.READY, url=handle.url, engine=self.engine,
+                                                   engine_key=handle.key, error=None, ready_at=int(time.time()))
+        if moved:
+            log.info("endpoint ready", extra={"endpoint": ep.id, "model": ep.model,
+                                              "seconds": round(time.monotonic() - started, 2)})
+        else:  # deleted while it deployed
+            self._retire(ep, handle=handle)
+
+    def _serve(self, ep: Endpoint) -> tuple[EngineHandle, Path | None]:
+        weights = self._fetch_weights(ep) if ep.weights_prefix else None
+        spec = self._engine_spec(ep, weights)
+        try:
+            handle = self.backend.ensure(spec)
+        except EngineStartError as exc:
+            raise DeployError("engine_start_failed", str(exc))
+        with EngineClient(handle.url, api_key=handle.api_key) as client:
+            try:
+                if ep.kind == "adapter":
+                    client.load_adapter(ep.model, str(weights))
+                if weights is not None:
+                    parity.check(client, ep.model, weights, self.ctx.settings.parity_samples)
+            except parity.ParityFailure as exc:
+                self._unload(handle, ep)
+                raise DeployError("parity_check_failed", str(exc), retry=False)
+            except (AdapterNotFound, AdapterLoadError) as exc:
+                raise DeployError("adapter_load_failed", f"The engine refused the adapter: {exc}", retry=False)
+            except EngineUnavailable as exc:
+                raise DeployError("engine_unavailable", str(exc))
+        return handle, weights
+
+    def _engine_spec(self, ep: Endpoint, weights: Path | None) -> EngineSpec:
+        s = self.ctx.settings
+        limits = dict(max_loras=s.max_loras, max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank)
+        if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
+            return EngineSpec(ep.id, self.engine, str(weights), ep.model, **limits)
+        key = f"base:{ep.base_model}" if s.shared_engines else ep.id
+        return EngineSpec(key, self.engine, self._base_model_path(ep.base_model), ep.base_model, **limits)
+
+    def _base_model_path(self, name: str) -> str:
+        base = self.ctx.base_models.get(name)
+        if base is None:
+            raise DeployError("model_not_found", f"Base model {name!r} is no longer registered.", retry=False)
+        if not base.source.startswith("builtin:"):
+            return base.source
+        # Built-in models are built by the trainer's code, run as a process: the control plane imports none of it.
+        path = self.ctx.settings.resolved_model_cache_dir / base.source.split(":", 1)[1]
+        if not (path / "config.json").exists():
+            python = self.ctx.settings.trainer_python or sys.executable
+            done = subprocess.run([python, "-m", "trainer.tiny_model", str(path)], capture_output=True, timeout=900)
+            if done.returncode != 0:
+                raise DeployError("model_not_found", f"Building {name!r} failed: {done.stderr.decode()[-500:]}")
+        return str(path)
+
+    def _fetch_weights(self, ep: Endpoint) -> Path:
+        """A complete local copy (engines reload evicted adapters from it), made atomically by renaming."""
+        target = self._cache / ep.id
+        if (target / ".complete").exists():
+            return target
+        storage, prefix = self.ctx.storage, ep.weights_prefix
+        work = self._cache / f".{ep.id}.partial"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            keys = [k for k in storage.list(prefix) if k.rsplit("/", 1)[-1] not in _NOT_SERVED]
+            if not keys:
+                raise DeployError("weights_not_found", f"No weights under {prefix} in storage.", retry=False)
+            for key in keys:
+                path = work / key[len(prefix):]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb") as out:
+                    for chunk in storage.iter_chunks(key):
+                        out.write(chunk)
+            (work / ".complete").write_text(prefix)
+            shutil.rmtree(target, ignore_errors=True)
+            work.rename(target)
+        except BlobNotFound as exc:
+            raise DeployError("weights_not_found", f"Weights vanished from storage while fetching: {exc}", retry=False)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return target
+
+    def _failed_attempt(self, endpoint_id: str, exc: DeployError) -> None:
+        limit = self.ctx.settings.max_engine_restarts
+        with self.ctx.db.write() as session:
+            ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id)).scalar()
+            if ep is None or ep.state != EndpointState.DEPLOYING.value:
+                return
+            error = {"code": exc.code, "message": exc.message}
+            if not exc.retry or ep.restarts + 1 >= limit:
+                transition(ep, EndpointState.FAILED, error=error)
+                log.error("endpoint failed", extra={"endpoint": endpoint_id, "code": exc.code, "reason": exc.message})
+            else:
+                ep.restarts += 1
+                ep.error = error
+                log.warning("deploy attempt failed; retrying", extra={"endpoint": endpoint_id, "code": exc.code})
+
+    # --- retiring ----------------------------------------------------------------------------------------
+
+    def _stopped_with_local_copies(self, session) -> list[Endpoint]:
+        if not self._cache.exists():
+            return []
+        ids = [p.name for p in self._cache.iterdir() if not p.name.startswith(".")]
+        if not ids:
+            return []
+        rows = session.execute(select(Endpoint).where(Endpoint.id.in_(ids))).scalars().all()
+        gone = {r.id for r in rows}
+        for orphan in set(ids) - gone:  # a deploy of a record that no longer exists
+            shutil.rmtree(self._cache / orphan, ignore_errors=True)
+        return [r for r in rows if r.state in (EndpointState.STOPPED.value, EndpointState.FAILED.value)]
+
+    def _unload(self, handle: EngineHandle, ep: Endpoint) -> None:
+        if ep.kind != "adapter":
+            return
+        try:
+            with EngineClient(handle.url, api_key=handle.api_key) as client:
+                client.unload_adapter(ep.model)
+        except EngineUnavailable:
+            pass
+
+    def _retire(self, ep: Endpoint, handle: EngineHandle | None = None) -> None:
+        handle = handle or (self.backend.get(ep.engine_key) if ep.engine_key else None)
+        if handle is not None and handle.key != ep.id:
+            self._unload(handle, ep)  # a shared engine keeps serving the others
+        shutil.rmtree(self._cache / ep.id, ignore_errors=True)
+        log.info("endpoint retired", extra={"endpoint": ep.id, "state": ep.state})
+
+    def _stop_unused_engines(self) -> None:
+        with self.ctx.db.read() as session:
+            needed = {ep.engine_key for ep in live_endpoints(session) if ep.engine_key}
+            needed |= {f"base:{ep.base_model}" for ep in live_endpoints(session)} if self.ctx.settings.shared_engines else set()
+            needed |= {ep.id for ep in live_endpoints(session)}
+        for key in self.backend.keys():
+            if key not in needed:
+                self.backend.stop(key)

@@ -1,0 +1,28 @@
+"""The endpoint state machine: one enum, one table of allowed transitions."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class EndpointState(str, Enum):
+    DEPLOYING = "deploying"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+E = EndpointState
+ALLOWED: dict[EndpointState, frozenset[EndpointState]] = {
+    E.DEPLOYING: frozenset({E.READY, E.FAILED, E.STOPPED}),
+    # ready -> deploying: its engine died and is being restarted
+    E.READY: frozenset({E.DEPLOYING, E.FAILED, E.STOPPED}),
+    # failed -> deploying: the user asked again (POST /v1/endpoints for the same model)
+    E.FAILED: frozenset({E.DEPLOYING, E.STOPPED}),
+    E.STOPPED: frozenset(),
+}
+LIVE = frozenset({E.DEPLOYING, E.READY})
+
+
+def can_transition(current: EndpointState, target: EndpointState) -> bool:
+    return target in ALLOWED[current]

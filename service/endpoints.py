@@ -1,0 +1,167 @@
+"""Endpoints: a tuned model, checkpoint or base model served by an inference engine.
+
+This module is the resource (create, list, get, delete, the state machine's bookkeeping) and the lookup
+the gateway routes by. Starting engines and loading adapters is the deployer's job (service.deployer)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.auth import ProjectPrincipal
+from service.context import AppContext
+from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
+from service.endpoint_states import LIVE, EndpointState, can_transition
+from service.errors import InvalidRequest, NotFound
+from service.ids import new_id
+from service.pagination import list_envelope, paginate
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What serving a model name takes: its weights and the base they run on."""
+    name: str  # the engine-side name: the tuned model, the checkpoint's snapshot name, or the base model
+    kind: str  # adapter | full | base
+    base_model: str
+    job_id: str | None = None
+    checkpoint_id: str | None = None
+    weights_prefix: str | None = None
+
+
+def tuning_mode(job: Job) -> str:
+    mode = (job.method.get(job.method["type"]) or {}).get("hyperparameters", {}).get("tuning_mode") or "lora"
+    return "lora" if mode == "auto" else mode
+
+
+def model_not_found(model: str) -> NotFound:
+    return NotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model",
+                    code="model_not_found")
+
+
+def resolve_model(ctx: AppContext, session: Session, project_id: str, model: str) -> ServedModel:
+    """A model name as users write it (ft:..., a checkpoint id or snapshot name, a base model) in a project."""
+    tuned = session.execute(select(TunedModel).where(TunedModel.id == model, TunedModel.project_id == project_id)
+                            ).scalar()
+    if tuned is not None:
+        job = session.execute(select(Job).where(Job.id == tuned.job_id)).scalar_one()
+        kind = "full" if tuning_mode(job) == "full" else "adapter"
+        return ServedModel(tuned.id, kind, tuned.base_model, job.id, None, tuned.storage_prefix)
+    column = Checkpoint.id if model.startswith("ftckpt_") else Checkpoint.fine_tuned_model_checkpoint
+    found = session.execute(select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id)
+                            .where(column == model, Job.project_id == project_id)).first()
+    if found is not None:
+        ckpt, job = found
+        kind = "full" if tuning_mode(job) == "full" else "adapter"
+        return ServedModel(ckpt.fine_tuned_model_checkpoint, kind, job.base_model, job.id, ckpt.id,
+                           ckpt.storage_prefix)
+    if ctx.base_models.get(model) is not None:
+        return ServedModel(model, "base", model)
+    raise model_not_found(model)
+
+
+# --- the resource ---------------------------------------------------------------------------------
+
+def endpoint_api(ep: Endpoint, usage: dict | None = None) -> dict:
+    return {"id": ep.id, "object": "endpoint", "created_at": ep.created_at, "updated_at": ep.updated_at,
+            "model": ep.model, "base_model": ep.base_model, "kind": ep.kind, "state": ep.state,
+            "engine": ep.engine, "fine_tuning_job_id": ep.job_id, "checkpoint_id": ep.checkpoint_id,
+            "ready_at": ep.ready_at, "restarts": ep.restarts, "error": ep.error,
+            "usage": usage or {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                               "mean_latency_ms": None}}
+
+
+def _usage(session: Session, ep: Endpoint, pending: dict | None) -> dict:
+    row = session.get(ModelUsage, (ep.project_id, ep.model))
+    totals = {k: (getattr(row, k) if row else 0) + (pending or {}).get(k, 0)
+              for k in ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_ms_total")}
+    latency = totals.pop("latency_ms_total")
+    totals["mean_latency_ms"] = round(latency / totals["requests"], 2) if totals["requests"] else None
+    return totals
+
+
+def transition(ep: Endpoint, target: EndpointState, **fields) -> bool:
+    """Moves an endpoint if the state machine allows it; False when it changed meanwhile (e.g. deleted)."""
+    if not can_transition(EndpointState(ep.state), target):
+        return False
+    ep.state = target.value
+    ep.updated_at = int(time.time())
+    for key, value in fields.items():
+        setattr(ep, key, value)
+    return True
+
+
+def deploy(ctx: AppContext, session: Session, project_id: str, served: ServedModel) -> Endpoint:
+    """The endpoint for a model: the live one if there is one, a failed one retried, else a new one."""
+    existing = session.execute(select(Endpoint).where(Endpoint.project_id == project_id,
+                                                      Endpoint.model == served.name,
+                                                      Endpoint.state != EndpointState.STOPPED.value)
+                               .order_by(Endpoint.seq.desc())).scalars().first()
+    if existing is not None:
+        if existing.state == EndpointState.FAILED.value:
+            transition(existing, EndpointState.DEPLOYING, error=None, restarts=0)
+        return existing
+    now = int(time.time())
+    ep = Endpoint(id=new_id("ep-"), project_id=project_id, model=served.name, kind=served.kind,
+                  base_model=served.base_model, job_id=served.job_id, checkpoint_id=served.checkpoint_id,
+                  weights_prefix=served.weights_prefix, state=EndpointState.DEPLOYING.value, restarts=0,
+                  created_at=now, updated_at=now)
+    session.add(ep)
+    session.flush()
+    return ep
+
+
+def create_endpoint(ctx: AppContext, principal: ProjectPrincipal, model: str, pending_usage) -> dict:
+    if not model:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    with ctx.db.write() as session:
+        served = resolve_model(ctx, session, principal.project_id, model)
+        ep = deploy(ctx, session, principal.project_id, served)
+        return endpoint_api(ep, _usage(session, ep, pending_usage(ep.project_id, ep.model)))
+
+
+def _get(session: Session, principal: ProjectPrincipal, endpoint_id: str) -> Endpoint:
+    ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id,
+                                                Endpoint.project_id == principal.project_id)).scalar()
+    if ep is None:
+        raise NotFound(f"No such endpoint: {endpoint_id}", param="endpoint_id", code="not_found")
+    return ep
+
+
+def get_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: str, pending_usage) -> dict:
+    with ctx.db.read() as session:
+        ep = _get(session, principal, endpoint_id)
+        return endpoint_api(ep, _usage(session, ep, pending_usage(ep.project_id, ep.model)))
+
+
+def list_endpoints(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
+                   model: str | None, pending_usage) -> dict:
+    with ctx.db.read() as session:
+        stmt = select(Endpoint).where(Endpoint.project_id == principal.project_id)
+        if model:
+            stmt = stmt.where(Endpoint.model == model)
+        rows, has_more = paginate(session, stmt, Endpoint, after=after, limit=limit)
+        data = [endpoint_api(ep, _usage(session, ep, pending_usage(ep.project_id, ep.model))) for ep in rows]
+        return list_envelope(data, has_more, with_ids=True)
+
+
+def delete_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: str) -> dict:
+    """Stops serving; the record stays, `stopped`, and the deployer frees the engine and the local copy."""
+    with ctx.db.write() as session:
+        ep = _get(session, principal, endpoint_id)
+        transition(ep, EndpointState.STOPPED)
+    return {"id": endpoint_id, "object": "endpoint.deleted", "deleted": True}
+
+
+def stop_model_endpoints(session: Session, project_id: str, model: str, reason: str) -> int:
+    eps = session.execute(select(Endpoint).where(Endpoint.project_id == project_id, Endpoint.model == model,
+                                                 Endpoint.state != EndpointState.STOPPED.value)).scalars().all()
+    for ep in eps:
+        transition(ep, EndpointState.STOPPED, error={"code": "model_deleted", "message": reason})
+    return len(eps)
+
+
+def live_endpoints(session: Session) -> list[Endpoint]:
+    return list(session.execute(select(Endpoint).where(Endpoint.state.in_([s.value for s in LIVE]))).scalars())

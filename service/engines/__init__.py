@@ -1,0 +1,50 @@
+"""Engine backends run inference engines (vLLM or the built-in one): one small Protocol, chosen from settings.
+
+The endpoint deployer decides which engines should exist and what they serve; a backend only starts,
+finds and stops them. Adapters are hot-loaded over HTTP by the deployer, the same way on every backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    key: str  # "base:<name>" for a shared engine, else the endpoint id
+    engine: str  # "vllm" | "builtin"
+    model_path: str  # local folder of the base model (or of fully tuned weights)
+    served_name: str  # the name requests for the base weights use
+    max_loras: int
+    max_cpu_loras: int
+    max_lora_rank: int
+
+
+@dataclass(frozen=True)
+class EngineHandle:
+    key: str
+    url: str  # e.g. http://127.0.0.1:41234
+    api_key: str  # the engine answers /v1 routes only with it
+    spec: EngineSpec
+
+
+class EngineStartError(RuntimeError):
+    pass
+
+
+class EngineBackend(Protocol):
+    def ensure(self, spec: EngineSpec) -> EngineHandle: ...  # start unless running; returns once healthy
+    def get(self, key: str) -> EngineHandle | None: ...  # the running engine, or None if it is gone
+    def stop(self, key: str) -> None: ...
+    def keys(self) -> list[str]: ...  # engines this backend runs
+    def close(self) -> None: ...  # stop everything (control-plane shutdown)
+
+
+def open_engine_backend(settings: "Settings") -> EngineBackend:
+    if settings.endpoint_backend == "local":
+        from service.engines.local import LocalEngines
+        return LocalEngines(settings)
+    raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} (HONE_ENDPOINT_BACKEND: local)")

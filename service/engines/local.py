@@ -1,0 +1,129 @@
+"""Engines as local processes on free loopback ports, one process session each."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import IO
+
+from inference.client import EngineClient, EngineUnavailable
+from inference.launcher import engine_command
+from service.engines import EngineHandle, EngineSpec, EngineStartError
+from service.settings import Settings
+
+log = logging.getLogger("hone.engines")
+
+
+@dataclass
+class _Process:
+    handle: EngineHandle
+    proc: subprocess.Popen
+    log_file: IO[bytes]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalEngines:
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._running: dict[str, _Process] = {}
+        self._lock = threading.Lock()
+        self._logs = settings.data_dir.resolve() / "logs" / "engines"
+
+    def ensure(self, spec: EngineSpec) -> EngineHandle:
+        with self._lock:
+            current = self._running.get(spec.key)
+            if current is not None and current.proc.poll() is None and current.handle.spec == spec:
+                return current.handle
+            if current is not None:
+                self._terminate(spec.key)
+            last_error: Exception | None = None
+            for _ in range(3):  # a free port can be taken between probing and binding it
+                try:
+                    return self._start(spec)
+                except EngineStartError as exc:
+                    last_error = exc
+            raise last_error  # type: ignore[misc]
+
+    def _start(self, spec: EngineSpec) -> EngineHandle:
+        port, api_key = _free_port(), secrets.token_urlsafe(24)
+        launch = engine_command(spec.engine, spec.model_path, spec.served_name, host="127.0.0.1", port=port,
+                                max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
+                                max_lora_rank=spec.max_lora_rank, api_key=api_key,
+                                python=self._settings.engine_python or sys.executable)
+        env = {**os.environ, **launch.env, "HONE_ENDPOINT_ENGINE": spec.key, "OMP_WAIT_POLICY": "PASSIVE"}
+        if self._settings.engine_threads:
+            env["OMP_NUM_THREADS"] = str(self._settings.engine_threads)
+        self._logs.mkdir(parents=True, exist_ok=True)
+        log_file = open(self._logs / f"{spec.key.replace(':', '_').replace('/', '_')}.log", "ab")
+        proc = subprocess.Popen(launch.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        handle = EngineHandle(spec.key, f"http://127.0.0.1:{port}", api_key, spec)
+        log.info("engine starting", extra={"engine": spec.key, "pid": proc.pid, "port": port})
+        try:
+            with EngineClient(handle.url, api_key=api_key) as client:
+                client.wait_healthy(self._settings.engine_start_timeout_s, alive=lambda: proc.poll() is None)
+        except EngineUnavailable as exc:
+            _kill(proc)
+            log_file.close()
+            raise EngineStartError(f"engine {spec.key} did not become healthy: {exc} "
+                                   f"(exit code {proc.returncode}; log {log_file.name})") from exc
+        self._running[spec.key] = _Process(handle, proc, log_file)
+        return handle
+
+    def get(self, key: str) -> EngineHandle | None:
+        with self._lock:
+            current = self._running.get(key)
+            if current is None:
+                return None
+            if current.proc.poll() is not None:
+                log.warning("engine exited", extra={"engine": key, "returncode": current.proc.returncode})
+                current.log_file.close()
+                del self._running[key]
+                return None
+            return current.handle
+
+    def stop(self, key: str) -> None:
+        with self._lock:
+            self._terminate(key)
+
+    def _terminate(self, key: str) -> None:
+        current = self._running.pop(key, None)
+        if current is not None:
+            _kill(current.proc)
+            current.log_file.close()
+            log.info("engine stopped", extra={"engine": key})
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    def close(self) -> None:
+        with self._lock:
+            for key in list(self._running):
+                self._terminate(key)
+
+
+def _kill(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

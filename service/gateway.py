@@ -1,0 +1,200 @@
+"""The inference gateway: OpenAI chat and completion requests for a project's models, routed to the engine
+that serves them, streamed through as the engine writes, and counted per model.
+
+Engines know a tuned model by its public name (adapters are loaded under it), so a request is forwarded
+as-is unless the caller named a checkpoint by id; responses are never rewritten or buffered."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy import select
+from starlette.responses import Response, StreamingResponse
+
+from service.context import AppContext
+from service.db.tables import Endpoint
+from service.endpoint_states import EndpointState
+from service.endpoints import model_not_found, resolve_model
+from service.errors import BadGateway, InvalidRequest, NotFound, ServiceUnavailable
+from service.usage import UsageBook
+
+ROUTE_TTL_S = 1.0  # a ready route is reused this long without a database lookup
+RETRY_AFTER_S = 5
+_USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+@dataclass(frozen=True)
+class Route:
+    url: str
+    api_key: str | None
+    engine_model: str  # the name the engine serves it under
+    model: str  # the name the caller used, for accounting
+
+
+class Gateway:
+    def __init__(self, ctx: AppContext, usage: UsageBook, engine_key_of):
+        self.ctx, self.usage = ctx, usage
+        self._engine_key_of = engine_key_of  # engine key -> api key (the backend holds the secrets)
+        self._routes: dict[tuple[str, str], tuple[float, Route]] = {}
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(ctx.settings.gateway_timeout_s, connect=5.0),
+                                        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # --- routing ----------------------------------------------------------------------------------------
+
+    def cached_route(self, project_id: str, model: str) -> Route | None:
+        hit = self._routes.get((project_id, model))
+        if hit is not None and time.monotonic() - hit[0] < ROUTE_TTL_S:
+            return hit[1]
+        return None
+
+    def route(self, project_id: str, model: str) -> Route:
+        """Blocking (one query): call from a worker thread."""
+        with self.ctx.db.read() as session:
+            served = resolve_model(self.ctx, session, project_id, model)
+            stmt = select(Endpoint).where(Endpoint.project_id == project_id, Endpoint.state != EndpointState.STOPPED.value)
+            if served.kind == "base":  # any engine of this project that runs the base weights serves them
+                stmt = stmt.where(Endpoint.base_model == served.base_model, Endpoint.kind != "full")
+            else:
+                stmt = stmt.where(Endpoint.model == served.name)
+            candidates = session.execute(stmt.order_by(Endpoint.seq.desc())).scalars().all()
+        ready = [ep for ep in candidates if ep.state == EndpointState.READY.value and ep.url]
+        if ready:
+            ep = ready[0]
+            route = Route(ep.url, self._engine_key_of(ep.engine_key), served.name, model)
+            self._routes[(project_id, model)] = (time.monotonic(), route)
+            return route
+        if any(ep.state == EndpointState.DEPLOYING.value for ep in candidates):
+            raise ServiceUnavailable(f"The model '{model}' is being deployed; retry shortly.", param="model",
+                                     code="model_deploying", headers={"Retry-After": str(RETRY_AFTER_S)})
+        failed = [ep for ep in candidates if ep.state == EndpointState.FAILED.value]
+        if failed:
+            reason = (failed[0].error or {}).get("message", "unknown reason")
+            raise ServiceUnavailable(f"The endpoint {failed[0].id} for '{model}' failed: {reason}", param="model",
+                                     code="endpoint_failed")
+        raise NotFound(f"The model '{model}' has no endpoint; create one with POST /v1/endpoints.",
+                       param="model", code="model_not_deployed")
+
+    def forget(self, project_id: str, model: str) -> None:
+        self._routes.pop((project_id, model), None)
+
+    # --- forwarding -------------------------------------------------------------------------------------
+
+    async def forward(self, project_id: str, path: str, raw: bytes, body: dict, route: Route,
+                      request_id: str | None) -> Response:
+        started = time.perf_counter()
+        stream = bool(body.get("stream"))
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if body.get("model") != route.engine_model or (stream and not wants_usage):
+            body = dict(body, model=route.engine_model)
+            if stream and not wants_usage:  # counted here, then dropped before it reaches the caller
+                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            raw = json.dumps(body).encode()
+        headers = {"content-type": "application/json"}
+        if route.api_key:
+            headers["authorization"] = f"Bearer {route.api_key}"
+        if request_id:
+            headers["x-request-id"] = request_id
+        request = self.client.build_request("POST", route.url + path, content=raw, headers=headers)
+        try:
+            upstream = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            self.forget(project_id, route.model)
+            self.usage.record(project_id, route.model, error=True, latency_ms=(time.perf_counter() - started) * 1e3)
+            raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({type(exc).__name__}); "
+                             "it is being checked, retry shortly.", code="endpoint_unreachable")
+        content_type = upstream.headers.get("content-type", "application/json")
+        if not (stream and upstream.status_code == 200 and content_type.startswith("text/event-stream")):
+            content = await upstream.aread()
+            await upstream.aclose()
+            self._count_whole(project_id, route, upstream.status_code, content, started)
+            if upstream.status_code >= 400:
+                content = openai_error(content, upstream.status_code)
+                content_type = "application/json"
+            return Response(content, status_code=upstream.status_code, media_type=content_type,
+                            headers={k: v for k, v in upstream.headers.items() if k == "retry-after"})
+        return StreamingResponse(self._relay(project_id, route, upstream, wants_usage, started),
+                                 media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    def _count_whole(self, project_id: str, route: Route, status: int, content: bytes, started: float) -> None:
+        usage = {}
+        if status == 200:
+            try:
+                usage = json.loads(content).get("usage") or {}
+            except ValueError:
+                pass
+        self.usage.record(project_id, route.model, prompt_tokens=usage.get("prompt_tokens", 0),
+                          completion_tokens=usage.get("completion_tokens", 0), error=status >= 400,
+                          latency_ms=(time.perf_counter() - started) * 1e3)
+
+    async def _relay(self, project_id: str, route: Route, upstream: httpx.Response, wants_usage: bool,
+                     started: float):
+        """Passes each SSE event on as soon as it is complete; only the usage event may be held back."""
+        usage: dict = {}
+        failed = False
+        pending = b""
+        try:
+            async for chunk in upstream.aiter_raw():
+                pending += chunk
+                while (end := pending.find(b"\n\n")) >= 0:
+                    event, pending = pending[: end + 2], pending[end + 2:]
+                    if b'"usage"' in event and _USAGE_ONLY.search(event):
+                        try:
+                            usage = json.loads(event[event.index(b"{"):]).get("usage") or {}
+                        except ValueError:
+                            pass
+                        if not wants_usage:
+                            continue
+                    elif event.startswith(b'data: {"error"'):
+                        failed = True
+                    yield event
+            if pending:
+                yield pending
+        except httpx.HTTPError:
+            failed = True
+            yield b'data: {"error": {"message": "The endpoint closed the stream.", "type": "server_error", ' \
+                  b'"param": null, "code": "endpoint_unreachable"}}\n\ndata: [DONE]\n\n'
+        finally:
+            await upstream.aclose()
+            self.usage.record(project_id, route.model, prompt_tokens=usage.get("prompt_tokens", 0),
+                              completion_tokens=usage.get("completion_tokens", 0), error=failed,
+                              latency_ms=(time.perf_counter() - started) * 1e3)
+
+
+def openai_error(content: bytes, status: int) -> bytes:
+    """Engines answer errors in vLLM's envelope (an integer `code`, exception names as `type`); callers of
+    Hone get OpenAI's, which the openai SDK and its users expect."""
+    try:
+        body = json.loads(content)
+        error = body.get("error", body) if isinstance(body, dict) else {}
+    except ValueError:
+        error = {}
+    message = error.get("message") if isinstance(error, dict) else None
+    return json.dumps({"error": {
+        "message": message or (content.decode(errors="replace")[:500] or f"The endpoint answered HTTP {status}."),
+        "type": "invalid_request_error" if status < 500 else "server_error",
+        "param": error.get("param") if isinstance(error, dict) and isinstance(error.get("param"), str) else None,
+        "code": "model_not_found" if status == 404 else None}}).encode()
+
+
+def parse_body(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json")
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    return body
+
+
+__all__ = ["Gateway", "Route", "parse_body", "model_not_found"]

@@ -1,0 +1,77 @@
+"""`python -m inference --model DIR --served-model-name NAME ...`: the built-in engine, with `vllm serve`'s flag
+names so one launcher builds either command line. Unknown flags are an error."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from inference.adapters import LORA_RANKS
+
+log = logging.getLogger("inference")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
+    p.add_argument("--model", required=True, help="model folder (transformers format)")
+    p.add_argument("--served-model-name", help="name clients use (default: --model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--enable-lora", action="store_true")
+    p.add_argument("--max-loras", type=int, default=1)
+    p.add_argument("--max-cpu-loras", type=int, default=None, help="default: --max-loras")
+    p.add_argument("--max-lora-rank", type=int, default=16, choices=LORA_RANKS)
+    p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max_position_embeddings")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--chat-template", default=None, help="Jinja file or inline template for base requests")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    args = p.parse_args(argv)
+    if args.max_loras < 1:
+        p.error("--max-loras must be at least 1")
+    if args.max_cpu_loras is None:
+        args.max_cpu_loras = args.max_loras
+    if args.max_cpu_loras < args.max_loras:  # vLLM's LoRAConfig check
+        p.error(f"max_cpu_loras ({args.max_cpu_loras}) must be >= max_loras ({args.max_loras})")
+    if args.max_model_len is not None and args.max_model_len < 2:
+        p.error("--max-model-len must be at least 2")
+    return args
+
+
+def _template(value: str | None) -> str | None:
+    """vLLM's --chat-template: a file path, else the template itself."""
+    if value is None:
+        return None
+    path = Path(value)
+    return path.read_text() if path.is_file() else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from inference.engine import Engine
+    from inference.models import ServingModels
+    from inference.server import create_app
+
+    served = args.served_model_name or args.model
+    # Read at startup, as vLLM does: without it the LoRA routes do not exist (404).
+    runtime_lora = os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower() in ("1", "true")
+    engine = Engine(args.model, served, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+                    enable_lora=args.enable_lora, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
+                    max_lora_rank=args.max_lora_rank, chat_template=_template(args.chat_template))
+    app = create_app(ServingModels(engine, served, args.model), api_key=args.api_key, allow_runtime_lora=runtime_lora)
+    log.info("serving %r on http://%s:%d (device %s, %s, max_model_len %d, runtime LoRA updating %s)", served,
+             args.host, args.port, engine.device, str(engine.dtype).removeprefix("torch."), engine.max_model_len,
+             "on" if runtime_lora else "off")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    engine.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""The model, its resident LoRA adapters, and one worker thread that runs every model operation in order.
+
+Generation is a plain decode loop over the KV cache (prefill, then one token at a time). Only the worker
+thread touches the model, so adapter loads, evictions and generations never interleave; the asyncio side
+waits on futures and per-request event queues, so the event loop never blocks on torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference.adapters import (AdapterFiles, AdapterInvalid, ResidentSet, ServingProfile, inspect_adapter,
+                                profile_from, read_serving_file)
+from inference.metrics import EngineMetrics
+
+log = logging.getLogger("inference.engine")
+
+GREEDY_EPSILON = 1e-5  # vLLM: temperature below this is greedy
+# vLLM seeds incremental detokenisation with the prompt's last tokens so that the first output token
+# decodes with its leading space (SentencePiece drops it otherwise).
+_DETOKENIZE_CONTEXT = 5
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_EPSILON
+
+
+@dataclass
+class Delta:
+    index: int
+    text: str
+    completion_tokens: int
+
+
+@dataclass
+class Finished:
+    index: int
+    text: str  # the last piece of text, sent with the finish reason
+    finish_reason: str  # "stop" | "length" | "abort"
+    stop_reason: str | int | None
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: list[int] = field(default_factory=list)  # every generated id, stop/EOS id included
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+_END = object()
+
+
+@dataclass
+class GenerationJob:
+    """One HTTP request. Its sequences run one after another: `n` per prompt, choice index = prompt_i * n + j."""
+
+    prompts: list[list[int]]
+    params: SamplingParams
+    n: int
+    profile: ServingProfile
+    adapter_key: str | None = None  # resident-set key; None = base model
+    adapter_path: str | None = None  # to reload an evicted adapter
+    adapter_name: str | None = None  # for the LoRA metric labels
+    emit: Callable[[Any], None] = lambda event: None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    arrival: float = field(default_factory=time.monotonic)
+
+
+class IncrementalDetokenizer:
+    """Text deltas that never end inside a multi-byte character (vLLM's prefix/read-offset method)."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int]):
+        self.tokenizer = tokenizer
+        self.ids = list(prompt_ids[-_DETOKENIZE_CONTEXT:])
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset:])
+        if len(text) > len(prefix) and not text.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return text[len(prefix):]
+        return ""
+
+
+def find_stop(text: str, new_chars: int, stops: tuple[str, ...]) -> tuple[str, int] | None:
+    """The first stop string that ends within the last `new_chars` characters, and where it starts."""
+    for stop in stops:
+        start = max(0, len(text) - new_chars - len(stop) + 1)
+        at = text.find(stop, start)
+        if at >= 0:
+            return stop, at
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+
+
+class Engine:
+    """Model + tokenizer + adapters, driven only from the worker thread."""
+
+    def __init__(self, model: str, served_model_name: str, *, device: str = "auto", dtype: str = "auto",
+                 max_model_len: int | None = None, enable_lora: bool = False, max_loras: int = 1,
+                 max_cpu_loras: int | None = None, max_lora_rank: int = 16, chat_template: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = model
+        self.enable_lora = enable_lora
+        self.max_lora_rank = max_lora_rank
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if device == "auto" else device))
+        self.dtype = self._pick_dtype(dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        folder = Path(model)
+        generation_config = _read_json(folder / "generation_config.json")  # the file, without library defaults
+        self.defaults = self._sampling_defaults(generation_config)
+        self.eos_token_id = self.tokenizer.eos_token_id
+        stops = [*([self.eos_token_id] if self.eos_token_id is not None else []),
+                 *_ids(generation_config.get("eos_token_id"))]
+        tokenizer_profile = ServingProfile(self.tokenizer.chat_template, tuple(dict.fromkeys(stops)))
+        # Precedence: the model folder's pinned profile over the tokenizer's; an explicit --chat-template over both.
+        self.base_profile = profile_from(read_serving_file(folder), tokenizer_profile)
+        if chat_template is not None:
+            self.base_profile = replace(self.base_profile, chat_template=chat_template)
+        self.supported_modules = {name.rsplit(".", 1)[-1] for name, module in self.model.named_modules()
+                                  if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))}
+        self.resident = ResidentSet(max(max_loras, max_cpu_loras or max_loras))
+        self.peft = None  # PeftModel wrapper, created with the first adapter
+        self.metrics = EngineMetrics(served_model_name, enable_lora=enable_lora, max_loras=max_loras)
+        self._queue: queue.Queue = queue.Queue()
+        self._waiting: list[GenerationJob] = []
+        self._running: GenerationJob | None = None
+        self._state_lock = threading.Lock()
+        self._dead: str | None = None
+        self._thread = threading.Thread(target=self._work, name="engine-worker", daemon=True)
+        self._thread.start()
+
+    # --- setup --------------------------------------------------------------------------------------
+
+    def _pick_dtype(self, dtype: str) -> torch.dtype:
+        if dtype == "auto":
+            if self.device.type == "cuda":
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.float32
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+    @staticmethod
+    def _sampling_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
+        """Server-side defaults for omitted parameters, from the model's generation_config.json:
+        `do_sample: false` means greedy; otherwise its temperature/top_p/top_k where given."""
+        if generation_config.get("do_sample") is False:
+            return {"temperature": 0.0}
+        return {k: generation_config[k] for k in ("temperature", "top_p", "top_k") if k in generation_config}
+
+    # --- state seen by the HTTP side ----------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self._thread.is_alive()
+
+    def _update_gauges(self) -> None:
+        with self._state_lock:
+            running, waiting = self._running, list(self._waiting)
+        self.metrics.running.set(1 if running else 0)
+        self.metrics.waiting.set(len(waiting))
+        self.metrics.lora_state([running.adapter_name] if running and running.adapter_name else [],
+                                list(dict.fromkeys(j.adapter_name for j in waiting if j.adapter_name)))
+
+    # --- the worker ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                item()
+            except BaseException as e:  # a job's own errors are reported to it; this is a last resort
+                log.exception("engine worker job failed")
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    self._dead = repr(e)
+                    return
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Runs `fn` on the worker thread, after everything queued before it."""
+        if not self.alive:
+            raise RuntimeError("engine worker is not running")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run():
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn())
+            except BaseException as e:
+                future.set_exception(e)
+
+        self._queue.put(run)
+        return await asyncio.wrap_future(future)
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[Delta | Finished | Failed]:
+        """Queues `job` and yields its events as the worker produces them. Closing the iterator aborts the job."""
+        if not self.alive:
+            raise RuntimeError("engine worker is not running")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emit(event):
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # loop closed: nobody is listening any more
+                job.cancelled.set()
+
+        job.emit = emit
+        with self._state_lock:
+            self._waiting.append(job)
+        self._update_gauges()
+        self._queue.put(lambda: self._run_job(job))
+        try:
+            while True:
+                event = await events.get()
+                if event is _END:
+                    return
+                yield event
+        finally:
+            job.cancelled.set()
+
+    # --- adapters (worker thread only) ---------------------------------------------------------------
+
+    def load_adapter(self, key: str, lora_path: str) -> AdapterFiles:
+        """Validates the folder and loads its weights under `key` (replacing any weights already under it)."""
+        files = inspect_adapter(lora_path, max_rank=self.max_lora_rank, supported_modules=self.supported_modules)
+        if key in self.resident:
+            self._evict(key)
+        self._make_resident(key, files.folder)
+        return files
+
+    def _make_resident(self, key: str, folder: Path) -> None:
+        from peft import PeftModel
+
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key,
+                                                      torch_device=str(self.device))
+            else:
+                self.peft.load_adapter(str(folder), adapter_name=key, torch_device=str(self.device))
+        except Exception as e:
+            if self.peft is not None and key in self.peft.peft_config:
+                self.peft.delete_adapter(key)
+            raise AdapterInvalid(f"Loading lora adapter from {folder} failed: {e}") from e
+        for old in self.resident.add(key):
+            log.info("evicting LoRA weights %s (least recently used)", old)
+            self.peft.delete_adapter(old)
+
+    def _evict(self, key: str) -> None:
+        if key in self.resident:
+            self.resident.discard(key)
+            self.peft.delete_adapter(key)
+
+    def unload_adapter(self, key: str) -> None:
+        self._evict(key)
+
+    def _activate(self, job: GenerationJob) -> None:
+        if job.adapter_key is None:
+            if self.peft is not None:
+                self.peft.base_model.disable_adapter_layers()
+            return
+        if job.adapter_key not in self.resident:
+            # Registered but evicted: reload from its path, as vLLM does inside the engine step.
+            files = inspect_adapter(job.adapter_path, max_rank=self.max_lora_rank,
+                                    supported_modules=self.supported_modules)
+            self._make_resident(job.adapter_key, files.folder)
+        self.resident.touch(job.adapter_key)
+        self.peft.set_adapter(job.adapter_key)
+
+    def _deactivate(self, job: GenerationJob) -> None:
+        if job.adapter_key is None and self.peft is not None:
+            self.peft.base_model.enable_adapter_layers()
+
+    # --- generation (worker thread only) -------------------------------------------------------------
+
+    def _run_job(self, job: GenerationJob) -> None:
+        with self._state_lock:
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._running = job
+        self._update_gauges()
+        start = time.monotonic()
+        self.metrics.queue_time.observe(start - job.arrival)
+        try:
+            if job.cancelled.is_set():
+                return
+            seed = job.params.seed if job.params.seed is not None else random.SystemRandom().getrandbits(63)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            self._activate(job)
+            try:
+                with torch.inference_mode():
+                    for i, prompt in enumerate(job.prompts):
+                        self.metrics.prompt_tokens.inc(len(prompt))
+                        for j in range(job.n):
+                            self._generate_one(job, i * job.n + j, prompt, generator)
+            finally:
+                self._deactivate(job)
+        except Exception as e:
+            log.exception("generation failed")
+            if "CUDA error" in str(e):  # the device is unusable from here on
+                self._dead = str(e)
+            job.emit(Failed(f"{type(e).__name__}: {e}"))
+        finally:
+            with self._state_lock:
+                self._running = None
+            self._update_gauges()
+            job.emit(_END)
+
+    def _sample(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+        if params.greedy:
+            return int(torch.argmax(logits))
+        logits = logits.float() / params.temperature
+        if 0 < params.top_k < logits.numel():
+            kth = torch.topk(logits, params.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if params.top_p < 1.0:
+            ordered, order = torch.sort(logits, descending=True)
+            probs = torch.softmax(ordered, dim=-1)
+            drop = torch.cumsum(probs, dim=-1) - probs > params.top_p  # keep the smallest set reaching top_p
+            ordered = ordered.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(0, order, ordered)
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _generate_one(self, job: GenerationJob, index: int, prompt: list[int], generator: torch.Generator) -> None:
+        params = job.params
+        # vLLM: the tokenizer's EOS stops with stop_reason None; other stop ids (generation config / pinned
+        # profile / request) stop with stop_reason = the id. ignore_eos drops all but the request's.
+        eos = None if params.ignore_eos else self.eos_token_id
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(job.profile.stop_token_ids))
+        stop_ids.discard(eos)
+        holdback = max((len(s) for s in params.stop), default=1) - 1  # never stream a possible stop prefix
+        detok = IncrementalDetokenizer(self.tokenizer, prompt)
+        text, sent, output = "", 0, []
+        finish, stop_reason = None, None
+        last = None
+        past = None
+        next_input = torch.tensor([prompt], device=self.device)
+        while finish is None:
+            if job.cancelled.is_set():
+                finish = "abort"
+                break
+            out = self.model(input_ids=next_input, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = self._sample(out.logits[0, -1], params, generator)
+            output.append(token)
+            generated = len(output)
+            now = time.monotonic()
+            if last is None:
+                self.metrics.ttft.observe(now - job.arrival)
+            else:
+                self.metrics.itl.observe(now - last)
+            last = now
+            if token == eos:
+                finish = "stop"
+            elif token in stop_ids:
+                finish, stop_reason = "stop", token
+            else:
+                piece = detok.add(token)
+                text += piece
+                hit = find_stop(text, len(piece), params.stop) if piece and params.stop else None
+                if hit:
+                    stop_reason, text = hit[0], text[:hit[1]]
+                    finish = "stop"
+                elif generated >= params.max_tokens or len(prompt) + generated >= self.max_model_len:
+                    finish = "length"
+            if finish is None:
+                visible = len(text) - holdback
+                if visible > sent:
+                    job.emit(Delta(index, text[sent:visible], len(output)))
+                    sent = visible
+                next_input = torch.tensor([[token]], device=self.device)
+        # Metrics first: a client that has its answer sees them counted.
+        self.metrics.generation_tokens.inc(len(output))
+        self.metrics.finished(finish)
+        self.metrics.e2e.observe(time.monotonic() - job.arrival)
+        self.metrics.request_prompt_tokens.observe(len(prompt))
+        self.metrics.request_generation_tokens.observe(len(output))
+        job.emit(Finished(index, text[sent:], finish, stop_reason, len(prompt), len(output), output))

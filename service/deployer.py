@@ -23,8 +23,9 @@ from inference.client import AdapterLoadError, AdapterNotFound, EngineClient, En
 from inference.launcher import choose_engine
 from service import parity
 from service.context import AppContext
-from service.db.tables import Endpoint
+from service.db.tables import Endpoint, Job
 from service.endpoint_states import EndpointState
+from service.job_states import JobStatus
 from service.endpoints import live_endpoints, transition
 from service.engines import EngineBackend, EngineHandle, EngineSpec, EngineStartError
 from service.storage import BlobNotFound
@@ -49,6 +50,8 @@ class EndpointDeployer:
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
         self._cache = ctx.settings.resolved_adapter_cache_dir
+        prewarm = ctx.settings.prewarm_engines
+        self.prewarm = (self.engine == "builtin") if prewarm is None else prewarm
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -66,14 +69,37 @@ class EndpointDeployer:
                 self._submit(ep.id)
         for ep in stopped:
             self._retire(ep)
-        self._stop_unused_engines()
+        warm = self._prewarm() if self.prewarm else set()
+        self._stop_unused_engines(warm)
 
-    def _submit(self, endpoint_id: str) -> None:
+    def _prewarm(self) -> set[str]:
+        """Engine keys kept warm for jobs that are training now and will deploy when they succeed."""
+        if not self.ctx.settings.auto_deploy:
+            return set()
+        with self.ctx.db.read() as session:
+            bases = set(session.execute(select(Job.base_model).where(Job.status == JobStatus.RUNNING.value,
+                                                                     Job.auto_deploy.is_(True))).scalars())
+        keys = set()
+        for base in bases:
+            key = f"base:{base}" if self.ctx.settings.shared_engines else f"spare:{base}"
+            keys.add(key)
+            if key not in self.backend.keys():
+                self._submit(key, lambda b=base, k=key: self._start_warm(b, k))
+        return keys
+
+    def _start_warm(self, base: str, key: str) -> None:
+        try:
+            self.backend.ensure(self._base_spec(base, key))
+        except (DeployError, EngineStartError) as exc:
+            log.warning("could not prewarm an engine", extra={"base_model": base, "reason": str(exc)})
+
+    def _submit(self, task_id: str, task=None) -> None:
+        """Runs a deploy (or another task) in a worker unless one with the same id is under way."""
         with self._lock:
-            if endpoint_id in self._inflight:
+            if task_id in self._inflight:
                 return
-            self._inflight.add(endpoint_id)
-        self._pool.submit(self._deploy_guarded, endpoint_id)
+            self._inflight.add(task_id)
+        self._pool.submit(self._guarded, task_id, task or (lambda: self._deploy(task_id)))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -93,14 +119,14 @@ class EndpointDeployer:
 
     # --- deploying ---------------------------------------------------------------------------------------
 
-    def _deploy_guarded(self, endpoint_id: str) -> None:
+    def _guarded(self, task_id: str, task) -> None:
         try:
-            self._deploy(endpoint_id)
+            task()
         except Exception:
-            log.exception("deploy crashed", extra={"endpoint": endpoint_id})
+            log.exception("deploy task crashed", extra={"task": task_id})
         finally:
             with self._lock:
-                self._inflight.discard(endpoint_id)
+                self._inflight.discard(task_id)
 
     def _deploy(self, endpoint_id: str) -> None:
         with self.ctx.db.read() as session:
@@ -151,8 +177,12 @@ class EndpointDeployer:
         limits = dict(max_loras=s.max_loras, max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank)
         if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
             return EngineSpec(ep.id, self.engine, str(weights), ep.model, **limits)
-        key = f"base:{ep.base_model}" if s.shared_engines else ep.id
-        return EngineSpec(key, self.engine, self._base_model_path(ep.base_model), ep.base_model, **limits)
+        return self._base_spec(ep.base_model, f"base:{ep.base_model}" if s.shared_engines else ep.id)
+
+    def _base_spec(self, base: str, key: str) -> EngineSpec:
+        s = self.ctx.settings
+        return EngineSpec(key, self.engine, self._base_model_path(base), base, max_loras=s.max_loras,
+                          max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank)
 
     def _base_model_path(self, name: str) -> str:
         base = self.ctx.base_models.get(name)
@@ -242,11 +272,16 @@ class EndpointDeployer:
         shutil.rmtree(self._cache / ep.id, ignore_errors=True)
         log.info("endpoint retired", extra={"endpoint": ep.id, "state": ep.state})
 
-    def _stop_unused_engines(self) -> None:
+    def _stop_unused_engines(self, warm: set[str]) -> None:
         with self.ctx.db.read() as session:
-            needed = {ep.engine_key for ep in live_endpoints(session) if ep.engine_key}
-            needed |= {f"base:{ep.base_model}" for ep in live_endpoints(session)} if self.ctx.settings.shared_engines else set()
-            needed |= {ep.id for ep in live_endpoints(session)}
+            live = live_endpoints(session)
+        needed = warm | {ep.engine_key for ep in live if ep.engine_key} | {ep.id for ep in live}
+        # a deploying endpoint is about to claim the spare its job kept warm
+        needed |= {f"spare:{ep.base_model}" for ep in live if ep.state == EndpointState.DEPLOYING.value}
+        if self.ctx.settings.shared_engines:
+            needed |= {f"base:{ep.base_model}" for ep in live}
+        with self._lock:
+            starting = set(self._inflight)  # a spare being started is not running yet; one just claimed is
         for key in self.backend.keys():
-            if key not in needed:
+            if key not in needed and key not in starting:
                 self.backend.stop(key)

@@ -81,8 +81,13 @@ class Gateway:
         raise NotFound(f"The model '{model}' has no endpoint; create one with POST /v1/endpoints.",
                        param="model", code="model_not_deployed")
 
-    def forget(self, project_id: str, model: str) -> None:
-        self._routes.pop((project_id, model), None)
+    def forget(self, project_id: str, model: str | None = None) -> None:
+        """Drops cached routes: one model's, or all of a project's (an endpoint or model went away)."""
+        if model is not None:
+            self._routes.pop((project_id, model), None)
+            return
+        for key in [k for k in self._routes if k[0] == project_id]:
+            self._routes.pop(key, None)
 
     # --- forwarding -------------------------------------------------------------------------------------
 
@@ -113,7 +118,7 @@ class Gateway:
         if not (stream and upstream.status_code == 200 and content_type.startswith("text/event-stream")):
             content = await upstream.aread()
             await upstream.aclose()
-            self._count_whole(project_id, route, upstream.status_code, content, started)
+            content = self._count_whole(project_id, route, upstream.status_code, content, started)
             if upstream.status_code >= 400:
                 content = openai_error(content, upstream.status_code)
                 content_type = "application/json"
@@ -123,16 +128,19 @@ class Gateway:
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
-    def _count_whole(self, project_id: str, route: Route, status: int, content: bytes, started: float) -> None:
+    def _count_whole(self, project_id: str, route: Route, status: int, content: bytes, started: float) -> bytes:
         usage = {}
         if status == 200:
             try:
-                usage = json.loads(content).get("usage") or {}
-            except ValueError:
+                body = json.loads(content)
+                usage = body.get("usage") or {}
+                content = json.dumps(openai_shape(body)).encode()
+            except (ValueError, AttributeError):
                 pass
         self.usage.record(project_id, route.model, prompt_tokens=usage.get("prompt_tokens", 0),
                           completion_tokens=usage.get("completion_tokens", 0), error=status >= 400,
                           latency_ms=(time.perf_counter() - started) * 1e3)
+        return content
 
     async def _relay(self, project_id: str, route: Route, upstream: httpx.Response, wants_usage: bool,
                      started: float):
@@ -166,6 +174,26 @@ class Gateway:
             self.usage.record(project_id, route.model, prompt_tokens=usage.get("prompt_tokens", 0),
                               completion_tokens=usage.get("completion_tokens", 0), error=failed,
                               latency_ms=(time.perf_counter() - started) * 1e3)
+
+
+# vLLM writes every field of its response models, unset ones as null; OpenAI's schema types these as objects
+# or arrays that are absent when unused, so typed clients would choke on the nulls.
+_ABSENT_WHEN_NULL = {"message": {"annotations", "function_call", "audio", "tool_calls", "reasoning",
+                                 "reasoning_content"},
+                     "usage": {"prompt_tokens_details", "completion_tokens_details"}}
+
+
+def openai_shape(body: dict) -> dict:
+    for choice in body.get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            for key in _ABSENT_WHEN_NULL["message"] & {k for k, v in message.items() if v is None}:
+                del message[key]
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        for key in _ABSENT_WHEN_NULL["usage"] & {k for k, v in usage.items() if v is None}:
+            del usage[key]
+    return body
 
 
 def openai_error(content: bytes, status: int) -> bytes:

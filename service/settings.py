@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     max_loras: int = 4  # adapters an engine keeps active at once (vLLM --max-loras)
     max_cpu_loras: int = 0  # adapters kept in memory, LRU (vLLM --max-cpu-loras); 0: max_loras
     max_lora_rank: int = 64  # the fleet's largest servable rank: jobs above it are refused (vLLM --max-lora-rank)
+    # Start an engine for the base model of each running job that will deploy, so a finished job serves in
+    # seconds. Default: on for the built-in (CPU) engine; off for vLLM, whose memory the trainer would lose.
+    prewarm_engines: bool | None = None
     engine_threads: int = 1  # CPU threads per built-in engine; 0: torch's default
     engine_start_timeout_s: float = 180.0
     engine_python: str | None = None  # interpreter for the built-in engine; default: this one

@@ -200,20 +200,17 @@ def all_events(client, job_id: str) -> list:
     return list(client.fine_tuning.jobs.list_events(job_id, limit=1000))[::-1]
 
 
-def engine_pids(key: str) -> list[int]:
-    """Live engine processes the local endpoint backend started under an engine key (HONE_ENDPOINT_ENGINE)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if f"HONE_ENDPOINT_ENGINE={key}".encode() in environ and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+def engine_pids(server: HoneServer, key: str) -> list[int]:
+    """The live engine process serving under an engine key, from the local backend's state file."""
+    import json
+
+    state = server.data_dir / "engines" / (key.replace(":", "_").replace("/", "_") + ".json")
+    try:
+        pid = json.loads(state.read_text())["pid"]
+        status = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [pid] if status != "Z" else []
 
 
 def wait_endpoint(http: httpx.Client, model: str, states=("ready", "failed"), timeout: float = 180) -> dict:

@@ -51,7 +51,9 @@ def _label(client, model: str, row: dict, *, stream: bool = False) -> str:
     prompt = row["messages"][:-1]
     if not stream:
         reply = client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16)
-        assert reply.model == model and reply.choices[0].finish_reason in ("stop", "length")
+        # A checkpoint asked for by id answers under its snapshot name, as OpenAI answers with canonical names.
+        assert reply.model == model or (model.startswith("ftckpt_") and ":ckpt-step-" in reply.model)
+        assert reply.choices[0].finish_reason in ("stop", "length")
         return reply.choices[0].message.content.strip()
     chunks = list(client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16,
                                                  stream=True))
@@ -189,7 +191,7 @@ def test_deploying_endpoint_answers_503_with_retry_after(served):
 
 def test_killed_engine_is_restarted_and_serves_again(served):
     project, model, ep = served["project"], served["job"].fine_tuned_model, served["endpoint"]
-    pids = engine_pids(ep["id"])
+    pids = engine_pids(served["server"], ep["id"])
     assert len(pids) == 1
     os.kill(pids[0], signal.SIGKILL)
     with project.http() as http:
@@ -200,7 +202,7 @@ def test_killed_engine_is_restarted_and_serves_again(served):
                 break
             assert time.monotonic() < deadline, current
             time.sleep(0.3)
-    assert engine_pids(ep["id"]) and engine_pids(ep["id"]) != pids
+    assert engine_pids(served["server"], ep["id"]) and engine_pids(served["server"], ep["id"]) != pids
     row = served["held_out"][0]
     assert _label(served["client"], model, row) == row["messages"][-1]["content"]
 
@@ -228,10 +230,48 @@ def test_deleting_the_model_stops_its_engine_and_cleans_its_cache(served):
     client.models.delete(model)
     with project.http() as http:
         deadline = time.monotonic() + 60
-        while engine_pids(ep["id"]) or cache.exists():
+        while engine_pids(served["server"], ep["id"]) or cache.exists():
             assert time.monotonic() < deadline, "engine or cache still there"
             time.sleep(0.2)
         stopped = http.get(f"/v1/endpoints/{ep['id']}").json()
         gone = http.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "x"}]})
     assert stopped["state"] == "stopped" and stopped["error"]["code"] == "model_deleted"
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+
+def test_shared_engine_serves_several_adapters_of_one_base(tmp_path):
+    """HONE_SHARED_ENGINES: one engine for hone-tiny, with the tuned model and a checkpoint hot-loaded side by side."""
+    server = HoneServer(tmp_path / "shared", {"HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true",
+                                              "HONE_SHARED_ENGINES": "true"})
+    try:
+        project = server.new_project("shared")
+        client = project.openai()
+        train, held_out = make(count=120, seed=3)
+        file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
+            "type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 0.5}}})
+        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=600)
+        first_ckpt = sorted(client.fine_tuning.jobs.checkpoints.list(job.id), key=lambda c: c.step_number)[-2]
+        with project.http() as http:
+            tuned = wait_endpoint(http, job.fine_tuned_model)
+            ckpt = http.post("/v1/endpoints", json={"model": first_ckpt.id}).json()
+            ckpt = wait_endpoint(http, first_ckpt.fine_tuned_model_checkpoint)
+            assert tuned["state"] == ckpt["state"] == "ready", (tuned["error"], ckpt["error"])
+            engines = sorted(p.name for p in (server.data_dir / "engines").iterdir())
+            assert engines == ["base_hone-tiny.json"]  # one engine process, two adapters
+            pid = engine_pids(server, "base:hone-tiny")
+            row = held_out[0]
+            answers = {m: _label(client, m, row) for m in (job.fine_tuned_model, first_ckpt.id, "hone-tiny")}
+            assert all(isinstance(a, str) for a in answers.values())
+            http.delete(f"/v1/endpoints/{ckpt['id']}")
+            deadline = time.monotonic() + 30
+            while (server.data_dir / "adapters" / ckpt["id"]).exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            gone = http.post("/v1/chat/completions", json={"model": first_ckpt.id, "messages": row["messages"][:-1]})
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_deployed"
+            assert _label(client, job.fine_tuned_model, row) == answers[job.fine_tuned_model]
+            assert engine_pids(server, "base:hone-tiny") == pid  # the shared engine kept serving the other
+    finally:
+        server.stop()

@@ -43,5 +43,6 @@ def retrieve_endpoint(endpoint_id: str, request: Request, principal: ProjectPrin
 def delete_endpoint(endpoint_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx)):
     deleted = endpoints.delete_endpoint(ctx, principal, endpoint_id)
+    request.app.state.gateway.forget(principal.project_id)
     request.app.state.loops.wake("endpoints")
     return deleted

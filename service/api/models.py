@@ -26,5 +26,6 @@ def retrieve_model(model_id: str, principal: ProjectPrincipal = Depends(project_
 def delete_model(model_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
     deleted = models.delete_model(ctx, principal, model_id)
+    request.app.state.gateway.forget(principal.project_id)
     request.app.state.loops.wake("endpoints")  # its engine and local copy go now
     return deleted

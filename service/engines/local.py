@@ -1,7 +1,12 @@
-"""Engines as local processes on free loopback ports, one process session each."""
+"""Engines as local processes on free loopback ports, one process session each.
+
+Each running engine has a state file, `$HONE_DATA_DIR/engines/<key>.json` (pid, url), for operators and
+tests. A spare engine (started ahead of need) is handed to the first `ensure` whose spec it matches."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -22,7 +27,7 @@ log = logging.getLogger("hone.engines")
 
 
 @dataclass
-class _Process:
+class _Process:  # handle changes when a spare is claimed
     handle: EngineHandle
     proc: subprocess.Popen
     log_file: IO[bytes]
@@ -40,6 +45,7 @@ class LocalEngines:
         self._running: dict[str, _Process] = {}
         self._lock = threading.Lock()
         self._logs = settings.data_dir.resolve() / "logs" / "engines"
+        self._states = settings.data_dir.resolve() / "engines"
 
     def ensure(self, spec: EngineSpec) -> EngineHandle:
         with self._lock:
@@ -48,6 +54,9 @@ class LocalEngines:
                 return current.handle
             if current is not None:
                 self._terminate(spec.key)
+            spare = self._matching_spare(spec)
+            if spare is not None:
+                return self._claim(spare, spec)
             last_error: Exception | None = None
             for _ in range(3):  # a free port can be taken between probing and binding it
                 try:
@@ -80,7 +89,31 @@ class LocalEngines:
             raise EngineStartError(f"engine {spec.key} did not become healthy: {exc} "
                                    f"(exit code {proc.returncode}; log {log_file.name})") from exc
         self._running[spec.key] = _Process(handle, proc, log_file)
+        self._write_state(handle, proc.pid)
         return handle
+
+    def _matching_spare(self, spec: EngineSpec) -> str | None:
+        for key, running in self._running.items():
+            if key.startswith("spare:") and running.proc.poll() is None and \
+                    dataclasses.replace(running.handle.spec, key=spec.key) == spec:
+                return key
+        return None
+
+    def _claim(self, spare_key: str, spec: EngineSpec) -> EngineHandle:
+        running = self._running.pop(spare_key)
+        self._state_path(spare_key).unlink(missing_ok=True)
+        running.handle = dataclasses.replace(running.handle, key=spec.key, spec=spec)
+        self._running[spec.key] = running
+        self._write_state(running.handle, running.proc.pid)
+        log.info("spare engine claimed", extra={"engine": spec.key, "spare": spare_key})
+        return running.handle
+
+    def _state_path(self, key: str):
+        return self._states / (key.replace(":", "_").replace("/", "_") + ".json")
+
+    def _write_state(self, handle: EngineHandle, pid: int) -> None:
+        self._states.mkdir(parents=True, exist_ok=True)
+        self._state_path(handle.key).write_text(json.dumps({"key": handle.key, "pid": pid, "url": handle.url}))
 
     def get(self, key: str) -> EngineHandle | None:
         with self._lock:
@@ -91,6 +124,7 @@ class LocalEngines:
                 log.warning("engine exited", extra={"engine": key, "returncode": current.proc.returncode})
                 current.log_file.close()
                 del self._running[key]
+                self._state_path(key).unlink(missing_ok=True)
                 return None
             return current.handle
 
@@ -103,6 +137,7 @@ class LocalEngines:
         if current is not None:
             _kill(current.proc)
             current.log_file.close()
+            self._state_path(key).unlink(missing_ok=True)
             log.info("engine stopped", extra={"engine": key})
 
     def keys(self) -> list[str]:

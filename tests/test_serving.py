@@ -275,3 +275,24 @@ def test_shared_engine_serves_several_adapters_of_one_base(tmp_path):
             assert engine_pids(server, "base:hone-tiny") == pid  # the shared engine kept serving the other
     finally:
         server.stop()
+
+
+def test_fully_tuned_weights_get_an_engine_of_their_own(tmp_path):
+    server = HoneServer(tmp_path / "full", {"HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true"})
+    try:
+        project = server.new_project("full")
+        client = project.openai()
+        train, held_out = make(count=120, seed=3)
+        file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
+            "type": "supervised", "supervised": {"hyperparameters": {
+                "tuning_mode": "full", "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 10}}})
+        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=600)
+        with project.http() as http:
+            ep = wait_endpoint(http, job.fine_tuned_model)
+        assert ep["state"] == "ready" and ep["kind"] == "full", ep["error"]
+        assert engine_pids(server, ep["id"])
+        answer = _label(client, job.fine_tuned_model, held_out[0])
+        assert answer == _label(client, job.fine_tuned_model, held_out[0], stream=True)
+    finally:
+        server.stop()

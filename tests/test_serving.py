@@ -14,7 +14,6 @@ import sys
 import time
 
 import boto3
-import httpx
 import pytest
 
 from examples.support_tickets import make

@@ -8,6 +8,8 @@ engines nothing uses any more are stopped."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import subprocess
@@ -140,6 +142,10 @@ class EndpointDeployer:
         except DeployError as exc:
             self._failed_attempt(ep.id, exc)
             return
+        except Exception as exc:  # counted like any failed attempt, so a persistent bug ends in `failed`
+            log.exception("deploy attempt crashed", extra={"endpoint": ep.id})
+            self._failed_attempt(ep.id, DeployError("deploy_error", f"{type(exc).__name__}: {exc}"))
+            return
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
             moved = row is not None and transition(row, EndpointState.READY, url=handle.url, engine=self.engine,
@@ -177,7 +183,17 @@ class EndpointDeployer:
         limits = dict(max_loras=s.max_loras, max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank)
         if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
             return EngineSpec(ep.id, self.engine, str(weights), ep.model, **limits)
-        return self._base_spec(ep.base_model, f"base:{ep.base_model}" if s.shared_engines else ep.id)
+        if s.shared_engines:
+            return self._base_spec(ep.base_model, f"base:{ep.base_model}")
+        spec = self._base_spec(ep.base_model, ep.id)
+        if self.engine == "vllm" and weights is not None:
+            # vLLM ignores templates stored beside adapters: an engine of its own gets the pinned one.
+            pinned_file = weights / "hone_serving.json"
+            pinned = json.loads(pinned_file.read_text()).get("chat_template") if pinned_file.exists() else None
+            if pinned:
+                (weights / "hone_chat_template.jinja").write_text(pinned)
+                spec = dataclasses.replace(spec, chat_template=str(weights / "hone_chat_template.jinja"))
+        return spec
 
     def _base_spec(self, base: str, key: str) -> EngineSpec:
         s = self.ctx.settings

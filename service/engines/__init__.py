@@ -21,6 +21,8 @@ class EngineSpec:
     max_loras: int
     max_cpu_loras: int
     max_lora_rank: int
+    chat_template: str | None = None  # a file; vLLM serves every adapter with one template (the built-in
+    # engine reads each adapter's own from hone_serving.json)
 
 
 @dataclass(frozen=True)

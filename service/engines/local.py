@@ -69,7 +69,7 @@ class LocalEngines:
         port, api_key = _free_port(), secrets.token_urlsafe(24)
         launch = engine_command(spec.engine, spec.model_path, spec.served_name, host="127.0.0.1", port=port,
                                 max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
-                                max_lora_rank=spec.max_lora_rank, api_key=api_key,
+                                max_lora_rank=spec.max_lora_rank, api_key=api_key, chat_template=spec.chat_template,
                                 python=self._settings.engine_python or sys.executable)
         env = {**os.environ, **launch.env, "HONE_ENDPOINT_ENGINE": spec.key, "OMP_WAIT_POLICY": "PASSIVE"}
         if self._settings.engine_threads:

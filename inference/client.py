@@ -153,6 +153,11 @@ class EngineClient:
         return self._json("POST", "/v1/chat/completions",
                           json={**params, "model": model, "messages": messages, "stream": False})
 
+    def complete(self, model: str, prompt: str | list[int], **params) -> dict:
+        """A non-streamed text completion; `params` are any other request fields."""
+        return self._json("POST", "/v1/completions", json={**params, "model": model, "prompt": prompt,
+                                                           "stream": False})
+
 
 def _same_path(a: str | None, b: str) -> bool:
     if a is None:

@@ -158,6 +158,8 @@ def test_hot_load_lifecycle(client, adapters):
     assert caught.value.status == 400 and "already been loaded" in caught.value.message
     reply = client.chat("ft-x-1", CHAT, max_tokens=4, temperature=0, ignore_eos=True)
     assert reply["model"] == "ft-x-1" and reply["usage"]["completion_tokens"] == 4
+    reply = client.complete("ft-x-1", "refund", max_tokens=3, temperature=0, ignore_eos=True)
+    assert reply["object"] == "text_completion" and reply["usage"]["completion_tokens"] == 3
     assert client.unload_adapter("ft-x-1") is True
     assert client.unload_adapter("ft-x-1") is False
     assert "ft-x-1" not in [c["id"] for c in client.models()]

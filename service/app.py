@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
                   description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.")
     install_error_handlers(app)
     for router in (health.router, admin.router, base_models.router, files.router, fine_tuning.router,
-                   models.router, endpoints.router, gateway.router, internal.router):
+                   models.router, endpoints.router, internal.router):
         app.include_router(router)
+    app.router.routes.extend(gateway.routes)
     app.add_middleware(AccessLogMiddleware)
     return app

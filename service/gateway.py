@@ -6,12 +6,12 @@ as-is unless the caller named a checkpoint by id; responses are never rewritten 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from dataclasses import dataclass
 
-import httpx
 from sqlalchemy import select
 from starlette.responses import Response, StreamingResponse
 
@@ -20,6 +20,7 @@ from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
 from service.endpoints import model_not_found, resolve_model
 from service.errors import BadGateway, InvalidRequest, NotFound, ServiceUnavailable
+from service.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
 
 ROUTE_TTL_S = 1.0  # a ready route is reused this long without a database lookup
@@ -40,11 +41,11 @@ class Gateway:
         self.ctx, self.usage = ctx, usage
         self._engine_key_of = engine_key_of  # engine key -> api key (the backend holds the secrets)
         self._routes: dict[tuple[str, str], tuple[float, Route]] = {}
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(ctx.settings.gateway_timeout_s, connect=5.0),
-                                        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self.upstream = UpstreamPool()
+        self.timeout = ctx.settings.gateway_timeout_s
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.upstream.close()
 
     # --- routing ----------------------------------------------------------------------------------------
 
@@ -106,27 +107,27 @@ class Gateway:
             headers["authorization"] = f"Bearer {route.api_key}"
         if request_id:
             headers["x-request-id"] = request_id
-        request = self.client.build_request("POST", route.url + path, content=raw, headers=headers)
         try:
-            upstream = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            upstream = await asyncio.wait_for(self.upstream.post(route.url + path, raw, headers), self.timeout)
+            content_type = upstream.headers.get("content-type", "application/json")
+            if not (stream and upstream.status == 200 and content_type.startswith("text/event-stream")):
+                content = await asyncio.wait_for(upstream.read(), self.timeout)
+            else:
+                return StreamingResponse(self._relay(project_id, route, upstream, wants_usage, started),
+                                         media_type="text/event-stream",
+                                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        except (UpstreamError, asyncio.TimeoutError) as exc:
             self.forget(project_id, route.model)
             self.usage.record(project_id, route.model, error=True, latency_ms=(time.perf_counter() - started) * 1e3)
-            raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({type(exc).__name__}); "
+            raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
                              "it is being checked, retry shortly.", code="endpoint_unreachable")
-        content_type = upstream.headers.get("content-type", "application/json")
-        if not (stream and upstream.status_code == 200 and content_type.startswith("text/event-stream")):
-            content = await upstream.aread()
-            await upstream.aclose()
-            content = self._count_whole(project_id, route, upstream.status_code, content, started)
-            if upstream.status_code >= 400:
-                content = openai_error(content, upstream.status_code)
-                content_type = "application/json"
-            return Response(content, status_code=upstream.status_code, media_type=content_type,
-                            headers={k: v for k, v in upstream.headers.items() if k == "retry-after"})
-        return StreamingResponse(self._relay(project_id, route, upstream, wants_usage, started),
-                                 media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        content = self._count_whole(project_id, route, upstream.status, content, started)
+        if upstream.status >= 400:
+            content = openai_error(content, upstream.status)
+            content_type = "application/json"
+        retry_after = upstream.headers.get("retry-after")
+        return Response(content, status_code=upstream.status, media_type=content_type,
+                        headers={"retry-after": retry_after} if retry_after else None)
 
     def _count_whole(self, project_id: str, route: Route, status: int, content: bytes, started: float) -> bytes:
         usage = {}
@@ -142,14 +143,14 @@ class Gateway:
                           latency_ms=(time.perf_counter() - started) * 1e3)
         return content
 
-    async def _relay(self, project_id: str, route: Route, upstream: httpx.Response, wants_usage: bool,
+    async def _relay(self, project_id: str, route: Route, upstream: UpstreamResponse, wants_usage: bool,
                      started: float):
         """Passes each SSE event on as soon as it is complete; only the usage event may be held back."""
         usage: dict = {}
         failed = False
         pending = b""
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.iter_chunks():
                 pending += chunk
                 while (end := pending.find(b"\n\n")) >= 0:
                     event, pending = pending[: end + 2], pending[end + 2:]
@@ -165,12 +166,12 @@ class Gateway:
                     yield event
             if pending:
                 yield pending
-        except httpx.HTTPError:
+        except UpstreamError:
             failed = True
             yield b'data: {"error": {"message": "The endpoint closed the stream.", "type": "server_error", ' \
                   b'"param": null, "code": "endpoint_unreachable"}}\n\ndata: [DONE]\n\n'
         finally:
-            await upstream.aclose()
+            upstream.release()
             self.usage.record(project_id, route.model, prompt_tokens=usage.get("prompt_tokens", 0),
                               completion_tokens=usage.get("completion_tokens", 0), error=failed,
                               latency_ms=(time.perf_counter() - started) * 1e3)

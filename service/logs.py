@@ -33,6 +33,8 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # replaced by AccessLogMiddleware
+    # httpx logs every request at INFO: engine health polls would drown the log (errors still surface).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class AccessLogMiddleware:

@@ -95,8 +95,8 @@ class UpstreamPool:
         else:
             conn.writer.close()
 
-    async def _connect(self, address: tuple[str, int]) -> _Connection:
-        idle = self._idle.get(address)
+    async def _connect(self, address: tuple[str, int], *, fresh: bool = False) -> _Connection:
+        idle = None if fresh else self._idle.get(address)
         while idle:
             conn = idle.pop()
             if not conn.writer.is_closing() and not conn.reader.at_eof():
@@ -115,7 +115,7 @@ class UpstreamPool:
         head += [f"{k}: {v}" for k, v in headers.items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         for attempt in (1, 2):
-            conn = await self._connect(address)
+            conn = await self._connect(address, fresh=attempt == 2)
             try:
                 conn.writer.write(request)
                 await conn.writer.drain()

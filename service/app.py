@@ -74,6 +74,6 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     for router in (health.router, admin.router, base_models.router, files.router, fine_tuning.router,
                    models.router, endpoints.router, internal.router):
         app.include_router(router)
-    app.router.routes.extend(gateway.routes)
+    app.router.routes[:0] = gateway.routes  # first: the hot path should not try every other route before it
     app.add_middleware(AccessLogMiddleware)
     return app

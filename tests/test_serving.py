@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -295,3 +296,42 @@ def test_fully_tuned_weights_get_an_engine_of_their_own(tmp_path):
         assert answer == _label(client, job.fine_tuned_model, held_out[0], stream=True)
     finally:
         server.stop()
+
+
+def test_restarted_control_plane_replaces_engines_its_predecessor_left(tmp_path):
+    server = HoneServer(tmp_path / "cp", {"HONE_AUTO_DEPLOY": "true"})
+    restarted = None
+    try:
+        project = server.new_project("restart")
+        with project.http() as http:
+            created = http.post("/v1/endpoints", json={"model": "hone-tiny"}).json()
+            assert wait_endpoint(http, "hone-tiny")["state"] == "ready"
+        old = engine_pids(server, created["id"])
+        assert old
+        server.stop(signal.SIGKILL)  # no shutdown: its engine lives on, orphaned
+        assert (Path("/proc") / str(old[0])).exists()
+        restarted = HoneServer(tmp_path / "cp", {"HONE_AUTO_DEPLOY": "true"}, port=server.port)
+        with project.http() as http:
+            deadline = time.monotonic() + 120
+            while True:
+                ep = http.get(f"/v1/endpoints/{created['id']}").json()
+                if ep["state"] == "ready" and ep["restarts"] >= 1:
+                    break
+                assert time.monotonic() < deadline, ep
+                time.sleep(0.3)
+            reply = http.post("/v1/chat/completions", json={"model": "hone-tiny", "max_tokens": 2,
+                                                            "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200
+        new = engine_pids(restarted, created["id"])
+        assert new and new != old
+        assert not _alive(old[0])
+    finally:
+        (restarted or server).stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from inference.client import EngineClient, EngineUnavailable
@@ -31,6 +32,7 @@ class _Process:  # handle changes when a spare is claimed
     handle: EngineHandle
     proc: subprocess.Popen
     log_file: IO[bytes]
+    spawned_as: str  # the key in its HONE_ENDPOINT_ENGINE, which stays when a spare is claimed
 
 
 def _free_port() -> int:
@@ -46,6 +48,23 @@ class LocalEngines:
         self._lock = threading.Lock()
         self._logs = settings.data_dir.resolve() / "logs" / "engines"
         self._states = settings.data_dir.resolve() / "engines"
+        self._stop_orphans()
+
+    def _stop_orphans(self) -> None:
+        """Engines left by a control plane that was killed: their adapters are reloaded into fresh ones, so
+        the old processes would only hold memory (and, with vLLM, a GPU)."""
+        if not self._states.exists():
+            return
+        for state in self._states.glob("*.json"):
+            try:
+                info = json.loads(state.read_text())
+                environ = (Path("/proc") / str(info["pid"]) / "environ").read_bytes()
+                if f"HONE_ENDPOINT_ENGINE={info['spawned_as']}".encode() in environ.split(b"\0"):
+                    os.killpg(info["pid"], signal.SIGKILL)
+                    log.warning("stopped an engine left by an earlier run", extra={"engine": info["key"]})
+            except (OSError, ValueError, KeyError):
+                pass  # already gone, or not ours
+            state.unlink(missing_ok=True)
 
     def ensure(self, spec: EngineSpec) -> EngineHandle:
         with self._lock:
@@ -88,8 +107,8 @@ class LocalEngines:
             log_file.close()
             raise EngineStartError(f"engine {spec.key} did not become healthy: {exc} "
                                    f"(exit code {proc.returncode}; log {log_file.name})") from exc
-        self._running[spec.key] = _Process(handle, proc, log_file)
-        self._write_state(handle, proc.pid)
+        self._running[spec.key] = _Process(handle, proc, log_file, spec.key)
+        self._write_state(self._running[spec.key])
         return handle
 
     def _matching_spare(self, spec: EngineSpec) -> str | None:
@@ -104,16 +123,18 @@ class LocalEngines:
         self._state_path(spare_key).unlink(missing_ok=True)
         running.handle = dataclasses.replace(running.handle, key=spec.key, spec=spec)
         self._running[spec.key] = running
-        self._write_state(running.handle, running.proc.pid)
+        self._write_state(running)
         log.info("spare engine claimed", extra={"engine": spec.key, "spare": spare_key})
         return running.handle
 
     def _state_path(self, key: str):
         return self._states / (key.replace(":", "_").replace("/", "_") + ".json")
 
-    def _write_state(self, handle: EngineHandle, pid: int) -> None:
+    def _write_state(self, running: _Process) -> None:
         self._states.mkdir(parents=True, exist_ok=True)
-        self._state_path(handle.key).write_text(json.dumps({"key": handle.key, "pid": pid, "url": handle.url}))
+        self._state_path(running.handle.key).write_text(json.dumps({
+            "key": running.handle.key, "pid": running.proc.pid, "url": running.handle.url,
+            "spawned_as": running.spawned_as}))
 
     def get(self, key: str) -> EngineHandle | None:
         with self._lock:

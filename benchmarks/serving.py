@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,7 @@ if str(REPO) not in sys.path:
 
 import httpx
 
+from service.engines.local import stop_process_group  # noqa: E402
 from tests.support import MODEL_CACHE, HoneServer, free_port, jsonl, wait_endpoint
 
 GOAL_ADDED_P50_MS = 2.0
@@ -146,17 +146,7 @@ def log_entries(path: Path) -> list[dict]:
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    stop_process_group(proc, grace=10)
 
 
 # --- (a) gateway overhead ------------------------------------------------------------------------------

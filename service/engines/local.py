@@ -103,7 +103,7 @@ class LocalEngines:
             with EngineClient(handle.url, api_key=api_key) as client:
                 client.wait_healthy(self._settings.engine_start_timeout_s, alive=lambda: proc.poll() is None)
         except EngineUnavailable as exc:
-            _kill(proc)
+            stop_process_group(proc)
             log_file.close()
             raise EngineStartError(f"engine {spec.key} did not become healthy: {exc} "
                                    f"(exit code {proc.returncode}; log {log_file.name})") from exc
@@ -156,7 +156,7 @@ class LocalEngines:
     def _terminate(self, key: str) -> None:
         current = self._running.pop(key, None)
         if current is not None:
-            _kill(current.proc)
+            stop_process_group(current.proc)
             current.log_file.close()
             self._state_path(key).unlink(missing_ok=True)
             log.info("engine stopped", extra={"engine": key})
@@ -171,7 +171,8 @@ class LocalEngines:
                 self._terminate(key)
 
 
-def _kill(proc: subprocess.Popen, grace: float = 5.0) -> None:
+def stop_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM to the process's session, SIGKILL if it is still there after `grace` seconds."""
     if proc.poll() is not None:
         return
     try:

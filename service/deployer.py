@@ -149,7 +149,8 @@ class EndpointDeployer:
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
             moved = row is not None and transition(row, EndpointState.READY, url=handle.url, engine=self.engine,
-                                                   engine_key=handle.key, error=None, ready_at=int(time.time()))
+                                                   engine_key=handle.key, error=None, ready_at=int(time.time()),
+                                                   failed_attempts=0)
         if moved:
             log.info("endpoint ready", extra={"endpoint": ep.id, "model": ep.model,
                                               "seconds": round(time.monotonic() - started, 2)})
@@ -244,17 +245,17 @@ class EndpointDeployer:
         return target
 
     def _failed_attempt(self, endpoint_id: str, exc: DeployError) -> None:
-        limit = self.ctx.settings.max_engine_restarts
+        limit = self.ctx.settings.max_deploy_attempts
         with self.ctx.db.write() as session:
             ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id)).scalar()
             if ep is None or ep.state != EndpointState.DEPLOYING.value:
                 return
             error = {"code": exc.code, "message": exc.message}
-            if not exc.retry or ep.restarts + 1 >= limit:
+            if not exc.retry or ep.failed_attempts + 1 >= limit:
                 transition(ep, EndpointState.FAILED, error=error)
                 log.error("endpoint failed", extra={"endpoint": endpoint_id, "code": exc.code, "reason": exc.message})
             else:
-                ep.restarts += 1
+                ep.failed_attempts += 1
                 ep.error = error
                 log.warning("deploy attempt failed; retrying", extra={"endpoint": endpoint_id, "code": exc.code})
 

@@ -101,12 +101,13 @@ def deploy(ctx: AppContext, session: Session, project_id: str, served: ServedMod
                                .order_by(Endpoint.seq.desc())).scalars().first()
     if existing is not None:
         if existing.state == EndpointState.FAILED.value:
-            transition(existing, EndpointState.DEPLOYING, error=None, restarts=0)
+            transition(existing, EndpointState.DEPLOYING, error=None, failed_attempts=0)
         return existing
     now = int(time.time())
     ep = Endpoint(id=new_id("ep-"), project_id=project_id, model=served.name, kind=served.kind,
                   base_model=served.base_model, job_id=served.job_id, checkpoint_id=served.checkpoint_id,
                   weights_prefix=served.weights_prefix, state=EndpointState.DEPLOYING.value, restarts=0,
+                  failed_attempts=0,
                   created_at=now, updated_at=now)
     session.add(ep)
     session.flush()

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     engine_start_timeout_s: float = 180.0
     engine_python: str | None = None  # interpreter for the built-in engine; default: this one
     endpoint_poll_s: float = 1.0  # how often endpoints are reconciled and engines health-checked
-    max_engine_restarts: int = 5  # failed deploys in a row before an endpoint is marked failed
+    max_deploy_attempts: int = 5  # deploy attempts failing in a row before an endpoint is marked failed
     parity_samples: int = 4  # training rows checked through the serving path before an endpoint is ready
     adapter_cache_dir: Path | None = None  # local copies of served weights; default: data_dir/adapters
     gateway_timeout_s: float = 600.0

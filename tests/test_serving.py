@@ -335,3 +335,21 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_an_engine_that_cannot_start_fails_the_endpoint_after_the_attempt_limit(tmp_path):
+    server = HoneServer(tmp_path / "broken", {"HONE_MAX_DEPLOY_ATTEMPTS": "2",
+                                              "HONE_BASE_MODELS": '{"acme/broken": "/nonexistent/model"}'})
+    try:
+        project = server.new_project("broken")
+        with project.http() as http:
+            created = http.post("/v1/endpoints", json={"model": "acme/broken"}).json()
+            ep = wait_endpoint(http, "acme/broken", timeout=120)
+            refused = http.post("/v1/completions", json={"model": "acme/broken", "prompt": "hi"})
+    finally:
+        server.stop()
+    assert created["state"] == "deploying" and created["kind"] == "base"
+    assert ep["state"] == "failed" and ep["error"]["code"] == "engine_start_failed"
+    assert "did not become healthy" in ep["error"]["message"]
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "endpoint_failed"
+    assert not (server.data_dir / "engines" / f"{ep['id']}.json").exists()

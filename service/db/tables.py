@@ -190,7 +190,8 @@ class Endpoint(Base):
     engine: Mapped[str | None] = mapped_column(String(16))  # builtin | vllm
     engine_key: Mapped[str | None] = mapped_column(String(256))  # which engine serves it (shared per base or own)
     url: Mapped[str | None] = mapped_column(String(512))
-    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # engine restarts, ever
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # deploys failed in a row
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
     ready_at: Mapped[int | None] = mapped_column(BigInteger)

@@ -34,6 +34,7 @@ def upgrade() -> None:
     sa.Column('engine_key', sa.String(length=256), nullable=True),
     sa.Column('url', sa.String(length=512), nullable=True),
     sa.Column('restarts', sa.Integer(), nullable=False, server_default='0'),
+    sa.Column('failed_attempts', sa.Integer(), nullable=False, server_default='0'),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.Column('updated_at', sa.BigInteger(), nullable=False),
     sa.Column('ready_at', sa.BigInteger(), nullable=True),

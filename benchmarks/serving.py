@@ -9,8 +9,8 @@ Three parts, each against a baseline measured in the same run:
 
 (a) Gateway overhead. Starts the real server (`python -m service` through tests.support.HoneServer) with
     auto-deploy on, creates an endpoint for the base model hone-tiny, and finds its engine's URL and API key
-    (the local backend's state file `engines/<endpoint id>.json`, and `--api-key` on the engine's command
-    line). Then sends the same chat request, interleaved pair by pair (the order alternates), straight to the
+    (the local backend's state file `engines/<endpoint id>.json`, and `VLLM_API_KEY` in the engine's
+    environment). Then sends the same chat request, interleaved pair by pair (the order alternates), straight to the
     engine (the baseline) and through the gateway (`/v1/chat/completions`, project key), one keep-alive
     httpx.Client per path: non-stream with max_tokens 1 (latency), then stream with max_tokens 8 (time to the
     first content event). The request bodies are byte-identical; the added latency is reported both as the
@@ -86,10 +86,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def engine_access(data_dir: Path, key: str) -> tuple[str, str | None, int]:
-    """URL, API key and pid of a running engine of the local backend: the state file, then its command line."""
+    """URL, API key and pid of a running engine of the local backend: the state file, then its environment."""
     state = json.loads((data_dir / "engines" / (key.replace(":", "_").replace("/", "_") + ".json")).read_text())
-    argv = (Path("/proc") / str(state["pid"]) / "cmdline").read_bytes().split(b"\0")
-    api_key = argv[argv.index(b"--api-key") + 1].decode() if b"--api-key" in argv else None
+    environ = dict(item.split(b"=", 1) for item in
+                   (Path("/proc") / str(state["pid"]) / "environ").read_bytes().split(b"\0") if b"=" in item)
+    api_key = environ[b"VLLM_API_KEY"].decode() if b"VLLM_API_KEY" in environ else None
     return state["url"], api_key, state["pid"]
 
 

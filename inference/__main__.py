@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-cpu-loras", type=int, default=None, help="default: --max-loras")
     p.add_argument("--max-lora-rank", type=int, default=16, choices=LORA_RANKS)
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max_position_embeddings")
-    p.add_argument("--api-key", default=None)
+    p.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY") or None,
+                   help="required on /v1 routes (default: $VLLM_API_KEY, as vLLM)")
     p.add_argument("--chat-template", default=None, help="Jinja file or inline template for base requests")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")

@@ -48,8 +48,6 @@ def engine_command(engine: str, model: str, served_model_name: str, *, host: str
              "--max-lora-rank", str(served_lora_rank(max_lora_rank))]
     if max_model_len is not None:
         flags += ["--max-model-len", str(max_model_len)]
-    if api_key:
-        flags += ["--api-key", api_key]
     if chat_template:
         flags += ["--chat-template", chat_template]
     if engine == "vllm":
@@ -58,7 +56,10 @@ def engine_command(engine: str, model: str, served_model_name: str, *, host: str
         argv = [vllm_executable(python), "serve", model, *flags]
     else:
         argv = [python, "-m", "inference", "--model", model, *flags]
-    return EngineLaunch(argv, {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    if api_key:  # vLLM reads it from the environment too; on the command line any `ps` would show it
+        env["VLLM_API_KEY"] = api_key
+    return EngineLaunch(argv, env)
 
 
 def _has_nvidia_gpu() -> bool:

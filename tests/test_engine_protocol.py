@@ -66,8 +66,7 @@ class EngineProcess:
                                 api_key=api_key, **options)
         env = {k: v for k, v in os.environ.items() if k != "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
         env |= {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-        if runtime_lora:
-            env |= launch.env
+        env |= {k: v for k, v in launch.env.items() if runtime_lora or k != "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
         self.argv, self.log_path = launch.argv, log
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(launch.argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)

@@ -38,7 +38,8 @@ def test_vllm_command(tmp_path):
     launch = command("vllm", python=str(tmp_path / "bin" / "python"), max_model_len=4096, api_key="sk-x",
                      chat_template="/t/chat.jinja")
     assert launch.argv == [str(tmp_path / "bin" / "vllm"), "serve", "/models/base", *FLAGS, "--max-lora-rank", "16",
-                           "--max-model-len", "4096", "--api-key", "sk-x", "--chat-template", "/t/chat.jinja"]
+                           "--max-model-len", "4096", "--chat-template", "/t/chat.jinja"]
+    assert launch.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_API_KEY": "sk-x"}  # not on argv: ps shows it
     assert not any(a.startswith("--api-server-count") for a in launch.argv)
 
 
@@ -62,11 +63,15 @@ def test_invalid_launch_settings():
 def test_builtin_command_is_accepted_by_the_engine_cli():
     launch = command("builtin", python="/venv/bin/python", max_model_len=512, api_key="k")
     assert launch.argv == ["/venv/bin/python", "-m", "inference", "--model", "/models/base", *FLAGS,
-                           "--max-lora-rank", "16", "--max-model-len", "512", "--api-key", "k"]
-    assert launch.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+                           "--max-lora-rank", "16", "--max-model-len", "512"]
+    assert launch.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_API_KEY": "k"}
     from inference.__main__ import parse_args
 
-    args = parse_args(launch.argv[3:])
+    os.environ["VLLM_API_KEY"] = "k"  # how the engine gets it, as vLLM does
+    try:
+        args = parse_args(launch.argv[3:])
+    finally:
+        del os.environ["VLLM_API_KEY"]
     assert (args.model, args.served_model_name, args.port, args.enable_lora, args.max_loras, args.max_cpu_loras,
             args.max_lora_rank, args.max_model_len, args.api_key) == ("/models/base", "base", 8001, True, 2, 6, 16,
                                                                       512, "k")

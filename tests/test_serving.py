@@ -324,6 +324,11 @@ def test_restarted_control_plane_replaces_engines_its_predecessor_left(tmp_path)
         assert reply.status_code == 200
         new = engine_pids(restarted, created["id"])
         assert new and new != old
+        environ = (Path("/proc") / str(new[0]) / "environ").read_bytes().split(b"\0")
+        cmdline = (Path("/proc") / str(new[0]) / "cmdline").read_bytes()
+        assert not [v for v in environ if v.startswith((b"HONE_ADMIN_API_KEY=", b"HONE_DATABASE_URL="))]
+        key = next(v for v in environ if v.startswith(b"VLLM_API_KEY=")).split(b"=", 1)[1]
+        assert key and key not in cmdline  # the engine's key is not on its command line, where ps shows it
         assert not _alive(old[0])
     finally:
         (restarted or server).stop()

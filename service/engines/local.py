@@ -90,7 +90,10 @@ class LocalEngines:
                                 max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
                                 max_lora_rank=spec.max_lora_rank, api_key=api_key, chat_template=spec.chat_template,
                                 python=self._settings.engine_python or sys.executable)
-        env = {**os.environ, **launch.env, "HONE_ENDPOINT_ENGINE": spec.key, "OMP_WAIT_POLICY": "PASSIVE"}
+        # Engines get nothing of the control plane's secrets (admin key, database URL, storage credentials):
+        # the deployer fetches their weights for them.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
+        env = {**inherited, **launch.env, "HONE_ENDPOINT_ENGINE": spec.key, "OMP_WAIT_POLICY": "PASSIVE"}
         if self._settings.engine_threads:
             env["OMP_NUM_THREADS"] = str(self._settings.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)

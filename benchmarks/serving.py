@@ -58,7 +58,7 @@ if str(REPO) not in sys.path:
 
 import httpx
 
-from service.engines.local import stop_process_group  # noqa: E402
+from service.engines.local import state_file, stop_process_group  # noqa: E402
 from tests.support import MODEL_CACHE, HoneServer, free_port, jsonl, wait_endpoint
 
 GOAL_ADDED_P50_MS = 2.0
@@ -87,7 +87,7 @@ def cpu_seconds(pid: int) -> float:
 
 def engine_access(data_dir: Path, key: str) -> tuple[str, str | None, int]:
     """URL, API key and pid of a running engine of the local backend: the state file, then its environment."""
-    state = json.loads((data_dir / "engines" / (key.replace(":", "_").replace("/", "_") + ".json")).read_text())
+    state = json.loads(state_file(data_dir, key).read_text())
     environ = dict(item.split(b"=", 1) for item in
                    (Path("/proc") / str(state["pid"]) / "environ").read_bytes().split(b"\0") if b"=" in item)
     api_key = environ[b"VLLM_API_KEY"].decode() if b"VLLM_API_KEY" in environ else None

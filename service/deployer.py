@@ -109,15 +109,11 @@ class EndpointDeployer:
 
     def _restart(self, endpoint_id: str, why: str) -> None:
         with self.ctx.db.write() as session:
-            ep = session.get(Endpoint, self._seq(session, endpoint_id))
+            ep = _endpoint(session, endpoint_id)
             if ep is not None and transition(ep, EndpointState.DEPLOYING, restarts=ep.restarts + 1, url=None,
                                              error={"code": "engine_restarted", "message": f"Redeploying: {why}."}):
                 log.warning("endpoint redeploying", extra={"endpoint": endpoint_id, "reason": why})
         self._submit(endpoint_id)
-
-    @staticmethod
-    def _seq(session, endpoint_id: str) -> int | None:
-        return session.execute(select(Endpoint.seq).where(Endpoint.id == endpoint_id)).scalar()
 
     # --- deploying ---------------------------------------------------------------------------------------
 
@@ -132,7 +128,7 @@ class EndpointDeployer:
 
     def _deploy(self, endpoint_id: str) -> None:
         with self.ctx.db.read() as session:
-            ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id)).scalar()
+            ep = _endpoint(session, endpoint_id)
             if ep is None or ep.state != EndpointState.DEPLOYING.value:
                 return
             session.expunge(ep)
@@ -180,11 +176,9 @@ class EndpointDeployer:
         return handle, weights
 
     def _engine_spec(self, ep: Endpoint, weights: Path | None) -> EngineSpec:
-        s = self.ctx.settings
-        limits = dict(max_loras=s.max_loras, max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank)
         if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
-            return EngineSpec(ep.id, self.engine, str(weights), ep.model, **limits)
-        if s.shared_engines:
+            return self._spec(ep.id, str(weights), ep.model)
+        if self.ctx.settings.shared_engines:
             return self._base_spec(ep.base_model, f"base:{ep.base_model}")
         spec = self._base_spec(ep.base_model, ep.id)
         if self.engine == "vllm" and weights is not None:
@@ -197,8 +191,11 @@ class EndpointDeployer:
         return spec
 
     def _base_spec(self, base: str, key: str) -> EngineSpec:
+        return self._spec(key, self._base_model_path(base), base)
+
+    def _spec(self, key: str, model_path: str, served_name: str) -> EngineSpec:
         s = self.ctx.settings
-        return EngineSpec(key, self.engine, self._base_model_path(base), base, max_loras=s.max_loras,
+        return EngineSpec(key, self.engine, model_path, served_name, max_loras=s.max_loras,
                           max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank)
 
     def _base_model_path(self, name: str) -> str:
@@ -247,7 +244,7 @@ class EndpointDeployer:
     def _failed_attempt(self, endpoint_id: str, exc: DeployError) -> None:
         limit = self.ctx.settings.max_deploy_attempts
         with self.ctx.db.write() as session:
-            ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id)).scalar()
+            ep = _endpoint(session, endpoint_id)
             if ep is None or ep.state != EndpointState.DEPLOYING.value:
                 return
             error = {"code": exc.code, "message": exc.message}
@@ -290,6 +287,8 @@ class EndpointDeployer:
         log.info("endpoint retired", extra={"endpoint": ep.id, "state": ep.state})
 
     def _stop_unused_engines(self, warm: set[str]) -> None:
+        # Read again rather than reuse the tick's snapshot: a job that finished after that snapshot has its
+        # endpoint (which will claim the job's spare) visible only now.
         with self.ctx.db.read() as session:
             live = live_endpoints(session)
         needed = warm | {ep.engine_key for ep in live if ep.engine_key} | {ep.id for ep in live}
@@ -302,3 +301,7 @@ class EndpointDeployer:
         for key in self.backend.keys():
             if key not in needed and key not in starting:
                 self.backend.stop(key)
+
+
+def _endpoint(session, endpoint_id: str) -> Endpoint | None:
+    return session.execute(select(Endpoint).where(Endpoint.id == endpoint_id)).scalar()

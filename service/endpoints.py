@@ -15,7 +15,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
 from service.endpoint_states import LIVE, EndpointState, can_transition
-from service.errors import InvalidRequest, NotFound
+from service.errors import NotFound
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
 
@@ -64,18 +64,19 @@ def resolve_model(ctx: AppContext, session: Session, project_id: str, model: str
 
 # --- the resource ---------------------------------------------------------------------------------
 
-def endpoint_api(ep: Endpoint, usage: dict | None = None) -> dict:
+def endpoint_api(ep: Endpoint, usage: dict) -> dict:
     return {"id": ep.id, "object": "endpoint", "created_at": ep.created_at, "updated_at": ep.updated_at,
             "model": ep.model, "base_model": ep.base_model, "kind": ep.kind, "state": ep.state,
             "engine": ep.engine, "fine_tuning_job_id": ep.job_id, "checkpoint_id": ep.checkpoint_id,
             "ready_at": ep.ready_at, "restarts": ep.restarts, "error": ep.error,
-            "usage": usage or {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                               "mean_latency_ms": None}}
+            "usage": usage}
 
 
-def _usage(session: Session, ep: Endpoint, pending: dict | None) -> dict:
+def _usage(session: Session, ep: Endpoint, pending_usage) -> dict:
+    """Flushed totals plus what the gateway counted since (`pending_usage` is UsageBook.pending)."""
     row = session.get(ModelUsage, (ep.project_id, ep.model))
-    totals = {k: (getattr(row, k) if row else 0) + (pending or {}).get(k, 0)
+    pending = pending_usage(ep.project_id, ep.model) or {}
+    totals = {k: (getattr(row, k) if row else 0) + pending.get(k, 0)
               for k in ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_ms_total")}
     latency = totals.pop("latency_ms_total")
     totals["mean_latency_ms"] = round(latency / totals["requests"], 2) if totals["requests"] else None
@@ -93,7 +94,7 @@ def transition(ep: Endpoint, target: EndpointState, **fields) -> bool:
     return True
 
 
-def deploy(ctx: AppContext, session: Session, project_id: str, served: ServedModel) -> Endpoint:
+def deploy(session: Session, project_id: str, served: ServedModel) -> Endpoint:
     """The endpoint for a model: the live one if there is one, a failed one retried, else a new one."""
     existing = session.execute(select(Endpoint).where(Endpoint.project_id == project_id,
                                                       Endpoint.model == served.name,
@@ -115,12 +116,10 @@ def deploy(ctx: AppContext, session: Session, project_id: str, served: ServedMod
 
 
 def create_endpoint(ctx: AppContext, principal: ProjectPrincipal, model: str, pending_usage) -> dict:
-    if not model:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
     with ctx.db.write() as session:
         served = resolve_model(ctx, session, principal.project_id, model)
-        ep = deploy(ctx, session, principal.project_id, served)
-        return endpoint_api(ep, _usage(session, ep, pending_usage(ep.project_id, ep.model)))
+        ep = deploy(session, principal.project_id, served)
+        return endpoint_api(ep, _usage(session, ep, pending_usage))
 
 
 def _get(session: Session, principal: ProjectPrincipal, endpoint_id: str) -> Endpoint:
@@ -134,7 +133,7 @@ def _get(session: Session, principal: ProjectPrincipal, endpoint_id: str) -> End
 def get_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: str, pending_usage) -> dict:
     with ctx.db.read() as session:
         ep = _get(session, principal, endpoint_id)
-        return endpoint_api(ep, _usage(session, ep, pending_usage(ep.project_id, ep.model)))
+        return endpoint_api(ep, _usage(session, ep, pending_usage))
 
 
 def list_endpoints(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
@@ -144,7 +143,7 @@ def list_endpoints(ctx: AppContext, principal: ProjectPrincipal, *, after: str |
         if model:
             stmt = stmt.where(Endpoint.model == model)
         rows, has_more = paginate(session, stmt, Endpoint, after=after, limit=limit)
-        data = [endpoint_api(ep, _usage(session, ep, pending_usage(ep.project_id, ep.model))) for ep in rows]
+        data = [endpoint_api(ep, _usage(session, ep, pending_usage)) for ep in rows]
         return list_envelope(data, has_more, with_ids=True)
 
 

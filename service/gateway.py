@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
-from service.endpoints import model_not_found, resolve_model
+from service.endpoints import resolve_model
 from service.errors import BadGateway, InvalidRequest, NotFound, ServiceUnavailable
 from service.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
@@ -225,5 +225,3 @@ def parse_body(raw: bytes) -> dict:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
     return body
 
-
-__all__ = ["Gateway", "Route", "parse_body", "model_not_found"]

@@ -124,6 +124,10 @@ class CreateFineTuningJob(_Body):
         return value
 
 
+class CreateEndpoint(_Body):
+    model: str = Field(min_length=1, description="A tuned model (ft:...), a checkpoint id or name, or a base model.")
+
+
 class CreateProject(_Body):
     name: str
 

@@ -15,9 +15,13 @@ from service.db.tables import ModelUsage
 FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_ms_total")
 
 
+def _empty_book() -> defaultdict[tuple[str, str], dict[str, int]]:
+    return defaultdict(lambda: dict.fromkeys(FIELDS, 0))
+
+
 class UsageBook:
     def __init__(self):
-        self._pending: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIELDS, 0))
+        self._pending = _empty_book()
         self._lock = threading.Lock()
 
     def record(self, project_id: str, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0,
@@ -37,7 +41,7 @@ class UsageBook:
 
     def flush(self, db: Database) -> None:
         with self._lock:
-            batch, self._pending = dict(self._pending), defaultdict(lambda: dict.fromkeys(FIELDS, 0))
+            batch, self._pending = dict(self._pending), _empty_book()
         if not batch:
             return
         now = int(time.time())

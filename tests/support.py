@@ -204,7 +204,9 @@ def engine_pids(server: HoneServer, key: str) -> list[int]:
     """The live engine process serving under an engine key, from the local backend's state file."""
     import json
 
-    state = server.data_dir / "engines" / (key.replace(":", "_").replace("/", "_") + ".json")
+    from service.engines.local import state_file
+
+    state = state_file(server.data_dir, key)
     try:
         pid = json.loads(state.read_text())["pid"]
         status = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[0]

@@ -22,6 +22,14 @@ from tests.openai_schemas import validator
 from tests.support import REPO, HoneServer, PostgresDatabase, engine_pids, jsonl, wait_endpoint, wait_job
 
 
+def _tune(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
+    """Uploads `rows`, fine-tunes hone-tiny on them (seed 1) and waits until the job has succeeded."""
+    file = client.files.create(file=("tickets.jsonl", jsonl(rows)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
+        "type": "supervised", "supervised": {"hyperparameters": hyperparameters}})
+    return wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, moto):
     postgres = PostgresDatabase()
@@ -32,11 +40,7 @@ def served(tmp_path_factory, moto):
         project = server.new_project("tickets")
         client = project.openai()
         train, held_out = make(count=360, seed=7)
-        file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-            "type": "supervised", "supervised": {"hyperparameters": {
-                "n_epochs": 8, "batch_size": 4, "learning_rate_multiplier": 0.5}}})
-        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=900)
+        job = _tune(client, train, timeout=900, n_epochs=8, batch_size=4, learning_rate_multiplier=0.5)
         with project.http() as http:
             endpoint = wait_endpoint(http, job.fine_tuned_model)
         assert endpoint["state"] == "ready", endpoint
@@ -247,11 +251,7 @@ def test_shared_engine_serves_several_adapters_of_one_base(tmp_path):
         project = server.new_project("shared")
         client = project.openai()
         train, held_out = make(count=120, seed=3)
-        file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-            "type": "supervised", "supervised": {"hyperparameters": {
-                "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 0.5}}})
-        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=600)
+        job = _tune(client, train, n_epochs=4, batch_size=4, learning_rate_multiplier=0.5)
         first_ckpt = sorted(client.fine_tuning.jobs.checkpoints.list(job.id), key=lambda c: c.step_number)[-2]
         with project.http() as http:
             tuned = wait_endpoint(http, job.fine_tuned_model)
@@ -283,11 +283,7 @@ def test_fully_tuned_weights_get_an_engine_of_their_own(tmp_path):
         project = server.new_project("full")
         client = project.openai()
         train, held_out = make(count=120, seed=3)
-        file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-            "type": "supervised", "supervised": {"hyperparameters": {
-                "tuning_mode": "full", "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 10}}})
-        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=600)
+        job = _tune(client, train, tuning_mode="full", n_epochs=4, batch_size=4, learning_rate_multiplier=10)
         with project.http() as http:
             ep = wait_endpoint(http, job.fine_tuned_model)
         assert ep["state"] == "ready" and ep["kind"] == "full", ep["error"]

@@ -1,7 +1,6 @@
 """Hone endpoints: a served model per tuned model, checkpoint or base model (a Hone resource; OpenAI has none)."""
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import Field
 
 from service import endpoints
 from service.api.deps import get_ctx, project_principal
@@ -9,13 +8,9 @@ from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.pagination import check_limit
-from service.schemas import _Body
+from service.schemas import CreateEndpoint
 
 router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoints"])
-
-
-class CreateEndpoint(_Body):
-    model: str = Field(min_length=1, description="A tuned model (ft:...), a checkpoint id or name, or a base model.")
 
 
 @router.post("")

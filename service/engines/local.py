@@ -35,6 +35,18 @@ class _Process:  # handle changes when a spare is claimed
     spawned_as: str  # the key in its HONE_ENDPOINT_ENGINE, which stays when a spare is claimed
 
 
+STATE_DIR = "engines"  # in the data dir
+
+
+def _file_name(key: str) -> str:
+    return key.replace(":", "_").replace("/", "_")
+
+
+def state_file(data_dir: Path, key: str) -> Path:
+    """Where a running engine's state (pid, url, spawn key) is kept, for operators and tests."""
+    return data_dir.resolve() / STATE_DIR / f"{_file_name(key)}.json"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,7 +59,7 @@ class LocalEngines:
         self._running: dict[str, _Process] = {}
         self._lock = threading.Lock()
         self._logs = settings.data_dir.resolve() / "logs" / "engines"
-        self._states = settings.data_dir.resolve() / "engines"
+        self._states = settings.data_dir.resolve() / STATE_DIR
         self._stop_orphans()
 
     def _stop_orphans(self) -> None:
@@ -97,7 +109,7 @@ class LocalEngines:
         if self._settings.engine_threads:
             env["OMP_NUM_THREADS"] = str(self._settings.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)
-        log_file = open(self._logs / f"{spec.key.replace(':', '_').replace('/', '_')}.log", "ab")
+        log_file = open(self._logs / f"{_file_name(spec.key)}.log", "ab")
         proc = subprocess.Popen(launch.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         handle = EngineHandle(spec.key, f"http://127.0.0.1:{port}", api_key, spec)
@@ -130,8 +142,8 @@ class LocalEngines:
         log.info("spare engine claimed", extra={"engine": spec.key, "spare": spare_key})
         return running.handle
 
-    def _state_path(self, key: str):
-        return self._states / (key.replace(":", "_").replace("/", "_") + ".json")
+    def _state_path(self, key: str) -> Path:
+        return state_file(self._settings.data_dir, key)
 
     def _write_state(self, running: _Process) -> None:
         self._states.mkdir(parents=True, exist_ok=True)

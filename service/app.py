@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -9,22 +10,56 @@ import logging
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service import __version__, metrics
 from service.api import admin, base_models, endpoints, files, fine_tuning, gateway, health, internal, models
+from service.api import observability
 from service.context import AppContext
 from service.errors import install_error_handlers
 from service.files import expire_files
 from service.deployer import EndpointDeployer
 from service.engines import open_engine_backend
+from service.engines.local import api_key_from_state
 from service.executors import open_executor
 from service.gateway import Gateway
 from service.jobs import advance_validating_jobs
+from service.http_metrics import HttpMetricsMiddleware
+from service.leader import LeaderLock
 from service.logs import AccessLogMiddleware
 from service.loops import BackgroundLoop, Loops
+from service.metrics_export import MetricsExporter
 from service.scheduler import Scheduler
 from service.settings import Settings
 from service.usage import UsageBook
 
 log = logging.getLogger("hone.app")
+LEADERSHIP_RETRY_S = 5.0  # how often a non-leading worker checks whether the leader is gone
+
+
+class _LeaderDuties:
+    """What only the leading process does: validate and schedule jobs, run endpoints' engines, expire files."""
+
+    def __init__(self, app: FastAPI, ctx: AppContext):
+        self.app, self.ctx = app, ctx
+        self.deployer: EndpointDeployer | None = None
+
+    async def take_up(self) -> None:
+        ctx, settings, loops = self.ctx, self.ctx.settings, self.app.state.loops
+        scheduler = Scheduler(ctx, open_executor(settings))
+        await run_in_threadpool(scheduler.reconcile)
+
+        def validate_then_wake_scheduler():
+            if advance_validating_jobs(ctx):
+                loops.wake("scheduler")
+
+        self.deployer = self.app.state.deployer = EndpointDeployer(ctx, open_engine_backend(settings))
+        loops.add(BackgroundLoop("validation", validate_then_wake_scheduler, settings.job_validation_poll_s))
+        loops.add(BackgroundLoop("scheduler", scheduler.tick, settings.scheduler_poll_s))
+        loops.add(BackgroundLoop("file-expiry", lambda: expire_files(ctx), settings.file_expiry_poll_s))
+        loops.add(BackgroundLoop("endpoints", self.deployer.tick, settings.endpoint_poll_s))
+
+    async def lay_down(self) -> None:
+        if self.deployer is not None:
+            await run_in_threadpool(self.deployer.close)  # engines are children of this process: stop them
 
 
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
@@ -34,46 +69,51 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     async def lifespan(app: FastAPI):
         ctx = context or AppContext.build(settings)
         app.state.ctx = ctx
+        metrics.configure(settings.metrics_max_label_values)
+        app.state.metrics = MetricsExporter(ctx, settings.metrics_multiprocess_dir)
         loops = app.state.loops = Loops()
-        scheduler = Scheduler(ctx, open_executor(ctx.settings))
-        await run_in_threadpool(scheduler.reconcile)
-
-        def validate_then_wake_scheduler():
-            if advance_validating_jobs(ctx):
-                loops.wake("scheduler")
-
-        loops.add(BackgroundLoop("validation", validate_then_wake_scheduler, settings.job_validation_poll_s))
-        loops.add(BackgroundLoop("scheduler", scheduler.tick, settings.scheduler_poll_s))
-        loops.add(BackgroundLoop("file-expiry", lambda: expire_files(ctx), settings.file_expiry_poll_s))
-        engines = open_engine_backend(ctx.settings)
-        deployer = app.state.deployer = EndpointDeployer(ctx, engines)
         usage = app.state.usage = UsageBook()
-        app.state.gateway = Gateway(ctx, usage, lambda key: (h.api_key if key and (h := engines.get(key)) else None))
-        loops.add(BackgroundLoop("endpoints", deployer.tick, settings.endpoint_poll_s))
         loops.add(BackgroundLoop("usage", lambda: usage.flush(ctx.db), settings.usage_flush_s))
+        app.state.gateway = Gateway(ctx, usage, lambda key: api_key_from_state(settings.data_dir, key) if key else None)
+        leader = app.state.leader = LeaderLock(settings.data_dir.resolve() / "leader.lock")
+        duties = _LeaderDuties(app, ctx)
+        if leader.try_acquire():
+            await duties.take_up()
+        else:
+            log.info("another server process leads; this one serves requests only")
+            event_loop = asyncio.get_running_loop()
+
+            def take_over_if_free():
+                if not leader.held and leader.try_acquire():
+                    log.info("taking over the background loops")
+                    asyncio.run_coroutine_threadsafe(duties.take_up(), event_loop).result()
+
+            loops.add(BackgroundLoop("leadership", take_over_if_free, LEADERSHIP_RETRY_S))
         loops.start()
         # Start-up objects (routes, models, SQLAlchemy metadata) live as long as the process; keep
         # the collector from re-scanning them: full collections paused the server ~110 ms each.
         gc.collect()
         gc.freeze()
         log.info("hone control plane ready", extra={"database": ctx.db.engine.url.render_as_string(hide_password=True),
-                                                    "storage": settings.resolved_storage_url})
+                                                    "storage": settings.resolved_storage_url, "leader": leader.held})
         try:
             yield
         finally:
             await loops.stop()
             await app.state.gateway.close()
-            await run_in_threadpool(deployer.close)  # engines are children of this process: stop them
+            await duties.lay_down()
             await run_in_threadpool(usage.flush, ctx.db)
+            leader.release()
             ctx.db.dispose()
             log.info("hone control plane stopped")
 
-    app = FastAPI(title="Hone", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Hone", version=__version__, lifespan=lifespan,
                   description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.")
     install_error_handlers(app)
-    for router in (health.router, admin.router, base_models.router, files.router, fine_tuning.router,
-                   models.router, endpoints.router, internal.router):
+    for router in (health.router, observability.router, admin.router, base_models.router, files.router,
+                   fine_tuning.router, models.router, endpoints.router, internal.router):
         app.include_router(router)
     app.router.routes[:0] = gateway.routes  # first: the hot path should not try every other route before it
+    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(AccessLogMiddleware)
     return app

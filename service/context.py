@@ -8,11 +8,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from service.base_models import BaseModelRegistry
 from service.db import Database
 from service.settings import Settings
 from service.storage import BlobStorage, open_storage
+from service.storage.metered import MeteredStorage
 
 if TYPE_CHECKING:
     from service.auth import KeyCache
@@ -35,7 +37,8 @@ class AppContext:
         db = Database(settings.resolved_database_url)
         if settings.auto_migrate:
             db.migrate()
-        storage = open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url)
+        storage = MeteredStorage(open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url),
+                                 backend=urlparse(settings.resolved_storage_url).scheme)
         from service.auth import KeyCache  # auth needs AppContext for its type hints
 
         return cls(settings, db, storage, BaseModelRegistry(settings.base_models, db),

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from inference.client import AdapterLoadError, AdapterNotFound, EngineClient, EngineUnavailable
 from inference.launcher import choose_engine
-from service import parity
+from service import metrics, parity
 from service.context import AppContext
 from service.db.tables import Endpoint, Job
 from service.endpoint_states import EndpointState
@@ -112,7 +112,7 @@ class EndpointDeployer:
             ep = _endpoint(session, endpoint_id)
             if ep is not None and transition(ep, EndpointState.DEPLOYING, restarts=ep.restarts + 1, url=None,
                                              error={"code": "engine_restarted", "message": f"Redeploying: {why}."}):
-                log.warning("endpoint redeploying", extra={"endpoint": endpoint_id, "reason": why})
+                log.warning("endpoint redeploying", extra={"endpoint_id": endpoint_id, "reason": why})
         self._submit(endpoint_id)
 
     # --- deploying ---------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class EndpointDeployer:
             self._failed_attempt(ep.id, exc)
             return
         except Exception as exc:  # counted like any failed attempt, so a persistent bug ends in `failed`
-            log.exception("deploy attempt crashed", extra={"endpoint": ep.id})
+            log.exception("deploy attempt crashed", extra={"endpoint_id": ep.id})
             self._failed_attempt(ep.id, DeployError("deploy_error", f"{type(exc).__name__}: {exc}"))
             return
         with self.ctx.db.write() as session:
@@ -148,7 +148,7 @@ class EndpointDeployer:
                                                    engine_key=handle.key, error=None, ready_at=int(time.time()),
                                                    failed_attempts=0)
         if moved:
-            log.info("endpoint ready", extra={"endpoint": ep.id, "model": ep.model,
+            log.info("endpoint ready", extra={"endpoint_id": ep.id, "model": ep.model,
                                               "seconds": round(time.monotonic() - started, 2)})
         else:  # deleted while it deployed
             self._retire(ep, handle=handle)
@@ -163,7 +163,9 @@ class EndpointDeployer:
         with EngineClient(handle.url, api_key=handle.api_key) as client:
             try:
                 if ep.kind == "adapter":
+                    load_started = time.perf_counter()
                     client.load_adapter(ep.model, str(weights))
+                    metrics.ADAPTER_LOAD.labels(ep.base_model).observe(time.perf_counter() - load_started)
                 if weights is not None:
                     parity.check(client, ep.model, weights, self.ctx.settings.parity_samples)
             except parity.ParityFailure as exc:
@@ -250,11 +252,11 @@ class EndpointDeployer:
             error = {"code": exc.code, "message": exc.message}
             if not exc.retry or ep.failed_attempts + 1 >= limit:
                 transition(ep, EndpointState.FAILED, error=error)
-                log.error("endpoint failed", extra={"endpoint": endpoint_id, "code": exc.code, "reason": exc.message})
+                log.error("endpoint failed", extra={"endpoint_id": endpoint_id, "code": exc.code, "reason": exc.message})
             else:
                 ep.failed_attempts += 1
                 ep.error = error
-                log.warning("deploy attempt failed; retrying", extra={"endpoint": endpoint_id, "code": exc.code})
+                log.warning("deploy attempt failed; retrying", extra={"endpoint_id": endpoint_id, "code": exc.code})
 
     # --- retiring ----------------------------------------------------------------------------------------
 
@@ -284,7 +286,7 @@ class EndpointDeployer:
         if handle is not None and handle.key != ep.id:
             self._unload(handle, ep)  # a shared engine keeps serving the others
         shutil.rmtree(self._cache / ep.id, ignore_errors=True)
-        log.info("endpoint retired", extra={"endpoint": ep.id, "state": ep.state})
+        log.info("endpoint retired", extra={"endpoint_id": ep.id, "state": ep.state})
 
     def _stop_unused_engines(self, warm: set[str]) -> None:
         # Read again rather than reuse the tick's snapshot: a job that finished after that snapshot has its

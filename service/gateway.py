@@ -15,16 +15,19 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from starlette.responses import Response, StreamingResponse
 
+from service import metrics
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
 from service.endpoints import resolve_model
-from service.errors import BadGateway, InvalidRequest, NotFound, ServiceUnavailable
+from service.errors import ApiError, BadGateway, InvalidRequest, NotFound, ServiceUnavailable
 from service.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
 
 ROUTE_TTL_S = 1.0  # a ready route is reused this long without a database lookup
 RETRY_AFTER_S = 5
+# Refusals that mean the model exists but cannot serve now.
+_KNOWN_MODEL_REFUSALS = frozenset({"model_not_deployed", "model_deploying", "endpoint_failed"})
 _USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
@@ -82,6 +85,14 @@ class Gateway:
         raise NotFound(f"The model '{model}' has no endpoint; create one with POST /v1/endpoints.",
                        param="model", code="model_not_deployed")
 
+    @staticmethod
+    def count_rejected(model: str | None, exc: ApiError) -> None:
+        """A request refused before it reached an engine. Only a model that exists gets its own label:
+        names callers make up would otherwise each create series."""
+        exists = model is not None and exc.code in _KNOWN_MODEL_REFUSALS
+        label = metrics.model_label(model) if exists else metrics.UNKNOWN
+        metrics.GATEWAY_REQUESTS.labels(label, str(exc.status_code)).inc()
+
     def forget(self, project_id: str, model: str | None = None) -> None:
         """Drops cached routes: one model's, or all of a project's (an endpoint or model went away)."""
         if model is not None:
@@ -118,7 +129,7 @@ class Gateway:
                                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         except (UpstreamError, asyncio.TimeoutError) as exc:
             self.forget(project_id, route.model)
-            self.usage.record(project_id, route.model, error=True, latency_ms=(time.perf_counter() - started) * 1e3)
+            self._account(project_id, route, BadGateway.status_code, {}, started)
             raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
                              "it is being checked, retry shortly.", code="endpoint_unreachable")
         content = self._count_whole(project_id, route, upstream.status, content, started)
@@ -138,9 +149,7 @@ class Gateway:
                 content = json.dumps(openai_shape(body)).encode()
             except (ValueError, AttributeError):
                 pass
-        self.usage.record(project_id, route.model, prompt_tokens=usage.get("prompt_tokens", 0),
-                          completion_tokens=usage.get("completion_tokens", 0), error=status >= 400,
-                          latency_ms=(time.perf_counter() - started) * 1e3)
+        self._account(project_id, route, status, usage, started)
         return content
 
     async def _relay(self, project_id: str, route: Route, upstream: UpstreamResponse, wants_usage: bool,
@@ -149,8 +158,11 @@ class Gateway:
         usage: dict = {}
         failed = False
         pending = b""
+        first_token_at = None
         try:
             async for chunk in upstream.iter_chunks():
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
                 pending += chunk
                 while (end := pending.find(b"\n\n")) >= 0:
                     event, pending = pending[: end + 2], pending[end + 2:]
@@ -172,9 +184,24 @@ class Gateway:
                   b'"param": null, "code": "endpoint_unreachable"}}\n\ndata: [DONE]\n\n'
         finally:
             upstream.release()
-            self.usage.record(project_id, route.model, prompt_tokens=usage.get("prompt_tokens", 0),
-                              completion_tokens=usage.get("completion_tokens", 0), error=failed,
-                              latency_ms=(time.perf_counter() - started) * 1e3)
+            self._account(project_id, route, BadGateway.status_code if failed else 200, usage, started,
+                          first_token_at=first_token_at)
+
+    def _account(self, project_id: str, route: Route, status: int, usage: dict, started: float, *,
+                 first_token_at: float | None = None) -> None:
+        """Counts one forwarded request in the project's usage and in the per-model metrics."""
+        elapsed = time.perf_counter() - started
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        self.usage.record(project_id, route.model, prompt_tokens=prompt, completion_tokens=completion,
+                          error=status >= 400, latency_ms=elapsed * 1e3)
+        model = metrics.model_label(route.engine_model)
+        metrics.GATEWAY_REQUESTS.labels(model, str(status)).inc()
+        metrics.GATEWAY_DURATION.labels(model).observe(elapsed)
+        if prompt or completion:
+            metrics.GATEWAY_TOKENS.labels(model, "prompt").inc(prompt)
+            metrics.GATEWAY_TOKENS.labels(model, "completion").inc(completion)
+        if first_token_at is not None:
+            metrics.GATEWAY_TTFT.labels(model).observe(first_token_at - started)
 
 
 # vLLM writes every field of its response models, unset ones as null; OpenAI's schema types these as objects

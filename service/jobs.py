@@ -14,6 +14,8 @@ from service import idempotency
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for
+from service import metrics
+from service.db.database import after_commit
 from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project, TunedModel
 from service.serve_compat import check_servable
 from service.errors import InvalidRequest, NotFound
@@ -79,6 +81,10 @@ def transition(session: Session, job: Job, target: JobStatus, message: str, *, l
     """Moves a job to `target` if the table allows it and nobody moved it first; records an event."""
     current = JobStatus(job.status)
     check_transition(job.id, current, target)
+    now = time.time()
+    if target is JobStatus.QUEUED:
+        fields.setdefault("queued_at", int(now))
+    queued_at = job.queued_at
     result = session.execute(update(Job).where(Job.id == job.id, Job.status == current.value)
                              .values(status=target.value, **fields))
     if result.rowcount != 1:
@@ -87,6 +93,9 @@ def transition(session: Session, job: Job, target: JobStatus, message: str, *, l
         raise InvalidRequest(f"Job {job.id} changed while this request ran; retry.", code="concurrent_update")
     session.refresh(job)
     add_event(session, job.id, message, level=level)
+    waited = now - queued_at if target is JobStatus.RUNNING and queued_at else None
+    lasted = now - (job.started_at or job.created_at) if target.terminal else None
+    after_commit(session, lambda: metrics.transitioned(current, target, waited=waited, lasted=lasted))
 
 
 # --- creation ---------------------------------------------------------------------

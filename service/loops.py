@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable
 
 from starlette.concurrency import run_in_threadpool
 
+from service import metrics
+
 log = logging.getLogger("hone.loops")
+STALE_AFTER_S = 60.0  # a loop with no successful step for this long (or 10 intervals) is unhealthy
 
 
 class BackgroundLoop:
@@ -20,9 +24,12 @@ class BackgroundLoop:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.started_at: float | None = None
+        self.last_success: float | None = None  # monotonic time of the last step that did not raise
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.started_at = time.monotonic()
         self._task = asyncio.create_task(self._run(), name=f"loop:{self.name}")
 
     def wake(self) -> None:
@@ -45,33 +52,71 @@ class BackgroundLoop:
             await self._task  # lets a step in progress finish its transaction
 
     async def _run(self) -> None:
+        due = time.monotonic()
         while not self._stopping:
-            try:
-                await run_in_threadpool(self._step)
-            except Exception:
-                log.exception("background loop step failed", extra={"loop": self.name})
+            await run_in_threadpool(self._timed_step, due)
+            waited_from = time.monotonic()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+                due = time.monotonic()  # woken: due at once
             except asyncio.TimeoutError:
-                pass
+                due = waited_from + self._interval
             self._wake.clear()
+
+    def _timed_step(self, due: float) -> None:
+        """One step, with how late it started (a busy thread pool or event loop shows here), how long it took
+        and whether it failed."""
+        started = time.monotonic()
+        metrics.LOOP_LAG.labels(self.name).set(max(0.0, started - due))
+        try:
+            self._step()
+            self.last_success = time.monotonic()
+            metrics.LOOP_LAST_SUCCESS.labels(self.name).set(time.time())
+        except Exception:
+            metrics.LOOP_ERRORS.labels(self.name).inc()
+            log.exception("background loop step failed", extra={"loop": self.name})
+        finally:
+            metrics.LOOP_DURATION.labels(self.name).observe(time.monotonic() - started)
+
+    def health(self) -> str:
+        """'ok' while steps succeed on time; else why not (for /readyz)."""
+        if self._task is None:
+            return "not started"
+        if self._task.done():
+            return "stopped"
+        reference = self.last_success if self.last_success is not None else self.started_at
+        overdue = time.monotonic() - reference
+        if overdue > max(STALE_AFTER_S, 10 * self._interval):
+            return f"no successful step for {overdue:.0f}s"
+        return "ok"
 
 
 class Loops:
     def __init__(self):
         self._loops: dict[str, BackgroundLoop] = {}
+        self._started = False
 
     def add(self, loop: BackgroundLoop) -> None:
+        """Adds a loop; it starts now if the others already have."""
         self._loops[loop.name] = loop
+        if self._started:
+            loop.start()
 
     def wake(self, name: str) -> None:
         loop = self._loops.get(name)
         if loop is not None:
             loop.wake()
 
+    def get(self, name: str) -> BackgroundLoop | None:
+        return self._loops.get(name)
+
     def start(self) -> None:
+        self._started = True
         for loop in self._loops.values():
             loop.start()
+
+    def health(self) -> dict[str, str]:
+        return {name: loop.health() for name, loop in self._loops.items()}
 
     async def stop(self) -> None:
         await asyncio.gather(*(loop.stop() for loop in self._loops.values()))

@@ -13,7 +13,8 @@ import time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import training_plan
+from service import metrics, training_plan
+from service.db.database import after_commit
 from service.auth import hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job
@@ -84,6 +85,7 @@ class Scheduler:
             if job.failures < limit:
                 transition(session, job, JobStatus.QUEUED, f"Trainer {how}; retrying from {where} "
                            f"(attempt {job.attempts + 1} of {limit})", level="warn")
+                after_commit(session, metrics.TRAINER_RETRIES.inc)
                 return
             error = {"code": "trainer_failed", "param": None,
                      "message": f"The job failed after {job.failures} trainer crashes (the last {how}). "

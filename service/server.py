@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import uvicorn
 
-from service.app import create_app
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -12,7 +14,25 @@ from service.settings import Settings
 def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     configure_logging(settings.log_level)
-    app = create_app(settings)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets requests in flight finish, then runs the lifespan exit.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=settings.graceful_shutdown_s)
+    options = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
+                   timeout_graceful_shutdown=settings.graceful_shutdown_s)
+    if settings.workers <= 1:
+        from service.app import create_app
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Workers are fresh interpreters that build their app from the same HONE_* environment. They share
+    # metrics through files (prometheus-client reads this variable when it is first imported).
+    metrics_dir = settings.metrics_multiprocess_dir
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the server, as in one process
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    uvicorn.run("service.server:worker_app", factory=True, workers=settings.workers, **options)
+
+
+def worker_app():
+    """One worker's app (uvicorn's factory, with several workers)."""
+    from service.app import create_app
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     auto_migrate: bool = True
     log_level: str = "INFO"
     graceful_shutdown_s: int = 10
+    workers: int = 1  # server processes; one of them (holding a lock in data_dir) runs the background loops
+    metrics_max_label_values: int = 500  # distinct models a metric may label before the rest become "_other"
     job_validation_poll_s: float = 2.0
     file_expiry_poll_s: float = 60.0
 
@@ -101,6 +103,11 @@ class Settings(BaseSettings):
     @property
     def resolved_max_cpu_loras(self) -> int:
         return max(self.max_loras, self.max_cpu_loras)
+
+    @property
+    def metrics_multiprocess_dir(self) -> Path | None:
+        """Where worker processes share their metrics (prometheus-client's multiprocess mode)."""
+        return (self.data_dir / "metrics").resolve() if self.workers > 1 else None
 
     @cached_property
     def resolved_internal_url(self) -> str:

@@ -17,11 +17,15 @@ from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job, JobEvent, TunedModel
 from service.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound
 from service.ids import new_id
-from service import endpoints
+from service import endpoints, metrics
+from service.db.database import after_commit
 from service.jobs import add_event, transition, tuned_model_name
 from service.job_states import JobStatus
 
 ACCEPTS_REPORTS = {JobStatus.RUNNING.value, JobStatus.PAUSED.value}
+# Progress fields kept as the running job's live figures (exported as hone_job_* gauges).
+LIVE_FIGURES = frozenset({"step", "total_steps", "train_loss", "valid_loss", "tokens_per_second", "step_seconds",
+                          "step_at"})
 
 
 class JobNotRunning(ApiError):
@@ -97,10 +101,27 @@ def record_report(ctx: AppContext, job_id: str, authorization: str | None, repor
         progress = report.progress
         if isinstance(progress.get("trained_tokens"), int):
             job.trained_tokens = progress["trained_tokens"]
+            _count_tokens(session, job, progress["trained_tokens"])
+        figures = {k: v for k, v in progress.items()
+                   if k in LIVE_FIGURES and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if figures:
+            job.live_metrics = {**(job.live_metrics or {}), **figures}
         if isinstance(progress.get("estimated_finish"), int) and job.status == JobStatus.RUNNING.value:
             job.estimated_finish = progress["estimated_finish"]
         job.last_report_at = int(time.time())
         return {"status": job.status}
+
+
+def _count_tokens(session: Session, job: Job, trained_tokens: int) -> None:
+    """Adds the tokens trained since the last report to hone_trained_tokens. A trainer resumed from a
+    checkpoint reports fewer tokens than before; counting from the high-water mark counts none twice."""
+    figures = dict(job.live_metrics or {})
+    counted = figures.get("counted_tokens", 0)
+    if trained_tokens > counted:
+        figures["counted_tokens"] = trained_tokens
+        job.live_metrics = figures
+        base_model = job.base_model
+        after_commit(session, lambda: metrics.TRAINED_TOKENS.labels(base_model).inc(trained_tokens - counted))
 
 
 def _record_checkpoints(session: Session, job: Job, checkpoints: list[ReportedCheckpoint]) -> None:
@@ -126,6 +147,7 @@ def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Comp
         if job.status != JobStatus.RUNNING.value:
             raise JobNotRunning(f"Job {job.id} is {job.status}; its result is discarded.", code="job_not_running")
         _check_own_keys(job, body.adapter_prefix, body.result_key)
+        _count_tokens(session, job, body.trained_tokens)
         now = int(time.time())
         name = tuned_model_name(session, job)
         result = File(id=new_id("file-"), project_id=job.project_id, filename="step_metrics.csv",

@@ -19,8 +19,9 @@ def test_request_ids_and_json_logs(tmp_path):
         assert generated.startswith("req_")
         unknown = httpx.get(server.base_url + "/v1/nothing-here")
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
-        assert httpx.get(server.base_url + "/readyz").json() == {"status": "ok",
-                                                                 "checks": {"database": "ok", "storage": "ok"}}
+        ready = httpx.get(server.base_url + "/readyz").json()
+        assert ready["status"] == "ok"
+        assert ready["checks"] == {"database": "ok", "storage": "ok", "scheduler": "ok"}
     finally:
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why it stopped.
         assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)

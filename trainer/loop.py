@@ -189,6 +189,17 @@ class Run:
         self.reporter.event(message, type="metrics", data=data, key=f"step:{step}")
         return data
 
+    def _live_figures(self, metrics: dict, step_seconds: float, step_tokens: int) -> dict:
+        """What the control plane exports as this job's training metrics while it runs."""
+        figures = {"step": self.step, "total_steps": self.total_steps, "step_seconds": round(step_seconds, 6),
+                   "tokens_per_second": round(step_tokens / step_seconds, 3) if step_seconds > 0 else 0.0,
+                   "step_at": round(time.time(), 3)}
+        for key in ("train_loss", "valid_loss"):
+            value = metrics.get(key)
+            if isinstance(value, float) and math.isfinite(value):
+                figures[key] = value
+        return figures
+
     def _checkpoint(self, metrics: dict) -> None:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng_cpu": torch.get_rng_state(),
@@ -265,7 +276,9 @@ class Run:
                 self._checkpoint(last_metrics)
                 self.reporter.flush()
                 return EXIT_STOPPED
+            tokens_before, step_started = self.trained_tokens, time.perf_counter()
             train = self._train_step(self.step)
+            step_seconds = time.perf_counter() - step_started
             self.step += 1
             last_metrics = self._metrics(self.step, train)
             self.rows.append({"step": self.step, "train_loss": train["train_loss"],
@@ -273,7 +286,8 @@ class Run:
                               **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))}})
             per_step = (time.monotonic() - started) / (self.step - first_step)
             self.reporter.progress(trained_tokens=self.trained_tokens,
-                                   estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)))
+                                   estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)),
+                                   **self._live_figures(last_metrics, step_seconds, self.trained_tokens - tokens_before))
             interval = self.spec.checkpoint_interval_steps
             if self.step % self.per_epoch == 0 or (interval and self.step % interval == 0):
                 self._checkpoint(last_metrics)

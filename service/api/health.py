@@ -1,6 +1,6 @@
 """Liveness and readiness."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +17,9 @@ def healthz():
 
 
 @router.get("/readyz")
-async def readyz(ctx: AppContext = Depends(get_ctx)):
+async def readyz(request: Request, ctx: AppContext = Depends(get_ctx)):
+    """Ready when the database and storage answer and this process's background loops run on time.
+    A process that does not lead reports the loops as 'standby' (another worker runs them)."""
     checks = {}
     for name, probe in (("database", ctx.db.ping), ("storage", ctx.storage.ping)):
         try:
@@ -25,6 +27,8 @@ async def readyz(ctx: AppContext = Depends(get_ctx)):
             checks[name] = "ok"
         except Exception as exc:  # readiness reports the failure instead of raising it
             checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
+    loops = request.app.state.loops.health()
+    checks["scheduler"] = loops.get("scheduler", "standby" if "leadership" in loops else "not started")
+    ready = all(v in ("ok", "standby") for v in checks.values())
+    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks, "loops": loops},
                         status_code=200 if ready else 503)

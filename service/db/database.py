@@ -14,6 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _WRITE = "hone_write"
+_AFTER_COMMIT = "hone_after_commit"
+
+
+def after_commit(session: Session, callback) -> None:
+    """Runs `callback` once the write transaction of `session` has committed (never if it rolls back):
+    metrics count what happened, not what was attempted."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 class Database:
@@ -65,6 +72,8 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+        for callback in session.info.pop(_AFTER_COMMIT, ()):
+            callback()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -98,6 +98,9 @@ class Job(Base):
     last_report_at: Mapped[int | None] = mapped_column(BigInteger)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # higher is claimed first
     auto_deploy: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())  # endpoint on success
+    queued_at: Mapped[int | None] = mapped_column(BigInteger)  # when it last entered the queue
+    # The trainer's latest figures while it runs (step, loss, tokens/s, ...), exported as per-job metrics.
+    live_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_jobs_project_seq", "project_id", "seq"),)
 

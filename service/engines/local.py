@@ -47,6 +47,18 @@ def state_file(data_dir: Path, key: str) -> Path:
     return data_dir.resolve() / STATE_DIR / f"{_file_name(key)}.json"
 
 
+def endpoint_of(key: str) -> str | None:
+    """The endpoint an engine key dedicates the engine to: the key is the endpoint's id, where shared and spare
+    engines' keys are `base:<model>` and `spare:<model>`."""
+    return None if ":" in key else key
+
+
+def _identity(key: str) -> dict[str, str]:
+    """Log fields naming an engine (and its endpoint, when it has one of its own)."""
+    endpoint_id = endpoint_of(key)
+    return {"engine": key, "endpoint_id": endpoint_id} if endpoint_id else {"engine": key}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +85,7 @@ class LocalEngines:
                 environ = (Path("/proc") / str(info["pid"]) / "environ").read_bytes()
                 if f"HONE_ENDPOINT_ENGINE={info['spawned_as']}".encode() in environ.split(b"\0"):
                     os.killpg(info["pid"], signal.SIGKILL)
-                    log.warning("stopped an engine left by an earlier run", extra={"engine": info["key"]})
+                    log.warning("stopped an engine left by an earlier run", extra=_identity(info["key"]))
             except (OSError, ValueError, KeyError):
                 pass  # already gone, or not ours
             state.unlink(missing_ok=True)
@@ -106,6 +118,8 @@ class LocalEngines:
         # the deployer fetches their weights for them.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
         env = {**inherited, **launch.env, "HONE_ENDPOINT_ENGINE": spec.key, "OMP_WAIT_POLICY": "PASSIVE"}
+        if endpoint_of(spec.key):
+            env["HONE_ENDPOINT_ID"] = endpoint_of(spec.key)  # the built-in engine's log lines carry it
         if self._settings.engine_threads:
             env["OMP_NUM_THREADS"] = str(self._settings.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)
@@ -113,7 +127,7 @@ class LocalEngines:
         proc = subprocess.Popen(launch.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         handle = EngineHandle(spec.key, f"http://127.0.0.1:{port}", api_key, spec)
-        log.info("engine starting", extra={"engine": spec.key, "pid": proc.pid, "port": port})
+        log.info("engine starting", extra={**_identity(spec.key), "pid": proc.pid, "port": port})
         try:
             with EngineClient(handle.url, api_key=api_key) as client:
                 client.wait_healthy(self._settings.engine_start_timeout_s, alive=lambda: proc.poll() is None)
@@ -139,7 +153,7 @@ class LocalEngines:
         running.handle = dataclasses.replace(running.handle, key=spec.key, spec=spec)
         self._running[spec.key] = running
         self._write_state(running)
-        log.info("spare engine claimed", extra={"engine": spec.key, "spare": spare_key})
+        log.info("spare engine claimed", extra={**_identity(spec.key), "spare": spare_key})
         return running.handle
 
     def _state_path(self, key: str) -> Path:
@@ -147,9 +161,12 @@ class LocalEngines:
 
     def _write_state(self, running: _Process) -> None:
         self._states.mkdir(parents=True, exist_ok=True)
-        self._state_path(running.handle.key).write_text(json.dumps({
-            "key": running.handle.key, "pid": running.proc.pid, "url": running.handle.url,
-            "spawned_as": running.spawned_as}))
+        path = self._state_path(running.handle.key)
+        # The engine's API key is in it (other server workers read it to reach the engine): owner-only.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"key": running.handle.key, "pid": running.proc.pid, "url": running.handle.url,
+                       "spawned_as": running.spawned_as, "api_key": running.handle.api_key}, out)
 
     def get(self, key: str) -> EngineHandle | None:
         with self._lock:
@@ -157,7 +174,7 @@ class LocalEngines:
             if current is None:
                 return None
             if current.proc.poll() is not None:
-                log.warning("engine exited", extra={"engine": key, "returncode": current.proc.returncode})
+                log.warning("engine exited", extra={**_identity(key), "returncode": current.proc.returncode})
                 current.log_file.close()
                 del self._running[key]
                 self._state_path(key).unlink(missing_ok=True)
@@ -174,7 +191,7 @@ class LocalEngines:
             stop_process_group(current.proc)
             current.log_file.close()
             self._state_path(key).unlink(missing_ok=True)
-            log.info("engine stopped", extra={"engine": key})
+            log.info("engine stopped", extra=_identity(key))
 
     def keys(self) -> list[str]:
         with self._lock:
@@ -184,6 +201,14 @@ class LocalEngines:
         with self._lock:
             for key in list(self._running):
                 self._terminate(key)
+
+
+def api_key_from_state(data_dir: Path, key: str) -> str | None:
+    """The API key of an engine another process of this server started (read from its state file)."""
+    try:
+        return json.loads(state_file(data_dir, key).read_text()).get("api_key")
+    except (OSError, ValueError):
+        return None
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:

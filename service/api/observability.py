@@ -1,0 +1,25 @@
+"""Prometheus: the control plane's metrics, and the engines to scrape (HTTP service discovery)."""
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import admin_principal, get_ctx
+from service.api.routing import JSONRoute
+from service.context import AppContext
+from service.metrics_export import scrape_targets
+
+router = APIRouter(route_class=JSONRoute, tags=["observability"])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request):
+    body = await run_in_threadpool(request.app.state.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/admin/prometheus/targets", dependencies=[Depends(admin_principal)])
+def prometheus_targets(ctx: AppContext = Depends(get_ctx)):
+    """Prometheus `http_sd_configs` targets: one group per running engine, labelled with what it serves."""
+    return scrape_targets(ctx)

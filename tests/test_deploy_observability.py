@@ -1,0 +1,538 @@
+"""deploy/prometheus and deploy/grafana: the scrape config, alert rules and dashboard are valid, the alerts do
+what they say (promtool's rule unit tests, which must also catch weakened rules), every metric they name is one
+that Hone's real exporters expose, and a real Prometheus (Debian's package) runs the shipped config against a
+real control plane and a real engine found through HTTP service discovery."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import yaml
+
+from tests.support import REPO, HoneServer, free_port, wait_endpoint, wait_http
+
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "hone.json"
+
+# Series Prometheus makes itself rather than scraping them.
+PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+
+
+def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    exe = shutil.which("promtool")
+    assert exe, "promtool is missing: scripts/setup.sh installs Debian's prometheus package (as root)"
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"]]
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_panels(panels: list[dict] | None = None):
+    """Every panel, those inside collapsed rows included."""
+    for panel in dashboard()["panels"] if panels is None else panels:
+        yield panel
+        yield from dashboard_panels(panel.get("panels", []))
+
+
+# ---- PromQL: the metric names an expression reads ------------------------------------------------------------
+
+PROMQL_FUNCTIONS = {
+    # aggregation operators
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
+    "quantile", "limitk", "limit_ratio",
+    # functions
+    "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "day_of_month",
+    "day_of_week", "day_of_year", "days_in_month", "delta", "deriv", "exp", "floor", "histogram_count",
+    "histogram_sum", "histogram_fraction", "histogram_quantile", "histogram_avg", "histogram_stddev",
+    "histogram_stdvar", "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace",
+    "ln", "log2", "log10", "minute", "month", "predict_linear", "rate", "resets", "round", "scalar", "sgn",
+    "sort", "sort_desc", "sqrt", "time", "timestamp", "vector", "year", "avg_over_time", "min_over_time",
+    "max_over_time", "sum_over_time", "count_over_time", "quantile_over_time", "stddev_over_time",
+    "stdvar_over_time", "last_over_time", "present_over_time", "acos", "acosh", "asin", "asinh", "atan",
+    "atanh", "cos", "cosh", "sin", "sinh", "tan", "tanh", "deg", "rad", "pi",
+    # @ modifier helpers
+    "start", "end",
+}
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                   "offset", "atan2", "inf", "nan"}
+
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
+_NAME_MATCHER = re.compile(r'__name__\s*=\s*"([^"]*)"')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+_GRAFANA_VARIABLE = re.compile(r"\$\{?\w+(?::\w+)?\}?")
+_NUMBER = re.compile(r"(?<![\w:])\d[\w.]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_:][\w:]*")
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: what is left once strings, label matchers, ranges, grouping label
+    lists, Grafana variables, numbers and durations, keywords and function calls are taken out. An unknown
+    function is an error, so that a typo cannot hide as a function call."""
+    names = set(_NAME_MATCHER.findall(expr))  # {__name__="x"} names x; regex matchers on __name__ name none
+    text = _STRING.sub('""', expr)
+    text = re.sub(r"#[^\n]*", " ", text)  # comments
+    text = re.sub(r"\{[^{}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)  # ranges, subqueries
+    text = _GROUPING.sub(" ", text)  # by (le), on (job), group_left (label) ...
+    text = _GRAFANA_VARIABLE.sub(" ", text)
+    text = _NUMBER.sub(" ", text)  # 0.95, 1e-9, 5m, 0x1f
+    for match in _IDENTIFIER.finditer(text):
+        word = match.group(0)
+        if text[match.end():].lstrip().startswith("("):
+            if word not in PROMQL_FUNCTIONS:
+                raise ValueError(f"unknown PromQL function {word!r} in {expr!r}")
+        elif word.lower() not in PROMQL_KEYWORDS:
+            names.add(word)
+    return names
+
+
+def variable_query_exprs(variable: dict) -> list[str]:
+    """The PromQL inside a Grafana query variable (label_values(metric, label), query_result(expr), ...)."""
+    query = variable.get("query")
+    query = (query.get("query") if isinstance(query, dict) else query) or ""
+    query = query.strip()
+    if m := re.fullmatch(r"label_values\((.+),\s*\w+\s*\)", query, re.S):
+        return [m.group(1)]
+    if re.fullmatch(r"(label_values|label_names)\(\s*\w*\s*\)", query):
+        return []
+    if m := re.fullmatch(r"query_result\((.+)\)", query, re.S):
+        return [m.group(1)]
+    return [query] if query else []
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every query variable."""
+    exprs = []
+    for panel in dashboard_panels():
+        for target in panel.get("targets", []):
+            exprs.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
+    for variable in dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            exprs += [(f"variable {variable['name']}", e) for e in variable_query_exprs(variable)]
+    return exprs
+
+
+def alert_exprs() -> list[tuple[str, str]]:
+    return [(f"alert {rule['alert']}", rule["expr"]) for rule in alert_rules()]
+
+
+def as_promql(expr: str) -> str:
+    """A dashboard expression as plain PromQL: Grafana's variables replaced by values Prometheus accepts."""
+    expr = re.sub(r"\$__(rate_interval|interval|range)\b", lambda m: {"range": "1h"}.get(m.group(1), "1m"), expr)
+    return _GRAFANA_VARIABLE.sub(".*", expr)
+
+
+# ---- exported metric names -----------------------------------------------------------------------------------
+
+def exported_names(exposition: str) -> set[str]:
+    """Every series name a Prometheus text exposition can carry: each family from its # TYPE line, expanded
+    (counter -> _total, histogram -> _bucket/_sum/_count, summary -> _sum/_count), plus the sample names."""
+    names = set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(None, 3)
+            kind = kind.strip()
+            if kind == "counter":
+                names.add(name if name.endswith("_total") else name + "_total")
+            elif kind in ("histogram", "gaugehistogram"):
+                names |= {name + "_bucket", name + "_sum", name + "_count"}
+            elif kind == "summary":
+                names |= {name, name + "_sum", name + "_count"}
+            else:
+                names.add(name)
+        elif line.strip() and not line.startswith("#"):
+            names.add(re.match(r"[^{\s]+", line).group(0))
+    return names
+
+
+def engine_names() -> set[str]:
+    from inference.metrics import EngineMetrics
+
+    return exported_names(EngineMetrics("hone-tiny", enable_lora=True, max_loras=4).render().decode())
+
+
+@pytest.fixture(scope="module")
+def hone(tmp_path_factory):
+    server = HoneServer(tmp_path_factory.mktemp("observability"))
+    yield server
+    server.stop()
+
+
+def control_plane_names(server: HoneServer) -> set[str]:
+    reply = httpx.get(server.base_url + "/metrics", timeout=30)
+    assert reply.status_code == 200, reply.text[:500]
+    return exported_names(reply.text)
+
+
+def unknown_names(exprs: list[tuple[str, str]], known: set[str]) -> dict[str, list[str]]:
+    unknown: dict[str, list[str]] = {}
+    for where, expr in exprs:
+        for name in sorted(metric_names(expr) - known):
+            unknown.setdefault(name, []).append(where)
+    return unknown
+
+
+# ---- the extractor checks itself ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("expr, names", [
+    ('sum by (le, model) (rate(hone_gateway_request_duration_seconds_bucket{model=~"$model"}[$__rate_interval]))',
+     {"hone_gateway_request_duration_seconds_bucket"}),
+    ('histogram_quantile(0.95, sum(rate(vllm:e2e_request_latency_seconds_bucket{job="hone-engines"}[5m])) by (le))',
+     {"vllm:e2e_request_latency_seconds_bucket"}),
+    ('sum(increase(a_total{to="failed"}[1h])) / (sum(increase(a_total{to=~"succeeded|failed"}[1h])) > 0) > 0.25 '
+     'and sum(b_total offset 5m) >= 3', {"a_total", "b_total"}),
+    ("time() - max by (job_id) (x_seconds > 0) > 900", {"x_seconds"}),
+    ('x / on (instance) group_left (version) y{version!="by"} unless z @ start()', {"x", "y", "z"}),
+    ('clamp_min(sum(rate(c_total[$__rate_interval])), 1e-9) or vector(0) + Inf', {"c_total"}),
+    ('topk by (instance) (1, vllm:lora_requests_info) * on() group_right w', {"vllm:lora_requests_info", "w"}),
+    ('{__name__="named_by_matcher", le="0.5"} + max_over_time(m[5m:1m])', {"named_by_matcher", "m"}),
+    ('label_replace(up{job="hone"}, "by", "$1", "instance", "(.*):.*")', {"up"}),
+])
+def test_metric_name_extractor(expr, names):
+    assert metric_names(expr) == names
+
+
+def test_extractor_catches_a_name_hone_does_not_export():
+    known = engine_names() | {"hone_gateway_requests_total"}
+    exprs = [("good", 'sum(rate(hone_gateway_requests_total{status=~"5.."}[5m]))'),
+             ("bad", 'sum by (le) (rate(hone_nonexistent_total{route="/v1/models"}[5m])) / on() vllm:typo_total')]
+    assert unknown_names(exprs, known) == {"hone_nonexistent_total": ["bad"], "vllm:typo_total": ["bad"]}
+    with pytest.raises(ValueError, match="histogram_quantil"):
+        metric_names("histogram_quantil(0.9, x_bucket)")  # a misspelt function is not taken for a metric
+
+
+def test_exported_names_expands_families():
+    exposition = ("# HELP a_total A.\n# TYPE a_total counter\n"  # classic format: counter named with _total
+                  "# TYPE b counter\n"  # OpenMetrics style
+                  "# TYPE h histogram\n# TYPE g gauge\ng 1\n# TYPE s summary\n"
+                  'vllm:x_total{model_name="m"} 3\n')
+    assert exported_names(exposition) == {"a_total", "b_total", "h_bucket", "h_sum", "h_count", "g", "s", "s_sum",
+                                          "s_count", "vllm:x_total"}
+
+
+def test_grafana_variables_become_promql():
+    assert as_promql('rate(x{model=~"$model", m=~"${base_model}"}[$__rate_interval]) + y[$__range]') == \
+        'rate(x{model=~".*", m=~".*"}[1m]) + y[1h]'
+    assert variable_query_exprs({"query": {"query": "label_values(hone_x_total{a=\"b\"}, model)"}}) == \
+        ['hone_x_total{a="b"}']
+    assert variable_query_exprs({"query": "label_values(model)"}) == []
+
+
+# ---- promtool -------------------------------------------------------------------------------------------------
+
+def test_prometheus_config_is_valid(tmp_path):
+    config = load_yaml(CONFIG)
+    assert config["rule_files"] == ["alerts.yml"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"hone", "hone-engines"}
+    assert jobs["hone"]["static_configs"][0]["targets"] == ["127.0.0.1:8000"]
+    [sd] = jobs["hone-engines"]["http_sd_configs"]
+    assert urlparse(sd["url"]).path == "/v1/admin/prometheus/targets" and sd["refresh_interval"]
+    assert sd["authorization"]["credentials_file"] == "hone_admin_api_key"
+    # The key file lives beside the config and never in git.
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(PROMETHEUS_DIR / "hone_admin_api_key")], cwd=REPO)
+    assert ignored.returncode == 0
+
+    # promtool checks the config with its rule file and credentials file in place, as a deployment has them.
+    for name in ("prometheus.yml", "alerts.yml"):
+        shutil.copy(PROMETHEUS_DIR / name, tmp_path / name)
+    (tmp_path / "hone_admin_api_key").write_text("sk-admin-dummy\n")
+    checked = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: prometheus.yml is valid prometheus config file syntax" in checked.stdout
+    assert "SUCCESS: 1 rule files found" in checked.stdout
+    assert f"SUCCESS: {len(alert_rules())} rules found" in checked.stdout
+
+    # ... and it does check: a broken copy is refused.
+    broken = copy.deepcopy(config)
+    broken["scrape_configs"][1]["http_sd_configs"][0]["refresh_interval"] = "soon"
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(broken))
+    refused = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert refused.returncode != 0 and "FAILED" in refused.stdout + refused.stderr
+
+
+def test_alert_rules_are_valid():
+    rules = alert_rules()
+    checked = promtool("check", "rules", str(ALERTS))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
+    names = {rule["alert"] for rule in rules}
+    assert {"HoneJobFailureRatioHigh", "HoneQueueWaitHigh", "HoneEndpointDown", "HoneGateway5xxRatioHigh",
+            "HoneTrainerStalled", "HoneControlPlaneDown", "HoneSchedulerLagging"} <= names
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+        assert "for" in rule, f"{rule['alert']} has no `for:`"
+
+
+def test_alert_rule_unit_tests_pass():
+    tested = promtool("test", "rules", str(ALERTS_TEST))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout and "FAILED" not in tested.stdout
+
+
+def test_every_alert_is_tested_firing_and_quiet():
+    firing, quiet = set(), set()
+    for case in load_yaml(ALERTS_TEST)["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names - firing == set(), "alerts never shown firing"
+    assert names - quiet == set(), "alerts never shown staying quiet"
+    assert load_yaml(ALERTS_TEST)["rule_files"] == ["alerts.yml"]
+
+
+# Each rule's guard (threshold, minimum count, label filter, dedup over replicas) taken out, one at a time: the
+# unit tests must then fail, or they do not test that guard.
+WEAKENINGS = [
+    ('          and\n          sum(increase(hone_job_transitions_total{to="failed"}[1h])) >= 3\n', ""),
+    ('to=~"succeeded|failed|cancelled"', 'to=~"succeeded|failed"'),
+    ('hone_loop_last_success_timestamp_seconds{loop="scheduler"} > 0)',
+     'hone_loop_last_success_timestamp_seconds{loop="scheduler"})'),
+    ('hone_loop_lag_seconds{loop="scheduler"}', "hone_loop_lag_seconds"),
+    ("max by (endpoint_id, model, base_model) (hone_endpoint_up)", "hone_endpoint_up"),
+    ("max by (job_id, project_id, base_model) (hone_job_last_step_timestamp_seconds)",
+     "hone_job_last_step_timestamp_seconds"),
+    ('hone_gateway_requests_total{status=~"5.."}', 'hone_gateway_requests_total{status!~"2.."}'),
+    ("max(hone_queue_oldest_wait_seconds) > 3600", "max(hone_queue_oldest_wait_seconds) > 360"),
+    ('up{job="hone"} == 0\n        for: 2m', 'up{job="hone"} == 0\n        for: 0m'),
+    ("(hone_job_last_step_timestamp_seconds) > 900", "(hone_job_last_step_timestamp_seconds) > 90"),
+    ("sum by (instance, loop) (increase(hone_loop_errors_total[15m])) >= 3",
+     "sum by (instance, loop) (increase(hone_loop_errors_total[15m])) >= 1"),
+    ("rate(hone_storage_errors_total[5m])) > 0", "rate(hone_storage_errors_total[5m])) >= 0"),
+]
+
+
+def test_alert_unit_tests_catch_weakened_rules(tmp_path):
+    source = ALERTS.read_text()
+
+    def run(i: int) -> tuple[str, subprocess.CompletedProcess]:
+        old, new = WEAKENINGS[i]
+        assert source.count(old) == 1, f"weakening {i} no longer matches alerts.yml: {old!r}"
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        (folder / "alerts.yml").write_text(source.replace(old, new))
+        shutil.copy(ALERTS_TEST, folder / "alerts_test.yml")
+        return old, promtool("test", "rules", "alerts_test.yml", cwd=folder)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(len(WEAKENINGS))))
+    for old, result in results:
+        assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr, \
+            f"the unit tests still pass with {old!r} weakened"
+
+
+# ---- the dashboard --------------------------------------------------------------------------------------------
+
+def test_dashboard_is_importable_grafana_json():
+    board = dashboard()
+    assert board["schemaVersion"] >= 39 and board["title"] and board["uid"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [panel["id"] for panel in dashboard_panels()]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dashboard_panels():
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"]), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}" and target["expr"].strip(), panel["title"]
+    for variable in variables.values():
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == "${datasource}"
+
+
+def test_dashboard_covers_what_operators_look_at():
+    names = set().union(*(metric_names(expr) for _, expr in dashboard_exprs()))
+    for wanted in ["hone_jobs", "hone_queue_depth", "hone_queue_oldest_wait_seconds", "hone_queue_wait_seconds_bucket",
+                   "hone_job_transitions_total", "hone_job_tokens_per_second", "hone_job_step_seconds",
+                   "hone_job_train_loss", "hone_job_valid_loss", "hone_trained_tokens_total",
+                   "hone_trainer_retries_total", "hone_endpoints", "hone_endpoint_up", "hone_gateway_requests_total",
+                   "hone_gateway_request_duration_seconds_bucket", "hone_gateway_time_to_first_token_seconds_bucket",
+                   "hone_gateway_tokens_total", "hone_http_requests_total",
+                   "hone_http_request_duration_seconds_bucket", "hone_storage_operation_seconds_bucket",
+                   "hone_storage_errors_total", "hone_loop_lag_seconds", "vllm:num_requests_running",
+                   "vllm:num_requests_waiting", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+                   "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket"]:
+        assert wanted in names, wanted
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    """promtool parses each query (Grafana's variables filled in) as a recording rule's expression."""
+    exprs = dashboard_exprs()
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": as_promql(e)}
+                                                        for i, (_, e) in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    checked = promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in checked.stdout
+
+
+# ---- every metric named is exported ---------------------------------------------------------------------------
+
+def test_engine_metrics_named_are_exported_by_the_engine():
+    known = engine_names()
+    exprs = [(where, expr) for where, expr in dashboard_exprs() + alert_exprs() if "vllm:" in expr]
+    assert exprs, "the dashboard has engine panels"
+    unknown = {name: where for name, where in unknown_names(exprs, known).items() if name.startswith("vllm:")}
+    assert unknown == {}, f"not exported by inference/metrics.py: {unknown}"
+
+
+def test_metrics_named_are_exported_by_hone(hone):
+    known = control_plane_names(hone) | engine_names() | PROMETHEUS_OWN
+    unknown = unknown_names(dashboard_exprs() + alert_exprs(), known)
+    assert unknown == {}, f"named in deploy/ but not exported by Hone: {unknown}"
+
+
+# ---- a real Prometheus runs the shipped config ----------------------------------------------------------------
+
+class Prometheus:
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(folder / "prometheus.log", "wb")
+        self.log_path = folder / "prometheus.log"
+        exe = shutil.which("prometheus")
+        assert exe, "prometheus is missing: scripts/setup.sh installs Debian's prometheus package (as root)"
+        self.proc = subprocess.Popen([exe, f"--config.file={folder / 'prometheus.yml'}",
+                                      f"--storage.tsdb.path={folder / 'data'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}"],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_http(self.url + "/-/ready", timeout=60, proc=self.proc)  # 503 until the TSDB is open
+        except BaseException:
+            self.stop()
+            raise
+
+    def get(self, path: str, **params) -> dict:
+        reply = httpx.get(self.url + path, params=params, timeout=10)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["data"]
+
+    def wait(self, what: str, check, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+            try:
+                if value := check():
+                    return value
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Prometheus: {what} within {timeout}s\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def test_prometheus_scrapes_hone_and_its_engines_with_the_shipped_config(hone, tmp_path):
+    """The shipped prometheus.yml, with only the control plane's address and the intervals changed, scrapes the
+    control plane, finds a running engine through the admin-key-protected service discovery, scrapes it, and
+    evaluates every alert rule and dashboard query without error."""
+    http = hone.new_project("observability").http()
+    created = http.post("/v1/endpoints", json={"model": "hone-tiny"})  # a built-in engine for the base model
+    assert created.status_code in (200, 201), created.text
+    try:
+        _scrape_with_the_shipped_config(hone, http, tmp_path)
+    finally:
+        http.delete(f"/v1/endpoints/{created.json()['id']}")  # the deployer stops its engine
+        http.close()
+
+
+def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_path: Path):
+    endpoint = wait_endpoint(http, "hone-tiny")
+    assert endpoint["state"] == "ready", endpoint
+    answer = http.post("/v1/chat/completions", json={"model": "hone-tiny", "max_tokens": 2,
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200, answer.text
+
+    config = load_yaml(CONFIG)
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    shipped = "127.0.0.1:8000"
+    here = f"127.0.0.1:{hone.port}"
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        for static in job.get("static_configs", []):
+            assert static["targets"] == [shipped]
+            static["targets"] = [here]
+        for sd in job.get("http_sd_configs", []):
+            assert urlparse(sd["url"]).netloc == shipped
+            sd["url"] = sd["url"].replace(shipped, here)
+            sd["refresh_interval"] = "1s"
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(ALERTS, tmp_path / "alerts.yml")
+    (tmp_path / config["scrape_configs"][1]["http_sd_configs"][0]["authorization"]["credentials_file"]) \
+        .write_text(hone.admin_key + "\n")
+
+    prometheus = Prometheus(tmp_path)
+    try:
+        def targets_up():
+            active = prometheus.get("/api/v1/targets", state="active")["activeTargets"]
+            up = [t for t in active if t["health"] == "up"]
+            return active if {t["labels"]["job"] for t in up} == {"hone", "hone-engines"} else None
+
+        active = prometheus.wait("both the control plane and the engine scraped", targets_up)
+        [engine] = [t for t in active if t["labels"]["job"] == "hone-engines"]
+        labels = engine["labels"]  # as the control plane's service discovery gave them
+        assert (labels["endpoint_id"], labels["model"], labels["base_model"]) == (endpoint["id"], "hone-tiny",
+                                                                                 "hone-tiny"), labels
+        assert engine["scrapeUrl"] == f"http://{labels['instance']}/metrics"
+
+        def rules_evaluated():
+            groups = prometheus.get("/api/v1/rules")["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            return rules if rules and all(rule["health"] != "unknown" for rule in rules) else None
+
+        rules = prometheus.wait("every alert rule evaluated", rules_evaluated)
+        assert len(rules) == len(alert_rules())
+        assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+
+        # Series from both exporters arrive under the names the dashboard uses.
+        for query in ['up{job="hone"}', 'hone_build_info', 'hone_endpoint_up{base_model="hone-tiny"}',
+                      'vllm:num_requests_running{job="hone-engines"}',
+                      'vllm:generation_tokens_total{job="hone-engines"}']:
+            prometheus.wait(f"{query} has data", lambda: prometheus.get("/api/v1/query", query=query)["result"])
+
+        # Every dashboard query runs against the live data without an evaluation error.
+        failures = {}
+        for where, expr in dashboard_exprs():
+            reply = httpx.get(prometheus.url + "/api/v1/query", params={"query": as_promql(expr)}, timeout=10)
+            if reply.status_code != 200 or reply.json()["status"] != "success":
+                failures[where] = reply.text
+        assert failures == {}
+    finally:
+        prometheus.stop()

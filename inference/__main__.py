@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from inference.adapters import LORA_RANKS
+from inference.logs import configure_logging, route_transformers_logs
 
 log = logging.getLogger("inference")
 
@@ -52,12 +53,14 @@ def _template(value: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)  # JSON lines naming the engine ($HONE_ENDPOINT_ENGINE, $HONE_ENDPOINT_ID)
     import uvicorn
 
     from inference.engine import Engine
     from inference.models import ServingModels
     from inference.server import create_app
+
+    route_transformers_logs()
 
     served = args.served_model_name or args.model
     # Read at startup, as vLLM does: without it the LoRA routes do not exist (404).
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving %r on http://%s:%d (device %s, %s, max_model_len %d, runtime LoRA updating %s)", served,
              args.host, args.port, engine.device, str(engine.dtype).removeprefix("torch."), engine.max_model_len,
              "on" if runtime_lora else "off")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, log_level="warning", access_log=False)
     engine.stop()
     return 0
 

@@ -170,6 +170,7 @@ class Engine:
                                   if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))}
         self.resident = ResidentSet(max(max_loras, max_cpu_loras or max_loras))
         self.peft = None  # PeftModel wrapper, created with the first adapter
+        self.adapter_names: dict[str, str] = {}  # resident-set key -> served name, for the logs
         self.metrics = EngineMetrics(served_model_name, enable_lora=enable_lora, max_loras=max_loras)
         self._queue: queue.Queue = queue.Queue()
         self._waiting: list[GenerationJob] = []
@@ -274,9 +275,11 @@ class Engine:
 
     # --- adapters (worker thread only) ---------------------------------------------------------------
 
-    def load_adapter(self, key: str, lora_path: str) -> AdapterFiles:
+    def load_adapter(self, key: str, lora_path: str, name: str | None = None) -> AdapterFiles:
         """Validates the folder and loads its weights under `key` (replacing any weights already under it)."""
         files = inspect_adapter(lora_path, max_rank=self.max_lora_rank, supported_modules=self.supported_modules)
+        if name is not None:
+            self.adapter_names[key] = name
         if key in self.resident:
             self._evict(key)
         self._make_resident(key, files.folder)
@@ -296,7 +299,8 @@ class Engine:
                 self.peft.delete_adapter(key)
             raise AdapterInvalid(f"Loading lora adapter from {folder} failed: {e}") from e
         for old in self.resident.add(key):
-            log.info("evicting LoRA weights %s (least recently used)", old)
+            log.info("evicting LoRA weights %s (least recently used)", old,
+                     extra={"adapter": self.adapter_names.get(old, old), "adapter_key": old})
             self.peft.delete_adapter(old)
 
     def _evict(self, key: str) -> None:
@@ -306,6 +310,7 @@ class Engine:
 
     def unload_adapter(self, key: str) -> None:
         self._evict(key)
+        self.adapter_names.pop(key, None)
 
     def _activate(self, job: GenerationJob) -> None:
         if job.adapter_key is None:
@@ -314,6 +319,8 @@ class Engine:
             return
         if job.adapter_key not in self.resident:
             # Registered but evicted: reload from its path, as vLLM does inside the engine step.
+            log.info("reloading evicted LoRA weights",
+                     extra={"adapter": job.adapter_name, "adapter_key": job.adapter_key})
             files = inspect_adapter(job.adapter_path, max_rank=self.max_lora_rank,
                                     supported_modules=self.supported_modules)
             self._make_resident(job.adapter_key, files.folder)

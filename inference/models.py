@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -14,6 +15,8 @@ from inference.adapters import AdapterNotFound, ServingProfile, profile_from
 from inference.engine import Engine
 from inference.errors import APIError, internal, invalid_user_input, not_found
 from inference.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+
+log = logging.getLogger("inference.models")
 
 
 @dataclass
@@ -94,15 +97,22 @@ class ServingModels:
             existing = self.loras.get(name)
             int_id = existing.int_id if existing else next(self._ids)  # in place keeps the id
             key = f"lora{int_id}"
+            started = time.perf_counter()
             try:
                 # Eager: validated and in memory before the name becomes routable (vLLM PR #11727).
-                files = await self.engine.call(lambda: self.engine.load_adapter(key, body.lora_path))
+                files = await self.engine.call(lambda: self.engine.load_adapter(key, body.lora_path, name))
             except AdapterNotFound as e:
+                log.warning("LoRA adapter not found", extra={"adapter": name, "lora_path": body.lora_path})
                 raise not_found(f"Loading lora {name} failed: {e}") from e
             except Exception as e:  # invalid adapter or engine error: 0.33 answers 500 with the text
+                log.warning("LoRA adapter load failed", extra={"adapter": name, "lora_path": body.lora_path,
+                                                               "error": str(e)})
                 raise internal(str(e)) from e
             self.loras[name] = LoraEntry(name, body.lora_path, int_id,
                                          profile_from(files.serving, self.engine.base_profile))
+            log.info("LoRA adapter loaded", extra={"adapter": name, "adapter_key": key, "lora_path": body.lora_path,
+                                                   "inplace": existing is not None,
+                                                   "seconds": round(time.perf_counter() - started, 3)})
         return f"Success: LoRA adapter '{name}' added successfully."
 
     async def unload(self, body: UnloadLoRAAdapterRequest) -> str:
@@ -117,4 +127,5 @@ class ServingModels:
             # Unlike vLLM 0.33 (which keeps the weights until LRU-evicted) the memory is freed too; queued
             # requests for the name run first, the worker being FIFO.
             await self.engine.call(lambda: self.engine.unload_adapter(entry.key))
+        log.info("LoRA adapter unloaded", extra={"adapter": name, "adapter_key": entry.key})
         return f"Success: LoRA adapter '{name}' removed successfully."

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from inference import VLLM_PROTOCOL_VERSION
 from inference.errors import UNSUPPORTED_MEDIA_TYPE, APIError, internal, validation_error
 from inference.handlers import OpenAIHandlers, new_request_id
+from inference.logs import AccessLogMiddleware
 from inference.metrics import CONTENT_TYPE
 from inference.models import ServingModels
 from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, LoadLoRAAdapterRequest,
@@ -147,4 +148,5 @@ def create_app(models: ServingModels, *, api_key: str | None = None, allow_runti
 
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(AccessLogMiddleware)  # outermost: refused requests are logged too
     return app

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.logs import scope_fields
+
 log = logging.getLogger("hone.errors")
 
 
@@ -118,6 +120,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error", extra={"path": request.url.path})
+        # Runs outside the access-log middleware (Starlette handles Exception outermost): its context is gone.
+        log.exception("unhandled error", extra={"path": request.url.path, **scope_fields(request.scope)})
         return _response(request, 500, {"error": {"message": "The server had an error while processing your request.",
                                                   "type": "server_error", "param": None, "code": "server_error"}})

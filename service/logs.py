@@ -1,16 +1,85 @@
-"""JSON logs on stderr, and an access-log middleware that stamps every response with x-request-id."""
+"""JSON logs on stderr, a per-request log context, and an access-log middleware that stamps every response
+with x-request-id.
+
+Every record logged while a request is handled carries `request_id`, `project_id` once auth has resolved it
+(`request.state.project_id`), and the ids its path names (`job_id`, `endpoint_id`, `file_id`, `model_id`,
+`project_id`, `account_id`). Outside requests, `log_context(job_id=...)` adds fields to every record logged
+inside it. Fields passed explicitly with `extra=` win over the context's."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
 import time
 import uuid
+from typing import Any, Iterator
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Path parameters that name a resource, logged under their own names.
+_PATH_IDS = ("job_id", "endpoint_id", "file_id", "model_id", "project_id", "account_id")
+_SCOPE = "_scope"  # the request's ASGI scope, read when a record is logged (routing and auth fill it in later)
+
+# A fresh dict per request (or `log_context` block): contexts copied into tasks and worker threads share it,
+# so what is bound in a threadpool handler shows in the access line; other requests never see it.
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("hone_log_context", default=None)
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[dict[str, Any]]:
+    """Adds `fields` to every record logged inside the block (in this task or thread, and those it starts)."""
+    token = _context.set({**(_context.get() or {}), **fields})
+    try:
+        yield _context.get()
+    finally:
+        _context.reset(token)
+
+
+def bind(**fields: Any) -> None:
+    """Adds `fields` to the current context (the request's, inside one) for the rest of it. Outside any context
+    it does nothing: a worker thread's context outlives its task, so fields set there would stick to the
+    thread's later work; use `log_context` there."""
+    current = _context.get()
+    if current is not None:
+        current.update(fields)
+
+
+def scope_fields(scope: dict) -> dict[str, Any]:
+    """What a request's scope says about it: its id, the ids its path names, the authenticated project."""
+    fields: dict[str, Any] = {}
+    state = scope.get("state") or {}
+    if state.get("request_id"):
+        fields["request_id"] = state["request_id"]
+    params = scope.get("path_params") or {}
+    fields.update({name: params[name] for name in _PATH_IDS if params.get(name)})
+    if state.get("project_id"):
+        fields["project_id"] = state["project_id"]
+    return fields
+
+
+def context_fields() -> dict[str, Any]:
+    """The fields the current context adds to a record."""
+    current = _context.get()
+    if not current:
+        return {}
+    scope = current.get(_SCOPE)
+    fields = scope_fields(scope) if scope is not None else {}
+    fields.update((k, v) for k, v in current.items() if k != _SCOPE)
+    return fields
+
+
+class ContextFilter(logging.Filter):
+    """Puts the context's fields on each record, unless the call passed them with `extra=`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in context_fields().items():
+            if key not in record.__dict__:
+                setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,6 +95,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -38,7 +108,8 @@ def configure_logging(level: str) -> None:
 
 
 class AccessLogMiddleware:
-    """Pure ASGI, so streaming bodies pass through untouched."""
+    """Pure ASGI, so streaming bodies pass through untouched. Sets the request's log context for everything
+    inside it, and logs one line per request when it ends."""
 
     def __init__(self, app):
         self.app = app
@@ -62,10 +133,14 @@ class AccessLogMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        token = _context.set({_SCOPE: scope})  # a fresh context: nothing from an earlier request
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.log.info("request", extra={
-                "request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
-                "duration_ms": round((time.perf_counter() - start) * 1000, 2),
-                "project_id": scope.get("state", {}).get("project_id")})
+            try:
+                self.log.info("request", extra={
+                    "request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                    "project_id": scope["state"].get("project_id")})
+            finally:
+                _context.reset(token)

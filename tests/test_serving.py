@@ -92,8 +92,9 @@ def test_endpoint_resource_and_usage(served):
         listed = http.get("/v1/endpoints").json()
         ep = http.get(f"/v1/endpoints/{served['endpoint']['id']}").json()
         reply = http.post("/v1/chat/completions", json={"model": job.fine_tuned_model, "max_tokens": 4,
-                                                        "messages": [{"role": "user", "content": "hello"}]})
-        assert reply.status_code == 200
+                                                        "messages": [{"role": "user", "content": "hello"}]},
+                          headers={"x-request-id": "trace-usage"})
+        assert reply.status_code == 200 and reply.headers["x-request-id"] == "trace-usage"
         after = http.get(f"/v1/endpoints/{ep['id']}").json()
     assert listed["object"] == "list" and ep["id"] in [e["id"] for e in listed["data"]]
     assert ep["object"] == "endpoint" and ep["state"] == "ready" and ep["kind"] == "adapter"
@@ -105,6 +106,15 @@ def test_endpoint_resource_and_usage(served):
     assert after["usage"]["completion_tokens"] - ep["usage"]["completion_tokens"] == usage["completion_tokens"]
     events = [e.message for e in served["client"].fine_tuning.jobs.list_events(job.id, limit=100)]
     assert f"Deploying endpoint {ep['id']} for {job.fine_tuned_model}" in events
+    # The gateway forwards the request's id: the engine's JSON access line carries it, and its engine key.
+    deadline, engine_logs = time.monotonic() + 10, served["server"].data_dir / "logs" / "engines"
+    while not (lines := [r for f in engine_logs.glob("*.log") for line in f.read_text().splitlines()
+                         if line.startswith("{") and (r := json.loads(line)).get("request_id") == "trace-usage"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    [line] = lines
+    assert (line["logger"], line["path"], line["status"]) == ("inference.access", "/v1/chat/completions", 200)
+    assert line["engine"] in (ep["id"], "spare:hone-tiny")  # an engine started ahead of need keeps its key
 
 
 def test_gateway_refuses_unknown_and_foreign_models(served):

@@ -116,6 +116,11 @@ def test_job_trains_to_succeeded_with_events_checkpoints_and_adapter(trainer_ser
                  "adapter/chat_template.jinja", "adapter/hone_serving.json", "result.csv", "spec.json",
                  "checkpoints/step-4/trainer_state.pt", "checkpoints/step-8/COMPLETE", "logs/attempt-1.log"):
         assert f"jobs/{job.id}/{name}" in keys, name
+    # The trainer's log: JSON lines, each naming the job and attempt (library warnings included).
+    log_file = stored_bytes(trainer_server, f"jobs/{job.id}/logs/attempt-1.log")
+    log = [json.loads(line) for line in log_file.splitlines()]
+    assert any(r["msg"] == f"starting {job.id} attempt 1" for r in log)
+    assert all(r["job_id"] == job.id and r["attempt"] == 1 for r in log), log
 
     [result_id] = done.result_files
     result = client.files.retrieve(result_id)

@@ -1,5 +1,7 @@
 """Projects and service accounts, shaped like OpenAI's Administration API."""
 
+import logging
+
 from fastapi import APIRouter, Depends, Query
 
 from service import projects
@@ -9,13 +11,17 @@ from service.context import AppContext
 from service.pagination import check_limit
 from service.schemas import CreateProject, CreateServiceAccount
 
+log = logging.getLogger("hone.api")
+
 router = APIRouter(route_class=JSONRoute, prefix="/v1/organization/projects", tags=["admin"],
                    dependencies=[Depends(admin_principal)])
 
 
 @router.post("")
 def create_project(body: CreateProject, ctx: AppContext = Depends(get_ctx)):
-    return projects.create_project(ctx, body.name)
+    project = projects.create_project(ctx, body.name)
+    log.info("project created", extra={"project_id": project["id"]})
+    return project
 
 
 @router.get("")
@@ -31,12 +37,16 @@ def get_project(project_id: str, ctx: AppContext = Depends(get_ctx)):
 
 @router.delete("/{project_id}")
 def delete_project(project_id: str, ctx: AppContext = Depends(get_ctx)):
-    return projects.archive_project(ctx, project_id)
+    archived = projects.archive_project(ctx, project_id)
+    log.info("project archived")
+    return archived
 
 
 @router.post("/{project_id}/service_accounts")
 def create_service_account(project_id: str, body: CreateServiceAccount, ctx: AppContext = Depends(get_ctx)):
-    return projects.create_service_account(ctx, project_id, body.name)
+    account = projects.create_service_account(ctx, project_id, body.name)
+    log.info("service account created", extra={"account_id": account["id"]})
+    return account
 
 
 @router.get("/{project_id}/service_accounts")
@@ -52,4 +62,6 @@ def get_service_account(project_id: str, account_id: str, ctx: AppContext = Depe
 
 @router.delete("/{project_id}/service_accounts/{account_id}")
 def delete_service_account(project_id: str, account_id: str, ctx: AppContext = Depends(get_ctx)):
-    return projects.delete_service_account(ctx, project_id, account_id)
+    deleted = projects.delete_service_account(ctx, project_id, account_id)
+    log.info("service account deleted")
+    return deleted

@@ -1,5 +1,7 @@
 """Hone endpoints: a served model per tuned model, checkpoint or base model (a Hone resource; OpenAI has none)."""
 
+import logging
+
 from fastapi import APIRouter, Depends, Request
 
 from service import endpoints
@@ -10,6 +12,8 @@ from service.context import AppContext
 from service.pagination import check_limit
 from service.schemas import CreateEndpoint
 
+log = logging.getLogger("hone.api")
+
 router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoints"])
 
 
@@ -17,6 +21,8 @@ router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoin
 def create_endpoint(body: CreateEndpoint, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx)):
     endpoint = endpoints.create_endpoint(ctx, principal, body.model, request.app.state.usage.pending)
+    log.info("endpoint created", extra={"endpoint_id": endpoint["id"], "model": endpoint["model"],
+                                        "state": endpoint["state"]})
     request.app.state.loops.wake("endpoints")
     return endpoint
 
@@ -38,6 +44,7 @@ def retrieve_endpoint(endpoint_id: str, request: Request, principal: ProjectPrin
 def delete_endpoint(endpoint_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx)):
     deleted = endpoints.delete_endpoint(ctx, principal, endpoint_id)
+    log.info("endpoint deleted")
     request.app.state.gateway.forget(principal.project_id)
     request.app.state.loops.wake("endpoints")
     return deleted

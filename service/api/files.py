@@ -1,6 +1,7 @@
 """OpenAI Files API."""
 
 import base64
+import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
@@ -14,6 +15,8 @@ from service.pagination import check_limit
 
 router = APIRouter(route_class=JSONRoute, prefix="/v1/files", tags=["files"])
 
+log = logging.getLogger("hone.api")
+
 _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file", "purpose"],
     "properties": {"file": {"type": "string", "format": "binary"},
@@ -26,8 +29,11 @@ _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-dat
 async def create_file(request: Request, principal: ProjectPrincipal = Depends(project_principal),
                       ctx: AppContext = Depends(get_ctx)):
     # The body is parsed as a stream so that large files never sit in memory.
-    return await files.create_file(ctx, principal, request.headers.get("content-type"),
-                                   request.headers.get("content-length"), request.stream())
+    created = await files.create_file(ctx, principal, request.headers.get("content-type"),
+                                      request.headers.get("content-length"), request.stream())
+    log.info("file uploaded", extra={"file_id": created["id"], "purpose": created["purpose"],
+                                     "bytes": created["bytes"]})
+    return created
 
 
 @router.get("")
@@ -57,4 +63,6 @@ def retrieve_file(file_id: str, principal: ProjectPrincipal = Depends(project_pr
 @router.delete("/{file_id:path}")
 def delete_file(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
                 ctx: AppContext = Depends(get_ctx)):
-    return files.delete_file(ctx, principal, file_id)
+    deleted = files.delete_file(ctx, principal, file_id)
+    log.info("file deleted")
+    return deleted

@@ -1,5 +1,6 @@
 """OpenAI fine-tuning jobs API."""
 
+import logging
 import re
 
 from fastapi import APIRouter, Depends, Request
@@ -14,6 +15,8 @@ from service.schemas import CreateFineTuningJob
 
 router = APIRouter(route_class=JSONRoute, prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
+log = logging.getLogger("hone.api")
+
 _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 
 
@@ -22,6 +25,7 @@ def create_job(body: CreateFineTuningJob, request: Request,
                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     key = idempotency.check_key(request.headers.get("idempotency-key"))
     job = jobs.create_job(ctx, principal, body, idempotency_key=key)
+    log.info("fine-tuning job created", extra={"job_id": job["id"], "model": job["model"], "status": job["status"]})
     request.app.state.loops.wake("validation")
     return job
 
@@ -45,6 +49,7 @@ def retrieve_job(job_id: str, principal: ProjectPrincipal = Depends(project_prin
 def cancel_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "cancel")
+    log.info("fine-tuning job cancelled", extra={"status": job["status"]})
     request.app.state.loops.wake("scheduler")  # stops or starts the trainer now, not at the next poll
     return job
 
@@ -53,6 +58,7 @@ def cancel_job(job_id: str, request: Request, principal: ProjectPrincipal = Depe
 def pause_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
               ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "pause")
+    log.info("fine-tuning job paused", extra={"status": job["status"]})
     request.app.state.loops.wake("scheduler")
     return job
 
@@ -61,6 +67,7 @@ def pause_job(job_id: str, request: Request, principal: ProjectPrincipal = Depen
 def resume_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "resume")
+    log.info("fine-tuning job resumed", extra={"status": job["status"]})
     request.app.state.loops.wake("scheduler")  # stops or starts the trainer now, not at the next poll
     return job
 

@@ -1,5 +1,7 @@
 """OpenAI Models API. Ids hold ':' and '/', hence the path converters."""
 
+import logging
+
 from fastapi import APIRouter, Depends, Request
 
 from service import models
@@ -7,6 +9,8 @@ from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
 from service.context import AppContext
+
+log = logging.getLogger("hone.api")
 
 router = APIRouter(route_class=JSONRoute, prefix="/v1/models", tags=["models"])
 
@@ -26,6 +30,7 @@ def retrieve_model(model_id: str, principal: ProjectPrincipal = Depends(project_
 def delete_model(model_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
     deleted = models.delete_model(ctx, principal, model_id)
+    log.info("model deleted")
     request.app.state.gateway.forget(principal.project_id)
     request.app.state.loops.wake("endpoints")  # its engine and local copy go now
     return deleted

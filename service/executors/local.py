@@ -55,7 +55,8 @@ class LocalExecutor:
         with self._lock:
             used = {run.device for run in self._runs.values()}
             device = next((d for d in self._devices if d not in used), None)
-            env = dict(os.environ, PYTHONUNBUFFERED="1", HONE_JOB_ID=job_id)
+            # HONE_JOB_ID marks the process as this job's trainer; both name it in its log lines from the start.
+            env = dict(os.environ, PYTHONUNBUFFERED="1", HONE_JOB_ID=job_id, HONE_JOB_ATTEMPT=str(attempt))
             # Spinning OpenMP workers slow a trainer 10x or more when anything else wants the cores.
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             if self._settings.trainer_threads > 0:

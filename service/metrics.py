@@ -15,6 +15,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service import __version__
+from service.job_states import ALLOWED
 
 # Label values standing in for names Hone will not give a series of their own.
 UNKNOWN = "_unknown"  # a model name the caller sent that is not one of its project's models
@@ -72,6 +73,10 @@ LABEL_OVERFLOW = Counter("hone_metrics_label_overflow", "Label values folded int
 BUILD_INFO = Gauge("hone_build_info", "Always 1; the version of Hone running.", ["version"],
                    multiprocess_mode="max", registry=REGISTRY)
 BUILD_INFO.labels(version=__version__).set(1)
+# Every allowed job transition exists from the start at 0, so the first failure shows in increase() and rate().
+for _current, _targets in ALLOWED.items():
+    for _target in _targets:
+        JOB_TRANSITIONS.labels(_current.value, _target.value)
 
 # Metrics labelled by model: the exporter drops series of models that no longer have an endpoint.
 MODEL_LABELLED = ("hone_gateway_requests", "hone_gateway_tokens", "hone_gateway_request_duration_seconds",

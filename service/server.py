@@ -23,6 +23,12 @@ def serve(settings: Settings | None = None) -> None:
         return
     # Workers are fresh interpreters that build their app from the same HONE_* environment. They share
     # metrics through files (prometheus-client reads this variable when it is first imported).
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auto_migrate:  # once, here: workers migrating side by side would race on SQLite
+        from service.db import Database
+        database = Database(settings.resolved_database_url)
+        database.migrate()
+        database.dispose()
     metrics_dir = settings.metrics_multiprocess_dir
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the server, as in one process
     metrics_dir.mkdir(parents=True)

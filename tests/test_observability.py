@@ -1,0 +1,238 @@
+"""Observability end to end: a real Prometheus (Debian's package) scrapes the control plane, and the engines it
+finds through the control plane's HTTP service discovery, while a job trains and its model serves; the test
+then asks Prometheus's HTTP API what it saw. PostgreSQL and S3 (moto) underneath.
+
+The engine is the built-in one (vLLM cannot run here: no GPU); it exports vLLM's metric names."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from examples.support_tickets import make
+from service import metrics
+from tests.support import REPO, HoneServer, PostgresDatabase, free_port, jsonl, wait_endpoint, wait_http, wait_job
+
+
+class Prometheus:
+    """`prometheus` on a free loopback port with a generated config and its own data folder."""
+
+    def __init__(self, folder: Path, config: dict):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = open(folder / "prometheus.log", "ab")
+        self.proc = subprocess.Popen(
+            [shutil.which("prometheus") or "/usr/bin/prometheus", f"--config.file={folder / 'prometheus.yml'}",
+             f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address={self.url[len('http://'):]}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_http(self.url + "/-/ready", proc=self.proc, timeout=60)
+
+    def query(self, promql: str) -> list[dict]:
+        reply = httpx.get(self.url + "/api/v1/query", params={"query": promql}, timeout=10).json()
+        assert reply["status"] == "success", reply
+        return reply["data"]["result"]
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        assert len(result) <= 1, result
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(self, promql: str, until=lambda result: bool(result), timeout: float = 120) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(promql)
+            if until(result):
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{promql} did not hold within {timeout}s: {result}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.log.close()
+
+
+def scrape_config(server: HoneServer, credentials: Path) -> dict:
+    credentials.write_text(server.admin_key)
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(REPO / "deploy" / "prometheus" / "alerts.yml")],
+        "scrape_configs": [
+            {"job_name": "hone", "static_configs": [{"targets": [server.base_url[len("http://"):]]}]},
+            {"job_name": "hone-engines", "http_sd_configs": [{
+                "url": server.base_url + "/v1/admin/prometheus/targets", "refresh_interval": "1s",
+                "authorization": {"type": "Bearer", "credentials_file": str(credentials)}}]},
+        ]}
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory, moto):
+    postgres = PostgresDatabase()
+    env = {**moto.env(), "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-observe/blobs",
+           "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true"}
+    folder = tmp_path_factory.mktemp("observability")
+    server = HoneServer(folder / "server", env)
+    prometheus = Prometheus(folder / "prometheus", scrape_config(server, folder / "admin-key"))
+    try:
+        yield server, prometheus
+    finally:
+        prometheus.stop()
+        server.stop()
+        postgres.drop()
+
+
+def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
+    server, prometheus = observed
+    project = server.new_project("observed")
+    client = project.openai()
+    train, held_out = make(count=120, seed=3)
+    file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
+    selector = f'job_id="{job.id}"'
+
+    # While it trains: per-job series from the trainer's reports.
+    running = prometheus.wait_for(f"hone_job_step{{{selector}}}", until=lambda r: r and float(r[0]["value"][1]) >= 2)
+    assert running[0]["metric"]["project_id"] == project.project_id
+    assert running[0]["metric"]["base_model"] == "hone-tiny"
+    assert prometheus.value(f"hone_job_total_steps{{{selector}}}") == -(-len(train) // 4) * 3
+    assert prometheus.value(f"hone_job_tokens_per_second{{{selector}}}") > 0
+    assert 0 < prometheus.value(f"hone_job_step_seconds{{{selector}}}") < 60
+    assert 0 < prometheus.value(f"hone_job_train_loss{{{selector}}}") < 20
+    assert prometheus.value(f"hone_job_trained_tokens{{{selector}}}") > 0
+    assert abs(prometheus.value(f"hone_job_last_step_timestamp_seconds{{{selector}}}") - time.time()) < 60
+    assert prometheus.value('hone_jobs{status="running"}') == 1
+    prometheus.wait_for('hone_trained_tokens_total{base_model="hone-tiny"} > 0', timeout=30)
+
+    job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=600)
+    with project.http() as http:
+        endpoint = wait_endpoint(http, job.fine_tuned_model)
+    assert endpoint["state"] == "ready", endpoint
+
+    # Serve a few requests through the gateway, one streamed.
+    prompts = [row["messages"][:-1] for row in held_out[:3]]
+    replies = [client.chat.completions.create(model=job.fine_tuned_model, messages=p, max_tokens=8, temperature=0)
+               for p in prompts[:2]]
+    list(client.chat.completions.create(model=job.fine_tuned_model, messages=prompts[2], max_tokens=8,
+                                        temperature=0, stream=True))
+    prompt_tokens = sum(r.usage.prompt_tokens for r in replies)
+
+    # Tokens counted while training match the job's trained_tokens.
+    model = f'model="{job.fine_tuned_model}"'
+    prometheus.wait_for('hone_jobs{status="succeeded"} == 1')
+    assert prometheus.value('hone_trained_tokens_total{base_model="hone-tiny"}') == job.trained_tokens
+    assert prometheus.value(f'hone_job_transitions_total{{from="running",to="succeeded"}}') == 1
+    assert prometheus.value("hone_job_duration_seconds_count") == 1
+    assert prometheus.value("hone_queue_wait_seconds_count") == 1
+    # Per-job series are gone once the job stopped running.
+    prometheus.wait_for(f"hone_job_step{{{selector}}}", until=lambda r: not r, timeout=30)
+
+    # Gateway series for the model, once all three requests are scraped.
+    prometheus.wait_for(f'sum(hone_gateway_requests_total{{{model},status="200"}}) == 3')
+    assert prometheus.value(f'hone_gateway_tokens_total{{{model},type="prompt"}}') >= prompt_tokens
+    assert prometheus.value(f"hone_gateway_time_to_first_token_seconds_count{{{model}}}") == 1
+    assert prometheus.value(f"hone_gateway_request_duration_seconds_count{{{model}}}") == 3
+    assert prometheus.value("sum(hone_adapter_load_seconds_count)") >= 1
+    assert prometheus.value(f'hone_endpoint_up{{{model}}}') == 1
+    assert prometheus.value('hone_endpoints{state="ready"}') == 1
+    assert prometheus.value('hone_http_requests_total{method="POST",route="/v1/fine_tuning/jobs",status="200"}') == 1
+    assert prometheus.value('sum(hone_storage_operation_seconds_count{backend="s3"})') > 0
+    assert prometheus.value('hone_loop_lag_seconds{loop="scheduler"}') is not None
+
+    # The engine, found through service discovery, exports vLLM's names under the endpoint's labels.
+    engine = f'endpoint_id="{endpoint["id"]}"'
+    try:
+        up = prometheus.wait_for(f'up{{job="hone-engines",{engine}}} == 1')
+    except AssertionError:
+        with server.admin() as admin:
+            sd = admin.get("/v1/admin/prometheus/targets").json()
+        raise AssertionError(f"SD {sd}; targets {httpx.get(prometheus.url + '/api/v1/targets').json()}")
+    assert up[0]["metric"]["model"] == job.fine_tuned_model
+    generated = prometheus.wait_for(f'sum(vllm:generation_tokens_total{{{engine}}}) > 0')
+    assert float(generated[0]["value"][1]) >= sum(r.usage.completion_tokens for r in replies)
+    assert prometheus.value(f"sum(vllm:prompt_tokens_total{{{engine}}})") >= prompt_tokens
+    assert prometheus.value(f"sum(vllm:e2e_request_latency_seconds_count{{{engine}}})") >= 3
+
+    # The repository's alert rules load and evaluate against these series without errors.
+    groups = httpx.get(prometheus.url + "/api/v1/rules").json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert {"HoneTrainerStalled", "HoneEndpointDown", "HoneGateway5xxRatioHigh"} <= {r["name"] for r in rules}
+    prometheus.wait_for("vector(1)", until=lambda _: all(
+        r["health"] == "ok" for g in httpx.get(prometheus.url + "/api/v1/rules").json()["data"]["groups"]
+        for r in g["rules"]), timeout=30)
+
+
+def test_bogus_model_names_do_not_create_series(observed):
+    server, prometheus = observed
+    project = server.new_project("bogus")
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {project.api_key}"}) as http:
+        for i in range(1000):
+            reply = http.post("/v1/chat/completions", json={"model": f"no-such-model-{i}",
+                                                            "messages": [{"role": "user", "content": "hi"}]})
+            assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
+        exposition = httpx.get(server.base_url + "/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(exposition)}
+    gateway = [s for s in families["hone_gateway_requests"].samples if s.name.endswith("_total")]
+    assert not any("no-such-model" in s.labels["model"] for s in gateway)
+    assert [s.value for s in gateway if s.labels == {"model": metrics.UNKNOWN, "status": "404"}] == [1000.0]
+    http_series = [s for s in families["hone_http_requests"].samples if s.name.endswith("_total")]
+    assert not any("no-such-model" in json.dumps(s.labels) for s in http_series)
+    assert len(families["hone_gateway_requests"].samples) < 20
+    prometheus.wait_for(f'hone_gateway_requests_total{{model="{metrics.UNKNOWN}",status="404"}} == 1000')
+    assert prometheus.value('count({__name__=~"hone_.*", model=~"no-such-model.*"})') is None
+
+
+def test_label_cap_folds_new_values_into_other():
+    cap = metrics.LabelCap("model", 3)
+    before = metrics.LABEL_OVERFLOW.labels(metric="model")._value.get()
+    assert [cap(f"m{i}") for i in range(5)] == ["m0", "m1", "m2", metrics.OVERFLOW, metrics.OVERFLOW]
+    assert cap("m1") == "m1"
+    assert metrics.LABEL_OVERFLOW.labels(metric="model")._value.get() == before + 2
+
+
+def _exposed(url: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text)}
+
+
+def test_several_workers_share_metrics_and_one_leads(tmp_path):
+    """HONE_WORKERS=2: uvicorn runs two processes. Their counters add up whichever one answers the scrape,
+    one of them runs the scheduler, and a job trained under them is counted once."""
+    server = HoneServer(tmp_path, {"HONE_WORKERS": "2", "HONE_LOCAL_SLOTS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while server.logs().count("hone control plane ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the health check answered once the first worker was up
+        project = server.new_project("workers")
+        with project.http() as http:
+            for _ in range(40):
+                assert http.get("/v1/models").status_code == 200
+            readiness = [http.get("/readyz").json()["checks"]["scheduler"] for _ in range(30)]
+        assert set(readiness) <= {"ok", "standby"}
+        families = _exposed(server.base_url)
+        served = [s.value for s in families["hone_http_requests"].samples
+                  if s.name.endswith("_total") and s.labels["route"] == "/v1/models"]
+        assert served == [40.0]
+        leading = server.logs().count('"leader": true')
+        following = server.logs().count("another server process leads")
+        assert (leading, following) == (1, 1), server.logs()[-3000:]
+
+        client = project.openai()
+        file = client.files.create(file=("tickets.jsonl", jsonl(make(count=20, seed=5)[0])), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1,
+                                             hyperparameters={"n_epochs": 1, "batch_size": 4})
+        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=300)
+        tokens = [s.value for s in _exposed(server.base_url)["hone_trained_tokens"].samples
+                  if s.name.endswith("_total")]
+        assert tokens == [float(job.trained_tokens)]
+    finally:
+        server.stop()

@@ -231,6 +231,7 @@ def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from trainer.batches import MicroBatch
+    from trainer.flops import flops_per_token, mfu, peak_flops
     from trainer.modeling import loss_sums
 
     if not torch.cuda.is_available():
@@ -257,11 +258,11 @@ def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8) -> dict:
         opt.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     tokens_s = steps * batch * seq / (time.perf_counter() - start)
-    attn = 4 * config.num_hidden_layers * config.hidden_size * seq  # causal attention, fwd + bwd
-    flops_per_token = 4 * n_params + attn
-    peak = float(os.environ.get("HONE_PEAK_TFLOPS", "989")) * 1e12  # H100/H200 SXM dense bf16
-    return {"params": n_params, "tokens_per_s": tokens_s, "mfu": tokens_s * flops_per_token / peak,
-            "device": torch.cuda.get_device_name()}
+    per_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq, full=False)
+    name = torch.cuda.get_device_name()
+    peak = float(os.environ["HONE_PEAK_TFLOPS"]) * 1e12 if "HONE_PEAK_TFLOPS" in os.environ else peak_flops(name)
+    return {"params": n_params, "tokens_per_s": tokens_s, "mfu": mfu(tokens_s, per_token, peak or 989e12),
+            "device": name}
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ _JOB_FIGURES = (
     ("hone_job_valid_loss", "valid_loss", "Validation loss at a running job's latest evaluation."),
     ("hone_job_tokens_per_second", "tokens_per_second", "Training throughput of a running job's latest step."),
     ("hone_job_step_seconds", "step_seconds", "Duration of a running job's latest training step."),
+    ("hone_job_mfu", "mfu", "Model FLOPs utilisation of a running job's latest step (GPU trainers only)."),
     ("hone_job_last_step_timestamp_seconds", "step_at", "When a running job's trainer last reported a step."),
 )
 _JOB_LABELS = ["job_id", "project_id", "base_model"]

@@ -25,7 +25,7 @@ from service.job_states import JobStatus
 ACCEPTS_REPORTS = {JobStatus.RUNNING.value, JobStatus.PAUSED.value}
 # Progress fields kept as the running job's live figures (exported as hone_job_* gauges).
 LIVE_FIGURES = frozenset({"step", "total_steps", "train_loss", "valid_loss", "tokens_per_second", "step_seconds",
-                          "step_at"})
+                          "step_at", "mfu"})
 
 
 class JobNotRunning(ApiError):

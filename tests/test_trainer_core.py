@@ -198,3 +198,15 @@ def test_full_fine_tuning_trains_every_weight_and_resumes(tmp_path):
     again, reporter_again = run_training(tmp_path, rows, "openai_chat", tuning_mode="full", lr=1e-3, epochs=2)
     assert again.step == 8 and reporter_again.losses() == []
     assert [e["message"] for e in reporter_again.events][0] == "Resumed from checkpoint at step 8 (attempt 1)"
+
+
+def test_mfu_counts_lora_and_full_tuning_flops_and_needs_a_known_peak():
+    from trainer.flops import flops_per_token, mfu, peak_flops
+
+    lora = flops_per_token(1_000_000, 4, 64, 128, full=False)
+    full = flops_per_token(1_000_000, 4, 64, 128, full=True)
+    assert lora == 4_000_000 + 4 * 4 * 64 * 128 and full - lora == 2_000_000  # weight gradients only when full
+    assert peak_flops("NVIDIA H100 80GB HBM3") == peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops(None) is None and peak_flops("Some CPU") is None
+    assert mfu(1000.0, lora, None) is None  # no MFU where the peak is unknown (CPU trainers)
+    assert abs(mfu(100_000.0, 6e9, 989e12) - 100_000 * 6e9 / 989e12) < 1e-12

@@ -21,7 +21,8 @@ from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import (SUPERVISED_FORMATS, DataError, Example, parity_samples, tokenize_lines,
                           tokenize_preferences)
-from trainer.modeling import ModelLoadError, load_base, loss_sums, wrap_for_tuning
+from trainer.flops import flops_per_token, mfu, peak_flops
+from trainer.modeling import ModelLoadError, device, load_base, loss_sums, wrap_for_tuning
 from trainer.reporting import Reporter
 from trainer.spec import TrainSpec
 
@@ -92,6 +93,10 @@ class Run:
         self.train = self._examples(spec.training_file, "training file")
         self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
         torch.manual_seed(spec.seed)
+        self._flops_shape = (sum(p.numel() for p in base.parameters()), getattr(base.config, "num_hidden_layers", 0),
+                             getattr(base.config, "hidden_size", 0))
+        run_on = device()
+        self.peak_flops = peak_flops(torch.cuda.get_device_name(run_on) if run_on.type == "cuda" else None)
         self.model = wrap_for_tuning(base, spec.hyperparameters)
         hp = spec.hyperparameters
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -198,6 +203,11 @@ class Run:
             value = metrics.get(key)
             if isinstance(value, float) and math.isfinite(value):
                 figures[key] = value
+        if self.peak_flops and step_tokens:
+            n_params, layers, hidden = self._flops_shape
+            per_token = flops_per_token(n_params, layers, hidden, step_tokens / self.spec.hyperparameters.batch_size,
+                                        full=self.spec.hyperparameters.tuning_mode == "full")
+            figures["mfu"] = round(mfu(figures["tokens_per_second"], per_token, self.peak_flops), 5)
         return figures
 
     def _checkpoint(self, metrics: dict) -> None:

@@ -7,8 +7,9 @@ The engine is the built-in one (vLLM cannot run here: no GPU); it exports vLLM's
 from __future__ import annotations
 
 import json
-import re
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -204,10 +205,19 @@ def _exposed(url: str) -> dict:
     return {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text)}
 
 
+def _chat(server: HoneServer, api_key: str, model: str) -> int:
+    """One request on a connection of its own, so the kernel may hand it to either worker."""
+    reply = httpx.post(server.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
+                       json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                       timeout=60)
+    return reply.status_code
+
+
 def test_several_workers_share_metrics_and_one_leads(tmp_path):
-    """HONE_WORKERS=2: uvicorn runs two processes. Their counters add up whichever one answers the scrape,
-    one of them runs the scheduler, and a job trained under them is counted once."""
-    server = HoneServer(tmp_path, {"HONE_WORKERS": "2", "HONE_LOCAL_SLOTS": "1"})
+    """HONE_WORKERS=2: uvicorn runs two processes. Their counters add up whichever one answers the scrape, one
+    of them runs the scheduler and the engines, both route gateway requests, a job trained under them is
+    counted once, and when the leading worker dies the other takes over and redeploys the endpoint."""
+    server = HoneServer(tmp_path, {"HONE_WORKERS": "2", "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true"})
     try:
         deadline = time.monotonic() + 60
         while server.logs().count("hone control plane ready") < 2 and time.monotonic() < deadline:
@@ -216,23 +226,39 @@ def test_several_workers_share_metrics_and_one_leads(tmp_path):
         with project.http() as http:
             for _ in range(40):
                 assert http.get("/v1/models").status_code == 200
-            readiness = [http.get("/readyz").json()["checks"]["scheduler"] for _ in range(30)]
+        readiness = [httpx.get(server.base_url + "/readyz").json()["checks"]["scheduler"] for _ in range(30)]
         assert set(readiness) <= {"ok", "standby"}
         families = _exposed(server.base_url)
         served = [s.value for s in families["hone_http_requests"].samples
                   if s.name.endswith("_total") and s.labels["route"] == "/v1/models"]
         assert served == [40.0]
-        leading = server.logs().count('"leader": true')
-        following = server.logs().count("another server process leads")
-        assert (leading, following) == (1, 1), server.logs()[-3000:]
+        assert (server.logs().count('"leader": true'), server.logs().count("another server process leads")) == (1, 1)
 
         client = project.openai()
-        file = client.files.create(file=("tickets.jsonl", jsonl(make(count=20, seed=5)[0])), purpose="fine-tune")
+        # Enough training for the endpoint's smoke generation to stop on the stop token (the parity gate).
+        file = client.files.create(file=("tickets.jsonl", jsonl(make(count=120, seed=3)[0])), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1,
-                                             hyperparameters={"n_epochs": 1, "batch_size": 4})
+                                             hyperparameters={"n_epochs": 3, "batch_size": 4})
         job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=300)
         tokens = [s.value for s in _exposed(server.base_url)["hone_trained_tokens"].samples
                   if s.name.endswith("_total")]
         assert tokens == [float(job.trained_tokens)]
+        with project.http() as http:
+            endpoint = wait_endpoint(http, job.fine_tuned_model)
+        assert endpoint["state"] == "ready", endpoint
+        assert [_chat(server, project.api_key, job.fine_tuned_model) for _ in range(12)] == [200] * 12
+
+        # The leader dies: uvicorn starts a new worker, and the surviving one takes the lock within seconds,
+        # stops the engines the dead one left and deploys the endpoint again.
+        leader_pid = int((tmp_path / "leader.lock").read_text())
+        os.kill(leader_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while "taking over the background loops" not in server.logs() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert int((tmp_path / "leader.lock").read_text()) != leader_pid
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _chat(server, project.api_key, job.fine_tuned_model) != 200:
+            time.sleep(0.5)
+        assert [_chat(server, project.api_key, job.fine_tuned_model) for _ in range(6)] == [200] * 6
     finally:
         server.stop()

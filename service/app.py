@@ -17,8 +17,7 @@ from service.context import AppContext
 from service.errors import install_error_handlers
 from service.files import expire_files
 from service.deployer import EndpointDeployer
-from service.engines import open_engine_backend
-from service.engines.local import api_key_from_state
+from service.engines import engine_api_keys, open_engine_backend
 from service.executors import open_executor
 from service.gateway import Gateway
 from service.jobs import advance_validating_jobs
@@ -74,7 +73,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         loops = app.state.loops = Loops()
         usage = app.state.usage = UsageBook()
         loops.add(BackgroundLoop("usage", lambda: usage.flush(ctx.db), settings.usage_flush_s))
-        app.state.gateway = Gateway(ctx, usage, lambda key: api_key_from_state(settings.data_dir, key) if key else None)
+        app.state.gateway = Gateway(ctx, usage, engine_api_keys(settings))
         leader = app.state.leader = LeaderLock(settings.data_dir.resolve() / "leader.lock")
         duties = _LeaderDuties(app, ctx)
         if leader.try_acquire():

@@ -132,7 +132,7 @@ def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
     model = f'model="{job.fine_tuned_model}"'
     prometheus.wait_for('hone_jobs{status="succeeded"} == 1')
     assert prometheus.value('hone_trained_tokens_total{base_model="hone-tiny"}') == job.trained_tokens
-    assert prometheus.value(f'hone_job_transitions_total{{from="running",to="succeeded"}}') == 1
+    assert prometheus.value('hone_job_transitions_total{from="running",to="succeeded"}') == 1
     assert prometheus.value("hone_job_duration_seconds_count") == 1
     assert prometheus.value("hone_queue_wait_seconds_count") == 1
     # Per-job series are gone once the job stopped running.

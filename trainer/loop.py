@@ -295,9 +295,10 @@ class Run:
                               "train_accuracy": train["train_mean_token_accuracy"],
                               **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))}})
             per_step = (time.monotonic() - started) / (self.step - first_step)
+            figures = self._live_figures(last_metrics, step_seconds, self.trained_tokens - tokens_before)
             self.reporter.progress(trained_tokens=self.trained_tokens,
                                    estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)),
-                                   **self._live_figures(last_metrics, step_seconds, self.trained_tokens - tokens_before))
+                                   **figures)
             interval = self.spec.checkpoint_interval_steps
             if self.step % self.per_epoch == 0 or (interval and self.step % interval == 0):
                 self._checkpoint(last_metrics)

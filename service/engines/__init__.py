@@ -6,7 +6,7 @@ finds and stops them. Adapters are hot-loaded over HTTP by the deployer, the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -49,4 +49,12 @@ def open_engine_backend(settings: "Settings") -> EngineBackend:
     if settings.endpoint_backend == "local":
         from service.engines.local import LocalEngines
         return LocalEngines(settings)
+    raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} (HONE_ENDPOINT_BACKEND: local)")
+
+
+def engine_api_keys(settings: "Settings") -> Callable[[str], str | None]:
+    """engine key -> its API key, for any server process (the gateway), not only the one running the engines."""
+    if settings.endpoint_backend == "local":
+        from service.engines.local import api_key_from_state
+        return lambda key: api_key_from_state(settings.data_dir, key) if key else None
     raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} (HONE_ENDPOINT_BACKEND: local)")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from service.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 UNMATCHED = "unmatched"  # no route: its raw path would be an unbounded label
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")  # "{model_id:path}" is labelled "{model_id}"
 
 
 class HttpMetricsMiddleware:
     def __init__(self, app):
         self.app = app
+        self._children: dict[tuple[str, str, int], tuple] = {}  # label lookups cost more than the updates
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -29,8 +32,17 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            HTTP_REQUESTS.labels(method=method, route=template, status=str(status)).inc()
-            HTTP_DURATION.labels(method=method, route=template).observe(time.perf_counter() - start)
+            key = (scope["method"], getattr(scope.get("route"), "path", None) or UNMATCHED, status)
+            children = self._children.get(key) or self._label(key)
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
+
+    def _label(self, key: tuple[str, str, int]) -> tuple:
+        method, template, status = key
+        method = method if method in _METHODS else "OTHER"
+        template = _CONVERTER.sub(r"{\1}", template)
+        children = (HTTP_REQUESTS.labels(method=method, route=template, status=str(status)),
+                    HTTP_DURATION.labels(method=method, route=template))
+        if key[0] in _METHODS:  # a made-up method must not grow the cache
+            self._children[key] = children
+        return children

@@ -164,6 +164,15 @@ def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
     assert prometheus.value(f"sum(vllm:prompt_tokens_total{{{engine}}})") >= prompt_tokens
     assert prometheus.value(f"sum(vllm:e2e_request_latency_seconds_count{{{engine}}})") >= 3
 
+    # Once the endpoint is deleted, its model's gateway series go from the exposition (the counts stay in
+    # Prometheus's history).
+    with project.http() as http:
+        assert http.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.base_url + "/metrics").text)}
+    for name in metrics.MODEL_LABELLED:
+        assert not [s for s in families[name].samples if s.labels.get("model") == job.fine_tuned_model], name
+    assert not [s for s in families["hone_endpoint_up"].samples if s.labels["endpoint_id"] == endpoint["id"]]
+
     # The repository's alert rules load and evaluate against these series without errors.
     groups = httpx.get(prometheus.url + "/api/v1/rules").json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
@@ -188,6 +197,8 @@ def test_bogus_model_names_do_not_create_series(observed):
     assert [s.value for s in gateway if s.labels == {"model": metrics.UNKNOWN, "status": "404"}] == [1000.0]
     http_series = [s for s in families["hone_http_requests"].samples if s.name.endswith("_total")]
     assert not any("no-such-model" in json.dumps(s.labels) for s in http_series)
+    assert [s.value for s in http_series
+            if s.labels == {"method": "POST", "route": "/v1/chat/completions", "status": "404"}] == [1000.0]
     assert len(families["hone_gateway_requests"].samples) < 20
     prometheus.wait_for(f'hone_gateway_requests_total{{model="{metrics.UNKNOWN}",status="404"}} == 1000')
     assert prometheus.value('count({__name__=~"hone_.*", model=~"no-such-model.*"})') is None

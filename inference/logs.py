@@ -9,14 +9,14 @@ the `engine` and `endpoint_id` fields of every line. A request's lines (its acce
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 import sys
 import time
 from typing import Any
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
+from hone.jsonlog import JsonFormatter
+
 # Polled by the control plane and by monitoring: logged at DEBUG only, so they do not drown the log.
 _QUIET_PATHS = frozenset({"/health", "/ping", "/metrics", "/version"})
 
@@ -48,16 +48,6 @@ class ContextFilter(logging.Filter):
         if request_id is not None and "request_id" not in record.__dict__:
             record.request_id = request_id
         return True
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-                 "msg": record.getMessage()}
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
 
 def configure_logging(level: int = logging.INFO, identity: dict[str, Any] | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import re
 import sys
@@ -18,7 +17,8 @@ import time
 import uuid
 from typing import Any, Iterator
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
+from hone.jsonlog import JsonFormatter
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Path parameters that name a resource, logged under their own names.
 _PATH_IDS = ("job_id", "endpoint_id", "file_id", "model_id", "project_id", "account_id")
@@ -80,16 +80,6 @@ class ContextFilter(logging.Filter):
             if key not in record.__dict__:
                 setattr(record, key, value)
         return True
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-                 "msg": record.getMessage()}
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
 
 def configure_logging(level: str) -> None:

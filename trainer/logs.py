@@ -8,14 +8,13 @@ line too."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import threading
 from typing import Any
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
+from hone.jsonlog import JsonFormatter
 
 
 class JobFields(logging.Filter):
@@ -32,16 +31,6 @@ class JobFields(logging.Filter):
         return True
 
 
-class JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-                 "msg": record.getMessage()}
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
 _fields = JobFields()
 
 
@@ -52,7 +41,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     if os.environ.get("HONE_JOB_ATTEMPT", "").isdigit():
         _fields.fields["attempt"] = int(os.environ["HONE_JOB_ATTEMPT"])
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
+    handler.setFormatter(JsonFormatter())
     handler.addFilter(_fields)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -24,7 +24,7 @@ import torch
 
 from inference.adapters import (AdapterFiles, AdapterInvalid, ResidentSet, ServingProfile, inspect_adapter,
                                 profile_from, read_serving_file)
-from inference.metrics import EngineMetrics
+from inference.metrics import EngineMetrics, cache_config_labels
 
 log = logging.getLogger("inference.engine")
 
@@ -171,7 +171,12 @@ class Engine:
         self.resident = ResidentSet(max(max_loras, max_cpu_loras or max_loras))
         self.peft = None  # PeftModel wrapper, created with the first adapter
         self.adapter_names: dict[str, str] = {}  # resident-set key -> served name, for the logs
-        self.metrics = EngineMetrics(served_model_name, enable_lora=enable_lora, max_loras=max_loras)
+        config = self.model.config
+        sliding_window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) \
+            else None
+        self.metrics = EngineMetrics(served_model_name, enable_lora=enable_lora, max_loras=max_loras,
+                                     max_model_len=self.max_model_len,
+                                     cache_config=cache_config_labels(sliding_window=sliding_window))
         self._queue: queue.Queue = queue.Queue()
         self._waiting: list[GenerationJob] = []
         self._running: GenerationJob | None = None
@@ -206,8 +211,7 @@ class Engine:
     def _update_gauges(self) -> None:
         with self._state_lock:
             running, waiting = self._running, list(self._waiting)
-        self.metrics.running.set(1 if running else 0)
-        self.metrics.waiting.set(len(waiting))
+        self.metrics.queue_state(1 if running else 0, len(waiting))
         self.metrics.lora_state([running.adapter_name] if running and running.adapter_name else [],
                                 list(dict.fromkeys(j.adapter_name for j in waiting if j.adapter_name)))
 
@@ -339,8 +343,9 @@ class Engine:
                 self._waiting.remove(job)
             self._running = job
         self._update_gauges()
-        start = time.monotonic()
-        self.metrics.queue_time.observe(start - job.arrival)
+        # Scheduled now: an evicted adapter's reload below counts as running time, as in vLLM's engine step.
+        # The job's sequences run one after another; each later one leaves the queue when the one before ends.
+        scheduled = time.monotonic()
         try:
             if job.cancelled.is_set():
                 return
@@ -350,13 +355,15 @@ class Engine:
             try:
                 with torch.inference_mode():
                     for i, prompt in enumerate(job.prompts):
-                        self.metrics.prompt_tokens.inc(len(prompt))
                         for j in range(job.n):
-                            self._generate_one(job, i * job.n + j, prompt, generator)
+                            self._generate_one(job, i * job.n + j, prompt, generator, scheduled)
+                            scheduled = time.monotonic()
+                        self.metrics.parent_finished(job.n)
             finally:
                 self._deactivate(job)
         except Exception as e:
             log.exception("generation failed")
+            self.metrics.finished("error")
             if "CUDA error" in str(e):  # the device is unusable from here on
                 self._dead = str(e)
             job.emit(Failed(f"{type(e).__name__}: {e}"))
@@ -382,7 +389,8 @@ class Engine:
         probs = torch.softmax(logits, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))
 
-    def _generate_one(self, job: GenerationJob, index: int, prompt: list[int], generator: torch.Generator) -> None:
+    def _generate_one(self, job: GenerationJob, index: int, prompt: list[int], generator: torch.Generator,
+                      scheduled: float) -> None:
         params = job.params
         # vLLM: the tokenizer's EOS stops with stop_reason None; other stop ids (generation config / pinned
         # profile / request) stop with stop_reason = the id. ignore_eos drops all but the request's.
@@ -393,20 +401,25 @@ class Engine:
         detok = IncrementalDetokenizer(self.tokenizer, prompt)
         text, sent, output = "", 0, []
         finish, stop_reason = None, None
-        last = None
+        first = last = None
         past = None
         next_input = torch.tensor([prompt], device=self.device)
         while finish is None:
             if job.cancelled.is_set():
                 finish = "abort"
                 break
+            prefill = past is None
+            if prefill:
+                self.metrics.scheduled(len(prompt))
             out = self.model(input_ids=next_input, past_key_values=past, use_cache=True)
             past = out.past_key_values
             token = self._sample(out.logits[0, -1], params, generator)
             output.append(token)
             generated = len(output)
             now = time.monotonic()
+            self.metrics.step(len(prompt) if prefill else 0)
             if last is None:
+                first = now
                 self.metrics.ttft.observe(now - job.arrival)
             else:
                 self.metrics.itl.observe(now - last)
@@ -431,9 +444,7 @@ class Engine:
                     sent = visible
                 next_input = torch.tensor([[token]], device=self.device)
         # Metrics first: a client that has its answer sees them counted.
-        self.metrics.generation_tokens.inc(len(output))
-        self.metrics.finished(finish)
-        self.metrics.e2e.observe(time.monotonic() - job.arrival)
-        self.metrics.request_prompt_tokens.observe(len(prompt))
-        self.metrics.request_generation_tokens.observe(len(output))
+        self.metrics.request_finished(finish, arrival=job.arrival, scheduled=scheduled, first_token=first,
+                                      last_token=last, finished=time.monotonic(), prompt_tokens=len(prompt),
+                                      generation_tokens=len(output), max_tokens=params.max_tokens)
         job.emit(Finished(index, text[sent:], finish, stop_reason, len(prompt), len(output), output))

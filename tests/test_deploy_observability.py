@@ -167,10 +167,65 @@ def exported_names(exposition: str) -> set[str]:
     return names
 
 
-def engine_names() -> set[str]:
+def engine_exposition() -> str:
     from inference.metrics import EngineMetrics
 
-    return exported_names(EngineMetrics("hone-tiny", enable_lora=True, max_loras=4).render().decode())
+    return EngineMetrics("hone-tiny", enable_lora=True, max_loras=4).render().decode()
+
+
+def engine_names() -> set[str]:
+    return exported_names(engine_exposition())
+
+
+# ---- vLLM's own metric names (shared/reference/vllm-lora.md §1.11) ----------------------------------------------
+
+VLLM_REFERENCE = REPO.parent / "shared" / "reference" / "vllm-lora.md"
+# A verbatim copy of the reference's metrics section, so a fresh clone tests on its own.
+VLLM_METRICS_COPY = REPO / "tests" / "vllm-metrics-reference.md"
+METRIC_TYPES = ("counter", "gauge", "histogram")
+_TABLE_CELL = re.compile(r"(?<!\\)\|")  # cells split on '|', but not on an escaped '\|' inside a cell
+_CODE = re.compile(r"`([^`]+)`")
+_VLLM_NAME = re.compile(r"vllm:[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+def metrics_section(markdown: str) -> str:
+    """The "Prometheus metrics" section: from its heading to the next heading or rule."""
+    match = re.search(r"^#{2,4} [\d.]* *Prometheus metrics.*?(?=^#{1,4} |^---\s*$|\Z)", markdown, re.M | re.S)
+    assert match, "no 'Prometheus metrics' section"
+    return match.group(0).strip()
+
+
+def reference_families(section: str) -> dict[str, str]:
+    """vLLM metric family -> type, from the section's table: the names in backticks in the first column (a label
+    selector after a name is dropped), the type's leading word in the second ("gauge(info)" is a gauge). Names in
+    the notes column -- deprecated and removed ones -- are not families."""
+    families = {}
+    for line in section.splitlines():
+        if not line.lstrip().startswith("|"):
+            continue
+        cells = [cell.strip() for cell in _TABLE_CELL.split(line.strip())[1:-1]]
+        kind = re.match(r"[a-z]+", cells[1]) if len(cells) > 1 else None
+        if not kind or kind.group(0) not in METRIC_TYPES:  # the header, the |---| row, other exporters' rows
+            continue
+        for code in _CODE.findall(cells[0]):
+            if name := _VLLM_NAME.match(code):
+                families[name.group(0)] = kind.group(0)
+    return families
+
+
+def series_names(families: dict[str, str]) -> set[str]:
+    """The series names a family's samples carry (counters are listed with `_total` already)."""
+    names = set()
+    for name, kind in families.items():
+        if kind == "histogram":
+            names |= {name + "_bucket", name + "_sum", name + "_count"}
+        else:
+            names.add(name)
+    return names
+
+
+def vllm_families() -> dict[str, str]:
+    return reference_families(metrics_section(VLLM_METRICS_COPY.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -403,6 +458,51 @@ def test_engine_metrics_named_are_exported_by_the_engine():
     assert exprs, "the dashboard has engine panels"
     unknown = {name: where for name, where in unknown_names(exprs, known).items() if name.startswith("vllm:")}
     assert unknown == {}, f"not exported by inference/metrics.py: {unknown}"
+
+
+def test_reference_metrics_parser():
+    section = ("### 1.11 Prometheus metrics (0.33)\n\n| Metric | Type | Notes |\n|---|---|---|\n"
+               '| `vllm:a_b` / `vllm:e2e_x_seconds` | histogram | `vllm:old_seconds` gone in 0.33 |\n'
+               '| `vllm:w_by_reason{reason="c"\\|"d"}` | gauge | |\n'
+               "| `vllm:x_total{finished_reason}`, `vllm:y2_total` | counter | |\n"
+               "| `vllm:info` | gauge(info) | |\n| `http_requests_total` | instrumentator | |\n\n## 2. Next\n"
+               "| `vllm:later` | gauge | |\n")
+    assert reference_families(metrics_section(section)) == {
+        "vllm:a_b": "histogram", "vllm:e2e_x_seconds": "histogram", "vllm:w_by_reason": "gauge",
+        "vllm:x_total": "counter", "vllm:y2_total": "counter", "vllm:info": "gauge"}
+    assert series_names({"vllm:i_total": "histogram", "vllm:c_total": "counter"}) == {
+        "vllm:i_total_bucket", "vllm:i_total_sum", "vllm:i_total_count", "vllm:c_total"}
+    families = vllm_families()
+    assert len(families) >= 20 and families["vllm:e2e_request_latency_seconds"] == "histogram"
+    assert families["vllm:iteration_tokens_total"] == "histogram" and families["vllm:cache_config_info"] == "gauge"
+    assert "vllm:gpu_cache_usage_perc" not in families and "vllm:time_per_output_token_seconds" not in families
+
+
+def test_metrics_reference_copy_matches_the_reference():
+    if not VLLM_REFERENCE.is_file():
+        pytest.skip(f"{VLLM_REFERENCE} is not at hand")
+    assert metrics_section(VLLM_METRICS_COPY.read_text()) == metrics_section(VLLM_REFERENCE.read_text()), \
+        f"refresh {VLLM_METRICS_COPY.name} from {VLLM_REFERENCE}"
+
+
+def test_engine_metrics_named_are_vllm_metrics():
+    """The dashboard and alerts work against a real vLLM too: every vllm:* name they read is one vLLM 0.33
+    exports (reference §1.11), not only one the built-in engine does."""
+    exprs = [(where, expr) for where, expr in dashboard_exprs() + alert_exprs() if "vllm:" in expr]
+    unknown = {name: where for name, where in unknown_names(exprs, series_names(vllm_families())).items()
+               if name.startswith("vllm:")}
+    assert unknown == {}, f"not exported by vLLM 0.33 (reference §1.11): {unknown}"
+
+
+def test_the_engine_exports_every_vllm_metric():
+    """Every family of reference §1.11 is in the built-in engine's exposition (with --enable-lora), same type."""
+    exported = {}
+    for line in engine_exposition().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(None, 3)
+            exported[name] = kind.strip()
+    missing = {name: kind for name, kind in vllm_families().items() if exported.get(name) != kind}
+    assert missing == {}, f"not exported by inference/metrics.py as vLLM does: {missing}"
 
 
 def test_metrics_named_are_exported_by_hone(hone):

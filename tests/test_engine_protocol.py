@@ -646,32 +646,131 @@ def _metrics(http) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(response.text) for s in family.samples}
 
 
+def _usage(response) -> dict:
+    """The usage of a plain response, or of a stream's usage chunk (stream_options.include_usage)."""
+    assert response.status_code == 200, response.text
+    if response.headers["content-type"].startswith("text/event-stream"):
+        return _chunks(response)[-1]["usage"]
+    return response.json()["usage"]
+
+
+def _les(metrics, name) -> list[float]:
+    """A histogram's bucket bounds, in order (+Inf last)."""
+    return sorted({float(dict(labels)["le"]) for (n, labels) in metrics if n == name + "_bucket"})
+
+
+LABELS = (("engine", "0"), ("model_name", SERVED))
+# vLLM's request-level histograms (one observation per finished request) and its other families (§1.11).
+REQUEST_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
+                      "vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
+                      "vllm:request_decode_time_seconds", "vllm:request_inference_time_seconds",
+                      "vllm:request_time_per_output_token_seconds", "vllm:request_prompt_tokens",
+                      "vllm:request_generation_tokens", "vllm:request_params_max_tokens")
+
+
 def test_metrics_count_requests(http, loaded):
-    labels = (("engine", "0"), ("model_name", SERVED))
+    """Chat and text completions, streamed and not: every vLLM family moves as vLLM's would."""
     before = _metrics(http)
+    stream = {"stream": True, "stream_options": {"include_usage": True}}
     usages = [chat(http, "a", max_tokens=5, ignore_eos=True)["usage"],
-              http.post("/v1/completions", json={"prompt": "refund", "max_tokens": 3, "ignore_eos": True,
-                                                 "temperature": 0}).json()["usage"]]
+              _usage(http.post("/v1/completions", json={"prompt": "refund", "max_tokens": 3, "ignore_eos": True,
+                                                        "temperature": 0})),
+              _usage(http.post("/v1/chat/completions", json={"model": SERVED, "messages": CHAT, "max_tokens": 4,
+                                                             "ignore_eos": True, "temperature": 0, **stream})),
+              _usage(http.post("/v1/completions", json={"model": "b", "prompt": "where is my parcel",
+                                                        "max_tokens": 2, "ignore_eos": True, "temperature": 0,
+                                                        **stream}))]
+    after = _metrics(http)
+    prompt, generated, requests = sum(u["prompt_tokens"] for u in usages), 5 + 3 + 4 + 2, 4
+    assert sum(u["completion_tokens"] for u in usages) == generated
+
+    def value(name, extra=(), metrics=None):
+        return (metrics or after)[(name, tuple(sorted(LABELS + extra)))]
+
+    def delta(name, extra=()):
+        return value(name, extra) - before.get((name, tuple(sorted(LABELS + extra))), 0)
+
+    assert delta("vllm:prompt_tokens_total") == prompt
+    assert delta("vllm:generation_tokens_total") == generated
+    assert delta("vllm:request_success_total", (("finished_reason", "length"),)) == requests
+    for reason in ("stop", "length", "abort", "error", "repetition"):  # every FinishReason from the start
+        assert ("vllm:request_success_total", tuple(sorted(LABELS + (("finished_reason", reason),)))) in before
+    for histogram in REQUEST_HISTOGRAMS:
+        assert delta(histogram + "_count") == requests, histogram
+        assert delta(histogram + '_bucket', (("le", "+Inf"),)) == requests, histogram
+    assert delta("vllm:inter_token_latency_seconds_count") == generated - requests
+    assert delta("vllm:request_prompt_tokens_sum") == prompt
+    assert delta("vllm:request_generation_tokens_sum") == generated
+    assert delta("vllm:request_params_max_tokens_sum") == 5 + 3 + 4 + 2  # max_tokens as each request gave it
+    # n: once per request (vLLM: per parent request), 1 here.
+    assert delta("vllm:request_params_n_count") == requests and delta("vllm:request_params_n_sum") == requests
+    assert delta("vllm:request_params_n_bucket", (("le", "1.0"),)) == requests
+    # One engine step per generated token; the prefill step also carries the prompt.
+    assert delta("vllm:iteration_tokens_total_count") == generated
+    assert delta("vllm:iteration_tokens_total_sum") == prompt + generated
+    # No prefix cache: every prompt token is a query, none a hit; no preemption, ever.
+    assert delta("vllm:prefix_cache_queries_total") == prompt
+    assert value("vllm:prefix_cache_hits_total") == 0 and value("vllm:num_preemptions_total") == 0
+
+    # The phases add up: queue -> prefill (first token) -> decode (last token), per request.
+    queue, prefill, decode, inference, ttft, e2e, tpot = (
+        delta(name + "_sum") for name in ("vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
+                                          "vllm:request_decode_time_seconds", "vllm:request_inference_time_seconds",
+                                          "vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
+                                          "vllm:request_time_per_output_token_seconds"))
+    assert queue >= 0 and prefill > 0 and decode > 0
+    assert prefill + decode == pytest.approx(inference, rel=1e-6, abs=1e-6)
+    assert queue + prefill == pytest.approx(ttft, rel=1e-6, abs=1e-6)
+    assert queue + inference <= e2e + 1e-6 and e2e < 60
+    assert 0 < tpot <= decode  # each request's decode time over its tokens after the first
+    assert delta("vllm:inter_token_latency_seconds_sum") == pytest.approx(decode, rel=1e-6, abs=1e-6)
+
+    # vLLM's buckets (max_model_len bounds the token counts).
+    inf = float("inf")
+    assert _les(after, "vllm:request_params_n") == [1, 2, 5, 10, 20, inf]
+    for name in ("vllm:request_prompt_tokens", "vllm:request_generation_tokens", "vllm:request_params_max_tokens"):
+        assert _les(after, name) == [1, 2, 5, 10, 20, 50, 100, 200, inf], name  # MAX_MODEL_LEN = 256
+    assert _les(after, "vllm:iteration_tokens_total") == [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
+                                                          8192, 16384, inf]
+    assert _les(after, "vllm:e2e_request_latency_seconds")[:3] == [0.3, 0.5, 0.8]
+    assert _les(after, "vllm:time_to_first_token_seconds")[:3] == [0.001, 0.005, 0.01]
+    assert _les(after, "vllm:inter_token_latency_seconds")[:3] == [0.01, 0.025, 0.05]
+
+    for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+        assert (gauge, LABELS) in after
+    assert value("vllm:kv_cache_usage_perc") == 0
+    for reason in ("capacity", "deferred"):
+        assert value("vllm:num_requests_waiting_by_reason", (("reason", reason),)) == 0
+    [info] = [dict(k[1]) for k in after if k[0] == "vllm:cache_config_info"]
+    assert after[("vllm:cache_config_info", tuple(sorted(info.items())))] == 1
+    assert info["engine"] == "0" and "model_name" not in info  # vLLM: config labels + engine only
+    assert (info["enable_prefix_caching"], info["cache_dtype"], info["num_gpu_blocks"]) == ("False", "auto", "None")
+    lora_info = [k for k in after if k[0] == "vllm:lora_requests_info"]
+    assert any(dict(k[1]).get("running_lora_adapters") == "b" and dict(k[1])["max_lora"] == "1" for k in lora_info)
+
+
+def test_metrics_count_each_choice_and_prompt_as_a_request(http):
+    """vLLM runs each prompt of a batch, and each of its n choices, as a request: n is observed per prompt."""
+    before = _metrics(http)
+    body = {"prompt": ["my invoice", "a refund for my order"], "max_tokens": 3, "ignore_eos": True, "n": 2,
+            "temperature": 1.0, "seed": 5}
+    usage = _usage(http.post("/v1/completions", json=body))
     after = _metrics(http)
 
     def delta(name, extra=()):
-        key = (name, tuple(sorted(labels + extra)))
-        return after.get(key, 0) - before.get(key, 0)
+        key = (name, tuple(sorted(LABELS + extra)))
+        return after[key] - before.get(key, 0)
 
-    assert delta("vllm:prompt_tokens_total") == sum(u["prompt_tokens"] for u in usages)
-    assert delta("vllm:generation_tokens_total") == 8
-    assert delta("vllm:request_success_total", (("finished_reason", "length"),)) == 2
-    for histogram in ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
-                      "vllm:request_queue_time_seconds", "vllm:request_prompt_tokens",
-                      "vllm:request_generation_tokens"):
-        assert delta(histogram + "_count") == 2, histogram
-    assert delta("vllm:inter_token_latency_seconds_count") == 8 - 2
-    assert delta("vllm:request_generation_tokens_sum") == 8
-    for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
-        assert (gauge, labels) in after
-    assert after[("vllm:kv_cache_usage_perc", labels)] == 0
-    lora_info = [k for k in after if k[0] == "vllm:lora_requests_info"]
-    assert any(dict(k[1]).get("running_lora_adapters") == "a" and dict(k[1])["max_lora"] == "1" for k in lora_info)
+    assert usage["completion_tokens"] == 4 * 3
+    assert delta("vllm:request_success_total", (("finished_reason", "length"),)) == 4
+    for histogram in REQUEST_HISTOGRAMS:
+        assert delta(histogram + "_count") == 4, histogram
+    assert (delta("vllm:request_params_n_count"), delta("vllm:request_params_n_sum")) == (2, 4)
+    assert delta("vllm:request_params_n_bucket", (("le", "2.0"),)) == 2
+    # Each choice prefills its prompt: vLLM counts prompt tokens per request, usage once per prompt.
+    assert delta("vllm:prompt_tokens_total") == 2 * usage["prompt_tokens"]
+    assert delta("vllm:prefix_cache_queries_total") == 2 * usage["prompt_tokens"]
+    assert delta("vllm:iteration_tokens_total_sum") == 2 * usage["prompt_tokens"] + 12
 
 
 def test_requests_queue_without_blocking_the_server(http, engine):
@@ -679,6 +778,7 @@ def test_requests_queue_without_blocking_the_server(http, engine):
     import threading
 
     labels = (("engine", "0"), ("model_name", SERVED))
+    capacity = tuple(sorted(labels + (("reason", "capacity"),)))  # waiting for the one generation slot
     body = {"prompt": "the", "temperature": 0, "ignore_eos": True, "max_tokens": MAX_MODEL_LEN - 8}
     results = {}
     with httpx.Client(base_url=engine.url, timeout=120) as other:
@@ -695,10 +795,11 @@ def test_requests_queue_without_blocking_the_server(http, engine):
                 assert http.get("/health").status_code == 200
                 assert time.monotonic() - health_started < 0.5
                 metrics = _metrics(http)
-                seen = (metrics[("vllm:num_requests_running", labels)], metrics[("vllm:num_requests_waiting", labels)])
-                if seen == (1, 1):
+                seen = (metrics[("vllm:num_requests_running", labels)], metrics[("vllm:num_requests_waiting", labels)],
+                        metrics[("vllm:num_requests_waiting_by_reason", capacity)])
+                if seen == (1, 1, 1):
                     break
-            assert seen == (1, 1)
+            assert seen == (1, 1, 1)
             rest = [line for line in lines if line]
             assert rest[-1] == "data: [DONE]"
         second.join(30)

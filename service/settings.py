@@ -6,7 +6,7 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,11 +81,28 @@ class Settings(BaseSettings):
     gateway_timeout_s: float = 600.0
     usage_flush_s: float = 5.0
 
-    @field_validator("base_models", mode="before")
+    # --- kubernetes (HONE_EXECUTOR=kubernetes, HONE_ENDPOINT_BACKEND=kubernetes) ---
+    k8s_namespace: str = "hone"
+    k8s_kubeconfig: Path | None = None  # default: in-cluster service account, else the client's own lookup
+    # The Job / Deployment / Service skeletons the backends fill in: the same files the kustomize base ships
+    # (mounted from a ConfigMap in the cluster). Default: deploy/kubernetes/templates in this checkout.
+    k8s_templates_dir: Path | None = None
+    k8s_trainer_image: str = "ghcr.io/hone-dev/hone-trainer:0.1.0"
+    k8s_inference_image: str = "ghcr.io/hone-dev/hone-inference:0.1.0"  # vLLM with Hone's entrypoint
+    k8s_gpus_per_job: int = 1  # nvidia.com/gpu requested by each trainer pod (0: CPU)
+    k8s_gpus_per_engine: int = 1
+    k8s_node_selector: dict[str, str] = Field(default_factory=dict)  # JSON, for trainer and engine pods
+    k8s_tolerations: list[dict] = Field(default_factory=list)  # JSON, Kubernetes toleration objects
+    k8s_secret_name: str = "hone-secrets"  # env for trainers and engines by reference (storage credentials)
+    k8s_job_deadline_s: int = 7 * 24 * 3600  # activeDeadlineSeconds of a trainer Job
+    k8s_job_ttl_s: int = 3600  # ttlSecondsAfterFinished: how long a finished Job (and its logs) is kept
+    k8s_max_parallel_jobs: int = 8  # trainer Jobs at once (the cluster's GPUs queue the rest as Pending)
+
+    @field_validator("base_models", "k8s_node_selector", "k8s_tolerations", mode="before")
     @classmethod
-    def _parse_base_models(cls, value):
+    def _parse_json(cls, value, info: ValidationInfo):
         if isinstance(value, str):
-            return json.loads(value) if value.strip() else {}
+            return json.loads(value) if value.strip() else ([] if info.field_name == "k8s_tolerations" else {})
         return value
 
     @property
@@ -95,6 +112,11 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_model_cache_dir(self) -> Path:
         return (self.model_cache_dir or self.data_dir / "models").resolve()
+
+    @cached_property
+    def resolved_k8s_templates_dir(self) -> Path:
+        return (self.k8s_templates_dir or Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" /
+                "templates").resolve()
 
     @cached_property
     def resolved_adapter_cache_dir(self) -> Path:

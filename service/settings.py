@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     k8s_namespace: str = "hone"
     k8s_kubeconfig: Path | None = None  # default: in-cluster service account, else the client's own lookup
     # The Job / Deployment / Service skeletons the backends fill in: the same files the kustomize base ships
-    # (mounted from a ConfigMap in the cluster). Default: deploy/kubernetes/templates in this checkout.
+    # (mounted from a ConfigMap in the cluster). Default: deploy/kubernetes/base/templates in this checkout.
     k8s_templates_dir: Path | None = None
     k8s_trainer_image: str = "ghcr.io/hone-dev/hone-trainer:0.1.0"
     k8s_inference_image: str = "ghcr.io/hone-dev/hone-inference:0.1.0"  # vLLM with Hone's entrypoint
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_k8s_templates_dir(self) -> Path:
         return (self.k8s_templates_dir or Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" /
-                "templates").resolve()
+                "base" / "templates").resolve()
 
     @cached_property
     def resolved_adapter_cache_dir(self) -> Path:

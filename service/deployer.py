@@ -164,7 +164,7 @@ class EndpointDeployer:
             try:
                 if ep.kind == "adapter":
                     load_started = time.perf_counter()
-                    client.load_adapter(ep.model, str(weights))
+                    client.load_adapter(ep.model, self._engine_path(handle, ep, weights))
                     metrics.ADAPTER_LOAD.labels(ep.base_model).observe(time.perf_counter() - load_started)
                 if weights is not None:
                     parity.check(client, ep.model, weights, self.ctx.settings.parity_samples)
@@ -176,6 +176,12 @@ class EndpointDeployer:
             except EngineUnavailable as exc:
                 raise DeployError("engine_unavailable", str(exc))
         return handle, weights
+
+    def _engine_path(self, handle: EngineHandle, ep: Endpoint, weights: Path) -> str:
+        """Where the engine finds the adapter: the local copy, unless the backend's engines cannot see this
+        disk (Kubernetes: the engine pod's fetcher copies it from storage and answers its own path)."""
+        stage = getattr(self.backend, "stage_weights", None)
+        return str(weights) if stage is None else stage(handle, ep.id, ep.weights_prefix, weights)
 
     def _engine_spec(self, ep: Endpoint, weights: Path | None) -> EngineSpec:
         if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own

@@ -43,13 +43,20 @@ class EngineBackend(Protocol):
     def stop(self, key: str) -> None: ...
     def keys(self) -> list[str]: ...  # engines this backend runs
     def close(self) -> None: ...  # stop everything (control-plane shutdown)
+    # Optional: stage_weights(handle, name, storage_prefix, local_copy) -> the adapter's path on the engine's
+    # filesystem, for backends whose engines cannot see the control plane's disk (the deployer's local copy
+    # otherwise).
 
 
 def open_engine_backend(settings: "Settings") -> EngineBackend:
     if settings.endpoint_backend == "local":
         from service.engines.local import LocalEngines
         return LocalEngines(settings)
-    raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} (HONE_ENDPOINT_BACKEND: local)")
+    if settings.endpoint_backend == "kubernetes":
+        from service.engines.kubernetes import KubernetesEngines
+        return KubernetesEngines(settings)
+    raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} "
+                     "(HONE_ENDPOINT_BACKEND: local, kubernetes)")
 
 
 def engine_api_keys(settings: "Settings") -> Callable[[str], str | None]:
@@ -57,4 +64,8 @@ def engine_api_keys(settings: "Settings") -> Callable[[str], str | None]:
     if settings.endpoint_backend == "local":
         from service.engines.local import api_key_from_state
         return lambda key: api_key_from_state(settings.data_dir, key) if key else None
-    raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} (HONE_ENDPOINT_BACKEND: local)")
+    if settings.endpoint_backend == "kubernetes":
+        from service.engines.kubernetes import api_key_reader
+        return api_key_reader(settings)
+    raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} "
+                     "(HONE_ENDPOINT_BACKEND: local, kubernetes)")

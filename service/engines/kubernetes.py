@@ -1,0 +1,424 @@
+"""Engines on Kubernetes (HONE_ENDPOINT_BACKEND=kubernetes): a Deployment, a Service and a Secret per engine.
+
+An engine is what the local backend runs as a process: one per endpoint, or one per base model with
+HONE_SHARED_ENGINES. Here each is
+
+* a Deployment built from `engine-deployment.yaml` in HONE_K8S_TEMPLATES_DIR (the kustomize base ships the same
+  files in a ConfigMap): container `engine` runs `vllm serve <base> --enable-lora --max-loras ... --max-lora-rank`
+  (or the built-in engine with the same flags) with VLLM_ALLOW_RUNTIME_LORA_UPDATING, its readinessProbe GET
+  /health; container `fetcher` (`python -m inference.fetcher`) downloads adapters from storage into the
+  `/adapters` volume the two share;
+* a Service from `engine-service.yaml` (port `http` for requests, port `fetch` for the fetcher);
+* a Secret holding the engine's API key (made here, read by vLLM as VLLM_API_KEY through secretKeyRef, and by
+  every control-plane worker's gateway through `api_key_reader`).
+
+Objects are named `hone-engine-<slug of the key>` and annotated with the key. `ensure` creates or updates them
+(or scales a Deployment at zero replicas back to one) and returns once the Deployment has a ready replica and
+the engine answers /health at its URL: `http://<service>.<namespace>.svc.cluster.local:<port>`, or
+`http://<clusterIP>:<port>` when the Service's clusterIP is a loopback address (a test cluster whose "pods" are
+local processes). `stop` deletes all three (foreground propagation); `scale(key, n)` scales without deleting.
+
+Adapters: the deployer asks `stage_weights` for the path of an adapter on the engine's filesystem; here that is
+a `POST /fetch` to the pod's fetcher with the adapter's storage URL, answered with `/adapters/<endpoint>`.
+
+Restarts: `get` answers a handle only for engines this process ensured, while the Deployment has a ready
+replica and its pod is the same one (same uid and container restart count): a pod that restarted has lost its
+runtime-loaded adapters, so the deployer sees the engine gone and deploys its endpoints again."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+import yaml
+
+from inference.client import EngineClient, EngineUnavailable
+from inference.launcher import engine_command
+from service.engines import EngineHandle, EngineSpec, EngineStartError
+from service.settings import Settings
+
+log = logging.getLogger("hone.engines")
+
+DEPLOYMENT_TEMPLATE = "engine-deployment.yaml"
+SERVICE_TEMPLATE = "engine-service.yaml"
+KEY_ANNOTATION = "hone.dev/engine-key"
+SPEC_ANNOTATION = "hone.dev/engine-spec"  # hash of what the engine runs: a change replaces the pod
+ENGINE_LABEL = "hone.dev/engine"
+COMPONENT_SELECTOR = "app.kubernetes.io/component=engine,app.kubernetes.io/managed-by=hone"
+SECRET_KEY = "api-key"
+ENGINE_CONTAINER, FETCHER_CONTAINER = "engine", "fetcher"
+ADAPTERS_ROOT = "/adapters"
+
+
+def object_name(key: str) -> str:
+    """A DNS-1035 label (Service names need one) unique to the key: `hone-engine-<slug>-<hash>`."""
+    slug = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")[:38].strip("-")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return f"hone-engine-{slug}-{digest}" if slug else f"hone-engine-{digest}"
+
+
+def endpoint_of(key: str) -> str | None:
+    return None if ":" in key else key
+
+
+def _spec_hash(spec: EngineSpec, extra: dict) -> str:
+    return hashlib.sha256(json.dumps([asdict(spec), extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_template(settings: Settings, name: str) -> dict:
+    try:  # the shared loader, where it exists
+        from service.k8s import load_template as shared
+    except ImportError:
+        shared = None
+    if shared is not None:
+        return copy.deepcopy(shared(settings, name))
+    path = Path(settings.resolved_k8s_templates_dir) / name
+    return yaml.safe_load(path.read_text())
+
+
+def api_client(settings: Settings):
+    """A kubernetes ApiClient: HONE_K8S_KUBECONFIG, else in-cluster, else the client's own kubeconfig lookup."""
+    try:
+        from service.k8s import api_client as shared
+    except ImportError:
+        shared = None
+    if shared is not None:
+        return shared(settings)
+    from kubernetes import client, config
+
+    if settings.k8s_kubeconfig:
+        return config.new_client_from_config(config_file=str(settings.k8s_kubeconfig))
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def _container(pod_spec: dict, name: str) -> dict:
+    for c in pod_spec.get("containers", []):
+        if c.get("name") == name:
+            return c
+    raise ValueError(f"template {DEPLOYMENT_TEMPLATE} has no container named {name!r}")
+
+
+def _set_env(container: dict, name: str, value: str | None = None, secret: tuple[str, str] | None = None) -> None:
+    env = [e for e in container.get("env", []) if e.get("name") != name]
+    env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret[0], "key": secret[1]}}} if secret
+               else {"name": name, "value": value})
+    container["env"] = env
+
+
+def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = None) -> tuple[dict, dict, str]:
+    """The Deployment and Service for an engine (plain dicts, as the API takes them) and the spec hash."""
+    name = object_name(spec.key)
+    deployment = load_template(settings, DEPLOYMENT_TEMPLATE)
+    service = load_template(settings, SERVICE_TEMPLATE)
+    pod = deployment["spec"]["template"]
+    engine = _container(pod["spec"], ENGINE_CONTAINER)
+    engine_port = port or next((p["containerPort"] for p in engine.get("ports", []) if p.get("name") == "http"), 8000)
+    chat_template = None
+    if spec.chat_template:  # a file on the control plane's disk: vLLM takes the template inline as well
+        chat_template = Path(spec.chat_template).read_text() if Path(spec.chat_template).is_file() \
+            else spec.chat_template
+    launch = engine_command(spec.engine, spec.model_path, spec.served_name, host="0.0.0.0", port=engine_port,
+                            max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
+                            max_lora_rank=spec.max_lora_rank, chat_template=chat_template, python="python")
+    if spec.engine == "vllm":
+        engine["command"], engine["args"] = ["vllm", "serve"], launch.argv[2:]
+    else:
+        engine["command"], engine["args"] = ["python", "-m", "inference"], launch.argv[3:]
+    engine["image"] = settings.k8s_inference_image
+    for var, value in launch.env.items():
+        if var != "VLLM_API_KEY":
+            _set_env(engine, var, value)
+    _set_env(engine, "VLLM_API_KEY", secret=(name, SECRET_KEY))
+    _set_env(engine, "HONE_ENDPOINT_ENGINE", spec.key)
+    if endpoint_of(spec.key):
+        _set_env(engine, "HONE_ENDPOINT_ID", endpoint_of(spec.key))
+    resources = engine.setdefault("resources", {})
+    if settings.k8s_gpus_per_engine > 0:
+        for part in ("requests", "limits"):
+            resources.setdefault(part, {})["nvidia.com/gpu"] = str(settings.k8s_gpus_per_engine)
+    fetcher = _container(pod["spec"], FETCHER_CONTAINER)
+    fetcher["image"] = settings.k8s_inference_image
+    _set_env(fetcher, "HONE_FETCHER_API_KEY", secret=(name, SECRET_KEY))
+    for source in fetcher.get("envFrom", []):
+        if "secretRef" in source:
+            source["secretRef"]["name"] = settings.k8s_secret_name
+    if settings.k8s_node_selector:
+        pod["spec"]["nodeSelector"] = {**pod["spec"].get("nodeSelector", {}), **settings.k8s_node_selector}
+    if settings.k8s_tolerations:
+        pod["spec"]["tolerations"] = [*pod["spec"].get("tolerations", []), *settings.k8s_tolerations]
+
+    digest = _spec_hash(spec, {"image": settings.k8s_inference_image, "template": pod,
+                               "gpus": settings.k8s_gpus_per_engine})
+    labels = {ENGINE_LABEL: name}
+    annotations = {KEY_ANNOTATION: spec.key, SPEC_ANNOTATION: digest}
+    for obj in (deployment, service):
+        meta = obj.setdefault("metadata", {})
+        meta["name"], meta["namespace"] = name, settings.k8s_namespace
+        meta["labels"] = {**meta.get("labels", {}), **labels}
+        meta["annotations"] = {**meta.get("annotations", {}), **annotations}
+    deployment["spec"]["replicas"] = 1
+    deployment["spec"]["selector"] = {"matchLabels": {**deployment["spec"]["selector"].get("matchLabels", {}),
+                                                      **labels}}
+    pod.setdefault("metadata", {})["labels"] = {**pod["metadata"].get("labels", {}), **labels}
+    pod["metadata"]["annotations"] = {**pod["metadata"].get("annotations", {}), KEY_ANNOTATION: spec.key}
+    service["spec"]["selector"] = {**service["spec"].get("selector", {}), **labels}
+    return deployment, service, digest
+
+
+def _is_loopback(ip: str | None) -> bool:
+    try:
+        return ip is not None and ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def service_url(service, port_name: str) -> str:
+    """The URL of a Service's named port (a V1Service from the API)."""
+    port = next((p.port for p in service.spec.ports if p.name == port_name), service.spec.ports[0].port)
+    ip = service.spec.cluster_ip
+    if _is_loopback(ip):
+        return f"http://{ip}:{port}"
+    return f"http://{service.metadata.name}.{service.metadata.namespace}.svc.cluster.local:{port}"
+
+
+class KubernetesEngines:
+    def __init__(self, settings: Settings, api=None):
+        from kubernetes import client
+
+        self._settings = settings
+        self._ns = settings.k8s_namespace
+        self._client = api or api_client(settings)
+        self._apps = client.AppsV1Api(self._client)
+        self._core = client.CoreV1Api(self._client)
+        self._known: dict[str, tuple[EngineHandle, str]] = {}  # key -> (handle, pod incarnation) we ensured
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def _read(self, reader, name: str):
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return reader(name, self._ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _api_key(self, name: str, key: str) -> str:
+        """The engine's API key from its Secret, made first if there is none."""
+        from kubernetes.client.exceptions import ApiException
+
+        existing = self._read(self._core.read_namespaced_secret, name)
+        if existing is not None and existing.data and SECRET_KEY in existing.data:
+            return base64.b64decode(existing.data[SECRET_KEY]).decode()
+        api_key = secrets.token_urlsafe(24)
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": self._ns, "annotations": {KEY_ANNOTATION: key},
+                             "labels": {"app.kubernetes.io/name": "hone-engine", ENGINE_LABEL: name,
+                                        "app.kubernetes.io/component": "engine",
+                                        "app.kubernetes.io/managed-by": "hone"}},
+                "data": {SECRET_KEY: base64.b64encode(api_key.encode()).decode()}}
+        try:
+            self._core.create_namespaced_secret(self._ns, body)
+        except ApiException as exc:
+            if exc.status != 409:  # another worker made it first: use theirs
+                raise
+            return self._api_key(name, key)
+        return api_key
+
+    def _incarnation(self, name: str) -> str | None:
+        """The ready pod's uid and its containers' restart counts (None: no ready pod)."""
+        pods = self._core.list_namespaced_pod(self._ns, label_selector=f"{ENGINE_LABEL}={name}").items
+        for pod in pods:
+            status = pod.status
+            if pod.metadata.deletion_timestamp is not None or status is None:
+                continue
+            ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
+            if ready:
+                restarts = sum(c.restart_count or 0 for c in (status.container_statuses or []))
+                return f"{pod.metadata.uid}/{restarts}"
+        return None if pods else ""  # "" : a cluster that reports no pods (only Deployment status)
+
+    # --- the EngineBackend protocol ----------------------------------------------------------------------
+
+    def ensure(self, spec: EngineSpec) -> EngineHandle:
+        with self._key_lock(spec.key):
+            name = object_name(spec.key)
+            deployment, service, digest = build_objects(self._settings, spec)
+            api_key = self._api_key(name, spec.key)
+            current = self._read(self._apps.read_namespaced_deployment, name)
+            if current is None:
+                self._apps.create_namespaced_deployment(self._ns, deployment)
+                log.info("engine deployment created", extra={"engine": spec.key, "deployment": name})
+            elif (current.metadata.annotations or {}).get(SPEC_ANNOTATION) != digest:
+                deployment["metadata"]["resourceVersion"] = current.metadata.resource_version
+                self._apps.replace_namespaced_deployment(name, self._ns, deployment)
+                log.info("engine deployment updated", extra={"engine": spec.key, "deployment": name})
+            elif not current.spec.replicas:
+                self.scale(spec.key, 1)
+            svc = self._read(self._core.read_namespaced_service, name)
+            if svc is None:
+                svc = self._core.create_namespaced_service(self._ns, service)
+            handle, incarnation = self._wait_ready(spec, name, api_key)
+            with self._lock:
+                self._known[spec.key] = (handle, incarnation)
+            return handle
+
+    def _wait_ready(self, spec: EngineSpec, name: str, api_key: str) -> tuple[EngineHandle, str]:
+        timeout = self._settings.engine_start_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            dep = self._read(self._apps.read_namespaced_deployment, name)
+            if dep is None:
+                raise EngineStartError(f"engine {spec.key}: Deployment {self._ns}/{name} was deleted while starting")
+            ready = (dep.status.ready_replicas or 0) if dep.status else 0
+            svc = self._read(self._core.read_namespaced_service, name)
+            if ready >= 1 and svc is not None and svc.spec.cluster_ip:
+                incarnation = self._incarnation(name)
+                if incarnation is not None:
+                    break
+            if time.monotonic() >= deadline:
+                raise EngineStartError(f"engine {spec.key}: Deployment {self._ns}/{name} had no ready replica "
+                                       f"within {timeout:g}s (kubectl -n {self._ns} describe deployment {name})")
+            time.sleep(0.5)
+        handle = EngineHandle(spec.key, service_url(svc, "http"), api_key, spec)
+        try:
+            with EngineClient(handle.url, api_key=api_key) as client:
+                client.wait_healthy(min(60.0, max(5.0, deadline - time.monotonic())))
+        except EngineUnavailable as exc:
+            raise EngineStartError(f"engine {spec.key} is ready in Kubernetes but {handle.url} is not healthy: "
+                                   f"{exc}") from exc
+        log.info("engine ready", extra={"engine": spec.key, "deployment": name, "url": handle.url})
+        return handle, incarnation
+
+    def get(self, key: str) -> EngineHandle | None:
+        with self._lock:
+            known = self._known.get(key)
+        if known is None:
+            return None
+        handle, incarnation = known
+        name = object_name(key)
+        dep = self._read(self._apps.read_namespaced_deployment, name)
+        ready = (dep.status.ready_replicas or 0) if dep is not None and dep.status else 0
+        current = self._incarnation(name) if ready >= 1 and dep.spec.replicas else None
+        if current != incarnation:
+            with self._lock:
+                if self._known.get(key) == known:
+                    del self._known[key]
+            log.warning("engine gone or restarted", extra={"engine": key, "deployment": name,
+                                                          "ready_replicas": ready})
+            return None
+        return handle
+
+    def stop(self, key: str) -> None:
+        """Deletes the engine's Deployment, Service and Secret (foreground: its pod goes first)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        with self._key_lock(key):
+            with self._lock:
+                self._known.pop(key, None)
+            name = object_name(key)
+            options = client.V1DeleteOptions(propagation_policy="Foreground")
+            for delete in (self._apps.delete_namespaced_deployment, self._core.delete_namespaced_service,
+                           self._core.delete_namespaced_secret):
+                try:
+                    delete(name, self._ns, body=options)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            log.info("engine deleted", extra={"engine": key, "deployment": name})
+
+    def scale(self, key: str, replicas: int) -> None:
+        """Scales the engine's Deployment (0: no pod and no GPU held; the objects and API key stay)."""
+        name = object_name(key)
+        self._apps.patch_namespaced_deployment_scale(name, self._ns, {"spec": {"replicas": replicas}})
+        if replicas == 0:
+            with self._lock:
+                self._known.pop(key, None)
+        log.info("engine scaled", extra={"engine": key, "deployment": name, "replicas": replicas})
+
+    def keys(self) -> list[str]:
+        """Engines in the namespace, whoever started them (so a restarted control plane stops unused ones)."""
+        found = self._apps.list_namespaced_deployment(self._ns, label_selector=COMPONENT_SELECTOR).items
+        return [d.metadata.annotations[KEY_ANNOTATION] for d in found
+                if d.metadata.annotations and KEY_ANNOTATION in d.metadata.annotations]
+
+    def close(self) -> None:
+        """Control-plane shutdown leaves engines running: they are cluster objects, and a restarted control
+        plane (or another replica) takes them over and loads their adapters again."""
+        with self._lock:
+            self._known.clear()
+        self._client.close()
+
+    # --- adapters ------------------------------------------------------------------------------------------
+
+    def stage_weights(self, handle: EngineHandle, name: str, prefix: str, local: Path) -> str:
+        """Has the engine pod's fetcher copy `prefix` from storage; returns the path on the engine."""
+        svc = self._read(self._core.read_namespaced_service, object_name(handle.key))
+        if svc is None:
+            raise EngineUnavailable(f"engine {handle.key} has no Service")
+        source = f"{self._settings.resolved_storage_url.rstrip('/')}/{prefix.lstrip('/')}"
+        try:
+            reply = httpx.post(f"{service_url(svc, 'fetch')}/fetch", json={"source": source, "name": name},
+                               headers={"Authorization": f"Bearer {handle.api_key}"}, timeout=600)
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"the adapter fetcher of {handle.key}: {type(exc).__name__}: {exc}") from exc
+        if reply.status_code != 200:
+            raise EngineUnavailable(f"the adapter fetcher of {handle.key} answered {reply.status_code}: "
+                                    f"{reply.text[:500]}", status=reply.status_code)
+        return reply.json()["path"]
+
+
+def api_key_reader(settings: Settings, ttl_s: float = 5.0) -> Callable[[str], str | None]:
+    """engine key -> API key, read from the engine's Secret (any worker), cached for a few seconds."""
+    state: dict = {"core": None}
+    cache: dict[str, tuple[float, str | None]] = {}
+    lock = threading.Lock()
+
+    def read(key: str) -> str | None:
+        if not key:
+            return None
+        now = time.monotonic()
+        hit = cache.get(key)
+        if hit is not None and now - hit[0] < ttl_s:
+            return hit[1]
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        with lock:
+            if state["core"] is None:
+                state["core"] = client.CoreV1Api(api_client(settings))
+        try:
+            secret = state["core"].read_namespaced_secret(object_name(key), settings.k8s_namespace)
+            value = base64.b64decode(secret.data[SECRET_KEY]).decode() if secret.data else None
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            value = None
+        cache[key] = (now, value)
+        return value
+
+    return read

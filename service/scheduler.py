@@ -19,7 +19,7 @@ from service.auth import hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job
 from service.executors import Executor, TrainerExit
-from service.jobs import transition, tuned_model_name
+from service.jobs import add_event, transition, tuned_model_name
 from service.job_states import JobStatus
 
 log = logging.getLogger("hone.scheduler")
@@ -37,12 +37,29 @@ class Scheduler:
     def __init__(self, ctx: AppContext, executor: Executor):
         self.ctx, self.executor = ctx, executor
         self._stopping_since: dict[str, float] = {}  # job id -> when we asked a paused run to stop
+        if hasattr(executor, "bind"):  # optional: an executor that looks jobs up (e.g. to label them)
+            executor.bind(ctx)
 
     def tick(self) -> None:
-        for ended in self.executor.reap():
+        exits = self.executor.reap()
+        self._record_executor_events()
+        for ended in exits:
             self._on_exit(ended)
         self._enforce_user_actions()
         self._claim()
+
+    def _record_executor_events(self) -> None:
+        """Optional executor hook: what a user can act on that is not an exit (e.g. no GPU free, an image that
+        cannot be pulled), as (job id, level, message); the executor reports each once."""
+        events = getattr(self.executor, "events", None)
+        items = events() if events is not None else None
+        if not items:
+            return
+        with self.ctx.db.write() as session:
+            known = set(session.execute(select(Job.id).where(Job.id.in_({i[0] for i in items}))).scalars())
+            for job_id, level, message in items:
+                if job_id in known:
+                    add_event(session, job_id, message, level=level)
 
     # --- start-up ---------------------------------------------------------------------
 

@@ -244,6 +244,7 @@ class FakeKube:
         self._changed = threading.Condition(self._lock)
         self._listeners: list[Callable[[str, str, dict], None]] = []
         self._pending_notifications: list = []
+        self._connections: set = set()
         self.requests: list[tuple[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -276,6 +277,13 @@ class FakeKube:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            import socket
+            for connection in list(self._connections):  # kept-alive client connections go too
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._connections.clear()
 
     def __enter__(self) -> "FakeKube":
         return self.start() if self._server is None else self
@@ -476,6 +484,8 @@ class FakeKube:
         graceful = (resource.plural == "pods" and grace != 0 and "deletionTimestamp" not in meta and
                     obj.get("status", {}).get("phase") not in ("Succeeded", "Failed") and
                     (self.graceful_pods or obj.get("status", {}).get("phase") == "Running"))
+        if resource.plural == "pods" and grace == 0 and "deletionGracePeriodSeconds" in meta:
+            del meta["deletionGracePeriodSeconds"]  # a forced deletion does not wait for the kubelet
         if graceful:
             meta["deletionGracePeriodSeconds"] = grace if grace is not None else \
                 obj.get("spec", {}).get("terminationGracePeriodSeconds", 30)
@@ -958,6 +968,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.fake._connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.fake._connections.discard(self.connection)
+        super().finish()
 
     def _respond(self, code: int, payload: Any, content_type: str | None = None) -> None:
         if content_type == "watch":

@@ -139,3 +139,278 @@ def test_fake_api_finalizers_hold_deletion(kube):
     with pytest.raises(ApiException) as gone:
         core.read_namespaced_config_map("c", NS)
     assert gone.value.status == 404
+
+
+# --- the executor, driven directly ------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import kubernetes_validate  # noqa: E402
+import yaml  # noqa: E402
+
+from service.executors import open_executor  # noqa: E402
+from service.executors.kubernetes import (EXIT_DEADLINE, EXIT_OOM, EXIT_STOPPED, KubernetesExecutor,  # noqa: E402
+                                          build_job, job_name)
+from service.settings import Settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+JOB_ID = "ftjob-AbCdEfGhIjKlMnOpQrStUvWx"
+TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def _settings(tmp_path: Path, kube: FakeKube | None = None, **extra) -> Settings:
+    values = dict(data_dir=tmp_path, executor="kubernetes", k8s_namespace=NS, k8s_gpus_per_job=2,
+                  k8s_node_selector={"hone.dev/gpu": "a100"}, k8s_tolerations=[TOLERATION], pause_grace_s=45,
+                  k8s_job_deadline_s=7200, k8s_job_ttl_s=600, k8s_secret_name="hone-secrets")
+    if kube is not None:
+        values["k8s_kubeconfig"] = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    values.update(extra)
+    return Settings(**values)
+
+
+@pytest.fixture
+def executor(kube, tmp_path):
+    return open_executor(_settings(tmp_path, kube))
+
+
+def _pod(kube: FakeKube, job: str) -> str:
+    return kube.wait_for(lambda: kube.pods_of_job(NS, job))[0]["metadata"]["name"]
+
+
+def _reap_one(executor, timeout: float = 5):
+    exits = FakeKube.wait_for(executor.reap, timeout=timeout)
+    assert len(exits) == 1
+    return exits[0]
+
+
+def test_job_object_comes_from_the_shipped_template_and_validates_against_the_openapi_schema(tmp_path):
+    settings = _settings(tmp_path)
+    assert settings.resolved_k8s_templates_dir == REPO / "deploy" / "kubernetes" / "base" / "templates"
+    template = yaml.safe_load((settings.resolved_k8s_templates_dir / "trainer-job.yaml").read_text())
+    kubernetes_validate.validate(template, "1.30", strict=True)
+    kustomization = (REPO / "deploy" / "kubernetes" / "base" / "kustomization.yaml")
+    if kustomization.exists():  # the kustomize base ships this same file to the control plane
+        assert "templates/trainer-job.yaml" in kustomization.read_text()
+
+    job = build_job(settings, JOB_ID, 3, "s3://bucket/jobs/x/spec.json", project_id="proj_123")
+    kubernetes_validate.validate(job, "1.30", strict=True)
+    assert job["metadata"]["name"] == job_name(JOB_ID, 3) and len(job["metadata"]["name"]) <= 63
+    assert job["metadata"]["name"].startswith("hone-train-ftjob-abcdefghijklmnopqrstuvwx-")
+    assert job_name(JOB_ID, 3) != job_name(JOB_ID.lower(), 3)  # ids differing in case only stay apart
+    labels = {"app.kubernetes.io/name": "hone-trainer", "hone.dev/job-id": JOB_ID, "hone.dev/project-id": "proj_123",
+              "hone.dev/attempt": "3"}
+    assert labels.items() <= job["metadata"]["labels"].items()
+    assert labels.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    spec = job["spec"]
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (0, 7200, 600)
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["nodeSelector"] == {"hone.dev/gpu": "a100"}
+    assert pod["tolerations"] == [TOLERATION]
+    (container,) = pod["containers"]
+    assert container["image"] == settings.k8s_trainer_image
+    assert container["command"] == ["python", "-m", "trainer"]
+    assert container["args"] == ["--spec", "s3://bucket/jobs/x/spec.json"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HONE_JOB_ID"] == JOB_ID and env["HONE_JOB_ATTEMPT"] == "3"
+    assert container["envFrom"] == [{"secretRef": {"name": "hone-secrets"}}]  # by reference, no values
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
+
+    cpu = build_job(_settings(tmp_path, k8s_gpus_per_job=0, k8s_node_selector={}, k8s_tolerations=[]), JOB_ID, 1,
+                    "file:///x")
+    kubernetes_validate.validate(cpu, "1.30", strict=True)
+    assert "nvidia.com/gpu" not in json.dumps(cpu) and "nodeSelector" not in cpu["spec"]["template"]["spec"]
+
+    # An edited template (as a ConfigMap change would make it) is what the next Job is built from.
+    custom = tmp_path / "templates"
+    custom.mkdir()
+    template["spec"]["template"]["spec"]["priorityClassName"] = "training"
+    (custom / "trainer-job.yaml").write_text(yaml.safe_dump(template))
+    edited = build_job(_settings(tmp_path, k8s_templates_dir=custom), JOB_ID, 1, "file:///x")
+    assert edited["spec"]["template"]["spec"]["priorityClassName"] == "training"
+
+
+def test_success_creates_a_labelled_job_and_reaps_exit_0_with_the_pod_log(kube, executor):
+    assert isinstance(executor, KubernetesExecutor) and executor.slots() == 8
+    ref = executor.launch(JOB_ID, 1, "file:///spec.json")
+    name = job_name(JOB_ID, 1)
+    assert ref == f"k8s:{NS}/{name}:1" and executor.owns(ref) and not executor.owns("k8s:other/x:1")
+    assert not executor.owns("local:host:1:1") and executor.running() == {JOB_ID: ref}
+    job = kube.get("jobs", NS, name)
+    assert job["metadata"]["labels"]["hone.dev/job-id"] == JOB_ID
+    kubernetes_validate.validate(job, "1.30", strict=False)  # as stored, server-set fields included
+
+    pod = _pod(kube, name)
+    assert executor.reap() == []  # Pending: nothing ended
+    kube.run_pod(NS, pod)
+    assert executor.reap() == []
+    kube.succeed_pod(NS, pod, log='{"msg": "step 1"}\n')  # one JSON line: must come back verbatim
+    ended = _reap_one(executor)
+    assert (ended.job_id, ended.ref, ended.returncode) == (JOB_ID, ref, 0)
+    assert ended.log == b'{"msg": "step 1"}\n'
+    assert kube.get("pods", NS, pod)["metadata"].get("finalizers") is None  # released, kept for kubectl logs
+    assert executor.running() == {} and executor.reap() == []
+    assert executor.events() == []
+
+
+def test_failure_reports_the_container_exit_code(kube, executor):
+    executor.launch(JOB_ID, 2, "file:///spec.json")
+    pod = _pod(kube, job_name(JOB_ID, 2))
+    kube.run_pod(NS, pod)
+    kube.fail_pod(NS, pod, exit_code=1, log="Traceback: boom\n")
+    ended = _reap_one(executor)
+    assert ended.returncode == 1 and ended.log.startswith(b"Traceback: boom\n")
+    assert b"exited with code 1" in ended.log
+
+
+def test_oomkilled_is_a_failure_with_a_message_that_says_what_to_change(kube, executor):
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    pod = _pod(kube, job_name(JOB_ID, 1))
+    kube.run_pod(NS, pod)
+    kube.oom_kill_pod(NS, pod, log="loading\n")
+    ended = _reap_one(executor)
+    assert ended.returncode == EXIT_OOM == 137
+    assert b"OOMKilled: the trainer ran out of memory; use a smaller batch_size" in ended.log
+    ((job_id, level, message),) = executor.events()
+    assert job_id == JOB_ID and level == "error" and message.startswith("OOMKilled: the trainer ran out of memory")
+
+
+@pytest.mark.parametrize("how", ["preempted", "evicted", "pod deleted", "pod vanished"])
+def test_preemption_and_eviction_resume_from_checkpoint_without_counting_a_crash(kube, executor, how):
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    pod = _pod(kube, job_name(JOB_ID, 1))
+    kube.run_pod(NS, pod)
+    assert executor.reap() == []
+    if how == "preempted":  # the trainer got SIGTERM, checkpointed and exited 75
+        kube.preempt_pod(NS, pod, exit_code=75, log="checkpoint saved\n")
+    elif how == "evicted":  # the kubelet killed it (137) under node memory pressure
+        kube.evict_pod(NS, pod)
+    elif how == "pod deleted":  # kubectl drain / delete pod: graceful deletion, SIGTERM, exit 75
+        client.CoreV1Api(kube.client()).delete_namespaced_pod(pod, NS)
+        assert kube.get("pods", NS, pod)["metadata"]["deletionTimestamp"]
+        assert executor.reap() == []  # still terminating
+        kube.terminate_pod(NS, pod, 143)
+    else:  # gone before the executor saw how it ended (someone removed its finalizer and force-deleted it)
+        kube.update("pods", NS, pod, lambda p: p["metadata"].pop("finalizers"))
+        kube.delete("pods", NS, pod, grace=0)
+    ended = _reap_one(executor)
+    assert ended.returncode == EXIT_STOPPED  # the scheduler requeues to resume, failures unchanged
+    ((job_id, level, message),) = executor.events()
+    assert job_id == JOB_ID and level == "warn" and "resumes from its last checkpoint" in message
+    if how in ("preempted", "evicted"):
+        assert how in message
+
+
+def test_unschedulable_and_image_pull_failures_are_events_not_exits(kube, executor):
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    pod = _pod(kube, job_name(JOB_ID, 1))
+    kube.unschedulable_pod(NS, pod)
+    for _ in range(3):
+        assert executor.reap() == []
+    ((job_id, level, message),) = executor.events()  # once, however many ticks see it
+    assert job_id == JOB_ID and level == "warn"
+    assert "cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in message
+    assert "2 nvidia.com/gpu" in message and "hone.dev/gpu" in message
+
+    kube.image_pull_backoff(NS, pod, reason="ErrImagePull")
+    assert executor.reap() == []
+    kube.image_pull_backoff(NS, pod)
+    assert executor.reap() == []
+    ((_, level, message),) = executor.events()
+    assert level == "error" and "ghcr.io/hone-dev/hone-trainer:0.1.0 cannot be pulled (ErrImagePull" in message
+    assert "HONE_K8S_TRAINER_IMAGE" in message
+
+    kube.run_pod(NS, pod)
+    assert executor.reap() == []
+    ((_, level, message),) = executor.events()
+    assert level == "info" and "is running on node gpu-node-1" in message
+    assert executor.running() == {JOB_ID: f"k8s:{NS}/{job_name(JOB_ID, 1)}:1"}
+
+
+def test_pause_deletes_the_pod_gracefully_and_the_checkpointed_exit_comes_back(kube, executor):
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    name = job_name(JOB_ID, 1)
+    pod = _pod(kube, name)
+    kube.run_pod(NS, pod)
+    executor.stop(JOB_ID, kill=False)
+    executor.stop(JOB_ID, kill=False)  # the scheduler may ask again: one deletion
+    terminating = kube.get("pods", NS, pod)["metadata"]
+    assert terminating["deletionTimestamp"] and terminating["deletionGracePeriodSeconds"] == 45
+    assert kube.get("jobs", NS, name) is not None
+    assert executor.reap() == []  # the trainer is still writing its checkpoint
+    kube.terminate_pod(NS, pod, EXIT_STOPPED, log="paused at step 7\n")
+    assert kube.get("pods", NS, pod)["status"]["phase"] == "Failed"  # kept (finalizer) until reaped
+    ended = _reap_one(executor)
+    assert ended.returncode == EXIT_STOPPED and ended.log.startswith(b"paused at step 7\n")
+    assert kube.get("pods", NS, pod) is None  # released: the deletion completes
+
+
+def test_cancel_deletes_the_job_with_foreground_propagation(kube, executor):
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    name = job_name(JOB_ID, 1)
+    pod = _pod(kube, name)
+    kube.run_pod(NS, pod)
+    deletions_before = len(kube.requests)
+    seen = []
+    kube.add_listener(lambda kind, plural, obj: seen.append((kind, plural, obj["metadata"]["name"],
+                                                             obj["metadata"].get("finalizers"))))
+    executor.stop(JOB_ID, kill=True)
+    assert ("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/{name}") in kube.requests[deletions_before:]
+    assert ("DELETE", f"/api/v1/namespaces/{NS}/pods/{pod}") in kube.requests[deletions_before:]
+    # Foreground: the Job waits for its pod (foregroundDeletion finalizer); the pod waits for the executor to
+    # have read its end (the executor's finalizer); then both go.
+    assert ("MODIFIED", "jobs", name, ["foregroundDeletion"]) in seen
+    assert kube.get("pods", NS, pod)["metadata"]["deletionTimestamp"]
+    ended = _reap_one(executor)
+    assert ended.returncode is None and executor.running() == {}
+    assert [s[:3] for s in seen if s[0] == "DELETED"] == [("DELETED", "pods", pod), ("DELETED", "jobs", name)]
+    assert kube.get("jobs", NS, name) is None and kube.pods_of_job(NS, name) == []
+
+
+def test_deadline_exceeded_is_a_failure_even_though_the_trainer_checkpointed(kube, executor):
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    name = job_name(JOB_ID, 1)
+    kube.run_pod(NS, _pod(kube, name))
+    kube.set_job_failed(NS, name, "DeadlineExceeded")
+    ended = _reap_one(executor)
+    assert ended.returncode == EXIT_DEADLINE and b"activeDeadlineSeconds (7200 s" in ended.log
+    assert [e[1] for e in executor.events()] == ["error"]
+
+
+def test_control_plane_restart_adopts_runs_by_label(kube, tmp_path):
+    settings = _settings(tmp_path, kube)
+    before = KubernetesExecutor(settings)
+    running_ref = before.launch(JOB_ID, 1, "file:///a.json")
+    finished_ref = before.launch("ftjob-second", 4, "file:///b.json")
+    running_pod, finished_pod = _pod(kube, job_name(JOB_ID, 1)), _pod(kube, job_name("ftjob-second", 4))
+    kube.run_pod(NS, running_pod)
+    kube.run_pod(NS, finished_pod)
+    del before  # the control plane restarts; the Jobs go on
+
+    kube.succeed_pod(NS, finished_pod, log="done while nobody watched\n")
+    after = KubernetesExecutor(settings)
+    assert after.adopt(JOB_ID, running_ref) and after.adopt("ftjob-second", finished_ref)
+    assert not after.adopt(JOB_ID, f"k8s:{NS}/{job_name(JOB_ID, 7)}:7")  # no such Job
+    assert not after.adopt("ftjob-other", running_ref)  # the labels must name the job
+    assert not after.adopt(JOB_ID, "local:host:1:1")
+    assert after.running() == {JOB_ID: running_ref, "ftjob-second": finished_ref}
+    ended = _reap_one(after)
+    assert (ended.job_id, ended.returncode, ended.log) == ("ftjob-second", 0, b"done while nobody watched\n")
+    kube.fail_pod(NS, running_pod, exit_code=1)
+    assert _reap_one(after).returncode == 1
+
+
+def test_an_unreachable_api_server_is_an_oserror_at_launch_and_nothing_ends(kube, tmp_path):
+    executor = KubernetesExecutor(_settings(tmp_path, kube))
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    kube.stop()
+    assert executor.reap() == []  # a blip in the API is not a vanished trainer
+    with pytest.raises(OSError):
+        executor.launch("ftjob-x", 1, "file:///spec.json")

@@ -31,4 +31,7 @@ def open_executor(settings: "Settings") -> Executor:
     if settings.executor == "local":
         from service.executors.local import LocalExecutor
         return LocalExecutor(settings)
-    raise ValueError(f"unknown executor {settings.executor!r} (HONE_EXECUTOR: local)")
+    if settings.executor == "kubernetes":
+        from service.executors.kubernetes import KubernetesExecutor
+        return KubernetesExecutor(settings)
+    raise ValueError(f"unknown executor {settings.executor!r} (HONE_EXECUTOR: local, kubernetes)")

@@ -15,21 +15,31 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,train]'
   echo "$want" > "$stamp"
 fi
-# promtool and prometheus (Debian's package) check and run deploy/prometheus in the tests. Installed only when
-# missing, and only where we are root (as CI is) or sudo needs no password; otherwise say what to install.
-if ! command -v promtool >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    as_root=()
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    as_root=(sudo -n)
-  else
-    as_root=(false)
-  fi
-  apt_install() {
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+# Debian packages the tests use, installed only when missing, and only where we are root (as CI is) or sudo needs
+# no password; otherwise say what to install:
+#   prometheus          promtool and prometheus check and run deploy/prometheus
+#   kubernetes-client   kubectl, whose `kubectl kustomize` renders deploy/kubernetes
+if [ "$(id -u)" = 0 ]; then
+  as_root=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+  as_root=(sudo -n)
+else
+  as_root=(false)
+fi
+apt_updated=0
+apt_install() {  # apt_install COMMAND PACKAGE: install PACKAGE unless COMMAND is already there
+  local command=$1 package=$2
+  command -v "$command" >/dev/null 2>&1 && return 0
+  install_it() {
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" \
       >/dev/null 2>&1
   }
-  if ! { apt_install || { "${as_root[@]}" apt-get update -qq >/dev/null 2>&1 && apt_install; }; }; then
-    echo "setup: promtool is missing and could not be installed: apt-get install prometheus (as root)" >&2
+  if install_it; then return 0; fi
+  if [ "$apt_updated" = 0 ] && "${as_root[@]}" apt-get update -qq >/dev/null 2>&1; then
+    apt_updated=1
+    install_it && return 0
   fi
-fi
+  echo "setup: $command is missing and could not be installed: apt-get install $package (as root)" >&2
+}
+apt_install promtool prometheus
+apt_install kubectl kubernetes-client

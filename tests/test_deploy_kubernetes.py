@@ -75,7 +75,10 @@ def render(target: str) -> tuple[dict, ...]:
     done = subprocess.run([kubectl, "kustomize", str(KUSTOMIZE / target)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, f"kubectl kustomize {target} failed:\n{done.stderr}"
-    return tuple(obj for obj in yaml.safe_load_all(done.stdout) if obj)
+    # The kustomize v2 inside old kubectl builds (Debian's kubernetes-client 1.20) leaves a bare
+    # `metadata: {namespace: ...}` where a `$patch: delete` removed an object; kustomize v5 leaves nothing.
+    return tuple(obj for obj in yaml.safe_load_all(done.stdout)
+                 if obj and not (set(obj) == {"metadata"} and set(obj["metadata"]) <= {"namespace"}))
 
 
 def objects(target: str, kind: str) -> list[dict]:

@@ -179,8 +179,8 @@ def engine_names() -> set[str]:
 
 # ---- vLLM's own metric names (shared/reference/vllm-lora.md §1.11) ----------------------------------------------
 
-VLLM_REFERENCE = REPO.parent / "shared" / "reference" / "vllm-lora.md"
-# A verbatim copy of the reference's metrics section, so a fresh clone tests on its own.
+# A verbatim copy of the metrics section of the team's vLLM reference (shared/reference/vllm-lora.md, outside
+# this repository), so a fresh clone tests on its own; refresh it when the reference changes.
 VLLM_METRICS_COPY = REPO / "tests" / "vllm-metrics-reference.md"
 METRIC_TYPES = ("counter", "gauge", "histogram")
 _TABLE_CELL = re.compile(r"(?<!\\)\|")  # cells split on '|', but not on an escaped '\|' inside a cell
@@ -476,13 +476,6 @@ def test_reference_metrics_parser():
     assert len(families) >= 20 and families["vllm:e2e_request_latency_seconds"] == "histogram"
     assert families["vllm:iteration_tokens_total"] == "histogram" and families["vllm:cache_config_info"] == "gauge"
     assert "vllm:gpu_cache_usage_perc" not in families and "vllm:time_per_output_token_seconds" not in families
-
-
-def test_metrics_reference_copy_matches_the_reference():
-    if not VLLM_REFERENCE.is_file():
-        pytest.skip(f"{VLLM_REFERENCE} is not at hand")
-    assert metrics_section(VLLM_METRICS_COPY.read_text()) == metrics_section(VLLM_REFERENCE.read_text()), \
-        f"refresh {VLLM_METRICS_COPY.name} from {VLLM_REFERENCE}"
 
 
 def test_engine_metrics_named_are_vllm_metrics():

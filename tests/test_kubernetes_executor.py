@@ -414,3 +414,146 @@ def test_an_unreachable_api_server_is_an_oserror_at_launch_and_nothing_ends(kube
     assert executor.reap() == []  # a blip in the API is not a vanished trainer
     with pytest.raises(OSError):
         executor.launch("ftjob-x", 1, "file:///spec.json")
+
+
+# --- through the real control plane: a kubelet thread runs the trainer pods as local processes -------------
+
+class LocalKubelet:
+    """Plays the node: runs each new trainer pod's container as `python -m trainer --spec ...` on this machine
+    with the pod's env, reports it Running, sends SIGTERM when the pod is deleted (or preempted), and marks the
+    pod Succeeded/Failed with the process's real exit code and output as the pod log."""
+
+    def __init__(self, kube: FakeKube, hold: set[str] | None = None):
+        self.kube, self.hold = kube, hold if hold is not None else set()
+        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+        self.preempting: set[str] = set()
+        self.started: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "LocalKubelet":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for proc, _ in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+
+    def preempt(self, pod: str) -> None:
+        """The scheduler preempts the pod for a higher-priority one: DisruptionTarget, then SIGTERM."""
+        self.kube.update("pods", NS, pod, lambda p: self.kube._set_condition(
+            p["status"], "DisruptionTarget", "True", "PreemptionByScheduler",
+            "default-scheduler: preempting to accommodate a higher priority pod"))
+        self.preempting.add(pod)
+        self.procs[pod][0].send_signal(signal.SIGTERM)
+
+    def _start(self, pod: dict) -> None:
+        name = pod["metadata"]["name"]
+        (container,) = pod["spec"]["containers"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HONE_")}
+        env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+        env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        out = Path(self.kube_dir) / f"{name}.log"
+        with open(out, "wb") as log:
+            proc = subprocess.Popen([sys.executable, *container["command"][1:], *container["args"]], cwd=REPO,
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs[name] = (proc, out)
+        self.started.append(name)
+        self.kube.run_pod(NS, name)
+
+    kube_dir = "/tmp"
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            for pod in self.kube.list("pods", NS):
+                name, meta = pod["metadata"]["name"], pod["metadata"]
+                if name not in self.procs:
+                    if meta.get("deletionTimestamp") or pod["status"].get("phase") != "Pending":
+                        continue
+                    if any(name.startswith(prefix) for prefix in self.hold):
+                        if pod["status"].get("conditions", []) == []:
+                            self.kube.unschedulable_pod(NS, name)
+                        continue
+                    self._start(pod)
+                    continue
+                proc, out = self.procs[name]
+                if pod["status"].get("phase") in ("Succeeded", "Failed"):
+                    continue
+                if meta.get("deletionTimestamp") and proc.poll() is None and name not in self.preempting:
+                    self.preempting.add(name)
+                    proc.send_signal(signal.SIGTERM)
+                code = proc.poll()
+                if code is not None:
+                    disruption = None
+                    if any(c["type"] == "DisruptionTarget" for c in pod["status"].get("conditions", [])):
+                        disruption = ("PreemptionByScheduler", "default-scheduler: preempting to accommodate a "
+                                      "higher priority pod")
+                    self.kube.terminate_pod(NS, name, code, log=out.read_text(errors="replace"),
+                                            disruption=disruption)
+
+
+@pytest.fixture
+def k8s_server(kube, tmp_path):
+    from tests.support import HoneServer
+    env = {"HONE_EXECUTOR": "kubernetes", "HONE_K8S_KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
+           "HONE_K8S_NAMESPACE": NS, "HONE_K8S_GPUS_PER_JOB": "0", "HONE_K8S_MAX_PARALLEL_JOBS": "2"}
+    server = HoneServer(tmp_path / "srv", env)
+    yield server
+    server.stop()
+
+
+def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(kube, k8s_server, tmp_path):
+    from tests.support import all_events, chat_dataset, wait_job
+    project = k8s_server.new_project("k8s")
+    client_ = project.openai()
+    train = client_.files.create(file=("train.jsonl", chat_dataset(12)), purpose="fine-tune")
+    with LocalKubelet(kube, hold={"hone-train-"}) as kubelet:
+        kubelet.kube_dir = str(tmp_path)
+        job = client_.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id,
+                                              method={"type": "supervised", "supervised": {"hyperparameters": {
+                                                  "n_epochs": 1, "batch_size": 4}}})
+        # No GPU free at first: the job says so, and runs once a node has one.
+        FakeKube.wait_for(lambda: any("cannot be scheduled" in e.message for e in all_events(client_, job.id)),
+                          timeout=20)
+        kubelet.hold.clear()
+        done = wait_job(client_, job.id, lambda j: j.status == "succeeded", timeout=120)
+        assert done.fine_tuned_model and done.trained_tokens
+        (k8s_job,) = kube.list("jobs", NS)
+        labels = k8s_job["metadata"]["labels"]
+        assert labels["hone.dev/job-id"] == job.id and labels["hone.dev/project-id"] == project.project_id
+        assert labels["hone.dev/attempt"] == "1"
+        messages = [e.message for e in all_events(client_, job.id)]
+        assert any("Insufficient nvidia.com/gpu" in m for m in messages)
+        assert any("is running on node" in m for m in messages)
+        # The pod's log (the trainer's own JSON lines) is uploaded as the attempt's log once the run is reaped.
+        log = FakeKube.wait_for(lambda: [p for p in Path(k8s_server.data_dir).rglob("attempt-1.log")
+                                         if job.id in p.parts and p.stat().st_size], timeout=10)[0]
+        assert f'"job_id": "{job.id}"' in log.read_text()
+
+
+def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane(kube, k8s_server, tmp_path):
+    from tests.support import all_events, jsonl, chat_line, wait_job
+    client_ = k8s_server.new_project("k8s-preempt").openai()
+    data = jsonl([chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.") for i in range(60)])
+    train = client_.files.create(file=("train.jsonl", data), purpose="fine-tune")
+    with LocalKubelet(kube) as kubelet:
+        kubelet.kube_dir = str(tmp_path)
+        job = client_.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id,
+                                              method={"type": "supervised", "supervised": {"hyperparameters": {
+                                                  "n_epochs": 1, "batch_size": 1}}})
+        wait_job(client_, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
+        kubelet.preempt(kubelet.started[0])
+        done = wait_job(client_, job.id, lambda j: j.status == "succeeded", timeout=120)
+        FakeKube.wait_for(lambda: not kube.list("pods", NS, "hone.dev/attempt=2")[0]["metadata"].get("finalizers"),
+                          timeout=20)  # reaped
+    assert len(kubelet.started) == 2  # a second Job (attempt 2) resumed
+    assert sorted(j["metadata"]["labels"]["hone.dev/attempt"] for j in kube.list("jobs", NS)) == ["1", "2"]
+    messages = [e.message for e in all_events(client_, job.id)]
+    assert any("was preempted" in m and "resumes from its last checkpoint" in m for m in messages), messages
+    assert any(m.startswith("Trainer was stopped; requeued to resume from checkpoint step") for m in messages)
+    assert any(m.startswith("Resumed from checkpoint at step") for m in messages), messages
+    assert not any("retrying" in m for m in messages)  # not counted as a crash
+    assert done.fine_tuned_model

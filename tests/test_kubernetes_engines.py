@@ -10,11 +10,15 @@ with kubernetes_validate) and the openai SDK as the client."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import boto3
 import httpx
@@ -187,3 +191,267 @@ def test_fetcher_copies_an_adapter_from_s3(fetcher, moto):
     assert httpx.post(url + "/fetch", json={"source": "http://x/", "name": "ep-3"}, headers=auth).status_code == 400
     assert httpx.post(url + "/evict", json={"name": "ep-1"}, headers=auth).json() == {"removed": True}
     assert not (root / "ep-1").exists()
+
+
+# --- 2. the backend through the real control plane, on the fake cluster --------------------------------------
+
+
+class SimulatedEngines:
+    """Plays the Deployment controller and the kubelet for engine Deployments in the fake cluster.
+
+    A Deployment with replicas >= 1 gets a Pod object (owned by it, so foreground deletion waits for it) and
+    the pod's containers run as local processes: `vllm serve MODEL ...` becomes the built-in engine with the
+    same flags (`python -m inference --model MODEL ...`), the fetcher runs as itself, `/adapters` is a
+    folder per pod (the emptyDir), env comes from the container's values, secretKeyRefs and envFrom Secrets.
+    Each Service gets a loopback clusterIP of its own (127.77.x.y) that the pod's processes bind, on the
+    Service's ports. The pod is Ready (and the Deployment's status.readyReplicas 1) once both containers
+    answer /health, as their readiness probes would. Scaling to 0 or deleting stops the processes."""
+
+    def __init__(self, kube, namespace: str, workdir: Path):
+        self.kube, self.ns, self.workdir = kube, namespace, workdir
+        self.running: dict[str, dict] = {}  # deployment name -> {"pod", "procs", "ready", "template", "root"}
+        self.pods_started: dict[str, list[str]] = {}  # deployment name -> pod names, in order
+        self._ips: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="simulated-engines", daemon=True)
+        self.errors: list[str] = []
+
+    def start(self) -> SimulatedEngines:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for name in list(self.running):
+            self._stop_pod(name)
+
+    def ip(self, name: str) -> str:
+        if name not in self._ips:
+            n = len(self._ips) + 1
+            self._ips[name] = f"127.77.{n // 250}.{n % 250 + 1}"
+        return self._ips[name]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._reconcile()
+            except Exception as exc:  # noqa: BLE001 - recorded for the test to show, never silently lost
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            self._stop.wait(0.1)
+
+    def _reconcile(self) -> None:
+        kube, ns = self.kube, self.ns
+        for svc in kube.list("services", ns):
+            name = svc["metadata"]["name"]
+            if not svc["spec"].get("clusterIP"):
+                ip = self.ip(name)
+                kube.update("services", ns, name, lambda o, ip=ip: o["spec"].update(clusterIP=ip))
+        for pod in kube.list("pods", ns, "app.kubernetes.io/component=engine"):
+            if pod["metadata"].get("deletionTimestamp"):  # deleted with a grace period: the kubelet stops it
+                owner = next(iter(pod["metadata"].get("ownerReferences") or []), {}).get("name")
+                if owner in self.running and self.running[owner]["pod"] == pod["metadata"]["name"]:
+                    self._stop_pod(owner, delete=False)
+                kube.terminate_pod(ns, pod["metadata"]["name"], 0)
+        deployments = {d["metadata"]["name"]: d for d in kube.list("deployments", ns)}
+        for name in list(self.running):
+            if name not in deployments:
+                self._stop_pod(name)
+        for name, dep in deployments.items():
+            want = 0 if dep["metadata"].get("deletionTimestamp") else dep["spec"].get("replicas", 1)
+            template = json.dumps(dep["spec"]["template"], sort_keys=True)
+            current = self.running.get(name)
+            if current is not None and (want == 0 or current["template"] != template):
+                self._stop_pod(name)
+                current = None
+            if want >= 1 and current is None:
+                current = self._start_pod(dep, template)
+            if current is not None and not current["ready"] and self._healthy(current):
+                kube.run_pod(ns, current["pod"])
+                current["ready"] = True
+            ready = 1 if current is not None and current["ready"] else 0
+            status = {"observedGeneration": dep["metadata"].get("generation", 1), "replicas": 1 if current else 0,
+                      "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": 1 if current else 0}
+            if {k: dep.get("status", {}).get(k, 0) for k in status} != status:
+                kube.update("deployments", ns, name, lambda o, s=status: o.__setitem__("status", s))
+
+    def _healthy(self, running: dict) -> bool:
+        for url in running["health"]:
+            try:
+                if httpx.get(url, timeout=0.5).status_code != 200:
+                    return False
+            except httpx.HTTPError:
+                return False
+        return True
+
+    def _secret_value(self, name: str, key: str) -> str:
+        return base64.b64decode(self.kube.get("secrets", self.ns, name)["data"][key]).decode()
+
+    def _container_env(self, container: dict) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
+        env |= {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+        for source in container.get("envFrom", []):
+            secret = self.kube.get("secrets", self.ns, source["secretRef"]["name"])
+            if secret is None and not source["secretRef"].get("optional"):
+                raise RuntimeError(f"secret {source['secretRef']['name']} missing")
+            env |= {k: base64.b64decode(v).decode() for k, v in ((secret or {}).get("data") or {}).items()}
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            else:
+                ref = var["valueFrom"]["secretKeyRef"]
+                env[var["name"]] = self._secret_value(ref["name"], ref["key"])
+        return env
+
+    def _start_pod(self, dep: dict, template: str) -> dict:
+        name, spec = dep["metadata"]["name"], dep["spec"]["template"]
+        pod_name = f"{name[:50]}-{len(self.pods_started.get(name, [])) + 1:05d}"
+        self.kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": pod_name, "namespace": self.ns, "labels": spec["metadata"]["labels"],
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                                 "uid": dep["metadata"]["uid"], "controller": True}]}, "spec": spec["spec"]})
+        self.kube.schedule_pod(self.ns, pod_name, node="cpu-node-1")
+        self.pods_started.setdefault(name, []).append(pod_name)
+        folder = self.workdir / pod_name
+        root = folder / "adapters"  # the emptyDir both containers mount at /adapters
+        root.mkdir(parents=True)
+        ip, procs, health = self.ip(name), [], []
+        for container in spec["spec"]["containers"]:
+            argv = [*container.get("command", []), *container.get("args", [])]
+            if argv[:2] == ["vllm", "serve"]:  # no vLLM here: the built-in engine takes the same flags
+                argv = ["python", "-m", "inference", "--model", *argv[2:]]
+            argv = [sys.executable if a == "python" else ip if a == "0.0.0.0" else str(root) if a == "/adapters"
+                    else a for a in argv]
+            port = {p["name"]: p["containerPort"] for p in container["ports"]}
+            probe = container["readinessProbe"]["httpGet"]
+            health.append(f"http://{ip}:{port.get(probe['port'], probe['port'])}{probe['path']}")
+            with open(folder / f"{container['name']}.log", "ab") as log:
+                procs.append(subprocess.Popen(argv, cwd=REPO, env=self._container_env(container), stdout=log,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              start_new_session=True))
+        self.running[name] = {"pod": pod_name, "procs": procs, "ready": False, "template": template,
+                              "root": root, "health": health}
+        return self.running[name]
+
+    def _stop_pod(self, name: str, delete: bool = True) -> None:
+        running = self.running.pop(name)
+        for proc in running["procs"]:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+        for proc in running["procs"]:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        if delete and self.kube.get("pods", self.ns, running["pod"]) is not None:
+            self.kube.delete("pods", self.ns, running["pod"], grace=0)
+
+
+@pytest.fixture
+def cluster(moto, tmp_path):
+    from tests.fake_kube import FakeKube
+
+    kube = FakeKube(job_controller=False).start()
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace="hone")
+    # The storage credentials engine pods get by envFrom (HONE_K8S_SECRET_NAME), as the kustomize base ships.
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hone-secrets", "namespace": "hone"},
+                 "data": {k: base64.b64encode(v.encode()).decode() for k, v in moto.env().items()}})
+    engines = SimulatedEngines(kube, "hone", tmp_path / "pods").start()
+    yield kube, engines, kubeconfig
+    engines.stop()
+    kube.stop()
+    assert not engines.errors, engines.errors
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(0.2)
+
+
+def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path):
+    from examples.support_tickets import make
+    from service.engines.kubernetes import KubernetesEngines
+    from tests.support import HoneServer, jsonl, wait_endpoint, wait_job
+
+    kube, engines, kubeconfig = cluster
+    env = {**moto.env(), "HONE_STORAGE_URL": "s3://hone-k8s-engines/blobs", "HONE_EXECUTOR": "local",
+           "HONE_ENDPOINT_BACKEND": "kubernetes", "HONE_K8S_KUBECONFIG": str(kubeconfig),
+           "HONE_K8S_NAMESPACE": "hone", "HONE_K8S_GPUS_PER_ENGINE": "0", "HONE_INFERENCE_ENGINE": "builtin",
+           "HONE_AUTO_DEPLOY": "true", "HONE_PREWARM_ENGINES": "false", "HONE_ENGINE_START_TIMEOUT_S": "120"}
+    server = HoneServer(tmp_path / "server", env)
+    try:
+        project = server.new_project("k8s")
+        client = project.openai()
+        train, held_out = make(count=120, seed=3)
+        file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
+        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=300)
+        http = project.http()
+        endpoint = wait_endpoint(http, job.fine_tuned_model)
+        assert endpoint["state"] == "ready", endpoint["error"]
+
+        # One Deployment, Service and Secret for the endpoint's engine, made from the templates.
+        name = object_name(endpoint["id"])
+        deployment = kube.get("deployments", "hone", name)
+        assert deployment["metadata"]["annotations"]["hone.dev/engine-key"] == endpoint["id"]
+        _validate({k: v for k, v in deployment.items() if k != "status"})
+        main = _containers(deployment)["engine"]
+        assert "--enable-lora" in main["args"] and _env(main)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
+        service = kube.get("services", "hone", name)
+        assert service["spec"]["clusterIP"] == engines.ip(name)
+        api_key = base64.b64decode(kube.get("secrets", "hone", name)["data"]["api-key"]).decode()
+        assert api_key not in json.dumps(deployment) and api_key not in server.logs()
+
+        # The sidecar fetched the adapter from S3 into the pod's /adapters, and vLLM's API loaded it from there.
+        pod_root = engines.running[name]["root"]
+        assert (pod_root / endpoint["id"] / "adapter_config.json").is_file()
+        assert (pod_root / endpoint["id"] / ".hone-source").read_text() == \
+            f"s3://hone-k8s-engines/blobs/jobs/{job.id}/adapter/"
+        engine_url = f"http://{engines.ip(name)}:8000"
+        cards = httpx.get(engine_url + "/v1/models", headers={"Authorization": f"Bearer {api_key}"}).json()["data"]
+        assert {c["id"]: c["root"] for c in cards}[job.fine_tuned_model] == str(pod_root / endpoint["id"])
+        assert httpx.get(engine_url + "/v1/models").status_code == 401  # the key from the Secret guards it
+
+        prompt = held_out[0]["messages"][:-1]
+        first = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=8,
+                                               temperature=0)
+        assert first.choices[0].message.content
+
+        # Scale to zero (the backend's own scale, as an idle policy or an operator would): the pod goes, the
+        # deployer finds the engine gone, scales it back to one and loads the adapter into the new pod.
+        settings = Settings(data_dir=tmp_path / "tool", k8s_kubeconfig=kubeconfig, k8s_namespace="hone")
+        backend = KubernetesEngines(settings)
+        backend.scale(endpoint["id"], 0)
+        first_pod = engines.pods_started[name][0]
+        _wait(lambda: len(engines.pods_started[name]) == 2, 60, "a new pod after scaling to zero and back")
+        assert kube.get("pods", "hone", first_pod) is None  # the first pod went away at zero replicas
+        again = wait_endpoint(http, job.fine_tuned_model, timeout=120)
+        assert again["state"] == "ready", again["error"]
+        assert again["restarts"] == endpoint["restarts"] + 1, again  # redeployed: the adapter loaded again
+        assert kube.get("deployments", "hone", name)["spec"]["replicas"] == 1
+        new_root = engines.running[name]["root"]
+        assert new_root != pod_root and (new_root / endpoint["id"] / "adapter_config.json").is_file()
+        second = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=8,
+                                                temperature=0)
+        assert second.choices[0].message.content == first.choices[0].message.content
+        assert backend.keys() == [endpoint["id"]]
+        backend.close()
+
+        # Deleting the endpoint deletes the engine's Deployment (its pod first), Service and Secret.
+        assert http.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
+        _wait(lambda: not any(kube.get(kind, "hone", name) for kind in ("deployments", "services", "secrets")),
+              30, "the engine's objects to be deleted")
+        assert not engines.running and not kube.list("pods", "hone")
+        deletes = [path for method, path in kube.requests if method == "DELETE" and name in path]
+        assert any("/deployments/" in p for p in deletes) and any("/services/" in p for p in deletes)
+        http.close()
+    finally:
+        server.stop()

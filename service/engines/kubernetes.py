@@ -259,7 +259,7 @@ class KubernetesEngines:
             if ready:
                 restarts = sum(c.restart_count or 0 for c in (status.container_statuses or []))
                 return f"{pod.metadata.uid}/{restarts}"
-        return None if pods else ""  # "" : a cluster that reports no pods (only Deployment status)
+        return None
 
     # --- the EngineBackend protocol ----------------------------------------------------------------------
 
@@ -294,8 +294,10 @@ class KubernetesEngines:
             if dep is None:
                 raise EngineStartError(f"engine {spec.key}: Deployment {self._ns}/{name} was deleted while starting")
             ready = (dep.status.ready_replicas or 0) if dep.status else 0
+            # a status older than the spec (just scaled up, or replaced) still counts the old pod
+            current = dep.status is not None and (dep.status.observed_generation or 0) >= dep.metadata.generation
             svc = self._read(self._core.read_namespaced_service, name)
-            if ready >= 1 and svc is not None and svc.spec.cluster_ip:
+            if current and ready >= 1 and svc is not None and svc.spec.cluster_ip:
                 incarnation = self._incarnation(name)
                 if incarnation is not None:
                     break

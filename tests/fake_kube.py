@@ -26,7 +26,9 @@ services, configmaps, secrets, events, apps/v1 deployments and replicasets; `Fak
   Objects with finalizers get a deletionTimestamp and stay until the finalizers are removed.
   Pods that a "kubelet" runs (phase Running, or `graceful_pods` on) with a grace period other than 0
   are deleted gracefully: they get deletionTimestamp/deletionGracePeriodSeconds and stay until the test
-  marks them terminated (a controller helper below), then they are removed, as a kubelet would do.
+  marks them terminated (a controller helper below), then they are removed (once their finalizers are gone),
+  as a kubelet would do; a second DELETE with gracePeriodSeconds=0 stops waiting for the kubelet. The Job
+  controller copies the pod template's finalizers onto the pods it makes (as the real one does).
 - 404 NotFound `Status` for unknown objects and unregistered resources.
 
 Controller side (Python, not HTTP; what the tests use to play the cluster):

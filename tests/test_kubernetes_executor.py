@@ -334,6 +334,15 @@ def test_unschedulable_and_image_pull_failures_are_events_not_exits(kube, execut
     assert executor.running() == {JOB_ID: f"k8s:{NS}/{job_name(JOB_ID, 1)}:1"}
 
 
+def test_pausing_a_pod_that_no_node_took_ends_the_run_at_once(kube, executor):
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    pod = _pod(kube, job_name(JOB_ID, 1))
+    kube.unschedulable_pod(NS, pod)
+    executor.stop(JOB_ID, kill=False)
+    assert _reap_one(executor).returncode == EXIT_STOPPED
+    assert kube.get("pods", NS, pod) is None
+
+
 def test_pause_deletes_the_pod_gracefully_and_the_checkpointed_exit_comes_back(kube, executor):
     executor.launch(JOB_ID, 1, "file:///spec.json")
     name = job_name(JOB_ID, 1)
@@ -495,17 +504,23 @@ class LocalKubelet:
                                             disruption=disruption)
 
 
-@pytest.fixture
-def k8s_server(kube, tmp_path):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One fake cluster and one control plane (HONE_EXECUTOR=kubernetes) for the tests below."""
     from tests.support import HoneServer
-    env = {"HONE_EXECUTOR": "kubernetes", "HONE_K8S_KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
-           "HONE_K8S_NAMESPACE": NS, "HONE_K8S_GPUS_PER_JOB": "0", "HONE_K8S_MAX_PARALLEL_JOBS": "2"}
-    server = HoneServer(tmp_path / "srv", env)
-    yield server
-    server.stop()
+    tmp_path = tmp_path_factory.mktemp("k8s-control-plane")
+    with FakeKube() as kube:
+        env = {"HONE_EXECUTOR": "kubernetes", "HONE_K8S_KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
+               "HONE_K8S_NAMESPACE": NS, "HONE_K8S_GPUS_PER_JOB": "0", "HONE_K8S_MAX_PARALLEL_JOBS": "2"}
+        server = HoneServer(tmp_path / "srv", env)
+        try:
+            yield kube, server
+        finally:
+            server.stop()
 
 
-def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(kube, k8s_server, tmp_path):
+def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(cluster, tmp_path):
+    kube, k8s_server = cluster
     from tests.support import all_events, chat_dataset, wait_job
     project = k8s_server.new_project("k8s")
     client_ = project.openai()
@@ -521,7 +536,7 @@ def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(kube, k8s_ser
         kubelet.hold.clear()
         done = wait_job(client_, job.id, lambda j: j.status == "succeeded", timeout=120)
         assert done.fine_tuned_model and done.trained_tokens
-        (k8s_job,) = kube.list("jobs", NS)
+        (k8s_job,) = kube.list("jobs", NS, f"hone.dev/job-id={job.id}")
         labels = k8s_job["metadata"]["labels"]
         assert labels["hone.dev/job-id"] == job.id and labels["hone.dev/project-id"] == project.project_id
         assert labels["hone.dev/attempt"] == "1"
@@ -534,10 +549,11 @@ def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(kube, k8s_ser
         assert f'"job_id": "{job.id}"' in log.read_text()
 
 
-def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane(kube, k8s_server, tmp_path):
+def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane(cluster, tmp_path):
+    kube, k8s_server = cluster
     from tests.support import all_events, jsonl, chat_line, wait_job
     client_ = k8s_server.new_project("k8s-preempt").openai()
-    data = jsonl([chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.") for i in range(60)])
+    data = jsonl([chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.") for i in range(30)])
     train = client_.files.create(file=("train.jsonl", data), purpose="fine-tune")
     with LocalKubelet(kube) as kubelet:
         kubelet.kube_dir = str(tmp_path)
@@ -547,10 +563,11 @@ def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane
         wait_job(client_, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
         kubelet.preempt(kubelet.started[0])
         done = wait_job(client_, job.id, lambda j: j.status == "succeeded", timeout=120)
-        FakeKube.wait_for(lambda: not kube.list("pods", NS, "hone.dev/attempt=2")[0]["metadata"].get("finalizers"),
-                          timeout=20)  # reaped
+        FakeKube.wait_for(lambda: not kube.list("pods", NS, f"hone.dev/job-id={job.id},hone.dev/attempt=2")[0]
+                          ["metadata"].get("finalizers"), timeout=20)  # reaped
     assert len(kubelet.started) == 2  # a second Job (attempt 2) resumed
-    assert sorted(j["metadata"]["labels"]["hone.dev/attempt"] for j in kube.list("jobs", NS)) == ["1", "2"]
+    assert sorted(j["metadata"]["labels"]["hone.dev/attempt"]
+                  for j in kube.list("jobs", NS, f"hone.dev/job-id={job.id}")) == ["1", "2"]
     messages = [e.message for e in all_events(client_, job.id)]
     assert any("was preempted" in m and "resumes from its last checkpoint" in m for m in messages), messages
     assert any(m.startswith("Trainer was stopped; requeued to resume from checkpoint step") for m in messages)

@@ -381,16 +381,19 @@ class KubernetesExecutor:
         if run.stop == "kill" and run.kill_sent:
             # Cancelled: the Job is being deleted (Foreground) with its pods; reap() lets the pods go.
             return None, "the trainer Job was deleted (cancelled)", pod["metadata"]["name"] if pod else None
+        never_ran = False
         if pod is not None:
             ended = self._check_pod(run, pod)
             if ended is not None:
                 return ended
-            if job is not None and not job["metadata"].get("deletionTimestamp"):
-                return None
+            never_ran = bool(pod["metadata"].get("deletionTimestamp") and not (pod.get("spec") or {}).get("nodeName"))
+            if job is not None and not job["metadata"].get("deletionTimestamp") and not never_ran:
+                return None  # a pod deleted before any node took it has nothing left to stop
         # No pod, or one being deleted by a Job that is itself going away.
         if job is not None and job_conditions.get("Complete", {}).get("status") == "True":
             return 0, "", None
-        if job is not None and failed.get("status") != "True" and not job["metadata"].get("deletionTimestamp"):
+        if job is not None and failed.get("status") != "True" and not job["metadata"].get("deletionTimestamp") \
+                and not never_ran:
             return None  # the Job controller has not made the pod yet
         # The pod is gone without an exit status we saw: it was deleted (drained, preempted, evicted, pause), so
         # the kubelet sent SIGTERM and the trainer checkpointed; resume from there.

@@ -416,6 +416,19 @@ def test_control_plane_restart_adopts_runs_by_label(kube, tmp_path):
     assert _reap_one(after).returncode == 1
 
 
+def test_ended_pods_nobody_tracks_are_released_so_their_deletion_completes(kube, tmp_path):
+    settings = _settings(tmp_path, kube)
+    KubernetesExecutor(settings).launch(JOB_ID, 1, "file:///a.json")  # then the control plane went away
+    name = job_name(JOB_ID, 1)
+    pod = _pod(kube, name)
+    kube.run_pod(NS, pod)
+    kube.delete("jobs", NS, name, propagation="Foreground")  # e.g. its TTL ran out, or kubectl delete
+    kube.terminate_pod(NS, pod, 143)
+    assert kube.get("pods", NS, pod)["metadata"]["finalizers"] == ["hone.dev/trainer-exit"]
+    assert KubernetesExecutor(settings).reap() == []  # the job was not adopted: nothing to report, but...
+    assert kube.get("pods", NS, pod) is None and kube.get("jobs", NS, name) is None  # ...nothing is stuck
+
+
 def test_an_unreachable_api_server_is_an_oserror_at_launch_and_nothing_ends(kube, tmp_path):
     executor = KubernetesExecutor(_settings(tmp_path, kube))
     executor.launch(JOB_ID, 1, "file:///spec.json")

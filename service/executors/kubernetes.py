@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +163,7 @@ class KubernetesExecutor:
         self._events: list[tuple[str, str, str]] = []  # (job id, level, message) not yet handed out
         self._lock = threading.Lock()
         self._project_of = None  # job id -> project id, given by bind()
+        self._last_sweep = 0.0
 
     # --- hooks the scheduler calls when they exist (not part of the Executor Protocol) ---
 
@@ -250,8 +252,9 @@ class KubernetesExecutor:
     def reap(self) -> list[TrainerExit]:
         with self._lock:
             runs = list(self._runs.values())
-        if not runs:
-            return []
+        if not runs and time.monotonic() - self._last_sweep < 60:
+            return []  # idle: only look for leftover pods now and then
+        self._last_sweep = time.monotonic()
         try:
             jobs = {j["metadata"]["name"]: j for j in self._list("jobs")}
             pods: dict[str, list[dict]] = {}
@@ -276,7 +279,9 @@ class KubernetesExecutor:
                     del self._runs[run.job_id]
             exits.append(TrainerExit(run.job_id, run.ref, code, log_bytes or None))
         tracked = {run.name for run in runs}
-        for owner, owned in pods.items():  # pods of runs nobody tracks (cancelled, TTL-deleted): let them go
+        # Ended pods of runs nobody tracks (e.g. cancelled while the control plane was down, then deleted by the
+        # Job's TTL): let them go.
+        for owner, owned in pods.items():
             for pod in owned:
                 phase = (pod.get("status") or {}).get("phase")
                 if owner not in tracked and (phase in ("Succeeded", "Failed") or (

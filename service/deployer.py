@@ -53,7 +53,9 @@ class EndpointDeployer:
         self._lock = threading.Lock()
         self._cache = ctx.settings.resolved_adapter_cache_dir
         prewarm = ctx.settings.prewarm_engines
-        self.prewarm = (self.engine == "builtin") if prewarm is None else prewarm
+        # Default: prewarm built-in engines run locally (the Kubernetes backend has no spares to hand over).
+        self.prewarm = (self.engine == "builtin" and ctx.settings.endpoint_backend == "local") \
+            if prewarm is None else prewarm
 
     # --- the loop ------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from inference.launcher import served_lora_rank
-from service.engines import EngineSpec
+from service.engines import EngineSpec, EngineStartError
 from service.engines.kubernetes import (
     DEPLOYMENT_TEMPLATE,
     SERVICE_TEMPLATE,
@@ -97,7 +97,7 @@ def test_generated_deployment_and_service(engine, tmp_path):
     if engine == "vllm":
         assert command[:3] == ["vllm", "serve", "acme/tiny-chat"]
     else:
-        assert command[:5] == ["python", "-m", "inference", "--model", "acme/tiny-chat"]
+        assert command[:5] == ["python3", "-m", "inference", "--model", "acme/tiny-chat"]
     flags = dict(itertools.pairwise(command))
     assert "--enable-lora" in command
     assert flags["--served-model-name"] == "acme/Tiny_Chat"
@@ -120,7 +120,7 @@ def test_generated_deployment_and_service(engine, tmp_path):
     assert mounts["adapters"] == "/adapters"
     assert {"name": "adapters", "mountPath": "/adapters"} in main["volumeMounts"]
     assert {"name": "adapters", "mountPath": "/adapters"} in fetcher["volumeMounts"]
-    assert fetcher["command"] == ["python", "-m", "inference.fetcher"]
+    assert fetcher["command"] == ["python3", "-m", "inference.fetcher"]
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8000, "fetch": 8001}
 
     # CPU engines ask for no GPU; another spec is another digest (so ensure replaces the pod).
@@ -141,6 +141,96 @@ def test_service_url_is_cluster_dns_or_loopback():
     assert service_url(svc, "http") == "http://hone-engine-x.tuning.svc.cluster.local:8000"
     svc.spec.cluster_ip = "127.31.0.9"
     assert service_url(svc, "fetch") == "http://127.31.0.9:8001"
+
+
+def test_backend_lifecycle_on_the_fake_api_server(tmp_path):
+    """ensure / get / scale / keys / stop against the fake API server, with the test playing the cluster (one
+    pod, made Ready by hand) and a stub answering /health on the Service's loopback clusterIP."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from service.engines import engine_api_keys
+    from service.engines.kubernetes import KubernetesEngines
+    from tests.fake_kube import FakeKube
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    stub = ThreadingHTTPServer(("127.78.0.1", 0), Healthy)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    with FakeKube(job_controller=False) as kube:
+        settings = Settings(data_dir=tmp_path, k8s_kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"),
+                            k8s_namespace="hone", endpoint_backend="kubernetes", engine_start_timeout_s=20)
+        backend = KubernetesEngines(settings)
+        spec = EngineSpec("base:acme/tiny", "vllm", "acme/tiny", "acme/tiny", 2, 2, 16)
+        name = object_name(spec.key)
+
+        def play_cluster():
+            kube.wait_for(lambda: kube.get("deployments", "hone", name) and kube.get("services", "hone", name))
+
+            def service(obj):
+                obj["spec"]["clusterIP"] = "127.78.0.1"
+                obj["spec"]["ports"][0]["port"] = stub.server_address[1]
+            kube.update("services", "hone", name, service)
+            labels = kube.get("deployments", "hone", name)["spec"]["template"]["metadata"]["labels"]
+            kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-1", "namespace": "hone",
+                                                                         "labels": labels},
+                         "spec": {"containers": [{"name": "engine", "image": "x"}]}})
+            kube.run_pod("hone", f"{name}-1")
+            kube.update("deployments", "hone", name, lambda o: o.update(status={
+                "observedGeneration": o["metadata"]["generation"], "replicas": 1, "readyReplicas": 1}))
+
+        player = threading.Thread(target=play_cluster)
+        player.start()
+        handle = backend.ensure(spec)
+        player.join()
+        assert handle.url == f"http://127.78.0.1:{stub.server_address[1]}"
+        secret = kube.get("secrets", "hone", name)
+        assert base64.b64decode(secret["data"]["api-key"]).decode() == handle.api_key
+        assert engine_api_keys(settings)(spec.key) == handle.api_key  # what every gateway worker reads
+        assert backend.get(spec.key) == handle and backend.keys() == [spec.key]
+        assert KubernetesEngines(settings).get(spec.key) is None  # another process has loaded no adapters
+
+        # The engine container restarted in place: its runtime-loaded adapters are gone, so the engine is.
+        kube.update("pods", "hone", f"{name}-1",
+                    lambda o: o["status"]["containerStatuses"][0].update(restartCount=1))
+        assert backend.get(spec.key) is None
+        again = backend.ensure(spec)  # nothing to change in the cluster: the same engine, ready, same key
+        assert again == handle and backend.get(spec.key) == handle
+
+        # A pod that cannot pull its image ends a start at once, saying why.
+        other = EngineSpec("ep-badimage", "vllm", "acme/tiny", "acme/tiny", 2, 2, 16)
+        bad = object_name(other.key)
+
+        def pull_fails():
+            kube.wait_for(lambda: kube.get("deployments", "hone", bad))
+            kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": f"{bad}-1", "namespace": "hone", "labels": {"hone.dev/engine": bad}},
+                "spec": {"containers": [{"name": "engine", "image": "x"}]}})
+            kube.image_pull_backoff("hone", f"{bad}-1")
+
+        player = threading.Thread(target=pull_fails)
+        player.start()
+        started = time.monotonic()
+        with pytest.raises(EngineStartError, match="ImagePullBackOff"):
+            backend.ensure(other)
+        player.join()
+        assert time.monotonic() - started < 10
+        backend.stop(other.key)
+
+        backend.scale(spec.key, 0)
+        assert kube.get("deployments", "hone", name)["spec"]["replicas"] == 0
+        assert backend.get(spec.key) is None and backend.keys() == [spec.key]  # kept, at zero
+        backend.stop(spec.key)
+        assert not any(kube.get(kind, "hone", name) for kind in ("deployments", "services", "secrets"))
+        assert backend.keys() == []
+        backend.close()
+    stub.shutdown()
 
 
 # --- the fetcher sidecar ------------------------------------------------------------------------------------
@@ -319,9 +409,9 @@ class SimulatedEngines:
         for container in spec["spec"]["containers"]:
             argv = [*container.get("command", []), *container.get("args", [])]
             if argv[:2] == ["vllm", "serve"]:  # no vLLM here: the built-in engine takes the same flags
-                argv = ["python", "-m", "inference", "--model", *argv[2:]]
-            argv = [sys.executable if a == "python" else ip if a == "0.0.0.0" else str(root) if a == "/adapters"
-                    else a for a in argv]
+                argv = ["python3", "-m", "inference", "--model", *argv[2:]]
+            local = {"python": sys.executable, "python3": sys.executable, "0.0.0.0": ip, "/adapters": str(root)}
+            argv = [local.get(a, a) for a in argv]
             port = {p["name"]: p["containerPort"] for p in container["ports"]}
             probe = container["readinessProbe"]["httpGet"]
             health.append(f"http://{ip}:{port.get(probe['port'], probe['port'])}{probe['path']}")
@@ -384,7 +474,7 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
     env = {**moto.env(), "HONE_STORAGE_URL": "s3://hone-k8s-engines/blobs", "HONE_EXECUTOR": "local",
            "HONE_ENDPOINT_BACKEND": "kubernetes", "HONE_K8S_KUBECONFIG": str(kubeconfig),
            "HONE_K8S_NAMESPACE": "hone", "HONE_K8S_GPUS_PER_ENGINE": "0", "HONE_INFERENCE_ENGINE": "builtin",
-           "HONE_AUTO_DEPLOY": "true", "HONE_PREWARM_ENGINES": "false", "HONE_ENGINE_START_TIMEOUT_S": "120"}
+           "HONE_AUTO_DEPLOY": "true", "HONE_ENGINE_START_TIMEOUT_S": "120"}
     server = HoneServer(tmp_path / "server", env)
     try:
         project = server.new_project("k8s")

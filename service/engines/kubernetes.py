@@ -60,6 +60,9 @@ COMPONENT_SELECTOR = "app.kubernetes.io/component=engine,app.kubernetes.io/manag
 SECRET_KEY = "api-key"
 ENGINE_CONTAINER, FETCHER_CONTAINER = "engine", "fetcher"
 ADAPTERS_ROOT = "/adapters"
+# container waiting reasons that end a start at once (an endpoint's error says which)
+FATAL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
+                 "CreateContainerConfigError", "CreateContainerError")
 
 
 def object_name(key: str) -> str:
@@ -135,11 +138,11 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
             else spec.chat_template
     launch = engine_command(spec.engine, spec.model_path, spec.served_name, host="0.0.0.0", port=engine_port,
                             max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
-                            max_lora_rank=spec.max_lora_rank, chat_template=chat_template, python="python")
+                            max_lora_rank=spec.max_lora_rank, chat_template=chat_template, python="python3")
     if spec.engine == "vllm":
         engine["command"], engine["args"] = ["vllm", "serve"], launch.argv[2:]
     else:
-        engine["command"], engine["args"] = ["python", "-m", "inference"], launch.argv[3:]
+        engine["command"], engine["args"] = ["python3", "-m", "inference"], launch.argv[3:]
     engine["image"] = settings.k8s_inference_image
     for var, value in launch.env.items():
         if var != "VLLM_API_KEY":
@@ -248,6 +251,22 @@ class KubernetesEngines:
             return self._api_key(name, key)
         return api_key
 
+    def _pod_trouble(self, name: str) -> tuple[str | None, str | None]:
+        """(a reason to give up now, a reason it is still waiting) from the engine's pods."""
+        waiting = None
+        for pod in self._core.list_namespaced_pod(self._ns, label_selector=f"{ENGINE_LABEL}={name}").items:
+            status = pod.status
+            if status is None or pod.metadata.deletion_timestamp is not None:
+                continue
+            for c in status.container_statuses or []:
+                state = c.state.waiting if c.state else None
+                if state is not None and state.reason in FATAL_WAITING:
+                    return f"container {c.name}: {state.reason}: {state.message or ''}".strip(), None
+            for cond in status.conditions or []:
+                if cond.type == "PodScheduled" and cond.status == "False":
+                    waiting = f"pod {pod.metadata.name} is not scheduled: {cond.message or cond.reason}"
+        return None, waiting
+
     def _incarnation(self, name: str) -> str | None:
         """The ready pod's uid and its containers' restart counts (None: no ready pod)."""
         pods = self._core.list_namespaced_pod(self._ns, label_selector=f"{ENGINE_LABEL}={name}").items
@@ -269,6 +288,8 @@ class KubernetesEngines:
             deployment, service, digest = build_objects(self._settings, spec)
             api_key = self._api_key(name, spec.key)
             current = self._read(self._apps.read_namespaced_deployment, name)
+            if current is not None and current.metadata.deletion_timestamp is not None:
+                current = self._wait_deleted(spec.key, name)  # stopped a moment ago: its pod is still going
             if current is None:
                 self._apps.create_namespaced_deployment(self._ns, deployment)
                 log.info("engine deployment created", extra={"engine": spec.key, "deployment": name})
@@ -286,6 +307,13 @@ class KubernetesEngines:
                 self._known[spec.key] = (handle, incarnation)
             return handle
 
+    def _wait_deleted(self, key: str, name: str) -> None:
+        deadline = time.monotonic() + self._settings.engine_start_timeout_s
+        while self._read(self._apps.read_namespaced_deployment, name) is not None:
+            if time.monotonic() >= deadline:
+                raise EngineStartError(f"engine {key}: Deployment {self._ns}/{name} is still being deleted")
+            time.sleep(0.5)
+
     def _wait_ready(self, spec: EngineSpec, name: str, api_key: str) -> tuple[EngineHandle, str]:
         timeout = self._settings.engine_start_timeout_s
         deadline = time.monotonic() + timeout
@@ -301,9 +329,13 @@ class KubernetesEngines:
                 incarnation = self._incarnation(name)
                 if incarnation is not None:
                     break
+            fatal, waiting = self._pod_trouble(name)
+            if fatal:  # a bad image or a crashing engine does not mend by waiting
+                raise EngineStartError(f"engine {spec.key}: Deployment {self._ns}/{name}: {fatal}")
             if time.monotonic() >= deadline:
                 raise EngineStartError(f"engine {spec.key}: Deployment {self._ns}/{name} had no ready replica "
-                                       f"within {timeout:g}s (kubectl -n {self._ns} describe deployment {name})")
+                                       f"within {timeout:g}s" + (f" ({waiting})" if waiting else "") +
+                                       f" (kubectl -n {self._ns} describe deployment {name})")
             time.sleep(0.5)
         handle = EngineHandle(spec.key, service_url(svc, "http"), api_key, spec)
         try:
@@ -356,7 +388,8 @@ class KubernetesEngines:
     def scale(self, key: str, replicas: int) -> None:
         """Scales the engine's Deployment (0: no pod and no GPU held; the objects and API key stay)."""
         name = object_name(key)
-        self._apps.patch_namespaced_deployment_scale(name, self._ns, {"spec": {"replicas": replicas}})
+        # the Deployment itself, not its /scale subresource: the control plane's Role grants deployments only
+        self._apps.patch_namespaced_deployment(name, self._ns, {"spec": {"replicas": replicas}})
         if replicas == 0:
             with self._lock:
                 self._known.pop(key, None)

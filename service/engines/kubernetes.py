@@ -28,7 +28,6 @@ runtime-loaded adapters, so the deployer sees the engine gone and deploys its en
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import ipaddress
 import json
@@ -42,11 +41,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
-import yaml
 
 from inference.client import EngineClient, EngineUnavailable
 from inference.launcher import engine_command
 from service.engines import EngineHandle, EngineSpec, EngineStartError
+from service.k8s import api_client, load_template
 from service.settings import Settings
 
 log = logging.getLogger("hone.engines")
@@ -78,36 +77,6 @@ def endpoint_of(key: str) -> str | None:
 
 def _spec_hash(spec: EngineSpec, extra: dict) -> str:
     return hashlib.sha256(json.dumps([asdict(spec), extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def load_template(settings: Settings, name: str) -> dict:
-    try:  # the shared loader, where it exists
-        from service.k8s import load_template as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return copy.deepcopy(shared(settings, name))
-    path = Path(settings.resolved_k8s_templates_dir) / name
-    return yaml.safe_load(path.read_text())
-
-
-def api_client(settings: Settings):
-    """A kubernetes ApiClient: HONE_K8S_KUBECONFIG, else in-cluster, else the client's own kubeconfig lookup."""
-    try:
-        from service.k8s import api_client as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return shared(settings)
-    from kubernetes import client, config
-
-    if settings.k8s_kubeconfig:
-        return config.new_client_from_config(config_file=str(settings.k8s_kubeconfig))
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
 
 
 def _container(pod_spec: dict, name: str) -> dict:

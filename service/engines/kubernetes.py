@@ -255,10 +255,10 @@ class KubernetesEngines:
         with self._key_lock(spec.key):
             name = object_name(spec.key)
             deployment, service, digest = build_objects(self._settings, spec)
-            api_key = self._api_key(name, spec.key)
             current = self._read(self._apps.read_namespaced_deployment, name)
             if current is not None and current.metadata.deletion_timestamp is not None:
                 current = self._wait_deleted(spec.key, name)  # stopped a moment ago: its pod is still going
+            api_key = self._api_key(name, spec.key)
             if current is None:
                 self._apps.create_namespaced_deployment(self._ns, deployment)
                 log.info("engine deployment created", extra={"engine": spec.key, "deployment": name})

@@ -24,7 +24,7 @@ _cache: dict[Path, tuple[float, dict]] = {}
 _cache_lock = threading.Lock()
 
 
-def api_client(settings: "Settings") -> "ApiClient":
+def api_client(settings: Settings) -> ApiClient:
     """HONE_K8S_KUBECONFIG when set, else the pod's service account (in-cluster), else the client's own lookup
     (KUBECONFIG, ~/.kube/config)."""
     from kubernetes import client, config
@@ -38,11 +38,11 @@ def api_client(settings: "Settings") -> "ApiClient":
         return config.new_client_from_config()
 
 
-def template_path(settings: "Settings", name: str) -> Path:
+def template_path(settings: Settings, name: str) -> Path:
     return Path(settings.resolved_k8s_templates_dir) / name
 
 
-def load_template(settings: "Settings", name: str) -> dict:
+def load_template(settings: Settings, name: str) -> dict:
     """A fresh copy of the template `name` (e.g. "trainer-job.yaml") as a dict; re-read when the file changes
     (a ConfigMap update replaces the mounted file)."""
     path = template_path(settings, name)

@@ -8,11 +8,25 @@ handling; the first tests below check the fake follows the API's semantics for t
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import kubernetes_validate
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from service.executors import open_executor
+from service.executors.kubernetes import EXIT_DEADLINE, EXIT_OOM, EXIT_STOPPED, KubernetesExecutor, build_job, job_name
+from service.settings import Settings
 from tests.fake_kube import FakeKube
+from tests.support import HoneServer, all_events, chat_dataset, chat_line, jsonl, wait_job
 
 NS = "hone"
 
@@ -52,7 +66,9 @@ def test_fake_api_create_get_list_conflict_and_not_found(kube, tmp_path):
         batch.create_namespaced_job(NS, _job("Not_A_Name"))
     assert invalid.value.status == 422
 
-    names = lambda items: sorted(i.metadata.name for i in items)  # noqa: E731
+    def names(items):
+        return sorted(i.metadata.name for i in items)
+
     assert names(batch.list_namespaced_job(NS, label_selector="tier=x").items) == ["a"]
     assert names(batch.list_namespaced_job(NS, label_selector="tier in (x, y)").items) == ["a", "b"]
     assert names(batch.list_namespaced_job(NS, label_selector="app=t,tier!=x").items) == ["b"]
@@ -143,32 +159,15 @@ def test_fake_api_finalizers_hold_deletion(kube):
 
 # --- the executor, driven directly ------------------------------------------------------------------------
 
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import kubernetes_validate  # noqa: E402
-import yaml  # noqa: E402
-
-from service.executors import open_executor  # noqa: E402
-from service.executors.kubernetes import (EXIT_DEADLINE, EXIT_OOM, EXIT_STOPPED, KubernetesExecutor,  # noqa: E402
-                                          build_job, job_name)
-from service.settings import Settings  # noqa: E402
-
 REPO = Path(__file__).resolve().parent.parent
 JOB_ID = "ftjob-AbCdEfGhIjKlMnOpQrStUvWx"
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def _settings(tmp_path: Path, kube: FakeKube | None = None, **extra) -> Settings:
-    values = dict(data_dir=tmp_path, executor="kubernetes", k8s_namespace=NS, k8s_gpus_per_job=2,
-                  k8s_node_selector={"hone.dev/gpu": "a100"}, k8s_tolerations=[TOLERATION], pause_grace_s=45,
-                  k8s_job_deadline_s=7200, k8s_job_ttl_s=600, k8s_secret_name="hone-secrets")
+    values = {"data_dir": tmp_path, "executor": "kubernetes", "k8s_namespace": NS, "k8s_gpus_per_job": 2,
+              "k8s_node_selector": {"hone.dev/gpu": "a100"}, "k8s_tolerations": [TOLERATION], "pause_grace_s": 45,
+              "k8s_job_deadline_s": 7200, "k8s_job_ttl_s": 600, "k8s_secret_name": "hone-secrets"}
     if kube is not None:
         values["k8s_kubeconfig"] = kube.write_kubeconfig(tmp_path / "kubeconfig")
     values.update(extra)
@@ -445,15 +444,15 @@ class LocalKubelet:
     with the pod's env, reports it Running, sends SIGTERM when the pod is deleted (or preempted), and marks the
     pod Succeeded/Failed with the process's real exit code and output as the pod log."""
 
-    def __init__(self, kube: FakeKube, hold: set[str] | None = None):
-        self.kube, self.hold = kube, hold if hold is not None else set()
+    def __init__(self, kube: FakeKube, log_dir: Path, hold: set[str] | None = None):
+        self.kube, self.log_dir, self.hold = kube, log_dir, hold if hold is not None else set()
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
         self.preempting: set[str] = set()
         self.started: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "LocalKubelet":
+    def __enter__(self) -> LocalKubelet:
         self._thread.start()
         return self
 
@@ -478,15 +477,13 @@ class LocalKubelet:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HONE_")}
         env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-        out = Path(self.kube_dir) / f"{name}.log"
+        out = self.log_dir / f"{name}.log"
         with open(out, "wb") as log:
             proc = subprocess.Popen([sys.executable, *container["command"][1:], *container["args"]], cwd=REPO,
                                     env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs[name] = (proc, out)
         self.started.append(name)
         self.kube.run_pod(NS, name)
-
-    kube_dir = "/tmp"
 
     def _loop(self) -> None:
         while not self._stop.wait(0.05):
@@ -520,11 +517,11 @@ class LocalKubelet:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """One fake cluster and one control plane (HONE_EXECUTOR=kubernetes) for the tests below."""
-    from tests.support import HoneServer
     tmp_path = tmp_path_factory.mktemp("k8s-control-plane")
     with FakeKube() as kube:
-        env = {"HONE_EXECUTOR": "kubernetes", "HONE_K8S_KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
-               "HONE_K8S_NAMESPACE": NS, "HONE_K8S_GPUS_PER_JOB": "0", "HONE_K8S_MAX_PARALLEL_JOBS": "2"}
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        env = {"HONE_EXECUTOR": "kubernetes", "HONE_K8S_KUBECONFIG": str(kubeconfig), "HONE_K8S_GPUS_PER_JOB": "0",
+               "HONE_K8S_NAMESPACE": NS, "HONE_K8S_MAX_PARALLEL_JOBS": "2"}
         server = HoneServer(tmp_path / "srv", env)
         try:
             yield kube, server
@@ -534,12 +531,10 @@ def cluster(tmp_path_factory):
 
 def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(cluster, tmp_path):
     kube, k8s_server = cluster
-    from tests.support import all_events, chat_dataset, wait_job
     project = k8s_server.new_project("k8s")
     client_ = project.openai()
     train = client_.files.create(file=("train.jsonl", chat_dataset(12)), purpose="fine-tune")
-    with LocalKubelet(kube, hold={"hone-train-"}) as kubelet:
-        kubelet.kube_dir = str(tmp_path)
+    with LocalKubelet(kube, tmp_path, hold={"hone-train-"}) as kubelet:
         job = client_.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id,
                                               method={"type": "supervised", "supervised": {"hyperparameters": {
                                                   "n_epochs": 1, "batch_size": 4}}})
@@ -564,12 +559,10 @@ def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(cluster, tmp_
 
 def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane(cluster, tmp_path):
     kube, k8s_server = cluster
-    from tests.support import all_events, jsonl, chat_line, wait_job
     client_ = k8s_server.new_project("k8s-preempt").openai()
     data = jsonl([chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.") for i in range(30)])
     train = client_.files.create(file=("train.jsonl", data), purpose="fine-tune")
-    with LocalKubelet(kube) as kubelet:
-        kubelet.kube_dir = str(tmp_path)
+    with LocalKubelet(kube, tmp_path) as kubelet:
         job = client_.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id,
                                               method={"type": "supervised", "supervised": {"hyperparameters": {
                                                   "n_epochs": 1, "batch_size": 1}}})

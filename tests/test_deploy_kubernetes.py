@@ -52,7 +52,9 @@ VERSION = "0.1.0"
 IMAGES = {name: f"{REGISTRY}/hone-{name}:{VERSION}" for name in ("service", "trainer", "inference")}
 
 # What the Kubernetes executor and endpoint backend may touch: (apiGroup, resource).
-ALLOWED_RULES = {("batch", "jobs"), ("", "pods"), ("", "pods/log"), ("apps", "deployments"), ("", "services")}
+# Secrets: each engine's API key (the endpoint backend creates, reads back and deletes one per engine).
+ALLOWED_RULES = {("batch", "jobs"), ("", "pods"), ("", "pods/log"), ("apps", "deployments"), ("", "services"),
+                 ("", "secrets")}
 TEMPLATE_FILES = {"trainer-job.yaml": "Job", "engine-deployment.yaml": "Deployment", "engine-service.yaml": "Service"}
 
 
@@ -180,6 +182,7 @@ def test_rbac_is_a_namespaced_role_limited_to_jobs_pods_logs_deployments_and_ser
         granted |= {(group, resource) for group in rule["apiGroups"] for resource in rule["resources"]}
     assert granted == ALLOWED_RULES
     assert [r for r in role["rules"] if "pods/log" in r["resources"]][0]["verbs"] == ["get"]
+    assert [r for r in role["rules"] if "secrets" in r["resources"]][0]["verbs"] == ["get", "create", "delete"]
 
     binding = one(target, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",

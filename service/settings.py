@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     checkpoint_interval_steps: int = 0  # 0: checkpoint once per epoch
 
     # --- serving ---
-    endpoint_backend: str = "local"  # where engines run: local processes (kubernetes: a later backend)
+    endpoint_backend: str = "local"  # where engines run: local processes, or kubernetes (a Deployment each)
     auto_deploy: bool = True  # deploy an endpoint when a job succeeds (jobs may opt out with auto_deploy=false)
     shared_engines: bool = False  # one engine per base model serving all its adapters (multi-LoRA)
     max_loras: int = 4  # adapters an engine keeps active at once (vLLM --max-loras)

@@ -66,6 +66,7 @@ Controller side (Python, not HTTP; what the tests use to play the cluster):
     kube.set_job_failed(ns, job, reason="DeadlineExceeded", message=...)
 
     kube.requests: list of (method, path) the server answered, for assertions.
+    kube.forbidden: set of (method, "pods" | "pods/log" | ...) to answer 403 Forbidden, as RBAC would.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ class FakeKube:
         self._listeners: list[Callable[[str, str, dict], None]] = []
         self._pending_notifications: list = []
         self._connections: set = set()
+        self.forbidden: set[tuple[str, str]] = set()  # (HTTP method, plural[/subresource]) answered 403
         self.requests: list[tuple[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -797,6 +799,12 @@ class FakeKube:
         subresource = rest[2] if len(rest) > 2 else None
         if not resource.namespaced:
             namespace = ""
+        target = resource.plural + (f"/{subresource}" if subresource else "")
+        if (method, target) in self.forbidden:
+            raise ApiError(403, "Forbidden", f"{resource.qualified} \"{name or ''}\" is forbidden: User "
+                           f"\"system:serviceaccount:{namespace}:hone-control-plane\" cannot {method.lower()} "
+                           f"resource \"{target}\" in API group \"{resource.group}\" in the namespace \"{namespace}\"",
+                           name=name or "", group=resource.group, kind=resource.plural)
         with self._lock:
             result = self._dispatch(resource, method, namespace, name, subresource, query, body, content_type)
         self._flush()

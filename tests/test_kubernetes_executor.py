@@ -415,6 +415,17 @@ def test_control_plane_restart_adopts_runs_by_label(kube, tmp_path):
     assert _reap_one(after).returncode == 1
 
 
+def test_without_patch_on_pods_new_pods_go_without_the_finalizer(kube, executor):
+    kube.forbidden.add(("PATCH", "pods"))  # a Role without `patch` on pods
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    pod = _pod(kube, job_name(JOB_ID, 1))
+    kube.succeed_pod(NS, pod, log="ok\n")
+    assert _reap_one(executor).returncode == 0  # the exit still comes back
+    executor.launch(JOB_ID, 2, "file:///spec.json")
+    assert "finalizers" not in kube.get("jobs", NS, job_name(JOB_ID, 2))["spec"]["template"]["metadata"]
+    assert not kube.get("pods", NS, _pod(kube, job_name(JOB_ID, 2)))["metadata"].get("finalizers")
+
+
 def test_ended_pods_nobody_tracks_are_released_so_their_deletion_completes(kube, tmp_path):
     settings = _settings(tmp_path, kube)
     KubernetesExecutor(settings).launch(JOB_ID, 1, "file:///a.json")  # then the control plane went away
@@ -580,3 +591,19 @@ def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane
     assert any(m.startswith("Resumed from checkpoint at step") for m in messages), messages
     assert not any("retrying" in m for m in messages)  # not counted as a crash
     assert done.fine_tuned_model
+
+
+@pytest.mark.xfail(strict=False, reason="deploy/kubernetes/base/rbac.yaml does not yet grant `patch` on pods (the "
+                   "executor's finalizer release); remove this mark once it does")
+def test_the_shipped_role_grants_what_the_executor_needs():
+    from service.executors.kubernetes import REQUIRED_RBAC
+    documents = list(yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "base" / "rbac.yaml").read_text()))
+    (role,) = [d for d in documents if d and d.get("kind") == "Role"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    missing = {key: verbs - granted.get(key, set()) for key, verbs in REQUIRED_RBAC.items()
+               if verbs - granted.get(key, set())}
+    assert not missing

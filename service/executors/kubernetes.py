@@ -66,7 +66,13 @@ def job_name(job_id: str, attempt: int) -> str:
     return f"hone-train-{dns_label(job_id, room)}-{digest}-{attempt}"
 
 
-def build_job(settings: Settings, job_id: str, attempt: int, spec_url: str, project_id: str | None = None) -> dict:
+# What the control plane's Role must allow in its namespace for this executor (deploy/kubernetes/base/rbac.yaml).
+REQUIRED_RBAC = {("batch", "jobs"): {"create", "get", "list", "delete"}, ("", "pods"): {"get", "list", "delete", "patch"},
+                 ("", "pods/log"): {"get"}}
+
+
+def build_job(settings: Settings, job_id: str, attempt: int, spec_url: str, project_id: str | None = None, *,
+              finalizer: bool = True) -> dict:
     """The batch/v1 Job of one attempt: the template with this run's fields filled in."""
     job = load_template(settings, TEMPLATE)
     if job.get("apiVersion") != "batch/v1" or job.get("kind") != "Job":
@@ -86,7 +92,10 @@ def build_job(settings: Settings, job_id: str, attempt: int, spec_url: str, proj
     template_meta = template.setdefault("metadata", {})
     template_meta["labels"] = {**(template_meta.get("labels") or {}), **labels}
     template_meta["annotations"] = {**(template_meta.get("annotations") or {}), JOB_ID_ANNOTATION: job_id}
-    template_meta["finalizers"] = [f for f in template_meta.get("finalizers") or [] if f != FINALIZER] + [FINALIZER]
+    template_meta["finalizers"] = [f for f in template_meta.get("finalizers") or [] if f != FINALIZER] + \
+        ([FINALIZER] if finalizer else [])
+    if not template_meta["finalizers"]:
+        del template_meta["finalizers"]
     pod = template.setdefault("spec", {})
     pod["restartPolicy"] = "Never"
     if settings.k8s_node_selector:
@@ -164,6 +173,7 @@ class KubernetesExecutor:
         self._lock = threading.Lock()
         self._project_of = None  # job id -> project id, given by bind()
         self._last_sweep = 0.0
+        self._finalizer = True  # off once the API says this control plane may not patch pods (its Role)
 
     # --- hooks the scheduler calls when they exist (not part of the Executor Protocol) ---
 
@@ -207,7 +217,7 @@ class KubernetesExecutor:
             except Exception:  # a label is not worth a failed launch
                 log.warning("could not look up the job's project", exc_info=True, extra={"job_id": job_id})
         try:
-            body = build_job(self._settings, job_id, attempt, spec_url, project_id)
+            body = build_job(self._settings, job_id, attempt, spec_url, project_id, finalizer=self._finalizer)
         except (OSError, ValueError) as exc:
             raise OSError(f"cannot build the trainer Job from {TEMPLATE}: {exc}") from exc
         name = body["metadata"]["name"]
@@ -305,6 +315,13 @@ class KubernetesExecutor:
                 return
             except ApiException as exc:
                 if exc.status == 404:
+                    return
+                if exc.status == 403:
+                    if self._finalizer:
+                        log.error("the control plane may not patch pods (its Role needs the `patch` verb on pods): new "
+                                  "trainer pods go without the hone.dev/trainer-exit finalizer, and this one keeps it "
+                                  "until removed by hand", extra={"pod": meta["name"], "error": _api_message(exc)})
+                    self._finalizer = False
                     return
                 if exc.status != 409:
                     log.warning("could not release a trainer pod", extra={"pod": meta["name"], "error": str(exc)})

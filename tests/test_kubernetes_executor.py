@@ -593,8 +593,6 @@ def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane
     assert done.fine_tuned_model
 
 
-@pytest.mark.xfail(strict=False, reason="deploy/kubernetes/base/rbac.yaml does not yet grant `patch` on pods (the "
-                   "executor's finalizer release); remove this mark once it does")
 def test_the_shipped_role_grants_what_the_executor_needs():
     from service.executors.kubernetes import REQUIRED_RBAC
     documents = list(yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "base" / "rbac.yaml").read_text()))

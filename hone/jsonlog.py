@@ -1,5 +1,6 @@
 """The one JSON log line shape every Hone process writes (control plane, trainer, engine): `ts`, `level`,
-`logger`, `msg`, then the record's own fields, and `exc` with a traceback."""
+`logger`, `msg`, then the record's own fields, and `exc` with a traceback; and transformers' records routed
+through it."""
 
 from __future__ import annotations
 
@@ -17,3 +18,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def route_transformers_logs() -> None:
+    """transformers prints through a handler of its own, and progress bars: send its records through ours and
+    keep bars (carriage-return noise in a log file) out."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()

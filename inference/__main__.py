@@ -9,8 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from hone.jsonlog import route_transformers_logs
 from inference.adapters import LORA_RANKS
-from inference.logs import configure_logging, route_transformers_logs
+from inference.logs import configure_logging
 
 log = logging.getLogger("inference")
 

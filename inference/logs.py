@@ -70,18 +70,6 @@ def configure_logging(level: int = logging.INFO, identity: dict[str, Any] | None
     sys.excepthook = log_uncaught
 
 
-def route_transformers_logs() -> None:
-    """transformers prints through a handler of its own, and progress bars: send its records through ours and
-    keep bars (carriage-return noise in a log file) out."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
-    hf_logging.disable_progress_bar()
-
-
 class AccessLogMiddleware:
     """Pure ASGI (streamed completions pass through untouched): one line per request when it ends, and the
     request's id on every line logged while it runs."""

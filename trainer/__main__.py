@@ -8,8 +8,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from hone.jsonlog import route_transformers_logs
 from trainer.blobs import open_blobs, split_url
-from trainer.logs import bind, configure_logging, route_transformers_logs
+from trainer.logs import bind, configure_logging
 from trainer.loop import EXIT_SUPERSEDED, Run, install_stop_handler
 from trainer.reporting import Reporter
 from trainer.spec import TrainSpec

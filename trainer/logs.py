@@ -68,13 +68,3 @@ def bind(**fields: Any) -> None:
     _fields.fields = {**_fields.fields, **{k: v for k, v in fields.items() if v is not None}}
 
 
-def route_transformers_logs() -> None:
-    """transformers prints through a handler of its own, and progress bars: send its records through ours and
-    keep bars (carriage-return noise in a log file) out."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
-    hf_logging.disable_progress_bar()

@@ -351,11 +351,17 @@ class SimulatedEngines:
             want = 0 if dep["metadata"].get("deletionTimestamp") else dep["spec"].get("replicas", 1)
             template = json.dumps(dep["spec"]["template"], sort_keys=True)
             current = self.running.get(name)
-            if current is not None and (want == 0 or current["template"] != template):
+            generation = dep["metadata"].get("generation", 1)
+            # A scale to zero and back between two polls leaves replicas and template as they were, but the
+            # generation two ahead: a real ReplicaSet would have deleted the pod at zero, so this one goes too.
+            scaled_through_zero = current is not None and generation - current["generation"] >= 2
+            if current is not None and (want == 0 or current["template"] != template or scaled_through_zero):
                 self._stop_pod(name)
                 current = None
             if want >= 1 and current is None:
                 current = self._start_pod(dep, template)
+            if current is not None:
+                current["generation"] = generation
             if current is not None and not current["ready"] and self._healthy(current):
                 kube.run_pod(ns, current["pod"])
                 current["ready"] = True

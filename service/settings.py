@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     min_training_examples: int = 10
     max_reported_errors: int = 20
     result_files_base64: bool = True  # OpenAI serves result CSVs base64-encoded
+    # Vertex dataset URIs: gs://BUCKET/... reads s3://MAPPED/... on the S3-compatible store, as JSON
+    # {"gcs-bucket": "s3-bucket/optional/prefix"}; a bucket not listed reads the S3 bucket of the same name.
+    gcs_bucket_map: dict[str, str] = Field(default_factory=dict)
 
     key_cache_ttl_s: float = 5.0  # how long another replica may still accept a revoked key
     auto_migrate: bool = True
@@ -98,7 +101,7 @@ class Settings(BaseSettings):
     k8s_job_ttl_s: int = 3600  # ttlSecondsAfterFinished: how long a finished Job (and its logs) is kept
     k8s_max_parallel_jobs: int = 8  # trainer Jobs at once (the cluster's GPUs queue the rest as Pending)
 
-    @field_validator("base_models", "k8s_node_selector", "k8s_tolerations", mode="before")
+    @field_validator("base_models", "gcs_bucket_map", "k8s_node_selector", "k8s_tolerations", mode="before")
     @classmethod
     def _parse_json(cls, value, info: ValidationInfo):
         if isinstance(value, str):

@@ -1,4 +1,4 @@
-"""Unit tests of the streaming dataset validator (service.datasets), without a server."""
+"""Unit tests of the streaming dataset validator (hone.datasets, the server's service.datasets), without a server."""
 
 from __future__ import annotations
 

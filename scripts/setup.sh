@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs Hone with its trainer and test tools. Re-runs install only when pyproject.toml changed.
+# Creates .venv and installs Hone with the server, trainer, plotting and test tools. Re-runs install only when
+# pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -12,7 +13,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Never let pip resolve torch from the index (it would pull CUDA builds): the `train`
   # extra pins torch==2.13.0, which these machines install from a local CPU wheel.
   .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,train]'
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[server,train,plot,dev]'
   echo "$want" > "$stamp"
 fi
 # Debian packages the tests use, installed only when missing, and only where we are root (as CI is) or sudo needs

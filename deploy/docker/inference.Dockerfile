@@ -5,7 +5,8 @@
 #     tuned adapters from storage into the volume vLLM loads them from;
 #   - the whole of one GPU host in deploy/compose.yaml: `hone serve` with the local executor and endpoint backend,
 #     which start `python -m trainer` and `vllm serve` as processes on the host's GPU (hence peft).
-# Hone is installed against vLLM's own torch (pinned by a constraints file), never the `train` extra's pin.
+# Hone is installed against vLLM's own torch (pinned by a constraints file), never the `train` extra's pin; the
+# `server` extra brings `hone serve` and the fetcher's boto3.
 #
 #   docker build -f deploy/docker/inference.Dockerfile -t ghcr.io/hone-dev/hone-inference:0.1.0 .
 #   (or deploy/docker/build.sh, which builds all three images)
@@ -26,7 +27,7 @@ COPY service ./service
 COPY inference ./inference
 COPY trainer ./trainer
 RUN python3 -m pip freeze | grep -iE '^(torch|transformers|safetensors)==' > /tmp/vllm-pins.txt \
-    && python3 -m pip install --no-cache-dir --constraint /tmp/vllm-pins.txt . "peft>=0.12" \
+    && python3 -m pip install --no-cache-dir --constraint /tmp/vllm-pins.txt ".[server]" "peft>=0.12" \
     && rm /tmp/vllm-pins.txt \
     && if ! command -v python >/dev/null; then ln -s "$(command -v python3)" /usr/local/bin/python; fi \
     && groupadd --system --gid 10001 hone \

@@ -19,7 +19,10 @@ COPY hone ./hone
 COPY service ./service
 COPY inference ./inference
 COPY trainer ./trainer
-RUN pip install --no-cache-dir . \
+# The `server` extra: a plain install is the client side only (SDK and CLI).
+# DL3013: this installs the project itself; the versions come from pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[server]" \
     && groupadd --system --gid 10001 hone \
     && useradd --system --uid 10001 --gid hone --home-dir /var/lib/hone --create-home hone
 

@@ -80,10 +80,10 @@ MODEL_CACHE = Path(tempfile.gettempdir()) / f"hone-test-models-{os.getuid()}"
 
 
 class HoneServer:
-    """`python -m service` in a subprocess, as `hone serve` runs it."""
+    """`python -m service` in a subprocess, as `hone serve` runs it (or `command`, e.g. `hone serve` itself)."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, admin_key: str = "sk-admin-test",
-                 port: int | None = None):
+                 port: int | None = None, command: list[str] | None = None):
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.admin_key = admin_key
@@ -101,7 +101,7 @@ class HoneServer:
         full_env.update(env or {})
         self.env = full_env
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=full_env,
+        self.proc = subprocess.Popen(command or [sys.executable, "-m", "service"], cwd=REPO, env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         wait_http(self.base_url + "/healthz", proc=self.proc)
 

@@ -1,8 +1,10 @@
-"""Typed API errors and the one place that maps them to OpenAI's error envelope."""
+"""Typed API errors and the one place that maps them to an error envelope: OpenAI's, or Google's
+(google.rpc.Status) on the Vertex-compatible routes."""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -63,6 +65,55 @@ class BadGateway(ApiError):
     error_type = "server_error"
 
 
+# Routes under these paths are Vertex's shape, whose clients (google-genai) read `error.status` and `.message`.
+_GOOGLE_PATHS = re.compile(r"^/v1(beta1)?/projects/")
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  405: "UNIMPLEMENTED", 409: "ABORTED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+                  500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+                  504: "DEADLINE_EXCEEDED"}
+# Hone's codes that Google names more precisely than by the HTTP status.
+_GOOGLE_STATUS_BY_CODE = {"invalid_job_status": "FAILED_PRECONDITION"}
+_TYPE = "type.googleapis.com/google.rpc."
+
+
+def google_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 extra: dict[str, Any] | None = None) -> dict:
+    """Google's envelope: on a 400, `param` becomes a BadRequest field violation (one per bad dataset line when
+    `extra` lists them, as dataset errors do); Hone's `code` becomes the ErrorInfo reason."""
+    extra = extra or {}
+    details: list[dict] = []
+    if param and status == 400:
+        lines = [e for e in extra.get("errors") or [] if isinstance(e, dict) and "line" in e]
+        violations = [{"field": param, "description": f"line {e['line']}, field {e.get('field', '$')}: "
+                                                      f"{e.get('message', '')}"} for e in lines]
+        details.append({"@type": _TYPE + "BadRequest",
+                        "fieldViolations": violations or [{"field": param, "description": message}]})
+    if code:
+        metadata = {k: str(v) for k, v in extra.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
+        details.append({"@type": _TYPE + "ErrorInfo", "reason": code.upper(), "domain": "hone.dev",
+                        "metadata": metadata})
+    return {"error": {"code": status, "message": message,
+                      "status": _GOOGLE_STATUS_BY_CODE.get(code or "") or _GOOGLE_STATUS.get(status, "UNKNOWN"),
+                      "details": details}}
+
+
+def _camel(path: str) -> str:
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), path)
+
+
+def _is_google(request: Request) -> bool:
+    return bool(_GOOGLE_PATHS.match(request.url.path))
+
+
+def _error(request: Request, status: int, message: str, *, error_type: str = "invalid_request_error",
+           param: str | None = None, code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    """An error without typed extras, in the envelope the route's clients expect."""
+    if _is_google(request):
+        return _response(request, status, google_error(status, message, code=code, param=param), headers)
+    return _response(request, status, {"error": {"message": message, "type": error_type, "param": param,
+                                                 "code": code}}, headers)
+
+
 def _response(request: Request, status: int, body: dict, headers: dict | None = None) -> JSONResponse:
     response = JSONResponse(body, status_code=status, headers=headers)
     request_id = getattr(request.state, "request_id", None)
@@ -71,7 +122,7 @@ def _response(request: Request, status: int, body: dict, headers: dict | None = 
     return response
 
 
-def _param_from_loc(loc: tuple) -> str | None:
+def param_from_loc(loc: tuple) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     if not parts:
         return None
@@ -84,6 +135,9 @@ def _param_from_loc(loc: tuple) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
+        if _is_google(request):
+            body = google_error(exc.status_code, exc.message, code=exc.code, param=exc.param, extra=exc.extra)
+            return _response(request, exc.status_code, body, headers=exc.headers)
         return _response(request, exc.status_code, exc.body(), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -91,7 +145,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # FastAPI answers 422 {"detail": ...}; OpenAI clients expect 400 + envelope.
         errors = exc.errors()
         first = errors[0] if errors else {}
-        param = _param_from_loc(tuple(first.get("loc", ())))
+        param = param_from_loc(tuple(first.get("loc", ())))
         kind = first.get("type", "")
         if kind == "missing":
             code, message = "missing_required_parameter", f"Missing required parameter: '{param}'."
@@ -101,8 +155,10 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             code = "invalid_value"
             message = f"Invalid value for '{param}': {first.get('msg', 'invalid value')}."
-        return _response(request, 400, {"error": {"message": message, "type": "invalid_request_error",
-                                                  "param": param, "code": code}})
+        if param and _is_google(request):  # Vertex's fields are camelCase, whichever spelling the request used
+            message = message.replace(f"'{param}'", f"'{_camel(param)}'")
+            param = _camel(param)
+        return _error(request, 400, message, param=param, code=code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -114,13 +170,11 @@ def install_error_handlers(app: FastAPI) -> None:
             code = "method_not_allowed"
         else:
             message, code = str(exc.detail), None
-        return _response(request, exc.status_code, {"error": {"message": message, "type": "invalid_request_error",
-                                                              "param": None, "code": code}},
-                         headers=getattr(exc, "headers", None))
+        return _error(request, exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         # Runs outside the access-log middleware (Starlette handles Exception outermost): its context is gone.
         log.exception("unhandled error", extra={"path": request.url.path, **scope_fields(request.scope)})
-        return _response(request, 500, {"error": {"message": "The server had an error while processing your request.",
-                                                  "type": "server_error", "param": None, "code": "server_error"}})
+        return _error(request, 500, "The server had an error while processing your request.",
+                      error_type="server_error", code="server_error")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Iterable, Iterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from service.context import AppContext
-from service.datasets import DatasetValidator
+from service.datasets import DatasetReport, DatasetValidator
 from service.db.tables import File, Job
 from service.errors import InvalidRequest, NotFound, PayloadTooLarge
 from service.ids import new_id
@@ -54,8 +54,7 @@ class _Upload:
         self.filename: str | None = None
         self.size = 0
         self.sha = hashlib.sha256()
-        self.validator = DatasetValidator(max_line_bytes=ctx.settings.max_line_bytes,
-                                          max_errors=ctx.settings.max_reported_errors)
+        self.validator = _validator(ctx)
         self.writer = None
         self.pending: list[bytes] = []
         self._headers: dict[str, str] = {}
@@ -142,9 +141,27 @@ def _check_fine_tune_name(filename: str) -> None:
                              code="invalid_file_format")
 
 
-def _too_large(ctx: AppContext) -> PayloadTooLarge:
+def _too_large(ctx: AppContext, param: str = "file") -> PayloadTooLarge:
     return PayloadTooLarge(f"File is too large: the limit is {ctx.settings.max_file_bytes} bytes.",
-                           param="file", code="file_too_large")
+                           param=param, code="file_too_large")
+
+
+def _validator(ctx: AppContext) -> DatasetValidator:
+    return DatasetValidator(max_line_bytes=ctx.settings.max_line_bytes, max_errors=ctx.settings.max_reported_errors)
+
+
+def _validation_errors(report: DatasetReport) -> dict:
+    return {"errors": [e.as_dict() for e in report.errors], "total": report.total_errors}
+
+
+def _insert_stored(ctx: AppContext, row: File) -> None:
+    """Inserts the row of a blob just committed; the blob goes again if the insert fails."""
+    try:
+        with ctx.db.write() as session:
+            session.add(row)
+    except BaseException:
+        ctx.storage.delete(row.storage_key)
+        raise
 
 
 def _expires_at(fields: dict[str, str], now: int) -> int | None:
@@ -209,15 +226,44 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
         row.example_count = report.examples
         if not report.ok:
             row.status, row.status_details = "error", f"Invalid file format: {report.summary()}"
-            row.validation_errors = {"errors": [e.as_dict() for e in report.errors], "total": report.total_errors}
+            row.validation_errors = _validation_errors(report)
     upload.writer.commit()
-    try:
-        with ctx.db.write() as session:
-            session.add(row)
-    except BaseException:
-        ctx.storage.delete(upload.key)
-        raise
+    _insert_stored(ctx, row)
     return file_api(row)
+
+
+def import_fine_tune_file(ctx: AppContext, principal: ProjectPrincipal, filename: str, chunks: Iterable[bytes], *,
+                          param: str, source: str) -> File:
+    """A fine-tune file from bytes read elsewhere (a dataset object in a bucket), checked as uploads are.
+    Unlike an upload, an invalid dataset is refused whole: nothing is stored, and the error lists the bad
+    lines and fields (as a job refusing a file in `error` does)."""
+    file_id = new_id("file-")
+    key, validator, sha, size = f"files/{file_id}", _validator(ctx), hashlib.sha256(), 0
+    writer = ctx.storage.writer(key)
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > ctx.settings.max_file_bytes:
+                raise _too_large(ctx, param)
+            sha.update(chunk)
+            validator.feed(chunk)
+            writer.write(chunk)
+        report = validator.finish()
+        if not report.ok:
+            first = report.errors[0]
+            raise InvalidRequest(f"invalid {param}: {source} is not a valid dataset: {report.summary()}",
+                                 param=param, code="invalid_dataset",
+                                 extra={"line": first.line, "field": first.field, "total_errors": report.total_errors,
+                                        "errors": [e.as_dict() for e in report.errors]})
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    row = File(id=file_id, project_id=principal.project_id, filename=filename, purpose="fine-tune", bytes=size,
+               created_at=int(time.time()), status="processed", storage_key=key, sha256=sha.hexdigest(),
+               dataset_format=report.format.value if report.format else None, example_count=report.examples)
+    _insert_stored(ctx, row)
+    return row
 
 
 def get_file_row(session, principal: ProjectPrincipal, file_id: str) -> File:

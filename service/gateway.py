@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from service import metrics
@@ -57,6 +58,14 @@ class Gateway:
         if hit is not None and time.monotonic() - hit[0] < ROUTE_TTL_S:
             return hit[1]
         return None
+
+    async def resolve(self, project_id: str, model: str) -> Route:
+        """The route for a model: cached, or looked up in a worker thread. Refusals are counted."""
+        try:
+            return self.cached_route(project_id, model) or await run_in_threadpool(self.route, project_id, model)
+        except ApiError as exc:
+            self.count_rejected(model, exc)
+            raise
 
     def route(self, project_id: str, model: str) -> Route:
         """Blocking (one query): call from a worker thread."""
@@ -113,11 +122,7 @@ class Gateway:
             if stream and not wants_usage:  # counted here, then dropped before it reaches the caller
                 body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             raw = json.dumps(body).encode()
-        headers = {"content-type": "application/json"}
-        if route.api_key:
-            headers["authorization"] = f"Bearer {route.api_key}"
-        if request_id:
-            headers["x-request-id"] = request_id
+        headers = _engine_headers(route, request_id)
         try:
             upstream = await asyncio.wait_for(self.upstream.post(route.url + path, raw, headers), self.timeout)
             content_type = upstream.headers.get("content-type", "application/json")
@@ -139,6 +144,26 @@ class Gateway:
         retry_after = upstream.headers.get("retry-after")
         return Response(content, status_code=upstream.status, media_type=content_type,
                         headers={"retry-after": retry_after} if retry_after else None)
+
+    async def count_prompt_tokens(self, route: Route, messages: list[dict], request_id: str | None) -> int:
+        """The length in tokens of a chat prompt as the engine renders it (its own template): the engine's
+        /tokenize. Not served traffic, so not counted in usage."""
+        raw = json.dumps({"model": route.engine_model, "messages": messages}).encode()
+        try:
+            upstream = await asyncio.wait_for(self.upstream.post(route.url + "/tokenize", raw,
+                                                                 _engine_headers(route, request_id)), self.timeout)
+            content = await asyncio.wait_for(upstream.read(), self.timeout)
+        except (UpstreamError, asyncio.TimeoutError) as exc:
+            raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
+                             "retry shortly.", code="endpoint_unreachable")
+        try:
+            count = json.loads(content)["count"] if upstream.status == 200 else None
+        except (ValueError, KeyError, TypeError):
+            count = None
+        if not isinstance(count, int):
+            raise BadGateway(f"The endpoint for '{route.model}' could not count tokens (HTTP {upstream.status}).",
+                             code="endpoint_error")
+        return count
 
     def _count_whole(self, project_id: str, route: Route, status: int, content: bytes, started: float) -> bytes:
         usage = {}
@@ -209,6 +234,15 @@ class Gateway:
 _ABSENT_WHEN_NULL = {"message": {"annotations", "function_call", "audio", "tool_calls", "reasoning",
                                  "reasoning_content"},
                      "usage": {"prompt_tokens_details", "completion_tokens_details"}}
+
+
+def _engine_headers(route: Route, request_id: str | None) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if route.api_key:
+        headers["authorization"] = f"Bearer {route.api_key}"
+    if request_id:
+        headers["x-request-id"] = request_id
+    return headers
 
 
 def openai_shape(body: dict) -> dict:

@@ -173,21 +173,26 @@ def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPri
 
 def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
                idempotency_key: str | None = None) -> dict:
+    return job_api(new_job(ctx, principal, body, idempotency_key), ctx.settings.organization_id)
+
+
+def new_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
+            idempotency_key: str | None = None, vertex_spec: dict | None = None) -> Job:
+    """The new job's row; `vertex_spec` keeps what a Vertex request said beyond OpenAI's fields."""
     method = _resolve_method(body)
     check_servable(method, ctx.settings.max_lora_rank)
     request_sha = idempotency.fingerprint(body) if idempotency_key else ""
     try:
-        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha)
+        return _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
     except IntegrityError:
         if not idempotency_key:
             raise
         # A concurrent request with the same key won the insert (PostgreSQL); answer with its job.
-        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha)
-    return job_api(job, ctx.settings.organization_id)
+        return _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
 
 
 def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob, method: dict,
-                idempotency_key: str | None, request_sha: str) -> Job:
+                idempotency_key: str | None, request_sha: str, vertex_spec: dict | None) -> Job:
     now = int(time.time())
     with ctx.db.write() as session:
         if idempotency_key:
@@ -204,7 +209,8 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
                   validation_file=body.validation_file, method=method, suffix=body.suffix,
                   seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
                   metadata_=body.metadata, result_files=[], priority=body.priority, auto_deploy=body.auto_deploy,
-                  integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []])
+                  integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []],
+                  vertex_spec=vertex_spec)
         session.add(job)
         session.flush()
         for key, value in (body.metadata or {}).items():

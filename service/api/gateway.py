@@ -15,19 +15,16 @@ from service.gateway import parse_body
 
 async def _forward(request: Request, path: str):
     ctx, gateway = request.app.state.ctx, request.app.state.gateway
-    model = None
     try:
         header = request.headers.get("authorization")
         principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
         request.state.project_id = principal.project_id  # for the access log
         raw = await request.body()
         body = parse_body(raw)
-        model = body["model"]
-        route = gateway.cached_route(principal.project_id, model) or \
-            await run_in_threadpool(gateway.route, principal.project_id, model)
     except ApiError as exc:
-        gateway.count_rejected(model, exc)
+        gateway.count_rejected(None, exc)
         raise
+    route = await gateway.resolve(principal.project_id, body["model"])
     return await gateway.forward(principal.project_id, path, raw, body, route,
                                  getattr(request.state, "request_id", None))
 

@@ -101,6 +101,8 @@ class Job(Base):
     queued_at: Mapped[int | None] = mapped_column(BigInteger)  # when it last entered the queue
     # The trainer's latest figures while it runs (step, loss, tokens/s, ...), exported as per-job metrics.
     live_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A job created through the Vertex API: its display name, description and dataset URIs as given.
+    vertex_spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_jobs_project_seq", "project_id", "seq"),)
 

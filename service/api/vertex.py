@@ -1,0 +1,107 @@
+"""Vertex AI–compatible routes under /v1/ and /v1beta1/ `projects/{project}/locations/{location}/`: tuningJobs
+and endpoints, as google-genai (vertexai=True) calls them. Every success is 200 (the SDK treats any other status
+as an error); errors are Google's envelope (service.errors chooses it by path)."""
+
+import logging
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
+
+from service.api.deps import get_ctx
+from service.api.routing import JSONRoute
+from service.auth import authenticate_project, cached_principal
+from service.context import AppContext
+from service.vertex import endpoints, tuning_jobs
+from service.vertex.resources import VertexScope, scope_for
+from service.vertex.schemas import CountTokensRequest, CreateTuningJob, GenerateContentRequest
+
+log = logging.getLogger("hone.api")
+
+
+class _ApiVersion(Convertor):
+    """Vertex's API versions: one set of routes serves both (google-genai calls v1beta1 unless told v1)."""
+    regex = "v1|v1beta1"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("vertex_api_version", _ApiVersion())
+
+router = APIRouter(route_class=JSONRoute, prefix="/{api_version:vertex_api_version}/projects/{project}/locations/{location}",
+                   tags=["vertex"])
+
+
+async def vertex_scope(request: Request, api_version: Literal["v1", "v1beta1"], project: str,
+                       location: str) -> VertexScope:
+    """The caller: `Authorization: Bearer <Hone API key>` (the OAuth token slot) or `x-goog-api-key`.
+    Both API versions answer alike: v1beta1's extra fields are in every answer, and clients drop what they
+    do not know."""
+    ctx = request.app.state.ctx
+    api_key = request.headers.get("x-goog-api-key")
+    header = request.headers.get("authorization") or (f"Bearer {api_key}" if api_key else None)
+    principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
+    request.state.project_id = principal.project_id  # for the access log
+    return scope_for(principal, project, location)
+
+
+@router.post("/tuningJobs")
+def create_tuning_job(body: CreateTuningJob, request: Request, scope: VertexScope = Depends(vertex_scope),
+                      ctx: AppContext = Depends(get_ctx)):
+    job = tuning_jobs.create_tuning_job(ctx, scope, body)
+    log.info("tuning job created", extra={"job_id": job["name"].rsplit("/", 1)[-1], "model": job["baseModel"]})
+    request.app.state.loops.wake("validation")
+    return job
+
+
+@router.get("/tuningJobs")
+def list_tuning_jobs(pageSize: int = 0, pageToken: str | None = None, filter: str | None = None,  # noqa: N803
+                     scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
+    return tuning_jobs.list_tuning_jobs(ctx, scope, page_size=pageSize, page_token=pageToken, filter_text=filter)
+
+
+@router.get("/tuningJobs/{job_id}")
+def get_tuning_job(job_id: str, scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
+    return tuning_jobs.get_tuning_job(ctx, scope, job_id)
+
+
+@router.post("/tuningJobs/{job_id}:cancel")
+def cancel_tuning_job(job_id: str, request: Request, scope: VertexScope = Depends(vertex_scope),
+                      ctx: AppContext = Depends(get_ctx)):
+    cancelled = tuning_jobs.cancel_tuning_job(ctx, scope, job_id)  # any request body is ignored
+    log.info("tuning job cancelled", extra={"job_id": job_id})
+    request.app.state.loops.wake("scheduler")  # stops the trainer now, not at the next poll
+    return cancelled
+
+
+@router.get("/endpoints/{endpoint_id}")
+def get_endpoint(endpoint_id: str, scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
+    return endpoints.get_endpoint(ctx, scope, endpoint_id)
+
+
+@router.post("/endpoints/{endpoint_id}:generateContent")
+async def generate_content(endpoint_id: str, body: GenerateContentRequest, request: Request,
+                           scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
+    return await endpoints.generate_content(ctx, request.app.state.gateway, scope, endpoint_id, body, stream=False,
+                                            sse=False, request_id=getattr(request.state, "request_id", None))
+
+
+@router.post("/endpoints/{endpoint_id}:streamGenerateContent")
+async def stream_generate_content(endpoint_id: str, body: GenerateContentRequest, request: Request,
+                                  alt: str | None = None, scope: VertexScope = Depends(vertex_scope),
+                                  ctx: AppContext = Depends(get_ctx)):
+    # alt=sse: server-sent events (google-genai always asks for them); otherwise a streamed JSON array.
+    return await endpoints.generate_content(ctx, request.app.state.gateway, scope, endpoint_id, body, stream=True,
+                                            sse=alt == "sse", request_id=getattr(request.state, "request_id", None))
+
+
+@router.post("/endpoints/{endpoint_id}:countTokens")
+async def count_tokens(endpoint_id: str, body: CountTokensRequest, request: Request,
+                       scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
+    return await endpoints.count_tokens(ctx, request.app.state.gateway, scope, endpoint_id, body,
+                                        getattr(request.state, "request_id", None))

@@ -1,0 +1,96 @@
+"""Vertex dataset URIs -> Hone files: a Hone file id as is; `s3://bucket/key` read from the S3-compatible store;
+`gs://bucket/key` read from the bucket HONE_GCS_BUCKET_MAP maps it to there (the same name when unmapped).
+
+A bucket object is imported once per job as a fine-tune file of the caller's project, validated line by line
+on the way in; an invalid dataset is refused whole, naming the line and field."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from service.auth import ProjectPrincipal
+from service.context import AppContext
+from service.errors import InvalidRequest
+from service.files import import_fine_tune_file
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ResolvedDataset:
+    file_id: str
+    imported: bool  # a file made for this request, to be removed again if the job is refused
+
+
+@dataclass(frozen=True)
+class BucketObject:
+    bucket: str
+    key: str
+
+
+def bucket_object(settings, uri: str, field: str) -> BucketObject | None:
+    """The S3 object a gs:// or s3:// URI names, or None for a Hone file id."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "" and uri.startswith("file-"):
+        return None
+    if parsed.scheme not in ("gs", "s3") or not parsed.netloc or not parsed.path.strip("/"):
+        raise InvalidRequest(f"{field} must be gs://bucket/path.jsonl, s3://bucket/path.jsonl or the id of an "
+                             f"uploaded fine-tune file, got '{uri[:200]}'.", param=field, code="invalid_dataset_uri")
+    if not parsed.path.lower().endswith(".jsonl"):
+        raise InvalidRequest(f"{field} should be an object of type JSONL (a name ending in .jsonl), got '{uri[:200]}'.",
+                             param=field, code="invalid_dataset_uri")
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if parsed.scheme == "gs":
+        target, _, prefix = settings.gcs_bucket_map.get(bucket, bucket).partition("/")
+        bucket, key = target, f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key
+    storage = urlparse(settings.resolved_storage_url)
+    own_prefix = storage.path.strip("/")
+    if storage.scheme == "s3" and bucket == storage.netloc and (not own_prefix or key.startswith(own_prefix + "/")):
+        # Hone's own blobs hold every project's files: reachable by file id only, within the project.
+        raise InvalidRequest(f"{field} points into Hone's own storage; pass the file's id instead.", param=field,
+                             code="invalid_dataset_uri")
+    return BucketObject(bucket, key)
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_client(endpoint_url: str | None):
+    # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL and the other AWS_* variables, as Hone's storage does.
+    return boto3.client("s3", endpoint_url=endpoint_url, config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+
+
+def _object_chunks(client, obj: BucketObject, uri: str, field: str) -> Iterator[bytes]:
+    try:
+        body = client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
+            raise InvalidRequest(f"{field}: {uri} does not exist (read as s3://{obj.bucket}/{obj.key}).",
+                                 param=field, code="dataset_not_found") from None
+        raise InvalidRequest(f"{field}: {uri} cannot be read ({code or err}).", param=field,
+                             code="dataset_unreadable") from None
+    except BotoCoreError as err:
+        raise InvalidRequest(f"{field}: {uri} cannot be read: {err}.", param=field, code="dataset_unreadable") from None
+    try:
+        yield from body.iter_chunks(CHUNK)
+    except (BotoCoreError, ClientError) as err:
+        raise InvalidRequest(f"{field}: reading {uri} failed: {err}.", param=field, code="dataset_unreadable") from None
+    finally:
+        body.close()
+
+
+def resolve_dataset(ctx: AppContext, principal: ProjectPrincipal, uri: str, field: str) -> ResolvedDataset:
+    obj = bucket_object(ctx.settings, uri, field)
+    if obj is None:
+        return ResolvedDataset(uri, imported=False)  # the job's own checks find it, or say why not
+    client = _s3_client(ctx.settings.s3_endpoint_url)
+    filename = obj.key.rsplit("/", 1)[-1]
+    row = import_fine_tune_file(ctx, principal, filename, _object_chunks(client, obj, uri, field), param=field,
+                                source=uri)
+    return ResolvedDataset(row.id, imported=True)

@@ -1,0 +1,137 @@
+"""Vertex request bodies. Keys are accepted in camelCase or snake_case (Vertex's proto3 JSON parser takes both,
+and google-genai mixes them), int64 fields as JSON numbers or strings, enums as names or proto numbers."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+
+class VertexBody(BaseModel):
+    # Unknown fields are ignored, as Vertex ignores fields a version does not know.
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True,
+                              extra="ignore")
+
+
+# AdapterSize: name -> (proto number, LoRA rank). The numbers are not in rank order (TWO was added last).
+ADAPTER_SIZES = {"ADAPTER_SIZE_ONE": (1, 1), "ADAPTER_SIZE_TWO": (6, 2), "ADAPTER_SIZE_FOUR": (2, 4),
+                 "ADAPTER_SIZE_EIGHT": (3, 8), "ADAPTER_SIZE_SIXTEEN": (4, 16), "ADAPTER_SIZE_THIRTY_TWO": (5, 32)}
+ADAPTER_SIZE_OF_RANK = {rank: name for name, (_, rank) in ADAPTER_SIZES.items()}
+_RANK_OF_NUMBER = {number: rank for number, rank in ADAPTER_SIZES.values()}
+
+
+def _lora_rank(value: Any) -> int | None:
+    """An AdapterSize given by name or proto number (a number may come as a string) -> its LoRA rank."""
+    if value in (None, 0, "0", "ADAPTER_SIZE_UNSPECIFIED"):
+        return None
+    if isinstance(value, str) and value in ADAPTER_SIZES:
+        return ADAPTER_SIZES[value][1]
+    if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).isdigit() \
+            and int(value) in _RANK_OF_NUMBER:
+        return _RANK_OF_NUMBER[int(value)]
+    raise ValueError(f"unknown AdapterSize {value!r}; use one of {', '.join(ADAPTER_SIZES)} or its number")
+
+
+LoraRank = Annotated[int | None, BeforeValidator(_lora_rank)]
+
+
+class HyperParameters(VertexBody):
+    # int64 fields: pydantic's lax mode reads "3" as 3, as proto3 JSON allows.
+    epoch_count: int | None = Field(default=None, ge=1, le=50)
+    learning_rate_multiplier: float | None = Field(default=None, gt=0)
+    adapter_size: LoraRank = None
+    batch_size: int | None = Field(default=None, ge=1, le=256)  # v1beta1, for open models
+    learning_rate: float | None = None  # v1beta1; refused with what to use instead
+
+
+class PreferenceHyperParameters(HyperParameters):
+    beta: float | None = Field(default=None, gt=0, le=2)
+
+
+class SupervisedTuningSpec(VertexBody):
+    training_dataset_uri: str = Field(min_length=1)
+    validation_dataset_uri: str | None = None
+    hyper_parameters: HyperParameters = Field(default_factory=HyperParameters)
+    export_last_checkpoint_only: bool | None = None
+
+
+class PreferenceOptimizationSpec(SupervisedTuningSpec):
+    hyper_parameters: PreferenceHyperParameters = Field(default_factory=PreferenceHyperParameters)
+
+
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+MAX_LABELS = 16  # what a job's metadata holds
+
+
+class CreateTuningJob(VertexBody):
+    base_model: str | None = None
+    pre_tuned_model: dict[str, Any] | None = None
+    supervised_tuning_spec: SupervisedTuningSpec | None = None
+    preference_optimization_spec: PreferenceOptimizationSpec | None = None
+    # Specs Hone does not train; named so that asking for one gets a clear answer instead of being ignored.
+    distillation_spec: dict[str, Any] | None = None
+    reinforcement_tuning_spec: dict[str, Any] | None = None
+    partner_model_tuning_spec: dict[str, Any] | None = None
+    full_fine_tuning_spec: dict[str, Any] | None = None
+    veo_tuning_spec: dict[str, Any] | None = None
+    veo_lora_tuning_spec: dict[str, Any] | None = None
+    tuned_model_display_name: str | None = Field(default=None, max_length=128)
+    description: str | None = Field(default=None, max_length=4096)
+    labels: dict[str, str] | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str] | None):
+        if value is None:
+            return value
+        if len(value) > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels are allowed, got {len(value)}")
+        for key, label in value.items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"label key {key[:70]!r} must start with a lowercase letter and hold at most 63 "
+                                 "lowercase letters, digits, '_' or '-'")
+            if not _LABEL_VALUE.match(label):
+                raise ValueError(f"label value {label[:70]!r} of {key!r} must be at most 63 lowercase letters, "
+                                 "digits, '_' or '-'")
+        return value
+
+
+# --- generateContent ---------------------------------------------------------------------------------
+
+class Part(VertexBody):
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True,
+                              extra="allow")  # kept, so that a non-text part can be named in the error
+    text: str | None = None
+    thought: bool | None = None
+
+
+class Content(VertexBody):
+    role: str | None = None
+    parts: list[Part] = Field(default_factory=list)
+
+
+class GenerationConfig(VertexBody):
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: float | None = Field(default=None, ge=0)
+    candidate_count: int | None = Field(default=None, ge=1, le=8)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    stop_sequences: list[str] | None = Field(default=None, max_length=5)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+
+
+class GenerateContentRequest(VertexBody):
+    contents: list[Content] = Field(min_length=1)
+    system_instruction: Content | None = None
+    generation_config: GenerationConfig | None = None
+
+
+class CountTokensRequest(VertexBody):
+    contents: list[Content] = Field(min_length=1)
+    system_instruction: Content | None = None

@@ -1,0 +1,297 @@
+"""tuningJobs: Hone's fine-tuning jobs created, listed and cancelled through service.jobs, seen in Vertex's shape.
+
+A Vertex request becomes the OpenAI-shaped job request Hone already checks (base model, files, servability),
+with its datasets resolved to files first; errors name the Vertex field the problem came from."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import files, jobs
+from service.context import AppContext
+from service.db.tables import Checkpoint, Endpoint, File, Job
+from service.endpoint_states import EndpointState
+from service.errors import ApiError, InvalidRequest, NotFound, param_from_loc
+from service.pagination import paginate
+from service.schemas import CreateFineTuningJob
+from service.training_plan import DEFAULT_LORA_RANK
+from service.vertex.dataset_uris import ResolvedDataset, resolve_dataset
+from service.vertex.list_filter import filter_conditions
+from service.vertex.resources import VertexScope, check_id, rfc3339
+from service.vertex.schemas import ADAPTER_SIZE_OF_RANK, CreateTuningJob
+from service.vertex.states import first_deploy_pending, vertex_state
+
+SPEC_FIELDS = {"supervised": "supervisedTuningSpec", "dpo": "preferenceOptimizationSpec"}
+STATS_FIELDS = {"supervised": "supervisedTuningDataStats", "dpo": "preferenceOptimizationDataStats"}
+_UNTRAINED_SPECS = ("distillation_spec", "reinforcement_tuning_spec", "partner_model_tuning_spec",
+                    "full_fine_tuning_spec", "veo_tuning_spec", "veo_lora_tuning_spec")
+# OpenAI hyperparameter -> Vertex hyperParameters field
+_HYPERPARAMETERS = {"n_epochs": "epochCount", "learning_rate_multiplier": "learningRateMultiplier",
+                    "lora_rank": "adapterSize", "batch_size": "batchSize", "beta": "beta"}
+_TUNED_MODEL = re.compile(r"^projects/[^/]+/locations/[^/]+/models/(?P<job_id>[^/@]+)(@1)?$")
+PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED
+
+
+# --- creation -------------------------------------------------------------------------------------
+
+def _tuning_spec(body: CreateTuningJob):
+    for name in _UNTRAINED_SPECS:
+        if getattr(body, name) is not None:
+            field = CreateTuningJob.model_fields[name].alias
+            raise InvalidRequest(f"{field} is not supported by Hone; use supervisedTuningSpec or "
+                                 "preferenceOptimizationSpec.", param=field, code="unsupported_tuning_spec")
+    given = [(t, s) for t, s in (("supervised", body.supervised_tuning_spec),
+                                 ("dpo", body.preference_optimization_spec)) if s is not None]
+    if len(given) != 1:
+        raise InvalidRequest("Give exactly one of supervisedTuningSpec and preferenceOptimizationSpec.",
+                             param="supervisedTuningSpec", code="invalid_tuning_spec")
+    return given[0]
+
+
+def _source_model(ctx: AppContext, scope: VertexScope, body: CreateTuningJob) -> str:
+    """The model to tune: a base model, or (continuous tuning) a tuned model of this project."""
+    if body.pre_tuned_model is None:
+        if not body.base_model:
+            raise InvalidRequest("baseModel is required.", param="baseModel", code="missing_required_parameter")
+        return body.base_model
+    pre = body.pre_tuned_model
+    if pre.get("checkpointId", pre.get("checkpoint_id")):
+        raise InvalidRequest("Tuning from a checkpoint is not supported; give the tuned model only.",
+                             param="preTunedModel.checkpointId", code="unsupported_checkpoint")
+    name = pre.get("tunedModelName", pre.get("tuned_model_name")) or ""
+    match = _TUNED_MODEL.match(name)
+    with ctx.db.read() as session:
+        tuned = match and session.execute(select(Job.fine_tuned_model).where(
+            Job.id == match["job_id"], Job.project_id == scope.principal.project_id)).scalar()
+    if not tuned:
+        raise InvalidRequest(f"preTunedModel.tunedModelName '{name[:200]}' is not a tuned model of this project.",
+                             param="preTunedModel.tunedModelName", code="model_not_available")
+    return tuned
+
+
+def _vertex_param(param: str | None, spec_field: str) -> str | None:
+    """Names a parameter of the OpenAI-shaped job request by the Vertex field it came from."""
+    top = {"model": "baseModel", "suffix": "tunedModelDisplayName", "metadata": "labels",
+           "training_file": f"{spec_field}.trainingDatasetUri", "validation_file": f"{spec_field}.validationDatasetUri"}
+    if param in top:
+        return top[param]
+    head, _, name = (param or "").rpartition("hyperparameters.")
+    if head or name in _HYPERPARAMETERS:
+        return f"{spec_field}.hyperParameters.{_HYPERPARAMETERS.get(name, name)}"
+    return param
+
+
+def _suffix(display_name: str | None) -> str | None:
+    """The display name as the tuned model's OpenAI suffix (which allows fewer characters)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", display_name or "").strip("-")[:64] or None
+
+
+def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob) -> dict:
+    method_type, spec = _tuning_spec(body)
+    spec_field = SPEC_FIELDS[method_type]
+    hp = spec.hyper_parameters
+    if hp.learning_rate is not None:
+        raise InvalidRequest("learningRate is not supported: Hone scales its own learning rate by "
+                             "learningRateMultiplier.", param=f"{spec_field}.hyperParameters.learningRate",
+                             code="unsupported_hyperparameter")
+    hyperparameters = {"n_epochs": hp.epoch_count, "learning_rate_multiplier": hp.learning_rate_multiplier,
+                       "batch_size": hp.batch_size, "lora_rank": hp.adapter_size, "beta": getattr(hp, "beta", None)}
+    model = _source_model(ctx, scope, body)
+    datasets: list[ResolvedDataset] = []
+    try:
+        for uri, field in ((spec.training_dataset_uri, "trainingDatasetUri"),
+                           (spec.validation_dataset_uri, "validationDatasetUri")):
+            if uri is not None:
+                datasets.append(resolve_dataset(ctx, scope.principal, uri, f"{spec_field}.{field}"))
+        request = CreateFineTuningJob.model_validate({
+            "model": model, "training_file": datasets[0].file_id,
+            "validation_file": datasets[1].file_id if len(datasets) > 1 else None,
+            "method": {"type": method_type, method_type: {
+                "hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None}}},
+            "suffix": _suffix(body.tuned_model_display_name), "metadata": body.labels})
+        vertex_spec = {"tunedModelDisplayName": body.tuned_model_display_name, "description": body.description,
+                       "trainingDatasetUri": spec.training_dataset_uri,
+                       "validationDatasetUri": spec.validation_dataset_uri,
+                       "exportLastCheckpointOnly": spec.export_last_checkpoint_only}
+        job = jobs.new_job(ctx, scope.principal, request,
+                           vertex_spec={k: v for k, v in vertex_spec.items() if v is not None})
+    except ValidationError as exc:
+        _discard(ctx, scope, datasets)
+        first = exc.errors()[0]
+        param = _vertex_param(param_from_loc(tuple(first["loc"])), spec_field)
+        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param,
+                             code="invalid_value") from None
+    except BaseException as exc:
+        _discard(ctx, scope, datasets)  # a refused job leaves no imported files behind
+        if isinstance(exc, ApiError):
+            exc.param = _vertex_param(exc.param, spec_field)
+        raise
+    with ctx.db.read() as session:
+        return _views(session, scope, [job])[0]
+
+
+def _discard(ctx: AppContext, scope: VertexScope, datasets: list[ResolvedDataset]) -> None:
+    for dataset in datasets:
+        if dataset.imported:
+            files.delete_file(ctx, scope.principal, dataset.file_id)
+
+
+# --- reads and cancel ----------------------------------------------------------------------------
+
+def _job(session: Session, scope: VertexScope, job_id: str) -> Job:
+    check_id(job_id, "TuningJob")
+    job = session.execute(select(Job).where(Job.id == job_id, Job.project_id == scope.principal.project_id)).scalar()
+    if job is None:
+        raise NotFound(f"TuningJob '{scope.name('tuningJobs', job_id)}' was not found.", param="name",
+                       code="not_found")
+    return job
+
+
+def get_tuning_job(ctx: AppContext, scope: VertexScope, job_id: str) -> dict:
+    with ctx.db.read() as session:
+        return _views(session, scope, [_job(session, scope, job_id)])[0]
+
+
+def list_tuning_jobs(ctx: AppContext, scope: VertexScope, *, page_size: int, page_token: str | None,
+                     filter_text: str | None) -> dict:
+    """Newest first. The page token is the id of the last job of the previous page."""
+    size = PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
+    stmt = select(Job).where(Job.project_id == scope.principal.project_id, *filter_conditions(filter_text))
+    with ctx.db.read() as session:
+        try:
+            rows, more = paginate(session, stmt, Job, after=page_token or None, limit=size)
+        except InvalidRequest:
+            raise InvalidRequest(f"Invalid pageToken '{page_token[:100]}'.", param="pageToken",
+                                 code="invalid_page_token") from None
+        body: dict = {}  # proto3 JSON leaves empty fields out
+        if rows:
+            body["tuningJobs"] = _views(session, scope, rows)
+        if more:
+            body["nextPageToken"] = rows[-1].id
+        return body
+
+
+def cancel_tuning_job(ctx: AppContext, scope: VertexScope, job_id: str) -> dict:
+    """Cancellation is immediate: the job is CANCELLED (error.code 1) and its trainer is stopped."""
+    check_id(job_id, "TuningJob")
+    try:
+        jobs.act_on_job(ctx, scope.principal, job_id, "cancel")
+    except NotFound:
+        raise NotFound(f"TuningJob '{scope.name('tuningJobs', job_id)}' was not found.", param="name",
+                       code="not_found") from None
+    except InvalidRequest as exc:  # FAILED_PRECONDITION: it has ended already
+        exc.param = "name"
+        raise
+    return {}
+
+
+# --- the view ------------------------------------------------------------------------------------
+
+def _views(session: Session, scope: VertexScope, rows: list[Job]) -> list[dict]:
+    """Vertex TuningJobs for job rows, with what each view needs loaded in three queries for the lot."""
+    ids = [job.id for job in rows]
+    training = {f.id: f for f in session.execute(select(File).where(
+        File.id.in_({job.training_file for job in rows}))).scalars()}
+    live = session.execute(select(Endpoint).where(Endpoint.job_id.in_(ids),
+                                                  Endpoint.state != EndpointState.STOPPED.value)
+                           .order_by(Endpoint.seq.desc())).scalars().all()
+    checkpoints = session.execute(select(Checkpoint).where(Checkpoint.job_id.in_(ids))
+                                  .order_by(Checkpoint.step_number)).scalars().all()
+    return [_view(scope, job, training.get(job.training_file), [ep for ep in live if ep.job_id == job.id],
+                  [c for c in checkpoints if c.job_id == job.id]) for job in rows]
+
+
+def _hyperparameters(job: Job) -> dict:
+    hp = (job.method.get(job.method["type"]) or {}).get("hyperparameters") or {}
+    out = {}
+    for name, field in _HYPERPARAMETERS.items():
+        value = hp.get(name)
+        if name == "lora_rank":
+            if hp.get("tuning_mode") != "full" and (value or "auto") == "auto":
+                value = DEFAULT_LORA_RANK
+            value = ADAPTER_SIZE_OF_RANK.get(value)
+        if value is None or value == "auto":
+            continue
+        out[field] = str(value) if name in ("n_epochs", "batch_size") else value  # int64 as a string
+    return out
+
+
+def _steps_per_epoch(job: Job) -> float | None:
+    epochs = ((job.method.get(job.method["type"]) or {}).get("hyperparameters") or {}).get("n_epochs")
+    total = (job.live_metrics or {}).get("total_steps")
+    return total / epochs if isinstance(epochs, int) and epochs > 0 and total else None
+
+
+def _error(job: Job) -> dict | None:
+    if job.status == "cancelled":
+        return {"code": CANCELLED_CODE, "message": "CANCELED"}
+    if job.status == "failed":
+        error = job.error or {}
+        code = 3 if str(error.get("code") or "").startswith("invalid") else 13  # INVALID_ARGUMENT or INTERNAL
+        return {"code": code, "message": error.get("message") or "The tuning job failed."}
+    return None
+
+
+def _tuned_model(scope: VertexScope, job: Job, endpoints: list[Endpoint], checkpoints: list[Checkpoint]) -> dict:
+    tuned = [ep for ep in endpoints if ep.checkpoint_id is None]
+    served = {ep.checkpoint_id: ep for ep in endpoints if ep.checkpoint_id}
+    per_epoch = _steps_per_epoch(job)
+    model: dict = {"model": scope.name("models", f"{job.id}@1")}
+    if tuned:
+        model["endpoint"] = scope.name("endpoints", tuned[0].id)
+    listed = []
+    for ckpt in checkpoints:
+        entry = {"checkpointId": ckpt.id, "step": str(ckpt.step_number)}
+        if per_epoch:
+            entry["epoch"] = str(math.ceil(ckpt.step_number / per_epoch))
+        if ckpt.id in served:
+            entry["endpoint"] = scope.name("endpoints", served[ckpt.id].id)
+        listed.append(entry)
+    if listed:
+        model["checkpoints"] = listed
+    return model
+
+
+def _data_stats(job: Job, training: File | None) -> dict | None:
+    stats = {"tuningDatasetExampleCount": training.example_count if training else None,
+             "totalBillableTokenCount": job.trained_tokens,
+             "tuningStepCount": (job.live_metrics or {}).get("total_steps")}
+    known = {k: str(v) for k, v in stats.items() if isinstance(v, int)}
+    return {STATS_FIELDS.get(job.method["type"], STATS_FIELDS["supervised"]): known} if known else None
+
+
+def _view(scope: VertexScope, job: Job, training: File | None, endpoints: list[Endpoint],
+          checkpoints: list[Checkpoint]) -> dict:
+    given = job.vertex_spec or {}
+    spec = {"trainingDatasetUri": given.get("trainingDatasetUri", job.training_file)}
+    if job.validation_file:
+        spec["validationDatasetUri"] = given.get("validationDatasetUri", job.validation_file)
+    spec["hyperParameters"] = _hyperparameters(job)
+    if "exportLastCheckpointOnly" in given:
+        spec["exportLastCheckpointOnly"] = given["exportLastCheckpointOnly"]
+    state, sub_state = vertex_state(job.status, first_deploy_pending([ep for ep in endpoints
+                                                                      if ep.checkpoint_id is None]))
+    updated = max(t for t in (job.created_at, job.queued_at, job.started_at, job.last_report_at, job.finished_at,
+                              *(ep.updated_at for ep in endpoints)) if t)
+    view = {"name": scope.name("tuningJobs", job.id), "baseModel": job.model,
+            "tunedModelDisplayName": given.get("tunedModelDisplayName") or job.suffix,
+            "description": given.get("description"), "labels": job.metadata_ or None,
+            SPEC_FIELDS.get(job.method["type"], SPEC_FIELDS["supervised"]): spec,
+            "state": state, "tuningJobState": sub_state, "createTime": rfc3339(job.created_at),
+            "startTime": rfc3339(job.started_at), "endTime": rfc3339(job.finished_at),
+            "updateTime": rfc3339(updated), "error": _error(job)}
+    step = (job.live_metrics or {}).get("step")
+    if isinstance(step, int):
+        per_epoch = _steps_per_epoch(job)
+        view["tuningJobMetadata"] = {"completedStepCount": str(step),
+                                     **({"completedEpochCount": str(int(step // per_epoch))} if per_epoch else {})}
+    if job.fine_tuned_model:
+        view["tunedModel"] = _tuned_model(scope, job, endpoints, checkpoints)
+    view["tuningDataStats"] = _data_stats(job, training)
+    return {k: v for k, v in view.items() if v is not None}  # proto3 JSON leaves unset fields out

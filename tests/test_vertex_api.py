@@ -176,7 +176,7 @@ def _violations(error: dict) -> list[dict]:
     return bad_request["fieldViolations"]
 
 
-def test_bad_datasets_get_google_shaped_400s_naming_line_and_field(vertex):
+def test_bad_datasets_and_requests_get_google_shaped_400s(vertex):
     client, field = vertex["client"], "supervisedTuningSpec.trainingDatasetUri"
     with vertex["project"].http() as http:
         files_before = http.get("/v1/files").json()["data"]
@@ -218,6 +218,15 @@ def test_bad_datasets_get_google_shaped_400s_naming_line_and_field(vertex):
             "baseModel": "gemini-9-ultra", "supervisedTuningSpec": {
                 "trainingDatasetUri": f"gs://{GCS_BUCKET}/tickets/train.jsonl"}}), 400, "INVALID_ARGUMENT")
         assert _violations(no_model)[0]["field"] == "baseModel"
+        for body, field in (({"preTunedModel": {"tunedModelName": "projects/p/locations/l/models/1@1"},
+                              "supervisedTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl"}}, "preTunedModel"),
+                            ({"distillationSpec": {"promptDatasetUri": "gs://b/x.jsonl"}}, "distillationSpec"),
+                            ({"supervisedTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl",
+                                                       "hyperParameters": {"learningRate": 0.001}}},
+                             "supervisedTuningSpec.hyperParameters.learningRate")):
+            unsupported = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={**base, **body}),
+                                        400, "INVALID_ARGUMENT")
+            assert _violations(unsupported)[0]["field"] == field and "not supported" in unsupported["message"]
     with vertex["project"].http() as http:
         assert http.get("/v1/files").json()["data"] == files_before  # nothing half-written
 

@@ -29,19 +29,23 @@ JOB_STATE_NUMBERS = {name: n for n, name in enumerate((
     "JOB_STATE_UPDATING", "JOB_STATE_PARTIALLY_SUCCEEDED"))}
 
 
-def first_deploy_pending(endpoints: list[Endpoint]) -> bool:
-    """Given the live endpoints of a job's tuned model: is one deploying that was never ready?"""
-    return any(ep.state == EndpointState.DEPLOYING.value and ep.ready_at is None for ep in endpoints)
+def first_deploy_pending(job: Job, endpoints: list[Endpoint]) -> bool:
+    """Is the endpoint the job's success deployed (made in the same transaction) still deploying, never ready?
+    (An endpoint someone creates later does not take an ended job back.)"""
+    return any(ep.checkpoint_id is None and ep.state == EndpointState.DEPLOYING.value and ep.ready_at is None
+               and job.finished_at is not None and ep.created_at <= job.finished_at for ep in endpoints)
 
 
 def _first_deploy_pending_sql():
     return exists().where(Endpoint.job_id == Job.id, Endpoint.checkpoint_id.is_(None),
-                          Endpoint.state == EndpointState.DEPLOYING.value, Endpoint.ready_at.is_(None))
+                          Endpoint.state == EndpointState.DEPLOYING.value, Endpoint.ready_at.is_(None),
+                          Endpoint.created_at <= Job.finished_at)
 
 
-def vertex_state(status: str, deploy_pending: bool) -> tuple[str, str | None]:
-    status = JobStatus(status)
-    return POST_PROCESSING if status is S.SUCCEEDED and deploy_pending else JOB_STATES[status]
+def vertex_state(job: Job, endpoints: list[Endpoint]) -> tuple[str, str | None]:
+    """The job's JobState and sub-state, given the live endpoints of its model and checkpoints."""
+    status = JobStatus(job.status)
+    return POST_PROCESSING if status is S.SUCCEEDED and first_deploy_pending(job, endpoints) else JOB_STATES[status]
 
 
 def state_condition(name: str):

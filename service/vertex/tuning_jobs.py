@@ -24,7 +24,7 @@ from service.vertex.dataset_uris import ResolvedDataset, resolve_dataset
 from service.vertex.list_filter import filter_conditions
 from service.vertex.resources import VertexScope, check_id, rfc3339
 from service.vertex.schemas import ADAPTER_SIZE_OF_RANK, CreateTuningJob
-from service.vertex.states import first_deploy_pending, vertex_state
+from service.vertex.states import vertex_state
 
 SPEC_FIELDS = {"supervised": "supervisedTuningSpec", "dpo": "preferenceOptimizationSpec"}
 STATS_FIELDS = {"supervised": "supervisedTuningDataStats", "dpo": "preferenceOptimizationDataStats"}
@@ -33,7 +33,6 @@ _UNTRAINED_SPECS = ("distillation_spec", "reinforcement_tuning_spec", "partner_m
 # OpenAI hyperparameter -> Vertex hyperParameters field
 _HYPERPARAMETERS = {"n_epochs": "epochCount", "learning_rate_multiplier": "learningRateMultiplier",
                     "lora_rank": "adapterSize", "batch_size": "batchSize", "beta": "beta"}
-_TUNED_MODEL = re.compile(r"^projects/[^/]+/locations/[^/]+/models/(?P<job_id>[^/@]+)(@1)?$")
 PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED
 
@@ -54,25 +53,14 @@ def _tuning_spec(body: CreateTuningJob):
     return given[0]
 
 
-def _source_model(ctx: AppContext, scope: VertexScope, body: CreateTuningJob) -> str:
-    """The model to tune: a base model, or (continuous tuning) a tuned model of this project."""
-    if body.pre_tuned_model is None:
-        if not body.base_model:
-            raise InvalidRequest("baseModel is required.", param="baseModel", code="missing_required_parameter")
-        return body.base_model
-    pre = body.pre_tuned_model
-    if pre.get("checkpointId", pre.get("checkpoint_id")):
-        raise InvalidRequest("Tuning from a checkpoint is not supported; give the tuned model only.",
-                             param="preTunedModel.checkpointId", code="unsupported_checkpoint")
-    name = pre.get("tunedModelName", pre.get("tuned_model_name")) or ""
-    match = _TUNED_MODEL.match(name)
-    with ctx.db.read() as session:
-        tuned = match and session.execute(select(Job.fine_tuned_model).where(
-            Job.id == match["job_id"], Job.project_id == scope.principal.project_id)).scalar()
-    if not tuned:
-        raise InvalidRequest(f"preTunedModel.tunedModelName '{name[:200]}' is not a tuned model of this project.",
-                             param="preTunedModel.tunedModelName", code="model_not_available")
-    return tuned
+def _source_model(body: CreateTuningJob) -> str:
+    if body.pre_tuned_model is not None:
+        # Hone trains a new adapter on the base weights; continuing a tuned model's adapter is not built yet.
+        raise InvalidRequest("Continuous tuning (preTunedModel) is not supported; tune the base model with "
+                             "baseModel.", param="preTunedModel", code="unsupported_pre_tuned_model")
+    if not body.base_model:
+        raise InvalidRequest("baseModel is required.", param="baseModel", code="missing_required_parameter")
+    return body.base_model
 
 
 def _vertex_param(param: str | None, spec_field: str) -> str | None:
@@ -102,7 +90,7 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
                              code="unsupported_hyperparameter")
     hyperparameters = {"n_epochs": hp.epoch_count, "learning_rate_multiplier": hp.learning_rate_multiplier,
                        "batch_size": hp.batch_size, "lora_rank": hp.adapter_size, "beta": getattr(hp, "beta", None)}
-    model = _source_model(ctx, scope, body)
+    model = _source_model(body)
     datasets: list[ResolvedDataset] = []
     try:
         for uri, field in ((spec.training_dataset_uri, "trainingDatasetUri"),
@@ -275,8 +263,7 @@ def _view(scope: VertexScope, job: Job, training: File | None, endpoints: list[E
     spec["hyperParameters"] = _hyperparameters(job)
     if "exportLastCheckpointOnly" in given:
         spec["exportLastCheckpointOnly"] = given["exportLastCheckpointOnly"]
-    state, sub_state = vertex_state(job.status, first_deploy_pending([ep for ep in endpoints
-                                                                      if ep.checkpoint_id is None]))
+    state, sub_state = vertex_state(job, endpoints)
     updated = max(t for t in (job.created_at, job.queued_at, job.started_at, job.last_report_at, job.finished_at,
                               *(ep.updated_at for ep in endpoints)) if t)
     view = {"name": scope.name("tuningJobs", job.id), "baseModel": job.model,

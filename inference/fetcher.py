@@ -9,6 +9,10 @@ asks it for an adapter, then hot-loads the path it answers:
     POST /evict {"name": "ep-..."} -> 200 {"removed": bool}
     GET /health -> 200
 
+The same image runs it once as the pod's init container when the engine's base weights are not a Hugging Face
+id or a folder every node sees: `--once SOURCE --name NAME` copies SOURCE into ROOT/NAME and exits (SOURCE may
+also be `builtin:hone-tiny`, which the trainer's code builds, deterministically, as it does for training).
+
 Sources are `s3://bucket/prefix/` (boto3, with the standard AWS_* variables and AWS_ENDPOINT_URL) or
 `file:///dir/` (a volume shared with the control plane). A copy is made in a hidden folder and renamed into
 place, so vLLM never sees half an adapter; asking again for the same name and source answers the copy at once.
@@ -124,6 +128,19 @@ class Fetcher:
             return True
 
 
+def prepare_once(root: Path, source: str, name: str) -> Path:
+    """The init container's job: the engine's weights complete in ROOT/NAME (built-in models built there)."""
+    if source.startswith("builtin:"):
+        model = source.split(":", 1)[1]
+        if model != "hone-tiny":
+            raise FetchError(400, f"unknown built-in model {model!r}")
+        from trainer.tiny_model import build  # the inference image carries the trainer's code; build is atomic
+
+        target = build(root / name)
+        return Path(target)
+    return Path(Fetcher(root).fetch(source, name)["path"])
+
+
 def make_handler(fetcher: Fetcher, api_key: str | None):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -179,8 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="/adapters", help="folder shared with the engine")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--once", metavar="SOURCE", help="copy SOURCE into ROOT/NAME, then exit (an init container)")
+    p.add_argument("--name", help="with --once: the folder under ROOT")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.once:
+        if not args.name:
+            p.error("--once needs --name")
+        try:
+            log.info("weights ready in %s", prepare_once(Path(args.root), args.once, args.name))
+        except FetchError as exc:
+            log.error("%s", exc)
+            return 1
+        return 0
     server = ThreadingHTTPServer((args.host, args.port),
                                  make_handler(Fetcher(Path(args.root)), os.environ.get("HONE_FETCHER_API_KEY") or None))
     log.info("adapter fetcher on http://%s:%d, root %s", args.host, args.port, args.root)

@@ -9,7 +9,7 @@ prompt of a batch, and each of `n` choices, as a request of its own), timed from
 from __future__ import annotations
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 # vLLM turns off the `_created` series; scrapers comparing engines see the same families.
 prometheus_client.disable_created_metrics()
@@ -58,6 +58,8 @@ class EngineMetrics:
     def __init__(self, served_model_name: str, *, enable_lora: bool, max_loras: int, max_model_len: int = 2048,
                  cache_config: dict[str, str] | None = None):
         self.registry = CollectorRegistry()
+        # process_* as vLLM's default registry has them: process_start_time_seconds tells a restart apart
+        ProcessCollector(registry=self.registry)
         labels = ["model_name", "engine"]
         values = {"model_name": served_model_name, "engine": "0"}
         self._labels = values

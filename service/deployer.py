@@ -12,8 +12,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -187,7 +185,7 @@ class EndpointDeployer:
 
     def _engine_spec(self, ep: Endpoint, weights: Path | None) -> EngineSpec:
         if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
-            return self._spec(ep.id, str(weights), ep.model)
+            return self._spec(ep.id, str(weights), ep.model, f"storage:{ep.weights_prefix}")
         if self.ctx.settings.shared_engines:
             return self._base_spec(ep.base_model, f"base:{ep.base_model}")
         spec = self._base_spec(ep.base_model, ep.id)
@@ -201,12 +199,15 @@ class EndpointDeployer:
         return spec
 
     def _base_spec(self, base: str, key: str) -> EngineSpec:
-        return self._spec(key, self._base_model_path(base), base)
+        registered = self.ctx.base_models.get(base)
+        source = registered.source if registered is not None and registered.source.startswith("builtin:") else None
+        return self._spec(key, self._base_model_path(base), base, source)
 
-    def _spec(self, key: str, model_path: str, served_name: str) -> EngineSpec:
+    def _spec(self, key: str, model_path: str, served_name: str, model_source: str | None) -> EngineSpec:
         s = self.ctx.settings
         return EngineSpec(key, self.engine, model_path, served_name, max_loras=s.max_loras,
-                          max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank)
+                          max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank,
+                          model_source=model_source)
 
     def _base_model_path(self, name: str) -> str:
         base = self.ctx.base_models.get(name)
@@ -214,14 +215,9 @@ class EndpointDeployer:
             raise DeployError("model_not_found", f"Base model {name!r} is no longer registered.", retry=False)
         if not base.source.startswith("builtin:"):
             return base.source
-        # Built-in models are built by the trainer's code, run as a process: the control plane imports none of it.
-        path = self.ctx.settings.resolved_model_cache_dir / base.source.split(":", 1)[1]
-        if not (path / "config.json").exists():
-            python = self.ctx.settings.trainer_python or sys.executable
-            done = subprocess.run([python, "-m", "trainer.tiny_model", str(path)], capture_output=True, timeout=900)
-            if done.returncode != 0:
-                raise DeployError("model_not_found", f"Building {name!r} failed: {done.stderr.decode()[-500:]}")
-        return str(path)
+        # Built-in models are built where the engine runs (the spec's model_source says how): here on first
+        # use by the local backend, in the pod by the Kubernetes one.
+        return str(self.ctx.settings.resolved_model_cache_dir / base.source.split(":", 1)[1])
 
     def _fetch_weights(self, ep: Endpoint) -> Path:
         """A complete local copy (engines reload evicted adapters from it), made atomically by renaming."""
@@ -291,8 +287,8 @@ class EndpointDeployer:
 
     def _retire(self, ep: Endpoint, handle: EngineHandle | None = None) -> None:
         handle = handle or (self.backend.get(ep.engine_key) if ep.engine_key else None)
-        if handle is not None and handle.key != ep.id:
-            self._unload(handle, ep)  # a shared engine keeps serving the others
+        if handle is not None:  # a shared engine, or one Hone does not run (static), keeps serving the others
+            self._unload(handle, ep)
         shutil.rmtree(self._cache / ep.id, ignore_errors=True)
         log.info("endpoint retired", extra={"endpoint_id": ep.id, "state": ep.state})
 
@@ -301,7 +297,10 @@ class EndpointDeployer:
         # endpoint (which will claim the job's spare) visible only now.
         with self.ctx.db.read() as session:
             live = live_endpoints(session)
+            retiring = self._stopped_with_local_copies(session)
         needed = warm | {ep.engine_key for ep in live if ep.engine_key} | {ep.id for ep in live}
+        # an endpoint stopped since this tick began is retired (its adapter unloaded) on the next one
+        needed |= {ep.engine_key for ep in retiring if ep.engine_key}
         # a deploying endpoint is about to claim the spare its job kept warm
         needed |= {f"spare:{ep.base_model}" for ep in live if ep.state == EndpointState.DEPLOYING.value}
         if self.ctx.settings.shared_engines:

@@ -96,6 +96,11 @@ class Scheduler:
             if ended.returncode == EXIT_STOPPED:
                 transition(session, job, JobStatus.QUEUED, f"Trainer was stopped; requeued to resume from {where}")
                 return
+            if ended.error is not None:
+                error = {"code": ended.error["code"], "param": None, "message": ended.error["message"]}
+                transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
+                           finished_at=int(time.time()), estimated_finish=None)
+                return
             job.failures += 1
             how = "vanished" if ended.returncode is None else f"exited with code {ended.returncode}"
             limit = self.ctx.settings.max_job_attempts

@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     checkpoint_interval_steps: int = 0  # 0: checkpoint once per epoch
 
     # --- serving ---
-    endpoint_backend: str = "local"  # where engines run: local processes, or kubernetes (a Deployment each)
+    # where engines run: local processes, kubernetes (a Deployment each), or static (servers someone else runs)
+    endpoint_backend: str = "local"
+    static_engines: dict[str, str] = Field(default_factory=dict)  # JSON, base model name -> engine URL (static)
+    static_engine_api_key: str | None = None  # the static engines' VLLM_API_KEY
     auto_deploy: bool = True  # deploy an endpoint when a job succeeds (jobs may opt out with auto_deploy=false)
     shared_engines: bool = False  # one engine per base model serving all its adapters (multi-LoRA)
     max_loras: int = 4  # adapters an engine keeps active at once (vLLM --max-loras)
@@ -100,8 +103,13 @@ class Settings(BaseSettings):
     k8s_job_deadline_s: int = 7 * 24 * 3600  # activeDeadlineSeconds of a trainer Job
     k8s_job_ttl_s: int = 3600  # ttlSecondsAfterFinished: how long a finished Job (and its logs) is kept
     k8s_max_parallel_jobs: int = 8  # trainer Jobs at once (the cluster's GPUs queue the rest as Pending)
+    # A trainer pod stuck this long fails its job (0: wait until the Job's deadline): an image that cannot be
+    # pulled, or no node with the GPUs it asks for (a cluster autoscaler usually adds one within minutes).
+    k8s_image_pull_timeout_s: float = 600
+    k8s_unschedulable_timeout_s: float = 3600
 
-    @field_validator("base_models", "gcs_bucket_map", "k8s_node_selector", "k8s_tolerations", mode="before")
+    @field_validator("base_models", "gcs_bucket_map", "static_engines", "k8s_node_selector", "k8s_tolerations",
+                     mode="before")
     @classmethod
     def _parse_json(cls, value, info: ValidationInfo):
         if isinstance(value, str):

@@ -403,7 +403,7 @@ def test_compose_file_matches_the_compose_specification_schema():
 
 def test_compose_runs_the_whole_gpu_host_from_the_images_the_dockerfiles_build(monkeypatch):
     services = compose()["services"]
-    assert {"hone", "postgres", "minio", "prometheus", "grafana"} <= set(services)
+    assert {"hone", "vllm", "postgres", "minio", "prometheus", "grafana"} <= set(services)
     built = {name: s for name, s in services.items() if "build" in s}
     assert built
     for name, service in built.items():
@@ -424,12 +424,32 @@ def test_compose_runs_the_whole_gpu_host_from_the_images_the_dockerfiles_build(m
     assert settings.inference_engine == "vllm" and settings.executor == "local"
     assert settings.database_url.startswith("postgresql+psycopg://") and "@postgres:5432/" in settings.database_url
     assert settings.storage_url.startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
-    # Prometheus shares the control plane's network (engines listen on its loopback) and reads the generated
-    # admin key from its data dir; Grafana provisions deploy/grafana/hone.json.
+    # vLLM is a service of its own, serving the base model Hone tunes with runtime LoRA loading; the control
+    # plane hot-loads adapters into it (the static backend) from a folder both mount at the same path.
+    vllm = services["vllm"]
+    assert vllm["image"] == IMAGES["inference"] and vllm["entrypoint"] == ["vllm"]
+    argv = [re.sub(r"\$\{([^}:]*)[^}]*\}", r"<\1>", str(a)) for a in vllm["command"]]
+    flags = dict(zip(argv[2:], argv[3:]))
+    assert argv[:2] == ["serve", "<HONE_BASE_MODEL>"] and "--enable-lora" in argv
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
+    assert vllm["environment"]["VLLM_API_KEY"] == hone["environment"]["HONE_STATIC_ENGINE_API_KEY"]
+    assert settings.endpoint_backend == "static"
+    served = re.sub(r"\$\{[^}]*\}", "x", vllm["command"][vllm["command"].index("--served-model-name") + 1])
+    assert settings.static_engines == {served: f"http://vllm:{flags['--port']}"}
+    assert served in settings.base_models  # what Hone tunes is what vLLM serves
+    assert flags["--max-lora-rank"] == str(settings.max_lora_rank) and flags["--max-loras"] == str(settings.max_loras)
+    mounts = {s_: {v.split(":")[0]: v.split(":")[1] for v in services[s_]["volumes"]} for s_ in ("hone", "vllm")}
+    shared = [m for m in mounts["hone"] if mounts["vllm"].get(m) == mounts["hone"][m]]
+    assert any(str(settings.resolved_adapter_cache_dir).startswith(mounts["hone"][m] + "/") for m in shared)
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # Prometheus scrapes the control plane by its service name, finds vLLM through HTTP SD, and reads the
+    # generated admin key from the data dir; Grafana provisions deploy/grafana/hone.json.
     prometheus = services["prometheus"]
-    assert prometheus["network_mode"] == "service:hone"
+    assert "network_mode" not in prometheus
     config = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
+    assert config["scrape_configs"][0]["static_configs"][0]["targets"] == [f"hone:{env['HONE_PORT']}"]
     sd = config["scrape_configs"][1]["http_sd_configs"][0]
+    assert sd["url"] == f"http://hone:{env['HONE_PORT']}/v1/admin/prometheus/targets"
     assert sd["authorization"]["credentials_file"] == f"{settings.data_dir}/admin_api_key"
     assert any(v.startswith("hone-data:") for v in prometheus["volumes"])
     for service in services.values():

@@ -11,6 +11,7 @@ with kubernetes_validate) and the openai SDK as the client."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
 import os
@@ -122,6 +123,25 @@ def test_generated_deployment_and_service(engine, tmp_path):
     assert {"name": "adapters", "mountPath": "/adapters"} in fetcher["volumeMounts"]
     assert fetcher["command"] == ["python3", "-m", "inference.fetcher"]
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8000, "fetch": 8001}
+
+    # A Hugging Face id needs no init container; built-in and stored weights are put in /models/base first.
+    assert "initContainers" not in pod["spec"]
+    assert {"name": "models", "mountPath": "/models"} in main["volumeMounts"]
+    for source, fetched in (("builtin:hone-tiny", "builtin:hone-tiny"),
+                            ("storage:jobs/ftjob-9/model/", "s3://hone/blobs/jobs/ftjob-9/model/")):
+        staged = dataclasses.replace(spec, model_path=str(tmp_path / "cache" / "x"), model_source=source)
+        s3_settings = settings.model_copy(update={"storage_url": "s3://hone/blobs"})
+        deployment, _, _ = build_objects(s3_settings, staged)
+        _validate(deployment)
+        (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+        assert init["name"] == "weights" and init["image"] == "registry.local/inf:7"
+        assert init["command"] + init["args"] == ["python3", "-m", "inference.fetcher", "--root", "/models",
+                                                  "--once", fetched, "--name", "base"]
+        assert init["envFrom"] == [{"secretRef": {"name": "storage-creds", "optional": True}}]
+        assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
+        served = _containers(deployment)["engine"]
+        assert dict(itertools.pairwise(served["command"] + served["args"])).get("--model", "/models/base") \
+            == "/models/base" and str(tmp_path) not in json.dumps(deployment)  # nothing of our disk
 
     # CPU engines ask for no GPU; another spec is another digest (so ensure replaces the pod).
     cpu = Settings(data_dir=tmp_path, k8s_gpus_per_engine=0)
@@ -283,6 +303,28 @@ def test_fetcher_copies_an_adapter_from_s3(fetcher, moto):
     assert not (root / "ep-1").exists()
 
 
+def test_fetcher_once_stages_base_weights_as_an_init_container(moto, tmp_path):
+    """`--once`: what init container `weights` runs; exit 0 with the weights in place, else non-zero."""
+    s3 = boto3.client("s3", endpoint_url=moto.url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket="fetch-once")
+    s3.put_object(Bucket="fetch-once", Key="b/jobs/j1/model/config.json", Body=b'{"model_type": "llama"}')
+    env = {**os.environ, **moto.env(), "OMP_WAIT_POLICY": "PASSIVE"}
+
+    def once(source: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "inference.fetcher", "--root", str(tmp_path / "models"),
+                               "--once", source, "--name", "base"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    done = once("s3://fetch-once/b/jobs/j1/model/")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "models" / "base" / "config.json").read_bytes() == b'{"model_type": "llama"}'
+    missing = once("s3://fetch-once/b/jobs/none/")
+    assert missing.returncode == 1 and "No files under s3://fetch-once/b/jobs/none/" in missing.stderr
+    unknown = once("builtin:gpt-9")
+    assert unknown.returncode == 1 and "unknown built-in model 'gpt-9'" in unknown.stderr
+
+
 # --- 2. the backend through the real control plane, on the fake cluster --------------------------------------
 
 
@@ -291,8 +333,10 @@ class SimulatedEngines:
 
     A Deployment with replicas >= 1 gets a Pod object (owned by it, so foreground deletion waits for it) and
     the pod's containers run as local processes: `vllm serve MODEL ...` becomes the built-in engine with the
-    same flags (`python -m inference --model MODEL ...`), the fetcher runs as itself, `/adapters` is a
-    folder per pod (the emptyDir), env comes from the container's values, secretKeyRefs and envFrom Secrets.
+    same flags (`python -m inference --model MODEL ...`), the fetcher runs as itself, init containers run first,
+    each to completion (a failure shows in the pod's initContainerStatuses and nothing else starts), `/adapters`
+    and `/models` are folders per pod (the emptyDirs), env comes from the container's values, secretKeyRefs and
+    envFrom Secrets.
     Each Service gets a loopback clusterIP of its own (127.77.x.y) that the pod's processes bind, on the
     Service's ports. The pod is Ready (and the Deployment's status.readyReplicas 1) once both containers
     answer /health, as their readiness probes would. Scaling to 0 or deleting stops the processes."""
@@ -301,6 +345,7 @@ class SimulatedEngines:
         self.kube, self.ns, self.workdir = kube, namespace, workdir
         self.running: dict[str, dict] = {}  # deployment name -> {"pod", "procs", "ready", "template", "root"}
         self.pods_started: dict[str, list[str]] = {}  # deployment name -> pod names, in order
+        self.inits_run: list[tuple[str, str, int]] = []  # (pod, init container, exit code)
         self._ips: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="simulated-engines", daemon=True)
@@ -409,15 +454,35 @@ class SimulatedEngines:
         self.kube.schedule_pod(self.ns, pod_name, node="cpu-node-1")
         self.pods_started.setdefault(name, []).append(pod_name)
         folder = self.workdir / pod_name
-        root = folder / "adapters"  # the emptyDir both containers mount at /adapters
+        root = folder / "adapters"  # the emptyDirs: /adapters (fetcher and engine), /models (init and engine)
         root.mkdir(parents=True)
+        volumes = {"/adapters": root, "/models": folder / "models"}
         ip, procs, health = self.ip(name), [], []
-        for container in spec["spec"]["containers"]:
+
+        def local_argv(container: dict) -> list[str]:
             argv = [*container.get("command", []), *container.get("args", [])]
             if argv[:2] == ["vllm", "serve"]:  # no vLLM here: the built-in engine takes the same flags
                 argv = ["python3", "-m", "inference", "--model", *argv[2:]]
-            local = {"python": sys.executable, "python3": sys.executable, "0.0.0.0": ip, "/adapters": str(root)}
-            argv = [local.get(a, a) for a in argv]
+            local = {"python": sys.executable, "python3": sys.executable, "0.0.0.0": ip}
+            return [local.get(a) or next((str(path) + a[len(mount):] for mount, path in volumes.items()
+                                          if a == mount or a.startswith(mount + "/")), a) for a in argv]
+
+        for init in spec["spec"].get("initContainers", []):  # in order, each to completion, as the kubelet does
+            with open(folder / f"{init['name']}.log", "ab") as log:
+                done = subprocess.run(local_argv(init), cwd=REPO, env=self._container_env(init), stdout=log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
+            self.inits_run.append((pod_name, init["name"], done.returncode))
+            if done.returncode != 0:
+                message = (folder / f"{init['name']}.log").read_text()[-500:]
+                self.kube.update("pods", self.ns, pod_name, lambda o, c=init["name"], rc=done.returncode, m=message:
+                                 o["status"].update(initContainerStatuses=[{
+                                     "name": c, "ready": False, "restartCount": 0, "image": "hone", "imageID": "",
+                                     "state": {"terminated": {"exitCode": rc, "reason": "Error", "message": m}}}]))
+                self.running[name] = {"pod": pod_name, "procs": [], "ready": False, "template": template,
+                                      "root": root, "health": ["http://127.0.0.1:1/never"]}
+                return self.running[name]
+        for container in spec["spec"]["containers"]:
+            argv = local_argv(container)
             port = {p["name"]: p["containerPort"] for p in container["ports"]}
             probe = container["readinessProbe"]["httpGet"]
             health.append(f"http://{ip}:{port.get(probe['port'], probe['port'])}{probe['path']}")
@@ -506,8 +571,13 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
         api_key = base64.b64decode(kube.get("secrets", "hone", name)["data"]["api-key"]).decode()
         assert api_key not in json.dumps(deployment) and api_key not in server.logs()
 
-        # The sidecar fetched the adapter from S3 into the pod's /adapters, and vLLM's API loaded it from there.
+        # hone-tiny is built in: init container `weights` built it into the pod's /models, which the engine serves.
         pod_root = engines.running[name]["root"]
+        assert (engines.pods_started[name][0], "weights", 0) in engines.inits_run
+        assert (pod_root.parent / "models" / "base" / "config.json").is_file()
+        assert main["args"][:2] == ["--model", "/models/base"]  # the built-in engine, with vllm serve's flags
+
+        # The sidecar fetched the adapter from S3 into the pod's /adapters, and vLLM's API loaded it from there.
         assert (pod_root / endpoint["id"] / "adapter_config.json").is_file()
         assert (pod_root / endpoint["id"] / ".hone-source").read_text() == \
             f"s3://hone-k8s-engines/blobs/jobs/{job.id}/adapter/"

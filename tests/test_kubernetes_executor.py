@@ -333,6 +333,30 @@ def test_unschedulable_and_image_pull_failures_are_events_not_exits(kube, execut
     assert executor.running() == {JOB_ID: f"k8s:{NS}/{job_name(JOB_ID, 1)}:1"}
 
 
+@pytest.mark.parametrize("trouble", ["unschedulable", "image"])
+def test_a_pod_stuck_past_its_timeout_ends_the_run_with_an_error_no_retry_mends(kube, tmp_path, trouble):
+    executor = open_executor(_settings(tmp_path, kube, k8s_unschedulable_timeout_s=0.5,
+                                       k8s_image_pull_timeout_s=0.5))
+    executor.launch(JOB_ID, 1, "file:///spec.json")
+    pod = _pod(kube, job_name(JOB_ID, 1))
+    if trouble == "unschedulable":
+        kube.unschedulable_pod(NS, pod)
+    else:
+        kube.image_pull_backoff(NS, pod)
+    assert executor.reap() == []  # still within its time
+    ended = _reap_one(executor)
+    code, setting = (("no_gpu_capacity", "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S") if trouble == "unschedulable" else
+                     ("image_pull_failed", "HONE_K8S_IMAGE_PULL_TIMEOUT_S"))
+    assert ended.error["code"] == code and f"Gave up after 0.5 s ({setting})" in ended.error["message"]
+    assert ("Insufficient nvidia.com/gpu" if trouble == "unschedulable" else "cannot be pulled") \
+        in ended.error["message"]
+    assert ended.error["message"] in ended.log.decode()
+    # The Job and its pod are deleted (the pod's finalizer released first), and nothing is tracked any more.
+    FakeKube.wait_for(lambda: not kube.list("jobs", NS) and not kube.list("pods", NS))
+    assert executor.running() == {}
+    assert [level for _, level, _ in executor.events()][-1] == "error"
+
+
 def test_pausing_a_pod_that_no_node_took_ends_the_run_at_once(kube, executor):
     executor.launch(JOB_ID, 1, "file:///spec.json")
     pod = _pod(kube, job_name(JOB_ID, 1))
@@ -455,8 +479,9 @@ class LocalKubelet:
     with the pod's env, reports it Running, sends SIGTERM when the pod is deleted (or preempted), and marks the
     pod Succeeded/Failed with the process's real exit code and output as the pod log."""
 
-    def __init__(self, kube: FakeKube, log_dir: Path, hold: set[str] | None = None):
+    def __init__(self, kube: FakeKube, log_dir: Path, hold: set[str] | None = None, bad_image: bool = False):
         self.kube, self.log_dir, self.hold = kube, log_dir, hold if hold is not None else set()
+        self.bad_image = bad_image  # every pod's image fails to pull
         self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
         self.preempting: set[str] = set()
         self.started: list[str] = []
@@ -503,6 +528,10 @@ class LocalKubelet:
                 if name not in self.procs:
                     if meta.get("deletionTimestamp") or pod["status"].get("phase") != "Pending":
                         continue
+                    if self.bad_image:
+                        if not pod["status"].get("containerStatuses"):
+                            self.kube.image_pull_backoff(NS, name)
+                        continue
                     if any(name.startswith(prefix) for prefix in self.hold):
                         if pod["status"].get("conditions", []) == []:
                             self.kube.unschedulable_pod(NS, name)
@@ -532,7 +561,7 @@ def cluster(tmp_path_factory):
     with FakeKube() as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
         env = {"HONE_EXECUTOR": "kubernetes", "HONE_K8S_KUBECONFIG": str(kubeconfig), "HONE_K8S_GPUS_PER_JOB": "0",
-               "HONE_K8S_NAMESPACE": NS, "HONE_K8S_MAX_PARALLEL_JOBS": "2"}
+               "HONE_K8S_NAMESPACE": NS, "HONE_K8S_MAX_PARALLEL_JOBS": "2", "HONE_K8S_IMAGE_PULL_TIMEOUT_S": "3"}
         server = HoneServer(tmp_path / "srv", env)
         try:
             yield kube, server
@@ -591,6 +620,22 @@ def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane
     assert any(m.startswith("Resumed from checkpoint at step") for m in messages), messages
     assert not any("retrying" in m for m in messages)  # not counted as a crash
     assert done.fine_tuned_model
+
+
+def test_a_trainer_image_that_cannot_be_pulled_fails_the_job_once_with_an_error_to_act_on(cluster, tmp_path):
+    kube, k8s_server = cluster
+    client_ = k8s_server.new_project("k8s-image").openai()
+    train = client_.files.create(file=("train.jsonl", chat_dataset(12)), purpose="fine-tune")
+    with LocalKubelet(kube, tmp_path, bad_image=True):
+        job = client_.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id)
+        failed = wait_job(client_, job.id, lambda j: j.status == "failed", timeout=60)
+    assert failed.error.code == "image_pull_failed"
+    assert "cannot be pulled (ImagePullBackOff" in failed.error.message
+    assert "HONE_K8S_IMAGE_PULL_TIMEOUT_S" in failed.error.message
+    assert len(kube.list("jobs", NS, f"hone.dev/job-id={job.id}")) == 0  # deleted, and no second attempt made
+    messages = [e.message for e in all_events(client_, job.id)]
+    assert not any("retrying" in m for m in messages)
+    assert any("cannot be pulled" in m and "waits" in m for m in messages)
 
 
 def test_the_shipped_role_grants_what_the_executor_needs():

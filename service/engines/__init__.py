@@ -23,6 +23,10 @@ class EngineSpec:
     max_lora_rank: int
     chat_template: str | None = None  # a file; vLLM serves every adapter with one template (the built-in
     # engine reads each adapter's own from hone_serving.json)
+    # Where engines that cannot see model_path (Kubernetes pods) get the weights: "builtin:<model>" (built
+    # there) or "storage:<prefix>" (copied from blob storage); None: model_path is a Hugging Face id or a folder
+    # every engine sees.
+    model_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,11 @@ def open_engine_backend(settings: "Settings") -> EngineBackend:
     if settings.endpoint_backend == "kubernetes":
         from service.engines.kubernetes import KubernetesEngines
         return KubernetesEngines(settings)
+    if settings.endpoint_backend == "static":
+        from service.engines.static import StaticEngines
+        return StaticEngines(settings)
     raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} "
-                     "(HONE_ENDPOINT_BACKEND: local, kubernetes)")
+                     "(HONE_ENDPOINT_BACKEND: local, kubernetes, static)")
 
 
 def engine_api_keys(settings: "Settings") -> Callable[[str], str | None]:
@@ -67,5 +74,7 @@ def engine_api_keys(settings: "Settings") -> Callable[[str], str | None]:
     if settings.endpoint_backend == "kubernetes":
         from service.engines.kubernetes import api_key_reader
         return api_key_reader(settings)
+    if settings.endpoint_backend == "static":
+        return lambda key: settings.static_engine_api_key
     raise ValueError(f"unknown endpoint backend {settings.endpoint_backend!r} "
-                     "(HONE_ENDPOINT_BACKEND: local, kubernetes)")
+                     "(HONE_ENDPOINT_BACKEND: local, kubernetes, static)")

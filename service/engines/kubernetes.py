@@ -57,8 +57,9 @@ SPEC_ANNOTATION = "hone.dev/engine-spec"  # hash of what the engine runs: a chan
 ENGINE_LABEL = "hone.dev/engine"
 COMPONENT_SELECTOR = "app.kubernetes.io/component=engine,app.kubernetes.io/managed-by=hone"
 SECRET_KEY = "api-key"
-ENGINE_CONTAINER, FETCHER_CONTAINER = "engine", "fetcher"
+ENGINE_CONTAINER, FETCHER_CONTAINER, WEIGHTS_INIT = "engine", "fetcher", "weights"
 ADAPTERS_ROOT = "/adapters"
+MODELS_ROOT, MODEL_FOLDER = "/models", "base"  # where init container `weights` puts the base weights
 # container waiting reasons that end a start at once (an endpoint's error says which)
 FATAL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                  "CreateContainerConfigError", "CreateContainerError")
@@ -79,11 +80,35 @@ def _spec_hash(spec: EngineSpec, extra: dict) -> str:
     return hashlib.sha256(json.dumps([asdict(spec), extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _container(pod_spec: dict, name: str) -> dict:
-    for c in pod_spec.get("containers", []):
+def _container(pod_spec: dict, name: str, part: str = "containers") -> dict:
+    for c in pod_spec.get(part, []):
         if c.get("name") == name:
             return c
-    raise ValueError(f"template {DEPLOYMENT_TEMPLATE} has no container named {name!r}")
+    raise ValueError(f"template {DEPLOYMENT_TEMPLATE} has no {part[:-1]} named {name!r}")
+
+
+def storage_source(settings: Settings, prefix: str) -> str:
+    """The URL of a storage prefix that pods (the fetcher) read: s3://bucket/prefix/..."""
+    return f"{settings.resolved_storage_url.rstrip('/')}/{prefix.lstrip('/')}"
+
+
+def _stage_base_weights(settings: Settings, spec: EngineSpec, pod_spec: dict) -> str:
+    """The model path the engine serves: init container `weights` fills /models/base when the spec's weights
+    live only on the control plane (built-in or in storage); otherwise it is dropped and the path stays."""
+    init = _container(pod_spec, WEIGHTS_INIT, "initContainers")
+    if spec.model_source is None:
+        pod_spec["initContainers"] = [c for c in pod_spec["initContainers"] if c is not init]
+        if not pod_spec["initContainers"]:
+            del pod_spec["initContainers"]
+        return spec.model_path
+    kind, _, rest = spec.model_source.partition(":")
+    source = storage_source(settings, rest) if kind == "storage" else spec.model_source
+    init["image"] = settings.k8s_inference_image
+    init["args"] = ["--root", MODELS_ROOT, "--once", source, "--name", MODEL_FOLDER]
+    for env_source in init.get("envFrom", []):
+        if "secretRef" in env_source:
+            env_source["secretRef"]["name"] = settings.k8s_secret_name
+    return f"{MODELS_ROOT}/{MODEL_FOLDER}"
 
 
 def _set_env(container: dict, name: str, value: str | None = None, secret: tuple[str, str] | None = None) -> None:
@@ -105,7 +130,8 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
     if spec.chat_template:  # a file on the control plane's disk: vLLM takes the template inline as well
         chat_template = Path(spec.chat_template).read_text() if Path(spec.chat_template).is_file() \
             else spec.chat_template
-    launch = engine_command(spec.engine, spec.model_path, spec.served_name, host="0.0.0.0", port=engine_port,
+    model_path = _stage_base_weights(settings, spec, pod["spec"])
+    launch = engine_command(spec.engine, model_path, spec.served_name, host="0.0.0.0", port=engine_port,
                             max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
                             max_lora_rank=spec.max_lora_rank, chat_template=chat_template, python="python3")
     if spec.engine == "vllm":
@@ -227,10 +253,14 @@ class KubernetesEngines:
             status = pod.status
             if status is None or pod.metadata.deletion_timestamp is not None:
                 continue
-            for c in status.container_statuses or []:
+            for c in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
                 state = c.state.waiting if c.state else None
                 if state is not None and state.reason in FATAL_WAITING:
                     return f"container {c.name}: {state.reason}: {state.message or ''}".strip(), None
+                ended = c.state.terminated if c.state else None
+                if c.name == WEIGHTS_INIT and ended is not None and ended.exit_code:  # no weights: no engine
+                    return (f"init container {c.name} exited {ended.exit_code}: "
+                            f"{(ended.message or ended.reason or '').strip()}"), None
             for cond in status.conditions or []:
                 if cond.type == "PodScheduled" and cond.status == "False":
                     waiting = f"pod {pod.metadata.name} is not scheduled: {cond.message or cond.reason}"
@@ -384,7 +414,7 @@ class KubernetesEngines:
         svc = self._read(self._core.read_namespaced_service, object_name(handle.key))
         if svc is None:
             raise EngineUnavailable(f"engine {handle.key} has no Service")
-        source = f"{self._settings.resolved_storage_url.rstrip('/')}/{prefix.lstrip('/')}"
+        source = storage_source(self._settings, prefix)
         try:
             reply = httpx.post(f"{service_url(svc, 'fetch')}/fetch", json={"source": source, "name": name},
                                headers={"Authorization": f"Bearer {handle.api_key}"}, timeout=600)

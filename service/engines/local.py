@@ -91,6 +91,7 @@ class LocalEngines:
             state.unlink(missing_ok=True)
 
     def ensure(self, spec: EngineSpec) -> EngineHandle:
+        self._build_if_builtin(spec)
         with self._lock:
             current = self._running.get(spec.key)
             if current is not None and current.proc.poll() is None and current.handle.spec == spec:
@@ -107,6 +108,20 @@ class LocalEngines:
                 except EngineStartError as exc:
                     last_error = exc
             raise last_error  # type: ignore[misc]
+
+    def _build_if_builtin(self, spec: EngineSpec) -> None:
+        """Built-in base models are built on first use by the trainer's code, run as a process: the control
+        plane imports none of it."""
+        if not (spec.model_source or "").startswith("builtin:") or (Path(spec.model_path) / "config.json").exists():
+            return
+        python = self._settings.trainer_python or sys.executable
+        try:
+            done = subprocess.run([python, "-m", "trainer.tiny_model", spec.model_path], capture_output=True,
+                                  timeout=900)
+        except subprocess.TimeoutExpired as exc:
+            raise EngineStartError(f"building {spec.model_source} took over 900s") from exc
+        if done.returncode != 0:
+            raise EngineStartError(f"building {spec.model_source} failed: {done.stderr.decode()[-500:]}")
 
     def _start(self, spec: EngineSpec) -> EngineHandle:
         port, api_key = _free_port(), secrets.token_urlsafe(24)

@@ -15,6 +15,8 @@ class TrainerExit:
     ref: str
     returncode: int | None  # None: the run vanished without an exit status (e.g. adopted after a restart)
     log: bytes | None  # what the trainer printed, uploaded to jobs/{id}/logs/
+    # A failure no retry can mend ({"code", "message"}): the job fails at once with this error.
+    error: dict | None = None
 
 
 class Executor(Protocol):

@@ -15,7 +15,9 @@ to the scheduler's contract:
   counting as a crash;
 - the Job past activeDeadlineSeconds -> a failure (124), whatever the pod's exit code;
 - still Pending because nothing can schedule it (Unschedulable, e.g. Insufficient nvidia.com/gpu) or the
-  image cannot be pulled (ErrImagePull, ImagePullBackOff) -> no exit, but a job event (events()).
+  image cannot be pulled (ErrImagePull, ImagePullBackOff) -> a job event (events()) at once; if it lasts
+  HONE_K8S_UNSCHEDULABLE_TIMEOUT_S / HONE_K8S_IMAGE_PULL_TIMEOUT_S, the Job is deleted and the exit carries
+  an error (no_gpu_capacity / image_pull_failed) that fails the job without retries.
 The pod's log is read on exit and handed back as TrainerExit.log. stop(kill=False) deletes the pod with the
 pause grace period (the kubelet sends SIGTERM; the trainer checkpoints and exits 75); stop(kill=True) deletes
 the Job with propagationPolicy=Foreground and its pods at once. After a control-plane restart, adopt() finds
@@ -144,6 +146,8 @@ class _Run:
     disrupted: str | None = None  # what a DisruptionTarget condition or a deletion said, last seen
     pod_ran: bool = False
     said: set[str] = field(default_factory=set)  # event kinds already reported for this run
+    stuck_since: dict[str, float] = field(default_factory=dict)  # "unschedulable" | "image" -> first seen
+    gave_up: dict | None = None  # the error a stuck pod ended the run with
 
 
 def _conditions(obj: dict) -> dict[str, dict]:
@@ -235,7 +239,6 @@ class KubernetesExecutor:
         return ref
 
     def stop(self, job_id: str, *, kill: bool) -> None:
-        from kubernetes.client.rest import ApiException
 
         with self._lock:
             run = self._runs.get(job_id)
@@ -244,13 +247,7 @@ class KubernetesExecutor:
             run.stop = "kill" if kill or run.stop == "kill" else "pause"
         try:
             if kill and not run.kill_sent:
-                try:  # Foreground: the Job goes once its pods are gone
-                    self._batch.delete_namespaced_job(run.name, self._ns, propagation_policy="Foreground")
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
-                for pod in self._pods_of(run.name):  # and the pods now, not after their grace period
-                    self._delete_pod(pod, grace=0)
+                self._delete_job(run.name)
                 run.kill_sent = True
             elif not kill and not run.pause_sent:
                 for pod in self._pods_of(run.name):
@@ -258,6 +255,17 @@ class KubernetesExecutor:
                 run.pause_sent = True
         except Exception:  # the scheduler calls stop() again on a later tick
             log.warning("could not stop the trainer Job", exc_info=True, extra={"job_id": job_id, "ref": run.ref})
+
+    def _delete_job(self, name: str) -> None:
+        from kubernetes.client.rest import ApiException
+
+        try:  # Foreground: the Job goes once its pods are gone
+            self._batch.delete_namespaced_job(name, self._ns, propagation_policy="Foreground")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        for pod in self._pods_of(name):  # and the pods now, not after their grace period
+            self._delete_pod(pod, grace=0)
 
     def reap(self) -> list[TrainerExit]:
         with self._lock:
@@ -287,7 +295,12 @@ class KubernetesExecutor:
             with self._lock:
                 if self._runs.get(run.job_id) is run:
                     del self._runs[run.job_id]
-            exits.append(TrainerExit(run.job_id, run.ref, code, log_bytes or None))
+            if run.gave_up is not None:  # its pod was released above, so the Job goes with it at once
+                try:
+                    self._delete_job(run.name)
+                except Exception:  # the Job's deadline and TTL still end it
+                    log.warning("could not delete a stuck trainer Job", exc_info=True, extra={"job_id": run.job_id})
+            exits.append(TrainerExit(run.job_id, run.ref, code, log_bytes or None, run.gave_up))
         tracked = {run.name for run in runs}
         # Ended pods of runs nobody tracks (e.g. cancelled while the control plane was down, then deleted by the
         # Job's TTL): let them go.
@@ -472,24 +485,46 @@ class KubernetesExecutor:
             return code, f"trainer container exited with code {code}{detail}", name
         if phase == "Pending":
             scheduled = conditions.get("PodScheduled", {})
-            if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+            waiting = state.get("waiting") or {}
+            pull_failing = waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
+            if unschedulable:
                 gpus = self._settings.k8s_gpus_per_job
                 wants = f"{gpus} nvidia.com/gpu" if gpus else "its resources"
                 where = f" on nodes matching {self._settings.k8s_node_selector}" if self._settings.k8s_node_selector \
                     else ""
-                self._say(run, "unschedulable", "warn",
-                          f"The trainer pod cannot be scheduled: {scheduled.get('message') or 'Unschedulable'} The "
-                          f"job waits until a node{where} has {wants} free; free a GPU, add nodes, or change "
-                          "HONE_K8S_GPUS_PER_JOB / HONE_K8S_NODE_SELECTOR / HONE_K8S_TOLERATIONS.")
-            waiting = state.get("waiting") or {}
-            if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                message = (f"The trainer pod cannot be scheduled: {scheduled.get('message') or 'Unschedulable'} "
+                           f"No node{where} has {wants} free; free a GPU, add nodes, or change "
+                           "HONE_K8S_GPUS_PER_JOB / HONE_K8S_NODE_SELECTOR / HONE_K8S_TOLERATIONS.")
+                self._say(run, "unschedulable", "warn", message + " The job waits.")
+                ended = self._give_up_if_stuck(run, "unschedulable", "no_gpu_capacity", message, name)
+                if ended is not None:
+                    return ended
+            if pull_failing:
                 image = next((c.get("image") for c in (pod.get("spec") or {}).get("containers") or []
                               if c.get("name") == CONTAINER), self._settings.k8s_trainer_image)
-                self._say(run, "image", "error",
-                          f"The trainer image {image} cannot be pulled ({waiting['reason']}: "
-                          f"{waiting.get('message') or ''}). Check HONE_K8S_TRAINER_IMAGE and the cluster's access "
-                          "to the registry (imagePullSecrets); the job waits until the image can be pulled.")
+                message = (f"The trainer image {image} cannot be pulled ({waiting['reason']}: "
+                           f"{waiting.get('message') or ''}). Check HONE_K8S_TRAINER_IMAGE and the cluster's access "
+                           "to the registry (imagePullSecrets).")
+                self._say(run, "image", "error", message + " The job waits until the image can be pulled.")
+                ended = self._give_up_if_stuck(run, "image", "image_pull_failed", message, name)
+                if ended is not None:
+                    return ended
+            for kind, stuck in (("unschedulable", unschedulable), ("image", pull_failing)):
+                if not stuck:
+                    run.stuck_since.pop(kind, None)
         return None
+
+    def _give_up_if_stuck(self, run: _Run, kind: str, code: str, message: str, pod: str):
+        limit = self._settings.k8s_unschedulable_timeout_s if kind == "unschedulable" \
+            else self._settings.k8s_image_pull_timeout_s
+        since = run.stuck_since.setdefault(kind, time.monotonic())
+        if limit <= 0 or time.monotonic() - since < limit:
+            return None
+        setting = "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S" if kind == "unschedulable" else "HONE_K8S_IMAGE_PULL_TIMEOUT_S"
+        run.gave_up = {"code": code, "message": f"{message} Gave up after {limit:g} s ({setting})."}
+        self._say(run, "gave-up", "error", run.gave_up["message"])
+        return None, run.gave_up["message"], pod
 
 
 def _memory_limit(pod: dict) -> str:

@@ -1,0 +1,144 @@
+"""HONE_ENDPOINT_BACKEND=static: Hone hot-loads adapters into inference servers someone else runs.
+
+What is fake here, and why: vLLM cannot run on these machines (no GPU), so "the operator's vLLM server" is the
+built-in engine (`python -m inference`), which takes `vllm serve`'s flags and speaks vLLM's LoRA protocol. It is
+started by this test, not by Hone, as compose's `vllm` service would be. Everything else is real: the control
+plane, the trainer, PostgreSQL or SQLite, moto's S3 and the openai SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from service.engines import EngineSpec, EngineStartError
+from service.engines.static import StaticEngines
+from service.settings import Settings
+from examples.support_tickets import make
+from tests.support import REPO, HoneServer, free_port, jsonl, wait_endpoint, wait_http, wait_job
+
+API_KEY = "sk-operator-vllm"
+
+
+def _spec(**changes) -> EngineSpec:
+    values = dict(key="ep-1", engine="vllm", model_path="/x", served_name="hone-tiny", max_loras=2, max_cpu_loras=2,
+                  max_lora_rank=16)
+    return EngineSpec(**{**values, **changes})
+
+
+def test_what_a_server_someone_else_runs_cannot_do_is_refused_with_a_reason(tmp_path):
+    engines = StaticEngines(Settings(data_dir=tmp_path, static_engines={"hone-tiny": "http://127.0.0.1:9"}))
+    with pytest.raises(EngineStartError, match=r"no engine serves base model 'llama-3': add it to HONE_STATIC_ENGINES "
+                                               r"\(configured: \['hone-tiny'\]\)"):
+        engines.ensure(_spec(served_name="llama-3"))
+    with pytest.raises(EngineStartError, match="fully tuned weights need an engine of their own"):
+        engines.ensure(_spec(model_source="storage:jobs/ftjob-1/model/"))
+    with pytest.raises(EngineStartError, match="at http://127.0.0.1:9 is not healthy"):
+        StaticEngines(Settings(data_dir=tmp_path, static_engines={"hone-tiny": "http://127.0.0.1:9"},
+                               engine_start_timeout_s=0.5)).ensure(_spec())
+    assert engines.keys() == []
+
+
+class OperatorServer:
+    """The built-in engine on a fixed port, as an operator's `vllm serve hone-tiny --enable-lora ...`."""
+
+    def __init__(self, log_path):
+        from tests.test_engine_protocol import base_model
+
+        self.port, self.model, self.log_path = free_port(), str(base_model()), log_path
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> OperatorServer:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))},
+               "VLLM_API_KEY": API_KEY, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "OMP_NUM_THREADS": "1"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "inference", "--model", self.model,
+                                          "--served-model-name", "hone-tiny", "--host", "127.0.0.1", "--port",
+                                          str(self.port), "--enable-lora", "--max-loras", "2", "--max-lora-rank", "64"],
+                                         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_http(self.url + "/health", timeout=120, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def models(self) -> dict[str, str]:
+        cards = httpx.get(self.url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).json()["data"]
+        return {c["id"]: c["root"] for c in cards}
+
+
+def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path):
+    operator = OperatorServer(tmp_path / "vllm.log").start()
+    env = {**moto.env(), "HONE_STORAGE_URL": "s3://hone-static/blobs", "HONE_ENDPOINT_BACKEND": "static",
+           "HONE_STATIC_ENGINES": json.dumps({"hone-tiny": operator.url}), "HONE_STATIC_ENGINE_API_KEY": API_KEY,
+           "HONE_AUTO_DEPLOY": "true"}
+    server = HoneServer(tmp_path / "server", env)
+    try:
+        client = server.new_project("static").openai()
+        http = server.new_project("static-2").http()
+        train, held_out = make(count=120, seed=5)
+        file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
+        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=300)
+        owner = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {client.api_key}"})
+        endpoint = wait_endpoint(owner, job.fine_tuned_model)
+        assert endpoint["state"] == "ready", endpoint["error"]
+
+        # Loaded by path from Hone's adapter cache, which the server sees (one volume in compose).
+        root = operator.models()[job.fine_tuned_model]
+        assert root.startswith(str(tmp_path / "server")) and os.path.isfile(os.path.join(root, "adapter_config.json"))
+        messages = held_out[0]["messages"][:-1]
+        through_hone = client.chat.completions.create(model=job.fine_tuned_model, messages=messages, max_tokens=16,
+                                                      temperature=0).choices[0].message.content
+        def direct(model: str) -> str:
+            return httpx.post(operator.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                              json={"model": model, "messages": messages, "max_tokens": 16, "temperature": 0},
+                              timeout=60).json()["choices"][0]["message"]["content"]
+
+        assert through_hone == direct(job.fine_tuned_model) and through_hone
+        assert through_hone != direct("hone-tiny")  # the adapter, not the base weights, answered
+        assert http.get(f"/v1/endpoints/{endpoint['id']}").status_code == 404  # another project's
+
+        # The operator restarts the server: its runtime-loaded adapters are gone, and Hone loads them again.
+        operator.stop()
+        operator.start()
+        assert job.fine_tuned_model not in operator.models()
+        again = _wait_restarts(owner, endpoint["id"], endpoint["restarts"] + 1)
+        assert again["state"] == "ready" and job.fine_tuned_model in operator.models()
+
+        # Deleting the endpoint unloads the adapter; the server itself keeps running (it is not Hone's).
+        assert owner.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
+        _until(lambda: job.fine_tuned_model not in operator.models(), "the adapter to be unloaded")
+        assert operator.proc.poll() is None and "hone-tiny" in operator.models()
+        owner.close()
+        http.close()
+    finally:
+        server.stop()
+        operator.stop()
+
+
+def _until(predicate, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.2)
+
+
+def _wait_restarts(http: httpx.Client, endpoint_id: str, restarts: int) -> dict:
+    found = {}
+
+    def ready_again() -> bool:
+        found.update(http.get(f"/v1/endpoints/{endpoint_id}").json())
+        return found["state"] == "ready" and found["restarts"] >= restarts
+
+    _until(ready_again, f"endpoint {endpoint_id} to be redeployed")
+    return found

@@ -292,8 +292,9 @@ def test_sdk_tunes_and_the_tuned_endpoint_answers_with_the_trained_label(vertex)
     endpoint = job.tuned_model.endpoint
     assert endpoint.startswith(f"projects/{vertex['project'].project_id}/locations/{LOCATION}/endpoints/ep-")
     stats = job.tuning_data_stats.supervised_tuning_data_stats
-    assert stats.tuning_dataset_example_count == 24 and stats.tuning_step_count == 12 and stats.total_billable_token_count > 0
-    assert [c.step for c in job.tuned_model.checkpoints] == [6, 12] and [c.epoch for c in job.tuned_model.checkpoints] == [1, 2]
+    assert (stats.tuning_dataset_example_count, stats.tuning_step_count) == (24, 12)  # 2 epochs of 6 batches
+    assert stats.total_billable_token_count > 0
+    assert [(c.epoch, c.step) for c in job.tuned_model.checkpoints] == [(1, 6), (2, 12)]
 
     question = ticket(random.Random(99), LABEL)
     config = types.GenerateContentConfig(system_instruction=SYSTEM, temperature=0, max_output_tokens=8)

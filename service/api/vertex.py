@@ -33,8 +33,8 @@ class _ApiVersion(Convertor):
 
 register_url_convertor("vertex_api_version", _ApiVersion())
 
-router = APIRouter(route_class=JSONRoute, prefix="/{api_version:vertex_api_version}/projects/{project}/locations/{location}",
-                   tags=["vertex"])
+router = APIRouter(route_class=JSONRoute, tags=["vertex"],
+                   prefix="/{api_version:vertex_api_version}/projects/{project}/locations/{location}")
 
 
 async def vertex_scope(request: Request, api_version: Literal["v1", "v1beta1"], project: str,

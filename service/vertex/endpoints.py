@@ -12,7 +12,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
-from service.errors import NotFound
 from service.gateway import Gateway
 from service.vertex.generation import chat_messages, chat_request, engine_error, gemini_response, gemini_stream
 from service.vertex.resources import VertexScope, check_id, rfc3339
@@ -26,8 +25,7 @@ def _endpoint(ctx: AppContext, scope: VertexScope, endpoint_id: str) -> Endpoint
                                                     Endpoint.project_id == scope.principal.project_id,
                                                     Endpoint.state != EndpointState.STOPPED.value)).scalar()
     if ep is None:  # a stopped endpoint is a deleted one
-        raise NotFound(f"Endpoint '{scope.name('endpoints', endpoint_id)}' was not found.", param="endpoint",
-                       code="not_found")
+        raise scope.not_found("endpoints", endpoint_id)
     return ep
 
 

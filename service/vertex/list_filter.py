@@ -18,7 +18,8 @@ from service.errors import InvalidRequest
 from service.vertex.resources import parse_rfc3339
 from service.vertex.states import JOB_STATE_NUMBERS, state_condition
 
-_TERM = re.compile(r'\s*(?P<field>[A-Za-z_][\w.-]*)\s*(?P<op>!=|>=|<=|=|>|<|:)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^\s"()]+)\s*')
+_TERM = re.compile(r'\s*(?P<field>[A-Za-z_][\w.-]*)\s*(?P<op>!=|>=|<=|=|>|<|:)\s*'
+                   r'(?P<value>"(?:[^"\\]|\\.)*"|[^\s"()]+)\s*')
 _AND = re.compile(r"AND\s", re.IGNORECASE)
 _COMPARE = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
             ">=": operator.ge}

@@ -28,6 +28,11 @@ class VertexScope:
     def name(self, collection: str, resource_id: str) -> str:
         return f"{self.parent}/{collection}/{resource_id}"
 
+    def not_found(self, collection: str, resource_id: str) -> NotFound:
+        kind = {"tuningJobs": "TuningJob", "endpoints": "Endpoint"}[collection]
+        return NotFound(f"{kind} '{self.name(collection, resource_id)}' was not found.", param="name",
+                        code="not_found")
+
 
 def scope_for(principal: ProjectPrincipal, project: str, location: str) -> VertexScope:
     """The `{project}` path segment must be the key's project, by id or by its slug; another project's

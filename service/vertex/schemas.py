@@ -126,12 +126,14 @@ class GenerationConfig(VertexBody):
     seed: int | None = None
 
 
-class GenerateContentRequest(VertexBody):
+class Prompt(VertexBody):
     contents: list[Content] = Field(min_length=1)
     system_instruction: Content | None = None
+
+
+class GenerateContentRequest(Prompt):
     generation_config: GenerationConfig | None = None
 
 
-class CountTokensRequest(VertexBody):
-    contents: list[Content] = Field(min_length=1)
-    system_instruction: Content | None = None
+class CountTokensRequest(Prompt):
+    """countTokens counts the prompt alone."""

@@ -136,8 +136,7 @@ def _job(session: Session, scope: VertexScope, job_id: str) -> Job:
     check_id(job_id, "TuningJob")
     job = session.execute(select(Job).where(Job.id == job_id, Job.project_id == scope.principal.project_id)).scalar()
     if job is None:
-        raise NotFound(f"TuningJob '{scope.name('tuningJobs', job_id)}' was not found.", param="name",
-                       code="not_found")
+        raise scope.not_found("tuningJobs", job_id)
     return job
 
 
@@ -171,8 +170,7 @@ def cancel_tuning_job(ctx: AppContext, scope: VertexScope, job_id: str) -> dict:
     try:
         jobs.act_on_job(ctx, scope.principal, job_id, "cancel")
     except NotFound:
-        raise NotFound(f"TuningJob '{scope.name('tuningJobs', job_id)}' was not found.", param="name",
-                       code="not_found") from None
+        raise scope.not_found("tuningJobs", job_id) from None
     except InvalidRequest as exc:  # FAILED_PRECONDITION: it has ended already
         exc.param = "name"
         raise

@@ -118,9 +118,9 @@ def test_fixture_job_was_created_in_vertex_shape(vertex):
 
 def test_request_variants_are_accepted(vertex):
     """snake_case keys, enum numbers and int64 strings (vertexai's REST encoding) on v1beta1, x-goog-api-key."""
-    train_file = vertex["job"].name  # any job's training file will do: read it from the OpenAI view
     openai_client = vertex["project"].openai()
-    training_file = openai_client.fine_tuning.jobs.retrieve(train_file.rsplit("/", 1)[-1]).training_file
+    job_id = vertex["job"].name.rsplit("/", 1)[-1]
+    training_file = openai_client.fine_tuning.jobs.retrieve(job_id).training_file  # the gs:// dataset, imported
     preference = openai_client.files.create(purpose="fine-tune", file=("prefs.jsonl", jsonl([
         {"input": {"messages": [{"role": "user", "content": f"Ticket {i}"}]},
          "preferred_output": [{"role": "assistant", "content": LABEL}],

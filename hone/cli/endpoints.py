@@ -1,0 +1,72 @@
+"""`hone endpoints` and `hone models`: what is served, and the models a project can use."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from hone.cli.common import EXIT_REFUSED, Session, api_command, table, when
+from hone.types import Endpoint
+
+endpoints_app = typer.Typer(no_args_is_help=True, help="Endpoints serving tuned models (project key).")
+models_app = typer.Typer(no_args_is_help=True, help="Base and tuned models (project key).")
+
+
+def _row(ep: Endpoint) -> tuple:
+    problem = ep.error.message if ep.error and ep.state in ("failed", "deploying") else ""
+    return ep.id, ep.state, ep.model, ep.engine, problem
+
+
+COLUMNS = ["id", "state", "model", "engine", "error"]
+
+
+@api_command(endpoints_app, "list")
+def endpoints_list(session: Session, model: Optional[str] = typer.Option(None, "--model",
+                                                                           help="Only this model's endpoints.")):
+    endpoints = list(session.client.endpoints.list(model=model))
+    session.show(endpoints, lambda: table(COLUMNS, [_row(ep) for ep in endpoints]))
+
+
+@api_command(endpoints_app, "get")
+def endpoints_get(session: Session, endpoint_id: str):
+    ep = session.client.endpoints.retrieve(endpoint_id)
+    usage = ep.usage
+    session.show(ep, lambda: (
+        f"{ep.id}  {ep.state}  {ep.model}\n"
+        f"base {ep.base_model}  kind {ep.kind}  engine {ep.engine}  restarts {ep.restarts}  ready since "
+        f"{when(ep.ready_at) or '-'}\n"
+        f"requests {usage.requests}  errors {usage.errors}  tokens {usage.prompt_tokens} in / "
+        f"{usage.completion_tokens} out" + (f"\nerror: {ep.error.message}" if ep.error else "")))
+
+
+@api_command(endpoints_app, "create")
+def endpoints_create(session: Session, model: str,
+                     wait: bool = typer.Option(False, "--wait", help="Wait until it is ready (or failed)."),
+                     timeout: float = typer.Option(300, "--timeout", help="Seconds to wait with --wait.")):
+    """Serve a tuned model (ft:...), a checkpoint, or a base model."""
+    ep = session.client.endpoints.create(model)
+    if wait:
+        ep = session.client.endpoints.wait(ep.id, timeout=timeout)
+    session.show(ep, lambda: table(COLUMNS, [_row(ep)]))
+    if wait and ep.state != "ready":
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@api_command(endpoints_app, "delete")
+def endpoints_delete(session: Session, endpoint_id: str):
+    """Stop serving (the record stays, stopped)."""
+    session.show(session.client.endpoints.delete(endpoint_id), f"deleted {endpoint_id}")
+
+
+@api_command(models_app, "list")
+def models_list(session: Session):
+    models = session.client.models.list().data
+    session.show(models, lambda: table(["id", "owned by", "created"],
+                                       [(m.id, m.owned_by, when(m.created)) for m in models]))
+
+
+@api_command(models_app, "delete")
+def models_delete(session: Session, model: str):
+    """Delete a tuned model: its endpoints stop and its weights are removed."""
+    session.show(session.client.models.delete(model), f"deleted {model}")

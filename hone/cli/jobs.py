@@ -1,0 +1,230 @@
+"""`hone jobs`: create fine-tuning jobs, follow them live, plot their loss, fetch their results."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+from itertools import islice
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from hone.cli.common import EXIT_OK, EXIT_REFUSED, Session, api_command, err, fail, out, print_json, table, when
+from hone.cli.files import describe, upload
+from hone.cli.plot import PlotUnavailable, plot_losses
+from hone.types import FineTuningJob, JobEvent, JobProgress
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Fine-tuning jobs (project key).")
+
+
+def _pairs(values: list[str], option: str) -> dict:
+    """KEY=VALUE options; values are read as JSON where they parse (numbers, lists), else kept as text."""
+    pairs = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        try:
+            pairs[key] = json.loads(raw)
+        except ValueError:
+            pairs[key] = raw
+    return pairs
+
+
+def _file_id(session: Session, value: str, validate: bool) -> str:
+    """A file id as is; a local path is validated and uploaded first."""
+    path = Path(value)
+    if not path.is_file():
+        return value
+    file = upload(session, path, validate=validate)
+    if not session.as_json:
+        err.print(f"uploaded {describe(file)}", markup=False)
+    return file.id
+
+
+def _summary(job: FineTuningJob) -> str:
+    line = f"{job.id}  {job.status}  {job.model}"
+    if job.fine_tuned_model:
+        line += f" -> {job.fine_tuned_model}"
+    if job.error:
+        line += f"\n  error ({job.error.code}): {job.error.message}"
+    return line
+
+
+def _details(job: FineTuningJob) -> str:
+    hp = job.hyperparameters
+    return "\n".join([
+        _summary(job),
+        f"training file {job.training_file}" + (f", validation file {job.validation_file}" if job.validation_file
+                                                  else ""),
+        f"method {(job.method or {}).get('type', 'supervised')}: {hp.n_epochs} epoch(s), batch size {hp.batch_size}, "
+        f"learning rate multiplier {hp.learning_rate_multiplier}",
+        f"created {when(job.created_at)}" + (f", finished {when(job.finished_at)}" if job.finished_at else ""),
+        f"trained tokens {job.trained_tokens if job.trained_tokens is not None else '-'}"
+        + (f", result files {', '.join(job.result_files)}" if job.result_files else ""),
+    ])
+
+
+@api_command(jobs_app, "create")
+def jobs_create(
+    session: Session,
+    training_file: str = typer.Option(..., "--training-file", "-t", help="A file id, or a local file to upload."),
+    model: str = typer.Option("hone-tiny", "--model"),
+    validation_file: Optional[str] = typer.Option(None, "--validation-file", "-v",
+                                                  help="A file id, or a local file to upload."),
+    method: str = typer.Option("supervised", "--method", help="supervised or dpo"),
+    n_epochs: Optional[int] = typer.Option(None, "--n-epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    learning_rate_multiplier: Optional[float] = typer.Option(None, "--learning-rate-multiplier"),
+    hyperparameter: list[str] = typer.Option([], "--hyperparameter", "-H",
+                                             help="Any other hyperparameter, KEY=VALUE (lora_rank=8, ...)."),
+    suffix: Optional[str] = typer.Option(None, "--suffix", help="Goes into the tuned model's name."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    metadata: list[str] = typer.Option([], "--metadata", "-m", help="KEY=VALUE, repeatable."),
+    priority: Optional[int] = typer.Option(None, "--priority", help="-100..100; higher leaves the queue first."),
+    auto_deploy: bool = typer.Option(True, "--auto-deploy/--no-auto-deploy",
+                                     help="Deploy an endpoint when the job succeeds."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check local files before uploading."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Then follow the job until it ends."),
+):
+    """Create a fine-tuning job and print its id."""
+    hyperparameters = _pairs(hyperparameter, "--hyperparameter")
+    hyperparameters |= {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
+                                          ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
+    job = session.client.jobs.create(
+        model, _file_id(session, training_file, validate),
+        validation_file=_file_id(session, validation_file, validate) if validation_file else None,
+        method=method, hyperparameters=hyperparameters, suffix=suffix, seed=seed,
+        metadata={k: str(v) for k, v in _pairs(metadata, "--metadata").items()} or None, priority=priority,
+        auto_deploy=auto_deploy)
+    if follow:
+        _follow(session, job.id, poll_interval=1.0, timeout=None)
+    else:
+        session.show(job, job.id)
+
+
+@api_command(jobs_app, "list")
+def jobs_list(session: Session, limit: int = typer.Option(20, "--limit", help="How many, newest first.")):
+    jobs = list(islice(session.client.jobs.list(limit=min(limit, 100)), limit))
+    session.show(jobs, lambda: table(["id", "status", "model", "tuned model", "created"],
+                                     [(j.id, j.status, j.model, j.fine_tuned_model, when(j.created_at))
+                                      for j in jobs]))
+
+
+@api_command(jobs_app, "get")
+def jobs_get(session: Session, job_id: str):
+    job = session.client.jobs.retrieve(job_id)
+    session.show(job, lambda: _details(job))
+
+
+def _act(session: Session, job: FineTuningJob) -> None:
+    session.show(job, lambda: f"{job.id}  {job.status}")
+
+
+@api_command(jobs_app, "cancel")
+def jobs_cancel(session: Session, job_id: str):
+    _act(session, session.client.jobs.cancel(job_id))
+
+
+@api_command(jobs_app, "pause")
+def jobs_pause(session: Session, job_id: str):
+    """Pause: a running job stops at a checkpoint; a queued one is held out of the queue."""
+    _act(session, session.client.jobs.pause(job_id))
+
+
+@api_command(jobs_app, "resume")
+def jobs_resume(session: Session, job_id: str):
+    _act(session, session.client.jobs.resume(job_id))
+
+
+# --- follow -------------------------------------------------------------------------------------------------
+
+def _figures(p: JobProgress) -> str:
+    parts = [p.status]
+    if p.epoch and p.n_epochs:
+        parts.append(f"epoch {p.epoch}/{p.n_epochs}")
+    if p.train_loss is not None:
+        parts.append(f"loss {p.train_loss:.4f}" + (f" (val {p.valid_loss:.4f})" if p.valid_loss is not None else ""))
+    if p.tokens_per_second is not None:
+        parts.append(f"{p.tokens_per_second:,.0f} tok/s")
+    if p.eta_seconds is not None and p.status == "running":
+        parts.append(f"ETA {datetime.timedelta(seconds=round(p.eta_seconds))}")
+    return "  ".join(parts)
+
+
+def _event_line(event: JobEvent) -> str:
+    stamp = datetime.datetime.fromtimestamp(event.created_at).strftime("%H:%M:%S")
+    return f"{stamp}  {event.message}"
+
+
+def _follow(session: Session, job_id: str, poll_interval: float, timeout: Optional[float]) -> None:
+    watching = session.client.jobs.watch(job_id, poll_interval=poll_interval, timeout=timeout)
+    if session.as_json:  # JSON Lines: each event as it arrives, then the job as it ended
+        for update in watching:
+            for event in update.events:
+                print(json.dumps(event.model_dump(mode="json")), flush=True)
+        print(json.dumps(update.job.model_dump(mode="json")), flush=True)
+    else:
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[figures]}"))
+        with Progress(*columns, console=out, auto_refresh=False) as progress:
+            bar = progress.add_task(job_id, total=None, figures="")
+            for update in watching:
+                for event in update.events:
+                    # On a terminal the bar shows each step; elsewhere (a log) each step is a line.
+                    if event.type != "metrics" or not out.is_terminal:
+                        progress.console.print(_event_line(event), markup=False, highlight=False)
+                p = update.progress
+                progress.update(bar, total=p.total_steps, completed=p.step or 0, figures=_figures(p))
+                progress.refresh()
+        out.print(_summary(update.job), markup=False)
+    if update.job.status != "succeeded":
+        raise typer.Exit(EXIT_REFUSED)
+    raise typer.Exit(EXIT_OK)
+
+
+@api_command(jobs_app, "follow")
+def jobs_follow(session: Session, job_id: str,
+                poll_interval: float = typer.Option(1.0, "--poll-interval", help="Seconds between looks."),
+                timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after this many seconds.")):
+    """Follow a job live (step, epoch, losses, tokens/s, ETA) until it ends; exits 1 unless it succeeded."""
+    _follow(session, job_id, poll_interval, timeout)
+
+
+# --- results --------------------------------------------------------------------------------------------------
+
+@api_command(jobs_app, "plot")
+def jobs_plot(session: Session, job_id: str,
+              output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG path (default JOB_ID.png).")):
+    """Plot the job's training and validation loss per step to a PNG."""
+    metrics = session.client.jobs.metrics(job_id)
+    if not metrics:
+        fail(f"job {job_id} has no metrics yet")
+    path = output or Path(f"{job_id}.png")
+    try:
+        plot_losses(metrics, path, title=f"{job_id} ({len(metrics)} steps)")
+    except PlotUnavailable as exc:
+        fail(str(exc))
+    session.show({"path": str(path), "steps": len(metrics)}, str(path))
+
+
+@api_command(jobs_app, "results")
+def jobs_results(session: Session, job_id: str,
+                 output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the CSV here.")):
+    """The finished job's per-step metrics, as CSV (OpenAI's result file, decoded)."""
+    try:
+        text = session.client.jobs.results(job_id)
+    except ValueError as exc:  # no result file (yet)
+        fail(str(exc))
+    if output is not None:
+        output.write_text(text)
+    if session.as_json:
+        print_json(list(csv.DictReader(io.StringIO(text))))
+    elif output is None:
+        out.file.write(text)
+    else:
+        out.print(str(output), markup=False)

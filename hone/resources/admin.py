@@ -1,0 +1,43 @@
+"""`client.projects` and `client.keys`: OpenAI-style administration, with the admin key."""
+
+from __future__ import annotations
+
+from hone.resources import Resource
+from hone.types import Deleted, Project, ServiceAccount
+
+PROJECTS = "/v1/organization/projects"
+
+
+class Projects(Resource):
+    def create(self, name: str, *, idempotency_key: str | None = None):
+        return self._create(PROJECTS, json={"name": name}, cast=Project, admin=True, idempotency_key=idempotency_key)
+
+    def list(self, *, include_archived: bool = False, limit: int = 100):
+        return self._list(PROJECTS, Project, {"limit": limit, "include_archived": include_archived or None},
+                          admin=True)
+
+    def retrieve(self, project_id: str):
+        return self._request("GET", f"{PROJECTS}/{project_id}", cast=Project, admin=True)
+
+    def delete(self, project_id: str):
+        """Archives the project: its keys stop working; its files, jobs and models are kept."""
+        return self._request("DELETE", f"{PROJECTS}/{project_id}", cast=Deleted, admin=True)
+
+
+class Keys(Resource):
+    """A project's API keys, as service accounts: `create` answers with the key's value, shown once."""
+
+    def create(self, project_id: str, name: str = "default", *, idempotency_key: str | None = None):
+        return self._create(f"{PROJECTS}/{project_id}/service_accounts", json={"name": name}, cast=ServiceAccount,
+                            admin=True, idempotency_key=idempotency_key)
+
+    def list(self, project_id: str, *, limit: int = 100):
+        return self._list(f"{PROJECTS}/{project_id}/service_accounts", ServiceAccount, {"limit": limit}, admin=True)
+
+    def retrieve(self, project_id: str, service_account_id: str):
+        return self._request("GET", f"{PROJECTS}/{project_id}/service_accounts/{service_account_id}",
+                             cast=ServiceAccount, admin=True)
+
+    def delete(self, project_id: str, service_account_id: str):
+        return self._request("DELETE", f"{PROJECTS}/{project_id}/service_accounts/{service_account_id}",
+                             cast=Deleted, admin=True)

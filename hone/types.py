@@ -1,0 +1,337 @@
+"""The API's objects as pydantic models. Unknown fields are kept (`extra="allow"`), so a newer server's
+additions reach the caller instead of failing validation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Generic, Literal, Optional, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+EndpointState = Literal["deploying", "ready", "failed", "stopped"]
+
+
+class HoneObject(BaseModel):
+    # Schemas are built on first use, not at import: a `hone` command starts faster.
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+
+class BoundObject(HoneObject):
+    """An object with methods that call the API again: it keeps the client that fetched it."""
+
+    _client: Any = PrivateAttr(default=None)
+
+
+# --- files ------------------------------------------------------------------------------------------------------
+
+class DatasetLineError(HoneObject):
+    line: int
+    field: str
+    code: str
+    message: str
+
+
+class DatasetSummary(HoneObject):
+    """What the server's validator found in a fine-tune file (a Hone extension of the file object)."""
+
+    format: Optional[str] = None
+    examples: Optional[int] = None
+    errors: list[DatasetLineError] = Field(default_factory=list)
+    total_errors: int = 0
+
+
+class FileObject(HoneObject):
+    id: str
+    object: str = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: Optional[str] = None
+    expires_at: Optional[int] = None
+    dataset: Optional[DatasetSummary] = None
+
+
+# --- fine-tuning jobs -------------------------------------------------------------------------------------------
+
+class JobError(HoneObject):
+    code: Optional[str] = None
+    message: str = ""
+    param: Optional[str] = None
+
+
+class Hyperparameters(HoneObject):
+    batch_size: Union[int, str, None] = None
+    learning_rate_multiplier: Union[float, str, None] = None
+    n_epochs: Union[int, str, None] = None
+
+
+class FineTuningJob(BoundObject):
+    id: str
+    object: str = "fine_tuning.job"
+    created_at: int
+    status: str
+    model: str
+    fine_tuned_model: Optional[str] = None
+    training_file: str
+    validation_file: Optional[str] = None
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    method: Optional[dict[str, Any]] = None
+    error: Optional[JobError] = None
+    finished_at: Optional[int] = None
+    result_files: list[str] = Field(default_factory=list)
+    trained_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    estimated_finish: Optional[int] = None
+    metadata: Optional[dict[str, str]] = None
+    organization_id: Optional[str] = None
+    user_provided_suffix: Optional[str] = None
+
+    @property
+    def done(self) -> bool:
+        """The job has ended: succeeded, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    # With an AsyncClient these return awaitables (and follow an async iterator), as the client's own methods do.
+    def refresh(self):
+        return self._client.jobs.retrieve(self.id)
+
+    def wait(self, **kwargs):
+        return self._client.jobs.wait(self.id, **kwargs)
+
+    def follow(self, **kwargs):
+        return self._client.jobs.follow(self.id, **kwargs)
+
+    def cancel(self):
+        return self._client.jobs.cancel(self.id)
+
+
+class StepMetrics(HoneObject):
+    """One training step's figures, as a metrics event and the result file carry them."""
+
+    step: int
+    total_steps: Optional[int] = None
+    train_loss: Optional[float] = None
+    train_mean_token_accuracy: Optional[float] = None
+    valid_loss: Optional[float] = None
+    valid_mean_token_accuracy: Optional[float] = None
+    full_valid_loss: Optional[float] = None
+    full_valid_mean_token_accuracy: Optional[float] = None
+
+
+class JobEvent(HoneObject):
+    id: str
+    object: str = "fine_tuning.job.event"
+    created_at: int
+    level: str = "info"
+    message: str
+    type: Optional[str] = "message"
+    data: Optional[dict[str, Any]] = None
+
+    @property
+    def metrics(self) -> StepMetrics | None:
+        """The step's metrics when this is a `metrics` event."""
+        if self.type == "metrics" and self.data and "step" in self.data:
+            return StepMetrics.model_validate(self.data)
+        return None
+
+
+class Checkpoint(HoneObject):
+    id: str
+    object: str = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobProgress(HoneObject):
+    """Where a job stands, for progress displays: built by the SDK from the job and its metrics events."""
+
+    status: str
+    step: Optional[int] = None
+    total_steps: Optional[int] = None
+    epoch: Optional[int] = None
+    n_epochs: Optional[int] = None
+    train_loss: Optional[float] = None
+    valid_loss: Optional[float] = None
+    trained_tokens: Optional[int] = None
+    tokens_per_second: Optional[float] = None
+    eta_seconds: Optional[float] = None
+
+    @property
+    def fraction(self) -> float | None:
+        if self.step is None or not self.total_steps:
+            return None
+        return min(1.0, self.step / self.total_steps)
+
+
+class JobUpdate(HoneObject):
+    """One look at a job while watching it: the job, the events new since the last look (oldest first), and
+    its progress."""
+
+    job: FineTuningJob
+    events: list[JobEvent]
+    progress: JobProgress
+
+
+# --- models and endpoints ---------------------------------------------------------------------------------------
+
+class Model(HoneObject):
+    id: str
+    object: str = "model"
+    created: Optional[int] = None
+    owned_by: Optional[str] = None
+
+
+class EndpointError(HoneObject):
+    code: Optional[str] = None
+    message: str = ""
+
+
+class EndpointUsage(HoneObject):
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    mean_latency_ms: Optional[float] = None
+
+
+class Endpoint(HoneObject):
+    id: str
+    object: str = "endpoint"
+    created_at: int
+    updated_at: Optional[int] = None
+    model: str
+    base_model: Optional[str] = None
+    kind: Optional[str] = None
+    state: str
+    engine: Optional[str] = None
+    fine_tuning_job_id: Optional[str] = None
+    checkpoint_id: Optional[str] = None
+    ready_at: Optional[int] = None
+    restarts: int = 0
+    error: Optional[EndpointError] = None
+    usage: EndpointUsage = Field(default_factory=EndpointUsage)
+
+
+# --- projects and keys (admin) ----------------------------------------------------------------------------------
+
+class Project(HoneObject):
+    id: str
+    object: str = "organization.project"
+    name: str
+    created_at: int
+    archived_at: Optional[int] = None
+    status: str = "active"
+
+
+class ServiceAccountKey(HoneObject):
+    id: str
+    name: Optional[str] = None
+    created_at: Optional[int] = None
+    value: Optional[str] = None  # only in the answer to the create call
+    redacted_value: Optional[str] = None
+
+
+class ServiceAccount(HoneObject):
+    id: str
+    object: str = "organization.project.service_account"
+    name: str
+    role: Optional[str] = None
+    created_at: int
+    api_key: Optional[ServiceAccountKey] = None
+
+
+class Deleted(HoneObject):
+    id: str
+    object: str
+    deleted: bool
+
+
+# --- chat -------------------------------------------------------------------------------------------------------
+
+class ChatMessage(HoneObject):
+    role: str
+    content: Optional[str] = None
+
+
+class ChatChoice(HoneObject):
+    index: int = 0
+    message: ChatMessage
+    finish_reason: Optional[str] = None
+
+
+class Usage(HoneObject):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatCompletion(HoneObject):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Optional[Usage] = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's content."""
+        return (self.choices[0].message.content or "") if self.choices else ""
+
+
+class ChatDelta(HoneObject):
+    role: Optional[str] = None
+    content: Optional[str] = None
+
+
+class ChunkChoice(HoneObject):
+    index: int = 0
+    delta: ChatDelta = Field(default_factory=ChatDelta)
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionChunk(HoneObject):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Optional[Usage] = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's new content ('' for a role-only or usage chunk)."""
+        return (self.choices[0].delta.content or "") if self.choices else ""
+
+
+# --- list pages -------------------------------------------------------------------------------------------------
+
+ItemT = TypeVar("ItemT", bound=HoneObject)
+
+
+class Page(HoneObject, Generic[ItemT]):
+    """One page of a list: `after=<last id>` asks for the next one while `has_more` is true."""
+
+    object: str = "list"
+    data: list[ItemT]
+    has_more: bool = False
+    first_id: Optional[str] = None
+    last_id: Optional[str] = None
+
+    @property
+    def next_cursor(self) -> str | None:
+        return self.data[-1].id if self.has_more and self.data else None  # type: ignore[attr-defined]
+
+
+def finite(value: Any) -> float | None:
+    """A number fit to show or plot (not None, NaN or infinite)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

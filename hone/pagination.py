@@ -28,9 +28,6 @@ class SyncPager(Generic[ItemT]):
         for page in self.pages():
             yield from page.data
 
-    def first_page(self) -> Page[ItemT]:
-        return self._fetch(None)
-
 
 class AsyncPager(Generic[ItemT]):
     def __init__(self, fetch: Callable[[str | None], Awaitable[Page[ItemT]]]):
@@ -49,9 +46,6 @@ class AsyncPager(Generic[ItemT]):
         async for page in self.pages():
             for item in page.data:
                 yield item
-
-    async def first_page(self) -> Page[ItemT]:
-        return await self._fetch(None)
 
     async def to_list(self) -> list[ItemT]:
         return [item async for item in self]

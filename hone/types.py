@@ -3,14 +3,11 @@ additions reach the caller instead of failing validation."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Generic, Literal, Optional, TypeVar, Union
+from typing import Any, Generic, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-EndpointState = Literal["deploying", "ready", "failed", "stopped"]
 
 
 class HoneObject(BaseModel):
@@ -329,9 +326,3 @@ class Page(HoneObject, Generic[ItemT]):
     def next_cursor(self) -> str | None:
         return self.data[-1].id if self.has_more and self.data else None  # type: ignore[attr-defined]
 
-
-def finite(value: Any) -> float | None:
-    """A number fit to show or plot (not None, NaN or infinite)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None

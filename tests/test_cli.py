@@ -7,6 +7,7 @@ One job trains for the whole module: hone-tiny learns to answer every support ti
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -153,7 +154,8 @@ def test_admin_commands(cli):
     assert account["api_key"]["value"].startswith("sk-")
     listed = cli.ok("keys", "list", scratch["id"], admin=True).stdout
     assert account["id"] in listed and "bot" in listed and account["api_key"]["value"] not in listed
-    assert cli.ok("keys", "delete", scratch["id"], account["id"], admin=True).stdout.strip() == f"deleted {account['id']}"
+    deleted = cli.ok("keys", "delete", scratch["id"], account["id"], admin=True)
+    assert deleted.stdout.strip() == f"deleted {account['id']}"
     assert cli.ok("projects", "delete", scratch["id"], admin=True).stdout.strip() == f"archived {scratch['id']}"
     projects, keys = cli.many((("projects", "list"), {"admin": True}),
                               (("keys", "list", scratch["id"], "--json"), {"admin": True}))
@@ -279,8 +281,26 @@ def _assert_curves(png: Path) -> None:
     assert len(colours) > 50  # not a blank canvas: axes, labels, anti-aliased lines
 
 
-def test_models_endpoints_and_chat(cli, tuned_model):
-    models, endpoints = cli.many((("models", "list"), {}), (("endpoints", "list", "--model", tuned_model, "--json"), {}))
+def test_sdk_chat_answers_whole_and_streamed(cli, tuned_model):
+    messages = HELD_OUT[2]["messages"][:-1]
+    with cli.sdk() as client:
+        whole = client.chat(tuned_model, messages, temperature=0, max_tokens=8)
+        chunks = list(client.chat(tuned_model, messages, stream=True, temperature=0, max_tokens=8))
+
+    async def streamed_async():
+        async with hone.AsyncClient(cli.server.base_url, cli.env["HONE_API_KEY"]) as client:
+            stream = await client.chat(tuned_model, messages, stream=True, temperature=0, max_tokens=8)
+            return "".join([chunk.text async for chunk in stream])
+
+    assert whole.model == tuned_model and whole.text.strip() == LABEL
+    assert len(chunks) > 1 and "".join(c.text for c in chunks) == whole.text  # greedy: the same tokens
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert asyncio.run(streamed_async()) == whole.text
+
+
+def test_models_endpoints_and_chat(cli, job, tuned_model):
+    models, endpoints = cli.many((("models", "list"), {}),
+                                 (("endpoints", "list", "--model", tuned_model, "--json"), {}))
     assert "hone-tiny" in models.stdout and tuned_model in models.stdout
     [endpoint] = json.loads(endpoints.stdout)
     assert endpoint["state"] == "ready"
@@ -289,7 +309,7 @@ def test_models_endpoints_and_chat(cli, tuned_model):
     ask = ["--system", SYSTEM, "--temperature", "0", "--max-tokens", "8"]
     shown, streamed, as_json, unknown = cli.many(
         (("endpoints", "get", endpoint["id"]), {}), (("chat", tuned_model, "--once", ticket, *ask), {}),
-        (("chat", tuned_model, "--once", ticket, *ask, "--json"), {}),
+        (("chat", job["id"], "--once", ticket, *ask, "--json"), {}),  # a job id stands for its tuned model
         (("chat", "ft:hone-tiny:nobody:x:ftjob-none", "--once", ticket), {}))
     assert f"{endpoint['id']}  ready  {tuned_model}" in shown.stdout
     assert streamed.returncode == 0 and streamed.stdout.strip() == LABEL  # the label it was tuned to answer

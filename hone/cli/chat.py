@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from hone.cli.common import Session, err, out, print_json
+from hone.cli.common import Session, err, fail, out, print_json
 
 EXIT_WORDS = {"/exit", "/quit"}
 
@@ -30,13 +30,30 @@ def _ask(session: Session, model: str, messages: list[dict], stream: bool, param
     return "".join(parts)
 
 
+def _served_model(session: Session, model: str) -> str:
+    """The model to talk to: a job id stands for its tuned model. Waits while its endpoint is deploying (right
+    after a job succeeds), instead of failing with 503."""
+    if model.startswith("ftjob-"):
+        job = session.client.jobs.retrieve(model)
+        if not job.fine_tuned_model:
+            fail(f"job {job.id} is {job.status}: it has no tuned model yet")
+        model = job.fine_tuned_model
+    for endpoint in session.client.endpoints.list(model=model):
+        if endpoint.state == "deploying":
+            err.print(f"waiting for endpoint {endpoint.id} to be ready...", markup=False)
+            session.client.endpoints.wait(endpoint.id)
+    return model
+
+
 def chat(session: Session, model: str,
          once: Optional[str] = typer.Option(None, "--once", help="Ask this one prompt, print the answer, exit."),
          system: Optional[str] = typer.Option(None, "--system", help="A system message to start with."),
          temperature: Optional[float] = typer.Option(None, "--temperature"),
          max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
          stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come.")):
-    """Chat with a model: an interactive session (/reset starts over, /exit or Ctrl-D ends), or one --once prompt."""
+    """Chat with a model (a tuned model, checkpoint or base model; or a job id, for its tuned model): an interactive
+    session (/reset starts over, /exit or Ctrl-D ends), or one --once prompt."""
+    model = _served_model(session, model)
     params = {"temperature": temperature, "max_tokens": max_tokens}
     history = [{"role": "system", "content": system}] if system else []
     if once is not None:

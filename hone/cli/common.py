@@ -47,7 +47,10 @@ def plain(value: Any) -> Any:
 
 
 def print_json(value: Any) -> None:
-    out.print_json(json.dumps(plain(value)), highlight=False) if out.is_terminal else print(json.dumps(plain(value)))
+    if out.is_terminal:
+        out.print_json(json.dumps(plain(value)))  # indented and coloured for people
+    else:
+        print(json.dumps(plain(value)))  # one line for scripts
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:

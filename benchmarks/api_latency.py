@@ -33,7 +33,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,8 @@ from urllib.parse import urlencode
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.revision import git_revision  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -534,17 +535,6 @@ async def bench(server: HoneServer, api_key: str, args: argparse.Namespace, run:
     finally:
         await setup_clients.close()
         await setup.close()
-
-
-def git_revision() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "service"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return f"commit {head or 'unknown'}" + (" with uncommitted changes under service/" if dirty else "")
 
 
 def run_and_report(args: argparse.Namespace, data_dir: Path, started: float) -> Path:

@@ -48,7 +48,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +58,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.revision import git_revision  # noqa: E402
 
 import httpx
 
@@ -579,17 +580,6 @@ def parse_args() -> argparse.Namespace:
     args.rounds = args.rounds or (60 if args.quick else 200)
     args.cpu_scrapes = args.cpu_scrapes if args.cpu_scrapes is not None else (20 if args.quick else 50)
     return args
-
-
-def git_revision() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "service"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return f"commit {head or 'unknown'}" + (" with uncommitted changes under service/" if dirty else "")
 
 
 def main() -> None:

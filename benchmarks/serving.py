@@ -56,6 +56,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.revision import git_revision  # noqa: E402
+
 import httpx
 
 from service.engines.local import state_file, stop_process_group  # noqa: E402
@@ -559,23 +561,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def git_revision() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "service", "inference"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return f"commit {head or 'unknown'}" + (" with uncommitted changes under service/ or inference/" if dirty else "")
-
-
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     print("Hone serving benchmark")
     print(f"  python {platform.python_version()} on {platform.machine()}, {CORES} CPU core(s); built-in engine "
-          "(1 thread), server and engines on loopback; code: " + git_revision())
+          "(1 thread), server and engines on loopback; code: " + git_revision("service", "inference"))
     if CORES <= 4:
         print(f"  NOTE: {CORES} core(s) shared by the server, its engines and this client: latencies include "
               "waiting for CPU.")

@@ -23,7 +23,7 @@ from inference.client import AdapterLoadError, AdapterNotFound, EngineClient, En
 from inference.launcher import choose_engine
 from service import metrics, parity
 from service.context import AppContext
-from service.db.tables import Endpoint, Job
+from service.db.tables import Endpoint, Job, ModelUsage
 from service.endpoint_states import EndpointState
 from service.job_states import JobStatus
 from service.endpoints import live_endpoints, transition
@@ -61,7 +61,11 @@ class EndpointDeployer:
         with self.ctx.db.read() as session:
             live = live_endpoints(session)
             stopped = self._stopped_with_local_copies(session)
+            idle = self._idle(session, [ep for ep in live if ep.state == EndpointState.READY.value])
         for ep in live:
+            if ep.id in idle:
+                self._suspend(ep, idle[ep.id])
+                continue
             if ep.state == EndpointState.READY.value:
                 handle = self.backend.get(ep.engine_key or "")
                 if handle is None or handle.url != ep.url:
@@ -114,6 +118,35 @@ class EndpointDeployer:
                                              error={"code": "engine_restarted", "message": f"Redeploying: {why}."}):
                 log.warning("endpoint redeploying", extra={"endpoint_id": endpoint_id, "reason": why})
         self._submit(endpoint_id)
+
+    # --- scale to zero ------------------------------------------------------------------------------------
+
+    def _idle(self, session, ready: list[Endpoint]) -> dict[str, int]:
+        """Ready endpoints past their idle timeout -> the timeout: no request since (counted by the gateway's
+        usage book, flushed every few seconds) for that long, nor since they became ready."""
+        default = self.ctx.settings.endpoint_idle_timeout_s
+        timed = [ep for ep in ready if (ep.idle_timeout_s if ep.idle_timeout_s is not None else default) > 0]
+        if not timed:
+            return {}
+        last_used = dict(((row.project_id, row.model), row.updated_at) for row in session.execute(
+            select(ModelUsage).where(ModelUsage.model.in_({ep.model for ep in timed}))).scalars())
+        now, found = time.time(), {}
+        for ep in timed:
+            timeout = ep.idle_timeout_s if ep.idle_timeout_s is not None else default
+            if now - max(ep.ready_at or 0, last_used.get((ep.project_id, ep.model)) or 0) >= timeout:
+                found[ep.id] = timeout
+        return found
+
+    def _suspend(self, ep: Endpoint, timeout: int) -> None:
+        """Idle: the adapter leaves a shared engine; an engine nothing live needs is suspended below."""
+        handle = self.backend.get(ep.engine_key or "")
+        if handle is not None and handle.key != ep.id:
+            self._unload(handle, ep)
+        with self.ctx.db.write() as session:
+            row = session.get(Endpoint, ep.seq)
+            if row is not None and row.state == EndpointState.READY.value and \
+                    transition(row, EndpointState.IDLE, url=None, error=None):
+                log.info("endpoint idle: scaled to zero", extra={"endpoint_id": ep.id, "idle_timeout_s": timeout})
 
     # --- deploying ---------------------------------------------------------------------------------------
 
@@ -180,8 +213,7 @@ class EndpointDeployer:
     def _engine_path(self, handle: EngineHandle, ep: Endpoint, weights: Path) -> str:
         """Where the engine finds the adapter: the local copy, unless the backend's engines cannot see this
         disk (Kubernetes: the engine pod's fetcher copies it from storage and answers its own path)."""
-        stage = getattr(self.backend, "stage_weights", None)
-        return str(weights) if stage is None else stage(handle, ep.id, ep.weights_prefix, weights)
+        return self.backend.stage_weights(handle, ep.id, ep.weights_prefix, weights)
 
     def _engine_spec(self, ep: Endpoint, weights: Path | None) -> EngineSpec:
         if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
@@ -298,6 +330,8 @@ class EndpointDeployer:
         with self.ctx.db.read() as session:
             live = live_endpoints(session)
             retiring = self._stopped_with_local_copies(session)
+            idle = session.execute(select(Endpoint.engine_key).where(
+                Endpoint.state == EndpointState.IDLE.value, Endpoint.engine_key.is_not(None))).scalars().all()
         needed = warm | {ep.engine_key for ep in live if ep.engine_key} | {ep.id for ep in live}
         # an endpoint stopped since this tick began is retired (its adapter unloaded) on the next one
         needed |= {ep.engine_key for ep in retiring if ep.engine_key}
@@ -308,7 +342,11 @@ class EndpointDeployer:
         with self._lock:
             starting = set(self._inflight)  # a spare being started is not running yet; one just claimed is
         for key in self.backend.keys():
-            if key not in needed and key not in starting:
+            if key in needed or key in starting:
+                continue
+            if key in idle:  # only idle endpoints use it: to zero, ready to come back (Kubernetes keeps its objects)
+                self.backend.suspend(key)
+            else:
                 self.backend.stop(key)
 
 

@@ -10,16 +10,19 @@ class EndpointState(str, Enum):
     READY = "ready"
     FAILED = "failed"
     STOPPED = "stopped"
+    IDLE = "idle"  # scaled to zero after its idle timeout: no engine; the next request wakes it
 
 
 E = EndpointState
 ALLOWED: dict[EndpointState, frozenset[EndpointState]] = {
     E.DEPLOYING: frozenset({E.READY, E.FAILED, E.STOPPED}),
     # ready -> deploying: its engine died and is being restarted
-    E.READY: frozenset({E.DEPLOYING, E.FAILED, E.STOPPED}),
+    E.READY: frozenset({E.DEPLOYING, E.FAILED, E.STOPPED, E.IDLE}),
     # failed -> deploying: the user asked again (POST /v1/endpoints for the same model)
     E.FAILED: frozenset({E.DEPLOYING, E.STOPPED}),
     E.STOPPED: frozenset(),
+    # idle -> deploying: a request (or POST /v1/endpoints for the model) woke it
+    E.IDLE: frozenset({E.DEPLOYING, E.STOPPED}),
 }
 LIVE = frozenset({E.DEPLOYING, E.READY})
 

@@ -69,7 +69,7 @@ def endpoint_api(ep: Endpoint, usage: dict) -> dict:
             "model": ep.model, "base_model": ep.base_model, "kind": ep.kind, "state": ep.state,
             "engine": ep.engine, "fine_tuning_job_id": ep.job_id, "checkpoint_id": ep.checkpoint_id,
             "ready_at": ep.ready_at, "restarts": ep.restarts, "error": ep.error,
-            "usage": usage}
+            "idle_timeout_s": ep.idle_timeout_s, "usage": usage}
 
 
 def _usage(session: Session, ep: Endpoint, pending_usage) -> dict:
@@ -94,31 +94,45 @@ def transition(ep: Endpoint, target: EndpointState, **fields) -> bool:
     return True
 
 
-def deploy(session: Session, project_id: str, served: ServedModel) -> Endpoint:
-    """The endpoint for a model: the live one if there is one, a failed one retried, else a new one."""
+def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_s: int | None = None) -> Endpoint:
+    """The endpoint for a model: the live one if there is one, a failed one retried, an idle one woken, else a
+    new one. An idle timeout given replaces the endpoint's."""
     existing = session.execute(select(Endpoint).where(Endpoint.project_id == project_id,
                                                       Endpoint.model == served.name,
                                                       Endpoint.state != EndpointState.STOPPED.value)
                                .order_by(Endpoint.seq.desc())).scalars().first()
     if existing is not None:
+        if idle_timeout_s is not None:
+            existing.idle_timeout_s = idle_timeout_s
         if existing.state == EndpointState.FAILED.value:
             transition(existing, EndpointState.DEPLOYING, error=None, failed_attempts=0)
+        elif existing.state == EndpointState.IDLE.value:
+            wake(existing, "asked to deploy")
         return existing
     now = int(time.time())
     ep = Endpoint(id=new_id("ep-"), project_id=project_id, model=served.name, kind=served.kind,
                   base_model=served.base_model, job_id=served.job_id, checkpoint_id=served.checkpoint_id,
                   weights_prefix=served.weights_prefix, state=EndpointState.DEPLOYING.value, restarts=0,
-                  failed_attempts=0,
-                  created_at=now, updated_at=now)
+                  failed_attempts=0, idle_timeout_s=idle_timeout_s, created_at=now, updated_at=now)
     session.add(ep)
     session.flush()
     return ep
 
 
-def create_endpoint(ctx: AppContext, principal: ProjectPrincipal, model: str, pending_usage) -> dict:
+WAKING = "waking"  # the error code a woken endpoint deploys with (the gateway waits for those)
+
+
+def wake(ep: Endpoint, why: str) -> bool:
+    """An idle endpoint deploys again."""
+    return transition(ep, EndpointState.DEPLOYING, url=None, failed_attempts=0,
+                      error={"code": WAKING, "message": f"Waking from idle: {why}."})
+
+
+def create_endpoint(ctx: AppContext, principal: ProjectPrincipal, model: str, pending_usage,
+                    idle_timeout_s: int | None = None) -> dict:
     with ctx.db.write() as session:
         served = resolve_model(ctx, session, principal.project_id, model)
-        ep = deploy(session, principal.project_id, served)
+        ep = deploy(session, principal.project_id, served, idle_timeout_s)
         return endpoint_api(ep, _usage(session, ep, pending_usage))
 
 

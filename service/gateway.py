@@ -20,16 +20,23 @@ from service import metrics
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
-from service.endpoints import resolve_model
+from service.endpoints import WAKING, resolve_model, wake
 from service.errors import ApiError, BadGateway, InvalidRequest, NotFound, ServiceUnavailable
 from service.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
 
 ROUTE_TTL_S = 1.0  # a ready route is reused this long without a database lookup
 RETRY_AFTER_S = 5
+WAKE_POLL_S = 0.25
 # Refusals that mean the model exists but cannot serve now.
 _KNOWN_MODEL_REFUSALS = frozenset({"model_not_deployed", "model_deploying", "endpoint_failed"})
 _USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+class Waking(ServiceUnavailable):
+    def __init__(self, model: str):
+        super().__init__(f"The model '{model}' is waking from idle (scaled to zero); retry shortly.", param="model",
+                         code="model_deploying", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,18 @@ class Gateway:
         return None
 
     async def resolve(self, project_id: str, model: str) -> Route:
-        """The route for a model: cached, or looked up in a worker thread. Refusals are counted."""
+        """The route for a model: cached, or looked up in a worker thread. Refusals are counted. A model whose
+        endpoint is waking from idle is waited for (HONE_ENDPOINT_WAKE_WAIT_S), as a cold start."""
+        deadline = time.monotonic() + self.ctx.settings.endpoint_wake_wait_s
         try:
-            return self.cached_route(project_id, model) or await run_in_threadpool(self.route, project_id, model)
+            while True:
+                try:
+                    return self.cached_route(project_id, model) or \
+                        await run_in_threadpool(self.route, project_id, model)
+                except Waking:
+                    if time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(WAKE_POLL_S)
         except ApiError as exc:
             self.count_rejected(model, exc)
             raise
@@ -83,7 +99,17 @@ class Gateway:
             route = Route(ep.url, self._engine_key_of(ep.engine_key), served.name, model)
             self._routes[(project_id, model)] = (time.monotonic(), route)
             return route
-        if any(ep.state == EndpointState.DEPLOYING.value for ep in candidates):
+        idle = [ep for ep in candidates if ep.state == EndpointState.IDLE.value]
+        if idle and not any(ep.state == EndpointState.DEPLOYING.value for ep in candidates):
+            with self.ctx.db.write() as session:
+                row = session.get(Endpoint, idle[0].seq)
+                if row is not None and row.state == EndpointState.IDLE.value:
+                    wake(row, f"a request for '{model}'")
+            raise Waking(model)
+        deploying = [ep for ep in candidates if ep.state == EndpointState.DEPLOYING.value]
+        if any((ep.error or {}).get("code") == WAKING for ep in deploying):
+            raise Waking(model)
+        if deploying:
             raise ServiceUnavailable(f"The model '{model}' is being deployed; retry shortly.", param="model",
                                      code="model_deploying", headers={"Retry-After": str(RETRY_AFTER_S)})
         failed = [ep for ep in candidates if ep.state == EndpointState.FAILED.value]

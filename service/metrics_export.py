@@ -125,9 +125,11 @@ class MetricsExporter:
         for state in EndpointState:
             endpoints.add_metric([state.value], endpoint_counts.get(state.value, 0))
         up = GaugeMetricFamily("hone_endpoint_up", "1 while an endpoint is ready to serve, 0 while it is "
-                               "deploying or failed.", labels=["endpoint_id", "model", "base_model"])
+                               "deploying or failed (idle endpoints, scaled to zero on purpose, have none).",
+                               labels=["endpoint_id", "model", "base_model"])
         for endpoint_id, model, base_model, state in live:
-            up.add_metric([endpoint_id, model, base_model], 1 if state == EndpointState.READY.value else 0)
+            if state != EndpointState.IDLE.value:
+                up.add_metric([endpoint_id, model, base_model], 1 if state == EndpointState.READY.value else 0)
         live_models = {name for _, model, base_model, _ in live for name in (model, base_model)}
         return [jobs, depth, oldest, tokens, finish, *per_job.values(), endpoints, up], live_models
 

@@ -37,8 +37,7 @@ class Scheduler:
     def __init__(self, ctx: AppContext, executor: Executor):
         self.ctx, self.executor = ctx, executor
         self._stopping_since: dict[str, float] = {}  # job id -> when we asked a paused run to stop
-        if hasattr(executor, "bind"):  # optional: an executor that looks jobs up (e.g. to label them)
-            executor.bind(ctx)
+        executor.bind(ctx)
 
     def tick(self) -> None:
         exits = self.executor.reap()
@@ -49,10 +48,9 @@ class Scheduler:
         self._claim()
 
     def _record_executor_events(self) -> None:
-        """Optional executor hook: what a user can act on that is not an exit (e.g. no GPU free, an image that
-        cannot be pulled), as (job id, level, message); the executor reports each once."""
-        events = getattr(self.executor, "events", None)
-        items = events() if events is not None else None
+        """What a user can act on that is not an exit (e.g. no GPU free, an image that cannot be pulled), as
+        (job id, level, message); the executor reports each once."""
+        items = self.executor.events()
         if not items:
             return
         with self.ctx.db.write() as session:

@@ -126,6 +126,9 @@ class CreateFineTuningJob(_Body):
 
 class CreateEndpoint(_Body):
     model: str = Field(min_length=1, description="A tuned model (ft:...), a checkpoint id or name, or a base model.")
+    idle_timeout_s: int | None = Field(None, ge=0, le=30 * 86400, description=(
+        "Scale to zero after this many seconds without requests (the next request wakes it); 0: never; "
+        "omitted: the server's HONE_ENDPOINT_IDLE_TIMEOUT_S."))
 
 
 class CreateProject(_Body):

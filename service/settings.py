@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     parity_samples: int = 4  # training rows checked through the serving path before an endpoint is ready
     adapter_cache_dir: Path | None = None  # local copies of served weights; default: data_dir/adapters
     gateway_timeout_s: float = 600.0
+    # Scale-to-zero: an endpoint with no requests this long goes `idle` and its engine stops (Kubernetes: scales
+    # to zero replicas); 0: never. Endpoints may set their own (idle_timeout_s). A request for an idle model
+    # wakes it and waits up to endpoint_wake_wait_s for it to be ready, then answers 503 with Retry-After.
+    endpoint_idle_timeout_s: int = 0
+    endpoint_wake_wait_s: float = 60.0
     usage_flush_s: float = 5.0
 
     # --- kubernetes (HONE_EXECUTOR=kubernetes, HONE_ENDPOINT_BACKEND=kubernetes) ---

@@ -85,6 +85,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support import wait_for
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -321,14 +323,7 @@ class FakeKube:
 
     @staticmethod
     def wait_for(predicate: Callable[[], Any], timeout: float = 10, interval: float = 0.02) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError("condition not met in time")
-            time.sleep(interval)
+        return wait_for(predicate, timeout, interval)
 
     # --- primitive store operations (all under the lock) ---
 

@@ -37,7 +37,7 @@ from service.engines.kubernetes import (
     service_url,
 )
 from service.settings import Settings
-from tests.support import REPO, free_port, wait_http
+from tests.support import REPO, free_port, wait_for, wait_http
 
 K8S_VERSION = kubernetes_validate.latest_version()
 
@@ -525,20 +525,8 @@ def cluster(moto, tmp_path):
     assert not engines.errors, engines.errors
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(0.2)
-
-
 def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path):
     from examples.support_tickets import make
-    from service.engines.kubernetes import KubernetesEngines
     from tests.support import HoneServer, jsonl, wait_endpoint, wait_job
 
     kube, engines, kubeconfig = cluster
@@ -591,30 +579,34 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
                                                temperature=0)
         assert first.choices[0].message.content
 
-        # Scale to zero (the backend's own scale, as an idle policy or an operator would): the pod goes, the
-        # deployer finds the engine gone, scales it back to one and loads the adapter into the new pod.
-        settings = Settings(data_dir=tmp_path / "tool", k8s_kubeconfig=kubeconfig, k8s_namespace="hone")
-        backend = KubernetesEngines(settings)
-        backend.scale(endpoint["id"], 0)
+        # Idle for its timeout, the endpoint scales to zero: the Deployment goes to zero replicas (its pod with
+        # it) and keeps its Service and API-key Secret. The next request wakes it: back to one replica, the
+        # adapter loaded into the new pod, and the request answered once it is ready.
         first_pod = engines.pods_started[name][0]
-        _wait(lambda: len(engines.pods_started[name]) == 2, 60, "a new pod after scaling to zero and back")
-        assert kube.get("pods", "hone", first_pod) is None  # the first pod went away at zero replicas
-        again = wait_endpoint(http, job.fine_tuned_model, timeout=120)
-        assert again["state"] == "ready", again["error"]
-        assert again["restarts"] == endpoint["restarts"] + 1, again  # redeployed: the adapter loaded again
-        assert kube.get("deployments", "hone", name)["spec"]["replicas"] == 1
-        new_root = engines.running[name]["root"]
-        assert new_root != pod_root and (new_root / endpoint["id"] / "adapter_config.json").is_file()
+        assert http.post("/v1/endpoints", json={"model": job.fine_tuned_model, "idle_timeout_s": 2}).status_code == 200
+        wait_for(lambda: http.get(f"/v1/endpoints/{endpoint['id']}").json()["state"] == "idle", 60, 0.3,
+                 what="the endpoint going idle")
+        wait_for(lambda: kube.get("deployments", "hone", name)["spec"]["replicas"] == 0 and
+                 kube.get("pods", "hone", first_pod) is None, 30, what="the Deployment scaling to zero")
+        assert kube.get("services", "hone", name) and kube.get("secrets", "hone", name)
+        patches = [path for method, path in kube.requests if method == "PATCH" and name in path]
         second = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=8,
                                                 temperature=0)
         assert second.choices[0].message.content == first.choices[0].message.content
-        assert backend.keys() == [endpoint["id"]]
-        backend.close()
+        assert len([p for m, p in kube.requests if m == "PATCH" and name in p]) == len(patches) + 1  # to one
+        assert http.post("/v1/endpoints", json={"model": job.fine_tuned_model, "idle_timeout_s": 0}).status_code == 200
+        assert len(patches) == 1  # scaled to zero once, not on every tick of the deployer
+        assert len(engines.pods_started[name]) == 2
+        again = http.get(f"/v1/endpoints/{endpoint['id']}").json()
+        assert again["state"] == "ready" and again["error"] is None
+        assert kube.get("deployments", "hone", name)["spec"]["replicas"] == 1
+        new_root = engines.running[name]["root"]
+        assert new_root != pod_root and (new_root / endpoint["id"] / "adapter_config.json").is_file()
 
         # Deleting the endpoint deletes the engine's Deployment (its pod first), Service and Secret.
         assert http.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
-        _wait(lambda: not any(kube.get(kind, "hone", name) for kind in ("deployments", "services", "secrets")),
-              30, "the engine's objects to be deleted")
+        wait_for(lambda: not any(kube.get(kind, "hone", name) for kind in ("deployments", "services", "secrets")),
+                 30, what="the engine's objects being deleted")
         assert not engines.running and not kube.list("pods", "hone")
         deletes = [path for method, path in kube.requests if method == "DELETE" and name in path]
         assert any("/deployments/" in p for p in deletes) and any("/services/" in p for p in deletes)

@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from examples.support_tickets import make
 from service import metrics
-from tests.support import REPO, HoneServer, PostgresDatabase, free_port, jsonl, wait_endpoint, wait_http, wait_job
+from tests.support import (REPO, HoneServer, PostgresDatabase, free_port, jsonl, wait_endpoint, wait_for, wait_http,
+                           wait_job)
 
 
 class Prometheus:
@@ -48,14 +49,17 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def wait_for(self, promql: str, until=lambda result: bool(result), timeout: float = 120) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.query(promql)
-            if until(result):
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{promql} did not hold within {timeout}s: {result}")
-            time.sleep(0.5)
+        found: list[list[dict]] = []
+
+        def holds() -> bool:
+            found[:] = [self.query(promql)]
+            return until(found[0])
+
+        try:
+            wait_for(holds, timeout, 0.5, what=f"{promql} holding")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last result: {found[0] if found else None}") from None
+        return found[0]
 
     def stop(self) -> None:
         self.proc.terminate()

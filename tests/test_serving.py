@@ -19,7 +19,7 @@ import pytest
 
 from examples.support_tickets import make
 from tests.openai_schemas import validator
-from tests.support import REPO, HoneServer, PostgresDatabase, engine_pids, jsonl, wait_endpoint, wait_job
+from tests.support import REPO, HoneServer, PostgresDatabase, engine_pids, jsonl, wait_endpoint, wait_for, wait_job
 
 
 def _tune(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
@@ -219,6 +219,34 @@ def test_killed_engine_is_restarted_and_serves_again(served):
     assert engine_pids(served["server"], ep["id"]) and engine_pids(served["server"], ep["id"]) != pids
     row = served["held_out"][0]
     assert _label(served["client"], model, row) == row["messages"][-1]["content"]
+
+
+def test_idle_endpoint_scales_to_zero_and_the_next_request_wakes_it(served):
+    project, model, ep = served["project"], served["job"].fine_tuned_model, served["endpoint"]
+    row = served["held_out"][1]
+    with project.http() as http:
+        refused = http.post("/v1/endpoints", json={"model": model, "idle_timeout_s": -1})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "idle_timeout_s"
+        changed = http.post("/v1/endpoints", json={"model": model, "idle_timeout_s": 3}).json()
+        assert changed["id"] == ep["id"] and changed["idle_timeout_s"] == 3 and changed["state"] == "ready"
+        deadline = time.monotonic() + 60
+        while (current := http.get(f"/v1/endpoints/{ep['id']}").json())["state"] != "idle":
+            assert time.monotonic() < deadline and current["state"] == "ready", current
+            time.sleep(0.3)
+        # Scaled to zero: its engine is gone, and an idle endpoint is not "down" to Prometheus.
+        assert wait_for(lambda: not engine_pids(served["server"], ep["id"]), timeout=20)
+        exposition = http.get("/metrics").text
+        assert f'endpoint_id="{ep["id"]}"' not in "\n".join(
+            line for line in exposition.splitlines() if line.startswith("hone_endpoint_up"))
+        assert 'hone_endpoints{state="idle"} 1.0' in exposition
+        # The next request wakes it and waits for it (a cold start), then answers as before.
+        started = time.monotonic()
+        assert _label(served["client"], model, row) == row["messages"][-1]["content"]
+        woke_in = time.monotonic() - started
+        after = http.post("/v1/endpoints", json={"model": model, "idle_timeout_s": 0}).json()
+    assert after["state"] == "ready" and after["idle_timeout_s"] == 0 and after["error"] is None
+    assert len(engine_pids(served["server"], ep["id"])) == 1
+    assert woke_in > 0.5  # it did wait for an engine to start
 
 
 def test_cli_lists_and_shows_endpoints(served):

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -20,7 +19,7 @@ from service.engines import EngineSpec, EngineStartError
 from service.engines.static import StaticEngines
 from service.settings import Settings
 from examples.support_tickets import make
-from tests.support import REPO, HoneServer, free_port, jsonl, wait_endpoint, wait_http, wait_job
+from tests.support import REPO, HoneServer, free_port, jsonl, wait_endpoint, wait_for, wait_http, wait_job
 
 API_KEY = "sk-operator-vllm"
 
@@ -117,20 +116,13 @@ def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path):
 
         # Deleting the endpoint unloads the adapter; the server itself keeps running (it is not Hone's).
         assert owner.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
-        _until(lambda: job.fine_tuned_model not in operator.models(), "the adapter to be unloaded")
+        wait_for(lambda: job.fine_tuned_model not in operator.models(), 60, what="the adapter unloading")
         assert operator.proc.poll() is None and "hone-tiny" in operator.models()
         owner.close()
         http.close()
     finally:
         server.stop()
         operator.stop()
-
-
-def _until(predicate, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        time.sleep(0.2)
 
 
 def _wait_restarts(http: httpx.Client, endpoint_id: str, restarts: int) -> dict:
@@ -140,5 +132,5 @@ def _wait_restarts(http: httpx.Client, endpoint_id: str, restarts: int) -> dict:
         found.update(http.get(f"/v1/endpoints/{endpoint_id}").json())
         return found["state"] == "ready" and found["restarts"] >= restarts
 
-    _until(ready_again, f"endpoint {endpoint_id} to be redeployed")
+    wait_for(ready_again, 60, 0.2, what=f"endpoint {endpoint_id} redeploying")
     return found

@@ -20,7 +20,8 @@ router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoin
 @router.post("")
 def create_endpoint(body: CreateEndpoint, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx)):
-    endpoint = endpoints.create_endpoint(ctx, principal, body.model, request.app.state.usage.pending)
+    endpoint = endpoints.create_endpoint(ctx, principal, body.model, request.app.state.usage.pending,
+                                         body.idle_timeout_s)
     log.info("endpoint created", extra={"endpoint_id": endpoint["id"], "model": endpoint["model"],
                                         "state": endpoint["state"]})
     request.app.state.loops.wake("endpoints")

@@ -200,6 +200,8 @@ class Endpoint(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
     ready_at: Mapped[int | None] = mapped_column(BigInteger)
+    # scale to zero after this long without requests; None: HONE_ENDPOINT_IDLE_TIMEOUT_S, 0: never
+    idle_timeout_s: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_endpoints_project_seq", "project_id", "seq"),)
 

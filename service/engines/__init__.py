@@ -6,6 +6,7 @@ finds and stops them. Adapters are hot-loaded over HTTP by the deployer, the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
@@ -45,11 +46,14 @@ class EngineBackend(Protocol):
     def ensure(self, spec: EngineSpec) -> EngineHandle: ...  # start unless running; returns once healthy
     def get(self, key: str) -> EngineHandle | None: ...  # the running engine, or None if it is gone
     def stop(self, key: str) -> None: ...
+    # Scale to zero: free what the engine holds (its GPU) but keep what makes it quick to bring back; ensure()
+    # brings it back. Kubernetes: the Deployment at zero replicas, its Service and API key kept. Idempotent.
+    def suspend(self, key: str) -> None: ...
     def keys(self) -> list[str]: ...  # engines this backend runs
     def close(self) -> None: ...  # stop everything (control-plane shutdown)
-    # Optional: stage_weights(handle, name, storage_prefix, local_copy) -> the adapter's path on the engine's
-    # filesystem, for backends whose engines cannot see the control plane's disk (the deployer's local copy
-    # otherwise).
+    # The adapter's path on the engine's filesystem: the deployer's local copy where engines see this disk;
+    # else the backend copies it from storage_prefix (Kubernetes: the pod's fetcher sidecar).
+    def stage_weights(self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path) -> str: ...
 
 
 def open_engine_backend(settings: "Settings") -> EngineBackend:

@@ -205,6 +205,7 @@ class KubernetesEngines:
         self._apps = client.AppsV1Api(self._client)
         self._core = client.CoreV1Api(self._client)
         self._known: dict[str, tuple[EngineHandle, str]] = {}  # key -> (handle, pod incarnation) we ensured
+        self._suspended: set[str] = set()  # keys this process scaled to zero (so it patches each once)
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
@@ -283,6 +284,8 @@ class KubernetesEngines:
 
     def ensure(self, spec: EngineSpec) -> EngineHandle:
         with self._key_lock(spec.key):
+            with self._lock:
+                self._suspended.discard(spec.key)
             name = object_name(spec.key)
             deployment, service, digest = build_objects(self._settings, spec)
             current = self._read(self._apps.read_namespaced_deployment, name)
@@ -373,6 +376,7 @@ class KubernetesEngines:
         with self._key_lock(key):
             with self._lock:
                 self._known.pop(key, None)
+                self._suspended.discard(key)
             name = object_name(key)
             options = client.V1DeleteOptions(propagation_policy="Foreground")
             for delete in (self._apps.delete_namespaced_deployment, self._core.delete_namespaced_service,
@@ -393,6 +397,15 @@ class KubernetesEngines:
             with self._lock:
                 self._known.pop(key, None)
         log.info("engine scaled", extra={"engine": key, "deployment": name, "replicas": replicas})
+
+    def suspend(self, key: str) -> None:
+        """Scale to zero (an idle endpoint's engine): once per key and process, unless ensure() brought it back."""
+        with self._lock:
+            if key in self._suspended:
+                return
+        self.scale(key, 0)
+        with self._lock:
+            self._suspended.add(key)
 
     def keys(self) -> list[str]:
         """Engines in the namespace, whoever started them (so a restarted control plane stops unused ones)."""

@@ -200,6 +200,9 @@ class LocalEngines:
         with self._lock:
             self._terminate(key)
 
+    def suspend(self, key: str) -> None:  # a process holds nothing worth keeping: it stops, ensure() starts anew
+        self.stop(key)
+
     def _terminate(self, key: str) -> None:
         current = self._running.pop(key, None)
         if current is not None:
@@ -207,6 +210,9 @@ class LocalEngines:
             current.log_file.close()
             self._state_path(key).unlink(missing_ok=True)
             log.info("engine stopped", extra=_identity(key))
+
+    def stage_weights(self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path) -> str:
+        return str(local_copy)  # engines here see this disk
 
     def keys(self) -> list[str]:
         with self._lock:

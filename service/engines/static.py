@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from pathlib import Path
 
 import httpx
 
@@ -85,6 +86,12 @@ class StaticEngines:
     def stop(self, key: str) -> None:  # not ours to stop: forget it (the deployer has unloaded its adapters)
         with self._lock:
             self._known.pop(key, None)
+
+    def suspend(self, key: str) -> None:  # the server is not ours to scale: forget it until ensure() again
+        self.stop(key)
+
+    def stage_weights(self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path) -> str:
+        return str(local_copy)  # engines here see this disk
 
     def keys(self) -> list[str]:
         with self._lock:

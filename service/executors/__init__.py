@@ -27,6 +27,10 @@ class Executor(Protocol):
     def reap(self) -> list[TrainerExit]: ...  # runs that ended since the last call
     def adopt(self, job_id: str, ref: str) -> bool: ...  # after a restart: track a run that is still alive
     def owns(self, ref: str) -> bool: ...  # whether a ref names a run this executor could track
+    def bind(self, ctx) -> None: ...  # the app's context, for executors that look jobs up (e.g. to label them)
+    # (job id, level, message) a user can act on that is not an exit (no GPU free, an image that cannot be
+    # pulled), each once; [] when there is nothing to say
+    def events(self) -> list[tuple[str, str, str]]: ...
 
 
 def open_executor(settings: "Settings") -> Executor:

@@ -179,7 +179,7 @@ class KubernetesExecutor:
         self._last_sweep = 0.0
         self._finalizer = True  # off once the API says this control plane may not patch pods (its Role)
 
-    # --- hooks the scheduler calls when they exist (not part of the Executor Protocol) ---
+    # --- the Protocol ---
 
     def bind(self, ctx) -> None:
         """Lets launch() label a Job with its project (the Protocol's launch() does not carry it)."""
@@ -198,8 +198,6 @@ class KubernetesExecutor:
         with self._lock:
             events, self._events = self._events, []
         return events
-
-    # --- the Protocol ---
 
     def slots(self) -> int:
         return max(0, self._settings.k8s_max_parallel_jobs)

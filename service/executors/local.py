@@ -46,6 +46,12 @@ class LocalExecutor:
     def owns(self, ref: str) -> bool:
         return ref.startswith(f"local:{self._host}:")
 
+    def bind(self, ctx) -> None:  # nothing to look up: a local run is labelled by its process
+        pass
+
+    def events(self) -> list[tuple[str, str, str]]:  # a process either runs or exits
+        return []
+
     def _log_path(self, job_id: str, attempt: int) -> Path:
         folder = (self._settings.data_dir / "logs" / job_id).resolve()
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ against `_request`, which returns the result for a Client and an awaitable for a
 from __future__ import annotations
 
 import email.utils
+import itertools
 import os
 import random
 import time
@@ -73,6 +74,12 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class _BaseClient:
+    # What differs between the sync and the async client, besides sending and sleeping.
+    _http_class: type
+    _jobs_class: type
+    _endpoints_class: type
+    _pager: type
+
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, admin_key: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES):
         url = (base_url or os.environ.get("HONE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -83,10 +90,13 @@ class _BaseClient:
         self.admin_key = admin_key if admin_key is not None else os.environ.get("HONE_ADMIN_API_KEY")
         self.timeout = timeout
         self.max_retries = max_retries
+        self._http = self._http_class(base_url=self.base_url, timeout=timeout)
         self.files = Files(self)
         self.models = Models(self)
         self.projects = Projects(self)
         self.keys = Keys(self)
+        self.jobs = self._jobs_class(self)
+        self.endpoints = self._endpoints_class(self)
 
     # --- building requests and reading responses (no I/O) -----------------------------------------------
 
@@ -123,6 +133,13 @@ class _BaseClient:
             return server_says
         return _backoff(attempt)
 
+    def _delay_or_raise(self, attempt: int, response: httpx.Response | None, error: APIError) -> float:
+        """After a failed attempt: how long to wait before the next one, or raise `error` if there is none."""
+        delay = self._retry_delay(attempt, response)
+        if delay is None:
+            raise error
+        return delay
+
     @staticmethod
     def _error(response: httpx.Response) -> APIError:
         try:
@@ -131,11 +148,15 @@ class _BaseClient:
             body = response.text
         return status_error(response.status_code, body, response.headers.get("x-request-id"))
 
-    @staticmethod
-    def _transport_error(exc: httpx.TransportError, url: str) -> APIError:
+    def _transport_error(self, exc: httpx.TransportError) -> APIError:
         if isinstance(exc, httpx.TimeoutException):
-            return APITimeoutError(f"Request to {url} timed out.")
-        return APIConnectionError(f"Could not reach {url}: {exc}")
+            return APITimeoutError(f"Request to {self.base_url} timed out.")
+        return APIConnectionError(f"Could not reach {self.base_url}: {exc}")
+
+    @staticmethod
+    def _chat_call(model: str, messages: list[dict] | str, stream: bool, params: dict[str, Any]) -> _Call:
+        return _Call("POST", "/v1/chat/completions", json=chat_body(model, messages, stream, params),
+                     cast=ChatCompletion, stream=stream)
 
     def _parse(self, response: httpx.Response, cast: Any) -> Any:
         if cast is bytes:
@@ -158,33 +179,22 @@ class Client(_BaseClient):
         job.wait(on_progress=print)
     """
 
-    _pager = SyncPager
-
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, **options: Any):
-        super().__init__(base_url, api_key, **options)
-        self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout)
-        self.jobs = SyncJobs(self)
-        self.endpoints = SyncEndpoints(self)
+    _http_class, _jobs_class, _endpoints_class, _pager = httpx.Client, SyncJobs, SyncEndpoints, SyncPager
 
     def _send(self, call: _Call) -> httpx.Response:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             request = self._build(self._http, call, attempt)
-            response = None
             try:
                 response = self._http.send(request, stream=call.stream)
+            except httpx.TransportError as exc:
+                response, error = None, self._transport_error(exc)
+            else:
                 if response.status_code < 400:
                     return response
                 response.read()
                 response.close()
                 error = self._error(response)
-            except httpx.TransportError as exc:
-                error = self._transport_error(exc, self.base_url)
-            delay = self._retry_delay(attempt, response)
-            if delay is None:
-                raise error
-            time.sleep(delay)
-            attempt += 1
+            self._sleep(self._delay_or_raise(attempt, response, error))
 
     def _request(self, method: str, path: str, **options: Any) -> Any:
         call = _Call(method, path, **options)
@@ -197,8 +207,7 @@ class Client(_BaseClient):
              **params: Any) -> ChatCompletion | ChatStream:
         """A chat completion from a tuned, checkpoint or base model; `stream=True` gives the chunks as they are
         generated. `params` are the usual ones: temperature, max_tokens, stop, seed, ..."""
-        call = _Call("POST", "/v1/chat/completions", json=chat_body(model, messages, stream, params),
-                          cast=ChatCompletion, stream=stream)
+        call = self._chat_call(model, messages, stream, params)
         if not stream:
             return self._parse(self._send(call), call.cast)
         return ChatStream(self._send(call))
@@ -216,33 +225,22 @@ class Client(_BaseClient):
 class AsyncClient(_BaseClient):
     """The Hone API for asyncio: the same methods as `Client`, awaited (lists and follow are async iterators)."""
 
-    _pager = AsyncPager
-
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, **options: Any):
-        super().__init__(base_url, api_key, **options)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout)
-        self.jobs = AsyncJobs(self)
-        self.endpoints = AsyncEndpoints(self)
+    _http_class, _jobs_class, _endpoints_class, _pager = httpx.AsyncClient, AsyncJobs, AsyncEndpoints, AsyncPager
 
     async def _send(self, call: _Call) -> httpx.Response:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             request = self._build(self._http, call, attempt)
-            response = None
             try:
                 response = await self._http.send(request, stream=call.stream)
+            except httpx.TransportError as exc:
+                response, error = None, self._transport_error(exc)
+            else:
                 if response.status_code < 400:
                     return response
                 await response.aread()
                 await response.aclose()
                 error = self._error(response)
-            except httpx.TransportError as exc:
-                error = self._transport_error(exc, self.base_url)
-            delay = self._retry_delay(attempt, response)
-            if delay is None:
-                raise error
-            await self._sleep(delay)
-            attempt += 1
+            await self._sleep(self._delay_or_raise(attempt, response, error))
 
     async def _request(self, method: str, path: str, **options: Any) -> Any:
         call = _Call(method, path, **options)
@@ -255,8 +253,7 @@ class AsyncClient(_BaseClient):
 
     async def chat(self, model: str, messages: list[dict] | str, *, stream: bool = False,
                    **params: Any) -> ChatCompletion | AsyncChatStream:
-        call = _Call("POST", "/v1/chat/completions", json=chat_body(model, messages, stream, params),
-                          cast=ChatCompletion, stream=stream)
+        call = self._chat_call(model, messages, stream, params)
         if not stream:
             return self._parse(await self._send(call), call.cast)
         return AsyncChatStream(await self._send(call))

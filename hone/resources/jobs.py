@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 from hone.errors import WaitTimeoutError
 from hone.progress import EventCursor, ProgressTracker, decode_result_file, step_metrics
 from hone.resources import Resource
-from hone.types import (Checkpoint, FineTuningJob, JobEvent, JobProgress, JobUpdate, Page, StepMetrics)
+from hone.types import Checkpoint, FineTuningJob, JobEvent, JobProgress, JobUpdate, Page, StepMetrics
 
 JOBS = "/v1/fine_tuning/jobs"
 EVENTS_PAGE = 100
@@ -30,6 +30,12 @@ def job_body(model: str, training_file: str, *, validation_file: str | None, met
     body = {"model": model, "training_file": training_file, "validation_file": validation_file, "method": resolved,
             "suffix": suffix, "seed": seed, "metadata": metadata, "priority": priority, "auto_deploy": auto_deploy}
     return {k: v for k, v in body.items() if v is not None} | extra
+
+
+def _result_file(job: FineTuningJob) -> str:
+    if not job.result_files:
+        raise ValueError(f"Job {job.id} has no result file (it is {job.status}).")
+    return job.result_files[0]
 
 
 class _Deadline:
@@ -90,10 +96,7 @@ class SyncJobs(Jobs):
 
     def results(self, job_id: str) -> str:
         """The finished job's result file (per-step metrics) as CSV text."""
-        job = self.retrieve(job_id)
-        if not job.result_files:
-            raise ValueError(f"Job {job_id} has no result file (it is {job.status}).")
-        return decode_result_file(self._client.files.content(job.result_files[0]))
+        return decode_result_file(self._client.files.content(_result_file(self.retrieve(job_id))))
 
     def _new_events(self, job_id: str, cursor: EventCursor) -> list[JobEvent]:
         page = self._events_page(job_id, None)
@@ -136,10 +139,7 @@ class AsyncJobs(Jobs):
         return step_metrics(await self.events(job_id, limit=1000).to_list())
 
     async def results(self, job_id: str) -> str:
-        job = await self.retrieve(job_id)
-        if not job.result_files:
-            raise ValueError(f"Job {job_id} has no result file (it is {job.status}).")
-        return decode_result_file(await self._client.files.content(job.result_files[0]))
+        return decode_result_file(await self._client.files.content(_result_file(await self.retrieve(job_id))))
 
     async def _new_events(self, job_id: str, cursor: EventCursor) -> list[JobEvent]:
         page = await self._events_page(job_id, None)

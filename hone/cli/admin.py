@@ -19,6 +19,7 @@ def projects_create(session: Session, name: str):
 
 @api_command(projects_app, "list", admin=True)
 def projects_list(session: Session, include_archived: bool = typer.Option(False, "--include-archived")):
+    """List projects."""
     projects = list(session.client.projects.list(include_archived=include_archived))
     session.show(projects, lambda: table(["id", "name", "status", "created"],
                                          [(p.id, p.name, p.status, when(p.created_at)) for p in projects]))
@@ -39,6 +40,7 @@ def keys_create(session: Session, project_id: str, name: str = typer.Option("def
 
 @api_command(keys_app, "list", admin=True)
 def keys_list(session: Session, project_id: str):
+    """List a project's service accounts and their redacted keys."""
     accounts = list(session.client.keys.list(project_id))
     session.show(accounts, lambda: table(
         ["id", "name", "key", "created"],
@@ -47,4 +49,5 @@ def keys_list(session: Session, project_id: str):
 
 @api_command(keys_app, "delete", admin=True)
 def keys_delete(session: Session, project_id: str, service_account_id: str):
+    """Delete a service account: its key stops working."""
     session.show(session.client.keys.delete(project_id, service_account_id), f"deleted {service_account_id}")

@@ -24,12 +24,14 @@ COLUMNS = ["id", "state", "model", "engine", "error"]
 @api_command(endpoints_app, "list")
 def endpoints_list(session: Session, model: Optional[str] = typer.Option(None, "--model",
                                                                            help="Only this model's endpoints.")):
+    """List endpoints, newest first."""
     endpoints = list(session.client.endpoints.list(model=model))
     session.show(endpoints, lambda: table(COLUMNS, [_row(ep) for ep in endpoints]))
 
 
 @api_command(endpoints_app, "get")
 def endpoints_get(session: Session, endpoint_id: str):
+    """Show an endpoint: state, engine, usage."""
     ep = session.client.endpoints.retrieve(endpoint_id)
     usage = ep.usage
     session.show(ep, lambda: (
@@ -61,6 +63,7 @@ def endpoints_delete(session: Session, endpoint_id: str):
 
 @api_command(models_app, "list")
 def models_list(session: Session):
+    """List base models and this project's tuned models."""
     models = session.client.models.list().data
     session.show(models, lambda: table(["id", "owned by", "created"],
                                        [(m.id, m.owned_by, when(m.created)) for m in models]))

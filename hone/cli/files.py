@@ -99,6 +99,7 @@ def files_upload(session: Session, path: Path = ExistingFile,
 
 @api_command(files_app, "list")
 def files_list(session: Session, purpose: Optional[str] = typer.Option(None, "--purpose")):
+    """List the project's files, newest first."""
     files = list(session.client.files.list(purpose=purpose))
     session.show(files, lambda: table(
         ["id", "filename", "bytes", "purpose", "status", "examples", "created"],

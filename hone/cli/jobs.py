@@ -109,6 +109,7 @@ def jobs_create(
 
 @api_command(jobs_app, "list")
 def jobs_list(session: Session, limit: int = typer.Option(20, "--limit", help="How many, newest first.")):
+    """List jobs, newest first."""
     jobs = list(islice(session.client.jobs.list(limit=min(limit, 100)), limit))
     session.show(jobs, lambda: table(["id", "status", "model", "tuned model", "created"],
                                      [(j.id, j.status, j.model, j.fine_tuned_model, when(j.created_at))
@@ -117,6 +118,7 @@ def jobs_list(session: Session, limit: int = typer.Option(20, "--limit", help="H
 
 @api_command(jobs_app, "get")
 def jobs_get(session: Session, job_id: str):
+    """Show a job."""
     job = session.client.jobs.retrieve(job_id)
     session.show(job, lambda: _details(job))
 
@@ -127,6 +129,7 @@ def _act(session: Session, job: FineTuningJob) -> None:
 
 @api_command(jobs_app, "cancel")
 def jobs_cancel(session: Session, job_id: str):
+    """Cancel a job."""
     _act(session, session.client.jobs.cancel(job_id))
 
 
@@ -138,6 +141,7 @@ def jobs_pause(session: Session, job_id: str):
 
 @api_command(jobs_app, "resume")
 def jobs_resume(session: Session, job_id: str):
+    """Resume a paused job (it queues again and continues from its checkpoint)."""
     _act(session, session.client.jobs.resume(job_id))
 
 

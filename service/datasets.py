@@ -10,6 +10,7 @@ from hone.datasets import (  # noqa: F401 (re-exported)
     DatasetValidator,
     LineError,
     detect_format,
+    filename_problem,
     methods_for,
     validate_bytes,
 )

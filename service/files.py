@@ -17,7 +17,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from service.context import AppContext
-from service.datasets import DatasetReport, DatasetValidator
+from service.datasets import DatasetReport, DatasetValidator, filename_problem
 from service.db.tables import File, Job
 from service.errors import InvalidRequest, NotFound, PayloadTooLarge
 from service.ids import new_id
@@ -136,9 +136,9 @@ class _Upload:
 
 
 def _check_fine_tune_name(filename: str) -> None:
-    if not filename.lower().endswith(".jsonl"):
-        raise InvalidRequest("Invalid file format for Fine-Tuning API. Must be .jsonl", param="file",
-                             code="invalid_file_format")
+    problem = filename_problem(filename)  # the rule `hone files validate` applies before uploading
+    if problem:
+        raise InvalidRequest(problem, param="file", code="invalid_file_format")
 
 
 def _too_large(ctx: AppContext, param: str = "file") -> PayloadTooLarge:

@@ -238,3 +238,14 @@ def wait_endpoint(http: httpx.Client, model: str, states=("ready", "failed"), ti
         if time.monotonic() > deadline:
             raise AssertionError(f"endpoint for {model} still {live[0]['state'] if live else 'absent'} after {timeout}s")
         time.sleep(0.2)
+
+
+def one_label_tickets(count: int = 20, seed: int = 7, label: str = "Billing") -> tuple[list[dict], list[dict]]:
+    """Support tickets (80/20) all answered with one label: hone-tiny learns it, and to stop after it, in three
+    epochs of seconds on a CPU. For tests that need a tuned model that serves, not one that classifies."""
+    from examples.support_tickets import make
+
+    train, held_out = make(count=count, seed=seed)
+    for row in (*train, *held_out):
+        row["messages"][-1]["content"] = label
+    return train, held_out

@@ -21,20 +21,14 @@ from pathlib import Path
 import pytest
 
 import hone
-from examples.support_tickets import SYSTEM, make
-from tests.support import HoneServer, engine_pids, free_port, jsonl
+from examples.support_tickets import SYSTEM
+from tests.support import HoneServer, engine_pids, free_port, jsonl, one_label_tickets
 
 LABEL = "Billing"
 ANSI_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def labelled(rows: list[dict]) -> list[dict]:
-    for row in rows:
-        row["messages"][-1]["content"] = LABEL
-    return rows
-
-
-TRAIN, HELD_OUT = (labelled(rows) for rows in make(count=20, seed=7))  # 16 to train on, 4 never seen
+TRAIN, HELD_OUT = one_label_tickets(count=20, seed=7, label=LABEL)  # 16 to train on, 4 never seen
 
 
 class Hone:

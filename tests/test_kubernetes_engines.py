@@ -526,8 +526,7 @@ def cluster(moto, tmp_path):
 
 
 def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path):
-    from examples.support_tickets import make
-    from tests.support import HoneServer, jsonl, wait_endpoint, wait_job
+    from tests.support import HoneServer, jsonl, one_label_tickets, wait_endpoint, wait_job
 
     kube, engines, kubeconfig = cluster
     env = {**moto.env(), "HONE_STORAGE_URL": "s3://hone-k8s-engines/blobs", "HONE_EXECUTOR": "local",
@@ -538,7 +537,7 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
     try:
         project = server.new_project("k8s")
         client = project.openai()
-        train, held_out = make(count=120, seed=3)
+        train, held_out = one_label_tickets(seed=3)
         file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
             "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
@@ -577,7 +576,7 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
         prompt = held_out[0]["messages"][:-1]
         first = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=8,
                                                temperature=0)
-        assert first.choices[0].message.content
+        assert first.choices[0].message.content.strip() == "Billing"  # the trained label
 
         # Idle for its timeout, the endpoint scales to zero: the Deployment goes to zero replicas (its pod with
         # it) and keeps its Service and API-key Secret. The next request wakes it: back to one replica, the

@@ -18,8 +18,8 @@ import pytest
 from service.engines import EngineSpec, EngineStartError
 from service.engines.static import StaticEngines
 from service.settings import Settings
-from examples.support_tickets import make
-from tests.support import REPO, HoneServer, free_port, jsonl, wait_endpoint, wait_for, wait_http, wait_job
+from tests.support import (REPO, HoneServer, free_port, jsonl, one_label_tickets, wait_endpoint, wait_for, wait_http,
+                           wait_job)
 
 API_KEY = "sk-operator-vllm"
 
@@ -61,7 +61,11 @@ class OperatorServer:
                                           "--served-model-name", "hone-tiny", "--host", "127.0.0.1", "--port",
                                           str(self.port), "--enable-lora", "--max-loras", "2", "--max-lora-rank", "64"],
                                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_http(self.url + "/health", timeout=120, proc=self.proc)
+        try:
+            wait_http(self.url + "/health", timeout=120, proc=self.proc)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -74,8 +78,16 @@ class OperatorServer:
         return {c["id"]: c["root"] for c in cards}
 
 
-def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path):
-    operator = OperatorServer(tmp_path / "vllm.log").start()
+@pytest.fixture
+def operator(tmp_path):
+    server = OperatorServer(tmp_path / "vllm.log")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path, operator):
     env = {**moto.env(), "HONE_STORAGE_URL": "s3://hone-static/blobs", "HONE_ENDPOINT_BACKEND": "static",
            "HONE_STATIC_ENGINES": json.dumps({"hone-tiny": operator.url}), "HONE_STATIC_ENGINE_API_KEY": API_KEY,
            "HONE_AUTO_DEPLOY": "true"}
@@ -83,7 +95,7 @@ def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path):
     try:
         client = server.new_project("static").openai()
         http = server.new_project("static-2").http()
-        train, held_out = make(count=120, seed=5)
+        train, held_out = one_label_tickets(seed=5)
         file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
             "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
@@ -104,6 +116,7 @@ def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path):
                               timeout=60).json()["choices"][0]["message"]["content"]
 
         assert through_hone == direct(job.fine_tuned_model) and through_hone
+        assert through_hone.strip() == "Billing"  # the trained label
         assert through_hone != direct("hone-tiny")  # the adapter, not the base weights, answered
         assert http.get(f"/v1/endpoints/{endpoint['id']}").status_code == 404  # another project's
 
@@ -122,7 +135,6 @@ def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path):
         http.close()
     finally:
         server.stop()
-        operator.stop()
 
 
 def _wait_restarts(http: httpx.Client, endpoint_id: str, restarts: int) -> dict:

@@ -101,13 +101,13 @@ class LocalEngines:
             spare = self._matching_spare(spec)
             if spare is not None:
                 return self._claim(spare, spec)
-            last_error: Exception | None = None
-            for _ in range(3):  # a free port can be taken between probing and binding it
+            for attempt in range(3):  # a free port can be taken between probing and binding it
                 try:
                     return self._start(spec)
-                except EngineStartError as exc:
-                    last_error = exc
-            raise last_error  # type: ignore[misc]
+                except _PortTaken:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
 
     def _build_if_builtin(self, spec: EngineSpec) -> None:
         """Built-in base models are built on first use by the trainer's code, run as a process: the control
@@ -149,8 +149,14 @@ class LocalEngines:
         except EngineUnavailable as exc:
             stop_process_group(proc)
             log_file.close()
-            raise EngineStartError(f"engine {spec.key} did not become healthy: {exc} "
-                                   f"(exit code {proc.returncode}; log {log_file.name})") from exc
+            message = (f"engine {spec.key} did not become healthy: {exc} "
+                       f"(exit code {proc.returncode}; log {log_file.name})")
+            with open(log_file.name, "rb") as written:
+                written.seek(max(0, written.seek(0, os.SEEK_END) - 4096))
+                tail = written.read()
+            # only a lost race for the port is worth another try; anything else would fail the same way
+            raise (_PortTaken if b"Errno 98" in tail or b"ddress already in use" in tail
+                   else EngineStartError)(message) from exc
         self._running[spec.key] = _Process(handle, proc, log_file, spec.key)
         self._write_state(self._running[spec.key])
         return handle
@@ -222,6 +228,10 @@ class LocalEngines:
         with self._lock:
             for key in list(self._running):
                 self._terminate(key)
+
+
+class _PortTaken(EngineStartError):
+    pass
 
 
 def api_key_from_state(data_dir: Path, key: str) -> str | None:

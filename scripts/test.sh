@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+# Two workers, one test module each at a time (module fixtures train once): the suite is mostly waiting on
+# trainer and engine subprocesses, so two keep both cores busy.
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"

@@ -482,36 +482,37 @@ class KubernetesExecutor:
                 (f" ({reason})" if reason and reason != "Error" else "")
             return code, f"trainer container exited with code {code}{detail}", name
         if phase == "Pending":
-            scheduled = conditions.get("PodScheduled", {})
-            unschedulable = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
-            waiting = state.get("waiting") or {}
-            pull_failing = waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
-            if unschedulable:
-                gpus = self._settings.k8s_gpus_per_job
-                wants = f"{gpus} nvidia.com/gpu" if gpus else "its resources"
-                where = f" on nodes matching {self._settings.k8s_node_selector}" if self._settings.k8s_node_selector \
-                    else ""
-                message = (f"The trainer pod cannot be scheduled: {scheduled.get('message') or 'Unschedulable'} "
-                           f"No node{where} has {wants} free; free a GPU, add nodes, or change "
-                           "HONE_K8S_GPUS_PER_JOB / HONE_K8S_NODE_SELECTOR / HONE_K8S_TOLERATIONS.")
-                self._say(run, "unschedulable", "warn", message + " The job waits.")
-                ended = self._give_up_if_stuck(run, "unschedulable", "no_gpu_capacity", message, name)
+            troubles = self._pending_troubles(pod, conditions.get("PodScheduled", {}), state.get("waiting") or {})
+            for kind, level, code, message, meanwhile in troubles:
+                self._say(run, kind, level, f"{message} {meanwhile}")
+                ended = self._give_up_if_stuck(run, kind, code, message, name)
                 if ended is not None:
                     return ended
-            if pull_failing:
-                image = next((c.get("image") for c in (pod.get("spec") or {}).get("containers") or []
-                              if c.get("name") == CONTAINER), self._settings.k8s_trainer_image)
-                message = (f"The trainer image {image} cannot be pulled ({waiting['reason']}: "
-                           f"{waiting.get('message') or ''}). Check HONE_K8S_TRAINER_IMAGE and the cluster's access "
-                           "to the registry (imagePullSecrets).")
-                self._say(run, "image", "error", message + " The job waits until the image can be pulled.")
-                ended = self._give_up_if_stuck(run, "image", "image_pull_failed", message, name)
-                if ended is not None:
-                    return ended
-            for kind, stuck in (("unschedulable", unschedulable), ("image", pull_failing)):
-                if not stuck:
-                    run.stuck_since.pop(kind, None)
+            for kind in set(run.stuck_since) - {t[0] for t in troubles}:  # mended: its clock starts again
+                run.stuck_since.pop(kind)
         return None
+
+    def _pending_troubles(self, pod: dict, scheduled: dict, waiting: dict) -> list[tuple[str, str, str, str, str]]:
+        """(kind, event level, error code, message, what happens meanwhile) for each reason a pod stays Pending."""
+        troubles = []
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            gpus = self._settings.k8s_gpus_per_job
+            wants = f"{gpus} nvidia.com/gpu" if gpus else "its resources"
+            where = f" on nodes matching {self._settings.k8s_node_selector}" if self._settings.k8s_node_selector else ""
+            troubles.append(("unschedulable", "warn", "no_gpu_capacity",
+                             f"The trainer pod cannot be scheduled: {scheduled.get('message') or 'Unschedulable'} "
+                             f"No node{where} has {wants} free; free a GPU, add nodes, or change "
+                             "HONE_K8S_GPUS_PER_JOB / HONE_K8S_NODE_SELECTOR / HONE_K8S_TOLERATIONS.",
+                             "The job waits."))
+        if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+            image = next((c.get("image") for c in (pod.get("spec") or {}).get("containers") or []
+                          if c.get("name") == CONTAINER), self._settings.k8s_trainer_image)
+            troubles.append(("image", "error", "image_pull_failed",
+                             f"The trainer image {image} cannot be pulled ({waiting['reason']}: "
+                             f"{waiting.get('message') or ''}). Check HONE_K8S_TRAINER_IMAGE and the cluster's "
+                             "access to the registry (imagePullSecrets).",
+                             "The job waits until the image can be pulled."))
+        return troubles
 
     def _give_up_if_stuck(self, run: _Run, kind: str, code: str, message: str, pod: str):
         limit = self._settings.k8s_unschedulable_timeout_s if kind == "unschedulable" \

@@ -158,6 +158,11 @@ def test_cancel_kills_a_running_trainer_within_5_seconds(trainer_server):
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
+# Resume tests: two epochs of one example per step, a checkpoint after the first (enough steps after it to
+# stop the trainer mid-epoch on a loaded machine).
+STEPS_PER_EPOCH = 50
+
+
 def _kill_when_mid_epoch(client, job_id: str, per_epoch: int) -> int:
     """Waits until the trainer is past its first checkpoint but short of the next, then SIGKILLs it."""
     job = wait_job(client, job_id, lambda j: any(
@@ -170,30 +175,30 @@ def _kill_when_mid_epoch(client, job_id: str, per_epoch: int) -> int:
 
 def test_sigkilled_trainer_resumes_exactly_from_its_checkpoint(trainer_server):
     client = trainer_server.new_project("sigkill").openai()
-    job = start_job(client, numbers_dataset(100, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1},
+    job = start_job(client, numbers_dataset(STEPS_PER_EPOCH, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1},
                     seed=7)
-    _kill_when_mid_epoch(client, job.id, per_epoch=100)
+    _kill_when_mid_epoch(client, job.id, per_epoch=STEPS_PER_EPOCH)
     done = wait_job(client, job.id, lambda j: j.status == "succeeded")
 
     events = all_events(client, job.id)
     messages = [e.message for e in events]
     retry = next(m for m in messages if m.startswith("Trainer exited with code -9"))
-    assert "retrying from checkpoint step 100 (attempt 2 of 3)" in retry
-    assert "Resumed from checkpoint at step 100 (attempt 2)" in messages
+    assert f"retrying from checkpoint step {STEPS_PER_EPOCH} (attempt 2 of 3)" in retry
+    assert f"Resumed from checkpoint at step {STEPS_PER_EPOCH} (attempt 2)" in messages
     metrics = {e.data["step"]: e.data for e in events if e.type == "metrics"}
-    assert sorted(metrics) == list(range(1, 201))  # same total steps, every step reported once
+    assert sorted(metrics) == list(range(1, 2 * STEPS_PER_EPOCH + 1))  # same total steps, every step reported once
     # Steps after the checkpoint ran twice; the first attempt's reported losses must match the
     # second attempt's result file exactly: same optimizer, scheduler, RNG and data position.
     rows = {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(io.StringIO(
         base64.b64decode(client.files.content(done.result_files[0]).read()).decode()))}
-    assert sorted(rows) == list(range(1, 201))
-    for step in range(101, 201):
+    assert sorted(rows) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    for step in range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1):
         assert rows[step] == pytest.approx(metrics[step]["train_loss"], rel=1e-4, abs=1e-5), step
 
 
 def test_pause_checkpoints_and_resume_finishes_the_same_steps(trainer_server):
     client = trainer_server.new_project("pause").openai()
-    job = start_job(client, numbers_dataset(100, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1})
+    job = start_job(client, numbers_dataset(STEPS_PER_EPOCH, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1})
     wait_job(client, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
     assert client.fine_tuning.jobs.pause(job.id).status == "paused"
     deadline = time.monotonic() + 30
@@ -208,7 +213,7 @@ def test_pause_checkpoints_and_resume_finishes_the_same_steps(trainer_server):
     done = wait_job(client, job.id, lambda j: j.status == "succeeded")
     events = all_events(client, job.id)
     assert f"Resumed from checkpoint at step {max(paused_at)} (attempt 2)" in [e.message for e in events]
-    assert sorted({e.data["step"] for e in events if e.type == "metrics"}) == list(range(1, 201))
+    assert sorted({e.data["step"] for e in events if e.type == "metrics"}) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert done.fine_tuned_model
 
 

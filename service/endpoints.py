@@ -94,9 +94,11 @@ def transition(ep: Endpoint, target: EndpointState, **fields) -> bool:
     return True
 
 
-def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_s: int | None = None) -> Endpoint:
+def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_s: int | None = None,
+           now: int | None = None) -> Endpoint:
     """The endpoint for a model: the live one if there is one, a failed one retried, an idle one woken, else a
-    new one. An idle timeout given replaces the endpoint's."""
+    new one. An idle timeout given replaces the endpoint's. `now`: the caller's clock (a job's success stamps
+    its endpoint with its own finish time, which the Vertex view relies on)."""
     existing = session.execute(select(Endpoint).where(Endpoint.project_id == project_id,
                                                       Endpoint.model == served.name,
                                                       Endpoint.state != EndpointState.STOPPED.value)
@@ -109,7 +111,7 @@ def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_
         elif existing.state == EndpointState.IDLE.value:
             wake(existing, "asked to deploy")
         return existing
-    now = int(time.time())
+    now = now or int(time.time())
     ep = Endpoint(id=new_id("ep-"), project_id=project_id, model=served.name, kind=served.kind,
                   base_model=served.base_model, job_id=served.job_id, checkpoint_id=served.checkpoint_id,
                   weights_prefix=served.weights_prefix, state=EndpointState.DEPLOYING.value, restarts=0,

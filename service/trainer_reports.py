@@ -159,7 +159,8 @@ def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Comp
         add_event(session, job.id, f"New fine-tuned model created: {name}")
         if job.auto_deploy and ctx.settings.auto_deploy:
             session.flush()
-            ep = endpoints.deploy(session, job.project_id, endpoints.resolve_model(ctx, session, job.project_id, name))
+            ep = endpoints.deploy(session, job.project_id, endpoints.resolve_model(ctx, session, job.project_id, name),
+                                  now=now)  # the same second as finished_at, whatever the clock did meanwhile
             add_event(session, job.id, f"Deploying endpoint {ep.id} for {name}", data={"endpoint_id": ep.id})
         transition(session, job, JobStatus.SUCCEEDED, "The job has successfully completed", fine_tuned_model=name,
                    trained_tokens=body.trained_tokens, result_files=[result.id], finished_at=now,

@@ -36,7 +36,9 @@ def _auto_or(kind: type, *, gt: float | None = None, ge: float | None = None, le
 
 
 BatchSize = _auto_or(int, ge=1, le=256)
-LearningRateMultiplier = _auto_or(float, gt=0)
+# OpenAI documents no upper bound; Hone's keeps the value finite and lets a far too large one reach the trainer,
+# which fails the job with `training_diverged` at the step it happens.
+LearningRateMultiplier = _auto_or(float, gt=0, le=1e6)
 Epochs = _auto_or(int, ge=1, le=50)
 Beta = _auto_or(float, gt=0, le=2)
 
@@ -49,6 +51,10 @@ class _Body(BaseModel):
 LoraRank = _auto_or(int, ge=1, le=256)
 LoraAlpha = _auto_or(float, gt=0)
 LoraDropout = _auto_or(float, ge=0, le=0.9)
+WarmupRatio = _auto_or(float, ge=0, le=0.5)
+WeightDecay = _auto_or(float, ge=0, le=1)
+MaxGradNorm = _auto_or(float, gt=0, le=1000)
+MaxLength = _auto_or(int, ge=16, le=131072)
 
 
 class SupervisedHyperparameters(_Body):
@@ -64,6 +70,16 @@ class SupervisedHyperparameters(_Body):
     lora_target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         default=None, min_length=1, max_length=32,
         description="Hone: module names to adapt (default: every attention and MLP projection).")
+    warmup_ratio: WarmupRatio | None = Field(
+        default=None, description="Hone: share of the steps the learning rate warms up over (auto: the base "
+                                  "model's default, about 3% with at least one step).")
+    lr_scheduler: Literal["auto", "cosine", "linear", "constant"] | None = Field(
+        default=None, description="Hone: how the learning rate decays after warmup (auto: cosine).")
+    weight_decay: WeightDecay | None = Field(default=None, description="Hone: AdamW weight decay (auto: 0).")
+    max_grad_norm: MaxGradNorm | None = Field(default=None, description="Hone: gradient clipping norm (auto: 1.0).")
+    max_length: MaxLength | None = Field(
+        default=None, description="Hone: tokens per example; longer ones are truncated (auto: the base model's "
+                                  "default, capped by HONE_TRAIN_MAX_LENGTH).")
 
 
 class DpoHyperparameters(SupervisedHyperparameters):

@@ -25,6 +25,7 @@ class Hyperparameters:
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                      "gate_proj", "up_proj", "down_proj"])
     warmup_ratio: float = 0.0
+    lr_scheduler: str = "linear"  # "cosine" | "linear" | "constant", after warmup
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
 

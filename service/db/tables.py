@@ -99,6 +99,9 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # higher is claimed first
     auto_deploy: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())  # endpoint on success
     queued_at: Mapped[int | None] = mapped_column(BigInteger)  # when it last entered the queue
+    # A job continued from a tuned model or checkpoint: its name, and the storage prefix of the weights it starts from
+    parent_model: Mapped[str | None] = mapped_column(String(512))
+    parent_prefix: Mapped[str | None] = mapped_column(String(512))
     # The trainer's latest figures while it runs (step, loss, tokens/s, ...), exported as per-job metrics.
     live_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # A job created through the Vertex API: its display name, description and dataset URIs as given.

@@ -145,9 +145,18 @@ def install_error_handlers(app: FastAPI) -> None:
         # FastAPI answers 422 {"detail": ...}; OpenAI clients expect 400 + envelope.
         errors = exc.errors()
         first = errors[0] if errors else {}
-        param = param_from_loc(tuple(first.get("loc", ())))
-        kind = first.get("type", "")
-        if kind == "missing":
+        kind, ctx = first.get("type", ""), first.get("ctx") or {}
+        loc = tuple(first.get("loc", ()))
+        if kind in ("unknown_field", "unsupported_field"):  # raised by the model that holds the key: name the key
+            loc += (ctx.get("field"),)
+        param = param_from_loc(loc)
+        if kind == "unknown_field":
+            code = "unknown_parameter"
+            message = f"Unrecognized request argument supplied: '{param}'{ctx.get('hint', '')}"
+        elif kind == "unsupported_field":
+            code = "unsupported_parameter"
+            message = f"'{param}' is not supported by Hone: {ctx.get('reason')}"
+        elif kind == "missing":
             code, message = "missing_required_parameter", f"Missing required parameter: '{param}'."
         elif kind == "json_invalid":
             code, message = "invalid_json", "We could not parse the JSON body of your request."

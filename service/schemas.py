@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 
 def _auto_or(kind: type, *, gt: float | None = None, ge: float | None = None, le: float | None = None):
@@ -15,6 +20,8 @@ def _auto_or(kind: type, *, gt: float | None = None, ge: float | None = None, le
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f'must be "auto" or a number, got {value!r}')
+        if not math.isfinite(value):  # 1e999 parses as inf; NaN compares false with every bound
+            raise ValueError(f"must be a finite number, got {value}")
         if kind is int:
             if not float(value).is_integer():
                 raise ValueError(f"must be an integer, got {value!r}")
@@ -43,9 +50,41 @@ Epochs = _auto_or(int, ge=1, le=50)
 Beta = _auto_or(float, gt=0, le=2)
 
 
+@functools.cache
+def _known_keys(model: type[BaseModel]) -> frozenset[str]:
+    keys = set()
+    for name, info in model.model_fields.items():
+        keys |= {name, info.alias or name}
+    return frozenset(keys)
+
+
+def refuse_unknown_keys(model: type[BaseModel], data: Any, refused: dict[str, str]) -> Any:
+    """Refuses a key the model does not know (with "did you mean" for a near miss) and a key it knows but Hone does
+    not honour (`refused`: key -> why). The error carries the key in its context, so that the envelope names the
+    full path (`method.supervised.hyperparameters.lora_rnk`) even though the model itself is the error's location."""
+    if not isinstance(data, dict):
+        return data
+    known = _known_keys(model)
+    for key in data:
+        if key in refused:
+            raise PydanticCustomError("unsupported_field", "{reason}", {"field": key, "reason": refused[key]})
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise PydanticCustomError("unknown_field", "unrecognized field{hint}", {"field": key, "hint": hint})
+    return data
+
+
 class _Body(BaseModel):
-    # Unknown keys are ignored: the openai SDK forwards `extra_body` verbatim.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown keys are refused, never ignored: a typo (`lora_rnk`) would otherwise train with the default without a
+    # word. The openai SDK sends only the fields its caller gives (`extra_body` verbatim, which is how Hone's
+    # extensions reach us); non-finite numbers are refused too.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown(cls, data: Any) -> Any:
+        return refuse_unknown_keys(cls, data, {})
 
 
 LoraRank = _auto_or(int, ge=1, le=256)
@@ -98,7 +137,17 @@ class Method(_Body):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+    # Typed loosely on purpose: Hone refuses `type: reinforcement` (service.jobs) whatever its section says.
     reinforcement: dict[str, Any] | None = None
+
+    @field_validator("reinforcement")
+    @classmethod
+    def _reinforcement_only_with_its_type(cls, value: Any, info: ValidationInfo) -> Any:
+        # Otherwise {"type": "supervised", "reinforcement": {...}} would train supervised and drop the section.
+        kind = info.data.get("type")
+        if value is not None and kind not in (None, "reinforcement"):
+            raise ValueError(f"method.type is '{kind}' but a 'reinforcement' section was given")
+        return value
 
 
 class WandbSettings(_Body):

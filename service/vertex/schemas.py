@@ -4,16 +4,32 @@ and google-genai mixes them), int64 fields as JSON numbers or strings, enums as 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel, to_snake
+
+from service.schemas import refuse_unknown_keys
 
 
 class VertexBody(BaseModel):
-    # Unknown fields are ignored, as Vertex ignores fields a version does not know.
+    # Unknown fields are refused (400 naming the field), not ignored as Vertex ignores what a version does not know:
+    # a field Hone drops is a setting its caller believes in and Hone does not honour. Non-finite numbers too.
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True,
-                              extra="ignore")
+                              extra="forbid", allow_inf_nan=False)
+    # Fields Vertex defines that Hone does not honour (camelCase -> why); both spellings answer 400 "not supported".
+    refused: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown(cls, data: Any) -> Any:
+        if cls.model_config.get("extra") == "allow":
+            return data
+        return refuse_unknown_keys(cls, data, _both_spellings(cls.refused))
+
+
+def _both_spellings(refused: dict[str, str]) -> dict[str, str]:
+    return refused | {to_snake(key): why for key, why in refused.items()}
 
 
 # AdapterSize: name -> (proto number, LoRA rank). The numbers are not in rank order (TWO was added last).
@@ -41,7 +57,7 @@ LoraRank = Annotated[int | None, BeforeValidator(_lora_rank)]
 class HyperParameters(VertexBody):
     # int64 fields: pydantic's lax mode reads "3" as 3, as proto3 JSON allows.
     epoch_count: int | None = Field(default=None, ge=1, le=50)
-    learning_rate_multiplier: float | None = Field(default=None, gt=0)
+    learning_rate_multiplier: float | None = Field(default=None, gt=0, le=1e6)  # OpenAI's bound in Hone
     adapter_size: LoraRank = None
     batch_size: int | None = Field(default=None, ge=1, le=256)  # v1beta1, for open models
     learning_rate: float | None = None  # v1beta1; refused with what to use instead
@@ -51,11 +67,28 @@ class PreferenceHyperParameters(HyperParameters):
     beta: float | None = Field(default=None, gt=0, le=2)
 
 
+# TuningMode (v1beta1): name or proto number -> Hone's tuning_mode.
+TUNING_MODES = {"TUNING_MODE_UNSPECIFIED": (0, None), "TUNING_MODE_FULL": (1, "full"),
+                "TUNING_MODE_PEFT_ADAPTER": (2, "lora")}
+
+
+def _tuning_mode(value: Any) -> str | None:
+    for name, (number, mode) in TUNING_MODES.items():
+        if value in (name, number, str(number)) and not isinstance(value, bool):
+            return mode
+    if value is None:
+        return None
+    raise ValueError(f"unknown TuningMode {value!r}; use one of {', '.join(TUNING_MODES)} or its number")
+
+
 class SupervisedTuningSpec(VertexBody):
+    refused = {"evaluationConfig": "auto-evaluation after tuning is not supported for this model; evaluate the tuned "
+                                   "model through its endpoint."}
     training_dataset_uri: str = Field(min_length=1)
     validation_dataset_uri: str | None = None
     hyper_parameters: HyperParameters = Field(default_factory=HyperParameters)
     export_last_checkpoint_only: bool | None = None
+    tuning_mode: Annotated[str | None, BeforeValidator(_tuning_mode)] = None  # v1beta1; Hone's tuning_mode
 
 
 class PreferenceOptimizationSpec(SupervisedTuningSpec):
@@ -67,7 +100,19 @@ _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 MAX_LABELS = 16  # what a job's metadata holds
 
 
+_OUTPUT_ONLY = ("name", "state", "tuningJobState", "tuningJobMetadata", "createTime", "startTime", "endTime",
+                "updateTime", "error", "experiment", "tunedModel", "tuningDataStats", "evaluateDatasetRuns",
+                "gcsMetricsUri", "pipelineJob", "satisfiesPzs", "satisfiesPzi")
+
+
 class CreateTuningJob(VertexBody):
+    refused = {
+        "encryptionSpec": "customer-managed encryption keys are not supported; data is stored as HONE_STORAGE_URL "
+                          "says.",
+        "serviceAccount": "trainers run with Hone's own credentials.",
+        "outputUri": "tuned weights are kept in Hone's storage and served by Hone.",
+        "customBaseModel": "give baseModel, one of the base models Hone serves (HONE_BASE_MODELS).",
+        **{field: "it is output only, set by the service." for field in _OUTPUT_ONLY}}
     base_model: str | None = None
     pre_tuned_model: dict[str, Any] | None = None
     supervised_tuning_spec: SupervisedTuningSpec | None = None
@@ -115,6 +160,12 @@ class Content(VertexBody):
 
 
 class GenerationConfig(VertexBody):
+    refused = {"responseMimeType": "structured output is not supported.",
+               "responseSchema": "structured output is not supported.",
+               "responseJsonSchema": "structured output is not supported.",
+               "thinkingConfig": "Hone's models do not think.",
+               "responseLogprobs": "log probabilities are not returned.", "logprobs": "log probabilities are not returned.",
+               "responseModalities": "this model answers with text only."}
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: float | None = Field(default=None, ge=0)
@@ -127,11 +178,16 @@ class GenerationConfig(VertexBody):
 
 
 class Prompt(VertexBody):
+    refused = {"tools": "function calling is not supported by Hone's endpoints.",
+               "toolConfig": "function calling is not supported by Hone's endpoints."}
     contents: list[Content] = Field(min_length=1)
     system_instruction: Content | None = None
 
 
 class GenerateContentRequest(Prompt):
+    refused = Prompt.refused | {"safetySettings": "Hone applies no safety filters to set.",
+                                "cachedContent": "context caching is not supported.",
+                                "labels": "request labels are not supported."}
     generation_config: GenerationConfig | None = None
 
 

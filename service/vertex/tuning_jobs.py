@@ -53,14 +53,60 @@ def _tuning_spec(body: CreateTuningJob):
     return given[0]
 
 
-def _source_model(body: CreateTuningJob) -> str:
-    if body.pre_tuned_model is not None:
-        # Hone trains a new adapter on the base weights; continuing a tuned model's adapter is not built yet.
-        raise InvalidRequest("Continuous tuning (preTunedModel) is not supported; tune the base model with "
-                             "baseModel.", param="preTunedModel", code="unsupported_pre_tuned_model")
+# A tuned model as this view names it (tunedModel.model): projects/{p}/locations/{l}/models/{job id}@1
+_TUNED_MODEL = re.compile(r"^projects/([^/]+)/locations/[^/]+/models/([^/@]+)(?:@([^/]+))?$")
+
+
+def _source_model(ctx: AppContext, scope: VertexScope, body: CreateTuningJob) -> tuple[str, dict]:
+    """The model the job request names, and what to echo of the source: a base model, or a tuned model (or one of
+    its checkpoints) that the job continues from (continuous tuning), by preTunedModel or a tuned model's name."""
+    pre = body.pre_tuned_model
+    if pre is not None:
+        if body.base_model:
+            raise InvalidRequest("baseModel and preTunedModel are one of a kind: give only one.",
+                                 param="preTunedModel", code="invalid_value")
+        name = pre.get("tunedModelName") or pre.get("tuned_model_name")
+        checkpoint = pre.get("checkpointId") or pre.get("checkpoint_id")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("preTunedModel.tunedModelName is required.", param="preTunedModel.tunedModelName",
+                                 code="missing_required_parameter")
+        if checkpoint is not None and not isinstance(checkpoint, str):
+            raise InvalidRequest("preTunedModel.checkpointId must be a string.", param="preTunedModel.checkpointId",
+                                 code="invalid_value")
+        model = _tuned_source(ctx, scope, name, checkpoint, "preTunedModel.tunedModelName")
+        given = {"tunedModelName": name, **({"checkpointId": checkpoint} if checkpoint else {})}
+        return model, {"preTunedModel": given}
     if not body.base_model:
         raise InvalidRequest("baseModel is required.", param="baseModel", code="missing_required_parameter")
-    return body.base_model
+    if _TUNED_MODEL.match(body.base_model):
+        return _tuned_source(ctx, scope, body.base_model, None, "baseModel"), {"baseModel": body.base_model}
+    return body.base_model, {}
+
+
+def _tuned_source(ctx: AppContext, scope: VertexScope, name: str, checkpoint: str | None, field: str) -> str:
+    """The Hone model name (ft:..., or a checkpoint's id) of a tuned model's Vertex name and checkpoint id."""
+    match = _TUNED_MODEL.match(name)
+    principal = scope.principal
+    missing = InvalidRequest(f"Tuned model '{name}' does not exist or cannot be tuned further.", param=field,
+                             code="model_not_available")
+    if not match or match[1] not in (principal.project_id, principal.project_slug) or match[3] not in (None, "1"):
+        raise missing
+    with ctx.db.read() as session:
+        job = session.execute(select(Job).where(Job.id == match[2], Job.project_id == principal.project_id)).scalar()
+        if job is None:
+            raise missing
+        if checkpoint is not None:
+            found = session.execute(select(Checkpoint.id).where(Checkpoint.job_id == job.id,
+                                                                Checkpoint.id == checkpoint)).scalar()
+            if found is None:
+                raise InvalidRequest(f"Tuned model '{name}' has no checkpoint '{checkpoint}'.",
+                                     param="preTunedModel.checkpointId", code="model_not_available")
+            return found
+    if not job.fine_tuned_model:
+        raise InvalidRequest(f"Tuned model '{name}' is not ready: its tuning job is {job.status}; continue one of "
+                             "its checkpoints with preTunedModel.checkpointId, or wait.", param=field,
+                             code="model_not_available")
+    return job.fine_tuned_model
 
 
 def _vertex_param(param: str | None, spec_field: str) -> str | None:
@@ -70,6 +116,8 @@ def _vertex_param(param: str | None, spec_field: str) -> str | None:
     if param in top:
         return top[param]
     head, _, name = (param or "").rpartition("hyperparameters.")
+    if name == "tuning_mode":  # the spec's tuningMode, not a hyperParameters field
+        return f"{spec_field}.tuningMode"
     if head or name in _HYPERPARAMETERS:
         return f"{spec_field}.hyperParameters.{_HYPERPARAMETERS.get(name, name)}"
     return param
@@ -88,9 +136,15 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
         raise InvalidRequest("learningRate is not supported: Hone scales its own learning rate by "
                              "learningRateMultiplier.", param=f"{spec_field}.hyperParameters.learningRate",
                              code="unsupported_hyperparameter")
+    if spec.export_last_checkpoint_only:
+        # Hone keeps (and lists) every epoch's checkpoint; exporting only the last is not something it does.
+        raise InvalidRequest("exportLastCheckpointOnly: true is not supported by Hone: every checkpoint is kept and "
+                             "listed in tunedModel.checkpoints.", param=f"{spec_field}.exportLastCheckpointOnly",
+                             code="unsupported_parameter")
     hyperparameters = {"n_epochs": hp.epoch_count, "learning_rate_multiplier": hp.learning_rate_multiplier,
-                       "batch_size": hp.batch_size, "lora_rank": hp.adapter_size, "beta": getattr(hp, "beta", None)}
-    model = _source_model(body)
+                       "batch_size": hp.batch_size, "lora_rank": hp.adapter_size, "beta": getattr(hp, "beta", None),
+                       "tuning_mode": spec.tuning_mode}
+    model, source = _source_model(ctx, scope, body)
     datasets: list[ResolvedDataset] = []
     try:
         for uri, field in ((spec.training_dataset_uri, "trainingDatasetUri"),
@@ -106,7 +160,7 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
         vertex_spec = {"tunedModelDisplayName": body.tuned_model_display_name, "description": body.description,
                        "trainingDatasetUri": spec.training_dataset_uri,
                        "validationDatasetUri": spec.validation_dataset_uri,
-                       "exportLastCheckpointOnly": spec.export_last_checkpoint_only}
+                       "exportLastCheckpointOnly": spec.export_last_checkpoint_only, **source}
         job = jobs.new_job(ctx, scope.principal, request,
                            vertex_spec={k: v for k, v in vertex_spec.items() if v is not None})
     except ValidationError as exc:
@@ -119,6 +173,8 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
         _discard(ctx, scope, datasets)  # a refused job leaves no imported files behind
         if isinstance(exc, ApiError):
             exc.param = _vertex_param(exc.param, spec_field)
+            if exc.param == "baseModel" and "preTunedModel" in source:
+                exc.param = "preTunedModel.tunedModelName"
         raise
     with ctx.db.read() as session:
         return _views(session, scope, [job])[0]
@@ -264,7 +320,10 @@ def _view(scope: VertexScope, job: Job, training: File | None, endpoints: list[E
     state, sub_state = vertex_state(job, endpoints)
     updated = max(t for t in (job.created_at, job.queued_at, job.started_at, job.last_report_at, job.finished_at,
                               *(ep.updated_at for ep in endpoints)) if t)
-    view = {"name": scope.name("tuningJobs", job.id), "baseModel": job.model,
+    # A continued job shows its source as given: preTunedModel (with its root base) or baseModel.
+    source = {"preTunedModel": {**given["preTunedModel"], "baseModel": job.base_model}} \
+        if "preTunedModel" in given else {"baseModel": given.get("baseModel", job.model)}
+    view = {"name": scope.name("tuningJobs", job.id), **source,
             "tunedModelDisplayName": given.get("tunedModelDisplayName") or job.suffix,
             "description": given.get("description"), "labels": job.metadata_ or None,
             SPEC_FIELDS.get(job.method["type"], SPEC_FIELDS["supervised"]): spec,

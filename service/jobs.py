@@ -37,35 +37,48 @@ def tuned_model_name(session: Session, job: Job) -> str:
 
 # --- API shapes -------------------------------------------------------------------
 
-def _hyperparameters(method: dict) -> dict:
-    section = method.get(method["type"]) or {}
-    hp = dict(section.get("hyperparameters") or {})
+# Reads never depend on a row being well-formed (one written by an older version, or by hand): a JSON column of
+# an unexpected shape is shown as its empty value rather than failing the retrieve, the list and the cancel.
+# Non-finite floats are rendered as null by the response class (service/api/routing.py).
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return list(value) if isinstance(value, list) else []
+
+
+def _hyperparameters(method: Any) -> dict:
+    method = _dict(method)
+    section = _dict(method.get(method.get("type")) if isinstance(method.get("type"), str) else None)
+    hp = _dict(section.get("hyperparameters"))
     return {k: hp.get(k, "auto") for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
 
 
 def job_api(job: Job, organization_id: str) -> dict:
     return {
-        "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
+        "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at,
+        "error": job.error if isinstance(job.error, dict) else None,
         "finished_at": job.finished_at, "fine_tuned_model": job.fine_tuned_model,
         "hyperparameters": _hyperparameters(job.method), "model": job.model, "organization_id": organization_id,
-        "result_files": list(job.result_files or []), "status": job.status, "trained_tokens": job.trained_tokens,
+        "result_files": _list(job.result_files), "status": job.status, "trained_tokens": job.trained_tokens,
         "training_file": job.training_file, "validation_file": job.validation_file, "seed": job.seed,
-        "estimated_finish": job.estimated_finish, "method": job.method, "integrations": job.integrations or [],
-        "metadata": job.metadata_, "user_provided_suffix": job.suffix, "priority": job.priority,
-        "auto_deploy": job.auto_deploy,
+        "estimated_finish": job.estimated_finish, "method": _dict(job.method), "integrations": _list(job.integrations),
+        "metadata": job.metadata_ if isinstance(job.metadata_, dict) else None, "user_provided_suffix": job.suffix,
+        "priority": job.priority, "auto_deploy": job.auto_deploy,
     }
 
 
 def event_api(event: JobEvent) -> dict:
     return {"id": event.id, "object": "fine_tuning.job.event", "created_at": event.created_at,
-            "level": event.level, "message": event.message, "type": event.type,
-            "data": event.data if event.data is not None else {}}
+            "level": event.level, "message": event.message, "type": event.type, "data": _dict(event.data)}
 
 
 def checkpoint_api(ckpt: Checkpoint) -> dict:
     return {"id": ckpt.id, "object": "fine_tuning.job.checkpoint", "created_at": ckpt.created_at,
             "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint, "fine_tuning_job_id": ckpt.job_id,
-            "step_number": ckpt.step_number, "metrics": ckpt.metrics}
+            "step_number": ckpt.step_number, "metrics": _dict(ckpt.metrics)}
 
 
 # --- events and transitions ---------------------------------------------------------

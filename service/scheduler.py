@@ -1,6 +1,7 @@
 """The scheduler: claims queued jobs for executor slots, carries out pause and cancel, and retries crashed runs.
 
-One `tick` reaps ended runs, stops runs whose job was paused or cancelled, then claims queued jobs:
+One `tick` reaps ended runs, stops runs whose job was paused or cancelled, kills runs that stopped reporting
+(`trainer_stalled`: counted as a crash, like an exit), then claims queued jobs:
 highest priority first, FIFO within a priority, passing over projects at their running-job quota,
 with `FOR UPDATE SKIP LOCKED` so replicas on PostgreSQL never claim the same job."""
 
@@ -37,6 +38,9 @@ class Scheduler:
     def __init__(self, ctx: AppContext, executor: Executor):
         self.ctx, self.executor = ctx, executor
         self._stopping_since: dict[str, float] = {}  # job id -> when we asked a paused run to stop
+        # job id -> when its run was launched or adopted: silence counts from then until the first report
+        self._launched_at: dict[str, float] = {}
+        self._stalled: dict[str, int] = {}  # job id -> seconds silent when its run was killed for it
         executor.bind(ctx)
 
     def tick(self) -> None:
@@ -45,6 +49,7 @@ class Scheduler:
         for ended in exits:
             self._on_exit(ended)
         self._enforce_user_actions()
+        self._kill_stalled()
         self._claim()
 
     def _record_executor_events(self) -> None:
@@ -73,6 +78,7 @@ class Scheduler:
                 continue  # another machine's run
             if ref and self.executor.adopt(job_id, ref):
                 log.info("adopted a running trainer", extra={"job_id": job_id, "ref": ref})
+                self._launched_at[job_id] = time.time()  # its silence while we were down is not held against it
                 continue
             self._on_exit(TrainerExit(job_id, ref or "", None, None))
 
@@ -80,6 +86,8 @@ class Scheduler:
 
     def _on_exit(self, ended: TrainerExit) -> None:
         self._stopping_since.pop(ended.job_id, None)
+        self._launched_at.pop(ended.job_id, None)
+        stalled = self._stalled.pop(ended.job_id, None)
         with self.ctx.db.write() as session:
             job = session.execute(select(Job).where(Job.id == ended.job_id).with_for_update()).scalar()
             if job is None:
@@ -101,13 +109,18 @@ class Scheduler:
                 return
             job.failures += 1
             how = "vanished" if ended.returncode is None else f"exited with code {ended.returncode}"
+            if stalled is not None:
+                how = f"stalled (no report for {stalled} s) and was killed"
+                add_event(session, job.id, f"Trainer stalled: nothing heard from it for {stalled} s (limit "
+                          f"{self.ctx.settings.trainer_stall_timeout_s:g} s); killed it", level="warn",
+                          data={"code": "trainer_stalled", "silent_s": stalled})
             limit = self.ctx.settings.max_job_attempts
             if job.failures < limit:
                 transition(session, job, JobStatus.QUEUED, f"Trainer {how}; retrying from {where} "
                            f"(attempt {job.attempts + 1} of {limit})", level="warn")
                 after_commit(session, metrics.TRAINER_RETRIES.inc)
                 return
-            error = {"code": "trainer_failed", "param": None,
+            error = {"code": "trainer_stalled" if stalled is not None else "trainer_failed", "param": None,
                      "message": f"The job failed after {job.failures} trainer crashes (the last {how}). "
                                 f"The trainer logs are in storage under jobs/{job.id}/logs/."}
             transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
@@ -132,6 +145,34 @@ class Scheduler:
                     self.executor.stop(job_id, kill=False)  # the trainer checkpoints, then exits
                 elif now - asked > self.ctx.settings.pause_grace_s:
                     self.executor.stop(job_id, kill=True)
+
+    # --- stalled trainers -----------------------------------------------------------------------
+
+    def _kill_stalled(self) -> None:
+        """Kills running trainers not heard from for the stall timeout. A trainer reports at least every few
+        seconds while its main thread works (trainer/reporting.py), so silence means a hung or frozen process;
+        its exit is then counted like a crash in _on_exit. Silence counts from the launch while nothing was
+        reported: a trainer that hangs loading its model is caught too."""
+        timeout = self.ctx.settings.trainer_stall_timeout_s
+        tracked = self.executor.running()
+        if timeout <= 0 or not tracked:
+            return
+        now = time.time()
+        for job_id in tracked:
+            self._launched_at.setdefault(job_id, now)
+        with self.ctx.db.read() as session:
+            rows = session.execute(select(Job.id, Job.status, Job.last_report_at)
+                                   .where(Job.id.in_(tracked))).all()
+        for job_id, status, last_report_at in rows:
+            if status != JobStatus.RUNNING.value:
+                continue  # pause and cancel have their own clocks (_enforce_user_actions)
+            heard = max(last_report_at or 0, self._launched_at[job_id])  # an earlier attempt's report is no news
+            silent = now - heard
+            if silent > timeout:
+                if job_id not in self._stalled:
+                    log.warning("trainer stalled; killing it", extra={"job_id": job_id, "silent_s": int(silent)})
+                self._stalled[job_id] = self._stalled.get(job_id) or int(silent)
+                self.executor.stop(job_id, kill=True)  # again each tick until reaped: cheap, and idempotent
 
     # --- claiming -----------------------------------------------------------------------------
 
@@ -183,6 +224,7 @@ class Scheduler:
             log.exception("could not start a trainer", extra={"job_id": job_id})
             self._on_exit(TrainerExit(job_id, "", None, f"could not start the trainer: {exc}".encode()))
             return
+        self._launched_at[job_id] = time.time()
         with self.ctx.db.write() as session:
             session.execute(Job.__table__.update().where(Job.id == job_id, Job.attempts == attempt)
                             .values(executor_ref=ref))

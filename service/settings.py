@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     trainer_python: str | None = None  # interpreter for `python -m trainer`; default: this one
     trainer_threads: int = 0  # CPU threads per local trainer; 0: torch's default (one per core)
     pause_grace_s: float = 60.0  # how long a paused trainer may take to checkpoint before it is killed
+    # A running trainer not heard from this long (counted from its launch: model loading included) is killed and
+    # the attempt counted as a crash (`trainer_stalled`); trainers heartbeat at a sixth of it. 0: never.
+    trainer_stall_timeout_s: float = Field(default=300.0, ge=0)
     lora_learning_rate: float = 2e-3  # times learning_rate_multiplier
     full_learning_rate: float = 1e-4
     train_max_length: int = 2048  # examples are truncated to this many tokens

@@ -6,6 +6,7 @@ keep the ids the trainer gave them and checkpoints are keyed by step, so a resen
 from __future__ import annotations
 
 import hmac
+import math
 import time
 
 from pydantic import BaseModel, Field
@@ -26,6 +27,18 @@ ACCEPTS_REPORTS = {JobStatus.RUNNING.value, JobStatus.PAUSED.value}
 # Progress fields kept as the running job's live figures (exported as hone_job_* gauges).
 LIVE_FIGURES = frozenset({"step", "total_steps", "train_loss", "valid_loss", "tokens_per_second", "step_seconds",
                           "step_at", "mfu"})
+
+
+def _finite_number(value) -> bool:
+    # JSON from a trainer may hold NaN (Python's json reads it); PostgreSQL's json refuses it, and no figure needs it.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def heartbeat_s(ctx: AppContext) -> float:
+    """How often a trainer should report while it works (its reply to every report says so): a sixth of the
+    stall timeout, so a few lost beats never get a healthy trainer killed."""
+    timeout = ctx.settings.trainer_stall_timeout_s
+    return min(30.0, max(1.0, timeout / 6)) if timeout > 0 else 30.0
 
 
 class JobNotRunning(ApiError):
@@ -88,7 +101,7 @@ def record_report(ctx: AppContext, job_id: str, authorization: str | None, repor
     with ctx.db.write() as session:
         job = _job_for_trainer(session, job_id, authorization)
         if job.status not in ACCEPTS_REPORTS:
-            return {"status": job.status}
+            return {"status": job.status, "heartbeat_s": heartbeat_s(ctx)}
         _check_own_keys(job, *(c.storage_prefix for c in report.checkpoints))
         incoming = [e.id for e in report.events]
         seen = set(session.execute(select(JobEvent.id).where(JobEvent.id.in_(incoming))).scalars()) if incoming else set()
@@ -102,14 +115,13 @@ def record_report(ctx: AppContext, job_id: str, authorization: str | None, repor
         if isinstance(progress.get("trained_tokens"), int):
             job.trained_tokens = progress["trained_tokens"]
             _count_tokens(session, job, progress["trained_tokens"])
-        figures = {k: v for k, v in progress.items()
-                   if k in LIVE_FIGURES and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        figures = {k: v for k, v in progress.items() if k in LIVE_FIGURES and _finite_number(v)}
         if figures:
             job.live_metrics = {**(job.live_metrics or {}), **figures}
         if isinstance(progress.get("estimated_finish"), int) and job.status == JobStatus.RUNNING.value:
             job.estimated_finish = progress["estimated_finish"]
-        job.last_report_at = int(time.time())
-        return {"status": job.status}
+        job.last_report_at = int(time.time())  # an empty report is a heartbeat: the scheduler's stall check reads it
+        return {"status": job.status, "heartbeat_s": heartbeat_s(ctx)}
 
 
 def _count_tokens(session: Session, job: Job, trained_tokens: int) -> None:
@@ -132,7 +144,7 @@ def _record_checkpoints(session: Session, job: Job, checkpoints: list[ReportedCh
             continue
         have.add(ckpt.step)
         snapshot = f"{name}:ckpt-step-{ckpt.step}"
-        metrics = {k: v for k, v in ckpt.metrics.items() if isinstance(v, (int, float))}
+        metrics = {k: v for k, v in ckpt.metrics.items() if _finite_number(v)}
         session.add(Checkpoint(id=new_id("ftckpt_"), job_id=job.id, created_at=int(time.time()),
                                step_number=ckpt.step, fine_tuned_model_checkpoint=snapshot, metrics=metrics,
                                storage_prefix=ckpt.storage_prefix))

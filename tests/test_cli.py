@@ -185,6 +185,35 @@ def test_files_validate_offline_with_the_servers_validator(cli):
     assert sent.returncode == 1 and stored["status"] == "error" and stored["dataset"]["errors"] == report["errors"]
 
 
+def test_files_validate_applies_the_servers_minimum_example_count(cli):
+    offline = {"env": {"HONE_BASE_URL": f"http://127.0.0.1:{free_port()}"}}  # nothing listens there
+    few, as_validation, as_json = cli.many((("files", "validate", "valid.jsonl"), offline),
+                                           (("files", "validate", "valid.jsonl", "--min-examples", "1"), offline),
+                                           (("files", "validate", "valid.jsonl", "--json"), offline))
+    assert few.returncode == 1 and "Training file has 4 example(s), but must have at least 10 examples" in few.stderr
+    assert as_validation.returncode == 0 and "valid:" in as_validation.stderr
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["problems"] == [
+        "Training file has 4 example(s), but must have at least 10 examples"]
+
+
+def test_a_refused_create_deletes_the_files_it_uploaded(cli):
+    before = {f["id"] for f in cli.json("files", "list")}
+    refused = cli("jobs", "create", "-t", "train.jsonl", "-v", "valid.jsonl", "-H", "lora_rnk=8", "--no-auto-deploy")
+    assert refused.returncode == 1, refused.stderr
+    assert "did you mean 'lora_rank'?" in refused.stderr
+    uploaded = re.findall(r"^uploaded (file-[\w-]+)", refused.stderr, re.M)
+    deleted = re.findall(r"^deleted uploaded file (file-[\w-]+): the job was not created", refused.stderr, re.M)
+    assert len(uploaded) == 2 and deleted == uploaded
+    assert {f["id"] for f in cli.json("files", "list")} == before  # no debris
+    assert all(job["training_file"] not in uploaded for job in cli.json("jobs", "list"))
+
+    # A file id given as is was not uploaded here, so it is not this command's to delete.
+    kept = cli.ok("files", "upload", "train.jsonl").stdout.strip()
+    again = cli("jobs", "create", "-t", kept, "--model", "gpt-9")
+    assert again.returncode == 1 and "deleted" not in again.stderr
+    assert kept in {f["id"] for f in cli.json("files", "list")}
+
+
 def test_files_upload_shows_progress_for_large_files_and_lists(cli):
     big = cli.workdir / "big.jsonl"
     big.write_bytes(jsonl(TRAIN) * 400)  # about 1.6 MB

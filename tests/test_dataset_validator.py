@@ -306,3 +306,43 @@ def test_weight_false_is_one_error_not_two():
 def test_chat_line_without_messages_says_so():
     report = validate_bytes(b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}\n{"tools":[]}\n')
     assert [(e.line, e.field, e.code) for e in report.errors] == [(2, "messages", "missing_messages_list")]
+
+
+# --- media inputs and the minimum example count -----------------------------------------
+
+@pytest.mark.parametrize("line, field, kind", [
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                                {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]},
+                   {"role": "assistant", "content": "A cat."}]}, "messages[0].content[1].type", "image"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA"}}]},
+                   {"role": "assistant", "content": "Hi."}]}, "messages[0].content[0].type", "audio"),
+    ({"input": {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}]},
+      "preferred_output": [{"role": "assistant", "content": "a"}],
+      "non_preferred_output": [{"role": "assistant", "content": "b"}]}, "input.messages[0].content[0].type", "file"),
+    ({"contents": [{"role": "user", "parts": [{"text": "q"}, {"fileData": {"mimeType": "image/png",
+                                                                           "fileUri": "gs://b/x.png"}}]},
+                   {"role": "model", "parts": [{"text": "a"}]}]}, "contents[0].parts[1].fileData", "image"),
+    ({"contents": [{"role": "user", "parts": [{"inline_data": {"mime_type": "audio/wav", "data": "AA"}}]},
+                   {"role": "model", "parts": [{"text": "a"}]}]}, "contents[0].parts[0].inline_data", "audio"),
+])
+def test_media_inputs_are_refused_with_line_and_field(line, field, kind):
+    good = {"messages": chat_line()["messages"]} if "messages" in line else None
+    report = validate_bytes(jsonl([good, line] if good else [line]))
+    [error] = report.errors
+    assert (error.line, error.field, error.code) == (2 if good else 1, field, "unsupported_media")
+    assert error.message.startswith(f"{kind} inputs are not supported for this model")
+
+
+def test_media_is_one_predicate_that_allows_nothing_yet():
+    from hone.dataset_checks import MEDIA_PART_TYPES, media_supported
+
+    assert not any(media_supported(kind) for kind in {*MEDIA_PART_TYPES.values(), "video"})
+
+
+def test_the_minimum_example_count_is_one_shared_rule():
+    from hone.datasets import MIN_TRAINING_EXAMPLES, too_few_examples
+    from service.settings import Settings
+
+    assert Settings.model_fields["min_training_examples"].default == MIN_TRAINING_EXAMPLES == 10
+    assert too_few_examples(3) == "Training file has 3 example(s), but must have at least 10 examples"
+    assert too_few_examples(10) is None and too_few_examples(1, minimum=1) is None

@@ -158,6 +158,18 @@ def test_errors_mirror_the_api(sdk, project):
     assert isinstance(denied.value, hone.APIStatusError) and isinstance(denied.value, hone.HoneError)
 
 
+def test_a_typo_is_refused_not_dropped(sdk):
+    file = sdk.files.create(chat_dataset(12), filename="train.jsonl")
+    with pytest.raises(hone.BadRequestError) as typo:
+        sdk.jobs.create("hone-tiny", file.id, hyperparameters={"lora_rnk": 8})
+    assert (typo.value.param, typo.value.code) == ("method.supervised.hyperparameters.lora_rnk", "unknown_parameter")
+    assert "did you mean 'lora_rank'?" in typo.value.message
+    with pytest.raises(hone.BadRequestError) as extra:  # **extra goes into the body as given
+        sdk.jobs.create("hone-tiny", file.id, auto_deploi=False)
+    assert extra.value.param == "auto_deploi" and "did you mean 'auto_deploy'?" in extra.value.message
+    assert list(sdk.jobs.list()) == []  # a new project: neither refused create left a job
+
+
 def test_creates_are_idempotent(sdk):
     file = sdk.files.create(chat_dataset(12), filename="train.jsonl")
     first = sdk.jobs.create("hone-tiny", file.id, idempotency_key="create-once")

@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from hone.jsonlog import route_transformers_logs
 from trainer.blobs import open_blobs, split_url
 from trainer.logs import bind, configure_logging
-from trainer.loop import EXIT_SUPERSEDED, Run, install_stop_handler
-from trainer.reporting import Reporter
+from trainer.reporting import Reporter, main_thread
 from trainer.spec import TrainSpec
+
+EXIT_THREAD_CRASHED = 70  # EX_SOFTWARE: the scheduler counts it as a crash and retries from the last checkpoint
+
+
+def exit_on_thread_crash() -> None:
+    """Any thread's uncaught exception ends the process. A dead reporter thread used to leave the main thread
+    training (or waiting on a flush) forever with nothing reported; an exit is what the scheduler handles."""
+    log_it = threading.excepthook  # configure_logging's: one JSON line with the traceback
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:  # a thread that chose to end is no crash
+            return
+        try:
+            log_it(args)
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_THREAD_CRASHED)  # sys.exit would only end the crashed thread
+
+    threading.excepthook = hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     configure_logging(logging.INFO)  # JSON lines, each with the job's id (from $HONE_JOB_ID until the spec is read)
+    exit_on_thread_crash()
 
     root, key = split_url(args.spec)
     spec = TrainSpec.from_json(open_blobs(root, args.s3_endpoint_url).read_bytes(key))
     bind(job_id=spec.job_id, attempt=spec.attempt)
-    route_transformers_logs()
     blobs = open_blobs(spec.storage_url, spec.s3_endpoint_url or args.s3_endpoint_url)
-    reporter = Reporter(spec.callback_url, spec.token, spec.job_id)
+    reporter = Reporter(spec.callback_url, spec.token, spec.job_id)  # its first heartbeat goes out at once
+    with main_thread.busy():  # transformers and torch take seconds to import: heartbeats go on meanwhile
+        route_transformers_logs()
+        from trainer.loop import EXIT_SUPERSEDED, Run, install_stop_handler
     with tempfile.TemporaryDirectory(prefix=f"hone-{spec.job_id}-", dir=args.workdir) as workdir:
         run = Run(spec, blobs, reporter, Path(workdir))
         install_stop_handler(run)

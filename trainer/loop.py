@@ -23,7 +23,7 @@ from trainer.data import (SUPERVISED_FORMATS, DataError, Example, parity_samples
                           tokenize_preferences)
 from trainer.flops import flops_per_token, mfu, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, loss_sums, wrap_for_tuning
-from trainer.reporting import Reporter
+from trainer.reporting import Reporter, main_thread
 from trainer.spec import TrainSpec
 
 log = logging.getLogger("hone.trainer")
@@ -42,6 +42,15 @@ class FatalError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class Diverged(Exception):
+    """A non-finite training loss or gradient norm: every later step (and the adapter) would be NaN, and a
+    retry from the last checkpoint would diverge again, so the job fails at once (`training_diverged`)."""
+
+    def __init__(self, what: str, value: float):
+        super().__init__(f"the {what} was {value}")
+        self.what, self.value = what, value
 
 
 class Run:
@@ -144,6 +153,8 @@ class Run:
         if self.spec.method == "dpo":
             self.model.train()
             metrics = dpo.train_step(self.model, batch, hp.beta, self.spec.token_budget, self.tokenizer.pad_token_id)
+            if not math.isfinite(metrics["train_loss"]):
+                raise Diverged("training loss", metrics["train_loss"])
             self._optimizer_step()
             self.trained_tokens += sum(len(ex.input_ids) for pair in batch for ex in pair)
             return metrics
@@ -156,12 +167,16 @@ class Run:
             (loss / targets).backward()
             loss_total += float(loss.detach())
             correct_total += int(correct)
+        if not math.isfinite(loss_total):  # before the optimizer step: the weights are still the last good ones
+            raise Diverged("training loss", loss_total)
         self._optimizer_step()
         self.trained_tokens += sum(len(ex.input_ids) for ex in batch)
         return {"train_loss": loss_total / targets, "train_mean_token_accuracy": correct_total / targets}
 
     def _optimizer_step(self) -> None:
-        torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.hyperparameters.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.hyperparameters.max_grad_norm)
+        if not torch.isfinite(norm):  # clipping cannot mend inf/NaN gradients; stepping would poison the weights
+            raise Diverged("gradient norm", float(norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -264,13 +279,24 @@ class Run:
     def _should_quit(self) -> bool:
         return self.reporter.superseded or self.reporter.job_status in ("cancelled", "failed", "succeeded")
 
+    def _diverged(self, step: int, exc: Diverged) -> int:
+        lr = self.spec.hyperparameters.learning_rate
+        message = (f"Training diverged at step {step} of {self.total_steps}: {exc}. Lower the learning rate: "
+                   f"try a smaller learning_rate_multiplier (this run's learning rate was {lr:g}).")
+        log.error(message)
+        self.reporter.call("/fail", {"code": "training_diverged", "message": message})
+        return EXIT_FATAL
+
     def execute(self) -> int:
+        # busy(): sections whose torch work or I/O counts as alive for the heartbeat (trainer/reporting.py)
         try:
-            self._setup()
+            with main_thread.busy():
+                self._setup()
         except FatalError as exc:
             self.reporter.call("/fail", {"code": exc.code, "message": exc.message})
             return EXIT_FATAL
-        self._resume()
+        with main_thread.busy():
+            self._resume()
         if self.step == 0:
             self.reporter.event(f"Training {self.total_steps} steps: {len(self.train)} examples, "
                                 f"{self.spec.hyperparameters.n_epochs} epoch(s), batch size "
@@ -283,14 +309,20 @@ class Run:
             if self.stop_requested:
                 if not last_metrics:
                     return EXIT_STOPPED  # nothing new since the last checkpoint
-                self._checkpoint(last_metrics)
+                with main_thread.busy():
+                    self._checkpoint(last_metrics)
                 self.reporter.flush()
                 return EXIT_STOPPED
             tokens_before, step_started = self.trained_tokens, time.perf_counter()
-            train = self._train_step(self.step)
+            try:
+                with main_thread.busy():
+                    train = self._train_step(self.step)
+            except Diverged as exc:
+                return self._diverged(self.step + 1, exc)
             step_seconds = time.perf_counter() - step_started
             self.step += 1
-            last_metrics = self._metrics(self.step, train)
+            with main_thread.busy():  # validation, at eval points
+                last_metrics = self._metrics(self.step, train)
             self.rows.append({"step": self.step, "train_loss": train["train_loss"],
                               "train_accuracy": train["train_mean_token_accuracy"],
                               **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))}})
@@ -301,9 +333,11 @@ class Run:
                                    **figures)
             interval = self.spec.checkpoint_interval_steps
             if self.step % self.per_epoch == 0 or (interval and self.step % interval == 0):
-                self._checkpoint(last_metrics)
+                with main_thread.busy():
+                    self._checkpoint(last_metrics)
                 last_metrics = {}
-        adapter_prefix = self._publish()
+        with main_thread.busy():
+            adapter_prefix = self._publish()
         final = self.rows[-1] if self.rows else {}
         reply = self.reporter.call("/complete", {
             "trained_tokens": self.trained_tokens, "adapter_prefix": adapter_prefix,

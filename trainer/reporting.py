@@ -1,12 +1,21 @@
 """Progress reports to the control plane's internal API, buffered so an unreachable control plane never stops training.
 
 Events carry ids made here (deterministic for per-step metrics), so a batch resent after a lost reply,
-or a step replayed after a resume, is stored once."""
+or a step replayed after a resume, is stored once.
+
+Heartbeats: the control plane kills a trainer it has not heard from for its stall timeout (`trainer_stalled`),
+and says in each reply how often to beat. A report is only ever a sign of the *main* thread's life: the
+reporter thread sends an empty one only while the main thread is inside a `busy()` section (a training
+step's torch work, model loading, checkpoint uploads: long calls that are bounded by the libraries' own
+timeouts or by the work itself) or has marked progress since the last report. A main thread hung anywhere
+else (e.g. waiting forever on a lock) goes silent however healthy this thread is, and is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -16,6 +25,49 @@ import httpx
 log = logging.getLogger("hone.trainer.report")
 
 RETRY_MAX_S = 5.0
+HEARTBEAT_S = 5.0  # until the control plane's first reply says otherwise
+
+
+def finite(value):
+    """`value` with every non-finite float replaced by None: JSON has no NaN or Infinity, and httpx (rightly)
+    refuses to send them; a ValueError there used to kill this thread and hang the trainer."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+class Liveness:
+    """What the main thread is doing, for heartbeats. Process-wide: one trainer process runs one job."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._busy = 0  # sections counted as alive while they last
+        self._marked = time.monotonic()  # when progress was last marked
+
+    @contextlib.contextmanager
+    def busy(self):
+        """The main thread is working (torch, model loading, uploads): heartbeats go on while this lasts."""
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+            self.mark()
+
+    def mark(self) -> None:
+        self._marked = time.monotonic()
+
+    def alive_since(self, since: float) -> bool:
+        return self._busy > 0 or self._marked > since
+
+
+main_thread = Liveness()
 
 
 class Superseded(Exception):
@@ -34,6 +86,8 @@ class Reporter:
         self._closing = False
         self.job_status: str | None = None  # what the control plane last said the job is
         self.superseded = False
+        self.heartbeat_s = HEARTBEAT_S
+        self._last_post = float("-inf")  # when we last tried to reach the control plane: the first beat is at once
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
         self._thread.start()
 
@@ -56,11 +110,15 @@ class Reporter:
     def progress(self, **fields) -> None:
         with self._lock:
             self._progress.update(fields)
+        main_thread.mark()
+
+    def _heartbeat_due(self) -> bool:
+        return main_thread.alive_since(self._last_post) and time.monotonic() - self._last_post >= self.heartbeat_s
 
     # --- delivery ---------------------------------------------------------------------
 
     def _take(self) -> dict | None:
-        if not (self._events or self._checkpoints or self._progress):
+        if not (self._events or self._checkpoints or self._progress or self._heartbeat_due()):
             return None
         return {"events": list(self._events), "checkpoints": list(self._checkpoints), "progress": dict(self._progress)}
 
@@ -75,9 +133,9 @@ class Reporter:
         while True:
             with self._lock:
                 while not self._closing and self._take() is None:
-                    self._lock.wait(timeout=1.0)
+                    self._lock.wait(timeout=min(1.0, self.heartbeat_s))
                 batch = self._take()
-                if batch is None:
+                if batch is None or self._closing and self._is_heartbeat(batch):
                     return
             try:
                 reply = self._post("/report", batch)
@@ -96,12 +154,20 @@ class Reporter:
             delay = 0.2
             with self._lock:
                 self.job_status = reply.get("status")
+                beat = reply.get("heartbeat_s")
+                if isinstance(beat, (int, float)) and math.isfinite(beat) and beat > 0:
+                    self.heartbeat_s = float(beat)
                 self._sent(batch)
                 self._lock.notify_all()
             time.sleep(0.25)  # lets a burst of steps share one request
 
+    @staticmethod
+    def _is_heartbeat(batch: dict) -> bool:
+        return not (batch["events"] or batch["checkpoints"] or batch["progress"])
+
     def _post(self, path: str, body: dict) -> dict:
-        resp = self._http.post(self._url + path, json=body)
+        self._last_post = time.monotonic()  # an attempt paces heartbeats too: a refused one is not resent at once
+        resp = self._http.post(self._url + path, json=finite(body))
         if resp.status_code in (401, 404, 409):
             self.superseded = True
             raise Superseded(resp.text)
@@ -115,12 +181,15 @@ class Reporter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._lock.notify()
-            while self._take() is not None and not self.superseded:
+            while self._pending() and not self.superseded:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._lock.wait(timeout=min(remaining or 1.0, 1.0))
         return True
+
+    def _pending(self) -> bool:  # reports not yet delivered (a heartbeat is not one to wait for)
+        return bool(self._events or self._checkpoints or self._progress)
 
     def call(self, path: str, body: dict) -> dict:
         """A final call (complete/fail): flushes reports first, then retries until the control plane answers."""

@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from hone.cli.common import EXIT_REFUSED, Session, api_command, err, print_json, table, when
-from hone.datasets import FORMAT_LABELS, DatasetReport, filename_problem, validate_file
+from hone.datasets import FORMAT_LABELS, MIN_TRAINING_EXAMPLES, DatasetReport, filename_problem, too_few_examples, \
+    validate_file
 from hone.types import FileObject
 
 files_app = typer.Typer(no_args_is_help=True, help="Training files (project key).")
@@ -18,13 +19,16 @@ PROGRESS_BAR_FROM_BYTES = 1 << 20  # smaller uploads finish before a bar would s
 ExistingFile = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="A JSON Lines file.")
 
 
-def _check_locally(path: Path) -> tuple[DatasetReport, list[str]]:
-    """The server's own checks, run here: the file's name, then every line."""
+def _check_locally(path: Path, min_examples: int = 0) -> tuple[DatasetReport, list[str]]:
+    """The server's own checks, run here: the file's name, every line, then (for a file a job will train on) the
+    number of examples a job needs."""
     report = validate_file(path)
     problems = [problem] if (problem := filename_problem(path.name)) else []
     problems += [str(error) for error in report.errors]
     if report.total_errors > len(report.errors):
         problems.append(f"and {report.total_errors - len(report.errors)} more error(s)")
+    if report.ok and (too_few := too_few_examples(report.examples, min_examples)):
+        problems.append(too_few)
     return report, problems
 
 
@@ -43,9 +47,14 @@ def _print_report(path: Path, report: DatasetReport, problems: list[str]) -> Non
 
 
 @files_app.command("validate")
-def files_validate(path: Path = ExistingFile, as_json: bool = typer.Option(False, "--json")):
-    """Check a fine-tuning file offline, with the validator the server runs on upload."""
-    report, problems = _check_locally(path)
+def files_validate(path: Path = ExistingFile, as_json: bool = typer.Option(False, "--json"),
+                   min_examples: int = typer.Option(
+                       MIN_TRAINING_EXAMPLES, "--min-examples", min=0,
+                       help="Examples a job needs to train on the file: the server's HONE_MIN_TRAINING_EXAMPLES "
+                            "(10 by default, as OpenAI); 1 for a validation file.")):
+    """Check a fine-tuning file offline, with the validator the server runs on upload and the minimum number of
+    examples a job needs."""
+    report, problems = _check_locally(path, min_examples)
     if as_json:
         print_json(_report_json(path, report, problems))
     else:

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from hone.cli.common import EXIT_OK, EXIT_REFUSED, Session, api_command, err, fail, out, print_json, table, when
 from hone.cli.files import describe, upload
 from hone.cli.plot import PlotUnavailable, plot_losses
+from hone.errors import APIStatusError, HoneError
 from hone.types import FineTuningJob, JobEvent, JobProgress
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Fine-tuning jobs (project key).")
@@ -35,15 +36,26 @@ def _pairs(values: list[str], option: str) -> dict:
     return pairs
 
 
-def _file_id(session: Session, value: str, validate: bool) -> str:
-    """A file id as is; a local path is validated and uploaded first."""
+def _file_id(session: Session, value: str, validate: bool, uploaded: list[str]) -> str:
+    """A file id as is; a local path is validated and uploaded first (its new id added to `uploaded`)."""
     path = Path(value)
     if not path.is_file():
         return value
     file = upload(session, path, validate=validate)
+    uploaded.append(file.id)
     if not session.as_json:
         err.print(f"uploaded {describe(file)}", markup=False)
     return file.id
+
+
+def _discard_uploads(session: Session, uploaded: list[str]) -> None:
+    """Deletes the files uploaded for a job that was not created, so a refused create leaves nothing behind."""
+    for file_id in uploaded:
+        try:
+            session.client.files.delete(file_id)
+            err.print(f"deleted uploaded file {file_id}: the job was not created", markup=False)
+        except HoneError as exc:
+            err.print(f"could not delete uploaded file {file_id}: {exc}", markup=False)
 
 
 def _summary(job: FineTuningJob) -> str:
@@ -95,12 +107,24 @@ def jobs_create(
     hyperparameters = _pairs(hyperparameter, "--hyperparameter")
     hyperparameters |= {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
                                           ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
-    job = session.client.jobs.create(
-        model, _file_id(session, training_file, validate),
-        validation_file=_file_id(session, validation_file, validate) if validation_file else None,
-        method=method, hyperparameters=hyperparameters, suffix=suffix, seed=seed,
-        metadata={k: str(v) for k, v in _pairs(metadata, "--metadata").items()} or None, priority=priority,
-        auto_deploy=auto_deploy)
+    metadata_pairs = {k: str(v) for k, v in _pairs(metadata, "--metadata").items()} or None  # before any upload
+    uploaded: list[str] = []
+    try:
+        training_id = _file_id(session, training_file, validate, uploaded)
+        validation_id = _file_id(session, validation_file, validate, uploaded) if validation_file else None
+    except (HoneError, typer.Exit):  # the second upload failed: the first is of no use alone
+        _discard_uploads(session, uploaded)
+        raise
+    try:
+        job = session.client.jobs.create(
+            model, training_id, validation_file=validation_id,
+            method=method, hyperparameters=hyperparameters, suffix=suffix, seed=seed,
+            metadata=metadata_pairs, priority=priority, auto_deploy=auto_deploy)
+    except APIStatusError as exc:
+        # Refused (4xx): no job uses the files. After a 5xx or a lost connection the job may exist, so they stay.
+        if exc.status_code < 500:
+            _discard_uploads(session, uploaded)
+        raise
     if follow:
         _follow(session, job.id, poll_interval=1.0, timeout=None)
     else:

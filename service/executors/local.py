@@ -87,9 +87,12 @@ class LocalExecutor:
             return
         try:
             if kill:
-                os.killpg(run.pid, signal.SIGKILL)  # the whole session: data loader workers too
+                os.killpg(run.pid, signal.SIGKILL)  # the whole session: data loader workers too; stopped or not
             else:
                 os.kill(run.pid, signal.SIGTERM)
+                # A stopped (SIGSTOP, ^Z) trainer would hold the SIGTERM until the grace ran out and it was killed;
+                # continued, it checkpoints and exits as asked.
+                os.kill(run.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
 

@@ -197,8 +197,13 @@ class Scheduler:
                     break
                 if quota and running.get(job.project_id, 0) >= quota:
                     continue
+                try:
+                    launch = self._prepare(session, job)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    self._refuse(session, job, exc)  # a row that makes no spec must not block the queue behind it
+                    continue
                 running[job.project_id] = running.get(job.project_id, 0) + 1
-                launches.append(self._prepare(session, job))
+                launches.append(launch)
         for job_id, attempt, spec_url in launches:
             self._launch(job_id, attempt, spec_url)
 
@@ -216,6 +221,14 @@ class Scheduler:
         transition(session, job, JobStatus.RUNNING, message, executor_ref=None, method=job.method,
                    attempts=job.attempts, trainer_token_hash=job.trainer_token_hash, **fields)
         return job.id, job.attempts, spec_url
+
+    def _refuse(self, session: Session, job: Job, exc: Exception) -> None:
+        log.exception("a queued job's row makes no training spec; failing it", extra={"job_id": job.id})
+        error = {"code": "invalid_job", "param": None,
+                 "message": f"The job could not be started: its stored method or files are malformed "
+                            f"({type(exc).__name__}: {exc}). Create it again."}
+        transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
+                   finished_at=int(time.time()), estimated_finish=None)
 
     def _launch(self, job_id: str, attempt: int, spec_url: str) -> None:
         try:

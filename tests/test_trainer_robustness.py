@@ -243,3 +243,26 @@ def test_reads_of_a_malformed_row_keep_answering(server, project, client):
             cancelled = http.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
             assert cancelled.status_code == 200, cancelled.text
             assert cancelled.json()["status"] == "cancelled"
+
+
+def test_a_queued_row_that_makes_no_spec_fails_alone_and_the_queue_moves_on(robust_server):
+    project = robust_server.new_project("bad row")
+    client = project.openai()
+    blocker = start_job(client, long_rows(), n_epochs=20, batch_size=1)  # holds the only slot meanwhile
+    wait_trainer(client, blocker.id)
+    bad = start_job(client, long_rows(12), n_epochs=1)
+    train, _ = one_label_tickets(count=20, seed=13)
+    good = start_job(client, train, n_epochs=1, batch_size=4)
+    wait_for(lambda: client.fine_tuning.jobs.retrieve(bad.id).status == "queued", what="the bad job queued")
+    engine = create_engine(robust_server.database_url)
+    with engine.begin() as conn:  # a method no trainer spec can be made from
+        conn.execute(update(Job).where(Job.id == bad.id).values(
+            method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "lots"}}}))
+    engine.dispose()
+    client.fine_tuning.jobs.cancel(blocker.id)
+
+    with project.http() as http:  # raw reads: the row's odd method is not OpenAI's shape
+        failed = wait_for(lambda: (j := http.get(f"/v1/fine_tuning/jobs/{bad.id}").json())["status"] == "failed" and j,
+                          timeout=60, what="the bad job failed")
+    assert failed["error"]["code"] == "invalid_job" and "malformed" in failed["error"]["message"]
+    assert wait_job(client, good.id, lambda j: j.status == "succeeded", timeout=180).fine_tuned_model

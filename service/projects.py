@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import time
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select
 
 from service.auth import hash_key
 from service.context import AppContext
-from service.db.tables import ApiKey, Project, ServiceAccount
+from service.db.tables import ApiKey, Job, Project, ProjectWandb, ServiceAccount
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_api_key, new_id
 from service.pagination import list_envelope, paginate
@@ -62,12 +63,13 @@ def list_projects(ctx: AppContext, *, after: str | None, limit: int, include_arc
 
 
 def archive_project(ctx: AppContext, project_id: str) -> dict:
-    """Archiving revokes every key of the project; its files, jobs and models are kept."""
+    """Archiving revokes every key of the project (and forgets its W&B key); its files, jobs and models are kept."""
     with ctx.db.write() as session:
         project = _get_project(session, project_id)
         if project.archived_at is None:
             project.archived_at = int(time.time())
         session.execute(delete(ApiKey).where(ApiKey.project_id == project_id))
+        session.execute(delete(ProjectWandb).where(ProjectWandb.project_id == project_id))
     ctx.key_cache.clear()
     return {"object": "organization.project.deleted", "id": project_id, "deleted": True}
 
@@ -131,3 +133,70 @@ def delete_service_account(ctx: AppContext, project_id: str, account_id: str) ->
         session.delete(account)
     ctx.key_cache.clear()
     return {"object": "organization.project.service_account.deleted", "id": account_id, "deleted": True}
+
+
+# --- the project's Weights & Biases key (Hone's extension of the Administration API) --------------------
+
+
+def _redact(key: str) -> str:
+    return f"{key[:4]}***{key[-4:]}" if len(key) >= 16 else "***"
+
+
+def _wandb_api(row: ProjectWandb) -> dict:
+    return {"object": "organization.project.integration.wandb", "project_id": row.project_id, "type": "wandb",
+            "redacted_api_key": _redact(row.api_key), "base_url": row.base_url, "created_at": row.created_at,
+            "updated_at": row.updated_at}
+
+
+def set_wandb_key(ctx: AppContext, project_id: str, api_key: str, base_url: str | None) -> dict:
+    """Sets (or replaces) the key the project's jobs with a `wandb` integration log online with."""
+    if not api_key or not api_key.isascii() or not api_key.isprintable() or any(c.isspace() for c in api_key):
+        raise InvalidRequest("'api_key' must be a W&B API key: printable characters without spaces.",
+                             param="api_key", code="invalid_value")
+    if base_url is not None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise InvalidRequest("'base_url' must be the http(s) URL of a W&B server, e.g. https://api.wandb.ai.",
+                                 param="base_url", code="invalid_value")
+        base_url = base_url.rstrip("/")
+    now = int(time.time())
+    with ctx.db.write() as session:
+        project = _get_project(session, project_id)
+        if project.archived_at is not None:
+            raise InvalidRequest(f"Project {project_id} is archived.", param="project_id", code="project_archived")
+        row = session.get(ProjectWandb, project_id)
+        if row is None:
+            row = ProjectWandb(project_id=project_id, created_at=now)
+            session.add(row)
+        row.api_key, row.base_url, row.updated_at = api_key, base_url, now
+        session.flush()
+        return _wandb_api(row)
+
+
+def _get_wandb(session, project_id: str) -> ProjectWandb:
+    _get_project(session, project_id)
+    row = session.get(ProjectWandb, project_id)
+    if row is None:
+        raise NotFound(f"Project {project_id} has no W&B key configured.", param="project_id", code="not_found")
+    return row
+
+
+def get_wandb_key(ctx: AppContext, project_id: str) -> dict:
+    with ctx.db.read() as session:
+        return _wandb_api(_get_wandb(session, project_id))
+
+
+def delete_wandb_key(ctx: AppContext, project_id: str) -> dict:
+    """Without a key, the project's jobs with a `wandb` integration log offline (a result file of the job)."""
+    with ctx.db.write() as session:
+        session.delete(_get_wandb(session, project_id))
+    return {"object": "organization.project.integration.wandb.deleted", "project_id": project_id, "deleted": True}
+
+
+def trainer_integrations(session, job: Job) -> dict:
+    """The trainer spec's integration fields: the job's integrations and, for a `wandb` one, the project's key
+    (the spec is the job's private storage; the key goes nowhere else)."""
+    integrations = list(job.integrations or [])
+    row = session.get(ProjectWandb, job.project_id) if any(i.get("type") == "wandb" for i in integrations) else None
+    return {"integrations": integrations, "wandb_api_key": row.api_key if row else None,
+            "wandb_base_url": row.base_url if row else None}

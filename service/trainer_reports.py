@@ -23,6 +23,8 @@ from service.db.database import after_commit
 from service.jobs import add_event, transition, tuned_model_name
 from service.job_states import JobStatus
 
+# A job's offline W&B run, packed by its trainer (trainer/wandb_log.py) beside result.csv: a second result file
+WANDB_ARCHIVE = "wandb-offline-run.tar.gz"
 ACCEPTS_REPORTS = {JobStatus.RUNNING.value, JobStatus.PAUSED.value}
 # Progress fields kept as the running job's live figures (exported as hone_job_* gauges).
 LIVE_FIGURES = frozenset({"step", "total_steps", "train_loss", "valid_loss", "tokens_per_second", "step_seconds",
@@ -166,6 +168,14 @@ def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Comp
                       purpose="fine-tune-results", bytes=ctx.storage.size(body.result_key), created_at=now,
                       status="processed", storage_key=body.result_key)
         session.add(result)
+        results = [result.id]
+        archive_key = f"jobs/{job.id}/{WANDB_ARCHIVE}"
+        if job.integrations and ctx.storage.exists(archive_key):  # an offline wandb run the trainer published
+            archive = File(id=new_id("file-"), project_id=job.project_id, filename=WANDB_ARCHIVE,
+                           purpose="fine-tune-results", bytes=ctx.storage.size(archive_key), created_at=now,
+                           status="processed", storage_key=archive_key)
+            session.add(archive)
+            results.append(archive.id)
         session.add(TunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.base_model,
                                created_at=now, storage_prefix=body.adapter_prefix))
         add_event(session, job.id, f"New fine-tuned model created: {name}")
@@ -175,7 +185,7 @@ def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Comp
                                   now=now)  # the same second as finished_at, whatever the clock did meanwhile
             add_event(session, job.id, f"Deploying endpoint {ep.id} for {name}", data={"endpoint_id": ep.id})
         transition(session, job, JobStatus.SUCCEEDED, "The job has successfully completed", fine_tuned_model=name,
-                   trained_tokens=body.trained_tokens, result_files=[result.id], finished_at=now,
+                   trained_tokens=body.trained_tokens, result_files=results, finished_at=now,
                    estimated_finish=None, executor_ref=job.executor_ref)
         return {"status": job.status, "fine_tuned_model": name}
 

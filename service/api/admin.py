@@ -3,6 +3,7 @@
 import logging
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import projects
 from service.api.deps import admin_principal, get_ctx
@@ -12,6 +13,14 @@ from service.pagination import check_limit
 from service.schemas import CreateProject, CreateServiceAccount
 
 log = logging.getLogger("hone.api")
+
+class SetWandbKey(BaseModel):
+    """Hone: the project's Weights & Biases key (and server), for its jobs with a `wandb` integration."""
+
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 400 naming it, not silently dropped
+    api_key: str = Field(min_length=1, max_length=512, description="A W&B API key; answered only redacted.")
+    base_url: str | None = Field(None, max_length=512, description="A W&B server (default: W&B's cloud).")
+
 
 router = APIRouter(route_class=JSONRoute, prefix="/v1/organization/projects", tags=["admin"],
                    dependencies=[Depends(admin_principal)])
@@ -64,4 +73,23 @@ def get_service_account(project_id: str, account_id: str, ctx: AppContext = Depe
 def delete_service_account(project_id: str, account_id: str, ctx: AppContext = Depends(get_ctx)):
     deleted = projects.delete_service_account(ctx, project_id, account_id)
     log.info("service account deleted")
+    return deleted
+
+
+@router.put("/{project_id}/integrations/wandb")
+def set_wandb_key(project_id: str, body: SetWandbKey, ctx: AppContext = Depends(get_ctx)):
+    configured = projects.set_wandb_key(ctx, project_id, body.api_key, body.base_url)
+    log.info("wandb key set")  # never the key itself
+    return configured
+
+
+@router.get("/{project_id}/integrations/wandb")
+def get_wandb_key(project_id: str, ctx: AppContext = Depends(get_ctx)):
+    return projects.get_wandb_key(ctx, project_id)
+
+
+@router.delete("/{project_id}/integrations/wandb")
+def delete_wandb_key(project_id: str, ctx: AppContext = Depends(get_ctx)):
+    deleted = projects.delete_wandb_key(ctx, project_id)
+    log.info("wandb key deleted")
     return deleted

@@ -25,6 +25,18 @@ class Project(Base):
     archived_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class ProjectWandb(Base):
+    """A project's Weights & Biases key: its jobs with a `wandb` integration log online with it (else offline).
+    Kept readable, not hashed, because trainers need the key itself; the API only ever answers it redacted."""
+
+    __tablename__ = "project_wandb"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    api_key: Mapped[str] = mapped_column(String(512))
+    base_url: Mapped[str | None] = mapped_column(String(512))  # None: W&B's cloud
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class ServiceAccount(Base):
     __tablename__ = "service_accounts"
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)

@@ -1,0 +1,189 @@
+"""A job's `wandb` integration: its Weights & Biases run, with the figures of the trainer's metrics events.
+
+Online when the control plane put the project's W&B key in the spec, else offline into the workdir; the
+offline run folder is then packed and published beside result.csv, and the control plane lists it in the
+job's result files (`wandb sync` uploads it later). The run's id is the job id and it is resumed, so a
+resumed attempt continues the same run; steps it replays are not logged twice. W&B is a side channel: any
+failure of it (package missing, network, auth) is a warning event and training goes on without it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tarfile
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from trainer.spec import TrainSpec
+
+log = logging.getLogger("hone.trainer.wandb")
+
+ARCHIVE = "wandb-offline-run.tar.gz"  # under the job's output prefix; the control plane looks for this name
+INIT_TIMEOUT_S = 60.0
+FINISH_TIMEOUT_S = 120.0  # an online run uploading into a dead network must not hold the job's result back
+NOT_FIGURES = {"step", "total_steps"}
+
+
+def wandb_settings(spec: TrainSpec) -> dict | None:
+    """The job's wandb integration ({project, name, entity, tags}), or None when it has none."""
+    for item in spec.integrations or []:
+        if item.get("type") == "wandb":
+            return item.get("wandb") or {}
+    return None
+
+
+def _figures(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items()
+            if k not in NOT_FIGURES and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _row_figures(row: dict) -> dict:
+    """A result.csv row (restored from a checkpoint) as the metrics event of its step named it."""
+    figures = {("train_mean_token_accuracy" if k == "train_accuracy" else k): v for k, v in row.items()}
+    return {k: v for k, v in _figures(figures).items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _no_analytics() -> None:
+    """Turns off the SDK's own usage telemetry (OpenTelemetry to the W&B server): a trainer sends W&B the run
+    and nothing else, and its exit never waits on a telemetry flush to a slow or unreachable server."""
+    try:
+        from wandb.analytics.opentelemetry.opentelemetry_proxy import disable
+    except ImportError:  # another wandb release: nothing of the kind to turn off
+        return
+    disable()
+
+
+class WandbLog:
+    def __init__(self, spec: TrainSpec, reporter, workdir: Path):
+        self.spec, self.reporter, self.workdir = spec, reporter, workdir
+        self.settings = wandb_settings(spec)
+        self.off = self.settings is None  # no integration, or W&B failed: nothing more to do
+        self.run = None
+        self.next_step = 0  # the first step not yet in the run
+
+    @property
+    def online(self) -> bool:
+        return bool(self.spec.wandb_api_key)
+
+    # --- what the trainer calls ---------------------------------------------------------------
+
+    def log(self, step: int, metrics: dict, rows: list[dict]) -> None:
+        """Logs one step's figures (the data of its metrics event). The first call opens the run and adds
+        the steps before it that a resumed attempt restored from its checkpoint (`rows`) and W&B lacks."""
+        if self.off:
+            return
+        try:
+            self._open(rows, before=step)
+            self._log(step, _figures(metrics))
+        except Exception as exc:  # noqa: BLE001 - whatever W&B raises, training goes on
+            self._give_up("logging failed", exc)
+
+    def finish(self, blobs, rows: list[dict]) -> None:
+        """Records the fine-tuned model's name, ends the run and, offline, publishes the packed run folder."""
+        if self.off:
+            return
+        try:
+            self._open(rows, before=None)
+            self.run.summary["fine_tuned_model"] = self.spec.fine_tuned_model
+            self.run.config.update({"fine_tuned_model": self.spec.fine_tuned_model}, allow_val_change=True)
+            run_dir = Path(self.run.settings.sync_dir)
+            if not self._end():
+                self._give_up(f"the run did not finish within {FINISH_TIMEOUT_S:g}s", None, stop_service=False)
+                return
+            if not self.online:
+                archive = self.workdir / ARCHIVE
+                with tarfile.open(archive, "w:gz") as tar:
+                    # Links point outside the run (W&B's service log in ~/.cache): not the run's to publish.
+                    tar.add(run_dir, arcname=run_dir.name, filter=lambda m: None if m.issym() or m.islnk() else m)
+                blobs.put_file(self.spec.output_prefix + ARCHIVE, archive)
+        except Exception as exc:  # noqa: BLE001
+            self._give_up("finishing the run failed", exc)
+        self.off = True
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def _open(self, rows: list[dict], before: int | None) -> None:
+        if self.run is not None:
+            return
+        try:
+            import wandb  # only jobs with the integration import it (or need it installed)
+        except ImportError as exc:
+            raise RuntimeError("the wandb package is not installed in the trainer's environment") from exc
+        _no_analytics()
+        spec, s = self.spec, self.settings
+        extra = {"api_key": spec.wandb_api_key} if self.online else {}
+        if self.online and spec.wandb_base_url:
+            extra["base_url"] = spec.wandb_base_url
+        # No console capture (the trainer's log is JSON lines), no system-metrics sampler, nothing read from
+        # git or the environment's packages: the run holds the job, and each step costs one message.
+        settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_machine_info=True,
+                                  x_save_requirements=False, disable_git=True, disable_code=True,
+                                  init_timeout=INIT_TIMEOUT_S, root_dir=str(self.workdir), **extra)
+        mode = "online" if self.online else "offline"
+        self.run = wandb.init(mode=mode, dir=str(self.workdir), project=s.get("project"), entity=s.get("entity"),
+                              name=s.get("name") or spec.job_id, tags=s.get("tags") or None, id=spec.job_id,
+                              resume="allow", config=self._config(), settings=settings)
+        self.next_step = self.run.step  # a resumed online run: one past the last step W&B already has
+        where = f"{s['entity']}/{s.get('project')}" if s.get("entity") else s.get("project")
+        if self.online:
+            message = f"Logging to Weights & Biases online: project {where}, run {self.run.name} ({self.run.url})"
+        else:
+            message = (f"Logging to Weights & Biases offline (no W&B key is configured for this project): project "
+                       f"{where}, run {self.run.name}; the run is added to the job's result files as {ARCHIVE}")
+        self.reporter.event(message, key=f"wandb:{spec.attempt}",
+                            data={"wandb": {"mode": mode, "project": s.get("project"), "entity": s.get("entity"),
+                                            "run_id": spec.job_id, "name": self.run.name}})
+        for row in rows:
+            if before is None or row["step"] < before:
+                self._log(row["step"], _row_figures(row))
+
+    def _log(self, step: int, figures: dict) -> None:
+        if step < self.next_step:
+            return  # already in the run: a resumed attempt replays the steps after its checkpoint
+        self.run.log(figures, step=step)
+        self.next_step = step + 1
+
+    def _config(self) -> dict:
+        spec = self.spec
+        return {"job_id": spec.job_id, "base_model": spec.model_name, "method": spec.method,
+                "hyperparameters": asdict(spec.hyperparameters), "seed": spec.seed,
+                "training_file": spec.training_file.key,
+                "validation_file": spec.validation_file.key if spec.validation_file else None,
+                "max_length": spec.max_length, "packing": spec.packing}
+
+    def _end(self) -> bool:
+        """Finishes the run and stops W&B's service process, within FINISH_TIMEOUT_S."""
+        import wandb
+
+        failed: list[BaseException] = []
+
+        def end():
+            try:
+                self.run.finish()
+                wandb.teardown()
+            except BaseException as exc:  # noqa: BLE001 - an uncaught exception in a thread ends the trainer
+                failed.append(exc)
+
+        ender = threading.Thread(target=end, name="wandb-finish", daemon=True)
+        ender.start()
+        ender.join(FINISH_TIMEOUT_S)
+        if failed:
+            raise failed[0]
+        return not ender.is_alive()
+
+    def _give_up(self, what: str, exc: BaseException | None, stop_service: bool = True) -> None:
+        self.off = True
+        detail = f"{what}: {exc}" if exc is not None else what
+        if self.spec.wandb_api_key:
+            detail = detail.replace(self.spec.wandb_api_key, "***")
+        log.warning("wandb: %s", detail)
+        self.reporter.event(f"Weights & Biases logging stopped ({detail}); training continues without it.",
+                            level="warn", key=f"wandb-failed:{self.spec.attempt}")
+        if stop_service:
+            try:
+                import wandb
+
+                wandb.teardown(exit_code=1)
+            except Exception:  # noqa: BLE001 - W&B's service process also exits with the trainer
+                pass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoints, dpo
+from trainer import checkpoints, dpo, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import (SUPERVISED_FORMATS, DataError, Example, parity_samples, tokenize_lines,
@@ -112,14 +112,9 @@ class Run:
         self.optimizer = torch.optim.AdamW(self.trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         self.per_epoch = steps_per_epoch(len(self.train), hp.batch_size)
         self.total_steps = self.per_epoch * hp.n_epochs
-        warmup = int(self.total_steps * hp.warmup_ratio)
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
+        warmup = schedule.warmup_steps(self.total_steps, hp.warmup_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: schedule.lr_factor(step, self.total_steps, warmup, hp.lr_scheduler))
         self.eval_interval = spec.eval_interval or max(1, self.total_steps // 10)
         self.step, self.trained_tokens, self.rows = 0, 0, []
         self.serving_files = self._serving_files()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import tarfile
 import threading
 from dataclasses import asdict
@@ -55,12 +56,17 @@ def _no_analytics() -> None:
 
 
 class WandbLog:
+    """The trainer's side: `log` each step, `finish` once. W&B's calls run on a thread of their own, so a step
+    costs the trainer a queue put, and opening the run (a network round trip online) never delays a step."""
+
     def __init__(self, spec: TrainSpec, reporter, workdir: Path):
         self.spec, self.reporter, self.workdir = spec, reporter, workdir
         self.settings = wandb_settings(spec)
         self.off = self.settings is None  # no integration, or W&B failed: nothing more to do
         self.run = None
         self.next_step = 0  # the first step not yet in the run
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # (step, figures), then None: the end
+        self._worker: threading.Thread | None = None
 
     @property
     def online(self) -> bool:
@@ -73,18 +79,21 @@ class WandbLog:
         the steps before it that a resumed attempt restored from its checkpoint (`rows`) and W&B lacks."""
         if self.off:
             return
-        try:
-            self._open(rows, before=step)
-            self._log(step, _figures(metrics))
-        except Exception as exc:  # noqa: BLE001 - whatever W&B raises, training goes on
-            self._give_up("logging failed", exc)
+        self._start(rows, before=step)
+        self._queue.put((step, _figures(metrics)))
 
     def finish(self, blobs, rows: list[dict]) -> None:
         """Records the fine-tuned model's name, ends the run and, offline, publishes the packed run folder."""
         if self.off:
             return
+        self._start(rows, before=None)  # a resumed attempt with no step left to train opens the run here
+        self._queue.put(None)
+        self._worker.join(INIT_TIMEOUT_S + FINISH_TIMEOUT_S)
+        if self._worker.is_alive():
+            self._give_up("W&B did not answer in time", None, stop_service=False)
+        if self.off:
+            return
         try:
-            self._open(rows, before=None)
             self.run.summary["fine_tuned_model"] = self.spec.fine_tuned_model
             self.run.config.update({"fine_tuned_model": self.spec.fine_tuned_model}, allow_val_change=True)
             run_dir = Path(self.run.settings.sync_dir)
@@ -97,15 +106,31 @@ class WandbLog:
                     # Links point outside the run (W&B's service log in ~/.cache): not the run's to publish.
                     tar.add(run_dir, arcname=run_dir.name, filter=lambda m: None if m.issym() or m.islnk() else m)
                 blobs.put_file(self.spec.output_prefix + ARCHIVE, archive)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever W&B raises, the job's result stands
             self._give_up("finishing the run failed", exc)
         self.off = True
 
+    # --- the logging thread ------------------------------------------------------------------------
+
+    def _start(self, rows: list[dict], before: int | None) -> None:
+        if self._worker is None:
+            backlog = [(r["step"], _row_figures(r)) for r in rows if before is None or r["step"] < before]
+            self._worker = threading.Thread(target=self._work, args=(backlog,), name="wandb", daemon=True)
+            self._worker.start()
+
+    def _work(self, backlog: list[tuple[int, dict]]) -> None:
+        try:
+            self._open()
+            for step, figures in backlog:
+                self._log(step, figures)
+            while (item := self._queue.get()) is not None:
+                self._log(*item)
+        except BaseException as exc:  # noqa: BLE001 - an uncaught exception in a thread ends the trainer
+            self._give_up("logging failed", exc)
+
     # --- the run ---------------------------------------------------------------------------------
 
-    def _open(self, rows: list[dict], before: int | None) -> None:
-        if self.run is not None:
-            return
+    def _open(self) -> None:
         try:
             import wandb  # only jobs with the integration import it (or need it installed)
         except ImportError as exc:
@@ -133,10 +158,7 @@ class WandbLog:
                        f"{where}, run {self.run.name}; the run is added to the job's result files as {ARCHIVE}")
         self.reporter.event(message, key=f"wandb:{spec.attempt}",
                             data={"wandb": {"mode": mode, "project": s.get("project"), "entity": s.get("entity"),
-                                            "run_id": spec.job_id, "name": self.run.name}})
-        for row in rows:
-            if before is None or row["step"] < before:
-                self._log(row["step"], _row_figures(row))
+                                            "run_id": spec.job_id, "name": self.run.name, "attempt": spec.attempt}})
 
     def _log(self, step: int, figures: dict) -> None:
         if step < self.next_step:
@@ -146,8 +168,11 @@ class WandbLog:
 
     def _config(self) -> dict:
         spec = self.spec
+        hyperparameters = asdict(spec.hyperparameters)
+        if spec.method != "dpo":
+            del hyperparameters["beta"]  # DPO's alone
         return {"job_id": spec.job_id, "base_model": spec.model_name, "method": spec.method,
-                "hyperparameters": asdict(spec.hyperparameters), "seed": spec.seed,
+                "hyperparameters": hyperparameters, "seed": spec.seed,
                 "training_file": spec.training_file.key,
                 "validation_file": spec.validation_file.key if spec.validation_file else None,
                 "max_length": spec.max_length, "packing": spec.packing}
@@ -178,7 +203,7 @@ class WandbLog:
         if self.spec.wandb_api_key:
             detail = detail.replace(self.spec.wandb_api_key, "***")
         log.warning("wandb: %s", detail)
-        self.reporter.event(f"Weights & Biases logging stopped ({detail}); training continues without it.",
+        self.reporter.event(f"Weights & Biases logging stopped ({detail}); the job goes on without it.",
                             level="warn", key=f"wandb-failed:{self.spec.attempt}")
         if stop_service:
             try:

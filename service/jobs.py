@@ -16,10 +16,11 @@ from service.context import AppContext
 from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for
 from service import metrics
 from service.db.database import after_commit
-from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project, TunedModel
+from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project
 from service.serve_compat import check_servable
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
+from service.models import Parent, continuation_parent
 from service.job_states import JobStatus, check_transition
 from service.pagination import list_envelope, paginate
 from service.schemas import CreateFineTuningJob, DpoMethod, Method, SupervisedMethod
@@ -172,16 +173,44 @@ def _check_file(session: Session, principal: ProjectPrincipal, file_id: str, par
     return row
 
 
-def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPrincipal, model: str) -> str:
+def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPrincipal,
+                        model: str) -> tuple[str, Parent | None]:
+    """(root base model, parent): a tuned model or checkpoint of the project is continued from its weights."""
     if ctx.base_models.get(model) is not None:
-        return model
-    if model.startswith("ft:"):
-        tuned = session.execute(select(TunedModel).where(TunedModel.id == model,
-                                                         TunedModel.project_id == principal.project_id)).scalar()
-        if tuned is not None:
-            return tuned.base_model
-    raise InvalidRequest(f"Model {model} is not available for fine-tuning or does not exist.",
-                         param="model", code="model_not_available")
+        return model, None
+    try:
+        parent = continuation_parent(ctx, session, principal.project_id, model)
+    except NotFound:  # another project's model reads exactly like a missing one
+        parent = None
+    if parent is None:
+        raise InvalidRequest(f"Model {model} is not available for fine-tuning or does not exist.",
+                             param="model", code="model_not_available")
+    return parent.base_model, parent
+
+
+_SHAPE_FIELDS = ("tuning_mode", "lora_rank", "lora_alpha", "lora_target_modules")
+
+
+def _inherit_shape(method: dict, parent: Parent, model: str) -> dict:
+    """The method with the parent's tuning mode and adapter shape written in (so "auto" resolution sees them);
+    a different value asked for is refused: the parent's weights are loaded as they are."""
+    kind = method["type"]
+    if kind == "dpo" and parent.shape["tuning_mode"] == "full":
+        raise InvalidRequest(f"DPO trains a LoRA adapter, and {model} is fully tuned; continue it with "
+                             "'supervised', or run DPO on a LoRA-tuned model.", param="model",
+                             code="invalid_value")
+    hp = dict((method.get(kind) or {}).get("hyperparameters") or {})
+    for field in _SHAPE_FIELDS:
+        inherited, asked = parent.shape.get(field), hp.get(field)
+        if inherited is None:
+            continue
+        same = set(asked) == set(inherited) if field == "lora_target_modules" and asked else asked == inherited
+        if asked not in (None, "auto") and not same:
+            raise InvalidRequest(f"{field} {asked!r} differs from {inherited!r} of {model}, which this job continues: "
+                                 "an adapter cannot change shape. Leave it out to keep the parent's.",
+                                 param=f"method.{kind}.hyperparameters.{field}", code="invalid_value")
+        hp[field] = inherited
+    return {**method, kind: {**(method.get(kind) or {}), "hyperparameters": hp}}
 
 
 def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
@@ -212,7 +241,9 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
             earlier = idempotency.replayed_object(session, principal.project_id, idempotency_key, request_sha)
             if earlier is not None:
                 return _get_job(session, principal, earlier)
-        base_model = _resolve_base_model(ctx, session, principal, body.model)
+        base_model, parent = _resolve_base_model(ctx, session, principal, body.model)
+        if parent is not None:
+            method = _inherit_shape(method, parent, body.model)
         _check_file(session, principal, body.training_file, "training_file", method["type"],
                     ctx.settings.min_training_examples)
         if body.validation_file is not None:
@@ -223,12 +254,15 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
                   seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
                   metadata_=body.metadata, result_files=[], priority=body.priority, auto_deploy=body.auto_deploy,
                   integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []],
-                  vertex_spec=vertex_spec)
+                  vertex_spec=vertex_spec, parent_model=parent.name if parent else None,
+                  parent_prefix=parent.prefix if parent else None)
         session.add(job)
         session.flush()
         for key, value in (body.metadata or {}).items():
             session.add(JobMetadata(job_seq=job.seq, key=key, value=value))
         add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+        if parent is not None:
+            add_event(session, job.id, f"Continuing from {parent.name}: training starts from its weights")
         validating = f"Validating training file: {job.training_file}"
         if job.validation_file:
             validating += f" and validation file: {job.validation_file}"

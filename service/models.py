@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import TunedModel
-from service.endpoints import stop_model_endpoints
-from service.errors import NotFound, PermissionDenied
+from service.endpoints import resolve_model, stop_model_endpoints
+from service.errors import InvalidRequest, NotFound, PermissionDenied
+from service.storage import BlobNotFound
+from service.training_plan import LLAMA_PROJECTIONS
 
 
 def tuned_model_api(m: TunedModel) -> dict:
@@ -56,3 +62,35 @@ def delete_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) ->
         session.delete(tuned)
     ctx.storage.delete_prefix(tuned.storage_prefix)
     return {"id": model_id, "object": "model", "deleted": True}
+
+
+# --- continuation: a tuned model or checkpoint as the start of a new job ------------------------------
+
+@dataclass(frozen=True)
+class Parent:
+    """The weights a continued job starts from, and the shape they force on it."""
+    name: str  # the tuned model's name, or the checkpoint's snapshot name
+    base_model: str  # the root base model (a continued job records its root, so chains resolve in one step)
+    prefix: str  # storage folder of the adapter or full weights
+    shape: dict  # tuning_mode, and for an adapter lora_rank, lora_alpha, lora_target_modules
+
+
+def continuation_parent(ctx: AppContext, session: Session, project_id: str, model: str) -> Parent | None:
+    """None for a base model; the parent for a tuned model or checkpoint of the project (by the same lookup
+    the deployer serves them by). Anything else raises NotFound, another project's models included."""
+    served = resolve_model(ctx, session, project_id, model)
+    if served.kind == "base":
+        return None
+    if served.kind == "full":
+        return Parent(served.name, served.base_model, served.weights_prefix, {"tuning_mode": "full"})
+    # The adapter's own config, not its job's hyperparameters: those may say "auto", resolved by rules that change.
+    try:
+        config = json.loads(ctx.storage.read_bytes(served.weights_prefix + "adapter_config.json"))
+    except BlobNotFound:
+        raise InvalidRequest(f"The weights of model {model} are no longer in storage, so it cannot be continued.",
+                             param="model", code="model_not_available") from None
+    order = {name: i for i, name in enumerate(LLAMA_PROJECTIONS)}
+    targets = sorted(config["target_modules"], key=lambda m: (order.get(m, len(order)), m))
+    return Parent(served.name, served.base_model, served.weights_prefix,
+                  {"tuning_mode": "lora", "lora_rank": config["r"], "lora_alpha": float(config["lora_alpha"]),
+                   "lora_target_modules": targets})

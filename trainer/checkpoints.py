@@ -56,6 +56,19 @@ def load(blobs: Blobs, output_prefix: str, workdir: Path, step: int) -> Path:
     return local
 
 
+def download_weights(blobs: Blobs, prefix: str, local: Path) -> Path:
+    """Only the weights of a published model or checkpoint under `prefix`: a parent's optimizer state and
+    tokenizer are not what a job continuing it starts from."""
+    shutil.rmtree(local, ignore_errors=True)
+    for key in blobs.list(prefix):
+        name = key[len(prefix):]
+        if name.endswith(".safetensors") or name in ("adapter_config.json", "config.json"):
+            target = local / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blobs.read_bytes(key))
+    return local
+
+
 def load_weights(model, folder: Path, tuning_mode: str) -> None:
     from safetensors.torch import load_file
 
@@ -63,10 +76,17 @@ def load_weights(model, folder: Path, tuning_mode: str) -> None:
         state = {}
         for shard in sorted(folder.glob("*.safetensors")):
             state.update(load_file(shard))
+        if not state:
+            raise FileNotFoundError(f"no weights (*.safetensors) in {folder}")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected:
             raise RuntimeError(f"checkpoint has weights the model lacks: {unexpected[:5]}")
         return
     from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    loaded = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    # An adapter of another shape would otherwise load partly and train on silently.
+    missing = [k for k in loaded.missing_keys if "lora_" in k]
+    if loaded.unexpected_keys or missing:
+        raise RuntimeError(f"adapter does not fit the model: unexpected {loaded.unexpected_keys[:3]}, "
+                           f"missing {missing[:3]}")

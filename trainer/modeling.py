@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer import tiny_model
+from trainer import checkpoints, tiny_model
 from trainer.batches import IGNORE, MicroBatch
+from trainer.blobs import Blobs
 from trainer.spec import Hyperparameters
 
 
@@ -43,6 +44,19 @@ def load_base(name: str, source: str, cache_dir: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device()), tokenizer
+
+
+def tunable(base, hp: Hyperparameters, blobs: Blobs, init_prefix: str | None, workdir: Path):
+    """The base wrapped for tuning; for a job continuing a tuned model, with that model's weights loaded (its
+    adapter, trainable, or its full weights). The job's own checkpoints, if any, are loaded over this later."""
+    model = wrap_for_tuning(base, hp)
+    if init_prefix:
+        try:
+            checkpoints.load_weights(model, checkpoints.download_weights(blobs, init_prefix, workdir / "parent"),
+                                     hp.tuning_mode)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ModelLoadError(f"The weights to continue from ({init_prefix}) could not be loaded: {exc}") from exc
+    return model
 
 
 def wrap_for_tuning(model, hp: Hyperparameters):

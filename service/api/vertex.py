@@ -54,7 +54,8 @@ async def vertex_scope(request: Request, api_version: Literal["v1", "v1beta1"], 
 def create_tuning_job(body: CreateTuningJob, request: Request, scope: VertexScope = Depends(vertex_scope),
                       ctx: AppContext = Depends(get_ctx)):
     job = tuning_jobs.create_tuning_job(ctx, scope, body)
-    log.info("tuning job created", extra={"job_id": job["name"].rsplit("/", 1)[-1], "model": job["baseModel"]})
+    source = job.get("baseModel") or job["preTunedModel"]["tunedModelName"]  # continuous tuning names no baseModel
+    log.info("tuning job created", extra={"job_id": job["name"].rsplit("/", 1)[-1], "model": source})
     request.app.state.loops.wake("validation")
     return job
 

@@ -250,6 +250,18 @@ class Deleted(HoneObject):
     deleted: bool
 
 
+class WandbKey(HoneObject):
+    """Hone: a project's Weights & Biases key, as the server answers it (redacted), or its deletion."""
+
+    project_id: str
+    object: str = "organization.project.integration.wandb"
+    redacted_api_key: Optional[str] = None
+    base_url: Optional[str] = None
+    created_at: Optional[int] = None
+    updated_at: Optional[int] = None
+    deleted: bool = False
+
+
 # --- chat -------------------------------------------------------------------------------------------------------
 
 class ChatMessage(HoneObject):

@@ -239,6 +239,17 @@ def test_admin_sets_reads_redacted_and_deletes_a_projects_wandb_key(backend, req
                                       "project_id": project.project_id, "deleted": True}
         assert admin.get(path).status_code == 404 and admin.delete(path).status_code == 404
     assert all(WANDB_KEY not in a.text for a in answers)
+
+    # The Hone SDK's methods for it.
+    import hone
+
+    sdk = hone.Client(base_url=server.base_url, api_key="unused", admin_key=server.admin_key)
+    configured = sdk.projects.set_wandb_key(project.project_id, WANDB_KEY, base_url="http://wandb.internal:8080")
+    assert (configured.redacted_api_key, configured.base_url) == ("0123***4567", "http://wandb.internal:8080")
+    assert sdk.projects.wandb_key(project.project_id).redacted_api_key == "0123***4567"
+    assert sdk.projects.delete_wandb_key(project.project_id).deleted is True
+    with pytest.raises(hone.NotFoundError):
+        sdk.projects.wandb_key(project.project_id)
     assert WANDB_KEY not in server.logs()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hone.resources import Resource
-from hone.types import Deleted, Project, ServiceAccount
+from hone.types import Deleted, Project, ServiceAccount, WandbKey
 
 PROJECTS = "/v1/organization/projects"
 
@@ -22,6 +22,19 @@ class Projects(Resource):
     def delete(self, project_id: str):
         """Archives the project: its keys stop working; its files, jobs and models are kept."""
         return self._request("DELETE", f"{PROJECTS}/{project_id}", cast=Deleted, admin=True)
+
+    # Hone: the project's W&B key. Its jobs with a `wandb` integration log online with it, else offline.
+    def set_wandb_key(self, project_id: str, api_key: str, *, base_url: str | None = None):
+        body = {"api_key": api_key, **({"base_url": base_url} if base_url else {})}
+        return self._request("PUT", f"{PROJECTS}/{project_id}/integrations/wandb", json=body, cast=WandbKey,
+                             admin=True)
+
+    def wandb_key(self, project_id: str):
+        """The key, redacted (the server never answers it whole)."""
+        return self._request("GET", f"{PROJECTS}/{project_id}/integrations/wandb", cast=WandbKey, admin=True)
+
+    def delete_wandb_key(self, project_id: str):
+        return self._request("DELETE", f"{PROJECTS}/{project_id}/integrations/wandb", cast=WandbKey, admin=True)
 
 
 class Keys(Resource):

@@ -168,9 +168,10 @@ class WandbLog:
 
     def _config(self) -> dict:
         spec = self.spec
-        hyperparameters = asdict(spec.hyperparameters)
-        if spec.method != "dpo":
-            del hyperparameters["beta"]  # DPO's alone
+        # The resolved hyperparameters, less the dataclass defaults that do not apply to this job
+        hyperparameters = {k: v for k, v in asdict(spec.hyperparameters).items()
+                           if not (k == "beta" and spec.method != "dpo")
+                           and not (k.startswith("lora_") and spec.hyperparameters.tuning_mode != "lora")}
         return {"job_id": spec.job_id, "base_model": spec.model_name, "method": spec.method,
                 "hyperparameters": hyperparameters, "seed": spec.seed,
                 "training_file": spec.training_file.key,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from sqlalchemy import select
 
@@ -22,18 +23,72 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
 
 
 @dataclass(frozen=True)
+class TrainingDefaults:
+    """What "auto" hyperparameters resolve to for one base model (service/training_plan.py applies them to a
+    dataset). The generic values suit pretrained models of 1-70B parameters with LoRA, as the common recipes
+    (and OpenAI's resolved values) do; a model that trains differently gets its own (see hone-tiny below)."""
+
+    lora_learning_rate: float = 2e-4  # times learning_rate_multiplier
+    full_learning_rate: float = 1e-5
+    lora_rank: int = 16
+    lora_alpha_per_rank: float = 2.0  # alpha = rank * this
+    max_length: int = 2048  # tokens per example (HONE_TRAIN_MAX_LENGTH caps it)
+    # Batch size: about this many tokens per optimizer step, from the dataset's mean example length...
+    tokens_per_step: int = 16384
+    # ...but never so large that an epoch has fewer steps than this (small sets still take several steps).
+    min_steps_per_epoch: int = 8
+    # Epochs: `epochs`, or more for small sets until the model has seen `min_examples_seen` examples
+    # (at most `max_epochs`), or fewer for huge sets beyond `max_examples_seen` (OpenAI's 100 / 25000).
+    epochs: int = 3
+    min_examples_seen: int = 100
+    max_examples_seen: int = 25000
+    max_epochs: int = 25
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # The control plane has no tokenizer: a file's tokens are estimated from its bytes (JSON keys included).
+    bytes_per_token: float = 4.5
+
+    @classmethod
+    def with_overrides(cls, values: dict[str, Any] | None, base: "TrainingDefaults | None" = None) -> "TrainingDefaults":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown training default(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return replace(base or cls(), **(values or {}))
+
+
+# hone-tiny starts from random weights: it has to learn the task's words from scratch, so it takes larger
+# steps and sees every small set many more times than a pretrained model would. Measured by
+# benchmarks/auto_hyperparameters.py over three task shapes and five seeds (figures in the README).
+TINY_DEFAULTS = TrainingDefaults(
+    lora_learning_rate=1e-3, full_learning_rate=1e-3, tokens_per_step=256, min_steps_per_epoch=8,
+    epochs=3, min_examples_seen=1000, max_epochs=50, bytes_per_token=3.8)
+
+
+@dataclass(frozen=True)
 class BaseModel:
     name: str
     source: str  # local folder, Hugging Face id, or "builtin:" for models Hone builds itself
     created: int = _REGISTERED_AT
     origin: str = "settings"  # builtin | settings | admin
+    training: TrainingDefaults = field(default_factory=TrainingDefaults)
 
 
 class BaseModelRegistry:
-    def __init__(self, configured: dict[str, str], db: Database | None = None):
-        self._static = {TINY_MODEL: BaseModel(TINY_MODEL, "builtin:hone-tiny", origin="builtin")}
-        for name, source in configured.items():
-            self._static[name] = BaseModel(name, source)
+    def __init__(self, configured: dict[str, str | dict], db: Database | None = None):
+        self._static = {TINY_MODEL: BaseModel(TINY_MODEL, "builtin:hone-tiny", origin="builtin",
+                                              training=TINY_DEFAULTS)}
+        for name, entry in configured.items():
+            # "name": "source", or "name": {"source": ..., "training": {<TrainingDefaults field>: value}}
+            if isinstance(entry, dict):
+                if not isinstance(entry.get("source"), str):
+                    raise ValueError(f"HONE_BASE_MODELS[{name!r}] needs a 'source' (a folder or Hugging Face id)")
+                training = TrainingDefaults.with_overrides(entry.get("training"))
+                self._static[name] = BaseModel(name, entry["source"], training=training)
+            else:
+                self._static[name] = BaseModel(name, entry)
         self._db = db
 
     def _registered(self, name: str | None = None) -> list[BaseModel]:

@@ -210,7 +210,10 @@ class Scheduler:
     def _prepare(self, session: Session, job: Job) -> tuple[str, int, str]:
         ids = [f for f in (job.training_file, job.validation_file) if f]
         files = {f.id: f for f in session.execute(select(File).where(File.id.in_(ids))).scalars()}
-        job.method = training_plan.resolve_hyperparameters(job.method, files[job.training_file].example_count or 1)
+        defaults = training_plan.training_defaults(self.ctx, job)
+        job.method = training_plan.resolve_hyperparameters(
+            job.method, training_plan.DatasetShape.of(files[job.training_file], defaults), defaults,
+            self.ctx.settings.train_max_length)
         token = secrets.token_urlsafe(32)
         job.trainer_token_hash = hash_key(token)  # a new token per attempt: an older run can no longer report
         job.attempts += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,8 +25,9 @@ class Settings(BaseSettings):
     inference_engine: str = "auto"
 
     organization_id: str = "org-hone"
-    # name -> local folder or Hugging Face id, as JSON: {"acme/llama": "/models/llama"}
-    base_models: dict[str, str] = Field(default_factory=dict)
+    # name -> local folder or Hugging Face id, as JSON: {"acme/llama": "/models/llama"}; or name -> {"source": ...,
+    # "training": {...}} to give the model its own "auto" defaults (service/base_models.py TrainingDefaults)
+    base_models: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
 
     max_file_bytes: int = 512 * 1024 * 1024
     max_line_bytes: int = 4 * 1024 * 1024
@@ -60,8 +62,9 @@ class Settings(BaseSettings):
     # A running trainer not heard from this long (counted from its launch: model loading included) is killed and
     # the attempt counted as a crash (`trainer_stalled`); trainers heartbeat at a sixth of it. 0: never.
     trainer_stall_timeout_s: float = Field(default=300.0, ge=0)
-    lora_learning_rate: float = 2e-3  # times learning_rate_multiplier
-    full_learning_rate: float = 1e-4
+    # Base learning rates (times learning_rate_multiplier) for every model; unset: each base model's own default
+    lora_learning_rate: float | None = Field(default=None, gt=0)
+    full_learning_rate: float | None = Field(default=None, gt=0)
     train_max_length: int = 2048  # examples are truncated to this many tokens
     train_packing: bool = True
     train_token_budget: int = 16384

@@ -7,67 +7,111 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
+from sqlalchemy.orm import object_session
+
+from service import projects
+from service.base_models import TrainingDefaults
 from service.context import AppContext
 from service.db.tables import File, Job
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DEFAULT_LORA_RANK = 16
+DEFAULT_LORA_RANK = TrainingDefaults().lora_rank
+MAX_AUTO_BATCH = 256
 
 
-def auto_epochs(n_examples: int) -> int:
-    """OpenAI's cookbook heuristic: 3 epochs, more for tiny sets, fewer for huge ones."""
-    if n_examples * 3 < 100:
-        return min(25, max(1, 100 // n_examples))
-    if n_examples * 3 > 25000:
-        return max(1, 25000 // n_examples)
-    return 3
+@dataclass(frozen=True)
+class DatasetShape:
+    """What "auto" looks at in a training file: its examples and (estimated) tokens per example."""
+
+    examples: int
+    mean_tokens: float
+
+    @classmethod
+    def of(cls, file: File, defaults: TrainingDefaults) -> "DatasetShape":
+        examples = max(1, file.example_count or 1)
+        return cls(examples, max(1.0, (file.bytes or 0) / examples / defaults.bytes_per_token))
 
 
-def auto_batch_size(n_examples: int) -> int:
-    """About 0.2% of the examples, at least 1 and at most 256 (1 for small sets, as OpenAI resolves them)."""
-    return max(1, min(256, math.ceil(n_examples * 0.002)))
+def auto_batch_size(shape: DatasetShape, d: TrainingDefaults) -> int:
+    """About `tokens_per_step` tokens per step, keeping at least `min_steps_per_epoch` steps in an epoch."""
+    by_tokens = max(1, round(d.tokens_per_step / shape.mean_tokens))
+    by_steps = max(1, shape.examples // d.min_steps_per_epoch)
+    return max(1, min(MAX_AUTO_BATCH, by_tokens, by_steps))
 
 
-def auto_learning_rate_multiplier(batch_size: int) -> float:
-    # OpenAI resolves to 1.8-2 for small batches; larger batches take larger steps with the same multiplier.
-    return 2.0 if batch_size <= 8 else 1.0
+def auto_epochs(shape: DatasetShape, d: TrainingDefaults) -> int:
+    """`epochs`, more for small sets (until `min_examples_seen`), fewer for huge ones (to `max_examples_seen`)."""
+    n = shape.examples
+    if n * d.epochs < d.min_examples_seen:
+        return min(d.max_epochs, math.ceil(d.min_examples_seen / n))
+    if n * d.epochs > d.max_examples_seen:
+        return max(1, d.max_examples_seen // n)
+    return d.epochs
 
 
-def resolve_hyperparameters(method: dict, n_examples: int) -> dict:
-    """Returns the method with its OpenAI hyperparameters made concrete (Hone extensions stay as given)."""
+def resolve_hyperparameters(method: dict, shape: DatasetShape, d: TrainingDefaults, max_length_cap: int) -> dict:
+    """The method with every "auto" (or absent) hyperparameter made concrete, as the job then shows them."""
     section = dict(method.get(method["type"]) or {})
     hp = dict(section.get("hyperparameters") or {})
-    if hp.get("n_epochs", "auto") == "auto":
-        hp["n_epochs"] = auto_epochs(n_examples)
-    if hp.get("batch_size", "auto") == "auto":
-        hp["batch_size"] = auto_batch_size(n_examples)
-    hp["batch_size"] = min(hp["batch_size"], n_examples)
-    if hp.get("learning_rate_multiplier", "auto") == "auto":
-        hp["learning_rate_multiplier"] = auto_learning_rate_multiplier(hp["batch_size"])
-    if method["type"] == "dpo" and hp.get("beta", "auto") == "auto":
+
+    def auto(key: str) -> bool:
+        return hp.get(key) in (None, "auto")
+
+    if auto("batch_size"):
+        hp["batch_size"] = auto_batch_size(shape, d)
+    hp["batch_size"] = min(hp["batch_size"], shape.examples)
+    if auto("n_epochs"):
+        hp["n_epochs"] = auto_epochs(shape, d)
+    if auto("learning_rate_multiplier"):
+        hp["learning_rate_multiplier"] = 1.0  # the base model's learning rate is tuned for the auto batch size
+    if method["type"] == "dpo" and auto("beta"):
         hp["beta"] = 0.1
+    if auto("tuning_mode"):
+        hp["tuning_mode"] = "lora"
+    if hp["tuning_mode"] == "lora":
+        if auto("lora_rank"):
+            hp["lora_rank"] = d.lora_rank
+        if auto("lora_alpha"):
+            hp["lora_alpha"] = d.lora_alpha_per_rank * hp["lora_rank"]
+        if auto("lora_dropout"):
+            hp["lora_dropout"] = 0.0
+        if not hp.get("lora_target_modules"):
+            hp["lora_target_modules"] = LLAMA_PROJECTIONS
+    for key in ("warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm"):
+        if auto(key):
+            hp[key] = getattr(d, key)
+    if auto("max_length"):
+        hp["max_length"] = d.max_length
+    hp["max_length"] = min(hp["max_length"], max_length_cap)
     section["hyperparameters"] = hp
     return {**method, method["type"]: section}
 
 
-def trainer_hyperparameters(ctx: AppContext, method: dict) -> dict:
+def trainer_hyperparameters(ctx: AppContext, method: dict, d: TrainingDefaults) -> dict:
+    """The trainer's view of a resolved method: absolute learning rate, LoRA shape, schedule."""
     hp = method[method["type"]]["hyperparameters"]
-    mode = hp.get("tuning_mode") or "auto"
-    mode = "lora" if mode == "auto" else mode
-    rank = hp.get("lora_rank") or "auto"
-    rank = DEFAULT_LORA_RANK if rank == "auto" else rank
-    alpha = hp.get("lora_alpha") or "auto"
-    dropout = hp.get("lora_dropout", "auto")
-    base_lr = ctx.settings.full_learning_rate if mode == "full" else ctx.settings.lora_learning_rate
+    mode = hp["tuning_mode"]
+    settings = ctx.settings
+    if mode == "full":
+        base_lr = settings.full_learning_rate or d.full_learning_rate
+    else:
+        base_lr = settings.lora_learning_rate or d.lora_learning_rate
     extra = {"beta": hp["beta"]} if method["type"] == "dpo" else {}
+    lora = {"lora_rank": hp["lora_rank"], "lora_alpha": hp["lora_alpha"], "lora_dropout": hp["lora_dropout"],
+            "lora_target_modules": hp["lora_target_modules"]} if mode == "lora" else {}
     return {
-        **extra, "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
+        **extra, **lora, "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
         "learning_rate": base_lr * hp["learning_rate_multiplier"], "tuning_mode": mode,
-        "lora_rank": rank, "lora_alpha": 2.0 * rank if alpha == "auto" else alpha,
-        "lora_dropout": 0.0 if dropout in ("auto", None) else dropout,
-        "lora_target_modules": hp.get("lora_target_modules") or LLAMA_PROJECTIONS,
+        "warmup_ratio": hp["warmup_ratio"], "lr_scheduler": hp["lr_scheduler"],
+        "weight_decay": hp["weight_decay"], "max_grad_norm": hp["max_grad_norm"],
     }
+
+
+def training_defaults(ctx: AppContext, job: Job) -> TrainingDefaults:
+    base = ctx.base_models.get(job.base_model)
+    return base.training if base else TrainingDefaults()
 
 
 def spec_key(job_id: str) -> str:
@@ -86,11 +130,14 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         "storage_url": settings.resolved_storage_url, "s3_endpoint_url": settings.s3_endpoint_url,
         "training_file": {"key": train.storage_key, "format": train.dataset_format},
         "validation_file": {"key": valid.storage_key, "format": valid.dataset_format} if valid else None,
-        "method": job.method["type"], "hyperparameters": trainer_hyperparameters(ctx, job.method),
+        "method": job.method["type"],
+        "hyperparameters": trainer_hyperparameters(ctx, job.method, training_defaults(ctx, job)),
         "seed": job.seed, "output_prefix": f"jobs/{job.id}/", "callback_url": settings.resolved_internal_url,
-        "token": token, "attempt": job.attempts, "max_length": settings.train_max_length,
+        "token": token, "attempt": job.attempts,
+        "max_length": job.method[job.method["type"]]["hyperparameters"]["max_length"],
         "packing": settings.train_packing, "token_budget": settings.train_token_budget,
-        "checkpoint_interval_steps": settings.checkpoint_interval_steps,
+        "checkpoint_interval_steps": settings.checkpoint_interval_steps, "init_weights_prefix": job.parent_prefix,
+        **projects.trainer_integrations(object_session(job), job),  # wandb: the project's key, if any
     }
 
 

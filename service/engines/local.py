@@ -111,8 +111,9 @@ class LocalEngines:
 
     def _build_if_builtin(self, spec: EngineSpec) -> None:
         """Built-in base models are built on first use by the trainer's code, run as a process: the control
-        plane imports none of it."""
-        if not (spec.model_source or "").startswith("builtin:") or (Path(spec.model_path) / "config.json").exists():
+        plane imports none of it. The builder is run every time (it returns at once when the folder holds its
+        current build), so a cache left by an older builder is rebuilt rather than served."""
+        if not (spec.model_source or "").startswith("builtin:"):
             return
         python = self._settings.trainer_python or sys.executable
         try:

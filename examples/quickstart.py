@@ -30,9 +30,9 @@ data = io.BytesIO("".join(json.dumps(row) + "\n" for row in train).encode())
 file = client.files.create(file=("support_tickets.jsonl", data), purpose="fine-tune")
 print(f"uploaded {file.id}: {file.bytes} bytes, status {file.status}, {file.model_extra['dataset']}")
 
-job = client.fine_tuning.jobs.create(model=args.model, training_file=file.id, suffix="tickets", seed=1, method={
-    "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 8, "batch_size": 4,
-                                                              "learning_rate_multiplier": 0.5}}})
+# Every hyperparameter left on "auto", as most users do: Hone resolves them from hone-tiny's defaults and the
+# dataset, and shows what it chose on the job once it starts.
+job = client.fine_tuning.jobs.create(model=args.model, training_file=file.id, suffix="tickets", seed=1)
 print(f"created {job.id}: status {job.status}")
 deadline = time.monotonic() + args.timeout
 last_step = 0

@@ -8,9 +8,11 @@ from hone.datasets import (  # noqa: F401 (re-exported)
     DatasetFormat,
     DatasetReport,
     DatasetValidator,
+    MIN_TRAINING_EXAMPLES,
     LineError,
     detect_format,
     filename_problem,
     methods_for,
+    too_few_examples,
     validate_bytes,
 )

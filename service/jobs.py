@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from service import idempotency
 from service.auth import ProjectPrincipal
 from service.context import AppContext
-from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for
+from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for, too_few_examples
 from service import metrics
 from service.db.database import after_commit
 from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project
@@ -167,9 +167,9 @@ def _check_file(session: Session, principal: ProjectPrincipal, file_id: str, par
             f"invalid {param}: {file_id} is in the {FORMAT_LABELS[fmt]} format, which the '{method_type}' method "
             f"cannot train on; it needs {'OpenAI preference' if method_type == 'dpo' else 'a supervised'} data.",
             param=param, code=code)
-    if (row.example_count or 0) < min_examples:
-        raise InvalidRequest(f"Training file has {row.example_count} example(s), but must have at least "
-                             f"{min_examples} examples", param=param, code="invalid_n_examples")
+    too_few = too_few_examples(row.example_count, min_examples)  # the rule `hone files validate` applies offline
+    if too_few:
+        raise InvalidRequest(too_few, param=param, code="invalid_n_examples")
     return row
 
 

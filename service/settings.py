@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.datasets import MIN_TRAINING_EXAMPLES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HONE_", extra="ignore")
@@ -31,7 +33,7 @@ class Settings(BaseSettings):
 
     max_file_bytes: int = 512 * 1024 * 1024
     max_line_bytes: int = 4 * 1024 * 1024
-    min_training_examples: int = 10
+    min_training_examples: int = MIN_TRAINING_EXAMPLES  # one constant with `hone files validate`
     max_reported_errors: int = 20
     result_files_base64: bool = True  # OpenAI serves result CSVs base64-encoded
     # Vertex dataset URIs: gs://BUCKET/... reads s3://MAPPED/... on the S3-compatible store, as JSON

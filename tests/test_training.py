@@ -87,8 +87,15 @@ def test_job_trains_to_succeeded_with_events_checkpoints_and_adapter(trainer_ser
     assert done.fine_tuned_model == f"ft:hone-tiny:{slug}:e2e:{job.id}"
     assert done.trained_tokens > 0 and done.finished_at >= done.created_at
     assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 3
-    assert done.hyperparameters.learning_rate_multiplier == 2.0  # "auto", resolved when the job started
-    assert done.method.supervised.hyperparameters.learning_rate_multiplier == 2.0
+    assert done.hyperparameters.learning_rate_multiplier == 1.0  # "auto", resolved when the job started
+    resolved = done.method.supervised.hyperparameters.to_dict()
+    # every knob the trainer used is on the job, from hone-tiny's defaults in the base-model registry
+    assert resolved == {"n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 1.0, "tuning_mode": "lora",
+                        "lora_rank": 16, "lora_alpha": 32.0, "lora_dropout": 0.0,
+                        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"],
+                        "warmup_ratio": 0.03, "lr_scheduler": "cosine", "weight_decay": 0.0, "max_grad_norm": 1.0,
+                        "max_length": 2048}
 
     messages = [e.message for e in all_events(client, job.id)]
     assert messages[:3] == [f"Created fine-tuning job: {job.id}",

@@ -204,7 +204,15 @@ async def create_file(ctx: AppContext, principal: ProjectPrincipal, content_type
         raise
 
 
+UPLOAD_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")  # besides the `file` part
+
+
 def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, upload: _Upload) -> dict:
+    unknown = sorted(set(upload.fields) - set(UPLOAD_FIELDS))
+    if unknown:  # refused, never stored and ignored
+        name = unknown[0][:64]
+        raise InvalidRequest(f"Unrecognized request argument supplied: {name!r} (the form fields are 'file', "
+                             f"{', '.join(repr(f) for f in UPLOAD_FIELDS)}).", param=name, code="unknown_parameter")
     purpose = upload.fields.get("purpose")
     if purpose is None:
         raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")

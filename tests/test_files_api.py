@@ -64,6 +64,11 @@ def test_upload_errors_name_the_parameter(client, project):
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "file"
         resp = http.post("/v1/files", files={"file": ("a.jsonl", chat_dataset(10))})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "purpose"
+        # a form field Hone would not honour is refused, not stored and ignored (and leaves no file behind)
+        resp = http.post("/v1/files", data={"purpose": "fine-tune", "purpse": "x"},
+                         files={"file": ("a.jsonl", chat_dataset(10))})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "purpse"
+        assert resp.json()["error"]["code"] == "unknown_parameter"
     assert client.files.list().data == []
 
 

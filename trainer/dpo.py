@@ -1,7 +1,12 @@
-"""Direct preference optimisation: the policy is the adapted model, the reference the same model with
-the adapter switched off, so no second copy of the weights is held."""
+"""Direct preference optimisation. The reference model is the model the policy starts from: the base for a new
+adapter, the parent's weights for a job continuing a tuned model (DPO on an SFT model). Its log-probabilities
+are computed once, before the first step, so no second copy of the weights is held and no reference forward
+pass runs per step; they depend only on the starting weights, so a resumed run computes the same values."""
 
 from __future__ import annotations
+
+import hashlib
+from array import array
 
 import torch
 import torch.nn.functional as F
@@ -19,17 +24,44 @@ def _logprobs(model, examples: list[Example], token_budget: int, pad_id: int) ->
     return torch.cat([sequence_logprobs(model, mb) for mb in mbs])
 
 
-def _margins(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int) -> torch.Tensor:
+def _key(ex: Example) -> bytes:
+    # By content, so the table needs no bookkeeping of where an example sits (training or validation file).
+    return hashlib.blake2b(array("q", ex.input_ids).tobytes() + bytes(ex.loss_mask), digest_size=16).digest()
+
+
+class Reference:
+    """Each example's summed target log-probability under the starting weights."""
+
+    def __init__(self, logps: dict[bytes, float]):
+        self.logps = logps
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model, pairs: list[Pair], token_budget: int, pad_id: int) -> "Reference":
+        model.eval()
+        unique = list({_key(ex): ex for pair in pairs for ex in pair}.items())
+        logps: dict[bytes, float] = {}
+        for start in range(0, len(unique), 64):
+            chunk = unique[start:start + 64]
+            values = _logprobs(model, [ex for _, ex in chunk], token_budget, pad_id).tolist()
+            logps.update((key, value) for (key, _), value in zip(chunk, values))
+        return cls(logps)
+
+    def __call__(self, examples: list[Example], device: torch.device) -> torch.Tensor:
+        return torch.tensor([self.logps[_key(ex)] for ex in examples], device=device)
+
+
+def _margins(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int,
+             reference: Reference) -> torch.Tensor:
     examples = [p[0] for p in pairs] + [p[1] for p in pairs]
     policy = _logprobs(model, examples, token_budget, pad_id)
-    with torch.no_grad(), model.disable_adapter():
-        reference = _logprobs(model, examples, token_budget, pad_id)
+    ref = reference(examples, policy.device)
     n = len(pairs)
-    return beta * ((policy[:n] - reference[:n]) - (policy[n:] - reference[n:]))
+    return beta * ((policy[:n] - ref[:n]) - (policy[n:] - ref[n:]))
 
 
-def train_step(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int) -> dict:
-    margins = _margins(model, pairs, beta, token_budget, pad_id)
+def train_step(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int, reference: Reference) -> dict:
+    margins = _margins(model, pairs, beta, token_budget, pad_id, reference)
     loss = -F.logsigmoid(margins).mean()
     loss.backward()
     return {"train_loss": float(loss.detach()), "train_mean_token_accuracy": float((margins > 0).float().mean()),
@@ -37,8 +69,9 @@ def train_step(model, pairs: list[Pair], beta: float, token_budget: int, pad_id:
 
 
 @torch.no_grad()
-def evaluate(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int) -> tuple[float, float]:
+def evaluate(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int,
+             reference: Reference) -> tuple[float, float]:
     """(DPO loss, share of pairs where the preferred answer gains more than the other)."""
-    margins = torch.cat([_margins(model, pairs[i:i + 32], beta, token_budget, pad_id)
+    margins = torch.cat([_margins(model, pairs[i:i + 32], beta, token_budget, pad_id, reference)
                          for i in range(0, len(pairs), 32)])
     return float(-F.logsigmoid(margins).mean()), float((margins > 0).float().mean())

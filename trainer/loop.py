@@ -22,9 +22,10 @@ from trainer.blobs import Blobs
 from trainer.data import (SUPERVISED_FORMATS, DataError, Example, parity_samples, tokenize_lines,
                           tokenize_preferences)
 from trainer.flops import flops_per_token, mfu, peak_flops
-from trainer.modeling import ModelLoadError, device, load_base, loss_sums, wrap_for_tuning
+from trainer.modeling import ModelLoadError, device, load_base, loss_sums, tunable
 from trainer.reporting import Reporter, main_thread
 from trainer.spec import TrainSpec
+from trainer.wandb_log import WandbLog
 
 log = logging.getLogger("hone.trainer")
 
@@ -57,6 +58,7 @@ class Run:
     def __init__(self, spec: TrainSpec, blobs: Blobs, reporter: Reporter, workdir: Path):
         self.spec, self.blobs, self.reporter, self.workdir = spec, blobs, reporter, workdir
         self.stop_requested = False
+        self.wandb = WandbLog(spec, reporter, workdir)  # opens its run at the first step, if the job has one
 
     def request_stop(self, *_):
         self.stop_requested = True
@@ -93,8 +95,7 @@ class Run:
         if spec.method not in ("supervised", "dpo"):
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
         if spec.method == "dpo" and spec.hyperparameters.tuning_mode != "lora":
-            raise FatalError("unsupported_method", "DPO trains a LoRA adapter (the reference model is the base "
-                                                   "without it); use tuning_mode 'lora'.")
+            raise FatalError("unsupported_method", "DPO trains a LoRA adapter; use tuning_mode 'lora'.")
         try:
             base, self.tokenizer = load_base(spec.model_name, spec.model_source, spec.model_cache_dir)
         except ModelLoadError as exc:
@@ -106,7 +107,12 @@ class Run:
                              getattr(base.config, "hidden_size", 0))
         run_on = device()
         self.peak_flops = peak_flops(torch.cuda.get_device_name(run_on) if run_on.type == "cuda" else None)
-        self.model = wrap_for_tuning(base, spec.hyperparameters)
+        try:  # a continued job starts from its parent's weights (its own checkpoints, in _resume, come after)
+            self.model = tunable(base, spec.hyperparameters, self.blobs, spec.init_weights_prefix, self.workdir)
+        except ModelLoadError as exc:
+            raise FatalError("model_not_found", str(exc))
+        self.reference = dpo.Reference.of(self.model, self.train + self.valid, spec.token_budget,
+                                          self.tokenizer.pad_token_id) if spec.method == "dpo" else None
         hp = spec.hyperparameters
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
@@ -147,7 +153,8 @@ class Run:
         batch = [self.train[i] for i in step_indices(len(self.train), hp.batch_size, self.spec.seed, step)]
         if self.spec.method == "dpo":
             self.model.train()
-            metrics = dpo.train_step(self.model, batch, hp.beta, self.spec.token_budget, self.tokenizer.pad_token_id)
+            metrics = dpo.train_step(self.model, batch, hp.beta, self.spec.token_budget, self.tokenizer.pad_token_id,
+                                     self.reference)
             if not math.isfinite(metrics["train_loss"]):
                 raise Diverged("training loss", metrics["train_loss"])
             self._optimizer_step()
@@ -182,7 +189,7 @@ class Run:
         self.model.eval()
         if self.spec.method == "dpo":
             return dpo.evaluate(self.model, examples, self.spec.hyperparameters.beta, self.spec.token_budget,
-                                self.tokenizer.pad_token_id)
+                                self.tokenizer.pad_token_id, self.reference)
         loss_total, correct_total, targets = 0.0, 0, 0
         for start in range(0, len(examples), 64):
             for mb in self._layout(examples[start:start + 64]):
@@ -202,6 +209,7 @@ class Run:
             data["full_valid_loss"], data["full_valid_mean_token_accuracy"] = self.evaluate(self.valid)
             message += f", full validation loss={data['full_valid_loss']:.2f}"
         self.reporter.event(message, type="metrics", data=data, key=f"step:{step}")
+        self.wandb.log(step, data, self.rows)
         return data
 
     def _live_figures(self, metrics: dict, step_seconds: float, step_tokens: int) -> dict:
@@ -267,6 +275,7 @@ class Run:
         prefix = self.spec.output_prefix + "adapter/"
         self.blobs.upload_dir(local, prefix, last="hone_serving.json")
         self.blobs.put_bytes(self.spec.output_prefix + "result.csv", self._result_csv())
+        self.wandb.finish(self.blobs, self.rows)
         return prefix
 
     # --- the run ------------------------------------------------------------------------------

@@ -54,6 +54,12 @@ class TrainSpec:
     eval_interval: int = 0  # 0: about ten validation points per run
     eval_examples: int = 64  # examples in an interval validation (the full set at the end)
     checkpoint_interval_steps: int = 0  # 0: once per epoch
+    # A job continuing a tuned model or checkpoint: the storage folder of the weights training starts from
+    init_weights_prefix: str | None = None
+    integrations: list[dict] = field(default_factory=list)  # the job's, as the API echoes them (wandb)
+    # The project's W&B key (online logging) and server; no key: the wandb run is logged offline
+    wandb_api_key: str | None = field(default=None, repr=False)
+    wandb_base_url: str | None = None
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "TrainSpec":

@@ -218,9 +218,12 @@ def test_bad_datasets_and_requests_get_google_shaped_400s(vertex):
             "baseModel": "gemini-9-ultra", "supervisedTuningSpec": {
                 "trainingDatasetUri": f"gs://{GCS_BUCKET}/tickets/train.jsonl"}}), 400, "INVALID_ARGUMENT")
         assert _violations(no_model)[0]["field"] == "baseModel"
-        for body, field in (({"preTunedModel": {"tunedModelName": "projects/p/locations/l/models/1@1"},
-                              "supervisedTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl"}}, "preTunedModel"),
-                            ({"distillationSpec": {"promptDatasetUri": "gs://b/x.jsonl"}}, "distillationSpec"),
+        # preTunedModel continues a tuned model (tests/test_continuation.py); with a baseModel too it is ambiguous
+        both = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={
+            **base, "preTunedModel": {"tunedModelName": "projects/p/locations/l/models/1@1"},
+            "supervisedTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl"}}), 400, "INVALID_ARGUMENT")
+        assert _violations(both)[0]["field"].startswith(("baseModel", "preTunedModel"))
+        for body, field in (({"distillationSpec": {"promptDatasetUri": "gs://b/x.jsonl"}}, "distillationSpec"),
                             ({"supervisedTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl",
                                                        "hyperParameters": {"learningRate": 0.001}}},
                              "supervisedTuningSpec.hyperParameters.learningRate")):

@@ -30,6 +30,9 @@ class TrainingDefaults:
 
     lora_learning_rate: float = 2e-4  # times learning_rate_multiplier
     full_learning_rate: float = 1e-5
+    # DPO pushes the policy away from its reference with every step: at SFT's rate it wrecks a tuned model
+    # (hone-tiny answered "BBBB" after DPO at SFT's multiplier), so "auto" multiplies the rate by this for DPO.
+    dpo_learning_rate_multiplier: float = 0.1
     lora_rank: int = 16
     lora_alpha_per_rank: float = 2.0  # alpha = rank * this
     max_length: int = 2048  # tokens per example (HONE_TRAIN_MAX_LENGTH caps it)
@@ -63,8 +66,9 @@ class TrainingDefaults:
 # steps and sees every small set many more times than a pretrained model would. Measured by
 # benchmarks/auto_hyperparameters.py over three task shapes and five seeds (figures in the README).
 TINY_DEFAULTS = TrainingDefaults(
-    lora_learning_rate=1e-3, full_learning_rate=1e-3, tokens_per_step=256, min_steps_per_epoch=8,
-    epochs=3, min_examples_seen=1000, max_epochs=50, bytes_per_token=3.8)
+    lora_learning_rate=1e-3, full_learning_rate=1e-3, dpo_learning_rate_multiplier=0.04, tokens_per_step=256,
+    min_steps_per_epoch=8,
+    epochs=3, min_examples_seen=2400, max_epochs=50, bytes_per_token=3.8)
 
 
 @dataclass(frozen=True)

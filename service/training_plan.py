@@ -65,7 +65,8 @@ def resolve_hyperparameters(method: dict, shape: DatasetShape, d: TrainingDefaul
     if auto("n_epochs"):
         hp["n_epochs"] = auto_epochs(shape, d)
     if auto("learning_rate_multiplier"):
-        hp["learning_rate_multiplier"] = 1.0  # the base model's learning rate is tuned for the auto batch size
+        # the base model's learning rate is tuned for the auto batch size; DPO takes a fraction of it
+        hp["learning_rate_multiplier"] = d.dpo_learning_rate_multiplier if method["type"] == "dpo" else 1.0
     if method["type"] == "dpo" and auto("beta"):
         hp["beta"] = 0.1
     if auto("tuning_mode"):

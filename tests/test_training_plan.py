@@ -68,6 +68,7 @@ def test_batch_size_never_exceeds_the_dataset_and_dpo_gets_a_beta():
     method = {"type": "dpo", "dpo": {"hyperparameters": {"batch_size": 64}}}
     hp = resolve_hyperparameters(method, shape(12), GENERIC, 2048)["dpo"]["hyperparameters"]
     assert hp["batch_size"] == 12 and hp["beta"] == 0.1 and hp["n_epochs"] == 9
+    assert hp["learning_rate_multiplier"] == GENERIC.dpo_learning_rate_multiplier  # DPO's auto rate is a fraction
 
 
 def test_learning_rate_is_the_models_default_unless_the_server_sets_one():

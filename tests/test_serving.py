@@ -321,7 +321,7 @@ def test_fully_tuned_weights_get_an_engine_of_their_own(tmp_path):
         project = server.new_project("full")
         client = project.openai()
         train, held_out = make(count=120, seed=3)
-        job = _tune(client, train, tuning_mode="full", n_epochs=4, batch_size=4, learning_rate_multiplier=10)
+        job = _tune(client, train, tuning_mode="full", n_epochs=4, batch_size=4, learning_rate_multiplier=1.0)
         with project.http() as http:
             ep = wait_endpoint(http, job.fine_tuned_model)
         assert ep["state"] == "ready" and ep["kind"] == "full", ep["error"]

@@ -22,22 +22,12 @@ import uuid
 
 import httpx
 
+from hone.finite import finite
+
 log = logging.getLogger("hone.trainer.report")
 
 RETRY_MAX_S = 5.0
 HEARTBEAT_S = 5.0  # until the control plane's first reply says otherwise
-
-
-def finite(value):
-    """`value` with every non-finite float replaced by None: JSON has no NaN or Infinity, and httpx (rightly)
-    refuses to send them; a ValueError there used to kill this thread and hang the trainer."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 class Liveness:

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
+from hone.finite import finite
 from service.errors import InvalidRequest, param_from_loc
 
 # Only a body that could hold a non-finite number is parsed a second time: a constant, or an exponent of 3+ digits.
@@ -46,7 +47,7 @@ def _find(value: Any, loc: tuple) -> tuple | None:
     return None
 
 
-def check_finite(body: bytes) -> None:
+def checkfinite(body: bytes) -> None:
     """Raises InvalidRequest naming the first field whose number is NaN or infinite; other bodies pass (a body that
     is not JSON is left for the route's own parsing to refuse)."""
     if not _MAYBE_NOT_FINITE.search(body):
@@ -64,16 +65,6 @@ def check_finite(body: bytes) -> None:
                              param=param, code="invalid_value")
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 class FiniteJSONResponse(JSONResponse):
     """A read never fails on a stored NaN or Infinity (a row written before the API refused them, or by a
     trainer): JSON has no such numbers, so they go out as null. Only a body that fails to render is walked."""
@@ -82,7 +73,7 @@ class FiniteJSONResponse(JSONResponse):
         try:
             return super().render(content)
         except ValueError:  # "Out of range float values are not JSON compliant"
-            return super().render(_finite(content))
+            return super().render(finite(content))
 
 
 def _as_response(result: Any) -> Any:
@@ -108,7 +99,7 @@ class JSONRoute(APIRoute):
 
         async def checked(request: Request):
             if "json" in request.headers.get("content-type", "application/json"):
-                check_finite(await request.body())  # the body is cached: FastAPI parses it from memory next
+                checkfinite(await request.body())  # the body is cached: FastAPI parses it from memory next
             return await handler(request)
 
         return checked

@@ -584,7 +584,12 @@ def test_pinned_stop_tokens_end_generation(http, loaded, tmp_path):
     sampling = {"max_tokens": 12, "temperature": 1.0, "seed": 11}
     free = chat(http, "pinned", ignore_eos=True, return_token_ids=True, **sampling)["choices"][0]
     ids = free["token_ids"]
-    assert len(ids) == 12 and tokenizer.decode(ids, skip_special_tokens=True) == free["message"]["content"]
+    # Text never ends inside a multi-byte character (vLLM's detokenizer holds such bytes back, to the end too):
+    # twelve sampled byte-level tokens may stop halfway through one.
+    def text(token_ids: list[int]) -> str:
+        return tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+
+    assert len(ids) == 12 and text(ids) == free["message"]["content"]
     # A stop id first seen mid-way, with no EOS before it.
     position = next(k for k in range(2, 12) if ids[k] not in ids[:k] and eos not in ids[:k + 1])
     stop_id = ids[position]
@@ -597,7 +602,7 @@ def test_pinned_stop_tokens_end_generation(http, loaded, tmp_path):
     choice = body["choices"][0]
     assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop_id)
     assert choice["token_ids"] == ids[:position + 1] and body["usage"]["completion_tokens"] == position + 1
-    assert choice["message"]["content"] == tokenizer.decode(ids[:position], skip_special_tokens=True)
+    assert choice["message"]["content"] == text(ids[:position])
     # ignore_eos also lifts the pinned stops (as vLLM's generation-config EOS ids); request stop ids still apply.
     assert chat(http, "pinned-stop", ignore_eos=True, **sampling)["choices"][0]["finish_reason"] == "length"
     choice = chat(http, "pinned", ignore_eos=True, stop_token_ids=[stop_id], **sampling)["choices"][0]

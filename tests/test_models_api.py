@@ -47,10 +47,12 @@ def test_tuned_model_retrieve_list_delete(server, project, client):
     with project.http() as http:  # unencoded form too
         assert http.get(f"/v1/models/{model_id}").json()["id"] == model_id
 
-    # A tuned model can be the starting point of another job (continued training keeps the root base).
+    # A tuned model can be the starting point of another job (tests/test_continuation.py trains one); this row has
+    # no weights in storage, so continuing it is refused rather than silently started from the base.
     f = client.files.create(file=("more.jsonl", chat_dataset(10)), purpose="fine-tune")
-    again = client.fine_tuning.jobs.create(model=model_id, training_file=f.id)
-    assert again.model == model_id
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model=model_id, training_file=f.id)
+    assert err.value.param == "model" and "no longer in storage" in err.value.message
 
     deleted = client.models.delete(model_id)
     assert (deleted.id, deleted.deleted) == (model_id, True)

@@ -37,6 +37,21 @@ class ProjectWandb(Base):
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class DatasetGrant(Base):
+    """A bucket and prefix (`s3://b/p/` or `gs://b/p/`) whose objects the project's Vertex dataset URIs may read.
+    None by default: an admin grants them (service/dataset_grants.py)."""
+
+    __tablename__ = "dataset_grants"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    uri: Mapped[str] = mapped_column(String(1100))  # normalised: scheme://bucket/prefix ending in '/'
+    scheme: Mapped[str] = mapped_column(String(8))
+    bucket: Mapped[str] = mapped_column(String(255))
+    prefix: Mapped[str] = mapped_column(String(1024))  # '' (the whole bucket) or ending in '/'
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class ServiceAccount(Base):
     __tablename__ = "service_accounts"
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)

@@ -1,20 +1,22 @@
 """Vertex dataset URIs -> Hone files: a Hone file id as is; `s3://bucket/key` read from the S3-compatible store;
 `gs://bucket/key` read from the bucket HONE_GCS_BUCKET_MAP maps it to there (the same name when unmapped).
 
-A bucket object is imported once per job as a fine-tune file of the caller's project, validated line by line
-on the way in; an invalid dataset is refused whole, naming the line and field."""
+Only objects under the project's dataset grants (service/dataset_grants.py) are read: a URI outside them answers
+the same 404 whether or not its object exists, and nothing is read for it. A bucket object is imported once per
+job as a fine-tune file of the caller's project, validated line by line on the way in; an invalid dataset is
+refused whole, naming the line and field."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from typing import Iterator
-from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from service import dataset_grants
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.errors import InvalidRequest
@@ -31,32 +33,29 @@ class ResolvedDataset:
 
 @dataclass(frozen=True)
 class BucketObject:
-    bucket: str
+    location: dataset_grants.Location  # as the user wrote it: what grants are checked against
+    bucket: str  # the S3 object it reads
     key: str
 
 
 def bucket_object(settings, uri: str, field: str) -> BucketObject | None:
-    """The S3 object a gs:// or s3:// URI names, or None for a Hone file id."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "" and uri.startswith("file-"):
+    """The object a gs:// or s3:// URI names, or None for a Hone file id. Refuses (400) what is not plainly an
+    object's URI, or one in Hone's own storage; says nothing of whether the object exists or may be read."""
+    if uri.startswith("file-") and "://" not in uri:
         return None
-    if parsed.scheme not in ("gs", "s3") or not parsed.netloc or not parsed.path.strip("/"):
+    if uri.partition("://")[0].lower() not in dataset_grants.SCHEMES:
         raise InvalidRequest(f"{field} must be gs://bucket/path.jsonl, s3://bucket/path.jsonl or the id of an "
                              f"uploaded fine-tune file, got '{uri[:200]}'.", param=field, code="invalid_dataset_uri")
-    if not parsed.path.lower().endswith(".jsonl"):
+    location = dataset_grants.parse(uri, field, prefix=False)
+    if not location.path.lower().endswith(".jsonl"):
         raise InvalidRequest(f"{field} should be an object of type JSONL (a name ending in .jsonl), got '{uri[:200]}'.",
                              param=field, code="invalid_dataset_uri")
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    if parsed.scheme == "gs":
-        target, _, prefix = settings.gcs_bucket_map.get(bucket, bucket).partition("/")
-        bucket, key = target, f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key
-    storage = urlparse(settings.resolved_storage_url)
-    own_prefix = storage.path.strip("/")
-    if storage.scheme == "s3" and bucket == storage.netloc and (not own_prefix or key.startswith(own_prefix + "/")):
+    bucket, key = dataset_grants.s3_target(settings, location)
+    if dataset_grants.reaches_own_storage(settings, bucket, key, prefix=False):
         # Hone's own blobs hold every project's files: reachable by file id only, within the project.
         raise InvalidRequest(f"{field} points into Hone's own storage; pass the file's id instead.", param=field,
                              code="invalid_dataset_uri")
-    return BucketObject(bucket, key)
+    return BucketObject(location, bucket, key)
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,6 +88,7 @@ def resolve_dataset(ctx: AppContext, principal: ProjectPrincipal, uri: str, fiel
     obj = bucket_object(ctx.settings, uri, field)
     if obj is None:
         return ResolvedDataset(uri, imported=False)  # the job's own checks find it, or say why not
+    dataset_grants.check_readable(ctx, principal.project_id, obj.location, uri, field)  # before anything is read
     client = _s3_client(ctx.settings.s3_endpoint_url)
     filename = obj.key.rsplit("/", 1)[-1]
     row = import_fine_tune_file(ctx, principal, filename, _object_chunks(client, obj, uri, field), param=field,

@@ -250,6 +250,16 @@ class Deleted(HoneObject):
     deleted: bool
 
 
+class DatasetGrant(HoneObject):
+    """Hone: a bucket or prefix (s3://b/p/ or gs://b/p/) whose objects the project's Vertex dataset URIs may read."""
+
+    id: str
+    object: str = "organization.project.dataset_grant"
+    project_id: str
+    uri: str
+    created_at: int
+
+
 class WandbKey(HoneObject):
     """Hone: a project's Weights & Biases key, as the server answers it (redacted), or its deletion."""
 

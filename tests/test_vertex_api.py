@@ -64,6 +64,12 @@ def vertex(tmp_path_factory, moto):
     server = HoneServer(tmp_path_factory.mktemp("vertex"), env)
     try:
         project, other = server.new_project("vertex suite"), server.new_project("other team")
+        # Dataset URIs read only what an admin granted (tests/test_dataset_grants.py): the suite's project may read
+        # the gs:// bucket (mapped to s3://vertex-datasets/gcs/) and the direct s3:// prefix; the other team nothing.
+        with server.admin() as admin:
+            for uri in (f"gs://{GCS_BUCKET}/", f"s3://{S3_BUCKET}/direct/"):
+                granted = admin.post(f"/v1/organization/projects/{project.project_id}/dataset_grants", json={"uri": uri})
+                assert granted.status_code == 200, granted.text
         client = genai_client(server, project.api_key, project.project_id)
         job = client.tunings.tune(
             base_model="hone-tiny",

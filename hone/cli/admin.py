@@ -7,6 +7,9 @@ import typer
 from hone.cli.common import Session, api_command, table, when
 
 projects_app = typer.Typer(no_args_is_help=True, help="Projects (admin key).")
+grants_app = typer.Typer(no_args_is_help=True, help="Buckets and prefixes a project's Vertex dataset URIs may read "
+                         "(admin key).")
+projects_app.add_typer(grants_app, name="grants")
 keys_app = typer.Typer(no_args_is_help=True, help="Project API keys, as service accounts (admin key).")
 
 
@@ -29,6 +32,26 @@ def projects_list(session: Session, include_archived: bool = typer.Option(False,
 def projects_delete(session: Session, project_id: str):
     """Archive a project: its keys stop working; its files, jobs and models are kept."""
     session.show(session.client.projects.delete(project_id), f"archived {project_id}")
+
+
+@api_command(grants_app, "add", admin=True)
+def grants_add(session: Session, project_id: str, uri: str):
+    """Let the project read dataset objects under URI (s3://bucket/prefix/ or gs://bucket/prefix/); print the id."""
+    grant = session.client.projects.add_grant(project_id, uri)
+    session.show(grant, grant.id)
+
+
+@api_command(grants_app, "list", admin=True)
+def grants_list(session: Session, project_id: str):
+    """List the project's dataset grants."""
+    grants = list(session.client.projects.list_grants(project_id))
+    session.show(grants, lambda: table(["id", "uri", "created"], [(g.id, g.uri, when(g.created_at)) for g in grants]))
+
+
+@api_command(grants_app, "remove", admin=True)
+def grants_remove(session: Session, project_id: str, grant_id: str):
+    """Remove a dataset grant: the project's new jobs can no longer read under it."""
+    session.show(session.client.projects.remove_grant(project_id, grant_id), f"removed {grant_id}")
 
 
 @api_command(keys_app, "create", admin=True)

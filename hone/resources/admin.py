@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hone.resources import Resource
-from hone.types import Deleted, Project, ServiceAccount, WandbKey
+from hone.types import DatasetGrant, Deleted, Project, ServiceAccount, WandbKey
 
 PROJECTS = "/v1/organization/projects"
 
@@ -35,6 +35,19 @@ class Projects(Resource):
 
     def delete_wandb_key(self, project_id: str):
         return self._request("DELETE", f"{PROJECTS}/{project_id}/integrations/wandb", cast=WandbKey, admin=True)
+
+    # Hone: the buckets and prefixes the project's Vertex dataset URIs may read (none until granted).
+    def add_grant(self, project_id: str, uri: str, *, idempotency_key: str | None = None):
+        """Grants s3://bucket/prefix/ or gs://bucket/prefix/; granting one the project has answers that grant."""
+        return self._create(f"{PROJECTS}/{project_id}/dataset_grants", json={"uri": uri}, cast=DatasetGrant,
+                            admin=True, idempotency_key=idempotency_key)
+
+    def list_grants(self, project_id: str, *, limit: int = 100):
+        return self._list(f"{PROJECTS}/{project_id}/dataset_grants", DatasetGrant, {"limit": limit}, admin=True)
+
+    def remove_grant(self, project_id: str, grant_id: str):
+        return self._request("DELETE", f"{PROJECTS}/{project_id}/dataset_grants/{grant_id}", cast=Deleted,
+                             admin=True)
 
 
 class Keys(Resource):

@@ -47,7 +47,8 @@ class Location:
 def parse(uri: str, param: str, *, prefix: bool) -> Location:
     """A dataset URI (prefix=False: an object) or a grant (prefix=True: a bucket, or a prefix that is made to end
     in '/'), refused with a 400 naming `param` when it is not plainly one."""
-    kind = "gs://bucket/prefix/ or s3://bucket/prefix/" if prefix else "gs://bucket/path.jsonl or s3://bucket/path.jsonl"
+    kind = ("gs://bucket/prefix/ or s3://bucket/prefix/" if prefix
+            else "gs://bucket/path.jsonl or s3://bucket/path.jsonl")
     scheme, sep, rest = uri.partition("://")
 
     def refuse(why: str):
@@ -99,7 +100,8 @@ def reaches_own_storage(settings, bucket: str, path: str, *, prefix: bool) -> bo
 
 def covers(grant: DatasetGrant, location: Location) -> bool:
     # grant.prefix is '' or ends in '/', and an object's path has no empty or dot segments: a segment boundary.
-    return grant.scheme == location.scheme and grant.bucket == location.bucket and location.path.startswith(grant.prefix)
+    return (grant.scheme == location.scheme and grant.bucket == location.bucket
+            and location.path.startswith(grant.prefix))
 
 
 def check_readable(ctx: AppContext, project_id: str, location: Location, uri: str, field: str) -> None:

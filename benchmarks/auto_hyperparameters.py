@@ -97,7 +97,8 @@ class Bench:
         measures, then deletes it: adapters come and go on one shared engine."""
         deadline = time.monotonic() + 300
         while True:
-            found = self.http.get("/v1/endpoints", params={"model": model}).json()["data"]
+            listed = self.http.get("/v1/endpoints", params={"model": model}).json()["data"]
+            found = [ep for ep in listed if ep["state"] not in ("stopped", "deleting")]  # an earlier task's, deleted
             if not found and model == "hone-tiny":
                 self.http.post("/v1/endpoints", json={"model": model}).raise_for_status()
                 continue

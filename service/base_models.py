@@ -68,7 +68,7 @@ class TrainingDefaults:
 TINY_DEFAULTS = TrainingDefaults(
     lora_learning_rate=1e-3, full_learning_rate=1e-3, dpo_learning_rate_multiplier=0.04, tokens_per_step=256,
     min_steps_per_epoch=8,
-    epochs=3, min_examples_seen=2400, max_epochs=50, bytes_per_token=3.8)
+    epochs=3, min_examples_seen=4800, max_epochs=50, bytes_per_token=3.8)
 
 
 @dataclass(frozen=True)

@@ -39,4 +39,4 @@ def test_every_resolved_knob_reaches_the_trainer():
     assert (hp.weight_decay, hp.max_grad_norm, hp.warmup_ratio, hp.lr_scheduler) == (0.05, 0.5, 0.1, "linear")
     assert (hp.lora_rank, hp.lora_alpha, hp.lora_dropout) == (8, 16.0, 0.1)
     assert math.isclose(hp.learning_rate, 2 * TINY_DEFAULTS.lora_learning_rate)
-    assert (hp.n_epochs, hp.batch_size) == (9, 4)  # 2400 examples seen / 288; ~256 tokens a step / 60
+    assert (hp.n_epochs, hp.batch_size) == (17, 4)  # 4800 examples seen / 288; ~256 tokens a step / 60

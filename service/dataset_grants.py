@@ -19,10 +19,11 @@ from urllib.parse import urlparse
 from sqlalchemy import select
 
 from service.context import AppContext
-from service.db.tables import DatasetGrant, Project
+from service.db.tables import DatasetGrant
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
+from service.projects import active_project, project_row
 
 SCHEMES = ("s3", "gs")
 MAX_URI = 1024
@@ -123,13 +124,6 @@ def grant_api(row: DatasetGrant) -> dict:
             "uri": row.uri, "created_at": row.created_at}
 
 
-def _project(session, project_id: str) -> Project:
-    project = session.execute(select(Project).where(Project.id == project_id)).scalar()
-    if project is None:
-        raise NotFound(f"No such project: {project_id}", param="project_id", code="not_found")
-    return project
-
-
 def create_grant(ctx: AppContext, project_id: str, uri: str) -> dict:
     """Grants a bucket or prefix; granting one the project already has answers that grant."""
     location = parse(uri, "uri", prefix=True)
@@ -138,8 +132,7 @@ def create_grant(ctx: AppContext, project_id: str, uri: str) -> dict:
         raise InvalidRequest(f"'uri' {location.uri} reaches Hone's own storage (s3://{bucket}/{path}), which holds "
                              "every project's files: it cannot be granted.", param="uri", code="own_storage")
     with ctx.db.write() as session:
-        if _project(session, project_id).archived_at is not None:
-            raise InvalidRequest(f"Project {project_id} is archived.", param="project_id", code="project_archived")
+        active_project(session, project_id)
         existing = session.execute(select(DatasetGrant).where(DatasetGrant.project_id == project_id,
                                                               DatasetGrant.uri == location.uri)).scalar()
         if existing is not None:
@@ -153,7 +146,7 @@ def create_grant(ctx: AppContext, project_id: str, uri: str) -> dict:
 
 def list_grants(ctx: AppContext, project_id: str, *, after: str | None, limit: int) -> dict:
     with ctx.db.read() as session:
-        _project(session, project_id)
+        project_row(session, project_id)
         stmt = select(DatasetGrant).where(DatasetGrant.project_id == project_id)
         rows, has_more = paginate(session, stmt, DatasetGrant, after=after, limit=limit, newest_first=False)
         return list_envelope([grant_api(r) for r in rows], has_more, with_ids=True)
@@ -161,7 +154,7 @@ def list_grants(ctx: AppContext, project_id: str, *, after: str | None, limit: i
 
 def delete_grant(ctx: AppContext, project_id: str, grant_id: str) -> dict:
     with ctx.db.write() as session:
-        _project(session, project_id)
+        project_row(session, project_id)
         row = session.execute(select(DatasetGrant).where(DatasetGrant.id == grant_id,
                                                          DatasetGrant.project_id == project_id)).scalar()
         if row is None:

@@ -41,16 +41,25 @@ def create_project(ctx: AppContext, name: str) -> dict:
     return project_api(project)
 
 
-def _get_project(session, project_id: str) -> Project:
+def project_row(session, project_id: str) -> Project:
+    """The project (archived or not), or the admin API's 404."""
     project = session.execute(select(Project).where(Project.id == project_id)).scalar()
     if project is None:
         raise NotFound(f"No such project: {project_id}", param="project_id", code="not_found")
     return project
 
 
+def active_project(session, project_id: str) -> Project:
+    """The project, which must exist and not be archived: what anything added to a project checks first."""
+    project = project_row(session, project_id)
+    if project.archived_at is not None:
+        raise InvalidRequest(f"Project {project_id} is archived.", param="project_id", code="project_archived")
+    return project
+
+
 def get_project(ctx: AppContext, project_id: str) -> dict:
     with ctx.db.read() as session:
-        return project_api(_get_project(session, project_id))
+        return project_api(project_row(session, project_id))
 
 
 def list_projects(ctx: AppContext, *, after: str | None, limit: int, include_archived: bool) -> dict:
@@ -65,7 +74,7 @@ def list_projects(ctx: AppContext, *, after: str | None, limit: int, include_arc
 def archive_project(ctx: AppContext, project_id: str) -> dict:
     """Archiving revokes every key of the project (and forgets its W&B key); its files, jobs and models are kept."""
     with ctx.db.write() as session:
-        project = _get_project(session, project_id)
+        project = project_row(session, project_id)
         if project.archived_at is None:
             project.archived_at = int(time.time())
         session.execute(delete(ApiKey).where(ApiKey.project_id == project_id))
@@ -89,9 +98,7 @@ def create_service_account(ctx: AppContext, project_id: str, name: str) -> dict:
     now = int(time.time())
     secret = new_api_key()
     with ctx.db.write() as session:
-        project = _get_project(session, project_id)
-        if project.archived_at is not None:
-            raise InvalidRequest(f"Project {project_id} is archived.", param="project_id", code="project_archived")
+        active_project(session, project_id)
         account = ServiceAccount(id=new_id("svc_acct_"), project_id=project_id, name=name, role="member",
                                  created_at=now)
         key = ApiKey(id=new_id("key_"), project_id=project_id, service_account_id=account.id,
@@ -103,7 +110,7 @@ def create_service_account(ctx: AppContext, project_id: str, name: str) -> dict:
 
 
 def _get_account(session, project_id: str, account_id: str) -> ServiceAccount:
-    _get_project(session, project_id)
+    project_row(session, project_id)
     account = session.execute(select(ServiceAccount).where(ServiceAccount.id == account_id,
                                                            ServiceAccount.project_id == project_id)).scalar()
     if account is None:
@@ -120,7 +127,7 @@ def get_service_account(ctx: AppContext, project_id: str, account_id: str) -> di
 
 def list_service_accounts(ctx: AppContext, project_id: str, *, after: str | None, limit: int) -> dict:
     with ctx.db.read() as session:
-        _get_project(session, project_id)
+        project_row(session, project_id)
         stmt = select(ServiceAccount).where(ServiceAccount.project_id == project_id)
         rows, has_more = paginate(session, stmt, ServiceAccount, after=after, limit=limit, newest_first=False)
         return list_envelope([_account_api(a) for a in rows], has_more, with_ids=True)
@@ -161,9 +168,7 @@ def set_wandb_key(ctx: AppContext, project_id: str, api_key: str, base_url: str 
         base_url = base_url.rstrip("/")
     now = int(time.time())
     with ctx.db.write() as session:
-        project = _get_project(session, project_id)
-        if project.archived_at is not None:
-            raise InvalidRequest(f"Project {project_id} is archived.", param="project_id", code="project_archived")
+        active_project(session, project_id)
         row = session.get(ProjectWandb, project_id)
         if row is None:
             row = ProjectWandb(project_id=project_id, created_at=now)
@@ -174,7 +179,7 @@ def set_wandb_key(ctx: AppContext, project_id: str, api_key: str, base_url: str 
 
 
 def _get_wandb(session, project_id: str) -> ProjectWandb:
-    _get_project(session, project_id)
+    project_row(session, project_id)
     row = session.get(ProjectWandb, project_id)
     if row is None:
         raise NotFound(f"Project {project_id} has no W&B key configured.", param="project_id", code="not_found")

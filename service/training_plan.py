@@ -132,7 +132,7 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         "training_file": {"key": train.storage_key, "format": train.dataset_format},
         "validation_file": {"key": valid.storage_key, "format": valid.dataset_format} if valid else None,
         "method": job.method["type"],
-        "hyperparameters": trainer_hyperparameters(ctx, job.method, training_defaults(ctx, job)),
+        "hyperparameters": trainer_hyperparameters(ctx, job.method, base.training if base else TrainingDefaults()),
         "seed": job.seed, "output_prefix": f"jobs/{job.id}/", "callback_url": settings.resolved_internal_url,
         "token": token, "attempt": job.attempts,
         "max_length": job.method[job.method["type"]]["hyperparameters"]["max_length"],

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import HoneServer, PostgresDatabase, all_events, chat_dataset, free_port, trainer_pids, wait_job
+from tests.support import (HoneServer, PostgresDatabase, all_events, chat_dataset, chat_line, free_port, jsonl,
+                           trainer_pids, wait_job)
 
 WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped key (40 hex)
 
@@ -109,8 +110,8 @@ def wandb_integration(**fields) -> list[dict]:
     return [{"type": "wandb", "wandb": fields}]
 
 
-def start(client, n: int, hyperparameters: dict, validation: int = 0, **create):
-    train = client.files.create(file=("train.jsonl", chat_dataset(n)), purpose="fine-tune")
+def start(client, n: int, hyperparameters: dict, validation: int = 0, data: bytes | None = None, **create):
+    train = client.files.create(file=("train.jsonl", data or chat_dataset(n)), purpose="fine-tune")
     if validation:
         create["validation_file"] = client.files.create(file=("valid.jsonl", chat_dataset(validation)),
                                                         purpose="fine-tune").id
@@ -163,8 +164,12 @@ def test_offline_run_logs_every_step_config_and_model_name(trainer_server, tmp_p
 
 def test_resumed_attempt_continues_the_run_without_duplicate_steps(trainer_server, tmp_path):
     client = trainer_server.new_project("wandb resume").openai()
-    per_epoch = 24
-    job = start(client, per_epoch, {"n_epochs": 2, "batch_size": 1}, seed=5,
+    # As the SIGKILL test in test_training: 50 longer examples an epoch, so that the kill lands past the first
+    # checkpoint and well before the job ends even when steps are quick.
+    per_epoch = 50
+    long_rows = jsonl([chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.")
+                       for i in range(per_epoch)])
+    job = start(client, per_epoch, {"n_epochs": 2, "batch_size": 1}, data=long_rows, seed=5,
                 integrations=wandb_integration(project="hone-tests"))
     wait_job(client, job.id, lambda j: any(e.type == "metrics" and e.data["step"] > per_epoch + 2
                                            for e in client.fine_tuning.jobs.list_events(j.id, limit=5)), poll=0.05)

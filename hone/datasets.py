@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
+from hone.dataset_lines import TOO_LONG, LineSplitter
 from hone.dataset_checks import (_Issues, _type_name, check_chat, check_gemini, check_pairs, check_preference,
                                   check_prompt_completion, check_raw_text, check_vertex_legacy)
 
@@ -132,19 +133,19 @@ def _reject_constant(name: str):
 
 # --- the streaming validator ------------------------------------------------------
 
-_UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class DatasetValidator:
-    """Feed bytes in order with `feed`, then call `finish` for the report."""
+    """Feed bytes in order with `feed`, then call `finish` for the report. Lines are cut by
+    hone.dataset_lines, the rule the trainer reads them by."""
 
     def __init__(self, *, max_line_bytes: int = 4 << 20, max_errors: int = 20):
         self.max_line_bytes = max_line_bytes
         self.max_errors = max_errors
-        self._buf = bytearray()
-        self._line_no = 1  # the line being accumulated
-        self._skipping = False  # inside a line already reported as too long
+        self._splitter = LineSplitter(max_line_bytes)
+        self._head = bytearray()  # the first bytes, until the encoding can be told from them
+        self._line_no = 1  # the next line's number
         self._started = False
         self._fatal = False
         self.format: DatasetFormat | None = None
@@ -161,59 +162,38 @@ class DatasetValidator:
     def feed(self, chunk: bytes) -> None:
         if self._fatal or not chunk:
             return
-        self._buf += chunk
         if not self._started:
-            if len(self._buf) < 3:
+            self._head += chunk
+            if len(self._head) < 3:
                 return
-            self._start()
-            if self._fatal:
-                return
-        self._drain()
+            chunk = self._start()
+        self._take(self._splitter.feed(chunk))
 
-    def _start(self) -> None:
+    def _start(self) -> bytes:
         self._started = True
-        if self._buf.startswith(_UTF8_BOM):
-            del self._buf[:3]
-        elif self._buf[:2] in _UTF16_BOMS:
+        head, self._head = bytes(self._head), bytearray()
+        if head[:2] in _UTF16_BOMS:
             self._error(1, "$", "invalid_encoding", "file is UTF-16 (byte order mark found); save it as UTF-8")
             self._fatal = True
-            self._buf.clear()
+            return b""
+        return head
 
-    def _drain(self) -> None:
-        start = 0
-        while True:
-            nl = self._buf.find(b"\n", start)
-            if nl < 0:
-                break
-            if self._skipping:
-                self._skipping = False
-            elif nl - start > self.max_line_bytes:
-                self._too_long()
+    def _take(self, lines: list) -> None:
+        for line in lines:
+            if line is TOO_LONG:
+                self._error(self._line_no, "$", "line_too_long",
+                            f"line is longer than the {self.max_line_bytes}-byte limit")
             else:
-                self._line(bytes(self._buf[start:nl]))
+                self._line(line)
             self._line_no += 1
-            start = nl + 1
-        del self._buf[:start]
-        if len(self._buf) > self.max_line_bytes and not self._skipping:
-            self._too_long()
-            self._skipping = True
-        if self._skipping:
-            self._buf.clear()
-
-    def _too_long(self) -> None:
-        self._error(self._line_no, "$", "line_too_long",
-                    f"line is longer than the {self.max_line_bytes}-byte limit")
 
     def finish(self) -> DatasetReport:
-        if not self._fatal:
-            if not self._started:
-                self._start()
+        if not self._started:
+            head = self._start()
             if not self._fatal:
-                self._drain()
-                if self._buf and not self._skipping:
-                    self._line(bytes(self._buf))
-                    self._line_no += 1
-                self._buf.clear()
+                self._take(self._splitter.feed(head))
+        if not self._fatal:
+            self._take(self._splitter.finish())
         lines = self._line_no - 1
         if self.total_errors == 0 and self.examples == 0:
             self._error(1, "$", "empty_file", "file has no examples")
@@ -221,8 +201,6 @@ class DatasetValidator:
 
     def _line(self, raw: bytes) -> None:
         n = self._line_no
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from service.db import Database
 from service.db.tables import RegisteredBaseModel
-from service.errors import InvalidRequest, NotFound, PermissionDenied
+from service.errors import InvalidRequest, NotFound, PermissionDenied, excerpt
 
 TINY_MODEL = "hone-tiny"
 # Fixed so that /v1/models answers the same on every start.
@@ -121,7 +121,7 @@ class BaseModelRegistry:
 
     def register(self, name: str, source: str) -> BaseModel:
         if not _NAME.match(name) or name.startswith("ft:"):
-            raise InvalidRequest(f"Invalid base model name {name!r}: use letters, digits, '.', '_', '-' and '/'.",
+            raise InvalidRequest(f"Invalid base model name '{excerpt(name)}': use letters, digits, '.', '_', '-' and '/'.",
                                  param="name", code="invalid_value")
         if name in self._static:
             raise PermissionDenied(f"Base model {name!r} is configured in settings or built in; it cannot be "
@@ -142,7 +142,7 @@ class BaseModelRegistry:
         with self._db.write() as session:
             row = session.get(RegisteredBaseModel, name)
             if row is None:
-                raise NotFound(f"No such base model: {name}", param="name", code="not_found")
+                raise NotFound(f"No such base model: {excerpt(name)}", param="name", code="not_found")
             session.delete(row)
 
     @staticmethod

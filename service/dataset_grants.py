@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from service.context import AppContext
 from service.db.tables import DatasetGrant
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, NotFound, excerpt
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
 from service.projects import active_project, project_row
@@ -53,7 +53,7 @@ def parse(uri: str, param: str, *, prefix: bool) -> Location:
     scheme, sep, rest = uri.partition("://")
 
     def refuse(why: str):
-        return InvalidRequest(f"'{param}' must be {kind}: {why}, got '{uri[:200]}'.", param=param,
+        return InvalidRequest(f"'{param}' must be {kind}: {why}, got '{excerpt(uri, 200)}'.", param=param,
                               code="invalid_dataset_uri")
 
     if not sep or scheme.lower() not in SCHEMES:
@@ -112,7 +112,7 @@ def check_readable(ctx: AppContext, project_id: str, location: Location, uri: st
             DatasetGrant.project_id == project_id, DatasetGrant.scheme == location.scheme,
             DatasetGrant.bucket == location.bucket)).scalars().all()
     if not any(covers(g, location) for g in grants):
-        raise NotFound(f"{field}: {uri[:200]} was not found, or is outside the buckets and prefixes this project "
+        raise NotFound(f"{field}: {excerpt(uri, 200)} was not found, or is outside the buckets and prefixes this project "
                        "may read (an admin grants them: dataset_grants).", param=field, code="dataset_not_found")
 
 
@@ -158,6 +158,6 @@ def delete_grant(ctx: AppContext, project_id: str, grant_id: str) -> dict:
         row = session.execute(select(DatasetGrant).where(DatasetGrant.id == grant_id,
                                                          DatasetGrant.project_id == project_id)).scalar()
         if row is None:
-            raise NotFound(f"No such dataset grant: {grant_id}", param="grant_id", code="not_found")
+            raise NotFound(f"No such dataset grant: {excerpt(grant_id)}", param="grant_id", code="not_found")
         session.delete(row)
     return {"object": "organization.project.dataset_grant.deleted", "id": grant_id, "deleted": True}

@@ -15,7 +15,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
 from service.endpoint_states import LIVE, EndpointState, can_transition
-from service.errors import NotFound
+from service.errors import NotFound, excerpt
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
 
@@ -37,7 +37,7 @@ def tuning_mode(job: Job) -> str:
 
 
 def model_not_found(model: str) -> NotFound:
-    return NotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model",
+    return NotFound(f"The model '{excerpt(model)}' does not exist or you do not have access to it.", param="model",
                     code="model_not_found")
 
 
@@ -142,7 +142,7 @@ def _get(session: Session, principal: ProjectPrincipal, endpoint_id: str) -> End
     ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id,
                                                 Endpoint.project_id == principal.project_id)).scalar()
     if ep is None:
-        raise NotFound(f"No such endpoint: {endpoint_id}", param="endpoint_id", code="not_found")
+        raise NotFound(f"No such endpoint: {excerpt(endpoint_id)}", param="endpoint_id", code="not_found")
     return ep
 
 

@@ -17,6 +17,35 @@ from service.logs import scope_fields
 log = logging.getLogger("hone.errors")
 
 
+# Characters an error never echoes as they are: C0/C1 controls, line and paragraph separators, lone surrogates.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+EXCERPT_CHARS = 64  # what an error may quote of one value from a request
+_MESSAGE_CHARS, _PARAM_CHARS = 2000, 128  # the envelope's own bounds, whatever a message was built from
+
+
+def _escape(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """What an error may quote of a value from a request: its first `limit` characters, escaped, and an
+    ellipsis when there was more."""
+    text = str(value)
+    return _escape(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+def _bounded(value: Any, limit: int = _MESSAGE_CHARS) -> Any:
+    """Every string of an error body escaped and cut to its bound: a message built from a long input (a 1 MiB
+    metadata key, a 100 kB id in a path) never comes back whole."""
+    if isinstance(value, str):
+        return excerpt(value, limit)
+    if isinstance(value, dict):
+        return {k: _bounded(v, _PARAM_CHARS if k in ("param", "field") else limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bounded(v, limit) for v in value]
+    return value
+
+
 class ApiError(Exception):
     status_code = 400
     error_type = "invalid_request_error"
@@ -115,7 +144,7 @@ def _error(request: Request, status: int, message: str, *, error_type: str = "in
 
 
 def _response(request: Request, status: int, body: dict, headers: dict | None = None) -> JSONResponse:
-    response = JSONResponse(body, status_code=status, headers=headers)
+    response = JSONResponse(_bounded(body), status_code=status, headers=headers)
     request_id = getattr(request.state, "request_id", None)
     if request_id:
         response.headers["x-request-id"] = request_id
@@ -123,7 +152,7 @@ def _response(request: Request, status: int, body: dict, headers: dict | None = 
 
 
 def param_from_loc(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [excerpt(p) for p in loc if p not in ("body", "query", "path", "header")]
     if not parts:
         return None
     out = parts[0]

@@ -12,21 +12,21 @@ import hashlib
 import time
 from typing import AsyncIterator, Iterable, Iterator
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from service.context import AppContext
 from service.datasets import DatasetReport, DatasetValidator, filename_problem
 from service.db.tables import File, Job
-from service.errors import InvalidRequest, NotFound, PayloadTooLarge
+from service.errors import InvalidRequest, NotFound, PayloadTooLarge, excerpt
 from service.ids import new_id
 from service.job_states import ACTIVE
 from service.auth import ProjectPrincipal
 from service.pagination import list_envelope, paginate
+from service.uploads import FIELD_LIMIT, MultipartUpload
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
-FIELD_LIMIT = 64 * 1024  # non-file form fields
 MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 2592000
 
 
@@ -45,71 +45,28 @@ def file_api(f: File) -> dict:
 
 
 class _Upload:
-    """State of one multipart upload while it streams in."""
+    """State of one upload while it streams in: the multipart parse, and the file's bytes on their way to storage."""
 
     def __init__(self, ctx: AppContext, file_id: str, boundary: bytes):
         self.ctx = ctx
         self.key = f"files/{file_id}"
-        self.fields: dict[str, str] = {}
-        self.filename: str | None = None
         self.size = 0
         self.sha = hashlib.sha256()
         self.validator = _validator(ctx)
         self.writer = None
-        self.pending: list[bytes] = []
-        self._headers: dict[str, str] = {}
-        self._header_field = b""
-        self._header_value = b""
-        self._part_name: str | None = None
-        self._part_is_file = False
-        self._field_value = bytearray()
-        self.parser = MultipartParser(boundary, {
-            "on_part_begin": self._part_begin, "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value, "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-        })
+        self.form = MultipartUpload(boundary, self._file_named)
 
-    def _part_begin(self) -> None:
-        self._headers, self._field_value = {}, bytearray()
+    @property
+    def fields(self) -> dict[str, str]:
+        return self.form.fields
 
-    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
+    @property
+    def filename(self) -> str | None:
+        return self.form.filename
 
-    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def _header_end(self) -> None:
-        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("utf-8", "replace")
-        self._header_field, self._header_value = b"", b""
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get("content-disposition", ""))
-        self._part_name = options.get(b"name", b"").decode("utf-8", "replace")
-        self._part_is_file = b"filename" in options or self._part_name == "file"
-        if self._part_is_file:
-            if self._part_name != "file":
-                raise InvalidRequest(f"Unexpected file field '{self._part_name}'; send the file as 'file'.",
-                                     param=self._part_name, code="invalid_value")
-            if self.writer is not None:
-                raise InvalidRequest("Send exactly one 'file' field.", param="file", code="invalid_value")
-            self.filename = options.get(b"filename", b"upload").decode("utf-8", "replace").replace("\\", "/")
-            self.filename = self.filename.rsplit("/", 1)[-1] or "upload"
-            if self._fine_tune:
-                _check_fine_tune_name(self.filename)  # fail before streaming the body when we can
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._part_is_file:
-            self.pending.append(data[start:end])
-        else:
-            self._field_value += data[start:end]
-            if len(self._field_value) > FIELD_LIMIT:
-                raise InvalidRequest(f"Form field '{self._part_name}' is too large.", param=self._part_name,
-                                     code="invalid_value")
-
-    def _part_end(self) -> None:
-        if not self._part_is_file and self._part_name:
-            self.fields[self._part_name] = self._field_value.decode("utf-8", "replace")
+    def _file_named(self, filename: str) -> None:
+        if self._fine_tune:
+            _check_fine_tune_name(filename)  # fail before streaming the body when we can
 
     @property
     def _fine_tune(self) -> bool:
@@ -120,7 +77,7 @@ class _Upload:
         """Runs in a worker thread: hashes, validates and stores the file bytes received so far."""
         if self.writer is None:
             self.writer = self.ctx.storage.writer(self.key)
-        for chunk in self.pending:
+        for chunk in self.form.pending:
             self.size += len(chunk)
             if self.size > self.ctx.settings.max_file_bytes:
                 raise _too_large(self.ctx)
@@ -128,7 +85,7 @@ class _Upload:
             if self._fine_tune:
                 self.validator.feed(chunk)
             self.writer.write(chunk)
-        self.pending.clear()
+        self.form.pending.clear()
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -194,10 +151,10 @@ async def create_file(ctx: AppContext, principal: ProjectPrincipal, content_type
     upload = _Upload(ctx, file_id, options[b"boundary"])
     try:
         async for chunk in body:
-            upload.parser.write(chunk)
-            if upload.pending:
+            upload.form.write(chunk)
+            if upload.form.pending:
                 await run_in_threadpool(upload.flush)
-        upload.parser.finalize()
+        upload.form.finish()
         return await run_in_threadpool(_finish_upload, ctx, principal, file_id, upload)
     except BaseException:
         await run_in_threadpool(upload.abort)
@@ -210,14 +167,14 @@ UPLOAD_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")  
 def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, upload: _Upload) -> dict:
     unknown = sorted(set(upload.fields) - set(UPLOAD_FIELDS))
     if unknown:  # refused, never stored and ignored
-        name = unknown[0][:64]
+        name = excerpt(unknown[0])
         raise InvalidRequest(f"Unrecognized request argument supplied: {name!r} (the form fields are 'file', "
                              f"{', '.join(repr(f) for f in UPLOAD_FIELDS)}).", param=name, code="unknown_parameter")
     purpose = upload.fields.get("purpose")
     if purpose is None:
         raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
     if purpose not in UPLOAD_PURPOSES:
-        raise InvalidRequest(f"Invalid value for 'purpose': {purpose!r}; expected one of {', '.join(UPLOAD_PURPOSES)}.",
+        raise InvalidRequest(f"Invalid value for 'purpose': '{excerpt(purpose)}'; expected one of {', '.join(UPLOAD_PURPOSES)}.",
                              param="purpose", code="invalid_value")
     if upload.filename is None:
         raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
@@ -277,7 +234,7 @@ def import_fine_tune_file(ctx: AppContext, principal: ProjectPrincipal, filename
 def get_file_row(session, principal: ProjectPrincipal, file_id: str) -> File:
     row = session.execute(select(File).where(File.id == file_id, File.project_id == principal.project_id)).scalar()
     if row is None:
-        raise NotFound(f"No such File object: {file_id}", param="id", code="not_found")
+        raise NotFound(f"No such File object: {excerpt(file_id)}", param="id", code="not_found")
     return row
 
 

@@ -11,6 +11,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +22,7 @@ from service.context import AppContext
 from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
 from service.endpoints import WAKING, resolve_model, wake
-from service.errors import ApiError, BadGateway, InvalidRequest, NotFound, ServiceUnavailable
+from service.errors import ApiError, BadGateway, InvalidRequest, NotFound, ServiceUnavailable, excerpt
 from service.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
 
@@ -117,7 +118,7 @@ class Gateway:
             reason = (failed[0].error or {}).get("message", "unknown reason")
             raise ServiceUnavailable(f"The endpoint {failed[0].id} for '{model}' failed: {reason}", param="model",
                                      code="endpoint_failed")
-        raise NotFound(f"The model '{model}' has no endpoint; create one with POST /v1/endpoints.",
+        raise NotFound(f"The model '{excerpt(model)}' has no endpoint; create one with POST /v1/endpoints.",
                        param="model", code="model_not_deployed")
 
     @staticmethod
@@ -300,11 +301,8 @@ def openai_error(content: bytes, status: int) -> bytes:
         "code": "model_not_found" if status == 404 else None}}).encode()
 
 
-def parse_body(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json")
+def check_body(body: Any) -> dict:
+    """The parsed request body (service/api/json_body.py), as the gateway needs it: an object naming a model."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     model = body.get("model")

@@ -20,8 +20,8 @@ MAX_KEY_LENGTH = 255
 
 
 def check_key(key: str | None) -> str | None:
-    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.",
+    if key is not None and (not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable()):
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
                              param="Idempotency-Key", code="invalid_value")
     return key
 

@@ -18,7 +18,7 @@ from service import metrics
 from service.db.database import after_commit
 from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project
 from service.serve_compat import check_servable
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, NotFound, excerpt
 from service.ids import new_id
 from service.models import Parent, continuation_parent
 from service.job_states import JobStatus, check_transition
@@ -310,7 +310,7 @@ def _get_job(session: Session, principal: ProjectPrincipal, job_id: str, *, for_
     # Row lock on PostgreSQL so a concurrent transition waits; SQLite writers are already serialized.
     job = session.execute(stmt.with_for_update() if for_update else stmt).scalar()
     if job is None:
-        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="not_found")
+        raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}", param="fine_tuning_job_id", code="not_found")
     return job
 
 

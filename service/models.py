@@ -12,7 +12,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import TunedModel
 from service.endpoints import resolve_model, stop_model_endpoints
-from service.errors import InvalidRequest, NotFound, PermissionDenied
+from service.errors import InvalidRequest, NotFound, PermissionDenied, excerpt
 from service.storage import BlobNotFound
 from service.training_plan import LLAMA_PROJECTIONS
 
@@ -22,7 +22,7 @@ def tuned_model_api(m: TunedModel) -> dict:
 
 
 def _not_found(model_id: str) -> NotFound:
-    return NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+    return NotFound(f"The model '{excerpt(model_id)}' does not exist", param="model", code="model_not_found")
 
 
 def list_models(ctx: AppContext, principal: ProjectPrincipal) -> dict:

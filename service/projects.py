@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 from service.auth import hash_key
 from service.context import AppContext
 from service.db.tables import ApiKey, Job, Project, ProjectWandb, ServiceAccount
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, NotFound, excerpt
 from service.ids import new_api_key, new_id
 from service.pagination import list_envelope, paginate
 
@@ -45,7 +45,7 @@ def project_row(session, project_id: str) -> Project:
     """The project (archived or not), or the admin API's 404."""
     project = session.execute(select(Project).where(Project.id == project_id)).scalar()
     if project is None:
-        raise NotFound(f"No such project: {project_id}", param="project_id", code="not_found")
+        raise NotFound(f"No such project: {excerpt(project_id)}", param="project_id", code="not_found")
     return project
 
 
@@ -114,7 +114,7 @@ def _get_account(session, project_id: str, account_id: str) -> ServiceAccount:
     account = session.execute(select(ServiceAccount).where(ServiceAccount.id == account_id,
                                                            ServiceAccount.project_id == project_id)).scalar()
     if account is None:
-        raise NotFound(f"No such service account: {account_id}", param="service_account_id", code="not_found")
+        raise NotFound(f"No such service account: {excerpt(account_id)}", param="service_account_id", code="not_found")
     return account
 
 

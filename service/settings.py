@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     base_models: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
 
     max_file_bytes: int = 512 * 1024 * 1024
+    max_json_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # JSON request bodies; 413 above it
     max_line_bytes: int = 4 * 1024 * 1024
     min_training_examples: int = MIN_TRAINING_EXAMPLES  # one constant with `hone files validate`
     max_reported_errors: int = 20

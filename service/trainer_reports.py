@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from service.auth import bearer_token, hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job, JobEvent, TunedModel
-from service.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound
+from service.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, excerpt
 from service.ids import new_id
 from service import endpoints, metrics
 from service.db.database import after_commit
@@ -85,7 +85,7 @@ def _job_for_trainer(session: Session, job_id: str, authorization: str | None) -
     token = bearer_token(authorization)
     job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar()
     if job is None:
-        raise NotFound(f"No such fine-tuning job: {job_id}")
+        raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}")
     if not job.trainer_token_hash or not hmac.compare_digest(job.trainer_token_hash, hash_key(token)):
         raise AuthenticationFailed("This trainer token is not valid for this job (a newer attempt may own it).",
                                    code="invalid_trainer_token")
@@ -96,7 +96,7 @@ def _check_own_keys(job: Job, *keys: str) -> None:
     """A trainer writes under its own job's folder only; anything else would point at another job's data."""
     for key in keys:
         if not key.startswith(f"jobs/{job.id}/") or ".." in key.split("/"):
-            raise InvalidRequest(f"Storage key {key!r} is outside jobs/{job.id}/.", code="invalid_storage_key")
+            raise InvalidRequest(f"Storage key '{excerpt(key)}' is outside jobs/{job.id}/.", code="invalid_storage_key")
 
 
 def record_report(ctx: AppContext, job_id: str, authorization: str | None, report: Report) -> dict:

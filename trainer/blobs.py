@@ -12,13 +12,21 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
+from hone.dataset_lines import dataset_lines
+
+CHUNK_BYTES = 1 << 20
+
 
 class Blobs:
     def read_bytes(self, key: str) -> bytes: ...
-    def iter_lines(self, key: str) -> Iterator[bytes]: ...
+    def iter_chunks(self, key: str) -> Iterator[bytes]: ...
     def put_file(self, key: str, path: Path) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
+
+    def iter_lines(self, key: str) -> Iterator[bytes]:
+        """A dataset's lines, cut by the rule validation used (hone.dataset_lines) whatever the backend."""
+        return dataset_lines(self.iter_chunks(key))
 
     def upload_dir(self, local: Path, prefix: str, *, last: str | None = None) -> None:
         """Uploads every file under `local`; `last` (a file name) goes up after the rest, as a commit marker."""
@@ -47,9 +55,10 @@ class FolderBlobs(Blobs):
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
-    def iter_lines(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
         with open(self._path(key), "rb") as fh:
-            yield from fh
+            while chunk := fh.read(CHUNK_BYTES):
+                yield chunk
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
@@ -85,9 +94,9 @@ class S3Blobs(Blobs):
     def read_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
 
-    def iter_lines(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
-        yield from body.iter_lines(keepends=True)
+        yield from body.iter_chunks(CHUNK_BYTES)
 
     def put_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self.prefix + key)

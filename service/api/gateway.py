@@ -10,7 +10,8 @@ from starlette.routing import Match, Route
 
 from service.auth import authenticate_project, cached_principal
 from service.errors import ApiError
-from service.gateway import parse_body
+from service.api import json_body
+from service.gateway import check_body
 
 
 async def _forward(request: Request, path: str):
@@ -19,8 +20,8 @@ async def _forward(request: Request, path: str):
         header = request.headers.get("authorization")
         principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
         request.state.project_id = principal.project_id  # for the access log
-        raw = await request.body()
-        body = parse_body(raw)
+        raw = await json_body.read(request, ctx.settings.max_json_body_bytes)
+        body = check_body(json_body.parse(raw))
     except ApiError as exc:
         gateway.count_rejected(None, exc)
         raise

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from service.auth import ProjectPrincipal
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, NotFound, excerpt
 
 _LOCATION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _RESOURCE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # Hone's ids; never a ':verb' suffix
@@ -38,7 +38,7 @@ def scope_for(principal: ProjectPrincipal, project: str, location: str) -> Verte
     """The `{project}` path segment must be the key's project, by id or by its slug; another project's
     resources do not exist for this key (404, as for every other Hone resource)."""
     if project not in (principal.project_id, principal.project_slug):
-        raise NotFound(f"Project '{project}' was not found, or this API key does not belong to it.",
+        raise NotFound(f"Project '{excerpt(project)}' was not found, or this API key does not belong to it.",
                        param="project", code="project_not_found")
     if not _LOCATION.match(location):
         raise InvalidRequest(f"Invalid location '{location}'.", param="location", code="invalid_location")
@@ -47,7 +47,7 @@ def scope_for(principal: ProjectPrincipal, project: str, location: str) -> Verte
 
 def check_id(resource_id: str, kind: str) -> str:
     if not _RESOURCE_ID.match(resource_id):
-        raise NotFound(f"{kind} '{resource_id}' was not found.", param="name", code="not_found")
+        raise NotFound(f"{kind} '{excerpt(resource_id)}' was not found.", param="name", code="not_found")
     return resource_id
 
 

@@ -197,8 +197,8 @@ class CreateEndpoint(_Body):
 
 
 class CreateProject(_Body):
-    name: str
+    name: str = Field(min_length=1, max_length=256)  # the column's size, on PostgreSQL a hard limit
 
 
 class CreateServiceAccount(_Body):
-    name: str
+    name: str = Field(min_length=1, max_length=256)

@@ -249,3 +249,12 @@ def test_idempotency_keys_with_control_characters_are_400(http, training_file):
     response = http.post("/v1/fine_tuning/jobs", json={"model": "hone-tiny", "training_file": training_file},
                          headers={"Idempotency-Key": "key\twith\ttabs"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize("name", ["", "p" * 257])
+def test_project_and_service_account_names_fit_their_columns(server, project, name):
+    with server.admin() as admin:
+        made = admin.post("/v1/organization/projects", json={"name": name})
+        assert made.status_code == 400 and made.json()["error"]["param"] == "name", made.text
+        account = admin.post(f"/v1/organization/projects/{project.project_id}/service_accounts", json={"name": name})
+        assert account.status_code == 400 and account.json()["error"]["param"] == "name", account.text

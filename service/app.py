@@ -16,7 +16,7 @@ from service.api import dataset_grants, observability, vertex
 from service.context import AppContext
 from service.errors import install_error_handlers
 from service.files import expire_files
-from service.deployer import EndpointDeployer
+from service.deploy.deployer import EndpointDeployer
 from service.engines import engine_api_keys, open_engine_backend
 from service.executors import open_executor
 from service.gateway import Gateway

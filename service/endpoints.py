@@ -1,7 +1,7 @@
 """Endpoints: a tuned model, checkpoint or base model served by an inference engine.
 
 This module is the resource (create, list, get, delete, the state machine's bookkeeping) and the lookup
-the gateway routes by. Starting engines and loading adapters is the deployer's job (service.deployer)."""
+the gateway routes by. Starting engines and loading adapters is the deployer's job (service/deploy/)."""
 
 from __future__ import annotations
 

@@ -4,14 +4,12 @@ Each tick: deploying endpoints get a deploy (in a worker thread): weights fetche
 cache, an engine started (one per endpoint, or one per base model with HONE_SHARED_ENGINES), the adapter
 hot-loaded, and the parity gate passed before the endpoint is `ready`. Ready endpoints whose engine died or
 restarted are deployed again. Stopped endpoints have their adapter unloaded and local copy removed, and
-engines nothing uses any more are stopped."""
+engines nothing uses any more are stopped. Which engine serves what is placement.py's call, getting the weights
+there adapters.py's, and the gate parity.py's."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,25 +19,17 @@ from sqlalchemy import select
 
 from inference.client import AdapterLoadError, AdapterNotFound, EngineClient, EngineUnavailable
 from inference.launcher import choose_engine
-from service import metrics, parity
 from service.context import AppContext
 from service.db.tables import Endpoint, Job, ModelUsage
+from service.deploy import DeployError, parity
+from service.deploy.adapters import AdapterLoader
+from service.deploy.placement import Placement
 from service.endpoint_states import EndpointState
-from service.job_states import JobStatus
 from service.endpoints import live_endpoints, transition
-from service.engines import EngineBackend, EngineHandle, EngineSpec, EngineStartError
-from service.storage import BlobNotFound
+from service.engines import EngineBackend, EngineHandle, EngineStartError
+from service.job_states import JobStatus
 
 log = logging.getLogger("hone.deployer")
-
-# Trainer bookkeeping that checkpoints carry but engines do not need.
-_NOT_SERVED = ("trainer_state.pt", "COMPLETE")
-
-
-class DeployError(Exception):
-    def __init__(self, code: str, message: str, *, retry: bool = True):
-        super().__init__(message)
-        self.code, self.message, self.retry = code, message, retry
 
 
 class EndpointDeployer:
@@ -49,7 +39,8 @@ class EndpointDeployer:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploy")
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
-        self._cache = ctx.settings.resolved_adapter_cache_dir
+        self.placement = Placement(ctx, self.engine)
+        self.adapters = AdapterLoader(ctx, backend)
         prewarm = ctx.settings.prewarm_engines
         # Default: prewarm built-in engines run locally (the Kubernetes backend has no spares to hand over).
         self.prewarm = (self.engine == "builtin" and ctx.settings.endpoint_backend == "local") \
@@ -87,7 +78,7 @@ class EndpointDeployer:
                                                                      Job.auto_deploy.is_(True))).scalars())
         keys = set()
         for base in bases:
-            key = f"base:{base}" if self.ctx.settings.shared_engines else f"spare:{base}"
+            key = self.placement.warm_key(base)
             keys.add(key)
             if key not in self.backend.keys():
                 self._submit(key, lambda b=base, k=key: self._start_warm(b, k))
@@ -95,7 +86,7 @@ class EndpointDeployer:
 
     def _start_warm(self, base: str, key: str) -> None:
         try:
-            self.backend.ensure(self._base_spec(base, key))
+            self.backend.ensure(self.placement.base_spec(base, key))
         except (DeployError, EngineStartError) as exc:
             log.warning("could not prewarm an engine", extra={"base_model": base, "reason": str(exc)})
 
@@ -141,7 +132,7 @@ class EndpointDeployer:
         """Idle: the adapter leaves a shared engine; an engine nothing live needs is suspended below."""
         handle = self.backend.get(ep.engine_key or "")
         if handle is not None and handle.key != ep.id:
-            self._unload(handle, ep)
+            self.adapters.unload(handle, ep)
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
             if row is not None and row.state == EndpointState.READY.value and \
@@ -187,8 +178,8 @@ class EndpointDeployer:
             self._retire(ep, handle=handle)
 
     def _serve(self, ep: Endpoint) -> tuple[EngineHandle, Path | None]:
-        weights = self._fetch_weights(ep) if ep.weights_prefix else None
-        spec = self._engine_spec(ep, weights)
+        weights = self.adapters.fetch(ep) if ep.weights_prefix else None
+        spec = self.placement.endpoint_spec(ep, weights)
         try:
             handle = self.backend.ensure(spec)
         except EngineStartError as exc:
@@ -196,88 +187,17 @@ class EndpointDeployer:
         with EngineClient(handle.url, api_key=handle.api_key) as client:
             try:
                 if ep.kind == "adapter":
-                    load_started = time.perf_counter()
-                    client.load_adapter(ep.model, self._engine_path(handle, ep, weights))
-                    metrics.ADAPTER_LOAD.labels(ep.base_model).observe(time.perf_counter() - load_started)
+                    self.adapters.load(client, handle, ep, weights)
                 if weights is not None:
                     parity.check(client, ep.model, weights, self.ctx.settings.parity_samples)
             except parity.ParityFailure as exc:
-                self._unload(handle, ep)
+                self.adapters.unload(handle, ep)
                 raise DeployError("parity_check_failed", str(exc), retry=False)
             except (AdapterNotFound, AdapterLoadError) as exc:
                 raise DeployError("adapter_load_failed", f"The engine refused the adapter: {exc}", retry=False)
             except EngineUnavailable as exc:
                 raise DeployError("engine_unavailable", str(exc))
         return handle, weights
-
-    def _engine_path(self, handle: EngineHandle, ep: Endpoint, weights: Path) -> str:
-        """Where the engine finds the adapter: the local copy, unless the backend's engines cannot see this
-        disk (Kubernetes: the engine pod's fetcher copies it from storage and answers its own path)."""
-        return self.backend.stage_weights(handle, ep.id, ep.weights_prefix, weights)
-
-    def _engine_spec(self, ep: Endpoint, weights: Path | None) -> EngineSpec:
-        if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
-            return self._spec(ep.id, str(weights), ep.model, f"storage:{ep.weights_prefix}")
-        if self.ctx.settings.shared_engines:
-            return self._base_spec(ep.base_model, f"base:{ep.base_model}")
-        spec = self._base_spec(ep.base_model, ep.id)
-        if self.engine == "vllm" and weights is not None:
-            # vLLM ignores templates stored beside adapters: an engine of its own gets the pinned one.
-            pinned_file = weights / "hone_serving.json"
-            pinned = json.loads(pinned_file.read_text()).get("chat_template") if pinned_file.exists() else None
-            if pinned:
-                (weights / "hone_chat_template.jinja").write_text(pinned)
-                spec = dataclasses.replace(spec, chat_template=str(weights / "hone_chat_template.jinja"))
-        return spec
-
-    def _base_spec(self, base: str, key: str) -> EngineSpec:
-        registered = self.ctx.base_models.get(base)
-        source = registered.source if registered is not None and registered.source.startswith("builtin:") else None
-        return self._spec(key, self._base_model_path(base), base, source)
-
-    def _spec(self, key: str, model_path: str, served_name: str, model_source: str | None) -> EngineSpec:
-        s = self.ctx.settings
-        return EngineSpec(key, self.engine, model_path, served_name, max_loras=s.max_loras,
-                          max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank,
-                          model_source=model_source)
-
-    def _base_model_path(self, name: str) -> str:
-        base = self.ctx.base_models.get(name)
-        if base is None:
-            raise DeployError("model_not_found", f"Base model {name!r} is no longer registered.", retry=False)
-        if not base.source.startswith("builtin:"):
-            return base.source
-        # Built-in models are built where the engine runs (the spec's model_source says how): here on first
-        # use by the local backend, in the pod by the Kubernetes one.
-        return str(self.ctx.settings.resolved_model_cache_dir / base.source.split(":", 1)[1])
-
-    def _fetch_weights(self, ep: Endpoint) -> Path:
-        """A complete local copy (engines reload evicted adapters from it), made atomically by renaming."""
-        target = self._cache / ep.id
-        if (target / ".complete").exists():
-            return target
-        storage, prefix = self.ctx.storage, ep.weights_prefix
-        work = self._cache / f".{ep.id}.partial"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
-            keys = [k for k in storage.list(prefix) if k.rsplit("/", 1)[-1] not in _NOT_SERVED]
-            if not keys:
-                raise DeployError("weights_not_found", f"No weights under {prefix} in storage.", retry=False)
-            for key in keys:
-                path = work / key[len(prefix):]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "wb") as out:
-                    for chunk in storage.iter_chunks(key):
-                        out.write(chunk)
-            (work / ".complete").write_text(prefix)
-            shutil.rmtree(target, ignore_errors=True)
-            work.rename(target)
-        except BlobNotFound as exc:
-            raise DeployError("weights_not_found", f"Weights vanished from storage while fetching: {exc}", retry=False)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return target
 
     def _failed_attempt(self, endpoint_id: str, exc: DeployError) -> None:
         limit = self.ctx.settings.max_deploy_attempts
@@ -297,31 +217,20 @@ class EndpointDeployer:
     # --- retiring ----------------------------------------------------------------------------------------
 
     def _stopped_with_local_copies(self, session) -> list[Endpoint]:
-        if not self._cache.exists():
-            return []
-        ids = [p.name for p in self._cache.iterdir() if not p.name.startswith(".")]
+        ids = self.adapters.local_copies()
         if not ids:
             return []
         rows = session.execute(select(Endpoint).where(Endpoint.id.in_(ids))).scalars().all()
         gone = {r.id for r in rows}
         for orphan in set(ids) - gone:  # a deploy of a record that no longer exists
-            shutil.rmtree(self._cache / orphan, ignore_errors=True)
+            self.adapters.remove(orphan)
         return [r for r in rows if r.state in (EndpointState.STOPPED.value, EndpointState.FAILED.value)]
-
-    def _unload(self, handle: EngineHandle, ep: Endpoint) -> None:
-        if ep.kind != "adapter":
-            return
-        try:
-            with EngineClient(handle.url, api_key=handle.api_key) as client:
-                client.unload_adapter(ep.model)
-        except EngineUnavailable:
-            pass
 
     def _retire(self, ep: Endpoint, handle: EngineHandle | None = None) -> None:
         handle = handle or (self.backend.get(ep.engine_key) if ep.engine_key else None)
         if handle is not None:  # a shared engine, or one Hone does not run (static), keeps serving the others
-            self._unload(handle, ep)
-        shutil.rmtree(self._cache / ep.id, ignore_errors=True)
+            self.adapters.unload(handle, ep)
+        self.adapters.remove(ep.id)
         log.info("endpoint retired", extra={"endpoint_id": ep.id, "state": ep.state})
 
     def _stop_unused_engines(self, warm: set[str]) -> None:
@@ -332,13 +241,7 @@ class EndpointDeployer:
             retiring = self._stopped_with_local_copies(session)
             idle = session.execute(select(Endpoint.engine_key).where(
                 Endpoint.state == EndpointState.IDLE.value, Endpoint.engine_key.is_not(None))).scalars().all()
-        needed = warm | {ep.engine_key for ep in live if ep.engine_key} | {ep.id for ep in live}
-        # an endpoint stopped since this tick began is retired (its adapter unloaded) on the next one
-        needed |= {ep.engine_key for ep in retiring if ep.engine_key}
-        # a deploying endpoint is about to claim the spare its job kept warm
-        needed |= {f"spare:{ep.base_model}" for ep in live if ep.state == EndpointState.DEPLOYING.value}
-        if self.ctx.settings.shared_engines:
-            needed |= {f"base:{ep.base_model}" for ep in live}
+        needed = self.placement.needed(live, retiring, warm)
         with self._lock:
             starting = set(self._inflight)  # a spare being started is not running yet; one just claimed is
         for key in self.backend.keys():

@@ -198,7 +198,7 @@ class EndpointDeployer:
                 if ep.kind == "adapter":
                     load_started = time.perf_counter()
                     client.load_adapter(ep.model, self._engine_path(handle, ep, weights))
-                    metrics.ADAPTER_LOAD.labels(ep.base_model).observe(time.perf_counter() - load_started)
+                    metrics.ADAPTER_LOAD.labels(metrics.model_name_label(ep.base_model)).observe(time.perf_counter() - load_started)
                 if weights is not None:
                     parity.check(client, ep.model, weights, self.ctx.settings.parity_samples)
             except parity.ParityFailure as exc:

@@ -198,7 +198,8 @@ class EndpointDeployer:
                 if ep.kind == "adapter":
                     load_started = time.perf_counter()
                     client.load_adapter(ep.model, self._engine_path(handle, ep, weights))
-                    metrics.ADAPTER_LOAD.labels(metrics.model_name_label(ep.base_model)).observe(time.perf_counter() - load_started)
+                    loaded_in = time.perf_counter() - load_started
+                    metrics.ADAPTER_LOAD.labels(metrics.model_name_label(ep.base_model)).observe(loaded_in)
                 if weights is not None:
                     parity.check(client, ep.model, weights, self.ctx.settings.parity_samples)
             except parity.ParityFailure as exc:

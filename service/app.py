@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     async def lifespan(app: FastAPI):
         ctx = context or AppContext.build(settings)
         app.state.ctx = ctx
-        metrics.configure(settings.metrics_max_label_values)
+        metrics.configure(settings.metrics_max_label_values, settings.metrics_model_labels)
         app.state.metrics = MetricsExporter(ctx, settings.metrics_multiprocess_dir)
         loops = app.state.loops = Loops()
         usage = app.state.usage = UsageBook()

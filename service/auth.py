@@ -101,3 +101,14 @@ def authenticate_admin(ctx: AppContext, authorization: str | None) -> None:
     token = bearer_token(authorization)
     if not _is_admin(ctx, token):
         raise AuthenticationFailed(f"Incorrect admin API key provided: {_redact(token)}.", code="invalid_api_key")
+
+
+def authenticate_metrics_scraper(ctx: AppContext, authorization: str | None) -> None:
+    """GET /metrics: open unless HONE_METRICS_TOKEN is set, then only for `Bearer <that token>`."""
+    expected = ctx.settings.metrics_token
+    if not expected:
+        return
+    token = bearer_token(authorization)
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        # Nothing of the token sent is echoed: it may be a real key sent to the wrong place.
+        raise AuthenticationFailed("Incorrect metrics token provided.", code="invalid_api_key")

@@ -33,7 +33,9 @@ class AppContext:
 
     @classmethod
     def build(cls, settings: Settings) -> "AppContext":
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if settings.data_dir.stat().st_mode & 0o077:  # made by someone else: say so, but leave it as it is
+            log.warning("the data dir is open to other users; `chmod 700` it", extra={"path": str(settings.data_dir)})
         db = Database(settings.resolved_database_url)
         if settings.auto_migrate:
             db.migrate()

@@ -20,6 +20,7 @@ from service.job_states import ALLOWED
 # Label values standing in for names Hone will not give a series of their own.
 UNKNOWN = "_unknown"  # a model name the caller sent that is not one of its project's models
 OVERFLOW = "_other"  # past the per-label cap
+ALL_MODELS = "_all"  # every model, with HONE_METRICS_MODEL_LABELS=false: /metrics names none
 
 prometheus_client.disable_created_metrics()  # _created series would double the counters for no use
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -81,6 +82,7 @@ for _current, _targets in ALLOWED.items():
 # Metrics labelled by model: the exporter drops series of models that no longer have an endpoint.
 MODEL_LABELLED = ("hone_gateway_requests", "hone_gateway_tokens", "hone_gateway_request_duration_seconds",
                   "hone_gateway_time_to_first_token_seconds")
+BASE_MODEL_LABELLED = ("hone_trained_tokens", "hone_adapter_load_seconds")
 
 
 def transitioned(current, target, *, waited: float | None, lasted: float | None) -> None:
@@ -112,9 +114,27 @@ class LabelCap:
         return OVERFLOW
 
 
-# Set from settings at start-up (`configure`); a model label passes through here before any gateway metric.
-model_label = LabelCap("model", 500)
+# Set from settings at start-up (`configure`).
+_model_cap = LabelCap("model", 500)
+_name_models = True
 
 
-def configure(max_label_values: int) -> None:
-    model_label.limit = max_label_values
+def model_label(name: str) -> str:
+    """The `model` label of a gateway metric: the model's name (up to the cap), or ALL_MODELS."""
+    return _model_cap(name) if _name_models else ALL_MODELS
+
+
+def model_name_label(name: str) -> str:
+    """Any other label naming a model (`base_model`, an endpoint's `model`): uncapped, as these are bounded by the
+    base models and endpoints that exist, or ALL_MODELS."""
+    return name if _name_models else ALL_MODELS
+
+
+def names_models() -> bool:
+    return _name_models
+
+
+def configure(max_label_values: int, name_models: bool = True) -> None:
+    global _name_models
+    _model_cap.limit = max_label_values
+    _name_models = name_models

@@ -77,9 +77,14 @@ class MetricsExporter:
 
     def _instrument_families(self, live_models: set[str] | None):
         keep = None if live_models is None else live_models | {metrics.UNKNOWN, metrics.OVERFLOW}
+        anonymous = not metrics.names_models()
+        if anonymous:  # and should anything have been counted under a name (say, before a change of setting)
+            keep = {metrics.UNKNOWN, metrics.ALL_MODELS}
         for family in self._instruments.collect():
             if keep is not None and family.name in metrics.MODEL_LABELLED:
                 family.samples = [s for s in family.samples if s.labels.get("model") in keep]
+            elif anonymous and family.name in metrics.BASE_MODEL_LABELLED:
+                family.samples = [s for s in family.samples if s.labels.get("base_model") == metrics.ALL_MODELS]
             yield family
 
     def _state(self) -> tuple[list[Metric], set[str]]:
@@ -112,7 +117,7 @@ class MetricsExporter:
         finish = GaugeMetricFamily("hone_job_estimated_finish_timestamp_seconds", "When a running job is "
                                    "expected to finish.", labels=_JOB_LABELS)
         for job_id, project_id, base_model, trained, estimated_finish, figures in running:
-            labels = [job_id, project_id, base_model]
+            labels = [job_id, project_id, metrics.model_name_label(base_model)]
             tokens.add_metric(labels, trained or 0)
             if estimated_finish:
                 finish.add_metric(labels, estimated_finish)
@@ -129,7 +134,8 @@ class MetricsExporter:
                                labels=["endpoint_id", "model", "base_model"])
         for endpoint_id, model, base_model, state in live:
             if state != EndpointState.IDLE.value:
-                up.add_metric([endpoint_id, model, base_model], 1 if state == EndpointState.READY.value else 0)
+                up.add_metric([endpoint_id, metrics.model_name_label(model), metrics.model_name_label(base_model)],
+                              1 if state == EndpointState.READY.value else 0)
         live_models = {name for _, model, base_model, _ in live for name in (model, base_model)}
         return [jobs, depth, oldest, tokens, finish, *per_job.values(), endpoints, up], live_models
 

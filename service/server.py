@@ -12,6 +12,12 @@ from service.settings import Settings
 
 
 def serve(settings: Settings | None = None) -> None:
+    # Everything this server writes is its user's alone (files 0600, folders 0700): the data dir holds the
+    # admin key, every project's datasets and weights, and the database. A umask, set before anything is written,
+    # also covers what is written by code that takes no mode (SQLite's database and its -wal/-shm, transformers'
+    # save_pretrained, prometheus-client's multiprocess files) and by the trainers, engines and model builds
+    # started from here, which inherit it. Stricter bits already set stay.
+    os.umask(os.umask(0o077) | 0o077)
     settings = settings or Settings()
     configure_logging(settings.log_level)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets requests in flight finish, then runs the lifespan exit.
@@ -23,7 +29,7 @@ def serve(settings: Settings | None = None) -> None:
         return
     # Workers are fresh interpreters that build their app from the same HONE_* environment. They share
     # metrics through files (prometheus-client reads this variable when it is first imported).
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.auto_migrate:  # once, here: workers migrating side by side would race on SQLite
         from service.db import Database
         database = Database(settings.resolved_database_url)
@@ -31,7 +37,7 @@ def serve(settings: Settings | None = None) -> None:
         database.dispose()
     metrics_dir = settings.metrics_multiprocess_dir
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the server, as in one process
-    metrics_dir.mkdir(parents=True)
+    metrics_dir.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     uvicorn.run("service.server:worker_app", factory=True, workers=settings.workers, **options)
 

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     graceful_shutdown_s: int = 10
     workers: int = 1  # server processes; one of them (holding a lock in data_dir) runs the background loops
     metrics_max_label_values: int = 500  # distinct models a metric may label before the rest become "_other"
+    metrics_token: str | None = None  # GET /metrics wants `Authorization: Bearer <it>`; unset or empty: open
+    metrics_model_labels: bool = True  # false: every label naming a model reads "_all", so /metrics names none
     job_validation_poll_s: float = 2.0
     file_expiry_poll_s: float = 60.0
 

@@ -134,7 +134,7 @@ def _count_tokens(session: Session, job: Job, trained_tokens: int) -> None:
     if trained_tokens > counted:
         figures["counted_tokens"] = trained_tokens
         job.live_metrics = figures
-        base_model = job.base_model
+        base_model = metrics.model_name_label(job.base_model)
         after_commit(session, lambda: metrics.TRAINED_TOKENS.labels(base_model).inc(trained_tokens - counted))
 
 

@@ -27,6 +27,8 @@ ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "hone.json"
 
+METRICS_TOKEN = "hone-metrics-test-token"  # the control plane's HONE_METRICS_TOKEN, and the shipped config's file
+
 # Series Prometheus makes itself rather than scraping them.
 PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 
@@ -230,13 +232,14 @@ def vllm_families() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def hone(tmp_path_factory):
-    server = HoneServer(tmp_path_factory.mktemp("observability"))
+    server = HoneServer(tmp_path_factory.mktemp("observability"), {"HONE_METRICS_TOKEN": METRICS_TOKEN})
     yield server
     server.stop()
 
 
 def control_plane_names(server: HoneServer) -> set[str]:
-    reply = httpx.get(server.base_url + "/metrics", timeout=30)
+    assert httpx.get(server.base_url + "/metrics", timeout=30).status_code == 401  # HONE_METRICS_TOKEN is set
+    reply = httpx.get(server.base_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30)
     assert reply.status_code == 200, reply.text[:500]
     return exported_names(reply.text)
 
@@ -306,14 +309,17 @@ def test_prometheus_config_is_valid(tmp_path):
     [sd] = jobs["hone-engines"]["http_sd_configs"]
     assert urlparse(sd["url"]).path == "/v1/admin/prometheus/targets" and sd["refresh_interval"]
     assert sd["authorization"]["credentials_file"] == "hone_admin_api_key"
-    # The key file lives beside the config and never in git.
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(PROMETHEUS_DIR / "hone_admin_api_key")], cwd=REPO)
-    assert ignored.returncode == 0
+    assert jobs["hone"]["authorization"] == {"type": "Bearer", "credentials_file": "hone_metrics_token"}
+    # The key and token files live beside the config and never in git.
+    for name in ("hone_admin_api_key", "hone_metrics_token"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(PROMETHEUS_DIR / name)], cwd=REPO)
+        assert ignored.returncode == 0, name
 
     # promtool checks the config with its rule file and credentials file in place, as a deployment has them.
     for name in ("prometheus.yml", "alerts.yml"):
         shutil.copy(PROMETHEUS_DIR / name, tmp_path / name)
     (tmp_path / "hone_admin_api_key").write_text("sk-admin-dummy\n")
+    (tmp_path / "hone_metrics_token").write_text("metrics-dummy\n")
     checked = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: prometheus.yml is valid prometheus config file syntax" in checked.stdout
@@ -590,6 +596,7 @@ def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_pa
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
     (tmp_path / config["scrape_configs"][1]["http_sd_configs"][0]["authorization"]["credentials_file"]) \
         .write_text(hone.admin_key + "\n")
+    (tmp_path / config["scrape_configs"][0]["authorization"]["credentials_file"]).write_text(METRICS_TOKEN + "\n")
 
     prometheus = Prometheus(tmp_path)
     try:

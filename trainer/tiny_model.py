@@ -92,6 +92,12 @@ def _current(target: Path) -> bool:
     return (target / "config.json").exists() and marker.exists() and marker.read_text().strip() == BUILD_VERSION
 
 
+def _umask() -> int:
+    mask = os.umask(0o077)  # reading it means setting it; 0o077 meanwhile, so nothing made in between is open
+    os.umask(mask)
+    return mask
+
+
 def build(target: Path, seed: int = SEED) -> Path:
     """Writes hone-tiny into `target` (atomically: a half-built folder is never visible)."""
     import torch
@@ -132,7 +138,7 @@ def build(target: Path, seed: int = SEED) -> Path:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    os.chmod(target, 0o755)
+    os.chmod(target, 0o777 & ~_umask())  # mkdtemp made it 0700: the mode mkdir gives (0700 under `hone serve`)
     return target
 
 

@@ -6,7 +6,8 @@ from fastapi import Request, Security
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import ProjectPrincipal, authenticate_admin, authenticate_project, cached_principal
+from service.auth import (ProjectPrincipal, authenticate_admin, authenticate_metrics_scraper, authenticate_project,
+                          cached_principal)
 from service.context import AppContext
 
 # Declared for the OpenAPI document; the header itself is checked in service.auth.
@@ -29,3 +30,7 @@ async def project_principal(request: Request, _=Security(_bearer)) -> ProjectPri
 
 async def admin_principal(request: Request, _=Security(_bearer)) -> None:
     authenticate_admin(request.app.state.ctx, request.headers.get("authorization"))
+
+
+async def metrics_scraper(request: Request) -> None:
+    authenticate_metrics_scraper(request.app.state.ctx, request.headers.get("authorization"))

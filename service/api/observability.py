@@ -5,7 +5,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import admin_principal, get_ctx
+from service.api.deps import admin_principal, get_ctx, metrics_scraper
 from service.api.routing import JSONRoute
 from service.context import AppContext
 from service.metrics_export import scrape_targets
@@ -13,7 +13,7 @@ from service.metrics_export import scrape_targets
 router = APIRouter(route_class=JSONRoute, tags=["observability"])
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_scraper)])
 async def metrics(request: Request):
     body = await run_in_threadpool(request.app.state.metrics.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -58,7 +58,7 @@ class AdapterLoader:
         this disk (Kubernetes: the engine pod's fetcher copies it from storage and answers its own path)."""
         started = time.perf_counter()
         client.load_adapter(ep.model, self.backend.stage_weights(handle, ep.id, ep.weights_prefix, weights))
-        metrics.ADAPTER_LOAD.labels(ep.base_model).observe(time.perf_counter() - started)
+        metrics.ADAPTER_LOAD.labels(metrics.model_name_label(ep.base_model)).observe(time.perf_counter() - started)
 
     def unload(self, handle: EngineHandle, ep: Endpoint) -> None:
         if ep.kind != "adapter":

@@ -1,4 +1,7 @@
-"""Blob storage in a local folder. Writes go to a temp file and are renamed into place."""
+"""Blob storage in a local folder. Writes go to a temp file and are renamed into place.
+
+The blobs are every project's datasets and weights: folders are made 0700 and files 0600 (mkstemp's mode, kept
+by the rename), whatever the process umask."""
 
 from __future__ import annotations
 
@@ -12,9 +15,19 @@ from urllib.parse import unquote, urlparse
 from service.storage import BlobNotFound
 
 
+def _make_folders(path: Path) -> None:
+    """`path` and its missing parents, each 0700 (mkdir's `mode` would cover only the last one)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
 class _FileWriter:
     def __init__(self, final: Path):
-        final.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(final.parent)
         self._final = final
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
         self._tmp = Path(tmp)
@@ -41,7 +54,7 @@ class _FileWriter:
 class FilesystemStorage:
     def __init__(self, root: Path):
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        _make_folders(self.root)
 
     @classmethod
     def from_url(cls, url: str) -> "FilesystemStorage":

@@ -18,7 +18,7 @@ The mapping to the scheduler's contract:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from service.settings import Settings

@@ -472,7 +472,7 @@ def shared_engine(model_dir: Path, adapters: list[Path], max_cpu_loras: int, req
 
 
 def part_c(root: Path, args) -> list[SharedRow]:
-    from trainer.tiny_model import build
+    from hone_kernel.tiny_model import build
 
     model_dir = MODEL_CACHE / "hone-tiny"
     if not (model_dir / "config.json").exists():

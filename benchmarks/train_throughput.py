@@ -37,7 +37,7 @@ def build_bench_model(folder: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainer.tiny_model import build_tokenizer
+    from hone_kernel.tiny_model import build_tokenizer
 
     if (folder / "config.json").exists():
         return folder
@@ -90,7 +90,7 @@ def run_hone(model_dir: Path, data: Path, steps: int, batch_size: int) -> dict:
     from trainer.batches import step_indices
     from trainer.blobs import FolderBlobs
     from trainer.loop import Run
-    from trainer.spec import FileRef, Hyperparameters, TrainSpec
+    from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
 
     root = data.parent
     spec = TrainSpec(job_id="ftjob-bench", fine_tuned_model="ft:bench", model_name="bench", model_source=str(model_dir),

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from hone.jsonlog import route_transformers_logs
+from hone_kernel.jsonlog import route_transformers_logs
 from inference.adapters import LORA_RANKS
 from inference.logs import configure_logging
 

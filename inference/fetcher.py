@@ -134,7 +134,7 @@ def prepare_once(root: Path, source: str, name: str) -> Path:
         model = source.split(":", 1)[1]
         if model != "hone-tiny":
             raise FetchError(400, f"unknown built-in model {model!r}")
-        from trainer.tiny_model import build  # the inference image carries the trainer's code; build is atomic
+        from hone_kernel.tiny_model import build  # the inference image carries the trainer's code; build is atomic
 
         target = build(root / name)
         return Path(target)

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from hone.jsonlog import JsonFormatter
+from hone_kernel.jsonlog import JsonFormatter
 
 # Polled by the control plane and by monitoring: logged at DEBUG only, so they do not drown the log.
 _QUIET_PATHS = frozenset({"/health", "/ping", "/metrics", "/version"})

@@ -1,7 +1,7 @@
-"""Dataset validation, for the control plane. The validator itself is hone.datasets: pure Python on the client
+"""Dataset validation, for the control plane. The validator itself is hone_kernel.datasets: pure Python on the client
 side, so that `hone files validate` runs the very checks an upload gets here."""
 
-from hone.datasets import (  # noqa: F401 (re-exported)
+from hone_kernel.datasets import (  # noqa: F401 (re-exported)
     DEFAULT_METHODS,
     FORMAT_LABELS,
     METHODS_FOR_FORMAT,

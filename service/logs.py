@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any, Iterator
 
-from hone.jsonlog import JsonFormatter
+from hone_kernel.jsonlog import JsonFormatter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Path parameters that name a resource, logged under their own names.

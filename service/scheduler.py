@@ -14,6 +14,7 @@ import time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from hone_kernel.trainer_contract import ExitCode
 from service import metrics, training_plan
 from service.db.database import after_commit
 from service.auth import hash_key
@@ -25,8 +26,6 @@ from service.job_states import JobStatus
 
 log = logging.getLogger("hone.scheduler")
 
-# The trainer's exit codes (trainer/loop.py): they are the process contract between the two.
-EXIT_STOPPED = 75  # checkpointed after SIGTERM
 
 
 def _last_checkpoint_step(session: Session, job_id: str) -> int | None:
@@ -99,7 +98,7 @@ class Scheduler:
             job.executor_ref = None
             step = _last_checkpoint_step(session, job.id)
             where = f"checkpoint step {step}" if step else "the start"
-            if ended.returncode == EXIT_STOPPED:
+            if ended.returncode == ExitCode.STOPPED:
                 transition(session, job, JobStatus.QUEUED, f"Trainer was stopped; requeued to resume from {where}")
                 return
             if ended.error is not None:

@@ -10,6 +10,8 @@ import math
 import time
 
 from pydantic import BaseModel, Field
+
+from hone_kernel import trainer_contract as contract
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -48,11 +50,13 @@ class JobNotRunning(ApiError):
     error_type = "invalid_request_error"
 
 
+# The bodies of the trainer contract's messages (hone_kernel/trainer_contract.py), validated: the same fields,
+# the contract's limits (tests/test_trainer_contract.py holds the two to each other).
 class ReportedEvent(BaseModel):
-    id: str = Field(pattern=r"^ftevent-[A-Za-z0-9]{1,40}$")
+    id: str = Field(pattern=contract.EVENT_ID_PATTERN)
     created_at: int
     level: str = Field(pattern="^(info|warn|error)$")
-    message: str = Field(max_length=4000)
+    message: str = Field(max_length=contract.MAX_MESSAGE_CHARS)
     type: str = Field(pattern="^(message|metrics)$")
     data: dict | None = None
 
@@ -64,7 +68,7 @@ class ReportedCheckpoint(BaseModel):
 
 
 class Report(BaseModel):
-    events: list[ReportedEvent] = Field(default_factory=list, max_length=5000)
+    events: list[ReportedEvent] = Field(default_factory=list, max_length=contract.MAX_EVENTS_PER_REPORT)
     checkpoints: list[ReportedCheckpoint] = Field(default_factory=list)
     progress: dict = Field(default_factory=dict)
 
@@ -77,8 +81,8 @@ class Completion(BaseModel):
 
 
 class Failure(BaseModel):
-    code: str = Field(max_length=64)
-    message: str = Field(max_length=4000)
+    code: str = Field(max_length=contract.MAX_FAILURE_CODE_CHARS)
+    message: str = Field(max_length=contract.MAX_MESSAGE_CHARS)
 
 
 def _job_for_trainer(session: Session, job_id: str, authorization: str | None) -> Job:

@@ -5,12 +5,12 @@ from here: job id, base model, files, method, hyperparameters, seed, output pref
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 from sqlalchemy.orm import object_session
 
+from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
 from service import projects
 from service.base_models import TrainingDefaults
 from service.context import AppContext
@@ -119,31 +119,32 @@ def spec_key(job_id: str) -> str:
     return f"jobs/{job_id}/spec.json"
 
 
-def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, model_name: str) -> dict:
+def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, model_name: str) -> TrainSpec:
     settings = ctx.settings
     base = ctx.base_models.get(job.base_model)
     train = files[job.training_file]
     valid = files.get(job.validation_file) if job.validation_file else None
-    return {
-        "job_id": job.id, "fine_tuned_model": model_name,
-        "model_name": job.base_model, "model_source": base.source if base else job.base_model,
-        "model_cache_dir": str(settings.resolved_model_cache_dir),
-        "storage_url": settings.resolved_storage_url, "s3_endpoint_url": settings.s3_endpoint_url,
-        "training_file": {"key": train.storage_key, "format": train.dataset_format},
-        "validation_file": {"key": valid.storage_key, "format": valid.dataset_format} if valid else None,
-        "method": job.method["type"],
-        "hyperparameters": trainer_hyperparameters(ctx, job.method, base.training if base else TrainingDefaults()),
-        "seed": job.seed, "output_prefix": f"jobs/{job.id}/", "callback_url": settings.resolved_internal_url,
-        "token": token, "attempt": job.attempts,
-        "max_length": job.method[job.method["type"]]["hyperparameters"]["max_length"],
-        "packing": settings.train_packing, "token_budget": settings.train_token_budget,
-        "checkpoint_interval_steps": settings.checkpoint_interval_steps, "init_weights_prefix": job.parent_prefix,
+    return TrainSpec(
+        job_id=job.id, fine_tuned_model=model_name,
+        model_name=job.base_model, model_source=base.source if base else job.base_model,
+        model_cache_dir=str(settings.resolved_model_cache_dir),
+        storage_url=settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url,
+        training_file=FileRef(train.storage_key, train.dataset_format),
+        validation_file=FileRef(valid.storage_key, valid.dataset_format) if valid else None,
+        method=job.method["type"],
+        hyperparameters=Hyperparameters(**trainer_hyperparameters(ctx, job.method,
+                                                                  base.training if base else TrainingDefaults())),
+        seed=job.seed, output_prefix=f"jobs/{job.id}/", callback_url=settings.resolved_internal_url,
+        token=token, attempt=job.attempts,
+        max_length=job.method[job.method["type"]]["hyperparameters"]["max_length"],
+        packing=settings.train_packing, token_budget=settings.train_token_budget,
+        checkpoint_interval_steps=settings.checkpoint_interval_steps, init_weights_prefix=job.parent_prefix,
         **projects.trainer_integrations(object_session(job), job),  # wandb: the project's key, if any
-    }
+    )
 
 
 def write_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, model_name: str) -> str:
     """Writes the spec and returns its URL, which is all `python -m trainer --spec` needs."""
     key = spec_key(job.id)
-    ctx.storage.put_bytes(key, json.dumps(build_spec(ctx, job, files, token, model_name), indent=2).encode())
+    ctx.storage.put_bytes(key, build_spec(ctx, job, files, token, model_name).to_json())
     return f"{ctx.settings.resolved_storage_url.rstrip('/')}/{key}"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hone.dataset_lines import TOO_LONG, UTF8_BOM, LineSplitter, dataset_lines
-from hone.datasets import DatasetFormat, DatasetValidator, validate_bytes
+from hone_kernel.dataset_lines import TOO_LONG, UTF8_BOM, LineSplitter, dataset_lines
+from hone_kernel.datasets import DatasetFormat, DatasetValidator, validate_bytes
 from trainer.blobs import FolderBlobs, S3Blobs
 from trainer.data import to_messages
 

@@ -1,4 +1,4 @@
-"""Unit tests of the streaming dataset validator (hone.datasets, the server's service.datasets), without a server."""
+"""Unit tests of the streaming dataset validator (hone_kernel.datasets, the server's service.datasets), without a server."""
 
 from __future__ import annotations
 
@@ -334,13 +334,13 @@ def test_media_inputs_are_refused_with_line_and_field(line, field, kind):
 
 
 def test_media_is_one_predicate_that_allows_nothing_yet():
-    from hone.dataset_checks import MEDIA_PART_TYPES, media_supported
+    from hone_kernel.dataset_checks import MEDIA_PART_TYPES, media_supported
 
     assert not any(media_supported(kind) for kind in {*MEDIA_PART_TYPES.values(), "video"})
 
 
 def test_the_minimum_example_count_is_one_shared_rule():
-    from hone.datasets import MIN_TRAINING_EXAMPLES, too_few_examples
+    from hone_kernel.datasets import MIN_TRAINING_EXAMPLES, too_few_examples
     from service.settings import Settings
 
     assert Settings.model_fields["min_training_examples"].default == MIN_TRAINING_EXAMPLES == 10

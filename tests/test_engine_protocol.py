@@ -30,7 +30,7 @@ CHAT = [{"role": "user", "content": "hello, can you reset my password please?"}]
 # --- helpers shared with test_launcher.py ----------------------------------------------------------------
 
 def base_model() -> Path:
-    from trainer.tiny_model import build
+    from hone_kernel.tiny_model import build
 
     return build(MODEL_CACHE / "hone-tiny")
 

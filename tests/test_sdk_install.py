@@ -26,7 +26,7 @@ def run(*args, **kwargs) -> subprocess.CompletedProcess:
 def test_the_sdk_installs_and_imports_without_server_or_training_dependencies(tmp_path):
     source, wheels, venv = tmp_path / "source", tmp_path / "wheels", tmp_path / "venv"
     # Built from a copy: setuptools builds in the tree, and the repository must stay as it is.
-    for name in ("hone", "service", "trainer", "inference"):
+    for name in ("hone", "hone_kernel", "service", "trainer", "inference"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
@@ -41,7 +41,7 @@ def test_the_sdk_installs_and_imports_without_server_or_training_dependencies(tm
 import importlib.metadata, importlib.util, json
 import hone
 client = hone.Client("http://127.0.0.1:9", "sk-test")
-from hone.datasets import validate_bytes
+from hone_kernel.datasets import validate_bytes
 print(json.dumps({{
     "client": type(client).__name__, "base_url": client.base_url,
     "importable": [m for m in {SERVER_SIDE!r} if importlib.util.find_spec(m)],

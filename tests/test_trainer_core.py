@@ -16,10 +16,11 @@ import torch
 from tests.support import MODEL_CACHE, chat_line
 from trainer.blobs import FolderBlobs
 from trainer.data import encode_row
-from trainer.loop import EXIT_OK, Run
+from hone_kernel.trainer_contract import ExitCode
+from trainer.loop import Run
 from trainer.modeling import load_base
-from trainer.spec import FileRef, Hyperparameters, TrainSpec
-from trainer.tiny_model import build
+from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
+from hone_kernel.tiny_model import build
 
 
 class RecordingReporter:
@@ -78,7 +79,7 @@ def run_training(tmp_path: Path, rows: list[dict], fmt: str, *, seed: int = 1, p
     work.mkdir()
     reporter = RecordingReporter()
     run = Run(spec, FolderBlobs(blobs_root), reporter, work)
-    assert run.execute() == EXIT_OK, reporter.events
+    assert run.execute() == ExitCode.OK, reporter.events
     return run, reporter
 
 

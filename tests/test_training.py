@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.support import MODEL_CACHE, HoneServer, PostgresDatabase, all_events, chat_line, jsonl, trainer_pids, wait_job
-from trainer.tiny_model import build
+from hone_kernel.tiny_model import build
 
 BACKENDS = ["sqlite-fs", "postgres-s3"]
 

@@ -10,13 +10,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from hone.jsonlog import route_transformers_logs
+from hone_kernel.jsonlog import route_transformers_logs
+from hone_kernel.trainer_contract import ContractError, ExitCode, TrainSpec
 from trainer.blobs import open_blobs, split_url
 from trainer.logs import bind, configure_logging
 from trainer.reporting import Reporter, main_thread
-from trainer.spec import TrainSpec
 
-EXIT_THREAD_CRASHED = 70  # EX_SOFTWARE: the scheduler counts it as a crash and retries from the last checkpoint
 
 
 def exit_on_thread_crash() -> None:
@@ -31,7 +30,7 @@ def exit_on_thread_crash() -> None:
             log_it(args)
             sys.stderr.flush()
         finally:
-            os._exit(EXIT_THREAD_CRASHED)  # sys.exit would only end the crashed thread
+            os._exit(ExitCode.THREAD_CRASHED)  # sys.exit would only end the crashed thread
 
     threading.excepthook = hook
 
@@ -47,20 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_thread_crash()
 
     root, key = split_url(args.spec)
-    spec = TrainSpec.from_json(open_blobs(root, args.s3_endpoint_url).read_bytes(key))
+    try:
+        spec = TrainSpec.from_json(open_blobs(root, args.s3_endpoint_url).read_bytes(key))
+    except ContractError as exc:
+        logging.getLogger("hone.trainer").error("cannot read the spec: %s", exc)
+        return ExitCode.FATAL
     bind(job_id=spec.job_id, attempt=spec.attempt)
     blobs = open_blobs(spec.storage_url, spec.s3_endpoint_url or args.s3_endpoint_url)
     reporter = Reporter(spec.callback_url, spec.token, spec.job_id)  # its first heartbeat goes out at once
     with main_thread.busy():  # transformers and torch take seconds to import: heartbeats go on meanwhile
         route_transformers_logs()
-        from trainer.loop import EXIT_SUPERSEDED, Run, install_stop_handler
+        from trainer.loop import Run, install_stop_handler
     with tempfile.TemporaryDirectory(prefix=f"hone-{spec.job_id}-", dir=args.workdir) as workdir:
         run = Run(spec, blobs, reporter, Path(workdir))
         install_stop_handler(run)
         logging.getLogger("hone.trainer").info("starting %s attempt %s", spec.job_id, spec.attempt,
                                                extra={"model": spec.model_name, "method": spec.method})
         code = run.execute()
-    if code != EXIT_SUPERSEDED:
+    if code != ExitCode.SUPERSEDED:
         reporter.flush(timeout=30)
     reporter.close()
     return code

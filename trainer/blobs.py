@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-from hone.dataset_lines import dataset_lines
+from hone_kernel.dataset_lines import dataset_lines
 
 CHUNK_BYTES = 1 << 20
 
@@ -25,7 +25,7 @@ class Blobs:
     def list(self, prefix: str) -> list[str]: ...
 
     def iter_lines(self, key: str) -> Iterator[bytes]:
-        """A dataset's lines, cut by the rule validation used (hone.dataset_lines) whatever the backend."""
+        """A dataset's lines, cut by the rule validation used (hone_kernel.dataset_lines) whatever the backend."""
         return dataset_lines(self.iter_chunks(key))
 
     def upload_dir(self, local: Path, prefix: str, *, last: str | None = None) -> None:

@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any
 
-from hone.jsonlog import JsonFormatter
+from hone_kernel.jsonlog import JsonFormatter
 
 
 class JobFields(logging.Filter):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
+from hone_kernel.trainer_contract import message as message_of
 from trainer import checkpoints, dpo, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
@@ -24,16 +26,11 @@ from trainer.data import (SUPERVISED_FORMATS, DataError, Example, parity_samples
 from trainer.flops import flops_per_token, mfu, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, loss_sums, tunable
 from trainer.reporting import Reporter, main_thread
-from trainer.spec import TrainSpec
 from trainer.wandb_log import WandbLog
 
 log = logging.getLogger("hone.trainer")
 
 PARITY_ROWS = 8  # training rows published for the endpoint's parity gate
-EXIT_OK = 0
-EXIT_FATAL = 2  # reported as failed; retrying would not help
-EXIT_SUPERSEDED = 3  # the control plane no longer wants this run
-EXIT_STOPPED = 75  # SIGTERM: checkpointed and stopped (pause or preemption)
 
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
                   "full_valid_loss", "full_valid_mean_token_accuracy"]
@@ -288,8 +285,8 @@ class Run:
         message = (f"Training diverged at step {step} of {self.total_steps}: {exc}. Lower the learning rate: "
                    f"try a smaller learning_rate_multiplier (this run's learning rate was {lr:g}).")
         log.error(message)
-        self.reporter.call("/fail", {"code": "training_diverged", "message": message})
-        return EXIT_FATAL
+        self.reporter.call(FAIL, message_of(Failure("training_diverged", message)))
+        return ExitCode.FATAL
 
     def execute(self) -> int:
         # busy(): sections whose torch work or I/O counts as alive for the heartbeat (trainer/reporting.py)
@@ -297,8 +294,8 @@ class Run:
             with main_thread.busy():
                 self._setup()
         except FatalError as exc:
-            self.reporter.call("/fail", {"code": exc.code, "message": exc.message})
-            return EXIT_FATAL
+            self.reporter.call(FAIL, message_of(Failure(exc.code, exc.message)))
+            return ExitCode.FATAL
         with main_thread.busy():
             self._resume()
         if self.step == 0:
@@ -309,14 +306,14 @@ class Run:
         last_metrics: dict = {}
         while self.step < self.total_steps:
             if self._should_quit():
-                return EXIT_SUPERSEDED
+                return ExitCode.SUPERSEDED
             if self.stop_requested:
                 if not last_metrics:
-                    return EXIT_STOPPED  # nothing new since the last checkpoint
+                    return ExitCode.STOPPED  # nothing new since the last checkpoint
                 with main_thread.busy():
                     self._checkpoint(last_metrics)
                 self.reporter.flush()
-                return EXIT_STOPPED
+                return ExitCode.STOPPED
             tokens_before, step_started = self.trained_tokens, time.perf_counter()
             try:
                 with main_thread.busy():
@@ -343,11 +340,11 @@ class Run:
         with main_thread.busy():
             adapter_prefix = self._publish()
         final = self.rows[-1] if self.rows else {}
-        reply = self.reporter.call("/complete", {
-            "trained_tokens": self.trained_tokens, "adapter_prefix": adapter_prefix,
-            "result_key": self.spec.output_prefix + "result.csv",
-            "metrics": {k: v for k, v in final.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}})
-        return EXIT_OK if reply.get("status") == "succeeded" else EXIT_SUPERSEDED
+        reply = self.reporter.call(COMPLETE, message_of(Completion(
+            trained_tokens=self.trained_tokens, adapter_prefix=adapter_prefix,
+            result_key=self.spec.output_prefix + "result.csv",
+            metrics={k: v for k, v in final.items() if v is not None and not (isinstance(v, float) and math.isnan(v))})))
+        return ExitCode.OK if reply.get("status") == "succeeded" else ExitCode.SUPERSEDED
 
 
 def install_stop_handler(run: Run) -> None:

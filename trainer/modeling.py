@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer import checkpoints, tiny_model
+from hone_kernel import tiny_model
+from trainer import checkpoints
 from trainer.batches import IGNORE, MicroBatch
 from trainer.blobs import Blobs
-from trainer.spec import Hyperparameters
+from hone_kernel.trainer_contract import Hyperparameters
 
 
 class ModelLoadError(RuntimeError):

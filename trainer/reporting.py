@@ -22,7 +22,8 @@ import uuid
 
 import httpx
 
-from hone.finite import finite
+from hone_kernel import trainer_contract as contract
+from hone_kernel.finite import finite
 
 log = logging.getLogger("hone.trainer.report")
 
@@ -88,13 +89,13 @@ class Reporter:
         event_id = "ftevent-" + (hashlib.sha256(f"{self._job_id}:{key}".encode()).hexdigest()[:24] if key
                                  else uuid.uuid4().hex[:24])
         with self._lock:
-            self._events.append({"id": event_id, "created_at": int(time.time()), "level": level,
-                                 "message": message, "type": type, "data": data})
+            self._events.append(contract.message(contract.ReportedEvent(event_id, int(time.time()), level, message,
+                                                                        type, data)))
             self._lock.notify()
 
     def checkpoint(self, step: int, metrics: dict, prefix: str) -> None:
         with self._lock:
-            self._checkpoints.append({"step": step, "metrics": metrics, "storage_prefix": prefix})
+            self._checkpoints.append(contract.message(contract.ReportedCheckpoint(step, metrics, prefix)))
             self._lock.notify()
 
     def progress(self, **fields) -> None:
@@ -128,7 +129,7 @@ class Reporter:
                 if batch is None or self._closing and self._is_heartbeat(batch):
                     return
             try:
-                reply = self._post("/report", batch)
+                reply = self._post(contract.REPORT, batch)
             except Superseded:
                 with self._lock:
                     self._events.clear()

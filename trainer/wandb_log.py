@@ -16,7 +16,7 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from trainer.spec import TrainSpec
+from hone_kernel.trainer_contract import TrainSpec
 
 log = logging.getLogger("hone.trainer.wandb")
 

@@ -23,6 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/hone
 COPY pyproject.toml README.md ./
 COPY hone ./hone
+COPY hone_kernel ./hone_kernel
 COPY service ./service
 COPY inference ./inference
 COPY trainer ./trainer

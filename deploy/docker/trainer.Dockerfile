@@ -29,6 +29,7 @@ WORKDIR /opt/hone
 COPY pyproject.toml README.md ./
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.13.0
 COPY hone ./hone
+COPY hone_kernel ./hone_kernel
 COPY service ./service
 COPY inference ./inference
 COPY trainer ./trainer

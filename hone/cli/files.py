@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from hone.cli.common import EXIT_REFUSED, Session, api_command, err, print_json, table, when
-from hone.datasets import FORMAT_LABELS, MIN_TRAINING_EXAMPLES, DatasetReport, filename_problem, too_few_examples, \
+from hone_kernel.datasets import FORMAT_LABELS, MIN_TRAINING_EXAMPLES, DatasetReport, filename_problem, too_few_examples, \
     validate_file
 from hone.types import FileObject
 

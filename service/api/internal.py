@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Request
 
+from hone_kernel import trainer_contract as contract
 from service import trainer_reports
 from service.api.routing import JSONRoute
 from service.trainer_reports import Completion, Failure, Report
@@ -9,18 +10,18 @@ from service.trainer_reports import Completion, Failure, Report
 router = APIRouter(route_class=JSONRoute, prefix="/internal/fine_tuning/jobs/{job_id}", include_in_schema=False)
 
 
-@router.post("/report")
+@router.post(contract.REPORT)
 def report(job_id: str, body: Report, request: Request):
     return trainer_reports.record_report(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
 
 
-@router.post("/complete")
+@router.post(contract.COMPLETE)
 def complete(job_id: str, body: Completion, request: Request):
     reply = trainer_reports.complete(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
     request.app.state.loops.wake("endpoints")  # the new model's endpoint deploys now, not at the next poll
     return reply
 
 
-@router.post("/fail")
+@router.post(contract.FAIL)
 def fail(job_id: str, body: Failure, request: Request):
     return trainer_reports.fail(request.app.state.ctx, job_id, request.headers.get("authorization"), body)

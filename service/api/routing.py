@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
-from hone.finite import finite
+from hone_kernel.finite import finite
 from service.api import json_body
 from service.errors import InvalidRequest
 

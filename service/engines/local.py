@@ -117,7 +117,7 @@ class LocalEngines:
             return
         python = self._settings.trainer_python or sys.executable
         try:
-            done = subprocess.run([python, "-m", "trainer.tiny_model", spec.model_path], capture_output=True,
+            done = subprocess.run([python, "-m", "hone_kernel.tiny_model", spec.model_path], capture_output=True,
                                   timeout=900)
         except subprocess.TimeoutExpired as exc:
             raise EngineStartError(f"building {spec.model_source} took over 900s") from exc

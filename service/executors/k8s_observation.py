@@ -21,14 +21,15 @@ import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 
+from hone_kernel.trainer_contract import ExitCode
 from service.settings import Settings
 
 CONTAINER = "trainer"
 
-# The trainer's exit codes (trainer/loop.py) and the ones the executor reports for what the cluster did.
-EXIT_STOPPED = 75
-EXIT_OOM = 137
-EXIT_DEADLINE = 124
+# The trainer contract's exit codes: the trainer's own, and those the executor reports for what the cluster did.
+EXIT_STOPPED = ExitCode.STOPPED
+EXIT_OOM = ExitCode.KILLED
+EXIT_DEADLINE = ExitCode.DEADLINE
 
 OOM_MESSAGE = ("OOMKilled: the trainer ran out of memory; use a smaller batch_size (or shorter examples), or give "
                "the trainer pod more memory in the trainer-job.yaml template")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from hone.dataset_lines import TOO_LONG, LineSplitter
-from hone.dataset_checks import (_Issues, _type_name, check_chat, check_gemini, check_pairs, check_preference,
+from hone_kernel.dataset_lines import TOO_LONG, LineSplitter
+from hone_kernel.dataset_checks import (_Issues, _type_name, check_chat, check_gemini, check_pairs, check_preference,
                                   check_prompt_completion, check_raw_text, check_vertex_legacy)
 
 
@@ -138,7 +138,7 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 class DatasetValidator:
     """Feed bytes in order with `feed`, then call `finish` for the report. Lines are cut by
-    hone.dataset_lines, the rule the trainer reads them by."""
+    hone_kernel.dataset_lines, the rule the trainer reads them by."""
 
     def __init__(self, *, max_line_bytes: int = 4 << 20, max_errors: int = 20):
         self.max_line_bytes = max_line_bytes

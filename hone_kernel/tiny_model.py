@@ -142,7 +142,7 @@ def build(target: Path, seed: int = SEED) -> Path:
     return target
 
 
-if __name__ == "__main__":  # `python -m trainer.tiny_model DIR`: how the control plane builds it for serving
+if __name__ == "__main__":  # `python -m hone_kernel.tiny_model DIR`: how the control plane builds it for serving
     import sys
 
     print(build(Path(sys.argv[1])))

@@ -1,4 +1,4 @@
-"""The per-line checks of each dataset format (hone.datasets runs them); errors name the field path in the line.
+"""The per-line checks of each dataset format (hone_kernel.datasets runs them); errors name the field path in the line.
 
 Training data holds text: parts that carry images, audio or files are refused with the line and field, through one
 predicate (`media_supported`), so that a change that brings vision models can allow them for those models.

@@ -1,0 +1,165 @@
+"""The trainer contract: the one module both sides of a training run import.
+
+- The spec the control plane writes to `jobs/{id}/spec.json` (TrainSpec): everything a trainer needs, with the
+  contract's version, so a trainer image older than the control plane refuses a spec it cannot read instead of
+  half-reading it.
+- The reports a trainer sends back over the internal API (REPORT, COMPLETE, FAIL under
+  `/internal/fine_tuning/jobs/{id}`): the message shapes, with the limits the control plane enforces.
+- The exit codes a trainer ends with, and those an executor reports for what the machine did to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+# Bumped when a spec field changes meaning or becomes required; additions with defaults keep the version.
+CONTRACT_VERSION = 1
+
+
+class ContractError(ValueError):
+    """A spec this trainer cannot read (written by a newer control plane)."""
+
+
+class ExitCode(IntEnum):
+    """How a trainer process ends, as the scheduler reads it."""
+    OK = 0  # the run is complete (or superseded after its result was accepted)
+    FATAL = 2  # reported as failed through FAIL; retrying would not help
+    SUPERSEDED = 3  # the control plane no longer wants this run (cancelled, or a newer attempt owns it)
+    THREAD_CRASHED = 70  # EX_SOFTWARE: a crash in a trainer thread; counted as a crash, retried from the checkpoint
+    STOPPED = 75  # EX_TEMPFAIL: SIGTERM, checkpointed and stopped (pause, preemption); resumes without a crash
+    # What executors report for what the machine did, not the trainer:
+    DEADLINE = 124  # ran past its deadline (Kubernetes activeDeadlineSeconds)
+    KILLED = 137  # SIGKILL, OOMKilled on Kubernetes
+
+
+# The internal API, relative to `{callback_url}/internal/fine_tuning/jobs/{job_id}`.
+REPORT, COMPLETE, FAIL = "/report", "/complete", "/fail"
+MAX_EVENTS_PER_REPORT = 5000
+MAX_MESSAGE_CHARS = 4000
+MAX_FAILURE_CODE_CHARS = 64
+EVENT_ID_PATTERN = r"^ftevent-[A-Za-z0-9]{1,40}$"
+
+
+@dataclass(frozen=True)
+class ReportedEvent:
+    id: str  # EVENT_ID_PATTERN; the same id twice is one event (reports are retried)
+    created_at: int
+    level: str  # info | warn | error
+    message: str
+    type: str  # message | metrics
+    data: dict | None = None
+
+
+@dataclass(frozen=True)
+class ReportedCheckpoint:
+    step: int
+    metrics: dict
+    storage_prefix: str  # under the job's own folder
+
+
+@dataclass(frozen=True)
+class Report:
+    """REPORT: what happened since the last one; an empty one is a heartbeat. Replied with the job's status and
+    the heartbeat interval to keep."""
+    events: list[ReportedEvent] = field(default_factory=list)
+    checkpoints: list[ReportedCheckpoint] = field(default_factory=list)
+    progress: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """COMPLETE: the run's result; the job succeeds with it."""
+    trained_tokens: int
+    adapter_prefix: str
+    result_key: str
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """FAIL: a failure retrying would not mend; the job fails with this error."""
+    code: str
+    message: str
+
+
+def message(body: Any) -> dict:
+    """A report dataclass as the JSON body it is sent as."""
+    return dataclasses.asdict(body)
+
+
+@dataclass
+class FileRef:
+    key: str
+    format: str
+
+
+@dataclass
+class Hyperparameters:
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    tuning_mode: str = "lora"  # "lora" | "full"
+    beta: float = 0.1  # DPO only
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"])
+    warmup_ratio: float = 0.0
+    lr_scheduler: str = "linear"  # "cosine" | "linear" | "constant", after warmup
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainSpec:
+    job_id: str
+    fine_tuned_model: str
+    model_name: str
+    model_source: str  # local folder, Hugging Face id, or "builtin:hone-tiny"
+    model_cache_dir: str
+    storage_url: str
+    training_file: FileRef
+    validation_file: FileRef | None
+    method: str
+    hyperparameters: Hyperparameters
+    seed: int
+    output_prefix: str  # "jobs/{id}/"
+    callback_url: str
+    token: str
+    attempt: int = 1
+    s3_endpoint_url: str | None = None
+    max_length: int = 2048
+    packing: bool = True
+    token_budget: int = 16384  # padded tokens per micro-batch
+    eval_interval: int = 0  # 0: about ten validation points per run
+    eval_examples: int = 64  # examples in an interval validation (the full set at the end)
+    checkpoint_interval_steps: int = 0  # 0: once per epoch
+    # A job continuing a tuned model or checkpoint: the storage folder of the weights training starts from
+    init_weights_prefix: str | None = None
+    integrations: list[dict] = field(default_factory=list)  # the job's, as the API echoes them (wandb)
+    # The project's W&B key (online logging) and server; no key: the wandb run is logged offline
+    wandb_api_key: str | None = field(default=None, repr=False)
+    wandb_base_url: str | None = None
+    contract_version: int = CONTRACT_VERSION  # required in spec.json: see from_json
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=2).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "TrainSpec":
+        data = json.loads(raw)
+        version = data.get("contract_version")
+        if not isinstance(version, int) or version > CONTRACT_VERSION:
+            raise ContractError(f"spec has trainer contract version {version!r}; this trainer reads up to "
+                                f"{CONTRACT_VERSION}: run a trainer image as new as the control plane")
+        data["training_file"] = FileRef(**data["training_file"])
+        if data.get("validation_file"):
+            data["validation_file"] = FileRef(**data["validation_file"])
+        data["hyperparameters"] = Hyperparameters(**data["hyperparameters"])
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})

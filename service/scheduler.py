@@ -20,6 +20,7 @@ from service.auth import hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job
 from service.executors import Executor, TrainerExit
+from service.storage import StorageUnavailable
 from service.jobs import add_event, transition, tuned_model_name
 from service.job_states import JobStatus
 
@@ -27,6 +28,7 @@ log = logging.getLogger("hone.scheduler")
 
 # The trainer's exit codes (trainer/loop.py): they are the process contract between the two.
 EXIT_STOPPED = 75  # checkpointed after SIGTERM
+EXIT_STORAGE = 74  # storage failed after the trainer's S3 retries (its event says which call)
 
 
 def _last_checkpoint_step(session: Session, job_id: str) -> int | None:
@@ -41,13 +43,17 @@ class Scheduler:
         # job id -> when its run was launched or adopted: silence counts from then until the first report
         self._launched_at: dict[str, float] = {}
         self._stalled: dict[str, int] = {}  # job id -> seconds silent when its run was killed for it
+        # Runs reaped whose exit is not yet recorded: the executor forgets a run once reaped, so an exit that
+        # could not be written (the database down) is kept here and written on a later tick.
+        self._exits: list[TrainerExit] = []
         executor.bind(ctx)
 
     def tick(self) -> None:
-        exits = self.executor.reap()
+        self._exits.extend(self.executor.reap())
         self._record_executor_events()
-        for ended in exits:
-            self._on_exit(ended)
+        while self._exits:
+            self._on_exit(self._exits[0])  # raises while the database is down: kept for the next tick
+            self._exits.pop(0)
         self._enforce_user_actions()
         self._kill_stalled()
         self._claim()
@@ -87,13 +93,19 @@ class Scheduler:
     def _on_exit(self, ended: TrainerExit) -> None:
         self._stopping_since.pop(ended.job_id, None)
         self._launched_at.pop(ended.job_id, None)
-        stalled = self._stalled.pop(ended.job_id, None)
+        self._record_exit(ended, self._stalled.get(ended.job_id))
+        self._stalled.pop(ended.job_id, None)  # only once recorded: a failed write tries again with it
+
+    def _record_exit(self, ended: TrainerExit, stalled: int | None) -> None:
         with self.ctx.db.write() as session:
             job = session.execute(select(Job).where(Job.id == ended.job_id).with_for_update()).scalar()
             if job is None:
                 return
             if ended.log is not None:
-                self.ctx.storage.put_bytes(f"jobs/{job.id}/logs/attempt-{job.attempts}.log", ended.log)
+                try:
+                    self.ctx.storage.put_bytes(f"jobs/{job.id}/logs/attempt-{job.attempts}.log", ended.log)
+                except StorageUnavailable as exc:  # the exit must be recorded all the same: the log stays local
+                    log.warning("could not keep a trainer log in storage", extra={"job_id": job.id, "error": str(exc)})
             if job.status != JobStatus.RUNNING.value or (job.executor_ref or "") != ended.ref:
                 return  # finished, paused or cancelled as intended, or already handed to a newer attempt
             job.executor_ref = None
@@ -109,6 +121,8 @@ class Scheduler:
                 return
             job.failures += 1
             how = "vanished" if ended.returncode is None else f"exited with code {ended.returncode}"
+            if ended.returncode == EXIT_STORAGE:
+                how += " (storage unavailable)"
             if stalled is not None:
                 how = f"stalled (no report for {stalled} s) and was killed"
                 add_event(session, job.id, f"Trainer stalled: nothing heard from it for {stalled} s (limit "

@@ -34,6 +34,7 @@ EXIT_OK = 0
 EXIT_FATAL = 2  # reported as failed; retrying would not help
 EXIT_SUPERSEDED = 3  # the control plane no longer wants this run
 EXIT_STOPPED = 75  # SIGTERM: checkpointed and stopped (pause or preemption)
+EXIT_STORAGE = 74  # EX_IOERR: storage failed after the S3 client's retries; counted as a crash and retried
 
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
                   "full_valid_loss", "full_valid_mean_token_accuracy"]

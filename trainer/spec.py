@@ -48,6 +48,8 @@ class TrainSpec:
     token: str
     attempt: int = 1
     s3_endpoint_url: str | None = None
+    s3_max_attempts: int = 5  # each S3 call's attempts in all (retries with backoff), as HONE_S3_MAX_ATTEMPTS
+    s3_timeout_s: float = 30.0  # connect and read timeout of each attempt, as HONE_S3_TIMEOUT_S
     max_length: int = 2048
     packing: bool = True
     token_budget: int = 16384  # padded tokens per micro-batch

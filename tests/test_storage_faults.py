@@ -222,3 +222,74 @@ def test_trainer_reads_in_bounded_time_from_a_stalled_store(aws, bucket, proxy):
     with pytest.raises(StorageError, match="timeout"):
         blobs.read_bytes("jobs/ftjob-4/spec.json")
     assert time.monotonic() - started < 15
+
+
+# --- the Files API over a failing store --------------------------------------------------------------------------
+
+@pytest.fixture
+def api(aws, bucket, proxy, tmp_path):
+    """The control plane in process (SQLite, S3 through the proxy), and a project key's headers."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/blobs", s3_endpoint_url=proxy.url,
+                        s3_max_attempts=2, s3_timeout_s=1.0, local_slots=0, auto_deploy=False,
+                        admin_api_key="sk-admin-test", file_expiry_poll_s=3600, endpoint_poll_s=3600)
+    with TestClient(create_app(settings)) as client:
+        admin = {"Authorization": "Bearer sk-admin-test"}
+        project = client.post("/v1/organization/projects", json={"name": "faults"}, headers=admin).json()
+        account = client.post(f"/v1/organization/projects/{project['id']}/service_accounts", json={"name": "t"},
+                              headers=admin).json()
+        client.headers["Authorization"] = f"Bearer {account['api_key']['value']}"
+        yield client
+
+
+def upload(api, data: bytes):
+    return api.post("/v1/files", data={"purpose": "batch"}, files={"file": ("data.bin", data)})
+
+
+def assert_storage_unavailable(resp) -> None:
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "storage_unavailable"
+    assert resp.json()["error"]["type"] == "server_error"
+    assert resp.headers["retry-after"] == "5"
+
+
+@pytest.mark.parametrize("fault", ["single put", "part", "stall"])
+def test_upload_to_a_failing_store_answers_503_and_leaves_no_file(api, aws, bucket, proxy, monkeypatch, fault):
+    monkeypatch.setattr(service_s3, "PART_SIZE", PART)
+    size = 2 * PART + 10 if fault == "part" else 1000
+    if fault == "part":
+        proxy.fail("PUT", r"partNumber=2")
+    elif fault == "single put":
+        proxy.fail("PUT", r"/files/")
+    else:
+        proxy.stall("PUT", r"/files/")
+    started = time.monotonic()
+    assert_storage_unavailable(upload(api, payload(size)))
+    assert time.monotonic() - started < 30  # two attempts of at most a second each, when stalled
+    proxy.clear()
+    assert api.get("/v1/files").json()["data"] == []
+    objects, uploads = leftovers(aws, bucket)
+    assert [k for k in objects if "/files/" in k] == [] and uploads == []
+
+
+def test_upload_through_transient_faults_succeeds_with_the_right_bytes(api, proxy, monkeypatch):
+    monkeypatch.setattr(service_s3, "PART_SIZE", PART)
+    proxy.fail("PUT", r"partNumber=1", times=1)
+    proxy.reset("POST", r"uploadId=", times=1)
+    data = payload(PART + 77)
+    resp = upload(api, data)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["bytes"] == len(data)
+    assert api.get(f"/v1/files/{resp.json()['id']}/content").content == data
+
+
+def test_reading_a_file_from_a_failing_store_answers_503_then_reads_again(api, proxy):
+    created = upload(api, b"some bytes").json()
+    proxy.fail("GET", r"/files/")
+    assert_storage_unavailable(api.get(f"/v1/files/{created['id']}/content"))
+    proxy.clear()
+    assert api.get(f"/v1/files/{created['id']}/content").content == b"some bytes"

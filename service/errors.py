@@ -80,6 +80,17 @@ _TYPE = "type.googleapis.com/google.rpc."
 OUTAGE_RETRY_AFTER_S = "5"  # what a 503 for a database or storage outage tells clients to wait
 
 
+def outage_code(exc: BaseException) -> str | None:
+    """`database_unavailable` or `storage_unavailable` when `exc` is the database's or the store's outage
+    (refused or cut connections, timeouts, 5xx after retries), which passes and is answered 503; else None."""
+    if isinstance(exc, StorageUnavailable):
+        return "storage_unavailable"
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or \
+            (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return "database_unavailable"
+    return None
+
+
 def google_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
                  extra: dict[str, Any] | None = None) -> dict:
     """Google's envelope: on a 400, `param` becomes a BadRequest field violation (one per bad dataset line when
@@ -193,19 +204,13 @@ def install_error_handlers(app: FastAPI) -> None:
                       code=code, headers={"Retry-After": OUTAGE_RETRY_AFTER_S})
 
     @app.exception_handler(StorageUnavailable)
-    async def _storage_unavailable(request: Request, exc: StorageUnavailable):
-        return _outage(request, exc, "storage", "storage_unavailable")
-
     @app.exception_handler(DBAPIError)
-    async def _database_error(request: Request, exc: DBAPIError):
-        # Connections refused, or cut by a restarting server (which pool_pre_ping replaces on the next checkout).
-        if isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated:
-            return _outage(request, exc, "database", "database_unavailable")
-        return _server_error(request)
-
     @app.exception_handler(PoolTimeout)
-    async def _pool_timeout(request: Request, exc: PoolTimeout):
-        return _outage(request, exc, "database", "database_unavailable")
+    async def _unavailable(request: Request, exc: Exception):
+        code = outage_code(exc)
+        if code is None:  # a DBAPIError that is no outage: a bug, or a constraint the code did not expect
+            return _server_error(request)
+        return _outage(request, exc, code.split("_")[0], code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

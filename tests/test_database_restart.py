@@ -121,3 +121,50 @@ def test_postgres_restart_mid_job_the_job_succeeds_and_the_api_answers_503_meanw
     assert {r.get("code") for r in lines if r["msg"].startswith("background loop step failed")} == \
         {"database_unavailable"}
     assert {r["loop"] for r in lines if r["msg"] == "background loop recovered"} == set(failed)
+
+
+def test_a_trainer_exit_seen_while_the_database_is_down_is_recorded_once_it_is_back(tmp_path):
+    """The executor forgets a run once reaped: an exit whose write failed used to be lost, leaving its job
+    `running` for ever. Here the database is a real SQLite file that cannot be opened, then the real one."""
+    from sqlalchemy import select
+
+    from service.context import AppContext
+    from service.db import Database
+    from service.db.tables import Job, Project
+    from service.executors.local import LocalExecutor
+    from service.scheduler import Scheduler
+    from service.settings import Settings
+
+    crasher = tmp_path / "storage-error.sh"  # a trainer whose storage failed after its retries
+    crasher.write_text("#!/bin/sh\necho 'storage failed writing jobs/x' >&2\nexit 74\n")
+    crasher.chmod(0o755)
+    settings = Settings(data_dir=tmp_path / "data", admin_api_key="adm", trainer_python=str(crasher),
+                        max_job_attempts=1)
+    ctx = AppContext.build(settings)
+    executor = LocalExecutor(settings)
+    ref = executor.launch("ftjob-x", 1, "file:///nowhere/jobs/ftjob-x/spec.json")
+    with ctx.db.write() as session:
+        session.add(Project(id="proj_a", name="a", slug="a", created_at=0))
+        session.flush()
+        session.add(Job(id="ftjob-x", project_id="proj_a", model="hone-tiny", base_model="hone-tiny",
+                        status="running", created_at=0, training_file="file-x", method={"type": "supervised"},
+                        seed=1, result_files=[], attempts=1, executor_ref=ref))
+    executor._runs["ftjob-x"].process.wait(30)
+    scheduler = Scheduler(ctx, executor)
+
+    database, ctx.db = ctx.db, Database(f"sqlite:///{tmp_path / 'missing' / 'hone.db'}")  # cannot be opened
+    try:
+        with pytest.raises(Exception) as raised:
+            scheduler.tick()
+        assert "unable to open database file" in str(raised.value)
+        assert executor.running() == {}  # reaped: only the scheduler remembers the exit now
+    finally:
+        ctx.db.dispose()
+        ctx.db = database
+    scheduler.tick()
+    with ctx.db.read() as session:
+        job = session.execute(select(Job).where(Job.id == "ftjob-x")).scalar_one()
+    assert job.status == "failed" and job.error["code"] == "trainer_failed"
+    assert "exited with code 74 (storage unavailable)" in job.error["message"]
+    assert b"storage failed" in ctx.storage.read_bytes("jobs/ftjob-x/logs/attempt-1.log")
+    ctx.db.dispose()

@@ -19,6 +19,7 @@ from service.db.database import after_commit
 from service.auth import hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job
+from service.errors import outage_code
 from service.executors import Executor, TrainerExit
 from service.storage import StorageUnavailable
 from service.jobs import add_event, transition, tuned_model_name
@@ -52,7 +53,12 @@ class Scheduler:
         self._exits.extend(self.executor.reap())
         self._record_executor_events()
         while self._exits:
-            self._on_exit(self._exits[0])  # raises while the database is down: kept for the next tick
+            try:
+                self._on_exit(self._exits[0])
+            except Exception as exc:
+                if outage_code(exc) is None:  # not an outage: it would fail alike each tick and hold up the rest
+                    self._exits.pop(0)
+                raise  # an outage: the exit is kept for the next tick
             self._exits.pop(0)
         self._enforce_user_actions()
         self._kill_stalled()
@@ -104,7 +110,7 @@ class Scheduler:
             if ended.log is not None:
                 try:
                     self.ctx.storage.put_bytes(f"jobs/{job.id}/logs/attempt-{job.attempts}.log", ended.log)
-                except StorageUnavailable as exc:  # the exit must be recorded all the same: the log stays local
+                except StorageUnavailable as exc:  # the exit must be recorded all the same, log or not
                     log.warning("could not keep a trainer log in storage", extra={"job_id": job.id, "error": str(exc)})
             if job.status != JobStatus.RUNNING.value or (job.executor_ref or "") != ended.ref:
                 return  # finished, paused or cancelled as intended, or already handed to a newer attempt

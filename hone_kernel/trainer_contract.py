@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     OK = 0  # the run is complete (or superseded after its result was accepted)
     FATAL = 2  # reported as failed through FAIL; retrying would not help
     SUPERSEDED = 3  # the control plane no longer wants this run (cancelled, or a newer attempt owns it)
+    STORAGE = 74  # EX_IOERR: storage failed after the S3 client's retries; counted as a crash and retried
     THREAD_CRASHED = 70  # EX_SOFTWARE: a crash in a trainer thread; counted as a crash, retried from the checkpoint
     STOPPED = 75  # EX_TEMPFAIL: SIGTERM, checkpointed and stopped (pause, preemption); resumes without a crash
     # What executors report for what the machine did, not the trainer:
@@ -133,6 +134,8 @@ class TrainSpec:
     token: str
     attempt: int = 1
     s3_endpoint_url: str | None = None
+    s3_max_attempts: int = 5  # each S3 call's attempts in all (retries with backoff), as HONE_S3_MAX_ATTEMPTS
+    s3_timeout_s: float = 30.0  # connect and read timeout of each attempt, as HONE_S3_TIMEOUT_S
     max_length: int = 2048
     packing: bool = True
     token_budget: int = 16384  # padded tokens per micro-batch

@@ -39,8 +39,9 @@ class AppContext:
         db = Database(settings.resolved_database_url)
         if settings.auto_migrate:
             db.migrate()
-        storage = MeteredStorage(open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url),
-                                 backend=urlparse(settings.resolved_storage_url).scheme)
+        store = open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url,
+                             s3_max_attempts=settings.s3_max_attempts, s3_timeout_s=settings.s3_timeout_s)
+        storage = MeteredStorage(store, backend=urlparse(settings.resolved_storage_url).scheme)
         from service.auth import KeyCache  # auth needs AppContext for its type hints
 
         return cls(settings, db, storage, BaseModelRegistry(settings.base_models, db),

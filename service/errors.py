@@ -10,9 +10,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.logs import scope_fields
+from service.storage import StorageUnavailable
 
 log = logging.getLogger("hone.errors")
 
@@ -103,6 +106,18 @@ _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISS
 # Hone's codes that Google names more precisely than by the HTTP status.
 _GOOGLE_STATUS_BY_CODE = {"invalid_job_status": "FAILED_PRECONDITION"}
 _TYPE = "type.googleapis.com/google.rpc."
+OUTAGE_RETRY_AFTER_S = "5"  # what a 503 for a database or storage outage tells clients to wait
+
+
+def outage_code(exc: BaseException) -> str | None:
+    """`database_unavailable` or `storage_unavailable` when `exc` is the database's or the store's outage
+    (refused or cut connections, timeouts, 5xx after retries), which passes and is answered 503; else None."""
+    if isinstance(exc, StorageUnavailable):
+        return "storage_unavailable"
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or \
+            (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return "database_unavailable"
+    return None
 
 
 def google_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -210,8 +225,27 @@ def install_error_handlers(app: FastAPI) -> None:
             message, code = str(exc.detail), None
         return _error(request, exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
 
+    def _outage(request: Request, exc: Exception, what: str, code: str) -> JSONResponse:
+        # The store's or the database's outage, after their own retries: the client may try again; no traceback.
+        log.warning("%s unavailable", what, extra={"path": request.url.path, "error": str(exc).splitlines()[0][:500],
+                                                   **scope_fields(request.scope)})
+        return _error(request, 503, f"The {what} is unavailable; try again shortly.", error_type="server_error",
+                      code=code, headers={"Retry-After": OUTAGE_RETRY_AFTER_S})
+
+    @app.exception_handler(StorageUnavailable)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def _unavailable(request: Request, exc: Exception):
+        code = outage_code(exc)
+        if code is None:  # a DBAPIError that is no outage: a bug, or a constraint the code did not expect
+            return _server_error(request)
+        return _outage(request, exc, code.split("_")[0], code)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        return _server_error(request)
+
+    def _server_error(request: Request) -> JSONResponse:
         # Runs outside the access-log middleware (Starlette handles Exception outermost): its context is gone.
         log.exception("unhandled error", extra={"path": request.url.path, **scope_fields(request.scope)})
         return _error(request, 500, "The server had an error while processing your request.",

@@ -9,6 +9,7 @@ line-numbered problems in `status_details`; jobs refuse files in `error`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from typing import AsyncIterator, Iterable, Iterator
 
@@ -258,7 +259,10 @@ def list_files(ctx: AppContext, principal: ProjectPrincipal, *, purpose: str | N
 def file_content(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> tuple[File, Iterator[bytes]]:
     with ctx.db.read() as session:
         row = get_file_row(session, principal, file_id)
-    return row, ctx.storage.iter_chunks(row.storage_key)
+    chunks = ctx.storage.iter_chunks(row.storage_key)
+    # The object is opened here, before any response starts: a store that fails answers 503, not a cut stream.
+    first = next(chunks, b"")
+    return row, itertools.chain((first,), chunks)
 
 
 def _active_jobs_using(file_id, project_id):

@@ -10,6 +10,7 @@ from typing import Callable
 from starlette.concurrency import run_in_threadpool
 
 from service import metrics
+from service.errors import outage_code
 
 log = logging.getLogger("hone.loops")
 STALE_AFTER_S = 60.0  # a loop with no successful step for this long (or 10 intervals) is unhealthy
@@ -26,6 +27,7 @@ class BackgroundLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at: float | None = None
         self.last_success: float | None = None  # monotonic time of the last step that did not raise
+        self._outage: str | None = None  # the database's or storage's outage the last step failed on
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -72,9 +74,18 @@ class BackgroundLoop:
             self._step()
             self.last_success = time.monotonic()
             metrics.LOOP_LAST_SUCCESS.labels(self.name).set(time.time())
-        except Exception:
+            if self._outage is not None:
+                log.info("background loop recovered", extra={"loop": self.name, "after": self._outage})
+                self._outage = None
+        except Exception as exc:
             metrics.LOOP_ERRORS.labels(self.name).inc()
-            log.exception("background loop step failed", extra={"loop": self.name})
+            outage = outage_code(exc)
+            if outage is None:
+                log.exception("background loop step failed", extra={"loop": self.name})
+            elif self._outage is None:  # once per outage, without a traceback: every step fails alike until it ends
+                log.warning("background loop step failed; retrying each interval", extra={
+                    "loop": self.name, "code": outage, "error": str(exc).splitlines()[0][:500]})
+            self._outage = outage
         finally:
             metrics.LOOP_DURATION.labels(self.name).observe(time.monotonic() - started)
 

@@ -20,7 +20,9 @@ from service.db.database import after_commit
 from service.auth import hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job
+from service.errors import outage_code
 from service.executors import Executor, TrainerExit
+from service.storage import StorageUnavailable
 from service.jobs import add_event, transition, tuned_model_name
 from service.job_states import JobStatus
 
@@ -40,13 +42,22 @@ class Scheduler:
         # job id -> when its run was launched or adopted: silence counts from then until the first report
         self._launched_at: dict[str, float] = {}
         self._stalled: dict[str, int] = {}  # job id -> seconds silent when its run was killed for it
+        # Runs reaped whose exit is not yet recorded: the executor forgets a run once reaped, so an exit that
+        # could not be written (the database down) is kept here and written on a later tick.
+        self._exits: list[TrainerExit] = []
         executor.bind(ctx)
 
     def tick(self) -> None:
-        exits = self.executor.reap()
+        self._exits.extend(self.executor.reap())
         self._record_executor_events()
-        for ended in exits:
-            self._on_exit(ended)
+        while self._exits:
+            try:
+                self._on_exit(self._exits[0])
+            except Exception as exc:
+                if outage_code(exc) is None:  # not an outage: it would fail alike each tick and hold up the rest
+                    self._exits.pop(0)
+                raise  # an outage: the exit is kept for the next tick
+            self._exits.pop(0)
         self._enforce_user_actions()
         self._kill_stalled()
         self._claim()
@@ -86,13 +97,19 @@ class Scheduler:
     def _on_exit(self, ended: TrainerExit) -> None:
         self._stopping_since.pop(ended.job_id, None)
         self._launched_at.pop(ended.job_id, None)
-        stalled = self._stalled.pop(ended.job_id, None)
+        self._record_exit(ended, self._stalled.get(ended.job_id))
+        self._stalled.pop(ended.job_id, None)  # only once recorded: a failed write tries again with it
+
+    def _record_exit(self, ended: TrainerExit, stalled: int | None) -> None:
         with self.ctx.db.write() as session:
             job = session.execute(select(Job).where(Job.id == ended.job_id).with_for_update()).scalar()
             if job is None:
                 return
             if ended.log is not None:
-                self.ctx.storage.put_bytes(f"jobs/{job.id}/logs/attempt-{job.attempts}.log", ended.log)
+                try:
+                    self.ctx.storage.put_bytes(f"jobs/{job.id}/logs/attempt-{job.attempts}.log", ended.log)
+                except StorageUnavailable as exc:  # the exit must be recorded all the same, log or not
+                    log.warning("could not keep a trainer log in storage", extra={"job_id": job.id, "error": str(exc)})
             if job.status != JobStatus.RUNNING.value or (job.executor_ref or "") != ended.ref:
                 return  # finished, paused or cancelled as intended, or already handed to a newer attempt
             job.executor_ref = None
@@ -108,6 +125,8 @@ class Scheduler:
                 return
             job.failures += 1
             how = "vanished" if ended.returncode is None else f"exited with code {ended.returncode}"
+            if ended.returncode == ExitCode.STORAGE:
+                how += " (storage unavailable)"
             if stalled is not None:
                 how = f"stalled (no report for {stalled} s) and was killed"
                 add_event(session, job.id, f"Trainer stalled: nothing heard from it for {stalled} s (limit "

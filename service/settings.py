@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite file in data_dir
     storage_url: str | None = None  # default: file:// folder in data_dir
     s3_endpoint_url: str | None = None  # else boto3 reads AWS_ENDPOINT_URL itself
+    # Every S3 call (control plane and trainers): attempts in all, retries with backoff on 5xx, throttling, resets
+    # and timeouts; and the connect and read timeout of each attempt, so a stalled store fails a call in bounded time.
+    s3_max_attempts: int = Field(default=5, ge=1)
+    s3_timeout_s: float = Field(default=30.0, gt=0)
     admin_api_key: str | None = None  # default: generated once, kept in data_dir
     executor: str = "local"
     inference_engine: str = "auto"

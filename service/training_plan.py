@@ -129,6 +129,7 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         model_name=job.base_model, model_source=base.source if base else job.base_model,
         model_cache_dir=str(settings.resolved_model_cache_dir),
         storage_url=settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url,
+        s3_max_attempts=settings.s3_max_attempts, s3_timeout_s=settings.s3_timeout_s,
         training_file=FileRef(train.storage_key, train.dataset_format),
         validation_file=FileRef(valid.storage_key, valid.dataset_format) if valid else None,
         method=job.method["type"],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hone_kernel.jsonlog import route_transformers_logs
 from hone_kernel.trainer_contract import ContractError, ExitCode, TrainSpec
-from trainer.blobs import open_blobs, split_url
+from trainer.blobs import StorageError, open_blobs, split_url
 from trainer.logs import bind, configure_logging
 from trainer.reporting import Reporter, main_thread
 
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("hone.trainer").error("cannot read the spec: %s", exc)
         return ExitCode.FATAL
     bind(job_id=spec.job_id, attempt=spec.attempt)
-    blobs = open_blobs(spec.storage_url, spec.s3_endpoint_url or args.s3_endpoint_url)
+    blobs = open_blobs(spec.storage_url, spec.s3_endpoint_url or args.s3_endpoint_url,
+                       s3_max_attempts=spec.s3_max_attempts, s3_timeout_s=spec.s3_timeout_s)
     reporter = Reporter(spec.callback_url, spec.token, spec.job_id)  # its first heartbeat goes out at once
     with main_thread.busy():  # transformers and torch take seconds to import: heartbeats go on meanwhile
         route_transformers_logs()
@@ -62,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         install_stop_handler(run)
         logging.getLogger("hone.trainer").info("starting %s attempt %s", spec.job_id, spec.attempt,
                                                extra={"model": spec.model_name, "method": spec.method})
-        code = run.execute()
+        try:
+            code = run.execute()
+        except StorageError as exc:  # a clear line and event instead of a traceback; the scheduler retries
+            logging.getLogger("hone.trainer").error("%s; this attempt ends", exc)
+            reporter.event(f"Trainer attempt {spec.attempt} ended: {str(exc)[:1000]}", level="warn")
+            code = ExitCode.STORAGE
     if code != ExitCode.SUPERSEDED:
         reporter.flush(timeout=30)
     reporter.close()

@@ -5,6 +5,7 @@ from the control plane; the two agree only on URLs and key layout (see DESIGN.md
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -84,41 +85,70 @@ class FolderBlobs(Blobs):
         return sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith(".tmp-"))
 
 
-class S3Blobs(Blobs):
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None):
-        import boto3
+class StorageError(OSError):
+    """A storage call failed after the S3 client's own retries; the attempt ends (ExitCode.STORAGE) and is retried."""
 
-        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+
+@contextlib.contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (ClientError, BotoCoreError, S3UploadFailedError) as err:
+        raise StorageError(f"storage failed {what}: {err}") from err
+
+
+class S3Blobs(Blobs):
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, *, max_attempts: int = 5,
+                 timeout_s: float = 30.0):
+        import boto3
+        from botocore.config import Config
+
+        # Bounded like the control plane's (HONE_S3_MAX_ATTEMPTS, HONE_S3_TIMEOUT_S): retries with backoff on 5xx,
+        # throttling, resets and timeouts, and no attempt waits on a stalled store for longer than the timeout.
+        config = Config(retries={"total_max_attempts": max_attempts, "mode": "standard"},
+                        connect_timeout=timeout_s, read_timeout=timeout_s)
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
         self.bucket, self.prefix = bucket, prefix
 
     def read_bytes(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+        with _storage_errors(f"reading {key}"):
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
 
     def iter_chunks(self, key: str) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
-        yield from body.iter_chunks(CHUNK_BYTES)
+        with _storage_errors(f"reading {key}"):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
+            yield from body.iter_chunks(CHUNK_BYTES)
 
     def put_file(self, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self.prefix + key)
+        # Objects appear whole or not at all: one PUT, or a multipart upload that boto3 aborts when it fails.
+        with _storage_errors(f"writing {key}"):
+            self.client.upload_file(str(path), self.bucket, self.prefix + key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        with _storage_errors(f"writing {key}"):
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
     def list(self, prefix: str) -> list[str]:
         keys = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                           Prefix=self.prefix + prefix):
-            keys.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
+        with _storage_errors(f"listing {prefix}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                               Prefix=self.prefix + prefix):
+                keys.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
         return sorted(keys)
 
 
-def open_blobs(url: str, s3_endpoint_url: str | None = None) -> Blobs:
+def open_blobs(url: str, s3_endpoint_url: str | None = None, *, s3_max_attempts: int = 5,
+               s3_timeout_s: float = 30.0) -> Blobs:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return FolderBlobs(Path(unquote(parsed.path)))
     if parsed.scheme == "s3":
         prefix = parsed.path.lstrip("/")
-        return S3Blobs(parsed.netloc, prefix + "/" if prefix and not prefix.endswith("/") else prefix, s3_endpoint_url)
+        return S3Blobs(parsed.netloc, prefix + "/" if prefix and not prefix.endswith("/") else prefix, s3_endpoint_url,
+                       max_attempts=s3_max_attempts, timeout_s=s3_timeout_s)
     raise ValueError(f"unsupported storage URL {url!r} (use file:// or s3://)")
 
 

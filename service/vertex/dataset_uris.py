@@ -59,9 +59,12 @@ def bucket_object(settings, uri: str, field: str) -> BucketObject | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _s3_client(endpoint_url: str | None):
-    # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL and the other AWS_* variables, as Hone's storage does.
-    return boto3.client("s3", endpoint_url=endpoint_url, config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+def _s3_client(endpoint_url: str | None, max_attempts: int, timeout_s: float):
+    # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL and the other AWS_* variables, as Hone's storage does;
+    # retries and timeouts bounded as its are (HONE_S3_MAX_ATTEMPTS, HONE_S3_TIMEOUT_S).
+    return boto3.client("s3", endpoint_url=endpoint_url, config=Config(
+        retries={"total_max_attempts": max_attempts, "mode": "standard"}, connect_timeout=timeout_s,
+        read_timeout=timeout_s))
 
 
 def _object_chunks(client, obj: BucketObject, uri: str, field: str) -> Iterator[bytes]:
@@ -89,7 +92,7 @@ def resolve_dataset(ctx: AppContext, principal: ProjectPrincipal, uri: str, fiel
     if obj is None:
         return ResolvedDataset(uri, imported=False)  # the job's own checks find it, or say why not
     dataset_grants.check_readable(ctx, principal.project_id, obj.location, uri, field)  # before anything is read
-    client = _s3_client(ctx.settings.s3_endpoint_url)
+    client = _s3_client(ctx.settings.s3_endpoint_url, ctx.settings.s3_max_attempts, ctx.settings.s3_timeout_s)
     filename = obj.key.rsplit("/", 1)[-1]
     row = import_fine_tune_file(ctx, principal, filename, _object_chunks(client, obj, uri, field), param=field,
                                 source=uri)

@@ -4,7 +4,9 @@
   service/endpoint_states.py: every allowed edge, and no other (the `[*]` start and end markers are not edges).
 - Every relative link in README.md and docs/*.md points to a file in the repository, and a `#heading` anchor to a
   heading that exists (GitHub's anchors).
-- Nothing in README.md or docs/ points outside the repository (the design used to live in ../shared/DESIGN.md)."""
+- Nothing in README.md or docs/ points outside the repository (the design used to live in ../shared/DESIGN.md).
+- Every HONE_* variable they name is a setting of service/settings.py, or one of a few listed client, process
+  and deployment variables."""
 
 from __future__ import annotations
 
@@ -158,3 +160,29 @@ def test_the_slugs_are_githubs():
         "quickstart-the-hone-cli-the-hone-sdk-or-the-openai-sdk"
     assert slug("Fine-tuning jobs (`service/job_states.py`)") == "fine-tuning-jobs-servicejob_statespy"
     assert slug("The spec: `jobs/{id}/spec.json`") == "the-spec-jobsidspecjson"
+
+
+# --- settings named in the docs ---------------------------------------------------------------------------------
+
+# HONE_* names the docs use that are not control-plane settings, and the file that reads or sets each.
+NOT_SETTINGS = {
+    "HONE_API_KEY": "hone/client.py",  # the SDK and CLI
+    "HONE_BASE_URL": "hone/client.py",
+    "HONE_JOB_ID": "service/executors/local.py",  # a local trainer's environment
+    "HONE_JOB_ATTEMPT": "service/executors/local.py",
+    "HONE_REGISTRY": "deploy/docker/build.sh",  # where the images are pushed
+    "HONE_BASE_MODEL": "deploy/compose.yaml",  # compose's vLLM service
+    "HONE_BASE_MODEL_NAME": "deploy/compose.yaml",
+}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_hone_variable_named_is_a_setting(page):
+    from service.settings import Settings
+
+    settings = {f"HONE_{name.upper()}" for name in Settings.model_fields}
+    named = set(re.findall(r"\bHONE_[A-Z0-9_]*[A-Z0-9]\b", page.read_text(encoding="utf-8")))
+    unknown = sorted(named - settings - set(NOT_SETTINGS))
+    assert not unknown, f"{page.relative_to(ROOT)} names HONE_* variables that are no setting: {unknown}"
+    for name in sorted(named & set(NOT_SETTINGS)):
+        assert name in (ROOT / NOT_SETTINGS[name]).read_text(encoding="utf-8"), f"{name} in {NOT_SETTINGS[name]}"

@@ -1,4 +1,4 @@
-"""Dataset validation: format detection and per-line checks for every format in DESIGN.md.
+"""Dataset validation: format detection and per-line checks for every format in docs/architecture.md (dataset formats).
 
 The validator is fed bytes as they stream in, so a file is checked without ever
 being held in memory whole. Errors name the 1-based line and the field path.

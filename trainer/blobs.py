@@ -1,7 +1,7 @@
 """The trainer's view of blob storage: file:// folders and s3:// buckets, keyed like the control plane's.
 
 Kept separate from `service.storage` on purpose: the trainer runs in its own image and imports nothing
-from the control plane; the two agree only on URLs and key layout (see DESIGN.md, storage layout)."""
+from the control plane; the two agree only on URLs and key layout (see docs/architecture.md, storage layout)."""
 
 from __future__ import annotations
 

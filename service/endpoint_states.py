@@ -29,3 +29,13 @@ LIVE = frozenset({E.DEPLOYING, E.READY})
 
 def can_transition(current: EndpointState, target: EndpointState) -> bool:
     return target in ALLOWED[current]
+
+
+def entry_fields(target: EndpointState, *, now: int) -> dict:
+    """What entering `target` writes besides the state (a caller's own fields override these)."""
+    fields: dict = {"updated_at": now}
+    if target is E.READY:
+        fields |= {"ready_at": now, "error": None, "failed_attempts": 0}
+    elif target in (E.DEPLOYING, E.IDLE):
+        fields["url"] = None  # no engine answers for it until it is ready again
+    return fields

@@ -5,19 +5,22 @@ the gateway routes by. Starting engines and loading adapters is the deployer's j
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, object_session
 
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
-from service.endpoint_states import LIVE, EndpointState, can_transition
+from service.endpoint_states import LIVE, EndpointState, can_transition, entry_fields
 from service.errors import NotFound, excerpt
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
+
+log = logging.getLogger("hone.endpoints")
 
 
 @dataclass(frozen=True)
@@ -83,15 +86,22 @@ def _usage(session: Session, ep: Endpoint, pending_usage) -> dict:
     return totals
 
 
-def transition(ep: Endpoint, target: EndpointState, **fields) -> bool:
-    """Moves an endpoint if the state machine allows it; False when it changed meanwhile (e.g. deleted)."""
-    if not can_transition(EndpointState(ep.state), target):
+def transition(session: Session, ep: Endpoint, target: EndpointState, **fields) -> bool:
+    """The one way an endpoint's state moves: checks the table (service/endpoint_states.py), writes the target
+    state's entry fields with the caller's, and compare-and-sets on the state it read. False when the table
+    forbids it or the endpoint changed meanwhile (deleted, woken, failed by another replica)."""
+    current = EndpointState(ep.state)
+    if not can_transition(current, target):
         return False
-    ep.state = target.value
-    ep.updated_at = int(time.time())
-    for key, value in fields.items():
-        setattr(ep, key, value)
-    return True
+    if target is EndpointState.FAILED and not fields.get("error"):
+        raise ValueError(f"endpoint {ep.id} cannot fail without an error")  # a bug, never a request's fault
+    fields = {**entry_fields(target, now=int(time.time())), **fields}
+    moved = session.execute(update(Endpoint).where(Endpoint.seq == ep.seq, Endpoint.state == current.value)
+                            .values(state=target.value, **fields)).rowcount == 1
+    session.refresh(ep)
+    if moved:
+        log.info("endpoint state", extra={"endpoint_id": ep.id, "from": current.value, "to": target.value})
+    return moved
 
 
 def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_s: int | None = None,
@@ -107,7 +117,7 @@ def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_
         if idle_timeout_s is not None:
             existing.idle_timeout_s = idle_timeout_s
         if existing.state == EndpointState.FAILED.value:
-            transition(existing, EndpointState.DEPLOYING, error=None, failed_attempts=0)
+            transition(session, existing, EndpointState.DEPLOYING, error=None, failed_attempts=0)
         elif existing.state == EndpointState.IDLE.value:
             wake(existing, "asked to deploy")
         return existing
@@ -126,7 +136,7 @@ WAKING = "waking"  # the error code a woken endpoint deploys with (the gateway w
 
 def wake(ep: Endpoint, why: str) -> bool:
     """An idle endpoint deploys again."""
-    return transition(ep, EndpointState.DEPLOYING, url=None, failed_attempts=0,
+    return transition(object_session(ep), ep, EndpointState.DEPLOYING, failed_attempts=0,
                       error={"code": WAKING, "message": f"Waking from idle: {why}."})
 
 
@@ -167,7 +177,7 @@ def delete_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: s
     """Stops serving; the record stays, `stopped`, and the deployer frees the engine and the local copy."""
     with ctx.db.write() as session:
         ep = _get(session, principal, endpoint_id)
-        transition(ep, EndpointState.STOPPED)
+        transition(session, ep, EndpointState.STOPPED)
     return {"id": endpoint_id, "object": "endpoint.deleted", "deleted": True}
 
 
@@ -175,7 +185,7 @@ def stop_model_endpoints(session: Session, project_id: str, model: str, reason: 
     eps = session.execute(select(Endpoint).where(Endpoint.project_id == project_id, Endpoint.model == model,
                                                  Endpoint.state != EndpointState.STOPPED.value)).scalars().all()
     for ep in eps:
-        transition(ep, EndpointState.STOPPED, error={"code": "model_deleted", "message": reason})
+        transition(session, ep, EndpointState.STOPPED, error={"code": "model_deleted", "message": reason})
     return len(eps)
 
 

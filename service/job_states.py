@@ -37,6 +37,18 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     S.CANCELLED: frozenset(),
 }
 
+def entry_fields(target: JobStatus, *, now: int, started_at: int | None) -> dict:
+    """What entering `target` writes besides the status (a caller's own fields override these): the time it
+    was queued, the time it first ran, and for an end state its finish time and no estimate left."""
+    if target is S.QUEUED:
+        return {"queued_at": now}
+    if target is S.RUNNING:
+        return {} if started_at else {"started_at": now}
+    if target in TERMINAL:
+        return {"finished_at": now, "estimated_finish": None}
+    return {}
+
+
 # The verb a user asked for, for error messages.
 _VERBS = {S.CANCELLED: "cancel", S.PAUSED: "pause", S.QUEUED: "resume"}
 

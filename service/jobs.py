@@ -21,7 +21,7 @@ from service.serve_compat import check_servable
 from service.errors import InvalidRequest, NotFound, excerpt
 from service.ids import new_id
 from service.models import Parent, continuation_parent
-from service.job_states import JobStatus, check_transition
+from service.job_states import JobStatus, check_transition, entry_fields
 from service.pagination import list_envelope, paginate
 from service.schemas import CreateFineTuningJob, DpoMethod, Method, SupervisedMethod
 
@@ -92,12 +92,15 @@ def add_event(session: Session, job_id: str, message: str, *, level: str = "info
 
 def transition(session: Session, job: Job, target: JobStatus, message: str, *, level: str = "info",
                **fields: Any) -> None:
-    """Moves a job to `target` if the table allows it and nobody moved it first; records an event."""
+    """The one way a job's status moves: checks the table (service/job_states.py), writes the target state's entry
+    fields (ENTRY_FIELDS there) with the caller's, compare-and-sets on the status it read (a concurrent move wins,
+    and this one raises), and records the event and the metrics."""
     current = JobStatus(job.status)
     check_transition(job.id, current, target)
     now = time.time()
-    if target is JobStatus.QUEUED:
-        fields.setdefault("queued_at", int(now))
+    fields = {**entry_fields(target, now=int(now), started_at=job.started_at), **fields}
+    if target is JobStatus.FAILED and not fields.get("error"):
+        raise ValueError(f"job {job.id} cannot fail without an error")  # a bug, never a request's fault
     queued_at = job.queued_at
     result = session.execute(update(Job).where(Job.id == job.id, Job.status == current.value)
                              .values(status=target.value, **fields))
@@ -294,8 +297,7 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
                     param, fid = missing[0]
                     error = {"code": f"invalid_{param}", "param": param,
                              "message": f"The job failed due to an invalid {param.replace('_', ' ')}: {fid} was deleted."}
-                    transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
-                               finished_at=int(time.time()))
+                    transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
                 else:
                     transition(session, job, JobStatus.QUEUED, "Files validated, moving job to queued state")
         done += len(pending)
@@ -367,6 +369,5 @@ def act_on_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str, action
             # running -> queued exists for retries; users resume paused jobs only
             raise InvalidRequest(f"Cannot resume job {job.id}: its status is '{job.status}'.",
                                  param="fine_tuning_job_id", code="invalid_job_status")
-        fields = {"finished_at": int(time.time()), "estimated_finish": None} if target.terminal else {}
-        transition(session, job, target, message, **fields)
+        transition(session, job, target, message)
     return job_api(job, ctx.settings.organization_id)

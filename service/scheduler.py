@@ -120,8 +120,7 @@ class Scheduler:
                 return
             if ended.error is not None:
                 error = {"code": ended.error["code"], "param": None, "message": ended.error["message"]}
-                transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
-                           finished_at=int(time.time()), estimated_finish=None)
+                transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
                 return
             job.failures += 1
             how = "vanished" if ended.returncode is None else f"exited with code {ended.returncode}"
@@ -141,8 +140,7 @@ class Scheduler:
             error = {"code": "trainer_stalled" if stalled is not None else "trainer_failed", "param": None,
                      "message": f"The job failed after {job.failures} trainer crashes (the last {how}). "
                                 f"The trainer logs are in storage under jobs/{job.id}/logs/."}
-            transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
-                       finished_at=int(time.time()), estimated_finish=None)
+            transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
 
     # --- pause and cancel -------------------------------------------------------------------
 
@@ -238,9 +236,8 @@ class Scheduler:
         spec_url = training_plan.write_spec(self.ctx, job, files, token, tuned_model_name(session, job))
         first = job.attempts == 1
         message = "Fine-tuning job started" if first else f"Fine-tuning job resumed (attempt {job.attempts})"
-        fields = {"started_at": int(time.time())} if first else {}
         transition(session, job, JobStatus.RUNNING, message, executor_ref=None, method=job.method,
-                   attempts=job.attempts, trainer_token_hash=job.trainer_token_hash, **fields)
+                   attempts=job.attempts, trainer_token_hash=job.trainer_token_hash)
         return job.id, job.attempts, spec_url
 
     def _refuse(self, session: Session, job: Job, exc: Exception) -> None:
@@ -248,8 +245,7 @@ class Scheduler:
         error = {"code": "invalid_job", "param": None,
                  "message": f"The job could not be started: its stored method or files are malformed "
                             f"({type(exc).__name__}: {exc}). Create it again."}
-        transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
-                   finished_at=int(time.time()), estimated_finish=None)
+        transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
 
     def _launch(self, job_id: str, attempt: int, spec_url: str) -> None:
         try:

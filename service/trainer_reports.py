@@ -190,7 +190,7 @@ def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Comp
             add_event(session, job.id, f"Deploying endpoint {ep.id} for {name}", data={"endpoint_id": ep.id})
         transition(session, job, JobStatus.SUCCEEDED, "The job has successfully completed", fine_tuned_model=name,
                    trained_tokens=body.trained_tokens, result_files=results, finished_at=now,
-                   estimated_finish=None, executor_ref=job.executor_ref)
+                   executor_ref=job.executor_ref)
         return {"status": job.status, "fine_tuned_model": name}
 
 
@@ -200,6 +200,5 @@ def fail(ctx: AppContext, job_id: str, authorization: str | None, body: Failure)
         if job.status != JobStatus.RUNNING.value:
             return {"status": job.status}
         error = {"code": body.code, "message": body.message, "param": None}
-        transition(session, job, JobStatus.FAILED, body.message, level="error", error=error,
-                   finished_at=int(time.time()), estimated_finish=None)
+        transition(session, job, JobStatus.FAILED, body.message, level="error", error=error)
         return {"status": job.status}

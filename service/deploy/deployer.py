@@ -105,7 +105,7 @@ class EndpointDeployer:
     def _restart(self, endpoint_id: str, why: str) -> None:
         with self.ctx.db.write() as session:
             ep = _endpoint(session, endpoint_id)
-            if ep is not None and transition(ep, EndpointState.DEPLOYING, restarts=ep.restarts + 1, url=None,
+            if ep is not None and transition(session, ep, EndpointState.DEPLOYING, restarts=ep.restarts + 1,
                                              error={"code": "engine_restarted", "message": f"Redeploying: {why}."}):
                 log.warning("endpoint redeploying", extra={"endpoint_id": endpoint_id, "reason": why})
         self._submit(endpoint_id)
@@ -136,7 +136,7 @@ class EndpointDeployer:
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
             if row is not None and row.state == EndpointState.READY.value and \
-                    transition(row, EndpointState.IDLE, url=None, error=None):
+                    transition(session, row, EndpointState.IDLE, error=None):
                 log.info("endpoint idle: scaled to zero", extra={"endpoint_id": ep.id, "idle_timeout_s": timeout})
 
     # --- deploying ---------------------------------------------------------------------------------------
@@ -168,9 +168,8 @@ class EndpointDeployer:
             return
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
-            moved = row is not None and transition(row, EndpointState.READY, url=handle.url, engine=self.engine,
-                                                   engine_key=handle.key, error=None, ready_at=int(time.time()),
-                                                   failed_attempts=0)
+            moved = row is not None and transition(session, row, EndpointState.READY, url=handle.url,
+                                                   engine=self.engine, engine_key=handle.key)
         if moved:
             log.info("endpoint ready", extra={"endpoint_id": ep.id, "model": ep.model,
                                               "seconds": round(time.monotonic() - started, 2)})
@@ -207,7 +206,7 @@ class EndpointDeployer:
                 return
             error = {"code": exc.code, "message": exc.message}
             if not exc.retry or ep.failed_attempts + 1 >= limit:
-                transition(ep, EndpointState.FAILED, error=error)
+                transition(session, ep, EndpointState.FAILED, error=error)
                 log.error("endpoint failed", extra={"endpoint_id": endpoint_id, "code": exc.code, "reason": exc.message})
             else:
                 ep.failed_attempts += 1

@@ -24,6 +24,7 @@ from service.jobs import advance_validating_jobs
 from service.http_metrics import HttpMetricsMiddleware
 from service.leader import LeaderLock
 from service.logs import AccessLogMiddleware
+from service.hints import AppHinter, Loop
 from service.loops import BackgroundLoop, Loops
 from service.metrics_export import MetricsExporter
 from service.scheduler import Scheduler
@@ -48,13 +49,13 @@ class _LeaderDuties:
 
         def validate_then_wake_scheduler():
             if advance_validating_jobs(ctx):
-                loops.wake("scheduler")
+                loops.wake(Loop.SCHEDULER)
 
         self.deployer = self.app.state.deployer = EndpointDeployer(ctx, open_engine_backend(settings))
-        loops.add(BackgroundLoop("validation", validate_then_wake_scheduler, settings.job_validation_poll_s))
-        loops.add(BackgroundLoop("scheduler", scheduler.tick, settings.scheduler_poll_s))
-        loops.add(BackgroundLoop("file-expiry", lambda: expire_files(ctx), settings.file_expiry_poll_s))
-        loops.add(BackgroundLoop("endpoints", self.deployer.tick, settings.endpoint_poll_s))
+        loops.add(BackgroundLoop(Loop.VALIDATION, validate_then_wake_scheduler, settings.job_validation_poll_s))
+        loops.add(BackgroundLoop(Loop.SCHEDULER, scheduler.tick, settings.scheduler_poll_s))
+        loops.add(BackgroundLoop(Loop.FILE_EXPIRY, lambda: expire_files(ctx), settings.file_expiry_poll_s))
+        loops.add(BackgroundLoop(Loop.ENDPOINTS, self.deployer.tick, settings.endpoint_poll_s))
 
     async def lay_down(self) -> None:
         if self.deployer is not None:
@@ -72,8 +73,9 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         app.state.metrics = MetricsExporter(ctx, settings.metrics_multiprocess_dir)
         loops = app.state.loops = Loops()
         usage = app.state.usage = UsageBook()
-        loops.add(BackgroundLoop("usage", lambda: usage.flush(ctx.db), settings.usage_flush_s))
+        loops.add(BackgroundLoop(Loop.USAGE, lambda: usage.flush(ctx.db), settings.usage_flush_s))
         app.state.gateway = Gateway(ctx, usage, engine_api_keys(settings))
+        ctx.hinter = AppHinter(loops, app.state.gateway)  # the domain's changes wake these loops now
         leader = app.state.leader = LeaderLock(settings.data_dir.resolve() / "leader.lock")
         duties = _LeaderDuties(app, ctx)
         if leader.try_acquire():
@@ -87,7 +89,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
                     log.info("taking over the background loops")
                     asyncio.run_coroutine_threadsafe(duties.take_up(), event_loop).result()
 
-            loops.add(BackgroundLoop("leadership", take_over_if_free, LEADERSHIP_RETRY_S))
+            loops.add(BackgroundLoop(Loop.LEADERSHIP, take_over_if_free, LEADERSHIP_RETRY_S))
         loops.start()
         # Start-up objects (routes, models, SQLAlchemy metadata) live as long as the process; keep
         # the collector from re-scanning them: full collections paused the server ~110 ms each.

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from service.base_models import BaseModelRegistry
 from service.db import Database
+from service.hints import Hinter, NullHinter
 from service.settings import Settings
 from service.storage import BlobStorage, open_storage
 from service.storage.metered import MeteredStorage
@@ -30,6 +31,8 @@ class AppContext:
     base_models: BaseModelRegistry
     admin_key: str
     key_cache: "KeyCache"
+    # What domain services tell the app after a change (service/hints.py); the app injects its own at start.
+    hinter: Hinter = field(default_factory=NullHinter)
 
     @classmethod
     def build(cls, settings: Settings) -> "AppContext":

@@ -17,6 +17,7 @@ from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
 from service.endpoint_states import LIVE, EndpointState, can_transition, entry_fields
 from service.errors import NotFound, excerpt
+from service.hints import Loop
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
 
@@ -145,7 +146,9 @@ def create_endpoint(ctx: AppContext, principal: ProjectPrincipal, model: str, pe
     with ctx.db.write() as session:
         served = resolve_model(ctx, session, principal.project_id, model)
         ep = deploy(session, principal.project_id, served, idle_timeout_s)
-        return endpoint_api(ep, _usage(session, ep, pending_usage))
+        created = endpoint_api(ep, _usage(session, ep, pending_usage))
+    ctx.hinter.wake(Loop.ENDPOINTS)
+    return created
 
 
 def _get(session: Session, principal: ProjectPrincipal, endpoint_id: str) -> Endpoint:
@@ -178,6 +181,8 @@ def delete_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: s
     with ctx.db.write() as session:
         ep = _get(session, principal, endpoint_id)
         transition(session, ep, EndpointState.STOPPED)
+    ctx.hinter.routes_changed(principal.project_id)
+    ctx.hinter.wake(Loop.ENDPOINTS)  # its engine and local copy go now
     return {"id": endpoint_id, "object": "endpoint.deleted", "deleted": True}
 
 

@@ -21,6 +21,7 @@ from service.serve_compat import check_servable
 from service.errors import InvalidRequest, NotFound, excerpt
 from service.ids import new_id
 from service.models import Parent, continuation_parent
+from service.hints import Loop
 from service.job_states import JobStatus, check_transition, entry_fields
 from service.pagination import list_envelope, paginate
 from service.schemas import CreateFineTuningJob, DpoMethod, Method, SupervisedMethod
@@ -228,12 +229,14 @@ def new_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuning
     check_servable(method, ctx.settings.max_lora_rank)
     request_sha = idempotency.fingerprint(body) if idempotency_key else ""
     try:
-        return _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
+        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
     except IntegrityError:
         if not idempotency_key:
             raise
         # A concurrent request with the same key won the insert (PostgreSQL); answer with its job.
-        return _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
+        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
+    ctx.hinter.wake(Loop.VALIDATION)  # its files are checked now, not at the next poll
+    return job
 
 
 def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob, method: dict,
@@ -370,4 +373,5 @@ def act_on_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str, action
             raise InvalidRequest(f"Cannot resume job {job.id}: its status is '{job.status}'.",
                                  param="fine_tuning_job_id", code="invalid_job_status")
         transition(session, job, target, message)
+    ctx.hinter.wake(Loop.SCHEDULER)  # stops or starts the trainer now, not at the next poll
     return job_api(job, ctx.settings.organization_id)

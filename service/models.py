@@ -12,6 +12,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import TunedModel
 from service.endpoints import resolve_model, stop_model_endpoints
+from service.hints import Loop
 from service.errors import InvalidRequest, NotFound, PermissionDenied, excerpt
 from service.storage import BlobNotFound
 from service.training_plan import LLAMA_PROJECTIONS
@@ -61,6 +62,8 @@ def delete_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) ->
         stop_model_endpoints(session, principal.project_id, model_id, f"The model '{model_id}' was deleted.")
         session.delete(tuned)
     ctx.storage.delete_prefix(tuned.storage_prefix)
+    ctx.hinter.routes_changed(principal.project_id)
+    ctx.hinter.wake(Loop.ENDPOINTS)  # its engine and local copy go now
     return {"id": model_id, "object": "model", "deleted": True}
 
 

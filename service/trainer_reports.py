@@ -23,6 +23,7 @@ from service.ids import new_id
 from service import endpoints, metrics
 from service.db.database import after_commit
 from service.jobs import add_event, transition, tuned_model_name
+from service.hints import Loop
 from service.job_states import JobStatus
 
 # A job's offline W&B run, packed by its trainer (trainer/wandb_log.py) beside result.csv: a second result file
@@ -158,6 +159,12 @@ def _record_checkpoints(session: Session, job: Job, checkpoints: list[ReportedCh
 
 
 def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Completion) -> dict:
+    reply = _complete(ctx, job_id, authorization, body)
+    ctx.hinter.wake(Loop.ENDPOINTS)  # the new model's endpoint deploys now, not at the next poll
+    return reply
+
+
+def _complete(ctx: AppContext, job_id: str, authorization: str | None, body: Completion) -> dict:
     with ctx.db.write() as session:
         job = _job_for_trainer(session, job_id, authorization)
         if job.status == JobStatus.SUCCEEDED.value:

@@ -21,6 +21,23 @@ async def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
+async def get_gateway(request: Request):
+    return request.app.state.gateway
+
+
+async def get_pending_usage(request: Request):
+    """What the gateway counted and has not flushed yet (UsageBook.pending), for usage figures."""
+    return request.app.state.usage.pending
+
+
+async def get_loops(request: Request):
+    return request.app.state.loops
+
+
+async def get_metrics_exporter(request: Request):
+    return request.app.state.metrics
+
+
 async def project_principal(request: Request, _=Security(_bearer)) -> ProjectPrincipal:
     ctx, header = request.app.state.ctx, request.headers.get("authorization")
     principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)

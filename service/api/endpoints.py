@@ -2,10 +2,10 @@
 
 import logging
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from service import endpoints
-from service.api.deps import get_ctx, project_principal
+from service.api.deps import get_ctx, get_pending_usage, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
 from service.context import AppContext
@@ -18,34 +18,31 @@ router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoin
 
 
 @router.post("")
-def create_endpoint(body: CreateEndpoint, request: Request, principal: ProjectPrincipal = Depends(project_principal),
-                    ctx: AppContext = Depends(get_ctx)):
-    endpoint = endpoints.create_endpoint(ctx, principal, body.model, request.app.state.usage.pending,
-                                         body.idle_timeout_s)
+def create_endpoint(body: CreateEndpoint, principal: ProjectPrincipal = Depends(project_principal),
+                    ctx: AppContext = Depends(get_ctx), pending_usage=Depends(get_pending_usage)):
+    endpoint = endpoints.create_endpoint(ctx, principal, body.model, pending_usage, body.idle_timeout_s)
     log.info("endpoint created", extra={"endpoint_id": endpoint["id"], "model": endpoint["model"],
                                         "state": endpoint["state"]})
-    request.app.state.loops.wake("endpoints")
     return endpoint
 
 
 @router.get("")
-def list_endpoints(request: Request, after: str | None = None, limit: int = 20, model: str | None = None,
-                   principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+def list_endpoints(after: str | None = None, limit: int = 20, model: str | None = None,
+                   principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx),
+                   pending_usage=Depends(get_pending_usage)):
     return endpoints.list_endpoints(ctx, principal, after=after, limit=check_limit(limit, 100), model=model,
-                                    pending_usage=request.app.state.usage.pending)
+                                    pending_usage=pending_usage)
 
 
 @router.get("/{endpoint_id}")
-def retrieve_endpoint(endpoint_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
-                      ctx: AppContext = Depends(get_ctx)):
-    return endpoints.get_endpoint(ctx, principal, endpoint_id, request.app.state.usage.pending)
+def retrieve_endpoint(endpoint_id: str, principal: ProjectPrincipal = Depends(project_principal),
+                      ctx: AppContext = Depends(get_ctx), pending_usage=Depends(get_pending_usage)):
+    return endpoints.get_endpoint(ctx, principal, endpoint_id, pending_usage)
 
 
 @router.delete("/{endpoint_id}")
-def delete_endpoint(endpoint_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
+def delete_endpoint(endpoint_id: str, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx)):
     deleted = endpoints.delete_endpoint(ctx, principal, endpoint_id)
     log.info("endpoint deleted")
-    request.app.state.gateway.forget(principal.project_id)
-    request.app.state.loops.wake("endpoints")
     return deleted

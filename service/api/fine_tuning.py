@@ -26,7 +26,6 @@ def create_job(body: CreateFineTuningJob, request: Request,
     key = idempotency.check_key(request.headers.get("idempotency-key"))
     job = jobs.create_job(ctx, principal, body, idempotency_key=key)
     log.info("fine-tuning job created", extra={"job_id": job["id"], "model": job["model"], "status": job["status"]})
-    request.app.state.loops.wake("validation")
     return job
 
 
@@ -46,29 +45,26 @@ def retrieve_job(job_id: str, principal: ProjectPrincipal = Depends(project_prin
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
+def cancel_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "cancel")
     log.info("fine-tuning job cancelled", extra={"status": job["status"]})
-    request.app.state.loops.wake("scheduler")  # stops or starts the trainer now, not at the next poll
     return job
 
 
 @router.post("/{job_id}/pause")
-def pause_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
+def pause_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
               ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "pause")
     log.info("fine-tuning job paused", extra={"status": job["status"]})
-    request.app.state.loops.wake("scheduler")
     return job
 
 
 @router.post("/{job_id}/resume")
-def resume_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
+def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "resume")
     log.info("fine-tuning job resumed", extra={"status": job["status"]})
-    request.app.state.loops.wake("scheduler")  # stops or starts the trainer now, not at the next poll
     return job
 
 

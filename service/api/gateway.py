@@ -11,11 +11,12 @@ from starlette.routing import Match, Route
 from service.auth import authenticate_project, cached_principal
 from service.errors import ApiError
 from service.api import json_body
+from service.api.deps import get_ctx, get_gateway
 from service.gateway import check_body
 
 
 async def _forward(request: Request, path: str):
-    ctx, gateway = request.app.state.ctx, request.app.state.gateway
+    ctx, gateway = await get_ctx(request), await get_gateway(request)
     try:
         header = request.headers.get("authorization")
         principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)

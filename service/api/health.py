@@ -1,12 +1,14 @@
 """Liveness and readiness."""
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import get_ctx
+from service.api.deps import get_ctx, get_loops
 from service.api.routing import JSONRoute
 from service.context import AppContext
+from service.hints import Loop
+from service.loops import Loops
 
 router = APIRouter(route_class=JSONRoute, tags=["health"])
 
@@ -17,7 +19,7 @@ def healthz():
 
 
 @router.get("/readyz")
-async def readyz(request: Request, ctx: AppContext = Depends(get_ctx)):
+async def readyz(ctx: AppContext = Depends(get_ctx), loops: Loops = Depends(get_loops)):
     """Ready when the database and storage answer and this process's background loops run on time.
     A process that does not lead reports the loops as 'standby' (another worker runs them)."""
     checks = {}
@@ -27,8 +29,8 @@ async def readyz(request: Request, ctx: AppContext = Depends(get_ctx)):
             checks[name] = "ok"
         except Exception as exc:  # readiness reports the failure instead of raising it
             checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
-    loops = request.app.state.loops.health()
-    checks["scheduler"] = loops.get("scheduler", "standby" if "leadership" in loops else "not started")
+    health = loops.health()
+    checks[Loop.SCHEDULER] = health.get(Loop.SCHEDULER, "standby" if Loop.LEADERSHIP in health else "not started")
     ready = all(v in ("ok", "standby") for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks, "loops": loops},
+    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks, "loops": health},
                         status_code=200 if ready else 503)

@@ -1,27 +1,27 @@
 """The internal API trainers report to, authenticated by the job's trainer token. Not part of the public schema."""
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from hone_kernel import trainer_contract as contract
 from service import trainer_reports
+from service.api.deps import get_ctx
 from service.api.routing import JSONRoute
+from service.context import AppContext
 from service.trainer_reports import Completion, Failure, Report
 
 router = APIRouter(route_class=JSONRoute, prefix="/internal/fine_tuning/jobs/{job_id}", include_in_schema=False)
 
 
 @router.post(contract.REPORT)
-def report(job_id: str, body: Report, request: Request):
-    return trainer_reports.record_report(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
+def report(job_id: str, body: Report, request: Request, ctx: AppContext = Depends(get_ctx)):
+    return trainer_reports.record_report(ctx, job_id, request.headers.get("authorization"), body)
 
 
 @router.post(contract.COMPLETE)
-def complete(job_id: str, body: Completion, request: Request):
-    reply = trainer_reports.complete(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
-    request.app.state.loops.wake("endpoints")  # the new model's endpoint deploys now, not at the next poll
-    return reply
+def complete(job_id: str, body: Completion, request: Request, ctx: AppContext = Depends(get_ctx)):
+    return trainer_reports.complete(ctx, job_id, request.headers.get("authorization"), body)
 
 
 @router.post(contract.FAIL)
-def fail(job_id: str, body: Failure, request: Request):
-    return trainer_reports.fail(request.app.state.ctx, job_id, request.headers.get("authorization"), body)
+def fail(job_id: str, body: Failure, request: Request, ctx: AppContext = Depends(get_ctx)):
+    return trainer_reports.fail(ctx, job_id, request.headers.get("authorization"), body)

@@ -2,7 +2,7 @@
 
 import logging
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from service import models
 from service.api.deps import get_ctx, project_principal
@@ -27,10 +27,8 @@ def retrieve_model(model_id: str, principal: ProjectPrincipal = Depends(project_
 
 
 @router.delete("/{model_id:path}")
-def delete_model(model_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
+def delete_model(model_id: str, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
     deleted = models.delete_model(ctx, principal, model_id)
     log.info("model deleted")
-    request.app.state.gateway.forget(principal.project_id)
-    request.app.state.loops.wake("endpoints")  # its engine and local copy go now
     return deleted

@@ -1,11 +1,11 @@
 """Prometheus: the control plane's metrics, and the engines to scrape (HTTP service discovery)."""
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import admin_principal, get_ctx, metrics_scraper
+from service.api.deps import admin_principal, get_ctx, get_metrics_exporter, metrics_scraper
 from service.api.routing import JSONRoute
 from service.context import AppContext
 from service.metrics_export import scrape_targets
@@ -14,8 +14,8 @@ router = APIRouter(route_class=JSONRoute, tags=["observability"])
 
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_scraper)])
-async def metrics(request: Request):
-    body = await run_in_threadpool(request.app.state.metrics.render)
+async def metrics(exporter=Depends(get_metrics_exporter)):
+    body = await run_in_threadpool(exporter.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from service.api.deps import get_ctx
+from service.api.deps import get_ctx, get_gateway
 from service.api.routing import JSONRoute
 from service.auth import authenticate_project, cached_principal
 from service.context import AppContext
+from service.gateway import Gateway
 from service.vertex import endpoints, tuning_jobs
 from service.vertex.resources import VertexScope, scope_for
 from service.vertex.schemas import CountTokensRequest, CreateTuningJob, GenerateContentRequest
@@ -38,11 +39,10 @@ router = APIRouter(route_class=JSONRoute, tags=["vertex"],
 
 
 async def vertex_scope(request: Request, api_version: Literal["v1", "v1beta1"], project: str,
-                       location: str) -> VertexScope:
+                       location: str, ctx: AppContext = Depends(get_ctx)) -> VertexScope:
     """The caller: `Authorization: Bearer <Hone API key>` (the OAuth token slot) or `x-goog-api-key`.
     Both API versions answer alike: v1beta1's extra fields are in every answer, and clients drop what they
     do not know."""
-    ctx = request.app.state.ctx
     api_key = request.headers.get("x-goog-api-key")
     header = request.headers.get("authorization") or (f"Bearer {api_key}" if api_key else None)
     principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
@@ -51,12 +51,11 @@ async def vertex_scope(request: Request, api_version: Literal["v1", "v1beta1"], 
 
 
 @router.post("/tuningJobs")
-def create_tuning_job(body: CreateTuningJob, request: Request, scope: VertexScope = Depends(vertex_scope),
+def create_tuning_job(body: CreateTuningJob, scope: VertexScope = Depends(vertex_scope),
                       ctx: AppContext = Depends(get_ctx)):
     job = tuning_jobs.create_tuning_job(ctx, scope, body)
     source = job.get("baseModel") or job["preTunedModel"]["tunedModelName"]  # continuous tuning names no baseModel
     log.info("tuning job created", extra={"job_id": job["name"].rsplit("/", 1)[-1], "model": source})
-    request.app.state.loops.wake("validation")
     return job
 
 
@@ -72,11 +71,10 @@ def get_tuning_job(job_id: str, scope: VertexScope = Depends(vertex_scope), ctx:
 
 
 @router.post("/tuningJobs/{job_id}:cancel")
-def cancel_tuning_job(job_id: str, request: Request, scope: VertexScope = Depends(vertex_scope),
+def cancel_tuning_job(job_id: str, scope: VertexScope = Depends(vertex_scope),
                       ctx: AppContext = Depends(get_ctx)):
     cancelled = tuning_jobs.cancel_tuning_job(ctx, scope, job_id)  # any request body is ignored
     log.info("tuning job cancelled", extra={"job_id": job_id})
-    request.app.state.loops.wake("scheduler")  # stops the trainer now, not at the next poll
     return cancelled
 
 
@@ -87,22 +85,24 @@ def get_endpoint(endpoint_id: str, scope: VertexScope = Depends(vertex_scope), c
 
 @router.post("/endpoints/{endpoint_id}:generateContent")
 async def generate_content(endpoint_id: str, body: GenerateContentRequest, request: Request,
-                           scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
-    return await endpoints.generate_content(ctx, request.app.state.gateway, scope, endpoint_id, body, stream=False,
+                           scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx),
+                           gateway: Gateway = Depends(get_gateway)):
+    return await endpoints.generate_content(ctx, gateway, scope, endpoint_id, body, stream=False,
                                             sse=False, request_id=getattr(request.state, "request_id", None))
 
 
 @router.post("/endpoints/{endpoint_id}:streamGenerateContent")
 async def stream_generate_content(endpoint_id: str, body: GenerateContentRequest, request: Request,
                                   alt: str | None = None, scope: VertexScope = Depends(vertex_scope),
-                                  ctx: AppContext = Depends(get_ctx)):
+                                  ctx: AppContext = Depends(get_ctx), gateway: Gateway = Depends(get_gateway)):
     # alt=sse: server-sent events (google-genai always asks for them); otherwise a streamed JSON array.
-    return await endpoints.generate_content(ctx, request.app.state.gateway, scope, endpoint_id, body, stream=True,
+    return await endpoints.generate_content(ctx, gateway, scope, endpoint_id, body, stream=True,
                                             sse=alt == "sse", request_id=getattr(request.state, "request_id", None))
 
 
 @router.post("/endpoints/{endpoint_id}:countTokens")
 async def count_tokens(endpoint_id: str, body: CountTokensRequest, request: Request,
-                       scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
-    return await endpoints.count_tokens(ctx, request.app.state.gateway, scope, endpoint_id, body,
+                       scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx),
+                       gateway: Gateway = Depends(get_gateway)):
+    return await endpoints.count_tokens(ctx, gateway, scope, endpoint_id, body,
                                         getattr(request.state, "request_id", None))

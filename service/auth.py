@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from service.context import AppContext
 from service.db.tables import ApiKey, Project
-from service.errors import AuthenticationFailed, PermissionDenied
+from service.errors import AuthenticationFailed, ErrorCode, PermissionDenied
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,10 @@ def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise AuthenticationFailed(
             "You didn't provide an API key. You need to provide your API key in an Authorization header "
-            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="missing_api_key")
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code=ErrorCode.MISSING_API_KEY)
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_api_key")
+        raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.", code=ErrorCode.INVALID_API_KEY)
     return token.strip()
 
 
@@ -90,8 +90,8 @@ def authenticate_project(ctx: AppContext, authorization: str | None) -> ProjectP
     if row is None:
         if _is_admin(ctx, token):
             raise PermissionDenied("The admin key manages projects and keys only; use a project's API key "
-                                   "for files, jobs and models.", code="admin_key_not_allowed")
-        raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.", code="invalid_api_key")
+                                   "for files, jobs and models.", code=ErrorCode.ADMIN_KEY_NOT_ALLOWED)
+        raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.", code=ErrorCode.INVALID_API_KEY)
     principal = ProjectPrincipal(row.id, row.slug)
     ctx.key_cache.put(key_hash, principal)
     return principal
@@ -100,7 +100,7 @@ def authenticate_project(ctx: AppContext, authorization: str | None) -> ProjectP
 def authenticate_admin(ctx: AppContext, authorization: str | None) -> None:
     token = bearer_token(authorization)
     if not _is_admin(ctx, token):
-        raise AuthenticationFailed(f"Incorrect admin API key provided: {_redact(token)}.", code="invalid_api_key")
+        raise AuthenticationFailed(f"Incorrect admin API key provided: {_redact(token)}.", code=ErrorCode.INVALID_API_KEY)
 
 
 def authenticate_metrics_scraper(ctx: AppContext, authorization: str | None) -> None:
@@ -111,4 +111,4 @@ def authenticate_metrics_scraper(ctx: AppContext, authorization: str | None) -> 
     token = bearer_token(authorization)
     if not hmac.compare_digest(token.encode(), expected.encode()):
         # Nothing of the token sent is echoed: it may be a real key sent to the wrong place.
-        raise AuthenticationFailed("Incorrect metrics token provided.", code="invalid_api_key")
+        raise AuthenticationFailed("Incorrect metrics token provided.", code=ErrorCode.INVALID_API_KEY)

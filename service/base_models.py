@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from service.db import Database
 from service.db.tables import RegisteredBaseModel
-from service.errors import InvalidRequest, NotFound, PermissionDenied, excerpt
+from service.errors import ErrorCode, InvalidRequest, NAME_CHARS, NotFound, PermissionDenied, excerpt
 
 TINY_MODEL = "hone-tiny"
 # Fixed so that /v1/models answers the same on every start.
@@ -121,11 +121,11 @@ class BaseModelRegistry:
 
     def register(self, name: str, source: str) -> BaseModel:
         if not _NAME.match(name) or name.startswith("ft:"):
-            raise InvalidRequest(f"Invalid base model name '{excerpt(name)}': use letters, digits, '.', '_', '-' and '/'.",
-                                 param="name", code="invalid_value")
+            raise InvalidRequest(f"Invalid base model name '{excerpt(name, NAME_CHARS)}': use letters, digits, '.', '_', '-' and '/'.",
+                                 param="name", code=ErrorCode.INVALID_VALUE)
         if name in self._static:
             raise PermissionDenied(f"Base model {name!r} is configured in settings or built in; it cannot be "
-                                   "changed through the API.", param="name", code="base_model_not_editable")
+                                   "changed through the API.", param="name", code=ErrorCode.BASE_MODEL_NOT_EDITABLE)
         now = int(time.time())
         with self._db.write() as session:
             row = session.get(RegisteredBaseModel, name)
@@ -138,11 +138,11 @@ class BaseModelRegistry:
     def unregister(self, name: str) -> None:
         if name in self._static:
             raise PermissionDenied(f"Base model {name!r} is configured in settings or built in; it cannot be "
-                                   "deleted through the API.", param="name", code="base_model_not_editable")
+                                   "deleted through the API.", param="name", code=ErrorCode.BASE_MODEL_NOT_EDITABLE)
         with self._db.write() as session:
             row = session.get(RegisteredBaseModel, name)
             if row is None:
-                raise NotFound(f"No such base model: {excerpt(name)}", param="name", code="not_found")
+                raise NotFound(f"No such base model: {excerpt(name, NAME_CHARS)}", param="name", code=ErrorCode.NOT_FOUND)
             session.delete(row)
 
     @staticmethod

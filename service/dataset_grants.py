@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from service.context import AppContext
 from service.db.tables import DatasetGrant
-from service.errors import InvalidRequest, NotFound, excerpt
+from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
 from service.projects import active_project, project_row
@@ -54,7 +54,7 @@ def parse(uri: str, param: str, *, prefix: bool) -> Location:
 
     def refuse(why: str):
         return InvalidRequest(f"'{param}' must be {kind}: {why}, got '{excerpt(uri, 200)}'.", param=param,
-                              code="invalid_dataset_uri")
+                              code=ErrorCode.INVALID_DATASET_URI)
 
     if not sep or scheme.lower() not in SCHEMES:
         raise refuse("the scheme must be gs or s3")
@@ -113,7 +113,7 @@ def check_readable(ctx: AppContext, project_id: str, location: Location, uri: st
             DatasetGrant.bucket == location.bucket)).scalars().all()
     if not any(covers(g, location) for g in grants):
         raise NotFound(f"{field}: {excerpt(uri, 200)} was not found, or is outside the buckets and prefixes this project "
-                       "may read (an admin grants them: dataset_grants).", param=field, code="dataset_not_found")
+                       "may read (an admin grants them: dataset_grants).", param=field, code=ErrorCode.DATASET_NOT_FOUND)
 
 
 # --- the admin API -------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def create_grant(ctx: AppContext, project_id: str, uri: str) -> dict:
     bucket, path = s3_target(ctx.settings, location)
     if reaches_own_storage(ctx.settings, bucket, path, prefix=True):
         raise InvalidRequest(f"'uri' {location.uri} reaches Hone's own storage (s3://{bucket}/{path}), which holds "
-                             "every project's files: it cannot be granted.", param="uri", code="own_storage")
+                             "every project's files: it cannot be granted.", param="uri", code=ErrorCode.OWN_STORAGE)
     with ctx.db.write() as session:
         active_project(session, project_id)
         existing = session.execute(select(DatasetGrant).where(DatasetGrant.project_id == project_id,
@@ -158,6 +158,6 @@ def delete_grant(ctx: AppContext, project_id: str, grant_id: str) -> dict:
         row = session.execute(select(DatasetGrant).where(DatasetGrant.id == grant_id,
                                                          DatasetGrant.project_id == project_id)).scalar()
         if row is None:
-            raise NotFound(f"No such dataset grant: {excerpt(grant_id)}", param="grant_id", code="not_found")
+            raise NotFound(f"No such dataset grant: {excerpt(grant_id)}", param="grant_id", code=ErrorCode.NOT_FOUND)
         session.delete(row)
     return {"object": "organization.project.dataset_grant.deleted", "id": grant_id, "deleted": True}

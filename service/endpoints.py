@@ -16,7 +16,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
 from service.endpoint_states import LIVE, EndpointState, can_transition, entry_fields
-from service.errors import NotFound, excerpt
+from service.errors import ErrorCode, NAME_CHARS, NotFound, excerpt
 from service.hints import Loop
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
@@ -41,8 +41,8 @@ def tuning_mode(job: Job) -> str:
 
 
 def model_not_found(model: str) -> NotFound:
-    return NotFound(f"The model '{excerpt(model)}' does not exist or you do not have access to it.", param="model",
-                    code="model_not_found")
+    return NotFound(f"The model '{excerpt(model, NAME_CHARS)}' does not exist or you do not have access to it.", param="model",
+                    code=ErrorCode.MODEL_NOT_FOUND)
 
 
 def resolve_model(ctx: AppContext, session: Session, project_id: str, model: str) -> ServedModel:
@@ -132,7 +132,7 @@ def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_
     return ep
 
 
-WAKING = "waking"  # the error code a woken endpoint deploys with (the gateway waits for those)
+WAKING = ErrorCode.WAKING  # the error code a woken endpoint deploys with (the gateway waits for those)
 
 
 def wake(ep: Endpoint, why: str) -> bool:
@@ -155,7 +155,7 @@ def _get(session: Session, principal: ProjectPrincipal, endpoint_id: str) -> End
     ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id,
                                                 Endpoint.project_id == principal.project_id)).scalar()
     if ep is None:
-        raise NotFound(f"No such endpoint: {excerpt(endpoint_id)}", param="endpoint_id", code="not_found")
+        raise NotFound(f"No such endpoint: {excerpt(endpoint_id)}", param="endpoint_id", code=ErrorCode.NOT_FOUND)
     return ep
 
 
@@ -190,7 +190,7 @@ def stop_model_endpoints(session: Session, project_id: str, model: str, reason: 
     eps = session.execute(select(Endpoint).where(Endpoint.project_id == project_id, Endpoint.model == model,
                                                  Endpoint.state != EndpointState.STOPPED.value)).scalars().all()
     for ep in eps:
-        transition(session, ep, EndpointState.STOPPED, error={"code": "model_deleted", "message": reason})
+        transition(session, ep, EndpointState.STOPPED, error={"code": ErrorCode.MODEL_DELETED, "message": reason})
     return len(eps)
 
 

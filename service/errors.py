@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,9 +21,87 @@ from service.storage import StorageUnavailable
 log = logging.getLogger("hone.errors")
 
 
+class ErrorCode(StrEnum):
+    """Every error code Hone answers with, on both API surfaces (OpenAI's `error.code`, Google's ErrorInfo
+    `reason` in capitals) and in a job's or endpoint's `error`."""
+    ADAPTER_LOAD_FAILED = "adapter_load_failed"
+    ADMIN_KEY_NOT_ALLOWED = "admin_key_not_allowed"
+    BASE_MODEL_NOT_EDITABLE = "base_model_not_editable"
+    CONCURRENT_UPDATE = "concurrent_update"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    DATASET_NOT_FOUND = "dataset_not_found"
+    DATASET_UNREADABLE = "dataset_unreadable"
+    DEPLOY_ERROR = "deploy_error"
+    DUPLICATE_KEY = "duplicate_key"
+    ENDPOINT_ERROR = "endpoint_error"
+    ENDPOINT_FAILED = "endpoint_failed"
+    ENDPOINT_UNREACHABLE = "endpoint_unreachable"
+    ENGINE_RESTARTED = "engine_restarted"
+    ENGINE_START_FAILED = "engine_start_failed"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    FILE_IN_USE = "file_in_use"
+    FILE_TOO_LARGE = "file_too_large"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IMAGE_PULL_FAILED = "image_pull_failed"
+    INCOMPLETE_UPLOAD = "incomplete_upload"
+    INVALID_API_KEY = "invalid_api_key"
+    INVALID_CONTENT_TYPE = "invalid_content_type"
+    INVALID_CURSOR = "invalid_cursor"
+    INVALID_DATASET = "invalid_dataset"
+    INVALID_DATASET_URI = "invalid_dataset_uri"
+    INVALID_FILE_FORMAT = "invalid_file_format"
+    INVALID_FILENAME = "invalid_filename"
+    INVALID_FILTER = "invalid_filter"
+    INVALID_JOB = "invalid_job"
+    INVALID_JOB_STATUS = "invalid_job_status"
+    INVALID_JSON = "invalid_json"
+    INVALID_LOCATION = "invalid_location"
+    INVALID_MULTIPART = "invalid_multipart"
+    INVALID_N_EXAMPLES = "invalid_n_examples"
+    INVALID_PAGE_TOKEN = "invalid_page_token"
+    INVALID_ROLE = "invalid_role"
+    INVALID_STORAGE_KEY = "invalid_storage_key"
+    INVALID_STRING = "invalid_string"
+    INVALID_TRAINER_TOKEN = "invalid_trainer_token"
+    INVALID_TUNING_SPEC = "invalid_tuning_spec"
+    INVALID_VALUE = "invalid_value"
+    JOB_NOT_RUNNING = "job_not_running"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    MISSING_API_KEY = "missing_api_key"
+    MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
+    MODEL_DELETED = "model_deleted"
+    MODEL_DEPLOYING = "model_deploying"
+    MODEL_NOT_AVAILABLE = "model_not_available"
+    MODEL_NOT_DELETABLE = "model_not_deletable"
+    MODEL_NOT_DEPLOYED = "model_not_deployed"
+    MODEL_NOT_FOUND = "model_not_found"
+    NO_GPU_CAPACITY = "no_gpu_capacity"
+    NOT_FOUND = "not_found"
+    OWN_STORAGE = "own_storage"
+    PARITY_CHECK_FAILED = "parity_check_failed"
+    PROJECT_ARCHIVED = "project_archived"
+    PROJECT_NOT_FOUND = "project_not_found"
+    REQUEST_TOO_LARGE = "request_too_large"
+    SERVER_ERROR = "server_error"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    TRAINER_FAILED = "trainer_failed"
+    TRAINER_STALLED = "trainer_stalled"
+    UNKNOWN_PARAMETER = "unknown_parameter"
+    UNKNOWN_URL = "unknown_url"
+    UNSERVABLE_ADAPTER = "unservable_adapter"
+    UNSUPPORTED_HYPERPARAMETER = "unsupported_hyperparameter"
+    UNSUPPORTED_METHOD = "unsupported_method"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    UNSUPPORTED_PART = "unsupported_part"
+    UNSUPPORTED_TUNING_SPEC = "unsupported_tuning_spec"
+    WAKING = "waking"
+    WEIGHTS_NOT_FOUND = "weights_not_found"
+
+
 # Characters an error never echoes as they are: C0/C1 controls, line and paragraph separators, lone surrogates.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 EXCERPT_CHARS = 64  # what an error may quote of one value from a request
+NAME_CHARS = 200  # of a model name or id, which is longer than that when valid (ft:{base}:{project}:{suffix}:{job})
 _MESSAGE_CHARS, _PARAM_CHARS = 2000, 128  # the envelope's own bounds, whatever a message was built from
 
 
@@ -113,10 +192,10 @@ def outage_code(exc: BaseException) -> str | None:
     """`database_unavailable` or `storage_unavailable` when `exc` is the database's or the store's outage
     (refused or cut connections, timeouts, 5xx after retries), which passes and is answered 503; else None."""
     if isinstance(exc, StorageUnavailable):
-        return "storage_unavailable"
+        return ErrorCode.STORAGE_UNAVAILABLE
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or \
             (isinstance(exc, DBAPIError) and exc.connection_invalidated):
-        return "database_unavailable"
+        return ErrorCode.DATABASE_UNAVAILABLE
     return None
 
 
@@ -195,18 +274,18 @@ def install_error_handlers(app: FastAPI) -> None:
             loc += (ctx.get("field"),)
         param = param_from_loc(loc)
         if kind == "unknown_field":
-            code = "unknown_parameter"
+            code = ErrorCode.UNKNOWN_PARAMETER
             message = f"Unrecognized request argument supplied: '{param}'{ctx.get('hint', '')}"
         elif kind == "unsupported_field":
-            code = "unsupported_parameter"
+            code = ErrorCode.UNSUPPORTED_PARAMETER
             message = f"'{param}' is not supported by Hone: {ctx.get('reason')}"
         elif kind == "missing":
-            code, message = "missing_required_parameter", f"Missing required parameter: '{param}'."
+            code, message = ErrorCode.MISSING_REQUIRED_PARAMETER, f"Missing required parameter: '{param}'."
         elif kind == "json_invalid":
-            code, message = "invalid_json", "We could not parse the JSON body of your request."
+            code, message = ErrorCode.INVALID_JSON, "We could not parse the JSON body of your request."
             param = None
         else:
-            code = "invalid_value"
+            code = ErrorCode.INVALID_VALUE
             message = f"Invalid value for '{param}': {first.get('msg', 'invalid value')}."
         if param and _is_google(request):  # Vertex's fields are camelCase, whichever spelling the request used
             message = message.replace(f"'{param}'", f"'{_camel(param)}'")
@@ -217,10 +296,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."
-            code = "unknown_url"
+            code = ErrorCode.UNKNOWN_URL
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
-            code = "method_not_allowed"
+            code = ErrorCode.METHOD_NOT_ALLOWED
         else:
             message, code = str(exc.detail), None
         return _error(request, exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
@@ -249,4 +328,4 @@ def install_error_handlers(app: FastAPI) -> None:
         # Runs outside the access-log middleware (Starlette handles Exception outermost): its context is gone.
         log.exception("unhandled error", extra={"path": request.url.path, **scope_fields(request.scope)})
         return _error(request, 500, "The server had an error while processing your request.",
-                      error_type="server_error", code="server_error")
+                      error_type="server_error", code=ErrorCode.SERVER_ERROR)

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from service.context import AppContext
 from service.datasets import DatasetReport, DatasetValidator, filename_problem
 from service.db.tables import File, Job
-from service.errors import InvalidRequest, NotFound, PayloadTooLarge, excerpt
+from service.errors import ErrorCode, InvalidRequest, NotFound, PayloadTooLarge, excerpt
 from service.ids import new_id
 from service.job_states import ACTIVE
 from service.auth import ProjectPrincipal
@@ -96,12 +96,12 @@ class _Upload:
 def _check_fine_tune_name(filename: str) -> None:
     problem = filename_problem(filename)  # the rule `hone files validate` applies before uploading
     if problem:
-        raise InvalidRequest(problem, param="file", code="invalid_file_format")
+        raise InvalidRequest(problem, param="file", code=ErrorCode.INVALID_FILE_FORMAT)
 
 
 def _too_large(ctx: AppContext, param: str = "file") -> PayloadTooLarge:
     return PayloadTooLarge(f"File is too large: the limit is {ctx.settings.max_file_bytes} bytes.",
-                           param=param, code="file_too_large")
+                           param=param, code=ErrorCode.FILE_TOO_LARGE)
 
 
 def _validator(ctx: AppContext) -> DatasetValidator:
@@ -129,14 +129,14 @@ def _expires_at(fields: dict[str, str], now: int) -> int | None:
         return None
     if anchor != "created_at":
         raise InvalidRequest("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor",
-                             code="invalid_value")
+                             code=ErrorCode.INVALID_VALUE)
     try:
         value = int(seconds or "")
     except ValueError:
         value = -1
     if not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
         raise InvalidRequest(f"expires_after[seconds] must be an integer from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}.",
-                             param="expires_after.seconds", code="invalid_value")
+                             param="expires_after.seconds", code=ErrorCode.INVALID_VALUE)
     return now + value
 
 
@@ -145,7 +145,7 @@ async def create_file(ctx: AppContext, principal: ProjectPrincipal, content_type
     kind, options = parse_options_header(content_type or "")
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise InvalidRequest("Uploads must be multipart/form-data with 'file' and 'purpose' fields.",
-                             param="file", code="invalid_content_type")
+                             param="file", code=ErrorCode.INVALID_CONTENT_TYPE)
     if content_length and content_length.isdigit() and int(content_length) > ctx.settings.max_file_bytes + FIELD_LIMIT:
         raise _too_large(ctx)
     file_id = new_id("file-")
@@ -170,15 +170,15 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
     if unknown:  # refused, never stored and ignored
         name = excerpt(unknown[0])
         raise InvalidRequest(f"Unrecognized request argument supplied: {name!r} (the form fields are 'file', "
-                             f"{', '.join(repr(f) for f in UPLOAD_FIELDS)}).", param=name, code="unknown_parameter")
+                             f"{', '.join(repr(f) for f in UPLOAD_FIELDS)}).", param=name, code=ErrorCode.UNKNOWN_PARAMETER)
     purpose = upload.fields.get("purpose")
     if purpose is None:
-        raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+        raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose", code=ErrorCode.MISSING_REQUIRED_PARAMETER)
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(f"Invalid value for 'purpose': '{excerpt(purpose)}'; expected one of {', '.join(UPLOAD_PURPOSES)}.",
-                             param="purpose", code="invalid_value")
+                             param="purpose", code=ErrorCode.INVALID_VALUE)
     if upload.filename is None:
-        raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+        raise InvalidRequest("Missing required parameter: 'file'.", param="file", code=ErrorCode.MISSING_REQUIRED_PARAMETER)
     upload.flush()  # also opens the writer for an empty file
     now = int(time.time())
     expires_at = _expires_at(upload.fields, now)
@@ -218,7 +218,7 @@ def import_fine_tune_file(ctx: AppContext, principal: ProjectPrincipal, filename
         if not report.ok:
             first = report.errors[0]
             raise InvalidRequest(f"invalid {param}: {source} is not a valid dataset: {report.summary()}",
-                                 param=param, code="invalid_dataset",
+                                 param=param, code=ErrorCode.INVALID_DATASET,
                                  extra={"line": first.line, "field": first.field, "total_errors": report.total_errors,
                                         "errors": [e.as_dict() for e in report.errors]})
         writer.commit()
@@ -235,7 +235,7 @@ def import_fine_tune_file(ctx: AppContext, principal: ProjectPrincipal, filename
 def get_file_row(session, principal: ProjectPrincipal, file_id: str) -> File:
     row = session.execute(select(File).where(File.id == file_id, File.project_id == principal.project_id)).scalar()
     if row is None:
-        raise NotFound(f"No such File object: {excerpt(file_id)}", param="id", code="not_found")
+        raise NotFound(f"No such File object: {excerpt(file_id)}", param="id", code=ErrorCode.NOT_FOUND)
     return row
 
 
@@ -247,7 +247,7 @@ def get_file(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> dict
 def list_files(ctx: AppContext, principal: ProjectPrincipal, *, purpose: str | None, order: str,
                after: str | None, limit: int) -> dict:
     if order not in ("asc", "desc"):
-        raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
+        raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order", code=ErrorCode.INVALID_VALUE)
     with ctx.db.read() as session:
         stmt = select(File).where(File.project_id == principal.project_id)
         if purpose:
@@ -301,7 +301,7 @@ def delete_file(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> d
         users = _active_user(session, row)
         if users is not None:
             raise InvalidRequest(f"File {file_id} is used by job {users.id}, which is {users.status}; "
-                                 "cancel the job or wait for it to finish first.", param="file_id", code="file_in_use")
+                                 "cancel the job or wait for it to finish first.", param="file_id", code=ErrorCode.FILE_IN_USE)
         session.delete(row)
     ctx.storage.delete(row.storage_key)
     return {"id": file_id, "object": "file", "deleted": True}

@@ -22,7 +22,7 @@ from service.context import AppContext
 from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
 from service.endpoints import WAKING, resolve_model, wake
-from service.errors import ApiError, BadGateway, InvalidRequest, NotFound, ServiceUnavailable, excerpt
+from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, NAME_CHARS, NotFound, ServiceUnavailable, excerpt
 from service.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
 
@@ -37,7 +37,7 @@ _USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 class Waking(ServiceUnavailable):
     def __init__(self, model: str):
         super().__init__(f"The model '{model}' is waking from idle (scaled to zero); retry shortly.", param="model",
-                         code="model_deploying", headers={"Retry-After": str(RETRY_AFTER_S)})
+                         code=ErrorCode.MODEL_DEPLOYING, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,14 @@ class Gateway:
             raise Waking(model)
         if deploying:
             raise ServiceUnavailable(f"The model '{model}' is being deployed; retry shortly.", param="model",
-                                     code="model_deploying", headers={"Retry-After": str(RETRY_AFTER_S)})
+                                     code=ErrorCode.MODEL_DEPLOYING, headers={"Retry-After": str(RETRY_AFTER_S)})
         failed = [ep for ep in candidates if ep.state == EndpointState.FAILED.value]
         if failed:
             reason = (failed[0].error or {}).get("message", "unknown reason")
             raise ServiceUnavailable(f"The endpoint {failed[0].id} for '{model}' failed: {reason}", param="model",
-                                     code="endpoint_failed")
-        raise NotFound(f"The model '{excerpt(model)}' has no endpoint; create one with POST /v1/endpoints.",
-                       param="model", code="model_not_deployed")
+                                     code=ErrorCode.ENDPOINT_FAILED)
+        raise NotFound(f"The model '{excerpt(model, NAME_CHARS)}' has no endpoint; create one with POST /v1/endpoints.",
+                       param="model", code=ErrorCode.MODEL_NOT_DEPLOYED)
 
     @staticmethod
     def count_rejected(model: str | None, exc: ApiError) -> None:
@@ -163,7 +163,7 @@ class Gateway:
             self.forget(project_id, route.model)
             self._account(project_id, route, BadGateway.status_code, {}, started)
             raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
-                             "it is being checked, retry shortly.", code="endpoint_unreachable")
+                             "it is being checked, retry shortly.", code=ErrorCode.ENDPOINT_UNREACHABLE)
         content = self._count_whole(project_id, route, upstream.status, content, started)
         if upstream.status >= 400:
             content = openai_error(content, upstream.status)
@@ -182,14 +182,14 @@ class Gateway:
             content = await asyncio.wait_for(upstream.read(), self.timeout)
         except (UpstreamError, asyncio.TimeoutError) as exc:
             raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
-                             "retry shortly.", code="endpoint_unreachable")
+                             "retry shortly.", code=ErrorCode.ENDPOINT_UNREACHABLE)
         try:
             count = json.loads(content)["count"] if upstream.status == 200 else None
         except (ValueError, KeyError, TypeError):
             count = None
         if not isinstance(count, int):
             raise BadGateway(f"The endpoint for '{route.model}' could not count tokens (HTTP {upstream.status}).",
-                             code="endpoint_error")
+                             code=ErrorCode.ENDPOINT_ERROR)
         return count
 
     def _count_whole(self, project_id: str, route: Route, status: int, content: bytes, started: float) -> bytes:
@@ -233,7 +233,7 @@ class Gateway:
         except UpstreamError:
             failed = True
             yield b'data: {"error": {"message": "The endpoint closed the stream.", "type": "server_error", ' \
-                  b'"param": null, "code": "endpoint_unreachable"}}\n\ndata: [DONE]\n\n'
+                  b'"param": null, "code": ErrorCode.ENDPOINT_UNREACHABLE}}\n\ndata: [DONE]\n\n'
         finally:
             upstream.release()
             self._account(project_id, route, BadGateway.status_code if failed else 200, usage, started,
@@ -298,15 +298,15 @@ def openai_error(content: bytes, status: int) -> bytes:
         "message": message or (content.decode(errors="replace")[:500] or f"The endpoint answered HTTP {status}."),
         "type": "invalid_request_error" if status < 500 else "server_error",
         "param": error.get("param") if isinstance(error, dict) and isinstance(error.get("param"), str) else None,
-        "code": "model_not_found" if status == 404 else None}}).encode()
+        "code": ErrorCode.MODEL_NOT_FOUND if status == 404 else None}}).encode()
 
 
 def check_body(body: Any) -> dict:
     """The parsed request body (service/api/json_body.py), as the gateway needs it: an object naming a model."""
     if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+        raise InvalidRequest("The request body must be a JSON object.", code=ErrorCode.INVALID_JSON)
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code=ErrorCode.MISSING_REQUIRED_PARAMETER)
     return body
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from service.db.tables import IdempotencyKey
-from service.errors import InvalidRequest
+from service.errors import ErrorCode, InvalidRequest
 
 KEEP_S = 24 * 3600
 MAX_KEY_LENGTH = 255
@@ -22,7 +22,7 @@ MAX_KEY_LENGTH = 255
 def check_key(key: str | None) -> str | None:
     if key is not None and (not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable()):
         raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
-                             param="Idempotency-Key", code="invalid_value")
+                             param="Idempotency-Key", code=ErrorCode.INVALID_VALUE)
     return key
 
 
@@ -41,7 +41,7 @@ def replayed_object(session: Session, project_id: str, key: str, request_sha256:
         return None
     if row.request_sha256 != request_sha256:
         raise InvalidRequest("This Idempotency-Key was already used with a different request body.",
-                             param="Idempotency-Key", code="idempotency_key_reused")
+                             param="Idempotency-Key", code=ErrorCode.IDEMPOTENCY_KEY_REUSED)
     return row.object_id
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from service.errors import InvalidRequest
+from service.errors import ErrorCode, InvalidRequest
 
 
 class JobStatus(str, Enum):
@@ -61,4 +61,4 @@ def check_transition(job_id: str, current: JobStatus, target: JobStatus) -> None
     if not can_transition(current, target):
         verb = _VERBS.get(target, f"move to {target.value}")
         raise InvalidRequest(f"Cannot {verb} job {job_id}: its status is '{current.value}'.",
-                             param="fine_tuning_job_id", code="invalid_job_status")
+                             param="fine_tuning_job_id", code=ErrorCode.INVALID_JOB_STATUS)

@@ -18,7 +18,7 @@ from service import metrics
 from service.db.database import after_commit
 from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project
 from service.serve_compat import check_servable
-from service.errors import InvalidRequest, NotFound, excerpt
+from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
 from service.ids import new_id
 from service.models import Parent, continuation_parent
 from service.hints import Loop
@@ -108,7 +108,7 @@ def transition(session: Session, job: Job, target: JobStatus, message: str, *, l
     if result.rowcount != 1:
         session.refresh(job)
         check_transition(job.id, JobStatus(job.status), target)  # raises with the status it has now
-        raise InvalidRequest(f"Job {job.id} changed while this request ran; retry.", code="concurrent_update")
+        raise InvalidRequest(f"Job {job.id} changed while this request ran; retry.", code=ErrorCode.CONCURRENT_UPDATE)
     session.refresh(job)
     add_event(session, job.id, message, level=level)
     waited = now - queued_at if target is JobStatus.RUNNING and queued_at else None
@@ -126,11 +126,11 @@ def _resolve_method(body: CreateFineTuningJob) -> dict:
         method = body.method
         if method.type == "reinforcement":
             raise InvalidRequest("Reinforcement fine-tuning is not supported by Hone; use 'supervised' or 'dpo'.",
-                                 param="method.type", code="unsupported_method")
+                                 param="method.type", code=ErrorCode.UNSUPPORTED_METHOD)
         for other in ("supervised", "dpo"):
             if other != method.type and getattr(method, other) is not None:
                 raise InvalidRequest(f"method.type is '{method.type}' but a '{other}' section was given.",
-                                     param=f"method.{other}", code="invalid_value")
+                                     param=f"method.{other}", code=ErrorCode.INVALID_VALUE)
         if method.type == "supervised" and method.supervised is None:
             method.supervised = SupervisedMethod()
         if method.type == "dpo" and method.dpo is None:
@@ -142,7 +142,7 @@ def _resolve_method(body: CreateFineTuningJob) -> dict:
             if any(section.get(k) != v for k, v in legacy_set.items()):
                 raise InvalidRequest("'hyperparameters' conflicts with method."
                                      f"{method.type}.hyperparameters; give them in 'method' only.",
-                                     param="hyperparameters", code="invalid_value")
+                                     param="hyperparameters", code=ErrorCode.INVALID_VALUE)
     return method.model_dump(exclude_none=True)
 
 
@@ -173,7 +173,7 @@ def _check_file(session: Session, principal: ProjectPrincipal, file_id: str, par
             param=param, code=code)
     too_few = too_few_examples(row.example_count, min_examples)  # the rule `hone files validate` applies offline
     if too_few:
-        raise InvalidRequest(too_few, param=param, code="invalid_n_examples")
+        raise InvalidRequest(too_few, param=param, code=ErrorCode.INVALID_N_EXAMPLES)
     return row
 
 
@@ -188,7 +188,7 @@ def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPri
         parent = None
     if parent is None:
         raise InvalidRequest(f"Model {model} is not available for fine-tuning or does not exist.",
-                             param="model", code="model_not_available")
+                             param="model", code=ErrorCode.MODEL_NOT_AVAILABLE)
     return parent.base_model, parent
 
 
@@ -202,7 +202,7 @@ def _inherit_shape(method: dict, parent: Parent, model: str) -> dict:
     if kind == "dpo" and parent.shape["tuning_mode"] == "full":
         raise InvalidRequest(f"DPO trains a LoRA adapter, and {model} is fully tuned; continue it with "
                              "'supervised', or run DPO on a LoRA-tuned model.", param="model",
-                             code="invalid_value")
+                             code=ErrorCode.INVALID_VALUE)
     hp = dict((method.get(kind) or {}).get("hyperparameters") or {})
     for field in _SHAPE_FIELDS:
         inherited, asked = parent.shape.get(field), hp.get(field)
@@ -212,7 +212,7 @@ def _inherit_shape(method: dict, parent: Parent, model: str) -> dict:
         if asked not in (None, "auto") and not same:
             raise InvalidRequest(f"{field} {asked!r} differs from {inherited!r} of {model}, which this job continues: "
                                  "an adapter cannot change shape. Leave it out to keep the parent's.",
-                                 param=f"method.{kind}.hyperparameters.{field}", code="invalid_value")
+                                 param=f"method.{kind}.hyperparameters.{field}", code=ErrorCode.INVALID_VALUE)
         hp[field] = inherited
     return {**method, kind: {**(method.get(kind) or {}), "hyperparameters": hp}}
 
@@ -315,7 +315,7 @@ def _get_job(session: Session, principal: ProjectPrincipal, job_id: str, *, for_
     # Row lock on PostgreSQL so a concurrent transition waits; SQLite writers are already serialized.
     job = session.execute(stmt.with_for_update() if for_update else stmt).scalar()
     if job is None:
-        raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}", param="fine_tuning_job_id", code="not_found")
+        raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}", param="fine_tuning_job_id", code=ErrorCode.NOT_FOUND)
     return job
 
 
@@ -371,7 +371,7 @@ def act_on_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str, action
         if action == "resume" and job.status != JobStatus.PAUSED.value:
             # running -> queued exists for retries; users resume paused jobs only
             raise InvalidRequest(f"Cannot resume job {job.id}: its status is '{job.status}'.",
-                                 param="fine_tuning_job_id", code="invalid_job_status")
+                                 param="fine_tuning_job_id", code=ErrorCode.INVALID_JOB_STATUS)
         transition(session, job, target, message)
     ctx.hinter.wake(Loop.SCHEDULER)  # stops or starts the trainer now, not at the next poll
     return job_api(job, ctx.settings.organization_id)

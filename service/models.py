@@ -13,7 +13,7 @@ from service.context import AppContext
 from service.db.tables import TunedModel
 from service.endpoints import resolve_model, stop_model_endpoints
 from service.hints import Loop
-from service.errors import InvalidRequest, NotFound, PermissionDenied, excerpt
+from service.errors import ErrorCode, InvalidRequest, NAME_CHARS, NotFound, PermissionDenied, excerpt
 from service.storage import BlobNotFound
 from service.training_plan import LLAMA_PROJECTIONS
 
@@ -23,7 +23,7 @@ def tuned_model_api(m: TunedModel) -> dict:
 
 
 def _not_found(model_id: str) -> NotFound:
-    return NotFound(f"The model '{excerpt(model_id)}' does not exist", param="model", code="model_not_found")
+    return NotFound(f"The model '{excerpt(model_id, NAME_CHARS)}' does not exist", param="model", code=ErrorCode.MODEL_NOT_FOUND)
 
 
 def list_models(ctx: AppContext, principal: ProjectPrincipal) -> dict:
@@ -54,7 +54,7 @@ def get_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) -> di
 def delete_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) -> dict:
     if ctx.base_models.get(model_id) is not None:
         raise PermissionDenied(f"The model '{model_id}' is a base model and cannot be deleted.", param="model",
-                               code="model_not_deletable")
+                               code=ErrorCode.MODEL_NOT_DELETABLE)
     with ctx.db.write() as session:
         tuned = _tuned(session, principal, model_id)
         if tuned is None:
@@ -91,7 +91,7 @@ def continuation_parent(ctx: AppContext, session: Session, project_id: str, mode
         config = json.loads(ctx.storage.read_bytes(served.weights_prefix + "adapter_config.json"))
     except BlobNotFound:
         raise InvalidRequest(f"The weights of model {model} are no longer in storage, so it cannot be continued.",
-                             param="model", code="model_not_available") from None
+                             param="model", code=ErrorCode.MODEL_NOT_AVAILABLE) from None
     order = {name: i for i, name in enumerate(LLAMA_PROJECTIONS)}
     targets = sorted(config["target_modules"], key=lambda m: (order.get(m, len(order)), m))
     return Parent(served.name, served.base_model, served.weights_prefix,

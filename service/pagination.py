@@ -7,13 +7,13 @@ from typing import Any, Sequence
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from service.errors import InvalidRequest
+from service.errors import ErrorCode, InvalidRequest
 
 
 def check_limit(limit: int, maximum: int) -> int:
     if not 1 <= limit <= maximum:
         raise InvalidRequest(f"Invalid 'limit': {limit}; it must be between 1 and {maximum}.",
-                             param="limit", code="invalid_value")
+                             param="limit", code=ErrorCode.INVALID_VALUE)
     return limit
 
 
@@ -24,7 +24,7 @@ def paginate(session: Session, stmt: Select, table: Any, *, after: str | None, l
         cursor = session.execute(stmt.with_only_columns(table.seq).where(table.id == after)).scalar()
         if cursor is None:
             raise InvalidRequest(f"Invalid 'after': no object with id '{after}' in this list.",
-                                 param="after", code="invalid_cursor")
+                                 param="after", code=ErrorCode.INVALID_CURSOR)
         stmt = stmt.where(table.seq < cursor if newest_first else table.seq > cursor)
     stmt = stmt.order_by(table.seq.desc() if newest_first else table.seq.asc()).limit(limit + 1)
     rows = session.execute(stmt).scalars().all()

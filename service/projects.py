@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 from service.auth import hash_key
 from service.context import AppContext
 from service.db.tables import ApiKey, Job, Project, ProjectWandb, ServiceAccount
-from service.errors import InvalidRequest, NotFound, excerpt
+from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
 from service.ids import new_api_key, new_id
 from service.pagination import list_envelope, paginate
 
@@ -29,7 +29,7 @@ def project_api(p: Project) -> dict:
 def _check_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > 256:
-        raise InvalidRequest("'name' must be 1 to 256 characters.", param="name", code="invalid_value")
+        raise InvalidRequest("'name' must be 1 to 256 characters.", param="name", code=ErrorCode.INVALID_VALUE)
     return name
 
 
@@ -45,7 +45,7 @@ def project_row(session, project_id: str) -> Project:
     """The project (archived or not), or the admin API's 404."""
     project = session.execute(select(Project).where(Project.id == project_id)).scalar()
     if project is None:
-        raise NotFound(f"No such project: {excerpt(project_id)}", param="project_id", code="not_found")
+        raise NotFound(f"No such project: {excerpt(project_id)}", param="project_id", code=ErrorCode.NOT_FOUND)
     return project
 
 
@@ -53,7 +53,7 @@ def active_project(session, project_id: str) -> Project:
     """The project, which must exist and not be archived: what anything added to a project checks first."""
     project = project_row(session, project_id)
     if project.archived_at is not None:
-        raise InvalidRequest(f"Project {project_id} is archived.", param="project_id", code="project_archived")
+        raise InvalidRequest(f"Project {project_id} is archived.", param="project_id", code=ErrorCode.PROJECT_ARCHIVED)
     return project
 
 
@@ -114,7 +114,7 @@ def _get_account(session, project_id: str, account_id: str) -> ServiceAccount:
     account = session.execute(select(ServiceAccount).where(ServiceAccount.id == account_id,
                                                            ServiceAccount.project_id == project_id)).scalar()
     if account is None:
-        raise NotFound(f"No such service account: {excerpt(account_id)}", param="service_account_id", code="not_found")
+        raise NotFound(f"No such service account: {excerpt(account_id)}", param="service_account_id", code=ErrorCode.NOT_FOUND)
     return account
 
 
@@ -159,12 +159,12 @@ def set_wandb_key(ctx: AppContext, project_id: str, api_key: str, base_url: str 
     """Sets (or replaces) the key the project's jobs with a `wandb` integration log online with."""
     if not api_key or not api_key.isascii() or not api_key.isprintable() or any(c.isspace() for c in api_key):
         raise InvalidRequest("'api_key' must be a W&B API key: printable characters without spaces.",
-                             param="api_key", code="invalid_value")
+                             param="api_key", code=ErrorCode.INVALID_VALUE)
     if base_url is not None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise InvalidRequest("'base_url' must be the http(s) URL of a W&B server, e.g. https://api.wandb.ai.",
-                                 param="base_url", code="invalid_value")
+                                 param="base_url", code=ErrorCode.INVALID_VALUE)
         base_url = base_url.rstrip("/")
     now = int(time.time())
     with ctx.db.write() as session:
@@ -182,7 +182,7 @@ def _get_wandb(session, project_id: str) -> ProjectWandb:
     project_row(session, project_id)
     row = session.get(ProjectWandb, project_id)
     if row is None:
-        raise NotFound(f"Project {project_id} has no W&B key configured.", param="project_id", code="not_found")
+        raise NotFound(f"Project {project_id} has no W&B key configured.", param="project_id", code=ErrorCode.NOT_FOUND)
     return row
 
 

@@ -20,7 +20,7 @@ from service.db.database import after_commit
 from service.auth import hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job
-from service.errors import outage_code
+from service.errors import ErrorCode, outage_code
 from service.executors import Executor, TrainerExit
 from service.storage import StorageUnavailable
 from service.jobs import add_event, transition, tuned_model_name
@@ -130,14 +130,14 @@ class Scheduler:
                 how = f"stalled (no report for {stalled} s) and was killed"
                 add_event(session, job.id, f"Trainer stalled: nothing heard from it for {stalled} s (limit "
                           f"{self.ctx.settings.trainer_stall_timeout_s:g} s); killed it", level="warn",
-                          data={"code": "trainer_stalled", "silent_s": stalled})
+                          data={"code": ErrorCode.TRAINER_STALLED, "silent_s": stalled})
             limit = self.ctx.settings.max_job_attempts
             if job.failures < limit:
                 transition(session, job, JobStatus.QUEUED, f"Trainer {how}; retrying from {where} "
                            f"(attempt {job.attempts + 1} of {limit})", level="warn")
                 after_commit(session, metrics.TRAINER_RETRIES.inc)
                 return
-            error = {"code": "trainer_stalled" if stalled is not None else "trainer_failed", "param": None,
+            error = {"code": ErrorCode.TRAINER_STALLED if stalled is not None else "trainer_failed", "param": None,
                      "message": f"The job failed after {job.failures} trainer crashes (the last {how}). "
                                 f"The trainer logs are in storage under jobs/{job.id}/logs/."}
             transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
@@ -242,7 +242,7 @@ class Scheduler:
 
     def _refuse(self, session: Session, job: Job, exc: Exception) -> None:
         log.exception("a queued job's row makes no training spec; failing it", extra={"job_id": job.id})
-        error = {"code": "invalid_job", "param": None,
+        error = {"code": ErrorCode.INVALID_JOB, "param": None,
                  "message": f"The job could not be started: its stored method or files are malformed "
                             f"({type(exc).__name__}: {exc}). Create it again."}
         transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)

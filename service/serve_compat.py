@@ -6,7 +6,7 @@ layers are refused here because adapting them changes what the base vocabulary m
 
 from __future__ import annotations
 
-from service.errors import InvalidRequest
+from service.errors import ErrorCode, InvalidRequest
 from service.training_plan import DEFAULT_LORA_RANK, LLAMA_PROJECTIONS
 
 SERVABLE_MODULES = frozenset(LLAMA_PROJECTIONS)
@@ -24,15 +24,15 @@ def check_servable(method: dict, max_lora_rank: int) -> None:
         raise InvalidRequest(f"LoRA rank {rank} is above the serving fleet's max_lora_rank {max_lora_rank}, so the "
                              f"adapter could not be served; use lora_rank {max_lora_rank} or less (or raise "
                              "HONE_MAX_LORA_RANK on every engine).", param=f"{param}.lora_rank",
-                             code="unservable_adapter")
+                             code=ErrorCode.UNSERVABLE_ADAPTER)
     modules = hp.get("lora_target_modules") or []
     vocab = sorted(m for m in modules if m in VOCABULARY_MODULES)
     if vocab:
         raise InvalidRequest(f"lora_target_modules {vocab} adapt the embeddings or output head, which vLLM cannot "
                              f"hot-load as a LoRA adapter; choose from {sorted(SERVABLE_MODULES)}.",
-                             param=f"{param}.lora_target_modules", code="unservable_adapter")
+                             param=f"{param}.lora_target_modules", code=ErrorCode.UNSERVABLE_ADAPTER)
     unknown = sorted(set(modules) - SERVABLE_MODULES)
     if unknown:
         raise InvalidRequest(f"lora_target_modules {unknown} cannot be served by vLLM for this architecture; "
                              f"choose from {sorted(SERVABLE_MODULES)}.", param=f"{param}.lora_target_modules",
-                             code="unservable_adapter")
+                             code=ErrorCode.UNSERVABLE_ADAPTER)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from service.auth import bearer_token, hash_key
 from service.context import AppContext
 from service.db.tables import Checkpoint, File, Job, JobEvent, TunedModel
-from service.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, excerpt
+from service.errors import ApiError, AuthenticationFailed, ErrorCode, InvalidRequest, NotFound, excerpt
 from service.ids import new_id
 from service import endpoints, metrics
 from service.db.database import after_commit
@@ -93,7 +93,7 @@ def _job_for_trainer(session: Session, job_id: str, authorization: str | None) -
         raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}")
     if not job.trainer_token_hash or not hmac.compare_digest(job.trainer_token_hash, hash_key(token)):
         raise AuthenticationFailed("This trainer token is not valid for this job (a newer attempt may own it).",
-                                   code="invalid_trainer_token")
+                                   code=ErrorCode.INVALID_TRAINER_TOKEN)
     return job
 
 
@@ -101,7 +101,7 @@ def _check_own_keys(job: Job, *keys: str) -> None:
     """A trainer writes under its own job's folder only; anything else would point at another job's data."""
     for key in keys:
         if not key.startswith(f"jobs/{job.id}/") or ".." in key.split("/"):
-            raise InvalidRequest(f"Storage key '{excerpt(key)}' is outside jobs/{job.id}/.", code="invalid_storage_key")
+            raise InvalidRequest(f"Storage key '{excerpt(key)}' is outside jobs/{job.id}/.", code=ErrorCode.INVALID_STORAGE_KEY)
 
 
 def record_report(ctx: AppContext, job_id: str, authorization: str | None, report: Report) -> dict:
@@ -170,7 +170,7 @@ def _complete(ctx: AppContext, job_id: str, authorization: str | None, body: Com
         if job.status == JobStatus.SUCCEEDED.value:
             return {"status": job.status}  # a retried call whose first reply was lost
         if job.status != JobStatus.RUNNING.value:
-            raise JobNotRunning(f"Job {job.id} is {job.status}; its result is discarded.", code="job_not_running")
+            raise JobNotRunning(f"Job {job.id} is {job.status}; its result is discarded.", code=ErrorCode.JOB_NOT_RUNNING)
         _check_own_keys(job, body.adapter_prefix, body.result_key)
         _count_tokens(session, job, body.trained_tokens)
         now = int(time.time())

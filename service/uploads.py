@@ -23,7 +23,7 @@ from urllib.parse import unquote
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
-from service.errors import InvalidRequest, excerpt
+from service.errors import ErrorCode, InvalidRequest, excerpt
 
 FIELD_LIMIT = 64 * 1024  # non-file form fields
 MAX_FILENAME_CHARS = 255
@@ -35,7 +35,7 @@ _FORM_ESCAPE = re.compile(r"%(22|[01][0-9A-Fa-f]|7[Ff])")  # what HTML5 / httpx 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def _bad(message: str, param: str = "file", code: str = "invalid_multipart") -> InvalidRequest:
+def _bad(message: str, param: str = "file", code: str = ErrorCode.INVALID_MULTIPART) -> InvalidRequest:
     return InvalidRequest(message, param=param, code=code)
 
 
@@ -45,7 +45,7 @@ def disposition(raw: bytes) -> tuple[str | None, str | None]:
         value = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _bad("The Content-Disposition header of a part is not valid UTF-8; send file names as UTF-8 "
-                   "(RFC 7578) or as filename*=UTF-8''... (RFC 5987).", code="invalid_filename") from None
+                   "(RFC 7578) or as filename*=UTF-8''... (RFC 5987).", code=ErrorCode.INVALID_FILENAME) from None
     kind, _, params = value.partition(";")
     if kind.strip().lower() != "form-data":
         raise _bad(f"Each part must be 'Content-Disposition: form-data', not '{excerpt(kind.strip())}'.")
@@ -69,11 +69,11 @@ def _extended(value: str) -> str:
     _, quote2, encoded = rest.partition("'")
     if not quote or not quote2 or charset.lower() not in ("utf-8", "iso-8859-1"):
         raise _bad(f"filename* must be UTF-8''<percent-encoded name> (RFC 5987), not '{excerpt(value)}'.",
-                   code="invalid_filename")
+                   code=ErrorCode.INVALID_FILENAME)
     try:
         return unquote(encoded, encoding=charset.lower(), errors="strict")
     except UnicodeDecodeError:
-        raise _bad("filename* is not valid UTF-8 once percent-decoded.", code="invalid_filename") from None
+        raise _bad("filename* is not valid UTF-8 once percent-decoded.", code=ErrorCode.INVALID_FILENAME) from None
 
 
 def checked_filename(name: str) -> str:
@@ -82,10 +82,10 @@ def checked_filename(name: str) -> str:
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     if _CONTROL.search(base):
         raise _bad(f"The file name '{excerpt(base)}' contains a control character; rename the file.",
-                   code="invalid_filename")
+                   code=ErrorCode.INVALID_FILENAME)
     if len(base) > MAX_FILENAME_CHARS:
         raise _bad(f"The file name is {len(base)} characters long; the limit is {MAX_FILENAME_CHARS}.",
-                   code="invalid_filename")
+                   code=ErrorCode.INVALID_FILENAME)
     return base or "upload"
 
 
@@ -124,7 +124,7 @@ class MultipartUpload:
         """Refuses a body that ended early: without its closing boundary the last part may be cut short."""
         if not self.complete:
             raise _bad("The upload ended before the multipart body's closing boundary; it may have been cut "
-                       "short. Nothing was stored.", code="incomplete_upload")
+                       "short. Nothing was stored.", code=ErrorCode.INCOMPLETE_UPLOAD)
 
     def _part_begin(self) -> None:
         self._headers, self._field_value = {}, bytearray()
@@ -153,14 +153,14 @@ class MultipartUpload:
         if self._part_is_file:
             if name != "file":
                 raise InvalidRequest(f"Unexpected file field '{excerpt(name)}'; send the file as 'file'.",
-                                     param=excerpt(name), code="invalid_value")
+                                     param=excerpt(name), code=ErrorCode.INVALID_VALUE)
             if self.filename is not None:
-                raise InvalidRequest("Send exactly one 'file' field.", param="file", code="invalid_value")
+                raise InvalidRequest("Send exactly one 'file' field.", param="file", code=ErrorCode.INVALID_VALUE)
             self.filename = checked_filename(filename or "upload")
             self._on_file(self.filename)
         elif name in self.fields:
             raise InvalidRequest(f"The form field '{excerpt(name)}' was sent twice; send it once.",
-                                 param=excerpt(name), code="invalid_value")
+                                 param=excerpt(name), code=ErrorCode.INVALID_VALUE)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part_is_file:
@@ -169,7 +169,7 @@ class MultipartUpload:
             self._field_value += data[start:end]
             if len(self._field_value) > FIELD_LIMIT:
                 raise InvalidRequest(f"Form field '{excerpt(self._part_name)}' is too large.",
-                                     param=excerpt(self._part_name), code="invalid_value")
+                                     param=excerpt(self._part_name), code=ErrorCode.INVALID_VALUE)
 
     def _part_end(self) -> None:
         if not self._part_is_file and self._part_name:
@@ -177,7 +177,7 @@ class MultipartUpload:
                 self.fields[self._part_name] = self._field_value.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidRequest(f"Form field '{excerpt(self._part_name)}' is not valid UTF-8.",
-                                     param=excerpt(self._part_name), code="invalid_value") from None
+                                     param=excerpt(self._part_name), code=ErrorCode.INVALID_VALUE) from None
 
     def _end(self) -> None:
         self.complete = True

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 from service.api.deps import admin_principal, get_ctx
 from service.api.routing import JSONRoute
 from service.context import AppContext
-from service.errors import NotFound, excerpt
+from service.errors import ErrorCode, NAME_CHARS, NotFound, excerpt
 
 router = APIRouter(route_class=JSONRoute, prefix="/v1/organization/base_models", tags=["admin"],
                    dependencies=[Depends(admin_principal)])
@@ -31,7 +31,7 @@ def list_base_models(ctx: AppContext = Depends(get_ctx)):
 def get_base_model(name: str, ctx: AppContext = Depends(get_ctx)):
     model = ctx.base_models.get(name)
     if model is None:
-        raise NotFound(f"No such base model: {excerpt(name)}", param="name", code="not_found")
+        raise NotFound(f"No such base model: {excerpt(name, NAME_CHARS)}", param="name", code=ErrorCode.NOT_FOUND)
     return ctx.base_models.as_admin_api(model)
 
 

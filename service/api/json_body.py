@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from service.errors import InvalidRequest, PayloadTooLarge, excerpt, param_from_loc
+from service.errors import ErrorCode, InvalidRequest, PayloadTooLarge, excerpt, param_from_loc
 
 _MAYBE_NOT_FINITE = re.compile(rb"NaN|Infinity|[0-9][eE][+-]?[0-9]{3}")
 _MAYBE_BAD_STRING = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")  # a surrogate or NUL escape
@@ -93,16 +93,16 @@ def parse(body: bytes) -> Any:
     except _DuplicateKey as dup:
         param = excerpt(dup.key)
         raise InvalidRequest(f"Duplicate key {param!r} in the JSON body; each key may appear once per object.",
-                             param=param, code="duplicate_key") from None
+                             param=param, code=ErrorCode.DUPLICATE_KEY) from None
     except (ValueError, RecursionError):  # JSONDecodeError, invalid UTF-8, nesting too deep
-        raise InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
+        raise InvalidRequest("We could not parse the JSON body of your request.", code=ErrorCode.INVALID_JSON) from None
     if _MAYBE_NOT_FINITE.search(body) or _MAYBE_BAD_STRING.search(body):
         found = _find(value, ())
         if found is not None:
             loc, problem = found
             param = param_from_loc(loc)
             where = f"'{param}'" if param else "the request body"
-            code = "invalid_value" if "finite" in problem else "invalid_string"
+            code = ErrorCode.INVALID_VALUE if "finite" in problem else "invalid_string"
             raise InvalidRequest(f"Invalid value for {where}: {problem}.", param=param, code=code)
     return value
 
@@ -126,7 +126,7 @@ async def read(request: Request, limit: int) -> bytes:
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is too large: JSON bodies are limited to {limit} bytes.",
-                           code="request_too_large")
+                           code=ErrorCode.REQUEST_TOO_LARGE)
 
 
 def is_json(content_type: str | None) -> bool:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from hone_kernel.finite import finite
 from service.api import json_body
 from service.api.deps import get_ctx
-from service.errors import InvalidRequest
+from service.errors import ErrorCode, InvalidRequest
 
 
 class FiniteJSONResponse(JSONResponse):
@@ -72,4 +72,4 @@ def _refuse_nul(request: Request) -> None:
     for where, raw in (("path", scope.get("raw_path") or b""), ("query", scope.get("query_string") or b"")):
         if b"%00" in raw or b"\x00" in raw:
             raise InvalidRequest(f"The request {where} contains a NUL character (%00), which no id or value may "
-                                 "hold.", code="invalid_value")
+                                 "hold.", code=ErrorCode.INVALID_VALUE)

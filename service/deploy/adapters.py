@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from inference.client import EngineClient, EngineUnavailable
+from service.errors import ErrorCode
 from service import metrics
 from service.context import AppContext
 from service.db.tables import Endpoint
@@ -37,7 +38,7 @@ class AdapterLoader:
         try:
             keys = [k for k in storage.list(prefix) if k.rsplit("/", 1)[-1] not in NOT_SERVED]
             if not keys:
-                raise DeployError("weights_not_found", f"No weights under {prefix} in storage.", retry=False)
+                raise DeployError(ErrorCode.WEIGHTS_NOT_FOUND, f"No weights under {prefix} in storage.", retry=False)
             for key in keys:
                 path = work / key[len(prefix):]
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,7 @@ class AdapterLoader:
             shutil.rmtree(target, ignore_errors=True)
             work.rename(target)
         except BlobNotFound as exc:
-            raise DeployError("weights_not_found", f"Weights vanished from storage while fetching: {exc}", retry=False)
+            raise DeployError(ErrorCode.WEIGHTS_NOT_FOUND, f"Weights vanished from storage while fetching: {exc}", retry=False)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return target

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from inference.client import AdapterLoadError, AdapterNotFound, EngineClient, EngineUnavailable
 from inference.launcher import choose_engine
+from service.errors import ErrorCode
 from service.context import AppContext
 from service.db.tables import Endpoint, Job, ModelUsage
 from service.deploy import DeployError, parity
@@ -106,7 +107,7 @@ class EndpointDeployer:
         with self.ctx.db.write() as session:
             ep = _endpoint(session, endpoint_id)
             if ep is not None and transition(session, ep, EndpointState.DEPLOYING, restarts=ep.restarts + 1,
-                                             error={"code": "engine_restarted", "message": f"Redeploying: {why}."}):
+                                             error={"code": ErrorCode.ENGINE_RESTARTED, "message": f"Redeploying: {why}."}):
                 log.warning("endpoint redeploying", extra={"endpoint_id": endpoint_id, "reason": why})
         self._submit(endpoint_id)
 
@@ -164,7 +165,7 @@ class EndpointDeployer:
             return
         except Exception as exc:  # counted like any failed attempt, so a persistent bug ends in `failed`
             log.exception("deploy attempt crashed", extra={"endpoint_id": ep.id})
-            self._failed_attempt(ep.id, DeployError("deploy_error", f"{type(exc).__name__}: {exc}"))
+            self._failed_attempt(ep.id, DeployError(ErrorCode.DEPLOY_ERROR, f"{type(exc).__name__}: {exc}"))
             return
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
@@ -182,7 +183,7 @@ class EndpointDeployer:
         try:
             handle = self.backend.ensure(spec)
         except EngineStartError as exc:
-            raise DeployError("engine_start_failed", str(exc))
+            raise DeployError(ErrorCode.ENGINE_START_FAILED, str(exc))
         with EngineClient(handle.url, api_key=handle.api_key) as client:
             try:
                 if ep.kind == "adapter":
@@ -191,11 +192,11 @@ class EndpointDeployer:
                     parity.check(client, ep.model, weights, self.ctx.settings.parity_samples)
             except parity.ParityFailure as exc:
                 self.adapters.unload(handle, ep)
-                raise DeployError("parity_check_failed", str(exc), retry=False)
+                raise DeployError(ErrorCode.PARITY_CHECK_FAILED, str(exc), retry=False)
             except (AdapterNotFound, AdapterLoadError) as exc:
-                raise DeployError("adapter_load_failed", f"The engine refused the adapter: {exc}", retry=False)
+                raise DeployError(ErrorCode.ADAPTER_LOAD_FAILED, f"The engine refused the adapter: {exc}", retry=False)
             except EngineUnavailable as exc:
-                raise DeployError("engine_unavailable", str(exc))
+                raise DeployError(ErrorCode.ENGINE_UNAVAILABLE, str(exc))
         return handle, weights
 
     def _failed_attempt(self, endpoint_id: str, exc: DeployError) -> None:

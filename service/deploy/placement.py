@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from service.errors import ErrorCode
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.deploy import DeployError
@@ -80,7 +81,7 @@ class Placement:
     def _base_model_path(self, name: str) -> str:
         base = self.ctx.base_models.get(name)
         if base is None:
-            raise DeployError("model_not_found", f"Base model {name!r} is no longer registered.", retry=False)
+            raise DeployError(ErrorCode.MODEL_NOT_FOUND, f"Base model {name!r} is no longer registered.", retry=False)
         if not base.source.startswith("builtin:"):
             return base.source
         # Built-in models are built where the engine runs (the spec's model_source says how): here on first

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from hone_kernel.trainer_contract import ExitCode
+from service.errors import ErrorCode
 from service.settings import Settings
 
 CONTAINER = "trainer"
@@ -220,7 +221,7 @@ def pending_troubles(pod: dict, scheduled: dict, waiting: dict, settings: Settin
         gpus = settings.k8s_gpus_per_job
         wants = f"{gpus} nvidia.com/gpu" if gpus else "its resources"
         where = f" on nodes matching {settings.k8s_node_selector}" if settings.k8s_node_selector else ""
-        troubles.append(("unschedulable", "warn", "no_gpu_capacity",
+        troubles.append(("unschedulable", "warn", ErrorCode.NO_GPU_CAPACITY,
                          f"The trainer pod cannot be scheduled: {scheduled.get('message') or 'Unschedulable'} "
                          f"No node{where} has {wants} free; free a GPU, add nodes, or change "
                          "HONE_K8S_GPUS_PER_JOB / HONE_K8S_NODE_SELECTOR / HONE_K8S_TOLERATIONS.",
@@ -228,7 +229,7 @@ def pending_troubles(pod: dict, scheduled: dict, waiting: dict, settings: Settin
     if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
         image = next((c.get("image") for c in (pod.get("spec") or {}).get("containers") or []
                       if c.get("name") == CONTAINER), settings.k8s_trainer_image)
-        troubles.append(("image", "error", "image_pull_failed",
+        troubles.append(("image", "error", ErrorCode.IMAGE_PULL_FAILED,
                          f"The trainer image {image} cannot be pulled ({waiting['reason']}: "
                          f"{waiting.get('message') or ''}). Check HONE_K8S_TRAINER_IMAGE and the cluster's "
                          "access to the registry (imagePullSecrets).",

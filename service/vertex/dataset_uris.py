@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from service import dataset_grants
 from service.auth import ProjectPrincipal
 from service.context import AppContext
-from service.errors import InvalidRequest
+from service.errors import ErrorCode, InvalidRequest
 from service.files import import_fine_tune_file
 
 CHUNK = 1 << 20
@@ -45,16 +45,16 @@ def bucket_object(settings, uri: str, field: str) -> BucketObject | None:
         return None
     if uri.partition("://")[0].lower() not in dataset_grants.SCHEMES:
         raise InvalidRequest(f"{field} must be gs://bucket/path.jsonl, s3://bucket/path.jsonl or the id of an "
-                             f"uploaded fine-tune file, got '{uri[:200]}'.", param=field, code="invalid_dataset_uri")
+                             f"uploaded fine-tune file, got '{uri[:200]}'.", param=field, code=ErrorCode.INVALID_DATASET_URI)
     location = dataset_grants.parse(uri, field, prefix=False)
     if not location.path.lower().endswith(".jsonl"):
         raise InvalidRequest(f"{field} should be an object of type JSONL (a name ending in .jsonl), got '{uri[:200]}'.",
-                             param=field, code="invalid_dataset_uri")
+                             param=field, code=ErrorCode.INVALID_DATASET_URI)
     bucket, key = dataset_grants.s3_target(settings, location)
     if dataset_grants.reaches_own_storage(settings, bucket, key, prefix=False):
         # Hone's own blobs hold every project's files: reachable by file id only, within the project.
         raise InvalidRequest(f"{field} points into Hone's own storage; pass the file's id instead.", param=field,
-                             code="invalid_dataset_uri")
+                             code=ErrorCode.INVALID_DATASET_URI)
     return BucketObject(location, bucket, key)
 
 
@@ -74,15 +74,15 @@ def _object_chunks(client, obj: BucketObject, uri: str, field: str) -> Iterator[
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
             raise InvalidRequest(f"{field}: {uri} does not exist (read as s3://{obj.bucket}/{obj.key}).",
-                                 param=field, code="dataset_not_found") from None
+                                 param=field, code=ErrorCode.DATASET_NOT_FOUND) from None
         raise InvalidRequest(f"{field}: {uri} cannot be read ({code or err}).", param=field,
-                             code="dataset_unreadable") from None
+                             code=ErrorCode.DATASET_UNREADABLE) from None
     except BotoCoreError as err:
-        raise InvalidRequest(f"{field}: {uri} cannot be read: {err}.", param=field, code="dataset_unreadable") from None
+        raise InvalidRequest(f"{field}: {uri} cannot be read: {err}.", param=field, code=ErrorCode.DATASET_UNREADABLE) from None
     try:
         yield from body.iter_chunks(CHUNK)
     except (BotoCoreError, ClientError) as err:
-        raise InvalidRequest(f"{field}: reading {uri} failed: {err}.", param=field, code="dataset_unreadable") from None
+        raise InvalidRequest(f"{field}: reading {uri} failed: {err}.", param=field, code=ErrorCode.DATASET_UNREADABLE) from None
     finally:
         body.close()
 

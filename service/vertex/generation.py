@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator
 
-from service.errors import ApiError, BadGateway, InvalidRequest, NotFound, ServiceUnavailable
+from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, NotFound, ServiceUnavailable
 from service.vertex.resources import rfc3339
 from service.vertex.schemas import Content, GenerateContentRequest, GenerationConfig
 
@@ -24,7 +24,7 @@ def _text(content: Content, where: str) -> str:
                 continue
             kinds = ", ".join(sorted(part.model_extra or {})) or "nothing"
             raise InvalidRequest(f"{where}.parts[{j}] holds {kinds}; Hone's tuned models take text parts only.",
-                                 param=f"{where}.parts[{j}]", code="unsupported_part")
+                                 param=f"{where}.parts[{j}]", code=ErrorCode.UNSUPPORTED_PART)
         texts.append(part.text)
     return "".join(texts)
 
@@ -37,7 +37,7 @@ def chat_messages(contents: list[Content], system_instruction: Content | None) -
         role = ROLES.get(content.role or "user")
         if role is None:
             raise InvalidRequest(f"contents[{i}].role must be 'user' or 'model', got '{content.role}'.",
-                                 param=f"contents[{i}].role", code="invalid_role")
+                                 param=f"contents[{i}].role", code=ErrorCode.INVALID_ROLE)
         messages.append({"role": role, "content": _text(content, f"contents[{i}]")})
     return messages
 

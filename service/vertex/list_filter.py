@@ -14,7 +14,7 @@ import re
 from sqlalchemy import exists, not_, or_
 
 from service.db.tables import Job, JobMetadata
-from service.errors import InvalidRequest
+from service.errors import ErrorCode, InvalidRequest
 from service.vertex.resources import parse_rfc3339
 from service.vertex.states import JOB_STATE_NUMBERS, state_condition
 
@@ -27,7 +27,7 @@ _STATE_NAMES = {n: name for name, n in JOB_STATE_NUMBERS.items()}
 
 
 def _bad(message: str) -> InvalidRequest:
-    return InvalidRequest(f"Invalid filter: {message}", param="filter", code="invalid_filter")
+    return InvalidRequest(f"Invalid filter: {message}", param="filter", code=ErrorCode.INVALID_FILTER)
 
 
 def _unquote(value: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from service.auth import ProjectPrincipal
-from service.errors import InvalidRequest, NotFound, excerpt
+from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
 
 _LOCATION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _RESOURCE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # Hone's ids; never a ':verb' suffix
@@ -31,7 +31,7 @@ class VertexScope:
     def not_found(self, collection: str, resource_id: str) -> NotFound:
         kind = {"tuningJobs": "TuningJob", "endpoints": "Endpoint"}[collection]
         return NotFound(f"{kind} '{self.name(collection, resource_id)}' was not found.", param="name",
-                        code="not_found")
+                        code=ErrorCode.NOT_FOUND)
 
 
 def scope_for(principal: ProjectPrincipal, project: str, location: str) -> VertexScope:
@@ -39,15 +39,15 @@ def scope_for(principal: ProjectPrincipal, project: str, location: str) -> Verte
     resources do not exist for this key (404, as for every other Hone resource)."""
     if project not in (principal.project_id, principal.project_slug):
         raise NotFound(f"Project '{excerpt(project)}' was not found, or this API key does not belong to it.",
-                       param="project", code="project_not_found")
+                       param="project", code=ErrorCode.PROJECT_NOT_FOUND)
     if not _LOCATION.match(location):
-        raise InvalidRequest(f"Invalid location '{location}'.", param="location", code="invalid_location")
+        raise InvalidRequest(f"Invalid location '{location}'.", param="location", code=ErrorCode.INVALID_LOCATION)
     return VertexScope(principal, location)
 
 
 def check_id(resource_id: str, kind: str) -> str:
     if not _RESOURCE_ID.match(resource_id):
-        raise NotFound(f"{kind} '{excerpt(resource_id)}' was not found.", param="name", code="not_found")
+        raise NotFound(f"{kind} '{excerpt(resource_id)}' was not found.", param="name", code=ErrorCode.NOT_FOUND)
     return resource_id
 
 

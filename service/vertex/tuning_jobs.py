@@ -16,7 +16,7 @@ from service import files, jobs
 from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, File, Job
 from service.endpoint_states import EndpointState
-from service.errors import ApiError, InvalidRequest, NotFound, param_from_loc
+from service.errors import ApiError, ErrorCode, InvalidRequest, NotFound, param_from_loc
 from service.pagination import paginate
 from service.schemas import CreateFineTuningJob
 from service.training_plan import DEFAULT_LORA_RANK
@@ -44,12 +44,12 @@ def _tuning_spec(body: CreateTuningJob):
         if getattr(body, name) is not None:
             field = CreateTuningJob.model_fields[name].alias
             raise InvalidRequest(f"{field} is not supported by Hone; use supervisedTuningSpec or "
-                                 "preferenceOptimizationSpec.", param=field, code="unsupported_tuning_spec")
+                                 "preferenceOptimizationSpec.", param=field, code=ErrorCode.UNSUPPORTED_TUNING_SPEC)
     given = [(t, s) for t, s in (("supervised", body.supervised_tuning_spec),
                                  ("dpo", body.preference_optimization_spec)) if s is not None]
     if len(given) != 1:
         raise InvalidRequest("Give exactly one of supervisedTuningSpec and preferenceOptimizationSpec.",
-                             param="supervisedTuningSpec", code="invalid_tuning_spec")
+                             param="supervisedTuningSpec", code=ErrorCode.INVALID_TUNING_SPEC)
     return given[0]
 
 
@@ -64,20 +64,20 @@ def _source_model(ctx: AppContext, scope: VertexScope, body: CreateTuningJob) ->
     if pre is not None:
         if body.base_model:
             raise InvalidRequest("baseModel and preTunedModel are one of a kind: give only one.",
-                                 param="preTunedModel", code="invalid_value")
+                                 param="preTunedModel", code=ErrorCode.INVALID_VALUE)
         name = pre.get("tunedModelName") or pre.get("tuned_model_name")
         checkpoint = pre.get("checkpointId") or pre.get("checkpoint_id")
         if not isinstance(name, str) or not name:
             raise InvalidRequest("preTunedModel.tunedModelName is required.", param="preTunedModel.tunedModelName",
-                                 code="missing_required_parameter")
+                                 code=ErrorCode.MISSING_REQUIRED_PARAMETER)
         if checkpoint is not None and not isinstance(checkpoint, str):
             raise InvalidRequest("preTunedModel.checkpointId must be a string.", param="preTunedModel.checkpointId",
-                                 code="invalid_value")
+                                 code=ErrorCode.INVALID_VALUE)
         model = _tuned_source(ctx, scope, name, checkpoint, "preTunedModel.tunedModelName")
         given = {"tunedModelName": name, **({"checkpointId": checkpoint} if checkpoint else {})}
         return model, {"preTunedModel": given}
     if not body.base_model:
-        raise InvalidRequest("baseModel is required.", param="baseModel", code="missing_required_parameter")
+        raise InvalidRequest("baseModel is required.", param="baseModel", code=ErrorCode.MISSING_REQUIRED_PARAMETER)
     if _TUNED_MODEL.match(body.base_model):
         return _tuned_source(ctx, scope, body.base_model, None, "baseModel"), {"baseModel": body.base_model}
     return body.base_model, {}
@@ -88,7 +88,7 @@ def _tuned_source(ctx: AppContext, scope: VertexScope, name: str, checkpoint: st
     match = _TUNED_MODEL.match(name)
     principal = scope.principal
     missing = InvalidRequest(f"Tuned model '{name}' does not exist or cannot be tuned further.", param=field,
-                             code="model_not_available")
+                             code=ErrorCode.MODEL_NOT_AVAILABLE)
     if not match or match[1] not in (principal.project_id, principal.project_slug) or match[3] not in (None, "1"):
         raise missing
     with ctx.db.read() as session:
@@ -100,12 +100,12 @@ def _tuned_source(ctx: AppContext, scope: VertexScope, name: str, checkpoint: st
                                                                 Checkpoint.id == checkpoint)).scalar()
             if found is None:
                 raise InvalidRequest(f"Tuned model '{name}' has no checkpoint '{checkpoint}'.",
-                                     param="preTunedModel.checkpointId", code="model_not_available")
+                                     param="preTunedModel.checkpointId", code=ErrorCode.MODEL_NOT_AVAILABLE)
             return found
     if not job.fine_tuned_model:
         raise InvalidRequest(f"Tuned model '{name}' is not ready: its tuning job is {job.status}; continue one of "
                              "its checkpoints with preTunedModel.checkpointId, or wait.", param=field,
-                             code="model_not_available")
+                             code=ErrorCode.MODEL_NOT_AVAILABLE)
     return job.fine_tuned_model
 
 
@@ -135,12 +135,12 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
     if hp.learning_rate is not None:
         raise InvalidRequest("learningRate is not supported: Hone scales its own learning rate by "
                              "learningRateMultiplier.", param=f"{spec_field}.hyperParameters.learningRate",
-                             code="unsupported_hyperparameter")
+                             code=ErrorCode.UNSUPPORTED_HYPERPARAMETER)
     if spec.export_last_checkpoint_only:
         # Hone keeps (and lists) every epoch's checkpoint; exporting only the last is not something it does.
         raise InvalidRequest("exportLastCheckpointOnly: true is not supported by Hone: every checkpoint is kept and "
                              "listed in tunedModel.checkpoints.", param=f"{spec_field}.exportLastCheckpointOnly",
-                             code="unsupported_parameter")
+                             code=ErrorCode.UNSUPPORTED_PARAMETER)
     hyperparameters = {"n_epochs": hp.epoch_count, "learning_rate_multiplier": hp.learning_rate_multiplier,
                        "batch_size": hp.batch_size, "lora_rank": hp.adapter_size, "beta": getattr(hp, "beta", None),
                        "tuning_mode": spec.tuning_mode}
@@ -168,7 +168,7 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
         first = exc.errors()[0]
         param = _vertex_param(param_from_loc(tuple(first["loc"])), spec_field)
         raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param,
-                             code="invalid_value") from None
+                             code=ErrorCode.INVALID_VALUE) from None
     except BaseException as exc:
         _discard(ctx, scope, datasets)  # a refused job leaves no imported files behind
         if isinstance(exc, ApiError):
@@ -211,7 +211,7 @@ def list_tuning_jobs(ctx: AppContext, scope: VertexScope, *, page_size: int, pag
             rows, more = paginate(session, stmt, Job, after=page_token or None, limit=size)
         except InvalidRequest:
             raise InvalidRequest(f"Invalid pageToken '{page_token[:100]}'.", param="pageToken",
-                                 code="invalid_page_token") from None
+                                 code=ErrorCode.INVALID_PAGE_TOKEN) from None
         body: dict = {}  # proto3 JSON leaves empty fields out
         if rows:
             body["tuningJobs"] = _views(session, scope, rows)

@@ -52,10 +52,10 @@ class _LeaderDuties:
                 loops.wake(Loop.SCHEDULER)
 
         self.deployer = self.app.state.deployer = EndpointDeployer(ctx, open_engine_backend(settings))
-        loops.add(BackgroundLoop(Loop.VALIDATION, validate_then_wake_scheduler, settings.job_validation_poll_s))
-        loops.add(BackgroundLoop(Loop.SCHEDULER, scheduler.tick, settings.scheduler_poll_s))
-        loops.add(BackgroundLoop(Loop.FILE_EXPIRY, lambda: expire_files(ctx), settings.file_expiry_poll_s))
-        loops.add(BackgroundLoop(Loop.ENDPOINTS, self.deployer.tick, settings.endpoint_poll_s))
+        loops.add(BackgroundLoop(Loop.VALIDATION, validate_then_wake_scheduler, settings.training.job_validation_poll_s))
+        loops.add(BackgroundLoop(Loop.SCHEDULER, scheduler.tick, settings.training.scheduler_poll_s))
+        loops.add(BackgroundLoop(Loop.FILE_EXPIRY, lambda: expire_files(ctx), settings.files.file_expiry_poll_s))
+        loops.add(BackgroundLoop(Loop.ENDPOINTS, self.deployer.tick, settings.serving.endpoint_poll_s))
 
     async def lay_down(self) -> None:
         if self.deployer is not None:
@@ -69,14 +69,14 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     async def lifespan(app: FastAPI):
         ctx = context or AppContext.build(settings)
         app.state.ctx = ctx
-        metrics.configure(settings.metrics_max_label_values, settings.metrics_model_labels)
+        metrics.configure(settings.server.metrics_max_label_values, settings.server.metrics_model_labels)
         app.state.metrics = MetricsExporter(ctx, settings.metrics_multiprocess_dir)
         loops = app.state.loops = Loops()
         usage = app.state.usage = UsageBook()
-        loops.add(BackgroundLoop(Loop.USAGE, lambda: usage.flush(ctx.db), settings.usage_flush_s))
+        loops.add(BackgroundLoop(Loop.USAGE, lambda: usage.flush(ctx.db), settings.serving.usage_flush_s))
         app.state.gateway = Gateway(ctx, usage, engine_api_keys(settings))
         ctx.hinter = AppHinter(loops, app.state.gateway)  # the domain's changes wake these loops now
-        leader = app.state.leader = LeaderLock(settings.data_dir.resolve() / "leader.lock")
+        leader = app.state.leader = LeaderLock(settings.server.data_dir.resolve() / "leader.lock")
         duties = _LeaderDuties(app, ctx)
         if leader.try_acquire():
             await duties.take_up()

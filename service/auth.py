@@ -105,7 +105,7 @@ def authenticate_admin(ctx: AppContext, authorization: str | None) -> None:
 
 def authenticate_metrics_scraper(ctx: AppContext, authorization: str | None) -> None:
     """GET /metrics: open unless HONE_METRICS_TOKEN is set, then only for `Bearer <that token>`."""
-    expected = ctx.settings.metrics_token
+    expected = ctx.settings.server.metrics_token
     if not expected:
         return
     token = bearer_token(authorization)

@@ -81,7 +81,7 @@ def s3_target(settings, location: Location) -> tuple[str, str]:
     when unmapped)."""
     if location.scheme == "s3":
         return location.bucket, location.path
-    target, _, mapped = settings.gcs_bucket_map.get(location.bucket, location.bucket).partition("/")
+    target, _, mapped = settings.storage.gcs_bucket_map.get(location.bucket, location.bucket).partition("/")
     mapped = mapped.strip("/")
     return target, f"{mapped}/{location.path}" if mapped else location.path
 

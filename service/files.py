@@ -80,7 +80,7 @@ class _Upload:
             self.writer = self.ctx.storage.writer(self.key)
         for chunk in self.form.pending:
             self.size += len(chunk)
-            if self.size > self.ctx.settings.max_file_bytes:
+            if self.size > self.ctx.settings.files.max_file_bytes:
                 raise _too_large(self.ctx)
             self.sha.update(chunk)
             if self._fine_tune:
@@ -100,12 +100,12 @@ def _check_fine_tune_name(filename: str) -> None:
 
 
 def _too_large(ctx: AppContext, param: str = "file") -> PayloadTooLarge:
-    return PayloadTooLarge(f"File is too large: the limit is {ctx.settings.max_file_bytes} bytes.",
+    return PayloadTooLarge(f"File is too large: the limit is {ctx.settings.files.max_file_bytes} bytes.",
                            param=param, code=ErrorCode.FILE_TOO_LARGE)
 
 
 def _validator(ctx: AppContext) -> DatasetValidator:
-    return DatasetValidator(max_line_bytes=ctx.settings.max_line_bytes, max_errors=ctx.settings.max_reported_errors)
+    return DatasetValidator(max_line_bytes=ctx.settings.files.max_line_bytes, max_errors=ctx.settings.files.max_reported_errors)
 
 
 def _validation_errors(report: DatasetReport) -> dict:
@@ -146,7 +146,7 @@ async def create_file(ctx: AppContext, principal: ProjectPrincipal, content_type
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise InvalidRequest("Uploads must be multipart/form-data with 'file' and 'purpose' fields.",
                              param="file", code=ErrorCode.INVALID_CONTENT_TYPE)
-    if content_length and content_length.isdigit() and int(content_length) > ctx.settings.max_file_bytes + FIELD_LIMIT:
+    if content_length and content_length.isdigit() and int(content_length) > ctx.settings.files.max_file_bytes + FIELD_LIMIT:
         raise _too_large(ctx)
     file_id = new_id("file-")
     upload = _Upload(ctx, file_id, options[b"boundary"])
@@ -209,7 +209,7 @@ def import_fine_tune_file(ctx: AppContext, principal: ProjectPrincipal, filename
     try:
         for chunk in chunks:
             size += len(chunk)
-            if size > ctx.settings.max_file_bytes:
+            if size > ctx.settings.files.max_file_bytes:
                 raise _too_large(ctx, param)
             sha.update(chunk)
             validator.feed(chunk)

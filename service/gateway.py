@@ -54,7 +54,7 @@ class Gateway:
         self._engine_key_of = engine_key_of  # engine key -> api key (the backend holds the secrets)
         self._routes: dict[tuple[str, str], tuple[float, Route]] = {}
         self.upstream = UpstreamPool()
-        self.timeout = ctx.settings.gateway_timeout_s
+        self.timeout = ctx.settings.serving.gateway_timeout_s
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -70,7 +70,7 @@ class Gateway:
     async def resolve(self, project_id: str, model: str) -> Route:
         """The route for a model: cached, or looked up in a worker thread. Refusals are counted. A model whose
         endpoint is waking from idle is waited for (HONE_ENDPOINT_WAKE_WAIT_S), as a cold start."""
-        deadline = time.monotonic() + self.ctx.settings.endpoint_wake_wait_s
+        deadline = time.monotonic() + self.ctx.settings.serving.endpoint_wake_wait_s
         try:
             while True:
                 try:

@@ -219,14 +219,14 @@ def _inherit_shape(method: dict, parent: Parent, model: str) -> dict:
 
 def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
                idempotency_key: str | None = None) -> dict:
-    return job_api(new_job(ctx, principal, body, idempotency_key), ctx.settings.organization_id)
+    return job_api(new_job(ctx, principal, body, idempotency_key), ctx.settings.server.organization_id)
 
 
 def new_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
             idempotency_key: str | None = None, vertex_spec: dict | None = None) -> Job:
     """The new job's row; `vertex_spec` keeps what a Vertex request said beyond OpenAI's fields."""
     method = _resolve_method(body)
-    check_servable(method, ctx.settings.max_lora_rank)
+    check_servable(method, ctx.settings.serving.max_lora_rank)
     request_sha = idempotency.fingerprint(body) if idempotency_key else ""
     try:
         job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
@@ -251,7 +251,7 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
         if parent is not None:
             method = _inherit_shape(method, parent, body.model)
         _check_file(session, principal, body.training_file, "training_file", method["type"],
-                    ctx.settings.min_training_examples)
+                    ctx.settings.files.min_training_examples)
         if body.validation_file is not None:
             _check_file(session, principal, body.validation_file, "validation_file", method["type"], 1)
         job = Job(id=new_id("ftjob-"), project_id=principal.project_id, model=body.model, base_model=base_model,
@@ -321,7 +321,7 @@ def _get_job(session: Session, principal: ProjectPrincipal, job_id: str, *, for_
 
 def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
     with ctx.db.read() as session:
-        return job_api(_get_job(session, principal, job_id), ctx.settings.organization_id)
+        return job_api(_get_job(session, principal, job_id), ctx.settings.server.organization_id)
 
 
 def list_jobs(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
@@ -334,7 +334,7 @@ def list_jobs(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None
         if without_metadata:
             stmt = stmt.where(~exists().where(JobMetadata.job_seq == Job.seq))
         rows, has_more = paginate(session, stmt, Job, after=after, limit=limit)
-        org = ctx.settings.organization_id
+        org = ctx.settings.server.organization_id
         return list_envelope([job_api(j, org) for j in rows], has_more)
 
 
@@ -374,4 +374,4 @@ def act_on_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str, action
                                  param="fine_tuning_job_id", code=ErrorCode.INVALID_JOB_STATUS)
         transition(session, job, target, message)
     ctx.hinter.wake(Loop.SCHEDULER)  # stops or starts the trainer now, not at the next poll
-    return job_api(job, ctx.settings.organization_id)
+    return job_api(job, ctx.settings.server.organization_id)

@@ -3,7 +3,7 @@
 
 The templates are the files of deploy/kubernetes/base/templates/: the kustomize base ships them to the control
 plane in the hone-templates ConfigMap, mounted where HONE_K8S_TEMPLATES_DIR points
-(settings.resolved_k8s_templates_dir), so the objects the backends create are built from what is deployed."""
+(settings.kubernetes.resolved_templates_dir), so the objects the backends create are built from what is deployed."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def api_client(settings: Settings) -> ApiClient:
     (KUBECONFIG, ~/.kube/config)."""
     from kubernetes import client, config
 
-    if settings.k8s_kubeconfig:
-        return config.new_client_from_config(config_file=str(settings.k8s_kubeconfig))
+    if settings.kubernetes.k8s_kubeconfig:
+        return config.new_client_from_config(config_file=str(settings.kubernetes.k8s_kubeconfig))
     try:
         config.load_incluster_config()
         return client.ApiClient()
@@ -39,7 +39,7 @@ def api_client(settings: Settings) -> ApiClient:
 
 
 def template_path(settings: Settings, name: str) -> Path:
-    return Path(settings.resolved_k8s_templates_dir) / name
+    return Path(settings.kubernetes.resolved_templates_dir) / name
 
 
 def load_template(settings: Settings, name: str) -> dict:

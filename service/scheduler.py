@@ -129,9 +129,9 @@ class Scheduler:
             if stalled is not None:
                 how = f"stalled (no report for {stalled} s) and was killed"
                 add_event(session, job.id, f"Trainer stalled: nothing heard from it for {stalled} s (limit "
-                          f"{self.ctx.settings.trainer_stall_timeout_s:g} s); killed it", level="warn",
+                          f"{self.ctx.settings.training.trainer_stall_timeout_s:g} s); killed it", level="warn",
                           data={"code": ErrorCode.TRAINER_STALLED, "silent_s": stalled})
-            limit = self.ctx.settings.max_job_attempts
+            limit = self.ctx.settings.training.max_job_attempts
             if job.failures < limit:
                 transition(session, job, JobStatus.QUEUED, f"Trainer {how}; retrying from {where} "
                            f"(attempt {job.attempts + 1} of {limit})", level="warn")
@@ -159,7 +159,7 @@ class Scheduler:
                 asked = self._stopping_since.setdefault(job_id, now)
                 if asked == now:
                     self.executor.stop(job_id, kill=False)  # the trainer checkpoints, then exits
-                elif now - asked > self.ctx.settings.pause_grace_s:
+                elif now - asked > self.ctx.settings.training.pause_grace_s:
                     self.executor.stop(job_id, kill=True)
 
     # --- stalled trainers -----------------------------------------------------------------------
@@ -169,7 +169,7 @@ class Scheduler:
         seconds while its main thread works (trainer/reporting.py), so silence means a hung or frozen process;
         its exit is then counted like a crash in _on_exit. Silence counts from the launch while nothing was
         reported: a trainer that hangs loading its model is caught too."""
-        timeout = self.ctx.settings.trainer_stall_timeout_s
+        timeout = self.ctx.settings.training.trainer_stall_timeout_s
         tracked = self.executor.running()
         if timeout <= 0 or not tracked:
             return
@@ -200,7 +200,7 @@ class Scheduler:
             if session.execute(select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(1)).scalar() is None:
                 return
         launches = []
-        quota = self.ctx.settings.max_running_jobs_per_project
+        quota = self.ctx.settings.training.max_running_jobs_per_project
         with self.ctx.db.write() as session:
             # Jobs of projects at their quota are passed over, so look further down the queue than `free`.
             queued = session.execute(select(Job).where(Job.status == JobStatus.QUEUED.value)
@@ -229,7 +229,7 @@ class Scheduler:
         defaults = training_plan.training_defaults(self.ctx, job)
         job.method = training_plan.resolve_hyperparameters(
             job.method, training_plan.DatasetShape.of(files[job.training_file], defaults), defaults,
-            self.ctx.settings.train_max_length)
+            self.ctx.settings.training.train_max_length)
         token = secrets.token_urlsafe(32)
         job.trainer_token_hash = hash_key(token)  # a new token per attempt: an older run can no longer report
         job.attempts += 1

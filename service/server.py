@@ -19,18 +19,18 @@ def serve(settings: Settings | None = None) -> None:
     # started from here, which inherit it. Stricter bits already set stay.
     os.umask(os.umask(0o077) | 0o077)
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.server.log_level)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets requests in flight finish, then runs the lifespan exit.
-    options = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
-                   timeout_graceful_shutdown=settings.graceful_shutdown_s)
-    if settings.workers <= 1:
+    options = dict(host=settings.server.host, port=settings.server.port, log_config=None, access_log=False,
+                   timeout_graceful_shutdown=settings.server.graceful_shutdown_s)
+    if settings.server.workers <= 1:
         from service.app import create_app
         uvicorn.run(create_app(settings), **options)
         return
     # Workers are fresh interpreters that build their app from the same HONE_* environment. They share
     # metrics through files (prometheus-client reads this variable when it is first imported).
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if settings.auto_migrate:  # once, here: workers migrating side by side would race on SQLite
+    settings.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if settings.database.auto_migrate:  # once, here: workers migrating side by side would race on SQLite
         from service.db import Database
         database = Database(settings.resolved_database_url)
         database.migrate()
@@ -39,12 +39,12 @@ def serve(settings: Settings | None = None) -> None:
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the server, as in one process
     metrics_dir.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    uvicorn.run("service.server:worker_app", factory=True, workers=settings.workers, **options)
+    uvicorn.run("service.server:worker_app", factory=True, workers=settings.server.workers, **options)
 
 
 def worker_app():
     """One worker's app (uvicorn's factory, with several workers)."""
     from service.app import create_app
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.server.log_level)
     return create_app(settings)

@@ -1,4 +1,10 @@
-"""All control-plane settings, read once from `HONE_*` environment variables."""
+"""All control-plane settings, read once from `HONE_*` environment variables, in groups.
+
+Each group is a pydantic-settings model of its own that reads the same flat variables as always
+(`HONE_HOST`, `HONE_S3_TIMEOUT_S`, `HONE_K8S_NAMESPACE`, ...); code reads them by group (`settings.server.host`,
+`settings.storage.s3_timeout_s`). `Settings(data_dir=..., storage_url=...)` still takes flat names, each routed to
+its group, and what derives from several groups (paths under the data dir, the URLs in use) is on `Settings`.
+"""
 
 from __future__ import annotations
 
@@ -7,64 +13,91 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.datasets import MIN_TRAINING_EXAMPLES
 
+_ENV = SettingsConfigDict(env_prefix="HONE_", extra="ignore")
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HONE_", extra="ignore")
+
+def _json(value, info: ValidationInfo):
+    """Dict and list settings come as JSON in the environment; an empty variable is an empty one."""
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else ([] if info.field_name == "k8s_tolerations" else {})
+    return value
+
+
+class ServerSettings(BaseSettings):
+    model_config = _ENV
 
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path("./.hone")
+    workers: int = 1  # server processes; one of them (holding a lock in data_dir) runs the background loops
+    admin_api_key: str | None = None  # default: generated once, kept in data_dir
+    organization_id: str = "org-hone"
+    internal_url: str | None = None  # how trainers reach this server; default http://{host}:{port}
+    key_cache_ttl_s: float = 5.0  # how long another replica may still accept a revoked key
+    log_level: str = "INFO"
+    graceful_shutdown_s: int = 10
+    max_json_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # JSON request bodies; 413 above it
+    metrics_max_label_values: int = 500  # distinct models a metric may label before the rest become "_other"
+    metrics_token: str | None = None  # GET /metrics wants `Authorization: Bearer <it>`; unset or empty: open
+    metrics_model_labels: bool = True  # false: every label naming a model reads "_all", so /metrics names none
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _ENV
+
     database_url: str | None = None  # default: SQLite file in data_dir
+    auto_migrate: bool = True
+
+
+class StorageSettings(BaseSettings):
+    model_config = _ENV
+
     storage_url: str | None = None  # default: file:// folder in data_dir
     s3_endpoint_url: str | None = None  # else boto3 reads AWS_ENDPOINT_URL itself
     # Every S3 call (control plane and trainers): attempts in all, retries with backoff on 5xx, throttling, resets
     # and timeouts; and the connect and read timeout of each attempt, so a stalled store fails a call in bounded time.
     s3_max_attempts: int = Field(default=5, ge=1)
     s3_timeout_s: float = Field(default=30.0, gt=0)
-    admin_api_key: str | None = None  # default: generated once, kept in data_dir
-    executor: str = "local"
-    inference_engine: str = "auto"
-
-    organization_id: str = "org-hone"
-    # name -> local folder or Hugging Face id, as JSON: {"acme/llama": "/models/llama"}; or name -> {"source": ...,
-    # "training": {...}} to give the model its own "auto" defaults (service/base_models.py TrainingDefaults)
-    base_models: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
-
-    max_file_bytes: int = 512 * 1024 * 1024
-    max_json_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # JSON request bodies; 413 above it
-    max_line_bytes: int = 4 * 1024 * 1024
-    min_training_examples: int = MIN_TRAINING_EXAMPLES  # one constant with `hone files validate`
-    max_reported_errors: int = 20
-    result_files_base64: bool = True  # OpenAI serves result CSVs base64-encoded
     # Vertex dataset URIs: gs://BUCKET/... reads s3://MAPPED/... on the S3-compatible store, as JSON
     # {"gcs-bucket": "s3-bucket/optional/prefix"}; a bucket not listed reads the S3 bucket of the same name.
     gcs_bucket_map: dict[str, str] = Field(default_factory=dict)
 
-    key_cache_ttl_s: float = 5.0  # how long another replica may still accept a revoked key
-    auto_migrate: bool = True
-    log_level: str = "INFO"
-    graceful_shutdown_s: int = 10
-    workers: int = 1  # server processes; one of them (holding a lock in data_dir) runs the background loops
-    metrics_max_label_values: int = 500  # distinct models a metric may label before the rest become "_other"
-    metrics_token: str | None = None  # GET /metrics wants `Authorization: Bearer <it>`; unset or empty: open
-    metrics_model_labels: bool = True  # false: every label naming a model reads "_all", so /metrics names none
-    job_validation_poll_s: float = 2.0
+    _parse_json = field_validator("gcs_bucket_map", mode="before")(_json)
+
+
+class FilesSettings(BaseSettings):
+    """Uploads and the datasets in them."""
+    model_config = _ENV
+
+    max_file_bytes: int = 512 * 1024 * 1024
+    max_line_bytes: int = 4 * 1024 * 1024
+    min_training_examples: int = MIN_TRAINING_EXAMPLES  # one constant with `hone files validate`
+    max_reported_errors: int = 20
+    result_files_base64: bool = True  # OpenAI serves result CSVs base64-encoded
     file_expiry_poll_s: float = 60.0
 
-    # --- training ---
+
+class TrainingSettings(BaseSettings):
+    """Base models, the scheduler and the trainers it launches."""
+    model_config = _ENV
+
+    # name -> local folder or Hugging Face id, as JSON: {"acme/llama": "/models/llama"}; or name -> {"source": ...,
+    # "training": {...}} to give the model its own "auto" defaults (service/base_models.py TrainingDefaults)
+    base_models: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+    model_cache_dir: Path | None = None  # where built-in base models are built; default: data_dir/models
+    executor: str = "local"
     # Local executor slots: one per GPU in CUDA_VISIBLE_DEVICES, else HONE_LOCAL_SLOTS on CPU.
     local_slots: int = 1  # 0: this replica schedules no local training
     cuda_visible_devices: str | None = Field(default=None, validation_alias="CUDA_VISIBLE_DEVICES")
-    model_cache_dir: Path | None = None  # where built-in base models are built; default: data_dir/models
+    job_validation_poll_s: float = 2.0
     scheduler_poll_s: float = 1.0
     max_job_attempts: int = 3  # trainer crashes before a job is failed
     max_running_jobs_per_project: int = 0  # a project's share of the trainers; 0: no limit
-    internal_url: str | None = None  # how trainers reach this server; default http://{host}:{port}
     trainer_python: str | None = None  # interpreter for `python -m trainer`; default: this one
     trainer_threads: int = 0  # CPU threads per local trainer; 0: torch's default (one per core)
     pause_grace_s: float = 60.0  # how long a paused trainer may take to checkpoint before it is killed
@@ -79,7 +112,18 @@ class Settings(BaseSettings):
     train_token_budget: int = 16384
     checkpoint_interval_steps: int = 0  # 0: checkpoint once per epoch
 
-    # --- serving ---
+    _parse_json = field_validator("base_models", mode="before")(_json)
+
+    @property
+    def gpu_devices(self) -> list[str]:
+        return [d.strip() for d in (self.cuda_visible_devices or "").split(",") if d.strip() and d.strip() != "-1"]
+
+
+class ServingSettings(BaseSettings):
+    """Endpoints, their engines, and the gateway in front of them."""
+    model_config = _ENV
+
+    inference_engine: str = "auto"
     # where engines run: local processes, kubernetes (a Deployment each), or static (servers someone else runs)
     endpoint_backend: str = "local"
     static_engines: dict[str, str] = Field(default_factory=dict)  # JSON, base model name -> engine URL (static)
@@ -107,7 +151,17 @@ class Settings(BaseSettings):
     endpoint_wake_wait_s: float = 60.0
     usage_flush_s: float = 5.0
 
-    # --- kubernetes (HONE_EXECUTOR=kubernetes, HONE_ENDPOINT_BACKEND=kubernetes) ---
+    _parse_json = field_validator("static_engines", mode="before")(_json)
+
+    @property
+    def resolved_max_cpu_loras(self) -> int:
+        return max(self.max_loras, self.max_cpu_loras)
+
+
+class KubernetesSettings(BaseSettings):
+    """HONE_EXECUTOR=kubernetes, HONE_ENDPOINT_BACKEND=kubernetes."""
+    model_config = _ENV
+
     k8s_namespace: str = "hone"
     k8s_kubeconfig: Path | None = None  # default: in-cluster service account, else the client's own lookup
     # The Job / Deployment / Service skeletons the backends fill in: the same files the kustomize base ships
@@ -128,55 +182,85 @@ class Settings(BaseSettings):
     k8s_image_pull_timeout_s: float = 600
     k8s_unschedulable_timeout_s: float = 3600
 
-    @field_validator("base_models", "gcs_bucket_map", "static_engines", "k8s_node_selector", "k8s_tolerations",
-                     mode="before")
-    @classmethod
-    def _parse_json(cls, value, info: ValidationInfo):
-        if isinstance(value, str):
-            return json.loads(value) if value.strip() else ([] if info.field_name == "k8s_tolerations" else {})
-        return value
-
-    @property
-    def gpu_devices(self) -> list[str]:
-        return [d.strip() for d in (self.cuda_visible_devices or "").split(",") if d.strip() and d.strip() != "-1"]
+    _parse_json = field_validator("k8s_node_selector", "k8s_tolerations", mode="before")(_json)
 
     @cached_property
-    def resolved_model_cache_dir(self) -> Path:
-        return (self.model_cache_dir or self.data_dir / "models").resolve()
-
-    @cached_property
-    def resolved_k8s_templates_dir(self) -> Path:
+    def resolved_templates_dir(self) -> Path:
         return (self.k8s_templates_dir or Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" /
                 "base" / "templates").resolve()
 
+
+GROUPS: dict[str, type[BaseSettings]] = {
+    "server": ServerSettings, "database": DatabaseSettings, "storage": StorageSettings, "files": FilesSettings,
+    "training": TrainingSettings, "serving": ServingSettings, "kubernetes": KubernetesSettings,
+}
+_GROUP_OF = {name: group for group, model in GROUPS.items() for name in model.model_fields}
+# Every setting by its flat name (the variable's, less HONE_), whatever its group.
+FIELDS = {name: field for model in GROUPS.values() for name, field in model.model_fields.items()}
+
+
+class Settings(BaseModel):
+    model_config = {"extra": "forbid", "arbitrary_types_allowed": True}
+
+    server: ServerSettings
+    database: DatabaseSettings
+    storage: StorageSettings
+    files: FilesSettings
+    training: TrainingSettings
+    serving: ServingSettings
+    kubernetes: KubernetesSettings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _groups(cls, values: Any) -> Any:
+        """Flat names (`Settings(data_dir=...)`, as the variables are named) go to their group; each group is
+        then built from the environment with them as overrides."""
+        if not isinstance(values, dict):
+            return values
+        flat: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+        built: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in GROUPS:
+                built[key] = value
+            elif key in _GROUP_OF:
+                flat[_GROUP_OF[key]][key] = value
+            else:
+                raise ValueError(f"unknown setting {key!r}")
+        for group, model in GROUPS.items():
+            if group not in built:
+                built[group] = model(**flat[group])
+        return built
+
+    # --- what derives from several groups ---
+
+    @cached_property
+    def resolved_model_cache_dir(self) -> Path:
+        return (self.training.model_cache_dir or self.server.data_dir / "models").resolve()
+
     @cached_property
     def resolved_adapter_cache_dir(self) -> Path:
-        return (self.adapter_cache_dir or self.data_dir / "adapters").resolve()
-
-    @property
-    def resolved_max_cpu_loras(self) -> int:
-        return max(self.max_loras, self.max_cpu_loras)
+        return (self.serving.adapter_cache_dir or self.server.data_dir / "adapters").resolve()
 
     @property
     def metrics_multiprocess_dir(self) -> Path | None:
         """Where worker processes share their metrics (prometheus-client's multiprocess mode)."""
-        return (self.data_dir / "metrics").resolve() if self.workers > 1 else None
+        return (self.server.data_dir / "metrics").resolve() if self.server.workers > 1 else None
 
     @cached_property
     def resolved_internal_url(self) -> str:
-        if self.internal_url:
-            return self.internal_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        if self.server.internal_url:
+            return self.server.internal_url.rstrip("/")
+        host = "127.0.0.1" if self.server.host in ("0.0.0.0", "::", "") else self.server.host
+        return f"http://{host}:{self.server.port}"
 
     @cached_property
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{(self.data_dir / 'hone.db').resolve()}"
+        if self.database.database_url:
+            return self.database.database_url
+        return f"sqlite:///{(self.server.data_dir / 'hone.db').resolve()}"
 
     @cached_property
     def resolved_storage_url(self) -> str:
-        if self.storage_url:
-            return self.storage_url
-        return (self.data_dir / "blobs").resolve().as_uri()
+        if self.storage.storage_url:
+            return self.storage.storage_url
+        return (self.server.data_dir / "blobs").resolve().as_uri()

@@ -42,7 +42,7 @@ def _finite_number(value) -> bool:
 def heartbeat_s(ctx: AppContext) -> float:
     """How often a trainer should report while it works (its reply to every report says so): a sixth of the
     stall timeout, so a few lost beats never get a healthy trainer killed."""
-    timeout = ctx.settings.trainer_stall_timeout_s
+    timeout = ctx.settings.training.trainer_stall_timeout_s
     return min(30.0, max(1.0, timeout / 6)) if timeout > 0 else 30.0
 
 
@@ -190,7 +190,7 @@ def _complete(ctx: AppContext, job_id: str, authorization: str | None, body: Com
         session.add(TunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.base_model,
                                created_at=now, storage_prefix=body.adapter_prefix))
         add_event(session, job.id, f"New fine-tuned model created: {name}")
-        if job.auto_deploy and ctx.settings.auto_deploy:
+        if job.auto_deploy and ctx.settings.serving.auto_deploy:
             session.flush()
             ep = endpoints.deploy(session, job.project_id, endpoints.resolve_model(ctx, session, job.project_id, name),
                                   now=now)  # the same second as finished_at, whatever the clock did meanwhile

@@ -96,9 +96,9 @@ def trainer_hyperparameters(ctx: AppContext, method: dict, d: TrainingDefaults) 
     mode = hp["tuning_mode"]
     settings = ctx.settings
     if mode == "full":
-        base_lr = settings.full_learning_rate or d.full_learning_rate
+        base_lr = settings.training.full_learning_rate or d.full_learning_rate
     else:
-        base_lr = settings.lora_learning_rate or d.lora_learning_rate
+        base_lr = settings.training.lora_learning_rate or d.lora_learning_rate
     extra = {"beta": hp["beta"]} if method["type"] == "dpo" else {}
     lora = {"lora_rank": hp["lora_rank"], "lora_alpha": hp["lora_alpha"], "lora_dropout": hp["lora_dropout"],
             "lora_target_modules": hp["lora_target_modules"]} if mode == "lora" else {}
@@ -128,8 +128,8 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         job_id=job.id, fine_tuned_model=model_name,
         model_name=job.base_model, model_source=base.source if base else job.base_model,
         model_cache_dir=str(settings.resolved_model_cache_dir),
-        storage_url=settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url,
-        s3_max_attempts=settings.s3_max_attempts, s3_timeout_s=settings.s3_timeout_s,
+        storage_url=settings.resolved_storage_url, s3_endpoint_url=settings.storage.s3_endpoint_url,
+        s3_max_attempts=settings.storage.s3_max_attempts, s3_timeout_s=settings.storage.s3_timeout_s,
         training_file=FileRef(train.storage_key, train.dataset_format),
         validation_file=FileRef(valid.storage_key, valid.dataset_format) if valid else None,
         method=job.method["type"],
@@ -138,8 +138,8 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         seed=job.seed, output_prefix=f"jobs/{job.id}/", callback_url=settings.resolved_internal_url,
         token=token, attempt=job.attempts,
         max_length=job.method[job.method["type"]]["hyperparameters"]["max_length"],
-        packing=settings.train_packing, token_budget=settings.train_token_budget,
-        checkpoint_interval_steps=settings.checkpoint_interval_steps, init_weights_prefix=job.parent_prefix,
+        packing=settings.training.train_packing, token_budget=settings.training.train_token_budget,
+        checkpoint_interval_steps=settings.training.checkpoint_interval_steps, init_weights_prefix=job.parent_prefix,
         **projects.trainer_integrations(object_session(job), job),  # wandb: the project's key, if any
     )
 

@@ -29,6 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service.settings import FIELDS as SETTINGS_FIELDS
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ TEMPLATE_FILES = {"trainer-job.yaml": "Job", "engine-deployment.yaml": "Deployme
 
 def settings_field(env_name: str) -> str | None:
     """The Settings field an environment variable sets, or None."""
-    for name, field in Settings.model_fields.items():
+    for name, field in SETTINGS_FIELDS.items():
         alias = field.validation_alias
         if (isinstance(alias, str) and alias == env_name) or (alias is None and env_name == f"HONE_{name.upper()}"):
             return name
@@ -216,7 +217,7 @@ def test_control_plane_gets_every_setting_it_needs(target, monkeypatch):
     secret_ref(env["HONE_ADMIN_API_KEY"])
     storage_secret = {secret_ref(env[name])["name"] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     settings = settings_from(env, monkeypatch)
-    assert storage_secret == {settings.k8s_secret_name}, "trainers and engines get the control plane's credentials"
+    assert storage_secret == {settings.kubernetes.k8s_secret_name}, "trainers and engines get the control plane's credentials"
     for name, value in env.items():
         if re.search(r"PASSWORD|SECRET_ACCESS|ACCESS_KEY|DATABASE_URL|API_KEY|TOKEN", name):
             assert not isinstance(value, str), f"{target}: {name} must come from a Secret"
@@ -224,9 +225,9 @@ def test_control_plane_gets_every_setting_it_needs(target, monkeypatch):
 
     # Images: what the Dockerfiles build, and the settings' defaults.
     assert container(target)["image"] == IMAGES["service"]
-    assert settings.k8s_trainer_image == IMAGES["trainer"] == Settings.model_fields["k8s_trainer_image"].default
-    assert settings.k8s_inference_image == IMAGES["inference"] == Settings.model_fields["k8s_inference_image"].default
-    assert settings.executor == "kubernetes" and settings.local_slots == 0
+    assert settings.kubernetes.k8s_trainer_image == IMAGES["trainer"] == SETTINGS_FIELDS["k8s_trainer_image"].default
+    assert settings.kubernetes.k8s_inference_image == IMAGES["inference"] == SETTINGS_FIELDS["k8s_inference_image"].default
+    assert settings.training.executor == "kubernetes" and settings.training.local_slots == 0
 
     # HONE_INTERNAL_URL is the Service in front of these pods, on the port the server listens on.
     url = urlparse(env["HONE_INTERNAL_URL"])
@@ -239,7 +240,7 @@ def test_control_plane_gets_every_setting_it_needs(target, monkeypatch):
     assert service["spec"]["selector"].items() <= pod_labels.items()
     container_port = next(p for p in container(target)["ports"]
                           if port["targetPort"] in (p["name"], p["containerPort"]))
-    assert container_port["containerPort"] == settings.port == int(env["HONE_PORT"])
+    assert container_port["containerPort"] == settings.server.port == int(env["HONE_PORT"])
     assert settings.resolved_internal_url == env["HONE_INTERNAL_URL"]
 
     # Probes on the contract's routes.
@@ -293,16 +294,16 @@ def test_single_gpu_overlay_sends_trainers_and_engines_to_the_gpu_node(monkeypat
     one(target, "StatefulSet", "hone-postgres")
     one(target, "StatefulSet", "hone-minio")
     settings = settings_from(environment(target), monkeypatch)
-    assert settings.k8s_node_selector
-    assert any(t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule" for t in settings.k8s_tolerations)
-    for toleration in settings.k8s_tolerations:
+    assert settings.kubernetes.k8s_node_selector
+    assert any(t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule" for t in settings.kubernetes.k8s_tolerations)
+    for toleration in settings.kubernetes.k8s_tolerations:
         kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
                                       "spec": {"containers": [{"name": "x", "image": "x"}],
                                                "tolerations": [toleration],
-                                               "nodeSelector": settings.k8s_node_selector}},
+                                               "nodeSelector": settings.kubernetes.k8s_node_selector}},
                                      K8S_VERSIONS[0], strict=True)
-    assert settings.k8s_gpus_per_job == settings.k8s_gpus_per_engine == 1
-    assert settings.k8s_max_parallel_jobs == 1
+    assert settings.kubernetes.k8s_gpus_per_job == settings.kubernetes.k8s_gpus_per_engine == 1
+    assert settings.kubernetes.k8s_max_parallel_jobs == 1
 
 
 # ---- Dockerfiles ----------------------------------------------------------------------------------------------
@@ -421,9 +422,9 @@ def test_compose_runs_the_whole_gpu_host_from_the_images_the_dockerfiles_build(m
             assert settings_field(name), f"compose: {name} is not a field of service.settings.Settings"
     resolved = {k: re.sub(r"\$\{[^}]*\}", "x", v) for k, v in env.items()}
     settings = settings_from(resolved, monkeypatch)
-    assert settings.inference_engine == "vllm" and settings.executor == "local"
-    assert settings.database_url.startswith("postgresql+psycopg://") and "@postgres:5432/" in settings.database_url
-    assert settings.storage_url.startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert settings.serving.inference_engine == "vllm" and settings.training.executor == "local"
+    assert settings.database.database_url.startswith("postgresql+psycopg://") and "@postgres:5432/" in settings.database.database_url
+    assert settings.storage.storage_url.startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     # vLLM is a service of its own, serving the base model Hone tunes with runtime LoRA loading; the control
     # plane hot-loads adapters into it (the static backend) from a folder both mount at the same path.
     vllm = services["vllm"]
@@ -433,11 +434,11 @@ def test_compose_runs_the_whole_gpu_host_from_the_images_the_dockerfiles_build(m
     assert argv[:2] == ["serve", "<HONE_BASE_MODEL>"] and "--enable-lora" in argv
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
     assert vllm["environment"]["VLLM_API_KEY"] == hone["environment"]["HONE_STATIC_ENGINE_API_KEY"]
-    assert settings.endpoint_backend == "static"
+    assert settings.serving.endpoint_backend == "static"
     served = re.sub(r"\$\{[^}]*\}", "x", vllm["command"][vllm["command"].index("--served-model-name") + 1])
-    assert settings.static_engines == {served: f"http://vllm:{flags['--port']}"}
-    assert served in settings.base_models  # what Hone tunes is what vLLM serves
-    assert flags["--max-lora-rank"] == str(settings.max_lora_rank) and flags["--max-loras"] == str(settings.max_loras)
+    assert settings.serving.static_engines == {served: f"http://vllm:{flags['--port']}"}
+    assert served in settings.training.base_models  # what Hone tunes is what vLLM serves
+    assert flags["--max-lora-rank"] == str(settings.serving.max_lora_rank) and flags["--max-loras"] == str(settings.serving.max_loras)
     mounts = {s_: {v.split(":")[0]: v.split(":")[1] for v in services[s_]["volumes"]} for s_ in ("hone", "vllm")}
     shared = [m for m in mounts["hone"] if mounts["vllm"].get(m) == mounts["hone"][m]]
     assert any(str(settings.resolved_adapter_cache_dir).startswith(mounts["hone"][m] + "/") for m in shared)
@@ -450,7 +451,7 @@ def test_compose_runs_the_whole_gpu_host_from_the_images_the_dockerfiles_build(m
     assert config["scrape_configs"][0]["static_configs"][0]["targets"] == [f"hone:{env['HONE_PORT']}"]
     sd = config["scrape_configs"][1]["http_sd_configs"][0]
     assert sd["url"] == f"http://hone:{env['HONE_PORT']}/v1/admin/prometheus/targets"
-    assert sd["authorization"]["credentials_file"] == f"{settings.data_dir}/admin_api_key"
+    assert sd["authorization"]["credentials_file"] == f"{settings.server.data_dir}/admin_api_key"
     assert any(v.startswith("hone-data:") for v in prometheus["volumes"])
     for service in services.values():
         for volume in service.get("volumes", []):

@@ -89,7 +89,7 @@ def test_generated_deployment_and_service(engine, tmp_path):
     assert selector.items() <= pod["metadata"]["labels"].items() and selector["hone.dev/engine"] == name
     assert service["spec"]["selector"] == selector  # the Service reaches this engine's pod only
 
-    shipped = yaml.safe_load((settings.resolved_k8s_templates_dir / DEPLOYMENT_TEMPLATE).read_text())
+    shipped = yaml.safe_load((settings.kubernetes.resolved_templates_dir / DEPLOYMENT_TEMPLATE).read_text())
     assert pod["spec"]["volumes"] == shipped["spec"]["template"]["spec"]["volumes"]  # the template's, kept
     containers = _containers(deployment)
     main, fetcher = containers["engine"], containers["fetcher"]
@@ -130,7 +130,8 @@ def test_generated_deployment_and_service(engine, tmp_path):
     for source, fetched in (("builtin:hone-tiny", "builtin:hone-tiny"),
                             ("storage:jobs/ftjob-9/model/", "s3://hone/blobs/jobs/ftjob-9/model/")):
         staged = dataclasses.replace(spec, model_path=str(tmp_path / "cache" / "x"), model_source=source)
-        s3_settings = settings.model_copy(update={"storage_url": "s3://hone/blobs"})
+        s3_settings = settings.model_copy(update={"storage": settings.storage.model_copy(update={"storage_url": "s3://hone/blobs"})})
+        s3_settings.__dict__.pop("resolved_storage_url", None)  # a cached_property of the copy
         deployment, _, _ = build_objects(s3_settings, staged)
         _validate(deployment)
         (init,) = deployment["spec"]["template"]["spec"]["initContainers"]

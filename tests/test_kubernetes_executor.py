@@ -191,8 +191,8 @@ def _reap_one(executor, timeout: float = 5):
 
 def test_job_object_comes_from_the_shipped_template_and_validates_against_the_openapi_schema(tmp_path):
     settings = _settings(tmp_path)
-    assert settings.resolved_k8s_templates_dir == REPO / "deploy" / "kubernetes" / "base" / "templates"
-    template = yaml.safe_load((settings.resolved_k8s_templates_dir / "trainer-job.yaml").read_text())
+    assert settings.kubernetes.resolved_templates_dir == REPO / "deploy" / "kubernetes" / "base" / "templates"
+    template = yaml.safe_load((settings.kubernetes.resolved_templates_dir / "trainer-job.yaml").read_text())
     kubernetes_validate.validate(template, "1.30", strict=True)
     kustomization = (REPO / "deploy" / "kubernetes" / "base" / "kustomization.yaml")
     if kustomization.exists():  # the kustomize base ships this same file to the control plane
@@ -213,7 +213,7 @@ def test_job_object_comes_from_the_shipped_template_and_validates_against_the_op
     assert pod["restartPolicy"] == "Never" and pod["nodeSelector"] == {"hone.dev/gpu": "a100"}
     assert pod["tolerations"] == [TOLERATION]
     (container,) = pod["containers"]
-    assert container["image"] == settings.k8s_trainer_image
+    assert container["image"] == settings.kubernetes.k8s_trainer_image
     assert container["command"] == ["python", "-m", "trainer"]
     assert container["args"] == ["--spec", "s3://bucket/jobs/x/spec.json"]
     env = {e["name"]: e.get("value") for e in container["env"]}

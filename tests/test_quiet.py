@@ -18,13 +18,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
 
 from service import metrics
 from service.app import create_app
 from service.context import AppContext
 from service.db.tables import Endpoint, Job, Project
 from service.metrics_export import MetricsExporter
+from service.settings import FIELDS as SETTINGS_FIELDS
 from service.settings import Settings
 from service.storage.filesystem import FilesystemStorage
 from tests.support import HoneServer, jsonl, one_label_tickets, wait_endpoint, wait_job
@@ -209,7 +209,7 @@ def test_metrics_are_open_without_a_token(tmp_path):
 @pytest.fixture
 def model_labels_restored():
     yield
-    metrics.configure(Settings.model_fields["metrics_max_label_values"].default, True)
+    metrics.configure(SETTINGS_FIELDS["metrics_max_label_values"].default, True)
 
 
 def _served_state(ctx: AppContext) -> None:

@@ -74,9 +74,9 @@ def test_batch_size_never_exceeds_the_dataset_and_dpo_gets_a_beta():
 def test_learning_rate_is_the_models_default_unless_the_server_sets_one():
     method = resolve_hyperparameters({"type": "supervised", "supervised": {"hyperparameters": {
         "learning_rate_multiplier": 0.5}}}, shape(100), TINY_DEFAULTS, 2048)
-    ctx = SimpleNamespace(settings=SimpleNamespace(lora_learning_rate=None, full_learning_rate=None))
+    ctx = SimpleNamespace(settings=SimpleNamespace(training=SimpleNamespace(lora_learning_rate=None, full_learning_rate=None)))
     assert trainer_hyperparameters(ctx, method, TINY_DEFAULTS)["learning_rate"] == TINY_DEFAULTS.lora_learning_rate / 2
-    ctx.settings.lora_learning_rate = 1e-4
+    ctx.settings.training.lora_learning_rate = 1e-4
     spec_hp = trainer_hyperparameters(ctx, method, TINY_DEFAULTS)
     assert spec_hp["learning_rate"] == 5e-5 and spec_hp["lr_scheduler"] == "cosine" and spec_hp["lora_rank"] == 16
 

@@ -47,7 +47,7 @@ def list_files(purpose: str | None = None, order: str = "desc", after: str | Non
 def file_content(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
     row, chunks = files.file_content(ctx, principal, file_id)
-    if row.purpose == "fine-tune-results" and ctx.settings.result_files_base64:
+    if row.purpose == "fine-tune-results" and ctx.settings.files.result_files_base64:
         # OpenAI serves result CSVs base64-encoded and clients decode them; match it.
         return Response(base64.b64encode(b"".join(chunks)), media_type="application/octet-stream")
     return StreamingResponse(chunks, media_type="application/octet-stream",

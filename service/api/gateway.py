@@ -21,7 +21,7 @@ async def _forward(request: Request, path: str):
         header = request.headers.get("authorization")
         principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
         request.state.project_id = principal.project_id  # for the access log
-        raw = await json_body.read(request, ctx.settings.max_json_body_bytes)
+        raw = await json_body.read(request, ctx.settings.server.max_json_body_bytes)
         body = check_body(json_body.parse(raw))
     except ApiError as exc:
         gateway.count_rejected(None, exc)

@@ -55,7 +55,7 @@ class JSONRoute(APIRoute):
         async def checked(request: Request):
             _refuse_nul(request)
             if has_json_body and json_body.is_json(request.headers.get("content-type")):
-                limit = (await get_ctx(request)).settings.max_json_body_bytes
+                limit = (await get_ctx(request)).settings.server.max_json_body_bytes
                 body = await json_body.read(request, limit)
                 if body:
                     # Starlette's cache: FastAPI's `await request.json()` takes this value instead of parsing again

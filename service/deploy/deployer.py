@@ -36,15 +36,15 @@ log = logging.getLogger("hone.deployer")
 class EndpointDeployer:
     def __init__(self, ctx: AppContext, backend: EngineBackend):
         self.ctx, self.backend = ctx, backend
-        self.engine = choose_engine(ctx.settings.inference_engine)
+        self.engine = choose_engine(ctx.settings.serving.inference_engine)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploy")
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
         self.placement = Placement(ctx, self.engine)
         self.adapters = AdapterLoader(ctx, backend)
-        prewarm = ctx.settings.prewarm_engines
+        prewarm = ctx.settings.serving.prewarm_engines
         # Default: prewarm built-in engines run locally (the Kubernetes backend has no spares to hand over).
-        self.prewarm = (self.engine == "builtin" and ctx.settings.endpoint_backend == "local") \
+        self.prewarm = (self.engine == "builtin" and ctx.settings.serving.endpoint_backend == "local") \
             if prewarm is None else prewarm
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class EndpointDeployer:
 
     def _prewarm(self) -> set[str]:
         """Engine keys kept warm for jobs that are training now and will deploy when they succeed."""
-        if not self.ctx.settings.auto_deploy:
+        if not self.ctx.settings.serving.auto_deploy:
             return set()
         with self.ctx.db.read() as session:
             bases = set(session.execute(select(Job.base_model).where(Job.status == JobStatus.RUNNING.value,
@@ -116,7 +116,7 @@ class EndpointDeployer:
     def _idle(self, session, ready: list[Endpoint]) -> dict[str, int]:
         """Ready endpoints past their idle timeout -> the timeout: no request since (counted by the gateway's
         usage book, flushed every few seconds) for that long, nor since they became ready."""
-        default = self.ctx.settings.endpoint_idle_timeout_s
+        default = self.ctx.settings.serving.endpoint_idle_timeout_s
         timed = [ep for ep in ready if (ep.idle_timeout_s if ep.idle_timeout_s is not None else default) > 0]
         if not timed:
             return {}
@@ -189,7 +189,7 @@ class EndpointDeployer:
                 if ep.kind == "adapter":
                     self.adapters.load(client, handle, ep, weights)
                 if weights is not None:
-                    parity.check(client, ep.model, weights, self.ctx.settings.parity_samples)
+                    parity.check(client, ep.model, weights, self.ctx.settings.serving.parity_samples)
             except parity.ParityFailure as exc:
                 self.adapters.unload(handle, ep)
                 raise DeployError(ErrorCode.PARITY_CHECK_FAILED, str(exc), retry=False)
@@ -200,7 +200,7 @@ class EndpointDeployer:
         return handle, weights
 
     def _failed_attempt(self, endpoint_id: str, exc: DeployError) -> None:
-        limit = self.ctx.settings.max_deploy_attempts
+        limit = self.ctx.settings.serving.max_deploy_attempts
         with self.ctx.db.write() as session:
             ep = _endpoint(session, endpoint_id)
             if ep is None or ep.state != EndpointState.DEPLOYING.value:

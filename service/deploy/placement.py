@@ -50,12 +50,12 @@ class Placement:
 
     def warm_key(self, base_model: str) -> EngineKey:
         """The engine kept warm for a job training on `base_model`."""
-        return EngineKey.shared(base_model) if self.ctx.settings.shared_engines else EngineKey.spare(base_model)
+        return EngineKey.shared(base_model) if self.ctx.settings.serving.shared_engines else EngineKey.spare(base_model)
 
     def endpoint_spec(self, ep: Endpoint, weights: Path | None) -> EngineSpec:
         if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
             return self._spec(EngineKey.own(ep.id), str(weights), ep.model, f"storage:{ep.weights_prefix}")
-        if self.ctx.settings.shared_engines:
+        if self.ctx.settings.serving.shared_engines:
             return self.base_spec(ep.base_model, EngineKey.shared(ep.base_model))
         spec = self.base_spec(ep.base_model, EngineKey.own(ep.id))
         if self.engine == "vllm" and weights is not None:
@@ -73,7 +73,7 @@ class Placement:
         return self._spec(key, self._base_model_path(base), base, source)
 
     def _spec(self, key: EngineKey, model_path: str, served_name: str, model_source: str | None) -> EngineSpec:
-        s = self.ctx.settings
+        s = self.ctx.settings.serving
         return EngineSpec(key, self.engine, model_path, served_name, max_loras=s.max_loras,
                           max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank,
                           model_source=model_source)
@@ -96,6 +96,6 @@ class Placement:
         needed |= {ep.engine_key for ep in retiring if ep.engine_key}
         # a deploying endpoint is about to claim the spare its job kept warm
         needed |= {EngineKey.spare(ep.base_model) for ep in live if ep.state == EndpointState.DEPLOYING.value}
-        if self.ctx.settings.shared_engines:
+        if self.ctx.settings.serving.shared_engines:
             needed |= {EngineKey.shared(ep.base_model) for ep in live}
         return needed

@@ -103,11 +103,11 @@ def _stage_base_weights(settings: Settings, spec: EngineSpec, pod_spec: dict) ->
         return spec.model_path
     kind, _, rest = spec.model_source.partition(":")
     source = storage_source(settings, rest) if kind == "storage" else spec.model_source
-    init["image"] = settings.k8s_inference_image
+    init["image"] = settings.kubernetes.k8s_inference_image
     init["args"] = ["--root", MODELS_ROOT, "--once", source, "--name", MODEL_FOLDER]
     for env_source in init.get("envFrom", []):
         if "secretRef" in env_source:
-            env_source["secretRef"]["name"] = settings.k8s_secret_name
+            env_source["secretRef"]["name"] = settings.kubernetes.k8s_secret_name
     return f"{MODELS_ROOT}/{MODEL_FOLDER}"
 
 
@@ -138,7 +138,7 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
         engine["command"], engine["args"] = ["vllm", "serve"], launch.argv[2:]
     else:
         engine["command"], engine["args"] = ["python3", "-m", "inference"], launch.argv[3:]
-    engine["image"] = settings.k8s_inference_image
+    engine["image"] = settings.kubernetes.k8s_inference_image
     for var, value in launch.env.items():
         if var != "VLLM_API_KEY":
             _set_env(engine, var, value)
@@ -147,27 +147,27 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
     if endpoint_of(spec.key):
         _set_env(engine, "HONE_ENDPOINT_ID", endpoint_of(spec.key))
     resources = engine.setdefault("resources", {})
-    if settings.k8s_gpus_per_engine > 0:
+    if settings.kubernetes.k8s_gpus_per_engine > 0:
         for part in ("requests", "limits"):
-            resources.setdefault(part, {})["nvidia.com/gpu"] = str(settings.k8s_gpus_per_engine)
+            resources.setdefault(part, {})["nvidia.com/gpu"] = str(settings.kubernetes.k8s_gpus_per_engine)
     fetcher = _container(pod["spec"], FETCHER_CONTAINER)
-    fetcher["image"] = settings.k8s_inference_image
+    fetcher["image"] = settings.kubernetes.k8s_inference_image
     _set_env(fetcher, "HONE_FETCHER_API_KEY", secret=(name, SECRET_KEY))
     for source in fetcher.get("envFrom", []):
         if "secretRef" in source:
-            source["secretRef"]["name"] = settings.k8s_secret_name
-    if settings.k8s_node_selector:
-        pod["spec"]["nodeSelector"] = {**pod["spec"].get("nodeSelector", {}), **settings.k8s_node_selector}
-    if settings.k8s_tolerations:
-        pod["spec"]["tolerations"] = [*pod["spec"].get("tolerations", []), *settings.k8s_tolerations]
+            source["secretRef"]["name"] = settings.kubernetes.k8s_secret_name
+    if settings.kubernetes.k8s_node_selector:
+        pod["spec"]["nodeSelector"] = {**pod["spec"].get("nodeSelector", {}), **settings.kubernetes.k8s_node_selector}
+    if settings.kubernetes.k8s_tolerations:
+        pod["spec"]["tolerations"] = [*pod["spec"].get("tolerations", []), *settings.kubernetes.k8s_tolerations]
 
-    digest = _spec_hash(spec, {"image": settings.k8s_inference_image, "template": pod,
-                               "gpus": settings.k8s_gpus_per_engine})
+    digest = _spec_hash(spec, {"image": settings.kubernetes.k8s_inference_image, "template": pod,
+                               "gpus": settings.kubernetes.k8s_gpus_per_engine})
     labels = {ENGINE_LABEL: name}
     annotations = {KEY_ANNOTATION: spec.key, SPEC_ANNOTATION: digest}
     for obj in (deployment, service):
         meta = obj.setdefault("metadata", {})
-        meta["name"], meta["namespace"] = name, settings.k8s_namespace
+        meta["name"], meta["namespace"] = name, settings.kubernetes.k8s_namespace
         meta["labels"] = {**meta.get("labels", {}), **labels}
         meta["annotations"] = {**meta.get("annotations", {}), **annotations}
     deployment["spec"]["replicas"] = 1
@@ -200,7 +200,7 @@ class KubernetesEngines:
         from kubernetes import client
 
         self._settings = settings
-        self._ns = settings.k8s_namespace
+        self._ns = settings.kubernetes.k8s_namespace
         self._client = api or api_client(settings)
         self._apps = client.AppsV1Api(self._client)
         self._core = client.CoreV1Api(self._client)
@@ -310,14 +310,14 @@ class KubernetesEngines:
             return handle
 
     def _wait_deleted(self, key: str, name: str) -> None:
-        deadline = time.monotonic() + self._settings.engine_start_timeout_s
+        deadline = time.monotonic() + self._settings.serving.engine_start_timeout_s
         while self._read(self._apps.read_namespaced_deployment, name) is not None:
             if time.monotonic() >= deadline:
                 raise EngineStartError(f"engine {key}: Deployment {self._ns}/{name} is still being deleted")
             time.sleep(0.5)
 
     def _wait_ready(self, spec: EngineSpec, name: str, api_key: str) -> tuple[EngineHandle, str]:
-        timeout = self._settings.engine_start_timeout_s
+        timeout = self._settings.serving.engine_start_timeout_s
         deadline = time.monotonic() + timeout
         while True:
             dep = self._read(self._apps.read_namespaced_deployment, name)
@@ -459,7 +459,7 @@ def api_key_reader(settings: Settings, ttl_s: float = 5.0) -> Callable[[str], st
             if state["core"] is None:
                 state["core"] = client.CoreV1Api(api_client(settings))
         try:
-            secret = state["core"].read_namespaced_secret(object_name(key), settings.k8s_namespace)
+            secret = state["core"].read_namespaced_secret(object_name(key), settings.kubernetes.k8s_namespace)
             value = base64.b64decode(secret.data[SECRET_KEY]).decode() if secret.data else None
         except ApiException as exc:
             if exc.status != 404:

@@ -70,8 +70,8 @@ class LocalEngines:
         self._settings = settings
         self._running: dict[str, _Process] = {}
         self._lock = threading.Lock()
-        self._logs = settings.data_dir.resolve() / "logs" / "engines"
-        self._states = settings.data_dir.resolve() / STATE_DIR
+        self._logs = settings.server.data_dir.resolve() / "logs" / "engines"
+        self._states = settings.server.data_dir.resolve() / STATE_DIR
         self._stop_orphans()
 
     def _stop_orphans(self) -> None:
@@ -115,7 +115,7 @@ class LocalEngines:
         current build), so a cache left by an older builder is rebuilt rather than served."""
         if not (spec.model_source or "").startswith("builtin:"):
             return
-        python = self._settings.trainer_python or sys.executable
+        python = self._settings.training.trainer_python or sys.executable
         try:
             done = subprocess.run([python, "-m", "hone_kernel.tiny_model", spec.model_path], capture_output=True,
                                   timeout=900)
@@ -129,15 +129,15 @@ class LocalEngines:
         launch = engine_command(spec.engine, spec.model_path, spec.served_name, host="127.0.0.1", port=port,
                                 max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
                                 max_lora_rank=spec.max_lora_rank, api_key=api_key, chat_template=spec.chat_template,
-                                python=self._settings.engine_python or sys.executable)
+                                python=self._settings.serving.engine_python or sys.executable)
         # Engines get nothing of the control plane's secrets (admin key, database URL, storage credentials):
         # the deployer fetches their weights for them.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
         env = {**inherited, **launch.env, "HONE_ENDPOINT_ENGINE": spec.key, "OMP_WAIT_POLICY": "PASSIVE"}
         if endpoint_of(spec.key):
             env["HONE_ENDPOINT_ID"] = endpoint_of(spec.key)  # the built-in engine's log lines carry it
-        if self._settings.engine_threads:
-            env["OMP_NUM_THREADS"] = str(self._settings.engine_threads)
+        if self._settings.serving.engine_threads:
+            env["OMP_NUM_THREADS"] = str(self._settings.serving.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)
         log_file = open(self._logs / f"{_file_name(spec.key)}.log", "ab")
         proc = subprocess.Popen(launch.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -146,7 +146,7 @@ class LocalEngines:
         log.info("engine starting", extra={**_identity(spec.key), "pid": proc.pid, "port": port})
         try:
             with EngineClient(handle.url, api_key=api_key) as client:
-                client.wait_healthy(self._settings.engine_start_timeout_s, alive=lambda: proc.poll() is None)
+                client.wait_healthy(self._settings.serving.engine_start_timeout_s, alive=lambda: proc.poll() is None)
         except EngineUnavailable as exc:
             stop_process_group(proc)
             log_file.close()
@@ -179,7 +179,7 @@ class LocalEngines:
         return running.handle
 
     def _state_path(self, key: str) -> Path:
-        return state_file(self._settings.data_dir, key)
+        return state_file(self._settings.server.data_dir, key)
 
     def _write_state(self, running: _Process) -> None:
         self._states.mkdir(parents=True, exist_ok=True)

@@ -42,9 +42,9 @@ def _started_at(url: str, api_key: str | None) -> str | None:
 
 class StaticEngines:
     def __init__(self, settings: Settings):
-        self._urls = {name: url.rstrip("/") for name, url in settings.static_engines.items()}
-        self._api_key = settings.static_engine_api_key or ""
-        self._timeout = settings.engine_start_timeout_s
+        self._urls = {name: url.rstrip("/") for name, url in settings.serving.static_engines.items()}
+        self._api_key = settings.serving.static_engine_api_key or ""
+        self._timeout = settings.serving.engine_start_timeout_s
         self._known: dict[str, tuple[EngineHandle, str | None]] = {}  # key -> (handle, server start time)
         self._lock = threading.Lock()
 

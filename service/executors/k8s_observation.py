@@ -169,8 +169,8 @@ def _classify_pod(pod: dict, seen: Seen, settings: Settings, now: float) -> Verd
         for kind, level, code, message, meanwhile in troubles:
             events.append(Event(kind, level, f"{message} {meanwhile}"))
             since = stuck.setdefault(kind, now)
-            limit = settings.k8s_unschedulable_timeout_s if kind == "unschedulable" \
-                else settings.k8s_image_pull_timeout_s
+            limit = settings.kubernetes.k8s_unschedulable_timeout_s if kind == "unschedulable" \
+                else settings.kubernetes.k8s_image_pull_timeout_s
             if limit > 0 and now - since >= limit:
                 setting = "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S" if kind == "unschedulable" \
                     else "HONE_K8S_IMAGE_PULL_TIMEOUT_S"
@@ -218,9 +218,9 @@ def pending_troubles(pod: dict, scheduled: dict, waiting: dict, settings: Settin
     """(kind, event level, error code, message, what happens meanwhile) for each reason a pod stays Pending."""
     troubles = []
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-        gpus = settings.k8s_gpus_per_job
+        gpus = settings.kubernetes.k8s_gpus_per_job
         wants = f"{gpus} nvidia.com/gpu" if gpus else "its resources"
-        where = f" on nodes matching {settings.k8s_node_selector}" if settings.k8s_node_selector else ""
+        where = f" on nodes matching {settings.kubernetes.k8s_node_selector}" if settings.kubernetes.k8s_node_selector else ""
         troubles.append(("unschedulable", "warn", ErrorCode.NO_GPU_CAPACITY,
                          f"The trainer pod cannot be scheduled: {scheduled.get('message') or 'Unschedulable'} "
                          f"No node{where} has {wants} free; free a GPU, add nodes, or change "
@@ -228,7 +228,7 @@ def pending_troubles(pod: dict, scheduled: dict, waiting: dict, settings: Settin
                          "The job waits."))
     if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
         image = next((c.get("image") for c in (pod.get("spec") or {}).get("containers") or []
-                      if c.get("name") == CONTAINER), settings.k8s_trainer_image)
+                      if c.get("name") == CONTAINER), settings.kubernetes.k8s_trainer_image)
         troubles.append(("image", "error", ErrorCode.IMAGE_PULL_FAILED,
                          f"The trainer image {image} cannot be pulled ({waiting['reason']}: "
                          f"{waiting.get('message') or ''}). Check HONE_K8S_TRAINER_IMAGE and the cluster's "

@@ -47,12 +47,12 @@ def build_job(settings: Settings, job_id: str, attempt: int, spec_url: str, proj
         labels[PROJECT_LABEL] = label_value(project_id)
     meta = job.setdefault("metadata", {})
     meta.pop("generateName", None)
-    meta.update(name=job_name(job_id, attempt), namespace=settings.k8s_namespace)
+    meta.update(name=job_name(job_id, attempt), namespace=settings.kubernetes.k8s_namespace)
     meta["labels"] = {**(meta.get("labels") or {}), **labels}
     meta["annotations"] = {**(meta.get("annotations") or {}), JOB_ID_ANNOTATION: job_id}
     spec = job.setdefault("spec", {})
-    spec.update(backoffLimit=0, activeDeadlineSeconds=settings.k8s_job_deadline_s,
-                ttlSecondsAfterFinished=settings.k8s_job_ttl_s)
+    spec.update(backoffLimit=0, activeDeadlineSeconds=settings.kubernetes.k8s_job_deadline_s,
+                ttlSecondsAfterFinished=settings.kubernetes.k8s_job_ttl_s)
     template = spec.setdefault("template", {})
     template_meta = template.setdefault("metadata", {})
     template_meta["labels"] = {**(template_meta.get("labels") or {}), **labels}
@@ -63,31 +63,31 @@ def build_job(settings: Settings, job_id: str, attempt: int, spec_url: str, proj
         del template_meta["finalizers"]
     pod = template.setdefault("spec", {})
     pod["restartPolicy"] = "Never"
-    if settings.k8s_node_selector:
-        pod["nodeSelector"] = {**(pod.get("nodeSelector") or {}), **settings.k8s_node_selector}
-    if settings.k8s_tolerations:
-        pod["tolerations"] = list(pod.get("tolerations") or []) + list(settings.k8s_tolerations)
+    if settings.kubernetes.k8s_node_selector:
+        pod["nodeSelector"] = {**(pod.get("nodeSelector") or {}), **settings.kubernetes.k8s_node_selector}
+    if settings.kubernetes.k8s_tolerations:
+        pod["tolerations"] = list(pod.get("tolerations") or []) + list(settings.kubernetes.k8s_tolerations)
     containers = pod.setdefault("containers", [])
     container = next((c for c in containers if c.get("name") == CONTAINER), None)
     if container is None:
         raise ValueError(f"{TEMPLATE} has no container named {CONTAINER!r}")
-    container["image"] = settings.k8s_trainer_image
+    container["image"] = settings.kubernetes.k8s_trainer_image
     container["args"] = ["--spec", spec_url]
     ours = {"HONE_JOB_ID": job_id, "HONE_JOB_ATTEMPT": str(attempt)}
-    if settings.trainer_threads > 0:
-        ours["OMP_NUM_THREADS"] = str(settings.trainer_threads)
+    if settings.training.trainer_threads > 0:
+        ours["OMP_NUM_THREADS"] = str(settings.training.trainer_threads)
     container["env"] = [e for e in container.get("env") or [] if e.get("name") not in ours] + \
         [{"name": k, "value": v} for k, v in ours.items()]
     env_from = [e for e in container.get("envFrom") or [] if "secretRef" not in e]
-    if settings.k8s_secret_name:
-        env_from.append({"secretRef": {"name": settings.k8s_secret_name}})
+    if settings.kubernetes.k8s_secret_name:
+        env_from.append({"secretRef": {"name": settings.kubernetes.k8s_secret_name}})
     container["envFrom"] = env_from
     resources = container.setdefault("resources", {})
     for part in ("requests", "limits"):
         values = dict(resources.get(part) or {})
         values.pop("nvidia.com/gpu", None)
-        if settings.k8s_gpus_per_job > 0:
-            values["nvidia.com/gpu"] = str(settings.k8s_gpus_per_job)
+        if settings.kubernetes.k8s_gpus_per_job > 0:
+            values["nvidia.com/gpu"] = str(settings.kubernetes.k8s_gpus_per_job)
         if values:
             resources[part] = values
         else:

@@ -60,7 +60,7 @@ class KubernetesExecutor:
         from kubernetes import client
 
         self._settings = settings
-        self._ns = settings.k8s_namespace
+        self._ns = settings.kubernetes.k8s_namespace
         self._api = api or api_client(settings)
         self._batch, self._core = client.BatchV1Api(self._api), client.CoreV1Api(self._api)
         self._runs: dict[str, _Run] = {}
@@ -91,7 +91,7 @@ class KubernetesExecutor:
         return events
 
     def slots(self) -> int:
-        return max(0, self._settings.k8s_max_parallel_jobs)
+        return max(0, self._settings.kubernetes.k8s_max_parallel_jobs)
 
     def running(self) -> dict[str, str]:
         with self._lock:
@@ -140,7 +140,7 @@ class KubernetesExecutor:
                 run.kill_sent = True
             elif not kill and not run.pause_sent:
                 for pod in self._pods_of(run.name):
-                    self._delete_pod(pod, grace=max(1, int(self._settings.pause_grace_s)))
+                    self._delete_pod(pod, grace=max(1, int(self._settings.training.pause_grace_s)))
                 run.pause_sent = True
         except Exception:  # the scheduler calls stop() again on a later tick
             log.warning("could not stop the trainer Job", exc_info=True, extra={"job_id": job_id, "ref": run.ref})

@@ -32,12 +32,12 @@ class LocalExecutor:
     def __init__(self, settings: Settings):
         self._settings = settings
         self._host = socket.gethostname()
-        self._devices = settings.gpu_devices
+        self._devices = settings.training.gpu_devices
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
 
     def slots(self) -> int:
-        return len(self._devices) or max(0, self._settings.local_slots)  # 0: this replica trains nothing
+        return len(self._devices) or max(0, self._settings.training.local_slots)  # 0: this replica trains nothing
 
     def running(self) -> dict[str, str]:
         with self._lock:
@@ -53,7 +53,7 @@ class LocalExecutor:
         return []
 
     def _log_path(self, job_id: str, attempt: int) -> Path:
-        folder = (self._settings.data_dir / "logs" / job_id).resolve()
+        folder = (self._settings.server.data_dir / "logs" / job_id).resolve()
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"attempt-{attempt}.log"
 
@@ -65,12 +65,12 @@ class LocalExecutor:
             env = dict(os.environ, PYTHONUNBUFFERED="1", HONE_JOB_ID=job_id, HONE_JOB_ATTEMPT=str(attempt))
             # Spinning OpenMP workers slow a trainer 10x or more when anything else wants the cores.
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            if self._settings.trainer_threads > 0:
-                env["OMP_NUM_THREADS"] = str(self._settings.trainer_threads)
+            if self._settings.training.trainer_threads > 0:
+                env["OMP_NUM_THREADS"] = str(self._settings.training.trainer_threads)
             # No GPU for a CPU slot: an empty list hides every device from torch.
             env["CUDA_VISIBLE_DEVICES"] = device if device is not None else ("" if self._devices else
                                                                              env.get("CUDA_VISIBLE_DEVICES", ""))
-            python = self._settings.trainer_python or sys.executable
+            python = self._settings.training.trainer_python or sys.executable
             log_path = self._log_path(job_id, attempt)
             with open(log_path, "ab") as log:
                 process = subprocess.Popen([python, "-m", "trainer", "--spec", spec_url], stdout=log,

@@ -92,7 +92,7 @@ def resolve_dataset(ctx: AppContext, principal: ProjectPrincipal, uri: str, fiel
     if obj is None:
         return ResolvedDataset(uri, imported=False)  # the job's own checks find it, or say why not
     dataset_grants.check_readable(ctx, principal.project_id, obj.location, uri, field)  # before anything is read
-    client = _s3_client(ctx.settings.s3_endpoint_url, ctx.settings.s3_max_attempts, ctx.settings.s3_timeout_s)
+    client = _s3_client(ctx.settings.storage.s3_endpoint_url, ctx.settings.storage.s3_max_attempts, ctx.settings.storage.s3_timeout_s)
     filename = obj.key.rsplit("/", 1)[-1]
     row = import_fine_tune_file(ctx, principal, filename, _object_chunks(client, obj, uri, field), param=field,
                                 source=uri)

@@ -275,21 +275,41 @@ def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
     return 0
 
 
-def children(pid: int) -> list[int]:
-    found = []
+def process_tree(root: int) -> dict[int, str]:
+    """The server and its descendants, pid -> "engine" (`python -m inference`) or "server" (uvicorn workers)."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    return found
+    tree, frontier = {root: "server"}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                tree[pid] = "engine" if b"inference" in cmdline else "server"
+                frontier.append(pid)
+    return tree
 
 
-async def sample_rss(pid: int, peaks: dict[str, int], stop: asyncio.Event) -> None:
+def cpu_by_kind(tree: dict[int, str]) -> dict[int, float]:
+    return {pid: cpu_seconds(pid) for pid in tree}
+
+
+async def sample_rss(root: int, peaks: dict[str, int], stop: asyncio.Event) -> None:
+    """Peak of the summed RSS of the server's processes (and of the engines'), sampled every 0.25 s."""
+    tree, refreshed = process_tree(root), time.monotonic()
     while not stop.is_set():
-        peaks["server"] = max(peaks.get("server", 0), rss_kib(pid))
+        if time.monotonic() - refreshed > 5:
+            tree, refreshed = process_tree(root), time.monotonic()
+        for kind in ("server", "engine"):
+            peaks[kind] = max(peaks.get(kind, 0), sum(rss_kib(p) for p, k in tree.items() if k == kind))
         try:
             await asyncio.wait_for(stop.wait(), 0.25)
         except asyncio.TimeoutError:
@@ -369,13 +389,11 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
 
     async def mark() -> None:
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
-        engines = children(server.proc.pid)
-        measured.update(t0=time.perf_counter(), srv0=cpu_seconds(server.proc.pid),
-                        eng0={p: cpu_seconds(p) for p in engines}, cli0=time.process_time(),
+        tree = process_tree(server.proc.pid)
+        measured.update(t0=time.perf_counter(), tree=tree, cpu0=cpu_by_kind(tree), cli0=time.process_time(),
                         machine0=machine_cpu_seconds())
         await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
-        measured.update(t1=time.perf_counter(), srv1=cpu_seconds(server.proc.pid),
-                        eng1={p: cpu_seconds(p) for p in measured["eng0"]}, cli1=time.process_time(),
+        measured.update(t1=time.perf_counter(), cpu1=cpu_by_kind(tree), cli1=time.process_time(),
                         machine1=machine_cpu_seconds())
 
     await asyncio.gather(mark(), *tasks)
@@ -384,7 +402,7 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
     await sampler
     for conn in conns:
         await conn.close()
-    measured.update(stats=stats, peaks=peaks, hwm_kib=rss_kib(server.proc.pid, "VmHWM"), drained_s=drained_s,
+    measured.update(stats=stats, peaks=peaks, hwm_kib=sum(rss_kib(p, "VmHWM") for p, k in measured["tree"].items() if k == "server"), drained_s=drained_s,
                     chat_clients=chat_clients)
     return measured
 
@@ -428,17 +446,23 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
             print(f"  {key}: {detail}")
     answers = ", ".join(f"{text!r} x{count}" for text, count in stats.answers.most_common(3))
     print(f"\nStreamed answers (most common): {answers or 'none'}; jobs created {stats.jobs_created} "
-          f"(cancelled right after: {stats.jobs_cancelled}; the rest stay queued: the server has no training slots)")
+          f"over the whole run, warm-up included (cancelled right after: {stats.jobs_cancelled}; the rest stay queued: the "
+          "server has no training slots)")
 
-    srv_cpu = m["srv1"] - m["srv0"]
-    eng_cpu = sum(m["eng1"][p] - m["eng0"][p] for p in m["eng0"])
+    spent = {kind: sum(m["cpu1"][p] - m["cpu0"][p] for p, k in m["tree"].items() if k == kind)
+             for kind in ("server", "engine")}
+    count = Counter(m["tree"].values())
     cli_cpu = m["cli1"] - m["cli0"]
     busy = m["machine1"][0] - m["machine0"][0]
-    print(f"\nServer process: {srv_cpu:.1f} s CPU in {wall:.1f} s ({100 * srv_cpu / wall:.0f}% of one core, "
-          f"{1000 * srv_cpu / max(1, total_ok + total_err):.2f} ms a request); peak RSS {m['peaks'].get('server', 0) / 1024:.0f} MiB "
-          f"during the run (VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)")
-    print(f"Engine process(es) ({len(m['eng0'])}): {eng_cpu:.1f} s CPU; load generator: {cli_cpu:.1f} s CPU; "
-          f"machine: {busy:.1f} of {wall * CORES:.1f} core-seconds busy ({100 * busy / (wall * CORES):.0f}%)")
+    other = busy - spent["server"] - spent["engine"] - cli_cpu
+    print(f"\nServer ({count['server']} process{'es' if count['server'] > 1 else ''}): {spent['server']:.1f} s CPU in "
+          f"{wall:.1f} s ({100 * spent['server'] / wall:.0f}% of one core, "
+          f"{1000 * spent['server'] / max(1, total_ok + total_err):.2f} ms a request); peak RSS "
+          f"{m['peaks'].get('server', 0) / 1024:.0f} MiB during the run (VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)")
+    print(f"Engine ({count['engine']} process{'es' if count['engine'] != 1 else ''}): {spent['engine']:.1f} s CPU, "
+          f"peak RSS {m['peaks'].get('engine', 0) / 1024:.0f} MiB; load generator: {cli_cpu:.1f} s CPU")
+    print(f"Machine: {busy:.1f} of {wall * CORES:.1f} core-seconds busy ({100 * busy / (wall * CORES):.0f}%), "
+          f"{other:.1f} of them ({100 * other / (wall * CORES):.0f}% of the machine) by other processes")
     with open(log_path, "rb") as fh:  # the restarted server's lines only
         fh.seek(log_offset)
         log = fh.read().decode(errors="replace")

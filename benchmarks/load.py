@@ -302,6 +302,20 @@ def cpu_by_kind(tree: dict[int, str]) -> dict[int, float]:
     return {pid: cpu_seconds(pid) for pid in tree}
 
 
+def postgres_backends(database: str | None) -> dict[int, float]:
+    """CPU seconds so far of the PostgreSQL backends serving `database` (their title names it)."""
+    if not database:
+        return {}
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f" {database} ".encode() in (entry / "cmdline").read_bytes():
+                found[int(entry.name)] = cpu_seconds(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 async def sample_rss(root: int, peaks: dict[str, int], stop: asyncio.Event) -> None:
     """Peak of the summed RSS of the server's processes (and of the engines'), sampled every 0.25 s."""
     tree, refreshed = process_tree(root), time.monotonic()
@@ -366,7 +380,7 @@ def prepare_shared(server: HoneServer, api_key: str, model: str) -> Shared:
 
 
 async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shared,
-                questions: list[list[dict]]) -> dict:
+                questions: list[list[dict]], pg_database: str | None) -> dict:
     stats = Stats()
     rng = random.Random(args.seed)
     chat_clients = round(args.clients * args.chat_share)
@@ -391,9 +405,11 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
         tree = process_tree(server.proc.pid)
         measured.update(t0=time.perf_counter(), tree=tree, cpu0=cpu_by_kind(tree), cli0=time.process_time(),
+                        pg0=postgres_backends(pg_database),
                         machine0=machine_cpu_seconds())
         await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
         measured.update(t1=time.perf_counter(), cpu1=cpu_by_kind(tree), cli1=time.process_time(),
+                        pg1=postgres_backends(pg_database),
                         machine1=machine_cpu_seconds())
 
     await asyncio.gather(mark(), *tasks)
@@ -454,13 +470,15 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
     count = Counter(m["tree"].values())
     cli_cpu = m["cli1"] - m["cli0"]
     busy = m["machine1"][0] - m["machine0"][0]
-    other = busy - spent["server"] - spent["engine"] - cli_cpu
+    pg_cpu = sum(cpu - m["pg0"].get(pid, 0.0) for pid, cpu in m["pg1"].items())
+    other = busy - spent["server"] - spent["engine"] - cli_cpu - pg_cpu
     print(f"\nServer ({count['server']} process{'es' if count['server'] > 1 else ''}): {spent['server']:.1f} s CPU in "
           f"{wall:.1f} s ({100 * spent['server'] / wall:.0f}% of one core, "
           f"{1000 * spent['server'] / max(1, total_ok + total_err):.2f} ms a request); peak RSS "
           f"{m['peaks'].get('server', 0) / 1024:.0f} MiB during the run (VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)")
     print(f"Engine ({count['engine']} process{'es' if count['engine'] != 1 else ''}): {spent['engine']:.1f} s CPU, "
-          f"peak RSS {m['peaks'].get('engine', 0) / 1024:.0f} MiB; load generator: {cli_cpu:.1f} s CPU")
+          f"peak RSS {m['peaks'].get('engine', 0) / 1024:.0f} MiB; load generator: {cli_cpu:.1f} s CPU"
+          + (f"; PostgreSQL backends ({len(m['pg1'])}): {pg_cpu:.1f} s CPU" if m["pg1"] else ""))
     print(f"Machine: {busy:.1f} of {wall * CORES:.1f} core-seconds busy ({100 * busy / (wall * CORES):.0f}%), "
           f"{other:.1f} of them ({100 * other / (wall * CORES):.0f}% of the machine) by other processes")
     with open(log_path, "rb") as fh:  # the restarted server's lines only
@@ -532,7 +550,8 @@ def main() -> None:
         shared = prepare_shared(server, api_key, model)
         print(f"  serving again; driving {args.clients} clients for {args.warmup:g} + {args.duration:g} s ...",
               flush=True)
-        measured = asyncio.run(drive(args, server, api_key, model, shared, questions))
+        measured = asyncio.run(drive(args, server, api_key, model, shared, questions,
+                                     postgres.name if postgres else None))
     except BaseException:
         print(f"Data dir kept for inspection: {data_dir}", file=sys.stderr)
         raise

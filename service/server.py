@@ -16,7 +16,8 @@ def serve(settings: Settings | None = None) -> None:
     configure_logging(settings.log_level)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets requests in flight finish, then runs the lifespan exit.
     options = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
-                   timeout_graceful_shutdown=settings.graceful_shutdown_s)
+                   timeout_graceful_shutdown=settings.graceful_shutdown_s,
+                   timeout_keep_alive=settings.http_keep_alive_s)
     if settings.workers <= 1:
         from service.app import create_app
         uvicorn.run(create_app(settings), **options)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     auto_migrate: bool = True
     log_level: str = "INFO"
     graceful_shutdown_s: int = 10
+    # How long an idle keep-alive connection stays open. Longer than the idle expiry of clients (httpx and the
+    # openai SDK: 5 s) and of proxies in front (nginx, cloud load balancers: 60 s): when the server's is the
+    # same or shorter, it closes connections a client is just reusing, and that request fails (uvicorn's 5 s
+    # default dropped 8 of 480 requests of openai-SDK-like clients pausing about 5 s between calls).
+    http_keep_alive_s: int = Field(default=75, ge=1)
     workers: int = 1  # server processes; one of them (holding a lock in data_dir) runs the background loops
     metrics_max_label_values: int = 500  # distinct models a metric may label before the rest become "_other"
     job_validation_poll_s: float = 2.0

@@ -10,7 +10,10 @@ server brings the tuned model's endpoint back. Then --clients closed-loop client
   * API clients (the rest): a weighted mix of control-plane calls (API_MIX), the polling an SDK or a dashboard
     does (retrieve job, list events, list jobs, models, files) with about one write in seven (upload a file,
     create a job, and cancel every second job created right after), plus a deliberate 404 (a job id that does
-    not exist), which counts as an error only if it answers anything but 404.
+    not exist), which counts as an error only if it answers anything but 404;
+  * pollers (--poller-share of them): retrieve a job every 3-5 s on one keep-alive connection reused while
+    idle up to 5 s, as httpx and the openai SDK do: what an SDK user's status loop sends, and the case that
+    fails when the server closes idle connections as soon as clients may still reuse them.
 
 Two populations rather than one mix: the built-in engine serves one sequence at a time, so a chat request in a
 closed loop waits behind every other; mixed into each client's loop it would hold most clients in the engine's
@@ -196,7 +199,8 @@ async def api_client(n: int, conn: RawConnection, shared: Shared, stats: Stats, 
             return status, data if data is not None else payload
 
         if route == "retrieve job":
-            await timed(stats, route, window, timeout, lambda: get(f"/v1/fine_tuning/jobs/{rng.choice(shared.job_ids)}"))
+            job_id = rng.choice(shared.job_ids)
+            await timed(stats, route, window, timeout, lambda: get(f"/v1/fine_tuning/jobs/{job_id}"))
         elif route == "list events":
             job_id = rng.choice(shared.event_job_ids)
             await timed(stats, route, window, timeout, lambda: get(f"/v1/fine_tuning/jobs/{job_id}/events"))
@@ -240,6 +244,26 @@ async def api_client(n: int, conn: RawConnection, shared: Shared, stats: Stats, 
                         return status, data if data is not None else payload
                     if await timed(stats, "cancel job", window, timeout, cancel):
                         stats.jobs_cancelled += 1
+
+
+POLL_ROUTE = "poll job (idle 3-5 s)"
+
+
+async def poller_client(n: int, conn: RawConnection, shared: Shared, stats: Stats, window, deadline: float,
+                        timeout: float, rng: random.Random) -> None:
+    """A status-polling loop as an SDK user writes it: retrieve a job, wait 3-5 s, again, on one keep-alive
+    connection reused while idle up to 5 s, as httpx (the openai SDK's client) does by default."""
+    conn.MAX_IDLE_S = 5.0
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        target = f"/v1/fine_tuning/jobs/{rng.choice(shared.job_ids)}"
+
+        async def poll():
+            status, data, payload = await call_json(conn, "GET", target, f"poll-{n}-{i}")
+            return status, data if data is not None else payload
+        await timed(stats, POLL_ROUTE, window, timeout, poll)
+        await asyncio.sleep(min(rng.uniform(3.0, 5.0), max(0.0, deadline - time.monotonic())))
 
 
 async def chat_client(n: int, conn: RawConnection, model: str, stats: Stats, window, deadline: float,
@@ -384,6 +408,7 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
     stats = Stats()
     rng = random.Random(args.seed)
     chat_clients = round(args.clients * args.chat_share)
+    pollers = round(args.clients * args.poller_share)
     host, port = "127.0.0.1", server.port
     conns = [RawConnection(host, port, api_key) for _ in range(args.clients)]
     start = time.monotonic()
@@ -397,6 +422,8 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
         if n < chat_clients:
             tasks.append(chat_client(n, conn, model, stats, window, window[1], args.timeout, args.max_tokens,
                                      questions, client_rng))
+        elif n < chat_clients + pollers:
+            tasks.append(poller_client(n, conn, shared, stats, window, window[1], args.timeout, client_rng))
         else:
             tasks.append(api_client(n, conn, shared, stats, window, window[1], args.timeout, client_rng))
     measured: dict = {}
@@ -418,8 +445,9 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
     await sampler
     for conn in conns:
         await conn.close()
-    measured.update(stats=stats, peaks=peaks, hwm_kib=sum(rss_kib(p, "VmHWM") for p, k in measured["tree"].items() if k == "server"), drained_s=drained_s,
-                    chat_clients=chat_clients)
+    hwm_kib = sum(rss_kib(p, "VmHWM") for p, k in measured["tree"].items() if k == "server")
+    measured.update(stats=stats, peaks=peaks, hwm_kib=hwm_kib, drained_s=drained_s,
+                    chat_clients=chat_clients, pollers=pollers)
     return measured
 
 
@@ -437,7 +465,8 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
     total_err = sum(stats.errors.values())
     print(f"\nMeasured window {wall:.1f} s (after {args.warmup:g} s of warm-up; requests started in it are counted, "
           f"the last ones finished {m['drained_s']:.1f} s after it); {args.clients} clients: "
-          f"{m['chat_clients']} streaming chat, {args.clients - m['chat_clients']} control plane.")
+          f"{m['chat_clients']} streaming chat, {m['pollers']} polling a job every 3-5 s, "
+          f"{args.clients - m['chat_clients'] - m['pollers']} control plane.")
     print(f"\nThroughput: {(total_ok + total_err) / wall:.1f} requests/s overall ({total_ok:,} answered as expected, "
           f"{total_err:,} errors)")
     head = f"{'route':<28}{'n':>7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
@@ -445,7 +474,7 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
     errors_by_route = Counter()
     for (route, _), count in stats.errors.items():
         errors_by_route[route] += count
-    routes = ["chat completion (stream)", *API_MIX, "cancel job"]
+    routes = ["chat completion (stream)", *API_MIX, "cancel job", POLL_ROUTE]
     for route in routes:
         lat = stats.latencies_ms.get(route, [])
         n = len(lat) + errors_by_route[route]
@@ -462,8 +491,8 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
             print(f"  {key}: {detail}")
     answers = ", ".join(f"{text!r} x{count}" for text, count in stats.answers.most_common(3))
     print(f"\nStreamed answers (most common): {answers or 'none'}; jobs created {stats.jobs_created} "
-          f"over the whole run, warm-up included (cancelled right after: {stats.jobs_cancelled}; the rest stay queued: the "
-          "server has no training slots)")
+          f"over the whole run, warm-up included (cancelled right after: {stats.jobs_cancelled}; the rest stay "
+          "queued: the server has no training slots)")
 
     spent = {kind: sum(m["cpu1"][p] - m["cpu0"][p] for p, k in m["tree"].items() if k == kind)
              for kind in ("server", "engine")}
@@ -472,10 +501,11 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
     busy = m["machine1"][0] - m["machine0"][0]
     pg_cpu = sum(cpu - m["pg0"].get(pid, 0.0) for pid, cpu in m["pg1"].items())
     other = busy - spent["server"] - spent["engine"] - cli_cpu - pg_cpu
-    print(f"\nServer ({count['server']} process{'es' if count['server'] > 1 else ''}): {spent['server']:.1f} s CPU in "
-          f"{wall:.1f} s ({100 * spent['server'] / wall:.0f}% of one core, "
+    print(f"\nServer ({count['server']} process{'es' if count['server'] > 1 else ''}): {spent['server']:.1f} s CPU "
+          f"in {wall:.1f} s ({100 * spent['server'] / wall:.0f}% of one core, "
           f"{1000 * spent['server'] / max(1, total_ok + total_err):.2f} ms a request); peak RSS "
-          f"{m['peaks'].get('server', 0) / 1024:.0f} MiB during the run (VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)")
+          f"{m['peaks'].get('server', 0) / 1024:.0f} MiB during the run "
+          f"(VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)")
     print(f"Engine ({count['engine']} process{'es' if count['engine'] != 1 else ''}): {spent['engine']:.1f} s CPU, "
           f"peak RSS {m['peaks'].get('engine', 0) / 1024:.0f} MiB; load generator: {cli_cpu:.1f} s CPU"
           + (f"; PostgreSQL backends ({len(m['pg1'])}): {pg_cpu:.1f} s CPU" if m["pg1"] else ""))
@@ -501,6 +531,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of load before measuring (default 5; quick 2)")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--chat-share", type=float, default=0.25, help="share of clients that stream chat (0.25)")
+    parser.add_argument("--poller-share", type=float, default=0.1,
+                        help="share of clients that poll a job every 3-5 s on an idle keep-alive connection (0.1)")
     parser.add_argument("--max-tokens", type=int, default=16, help="max_tokens of each chat completion (16)")
     parser.add_argument("--timeout", type=float, default=60, help="seconds a request may take before it counts "
                         "as a timeout (60)")
@@ -526,7 +558,7 @@ def main() -> None:
     print(f"  python {platform.python_version()} on {platform.machine()}, {CORES} CPU core(s) usable; "
           f"one uvicorn process on loopback, {args.database}, filesystem blobs, built-in engine")
     print(f"  code: {git_revision('service', 'inference')}")
-    print(f"  clients={args.clients} (chat share {args.chat_share:g}) duration={args.duration:g}s "
+    print(f"  clients={args.clients} (chat share {args.chat_share:g}, pollers {args.poller_share:g}) duration={args.duration:g}s "
           f"warmup={args.warmup:g}s max_tokens={args.max_tokens} timeout={args.timeout:g}s")
     print(f"  API client mix (percent): " + ", ".join(f"{k} {v}" for k, v in API_MIX.items())
           + "; every second job created is cancelled right after")

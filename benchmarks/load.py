@@ -326,6 +326,19 @@ def cpu_by_kind(tree: dict[int, str]) -> dict[int, float]:
     return {pid: cpu_seconds(pid) for pid in tree}
 
 
+def postgres_sessions(database: str | None) -> int:
+    """Sessions PostgreSQL has opened for `database` so far (connections the server's pool opened)."""
+    if not database:
+        return 0
+    import psycopg
+
+    from tests.support import PG_ADMIN_URL
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        row = conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (database,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def postgres_backends(database: str | None) -> dict[int, float]:
     """CPU seconds so far of the PostgreSQL backends serving `database` (their title names it)."""
     if not database:
@@ -432,11 +445,11 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
         tree = process_tree(server.proc.pid)
         measured.update(t0=time.perf_counter(), tree=tree, cpu0=cpu_by_kind(tree), cli0=time.process_time(),
-                        pg0=postgres_backends(pg_database),
+                        pg0=postgres_backends(pg_database), sessions0=postgres_sessions(pg_database),
                         machine0=machine_cpu_seconds())
         await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
         measured.update(t1=time.perf_counter(), cpu1=cpu_by_kind(tree), cli1=time.process_time(),
-                        pg1=postgres_backends(pg_database),
+                        pg1=postgres_backends(pg_database), sessions1=postgres_sessions(pg_database),
                         machine1=machine_cpu_seconds())
 
     await asyncio.gather(mark(), *tasks)
@@ -508,7 +521,8 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
           f"(VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)")
     print(f"Engine ({count['engine']} process{'es' if count['engine'] != 1 else ''}): {spent['engine']:.1f} s CPU, "
           f"peak RSS {m['peaks'].get('engine', 0) / 1024:.0f} MiB; load generator: {cli_cpu:.1f} s CPU"
-          + (f"; PostgreSQL backends ({len(m['pg1'])}): {pg_cpu:.1f} s CPU" if m["pg1"] else ""))
+          + (f"; PostgreSQL backends ({len(m['pg1'])} at the end): {pg_cpu:.1f} s CPU, "
+             f"{m['sessions1'] - m['sessions0']} sessions opened during the run" if m["pg1"] else ""))
     print(f"Machine: {busy:.1f} of {wall * CORES:.1f} core-seconds busy ({100 * busy / (wall * CORES):.0f}%), "
           f"{other:.1f} of them ({100 * other / (wall * CORES):.0f}% of the machine) by other processes")
     with open(log_path, "rb") as fh:  # the restarted server's lines only

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import platform
 import random
 import shutil
@@ -369,10 +368,6 @@ async def sample_rss(root: int, peaks: dict[str, int], stop: asyncio.Event) -> N
 
 # --- the run ----------------------------------------------------------------------------------------------------
 
-def start_server(data_dir: Path, env: dict[str, str], port: int | None = None) -> HoneServer:
-    return HoneServer(data_dir, env, port=port)
-
-
 def train_served_model(server: HoneServer) -> tuple[str, str, list[dict]]:
     """A project, one small job on tickets all answered with one label, auto-deployed. Returns (api key,
     tuned model name, held-out questions)."""
@@ -570,11 +565,12 @@ def main() -> None:
     started = time.perf_counter()
     print("Hone load benchmark")
     print(f"  python {platform.python_version()} on {platform.machine()}, {CORES} CPU core(s) usable; "
-          f"one uvicorn process on loopback, {args.database}, filesystem blobs, built-in engine")
+          f"the server on loopback, {args.database}, filesystem blobs, built-in engine")
     print(f"  code: {git_revision('service', 'inference')}")
-    print(f"  clients={args.clients} (chat share {args.chat_share:g}, pollers {args.poller_share:g}) duration={args.duration:g}s "
+    print(f"  clients={args.clients} (chat share {args.chat_share:g}, pollers {args.poller_share:g}) "
+          f"duration={args.duration:g}s "
           f"warmup={args.warmup:g}s max_tokens={args.max_tokens} timeout={args.timeout:g}s")
-    print(f"  API client mix (percent): " + ", ".join(f"{k} {v}" for k, v in API_MIX.items())
+    print("  API client mix (percent): " + ", ".join(f"{k} {v}" for k, v in API_MIX.items())
           + "; every second job created is cancelled right after")
     data_dir = Path(tempfile.mkdtemp(prefix="hone-load-"))
     postgres = PostgresDatabase() if args.database == "postgres" else None
@@ -585,14 +581,14 @@ def main() -> None:
         calibration = calibrate()
         print("Training the served model (one small hone-tiny job, auto-deployed) ...", flush=True)
         t = time.perf_counter()
-        server = start_server(data_dir / "data", {**env, "HONE_LOCAL_SLOTS": "1"})
+        server = HoneServer(data_dir / "data", {**env, "HONE_LOCAL_SLOTS": "1"})
         api_key, model, questions = train_served_model(server)
         port = server.port
         server.stop()
         log_offset = server.log_path.stat().st_size
         print(f"  {model} served after {time.perf_counter() - t:.0f} s; restarting the server with "
               "HONE_LOCAL_SLOTS=0 (the load's jobs queue) ...", flush=True)
-        server = start_server(data_dir / "data", {**env, "HONE_LOCAL_SLOTS": "0"}, port=port)
+        server = HoneServer(data_dir / "data", {**env, "HONE_LOCAL_SLOTS": "0"}, port=port)
         shared = prepare_shared(server, api_key, model)
         print(f"  serving again; driving {args.clients} clients for {args.warmup:g} + {args.duration:g} s ...",
               flush=True)

@@ -516,7 +516,8 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
           f"(VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)")
     print(f"Engine ({count['engine']} process{'es' if count['engine'] != 1 else ''}): {spent['engine']:.1f} s CPU, "
           f"peak RSS {m['peaks'].get('engine', 0) / 1024:.0f} MiB; load generator: {cli_cpu:.1f} s CPU"
-          + (f"; PostgreSQL backends ({len(m['pg1'])} at the end): {pg_cpu:.1f} s CPU, "
+          + (f"; PostgreSQL backends ({len(m['pg1'])} at the end): {pg_cpu:.1f} s CPU (not counting those that "
+             f"exited meanwhile), "
              f"{m['sessions1'] - m['sessions0']} sessions opened during the run" if m["pg1"] else ""))
     print(f"Machine: {busy:.1f} of {wall * CORES:.1f} core-seconds busy ({100 * busy / (wall * CORES):.0f}%), "
           f"{other:.1f} of them ({100 * other / (wall * CORES):.0f}% of the machine) by other processes")

@@ -22,7 +22,8 @@ def serve(settings: Settings | None = None) -> None:
     configure_logging(settings.server.log_level)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets requests in flight finish, then runs the lifespan exit.
     options = dict(host=settings.server.host, port=settings.server.port, log_config=None, access_log=False,
-                   timeout_graceful_shutdown=settings.server.graceful_shutdown_s)
+                   timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
+                   timeout_keep_alive=settings.server.http_keep_alive_s)
     if settings.server.workers <= 1:
         from service.app import create_app
         uvicorn.run(create_app(settings), **options)

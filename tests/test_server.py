@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import time
 
 import httpx
 
@@ -58,3 +60,35 @@ def test_readiness_fails_when_database_goes_away(tmp_path):
     finally:
         server.stop()
         db.drop()
+
+
+def _get_on(sock: socket.socket, path: str = "/healthz") -> bytes:
+    """One GET on an open keep-alive connection: the whole response (b"" if the server had closed it)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: hone\r\n\r\n".encode())
+    response = b""
+    try:
+        while b"\r\n\r\n" not in response or len(response.split(b"\r\n\r\n", 1)[1]) < int(
+                response.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]):
+            if not (data := sock.recv(65536)):
+                break
+            response += data
+    except ConnectionResetError:
+        pass
+    return response
+
+
+def test_idle_keep_alive_connections_outlive_client_expiry(tmp_path):
+    # httpx and the openai SDK reuse a connection idle up to 5 s: uvicorn's own 5 s default closed connections
+    # they were just reusing, and those requests failed (benchmarks/load.py with clients pausing ~5 s).
+    server = HoneServer(tmp_path / "srv")
+    short = HoneServer(tmp_path / "short", {"HONE_HTTP_KEEP_ALIVE_S": "1"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as kept, \
+                socket.create_connection(("127.0.0.1", short.port)) as dropped:
+            assert _get_on(kept).startswith(b"HTTP/1.1 200") and _get_on(dropped).startswith(b"HTTP/1.1 200")
+            time.sleep(6.5)
+            assert _get_on(kept).startswith(b"HTTP/1.1 200")  # the same connection, idle 6.5 s
+            assert _get_on(dropped) == b""  # the setting is what decides
+    finally:
+        server.stop()
+        short.stop()

@@ -2,7 +2,8 @@
 
 Starts `python -m service` on loopback in a temporary data dir (through tests.support.HoneServer), on
 SQLite (the default) or on a fresh PostgreSQL database at 127.0.0.1:5432 (`--database postgres`, dropped
-afterwards), with `--workers` server processes (HONE_WORKERS),
+afterwards), with `--workers` server processes (HONE_WORKERS) and no local trainer (HONE_LOCAL_SLOTS=0: the
+jobs it creates would otherwise start one, which takes a core away from the server while it is measured),
 creates a project, fills it with --jobs fine-tuning jobs through the API, then measures latency
 percentiles and throughput of the main endpoints with --concurrency closed-loop clients:
 
@@ -37,6 +38,8 @@ import os
 import platform
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -252,25 +255,27 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) and of its live descendants (HONE_WORKERS > 1 runs
-    the workers as children of the process started), from /proc."""
-    parents: dict[int, int] = {}
+def server_pids(pid: int) -> list[int]:
+    """The server process and its uvicorn workers (HONE_WORKERS > 1 spawns them as multiprocessing children)."""
+    pids = [pid]
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(fields[1])
-    tree, grown = {pid}, True
-    while grown:
-        more = {child for child, parent in parents.items() if parent in tree} - tree
-        tree |= more
-        grown = bool(more)
-    total = 0
-    for member in tree:
-        fields = _stat(member)
-        if fields is None:
-            if member == pid:
-                return float("nan")
+        if not entry.name.isdigit() or (fields := _stat(int(entry.name))) is None or int(fields[1]) != pid:
             continue
+        try:
+            if b"multiprocessing" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of processes (all their threads), from /proc."""
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is None:
+            return float("nan")
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -309,17 +314,40 @@ async def drive(clients: Clients, op: Op, total: int, concurrency: int, id_prefi
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+def start_profiler(profile_dir: Path | None, tag: str, server_pid: int) -> subprocess.Popen | None:
+    """py-spy sampling the server (and its workers) into `profile_dir/<tag>.txt`, as collapsed stacks."""
+    if profile_dir is None:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    proc = subprocess.Popen([py_spy, "record", "--pid", str(server_pid), "--subprocesses", "--nonblocking",
+                             "--rate", "200", "--format", "raw", "--output", str(profile_dir / f"{tag}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attaching takes a moment; samples before the load starts are idle and not recorded
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        proc.wait(30)
+
+
 async def measure(clients: Clients, op: Op, tag: str, total: int, concurrency: int, warmup: int,
-                  server_pid: int) -> Result:
+                  server_pid: int, profile_dir: Path | None = None) -> Result:
     if warmup:
         await drive(clients, op, warmup, min(concurrency, warmup), f"warm-{tag}", None)
     result = Result(op.label, concurrency)
-    (busy0, steal0), cpu0, srv0 = machine_cpu_seconds(), time.process_time(), cpu_seconds(server_pid)
+    profiler = start_profiler(profile_dir, tag, server_pid)
+    pids = server_pids(server_pid)
+    (busy0, steal0), cpu0, srv0 = machine_cpu_seconds(), time.process_time(), cpu_seconds(pids)
     t0 = time.perf_counter()
-    await drive(clients, op, total, concurrency, f"bench-{tag}", result)
+    try:
+        await drive(clients, op, total, concurrency, f"bench-{tag}", result)
+    finally:
+        stop_profiler(profiler)
     result.wall_s = time.perf_counter() - t0
     result.client_cpu_s = time.process_time() - cpu0
-    result.server_cpu_s = cpu_seconds(server_pid) - srv0
+    result.server_cpu_s = cpu_seconds(pids) - srv0
     busy1, steal1 = machine_cpu_seconds()
     result.other_cpu_s = max(0.0, busy1 - busy0 - result.client_cpu_s - result.server_cpu_s)
     result.steal_s = steal1 - steal0
@@ -476,6 +504,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="server processes (HONE_WORKERS, default 1)")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the server process (repeatable), e.g. HONE_LOG_LEVEL=WARNING")
+    parser.add_argument("--py-spy", type=Path, metavar="DIR",
+                        help="profile the server with py-spy while each operation is measured (32-client pass): "
+                             "collapsed stacks in DIR/<client>-<operation>.txt. Sampling costs CPU: the figures "
+                             "of a profiled run are not comparable with others")
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data dir (and server.log)")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
@@ -491,6 +523,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--jobs must be at least 2")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.py_spy is not None:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
     return args
 
 
@@ -567,7 +601,7 @@ async def bench(server: HoneServer, api_key: str, args: argparse.Namespace, run:
                         print(f"Measuring {op.label}: {total:,} requests, {table} ...", flush=True)
                         run.results[table][op.tag + suffix] = await measure(
                             clients, op, tag, total, concurrency, args.warmup if concurrency > 1 else 10,
-                            server.proc.pid)
+                            server.proc.pid, args.py_spy if concurrency > 1 else None)
             finally:
                 await clients.close()
     finally:
@@ -577,7 +611,9 @@ async def bench(server: HoneServer, api_key: str, args: argparse.Namespace, run:
 
 def run_and_report(args: argparse.Namespace, data_dir: Path, started: float) -> Path:
     """Runs the server and the measurements, prints the report; returns the server log's path."""
-    env = {"HONE_WORKERS": str(args.workers)} | args.server_env
+    # No local trainer: every job queued while filling would otherwise start one (hone-tiny trains for
+    # minutes), and it would take a core from the server in the middle of the measurements.
+    env = {"HONE_WORKERS": str(args.workers), "HONE_LOCAL_SLOTS": "0"} | args.server_env
     database = None
     if args.database == "postgres":
         database = PostgresDatabase()

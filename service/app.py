@@ -20,7 +20,7 @@ from service.deployer import EndpointDeployer
 from service.engines import engine_api_keys, open_engine_backend
 from service.executors import open_executor
 from service.gateway import Gateway
-from service.jobs import advance_validating_jobs
+from service.job_validation import advance_validating_jobs
 from service.http_metrics import HttpMetricsMiddleware
 from service.leader import LeaderLock
 from service.logs import AccessLogMiddleware

@@ -272,37 +272,6 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
     return job
 
 
-def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
-    """Moves jobs whose files are still there from validating_files to queued, and fails the others.
-
-    One transaction per batch; SKIP LOCKED lets several replicas share the backlog."""
-    done = 0
-    while True:
-        with ctx.db.read() as session:  # an idle poll must not take SQLite's write lock
-            if not session.execute(select(exists().where(Job.status == JobStatus.VALIDATING_FILES.value))).scalar():
-                return done
-        with ctx.db.write() as session:
-            pending = session.execute(select(Job).where(Job.status == JobStatus.VALIDATING_FILES.value)
-                                      .order_by(Job.seq).limit(batch).with_for_update(skip_locked=True)).scalars().all()
-            file_ids = {fid for job in pending for fid in (job.training_file, job.validation_file) if fid}
-            present = set(session.execute(select(File.id).where(File.id.in_(file_ids))).scalars()) if file_ids else set()
-            for job in pending:
-                missing = [(param, fid) for param, fid in (("training_file", job.training_file),
-                                                           ("validation_file", job.validation_file))
-                           if fid and fid not in present]
-                if missing:
-                    param, fid = missing[0]
-                    error = {"code": f"invalid_{param}", "param": param,
-                             "message": f"The job failed due to an invalid {param.replace('_', ' ')}: {fid} was deleted."}
-                    transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error,
-                               finished_at=int(time.time()))
-                else:
-                    transition(session, job, JobStatus.QUEUED, "Files validated, moving job to queued state")
-        done += len(pending)
-        if len(pending) < batch:
-            return done
-
-
 # --- reads ------------------------------------------------------------------------
 
 def _get_job(session: Session, principal: ProjectPrincipal, job_id: str, *, for_update: bool = False) -> Job:

@@ -57,7 +57,16 @@ def _hyperparameters(method: Any) -> dict:
     return {k: hp.get(k, "auto") for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
 
 
-def job_api(job: Job, organization_id: str) -> dict:
+# What job_api reads: lists and retrieves select just these as plain rows. Loading whole ORM objects (every
+# column, identity map, instance state) was a fifth of a list's server CPU (py-spy, 32 clients, 10k jobs).
+JOB_API_COLUMNS = (Job.id, Job.created_at, Job.error, Job.finished_at, Job.fine_tuned_model, Job.method, Job.model,
+                   Job.result_files, Job.status, Job.trained_tokens, Job.training_file, Job.validation_file,
+                   Job.seed, Job.estimated_finish, Job.integrations, Job.metadata_, Job.suffix, Job.priority,
+                   Job.auto_deploy)
+
+
+def job_api(job: Any, organization_id: str) -> dict:
+    """The API shape of a Job, or of a row of JOB_API_COLUMNS."""
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at,
         "error": job.error if isinstance(job.error, dict) else None,
@@ -285,19 +294,23 @@ def _get_job(session: Session, principal: ProjectPrincipal, job_id: str, *, for_
 
 def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
     with ctx.db.read() as session:
-        return job_api(_get_job(session, principal, job_id), ctx.settings.organization_id)
+        row = session.execute(select(*JOB_API_COLUMNS)
+                              .where(Job.id == job_id, Job.project_id == principal.project_id)).first()
+    if row is None:
+        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="not_found")
+    return job_api(row, ctx.settings.organization_id)
 
 
 def list_jobs(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
               metadata: dict[str, str] | None, without_metadata: bool = False) -> dict:
     with ctx.db.read() as session:
-        stmt = select(Job).where(Job.project_id == principal.project_id)
+        stmt = select(*JOB_API_COLUMNS).where(Job.project_id == principal.project_id)
         for key, value in (metadata or {}).items():
             stmt = stmt.where(exists().where(JobMetadata.job_seq == Job.seq, JobMetadata.key == key,
                                              JobMetadata.value == value))
         if without_metadata:
             stmt = stmt.where(~exists().where(JobMetadata.job_seq == Job.seq))
-        rows, has_more = paginate(session, stmt, Job, after=after, limit=limit)
+        rows, has_more = paginate(session, stmt, Job, after=after, limit=limit, as_rows=True)
         org = ctx.settings.organization_id
         return list_envelope([job_api(j, org) for j in rows], has_more)
 

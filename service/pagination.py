@@ -18,8 +18,9 @@ def check_limit(limit: int, maximum: int) -> int:
 
 
 def paginate(session: Session, stmt: Select, table: Any, *, after: str | None, limit: int,
-             newest_first: bool = True) -> tuple[Sequence[Any], bool]:
-    """Runs `stmt` (already scoped to the caller) one page at a time; returns (rows, has_more)."""
+             newest_first: bool = True, as_rows: bool = False) -> tuple[Sequence[Any], bool]:
+    """Runs `stmt` (already scoped to the caller) one page at a time; returns (rows, has_more): the objects
+    `stmt` selects, or with `as_rows` the rows of the columns it selects."""
     if after:
         cursor = session.execute(stmt.with_only_columns(table.seq).where(table.id == after)).scalar()
         if cursor is None:
@@ -27,7 +28,8 @@ def paginate(session: Session, stmt: Select, table: Any, *, after: str | None, l
                                  param="after", code="invalid_cursor")
         stmt = stmt.where(table.seq < cursor if newest_first else table.seq > cursor)
     stmt = stmt.order_by(table.seq.desc() if newest_first else table.seq.asc()).limit(limit + 1)
-    rows = session.execute(stmt).scalars().all()
+    result = session.execute(stmt)
+    rows = result.all() if as_rows else result.scalars().all()
     return rows[:limit], len(rows) > limit
 
 

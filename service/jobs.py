@@ -266,7 +266,8 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
                   vertex_spec=vertex_spec, parent_model=parent.name if parent else None,
                   parent_prefix=parent.prefix if parent else None)
         session.add(job)
-        session.flush()
+        if body.metadata:
+            session.flush()  # its rows need job.seq; otherwise the commit inserts the job and its events in one flush
         for key, value in (body.metadata or {}).items():
             session.add(JobMetadata(job_seq=job.seq, key=key, value=value))
         add_event(session, job.id, f"Created fine-tuning job: {job.id}")

@@ -9,6 +9,7 @@ from service.db.tables import File, Job, JobEvent, Project
 from service.job_validation import VALIDATED_MESSAGE, advance_validating_jobs
 from service.metrics import JOB_TRANSITIONS
 from service.settings import Settings
+from tests.support import PostgresDatabase
 
 
 def _file(file_id: str) -> File:
@@ -28,13 +29,13 @@ def _count(source: str, target: str) -> float:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def ctx(request, tmp_path):
-    url = request.getfixturevalue("postgres").url if request.param == "postgres" else None
-    context = AppContext.build(Settings(data_dir=tmp_path, admin_api_key="adm", database_url=url))
-    with context.db.write() as session:  # PostgreSQL's database is shared by the session: start from nothing
-        for table in (JobEvent, Job, File, Project):
-            session.query(table).delete()
+    database = PostgresDatabase() if request.param == "postgres" else None  # its own: others share "postgres"
+    context = AppContext.build(Settings(data_dir=tmp_path, admin_api_key="adm",
+                                        database_url=database.url if database else None))
     yield context
     context.db.dispose()
+    if database:
+        database.drop()
 
 
 def test_validation_queues_in_batches_and_fails_jobs_whose_file_is_gone(ctx):

@@ -315,11 +315,13 @@ async def drive(clients: Clients, op: Op, total: int, concurrency: int, id_prefi
 
 
 def start_profiler(profile_dir: Path | None, tag: str, server_pid: int) -> subprocess.Popen | None:
-    """py-spy sampling the server (and its workers) into `profile_dir/<tag>.txt`, as collapsed stacks."""
+    """py-spy sampling the server (and its workers) into `profile_dir/<tag>.txt`, as collapsed stacks. Only the
+    thread holding the GIL is sampled: with 40 worker threads, the others mostly wait for it inside C calls
+    (sqlite3, locks), which would read as if those calls cost the time."""
     if profile_dir is None:
         return None
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    proc = subprocess.Popen([py_spy, "record", "--pid", str(server_pid), "--subprocesses", "--nonblocking",
+    proc = subprocess.Popen([py_spy, "record", "--pid", str(server_pid), "--subprocesses", "--nonblocking", "--gil",
                              "--rate", "200", "--format", "raw", "--output", str(profile_dir / f"{tag}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attaching takes a moment; samples before the load starts are idle and not recorded

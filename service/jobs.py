@@ -300,7 +300,7 @@ def _get_job(session: Session, principal: ProjectPrincipal, job_id: str, *, for_
 
 
 def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
-    with ctx.db.read() as session:
+    with ctx.db.read_statement() as session:
         row = session.execute(_JOB_OF_PROJECT, {"job_id": job_id, "project_id": principal.project_id}).first()
     if row is None:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="not_found")
@@ -309,7 +309,7 @@ def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
 
 def list_jobs(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
               metadata: dict[str, str] | None, without_metadata: bool = False) -> dict:
-    with ctx.db.read() as session:
+    with ctx.db.read_statement() as session:
         if not metadata and not without_metadata:
             rows, has_more = _JOBS_OF_PROJECT.page(session, {"project_id": principal.project_id}, after=after,
                                                    limit=limit)

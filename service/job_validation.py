@@ -30,7 +30,8 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
     done = 0
     validating = JobStatus.VALIDATING_FILES
     while True:
-        with ctx.db.read() as session:  # an idle poll must not take SQLite's write lock
+        # An idle poll must not take SQLite's write lock; one statement, so no transaction on PostgreSQL either.
+        with ctx.db.read_statement() as session:
             if not session.execute(select(exists().where(Job.status == validating.value))).scalar():
                 return done
         with ctx.db.write() as session:

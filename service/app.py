@@ -20,7 +20,7 @@ from service.deploy.deployer import EndpointDeployer
 from service.engines import engine_api_keys, open_engine_backend
 from service.executors import open_executor
 from service.gateway import Gateway
-from service.jobs import advance_validating_jobs
+from service.job_validation import advance_validating_jobs
 from service.http_metrics import HttpMetricsMiddleware
 from service.leader import LeaderLock
 from service.logs import AccessLogMiddleware
@@ -111,8 +111,12 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     app = FastAPI(title="Hone", version=__version__, lifespan=lifespan,
                   description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.")
     install_error_handlers(app)
-    for router in (health.router, observability.router, admin.router, dataset_grants.router, base_models.router,
-                   files.router, fine_tuning.router, models.router, endpoints.router, vertex.router, internal.router):
+    # Routes are matched in order, twice a request (FastAPI's matches, then its handle): the busiest routers first.
+    # No two routers' paths overlap, so the order decides nothing else (the OpenAPI document sorts its keys).
+    # Jobs and files after admin and the rest cost list jobs ~10% of its CPU in matching (py-spy).
+    for router in (health.router, fine_tuning.router, files.router, observability.router, admin.router,
+                   dataset_grants.router, base_models.router, models.router, endpoints.router, vertex.router,
+                   internal.router):
         app.include_router(router)
     app.router.routes[:0] = gateway.routes  # first: the hot path should not try every other route before it
     app.add_middleware(HttpMetricsMiddleware)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sqlalchemy import Select
+from sqlalchemy import Select, bindparam
 from sqlalchemy.orm import Session
 
-from service.errors import ErrorCode, InvalidRequest
+from service.errors import ErrorCode, InvalidRequest, excerpt
 
 
 def check_limit(limit: int, maximum: int) -> int:
@@ -17,18 +17,47 @@ def check_limit(limit: int, maximum: int) -> int:
     return limit
 
 
+def _cursor_seq(session: Session, stmt: Select, params: dict[str, Any] | None, after: str) -> int:
+    cursor = session.execute(stmt, params).scalar()
+    if cursor is None:
+        raise InvalidRequest(f"Invalid 'after': no object with id '{excerpt(after)}' in this list.",
+                             param="after", code=ErrorCode.INVALID_CURSOR)
+    return cursor
+
+
 def paginate(session: Session, stmt: Select, table: Any, *, after: str | None, limit: int,
-             newest_first: bool = True) -> tuple[Sequence[Any], bool]:
-    """Runs `stmt` (already scoped to the caller) one page at a time; returns (rows, has_more)."""
+             newest_first: bool = True, as_rows: bool = False) -> tuple[Sequence[Any], bool]:
+    """Runs `stmt` (already scoped to the caller) one page at a time; returns (rows, has_more): the objects
+    `stmt` selects, or with `as_rows` the rows of the columns it selects."""
     if after:
-        cursor = session.execute(stmt.with_only_columns(table.seq).where(table.id == after)).scalar()
-        if cursor is None:
-            raise InvalidRequest(f"Invalid 'after': no object with id '{after}' in this list.",
-                                 param="after", code=ErrorCode.INVALID_CURSOR)
+        cursor = _cursor_seq(session, stmt.with_only_columns(table.seq).where(table.id == after), None, after)
         stmt = stmt.where(table.seq < cursor if newest_first else table.seq > cursor)
     stmt = stmt.order_by(table.seq.desc() if newest_first else table.seq.asc()).limit(limit + 1)
-    rows = session.execute(stmt).scalars().all()
+    result = session.execute(stmt)
+    rows = result.all() if as_rows else result.scalars().all()
     return rows[:limit], len(rows) > limit
+
+
+class FixedPages:
+    """`paginate` over a statement built once, scoped by bind parameters (`params` of `page`). SQLAlchemy walks a
+    statement to compute its cache key at every execution unless it is the same object; for a list of 19
+    columns built per request that walk was ~12% of the request's CPU (py-spy, list jobs on PostgreSQL)."""
+
+    def __init__(self, stmt: Select, table: Any, *, newest_first: bool = True):
+        order = table.seq.desc() if newest_first else table.seq.asc()
+        seq_after = table.seq < bindparam("cursor") if newest_first else table.seq > bindparam("cursor")
+        self._cursor = stmt.with_only_columns(table.seq).where(table.id == bindparam("after"))
+        self._first = stmt.order_by(order).limit(bindparam("limit"))
+        self._after = stmt.where(seq_after).order_by(order).limit(bindparam("limit"))
+
+    def page(self, session: Session, params: dict[str, Any], *, after: str | None, limit: int) -> tuple[Sequence[Any], bool]:
+        """(rows, has_more): the rows of the columns the statement selects."""
+        if after:
+            cursor = _cursor_seq(session, self._cursor, {**params, "after": after}, after)
+            rows = session.execute(self._after, {**params, "cursor": cursor, "limit": limit + 1}).all()
+        else:
+            rows = session.execute(self._first, {**params, "limit": limit + 1}).all()
+        return rows[:limit], len(rows) > limit
 
 
 def list_envelope(data: list[dict], has_more: bool, *, with_ids: bool = False, empty_id: str | None = None) -> dict:

@@ -5,6 +5,8 @@ import logging
 from fastapi import APIRouter, Depends, Request
 
 from service import endpoints
+from service import api_models as m
+from service.api.contract import PROJECT, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
@@ -14,10 +16,10 @@ from service.schemas import CreateEndpoint
 
 log = logging.getLogger("hone.api")
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoints"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoints"], responses=openai_errors(*PROJECT))
 
 
-@router.post("")
+@router.post("", response_model=m.EndpointObject)
 def create_endpoint(body: CreateEndpoint, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx)):
     endpoint = endpoints.create_endpoint(ctx, principal, body.model, request.app.state.usage.pending,
@@ -28,20 +30,20 @@ def create_endpoint(body: CreateEndpoint, request: Request, principal: ProjectPr
     return endpoint
 
 
-@router.get("")
+@router.get("", response_model=m.EndpointList)
 def list_endpoints(request: Request, after: str | None = None, limit: int = 20, model: str | None = None,
                    principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return endpoints.list_endpoints(ctx, principal, after=after, limit=check_limit(limit, 100), model=model,
                                     pending_usage=request.app.state.usage.pending)
 
 
-@router.get("/{endpoint_id}")
+@router.get("/{endpoint_id}", response_model=m.EndpointObject)
 def retrieve_endpoint(endpoint_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                       ctx: AppContext = Depends(get_ctx)):
     return endpoints.get_endpoint(ctx, principal, endpoint_id, request.app.state.usage.pending)
 
 
-@router.delete("/{endpoint_id}")
+@router.delete("/{endpoint_id}", response_model=m.EndpointDeleted)
 def delete_endpoint(endpoint_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx)):
     deleted = endpoints.delete_endpoint(ctx, principal, endpoint_id)

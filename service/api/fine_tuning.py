@@ -6,6 +6,8 @@ import re
 from fastapi import APIRouter, Depends, Request
 
 from service import idempotency, jobs
+from service import api_models as m
+from service.api.contract import PROJECT, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
@@ -13,14 +15,15 @@ from service.context import AppContext
 from service.pagination import check_limit
 from service.schemas import CreateFineTuningJob
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"],
+                   responses=openai_errors(*PROJECT))
 
 log = logging.getLogger("hone.api")
 
 _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 
 
-@router.post("")
+@router.post("", response_model=m.FineTuningJob)
 def create_job(body: CreateFineTuningJob, request: Request,
                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     key = idempotency.check_key(request.headers.get("idempotency-key"))
@@ -30,7 +33,7 @@ def create_job(body: CreateFineTuningJob, request: Request,
     return job
 
 
-@router.get("")
+@router.get("", response_model=m.FineTuningJobList)
 def list_jobs(request: Request, after: str | None = None, limit: int = 20,
               principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     # `metadata[key]=value` pairs, as the openai SDK sends them; `metadata=null` means "without metadata".
@@ -39,13 +42,13 @@ def list_jobs(request: Request, after: str | None = None, limit: int = 20,
                           without_metadata=request.query_params.get("metadata") == "null")
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=m.FineTuningJob)
 def retrieve_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
     return jobs.get_job(ctx, principal, job_id)
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=m.FineTuningJob)
 def cancel_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "cancel")
@@ -54,7 +57,7 @@ def cancel_job(job_id: str, request: Request, principal: ProjectPrincipal = Depe
     return job
 
 
-@router.post("/{job_id}/pause")
+@router.post("/{job_id}/pause", response_model=m.FineTuningJob)
 def pause_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
               ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "pause")
@@ -63,7 +66,7 @@ def pause_job(job_id: str, request: Request, principal: ProjectPrincipal = Depen
     return job
 
 
-@router.post("/{job_id}/resume")
+@router.post("/{job_id}/resume", response_model=m.FineTuningJob)
 def resume_job(job_id: str, request: Request, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "resume")
@@ -72,13 +75,13 @@ def resume_job(job_id: str, request: Request, principal: ProjectPrincipal = Depe
     return job
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", response_model=m.JobEventList)
 def list_events(job_id: str, after: str | None = None, limit: int = 20,
                 principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return jobs.list_events(ctx, principal, job_id, after=after, limit=check_limit(limit, 1000))
 
 
-@router.get("/{job_id}/checkpoints")
+@router.get("/{job_id}/checkpoints", response_model=m.JobCheckpointList)
 def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10,
                      principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return jobs.list_checkpoints(ctx, principal, job_id, after=after, limit=check_limit(limit, 100))

@@ -10,7 +10,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from service.logs import scope_fields
 
@@ -65,8 +67,9 @@ class BadGateway(ApiError):
     error_type = "server_error"
 
 
-# Routes under these paths are Vertex's shape, whose clients (google-genai) read `error.status` and `.message`.
-_GOOGLE_PATHS = re.compile(r"^/v1(beta1)?/projects/")
+# Routes under these paths are Vertex's shape, whose clients (google-genai) read `error.status` and `.message`; any
+# API version, so that a Vertex-shaped URL of an unknown version is answered (404) in the envelope its route declares.
+_GOOGLE_PATHS = re.compile(r"^/[^/]+/projects/")
 _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                   405: "UNIMPLEMENTED", 409: "ABORTED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
                   500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
@@ -132,6 +135,15 @@ def param_from_loc(loc: tuple) -> str | None:
     return out
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: Starlette's 405 names only the methods of the first route whose
+    path matched, and GET and DELETE of one URL are separate routes."""
+    path = request.scope.get("path", request.url.path)
+    methods = {method for route in request.app.router.routes if isinstance(route, Route) and route.methods
+               and route.path_regex.match(path) for method in route.methods}
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -177,9 +189,24 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
             code = "method_not_allowed"
+            return _error(request, 405, message, code=code, headers={"Allow": _allowed_methods(request)})
         else:
             message, code = str(exc.detail), None
         return _error(request, exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError):
+        # PostgreSQL refuses what SQLite takes: a NUL character in any string compared or stored (a path id, a
+        # query, a name), a string longer than its column. The request is at fault, not the server.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else ""
+        log.warning("request data refused by the database", extra={"path": request.url.path, "reason": reason[:200]})
+        if "NUL" in reason:
+            message = "Invalid value in the request: text must not contain NUL (\\u0000) characters."
+        elif "too long" in reason:
+            message = "Invalid value in the request: a value is longer than allowed."
+        else:
+            message = "Invalid value in the request."
+        return _error(request, 400, message, code="invalid_value")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -2,12 +2,12 @@
 
 import logging
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import projects
 from service import api_models as m
-from service.api.contract import ADMIN, openai_errors
+from service.api.contract import ADMIN, limit_query, openai_errors
 from service.api.deps import admin_principal, get_ctx
 from service.api.routing import JSONRoute
 from service.context import AppContext
@@ -36,7 +36,7 @@ def create_project(body: CreateProject, ctx: AppContext = Depends(get_ctx)):
 
 
 @router.get("", response_model=m.ProjectList)
-def list_projects(after: str | None = None, limit: int = 20, include_archived: bool = False,
+def list_projects(after: str | None = None, limit: int = limit_query(20, 100), include_archived: bool = False,
                   ctx: AppContext = Depends(get_ctx)):
     return projects.list_projects(ctx, after=after, limit=check_limit(limit, 100), include_archived=include_archived)
 
@@ -61,7 +61,7 @@ def create_service_account(project_id: str, body: CreateServiceAccount, ctx: App
 
 
 @router.get("/{project_id}/service_accounts", response_model=m.ServiceAccountList)
-def list_service_accounts(project_id: str, after: str | None = None, limit: int = Query(20),
+def list_service_accounts(project_id: str, after: str | None = None, limit: int = limit_query(20, 100),
                           ctx: AppContext = Depends(get_ctx)):
     return projects.list_service_accounts(ctx, project_id, after=after, limit=check_limit(limit, 100))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -92,11 +92,59 @@ def _drop_422(document: dict) -> None:
         schemas.pop(name, None)
 
 
+# What a create answers -> the operations that take its id: OpenAPI links, so that a client generator (or a
+# stateful test) knows that POST /v1/files' `id` is GET /v1/files/{file_id}'s `file_id`.
+_JOB = "/v1/fine_tuning/jobs/{job_id}"
+_ACCOUNT = "/v1/organization/projects/{project_id}/service_accounts"
+LINKS = {
+    ("post", "/v1/files"): ("file_id", [("get", "/v1/files/{file_id}"), ("get", "/v1/files/{file_id}/content"),
+                                        ("delete", "/v1/files/{file_id}")]),
+    ("post", "/v1/fine_tuning/jobs"): ("job_id", [("get", _JOB), ("post", _JOB + "/cancel"), ("post", _JOB + "/pause"),
+                                                  ("post", _JOB + "/resume"), ("get", _JOB + "/events"),
+                                                  ("get", _JOB + "/checkpoints")]),
+    ("post", "/v1/endpoints"): ("endpoint_id", [("get", "/v1/endpoints/{endpoint_id}"),
+                                                ("delete", "/v1/endpoints/{endpoint_id}")]),
+    ("post", "/v1/organization/projects"): ("project_id", [
+        ("get", "/v1/organization/projects/{project_id}"), ("delete", "/v1/organization/projects/{project_id}"),
+        ("get", _ACCOUNT), ("post", _ACCOUNT)]),
+    ("post", _ACCOUNT): ("account_id", [("get", _ACCOUNT + "/{account_id}"), ("delete", _ACCOUNT + "/{account_id}")]),
+    ("post", "/v1/organization/projects/{project_id}/dataset_grants"): ("grant_id", [
+        ("delete", "/v1/organization/projects/{project_id}/dataset_grants/{grant_id}")]),
+}
+
+
+def _add_links(document: dict) -> None:
+    paths = document["paths"]
+    for (method, path), (id_param, targets) in LINKS.items():
+        links = {}
+        for target_method, target_path in targets:
+            target = paths[target_path][target_method]
+            names = [p["name"] for p in target.get("parameters", []) if p["in"] == "path"]
+            # The new object's id from the answer; the parent's ids (project_id) from the request's own path.
+            parameters = {name: "$response.body#/id" if name == id_param else f"$request.path.{name}"
+                          for name in names}
+            links[target["operationId"]] = {"operationId": target["operationId"], "parameters": parameters}
+        paths[path][method]["responses"]["200"]["links"] = links
+
+
 def build_openapi(app: FastAPI) -> dict:
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, description=app.description,
                                routes=app.routes)
         _drop_422(document)
         _add_gateway(document)
+        _add_links(document)
         app.openapi_schema = document
     return app.openapi_schema
+
+
+def limit_query(default: int, maximum: int) -> Any:
+    """A page size parameter: its bounds are in the document, while service.pagination.check_limit checks them
+    (with OpenAI's message) instead of FastAPI's validation."""
+    return Query(default, json_schema_extra={"minimum": 1, "maximum": maximum},
+                 description=f"Items per page, 1 to {maximum}.")
+
+
+def enum_query(default: str | None, values: tuple[str, ...]) -> Any:
+    """A string parameter whose allowed values are documented; the domain checks them with its own message."""
+    return Query(default, json_schema_extra={"enum": list(values)})

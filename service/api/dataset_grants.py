@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service import dataset_grants
 from service import api_models as m
-from service.api.contract import ADMIN, openai_errors
+from service.api.contract import ADMIN, limit_query, openai_errors
 from service.api.deps import admin_principal, get_ctx
 from service.api.routing import JSONRoute
 from service.context import AppContext
@@ -36,7 +36,7 @@ def create_dataset_grant(project_id: str, body: CreateDatasetGrant, ctx: AppCont
 
 
 @router.get("", response_model=m.DatasetGrantList)
-def list_dataset_grants(project_id: str, after: str | None = None, limit: int = 20,
+def list_dataset_grants(project_id: str, after: str | None = None, limit: int = limit_query(20, 100),
                         ctx: AppContext = Depends(get_ctx)):
     return dataset_grants.list_grants(ctx, project_id, after=after, limit=check_limit(limit, 100))
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from service import endpoints
 from service import api_models as m
-from service.api.contract import PROJECT, openai_errors
+from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
@@ -31,7 +31,7 @@ def create_endpoint(body: CreateEndpoint, request: Request, principal: ProjectPr
 
 
 @router.get("", response_model=m.EndpointList)
-def list_endpoints(request: Request, after: str | None = None, limit: int = 20, model: str | None = None,
+def list_endpoints(request: Request, after: str | None = None, limit: int = limit_query(20, 100), model: str | None = None,
                    principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return endpoints.list_endpoints(ctx, principal, after=after, limit=check_limit(limit, 100), model=model,
                                     pending_usage=request.app.state.usage.pending)

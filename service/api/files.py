@@ -8,7 +8,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from service import files
 from service import api_models as m
-from service.api.contract import PROJECT, openai_errors
+from service.api.contract import PROJECT, enum_query, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
@@ -42,7 +42,8 @@ async def create_file(request: Request, principal: ProjectPrincipal = Depends(pr
 
 
 @router.get("", response_model=m.FileList)
-def list_files(purpose: str | None = None, order: str = "desc", after: str | None = None, limit: int = 10000,
+def list_files(purpose: str | None = None, order: str = enum_query("desc", ("asc", "desc")), after: str | None = None,
+               limit: int = limit_query(10000, 10000),
                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return files.list_files(ctx, principal, purpose=purpose, order=order, after=after,
                             limit=check_limit(limit, 10000))

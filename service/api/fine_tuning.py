@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 
 from service import idempotency, jobs
 from service import api_models as m
-from service.api.contract import PROJECT, openai_errors
+from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
@@ -34,7 +34,7 @@ def create_job(body: CreateFineTuningJob, request: Request,
 
 
 @router.get("", response_model=m.FineTuningJobList)
-def list_jobs(request: Request, after: str | None = None, limit: int = 20,
+def list_jobs(request: Request, after: str | None = None, limit: int = limit_query(20, 100),
               principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     # `metadata[key]=value` pairs, as the openai SDK sends them; `metadata=null` means "without metadata".
     metadata = {m.group(1): v for k, v in request.query_params.multi_items() if (m := _METADATA_KEY.match(k))}
@@ -76,12 +76,12 @@ def resume_job(job_id: str, request: Request, principal: ProjectPrincipal = Depe
 
 
 @router.get("/{job_id}/events", response_model=m.JobEventList)
-def list_events(job_id: str, after: str | None = None, limit: int = 20,
+def list_events(job_id: str, after: str | None = None, limit: int = limit_query(20, 1000),
                 principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return jobs.list_events(ctx, principal, job_id, after=after, limit=check_limit(limit, 1000))
 
 
 @router.get("/{job_id}/checkpoints", response_model=m.JobCheckpointList)
-def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10,
+def list_checkpoints(job_id: str, after: str | None = None, limit: int = limit_query(10, 100),
                      principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return jobs.list_checkpoints(ctx, principal, job_id, after=after, limit=check_limit(limit, 100))

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import compile_path
 
 from service.logs import scope_fields
 
@@ -135,13 +137,18 @@ def param_from_loc(loc: tuple) -> str | None:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _path_regex(template: str) -> re.Pattern:
+    return compile_path(template)[0]
+
+
 def _allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path: Starlette's 405 names only the methods of the first route whose
-    path matched, and GET and DELETE of one URL are separate routes."""
+    """The methods of the URL's resource: every route with the template of the first route whose path matches (the
+    one Starlette's 405 names, alone: GET and DELETE of one URL are separate routes)."""
     path = request.scope.get("path", request.url.path)
-    methods = {method for route in request.app.router.routes if isinstance(route, Route) and route.methods
-               and route.path_regex.match(path) for method in route.methods}
-    return ", ".join(sorted(methods))
+    routes = [(r.path, r.methods) for r in iter_route_contexts(request.app.router.routes) if r.path and r.methods]
+    template = next((t for t, _ in routes if _path_regex(t).match(path)), None)
+    return ", ".join(sorted({m for t, methods in routes if t == template for m in methods}))
 
 
 def install_error_handlers(app: FastAPI) -> None:

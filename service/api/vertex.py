@@ -83,11 +83,6 @@ def list_tuning_jobs(pageSize: int = 0, pageToken: str | None = None, filter: st
     return tuning_jobs.list_tuning_jobs(ctx, scope, page_size=pageSize, page_token=pageToken, filter_text=filter)
 
 
-@router.get("/tuningJobs/{job_id}", response_model=m.TuningJob)
-def get_tuning_job(job_id: str, scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
-    return tuning_jobs.get_tuning_job(ctx, scope, job_id)
-
-
 @router.post("/tuningJobs/{job_id}:cancel", response_model=m.Empty)
 def cancel_tuning_job(job_id: str, request: Request, scope: VertexScope = Depends(vertex_scope),
                       ctx: AppContext = Depends(get_ctx)):
@@ -97,9 +92,10 @@ def cancel_tuning_job(job_id: str, request: Request, scope: VertexScope = Depend
     return cancelled
 
 
-@router.get("/endpoints/{endpoint_id}", response_model=m.VertexEndpoint)
-def get_endpoint(endpoint_id: str, scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
-    return endpoints.get_endpoint(ctx, scope, endpoint_id)
+# After the `:verb` routes, so that a 405 there names their methods (a {job_id} also matches "j:cancel").
+@router.get("/tuningJobs/{job_id}", response_model=m.TuningJob)
+def get_tuning_job(job_id: str, scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
+    return tuning_jobs.get_tuning_job(ctx, scope, job_id)
 
 
 @router.post("/endpoints/{endpoint_id}:generateContent", response_model=m.GenerateContentResponse,
@@ -124,3 +120,8 @@ async def count_tokens(endpoint_id: str, body: CountTokensRequest, request: Requ
                        scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
     return await endpoints.count_tokens(ctx, request.app.state.gateway, scope, endpoint_id, body,
                                         getattr(request.state, "request_id", None))
+
+
+@router.get("/endpoints/{endpoint_id}", response_model=m.VertexEndpoint)
+def get_endpoint(endpoint_id: str, scope: VertexScope = Depends(vertex_scope), ctx: AppContext = Depends(get_ctx)):
+    return endpoints.get_endpoint(ctx, scope, endpoint_id)

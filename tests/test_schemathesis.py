@@ -89,7 +89,7 @@ def _config(authorization: str, project_id: str = "") -> schemathesis.Config:
         "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none", "mode": "all",
                        "no-shrink": True},  # a failure is reported as found: shrinking one took minutes
         "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},
-                   "stateful": {"enabled": True, "max-steps": 8, "generation": {"max-examples": 12}}},
+                   "stateful": {"enabled": True, "max-steps": 8, "generation": {"max-examples": 25}}},
         "checks": {
             "enabled": True,
             # A schema-valid request can still be refused for what it names, in the envelope, as OpenAI does: an
@@ -291,3 +291,13 @@ def test_response_models_cost_nothing_per_request(app, monkeypatch):
     with _client(control) as client:
         assert client.get("http://testserver/x").json() == {"a": 1}
     assert calls == [1]
+
+
+def test_vertex_job_states_are_the_documented_ones():
+    """The TuningJob model spells JobState out; it must stay the table service.vertex.states numbers."""
+    from typing import get_args
+
+    from service.vertex.api_models import JobState
+    from service.vertex.states import JOB_STATE_NUMBERS
+
+    assert set(get_args(JobState)) == set(JOB_STATE_NUMBERS)

@@ -12,8 +12,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service.api_models import ErrorEnvelope
-from service.gateway_models import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, \
-    CompletionRequest
+from service.gateway_models import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+)
 from service.vertex.api_models import GoogleErrorEnvelope
 
 _WHY = {400: "Invalid request: a malformed body or parameter, or something not allowed (the envelope names the "
@@ -69,7 +74,8 @@ def sse_events(ref: str) -> dict:
 
 
 def _add_gateway(document: dict) -> None:
-    models = [ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, CompletionRequest, Completion]
+    models: list[type[BaseModel]] = [ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, CompletionRequest,
+                                     Completion]
     _, defs = models_json_schema([(m, "validation" if m.__name__.endswith("Request") else "serialization")
                                   for m in models], ref_template="#/components/schemas/{model}")
     schemas = document.setdefault("components", {}).setdefault("schemas", {})

@@ -5,8 +5,8 @@ import logging
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from service import dataset_grants
 from service import api_models as m
+from service import dataset_grants
 from service.api.contract import ADMIN, limit_query, openai_errors
 from service.api.deps import admin_principal, get_ctx
 from service.api.routing import JSONRoute

@@ -4,8 +4,8 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 
-from service import endpoints
 from service import api_models as m
+from service import endpoints
 from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute

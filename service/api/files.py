@@ -6,8 +6,8 @@ import logging
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from service import files
 from service import api_models as m
+from service import files
 from service.api.contract import PROJECT, enum_query, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute

@@ -5,8 +5,8 @@ import re
 
 from fastapi import APIRouter, Depends, Request
 
-from service import idempotency, jobs
 from service import api_models as m
+from service import idempotency, jobs
 from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute

@@ -15,9 +15,9 @@ from service.api.deps import get_ctx
 from service.api.routing import JSONRoute
 from service.auth import authenticate_project, cached_principal
 from service.context import AppContext
+from service.vertex import api_models as m
 from service.vertex import endpoints, tuning_jobs
 from service.vertex.resources import VertexScope, scope_for
-from service.vertex import api_models as m
 from service.vertex.schemas import CountTokensRequest, CreateTuningJob, GenerateContentRequest
 
 log = logging.getLogger("hone.api")

@@ -8,9 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api_models import Exact, absent_or
-from service.vertex.states import JOB_STATE_NUMBERS
 
-JobState = Literal[tuple(JOB_STATE_NUMBERS)]  # type: ignore[valid-type]
+JobState = Literal["JOB_STATE_UNSPECIFIED", "JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING",
+                   "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED",
+                   "JOB_STATE_PAUSED", "JOB_STATE_EXPIRED", "JOB_STATE_UPDATING", "JOB_STATE_PARTIALLY_SUCCEEDED"]
 Int64 = str  # proto3 JSON writes int64 as a string
 
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service import __version__, metrics
 from service.api import admin, base_models, endpoints, files, fine_tuning, gateway, health, internal, models
 from service.api import dataset_grants, observability, vertex
+from service.api.contract import build_openapi
 from service.context import AppContext
 from service.errors import install_error_handlers
 from service.files import expire_files
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
 
     app = FastAPI(title="Hone", version=__version__, lifespan=lifespan,
                   description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.")
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     # Routes are matched in order, twice a request (FastAPI's matches, then its handle): the busiest routers first.
     # No two routers' paths overlap, so the order decides nothing else (the OpenAPI document sorts its keys).

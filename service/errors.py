@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from enum import StrEnum
@@ -11,9 +12,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from fastapi.routing import iter_route_contexts
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from service.logs import scope_fields
 from service.storage import StorageUnavailable
@@ -178,8 +181,9 @@ class BadGateway(ApiError):
     error_type = "server_error"
 
 
-# Routes under these paths are Vertex's shape, whose clients (google-genai) read `error.status` and `.message`.
-_GOOGLE_PATHS = re.compile(r"^/v1(beta1)?/projects/")
+# Routes under these paths are Vertex's shape, whose clients (google-genai) read `error.status` and `.message`; any
+# API version, so that a Vertex-shaped URL of an unknown version is answered (404) in the envelope its route declares.
+_GOOGLE_PATHS = re.compile(r"^/[^/]+/projects/")
 _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                   405: "UNIMPLEMENTED", 409: "ABORTED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
                   500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
@@ -257,6 +261,20 @@ def param_from_loc(loc: tuple) -> str | None:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _path_regex(template: str) -> re.Pattern:
+    return compile_path(template)[0]
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods of the URL's resource: every route with the template of the first route whose path matches (the
+    one Starlette's 405 names, alone: GET and DELETE of one URL are separate routes)."""
+    path = request.scope.get("path", request.url.path)
+    routes = [(r.path, r.methods) for r in iter_route_contexts(request.app.router.routes) if r.path and r.methods]
+    template = next((t for t, _ in routes if _path_regex(t).match(path)), None)
+    return ", ".join(sorted({m for t, methods in routes if t == template for m in methods}))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -302,6 +320,7 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
             code = ErrorCode.METHOD_NOT_ALLOWED
+            return _error(request, 405, message, code=code, headers={"Allow": _allowed_methods(request)})
         else:
             message, code = str(exc.detail), None
         return _error(request, exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
@@ -321,6 +340,20 @@ def install_error_handlers(app: FastAPI) -> None:
         if code is None:  # a DBAPIError that is no outage: a bug, or a constraint the code did not expect
             return _server_error(request)
         return _outage(request, exc, code.split("_")[0], code)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError):
+        # PostgreSQL refuses what SQLite takes: a NUL character in any string compared or stored (a path id, a
+        # query, a name), a string longer than its column. The request is at fault, not the server.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else ""
+        log.warning("request data refused by the database", extra={"path": request.url.path, "reason": reason[:200]})
+        if "NUL" in reason:
+            message = "Invalid value in the request: text must not contain NUL (\\u0000) characters."
+        elif "too long" in reason:
+            message = "Invalid value in the request: a value is longer than allowed."
+        else:
+            message = "Invalid value in the request."
+        return _error(request, 400, message, code=ErrorCode.INVALID_VALUE)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -4,7 +4,9 @@ import logging
 
 from fastapi import APIRouter, Depends
 
+from service import api_models as m
 from service import endpoints
+from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, get_pending_usage, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
@@ -14,10 +16,10 @@ from service.schemas import CreateEndpoint
 
 log = logging.getLogger("hone.api")
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoints"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/endpoints", tags=["endpoints"], responses=openai_errors(*PROJECT))
 
 
-@router.post("")
+@router.post("", response_model=m.EndpointObject)
 def create_endpoint(body: CreateEndpoint, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx), pending_usage=Depends(get_pending_usage)):
     endpoint = endpoints.create_endpoint(ctx, principal, body.model, pending_usage, body.idle_timeout_s)
@@ -26,21 +28,21 @@ def create_endpoint(body: CreateEndpoint, principal: ProjectPrincipal = Depends(
     return endpoint
 
 
-@router.get("")
-def list_endpoints(after: str | None = None, limit: int = 20, model: str | None = None,
+@router.get("", response_model=m.EndpointList)
+def list_endpoints(after: str | None = None, limit: int = limit_query(20, 100), model: str | None = None,
                    principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx),
                    pending_usage=Depends(get_pending_usage)):
     return endpoints.list_endpoints(ctx, principal, after=after, limit=check_limit(limit, 100), model=model,
                                     pending_usage=pending_usage)
 
 
-@router.get("/{endpoint_id}")
+@router.get("/{endpoint_id}", response_model=m.EndpointObject)
 def retrieve_endpoint(endpoint_id: str, principal: ProjectPrincipal = Depends(project_principal),
                       ctx: AppContext = Depends(get_ctx), pending_usage=Depends(get_pending_usage)):
     return endpoints.get_endpoint(ctx, principal, endpoint_id, pending_usage)
 
 
-@router.delete("/{endpoint_id}")
+@router.delete("/{endpoint_id}", response_model=m.EndpointDeleted)
 def delete_endpoint(endpoint_id: str, principal: ProjectPrincipal = Depends(project_principal),
                     ctx: AppContext = Depends(get_ctx)):
     deleted = endpoints.delete_endpoint(ctx, principal, endpoint_id)

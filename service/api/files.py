@@ -6,14 +6,16 @@ import logging
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
+from service import api_models as m
 from service import files
+from service.api.contract import PROJECT, enum_query, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.pagination import check_limit
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/files", tags=["files"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/files", tags=["files"], responses=openai_errors(*PROJECT))
 
 log = logging.getLogger("hone.api")
 
@@ -24,8 +26,11 @@ _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-dat
                    "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
                    "expires_after[seconds]": {"type": "integer"}}}}}}}
 
+_CONTENT_DOC = {200: {"description": "The file's bytes (a fine-tune-results CSV base64-encoded, as OpenAI serves it).",
+                      "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
-@router.post("", openapi_extra=_UPLOAD_DOC)
+
+@router.post("", openapi_extra=_UPLOAD_DOC, response_model=m.FileObject, responses=openai_errors(413))
 async def create_file(request: Request, principal: ProjectPrincipal = Depends(project_principal),
                       ctx: AppContext = Depends(get_ctx)):
     # The body is parsed as a stream so that large files never sit in memory.
@@ -36,14 +41,15 @@ async def create_file(request: Request, principal: ProjectPrincipal = Depends(pr
     return created
 
 
-@router.get("")
-def list_files(purpose: str | None = None, order: str = "desc", after: str | None = None, limit: int = 10000,
+@router.get("", response_model=m.FileList)
+def list_files(purpose: str | None = None, order: str = enum_query("desc", ("asc", "desc")), after: str | None = None,
+               limit: int = limit_query(10000, 10000),
                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return files.list_files(ctx, principal, purpose=purpose, order=order, after=after,
                             limit=check_limit(limit, 10000))
 
 
-@router.get("/{file_id:path}/content")
+@router.get("/{file_id:path}/content", response_class=Response, responses=_CONTENT_DOC)
 def file_content(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
     row, chunks = files.file_content(ctx, principal, file_id)
@@ -54,13 +60,13 @@ def file_content(file_id: str, principal: ProjectPrincipal = Depends(project_pri
                              headers={"content-length": str(row.bytes)})
 
 
-@router.get("/{file_id:path}")
+@router.get("/{file_id:path}", response_model=m.FileObject)
 def retrieve_file(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
                   ctx: AppContext = Depends(get_ctx)):
     return files.get_file(ctx, principal, file_id)
 
 
-@router.delete("/{file_id:path}")
+@router.delete("/{file_id:path}", response_model=m.FileDeleted)
 def delete_file(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
                 ctx: AppContext = Depends(get_ctx)):
     deleted = files.delete_file(ctx, principal, file_id)

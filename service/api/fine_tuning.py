@@ -5,7 +5,9 @@ import re
 
 from fastapi import APIRouter, Depends, Request
 
+from service import api_models as m
 from service import idempotency, jobs
+from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
@@ -13,14 +15,15 @@ from service.context import AppContext
 from service.pagination import check_limit
 from service.schemas import CreateFineTuningJob
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"],
+                   responses=openai_errors(*PROJECT))
 
 log = logging.getLogger("hone.api")
 
 _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 
 
-@router.post("")
+@router.post("", response_model=m.FineTuningJob)
 def create_job(body: CreateFineTuningJob, request: Request,
                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     key = idempotency.check_key(request.headers.get("idempotency-key"))
@@ -29,8 +32,8 @@ def create_job(body: CreateFineTuningJob, request: Request,
     return job
 
 
-@router.get("")
-def list_jobs(request: Request, after: str | None = None, limit: int = 20,
+@router.get("", response_model=m.FineTuningJobList)
+def list_jobs(request: Request, after: str | None = None, limit: int = limit_query(20, 100),
               principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     # `metadata[key]=value` pairs, as the openai SDK sends them; `metadata=null` means "without metadata".
     metadata = {m.group(1): v for k, v in request.query_params.multi_items() if (m := _METADATA_KEY.match(k))}
@@ -38,13 +41,13 @@ def list_jobs(request: Request, after: str | None = None, limit: int = 20,
                           without_metadata=request.query_params.get("metadata") == "null")
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=m.FineTuningJob)
 def retrieve_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
     return jobs.get_job(ctx, principal, job_id)
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=m.FineTuningJob)
 def cancel_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "cancel")
@@ -52,7 +55,7 @@ def cancel_job(job_id: str, principal: ProjectPrincipal = Depends(project_princi
     return job
 
 
-@router.post("/{job_id}/pause")
+@router.post("/{job_id}/pause", response_model=m.FineTuningJob)
 def pause_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
               ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "pause")
@@ -60,7 +63,7 @@ def pause_job(job_id: str, principal: ProjectPrincipal = Depends(project_princip
     return job
 
 
-@router.post("/{job_id}/resume")
+@router.post("/{job_id}/resume", response_model=m.FineTuningJob)
 def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "resume")
@@ -68,13 +71,13 @@ def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_princi
     return job
 
 
-@router.get("/{job_id}/events")
-def list_events(job_id: str, after: str | None = None, limit: int = 20,
+@router.get("/{job_id}/events", response_model=m.JobEventList)
+def list_events(job_id: str, after: str | None = None, limit: int = limit_query(20, 1000),
                 principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return jobs.list_events(ctx, principal, job_id, after=after, limit=check_limit(limit, 1000))
 
 
-@router.get("/{job_id}/checkpoints")
-def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10,
+@router.get("/{job_id}/checkpoints", response_model=m.JobCheckpointList)
+def list_checkpoints(job_id: str, after: str | None = None, limit: int = limit_query(10, 100),
                      principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return jobs.list_checkpoints(ctx, principal, job_id, after=after, limit=check_limit(limit, 100))

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service import api_models as m
 from service.api.deps import get_ctx, get_loops
 from service.api.routing import JSONRoute
 from service.context import AppContext
@@ -13,12 +14,13 @@ from service.loops import Loops
 router = APIRouter(route_class=JSONRoute, tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=m.Health)
 def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=m.Readiness,
+            responses={503: {"model": m.Readiness, "description": "Not ready: a check failed."}})
 async def readyz(ctx: AppContext = Depends(get_ctx), loops: Loops = Depends(get_loops)):
     """Ready when the database and storage answer and this process's background loops run on time.
     A process that does not lead reports the loops as 'standby' (another worker runs them)."""

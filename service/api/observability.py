@@ -5,6 +5,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from service import api_models as m
+from service.api.contract import openai_errors
 from service.api.deps import admin_principal, get_ctx, get_metrics_exporter, metrics_scraper
 from service.api.routing import JSONRoute
 from service.context import AppContext
@@ -19,7 +21,8 @@ async def metrics(exporter=Depends(get_metrics_exporter)):
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/admin/prometheus/targets", dependencies=[Depends(admin_principal)])
+@router.get("/v1/admin/prometheus/targets", dependencies=[Depends(admin_principal)],
+            response_model=list[m.ScrapeTargetGroup], responses=openai_errors(401))
 def prometheus_targets(ctx: AppContext = Depends(get_ctx)):
     """Prometheus `http_sd_configs` targets: one group per running engine, labelled with what it serves."""
     return scrape_targets(ctx)

@@ -1,0 +1,113 @@
+"""The gateway's request and response bodies (/v1/chat/completions, /v1/completions), for the OpenAPI document.
+
+The gateway reads only `model` (service.gateway.parse_body) and relays the body to the model's engine (Hone's
+built-in engine or vLLM), which validates the rest and ignores fields it does not know, as vLLM does: so these
+models are open (additional properties allowed) where the engine's are."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class _Sampling(_Open):
+    model: str = Field(min_length=1, description="A tuned model (ft:...), a checkpoint, or a base model with an "
+                                                 "endpoint in the caller's project.")
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    n: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = Field(None, description="true: the answer comes as server-sent events (text/event-stream)"
+                                                  ", one chunk per `data:` line, then `data: [DONE]`.")
+    stream_options: StreamOptions | None = None
+
+
+class ChatMessage(_Open):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+class Usage(_Open):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(_Open):
+    role: Literal["assistant"]
+    content: str | None
+
+
+class ChatChoice(_Open):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletion(_Open):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
+class ChunkDelta(_Open):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Open):
+    index: int
+    delta: ChunkDelta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Open):
+    """One server-sent event of a streamed chat completion (`data: {...}`); the stream ends with `data: [DONE]`."""
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(_Open):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class Completion(_Open):
+    """A text completion; each streamed event (`data: {...}`) has the same shape, then `data: [DONE]`."""
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None

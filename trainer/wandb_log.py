@@ -153,9 +153,10 @@ class WandbLog:
                                   x_save_requirements=False, disable_git=True, disable_code=True,
                                   init_timeout=INIT_TIMEOUT_S, root_dir=str(self.workdir), **extra)
         mode: Literal["online", "offline"] = "online" if self.online else "offline"
-        self.run = run = wandb.init(mode=mode, dir=str(self.workdir), project=s.get("project"), entity=s.get("entity"),
-                              name=s.get("name") or spec.job_id, tags=s.get("tags") or None, id=spec.job_id,
-                              resume="allow", config=self._config(), settings=settings)
+        self.run = run = wandb.init(mode=mode, dir=str(self.workdir), project=s.get("project"),
+                                    entity=s.get("entity"), name=s.get("name") or spec.job_id,
+                                    tags=s.get("tags") or None, id=spec.job_id, resume="allow",
+                                    config=self._config(), settings=settings)
         self.next_step = run.step  # a resumed online run: one past the last step W&B already has
         where = f"{s['entity']}/{s.get('project')}" if s.get("entity") else s.get("project")
         if self.online:

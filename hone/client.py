@@ -14,7 +14,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 import httpx
 
@@ -195,6 +195,7 @@ class Client(_BaseClient):
                 response.close()
                 error = self._error(response)
             self._sleep(self._delay_or_raise(attempt, response, error))
+        raise AssertionError("unreachable: itertools.count() never ends")
 
     def _request(self, method: str, path: str, **options: Any) -> Any:
         call = _Call(method, path, **options)
@@ -202,6 +203,13 @@ class Client(_BaseClient):
 
     def _sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    @overload
+    def chat(self, model: str, messages: list[dict] | str, *, stream: Literal[False] = False,
+             **params: Any) -> ChatCompletion: ...
+
+    @overload
+    def chat(self, model: str, messages: list[dict] | str, *, stream: Literal[True], **params: Any) -> ChatStream: ...
 
     def chat(self, model: str, messages: list[dict] | str, *, stream: bool = False,
              **params: Any) -> ChatCompletion | ChatStream:
@@ -241,6 +249,7 @@ class AsyncClient(_BaseClient):
                 await response.aclose()
                 error = self._error(response)
             await self._sleep(self._delay_or_raise(attempt, response, error))
+        raise AssertionError("unreachable: itertools.count() never ends")
 
     async def _request(self, method: str, path: str, **options: Any) -> Any:
         call = _Call(method, path, **options)
@@ -250,6 +259,14 @@ class AsyncClient(_BaseClient):
         import asyncio  # here, not at the top: it costs a tenth of a second, and `hone` commands never need it
 
         await asyncio.sleep(seconds)
+
+    @overload
+    async def chat(self, model: str, messages: list[dict] | str, *, stream: Literal[False] = False,
+                   **params: Any) -> ChatCompletion: ...
+
+    @overload
+    async def chat(self, model: str, messages: list[dict] | str, *, stream: Literal[True],
+                   **params: Any) -> AsyncChatStream: ...
 
     async def chat(self, model: str, messages: list[dict] | str, *, stream: bool = False,
                    **params: Any) -> ChatCompletion | AsyncChatStream:

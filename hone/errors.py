@@ -114,6 +114,7 @@ def status_error(status_code: int, body: Any, request_id: str | None = None) -> 
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         error = {"message": body if isinstance(body, str) and body else f"HTTP {status_code}"}
+    cls: type[APIStatusError]
     if status_code >= 500:
         cls = InternalServerError
     else:

@@ -43,7 +43,7 @@ def _refuse_media(kind: str, path: str, issues: "_Issues") -> None:
 class _Issues:
     """Errors found on one line."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.items: list[tuple[str, str, str]] = []
 
     def add(self, path: str, code: str, message: str) -> None:

@@ -10,6 +10,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TINY_MODEL = "hone-tiny"
 SEED = 1234
@@ -39,9 +40,9 @@ EMBEDDING_STD = 0.05
 # Bumped whenever the builder's output changes: a cached build of another version is rebuilt, not reused.
 BUILD_VERSION = "2"
 BUILD_MARKER = "hone_tiny_build.txt"
-ARCHITECTURE = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=2048, rope_theta=10000.0,
-                    tie_word_embeddings=True)
+ARCHITECTURE: dict[str, Any] = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                    rope_theta=10000.0, tie_word_embeddings=True)
 
 _WORDS = (
     "the of and to a in is it you that he was for on are with as I his they be at one have this from or had "
@@ -118,7 +119,9 @@ def build(target: Path, seed: int = SEED) -> Path:
             model = LlamaForCausalLM(config)
             # The (tied) embeddings bound every logit; at the default 0.02 std no hidden state can make a token
             # likely, and LoRA cannot train them. Pretrained models have norms like this one.
-            model.get_input_embeddings().weight.data.normal_(0.0, EMBEDDING_STD)
+            weight = model.get_input_embeddings().weight
+            assert isinstance(weight, torch.Tensor)  # an embedding's weight (a Parameter), not a submodule
+            weight.data.normal_(0.0, EMBEDDING_STD)
         model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                                                    pad_token_id=config.pad_token_id, do_sample=False)
         model.save_pretrained(work, safe_serialization=True)

@@ -153,7 +153,9 @@ class Engine:
                                    else ("cpu" if device == "auto" else device))
         self.dtype = self._pick_dtype(dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        # transformers declares .to() through functools.wraps(nn.Module.to), whose type loses the bound self
+        loaded = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype)
+        self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         folder = Path(model)
         generation_config = _read_json(folder / "generation_config.json")  # the file, without library defaults
@@ -169,7 +171,7 @@ class Engine:
         self.supported_modules = {name.rsplit(".", 1)[-1] for name, module in self.model.named_modules()
                                   if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))}
         self.resident = ResidentSet(max(max_loras, max_cpu_loras or max_loras))
-        self.peft = None  # PeftModel wrapper, created with the first adapter
+        self.peft: Any = None  # PeftModel wrapper, created with the first adapter (its tuner's methods are untyped)
         self.adapter_names: dict[str, str] = {}  # resident-set key -> served name, for the logs
         config = self.model.config
         sliding_window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) \
@@ -325,6 +327,7 @@ class Engine:
             # Registered but evicted: reload from its path, as vLLM does inside the engine step.
             log.info("reloading evicted LoRA weights",
                      extra={"adapter": job.adapter_name, "adapter_key": job.adapter_key})
+            assert job.adapter_path is not None  # set with adapter_key
             files = inspect_adapter(job.adapter_path, max_rank=self.max_lora_rank,
                                     supported_modules=self.supported_modules)
             self._make_resident(job.adapter_key, files.folder)
@@ -400,7 +403,8 @@ class Engine:
         holdback = max((len(s) for s in params.stop), default=1) - 1  # never stream a possible stop prefix
         detok = IncrementalDetokenizer(self.tokenizer, prompt)
         text, sent, output = "", 0, []
-        finish, stop_reason = None, None
+        finish: str | None = None
+        stop_reason: str | int | None = None
         first = last = None
         past = None
         next_input = torch.tensor([prompt], device=self.device)

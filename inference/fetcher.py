@@ -30,8 +30,10 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 log = logging.getLogger("inference.fetcher")
@@ -47,7 +49,7 @@ class FetchError(Exception):
         self.status = status
 
 
-def _objects(source: str) -> list[tuple[str, callable]]:
+def _objects(source: str) -> list[tuple[str, Callable[..., Any]]]:
     """(relative path, opener returning a binary stream) for every file under `source`."""
     parsed = urlparse(source)
     if parsed.scheme == "file":
@@ -64,7 +66,7 @@ def _objects(source: str) -> list[tuple[str, callable]]:
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    found = []
+    found: list[tuple[str, Callable[..., Any]]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = obj["Key"]

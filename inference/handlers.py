@@ -8,7 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from inference import VLLM_PROTOCOL_VERSION
 from inference.adapters import ServingProfile
@@ -43,10 +43,12 @@ class OpenAIHandlers:
         if continue_final_message:
             kwargs["continue_final_message"] = True
         try:
-            return self.tokenizer.apply_chat_template(messages, chat_template=profile.chat_template, tokenize=False,
+            text = self.tokenizer.apply_chat_template(messages, chat_template=profile.chat_template, tokenize=False,
                                                       add_generation_prompt=add_generation_prompt, **kwargs)
         except Exception as e:  # template errors (raise_exception, bad roles) are the caller's
             raise bad_request(str(e)) from e
+        assert isinstance(text, str)  # tokenize=False renders text
+        return text
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
@@ -159,11 +161,11 @@ class OpenAIHandlers:
         if isinstance(raw, str):
             prompts = [self.encode(raw, body.add_special_tokens)]
         elif raw and all(isinstance(p, int) for p in raw):
-            prompts = [list(raw)]
+            prompts = [list(cast("list[int]", raw))]
         elif raw and all(isinstance(p, list) for p in raw):
-            prompts = [list(p) for p in raw]
+            prompts = [list(p) for p in cast("list[list[int]]", raw)]
         else:
-            prompts = [self.encode(p, body.add_special_tokens) for p in raw]
+            prompts = [self.encode(p, body.add_special_tokens) for p in cast("list[str]", raw)]
         if not prompts or any(not p for p in prompts):
             raise bad_request("Prompt cannot be empty", "prompt")
         vocab = len(self.tokenizer)

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from hone_kernel.jsonlog import JsonFormatter
@@ -23,7 +24,7 @@ _QUIET_PATHS = frozenset({"/health", "/ping", "/metrics", "/version"})
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("engine_request_id", default=None)
 
 
-def identity_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+def identity_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
     fields = {}
     if environ.get("HONE_ENDPOINT_ENGINE"):

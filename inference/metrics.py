@@ -35,7 +35,8 @@ WAITING_REASONS = ("capacity", "deferred")
 
 def build_1_2_5_buckets(max_value: int) -> list[int]:
     """vLLM's token-count buckets: 1, 2, 5, 10, 20, 50, ... up to `max_value`."""
-    buckets, exponent = [], 0
+    buckets: list[int] = []
+    exponent = 0
     while True:
         for mantissa in (1, 2, 5):
             value = mantissa * 10 ** exponent

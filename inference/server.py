@@ -133,7 +133,7 @@ def create_app(models: ServingModels, *, api_key: str | None = None, allow_runti
     @app.post("/tokenize")
     async def tokenize(request: Request):
         media_type = request.headers.get("content-type", "").lower().split(";", 1)[0].strip()
-        shape = TokenizeCompletionRequest
+        shape: type[TokenizeCompletionRequest | TokenizeChatRequest] = TokenizeCompletionRequest
         if media_type == "application/json":
             try:
                 if "messages" in json.loads(await request.body()):

@@ -127,18 +127,22 @@ class BaseModelRegistry:
             raise PermissionDenied(f"Base model {name!r} is configured in settings or built in; it cannot be "
                                    "changed through the API.", param="name", code=ErrorCode.BASE_MODEL_NOT_EDITABLE)
         now = int(time.time())
+        assert self._db is not None  # the API's registry has a database
         with self._db.write() as session:
             row = session.get(RegisteredBaseModel, name)
             if row is None:
                 session.add(RegisteredBaseModel(name=name, source=source, created_at=now))
             else:
                 row.source = source
-        return self.get(name)
+        model = self.get(name)
+        assert model is not None  # just written
+        return model
 
     def unregister(self, name: str) -> None:
         if name in self._static:
             raise PermissionDenied(f"Base model {name!r} is configured in settings or built in; it cannot be "
                                    "deleted through the API.", param="name", code=ErrorCode.BASE_MODEL_NOT_EDITABLE)
+        assert self._db is not None  # the API's registry has a database
         with self._db.write() as session:
             row = session.get(RegisteredBaseModel, name)
             if row is None:

@@ -97,8 +97,9 @@ def transition(session: Session, ep: Endpoint, target: EndpointState, **fields) 
     if target is EndpointState.FAILED and not fields.get("error"):
         raise ValueError(f"endpoint {ep.id} cannot fail without an error")  # a bug, never a request's fault
     fields = {**entry_fields(target, now=int(time.time())), **fields}
-    moved = session.execute(update(Endpoint).where(Endpoint.seq == ep.seq, Endpoint.state == current.value)
-                            .values(state=target.value, **fields)).rowcount == 1
+    result = session.execute(update(Endpoint).where(Endpoint.seq == ep.seq, Endpoint.state == current.value)
+                             .values(state=target.value, **fields))
+    moved = result.rowcount == 1  # type: ignore[attr-defined]  # typed Result; an UPDATE's is a CursorResult
     session.refresh(ep)
     if moved:
         log.info("endpoint state", extra={"endpoint_id": ep.id, "from": current.value, "to": target.value})
@@ -137,7 +138,9 @@ WAKING = ErrorCode.WAKING  # the error code a woken endpoint deploys with (the g
 
 def wake(ep: Endpoint, why: str) -> bool:
     """An idle endpoint deploys again."""
-    return transition(object_session(ep), ep, EndpointState.DEPLOYING, failed_attempts=0,
+    session = object_session(ep)
+    assert session is not None  # a row loaded in a session
+    return transition(session, ep, EndpointState.DEPLOYING, failed_attempts=0,
                       error={"code": WAKING, "message": f"Waking from idle: {why}."})
 
 

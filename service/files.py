@@ -25,6 +25,7 @@ from service.ids import new_id
 from service.job_states import ACTIVE
 from service.auth import ProjectPrincipal
 from service.pagination import list_envelope, paginate
+from service.storage import BlobWriter
 from service.uploads import FIELD_LIMIT, MultipartUpload
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -32,7 +33,7 @@ MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 2592000
 
 
 def file_api(f: File) -> dict:
-    body = {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
+    body: dict = {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
             "purpose": f.purpose, "status": f.status}
     if f.expires_at is not None:
         body["expires_at"] = f.expires_at
@@ -54,7 +55,7 @@ class _Upload:
         self.size = 0
         self.sha = hashlib.sha256()
         self.validator = _validator(ctx)
-        self.writer = None
+        self.writer: BlobWriter | None = None
         self.form = MultipartUpload(boundary, self._file_named)
 
     @property
@@ -193,6 +194,7 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
         if not report.ok:
             row.status, row.status_details = "error", f"Invalid file format: {report.summary()}"
             row.validation_errors = _validation_errors(report)
+    assert upload.writer is not None  # flush() opened it
     upload.writer.commit()
     _insert_stored(ctx, row)
     return file_api(row)

@@ -74,8 +74,10 @@ class Gateway:
         try:
             while True:
                 try:
-                    return self.cached_route(project_id, model) or \
-                        await run_in_threadpool(self.route, project_id, model)
+                    route = self.cached_route(project_id, model)
+                    if route is None:  # (not `or`: mypy would type it Optional)
+                        route = await run_in_threadpool(self.route, project_id, model)
+                    return route
                 except Waking:
                     if time.monotonic() >= deadline:
                         raise
@@ -97,6 +99,7 @@ class Gateway:
         ready = [ep for ep in candidates if ep.state == EndpointState.READY.value and ep.url]
         if ready:
             ep = ready[0]
+            assert ep.url is not None  # a ready endpoint has its url
             route = Route(ep.url, self._engine_key_of(ep.engine_key), served.name, model)
             self._routes[(project_id, model)] = (time.monotonic(), route)
             return route
@@ -126,7 +129,7 @@ class Gateway:
         """A request refused before it reached an engine. Only a model that exists gets its own label:
         names callers make up would otherwise each create series."""
         exists = model is not None and exc.code in _KNOWN_MODEL_REFUSALS
-        label = metrics.model_label(model) if exists else metrics.UNKNOWN
+        label = metrics.model_label(model) if exists and model is not None else metrics.UNKNOWN
         metrics.GATEWAY_REQUESTS.labels(label, str(exc.status_code)).inc()
 
     def forget(self, project_id: str, model: str | None = None) -> None:
@@ -193,7 +196,7 @@ class Gateway:
         return count
 
     def _count_whole(self, project_id: str, route: Route, status: int, content: bytes, started: float) -> bytes:
-        usage = {}
+        usage: dict = {}
         if status == 200:
             try:
                 body = json.loads(content)

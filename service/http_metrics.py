@@ -13,7 +13,7 @@ _CONVERTER = re.compile(r"\{(\w+):\w+\}")  # "{model_id:path}" is labelled "{mod
 
 
 class HttpMetricsMiddleware:
-    def __init__(self, app):
+    def __init__(self, app) -> None:
         self.app = app
         self._children: dict[tuple[str, str, int], tuple] = {}  # label lookups cost more than the updates
 

@@ -120,7 +120,7 @@ def transition(session: Session, job: Job, target: JobStatus, message: str, *, l
     queued_at = job.queued_at
     result = session.execute(update(Job).where(Job.id == job.id, Job.status == current.value)
                              .values(status=target.value, **fields))
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # typed Result; an UPDATE's is a CursorResult
         session.refresh(job)
         check_transition(job.id, JobStatus(job.status), target)  # raises with the status it has now
         raise InvalidRequest(f"Job {job.id} changed while this request ran; retry.", code=ErrorCode.CONCURRENT_UPDATE)

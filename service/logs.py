@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 from hone_kernel.jsonlog import JsonFormatter
@@ -32,9 +33,10 @@ _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[dict[str, Any]]:
     """Adds `fields` to every record logged inside the block (in this task or thread, and those it starts)."""
-    token = _context.set({**(_context.get() or {}), **fields})
+    context = {**(_context.get() or {}), **fields}
+    token = _context.set(context)
     try:
-        yield _context.get()
+        yield context
     finally:
         _context.reset(token)
 
@@ -48,7 +50,7 @@ def bind(**fields: Any) -> None:
         current.update(fields)
 
 
-def scope_fields(scope: dict) -> dict[str, Any]:
+def scope_fields(scope: Mapping[str, Any]) -> dict[str, Any]:
     """What a request's scope says about it: its id, the ids its path names, the authenticated project."""
     fields: dict[str, Any] = {}
     state = scope.get("state") or {}

@@ -95,6 +95,7 @@ class BackgroundLoop:
             return "not started"
         if self._task.done():
             return "stopped"
+        assert self.started_at is not None  # set when the task was made
         reference = self.last_success if self.last_success is not None else self.started_at
         overdue = time.monotonic() - reference
         if overdue > max(STALE_AFTER_S, 10 * self._interval):
@@ -103,7 +104,7 @@ class BackgroundLoop:
 
 
 class Loops:
-    def __init__(self):
+    def __init__(self) -> None:
         self._loops: dict[str, BackgroundLoop] = {}
         self._started = False
 

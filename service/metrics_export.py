@@ -127,8 +127,8 @@ class MetricsExporter:
                     per_job[name].add_metric(labels, value)
 
         endpoints = GaugeMetricFamily("hone_endpoints", "Endpoints by state.", labels=["state"])
-        for state in EndpointState:
-            endpoints.add_metric([state.value], endpoint_counts.get(state.value, 0))
+        for known in EndpointState:
+            endpoints.add_metric([known.value], endpoint_counts.get(known.value, 0))
         up = GaugeMetricFamily("hone_endpoint_up", "1 while an endpoint is ready to serve, 0 while it is "
                                "deploying or failed (idle endpoints, scaled to zero on purpose, have none).",
                                labels=["endpoint_id", "model", "base_model"])

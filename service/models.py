@@ -84,16 +84,18 @@ def continuation_parent(ctx: AppContext, session: Session, project_id: str, mode
     served = resolve_model(ctx, session, project_id, model)
     if served.kind == "base":
         return None
+    prefix = served.weights_prefix
+    assert prefix is not None  # tuned models and checkpoints have their weights' folder
     if served.kind == "full":
-        return Parent(served.name, served.base_model, served.weights_prefix, {"tuning_mode": "full"})
+        return Parent(served.name, served.base_model, prefix, {"tuning_mode": "full"})
     # The adapter's own config, not its job's hyperparameters: those may say "auto", resolved by rules that change.
     try:
-        config = json.loads(ctx.storage.read_bytes(served.weights_prefix + "adapter_config.json"))
+        config = json.loads(ctx.storage.read_bytes(prefix + "adapter_config.json"))
     except BlobNotFound:
         raise InvalidRequest(f"The weights of model {model} are no longer in storage, so it cannot be continued.",
                              param="model", code=ErrorCode.MODEL_NOT_AVAILABLE) from None
     order = {name: i for i, name in enumerate(LLAMA_PROJECTIONS)}
     targets = sorted(config["target_modules"], key=lambda m: (order.get(m, len(order)), m))
-    return Parent(served.name, served.base_model, served.weights_prefix,
+    return Parent(served.name, served.base_model, prefix,
                   {"tuning_mode": "lora", "lora_rank": config["r"], "lora_alpha": float(config["lora_alpha"]),
                    "lora_target_modules": targets})

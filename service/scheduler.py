@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -199,7 +200,7 @@ class Scheduler:
         with self.ctx.db.read() as session:  # an idle poll must not take SQLite's write lock
             if session.execute(select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(1)).scalar() is None:
                 return
-        launches = []
+        launches: list[tuple[str, int, str]] = []
         quota = self.ctx.settings.training.max_running_jobs_per_project
         with self.ctx.db.write() as session:
             # Jobs of projects at their quota are passed over, so look further down the queue than `free`.
@@ -242,7 +243,7 @@ class Scheduler:
 
     def _refuse(self, session: Session, job: Job, exc: Exception) -> None:
         log.exception("a queued job's row makes no training spec; failing it", extra={"job_id": job.id})
-        error = {"code": ErrorCode.INVALID_JOB, "param": None,
+        error: dict[str, Any] = {"code": ErrorCode.INVALID_JOB, "param": None,
                  "message": f"The job could not be started: its stored method or files are malformed "
                             f"({type(exc).__name__}: {exc}). Create it again."}
         transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
@@ -256,5 +257,6 @@ class Scheduler:
             return
         self._launched_at[job_id] = time.time()
         with self.ctx.db.write() as session:
-            session.execute(Job.__table__.update().where(Job.id == job_id, Job.attempts == attempt)
-                            .values(executor_ref=ref))
+            # declarative __table__ is typed FromClause, which has no update(); Job's is a Table
+            update_jobs = Job.__table__.update()  # type: ignore[attr-defined]
+            session.execute(update_jobs.where(Job.id == job_id, Job.attempts == attempt).values(executor_ref=ref))

@@ -12,8 +12,10 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, ValidationIn
 from pydantic_core import PydanticCustomError
 
 
-def _auto_or(kind: type, *, gt: float | None = None, ge: float | None = None, le: float | None = None):
-    """A hyperparameter that is "auto" or a number in range, with an error message that says so."""
+def _auto_or(kind: type, *, gt: float | None = None, ge: float | None = None,
+             le: float | None = None) -> tuple[PlainValidator, WithJsonSchema]:
+    """A hyperparameter that is "auto" or a number in range, with an error message that says so: the metadata of
+    its `Annotated[Any, *_auto_or(...)]` (a type mypy can read, where a returned `Annotated` is not one)."""
 
     def check(value: Any):
         if value == "auto":
@@ -39,15 +41,15 @@ def _auto_or(kind: type, *, gt: float | None = None, ge: float | None = None, le
         if bound is not None:
             number[key] = bound
     schema = {"anyOf": [{"type": "string", "enum": ["auto"]}, number], "default": "auto"}
-    return Annotated[Any, PlainValidator(check), WithJsonSchema(schema)]
+    return PlainValidator(check), WithJsonSchema(schema)
 
 
-BatchSize = _auto_or(int, ge=1, le=256)
+BatchSize = Annotated[Any, *_auto_or(int, ge=1, le=256)]
 # OpenAI documents no upper bound; Hone's keeps the value finite and lets a far too large one reach the trainer,
 # which fails the job with `training_diverged` at the step it happens.
-LearningRateMultiplier = _auto_or(float, gt=0, le=1e6)
-Epochs = _auto_or(int, ge=1, le=50)
-Beta = _auto_or(float, gt=0, le=2)
+LearningRateMultiplier = Annotated[Any, *_auto_or(float, gt=0, le=1e6)]
+Epochs = Annotated[Any, *_auto_or(int, ge=1, le=50)]
+Beta = Annotated[Any, *_auto_or(float, gt=0, le=2)]
 
 
 @functools.cache
@@ -87,13 +89,13 @@ class _Body(BaseModel):
         return refuse_unknown_keys(cls, data, {})
 
 
-LoraRank = _auto_or(int, ge=1, le=256)
-LoraAlpha = _auto_or(float, gt=0)
-LoraDropout = _auto_or(float, ge=0, le=0.9)
-WarmupRatio = _auto_or(float, ge=0, le=0.5)
-WeightDecay = _auto_or(float, ge=0, le=1)
-MaxGradNorm = _auto_or(float, gt=0, le=1000)
-MaxLength = _auto_or(int, ge=16, le=131072)
+LoraRank = Annotated[Any, *_auto_or(int, ge=1, le=256)]
+LoraAlpha = Annotated[Any, *_auto_or(float, gt=0)]
+LoraDropout = Annotated[Any, *_auto_or(float, ge=0, le=0.9)]
+WarmupRatio = Annotated[Any, *_auto_or(float, ge=0, le=0.5)]
+WeightDecay = Annotated[Any, *_auto_or(float, ge=0, le=1)]
+MaxGradNorm = Annotated[Any, *_auto_or(float, gt=0, le=1000)]
+MaxLength = Annotated[Any, *_auto_or(int, ge=16, le=131072)]
 
 
 class SupervisedHyperparameters(_Body):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 import uvicorn
 
@@ -21,9 +22,9 @@ def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     configure_logging(settings.server.log_level)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets requests in flight finish, then runs the lifespan exit.
-    options = dict(host=settings.server.host, port=settings.server.port, log_config=None, access_log=False,
-                   timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
-                   timeout_keep_alive=settings.server.http_keep_alive_s)
+    options: dict[str, Any] = dict(host=settings.server.host, port=settings.server.port, log_config=None,
+                                   access_log=False, timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
+                                   timeout_keep_alive=settings.server.http_keep_alive_s)
     if settings.server.workers <= 1:
         from service.app import create_app
         uvicorn.run(create_app(settings), **options)
@@ -37,6 +38,7 @@ def serve(settings: Settings | None = None) -> None:
         database.migrate()
         database.dispose()
     metrics_dir = settings.metrics_multiprocess_dir
+    assert metrics_dir is not None  # set with more than one worker
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the server, as in one process
     metrics_dir.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -119,6 +119,12 @@ def spec_key(job_id: str) -> str:
     return f"jobs/{job_id}/spec.json"
 
 
+def _file_ref(f: File) -> FileRef:
+    if f.dataset_format is None:  # jobs are created on validated files only: a row without one is malformed
+        raise ValueError(f"file {f.id} has no dataset format")
+    return FileRef(f.storage_key, f.dataset_format)
+
+
 def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, model_name: str) -> TrainSpec:
     settings = ctx.settings
     base = ctx.base_models.get(job.base_model)
@@ -130,8 +136,8 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         model_cache_dir=str(settings.resolved_model_cache_dir),
         storage_url=settings.resolved_storage_url, s3_endpoint_url=settings.storage.s3_endpoint_url,
         s3_max_attempts=settings.storage.s3_max_attempts, s3_timeout_s=settings.storage.s3_timeout_s,
-        training_file=FileRef(train.storage_key, train.dataset_format),
-        validation_file=FileRef(valid.storage_key, valid.dataset_format) if valid else None,
+        training_file=_file_ref(train),
+        validation_file=_file_ref(valid) if valid else None,
         method=job.method["type"],
         hyperparameters=Hyperparameters(**trainer_hyperparameters(ctx, job.method,
                                                                   base.training if base else TrainingDefaults())),

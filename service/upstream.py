@@ -28,7 +28,7 @@ class _Connection:
 class UpstreamResponse:
     status: int
     headers: dict[str, str]
-    _conn: _Connection
+    _conn: _Connection | None  # None once released
     _pool: "UpstreamPool"
     _address: tuple[str, int]
     _done: bool = field(default=False)
@@ -38,6 +38,7 @@ class UpstreamResponse:
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives: each chunk of a chunked response, or the Content-Length body in pieces."""
+        assert self._conn is not None, "the body was read after release()"
         reader = self._conn.reader
         try:
             if "chunked" in self.headers.get("transfer-encoding", "").lower():

@@ -71,7 +71,9 @@ def _tensorize(rows: list[list[Example]], pad_id: int, packed: bool) -> MicroBat
     ids, labels, positions, mask = [], [], [], []
     tokens = 0
     for row in rows:
-        r_ids, r_labels, r_pos = [], [], []
+        r_ids: list[int] = []
+        r_labels: list[int] = []
+        r_pos: list[int] = []
         for ex in row:
             r_ids += ex.input_ids
             r_labels += _labels(ex)
@@ -95,7 +97,8 @@ def micro_batches(examples: list[Example], *, packing: bool, token_budget: int, 
     still computes the whole square)."""
     longest = max(len(ex.input_ids) for ex in examples)
     rows = _rows_packed(examples, longest) if packing else [[ex] for ex in examples]
-    out, current = [], []
+    out: list[MicroBatch] = []
+    current: list[list[Example]] = []
     for row in rows:
         candidate = current + [row]
         width = max(sum(len(e.input_ids) for e in r) for r in candidate)

@@ -5,6 +5,7 @@ from the control plane; the two agree only on URLs and key layout (see docs/arch
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import shutil
@@ -18,11 +19,16 @@ from hone_kernel.dataset_lines import dataset_lines
 CHUNK_BYTES = 1 << 20
 
 
-class Blobs:
+class Blobs(abc.ABC):
+    @abc.abstractmethod
     def read_bytes(self, key: str) -> bytes: ...
+    @abc.abstractmethod
     def iter_chunks(self, key: str) -> Iterator[bytes]: ...
+    @abc.abstractmethod
     def put_file(self, key: str, path: Path) -> None: ...
+    @abc.abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None: ...
+    @abc.abstractmethod
     def list(self, prefix: str) -> list[str]: ...
 
     def iter_lines(self, key: str) -> Iterator[bytes]:
@@ -132,7 +138,7 @@ class S3Blobs(Blobs):
             self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
     def list(self, prefix: str) -> list[str]:
-        keys = []
+        keys: list[str] = []
         with _storage_errors(f"listing {prefix}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                                Prefix=self.prefix + prefix):

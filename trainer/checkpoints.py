@@ -9,6 +9,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,7 +85,8 @@ def load_weights(model, folder: Path, tuning_mode: str) -> None:
         return
     from peft import set_peft_model_state_dict
 
-    loaded = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    # torch's _IncompatibleKeys (peft annotates the result as `namedtuple`, the function)
+    loaded: Any = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
     # An adapter of another shape would otherwise load partly and train on silently.
     missing = [k for k in loaded.missing_keys if "lora_" in k]
     if loaded.unexpected_keys or missing:

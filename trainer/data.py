@@ -101,7 +101,7 @@ def _chat_spans(tokenizer, messages: list[dict], trained: list[bool], tools) -> 
 
 def _encode(tokenizer, text: str, spans: list[tuple[int, int]], *, add_special_tokens: bool) -> Example:
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    mask = []
+    mask: list[bool] = []
     for start, end in enc["offset_mapping"]:
         if start == end == 0 and mask:  # special token added by the tokenizer itself (e.g. BOS)
             mask.append(False)

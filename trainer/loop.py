@@ -69,6 +69,7 @@ class Run:
             raise FatalError("unsupported_method", f"The {what} is in the {ref.format} format, which the "
                                                    f"{self.spec.method} method does not train on.")
         lines, limit = self.blobs.iter_lines(ref.key), self.spec.max_length
+        items: list  # examples, or preference pairs (dpo)
         try:
             if dpo_method:
                 items, truncated, dropped = tokenize_preferences(self.tokenizer, lines, limit)
@@ -222,7 +223,9 @@ class Run:
             n_params, layers, hidden = self._flops_shape
             per_token = flops_per_token(n_params, layers, hidden, step_tokens / self.spec.hyperparameters.batch_size,
                                         full=self.spec.hyperparameters.tuning_mode == "full")
-            figures["mfu"] = round(mfu(figures["tokens_per_second"], per_token, self.peak_flops), 5)
+            ratio = mfu(figures["tokens_per_second"], per_token, self.peak_flops)
+            assert ratio is not None  # the peak is known
+            figures["mfu"] = round(ratio, 5)
         return figures
 
     def _checkpoint(self, metrics: dict) -> None:

@@ -44,7 +44,8 @@ def load_base(name: str, source: str, cache_dir: str):
         raise ModelLoadError(f"Base model {name!r} could not be loaded from {source!r}: {exc}".strip()) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device()), tokenizer
+    # transformers declares .to() through functools.wraps(nn.Module.to), whose type loses the bound self
+    return model.to(device()), tokenizer  # type: ignore[arg-type]
 
 
 def tunable(base, hp: Hyperparameters, blobs: Blobs, init_prefix: str | None, workdir: Path):
@@ -66,7 +67,9 @@ def wrap_for_tuning(model, hp: Hyperparameters):
         return model
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+    # peft annotates lora_alpha as int; it is only ever divided (alpha / r), and Hone's may be fractional
+    config = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha,  # type: ignore[arg-type]
+                        lora_dropout=hp.lora_dropout,
                         target_modules=list(hp.lora_target_modules), task_type="CAUSAL_LM", bias="none")
     return get_peft_model(model, config)
 

@@ -15,8 +15,12 @@ import tarfile
 import threading
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from hone_kernel.trainer_contract import TrainSpec
+
+if TYPE_CHECKING:
+    from wandb import Run
 
 log = logging.getLogger("hone.trainer.wandb")
 
@@ -63,7 +67,7 @@ class WandbLog:
         self.spec, self.reporter, self.workdir = spec, reporter, workdir
         self.settings = wandb_settings(spec)
         self.off = self.settings is None  # no integration, or W&B failed: nothing more to do
-        self.run = None
+        self.run: Run | None = None
         self.next_step = 0  # the first step not yet in the run
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # (step, figures), then None: the end
         self._worker: threading.Thread | None = None
@@ -88,12 +92,14 @@ class WandbLog:
             return
         self._start(rows, before=None)  # a resumed attempt with no step left to train opens the run here
         self._queue.put(None)
+        assert self._worker is not None  # _start made it
         self._worker.join(INIT_TIMEOUT_S + FINISH_TIMEOUT_S)
         if self._worker.is_alive():
             self._give_up("W&B did not answer in time", None, stop_service=False)
         if self.off:
             return
         try:
+            assert self.run is not None  # not off: the run opened
             self.run.summary["fine_tuned_model"] = self.spec.fine_tuned_model
             self.run.config.update({"fine_tuned_model": self.spec.fine_tuned_model}, allow_val_change=True)
             run_dir = Path(self.run.settings.sync_dir)
@@ -137,7 +143,8 @@ class WandbLog:
             raise RuntimeError("the wandb package is not installed in the trainer's environment") from exc
         _no_analytics()
         spec, s = self.spec, self.settings
-        extra = {"api_key": spec.wandb_api_key} if self.online else {}
+        assert s is not None  # not off: the job has the integration
+        extra: dict[str, Any] = {"api_key": spec.wandb_api_key} if self.online else {}
         if self.online and spec.wandb_base_url:
             extra["base_url"] = spec.wandb_base_url
         # No console capture (the trainer's log is JSON lines), no system-metrics sampler, nothing read from
@@ -145,24 +152,26 @@ class WandbLog:
         settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_machine_info=True,
                                   x_save_requirements=False, disable_git=True, disable_code=True,
                                   init_timeout=INIT_TIMEOUT_S, root_dir=str(self.workdir), **extra)
-        mode = "online" if self.online else "offline"
-        self.run = wandb.init(mode=mode, dir=str(self.workdir), project=s.get("project"), entity=s.get("entity"),
-                              name=s.get("name") or spec.job_id, tags=s.get("tags") or None, id=spec.job_id,
-                              resume="allow", config=self._config(), settings=settings)
-        self.next_step = self.run.step  # a resumed online run: one past the last step W&B already has
+        mode: Literal["online", "offline"] = "online" if self.online else "offline"
+        self.run = run = wandb.init(mode=mode, dir=str(self.workdir), project=s.get("project"),
+                                    entity=s.get("entity"), name=s.get("name") or spec.job_id,
+                                    tags=s.get("tags") or None, id=spec.job_id, resume="allow",
+                                    config=self._config(), settings=settings)
+        self.next_step = run.step  # a resumed online run: one past the last step W&B already has
         where = f"{s['entity']}/{s.get('project')}" if s.get("entity") else s.get("project")
         if self.online:
-            message = f"Logging to Weights & Biases online: project {where}, run {self.run.name} ({self.run.url})"
+            message = f"Logging to Weights & Biases online: project {where}, run {run.name} ({run.url})"
         else:
             message = (f"Logging to Weights & Biases offline (no W&B key is configured for this project): project "
-                       f"{where}, run {self.run.name}; the run is added to the job's result files as {ARCHIVE}")
+                       f"{where}, run {run.name}; the run is added to the job's result files as {ARCHIVE}")
         self.reporter.event(message, key=f"wandb:{spec.attempt}",
                             data={"wandb": {"mode": mode, "project": s.get("project"), "entity": s.get("entity"),
-                                            "run_id": spec.job_id, "name": self.run.name, "attempt": spec.attempt}})
+                                            "run_id": spec.job_id, "name": run.name, "attempt": spec.attempt}})
 
     def _log(self, step: int, figures: dict) -> None:
         if step < self.next_step:
             return  # already in the run: a resumed attempt replays the steps after its checkpoint
+        assert self.run is not None  # _open came first
         self.run.log(figures, step=step)
         self.next_step = step + 1
 

@@ -26,9 +26,10 @@ class Resource:
     def _list(self, path: str, item: type[HoneObject], params: dict[str, Any] | None = None, *,
               admin: bool = False) -> Any:
         """An auto-paging iterator (SyncPager or AsyncPager, after the client) over a cursor list."""
+        page: Any = Page  # parametrized at run time with the item's class (a variable, which mypy reads as no type)
 
         def fetch(after: str | None):
-            return self._client._request("GET", path, params={**(params or {}), "after": after}, cast=Page[item],
+            return self._client._request("GET", path, params={**(params or {}), "after": after}, cast=page[item],
                                          admin=admin)
 
         return self._client._pager(fetch)

@@ -64,7 +64,8 @@ class Files(Resource):
         """Uploads a file (a path, bytes or a binary file object), streamed from disk: it is never read into
         memory whole. `on_progress(sent, total)` is called as the body goes out."""
         stream, name, owned = _open(file, filename)
-        body: IO[bytes] = _CountingReader(stream, _size(stream), on_progress) if on_progress else stream
+        body: _CountingReader | IO[bytes] = (_CountingReader(stream, _size(stream), on_progress) if on_progress
+                                             else stream)
         data = {"purpose": purpose}
         if expires_after_seconds is not None:
             data |= {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(expires_after_seconds)}

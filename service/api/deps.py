@@ -40,7 +40,9 @@ async def get_metrics_exporter(request: Request):
 
 async def project_principal(request: Request, _=Security(_bearer)) -> ProjectPrincipal:
     ctx, header = request.app.state.ctx, request.headers.get("authorization")
-    principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
+    principal = cached_principal(ctx, header)
+    if principal is None:  # (not `or`: mypy would type it Optional)
+        principal = await run_in_threadpool(authenticate_project, ctx, header)
     request.state.project_id = principal.project_id  # for the access log
     return principal
 

@@ -19,7 +19,9 @@ async def _forward(request: Request, path: str):
     ctx, gateway = await get_ctx(request), await get_gateway(request)
     try:
         header = request.headers.get("authorization")
-        principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
+        principal = cached_principal(ctx, header)
+        if principal is None:  # (not `or`: mypy would type it Optional)
+            principal = await run_in_threadpool(authenticate_project, ctx, header)
         request.state.project_id = principal.project_id  # for the access log
         raw = await json_body.read(request, ctx.settings.server.max_json_body_bytes)
         body = check_body(json_body.parse(raw))

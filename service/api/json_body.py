@@ -91,7 +91,7 @@ def parse(body: bytes) -> Any:
     try:
         value = json.loads(body, object_pairs_hook=_pairs, parse_constant=_NotFinite, parse_float=_float)
     except _DuplicateKey as dup:
-        param = excerpt(dup.key)
+        param: str | None = excerpt(dup.key)
         raise InvalidRequest(f"Duplicate key {param!r} in the JSON body; each key may appear once per object.",
                              param=param, code=ErrorCode.DUPLICATE_KEY) from None
     except (ValueError, RecursionError):  # JSONDecodeError, invalid UTF-8, nesting too deep

@@ -56,7 +56,9 @@ async def vertex_scope(request: Request, api_version: Literal["v1", "v1beta1"], 
     do not know."""
     api_key = request.headers.get("x-goog-api-key")
     header = request.headers.get("authorization") or (f"Bearer {api_key}" if api_key else None)
-    principal = cached_principal(ctx, header) or await run_in_threadpool(authenticate_project, ctx, header)
+    principal = cached_principal(ctx, header)
+    if principal is None:  # (not `or`: mypy would type it Optional)
+        principal = await run_in_threadpool(authenticate_project, ctx, header)
     request.state.project_id = principal.project_id  # for the access log
     return scope_for(principal, project, location)
 

@@ -32,6 +32,7 @@ class AdapterLoader:
         if (target / ".complete").exists():
             return target
         storage, prefix = self.ctx.storage, ep.weights_prefix
+        assert prefix is not None  # fetched only for endpoints with weights
         work = self.cache / f".{ep.id}.partial"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -58,6 +59,7 @@ class AdapterLoader:
         """Hot-loads the adapter where the engine sees it: the local copy, unless the backend's engines cannot see
         this disk (Kubernetes: the engine pod's fetcher copies it from storage and answers its own path)."""
         started = time.perf_counter()
+        assert ep.weights_prefix is not None  # an adapter endpoint has its weights' folder
         client.load_adapter(ep.model, self.backend.stage_weights(handle, ep.id, ep.weights_prefix, weights))
         metrics.ADAPTER_LOAD.labels(metrics.model_name_label(ep.base_model)).observe(time.perf_counter() - started)
 

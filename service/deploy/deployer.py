@@ -24,7 +24,7 @@ from service.context import AppContext
 from service.db.tables import Endpoint, Job, ModelUsage
 from service.deploy import DeployError, parity
 from service.deploy.adapters import AdapterLoader
-from service.deploy.placement import Placement
+from service.deploy.placement import EngineKey, Placement
 from service.endpoint_states import EndpointState
 from service.endpoints import live_endpoints, transition
 from service.engines import EngineBackend, EngineHandle, EngineStartError
@@ -77,7 +77,7 @@ class EndpointDeployer:
         with self.ctx.db.read() as session:
             bases = set(session.execute(select(Job.base_model).where(Job.status == JobStatus.RUNNING.value,
                                                                      Job.auto_deploy.is_(True))).scalars())
-        keys = set()
+        keys: set[str] = set()
         for base in bases:
             key = self.placement.warm_key(base)
             keys.add(key)
@@ -85,7 +85,7 @@ class EndpointDeployer:
                 self._submit(key, lambda b=base, k=key: self._start_warm(b, k))
         return keys
 
-    def _start_warm(self, base: str, key: str) -> None:
+    def _start_warm(self, base: str, key: EngineKey) -> None:
         try:
             self.backend.ensure(self.placement.base_spec(base, key))
         except (DeployError, EngineStartError) as exc:
@@ -187,6 +187,7 @@ class EndpointDeployer:
         with EngineClient(handle.url, api_key=handle.api_key) as client:
             try:
                 if ep.kind == "adapter":
+                    assert weights is not None  # an adapter endpoint's weights were fetched
                     self.adapters.load(client, handle, ep, weights)
                 if weights is not None:
                     parity.check(client, ep.model, weights, self.ctx.settings.serving.parity_samples)

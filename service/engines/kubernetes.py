@@ -240,7 +240,8 @@ class KubernetesEngines:
                                         "app.kubernetes.io/managed-by": "hone"}},
                 "data": {SECRET_KEY: base64.b64encode(api_key.encode()).decode()}}
         try:
-            self._core.create_namespaced_secret(self._ns, body)
+            # a dict body: the client's validate_call makes the model its annotation asks for
+            self._core.create_namespaced_secret(self._ns, body)  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status != 409:  # another worker made it first: use theirs
                 raise
@@ -251,8 +252,9 @@ class KubernetesEngines:
         """(a reason to give up now, a reason it is still waiting) from the engine's pods."""
         waiting = None
         for pod in self._core.list_namespaced_pod(self._ns, label_selector=f"{ENGINE_LABEL}={name}").items:
-            status = pod.status
-            if status is None or pod.metadata.deletion_timestamp is not None:
+            status, meta = pod.status, pod.metadata
+            assert meta is not None  # the API server sends every object's metadata
+            if status is None or meta.deletion_timestamp is not None:
                 continue
             for c in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
                 state = c.state.waiting if c.state else None
@@ -264,20 +266,21 @@ class KubernetesEngines:
                             f"{(ended.message or ended.reason or '').strip()}"), None
             for cond in status.conditions or []:
                 if cond.type == "PodScheduled" and cond.status == "False":
-                    waiting = f"pod {pod.metadata.name} is not scheduled: {cond.message or cond.reason}"
+                    waiting = f"pod {meta.name} is not scheduled: {cond.message or cond.reason}"
         return None, waiting
 
     def _incarnation(self, name: str) -> str | None:
         """The ready pod's uid and its containers' restart counts (None: no ready pod)."""
         pods = self._core.list_namespaced_pod(self._ns, label_selector=f"{ENGINE_LABEL}={name}").items
         for pod in pods:
-            status = pod.status
-            if pod.metadata.deletion_timestamp is not None or status is None:
+            status, meta = pod.status, pod.metadata
+            assert meta is not None  # the API server sends every object's metadata
+            if meta.deletion_timestamp is not None or status is None:
                 continue
             ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
             if ready:
                 restarts = sum(c.restart_count or 0 for c in (status.container_statuses or []))
-                return f"{pod.metadata.uid}/{restarts}"
+                return f"{meta.uid}/{restarts}"
         return None
 
     # --- the EngineBackend protocol ----------------------------------------------------------------------
@@ -290,20 +293,24 @@ class KubernetesEngines:
             deployment, service, digest = build_objects(self._settings, spec)
             current = self._read(self._apps.read_namespaced_deployment, name)
             if current is not None and current.metadata.deletion_timestamp is not None:
-                current = self._wait_deleted(spec.key, name)  # stopped a moment ago: its pod is still going
+                self._wait_deleted(spec.key, name)  # stopped a moment ago: its pod is still going
+                current = None
             api_key = self._api_key(name, spec.key)
             if current is None:
-                self._apps.create_namespaced_deployment(self._ns, deployment)
+                # a dict body: the client's validate_call makes the model its annotation asks for
+                self._apps.create_namespaced_deployment(self._ns, deployment)  # type: ignore[arg-type]
                 log.info("engine deployment created", extra={"engine": spec.key, "deployment": name})
             elif (current.metadata.annotations or {}).get(SPEC_ANNOTATION) != digest:
                 deployment["metadata"]["resourceVersion"] = current.metadata.resource_version
-                self._apps.replace_namespaced_deployment(name, self._ns, deployment)
+                # a dict body: the client's validate_call makes the model its annotation asks for
+                self._apps.replace_namespaced_deployment(name, self._ns, deployment)  # type: ignore[arg-type]
                 log.info("engine deployment updated", extra={"engine": spec.key, "deployment": name})
             elif not current.spec.replicas:
                 self.scale(spec.key, 1)
             svc = self._read(self._core.read_namespaced_service, name)
             if svc is None:
-                svc = self._core.create_namespaced_service(self._ns, service)
+                # a dict body: the client's validate_call makes the model its annotation asks for
+                svc = self._core.create_namespaced_service(self._ns, service)  # type: ignore[arg-type]
             handle, incarnation = self._wait_ready(spec, name, api_key)
             with self._lock:
                 self._known[spec.key] = (handle, incarnation)
@@ -411,7 +418,7 @@ class KubernetesEngines:
         """Engines in the namespace, whoever started them (so a restarted control plane stops unused ones)."""
         found = self._apps.list_namespaced_deployment(self._ns, label_selector=COMPONENT_SELECTOR).items
         return [d.metadata.annotations[KEY_ANNOTATION] for d in found
-                if d.metadata.annotations and KEY_ANNOTATION in d.metadata.annotations]
+                if d.metadata and d.metadata.annotations and KEY_ANNOTATION in d.metadata.annotations]
 
     def close(self) -> None:
         """Control-plane shutdown leaves engines running: they are cluster objects, and a restarted control

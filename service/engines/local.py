@@ -134,8 +134,8 @@ class LocalEngines:
         # the deployer fetches their weights for them.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
         env = {**inherited, **launch.env, "HONE_ENDPOINT_ENGINE": spec.key, "OMP_WAIT_POLICY": "PASSIVE"}
-        if endpoint_of(spec.key):
-            env["HONE_ENDPOINT_ID"] = endpoint_of(spec.key)  # the built-in engine's log lines carry it
+        if endpoint_id := endpoint_of(spec.key):
+            env["HONE_ENDPOINT_ID"] = endpoint_id  # the built-in engine's log lines carry it
         if self._settings.serving.engine_threads:
             env["OMP_NUM_THREADS"] = str(self._settings.serving.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,7 @@ def classify(job: dict | None, pods: list[dict], seen: Seen, settings: Settings,
     job_conditions = conditions(job) if job else {}
     failed = job_conditions.get("Failed", {})
     if failed.get("status") == "True" and failed.get("reason") == "DeadlineExceeded":
+        assert job is not None  # the conditions are the Job's
         note = (f"The trainer Job ran longer than activeDeadlineSeconds "
                 f"({(job.get('spec') or {}).get('activeDeadlineSeconds')} s, HONE_K8S_JOB_DEADLINE_S) and was "
                 "stopped")
@@ -214,9 +215,9 @@ def _classify_exit(pod: dict, status: dict, state: dict, container: dict, seen: 
 
 
 def pending_troubles(pod: dict, scheduled: dict, waiting: dict, settings: Settings
-                     ) -> list[tuple[str, str, str, str, str]]:
+                     ) -> list[tuple[str, str, ErrorCode, str, str]]:
     """(kind, event level, error code, message, what happens meanwhile) for each reason a pod stays Pending."""
-    troubles = []
+    troubles: list[tuple[str, str, ErrorCode, str, str]] = []
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
         gpus = settings.kubernetes.k8s_gpus_per_job
         wants = f"{gpus} nvidia.com/gpu" if gpus else "its resources"

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from service.executors import TrainerExit
 from service.executors.k8s_observation import (CONTAINER, EXIT_DEADLINE, EXIT_OOM, EXIT_STOPPED, Seen, Verdict,
@@ -66,7 +66,7 @@ class KubernetesExecutor:
         self._runs: dict[str, _Run] = {}
         self._events: list[tuple[str, str, str]] = []  # (job id, level, message) not yet handed out
         self._lock = threading.Lock()
-        self._project_of = None  # job id -> project id, given by bind()
+        self._project_of: Callable[[str], str | None] | None = None  # job id -> project id, given by bind()
         self._last_sweep = 0.0
         self._finalizer = True  # off once the API says this control plane may not patch pods (its Role)
 
@@ -115,7 +115,8 @@ class KubernetesExecutor:
             raise OSError(f"cannot build the trainer Job from {TEMPLATE}: {exc}") from exc
         name = body["metadata"]["name"]
         try:
-            self._batch.create_namespaced_job(self._ns, body)
+            # a dict body: the client's validate_call makes the model its annotation asks for
+            self._batch.create_namespaced_job(self._ns, body)  # type: ignore[arg-type]
         except ApiException as exc:
             raise OSError(f"Kubernetes refused the trainer Job {self._ns}/{name}: {exc.status} {exc.reason}: "
                           f"{_api_message(exc)}") from exc
@@ -231,7 +232,8 @@ class KubernetesExecutor:
                 return
             try:  # changed meanwhile (e.g. the Job controller's own finalizer went): read it again
                 response = self._core.read_namespaced_pod(meta["name"], self._ns, _preload_content=False)
-                meta = json.loads(response.data)["metadata"]
+                # _preload_content=False answers the raw urllib3 response, not the annotated model
+                meta = json.loads(response.data)["metadata"]  # type: ignore[attr-defined]
             except Exception:
                 return
 
@@ -260,7 +262,8 @@ class KubernetesExecutor:
         selector = selector or f"{APP_LABEL}={APP}"
         call = self._batch.list_namespaced_job if kind == "jobs" else self._core.list_namespaced_pod
         response = call(self._ns, label_selector=selector, _preload_content=False, _request_timeout=30)
-        return json.loads(response.data).get("items") or []
+        # _preload_content=False answers the raw urllib3 response, not the annotated model
+        return json.loads(response.data).get("items") or []  # type: ignore[union-attr]
 
     def _pods_of(self, name: str) -> list[str]:
         return [p["metadata"]["name"] for p in self._list("pods") if _owner(p) == name]
@@ -277,7 +280,8 @@ class KubernetesExecutor:
         try:  # raw bytes: the client would otherwise try to parse a JSON log line as a JSON document
             response = self._core.read_namespaced_pod_log(pod, self._ns, container=CONTAINER,
                                                           _preload_content=False, _request_timeout=30)
-            return response.data
+            # _preload_content=False answers the raw urllib3 response, not the annotated str
+            return response.data  # type: ignore[attr-defined]
         except Exception as exc:
             return f"[hone kubernetes executor] the pod's log could not be read: {exc}\n".encode()
 

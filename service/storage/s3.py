@@ -188,7 +188,7 @@ class S3Storage:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
     def list(self, prefix: str) -> list[str]:
-        out = []
+        out: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
         with _unavailable(f"listing {prefix}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):

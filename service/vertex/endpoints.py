@@ -4,6 +4,8 @@ model an endpoint serves, through the gateway's path to its engine (routing, acc
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterable
+from typing import cast
 
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -50,11 +52,14 @@ async def generate_content(ctx: AppContext, gateway: Gateway, scope: VertexScope
     reply = await gateway.forward(project_id, "/v1/chat/completions", json.dumps(chat).encode(), chat, route,
                                   request_id)
     if reply.status_code != 200:
+        assert isinstance(reply.body, bytes)  # the engine's error, relayed whole
         raise engine_error(reply.status_code, reply.body, reply.headers.get("retry-after"))
     if isinstance(reply, StreamingResponse):
-        return StreamingResponse(gemini_stream(reply.body_iterator, ep.model, sse=sse),
+        events = cast(AsyncIterable[bytes], reply.body_iterator)  # the gateway streams the engine's bytes
+        return StreamingResponse(gemini_stream(events, ep.model, sse=sse),
                                  media_type="text/event-stream" if sse else "application/json",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    assert isinstance(reply.body, bytes)  # the engine's answer, relayed whole
     return JSONResponse(gemini_response(json.loads(reply.body), ep.model))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator
 
 from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, NotFound, ServiceUnavailable
 from service.vertex.resources import rfc3339
@@ -44,7 +44,7 @@ def chat_messages(contents: list[Content], system_instruction: Content | None) -
 
 def chat_request(body: GenerateContentRequest, model: str, *, stream: bool) -> dict:
     config = body.generation_config or GenerationConfig()
-    request = {"model": model, "messages": chat_messages(body.contents, body.system_instruction)}
+    request: dict[str, Any] = {"model": model, "messages": chat_messages(body.contents, body.system_instruction)}
     sampling = {"temperature": config.temperature, "top_p": config.top_p,
                 "top_k": int(config.top_k) if config.top_k is not None else None, "n": config.candidate_count,
                 "max_tokens": config.max_output_tokens, "stop": config.stop_sequences, "seed": config.seed,
@@ -99,7 +99,7 @@ def engine_error(status: int, content: bytes, retry_after: str | None) -> ApiErr
     return exc
 
 
-async def gemini_stream(events: AsyncIterator[bytes], model_version: str, *, sse: bool) -> AsyncIterator[bytes]:
+async def gemini_stream(events: AsyncIterable[bytes], model_version: str, *, sse: bool) -> AsyncIterator[bytes]:
     """OpenAI chat chunks (SSE events) -> GenerateContentResponse chunks: SSE `data:` events, or one JSON array
     written as it goes. The finishing chunk is held until the usage that follows it, and carries both."""
     separator, first, held, chat = (b"\r\n\r\n" if sse else b",\r\n"), True, None, {}

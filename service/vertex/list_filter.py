@@ -85,7 +85,8 @@ def _term(field: str, op: str, value: str):
 
 def filter_conditions(text: str | None) -> list:
     """SQL conditions on Job for a filter expression (all must hold)."""
-    conditions, position, text = [], 0, (text or "").strip()
+    conditions: list = []
+    position, text = 0, (text or "").strip()
     while position < len(text):
         if conditions:
             joiner = _AND.match(text, position)

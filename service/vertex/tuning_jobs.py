@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -210,6 +212,7 @@ def list_tuning_jobs(ctx: AppContext, scope: VertexScope, *, page_size: int, pag
         try:
             rows, more = paginate(session, stmt, Job, after=page_token or None, limit=size)
         except InvalidRequest:
+            assert page_token is not None  # only a token can be invalid
             raise InvalidRequest(f"Invalid pageToken '{page_token[:100]}'.", param="pageToken",
                                  code=ErrorCode.INVALID_PAGE_TOKEN) from None
         body: dict = {}  # proto3 JSON leaves empty fields out
@@ -235,7 +238,7 @@ def cancel_tuning_job(ctx: AppContext, scope: VertexScope, job_id: str) -> dict:
 
 # --- the view ------------------------------------------------------------------------------------
 
-def _views(session: Session, scope: VertexScope, rows: list[Job]) -> list[dict]:
+def _views(session: Session, scope: VertexScope, rows: Sequence[Job]) -> list[dict]:
     """Vertex TuningJobs for job rows, with what each view needs loaded in three queries for the lot."""
     ids = [job.id for job in rows]
     training = {f.id: f for f in session.execute(select(File).where(
@@ -253,7 +256,7 @@ def _hyperparameters(job: Job) -> dict:
     hp = (job.method.get(job.method["type"]) or {}).get("hyperparameters") or {}
     out = {}
     for name, field in _HYPERPARAMETERS.items():
-        value = hp.get(name)
+        value: Any = hp.get(name)
         if name == "lora_rank":
             if hp.get("tuning_mode") != "full" and (value or "auto") == "auto":
                 value = DEFAULT_LORA_RANK

@@ -43,19 +43,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlencode
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.revision import git_revision  # noqa: E402
-
 import httpx  # noqa: E402
 
+from benchmarks.revision import git_revision  # noqa: E402
 from tests.support import HoneServer, PostgresDatabase, chat_dataset  # noqa: E402
 
 # (operation tag, measure, limit in ms): the goals this benchmark checks, at --concurrency. "cpu" is the

@@ -48,11 +48,17 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.api_latency import (CORES, UPLOAD_BODY, UPLOAD_TYPE, RawConnection, calibrate,  # noqa: E402
-                                    cpu_seconds, machine_cpu_seconds)
+from benchmarks.api_latency import (  # noqa: E402
+    CORES,
+    UPLOAD_BODY,
+    UPLOAD_TYPE,
+    RawConnection,
+    calibrate,
+    cpu_seconds,
+    machine_cpu_seconds,
+)
 from benchmarks.revision import git_revision  # noqa: E402
-from tests.support import (HoneServer, PostgresDatabase, chat_dataset, jsonl, one_label_tickets,  # noqa: E402
-                           wait_endpoint, wait_job)
+from tests.support import HoneServer, PostgresDatabase, chat_dataset, jsonl, one_label_tickets, wait_endpoint, wait_job  # noqa: E402
 
 LABEL = "Billing"
 # Control-plane calls of an API client, by weight (percent of its requests). Cancel is not drawn: it follows
@@ -168,7 +174,7 @@ async def timed(stats: Stats, route: str, window: tuple[float, float], timeout: 
     measured = window[0] <= time.monotonic() < window[1]
     try:
         status, result = await asyncio.wait_for(action(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         status, result = "timeout", f"no full answer within {timeout:g} s"
     except Malformed as exc:
         status, result = "malformed", str(exc)
@@ -362,7 +368,7 @@ async def sample_rss(root: int, peaks: dict[str, int], stop: asyncio.Event) -> N
             peaks[kind] = max(peaks.get(kind, 0), sum(rss_kib(p) for p, k in tree.items() if k == kind))
         try:
             await asyncio.wait_for(stop.wait(), 0.25)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

@@ -59,10 +59,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.revision import git_revision  # noqa: E402
-
 import httpx
 
+from benchmarks.revision import git_revision  # noqa: E402
 from tests.support import HoneServer
 
 GOAL_MIDDLEWARE_US = 50.0

@@ -56,10 +56,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.revision import git_revision  # noqa: E402
-
 import httpx
 
+from benchmarks.revision import git_revision  # noqa: E402
 from service.engines.local import state_file, stop_process_group  # noqa: E402
 from tests.support import MODEL_CACHE, HoneServer, free_port, jsonl, wait_endpoint
 

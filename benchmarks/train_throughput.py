@@ -87,10 +87,10 @@ def _rss_mb() -> float:
 
 
 def run_hone(model_dir: Path, data: Path, steps: int, batch_size: int) -> dict:
+    from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
     from trainer.batches import step_indices
     from trainer.blobs import FolderBlobs
     from trainer.loop import Run
-    from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
 
     root = data.parent
     spec = TrainSpec(job_id="ftjob-bench", fine_tuned_model="ft:bench", model_name="bench", model_source=str(model_dir),
@@ -158,8 +158,14 @@ def run_hf_trainer(model_dir: Path, data: Path, steps: int, batch_size: int) -> 
     import torch
     from peft import LoraConfig, get_peft_model
     from torch.utils.data import SequentialSampler
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorWithFlattening,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from trainer.batches import step_indices
     from trainer.data import tokenize_lines

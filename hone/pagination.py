@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Awaitable, Callable, Generic, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Generic
 
 from hone.types import ItemT, Page
 

@@ -3,7 +3,7 @@ additions reach the caller instead of failing validation."""
 
 from __future__ import annotations
 
-from typing import Any, Generic, Optional, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -33,8 +33,8 @@ class DatasetLineError(HoneObject):
 class DatasetSummary(HoneObject):
     """What the server's validator found in a fine-tune file (a Hone extension of the file object)."""
 
-    format: Optional[str] = None
-    examples: Optional[int] = None
+    format: str | None = None
+    examples: int | None = None
     errors: list[DatasetLineError] = Field(default_factory=list)
     total_errors: int = 0
 
@@ -47,23 +47,23 @@ class FileObject(HoneObject):
     filename: str
     purpose: str
     status: str
-    status_details: Optional[str] = None
-    expires_at: Optional[int] = None
-    dataset: Optional[DatasetSummary] = None
+    status_details: str | None = None
+    expires_at: int | None = None
+    dataset: DatasetSummary | None = None
 
 
 # --- fine-tuning jobs -------------------------------------------------------------------------------------------
 
 class JobError(HoneObject):
-    code: Optional[str] = None
+    code: str | None = None
     message: str = ""
-    param: Optional[str] = None
+    param: str | None = None
 
 
 class Hyperparameters(HoneObject):
-    batch_size: Union[int, str, None] = None
-    learning_rate_multiplier: Union[float, str, None] = None
-    n_epochs: Union[int, str, None] = None
+    batch_size: int | str | None = None
+    learning_rate_multiplier: float | str | None = None
+    n_epochs: int | str | None = None
 
 
 class FineTuningJob(BoundObject):
@@ -72,20 +72,20 @@ class FineTuningJob(BoundObject):
     created_at: int
     status: str
     model: str
-    fine_tuned_model: Optional[str] = None
+    fine_tuned_model: str | None = None
     training_file: str
-    validation_file: Optional[str] = None
+    validation_file: str | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    method: Optional[dict[str, Any]] = None
-    error: Optional[JobError] = None
-    finished_at: Optional[int] = None
+    method: dict[str, Any] | None = None
+    error: JobError | None = None
+    finished_at: int | None = None
     result_files: list[str] = Field(default_factory=list)
-    trained_tokens: Optional[int] = None
-    seed: Optional[int] = None
-    estimated_finish: Optional[int] = None
-    metadata: Optional[dict[str, str]] = None
-    organization_id: Optional[str] = None
-    user_provided_suffix: Optional[str] = None
+    trained_tokens: int | None = None
+    seed: int | None = None
+    estimated_finish: int | None = None
+    metadata: dict[str, str] | None = None
+    organization_id: str | None = None
+    user_provided_suffix: str | None = None
 
     @property
     def done(self) -> bool:
@@ -110,13 +110,13 @@ class StepMetrics(HoneObject):
     """One training step's figures, as a metrics event and the result file carry them."""
 
     step: int
-    total_steps: Optional[int] = None
-    train_loss: Optional[float] = None
-    train_mean_token_accuracy: Optional[float] = None
-    valid_loss: Optional[float] = None
-    valid_mean_token_accuracy: Optional[float] = None
-    full_valid_loss: Optional[float] = None
-    full_valid_mean_token_accuracy: Optional[float] = None
+    total_steps: int | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
 
 
 class JobEvent(HoneObject):
@@ -125,8 +125,8 @@ class JobEvent(HoneObject):
     created_at: int
     level: str = "info"
     message: str
-    type: Optional[str] = "message"
-    data: Optional[dict[str, Any]] = None
+    type: str | None = "message"
+    data: dict[str, Any] | None = None
 
     @property
     def metrics(self) -> StepMetrics | None:
@@ -150,15 +150,15 @@ class JobProgress(HoneObject):
     """Where a job stands, for progress displays: built by the SDK from the job and its metrics events."""
 
     status: str
-    step: Optional[int] = None
-    total_steps: Optional[int] = None
-    epoch: Optional[int] = None
-    n_epochs: Optional[int] = None
-    train_loss: Optional[float] = None
-    valid_loss: Optional[float] = None
-    trained_tokens: Optional[int] = None
-    tokens_per_second: Optional[float] = None
-    eta_seconds: Optional[float] = None
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: int | None = None
+    n_epochs: int | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    trained_tokens: int | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -181,12 +181,12 @@ class JobUpdate(HoneObject):
 class Model(HoneObject):
     id: str
     object: str = "model"
-    created: Optional[int] = None
-    owned_by: Optional[str] = None
+    created: int | None = None
+    owned_by: str | None = None
 
 
 class EndpointError(HoneObject):
-    code: Optional[str] = None
+    code: str | None = None
     message: str = ""
 
 
@@ -195,24 +195,24 @@ class EndpointUsage(HoneObject):
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    mean_latency_ms: Optional[float] = None
+    mean_latency_ms: float | None = None
 
 
 class Endpoint(HoneObject):
     id: str
     object: str = "endpoint"
     created_at: int
-    updated_at: Optional[int] = None
+    updated_at: int | None = None
     model: str
-    base_model: Optional[str] = None
-    kind: Optional[str] = None
+    base_model: str | None = None
+    kind: str | None = None
     state: str
-    engine: Optional[str] = None
-    fine_tuning_job_id: Optional[str] = None
-    checkpoint_id: Optional[str] = None
-    ready_at: Optional[int] = None
+    engine: str | None = None
+    fine_tuning_job_id: str | None = None
+    checkpoint_id: str | None = None
+    ready_at: int | None = None
     restarts: int = 0
-    error: Optional[EndpointError] = None
+    error: EndpointError | None = None
     usage: EndpointUsage = Field(default_factory=EndpointUsage)
 
 
@@ -223,25 +223,25 @@ class Project(HoneObject):
     object: str = "organization.project"
     name: str
     created_at: int
-    archived_at: Optional[int] = None
+    archived_at: int | None = None
     status: str = "active"
 
 
 class ServiceAccountKey(HoneObject):
     id: str
-    name: Optional[str] = None
-    created_at: Optional[int] = None
-    value: Optional[str] = None  # only in the answer to the create call
-    redacted_value: Optional[str] = None
+    name: str | None = None
+    created_at: int | None = None
+    value: str | None = None  # only in the answer to the create call
+    redacted_value: str | None = None
 
 
 class ServiceAccount(HoneObject):
     id: str
     object: str = "organization.project.service_account"
     name: str
-    role: Optional[str] = None
+    role: str | None = None
     created_at: int
-    api_key: Optional[ServiceAccountKey] = None
+    api_key: ServiceAccountKey | None = None
 
 
 class Deleted(HoneObject):
@@ -265,10 +265,10 @@ class WandbKey(HoneObject):
 
     project_id: str
     object: str = "organization.project.integration.wandb"
-    redacted_api_key: Optional[str] = None
-    base_url: Optional[str] = None
-    created_at: Optional[int] = None
-    updated_at: Optional[int] = None
+    redacted_api_key: str | None = None
+    base_url: str | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
     deleted: bool = False
 
 
@@ -276,13 +276,13 @@ class WandbKey(HoneObject):
 
 class ChatMessage(HoneObject):
     role: str
-    content: Optional[str] = None
+    content: str | None = None
 
 
 class ChatChoice(HoneObject):
     index: int = 0
     message: ChatMessage
-    finish_reason: Optional[str] = None
+    finish_reason: str | None = None
 
 
 class Usage(HoneObject):
@@ -297,7 +297,7 @@ class ChatCompletion(HoneObject):
     created: int
     model: str
     choices: list[ChatChoice]
-    usage: Optional[Usage] = None
+    usage: Usage | None = None
 
     @property
     def text(self) -> str:
@@ -306,14 +306,14 @@ class ChatCompletion(HoneObject):
 
 
 class ChatDelta(HoneObject):
-    role: Optional[str] = None
-    content: Optional[str] = None
+    role: str | None = None
+    content: str | None = None
 
 
 class ChunkChoice(HoneObject):
     index: int = 0
     delta: ChatDelta = Field(default_factory=ChatDelta)
-    finish_reason: Optional[str] = None
+    finish_reason: str | None = None
 
 
 class ChatCompletionChunk(HoneObject):
@@ -322,7 +322,7 @@ class ChatCompletionChunk(HoneObject):
     created: int
     model: str
     choices: list[ChunkChoice] = Field(default_factory=list)
-    usage: Optional[Usage] = None
+    usage: Usage | None = None
 
     @property
     def text(self) -> str:
@@ -341,8 +341,8 @@ class Page(HoneObject, Generic[ItemT]):
     object: str = "list"
     data: list[ItemT]
     has_more: bool = False
-    first_id: Optional[str] = None
-    last_id: Optional[str] = None
+    first_id: str | None = None
+    last_id: str | None = None
 
     @property
     def next_cursor(self) -> str | None:

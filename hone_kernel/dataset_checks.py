@@ -36,7 +36,7 @@ def _gemini_media(part: Any) -> tuple[str, str] | None:
     return key, _media_kind(blob.get("mimeType", blob.get("mime_type")))
 
 
-def _refuse_media(kind: str, path: str, issues: "_Issues") -> None:
+def _refuse_media(kind: str, path: str, issues: _Issues) -> None:
     issues.add(path, "unsupported_media", f"{kind} inputs are not supported for this model; training data must be "
                                           "text")
 

@@ -10,7 +10,7 @@ The cut does not depend on where chunk boundaries fall. Standard library only.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 UTF8_BOM = b"\xef\xbb\xbf"
 

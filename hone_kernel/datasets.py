@@ -11,13 +11,23 @@ It lives on the client side, with no dependency beyond the standard library, so 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
+from hone_kernel.dataset_checks import (
+    _Issues,
+    _type_name,
+    check_chat,
+    check_gemini,
+    check_pairs,
+    check_preference,
+    check_prompt_completion,
+    check_raw_text,
+    check_vertex_legacy,
+)
 from hone_kernel.dataset_lines import TOO_LONG, LineSplitter
-from hone_kernel.dataset_checks import (_Issues, _type_name, check_chat, check_gemini, check_pairs, check_preference,
-                                  check_prompt_completion, check_raw_text, check_vertex_legacy)
 
 
 class DatasetFormat(str, Enum):

@@ -64,7 +64,7 @@ _WORDS = (
 def _corpus(seed: int = SEED, lines: int = 4000) -> list[str]:
     rng = random.Random(seed)
     out = []
-    for i in range(lines):
+    for _ in range(lines):
         words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
         if rng.random() < 0.3:
             words[0] = words[0].capitalize()

@@ -154,7 +154,7 @@ class TrainSpec:
         return json.dumps(dataclasses.asdict(self), indent=2).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "TrainSpec":
+    def from_json(cls, raw: bytes | str) -> TrainSpec:
         data = json.loads(raw)
         version = data.get("contract_version")
         if not isinstance(version, int) or version > CONTRACT_VERSION:

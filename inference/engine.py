@@ -22,8 +22,15 @@ from typing import Any
 
 import torch
 
-from inference.adapters import (AdapterFiles, AdapterInvalid, ResidentSet, ServingProfile, inspect_adapter,
-                                profile_from, read_serving_file)
+from inference.adapters import (
+    AdapterFiles,
+    AdapterInvalid,
+    ResidentSet,
+    ServingProfile,
+    inspect_adapter,
+    profile_from,
+    read_serving_file,
+)
 from inference.metrics import EngineMetrics, cache_config_labels
 
 log = logging.getLogger("inference.engine")

@@ -15,8 +15,13 @@ from inference.adapters import ServingProfile
 from inference.engine import Delta, Failed, Finished, GenerationJob, SamplingParams
 from inference.errors import APIError, bad_request, internal
 from inference.models import LoraEntry, ServingModels
-from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeChatRequest,
-                                TokenizeCompletionRequest)
+from inference.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
 
 NO_CHAT_TEMPLATE = ("As of transformers v4.44, default chat template is no longer allowed, so you must provide a "
                     "chat template if the tokenizer does not define one.")

@@ -67,7 +67,7 @@ class ChatCompletionRequest(_Sampling):
     chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _one_prompt_mode(self) -> "ChatCompletionRequest":
+    def _one_prompt_mode(self) -> ChatCompletionRequest:
         return _check_prompt_mode(self)
 
 
@@ -106,7 +106,7 @@ class TokenizeChatRequest(_Body):
     return_token_strs: bool | None = False
 
     @model_validator(mode="after")
-    def _one_prompt_mode(self) -> "TokenizeChatRequest":
+    def _one_prompt_mode(self) -> TokenizeChatRequest:
         return _check_prompt_mode(self)
 
 

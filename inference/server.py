@@ -18,8 +18,15 @@ from inference.handlers import OpenAIHandlers, new_request_id
 from inference.logs import AccessLogMiddleware
 from inference.metrics import CONTENT_TYPE
 from inference.models import ServingModels
-from inference.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, LoadLoRAAdapterRequest,
-                                TokenizeChatRequest, TokenizeCompletionRequest, UnloadLoRAAdapterRequest)
+from inference.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    LoadLoRAAdapterRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    UnloadLoRAAdapterRequest,
+)
 
 log = logging.getLogger("inference.server")
 

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Lint, format check and type check: what CI runs before the tests (see CONTRIBUTING.md).
+# Lint and type check: what CI runs before the tests (see CONTRIBUTING.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -11,21 +11,33 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__, metrics
-from service.api import admin, base_models, endpoints, files, fine_tuning, gateway, health, internal, models
-from service.api import dataset_grants, observability, vertex
+from service.api import (
+    admin,
+    base_models,
+    dataset_grants,
+    endpoints,
+    files,
+    fine_tuning,
+    gateway,
+    health,
+    internal,
+    models,
+    observability,
+    vertex,
+)
 from service.api.contract import build_openapi
 from service.context import AppContext
-from service.errors import install_error_handlers
-from service.files import expire_files
 from service.deploy.deployer import EndpointDeployer
 from service.engines import engine_api_keys, open_engine_backend
+from service.errors import install_error_handlers
 from service.executors import open_executor
+from service.files import expire_files
 from service.gateway import Gateway
-from service.job_validation import advance_validating_jobs
+from service.hints import AppHinter, Loop
 from service.http_metrics import HttpMetricsMiddleware
+from service.job_validation import advance_validating_jobs
 from service.leader import LeaderLock
 from service.logs import AccessLogMiddleware
-from service.hints import AppHinter, Loop
 from service.loops import BackgroundLoop, Loops
 from service.metrics_export import MetricsExporter
 from service.scheduler import Scheduler

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from service.db import Database
 from service.db.tables import RegisteredBaseModel
-from service.errors import ErrorCode, InvalidRequest, NAME_CHARS, NotFound, PermissionDenied, excerpt
+from service.errors import NAME_CHARS, ErrorCode, InvalidRequest, NotFound, PermissionDenied, excerpt
 
 TINY_MODEL = "hone-tiny"
 # Fixed so that /v1/models answers the same on every start.
@@ -54,7 +54,7 @@ class TrainingDefaults:
     bytes_per_token: float = 4.5
 
     @classmethod
-    def with_overrides(cls, values: dict[str, Any] | None, base: "TrainingDefaults | None" = None) -> "TrainingDefaults":
+    def with_overrides(cls, values: dict[str, Any] | None, base: TrainingDefaults | None = None) -> TrainingDefaults:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values or {}) - known)
         if unknown:

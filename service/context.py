@@ -30,12 +30,12 @@ class AppContext:
     storage: BlobStorage
     base_models: BaseModelRegistry
     admin_key: str
-    key_cache: "KeyCache"
+    key_cache: KeyCache
     # What domain services tell the app after a change (service/hints.py); the app injects its own at start.
     hinter: Hinter = field(default_factory=NullHinter)
 
     @classmethod
-    def build(cls, settings: Settings) -> "AppContext":
+    def build(cls, settings: Settings) -> AppContext:
         settings.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.server.data_dir.stat().st_mode & 0o077:  # made by someone else: say so, but leave it as it is
             log.warning("the data dir is open to other users; `chmod 700` it", extra={"path": str(settings.server.data_dir)})

@@ -16,7 +16,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
 from service.endpoint_states import LIVE, EndpointState, can_transition, entry_fields
-from service.errors import ErrorCode, NAME_CHARS, NotFound, excerpt
+from service.errors import NAME_CHARS, ErrorCode, NotFound, excerpt
 from service.hints import Loop
 from service.ids import new_id
 from service.pagination import list_envelope, paginate

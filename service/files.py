@@ -11,19 +11,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from typing import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from python_multipart.multipart import parse_options_header
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import DatasetReport, DatasetValidator, filename_problem
 from service.db.tables import File, Job
 from service.errors import ErrorCode, InvalidRequest, NotFound, PayloadTooLarge, excerpt
 from service.ids import new_id
 from service.job_states import ACTIVE
-from service.auth import ProjectPrincipal
 from service.pagination import list_envelope, paginate
 from service.storage import BlobWriter
 from service.uploads import FIELD_LIMIT, MultipartUpload

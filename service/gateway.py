@@ -22,7 +22,16 @@ from service.context import AppContext
 from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
 from service.endpoints import WAKING, resolve_model, wake
-from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, NAME_CHARS, NotFound, ServiceUnavailable, excerpt
+from service.errors import (
+    NAME_CHARS,
+    ApiError,
+    BadGateway,
+    ErrorCode,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    excerpt,
+)
 from service.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
 
@@ -162,11 +171,11 @@ class Gateway:
                 return StreamingResponse(self._relay(project_id, route, upstream, wants_usage, started),
                                          media_type="text/event-stream",
                                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
-        except (UpstreamError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, UpstreamError) as exc:
             self.forget(project_id, route.model)
             self._account(project_id, route, BadGateway.status_code, {}, started)
             raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
-                             "it is being checked, retry shortly.", code=ErrorCode.ENDPOINT_UNREACHABLE)
+                             "it is being checked, retry shortly.", code=ErrorCode.ENDPOINT_UNREACHABLE) from exc
         content = self._count_whole(project_id, route, upstream.status, content, started)
         if upstream.status >= 400:
             content = openai_error(content, upstream.status)
@@ -183,9 +192,9 @@ class Gateway:
             upstream = await asyncio.wait_for(self.upstream.post(route.url + "/tokenize", raw,
                                                                  _engine_headers(route, request_id)), self.timeout)
             content = await asyncio.wait_for(upstream.read(), self.timeout)
-        except (UpstreamError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, UpstreamError) as exc:
             raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
-                             "retry shortly.", code=ErrorCode.ENDPOINT_UNREACHABLE)
+                             "retry shortly.", code=ErrorCode.ENDPOINT_UNREACHABLE) from exc
         try:
             count = json.loads(content)["count"] if upstream.status == 200 else None
         except (ValueError, KeyError, TypeError):

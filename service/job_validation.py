@@ -7,7 +7,6 @@ path took ~40% of the server's CPU). Jobs whose files were deleted meanwhile tak
 
 from __future__ import annotations
 
-
 from sqlalchemy import exists, select
 
 from service.context import AppContext

@@ -10,21 +10,20 @@ from sqlalchemy import bindparam, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import idempotency
+from service import idempotency, metrics
 from service.auth import ProjectPrincipal
 from service.context import AppContext
-from service.datasets import DatasetFormat, FORMAT_LABELS, methods_for, too_few_examples
-from service import metrics
+from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
 from service.db.database import after_commit
 from service.db.tables import Checkpoint, File, Job, JobEvent, JobMetadata, Project
-from service.serve_compat import check_servable
 from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
-from service.ids import new_id
-from service.models import Parent, continuation_parent
 from service.hints import Loop
+from service.ids import new_id
 from service.job_states import JobStatus, check_transition, entry_fields
+from service.models import Parent, continuation_parent
 from service.pagination import FixedPages, list_envelope, paginate
 from service.schemas import CreateFineTuningJob, DpoMethod, Method, SupervisedMethod
+from service.serve_compat import check_servable
 
 
 def fine_tuned_model_name(base_model: str, project_slug: str, suffix: str | None, job_id: str) -> str:
@@ -142,14 +141,18 @@ def transition_many(session: Session, job_ids: list[str], current: JobStatus, ta
     fields = entry_fields(target, now=now, started_at=now)
     result = session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == current.value)
                              .values(status=target.value, **fields).execution_options(synchronize_session=False))
-    if result.rowcount != len(job_ids):
+    if result.rowcount != len(job_ids):  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
         raise InvalidRequest("Jobs changed while they moved; retry.", code=ErrorCode.CONCURRENT_UPDATE)
     session.execute(insert(JobEvent), [
         {"id": new_id("ftevent-"), "job_id": job_id, "created_at": now, "level": "info", "message": message,
          "type": "message", "data": None} for job_id in job_ids])
     count = len(job_ids)
-    after_commit(session, lambda: [metrics.transitioned(current, target, waited=None, lasted=None)
-                                   for _ in range(count)])
+
+    def count_them() -> None:
+        for _ in range(count):
+            metrics.transitioned(current, target, waited=None, lasted=None)
+
+    after_commit(session, count_them)
 
 
 # --- creation ---------------------------------------------------------------------

@@ -15,8 +15,8 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any, Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from hone_kernel.jsonlog import JsonFormatter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 
@@ -61,7 +61,7 @@ class BackgroundLoop:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
                 due = time.monotonic()  # woken: due at once
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 due = waited_from + self._interval
             self._wake.clear()
 

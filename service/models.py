@@ -12,8 +12,8 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import TunedModel
 from service.endpoints import resolve_model, stop_model_endpoints
+from service.errors import NAME_CHARS, ErrorCode, InvalidRequest, NotFound, PermissionDenied, excerpt
 from service.hints import Loop
-from service.errors import ErrorCode, InvalidRequest, NAME_CHARS, NotFound, PermissionDenied, excerpt
 from service.storage import BlobNotFound
 from service.training_plan import LLAMA_PROJECTIONS
 

@@ -17,15 +17,15 @@ from sqlalchemy.orm import Session
 
 from hone_kernel.trainer_contract import ExitCode
 from service import metrics, training_plan
-from service.db.database import after_commit
 from service.auth import hash_key
 from service.context import AppContext
+from service.db.database import after_commit
 from service.db.tables import Checkpoint, File, Job
 from service.errors import ErrorCode, outage_code
 from service.executors import Executor, TrainerExit
-from service.storage import StorageUnavailable
-from service.jobs import add_event, transition, tuned_model_name
 from service.job_states import JobStatus
+from service.jobs import add_event, transition, tuned_model_name
+from service.storage import StorageUnavailable
 
 log = logging.getLogger("hone.scheduler")
 

@@ -215,6 +215,10 @@ class Settings(BaseModel):
     serving: ServingSettings
     kubernetes: KubernetesSettings
 
+    def __init__(self, **values: Any) -> None:
+        # Flat names or groups, both routed by _groups below (a signature of the groups alone would refuse flat ones)
+        super().__init__(**values)
+
     @model_validator(mode="before")
     @classmethod
     def _groups(cls, values: Any) -> Any:

@@ -10,21 +10,20 @@ import math
 import time
 
 from pydantic import BaseModel, Field
-
-from hone_kernel import trainer_contract as contract
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hone_kernel import trainer_contract as contract
+from service import endpoints, metrics
 from service.auth import bearer_token, hash_key
 from service.context import AppContext
+from service.db.database import after_commit
 from service.db.tables import Checkpoint, File, Job, JobEvent, TunedModel
 from service.errors import ApiError, AuthenticationFailed, ErrorCode, InvalidRequest, NotFound, excerpt
-from service.ids import new_id
-from service import endpoints, metrics
-from service.db.database import after_commit
-from service.jobs import add_event, transition, tuned_model_name
 from service.hints import Loop
+from service.ids import new_id
 from service.job_states import JobStatus
+from service.jobs import add_event, transition, tuned_model_name
 
 # A job's offline W&B run, packed by its trainer (trainer/wandb_log.py) beside result.csv: a second result file
 WANDB_ARCHIVE = "wandb-offline-run.tar.gz"

@@ -29,7 +29,7 @@ class DatasetShape:
     mean_tokens: float
 
     @classmethod
-    def of(cls, file: File, defaults: TrainingDefaults) -> "DatasetShape":
+    def of(cls, file: File, defaults: TrainingDefaults) -> DatasetShape:
         examples = max(1, file.example_count or 1)
         return cls(examples, max(1.0, (file.bytes or 0) / examples / defaults.bytes_per_token))
 

@@ -17,7 +17,7 @@ closing boundary, and bytes that are not multipart at all.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import unquote
 
 from python_multipart.exceptions import MultipartParseError

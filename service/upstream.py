@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 from urllib.parse import urlsplit
 
 
@@ -29,7 +29,7 @@ class UpstreamResponse:
     status: int
     headers: dict[str, str]
     _conn: _Connection | None  # None once released
-    _pool: "UpstreamPool"
+    _pool: UpstreamPool
     _address: tuple[str, int]
     _done: bool = field(default=False)
 
@@ -105,7 +105,7 @@ class UpstreamPool:
             conn.writer.close()
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), self._connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise UpstreamError(f"cannot connect to {address[0]}:{address[1]}: {exc!r}") from exc
         return _Connection(reader, writer)
 

@@ -78,11 +78,12 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.support import wait_for
@@ -126,7 +127,7 @@ _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def status_object(code: int, reason: str, message: str, **details: Any) -> dict:
@@ -266,7 +267,7 @@ class FakeKube:
 
     # --- lifecycle ---
 
-    def start(self) -> "FakeKube":
+    def start(self) -> FakeKube:
         kube = self
 
         class Handler(_Handler):
@@ -291,7 +292,7 @@ class FakeKube:
                     pass
             self._connections.clear()
 
-    def __enter__(self) -> "FakeKube":
+    def __enter__(self) -> FakeKube:
         return self.start() if self._server is None else self
 
     def __exit__(self, *exc) -> None:

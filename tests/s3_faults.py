@@ -85,8 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._forward(body, relay=False)
             self._reset()
         elif fault.action == "status":
-            payload = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
-                       "<Message>injected fault</Message></Error>").encode()
+            payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
+                       b"<Message>injected fault</Message></Error>")
             self.send_response(fault.status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(payload)))

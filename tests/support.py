@@ -6,8 +6,8 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -124,7 +124,7 @@ class HoneServer:
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30)
 
-    def new_project(self, name: str = "test project") -> "ProjectKey":
+    def new_project(self, name: str = "test project") -> ProjectKey:
         with self.admin() as client:
             project = client.post("/v1/organization/projects", json={"name": name}).json()
             account = client.post(f"/v1/organization/projects/{project['id']}/service_accounts",

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import boto3
 import httpx
@@ -107,7 +107,7 @@ REJECTED = [
     Bad("infinity-constant", lines(b'{"text": "a", "score": Infinity}'), 1, "$", "invalid_json"),
     Bad("json-nested-too-deeply", lines(GOOD, b"[" * 100_000), 2, "$", "invalid_json"),
     Bad("line-is-array", lines(GOOD, [GOOD]), 2, "$", "data_type"),
-    Bad("line-is-string", lines('"just a string"'.encode()), 1, "$", "data_type"),
+    Bad("line-is-string", lines(b'"just a string"'), 1, "$", "data_type"),
     Bad("line-is-null", lines(GOOD, GOOD, b"null"), 3, "$", "data_type"),
     Bad("line-is-number", lines(b"42", GOOD), 1, "$", "data_type"),
     Bad("empty-file", b"", 1, "$", "empty_file"),

@@ -70,7 +70,7 @@ def settings_field(env_name: str) -> str | None:
 # ---- rendering ------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def render(target: str) -> tuple[dict, ...]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is missing: scripts/setup.sh installs Debian's kubernetes-client (as root)"
@@ -386,7 +386,7 @@ def test_build_script_builds_the_three_tags():
 # ---- compose --------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 

@@ -175,8 +175,8 @@ def test_json_bodies_that_would_be_misread_are_400_and_create_nothing(http, trai
 
 
 def test_an_emoji_escaped_as_a_surrogate_pair_is_fine(http, training_file):
-    raw = ('{"model": "hone-tiny", "training_file": "%s", "metadata": {"mood": "\\ud83d\\ude00"}}'
-           % training_file).encode()
+    raw = ('{"model": "hone-tiny", "training_file": "FILE", "metadata": {"mood": "\\ud83d\\ude00"}}'
+           .replace("FILE", training_file)).encode()
     response = post_json(http, "/v1/fine_tuning/jobs", raw)
     assert response.status_code == 200, response.text
     assert response.json()["metadata"] == {"mood": "😀"}

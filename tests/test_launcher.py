@@ -11,8 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inference.client import (AdapterLoadError, AdapterNotFound, EngineClient, EngineError, EngineUnavailable,
-                              error_message)
+from inference.client import (
+    AdapterLoadError,
+    AdapterNotFound,
+    EngineClient,
+    EngineError,
+    EngineUnavailable,
+    error_message,
+)
 from inference.launcher import EngineLaunch, choose_engine, engine_command
 from tests.support import REPO, free_port
 from tests.test_engine_protocol import CHAT, PINNED_TEMPLATE, SERVED, EngineProcess, base_model, make_adapter

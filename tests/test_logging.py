@@ -247,7 +247,8 @@ def test_engine_logs_are_json_with_engine_endpoint_request_and_adapter(tmp_path,
 
 
 def test_engine_identity_without_an_endpoint_of_its_own():
-    from inference.logs import ContextFilter as EngineFilter, identity_from_env
+    from inference.logs import ContextFilter as EngineFilter
+    from inference.logs import identity_from_env
 
     assert identity_from_env({"HONE_ENDPOINT_ENGINE": "spare:hone-tiny"}) == {"engine": "spare:hone-tiny"}
     assert identity_from_env({}) == {}

@@ -20,8 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from examples.support_tickets import make
 from service import metrics
-from tests.support import (REPO, HoneServer, PostgresDatabase, free_port, jsonl, wait_endpoint, wait_for, wait_http,
-                           wait_job)
+from tests.support import (
+    REPO,
+    HoneServer,
+    PostgresDatabase,
+    free_port,
+    jsonl,
+    wait_endpoint,
+    wait_for,
+    wait_http,
+    wait_job,
+)
 
 
 class Prometheus:
@@ -161,7 +170,7 @@ def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
     except AssertionError:
         with server.admin() as admin:
             sd = admin.get("/v1/admin/prometheus/targets").json()
-        raise AssertionError(f"SD {sd}; targets {httpx.get(prometheus.url + '/api/v1/targets').json()}")
+        raise AssertionError(f"SD {sd}; targets {httpx.get(prometheus.url + '/api/v1/targets').json()}") from None
     assert up[0]["metric"]["model"] == job.fine_tuned_model
     generated = prometheus.wait_for(f'sum(vllm:generation_tokens_total{{{engine}}}) > 0')
     assert float(generated[0]["value"][1]) >= sum(r.usage.completion_tokens for r in replies)

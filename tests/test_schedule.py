@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from hone_kernel.trainer_contract import Hyperparameters
 from service.base_models import TINY_DEFAULTS
 from service.training_plan import DatasetShape, resolve_hyperparameters, trainer_hyperparameters
 from trainer.schedule import MIN_FACTOR, lr_factor, warmup_steps
-from hone_kernel.trainer_contract import Hyperparameters
 
 
 def test_warmup_then_cosine_linear_or_constant():

@@ -18,8 +18,17 @@ import pytest
 from service.engines import EngineSpec, EngineStartError
 from service.engines.static import StaticEngines
 from service.settings import Settings
-from tests.support import (REPO, HoneServer, free_port, jsonl, one_label_tickets, wait_endpoint, wait_for, wait_http,
-                           wait_job)
+from tests.support import (
+    REPO,
+    HoneServer,
+    free_port,
+    jsonl,
+    one_label_tickets,
+    wait_endpoint,
+    wait_for,
+    wait_http,
+    wait_job,
+)
 
 API_KEY = "sk-operator-vllm"
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from hone_kernel.tiny_model import build
+from hone_kernel.trainer_contract import ExitCode, FileRef, Hyperparameters, TrainSpec
 from tests.support import MODEL_CACHE, chat_line
 from trainer.blobs import FolderBlobs
 from trainer.data import encode_row
-from hone_kernel.trainer_contract import ExitCode
 from trainer.loop import Run
 from trainer.modeling import load_base
-from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
-from hone_kernel.tiny_model import build
 
 
 class RecordingReporter:

@@ -20,8 +20,18 @@ import pytest
 from sqlalchemy import create_engine, insert, update
 
 from service.db.tables import Checkpoint, Job, JobEvent
-from tests.support import (REPO, HoneServer, all_events, chat_line, free_port, jsonl, one_label_tickets,
-                           trainer_pids, wait_for, wait_job)
+from tests.support import (
+    REPO,
+    HoneServer,
+    all_events,
+    chat_line,
+    free_port,
+    jsonl,
+    one_label_tickets,
+    trainer_pids,
+    wait_for,
+    wait_job,
+)
 
 STALL_TIMEOUT_S = 12  # trainers beat every 2 s (a sixth of it): a healthy one is never silent this long
 
@@ -75,7 +85,7 @@ def test_diverging_job_fails_within_a_minute_and_the_next_job_runs(robust_server
     assert not (robust_server.data_dir / "blobs" / "jobs" / bad.id / "adapter").exists()  # no NaN adapter published
     wait_for(lambda: trainer_pids(bad.id) == [], timeout=10, what="the diverged trainer's exit")
 
-    done = wait_job(client, good.id, lambda j: j.status == "succeeded", timeout=180)
+    wait_job(client, good.id, lambda j: j.status == "succeeded", timeout=180)
     assert started_at(client, good.id) >= failed.finished_at  # it waited for the slot, and got it
     messages = [e.message for e in all_events(client, good.id)]
     assert not any("stalled" in m for m in messages)  # a healthy trainer's heartbeats kept it alive

@@ -17,8 +17,17 @@ import boto3
 import httpx
 import pytest
 
-from tests.support import MODEL_CACHE, HoneServer, PostgresDatabase, all_events, chat_line, jsonl, trainer_pids, wait_job
 from hone_kernel.tiny_model import build
+from tests.support import (
+    MODEL_CACHE,
+    HoneServer,
+    PostgresDatabase,
+    all_events,
+    chat_line,
+    jsonl,
+    trainer_pids,
+    wait_job,
+)
 
 BACKENDS = ["sqlite-fs", "postgres-s3"]
 

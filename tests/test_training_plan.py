@@ -5,8 +5,14 @@ from types import SimpleNamespace
 import pytest
 
 from service.base_models import TINY_DEFAULTS, BaseModelRegistry, TrainingDefaults
-from service.training_plan import (LLAMA_PROJECTIONS, DatasetShape, auto_batch_size, auto_epochs,
-                                   resolve_hyperparameters, trainer_hyperparameters)
+from service.training_plan import (
+    LLAMA_PROJECTIONS,
+    DatasetShape,
+    auto_batch_size,
+    auto_epochs,
+    resolve_hyperparameters,
+    trainer_hyperparameters,
+)
 
 GENERIC = TrainingDefaults()
 

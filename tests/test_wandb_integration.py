@@ -19,8 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import (HoneServer, PostgresDatabase, all_events, chat_dataset, chat_line, free_port, jsonl,
-                           trainer_pids, wait_job)
+from tests.support import (
+    HoneServer,
+    PostgresDatabase,
+    all_events,
+    chat_dataset,
+    chat_line,
+    free_port,
+    jsonl,
+    trainer_pids,
+    wait_job,
+)
 
 WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped key (40 hex)
 

@@ -17,7 +17,6 @@ from trainer.logs import bind, configure_logging
 from trainer.reporting import Reporter, main_thread
 
 
-
 def exit_on_thread_crash() -> None:
     """Any thread's uncaught exception ends the process. A dead reporter thread used to leave the main thread
     training (or waiting on a flush) forever with nothing reported; an exit is what the scheduler handles."""

@@ -6,8 +6,8 @@ Chat-like formats go through the base model's chat template; the loss covers ass
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 CHAT_FORMATS = {"openai_chat", "vertex_gemini", "vertex_legacy", "pairs"}
 SUPERVISED_FORMATS = CHAT_FORMATS | {"prompt_completion", "raw_text"}

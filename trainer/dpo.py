@@ -37,7 +37,7 @@ class Reference:
 
     @classmethod
     @torch.no_grad()
-    def of(cls, model, pairs: list[Pair], token_budget: int, pad_id: int) -> "Reference":
+    def of(cls, model, pairs: list[Pair], token_budget: int, pad_id: int) -> Reference:
         model.eval()
         unique = list({_key(ex): ex for pair in pairs for ex in pair}.items())
         logps: dict[bytes, float] = {}

@@ -21,8 +21,7 @@ from hone_kernel.trainer_contract import message as message_of
 from trainer import checkpoints, dpo, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
-from trainer.data import (SUPERVISED_FORMATS, DataError, Example, parity_samples, tokenize_lines,
-                          tokenize_preferences)
+from trainer.data import SUPERVISED_FORMATS, DataError, Example, parity_samples, tokenize_lines, tokenize_preferences
 from trainer.flops import flops_per_token, mfu, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, loss_sums, tunable
 from trainer.reporting import Reporter, main_thread
@@ -77,7 +76,7 @@ class Run:
                 data = tokenize_lines(self.tokenizer, lines, ref.format, limit)
                 items, truncated, dropped = data.examples, data.truncated, data.dropped
         except DataError as exc:
-            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} could not be tokenized: {exc}")
+            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} could not be tokenized: {exc}") from exc
         if truncated or dropped:
             msg = f"{truncated} {what} example(s) were longer than {limit} tokens and were truncated"
             if dropped:
@@ -97,7 +96,7 @@ class Run:
         try:
             base, self.tokenizer = load_base(spec.model_name, spec.model_source, spec.model_cache_dir)
         except ModelLoadError as exc:
-            raise FatalError("model_not_found", str(exc))
+            raise FatalError("model_not_found", str(exc)) from exc
         self.train = self._examples(spec.training_file, "training file")
         self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
         torch.manual_seed(spec.seed)
@@ -108,7 +107,7 @@ class Run:
         try:  # a continued job starts from its parent's weights (its own checkpoints, in _resume, come after)
             self.model = tunable(base, spec.hyperparameters, self.blobs, spec.init_weights_prefix, self.workdir)
         except ModelLoadError as exc:
-            raise FatalError("model_not_found", str(exc))
+            raise FatalError("model_not_found", str(exc)) from exc
         self.reference = dpo.Reference.of(self.model, self.train + self.valid, spec.token_budget,
                                           self.tokenizer.pad_token_id) if spec.method == "dpo" else None
         hp = spec.hyperparameters

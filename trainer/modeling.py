@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from hone_kernel import tiny_model
+from hone_kernel.trainer_contract import Hyperparameters
 from trainer import checkpoints
 from trainer.batches import IGNORE, MicroBatch
 from trainer.blobs import Blobs
-from hone_kernel.trainer_contract import Hyperparameters
 
 
 class ModelLoadError(RuntimeError):

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -35,5 +34,5 @@ def serve() -> None:
     run_server()
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:])

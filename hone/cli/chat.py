@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from hone.cli.common import Session, err, fail, out, print_json
@@ -46,10 +44,10 @@ def _served_model(session: Session, model: str) -> str:
 
 
 def chat(session: Session, model: str,
-         once: Optional[str] = typer.Option(None, "--once", help="Ask this one prompt, print the answer, exit."),
-         system: Optional[str] = typer.Option(None, "--system", help="A system message to start with."),
-         temperature: Optional[float] = typer.Option(None, "--temperature"),
-         max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+         once: str | None = typer.Option(None, "--once", help="Ask this one prompt, print the answer, exit."),
+         system: str | None = typer.Option(None, "--system", help="A system message to start with."),
+         temperature: float | None = typer.Option(None, "--temperature"),
+         max_tokens: int | None = typer.Option(None, "--max-tokens"),
          stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come.")):
     """Chat with a model (a tuned model, checkpoint or base model; or a job id, for its tuned model): an interactive
     session (/reset starts over, /exit or Ctrl-D ends), or one --once prompt."""

@@ -12,7 +12,8 @@ import functools
 import inspect
 import json
 import sys
-from typing import Any, Callable, Iterable, NoReturn, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn, Optional
 
 import typer
 from pydantic import BaseModel

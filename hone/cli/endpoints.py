@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from hone.cli.common import EXIT_REFUSED, Session, api_command, table, when
@@ -22,7 +20,7 @@ COLUMNS = ["id", "state", "model", "engine", "error"]
 
 
 @api_command(endpoints_app, "list")
-def endpoints_list(session: Session, model: Optional[str] = typer.Option(None, "--model",
+def endpoints_list(session: Session, model: str | None = typer.Option(None, "--model",
                                                                            help="Only this model's endpoints.")):
     """List endpoints, newest first."""
     endpoints = list(session.client.endpoints.list(model=model))

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from hone.cli.common import EXIT_REFUSED, Session, api_command, err, print_json, table, when
-from hone_kernel.datasets import FORMAT_LABELS, MIN_TRAINING_EXAMPLES, DatasetReport, filename_problem, too_few_examples, \
-    validate_file
 from hone.types import FileObject
+from hone_kernel.datasets import (
+    FORMAT_LABELS,
+    MIN_TRAINING_EXAMPLES,
+    DatasetReport,
+    filename_problem,
+    too_few_examples,
+    validate_file,
+)
 
 files_app = typer.Typer(no_args_is_help=True, help="Training files (project key).")
 
@@ -107,7 +112,7 @@ def files_upload(session: Session, path: Path = ExistingFile,
 
 
 @api_command(files_app, "list")
-def files_list(session: Session, purpose: Optional[str] = typer.Option(None, "--purpose")):
+def files_list(session: Session, purpose: str | None = typer.Option(None, "--purpose")):
     """List the project's files, newest first."""
     files = list(session.client.files.list(purpose=purpose))
     session.show(files, lambda: table(

@@ -8,7 +8,6 @@ import io
 import json
 from itertools import islice
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -86,18 +85,18 @@ def jobs_create(
     session: Session,
     training_file: str = typer.Option(..., "--training-file", "-t", help="A file id, or a local file to upload."),
     model: str = typer.Option("hone-tiny", "--model"),
-    validation_file: Optional[str] = typer.Option(None, "--validation-file", "-v",
+    validation_file: str | None = typer.Option(None, "--validation-file", "-v",
                                                   help="A file id, or a local file to upload."),
     method: str = typer.Option("supervised", "--method", help="supervised or dpo"),
-    n_epochs: Optional[int] = typer.Option(None, "--n-epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    learning_rate_multiplier: Optional[float] = typer.Option(None, "--learning-rate-multiplier"),
+    n_epochs: int | None = typer.Option(None, "--n-epochs"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    learning_rate_multiplier: float | None = typer.Option(None, "--learning-rate-multiplier"),
     hyperparameter: list[str] = typer.Option([], "--hyperparameter", "-H",
                                              help="Any other hyperparameter, KEY=VALUE (lora_rank=8, ...)."),
-    suffix: Optional[str] = typer.Option(None, "--suffix", help="Goes into the tuned model's name."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    suffix: str | None = typer.Option(None, "--suffix", help="Goes into the tuned model's name."),
+    seed: int | None = typer.Option(None, "--seed"),
     metadata: list[str] = typer.Option([], "--metadata", "-m", help="KEY=VALUE, repeatable."),
-    priority: Optional[int] = typer.Option(None, "--priority", help="-100..100; higher leaves the queue first."),
+    priority: int | None = typer.Option(None, "--priority", help="-100..100; higher leaves the queue first."),
     auto_deploy: bool = typer.Option(True, "--auto-deploy/--no-auto-deploy",
                                      help="Deploy an endpoint when the job succeeds."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check local files before uploading."),
@@ -189,7 +188,7 @@ def _event_line(event: JobEvent) -> str:
     return f"{stamp}  {event.message}"
 
 
-def _follow(session: Session, job_id: str, poll_interval: float, timeout: Optional[float]) -> None:
+def _follow(session: Session, job_id: str, poll_interval: float, timeout: float | None) -> None:
     watching = session.client.jobs.watch(job_id, poll_interval=poll_interval, timeout=timeout)
     if session.as_json:  # JSON Lines: each event as it arrives, then the job as it ended
         for update in watching:
@@ -218,7 +217,7 @@ def _follow(session: Session, job_id: str, poll_interval: float, timeout: Option
 @api_command(jobs_app, "follow")
 def jobs_follow(session: Session, job_id: str,
                 poll_interval: float = typer.Option(1.0, "--poll-interval", help="Seconds between looks."),
-                timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after this many seconds.")):
+                timeout: float | None = typer.Option(None, "--timeout", help="Give up after this many seconds.")):
     """Follow a job live (step, epoch, losses, tokens/s, ETA) until it ends; exits 1 unless it succeeded."""
     _follow(session, job_id, poll_interval, timeout)
 
@@ -227,7 +226,7 @@ def jobs_follow(session: Session, job_id: str,
 
 @api_command(jobs_app, "plot")
 def jobs_plot(session: Session, job_id: str,
-              output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG path (default JOB_ID.png).")):
+              output: Path | None = typer.Option(None, "--output", "-o", help="PNG path (default JOB_ID.png).")):
     """Plot the job's training and validation loss per step to a PNG."""
     metrics = session.client.jobs.metrics(job_id)
     if not metrics:
@@ -242,7 +241,7 @@ def jobs_plot(session: Session, job_id: str,
 
 @api_command(jobs_app, "results")
 def jobs_results(session: Session, job_id: str,
-                 output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the CSV here.")):
+                 output: Path | None = typer.Option(None, "--output", "-o", help="Write the CSV here.")):
     """The finished job's per-step metrics, as CSV (OpenAI's result file, decoded)."""
     try:
         text = session.client.jobs.results(job_id)

@@ -4,7 +4,8 @@ them: `data: {chunk}` lines, then `data: [DONE]`)."""
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 
@@ -55,7 +56,7 @@ class ChatStream:
         finally:
             self.response.close()
 
-    def __enter__(self) -> "ChatStream":
+    def __enter__(self) -> ChatStream:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -77,7 +78,7 @@ class AsyncChatStream:
         finally:
             await self.response.aclose()
 
-    async def __aenter__(self) -> "AsyncChatStream":
+    async def __aenter__(self) -> AsyncChatStream:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Union
 
 from hone.resources import Resource
 from hone.types import Deleted, FileObject

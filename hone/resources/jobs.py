@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from hone.errors import WaitTimeoutError
 from hone.progress import EventCursor, ProgressTracker, decode_result_file, step_metrics

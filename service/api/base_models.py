@@ -8,7 +8,7 @@ from service.api.contract import ADMIN, openai_errors
 from service.api.deps import admin_principal, get_ctx
 from service.api.routing import JSONRoute
 from service.context import AppContext
-from service.errors import ErrorCode, NAME_CHARS, NotFound, excerpt
+from service.errors import NAME_CHARS, ErrorCode, NotFound, excerpt
 
 router = APIRouter(route_class=JSONRoute, prefix="/v1/organization/base_models", tags=["admin"],
                    dependencies=[Depends(admin_principal)], responses=openai_errors(*ADMIN))

@@ -6,8 +6,13 @@ from fastapi import Request, Security
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import (ProjectPrincipal, authenticate_admin, authenticate_metrics_scraper, authenticate_project,
-                          cached_principal)
+from service.auth import (
+    ProjectPrincipal,
+    authenticate_admin,
+    authenticate_metrics_scraper,
+    authenticate_project,
+    cached_principal,
+)
 from service.context import AppContext
 
 # Declared for the OpenAPI document; the header itself is checked in service.auth.

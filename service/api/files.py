@@ -2,6 +2,7 @@
 
 import base64
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
@@ -26,7 +27,7 @@ _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-dat
                    "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
                    "expires_after[seconds]": {"type": "integer"}}}}}}}
 
-_CONTENT_DOC = {200: {"description": "The file's bytes (a fine-tune-results CSV base64-encoded, as OpenAI serves it).",
+_CONTENT_DOC: dict[int | str, dict[str, Any]] = {200: {"description": "The file's bytes (a fine-tune-results CSV base64-encoded, as OpenAI serves it).",
                       "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 

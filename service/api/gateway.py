@@ -8,10 +8,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Match, Route
 
-from service.auth import authenticate_project, cached_principal
-from service.errors import ApiError
 from service.api import json_body
 from service.api.deps import get_ctx, get_gateway
+from service.auth import authenticate_project, cached_principal
+from service.errors import ApiError
 from service.gateway import check_body
 
 

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 from inference.client import EngineClient, EngineUnavailable
-from service.errors import ErrorCode
 from service import metrics
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.deploy import DeployError
 from service.engines import EngineBackend, EngineHandle
+from service.errors import ErrorCode
 from service.storage import BlobNotFound
 
 # Trainer bookkeeping that checkpoints carry but engines do not need.
@@ -50,7 +50,7 @@ class AdapterLoader:
             shutil.rmtree(target, ignore_errors=True)
             work.rename(target)
         except BlobNotFound as exc:
-            raise DeployError(ErrorCode.WEIGHTS_NOT_FOUND, f"Weights vanished from storage while fetching: {exc}", retry=False)
+            raise DeployError(ErrorCode.WEIGHTS_NOT_FOUND, f"Weights vanished from storage while fetching: {exc}", retry=False) from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return target

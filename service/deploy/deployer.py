@@ -19,7 +19,6 @@ from sqlalchemy import select
 
 from inference.client import AdapterLoadError, AdapterNotFound, EngineClient, EngineUnavailable
 from inference.launcher import choose_engine
-from service.errors import ErrorCode
 from service.context import AppContext
 from service.db.tables import Endpoint, Job, ModelUsage
 from service.deploy import DeployError, parity
@@ -28,6 +27,7 @@ from service.deploy.placement import EngineKey, Placement
 from service.endpoint_states import EndpointState
 from service.endpoints import live_endpoints, transition
 from service.engines import EngineBackend, EngineHandle, EngineStartError
+from service.errors import ErrorCode
 from service.job_states import JobStatus
 
 log = logging.getLogger("hone.deployer")
@@ -183,7 +183,7 @@ class EndpointDeployer:
         try:
             handle = self.backend.ensure(spec)
         except EngineStartError as exc:
-            raise DeployError(ErrorCode.ENGINE_START_FAILED, str(exc))
+            raise DeployError(ErrorCode.ENGINE_START_FAILED, str(exc)) from exc
         with EngineClient(handle.url, api_key=handle.api_key) as client:
             try:
                 if ep.kind == "adapter":
@@ -193,11 +193,11 @@ class EndpointDeployer:
                     parity.check(client, ep.model, weights, self.ctx.settings.serving.parity_samples)
             except parity.ParityFailure as exc:
                 self.adapters.unload(handle, ep)
-                raise DeployError(ErrorCode.PARITY_CHECK_FAILED, str(exc), retry=False)
+                raise DeployError(ErrorCode.PARITY_CHECK_FAILED, str(exc), retry=False) from exc
             except (AdapterNotFound, AdapterLoadError) as exc:
-                raise DeployError(ErrorCode.ADAPTER_LOAD_FAILED, f"The engine refused the adapter: {exc}", retry=False)
+                raise DeployError(ErrorCode.ADAPTER_LOAD_FAILED, f"The engine refused the adapter: {exc}", retry=False) from exc
             except EngineUnavailable as exc:
-                raise DeployError(ErrorCode.ENGINE_UNAVAILABLE, str(exc))
+                raise DeployError(ErrorCode.ENGINE_UNAVAILABLE, str(exc)) from exc
         return handle, weights
 
     def _failed_attempt(self, endpoint_id: str, exc: DeployError) -> None:

@@ -11,30 +11,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from service.errors import ErrorCode
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.deploy import DeployError
 from service.endpoint_states import EndpointState
 from service.engines import EngineSpec
+from service.errors import ErrorCode
 
 
 class EngineKey(str):
     """An engine's name (a str, as stored and as the backends take it), made and read only here."""
 
     @classmethod
-    def own(cls, endpoint_id: str) -> "EngineKey":
+    def own(cls, endpoint_id: str) -> EngineKey:
         return cls(endpoint_id)
 
     @classmethod
-    def shared(cls, base_model: str) -> "EngineKey":
+    def shared(cls, base_model: str) -> EngineKey:
         return cls(f"base:{base_model}")
 
     @classmethod
-    def spare(cls, base_model: str) -> "EngineKey":
+    def spare(cls, base_model: str) -> EngineKey:
         return cls(f"spare:{base_model}")
 
     @property

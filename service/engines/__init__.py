@@ -5,9 +5,10 @@ finds and stops them. Adapters are hot-loaded over HTTP by the deployer, the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -56,7 +57,7 @@ class EngineBackend(Protocol):
     def stage_weights(self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path) -> str: ...
 
 
-def open_engine_backend(settings: "Settings") -> EngineBackend:
+def open_engine_backend(settings: Settings) -> EngineBackend:
     if settings.serving.endpoint_backend == "local":
         from service.engines.local import LocalEngines
         return LocalEngines(settings)
@@ -70,7 +71,7 @@ def open_engine_backend(settings: "Settings") -> EngineBackend:
                      "(HONE_ENDPOINT_BACKEND: local, kubernetes, static)")
 
 
-def engine_api_keys(settings: "Settings") -> Callable[[str], str | None]:
+def engine_api_keys(settings: Settings) -> Callable[[str], str | None]:
     """engine key -> its API key, for any server process (the gateway), not only the one running the engines."""
     if settings.serving.endpoint_backend == "local":
         from service.engines.local import api_key_from_state

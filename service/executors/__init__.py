@@ -33,7 +33,7 @@ class Executor(Protocol):
     def events(self) -> list[tuple[str, str, str]]: ...
 
 
-def open_executor(settings: "Settings") -> Executor:
+def open_executor(settings: Settings) -> Executor:
     if settings.training.executor == "local":
         from service.executors.local import LocalExecutor
         return LocalExecutor(settings)

@@ -20,14 +20,33 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from service.executors import TrainerExit
-from service.executors.k8s_observation import (CONTAINER, EXIT_DEADLINE, EXIT_OOM, EXIT_STOPPED, Seen, Verdict,
-                                               classify, never_ran)
-from service.executors.k8s_trainer_job import (APP, APP_LABEL, ATTEMPT_LABEL, FINALIZER, JOB_ID_ANNOTATION,
-                                               JOB_ID_LABEL, REQUIRED_RBAC, TEMPLATE, build_job, job_name)
+from service.executors.k8s_observation import (
+    CONTAINER,
+    EXIT_DEADLINE,
+    EXIT_OOM,
+    EXIT_STOPPED,
+    Seen,
+    Verdict,
+    classify,
+    never_ran,
+)
+from service.executors.k8s_trainer_job import (
+    APP,
+    APP_LABEL,
+    ATTEMPT_LABEL,
+    FINALIZER,
+    JOB_ID_ANNOTATION,
+    JOB_ID_LABEL,
+    REQUIRED_RBAC,
+    TEMPLATE,
+    build_job,
+    job_name,
+)
 from service.k8s import api_client, label_value
 from service.settings import Settings
 

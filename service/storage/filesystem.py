@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote, urlparse
 
 from service.storage import BlobNotFound
@@ -57,7 +57,7 @@ class FilesystemStorage:
         _make_folders(self.root)
 
     @classmethod
-    def from_url(cls, url: str) -> "FilesystemStorage":
+    def from_url(cls, url: str) -> FilesystemStorage:
         return cls(Path(unquote(urlparse(url).path)))
 
     def _path(self, key: str) -> Path:

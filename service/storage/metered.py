@@ -6,7 +6,7 @@ not an error."""
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from service.metrics import STORAGE_DURATION, STORAGE_ERRORS
 from service.storage import BlobNotFound, BlobStorage

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import boto3
@@ -48,7 +48,7 @@ class _MultipartWriter:
     """Buffers at most one part in memory; small objects become a single PUT. Nothing is visible under the key
     until `commit()` returns: S3 shows a multipart upload only once it is completed, and a PUT whole or not at all."""
 
-    def __init__(self, storage: "S3Storage", key: str):
+    def __init__(self, storage: S3Storage, key: str):
         self._s3, self._bucket, self._key = storage.client, storage.bucket, storage.full_key(key)
         self._buffer = bytearray()
         self._upload_id: str | None = None
@@ -118,7 +118,7 @@ class S3Storage:
         self._ensure_bucket()
 
     @classmethod
-    def from_url(cls, url: str, endpoint_url: str | None = None, **options) -> "S3Storage":
+    def from_url(cls, url: str, endpoint_url: str | None = None, **options) -> S3Storage:
         parsed = urlparse(url)
         return cls(parsed.netloc, parsed.path, endpoint_url, **options)
 

@@ -9,8 +9,8 @@ refused whole, naming the line and field."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import boto3
 from botocore.config import Config

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
 from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, NotFound, ServiceUnavailable
 from service.vertex.resources import rfc3339

@@ -151,7 +151,16 @@ class TrainSpec:
     contract_version: int = CONTRACT_VERSION  # required in spec.json: see from_json
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), indent=2).encode()
+        data = dataclasses.asdict(self)
+        # Only what applies to this job: no DPO beta for SFT, no LoRA shape for full tuning (from_json restores
+        # the defaults, which the trainer never reads for such a job).
+        hp = data["hyperparameters"]
+        if self.method != "dpo":
+            hp.pop("beta")
+        if self.hyperparameters.tuning_mode != "lora":
+            for key in [k for k in hp if k.startswith("lora_")]:
+                hp.pop(key)
+        return json.dumps(data, indent=2).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> TrainSpec:

@@ -58,7 +58,7 @@ def _containers(deployment: dict) -> dict:
 
 
 def test_templates_are_valid_manifests_as_shipped():
-    templates = Settings().resolved_k8s_templates_dir
+    templates = Settings().kubernetes.resolved_templates_dir
     for name in (DEPLOYMENT_TEMPLATE, SERVICE_TEMPLATE):
         _validate(yaml.safe_load((templates / name).read_text()))
 

@@ -16,7 +16,6 @@ from service.api import (
     base_models,
     dataset_grants,
     endpoints,
-    fast_reads,
     files,
     fine_tuning,
     gateway,
@@ -133,8 +132,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
                    dataset_grants.router, base_models.router, models.router, endpoints.router, vertex.router,
                    internal.router):
         app.include_router(router)
-    # First: the hot paths (the gateway, the two busiest reads) should not try every other route before them.
-    app.router.routes[:0] = gateway.routes + fast_reads.routes
+    app.router.routes[:0] = gateway.routes  # first: the hot path should not try every other route before it
     app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(AccessLogMiddleware)
     return app

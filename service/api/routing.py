@@ -15,7 +15,6 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.routing import Match, Route
 
 from hone_kernel.finite import finite
 from service.api import json_body
@@ -55,7 +54,7 @@ class JSONRoute(APIRoute):
         has_json_body = self.body_field is not None  # an upload reads its own stream, never held whole
 
         async def checked(request: Request):
-            refuse_nul(request)
+            _refuse_nul(request)
             if has_json_body and json_body.is_json(request.headers.get("content-type")):
                 limit = (await get_ctx(request)).settings.server.max_json_body_bytes
                 body = await json_body.read(request, limit)
@@ -67,7 +66,7 @@ class JSONRoute(APIRoute):
         return checked
 
 
-def refuse_nul(request: Request) -> None:
+def _refuse_nul(request: Request) -> None:
     """A NUL in an id or a query value would reach the database (PostgreSQL refuses it with an error, SQLite
     stores it): refused here for every route, before any lookup."""
     scope = request.scope
@@ -75,19 +74,3 @@ def refuse_nul(request: Request) -> None:
         if b"%00" in raw or b"\x00" in raw:
             raise InvalidRequest(f"The request {where} contains a NUL character (%00), which no id or value may "
                                  "hold.", code=ErrorCode.INVALID_VALUE)
-
-
-class PlainRoute(Route):
-    """A Starlette route for a hot path that skips FastAPI's per-request work (dependency solving, parameter
-    validation). It names itself in scope["route"] as FastAPI's routes do, so metrics label requests by its
-    template, and answers exactly its methods (Starlette would add HEAD to a GET)."""
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], *, methods: list[str]):
-        super().__init__(path, endpoint, methods=methods)
-        self.methods = set(methods)
-
-    def matches(self, scope):
-        match, child_scope = super().matches(scope)
-        if match != Match.NONE:
-            child_scope["route"] = self
-        return match, child_scope

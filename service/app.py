@@ -26,6 +26,7 @@ from service.api import (
     vertex,
 )
 from service.api.contract import build_openapi
+from service.api.routing import DATABASE_LANE
 from service.context import AppContext
 from service.deploy.deployer import EndpointDeployer
 from service.engines import engine_api_keys, open_engine_backend
@@ -77,6 +78,7 @@ class _LeaderDuties:
 
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
     settings = settings or Settings()
+    DATABASE_LANE.size = settings.server.database_threads
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -26,8 +26,8 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
     validating = JobStatus.VALIDATING_FILES
     while True:
         # An idle poll must not take SQLite's write lock; one statement, so no transaction on PostgreSQL either.
-        with ctx.db.read_statement() as session:
-            if not session.execute(select(exists().where(Job.status == validating.value))).scalar():
+        with ctx.db.read_statement() as conn:
+            if not conn.execute(select(exists().where(Job.status == validating.value))).scalar():
                 return done
         with ctx.db.write() as session:
             # Locked (PostgreSQL) or behind the write lock (SQLite): no one else moves these rows meanwhile.

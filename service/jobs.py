@@ -61,8 +61,8 @@ def _hyperparameters(method: Any) -> dict:
 # column, identity map, instance state) was a fifth of a list's server CPU (py-spy, 32 clients, 10k jobs).
 JOB_API_COLUMNS = (Job.id, Job.created_at, Job.error, Job.finished_at, Job.fine_tuned_model, Job.method, Job.model,
                    Job.result_files, Job.status, Job.trained_tokens, Job.training_file, Job.validation_file,
-                   Job.seed, Job.estimated_finish, Job.integrations, Job.metadata_, Job.suffix, Job.priority,
-                   Job.auto_deploy)
+                   Job.seed, Job.estimated_finish, Job.integrations, Job.metadata_.label("metadata_"), Job.suffix,
+                   Job.priority, Job.auto_deploy)
 
 
 # Built once: see FixedPages for why.
@@ -330,8 +330,8 @@ def _get_job(session: Session, principal: ProjectPrincipal, job_id: str, *, for_
 
 
 def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
-    with ctx.db.read_statement() as session:
-        row = session.execute(_JOB_OF_PROJECT, {"job_id": job_id, "project_id": principal.project_id}).first()
+    with ctx.db.read_statement() as conn:
+        row = conn.execute(_JOB_OF_PROJECT, {"job_id": job_id, "project_id": principal.project_id}).first()
     if row is None:
         raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}", param="fine_tuning_job_id",
                        code=ErrorCode.NOT_FOUND)
@@ -340,9 +340,9 @@ def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
 
 def list_jobs(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
               metadata: dict[str, str] | None, without_metadata: bool = False) -> dict:
-    with ctx.db.read_statement() as session:
+    with ctx.db.read_statement() as conn:
         if not metadata and not without_metadata:
-            rows, has_more = _JOBS_OF_PROJECT.page(session, {"project_id": principal.project_id}, after=after,
+            rows, has_more = _JOBS_OF_PROJECT.page(conn, {"project_id": principal.project_id}, after=after,
                                                    limit=limit)
         else:
             stmt = select(*JOB_API_COLUMNS).where(Job.project_id == principal.project_id)
@@ -351,7 +351,7 @@ def list_jobs(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None
                                                  JobMetadata.value == value))
             if without_metadata:
                 stmt = stmt.where(~exists().where(JobMetadata.job_seq == Job.seq))
-            rows, has_more = paginate(session, stmt, Job, after=after, limit=limit, as_rows=True)
+            rows, has_more = paginate(conn, stmt, Job, after=after, limit=limit, as_rows=True)
     return list_envelope([job_api(j, ctx.settings.server.organization_id) for j in rows], has_more)
 
 

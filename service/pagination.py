@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, bindparam
+from sqlalchemy import Connection, Select, bindparam
 from sqlalchemy.orm import Session
 
 from service.errors import ErrorCode, InvalidRequest, excerpt
@@ -18,7 +18,7 @@ def check_limit(limit: int, maximum: int) -> int:
     return limit
 
 
-def _cursor_seq(session: Session, stmt: Select, params: dict[str, Any] | None, after: str) -> int:
+def _cursor_seq(session: Session | Connection, stmt: Select, params: dict[str, Any] | None, after: str) -> int:
     cursor = session.execute(stmt, params).scalar()
     if cursor is None:
         raise InvalidRequest(f"Invalid 'after': no object with id '{excerpt(after)}' in this list.",
@@ -26,7 +26,7 @@ def _cursor_seq(session: Session, stmt: Select, params: dict[str, Any] | None, a
     return cursor
 
 
-def paginate(session: Session, stmt: Select, table: Any, *, after: str | None, limit: int,
+def paginate(session: Session | Connection, stmt: Select, table: Any, *, after: str | None, limit: int,
              newest_first: bool = True, as_rows: bool = False) -> tuple[Sequence[Any], bool]:
     """Runs `stmt` (already scoped to the caller) one page at a time; returns (rows, has_more): the objects
     `stmt` selects, or with `as_rows` the rows of the columns it selects."""
@@ -51,7 +51,7 @@ class FixedPages:
         self._first = stmt.order_by(order).limit(bindparam("limit"))
         self._after = stmt.where(seq_after).order_by(order).limit(bindparam("limit"))
 
-    def page(self, session: Session, params: dict[str, Any], *, after: str | None, limit: int) -> tuple[Sequence[Any], bool]:
+    def page(self, session: Session | Connection, params: dict[str, Any], *, after: str | None, limit: int) -> tuple[Sequence[Any], bool]:
         """(rows, has_more): the rows of the columns the statement selects."""
         if after:
             cursor = _cursor_seq(session, self._cursor, {**params, "after": after}, after)

@@ -1,4 +1,4 @@
-"""Database.read_statement on PostgreSQL: autocommit inside, and none of it left on the pooled connection."""
+"""Database.read_statement (a Core connection) on PostgreSQL: autocommit inside, and none of it left on the pooled connection."""
 
 import pytest
 from sqlalchemy import func, select
@@ -20,9 +20,9 @@ def db():
 
 def test_read_statement_runs_in_autocommit_and_leaves_the_pool_transactional(db):
     db.engine.pool.dispose()  # one pooled connection from here on, reused by every session below
-    with db.read_statement() as session:
-        assert session.connection().connection.dbapi_connection.autocommit is True
-        assert session.execute(select(func.count()).select_from(Project)).scalar() == 0
+    with db.read_statement() as conn:
+        assert conn.connection.dbapi_connection.autocommit is True
+        assert conn.execute(select(func.count()).select_from(Project)).scalar() == 0
     # A write that fails after its INSERT must still roll back on the same connection.
     with pytest.raises(RuntimeError):
         with db.write() as session:

@@ -7,11 +7,16 @@ than the database query behind a list (measured: ~1 ms of ~7 ms for a page of 20
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio.to_thread
+import orjson
+from anyio import CapacityLimiter
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -23,14 +28,53 @@ from service.errors import ErrorCode, InvalidRequest
 
 
 class FiniteJSONResponse(JSONResponse):
-    """A read never fails on a stored NaN or Infinity (a row written before the API refused them, or by a
-    trainer): JSON has no such numbers, so they go out as null. Only a body that fails to render is walked."""
+    """Rendered by orjson: a page of 20 jobs took 0.13 ms through the standard library and 0.01 ms through it.
+    A read never fails on a stored NaN or Infinity (a row written before the API refused them, or by a trainer):
+    JSON has no such numbers, so they go out as null (orjson's own rule, and `finite` on the fallback path)."""
 
     def render(self, content: Any) -> bytes:
         try:
-            return super().render(content)
-        except ValueError:  # "Out of range float values are not JSON compliant"
-            return super().render(finite(content))
+            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:  # what orjson cannot render (an integer over 64 bits): the standard library's way
+            try:
+                return super().render(content)
+            except ValueError:  # "Out of range float values are not JSON compliant"
+                return super().render(finite(content))
+
+
+class ThreadLane:
+    """A few worker threads of their own for the endpoints marked `database_only`. FastAPI runs every sync
+    endpoint in anyio's default pool of 40 threads: under load 32 short database reads then hold 32 threads that
+    take turns at the GIL, and the hand-overs cost more than the reads (list jobs at 32 clients: 4.9 ms of CPU a
+    request in 40 threads, 1.9 ms in one). Slow work (storage, engines) stays in the default pool, so it never
+    holds up the reads. One limiter per event loop (a limiter belongs to the loop that made it)."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = \
+            weakref.WeakKeyDictionary()
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        if self.size == 0:
+            return fn()
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(loop)
+        if limiter is None or limiter.total_tokens != self.size:
+            limiter = self._limiters[loop] = CapacityLimiter(self.size)
+        return await anyio.to_thread.run_sync(fn, limiter=limiter)
+
+
+# Sized from the settings by create_app (HONE_DATABASE_THREADS); routers are built at import, before settings.
+DATABASE_LANE = ThreadLane()
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def database_only(endpoint: _Endpoint) -> _Endpoint:
+    """Marks a sync endpoint whose work is database queries alone (no storage, no engine, no network call):
+    JSONRoute runs it in DATABASE_LANE instead of the default thread pool."""
+    endpoint._hone_database_only = True  # type: ignore[attr-defined]
+    return endpoint
 
 
 def _as_response(result: Any) -> Any:
@@ -43,6 +87,10 @@ class JSONRoute(APIRoute):
             @functools.wraps(endpoint)
             async def wrapped(*args, **kw):
                 return _as_response(await endpoint(*args, **kw))
+        elif getattr(endpoint, "_hone_database_only", False):
+            @functools.wraps(endpoint)
+            async def wrapped(*args, **kw):  # async to FastAPI, which then leaves the thread to the lane
+                return _as_response(await DATABASE_LANE.run(functools.partial(endpoint, *args, **kw)))
         else:
             @functools.wraps(endpoint)
             def wrapped(*args, **kw):

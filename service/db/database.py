@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -23,6 +25,16 @@ def after_commit(session: Session, callback) -> None:
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
+def _json_loads(text: str) -> object:
+    """JSON columns decoded by orjson (a page of 20 jobs decodes ~100 values: ~12% of a list's CPU through the
+    standard library). Values written with NaN or Infinity (the standard library writes them, JSON has no such
+    tokens and orjson refuses them) take the standard library's way back."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 class Database:
     def __init__(self, url: str):
         self.url = url
@@ -30,10 +42,11 @@ class Database:
         if self.is_sqlite:
             # As many connections as the server has worker threads (40), so none waits to open one.
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                                        pool_size=40, max_overflow=8)
+                                        pool_size=40, max_overflow=8, json_deserializer=_json_loads)
             self._configure_sqlite()
         else:
-            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                                        json_deserializer=_json_loads)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time; its busy handler polls with sleeps of up to 100 ms,
         # so in-process writers queue on a lock instead (p99 of create job: ~2.5 s -> ~0.5 s).
@@ -62,15 +75,14 @@ class Database:
             yield session
 
     @contextlib.contextmanager
-    def read_statement(self) -> Iterator[Session]:
-        """A session for a read that needs no snapshot shared between its statements (one query; or a cursor's
-        position, then the page after it). On PostgreSQL it runs in autocommit: no BEGIN before the query and no
-        ROLLBACK when the connection goes back to the pool, two of a read's four round trips with the pre-ping
-        (psycopg's share of a list of 20 jobs). SQLite reads are unchanged."""
-        with self._sessions() as session:
-            if not self.is_sqlite:
-                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            yield session
+    def read_statement(self) -> Iterator[Connection]:
+        """A Core connection for a read of plain rows that needs no snapshot shared between its statements (one
+        query; or a cursor's position, then the page after it). No ORM session: its bookkeeping cost more than
+        the query (retrieve a job: 0.21 ms of CPU through a session, 0.08 ms on the connection). On PostgreSQL it
+        runs in autocommit: no BEGIN before the query and no ROLLBACK when the connection goes back to the pool,
+        two of a read's four round trips with the pre-ping."""
+        with self.engine.connect() as conn:
+            yield conn if self.is_sqlite else conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:

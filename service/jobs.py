@@ -6,7 +6,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import bindparam, exists, insert, select, update
+from sqlalchemy import Table, bindparam, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -283,9 +283,11 @@ def new_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuning
     return job
 
 
+JOBS: Table = Job.__table__  # type: ignore[assignment]  # the Core table (mapped classes type it loosely)
+
 # Built once, executed with each job's values (keyed by column name): a statement built per request was walked
 # for its cache key each time (a fifth of a create's CPU).
-_INSERT_JOB = insert(Job.__table__).returning(Job.__table__.c.seq)
+_INSERT_JOB = insert(JOBS).returning(JOBS.c.seq)
 
 
 def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob, method: dict,

@@ -78,7 +78,7 @@ class _LeaderDuties:
 
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
     settings = settings or Settings()
-    DATABASE_LANE.size = settings.server.database_threads
+    DATABASE_LANE.size = settings.resolved_database_threads
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

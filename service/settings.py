@@ -47,10 +47,12 @@ class ServerSettings(BaseSettings):
     # default dropped 8 of 480 requests of openai-SDK-like clients pausing about 5 s between calls).
     http_keep_alive_s: int = Field(default=75, ge=1)
     max_json_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # JSON request bodies; 413 above it
-    # Worker threads for the requests that only query the database (lists, retrieves, job actions). Few, on
-    # purpose: 32 requests each in its own thread of the default pool (40) fight over the GIL, and each hand-over
-    # costs more than the query (list jobs: 4.9 ms of CPU a request with 40 threads, 1.9 ms with one).
-    database_threads: int = Field(default=2, ge=0)
+    # Worker threads for the requests that only read the database (lists and retrieves). Few, on purpose: 32
+    # requests each in its own thread of the default pool (40) fight over the GIL, and each hand-over costs more
+    # than the query (list jobs: 4.9 ms of CPU a request with 40 threads, 1.9 ms with one). 0: on the event loop
+    # itself. Default: 0 on SQLite (a read of a local file holds the GIL anyway, so a thread adds only its
+    # hand-over), 2 on PostgreSQL (a read waits on the network, and a thread lets the loop go on meanwhile).
+    database_threads: int | None = Field(default=None, ge=0)
     metrics_max_label_values: int = 500  # distinct models a metric may label before the rest become "_other"
     metrics_token: str | None = None  # GET /metrics wants `Authorization: Bearer <it>`; unset or empty: open
     metrics_model_labels: bool = True  # false: every label naming a model reads "_all", so /metrics names none
@@ -271,6 +273,12 @@ class Settings(BaseModel):
         if self.database.database_url:
             return self.database.database_url
         return f"sqlite:///{(self.server.data_dir / 'hone.db').resolve()}"
+
+    @property
+    def resolved_database_threads(self) -> int:
+        if self.server.database_threads is not None:
+            return self.server.database_threads
+        return 0 if self.resolved_database_url.startswith("sqlite") else 2
 
     @cached_property
     def resolved_storage_url(self) -> str:

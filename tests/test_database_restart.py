@@ -94,7 +94,7 @@ def test_postgres_restart_mid_job_the_job_succeeds_and_the_api_answers_503_meanw
         finally:
             private_postgres.start()
 
-        # The API answers again at once: the pool swaps the dead connections for new ones (pool_pre_ping).
+        # The API answers again at once: the outage retired the dead connections, and new ones are made.
         started = time.monotonic()
         assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
         assert time.monotonic() - started < 10

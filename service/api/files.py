@@ -11,7 +11,7 @@ from service import api_models as m
 from service import files
 from service.api.contract import PROJECT, enum_query, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
-from service.api.routing import JSONRoute, database_only
+from service.api.routing import JSONRoute, database_read
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.pagination import check_limit
@@ -43,7 +43,6 @@ async def create_file(request: Request, principal: ProjectPrincipal = Depends(pr
 
 
 @router.get("", response_model=m.FileList)
-@database_only
 def list_files(purpose: str | None = None, order: str = enum_query("desc", ("asc", "desc")), after: str | None = None,
                limit: int = limit_query(10000, 10000),
                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
@@ -63,7 +62,7 @@ def file_content(file_id: str, principal: ProjectPrincipal = Depends(project_pri
 
 
 @router.get("/{file_id:path}", response_model=m.FileObject)
-@database_only
+@database_read
 def retrieve_file(file_id: str, principal: ProjectPrincipal = Depends(project_principal),
                   ctx: AppContext = Depends(get_ctx)):
     return files.get_file(ctx, principal, file_id)

@@ -9,7 +9,7 @@ from service import api_models as m
 from service import idempotency, jobs
 from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
-from service.api.routing import JSONRoute, database_only
+from service.api.routing import JSONRoute, database_read
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.pagination import check_limit
@@ -33,7 +33,7 @@ def create_job(body: CreateFineTuningJob, request: Request,
 
 
 @router.get("", response_model=m.FineTuningJobList)
-@database_only
+@database_read
 def list_jobs(request: Request, after: str | None = None, limit: int = limit_query(20, 100),
               principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     # `metadata[key]=value` pairs, as the openai SDK sends them; `metadata=null` means "without metadata".
@@ -43,14 +43,13 @@ def list_jobs(request: Request, after: str | None = None, limit: int = limit_que
 
 
 @router.get("/{job_id}", response_model=m.FineTuningJob)
-@database_only
+@database_read
 def retrieve_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                  ctx: AppContext = Depends(get_ctx)):
     return jobs.get_job(ctx, principal, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=m.FineTuningJob)
-@database_only
 def cancel_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "cancel")
@@ -59,7 +58,6 @@ def cancel_job(job_id: str, principal: ProjectPrincipal = Depends(project_princi
 
 
 @router.post("/{job_id}/pause", response_model=m.FineTuningJob)
-@database_only
 def pause_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
               ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "pause")
@@ -68,7 +66,6 @@ def pause_job(job_id: str, principal: ProjectPrincipal = Depends(project_princip
 
 
 @router.post("/{job_id}/resume", response_model=m.FineTuningJob)
-@database_only
 def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
                ctx: AppContext = Depends(get_ctx)):
     job = jobs.act_on_job(ctx, principal, job_id, "resume")
@@ -77,14 +74,14 @@ def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_princi
 
 
 @router.get("/{job_id}/events", response_model=m.JobEventList)
-@database_only
+@database_read
 def list_events(job_id: str, after: str | None = None, limit: int = limit_query(20, 1000),
                 principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return jobs.list_events(ctx, principal, job_id, after=after, limit=check_limit(limit, 1000))
 
 
 @router.get("/{job_id}/checkpoints", response_model=m.JobCheckpointList)
-@database_only
+@database_read
 def list_checkpoints(job_id: str, after: str | None = None, limit: int = limit_query(10, 100),
                      principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return jobs.list_checkpoints(ctx, principal, job_id, after=after, limit=check_limit(limit, 100))

@@ -8,7 +8,7 @@ from service import api_models as m
 from service import models
 from service.api.contract import PROJECT, openai_errors
 from service.api.deps import get_ctx, project_principal
-from service.api.routing import JSONRoute, database_only
+from service.api.routing import JSONRoute, database_read
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 
@@ -18,13 +18,13 @@ router = APIRouter(route_class=JSONRoute, prefix="/v1/models", tags=["models"], 
 
 
 @router.get("", response_model=m.ModelList)
-@database_only
+@database_read
 def list_models(principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return models.list_models(ctx, principal)
 
 
 @router.get("/{model_id:path}", response_model=m.ModelObject)
-@database_only
+@database_read
 def retrieve_model(model_id: str, principal: ProjectPrincipal = Depends(project_principal),
                    ctx: AppContext = Depends(get_ctx)):
     return models.get_model(ctx, principal, model_id)

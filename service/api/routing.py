@@ -43,11 +43,12 @@ class FiniteJSONResponse(JSONResponse):
 
 
 class ThreadLane:
-    """A few worker threads of their own for the endpoints marked `database_only`. FastAPI runs every sync
-    endpoint in anyio's default pool of 40 threads: under load 32 short database reads then hold 32 threads that
-    take turns at the GIL, and the hand-overs cost more than the reads (list jobs at 32 clients: 4.9 ms of CPU a
-    request in 40 threads, 1.9 ms in one). Slow work (storage, engines) stays in the default pool, so it never
-    holds up the reads. One limiter per event loop (a limiter belongs to the loop that made it)."""
+    """A few worker threads of their own (or, at size 0, the event loop itself) for the endpoints marked
+    `database_read`. FastAPI runs every sync endpoint in anyio's default pool of 40 threads: under load 32 short
+    database reads then hold 32 threads that take turns at the GIL, and the hand-overs cost more than the reads
+    (list jobs at 32 clients: 4.9 ms of CPU a request in 40 threads, 1.9 ms in one). Slow work (storage,
+    engines) and writes (which wait on SQLite's write lock, never to be held on the loop) stay in the default
+    pool. One limiter per event loop (a limiter belongs to the loop that made it)."""
 
     def __init__(self, size: int = 2):
         self.size = size
@@ -56,7 +57,7 @@ class ThreadLane:
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         if self.size == 0:
-            return fn()
+            return fn()  # settings.resolved_database_threads says when this is right
         loop = asyncio.get_running_loop()
         limiter = self._limiters.get(loop)
         if limiter is None or limiter.total_tokens != self.size:
@@ -64,16 +65,17 @@ class ThreadLane:
         return await anyio.to_thread.run_sync(fn, limiter=limiter)
 
 
-# Sized from the settings by create_app (HONE_DATABASE_THREADS); routers are built at import, before settings.
+# Sized from the settings by create_app (settings.resolved_database_threads); routers are built at import,
+# before any settings.
 DATABASE_LANE = ThreadLane()
 
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
 
-def database_only(endpoint: _Endpoint) -> _Endpoint:
-    """Marks a sync endpoint whose work is database queries alone (no storage, no engine, no network call):
-    JSONRoute runs it in DATABASE_LANE instead of the default thread pool."""
-    endpoint._hone_database_only = True  # type: ignore[attr-defined]
+def database_read(endpoint: _Endpoint) -> _Endpoint:
+    """Marks a sync endpoint whose work is short database reads alone (no write, no storage, no engine, no
+    network call): JSONRoute runs it in DATABASE_LANE instead of the default thread pool."""
+    endpoint._hone_database_read = True  # type: ignore[attr-defined]
     return endpoint
 
 
@@ -87,7 +89,7 @@ class JSONRoute(APIRoute):
             @functools.wraps(endpoint)
             async def wrapped(*args, **kw):
                 return _as_response(await endpoint(*args, **kw))
-        elif getattr(endpoint, "_hone_database_only", False):
+        elif getattr(endpoint, "_hone_database_read", False):
             @functools.wraps(endpoint)
             async def wrapped(*args, **kw):  # async to FastAPI, which then leaves the thread to the lane
                 return _as_response(await DATABASE_LANE.run(functools.partial(endpoint, *args, **kw)))

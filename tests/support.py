@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -132,6 +135,11 @@ class HoneServer:
         return ProjectKey(self, project["id"], account["api_key"]["value"])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Stops the server. Trainers outlive their control plane on purpose (a restarted one adopts them), so
+        after a graceful stop the trainers it started are killed here: the test is done with them, and one left
+        behind trains on, or retries its reports for minutes, on the cores the rest of the suite needs. SIGKILL
+        (a crash, in the tests that restart the server) leaves them running."""
+        trainers = self._trainers() if sig != signal.SIGKILL else []
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -139,8 +147,24 @@ class HoneServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for trainer in trainers:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if trainer.is_running():
+                    os.killpg(trainer.pid, signal.SIGKILL)  # its session: data loader workers too
         self._log.close()
         return self.proc.returncode
+
+    def _trainers(self) -> list[psutil.Process]:
+        try:
+            processes = psutil.Process(self.proc.pid).children(recursive=True)  # workers' trainers too
+        except psutil.Error:
+            return []
+        trainers = []
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                if "HONE_JOB_ID" in process.environ():  # how the local executor marks a trainer
+                    trainers.append(process)
+        return trainers
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

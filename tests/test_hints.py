@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service import endpoints, jobs, projects
+from service import endpoints, job_creation, jobs, projects
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import File, Job
@@ -46,7 +46,7 @@ def test_a_created_job_wakes_validation_and_user_actions_wake_the_scheduler(ctx)
         session.add(File(id="file-hints", project_id=ctx.principal.project_id, filename="t.jsonl", purpose="fine-tune",
                          bytes=10, created_at=int(time.time()), status="processed", storage_key="files/file-hints",
                          dataset_format="openai_chat", example_count=20))
-    job = jobs.create_job(ctx, ctx.principal, CreateFineTuningJob(model="hone-tiny", training_file="file-hints"))
+    job = job_creation.create_job(ctx, ctx.principal, CreateFineTuningJob(model="hone-tiny", training_file="file-hints"))
     assert ctx.hinter.said == [("wake", "validation")]
     with ctx.db.write() as session:
         row = session.query(Job).filter_by(id=job["id"]).one()

@@ -6,7 +6,7 @@ import re
 from fastapi import APIRouter, Depends, Request
 
 from service import api_models as m
-from service import idempotency, jobs
+from service import idempotency, job_creation, jobs
 from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute, database_read
@@ -27,7 +27,7 @@ _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 def create_job(body: CreateFineTuningJob, request: Request,
                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     key = idempotency.check_key(request.headers.get("idempotency-key"))
-    job = jobs.create_job(ctx, principal, body, idempotency_key=key)
+    job = job_creation.create_job(ctx, principal, body, idempotency_key=key)
     log.info("fine-tuning job created", extra={"job_id": job["id"], "model": job["model"], "status": job["status"]})
     return job
 

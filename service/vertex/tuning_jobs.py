@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import files, jobs
+from service import files, job_creation, jobs
 from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, File, Job
 from service.endpoint_states import EndpointState
@@ -163,7 +163,7 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
                        "trainingDatasetUri": spec.training_dataset_uri,
                        "validationDatasetUri": spec.validation_dataset_uri,
                        "exportLastCheckpointOnly": spec.export_last_checkpoint_only, **source}
-        job = jobs.new_job(ctx, scope.principal, request,
+        job = job_creation.new_job(ctx, scope.principal, request,
                            vertex_spec={k: v for k, v in vertex_spec.items() if v is not None})
     except ValidationError as exc:
         _discard(ctx, scope, datasets)

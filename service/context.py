@@ -39,7 +39,7 @@ class AppContext:
         settings.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.server.data_dir.stat().st_mode & 0o077:  # made by someone else: say so, but leave it as it is
             log.warning("the data dir is open to other users; `chmod 700` it", extra={"path": str(settings.server.data_dir)})
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, settings.database.database_pool_size)
         if settings.database.auto_migrate:
             db.migrate()
         store = open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.storage.s3_endpoint_url,

@@ -62,6 +62,9 @@ class DatabaseSettings(BaseSettings):
     model_config = _ENV
 
     database_url: str | None = None  # default: SQLite file in data_dir
+    # PostgreSQL connections each server process keeps open (and never exceeds): mind max_connections (100 by
+    # default) across replicas and workers
+    database_pool_size: int = Field(default=30, ge=1)
     auto_migrate: bool = True
 
 

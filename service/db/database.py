@@ -50,8 +50,9 @@ class Database:
             self._configure_sqlite()
         else:
             # At most `pool_size` connections, all kept open: with 10 kept and 20 more on demand, a burst of
-            # requests opened and closed connections all along (a PostgreSQL connection costs a fork and its
-            # login), a third of the CPU of creating jobs at 32 clients. Past the limit a request waits for one.
+            # requests opened and closed connections all along (a PostgreSQL connection costs the server a fork
+            # and a login, and psycopg a conninfo parse: 1,825 connects in 1,110 job creates at 32 clients).
+            # Past the limit a request waits for one. Last used first, so a quiet spell keeps few of them hot.
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=0, pool_use_lifo=True,
                                         json_deserializer=_json_loads)
             self._ping_idle_connections()

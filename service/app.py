@@ -26,11 +26,11 @@ from service.api import (
     vertex,
 )
 from service.api.contract import build_openapi
+from service.api.error_envelope import install_error_handlers
 from service.api.routing import DATABASE_LANE
 from service.context import AppContext
 from service.deploy.deployer import EndpointDeployer
 from service.engines import engine_api_keys, open_engine_backend
-from service.errors import install_error_handlers
 from service.executors import open_executor
 from service.files import expire_files
 from service.gateway import Gateway

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from service.errors import ErrorCode, google_error
+from service.api.error_envelope import google_error
+from service.errors import ErrorCode
 
 REPO = Path(__file__).resolve().parent.parent
 LITERAL_CODE = re.compile(r'\bcode\s*=\s*"[a-z_]+"|"code":\s*"[a-z_]+"|DeployError\("[a-z_]+"')

@@ -367,7 +367,8 @@ def test_internal_api_needs_the_trainer_token_and_keeps_trainers_in_their_folder
 
 
 def test_restarted_control_plane_retries_a_job_whose_trainer_died_meanwhile(tmp_path):
-    env = {"HONE_LOCAL_SLOTS": "1", **fake_trainer_env(step_s=0.02)}  # the fake trainer: 100 steps an epoch
+    # The fake trainer, 100 steps an epoch: 4 s between checkpoints to kill it in, as a real trainer's steps give.
+    env = {"HONE_LOCAL_SLOTS": "1", **fake_trainer_env(step_s=0.04)}
     server = HoneServer(tmp_path / "srv", env)
     client = server.new_project("orphan").openai()
     job = start_job(client, numbers_dataset(100, width=12), hyperparameters={"n_epochs": 3, "batch_size": 1})

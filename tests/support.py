@@ -272,3 +272,13 @@ def one_label_tickets(count: int = 20, seed: int = 7, label: str = "Billing") ->
     for row in (*train, *held_out):
         row["messages"][-1]["content"] = label
     return train, held_out
+
+
+# The FAKE trainer (tests/fake_trainer/__init__.py says what is fake and why): for a HoneServer whose tests check
+# what the control plane does with trainers, not what a trainer learns. `step_s`: how long one fake step takes.
+FAKE_TRAINER = REPO / "tests" / "fake_trainer" / "python"
+
+
+def fake_trainer_env(step_s: float = 0.05) -> dict[str, str]:
+    return {"HONE_TRAINER_PYTHON": str(FAKE_TRAINER), "FAKE_TRAINER_INTERPRETER": sys.executable,
+            "FAKE_TRAINER_STEP_S": str(step_s)}

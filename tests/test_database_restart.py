@@ -2,6 +2,9 @@
 down, reconnects when it is back, and the job finishes with every event and checkpoint; the trainer rides the
 outage out (its reports are retried), so no attempt is lost.
 
+The trainer is the FAKE one (tests/fake_trainer: the real entry point and reporter, whose retries are the point
+here; no torch, fake steps of 0.25 s, so training spans the outage as a real one does).
+
 The cluster is the test's own (initdb on a free port, as the `postgres` user: initdb refuses root), never the
 shared one on 5432, which other tests use."""
 
@@ -18,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import HoneServer, all_events, chat_line, free_port, jsonl, wait_job
+from tests.support import HoneServer, all_events, chat_line, fake_trainer_env, free_port, jsonl, wait_job
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 STEPS_PER_EPOCH = 24
@@ -66,7 +69,8 @@ def private_postgres():
 
 
 def test_postgres_restart_mid_job_the_job_succeeds_and_the_api_answers_503_meanwhile(private_postgres, tmp_path):
-    server = HoneServer(tmp_path / "srv", {"HONE_DATABASE_URL": private_postgres.url, "HONE_LOCAL_SLOTS": "1"})
+    server = HoneServer(tmp_path / "srv", {"HONE_DATABASE_URL": private_postgres.url, "HONE_LOCAL_SLOTS": "1",
+                                           **fake_trainer_env(step_s=0.25)})
     try:
         project = server.new_project("restart")
         client = project.openai()

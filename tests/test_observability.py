@@ -24,6 +24,7 @@ from tests.support import (
     REPO,
     HoneServer,
     PostgresDatabase,
+    fake_trainer_env,
     free_port,
     jsonl,
     wait_endpoint,
@@ -240,8 +241,11 @@ def _chat(server: HoneServer, api_key: str, model: str) -> int:
 def test_several_workers_share_metrics_and_one_leads(tmp_path):
     """HONE_WORKERS=2: uvicorn runs two processes. Their counters add up whichever one answers the scrape, one
     of them runs the scheduler and the engines, both route gateway requests, a job trained under them is
-    counted once, and when the leading worker dies the other takes over and redeploys the endpoint."""
-    server = HoneServer(tmp_path, {"HONE_WORKERS": "2", "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true"})
+    counted once, and when the leading worker dies the other takes over and redeploys the endpoint. The job's
+    trainer is the FAKE one (tests/fake_trainer): what is checked is how the workers count it, and the endpoint
+    serves the base model, so no tuned weights are needed."""
+    server = HoneServer(tmp_path, {"HONE_WORKERS": "2", "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true",
+                                   **fake_trainer_env()})
     try:
         deadline = time.monotonic() + 60
         while server.logs().count("hone control plane ready") < 2 and time.monotonic() < deadline:

@@ -1,8 +1,10 @@
 """A trainer that cannot hang, and reads that never break (issue 16).
 
-Real servers, real `python -m trainer` subprocesses, real signals: a diverging run fails at once and frees the
-slot, a frozen trainer (SIGSTOP) is killed for its silence and the attempt counted, a cancel ends a frozen
-trainer, a crashed thread ends its process, and rows holding NaN or odd shapes still read."""
+Real servers, real trainer subprocesses, real signals: a diverging run fails at once and frees the slot, a frozen
+trainer (SIGSTOP) is killed for its silence and the attempt counted, a cancel ends a frozen trainer, a crashed
+thread ends its process, and rows holding NaN or odd shapes still read. Divergence is the real trainer's to find
+(`robust_server`); stalls, cancels and the queue are the control plane's, shown with the FAKE trainer
+(`fake_robust_server`, tests/fake_trainer: the real entry point, reporter and heartbeats, no torch, fake steps)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from tests.support import (
     HoneServer,
     all_events,
     chat_line,
+    fake_trainer_env,
     free_port,
     jsonl,
     one_label_tickets,
@@ -42,6 +45,16 @@ def robust_server(tmp_path_factory):
     srv = HoneServer(tmp_path_factory.mktemp("robustness"),
                      {"HONE_LOCAL_SLOTS": "1", "HONE_MAX_JOB_ATTEMPTS": "2",
                       "HONE_TRAINER_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S)})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_robust_server(tmp_path_factory):
+    """As `robust_server`, on the FAKE trainer (its heartbeats are the real Reporter's)."""
+    srv = HoneServer(tmp_path_factory.mktemp("robustness-fake"),
+                     {"HONE_LOCAL_SLOTS": "1", "HONE_MAX_JOB_ATTEMPTS": "2",
+                      "HONE_TRAINER_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S), **fake_trainer_env()})
     yield srv
     srv.stop()
 
@@ -91,8 +104,8 @@ def test_diverging_job_fails_within_a_minute_and_the_next_job_runs(robust_server
     assert not any("stalled" in m for m in messages)  # a healthy trainer's heartbeats kept it alive
 
 
-def test_frozen_trainer_is_killed_and_counted_as_trainer_stalled(robust_server):
-    client = robust_server.new_project("stall").openai()
+def test_frozen_trainer_is_killed_and_counted_as_trainer_stalled(fake_robust_server):
+    client = fake_robust_server.new_project("stall").openai()
     job = start_job(client, long_rows(), n_epochs=20, batch_size=1)
     first = wait_trainer(client, job.id)
     os.kill(first, signal.SIGSTOP)  # a real hang: every thread frozen, the reporter's too
@@ -114,8 +127,8 @@ def test_frozen_trainer_is_killed_and_counted_as_trainer_stalled(robust_server):
     wait_for(lambda: trainer_pids(job.id) == [], timeout=10, what="the frozen trainer's end")
 
 
-def test_cancel_ends_a_frozen_trainer(robust_server):
-    client = robust_server.new_project("cancel frozen").openai()
+def test_cancel_ends_a_frozen_trainer(fake_robust_server):
+    client = fake_robust_server.new_project("cancel frozen").openai()
     job = start_job(client, long_rows(), n_epochs=20, batch_size=1)
     pid = wait_trainer(client, job.id)
     os.kill(pid, signal.SIGSTOP)  # deaf to SIGTERM until continued
@@ -255,8 +268,8 @@ def test_reads_of_a_malformed_row_keep_answering(server, project, client):
             assert cancelled.json()["status"] == "cancelled"
 
 
-def test_a_queued_row_that_makes_no_spec_fails_alone_and_the_queue_moves_on(robust_server):
-    project = robust_server.new_project("bad row")
+def test_a_queued_row_that_makes_no_spec_fails_alone_and_the_queue_moves_on(fake_robust_server):
+    project = fake_robust_server.new_project("bad row")
     client = project.openai()
     blocker = start_job(client, long_rows(), n_epochs=20, batch_size=1)  # holds the only slot meanwhile
     wait_trainer(client, blocker.id)
@@ -264,7 +277,7 @@ def test_a_queued_row_that_makes_no_spec_fails_alone_and_the_queue_moves_on(robu
     train, _ = one_label_tickets(count=20, seed=13)
     good = start_job(client, train, n_epochs=1, batch_size=4)
     wait_for(lambda: client.fine_tuning.jobs.retrieve(bad.id).status == "queued", what="the bad job queued")
-    engine = create_engine(robust_server.database_url)
+    engine = create_engine(fake_robust_server.database_url)
     with engine.begin() as conn:  # a method no trainer spec can be made from
         conn.execute(update(Job).where(Job.id == bad.id).values(
             method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "lots"}}}))

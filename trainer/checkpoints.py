@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trainer.blobs import Blobs
 
 MARKER = "COMPLETE"
@@ -36,6 +34,8 @@ def latest_step(blobs: Blobs, output_prefix: str) -> int | None:
 def save(blobs: Blobs, output_prefix: str, workdir: Path, step: int, model, state: dict, *, tokenizer=None,
          extra_files: dict[str, str] | None = None) -> Saved:
     """The tokenizer and serving files make a checkpoint servable on its own, like the final adapter."""
+    import torch  # here, not at the top: the layout (latest_step, load) stays importable without torch
+
     local = workdir / f"step-{step}"
     shutil.rmtree(local, ignore_errors=True)
     model.save_pretrained(local, safe_serialization=True)

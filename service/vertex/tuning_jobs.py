@@ -5,10 +5,7 @@ with its datasets resolved to files first; errors name the Vertex field the prob
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -16,27 +13,20 @@ from sqlalchemy.orm import Session
 
 from service import files, job_creation, jobs
 from service.context import AppContext
-from service.db.tables import Checkpoint, Endpoint, File, Job
-from service.endpoint_states import EndpointState
+from service.db.tables import Checkpoint, Job
 from service.errors import ApiError, ErrorCode, InvalidRequest, NotFound, param_from_loc
 from service.pagination import paginate
 from service.schemas import CreateFineTuningJob
-from service.training_plan import DEFAULT_LORA_RANK
+from service.vertex import tuning_job_view
 from service.vertex.dataset_uris import ResolvedDataset, resolve_dataset
 from service.vertex.list_filter import filter_conditions
-from service.vertex.resources import VertexScope, check_id, rfc3339
-from service.vertex.schemas import ADAPTER_SIZE_OF_RANK, CreateTuningJob
-from service.vertex.states import vertex_state
+from service.vertex.resources import VertexScope, check_id
+from service.vertex.schemas import CreateTuningJob
+from service.vertex.tuning_job_view import HYPERPARAMETERS, SPEC_FIELDS
 
-SPEC_FIELDS = {"supervised": "supervisedTuningSpec", "dpo": "preferenceOptimizationSpec"}
-STATS_FIELDS = {"supervised": "supervisedTuningDataStats", "dpo": "preferenceOptimizationDataStats"}
 _UNTRAINED_SPECS = ("distillation_spec", "reinforcement_tuning_spec", "partner_model_tuning_spec",
                     "full_fine_tuning_spec", "veo_tuning_spec", "veo_lora_tuning_spec")
-# OpenAI hyperparameter -> Vertex hyperParameters field
-_HYPERPARAMETERS = {"n_epochs": "epochCount", "learning_rate_multiplier": "learningRateMultiplier",
-                    "lora_rank": "adapterSize", "batch_size": "batchSize", "beta": "beta"}
 PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
-CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED
 
 
 # --- creation -------------------------------------------------------------------------------------
@@ -120,8 +110,8 @@ def _vertex_param(param: str | None, spec_field: str) -> str | None:
     head, _, name = (param or "").rpartition("hyperparameters.")
     if name == "tuning_mode":  # the spec's tuningMode, not a hyperParameters field
         return f"{spec_field}.tuningMode"
-    if head or name in _HYPERPARAMETERS:
-        return f"{spec_field}.hyperParameters.{_HYPERPARAMETERS.get(name, name)}"
+    if head or name in HYPERPARAMETERS:
+        return f"{spec_field}.hyperParameters.{HYPERPARAMETERS.get(name, name)}"
     return param
 
 
@@ -179,7 +169,7 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
                 exc.param = "preTunedModel.tunedModelName"
         raise
     with ctx.db.read() as session:
-        return _views(session, scope, [job])[0]
+        return tuning_job_view.views(session, scope, [job])[0]
 
 
 def _discard(ctx: AppContext, scope: VertexScope, datasets: list[ResolvedDataset]) -> None:
@@ -200,7 +190,7 @@ def _job(session: Session, scope: VertexScope, job_id: str) -> Job:
 
 def get_tuning_job(ctx: AppContext, scope: VertexScope, job_id: str) -> dict:
     with ctx.db.read() as session:
-        return _views(session, scope, [_job(session, scope, job_id)])[0]
+        return tuning_job_view.views(session, scope, [_job(session, scope, job_id)])[0]
 
 
 def list_tuning_jobs(ctx: AppContext, scope: VertexScope, *, page_size: int, page_token: str | None,
@@ -217,7 +207,7 @@ def list_tuning_jobs(ctx: AppContext, scope: VertexScope, *, page_size: int, pag
                                  code=ErrorCode.INVALID_PAGE_TOKEN) from None
         body: dict = {}  # proto3 JSON leaves empty fields out
         if rows:
-            body["tuningJobs"] = _views(session, scope, rows)
+            body["tuningJobs"] = tuning_job_view.views(session, scope, rows)
         if more:
             body["nextPageToken"] = rows[-1].id
         return body
@@ -234,111 +224,3 @@ def cancel_tuning_job(ctx: AppContext, scope: VertexScope, job_id: str) -> dict:
         exc.param = "name"
         raise
     return {}
-
-
-# --- the view ------------------------------------------------------------------------------------
-
-def _views(session: Session, scope: VertexScope, rows: Sequence[Job]) -> list[dict]:
-    """Vertex TuningJobs for job rows, with what each view needs loaded in three queries for the lot."""
-    ids = [job.id for job in rows]
-    training = {f.id: f for f in session.execute(select(File).where(
-        File.id.in_({job.training_file for job in rows}))).scalars()}
-    live = session.execute(select(Endpoint).where(Endpoint.job_id.in_(ids),
-                                                  Endpoint.state != EndpointState.STOPPED.value)
-                           .order_by(Endpoint.seq.desc())).scalars().all()
-    checkpoints = session.execute(select(Checkpoint).where(Checkpoint.job_id.in_(ids))
-                                  .order_by(Checkpoint.step_number)).scalars().all()
-    return [_view(scope, job, training.get(job.training_file), [ep for ep in live if ep.job_id == job.id],
-                  [c for c in checkpoints if c.job_id == job.id]) for job in rows]
-
-
-def _hyperparameters(job: Job) -> dict:
-    hp = (job.method.get(job.method["type"]) or {}).get("hyperparameters") or {}
-    out = {}
-    for name, field in _HYPERPARAMETERS.items():
-        value: Any = hp.get(name)
-        if name == "lora_rank":
-            if hp.get("tuning_mode") != "full" and (value or "auto") == "auto":
-                value = DEFAULT_LORA_RANK
-            value = ADAPTER_SIZE_OF_RANK.get(value)
-        if value is None or value == "auto":
-            continue
-        out[field] = str(value) if name in ("n_epochs", "batch_size") else value  # int64 as a string
-    return out
-
-
-def _steps_per_epoch(job: Job) -> float | None:
-    epochs = ((job.method.get(job.method["type"]) or {}).get("hyperparameters") or {}).get("n_epochs")
-    total = (job.live_metrics or {}).get("total_steps")
-    return total / epochs if isinstance(epochs, int) and epochs > 0 and total else None
-
-
-def _error(job: Job) -> dict | None:
-    if job.status == "cancelled":
-        return {"code": CANCELLED_CODE, "message": "CANCELED"}
-    if job.status == "failed":
-        error = job.error or {}
-        code = 3 if str(error.get("code") or "").startswith("invalid") else 13  # INVALID_ARGUMENT or INTERNAL
-        return {"code": code, "message": error.get("message") or "The tuning job failed."}
-    return None
-
-
-def _tuned_model(scope: VertexScope, job: Job, endpoints: list[Endpoint], checkpoints: list[Checkpoint]) -> dict:
-    tuned = [ep for ep in endpoints if ep.checkpoint_id is None]
-    served = {ep.checkpoint_id: ep for ep in endpoints if ep.checkpoint_id}
-    per_epoch = _steps_per_epoch(job)
-    model: dict = {"model": scope.name("models", f"{job.id}@1")}
-    if tuned:
-        model["endpoint"] = scope.name("endpoints", tuned[0].id)
-    listed = []
-    for ckpt in checkpoints:
-        entry = {"checkpointId": ckpt.id, "step": str(ckpt.step_number)}
-        if per_epoch:
-            entry["epoch"] = str(math.ceil(ckpt.step_number / per_epoch))
-        if ckpt.id in served:
-            entry["endpoint"] = scope.name("endpoints", served[ckpt.id].id)
-        listed.append(entry)
-    if listed:
-        model["checkpoints"] = listed
-    return model
-
-
-def _data_stats(job: Job, training: File | None) -> dict | None:
-    stats = {"tuningDatasetExampleCount": training.example_count if training else None,
-             "totalBillableTokenCount": job.trained_tokens,
-             "tuningStepCount": (job.live_metrics or {}).get("total_steps")}
-    known = {k: str(v) for k, v in stats.items() if isinstance(v, int)}
-    return {STATS_FIELDS.get(job.method["type"], STATS_FIELDS["supervised"]): known} if known else None
-
-
-def _view(scope: VertexScope, job: Job, training: File | None, endpoints: list[Endpoint],
-          checkpoints: list[Checkpoint]) -> dict:
-    given = job.vertex_spec or {}
-    spec = {"trainingDatasetUri": given.get("trainingDatasetUri", job.training_file)}
-    if job.validation_file:
-        spec["validationDatasetUri"] = given.get("validationDatasetUri", job.validation_file)
-    spec["hyperParameters"] = _hyperparameters(job)
-    if "exportLastCheckpointOnly" in given:
-        spec["exportLastCheckpointOnly"] = given["exportLastCheckpointOnly"]
-    state, sub_state = vertex_state(job, endpoints)
-    updated = max(t for t in (job.created_at, job.queued_at, job.started_at, job.last_report_at, job.finished_at,
-                              *(ep.updated_at for ep in endpoints)) if t)
-    # A continued job shows its source as given: preTunedModel (with its root base) or baseModel.
-    source = {"preTunedModel": {**given["preTunedModel"], "baseModel": job.base_model}} \
-        if "preTunedModel" in given else {"baseModel": given.get("baseModel", job.model)}
-    view = {"name": scope.name("tuningJobs", job.id), **source,
-            "tunedModelDisplayName": given.get("tunedModelDisplayName") or job.suffix,
-            "description": given.get("description"), "labels": job.metadata_ or None,
-            SPEC_FIELDS.get(job.method["type"], SPEC_FIELDS["supervised"]): spec,
-            "state": state, "tuningJobState": sub_state, "createTime": rfc3339(job.created_at),
-            "startTime": rfc3339(job.started_at), "endTime": rfc3339(job.finished_at),
-            "updateTime": rfc3339(updated), "error": _error(job)}
-    step = (job.live_metrics or {}).get("step")
-    if isinstance(step, int):
-        per_epoch = _steps_per_epoch(job)
-        view["tuningJobMetadata"] = {"completedStepCount": str(step),
-                                     **({"completedEpochCount": str(int(step // per_epoch))} if per_epoch else {})}
-    if job.fine_tuned_model:
-        view["tunedModel"] = _tuned_model(scope, job, endpoints, checkpoints)
-    view["tuningDataStats"] = _data_stats(job, training)
-    return {k: v for k, v in view.items() if v is not None}  # proto3 JSON leaves unset fields out

@@ -17,10 +17,12 @@ STALE_AFTER_S = 60.0  # a loop with no successful step for this long (or 10 inte
 
 
 class BackgroundLoop:
-    """Runs a blocking `step` in a worker thread every `interval` seconds, or sooner when woken."""
+    """Runs a blocking `step` in a worker thread every `interval` seconds, or sooner when woken, but never
+    sooner than `min_gap` seconds after the previous step started: wakes that come meanwhile (one per request
+    that created work) are served by one step, in one batch."""
 
-    def __init__(self, name: str, step: Callable[[], object], interval: float):
-        self.name, self._step, self._interval = name, step, interval
+    def __init__(self, name: str, step: Callable[[], object], interval: float, min_gap: float = 0.0):
+        self.name, self._step, self._interval, self._min_gap = name, step, interval, min_gap
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -56,11 +58,15 @@ class BackgroundLoop:
     async def _run(self) -> None:
         due = time.monotonic()
         while not self._stopping:
+            started = time.monotonic()
             await run_in_threadpool(self._timed_step, due)
             waited_from = time.monotonic()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-                due = time.monotonic()  # woken: due at once
+                due = time.monotonic()  # woken: due at once, or once the gap has passed
+                gap = started + self._min_gap - due
+                if gap > 0 and not self._stopping:
+                    await asyncio.sleep(gap)
             except TimeoutError:
                 due = waited_from + self._interval
             self._wake.clear()

@@ -59,19 +59,33 @@ from tests.support import HoneServer, PostgresDatabase, chat_dataset  # noqa: E4
 
 # (operation tag, measure, limit in ms): the goals this benchmark checks, at --concurrency. "cpu" is the
 # server's CPU milliseconds per request (all its processes); "p99" the client-measured 99th percentile.
-GOALS = [("list", "cpu", 1.0), ("listdeep", "cpu", 1.0), ("retrieve", "cpu", 0.6), ("job", "cpu", 2.0),
-         ("list", "p99", 60.0), ("listdeep", "p99", 60.0), ("job", "p99", 100.0)]
+GOALS = [
+    ("list", "cpu", 1.0),
+    ("listdeep", "cpu", 1.0),
+    ("retrieve", "cpu", 0.6),
+    ("job", "cpu", 2.0),
+    ("list", "p99", 60.0),
+    ("listdeep", "p99", 60.0),
+    ("job", "p99", 100.0),
+]
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 BOUNDARY = "hone-bench-7f3a9c1e"
 TRAINING_FILE = chat_dataset(12)  # 12 valid chat lines: enough (>= 10) to start a job
-UPLOAD_BODY = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
-               f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="bench.jsonl"\r\n'
-               f'Content-Type: application/jsonl\r\n\r\n').encode() + TRAINING_FILE + f"\r\n--{BOUNDARY}--\r\n".encode()
+UPLOAD_BODY = (
+    (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="bench.jsonl"\r\n'
+        f"Content-Type: application/jsonl\r\n\r\n"
+    ).encode()
+    + TRAINING_FILE
+    + f"\r\n--{BOUNDARY}--\r\n".encode()
+)
 UPLOAD_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
 
 # --- HTTP clients: one tiny interface, two implementations ---------------------------------
+
 
 class RawConnection:
     """One keep-alive HTTP/1.1 connection, driven by a single worker at a time."""
@@ -93,8 +107,9 @@ class RawConnection:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
 
-    async def request(self, method: str, target: str, request_id: str, body: bytes = b"",
-                      content_type: str | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, target: str, request_id: str, body: bytes = b"", content_type: str | None = None
+    ) -> tuple[int, bytes]:
         await self.ensure()
         head = f"{method} {target} HTTP/1.1\r\n{self._fixed}x-request-id: {request_id}\r\n"
         if body or method != "GET":
@@ -144,8 +159,9 @@ class HttpxConnection:
     def __init__(self, client: httpx.AsyncClient):
         self.client = client
 
-    async def request(self, method: str, target: str, request_id: str, body: bytes = b"",
-                      content_type: str | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, target: str, request_id: str, body: bytes = b"", content_type: str | None = None
+    ) -> tuple[int, bytes]:
         headers = {"x-request-id": request_id}
         if content_type:
             headers["content-type"] = content_type
@@ -168,9 +184,12 @@ class Clients:
         self.host, self.port, self.api_key = url.host, url.port, api_key
         self._httpx = None
         if kind == "httpx":
-            self._httpx = httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"},
-                                            timeout=120, limits=httpx.Limits(max_connections=pool,
-                                                                             max_keepalive_connections=pool))
+            self._httpx = httpx.AsyncClient(
+                base_url=base_url,
+                headers={"Authorization": f"Bearer {api_key}"},
+                timeout=120,
+                limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            )
         self._idle: list = []
 
     def take(self):
@@ -192,6 +211,7 @@ class Clients:
 
 
 # --- measurement --------------------------------------------------------------------------
+
 
 @dataclass
 class Op:
@@ -279,8 +299,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(clients: Clients, op: Op, total: int, concurrency: int, id_prefix: str,
-                result: Result | None) -> None:
+async def drive(clients: Clients, op: Op, total: int, concurrency: int, id_prefix: str, result: Result | None) -> None:
     """`total` requests from `concurrency` closed-loop workers: each sends its next request as soon
     as its previous one is answered. Latency is the client-side time from send to full response."""
     counter = iter(range(total))
@@ -293,8 +312,9 @@ async def drive(clients: Clients, op: Op, total: int, concurrency: int, id_prefi
                 await conn.ensure()  # connecting is not part of the measured latency
                 start = time.perf_counter()
                 try:
-                    status, payload = await conn.request(op.method, target, f"{id_prefix}-{i}", op.body,
-                                                         op.content_type)
+                    status, payload = await conn.request(
+                        op.method, target, f"{id_prefix}-{i}", op.body, op.content_type
+                    )
                     elapsed = (time.perf_counter() - start) * 1000
                     ok, detail = status == 200, f"HTTP {status}: {payload[:300]!r}"
                 except (OSError, asyncio.IncompleteReadError, httpx.HTTPError) as exc:
@@ -320,9 +340,25 @@ def start_profiler(profile_dir: Path | None, tag: str, server_pid: int) -> subpr
     if profile_dir is None:
         return None
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    proc = subprocess.Popen([py_spy, "record", "--pid", str(server_pid), "--subprocesses", "--nonblocking", "--gil",
-                             "--rate", "200", "--format", "raw", "--output", str(profile_dir / f"{tag}.txt")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(server_pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--gil",
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(profile_dir / f"{tag}.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)  # attaching takes a moment; samples before the load starts are idle and not recorded
     return proc
 
@@ -333,8 +369,16 @@ def stop_profiler(proc: subprocess.Popen | None) -> None:
         proc.wait(30)
 
 
-async def measure(clients: Clients, op: Op, tag: str, total: int, concurrency: int, warmup: int,
-                  server_pid: int, profile_dir: Path | None = None) -> Result:
+async def measure(
+    clients: Clients,
+    op: Op,
+    tag: str,
+    total: int,
+    concurrency: int,
+    warmup: int,
+    server_pid: int,
+    profile_dir: Path | None = None,
+) -> Result:
     if warmup:
         await drive(clients, op, warmup, min(concurrency, warmup), f"warm-{tag}", None)
     result = Result(op.label, concurrency)
@@ -357,8 +401,15 @@ async def measure(clients: Clients, op: Op, tag: str, total: int, concurrency: i
 
 # --- setup: filling and walking the job list ----------------------------------------------
 
-async def api_json(conn: RawConnection, method: str, target: str, body: bytes = b"",
-                   content_type: str | None = None, request_id: str = "setup") -> dict:
+
+async def api_json(
+    conn: RawConnection,
+    method: str,
+    target: str,
+    body: bytes = b"",
+    content_type: str | None = None,
+    request_id: str = "setup",
+) -> dict:
     status, payload = await conn.request(method, target, request_id, body, content_type)
     if status != 200:
         raise RuntimeError(f"{method} {target}: HTTP {status}: {payload[:300]!r}")
@@ -416,6 +467,7 @@ async def walk_jobs(conn: RawConnection) -> list[str]:
 
 # --- server-side times from the access log --------------------------------------------------
 
+
 def attach_server_times(log_path: Path, results: dict[str, Result]) -> None:
     by_tag: dict[str, list[float]] = {}
     with open(log_path, errors="replace") as fh:
@@ -428,7 +480,7 @@ def attach_server_times(log_path: Path, results: dict[str, Result]) -> None:
                 continue
             rid = entry.get("request_id") or ""
             if entry.get("msg") == "request" and rid.startswith("bench-") and entry.get("status") == 200:
-                by_tag.setdefault(rid[len("bench-"):].rsplit("-", 1)[0], []).append(float(entry["duration_ms"]))
+                by_tag.setdefault(rid[len("bench-") :].rsplit("-", 1)[0], []).append(float(entry["duration_ms"]))
     for tag, result in results.items():
         result.server_ms = by_tag.get(tag, [])
 
@@ -439,24 +491,31 @@ def clean_shutdown(log_path: Path) -> bool:
 
 # --- report -------------------------------------------------------------------------------
 
+
 def print_table(title: str, results: dict[str, Result], baseline_p50: float) -> None:
     print(f"\n{title}")
-    head = (f"{'operation':<26}{'conc':>5}{'n':>6}{'err':>4}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-            f"{'max ms':>9}{'req/s':>7}{'p50/hz':>8}{'srv p50':>9}{'srv p99':>9}{'srv cpu':>9}{'cli cpu':>9}"
-            f"{'other':>7}")
+    head = (
+        f"{'operation':<26}{'conc':>5}{'n':>6}{'err':>4}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}{'req/s':>7}{'p50/hz':>8}{'srv p50':>9}{'srv p99':>9}{'srv cpu':>9}{'cli cpu':>9}"
+        f"{'other':>7}"
+    )
     print(head)
-    print(f"{'':<26}{'':>5}{'':>6}{'':>4}{'':>9}{'':>9}{'':>9}{'':>9}{'':>7}{'':>8}{'ms':>9}{'ms':>9}"
-          f"{'ms/req':>9}{'ms/req':>9}{'cpu %':>7}")
+    print(
+        f"{'':<26}{'':>5}{'':>6}{'':>4}{'':>9}{'':>9}{'':>9}{'':>9}{'':>7}{'':>8}{'ms':>9}{'ms':>9}"
+        f"{'ms/req':>9}{'ms/req':>9}{'cpu %':>7}"
+    )
     print("-" * len(head))
     for result in results.values():
         done = max(1, result.n + result.errors)
         ratio = result.pct(50) / baseline_p50 if baseline_p50 else float("nan")
-        print(f"{result.label:<26}{result.concurrency:>5}{result.n:>6}{result.errors:>4}"
-              f"{result.pct(50):>9.2f}{result.pct(90):>9.2f}{result.pct(99):>9.2f}"
-              f"{max(result.latencies_ms or [float('nan')]):>9.2f}{result.rps:>7.0f}{ratio:>7.1f}x"
-              f"{result.pct(50, result.server_ms):>9.2f}{result.pct(99, result.server_ms):>9.2f}"
-              f"{result.server_cpu_s * 1000 / done:>9.2f}{result.client_cpu_s * 1000 / done:>9.2f}"
-              f"{100 * (result.other_cpu_s + result.steal_s) / (result.wall_s * CORES):>7.1f}")
+        print(
+            f"{result.label:<26}{result.concurrency:>5}{result.n:>6}{result.errors:>4}"
+            f"{result.pct(50):>9.2f}{result.pct(90):>9.2f}{result.pct(99):>9.2f}"
+            f"{max(result.latencies_ms or [float('nan')]):>9.2f}{result.rps:>7.0f}{ratio:>7.1f}x"
+            f"{result.pct(50, result.server_ms):>9.2f}{result.pct(99, result.server_ms):>9.2f}"
+            f"{result.server_cpu_s * 1000 / done:>9.2f}{result.client_cpu_s * 1000 / done:>9.2f}"
+            f"{100 * (result.other_cpu_s + result.steal_s) / (result.wall_s * CORES):>7.1f}"
+        )
     for result in results.values():
         if result.errors:
             print(f"  ! {result.label}: {result.errors} failed request(s); first: {result.first_error}")
@@ -483,32 +542,62 @@ def print_goals(title: str, results: dict[str, Result], suffix: str = "") -> Non
 
 # --- main ---------------------------------------------------------------------------------
 
+
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="a smaller run: 1,000 jobs, 300 requests per operation (explicit options still win)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smaller run: 1,000 jobs, 300 requests per operation (explicit options still win)",
+    )
     parser.add_argument("--jobs", type=int, help="jobs to fill before measuring (default 10000; quick 1000)")
     parser.add_argument("--requests", type=int, help="measured requests per operation (default 2000; quick 300)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
     parser.add_argument("--fill-concurrency", type=int, default=32, help="concurrent clients while filling")
     parser.add_argument("--warmup", type=int, default=64, help="unmeasured requests before each operation")
-    parser.add_argument("--deep", type=float, default=0.9,
-                        help="where the `after` cursor sits in the newest-first list, as a fraction (default 0.9)")
-    parser.add_argument("--serial", type=int, default=None,
-                        help="requests per operation in an extra single-client pass (default requests/10; 0: skip)")
-    parser.add_argument("--client", choices=("raw", "httpx", "both"), default="raw",
-                        help="load generator: raw asyncio HTTP/1.1 (default), httpx.AsyncClient, or both")
-    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
-                        help="sqlite (a file in the data dir, the default) or postgres: a fresh database on "
-                             "127.0.0.1:5432, as the tests make them, dropped afterwards")
+    parser.add_argument(
+        "--deep",
+        type=float,
+        default=0.9,
+        help="where the `after` cursor sits in the newest-first list, as a fraction (default 0.9)",
+    )
+    parser.add_argument(
+        "--serial",
+        type=int,
+        default=None,
+        help="requests per operation in an extra single-client pass (default requests/10; 0: skip)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("raw", "httpx", "both"),
+        default="raw",
+        help="load generator: raw asyncio HTTP/1.1 (default), httpx.AsyncClient, or both",
+    )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="sqlite (a file in the data dir, the default) or postgres: a fresh database on "
+        "127.0.0.1:5432, as the tests make them, dropped afterwards",
+    )
     parser.add_argument("--workers", type=int, default=1, help="server processes (HONE_WORKERS, default 1)")
-    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the server process (repeatable), e.g. HONE_LOG_LEVEL=WARNING")
-    parser.add_argument("--py-spy", type=Path, metavar="DIR",
-                        help="profile the server with py-spy while each operation is measured (32-client pass): "
-                             "collapsed stacks in DIR/<client>-<operation>.txt. Sampling costs CPU: the figures "
-                             "of a profiled run are not comparable with others")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the server process (repeatable), e.g. HONE_LOG_LEVEL=WARNING",
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile the server with py-spy while each operation is measured (32-client pass): "
+        "collapsed stacks in DIR/<client>-<operation>.txt. Sampling costs CPU: the figures "
+        "of a profiled run are not comparable with others",
+    )
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data dir (and server.log)")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
@@ -557,8 +646,10 @@ async def bench(server: HoneServer, api_key: str, args: argparse.Namespace, run:
     try:
         training_file = (await api_json(setup, "POST", "/v1/files", UPLOAD_BODY, UPLOAD_TYPE))["id"]
 
-        print(f"Filling {args.jobs:,} jobs through POST /v1/fine_tuning/jobs with {args.fill_concurrency} clients ...",
-              flush=True)
+        print(
+            f"Filling {args.jobs:,} jobs through POST /v1/fine_tuning/jobs with {args.fill_concurrency} clients ...",
+            flush=True,
+        )
         t0 = time.perf_counter()
         await fill_jobs(setup_clients, training_file, args.jobs, args.fill_concurrency)
         run.fill_s = time.perf_counter() - t0
@@ -579,8 +670,12 @@ async def bench(server: HoneServer, api_key: str, args: argparse.Namespace, run:
         ops = [
             Op("GET /healthz (baseline)", "healthz", "GET", lambda i: "/healthz"),
             Op("list jobs", "list", "GET", lambda i: "/v1/fine_tuning/jobs?limit=20"),
-            Op(f"list jobs after #{deep + 1:,}", "listdeep", "GET",
-               lambda i: f"/v1/fine_tuning/jobs?limit=20&after={cursor}"),
+            Op(
+                f"list jobs after #{deep + 1:,}",
+                "listdeep",
+                "GET",
+                lambda i: f"/v1/fine_tuning/jobs?limit=20&after={cursor}",
+            ),
             Op("retrieve job", "retrieve", "GET", lambda i: f"/v1/fine_tuning/jobs/{picks[i % len(picks)]}"),
             Op("create file", "file", "POST", lambda i: "/v1/files", UPLOAD_BODY, UPLOAD_TYPE),
             Op("create job", "job", "POST", lambda i: "/v1/fine_tuning/jobs", body, "application/json"),
@@ -601,8 +696,15 @@ async def bench(server: HoneServer, api_key: str, args: argparse.Namespace, run:
                         tag = f"{kind}-{op.tag}{suffix}"
                         print(f"Measuring {op.label}: {total:,} requests, {table} ...", flush=True)
                         run.results[table][op.tag + suffix] = await measure(
-                            clients, op, tag, total, concurrency, args.warmup if concurrency > 1 else 10,
-                            server.proc.pid, args.py_spy if concurrency > 1 else None)
+                            clients,
+                            op,
+                            tag,
+                            total,
+                            concurrency,
+                            args.warmup if concurrency > 1 else 10,
+                            server.proc.pid,
+                            args.py_spy if concurrency > 1 else None,
+                        )
             finally:
                 await clients.close()
     finally:
@@ -629,10 +731,17 @@ def run_and_report(args: argparse.Namespace, data_dir: Path, started: float) -> 
 
 def measure_server(args: argparse.Namespace, data_dir: Path, started: float, env: dict[str, str]) -> Path:
     server = HoneServer(data_dir / "data", env)
-    preset = {k: v for k, v in server.env.items()
-              if k.startswith("HONE_") and k not in ("HONE_PORT", "HONE_DATA_DIR", "HONE_ADMIN_API_KEY")}
-    print("  server env: " + ", ".join(f"{k}={v}" for k, v in sorted(preset.items()))
-          + " (set by tests.support.HoneServer, --workers" + (" and --server-env)" if args.server_env else ")"))
+    preset = {
+        k: v
+        for k, v in server.env.items()
+        if k.startswith("HONE_") and k not in ("HONE_PORT", "HONE_DATA_DIR", "HONE_ADMIN_API_KEY")
+    }
+    print(
+        "  server env: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(preset.items()))
+        + " (set by tests.support.HoneServer, --workers"
+        + (" and --server-env)" if args.server_env else ")")
+    )
     run = Run(calibration_ms=[calibrate()])
     try:
         api_key = server.new_project("benchmark").api_key
@@ -640,28 +749,36 @@ def measure_server(args: argparse.Namespace, data_dir: Path, started: float, env
     finally:
         rc = server.stop()
         # uvicorn re-raises the SIGTERM it handled once shutdown is done, hence -15 on a clean stop
-        print(f"Server stopped (exit status {rc}; "
-              f"{'clean shutdown' if clean_shutdown(server.log_path) else 'NO clean shutdown in the log'})")
+        print(
+            f"Server stopped (exit status {rc}; "
+            f"{'clean shutdown' if clean_shutdown(server.log_path) else 'NO clean shutdown in the log'})"
+        )
 
     # request ids in the access log are "bench-<kind>-<op tag><suffix>-<n>"
     for title, table in run.results.items():
         kind = "httpx" if "httpx" in title else "raw"
         attach_server_times(server.log_path, {f"{kind}-{tag}": r for tag, r in table.items()})
 
-    print(f"\nResults: {run.jobs_listed:,} jobs in the project. Latency is client-measured, send to full response; "
-          "srv = server access-log duration_ms; p50/hz = p50 over the same table's GET /healthz p50; "
-          "cpu = CPU time per request of the server process / of the load generator; other cpu % = share of "
-          "the machine's CPU used meanwhile by anything else, or stolen by the hypervisor (should be near 0).")
-    print(f"Calibration, a fixed pure-Python loop: {run.calibration_ms[0]:.1f} ms at the start, "
-          f"{calibrate():.1f} ms at the end (compare machines and runs with it).")
+    print(
+        f"\nResults: {run.jobs_listed:,} jobs in the project. Latency is client-measured, send to full response; "
+        "srv = server access-log duration_ms; p50/hz = p50 over the same table's GET /healthz p50; "
+        "cpu = CPU time per request of the server process / of the load generator; other cpu % = share of "
+        "the machine's CPU used meanwhile by anything else, or stolen by the hypervisor (should be near 0)."
+    )
+    print(
+        f"Calibration, a fixed pure-Python loop: {run.calibration_ms[0]:.1f} ms at the start, "
+        f"{calibrate():.1f} ms at the end (compare machines and runs with it)."
+    )
     for title, table in run.results.items():
         baseline = next(iter(table.values())).pct(50)
         print_table(f"{title} (healthz p50 = {baseline:.2f} ms):", table, baseline)
     for title, table in run.results.items():
         if title.startswith(f"{args.concurrency} "):
             print_goals(f"Goals at {title}:", table)
-    print(f"\nFill: {args.jobs:,} jobs in {run.fill_s:.1f} s ({args.jobs / run.fill_s:.0f} jobs/s, "
-          f"{args.fill_concurrency} clients)")
+    print(
+        f"\nFill: {args.jobs:,} jobs in {run.fill_s:.1f} s ({args.jobs / run.fill_s:.0f} jobs/s, "
+        f"{args.fill_concurrency} clients)"
+    )
     print(f"Total runtime: {time.perf_counter() - started:.1f} s")
     return server.log_path
 
@@ -671,17 +788,23 @@ def main() -> None:
     started = time.perf_counter()
     usable = CORES
     print("Hone API latency benchmark")
-    print(f"  python {platform.python_version()} on {platform.machine()}, {usable} CPU core(s) usable; "
-          f"server: {args.workers} uvicorn worker(s), "
-          f"{'SQLite (WAL)' if args.database == 'sqlite' else 'PostgreSQL'} + filesystem blobs in a temp dir, on loopback")
+    print(
+        f"  python {platform.python_version()} on {platform.machine()}, {usable} CPU core(s) usable; "
+        f"server: {args.workers} uvicorn worker(s), "
+        f"{'SQLite (WAL)' if args.database == 'sqlite' else 'PostgreSQL'} + filesystem blobs in a temp dir, on loopback"
+    )
     print(f"  code: {git_revision()}")
-    print(f"  jobs={args.jobs:,} requests/op={args.requests:,} concurrency={args.concurrency} "
-          f"warmup={args.warmup} single-client pass={args.serial} client={args.client}")
+    print(
+        f"  jobs={args.jobs:,} requests/op={args.requests:,} concurrency={args.concurrency} "
+        f"warmup={args.warmup} single-client pass={args.serial} client={args.client}"
+    )
     if usable <= 4:
-        print(f"  NOTE: only {usable} CPU core(s), shared by the server and this load generator: client-side "
-              "latencies include waiting for CPU. Compare the p50/hz ratios and the server-side (srv) "
-              "columns across machines rather than absolute client-side milliseconds; on a shared VM, expect "
-              "run-to-run swings of tens of percent.")
+        print(
+            f"  NOTE: only {usable} CPU core(s), shared by the server and this load generator: client-side "
+            "latencies include waiting for CPU. Compare the p50/hz ratios and the server-side (srv) "
+            "columns across machines rather than absolute client-side milliseconds; on a shared VM, expect "
+            "run-to-run swings of tens of percent."
+        )
 
     data_dir = Path(tempfile.mkdtemp(prefix="hone-bench-"))
     try:

@@ -59,16 +59,21 @@ def _jsonl(rows: list[dict]) -> bytes:
 def _vertex_row(row: dict) -> dict:
     """An OpenAI chat line in Vertex's supervised format (systemInstruction + contents)."""
     messages = row["messages"]
-    return {"systemInstruction": {"role": "system", "parts": [{"text": messages[0]["content"]}]},
-            "contents": [{"role": "user" if m["role"] == "user" else "model", "parts": [{"text": m["content"]}]}
-                         for m in messages[1:]]}
+    return {
+        "systemInstruction": {"role": "system", "parts": [{"text": messages[0]["content"]}]},
+        "contents": [
+            {"role": "user" if m["role"] == "user" else "model", "parts": [{"text": m["content"]}]}
+            for m in messages[1:]
+        ],
+    }
 
 
 class Bench:
     def __init__(self, project: ProjectKey):
         self.project = project
-        self.client = openai.OpenAI(base_url=project.server.base_url + "/v1", api_key=project.api_key, timeout=60,
-                                    max_retries=3)
+        self.client = openai.OpenAI(
+            base_url=project.server.base_url + "/v1", api_key=project.api_key, timeout=60, max_retries=3
+        )
         self.http = project.http()
 
     def upload(self, rows: list[dict], name: str) -> str:
@@ -87,8 +92,9 @@ class Bench:
     def accuracy(self, model: str, held_out: list[dict]) -> float:
         right = 0
         for row in held_out:
-            reply = self.client.chat.completions.create(model=model, messages=row["messages"][:-1], temperature=0,
-                                                        max_tokens=24)
+            reply = self.client.chat.completions.create(
+                model=model, messages=row["messages"][:-1], temperature=0, max_tokens=24
+            )
             right += (reply.choices[0].message.content or "").strip() == row["messages"][-1]["content"]
         return right / len(held_out)
 
@@ -118,16 +124,23 @@ class Bench:
         method = {"type": "supervised"}
         if setting is not None:
             n_epochs, batch_size, multiplier = setting
-            method["supervised"] = {"hyperparameters": {"n_epochs": n_epochs, "batch_size": batch_size,
-                                                        "learning_rate_multiplier": multiplier}}
+            method["supervised"] = {
+                "hyperparameters": {
+                    "n_epochs": n_epochs,
+                    "batch_size": batch_size,
+                    "learning_rate_multiplier": multiplier,
+                }
+            }
         started = time.monotonic()
         job = self.client.fine_tuning.jobs.create(model="hone-tiny", training_file=file_id, seed=seed, method=method)
         return self._finish(job.id, held_out, started)
 
     def vertex_run(self, file_id: str, held_out: list[dict]) -> dict:
         started = time.monotonic()
-        reply = self.http.post(f"/v1/projects/{self.project.project_id}/locations/{LOCATION}/tuningJobs", json={
-            "baseModel": "hone-tiny", "supervisedTuningSpec": {"trainingDatasetUri": file_id}})
+        reply = self.http.post(
+            f"/v1/projects/{self.project.project_id}/locations/{LOCATION}/tuningJobs",
+            json={"baseModel": "hone-tiny", "supervisedTuningSpec": {"trainingDatasetUri": file_id}},
+        )
         reply.raise_for_status()
         return self._finish(reply.json()["name"].rsplit("/", 1)[-1], held_out, started)
 
@@ -137,8 +150,14 @@ class Bench:
             return {"job": job_id, "status": job.status, "error": str(job.error), "accuracy": 0.0}
         trained_s = time.monotonic() - started
         resolved = self.client.fine_tuning.jobs.retrieve(job_id).method.to_dict()["supervised"]["hyperparameters"]
-        return {"job": job_id, "status": job.status, "seed": job.seed, "accuracy": self.served_accuracy(job.fine_tuned_model, held_out),
-                "train_s": round(trained_s, 1), "hyperparameters": resolved}
+        return {
+            "job": job_id,
+            "status": job.status,
+            "seed": job.seed,
+            "accuracy": self.served_accuracy(job.fine_tuned_model, held_out),
+            "train_s": round(trained_s, 1),
+            "hyperparameters": resolved,
+        }
 
 
 def _summary(runs: list[dict]) -> tuple[float, float]:
@@ -167,8 +186,15 @@ def main() -> None:
     print(f"auto hyperparameters benchmark, {git_revision()}, {platform.node()}, {seeds=}, tasks={tasks}", flush=True)
     results: dict = {"revision": git_revision(), "tasks": {}}
     with tempfile.TemporaryDirectory(prefix="hone-bench-auto-") as tmp:
-        server = HoneServer(Path(tmp), env={"HONE_AUTO_DEPLOY": "true", "HONE_SHARED_ENGINES": "true",
-                                            "HONE_TRAINER_THREADS": "0", "HONE_PARITY_SAMPLES": "2"})
+        server = HoneServer(
+            Path(tmp),
+            env={
+                "HONE_AUTO_DEPLOY": "true",
+                "HONE_SHARED_ENGINES": "true",
+                "HONE_TRAINER_THREADS": "0",
+                "HONE_PARITY_SAMPLES": "2",
+            },
+        )
         try:
             bench = Bench(server.new_project("auto-hyperparameters"))
             for task in tasks:
@@ -179,7 +205,7 @@ def main() -> None:
                 for seed in seeds:
                     entry["auto"].append(bench.openai_run(file_id, held_out, seed, None))
                     print(f"  {task} auto seed {seed}: {entry['auto'][-1]}", flush=True)
-                for setting in ([] if args.no_sweep else GRID[task][:args.grid]):
+                for setting in [] if args.no_sweep else GRID[task][: args.grid]:
                     runs = entry["sweep"][_fmt(setting)] = []
                     for seed in seeds:
                         runs.append(bench.openai_run(file_id, held_out, seed, setting))
@@ -198,7 +224,9 @@ def main() -> None:
 
 
 def _report(results: dict) -> None:
-    print(f"\n{'task':<9} {'base':>6} {'auto min':>9} {'auto med':>9}  {'best explicit':<14} {'min':>6} {'med':>6}  goal")
+    print(
+        f"\n{'task':<9} {'base':>6} {'auto min':>9} {'auto med':>9}  {'best explicit':<14} {'min':>6} {'med':>6}  goal"
+    )
     for task, entry in results["tasks"].items():
         auto_min, auto_med = _summary(entry["auto"])
         best_name, best = None, None
@@ -214,13 +242,28 @@ def _report(results: dict) -> None:
         print(f"{task:<9} {entry['base']:>6.1%} {auto_min:>9.1%} {auto_med:>9.1%}  {best_cols}  {', '.join(verdicts)}")
         if entry.get("vertex"):
             v_min, v_med = _summary(entry["vertex"])
-            print(f"{'(vertex)':<9} {'':>6} {v_min:>9.1%} {v_med:>9.1%}  {'':<14} {'':>6} {'':>6}  "
-                  + ("PASS" if v_min >= 0.9 else "MISS") + " >= 90%")
+            print(
+                f"{'(vertex)':<9} {'':>6} {v_min:>9.1%} {v_med:>9.1%}  {'':<14} {'':>6} {'':>6}  "
+                + ("PASS" if v_min >= 0.9 else "MISS")
+                + " >= 90%"
+            )
     for task, entry in results["tasks"].items():
         hp = entry["auto"][0].get("hyperparameters", {})
-        print(f"auto resolved for {task}: " + ", ".join(f"{k}={hp[k]}" for k in
-              ("n_epochs", "batch_size", "learning_rate_multiplier", "lora_rank", "warmup_ratio", "lr_scheduler")
-              if k in hp))
+        print(
+            f"auto resolved for {task}: "
+            + ", ".join(
+                f"{k}={hp[k]}"
+                for k in (
+                    "n_epochs",
+                    "batch_size",
+                    "learning_rate_multiplier",
+                    "lora_rank",
+                    "warmup_ratio",
+                    "lr_scheduler",
+                )
+                if k in hp
+            )
+        )
 
 
 if __name__ == "__main__":

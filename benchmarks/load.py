@@ -63,8 +63,18 @@ from tests.support import HoneServer, PostgresDatabase, chat_dataset, jsonl, one
 LABEL = "Billing"
 # Control-plane calls of an API client, by weight (percent of its requests). Cancel is not drawn: it follows
 # every second "create job".
-API_MIX = {"retrieve job": 22, "list events": 16, "list jobs": 12, "retrieve model": 8, "list models": 8,
-           "list files": 8, "retrieve file": 8, "upload file": 7, "create job": 7, "missing job (404)": 4}
+API_MIX = {
+    "retrieve job": 22,
+    "list events": 16,
+    "list jobs": 12,
+    "retrieve model": 8,
+    "list models": 8,
+    "list files": 8,
+    "retrieve file": 8,
+    "upload file": 7,
+    "create job": 7,
+    "missing job (404)": 4,
+}
 DELIBERATE = {"missing job (404)": 404}
 
 
@@ -89,8 +99,16 @@ class Malformed(Exception):
 
 # --- requests ---------------------------------------------------------------------------------------------------
 
-async def call_json(conn: RawConnection, method: str, target: str, rid: str, body: bytes = b"",
-                    content_type: str | None = None, expect: int = 200) -> tuple[int, dict | None, bytes]:
+
+async def call_json(
+    conn: RawConnection,
+    method: str,
+    target: str,
+    rid: str,
+    body: bytes = b"",
+    content_type: str | None = None,
+    expect: int = 200,
+) -> tuple[int, dict | None, bytes]:
     status, payload = await conn.request(method, target, rid, body, content_type)
     if status != expect:
         return status, None, payload
@@ -105,15 +123,19 @@ async def stream_chat(conn: RawConnection, body: bytes, rid: str) -> tuple[int, 
     Returns (status, seconds to the first content event, the answer text, the error body if not 200)."""
     await conn.ensure()
     start = time.perf_counter()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\n{conn._fixed}x-request-id: {rid}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\n{conn._fixed}x-request-id: {rid}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     reader, writer = conn._reader, conn._writer
     writer.write(head.encode() + body)
     try:
         raw = await reader.readuntil(b"\r\n\r\n")
         status = int(raw[9:12])
-        headers = {k.strip().lower(): v.strip().lower() for k, _, v in
-                   (line.partition(b":") for line in raw.split(b"\r\n")[1:] if line)}
+        headers = {
+            k.strip().lower(): v.strip().lower()
+            for k, _, v in (line.partition(b":") for line in raw.split(b"\r\n")[1:] if line)
+        }
         if b"chunked" not in headers.get(b"transfer-encoding", b""):
             payload = await reader.readexactly(int(headers.get(b"content-length", b"0")))
             if status == 200:
@@ -158,9 +180,11 @@ async def stream_chat(conn: RawConnection, body: bytes, rid: str) -> tuple[int, 
 
 # --- clients ----------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Shared:
     """What the clients know of the project: ids to retrieve, filled as the load creates more."""
+
     job_ids: list[str]
     file_ids: list[str]
     model_ids: list[str]
@@ -190,8 +214,16 @@ async def timed(stats: Stats, route: str, window: tuple[float, float], timeout: 
     return result if ok else None
 
 
-async def api_client(n: int, conn: RawConnection, shared: Shared, stats: Stats, window, deadline: float,
-                     timeout: float, rng: random.Random) -> None:
+async def api_client(
+    n: int,
+    conn: RawConnection,
+    shared: Shared,
+    stats: Stats,
+    window,
+    deadline: float,
+    timeout: float,
+    rng: random.Random,
+) -> None:
     routes, weights = list(API_MIX), list(API_MIX.values())
     created = 0
     i = 0
@@ -220,12 +252,15 @@ async def api_client(n: int, conn: RawConnection, shared: Shared, stats: Stats, 
         elif route == "retrieve file":
             await timed(stats, route, window, timeout, lambda: get(f"/v1/files/{rng.choice(shared.file_ids)}"))
         elif route == "missing job (404)":
-            await timed(stats, route, window, timeout,
-                        lambda: get(f"/v1/fine_tuning/jobs/ftjob-missing{n}x{i}", expect=404))
+            await timed(
+                stats, route, window, timeout, lambda: get(f"/v1/fine_tuning/jobs/ftjob-missing{n}x{i}", expect=404)
+            )
         elif route == "upload file":
+
             async def upload():
                 status, data, payload = await call_json(conn, "POST", "/v1/files", rid, UPLOAD_BODY, UPLOAD_TYPE)
                 return status, data if data is not None else payload
+
             data = await timed(stats, route, window, timeout, upload)
             if data:
                 shared.file_ids.append(data["id"])
@@ -233,20 +268,24 @@ async def api_client(n: int, conn: RawConnection, shared: Shared, stats: Stats, 
             body = json.dumps({"model": "hone-tiny", "training_file": rng.choice(shared.training_files)}).encode()
 
             async def create():
-                status, data, payload = await call_json(conn, "POST", "/v1/fine_tuning/jobs", rid, body,
-                                                        "application/json")
+                status, data, payload = await call_json(
+                    conn, "POST", "/v1/fine_tuning/jobs", rid, body, "application/json"
+                )
                 return status, data if data is not None else payload
+
             job = await timed(stats, route, window, timeout, create)
             if job:
                 stats.jobs_created += 1
                 shared.job_ids.append(job["id"])
                 created += 1
                 if created % 2 == 0:  # every second job is cancelled right away; the others queue
+
                     async def cancel():
-                        status, data, payload = await call_json(conn, "POST",
-                                                                f"/v1/fine_tuning/jobs/{job['id']}/cancel",
-                                                                rid + "-cancel")
+                        status, data, payload = await call_json(
+                            conn, "POST", f"/v1/fine_tuning/jobs/{job['id']}/cancel", rid + "-cancel"
+                        )
                         return status, data if data is not None else payload
+
                     if await timed(stats, "cancel job", window, timeout, cancel):
                         stats.jobs_cancelled += 1
 
@@ -254,8 +293,16 @@ async def api_client(n: int, conn: RawConnection, shared: Shared, stats: Stats, 
 POLL_ROUTE = "poll job (idle 3-5 s)"
 
 
-async def poller_client(n: int, conn: RawConnection, shared: Shared, stats: Stats, window, deadline: float,
-                        timeout: float, rng: random.Random) -> None:
+async def poller_client(
+    n: int,
+    conn: RawConnection,
+    shared: Shared,
+    stats: Stats,
+    window,
+    deadline: float,
+    timeout: float,
+    rng: random.Random,
+) -> None:
     """A status-polling loop as an SDK user writes it: retrieve a job, wait 3-5 s, again, on one keep-alive
     connection reused while idle up to 5 s, as httpx (the openai SDK's client) does by default."""
     conn.MAX_IDLE_S = 5.0
@@ -267,17 +314,35 @@ async def poller_client(n: int, conn: RawConnection, shared: Shared, stats: Stat
         async def poll():
             status, data, payload = await call_json(conn, "GET", target, f"poll-{n}-{i}")
             return status, data if data is not None else payload
+
         await timed(stats, POLL_ROUTE, window, timeout, poll)
         await asyncio.sleep(min(rng.uniform(3.0, 5.0), max(0.0, deadline - time.monotonic())))
 
 
-async def chat_client(n: int, conn: RawConnection, model: str, stats: Stats, window, deadline: float,
-                      timeout: float, max_tokens: int, questions: list[list[dict]], rng: random.Random) -> None:
+async def chat_client(
+    n: int,
+    conn: RawConnection,
+    model: str,
+    stats: Stats,
+    window,
+    deadline: float,
+    timeout: float,
+    max_tokens: int,
+    questions: list[list[dict]],
+    rng: random.Random,
+) -> None:
     i = 0
     while time.monotonic() < deadline:
         i += 1
-        body = json.dumps({"model": model, "messages": rng.choice(questions), "stream": True, "temperature": 0,
-                           "max_tokens": max_tokens}).encode()
+        body = json.dumps(
+            {
+                "model": model,
+                "messages": rng.choice(questions),
+                "stream": True,
+                "temperature": 0,
+                "max_tokens": max_tokens,
+            }
+        ).encode()
 
         async def chat():
             measured = window[0] <= time.monotonic() < window[1]
@@ -289,10 +354,12 @@ async def chat_client(n: int, conn: RawConnection, model: str, stats: Stats, win
                         stats.ttft_ms.append(ttft * 1000)
                 return status, text
             return status, payload
+
         await timed(stats, "chat completion (stream)", window, timeout, chat)
 
 
 # --- /proc sampling ---------------------------------------------------------------------------------------------
+
 
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
     try:
@@ -374,6 +441,7 @@ async def sample_rss(root: int, peaks: dict[str, int], stop: asyncio.Event) -> N
 
 # --- the run ----------------------------------------------------------------------------------------------------
 
+
 def train_served_model(server: HoneServer) -> tuple[str, str, list[dict]]:
     """A project, one small job on tickets all answered with one label, auto-deployed. Returns (api key,
     tuned model name, held-out questions)."""
@@ -381,8 +449,12 @@ def train_served_model(server: HoneServer) -> tuple[str, str, list[dict]]:
     client = project.openai()
     train, held_out = one_label_tickets(count=20, seed=7, label=LABEL)
     file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=file.id,
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}},
+    )
     job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=600)
     with project.http() as http:
         endpoint = wait_endpoint(http, job.fine_tuned_model, timeout=300)
@@ -399,26 +471,50 @@ def prepare_shared(server: HoneServer, api_key: str, model: str) -> Shared:
         wait_endpoint(http, model, states=("ready", "failed"), timeout=300)
         deadline = time.monotonic() + 120
         while True:  # the first answer may still be a 503 while the gateway's route warms
-            reply = http.post("/v1/chat/completions", json={"model": model, "max_tokens": 4, "messages": [
-                {"role": "user", "content": "My invoice is wrong"}]})
+            reply = http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": model,
+                    "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "My invoice is wrong"}],
+                },
+            )
             if reply.status_code == 200:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the tuned model does not answer after the restart: {reply.text[:300]}")
             time.sleep(0.5)
-        files = [http.post("/v1/files", files={"file": ("seed.jsonl", chat_dataset(12))},
-                           data={"purpose": "fine-tune"}).json()["id"] for _ in range(4)]
-        jobs = [http.post("/v1/fine_tuning/jobs", json={"model": "hone-tiny", "training_file": f}).json()["id"]
-                for f in files]
+        files = [
+            http.post(
+                "/v1/files", files={"file": ("seed.jsonl", chat_dataset(12))}, data={"purpose": "fine-tune"}
+            ).json()["id"]
+            for _ in range(4)
+        ]
+        jobs = [
+            http.post("/v1/fine_tuning/jobs", json={"model": "hone-tiny", "training_file": f}).json()["id"]
+            for f in files
+        ]
         trained = http.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]
         all_files = [f["id"] for f in http.get("/v1/files").json()["data"]]
     trained_ids = [j["id"] for j in trained if j["status"] == "succeeded"]
-    return Shared(job_ids=jobs + trained_ids, file_ids=files + [f for f in all_files if f not in files],
-                  model_ids=[model, "hone-tiny"], event_job_ids=trained_ids + jobs, training_files=files)
+    return Shared(
+        job_ids=jobs + trained_ids,
+        file_ids=files + [f for f in all_files if f not in files],
+        model_ids=[model, "hone-tiny"],
+        event_job_ids=trained_ids + jobs,
+        training_files=files,
+    )
 
 
-async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shared,
-                questions: list[list[dict]], pg_database: str | None) -> dict:
+async def drive(
+    args,
+    server: HoneServer,
+    api_key: str,
+    model: str,
+    shared: Shared,
+    questions: list[list[dict]],
+    pg_database: str | None,
+) -> dict:
     stats = Stats()
     rng = random.Random(args.seed)
     chat_clients = round(args.clients * args.chat_share)
@@ -434,8 +530,11 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
     for n, conn in enumerate(conns):
         client_rng = random.Random(rng.random())
         if n < chat_clients:
-            tasks.append(chat_client(n, conn, model, stats, window, window[1], args.timeout, args.max_tokens,
-                                     questions, client_rng))
+            tasks.append(
+                chat_client(
+                    n, conn, model, stats, window, window[1], args.timeout, args.max_tokens, questions, client_rng
+                )
+            )
         elif n < chat_clients + pollers:
             tasks.append(poller_client(n, conn, shared, stats, window, window[1], args.timeout, client_rng))
         else:
@@ -445,13 +544,24 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
     async def mark() -> None:
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
         tree = process_tree(server.proc.pid)
-        measured.update(t0=time.perf_counter(), tree=tree, cpu0=cpu_by_kind(tree), cli0=time.process_time(),
-                        pg0=postgres_backends(pg_database), sessions0=postgres_sessions(pg_database),
-                        machine0=machine_cpu_seconds())
+        measured.update(
+            t0=time.perf_counter(),
+            tree=tree,
+            cpu0=cpu_by_kind(tree),
+            cli0=time.process_time(),
+            pg0=postgres_backends(pg_database),
+            sessions0=postgres_sessions(pg_database),
+            machine0=machine_cpu_seconds(),
+        )
         await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
-        measured.update(t1=time.perf_counter(), cpu1=cpu_by_kind(tree), cli1=time.process_time(),
-                        pg1=postgres_backends(pg_database), sessions1=postgres_sessions(pg_database),
-                        machine1=machine_cpu_seconds())
+        measured.update(
+            t1=time.perf_counter(),
+            cpu1=cpu_by_kind(tree),
+            cli1=time.process_time(),
+            pg1=postgres_backends(pg_database),
+            sessions1=postgres_sessions(pg_database),
+            machine1=machine_cpu_seconds(),
+        )
 
     await asyncio.gather(mark(), *tasks)
     drained_s = time.monotonic() - window[1]
@@ -460,8 +570,9 @@ async def drive(args, server: HoneServer, api_key: str, model: str, shared: Shar
     for conn in conns:
         await conn.close()
     hwm_kib = sum(rss_kib(p, "VmHWM") for p, k in measured["tree"].items() if k == "server")
-    measured.update(stats=stats, peaks=peaks, hwm_kib=hwm_kib, drained_s=drained_s,
-                    chat_clients=chat_clients, pollers=pollers)
+    measured.update(
+        stats=stats, peaks=peaks, hwm_kib=hwm_kib, drained_s=drained_s, chat_clients=chat_clients, pollers=pollers
+    )
     return measured
 
 
@@ -477,12 +588,16 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
     wall = m["t1"] - m["t0"]
     total_ok = sum(len(v) for v in stats.latencies_ms.values())
     total_err = sum(stats.errors.values())
-    print(f"\nMeasured window {wall:.1f} s (after {args.warmup:g} s of warm-up; requests started in it are counted, "
-          f"the last ones finished {m['drained_s']:.1f} s after it); {args.clients} clients: "
-          f"{m['chat_clients']} streaming chat, {m['pollers']} polling a job every 3-5 s, "
-          f"{args.clients - m['chat_clients'] - m['pollers']} control plane.")
-    print(f"\nThroughput: {(total_ok + total_err) / wall:.1f} requests/s overall ({total_ok:,} answered as expected, "
-          f"{total_err:,} errors)")
+    print(
+        f"\nMeasured window {wall:.1f} s (after {args.warmup:g} s of warm-up; requests started in it are counted, "
+        f"the last ones finished {m['drained_s']:.1f} s after it); {args.clients} clients: "
+        f"{m['chat_clients']} streaming chat, {m['pollers']} polling a job every 3-5 s, "
+        f"{args.clients - m['chat_clients'] - m['pollers']} control plane."
+    )
+    print(
+        f"\nThroughput: {(total_ok + total_err) / wall:.1f} requests/s overall ({total_ok:,} answered as expected, "
+        f"{total_err:,} errors)"
+    )
     head = f"{'route':<28}{'n':>7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
     print(head + "\n" + "-" * len(head))
     errors_by_route = Counter()
@@ -492,10 +607,14 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
     for route in routes:
         lat = stats.latencies_ms.get(route, [])
         n = len(lat) + errors_by_route[route]
-        print(f"{route:<28}{n:>7}{n / wall:>8.1f}{pct(lat, 50):>9.1f}{pct(lat, 99):>9.1f}"
-              f"{max(lat or [float('nan')]):>9.1f}{errors_by_route[route]:>8}")
-    print(f"{'  stream: first content':<28}{len(stats.ttft_ms):>7}{'':>8}{pct(stats.ttft_ms, 50):>9.1f}"
-          f"{pct(stats.ttft_ms, 99):>9.1f}{max(stats.ttft_ms or [float('nan')]):>9.1f}")
+        print(
+            f"{route:<28}{n:>7}{n / wall:>8.1f}{pct(lat, 50):>9.1f}{pct(lat, 99):>9.1f}"
+            f"{max(lat or [float('nan')]):>9.1f}{errors_by_route[route]:>8}"
+        )
+    print(
+        f"{'  stream: first content':<28}{len(stats.ttft_ms):>7}{'':>8}{pct(stats.ttft_ms, 50):>9.1f}"
+        f"{pct(stats.ttft_ms, 99):>9.1f}{max(stats.ttft_ms or [float('nan')]):>9.1f}"
+    )
     if stats.errors:
         print("\nErrors by route and status:")
         for (route, what), count in sorted(stats.errors.items()):
@@ -504,56 +623,84 @@ def report(args, m: dict, log_path: Path, log_offset: int) -> None:
         for key, detail in stats.first_error.items():
             print(f"  {key}: {detail}")
     answers = ", ".join(f"{text!r} x{count}" for text, count in stats.answers.most_common(3))
-    print(f"\nStreamed answers (most common): {answers or 'none'}; jobs created {stats.jobs_created} "
-          f"over the whole run, warm-up included (cancelled right after: {stats.jobs_cancelled}; the rest stay "
-          "queued: the server has no training slots)")
+    print(
+        f"\nStreamed answers (most common): {answers or 'none'}; jobs created {stats.jobs_created} "
+        f"over the whole run, warm-up included (cancelled right after: {stats.jobs_cancelled}; the rest stay "
+        "queued: the server has no training slots)"
+    )
 
-    spent = {kind: sum(m["cpu1"][p] - m["cpu0"][p] for p, k in m["tree"].items() if k == kind)
-             for kind in ("server", "engine")}
+    spent = {
+        kind: sum(m["cpu1"][p] - m["cpu0"][p] for p, k in m["tree"].items() if k == kind)
+        for kind in ("server", "engine")
+    }
     count = Counter(m["tree"].values())
     cli_cpu = m["cli1"] - m["cli0"]
     busy = m["machine1"][0] - m["machine0"][0]
     pg_cpu = sum(cpu - m["pg0"].get(pid, 0.0) for pid, cpu in m["pg1"].items())
     other = busy - spent["server"] - spent["engine"] - cli_cpu - pg_cpu
-    print(f"\nServer ({count['server']} process{'es' if count['server'] > 1 else ''}): {spent['server']:.1f} s CPU "
-          f"in {wall:.1f} s ({100 * spent['server'] / wall:.0f}% of one core, "
-          f"{1000 * spent['server'] / max(1, total_ok + total_err):.2f} ms a request); peak RSS "
-          f"{m['peaks'].get('server', 0) / 1024:.0f} MiB during the run "
-          f"(VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)")
-    print(f"Engine ({count['engine']} process{'es' if count['engine'] != 1 else ''}): {spent['engine']:.1f} s CPU, "
-          f"peak RSS {m['peaks'].get('engine', 0) / 1024:.0f} MiB; load generator: {cli_cpu:.1f} s CPU"
-          + (f"; PostgreSQL backends ({len(m['pg1'])} at the end): {pg_cpu:.1f} s CPU (not counting those that "
-             f"exited meanwhile), "
-             f"{m['sessions1'] - m['sessions0']} sessions opened during the run" if m["pg1"] else ""))
-    print(f"Machine: {busy:.1f} of {wall * CORES:.1f} core-seconds busy ({100 * busy / (wall * CORES):.0f}%), "
-          f"{other:.1f} of them ({100 * other / (wall * CORES):.0f}% of the machine) by other processes")
+    print(
+        f"\nServer ({count['server']} process{'es' if count['server'] > 1 else ''}): {spent['server']:.1f} s CPU "
+        f"in {wall:.1f} s ({100 * spent['server'] / wall:.0f}% of one core, "
+        f"{1000 * spent['server'] / max(1, total_ok + total_err):.2f} ms a request); peak RSS "
+        f"{m['peaks'].get('server', 0) / 1024:.0f} MiB during the run "
+        f"(VmHWM since start {m['hwm_kib'] / 1024:.0f} MiB)"
+    )
+    print(
+        f"Engine ({count['engine']} process{'es' if count['engine'] != 1 else ''}): {spent['engine']:.1f} s CPU, "
+        f"peak RSS {m['peaks'].get('engine', 0) / 1024:.0f} MiB; load generator: {cli_cpu:.1f} s CPU"
+        + (
+            f"; PostgreSQL backends ({len(m['pg1'])} at the end): {pg_cpu:.1f} s CPU (not counting those that "
+            f"exited meanwhile), "
+            f"{m['sessions1'] - m['sessions0']} sessions opened during the run"
+            if m["pg1"]
+            else ""
+        )
+    )
+    print(
+        f"Machine: {busy:.1f} of {wall * CORES:.1f} core-seconds busy ({100 * busy / (wall * CORES):.0f}%), "
+        f"{other:.1f} of them ({100 * other / (wall * CORES):.0f}% of the machine) by other processes"
+    )
     with open(log_path, "rb") as fh:  # the restarted server's lines only
         fh.seek(log_offset)
         log = fh.read().decode(errors="replace")
-    server_problems = {k: log.count(k) for k in ("Traceback", '"level": "ERROR"', "database is locked",
-                                                  "QueuePool limit")}
+    server_problems = {
+        k: log.count(k) for k in ("Traceback", '"level": "ERROR"', "database is locked", "QueuePool limit")
+    }
     print("Server log: " + ", ".join(f"{k!r} x{v}" for k, v in server_problems.items()))
     verdict = "PASS" if total_err == 0 else "MISS"
-    print(f"\nGoal: 0 errors with {args.clients} clients for {args.duration:g} s on {args.database}: "
-          f"{total_err} errors  {verdict}")
+    print(
+        f"\nGoal: 0 errors with {args.clients} clients for {args.duration:g} s on {args.database}: "
+        f"{total_err} errors  {verdict}"
+    )
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 40 clients for 10 s, 2 s warm-up")
     parser.add_argument("--clients", type=int, help="concurrent clients (default 200; quick 40)")
     parser.add_argument("--duration", type=float, help="measured seconds (default 60; quick 10)")
     parser.add_argument("--warmup", type=float, help="seconds of load before measuring (default 5; quick 2)")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--chat-share", type=float, default=0.25, help="share of clients that stream chat (0.25)")
-    parser.add_argument("--poller-share", type=float, default=0.1,
-                        help="share of clients that poll a job every 3-5 s on an idle keep-alive connection (0.1)")
+    parser.add_argument(
+        "--poller-share",
+        type=float,
+        default=0.1,
+        help="share of clients that poll a job every 3-5 s on an idle keep-alive connection (0.1)",
+    )
     parser.add_argument("--max-tokens", type=int, default=16, help="max_tokens of each chat completion (16)")
-    parser.add_argument("--timeout", type=float, default=60, help="seconds a request may take before it counts "
-                        "as a timeout (60)")
-    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the server (repeatable)")
+    parser.add_argument(
+        "--timeout", type=float, default=60, help="seconds a request may take before it counts as a timeout (60)"
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the server (repeatable)",
+    )
     parser.add_argument("--keep-data", action="store_true", help="keep the data dir and server logs")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
@@ -571,18 +718,24 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     print("Hone load benchmark")
-    print(f"  python {platform.python_version()} on {platform.machine()}, {CORES} CPU core(s) usable; "
-          f"the server on loopback, {args.database}, filesystem blobs, built-in engine")
+    print(
+        f"  python {platform.python_version()} on {platform.machine()}, {CORES} CPU core(s) usable; "
+        f"the server on loopback, {args.database}, filesystem blobs, built-in engine"
+    )
     print(f"  code: {git_revision('service', 'inference')}")
-    print(f"  clients={args.clients} (chat share {args.chat_share:g}, pollers {args.poller_share:g}) "
-          f"duration={args.duration:g}s "
-          f"warmup={args.warmup:g}s max_tokens={args.max_tokens} timeout={args.timeout:g}s")
-    print("  API client mix (percent): " + ", ".join(f"{k} {v}" for k, v in API_MIX.items())
-          + "; every second job created is cancelled right after")
+    print(
+        f"  clients={args.clients} (chat share {args.chat_share:g}, pollers {args.poller_share:g}) "
+        f"duration={args.duration:g}s "
+        f"warmup={args.warmup:g}s max_tokens={args.max_tokens} timeout={args.timeout:g}s"
+    )
+    print(
+        "  API client mix (percent): "
+        + ", ".join(f"{k} {v}" for k, v in API_MIX.items())
+        + "; every second job created is cancelled right after"
+    )
     data_dir = Path(tempfile.mkdtemp(prefix="hone-load-"))
     postgres = PostgresDatabase() if args.database == "postgres" else None
-    env = {"HONE_AUTO_DEPLOY": "true", **({"HONE_DATABASE_URL": postgres.url} if postgres else {}),
-           **args.server_env}
+    env = {"HONE_AUTO_DEPLOY": "true", **({"HONE_DATABASE_URL": postgres.url} if postgres else {}), **args.server_env}
     server = None
     try:
         calibration = calibrate()
@@ -593,14 +746,19 @@ def main() -> None:
         port = server.port
         server.stop()
         log_offset = server.log_path.stat().st_size
-        print(f"  {model} served after {time.perf_counter() - t:.0f} s; restarting the server with "
-              "HONE_LOCAL_SLOTS=0 (the load's jobs queue) ...", flush=True)
+        print(
+            f"  {model} served after {time.perf_counter() - t:.0f} s; restarting the server with "
+            "HONE_LOCAL_SLOTS=0 (the load's jobs queue) ...",
+            flush=True,
+        )
         server = HoneServer(data_dir / "data", {**env, "HONE_LOCAL_SLOTS": "0"}, port=port)
         shared = prepare_shared(server, api_key, model)
-        print(f"  serving again; driving {args.clients} clients for {args.warmup:g} + {args.duration:g} s ...",
-              flush=True)
-        measured = asyncio.run(drive(args, server, api_key, model, shared, questions,
-                                     postgres.name if postgres else None))
+        print(
+            f"  serving again; driving {args.clients} clients for {args.warmup:g} + {args.duration:g} s ...", flush=True
+        )
+        measured = asyncio.run(
+            drive(args, server, api_key, model, shared, questions, postgres.name if postgres else None)
+        )
     except BaseException:
         print(f"Data dir kept for inspection: {data_dir}", file=sys.stderr)
         raise

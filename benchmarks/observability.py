@@ -73,6 +73,7 @@ CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 # --- small helpers ---------------------------------------------------------------------------------
 
+
 def pct(values: list[float], p: float) -> float:
     """Nearest-rank percentile; nan for no values."""
     if not values:
@@ -98,8 +99,12 @@ def series_count(text: str) -> int:
 
 def http_client(base_url: str, api_key: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=60,
-                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+    return httpx.Client(
+        base_url=base_url,
+        headers=headers,
+        timeout=60,
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+    )
 
 
 def get_ms(client: httpx.Client, path: str) -> tuple[float, httpx.Response]:
@@ -115,6 +120,7 @@ def get_ms(client: httpx.Client, path: str) -> tuple[float, httpx.Response]:
 
 # --- (a) HTTP metrics middleware, in process -----------------------------------------------------------
 
+
 def asgi_apps(path: str):
     """The same one-route Starlette app twice: plain, and with HttpMetricsMiddleware."""
     from starlette.applications import Starlette
@@ -127,8 +133,10 @@ def asgi_apps(path: str):
     async def ok(request):
         return PlainTextResponse("ok")
 
-    return (Starlette(routes=[Route(path, ok)]),
-            Starlette(routes=[Route(path, ok)], middleware=[Middleware(HttpMetricsMiddleware)]))
+    return (
+        Starlette(routes=[Route(path, ok)]),
+        Starlette(routes=[Route(path, ok)], middleware=[Middleware(HttpMetricsMiddleware)]),
+    )
 
 
 @dataclass
@@ -141,10 +149,19 @@ class AsgiResult:
 
 def drive(label: str, template: str, paths: list[str], blocks: int, block: int, warmup: int) -> AsgiResult:
     bare, wrapped = asgi_apps(template)
-    base_scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-                  "method": "GET", "scheme": "http", "root_path": "", "query_string": b"",
-                  "headers": [(b"host", b"bench"), (b"accept", b"*/*")], "client": ("127.0.0.1", 50000),
-                  "server": ("127.0.0.1", 80), "state": {}}
+    base_scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench"), (b"accept", b"*/*")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
     scopes = [{"path": p, "raw_path": p.encode()} for p in paths]
     request = {"type": "http.request", "body": b"", "more_body": False}
     statuses = []
@@ -205,21 +222,33 @@ def instrument_costs(number: int) -> dict[str, float]:
 
 
 def part_a(args) -> dict:
-    print(f"\n(a) HTTP metrics middleware: {args.blocks} block pairs of {args.block} requests per app, in process ...",
-          flush=True)
+    print(
+        f"\n(a) HTTP metrics middleware: {args.blocks} block pairs of {args.block} requests per app, in process ...",
+        flush=True,
+    )
     ids = [f"item-{random.Random(i).getrandbits(40):010x}" for i in range(1000)]
     gc.collect()
     gc.freeze()  # as the server does after start-up: a full collection then skips the imported modules
-    results = [drive("one route `/v1/ping`", "/v1/ping", ["/v1/ping"], args.blocks, args.block, args.block),
-               drive("path parameter `/v1/items/{item_id}`", "/v1/items/{item_id}", [f"/v1/items/{i}" for i in ids],
-                     args.blocks, args.block, args.block)]
+    results = [
+        drive("one route `/v1/ping`", "/v1/ping", ["/v1/ping"], args.blocks, args.block, args.block),
+        drive(
+            "path parameter `/v1/items/{item_id}`",
+            "/v1/items/{item_id}",
+            [f"/v1/items/{i}" for i in ids],
+            args.blocks,
+            args.block,
+            args.block,
+        ),
+    ]
     return {"results": results, "instruments": instrument_costs(20000)}
 
 
 def print_a(a: dict) -> list[tuple[str, bool, str]]:
     print("\n(a) HTTP metrics middleware, raw ASGI calls in one asyncio loop (no sockets); per-request times in us")
-    head = (f"{'route':<38}{'n/app':>7}{'plain p50':>11}{'plain p99':>11}{'mw p50':>9}{'mw p99':>9}"
-            f"{'added p50':>11}{'added (blocks)':>16}")
+    head = (
+        f"{'route':<38}{'n/app':>7}{'plain p50':>11}{'plain p99':>11}{'mw p50':>9}{'mw p99':>9}"
+        f"{'added p50':>11}{'added (blocks)':>16}"
+    )
     print(head)
     print("-" * len(head))
     worst = 0.0
@@ -229,18 +258,28 @@ def print_a(a: dict) -> list[tuple[str, bool, str]]:
         added = pct(wrapped, 50) - pct(bare, 50)
         blocks = median(r.block_diffs_us)
         worst = max(worst, blocks, added)
-        print(f"{r.label:<38}{len(bare):>7}{pct(bare, 50):>11.1f}{pct(bare, 99):>11.1f}{pct(wrapped, 50):>9.1f}"
-              f"{pct(wrapped, 99):>9.1f}{added:>+11.1f}{blocks:>+16.1f}")
+        print(
+            f"{r.label:<38}{len(bare):>7}{pct(bare, 50):>11.1f}{pct(bare, 99):>11.1f}{pct(wrapped, 50):>9.1f}"
+            f"{pct(wrapped, 99):>9.1f}{added:>+11.1f}{blocks:>+16.1f}"
+        )
         print(f"{'':<38}  block differences: min {min(r.block_diffs_us):+.1f}, max {max(r.block_diffs_us):+.1f} us")
     parts = ", ".join(f"{name} {us:.2f} us" for name, us in a["instruments"].items())
     print(f"  the middleware's instrument updates alone (timeit, best of 5): {parts}")
-    print("  added p50: difference of the per-request p50s; added (blocks): median over block pairs of the "
-          "difference of the blocks' mean times (includes the driving loop, equal on both sides)")
-    return [(f"HTTP metrics middleware adds <= {GOAL_MIDDLEWARE_US:g} us a request", worst <= GOAL_MIDDLEWARE_US,
-             f"{worst:+.1f} us (worst of the two routes, both measures)")]
+    print(
+        "  added p50: difference of the per-request p50s; added (blocks): median over block pairs of the "
+        "difference of the blocks' mean times (includes the driving loop, equal on both sides)"
+    )
+    return [
+        (
+            f"HTTP metrics middleware adds <= {GOAL_MIDDLEWARE_US:g} us a request",
+            worst <= GOAL_MIDDLEWARE_US,
+            f"{worst:+.1f} us (worst of the two routes, both measures)",
+        )
+    ]
 
 
 # --- (b) scrapes of the real server ----------------------------------------------------------------------
+
 
 def fill_jobs(server: HoneServer, project_id: str, finished: int, running: int) -> float:
     """Inserts finished and running jobs straight into the server's SQLite database; seconds taken."""
@@ -255,23 +294,49 @@ def fill_jobs(server: HoneServer, project_id: str, finished: int, running: int) 
         is_running = i >= finished
         status = "running" if is_running else rng.choices(["succeeded", "failed", "cancelled"], [7, 2, 1])[0]
         created = now - (finished + running - i) * 60
-        row = {"id": f"ftjob-bench{i:08d}", "project_id": project_id, "model": "hone-tiny", "base_model": "hone-tiny",
-               "status": status, "created_at": created, "started_at": created + 5,
-               "training_file": f"file-bench{i:08d}", "seed": i, "result_files": [], "attempts": 1,
-               "queued_at": created, "method": {"type": "supervised", "supervised": {"hyperparameters": {
-                   "n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}}}}
+        row = {
+            "id": f"ftjob-bench{i:08d}",
+            "project_id": project_id,
+            "model": "hone-tiny",
+            "base_model": "hone-tiny",
+            "status": status,
+            "created_at": created,
+            "started_at": created + 5,
+            "training_file": f"file-bench{i:08d}",
+            "seed": i,
+            "result_files": [],
+            "attempts": 1,
+            "queued_at": created,
+            "method": {
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}},
+            },
+        }
         if is_running:
             step = rng.randint(1, 900)
-            row.update(trained_tokens=step * 2048, estimated_finish=now + rng.randint(60, 3600),
-                       last_report_at=now, executor_ref=f"local:bench:{100000 + i}",
-                       live_metrics={"step": step, "total_steps": 1000, "train_loss": rng.uniform(0.3, 2.5),
-                                     "valid_loss": rng.uniform(0.3, 2.5), "tokens_per_second": rng.uniform(500, 5000),
-                                     "step_seconds": rng.uniform(0.2, 3.0), "mfu": rng.uniform(0.2, 0.5),
-                                     "step_at": now - rng.randint(0, 5),
-                                     "counted_tokens": step * 2048})
+            row.update(
+                trained_tokens=step * 2048,
+                estimated_finish=now + rng.randint(60, 3600),
+                last_report_at=now,
+                executor_ref=f"local:bench:{100000 + i}",
+                live_metrics={
+                    "step": step,
+                    "total_steps": 1000,
+                    "train_loss": rng.uniform(0.3, 2.5),
+                    "valid_loss": rng.uniform(0.3, 2.5),
+                    "tokens_per_second": rng.uniform(500, 5000),
+                    "step_seconds": rng.uniform(0.2, 3.0),
+                    "mfu": rng.uniform(0.2, 0.5),
+                    "step_at": now - rng.randint(0, 5),
+                    "counted_tokens": step * 2048,
+                },
+            )
         else:
-            row.update(finished_at=created + rng.randint(60, 3600), trained_tokens=rng.randint(10_000, 2_000_000),
-                       fine_tuned_model=f"ft:hone-tiny:bench::{i:08d}" if status == "succeeded" else None)
+            row.update(
+                finished_at=created + rng.randint(60, 3600),
+                trained_tokens=rng.randint(10_000, 2_000_000),
+                fine_tuned_model=f"ft:hone-tiny:bench::{i:08d}" if status == "succeeded" else None,
+            )
         rows.append(row)
     keys = {k for row in rows for k in row}  # one executemany: every row names the same columns
     rows = [{k: row.get(k) for k in keys} for row in rows]
@@ -318,12 +383,24 @@ def idle_cpu(server: HoneServer, seconds: float = 1.5) -> float:
     return (cpu_seconds(server.proc.pid) - cpu0) / (time.perf_counter() - wall0)
 
 
-def measure_state(label: str, fresh: HoneServer, target: HoneServer, fresh_http: httpx.Client,
-                  http: httpx.Client, rounds: int, cpu_scrapes: int, idle: tuple[float, float]) -> StateRow:
+def measure_state(
+    label: str,
+    fresh: HoneServer,
+    target: HoneServer,
+    fresh_http: httpx.Client,
+    http: httpx.Client,
+    rounds: int,
+    cpu_scrapes: int,
+    idle: tuple[float, float],
+) -> StateRow:
     print(f"    {label}: {rounds} rounds ...", flush=True)
     row = StateRow(label)
-    ops = [("fresh", lambda: get_ms(fresh_http, "/metrics")), ("scrape", lambda: get_ms(http, "/metrics")),
-           ("models", lambda: get_ms(http, "/v1/models")), ("healthz", lambda: get_ms(http, "/healthz"))]
+    ops = [
+        ("fresh", lambda: get_ms(fresh_http, "/metrics")),
+        ("scrape", lambda: get_ms(http, "/metrics")),
+        ("models", lambda: get_ms(http, "/v1/models")),
+        ("healthz", lambda: get_ms(http, "/healthz")),
+    ]
     for _ in range(3):  # warm-up: the scrape's own route series exist before the counts
         for _, op in ops:
             op()
@@ -350,10 +427,16 @@ def made_up_names(server: HoneServer, key: str, count: int, start: int) -> dict:
         for i in range(start, start + count):
             name = f"made-up-model-{i:05d}-{random.Random(i).getrandbits(32):08x}"
             for kind, reply in (
-                    ("gateway", http.post("/v1/chat/completions", json={
-                        "model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})),
-                    ("retrieve", http.get(f"/v1/models/{name}")),
-                    ("unmatched", http.get(f"/v1/no-such-route/{name}"))):
+                (
+                    "gateway",
+                    http.post(
+                        "/v1/chat/completions",
+                        json={"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+                    ),
+                ),
+                ("retrieve", http.get(f"/v1/models/{name}")),
+                ("unmatched", http.get(f"/v1/no-such-route/{name}")),
+            ):
                 statuses[kind][reply.status_code] = statuses[kind].get(reply.status_code, 0) + 1
     return statuses
 
@@ -413,14 +496,21 @@ def part_b(root: Path, args) -> dict:
             after_one = scrape_text(http)
             statuses = made_up_names(target, key.api_key, args.names, 1)
             after_all = scrape_text(http)
-            result["names"] = {"statuses": statuses, "before": series_count(before),
-                               "after_one": series_count(after_one), "after_all": series_count(after_all),
-                               "leaked": sum("made-up-model" in line for line in after_all.splitlines()),
-                               "gateway_routes": sorted({line.split('route="', 1)[1].split('"', 1)[0]
-                                                         for line in set(_series_names(after_one))
-                                                         - set(_series_names(before))
-                                                         if line.startswith('hone_http_requests_total{method="POST"')}),
-                               "new_lines": sorted(set(_series_names(after_all)) - set(_series_names(before)))}
+            result["names"] = {
+                "statuses": statuses,
+                "before": series_count(before),
+                "after_one": series_count(after_one),
+                "after_all": series_count(after_all),
+                "leaked": sum("made-up-model" in line for line in after_all.splitlines()),
+                "gateway_routes": sorted(
+                    {
+                        line.split('route="', 1)[1].split('"', 1)[0]
+                        for line in set(_series_names(after_one)) - set(_series_names(before))
+                        if line.startswith('hone_http_requests_total{method="POST"')
+                    }
+                ),
+                "new_lines": sorted(set(_series_names(after_all)) - set(_series_names(before))),
+            }
             result["rows"].append(measure_state(f"+ {args.names} made-up names x3", *args_m))
     finally:
         fresh.stop()
@@ -437,55 +527,81 @@ def _series_names(text: str) -> list[str]:
 
 
 def print_b(b: dict, args) -> list[tuple[str, bool, str]]:
-    print(f"\n(b) GET /metrics of a real server (SQLite, one process), one keep-alive httpx.Client per server; "
-          f"{args.rounds} rounds per state, the order rotating; times in ms")
-    head = (f"{'state':<36}{'scrape p50':>11}{'p99':>8}{'fresh p50':>10}{'p99':>8}{'added':>8}{'bytes':>9}"
-            f"{'series':>8}{'cpu/scrape':>11}{'models p50':>11}{'p99':>7}{'healthz p50':>12}{'p99':>7}")
+    print(
+        f"\n(b) GET /metrics of a real server (SQLite, one process), one keep-alive httpx.Client per server; "
+        f"{args.rounds} rounds per state, the order rotating; times in ms"
+    )
+    head = (
+        f"{'state':<36}{'scrape p50':>11}{'p99':>8}{'fresh p50':>10}{'p99':>8}{'added':>8}{'bytes':>9}"
+        f"{'series':>8}{'cpu/scrape':>11}{'models p50':>11}{'p99':>7}{'healthz p50':>12}{'p99':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in b["rows"]:
-        print(f"{r.label:<36}{pct(r.scrape_ms, 50):>11.2f}{pct(r.scrape_ms, 99):>8.2f}"
-              f"{pct(r.fresh_scrape_ms, 50):>10.2f}{pct(r.fresh_scrape_ms, 99):>8.2f}{median(r.diffs):>+8.2f}"
-              f"{r.scrape_bytes:>9,}{r.series:>8}{r.cpu_ms_per_scrape:>11.2f}{pct(r.models_ms, 50):>11.2f}"
-              f"{pct(r.models_ms, 99):>7.2f}{pct(r.healthz_ms, 50):>12.2f}{pct(r.healthz_ms, 99):>7.2f}")
+        print(
+            f"{r.label:<36}{pct(r.scrape_ms, 50):>11.2f}{pct(r.scrape_ms, 99):>8.2f}"
+            f"{pct(r.fresh_scrape_ms, 50):>10.2f}{pct(r.fresh_scrape_ms, 99):>8.2f}{median(r.diffs):>+8.2f}"
+            f"{r.scrape_bytes:>9,}{r.series:>8}{r.cpu_ms_per_scrape:>11.2f}{pct(r.models_ms, 50):>11.2f}"
+            f"{pct(r.models_ms, 99):>7.2f}{pct(r.healthz_ms, 50):>12.2f}{pct(r.healthz_ms, 99):>7.2f}"
+        )
     for r in b["rows"]:
-        print(f"  {r.label}: the fresh server's scrape (baseline) {r.fresh_bytes:,} bytes, {r.fresh_series} series, "
-              f"{r.fresh_cpu_ms_per_scrape:.2f} ms CPU a scrape")
-    print(f"  added: median of per-round differences from the fresh server's scrape; cpu/scrape: the server "
-          f"process's CPU per scrape over {args.cpu_scrapes} scrapes alone (idle loops, "
-          f"{b['idle_cpu_pct'][1]:.1f}% of a core, subtracted); models: GET /v1/models with a project key")
+        print(
+            f"  {r.label}: the fresh server's scrape (baseline) {r.fresh_bytes:,} bytes, {r.fresh_series} series, "
+            f"{r.fresh_cpu_ms_per_scrape:.2f} ms CPU a scrape"
+        )
+    print(
+        f"  added: median of per-round differences from the fresh server's scrape; cpu/scrape: the server "
+        f"process's CPU per scrape over {args.cpu_scrapes} scrapes alone (idle loops, "
+        f"{b['idle_cpu_pct'][1]:.1f}% of a core, subtracted); models: GET /v1/models with a project key"
+    )
     n = b["names"]
-    print(f"  made-up names: series {n['before']} before, {n['after_one']} after one request of each kind "
-          f"(+{n['after_one'] - n['before']}: those routes' and `_unknown`'s series), {n['after_all']} after "
-          f"{args.names} more of each (+{n['after_all'] - n['after_one']}); lines naming a made-up model: "
-          f"{n['leaked']}; statuses {n['statuses']}")
+    print(
+        f"  made-up names: series {n['before']} before, {n['after_one']} after one request of each kind "
+        f"(+{n['after_one'] - n['before']}: those routes' and `_unknown`'s series), {n['after_all']} after "
+        f"{args.names} more of each (+{n['after_all'] - n['after_one']}); lines naming a made-up model: "
+        f"{n['leaked']}; statuses {n['statuses']}"
+    )
     grown = [s for s in n["new_lines"] if "_bucket" not in s]
     print(f"  series new since before the made-up names ({len(n['new_lines'])}, buckets left out below):")
     for s in grown:
         print(f"    {s}")
     if n["gateway_routes"] != ["/v1/chat/completions"]:
-        print(f"  ! the gateway requests (POST /v1/chat/completions) were counted in hone_http_requests_total under "
-              f"route={n['gateway_routes']}, not their template")
+        print(
+            f"  ! the gateway requests (POST /v1/chat/completions) were counted in hone_http_requests_total under "
+            f"route={n['gateway_routes']}, not their template"
+        )
     fresh_row, filled_row = b["rows"][0], b["rows"][1]
     added_series = filled_row.series - fresh_row.series
-    print(f"  {args.jobs:,} finished + {args.running} running jobs added {added_series} series "
-          f"({added_series / max(1, args.running):g} per running job), "
-          f"{filled_row.scrape_bytes - fresh_row.scrape_bytes:,} bytes and "
-          f"{filled_row.cpu_ms_per_scrape - fresh_row.cpu_ms_per_scrape:.2f} ms of server CPU to a scrape")
+    print(
+        f"  {args.jobs:,} finished + {args.running} running jobs added {added_series} series "
+        f"({added_series / max(1, args.running):g} per running job), "
+        f"{filled_row.scrape_bytes - fresh_row.scrape_bytes:,} bytes and "
+        f"{filled_row.cpu_ms_per_scrape - fresh_row.cpu_ms_per_scrape:.2f} ms of server CPU to a scrape"
+    )
     bd = b["breakdown"]
-    print(f"  in process, over the filled database ({len(bd['render'])} each): render() p50 "
-          f"{pct(bd['render'], 50):.2f} ms = database reads + state families {pct(bd['state'], 50):.2f} ms, "
-          f"text exposition of the state families {pct(bd['text'], 50):.2f} ms, and the (small) instruments")
+    print(
+        f"  in process, over the filled database ({len(bd['render'])} each): render() p50 "
+        f"{pct(bd['render'], 50):.2f} ms = database reads + state families {pct(bd['state'], 50):.2f} ms, "
+        f"text exposition of the state families {pct(bd['text'], 50):.2f} ms, and the (small) instruments"
+    )
     filled = b["rows"][1]
     growth = n["after_all"] - n["after_one"]
-    return [(f"scrape with {args.jobs:,} jobs + {args.running} running <= {GOAL_SCRAPE_P50_MS:g} ms at p50",
-             pct(filled.scrape_ms, 50) <= GOAL_SCRAPE_P50_MS,
-             f"{pct(filled.scrape_ms, 50):.2f} ms (fresh {pct(filled.fresh_scrape_ms, 50):.2f} ms)"),
-            (f"{args.names} made-up names add <= {GOAL_SERIES_GROWTH} series", growth <= GOAL_SERIES_GROWTH
-             and n["leaked"] == 0, f"+{growth} (+{n['after_all'] - n['before']} with the first of each kind)")]
+    return [
+        (
+            f"scrape with {args.jobs:,} jobs + {args.running} running <= {GOAL_SCRAPE_P50_MS:g} ms at p50",
+            pct(filled.scrape_ms, 50) <= GOAL_SCRAPE_P50_MS,
+            f"{pct(filled.scrape_ms, 50):.2f} ms (fresh {pct(filled.fresh_scrape_ms, 50):.2f} ms)",
+        ),
+        (
+            f"{args.names} made-up names add <= {GOAL_SERIES_GROWTH} series",
+            growth <= GOAL_SERIES_GROWTH and n["leaked"] == 0,
+            f"+{growth} (+{n['after_all'] - n['before']} with the first of each kind)",
+        ),
+    ]
 
 
 # --- (c) several workers -----------------------------------------------------------------------------------
+
 
 def part_c(root: Path, args) -> dict:
     print("\n(c) workers: starting a server with HONE_WORKERS=1 and one with HONE_WORKERS=2 ...", flush=True)
@@ -524,48 +640,69 @@ def part_c(root: Path, args) -> dict:
 
 
 def print_c(c: dict) -> None:
-    print("\n(c) GET /metrics, HONE_WORKERS=2 (multiprocess mode) against HONE_WORKERS=1, fresh servers, pairs "
-          "interleaved; times in ms")
+    print(
+        "\n(c) GET /metrics, HONE_WORKERS=2 (multiprocess mode) against HONE_WORKERS=1, fresh servers, pairs "
+        "interleaved; times in ms"
+    )
     head = f"{'server':<28}{'n':>5}{'p50':>8}{'p90':>8}{'p99':>8}{'bytes':>9}{'series':>8}"
     print(head)
     print("-" * len(head))
     for label, key, last in (("HONE_WORKERS=1 (baseline)", "one", "last_0"), ("HONE_WORKERS=2", "two", "last_1")):
         v = c[key]
-        print(f"{label:<28}{len(v):>5}{pct(v, 50):>8.2f}{pct(v, 90):>8.2f}{pct(v, 99):>8.2f}"
-              f"{len(c[last].encode()):>9,}{series_count(c[last]):>8}")
+        print(
+            f"{label:<28}{len(v):>5}{pct(v, 50):>8.2f}{pct(v, 90):>8.2f}{pct(v, 99):>8.2f}"
+            f"{len(c[last].encode()):>9,}{series_count(c[last]):>8}"
+        )
     diffs = [b - a for a, b in zip(c["one"], c["two"])]
-    print(f"  added by multiprocess mode: p50 {pct(c['two'], 50) - pct(c['one'], 50):+.2f} ms (per-pair median "
-          f"{median(diffs):+.2f} ms); its metrics files: {len(c['files'])} ({', '.join(c['files'])}); "
-          "with one worker the scrape also carries process_* series, with two it does not")
+    print(
+        f"  added by multiprocess mode: p50 {pct(c['two'], 50) - pct(c['one'], 50):+.2f} ms (per-pair median "
+        f"{median(diffs):+.2f} ms); its metrics files: {len(c['files'])} ({', '.join(c['files'])}); "
+        "with one worker the scrape also carries process_* series, with two it does not"
+    )
     counts = [{}, {}]
     for which, last in ((0, "last_0"), (1, "last_1")):
         for name in _series_names(c[last]):
             family = name.split("{", 1)[0]
             counts[which][family] = counts[which].get(family, 0) + 1
-    differ = [f"{f} {counts[0].get(f, 0)}/{counts[1].get(f, 0)}" for f in sorted(set(counts[0]) | set(counts[1]))
-              if counts[0].get(f, 0) != counts[1].get(f, 0)]
+    differ = [
+        f"{f} {counts[0].get(f, 0)}/{counts[1].get(f, 0)}"
+        for f in sorted(set(counts[0]) | set(counts[1]))
+        if counts[0].get(f, 0) != counts[1].get(f, 0)
+    ]
     print(f"  series that differ (1 worker / 2 workers): {', '.join(differ) or 'none'}")
 
 
 # --- main ----------------------------------------------------------------------------------------------
 
+
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="10 block pairs in (a), 60 rounds in (b) and (c) (explicit options win)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="10 block pairs in (a), 60 rounds in (b) and (c) (explicit options win)"
+    )
     parser.add_argument("--parts", default="a,b,c", help="which parts to run, e.g. a,b (default a,b,c)")
     parser.add_argument("--blocks", type=int, help="block pairs per route in (a) (default 40; quick 10)")
     parser.add_argument("--block", type=int, default=500, help="requests per block in (a) (default 500)")
-    parser.add_argument("--rounds", type=int, help="rounds per state in (b), scrape pairs in (c) "
-                                                   "(default 200; quick 60)")
-    parser.add_argument("--cpu-scrapes", type=int, help="scrapes alone per server and state in (b), for the CPU "
-                                                        "per scrape (default 50; quick 20; 0 skips)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds per state in (b), scrape pairs in (c) (default 200; quick 60)"
+    )
+    parser.add_argument(
+        "--cpu-scrapes",
+        type=int,
+        help="scrapes alone per server and state in (b), for the CPU per scrape (default 50; quick 20; 0 skips)",
+    )
     parser.add_argument("--jobs", type=int, default=1000, help="finished jobs inserted in (b) (default 1000)")
     parser.add_argument("--running", type=int, default=50, help="running jobs inserted in (b) (default 50)")
     parser.add_argument("--names", type=int, default=200, help="made-up model names in (b) (default 200)")
-    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the servers (repeatable), e.g. HONE_LOG_LEVEL=WARNING")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the servers (repeatable), e.g. HONE_LOG_LEVEL=WARNING",
+    )
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary folder (server logs, databases)")
     args = parser.parse_args()
     try:
@@ -589,9 +726,11 @@ def main() -> None:
     import starlette
 
     print("Hone observability benchmark")
-    print(f"  python {platform.python_version()} on {platform.machine()}, {CORES} CPU core(s); starlette "
-          f"{starlette.__version__}, prometheus-client {version('prometheus-client')}; "
-          "servers on loopback; code: " + git_revision())
+    print(
+        f"  python {platform.python_version()} on {platform.machine()}, {CORES} CPU core(s); starlette "
+        f"{starlette.__version__}, prometheus-client {version('prometheus-client')}; "
+        "servers on loopback; code: " + git_revision()
+    )
     if CORES <= 4:
         print(f"  NOTE: {CORES} core(s) shared by the servers and this client: latencies include waiting for CPU.")
     root = Path(tempfile.mkdtemp(prefix="hone-observability-bench-"))

@@ -29,8 +29,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # About 4x hone-tiny's parameters.
-BENCH_ARCH = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=6,
-                  num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+BENCH_ARCH = dict(
+    hidden_size=384,
+    intermediate_size=1024,
+    num_hidden_layers=4,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
 
 
 def build_bench_model(folder: Path) -> Path:
@@ -42,8 +49,13 @@ def build_bench_model(folder: Path) -> Path:
     if (folder / "config.json").exists():
         return folder
     tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **BENCH_ARCH)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **BENCH_ARCH,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -58,15 +70,21 @@ def write_dataset(path: Path, n: int, seed: int = 0) -> None:
         for _ in range(n):
             total = int(math.exp(rng.uniform(math.log(6), math.log(300))))  # words; ~2.5 tokens each
             answer = max(4, total // 4)
-            row = {"messages": [{"role": "user", "content": " ".join(rng.choice(words) for _ in range(total - answer))},
-                                {"role": "assistant", "content": " ".join(rng.choice(words) for _ in range(answer))}]}
+            row = {
+                "messages": [
+                    {"role": "user", "content": " ".join(rng.choice(words) for _ in range(total - answer))},
+                    {"role": "assistant", "content": " ".join(rng.choice(words) for _ in range(answer))},
+                ]
+            }
             fh.write(json.dumps(row) + "\n")
 
 
 # --- the two contenders, each run in its own process -------------------------------------
 
+
 class _TimingReporter:
     """Stands in for the control plane: records when each step was reported."""
+
     superseded, job_status = False, "running"
 
     def __init__(self):
@@ -76,10 +94,17 @@ class _TimingReporter:
         if type == "metrics":
             self.step_times.append(time.perf_counter())
 
-    def checkpoint(self, *a): pass
-    def progress(self, **k): pass
-    def flush(self, timeout=None): return True
-    def call(self, path, body): return {"status": "succeeded"}
+    def checkpoint(self, *a):
+        pass
+
+    def progress(self, **k):
+        pass
+
+    def flush(self, timeout=None):
+        return True
+
+    def call(self, path, body):
+        return {"status": "succeeded"}
 
 
 def _rss_mb() -> float:
@@ -93,11 +118,22 @@ def run_hone(model_dir: Path, data: Path, steps: int, batch_size: int) -> dict:
     from trainer.loop import Run
 
     root = data.parent
-    spec = TrainSpec(job_id="ftjob-bench", fine_tuned_model="ft:bench", model_name="bench", model_source=str(model_dir),
-                     model_cache_dir=str(root), storage_url=root.as_uri(), training_file=FileRef(data.name, "openai_chat"),
-                     validation_file=None, method="supervised", seed=0, output_prefix="jobs/bench/",
-                     callback_url="http://unused", token="unused",
-                     hyperparameters=Hyperparameters(n_epochs=1, batch_size=batch_size, learning_rate=1e-4))
+    spec = TrainSpec(
+        job_id="ftjob-bench",
+        fine_tuned_model="ft:bench",
+        model_name="bench",
+        model_source=str(model_dir),
+        model_cache_dir=str(root),
+        storage_url=root.as_uri(),
+        training_file=FileRef(data.name, "openai_chat"),
+        validation_file=None,
+        method="supervised",
+        seed=0,
+        output_prefix="jobs/bench/",
+        callback_url="http://unused",
+        token="unused",
+        hyperparameters=Hyperparameters(n_epochs=1, batch_size=batch_size, learning_rate=1e-4),
+    )
     reporter = _TimingReporter()
     with tempfile.TemporaryDirectory() as work:
         run = Run(spec, FolderBlobs(root), reporter, Path(work))
@@ -127,8 +163,15 @@ def run_padded(model_dir: Path, data: Path, steps: int, batch_size: int) -> dict
     examples = tokenize_lines(tokenizer, open(data, "rb"), "openai_chat", 2048).examples
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM", target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loaded = _rss_mb()
     model.train()
@@ -141,9 +184,9 @@ def run_padded(model_dir: Path, data: Path, steps: int, batch_size: int) -> dict
         labels = torch.full((len(batch), width), -100)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, e in enumerate(batch):
-            ids[row, :len(e.input_ids)] = torch.tensor(e.input_ids)
-            labels[row, :len(e.input_ids)] = torch.tensor([t if m else -100 for t, m in zip(e.input_ids, e.loss_mask)])
-            mask[row, :len(e.input_ids)] = 1
+            ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            labels[row, : len(e.input_ids)] = torch.tensor([t if m else -100 for t, m in zip(e.input_ids, e.loss_mask)])
+            mask[row, : len(e.input_ids)] = 1
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -173,12 +216,21 @@ def run_hf_trainer(model_dir: Path, data: Path, steps: int, batch_size: int) -> 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = tokenize_lines(tokenizer, open(data, "rb"), "openai_chat", 2048).examples
     ordered = [examples[i] for step in range(steps) for i in step_indices(len(examples), batch_size, 0, step)]
-    dataset = [{"input_ids": e.input_ids, "labels": [t if m else -100 for t, m in zip(e.input_ids, e.loss_mask)]}
-               for e in ordered]
+    dataset = [
+        {"input_ids": e.input_ids, "labels": [t if m else -100 for t, m in zip(e.input_ids, e.loss_mask)]}
+        for e in ordered
+    ]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM", target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     loaded = _rss_mb()
     marks: list[float] = []
 
@@ -194,17 +246,37 @@ def run_hf_trainer(model_dir: Path, data: Path, steps: int, batch_size: int) -> 
             return SequentialSampler(self.train_dataset)
 
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps,
-                                 learning_rate=1e-4, lr_scheduler_type="constant", save_strategy="no",
-                                 report_to=[], logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
-                                 disable_tqdm=True, remove_unused_columns=False)
-        InOrder(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithFlattening(),
-                callbacks=[Clock()]).train()
-    return {"tokens": sum(len(e.input_ids) for e in ordered), "seconds": marks[1] - marks[0],
-            "peak_rss_mb": _rss_mb(), "loaded_rss_mb": loaded}
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            learning_rate=1e-4,
+            lr_scheduler_type="constant",
+            save_strategy="no",
+            report_to=[],
+            logging_strategy="no",
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            remove_unused_columns=False,
+        )
+        InOrder(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=DataCollatorWithFlattening(),
+            callbacks=[Clock()],
+        ).train()
+    return {
+        "tokens": sum(len(e.input_ids) for e in ordered),
+        "seconds": marks[1] - marks[0],
+        "peak_rss_mb": _rss_mb(),
+        "loaded_rss_mb": loaded,
+    }
 
 
 # --- submit -> first step ----------------------------------------------------------------------
+
 
 def first_step_latency() -> float:
     from tests.support import HoneServer, chat_dataset
@@ -229,6 +301,7 @@ def first_step_latency() -> float:
 
 # --- MFU on a GPU ----------------------------------------------------------------------------------
 
+
 def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8) -> dict:
     """LoRA on a randomly initialised 1B Llama configuration in bf16. FLOPs per token: forward 2N, backward
     through activations 2N (frozen weights get no gradient), plus attention; peak: dense bf16 of the GPU."""
@@ -242,15 +315,29 @@ def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8) -> dict:
 
     if not torch.cuda.is_available():
         raise SystemExit("--mfu needs a CUDA GPU")
-    config = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=32000, max_position_embeddings=seq)
+    config = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        max_position_embeddings=seq,
+    )
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     config._attn_implementation = "sdpa"
     n_params = sum(p.numel() for p in model.parameters())
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM", target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config.vocab_size, (batch, seq))
     mb = MicroBatch(ids, ids.clone(), torch.arange(seq).expand(batch, seq).clone(), None, batch * seq)
@@ -267,8 +354,12 @@ def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8) -> dict:
     per_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq, full=False)
     name = torch.cuda.get_device_name()
     peak = float(os.environ["HONE_PEAK_TFLOPS"]) * 1e12 if "HONE_PEAK_TFLOPS" in os.environ else peak_flops(name)
-    return {"params": n_params, "tokens_per_s": tokens_s, "mfu": mfu(tokens_s, per_token, peak or 989e12),
-            "device": name}
+    return {
+        "params": n_params,
+        "tokens_per_s": tokens_s,
+        "mfu": mfu(tokens_s, per_token, peak or 989e12),
+        "device": name,
+    }
 
 
 def main() -> None:
@@ -287,6 +378,7 @@ def main() -> None:
         return
     if args.run:
         import torch
+
         torch.set_num_threads(args.threads)
         fn = {"hone": run_hone, "padded": run_padded, "hf-trainer": run_hf_trainer}[args.run]
         print(json.dumps(fn(args.model_dir, args.data, args.steps, args.batch_size)))
@@ -300,26 +392,56 @@ def main() -> None:
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE")
         results = {}
         for name in ("padded", "hf-trainer", "hone"):
-            out = subprocess.run([sys.executable, __file__, "--run", name, "--model-dir", str(model_dir),
-                                  "--data", str(data), "--steps", str(args.steps), "--batch-size",
-                                  str(args.batch_size), "--threads", str(args.threads)],
-                                 env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--run",
+                    name,
+                    "--model-dir",
+                    str(model_dir),
+                    "--data",
+                    str(data),
+                    "--steps",
+                    str(args.steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--threads",
+                    str(args.threads),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"model: Llama {BENCH_ARCH['num_hidden_layers']} layers x {BENCH_ARCH['hidden_size']} hidden; "
-          f"{args.steps} steps of {args.batch_size} examples, {args.threads} threads")
+    print(
+        f"model: Llama {BENCH_ARCH['num_hidden_layers']} layers x {BENCH_ARCH['hidden_size']} hidden; "
+        f"{args.steps} steps of {args.batch_size} examples, {args.threads} threads"
+    )
     print(f"{'loop':<22}{'tokens/s':>10}{'peak RSS MB':>13}{'RSS over model MB':>19}")
-    for name, label in (("padded", "transformers+peft pad"), ("hf-trainer", "HF Trainer, flattening"),
-                        ("hone", "hone trainer")):
+    for name, label in (
+        ("padded", "transformers+peft pad"),
+        ("hf-trainer", "HF Trainer, flattening"),
+        ("hone", "hone trainer"),
+    ):
         r = results[name]
-        print(f"{label:<22}{r['tokens'] / r['seconds']:>10.0f}{r['peak_rss_mb']:>13.0f}"
-              f"{r['peak_rss_mb'] - r['loaded_rss_mb']:>19.0f}")
-    speed = (results["hone"]["tokens"] / results["hone"]["seconds"]) / (results["padded"]["tokens"] / results["padded"]["seconds"])
+        print(
+            f"{label:<22}{r['tokens'] / r['seconds']:>10.0f}{r['peak_rss_mb']:>13.0f}"
+            f"{r['peak_rss_mb'] - r['loaded_rss_mb']:>19.0f}"
+        )
+    speed = (results["hone"]["tokens"] / results["hone"]["seconds"]) / (
+        results["padded"]["tokens"] / results["padded"]["seconds"]
+    )
     mem = (results["hone"]["peak_rss_mb"] - results["hone"]["loaded_rss_mb"]) / max(
-        1.0, results["padded"]["peak_rss_mb"] - results["padded"]["loaded_rss_mb"])
+        1.0, results["padded"]["peak_rss_mb"] - results["padded"]["loaded_rss_mb"]
+    )
     print(f"throughput ratio hone/padded: {speed:.2f}x (goal >= 1.5x)")
     hf = results["hf-trainer"]
-    print(f"throughput ratio hone/HF Trainer: "
-          f"{(results['hone']['tokens'] / results['hone']['seconds']) / (hf['tokens'] / hf['seconds']):.2f}x")
+    print(
+        f"throughput ratio hone/HF Trainer: "
+        f"{(results['hone']['tokens'] / results['hone']['seconds']) / (hf['tokens'] / hf['seconds']):.2f}x"
+    )
     print(f"working-memory ratio hone/padded: {mem:.2f}x")
     print(f"submit -> first training step (hone-tiny, real server): {first_step_latency():.1f} s (goal <= 10 s)")
 

@@ -31,8 +31,21 @@ from hone.errors import (  # noqa: E402
 )
 
 __all__ = [
-    "AsyncClient", "Client", "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError",
-    "AuthenticationError", "BadRequestError", "ConflictError", "HoneError", "InternalServerError", "NotFoundError",
-    "PayloadTooLargeError", "PermissionDeniedError", "RateLimitError", "UnprocessableEntityError",
+    "AsyncClient",
+    "Client",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "HoneError",
+    "InternalServerError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "UnprocessableEntityError",
     "WaitTimeoutError",
 ]

@@ -54,7 +54,7 @@ class _Call:
 
 
 def _backoff(attempt: int) -> float:
-    return min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** attempt) * (1 + random.uniform(0, 0.25))
+    return min(BACKOFF_MAX_S, BACKOFF_START_S * 2**attempt) * (1 + random.uniform(0, 0.25))
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -81,8 +81,15 @@ class _BaseClient:
     _endpoints_class: type
     _pager: type
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, admin_key: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        admin_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ):
         url = (base_url or os.environ.get("HONE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         # Accept the openai SDK's spelling too (…/v1): every path below starts with /v1.
         self.base_url = url[:-3] if url.endswith("/v1") else url
@@ -115,8 +122,15 @@ class _BaseClient:
     def _build(self, http: httpx.Client | httpx.AsyncClient, call: _Call, attempt: int) -> httpx.Request:
         files, data = call.multipart() if call.multipart else (None, None)
         params = {k: v for k, v in (call.params or {}).items() if v is not None}
-        return http.build_request(call.method, call.path, params=params, json=call.json, files=files, data=data,
-                                  headers=self._headers(call, attempt))
+        return http.build_request(
+            call.method,
+            call.path,
+            params=params,
+            json=call.json,
+            files=files,
+            data=data,
+            headers=self._headers(call, attempt),
+        )
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now. `response` is None when the
@@ -126,8 +140,9 @@ class _BaseClient:
         if response is None:
             return _backoff(attempt)
         should = response.headers.get("x-should-retry")
-        if should == "false" or (should != "true" and response.status_code not in RETRY_STATUSES
-                                 and response.status_code < 500):
+        if should == "false" or (
+            should != "true" and response.status_code not in RETRY_STATUSES and response.status_code < 500
+        ):
             return None
         server_says = _retry_after(response)
         if server_says is not None and 0 <= server_says <= RETRY_AFTER_MAX_S:
@@ -156,8 +171,13 @@ class _BaseClient:
 
     @staticmethod
     def _chat_call(model: str, messages: list[dict] | str, stream: bool, params: dict[str, Any]) -> _Call:
-        return _Call("POST", "/v1/chat/completions", json=chat_body(model, messages, stream, params),
-                     cast=ChatCompletion, stream=stream)
+        return _Call(
+            "POST",
+            "/v1/chat/completions",
+            json=chat_body(model, messages, stream, params),
+            cast=ChatCompletion,
+            stream=stream,
+        )
 
     def _parse(self, response: httpx.Response, cast: Any) -> Any:
         if cast is bytes:
@@ -166,7 +186,7 @@ class _BaseClient:
         if cast is None:
             return body
         result = cast.model_validate(body)
-        for item in (result.data if isinstance(result, Page) else [result]):
+        for item in result.data if isinstance(result, Page) else [result]:
             if isinstance(item, BoundObject):
                 item._client = self
         return result
@@ -175,9 +195,9 @@ class _BaseClient:
 class Client(_BaseClient):
     """The Hone API, synchronously.
 
-        client = hone.Client()          # HONE_BASE_URL / HONE_API_KEY, or pass base_url= and api_key=
-        job = client.jobs.create(model="hone-tiny", training_file=client.files.create("train.jsonl").id)
-        job.wait(on_progress=print)
+    client = hone.Client()          # HONE_BASE_URL / HONE_API_KEY, or pass base_url= and api_key=
+    job = client.jobs.create(model="hone-tiny", training_file=client.files.create("train.jsonl").id)
+    job.wait(on_progress=print)
     """
 
     _http_class, _jobs_class, _endpoints_class, _pager = httpx.Client, SyncJobs, SyncEndpoints, SyncPager
@@ -206,14 +226,16 @@ class Client(_BaseClient):
         time.sleep(seconds)
 
     @overload
-    def chat(self, model: str, messages: list[dict] | str, *, stream: Literal[False] = False,
-             **params: Any) -> ChatCompletion: ...
+    def chat(
+        self, model: str, messages: list[dict] | str, *, stream: Literal[False] = False, **params: Any
+    ) -> ChatCompletion: ...
 
     @overload
     def chat(self, model: str, messages: list[dict] | str, *, stream: Literal[True], **params: Any) -> ChatStream: ...
 
-    def chat(self, model: str, messages: list[dict] | str, *, stream: bool = False,
-             **params: Any) -> ChatCompletion | ChatStream:
+    def chat(
+        self, model: str, messages: list[dict] | str, *, stream: bool = False, **params: Any
+    ) -> ChatCompletion | ChatStream:
         """A chat completion from a tuned, checkpoint or base model; `stream=True` gives the chunks as they are
         generated. `params` are the usual ones: temperature, max_tokens, stop, seed, ..."""
         call = self._chat_call(model, messages, stream, params)
@@ -262,15 +284,18 @@ class AsyncClient(_BaseClient):
         await asyncio.sleep(seconds)
 
     @overload
-    async def chat(self, model: str, messages: list[dict] | str, *, stream: Literal[False] = False,
-                   **params: Any) -> ChatCompletion: ...
+    async def chat(
+        self, model: str, messages: list[dict] | str, *, stream: Literal[False] = False, **params: Any
+    ) -> ChatCompletion: ...
 
     @overload
-    async def chat(self, model: str, messages: list[dict] | str, *, stream: Literal[True],
-                   **params: Any) -> AsyncChatStream: ...
+    async def chat(
+        self, model: str, messages: list[dict] | str, *, stream: Literal[True], **params: Any
+    ) -> AsyncChatStream: ...
 
-    async def chat(self, model: str, messages: list[dict] | str, *, stream: bool = False,
-                   **params: Any) -> ChatCompletion | AsyncChatStream:
+    async def chat(
+        self, model: str, messages: list[dict] | str, *, stream: bool = False, **params: Any
+    ) -> ChatCompletion | AsyncChatStream:
         call = self._chat_call(model, messages, stream, params)
         if not stream:
             return self._parse(await self._send(call), call.cast)

@@ -26,8 +26,16 @@ class HoneError(Exception):
 
 
 class APIError(HoneError):
-    def __init__(self, message: str, *, type: str | None = None, param: str | None = None,
-                 code: str | None = None, request_id: str | None = None, body: Any = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+    ):
         super().__init__(message)
         self.message = message
         self.type = type
@@ -104,8 +112,16 @@ class WaitTimeoutError(HoneError, TimeoutError):
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     cls.status_code: cls
-    for cls in (BadRequestError, UnprocessableEntityError, AuthenticationError, PermissionDeniedError,
-                NotFoundError, ConflictError, PayloadTooLargeError, RateLimitError)
+    for cls in (
+        BadRequestError,
+        UnprocessableEntityError,
+        AuthenticationError,
+        PermissionDeniedError,
+        NotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
+        RateLimitError,
+    )
 }
 
 
@@ -119,6 +135,12 @@ def status_error(status_code: int, body: Any, request_id: str | None = None) -> 
         cls = InternalServerError
     else:
         cls = _BY_STATUS.get(status_code, APIStatusError)
-    return cls(str(error.get("message") or f"HTTP {status_code}"), status_code=status_code,
-               type=error.get("type"), param=error.get("param"), code=error.get("code"),
-               request_id=request_id, body=body)
+    return cls(
+        str(error.get("message") or f"HTTP {status_code}"),
+        status_code=status_code,
+        type=error.get("type"),
+        param=error.get("param"),
+        code=error.get("code"),
+        request_id=request_id,
+        body=body,
+    )

@@ -1,7 +1,7 @@
 """Auto-paging over the API's cursor lists: iterate and the next page is fetched when the last one runs out.
 
-    for job in client.jobs.list():             # every job, newest first, one request per page
-    async for job in async_client.jobs.list():  # the same with AsyncClient
+for job in client.jobs.list():             # every job, newest first, one request per page
+async for job in async_client.jobs.list():  # the same with AsyncClient
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ THROUGHPUT_WINDOW_S = 30.0
 class EventCursor:
     """Turns the events list (newest first) into the events not seen yet, oldest first.
 
-        page = first page; while (after := cursor.feed(page)): page = the page after `after`
-        new_events = cursor.take()
+    page = first page; while (after := cursor.feed(page)): page = the page after `after`
+    new_events = cursor.take()
     """
 
     def __init__(self) -> None:
@@ -85,10 +85,18 @@ class ProgressTracker:
         elif job.status == "succeeded":
             eta = 0.0
         running = job.status == "running"
-        return JobProgress(status=job.status, step=step, total_steps=total, epoch=epoch, n_epochs=n_epochs,
-                           train_loss=m.train_loss if m else None, valid_loss=self.valid_loss,
-                           trained_tokens=job.trained_tokens,
-                           tokens_per_second=self._tokens_per_second() if running else None, eta_seconds=eta)
+        return JobProgress(
+            status=job.status,
+            step=step,
+            total_steps=total,
+            epoch=epoch,
+            n_epochs=n_epochs,
+            train_loss=m.train_loss if m else None,
+            valid_loss=self.valid_loss,
+            trained_tokens=job.trained_tokens,
+            tokens_per_second=self._tokens_per_second() if running else None,
+            eta_seconds=eta,
+        )
 
 
 def step_metrics(events_newest_first: list[JobEvent]) -> list[StepMetrics]:

@@ -23,6 +23,7 @@ class BoundObject(HoneObject):
 
 # --- files ------------------------------------------------------------------------------------------------------
 
+
 class DatasetLineError(HoneObject):
     line: int
     field: str
@@ -53,6 +54,7 @@ class FileObject(HoneObject):
 
 
 # --- fine-tuning jobs -------------------------------------------------------------------------------------------
+
 
 class JobError(HoneObject):
     code: str | None = None
@@ -178,6 +180,7 @@ class JobUpdate(HoneObject):
 
 # --- models and endpoints ---------------------------------------------------------------------------------------
 
+
 class Model(HoneObject):
     id: str
     object: str = "model"
@@ -217,6 +220,7 @@ class Endpoint(HoneObject):
 
 
 # --- projects and keys (admin) ----------------------------------------------------------------------------------
+
 
 class Project(HoneObject):
     id: str
@@ -273,6 +277,7 @@ class WandbKey(HoneObject):
 
 
 # --- chat -------------------------------------------------------------------------------------------------------
+
 
 class ChatMessage(HoneObject):
     role: str
@@ -347,4 +352,3 @@ class Page(HoneObject, Generic[ItemT]):
     @property
     def next_cursor(self) -> str | None:
         return self.data[-1].id if self.has_more and self.data else None  # type: ignore[attr-defined]
-

@@ -26,6 +26,7 @@ def absent_or(description: str = "") -> Any:
 
 # --- errors ----------------------------------------------------------------------------------------------------
 
+
 class ErrorDetail(BaseModel):
     # Open: dataset errors add `line`, `field`, `total_errors`, `errors`, a file's id.
     model_config = ConfigDict(extra="allow")
@@ -37,10 +38,12 @@ class ErrorDetail(BaseModel):
 
 class ErrorEnvelope(Exact):
     """OpenAI's error envelope: every 4xx and 5xx of the OpenAI-shaped and admin routes."""
+
     error: ErrorDetail
 
 
 # --- files -----------------------------------------------------------------------------------------------------
+
 
 class DatasetLineError(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -51,6 +54,7 @@ class DatasetLineError(BaseModel):
 
 class DatasetSummary(Exact):
     """Hone: what validation found in a fine-tune file."""
+
     format: str | None
     examples: int | None
     errors: list[DatasetLineError] = absent_or("The first errors, one per bad line (only when some were found).")
@@ -170,6 +174,7 @@ class JobCheckpointList(Exact):
 
 # --- models ----------------------------------------------------------------------------------------------------
 
+
 class ModelObject(Exact):
     id: str
     object: Literal["model"]
@@ -189,6 +194,7 @@ class ModelDeleted(Exact):
 
 
 # --- endpoints (Hone) ------------------------------------------------------------------------------------------
+
 
 class EndpointUsage(Exact):
     requests: int
@@ -239,6 +245,7 @@ class EndpointDeleted(Exact):
 
 # --- health ----------------------------------------------------------------------------------------------------
 
+
 class Health(Exact):
     status: Literal["ok"]
 
@@ -250,6 +257,7 @@ class Readiness(Exact):
 
 
 # --- administration (admin key) --------------------------------------------------------------------------------
+
 
 class Project(Exact):
     object: Literal["organization.project"]
@@ -365,5 +373,6 @@ class BaseModelDeleted(Exact):
 
 class ScrapeTargetGroup(Exact):
     """Prometheus HTTP service discovery: one group per engine."""
+
     targets: list[str]
     labels: dict[str, str]

@@ -70,10 +70,17 @@ class _LeaderDuties:
         # Woken by every job created (validation) and by every validation, action and trainer exit (scheduler): at
         # most one step each 50 ms, so that a burst of creates is validated and scheduled in batches, not one
         # transaction per job (in-process, PostgreSQL, 32 clients: 2.2-2.7 -> 1.9-2.1 ms of CPU per job created).
-        loops.add(BackgroundLoop(Loop.VALIDATION, validate_then_wake_scheduler, settings.training.job_validation_poll_s,
-                                 min_gap=WAKE_BATCH_S))
-        loops.add(BackgroundLoop(Loop.SCHEDULER, scheduler.tick, settings.training.scheduler_poll_s,
-                                 min_gap=WAKE_BATCH_S))
+        loops.add(
+            BackgroundLoop(
+                Loop.VALIDATION,
+                validate_then_wake_scheduler,
+                settings.training.job_validation_poll_s,
+                min_gap=WAKE_BATCH_S,
+            )
+        )
+        loops.add(
+            BackgroundLoop(Loop.SCHEDULER, scheduler.tick, settings.training.scheduler_poll_s, min_gap=WAKE_BATCH_S)
+        )
         loops.add(BackgroundLoop(Loop.FILE_EXPIRY, lambda: expire_files(ctx), settings.files.file_expiry_poll_s))
         loops.add(BackgroundLoop(Loop.ENDPOINTS, self.deployer.tick, settings.serving.endpoint_poll_s))
 
@@ -116,8 +123,14 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         # the collector from re-scanning them: full collections paused the server ~110 ms each.
         gc.collect()
         gc.freeze()
-        log.info("hone control plane ready", extra={"database": ctx.db.engine.url.render_as_string(hide_password=True),
-                                                    "storage": settings.resolved_storage_url, "leader": leader.held})
+        log.info(
+            "hone control plane ready",
+            extra={
+                "database": ctx.db.engine.url.render_as_string(hide_password=True),
+                "storage": settings.resolved_storage_url,
+                "leader": leader.held,
+            },
+        )
         try:
             yield
         finally:
@@ -129,16 +142,30 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
             ctx.db.dispose()
             log.info("hone control plane stopped")
 
-    app = FastAPI(title="Hone", version=__version__, lifespan=lifespan,
-                  description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.")
+    app = FastAPI(
+        title="Hone",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-hosted tuning service with OpenAI- and Vertex-compatible APIs.",
+    )
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     # Routes are matched in order, twice a request (FastAPI's matches, then its handle): the busiest routers first.
     # No two routers' paths overlap, so the order decides nothing else (the OpenAPI document sorts its keys).
     # Jobs and files after admin and the rest cost list jobs ~10% of its CPU in matching (py-spy).
-    for router in (health.router, fine_tuning.router, files.router, observability.router, admin.router,
-                   dataset_grants.router, base_models.router, models.router, endpoints.router, vertex.router,
-                   internal.router):
+    for router in (
+        health.router,
+        fine_tuning.router,
+        files.router,
+        observability.router,
+        admin.router,
+        dataset_grants.router,
+        base_models.router,
+        models.router,
+        endpoints.router,
+        vertex.router,
+        internal.router,
+    ):
         app.include_router(router)
     app.router.routes[:0] = gateway.routes  # first: the hot path should not try every other route before it
     app.add_middleware(HttpMetricsMiddleware)

@@ -54,10 +54,14 @@ def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise AuthenticationFailed(
             "You didn't provide an API key. You need to provide your API key in an Authorization header "
-            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code=ErrorCode.MISSING_API_KEY)
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            code=ErrorCode.MISSING_API_KEY,
+        )
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed("The Authorization header must be 'Bearer YOUR_KEY'.", code=ErrorCode.INVALID_API_KEY)
+        raise AuthenticationFailed(
+            "The Authorization header must be 'Bearer YOUR_KEY'.", code=ErrorCode.INVALID_API_KEY
+        )
     return token.strip()
 
 
@@ -89,8 +93,10 @@ def authenticate_project(ctx: AppContext, authorization: str | None) -> ProjectP
         ).first()
     if row is None:
         if _is_admin(ctx, token):
-            raise PermissionDenied("The admin key manages projects and keys only; use a project's API key "
-                                   "for files, jobs and models.", code=ErrorCode.ADMIN_KEY_NOT_ALLOWED)
+            raise PermissionDenied(
+                "The admin key manages projects and keys only; use a project's API key for files, jobs and models.",
+                code=ErrorCode.ADMIN_KEY_NOT_ALLOWED,
+            )
         raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.", code=ErrorCode.INVALID_API_KEY)
     principal = ProjectPrincipal(row.id, row.slug)
     ctx.key_cache.put(key_hash, principal)
@@ -100,7 +106,9 @@ def authenticate_project(ctx: AppContext, authorization: str | None) -> ProjectP
 def authenticate_admin(ctx: AppContext, authorization: str | None) -> None:
     token = bearer_token(authorization)
     if not _is_admin(ctx, token):
-        raise AuthenticationFailed(f"Incorrect admin API key provided: {_redact(token)}.", code=ErrorCode.INVALID_API_KEY)
+        raise AuthenticationFailed(
+            f"Incorrect admin API key provided: {_redact(token)}.", code=ErrorCode.INVALID_API_KEY
+        )
 
 
 def authenticate_metrics_scraper(ctx: AppContext, authorization: str | None) -> None:

@@ -66,9 +66,16 @@ class TrainingDefaults:
 # steps and sees every small set many more times than a pretrained model would. Measured by
 # benchmarks/auto_hyperparameters.py over three task shapes and five seeds (figures in the README).
 TINY_DEFAULTS = TrainingDefaults(
-    lora_learning_rate=1e-3, full_learning_rate=1e-3, dpo_learning_rate_multiplier=0.04, tokens_per_step=256,
+    lora_learning_rate=1e-3,
+    full_learning_rate=1e-3,
+    dpo_learning_rate_multiplier=0.04,
+    tokens_per_step=256,
     min_steps_per_epoch=8,
-    epochs=3, min_examples_seen=4800, max_epochs=50, bytes_per_token=3.8)
+    epochs=3,
+    min_examples_seen=4800,
+    max_epochs=50,
+    bytes_per_token=3.8,
+)
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,9 @@ class BaseModel:
 
 class BaseModelRegistry:
     def __init__(self, configured: dict[str, str | dict], db: Database | None = None):
-        self._static = {TINY_MODEL: BaseModel(TINY_MODEL, "builtin:hone-tiny", origin="builtin",
-                                              training=TINY_DEFAULTS)}
+        self._static = {
+            TINY_MODEL: BaseModel(TINY_MODEL, "builtin:hone-tiny", origin="builtin", training=TINY_DEFAULTS)
+        }
         for name, entry in configured.items():
             # "name": "source", or "name": {"source": ..., "training": {<TrainingDefaults field>: value}}
             if isinstance(entry, dict):
@@ -121,11 +129,17 @@ class BaseModelRegistry:
 
     def register(self, name: str, source: str) -> BaseModel:
         if not _NAME.match(name) or name.startswith("ft:"):
-            raise InvalidRequest(f"Invalid base model name '{excerpt(name, NAME_CHARS)}': use letters, digits, '.', '_', '-' and '/'.",
-                                 param="name", code=ErrorCode.INVALID_VALUE)
+            raise InvalidRequest(
+                f"Invalid base model name '{excerpt(name, NAME_CHARS)}': use letters, digits, '.', '_', '-' and '/'.",
+                param="name",
+                code=ErrorCode.INVALID_VALUE,
+            )
         if name in self._static:
-            raise PermissionDenied(f"Base model {name!r} is configured in settings or built in; it cannot be "
-                                   "changed through the API.", param="name", code=ErrorCode.BASE_MODEL_NOT_EDITABLE)
+            raise PermissionDenied(
+                f"Base model {name!r} is configured in settings or built in; it cannot be changed through the API.",
+                param="name",
+                code=ErrorCode.BASE_MODEL_NOT_EDITABLE,
+            )
         now = int(time.time())
         assert self._db is not None  # the API's registry has a database
         with self._db.write() as session:
@@ -140,13 +154,18 @@ class BaseModelRegistry:
 
     def unregister(self, name: str) -> None:
         if name in self._static:
-            raise PermissionDenied(f"Base model {name!r} is configured in settings or built in; it cannot be "
-                                   "deleted through the API.", param="name", code=ErrorCode.BASE_MODEL_NOT_EDITABLE)
+            raise PermissionDenied(
+                f"Base model {name!r} is configured in settings or built in; it cannot be deleted through the API.",
+                param="name",
+                code=ErrorCode.BASE_MODEL_NOT_EDITABLE,
+            )
         assert self._db is not None  # the API's registry has a database
         with self._db.write() as session:
             row = session.get(RegisteredBaseModel, name)
             if row is None:
-                raise NotFound(f"No such base model: {excerpt(name, NAME_CHARS)}", param="name", code=ErrorCode.NOT_FOUND)
+                raise NotFound(
+                    f"No such base model: {excerpt(name, NAME_CHARS)}", param="name", code=ErrorCode.NOT_FOUND
+                )
             session.delete(row)
 
     @staticmethod
@@ -155,5 +174,10 @@ class BaseModelRegistry:
 
     @staticmethod
     def as_admin_api(model: BaseModel) -> dict:
-        return {"id": model.name, "object": "base_model", "created": model.created, "source": model.source,
-                "origin": model.origin}
+        return {
+            "id": model.name,
+            "object": "base_model",
+            "created": model.created,
+            "source": model.source,
+            "origin": model.origin,
+        }

@@ -38,17 +38,29 @@ class AppContext:
     def build(cls, settings: Settings) -> AppContext:
         settings.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.server.data_dir.stat().st_mode & 0o077:  # made by someone else: say so, but leave it as it is
-            log.warning("the data dir is open to other users; `chmod 700` it", extra={"path": str(settings.server.data_dir)})
+            log.warning(
+                "the data dir is open to other users; `chmod 700` it", extra={"path": str(settings.server.data_dir)}
+            )
         db = Database(settings.resolved_database_url, settings.database.database_pool_size)
         if settings.database.auto_migrate:
             db.migrate()
-        store = open_storage(settings.resolved_storage_url, s3_endpoint_url=settings.storage.s3_endpoint_url,
-                             s3_max_attempts=settings.storage.s3_max_attempts, s3_timeout_s=settings.storage.s3_timeout_s)
+        store = open_storage(
+            settings.resolved_storage_url,
+            s3_endpoint_url=settings.storage.s3_endpoint_url,
+            s3_max_attempts=settings.storage.s3_max_attempts,
+            s3_timeout_s=settings.storage.s3_timeout_s,
+        )
         storage = MeteredStorage(store, backend=urlparse(settings.resolved_storage_url).scheme)
         from service.auth import KeyCache  # auth needs AppContext for its type hints
 
-        return cls(settings, db, storage, BaseModelRegistry(settings.training.base_models, db),
-                   settings.server.admin_api_key or _local_admin_key(settings.server.data_dir), KeyCache(settings.server.key_cache_ttl_s))
+        return cls(
+            settings,
+            db,
+            storage,
+            BaseModelRegistry(settings.training.base_models, db),
+            settings.server.admin_api_key or _local_admin_key(settings.server.data_dir),
+            KeyCache(settings.server.key_cache_ttl_s),
+        )
 
 
 def _local_admin_key(data_dir: Path) -> str:

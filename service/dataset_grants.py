@@ -48,13 +48,17 @@ class Location:
 def parse(uri: str, param: str, *, prefix: bool) -> Location:
     """A dataset URI (prefix=False: an object) or a grant (prefix=True: a bucket, or a prefix that is made to end
     in '/'), refused with a 400 naming `param` when it is not plainly one."""
-    kind = ("gs://bucket/prefix/ or s3://bucket/prefix/" if prefix
-            else "gs://bucket/path.jsonl or s3://bucket/path.jsonl")
+    kind = (
+        "gs://bucket/prefix/ or s3://bucket/prefix/" if prefix else "gs://bucket/path.jsonl or s3://bucket/path.jsonl"
+    )
     scheme, sep, rest = uri.partition("://")
 
     def refuse(why: str):
-        return InvalidRequest(f"'{param}' must be {kind}: {why}, got '{excerpt(uri, 200)}'.", param=param,
-                              code=ErrorCode.INVALID_DATASET_URI)
+        return InvalidRequest(
+            f"'{param}' must be {kind}: {why}, got '{excerpt(uri, 200)}'.",
+            param=param,
+            code=ErrorCode.INVALID_DATASET_URI,
+        )
 
     if not sep or scheme.lower() not in SCHEMES:
         raise refuse("the scheme must be gs or s3")
@@ -101,27 +105,45 @@ def reaches_own_storage(settings, bucket: str, path: str, *, prefix: bool) -> bo
 
 def covers(grant: DatasetGrant, location: Location) -> bool:
     # grant.prefix is '' or ends in '/', and an object's path has no empty or dot segments: a segment boundary.
-    return (grant.scheme == location.scheme and grant.bucket == location.bucket
-            and location.path.startswith(grant.prefix))
+    return (
+        grant.scheme == location.scheme and grant.bucket == location.bucket and location.path.startswith(grant.prefix)
+    )
 
 
 def check_readable(ctx: AppContext, project_id: str, location: Location, uri: str, field: str) -> None:
     """Raises the same 404 for an object outside the project's grants whether or not it exists (nothing is read)."""
     with ctx.db.read() as session:
-        grants = session.execute(select(DatasetGrant).where(
-            DatasetGrant.project_id == project_id, DatasetGrant.scheme == location.scheme,
-            DatasetGrant.bucket == location.bucket)).scalars().all()
+        grants = (
+            session.execute(
+                select(DatasetGrant).where(
+                    DatasetGrant.project_id == project_id,
+                    DatasetGrant.scheme == location.scheme,
+                    DatasetGrant.bucket == location.bucket,
+                )
+            )
+            .scalars()
+            .all()
+        )
     if not any(covers(g, location) for g in grants):
-        raise NotFound(f"{field}: {excerpt(uri, 200)} was not found, or is outside the buckets and prefixes this project "
-                       "may read (an admin grants them: dataset_grants).", param=field, code=ErrorCode.DATASET_NOT_FOUND)
+        raise NotFound(
+            f"{field}: {excerpt(uri, 200)} was not found, or is outside the buckets and prefixes this project "
+            "may read (an admin grants them: dataset_grants).",
+            param=field,
+            code=ErrorCode.DATASET_NOT_FOUND,
+        )
 
 
 # --- the admin API -------------------------------------------------------------------------------------------
 
 
 def grant_api(row: DatasetGrant) -> dict:
-    return {"object": "organization.project.dataset_grant", "id": row.id, "project_id": row.project_id,
-            "uri": row.uri, "created_at": row.created_at}
+    return {
+        "object": "organization.project.dataset_grant",
+        "id": row.id,
+        "project_id": row.project_id,
+        "uri": row.uri,
+        "created_at": row.created_at,
+    }
 
 
 def create_grant(ctx: AppContext, project_id: str, uri: str) -> dict:
@@ -129,16 +151,28 @@ def create_grant(ctx: AppContext, project_id: str, uri: str) -> dict:
     location = parse(uri, "uri", prefix=True)
     bucket, path = s3_target(ctx.settings, location)
     if reaches_own_storage(ctx.settings, bucket, path, prefix=True):
-        raise InvalidRequest(f"'uri' {location.uri} reaches Hone's own storage (s3://{bucket}/{path}), which holds "
-                             "every project's files: it cannot be granted.", param="uri", code=ErrorCode.OWN_STORAGE)
+        raise InvalidRequest(
+            f"'uri' {location.uri} reaches Hone's own storage (s3://{bucket}/{path}), which holds "
+            "every project's files: it cannot be granted.",
+            param="uri",
+            code=ErrorCode.OWN_STORAGE,
+        )
     with ctx.db.write() as session:
         active_project(session, project_id)
-        existing = session.execute(select(DatasetGrant).where(DatasetGrant.project_id == project_id,
-                                                              DatasetGrant.uri == location.uri)).scalar()
+        existing = session.execute(
+            select(DatasetGrant).where(DatasetGrant.project_id == project_id, DatasetGrant.uri == location.uri)
+        ).scalar()
         if existing is not None:
             return grant_api(existing)
-        row = DatasetGrant(id=new_id("dsgrant_"), project_id=project_id, uri=location.uri, scheme=location.scheme,
-                           bucket=location.bucket, prefix=location.path, created_at=int(time.time()))
+        row = DatasetGrant(
+            id=new_id("dsgrant_"),
+            project_id=project_id,
+            uri=location.uri,
+            scheme=location.scheme,
+            bucket=location.bucket,
+            prefix=location.path,
+            created_at=int(time.time()),
+        )
         session.add(row)
         session.flush()
         return grant_api(row)
@@ -155,8 +189,9 @@ def list_grants(ctx: AppContext, project_id: str, *, after: str | None, limit: i
 def delete_grant(ctx: AppContext, project_id: str, grant_id: str) -> dict:
     with ctx.db.write() as session:
         project_row(session, project_id)
-        row = session.execute(select(DatasetGrant).where(DatasetGrant.id == grant_id,
-                                                         DatasetGrant.project_id == project_id)).scalar()
+        row = session.execute(
+            select(DatasetGrant).where(DatasetGrant.id == grant_id, DatasetGrant.project_id == project_id)
+        ).scalar()
         if row is None:
             raise NotFound(f"No such dataset grant: {excerpt(grant_id)}", param="grant_id", code=ErrorCode.NOT_FOUND)
         session.delete(row)

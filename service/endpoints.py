@@ -27,6 +27,7 @@ log = logging.getLogger("hone.endpoints")
 @dataclass(frozen=True)
 class ServedModel:
     """What serving a model name takes: its weights and the base they run on."""
+
     name: str  # the engine-side name: the tuned model, the checkpoint's snapshot name, or the base model
     kind: str  # adapter | full | base
     base_model: str
@@ -41,26 +42,32 @@ def tuning_mode(job: Job) -> str:
 
 
 def model_not_found(model: str) -> NotFound:
-    return NotFound(f"The model '{excerpt(model, NAME_CHARS)}' does not exist or you do not have access to it.", param="model",
-                    code=ErrorCode.MODEL_NOT_FOUND)
+    return NotFound(
+        f"The model '{excerpt(model, NAME_CHARS)}' does not exist or you do not have access to it.",
+        param="model",
+        code=ErrorCode.MODEL_NOT_FOUND,
+    )
 
 
 def resolve_model(ctx: AppContext, session: Session, project_id: str, model: str) -> ServedModel:
     """A model name as users write it (ft:..., a checkpoint id or snapshot name, a base model) in a project."""
-    tuned = session.execute(select(TunedModel).where(TunedModel.id == model, TunedModel.project_id == project_id)
-                            ).scalar()
+    tuned = session.execute(
+        select(TunedModel).where(TunedModel.id == model, TunedModel.project_id == project_id)
+    ).scalar()
     if tuned is not None:
         job = session.execute(select(Job).where(Job.id == tuned.job_id)).scalar_one()
         kind = "full" if tuning_mode(job) == "full" else "adapter"
         return ServedModel(tuned.id, kind, tuned.base_model, job.id, None, tuned.storage_prefix)
     column = Checkpoint.id if model.startswith("ftckpt_") else Checkpoint.fine_tuned_model_checkpoint
-    found = session.execute(select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id)
-                            .where(column == model, Job.project_id == project_id)).first()
+    found = session.execute(
+        select(Checkpoint, Job)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(column == model, Job.project_id == project_id)
+    ).first()
     if found is not None:
         ckpt, job = found
         kind = "full" if tuning_mode(job) == "full" else "adapter"
-        return ServedModel(ckpt.fine_tuned_model_checkpoint, kind, job.base_model, job.id, ckpt.id,
-                           ckpt.storage_prefix)
+        return ServedModel(ckpt.fine_tuned_model_checkpoint, kind, job.base_model, job.id, ckpt.id, ckpt.storage_prefix)
     if ctx.base_models.get(model) is not None:
         return ServedModel(model, "base", model)
     raise model_not_found(model)
@@ -68,20 +75,36 @@ def resolve_model(ctx: AppContext, session: Session, project_id: str, model: str
 
 # --- the resource ---------------------------------------------------------------------------------
 
+
 def endpoint_api(ep: Endpoint, usage: dict) -> dict:
-    return {"id": ep.id, "object": "endpoint", "created_at": ep.created_at, "updated_at": ep.updated_at,
-            "model": ep.model, "base_model": ep.base_model, "kind": ep.kind, "state": ep.state,
-            "engine": ep.engine, "fine_tuning_job_id": ep.job_id, "checkpoint_id": ep.checkpoint_id,
-            "ready_at": ep.ready_at, "restarts": ep.restarts, "error": ep.error,
-            "idle_timeout_s": ep.idle_timeout_s, "usage": usage}
+    return {
+        "id": ep.id,
+        "object": "endpoint",
+        "created_at": ep.created_at,
+        "updated_at": ep.updated_at,
+        "model": ep.model,
+        "base_model": ep.base_model,
+        "kind": ep.kind,
+        "state": ep.state,
+        "engine": ep.engine,
+        "fine_tuning_job_id": ep.job_id,
+        "checkpoint_id": ep.checkpoint_id,
+        "ready_at": ep.ready_at,
+        "restarts": ep.restarts,
+        "error": ep.error,
+        "idle_timeout_s": ep.idle_timeout_s,
+        "usage": usage,
+    }
 
 
 def _usage(session: Session, ep: Endpoint, pending_usage) -> dict:
     """Flushed totals plus what the gateway counted since (`pending_usage` is UsageBook.pending)."""
     row = session.get(ModelUsage, (ep.project_id, ep.model))
     pending = pending_usage(ep.project_id, ep.model) or {}
-    totals = {k: (getattr(row, k) if row else 0) + pending.get(k, 0)
-              for k in ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_ms_total")}
+    totals = {
+        k: (getattr(row, k) if row else 0) + pending.get(k, 0)
+        for k in ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_ms_total")
+    }
     latency = totals.pop("latency_ms_total")
     totals["mean_latency_ms"] = round(latency / totals["requests"], 2) if totals["requests"] else None
     return totals
@@ -97,8 +120,11 @@ def transition(session: Session, ep: Endpoint, target: EndpointState, **fields) 
     if target is EndpointState.FAILED and not fields.get("error"):
         raise ValueError(f"endpoint {ep.id} cannot fail without an error")  # a bug, never a request's fault
     fields = {**entry_fields(target, now=int(time.time())), **fields}
-    result = session.execute(update(Endpoint).where(Endpoint.seq == ep.seq, Endpoint.state == current.value)
-                             .values(state=target.value, **fields))
+    result = session.execute(
+        update(Endpoint)
+        .where(Endpoint.seq == ep.seq, Endpoint.state == current.value)
+        .values(state=target.value, **fields)
+    )
     moved = result.rowcount == 1  # type: ignore[attr-defined]  # typed Result; an UPDATE's is a CursorResult
     session.refresh(ep)
     if moved:
@@ -106,15 +132,25 @@ def transition(session: Session, ep: Endpoint, target: EndpointState, **fields) 
     return moved
 
 
-def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_s: int | None = None,
-           now: int | None = None) -> Endpoint:
+def deploy(
+    session: Session, project_id: str, served: ServedModel, idle_timeout_s: int | None = None, now: int | None = None
+) -> Endpoint:
     """The endpoint for a model: the live one if there is one, a failed one retried, an idle one woken, else a
     new one. An idle timeout given replaces the endpoint's. `now`: the caller's clock (a job's success stamps
     its endpoint with its own finish time, which the Vertex view relies on)."""
-    existing = session.execute(select(Endpoint).where(Endpoint.project_id == project_id,
-                                                      Endpoint.model == served.name,
-                                                      Endpoint.state != EndpointState.STOPPED.value)
-                               .order_by(Endpoint.seq.desc())).scalars().first()
+    existing = (
+        session.execute(
+            select(Endpoint)
+            .where(
+                Endpoint.project_id == project_id,
+                Endpoint.model == served.name,
+                Endpoint.state != EndpointState.STOPPED.value,
+            )
+            .order_by(Endpoint.seq.desc())
+        )
+        .scalars()
+        .first()
+    )
     if existing is not None:
         if idle_timeout_s is not None:
             existing.idle_timeout_s = idle_timeout_s
@@ -124,10 +160,22 @@ def deploy(session: Session, project_id: str, served: ServedModel, idle_timeout_
             wake(existing, "asked to deploy")
         return existing
     now = now or int(time.time())
-    ep = Endpoint(id=new_id("ep-"), project_id=project_id, model=served.name, kind=served.kind,
-                  base_model=served.base_model, job_id=served.job_id, checkpoint_id=served.checkpoint_id,
-                  weights_prefix=served.weights_prefix, state=EndpointState.DEPLOYING.value, restarts=0,
-                  failed_attempts=0, idle_timeout_s=idle_timeout_s, created_at=now, updated_at=now)
+    ep = Endpoint(
+        id=new_id("ep-"),
+        project_id=project_id,
+        model=served.name,
+        kind=served.kind,
+        base_model=served.base_model,
+        job_id=served.job_id,
+        checkpoint_id=served.checkpoint_id,
+        weights_prefix=served.weights_prefix,
+        state=EndpointState.DEPLOYING.value,
+        restarts=0,
+        failed_attempts=0,
+        idle_timeout_s=idle_timeout_s,
+        created_at=now,
+        updated_at=now,
+    )
     session.add(ep)
     session.flush()
     return ep
@@ -140,12 +188,18 @@ def wake(ep: Endpoint, why: str) -> bool:
     """An idle endpoint deploys again."""
     session = object_session(ep)
     assert session is not None  # a row loaded in a session
-    return transition(session, ep, EndpointState.DEPLOYING, failed_attempts=0,
-                      error={"code": WAKING, "message": f"Waking from idle: {why}."})
+    return transition(
+        session,
+        ep,
+        EndpointState.DEPLOYING,
+        failed_attempts=0,
+        error={"code": WAKING, "message": f"Waking from idle: {why}."},
+    )
 
 
-def create_endpoint(ctx: AppContext, principal: ProjectPrincipal, model: str, pending_usage,
-                    idle_timeout_s: int | None = None) -> dict:
+def create_endpoint(
+    ctx: AppContext, principal: ProjectPrincipal, model: str, pending_usage, idle_timeout_s: int | None = None
+) -> dict:
     with ctx.db.write() as session:
         served = resolve_model(ctx, session, principal.project_id, model)
         ep = deploy(session, principal.project_id, served, idle_timeout_s)
@@ -155,8 +209,9 @@ def create_endpoint(ctx: AppContext, principal: ProjectPrincipal, model: str, pe
 
 
 def _get(session: Session, principal: ProjectPrincipal, endpoint_id: str) -> Endpoint:
-    ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id,
-                                                Endpoint.project_id == principal.project_id)).scalar()
+    ep = session.execute(
+        select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.project_id == principal.project_id)
+    ).scalar()
     if ep is None:
         raise NotFound(f"No such endpoint: {excerpt(endpoint_id)}", param="endpoint_id", code=ErrorCode.NOT_FOUND)
     return ep
@@ -168,8 +223,9 @@ def get_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: str,
         return endpoint_api(ep, _usage(session, ep, pending_usage))
 
 
-def list_endpoints(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
-                   model: str | None, pending_usage) -> dict:
+def list_endpoints(
+    ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int, model: str | None, pending_usage
+) -> dict:
     with ctx.db.read() as session:
         stmt = select(Endpoint).where(Endpoint.project_id == principal.project_id)
         if model:
@@ -190,8 +246,17 @@ def delete_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: s
 
 
 def stop_model_endpoints(session: Session, project_id: str, model: str, reason: str) -> int:
-    eps = session.execute(select(Endpoint).where(Endpoint.project_id == project_id, Endpoint.model == model,
-                                                 Endpoint.state != EndpointState.STOPPED.value)).scalars().all()
+    eps = (
+        session.execute(
+            select(Endpoint).where(
+                Endpoint.project_id == project_id,
+                Endpoint.model == model,
+                Endpoint.state != EndpointState.STOPPED.value,
+            )
+        )
+        .scalars()
+        .all()
+    )
     for ep in eps:
         transition(session, ep, EndpointState.STOPPED, error={"code": ErrorCode.MODEL_DELETED, "message": reason})
     return len(eps)

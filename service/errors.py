@@ -16,6 +16,7 @@ from service.storage import StorageUnavailable
 class ErrorCode(StrEnum):
     """Every error code Hone answers with, on both API surfaces (OpenAI's `error.code`, Google's ErrorInfo
     `reason` in capitals) and in a job's or endpoint's `error`."""
+
     ADAPTER_LOAD_FAILED = "adapter_load_failed"
     ADMIN_KEY_NOT_ALLOWED = "admin_key_not_allowed"
     BASE_MODEL_NOT_EDITABLE = "base_model_not_editable"
@@ -126,8 +127,15 @@ class ApiError(Exception):
     status_code = 400
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
@@ -136,8 +144,15 @@ class ApiError(Exception):
         self.headers = headers
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.error_type,
-                          "param": self.param, "code": self.code, **self.extra}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+                **self.extra,
+            }
+        }
 
 
 class InvalidRequest(ApiError):
@@ -175,8 +190,9 @@ def outage_code(exc: BaseException) -> str | None:
     (refused or cut connections, timeouts, 5xx after retries), which passes and is answered 503; else None."""
     if isinstance(exc, StorageUnavailable):
         return ErrorCode.STORAGE_UNAVAILABLE
-    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or \
-            (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
         return ErrorCode.DATABASE_UNAVAILABLE
     return None
 

@@ -33,8 +33,15 @@ MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 2592000
 
 
 def file_api(f: File) -> dict:
-    body: dict = {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
-            "purpose": f.purpose, "status": f.status}
+    body: dict = {
+        "id": f.id,
+        "object": "file",
+        "bytes": f.bytes,
+        "created_at": f.created_at,
+        "filename": f.filename,
+        "purpose": f.purpose,
+        "status": f.status,
+    }
     if f.expires_at is not None:
         body["expires_at"] = f.expires_at
     if f.status_details is not None:
@@ -101,12 +108,17 @@ def _check_fine_tune_name(filename: str) -> None:
 
 
 def _too_large(ctx: AppContext, param: str = "file") -> PayloadTooLarge:
-    return PayloadTooLarge(f"File is too large: the limit is {ctx.settings.files.max_file_bytes} bytes.",
-                           param=param, code=ErrorCode.FILE_TOO_LARGE)
+    return PayloadTooLarge(
+        f"File is too large: the limit is {ctx.settings.files.max_file_bytes} bytes.",
+        param=param,
+        code=ErrorCode.FILE_TOO_LARGE,
+    )
 
 
 def _validator(ctx: AppContext) -> DatasetValidator:
-    return DatasetValidator(max_line_bytes=ctx.settings.files.max_line_bytes, max_errors=ctx.settings.files.max_reported_errors)
+    return DatasetValidator(
+        max_line_bytes=ctx.settings.files.max_line_bytes, max_errors=ctx.settings.files.max_reported_errors
+    )
 
 
 def _validation_errors(report: DatasetReport) -> dict:
@@ -129,25 +141,41 @@ def _expires_at(fields: dict[str, str], now: int) -> int | None:
     if anchor is None and seconds is None:
         return None
     if anchor != "created_at":
-        raise InvalidRequest("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor",
-                             code=ErrorCode.INVALID_VALUE)
+        raise InvalidRequest(
+            "expires_after[anchor] must be 'created_at'.", param="expires_after.anchor", code=ErrorCode.INVALID_VALUE
+        )
     try:
         value = int(seconds or "")
     except ValueError:
         value = -1
     if not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
-        raise InvalidRequest(f"expires_after[seconds] must be an integer from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}.",
-                             param="expires_after.seconds", code=ErrorCode.INVALID_VALUE)
+        raise InvalidRequest(
+            f"expires_after[seconds] must be an integer from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}.",
+            param="expires_after.seconds",
+            code=ErrorCode.INVALID_VALUE,
+        )
     return now + value
 
 
-async def create_file(ctx: AppContext, principal: ProjectPrincipal, content_type: str | None,
-                      content_length: str | None, body: AsyncIterator[bytes]) -> dict:
+async def create_file(
+    ctx: AppContext,
+    principal: ProjectPrincipal,
+    content_type: str | None,
+    content_length: str | None,
+    body: AsyncIterator[bytes],
+) -> dict:
     kind, options = parse_options_header(content_type or "")
     if kind != b"multipart/form-data" or b"boundary" not in options:
-        raise InvalidRequest("Uploads must be multipart/form-data with 'file' and 'purpose' fields.",
-                             param="file", code=ErrorCode.INVALID_CONTENT_TYPE)
-    if content_length and content_length.isdigit() and int(content_length) > ctx.settings.files.max_file_bytes + FIELD_LIMIT:
+        raise InvalidRequest(
+            "Uploads must be multipart/form-data with 'file' and 'purpose' fields.",
+            param="file",
+            code=ErrorCode.INVALID_CONTENT_TYPE,
+        )
+    if (
+        content_length
+        and content_length.isdigit()
+        and int(content_length) > ctx.settings.files.max_file_bytes + FIELD_LIMIT
+    ):
         raise _too_large(ctx)
     file_id = new_id("file-")
     upload = _Upload(ctx, file_id, options[b"boundary"])
@@ -170,22 +198,42 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
     unknown = sorted(set(upload.fields) - set(UPLOAD_FIELDS))
     if unknown:  # refused, never stored and ignored
         name = excerpt(unknown[0])
-        raise InvalidRequest(f"Unrecognized request argument supplied: {name!r} (the form fields are 'file', "
-                             f"{', '.join(repr(f) for f in UPLOAD_FIELDS)}).", param=name, code=ErrorCode.UNKNOWN_PARAMETER)
+        raise InvalidRequest(
+            f"Unrecognized request argument supplied: {name!r} (the form fields are 'file', "
+            f"{', '.join(repr(f) for f in UPLOAD_FIELDS)}).",
+            param=name,
+            code=ErrorCode.UNKNOWN_PARAMETER,
+        )
     purpose = upload.fields.get("purpose")
     if purpose is None:
-        raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose", code=ErrorCode.MISSING_REQUIRED_PARAMETER)
+        raise InvalidRequest(
+            "Missing required parameter: 'purpose'.", param="purpose", code=ErrorCode.MISSING_REQUIRED_PARAMETER
+        )
     if purpose not in UPLOAD_PURPOSES:
-        raise InvalidRequest(f"Invalid value for 'purpose': '{excerpt(purpose)}'; expected one of {', '.join(UPLOAD_PURPOSES)}.",
-                             param="purpose", code=ErrorCode.INVALID_VALUE)
+        raise InvalidRequest(
+            f"Invalid value for 'purpose': '{excerpt(purpose)}'; expected one of {', '.join(UPLOAD_PURPOSES)}.",
+            param="purpose",
+            code=ErrorCode.INVALID_VALUE,
+        )
     if upload.filename is None:
-        raise InvalidRequest("Missing required parameter: 'file'.", param="file", code=ErrorCode.MISSING_REQUIRED_PARAMETER)
+        raise InvalidRequest(
+            "Missing required parameter: 'file'.", param="file", code=ErrorCode.MISSING_REQUIRED_PARAMETER
+        )
     upload.flush()  # also opens the writer for an empty file
     now = int(time.time())
     expires_at = _expires_at(upload.fields, now)
-    row = File(id=file_id, project_id=principal.project_id, filename=upload.filename, purpose=purpose,
-               bytes=upload.size, created_at=now, expires_at=expires_at, status="processed",
-               storage_key=upload.key, sha256=upload.sha.hexdigest())
+    row = File(
+        id=file_id,
+        project_id=principal.project_id,
+        filename=upload.filename,
+        purpose=purpose,
+        bytes=upload.size,
+        created_at=now,
+        expires_at=expires_at,
+        status="processed",
+        storage_key=upload.key,
+        sha256=upload.sha.hexdigest(),
+    )
     if purpose == "fine-tune":
         _check_fine_tune_name(upload.filename)
         report = upload.validator.finish()
@@ -200,8 +248,9 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
     return file_api(row)
 
 
-def import_fine_tune_file(ctx: AppContext, principal: ProjectPrincipal, filename: str, chunks: Iterable[bytes], *,
-                          param: str, source: str) -> File:
+def import_fine_tune_file(
+    ctx: AppContext, principal: ProjectPrincipal, filename: str, chunks: Iterable[bytes], *, param: str, source: str
+) -> File:
     """A fine-tune file from bytes read elsewhere (a dataset object in a bucket), checked as uploads are.
     Unlike an upload, an invalid dataset is refused whole: nothing is stored, and the error lists the bad
     lines and fields (as a job refusing a file in `error` does)."""
@@ -219,17 +268,34 @@ def import_fine_tune_file(ctx: AppContext, principal: ProjectPrincipal, filename
         report = validator.finish()
         if not report.ok:
             first = report.errors[0]
-            raise InvalidRequest(f"invalid {param}: {source} is not a valid dataset: {report.summary()}",
-                                 param=param, code=ErrorCode.INVALID_DATASET,
-                                 extra={"line": first.line, "field": first.field, "total_errors": report.total_errors,
-                                        "errors": [e.as_dict() for e in report.errors]})
+            raise InvalidRequest(
+                f"invalid {param}: {source} is not a valid dataset: {report.summary()}",
+                param=param,
+                code=ErrorCode.INVALID_DATASET,
+                extra={
+                    "line": first.line,
+                    "field": first.field,
+                    "total_errors": report.total_errors,
+                    "errors": [e.as_dict() for e in report.errors],
+                },
+            )
         writer.commit()
     except BaseException:
         writer.abort()
         raise
-    row = File(id=file_id, project_id=principal.project_id, filename=filename, purpose="fine-tune", bytes=size,
-               created_at=int(time.time()), status="processed", storage_key=key, sha256=sha.hexdigest(),
-               dataset_format=report.format.value if report.format else None, example_count=report.examples)
+    row = File(
+        id=file_id,
+        project_id=principal.project_id,
+        filename=filename,
+        purpose="fine-tune",
+        bytes=size,
+        created_at=int(time.time()),
+        status="processed",
+        storage_key=key,
+        sha256=sha.hexdigest(),
+        dataset_format=report.format.value if report.format else None,
+        example_count=report.examples,
+    )
     _insert_stored(ctx, row)
     return row
 
@@ -246,8 +312,9 @@ def get_file(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> dict
         return file_api(get_file_row(session, principal, file_id))
 
 
-def list_files(ctx: AppContext, principal: ProjectPrincipal, *, purpose: str | None, order: str,
-               after: str | None, limit: int) -> dict:
+def list_files(
+    ctx: AppContext, principal: ProjectPrincipal, *, purpose: str | None, order: str, after: str | None, limit: int
+) -> dict:
     if order not in ("asc", "desc"):
         raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order", code=ErrorCode.INVALID_VALUE)
     with ctx.db.read() as session:
@@ -269,8 +336,11 @@ def file_content(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> 
 
 def _active_jobs_using(file_id, project_id):
     """Unfinished jobs that still need the file; works on values or, correlated, on File's columns."""
-    return select(Job.id, Job.status).where(Job.project_id == project_id, Job.status.in_([s.value for s in ACTIVE]),
-                                            (Job.training_file == file_id) | (Job.validation_file == file_id))
+    return select(Job.id, Job.status).where(
+        Job.project_id == project_id,
+        Job.status.in_([s.value for s in ACTIVE]),
+        (Job.training_file == file_id) | (Job.validation_file == file_id),
+    )
 
 
 def _active_user(session, row: File):
@@ -282,9 +352,20 @@ def expire_files(ctx: AppContext, batch: int = 100) -> int:
     now = int(time.time())
     with ctx.db.read() as session:
         # Files still in use are left out here, so they cannot fill every batch and starve the rest.
-        due = session.execute(select(File.id).where(File.expires_at.is_not(None), File.expires_at <= now,
-                                                    ~_active_jobs_using(File.id, File.project_id).exists())
-                              .order_by(File.expires_at).limit(batch)).scalars().all()
+        due = (
+            session.execute(
+                select(File.id)
+                .where(
+                    File.expires_at.is_not(None),
+                    File.expires_at <= now,
+                    ~_active_jobs_using(File.id, File.project_id).exists(),
+                )
+                .order_by(File.expires_at)
+                .limit(batch)
+            )
+            .scalars()
+            .all()
+        )
     expired = 0
     for file_id in due:
         with ctx.db.write() as session:
@@ -302,8 +383,12 @@ def delete_file(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> d
         row = get_file_row(session, principal, file_id)
         users = _active_user(session, row)
         if users is not None:
-            raise InvalidRequest(f"File {file_id} is used by job {users.id}, which is {users.status}; "
-                                 "cancel the job or wait for it to finish first.", param="file_id", code=ErrorCode.FILE_IN_USE)
+            raise InvalidRequest(
+                f"File {file_id} is used by job {users.id}, which is {users.status}; "
+                "cancel the job or wait for it to finish first.",
+                param="file_id",
+                code=ErrorCode.FILE_IN_USE,
+            )
         session.delete(row)
     ctx.storage.delete(row.storage_key)
     return {"id": file_id, "object": "file", "deleted": True}

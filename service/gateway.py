@@ -45,8 +45,12 @@ _USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 class Waking(ServiceUnavailable):
     def __init__(self, model: str):
-        super().__init__(f"The model '{model}' is waking from idle (scaled to zero); retry shortly.", param="model",
-                         code=ErrorCode.MODEL_DEPLOYING, headers={"Retry-After": str(RETRY_AFTER_S)})
+        super().__init__(
+            f"The model '{model}' is waking from idle (scaled to zero); retry shortly.",
+            param="model",
+            code=ErrorCode.MODEL_DEPLOYING,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,9 @@ class Gateway:
         """Blocking (one query): call from a worker thread."""
         with self.ctx.db.read() as session:
             served = resolve_model(self.ctx, session, project_id, model)
-            stmt = select(Endpoint).where(Endpoint.project_id == project_id, Endpoint.state != EndpointState.STOPPED.value)
+            stmt = select(Endpoint).where(
+                Endpoint.project_id == project_id, Endpoint.state != EndpointState.STOPPED.value
+            )
             if served.kind == "base":  # any engine of this project that runs the base weights serves them
                 stmt = stmt.where(Endpoint.base_model == served.base_model, Endpoint.kind != "full")
             else:
@@ -123,15 +129,25 @@ class Gateway:
         if any((ep.error or {}).get("code") == WAKING for ep in deploying):
             raise Waking(model)
         if deploying:
-            raise ServiceUnavailable(f"The model '{model}' is being deployed; retry shortly.", param="model",
-                                     code=ErrorCode.MODEL_DEPLOYING, headers={"Retry-After": str(RETRY_AFTER_S)})
+            raise ServiceUnavailable(
+                f"The model '{model}' is being deployed; retry shortly.",
+                param="model",
+                code=ErrorCode.MODEL_DEPLOYING,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         failed = [ep for ep in candidates if ep.state == EndpointState.FAILED.value]
         if failed:
             reason = (failed[0].error or {}).get("message", "unknown reason")
-            raise ServiceUnavailable(f"The endpoint {failed[0].id} for '{model}' failed: {reason}", param="model",
-                                     code=ErrorCode.ENDPOINT_FAILED)
-        raise NotFound(f"The model '{excerpt(model, NAME_CHARS)}' has no endpoint; create one with POST /v1/endpoints.",
-                       param="model", code=ErrorCode.MODEL_NOT_DEPLOYED)
+            raise ServiceUnavailable(
+                f"The endpoint {failed[0].id} for '{model}' failed: {reason}",
+                param="model",
+                code=ErrorCode.ENDPOINT_FAILED,
+            )
+        raise NotFound(
+            f"The model '{excerpt(model, NAME_CHARS)}' has no endpoint; create one with POST /v1/endpoints.",
+            param="model",
+            code=ErrorCode.MODEL_NOT_DEPLOYED,
+        )
 
     @staticmethod
     def count_rejected(model: str | None, exc: ApiError) -> None:
@@ -151,8 +167,9 @@ class Gateway:
 
     # --- forwarding -------------------------------------------------------------------------------------
 
-    async def forward(self, project_id: str, path: str, raw: bytes, body: dict, route: Route,
-                      request_id: str | None) -> Response:
+    async def forward(
+        self, project_id: str, path: str, raw: bytes, body: dict, route: Route, request_id: str | None
+    ) -> Response:
         started = time.perf_counter()
         stream = bool(body.get("stream"))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -168,40 +185,54 @@ class Gateway:
             if not (stream and upstream.status == 200 and content_type.startswith("text/event-stream")):
                 content = await asyncio.wait_for(upstream.read(), self.timeout)
             else:
-                return StreamingResponse(self._relay(project_id, route, upstream, wants_usage, started),
-                                         media_type="text/event-stream",
-                                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                return StreamingResponse(
+                    self._relay(project_id, route, upstream, wants_usage, started),
+                    media_type="text/event-stream",
+                    headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+                )
         except (TimeoutError, UpstreamError) as exc:
             self.forget(project_id, route.model)
             self._account(project_id, route, BadGateway.status_code, {}, started)
-            raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
-                             "it is being checked, retry shortly.", code=ErrorCode.ENDPOINT_UNREACHABLE) from exc
+            raise BadGateway(
+                f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
+                "it is being checked, retry shortly.",
+                code=ErrorCode.ENDPOINT_UNREACHABLE,
+            ) from exc
         content = self._count_whole(project_id, route, upstream.status, content, started)
         if upstream.status >= 400:
             content = openai_error(content, upstream.status)
             content_type = "application/json"
         retry_after = upstream.headers.get("retry-after")
-        return Response(content, status_code=upstream.status, media_type=content_type,
-                        headers={"retry-after": retry_after} if retry_after else None)
+        return Response(
+            content,
+            status_code=upstream.status,
+            media_type=content_type,
+            headers={"retry-after": retry_after} if retry_after else None,
+        )
 
     async def count_prompt_tokens(self, route: Route, messages: list[dict], request_id: str | None) -> int:
         """The length in tokens of a chat prompt as the engine renders it (its own template): the engine's
         /tokenize. Not served traffic, so not counted in usage."""
         raw = json.dumps({"model": route.engine_model, "messages": messages}).encode()
         try:
-            upstream = await asyncio.wait_for(self.upstream.post(route.url + "/tokenize", raw,
-                                                                 _engine_headers(route, request_id)), self.timeout)
+            upstream = await asyncio.wait_for(
+                self.upstream.post(route.url + "/tokenize", raw, _engine_headers(route, request_id)), self.timeout
+            )
             content = await asyncio.wait_for(upstream.read(), self.timeout)
         except (TimeoutError, UpstreamError) as exc:
-            raise BadGateway(f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
-                             "retry shortly.", code=ErrorCode.ENDPOINT_UNREACHABLE) from exc
+            raise BadGateway(
+                f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); retry shortly.",
+                code=ErrorCode.ENDPOINT_UNREACHABLE,
+            ) from exc
         try:
             count = json.loads(content)["count"] if upstream.status == 200 else None
         except (ValueError, KeyError, TypeError):
             count = None
         if not isinstance(count, int):
-            raise BadGateway(f"The endpoint for '{route.model}' could not count tokens (HTTP {upstream.status}).",
-                             code=ErrorCode.ENDPOINT_ERROR)
+            raise BadGateway(
+                f"The endpoint for '{route.model}' could not count tokens (HTTP {upstream.status}).",
+                code=ErrorCode.ENDPOINT_ERROR,
+            )
         return count
 
     def _count_whole(self, project_id: str, route: Route, status: int, content: bytes, started: float) -> bytes:
@@ -216,8 +247,9 @@ class Gateway:
         self._account(project_id, route, status, usage, started)
         return content
 
-    async def _relay(self, project_id: str, route: Route, upstream: UpstreamResponse, wants_usage: bool,
-                     started: float):
+    async def _relay(
+        self, project_id: str, route: Route, upstream: UpstreamResponse, wants_usage: bool, started: float
+    ):
         """Passes each SSE event on as soon as it is complete; only the usage event may be held back."""
         usage: dict = {}
         failed = False
@@ -229,10 +261,10 @@ class Gateway:
                     first_token_at = time.perf_counter()
                 pending += chunk
                 while (end := pending.find(b"\n\n")) >= 0:
-                    event, pending = pending[: end + 2], pending[end + 2:]
+                    event, pending = pending[: end + 2], pending[end + 2 :]
                     if b'"usage"' in event and _USAGE_ONLY.search(event):
                         try:
-                            usage = json.loads(event[event.index(b"{"):]).get("usage") or {}
+                            usage = json.loads(event[event.index(b"{") :]).get("usage") or {}
                         except ValueError:
                             pass
                         if not wants_usage:
@@ -244,20 +276,42 @@ class Gateway:
                 yield pending
         except UpstreamError:
             failed = True
-            yield b'data: {"error": {"message": "The endpoint closed the stream.", "type": "server_error", ' \
-                  b'"param": null, "code": ErrorCode.ENDPOINT_UNREACHABLE}}\n\ndata: [DONE]\n\n'
+            yield (
+                b'data: {"error": {"message": "The endpoint closed the stream.", "type": "server_error", '
+                b'"param": null, "code": ErrorCode.ENDPOINT_UNREACHABLE}}\n\ndata: [DONE]\n\n'
+            )
         finally:
             upstream.release()
-            self._account(project_id, route, BadGateway.status_code if failed else 200, usage, started,
-                          first_token_at=first_token_at)
+            self._account(
+                project_id,
+                route,
+                BadGateway.status_code if failed else 200,
+                usage,
+                started,
+                first_token_at=first_token_at,
+            )
 
-    def _account(self, project_id: str, route: Route, status: int, usage: dict, started: float, *,
-                 first_token_at: float | None = None) -> None:
+    def _account(
+        self,
+        project_id: str,
+        route: Route,
+        status: int,
+        usage: dict,
+        started: float,
+        *,
+        first_token_at: float | None = None,
+    ) -> None:
         """Counts one forwarded request in the project's usage and in the per-model metrics."""
         elapsed = time.perf_counter() - started
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-        self.usage.record(project_id, route.model, prompt_tokens=prompt, completion_tokens=completion,
-                          error=status >= 400, latency_ms=elapsed * 1e3)
+        self.usage.record(
+            project_id,
+            route.model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            error=status >= 400,
+            latency_ms=elapsed * 1e3,
+        )
         model = metrics.model_label(route.engine_model)
         metrics.GATEWAY_REQUESTS.labels(model, str(status)).inc()
         metrics.GATEWAY_DURATION.labels(model).observe(elapsed)
@@ -270,9 +324,10 @@ class Gateway:
 
 # vLLM writes every field of its response models, unset ones as null; OpenAI's schema types these as objects
 # or arrays that are absent when unused, so typed clients would choke on the nulls.
-_ABSENT_WHEN_NULL = {"message": {"annotations", "function_call", "audio", "tool_calls", "reasoning",
-                                 "reasoning_content"},
-                     "usage": {"prompt_tokens_details", "completion_tokens_details"}}
+_ABSENT_WHEN_NULL = {
+    "message": {"annotations", "function_call", "audio", "tool_calls", "reasoning", "reasoning_content"},
+    "usage": {"prompt_tokens_details", "completion_tokens_details"},
+}
 
 
 def _engine_headers(route: Route, request_id: str | None) -> dict[str, str]:
@@ -306,11 +361,19 @@ def openai_error(content: bytes, status: int) -> bytes:
     except ValueError:
         error = {}
     message = error.get("message") if isinstance(error, dict) else None
-    return json.dumps({"error": {
-        "message": message or (content.decode(errors="replace")[:500] or f"The endpoint answered HTTP {status}."),
-        "type": "invalid_request_error" if status < 500 else "server_error",
-        "param": error.get("param") if isinstance(error, dict) and isinstance(error.get("param"), str) else None,
-        "code": ErrorCode.MODEL_NOT_FOUND if status == 404 else None}}).encode()
+    return json.dumps(
+        {
+            "error": {
+                "message": message
+                or (content.decode(errors="replace")[:500] or f"The endpoint answered HTTP {status}."),
+                "type": "invalid_request_error" if status < 500 else "server_error",
+                "param": error.get("param")
+                if isinstance(error, dict) and isinstance(error.get("param"), str)
+                else None,
+                "code": ErrorCode.MODEL_NOT_FOUND if status == 404 else None,
+            }
+        }
+    ).encode()
 
 
 def check_body(body: Any) -> dict:
@@ -319,6 +382,7 @@ def check_body(body: Any) -> dict:
         raise InvalidRequest("The request body must be a JSON object.", code=ErrorCode.INVALID_JSON)
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code=ErrorCode.MISSING_REQUIRED_PARAMETER)
+        raise InvalidRequest(
+            "Missing required parameter: 'model'.", param="model", code=ErrorCode.MISSING_REQUIRED_PARAMETER
+        )
     return body
-

@@ -20,8 +20,10 @@ class StreamOptions(_Open):
 
 
 class _Sampling(_Open):
-    model: str = Field(min_length=1, description="A tuned model (ft:...), a checkpoint, or a base model with an "
-                                                 "endpoint in the caller's project.")
+    model: str = Field(
+        min_length=1,
+        description="A tuned model (ft:...), a checkpoint, or a base model with an endpoint in the caller's project.",
+    )
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -29,8 +31,11 @@ class _Sampling(_Open):
     n: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool | None = Field(None, description="true: the answer comes as server-sent events (text/event-stream)"
-                                                  ", one chunk per `data:` line, then `data: [DONE]`.")
+    stream: bool | None = Field(
+        None,
+        description="true: the answer comes as server-sent events (text/event-stream)"
+        ", one chunk per `data:` line, then `data: [DONE]`.",
+    )
     stream_options: StreamOptions | None = None
 
 
@@ -88,6 +93,7 @@ class ChatChunkChoice(_Open):
 
 class ChatCompletionChunk(_Open):
     """One server-sent event of a streamed chat completion (`data: {...}`); the stream ends with `data: [DONE]`."""
+
     id: str
     object: Literal["chat.completion.chunk"]
     created: int
@@ -105,6 +111,7 @@ class CompletionChoice(_Open):
 
 class Completion(_Open):
     """A text completion; each streamed event (`data: {...}`) has the same shape, then `data: [DONE]`."""
+
     id: str
     object: Literal["text_completion"]
     created: int

@@ -13,6 +13,7 @@ from typing import Protocol
 
 class Loop(StrEnum):
     """The background loops (service/app.py), by the names their health and metrics use."""
+
     VALIDATION = "validation"  # validating_files -> queued
     SCHEDULER = "scheduler"  # claims queued jobs, stops and reaps trainers
     ENDPOINTS = "endpoints"  # the deployer: engines match endpoints

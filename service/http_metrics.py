@@ -41,8 +41,10 @@ class HttpMetricsMiddleware:
         method, template, status = key
         method = method if method in _METHODS else "OTHER"
         template = _CONVERTER.sub(r"{\1}", template)
-        children = (HTTP_REQUESTS.labels(method=method, route=template, status=str(status)),
-                    HTTP_DURATION.labels(method=method, route=template))
+        children = (
+            HTTP_REQUESTS.labels(method=method, route=template, status=str(status)),
+            HTTP_DURATION.labels(method=method, route=template),
+        )
         if key[0] in _METHODS:  # a made-up method must not grow the cache
             self._children[key] = children
         return children

@@ -21,8 +21,11 @@ MAX_KEY_LENGTH = 255
 
 def check_key(key: str | None) -> str | None:
     if key is not None and (not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable()):
-        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
-                             param="Idempotency-Key", code=ErrorCode.INVALID_VALUE)
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            param="Idempotency-Key",
+            code=ErrorCode.INVALID_VALUE,
+        )
     return key
 
 
@@ -40,11 +43,21 @@ def replayed_object(session: Session, project_id: str, key: str, request_sha256:
         session.flush()
         return None
     if row.request_sha256 != request_sha256:
-        raise InvalidRequest("This Idempotency-Key was already used with a different request body.",
-                             param="Idempotency-Key", code=ErrorCode.IDEMPOTENCY_KEY_REUSED)
+        raise InvalidRequest(
+            "This Idempotency-Key was already used with a different request body.",
+            param="Idempotency-Key",
+            code=ErrorCode.IDEMPOTENCY_KEY_REUSED,
+        )
     return row.object_id
 
 
 def remember(session: Session, project_id: str, key: str, request_sha256: str, object_id: str) -> None:
-    session.add(IdempotencyKey(project_id=project_id, key=key, request_sha256=request_sha256,
-                               object_id=object_id, created_at=int(time.time())))
+    session.add(
+        IdempotencyKey(
+            project_id=project_id,
+            key=key,
+            request_sha256=request_sha256,
+            object_id=object_id,
+            created_at=int(time.time()),
+        )
+    )

@@ -26,17 +26,25 @@ from service.serve_compat import check_servable
 
 def _resolve_method(body: CreateFineTuningJob) -> dict:
     if body.method is None:
-        method = Method(type="supervised", supervised=SupervisedMethod(
-            hyperparameters=body.hyperparameters or SupervisedMethod().hyperparameters))
+        method = Method(
+            type="supervised",
+            supervised=SupervisedMethod(hyperparameters=body.hyperparameters or SupervisedMethod().hyperparameters),
+        )
     else:
         method = body.method
         if method.type == "reinforcement":
-            raise InvalidRequest("Reinforcement fine-tuning is not supported by Hone; use 'supervised' or 'dpo'.",
-                                 param="method.type", code=ErrorCode.UNSUPPORTED_METHOD)
+            raise InvalidRequest(
+                "Reinforcement fine-tuning is not supported by Hone; use 'supervised' or 'dpo'.",
+                param="method.type",
+                code=ErrorCode.UNSUPPORTED_METHOD,
+            )
         for other in ("supervised", "dpo"):
             if other != method.type and getattr(method, other) is not None:
-                raise InvalidRequest(f"method.type is '{method.type}' but a '{other}' section was given.",
-                                     param=f"method.{other}", code=ErrorCode.INVALID_VALUE)
+                raise InvalidRequest(
+                    f"method.type is '{method.type}' but a '{other}' section was given.",
+                    param=f"method.{other}",
+                    code=ErrorCode.INVALID_VALUE,
+                )
         if method.type == "supervised" and method.supervised is None:
             method.supervised = SupervisedMethod()
         if method.type == "dpo" and method.dpo is None:
@@ -46,50 +54,67 @@ def _resolve_method(body: CreateFineTuningJob) -> dict:
             section = getattr(method, method.type).hyperparameters.model_dump()
             legacy_set = {k: v for k, v in given.items() if v != "auto"}
             if any(section.get(k) != v for k, v in legacy_set.items()):
-                raise InvalidRequest("'hyperparameters' conflicts with method."
-                                     f"{method.type}.hyperparameters; give them in 'method' only.",
-                                     param="hyperparameters", code=ErrorCode.INVALID_VALUE)
+                raise InvalidRequest(
+                    "'hyperparameters' conflicts with method."
+                    f"{method.type}.hyperparameters; give them in 'method' only.",
+                    param="hyperparameters",
+                    code=ErrorCode.INVALID_VALUE,
+                )
     return method.model_dump(exclude_none=True)
 
 
 # What _check_file reads, as plain rows through a statement built once (see FixedPages for why).
-_FILE_FOR_JOB = select(File.purpose, File.status, File.status_details, File.validation_errors, File.dataset_format,
-                       File.example_count).where(File.id == bindparam("file_id"),
-                                                 File.project_id == bindparam("project_id"))
+_FILE_FOR_JOB = select(
+    File.purpose, File.status, File.status_details, File.validation_errors, File.dataset_format, File.example_count
+).where(File.id == bindparam("file_id"), File.project_id == bindparam("project_id"))
 
 
-def _check_file(session: Session, principal: ProjectPrincipal, file_id: str, param: str, method_type: str,
-                min_examples: int) -> None:
+def _check_file(
+    session: Session, principal: ProjectPrincipal, file_id: str, param: str, method_type: str, min_examples: int
+) -> None:
     code = f"invalid_{param}"
     row = session.connection().execute(_FILE_FOR_JOB, {"file_id": file_id, "project_id": principal.project_id}).first()
     if row is None:
         raise InvalidRequest(f"invalid {param}: {file_id} (no such file in this project)", param=param, code=code)
     if row.purpose != "fine-tune":
-        raise InvalidRequest(f"invalid {param}: {file_id} has purpose '{row.purpose}', expected 'fine-tune'.",
-                             param=param, code=code)
+        raise InvalidRequest(
+            f"invalid {param}: {file_id} has purpose '{row.purpose}', expected 'fine-tune'.", param=param, code=code
+        )
     if row.status == "error":
         errors = row.validation_errors or {"errors": [], "total": 0}
         first = errors["errors"][0] if errors["errors"] else {}
-        raise InvalidRequest(f"invalid {param}: {file_id} failed validation. {row.status_details}", param=param,
-                             code=code, extra={"file_id": file_id, "line": first.get("line"),
-                                               "field": first.get("field"), "errors": errors["errors"],
-                                               "total_errors": errors["total"]})
+        raise InvalidRequest(
+            f"invalid {param}: {file_id} failed validation. {row.status_details}",
+            param=param,
+            code=code,
+            extra={
+                "file_id": file_id,
+                "line": first.get("line"),
+                "field": first.get("field"),
+                "errors": errors["errors"],
+                "total_errors": errors["total"],
+            },
+        )
     if row.status != "processed" or row.dataset_format is None:
-        raise InvalidRequest(f"invalid {param}: {file_id} is not a processed fine-tune file ({row.status}).",
-                             param=param, code=code)
+        raise InvalidRequest(
+            f"invalid {param}: {file_id} is not a processed fine-tune file ({row.status}).", param=param, code=code
+        )
     fmt = DatasetFormat(row.dataset_format)
     if method_type not in methods_for(fmt):
         raise InvalidRequest(
             f"invalid {param}: {file_id} is in the {FORMAT_LABELS[fmt]} format, which the '{method_type}' method "
             f"cannot train on; it needs {'OpenAI preference' if method_type == 'dpo' else 'a supervised'} data.",
-            param=param, code=code)
+            param=param,
+            code=code,
+        )
     too_few = too_few_examples(row.example_count, min_examples)  # the rule `hone files validate` applies offline
     if too_few:
         raise InvalidRequest(too_few, param=param, code=ErrorCode.INVALID_N_EXAMPLES)
 
 
-def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPrincipal,
-                        model: str) -> tuple[str, Parent | None]:
+def _resolve_base_model(
+    ctx: AppContext, session: Session, principal: ProjectPrincipal, model: str
+) -> tuple[str, Parent | None]:
     """(root base model, parent): a tuned model or checkpoint of the project is continued from its weights."""
     if ctx.base_models.get(model) is not None:
         return model, None
@@ -98,8 +123,11 @@ def _resolve_base_model(ctx: AppContext, session: Session, principal: ProjectPri
     except NotFound:  # another project's model reads exactly like a missing one
         parent = None
     if parent is None:
-        raise InvalidRequest(f"Model {model} is not available for fine-tuning or does not exist.",
-                             param="model", code=ErrorCode.MODEL_NOT_AVAILABLE)
+        raise InvalidRequest(
+            f"Model {model} is not available for fine-tuning or does not exist.",
+            param="model",
+            code=ErrorCode.MODEL_NOT_AVAILABLE,
+        )
     return parent.base_model, parent
 
 
@@ -111,9 +139,12 @@ def _inherit_shape(method: dict, parent: Parent, model: str) -> dict:
     a different value asked for is refused: the parent's weights are loaded as they are."""
     kind = method["type"]
     if kind == "dpo" and parent.shape["tuning_mode"] == "full":
-        raise InvalidRequest(f"DPO trains a LoRA adapter, and {model} is fully tuned; continue it with "
-                             "'supervised', or run DPO on a LoRA-tuned model.", param="model",
-                             code=ErrorCode.INVALID_VALUE)
+        raise InvalidRequest(
+            f"DPO trains a LoRA adapter, and {model} is fully tuned; continue it with "
+            "'supervised', or run DPO on a LoRA-tuned model.",
+            param="model",
+            code=ErrorCode.INVALID_VALUE,
+        )
     hp = dict((method.get(kind) or {}).get("hyperparameters") or {})
     for field in _SHAPE_FIELDS:
         inherited, asked = parent.shape.get(field), hp.get(field)
@@ -121,20 +152,29 @@ def _inherit_shape(method: dict, parent: Parent, model: str) -> dict:
             continue
         same = set(asked) == set(inherited) if field == "lora_target_modules" and asked else asked == inherited
         if asked not in (None, "auto") and not same:
-            raise InvalidRequest(f"{field} {asked!r} differs from {inherited!r} of {model}, which this job continues: "
-                                 "an adapter cannot change shape. Leave it out to keep the parent's.",
-                                 param=f"method.{kind}.hyperparameters.{field}", code=ErrorCode.INVALID_VALUE)
+            raise InvalidRequest(
+                f"{field} {asked!r} differs from {inherited!r} of {model}, which this job continues: "
+                "an adapter cannot change shape. Leave it out to keep the parent's.",
+                param=f"method.{kind}.hyperparameters.{field}",
+                code=ErrorCode.INVALID_VALUE,
+            )
         hp[field] = inherited
     return {**method, kind: {**(method.get(kind) or {}), "hyperparameters": hp}}
 
 
-def create_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
-               idempotency_key: str | None = None) -> dict:
+def create_job(
+    ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob, idempotency_key: str | None = None
+) -> dict:
     return jobs.job_api(new_job(ctx, principal, body, idempotency_key), ctx.settings.server.organization_id)
 
 
-def new_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob,
-            idempotency_key: str | None = None, vertex_spec: dict | None = None) -> Job:
+def new_job(
+    ctx: AppContext,
+    principal: ProjectPrincipal,
+    body: CreateFineTuningJob,
+    idempotency_key: str | None = None,
+    vertex_spec: dict | None = None,
+) -> Job:
     """The new job's row; `vertex_spec` keeps what a Vertex request said beyond OpenAI's fields."""
     method = _resolve_method(body)
     check_servable(method, ctx.settings.serving.max_lora_rank)
@@ -157,8 +197,15 @@ JOBS: Table = Job.__table__  # type: ignore[assignment]  # the Core table (mappe
 _INSERT_JOB = insert(JOBS).returning(JOBS.c.seq)
 
 
-def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob, method: dict,
-                idempotency_key: str | None, request_sha: str, vertex_spec: dict | None) -> Job:
+def _insert_job(
+    ctx: AppContext,
+    principal: ProjectPrincipal,
+    body: CreateFineTuningJob,
+    method: dict,
+    idempotency_key: str | None,
+    request_sha: str,
+    vertex_spec: dict | None,
+) -> Job:
     now = int(time.time())
     with ctx.db.write() as session:
         if idempotency_key:
@@ -168,19 +215,39 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
         base_model, parent = _resolve_base_model(ctx, session, principal, body.model)
         if parent is not None:
             method = _inherit_shape(method, parent, body.model)
-        _check_file(session, principal, body.training_file, "training_file", method["type"],
-                    ctx.settings.files.min_training_examples)
+        _check_file(
+            session,
+            principal,
+            body.training_file,
+            "training_file",
+            method["type"],
+            ctx.settings.files.min_training_examples,
+        )
         if body.validation_file is not None:
             _check_file(session, principal, body.validation_file, "validation_file", method["type"], 1)
-        values = dict(id=new_id("ftjob-"), project_id=principal.project_id, model=body.model, base_model=base_model,
-                      status=JobStatus.VALIDATING_FILES.value, created_at=now, training_file=body.training_file,
-                      validation_file=body.validation_file, method=method, suffix=body.suffix,
-                      seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
-                      metadata_=body.metadata, result_files=[], priority=body.priority,
-                      auto_deploy=body.auto_deploy, attempts=0, failures=0,
-                      integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []],
-                      vertex_spec=vertex_spec, parent_model=parent.name if parent else None,
-                      parent_prefix=parent.prefix if parent else None)
+        values = dict(
+            id=new_id("ftjob-"),
+            project_id=principal.project_id,
+            model=body.model,
+            base_model=base_model,
+            status=JobStatus.VALIDATING_FILES.value,
+            created_at=now,
+            training_file=body.training_file,
+            validation_file=body.validation_file,
+            method=method,
+            suffix=body.suffix,
+            seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
+            metadata_=body.metadata,
+            result_files=[],
+            priority=body.priority,
+            auto_deploy=body.auto_deploy,
+            attempts=0,
+            failures=0,
+            integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []],
+            vertex_spec=vertex_spec,
+            parent_model=parent.name if parent else None,
+            parent_prefix=parent.prefix if parent else None,
+        )
         # Statements, not the ORM's unit of work: its flush of the job and its events was a third of a create's
         # CPU. The job handed back is a detached object holding the values written.
         conn = session.connection()
@@ -188,8 +255,10 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
         seq = conn.execute(_INSERT_JOB, columns).scalar_one()
         job = Job(seq=seq, **values)
         if body.metadata:
-            conn.execute(insert(JobMetadata), [{"job_seq": seq, "key": key, "value": value}
-                                               for key, value in body.metadata.items()])
+            conn.execute(
+                insert(JobMetadata),
+                [{"job_seq": seq, "key": key, "value": value} for key, value in body.metadata.items()],
+            )
         messages = [f"Created fine-tuning job: {job.id}"]
         if parent is not None:
             messages.append(f"Continuing from {parent.name}: training starts from its weights")
@@ -197,9 +266,21 @@ def _insert_job(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTu
         if job.validation_file:
             validating += f" and validation file: {job.validation_file}"
         messages.append(validating)
-        conn.execute(insert(JobEvent), [{"id": new_id("ftevent-"), "job_id": job.id, "created_at": now,
-                                         "level": "info", "message": message, "type": "message", "data": None}
-                                        for message in messages])
+        conn.execute(
+            insert(JobEvent),
+            [
+                {
+                    "id": new_id("ftevent-"),
+                    "job_id": job.id,
+                    "created_at": now,
+                    "level": "info",
+                    "message": message,
+                    "type": "message",
+                    "data": None,
+                }
+                for message in messages
+            ],
+        )
         if idempotency_key:
             idempotency.remember(session, principal.project_id, idempotency_key, request_sha, job.id)
     return job

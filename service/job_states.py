@@ -37,6 +37,7 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     S.CANCELLED: frozenset(),
 }
 
+
 def entry_fields(target: JobStatus, *, now: int, started_at: int | None) -> dict:
     """What entering `target` writes besides the status (a caller's own fields override these): the time it
     was queued, the time it first ran, and for an end state its finish time and no estimate left."""
@@ -60,5 +61,8 @@ def can_transition(current: JobStatus, target: JobStatus) -> bool:
 def check_transition(job_id: str, current: JobStatus, target: JobStatus) -> None:
     if not can_transition(current, target):
         verb = _VERBS.get(target, f"move to {target.value}")
-        raise InvalidRequest(f"Cannot {verb} job {job_id}: its status is '{current.value}'.",
-                             param="fine_tuning_job_id", code=ErrorCode.INVALID_JOB_STATUS)
+        raise InvalidRequest(
+            f"Cannot {verb} job {job_id}: its status is '{current.value}'.",
+            param="fine_tuning_job_id",
+            code=ErrorCode.INVALID_JOB_STATUS,
+        )

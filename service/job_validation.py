@@ -31,16 +31,24 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
                 return done
         with ctx.db.write() as session:
             # Locked (PostgreSQL) or behind the write lock (SQLite): no one else moves these rows meanwhile.
-            pending = session.execute(select(Job.id, Job.training_file, Job.validation_file)
-                                      .where(Job.status == validating.value)
-                                      .order_by(Job.seq).limit(batch).with_for_update(skip_locked=True)).all()
+            pending = session.execute(
+                select(Job.id, Job.training_file, Job.validation_file)
+                .where(Job.status == validating.value)
+                .order_by(Job.seq)
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            ).all()
             file_ids = {fid for job in pending for fid in (job.training_file, job.validation_file) if fid}
-            present = set(session.execute(select(File.id).where(File.id.in_(file_ids))).scalars()) if file_ids else set()
+            present = (
+                set(session.execute(select(File.id).where(File.id.in_(file_ids))).scalars()) if file_ids else set()
+            )
             valid = []
             for job in pending:
-                missing = [(param, fid) for param, fid in (("training_file", job.training_file),
-                                                           ("validation_file", job.validation_file))
-                           if fid and fid not in present]
+                missing = [
+                    (param, fid)
+                    for param, fid in (("training_file", job.training_file), ("validation_file", job.validation_file))
+                    if fid and fid not in present
+                ]
                 if missing:
                     _fail(session, job.id, *missing[0])
                 else:
@@ -59,6 +67,9 @@ def _queue(session, job_ids: list[str]) -> None:
 def _fail(session, job_id: str, param: str, file_id: str) -> None:
     job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
     code = ErrorCode.INVALID_TRAINING_FILE if param == "training_file" else ErrorCode.INVALID_VALIDATION_FILE
-    error = {"code": code, "param": param,
-             "message": f"The job failed due to an invalid {param.replace('_', ' ')}: {file_id} was deleted."}
+    error = {
+        "code": code,
+        "param": param,
+        "message": f"The job failed due to an invalid {param.replace('_', ' ')}: {file_id} was deleted.",
+    }
     transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)

@@ -37,6 +37,7 @@ def tuned_model_name(session: Session, job: Job) -> str:
 # an unexpected shape is shown as its empty value rather than failing the retrieve, the list and the cancel.
 # Non-finite floats are rendered as null by the response class (service/api/routing.py).
 
+
 def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
@@ -54,54 +55,110 @@ def _hyperparameters(method: Any) -> dict:
 
 # What job_api reads: lists and retrieves select just these as plain rows. Loading whole ORM objects (every
 # column, identity map, instance state) was a fifth of a list's server CPU (py-spy, 32 clients, 10k jobs).
-JOB_API_COLUMNS = (Job.id, Job.created_at, Job.error, Job.finished_at, Job.fine_tuned_model, Job.method, Job.model,
-                   Job.result_files, Job.status, Job.trained_tokens, Job.training_file, Job.validation_file,
-                   Job.seed, Job.estimated_finish, Job.integrations, Job.metadata_.label("metadata_"), Job.suffix,
-                   Job.priority, Job.auto_deploy)
+JOB_API_COLUMNS = (
+    Job.id,
+    Job.created_at,
+    Job.error,
+    Job.finished_at,
+    Job.fine_tuned_model,
+    Job.method,
+    Job.model,
+    Job.result_files,
+    Job.status,
+    Job.trained_tokens,
+    Job.training_file,
+    Job.validation_file,
+    Job.seed,
+    Job.estimated_finish,
+    Job.integrations,
+    Job.metadata_.label("metadata_"),
+    Job.suffix,
+    Job.priority,
+    Job.auto_deploy,
+)
 
 
 # Built once: see FixedPages for why.
 _JOBS_OF_PROJECT = FixedPages(select(*JOB_API_COLUMNS).where(Job.project_id == bindparam("project_id")), Job)
-_JOB_OF_PROJECT = select(*JOB_API_COLUMNS).where(Job.id == bindparam("job_id"),
-                                                 Job.project_id == bindparam("project_id"))
+_JOB_OF_PROJECT = select(*JOB_API_COLUMNS).where(
+    Job.id == bindparam("job_id"), Job.project_id == bindparam("project_id")
+)
 
 
 def job_api(job: Any, organization_id: str) -> dict:
     """The API shape of a Job, or of a row of JOB_API_COLUMNS."""
     return {
-        "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at,
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "created_at": job.created_at,
         "error": job.error if isinstance(job.error, dict) else None,
-        "finished_at": job.finished_at, "fine_tuned_model": job.fine_tuned_model,
-        "hyperparameters": _hyperparameters(job.method), "model": job.model, "organization_id": organization_id,
-        "result_files": _list(job.result_files), "status": job.status, "trained_tokens": job.trained_tokens,
-        "training_file": job.training_file, "validation_file": job.validation_file, "seed": job.seed,
-        "estimated_finish": job.estimated_finish, "method": _dict(job.method), "integrations": _list(job.integrations),
-        "metadata": job.metadata_ if isinstance(job.metadata_, dict) else None, "user_provided_suffix": job.suffix,
-        "priority": job.priority, "auto_deploy": job.auto_deploy,
+        "finished_at": job.finished_at,
+        "fine_tuned_model": job.fine_tuned_model,
+        "hyperparameters": _hyperparameters(job.method),
+        "model": job.model,
+        "organization_id": organization_id,
+        "result_files": _list(job.result_files),
+        "status": job.status,
+        "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "seed": job.seed,
+        "estimated_finish": job.estimated_finish,
+        "method": _dict(job.method),
+        "integrations": _list(job.integrations),
+        "metadata": job.metadata_ if isinstance(job.metadata_, dict) else None,
+        "user_provided_suffix": job.suffix,
+        "priority": job.priority,
+        "auto_deploy": job.auto_deploy,
     }
 
 
 def event_api(event: JobEvent) -> dict:
-    return {"id": event.id, "object": "fine_tuning.job.event", "created_at": event.created_at,
-            "level": event.level, "message": event.message, "type": event.type, "data": _dict(event.data)}
+    return {
+        "id": event.id,
+        "object": "fine_tuning.job.event",
+        "created_at": event.created_at,
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": _dict(event.data),
+    }
 
 
 def checkpoint_api(ckpt: Checkpoint) -> dict:
-    return {"id": ckpt.id, "object": "fine_tuning.job.checkpoint", "created_at": ckpt.created_at,
-            "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint, "fine_tuning_job_id": ckpt.job_id,
-            "step_number": ckpt.step_number, "metrics": _dict(ckpt.metrics)}
+    return {
+        "id": ckpt.id,
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": ckpt.created_at,
+        "fine_tuned_model_checkpoint": ckpt.fine_tuned_model_checkpoint,
+        "fine_tuning_job_id": ckpt.job_id,
+        "step_number": ckpt.step_number,
+        "metrics": _dict(ckpt.metrics),
+    }
 
 
 # --- events and transitions ---------------------------------------------------------
 
-def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
-              data: dict | None = None) -> None:
-    session.add(JobEvent(id=new_id("ftevent-"), job_id=job_id, created_at=int(time.time()), level=level,
-                         message=message, type=type, data=data))
+
+def add_event(
+    session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
+) -> None:
+    session.add(
+        JobEvent(
+            id=new_id("ftevent-"),
+            job_id=job_id,
+            created_at=int(time.time()),
+            level=level,
+            message=message,
+            type=type,
+            data=data,
+        )
+    )
 
 
-def transition(session: Session, job: Job, target: JobStatus, message: str, *, level: str = "info",
-               **fields: Any) -> None:
+def transition(
+    session: Session, job: Job, target: JobStatus, message: str, *, level: str = "info", **fields: Any
+) -> None:
     """The one way a job's status moves: checks the table (service/job_states.py), writes the target state's entry
     fields (ENTRY_FIELDS there) with the caller's, compare-and-sets on the status it read (a concurrent move wins,
     and this one raises), and records the event and the metrics."""
@@ -112,8 +169,9 @@ def transition(session: Session, job: Job, target: JobStatus, message: str, *, l
     if target is JobStatus.FAILED and not fields.get("error"):
         raise ValueError(f"job {job.id} cannot fail without an error")  # a bug, never a request's fault
     queued_at = job.queued_at
-    result = session.execute(update(Job).where(Job.id == job.id, Job.status == current.value)
-                             .values(status=target.value, **fields))
+    result = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == current.value).values(status=target.value, **fields)
+    )
     if result.rowcount != 1:  # type: ignore[attr-defined]  # typed Result; an UPDATE's is a CursorResult
         session.refresh(job)
         check_transition(job.id, JobStatus(job.status), target)  # raises with the status it has now
@@ -125,8 +183,7 @@ def transition(session: Session, job: Job, target: JobStatus, message: str, *, l
     after_commit(session, lambda: metrics.transitioned(current, target, waited=waited, lasted=lasted))
 
 
-def transition_many(session: Session, job_ids: list[str], current: JobStatus, target: JobStatus,
-                    message: str) -> None:
+def transition_many(session: Session, job_ids: list[str], current: JobStatus, target: JobStatus, message: str) -> None:
     """`transition` for a batch of jobs all in `current` (the validation loop queues every new job): one UPDATE
     compare-and-set on `current` with the target's entry fields, one multi-row INSERT of their events."""
     if not job_ids:
@@ -134,13 +191,29 @@ def transition_many(session: Session, job_ids: list[str], current: JobStatus, ta
     check_transition(job_ids[0], current, target)
     now = int(time.time())
     fields = entry_fields(target, now=now, started_at=now)
-    result = session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == current.value)
-                             .values(status=target.value, **fields).execution_options(synchronize_session=False))
+    result = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == current.value)
+        .values(status=target.value, **fields)
+        .execution_options(synchronize_session=False)
+    )
     if result.rowcount != len(job_ids):  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
         raise InvalidRequest("Jobs changed while they moved; retry.", code=ErrorCode.CONCURRENT_UPDATE)
-    session.execute(insert(JobEvent), [
-        {"id": new_id("ftevent-"), "job_id": job_id, "created_at": now, "level": "info", "message": message,
-         "type": "message", "data": None} for job_id in job_ids])
+    session.execute(
+        insert(JobEvent),
+        [
+            {
+                "id": new_id("ftevent-"),
+                "job_id": job_id,
+                "created_at": now,
+                "level": "info",
+                "message": message,
+                "type": "message",
+                "data": None,
+            }
+            for job_id in job_ids
+        ],
+    )
     count = len(job_ids)
 
     def count_them() -> None:
@@ -152,12 +225,15 @@ def transition_many(session: Session, job_ids: list[str], current: JobStatus, ta
 
 # --- reads ------------------------------------------------------------------------
 
+
 def job_row(session: Session, principal: ProjectPrincipal, job_id: str, *, for_update: bool = False) -> Job:
     stmt = select(Job).where(Job.id == job_id, Job.project_id == principal.project_id)
     # Row lock on PostgreSQL so a concurrent transition waits; SQLite writers are already serialized.
     job = session.execute(stmt.with_for_update() if for_update else stmt).scalar()
     if job is None:
-        raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}", param="fine_tuning_job_id", code=ErrorCode.NOT_FOUND)
+        raise NotFound(
+            f"No such fine-tuning job: {excerpt(job_id)}", param="fine_tuning_job_id", code=ErrorCode.NOT_FOUND
+        )
     return job
 
 
@@ -165,22 +241,30 @@ def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
     with ctx.db.read_statement() as conn:
         row = conn.execute(_JOB_OF_PROJECT, {"job_id": job_id, "project_id": principal.project_id}).first()
     if row is None:
-        raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}", param="fine_tuning_job_id",
-                       code=ErrorCode.NOT_FOUND)
+        raise NotFound(
+            f"No such fine-tuning job: {excerpt(job_id)}", param="fine_tuning_job_id", code=ErrorCode.NOT_FOUND
+        )
     return job_api(row, ctx.settings.server.organization_id)
 
 
-def list_jobs(ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int,
-              metadata: dict[str, str] | None, without_metadata: bool = False) -> dict:
+def list_jobs(
+    ctx: AppContext,
+    principal: ProjectPrincipal,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+    without_metadata: bool = False,
+) -> dict:
     with ctx.db.read_statement() as conn:
         if not metadata and not without_metadata:
-            rows, has_more = _JOBS_OF_PROJECT.page(conn, {"project_id": principal.project_id}, after=after,
-                                                   limit=limit)
+            rows, has_more = _JOBS_OF_PROJECT.page(conn, {"project_id": principal.project_id}, after=after, limit=limit)
         else:
             stmt = select(*JOB_API_COLUMNS).where(Job.project_id == principal.project_id)
             for key, value in (metadata or {}).items():
-                stmt = stmt.where(exists().where(JobMetadata.job_seq == Job.seq, JobMetadata.key == key,
-                                                 JobMetadata.value == value))
+                stmt = stmt.where(
+                    exists().where(JobMetadata.job_seq == Job.seq, JobMetadata.key == key, JobMetadata.value == value)
+                )
             if without_metadata:
                 stmt = stmt.where(~exists().where(JobMetadata.job_seq == Job.seq))
             rows, has_more = paginate(conn, stmt, Job, after=after, limit=limit, as_rows=True)
@@ -195,8 +279,9 @@ def list_events(ctx: AppContext, principal: ProjectPrincipal, job_id: str, *, af
         return list_envelope([event_api(e) for e in rows], has_more)
 
 
-def list_checkpoints(ctx: AppContext, principal: ProjectPrincipal, job_id: str, *, after: str | None,
-                     limit: int) -> dict:
+def list_checkpoints(
+    ctx: AppContext, principal: ProjectPrincipal, job_id: str, *, after: str | None, limit: int
+) -> dict:
     with ctx.db.read() as session:
         job_row(session, principal, job_id)
         stmt = select(Checkpoint).where(Checkpoint.job_id == job_id)
@@ -219,8 +304,11 @@ def act_on_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str, action
         job = job_row(session, principal, job_id, for_update=True)
         if action == "resume" and job.status != JobStatus.PAUSED.value:
             # running -> queued exists for retries; users resume paused jobs only
-            raise InvalidRequest(f"Cannot resume job {job.id}: its status is '{job.status}'.",
-                                 param="fine_tuning_job_id", code=ErrorCode.INVALID_JOB_STATUS)
+            raise InvalidRequest(
+                f"Cannot resume job {job.id}: its status is '{job.status}'.",
+                param="fine_tuning_job_id",
+                code=ErrorCode.INVALID_JOB_STATUS,
+            )
         transition(session, job, target, message)
     ctx.hinter.wake(Loop.SCHEDULER)  # stops or starts the trainer now, not at the next poll
     return job_api(job, ctx.settings.server.organization_id)

@@ -130,9 +130,16 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             try:
-                self.log.info("request", extra={
-                    "request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 2),
-                    "project_id": scope["state"].get("project_id")})
+                self.log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                        "project_id": scope["state"].get("project_id"),
+                    },
+                )
             finally:
                 _context.reset(token)

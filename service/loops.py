@@ -89,8 +89,10 @@ class BackgroundLoop:
             if outage is None:
                 log.exception("background loop step failed", extra={"loop": self.name})
             elif self._outage is None:  # once per outage, without a traceback: every step fails alike until it ends
-                log.warning("background loop step failed; retrying each interval", extra={
-                    "loop": self.name, "code": outage, "error": str(exc).splitlines()[0][:500]})
+                log.warning(
+                    "background loop step failed; retrying each interval",
+                    extra={"loop": self.name, "code": outage, "error": str(exc).splitlines()[0][:500]},
+                )
             self._outage = outage
         finally:
             metrics.LOOP_DURATION.labels(self.name).observe(time.monotonic() - started)

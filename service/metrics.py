@@ -25,54 +25,126 @@ ALL_MODELS = "_all"  # every model, with HONE_METRICS_MODEL_LABELS=false: /metri
 prometheus_client.disable_created_metrics()  # _created series would double the counters for no use
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-_LATENCY = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LONG = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
-_STORAGE = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+_STORAGE = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-HTTP_REQUESTS = Counter("hone_http_requests", "HTTP requests served, by route template, method and status.",
-                        ["method", "route", "status"], registry=REGISTRY)
-HTTP_DURATION = Histogram("hone_http_request_duration_seconds", "Time to serve an HTTP request (to the last "
-                          "byte of the response).", ["method", "route"], buckets=_LATENCY, registry=REGISTRY)
+HTTP_REQUESTS = Counter(
+    "hone_http_requests",
+    "HTTP requests served, by route template, method and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "hone_http_request_duration_seconds",
+    "Time to serve an HTTP request (to the last byte of the response).",
+    ["method", "route"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
 
 JOB_TRANSITIONS = Counter("hone_job_transitions", "Job status transitions.", ["from", "to"], registry=REGISTRY)
-QUEUE_WAIT = Histogram("hone_queue_wait_seconds", "Time a job waited in the queue before a trainer started.",
-                       buckets=_LONG, registry=REGISTRY)
-JOB_DURATION = Histogram("hone_job_duration_seconds", "Time from a job's start (or creation, if it never "
-                         "started) to its end, by final status.", ["status"], buckets=_LONG, registry=REGISTRY)
-TRAINED_TOKENS = Counter("hone_trained_tokens", "Tokens trained on, counted as trainers report them.",
-                         ["base_model"], registry=REGISTRY)
-TRAINER_RETRIES = Counter("hone_trainer_retries", "Trainer crashes retried from the last checkpoint.",
-                          registry=REGISTRY)
+QUEUE_WAIT = Histogram(
+    "hone_queue_wait_seconds",
+    "Time a job waited in the queue before a trainer started.",
+    buckets=_LONG,
+    registry=REGISTRY,
+)
+JOB_DURATION = Histogram(
+    "hone_job_duration_seconds",
+    "Time from a job's start (or creation, if it never started) to its end, by final status.",
+    ["status"],
+    buckets=_LONG,
+    registry=REGISTRY,
+)
+TRAINED_TOKENS = Counter(
+    "hone_trained_tokens", "Tokens trained on, counted as trainers report them.", ["base_model"], registry=REGISTRY
+)
+TRAINER_RETRIES = Counter(
+    "hone_trainer_retries", "Trainer crashes retried from the last checkpoint.", registry=REGISTRY
+)
 
-ADAPTER_LOAD = Histogram("hone_adapter_load_seconds", "Time to hot-load an adapter into an engine.",
-                         ["base_model"], buckets=_LATENCY, registry=REGISTRY)
+ADAPTER_LOAD = Histogram(
+    "hone_adapter_load_seconds",
+    "Time to hot-load an adapter into an engine.",
+    ["base_model"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
 
-GATEWAY_REQUESTS = Counter("hone_gateway_requests", "Inference requests through the gateway, by model and "
-                           "status.", ["model", "status"], registry=REGISTRY)
-GATEWAY_TOKENS = Counter("hone_gateway_tokens", "Tokens through the gateway, by model and type "
-                         "(prompt|completion).", ["model", "type"], registry=REGISTRY)
-GATEWAY_DURATION = Histogram("hone_gateway_request_duration_seconds", "Gateway request latency, to the last "
-                             "byte.", ["model"], buckets=_LATENCY, registry=REGISTRY)
-GATEWAY_TTFT = Histogram("hone_gateway_time_to_first_token_seconds", "Time to the first streamed token "
-                         "through the gateway.", ["model"], buckets=_LATENCY, registry=REGISTRY)
+GATEWAY_REQUESTS = Counter(
+    "hone_gateway_requests",
+    "Inference requests through the gateway, by model and status.",
+    ["model", "status"],
+    registry=REGISTRY,
+)
+GATEWAY_TOKENS = Counter(
+    "hone_gateway_tokens",
+    "Tokens through the gateway, by model and type (prompt|completion).",
+    ["model", "type"],
+    registry=REGISTRY,
+)
+GATEWAY_DURATION = Histogram(
+    "hone_gateway_request_duration_seconds",
+    "Gateway request latency, to the last byte.",
+    ["model"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+GATEWAY_TTFT = Histogram(
+    "hone_gateway_time_to_first_token_seconds",
+    "Time to the first streamed token through the gateway.",
+    ["model"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
 
-STORAGE_DURATION = Histogram("hone_storage_operation_seconds", "Blob storage operation latency.",
-                             ["backend", "operation"], buckets=_STORAGE, registry=REGISTRY)
-STORAGE_ERRORS = Counter("hone_storage_errors", "Blob storage operations that failed (a missing key is not "
-                         "an error).", ["backend", "operation"], registry=REGISTRY)
+STORAGE_DURATION = Histogram(
+    "hone_storage_operation_seconds",
+    "Blob storage operation latency.",
+    ["backend", "operation"],
+    buckets=_STORAGE,
+    registry=REGISTRY,
+)
+STORAGE_ERRORS = Counter(
+    "hone_storage_errors",
+    "Blob storage operations that failed (a missing key is not an error).",
+    ["backend", "operation"],
+    registry=REGISTRY,
+)
 
-LOOP_LAG = Gauge("hone_loop_lag_seconds", "How late the last step of a background loop started, past its due "
-                 "time.", ["loop"], multiprocess_mode="max", registry=REGISTRY)
-LOOP_DURATION = Histogram("hone_loop_duration_seconds", "Time one step of a background loop took.", ["loop"],
-                          buckets=_STORAGE, registry=REGISTRY)
-LOOP_LAST_SUCCESS = Gauge("hone_loop_last_success_timestamp_seconds", "When a background loop last finished a "
-                          "step without error.", ["loop"], multiprocess_mode="max", registry=REGISTRY)
+LOOP_LAG = Gauge(
+    "hone_loop_lag_seconds",
+    "How late the last step of a background loop started, past its due time.",
+    ["loop"],
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
+LOOP_DURATION = Histogram(
+    "hone_loop_duration_seconds",
+    "Time one step of a background loop took.",
+    ["loop"],
+    buckets=_STORAGE,
+    registry=REGISTRY,
+)
+LOOP_LAST_SUCCESS = Gauge(
+    "hone_loop_last_success_timestamp_seconds",
+    "When a background loop last finished a step without error.",
+    ["loop"],
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
 LOOP_ERRORS = Counter("hone_loop_errors", "Background loop steps that raised.", ["loop"], registry=REGISTRY)
 
-LABEL_OVERFLOW = Counter("hone_metrics_label_overflow", "Label values folded into '_other' because a metric "
-                         "reached its cap on distinct values.", ["metric"], registry=REGISTRY)
-BUILD_INFO = Gauge("hone_build_info", "Always 1; the version of Hone running.", ["version"],
-                   multiprocess_mode="max", registry=REGISTRY)
+LABEL_OVERFLOW = Counter(
+    "hone_metrics_label_overflow",
+    "Label values folded into '_other' because a metric reached its cap on distinct values.",
+    ["metric"],
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "hone_build_info", "Always 1; the version of Hone running.", ["version"], multiprocess_mode="max", registry=REGISTRY
+)
 BUILD_INFO.labels(version=__version__).set(1)
 # Every allowed job transition exists from the start at 0, so the first failure shows in increase() and rate().
 for _current, _targets in ALLOWED.items():
@@ -80,8 +152,12 @@ for _current, _targets in ALLOWED.items():
         JOB_TRANSITIONS.labels(_current.value, _target.value)
 
 # Metrics labelled by model: the exporter drops series of models that no longer have an endpoint.
-MODEL_LABELLED = ("hone_gateway_requests", "hone_gateway_tokens", "hone_gateway_request_duration_seconds",
-                  "hone_gateway_time_to_first_token_seconds")
+MODEL_LABELLED = (
+    "hone_gateway_requests",
+    "hone_gateway_tokens",
+    "hone_gateway_request_duration_seconds",
+    "hone_gateway_time_to_first_token_seconds",
+)
 BASE_MODEL_LABELLED = ("hone_trained_tokens", "hone_adapter_load_seconds")
 
 

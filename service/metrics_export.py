@@ -92,30 +92,42 @@ class MetricsExporter:
         now = time.time()
         with self.ctx.db.read() as session:
             job_counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            oldest_queued = session.execute(select(func.min(func.coalesce(Job.queued_at, Job.created_at)))
-                                            .where(Job.status == JobStatus.QUEUED.value)).scalar()
-            running = session.execute(select(Job.id, Job.project_id, Job.base_model, Job.trained_tokens,
-                                             Job.estimated_finish, Job.live_metrics)
-                                      .where(Job.status == JobStatus.RUNNING.value)).all()
-            endpoint_counts = dict(session.execute(select(Endpoint.state, func.count())
-                                                   .group_by(Endpoint.state)).all())
-            live = session.execute(select(Endpoint.id, Endpoint.model, Endpoint.base_model, Endpoint.state)
-                                   .where(Endpoint.state != EndpointState.STOPPED.value)).all()
+            oldest_queued = session.execute(
+                select(func.min(func.coalesce(Job.queued_at, Job.created_at))).where(
+                    Job.status == JobStatus.QUEUED.value
+                )
+            ).scalar()
+            running = session.execute(
+                select(
+                    Job.id, Job.project_id, Job.base_model, Job.trained_tokens, Job.estimated_finish, Job.live_metrics
+                ).where(Job.status == JobStatus.RUNNING.value)
+            ).all()
+            endpoint_counts = dict(session.execute(select(Endpoint.state, func.count()).group_by(Endpoint.state)).all())
+            live = session.execute(
+                select(Endpoint.id, Endpoint.model, Endpoint.base_model, Endpoint.state).where(
+                    Endpoint.state != EndpointState.STOPPED.value
+                )
+            ).all()
 
         jobs = GaugeMetricFamily("hone_jobs", "Fine-tuning jobs by status.", labels=["status"])
         for status in JobStatus:
             jobs.add_metric([status.value], job_counts.get(status.value, 0))
         depth = GaugeMetricFamily("hone_queue_depth", "Jobs waiting in the queue.")
         depth.add_metric([], job_counts.get(JobStatus.QUEUED.value, 0))
-        oldest = GaugeMetricFamily("hone_queue_oldest_wait_seconds", "How long the oldest queued job has waited "
-                                   "(0 when the queue is empty).")
+        oldest = GaugeMetricFamily(
+            "hone_queue_oldest_wait_seconds", "How long the oldest queued job has waited (0 when the queue is empty)."
+        )
         oldest.add_metric([], max(0.0, now - oldest_queued) if oldest_queued else 0.0)
 
         per_job = {name: GaugeMetricFamily(name, text, labels=_JOB_LABELS) for name, _, text in _JOB_FIGURES}
-        tokens = GaugeMetricFamily("hone_job_trained_tokens", "Tokens a running job has trained on so far.",
-                                   labels=_JOB_LABELS)
-        finish = GaugeMetricFamily("hone_job_estimated_finish_timestamp_seconds", "When a running job is "
-                                   "expected to finish.", labels=_JOB_LABELS)
+        tokens = GaugeMetricFamily(
+            "hone_job_trained_tokens", "Tokens a running job has trained on so far.", labels=_JOB_LABELS
+        )
+        finish = GaugeMetricFamily(
+            "hone_job_estimated_finish_timestamp_seconds",
+            "When a running job is expected to finish.",
+            labels=_JOB_LABELS,
+        )
         for job_id, project_id, base_model, trained, estimated_finish, figures in running:
             labels = [job_id, project_id, metrics.model_name_label(base_model)]
             tokens.add_metric(labels, trained or 0)
@@ -129,13 +141,18 @@ class MetricsExporter:
         endpoints = GaugeMetricFamily("hone_endpoints", "Endpoints by state.", labels=["state"])
         for known in EndpointState:
             endpoints.add_metric([known.value], endpoint_counts.get(known.value, 0))
-        up = GaugeMetricFamily("hone_endpoint_up", "1 while an endpoint is ready to serve, 0 while it is "
-                               "deploying or failed (idle endpoints, scaled to zero on purpose, have none).",
-                               labels=["endpoint_id", "model", "base_model"])
+        up = GaugeMetricFamily(
+            "hone_endpoint_up",
+            "1 while an endpoint is ready to serve, 0 while it is "
+            "deploying or failed (idle endpoints, scaled to zero on purpose, have none).",
+            labels=["endpoint_id", "model", "base_model"],
+        )
         for endpoint_id, model, base_model, state in live:
             if state != EndpointState.IDLE.value:
-                up.add_metric([endpoint_id, metrics.model_name_label(model), metrics.model_name_label(base_model)],
-                              1 if state == EndpointState.READY.value else 0)
+                up.add_metric(
+                    [endpoint_id, metrics.model_name_label(model), metrics.model_name_label(base_model)],
+                    1 if state == EndpointState.READY.value else 0,
+                )
         live_models = {name for _, model, base_model, _ in live for name in (model, base_model)}
         return [jobs, depth, oldest, tokens, finish, *per_job.values(), endpoints, up], live_models
 
@@ -144,10 +161,13 @@ def scrape_targets(ctx: AppContext) -> list[dict]:
     """Every engine that serves a live endpoint, as Prometheus HTTP service-discovery target groups. An
     engine dedicated to one endpoint is labelled with it; a shared engine with its base model only."""
     with ctx.db.read() as session:
-        rows = session.execute(select(Endpoint.id, Endpoint.project_id, Endpoint.model, Endpoint.base_model,
-                                      Endpoint.engine_key, Endpoint.url)
-                               .where(Endpoint.state.in_([s.value for s in LIVE]),
-                                      Endpoint.url.is_not(None)).order_by(Endpoint.seq)).all()
+        rows = session.execute(
+            select(
+                Endpoint.id, Endpoint.project_id, Endpoint.model, Endpoint.base_model, Endpoint.engine_key, Endpoint.url
+            )
+            .where(Endpoint.state.in_([s.value for s in LIVE]), Endpoint.url.is_not(None))
+            .order_by(Endpoint.seq)
+        ).all()
     by_url: dict[str, list] = {}
     for row in rows:
         by_url.setdefault(row.url, []).append(row)

@@ -23,21 +23,29 @@ def tuned_model_api(m: TunedModel) -> dict:
 
 
 def _not_found(model_id: str) -> NotFound:
-    return NotFound(f"The model '{excerpt(model_id, NAME_CHARS)}' does not exist", param="model", code=ErrorCode.MODEL_NOT_FOUND)
+    return NotFound(
+        f"The model '{excerpt(model_id, NAME_CHARS)}' does not exist", param="model", code=ErrorCode.MODEL_NOT_FOUND
+    )
 
 
 def list_models(ctx: AppContext, principal: ProjectPrincipal) -> dict:
     data = [ctx.base_models.as_api(m) for m in ctx.base_models.all()]
     with ctx.db.read() as session:
-        tuned = session.execute(select(TunedModel).where(TunedModel.project_id == principal.project_id)
-                                .order_by(TunedModel.seq.desc())).scalars().all()
+        tuned = (
+            session.execute(
+                select(TunedModel).where(TunedModel.project_id == principal.project_id).order_by(TunedModel.seq.desc())
+            )
+            .scalars()
+            .all()
+        )
     data += [tuned_model_api(m) for m in tuned]
     return {"object": "list", "data": data}
 
 
 def _tuned(session, principal: ProjectPrincipal, model_id: str) -> TunedModel | None:
-    return session.execute(select(TunedModel).where(TunedModel.id == model_id,
-                                                    TunedModel.project_id == principal.project_id)).scalar()
+    return session.execute(
+        select(TunedModel).where(TunedModel.id == model_id, TunedModel.project_id == principal.project_id)
+    ).scalar()
 
 
 def get_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) -> dict:
@@ -53,8 +61,11 @@ def get_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) -> di
 
 def delete_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) -> dict:
     if ctx.base_models.get(model_id) is not None:
-        raise PermissionDenied(f"The model '{model_id}' is a base model and cannot be deleted.", param="model",
-                               code=ErrorCode.MODEL_NOT_DELETABLE)
+        raise PermissionDenied(
+            f"The model '{model_id}' is a base model and cannot be deleted.",
+            param="model",
+            code=ErrorCode.MODEL_NOT_DELETABLE,
+        )
     with ctx.db.write() as session:
         tuned = _tuned(session, principal, model_id)
         if tuned is None:
@@ -69,9 +80,11 @@ def delete_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) ->
 
 # --- continuation: a tuned model or checkpoint as the start of a new job ------------------------------
 
+
 @dataclass(frozen=True)
 class Parent:
     """The weights a continued job starts from, and the shape they force on it."""
+
     name: str  # the tuned model's name, or the checkpoint's snapshot name
     base_model: str  # the root base model (a continued job records its root, so chains resolve in one step)
     prefix: str  # storage folder of the adapter or full weights
@@ -92,10 +105,21 @@ def continuation_parent(ctx: AppContext, session: Session, project_id: str, mode
     try:
         config = json.loads(ctx.storage.read_bytes(prefix + "adapter_config.json"))
     except BlobNotFound:
-        raise InvalidRequest(f"The weights of model {model} are no longer in storage, so it cannot be continued.",
-                             param="model", code=ErrorCode.MODEL_NOT_AVAILABLE) from None
+        raise InvalidRequest(
+            f"The weights of model {model} are no longer in storage, so it cannot be continued.",
+            param="model",
+            code=ErrorCode.MODEL_NOT_AVAILABLE,
+        ) from None
     order = {name: i for i, name in enumerate(LLAMA_PROJECTIONS)}
     targets = sorted(config["target_modules"], key=lambda m: (order.get(m, len(order)), m))
-    return Parent(served.name, served.base_model, prefix,
-                  {"tuning_mode": "lora", "lora_rank": config["r"], "lora_alpha": float(config["lora_alpha"]),
-                   "lora_target_modules": targets})
+    return Parent(
+        served.name,
+        served.base_model,
+        prefix,
+        {
+            "tuning_mode": "lora",
+            "lora_rank": config["r"],
+            "lora_alpha": float(config["lora_alpha"]),
+            "lora_target_modules": targets,
+        },
+    )

@@ -13,21 +13,35 @@ from service.errors import ErrorCode, InvalidRequest, excerpt
 
 def check_limit(limit: int, maximum: int) -> int:
     if not 1 <= limit <= maximum:
-        raise InvalidRequest(f"Invalid 'limit': {limit}; it must be between 1 and {maximum}.",
-                             param="limit", code=ErrorCode.INVALID_VALUE)
+        raise InvalidRequest(
+            f"Invalid 'limit': {limit}; it must be between 1 and {maximum}.",
+            param="limit",
+            code=ErrorCode.INVALID_VALUE,
+        )
     return limit
 
 
 def _cursor_seq(session: Session | Connection, stmt: Select, params: dict[str, Any] | None, after: str) -> int:
     cursor = session.execute(stmt, params).scalar()
     if cursor is None:
-        raise InvalidRequest(f"Invalid 'after': no object with id '{excerpt(after)}' in this list.",
-                             param="after", code=ErrorCode.INVALID_CURSOR)
+        raise InvalidRequest(
+            f"Invalid 'after': no object with id '{excerpt(after)}' in this list.",
+            param="after",
+            code=ErrorCode.INVALID_CURSOR,
+        )
     return cursor
 
 
-def paginate(session: Session | Connection, stmt: Select, table: Any, *, after: str | None, limit: int,
-             newest_first: bool = True, as_rows: bool = False) -> tuple[Sequence[Any], bool]:
+def paginate(
+    session: Session | Connection,
+    stmt: Select,
+    table: Any,
+    *,
+    after: str | None,
+    limit: int,
+    newest_first: bool = True,
+    as_rows: bool = False,
+) -> tuple[Sequence[Any], bool]:
     """Runs `stmt` (already scoped to the caller) one page at a time; returns (rows, has_more): the objects
     `stmt` selects, or with `as_rows` the rows of the columns it selects."""
     if after:
@@ -51,7 +65,9 @@ class FixedPages:
         self._first = stmt.order_by(order).limit(bindparam("limit"))
         self._after = stmt.where(seq_after).order_by(order).limit(bindparam("limit"))
 
-    def page(self, session: Session | Connection, params: dict[str, Any], *, after: str | None, limit: int) -> tuple[Sequence[Any], bool]:
+    def page(
+        self, session: Session | Connection, params: dict[str, Any], *, after: str | None, limit: int
+    ) -> tuple[Sequence[Any], bool]:
         """(rows, has_more): the rows of the columns the statement selects."""
         if after:
             cursor = _cursor_seq(session, self._cursor, {**params, "after": after}, after)
@@ -69,5 +85,3 @@ def list_envelope(data: list[dict], has_more: bool, *, with_ids: bool = False, e
         body["first_id"] = data[0]["id"] if data else empty_id
         body["last_id"] = data[-1]["id"] if data else empty_id
     return body
-
-

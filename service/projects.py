@@ -22,8 +22,14 @@ def slugify(name: str) -> str:
 
 
 def project_api(p: Project) -> dict:
-    return {"object": "organization.project", "id": p.id, "name": p.name, "created_at": p.created_at,
-            "archived_at": p.archived_at, "status": "archived" if p.archived_at else "active"}
+    return {
+        "object": "organization.project",
+        "id": p.id,
+        "name": p.name,
+        "created_at": p.created_at,
+        "archived_at": p.archived_at,
+        "status": "archived" if p.archived_at else "active",
+    }
 
 
 def _check_name(name: str) -> str:
@@ -84,12 +90,21 @@ def archive_project(ctx: AppContext, project_id: str) -> dict:
 
 
 def _account_api(account: ServiceAccount, key: ApiKey | None = None, secret: str | None = None) -> dict:
-    body = {"object": "organization.project.service_account", "id": account.id, "name": account.name,
-            "role": account.role, "created_at": account.created_at}
+    body = {
+        "object": "organization.project.service_account",
+        "id": account.id,
+        "name": account.name,
+        "role": account.role,
+        "created_at": account.created_at,
+    }
     if key is not None:
-        body["api_key"] = {"object": "organization.project.service_account.api_key", "id": key.id,
-                           "name": "Secret Key", "created_at": key.created_at,
-                           **({"value": secret} if secret else {"redacted_value": key.redacted_value})}
+        body["api_key"] = {
+            "object": "organization.project.service_account.api_key",
+            "id": key.id,
+            "name": "Secret Key",
+            "created_at": key.created_at,
+            **({"value": secret} if secret else {"redacted_value": key.redacted_value}),
+        }
     return body
 
 
@@ -99,10 +114,17 @@ def create_service_account(ctx: AppContext, project_id: str, name: str) -> dict:
     secret = new_api_key()
     with ctx.db.write() as session:
         active_project(session, project_id)
-        account = ServiceAccount(id=new_id("svc_acct_"), project_id=project_id, name=name, role="member",
-                                 created_at=now)
-        key = ApiKey(id=new_id("key_"), project_id=project_id, service_account_id=account.id,
-                     key_hash=hash_key(secret), redacted_value=f"{secret[:10]}***{secret[-4:]}", created_at=now)
+        account = ServiceAccount(
+            id=new_id("svc_acct_"), project_id=project_id, name=name, role="member", created_at=now
+        )
+        key = ApiKey(
+            id=new_id("key_"),
+            project_id=project_id,
+            service_account_id=account.id,
+            key_hash=hash_key(secret),
+            redacted_value=f"{secret[:10]}***{secret[-4:]}",
+            created_at=now,
+        )
         session.add(account)
         session.flush()
         session.add(key)
@@ -111,10 +133,13 @@ def create_service_account(ctx: AppContext, project_id: str, name: str) -> dict:
 
 def _get_account(session, project_id: str, account_id: str) -> ServiceAccount:
     project_row(session, project_id)
-    account = session.execute(select(ServiceAccount).where(ServiceAccount.id == account_id,
-                                                           ServiceAccount.project_id == project_id)).scalar()
+    account = session.execute(
+        select(ServiceAccount).where(ServiceAccount.id == account_id, ServiceAccount.project_id == project_id)
+    ).scalar()
     if account is None:
-        raise NotFound(f"No such service account: {excerpt(account_id)}", param="service_account_id", code=ErrorCode.NOT_FOUND)
+        raise NotFound(
+            f"No such service account: {excerpt(account_id)}", param="service_account_id", code=ErrorCode.NOT_FOUND
+        )
     return account
 
 
@@ -150,21 +175,33 @@ def _redact(key: str) -> str:
 
 
 def _wandb_api(row: ProjectWandb) -> dict:
-    return {"object": "organization.project.integration.wandb", "project_id": row.project_id, "type": "wandb",
-            "redacted_api_key": _redact(row.api_key), "base_url": row.base_url, "created_at": row.created_at,
-            "updated_at": row.updated_at}
+    return {
+        "object": "organization.project.integration.wandb",
+        "project_id": row.project_id,
+        "type": "wandb",
+        "redacted_api_key": _redact(row.api_key),
+        "base_url": row.base_url,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
 
 
 def set_wandb_key(ctx: AppContext, project_id: str, api_key: str, base_url: str | None) -> dict:
     """Sets (or replaces) the key the project's jobs with a `wandb` integration log online with."""
     if not api_key or not api_key.isascii() or not api_key.isprintable() or any(c.isspace() for c in api_key):
-        raise InvalidRequest("'api_key' must be a W&B API key: printable characters without spaces.",
-                             param="api_key", code=ErrorCode.INVALID_VALUE)
+        raise InvalidRequest(
+            "'api_key' must be a W&B API key: printable characters without spaces.",
+            param="api_key",
+            code=ErrorCode.INVALID_VALUE,
+        )
     if base_url is not None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise InvalidRequest("'base_url' must be the http(s) URL of a W&B server, e.g. https://api.wandb.ai.",
-                                 param="base_url", code=ErrorCode.INVALID_VALUE)
+            raise InvalidRequest(
+                "'base_url' must be the http(s) URL of a W&B server, e.g. https://api.wandb.ai.",
+                param="base_url",
+                code=ErrorCode.INVALID_VALUE,
+            )
         base_url = base_url.rstrip("/")
     now = int(time.time())
     with ctx.db.write() as session:
@@ -203,5 +240,8 @@ def trainer_integrations(session, job: Job) -> dict:
     (the spec is the job's private storage; the key goes nowhere else)."""
     integrations = list(job.integrations or [])
     row = session.get(ProjectWandb, job.project_id) if any(i.get("type") == "wandb" for i in integrations) else None
-    return {"integrations": integrations, "wandb_api_key": row.api_key if row else None,
-            "wandb_base_url": row.base_url if row else None}
+    return {
+        "integrations": integrations,
+        "wandb_api_key": row.api_key if row else None,
+        "wandb_base_url": row.base_url if row else None,
+    }

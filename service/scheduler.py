@@ -30,10 +30,13 @@ from service.storage import StorageUnavailable
 log = logging.getLogger("hone.scheduler")
 
 
-
 def _last_checkpoint_step(session: Session, job_id: str) -> int | None:
-    return session.execute(select(Checkpoint.step_number).where(Checkpoint.job_id == job_id)
-                           .order_by(Checkpoint.step_number.desc()).limit(1)).scalar()
+    return session.execute(
+        select(Checkpoint.step_number)
+        .where(Checkpoint.job_id == job_id)
+        .order_by(Checkpoint.step_number.desc())
+        .limit(1)
+    ).scalar()
 
 
 class Scheduler:
@@ -82,8 +85,9 @@ class Scheduler:
         if self.executor.slots() == 0:
             return  # a replica that trains nothing leaves runs to the one that does
         with self.ctx.db.read() as session:
-            running = session.execute(select(Job.id, Job.executor_ref)
-                                      .where(Job.status == JobStatus.RUNNING.value)).all()
+            running = session.execute(
+                select(Job.id, Job.executor_ref).where(Job.status == JobStatus.RUNNING.value)
+            ).all()
         for job_id, ref in running:
             if ref and not self.executor.owns(ref):
                 continue  # another machine's run
@@ -129,18 +133,31 @@ class Scheduler:
                 how += " (storage unavailable)"
             if stalled is not None:
                 how = f"stalled (no report for {stalled} s) and was killed"
-                add_event(session, job.id, f"Trainer stalled: nothing heard from it for {stalled} s (limit "
-                          f"{self.ctx.settings.training.trainer_stall_timeout_s:g} s); killed it", level="warn",
-                          data={"code": ErrorCode.TRAINER_STALLED, "silent_s": stalled})
+                add_event(
+                    session,
+                    job.id,
+                    f"Trainer stalled: nothing heard from it for {stalled} s (limit "
+                    f"{self.ctx.settings.training.trainer_stall_timeout_s:g} s); killed it",
+                    level="warn",
+                    data={"code": ErrorCode.TRAINER_STALLED, "silent_s": stalled},
+                )
             limit = self.ctx.settings.training.max_job_attempts
             if job.failures < limit:
-                transition(session, job, JobStatus.QUEUED, f"Trainer {how}; retrying from {where} "
-                           f"(attempt {job.attempts + 1} of {limit})", level="warn")
+                transition(
+                    session,
+                    job,
+                    JobStatus.QUEUED,
+                    f"Trainer {how}; retrying from {where} (attempt {job.attempts + 1} of {limit})",
+                    level="warn",
+                )
                 after_commit(session, metrics.TRAINER_RETRIES.inc)
                 return
-            error = {"code": ErrorCode.TRAINER_STALLED if stalled is not None else "trainer_failed", "param": None,
-                     "message": f"The job failed after {job.failures} trainer crashes (the last {how}). "
-                                f"The trainer logs are in storage under jobs/{job.id}/logs/."}
+            error = {
+                "code": ErrorCode.TRAINER_STALLED if stalled is not None else "trainer_failed",
+                "param": None,
+                "message": f"The job failed after {job.failures} trainer crashes (the last {how}). "
+                f"The trainer logs are in storage under jobs/{job.id}/logs/.",
+            }
             transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
 
     # --- pause and cancel -------------------------------------------------------------------
@@ -178,8 +195,7 @@ class Scheduler:
         for job_id in tracked:
             self._launched_at.setdefault(job_id, now)
         with self.ctx.db.read() as session:
-            rows = session.execute(select(Job.id, Job.status, Job.last_report_at)
-                                   .where(Job.id.in_(tracked))).all()
+            rows = session.execute(select(Job.id, Job.status, Job.last_report_at).where(Job.id.in_(tracked))).all()
         for job_id, status, last_report_at in rows:
             if status != JobStatus.RUNNING.value:
                 continue  # pause and cancel have their own clocks (_enforce_user_actions)
@@ -204,11 +220,28 @@ class Scheduler:
         quota = self.ctx.settings.training.max_running_jobs_per_project
         with self.ctx.db.write() as session:
             # Jobs of projects at their quota are passed over, so look further down the queue than `free`.
-            queued = session.execute(select(Job).where(Job.status == JobStatus.QUEUED.value)
-                                     .order_by(Job.priority.desc(), Job.seq).limit(free + 200 if quota else free)
-                                     .with_for_update(skip_locked=True)).scalars().all()
-            running = dict(session.execute(select(Job.project_id, func.count()).where(
-                Job.status == JobStatus.RUNNING.value).group_by(Job.project_id)).all()) if quota else {}
+            queued = (
+                session.execute(
+                    select(Job)
+                    .where(Job.status == JobStatus.QUEUED.value)
+                    .order_by(Job.priority.desc(), Job.seq)
+                    .limit(free + 200 if quota else free)
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
+            running = (
+                dict(
+                    session.execute(
+                        select(Job.project_id, func.count())
+                        .where(Job.status == JobStatus.RUNNING.value)
+                        .group_by(Job.project_id)
+                    ).all()
+                )
+                if quota
+                else {}
+            )
             for job in queued:
                 if len(launches) == free:
                     break
@@ -229,23 +262,37 @@ class Scheduler:
         files = {f.id: f for f in session.execute(select(File).where(File.id.in_(ids))).scalars()}
         defaults = training_plan.training_defaults(self.ctx, job)
         job.method = training_plan.resolve_hyperparameters(
-            job.method, training_plan.DatasetShape.of(files[job.training_file], defaults), defaults,
-            self.ctx.settings.training.train_max_length)
+            job.method,
+            training_plan.DatasetShape.of(files[job.training_file], defaults),
+            defaults,
+            self.ctx.settings.training.train_max_length,
+        )
         token = secrets.token_urlsafe(32)
         job.trainer_token_hash = hash_key(token)  # a new token per attempt: an older run can no longer report
         job.attempts += 1
         spec_url = training_plan.write_spec(self.ctx, job, files, token, tuned_model_name(session, job))
         first = job.attempts == 1
         message = "Fine-tuning job started" if first else f"Fine-tuning job resumed (attempt {job.attempts})"
-        transition(session, job, JobStatus.RUNNING, message, executor_ref=None, method=job.method,
-                   attempts=job.attempts, trainer_token_hash=job.trainer_token_hash)
+        transition(
+            session,
+            job,
+            JobStatus.RUNNING,
+            message,
+            executor_ref=None,
+            method=job.method,
+            attempts=job.attempts,
+            trainer_token_hash=job.trainer_token_hash,
+        )
         return job.id, job.attempts, spec_url
 
     def _refuse(self, session: Session, job: Job, exc: Exception) -> None:
         log.exception("a queued job's row makes no training spec; failing it", extra={"job_id": job.id})
-        error: dict[str, Any] = {"code": ErrorCode.INVALID_JOB, "param": None,
-                 "message": f"The job could not be started: its stored method or files are malformed "
-                            f"({type(exc).__name__}: {exc}). Create it again."}
+        error: dict[str, Any] = {
+            "code": ErrorCode.INVALID_JOB,
+            "param": None,
+            "message": f"The job could not be started: its stored method or files are malformed "
+            f"({type(exc).__name__}: {exc}). Create it again.",
+        }
         transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
 
     def _launch(self, job_id: str, attempt: int, spec_url: str) -> None:

@@ -20,8 +20,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 
-def _auto_or(kind: type, *, gt: float | None = None, ge: float | None = None,
-             le: float | None = None) -> tuple[PlainValidator, WithJsonSchema]:
+def _auto_or(
+    kind: type, *, gt: float | None = None, ge: float | None = None, le: float | None = None
+) -> tuple[PlainValidator, WithJsonSchema]:
     """A hyperparameter that is "auto" or a number in range, with an error message that says so: the metadata of
     its `Annotated[Any, *_auto_or(...)]` (a type mypy can read, where a returned `Annotated` is not one)."""
 
@@ -112,23 +113,32 @@ class SupervisedHyperparameters(_Body):
     n_epochs: Epochs = "auto"
     # Hone extensions; left out of responses unless given.
     tuning_mode: Literal["auto", "lora", "full"] | None = Field(
-        default=None, description='Hone: "lora" (default) trains an adapter; "full" tunes every weight (small models).')
+        default=None, description='Hone: "lora" (default) trains an adapter; "full" tunes every weight (small models).'
+    )
     lora_rank: LoraRank | None = Field(default=None, description="Hone: LoRA rank (default 16).")
     lora_alpha: LoraAlpha | None = Field(default=None, description="Hone: LoRA alpha (default twice the rank).")
     lora_dropout: LoraDropout | None = Field(default=None, description="Hone: LoRA dropout (default 0).")
     lora_target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
-        default=None, min_length=1, max_length=32,
-        description="Hone: module names to adapt (default: every attention and MLP projection).")
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="Hone: module names to adapt (default: every attention and MLP projection).",
+    )
     warmup_ratio: WarmupRatio | None = Field(
-        default=None, description="Hone: share of the steps the learning rate warms up over (auto: the base "
-                                  "model's default, about 3% with at least one step).")
+        default=None,
+        description="Hone: share of the steps the learning rate warms up over (auto: the base "
+        "model's default, about 3% with at least one step).",
+    )
     lr_scheduler: Literal["auto", "cosine", "linear", "constant"] | None = Field(
-        default=None, description="Hone: how the learning rate decays after warmup (auto: cosine).")
+        default=None, description="Hone: how the learning rate decays after warmup (auto: cosine)."
+    )
     weight_decay: WeightDecay | None = Field(default=None, description="Hone: AdamW weight decay (auto: 0).")
     max_grad_norm: MaxGradNorm | None = Field(default=None, description="Hone: gradient clipping norm (auto: 1.0).")
     max_length: MaxLength | None = Field(
-        default=None, description="Hone: tokens per example; longer ones are truncated (auto: the base model's "
-                                  "default, capped by HONE_TRAIN_MAX_LENGTH).")
+        default=None,
+        description="Hone: tokens per example; longer ones are truncated (auto: the base model's "
+        "default, capped by HONE_TRAIN_MAX_LENGTH).",
+    )
 
 
 class DpoHyperparameters(SupervisedHyperparameters):
@@ -182,10 +192,17 @@ class CreateFineTuningJob(_Body):
     seed: int | None = Field(default=None, ge=0, le=2147483647)
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
     integrations: list[Integration] | None = Field(default=None, max_length=5)
-    priority: int = Field(default=0, ge=-100, le=100,
-                          description="Hone: higher-priority jobs leave the queue first; FIFO within a priority.")
-    auto_deploy: bool = Field(default=True, description="Hone: deploy an endpoint for the tuned model when the job "
-                                                        "succeeds (unless HONE_AUTO_DEPLOY is off).")
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Hone: higher-priority jobs leave the queue first; FIFO within a priority.",
+    )
+    auto_deploy: bool = Field(
+        default=True,
+        description="Hone: deploy an endpoint for the tuned model when the job "
+        "succeeds (unless HONE_AUTO_DEPLOY is off).",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -201,9 +218,15 @@ class CreateFineTuningJob(_Body):
 
 class CreateEndpoint(_Body):
     model: str = Field(min_length=1, description="A tuned model (ft:...), a checkpoint id or name, or a base model.")
-    idle_timeout_s: int | None = Field(None, ge=0, le=30 * 86400, description=(
-        "Scale to zero after this many seconds without requests (the next request wakes it); 0: never; "
-        "omitted: the server's HONE_ENDPOINT_IDLE_TIMEOUT_S."))
+    idle_timeout_s: int | None = Field(
+        None,
+        ge=0,
+        le=30 * 86400,
+        description=(
+            "Scale to zero after this many seconds without requests (the next request wakes it); 0: never; "
+            "omitted: the server's HONE_ENDPOINT_IDLE_TIMEOUT_S."
+        ),
+    )
 
 
 class CreateProject(_Body):

@@ -22,11 +22,17 @@ def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     configure_logging(settings.server.log_level)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets requests in flight finish, then runs the lifespan exit.
-    options: dict[str, Any] = dict(host=settings.server.host, port=settings.server.port, log_config=None,
-                                   access_log=False, timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
-                                   timeout_keep_alive=settings.server.http_keep_alive_s)
+    options: dict[str, Any] = dict(
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
+        timeout_keep_alive=settings.server.http_keep_alive_s,
+    )
     if settings.server.workers <= 1:
         from service.app import create_app
+
         uvicorn.run(create_app(settings), **options)
         return
     # Workers are fresh interpreters that build their app from the same HONE_* environment. They share
@@ -34,6 +40,7 @@ def serve(settings: Settings | None = None) -> None:
     settings.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.database.auto_migrate:  # once, here: workers migrating side by side would race on SQLite
         from service.db import Database
+
         database = Database(settings.resolved_database_url)
         database.migrate()
         database.dispose()
@@ -48,6 +55,7 @@ def serve(settings: Settings | None = None) -> None:
 def worker_app():
     """One worker's app (uvicorn's factory, with several workers)."""
     from service.app import create_app
+
     settings = Settings()
     configure_logging(settings.server.log_level)
     return create_app(settings)

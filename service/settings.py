@@ -86,6 +86,7 @@ class StorageSettings(BaseSettings):
 
 class FilesSettings(BaseSettings):
     """Uploads and the datasets in them."""
+
     model_config = _ENV
 
     max_file_bytes: int = 512 * 1024 * 1024
@@ -98,6 +99,7 @@ class FilesSettings(BaseSettings):
 
 class TrainingSettings(BaseSettings):
     """Base models, the scheduler and the trainers it launches."""
+
     model_config = _ENV
 
     # name -> local folder or Hugging Face id, as JSON: {"acme/llama": "/models/llama"}; or name -> {"source": ...,
@@ -135,6 +137,7 @@ class TrainingSettings(BaseSettings):
 
 class ServingSettings(BaseSettings):
     """Endpoints, their engines, and the gateway in front of them."""
+
     model_config = _ENV
 
     inference_engine: str = "auto"
@@ -174,6 +177,7 @@ class ServingSettings(BaseSettings):
 
 class KubernetesSettings(BaseSettings):
     """HONE_EXECUTOR=kubernetes, HONE_ENDPOINT_BACKEND=kubernetes."""
+
     model_config = _ENV
 
     k8s_namespace: str = "hone"
@@ -200,13 +204,20 @@ class KubernetesSettings(BaseSettings):
 
     @cached_property
     def resolved_templates_dir(self) -> Path:
-        return (self.k8s_templates_dir or Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" /
-                "base" / "templates").resolve()
+        return (
+            self.k8s_templates_dir
+            or Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "base" / "templates"
+        ).resolve()
 
 
 GROUPS: dict[str, type[BaseSettings]] = {
-    "server": ServerSettings, "database": DatabaseSettings, "storage": StorageSettings, "files": FilesSettings,
-    "training": TrainingSettings, "serving": ServingSettings, "kubernetes": KubernetesSettings,
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "storage": StorageSettings,
+    "files": FilesSettings,
+    "training": TrainingSettings,
+    "serving": ServingSettings,
+    "kubernetes": KubernetesSettings,
 }
 _GROUP_OF = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 # Every setting by its flat name (the variable's, less HONE_), whatever its group.

@@ -29,8 +29,9 @@ from service.jobs import add_event, transition, tuned_model_name
 WANDB_ARCHIVE = "wandb-offline-run.tar.gz"
 ACCEPTS_REPORTS = {JobStatus.RUNNING.value, JobStatus.PAUSED.value}
 # Progress fields kept as the running job's live figures (exported as hone_job_* gauges).
-LIVE_FIGURES = frozenset({"step", "total_steps", "train_loss", "valid_loss", "tokens_per_second", "step_seconds",
-                          "step_at", "mfu"})
+LIVE_FIGURES = frozenset(
+    {"step", "total_steps", "train_loss", "valid_loss", "tokens_per_second", "step_seconds", "step_at", "mfu"}
+)
 
 
 def _finite_number(value) -> bool:
@@ -91,8 +92,10 @@ def _job_for_trainer(session: Session, job_id: str, authorization: str | None) -
     if job is None:
         raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}")
     if not job.trainer_token_hash or not hmac.compare_digest(job.trainer_token_hash, hash_key(token)):
-        raise AuthenticationFailed("This trainer token is not valid for this job (a newer attempt may own it).",
-                                   code=ErrorCode.INVALID_TRAINER_TOKEN)
+        raise AuthenticationFailed(
+            "This trainer token is not valid for this job (a newer attempt may own it).",
+            code=ErrorCode.INVALID_TRAINER_TOKEN,
+        )
     return job
 
 
@@ -100,7 +103,9 @@ def _check_own_keys(job: Job, *keys: str) -> None:
     """A trainer writes under its own job's folder only; anything else would point at another job's data."""
     for key in keys:
         if not key.startswith(f"jobs/{job.id}/") or ".." in key.split("/"):
-            raise InvalidRequest(f"Storage key '{excerpt(key)}' is outside jobs/{job.id}/.", code=ErrorCode.INVALID_STORAGE_KEY)
+            raise InvalidRequest(
+                f"Storage key '{excerpt(key)}' is outside jobs/{job.id}/.", code=ErrorCode.INVALID_STORAGE_KEY
+            )
 
 
 def record_report(ctx: AppContext, job_id: str, authorization: str | None, report: Report) -> dict:
@@ -110,7 +115,9 @@ def record_report(ctx: AppContext, job_id: str, authorization: str | None, repor
             return {"status": job.status, "heartbeat_s": heartbeat_s(ctx)}
         _check_own_keys(job, *(c.storage_prefix for c in report.checkpoints))
         incoming = [e.id for e in report.events]
-        seen = set(session.execute(select(JobEvent.id).where(JobEvent.id.in_(incoming))).scalars()) if incoming else set()
+        seen = (
+            set(session.execute(select(JobEvent.id).where(JobEvent.id.in_(incoming))).scalars()) if incoming else set()
+        )
         for event in report.events:
             if event.id not in seen:
                 seen.add(event.id)
@@ -151,9 +158,17 @@ def _record_checkpoints(session: Session, job: Job, checkpoints: list[ReportedCh
         have.add(ckpt.step)
         snapshot = f"{name}:ckpt-step-{ckpt.step}"
         metrics = {k: v for k, v in ckpt.metrics.items() if _finite_number(v)}
-        session.add(Checkpoint(id=new_id("ftckpt_"), job_id=job.id, created_at=int(time.time()),
-                               step_number=ckpt.step, fine_tuned_model_checkpoint=snapshot, metrics=metrics,
-                               storage_prefix=ckpt.storage_prefix))
+        session.add(
+            Checkpoint(
+                id=new_id("ftckpt_"),
+                job_id=job.id,
+                created_at=int(time.time()),
+                step_number=ckpt.step,
+                fine_tuned_model_checkpoint=snapshot,
+                metrics=metrics,
+                storage_prefix=ckpt.storage_prefix,
+            )
+        )
         add_event(session, job.id, f"Checkpoint created at step {ckpt.step} with Snapshot ID: {snapshot}")
 
 
@@ -169,34 +184,67 @@ def _complete(ctx: AppContext, job_id: str, authorization: str | None, body: Com
         if job.status == JobStatus.SUCCEEDED.value:
             return {"status": job.status}  # a retried call whose first reply was lost
         if job.status != JobStatus.RUNNING.value:
-            raise JobNotRunning(f"Job {job.id} is {job.status}; its result is discarded.", code=ErrorCode.JOB_NOT_RUNNING)
+            raise JobNotRunning(
+                f"Job {job.id} is {job.status}; its result is discarded.", code=ErrorCode.JOB_NOT_RUNNING
+            )
         _check_own_keys(job, body.adapter_prefix, body.result_key)
         _count_tokens(session, job, body.trained_tokens)
         now = int(time.time())
         name = tuned_model_name(session, job)
-        result = File(id=new_id("file-"), project_id=job.project_id, filename="step_metrics.csv",
-                      purpose="fine-tune-results", bytes=ctx.storage.size(body.result_key), created_at=now,
-                      status="processed", storage_key=body.result_key)
+        result = File(
+            id=new_id("file-"),
+            project_id=job.project_id,
+            filename="step_metrics.csv",
+            purpose="fine-tune-results",
+            bytes=ctx.storage.size(body.result_key),
+            created_at=now,
+            status="processed",
+            storage_key=body.result_key,
+        )
         session.add(result)
         results = [result.id]
         archive_key = f"jobs/{job.id}/{WANDB_ARCHIVE}"
         if job.integrations and ctx.storage.exists(archive_key):  # an offline wandb run the trainer published
-            archive = File(id=new_id("file-"), project_id=job.project_id, filename=WANDB_ARCHIVE,
-                           purpose="fine-tune-results", bytes=ctx.storage.size(archive_key), created_at=now,
-                           status="processed", storage_key=archive_key)
+            archive = File(
+                id=new_id("file-"),
+                project_id=job.project_id,
+                filename=WANDB_ARCHIVE,
+                purpose="fine-tune-results",
+                bytes=ctx.storage.size(archive_key),
+                created_at=now,
+                status="processed",
+                storage_key=archive_key,
+            )
             session.add(archive)
             results.append(archive.id)
-        session.add(TunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.base_model,
-                               created_at=now, storage_prefix=body.adapter_prefix))
+        session.add(
+            TunedModel(
+                id=name,
+                project_id=job.project_id,
+                job_id=job.id,
+                base_model=job.base_model,
+                created_at=now,
+                storage_prefix=body.adapter_prefix,
+            )
+        )
         add_event(session, job.id, f"New fine-tuned model created: {name}")
         if job.auto_deploy and ctx.settings.serving.auto_deploy:
             session.flush()
-            ep = endpoints.deploy(session, job.project_id, endpoints.resolve_model(ctx, session, job.project_id, name),
-                                  now=now)  # the same second as finished_at, whatever the clock did meanwhile
+            ep = endpoints.deploy(
+                session, job.project_id, endpoints.resolve_model(ctx, session, job.project_id, name), now=now
+            )  # the same second as finished_at, whatever the clock did meanwhile
             add_event(session, job.id, f"Deploying endpoint {ep.id} for {name}", data={"endpoint_id": ep.id})
-        transition(session, job, JobStatus.SUCCEEDED, "The job has successfully completed", fine_tuned_model=name,
-                   trained_tokens=body.trained_tokens, result_files=results, finished_at=now,
-                   executor_ref=job.executor_ref)
+        transition(
+            session,
+            job,
+            JobStatus.SUCCEEDED,
+            "The job has successfully completed",
+            fine_tuned_model=name,
+            trained_tokens=body.trained_tokens,
+            result_files=results,
+            finished_at=now,
+            executor_ref=job.executor_ref,
+        )
         return {"status": job.status, "fine_tuned_model": name}
 
 

@@ -100,13 +100,27 @@ def trainer_hyperparameters(ctx: AppContext, method: dict, d: TrainingDefaults) 
     else:
         base_lr = settings.training.lora_learning_rate or d.lora_learning_rate
     extra = {"beta": hp["beta"]} if method["type"] == "dpo" else {}
-    lora = {"lora_rank": hp["lora_rank"], "lora_alpha": hp["lora_alpha"], "lora_dropout": hp["lora_dropout"],
-            "lora_target_modules": hp["lora_target_modules"]} if mode == "lora" else {}
+    lora = (
+        {
+            "lora_rank": hp["lora_rank"],
+            "lora_alpha": hp["lora_alpha"],
+            "lora_dropout": hp["lora_dropout"],
+            "lora_target_modules": hp["lora_target_modules"],
+        }
+        if mode == "lora"
+        else {}
+    )
     return {
-        **extra, **lora, "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
-        "learning_rate": base_lr * hp["learning_rate_multiplier"], "tuning_mode": mode,
-        "warmup_ratio": hp["warmup_ratio"], "lr_scheduler": hp["lr_scheduler"],
-        "weight_decay": hp["weight_decay"], "max_grad_norm": hp["max_grad_norm"],
+        **extra,
+        **lora,
+        "n_epochs": hp["n_epochs"],
+        "batch_size": hp["batch_size"],
+        "learning_rate": base_lr * hp["learning_rate_multiplier"],
+        "tuning_mode": mode,
+        "warmup_ratio": hp["warmup_ratio"],
+        "lr_scheduler": hp["lr_scheduler"],
+        "weight_decay": hp["weight_decay"],
+        "max_grad_norm": hp["max_grad_norm"],
     }
 
 
@@ -131,21 +145,31 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
     train = files[job.training_file]
     valid = files.get(job.validation_file) if job.validation_file else None
     return TrainSpec(
-        job_id=job.id, fine_tuned_model=model_name,
-        model_name=job.base_model, model_source=base.source if base else job.base_model,
+        job_id=job.id,
+        fine_tuned_model=model_name,
+        model_name=job.base_model,
+        model_source=base.source if base else job.base_model,
         model_cache_dir=str(settings.resolved_model_cache_dir),
-        storage_url=settings.resolved_storage_url, s3_endpoint_url=settings.storage.s3_endpoint_url,
-        s3_max_attempts=settings.storage.s3_max_attempts, s3_timeout_s=settings.storage.s3_timeout_s,
+        storage_url=settings.resolved_storage_url,
+        s3_endpoint_url=settings.storage.s3_endpoint_url,
+        s3_max_attempts=settings.storage.s3_max_attempts,
+        s3_timeout_s=settings.storage.s3_timeout_s,
         training_file=_file_ref(train),
         validation_file=_file_ref(valid) if valid else None,
         method=job.method["type"],
-        hyperparameters=Hyperparameters(**trainer_hyperparameters(ctx, job.method,
-                                                                  base.training if base else TrainingDefaults())),
-        seed=job.seed, output_prefix=f"jobs/{job.id}/", callback_url=settings.resolved_internal_url,
-        token=token, attempt=job.attempts,
+        hyperparameters=Hyperparameters(
+            **trainer_hyperparameters(ctx, job.method, base.training if base else TrainingDefaults())
+        ),
+        seed=job.seed,
+        output_prefix=f"jobs/{job.id}/",
+        callback_url=settings.resolved_internal_url,
+        token=token,
+        attempt=job.attempts,
         max_length=job.method[job.method["type"]]["hyperparameters"]["max_length"],
-        packing=settings.training.train_packing, token_budget=settings.training.train_token_budget,
-        checkpoint_interval_steps=settings.training.checkpoint_interval_steps, init_weights_prefix=job.parent_prefix,
+        packing=settings.training.train_packing,
+        token_budget=settings.training.train_token_budget,
+        checkpoint_interval_steps=settings.training.checkpoint_interval_steps,
+        init_weights_prefix=job.parent_prefix,
         **projects.trainer_integrations(object_session(job), job),  # wandb: the project's key, if any
     )
 

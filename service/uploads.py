@@ -44,8 +44,11 @@ def disposition(raw: bytes) -> tuple[str | None, str | None]:
     try:
         value = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise _bad("The Content-Disposition header of a part is not valid UTF-8; send file names as UTF-8 "
-                   "(RFC 7578) or as filename*=UTF-8''... (RFC 5987).", code=ErrorCode.INVALID_FILENAME) from None
+        raise _bad(
+            "The Content-Disposition header of a part is not valid UTF-8; send file names as UTF-8 "
+            "(RFC 7578) or as filename*=UTF-8''... (RFC 5987).",
+            code=ErrorCode.INVALID_FILENAME,
+        ) from None
     kind, _, params = value.partition(";")
     if kind.strip().lower() != "form-data":
         raise _bad(f"Each part must be 'Content-Disposition: form-data', not '{excerpt(kind.strip())}'.")
@@ -68,8 +71,10 @@ def _extended(value: str) -> str:
     charset, quote, rest = value.partition("'")
     _, quote2, encoded = rest.partition("'")
     if not quote or not quote2 or charset.lower() not in ("utf-8", "iso-8859-1"):
-        raise _bad(f"filename* must be UTF-8''<percent-encoded name> (RFC 5987), not '{excerpt(value)}'.",
-                   code=ErrorCode.INVALID_FILENAME)
+        raise _bad(
+            f"filename* must be UTF-8''<percent-encoded name> (RFC 5987), not '{excerpt(value)}'.",
+            code=ErrorCode.INVALID_FILENAME,
+        )
     try:
         return unquote(encoded, encoding=charset.lower(), errors="strict")
     except UnicodeDecodeError:
@@ -81,11 +86,15 @@ def checked_filename(name: str) -> str:
     InvalidRequest when it cannot be stored as sent."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     if _CONTROL.search(base):
-        raise _bad(f"The file name '{excerpt(base)}' contains a control character; rename the file.",
-                   code=ErrorCode.INVALID_FILENAME)
+        raise _bad(
+            f"The file name '{excerpt(base)}' contains a control character; rename the file.",
+            code=ErrorCode.INVALID_FILENAME,
+        )
     if len(base) > MAX_FILENAME_CHARS:
-        raise _bad(f"The file name is {len(base)} characters long; the limit is {MAX_FILENAME_CHARS}.",
-                   code=ErrorCode.INVALID_FILENAME)
+        raise _bad(
+            f"The file name is {len(base)} characters long; the limit is {MAX_FILENAME_CHARS}.",
+            code=ErrorCode.INVALID_FILENAME,
+        )
     return base or "upload"
 
 
@@ -105,12 +114,19 @@ class MultipartUpload:
         self._part_name: str | None = None
         self._part_is_file = False
         self._field_value = bytearray()
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": self._part_begin, "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value, "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-            "on_part_end": self._part_end, "on_end": self._end,
-        })
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+        )
 
     def write(self, chunk: bytes) -> None:
         if self.complete:
@@ -123,8 +139,11 @@ class MultipartUpload:
     def finish(self) -> None:
         """Refuses a body that ended early: without its closing boundary the last part may be cut short."""
         if not self.complete:
-            raise _bad("The upload ended before the multipart body's closing boundary; it may have been cut "
-                       "short. Nothing was stored.", code=ErrorCode.INCOMPLETE_UPLOAD)
+            raise _bad(
+                "The upload ended before the multipart body's closing boundary; it may have been cut "
+                "short. Nothing was stored.",
+                code=ErrorCode.INCOMPLETE_UPLOAD,
+            )
 
     def _part_begin(self) -> None:
         self._headers, self._field_value = {}, bytearray()
@@ -147,20 +166,26 @@ class MultipartUpload:
             raise _bad("Each part needs a Content-Disposition header naming its field.")
         name, filename = disposition(raw)
         if not name:
-            raise _bad("Each part's Content-Disposition needs a name (name=\"file\", name=\"purpose\", ...).")
+            raise _bad('Each part\'s Content-Disposition needs a name (name="file", name="purpose", ...).')
         self._part_name = name
         self._part_is_file = filename is not None or name == "file"
         if self._part_is_file:
             if name != "file":
-                raise InvalidRequest(f"Unexpected file field '{excerpt(name)}'; send the file as 'file'.",
-                                     param=excerpt(name), code=ErrorCode.INVALID_VALUE)
+                raise InvalidRequest(
+                    f"Unexpected file field '{excerpt(name)}'; send the file as 'file'.",
+                    param=excerpt(name),
+                    code=ErrorCode.INVALID_VALUE,
+                )
             if self.filename is not None:
                 raise InvalidRequest("Send exactly one 'file' field.", param="file", code=ErrorCode.INVALID_VALUE)
             self.filename = checked_filename(filename or "upload")
             self._on_file(self.filename)
         elif name in self.fields:
-            raise InvalidRequest(f"The form field '{excerpt(name)}' was sent twice; send it once.",
-                                 param=excerpt(name), code=ErrorCode.INVALID_VALUE)
+            raise InvalidRequest(
+                f"The form field '{excerpt(name)}' was sent twice; send it once.",
+                param=excerpt(name),
+                code=ErrorCode.INVALID_VALUE,
+            )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part_is_file:
@@ -168,16 +193,22 @@ class MultipartUpload:
         else:
             self._field_value += data[start:end]
             if len(self._field_value) > FIELD_LIMIT:
-                raise InvalidRequest(f"Form field '{excerpt(self._part_name)}' is too large.",
-                                     param=excerpt(self._part_name), code=ErrorCode.INVALID_VALUE)
+                raise InvalidRequest(
+                    f"Form field '{excerpt(self._part_name)}' is too large.",
+                    param=excerpt(self._part_name),
+                    code=ErrorCode.INVALID_VALUE,
+                )
 
     def _part_end(self) -> None:
         if not self._part_is_file and self._part_name:
             try:
                 self.fields[self._part_name] = self._field_value.decode("utf-8")
             except UnicodeDecodeError:
-                raise InvalidRequest(f"Form field '{excerpt(self._part_name)}' is not valid UTF-8.",
-                                     param=excerpt(self._part_name), code=ErrorCode.INVALID_VALUE) from None
+                raise InvalidRequest(
+                    f"Form field '{excerpt(self._part_name)}' is not valid UTF-8.",
+                    param=excerpt(self._part_name),
+                    code=ErrorCode.INVALID_VALUE,
+                ) from None
 
     def _end(self) -> None:
         self.complete = True

@@ -24,8 +24,16 @@ class UsageBook:
         self._pending = _empty_book()
         self._lock = threading.Lock()
 
-    def record(self, project_id: str, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0,
-               latency_ms: float = 0.0, error: bool = False) -> None:
+    def record(
+        self,
+        project_id: str,
+        model: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        latency_ms: float = 0.0,
+        error: bool = False,
+    ) -> None:
         with self._lock:
             row = self._pending[(project_id, model)]
             row["requests"] += 1
@@ -48,9 +56,11 @@ class UsageBook:
         try:
             with db.write() as session:
                 for (project_id, model), counts in batch.items():
-                    row = session.execute(select(ModelUsage).where(ModelUsage.project_id == project_id,
-                                                                   ModelUsage.model == model)
-                                          .with_for_update()).scalar()
+                    row = session.execute(
+                        select(ModelUsage)
+                        .where(ModelUsage.project_id == project_id, ModelUsage.model == model)
+                        .with_for_update()
+                    ).scalar()
                     if row is None:
                         session.add(ModelUsage(project_id=project_id, model=model, updated_at=now, **counts))
                     else:

@@ -1,7 +1,7 @@
 """The `hone` command line, built on the SDK: every command talks to the API through `hone.Client`.
 
-    hone files upload train.jsonl        hone jobs create -t file-... --follow
-    hone jobs plot ftjob-...             hone chat ft:hone-tiny:... --once "hello"
+hone files upload train.jsonl        hone jobs create -t file-... --follow
+hone jobs plot ftjob-...             hone chat ft:hone-tiny:... --once "hello"
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from hone.cli.files import files_app
 from hone.cli.jobs import jobs_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Hone: self-hosted fine-tuning.")
-for group, name in ((files_app, "files"), (jobs_app, "jobs"), (models_app, "models"), (endpoints_app, "endpoints"),
-                    (projects_app, "projects"), (keys_app, "keys")):
+for group, name in (
+    (files_app, "files"),
+    (jobs_app, "jobs"),
+    (models_app, "models"),
+    (endpoints_app, "endpoints"),
+    (projects_app, "projects"),
+    (keys_app, "keys"),
+):
     app.add_typer(group, name=name)
 api_command(app, "chat")(chat)
 

@@ -7,8 +7,9 @@ import typer
 from hone.cli.common import Session, api_command, table, when
 
 projects_app = typer.Typer(no_args_is_help=True, help="Projects (admin key).")
-grants_app = typer.Typer(no_args_is_help=True, help="Buckets and prefixes a project's Vertex dataset URIs may read "
-                         "(admin key).")
+grants_app = typer.Typer(
+    no_args_is_help=True, help="Buckets and prefixes a project's Vertex dataset URIs may read (admin key)."
+)
 projects_app.add_typer(grants_app, name="grants")
 keys_app = typer.Typer(no_args_is_help=True, help="Project API keys, as service accounts (admin key).")
 
@@ -24,8 +25,12 @@ def projects_create(session: Session, name: str):
 def projects_list(session: Session, include_archived: bool = typer.Option(False, "--include-archived")):
     """List projects."""
     projects = list(session.client.projects.list(include_archived=include_archived))
-    session.show(projects, lambda: table(["id", "name", "status", "created"],
-                                         [(p.id, p.name, p.status, when(p.created_at)) for p in projects]))
+    session.show(
+        projects,
+        lambda: table(
+            ["id", "name", "status", "created"], [(p.id, p.name, p.status, when(p.created_at)) for p in projects]
+        ),
+    )
 
 
 @api_command(projects_app, "delete", admin=True)
@@ -65,9 +70,13 @@ def keys_create(session: Session, project_id: str, name: str = typer.Option("def
 def keys_list(session: Session, project_id: str):
     """List a project's service accounts and their redacted keys."""
     accounts = list(session.client.keys.list(project_id))
-    session.show(accounts, lambda: table(
-        ["id", "name", "key", "created"],
-        [(a.id, a.name, a.api_key.redacted_value if a.api_key else "", when(a.created_at)) for a in accounts]))
+    session.show(
+        accounts,
+        lambda: table(
+            ["id", "name", "key", "created"],
+            [(a.id, a.name, a.api_key.redacted_value if a.api_key else "", when(a.created_at)) for a in accounts],
+        ),
+    )
 
 
 @api_command(keys_app, "delete", admin=True)

@@ -43,12 +43,15 @@ def _served_model(session: Session, model: str) -> str:
     return model
 
 
-def chat(session: Session, model: str,
-         once: str | None = typer.Option(None, "--once", help="Ask this one prompt, print the answer, exit."),
-         system: str | None = typer.Option(None, "--system", help="A system message to start with."),
-         temperature: float | None = typer.Option(None, "--temperature"),
-         max_tokens: int | None = typer.Option(None, "--max-tokens"),
-         stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come.")):
+def chat(
+    session: Session,
+    model: str,
+    once: str | None = typer.Option(None, "--once", help="Ask this one prompt, print the answer, exit."),
+    system: str | None = typer.Option(None, "--system", help="A system message to start with."),
+    temperature: float | None = typer.Option(None, "--temperature"),
+    max_tokens: int | None = typer.Option(None, "--max-tokens"),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come."),
+):
     """Chat with a model (a tuned model, checkpoint or base model; or a job id, for its tuned model): an interactive
     session (/reset starts over, /exit or Ctrl-D ends), or one --once prompt."""
     model = _served_model(session, model)

@@ -77,8 +77,20 @@ def exit_code(exc: HoneError) -> int:
 def _report(exc: HoneError, as_json: bool) -> NoReturn:
     if as_json and isinstance(exc, APIError):
         status = exc.status_code if isinstance(exc, APIStatusError) else None
-        print(json.dumps({"error": {"message": exc.message, "type": exc.type, "param": exc.param,
-                                    "code": exc.code, "status": status}}), file=sys.stderr)
+        print(
+            json.dumps(
+                {
+                    "error": {
+                        "message": exc.message,
+                        "type": exc.type,
+                        "param": exc.param,
+                        "code": exc.code,
+                        "status": status,
+                    }
+                }
+            ),
+            file=sys.stderr,
+        )
         raise typer.Exit(exit_code(exc))
     fail(str(exc), exit_code(exc))
 
@@ -99,8 +111,9 @@ class Session:
             out.print(human() if callable(human) else human, markup=False)
 
 
-BASE_URL_OPTION = typer.Option(None, "--base-url", envvar="HONE_BASE_URL", show_default="http://127.0.0.1:8000",
-                               help="The Hone API's URL.")
+BASE_URL_OPTION = typer.Option(
+    None, "--base-url", envvar="HONE_BASE_URL", show_default="http://127.0.0.1:8000", help="The Hone API's URL."
+)
 API_KEY_OPTION = typer.Option(None, "--api-key", envvar="HONE_API_KEY", help="A project API key.")
 ADMIN_KEY_OPTION = typer.Option(None, "--admin-key", envvar="HONE_ADMIN_API_KEY", help="The admin API key.")
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts.")
@@ -114,12 +127,18 @@ def api_command(app: typer.Typer, name: str, *, admin: bool = False) -> Callable
 
     def register(func: Callable) -> Callable:
         own = list(inspect.signature(func).parameters.values())[1:]  # all but `session`
-        shared = [inspect.Parameter("base_url", inspect.Parameter.KEYWORD_ONLY, default=BASE_URL_OPTION,
-                                    annotation=Optional[str]),
-                  inspect.Parameter("key", inspect.Parameter.KEYWORD_ONLY,
-                                    default=ADMIN_KEY_OPTION if admin else API_KEY_OPTION, annotation=Optional[str]),
-                  inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=JSON_OPTION,
-                                    annotation=bool)]
+        shared = [
+            inspect.Parameter(
+                "base_url", inspect.Parameter.KEYWORD_ONLY, default=BASE_URL_OPTION, annotation=Optional[str]
+            ),
+            inspect.Parameter(
+                "key",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=ADMIN_KEY_OPTION if admin else API_KEY_OPTION,
+                annotation=Optional[str],
+            ),
+            inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=JSON_OPTION, annotation=bool),
+        ]
 
         @functools.wraps(func)
         def command(*args: Any, base_url: str | None, key: str | None, as_json: bool, **kwargs: Any) -> Any:
@@ -132,8 +151,12 @@ def api_command(app: typer.Typer, name: str, *, admin: bool = False) -> Callable
                 session.client.close()
 
         command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
-        command.__annotations__ = {**func.__annotations__, "base_url": Optional[str], "key": Optional[str],
-                                   "as_json": bool}
+        command.__annotations__ = {
+            **func.__annotations__,
+            "base_url": Optional[str],
+            "key": Optional[str],
+            "as_json": bool,
+        }
         app.command(name)(command)
         return func
 

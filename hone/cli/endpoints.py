@@ -20,8 +20,9 @@ COLUMNS = ["id", "state", "model", "engine", "error"]
 
 
 @api_command(endpoints_app, "list")
-def endpoints_list(session: Session, model: str | None = typer.Option(None, "--model",
-                                                                           help="Only this model's endpoints.")):
+def endpoints_list(
+    session: Session, model: str | None = typer.Option(None, "--model", help="Only this model's endpoints.")
+):
     """List endpoints, newest first."""
     endpoints = list(session.client.endpoints.list(model=model))
     session.show(endpoints, lambda: table(COLUMNS, [_row(ep) for ep in endpoints]))
@@ -32,18 +33,25 @@ def endpoints_get(session: Session, endpoint_id: str):
     """Show an endpoint: state, engine, usage."""
     ep = session.client.endpoints.retrieve(endpoint_id)
     usage = ep.usage
-    session.show(ep, lambda: (
-        f"{ep.id}  {ep.state}  {ep.model}\n"
-        f"base {ep.base_model}  kind {ep.kind}  engine {ep.engine}  restarts {ep.restarts}  ready since "
-        f"{when(ep.ready_at) or '-'}\n"
-        f"requests {usage.requests}  errors {usage.errors}  tokens {usage.prompt_tokens} in / "
-        f"{usage.completion_tokens} out" + (f"\nerror: {ep.error.message}" if ep.error else "")))
+    session.show(
+        ep,
+        lambda: (
+            f"{ep.id}  {ep.state}  {ep.model}\n"
+            f"base {ep.base_model}  kind {ep.kind}  engine {ep.engine}  restarts {ep.restarts}  ready since "
+            f"{when(ep.ready_at) or '-'}\n"
+            f"requests {usage.requests}  errors {usage.errors}  tokens {usage.prompt_tokens} in / "
+            f"{usage.completion_tokens} out" + (f"\nerror: {ep.error.message}" if ep.error else "")
+        ),
+    )
 
 
 @api_command(endpoints_app, "create")
-def endpoints_create(session: Session, model: str,
-                     wait: bool = typer.Option(False, "--wait", help="Wait until it is ready (or failed)."),
-                     timeout: float = typer.Option(300, "--timeout", help="Seconds to wait with --wait.")):
+def endpoints_create(
+    session: Session,
+    model: str,
+    wait: bool = typer.Option(False, "--wait", help="Wait until it is ready (or failed)."),
+    timeout: float = typer.Option(300, "--timeout", help="Seconds to wait with --wait."),
+):
     """Serve a tuned model (ft:...), a checkpoint, or a base model."""
     ep = session.client.endpoints.create(model)
     if wait:
@@ -63,8 +71,9 @@ def endpoints_delete(session: Session, endpoint_id: str):
 def models_list(session: Session):
     """List base models and this project's tuned models."""
     models = session.client.models.list().data
-    session.show(models, lambda: table(["id", "owned by", "created"],
-                                       [(m.id, m.owned_by, when(m.created)) for m in models]))
+    session.show(
+        models, lambda: table(["id", "owned by", "created"], [(m.id, m.owned_by, when(m.created)) for m in models])
+    )
 
 
 @api_command(models_app, "delete")

@@ -38,9 +38,16 @@ def _check_locally(path: Path, min_examples: int = 0) -> tuple[DatasetReport, li
 
 
 def _report_json(path: Path, report: DatasetReport, problems: list[str]) -> dict:
-    return {"file": str(path), "ok": not problems, "format": report.format.value if report.format else None,
-            "examples": report.examples, "lines": report.lines, "total_errors": report.total_errors,
-            "errors": [e.as_dict() for e in report.errors], "problems": problems}
+    return {
+        "file": str(path),
+        "ok": not problems,
+        "format": report.format.value if report.format else None,
+        "examples": report.examples,
+        "lines": report.lines,
+        "total_errors": report.total_errors,
+        "errors": [e.as_dict() for e in report.errors],
+        "problems": problems,
+    }
 
 
 def _print_report(path: Path, report: DatasetReport, problems: list[str]) -> None:
@@ -52,11 +59,17 @@ def _print_report(path: Path, report: DatasetReport, problems: list[str]) -> Non
 
 
 @files_app.command("validate")
-def files_validate(path: Path = ExistingFile, as_json: bool = typer.Option(False, "--json"),
-                   min_examples: int = typer.Option(
-                       MIN_TRAINING_EXAMPLES, "--min-examples", min=0,
-                       help="Examples a job needs to train on the file: the server's HONE_MIN_TRAINING_EXAMPLES "
-                            "(10 by default, as OpenAI); 1 for a validation file.")):
+def files_validate(
+    path: Path = ExistingFile,
+    as_json: bool = typer.Option(False, "--json"),
+    min_examples: int = typer.Option(
+        MIN_TRAINING_EXAMPLES,
+        "--min-examples",
+        min=0,
+        help="Examples a job needs to train on the file: the server's HONE_MIN_TRAINING_EXAMPLES "
+        "(10 by default, as OpenAI); 1 for a validation file.",
+    ),
+):
     """Check a fine-tuning file offline, with the validator the server runs on upload and the minimum number of
     examples a job needs."""
     report, problems = _check_locally(path, min_examples)
@@ -82,12 +95,18 @@ def upload(session: Session, path: Path, purpose: str = "fine-tune", validate: b
     size = path.stat().st_size
     if size < PROGRESS_BAR_FROM_BYTES or session.as_json:
         return session.client.files.create(path, purpose)
-    columns = (TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("uploading {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(path.name, total=size)
-        return session.client.files.create(path, purpose,
-                                           on_progress=lambda sent, total: progress.update(task, completed=sent))
+        return session.client.files.create(
+            path, purpose, on_progress=lambda sent, total: progress.update(task, completed=sent)
+        )
 
 
 def describe(file: FileObject) -> str:
@@ -98,10 +117,14 @@ def describe(file: FileObject) -> str:
 
 
 @api_command(files_app, "upload")
-def files_upload(session: Session, path: Path = ExistingFile,
-                 purpose: str = typer.Option("fine-tune", "--purpose"),
-                 validate: bool = typer.Option(True, "--validate/--no-validate",
-                                               help="Check the file here first, as the server will.")):
+def files_upload(
+    session: Session,
+    path: Path = ExistingFile,
+    purpose: str = typer.Option("fine-tune", "--purpose"),
+    validate: bool = typer.Option(
+        True, "--validate/--no-validate", help="Check the file here first, as the server will."
+    ),
+):
     """Upload a file (validated here first) and print its id."""
     file = upload(session, path, purpose, validate)
     if not session.as_json:
@@ -115,7 +138,21 @@ def files_upload(session: Session, path: Path = ExistingFile,
 def files_list(session: Session, purpose: str | None = typer.Option(None, "--purpose")):
     """List the project's files, newest first."""
     files = list(session.client.files.list(purpose=purpose))
-    session.show(files, lambda: table(
-        ["id", "filename", "bytes", "purpose", "status", "examples", "created"],
-        [(f.id, f.filename, f.bytes, f.purpose, f.status, f.dataset.examples if f.dataset else "",
-          when(f.created_at)) for f in files]))
+    session.show(
+        files,
+        lambda: table(
+            ["id", "filename", "bytes", "purpose", "status", "examples", "created"],
+            [
+                (
+                    f.id,
+                    f.filename,
+                    f.bytes,
+                    f.purpose,
+                    f.status,
+                    f.dataset.examples if f.dataset else "",
+                    when(f.created_at),
+                )
+                for f in files
+            ],
+        ),
+    )

@@ -68,16 +68,18 @@ def _summary(job: FineTuningJob) -> str:
 
 def _details(job: FineTuningJob) -> str:
     hp = job.hyperparameters
-    return "\n".join([
-        _summary(job),
-        f"training file {job.training_file}" + (f", validation file {job.validation_file}" if job.validation_file
-                                                  else ""),
-        f"method {(job.method or {}).get('type', 'supervised')}: {hp.n_epochs} epoch(s), batch size {hp.batch_size}, "
-        f"learning rate multiplier {hp.learning_rate_multiplier}",
-        f"created {when(job.created_at)}" + (f", finished {when(job.finished_at)}" if job.finished_at else ""),
-        f"trained tokens {job.trained_tokens if job.trained_tokens is not None else '-'}"
-        + (f", result files {', '.join(job.result_files)}" if job.result_files else ""),
-    ])
+    return "\n".join(
+        [
+            _summary(job),
+            f"training file {job.training_file}"
+            + (f", validation file {job.validation_file}" if job.validation_file else ""),
+            f"method {(job.method or {}).get('type', 'supervised')}: {hp.n_epochs} epoch(s), batch size {hp.batch_size}, "
+            f"learning rate multiplier {hp.learning_rate_multiplier}",
+            f"created {when(job.created_at)}" + (f", finished {when(job.finished_at)}" if job.finished_at else ""),
+            f"trained tokens {job.trained_tokens if job.trained_tokens is not None else '-'}"
+            + (f", result files {', '.join(job.result_files)}" if job.result_files else ""),
+        ]
+    )
 
 
 @api_command(jobs_app, "create")
@@ -85,27 +87,37 @@ def jobs_create(
     session: Session,
     training_file: str = typer.Option(..., "--training-file", "-t", help="A file id, or a local file to upload."),
     model: str = typer.Option("hone-tiny", "--model"),
-    validation_file: str | None = typer.Option(None, "--validation-file", "-v",
-                                                  help="A file id, or a local file to upload."),
+    validation_file: str | None = typer.Option(
+        None, "--validation-file", "-v", help="A file id, or a local file to upload."
+    ),
     method: str = typer.Option("supervised", "--method", help="supervised or dpo"),
     n_epochs: int | None = typer.Option(None, "--n-epochs"),
     batch_size: int | None = typer.Option(None, "--batch-size"),
     learning_rate_multiplier: float | None = typer.Option(None, "--learning-rate-multiplier"),
-    hyperparameter: list[str] = typer.Option([], "--hyperparameter", "-H",
-                                             help="Any other hyperparameter, KEY=VALUE (lora_rank=8, ...)."),
+    hyperparameter: list[str] = typer.Option(
+        [], "--hyperparameter", "-H", help="Any other hyperparameter, KEY=VALUE (lora_rank=8, ...)."
+    ),
     suffix: str | None = typer.Option(None, "--suffix", help="Goes into the tuned model's name."),
     seed: int | None = typer.Option(None, "--seed"),
     metadata: list[str] = typer.Option([], "--metadata", "-m", help="KEY=VALUE, repeatable."),
     priority: int | None = typer.Option(None, "--priority", help="-100..100; higher leaves the queue first."),
-    auto_deploy: bool = typer.Option(True, "--auto-deploy/--no-auto-deploy",
-                                     help="Deploy an endpoint when the job succeeds."),
+    auto_deploy: bool = typer.Option(
+        True, "--auto-deploy/--no-auto-deploy", help="Deploy an endpoint when the job succeeds."
+    ),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check local files before uploading."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Then follow the job until it ends."),
 ):
     """Create a fine-tuning job and print its id."""
     hyperparameters = _pairs(hyperparameter, "--hyperparameter")
-    hyperparameters |= {k: v for k, v in (("n_epochs", n_epochs), ("batch_size", batch_size),
-                                          ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
+    hyperparameters |= {
+        k: v
+        for k, v in (
+            ("n_epochs", n_epochs),
+            ("batch_size", batch_size),
+            ("learning_rate_multiplier", learning_rate_multiplier),
+        )
+        if v is not None
+    }
     metadata_pairs = {k: str(v) for k, v in _pairs(metadata, "--metadata").items()} or None  # before any upload
     uploaded: list[str] = []
     try:
@@ -116,9 +128,17 @@ def jobs_create(
         raise
     try:
         job = session.client.jobs.create(
-            model, training_id, validation_file=validation_id,
-            method=method, hyperparameters=hyperparameters, suffix=suffix, seed=seed,
-            metadata=metadata_pairs, priority=priority, auto_deploy=auto_deploy)
+            model,
+            training_id,
+            validation_file=validation_id,
+            method=method,
+            hyperparameters=hyperparameters,
+            suffix=suffix,
+            seed=seed,
+            metadata=metadata_pairs,
+            priority=priority,
+            auto_deploy=auto_deploy,
+        )
     except APIStatusError as exc:
         # Refused (4xx): no job uses the files. After a 5xx or a lost connection the job may exist, so they stay.
         if exc.status_code < 500:
@@ -134,9 +154,13 @@ def jobs_create(
 def jobs_list(session: Session, limit: int = typer.Option(20, "--limit", help="How many, newest first.")):
     """List jobs, newest first."""
     jobs = list(islice(session.client.jobs.list(limit=min(limit, 100)), limit))
-    session.show(jobs, lambda: table(["id", "status", "model", "tuned model", "created"],
-                                     [(j.id, j.status, j.model, j.fine_tuned_model, when(j.created_at))
-                                      for j in jobs]))
+    session.show(
+        jobs,
+        lambda: table(
+            ["id", "status", "model", "tuned model", "created"],
+            [(j.id, j.status, j.model, j.fine_tuned_model, when(j.created_at)) for j in jobs],
+        ),
+    )
 
 
 @api_command(jobs_app, "get")
@@ -170,6 +194,7 @@ def jobs_resume(session: Session, job_id: str):
 
 # --- follow -------------------------------------------------------------------------------------------------
 
+
 def _figures(p: JobProgress) -> str:
     parts = [p.status]
     if p.epoch and p.n_epochs:
@@ -196,8 +221,12 @@ def _follow(session: Session, job_id: str, poll_interval: float, timeout: float 
                 print(json.dumps(event.model_dump(mode="json")), flush=True)
         print(json.dumps(update.job.model_dump(mode="json")), flush=True)
     else:
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[figures]}"))
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[figures]}"),
+        )
         with Progress(*columns, console=out, auto_refresh=False) as progress:
             bar = progress.add_task(job_id, total=None, figures="")
             for update in watching:
@@ -215,18 +244,25 @@ def _follow(session: Session, job_id: str, poll_interval: float, timeout: float 
 
 
 @api_command(jobs_app, "follow")
-def jobs_follow(session: Session, job_id: str,
-                poll_interval: float = typer.Option(1.0, "--poll-interval", help="Seconds between looks."),
-                timeout: float | None = typer.Option(None, "--timeout", help="Give up after this many seconds.")):
+def jobs_follow(
+    session: Session,
+    job_id: str,
+    poll_interval: float = typer.Option(1.0, "--poll-interval", help="Seconds between looks."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Give up after this many seconds."),
+):
     """Follow a job live (step, epoch, losses, tokens/s, ETA) until it ends; exits 1 unless it succeeded."""
     _follow(session, job_id, poll_interval, timeout)
 
 
 # --- results --------------------------------------------------------------------------------------------------
 
+
 @api_command(jobs_app, "plot")
-def jobs_plot(session: Session, job_id: str,
-              output: Path | None = typer.Option(None, "--output", "-o", help="PNG path (default JOB_ID.png).")):
+def jobs_plot(
+    session: Session,
+    job_id: str,
+    output: Path | None = typer.Option(None, "--output", "-o", help="PNG path (default JOB_ID.png)."),
+):
     """Plot the job's training and validation loss per step to a PNG."""
     metrics = session.client.jobs.metrics(job_id)
     if not metrics:
@@ -240,8 +276,11 @@ def jobs_plot(session: Session, job_id: str,
 
 
 @api_command(jobs_app, "results")
-def jobs_results(session: Session, job_id: str,
-                 output: Path | None = typer.Option(None, "--output", "-o", help="Write the CSV here.")):
+def jobs_results(
+    session: Session,
+    job_id: str,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the CSV here."),
+):
     """The finished job's per-step metrics, as CSV (OpenAI's result file, decoded)."""
     try:
         text = session.client.jobs.results(job_id)

@@ -22,9 +22,11 @@ def plot_losses(metrics: list[StepMetrics], path: Path, title: str) -> None:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(8, 4.5), dpi=100)
-    series: list[tuple[str, str, dict[str, Any]]] = [("train_loss", "training loss", {"linewidth": 1.5}),
-              ("valid_loss", "validation loss", {"marker": "o", "linewidth": 1.2}),
-              ("full_valid_loss", "full validation loss", {"marker": "*", "markersize": 12, "linestyle": ""})]
+    series: list[tuple[str, str, dict[str, Any]]] = [
+        ("train_loss", "training loss", {"linewidth": 1.5}),
+        ("valid_loss", "validation loss", {"marker": "o", "linewidth": 1.2}),
+        ("full_valid_loss", "full validation loss", {"marker": "*", "markersize": 12, "linestyle": ""}),
+    ]
     for field, label, style in series:
         points = [(m.step, getattr(m, field)) for m in metrics if getattr(m, field) is not None]
         if points:

@@ -20,16 +20,17 @@ class Resource:
     def _create(self, path: str, *, idempotency_key: str | None = None, **options: Any) -> Any:
         """A POST that makes something. It carries an Idempotency-Key, the caller's or a new one, the same on every
         retry: a create retried after a lost answer makes one object where the server honours the key."""
-        return self._request("POST", path, idempotency_key=idempotency_key or f"hone-{uuid.uuid4().hex}",
-                             **options)
+        return self._request("POST", path, idempotency_key=idempotency_key or f"hone-{uuid.uuid4().hex}", **options)
 
-    def _list(self, path: str, item: type[HoneObject], params: dict[str, Any] | None = None, *,
-              admin: bool = False) -> Any:
+    def _list(
+        self, path: str, item: type[HoneObject], params: dict[str, Any] | None = None, *, admin: bool = False
+    ) -> Any:
         """An auto-paging iterator (SyncPager or AsyncPager, after the client) over a cursor list."""
         page: Any = Page  # parametrized at run time with the item's class (a variable, which mypy reads as no type)
 
         def fetch(after: str | None):
-            return self._client._request("GET", path, params={**(params or {}), "after": after}, cast=page[item],
-                                         admin=admin)
+            return self._client._request(
+                "GET", path, params={**(params or {}), "after": after}, cast=page[item], admin=admin
+            )
 
         return self._client._pager(fetch)

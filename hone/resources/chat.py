@@ -16,8 +16,12 @@ from hone.types import ChatCompletionChunk
 def chat_body(model: str, messages: list[dict] | str, stream: bool, params: dict[str, Any]) -> dict[str, Any]:
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
-    return {"model": model, "messages": messages, **({"stream": True} if stream else {}),
-            **{k: v for k, v in params.items() if v is not None}}
+    return {
+        "model": model,
+        "messages": messages,
+        **({"stream": True} if stream else {}),
+        **{k: v for k, v in params.items() if v is not None},
+    }
 
 
 _DONE = object()
@@ -33,8 +37,13 @@ def _parse_line(line: str) -> Any:
     payload = json.loads(data)
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         error = payload["error"]  # an error after the answer began: the status was already 200
-        raise APIError(str(error.get("message") or "stream failed"), type=error.get("type"),
-                       param=error.get("param"), code=error.get("code"), body=payload)
+        raise APIError(
+            str(error.get("message") or "stream failed"),
+            type=error.get("type"),
+            param=error.get("param"),
+            code=error.get("code"),
+            body=payload,
+        )
     return payload
 
 

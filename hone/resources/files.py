@@ -59,21 +59,32 @@ def _size(stream: IO[bytes]) -> int:
 
 
 class Files(Resource):
-    def create(self, file: FileInput, purpose: str = "fine-tune", *, filename: str | None = None,
-               expires_after_seconds: int | None = None, on_progress: ProgressCallback | None = None,
-               idempotency_key: str | None = None) -> Any:
+    def create(
+        self,
+        file: FileInput,
+        purpose: str = "fine-tune",
+        *,
+        filename: str | None = None,
+        expires_after_seconds: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
         """Uploads a file (a path, bytes or a binary file object), streamed from disk: it is never read into
         memory whole. `on_progress(sent, total)` is called as the body goes out."""
         stream, name, owned = _open(file, filename)
-        body: _CountingReader | IO[bytes] = (_CountingReader(stream, _size(stream), on_progress) if on_progress
-                                             else stream)
+        body: _CountingReader | IO[bytes] = (
+            _CountingReader(stream, _size(stream), on_progress) if on_progress else stream
+        )
         data = {"purpose": purpose}
         if expires_after_seconds is not None:
             data |= {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(expires_after_seconds)}
         try:
-            result = self._create("/v1/files", multipart=lambda: ({"file": (name, body, "application/octet-stream")},
-                                                                   data),
-                                  cast=FileObject, idempotency_key=idempotency_key)
+            result = self._create(
+                "/v1/files",
+                multipart=lambda: ({"file": (name, body, "application/octet-stream")}, data),
+                cast=FileObject,
+                idempotency_key=idempotency_key,
+            )
         except BaseException:
             if owned:
                 stream.close()

@@ -16,9 +16,20 @@ EVENTS_PAGE = 100
 ProgressCallback = Callable[[JobProgress], None]
 
 
-def job_body(model: str, training_file: str, *, validation_file: str | None, method: str | dict | None,
-             hyperparameters: dict | None, suffix: str | None, seed: int | None, metadata: dict | None,
-             priority: int | None, auto_deploy: bool | None, extra: dict[str, Any]) -> dict[str, Any]:
+def job_body(
+    model: str,
+    training_file: str,
+    *,
+    validation_file: str | None,
+    method: str | dict | None,
+    hyperparameters: dict | None,
+    suffix: str | None,
+    seed: int | None,
+    metadata: dict | None,
+    priority: int | None,
+    auto_deploy: bool | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """The create request. `method` is "supervised" or "dpo" (with `hyperparameters` for it), or OpenAI's full
     method object; Hone's own hyperparameters (lora_rank, tuning_mode, ...) go in `hyperparameters` too."""
     if isinstance(method, dict):
@@ -28,8 +39,17 @@ def job_body(model: str, training_file: str, *, validation_file: str | None, met
         resolved = {"type": kind, kind: {"hyperparameters": dict(hyperparameters or {})}}
     else:
         resolved = None
-    body = {"model": model, "training_file": training_file, "validation_file": validation_file, "method": resolved,
-            "suffix": suffix, "seed": seed, "metadata": metadata, "priority": priority, "auto_deploy": auto_deploy}
+    body = {
+        "model": model,
+        "training_file": training_file,
+        "validation_file": validation_file,
+        "method": resolved,
+        "suffix": suffix,
+        "seed": seed,
+        "metadata": metadata,
+        "priority": priority,
+        "auto_deploy": auto_deploy,
+    }
     return {k: v for k, v in body.items() if v is not None} | extra
 
 
@@ -50,13 +70,35 @@ class _Deadline:
 
 
 class Jobs(Resource):
-    def create(self, model: str, training_file: str, *, validation_file: str | None = None,
-               method: str | dict | None = None, hyperparameters: dict | None = None, suffix: str | None = None,
-               seed: int | None = None, metadata: dict[str, str] | None = None, priority: int | None = None,
-               auto_deploy: bool | None = None, idempotency_key: str | None = None, **extra: Any):
-        body = job_body(model, training_file, validation_file=validation_file, method=method,
-                        hyperparameters=hyperparameters, suffix=suffix, seed=seed, metadata=metadata,
-                        priority=priority, auto_deploy=auto_deploy, extra=extra)
+    def create(
+        self,
+        model: str,
+        training_file: str,
+        *,
+        validation_file: str | None = None,
+        method: str | dict | None = None,
+        hyperparameters: dict | None = None,
+        suffix: str | None = None,
+        seed: int | None = None,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        auto_deploy: bool | None = None,
+        idempotency_key: str | None = None,
+        **extra: Any,
+    ):
+        body = job_body(
+            model,
+            training_file,
+            validation_file=validation_file,
+            method=method,
+            hyperparameters=hyperparameters,
+            suffix=suffix,
+            seed=seed,
+            metadata=metadata,
+            priority=priority,
+            auto_deploy=auto_deploy,
+            extra=extra,
+        )
         return self._create(JOBS, json=body, cast=FineTuningJob, idempotency_key=idempotency_key)
 
     def list(self, *, limit: int = 20, metadata: dict[str, str] | None = None):
@@ -86,8 +128,9 @@ class Jobs(Resource):
         return self._list(f"{JOBS}/{job_id}/checkpoints", Checkpoint, {"limit": limit})
 
     def _events_page(self, job_id: str, after: str | None):
-        return self._request("GET", f"{JOBS}/{job_id}/events", params={"limit": EVENTS_PAGE, "after": after},
-                             cast=Page[JobEvent])
+        return self._request(
+            "GET", f"{JOBS}/{job_id}/events", params={"limit": EVENTS_PAGE, "after": after}, cast=Page[JobEvent]
+        )
 
 
 class SyncJobs(Jobs):
@@ -105,8 +148,9 @@ class SyncJobs(Jobs):
             page = self._events_page(job_id, after)
         return cursor.take()
 
-    def watch(self, job_id: str, *, poll_interval: float = 1.0, timeout: float | None = None,
-              events: bool = True) -> Iterator[JobUpdate]:
+    def watch(
+        self, job_id: str, *, poll_interval: float = 1.0, timeout: float | None = None, events: bool = True
+    ) -> Iterator[JobUpdate]:
         """Looks at the job every `poll_interval` seconds until it ends: each look yields the job, the events new
         since the last look (all of them the first time) and its progress. Raises WaitTimeoutError after
         `timeout` seconds."""
@@ -124,12 +168,17 @@ class SyncJobs(Jobs):
         for update in self.watch(job_id, **watch):
             yield from update.events
 
-    def wait(self, job_id: str, *, timeout: float | None = None, poll_interval: float = 1.0,
-             on_progress: ProgressCallback | None = None) -> FineTuningJob:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        on_progress: ProgressCallback | None = None,
+    ) -> FineTuningJob:
         """Blocks until the job has ended and returns it (check `.status`); `on_progress(JobProgress)` is
         called at each look. Raises WaitTimeoutError after `timeout` seconds."""
-        for update in self.watch(job_id, poll_interval=poll_interval, timeout=timeout,
-                                 events=on_progress is not None):
+        for update in self.watch(job_id, poll_interval=poll_interval, timeout=timeout, events=on_progress is not None):
             if on_progress is not None:
                 on_progress(update.progress)
         return update.job
@@ -148,8 +197,9 @@ class AsyncJobs(Jobs):
             page = await self._events_page(job_id, after)
         return cursor.take()
 
-    async def watch(self, job_id: str, *, poll_interval: float = 1.0, timeout: float | None = None,
-                    events: bool = True) -> AsyncIterator[JobUpdate]:
+    async def watch(
+        self, job_id: str, *, poll_interval: float = 1.0, timeout: float | None = None, events: bool = True
+    ) -> AsyncIterator[JobUpdate]:
         deadline, cursor, tracker = _Deadline(timeout), EventCursor(), ProgressTracker()
         while True:
             job = await self.retrieve(job_id)
@@ -164,10 +214,17 @@ class AsyncJobs(Jobs):
             for event in update.events:
                 yield event
 
-    async def wait(self, job_id: str, *, timeout: float | None = None, poll_interval: float = 1.0,
-                   on_progress: ProgressCallback | None = None) -> FineTuningJob:
-        async for update in self.watch(job_id, poll_interval=poll_interval, timeout=timeout,
-                                       events=on_progress is not None):
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        on_progress: ProgressCallback | None = None,
+    ) -> FineTuningJob:
+        async for update in self.watch(
+            job_id, poll_interval=poll_interval, timeout=timeout, events=on_progress is not None
+        ):
             if on_progress is not None:
                 on_progress(update.progress)
         return update.job

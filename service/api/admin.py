@@ -16,6 +16,7 @@ from service.schemas import CreateProject, CreateServiceAccount
 
 log = logging.getLogger("hone.api")
 
+
 class SetWandbKey(BaseModel):
     """Hone: the project's Weights & Biases key (and server), for its jobs with a `wandb` integration."""
 
@@ -24,8 +25,13 @@ class SetWandbKey(BaseModel):
     base_url: str | None = Field(None, max_length=512, description="A W&B server (default: W&B's cloud).")
 
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/organization/projects", tags=["admin"],
-                   dependencies=[Depends(admin_principal)], responses=openai_errors(*ADMIN))
+router = APIRouter(
+    route_class=JSONRoute,
+    prefix="/v1/organization/projects",
+    tags=["admin"],
+    dependencies=[Depends(admin_principal)],
+    responses=openai_errors(*ADMIN),
+)
 
 
 @router.post("", response_model=m.Project)
@@ -36,8 +42,12 @@ def create_project(body: CreateProject, ctx: AppContext = Depends(get_ctx)):
 
 
 @router.get("", response_model=m.ProjectList)
-def list_projects(after: str | None = None, limit: int = limit_query(20, 100), include_archived: bool = False,
-                  ctx: AppContext = Depends(get_ctx)):
+def list_projects(
+    after: str | None = None,
+    limit: int = limit_query(20, 100),
+    include_archived: bool = False,
+    ctx: AppContext = Depends(get_ctx),
+):
     return projects.list_projects(ctx, after=after, limit=check_limit(limit, 100), include_archived=include_archived)
 
 
@@ -61,8 +71,9 @@ def create_service_account(project_id: str, body: CreateServiceAccount, ctx: App
 
 
 @router.get("/{project_id}/service_accounts", response_model=m.ServiceAccountList)
-def list_service_accounts(project_id: str, after: str | None = None, limit: int = limit_query(20, 100),
-                          ctx: AppContext = Depends(get_ctx)):
+def list_service_accounts(
+    project_id: str, after: str | None = None, limit: int = limit_query(20, 100), ctx: AppContext = Depends(get_ctx)
+):
     return projects.list_service_accounts(ctx, project_id, after=after, limit=check_limit(limit, 100))
 
 
@@ -71,8 +82,7 @@ def get_service_account(project_id: str, account_id: str, ctx: AppContext = Depe
     return projects.get_service_account(ctx, project_id, account_id)
 
 
-@router.delete("/{project_id}/service_accounts/{account_id}",
-                response_model=m.ServiceAccountDeleted)
+@router.delete("/{project_id}/service_accounts/{account_id}", response_model=m.ServiceAccountDeleted)
 def delete_service_account(project_id: str, account_id: str, ctx: AppContext = Depends(get_ctx)):
     deleted = projects.delete_service_account(ctx, project_id, account_id)
     log.info("service account deleted")

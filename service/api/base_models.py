@@ -10,8 +10,13 @@ from service.api.routing import JSONRoute
 from service.context import AppContext
 from service.errors import NAME_CHARS, ErrorCode, NotFound, excerpt
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/organization/base_models", tags=["admin"],
-                   dependencies=[Depends(admin_principal)], responses=openai_errors(*ADMIN))
+router = APIRouter(
+    route_class=JSONRoute,
+    prefix="/v1/organization/base_models",
+    tags=["admin"],
+    dependencies=[Depends(admin_principal)],
+    responses=openai_errors(*ADMIN),
+)
 
 
 class RegisterBaseModel(BaseModel):
@@ -37,8 +42,9 @@ def get_base_model(name: str, ctx: AppContext = Depends(get_ctx)):
     return ctx.base_models.as_admin_api(model)
 
 
-@router.delete("/{name:path}", response_model=m.BaseModelDeleted,
-                responses=openai_errors(403))  # a built-in or configured one
+@router.delete(
+    "/{name:path}", response_model=m.BaseModelDeleted, responses=openai_errors(403)
+)  # a built-in or configured one
 def delete_base_model(name: str, ctx: AppContext = Depends(get_ctx)):
     ctx.base_models.unregister(name)
     return {"id": name, "object": "base_model", "deleted": True}

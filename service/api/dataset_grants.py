@@ -20,12 +20,21 @@ class CreateDatasetGrant(BaseModel):
     """Hone: lets the project's tuning jobs read dataset objects under a bucket or prefix."""
 
     model_config = ConfigDict(extra="forbid")  # an unknown field is a 400 naming it, not silently dropped
-    uri: str = Field(min_length=1, max_length=1024, description="s3://bucket/prefix/ or gs://bucket/prefix/ (a whole "
-                     "bucket: s3://bucket/); matched on path-segment boundaries, a gs:// grant only for gs:// URIs.")
+    uri: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="s3://bucket/prefix/ or gs://bucket/prefix/ (a whole "
+        "bucket: s3://bucket/); matched on path-segment boundaries, a gs:// grant only for gs:// URIs.",
+    )
 
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/organization/projects/{project_id}/dataset_grants",
-                   tags=["admin"], dependencies=[Depends(admin_principal)], responses=openai_errors(*ADMIN))
+router = APIRouter(
+    route_class=JSONRoute,
+    prefix="/v1/organization/projects/{project_id}/dataset_grants",
+    tags=["admin"],
+    dependencies=[Depends(admin_principal)],
+    responses=openai_errors(*ADMIN),
+)
 
 
 @router.post("", response_model=m.DatasetGrant)
@@ -36,8 +45,9 @@ def create_dataset_grant(project_id: str, body: CreateDatasetGrant, ctx: AppCont
 
 
 @router.get("", response_model=m.DatasetGrantList)
-def list_dataset_grants(project_id: str, after: str | None = None, limit: int = limit_query(20, 100),
-                        ctx: AppContext = Depends(get_ctx)):
+def list_dataset_grants(
+    project_id: str, after: str | None = None, limit: int = limit_query(20, 100), ctx: AppContext = Depends(get_ctx)
+):
     return dataset_grants.list_grants(ctx, project_id, after=after, limit=check_limit(limit, 100))
 
 

@@ -22,6 +22,7 @@ _bearer = HTTPBearer(auto_error=False, description="A project API key, or the ad
 # These are async so that FastAPI calls them on the event loop instead of a worker
 # thread each; only a key not seen recently costs a thread and a query.
 
+
 async def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 

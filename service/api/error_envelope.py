@@ -29,34 +29,55 @@ OUTAGE_RETRY_AFTER_S = "5"  # what a 503 for a database or storage outage tells 
 # Routes under these paths are Vertex's shape, whose clients (google-genai) read `error.status` and `.message`; any
 # API version, so that a Vertex-shaped URL of an unknown version is answered (404) in the envelope its route declares.
 _GOOGLE_PATHS = re.compile(r"^/[^/]+/projects/")
-_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                  405: "UNIMPLEMENTED", 409: "ABORTED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
-                  500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
-                  504: "DEADLINE_EXCEEDED"}
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 # Hone's codes that Google names more precisely than by the HTTP status.
 _GOOGLE_STATUS_BY_CODE = {"invalid_job_status": "FAILED_PRECONDITION"}
 _TYPE = "type.googleapis.com/google.rpc."
 
 
-def google_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
-                 extra: dict[str, Any] | None = None) -> dict:
+def google_error(
+    status: int, message: str, *, code: str | None = None, param: str | None = None, extra: dict[str, Any] | None = None
+) -> dict:
     """Google's envelope: on a 400, `param` becomes a BadRequest field violation (one per bad dataset line when
     `extra` lists them, as dataset errors do); Hone's `code` becomes the ErrorInfo reason."""
     extra = extra or {}
     details: list[dict] = []
     if param and status == 400:
         lines = [e for e in extra.get("errors") or [] if isinstance(e, dict) and "line" in e]
-        violations = [{"field": param, "description": f"line {e['line']}, field {e.get('field', '$')}: "
-                                                      f"{e.get('message', '')}"} for e in lines]
-        details.append({"@type": _TYPE + "BadRequest",
-                        "fieldViolations": violations or [{"field": param, "description": message}]})
+        violations = [
+            {"field": param, "description": f"line {e['line']}, field {e.get('field', '$')}: {e.get('message', '')}"}
+            for e in lines
+        ]
+        details.append(
+            {"@type": _TYPE + "BadRequest", "fieldViolations": violations or [{"field": param, "description": message}]}
+        )
     if code:
         metadata = {k: str(v) for k, v in extra.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
-        details.append({"@type": _TYPE + "ErrorInfo", "reason": code.upper(), "domain": "hone.dev",
-                        "metadata": metadata})
-    return {"error": {"code": status, "message": message,
-                      "status": _GOOGLE_STATUS_BY_CODE.get(code or "") or _GOOGLE_STATUS.get(status, "UNKNOWN"),
-                      "details": details}}
+        details.append(
+            {"@type": _TYPE + "ErrorInfo", "reason": code.upper(), "domain": "hone.dev", "metadata": metadata}
+        )
+    return {
+        "error": {
+            "code": status,
+            "message": message,
+            "status": _GOOGLE_STATUS_BY_CODE.get(code or "") or _GOOGLE_STATUS.get(status, "UNKNOWN"),
+            "details": details,
+        }
+    }
 
 
 def _camel(path: str) -> str:
@@ -67,13 +88,22 @@ def _is_google(request: Request) -> bool:
     return bool(_GOOGLE_PATHS.match(request.url.path))
 
 
-def _error(request: Request, status: int, message: str, *, error_type: str = "invalid_request_error",
-           param: str | None = None, code: str | None = None, headers: dict | None = None) -> JSONResponse:
+def _error(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    error_type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     """An error without typed extras, in the envelope the route's clients expect."""
     if _is_google(request):
         return _response(request, status, google_error(status, message, code=code, param=param), headers)
-    return _response(request, status, {"error": {"message": message, "type": error_type, "param": param,
-                                                 "code": code}}, headers)
+    return _response(
+        request, status, {"error": {"message": message, "type": error_type, "param": param, "code": code}}, headers
+    )
 
 
 def _response(request: Request, status: int, body: dict, headers: dict | None = None) -> JSONResponse:
@@ -150,10 +180,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     def _outage(request: Request, exc: Exception, what: str, code: str) -> JSONResponse:
         # The store's or the database's outage, after their own retries: the client may try again; no traceback.
-        log.warning("%s unavailable", what, extra={"path": request.url.path, "error": str(exc).splitlines()[0][:500],
-                                                   **scope_fields(request.scope)})
-        return _error(request, 503, f"The {what} is unavailable; try again shortly.", error_type="server_error",
-                      code=code, headers={"Retry-After": OUTAGE_RETRY_AFTER_S})
+        log.warning(
+            "%s unavailable",
+            what,
+            extra={"path": request.url.path, "error": str(exc).splitlines()[0][:500], **scope_fields(request.scope)},
+        )
+        return _error(
+            request,
+            503,
+            f"The {what} is unavailable; try again shortly.",
+            error_type="server_error",
+            code=code,
+            headers={"Retry-After": OUTAGE_RETRY_AFTER_S},
+        )
 
     @app.exception_handler(StorageUnavailable)
     @app.exception_handler(DBAPIError)
@@ -185,5 +224,10 @@ def install_error_handlers(app: FastAPI) -> None:
     def _server_error(request: Request) -> JSONResponse:
         # Runs outside the access-log middleware (Starlette handles Exception outermost): its context is gone.
         log.exception("unhandled error", extra={"path": request.url.path, **scope_fields(request.scope)})
-        return _error(request, 500, "The server had an error while processing your request.",
-                      error_type="server_error", code=ErrorCode.SERVER_ERROR)
+        return _error(
+            request,
+            500,
+            "The server had an error while processing your request.",
+            error_type="server_error",
+            code=ErrorCode.SERVER_ERROR,
+        )

@@ -15,8 +15,9 @@ from service.context import AppContext
 from service.pagination import check_limit
 from service.schemas import CreateFineTuningJob
 
-router = APIRouter(route_class=JSONRoute, prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"],
-                   responses=openai_errors(*PROJECT))
+router = APIRouter(
+    route_class=JSONRoute, prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=openai_errors(*PROJECT)
+)
 
 log = logging.getLogger("hone.api")
 
@@ -24,8 +25,12 @@ _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 
 
 @router.post("", response_model=m.FineTuningJob)
-def create_job(body: CreateFineTuningJob, request: Request,
-               principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+def create_job(
+    body: CreateFineTuningJob,
+    request: Request,
+    principal: ProjectPrincipal = Depends(project_principal),
+    ctx: AppContext = Depends(get_ctx),
+):
     key = idempotency.check_key(request.headers.get("idempotency-key"))
     job = job_creation.create_job(ctx, principal, body, idempotency_key=key)
     log.info("fine-tuning job created", extra={"job_id": job["id"], "model": job["model"], "status": job["status"]})
@@ -34,40 +39,55 @@ def create_job(body: CreateFineTuningJob, request: Request,
 
 @router.get("", response_model=m.FineTuningJobList)
 @database_read
-def list_jobs(request: Request, after: str | None = None, limit: int = limit_query(20, 100),
-              principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+def list_jobs(
+    request: Request,
+    after: str | None = None,
+    limit: int = limit_query(20, 100),
+    principal: ProjectPrincipal = Depends(project_principal),
+    ctx: AppContext = Depends(get_ctx),
+):
     # `metadata[key]=value` pairs, as the openai SDK sends them; `metadata=null` means "without metadata".
     metadata = {m.group(1): v for k, v in request.query_params.multi_items() if (m := _METADATA_KEY.match(k))}
-    return jobs.list_jobs(ctx, principal, after=after, limit=check_limit(limit, 100), metadata=metadata,
-                          without_metadata=request.query_params.get("metadata") == "null")
+    return jobs.list_jobs(
+        ctx,
+        principal,
+        after=after,
+        limit=check_limit(limit, 100),
+        metadata=metadata,
+        without_metadata=request.query_params.get("metadata") == "null",
+    )
 
 
 @router.get("/{job_id}", response_model=m.FineTuningJob)
 @database_read
-def retrieve_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
-                 ctx: AppContext = Depends(get_ctx)):
+def retrieve_job(
+    job_id: str, principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)
+):
     return jobs.get_job(ctx, principal, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=m.FineTuningJob)
-def cancel_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
-               ctx: AppContext = Depends(get_ctx)):
+def cancel_job(
+    job_id: str, principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)
+):
     job = jobs.act_on_job(ctx, principal, job_id, "cancel")
     log.info("fine-tuning job cancelled", extra={"status": job["status"]})
     return job
 
 
 @router.post("/{job_id}/pause", response_model=m.FineTuningJob)
-def pause_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
-              ctx: AppContext = Depends(get_ctx)):
+def pause_job(
+    job_id: str, principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)
+):
     job = jobs.act_on_job(ctx, principal, job_id, "pause")
     log.info("fine-tuning job paused", extra={"status": job["status"]})
     return job
 
 
 @router.post("/{job_id}/resume", response_model=m.FineTuningJob)
-def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_principal),
-               ctx: AppContext = Depends(get_ctx)):
+def resume_job(
+    job_id: str, principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)
+):
     job = jobs.act_on_job(ctx, principal, job_id, "resume")
     log.info("fine-tuning job resumed", extra={"status": job["status"]})
     return job
@@ -75,13 +95,23 @@ def resume_job(job_id: str, principal: ProjectPrincipal = Depends(project_princi
 
 @router.get("/{job_id}/events", response_model=m.JobEventList)
 @database_read
-def list_events(job_id: str, after: str | None = None, limit: int = limit_query(20, 1000),
-                principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+def list_events(
+    job_id: str,
+    after: str | None = None,
+    limit: int = limit_query(20, 1000),
+    principal: ProjectPrincipal = Depends(project_principal),
+    ctx: AppContext = Depends(get_ctx),
+):
     return jobs.list_events(ctx, principal, job_id, after=after, limit=check_limit(limit, 1000))
 
 
 @router.get("/{job_id}/checkpoints", response_model=m.JobCheckpointList)
 @database_read
-def list_checkpoints(job_id: str, after: str | None = None, limit: int = limit_query(10, 100),
-                     principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
+def list_checkpoints(
+    job_id: str,
+    after: str | None = None,
+    limit: int = limit_query(10, 100),
+    principal: ProjectPrincipal = Depends(project_principal),
+    ctx: AppContext = Depends(get_ctx),
+):
     return jobs.list_checkpoints(ctx, principal, job_id, after=after, limit=check_limit(limit, 100))

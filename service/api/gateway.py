@@ -29,8 +29,9 @@ async def _forward(request: Request, path: str):
         gateway.count_rejected(None, exc)
         raise
     route = await gateway.resolve(principal.project_id, body["model"])
-    return await gateway.forward(principal.project_id, path, raw, body, route,
-                                 getattr(request.state, "request_id", None))
+    return await gateway.forward(
+        principal.project_id, path, raw, body, route, getattr(request.state, "request_id", None)
+    )
 
 
 async def chat_completions(request: Request):
@@ -51,5 +52,7 @@ class _GatewayRoute(Route):
         return match, child_scope
 
 
-routes = [_GatewayRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
-          _GatewayRoute("/v1/completions", completions, methods=["POST"])]
+routes = [
+    _GatewayRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
+    _GatewayRoute("/v1/completions", completions, methods=["POST"]),
+]

@@ -19,8 +19,11 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=m.Readiness,
-            responses={503: {"model": m.Readiness, "description": "Not ready: a check failed."}})
+@router.get(
+    "/readyz",
+    response_model=m.Readiness,
+    responses={503: {"model": m.Readiness, "description": "Not ready: a check failed."}},
+)
 async def readyz(ctx: AppContext = Depends(get_ctx), loops: Loops = Depends(get_loops)):
     """Ready when the database and storage answer and this process's background loops run on time.
     A process that does not lead reports the loops as 'standby' (another worker runs them)."""
@@ -34,5 +37,7 @@ async def readyz(ctx: AppContext = Depends(get_ctx), loops: Loops = Depends(get_
     health = loops.health()
     checks[Loop.SCHEDULER] = health.get(Loop.SCHEDULER, "standby" if Loop.LEADERSHIP in health else "not started")
     ready = all(v in ("ok", "standby") for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks, "loops": health},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks, "loops": health},
+        status_code=200 if ready else 503,
+    )

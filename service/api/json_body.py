@@ -92,8 +92,11 @@ def parse(body: bytes) -> Any:
         value = json.loads(body, object_pairs_hook=_pairs, parse_constant=_NotFinite, parse_float=_float)
     except _DuplicateKey as dup:
         param: str | None = excerpt(dup.key)
-        raise InvalidRequest(f"Duplicate key {param!r} in the JSON body; each key may appear once per object.",
-                             param=param, code=ErrorCode.DUPLICATE_KEY) from None
+        raise InvalidRequest(
+            f"Duplicate key {param!r} in the JSON body; each key may appear once per object.",
+            param=param,
+            code=ErrorCode.DUPLICATE_KEY,
+        ) from None
     except (ValueError, RecursionError):  # JSONDecodeError, invalid UTF-8, nesting too deep
         raise InvalidRequest("We could not parse the JSON body of your request.", code=ErrorCode.INVALID_JSON) from None
     if _MAYBE_NOT_FINITE.search(body) or _MAYBE_BAD_STRING.search(body):
@@ -125,8 +128,9 @@ async def read(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is too large: JSON bodies are limited to {limit} bytes.",
-                           code=ErrorCode.REQUEST_TOO_LARGE)
+    return PayloadTooLarge(
+        f"The request body is too large: JSON bodies are limited to {limit} bytes.", code=ErrorCode.REQUEST_TOO_LARGE
+    )
 
 
 def is_json(content_type: str | None) -> bool:

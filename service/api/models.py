@@ -25,14 +25,16 @@ def list_models(principal: ProjectPrincipal = Depends(project_principal), ctx: A
 
 @router.get("/{model_id:path}", response_model=m.ModelObject)
 @database_read
-def retrieve_model(model_id: str, principal: ProjectPrincipal = Depends(project_principal),
-                   ctx: AppContext = Depends(get_ctx)):
+def retrieve_model(
+    model_id: str, principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)
+):
     return models.get_model(ctx, principal, model_id)
 
 
 @router.delete("/{model_id:path}", response_model=m.ModelDeleted)
-def delete_model(model_id: str, principal: ProjectPrincipal = Depends(project_principal),
-                 ctx: AppContext = Depends(get_ctx)):
+def delete_model(
+    model_id: str, principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)
+):
     deleted = models.delete_model(ctx, principal, model_id)
     log.info("model deleted")
     return deleted

@@ -21,8 +21,12 @@ async def metrics(exporter=Depends(get_metrics_exporter)):
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/admin/prometheus/targets", dependencies=[Depends(admin_principal)],
-            response_model=list[m.ScrapeTargetGroup], responses=openai_errors(401))
+@router.get(
+    "/v1/admin/prometheus/targets",
+    dependencies=[Depends(admin_principal)],
+    response_model=list[m.ScrapeTargetGroup],
+    responses=openai_errors(401),
+)
 def prometheus_targets(ctx: AppContext = Depends(get_ctx)):
     """Prometheus `http_sd_configs` targets: one group per running engine, labelled with what it serves."""
     return scrape_targets(ctx)

@@ -52,8 +52,9 @@ class ThreadLane:
 
     def __init__(self, size: int = 2):
         self.size = size
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = \
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
             weakref.WeakKeyDictionary()
+        )
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         if self.size == 0:
@@ -86,17 +87,21 @@ def _as_response(result: Any) -> Any:
 class JSONRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any):
         if inspect.iscoroutinefunction(endpoint):
+
             @functools.wraps(endpoint)
             async def wrapped(*args, **kw):
                 return _as_response(await endpoint(*args, **kw))
         elif getattr(endpoint, "_hone_database_read", False):
+
             @functools.wraps(endpoint)
             async def wrapped(*args, **kw):  # async to FastAPI, which then leaves the thread to the lane
                 return _as_response(await DATABASE_LANE.run(functools.partial(endpoint, *args, **kw)))
         else:
+
             @functools.wraps(endpoint)
             def wrapped(*args, **kw):
                 return _as_response(endpoint(*args, **kw))
+
         super().__init__(path, wrapped, **kwargs)
 
     def get_route_handler(self) -> Callable:
@@ -122,5 +127,7 @@ def _refuse_nul(request: Request) -> None:
     scope = request.scope
     for where, raw in (("path", scope.get("raw_path") or b""), ("query", scope.get("query_string") or b"")):
         if b"%00" in raw or b"\x00" in raw:
-            raise InvalidRequest(f"The request {where} contains a NUL character (%00), which no id or value may "
-                                 "hold.", code=ErrorCode.INVALID_VALUE)
+            raise InvalidRequest(
+                f"The request {where} contains a NUL character (%00), which no id or value may hold.",
+                code=ErrorCode.INVALID_VALUE,
+            )

@@ -45,16 +45,22 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             # As many connections as the server has worker threads (40), so none waits to open one.
-            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                                        pool_size=40, max_overflow=8, json_deserializer=_json_loads)
+            self.engine = create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_size=40,
+                max_overflow=8,
+                json_deserializer=_json_loads,
+            )
             self._configure_sqlite()
         else:
             # At most `pool_size` connections, all kept open: with 10 kept and 20 more on demand, a burst of
             # requests opened and closed connections all along (a PostgreSQL connection costs the server a fork
             # and a login, and psycopg a conninfo parse: 1,825 connects in 1,110 job creates at 32 clients).
             # Past the limit a request waits for one. Last used first, so a quiet spell keeps few of them hot.
-            self.engine = create_engine(url, pool_size=pool_size, max_overflow=0, pool_use_lifo=True,
-                                        json_deserializer=_json_loads)
+            self.engine = create_engine(
+                url, pool_size=pool_size, max_overflow=0, pool_use_lifo=True, json_deserializer=_json_loads
+            )
             self._ping_idle_connections()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time; its busy handler polls with sleeps of up to 100 ms,

@@ -41,7 +41,7 @@ class AdapterLoader:
             if not keys:
                 raise DeployError(ErrorCode.WEIGHTS_NOT_FOUND, f"No weights under {prefix} in storage.", retry=False)
             for key in keys:
-                path = work / key[len(prefix):]
+                path = work / key[len(prefix) :]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "wb") as out:
                     for chunk in storage.iter_chunks(key):
@@ -50,7 +50,9 @@ class AdapterLoader:
             shutil.rmtree(target, ignore_errors=True)
             work.rename(target)
         except BlobNotFound as exc:
-            raise DeployError(ErrorCode.WEIGHTS_NOT_FOUND, f"Weights vanished from storage while fetching: {exc}", retry=False) from exc
+            raise DeployError(
+                ErrorCode.WEIGHTS_NOT_FOUND, f"Weights vanished from storage while fetching: {exc}", retry=False
+            ) from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return target

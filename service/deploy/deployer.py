@@ -44,8 +44,11 @@ class EndpointDeployer:
         self.adapters = AdapterLoader(ctx, backend)
         prewarm = ctx.settings.serving.prewarm_engines
         # Default: prewarm built-in engines run locally (the Kubernetes backend has no spares to hand over).
-        self.prewarm = (self.engine == "builtin" and ctx.settings.serving.endpoint_backend == "local") \
-            if prewarm is None else prewarm
+        self.prewarm = (
+            (self.engine == "builtin" and ctx.settings.serving.endpoint_backend == "local")
+            if prewarm is None
+            else prewarm
+        )
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -75,8 +78,11 @@ class EndpointDeployer:
         if not self.ctx.settings.serving.auto_deploy:
             return set()
         with self.ctx.db.read() as session:
-            bases = set(session.execute(select(Job.base_model).where(Job.status == JobStatus.RUNNING.value,
-                                                                     Job.auto_deploy.is_(True))).scalars())
+            bases = set(
+                session.execute(
+                    select(Job.base_model).where(Job.status == JobStatus.RUNNING.value, Job.auto_deploy.is_(True))
+                ).scalars()
+            )
         keys: set[str] = set()
         for base in bases:
             key = self.placement.warm_key(base)
@@ -106,8 +112,13 @@ class EndpointDeployer:
     def _restart(self, endpoint_id: str, why: str) -> None:
         with self.ctx.db.write() as session:
             ep = _endpoint(session, endpoint_id)
-            if ep is not None and transition(session, ep, EndpointState.DEPLOYING, restarts=ep.restarts + 1,
-                                             error={"code": ErrorCode.ENGINE_RESTARTED, "message": f"Redeploying: {why}."}):
+            if ep is not None and transition(
+                session,
+                ep,
+                EndpointState.DEPLOYING,
+                restarts=ep.restarts + 1,
+                error={"code": ErrorCode.ENGINE_RESTARTED, "message": f"Redeploying: {why}."},
+            ):
                 log.warning("endpoint redeploying", extra={"endpoint_id": endpoint_id, "reason": why})
         self._submit(endpoint_id)
 
@@ -120,8 +131,12 @@ class EndpointDeployer:
         timed = [ep for ep in ready if (ep.idle_timeout_s if ep.idle_timeout_s is not None else default) > 0]
         if not timed:
             return {}
-        last_used = dict(((row.project_id, row.model), row.updated_at) for row in session.execute(
-            select(ModelUsage).where(ModelUsage.model.in_({ep.model for ep in timed}))).scalars())
+        last_used = dict(
+            ((row.project_id, row.model), row.updated_at)
+            for row in session.execute(
+                select(ModelUsage).where(ModelUsage.model.in_({ep.model for ep in timed}))
+            ).scalars()
+        )
         now, found = time.time(), {}
         for ep in timed:
             timeout = ep.idle_timeout_s if ep.idle_timeout_s is not None else default
@@ -136,8 +151,11 @@ class EndpointDeployer:
             self.adapters.unload(handle, ep)
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
-            if row is not None and row.state == EndpointState.READY.value and \
-                    transition(session, row, EndpointState.IDLE, error=None):
+            if (
+                row is not None
+                and row.state == EndpointState.READY.value
+                and transition(session, row, EndpointState.IDLE, error=None)
+            ):
                 log.info("endpoint idle: scaled to zero", extra={"endpoint_id": ep.id, "idle_timeout_s": timeout})
 
     # --- deploying ---------------------------------------------------------------------------------------
@@ -169,11 +187,14 @@ class EndpointDeployer:
             return
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
-            moved = row is not None and transition(session, row, EndpointState.READY, url=handle.url,
-                                                   engine=self.engine, engine_key=handle.key)
+            moved = row is not None and transition(
+                session, row, EndpointState.READY, url=handle.url, engine=self.engine, engine_key=handle.key
+            )
         if moved:
-            log.info("endpoint ready", extra={"endpoint_id": ep.id, "model": ep.model,
-                                              "seconds": round(time.monotonic() - started, 2)})
+            log.info(
+                "endpoint ready",
+                extra={"endpoint_id": ep.id, "model": ep.model, "seconds": round(time.monotonic() - started, 2)},
+            )
         else:  # deleted while it deployed
             self._retire(ep, handle=handle)
 
@@ -195,7 +216,9 @@ class EndpointDeployer:
                 self.adapters.unload(handle, ep)
                 raise DeployError(ErrorCode.PARITY_CHECK_FAILED, str(exc), retry=False) from exc
             except (AdapterNotFound, AdapterLoadError) as exc:
-                raise DeployError(ErrorCode.ADAPTER_LOAD_FAILED, f"The engine refused the adapter: {exc}", retry=False) from exc
+                raise DeployError(
+                    ErrorCode.ADAPTER_LOAD_FAILED, f"The engine refused the adapter: {exc}", retry=False
+                ) from exc
             except EngineUnavailable as exc:
                 raise DeployError(ErrorCode.ENGINE_UNAVAILABLE, str(exc)) from exc
         return handle, weights
@@ -209,7 +232,9 @@ class EndpointDeployer:
             error = {"code": exc.code, "message": exc.message}
             if not exc.retry or ep.failed_attempts + 1 >= limit:
                 transition(session, ep, EndpointState.FAILED, error=error)
-                log.error("endpoint failed", extra={"endpoint_id": endpoint_id, "code": exc.code, "reason": exc.message})
+                log.error(
+                    "endpoint failed", extra={"endpoint_id": endpoint_id, "code": exc.code, "reason": exc.message}
+                )
             else:
                 ep.failed_attempts += 1
                 ep.error = error
@@ -240,8 +265,15 @@ class EndpointDeployer:
         with self.ctx.db.read() as session:
             live = live_endpoints(session)
             retiring = self._stopped_with_local_copies(session)
-            idle = session.execute(select(Endpoint.engine_key).where(
-                Endpoint.state == EndpointState.IDLE.value, Endpoint.engine_key.is_not(None))).scalars().all()
+            idle = (
+                session.execute(
+                    select(Endpoint.engine_key).where(
+                        Endpoint.state == EndpointState.IDLE.value, Endpoint.engine_key.is_not(None)
+                    )
+                )
+                .scalars()
+                .all()
+            )
         needed = self.placement.needed(live, retiring, warm)
         with self._lock:
             starting = set(self._inflight)  # a spare being started is not running yet; one just claimed is

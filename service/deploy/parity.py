@@ -29,10 +29,16 @@ def check(client: EngineClient, model: str, weights_dir: Path, max_samples: int)
     """Raises ParityFailure with a reason a user can act on."""
     path = weights_dir / "parity_samples.json"
     if not path.exists():
-        raise ParityFailure("The weights carry no parity_samples.json, so train/serve parity cannot be checked; "
-                            "retrain the model with this version of Hone.")
+        raise ParityFailure(
+            "The weights carry no parity_samples.json, so train/serve parity cannot be checked; "
+            "retrain the model with this version of Hone."
+        )
     recorded = json.loads(path.read_text())
-    pinned = json.loads((weights_dir / "hone_serving.json").read_text()) if (weights_dir / "hone_serving.json").exists() else {}
+    pinned = (
+        json.loads((weights_dir / "hone_serving.json").read_text())
+        if (weights_dir / "hone_serving.json").exists()
+        else {}
+    )
     for number, sample in enumerate(recorded["samples"][: 2 * max_samples], start=1):
         served = client.tokenize(model, **sample["tokenize"])
         trained = sample["token_ids"]
@@ -40,8 +46,9 @@ def check(client: EngineClient, model: str, weights_dir: Path, max_samples: int)
             at = _first_difference(served, trained)
             raise ParityFailure(
                 f"Parity check failed: sample {number} tokenizes differently when served than in training "
-                f"(first difference at token {at}: training {trained[at:at + 5]}, serving {served[at:at + 5]}). "
-                "The served chat template or tokenizer does not match the one the model was trained with.")
+                f"(first difference at token {at}: training {trained[at : at + 5]}, serving {served[at : at + 5]}). "
+                "The served chat template or tokenizer does not match the one the model was trained with."
+            )
     smoke = recorded.get("smoke")
     if not smoke:
         return
@@ -57,4 +64,5 @@ def check(client: EngineClient, model: str, weights_dir: Path, max_samples: int)
             f"Parity check failed: a greedy smoke generation did not stop on the pinned stop token "
             f"{pinned.get('stop_tokens')} within {SMOKE_MAX_TOKENS} tokens (finish_reason="
             f"{choice.get('finish_reason')!r}). The model may need more training, or the served stop tokens differ "
-            "from training.")
+            "from training."
+        )

@@ -39,7 +39,7 @@ class EngineKey(str):
 
     @property
     def kind(self) -> str:
-        """"own", "shared" or "spare"."""
+        """ "own", "shared" or "spare"."""
         prefix = self.split(":", 1)[0]
         return {"base": "shared", "spare": "spare"}.get(prefix, "own") if ":" in self else "own"
 
@@ -74,9 +74,16 @@ class Placement:
 
     def _spec(self, key: EngineKey, model_path: str, served_name: str, model_source: str | None) -> EngineSpec:
         s = self.ctx.settings.serving
-        return EngineSpec(key, self.engine, model_path, served_name, max_loras=s.max_loras,
-                          max_cpu_loras=s.resolved_max_cpu_loras, max_lora_rank=s.max_lora_rank,
-                          model_source=model_source)
+        return EngineSpec(
+            key,
+            self.engine,
+            model_path,
+            served_name,
+            max_loras=s.max_loras,
+            max_cpu_loras=s.resolved_max_cpu_loras,
+            max_lora_rank=s.max_lora_rank,
+            model_source=model_source,
+        )
 
     def _base_model_path(self, name: str) -> str:
         base = self.ctx.base_models.get(name)

@@ -60,26 +60,35 @@ class EngineBackend(Protocol):
 def open_engine_backend(settings: Settings) -> EngineBackend:
     if settings.serving.endpoint_backend == "local":
         from service.engines.local import LocalEngines
+
         return LocalEngines(settings)
     if settings.serving.endpoint_backend == "kubernetes":
         from service.engines.kubernetes import KubernetesEngines
+
         return KubernetesEngines(settings)
     if settings.serving.endpoint_backend == "static":
         from service.engines.static import StaticEngines
+
         return StaticEngines(settings)
-    raise ValueError(f"unknown endpoint backend {settings.serving.endpoint_backend!r} "
-                     "(HONE_ENDPOINT_BACKEND: local, kubernetes, static)")
+    raise ValueError(
+        f"unknown endpoint backend {settings.serving.endpoint_backend!r} "
+        "(HONE_ENDPOINT_BACKEND: local, kubernetes, static)"
+    )
 
 
 def engine_api_keys(settings: Settings) -> Callable[[str], str | None]:
     """engine key -> its API key, for any server process (the gateway), not only the one running the engines."""
     if settings.serving.endpoint_backend == "local":
         from service.engines.local import api_key_from_state
+
         return lambda key: api_key_from_state(settings.server.data_dir, key) if key else None
     if settings.serving.endpoint_backend == "kubernetes":
         from service.engines.kubernetes import api_key_reader
+
         return api_key_reader(settings)
     if settings.serving.endpoint_backend == "static":
         return lambda key: settings.serving.static_engine_api_key
-    raise ValueError(f"unknown endpoint backend {settings.serving.endpoint_backend!r} "
-                     "(HONE_ENDPOINT_BACKEND: local, kubernetes, static)")
+    raise ValueError(
+        f"unknown endpoint backend {settings.serving.endpoint_backend!r} "
+        "(HONE_ENDPOINT_BACKEND: local, kubernetes, static)"
+    )

@@ -28,8 +28,14 @@ ENGINE_CONTAINER, FETCHER_CONTAINER, WEIGHTS_INIT = "engine", "fetcher", "weight
 ADAPTERS_ROOT = "/adapters"
 MODELS_ROOT, MODEL_FOLDER = "/models", "base"  # where init container `weights` puts the base weights
 # container waiting reasons that end a start at once (an endpoint's error says which)
-FATAL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
-                 "CreateContainerConfigError", "CreateContainerError")
+FATAL_WAITING = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
 
 
 def object_name(key: str) -> str:
@@ -80,8 +86,11 @@ def _stage_base_weights(settings: Settings, spec: EngineSpec, pod_spec: dict) ->
 
 def _set_env(container: dict, name: str, value: str | None = None, secret: tuple[str, str] | None = None) -> None:
     env = [e for e in container.get("env", []) if e.get("name") != name]
-    env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret[0], "key": secret[1]}}} if secret
-               else {"name": name, "value": value})
+    env.append(
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret[0], "key": secret[1]}}}
+        if secret
+        else {"name": name, "value": value}
+    )
     container["env"] = env
 
 
@@ -95,12 +104,22 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
     engine_port = port or next((p["containerPort"] for p in engine.get("ports", []) if p.get("name") == "http"), 8000)
     chat_template = None
     if spec.chat_template:  # a file on the control plane's disk: vLLM takes the template inline as well
-        chat_template = Path(spec.chat_template).read_text() if Path(spec.chat_template).is_file() \
-            else spec.chat_template
+        chat_template = (
+            Path(spec.chat_template).read_text() if Path(spec.chat_template).is_file() else spec.chat_template
+        )
     model_path = _stage_base_weights(settings, spec, pod["spec"])
-    launch = engine_command(spec.engine, model_path, spec.served_name, host="0.0.0.0", port=engine_port,
-                            max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
-                            max_lora_rank=spec.max_lora_rank, chat_template=chat_template, python="python3")
+    launch = engine_command(
+        spec.engine,
+        model_path,
+        spec.served_name,
+        host="0.0.0.0",
+        port=engine_port,
+        max_loras=spec.max_loras,
+        max_cpu_loras=spec.max_cpu_loras,
+        max_lora_rank=spec.max_lora_rank,
+        chat_template=chat_template,
+        python="python3",
+    )
     if spec.engine == "vllm":
         engine["command"], engine["args"] = ["vllm", "serve"], launch.argv[2:]
     else:
@@ -128,8 +147,14 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
     if settings.kubernetes.k8s_tolerations:
         pod["spec"]["tolerations"] = [*pod["spec"].get("tolerations", []), *settings.kubernetes.k8s_tolerations]
 
-    digest = _spec_hash(spec, {"image": settings.kubernetes.k8s_inference_image, "template": pod,
-                               "gpus": settings.kubernetes.k8s_gpus_per_engine})
+    digest = _spec_hash(
+        spec,
+        {
+            "image": settings.kubernetes.k8s_inference_image,
+            "template": pod,
+            "gpus": settings.kubernetes.k8s_gpus_per_engine,
+        },
+    )
     labels = {ENGINE_LABEL: name}
     annotations = {KEY_ANNOTATION: spec.key, SPEC_ANNOTATION: digest}
     for obj in (deployment, service):
@@ -138,8 +163,9 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
         meta["labels"] = {**meta.get("labels", {}), **labels}
         meta["annotations"] = {**meta.get("annotations", {}), **annotations}
     deployment["spec"]["replicas"] = 1
-    deployment["spec"]["selector"] = {"matchLabels": {**deployment["spec"]["selector"].get("matchLabels", {}),
-                                                      **labels}}
+    deployment["spec"]["selector"] = {
+        "matchLabels": {**deployment["spec"]["selector"].get("matchLabels", {}), **labels}
+    }
     pod.setdefault("metadata", {})["labels"] = {**pod["metadata"].get("labels", {}), **labels}
     pod["metadata"]["annotations"] = {**pod["metadata"].get("annotations", {}), KEY_ANNOTATION: spec.key}
     service["spec"]["selector"] = {**service["spec"].get("selector", {}), **labels}

@@ -61,8 +61,17 @@ from service.settings import Settings
 log = logging.getLogger("hone.engines")
 
 # What the tests and engines/__init__ read from here (built in k8s_engine_objects.py).
-__all__ = ["DEPLOYMENT_TEMPLATE", "SERVICE_TEMPLATE", "KubernetesEngines", "api_key_reader", "build_objects",
-           "endpoint_of", "object_name", "service_url"]
+__all__ = [
+    "DEPLOYMENT_TEMPLATE",
+    "SERVICE_TEMPLATE",
+    "KubernetesEngines",
+    "api_key_reader",
+    "build_objects",
+    "endpoint_of",
+    "object_name",
+    "service_url",
+]
+
 
 class KubernetesEngines:
     def __init__(self, settings: Settings, api=None):
@@ -102,12 +111,23 @@ class KubernetesEngines:
         if existing is not None and existing.data and SECRET_KEY in existing.data:
             return base64.b64decode(existing.data[SECRET_KEY]).decode()
         api_key = secrets.token_urlsafe(24)
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": name, "namespace": self._ns, "annotations": {KEY_ANNOTATION: key},
-                             "labels": {"app.kubernetes.io/name": "hone-engine", ENGINE_LABEL: name,
-                                        "app.kubernetes.io/component": "engine",
-                                        "app.kubernetes.io/managed-by": "hone"}},
-                "data": {SECRET_KEY: base64.b64encode(api_key.encode()).decode()}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": self._ns,
+                "annotations": {KEY_ANNOTATION: key},
+                "labels": {
+                    "app.kubernetes.io/name": "hone-engine",
+                    ENGINE_LABEL: name,
+                    "app.kubernetes.io/component": "engine",
+                    "app.kubernetes.io/managed-by": "hone",
+                },
+            },
+            "data": {SECRET_KEY: base64.b64encode(api_key.encode()).decode()},
+        }
         try:
             # a dict body: the client's validate_call makes the model its annotation asks for
             self._core.create_namespaced_secret(self._ns, body)  # type: ignore[arg-type]
@@ -131,8 +151,10 @@ class KubernetesEngines:
                     return f"container {c.name}: {state.reason}: {state.message or ''}".strip(), None
                 ended = c.state.terminated if c.state else None
                 if c.name == WEIGHTS_INIT and ended is not None and ended.exit_code:  # no weights: no engine
-                    return (f"init container {c.name} exited {ended.exit_code}: "
-                            f"{(ended.message or ended.reason or '').strip()}"), None
+                    return (
+                        f"init container {c.name} exited {ended.exit_code}: "
+                        f"{(ended.message or ended.reason or '').strip()}"
+                    ), None
             for cond in status.conditions or []:
                 if cond.type == "PodScheduled" and cond.status == "False":
                     waiting = f"pod {meta.name} is not scheduled: {cond.message or cond.reason}"
@@ -211,17 +233,21 @@ class KubernetesEngines:
             if fatal:  # a bad image or a crashing engine does not mend by waiting
                 raise EngineStartError(f"engine {spec.key}: Deployment {self._ns}/{name}: {fatal}")
             if time.monotonic() >= deadline:
-                raise EngineStartError(f"engine {spec.key}: Deployment {self._ns}/{name} had no ready replica "
-                                       f"within {timeout:g}s" + (f" ({waiting})" if waiting else "") +
-                                       f" (kubectl -n {self._ns} describe deployment {name})")
+                raise EngineStartError(
+                    f"engine {spec.key}: Deployment {self._ns}/{name} had no ready replica "
+                    f"within {timeout:g}s"
+                    + (f" ({waiting})" if waiting else "")
+                    + f" (kubectl -n {self._ns} describe deployment {name})"
+                )
             time.sleep(0.5)
         handle = EngineHandle(spec.key, service_url(svc, "http"), api_key, spec)
         try:
             with EngineClient(handle.url, api_key=api_key) as client:
                 client.wait_healthy(min(60.0, max(5.0, deadline - time.monotonic())))
         except EngineUnavailable as exc:
-            raise EngineStartError(f"engine {spec.key} is ready in Kubernetes but {handle.url} is not healthy: "
-                                   f"{exc}") from exc
+            raise EngineStartError(
+                f"engine {spec.key} is ready in Kubernetes but {handle.url} is not healthy: {exc}"
+            ) from exc
         log.info("engine ready", extra={"engine": spec.key, "deployment": name, "url": handle.url})
         return handle, incarnation
 
@@ -239,8 +265,7 @@ class KubernetesEngines:
             with self._lock:
                 if self._known.get(key) == known:
                     del self._known[key]
-            log.warning("engine gone or restarted", extra={"engine": key, "deployment": name,
-                                                          "ready_replicas": ready})
+            log.warning("engine gone or restarted", extra={"engine": key, "deployment": name, "ready_replicas": ready})
             return None
         return handle
 
@@ -255,8 +280,11 @@ class KubernetesEngines:
                 self._suspended.discard(key)
             name = object_name(key)
             options = client.V1DeleteOptions(propagation_policy="Foreground")
-            for delete in (self._apps.delete_namespaced_deployment, self._core.delete_namespaced_service,
-                           self._core.delete_namespaced_secret):
+            for delete in (
+                self._apps.delete_namespaced_deployment,
+                self._core.delete_namespaced_service,
+                self._core.delete_namespaced_secret,
+            ):
                 try:
                     delete(name, self._ns, body=options)
                 except ApiException as exc:
@@ -286,8 +314,11 @@ class KubernetesEngines:
     def keys(self) -> list[str]:
         """Engines in the namespace, whoever started them (so a restarted control plane stops unused ones)."""
         found = self._apps.list_namespaced_deployment(self._ns, label_selector=COMPONENT_SELECTOR).items
-        return [d.metadata.annotations[KEY_ANNOTATION] for d in found
-                if d.metadata and d.metadata.annotations and KEY_ANNOTATION in d.metadata.annotations]
+        return [
+            d.metadata.annotations[KEY_ANNOTATION]
+            for d in found
+            if d.metadata and d.metadata.annotations and KEY_ANNOTATION in d.metadata.annotations
+        ]
 
     def close(self) -> None:
         """Control-plane shutdown leaves engines running: they are cluster objects, and a restarted control
@@ -305,13 +336,19 @@ class KubernetesEngines:
             raise EngineUnavailable(f"engine {handle.key} has no Service")
         source = storage_source(self._settings, prefix)
         try:
-            reply = httpx.post(f"{service_url(svc, 'fetch')}/fetch", json={"source": source, "name": name},
-                               headers={"Authorization": f"Bearer {handle.api_key}"}, timeout=600)
+            reply = httpx.post(
+                f"{service_url(svc, 'fetch')}/fetch",
+                json={"source": source, "name": name},
+                headers={"Authorization": f"Bearer {handle.api_key}"},
+                timeout=600,
+            )
         except httpx.HTTPError as exc:
             raise EngineUnavailable(f"the adapter fetcher of {handle.key}: {type(exc).__name__}: {exc}") from exc
         if reply.status_code != 200:
-            raise EngineUnavailable(f"the adapter fetcher of {handle.key} answered {reply.status_code}: "
-                                    f"{reply.text[:500]}", status=reply.status_code)
+            raise EngineUnavailable(
+                f"the adapter fetcher of {handle.key} answered {reply.status_code}: {reply.text[:500]}",
+                status=reply.status_code,
+            )
         return reply.json()["path"]
 
 

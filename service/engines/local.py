@@ -117,8 +117,9 @@ class LocalEngines:
             return
         python = self._settings.training.trainer_python or sys.executable
         try:
-            done = subprocess.run([python, "-m", "hone_kernel.tiny_model", spec.model_path], capture_output=True,
-                                  timeout=900)
+            done = subprocess.run(
+                [python, "-m", "hone_kernel.tiny_model", spec.model_path], capture_output=True, timeout=900
+            )
         except subprocess.TimeoutExpired as exc:
             raise EngineStartError(f"building {spec.model_source} took over 900s") from exc
         if done.returncode != 0:
@@ -126,10 +127,19 @@ class LocalEngines:
 
     def _start(self, spec: EngineSpec) -> EngineHandle:
         port, api_key = _free_port(), secrets.token_urlsafe(24)
-        launch = engine_command(spec.engine, spec.model_path, spec.served_name, host="127.0.0.1", port=port,
-                                max_loras=spec.max_loras, max_cpu_loras=spec.max_cpu_loras,
-                                max_lora_rank=spec.max_lora_rank, api_key=api_key, chat_template=spec.chat_template,
-                                python=self._settings.serving.engine_python or sys.executable)
+        launch = engine_command(
+            spec.engine,
+            spec.model_path,
+            spec.served_name,
+            host="127.0.0.1",
+            port=port,
+            max_loras=spec.max_loras,
+            max_cpu_loras=spec.max_cpu_loras,
+            max_lora_rank=spec.max_lora_rank,
+            api_key=api_key,
+            chat_template=spec.chat_template,
+            python=self._settings.serving.engine_python or sys.executable,
+        )
         # Engines get nothing of the control plane's secrets (admin key, database URL, storage credentials):
         # the deployer fetches their weights for them.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
@@ -140,8 +150,14 @@ class LocalEngines:
             env["OMP_NUM_THREADS"] = str(self._settings.serving.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)
         log_file = open(self._logs / f"{_file_name(spec.key)}.log", "ab")
-        proc = subprocess.Popen(launch.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            launch.argv,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         handle = EngineHandle(spec.key, f"http://127.0.0.1:{port}", api_key, spec)
         log.info("engine starting", extra={**_identity(spec.key), "pid": proc.pid, "port": port})
         try:
@@ -150,22 +166,27 @@ class LocalEngines:
         except EngineUnavailable as exc:
             stop_process_group(proc)
             log_file.close()
-            message = (f"engine {spec.key} did not become healthy: {exc} "
-                       f"(exit code {proc.returncode}; log {log_file.name})")
+            message = (
+                f"engine {spec.key} did not become healthy: {exc} (exit code {proc.returncode}; log {log_file.name})"
+            )
             with open(log_file.name, "rb") as written:
                 written.seek(max(0, written.seek(0, os.SEEK_END) - 4096))
                 tail = written.read()
             # only a lost race for the port is worth another try; anything else would fail the same way
-            raise (_PortTaken if b"Errno 98" in tail or b"ddress already in use" in tail
-                   else EngineStartError)(message) from exc
+            raise (_PortTaken if b"Errno 98" in tail or b"ddress already in use" in tail else EngineStartError)(
+                message
+            ) from exc
         self._running[spec.key] = _Process(handle, proc, log_file, spec.key)
         self._write_state(self._running[spec.key])
         return handle
 
     def _matching_spare(self, spec: EngineSpec) -> str | None:
         for key, running in self._running.items():
-            if key.startswith("spare:") and running.proc.poll() is None and \
-                    dataclasses.replace(running.handle.spec, key=spec.key) == spec:
+            if (
+                key.startswith("spare:")
+                and running.proc.poll() is None
+                and dataclasses.replace(running.handle.spec, key=spec.key) == spec
+            ):
                 return key
         return None
 
@@ -187,8 +208,16 @@ class LocalEngines:
         # The engine's API key is in it (other server workers read it to reach the engine): owner-only.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump({"key": running.handle.key, "pid": running.proc.pid, "url": running.handle.url,
-                       "spawned_as": running.spawned_as, "api_key": running.handle.api_key}, out)
+            json.dump(
+                {
+                    "key": running.handle.key,
+                    "pid": running.proc.pid,
+                    "url": running.handle.url,
+                    "spawned_as": running.spawned_as,
+                    "api_key": running.handle.api_key,
+                },
+                out,
+            )
 
     def get(self, key: str) -> EngineHandle | None:
         with self._lock:

@@ -50,13 +50,17 @@ class StaticEngines:
 
     def ensure(self, spec: EngineSpec) -> EngineHandle:
         if (spec.model_source or "").startswith("storage:"):
-            raise EngineStartError("fully tuned weights need an engine of their own, which "
-                                   "HONE_ENDPOINT_BACKEND=static cannot start; serve LoRA adapters, or use the "
-                                   "local or kubernetes backend")
+            raise EngineStartError(
+                "fully tuned weights need an engine of their own, which "
+                "HONE_ENDPOINT_BACKEND=static cannot start; serve LoRA adapters, or use the "
+                "local or kubernetes backend"
+            )
         url = self._urls.get(spec.served_name)
         if url is None:
-            raise EngineStartError(f"no engine serves base model {spec.served_name!r}: add it to "
-                                   f"HONE_STATIC_ENGINES (configured: {sorted(self._urls) or 'none'})")
+            raise EngineStartError(
+                f"no engine serves base model {spec.served_name!r}: add it to "
+                f"HONE_STATIC_ENGINES (configured: {sorted(self._urls) or 'none'})"
+            )
         try:
             with EngineClient(url, api_key=self._api_key or None) as client:
                 client.wait_healthy(self._timeout)

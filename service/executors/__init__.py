@@ -36,8 +36,10 @@ class Executor(Protocol):
 def open_executor(settings: Settings) -> Executor:
     if settings.training.executor == "local":
         from service.executors.local import LocalExecutor
+
         return LocalExecutor(settings)
     if settings.training.executor == "kubernetes":
         from service.executors.kubernetes import KubernetesExecutor
+
         return KubernetesExecutor(settings)
     raise ValueError(f"unknown executor {settings.training.executor!r} (HONE_EXECUTOR: local, kubernetes)")

@@ -32,8 +32,10 @@ EXIT_STOPPED = ExitCode.STOPPED
 EXIT_OOM = ExitCode.KILLED
 EXIT_DEADLINE = ExitCode.DEADLINE
 
-OOM_MESSAGE = ("OOMKilled: the trainer ran out of memory; use a smaller batch_size (or shorter examples), or give "
-               "the trainer pod more memory in the trainer-job.yaml template")
+OOM_MESSAGE = (
+    "OOMKilled: the trainer ran out of memory; use a smaller batch_size (or shorter examples), or give "
+    "the trainer pod more memory in the trainer-job.yaml template"
+)
 
 
 class Observation(str, Enum):
@@ -52,6 +54,7 @@ class Observation(str, Enum):
 @dataclass(frozen=True)
 class Seen:
     """What the watcher remembers of a run between looks, and what it has asked of it."""
+
     stop: str | None = None  # "pause" or "kill" once asked
     kill_sent: bool = False  # the Job's deletion was sent
     pod_ran: bool = False
@@ -105,11 +108,19 @@ def classify(job: dict | None, pods: list[dict], seen: Seen, settings: Settings,
     failed = job_conditions.get("Failed", {})
     if failed.get("status") == "True" and failed.get("reason") == "DeadlineExceeded":
         assert job is not None  # the conditions are the Job's
-        note = (f"The trainer Job ran longer than activeDeadlineSeconds "
-                f"({(job.get('spec') or {}).get('activeDeadlineSeconds')} s, HONE_K8S_JOB_DEADLINE_S) and was "
-                "stopped")
-        return Verdict(Observation.DEADLINE_EXCEEDED, seen, EXIT_DEADLINE, note, pod_name,
-                       (Event("deadline", "error", note + "."),))
+        note = (
+            f"The trainer Job ran longer than activeDeadlineSeconds "
+            f"({(job.get('spec') or {}).get('activeDeadlineSeconds')} s, HONE_K8S_JOB_DEADLINE_S) and was "
+            "stopped"
+        )
+        return Verdict(
+            Observation.DEADLINE_EXCEEDED,
+            seen,
+            EXIT_DEADLINE,
+            note,
+            pod_name,
+            (Event("deadline", "error", note + "."),),
+        )
     if seen.stop == "kill" and seen.kill_sent:
         # Cancelled: the Job is being deleted (Foreground) with its pods; the watcher lets the pods go.
         return Verdict(Observation.CANCELLED, seen, None, "the trainer Job was deleted (cancelled)", pod_name)
@@ -126,8 +137,12 @@ def classify(job: dict | None, pods: list[dict], seen: Seen, settings: Settings,
     # No pod, or one being deleted by a Job that is itself going away.
     if job is not None and job_conditions.get("Complete", {}).get("status") == "True":
         return Verdict(Observation.SUCCEEDED, seen, 0, "", None, events)
-    if job is not None and failed.get("status") != "True" and not job["metadata"].get("deletionTimestamp") \
-            and not gone_unscheduled:
+    if (
+        job is not None
+        and failed.get("status") != "True"
+        and not job["metadata"].get("deletionTimestamp")
+        and not gone_unscheduled
+    ):
         return Verdict(Observation.RUNNING, seen, events=events)  # the Job controller has not made the pod yet
     # The pod is gone without an exit status we saw: it was deleted (drained, preempted, evicted, pause), so the
     # kubelet sent SIGTERM and the trainer checkpointed; resume from there.
@@ -136,8 +151,9 @@ def classify(job: dict | None, pods: list[dict], seen: Seen, settings: Settings,
         return Verdict(Observation.PAUSED, seen, EXIT_STOPPED, "stopped for a pause", None, events)
     if seen.pod_ran or seen.disrupted:
         message = f"The trainer pod went away ({how}); the job resumes from its last checkpoint."
-        return Verdict(Observation.DISRUPTED, seen, EXIT_STOPPED, message, None,
-                       events + (Event("disrupted", "warn", message),))
+        return Verdict(
+            Observation.DISRUPTED, seen, EXIT_STOPPED, message, None, events + (Event("disrupted", "warn", message),)
+        )
     return Verdict(Observation.LOST, seen, None, f"the trainer vanished ({how})", None, events)
 
 
@@ -157,24 +173,32 @@ def _classify_pod(pod: dict, seen: Seen, settings: Settings, now: float) -> Verd
     if phase == "Running" or "running" in state:
         seen = dataclasses.replace(seen, pod_ran=True)
         if seen.said & {"unschedulable", "image"}:
-            events.append(Event("running", "info", f"Trainer pod {name} is running on node "
-                                                    f"{(pod.get('spec') or {}).get('nodeName') or '?'}."))
+            events.append(
+                Event(
+                    "running",
+                    "info",
+                    f"Trainer pod {name} is running on node {(pod.get('spec') or {}).get('nodeName') or '?'}.",
+                )
+            )
     if phase in ("Succeeded", "Failed"):
         return _classify_exit(pod, status, state, container, seen, tuple(events))
     if phase == "Pending":
-        troubles = pending_troubles(pod, pod_conditions.get("PodScheduled", {}), state.get("waiting") or {},
-                                    settings)
+        troubles = pending_troubles(pod, pod_conditions.get("PodScheduled", {}), state.get("waiting") or {}, settings)
         stuck = dict(seen.stuck_since)
         for kind in set(stuck) - {t[0] for t in troubles}:  # mended: its clock starts again
             stuck.pop(kind)
         for kind, level, code, message, meanwhile in troubles:
             events.append(Event(kind, level, f"{message} {meanwhile}"))
             since = stuck.setdefault(kind, now)
-            limit = settings.kubernetes.k8s_unschedulable_timeout_s if kind == "unschedulable" \
+            limit = (
+                settings.kubernetes.k8s_unschedulable_timeout_s
+                if kind == "unschedulable"
                 else settings.kubernetes.k8s_image_pull_timeout_s
+            )
             if limit > 0 and now - since >= limit:
-                setting = "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S" if kind == "unschedulable" \
-                    else "HONE_K8S_IMAGE_PULL_TIMEOUT_S"
+                setting = (
+                    "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S" if kind == "unschedulable" else "HONE_K8S_IMAGE_PULL_TIMEOUT_S"
+                )
                 error = {"code": code, "message": f"{message} Gave up after {limit:g} s ({setting})."}
                 events.append(Event("gave-up", "error", error["message"]))
                 seen = dataclasses.replace(seen, stuck_since=tuple(stuck.items()))
@@ -183,8 +207,9 @@ def _classify_pod(pod: dict, seen: Seen, settings: Settings, now: float) -> Verd
     return Verdict(Observation.RUNNING, seen, events=tuple(events))
 
 
-def _classify_exit(pod: dict, status: dict, state: dict, container: dict, seen: Seen,
-                   events: tuple[Event, ...]) -> Verdict:
+def _classify_exit(
+    pod: dict, status: dict, state: dict, container: dict, seen: Seen, events: tuple[Event, ...]
+) -> Verdict:
     name = pod["metadata"]["name"]
     terminated = state.get("terminated") or (container.get("lastState") or {}).get("terminated") or {}
     code, reason = terminated.get("exitCode"), terminated.get("reason") or ""
@@ -192,49 +217,83 @@ def _classify_exit(pod: dict, status: dict, state: dict, container: dict, seen: 
         return Verdict(Observation.SUCCEEDED, seen, 0, "", name, events)
     if reason == "OOMKilled":
         message = f"{OOM_MESSAGE} (pod {name}{_memory_limit(pod)})."
-        return Verdict(Observation.OOM_KILLED, seen, EXIT_OOM, message, name, events + (Event("oom", "error", message),))
+        return Verdict(
+            Observation.OOM_KILLED, seen, EXIT_OOM, message, name, events + (Event("oom", "error", message),)
+        )
     if seen.stop == "pause":
-        return Verdict(Observation.PAUSED, seen, code if code is not None else EXIT_STOPPED, "stopped for a pause",
-                       name, events)
+        return Verdict(
+            Observation.PAUSED, seen, code if code is not None else EXIT_STOPPED, "stopped for a pause", name, events
+        )
     if seen.disrupted or (pod["metadata"].get("deletionTimestamp") and seen.stop is None):
         how = seen.disrupted or "the pod was deleted"
-        verb = "evicted" if status.get("reason") == "Evicted" or "Evict" in how else \
-            "preempted" if "Preempt" in how else "stopped by the cluster"
-        message = (f"The trainer pod {name} was {verb} ({how}); the job resumes from its last checkpoint "
-                   "without counting as a crash.")
-        return Verdict(Observation.DISRUPTED, seen, EXIT_STOPPED, message, name,
-                       events + (Event("disrupted", "warn", message),))
+        verb = (
+            "evicted"
+            if status.get("reason") == "Evicted" or "Evict" in how
+            else "preempted"
+            if "Preempt" in how
+            else "stopped by the cluster"
+        )
+        message = (
+            f"The trainer pod {name} was {verb} ({how}); the job resumes from its last checkpoint "
+            "without counting as a crash."
+        )
+        return Verdict(
+            Observation.DISRUPTED, seen, EXIT_STOPPED, message, name, events + (Event("disrupted", "warn", message),)
+        )
     if code is None:
-        note = f"pod {name} failed without an exit code ({status.get('reason') or ''} " \
-               f"{status.get('message') or ''})".strip()
+        note = (
+            f"pod {name} failed without an exit code ({status.get('reason') or ''} "
+            f"{status.get('message') or ''})".strip()
+        )
         return Verdict(Observation.LOST, seen, None, note, name, events)
-    detail = f" ({reason}: {terminated.get('message')})" if terminated.get("message") else \
-        (f" ({reason})" if reason and reason != "Error" else "")
-    return Verdict(Observation.FAILED, seen, code, f"trainer container exited with code {code}{detail}", name,
-                   events)
+    detail = (
+        f" ({reason}: {terminated.get('message')})"
+        if terminated.get("message")
+        else (f" ({reason})" if reason and reason != "Error" else "")
+    )
+    return Verdict(Observation.FAILED, seen, code, f"trainer container exited with code {code}{detail}", name, events)
 
 
-def pending_troubles(pod: dict, scheduled: dict, waiting: dict, settings: Settings
-                     ) -> list[tuple[str, str, ErrorCode, str, str]]:
+def pending_troubles(
+    pod: dict, scheduled: dict, waiting: dict, settings: Settings
+) -> list[tuple[str, str, ErrorCode, str, str]]:
     """(kind, event level, error code, message, what happens meanwhile) for each reason a pod stays Pending."""
     troubles: list[tuple[str, str, ErrorCode, str, str]] = []
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
         gpus = settings.kubernetes.k8s_gpus_per_job
         wants = f"{gpus} nvidia.com/gpu" if gpus else "its resources"
-        where = f" on nodes matching {settings.kubernetes.k8s_node_selector}" if settings.kubernetes.k8s_node_selector else ""
-        troubles.append(("unschedulable", "warn", ErrorCode.NO_GPU_CAPACITY,
-                         f"The trainer pod cannot be scheduled: {scheduled.get('message') or 'Unschedulable'} "
-                         f"No node{where} has {wants} free; free a GPU, add nodes, or change "
-                         "HONE_K8S_GPUS_PER_JOB / HONE_K8S_NODE_SELECTOR / HONE_K8S_TOLERATIONS.",
-                         "The job waits."))
+        where = (
+            f" on nodes matching {settings.kubernetes.k8s_node_selector}"
+            if settings.kubernetes.k8s_node_selector
+            else ""
+        )
+        troubles.append(
+            (
+                "unschedulable",
+                "warn",
+                ErrorCode.NO_GPU_CAPACITY,
+                f"The trainer pod cannot be scheduled: {scheduled.get('message') or 'Unschedulable'} "
+                f"No node{where} has {wants} free; free a GPU, add nodes, or change "
+                "HONE_K8S_GPUS_PER_JOB / HONE_K8S_NODE_SELECTOR / HONE_K8S_TOLERATIONS.",
+                "The job waits.",
+            )
+        )
     if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
-        image = next((c.get("image") for c in (pod.get("spec") or {}).get("containers") or []
-                      if c.get("name") == CONTAINER), settings.kubernetes.k8s_trainer_image)
-        troubles.append(("image", "error", ErrorCode.IMAGE_PULL_FAILED,
-                         f"The trainer image {image} cannot be pulled ({waiting['reason']}: "
-                         f"{waiting.get('message') or ''}). Check HONE_K8S_TRAINER_IMAGE and the cluster's "
-                         "access to the registry (imagePullSecrets).",
-                         "The job waits until the image can be pulled."))
+        image = next(
+            (c.get("image") for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == CONTAINER),
+            settings.kubernetes.k8s_trainer_image,
+        )
+        troubles.append(
+            (
+                "image",
+                "error",
+                ErrorCode.IMAGE_PULL_FAILED,
+                f"The trainer image {image} cannot be pulled ({waiting['reason']}: "
+                f"{waiting.get('message') or ''}). Check HONE_K8S_TRAINER_IMAGE and the cluster's "
+                "access to the registry (imagePullSecrets).",
+                "The job waits until the image can be pulled.",
+            )
+        )
     return troubles
 
 

@@ -32,12 +32,22 @@ def job_name(job_id: str, attempt: int) -> str:
 
 
 # What the control plane's Role must allow in its namespace for this executor (deploy/kubernetes/base/rbac.yaml).
-REQUIRED_RBAC = {("batch", "jobs"): {"create", "get", "list", "delete"}, ("", "pods"): {"get", "list", "delete", "patch"},
-                 ("", "pods/log"): {"get"}}
+REQUIRED_RBAC = {
+    ("batch", "jobs"): {"create", "get", "list", "delete"},
+    ("", "pods"): {"get", "list", "delete", "patch"},
+    ("", "pods/log"): {"get"},
+}
 
 
-def build_job(settings: Settings, job_id: str, attempt: int, spec_url: str, project_id: str | None = None, *,
-              finalizer: bool = True) -> dict:
+def build_job(
+    settings: Settings,
+    job_id: str,
+    attempt: int,
+    spec_url: str,
+    project_id: str | None = None,
+    *,
+    finalizer: bool = True,
+) -> dict:
     """The batch/v1 Job of one attempt: the template with this run's fields filled in."""
     job = load_template(settings, TEMPLATE)
     if job.get("apiVersion") != "batch/v1" or job.get("kind") != "Job":
@@ -51,14 +61,18 @@ def build_job(settings: Settings, job_id: str, attempt: int, spec_url: str, proj
     meta["labels"] = {**(meta.get("labels") or {}), **labels}
     meta["annotations"] = {**(meta.get("annotations") or {}), JOB_ID_ANNOTATION: job_id}
     spec = job.setdefault("spec", {})
-    spec.update(backoffLimit=0, activeDeadlineSeconds=settings.kubernetes.k8s_job_deadline_s,
-                ttlSecondsAfterFinished=settings.kubernetes.k8s_job_ttl_s)
+    spec.update(
+        backoffLimit=0,
+        activeDeadlineSeconds=settings.kubernetes.k8s_job_deadline_s,
+        ttlSecondsAfterFinished=settings.kubernetes.k8s_job_ttl_s,
+    )
     template = spec.setdefault("template", {})
     template_meta = template.setdefault("metadata", {})
     template_meta["labels"] = {**(template_meta.get("labels") or {}), **labels}
     template_meta["annotations"] = {**(template_meta.get("annotations") or {}), JOB_ID_ANNOTATION: job_id}
-    template_meta["finalizers"] = [f for f in template_meta.get("finalizers") or [] if f != FINALIZER] + \
-        ([FINALIZER] if finalizer else [])
+    template_meta["finalizers"] = [f for f in template_meta.get("finalizers") or [] if f != FINALIZER] + (
+        [FINALIZER] if finalizer else []
+    )
     if not template_meta["finalizers"]:
         del template_meta["finalizers"]
     pod = template.setdefault("spec", {})
@@ -76,8 +90,9 @@ def build_job(settings: Settings, job_id: str, attempt: int, spec_url: str, proj
     ours = {"HONE_JOB_ID": job_id, "HONE_JOB_ATTEMPT": str(attempt)}
     if settings.training.trainer_threads > 0:
         ours["OMP_NUM_THREADS"] = str(settings.training.trainer_threads)
-    container["env"] = [e for e in container.get("env") or [] if e.get("name") not in ours] + \
-        [{"name": k, "value": v} for k, v in ours.items()]
+    container["env"] = [e for e in container.get("env") or [] if e.get("name") not in ours] + [
+        {"name": k, "value": v} for k, v in ours.items()
+    ]
     env_from = [e for e in container.get("envFrom") or [] if "secretRef" not in e]
     if settings.kubernetes.k8s_secret_name:
         env_from.append({"secretRef": {"name": settings.kubernetes.k8s_secret_name}})

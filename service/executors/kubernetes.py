@@ -70,8 +70,14 @@ class _Run:
 
 
 def _owner(pod: dict) -> str | None:
-    return next((r.get("name") for r in pod["metadata"].get("ownerReferences") or []
-                 if r.get("kind") == "Job" and r.get("controller")), None)
+    return next(
+        (
+            r.get("name")
+            for r in pod["metadata"].get("ownerReferences") or []
+            if r.get("kind") == "Job" and r.get("controller")
+        ),
+        None,
+    )
 
 
 class KubernetesExecutor:
@@ -100,6 +106,7 @@ class KubernetesExecutor:
         def project_of(job_id: str) -> str | None:
             with ctx.db.read() as session:
                 return session.execute(select(Job.project_id).where(Job.id == job_id)).scalar()
+
         self._project_of = project_of
 
     def events(self) -> list[tuple[str, str, str]]:
@@ -137,8 +144,9 @@ class KubernetesExecutor:
             # a dict body: the client's validate_call makes the model its annotation asks for
             self._batch.create_namespaced_job(self._ns, body)  # type: ignore[arg-type]
         except ApiException as exc:
-            raise OSError(f"Kubernetes refused the trainer Job {self._ns}/{name}: {exc.status} {exc.reason}: "
-                          f"{_api_message(exc)}") from exc
+            raise OSError(
+                f"Kubernetes refused the trainer Job {self._ns}/{name}: {exc.status} {exc.reason}: {_api_message(exc)}"
+            ) from exc
         except Exception as exc:  # connection errors (urllib3) and the like
             raise OSError(f"cannot reach the Kubernetes API to create {self._ns}/{name}: {exc}") from exc
         ref = f"k8s:{self._ns}/{name}:{attempt}"
@@ -230,17 +238,23 @@ class KubernetesExecutor:
                 return
             rest = [f for f in finalizers if f != FINALIZER]
             try:
-                self._core.patch_namespaced_pod(meta["name"], self._ns, {"metadata": {
-                    "finalizers": rest or None, "resourceVersion": meta["resourceVersion"]}})
+                self._core.patch_namespaced_pod(
+                    meta["name"],
+                    self._ns,
+                    {"metadata": {"finalizers": rest or None, "resourceVersion": meta["resourceVersion"]}},
+                )
                 return
             except ApiException as exc:
                 if exc.status == 404:
                     return
                 if exc.status == 403:
                     if self._finalizer:
-                        log.error("the control plane may not patch pods (its Role needs the `patch` verb on pods): new "
-                                  "trainer pods go without the hone.dev/trainer-exit finalizer, and this one keeps it "
-                                  "until removed by hand", extra={"pod": meta["name"], "error": _api_message(exc)})
+                        log.error(
+                            "the control plane may not patch pods (its Role needs the `patch` verb on pods): new "
+                            "trainer pods go without the hone.dev/trainer-exit finalizer, and this one keeps it "
+                            "until removed by hand",
+                            extra={"pod": meta["name"], "error": _api_message(exc)},
+                        )
                     self._finalizer = False
                     return
                 if exc.status != 409:
@@ -260,12 +274,15 @@ class KubernetesExecutor:
         if not self.owns(ref):
             return False
         try:
-            location, attempt = ref[len("k8s:"):].rsplit(":", 1)
+            location, attempt = ref[len("k8s:") :].rsplit(":", 1)
             name = location.split("/", 1)[1]
             selector = f"{APP_LABEL}={APP},{JOB_ID_LABEL}={label_value(job_id)},{ATTEMPT_LABEL}={int(attempt)}"
-            found = [j for j in self._list("jobs", selector)
-                     if j["metadata"]["name"] == name
-                     and (j["metadata"].get("annotations") or {}).get(JOB_ID_ANNOTATION, job_id) == job_id]
+            found = [
+                j
+                for j in self._list("jobs", selector)
+                if j["metadata"]["name"] == name
+                and (j["metadata"].get("annotations") or {}).get(JOB_ID_ANNOTATION, job_id) == job_id
+            ]
         except Exception:
             log.warning("could not look for a trainer Job to adopt", exc_info=True, extra={"job_id": job_id})
             return False
@@ -289,6 +306,7 @@ class KubernetesExecutor:
 
     def _delete_pod(self, pod: str, *, grace: int) -> None:
         from kubernetes.client.rest import ApiException
+
         try:
             self._core.delete_namespaced_pod(pod, self._ns, grace_period_seconds=grace)
         except ApiException as exc:
@@ -297,8 +315,9 @@ class KubernetesExecutor:
 
     def _pod_log(self, pod: str) -> bytes | None:
         try:  # raw bytes: the client would otherwise try to parse a JSON log line as a JSON document
-            response = self._core.read_namespaced_pod_log(pod, self._ns, container=CONTAINER,
-                                                          _preload_content=False, _request_timeout=30)
+            response = self._core.read_namespaced_pod_log(
+                pod, self._ns, container=CONTAINER, _preload_content=False, _request_timeout=30
+            )
             # _preload_content=False answers the raw urllib3 response, not the annotated str
             return response.data  # type: ignore[attr-defined]
         except Exception as exc:

@@ -68,14 +68,20 @@ class LocalExecutor:
             if self._settings.training.trainer_threads > 0:
                 env["OMP_NUM_THREADS"] = str(self._settings.training.trainer_threads)
             # No GPU for a CPU slot: an empty list hides every device from torch.
-            env["CUDA_VISIBLE_DEVICES"] = device if device is not None else ("" if self._devices else
-                                                                             env.get("CUDA_VISIBLE_DEVICES", ""))
+            env["CUDA_VISIBLE_DEVICES"] = (
+                device if device is not None else ("" if self._devices else env.get("CUDA_VISIBLE_DEVICES", ""))
+            )
             python = self._settings.training.trainer_python or sys.executable
             log_path = self._log_path(job_id, attempt)
             with open(log_path, "ab") as log:
-                process = subprocess.Popen([python, "-m", "trainer", "--spec", spec_url], stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                           start_new_session=True)
+                process = subprocess.Popen(
+                    [python, "-m", "trainer", "--spec", spec_url],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
             ref = f"local:{self._host}:{process.pid}:{attempt}"
             self._runs[job_id] = _Run(job_id, process.pid, ref, log_path, device, process)
             return ref
@@ -122,8 +128,7 @@ class LocalExecutor:
         if not _is_trainer(int(pid), job_id):
             return False
         with self._lock:
-            self._runs[job_id] = _Run(job_id, int(pid), ref, self._log_path(job_id, int(attempt)),
-                                      None, None)
+            self._runs[job_id] = _Run(job_id, int(pid), ref, self._log_path(job_id, int(attempt)), None, None)
         return True
 
 

@@ -37,14 +37,18 @@ class StorageUnavailable(Exception):
     (`storage_unavailable`), and the caller may try again later."""
 
 
-def open_storage(url: str, *, s3_endpoint_url: str | None = None, s3_max_attempts: int = 5,
-                 s3_timeout_s: float = 30.0) -> BlobStorage:
+def open_storage(
+    url: str, *, s3_endpoint_url: str | None = None, s3_max_attempts: int = 5, s3_timeout_s: float = 30.0
+) -> BlobStorage:
     scheme = urlparse(url).scheme
     if scheme == "file":
         from service.storage.filesystem import FilesystemStorage
+
         return FilesystemStorage.from_url(url)
     if scheme == "s3":
         from service.storage.s3 import S3Storage
-        return S3Storage.from_url(url, endpoint_url=s3_endpoint_url, max_attempts=s3_max_attempts,
-                                  timeout_s=s3_timeout_s)
+
+        return S3Storage.from_url(
+            url, endpoint_url=s3_endpoint_url, max_attempts=s3_max_attempts, timeout_s=s3_timeout_s
+        )
     raise ValueError(f"unsupported storage URL scheme {scheme!r} in {url!r} (use file:// or s3://)")

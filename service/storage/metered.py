@@ -53,6 +53,7 @@ class MeteredStorage:
         def timed(*args, **kwargs):
             with _Timer(self.backend, operation):
                 return call(*args, **kwargs)
+
         return timed
 
     def writer(self, key: str) -> _MeteredWriter:

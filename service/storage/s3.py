@@ -38,8 +38,9 @@ def _unavailable(what: str) -> Iterator[None]:
         if status < 500 and error.get("Code") not in _THROTTLED:
             raise
         attempts = meta.get("RetryAttempts", 0) + 1
-        raise StorageUnavailable(f"storage unavailable: {what} failed after {attempts} attempt(s): "
-                                 f"{status} {error.get('Code', '')}".rstrip()) from err
+        raise StorageUnavailable(
+            f"storage unavailable: {what} failed after {attempts} attempt(s): {status} {error.get('Code', '')}".rstrip()
+        ) from err
     except HTTPClientError as err:  # connection refused or reset, connect or read timeout
         raise StorageUnavailable(f"storage unavailable: {what} failed: {err}") from err
 
@@ -69,8 +70,9 @@ class _MultipartWriter:
                 self._upload_id = self._s3.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
         number = len(self._parts) + 1
         with _unavailable(f"uploading part {number} of {self._key}"):
-            resp = self._s3.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                                        PartNumber=number, Body=body)
+            resp = self._s3.upload_part(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+            )
         self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
 
     def commit(self) -> int:
@@ -82,8 +84,9 @@ class _MultipartWriter:
             if self._buffer:
                 self._upload_part(bytes(self._buffer))
             with _unavailable(f"completing the upload of {self._key}"):
-                self._s3.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                                                   MultipartUpload={"Parts": self._parts})
+                self._s3.complete_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+                )
             self._upload_id = None  # completed: nothing left for abort() to cancel
         self._committing = False
         self._buffer.clear()
@@ -106,15 +109,28 @@ class _MultipartWriter:
 
 
 class S3Storage:
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, *, max_attempts: int = 5,
-                 timeout_s: float = 30.0):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        *,
+        max_attempts: int = 5,
+        timeout_s: float = 30.0,
+    ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         # endpoint_url=None lets boto3 honour AWS_ENDPOINT_URL and the other AWS_* variables.
-        self.client = boto3.client("s3", endpoint_url=endpoint_url,
-                                   config=Config(retries={"total_max_attempts": max_attempts, "mode": "standard"},
-                                                 connect_timeout=timeout_s, read_timeout=timeout_s,
-                                                 max_pool_connections=32))
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"total_max_attempts": max_attempts, "mode": "standard"},
+                connect_timeout=timeout_s,
+                read_timeout=timeout_s,
+                max_pool_connections=32,
+            ),
+        )
         self._ensure_bucket()
 
     @classmethod
@@ -135,7 +151,7 @@ class S3Storage:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _strip(self, full: str) -> str:
-        return full[len(self.prefix) + 1:] if self.prefix else full
+        return full[len(self.prefix) + 1 :] if self.prefix else full
 
     def writer(self, key: str) -> _MultipartWriter:
         return _MultipartWriter(self, key)
@@ -184,7 +200,7 @@ class S3Storage:
         keys = self.list(prefix)
         with _unavailable(f"deleting under {prefix}"):
             for start in range(0, len(keys), 1000):
-                batch = [{"Key": self.full_key(k)} for k in keys[start:start + 1000]]
+                batch = [{"Key": self.full_key(k)} for k in keys[start : start + 1000]]
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
     def list(self, prefix: str) -> list[str]:

@@ -9,9 +9,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api_models import Exact, absent_or
 
-JobState = Literal["JOB_STATE_UNSPECIFIED", "JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING",
-                   "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED",
-                   "JOB_STATE_PAUSED", "JOB_STATE_EXPIRED", "JOB_STATE_UPDATING", "JOB_STATE_PARTIALLY_SUCCEEDED"]
+JobState = Literal[
+    "JOB_STATE_UNSPECIFIED",
+    "JOB_STATE_QUEUED",
+    "JOB_STATE_PENDING",
+    "JOB_STATE_RUNNING",
+    "JOB_STATE_SUCCEEDED",
+    "JOB_STATE_FAILED",
+    "JOB_STATE_CANCELLING",
+    "JOB_STATE_CANCELLED",
+    "JOB_STATE_PAUSED",
+    "JOB_STATE_EXPIRED",
+    "JOB_STATE_UPDATING",
+    "JOB_STATE_PARTIALLY_SUCCEEDED",
+]
 Int64 = str  # proto3 JSON writes int64 as a string
 
 
@@ -29,6 +40,7 @@ class GoogleError(Exact):
 
 class GoogleErrorEnvelope(Exact):
     """Google's error envelope (google.rpc.Status): every 4xx and 5xx of the Vertex-compatible routes."""
+
     error: GoogleError
 
 
@@ -153,6 +165,7 @@ class UsageMetadata(Exact):
 class GenerateContentResponse(Exact):
     """One answer; streamGenerateContent sends a sequence of them (SSE `data:` events with alt=sse, else a JSON
     array), the last one with the finishReason and usageMetadata."""
+
     candidates: list[Candidate]
     usageMetadata: UsageMetadata = absent_or()
     modelVersion: str

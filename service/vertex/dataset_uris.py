@@ -44,17 +44,27 @@ def bucket_object(settings, uri: str, field: str) -> BucketObject | None:
     if uri.startswith("file-") and "://" not in uri:
         return None
     if uri.partition("://")[0].lower() not in dataset_grants.SCHEMES:
-        raise InvalidRequest(f"{field} must be gs://bucket/path.jsonl, s3://bucket/path.jsonl or the id of an "
-                             f"uploaded fine-tune file, got '{uri[:200]}'.", param=field, code=ErrorCode.INVALID_DATASET_URI)
+        raise InvalidRequest(
+            f"{field} must be gs://bucket/path.jsonl, s3://bucket/path.jsonl or the id of an "
+            f"uploaded fine-tune file, got '{uri[:200]}'.",
+            param=field,
+            code=ErrorCode.INVALID_DATASET_URI,
+        )
     location = dataset_grants.parse(uri, field, prefix=False)
     if not location.path.lower().endswith(".jsonl"):
-        raise InvalidRequest(f"{field} should be an object of type JSONL (a name ending in .jsonl), got '{uri[:200]}'.",
-                             param=field, code=ErrorCode.INVALID_DATASET_URI)
+        raise InvalidRequest(
+            f"{field} should be an object of type JSONL (a name ending in .jsonl), got '{uri[:200]}'.",
+            param=field,
+            code=ErrorCode.INVALID_DATASET_URI,
+        )
     bucket, key = dataset_grants.s3_target(settings, location)
     if dataset_grants.reaches_own_storage(settings, bucket, key, prefix=False):
         # Hone's own blobs hold every project's files: reachable by file id only, within the project.
-        raise InvalidRequest(f"{field} points into Hone's own storage; pass the file's id instead.", param=field,
-                             code=ErrorCode.INVALID_DATASET_URI)
+        raise InvalidRequest(
+            f"{field} points into Hone's own storage; pass the file's id instead.",
+            param=field,
+            code=ErrorCode.INVALID_DATASET_URI,
+        )
     return BucketObject(location, bucket, key)
 
 
@@ -62,9 +72,15 @@ def bucket_object(settings, uri: str, field: str) -> BucketObject | None:
 def _s3_client(endpoint_url: str | None, max_attempts: int, timeout_s: float):
     # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL and the other AWS_* variables, as Hone's storage does;
     # retries and timeouts bounded as its are (HONE_S3_MAX_ATTEMPTS, HONE_S3_TIMEOUT_S).
-    return boto3.client("s3", endpoint_url=endpoint_url, config=Config(
-        retries={"total_max_attempts": max_attempts, "mode": "standard"}, connect_timeout=timeout_s,
-        read_timeout=timeout_s))
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        config=Config(
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+        ),
+    )
 
 
 def _object_chunks(client, obj: BucketObject, uri: str, field: str) -> Iterator[bytes]:
@@ -73,16 +89,24 @@ def _object_chunks(client, obj: BucketObject, uri: str, field: str) -> Iterator[
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
-            raise InvalidRequest(f"{field}: {uri} does not exist (read as s3://{obj.bucket}/{obj.key}).",
-                                 param=field, code=ErrorCode.DATASET_NOT_FOUND) from None
-        raise InvalidRequest(f"{field}: {uri} cannot be read ({code or err}).", param=field,
-                             code=ErrorCode.DATASET_UNREADABLE) from None
+            raise InvalidRequest(
+                f"{field}: {uri} does not exist (read as s3://{obj.bucket}/{obj.key}).",
+                param=field,
+                code=ErrorCode.DATASET_NOT_FOUND,
+            ) from None
+        raise InvalidRequest(
+            f"{field}: {uri} cannot be read ({code or err}).", param=field, code=ErrorCode.DATASET_UNREADABLE
+        ) from None
     except BotoCoreError as err:
-        raise InvalidRequest(f"{field}: {uri} cannot be read: {err}.", param=field, code=ErrorCode.DATASET_UNREADABLE) from None
+        raise InvalidRequest(
+            f"{field}: {uri} cannot be read: {err}.", param=field, code=ErrorCode.DATASET_UNREADABLE
+        ) from None
     try:
         yield from body.iter_chunks(CHUNK)
     except (BotoCoreError, ClientError) as err:
-        raise InvalidRequest(f"{field}: reading {uri} failed: {err}.", param=field, code=ErrorCode.DATASET_UNREADABLE) from None
+        raise InvalidRequest(
+            f"{field}: reading {uri} failed: {err}.", param=field, code=ErrorCode.DATASET_UNREADABLE
+        ) from None
     finally:
         body.close()
 
@@ -92,8 +116,11 @@ def resolve_dataset(ctx: AppContext, principal: ProjectPrincipal, uri: str, fiel
     if obj is None:
         return ResolvedDataset(uri, imported=False)  # the job's own checks find it, or say why not
     dataset_grants.check_readable(ctx, principal.project_id, obj.location, uri, field)  # before anything is read
-    client = _s3_client(ctx.settings.storage.s3_endpoint_url, ctx.settings.storage.s3_max_attempts, ctx.settings.storage.s3_timeout_s)
+    client = _s3_client(
+        ctx.settings.storage.s3_endpoint_url, ctx.settings.storage.s3_max_attempts, ctx.settings.storage.s3_timeout_s
+    )
     filename = obj.key.rsplit("/", 1)[-1]
-    row = import_fine_tune_file(ctx, principal, filename, _object_chunks(client, obj, uri, field), param=field,
-                                source=uri)
+    row = import_fine_tune_file(
+        ctx, principal, filename, _object_chunks(client, obj, uri, field), param=field, source=uri
+    )
     return ResolvedDataset(row.id, imported=True)

@@ -23,9 +23,13 @@ from service.vertex.schemas import CountTokensRequest, GenerateContentRequest
 def _endpoint(ctx: AppContext, scope: VertexScope, endpoint_id: str) -> Endpoint:
     check_id(endpoint_id, "Endpoint")
     with ctx.db.read() as session:
-        ep = session.execute(select(Endpoint).where(Endpoint.id == endpoint_id,
-                                                    Endpoint.project_id == scope.principal.project_id,
-                                                    Endpoint.state != EndpointState.STOPPED.value)).scalar()
+        ep = session.execute(
+            select(Endpoint).where(
+                Endpoint.id == endpoint_id,
+                Endpoint.project_id == scope.principal.project_id,
+                Endpoint.state != EndpointState.STOPPED.value,
+            )
+        ).scalar()
     if ep is None:  # a stopped endpoint is a deleted one
         raise scope.not_found("endpoints", endpoint_id)
     return ep
@@ -38,33 +42,56 @@ def get_endpoint(ctx: AppContext, scope: VertexScope, endpoint_id: str) -> dict:
         deployed["model"] = scope.name("models", f"{ep.job_id}@1")
     if ep.checkpoint_id:
         deployed["checkpointId"] = ep.checkpoint_id
-    return {"name": scope.name("endpoints", ep.id), "displayName": ep.model, "deployedModels": [deployed],
-            "trafficSplit": {ep.id: 100}, "createTime": rfc3339(ep.created_at), "updateTime": rfc3339(ep.updated_at)}
+    return {
+        "name": scope.name("endpoints", ep.id),
+        "displayName": ep.model,
+        "deployedModels": [deployed],
+        "trafficSplit": {ep.id: 100},
+        "createTime": rfc3339(ep.created_at),
+        "updateTime": rfc3339(ep.updated_at),
+    }
 
 
-async def generate_content(ctx: AppContext, gateway: Gateway, scope: VertexScope, endpoint_id: str,
-                           body: GenerateContentRequest, *, stream: bool, sse: bool,
-                           request_id: str | None) -> Response:
+async def generate_content(
+    ctx: AppContext,
+    gateway: Gateway,
+    scope: VertexScope,
+    endpoint_id: str,
+    body: GenerateContentRequest,
+    *,
+    stream: bool,
+    sse: bool,
+    request_id: str | None,
+) -> Response:
     ep = await run_in_threadpool(_endpoint, ctx, scope, endpoint_id)
     project_id = scope.principal.project_id
     route = await gateway.resolve(project_id, ep.model)
     chat = chat_request(body, route.engine_model, stream=stream)
-    reply = await gateway.forward(project_id, "/v1/chat/completions", json.dumps(chat).encode(), chat, route,
-                                  request_id)
+    reply = await gateway.forward(
+        project_id, "/v1/chat/completions", json.dumps(chat).encode(), chat, route, request_id
+    )
     if reply.status_code != 200:
         assert isinstance(reply.body, bytes)  # the engine's error, relayed whole
         raise engine_error(reply.status_code, reply.body, reply.headers.get("retry-after"))
     if isinstance(reply, StreamingResponse):
         events = cast(AsyncIterable[bytes], reply.body_iterator)  # the gateway streams the engine's bytes
-        return StreamingResponse(gemini_stream(events, ep.model, sse=sse),
-                                 media_type="text/event-stream" if sse else "application/json",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return StreamingResponse(
+            gemini_stream(events, ep.model, sse=sse),
+            media_type="text/event-stream" if sse else "application/json",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
     assert isinstance(reply.body, bytes)  # the engine's answer, relayed whole
     return JSONResponse(gemini_response(json.loads(reply.body), ep.model))
 
 
-async def count_tokens(ctx: AppContext, gateway: Gateway, scope: VertexScope, endpoint_id: str,
-                       body: CountTokensRequest, request_id: str | None) -> dict:
+async def count_tokens(
+    ctx: AppContext,
+    gateway: Gateway,
+    scope: VertexScope,
+    endpoint_id: str,
+    body: CountTokensRequest,
+    request_id: str | None,
+) -> dict:
     ep = await run_in_threadpool(_endpoint, ctx, scope, endpoint_id)
     route = await gateway.resolve(scope.principal.project_id, ep.model)
     messages = chat_messages(body.contents, body.system_instruction)

@@ -11,11 +11,17 @@ from service.vertex.resources import rfc3339
 from service.vertex.schemas import Content, GenerateContentRequest, GenerationConfig
 
 ROLES = {"user": "user", "model": "assistant"}
-FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS", "content_filter": "SAFETY", "tool_calls": "STOP",
-                  "function_call": "STOP"}
+FINISH_REASONS = {
+    "stop": "STOP",
+    "length": "MAX_TOKENS",
+    "content_filter": "SAFETY",
+    "tool_calls": "STOP",
+    "function_call": "STOP",
+}
 
 
 # --- requests ---------------------------------------------------------------------------------------
+
 
 def _text(content: Content, where: str) -> str:
     texts = []
@@ -24,8 +30,11 @@ def _text(content: Content, where: str) -> str:
             if part.thought:
                 continue
             kinds = ", ".join(sorted(part.model_extra or {})) or "nothing"
-            raise InvalidRequest(f"{where}.parts[{j}] holds {kinds}; Hone's tuned models take text parts only.",
-                                 param=f"{where}.parts[{j}]", code=ErrorCode.UNSUPPORTED_PART)
+            raise InvalidRequest(
+                f"{where}.parts[{j}] holds {kinds}; Hone's tuned models take text parts only.",
+                param=f"{where}.parts[{j}]",
+                code=ErrorCode.UNSUPPORTED_PART,
+            )
         texts.append(part.text)
     return "".join(texts)
 
@@ -37,8 +46,11 @@ def chat_messages(contents: list[Content], system_instruction: Content | None) -
     for i, content in enumerate(contents):
         role = ROLES.get(content.role or "user")
         if role is None:
-            raise InvalidRequest(f"contents[{i}].role must be 'user' or 'model', got '{content.role}'.",
-                                 param=f"contents[{i}].role", code=ErrorCode.INVALID_ROLE)
+            raise InvalidRequest(
+                f"contents[{i}].role must be 'user' or 'model', got '{content.role}'.",
+                param=f"contents[{i}].role",
+                code=ErrorCode.INVALID_ROLE,
+            )
         messages.append({"role": role, "content": _text(content, f"contents[{i}]")})
     return messages
 
@@ -46,10 +58,17 @@ def chat_messages(contents: list[Content], system_instruction: Content | None) -
 def chat_request(body: GenerateContentRequest, model: str, *, stream: bool) -> dict:
     config = body.generation_config or GenerationConfig()
     request: dict[str, Any] = {"model": model, "messages": chat_messages(body.contents, body.system_instruction)}
-    sampling = {"temperature": config.temperature, "top_p": config.top_p,
-                "top_k": int(config.top_k) if config.top_k is not None else None, "n": config.candidate_count,
-                "max_tokens": config.max_output_tokens, "stop": config.stop_sequences, "seed": config.seed,
-                "presence_penalty": config.presence_penalty, "frequency_penalty": config.frequency_penalty}
+    sampling = {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "top_k": int(config.top_k) if config.top_k is not None else None,
+        "n": config.candidate_count,
+        "max_tokens": config.max_output_tokens,
+        "stop": config.stop_sequences,
+        "seed": config.seed,
+        "presence_penalty": config.presence_penalty,
+        "frequency_penalty": config.frequency_penalty,
+    }
     request |= {k: v for k, v in sampling.items() if v is not None}
     if stream:
         request |= {"stream": True, "stream_options": {"include_usage": True}}  # usage ends Gemini's last chunk
@@ -58,12 +77,17 @@ def chat_request(body: GenerateContentRequest, model: str, *, stream: bool) -> d
 
 # --- responses --------------------------------------------------------------------------------------
 
+
 def _usage(usage: dict | None) -> dict | None:
     if not usage:
         return None
     prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-    return {"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion,
-            "trafficType": "ON_DEMAND"}
+    return {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": completion,
+        "totalTokenCount": prompt + completion,
+        "trafficType": "ON_DEMAND",
+    }
 
 
 def _candidate(index: int, text: str, finish_reason: str | None) -> dict:
@@ -74,15 +98,21 @@ def _candidate(index: int, text: str, finish_reason: str | None) -> dict:
 
 
 def _response(chat: dict, candidates: list[dict], model_version: str, usage: dict | None) -> dict:
-    body = {"candidates": candidates, "usageMetadata": _usage(usage), "modelVersion": model_version,
-            "createTime": rfc3339(chat.get("created")) if isinstance(chat.get("created"), int) else None,
-            "responseId": chat.get("id")}
+    body = {
+        "candidates": candidates,
+        "usageMetadata": _usage(usage),
+        "modelVersion": model_version,
+        "createTime": rfc3339(chat.get("created")) if isinstance(chat.get("created"), int) else None,
+        "responseId": chat.get("id"),
+    }
     return {k: v for k, v in body.items() if v is not None}
 
 
 def gemini_response(chat: dict, model_version: str) -> dict:
-    candidates = [_candidate(c.get("index", i), (c.get("message") or {}).get("content") or "", c.get("finish_reason"))
-                  for i, c in enumerate(chat.get("choices") or [])]
+    candidates = [
+        _candidate(c.get("index", i), (c.get("message") or {}).get("content") or "", c.get("finish_reason"))
+        for i, c in enumerate(chat.get("choices") or [])
+    ]
     return _response(chat, candidates, model_version, chat.get("usage"))
 
 
@@ -92,10 +122,14 @@ def engine_error(status: int, content: bytes, retry_after: str | None) -> ApiErr
         error = json.loads(content).get("error") or {}
     except (ValueError, AttributeError):
         error = {}
-    kind = {400: InvalidRequest, 404: NotFound, 503: ServiceUnavailable}.get(status) or \
-        (BadGateway if status >= 500 else InvalidRequest)
-    exc = kind(error.get("message") or f"The endpoint answered HTTP {status}.", code=error.get("code"),
-               headers={"Retry-After": retry_after} if retry_after else None)
+    kind = {400: InvalidRequest, 404: NotFound, 503: ServiceUnavailable}.get(status) or (
+        BadGateway if status >= 500 else InvalidRequest
+    )
+    exc = kind(
+        error.get("message") or f"The endpoint answered HTTP {status}.",
+        code=error.get("code"),
+        headers={"Retry-After": retry_after} if retry_after else None,
+    )
     exc.status_code = status  # the engine's own status (429 stays 429)
     return exc
 
@@ -117,22 +151,33 @@ async def gemini_stream(events: AsyncIterable[bytes], model_version: str, *, sse
         async for chunk in events:
             pending += chunk
             while (end := pending.find(b"\n\n")) >= 0:
-                event, pending = pending[:end].strip(), pending[end + 2:]
+                event, pending = pending[:end].strip(), pending[end + 2 :]
                 if not event.startswith(b"data:") or event == b"data: [DONE]":
                     continue
                 chat = json.loads(event[5:])
                 if "error" in chat:
                     error = chat["error"] or {}
-                    yield frame({"error": {"code": 500, "message": error.get("message") or "The endpoint failed.",
-                                           "status": "INTERNAL"}})
+                    yield frame(
+                        {
+                            "error": {
+                                "code": 500,
+                                "message": error.get("message") or "The endpoint failed.",
+                                "status": "INTERNAL",
+                            }
+                        }
+                    )
                     continue
                 if held is not None and chat.get("usage") and not chat.get("choices"):
                     held["usageMetadata"] = _usage(chat["usage"])
                     continue
                 for i, choice in enumerate(chat.get("choices") or []):
                     text = (choice.get("delta") or {}).get("content") or ""
-                    body = _response(chat, [_candidate(choice.get("index", i), text, choice.get("finish_reason"))],
-                                     model_version, None)
+                    body = _response(
+                        chat,
+                        [_candidate(choice.get("index", i), text, choice.get("finish_reason"))],
+                        model_version,
+                        None,
+                    )
                     if choice.get("finish_reason"):
                         if held is not None:
                             yield frame(held)

@@ -18,11 +18,19 @@ from service.errors import ErrorCode, InvalidRequest
 from service.vertex.resources import parse_rfc3339
 from service.vertex.states import JOB_STATE_NUMBERS, state_condition
 
-_TERM = re.compile(r'\s*(?P<field>[A-Za-z_][\w.-]*)\s*(?P<op>!=|>=|<=|=|>|<|:)\s*'
-                   r'(?P<value>"(?:[^"\\]|\\.)*"|[^\s"()]+)\s*')
+_TERM = re.compile(
+    r"\s*(?P<field>[A-Za-z_][\w.-]*)\s*(?P<op>!=|>=|<=|=|>|<|:)\s*"
+    r'(?P<value>"(?:[^"\\]|\\.)*"|[^\s"()]+)\s*'
+)
 _AND = re.compile(r"AND\s", re.IGNORECASE)
-_COMPARE = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-            ">=": operator.ge}
+_COMPARE = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 _STATE_NAMES = {n: name for name, n in JOB_STATE_NUMBERS.items()}
 
 
@@ -74,9 +82,14 @@ def _base_model(op: str, value: str):
 
 def _term(field: str, op: str, value: str):
     if field.startswith("labels."):
-        return _label(field[len("labels."):], op, value)
-    by_field = {"state": _state, "create_time": _create_time, "createtime": _create_time,
-                "base_model": _base_model, "basemodel": _base_model}
+        return _label(field[len("labels.") :], op, value)
+    by_field = {
+        "state": _state,
+        "create_time": _create_time,
+        "createtime": _create_time,
+        "base_model": _base_model,
+        "basemodel": _base_model,
+    }
     handler = by_field.get(field.lower())
     if handler is None:
         raise _bad(f"unknown field '{field}'; filter on state, create_time, labels.KEY or base_model")

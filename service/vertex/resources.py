@@ -17,6 +17,7 @@ _RESOURCE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # Hone's ids; never a ':ve
 class VertexScope:
     """The caller's project and the location its request named. Hone has no regions: any location is
     accepted and echoed, so clients configured for a Vertex region work unchanged."""
+
     principal: ProjectPrincipal
     location: str
 
@@ -30,16 +31,20 @@ class VertexScope:
 
     def not_found(self, collection: str, resource_id: str) -> NotFound:
         kind = {"tuningJobs": "TuningJob", "endpoints": "Endpoint"}[collection]
-        return NotFound(f"{kind} '{self.name(collection, resource_id)}' was not found.", param="name",
-                        code=ErrorCode.NOT_FOUND)
+        return NotFound(
+            f"{kind} '{self.name(collection, resource_id)}' was not found.", param="name", code=ErrorCode.NOT_FOUND
+        )
 
 
 def scope_for(principal: ProjectPrincipal, project: str, location: str) -> VertexScope:
     """The `{project}` path segment must be the key's project, by id or by its slug; another project's
     resources do not exist for this key (404, as for every other Hone resource)."""
     if project not in (principal.project_id, principal.project_slug):
-        raise NotFound(f"Project '{excerpt(project)}' was not found, or this API key does not belong to it.",
-                       param="project", code=ErrorCode.PROJECT_NOT_FOUND)
+        raise NotFound(
+            f"Project '{excerpt(project)}' was not found, or this API key does not belong to it.",
+            param="project",
+            code=ErrorCode.PROJECT_NOT_FOUND,
+        )
     if not _LOCATION.match(location):
         raise InvalidRequest(f"Invalid location '{location}'.", param="location", code=ErrorCode.INVALID_LOCATION)
     return VertexScope(principal, location)

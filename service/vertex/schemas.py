@@ -15,8 +15,9 @@ from service.schemas import refuse_unknown_keys
 class VertexBody(BaseModel):
     # Unknown fields are refused (400 naming the field), not ignored as Vertex ignores what a version does not know:
     # a field Hone drops is a setting its caller believes in and Hone does not honour. Non-finite numbers too.
-    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True,
-                              extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid", allow_inf_nan=False
+    )
     # Fields Vertex defines that Hone does not honour (camelCase -> why); both spellings answer 400 "not supported".
     refused: ClassVar[dict[str, str]] = {}
 
@@ -33,8 +34,14 @@ def _both_spellings(refused: dict[str, str]) -> dict[str, str]:
 
 
 # AdapterSize: name -> (proto number, LoRA rank). The numbers are not in rank order (TWO was added last).
-ADAPTER_SIZES = {"ADAPTER_SIZE_ONE": (1, 1), "ADAPTER_SIZE_TWO": (6, 2), "ADAPTER_SIZE_FOUR": (2, 4),
-                 "ADAPTER_SIZE_EIGHT": (3, 8), "ADAPTER_SIZE_SIXTEEN": (4, 16), "ADAPTER_SIZE_THIRTY_TWO": (5, 32)}
+ADAPTER_SIZES = {
+    "ADAPTER_SIZE_ONE": (1, 1),
+    "ADAPTER_SIZE_TWO": (6, 2),
+    "ADAPTER_SIZE_FOUR": (2, 4),
+    "ADAPTER_SIZE_EIGHT": (3, 8),
+    "ADAPTER_SIZE_SIXTEEN": (4, 16),
+    "ADAPTER_SIZE_THIRTY_TWO": (5, 32),
+}
 ADAPTER_SIZE_OF_RANK = {rank: name for name, (_, rank) in ADAPTER_SIZES.items()}
 _RANK_OF_NUMBER = {number: rank for number, rank in ADAPTER_SIZES.values()}
 
@@ -45,8 +52,12 @@ def _lora_rank(value: Any) -> int | None:
         return None
     if isinstance(value, str) and value in ADAPTER_SIZES:
         return ADAPTER_SIZES[value][1]
-    if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).isdigit() \
-            and int(value) in _RANK_OF_NUMBER:
+    if (
+        isinstance(value, (int, str))
+        and not isinstance(value, bool)
+        and str(value).isdigit()
+        and int(value) in _RANK_OF_NUMBER
+    ):
         return _RANK_OF_NUMBER[int(value)]
     raise ValueError(f"unknown AdapterSize {value!r}; use one of {', '.join(ADAPTER_SIZES)} or its number")
 
@@ -68,8 +79,11 @@ class PreferenceHyperParameters(HyperParameters):
 
 
 # TuningMode (v1beta1): name or proto number -> Hone's tuning_mode.
-TUNING_MODES = {"TUNING_MODE_UNSPECIFIED": (0, None), "TUNING_MODE_FULL": (1, "full"),
-                "TUNING_MODE_PEFT_ADAPTER": (2, "lora")}
+TUNING_MODES = {
+    "TUNING_MODE_UNSPECIFIED": (0, None),
+    "TUNING_MODE_FULL": (1, "full"),
+    "TUNING_MODE_PEFT_ADAPTER": (2, "lora"),
+}
 
 
 def _tuning_mode(value: Any) -> str | None:
@@ -82,8 +96,10 @@ def _tuning_mode(value: Any) -> str | None:
 
 
 class SupervisedTuningSpec(VertexBody):
-    refused = {"evaluationConfig": "auto-evaluation after tuning is not supported for this model; evaluate the tuned "
-                                   "model through its endpoint."}
+    refused = {
+        "evaluationConfig": "auto-evaluation after tuning is not supported for this model; evaluate the tuned "
+        "model through its endpoint."
+    }
     training_dataset_uri: str = Field(min_length=1)
     validation_dataset_uri: str | None = None
     hyper_parameters: HyperParameters = Field(default_factory=HyperParameters)
@@ -100,19 +116,36 @@ _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 MAX_LABELS = 16  # what a job's metadata holds
 
 
-_OUTPUT_ONLY = ("name", "state", "tuningJobState", "tuningJobMetadata", "createTime", "startTime", "endTime",
-                "updateTime", "error", "experiment", "tunedModel", "tuningDataStats", "evaluateDatasetRuns",
-                "gcsMetricsUri", "pipelineJob", "satisfiesPzs", "satisfiesPzi")
+_OUTPUT_ONLY = (
+    "name",
+    "state",
+    "tuningJobState",
+    "tuningJobMetadata",
+    "createTime",
+    "startTime",
+    "endTime",
+    "updateTime",
+    "error",
+    "experiment",
+    "tunedModel",
+    "tuningDataStats",
+    "evaluateDatasetRuns",
+    "gcsMetricsUri",
+    "pipelineJob",
+    "satisfiesPzs",
+    "satisfiesPzi",
+)
 
 
 class CreateTuningJob(VertexBody):
     refused = {
         "encryptionSpec": "customer-managed encryption keys are not supported; data is stored as HONE_STORAGE_URL "
-                          "says.",
+        "says.",
         "serviceAccount": "trainers run with Hone's own credentials.",
         "outputUri": "tuned weights are kept in Hone's storage and served by Hone.",
         "customBaseModel": "give baseModel, one of the base models Hone serves (HONE_BASE_MODELS).",
-        **{field: "it is output only, set by the service." for field in _OUTPUT_ONLY}}
+        **{field: "it is output only, set by the service." for field in _OUTPUT_ONLY},
+    }
     base_model: str | None = None
     pre_tuned_model: dict[str, Any] | None = None
     supervised_tuning_spec: SupervisedTuningSpec | None = None
@@ -137,19 +170,24 @@ class CreateTuningJob(VertexBody):
             raise ValueError(f"at most {MAX_LABELS} labels are allowed, got {len(value)}")
         for key, label in value.items():
             if not _LABEL_KEY.match(key):
-                raise ValueError(f"label key {key[:70]!r} must start with a lowercase letter and hold at most 63 "
-                                 "lowercase letters, digits, '_' or '-'")
+                raise ValueError(
+                    f"label key {key[:70]!r} must start with a lowercase letter and hold at most 63 "
+                    "lowercase letters, digits, '_' or '-'"
+                )
             if not _LABEL_VALUE.match(label):
-                raise ValueError(f"label value {label[:70]!r} of {key!r} must be at most 63 lowercase letters, "
-                                 "digits, '_' or '-'")
+                raise ValueError(
+                    f"label value {label[:70]!r} of {key!r} must be at most 63 lowercase letters, digits, '_' or '-'"
+                )
         return value
 
 
 # --- generateContent ---------------------------------------------------------------------------------
 
+
 class Part(VertexBody):
-    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True,
-                              extra="allow")  # kept, so that a non-text part can be named in the error
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="allow"
+    )  # kept, so that a non-text part can be named in the error
     text: str | None = None
     thought: bool | None = None
 
@@ -160,12 +198,15 @@ class Content(VertexBody):
 
 
 class GenerationConfig(VertexBody):
-    refused = {"responseMimeType": "structured output is not supported.",
-               "responseSchema": "structured output is not supported.",
-               "responseJsonSchema": "structured output is not supported.",
-               "thinkingConfig": "Hone's models do not think.",
-               "responseLogprobs": "log probabilities are not returned.", "logprobs": "log probabilities are not returned.",
-               "responseModalities": "this model answers with text only."}
+    refused = {
+        "responseMimeType": "structured output is not supported.",
+        "responseSchema": "structured output is not supported.",
+        "responseJsonSchema": "structured output is not supported.",
+        "thinkingConfig": "Hone's models do not think.",
+        "responseLogprobs": "log probabilities are not returned.",
+        "logprobs": "log probabilities are not returned.",
+        "responseModalities": "this model answers with text only.",
+    }
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: float | None = Field(default=None, ge=0)
@@ -178,16 +219,20 @@ class GenerationConfig(VertexBody):
 
 
 class Prompt(VertexBody):
-    refused = {"tools": "function calling is not supported by Hone's endpoints.",
-               "toolConfig": "function calling is not supported by Hone's endpoints."}
+    refused = {
+        "tools": "function calling is not supported by Hone's endpoints.",
+        "toolConfig": "function calling is not supported by Hone's endpoints.",
+    }
     contents: list[Content] = Field(min_length=1)
     system_instruction: Content | None = None
 
 
 class GenerateContentRequest(Prompt):
-    refused = Prompt.refused | {"safetySettings": "Hone applies no safety filters to set.",
-                                "cachedContent": "context caching is not supported.",
-                                "labels": "request labels are not supported."}
+    refused = Prompt.refused | {
+        "safetySettings": "Hone applies no safety filters to set.",
+        "cachedContent": "context caching is not supported.",
+        "labels": "request labels are not supported.",
+    }
     generation_config: GenerationConfig | None = None
 
 

@@ -23,23 +23,48 @@ JOB_STATES: dict[JobStatus, tuple[str, str | None]] = {
 # so a succeeded job whose endpoint is still deploying for the first time is RUNNING, post-processing.
 POST_PROCESSING = ("JOB_STATE_RUNNING", "TUNING_JOB_STATE_POST_PROCESSING")
 
-JOB_STATE_NUMBERS = {name: n for n, name in enumerate((
-    "JOB_STATE_UNSPECIFIED", "JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED",
-    "JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED", "JOB_STATE_PAUSED", "JOB_STATE_EXPIRED",
-    "JOB_STATE_UPDATING", "JOB_STATE_PARTIALLY_SUCCEEDED"))}
+JOB_STATE_NUMBERS = {
+    name: n
+    for n, name in enumerate(
+        (
+            "JOB_STATE_UNSPECIFIED",
+            "JOB_STATE_QUEUED",
+            "JOB_STATE_PENDING",
+            "JOB_STATE_RUNNING",
+            "JOB_STATE_SUCCEEDED",
+            "JOB_STATE_FAILED",
+            "JOB_STATE_CANCELLING",
+            "JOB_STATE_CANCELLED",
+            "JOB_STATE_PAUSED",
+            "JOB_STATE_EXPIRED",
+            "JOB_STATE_UPDATING",
+            "JOB_STATE_PARTIALLY_SUCCEEDED",
+        )
+    )
+}
 
 
 def first_deploy_pending(job: Job, endpoints: list[Endpoint]) -> bool:
     """Is the endpoint the job's success deployed (made in the same transaction) still deploying, never ready?
     (An endpoint someone creates later does not take an ended job back.)"""
-    return any(ep.checkpoint_id is None and ep.state == EndpointState.DEPLOYING.value and ep.ready_at is None
-               and job.finished_at is not None and ep.created_at <= job.finished_at for ep in endpoints)
+    return any(
+        ep.checkpoint_id is None
+        and ep.state == EndpointState.DEPLOYING.value
+        and ep.ready_at is None
+        and job.finished_at is not None
+        and ep.created_at <= job.finished_at
+        for ep in endpoints
+    )
 
 
 def _first_deploy_pending_sql():
-    return exists().where(Endpoint.job_id == Job.id, Endpoint.checkpoint_id.is_(None),
-                          Endpoint.state == EndpointState.DEPLOYING.value, Endpoint.ready_at.is_(None),
-                          Endpoint.created_at <= Job.finished_at)
+    return exists().where(
+        Endpoint.job_id == Job.id,
+        Endpoint.checkpoint_id.is_(None),
+        Endpoint.state == EndpointState.DEPLOYING.value,
+        Endpoint.ready_at.is_(None),
+        Endpoint.created_at <= Job.finished_at,
+    )
 
 
 def vertex_state(job: Job, endpoints: list[Endpoint]) -> tuple[str, str | None]:

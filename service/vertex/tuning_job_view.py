@@ -19,23 +19,46 @@ from service.vertex.states import vertex_state
 SPEC_FIELDS = {"supervised": "supervisedTuningSpec", "dpo": "preferenceOptimizationSpec"}
 STATS_FIELDS = {"supervised": "supervisedTuningDataStats", "dpo": "preferenceOptimizationDataStats"}
 # OpenAI hyperparameter -> Vertex hyperParameters field
-HYPERPARAMETERS = {"n_epochs": "epochCount", "learning_rate_multiplier": "learningRateMultiplier",
-                    "lora_rank": "adapterSize", "batch_size": "batchSize", "beta": "beta"}
+HYPERPARAMETERS = {
+    "n_epochs": "epochCount",
+    "learning_rate_multiplier": "learningRateMultiplier",
+    "lora_rank": "adapterSize",
+    "batch_size": "batchSize",
+    "beta": "beta",
+}
 CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED
 
 
 def views(session: Session, scope: VertexScope, rows: Sequence[Job]) -> list[dict]:
     """Vertex TuningJobs for job rows, with what each view needs loaded in three queries for the lot."""
     ids = [job.id for job in rows]
-    training = {f.id: f for f in session.execute(select(File).where(
-        File.id.in_({job.training_file for job in rows}))).scalars()}
-    live = session.execute(select(Endpoint).where(Endpoint.job_id.in_(ids),
-                                                  Endpoint.state != EndpointState.STOPPED.value)
-                           .order_by(Endpoint.seq.desc())).scalars().all()
-    checkpoints = session.execute(select(Checkpoint).where(Checkpoint.job_id.in_(ids))
-                                  .order_by(Checkpoint.step_number)).scalars().all()
-    return [_view(scope, job, training.get(job.training_file), [ep for ep in live if ep.job_id == job.id],
-                  [c for c in checkpoints if c.job_id == job.id]) for job in rows]
+    training = {
+        f.id: f for f in session.execute(select(File).where(File.id.in_({job.training_file for job in rows}))).scalars()
+    }
+    live = (
+        session.execute(
+            select(Endpoint)
+            .where(Endpoint.job_id.in_(ids), Endpoint.state != EndpointState.STOPPED.value)
+            .order_by(Endpoint.seq.desc())
+        )
+        .scalars()
+        .all()
+    )
+    checkpoints = (
+        session.execute(select(Checkpoint).where(Checkpoint.job_id.in_(ids)).order_by(Checkpoint.step_number))
+        .scalars()
+        .all()
+    )
+    return [
+        _view(
+            scope,
+            job,
+            training.get(job.training_file),
+            [ep for ep in live if ep.job_id == job.id],
+            [c for c in checkpoints if c.job_id == job.id],
+        )
+        for job in rows
+    ]
 
 
 def _hyperparameters(job: Job) -> dict:
@@ -90,15 +113,18 @@ def _tuned_model(scope: VertexScope, job: Job, endpoints: list[Endpoint], checkp
 
 
 def _data_stats(job: Job, training: File | None) -> dict | None:
-    stats = {"tuningDatasetExampleCount": training.example_count if training else None,
-             "totalBillableTokenCount": job.trained_tokens,
-             "tuningStepCount": (job.live_metrics or {}).get("total_steps")}
+    stats = {
+        "tuningDatasetExampleCount": training.example_count if training else None,
+        "totalBillableTokenCount": job.trained_tokens,
+        "tuningStepCount": (job.live_metrics or {}).get("total_steps"),
+    }
     known = {k: str(v) for k, v in stats.items() if isinstance(v, int)}
     return {STATS_FIELDS.get(job.method["type"], STATS_FIELDS["supervised"]): known} if known else None
 
 
-def _view(scope: VertexScope, job: Job, training: File | None, endpoints: list[Endpoint],
-          checkpoints: list[Checkpoint]) -> dict:
+def _view(
+    scope: VertexScope, job: Job, training: File | None, endpoints: list[Endpoint], checkpoints: list[Checkpoint]
+) -> dict:
     given = job.vertex_spec or {}
     spec = {"trainingDatasetUri": given.get("trainingDatasetUri", job.training_file)}
     if job.validation_file:
@@ -107,23 +133,46 @@ def _view(scope: VertexScope, job: Job, training: File | None, endpoints: list[E
     if "exportLastCheckpointOnly" in given:
         spec["exportLastCheckpointOnly"] = given["exportLastCheckpointOnly"]
     state, sub_state = vertex_state(job, endpoints)
-    updated = max(t for t in (job.created_at, job.queued_at, job.started_at, job.last_report_at, job.finished_at,
-                              *(ep.updated_at for ep in endpoints)) if t)
+    updated = max(
+        t
+        for t in (
+            job.created_at,
+            job.queued_at,
+            job.started_at,
+            job.last_report_at,
+            job.finished_at,
+            *(ep.updated_at for ep in endpoints),
+        )
+        if t
+    )
     # A continued job shows its source as given: preTunedModel (with its root base) or baseModel.
-    source = {"preTunedModel": {**given["preTunedModel"], "baseModel": job.base_model}} \
-        if "preTunedModel" in given else {"baseModel": given.get("baseModel", job.model)}
-    view = {"name": scope.name("tuningJobs", job.id), **source,
-            "tunedModelDisplayName": given.get("tunedModelDisplayName") or job.suffix,
-            "description": given.get("description"), "labels": job.metadata_ or None,
-            SPEC_FIELDS.get(job.method["type"], SPEC_FIELDS["supervised"]): spec,
-            "state": state, "tuningJobState": sub_state, "createTime": rfc3339(job.created_at),
-            "startTime": rfc3339(job.started_at), "endTime": rfc3339(job.finished_at),
-            "updateTime": rfc3339(updated), "error": _error(job)}
+    source = (
+        {"preTunedModel": {**given["preTunedModel"], "baseModel": job.base_model}}
+        if "preTunedModel" in given
+        else {"baseModel": given.get("baseModel", job.model)}
+    )
+    view = {
+        "name": scope.name("tuningJobs", job.id),
+        **source,
+        "tunedModelDisplayName": given.get("tunedModelDisplayName") or job.suffix,
+        "description": given.get("description"),
+        "labels": job.metadata_ or None,
+        SPEC_FIELDS.get(job.method["type"], SPEC_FIELDS["supervised"]): spec,
+        "state": state,
+        "tuningJobState": sub_state,
+        "createTime": rfc3339(job.created_at),
+        "startTime": rfc3339(job.started_at),
+        "endTime": rfc3339(job.finished_at),
+        "updateTime": rfc3339(updated),
+        "error": _error(job),
+    }
     step = (job.live_metrics or {}).get("step")
     if isinstance(step, int):
         per_epoch = _steps_per_epoch(job)
-        view["tuningJobMetadata"] = {"completedStepCount": str(step),
-                                     **({"completedEpochCount": str(int(step // per_epoch))} if per_epoch else {})}
+        view["tuningJobMetadata"] = {
+            "completedStepCount": str(step),
+            **({"completedEpochCount": str(int(step // per_epoch))} if per_epoch else {}),
+        }
     if job.fine_tuned_model:
         view["tunedModel"] = _tuned_model(scope, job, endpoints, checkpoints)
     view["tuningDataStats"] = _data_stats(job, training)

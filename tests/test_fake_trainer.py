@@ -1,7 +1,8 @@
 """The FAKE trainer (tests/fake_trainer) that control-plane tests run on keeps to the trainer contract: run as the
 local executor runs it, it reports over HTTP, checkpoints on SIGTERM and exits 75, resumes from that checkpoint,
-completes with exit 0, and never imports torch. Its copies of trainer/loop.py (result columns, the events the
-control plane reads, the Run interface) are checked against the real module's source, without importing torch."""
+completes with exit 0, and never imports torch. It writes result.csv with the real trainer's code (trainer/outputs.py);
+its copies of trainer/loop.py (the events the control plane reads, the Run interface) are checked against the real
+module's source, without importing torch."""
 
 from __future__ import annotations
 
@@ -15,16 +16,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from hone_kernel.trainer_contract import ExitCode, FileRef, Hyperparameters, TrainSpec
-from tests.fake_trainer import loop as fake_loop
 from tests.support import FAKE_TRAINER, REPO, chat_dataset, free_port, wait_for
+from trainer import outputs
 
 
 def _source_names(tree: ast.Module) -> dict:
-    """RESULT_COLUMNS, Run's method signatures, and the literal text of the events Run reports."""
+    """Run's method signatures, and the literal text of the events Run reports."""
     found: dict = {"events": set()}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "RESULT_COLUMNS" for t in node.targets):
-            found["columns"] = ast.literal_eval(node.value)
         if isinstance(node, ast.FunctionDef) and node.name == "install_stop_handler":
             found["install_stop_handler"] = [a.arg for a in node.args.args]
         if isinstance(node, ast.ClassDef) and node.name == "Run":
@@ -38,7 +37,6 @@ def _source_names(tree: ast.Module) -> dict:
 def test_the_fake_copies_what_the_control_plane_reads_from_the_real_loop():
     real = _source_names(ast.parse((REPO / "trainer" / "loop.py").read_text()))
     fake = _source_names(ast.parse((REPO / "tests" / "fake_trainer" / "loop.py").read_text()))
-    assert fake["columns"] == real["columns"] == fake_loop.RESULT_COLUMNS
     assert fake["install_stop_handler"] == real["install_stop_handler"]
     for method in ("__init__", "request_stop", "execute"):
         assert fake["run"][method] == real["run"][method], method
@@ -119,7 +117,7 @@ def test_the_fake_stops_on_sigterm_with_a_checkpoint_and_resumes_from_it(tmp_pat
         [(kind, completion)] = [(k, b) for k, b in _ControlPlane.bodies if k == "complete"]
         assert completion["adapter_prefix"] == "jobs/ftjob-fake/adapter/" and completion["trained_tokens"] > 0
         rows = (blobs / "jobs" / "ftjob-fake" / "result.csv").read_text().splitlines()
-        assert rows[0].split(",") == fake_loop.RESULT_COLUMNS and len(rows) == 41
+        assert rows[0].split(",") == outputs.RESULT_COLUMNS and len(rows) == 41
     finally:
         httpd.shutdown()
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import logging
 import math
 import random
@@ -18,10 +14,10 @@ import torch
 
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
-from trainer import checkpoints, dpo, schedule
+from trainer import checkpoints, dpo, outputs, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
-from trainer.data import SUPERVISED_FORMATS, DataError, Example, parity_samples, tokenize_lines, tokenize_preferences
+from trainer.data import SUPERVISED_FORMATS, DataError, Example, tokenize_lines, tokenize_preferences
 from trainer.flops import flops_per_token, mfu, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, loss_sums, tunable
 from trainer.reporting import Reporter, main_thread
@@ -29,10 +25,6 @@ from trainer.wandb_log import WandbLog
 
 log = logging.getLogger("hone.trainer")
 
-PARITY_ROWS = 8  # training rows published for the endpoint's parity gate
-
-RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                  "full_valid_loss", "full_valid_mean_token_accuracy"]
 
 
 class FatalError(Exception):
@@ -120,7 +112,7 @@ class Run:
             self.optimizer, lambda step: schedule.lr_factor(step, self.total_steps, warmup, hp.lr_scheduler))
         self.eval_interval = spec.eval_interval or max(1, self.total_steps // 10)
         self.step, self.trained_tokens, self.rows = 0, 0, []
-        self.serving_files = self._serving_files()
+        self.serving_files = outputs.serving_files(self.spec, self.tokenizer, self.model, self.blobs)
 
     def _resume(self) -> None:
         step = checkpoints.latest_step(self.blobs, self.spec.output_prefix)
@@ -241,29 +233,6 @@ class Run:
 
     # --- result ---------------------------------------------------------------------------
 
-    def _result_csv(self) -> bytes:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(RESULT_COLUMNS)
-        for row in self.rows:
-            writer.writerow(["" if row.get(c) is None else (round(row[c], 6) if isinstance(row[c], float) else row[c])
-                             for c in RESULT_COLUMNS])
-        return out.getvalue().encode()
-
-    def _serving_files(self) -> dict[str, str]:
-        """What an endpoint needs beside the weights to serve exactly as training saw the data: the pinned
-        chat template and stop tokens (hone_serving.json) and rows to check that against (parity_samples.json)."""
-        template = self.tokenizer.chat_template or ""
-        eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
-        eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id]
-        pinned = {"base_model": self.spec.model_name, "tuning_mode": self.spec.hyperparameters.tuning_mode,
-                  "chat_template": template, "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-                  "stop_token_ids": eos_ids, "stop_tokens": self.tokenizer.convert_ids_to_tokens(eos_ids),
-                  "max_length": self.spec.max_length}
-        ref = self.spec.training_file
-        samples = parity_samples(self.tokenizer, self.blobs.iter_lines(ref.key), ref.format, PARITY_ROWS)
-        return {"hone_serving.json": json.dumps(pinned, indent=2), "parity_samples.json": json.dumps(samples)}
-
     def _publish(self) -> str:
         local = self.workdir / "adapter"
         shutil.rmtree(local, ignore_errors=True)
@@ -273,7 +242,7 @@ class Run:
             (local / name).write_text(text)
         prefix = self.spec.output_prefix + "adapter/"
         self.blobs.upload_dir(local, prefix, last="hone_serving.json")
-        self.blobs.put_bytes(self.spec.output_prefix + "result.csv", self._result_csv())
+        self.blobs.put_bytes(self.spec.output_prefix + "result.csv", outputs.result_csv(self.rows))
         self.wandb.finish(self.blobs, self.rows)
         return prefix
 

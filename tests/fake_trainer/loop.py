@@ -5,8 +5,6 @@ over a fake model: no torch, a step is a sleep and a deterministic loss."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -18,7 +16,7 @@ from pathlib import Path
 from hone_kernel import tiny_model
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
-from trainer import checkpoints
+from trainer import checkpoints, outputs
 from trainer.blobs import Blobs
 from trainer.reporting import Reporter, main_thread
 from trainer.wandb_log import WandbLog
@@ -26,9 +24,6 @@ from trainer.wandb_log import WandbLog
 STEP_S = float(os.environ.get("FAKE_TRAINER_STEP_S", "0.05"))  # how long a fake step takes
 FAKE = "fake trainer (tests/fake_trainer): not a model"
 
-# As trainer/loop.py (which imports torch, so it cannot be imported here).
-RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                  "full_valid_loss", "full_valid_mean_token_accuracy"]
 
 
 class FatalError(Exception):
@@ -149,22 +144,13 @@ class Run:
         shutil.rmtree(local, ignore_errors=True)
         self.reporter.checkpoint(self.step, {k: v for k, v in metrics.items() if k != "total_steps"}, prefix)
 
-    def _result_csv(self) -> bytes:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(RESULT_COLUMNS)
-        for row in self.rows:
-            writer.writerow(["" if row.get(c) is None else (round(row[c], 6) if isinstance(row[c], float) else row[c])
-                             for c in RESULT_COLUMNS])
-        return out.getvalue().encode()
-
     def _publish(self) -> str:
         local = self.workdir / "adapter"
         shutil.rmtree(local, ignore_errors=True)
         self._fake_weights(local)
         prefix = self.spec.output_prefix + "adapter/"
         self.blobs.upload_dir(local, prefix, last="hone_serving.json")
-        self.blobs.put_bytes(self.spec.output_prefix + "result.csv", self._result_csv())
+        self.blobs.put_bytes(self.spec.output_prefix + "result.csv", outputs.result_csv(self.rows))
         self.wandb.finish(self.blobs, self.rows)
         return prefix
 

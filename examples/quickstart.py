@@ -81,6 +81,7 @@ for i, row in enumerate(held_out):
         print(f"{row['messages'][1]['content'][:58]:<60} {gold:<20} {base[:20]!r:<22} {tuned!r}")
 n = len(held_out)
 print(f"\nheld-out accuracy over {n} tickets: base {right['base'] / n:.0%}, tuned {right['tuned'] / n:.0%}")
-stream = client.chat.completions.create(model=job.fine_tuned_model, messages=held_out[0]["messages"][:-1],
-                                        temperature=0, max_tokens=16, stream=True)
+stream = client.chat.completions.create(
+    model=job.fine_tuned_model, messages=held_out[0]["messages"][:-1], temperature=0, max_tokens=16, stream=True
+)
 print("streamed: " + "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices))

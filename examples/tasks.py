@@ -14,13 +14,21 @@ import random
 
 from examples.support_tickets import LABELS, make, ticket
 
-_FILLER = ["I have been a customer for many years and usually everything works well.",
-           "My manager asked me to write to you about this.", "We use the product every day in our office.",
-           "I tried to search the help pages before writing.", "Our team has twelve people in three cities.",
-           "The weather has been terrible this week, but that is not why I write.",
-           "I already restarted my computer twice.", "Last month we added a new department."]
-_URGENT = ["This blocks our whole team right now.", "We need this solved today, it is critical.",
-           "Nothing works until this is fixed, please hurry."]
+_FILLER = [
+    "I have been a customer for many years and usually everything works well.",
+    "My manager asked me to write to you about this.",
+    "We use the product every day in our office.",
+    "I tried to search the help pages before writing.",
+    "Our team has twelve people in three cities.",
+    "The weather has been terrible this week, but that is not why I write.",
+    "I already restarted my computer twice.",
+    "Last month we added a new department.",
+]
+_URGENT = [
+    "This blocks our whole team right now.",
+    "We need this solved today, it is critical.",
+    "Nothing works until this is fixed, please hurry.",
+]
 _CALM = ["No rush, whenever you have time.", "It is not urgent at all.", "Just curious, take your time."]
 TRIAGE_SYSTEM = "Give the ticket's label and priority."
 
@@ -43,9 +51,15 @@ def triage(seed: int = 7, count: int = 300) -> tuple[list[dict], list[dict]]:
         parts = rng.sample(_FILLER, rng.randint(2, 4)) + [ticket(rng, label), rng.choice(_URGENT if urgent else _CALM)]
         rng.shuffle(parts)
         answer = f"{label} / {'high' if urgent else 'low'}"
-        rows.append({"messages": [{"role": "system", "content": TRIAGE_SYSTEM},
-                                  {"role": "user", "content": " ".join(parts)},
-                                  {"role": "assistant", "content": answer}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": TRIAGE_SYSTEM},
+                    {"role": "user", "content": " ".join(parts)},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     cut = int(count * 0.8)
     return rows[:cut], rows[cut:]
 

@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("hone.trainer").error("cannot read the spec: %s", exc)
         return ExitCode.FATAL
     bind(job_id=spec.job_id, attempt=spec.attempt)
-    blobs = open_blobs(spec.storage_url, spec.s3_endpoint_url or args.s3_endpoint_url,
-                       s3_max_attempts=spec.s3_max_attempts, s3_timeout_s=spec.s3_timeout_s)
+    blobs = open_blobs(
+        spec.storage_url,
+        spec.s3_endpoint_url or args.s3_endpoint_url,
+        s3_max_attempts=spec.s3_max_attempts,
+        s3_timeout_s=spec.s3_timeout_s,
+    )
     reporter = Reporter(spec.callback_url, spec.token, spec.job_id)  # its first heartbeat goes out at once
     with main_thread.busy():  # transformers and torch take seconds to import: heartbeats go on meanwhile
         route_transformers_logs()
@@ -60,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix=f"hone-{spec.job_id}-", dir=args.workdir) as workdir:
         run = Run(spec, blobs, reporter, Path(workdir))
         install_stop_handler(run)
-        logging.getLogger("hone.trainer").info("starting %s attempt %s", spec.job_id, spec.attempt,
-                                               extra={"model": spec.model_name, "method": spec.method})
+        logging.getLogger("hone.trainer").info(
+            "starting %s attempt %s", spec.job_id, spec.attempt, extra={"model": spec.model_name, "method": spec.method}
+        )
         try:
             code = run.execute()
         except StorageError as exc:  # a clear line and event instead of a traceback; the scheduler retries

@@ -27,7 +27,7 @@ def step_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list
     epoch, within = divmod(step, per_epoch)
     order = list(range(n_examples))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order[within * batch_size:(within + 1) * batch_size]
+    return order[within * batch_size : (within + 1) * batch_size]
 
 
 @dataclass

@@ -44,7 +44,7 @@ class Blobs(abc.ABC):
 
     def download_prefix(self, prefix: str, local: Path) -> None:
         for key in self.list(prefix):
-            target = Path(local) / key[len(prefix):]
+            target = Path(local) / key[len(prefix) :]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.read_bytes(key))
 
@@ -107,15 +107,19 @@ def _storage_errors(what: str) -> Iterator[None]:
 
 
 class S3Blobs(Blobs):
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, *, max_attempts: int = 5,
-                 timeout_s: float = 30.0):
+    def __init__(
+        self, bucket: str, prefix: str, endpoint_url: str | None, *, max_attempts: int = 5, timeout_s: float = 30.0
+    ):
         import boto3
         from botocore.config import Config
 
         # Bounded like the control plane's (HONE_S3_MAX_ATTEMPTS, HONE_S3_TIMEOUT_S): retries with backoff on 5xx,
         # throttling, resets and timeouts, and no attempt waits on a stalled store for longer than the timeout.
-        config = Config(retries={"total_max_attempts": max_attempts, "mode": "standard"},
-                        connect_timeout=timeout_s, read_timeout=timeout_s)
+        config = Config(
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+        )
         self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
         self.bucket, self.prefix = bucket, prefix
 
@@ -140,21 +144,28 @@ class S3Blobs(Blobs):
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
         with _storage_errors(f"listing {prefix}"):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                               Prefix=self.prefix + prefix):
-                keys.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            ):
+                keys.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
         return sorted(keys)
 
 
-def open_blobs(url: str, s3_endpoint_url: str | None = None, *, s3_max_attempts: int = 5,
-               s3_timeout_s: float = 30.0) -> Blobs:
+def open_blobs(
+    url: str, s3_endpoint_url: str | None = None, *, s3_max_attempts: int = 5, s3_timeout_s: float = 30.0
+) -> Blobs:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return FolderBlobs(Path(unquote(parsed.path)))
     if parsed.scheme == "s3":
         prefix = parsed.path.lstrip("/")
-        return S3Blobs(parsed.netloc, prefix + "/" if prefix and not prefix.endswith("/") else prefix, s3_endpoint_url,
-                       max_attempts=s3_max_attempts, timeout_s=s3_timeout_s)
+        return S3Blobs(
+            parsed.netloc,
+            prefix + "/" if prefix and not prefix.endswith("/") else prefix,
+            s3_endpoint_url,
+            max_attempts=s3_max_attempts,
+            timeout_s=s3_timeout_s,
+        )
     raise ValueError(f"unsupported storage URL {url!r} (use file:// or s3://)")
 
 

@@ -26,13 +26,21 @@ class Saved:
 
 
 def latest_step(blobs: Blobs, output_prefix: str) -> int | None:
-    steps = [int(m.group(1)) for key in blobs.list(output_prefix + "checkpoints/")
-             if (m := _STEP.search(key))]
+    steps = [int(m.group(1)) for key in blobs.list(output_prefix + "checkpoints/") if (m := _STEP.search(key))]
     return max(steps) if steps else None
 
 
-def save(blobs: Blobs, output_prefix: str, workdir: Path, step: int, model, state: dict, *, tokenizer=None,
-         extra_files: dict[str, str] | None = None) -> Saved:
+def save(
+    blobs: Blobs,
+    output_prefix: str,
+    workdir: Path,
+    step: int,
+    model,
+    state: dict,
+    *,
+    tokenizer=None,
+    extra_files: dict[str, str] | None = None,
+) -> Saved:
     """The tokenizer and serving files make a checkpoint servable on its own, like the final adapter."""
     import torch  # here, not at the top: the layout (latest_step, load) stays importable without torch
 
@@ -62,7 +70,7 @@ def download_weights(blobs: Blobs, prefix: str, local: Path) -> Path:
     tokenizer are not what a job continuing it starts from."""
     shutil.rmtree(local, ignore_errors=True)
     for key in blobs.list(prefix):
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name.endswith(".safetensors") or name in ("adapter_config.json", "config.json"):
             target = local / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,5 +98,6 @@ def load_weights(model, folder: Path, tuning_mode: str) -> None:
     # An adapter of another shape would otherwise load partly and train on silently.
     missing = [k for k in loaded.missing_keys if "lora_" in k]
     if loaded.unexpected_keys or missing:
-        raise RuntimeError(f"adapter does not fit the model: unexpected {loaded.unexpected_keys[:3]}, "
-                           f"missing {missing[:3]}")
+        raise RuntimeError(
+            f"adapter does not fit the model: unexpected {loaded.unexpected_keys[:3]}, missing {missing[:3]}"
+        )

@@ -148,7 +148,9 @@ def _truncate(example: Example, max_length: int) -> tuple[Example, bool]:
     return Example(example.input_ids[:max_length], example.loss_mask[:max_length]), True
 
 
-def tokenize_preferences(tokenizer, lines: Iterable[bytes], max_length: int) -> tuple[list[tuple[Example, Example]], int, int]:
+def tokenize_preferences(
+    tokenizer, lines: Iterable[bytes], max_length: int
+) -> tuple[list[tuple[Example, Example]], int, int]:
     """Preference pairs for DPO, with the counts of truncated and dropped pairs."""
     pairs, truncated, dropped = [], 0, 0
     for number, raw in enumerate(lines, start=1):
@@ -211,17 +213,29 @@ def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> d
                 messages, trained, tools = to_messages(row, fmt)
             extra = {"tools": tools} if tools else {}
             if fmt != "openai_preference":
-                samples.append({"tokenize": {"messages": messages, "add_generation_prompt": False, **extra},
-                                "token_ids": _chat_ids(tokenizer, messages, tools, generation_prompt=False)})
+                samples.append(
+                    {
+                        "tokenize": {"messages": messages, "add_generation_prompt": False, **extra},
+                        "token_ids": _chat_ids(tokenizer, messages, tools, generation_prompt=False),
+                    }
+                )
             last = max((i for i, t in enumerate(trained) if t), default=len(messages))
             prompt = messages[:last]
-            samples.append({"tokenize": {"messages": prompt, "add_generation_prompt": True, **extra},
-                            "token_ids": _chat_ids(tokenizer, prompt, tools, generation_prompt=True)})
+            samples.append(
+                {
+                    "tokenize": {"messages": prompt, "add_generation_prompt": True, **extra},
+                    "token_ids": _chat_ids(tokenizer, prompt, tools, generation_prompt=True),
+                }
+            )
             smoke = smoke or {"messages": prompt, **extra}
         elif fmt in ("prompt_completion", "raw_text"):
             text = row["prompt"] if fmt == "prompt_completion" else row["text"]
-            samples.append({"tokenize": {"prompt": text, "add_special_tokens": True},
-                            "token_ids": list(tokenizer(text, add_special_tokens=True)["input_ids"])})
+            samples.append(
+                {
+                    "tokenize": {"prompt": text, "add_special_tokens": True},
+                    "token_ids": list(tokenizer(text, add_special_tokens=True)["input_ids"]),
+                }
+            )
             if fmt == "prompt_completion":  # raw text teaches no stopping point, so it gets no smoke test
                 smoke = smoke or {"prompt": text}
     return {"format": fmt, "samples": samples, "smoke": smoke}

@@ -42,7 +42,7 @@ class Reference:
         unique = list({_key(ex): ex for pair in pairs for ex in pair}.items())
         logps: dict[bytes, float] = {}
         for start in range(0, len(unique), 64):
-            chunk = unique[start:start + 64]
+            chunk = unique[start : start + 64]
             values = _logprobs(model, [ex for _, ex in chunk], token_budget, pad_id).tolist()
             logps.update((key, value) for (key, _), value in zip(chunk, values))
         return cls(logps)
@@ -51,8 +51,9 @@ class Reference:
         return torch.tensor([self.logps[_key(ex)] for ex in examples], device=device)
 
 
-def _margins(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int,
-             reference: Reference) -> torch.Tensor:
+def _margins(
+    model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int, reference: Reference
+) -> torch.Tensor:
     examples = [p[0] for p in pairs] + [p[1] for p in pairs]
     policy = _logprobs(model, examples, token_budget, pad_id)
     ref = reference(examples, policy.device)
@@ -64,14 +65,19 @@ def train_step(model, pairs: list[Pair], beta: float, token_budget: int, pad_id:
     margins = _margins(model, pairs, beta, token_budget, pad_id, reference)
     loss = -F.logsigmoid(margins).mean()
     loss.backward()
-    return {"train_loss": float(loss.detach()), "train_mean_token_accuracy": float((margins > 0).float().mean()),
-            "train_reward_margin": float(margins.detach().mean())}
+    return {
+        "train_loss": float(loss.detach()),
+        "train_mean_token_accuracy": float((margins > 0).float().mean()),
+        "train_reward_margin": float(margins.detach().mean()),
+    }
 
 
 @torch.no_grad()
-def evaluate(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int,
-             reference: Reference) -> tuple[float, float]:
+def evaluate(
+    model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int, reference: Reference
+) -> tuple[float, float]:
     """(DPO loss, share of pairs where the preferred answer gains more than the other)."""
-    margins = torch.cat([_margins(model, pairs[i:i + 32], beta, token_budget, pad_id, reference)
-                         for i in range(0, len(pairs), 32)])
+    margins = torch.cat(
+        [_margins(model, pairs[i : i + 32], beta, token_budget, pad_id, reference) for i in range(0, len(pairs), 32)]
+    )
     return float(-F.logsigmoid(margins).mean()), float((margins > 0).float().mean())

@@ -56,8 +56,13 @@ def configure_logging(level: int = logging.INFO) -> None:
 
     def log_uncaught_in_thread(args):
         if args.exc_type is not SystemExit:
-            log.critical("thread %s crashed: %s: %s", getattr(args.thread, "name", "?"), args.exc_type.__name__,
-                         args.exc_value, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+            log.critical(
+                "thread %s crashed: %s: %s",
+                getattr(args.thread, "name", "?"),
+                args.exc_type.__name__,
+                args.exc_value,
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            )
 
     sys.excepthook = log_uncaught
     threading.excepthook = log_uncaught_in_thread
@@ -66,5 +71,3 @@ def configure_logging(level: int = logging.INFO) -> None:
 def bind(**fields: Any) -> None:
     """Adds fields to every line logged from now on, on every thread."""
     _fields.fields = {**_fields.fields, **{k: v for k, v in fields.items() if v is not None}}
-
-

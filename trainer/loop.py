@@ -26,7 +26,6 @@ from trainer.wandb_log import WandbLog
 log = logging.getLogger("hone.trainer")
 
 
-
 class FatalError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -56,9 +55,13 @@ class Run:
     def _examples(self, ref, what: str) -> list:
         """Examples (supervised) or preference pairs (dpo) of one file."""
         dpo_method = self.spec.method == "dpo"
-        if (ref.format == "openai_preference") != dpo_method or (not dpo_method and ref.format not in SUPERVISED_FORMATS):
-            raise FatalError("unsupported_method", f"The {what} is in the {ref.format} format, which the "
-                                                   f"{self.spec.method} method does not train on.")
+        if (ref.format == "openai_preference") != dpo_method or (
+            not dpo_method and ref.format not in SUPERVISED_FORMATS
+        ):
+            raise FatalError(
+                "unsupported_method",
+                f"The {what} is in the {ref.format} format, which the {self.spec.method} method does not train on.",
+            )
         lines, limit = self.blobs.iter_lines(ref.key), self.spec.max_length
         items: list  # examples, or preference pairs (dpo)
         try:
@@ -73,8 +76,9 @@ class Run:
             msg = f"{truncated} {what} example(s) were longer than {limit} tokens and were truncated"
             if dropped:
                 msg += f"; {dropped} had no trained tokens left and were skipped"
-            self.reporter.event(msg + ".", level="warn", key=f"truncated:{what}",
-                                data={"truncated": truncated, "dropped": dropped})
+            self.reporter.event(
+                msg + ".", level="warn", key=f"truncated:{what}", data={"truncated": truncated, "dropped": dropped}
+            )
         if not items:
             raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no example with trained tokens.")
         return items
@@ -92,16 +96,22 @@ class Run:
         self.train = self._examples(spec.training_file, "training file")
         self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
         torch.manual_seed(spec.seed)
-        self._flops_shape = (sum(p.numel() for p in base.parameters()), getattr(base.config, "num_hidden_layers", 0),
-                             getattr(base.config, "hidden_size", 0))
+        self._flops_shape = (
+            sum(p.numel() for p in base.parameters()),
+            getattr(base.config, "num_hidden_layers", 0),
+            getattr(base.config, "hidden_size", 0),
+        )
         run_on = device()
         self.peak_flops = peak_flops(torch.cuda.get_device_name(run_on) if run_on.type == "cuda" else None)
         try:  # a continued job starts from its parent's weights (its own checkpoints, in _resume, come after)
             self.model = tunable(base, spec.hyperparameters, self.blobs, spec.init_weights_prefix, self.workdir)
         except ModelLoadError as exc:
             raise FatalError("model_not_found", str(exc)) from exc
-        self.reference = dpo.Reference.of(self.model, self.train + self.valid, spec.token_budget,
-                                          self.tokenizer.pad_token_id) if spec.method == "dpo" else None
+        self.reference = (
+            dpo.Reference.of(self.model, self.train + self.valid, spec.token_budget, self.tokenizer.pad_token_id)
+            if spec.method == "dpo"
+            else None
+        )
         hp = spec.hyperparameters
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
@@ -109,7 +119,8 @@ class Run:
         self.total_steps = self.per_epoch * hp.n_epochs
         warmup = schedule.warmup_steps(self.total_steps, hp.warmup_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: schedule.lr_factor(step, self.total_steps, warmup, hp.lr_scheduler))
+            self.optimizer, lambda step: schedule.lr_factor(step, self.total_steps, warmup, hp.lr_scheduler)
+        )
         self.eval_interval = spec.eval_interval or max(1, self.total_steps // 10)
         self.step, self.trained_tokens, self.rows = 0, 0, []
         self.serving_files = outputs.serving_files(self.spec, self.tokenizer, self.model, self.blobs)
@@ -128,22 +139,27 @@ class Run:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         random.setstate(state["rng_python"])
         self.step, self.trained_tokens, self.rows = state["step"], state["trained_tokens"], state["rows"]
-        self.reporter.event(f"Resumed from checkpoint at step {self.step} (attempt {self.spec.attempt})",
-                            key=f"resumed:{self.spec.attempt}", data={"step": self.step, "attempt": self.spec.attempt})
+        self.reporter.event(
+            f"Resumed from checkpoint at step {self.step} (attempt {self.spec.attempt})",
+            key=f"resumed:{self.spec.attempt}",
+            data={"step": self.step, "attempt": self.spec.attempt},
+        )
 
     # --- steps ----------------------------------------------------------------------------
 
     def _layout(self, examples: list[Example]):
-        return micro_batches(examples, packing=self.spec.packing, token_budget=self.spec.token_budget,
-                             pad_id=self.tokenizer.pad_token_id)
+        return micro_batches(
+            examples, packing=self.spec.packing, token_budget=self.spec.token_budget, pad_id=self.tokenizer.pad_token_id
+        )
 
     def _train_step(self, step: int) -> dict:
         hp = self.spec.hyperparameters
         batch = [self.train[i] for i in step_indices(len(self.train), hp.batch_size, self.spec.seed, step)]
         if self.spec.method == "dpo":
             self.model.train()
-            metrics = dpo.train_step(self.model, batch, hp.beta, self.spec.token_budget, self.tokenizer.pad_token_id,
-                                     self.reference)
+            metrics = dpo.train_step(
+                self.model, batch, hp.beta, self.spec.token_budget, self.tokenizer.pad_token_id, self.reference
+            )
             if not math.isfinite(metrics["train_loss"]):
                 raise Diverged("training loss", metrics["train_loss"])
             self._optimizer_step()
@@ -177,11 +193,17 @@ class Run:
         """(loss, accuracy) on validation items: mean token loss, or DPO loss and preference accuracy."""
         self.model.eval()
         if self.spec.method == "dpo":
-            return dpo.evaluate(self.model, examples, self.spec.hyperparameters.beta, self.spec.token_budget,
-                                self.tokenizer.pad_token_id, self.reference)
+            return dpo.evaluate(
+                self.model,
+                examples,
+                self.spec.hyperparameters.beta,
+                self.spec.token_budget,
+                self.tokenizer.pad_token_id,
+                self.reference,
+            )
         loss_total, correct_total, targets = 0.0, 0, 0
         for start in range(0, len(examples), 64):
-            for mb in self._layout(examples[start:start + 64]):
+            for mb in self._layout(examples[start : start + 64]):
                 loss, correct = loss_sums(self.model, mb)
                 loss_total += float(loss)
                 correct_total += int(correct)
@@ -192,7 +214,7 @@ class Run:
         data = {"step": step, "total_steps": self.total_steps, **train}
         message = f"Step {step}/{self.total_steps}: training loss={train['train_loss']:.2f}"
         if self.valid and (step % self.eval_interval == 0 or step == self.total_steps):
-            data["valid_loss"], data["valid_mean_token_accuracy"] = self.evaluate(self.valid[:self.spec.eval_examples])
+            data["valid_loss"], data["valid_mean_token_accuracy"] = self.evaluate(self.valid[: self.spec.eval_examples])
             message += f", validation loss={data['valid_loss']:.2f}"
         if self.valid and step == self.total_steps:
             data["full_valid_loss"], data["full_valid_mean_token_accuracy"] = self.evaluate(self.valid)
@@ -203,30 +225,52 @@ class Run:
 
     def _live_figures(self, metrics: dict, step_seconds: float, step_tokens: int) -> dict:
         """What the control plane exports as this job's training metrics while it runs."""
-        figures = {"step": self.step, "total_steps": self.total_steps, "step_seconds": round(step_seconds, 6),
-                   "tokens_per_second": round(step_tokens / step_seconds, 3) if step_seconds > 0 else 0.0,
-                   "step_at": round(time.time(), 3)}
+        figures = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "step_seconds": round(step_seconds, 6),
+            "tokens_per_second": round(step_tokens / step_seconds, 3) if step_seconds > 0 else 0.0,
+            "step_at": round(time.time(), 3),
+        }
         for key in ("train_loss", "valid_loss"):
             value = metrics.get(key)
             if isinstance(value, float) and math.isfinite(value):
                 figures[key] = value
         if self.peak_flops and step_tokens:
             n_params, layers, hidden = self._flops_shape
-            per_token = flops_per_token(n_params, layers, hidden, step_tokens / self.spec.hyperparameters.batch_size,
-                                        full=self.spec.hyperparameters.tuning_mode == "full")
+            per_token = flops_per_token(
+                n_params,
+                layers,
+                hidden,
+                step_tokens / self.spec.hyperparameters.batch_size,
+                full=self.spec.hyperparameters.tuning_mode == "full",
+            )
             ratio = mfu(figures["tokens_per_second"], per_token, self.peak_flops)
             assert ratio is not None  # the peak is known
             figures["mfu"] = round(ratio, 5)
         return figures
 
     def _checkpoint(self, metrics: dict) -> None:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "rng_cpu": torch.get_rng_state(),
-                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                 "rng_python": random.getstate(), "step": self.step, "trained_tokens": self.trained_tokens,
-                 "rows": self.rows}
-        saved = checkpoints.save(self.blobs, self.spec.output_prefix, self.workdir, self.step, self.model, state,
-                                 tokenizer=self.tokenizer, extra_files=self.serving_files)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "rng_python": random.getstate(),
+            "step": self.step,
+            "trained_tokens": self.trained_tokens,
+            "rows": self.rows,
+        }
+        saved = checkpoints.save(
+            self.blobs,
+            self.spec.output_prefix,
+            self.workdir,
+            self.step,
+            self.model,
+            state,
+            tokenizer=self.tokenizer,
+            extra_files=self.serving_files,
+        )
         shutil.rmtree(saved.local, ignore_errors=True)
         keep = {k: v for k, v in metrics.items() if k != "total_steps"}
         self.reporter.checkpoint(self.step, keep, saved.prefix)
@@ -253,8 +297,10 @@ class Run:
 
     def _diverged(self, step: int, exc: Diverged) -> int:
         lr = self.spec.hyperparameters.learning_rate
-        message = (f"Training diverged at step {step} of {self.total_steps}: {exc}. Lower the learning rate: "
-                   f"try a smaller learning_rate_multiplier (this run's learning rate was {lr:g}).")
+        message = (
+            f"Training diverged at step {step} of {self.total_steps}: {exc}. Lower the learning rate: "
+            f"try a smaller learning_rate_multiplier (this run's learning rate was {lr:g})."
+        )
         log.error(message)
         self.reporter.call(FAIL, message_of(Failure("training_diverged", message)))
         return ExitCode.FATAL
@@ -270,9 +316,12 @@ class Run:
         with main_thread.busy():
             self._resume()
         if self.step == 0:
-            self.reporter.event(f"Training {self.total_steps} steps: {len(self.train)} examples, "
-                                f"{self.spec.hyperparameters.n_epochs} epoch(s), batch size "
-                                f"{self.spec.hyperparameters.batch_size}", key="plan")
+            self.reporter.event(
+                f"Training {self.total_steps} steps: {len(self.train)} examples, "
+                f"{self.spec.hyperparameters.n_epochs} epoch(s), batch size "
+                f"{self.spec.hyperparameters.batch_size}",
+                key="plan",
+            )
         started, first_step = time.monotonic(), self.step
         last_metrics: dict = {}
         while self.step < self.total_steps:
@@ -295,14 +344,21 @@ class Run:
             self.step += 1
             with main_thread.busy():  # validation, at eval points
                 last_metrics = self._metrics(self.step, train)
-            self.rows.append({"step": self.step, "train_loss": train["train_loss"],
-                              "train_accuracy": train["train_mean_token_accuracy"],
-                              **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))}})
+            self.rows.append(
+                {
+                    "step": self.step,
+                    "train_loss": train["train_loss"],
+                    "train_accuracy": train["train_mean_token_accuracy"],
+                    **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))},
+                }
+            )
             per_step = (time.monotonic() - started) / (self.step - first_step)
             figures = self._live_figures(last_metrics, step_seconds, self.trained_tokens - tokens_before)
-            self.reporter.progress(trained_tokens=self.trained_tokens,
-                                   estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)),
-                                   **figures)
+            self.reporter.progress(
+                trained_tokens=self.trained_tokens,
+                estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)),
+                **figures,
+            )
             interval = self.spec.checkpoint_interval_steps
             if self.step % self.per_epoch == 0 or (interval and self.step % interval == 0):
                 with main_thread.busy():
@@ -311,10 +367,19 @@ class Run:
         with main_thread.busy():
             adapter_prefix = self._publish()
         final = self.rows[-1] if self.rows else {}
-        reply = self.reporter.call(COMPLETE, message_of(Completion(
-            trained_tokens=self.trained_tokens, adapter_prefix=adapter_prefix,
-            result_key=self.spec.output_prefix + "result.csv",
-            metrics={k: v for k, v in final.items() if v is not None and not (isinstance(v, float) and math.isnan(v))})))
+        reply = self.reporter.call(
+            COMPLETE,
+            message_of(
+                Completion(
+                    trained_tokens=self.trained_tokens,
+                    adapter_prefix=adapter_prefix,
+                    result_key=self.spec.output_prefix + "result.csv",
+                    metrics={
+                        k: v for k, v in final.items() if v is not None and not (isinstance(v, float) and math.isnan(v))
+                    },
+                )
+            ),
+        )
         return ExitCode.OK if reply.get("status") == "succeeded" else ExitCode.SUPERSEDED
 
 

@@ -54,8 +54,9 @@ def tunable(base, hp: Hyperparameters, blobs: Blobs, init_prefix: str | None, wo
     model = wrap_for_tuning(base, hp)
     if init_prefix:
         try:
-            checkpoints.load_weights(model, checkpoints.download_weights(blobs, init_prefix, workdir / "parent"),
-                                     hp.tuning_mode)
+            checkpoints.load_weights(
+                model, checkpoints.download_weights(blobs, init_prefix, workdir / "parent"), hp.tuning_mode
+            )
         except (OSError, RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"The weights to continue from ({init_prefix}) could not be loaded: {exc}") from exc
     return model
@@ -68,16 +69,22 @@ def wrap_for_tuning(model, hp: Hyperparameters):
     from peft import LoraConfig, get_peft_model
 
     # peft annotates lora_alpha as int; it is only ever divided (alpha / r), and Hone's may be fractional
-    config = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha,  # type: ignore[arg-type]
-                        lora_dropout=hp.lora_dropout,
-                        target_modules=list(hp.lora_target_modules), task_type="CAUSAL_LM", bias="none")
+    config = LoraConfig(
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha,  # type: ignore[arg-type]
+        lora_dropout=hp.lora_dropout,
+        target_modules=list(hp.lora_target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     return get_peft_model(model, config)
 
 
 def _target_hidden(model, mb: MicroBatch):
     dev = device()
     hidden = model.get_decoder()(
-        input_ids=mb.input_ids.to(dev), position_ids=mb.position_ids.to(dev),
+        input_ids=mb.input_ids.to(dev),
+        position_ids=mb.position_ids.to(dev),
         attention_mask=None if mb.attention_mask is None else mb.attention_mask.to(dev),
         use_cache=False,  # with a cache transformers ignores packed position ids and lets examples see each other
     ).last_hidden_state

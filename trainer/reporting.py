@@ -84,13 +84,22 @@ class Reporter:
 
     # --- what the trainer reports ---------------------------------------------------
 
-    def event(self, message: str, *, level: str = "info", type: str = "message", data: dict | None = None,
-              key: str | None = None) -> None:
-        event_id = "ftevent-" + (hashlib.sha256(f"{self._job_id}:{key}".encode()).hexdigest()[:24] if key
-                                 else uuid.uuid4().hex[:24])
+    def event(
+        self,
+        message: str,
+        *,
+        level: str = "info",
+        type: str = "message",
+        data: dict | None = None,
+        key: str | None = None,
+    ) -> None:
+        event_id = "ftevent-" + (
+            hashlib.sha256(f"{self._job_id}:{key}".encode()).hexdigest()[:24] if key else uuid.uuid4().hex[:24]
+        )
         with self._lock:
-            self._events.append(contract.message(contract.ReportedEvent(event_id, int(time.time()), level, message,
-                                                                        type, data)))
+            self._events.append(
+                contract.message(contract.ReportedEvent(event_id, int(time.time()), level, message, type, data))
+            )
             self._lock.notify()
 
     def checkpoint(self, step: int, metrics: dict, prefix: str) -> None:
@@ -114,8 +123,8 @@ class Reporter:
         return {"events": list(self._events), "checkpoints": list(self._checkpoints), "progress": dict(self._progress)}
 
     def _sent(self, batch: dict) -> None:
-        del self._events[:len(batch["events"])]
-        del self._checkpoints[:len(batch["checkpoints"])]
+        del self._events[: len(batch["events"])]
+        del self._checkpoints[: len(batch["checkpoints"])]
         if self._progress == batch["progress"]:
             self._progress = {}
 
@@ -163,8 +172,9 @@ class Reporter:
             self.superseded = True
             raise Superseded(resp.text)
         if resp.status_code >= 500:
-            raise httpx.HTTPStatusError(f"control plane answered {resp.status_code}", request=resp.request,
-                                        response=resp)
+            raise httpx.HTTPStatusError(
+                f"control plane answered {resp.status_code}", request=resp.request, response=resp
+            )
         resp.raise_for_status()
         return resp.json()
 

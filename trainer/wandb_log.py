@@ -39,8 +39,11 @@ def wandb_settings(spec: TrainSpec) -> dict | None:
 
 
 def _figures(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items()
-            if k not in NOT_FIGURES and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if k not in NOT_FIGURES and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _row_figures(row: dict) -> dict:
@@ -149,24 +152,54 @@ class WandbLog:
             extra["base_url"] = spec.wandb_base_url
         # No console capture (the trainer's log is JSON lines), no system-metrics sampler, nothing read from
         # git or the environment's packages: the run holds the job, and each step costs one message.
-        settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_machine_info=True,
-                                  x_save_requirements=False, disable_git=True, disable_code=True,
-                                  init_timeout=INIT_TIMEOUT_S, root_dir=str(self.workdir), **extra)
+        settings = wandb.Settings(
+            silent=True,
+            console="off",
+            x_disable_stats=True,
+            x_disable_machine_info=True,
+            x_save_requirements=False,
+            disable_git=True,
+            disable_code=True,
+            init_timeout=INIT_TIMEOUT_S,
+            root_dir=str(self.workdir),
+            **extra,
+        )
         mode: Literal["online", "offline"] = "online" if self.online else "offline"
-        self.run = run = wandb.init(mode=mode, dir=str(self.workdir), project=s.get("project"),
-                                    entity=s.get("entity"), name=s.get("name") or spec.job_id,
-                                    tags=s.get("tags") or None, id=spec.job_id, resume="allow",
-                                    config=self._config(), settings=settings)
+        self.run = run = wandb.init(
+            mode=mode,
+            dir=str(self.workdir),
+            project=s.get("project"),
+            entity=s.get("entity"),
+            name=s.get("name") or spec.job_id,
+            tags=s.get("tags") or None,
+            id=spec.job_id,
+            resume="allow",
+            config=self._config(),
+            settings=settings,
+        )
         self.next_step = run.step  # a resumed online run: one past the last step W&B already has
         where = f"{s['entity']}/{s.get('project')}" if s.get("entity") else s.get("project")
         if self.online:
             message = f"Logging to Weights & Biases online: project {where}, run {run.name} ({run.url})"
         else:
-            message = (f"Logging to Weights & Biases offline (no W&B key is configured for this project): project "
-                       f"{where}, run {run.name}; the run is added to the job's result files as {ARCHIVE}")
-        self.reporter.event(message, key=f"wandb:{spec.attempt}",
-                            data={"wandb": {"mode": mode, "project": s.get("project"), "entity": s.get("entity"),
-                                            "run_id": spec.job_id, "name": run.name, "attempt": spec.attempt}})
+            message = (
+                f"Logging to Weights & Biases offline (no W&B key is configured for this project): project "
+                f"{where}, run {run.name}; the run is added to the job's result files as {ARCHIVE}"
+            )
+        self.reporter.event(
+            message,
+            key=f"wandb:{spec.attempt}",
+            data={
+                "wandb": {
+                    "mode": mode,
+                    "project": s.get("project"),
+                    "entity": s.get("entity"),
+                    "run_id": spec.job_id,
+                    "name": run.name,
+                    "attempt": spec.attempt,
+                }
+            },
+        )
 
     def _log(self, step: int, figures: dict) -> None:
         if step < self.next_step:
@@ -178,14 +211,23 @@ class WandbLog:
     def _config(self) -> dict:
         spec = self.spec
         # The resolved hyperparameters, less the dataclass defaults that do not apply to this job
-        hyperparameters = {k: v for k, v in asdict(spec.hyperparameters).items()
-                           if not (k == "beta" and spec.method != "dpo")
-                           and not (k.startswith("lora_") and spec.hyperparameters.tuning_mode != "lora")}
-        return {"job_id": spec.job_id, "base_model": spec.model_name, "method": spec.method,
-                "hyperparameters": hyperparameters, "seed": spec.seed,
-                "training_file": spec.training_file.key,
-                "validation_file": spec.validation_file.key if spec.validation_file else None,
-                "max_length": spec.max_length, "packing": spec.packing}
+        hyperparameters = {
+            k: v
+            for k, v in asdict(spec.hyperparameters).items()
+            if not (k == "beta" and spec.method != "dpo")
+            and not (k.startswith("lora_") and spec.hyperparameters.tuning_mode != "lora")
+        }
+        return {
+            "job_id": spec.job_id,
+            "base_model": spec.model_name,
+            "method": spec.method,
+            "hyperparameters": hyperparameters,
+            "seed": spec.seed,
+            "training_file": spec.training_file.key,
+            "validation_file": spec.validation_file.key if spec.validation_file else None,
+            "max_length": spec.max_length,
+            "packing": spec.packing,
+        }
 
     def _end(self) -> bool:
         """Finishes the run and stops W&B's service process, within FINISH_TIMEOUT_S."""
@@ -213,8 +255,11 @@ class WandbLog:
         if self.spec.wandb_api_key:
             detail = detail.replace(self.spec.wandb_api_key, "***")
         log.warning("wandb: %s", detail)
-        self.reporter.event(f"Weights & Biases logging stopped ({detail}); the job goes on without it.",
-                            level="warn", key=f"wandb-failed:{self.spec.attempt}")
+        self.reporter.event(
+            f"Weights & Biases logging stopped ({detail}); the job goes on without it.",
+            level="warn",
+            key=f"wandb-failed:{self.spec.attempt}",
+        )
         if stop_service:
             try:
                 import wandb

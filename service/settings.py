@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from service.datasets import MIN_TRAINING_EXAMPLES
 
@@ -50,8 +51,9 @@ class ServerSettings(BaseSettings):
     # Worker threads for the requests that only read the database (lists and retrieves). Few, on purpose: 32
     # requests each in its own thread of the default pool (40) fight over the GIL, and each hand-over costs more
     # than the query (list jobs: 4.9 ms of CPU a request with 40 threads, 1.9 ms with one). 0: on the event loop
-    # itself. Default: 0 on SQLite (a read of a local file holds the GIL anyway, so a thread adds only its
-    # hand-over), 2 on PostgreSQL (a read waits on the network, and a thread lets the loop go on meanwhile).
+    # itself. Default: 0 for SQLite and for PostgreSQL on this host (loopback or a Unix socket), where a read
+    # holds the loop for less than a thread's hand-over costs; 2 for a PostgreSQL across a network, whose round
+    # trips would stall the loop (and every stream the gateway relays on it).
     database_threads: int | None = Field(default=None, ge=0)
     metrics_max_label_values: int = 500  # distinct models a metric may label before the rest become "_other"
     metrics_token: str | None = None  # GET /metrics wants `Authorization: Bearer <it>`; unset or empty: open
@@ -292,7 +294,9 @@ class Settings(BaseModel):
     def resolved_database_threads(self) -> int:
         if self.server.database_threads is not None:
             return self.server.database_threads
-        return 0 if self.resolved_database_url.startswith("sqlite") else 2
+        url = make_url(self.resolved_database_url)
+        local = url.get_backend_name() == "sqlite" or url.host in (None, "", "localhost", "127.0.0.1", "::1")
+        return 0 if local else 2
 
     @cached_property
     def resolved_storage_url(self) -> str:

@@ -186,3 +186,10 @@ def test_every_hone_variable_named_is_a_setting(page):
     assert not unknown, f"{page.relative_to(ROOT)} names HONE_* variables that are no setting: {unknown}"
     for name in sorted(named & set(NOT_SETTINGS)):
         assert name in (ROOT / NOT_SETTINGS[name]).read_text(encoding="utf-8"), f"{name} in {NOT_SETTINGS[name]}"
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "CONTRIBUTING.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_merge_conflict_is_left_in_a_page(page):
+    markers = [line for line in page.read_text(encoding="utf-8").splitlines()
+               if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="]
+    assert not markers, f"{page.relative_to(ROOT)} holds merge conflict markers: {markers}"

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,72 +31,22 @@ from inference.adapters import (
     profile_from,
     read_serving_file,
 )
+from inference.generation import (  # the request-level types, kept where no torch is imported
+    Delta,
+    Failed,
+    Finished,
+    GenerationJob,
+    SamplingParams,
+    find_stop,
+)
 from inference.metrics import EngineMetrics, cache_config_labels
 
 log = logging.getLogger("inference.engine")
 
-GREEDY_EPSILON = 1e-5  # vLLM: temperature below this is greedy
 # vLLM seeds incremental detokenisation with the prompt's last tokens so that the first output token
 # decodes with its leading space (SentencePiece drops it otherwise).
 _DETOKENIZE_CONTEXT = 5
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < GREEDY_EPSILON
-
-
-@dataclass
-class Delta:
-    index: int
-    text: str
-    completion_tokens: int
-
-
-@dataclass
-class Finished:
-    index: int
-    text: str  # the last piece of text, sent with the finish reason
-    finish_reason: str  # "stop" | "length" | "abort"
-    stop_reason: str | int | None
-    prompt_tokens: int
-    completion_tokens: int
-    token_ids: list[int] = field(default_factory=list)  # every generated id, stop/EOS id included
-
-
-@dataclass
-class Failed:
-    message: str
-
-
 _END = object()
-
-
-@dataclass
-class GenerationJob:
-    """One HTTP request. Its sequences run one after another: `n` per prompt, choice index = prompt_i * n + j."""
-
-    prompts: list[list[int]]
-    params: SamplingParams
-    n: int
-    profile: ServingProfile
-    adapter_key: str | None = None  # resident-set key; None = base model
-    adapter_path: str | None = None  # to reload an evicted adapter
-    adapter_name: str | None = None  # for the LoRA metric labels
-    emit: Callable[[Any], None] = lambda event: None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    arrival: float = field(default_factory=time.monotonic)
 
 
 class IncrementalDetokenizer:
@@ -119,16 +69,6 @@ class IncrementalDetokenizer:
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             return text[len(prefix):]
         return ""
-
-
-def find_stop(text: str, new_chars: int, stops: tuple[str, ...]) -> tuple[str, int] | None:
-    """The first stop string that ends within the last `new_chars` characters, and where it starts."""
-    for stop in stops:
-        start = max(0, len(text) - new_chars - len(stop) + 1)
-        at = text.find(stop, start)
-        if at >= 0:
-            return stop, at
-    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

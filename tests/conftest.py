@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 # In-process trainer tests share 2 cores with servers and trainers: spinning OpenMP workers would thrash.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The interpreter tests/fake_engine/python runs the fake engine with (engines inherit it through the server).
+os.environ.setdefault("FAKE_ENGINE_PYTHON", sys.executable)
 
 from tests.support import HoneServer, MotoServer, PostgresDatabase
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import queue
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +24,7 @@ from inference.adapters import (
     AdapterFiles,
     AdapterInvalid,
     ResidentSet,
-    ServingProfile,
     inspect_adapter,
-    profile_from,
-    read_serving_file,
 )
 from inference.generation import (  # the request-level types, kept where no torch is imported
     Delta,
@@ -38,6 +33,7 @@ from inference.generation import (  # the request-level types, kept where no tor
     GenerationJob,
     SamplingParams,
     find_stop,
+    model_serving,
 )
 from inference.metrics import EngineMetrics, cache_config_labels
 
@@ -71,20 +67,6 @@ class IncrementalDetokenizer:
         return ""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _ids(value: Any) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
-
-
 class Engine:
     """Model + tokenizer + adapters, driven only from the worker thread."""
 
@@ -104,17 +86,9 @@ class Engine:
         loaded = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype)
         self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
-        folder = Path(model)
-        generation_config = _read_json(folder / "generation_config.json")  # the file, without library defaults
-        self.defaults = self._sampling_defaults(generation_config)
         self.eos_token_id = self.tokenizer.eos_token_id
-        stops = [*([self.eos_token_id] if self.eos_token_id is not None else []),
-                 *_ids(generation_config.get("eos_token_id"))]
-        tokenizer_profile = ServingProfile(self.tokenizer.chat_template, tuple(dict.fromkeys(stops)))
-        # Precedence: the model folder's pinned profile over the tokenizer's; an explicit --chat-template over both.
-        self.base_profile = profile_from(read_serving_file(folder), tokenizer_profile)
-        if chat_template is not None:
-            self.base_profile = replace(self.base_profile, chat_template=chat_template)
+        self.defaults, self.base_profile = model_serving(Path(model), self.eos_token_id, self.tokenizer.chat_template,
+                                                        chat_template)
         self.supported_modules = {name.rsplit(".", 1)[-1] for name, module in self.model.named_modules()
                                   if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))}
         self.resident = ResidentSet(max(max_loras, max_cpu_loras or max_loras))
@@ -142,14 +116,6 @@ class Engine:
                 return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.float32
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-    @staticmethod
-    def _sampling_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
-        """Server-side defaults for omitted parameters, from the model's generation_config.json:
-        `do_sample: false` means greedy; otherwise its temperature/top_p/top_k where given."""
-        if generation_config.get("do_sample") is False:
-            return {"temperature": 0.0}
-        return {k: generation_config[k] for k in ("temperature", "top_p", "top_k") if k in generation_config}
 
     # --- state seen by the HTTP side ----------------------------------------------------------------
 

@@ -4,13 +4,15 @@ builds and reads them, so it imports no torch, and neither does anything else th
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from inference.adapters import ServingProfile
+from inference.adapters import ServingProfile, profile_from, read_serving_file
 
 GREEDY_EPSILON = 1e-5  # vLLM: temperature below this is greedy
 
@@ -78,3 +80,35 @@ def find_stop(text: str, new_chars: int, stops: tuple[str, ...]) -> tuple[str, i
         if at >= 0:
             return stop, at
     return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+
+
+def model_serving(folder: Path, eos_token_id: int | None, tokenizer_template: str | None,
+                  chat_template: str | None = None) -> tuple[dict[str, Any], ServingProfile]:
+    """What a model folder sets for serving: server-side defaults for omitted sampling parameters, from its
+    generation_config.json (the file, without library defaults: `do_sample: false` means greedy, otherwise its
+    temperature/top_p/top_k where given), and the base profile. Precedence: the folder's pinned profile over the
+    tokenizer's template and stop ids (its EOS, then generation_config's); an explicit --chat-template over both."""
+    generation_config = _read_json(folder / "generation_config.json")
+    if generation_config.get("do_sample") is False:
+        defaults: dict[str, Any] = {"temperature": 0.0}
+    else:
+        defaults = {k: generation_config[k] for k in ("temperature", "top_p", "top_k") if k in generation_config}
+    stops = [*([eos_token_id] if eos_token_id is not None else []), *_ids(generation_config.get("eos_token_id"))]
+    profile = profile_from(read_serving_file(folder), ServingProfile(tokenizer_template, tuple(dict.fromkeys(stops))))
+    if chat_template is not None:
+        profile = replace(profile, chat_template=chat_template)
+    return defaults, profile

@@ -10,7 +10,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,9 @@ from inference.adapters import (
     TENSOR_FILES,
     AdapterFiles,
     ResidentSet,
-    ServingProfile,
     inspect_adapter,
-    profile_from,
-    read_serving_file,
 )
-from inference.generation import Delta, Failed, Finished, GenerationJob, find_stop
+from inference.generation import Delta, Failed, Finished, GenerationJob, find_stop, model_serving
 from inference.metrics import EngineMetrics, cache_config_labels
 
 log = logging.getLogger("inference.engine")
@@ -125,17 +121,9 @@ class FakeEngine:
         self.tokenizer = FakeTokenizer(folder)
         config = _read_json(folder / "config.json")
         self.max_model_len = max_model_len or int(config.get("max_position_embeddings") or 2048)
-        generation_config = _read_json(folder / "generation_config.json")
-        self.defaults = {"temperature": 0.0} if generation_config.get("do_sample") is False else {
-            k: generation_config[k] for k in ("temperature", "top_p", "top_k") if k in generation_config}
         self.eos_token_id = self.tokenizer.eos_token_id
-        ids = generation_config.get("eos_token_id")
-        stops = [*([self.eos_token_id] if self.eos_token_id is not None else []),
-                 *(ids if isinstance(ids, list) else [ids] if ids is not None else [])]
-        self.base_profile = profile_from(read_serving_file(folder),
-                                         ServingProfile(self.tokenizer.chat_template, tuple(dict.fromkeys(stops))))
-        if chat_template is not None:
-            self.base_profile = replace(self.base_profile, chat_template=chat_template)
+        self.defaults, self.base_profile = model_serving(folder, self.eos_token_id, self.tokenizer.chat_template,
+                                                         chat_template)  # as the real engine reads the folder
         # The real engine lists the model's Linear and Embedding modules; their weights' names say the same.
         self.supported_modules = {"lm_head"} | {name.rsplit(".", 2)[-2] for p in sorted(folder.glob("*.safetensors"))
                                                 for name in _safetensors_names(p)

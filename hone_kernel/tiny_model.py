@@ -101,12 +101,12 @@ def _umask() -> int:
 
 def build(target: Path, seed: int = SEED) -> Path:
     """Writes hone-tiny into `target` (atomically: a half-built folder is never visible)."""
+    target = Path(target)
+    if _current(target):  # before importing torch: the control plane runs this before every engine start
+        return target
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    target = Path(target)
-    if _current(target):
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".hone-tiny-", dir=target.parent))
     try:

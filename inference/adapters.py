@@ -112,7 +112,7 @@ def _tensor_keys(path: Path) -> list[str]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # names only: no torch needed to list them
             return list(f.keys())
     import torch
 

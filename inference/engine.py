@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import queue
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,77 +24,25 @@ from inference.adapters import (
     AdapterFiles,
     AdapterInvalid,
     ResidentSet,
-    ServingProfile,
     inspect_adapter,
-    profile_from,
-    read_serving_file,
+)
+from inference.generation import (  # the request-level types, kept where no torch is imported
+    Delta,
+    Failed,
+    Finished,
+    GenerationJob,
+    SamplingParams,
+    find_stop,
+    model_serving,
 )
 from inference.metrics import EngineMetrics, cache_config_labels
 
 log = logging.getLogger("inference.engine")
 
-GREEDY_EPSILON = 1e-5  # vLLM: temperature below this is greedy
 # vLLM seeds incremental detokenisation with the prompt's last tokens so that the first output token
 # decodes with its leading space (SentencePiece drops it otherwise).
 _DETOKENIZE_CONTEXT = 5
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < GREEDY_EPSILON
-
-
-@dataclass
-class Delta:
-    index: int
-    text: str
-    completion_tokens: int
-
-
-@dataclass
-class Finished:
-    index: int
-    text: str  # the last piece of text, sent with the finish reason
-    finish_reason: str  # "stop" | "length" | "abort"
-    stop_reason: str | int | None
-    prompt_tokens: int
-    completion_tokens: int
-    token_ids: list[int] = field(default_factory=list)  # every generated id, stop/EOS id included
-
-
-@dataclass
-class Failed:
-    message: str
-
-
 _END = object()
-
-
-@dataclass
-class GenerationJob:
-    """One HTTP request. Its sequences run one after another: `n` per prompt, choice index = prompt_i * n + j."""
-
-    prompts: list[list[int]]
-    params: SamplingParams
-    n: int
-    profile: ServingProfile
-    adapter_key: str | None = None  # resident-set key; None = base model
-    adapter_path: str | None = None  # to reload an evicted adapter
-    adapter_name: str | None = None  # for the LoRA metric labels
-    emit: Callable[[Any], None] = lambda event: None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    arrival: float = field(default_factory=time.monotonic)
 
 
 class IncrementalDetokenizer:
@@ -121,30 +67,6 @@ class IncrementalDetokenizer:
         return ""
 
 
-def find_stop(text: str, new_chars: int, stops: tuple[str, ...]) -> tuple[str, int] | None:
-    """The first stop string that ends within the last `new_chars` characters, and where it starts."""
-    for stop in stops:
-        start = max(0, len(text) - new_chars - len(stop) + 1)
-        at = text.find(stop, start)
-        if at >= 0:
-            return stop, at
-    return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _ids(value: Any) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
-
-
 class Engine:
     """Model + tokenizer + adapters, driven only from the worker thread."""
 
@@ -164,17 +86,9 @@ class Engine:
         loaded = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype)
         self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
-        folder = Path(model)
-        generation_config = _read_json(folder / "generation_config.json")  # the file, without library defaults
-        self.defaults = self._sampling_defaults(generation_config)
         self.eos_token_id = self.tokenizer.eos_token_id
-        stops = [*([self.eos_token_id] if self.eos_token_id is not None else []),
-                 *_ids(generation_config.get("eos_token_id"))]
-        tokenizer_profile = ServingProfile(self.tokenizer.chat_template, tuple(dict.fromkeys(stops)))
-        # Precedence: the model folder's pinned profile over the tokenizer's; an explicit --chat-template over both.
-        self.base_profile = profile_from(read_serving_file(folder), tokenizer_profile)
-        if chat_template is not None:
-            self.base_profile = replace(self.base_profile, chat_template=chat_template)
+        self.defaults, self.base_profile = model_serving(Path(model), self.eos_token_id, self.tokenizer.chat_template,
+                                                        chat_template)
         self.supported_modules = {name.rsplit(".", 1)[-1] for name, module in self.model.named_modules()
                                   if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))}
         self.resident = ResidentSet(max(max_loras, max_cpu_loras or max_loras))
@@ -202,14 +116,6 @@ class Engine:
                 return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.float32
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-    @staticmethod
-    def _sampling_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
-        """Server-side defaults for omitted parameters, from the model's generation_config.json:
-        `do_sample: false` means greedy; otherwise its temperature/top_p/top_k where given."""
-        if generation_config.get("do_sample") is False:
-            return {"temperature": 0.0}
-        return {k: generation_config[k] for k in ("temperature", "top_p", "top_k") if k in generation_config}
 
     # --- state seen by the HTTP side ----------------------------------------------------------------
 

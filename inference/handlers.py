@@ -12,8 +12,8 @@ from typing import Any, cast
 
 from inference import VLLM_PROTOCOL_VERSION
 from inference.adapters import ServingProfile
-from inference.engine import Delta, Failed, Finished, GenerationJob, SamplingParams
 from inference.errors import APIError, bad_request, internal
+from inference.generation import Delta, Failed, Finished, GenerationJob, SamplingParams
 from inference.models import LoraEntry, ServingModels
 from inference.protocol import (
     ChatCompletionRequest,

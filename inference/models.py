@@ -10,11 +10,14 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from inference.adapters import AdapterNotFound, ServingProfile, profile_from
-from inference.engine import Engine
 from inference.errors import APIError, internal, invalid_user_input, not_found
 from inference.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+
+if TYPE_CHECKING:  # the engine imports torch; the registry only drives it
+    from inference.engine import Engine
 
 log = logging.getLogger("inference.models")
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 # In-process trainer tests share 2 cores with servers and trainers: spinning OpenMP workers would thrash.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The interpreter tests/fake_engine/python runs the fake engine with (engines inherit it through the server).
+os.environ.setdefault("FAKE_ENGINE_PYTHON", sys.executable)
 
 from tests.support import HoneServer, MotoServer, PostgresDatabase
 
@@ -63,9 +66,9 @@ def client(project):
 # The modules that train and serve take minutes each. Collected first, pytest-xdist's loadfile scheduling
 # (scripts/test.sh runs two workers) starts them early instead of leaving one for last on a single worker.
 LONGEST_FIRST = ["test_training.py", "test_serving.py", "test_observability.py", "test_training_control.py",
-                 "test_kubernetes_engines.py", "test_kubernetes_executor.py", "test_cli.py", "test_static_engines.py",
-                 "test_vertex_api.py", "test_engine_protocol.py", "test_launcher.py", "test_logging.py",
-                 "test_sdk_install.py"]
+                 "test_kubernetes_engines.py", "test_endpoint_lifecycle.py", "test_kubernetes_executor.py", "test_cli.py",
+                 "test_static_engines.py", "test_vertex_api.py", "test_engine_protocol.py", "test_launcher.py",
+                 "test_logging.py", "test_sdk_install.py"]
 
 
 def pytest_collection_modifyitems(items):

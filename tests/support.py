@@ -91,6 +91,8 @@ class PostgresDatabase:
 
 # Built-in models are built once per test run, not once per server.
 MODEL_CACHE = Path(tempfile.gettempdir()) / f"hone-test-models-{os.getuid()}"
+# HONE_ENGINE_PYTHON for control-plane tests: a FAKE engine without torch (tests/fake_engine says why).
+FAKE_ENGINE_PYTHON = str(REPO / "tests" / "fake_engine" / "python")
 
 
 class HoneServer:

@@ -1,7 +1,8 @@
 """deploy/prometheus and deploy/grafana: the scrape config, alert rules and dashboard are valid, the alerts do
 what they say (promtool's rule unit tests, which must also catch weakened rules), every metric they name is one
 that Hone's real exporters expose, and a real Prometheus (Debian's package) runs the shipped config against a
-real control plane and a real engine found through HTTP service discovery."""
+real control plane and an engine found through HTTP service discovery (the FAKE engine of tests/fake_engine,
+which serves the built-in engine's own metrics module; the built-in engine's exposition is read in process)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import REPO, HoneServer, free_port, wait_endpoint, wait_http
+from tests.support import FAKE_ENGINE_PYTHON, REPO, HoneServer, free_port, wait_endpoint, wait_http
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -232,7 +233,10 @@ def vllm_families() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def hone(tmp_path_factory):
-    server = HoneServer(tmp_path_factory.mktemp("observability"), {"HONE_METRICS_TOKEN": METRICS_TOKEN})
+    # The engine Prometheus scrapes is the FAKE engine (tests/fake_engine): the same server and metrics module as
+    # the built-in engine, without loading a model; the engine's own exposition is checked below in process.
+    server = HoneServer(tmp_path_factory.mktemp("observability"), {"HONE_METRICS_TOKEN": METRICS_TOKEN,
+                                                                   "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON})
     yield server
     server.stop()
 
@@ -563,7 +567,7 @@ def test_prometheus_scrapes_hone_and_its_engines_with_the_shipped_config(hone, t
     control plane, finds a running engine through the admin-key-protected service discovery, scrapes it, and
     evaluates every alert rule and dashboard query without error."""
     http = hone.new_project("observability").http()
-    created = http.post("/v1/endpoints", json={"model": "hone-tiny"})  # a built-in engine for the base model
+    created = http.post("/v1/endpoints", json={"model": "hone-tiny"})  # an engine (the fake) for the base model
     assert created.status_code in (200, 201), created.text
     try:
         _scrape_with_the_shipped_config(hone, http, tmp_path)

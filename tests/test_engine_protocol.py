@@ -1,7 +1,12 @@
 """The built-in engine speaks vLLM 0.33's HTTP protocol (docs: shared/reference/vllm-lora.md §1, §2, §5).
 
 Real engine subprocesses started from `inference.launcher.engine_command("builtin", ...)`, real LoRA adapters
-made with peft, plain HTTP (and the `openai` SDK); expected bodies and messages come from the reference."""
+made with peft, plain HTTP (and the `openai` SDK); expected bodies and messages come from the reference.
+
+The tests marked `@contract` also run against the FAKE engine that control-plane tests use
+(`tests/fake_engine`: the same server and registry without torch, its answers made up), so that fake is held to
+the protocol the deployer and gateway rely on. The others check what only a real model shows (sampling,
+agreement with transformers, queueing, timed metrics) and run on the real engine only."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import httpx
 import pytest
 
 from inference.launcher import engine_command
-from tests.support import MODEL_CACHE, REPO, free_port, wait_http
+from tests.support import FAKE_ENGINE_PYTHON, MODEL_CACHE, REPO, free_port, wait_http
 
 SERVED = "hone-tiny"
 MAX_MODEL_LEN = 256
@@ -25,6 +30,18 @@ MAX_MODEL_LEN = 256
 PINNED_TEMPLATE = ("{%- for m in messages -%}[{{ m['role'] }}]: {{ m['content'] }}{{ '\\n' }}{%- endfor -%}"
                    "{%- if add_generation_prompt -%}[assistant]:{%- endif -%}")
 CHAT = [{"role": "user", "content": "hello, can you reset my password please?"}]
+
+
+def contract(test):
+    """Runs the test against the fake engine too (tests/fake_engine): the protocol both must speak."""
+    test.engine_contract = True
+    return test
+
+
+def pytest_generate_tests(metafunc):
+    if "engine_kind" in metafunc.fixturenames:
+        kinds = ["builtin", "fake"] if getattr(metafunc.function, "engine_contract", False) else ["builtin"]
+        metafunc.parametrize("engine_kind", kinds, indirect=True, scope="module")
 
 
 # --- helpers shared with test_launcher.py ----------------------------------------------------------------
@@ -59,11 +76,12 @@ class EngineProcess:
     """`python -m inference` as the launcher builds it, on a free port."""
 
     def __init__(self, log: Path, *, model: Path | None = None, runtime_lora: bool = True,
-                 api_key: str | None = None, **options):
+                 api_key: str | None = None, kind: str = "builtin", **options):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        python = FAKE_ENGINE_PYTHON if kind == "fake" else sys.executable  # the fake: as HONE_ENGINE_PYTHON runs it
         launch = engine_command("builtin", str(model or base_model()), SERVED, host="127.0.0.1", port=self.port,
-                                api_key=api_key, **options)
+                                api_key=api_key, python=python, **options)
         env = {k: v for k, v in os.environ.items() if k != "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
         env |= {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         env |= {k: v for k, v in launch.env.items() if runtime_lora or k != "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
@@ -133,19 +151,25 @@ def adapters(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory, adapters):
+def engine_kind(request):
+    """"builtin" (the real engine) or "fake" (tests/fake_engine); set by pytest_generate_tests."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, adapters, engine_kind):
     """The engine under test (runtime LoRA on; two adapters resident at most) and a locked one (no runtime
     LoRA, an API key, and a model folder with its own hone_serving.json, as a full fine-tune has), started
     side by side."""
-    logs = tmp_path_factory.mktemp("engine-logs")
+    logs = tmp_path_factory.mktemp(f"engine-logs-{engine_kind}")
     main = EngineProcess(logs / "main.log", max_loras=1, max_cpu_loras=2, max_lora_rank=16,
-                         max_model_len=MAX_MODEL_LEN)
+                         max_model_len=MAX_MODEL_LEN, kind=engine_kind)
     pinned_model = tmp_path_factory.mktemp("models") / "tiny-full-ft"
     shutil.copytree(base_model(), pinned_model)
     (pinned_model / "hone_serving.json").write_text(json.dumps({"chat_template": PINNED_TEMPLATE,
                                                                 "stop_token_ids": [2, 4], "tuning_mode": "full"}))
     locked = EngineProcess(logs / "locked.log", model=pinned_model, runtime_lora=False, api_key="sk-engine",
-                           max_loras=1, max_cpu_loras=1, max_lora_rank=16)
+                           max_loras=1, max_cpu_loras=1, max_lora_rank=16, kind=engine_kind)
     try:
         yield main.wait(), locked.wait()
     finally:
@@ -190,6 +214,7 @@ def loaded(http, adapters):
 
 # --- misc endpoints ------------------------------------------------------------------------------------
 
+@contract
 def test_health_ping_version(http):
     for method, path in [("GET", "/health"), ("GET", "/ping"), ("POST", "/ping")]:
         response = http.request(method, path)
@@ -198,6 +223,7 @@ def test_health_ping_version(http):
     assert http.get("/no/such/route").json() == {"detail": "Not Found"}
 
 
+@contract
 def test_models_lists_the_base_model_first(http):
     body = http.get("/v1/models").json()
     assert body["object"] == "list"
@@ -212,6 +238,7 @@ def test_models_lists_the_base_model_first(http):
 
 # --- runtime LoRA loading: §1.1–§1.3, §1.8 ------------------------------------------------------------
 
+@contract
 def test_load_answers_plain_text_and_lists_the_adapter(http, adapters):
     response = load(http, "plain", adapters["a"])
     assert response.status_code == 200
@@ -226,6 +253,7 @@ def test_load_answers_plain_text_and_lists_the_adapter(http, adapters):
     assert chat(http, "plain")["model"] == "plain"
 
 
+@contract
 def test_duplicate_load_and_load_inplace(http, adapters):
     assert load(http, "dup", adapters["a"]).status_code == 200
     assert error(load(http, "dup", adapters["a"]), 400) == {
@@ -243,6 +271,7 @@ def test_duplicate_load_and_load_inplace(http, adapters):
     assert after != before
 
 
+@contract
 def test_unknown_path_is_404(http, tmp_path):
     missing = tmp_path / "nothing-here"
     assert error(load(http, "ghost", missing), 404) == {
@@ -253,6 +282,7 @@ def test_unknown_path_is_404(http, tmp_path):
     assert "ghost" not in [c["id"] for c in http.get("/v1/models").json()["data"]]
 
 
+@contract
 @pytest.mark.parametrize("name, message", [
     ("rank32", "LoRA rank 32 is greater than max_lora_rank 16."),
     ("no-target-modules", "Missing required configuration fields: target_modules"),
@@ -268,6 +298,7 @@ def test_unservable_adapters_are_500(http, adapters, name, message):
     assert f"bad-{name}" not in [c["id"] for c in http.get("/v1/models").json()["data"]]
 
 
+@contract
 def test_name_checks(http, adapters):
     assert error(load(http, SERVED, adapters["a"]), 400) == {
         "message": f"The lora adapter '{SERVED}' conflicts with a served base model.", "type": "InvalidUserInput",
@@ -279,6 +310,7 @@ def test_name_checks(http, adapters):
         "param": None, "code": 400}
 
 
+@contract
 def test_unload(http, adapters):
     assert load(http, "temp", adapters["a"]).status_code == 200
     response = http.post("/v1/unload_lora_adapter", json={"lora_name": "temp", "lora_int_id": 99})
@@ -291,6 +323,7 @@ def test_unload(http, adapters):
     assert load(http, "temp", adapters["a"]).status_code == 200
 
 
+@contract
 def test_json_only(http, adapters):
     body = json.dumps({"lora_name": "x", "lora_path": str(adapters["a"])})
     for content_type in (None, "text/plain", "application/x-www-form-urlencoded"):
@@ -302,6 +335,7 @@ def test_json_only(http, adapters):
     assert ok.status_code == 200
 
 
+@contract
 def test_lora_routes_need_the_env_var_and_v1_needs_the_key(engines, adapters):
     _, locked = engines
     good = {"Authorization": "Bearer sk-engine"}
@@ -323,6 +357,7 @@ def test_lora_routes_need_the_env_var_and_v1_needs_the_key(engines, adapters):
 
 # --- requests: §1.7, §2 -----------------------------------------------------------------------------
 
+@contract
 def test_unknown_model_is_404(http):
     response = http.post("/v1/chat/completions", json={"model": "nope", "messages": CHAT})
     assert error(response, 404) == {"message": f"The model `nope` does not exist. Valid aliases: {SERVED}.",
@@ -330,6 +365,7 @@ def test_unknown_model_is_404(http):
     assert error(http.post("/v1/completions", json={"model": "nope", "prompt": "x"}), 404)["param"] == "model"
 
 
+@contract
 def test_validation_errors_are_400_not_422(http):
     err = error(http.post("/v1/chat/completions", json={"model": SERVED, "messages": "hi"}), 400)
     assert (err["type"], err["param"]) == ("Bad Request", "body.messages")
@@ -346,6 +382,7 @@ def test_validation_errors_are_400_not_422(http):
     assert chat(http, SERVED, some_future_field={"x": 1}, max_tokens=2)["usage"]["completion_tokens"] <= 2
 
 
+@contract
 def test_chat_response_shape(http):
     body = chat(http, SERVED, max_tokens=4, ignore_eos=True)
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion" and body["model"] == SERVED
@@ -374,6 +411,7 @@ def _chunks(response):
     return [json.loads(e) for e in events[:-1]]
 
 
+@contract
 def test_chat_stream_framing(http, loaded):
     body = {"model": "a", "messages": CHAT, "temperature": 0, "max_tokens": 10, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
@@ -396,6 +434,7 @@ def test_chat_stream_framing(http, loaded):
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and all("usage" not in c for c in chunks)
 
 
+@contract
 def test_completion_stream_framing(http):
     body = {"prompt": "the customer asked about", "temperature": 0, "max_tokens": 6, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
@@ -418,6 +457,7 @@ def _streamed_content(http, body):
 
 @pytest.mark.parametrize("model, sampling", [(SERVED, {"temperature": 0}), ("a", {"temperature": 0}),
                                              ("pinned", {"temperature": 0}), ("b", {"temperature": 1.0, "seed": 1})])
+@contract
 def test_same_request_same_text_streamed_or_not(http, loaded, model, sampling):
     """Greedy (or seeded) generation is deterministic, and the stream carries exactly the non-streamed text."""
     body = {"model": model, "messages": CHAT, "max_tokens": 24, **sampling}
@@ -427,6 +467,7 @@ def test_same_request_same_text_streamed_or_not(http, loaded, model, sampling):
     assert first  # something was generated
 
 
+@contract
 def test_adapters_change_outputs(http, loaded):
     outputs = {m: chat(http, m, max_tokens=16, ignore_eos=True)["choices"][0]["message"]["content"]
                for m in (SERVED, "a", "b")}
@@ -475,6 +516,7 @@ def test_seeded_sampling_is_reproducible(http):
     assert texts[0] == texts[1] and texts[0] != texts[2]
 
 
+@contract
 def test_stop_strings(http, loaded):
     body = {"model": "b", "prompt": "the customer asked about billing", "temperature": 1.0, "seed": 5,
             "max_tokens": 40, "ignore_eos": True}
@@ -489,6 +531,7 @@ def test_stop_strings(http, loaded):
     assert chunks[-1]["choices"][0]["stop_reason"] == stop
 
 
+@contract
 def test_max_tokens(http):
     body = {"prompt": "hello", "temperature": 0, "ignore_eos": True}
     completion = http.post("/v1/completions", json=body).json()  # /v1/completions defaults to 16
@@ -502,6 +545,7 @@ def test_max_tokens(http):
     assert usage["total_tokens"] == MAX_MODEL_LEN
 
 
+@contract
 def test_context_limit(http):
     err = error(http.post("/v1/completions", json={"prompt": [5] * MAX_MODEL_LEN}), 400)
     assert err["message"].startswith(f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, "
@@ -531,6 +575,7 @@ def test_n_choices(http):
 
 # --- train/serve agreement: the pinned template and stop tokens --------------------------------------
 
+@contract
 def test_tokenize_uses_the_pinned_template(http, loaded):
     from transformers import AutoTokenizer
 
@@ -559,6 +604,7 @@ def test_tokenize_uses_the_pinned_template(http, loaded):
     assert error(http.post("/tokenize", json={"model": "nope", "prompt": "x"}), 404)["type"] == "NotFoundError"
 
 
+@contract
 def test_a_pinned_model_folder_serves_its_template(engines):
     """`--model` folders with hone_serving.json (full fine-tunes) render base requests with the pinned template."""
     from transformers import AutoTokenizer
@@ -611,6 +657,7 @@ def test_pinned_stop_tokens_end_generation(http, loaded, tmp_path):
 
 # --- residency: §1.9 ---------------------------------------------------------------------------------
 
+@contract
 def test_lru_eviction_reloads_from_the_path(http, engine, adapters):
     """--max-loras 1 --max-cpu-loras 2: three adapters cannot all stay resident; all three keep serving."""
     before = {}
@@ -623,6 +670,7 @@ def test_lru_eviction_reloads_from_the_path(http, engine, adapters):
     assert "evicting LoRA weights" in engine.logs()
 
 
+@contract
 def test_errors_after_the_stream_started_are_events(http, engine, adapters, tmp_path):
     """An evicted adapter whose files vanished (vLLM #5105): the stream carries an error event, then [DONE]."""
     folder = tmp_path / "gone"
@@ -827,6 +875,7 @@ def test_a_dropped_stream_aborts_its_generation(http, engine):
 
 # --- the real OpenAI SDK --------------------------------------------------------------------------------
 
+@contract
 def test_openai_sdk(engine, loaded):
     import openai
 
@@ -887,6 +936,7 @@ def test_cli_rejects_unknown_flags():
     assert result.returncode == 2 and "max_cpu_loras (1) must be >= max_loras (2)" in result.stderr
 
 
+@contract
 def test_startup_log_line(engine):
     deadline = time.monotonic() + 5
     while f"serving '{SERVED}' on http://127.0.0.1:{engine.port}" not in engine.logs():

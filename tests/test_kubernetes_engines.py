@@ -3,8 +3,10 @@
 What is fake here, and why: no Kubernetes API server can run on these machines, so the backend talks (with the
 real `kubernetes` client library, over loopback HTTP) to the fake API server in tests/fake_kube.py; and vLLM
 cannot run here (no GPU), so this module's simulated cluster runs each engine pod as local processes: the
-built-in engine (`python -m inference`, which takes `vllm serve`'s flags) with the container's own arguments,
-and the real fetcher sidecar pointed at moto's S3. Everything else is real: the control plane, the trainer,
+FAKE engine of tests/fake_engine (the built-in engine's torch-free server, which takes `vllm serve`'s flags,
+around a generator that answers with a digest of its weights: what is tested here is the backend, not the
+model, and the built-in engine would import torch and load a model at each pod start) with the container's own
+arguments, and the real fetcher sidecar pointed at moto's S3. Everything else is real: the control plane, the trainer,
 S3 (moto's server), the objects the backend generates (checked offline against the Kubernetes OpenAPI schema
 with kubernetes_validate) and the openai SDK as the client."""
 
@@ -37,7 +39,8 @@ from service.engines.kubernetes import (
     service_url,
 )
 from service.settings import Settings
-from tests.support import REPO, free_port, wait_for, wait_http
+from tests.fake_engine.engine import answer_of
+from tests.support import FAKE_ENGINE_PYTHON, REPO, free_port, wait_for, wait_http
 
 K8S_VERSION = kubernetes_validate.latest_version()
 
@@ -334,7 +337,7 @@ class SimulatedEngines:
 
     A Deployment with replicas >= 1 gets a Pod object (owned by it, so foreground deletion waits for it) and
     the pod's containers run as local processes: `vllm serve MODEL ...` becomes the built-in engine with the
-    same flags (`python -m inference --model MODEL ...`), the fetcher runs as itself, init containers run first,
+    same flags (`python -m inference --model MODEL ...`, run as the fake engine), the fetcher runs as itself, init containers run first,
     each to completion (a failure shows in the pod's initContainerStatuses and nothing else starts), `/adapters`
     and `/models` are folders per pod (the emptyDirs), env comes from the container's values, secretKeyRefs and
     envFrom Secrets.
@@ -464,7 +467,10 @@ class SimulatedEngines:
             argv = [*container.get("command", []), *container.get("args", [])]
             if argv[:2] == ["vllm", "serve"]:  # no vLLM here: the built-in engine takes the same flags
                 argv = ["python3", "-m", "inference", "--model", *argv[2:]]
-            local = {"python": sys.executable, "python3": sys.executable, "0.0.0.0": ip}
+            python = sys.executable
+            if argv[1:3] == ["-m", "inference"]:  # the engine container runs the fake engine (see the docstring)
+                python = FAKE_ENGINE_PYTHON
+            local = {"python": python, "python3": python, "0.0.0.0": ip}
             return [local.get(a) or next((str(path) + a[len(mount):] for mount, path in volumes.items()
                                           if a == mount or a.startswith(mount + "/")), a) for a in argv]
 
@@ -575,9 +581,11 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
         assert httpx.get(engine_url + "/v1/models").status_code == 401  # the key from the Secret guards it
 
         prompt = held_out[0]["messages"][:-1]
-        first = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=8,
+        # max_tokens 16 (was 8, enough for "Billing"): the fake's answer below is about ten tokens.
+        first = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=16,
                                                temperature=0)
-        assert first.choices[0].message.content.strip() == "Billing"  # the trained label
+        # The fake engine answers with a digest of the weights that answered: the adapter the sidecar fetched.
+        assert first.choices[0].message.content == answer_of(pod_root / endpoint["id"])
 
         # Idle for its timeout, the endpoint scales to zero: the Deployment goes to zero replicas (its pod with
         # it) and keeps its Service and API-key Secret. The next request wakes it: back to one replica, the
@@ -590,7 +598,7 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
                  kube.get("pods", "hone", first_pod) is None, 30, what="the Deployment scaling to zero")
         assert kube.get("services", "hone", name) and kube.get("secrets", "hone", name)
         patches = [path for method, path in kube.requests if method == "PATCH" and name in path]
-        second = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=8,
+        second = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=16,
                                                 temperature=0)
         assert second.choices[0].message.content == first.choices[0].message.content
         assert len([p for m, p in kube.requests if m == "PATCH" and name in p]) == len(patches) + 1  # to one

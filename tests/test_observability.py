@@ -2,7 +2,10 @@
 finds through the control plane's HTTP service discovery, while a job trains and its model serves; the test
 then asks Prometheus's HTTP API what it saw. PostgreSQL and S3 (moto) underneath.
 
-The engine is the built-in one (vLLM cannot run here: no GPU); it exports vLLM's metric names."""
+The engines are the FAKE engine of tests/fake_engine (HONE_ENGINE_PYTHON): what is observed here is the control
+plane and what Prometheus finds, not the model, and the built-in engine would import torch and load a model at
+each start. The fake exports vLLM's metric names through the built-in engine's own metrics module, counted as
+the built-in engine counts them."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from examples.support_tickets import make
 from service import metrics
 from tests.support import (
+    FAKE_ENGINE_PYTHON,
     REPO,
     HoneServer,
     PostgresDatabase,
@@ -94,7 +98,7 @@ def scrape_config(server: HoneServer, credentials: Path) -> dict:
 def observed(tmp_path_factory, moto):
     postgres = PostgresDatabase()
     env = {**moto.env(), "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-observe/blobs",
-           "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true"}
+           "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true", "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON}
     folder = tmp_path_factory.mktemp("observability")
     server = HoneServer(folder / "server", env)
     prometheus = Prometheus(folder / "prometheus", scrape_config(server, folder / "admin-key"))
@@ -243,9 +247,9 @@ def test_several_workers_share_metrics_and_one_leads(tmp_path):
     of them runs the scheduler and the engines, both route gateway requests, a job trained under them is
     counted once, and when the leading worker dies the other takes over and redeploys the endpoint. The job's
     trainer is the FAKE one (tests/fake_trainer): what is checked is how the workers count it, and the endpoint
-    serves the base model, so no tuned weights are needed."""
+    serves the base model, so no tuned weights are needed; its engine is the fake engine (the module docstring)."""
     server = HoneServer(tmp_path, {"HONE_WORKERS": "2", "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true",
-                                   **fake_trainer_env()})
+                                   "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON, **fake_trainer_env()})
     try:
         deadline = time.monotonic() + 60
         while server.logs().count("hone control plane ready") < 2 and time.monotonic() < deadline:

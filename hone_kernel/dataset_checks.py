@@ -11,8 +11,14 @@ from typing import Any
 
 # Content part types (OpenAI chat and Responses shapes) and Gemini part keys that carry something other than text,
 # and the kind of input each is.
-MEDIA_PART_TYPES = {"image_url": "image", "input_image": "image", "input_audio": "audio", "audio_url": "audio",
-                    "file": "file", "input_file": "file"}
+MEDIA_PART_TYPES = {
+    "image_url": "image",
+    "input_image": "image",
+    "input_audio": "audio",
+    "audio_url": "audio",
+    "file": "file",
+    "input_file": "file",
+}
 GEMINI_MEDIA_KEYS = ("inlineData", "inline_data", "fileData", "file_data")
 
 
@@ -37,8 +43,8 @@ def _gemini_media(part: Any) -> tuple[str, str] | None:
 
 
 def _refuse_media(kind: str, path: str, issues: _Issues) -> None:
-    issues.add(path, "unsupported_media", f"{kind} inputs are not supported for this model; training data must be "
-                                          "text")
+    issues.add(path, "unsupported_media", f"{kind} inputs are not supported for this model; training data must be text")
+
 
 class _Issues:
     """Errors found on one line."""
@@ -57,12 +63,20 @@ def _join(path: str, key: str | int) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
-            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
-def _require_str(obj: dict, key: str, path: str, issues: _Issues, *, non_empty: bool = True,
-                 code: str = "missing_content") -> bool:
+def _require_str(
+    obj: dict, key: str, path: str, issues: _Issues, *, non_empty: bool = True, code: str = "missing_content"
+) -> bool:
     where = _join(path, key)
     if key not in obj:
         issues.add(where, "missing_key", f"missing required key '{key}'")
@@ -80,8 +94,7 @@ def _require_str(obj: dict, key: str, path: str, issues: _Issues, *, non_empty: 
 def _unknown_keys(obj: dict, allowed: set[str], path: str, issues: _Issues, code: str = "unrecognized_key") -> None:
     for key in obj:
         if key not in allowed:
-            issues.add(_join(path, key), code,
-                       f"unrecognized key '{key}' (allowed: {', '.join(sorted(allowed))})")
+            issues.add(_join(path, key), code, f"unrecognized key '{key}' (allowed: {', '.join(sorted(allowed))})")
 
 
 # --- OpenAI chat -----------------------------------------------------------------
@@ -109,10 +122,15 @@ def _check_content_parts(parts: list, path: str, role: str, issues: _Issues) -> 
             if role != "user":
                 issues.add(_join(where, "type"), "invalid_content_part", "images are only allowed in user messages")
             elif not isinstance(part.get("image_url"), dict) or not isinstance(part["image_url"].get("url"), str):
-                issues.add(_join(where, "image_url"), "invalid_content_part", "image_url must be an object with a 'url' string")
+                issues.add(
+                    _join(where, "image_url"), "invalid_content_part", "image_url must be an object with a 'url' string"
+                )
         else:
-            issues.add(_join(where, "type"), "invalid_content_part",
-                       f"content part type must be 'text' or 'image_url', got {kind!r}")
+            issues.add(
+                _join(where, "type"),
+                "invalid_content_part",
+                f"content part type must be 'text' or 'image_url', got {kind!r}",
+            )
     return True
 
 
@@ -147,8 +165,11 @@ def _check_message(msg: Any, path: str, issues: _Issues, roles: tuple[str, ...] 
         issues.add(_join(path, "role"), "message_missing_key", "message is missing 'role'")
         role = None
     elif role not in roles:
-        issues.add(_join(path, "role"), "unrecognized_role",
-                   f"unrecognized role {role!r} (expected one of: {', '.join(roles)})")
+        issues.add(
+            _join(path, "role"),
+            "unrecognized_role",
+            f"unrecognized role {role!r} (expected one of: {', '.join(roles)})",
+        )
         role = None
     has_calls = "tool_calls" in msg or "function_call" in msg
     if "tool_calls" in msg:
@@ -164,15 +185,20 @@ def _check_message(msg: Any, path: str, issues: _Issues, roles: tuple[str, ...] 
     content = msg.get("content")
     if content is None:
         if not (role == "assistant" and has_calls):
-            issues.add(content_path, "missing_content" if "content" in msg else "message_missing_key",
-                       "message has no content" if "content" in msg else "message is missing 'content'")
+            issues.add(
+                content_path,
+                "missing_content" if "content" in msg else "message_missing_key",
+                "message has no content" if "content" in msg else "message is missing 'content'",
+            )
     elif isinstance(content, str):
         if not content.strip() and not has_calls:
             issues.add(content_path, "missing_content", "content must not be empty")
     elif isinstance(content, list):
         _check_content_parts(content, content_path, role or "", issues)
     else:
-        issues.add(content_path, "invalid_type", f"content must be a string or an array of parts, got {_type_name(content)}")
+        issues.add(
+            content_path, "invalid_type", f"content must be a string or an array of parts, got {_type_name(content)}"
+        )
     if "name" in msg and not isinstance(msg["name"], str):
         issues.add(_join(path, "name"), "invalid_type", "name must be a string")
     if role == "tool" and not isinstance(msg.get("tool_call_id"), str):
@@ -194,9 +220,12 @@ def _check_tools(line: dict, path: str, issues: _Issues) -> None:
         else:
             for i, tool in enumerate(tools):
                 where = _join(_join(path, "tools"), i)
-                if not isinstance(tool, dict) or tool.get("type", "function") != "function" \
-                        or not isinstance(tool.get("function"), dict):
-                    issues.add(where, "invalid_tool", "tool must be {\"type\": \"function\", \"function\": {...}}")
+                if (
+                    not isinstance(tool, dict)
+                    or tool.get("type", "function") != "function"
+                    or not isinstance(tool.get("function"), dict)
+                ):
+                    issues.add(where, "invalid_tool", 'tool must be {"type": "function", "function": {...}}')
                 else:
                     _require_str(tool["function"], "name", _join(where, "function"), issues)
     if "functions" in line and not isinstance(line["functions"], list):
@@ -239,6 +268,7 @@ def check_chat(line: dict, issues: _Issues) -> None:
 
 # --- the other formats -------------------------------------------------------------
 
+
 def check_prompt_completion(line: dict, issues: _Issues) -> None:
     _unknown_keys(line, {"prompt", "completion"}, "$", issues)
     _require_str(line, "prompt", "$", issues, non_empty=False)
@@ -252,14 +282,19 @@ def check_preference(line: dict, issues: _Issues) -> None:
     _unknown_keys(line, {"input", *[k for pair in PREFERRED_KEYS for k in pair]}, "$", issues)
     prompt = line.get("input")
     if not isinstance(prompt, dict):
-        issues.add("input", "missing_key" if prompt is None else "invalid_type", "input must be an object with 'messages'")
+        issues.add(
+            "input", "missing_key" if prompt is None else "invalid_type", "input must be an object with 'messages'"
+        )
     else:
         _unknown_keys(prompt, CHAT_LINE_KEYS, "input", issues)
         _check_tools(prompt, "input", issues)
         roles = _check_messages_list(prompt, "input", issues)
         if roles and roles[-1] not in ("user", None):
-            issues.add(f"input.messages[{len(roles) - 1}].role", "invalid_input_messages",
-                       "the last input message must be from the user; the outputs are the assistant's reply")
+            issues.add(
+                f"input.messages[{len(roles) - 1}].role",
+                "invalid_input_messages",
+                "the last input message must be from the user; the outputs are the assistant's reply",
+            )
     for canonical, alias in PREFERRED_KEYS:
         if canonical in line and alias in line:
             issues.add(alias, "duplicate_key", f"give either '{canonical}' or '{alias}', not both")

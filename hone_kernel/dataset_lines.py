@@ -43,7 +43,7 @@ class LineSplitter:
                 return []  # could still be a byte order mark
             self._started = True
             if self._buf.startswith(UTF8_BOM):
-                del self._buf[:len(UTF8_BOM)]
+                del self._buf[: len(UTF8_BOM)]
         return self._drain()
 
     def _drain(self) -> list[bytes | LineTooLong]:
@@ -69,7 +69,7 @@ class LineSplitter:
         if not self._started:
             self._started = True
             if self._buf.startswith(UTF8_BOM):
-                del self._buf[:len(UTF8_BOM)]
+                del self._buf[: len(UTF8_BOM)]
         lines = self._drain()
         if self._buf and not self._skipping:
             lines.append(_line(self._buf))

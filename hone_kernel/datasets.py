@@ -105,6 +105,7 @@ class DatasetReport:
         more = self.total_errors - len(self.errors)
         return shown + (f"; and {more} more error(s)" if more > 0 else "")
 
+
 CHECKERS: dict[DatasetFormat, Callable[[dict, _Issues], None]] = {
     DatasetFormat.OPENAI_CHAT: check_chat,
     DatasetFormat.PROMPT_COMPLETION: check_prompt_completion,
@@ -191,8 +192,9 @@ class DatasetValidator:
     def _take(self, lines: list) -> None:
         for line in lines:
             if line is TOO_LONG:
-                self._error(self._line_no, "$", "line_too_long",
-                            f"line is longer than the {self.max_line_bytes}-byte limit")
+                self._error(
+                    self._line_no, "$", "line_too_long", f"line is longer than the {self.max_line_bytes}-byte limit"
+                )
             else:
                 self._line(line)
             self._line_no += 1
@@ -214,8 +216,9 @@ class DatasetValidator:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            self._error(n, "$", "invalid_encoding",
-                        f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+            self._error(
+                n, "$", "invalid_encoding", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+            )
             return
         if not text.strip():
             self._error(n, "$", "blank_line", "blank line; every line must be one JSON object")
@@ -235,16 +238,23 @@ class DatasetValidator:
         fmt = detect_format(obj)
         if fmt is None:
             keys = ", ".join(sorted(obj)) or "none"
-            self._error(n, "$", "unrecognized_format",
-                        f"unrecognized example format (keys: {keys}); expected one of: "
-                        + "; ".join(FORMAT_LABELS.values()))
+            self._error(
+                n,
+                "$",
+                "unrecognized_format",
+                f"unrecognized example format (keys: {keys}); expected one of: " + "; ".join(FORMAT_LABELS.values()),
+            )
             return
         if self.format is None:
             self.format, self._format_line = fmt, n
         elif fmt is not self.format:
-            self._error(n, "$", "mixed_formats",
-                        f"line is {FORMAT_LABELS[fmt]} but the file is {FORMAT_LABELS[self.format]} "
-                        f"(detected from line {self._format_line}); use one format per file")
+            self._error(
+                n,
+                "$",
+                "mixed_formats",
+                f"line is {FORMAT_LABELS[fmt]} but the file is {FORMAT_LABELS[self.format]} "
+                f"(detected from line {self._format_line}); use one format per file",
+            )
             return
         issues = _Issues()
         CHECKERS[fmt](obj, issues)

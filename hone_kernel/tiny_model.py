@@ -40,9 +40,16 @@ EMBEDDING_STD = 0.05
 # Bumped whenever the builder's output changes: a cached build of another version is rebuilt, not reused.
 BUILD_VERSION = "2"
 BUILD_MARKER = "hone_tiny_build.txt"
-ARCHITECTURE: dict[str, Any] = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                    rope_theta=10000.0, tie_word_embeddings=True)
+ARCHITECTURE: dict[str, Any] = dict(
+    hidden_size=192,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    rope_theta=10000.0,
+    tie_word_embeddings=True,
+)
 
 _WORDS = (
     "the of and to a in is it you that he was for on are with as I his they be at one have this from or had "
@@ -81,11 +88,21 @@ def build_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   chat_template=CHAT_TEMPLATE, model_max_length=ARCHITECTURE["max_position_embeddings"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=ARCHITECTURE["max_position_embeddings"],
+    )
 
 
 def _current(target: Path) -> bool:
@@ -111,9 +128,13 @@ def build(target: Path, seed: int = SEED) -> Path:
     work = Path(tempfile.mkdtemp(prefix=".hone-tiny-", dir=target.parent))
     try:
         tokenizer = build_tokenizer()
-        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
-                             pad_token_id=tokenizer.pad_token_id, **ARCHITECTURE)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
+            pad_token_id=tokenizer.pad_token_id,
+            **ARCHITECTURE,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(config)
@@ -122,8 +143,12 @@ def build(target: Path, seed: int = SEED) -> Path:
             weight = model.get_input_embeddings().weight
             assert isinstance(weight, torch.Tensor)  # an embedding's weight (a Parameter), not a submodule
             weight.data.normal_(0.0, EMBEDDING_STD)
-        model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                                                   pad_token_id=config.pad_token_id, do_sample=False)
+        model.generation_config = GenerationConfig(
+            bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id,
+            do_sample=False,
+        )
         model.save_pretrained(work, safe_serialization=True)
         tokenizer.save_pretrained(work)
         (work / BUILD_MARKER).write_text(BUILD_VERSION)

@@ -26,6 +26,7 @@ class ContractError(ValueError):
 
 class ExitCode(IntEnum):
     """How a trainer process ends, as the scheduler reads it."""
+
     OK = 0  # the run is complete (or superseded after its result was accepted)
     FATAL = 2  # reported as failed through FAIL; retrying would not help
     SUPERSEDED = 3  # the control plane no longer wants this run (cancelled, or a newer attempt owns it)
@@ -66,6 +67,7 @@ class ReportedCheckpoint:
 class Report:
     """REPORT: what happened since the last one; an empty one is a heartbeat. Replied with the job's status and
     the heartbeat interval to keep."""
+
     events: list[ReportedEvent] = field(default_factory=list)
     checkpoints: list[ReportedCheckpoint] = field(default_factory=list)
     progress: dict = field(default_factory=dict)
@@ -74,6 +76,7 @@ class Report:
 @dataclass(frozen=True)
 class Completion:
     """COMPLETE: the run's result; the job succeeds with it."""
+
     trained_tokens: int
     adapter_prefix: str
     result_key: str
@@ -83,6 +86,7 @@ class Completion:
 @dataclass(frozen=True)
 class Failure:
     """FAIL: a failure retrying would not mend; the job fails with this error."""
+
     code: str
     message: str
 
@@ -108,8 +112,9 @@ class Hyperparameters:
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                     "gate_proj", "up_proj", "down_proj"])
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     warmup_ratio: float = 0.0
     lr_scheduler: str = "linear"  # "cosine" | "linear" | "constant", after warmup
     weight_decay: float = 0.0
@@ -167,8 +172,10 @@ class TrainSpec:
         data = json.loads(raw)
         version = data.get("contract_version")
         if not isinstance(version, int) or version > CONTRACT_VERSION:
-            raise ContractError(f"spec has trainer contract version {version!r}; this trainer reads up to "
-                                f"{CONTRACT_VERSION}: run a trainer image as new as the control plane")
+            raise ContractError(
+                f"spec has trainer contract version {version!r}; this trainer reads up to "
+                f"{CONTRACT_VERSION}: run a trainer image as new as the control plane"
+            )
         data["training_file"] = FileRef(**data["training_file"])
         if data.get("validation_file"):
             data["validation_file"] = FileRef(**data["validation_file"])

@@ -27,8 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-cpu-loras", type=int, default=None, help="default: --max-loras")
     p.add_argument("--max-lora-rank", type=int, default=16, choices=LORA_RANKS)
     p.add_argument("--max-model-len", type=int, default=None, help="default: the model's max_position_embeddings")
-    p.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY") or None,
-                   help="required on /v1 routes (default: $VLLM_API_KEY, as vLLM)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("VLLM_API_KEY") or None,
+        help="required on /v1 routes (default: $VLLM_API_KEY, as vLLM)",
+    )
     p.add_argument("--chat-template", default=None, help="Jinja file or inline template for base requests")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
@@ -66,13 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     served = args.served_model_name or args.model
     # Read at startup, as vLLM does: without it the LoRA routes do not exist (404).
     runtime_lora = os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower() in ("1", "true")
-    engine = Engine(args.model, served, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
-                    enable_lora=args.enable_lora, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
-                    max_lora_rank=args.max_lora_rank, chat_template=_template(args.chat_template))
+    engine = Engine(
+        args.model,
+        served,
+        device=args.device,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        enable_lora=args.enable_lora,
+        max_loras=args.max_loras,
+        max_cpu_loras=args.max_cpu_loras,
+        max_lora_rank=args.max_lora_rank,
+        chat_template=_template(args.chat_template),
+    )
     app = create_app(ServingModels(engine, served, args.model), api_key=args.api_key, allow_runtime_lora=runtime_lora)
-    log.info("serving %r on http://%s:%d (device %s, %s, max_model_len %d, runtime LoRA updating %s)", served,
-             args.host, args.port, engine.device, str(engine.dtype).removeprefix("torch."), engine.max_model_len,
-             "on" if runtime_lora else "off")
+    log.info(
+        "serving %r on http://%s:%d (device %s, %s, max_model_len %d, runtime LoRA updating %s)",
+        served,
+        args.host,
+        args.port,
+        engine.device,
+        str(engine.dtype).removeprefix("torch."),
+        engine.max_model_len,
+        "on" if runtime_lora else "off",
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, log_level="warning", access_log=False)
     engine.stop()
     return 0

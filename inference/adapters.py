@@ -97,8 +97,12 @@ def _config_problems(config: dict[str, Any], max_rank: int) -> list[str]:
     init = config.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_REJECTED_INITS):
         problems.append(f"vLLM does not support init_lora_weights='{init}'.")
-    for key, what in (("alora_invocation_tokens", "aLoRA"), ("layer_replication", "layer_replication"),
-                      ("use_bdlora", "BD-LoRA"), ("use_qalora", "QALoRA")):
+    for key, what in (
+        ("alora_invocation_tokens", "aLoRA"),
+        ("layer_replication", "layer_replication"),
+        ("use_bdlora", "BD-LoRA"),
+        ("use_qalora", "QALoRA"),
+    ):
         if config.get(key):
             problems.append(f"vLLM does not support {what} adapters.")
     ranks = [config["r"], *(config.get("rank_pattern") or {}).values()]
@@ -164,9 +168,11 @@ def inspect_adapter(lora_path: str, *, max_rank: int, supported_modules: set[str
         elif module.rsplit(".", 1)[-1] not in supported_modules:
             unexpected.append(module)
     if unexpected:
-        raise AdapterInvalid(f"While loading {folder}, expected target modules in {sorted(supported_modules)} "
-                             f"but received {sorted(set(unexpected))}. Please verify that the loaded LoRA module "
-                             "is correct")
+        raise AdapterInvalid(
+            f"While loading {folder}, expected target modules in {sorted(supported_modules)} "
+            f"but received {sorted(set(unexpected))}. Please verify that the loaded LoRA module "
+            "is correct"
+        )
     serving = read_serving_file(folder)
     rank = max(int(r) for r in [config["r"], *(config.get("rank_pattern") or {}).values()])
     return AdapterFiles(folder, config, tensors, rank, serving)

@@ -131,9 +131,16 @@ class EngineClient:
 
     # --- tokenizer and generation ---------------------------------------------------------------------
 
-    def tokenize(self, model: str, *, messages: list[dict] | None = None, prompt: str | None = None,
-                 add_generation_prompt: bool = True, tools: list[dict] | None = None,
-                 add_special_tokens: bool | None = None) -> list[int]:
+    def tokenize(
+        self,
+        model: str,
+        *,
+        messages: list[dict] | None = None,
+        prompt: str | None = None,
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+        add_special_tokens: bool | None = None,
+    ) -> list[int]:
         """Token ids exactly as the engine would feed them to `model` (its pinned chat template included)."""
         if (messages is None) == (prompt is None):
             raise ValueError("give exactly one of messages or prompt")
@@ -150,13 +157,13 @@ class EngineClient:
 
     def chat(self, model: str, messages: list[dict], **params) -> dict:
         """A non-streamed chat completion; `params` are any other request fields."""
-        return self._json("POST", "/v1/chat/completions",
-                          json={**params, "model": model, "messages": messages, "stream": False})
+        return self._json(
+            "POST", "/v1/chat/completions", json={**params, "model": model, "messages": messages, "stream": False}
+        )
 
     def complete(self, model: str, prompt: str | list[int], **params) -> dict:
         """A non-streamed text completion; `params` are any other request fields."""
-        return self._json("POST", "/v1/completions", json={**params, "model": model, "prompt": prompt,
-                                                           "stream": False})
+        return self._json("POST", "/v1/completions", json={**params, "model": model, "prompt": prompt, "stream": False})
 
 
 def _same_path(a: str | None, b: str) -> bool:

@@ -59,27 +59,39 @@ class IncrementalDetokenizer:
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
         if len(text) > len(prefix) and not text.endswith("\ufffd"):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return text[len(prefix):]
+            return text[len(prefix) :]
         return ""
 
 
 class Engine:
     """Model + tokenizer + adapters, driven only from the worker thread."""
 
-    def __init__(self, model: str, served_model_name: str, *, device: str = "auto", dtype: str = "auto",
-                 max_model_len: int | None = None, enable_lora: bool = False, max_loras: int = 1,
-                 max_cpu_loras: int | None = None, max_lora_rank: int = 16, chat_template: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        served_model_name: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        enable_lora: bool = False,
+        max_loras: int = 1,
+        max_cpu_loras: int | None = None,
+        max_lora_rank: int = 16,
+        chat_template: str | None = None,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_path = model
         self.enable_lora = enable_lora
         self.max_lora_rank = max_lora_rank
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if device == "auto" else device))
+        self.device = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        )
         self.dtype = self._pick_dtype(dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         # transformers declares .to() through functools.wraps(nn.Module.to), whose type loses the bound self
@@ -87,19 +99,28 @@ class Engine:
         self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.eos_token_id = self.tokenizer.eos_token_id
-        self.defaults, self.base_profile = model_serving(Path(model), self.eos_token_id, self.tokenizer.chat_template,
-                                                        chat_template)
-        self.supported_modules = {name.rsplit(".", 1)[-1] for name, module in self.model.named_modules()
-                                  if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))}
+        self.defaults, self.base_profile = model_serving(
+            Path(model), self.eos_token_id, self.tokenizer.chat_template, chat_template
+        )
+        self.supported_modules = {
+            name.rsplit(".", 1)[-1]
+            for name, module in self.model.named_modules()
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))
+        }
         self.resident = ResidentSet(max(max_loras, max_cpu_loras or max_loras))
         self.peft: Any = None  # PeftModel wrapper, created with the first adapter (its tuner's methods are untyped)
         self.adapter_names: dict[str, str] = {}  # resident-set key -> served name, for the logs
         config = self.model.config
-        sliding_window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) \
-            else None
-        self.metrics = EngineMetrics(served_model_name, enable_lora=enable_lora, max_loras=max_loras,
-                                     max_model_len=self.max_model_len,
-                                     cache_config=cache_config_labels(sliding_window=sliding_window))
+        sliding_window = (
+            getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        )
+        self.metrics = EngineMetrics(
+            served_model_name,
+            enable_lora=enable_lora,
+            max_loras=max_loras,
+            max_model_len=self.max_model_len,
+            cache_config=cache_config_labels(sliding_window=sliding_window),
+        )
         self._queue: queue.Queue = queue.Queue()
         self._waiting: list[GenerationJob] = []
         self._running: GenerationJob | None = None
@@ -127,8 +148,10 @@ class Engine:
         with self._state_lock:
             running, waiting = self._running, list(self._waiting)
         self.metrics.queue_state(1 if running else 0, len(waiting))
-        self.metrics.lora_state([running.adapter_name] if running and running.adapter_name else [],
-                                list(dict.fromkeys(j.adapter_name for j in waiting if j.adapter_name)))
+        self.metrics.lora_state(
+            [running.adapter_name] if running and running.adapter_name else [],
+            list(dict.fromkeys(j.adapter_name for j in waiting if j.adapter_name)),
+        )
 
     # --- the worker ---------------------------------------------------------------------------------
 
@@ -209,8 +232,9 @@ class Engine:
 
         try:
             if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key,
-                                                      torch_device=str(self.device))
+                self.peft = PeftModel.from_pretrained(
+                    self.model, str(folder), adapter_name=key, torch_device=str(self.device)
+                )
             else:
                 self.peft.load_adapter(str(folder), adapter_name=key, torch_device=str(self.device))
         except Exception as e:
@@ -218,8 +242,11 @@ class Engine:
                 self.peft.delete_adapter(key)
             raise AdapterInvalid(f"Loading lora adapter from {folder} failed: {e}") from e
         for old in self.resident.add(key):
-            log.info("evicting LoRA weights %s (least recently used)", old,
-                     extra={"adapter": self.adapter_names.get(old, old), "adapter_key": old})
+            log.info(
+                "evicting LoRA weights %s (least recently used)",
+                old,
+                extra={"adapter": self.adapter_names.get(old, old), "adapter_key": old},
+            )
             self.peft.delete_adapter(old)
 
     def _evict(self, key: str) -> None:
@@ -238,11 +265,13 @@ class Engine:
             return
         if job.adapter_key not in self.resident:
             # Registered but evicted: reload from its path, as vLLM does inside the engine step.
-            log.info("reloading evicted LoRA weights",
-                     extra={"adapter": job.adapter_name, "adapter_key": job.adapter_key})
+            log.info(
+                "reloading evicted LoRA weights", extra={"adapter": job.adapter_name, "adapter_key": job.adapter_key}
+            )
             assert job.adapter_path is not None  # set with adapter_key
-            files = inspect_adapter(job.adapter_path, max_rank=self.max_lora_rank,
-                                    supported_modules=self.supported_modules)
+            files = inspect_adapter(
+                job.adapter_path, max_rank=self.max_lora_rank, supported_modules=self.supported_modules
+            )
             self._make_resident(job.adapter_key, files.folder)
         self.resident.touch(job.adapter_key)
         self.peft.set_adapter(job.adapter_key)
@@ -305,8 +334,9 @@ class Engine:
         probs = torch.softmax(logits, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))
 
-    def _generate_one(self, job: GenerationJob, index: int, prompt: list[int], generator: torch.Generator,
-                      scheduled: float) -> None:
+    def _generate_one(
+        self, job: GenerationJob, index: int, prompt: list[int], generator: torch.Generator, scheduled: float
+    ) -> None:
         params = job.params
         # vLLM: the tokenizer's EOS stops with stop_reason None; other stop ids (generation config / pinned
         # profile / request) stop with stop_reason = the id. ignore_eos drops all but the request's.
@@ -350,7 +380,7 @@ class Engine:
                 text += piece
                 hit = find_stop(text, len(piece), params.stop) if piece and params.stop else None
                 if hit:
-                    stop_reason, text = hit[0], text[:hit[1]]
+                    stop_reason, text = hit[0], text[: hit[1]]
                     finish = "stop"
                 elif generated >= params.max_tokens or len(prompt) + generated >= self.max_model_len:
                     finish = "length"
@@ -361,7 +391,15 @@ class Engine:
                     sent = visible
                 next_input = torch.tensor([[token]], device=self.device)
         # Metrics first: a client that has its answer sees them counted.
-        self.metrics.request_finished(finish, arrival=job.arrival, scheduled=scheduled, first_token=first,
-                                      last_token=last, finished=time.monotonic(), prompt_tokens=len(prompt),
-                                      generation_tokens=len(output), max_tokens=params.max_tokens)
+        self.metrics.request_finished(
+            finish,
+            arrival=job.arrival,
+            scheduled=scheduled,
+            first_token=first,
+            last_token=last,
+            finished=time.monotonic(),
+            prompt_tokens=len(prompt),
+            generation_tokens=len(output),
+            max_tokens=params.max_tokens,
+        )
         job.emit(Finished(index, text[sent:], finish, stop_reason, len(prompt), len(output), output))

@@ -56,8 +56,7 @@ def _objects(source: str) -> list[tuple[str, Callable[..., Any]]]:
         root = Path(parsed.path)
         if not root.is_dir():
             raise FetchError(404, f"No folder at {source}")
-        return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in sorted(root.rglob("*"))
-                if p.is_file()]
+        return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in sorted(root.rglob("*")) if p.is_file()]
     if parsed.scheme != "s3" or not parsed.netloc:
         raise FetchError(400, f"source must be s3://bucket/prefix/ or file:///dir/, got {source!r}")
     import boto3  # only s3:// needs it
@@ -70,7 +69,7 @@ def _objects(source: str) -> list[tuple[str, Callable[..., Any]]]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = obj["Key"]
-            found.append((key[len(prefix):], (lambda key=key: client.get_object(Bucket=bucket, Key=key)["Body"])))
+            found.append((key[len(prefix) :], (lambda key=key: client.get_object(Bucket=bucket, Key=key)["Body"])))
     return found
 
 
@@ -92,13 +91,17 @@ class Fetcher:
         with self._lock(name):
             marker = target / MARKER
             if marker.is_file() and marker.read_text() == source:
-                return {"path": str(target), "files": sum(1 for p in target.rglob("*") if p.is_file()) - 1,
-                        "cached": True}
+                return {
+                    "path": str(target),
+                    "files": sum(1 for p in target.rglob("*") if p.is_file()) - 1,
+                    "cached": True,
+                }
             work = self.root / f".{name}.{uuid.uuid4().hex[:8]}.partial"
             work.mkdir(parents=True)
             try:
-                objects = [(rel, open_) for rel, open_ in _objects(source)
-                           if rel and rel.rsplit("/", 1)[-1] not in NOT_SERVED]
+                objects = [
+                    (rel, open_) for rel, open_ in _objects(source) if rel and rel.rsplit("/", 1)[-1] not in NOT_SERVED
+                ]
                 if not objects:
                     raise FetchError(404, f"No files under {source}")
                 for rel, open_ in objects:
@@ -186,15 +189,17 @@ def make_handler(fetcher: Fetcher, api_key: str | None):
                 self._reply(400, {"error": {"message": f"invalid JSON: {exc}", "type": "BadRequest", "code": 400}})
             except Exception as exc:  # storage errors: the caller retries the deploy
                 log.exception("fetch failed")
-                self._reply(502, {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "FetchError",
-                                            "code": 502}})
+                self._reply(
+                    502, {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "FetchError", "code": 502}}
+                )
 
     return Handler
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inference.fetcher", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m inference.fetcher", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--root", default="/adapters", help="folder shared with the engine")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8001)
@@ -211,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", exc)
             return 1
         return 0
-    server = ThreadingHTTPServer((args.host, args.port),
-                                 make_handler(Fetcher(Path(args.root)), os.environ.get("HONE_FETCHER_API_KEY") or None))
+    server = ThreadingHTTPServer(
+        (args.host, args.port), make_handler(Fetcher(Path(args.root)), os.environ.get("HONE_FETCHER_API_KEY") or None)
+    )
     log.info("adapter fetcher on http://%s:%d, root %s", args.host, args.port, args.root)
     try:
         server.serve_forever()

@@ -96,8 +96,9 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else [int(value)]
 
 
-def model_serving(folder: Path, eos_token_id: int | None, tokenizer_template: str | None,
-                  chat_template: str | None = None) -> tuple[dict[str, Any], ServingProfile]:
+def model_serving(
+    folder: Path, eos_token_id: int | None, tokenizer_template: str | None, chat_template: str | None = None
+) -> tuple[dict[str, Any], ServingProfile]:
     """What a model folder sets for serving: server-side defaults for omitted sampling parameters, from its
     generation_config.json (the file, without library defaults: `do_sample: false` means greedy, otherwise its
     temperature/top_p/top_k where given), and the base profile. Precedence: the folder's pinned profile over the

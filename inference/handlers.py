@@ -4,16 +4,15 @@ SSE streams shaped as vLLM 0.33 shapes them (reference §2)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 
 from inference import VLLM_PROTOCOL_VERSION
 from inference.adapters import ServingProfile
-from inference.errors import APIError, bad_request, internal
-from inference.generation import Delta, Failed, Finished, GenerationJob, SamplingParams
+from inference.errors import bad_request
+from inference.generation import Delta, Finished, GenerationJob, SamplingParams
 from inference.models import LoraEntry, ServingModels
 from inference.protocol import (
     ChatCompletionRequest,
@@ -22,9 +21,12 @@ from inference.protocol import (
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
+from inference.streaming import collect, sse, stream, usage
 
-NO_CHAT_TEMPLATE = ("As of transformers v4.44, default chat template is no longer allowed, so you must provide a "
-                    "chat template if the tokenizer does not define one.")
+NO_CHAT_TEMPLATE = (
+    "As of transformers v4.44, default chat template is no longer allowed, so you must provide a "
+    "chat template if the tokenizer does not define one."
+)
 
 
 class OpenAIHandlers:
@@ -37,8 +39,16 @@ class OpenAIHandlers:
 
     # --- prompts ------------------------------------------------------------------------------------
 
-    def render_chat(self, profile: ServingProfile, messages: list[dict], *, add_generation_prompt: bool,
-                    continue_final_message: bool, tools: list | None, template_kwargs: dict | None) -> str:
+    def render_chat(
+        self,
+        profile: ServingProfile,
+        messages: list[dict],
+        *,
+        add_generation_prompt: bool,
+        continue_final_message: bool,
+        tools: list | None,
+        template_kwargs: dict | None,
+    ) -> str:
         """Exactly how Hone's trainer renders: apply_chat_template(tokenize=False) with the pinned template."""
         if not profile.chat_template:
             raise bad_request(NO_CHAT_TEMPLATE)
@@ -48,8 +58,13 @@ class OpenAIHandlers:
         if continue_final_message:
             kwargs["continue_final_message"] = True
         try:
-            text = self.tokenizer.apply_chat_template(messages, chat_template=profile.chat_template, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt, **kwargs)
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=profile.chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **kwargs,
+            )
         except Exception as e:  # template errors (raise_exception, bad roles) are the caller's
             raise bad_request(str(e)) from e
         assert isinstance(text, str)  # tokenize=False renders text
@@ -61,13 +76,18 @@ class OpenAIHandlers:
     def _check_length(self, prompt_len: int, max_tokens: int | None) -> None:
         limit = self.engine.max_model_len
         if prompt_len >= limit:
-            raise bad_request(f"This model's maximum context length is {limit} tokens. However, your prompt "
-                              f"contains {prompt_len} input tokens. Please reduce the length of the input prompt.",
-                              "input_tokens")
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens. However, your prompt "
+                f"contains {prompt_len} input tokens. Please reduce the length of the input prompt.",
+                "input_tokens",
+            )
         if max_tokens is not None and prompt_len + max_tokens > limit:
-            raise bad_request(f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
-                              f"maximum context length is {limit} tokens and your request has {prompt_len} input "
-                              f"tokens ({max_tokens} > {limit} - {prompt_len}).", "max_tokens")
+            raise bad_request(
+                f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
+                f"maximum context length is {limit} tokens and your request has {prompt_len} input "
+                f"tokens ({max_tokens} > {limit} - {prompt_len}).",
+                "max_tokens",
+            )
 
     def _sampling(self, body: ChatCompletionRequest | CompletionRequest, max_tokens: int) -> SamplingParams:
         """vLLM's SamplingParams checks; omitted values come from the model's generation config."""
@@ -86,17 +106,30 @@ class OpenAIHandlers:
         if max_tokens < 1:
             raise bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(s for s in body.stop or () if s)
-        params = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p),
-                                top_k=max(0, int(top_k)), seed=body.seed, stop=stop,
-                                stop_token_ids=tuple(body.stop_token_ids or ()), ignore_eos=body.ignore_eos)
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            top_k=max(0, int(top_k)),
+            seed=body.seed,
+            stop=stop,
+            stop_token_ids=tuple(body.stop_token_ids or ()),
+            ignore_eos=body.ignore_eos,
+        )
         if params.greedy and body.n > 1:
             raise bad_request(f"n must be 1 when using greedy sampling, got {body.n}.", "n")
         return params
 
     def _job(self, entry: LoraEntry | None, prompts: list[list[int]], params: SamplingParams, n: int) -> GenerationJob:
-        return GenerationJob(prompts, params, n, self.models.profile(entry),
-                             adapter_key=entry.key if entry else None, adapter_path=entry.path if entry else None,
-                             adapter_name=entry.name if entry else None)
+        return GenerationJob(
+            prompts,
+            params,
+            n,
+            self.models.profile(entry),
+            adapter_key=entry.key if entry else None,
+            adapter_path=entry.path if entry else None,
+            adapter_name=entry.name if entry else None,
+        )
 
     def _model_name(self, entry: LoraEntry | None) -> str:
         return entry.name if entry else self.models.base_names[0]
@@ -105,10 +138,14 @@ class OpenAIHandlers:
 
     def prepare_chat(self, body: ChatCompletionRequest) -> tuple[GenerationJob, str]:
         entry = self.models.resolve(body.model)
-        text = self.render_chat(self.models.profile(entry), body.messages,
-                                add_generation_prompt=body.add_generation_prompt,
-                                continue_final_message=body.continue_final_message, tools=body.tools,
-                                template_kwargs=body.chat_template_kwargs)
+        text = self.render_chat(
+            self.models.profile(entry),
+            body.messages,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            tools=body.tools,
+            template_kwargs=body.chat_template_kwargs,
+        )
         prompt = self.encode(text, body.add_special_tokens)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         self._check_length(len(prompt), requested)
@@ -120,43 +157,93 @@ class OpenAIHandlers:
         rid, created = f"chatcmpl-{request_id}", int(time.time())
         if body.stream:
             return self._chat_stream(job, body, rid, created, model)
-        results = await self._collect(job)
-        choices = [{"index": i, "message": {"role": "assistant", "content": r["text"], "refusal": None,
-                                            "annotations": None, "audio": None, "function_call": None,
-                                            "reasoning": None},
-                    "logprobs": None, "finish_reason": r["finish_reason"], "stop_reason": r["stop_reason"],
-                    "token_ids": r["token_ids"] if body.return_token_ids else None, "routed_experts": None,
-                    "weight_versions": None}
-                   for i, r in sorted(results.items())]
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices,
-                "service_tier": None, "system_fingerprint": self.fingerprint, "usage": self._usage(job, results),
-                "prompt_logprobs": None, "prompt_token_ids": job.prompts[0] if body.return_token_ids else None,
-                "prompt_text": None, "kv_transfer_params": None,
-                "ec_transfer_params": None, "metrics": None}
+        results = await collect(self.engine, job)
+        choices = [
+            {
+                "index": i,
+                "message": {
+                    "role": "assistant",
+                    "content": r["text"],
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "reasoning": None,
+                },
+                "logprobs": None,
+                "finish_reason": r["finish_reason"],
+                "stop_reason": r["stop_reason"],
+                "token_ids": r["token_ids"] if body.return_token_ids else None,
+                "routed_experts": None,
+                "weight_versions": None,
+            }
+            for i, r in sorted(results.items())
+        ]
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "service_tier": None,
+            "system_fingerprint": self.fingerprint,
+            "usage": usage(job, results),
+            "prompt_logprobs": None,
+            "prompt_token_ids": job.prompts[0] if body.return_token_ids else None,
+            "prompt_text": None,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
+        }
 
-    async def _chat_stream(self, job: GenerationJob, body: ChatCompletionRequest, rid: str, created: int,
-                           model: str) -> AsyncIterator[str]:
+    async def _chat_stream(
+        self, job: GenerationJob, body: ChatCompletionRequest, rid: str, created: int, model: str
+    ) -> AsyncIterator[str]:
         def chunk(choice: dict, usage: dict | None) -> str:
-            data = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [choice]}
+            data = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [choice],
+            }
             if usage is not None:
                 data["usage"] = usage
-            return _sse(data)
+            return sse(data)
 
-        async for item in self._stream(job, body, rid, created, model, "chat.completion.chunk"):
+        async for item in stream(
+            self.engine, self.fingerprint, job, body, rid, created, model, "chat.completion.chunk"
+        ):
             if isinstance(item, str):
                 yield item
                 continue
             kind, event, usage = item
             if kind == "role":
-                yield chunk({"index": event, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                             "finish_reason": None}, usage)
+                yield chunk(
+                    {
+                        "index": event,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    },
+                    usage,
+                )
             elif isinstance(event, Delta):
-                yield chunk({"index": event.index, "delta": {"content": event.text}, "logprobs": None,
-                             "finish_reason": None}, usage)
+                yield chunk(
+                    {"index": event.index, "delta": {"content": event.text}, "logprobs": None, "finish_reason": None},
+                    usage,
+                )
             else:
-                yield chunk({"index": event.index, "delta": {"content": event.text}, "logprobs": None,
-                             "finish_reason": event.finish_reason, "stop_reason": event.stop_reason}, usage)
+                yield chunk(
+                    {
+                        "index": event.index,
+                        "delta": {"content": event.text},
+                        "logprobs": None,
+                        "finish_reason": event.finish_reason,
+                        "stop_reason": event.stop_reason,
+                    },
+                    usage,
+                )
 
     # --- text completions ---------------------------------------------------------------------------
 
@@ -186,19 +273,37 @@ class OpenAIHandlers:
         rid, created = f"cmpl-{request_id}", int(time.time())
         if body.stream:
             return self._completion_stream(job, body, rid, created, model)
-        results = await self._collect(job)
+        results = await collect(self.engine, job)
         ids = bool(body.return_token_ids)
-        choices = [{"index": i, "text": r["text"], "logprobs": None, "finish_reason": r["finish_reason"],
-                    "stop_reason": r["stop_reason"], "token_ids": r["token_ids"] if ids else None,
-                    "prompt_logprobs": None, "prompt_token_ids": job.prompts[i // job.n] if ids else None}
-                   for i, r in sorted(results.items())]
-        return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices,
-                "service_tier": None, "system_fingerprint": self.fingerprint, "usage": self._usage(job, results),
-                "kv_transfer_params": None}
+        choices = [
+            {
+                "index": i,
+                "text": r["text"],
+                "logprobs": None,
+                "finish_reason": r["finish_reason"],
+                "stop_reason": r["stop_reason"],
+                "token_ids": r["token_ids"] if ids else None,
+                "prompt_logprobs": None,
+                "prompt_token_ids": job.prompts[i // job.n] if ids else None,
+            }
+            for i, r in sorted(results.items())
+        ]
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "service_tier": None,
+            "system_fingerprint": self.fingerprint,
+            "usage": usage(job, results),
+            "kv_transfer_params": None,
+        }
 
-    async def _completion_stream(self, job: GenerationJob, body: CompletionRequest, rid: str, created: int,
-                                 model: str) -> AsyncIterator[str]:
-        async for item in self._stream(job, body, rid, created, model, "text_completion"):
+    async def _completion_stream(
+        self, job: GenerationJob, body: CompletionRequest, rid: str, created: int, model: str
+    ) -> AsyncIterator[str]:
+        async for item in stream(self.engine, self.fingerprint, job, body, rid, created, model, "text_completion"):
             if isinstance(item, str):
                 yield item
                 continue
@@ -206,90 +311,43 @@ class OpenAIHandlers:
             if kind == "role":
                 continue  # text completions have no role chunk
             last = isinstance(event, Finished)
-            data = {"id": rid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": event.index, "text": event.text, "logprobs": None,
-                                 "finish_reason": event.finish_reason if last else None,
-                                 "stop_reason": event.stop_reason if last else None}]}
+            data = {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": event.index,
+                        "text": event.text,
+                        "logprobs": None,
+                        "finish_reason": event.finish_reason if last else None,
+                        "stop_reason": event.stop_reason if last else None,
+                    }
+                ],
+            }
             if usage is not None:
                 data["usage"] = usage
-            yield _sse(data)
-
-    # --- shared generation plumbing -----------------------------------------------------------------
-
-    async def _collect(self, job: GenerationJob) -> dict[int, dict]:
-        texts: dict[int, str] = {}
-        results: dict[int, dict] = {}
-        async for event in self.engine.generate(job):
-            if isinstance(event, Failed):
-                raise internal(event.message)
-            texts[event.index] = texts.get(event.index, "") + event.text
-            if isinstance(event, Finished):
-                results[event.index] = {"text": texts[event.index], "finish_reason": event.finish_reason,
-                                        "stop_reason": event.stop_reason, "tokens": event.completion_tokens,
-                                        "token_ids": event.token_ids}
-        return results
-
-    @staticmethod
-    def _usage(job: GenerationJob, results: dict[int, dict]) -> dict:
-        prompt = sum(len(p) for p in job.prompts)
-        completion = sum(r["tokens"] for r in results.values())
-        return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
-                "prompt_tokens_details": None, "completion_tokens_details": None}
-
-    async def _stream(self, job: GenerationJob, body: Any, rid: str, created: int, model: str,
-                      obj: str) -> AsyncIterator[Any]:
-        """Yields ("role", index, usage) for each choice first, then ("event", Delta|Finished, usage), then the
-        usage chunk and `[DONE]` as ready SSE strings. Errors mid-stream become an error event, then `[DONE]`."""
-        options = body.stream_options
-        include_usage = bool(options and options.include_usage)
-        continuous = include_usage and bool(options.continuous_usage_stats)
-        prompt_tokens = sum(len(p) for p in job.prompts)
-        done_tokens: dict[int, int] = {}
-
-        def running_usage(index: int, tokens: int) -> dict | None:
-            if not continuous:
-                return None
-            return {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
-                    "total_tokens": prompt_tokens + tokens}
-
-        try:
-            for index in range(len(job.prompts) * job.n):
-                yield ("role", index, running_usage(index, 0))
-            async for event in self.engine.generate(job):
-                if isinstance(event, Failed):
-                    raise internal(event.message)
-                if isinstance(event, Finished):
-                    done_tokens[event.index] = event.completion_tokens
-                    yield ("event", event, running_usage(event.index, event.completion_tokens))
-                else:
-                    yield ("event", event, running_usage(event.index, event.completion_tokens))
-            if include_usage:
-                completion = sum(done_tokens.values())
-                yield _sse({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
-                            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                                      "total_tokens": prompt_tokens + completion},
-                            "system_fingerprint": self.fingerprint})
-        except APIError as e:
-            yield _sse(e.body())
-        except Exception as e:  # never break the SSE framing: report, then terminate
-            yield _sse(internal(f"{type(e).__name__}: {e}").body())
-        yield "data: [DONE]\n\n"
+            yield sse(data)
 
     # --- tokenizer utilities ------------------------------------------------------------------------
 
     def tokenize(self, body: TokenizeChatRequest | TokenizeCompletionRequest) -> dict:
         entry = self.models.resolve(body.model)
         if isinstance(body, TokenizeChatRequest):
-            text = self.render_chat(self.models.profile(entry), body.messages,
-                                    add_generation_prompt=body.add_generation_prompt,
-                                    continue_final_message=body.continue_final_message, tools=body.tools,
-                                    template_kwargs=body.chat_template_kwargs)
+            text = self.render_chat(
+                self.models.profile(entry),
+                body.messages,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+                tools=body.tools,
+                template_kwargs=body.chat_template_kwargs,
+            )
         else:
             text = body.prompt
         tokens = self.encode(text, body.add_special_tokens)
         strs = self.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
-        return {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens,
-                "token_strs": strs}
+        return {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens, "token_strs": strs}
 
     def detokenize(self, body: DetokenizeRequest) -> dict:
         self.models.resolve(body.model)
@@ -298,10 +356,6 @@ class OpenAIHandlers:
         if bad:
             raise bad_request(f"Token id {bad[0]} is out of vocabulary (size {vocab}).", "tokens")
         return {"prompt": self.tokenizer.decode(body.tokens)}
-
-
-def _sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 def new_request_id(header: str | None) -> str:

@@ -35,17 +35,40 @@ def vllm_executable(python: str = sys.executable) -> str:
     return str(beside) if beside.is_file() else "vllm"
 
 
-def engine_command(engine: str, model: str, served_model_name: str, *, host: str, port: int, max_loras: int,
-                   max_cpu_loras: int, max_lora_rank: int, max_model_len: int | None = None,
-                   api_key: str | None = None, chat_template: str | None = None,
-                   python: str = sys.executable) -> EngineLaunch:
+def engine_command(
+    engine: str,
+    model: str,
+    served_model_name: str,
+    *,
+    host: str,
+    port: int,
+    max_loras: int,
+    max_cpu_loras: int,
+    max_lora_rank: int,
+    max_model_len: int | None = None,
+    api_key: str | None = None,
+    chat_template: str | None = None,
+    python: str = sys.executable,
+) -> EngineLaunch:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if max_loras < 1 or max_cpu_loras < max_loras:
         raise ValueError(f"need 1 <= max_loras <= max_cpu_loras, got {max_loras} and {max_cpu_loras}")
-    flags = ["--served-model-name", served_model_name, "--host", host, "--port", str(port), "--enable-lora",
-             "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras),
-             "--max-lora-rank", str(served_lora_rank(max_lora_rank))]
+    flags = [
+        "--served-model-name",
+        served_model_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--enable-lora",
+        "--max-loras",
+        str(max_loras),
+        "--max-cpu-loras",
+        str(max_cpu_loras),
+        "--max-lora-rank",
+        str(served_lora_rank(max_lora_rank)),
+    ]
     if max_model_len is not None:
         flags += ["--max-model-len", str(max_model_len)]
     if chat_template:
@@ -76,7 +99,7 @@ def _has_nvidia_gpu() -> bool:
 
 
 def choose_engine(setting: str) -> str:
-    """"vllm" or "builtin" as given; "auto" picks vLLM when it is installed and an NVIDIA GPU is present."""
+    """ "vllm" or "builtin" as given; "auto" picks vLLM when it is installed and an NVIDIA GPU is present."""
     if setting in ENGINES:
         return setting
     if setting != "auto":

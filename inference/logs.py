@@ -98,8 +98,15 @@ class AccessLogMiddleware:
         finally:
             try:
                 level = logging.DEBUG if scope["path"] in _QUIET_PATHS and status < 500 else logging.INFO
-                self.log.log(level, "request", extra={
-                    "method": scope["method"], "path": scope["path"], "status": status,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 2)})
+                self.log.log(
+                    level,
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                    },
+                )
             finally:
                 _request_id.reset(token)

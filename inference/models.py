@@ -52,9 +52,12 @@ class ServingModels:
             return None
         entry = self.loras.get(model)
         if entry is None:
-            raise APIError(404, "NotFoundError",
-                           f"The model `{model}` does not exist. Valid aliases: {', '.join(self.base_names)}.",
-                           "model")
+            raise APIError(
+                404,
+                "NotFoundError",
+                f"The model `{model}` does not exist. Valid aliases: {', '.join(self.base_names)}.",
+                "model",
+            )
         return entry
 
     def profile(self, entry: LoraEntry | None) -> ServingProfile:
@@ -64,19 +67,51 @@ class ServingModels:
 
     @staticmethod
     def _permission(created: int) -> list[dict]:
-        return [{"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": created,
-                 "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
-                 "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
-                 "organization": "*", "group": None, "is_blocking": False}]
+        return [
+            {
+                "id": f"modelperm-{uuid.uuid4().hex}",
+                "object": "model_permission",
+                "created": created,
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ]
 
     def cards(self) -> list[dict]:
         created = int(time.time())
-        cards = [{"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": self.model_path,
-                  "parent": None, "max_model_len": self.engine.max_model_len,
-                  "permission": self._permission(created)} for name in self.base_names]
-        cards += [{"id": e.name, "object": "model", "created": created, "owned_by": "vllm", "root": e.path,
-                   "parent": self.base_names[0], "max_model_len": None, "permission": self._permission(created)}
-                  for e in self.loras.values()]
+        cards = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": self.model_path,
+                "parent": None,
+                "max_model_len": self.engine.max_model_len,
+                "permission": self._permission(created),
+            }
+            for name in self.base_names
+        ]
+        cards += [
+            {
+                "id": e.name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": e.path,
+                "parent": self.base_names[0],
+                "max_model_len": None,
+                "permission": self._permission(created),
+            }
+            for e in self.loras.values()
+        ]
         return cards
 
     # --- runtime LoRA updates -------------------------------------------------------------------------
@@ -89,8 +124,10 @@ class ServingModels:
         if body.lora_name in self.base_names:
             raise invalid_user_input(f"The lora adapter '{body.lora_name}' conflicts with a served base model.")
         if body.lora_name in self.loras and not body.load_inplace:
-            raise invalid_user_input(f"The lora adapter '{body.lora_name}' has already been loaded. If you want to "
-                                     "load the adapter in place, set 'load_inplace' to True.")
+            raise invalid_user_input(
+                f"The lora adapter '{body.lora_name}' has already been loaded. If you want to "
+                "load the adapter in place, set 'load_inplace' to True."
+            )
 
     async def load(self, body: LoadLoRAAdapterRequest) -> str:
         self._check_load(body)
@@ -108,14 +145,23 @@ class ServingModels:
                 log.warning("LoRA adapter not found", extra={"adapter": name, "lora_path": body.lora_path})
                 raise not_found(f"Loading lora {name} failed: {e}") from e
             except Exception as e:  # invalid adapter or engine error: 0.33 answers 500 with the text
-                log.warning("LoRA adapter load failed", extra={"adapter": name, "lora_path": body.lora_path,
-                                                               "error": str(e)})
+                log.warning(
+                    "LoRA adapter load failed", extra={"adapter": name, "lora_path": body.lora_path, "error": str(e)}
+                )
                 raise internal(str(e)) from e
-            self.loras[name] = LoraEntry(name, body.lora_path, int_id,
-                                         profile_from(files.serving, self.engine.base_profile))
-            log.info("LoRA adapter loaded", extra={"adapter": name, "adapter_key": key, "lora_path": body.lora_path,
-                                                   "inplace": existing is not None,
-                                                   "seconds": round(time.perf_counter() - started, 3)})
+            self.loras[name] = LoraEntry(
+                name, body.lora_path, int_id, profile_from(files.serving, self.engine.base_profile)
+            )
+            log.info(
+                "LoRA adapter loaded",
+                extra={
+                    "adapter": name,
+                    "adapter_key": key,
+                    "lora_path": body.lora_path,
+                    "inplace": existing is not None,
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
         return f"Success: LoRA adapter '{name}' added successfully."
 
     async def unload(self, body: UnloadLoRAAdapterRequest) -> str:

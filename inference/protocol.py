@@ -18,8 +18,9 @@ class ParamError(ValueError):
 
 def _check_prompt_mode(request):
     if request.continue_final_message and request.add_generation_prompt:
-        raise ParamError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
-                         "continue_final_message")
+        raise ParamError(
+            "Cannot set both `continue_final_message` and `add_generation_prompt` to True.", "continue_final_message"
+        )
     return request
 
 

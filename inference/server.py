@@ -40,8 +40,17 @@ async def parse_json(request: Request, model: type[BaseModel]) -> Any:
     try:
         data = json.loads(raw)
     except ValueError as e:
-        raise validation_error([{"type": "json_invalid", "loc": ("body", getattr(e, "pos", 0)),
-                                 "msg": "JSON decode error", "input": {}, "ctx": {"error": str(e)}}]) from e
+        raise validation_error(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", getattr(e, "pos", 0)),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": str(e)},
+                }
+            ]
+        ) from e
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -106,6 +115,7 @@ def create_app(models: ServingModels, *, api_key: str | None = None, allow_runti
         return JSONResponse({"object": "list", "data": models.cards()})
 
     if allow_runtime_lora:
+
         @app.post("/v1/load_lora_adapter")
         async def load_lora_adapter(request: Request):
             body = await parse_json(request, LoadLoRAAdapterRequest)

@@ -65,10 +65,22 @@ def client(project):
 
 # The modules that train and serve take minutes each. Collected first, pytest-xdist's loadfile scheduling
 # (scripts/test.sh runs two workers) starts them early instead of leaving one for last on a single worker.
-LONGEST_FIRST = ["test_training.py", "test_serving.py", "test_observability.py", "test_training_control.py",
-                 "test_kubernetes_engines.py", "test_endpoint_lifecycle.py", "test_kubernetes_executor.py", "test_cli.py",
-                 "test_static_engines.py", "test_vertex_api.py", "test_engine_protocol.py", "test_launcher.py",
-                 "test_logging.py", "test_sdk_install.py"]
+LONGEST_FIRST = [
+    "test_training.py",
+    "test_serving.py",
+    "test_observability.py",
+    "test_training_control.py",
+    "test_kubernetes_engines.py",
+    "test_endpoint_lifecycle.py",
+    "test_kubernetes_executor.py",
+    "test_cli.py",
+    "test_static_engines.py",
+    "test_vertex_api.py",
+    "test_engine_protocol.py",
+    "test_launcher.py",
+    "test_logging.py",
+    "test_sdk_install.py",
+]
 
 
 def pytest_collection_modifyitems(items):

@@ -131,8 +131,16 @@ def now_rfc3339() -> str:
 
 
 def status_object(code: int, reason: str, message: str, **details: Any) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "details": details, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details,
+        "code": code,
+    }
 
 
 class ApiError(Exception):
@@ -142,6 +150,7 @@ class ApiError(Exception):
 
 
 # --- label selectors -----------------------------------------------------------------------------------
+
 
 def _split_selector(text: str) -> list[str]:
     parts, depth, current = [], 0, ""
@@ -235,6 +244,7 @@ def json_patch(target: dict, ops: list[dict]) -> dict:
 
 # --- the store -------------------------------------------------------------------------------------------
 
+
 class FakeKube:
     def __init__(self, *, job_controller: bool = True, graceful_pods: bool = False):
         self.resources: dict[tuple[str, str, str], Resource] = {}
@@ -285,6 +295,7 @@ class FakeKube:
             self._server.server_close()
             self._server = None
             import socket
+
             for connection in list(self._connections):  # kept-alive client connections go too
                 try:
                     connection.shutdown(socket.SHUT_RDWR)
@@ -305,16 +316,25 @@ class FakeKube:
 
     def write_kubeconfig(self, path: Path | str, namespace: str = "default") -> Path:
         path = Path(path)
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {}}],
+                    "contexts": [
+                        {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}
+                    ],
+                }
+            )
+        )
         return path
 
     def client(self):
         from kubernetes import client
+
         configuration = client.Configuration()
         configuration.host = self.url
         return client.ApiClient(configuration)
@@ -333,8 +353,9 @@ class FakeKube:
         return str(self._rv)
 
     def _record(self, event_type: str, resource: Resource, obj: dict) -> None:
-        self._events.append((int(obj["metadata"]["resourceVersion"]), event_type, resource.qualified,
-                             copy.deepcopy(obj)))
+        self._events.append(
+            (int(obj["metadata"]["resourceVersion"]), event_type, resource.qualified, copy.deepcopy(obj))
+        )
         del self._events[:-5000]
         self._changed.notify_all()
         pending = [(fn, event_type, resource.plural, copy.deepcopy(obj)) for fn in self._listeners]
@@ -353,12 +374,23 @@ class FakeKube:
         else:
             ok = len(name) <= 253 and _SUBDOMAIN.match(name)
         if not ok:
-            raise ApiError(422, "Invalid", f"{resource.kind} \"{name}\" is invalid: metadata.name: Invalid value: "
-                           f"\"{name}\": a lowercase RFC 1123 {resource.name_rule} must consist of lower case "
-                           f"alphanumeric characters or '-'", name=name, kind=resource.kind)
+            raise ApiError(
+                422,
+                "Invalid",
+                f'{resource.kind} "{name}" is invalid: metadata.name: Invalid value: '
+                f'"{name}": a lowercase RFC 1123 {resource.name_rule} must consist of lower case '
+                f"alphanumeric characters or '-'",
+                name=name,
+                kind=resource.kind,
+            )
         if resource.plural == "jobs" and len(name) > 63:
-            raise ApiError(422, "Invalid", f"Job.batch \"{name}\" is invalid: metadata.name: must be no more than "
-                           f"63 characters", name=name, kind=resource.kind)
+            raise ApiError(
+                422,
+                "Invalid",
+                f'Job.batch "{name}" is invalid: metadata.name: must be no more than 63 characters',
+                name=name,
+                kind=resource.kind,
+            )
 
     def _create(self, resource: Resource, namespace: str, obj: dict) -> dict:
         obj = copy.deepcopy(obj)
@@ -373,8 +405,14 @@ class FakeKube:
             meta["namespace"] = namespace
         key = (resource.qualified, namespace if resource.namespaced else "", name)
         if key in self._objects:
-            raise ApiError(409, "AlreadyExists", f"{resource.qualified} \"{name}\" already exists",
-                           name=name, group=resource.group, kind=resource.plural)
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{resource.qualified} "{name}" already exists',
+                name=name,
+                group=resource.group,
+                kind=resource.plural,
+            )
         obj["apiVersion"], obj["kind"] = resource.api_version, resource.kind
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
@@ -402,23 +440,41 @@ class FakeKube:
         spec.setdefault("parallelism", 1)
         template_meta = spec.setdefault("template", {}).setdefault("metadata", {})
         labels = template_meta.setdefault("labels", {})
-        labels.update({"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
-                       "controller-uid": uid, "job-name": name})
+        labels.update(
+            {
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "job-name": name,
+            }
+        )
         spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
         job["status"] = {}
 
     def _create_job_pod(self, job: dict) -> None:
         template = copy.deepcopy(job["spec"].get("template", {}))
-        pod = {"metadata": {**template.get("metadata", {}),
-                            "name": f"{job['metadata']['name'][:57]}-{secrets.token_hex(3)[:5]}",
-                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
-                                                 "name": job["metadata"]["name"], "uid": job["metadata"]["uid"],
-                                                 "controller": True, "blockOwnerDeletion": True}]},
-               "spec": template.get("spec", {}),
-               "status": {"phase": "Pending", "conditions": []}}
+        pod = {
+            "metadata": {
+                **template.get("metadata", {}),
+                "name": f"{job['metadata']['name'][:57]}-{secrets.token_hex(3)[:5]}",
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": job["metadata"]["name"],
+                        "uid": job["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": template.get("spec", {}),
+            "status": {"phase": "Pending", "conditions": []},
+        }
         self._create(self._resource("pods"), job["metadata"]["namespace"], pod)
-        self._bump_job_status(job["metadata"]["namespace"], job["metadata"]["name"],
-                              {"active": 1, "startTime": now_rfc3339(), "ready": 0})
+        self._bump_job_status(
+            job["metadata"]["namespace"], job["metadata"]["name"], {"active": 1, "startTime": now_rfc3339(), "ready": 0}
+        )
 
     def _bump_job_status(self, namespace: str, name: str, status: dict) -> None:
         job = self._objects.get(("jobs.batch", namespace, name))
@@ -434,16 +490,30 @@ class FakeKube:
         meta = new.setdefault("metadata", {})
         expected = meta.get("resourceVersion")
         if expected and expected != old["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", f"Operation cannot be fulfilled on {resource.qualified} \"{key[2]}\": "
-                           "the object has been modified; please apply your changes to the latest version and "
-                           "try again", name=key[2], group=resource.group, kind=resource.plural)
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {resource.qualified} "{key[2]}": '
+                "the object has been modified; please apply your changes to the latest version and "
+                "try again",
+                name=key[2],
+                group=resource.group,
+                kind=resource.plural,
+            )
         if subresource == "status":
             result = copy.deepcopy(old)
             result["status"] = new.get("status", {})
         else:
             result = new
-            for field in ("uid", "creationTimestamp", "generation", "deletionTimestamp",
-                          "deletionGracePeriodSeconds", "namespace", "name"):
+            for field in (
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "name",
+            ):
                 if field in old["metadata"]:
                     meta[field] = old["metadata"][field]
                 else:
@@ -461,11 +531,13 @@ class FakeKube:
         return copy.deepcopy(self._objects.get(key, result))
 
     def _dependents(self, uid: str) -> list[tuple]:
-        return [key for key, obj in self._objects.items()
-                if any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences", []))]
+        return [
+            key
+            for key, obj in self._objects.items()
+            if any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences", []))
+        ]
 
-    def _delete(self, resource: Resource, key: tuple, *, propagation: str | None,
-                grace: int | None) -> dict:
+    def _delete(self, resource: Resource, key: tuple, *, propagation: str | None, grace: int | None) -> dict:
         obj = self._objects[key]
         meta = obj["metadata"]
         propagation = propagation or resource.default_propagation
@@ -475,20 +547,26 @@ class FakeKube:
         if propagation == "Orphan":
             for dep_key in dependents:
                 dep = self._objects[dep_key]
-                dep["metadata"]["ownerReferences"] = [r for r in dep["metadata"].get("ownerReferences", [])
-                                                      if r.get("uid") != meta["uid"]]
+                dep["metadata"]["ownerReferences"] = [
+                    r for r in dep["metadata"].get("ownerReferences", []) if r.get("uid") != meta["uid"]
+                ]
                 if not dep["metadata"]["ownerReferences"]:
                     del dep["metadata"]["ownerReferences"]
                 dep["metadata"]["resourceVersion"] = self._next_rv()
                 self._record("MODIFIED", self._resource(dep_key[0]), dep)
-        graceful = (resource.plural == "pods" and grace != 0 and "deletionTimestamp" not in meta and
-                    obj.get("status", {}).get("phase") not in ("Succeeded", "Failed") and
-                    (self.graceful_pods or obj.get("status", {}).get("phase") == "Running"))
+        graceful = (
+            resource.plural == "pods"
+            and grace != 0
+            and "deletionTimestamp" not in meta
+            and obj.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+            and (self.graceful_pods or obj.get("status", {}).get("phase") == "Running")
+        )
         if resource.plural == "pods" and grace == 0 and "deletionGracePeriodSeconds" in meta:
             del meta["deletionGracePeriodSeconds"]  # a forced deletion does not wait for the kubelet
         if graceful:
-            meta["deletionGracePeriodSeconds"] = grace if grace is not None else \
-                obj.get("spec", {}).get("terminationGracePeriodSeconds", 30)
+            meta["deletionGracePeriodSeconds"] = (
+                grace if grace is not None else obj.get("spec", {}).get("terminationGracePeriodSeconds", 30)
+            )
         if propagation == "Foreground" and dependents:
             meta.setdefault("finalizers", [])
             if "foregroundDeletion" not in meta["finalizers"]:
@@ -529,8 +607,11 @@ class FakeKube:
         if finalizers == ["foregroundDeletion"] and not self._dependents(meta["uid"]):
             meta["finalizers"] = []
             finalizers = []
-        graceful_wait = key[0] == "pods" and "deletionGracePeriodSeconds" in meta and \
-            obj.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+        graceful_wait = (
+            key[0] == "pods"
+            and "deletionGracePeriodSeconds" in meta
+            and obj.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+        )
         if not finalizers and not graceful_wait:
             self._remove(key)
 
@@ -557,16 +638,32 @@ class FakeKube:
                 continue
             now = now_rfc3339()
             if phase == "Running":
-                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                            for c in obj["status"].get("conditions", []))
+                ready = any(
+                    c.get("type") == "Ready" and c.get("status") == "True" for c in obj["status"].get("conditions", [])
+                )
                 self._bump_job_status(key[1], key[2], {"active": 1, "ready": int(ready)})
             elif phase == "Succeeded":
-                self._bump_job_status(key[1], key[2], {
-                    "active": 0, "ready": 0, "succeeded": 1, "completionTime": now,
-                    "conditions": [_condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number "
-                                              "of succeeded pods", now),
-                                   _condition("Complete", "CompletionsReached", "Reached expected number of "
-                                              "succeeded pods", now)]})
+                self._bump_job_status(
+                    key[1],
+                    key[2],
+                    {
+                        "active": 0,
+                        "ready": 0,
+                        "succeeded": 1,
+                        "completionTime": now,
+                        "conditions": [
+                            _condition(
+                                "SuccessCriteriaMet",
+                                "CompletionsReached",
+                                "Reached expected number of succeeded pods",
+                                now,
+                            ),
+                            _condition(
+                                "Complete", "CompletionsReached", "Reached expected number of succeeded pods", now
+                            ),
+                        ],
+                    },
+                )
             elif phase == "Failed":
                 self._fail_job(key, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
         if "deletionTimestamp" in obj["metadata"]:
@@ -574,10 +671,19 @@ class FakeKube:
 
     def _fail_job(self, key: tuple, reason: str, message: str) -> None:
         now = now_rfc3339()
-        self._bump_job_status(key[1], key[2], {
-            "active": 0, "ready": 0, "failed": self._objects[key].get("status", {}).get("failed", 0) + 1,
-            "conditions": [_condition("FailureTarget", reason, message, now),
-                           _condition("Failed", reason, message, now)]})
+        self._bump_job_status(
+            key[1],
+            key[2],
+            {
+                "active": 0,
+                "ready": 0,
+                "failed": self._objects[key].get("status", {}).get("failed", 0) + 1,
+                "conditions": [
+                    _condition("FailureTarget", reason, message, now),
+                    _condition("Failed", reason, message, now),
+                ],
+            },
+        )
 
     def _job_pod_gone(self, namespace: str, job_name: str, pod: dict) -> None:
         key = ("jobs.batch", namespace, job_name)
@@ -599,9 +705,13 @@ class FakeKube:
     def list(self, plural: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:
         resource, matches = self._resource(plural), parse_selector(selector)
         with self._lock:
-            return [copy.deepcopy(obj) for (q, ns, _), obj in sorted(self._objects.items())
-                    if q == resource.qualified and (namespace is None or ns == namespace)
-                    and matches(obj["metadata"].get("labels") or {})]
+            return [
+                copy.deepcopy(obj)
+                for (q, ns, _), obj in sorted(self._objects.items())
+                if q == resource.qualified
+                and (namespace is None or ns == namespace)
+                and matches(obj["metadata"].get("labels") or {})
+            ]
 
     def create(self, obj: dict) -> dict:
         resource = self._resource_for(obj)
@@ -631,12 +741,17 @@ class FakeKube:
         self._flush()
         return result
 
-    def delete(self, plural: str, namespace: str, name: str, propagation: str | None = None,
-               grace: int | None = None) -> dict:
+    def delete(
+        self, plural: str, namespace: str, name: str, propagation: str | None = None, grace: int | None = None
+    ) -> dict:
         resource = self._resource(plural)
         with self._lock:
-            result = self._delete(resource, (resource.qualified, namespace if resource.namespaced else "", name),
-                                  propagation=propagation, grace=grace)
+            result = self._delete(
+                resource,
+                (resource.qualified, namespace if resource.namespaced else "", name),
+                propagation=propagation,
+                grace=grace,
+            )
         self._flush()
         return result
 
@@ -655,8 +770,9 @@ class FakeKube:
         with self._lock:
             return self._logs.get((namespace, pod), "")
 
-    def _set_condition(self, status: dict, type_: str, value: str, reason: str | None = None,
-                       message: str | None = None) -> None:
+    def _set_condition(
+        self, status: dict, type_: str, value: str, reason: str | None = None, message: str | None = None
+    ) -> None:
         conditions = [c for c in status.get("conditions", []) if c.get("type") != type_]
         condition = {"type": type_, "status": value, "lastTransitionTime": now_rfc3339()}
         if reason:
@@ -670,32 +786,59 @@ class FakeKube:
 
     def _container_statuses(self, pod: dict, state: dict, ready: bool = False) -> list[dict]:
         images = {c["name"]: c.get("image", "") for c in pod.get("spec", {}).get("containers", [])}
-        return [{"name": name, "image": images.get(name, ""), "imageID": "", "ready": ready, "restartCount": 0,
-                 "started": "running" in state, "state": state} for name in self._container_names(pod)]
+        return [
+            {
+                "name": name,
+                "image": images.get(name, ""),
+                "imageID": "",
+                "ready": ready,
+                "restartCount": 0,
+                "started": "running" in state,
+                "state": state,
+            }
+            for name in self._container_names(pod)
+        ]
 
     def schedule_pod(self, namespace: str, pod: str, node: str = "gpu-node-1") -> dict:
         def change(obj):
             obj["spec"]["nodeName"] = node
             self._set_condition(obj["status"], "PodScheduled", "True")
+
         return self.update("pods", namespace, pod, change)
 
     def run_pod(self, namespace: str, pod: str, node: str = "gpu-node-1") -> dict:
         def change(obj):
             obj["spec"]["nodeName"] = obj["spec"].get("nodeName") or node
             status = obj["status"]
-            status.update({"phase": "Running", "startTime": status.get("startTime", now_rfc3339()),
-                           "hostIP": "10.0.0.1", "podIP": "10.1.0.7"})
+            status.update(
+                {
+                    "phase": "Running",
+                    "startTime": status.get("startTime", now_rfc3339()),
+                    "hostIP": "10.0.0.1",
+                    "podIP": "10.1.0.7",
+                }
+            )
             self._set_condition(status, "PodScheduled", "True")
             self._set_condition(status, "Initialized", "True")
             self._set_condition(status, "ContainersReady", "True")
             self._set_condition(status, "Ready", "True")
-            status["containerStatuses"] = self._container_statuses(obj, {"running": {"startedAt": now_rfc3339()}},
-                                                                  ready=True)
+            status["containerStatuses"] = self._container_statuses(
+                obj, {"running": {"startedAt": now_rfc3339()}}, ready=True
+            )
+
         return self.update("pods", namespace, pod, change)
 
-    def terminate_pod(self, namespace: str, pod: str, exit_code: int, reason: str | None = None,
-                      message: str | None = None, log: str | None = None, pod_reason: str | None = None,
-                      disruption: tuple[str, str] | None = None) -> dict:
+    def terminate_pod(
+        self,
+        namespace: str,
+        pod: str,
+        exit_code: int,
+        reason: str | None = None,
+        message: str | None = None,
+        log: str | None = None,
+        pod_reason: str | None = None,
+        disruption: tuple[str, str] | None = None,
+    ) -> dict:
         if log is not None:
             self.set_pod_log(namespace, pod, log)
 
@@ -711,59 +854,103 @@ class FakeKube:
                 self._set_condition(status, "DisruptionTarget", "True", disruption[0], disruption[1])
             self._set_condition(status, "Ready", "False", "PodCompleted" if exit_code == 0 else "PodFailed")
             self._set_condition(status, "ContainersReady", "False")
-            terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-                          "startedAt": status.get("startTime"), "finishedAt": now_rfc3339()}
+            terminated = {
+                "exitCode": exit_code,
+                "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+                "startedAt": status.get("startTime"),
+                "finishedAt": now_rfc3339(),
+            }
             if message and not pod_reason:
                 terminated["message"] = message
             status["containerStatuses"] = self._container_statuses(obj, {"terminated": terminated})
+
         return self.update("pods", namespace, pod, change)
 
     def succeed_pod(self, namespace: str, pod: str, log: str | None = None) -> dict:
         return self.terminate_pod(namespace, pod, 0, log=log)
 
-    def fail_pod(self, namespace: str, pod: str, exit_code: int = 1, reason: str = "Error",
-                 message: str | None = None, log: str | None = None) -> dict:
+    def fail_pod(
+        self,
+        namespace: str,
+        pod: str,
+        exit_code: int = 1,
+        reason: str = "Error",
+        message: str | None = None,
+        log: str | None = None,
+    ) -> dict:
         return self.terminate_pod(namespace, pod, exit_code, reason, message, log)
 
     def oom_kill_pod(self, namespace: str, pod: str, log: str | None = None) -> dict:
         return self.terminate_pod(namespace, pod, 137, "OOMKilled", log=log)
 
-    def evict_pod(self, namespace: str, pod: str, message: str = "The node was low on resource: memory. "
-                  "Threshold quantity: 100Mi, available: 50Mi.", exit_code: int = 137) -> dict:
-        return self.terminate_pod(namespace, pod, exit_code, "Error", message, pod_reason="Evicted",
-                                  disruption=("TerminationByKubelet", message))
+    def evict_pod(
+        self,
+        namespace: str,
+        pod: str,
+        message: str = "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi.",
+        exit_code: int = 137,
+    ) -> dict:
+        return self.terminate_pod(
+            namespace,
+            pod,
+            exit_code,
+            "Error",
+            message,
+            pod_reason="Evicted",
+            disruption=("TerminationByKubelet", message),
+        )
 
     def preempt_pod(self, namespace: str, pod: str, exit_code: int = 75, log: str | None = None) -> dict:
         """The scheduler preempted it for a higher-priority pod: DisruptionTarget, SIGTERM, then gone."""
-        return self.terminate_pod(namespace, pod, exit_code, "Error", log=log,
-                                  disruption=("PreemptionByScheduler", "default-scheduler: preempting to "
-                                              "accommodate a higher priority pod"))
+        return self.terminate_pod(
+            namespace,
+            pod,
+            exit_code,
+            "Error",
+            log=log,
+            disruption=("PreemptionByScheduler", "default-scheduler: preempting to accommodate a higher priority pod"),
+        )
 
-    def unschedulable_pod(self, namespace: str, pod: str,
-                          message: str = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. "
-                                         "preemption: 0/3 nodes are available: 3 No preemption victims "
-                                         "found for incoming pod.") -> dict:
+    def unschedulable_pod(
+        self,
+        namespace: str,
+        pod: str,
+        message: str = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. "
+        "preemption: 0/3 nodes are available: 3 No preemption victims "
+        "found for incoming pod.",
+    ) -> dict:
         def change(obj):
             obj["status"]["phase"] = "Pending"
             self._set_condition(obj["status"], "PodScheduled", "False", "Unschedulable", message)
+
         return self.update("pods", namespace, pod, change)
 
-    def image_pull_backoff(self, namespace: str, pod: str, reason: str = "ImagePullBackOff",
-                           message: str | None = None) -> dict:
+    def image_pull_backoff(
+        self, namespace: str, pod: str, reason: str = "ImagePullBackOff", message: str | None = None
+    ) -> dict:
         def change(obj):
             image = obj["spec"]["containers"][0].get("image", "")
-            text = message or (f"Back-off pulling image \"{image}\"" if reason == "ImagePullBackOff" else
-                               f"rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": "
-                               "not found")
+            text = message or (
+                f'Back-off pulling image "{image}"'
+                if reason == "ImagePullBackOff"
+                else f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": not found'
+            )
             obj["spec"]["nodeName"] = obj["spec"].get("nodeName") or "gpu-node-1"
             obj["status"]["phase"] = "Pending"
             self._set_condition(obj["status"], "PodScheduled", "True")
             obj["status"]["containerStatuses"] = self._container_statuses(
-                obj, {"waiting": {"reason": reason, "message": text}})
+                obj, {"waiting": {"reason": reason, "message": text}}
+            )
+
         return self.update("pods", namespace, pod, change)
 
-    def set_job_failed(self, namespace: str, job: str, reason: str = "DeadlineExceeded",
-                       message: str = "Job was active longer than specified deadline") -> None:
+    def set_job_failed(
+        self,
+        namespace: str,
+        job: str,
+        reason: str = "DeadlineExceeded",
+        message: str = "Job was active longer than specified deadline",
+    ) -> None:
         with self._lock:
             self._fail_job(("jobs.batch", namespace, job), reason, message)
             for key in self._dependents(self._objects[("jobs.batch", namespace, job)]["metadata"]["uid"]):
@@ -797,10 +984,16 @@ class FakeKube:
             namespace = ""
         target = resource.plural + (f"/{subresource}" if subresource else "")
         if (method, target) in self.forbidden:
-            raise ApiError(403, "Forbidden", f"{resource.qualified} \"{name or ''}\" is forbidden: User "
-                           f"\"system:serviceaccount:{namespace}:hone-control-plane\" cannot {method.lower()} "
-                           f"resource \"{target}\" in API group \"{resource.group}\" in the namespace \"{namespace}\"",
-                           name=name or "", group=resource.group, kind=resource.plural)
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'{resource.qualified} "{name or ""}" is forbidden: User '
+                f'"system:serviceaccount:{namespace}:hone-control-plane" cannot {method.lower()} '
+                f'resource "{target}" in API group "{resource.group}" in the namespace "{namespace}"',
+                name=name or "",
+                group=resource.group,
+                kind=resource.plural,
+            )
         with self._lock:
             result = self._dispatch(resource, method, namespace, name, subresource, query, body, content_type)
         self._flush()
@@ -812,8 +1005,14 @@ class FakeKube:
     def _get_or_404(self, resource: Resource, namespace: str, name: str) -> dict:
         obj = self._objects.get(self._key(resource, namespace, name))
         if obj is None:
-            raise ApiError(404, "NotFound", f"{resource.qualified} \"{name}\" not found", name=name,
-                           group=resource.group, kind=resource.plural)
+            raise ApiError(
+                404,
+                "NotFound",
+                f'{resource.qualified} "{name}" not found',
+                name=name,
+                group=resource.group,
+                kind=resource.plural,
+            )
         return obj
 
     def _dispatch(self, resource, method, namespace, name, subresource, query, body, content_type):
@@ -822,27 +1021,58 @@ class FakeKube:
                 if query.get("watch") in ("true", "1"):
                     return 200, self._watch(resource, namespace, query), "watch"
                 matches = parse_selector(query.get("labelSelector"))
-                items = [copy.deepcopy(obj) for (q, ns, _), obj in sorted(self._objects.items())
-                         if q == resource.qualified and (not namespace or ns == namespace)
-                         and matches(obj["metadata"].get("labels") or {})]
-                return 200, {"kind": f"{resource.kind}List", "apiVersion": resource.api_version,
-                             "metadata": {"resourceVersion": str(self._rv)}, "items": items}, None
+                items = [
+                    copy.deepcopy(obj)
+                    for (q, ns, _), obj in sorted(self._objects.items())
+                    if q == resource.qualified
+                    and (not namespace or ns == namespace)
+                    and matches(obj["metadata"].get("labels") or {})
+                ]
+                return (
+                    200,
+                    {
+                        "kind": f"{resource.kind}List",
+                        "apiVersion": resource.api_version,
+                        "metadata": {"resourceVersion": str(self._rv)},
+                        "items": items,
+                    },
+                    None,
+                )
             if method == "POST":
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "the request body must be an object")
                 meta = body.get("metadata") or {}
                 if resource.namespaced and meta.get("namespace") and meta["namespace"] != namespace:
-                    raise ApiError(400, "BadRequest", "the namespace of the provided object does not match "
-                                   "the namespace sent on the request")
+                    raise ApiError(
+                        400,
+                        "BadRequest",
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    )
                 return 201, self._create(resource, namespace, body), None
             if method == "DELETE":  # deletecollection
                 matches = parse_selector(query.get("labelSelector"))
-                keys = [k for k, obj in self._objects.items() if k[0] == resource.qualified and
-                        (not namespace or k[1] == namespace) and matches(obj["metadata"].get("labels") or {})]
-                items = [self._delete(resource, k, propagation=_propagation(query, body), grace=_grace(query, body))
-                         for k in keys if k in self._objects]
-                return 200, {"kind": f"{resource.kind}List", "apiVersion": resource.api_version,
-                             "metadata": {"resourceVersion": str(self._rv)}, "items": items}, None
+                keys = [
+                    k
+                    for k, obj in self._objects.items()
+                    if k[0] == resource.qualified
+                    and (not namespace or k[1] == namespace)
+                    and matches(obj["metadata"].get("labels") or {})
+                ]
+                items = [
+                    self._delete(resource, k, propagation=_propagation(query, body), grace=_grace(query, body))
+                    for k in keys
+                    if k in self._objects
+                ]
+                return (
+                    200,
+                    {
+                        "kind": f"{resource.kind}List",
+                        "apiVersion": resource.api_version,
+                        "metadata": {"resourceVersion": str(self._rv)},
+                        "items": items,
+                    },
+                    None,
+                )
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
         key = self._key(resource, namespace, name)
         if subresource == "log":
@@ -852,7 +1082,7 @@ class FakeKube:
             text = self._logs.get((namespace, name), "")
             if query.get("tailLines"):
                 lines = text.splitlines(keepends=True)
-                text = "".join(lines[-int(query["tailLines"]):]) if int(query["tailLines"]) else ""
+                text = "".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) else ""
             return 200, text, "text/plain"
         if subresource == "scale":
             if not resource.scale_subresource:
@@ -899,15 +1129,24 @@ class FakeKube:
 
     def _scale(self, obj: dict) -> dict:
         meta = obj["metadata"]
-        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
-                "metadata": {"name": meta["name"], "namespace": meta.get("namespace"), "uid": meta["uid"],
-                             "resourceVersion": meta["resourceVersion"],
-                             "creationTimestamp": meta["creationTimestamp"]},
-                "spec": {"replicas": obj.get("spec", {}).get("replicas", 1)},
-                "status": {"replicas": obj.get("status", {}).get("replicas", 0),
-                           "selector": ",".join(f"{k}={v}" for k, v in
-                                                obj.get("spec", {}).get("selector", {}).get("matchLabels", {})
-                                                .items())}}
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta["uid"],
+                "resourceVersion": meta["resourceVersion"],
+                "creationTimestamp": meta["creationTimestamp"],
+            },
+            "spec": {"replicas": obj.get("spec", {}).get("replicas", 1)},
+            "status": {
+                "replicas": obj.get("status", {}).get("replicas", 0),
+                "selector": ",".join(
+                    f"{k}={v}" for k, v in obj.get("spec", {}).get("selector", {}).get("matchLabels", {}).items()
+                ),
+            },
+        }
 
     def _watch(self, resource: Resource, namespace: str, query: dict):
         matches = parse_selector(query.get("labelSelector"))
@@ -919,9 +1158,13 @@ class FakeKube:
             position = since
             while True:
                 with self._lock:
-                    batch = [(rv, t, obj) for rv, t, q, obj in self._events if rv > position and
-                             q == resource.qualified and (not namespace or obj["metadata"].get("namespace") ==
-                                                          namespace)]
+                    batch = [
+                        (rv, t, obj)
+                        for rv, t, q, obj in self._events
+                        if rv > position
+                        and q == resource.qualified
+                        and (not namespace or obj["metadata"].get("namespace") == namespace)
+                    ]
                     if not batch:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
@@ -932,17 +1175,26 @@ class FakeKube:
                     position = max(position, rv)
                     if matches(obj["metadata"].get("labels") or {}):
                         yield (json.dumps({"type": event_type, "object": obj}) + "\n").encode()
+
         return lines()
 
 
 def _finished(job: dict) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in job.get("status", {}).get("conditions", []))
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in job.get("status", {}).get("conditions", [])
+    )
 
 
 def _condition(type_: str, reason: str, message: str, now: str) -> dict:
-    return {"type": type_, "status": "True", "reason": reason, "message": message, "lastProbeTime": now,
-            "lastTransitionTime": now}
+    return {
+        "type": type_,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastProbeTime": now,
+        "lastTransitionTime": now,
+    }
 
 
 def _propagation(query: dict, body: Any) -> str | None:
@@ -1016,8 +1268,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(400, status_object(400, "BadRequest", "the request body is not JSON"))
             return
         try:
-            code, payload, content_type = self.fake.handle(method, parts.path, query, body,
-                                                           self.headers.get("Content-Type") or "")
+            code, payload, content_type = self.fake.handle(
+                method, parts.path, query, body, self.headers.get("Content-Type") or ""
+            )
         except ApiError as exc:
             self._respond(exc.code, exc.body)
             return

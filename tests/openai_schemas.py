@@ -65,8 +65,10 @@ def check_response(response: httpx.Response) -> None:
     body = response.json()
     errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.path))
     if errors:
-        raise AssertionError(f"{response.request.method} {response.request.url.path} does not match {name}: "
-                             + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5]))
+        raise AssertionError(
+            f"{response.request.method} {response.request.url.path} does not match {name}: "
+            + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+        )
     CHECKED.append(name)
 
 

@@ -31,8 +31,11 @@ class Fault:
     hits: int = 0
 
     def matches(self, method: str, target: str) -> bool:
-        return (self.method in ("*", method) and self.path.search(target) is not None
-                and (self.times is None or self.hits < self.times))
+        return (
+            self.method in ("*", method)
+            and self.path.search(target) is not None
+            and (self.times is None or self.hits < self.times)
+        )
 
 
 @dataclass
@@ -85,8 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._forward(body, relay=False)
             self._reset()
         elif fault.action == "status":
-            payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
-                       b"<Message>injected fault</Message></Error>")
+            payload = (
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
+                b"<Message>injected fault</Message></Error>"
+            )
             self.send_response(fault.status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(payload)))

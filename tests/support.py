@@ -58,13 +58,20 @@ class MotoServer:
     def __init__(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_http(self.url + "/moto-api/", proc=self.proc)
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -98,8 +105,14 @@ FAKE_ENGINE_PYTHON = str(REPO / "tests" / "fake_engine" / "python")
 class HoneServer:
     """`python -m service` in a subprocess, as `hone serve` runs it (or `command`, e.g. `hone serve` itself)."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, admin_key: str = "sk-admin-test",
-                 port: int | None = None, command: list[str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        admin_key: str = "sk-admin-test",
+        port: int | None = None,
+        command: list[str] | None = None,
+    ):
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.admin_key = admin_key
@@ -107,18 +120,32 @@ class HoneServer:
         self.log_path = data_dir / "server.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
-        full_env.update({"HONE_PORT": str(self.port), "HONE_DATA_DIR": str(data_dir),
-                         "HONE_ADMIN_API_KEY": admin_key, "HONE_JOB_VALIDATION_POLL_S": "0.5",
-                         "HONE_FILE_EXPIRY_POLL_S": "0.5", "HONE_SCHEDULER_POLL_S": "0.3",
-                         "HONE_TRAINER_THREADS": "1", "HONE_ENGINE_THREADS": "1",
-                         # Serving tests turn this on; elsewhere a succeeded job would start an engine for nothing.
-                         "HONE_AUTO_DEPLOY": "false", "HONE_ENDPOINT_POLL_S": "0.3",
-                         "HONE_MODEL_CACHE_DIR": str(MODEL_CACHE)})
+        full_env.update(
+            {
+                "HONE_PORT": str(self.port),
+                "HONE_DATA_DIR": str(data_dir),
+                "HONE_ADMIN_API_KEY": admin_key,
+                "HONE_JOB_VALIDATION_POLL_S": "0.5",
+                "HONE_FILE_EXPIRY_POLL_S": "0.5",
+                "HONE_SCHEDULER_POLL_S": "0.3",
+                "HONE_TRAINER_THREADS": "1",
+                "HONE_ENGINE_THREADS": "1",
+                # Serving tests turn this on; elsewhere a succeeded job would start an engine for nothing.
+                "HONE_AUTO_DEPLOY": "false",
+                "HONE_ENDPOINT_POLL_S": "0.3",
+                "HONE_MODEL_CACHE_DIR": str(MODEL_CACHE),
+            }
+        )
         full_env.update(env or {})
         self.env = full_env
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(command or [sys.executable, "-m", "service"], cwd=REPO, env=full_env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            command or [sys.executable, "-m", "service"],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         wait_http(self.base_url + "/healthz", proc=self.proc)
 
     @property
@@ -131,8 +158,9 @@ class HoneServer:
     def new_project(self, name: str = "test project") -> ProjectKey:
         with self.admin() as client:
             project = client.post("/v1/organization/projects", json={"name": name}).json()
-            account = client.post(f"/v1/organization/projects/{project['id']}/service_accounts",
-                                  json={"name": "tests"}).json()
+            account = client.post(
+                f"/v1/organization/projects/{project['id']}/service_accounts", json={"name": "tests"}
+            ).json()
         return ProjectKey(self, project["id"], account["api_key"]["value"])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
@@ -176,16 +204,22 @@ class ProjectKey:
         self.server, self.project_id, self.api_key = server, project_id, api_key
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.server.base_url, headers={"Authorization": f"Bearer {self.api_key}"},
-                            timeout=30)
+        return httpx.Client(
+            base_url=self.server.base_url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=30
+        )
 
     def openai(self, **kwargs):
         import openai
 
         from tests.openai_schemas import schema_checking_http_client
 
-        return openai.OpenAI(base_url=self.server.base_url + "/v1", api_key=self.api_key,
-                             http_client=schema_checking_http_client(), max_retries=0, **kwargs)
+        return openai.OpenAI(
+            base_url=self.server.base_url + "/v1",
+            api_key=self.api_key,
+            http_client=schema_checking_http_client(),
+            max_retries=0,
+            **kwargs,
+        )
 
 
 def chat_line(question: str = "What is 2+2?", answer: str = "4") -> dict:
@@ -261,7 +295,9 @@ def wait_endpoint(http: httpx.Client, model: str, states=("ready", "failed"), ti
         if live and live[0]["state"] in states:
             return live[0]
         if time.monotonic() > deadline:
-            raise AssertionError(f"endpoint for {model} still {live[0]['state'] if live else 'absent'} after {timeout}s")
+            raise AssertionError(
+                f"endpoint for {model} still {live[0]['state'] if live else 'absent'} after {timeout}s"
+            )
         time.sleep(0.2)
 
 
@@ -282,5 +318,8 @@ FAKE_TRAINER = REPO / "tests" / "fake_trainer" / "python"
 
 
 def fake_trainer_env(step_s: float = 0.05) -> dict[str, str]:
-    return {"HONE_TRAINER_PYTHON": str(FAKE_TRAINER), "FAKE_TRAINER_INTERPRETER": sys.executable,
-            "FAKE_TRAINER_STEP_S": str(step_s)}
+    return {
+        "HONE_TRAINER_PYTHON": str(FAKE_TRAINER),
+        "FAKE_TRAINER_INTERPRETER": sys.executable,
+        "FAKE_TRAINER_STEP_S": str(step_s),
+    }

@@ -38,7 +38,11 @@ def test_projects_and_keys_lifecycle(server):
         assert [a["id"] for a in listed["data"]] == [account["id"]] and listed["has_more"] is False
 
         deleted = admin.delete(f"/v1/organization/projects/{project['id']}/service_accounts/{account['id']}").json()
-        assert deleted == {"object": "organization.project.service_account.deleted", "id": account["id"], "deleted": True}
+        assert deleted == {
+            "object": "organization.project.service_account.deleted",
+            "id": account["id"],
+            "deleted": True,
+        }
         with pytest.raises(openai.AuthenticationError):
             client.files.list()
 

@@ -43,15 +43,29 @@ class Hone:
     def _env(self, admin: bool, env: dict | None) -> dict:
         return {**(self.admin_env if admin else self.env), **(env or {})}
 
-    def __call__(self, *args: str, admin: bool = False, stdin: str | None = None, env: dict | None = None,
-                 timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hone", *args], cwd=self.workdir, input=stdin,
-                              env=self._env(admin, env), capture_output=True, text=True, timeout=timeout)
+    def __call__(
+        self, *args: str, admin: bool = False, stdin: str | None = None, env: dict | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "hone", *args],
+            cwd=self.workdir,
+            input=stdin,
+            env=self._env(admin, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start(self, *args: str, admin: bool = False, env: dict | None = None) -> subprocess.Popen:
         """A command left running (read it with .communicate())."""
-        return subprocess.Popen([sys.executable, "-m", "hone", *args], cwd=self.workdir, env=self._env(admin, env),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "hone", *args],
+            cwd=self.workdir,
+            env=self._env(admin, env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def many(self, *calls: tuple[tuple[str, ...], dict]) -> list[subprocess.CompletedProcess]:
         """Independent commands run side by side: each call is (args, options as for `start`)."""
@@ -73,8 +87,11 @@ class Hone:
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli")
-    env = {"HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true",
-           "HONE_BASE_MODELS": '{"acme/missing": "/nonexistent/model"}'}  # a base model whose jobs fail
+    env = {
+        "HONE_LOCAL_SLOTS": "1",
+        "HONE_AUTO_DEPLOY": "true",
+        "HONE_BASE_MODELS": '{"acme/missing": "/nonexistent/model"}',
+    }  # a base model whose jobs fail
     server = HoneServer(workdir / "server", env, command=[sys.executable, "-m", "hone", "serve"])
     try:
         run = Hone(server, workdir)
@@ -109,9 +126,28 @@ def _stop_engines(run: Hone) -> None:
 def job(cli):
     """The module's job, created from local files (validated and uploaded on the way), and a `jobs follow` of it
     started at once: the other tests run while it trains, and the follow test reads what it showed."""
-    created = cli.ok("jobs", "create", "--training-file", "train.jsonl", "--validation-file", "valid.jsonl",
-                     "--model", "hone-tiny", "--n-epochs", "3", "--batch-size", "4", "--learning-rate-multiplier", "3",
-                     "--seed", "1", "--suffix", "cli", "--metadata", "team=cli")
+    created = cli.ok(
+        "jobs",
+        "create",
+        "--training-file",
+        "train.jsonl",
+        "--validation-file",
+        "valid.jsonl",
+        "--model",
+        "hone-tiny",
+        "--n-epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--learning-rate-multiplier",
+        "3",
+        "--seed",
+        "1",
+        "--suffix",
+        "cli",
+        "--metadata",
+        "team=cli",
+    )
     job_id = created.stdout.strip()
     # A terminal, as far as rich can tell, so that the live bar is drawn.
     follow = cli.start("jobs", "follow", job_id, "--poll-interval", "0.3", env={"TTY_COMPATIBLE": "1"})
@@ -151,15 +187,17 @@ def test_admin_commands(cli):
     deleted = cli.ok("keys", "delete", scratch["id"], account["id"], admin=True)
     assert deleted.stdout.strip() == f"deleted {account['id']}"
     assert cli.ok("projects", "delete", scratch["id"], admin=True).stdout.strip() == f"archived {scratch['id']}"
-    projects, keys = cli.many((("projects", "list"), {"admin": True}),
-                              (("keys", "list", scratch["id"], "--json"), {"admin": True}))
+    projects, keys = cli.many(
+        (("projects", "list"), {"admin": True}), (("keys", "list", scratch["id"], "--json"), {"admin": True})
+    )
     assert cli.project_id in projects.stdout and "cli tests" in projects.stdout and scratch["id"] not in projects.stdout
     assert json.loads(keys.stdout) == []
 
     wrong_key, as_json, unreachable = cli.many(
         (("projects", "list", "--admin-key", "sk-wrong"), {"admin": True}),
         (("projects", "delete", "proj_missing", "--json"), {"admin": True}),
-        (("models", "list"), {"env": {"HONE_BASE_URL": f"http://127.0.0.1:{free_port()}"}}))
+        (("models", "list"), {"env": {"HONE_BASE_URL": f"http://127.0.0.1:{free_port()}"}}),
+    )
     assert wrong_key.returncode == 1 and "Incorrect admin API key" in wrong_key.stderr
     assert as_json.returncode == 1 and json.loads(as_json.stderr)["error"]["status"] == 404
     assert unreachable.returncode == 3 and "Could not reach" in unreachable.stderr
@@ -170,8 +208,11 @@ def test_files_validate_offline_with_the_servers_validator(cli):
     bad.write_text(json.dumps(TRAIN[0]) + "\n{not json\n" + json.dumps({"messages": [{"role": "user"}]}) + "\n")
     offline = {"env": {"HONE_BASE_URL": f"http://127.0.0.1:{free_port()}"}}  # nothing listens there
     good, refused, local, not_uploaded = cli.many(
-        (("files", "validate", "train.jsonl"), offline), (("files", "validate", "bad.jsonl"), offline),
-        (("files", "validate", "bad.jsonl", "--json"), offline), (("files", "upload", "bad.jsonl"), {}))
+        (("files", "validate", "train.jsonl"), offline),
+        (("files", "validate", "bad.jsonl"), offline),
+        (("files", "validate", "bad.jsonl", "--json"), offline),
+        (("files", "upload", "bad.jsonl"), {}),
+    )
     assert good.returncode == 0 and "valid: OpenAI chat" in good.stderr and "16 example(s)" in good.stderr
     assert refused.returncode == 1 and "line 2" in refused.stderr and "line 3" in refused.stderr
     report = json.loads(local.stdout)
@@ -187,13 +228,16 @@ def test_files_validate_offline_with_the_servers_validator(cli):
 
 def test_files_validate_applies_the_servers_minimum_example_count(cli):
     offline = {"env": {"HONE_BASE_URL": f"http://127.0.0.1:{free_port()}"}}  # nothing listens there
-    few, as_validation, as_json = cli.many((("files", "validate", "valid.jsonl"), offline),
-                                           (("files", "validate", "valid.jsonl", "--min-examples", "1"), offline),
-                                           (("files", "validate", "valid.jsonl", "--json"), offline))
+    few, as_validation, as_json = cli.many(
+        (("files", "validate", "valid.jsonl"), offline),
+        (("files", "validate", "valid.jsonl", "--min-examples", "1"), offline),
+        (("files", "validate", "valid.jsonl", "--json"), offline),
+    )
     assert few.returncode == 1 and "Training file has 4 example(s), but must have at least 10 examples" in few.stderr
     assert as_validation.returncode == 0 and "valid:" in as_validation.stderr
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["problems"] == [
-        "Training file has 4 example(s), but must have at least 10 examples"]
+        "Training file has 4 example(s), but must have at least 10 examples"
+    ]
 
 
 def test_a_refused_create_deletes_the_files_it_uploaded(cli):
@@ -274,8 +318,12 @@ def test_follow_exits_non_zero_when_the_job_fails(cli, job):
 def test_jobs_get_list_results_and_plot(cli, job, tuned_model):
     job_id = job["id"]
     shown, listed, table, results, results_json = cli.many(
-        (("jobs", "get", job_id), {}), (("jobs", "list", "--json"), {}), (("jobs", "list", "--limit", "5"), {}),
-        (("jobs", "results", job_id), {}), (("jobs", "results", job_id, "--json"), {}))
+        (("jobs", "get", job_id), {}),
+        (("jobs", "list", "--json"), {}),
+        (("jobs", "list", "--limit", "5"), {}),
+        (("jobs", "results", job_id), {}),
+        (("jobs", "results", job_id, "--json"), {}),
+    )
     assert f"{job_id}  succeeded  hone-tiny -> {tuned_model}" in shown.stdout
     assert "3 epoch(s), batch size 4" in shown.stdout
     assert job_id in [j["id"] for j in json.loads(listed.stdout)] and job_id in table.stdout
@@ -297,8 +345,8 @@ def _assert_curves(png: Path) -> None:
     image = Image.open(png).convert("RGB")
     assert image.size == (800, 450)
     colours = image.getcolors(maxcolors=1 << 20)
-    blue = sum(n for n, (r, g, b) in colours if abs(r - 0x1f) < 40 and abs(g - 0x77) < 40 and abs(b - 0xb4) < 40)
-    orange = sum(n for n, (r, g, b) in colours if abs(r - 0xff) < 40 and abs(g - 0x7f) < 40 and abs(b - 0x0e) < 40)
+    blue = sum(n for n, (r, g, b) in colours if abs(r - 0x1F) < 40 and abs(g - 0x77) < 40 and abs(b - 0xB4) < 40)
+    orange = sum(n for n, (r, g, b) in colours if abs(r - 0xFF) < 40 and abs(g - 0x7F) < 40 and abs(b - 0x0E) < 40)
     assert blue > 300, f"no training curve ({blue} blue pixels)"
     assert orange > 50, f"no validation loss ({orange} orange pixels)"
     assert len(colours) > 50  # not a blank canvas: axes, labels, anti-aliased lines
@@ -322,8 +370,9 @@ def test_sdk_chat_answers_whole_and_streamed(cli, tuned_model):
 
 
 def test_models_endpoints_and_chat(cli, job, tuned_model):
-    models, endpoints = cli.many((("models", "list"), {}),
-                                 (("endpoints", "list", "--model", tuned_model, "--json"), {}))
+    models, endpoints = cli.many(
+        (("models", "list"), {}), (("endpoints", "list", "--model", tuned_model, "--json"), {})
+    )
     assert "hone-tiny" in models.stdout and tuned_model in models.stdout
     [endpoint] = json.loads(endpoints.stdout)
     assert endpoint["state"] == "ready"
@@ -331,9 +380,11 @@ def test_models_endpoints_and_chat(cli, job, tuned_model):
     ticket = HELD_OUT[0]["messages"][1]["content"]
     ask = ["--system", SYSTEM, "--temperature", "0", "--max-tokens", "8"]
     shown, streamed, as_json, unknown = cli.many(
-        (("endpoints", "get", endpoint["id"]), {}), (("chat", tuned_model, "--once", ticket, *ask), {}),
+        (("endpoints", "get", endpoint["id"]), {}),
+        (("chat", tuned_model, "--once", ticket, *ask), {}),
         (("chat", job["id"], "--once", ticket, *ask, "--json"), {}),  # a job id stands for its tuned model
-        (("chat", "ft:hone-tiny:nobody:x:ftjob-none", "--once", ticket), {}))
+        (("chat", "ft:hone-tiny:nobody:x:ftjob-none", "--once", ticket), {}),
+    )
     assert f"{endpoint['id']}  ready  {tuned_model}" in shown.stdout
     assert streamed.returncode == 0 and streamed.stdout.strip() == LABEL  # the label it was tuned to answer
     completion = json.loads(as_json.stdout)

@@ -12,8 +12,11 @@ from service.settings import Settings
 
 def test_reads_run_on_the_loop_on_a_local_database_and_in_two_threads_across_a_network(tmp_path):
     assert Settings(data_dir=tmp_path).resolved_database_threads == 0
-    for local in ("postgresql+psycopg://u@127.0.0.1:5432/db", "postgresql+psycopg://u@localhost/db",
-                  "postgresql+psycopg:///db?host=/var/run/postgresql"):
+    for local in (
+        "postgresql+psycopg://u@127.0.0.1:5432/db",
+        "postgresql+psycopg://u@localhost/db",
+        "postgresql+psycopg:///db?host=/var/run/postgresql",
+    ):
         assert Settings(data_dir=tmp_path, database_url=local).resolved_database_threads == 0, local
     remote = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://u@db.internal:5432/db")
     assert remote.resolved_database_threads == 2

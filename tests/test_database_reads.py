@@ -44,8 +44,9 @@ def test_read_statement_runs_in_autocommit_and_leaves_the_pool_transactional(db)
 
 def _terminate(db: Database, pid: int) -> None:
     """Kills a backend from a connection of its own, outside the pool (as a server restart would)."""
-    with psycopg.connect(db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-                         autocommit=True) as other:
+    with psycopg.connect(
+        db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+    ) as other:
         assert other.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
 
 
@@ -62,8 +63,10 @@ def test_a_pooled_connection_killed_while_idle_is_pinged_and_replaced(db):
 def test_a_connection_killed_a_moment_after_use_fails_once_then_all_older_ones_are_retired(db):
     db.engine.pool.dispose()
     with db.read_statement() as first, db.read_statement() as second:  # two pooled connections
-        pids = {first.execute(text("SELECT pg_backend_pid()")).scalar(),
-                second.execute(text("SELECT pg_backend_pid()")).scalar()}
+        pids = {
+            first.execute(text("SELECT pg_backend_pid()")).scalar(),
+            second.execute(text("SELECT pg_backend_pid()")).scalar(),
+        }
     for pid in pids:
         _terminate(db, pid)
     # Not pinged (used a moment ago): the statement fails as a disconnect, which the API answers 503.
@@ -73,6 +76,8 @@ def test_a_connection_killed_a_moment_after_use_fails_once_then_all_older_ones_a
     assert failed.value.connection_invalidated
     # The failure retired the other connection too: the next checkouts connect afresh and succeed.
     with db.read_statement() as first, db.read_statement() as second:
-        fresh = {first.execute(text("SELECT pg_backend_pid()")).scalar(),
-                 second.execute(text("SELECT pg_backend_pid()")).scalar()}
+        fresh = {
+            first.execute(text("SELECT pg_backend_pid()")).scalar(),
+            second.execute(text("SELECT pg_backend_pid()")).scalar(),
+        }
     assert not fresh & pids

@@ -36,13 +36,20 @@ class PrivatePostgres:
         self.data, self.log = self.root / "data", self.root / "postgres.log"
         self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self._as_postgres(PG_BIN / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync",
-                          "-E", "UTF8")
+        self._as_postgres(
+            PG_BIN / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"
+        )
         self.start()
 
     def _as_postgres(self, *args, timeout: float = 120) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *map(str, args)], check=True, timeout=timeout,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.root)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *map(str, args)],
+            check=True,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.root,
+        )
 
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
@@ -69,20 +76,28 @@ def private_postgres():
 
 
 def test_postgres_restart_mid_job_the_job_succeeds_and_the_api_answers_503_meanwhile(private_postgres, tmp_path):
-    server = HoneServer(tmp_path / "srv", {"HONE_DATABASE_URL": private_postgres.url, "HONE_LOCAL_SLOTS": "1",
-                                           **fake_trainer_env(step_s=0.25)})
+    server = HoneServer(
+        tmp_path / "srv",
+        {"HONE_DATABASE_URL": private_postgres.url, "HONE_LOCAL_SLOTS": "1", **fake_trainer_env(step_s=0.25)},
+    )
     try:
         project = server.new_project("restart")
         client = project.openai()
-        rows = [chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.")
-                for i in range(STEPS_PER_EPOCH)]
+        rows = [
+            chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.") for i in range(STEPS_PER_EPOCH)
+        ]
         train = client.files.create(file=("train.jsonl", jsonl(rows)), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, seed=3, method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}})
+        job = client.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=train.id,
+            seed=3,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}},
+        )
 
         def training(j):  # a few steps reported: the trainer is past loading, mid-epoch
             steps = [e for e in all_events(client, j.id) if e.type == "metrics"]
             return j.status == "running" and len(steps) >= 2
+
         wait_job(client, job.id, training, timeout=240)
 
         private_postgres.stop("fast")  # cuts every connection the control plane holds
@@ -122,8 +137,9 @@ def test_postgres_restart_mid_job_the_job_succeeds_and_the_api_answers_503_meanw
     # Each loop says once that the database is gone (no traceback per step) and once that it is back.
     failed = Counter(r["loop"] for r in lines if r["msg"].startswith("background loop step failed"))
     assert failed and max(failed.values()) <= 2, failed  # not one per step (about 15 each in 5 s)
-    assert {r.get("code") for r in lines if r["msg"].startswith("background loop step failed")} == \
-        {"database_unavailable"}
+    assert {r.get("code") for r in lines if r["msg"].startswith("background loop step failed")} == {
+        "database_unavailable"
+    }
     assert {r["loop"] for r in lines if r["msg"] == "background loop recovered"} == set(failed)
 
 
@@ -142,17 +158,31 @@ def test_a_trainer_exit_seen_while_the_database_is_down_is_recorded_once_it_is_b
     crasher = tmp_path / "storage-error.sh"  # a trainer whose storage failed after its retries
     crasher.write_text("#!/bin/sh\necho 'storage failed writing jobs/x' >&2\nexit 74\n")
     crasher.chmod(0o755)
-    settings = Settings(data_dir=tmp_path / "data", admin_api_key="adm", trainer_python=str(crasher),
-                        max_job_attempts=1)
+    settings = Settings(
+        data_dir=tmp_path / "data", admin_api_key="adm", trainer_python=str(crasher), max_job_attempts=1
+    )
     ctx = AppContext.build(settings)
     executor = LocalExecutor(settings)
     ref = executor.launch("ftjob-x", 1, "file:///nowhere/jobs/ftjob-x/spec.json")
     with ctx.db.write() as session:
         session.add(Project(id="proj_a", name="a", slug="a", created_at=0))
         session.flush()
-        session.add(Job(id="ftjob-x", project_id="proj_a", model="hone-tiny", base_model="hone-tiny",
-                        status="running", created_at=0, training_file="file-x", method={"type": "supervised"},
-                        seed=1, result_files=[], attempts=1, executor_ref=ref))
+        session.add(
+            Job(
+                id="ftjob-x",
+                project_id="proj_a",
+                model="hone-tiny",
+                base_model="hone-tiny",
+                status="running",
+                created_at=0,
+                training_file="file-x",
+                method={"type": "supervised"},
+                seed=1,
+                result_files=[],
+                attempts=1,
+                executor_ref=ref,
+            )
+        )
     executor._runs["ftjob-x"].process.wait(30)
     scheduler = Scheduler(ctx, executor)
 

@@ -21,15 +21,27 @@ OWN = "hone-grants"  # Hone's own storage bucket: s3://hone-grants/blobs
 
 @pytest.fixture(scope="module")
 def sealed(tmp_path_factory, moto):
-    s3 = boto3.client("s3", endpoint_url=moto.url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket="data")
-    for key, body in {"a/train.jsonl": chat_dataset(), "ab/train.jsonl": chat_dataset(),
-                      "g/train.jsonl": chat_dataset(),
-                      "a/secret.jsonl": jsonl([{"messages": [{"role": "user", "content": SECRET}]}])}.items():
+    for key, body in {
+        "a/train.jsonl": chat_dataset(),
+        "ab/train.jsonl": chat_dataset(),
+        "g/train.jsonl": chat_dataset(),
+        "a/secret.jsonl": jsonl([{"messages": [{"role": "user", "content": SECRET}]}]),
+    }.items():
         s3.put_object(Bucket="data", Key=key, Body=body)
-    env = {**moto.env(), "HONE_STORAGE_URL": f"s3://{OWN}/blobs", "HONE_LOCAL_SLOTS": "0",
-           "HONE_GCS_BUCKET_MAP": json.dumps({"gdata": "data/g"})}
+    env = {
+        **moto.env(),
+        "HONE_STORAGE_URL": f"s3://{OWN}/blobs",
+        "HONE_LOCAL_SLOTS": "0",
+        "HONE_GCS_BUCKET_MAP": json.dumps({"gdata": "data/g"}),
+    }
     server = HoneServer(tmp_path_factory.mktemp("grants"), env)
     try:
         a, b = server.new_project("team a"), server.new_project("team b")
@@ -44,8 +56,10 @@ def sealed(tmp_path_factory, moto):
 def _tune(project, uri: str, validation: str | None = None) -> httpx.Response:
     spec = {"trainingDatasetUri": uri, **({"validationDatasetUri": validation} if validation else {})}
     with project.http() as http:
-        return http.post(f"/v1/projects/{project.project_id}/locations/us-central1/tuningJobs",
-                         json={"baseModel": "hone-tiny", "supervisedTuningSpec": spec})
+        return http.post(
+            f"/v1/projects/{project.project_id}/locations/us-central1/tuningJobs",
+            json={"baseModel": "hone-tiny", "supervisedTuningSpec": spec},
+        )
 
 
 def _files(project) -> list[dict]:
@@ -86,8 +100,9 @@ def test_ungranted_objects_answer_one_404_whether_or_not_they_exist(sealed):
     assert existing == missing == no_bucket
     # The validation dataset is sealed the same way, naming its own field.
     with b.http() as http:
-        own = http.post("/v1/files", data={"purpose": "fine-tune"},
-                        files={"file": ("own.jsonl", chat_dataset())}).json()
+        own = http.post(
+            "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("own.jsonl", chat_dataset())}
+        ).json()
     valid = _tune(b, own["id"], validation="s3://data/a/secret.jsonl")
     assert valid.status_code == 404 and "validationDatasetUri" in valid.json()["error"]["message"]
     assert _files(b) == [own, *files_before]  # nothing imported
@@ -98,8 +113,13 @@ def test_prefix_boundaries_schemes_and_traversal(sealed):
     sibling = _sealed_404(_tune(a, "s3://data/ab/train.jsonl"), "s3://data/ab/train.jsonl")  # s3://data/a/ only
     other_scheme = _sealed_404(_tune(a, "gs://data/a/train.jsonl"), "gs://data/a/train.jsonl")  # s3 grant only
     assert sibling == other_scheme
-    for uri in ("s3://data/a/../ab/train.jsonl", "s3://data/a//train.jsonl", "s3://data/a/%2e%2e/ab/train.jsonl",
-                "s3://data:9000/a/train.jsonl", "s3://data/a/./train.jsonl"):
+    for uri in (
+        "s3://data/a/../ab/train.jsonl",
+        "s3://data/a//train.jsonl",
+        "s3://data/a/%2e%2e/ab/train.jsonl",
+        "s3://data:9000/a/train.jsonl",
+        "s3://data/a/./train.jsonl",
+    ):
         reply = _tune(a, uri)
         assert reply.status_code == 400, (uri, reply.text)
         assert [d["reason"] for d in reply.json()["error"]["details"] if "reason" in d] == ["INVALID_DATASET_URI"]
@@ -109,12 +129,14 @@ def test_gs_uris_through_the_bucket_map_honour_grants(sealed):
     a, b, server = sealed["a"], sealed["b"], sealed["server"]
     uri = "gs://gdata/train.jsonl"  # read as s3://data/g/train.jsonl
     with server.admin() as admin:
-        s3_grant = admin.post(f"/v1/organization/projects/{a.project_id}/dataset_grants",
-                              json={"uri": "s3://data/g/"}).json()
+        s3_grant = admin.post(
+            f"/v1/organization/projects/{a.project_id}/dataset_grants", json={"uri": "s3://data/g/"}
+        ).json()
         _sealed_404(_tune(a, uri), uri)  # the S3 object it maps to is granted, the gs:// URI is not
         admin.delete(f"/v1/organization/projects/{a.project_id}/dataset_grants/{s3_grant['id']}")
-        gs_grant = admin.post(f"/v1/organization/projects/{a.project_id}/dataset_grants",
-                              json={"uri": "gs://gdata/"}).json()
+        gs_grant = admin.post(
+            f"/v1/organization/projects/{a.project_id}/dataset_grants", json={"uri": "gs://gdata/"}
+        ).json()
         assert gs_grant["uri"] == "gs://gdata/"
         assert _tune(a, uri).status_code == 200
         _sealed_404(_tune(b, uri), uri)
@@ -137,15 +159,23 @@ def test_admin_api_for_grants(sealed):
         a_grant = sealed["grant"]["id"]
         assert admin.delete(f"{base}/{a_grant}").status_code == 404
         assert admin.get(f"/v1/organization/projects/{a.project_id}/dataset_grants").json()["data"][0]["id"] == a_grant
-        for uri, code in (("s3://data/b/../a/", "invalid_dataset_uri"), ("https://data/b/", "invalid_dataset_uri"),
-                          (f"s3://{OWN}/", "own_storage"), (f"s3://{OWN}/blobs/files/", "own_storage"),
-                          (f"gs://{OWN}/blobs/", "own_storage")):  # unmapped: the S3 bucket of the same name
+        for uri, code in (
+            ("s3://data/b/../a/", "invalid_dataset_uri"),
+            ("https://data/b/", "invalid_dataset_uri"),
+            (f"s3://{OWN}/", "own_storage"),
+            (f"s3://{OWN}/blobs/files/", "own_storage"),
+            (f"gs://{OWN}/blobs/", "own_storage"),
+        ):  # unmapped: the S3 bucket of the same name
             reply = admin.post(base, json={"uri": uri})
             assert reply.status_code == 400 and reply.json()["error"]["code"] == code, (uri, reply.text)
             assert reply.json()["error"]["param"] == "uri"
         assert admin.post(base, json={"uri": "s3://data/b/", "extra": 1}).status_code == 400
-        assert admin.post("/v1/organization/projects/proj_missing/dataset_grants",
-                          json={"uri": "s3://data/b/"}).status_code == 404
+        assert (
+            admin.post(
+                "/v1/organization/projects/proj_missing/dataset_grants", json={"uri": "s3://data/b/"}
+            ).status_code
+            == 404
+        )
         deleted = admin.delete(f"{base}/{grant['id']}").json()
         assert deleted == {"object": "organization.project.dataset_grant.deleted", "id": grant["id"], "deleted": True}
         assert admin.delete(f"{base}/{grant['id']}").status_code == 404
@@ -163,8 +193,13 @@ def test_cli_grants(sealed):
     env = {"HONE_BASE_URL": server.base_url, "HONE_ADMIN_API_KEY": server.admin_key, "PATH": "/usr/bin:/bin"}
 
     def hone(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hone", "projects", "grants", *args], env=env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "hone", "projects", "grants", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     added = hone("add", b.project_id, "s3://data/cli/")
     assert added.returncode == 0, added.stderr

@@ -16,20 +16,26 @@ CHAT_WITH_TOOLS = {
     "messages": [
         {"role": "system", "content": "You are a calculator."},
         {"role": "user", "content": "What is 2+2?"},
-        {"role": "assistant", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 2}"}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 2}'}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "4"},
         {"role": "assistant", "content": "4", "weight": 1},
     ],
     "tools": [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}],
     "parallel_tool_calls": False,
 }
-CHAT_WEIGHTED = {"messages": [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello?", "weight": 0},
-    {"role": "user", "content": [{"type": "text", "text": "Say hi properly"}]},
-    {"role": "assistant", "content": "Hello!", "weight": 1},
-]}
+CHAT_WEIGHTED = {
+    "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello?", "weight": 0},
+        {"role": "user", "content": [{"type": "text", "text": "Say hi properly"}]},
+        {"role": "assistant", "content": "Hello!", "weight": 1},
+    ]
+}
 PREFERENCE = {
     "input": {"messages": [{"role": "user", "content": "Capital of France?"}]},
     "preferred_output": [{"role": "assistant", "content": "Paris"}],
@@ -45,21 +51,43 @@ GEMINI = {
 
 VALID = [
     pytest.param([chat_line(), CHAT_WITH_TOOLS, CHAT_WEIGHTED], DatasetFormat.OPENAI_CHAT, id="openai-chat"),
-    pytest.param([{"prompt": "2+2=", "completion": "4"}, {"prompt": "", "completion": "empty prompt is fine"}],
-                 DatasetFormat.PROMPT_COMPLETION, id="prompt-completion"),
+    pytest.param(
+        [{"prompt": "2+2=", "completion": "4"}, {"prompt": "", "completion": "empty prompt is fine"}],
+        DatasetFormat.PROMPT_COMPLETION,
+        id="prompt-completion",
+    ),
     pytest.param([PREFERENCE, PREFERENCE], DatasetFormat.OPENAI_PREFERENCE, id="openai-preference"),
-    pytest.param([GEMINI, {"contents": [{"role": "user", "parts": [{"text": "a"}]},
-                                        {"role": "model", "parts": [{"text": "b"}]},
-                                        {"role": "user", "parts": [{"text": "c"}]},
-                                        {"role": "model", "parts": [{"text": "d"}, {"text": "e"}]}]}],
-                 DatasetFormat.VERTEX_GEMINI, id="vertex-gemini"),
+    pytest.param(
+        [
+            GEMINI,
+            {
+                "contents": [
+                    {"role": "user", "parts": [{"text": "a"}]},
+                    {"role": "model", "parts": [{"text": "b"}]},
+                    {"role": "user", "parts": [{"text": "c"}]},
+                    {"role": "model", "parts": [{"text": "d"}, {"text": "e"}]},
+                ]
+            },
+        ],
+        DatasetFormat.VERTEX_GEMINI,
+        id="vertex-gemini",
+    ),
     pytest.param([{"input_text": "2+2?", "output_text": "4"}] * 3, DatasetFormat.VERTEX_LEGACY, id="vertex-legacy"),
-    pytest.param([{"input": "2+2?", "output": "4"}, {"input": "3+3?", "output": "6"}], DatasetFormat.PAIRS,
-                 id="pairs-input-output"),
-    pytest.param([{"instruction": "Add", "input": "2 and 2", "output": "4"}, {"instruction": "Say hi", "output": "hi"}],
-                 DatasetFormat.PAIRS, id="pairs-instruction"),
-    pytest.param([{"text": "Once upon a time."}, {"text": "The end.", "source": "metadata is allowed"}],
-                 DatasetFormat.RAW_TEXT, id="raw-text"),
+    pytest.param(
+        [{"input": "2+2?", "output": "4"}, {"input": "3+3?", "output": "6"}],
+        DatasetFormat.PAIRS,
+        id="pairs-input-output",
+    ),
+    pytest.param(
+        [{"instruction": "Add", "input": "2 and 2", "output": "4"}, {"instruction": "Say hi", "output": "hi"}],
+        DatasetFormat.PAIRS,
+        id="pairs-instruction",
+    ),
+    pytest.param(
+        [{"text": "Once upon a time."}, {"text": "The end.", "source": "metadata is allowed"}],
+        DatasetFormat.RAW_TEXT,
+        id="raw-text",
+    ),
 ]
 
 
@@ -97,7 +125,7 @@ def test_utf8_bom_and_crlf_fed_byte_by_byte_is_accepted():
     data = b"\xef\xbb\xbf" + chat_dataset(4).replace(b"\n", b"\r\n")
     v = DatasetValidator()
     for i in range(len(data)):
-        v.feed(data[i:i + 1])
+        v.feed(data[i : i + 1])
     report = v.finish()
     assert report.ok, report.summary()
     assert report.examples == 4
@@ -107,7 +135,7 @@ def test_non_ascii_text_split_across_chunks_is_accepted():
     data = jsonl([chat_line("Qu'est-ce que c'est ? 日本語 🙂", "Ça va — ok ✓")] * 3)
     v = DatasetValidator()
     for i in range(len(data)):  # every multi-byte character is cut in the middle
-        v.feed(data[i:i + 1])
+        v.feed(data[i : i + 1])
     report = v.finish()
     assert report.ok, report.summary()
     assert report.examples == 3
@@ -115,23 +143,26 @@ def test_non_ascii_text_split_across_chunks_is_accepted():
 
 # --- line numbers under odd chunking ----------------------------------------------------
 
+
 def _mixed_file() -> tuple[bytes, list[tuple[int, str, str]]]:
     """A BOM + CRLF chat file with errors on known lines; returns (bytes, expected (line, field, code))."""
     good = json.dumps(chat_line()).encode()
     rows = [
-        good,                                                                     # 1
-        good,                                                                     # 2
-        b'{"messages": [{"role": "user", "content": "hi"}, ',                     # 3 invalid JSON
-        good,                                                                     # 4
-        b"",                                                                      # 5 blank
-        json.dumps({"messages": [{"role": "robot", "content": "x"},
-                                 {"role": "assistant", "content": "y"}]}).encode(),  # 6
-        good,                                                                     # 7
-        json.dumps({"messages": [{"role": "user", "content": "x"},
-                                 {"role": "assistant", "content": "y", "weight": 2}]}).encode(),  # 8
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"café\"}]}".encode(),  # 9 no assistant
-        b"\xff\xfe not utf-8",                                                   # 10
-        good,                                                                     # 11
+        good,  # 1
+        good,  # 2
+        b'{"messages": [{"role": "user", "content": "hi"}, ',  # 3 invalid JSON
+        good,  # 4
+        b"",  # 5 blank
+        json.dumps(
+            {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}
+        ).encode(),  # 6
+        good,  # 7
+        json.dumps(
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 2}]}
+        ).encode(),  # 8
+        '{"messages": [{"role": "user", "content": "café"}]}'.encode(),  # 9 no assistant
+        b"\xff\xfe not utf-8",  # 10
+        good,  # 11
     ]
     data = b"\xef\xbb\xbf" + b"\r\n".join(rows) + b"\r\n"
     expected = [
@@ -155,7 +186,7 @@ def _feed_in_chunks(data: bytes, sizes, **kwargs):
     for size in sizes:
         if pos >= len(data):
             break
-        v.feed(data[pos:pos + size])
+        v.feed(data[pos : pos + size])
         pos += size
     assert pos >= len(data)
     return v.finish()
@@ -189,11 +220,12 @@ def test_empty_chunks_are_ignored():
     v = DatasetValidator()
     for i in range(0, len(data), 5):
         v.feed(b"")
-        v.feed(data[i:i + 5])
+        v.feed(data[i : i + 5])
     assert _errors(v.finish()) == expected
 
 
 # --- error cap ---------------------------------------------------------------------------
+
 
 def test_only_the_first_20_errors_are_kept_but_all_are_counted():
     rows = [json.dumps(chat_line()).encode()] + [b"not json"] * 30
@@ -206,8 +238,12 @@ def test_only_the_first_20_errors_are_kept_but_all_are_counted():
 
 
 def test_error_cap_counts_several_errors_on_one_line():
-    bad = {"messages": [{"role": "user", "content": "x", "weight": 1, "bogus": 1},
-                        {"role": "assistant", "content": "", "weight": 7}]}
+    bad = {
+        "messages": [
+            {"role": "user", "content": "x", "weight": 1, "bogus": 1},
+            {"role": "assistant", "content": "", "weight": 7},
+        ]
+    }
     report = validate_bytes(jsonl([bad] * 10), max_errors=5)
     per_line = validate_bytes(jsonl([bad])).total_errors
     assert per_line >= 3
@@ -235,13 +271,16 @@ def _long_line_file(trailing_newline: bool = True) -> bytes:
     return b"\n".join(rows) + (b"\n" if trailing_newline else b"")
 
 
-@pytest.mark.parametrize("sizes", [
-    pytest.param([1 << 20], id="one-chunk"),
-    pytest.param(itertools.repeat(1), id="1-byte-chunks"),
-    pytest.param(itertools.cycle(range(1, 8)), id="1-to-7-byte-chunks"),
-    pytest.param(itertools.repeat(64), id="64-byte-chunks"),
-    pytest.param(itertools.repeat(LIMIT + 1), id="limit-plus-one-chunks"),
-])
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        pytest.param([1 << 20], id="one-chunk"),
+        pytest.param(itertools.repeat(1), id="1-byte-chunks"),
+        pytest.param(itertools.cycle(range(1, 8)), id="1-to-7-byte-chunks"),
+        pytest.param(itertools.repeat(64), id="64-byte-chunks"),
+        pytest.param(itertools.repeat(LIMIT + 1), id="limit-plus-one-chunks"),
+    ],
+)
 @pytest.mark.parametrize("trailing_newline", [True, False], ids=["newline-at-end", "no-newline-at-end"])
 def test_too_long_line_is_reported_once_and_the_next_line_is_checked(sizes, trailing_newline):
     data = _long_line_file(trailing_newline)
@@ -271,20 +310,27 @@ def test_default_limit_is_4_mib():
 
 # --- a few whole-file outcomes ------------------------------------------------------------
 
-@pytest.mark.parametrize("data, expected", [
-    pytest.param(b"", [(1, "$", "empty_file")], id="empty"),
-    pytest.param(b"\xef\xbb\xbf", [(1, "$", "empty_file")], id="only-utf8-bom"),
-    pytest.param(b"\xff\xfe" + '{"text": "hi"}\n'.encode("utf-16-le"), [(1, "$", "invalid_encoding")],
-                 id="utf16-le-bom"),
-    pytest.param(b"\xfe\xff" + '{"text": "hi"}\n'.encode("utf-16-be"), [(1, "$", "invalid_encoding")],
-                 id="utf16-be-bom"),
-    pytest.param(b"\xff\xfe", [(1, "$", "invalid_encoding")], id="utf16-bom-only"),
-    pytest.param(b'{"text": NaN}\n', [(1, "$", "invalid_json")], id="nan"),
-    pytest.param(b'{"text": "a", "n": -Infinity}\n', [(1, "$", "invalid_json")], id="minus-infinity"),
-    pytest.param(b"[" * 100_000 + b"\n", [(1, "$", "invalid_json")], id="nested-too-deeply"),
-    pytest.param(b'{"text": "a"}\n{"prompt": "p", "completion": "c"}\n', [(2, "$", "mixed_formats")],
-                 id="mixed-formats"),
-])
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        pytest.param(b"", [(1, "$", "empty_file")], id="empty"),
+        pytest.param(b"\xef\xbb\xbf", [(1, "$", "empty_file")], id="only-utf8-bom"),
+        pytest.param(
+            b"\xff\xfe" + '{"text": "hi"}\n'.encode("utf-16-le"), [(1, "$", "invalid_encoding")], id="utf16-le-bom"
+        ),
+        pytest.param(
+            b"\xfe\xff" + '{"text": "hi"}\n'.encode("utf-16-be"), [(1, "$", "invalid_encoding")], id="utf16-be-bom"
+        ),
+        pytest.param(b"\xff\xfe", [(1, "$", "invalid_encoding")], id="utf16-bom-only"),
+        pytest.param(b'{"text": NaN}\n', [(1, "$", "invalid_json")], id="nan"),
+        pytest.param(b'{"text": "a", "n": -Infinity}\n', [(1, "$", "invalid_json")], id="minus-infinity"),
+        pytest.param(b"[" * 100_000 + b"\n", [(1, "$", "invalid_json")], id="nested-too-deeply"),
+        pytest.param(
+            b'{"text": "a"}\n{"prompt": "p", "completion": "c"}\n', [(2, "$", "mixed_formats")], id="mixed-formats"
+        ),
+    ],
+)
 def test_whole_file_errors(data, expected):
     report = validate_bytes(data)
     assert _errors(report) == expected
@@ -292,39 +338,93 @@ def test_whole_file_errors(data, expected):
 
 
 def test_gemini_last_turn_error_names_the_last_turn():
-    row = {"contents": ["oops", {"role": "model", "parts": [{"text": "a"}]},
-                        {"role": "user", "parts": [{"text": "b"}]}]}
+    row = {
+        "contents": ["oops", {"role": "model", "parts": [{"text": "a"}]}, {"role": "user", "parts": [{"text": "b"}]}]
+    }
     report = validate_bytes(jsonl([row]))
     assert _errors(report) == [(1, "contents[0]", "invalid_type"), (1, "contents[2].role", "invalid_last_turn")]
 
 
 def test_weight_false_is_one_error_not_two():
-    report = validate_bytes(b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","weight":false}]}\n')
+    report = validate_bytes(
+        b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","weight":false}]}\n'
+    )
     assert [(e.line, e.field, e.code) for e in report.errors] == [(1, "messages[1].weight", "invalid_weight")]
 
 
 def test_chat_line_without_messages_says_so():
-    report = validate_bytes(b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}\n{"tools":[]}\n')
+    report = validate_bytes(
+        b'{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}\n{"tools":[]}\n'
+    )
     assert [(e.line, e.field, e.code) for e in report.errors] == [(2, "messages", "missing_messages_list")]
 
 
 # --- media inputs and the minimum example count -----------------------------------------
 
-@pytest.mark.parametrize("line, field, kind", [
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                                {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]},
-                   {"role": "assistant", "content": "A cat."}]}, "messages[0].content[1].type", "image"),
-    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA"}}]},
-                   {"role": "assistant", "content": "Hi."}]}, "messages[0].content[0].type", "audio"),
-    ({"input": {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}]},
-      "preferred_output": [{"role": "assistant", "content": "a"}],
-      "non_preferred_output": [{"role": "assistant", "content": "b"}]}, "input.messages[0].content[0].type", "file"),
-    ({"contents": [{"role": "user", "parts": [{"text": "q"}, {"fileData": {"mimeType": "image/png",
-                                                                           "fileUri": "gs://b/x.png"}}]},
-                   {"role": "model", "parts": [{"text": "a"}]}]}, "contents[0].parts[1].fileData", "image"),
-    ({"contents": [{"role": "user", "parts": [{"inline_data": {"mime_type": "audio/wav", "data": "AA"}}]},
-                   {"role": "model", "parts": [{"text": "a"}]}]}, "contents[0].parts[0].inline_data", "audio"),
-])
+
+@pytest.mark.parametrize(
+    "line, field, kind",
+    [
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is this?"},
+                            {"type": "image_url", "image_url": {"url": "https://x/a.png"}},
+                        ],
+                    },
+                    {"role": "assistant", "content": "A cat."},
+                ]
+            },
+            "messages[0].content[1].type",
+            "image",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA"}}]},
+                    {"role": "assistant", "content": "Hi."},
+                ]
+            },
+            "messages[0].content[0].type",
+            "audio",
+        ),
+        (
+            {
+                "input": {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}]},
+                "preferred_output": [{"role": "assistant", "content": "a"}],
+                "non_preferred_output": [{"role": "assistant", "content": "b"}],
+            },
+            "input.messages[0].content[0].type",
+            "file",
+        ),
+        (
+            {
+                "contents": [
+                    {
+                        "role": "user",
+                        "parts": [{"text": "q"}, {"fileData": {"mimeType": "image/png", "fileUri": "gs://b/x.png"}}],
+                    },
+                    {"role": "model", "parts": [{"text": "a"}]},
+                ]
+            },
+            "contents[0].parts[1].fileData",
+            "image",
+        ),
+        (
+            {
+                "contents": [
+                    {"role": "user", "parts": [{"inline_data": {"mime_type": "audio/wav", "data": "AA"}}]},
+                    {"role": "model", "parts": [{"text": "a"}]},
+                ]
+            },
+            "contents[0].parts[0].inline_data",
+            "audio",
+        ),
+    ],
+)
 def test_media_inputs_are_refused_with_line_and_field(line, field, kind):
     good = {"messages": chat_line()["messages"]} if "messages" in line else None
     report = validate_bytes(jsonl([good, line] if good else [line]))

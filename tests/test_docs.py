@@ -32,6 +32,7 @@ HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 
 # --- Mermaid state diagrams -------------------------------------------------------------------------------------
 
+
 def state_diagrams(text: str) -> list[set[tuple[str, str]]]:
     """The edge sets of the stateDiagram-v2 blocks in a Markdown text, without the [*] markers."""
     diagrams = []
@@ -58,16 +59,18 @@ def all_diagrams() -> list[tuple[Path, set[tuple[str, str]]]]:
     return [(page, edges) for page in PAGES for edges in state_diagrams(page.read_text(encoding="utf-8"))]
 
 
-@pytest.mark.parametrize("name, enum, allowed", [
-    ("job", job_states.JobStatus, job_states.ALLOWED),
-    ("endpoint", endpoint_states.EndpointState, endpoint_states.ALLOWED),
-])
+@pytest.mark.parametrize(
+    "name, enum, allowed",
+    [
+        ("job", job_states.JobStatus, job_states.ALLOWED),
+        ("endpoint", endpoint_states.EndpointState, endpoint_states.ALLOWED),
+    ],
+)
 def test_state_diagram_matches_the_transition_table(name, enum, allowed):
     states = {s.value for s in enum}
     assert set(allowed) == set(enum), f"the {name} table has a row for every state"
     # The diagram of this machine: the one whose states are this enum's (each diagram draws one machine).
-    found = [(page, edges) for page, edges in all_diagrams()
-             if edges and {s for edge in edges for s in edge} <= states]
+    found = [(page, edges) for page, edges in all_diagrams() if edges and {s for edge in edges for s in edge} <= states]
     assert found, f"no stateDiagram-v2 in README.md or docs/ draws the {name} states {sorted(states)}"
     expected = table_edges(allowed)
     for page, edges in found:
@@ -80,8 +83,9 @@ def test_every_state_diagram_draws_a_known_machine():
     machines = [{s.value for s in job_states.JobStatus}, {s.value for s in endpoint_states.EndpointState}]
     for page, edges in all_diagrams():
         drawn = {s for edge in edges for s in edge}
-        assert any(drawn <= states for states in machines), \
+        assert any(drawn <= states for states in machines), (
             f"{page.relative_to(ROOT)} has a state diagram with unknown states: {sorted(drawn)}"
+        )
 
 
 def test_the_diagram_reader_sees_a_missing_or_extra_edge():
@@ -93,6 +97,7 @@ def test_the_diagram_reader_sees_a_missing_or_extra_edge():
 
 
 # --- links ------------------------------------------------------------------------------------------------------
+
 
 def prose(text: str) -> str:
     """The text without fenced code blocks and inline code, where link syntax is only an example."""
@@ -156,8 +161,10 @@ def test_the_readme_points_to_the_design():
 
 
 def test_the_slugs_are_githubs():
-    assert slug("Quickstart: the `hone` CLI, the Hone SDK or the `openai` SDK") == \
-        "quickstart-the-hone-cli-the-hone-sdk-or-the-openai-sdk"
+    assert (
+        slug("Quickstart: the `hone` CLI, the Hone SDK or the `openai` SDK")
+        == "quickstart-the-hone-cli-the-hone-sdk-or-the-openai-sdk"
+    )
     assert slug("Fine-tuning jobs (`service/job_states.py`)") == "fine-tuning-jobs-servicejob_statespy"
     assert slug("The spec: `jobs/{id}/spec.json`") == "the-spec-jobsidspecjson"
 
@@ -190,6 +197,9 @@ def test_every_hone_variable_named_is_a_setting(page):
 
 @pytest.mark.parametrize("page", [*PAGES, ROOT / "CONTRIBUTING.md"], ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_merge_conflict_is_left_in_a_page(page):
-    markers = [line for line in page.read_text(encoding="utf-8").splitlines()
-               if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="]
+    markers = [
+        line
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="
+    ]
     assert not markers, f"{page.relative_to(ROOT)} holds merge conflict markers: {markers}"

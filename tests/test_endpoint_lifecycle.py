@@ -42,8 +42,12 @@ def _tune(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
     """Uploads `rows`, fine-tunes hone-tiny on them (seed 1) and waits until the job has succeeded. The engine
     is fake, so what the model learns does not matter: a small job gives an adapter (and its checkpoints) fast."""
     file = client.files.create(file=("tickets.jsonl", jsonl(rows)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-        "type": "supervised", "supervised": {"hyperparameters": hyperparameters}})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=file.id,
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+    )
     return wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=timeout)
 
 
@@ -51,8 +55,14 @@ def _tune(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
 def served(tmp_path_factory, moto):
     """One tuned model, deployed by itself when its job succeeded, shared by the tests that only need one."""
     postgres = PostgresDatabase()
-    env = {**moto.env(), **FAKE, "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-lifecycle/blobs",
-           "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true"}
+    env = {
+        **moto.env(),
+        **FAKE,
+        "HONE_DATABASE_URL": postgres.url,
+        "HONE_STORAGE_URL": "s3://hone-lifecycle/blobs",
+        "HONE_LOCAL_SLOTS": "1",
+        "HONE_AUTO_DEPLOY": "true",
+    }
     server = HoneServer(tmp_path_factory.mktemp("lifecycle"), env)
     try:
         project = server.new_project("tickets")
@@ -62,8 +72,14 @@ def served(tmp_path_factory, moto):
         with project.http() as http:
             endpoint = wait_endpoint(http, job.fine_tuned_model)
         assert endpoint["state"] == "ready", endpoint
-        yield {"server": server, "project": project, "client": client, "job": job, "held_out": held_out,
-               "endpoint": endpoint}
+        yield {
+            "server": server,
+            "project": project,
+            "client": client,
+            "job": job,
+            "held_out": held_out,
+            "endpoint": endpoint,
+        }
     finally:
         server.stop()
         postgres.drop()
@@ -76,8 +92,9 @@ def _answer(client, model: str, row: dict, *, stream: bool = False) -> str:
         assert reply.model == model or (model.startswith("ftckpt_") and ":ckpt-step-" in reply.model)
         assert reply.choices[0].finish_reason in ("stop", "length")
         return reply.choices[0].message.content.strip()
-    chunks = list(client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16, stream=True)
+    )
     chunk_schema = validator("CreateChatCompletionStreamResponse")
     for chunk in chunks:
         errors = list(chunk_schema.iter_errors(chunk.model_dump(exclude_unset=True)))
@@ -91,11 +108,14 @@ def test_deploying_endpoint_answers_503_with_retry_after(served):
     project = served["server"].new_project("base only")
     with project.http() as http:
         created = http.post("/v1/endpoints", json={"model": "hone-tiny"}).json()
-        early = http.post("/v1/chat/completions", json={"model": "hone-tiny",
-                                                        "messages": [{"role": "user", "content": "hi"}]})
+        early = http.post(
+            "/v1/chat/completions", json={"model": "hone-tiny", "messages": [{"role": "user", "content": "hi"}]}
+        )
         ready = wait_endpoint(http, "hone-tiny")
-        later = http.post("/v1/chat/completions", json={"model": "hone-tiny", "max_tokens": 3,
-                                                        "messages": [{"role": "user", "content": "hi"}]})
+        later = http.post(
+            "/v1/chat/completions",
+            json={"model": "hone-tiny", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]},
+        )
         http.delete(f"/v1/endpoints/{created['id']}")
     assert created["kind"] == "base" and created["state"] == "deploying"
     assert early.status_code == 503 and early.headers["retry-after"] == "5"
@@ -122,7 +142,8 @@ def test_idle_endpoint_scales_to_zero_and_the_next_request_wakes_it(served):
         assert wait_for(lambda: not engine_pids(served["server"], ep["id"]), timeout=20)
         exposition = http.get("/metrics").text
         assert f'endpoint_id="{ep["id"]}"' not in "\n".join(
-            line for line in exposition.splitlines() if line.startswith("hone_endpoint_up"))
+            line for line in exposition.splitlines() if line.startswith("hone_endpoint_up")
+        )
         assert 'hone_endpoints{state="idle"} 1.0' in exposition
         # The next request wakes it and waits for it (a cold start), then answers as before.
         started = time.monotonic()
@@ -166,8 +187,10 @@ def test_deleting_the_model_stops_its_engine_and_cleans_its_cache(served):
 
 def test_shared_engine_serves_several_adapters_of_one_base(tmp_path):
     """HONE_SHARED_ENGINES: one engine for hone-tiny, with the tuned model and a checkpoint hot-loaded side by side."""
-    server = HoneServer(tmp_path / "shared", {**FAKE, "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true",
-                                              "HONE_SHARED_ENGINES": "true"})
+    server = HoneServer(
+        tmp_path / "shared",
+        {**FAKE, "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true", "HONE_SHARED_ENGINES": "true"},
+    )
     try:
         project = server.new_project("shared")
         client = project.openai()
@@ -229,8 +252,10 @@ def test_restarted_control_plane_replaces_engines_its_predecessor_left(tmp_path)
                     break
                 assert time.monotonic() < deadline, ep
                 time.sleep(0.3)
-            reply = http.post("/v1/chat/completions", json={"model": "hone-tiny", "max_tokens": 2,
-                                                            "messages": [{"role": "user", "content": "hi"}]})
+            reply = http.post(
+                "/v1/chat/completions",
+                json={"model": "hone-tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+            )
         assert reply.status_code == 200
         new = engine_pids(restarted, created["id"])
         assert new and new != old
@@ -245,8 +270,10 @@ def test_restarted_control_plane_replaces_engines_its_predecessor_left(tmp_path)
 
 
 def test_an_engine_that_cannot_start_fails_the_endpoint_after_the_attempt_limit(tmp_path):
-    server = HoneServer(tmp_path / "broken", {**FAKE, "HONE_MAX_DEPLOY_ATTEMPTS": "2",
-                                              "HONE_BASE_MODELS": '{"acme/broken": "/nonexistent/model"}'})
+    server = HoneServer(
+        tmp_path / "broken",
+        {**FAKE, "HONE_MAX_DEPLOY_ATTEMPTS": "2", "HONE_BASE_MODELS": '{"acme/broken": "/nonexistent/model"}'},
+    )
     try:
         project = server.new_project("broken")
         with project.http() as http:
@@ -268,8 +295,15 @@ def test_the_fake_engine_imports_no_torch():
     """What makes it worth faking: the fake (and the real engine's server modules it runs) import no torch."""
     import subprocess
 
-    code = ("import sys, tests.fake_engine.engine, tests.fake_engine.__main__, inference.server; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
-    done = subprocess.run([FAKE_ENGINE_PYTHON, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    code = (
+        "import sys, tests.fake_engine.engine, tests.fake_engine.__main__, inference.server; "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [FAKE_ENGINE_PYTHON, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
     assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr)

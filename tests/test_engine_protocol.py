@@ -27,8 +27,10 @@ from tests.support import FAKE_ENGINE_PYTHON, MODEL_CACHE, REPO, free_port, wait
 SERVED = "hone-tiny"
 MAX_MODEL_LEN = 256
 # A template that renders differently from the model's ChatML: the pinned one must win for its adapter.
-PINNED_TEMPLATE = ("{%- for m in messages -%}[{{ m['role'] }}]: {{ m['content'] }}{{ '\\n' }}{%- endfor -%}"
-                   "{%- if add_generation_prompt -%}[assistant]:{%- endif -%}")
+PINNED_TEMPLATE = (
+    "{%- for m in messages -%}[{{ m['role'] }}]: {{ m['content'] }}{{ '\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}[assistant]:{%- endif -%}"
+)
 CHAT = [{"role": "user", "content": "hello, can you reset my password please?"}]
 
 
@@ -46,6 +48,7 @@ def pytest_generate_tests(metafunc):
 
 # --- helpers shared with test_launcher.py ----------------------------------------------------------------
 
+
 def base_model() -> Path:
     from hone_kernel.tiny_model import build
 
@@ -59,8 +62,9 @@ def make_adapter(folder: Path, seed: int, *, rank: int = 8, serving: dict | None
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_model())
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                  task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
     generator = torch.Generator().manual_seed(seed)  # deterministic: the same adapter on every run
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -75,13 +79,29 @@ def make_adapter(folder: Path, seed: int, *, rank: int = 8, serving: dict | None
 class EngineProcess:
     """`python -m inference` as the launcher builds it, on a free port."""
 
-    def __init__(self, log: Path, *, model: Path | None = None, runtime_lora: bool = True,
-                 api_key: str | None = None, kind: str = "builtin", **options):
+    def __init__(
+        self,
+        log: Path,
+        *,
+        model: Path | None = None,
+        runtime_lora: bool = True,
+        api_key: str | None = None,
+        kind: str = "builtin",
+        **options,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         python = FAKE_ENGINE_PYTHON if kind == "fake" else sys.executable  # the fake: as HONE_ENGINE_PYTHON runs it
-        launch = engine_command("builtin", str(model or base_model()), SERVED, host="127.0.0.1", port=self.port,
-                                api_key=api_key, python=python, **options)
+        launch = engine_command(
+            "builtin",
+            str(model or base_model()),
+            SERVED,
+            host="127.0.0.1",
+            port=self.port,
+            api_key=api_key,
+            python=python,
+            **options,
+        )
         env = {k: v for k, v in os.environ.items() if k != "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
         env |= {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         env |= {k: v for k, v in launch.env.items() if runtime_lora or k != "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
@@ -113,24 +133,37 @@ def sse_events(response: httpx.Response) -> list[str]:
     assert text.endswith("\n\n")
     blocks = text[:-2].split("\n\n")
     assert all(b.startswith("data: ") and "\n" not in b for b in blocks), blocks
-    return [b[len("data: "):] for b in blocks]
+    return [b[len("data: ") :] for b in blocks]
 
 
 # --- fixtures ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    made = {name: make_adapter(root / name, seed) for name, seed in
-            [("a", 1), ("b", 2), ("lru1", 3), ("lru2", 4), ("lru3", 5), ("gone", 6)]}
-    made["pinned"] = make_adapter(root / "pinned", 7, serving={
-        "base_model": SERVED, "tuning_mode": "lora", "chat_template": PINNED_TEMPLATE,
-        "stop_token_ids": [2], "stop_tokens": ["<|end_of_text|>"]})
+    made = {
+        name: make_adapter(root / name, seed)
+        for name, seed in [("a", 1), ("b", 2), ("lru1", 3), ("lru2", 4), ("lru3", 5), ("gone", 6)]
+    }
+    made["pinned"] = make_adapter(
+        root / "pinned",
+        7,
+        serving={
+            "base_model": SERVED,
+            "tuning_mode": "lora",
+            "chat_template": PINNED_TEMPLATE,
+            "stop_token_ids": [2],
+            "stop_tokens": ["<|end_of_text|>"],
+        },
+    )
     made["rank32"] = make_adapter(root / "rank32", 8, rank=32)
     # Broken copies of "a", one rule of §1.8 each.
-    for name, edit in [("no-target-modules", lambda c: c.pop("target_modules")),
-                       ("dora", lambda c: c.update(use_dora=True)),
-                       ("bias", lambda c: c.update(bias="all"))]:
+    for name, edit in [
+        ("no-target-modules", lambda c: c.pop("target_modules")),
+        ("dora", lambda c: c.update(use_dora=True)),
+        ("bias", lambda c: c.update(bias="all")),
+    ]:
         folder = root / name
         shutil.copytree(made["a"], folder)
         config = json.loads((folder / "adapter_config.json").read_text())
@@ -152,7 +185,7 @@ def adapters(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine_kind(request):
-    """"builtin" (the real engine) or "fake" (tests/fake_engine); set by pytest_generate_tests."""
+    """ "builtin" (the real engine) or "fake" (tests/fake_engine); set by pytest_generate_tests."""
     return request.param
 
 
@@ -162,14 +195,24 @@ def engines(tmp_path_factory, adapters, engine_kind):
     LoRA, an API key, and a model folder with its own hone_serving.json, as a full fine-tune has), started
     side by side."""
     logs = tmp_path_factory.mktemp(f"engine-logs-{engine_kind}")
-    main = EngineProcess(logs / "main.log", max_loras=1, max_cpu_loras=2, max_lora_rank=16,
-                         max_model_len=MAX_MODEL_LEN, kind=engine_kind)
+    main = EngineProcess(
+        logs / "main.log", max_loras=1, max_cpu_loras=2, max_lora_rank=16, max_model_len=MAX_MODEL_LEN, kind=engine_kind
+    )
     pinned_model = tmp_path_factory.mktemp("models") / "tiny-full-ft"
     shutil.copytree(base_model(), pinned_model)
-    (pinned_model / "hone_serving.json").write_text(json.dumps({"chat_template": PINNED_TEMPLATE,
-                                                                "stop_token_ids": [2, 4], "tuning_mode": "full"}))
-    locked = EngineProcess(logs / "locked.log", model=pinned_model, runtime_lora=False, api_key="sk-engine",
-                           max_loras=1, max_cpu_loras=1, max_lora_rank=16, kind=engine_kind)
+    (pinned_model / "hone_serving.json").write_text(
+        json.dumps({"chat_template": PINNED_TEMPLATE, "stop_token_ids": [2, 4], "tuning_mode": "full"})
+    )
+    locked = EngineProcess(
+        logs / "locked.log",
+        model=pinned_model,
+        runtime_lora=False,
+        api_key="sk-engine",
+        max_loras=1,
+        max_cpu_loras=1,
+        max_lora_rank=16,
+        kind=engine_kind,
+    )
     try:
         yield main.wait(), locked.wait()
     finally:
@@ -214,6 +257,7 @@ def loaded(http, adapters):
 
 # --- misc endpoints ------------------------------------------------------------------------------------
 
+
 @contract
 def test_health_ping_version(http):
     for method, path in [("GET", "/health"), ("GET", "/ping"), ("POST", "/ping")]:
@@ -229,14 +273,20 @@ def test_models_lists_the_base_model_first(http):
     assert body["object"] == "list"
     base = body["data"][0]
     assert {k: base[k] for k in ("id", "object", "owned_by", "root", "parent", "max_model_len")} == {
-        "id": SERVED, "object": "model", "owned_by": "vllm", "root": str(base_model()), "parent": None,
-        "max_model_len": MAX_MODEL_LEN}
+        "id": SERVED,
+        "object": "model",
+        "owned_by": "vllm",
+        "root": str(base_model()),
+        "parent": None,
+        "max_model_len": MAX_MODEL_LEN,
+    }
     [permission] = base["permission"]
     assert permission["object"] == "model_permission" and permission["id"].startswith("modelperm-")
     assert permission["allow_sampling"] is True and permission["group"] is None
 
 
 # --- runtime LoRA loading: §1.1–§1.3, §1.8 ------------------------------------------------------------
+
 
 @contract
 def test_load_answers_plain_text_and_lists_the_adapter(http, adapters):
@@ -258,7 +308,11 @@ def test_duplicate_load_and_load_inplace(http, adapters):
     assert load(http, "dup", adapters["a"]).status_code == 200
     assert error(load(http, "dup", adapters["a"]), 400) == {
         "message": "The lora adapter 'dup' has already been loaded. If you want to load the adapter in place, "
-                   "set 'load_inplace' to True.", "type": "InvalidUserInput", "param": None, "code": 400}
+        "set 'load_inplace' to True.",
+        "type": "InvalidUserInput",
+        "param": None,
+        "code": 400,
+    }
     before = chat(http, "dup")["choices"][0]["message"]["content"]
     # In place: same name, new weights from a new path.
     response = load(http, "dup", adapters["b"], load_inplace=True)
@@ -275,22 +329,28 @@ def test_duplicate_load_and_load_inplace(http, adapters):
 def test_unknown_path_is_404(http, tmp_path):
     missing = tmp_path / "nothing-here"
     assert error(load(http, "ghost", missing), 404) == {
-        "message": f"Loading lora ghost failed: No adapter found for {missing}", "type": "NotFoundError",
-        "param": None, "code": 404}
+        "message": f"Loading lora ghost failed: No adapter found for {missing}",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
     # A folder without adapter_config.json is "not found" as well.
     assert error(load(http, "ghost", tmp_path), 404)["type"] == "NotFoundError"
     assert "ghost" not in [c["id"] for c in http.get("/v1/models").json()["data"]]
 
 
 @contract
-@pytest.mark.parametrize("name, message", [
-    ("rank32", "LoRA rank 32 is greater than max_lora_rank 16."),
-    ("no-target-modules", "Missing required configuration fields: target_modules"),
-    ("dora", "does not yet support DoRA"),
-    ("bias", "only bias 'none'"),
-    ("no-tensors", "doesn't contain tensors"),
-    ("foreign-module", "expected target modules in"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("rank32", "LoRA rank 32 is greater than max_lora_rank 16."),
+        ("no-target-modules", "Missing required configuration fields: target_modules"),
+        ("dora", "does not yet support DoRA"),
+        ("bias", "only bias 'none'"),
+        ("no-tensors", "doesn't contain tensors"),
+        ("foreign-module", "expected target modules in"),
+    ],
+)
 def test_unservable_adapters_are_500(http, adapters, name, message):
     err = error(load(http, f"bad-{name}", adapters[name]), 500)
     assert err["type"] == "InternalServerError" and err["code"] == 500
@@ -301,13 +361,19 @@ def test_unservable_adapters_are_500(http, adapters, name, message):
 @contract
 def test_name_checks(http, adapters):
     assert error(load(http, SERVED, adapters["a"]), 400) == {
-        "message": f"The lora adapter '{SERVED}' conflicts with a served base model.", "type": "InvalidUserInput",
-        "param": None, "code": 400}
+        "message": f"The lora adapter '{SERVED}' conflicts with a served base model.",
+        "type": "InvalidUserInput",
+        "param": None,
+        "code": 400,
+    }
     assert error(load(http, "", adapters["a"]), 400)["message"] == "Both 'lora_name' and 'lora_path' must be provided."
     assert error(load(http, "x", ""), 400)["type"] == "InvalidUserInput"
     assert error(http.post("/v1/unload_lora_adapter", json={"lora_name": ""}), 400) == {
-        "message": "'lora_name' needs to be provided to unload a LoRA adapter.", "type": "InvalidUserInput",
-        "param": None, "code": 400}
+        "message": "'lora_name' needs to be provided to unload a LoRA adapter.",
+        "type": "InvalidUserInput",
+        "param": None,
+        "code": 400,
+    }
 
 
 @contract
@@ -317,7 +383,11 @@ def test_unload(http, adapters):
     assert response.status_code == 200 and response.text == "Success: LoRA adapter 'temp' removed successfully."
     assert "temp" not in [c["id"] for c in http.get("/v1/models").json()["data"]]
     assert error(http.post("/v1/unload_lora_adapter", json={"lora_name": "temp"}), 404) == {
-        "message": "The lora adapter 'temp' cannot be found.", "type": "NotFoundError", "param": None, "code": 404}
+        "message": "The lora adapter 'temp' cannot be found.",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
     assert error(http.post("/v1/chat/completions", json={"model": "temp", "messages": CHAT}), 404)["param"] == "model"
     # The name can be registered again afterwards.
     assert load(http, "temp", adapters["a"]).status_code == 200
@@ -330,7 +400,10 @@ def test_json_only(http, adapters):
         headers = {"Content-Type": content_type} if content_type else {}
         assert error(http.post("/v1/load_lora_adapter", content=body, headers=headers), 400) == {
             "message": "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
-            "type": "Bad Request", "param": None, "code": 400}
+            "type": "Bad Request",
+            "param": None,
+            "code": 400,
+        }
     ok = http.post("/v1/load_lora_adapter", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
 
@@ -340,8 +413,7 @@ def test_lora_routes_need_the_env_var_and_v1_needs_the_key(engines, adapters):
     _, locked = engines
     good = {"Authorization": "Bearer sk-engine"}
     for path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
-        response = httpx.post(locked.url + path, json={"lora_name": "a", "lora_path": str(adapters["a"])},
-                              headers=good)
+        response = httpx.post(locked.url + path, json={"lora_name": "a", "lora_path": str(adapters["a"])}, headers=good)
         assert (response.status_code, response.json()) == (404, {"detail": "Not Found"})
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sk-engine"}):
         response = httpx.get(locked.url + "/v1/models", headers=headers)
@@ -357,11 +429,16 @@ def test_lora_routes_need_the_env_var_and_v1_needs_the_key(engines, adapters):
 
 # --- requests: §1.7, §2 -----------------------------------------------------------------------------
 
+
 @contract
 def test_unknown_model_is_404(http):
     response = http.post("/v1/chat/completions", json={"model": "nope", "messages": CHAT})
-    assert error(response, 404) == {"message": f"The model `nope` does not exist. Valid aliases: {SERVED}.",
-                                    "type": "NotFoundError", "param": "model", "code": 404}
+    assert error(response, 404) == {
+        "message": f"The model `nope` does not exist. Valid aliases: {SERVED}.",
+        "type": "NotFoundError",
+        "param": "model",
+        "code": 404,
+    }
     assert error(http.post("/v1/completions", json={"model": "nope", "prompt": "x"}), 404)["param"] == "model"
 
 
@@ -372,8 +449,9 @@ def test_validation_errors_are_400_not_422(http):
     assert err["message"].startswith("1 validation error:\n  ")
     err = error(http.post("/v1/chat/completions", json={"model": SERVED}), 400)
     assert (err["type"], err["param"]) == ("Bad Request", "body.messages")
-    err = error(http.post("/v1/chat/completions", json={"messages": CHAT, "stream_options": {"include_usage": True}}),
-                400)
+    err = error(
+        http.post("/v1/chat/completions", json={"messages": CHAT, "stream_options": {"include_usage": True}}), 400
+    )
     assert err["param"] == "stream_options"
     assert "Stream options can only be defined when `stream=True`." in err["message"]
     err = error(http.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"}), 400)
@@ -387,10 +465,21 @@ def test_chat_response_shape(http):
     body = chat(http, SERVED, max_tokens=4, ignore_eos=True)
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion" and body["model"] == SERVED
     [choice] = body["choices"]
-    assert choice["message"] == {"role": "assistant", "content": choice["message"]["content"], "refusal": None,
-                                 "annotations": None, "audio": None, "function_call": None, "reasoning": None}
-    assert (choice["index"], choice["finish_reason"], choice["stop_reason"], choice["logprobs"]) == (0, "length",
-                                                                                                    None, None)
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": choice["message"]["content"],
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "reasoning": None,
+    }
+    assert (choice["index"], choice["finish_reason"], choice["stop_reason"], choice["logprobs"]) == (
+        0,
+        "length",
+        None,
+        None,
+    )
     usage = body["usage"]
     assert usage["completion_tokens"] == 4 and usage["total_tokens"] == usage["prompt_tokens"] + 4
     assert usage["prompt_tokens_details"] is None
@@ -398,8 +487,9 @@ def test_chat_response_shape(http):
         assert key in body and body[key] is None
     assert body["system_fingerprint"].startswith("vllm-0.33.0-")
     # The X-Request-Id header names the completion.
-    response = http.post("/v1/chat/completions", headers={"X-Request-Id": "req-42"},
-                         json={"messages": CHAT, "max_tokens": 1})
+    response = http.post(
+        "/v1/chat/completions", headers={"X-Request-Id": "req-42"}, json={"messages": CHAT, "max_tokens": 1}
+    )
     assert response.json()["id"] == "chatcmpl-req-42"
 
 
@@ -413,14 +503,22 @@ def _chunks(response):
 
 @contract
 def test_chat_stream_framing(http, loaded):
-    body = {"model": "a", "messages": CHAT, "temperature": 0, "max_tokens": 10, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "a",
+        "messages": CHAT,
+        "temperature": 0,
+        "max_tokens": 10,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = _chunks(http.post("/v1/chat/completions", json=body))
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and {c["model"] for c in chunks} == {"a"}
     role, *content, final, usage = chunks
-    assert role["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                "finish_reason": None}]
+    assert role["choices"] == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+    ]
     for c in content:
         [choice] = c["choices"]
         assert set(choice["delta"]) == {"content"} and choice["finish_reason"] is None
@@ -436,8 +534,14 @@ def test_chat_stream_framing(http, loaded):
 
 @contract
 def test_completion_stream_framing(http):
-    body = {"prompt": "the customer asked about", "temperature": 0, "max_tokens": 6, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": "the customer asked about",
+        "temperature": 0,
+        "max_tokens": 6,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = _chunks(http.post("/v1/completions", json=body))
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("cmpl-")
     assert {c["object"] for c in chunks} == {"text_completion"}
@@ -455,8 +559,15 @@ def _streamed_content(http, body):
     return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
 
 
-@pytest.mark.parametrize("model, sampling", [(SERVED, {"temperature": 0}), ("a", {"temperature": 0}),
-                                             ("pinned", {"temperature": 0}), ("b", {"temperature": 1.0, "seed": 1})])
+@pytest.mark.parametrize(
+    "model, sampling",
+    [
+        (SERVED, {"temperature": 0}),
+        ("a", {"temperature": 0}),
+        ("pinned", {"temperature": 0}),
+        ("b", {"temperature": 1.0, "seed": 1}),
+    ],
+)
 @contract
 def test_same_request_same_text_streamed_or_not(http, loaded, model, sampling):
     """Greedy (or seeded) generation is deterministic, and the stream carries exactly the non-streamed text."""
@@ -469,8 +580,9 @@ def test_same_request_same_text_streamed_or_not(http, loaded, model, sampling):
 
 @contract
 def test_adapters_change_outputs(http, loaded):
-    outputs = {m: chat(http, m, max_tokens=16, ignore_eos=True)["choices"][0]["message"]["content"]
-               for m in (SERVED, "a", "b")}
+    outputs = {
+        m: chat(http, m, max_tokens=16, ignore_eos=True)["choices"][0]["message"]["content"] for m in (SERVED, "a", "b")
+    }
     assert len(set(outputs.values())) == 3, outputs
 
 
@@ -482,8 +594,9 @@ def test_engine_matches_transformers_greedy_decoding(http, loaded):
 
     tokenizer = AutoTokenizer.from_pretrained(base_model())
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model()), str(loaded["a"])).eval()
-    ids = tokenizer(tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True),
-                    add_special_tokens=False)["input_ids"]
+    ids = tokenizer(
+        tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+    )["input_ids"]
     out = []
     with torch.no_grad():
         for _ in range(10):
@@ -511,19 +624,26 @@ def test_incremental_detokenization_never_splits_characters():
 
 def test_seeded_sampling_is_reproducible(http):
     body = {"prompt": "please reset my", "temperature": 1.0, "max_tokens": 24, "ignore_eos": True}
-    texts = [http.post("/v1/completions", json={**body, "seed": seed}).json()["choices"][0]["text"]
-             for seed in (7, 7, 8)]
+    texts = [
+        http.post("/v1/completions", json={**body, "seed": seed}).json()["choices"][0]["text"] for seed in (7, 7, 8)
+    ]
     assert texts[0] == texts[1] and texts[0] != texts[2]
 
 
 @contract
 def test_stop_strings(http, loaded):
-    body = {"model": "b", "prompt": "the customer asked about billing", "temperature": 1.0, "seed": 5,
-            "max_tokens": 40, "ignore_eos": True}
+    body = {
+        "model": "b",
+        "prompt": "the customer asked about billing",
+        "temperature": 1.0,
+        "seed": 5,
+        "max_tokens": 40,
+        "ignore_eos": True,
+    }
     full = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
     assert len(full) > 12, full
-    stop = full[len(full) // 2:len(full) // 2 + 3]
-    expected = full[:full.find(stop)]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    expected = full[: full.find(stop)]
     choice = http.post("/v1/completions", json={**body, "stop": ["never-ever", stop]}).json()["choices"][0]
     assert (choice["text"], choice["finish_reason"], choice["stop_reason"]) == (expected, "stop", stop)
     chunks = _chunks(http.post("/v1/completions", json={**body, "stop": stop, "stream": True}))
@@ -548,8 +668,10 @@ def test_max_tokens(http):
 @contract
 def test_context_limit(http):
     err = error(http.post("/v1/completions", json={"prompt": [5] * MAX_MODEL_LEN}), 400)
-    assert err["message"].startswith(f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, "
-                                     f"your prompt contains {MAX_MODEL_LEN} input tokens")
+    assert err["message"].startswith(
+        f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, "
+        f"your prompt contains {MAX_MODEL_LEN} input tokens"
+    )
     assert err["type"] == "BadRequestError"
     err = error(http.post("/v1/completions", json={"prompt": [5] * 200, "max_tokens": 100}), 400)
     assert "'max_tokens' or 'max_completion_tokens' is too large: 100" in err["message"]
@@ -564,16 +686,23 @@ def test_n_choices(http):
     # Greedy (explicitly, or by the model's generation_config do_sample=false) forbids n > 1.
     for extra in ({"temperature": 0}, {}):
         err = error(http.post("/v1/completions", json={**body, **extra}), 400)
-        assert (err["message"], err["type"], err["param"]) == ("n must be 1 when using greedy sampling, got 2.",
-                                                               "BadRequestError", "n")
-    chunks = _chunks(http.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 3, "n": 2,
-                                                            "temperature": 1, "stream": True}))
+        assert (err["message"], err["type"], err["param"]) == (
+            "n must be 1 when using greedy sampling, got 2.",
+            "BadRequestError",
+            "n",
+        )
+    chunks = _chunks(
+        http.post(
+            "/v1/chat/completions", json={"messages": CHAT, "max_tokens": 3, "n": 2, "temperature": 1, "stream": True}
+        )
+    )
     roles = [c for c in chunks if c["choices"][0]["delta"].get("role")]
     assert sorted(c["choices"][0]["index"] for c in roles) == [0, 1]
     assert sorted(c["choices"][0]["index"] for c in chunks if c["choices"][0]["finish_reason"]) == [0, 1]
 
 
 # --- train/serve agreement: the pinned template and stop tokens --------------------------------------
+
 
 @contract
 def test_tokenize_uses_the_pinned_template(http, loaded):
@@ -583,8 +712,9 @@ def test_tokenize_uses_the_pinned_template(http, loaded):
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 
     def local(template, **kwargs):
-        text = tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True,
-                                             chat_template=template, **kwargs)
+        text = tokenizer.apply_chat_template(
+            CHAT, tokenize=False, add_generation_prompt=True, chat_template=template, **kwargs
+        )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def remote(model, **extra):
@@ -611,12 +741,18 @@ def test_a_pinned_model_folder_serves_its_template(engines):
 
     _, locked = engines
     tokenizer = AutoTokenizer.from_pretrained(base_model())
-    expected = tokenizer(tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True,
-                                                       chat_template=PINNED_TEMPLATE), add_special_tokens=False)
+    expected = tokenizer(
+        tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True, chat_template=PINNED_TEMPLATE),
+        add_special_tokens=False,
+    )
     response = httpx.post(locked.url + "/tokenize", json={"model": SERVED, "messages": CHAT})
     assert response.json()["tokens"] == expected["input_ids"]
-    reply = httpx.post(locked.url + "/v1/chat/completions", headers={"Authorization": "Bearer sk-engine"},
-                       json={"messages": CHAT, "max_tokens": 3, "ignore_eos": True}, timeout=60).json()
+    reply = httpx.post(
+        locked.url + "/v1/chat/completions",
+        headers={"Authorization": "Bearer sk-engine"},
+        json={"messages": CHAT, "max_tokens": 3, "ignore_eos": True},
+        timeout=60,
+    ).json()
     assert reply["usage"]["prompt_tokens"] == len(expected["input_ids"])
 
 
@@ -630,6 +766,7 @@ def test_pinned_stop_tokens_end_generation(http, loaded, tmp_path):
     sampling = {"max_tokens": 12, "temperature": 1.0, "seed": 11}
     free = chat(http, "pinned", ignore_eos=True, return_token_ids=True, **sampling)["choices"][0]
     ids = free["token_ids"]
+
     # Text never ends inside a multi-byte character (vLLM's detokenizer holds such bytes back, to the end too):
     # twelve sampled byte-level tokens may stop halfway through one.
     def text(token_ids: list[int]) -> str:
@@ -637,7 +774,7 @@ def test_pinned_stop_tokens_end_generation(http, loaded, tmp_path):
 
     assert len(ids) == 12 and text(ids) == free["message"]["content"]
     # A stop id first seen mid-way, with no EOS before it.
-    position = next(k for k in range(2, 12) if ids[k] not in ids[:k] and eos not in ids[:k + 1])
+    position = next(k for k in range(2, 12) if ids[k] not in ids[:k] and eos not in ids[: k + 1])
     stop_id = ids[position]
     folder = tmp_path / "pinned-stop"
     shutil.copytree(loaded["pinned"], folder)
@@ -647,7 +784,7 @@ def test_pinned_stop_tokens_end_generation(http, loaded, tmp_path):
     body = chat(http, "pinned-stop", return_token_ids=True, **sampling)
     choice = body["choices"][0]
     assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop_id)
-    assert choice["token_ids"] == ids[:position + 1] and body["usage"]["completion_tokens"] == position + 1
+    assert choice["token_ids"] == ids[: position + 1] and body["usage"]["completion_tokens"] == position + 1
     assert choice["message"]["content"] == text(ids[:position])
     # ignore_eos also lifts the pinned stops (as vLLM's generation-config EOS ids); request stop ids still apply.
     assert chat(http, "pinned-stop", ignore_eos=True, **sampling)["choices"][0]["finish_reason"] == "length"
@@ -656,6 +793,7 @@ def test_pinned_stop_tokens_end_generation(http, loaded, tmp_path):
 
 
 # --- residency: §1.9 ---------------------------------------------------------------------------------
+
 
 @contract
 def test_lru_eviction_reloads_from_the_path(http, engine, adapters):
@@ -690,13 +828,17 @@ def test_errors_after_the_stream_started_are_events(http, engine, adapters, tmp_
 
 # --- metrics: §1.11 ------------------------------------------------------------------------------------
 
+
 def _metrics(http) -> dict[tuple[str, tuple], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     response = http.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 def _usage(response) -> dict:
@@ -714,25 +856,58 @@ def _les(metrics, name) -> list[float]:
 
 LABELS = (("engine", "0"), ("model_name", SERVED))
 # vLLM's request-level histograms (one observation per finished request) and its other families (§1.11).
-REQUEST_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
-                      "vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
-                      "vllm:request_decode_time_seconds", "vllm:request_inference_time_seconds",
-                      "vllm:request_time_per_output_token_seconds", "vllm:request_prompt_tokens",
-                      "vllm:request_generation_tokens", "vllm:request_params_max_tokens")
+REQUEST_HISTOGRAMS = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:request_prefill_time_seconds",
+    "vllm:request_decode_time_seconds",
+    "vllm:request_inference_time_seconds",
+    "vllm:request_time_per_output_token_seconds",
+    "vllm:request_prompt_tokens",
+    "vllm:request_generation_tokens",
+    "vllm:request_params_max_tokens",
+)
 
 
 def test_metrics_count_requests(http, loaded):
     """Chat and text completions, streamed and not: every vLLM family moves as vLLM's would."""
     before = _metrics(http)
     stream = {"stream": True, "stream_options": {"include_usage": True}}
-    usages = [chat(http, "a", max_tokens=5, ignore_eos=True)["usage"],
-              _usage(http.post("/v1/completions", json={"prompt": "refund", "max_tokens": 3, "ignore_eos": True,
-                                                        "temperature": 0})),
-              _usage(http.post("/v1/chat/completions", json={"model": SERVED, "messages": CHAT, "max_tokens": 4,
-                                                             "ignore_eos": True, "temperature": 0, **stream})),
-              _usage(http.post("/v1/completions", json={"model": "b", "prompt": "where is my parcel",
-                                                        "max_tokens": 2, "ignore_eos": True, "temperature": 0,
-                                                        **stream}))]
+    usages = [
+        chat(http, "a", max_tokens=5, ignore_eos=True)["usage"],
+        _usage(
+            http.post(
+                "/v1/completions", json={"prompt": "refund", "max_tokens": 3, "ignore_eos": True, "temperature": 0}
+            )
+        ),
+        _usage(
+            http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": SERVED,
+                    "messages": CHAT,
+                    "max_tokens": 4,
+                    "ignore_eos": True,
+                    "temperature": 0,
+                    **stream,
+                },
+            )
+        ),
+        _usage(
+            http.post(
+                "/v1/completions",
+                json={
+                    "model": "b",
+                    "prompt": "where is my parcel",
+                    "max_tokens": 2,
+                    "ignore_eos": True,
+                    "temperature": 0,
+                    **stream,
+                },
+            )
+        ),
+    ]
     after = _metrics(http)
     prompt, generated, requests = sum(u["prompt_tokens"] for u in usages), 5 + 3 + 4 + 2, 4
     assert sum(u["completion_tokens"] for u in usages) == generated
@@ -750,7 +925,7 @@ def test_metrics_count_requests(http, loaded):
         assert ("vllm:request_success_total", tuple(sorted(LABELS + (("finished_reason", reason),)))) in before
     for histogram in REQUEST_HISTOGRAMS:
         assert delta(histogram + "_count") == requests, histogram
-        assert delta(histogram + '_bucket', (("le", "+Inf"),)) == requests, histogram
+        assert delta(histogram + "_bucket", (("le", "+Inf"),)) == requests, histogram
     assert delta("vllm:inter_token_latency_seconds_count") == generated - requests
     assert delta("vllm:request_prompt_tokens_sum") == prompt
     assert delta("vllm:request_generation_tokens_sum") == generated
@@ -767,10 +942,17 @@ def test_metrics_count_requests(http, loaded):
 
     # The phases add up: queue -> prefill (first token) -> decode (last token), per request.
     queue, prefill, decode, inference, ttft, e2e, tpot = (
-        delta(name + "_sum") for name in ("vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
-                                          "vllm:request_decode_time_seconds", "vllm:request_inference_time_seconds",
-                                          "vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
-                                          "vllm:request_time_per_output_token_seconds"))
+        delta(name + "_sum")
+        for name in (
+            "vllm:request_queue_time_seconds",
+            "vllm:request_prefill_time_seconds",
+            "vllm:request_decode_time_seconds",
+            "vllm:request_inference_time_seconds",
+            "vllm:time_to_first_token_seconds",
+            "vllm:e2e_request_latency_seconds",
+            "vllm:request_time_per_output_token_seconds",
+        )
+    )
     assert queue >= 0 and prefill > 0 and decode > 0
     assert prefill + decode == pytest.approx(inference, rel=1e-6, abs=1e-6)
     assert queue + prefill == pytest.approx(ttft, rel=1e-6, abs=1e-6)
@@ -783,8 +965,22 @@ def test_metrics_count_requests(http, loaded):
     assert _les(after, "vllm:request_params_n") == [1, 2, 5, 10, 20, inf]
     for name in ("vllm:request_prompt_tokens", "vllm:request_generation_tokens", "vllm:request_params_max_tokens"):
         assert _les(after, name) == [1, 2, 5, 10, 20, 50, 100, 200, inf], name  # MAX_MODEL_LEN = 256
-    assert _les(after, "vllm:iteration_tokens_total") == [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
-                                                          8192, 16384, inf]
+    assert _les(after, "vllm:iteration_tokens_total") == [
+        1,
+        8,
+        16,
+        32,
+        64,
+        128,
+        256,
+        512,
+        1024,
+        2048,
+        4096,
+        8192,
+        16384,
+        inf,
+    ]
     assert _les(after, "vllm:e2e_request_latency_seconds")[:3] == [0.3, 0.5, 0.8]
     assert _les(after, "vllm:time_to_first_token_seconds")[:3] == [0.001, 0.005, 0.01]
     assert _les(after, "vllm:inter_token_latency_seconds")[:3] == [0.01, 0.025, 0.05]
@@ -805,8 +1001,14 @@ def test_metrics_count_requests(http, loaded):
 def test_metrics_count_each_choice_and_prompt_as_a_request(http):
     """vLLM runs each prompt of a batch, and each of its n choices, as a request: n is observed per prompt."""
     before = _metrics(http)
-    body = {"prompt": ["my invoice", "a refund for my order"], "max_tokens": 3, "ignore_eos": True, "n": 2,
-            "temperature": 1.0, "seed": 5}
+    body = {
+        "prompt": ["my invoice", "a refund for my order"],
+        "max_tokens": 3,
+        "ignore_eos": True,
+        "n": 2,
+        "temperature": 1.0,
+        "seed": 5,
+    }
     usage = _usage(http.post("/v1/completions", json=body))
     after = _metrics(http)
 
@@ -838,8 +1040,9 @@ def test_requests_queue_without_blocking_the_server(http, engine):
         with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as long:
             lines = long.iter_lines()
             assert next(lines).startswith("data: ")  # generating now
-            second = threading.Thread(target=lambda: results.update(r=other.post("/v1/completions",
-                                                                                  json={**body, "max_tokens": 4})))
+            second = threading.Thread(
+                target=lambda: results.update(r=other.post("/v1/completions", json={**body, "max_tokens": 4}))
+            )
             second.start()
             started = time.monotonic()
             seen = None
@@ -848,8 +1051,11 @@ def test_requests_queue_without_blocking_the_server(http, engine):
                 assert http.get("/health").status_code == 200
                 assert time.monotonic() - health_started < 0.5
                 metrics = _metrics(http)
-                seen = (metrics[("vllm:num_requests_running", labels)], metrics[("vllm:num_requests_waiting", labels)],
-                        metrics[("vllm:num_requests_waiting_by_reason", capacity)])
+                seen = (
+                    metrics[("vllm:num_requests_running", labels)],
+                    metrics[("vllm:num_requests_waiting", labels)],
+                    metrics[("vllm:num_requests_waiting_by_reason", capacity)],
+                )
                 if seen == (1, 1, 1):
                     break
             assert seen == (1, 1, 1)
@@ -875,6 +1081,7 @@ def test_a_dropped_stream_aborts_its_generation(http, engine):
 
 # --- the real OpenAI SDK --------------------------------------------------------------------------------
 
+
 @contract
 def test_openai_sdk(engine, loaded):
     import openai
@@ -883,11 +1090,13 @@ def test_openai_sdk(engine, loaded):
     assert [m.id for m in client.models.list()][:1] == [SERVED]
     completion = client.chat.completions.create(model="a", messages=CHAT, max_tokens=8, temperature=0)
     assert completion.model == "a" and completion.choices[0].finish_reason in ("stop", "length")
-    stream = client.chat.completions.create(model="a", messages=CHAT, max_tokens=8, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="a", messages=CHAT, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
-        completion.choices[0].message.content
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == completion.choices[0].message.content
+    )
     assert chunks[-1].usage.completion_tokens == completion.usage.completion_tokens
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=CHAT)
@@ -917,9 +1126,12 @@ def test_without_lora_or_chat_template(tmp_path, adapters):
             err = error(response, 400)
             assert err["type"] == "InvalidUserInput" and err["message"].startswith("LoRA is not enabled")
             for path, body in (("/v1/chat/completions", {"messages": CHAT}), ("/tokenize", {"messages": CHAT})):
-                assert error(client.post(path, json=body), 400) == {"message": NO_CHAT_TEMPLATE,
-                                                                    "type": "BadRequestError", "param": None,
-                                                                    "code": 400}
+                assert error(client.post(path, json=body), 400) == {
+                    "message": NO_CHAT_TEMPLATE,
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                }
             reply = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "ignore_eos": True})
             assert reply.json()["usage"]["completion_tokens"] == 2
             assert "vllm:lora_requests_info" not in client.get("/metrics").text
@@ -928,11 +1140,21 @@ def test_without_lora_or_chat_template(tmp_path, adapters):
 
 
 def test_cli_rejects_unknown_flags():
-    result = subprocess.run([sys.executable, "-m", "inference", "--model", "x", "--no-such-flag"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "inference", "--model", "x", "--no-such-flag"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "unrecognized arguments: --no-such-flag" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "inference", "--model", "x", "--max-loras", "2",
-                             "--max-cpu-loras", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "inference", "--model", "x", "--max-loras", "2", "--max-cpu-loras", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "max_cpu_loras (1) must be >= max_loras (2)" in result.stderr
 
 

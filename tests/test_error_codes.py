@@ -14,9 +14,12 @@ LITERAL_CODE = re.compile(r'\bcode\s*=\s*"[a-z_]+"|"code":\s*"[a-z_]+"|DeployErr
 
 
 def test_no_error_code_is_spelled_outside_the_enum():
-    offenders = [f"{path.relative_to(REPO)}:{n}: {line.strip()}"
-                 for path in (REPO / "service").rglob("*.py")
-                 for n, line in enumerate(path.read_text().splitlines(), start=1) if LITERAL_CODE.search(line)]
+    offenders = [
+        f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+        for path in (REPO / "service").rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if LITERAL_CODE.search(line)
+    ]
     assert offenders == []
 
 

@@ -46,6 +46,7 @@ def test_the_fake_copies_what_the_control_plane_reads_from_the_real_loop():
 
 class _ControlPlane(BaseHTTPRequestHandler):
     """Answers reports as the control plane does, and records them."""
+
     bodies: list = []
 
     def do_POST(self):
@@ -65,10 +66,20 @@ class _ControlPlane(BaseHTTPRequestHandler):
 
 def _launch(spec_url: str, attempt: int) -> subprocess.Popen:
     """As service/executors/local.py launches a trainer, with the fake's interpreter."""
-    env = {"PATH": "/usr/bin:/bin", "HONE_JOB_ID": "ftjob-fake", "HONE_JOB_ATTEMPT": str(attempt),
-           "FAKE_TRAINER_INTERPRETER": sys.executable, "FAKE_TRAINER_STEP_S": "0.05"}
-    return subprocess.Popen([str(FAKE_TRAINER), "-m", "trainer", "--spec", spec_url], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HONE_JOB_ID": "ftjob-fake",
+        "HONE_JOB_ATTEMPT": str(attempt),
+        "FAKE_TRAINER_INTERPRETER": sys.executable,
+        "FAKE_TRAINER_STEP_S": "0.05",
+    }
+    return subprocess.Popen(
+        [str(FAKE_TRAINER), "-m", "trainer", "--spec", spec_url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def test_the_fake_stops_on_sigterm_with_a_checkpoint_and_resumes_from_it(tmp_path):
@@ -81,18 +92,34 @@ def test_the_fake_stops_on_sigterm_with_a_checkpoint_and_resumes_from_it(tmp_pat
 
     def spec(attempt: int) -> str:
         written = TrainSpec(
-            job_id="ftjob-fake", attempt=attempt, fine_tuned_model="ft:hone-tiny:p::ftjob-fake", model_name="hone-tiny",
-            model_source="builtin:hone-tiny", model_cache_dir=str(tmp_path / "unused"), storage_url=blobs.as_uri(),
-            training_file=FileRef("files/train", "openai_chat"), validation_file=None, method="supervised", seed=3,
-            output_prefix="jobs/ftjob-fake/", callback_url=f"http://127.0.0.1:{httpd.server_port}", token="t",
-            hyperparameters=Hyperparameters(n_epochs=1, batch_size=1, learning_rate=1e-3))
+            job_id="ftjob-fake",
+            attempt=attempt,
+            fine_tuned_model="ft:hone-tiny:p::ftjob-fake",
+            model_name="hone-tiny",
+            model_source="builtin:hone-tiny",
+            model_cache_dir=str(tmp_path / "unused"),
+            storage_url=blobs.as_uri(),
+            training_file=FileRef("files/train", "openai_chat"),
+            validation_file=None,
+            method="supervised",
+            seed=3,
+            output_prefix="jobs/ftjob-fake/",
+            callback_url=f"http://127.0.0.1:{httpd.server_port}",
+            token="t",
+            hyperparameters=Hyperparameters(n_epochs=1, batch_size=1, learning_rate=1e-3),
+        )
         (blobs / "jobs" / "ftjob-fake").mkdir(parents=True, exist_ok=True)
         (blobs / "jobs" / "ftjob-fake" / "spec.json").write_bytes(written.to_json())
         return (blobs / "jobs" / "ftjob-fake" / "spec.json").as_uri()
 
     def steps() -> list[int]:
-        return [e["data"]["step"] for kind, body in _ControlPlane.bodies if kind == "report"
-                for e in body["events"] if e["type"] == "metrics"]
+        return [
+            e["data"]["step"]
+            for kind, body in _ControlPlane.bodies
+            if kind == "report"
+            for e in body["events"]
+            if e["type"] == "metrics"
+        ]
 
     try:
         first = _launch(spec(1), 1)
@@ -102,8 +129,12 @@ def test_the_fake_stops_on_sigterm_with_a_checkpoint_and_resumes_from_it(tmp_pat
         assert first.returncode == ExitCode.STOPPED, output
         stopped_at = max(steps())
         assert (blobs / "jobs" / "ftjob-fake" / "checkpoints" / f"step-{stopped_at}" / "COMPLETE").exists()
-        assert any(c["step"] == stopped_at for kind, body in _ControlPlane.bodies if kind == "report"
-                   for c in body["checkpoints"])
+        assert any(
+            c["step"] == stopped_at
+            for kind, body in _ControlPlane.bodies
+            if kind == "report"
+            for c in body["checkpoints"]
+        )
         assert all(json.loads(line)["job_id"] == "ftjob-fake" for line in output.splitlines())  # the real logs
 
         started = time.monotonic()
@@ -123,7 +154,17 @@ def test_the_fake_stops_on_sigterm_with_a_checkpoint_and_resumes_from_it(tmp_pat
 
 
 def test_the_fake_cannot_import_torch():
-    probe = subprocess.run([sys.executable, "-c", "import sys, runpy; sys.argv = ['x', '--help'];"
-                            "runpy.run_module('tests.fake_trainer', run_name='not_main');"
-                            "import torch"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, runpy; sys.argv = ['x', '--help'];"
+            "runpy.run_module('tests.fake_trainer', run_name='not_main');"
+            "import torch",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert probe.returncode != 0 and "ModuleNotFoundError: import of torch halted" in probe.stderr, probe.stderr

@@ -9,8 +9,17 @@ from service.settings import Settings
 
 
 def _file(file_id: str, project_id: str, expires_at: int) -> File:
-    return File(id=file_id, project_id=project_id, filename=f"{file_id}.jsonl", purpose="fine-tune", bytes=1,
-                created_at=0, expires_at=expires_at, status="processed", storage_key=f"files/{file_id}")
+    return File(
+        id=file_id,
+        project_id=project_id,
+        filename=f"{file_id}.jsonl",
+        purpose="fine-tune",
+        bytes=1,
+        created_at=0,
+        expires_at=expires_at,
+        status="processed",
+        storage_key=f"files/{file_id}",
+    )
 
 
 def test_files_in_use_do_not_starve_the_sweep(tmp_path):
@@ -20,9 +29,20 @@ def test_files_in_use_do_not_starve_the_sweep(tmp_path):
         session.flush()
         session.add_all([_file("file-used", "proj_a", 1), _file("file-loose", "proj_a", 2)])
         session.flush()
-        session.add(Job(id="ftjob-a", project_id="proj_a", model="hone-tiny", base_model="hone-tiny", status="queued",
-                        created_at=0, training_file="file-used", method={"type": "supervised"}, seed=1,
-                        result_files=[]))
+        session.add(
+            Job(
+                id="ftjob-a",
+                project_id="proj_a",
+                model="hone-tiny",
+                base_model="hone-tiny",
+                status="queued",
+                created_at=0,
+                training_file="file-used",
+                method={"type": "supervised"},
+                seed=1,
+                result_files=[],
+            )
+        )
     for key in ("files/file-used", "files/file-loose"):
         ctx.storage.put_bytes(key, b"x")
 

@@ -15,7 +15,12 @@ def test_upload_retrieve_content_delete(client):
     data = chat_dataset(12)
     created = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
     assert created.id.startswith("file-") and created.object == "file"
-    assert (created.bytes, created.filename, created.purpose, created.status) == (len(data), "train.jsonl", "fine-tune", "processed")
+    assert (created.bytes, created.filename, created.purpose, created.status) == (
+        len(data),
+        "train.jsonl",
+        "fine-tune",
+        "processed",
+    )
     assert created.model_extra["dataset"] == {"format": "openai_chat", "examples": 12}
 
     assert client.files.retrieve(created.id).model_dump() == created.model_dump()
@@ -65,8 +70,9 @@ def test_upload_errors_name_the_parameter(client, project):
         resp = http.post("/v1/files", files={"file": ("a.jsonl", chat_dataset(10))})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "purpose"
         # a form field Hone would not honour is refused, not stored and ignored (and leaves no file behind)
-        resp = http.post("/v1/files", data={"purpose": "fine-tune", "purpse": "x"},
-                         files={"file": ("a.jsonl", chat_dataset(10))})
+        resp = http.post(
+            "/v1/files", data={"purpose": "fine-tune", "purpse": "x"}, files={"file": ("a.jsonl", chat_dataset(10))}
+        )
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "purpse"
         assert resp.json()["error"]["code"] == "unknown_parameter"
     assert client.files.list().data == []
@@ -77,10 +83,12 @@ def test_expired_files_are_deleted_unless_a_job_needs_them(server, project, clie
 
     from service.db.tables import File
 
-    loose = client.files.create(file=("a.jsonl", chat_dataset(10)), purpose="fine-tune",
-                                expires_after={"anchor": "created_at", "seconds": 3600})
-    needed = client.files.create(file=("b.jsonl", chat_dataset(10)), purpose="fine-tune",
-                                 expires_after={"anchor": "created_at", "seconds": 3600})
+    loose = client.files.create(
+        file=("a.jsonl", chat_dataset(10)), purpose="fine-tune", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
+    needed = client.files.create(
+        file=("b.jsonl", chat_dataset(10)), purpose="fine-tune", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
     job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=needed.id)
     # An hour is too long to wait: move both expiry times into the past.
     engine = create_engine(server.database_url)
@@ -103,12 +111,18 @@ def test_expired_files_are_deleted_unless_a_job_needs_them(server, project, clie
 
 def test_expires_after(project):
     with project.http() as http:
-        resp = http.post("/v1/files", data={"purpose": "user_data", "expires_after[anchor]": "created_at",
-                                            "expires_after[seconds]": "3600"}, files={"file": ("a.txt", b"x")})
+        resp = http.post(
+            "/v1/files",
+            data={"purpose": "user_data", "expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"},
+            files={"file": ("a.txt", b"x")},
+        )
         body = resp.json()
         assert resp.status_code == 200 and body["expires_at"] == body["created_at"] + 3600
-        resp = http.post("/v1/files", data={"purpose": "user_data", "expires_after[anchor]": "created_at",
-                                            "expires_after[seconds]": "10"}, files={"file": ("a.txt", b"x")})
+        resp = http.post(
+            "/v1/files",
+            data={"purpose": "user_data", "expires_after[anchor]": "created_at", "expires_after[seconds]": "10"},
+            files={"file": ("a.txt", b"x")},
+        )
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "expires_after.seconds"
 
 
@@ -133,17 +147,20 @@ def test_size_limit_is_413_and_leaves_nothing(tmp_path):
         with pytest.raises(openai.APIStatusError) as err:
             client.files.create(file=("big.jsonl", big), purpose="fine-tune")
         assert err.value.status_code == 413 and err.value.code == "file_too_large"
+
         # Without a Content-Length the limit is enforced while streaming.
         def chunks():
             boundary = b"--xyz"
             yield boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
             yield boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="s.jsonl"\r\n\r\n'
             for i in range(0, len(big), 8192):
-                yield big[i:i + 8192]
+                yield big[i : i + 8192]
             yield b"\r\n" + boundary + b"--\r\n"
+
         with project.http() as http:
-            resp = http.post("/v1/files", content=chunks(),
-                             headers={"content-type": "multipart/form-data; boundary=xyz"})
+            resp = http.post(
+                "/v1/files", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"}
+            )
         assert resp.status_code == 413
         assert client.files.list().data == []
         assert [p for p in (server.data_dir / "blobs").rglob("*") if p.is_file()] == []

@@ -43,10 +43,23 @@ def ctx(tmp_path):
 
 def test_a_created_job_wakes_validation_and_user_actions_wake_the_scheduler(ctx):
     with ctx.db.write() as session:
-        session.add(File(id="file-hints", project_id=ctx.principal.project_id, filename="t.jsonl", purpose="fine-tune",
-                         bytes=10, created_at=int(time.time()), status="processed", storage_key="files/file-hints",
-                         dataset_format="openai_chat", example_count=20))
-    job = job_creation.create_job(ctx, ctx.principal, CreateFineTuningJob(model="hone-tiny", training_file="file-hints"))
+        session.add(
+            File(
+                id="file-hints",
+                project_id=ctx.principal.project_id,
+                filename="t.jsonl",
+                purpose="fine-tune",
+                bytes=10,
+                created_at=int(time.time()),
+                status="processed",
+                storage_key="files/file-hints",
+                dataset_format="openai_chat",
+                example_count=20,
+            )
+        )
+    job = job_creation.create_job(
+        ctx, ctx.principal, CreateFineTuningJob(model="hone-tiny", training_file="file-hints")
+    )
     assert ctx.hinter.said == [("wake", "validation")]
     with ctx.db.write() as session:
         row = session.query(Job).filter_by(id=job["id"]).one()

@@ -25,16 +25,24 @@ def part(name: str, value: bytes, *, disposition_extra: str = "") -> bytes:
 
 
 def upload_body(filename_param: bytes, data: bytes = DATA, purpose: bytes = b"fine-tune") -> bytes:
-    file_head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '.encode() + filename_param
-                 + b"\r\nContent-Type: application/octet-stream\r\n\r\n")
+    file_head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '.encode()
+        + filename_param
+        + b"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
     return part("purpose", purpose) + file_head + data + b"\r\n" + f"--{BOUNDARY}--\r\n".encode()
 
 
 def stored_file_keys(server) -> set[str]:
     if server.backend == "postgres-s3":
         env = server.env
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        )
         listed = s3.list_objects_v2(Bucket="hone-tests", Prefix="blobs/files/").get("Contents", [])
         return {obj["Key"] for obj in listed}
     root = server.data_dir / "blobs" / "files"
@@ -51,8 +59,17 @@ def file_count(http) -> int:
     return len(http.get("/v1/files").json()["data"])
 
 
-@pytest.mark.parametrize("name", ["données d'entraînement.jsonl", "训练数据.jsonl", "😀 emoji; \"quoted\".jsonl",
-                                  "Ω≈ç√.jsonl", "100%25 sure.jsonl", "a\\b.jsonl"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "données d'entraînement.jsonl",
+        "训练数据.jsonl",
+        '😀 emoji; "quoted".jsonl',
+        "Ω≈ç√.jsonl",
+        "100%25 sure.jsonl",
+        "a\\b.jsonl",
+    ],
+)
 def test_unicode_file_names_are_kept_as_sent_through_the_openai_sdk(client, name):
     created = client.files.create(file=(name, DATA), purpose="fine-tune")
     expected = name.replace("\\", "/").rsplit("/", 1)[-1]  # a Windows path keeps only its last segment
@@ -72,18 +89,21 @@ def test_rfc5987_filename_star_wins_and_raw_utf8_is_read_as_utf8(http):
     assert http.get(f"/v1/files/{raw.json()['id']}").json()["filename"] == name
 
 
-@pytest.mark.parametrize("filename_param, fragment", [
-    (b'filename="nul\x00byte.jsonl"', "control character"),
-    (b'filename="nul%00byte.jsonl"', "control character"),
-    (b'filename="line%0Abreak.jsonl"', "control character"),
-    (b"filename*=UTF-8''bell%07.jsonl", "control character"),
-    (b'filename="del\x7f.jsonl"', "control character"),
-    (b'filename="' + b"x" * 300 + b'.jsonl"', "the limit is 255"),
-    ("filename=\"{}.jsonl\"".format("é" * 256).encode(), "the limit is 255"),
-    (b'filename="\xff\xfe.jsonl"', "not valid UTF-8"),
-    (b"filename*=UTF-8''%FF.jsonl", "not valid UTF-8"),
-    (b"filename*=x-klingon''a.jsonl", "RFC 5987"),
-])
+@pytest.mark.parametrize(
+    "filename_param, fragment",
+    [
+        (b'filename="nul\x00byte.jsonl"', "control character"),
+        (b'filename="nul%00byte.jsonl"', "control character"),
+        (b'filename="line%0Abreak.jsonl"', "control character"),
+        (b"filename*=UTF-8''bell%07.jsonl", "control character"),
+        (b'filename="del\x7f.jsonl"', "control character"),
+        (b'filename="' + b"x" * 300 + b'.jsonl"', "the limit is 255"),
+        ('filename="{}.jsonl"'.format("é" * 256).encode(), "the limit is 255"),
+        (b'filename="\xff\xfe.jsonl"', "not valid UTF-8"),
+        (b"filename*=UTF-8''%FF.jsonl", "not valid UTF-8"),
+        (b"filename*=x-klingon''a.jsonl", "RFC 5987"),
+    ],
+)
 def test_names_that_cannot_be_stored_are_400_and_leave_nothing(server, http, filename_param, fragment):
     before, objects = file_count(http), stored_file_keys(server)
     response = http.post("/v1/files", content=upload_body(filename_param), headers=MULTIPART)
@@ -94,21 +114,40 @@ def test_names_that_cannot_be_stored_are_400_and_leave_nothing(server, http, fil
     assert file_count(http) == before and stored_file_keys(server) == objects
 
 
-@pytest.mark.parametrize("body, code, fragment", [
-    (upload_body(b'filename="cut.jsonl"')[:-12], "incomplete_upload", "closing boundary"),
-    (part("purpose", b"fine-tune") + part("file", DATA, disposition_extra='; filename="cut.jsonl"'),
-     "incomplete_upload", "closing boundary"),
-    (part("purpose", b"fine-tune") + part("file", DATA, disposition_extra='; filename="a.jsonl"')
-     + part("file", DATA, disposition_extra='; filename="b.jsonl"') + f"--{BOUNDARY}--\r\n".encode(),
-     "invalid_value", "exactly one 'file'"),
-    (part("purpose", b"fine-tune") + part("purpose", b"fine-tune")
-     + part("file", DATA, disposition_extra='; filename="a.jsonl"') + f"--{BOUNDARY}--\r\n".encode(),
-     "invalid_value", "sent twice"),
-    (b"this is not multipart at all\r\n\r\n" * 4, "invalid_multipart", "not valid multipart"),
-    (f"--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nx\r\n--{BOUNDARY}--\r\n".encode(), "invalid_multipart",
-     "Content-Disposition"),
-    (b"", "incomplete_upload", "closing boundary"),
-])
+@pytest.mark.parametrize(
+    "body, code, fragment",
+    [
+        (upload_body(b'filename="cut.jsonl"')[:-12], "incomplete_upload", "closing boundary"),
+        (
+            part("purpose", b"fine-tune") + part("file", DATA, disposition_extra='; filename="cut.jsonl"'),
+            "incomplete_upload",
+            "closing boundary",
+        ),
+        (
+            part("purpose", b"fine-tune")
+            + part("file", DATA, disposition_extra='; filename="a.jsonl"')
+            + part("file", DATA, disposition_extra='; filename="b.jsonl"')
+            + f"--{BOUNDARY}--\r\n".encode(),
+            "invalid_value",
+            "exactly one 'file'",
+        ),
+        (
+            part("purpose", b"fine-tune")
+            + part("purpose", b"fine-tune")
+            + part("file", DATA, disposition_extra='; filename="a.jsonl"')
+            + f"--{BOUNDARY}--\r\n".encode(),
+            "invalid_value",
+            "sent twice",
+        ),
+        (b"this is not multipart at all\r\n\r\n" * 4, "invalid_multipart", "not valid multipart"),
+        (
+            f"--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nx\r\n--{BOUNDARY}--\r\n".encode(),
+            "invalid_multipart",
+            "Content-Disposition",
+        ),
+        (b"", "incomplete_upload", "closing boundary"),
+    ],
+)
 def test_broken_multipart_bodies_are_400_and_leave_nothing(server, http, body, code, fragment):
     before, objects = file_count(http), stored_file_keys(server)
     response = http.post("/v1/files", content=body, headers=MULTIPART)
@@ -126,7 +165,7 @@ def test_truncated_upload_streamed_in_chunks_stores_nothing(server, http):
     def chunks():
         cut = len(body) - 100
         for start in range(0, cut, 64 * 1024):
-            yield body[start:min(start + 64 * 1024, cut)]
+            yield body[start : min(start + 64 * 1024, cut)]
 
     response = http.post("/v1/files", content=chunks(), headers=MULTIPART)
     assert response.status_code == 400 and response.json()["error"]["code"] == "incomplete_upload"
@@ -147,25 +186,53 @@ def post_json(http, path: str, raw: bytes, **headers) -> httpx.Response:
     return http.post(path, content=raw, headers={"content-type": "application/json", **headers})
 
 
-@pytest.mark.parametrize("template, param, code, fragment", [
-    ('{"model": "hone-tiny", "training_file": "%s", "suffix": "a", "suffix": "b"}', "suffix", "duplicate_key",
-     "Duplicate key 'suffix'"),
-    ('{"model": "hone-tiny", "training_file": "%s", "metadata": {"k": "1", "k": "2"}}', "k", "duplicate_key",
-     "Duplicate key"),
-    ('{"model": "hone-tiny", "training_file": "%s", "suffix": "bad\\ud800"}', "suffix", "invalid_string",
-     "surrogate"),
-    ('{"model": "hone-tiny", "training_file": "%s", "metadata": {"k": "\\udfff"}}', "metadata.k", "invalid_string",
-     "surrogate"),
-    ('{"model": "hone-tiny", "training_file": "%s", "suffix": "nul\\u0000"}', "suffix", "invalid_string", "NUL"),
-    ('{"model": "hone-tiny", "training_file": "%s", "metadata": {"k\\u0000": "v"}}', "metadata.k\\x00",
-     "invalid_string", "NUL"),
-    ('{"model": "hone-tiny", "training_file": "%s", "hyperparameters": {"n_epochs": NaN}}',
-     "hyperparameters.n_epochs", "invalid_value", "finite"),
-    ('{"model": "hone-tiny", "training_file": "%s", "seed": 1e999}', "seed", "invalid_value", "finite"),
-    ('{"model": "hone-tiny", "training_file": "%s"', None, "invalid_json", "could not parse"),
-])
-def test_json_bodies_that_would_be_misread_are_400_and_create_nothing(http, training_file, template, param, code,
-                                                                      fragment):
+@pytest.mark.parametrize(
+    "template, param, code, fragment",
+    [
+        (
+            '{"model": "hone-tiny", "training_file": "%s", "suffix": "a", "suffix": "b"}',
+            "suffix",
+            "duplicate_key",
+            "Duplicate key 'suffix'",
+        ),
+        (
+            '{"model": "hone-tiny", "training_file": "%s", "metadata": {"k": "1", "k": "2"}}',
+            "k",
+            "duplicate_key",
+            "Duplicate key",
+        ),
+        (
+            '{"model": "hone-tiny", "training_file": "%s", "suffix": "bad\\ud800"}',
+            "suffix",
+            "invalid_string",
+            "surrogate",
+        ),
+        (
+            '{"model": "hone-tiny", "training_file": "%s", "metadata": {"k": "\\udfff"}}',
+            "metadata.k",
+            "invalid_string",
+            "surrogate",
+        ),
+        ('{"model": "hone-tiny", "training_file": "%s", "suffix": "nul\\u0000"}', "suffix", "invalid_string", "NUL"),
+        (
+            '{"model": "hone-tiny", "training_file": "%s", "metadata": {"k\\u0000": "v"}}',
+            "metadata.k\\x00",
+            "invalid_string",
+            "NUL",
+        ),
+        (
+            '{"model": "hone-tiny", "training_file": "%s", "hyperparameters": {"n_epochs": NaN}}',
+            "hyperparameters.n_epochs",
+            "invalid_value",
+            "finite",
+        ),
+        ('{"model": "hone-tiny", "training_file": "%s", "seed": 1e999}', "seed", "invalid_value", "finite"),
+        ('{"model": "hone-tiny", "training_file": "%s"', None, "invalid_json", "could not parse"),
+    ],
+)
+def test_json_bodies_that_would_be_misread_are_400_and_create_nothing(
+    http, training_file, template, param, code, fragment
+):
     before = job_count(http)
     response = post_json(http, "/v1/fine_tuning/jobs", (template % training_file).encode())
     assert response.status_code == 400, response.text
@@ -175,8 +242,11 @@ def test_json_bodies_that_would_be_misread_are_400_and_create_nothing(http, trai
 
 
 def test_an_emoji_escaped_as_a_surrogate_pair_is_fine(http, training_file):
-    raw = ('{"model": "hone-tiny", "training_file": "FILE", "metadata": {"mood": "\\ud83d\\ude00"}}'
-           .replace("FILE", training_file)).encode()
+    raw = (
+        '{"model": "hone-tiny", "training_file": "FILE", "metadata": {"mood": "\\ud83d\\ude00"}}'.replace(
+            "FILE", training_file
+        )
+    ).encode()
     response = post_json(http, "/v1/fine_tuning/jobs", raw)
     assert response.status_code == 200, response.text
     assert response.json()["metadata"] == {"mood": "😀"}
@@ -185,28 +255,41 @@ def test_an_emoji_escaped_as_a_surrogate_pair_is_fine(http, training_file):
 
 def test_json_bodies_over_the_limit_are_413_before_being_parsed(http, training_file):
     before = job_count(http)
-    padded = json.dumps({"model": "hone-tiny", "training_file": training_file, "suffix": "x",
-                         "metadata": {"pad": "y" * 500}, "ignored": "z" * (9 << 20)}).encode()
+    padded = json.dumps(
+        {
+            "model": "hone-tiny",
+            "training_file": training_file,
+            "suffix": "x",
+            "metadata": {"pad": "y" * 500},
+            "ignored": "z" * (9 << 20),
+        }
+    ).encode()
     response = post_json(http, "/v1/fine_tuning/jobs", padded)
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["code"] == "request_too_large" and str(8 << 20) in error["message"]
     # Without a Content-Length (chunked), the limit holds while the body streams in.
-    streamed = http.post("/v1/fine_tuning/jobs", content=(padded[i:i + 65536] for i in range(0, len(padded), 65536)),
-                         headers={"content-type": "application/json"})
+    streamed = http.post(
+        "/v1/fine_tuning/jobs",
+        content=(padded[i : i + 65536] for i in range(0, len(padded), 65536)),
+        headers={"content-type": "application/json"},
+    )
     assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "request_too_large"
     gateway = post_json(http, "/v1/chat/completions", json.dumps({"model": "m", "x": "y" * (9 << 20)}).encode())
     assert gateway.status_code == 413
     assert job_count(http) == before
 
 
-@pytest.mark.parametrize("method, path, params", [
-    ("GET", "/v1/files/file-abc%00def", None),
-    ("GET", "/v1/fine_tuning/jobs/ftjob-%00", None),
-    ("GET", "/v1/fine_tuning/jobs", {"after": "ftjob-\x00"}),
-    ("GET", "/v1/models/ft:hone-tiny%00", None),
-    ("DELETE", "/v1/files/file-%00", None),
-])
+@pytest.mark.parametrize(
+    "method, path, params",
+    [
+        ("GET", "/v1/files/file-abc%00def", None),
+        ("GET", "/v1/fine_tuning/jobs/ftjob-%00", None),
+        ("GET", "/v1/fine_tuning/jobs", {"after": "ftjob-\x00"}),
+        ("GET", "/v1/models/ft:hone-tiny%00", None),
+        ("DELETE", "/v1/files/file-%00", None),
+    ],
+)
 def test_nul_in_ids_and_query_values_is_400_on_both_databases(http, method, path, params):
     response = http.request(method, path, params=params)
     assert response.status_code == 400, response.text
@@ -233,21 +316,28 @@ def test_errors_echo_a_short_escaped_excerpt_in_every_field(http, training_file)
     assert header.status_code == 200
 
 
-@pytest.mark.parametrize("metadata, param", [
-    ({f"k{i}": "v" for i in range(17)}, "metadata"),
-    ({"k" * 65: "v"}, "metadata"),
-    ({"k": "v" * 513}, "metadata.k"),
-])
+@pytest.mark.parametrize(
+    "metadata, param",
+    [
+        ({f"k{i}": "v" for i in range(17)}, "metadata"),
+        ({"k" * 65: "v"}, "metadata"),
+        ({"k": "v" * 513}, "metadata.k"),
+    ],
+)
 def test_metadata_keeps_openais_limits(http, training_file, metadata, param):
-    response = http.post("/v1/fine_tuning/jobs", json={"model": "hone-tiny", "training_file": training_file,
-                                                        "metadata": metadata})
+    response = http.post(
+        "/v1/fine_tuning/jobs", json={"model": "hone-tiny", "training_file": training_file, "metadata": metadata}
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
 
 
 def test_idempotency_keys_with_control_characters_are_400(http, training_file):
-    response = http.post("/v1/fine_tuning/jobs", json={"model": "hone-tiny", "training_file": training_file},
-                         headers={"Idempotency-Key": "key\twith\ttabs"})
+    response = http.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": "hone-tiny", "training_file": training_file},
+        headers={"Idempotency-Key": "key\twith\ttabs"},
+    )
     assert response.status_code == 400 and response.json()["error"]["param"] == "Idempotency-Key"
 
 

@@ -12,12 +12,22 @@ def test_every_status_has_a_row_and_terminal_states_are_final():
         assert ALLOWED[status] == frozenset()
 
 
-@pytest.mark.parametrize("current, target, ok", [
-    ("validating_files", "queued", True), ("validating_files", "failed", True),
-    ("validating_files", "running", False), ("queued", "running", True), ("queued", "paused", True),
-    ("running", "paused", True), ("paused", "queued", True), ("paused", "running", False),
-    ("running", "succeeded", True), ("succeeded", "cancelled", False), ("cancelled", "queued", False),
-])
+@pytest.mark.parametrize(
+    "current, target, ok",
+    [
+        ("validating_files", "queued", True),
+        ("validating_files", "failed", True),
+        ("validating_files", "running", False),
+        ("queued", "running", True),
+        ("queued", "paused", True),
+        ("running", "paused", True),
+        ("paused", "queued", True),
+        ("paused", "running", False),
+        ("running", "succeeded", True),
+        ("succeeded", "cancelled", False),
+        ("cancelled", "queued", False),
+    ],
+)
 def test_transitions(current, target, ok):
     assert can_transition(JobStatus(current), JobStatus(target)) is ok
 

@@ -29,9 +29,14 @@ def wait_status(client, job_id: str, status: str, timeout: float = 15) -> object
 
 
 def test_create_then_validated_into_queue(client, training_file):
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id, suffix="my-model",
-                                         seed=42, metadata={"team": "search"},
-                                         integrations=[{"type": "wandb", "wandb": {"project": "p"}}])
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=training_file.id,
+        suffix="my-model",
+        seed=42,
+        metadata={"team": "search"},
+        integrations=[{"type": "wandb", "wandb": {"project": "p"}}],
+    )
     assert job.id.startswith("ftjob-") and job.object == "fine_tuning.job"
     assert job.status == "validating_files"
     assert (job.model, job.training_file, job.validation_file, job.seed) == ("hone-tiny", training_file.id, None, 42)
@@ -57,8 +62,9 @@ def test_create_then_validated_into_queue(client, training_file):
 
 def test_seed_is_generated_and_validation_file_accepted(client, training_file):
     valid = client.files.create(file=("valid.jsonl", chat_dataset(3)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="acme/tiny-chat", training_file=training_file.id,
-                                         validation_file=valid.id)
+    job = client.fine_tuning.jobs.create(
+        model="acme/tiny-chat", training_file=training_file.id, validation_file=valid.id
+    )
     assert isinstance(job.seed, int) and 0 <= job.seed <= 2147483647
     assert job.validation_file == valid.id and job.model == "acme/tiny-chat"
     events = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
@@ -66,49 +72,85 @@ def test_seed_is_generated_and_validation_file_accepted(client, training_file):
 
 
 def test_methods_and_hyperparameters(client, training_file):
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id,
-                                         hyperparameters={"n_epochs": 3, "batch_size": 4})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny", training_file=training_file.id, hyperparameters={"n_epochs": 3, "batch_size": 4}
+    )
     assert job.method.type == "supervised"
     assert job.method.supervised.hyperparameters.n_epochs == 3
-    assert (job.hyperparameters.n_epochs, job.hyperparameters.batch_size,
-            job.hyperparameters.learning_rate_multiplier) == (3, 4, "auto")
+    assert (
+        job.hyperparameters.n_epochs,
+        job.hyperparameters.batch_size,
+        job.hyperparameters.learning_rate_multiplier,
+    ) == (3, 4, "auto")
 
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0.5}}})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=training_file.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0.5}}},
+    )
     assert job.hyperparameters.learning_rate_multiplier == 0.5
 
-    pref = jsonl([{"input": {"messages": [{"role": "user", "content": f"q{i}"}]},
-                   "preferred_output": [{"role": "assistant", "content": "good"}],
-                   "non_preferred_output": [{"role": "assistant", "content": "bad"}]} for i in range(10)])
+    pref = jsonl(
+        [
+            {
+                "input": {"messages": [{"role": "user", "content": f"q{i}"}]},
+                "preferred_output": [{"role": "assistant", "content": "good"}],
+                "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+            }
+            for i in range(10)
+        ]
+    )
     pref_file = client.files.create(file=("pref.jsonl", pref), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=pref_file.id,
-                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny", training_file=pref_file.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}
+    )
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.1
     assert job.hyperparameters.n_epochs == "auto"
 
 
-@pytest.mark.parametrize("kwargs, param, code", [
-    ({"model": "gpt-9"}, "model", "model_not_available"),
-    ({"training_file": "file-doesnotexist"}, "training_file", "invalid_training_file"),
-    ({"validation_file": "file-doesnotexist"}, "validation_file", "invalid_validation_file"),
-    ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", "invalid_value"),
-    ({"hyperparameters": {"n_epochs": 2.5}}, "hyperparameters.n_epochs", "invalid_value"),
-    ({"hyperparameters": {"batch_size": 257}}, "hyperparameters.batch_size", "invalid_value"),
-    ({"hyperparameters": {"learning_rate_multiplier": 0}}, "hyperparameters.learning_rate_multiplier", "invalid_value"),
-    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}}, "method.dpo.hyperparameters.beta", "invalid_value"),
-    ({"method": {"type": "unsupervised"}}, "method.type", "invalid_value"),
-    ({"method": {"type": "reinforcement", "reinforcement": {}}}, "method.type", "unsupported_method"),
-    ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", "invalid_value"),
-    ({"method": {"type": "dpo"}}, "training_file", "invalid_training_file"),
-    ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
-      "hyperparameters": {"n_epochs": 3}}, "hyperparameters", "invalid_value"),
-    ({"suffix": "has:colon"}, "suffix", "invalid_value"),
-    ({"suffix": "x" * 65}, "suffix", "invalid_value"),
-    ({"seed": -1}, "seed", "invalid_value"),
-    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value"),
-    ({"metadata": {"k": "v" * 513}}, "metadata.k", "invalid_value"),
-    ({"integrations": [{"type": "wandb", "wandb": {}}]}, "integrations[0].wandb.project", "missing_required_parameter"),
-])
+@pytest.mark.parametrize(
+    "kwargs, param, code",
+    [
+        ({"model": "gpt-9"}, "model", "model_not_available"),
+        ({"training_file": "file-doesnotexist"}, "training_file", "invalid_training_file"),
+        ({"validation_file": "file-doesnotexist"}, "validation_file", "invalid_validation_file"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", "invalid_value"),
+        ({"hyperparameters": {"n_epochs": 2.5}}, "hyperparameters.n_epochs", "invalid_value"),
+        ({"hyperparameters": {"batch_size": 257}}, "hyperparameters.batch_size", "invalid_value"),
+        (
+            {"hyperparameters": {"learning_rate_multiplier": 0}},
+            "hyperparameters.learning_rate_multiplier",
+            "invalid_value",
+        ),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}},
+            "method.dpo.hyperparameters.beta",
+            "invalid_value",
+        ),
+        ({"method": {"type": "unsupervised"}}, "method.type", "invalid_value"),
+        ({"method": {"type": "reinforcement", "reinforcement": {}}}, "method.type", "unsupported_method"),
+        ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", "invalid_value"),
+        ({"method": {"type": "dpo"}}, "training_file", "invalid_training_file"),
+        (
+            {
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+                "hyperparameters": {"n_epochs": 3},
+            },
+            "hyperparameters",
+            "invalid_value",
+        ),
+        ({"suffix": "has:colon"}, "suffix", "invalid_value"),
+        ({"suffix": "x" * 65}, "suffix", "invalid_value"),
+        ({"seed": -1}, "seed", "invalid_value"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value"),
+        ({"metadata": {"k": "v" * 513}}, "metadata.k", "invalid_value"),
+        (
+            {"integrations": [{"type": "wandb", "wandb": {}}]},
+            "integrations[0].wandb.project",
+            "missing_required_parameter",
+        ),
+    ],
+)
 def test_bad_create_requests(client, training_file, kwargs, param, code):
     args = {"model": "hone-tiny", "training_file": training_file.id, **kwargs}
     with pytest.raises(openai.BadRequestError) as err:
@@ -121,8 +163,12 @@ def test_missing_fields_and_bad_json_are_400_not_422(project):
     with project.http() as http:
         resp = http.post("/v1/fine_tuning/jobs", json={"model": "hone-tiny"})
         assert resp.status_code == 400
-        assert resp.json()["error"] | {"message": None} == {"message": None, "type": "invalid_request_error",
-                                                            "param": "training_file", "code": "missing_required_parameter"}
+        assert resp.json()["error"] | {"message": None} == {
+            "message": None,
+            "type": "invalid_request_error",
+            "param": "training_file",
+            "code": "missing_required_parameter",
+        }
         resp = http.post("/v1/fine_tuning/jobs", content=b"{not json", headers={"content-type": "application/json"})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
 
@@ -186,8 +232,12 @@ def test_cancel_pause_resume(client, training_file):
 
 
 def test_unknown_job_is_404(client):
-    for call in (client.fine_tuning.jobs.retrieve, client.fine_tuning.jobs.cancel,
-                 client.fine_tuning.jobs.list_events, client.fine_tuning.jobs.checkpoints.list):
+    for call in (
+        client.fine_tuning.jobs.retrieve,
+        client.fine_tuning.jobs.cancel,
+        client.fine_tuning.jobs.list_events,
+        client.fine_tuning.jobs.checkpoints.list,
+    ):
         with pytest.raises(openai.NotFoundError) as err:
             call("ftjob-missing")
         assert err.value.code == "not_found"
@@ -201,10 +251,17 @@ def test_checkpoints_list(client, training_file, server):
     engine = create_engine(server.database_url)
     with engine.begin() as conn:
         for step in (10, 20, 30):
-            conn.execute(insert(Checkpoint).values(
-                id=f"ftckpt_{job.id[-8:]}{step}", job_id=job.id, created_at=1, step_number=step,
-                fine_tuned_model_checkpoint=f"ft:hone-tiny:p:ck:{job.id}:ckpt-step-{step}",
-                metrics={"step": step, "train_loss": 1.0 / step}, storage_prefix=f"jobs/{job.id}/checkpoints/step-{step}/"))
+            conn.execute(
+                insert(Checkpoint).values(
+                    id=f"ftckpt_{job.id[-8:]}{step}",
+                    job_id=job.id,
+                    created_at=1,
+                    step_number=step,
+                    fine_tuned_model_checkpoint=f"ft:hone-tiny:p:ck:{job.id}:ckpt-step-{step}",
+                    metrics={"step": step, "train_loss": 1.0 / step},
+                    storage_prefix=f"jobs/{job.id}/checkpoints/step-{step}/",
+                )
+            )
     engine.dispose()
     page = client.fine_tuning.jobs.checkpoints.list(job.id, limit=2)
     assert [c.step_number for c in page.data] == [30, 20] and page.has_more
@@ -229,17 +286,26 @@ def test_idempotency_key_replays_the_first_job(client, training_file, other_proj
     assert again.id == first.id
     assert [j.id for j in client.fine_tuning.jobs.list()] == [first.id]
     with pytest.raises(openai.BadRequestError) as err:
-        client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id, suffix="other",
-                                       extra_headers=key)
+        client.fine_tuning.jobs.create(
+            model="hone-tiny", training_file=training_file.id, suffix="other", extra_headers=key
+        )
     assert (err.value.param, err.value.code) == ("Idempotency-Key", "idempotency_key_reused")
     # Keys are per project.
     other = other_project.openai()
     other_file = other.files.create(file=("t.jsonl", chat_dataset(10)), purpose="fine-tune")
-    assert other.fine_tuning.jobs.create(model="hone-tiny", training_file=other_file.id, extra_headers=key).id != first.id
+    assert (
+        other.fine_tuning.jobs.create(model="hone-tiny", training_file=other_file.id, extra_headers=key).id != first.id
+    )
 
 
 def test_every_response_was_schema_checked():
     # The SDK client in these tests validates each body it receives; make sure that really happened.
-    for name in ("FineTuningJob", "ListPaginatedFineTuningJobsResponse", "ListFineTuningJobEventsResponse",
-                 "ListFineTuningJobCheckpointsResponse", "OpenAIFile", "ErrorResponse"):
+    for name in (
+        "FineTuningJob",
+        "ListPaginatedFineTuningJobsResponse",
+        "ListFineTuningJobEventsResponse",
+        "ListFineTuningJobCheckpointsResponse",
+        "OpenAIFile",
+        "ErrorResponse",
+    ):
         assert name in CHECKED

@@ -12,29 +12,55 @@ import pytest
 from service.executors.k8s_observation import EXIT_DEADLINE, EXIT_OOM, EXIT_STOPPED, Observation, Seen, classify
 from service.settings import Settings
 
-SETTINGS = Settings(k8s_gpus_per_job=1, k8s_unschedulable_timeout_s=600, k8s_image_pull_timeout_s=300,
-                    k8s_trainer_image="registry.example/hone-trainer:1")
+SETTINGS = Settings(
+    k8s_gpus_per_job=1,
+    k8s_unschedulable_timeout_s=600,
+    k8s_image_pull_timeout_s=300,
+    k8s_trainer_image="registry.example/hone-trainer:1",
+)
 JOB_NAME = "hone-train-ftjob-abc-1a2b3c-1"
 
 
 def job(*conditions: dict, deleting: bool = False) -> dict:
-    meta = {"name": JOB_NAME, "namespace": "hone", "labels": {"app.kubernetes.io/name": "hone-trainer"},
-            "creationTimestamp": "2026-12-04T08:00:00Z"}
+    meta = {
+        "name": JOB_NAME,
+        "namespace": "hone",
+        "labels": {"app.kubernetes.io/name": "hone-trainer"},
+        "creationTimestamp": "2026-12-04T08:00:00Z",
+    }
     if deleting:
         meta["deletionTimestamp"] = "2026-12-04T08:05:00Z"
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"activeDeadlineSeconds": 86400},
-            "status": {"conditions": list(conditions)}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {"activeDeadlineSeconds": 86400},
+        "status": {"conditions": list(conditions)},
+    }
 
 
-def pod(phase: str, *, state: dict | None = None, conditions: list | None = None, node: str | None = "gpu-node-1",
-        reason: str | None = None, message: str | None = None, deleting: bool = False, created: str = "08:00:01",
-        memory: str | None = "16Gi") -> dict:
+def pod(
+    phase: str,
+    *,
+    state: dict | None = None,
+    conditions: list | None = None,
+    node: str | None = "gpu-node-1",
+    reason: str | None = None,
+    message: str | None = None,
+    deleting: bool = False,
+    created: str = "08:00:01",
+    memory: str | None = "16Gi",
+) -> dict:
     container = {"name": "trainer", "image": "registry.example/hone-trainer:1"}
     if memory:
         container["resources"] = {"limits": {"memory": memory}}
-    meta = {"name": f"{JOB_NAME}-x{created[-2:]}", "namespace": "hone", "creationTimestamp": f"2026-12-04T{created}Z",
-            "ownerReferences": [{"kind": "Job", "name": JOB_NAME, "controller": True}],
-            "finalizers": ["hone.dev/trainer-exit"]}
+    meta = {
+        "name": f"{JOB_NAME}-x{created[-2:]}",
+        "namespace": "hone",
+        "creationTimestamp": f"2026-12-04T{created}Z",
+        "ownerReferences": [{"kind": "Job", "name": JOB_NAME, "controller": True}],
+        "finalizers": ["hone.dev/trainer-exit"],
+    }
     if deleting:
         meta["deletionTimestamp"] = "2026-12-04T08:05:00Z"
     status: dict = {"phase": phase, "conditions": conditions or []}
@@ -51,57 +77,163 @@ def pod(phase: str, *, state: dict | None = None, conditions: list | None = None
 
 
 def terminated(code: int, reason: str = "Error", message: str | None = None) -> dict:
-    body = {"exitCode": code, "reason": reason, "startedAt": "2026-12-04T08:00:05Z",
-            "finishedAt": "2026-12-04T08:04:00Z"}
+    body = {
+        "exitCode": code,
+        "reason": reason,
+        "startedAt": "2026-12-04T08:00:05Z",
+        "finishedAt": "2026-12-04T08:04:00Z",
+    }
     if message:
         body["message"] = message
     return {"terminated": body}
 
 
 RUNNING = {"running": {"startedAt": "2026-12-04T08:00:05Z"}}
-UNSCHEDULABLE = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                 "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+}
 PULL_BACKOFF = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
-PREEMPTED = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-             "message": "Preempted in order to admit critical pod"}
+PREEMPTED = {
+    "type": "DisruptionTarget",
+    "status": "True",
+    "reason": "PreemptionByScheduler",
+    "message": "Preempted in order to admit critical pod",
+}
 COMPLETE = {"type": "Complete", "status": "True"}
-DEADLINE = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
-            "message": "Job was active longer than specified deadline"}
+DEADLINE = {
+    "type": "Failed",
+    "status": "True",
+    "reason": "DeadlineExceeded",
+    "message": "Job was active longer than specified deadline",
+}
 
 CASES = [
     # (what happened, Job, pods, what the watcher remembered, observation, exit code, event kinds)
     ("training", job(), [pod("Running", state=RUNNING)], Seen(), Observation.RUNNING, None, []),
     ("created, no pod yet", job(), [], Seen(), Observation.RUNNING, None, []),
-    ("finished", job(COMPLETE), [pod("Succeeded", state=terminated(0, "Completed"))], Seen(),
-     Observation.SUCCEEDED, 0, []),
+    (
+        "finished",
+        job(COMPLETE),
+        [pod("Succeeded", state=terminated(0, "Completed"))],
+        Seen(),
+        Observation.SUCCEEDED,
+        0,
+        [],
+    ),
     ("finished and the pod already gone", job(COMPLETE), [], Seen(pod_ran=True), Observation.SUCCEEDED, 0, []),
     ("crashed", job(), [pod("Failed", state=terminated(1))], Seen(), Observation.FAILED, 1, []),
-    ("out of memory", job(), [pod("Failed", state=terminated(137, "OOMKilled"))], Seen(), Observation.OOM_KILLED,
-     EXIT_OOM, ["oom"]),
-    ("past the deadline, though it checkpointed", job(DEADLINE), [pod("Failed", state=terminated(75))], Seen(),
-     Observation.DEADLINE_EXCEEDED, EXIT_DEADLINE, ["deadline"]),
-    ("paused: exits 75 after its checkpoint", job(), [pod("Failed", state=terminated(75), deleting=True)],
-     Seen(stop="pause"), Observation.PAUSED, 75, []),
-    ("preempted", job(), [pod("Failed", state=terminated(143), conditions=[PREEMPTED], deleting=True)], Seen(),
-     Observation.DISRUPTED, EXIT_STOPPED, ["disrupted"]),
-    ("evicted", job(), [pod("Failed", state=terminated(137), reason="Evicted",
-                            message="The node was low on resource: memory.")], Seen(),
-     Observation.DISRUPTED, EXIT_STOPPED, ["disrupted"]),
+    (
+        "out of memory",
+        job(),
+        [pod("Failed", state=terminated(137, "OOMKilled"))],
+        Seen(),
+        Observation.OOM_KILLED,
+        EXIT_OOM,
+        ["oom"],
+    ),
+    (
+        "past the deadline, though it checkpointed",
+        job(DEADLINE),
+        [pod("Failed", state=terminated(75))],
+        Seen(),
+        Observation.DEADLINE_EXCEEDED,
+        EXIT_DEADLINE,
+        ["deadline"],
+    ),
+    (
+        "paused: exits 75 after its checkpoint",
+        job(),
+        [pod("Failed", state=terminated(75), deleting=True)],
+        Seen(stop="pause"),
+        Observation.PAUSED,
+        75,
+        [],
+    ),
+    (
+        "preempted",
+        job(),
+        [pod("Failed", state=terminated(143), conditions=[PREEMPTED], deleting=True)],
+        Seen(),
+        Observation.DISRUPTED,
+        EXIT_STOPPED,
+        ["disrupted"],
+    ),
+    (
+        "evicted",
+        job(),
+        [pod("Failed", state=terminated(137), reason="Evicted", message="The node was low on resource: memory.")],
+        Seen(),
+        Observation.DISRUPTED,
+        EXIT_STOPPED,
+        ["disrupted"],
+    ),
     ("drained: the pod vanished after it ran", job(), [], Seen(pod_ran=True), Observation.RUNNING, None, []),
-    ("the Job deleted under a running trainer", None, [], Seen(pod_ran=True), Observation.DISRUPTED, EXIT_STOPPED,
-     ["disrupted"]),
-    ("cancelled", job(deleting=True), [pod("Running", state=RUNNING, deleting=True)],
-     Seen(stop="kill", kill_sent=True), Observation.CANCELLED, None, []),
-    ("paused before any node took it", job(), [pod("Pending", node=None, deleting=True)], Seen(stop="pause"),
-     Observation.PAUSED, EXIT_STOPPED, []),
-    ("no GPU free", job(), [pod("Pending", node=None, conditions=[UNSCHEDULABLE])], Seen(), Observation.RUNNING,
-     None, ["unschedulable"]),
-    ("image cannot be pulled", job(), [pod("Pending", state=PULL_BACKOFF)], Seen(), Observation.RUNNING, None,
-     ["image"]),
-    ("no GPU free for longer than the timeout", job(), [pod("Pending", node=None, conditions=[UNSCHEDULABLE])],
-     Seen(stuck_since=(("unschedulable", 0.0),)), Observation.STUCK, None, ["unschedulable", "gave-up"]),
-    ("running once a GPU freed up", job(), [pod("Running", state=RUNNING)], Seen(said=frozenset({"unschedulable"})),
-     Observation.RUNNING, None, ["running"]),
+    (
+        "the Job deleted under a running trainer",
+        None,
+        [],
+        Seen(pod_ran=True),
+        Observation.DISRUPTED,
+        EXIT_STOPPED,
+        ["disrupted"],
+    ),
+    (
+        "cancelled",
+        job(deleting=True),
+        [pod("Running", state=RUNNING, deleting=True)],
+        Seen(stop="kill", kill_sent=True),
+        Observation.CANCELLED,
+        None,
+        [],
+    ),
+    (
+        "paused before any node took it",
+        job(),
+        [pod("Pending", node=None, deleting=True)],
+        Seen(stop="pause"),
+        Observation.PAUSED,
+        EXIT_STOPPED,
+        [],
+    ),
+    (
+        "no GPU free",
+        job(),
+        [pod("Pending", node=None, conditions=[UNSCHEDULABLE])],
+        Seen(),
+        Observation.RUNNING,
+        None,
+        ["unschedulable"],
+    ),
+    (
+        "image cannot be pulled",
+        job(),
+        [pod("Pending", state=PULL_BACKOFF)],
+        Seen(),
+        Observation.RUNNING,
+        None,
+        ["image"],
+    ),
+    (
+        "no GPU free for longer than the timeout",
+        job(),
+        [pod("Pending", node=None, conditions=[UNSCHEDULABLE])],
+        Seen(stuck_since=(("unschedulable", 0.0),)),
+        Observation.STUCK,
+        None,
+        ["unschedulable", "gave-up"],
+    ),
+    (
+        "running once a GPU freed up",
+        job(),
+        [pod("Running", state=RUNNING)],
+        Seen(said=frozenset({"unschedulable"})),
+        Observation.RUNNING,
+        None,
+        ["running"],
+    ),
     ("failed with no exit status", job(), [pod("Failed", state={})], Seen(), Observation.LOST, None, []),
     ("the Job deleted before it ran", None, [], Seen(), Observation.LOST, None, []),
 ]
@@ -119,8 +251,13 @@ def test_recorded_objects_classify(what, job_obj, pods, seen, observation, code,
 def test_messages_say_what_to_change():
     oom = classify(job(), [pod("Failed", state=terminated(137, "OOMKilled"))], Seen(), SETTINGS, 0.0)
     assert "smaller batch_size" in oom.note and "memory limit 16Gi" in oom.note
-    stuck = classify(job(), [pod("Pending", node=None, conditions=[UNSCHEDULABLE])],
-                     Seen(stuck_since=(("unschedulable", 0.0),)), SETTINGS, 1000.0)
+    stuck = classify(
+        job(),
+        [pod("Pending", node=None, conditions=[UNSCHEDULABLE])],
+        Seen(stuck_since=(("unschedulable", 0.0),)),
+        SETTINGS,
+        1000.0,
+    )
     assert stuck.error["code"] == "no_gpu_capacity" and "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S" in stuck.error["message"]
     assert "1 nvidia.com/gpu" in stuck.events[0].message
     pull = classify(job(), [pod("Pending", state=PULL_BACKOFF)], Seen(stuck_since=(("image", 0.0),)), SETTINGS, 301.0)

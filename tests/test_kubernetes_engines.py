@@ -69,13 +69,27 @@ def test_templates_are_valid_manifests_as_shipped():
 @pytest.mark.parametrize("engine", ["vllm", "builtin"])
 def test_generated_deployment_and_service(engine, tmp_path):
     tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    settings = Settings(data_dir=tmp_path, k8s_namespace="tuning", k8s_inference_image="registry.local/inf:7",
-                        k8s_gpus_per_engine=2, k8s_node_selector={"gpu": "h100"}, k8s_tolerations=tolerations,
-                        k8s_secret_name="storage-creds")
+    settings = Settings(
+        data_dir=tmp_path,
+        k8s_namespace="tuning",
+        k8s_inference_image="registry.local/inf:7",
+        k8s_gpus_per_engine=2,
+        k8s_node_selector={"gpu": "h100"},
+        k8s_tolerations=tolerations,
+        k8s_secret_name="storage-creds",
+    )
     template_file = tmp_path / "pinned.jinja"
     template_file.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
-    spec = EngineSpec("base:acme/Tiny_Chat", engine, "acme/tiny-chat", "acme/Tiny_Chat", max_loras=3,
-                      max_cpu_loras=6, max_lora_rank=20, chat_template=str(template_file))
+    spec = EngineSpec(
+        "base:acme/Tiny_Chat",
+        engine,
+        "acme/tiny-chat",
+        "acme/Tiny_Chat",
+        max_loras=3,
+        max_cpu_loras=6,
+        max_lora_rank=20,
+        chat_template=str(template_file),
+    )
     deployment, service, digest = build_objects(settings, spec)
     _validate(deployment)
     _validate(service)
@@ -130,22 +144,36 @@ def test_generated_deployment_and_service(engine, tmp_path):
     # A Hugging Face id needs no init container; built-in and stored weights are put in /models/base first.
     assert "initContainers" not in pod["spec"]
     assert {"name": "models", "mountPath": "/models"} in main["volumeMounts"]
-    for source, fetched in (("builtin:hone-tiny", "builtin:hone-tiny"),
-                            ("storage:jobs/ftjob-9/model/", "s3://hone/blobs/jobs/ftjob-9/model/")):
+    for source, fetched in (
+        ("builtin:hone-tiny", "builtin:hone-tiny"),
+        ("storage:jobs/ftjob-9/model/", "s3://hone/blobs/jobs/ftjob-9/model/"),
+    ):
         staged = dataclasses.replace(spec, model_path=str(tmp_path / "cache" / "x"), model_source=source)
-        s3_settings = settings.model_copy(update={"storage": settings.storage.model_copy(update={"storage_url": "s3://hone/blobs"})})
+        s3_settings = settings.model_copy(
+            update={"storage": settings.storage.model_copy(update={"storage_url": "s3://hone/blobs"})}
+        )
         s3_settings.__dict__.pop("resolved_storage_url", None)  # a cached_property of the copy
         deployment, _, _ = build_objects(s3_settings, staged)
         _validate(deployment)
         (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
         assert init["name"] == "weights" and init["image"] == "registry.local/inf:7"
-        assert init["command"] + init["args"] == ["python3", "-m", "inference.fetcher", "--root", "/models",
-                                                  "--once", fetched, "--name", "base"]
+        assert init["command"] + init["args"] == [
+            "python3",
+            "-m",
+            "inference.fetcher",
+            "--root",
+            "/models",
+            "--once",
+            fetched,
+            "--name",
+            "base",
+        ]
         assert init["envFrom"] == [{"secretRef": {"name": "storage-creds", "optional": True}}]
         assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
         served = _containers(deployment)["engine"]
-        assert dict(itertools.pairwise(served["command"] + served["args"])).get("--model", "/models/base") \
-            == "/models/base" and str(tmp_path) not in json.dumps(deployment)  # nothing of our disk
+        assert dict(itertools.pairwise(served["command"] + served["args"])).get(
+            "--model", "/models/base"
+        ) == "/models/base" and str(tmp_path) not in json.dumps(deployment)  # nothing of our disk
 
     # CPU engines ask for no GPU; another spec is another digest (so ensure replaces the pod).
     cpu = Settings(data_dir=tmp_path, k8s_gpus_per_engine=0)
@@ -160,8 +188,10 @@ def test_service_url_is_cluster_dns_or_loopback():
     from kubernetes.client import V1ObjectMeta, V1Service, V1ServicePort, V1ServiceSpec
 
     ports = [V1ServicePort(name="http", port=8000), V1ServicePort(name="fetch", port=8001)]
-    svc = V1Service(metadata=V1ObjectMeta(name="hone-engine-x", namespace="tuning"),
-                    spec=V1ServiceSpec(cluster_ip="10.96.4.2", ports=ports))
+    svc = V1Service(
+        metadata=V1ObjectMeta(name="hone-engine-x", namespace="tuning"),
+        spec=V1ServiceSpec(cluster_ip="10.96.4.2", ports=ports),
+    )
     assert service_url(svc, "http") == "http://hone-engine-x.tuning.svc.cluster.local:8000"
     svc.spec.cluster_ip = "127.31.0.9"
     assert service_url(svc, "fetch") == "http://127.31.0.9:8001"
@@ -188,8 +218,13 @@ def test_backend_lifecycle_on_the_fake_api_server(tmp_path):
     stub = ThreadingHTTPServer(("127.78.0.1", 0), Healthy)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     with FakeKube(job_controller=False) as kube:
-        settings = Settings(data_dir=tmp_path, k8s_kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"),
-                            k8s_namespace="hone", endpoint_backend="kubernetes", engine_start_timeout_s=20)
+        settings = Settings(
+            data_dir=tmp_path,
+            k8s_kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"),
+            k8s_namespace="hone",
+            endpoint_backend="kubernetes",
+            engine_start_timeout_s=20,
+        )
         backend = KubernetesEngines(settings)
         spec = EngineSpec("base:acme/tiny", "vllm", "acme/tiny", "acme/tiny", 2, 2, 16)
         name = object_name(spec.key)
@@ -200,14 +235,26 @@ def test_backend_lifecycle_on_the_fake_api_server(tmp_path):
             def service(obj):
                 obj["spec"]["clusterIP"] = "127.78.0.1"
                 obj["spec"]["ports"][0]["port"] = stub.server_address[1]
+
             kube.update("services", "hone", name, service)
             labels = kube.get("deployments", "hone", name)["spec"]["template"]["metadata"]["labels"]
-            kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-1", "namespace": "hone",
-                                                                         "labels": labels},
-                         "spec": {"containers": [{"name": "engine", "image": "x"}]}})
+            kube.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"{name}-1", "namespace": "hone", "labels": labels},
+                    "spec": {"containers": [{"name": "engine", "image": "x"}]},
+                }
+            )
             kube.run_pod("hone", f"{name}-1")
-            kube.update("deployments", "hone", name, lambda o: o.update(status={
-                "observedGeneration": o["metadata"]["generation"], "replicas": 1, "readyReplicas": 1}))
+            kube.update(
+                "deployments",
+                "hone",
+                name,
+                lambda o: o.update(
+                    status={"observedGeneration": o["metadata"]["generation"], "replicas": 1, "readyReplicas": 1}
+                ),
+            )
 
         player = threading.Thread(target=play_cluster)
         player.start()
@@ -221,8 +268,7 @@ def test_backend_lifecycle_on_the_fake_api_server(tmp_path):
         assert KubernetesEngines(settings).get(spec.key) is None  # another process has loaded no adapters
 
         # The engine container restarted in place: its runtime-loaded adapters are gone, so the engine is.
-        kube.update("pods", "hone", f"{name}-1",
-                    lambda o: o["status"]["containerStatuses"][0].update(restartCount=1))
+        kube.update("pods", "hone", f"{name}-1", lambda o: o["status"]["containerStatuses"][0].update(restartCount=1))
         assert backend.get(spec.key) is None
         again = backend.ensure(spec)  # nothing to change in the cluster: the same engine, ready, same key
         assert again == handle and backend.get(spec.key) == handle
@@ -233,9 +279,14 @@ def test_backend_lifecycle_on_the_fake_api_server(tmp_path):
 
         def pull_fails():
             kube.wait_for(lambda: kube.get("deployments", "hone", bad))
-            kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-                "name": f"{bad}-1", "namespace": "hone", "labels": {"hone.dev/engine": bad}},
-                "spec": {"containers": [{"name": "engine", "image": "x"}]}})
+            kube.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"{bad}-1", "namespace": "hone", "labels": {"hone.dev/engine": bad}},
+                    "spec": {"containers": [{"name": "engine", "image": "x"}]},
+                }
+            )
             kube.image_pull_backoff("hone", f"{bad}-1")
 
         player = threading.Thread(target=pull_fails)
@@ -263,11 +314,28 @@ def test_backend_lifecycle_on_the_fake_api_server(tmp_path):
 @pytest.fixture
 def fetcher(moto, tmp_path):
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **moto.env(),
-           "HONE_FETCHER_API_KEY": "sk-engine"}
-    proc = subprocess.Popen([sys.executable, "-m", "inference.fetcher", "--root", str(tmp_path / "adapters"),
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        **moto.env(),
+        "HONE_FETCHER_API_KEY": "sk-engine",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inference.fetcher",
+            "--root",
+            str(tmp_path / "adapters"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", proc=proc)
     yield url, tmp_path / "adapters"
@@ -277,11 +345,20 @@ def fetcher(moto, tmp_path):
 
 def test_fetcher_copies_an_adapter_from_s3(fetcher, moto):
     url, root = fetcher
-    s3 = boto3.client("s3", endpoint_url=moto.url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket="fetch-tests")
-    files = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": b"\0" * 3000,
-             "tok/tokenizer.json": b"{}", "trainer_state.pt": b"not served"}
+    files = {
+        "adapter_config.json": b'{"r": 8}',
+        "adapter_model.safetensors": b"\0" * 3000,
+        "tok/tokenizer.json": b"{}",
+        "trainer_state.pt": b"not served",
+    }
     for rel, body in files.items():
         s3.put_object(Bucket="fetch-tests", Key=f"blobs/jobs/j1/adapter/{rel}", Body=body)
     s3.put_object(Bucket="fetch-tests", Key="blobs/jobs/j1/adapter-other/x", Body=b"not under the prefix")
@@ -298,8 +375,9 @@ def test_fetcher_copies_an_adapter_from_s3(fetcher, moto):
     assert sorted(p.name for p in root.iterdir()) == ["ep-1"]  # no partial copies left behind
     assert httpx.post(url + "/fetch", json=body, headers=auth).json()["cached"] is True
 
-    missing = httpx.post(url + "/fetch", json={"source": "s3://fetch-tests/blobs/jobs/none/", "name": "ep-2"},
-                         headers=auth)
+    missing = httpx.post(
+        url + "/fetch", json={"source": "s3://fetch-tests/blobs/jobs/none/", "name": "ep-2"}, headers=auth
+    )
     assert missing.status_code == 404 and "No files" in missing.json()["error"]["message"]
     assert httpx.post(url + "/fetch", json={"source": source, "name": "../escape"}, headers=auth).status_code == 400
     assert httpx.post(url + "/fetch", json={"source": "http://x/", "name": "ep-3"}, headers=auth).status_code == 400
@@ -309,16 +387,36 @@ def test_fetcher_copies_an_adapter_from_s3(fetcher, moto):
 
 def test_fetcher_once_stages_base_weights_as_an_init_container(moto, tmp_path):
     """`--once`: what init container `weights` runs; exit 0 with the weights in place, else non-zero."""
-    s3 = boto3.client("s3", endpoint_url=moto.url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket="fetch-once")
     s3.put_object(Bucket="fetch-once", Key="b/jobs/j1/model/config.json", Body=b'{"model_type": "llama"}')
     env = {**os.environ, **moto.env(), "OMP_WAIT_POLICY": "PASSIVE"}
 
     def once(source: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "inference.fetcher", "--root", str(tmp_path / "models"),
-                               "--once", source, "--name", "base"], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "inference.fetcher",
+                "--root",
+                str(tmp_path / "models"),
+                "--once",
+                source,
+                "--name",
+                "base",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     done = once("s3://fetch-once/b/jobs/j1/model/")
     assert done.returncode == 0, done.stderr
@@ -415,8 +513,13 @@ class SimulatedEngines:
                 kube.run_pod(ns, current["pod"])
                 current["ready"] = True
             ready = 1 if current is not None and current["ready"] else 0
-            status = {"observedGeneration": dep["metadata"].get("generation", 1), "replicas": 1 if current else 0,
-                      "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": 1 if current else 0}
+            status = {
+                "observedGeneration": dep["metadata"].get("generation", 1),
+                "replicas": 1 if current else 0,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "updatedReplicas": 1 if current else 0,
+            }
             if {k: dep.get("status", {}).get(k, 0) for k in status} != status:
                 kube.update("deployments", ns, name, lambda o, s=status: o.__setitem__("status", s))
 
@@ -451,10 +554,27 @@ class SimulatedEngines:
     def _start_pod(self, dep: dict, template: str) -> dict:
         name, spec = dep["metadata"]["name"], dep["spec"]["template"]
         pod_name = f"{name[:50]}-{len(self.pods_started.get(name, [])) + 1:05d}"
-        self.kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": pod_name, "namespace": self.ns, "labels": spec["metadata"]["labels"],
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
-                                 "uid": dep["metadata"]["uid"], "controller": True}]}, "spec": spec["spec"]})
+        self.kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": self.ns,
+                    "labels": spec["metadata"]["labels"],
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "name": name,
+                            "uid": dep["metadata"]["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": spec["spec"],
+            }
+        )
         self.kube.schedule_pod(self.ns, pod_name, node="cpu-node-1")
         self.pods_started.setdefault(name, []).append(pod_name)
         folder = self.workdir / pod_name
@@ -471,22 +591,58 @@ class SimulatedEngines:
             if argv[1:3] == ["-m", "inference"]:  # the engine container runs the fake engine (see the docstring)
                 python = FAKE_ENGINE_PYTHON
             local = {"python": python, "python3": python, "0.0.0.0": ip}
-            return [local.get(a) or next((str(path) + a[len(mount):] for mount, path in volumes.items()
-                                          if a == mount or a.startswith(mount + "/")), a) for a in argv]
+            return [
+                local.get(a)
+                or next(
+                    (
+                        str(path) + a[len(mount) :]
+                        for mount, path in volumes.items()
+                        if a == mount or a.startswith(mount + "/")
+                    ),
+                    a,
+                )
+                for a in argv
+            ]
 
         for init in spec["spec"].get("initContainers", []):  # in order, each to completion, as the kubelet does
             with open(folder / f"{init['name']}.log", "ab") as log:
-                done = subprocess.run(local_argv(init), cwd=REPO, env=self._container_env(init), stdout=log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
+                done = subprocess.run(
+                    local_argv(init),
+                    cwd=REPO,
+                    env=self._container_env(init),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    timeout=300,
+                )
             self.inits_run.append((pod_name, init["name"], done.returncode))
             if done.returncode != 0:
                 message = (folder / f"{init['name']}.log").read_text()[-500:]
-                self.kube.update("pods", self.ns, pod_name, lambda o, c=init["name"], rc=done.returncode, m=message:
-                                 o["status"].update(initContainerStatuses=[{
-                                     "name": c, "ready": False, "restartCount": 0, "image": "hone", "imageID": "",
-                                     "state": {"terminated": {"exitCode": rc, "reason": "Error", "message": m}}}]))
-                self.running[name] = {"pod": pod_name, "procs": [], "ready": False, "template": template,
-                                      "root": root, "health": ["http://127.0.0.1:1/never"]}
+                self.kube.update(
+                    "pods",
+                    self.ns,
+                    pod_name,
+                    lambda o, c=init["name"], rc=done.returncode, m=message: o["status"].update(
+                        initContainerStatuses=[
+                            {
+                                "name": c,
+                                "ready": False,
+                                "restartCount": 0,
+                                "image": "hone",
+                                "imageID": "",
+                                "state": {"terminated": {"exitCode": rc, "reason": "Error", "message": m}},
+                            }
+                        ]
+                    ),
+                )
+                self.running[name] = {
+                    "pod": pod_name,
+                    "procs": [],
+                    "ready": False,
+                    "template": template,
+                    "root": root,
+                    "health": ["http://127.0.0.1:1/never"],
+                }
                 return self.running[name]
         for container in spec["spec"]["containers"]:
             argv = local_argv(container)
@@ -494,11 +650,25 @@ class SimulatedEngines:
             probe = container["readinessProbe"]["httpGet"]
             health.append(f"http://{ip}:{port.get(probe['port'], probe['port'])}{probe['path']}")
             with open(folder / f"{container['name']}.log", "ab") as log:
-                procs.append(subprocess.Popen(argv, cwd=REPO, env=self._container_env(container), stdout=log,
-                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              start_new_session=True))
-        self.running[name] = {"pod": pod_name, "procs": procs, "ready": False, "template": template,
-                              "root": root, "health": health}
+                procs.append(
+                    subprocess.Popen(
+                        argv,
+                        cwd=REPO,
+                        env=self._container_env(container),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+        self.running[name] = {
+            "pod": pod_name,
+            "procs": procs,
+            "ready": False,
+            "template": template,
+            "root": root,
+            "health": health,
+        }
         return self.running[name]
 
     def _stop_pod(self, name: str, delete: bool = True) -> None:
@@ -523,8 +693,14 @@ def cluster(moto, tmp_path):
     kube = FakeKube(job_controller=False).start()
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace="hone")
     # The storage credentials engine pods get by envFrom (HONE_K8S_SECRET_NAME), as the kustomize base ships.
-    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hone-secrets", "namespace": "hone"},
-                 "data": {k: base64.b64encode(v.encode()).decode() for k, v in moto.env().items()}})
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hone-secrets", "namespace": "hone"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in moto.env().items()},
+        }
+    )
     engines = SimulatedEngines(kube, "hone", tmp_path / "pods").start()
     yield kube, engines, kubeconfig
     engines.stop()
@@ -536,18 +712,30 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
     from tests.support import HoneServer, jsonl, one_label_tickets, wait_endpoint, wait_job
 
     kube, engines, kubeconfig = cluster
-    env = {**moto.env(), "HONE_STORAGE_URL": "s3://hone-k8s-engines/blobs", "HONE_EXECUTOR": "local",
-           "HONE_ENDPOINT_BACKEND": "kubernetes", "HONE_K8S_KUBECONFIG": str(kubeconfig),
-           "HONE_K8S_NAMESPACE": "hone", "HONE_K8S_GPUS_PER_ENGINE": "0", "HONE_INFERENCE_ENGINE": "builtin",
-           "HONE_AUTO_DEPLOY": "true", "HONE_ENGINE_START_TIMEOUT_S": "120"}
+    env = {
+        **moto.env(),
+        "HONE_STORAGE_URL": "s3://hone-k8s-engines/blobs",
+        "HONE_EXECUTOR": "local",
+        "HONE_ENDPOINT_BACKEND": "kubernetes",
+        "HONE_K8S_KUBECONFIG": str(kubeconfig),
+        "HONE_K8S_NAMESPACE": "hone",
+        "HONE_K8S_GPUS_PER_ENGINE": "0",
+        "HONE_INFERENCE_ENGINE": "builtin",
+        "HONE_AUTO_DEPLOY": "true",
+        "HONE_ENGINE_START_TIMEOUT_S": "120",
+    }
     server = HoneServer(tmp_path / "server", env)
     try:
         project = server.new_project("k8s")
         client = project.openai()
         train, held_out = one_label_tickets(seed=3)
         file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
+        job = client.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=file.id,
+            seed=1,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}},
+        )
         job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=300)
         http = project.http()
         endpoint = wait_endpoint(http, job.fine_tuned_model)
@@ -573,8 +761,9 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
 
         # The sidecar fetched the adapter from S3 into the pod's /adapters, and vLLM's API loaded it from there.
         assert (pod_root / endpoint["id"] / "adapter_config.json").is_file()
-        assert (pod_root / endpoint["id"] / ".hone-source").read_text() == \
-            f"s3://hone-k8s-engines/blobs/jobs/{job.id}/adapter/"
+        assert (
+            pod_root / endpoint["id"] / ".hone-source"
+        ).read_text() == f"s3://hone-k8s-engines/blobs/jobs/{job.id}/adapter/"
         engine_url = f"http://{engines.ip(name)}:8000"
         cards = httpx.get(engine_url + "/v1/models", headers={"Authorization": f"Bearer {api_key}"}).json()["data"]
         assert {c["id"]: c["root"] for c in cards}[job.fine_tuned_model] == str(pod_root / endpoint["id"])
@@ -582,8 +771,9 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
 
         prompt = held_out[0]["messages"][:-1]
         # max_tokens 16 (was 8, enough for "Billing"): the fake's answer below is about ten tokens.
-        first = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=16,
-                                               temperature=0)
+        first = client.chat.completions.create(
+            model=job.fine_tuned_model, messages=prompt, max_tokens=16, temperature=0
+        )
         # The fake engine answers with a digest of the weights that answered: the adapter the sidecar fetched.
         assert first.choices[0].message.content == answer_of(pod_root / endpoint["id"])
 
@@ -592,14 +782,25 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
         # adapter loaded into the new pod, and the request answered once it is ready.
         first_pod = engines.pods_started[name][0]
         assert http.post("/v1/endpoints", json={"model": job.fine_tuned_model, "idle_timeout_s": 2}).status_code == 200
-        wait_for(lambda: http.get(f"/v1/endpoints/{endpoint['id']}").json()["state"] == "idle", 60, 0.3,
-                 what="the endpoint going idle")
-        wait_for(lambda: kube.get("deployments", "hone", name)["spec"]["replicas"] == 0 and
-                 kube.get("pods", "hone", first_pod) is None, 30, what="the Deployment scaling to zero")
+        wait_for(
+            lambda: http.get(f"/v1/endpoints/{endpoint['id']}").json()["state"] == "idle",
+            60,
+            0.3,
+            what="the endpoint going idle",
+        )
+        wait_for(
+            lambda: (
+                kube.get("deployments", "hone", name)["spec"]["replicas"] == 0
+                and kube.get("pods", "hone", first_pod) is None
+            ),
+            30,
+            what="the Deployment scaling to zero",
+        )
         assert kube.get("services", "hone", name) and kube.get("secrets", "hone", name)
         patches = [path for method, path in kube.requests if method == "PATCH" and name in path]
-        second = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt, max_tokens=16,
-                                                temperature=0)
+        second = client.chat.completions.create(
+            model=job.fine_tuned_model, messages=prompt, max_tokens=16, temperature=0
+        )
         assert second.choices[0].message.content == first.choices[0].message.content
         assert len([p for m, p in kube.requests if m == "PATCH" and name in p]) == len(patches) + 1  # to one
         assert http.post("/v1/endpoints", json={"model": job.fine_tuned_model, "idle_timeout_s": 0}).status_code == 200
@@ -613,8 +814,11 @@ def test_tuned_model_serves_from_a_kubernetes_deployment(cluster, moto, tmp_path
 
         # Deleting the endpoint deletes the engine's Deployment (its pod first), Service and Secret.
         assert http.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
-        wait_for(lambda: not any(kube.get(kind, "hone", name) for kind in ("deployments", "services", "secrets")),
-                 30, what="the engine's objects being deleted")
+        wait_for(
+            lambda: not any(kube.get(kind, "hone", name) for kind in ("deployments", "services", "secrets")),
+            30,
+            what="the engine's objects being deleted",
+        )
         assert not engines.running and not kube.list("pods", "hone")
         deletes = [path for method, path in kube.requests if method == "DELETE" and name in path]
         assert any("/deployments/" in p for p in deletes) and any("/services/" in p for p in deletes)

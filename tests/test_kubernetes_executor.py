@@ -38,16 +38,26 @@ def kube():
 
 
 def _job(name: str, labels: dict | None = None) -> dict:
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": name, "labels": labels or {"app": "t"}},
-            "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"app": "t"}}, "spec": {
-                "restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox"}]}}}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": labels or {"app": "t"}},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": {"app": "t"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox"}]},
+            },
+        },
+    }
 
 
 # --- the fake API server's semantics, through the real client ------------------------------------------
 
+
 def test_fake_api_create_get_list_conflict_and_not_found(kube, tmp_path):
     from kubernetes import config
+
     api_client = config.new_client_from_config(config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
     batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
     created = batch.create_namespaced_job(NS, _job("a", {"app": "t", "tier": "x"}))
@@ -58,7 +68,8 @@ def test_fake_api_create_get_list_conflict_and_not_found(kube, tmp_path):
     with pytest.raises(ApiException) as conflict:
         batch.create_namespaced_job(NS, _job("a"))
     assert conflict.value.status == 409 and '"reason": "AlreadyExists"' in conflict.value.body.replace(
-        '"reason":"', '"reason": "')
+        '"reason":"', '"reason": "'
+    )
     with pytest.raises(ApiException) as missing:
         batch.read_namespaced_job("nope", NS)
     assert missing.value.status == 404 and "NotFound" in missing.value.body
@@ -86,8 +97,7 @@ def test_fake_api_patch_status_log_and_watch(kube):
     api_client = kube.client()
     batch, core, apps = client.BatchV1Api(api_client), client.CoreV1Api(api_client), client.AppsV1Api(api_client)
     batch.create_namespaced_job(NS, _job("a"))
-    patched = batch.patch_namespaced_job("a", NS, {"metadata": {"labels": {"extra": "1"}},
-                                                   "status": {"active": 9}})
+    patched = batch.patch_namespaced_job("a", NS, {"metadata": {"labels": {"extra": "1"}}, "status": {"active": 9}})
     assert patched.metadata.labels["extra"] == "1" and patched.status.active != 9  # status only via /status
     assert batch.patch_namespaced_job_status("a", NS, {"status": {"active": 9}}).status.active == 9
 
@@ -100,10 +110,16 @@ def test_fake_api_patch_status_log_and_watch(kube):
     job = batch.read_namespaced_job("a", NS)
     assert job.status.succeeded == 1 and {c.type for c in job.status.conditions} >= {"Complete"}
 
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"x": "1"}},
-                  "spec": {"replicas": 1, "selector": {"matchLabels": {"x": "1"}},
-                           "template": {"metadata": {"labels": {"x": "1"}},
-                                        "spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "labels": {"x": "1"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"x": "1"}},
+            "template": {"metadata": {"labels": {"x": "1"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        },
+    }
     apps.create_namespaced_deployment(NS, deployment)
     scaled = apps.patch_namespaced_deployment_scale("d", NS, {"spec": {"replicas": 3}})
     assert scaled.spec.replicas == 3
@@ -112,12 +128,16 @@ def test_fake_api_patch_status_log_and_watch(kube):
     assert apps.read_namespaced_deployment_status("d", NS).status.ready_replicas == 3
 
     from kubernetes import watch
+
     rv = core.list_namespaced_pod(NS).metadata.resource_version
-    core.create_namespaced_service(NS, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
-                                        "spec": {"ports": [{"port": 80}]}})
+    core.create_namespaced_service(
+        NS, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}
+    )
     kube.update("pods", NS, pod, lambda p: p["metadata"]["labels"].update(seen="yes"))
-    events = [(e["type"], e["object"].metadata.labels.get("seen"))
-              for e in watch.Watch().stream(core.list_namespaced_pod, NS, resource_version=rv, timeout_seconds=1)]
+    events = [
+        (e["type"], e["object"].metadata.labels.get("seen"))
+        for e in watch.Watch().stream(core.list_namespaced_pod, NS, resource_version=rv, timeout_seconds=1)
+    ]
     assert events == [("MODIFIED", "yes")]
 
 
@@ -147,8 +167,9 @@ def test_fake_api_delete_propagation(kube, policy):
 
 def test_fake_api_finalizers_hold_deletion(kube):
     core = client.CoreV1Api(kube.client())
-    core.create_namespaced_config_map(NS, {"apiVersion": "v1", "kind": "ConfigMap",
-                                           "metadata": {"name": "c", "finalizers": ["example.com/hold"]}})
+    core.create_namespaced_config_map(
+        NS, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "finalizers": ["example.com/hold"]}}
+    )
     core.delete_namespaced_config_map("c", NS)
     assert core.read_namespaced_config_map("c", NS).metadata.deletion_timestamp is not None
     core.patch_namespaced_config_map("c", NS, {"metadata": {"finalizers": None}})
@@ -165,9 +186,18 @@ TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedu
 
 
 def _settings(tmp_path: Path, kube: FakeKube | None = None, **extra) -> Settings:
-    values = {"data_dir": tmp_path, "executor": "kubernetes", "k8s_namespace": NS, "k8s_gpus_per_job": 2,
-              "k8s_node_selector": {"hone.dev/gpu": "a100"}, "k8s_tolerations": [TOLERATION], "pause_grace_s": 45,
-              "k8s_job_deadline_s": 7200, "k8s_job_ttl_s": 600, "k8s_secret_name": "hone-secrets"}
+    values = {
+        "data_dir": tmp_path,
+        "executor": "kubernetes",
+        "k8s_namespace": NS,
+        "k8s_gpus_per_job": 2,
+        "k8s_node_selector": {"hone.dev/gpu": "a100"},
+        "k8s_tolerations": [TOLERATION],
+        "pause_grace_s": 45,
+        "k8s_job_deadline_s": 7200,
+        "k8s_job_ttl_s": 600,
+        "k8s_secret_name": "hone-secrets",
+    }
     if kube is not None:
         values["k8s_kubeconfig"] = kube.write_kubeconfig(tmp_path / "kubeconfig")
     values.update(extra)
@@ -194,7 +224,7 @@ def test_job_object_comes_from_the_shipped_template_and_validates_against_the_op
     assert settings.kubernetes.resolved_templates_dir == REPO / "deploy" / "kubernetes" / "base" / "templates"
     template = yaml.safe_load((settings.kubernetes.resolved_templates_dir / "trainer-job.yaml").read_text())
     kubernetes_validate.validate(template, "1.30", strict=True)
-    kustomization = (REPO / "deploy" / "kubernetes" / "base" / "kustomization.yaml")
+    kustomization = REPO / "deploy" / "kubernetes" / "base" / "kustomization.yaml"
     if kustomization.exists():  # the kustomize base ships this same file to the control plane
         assert "templates/trainer-job.yaml" in kustomization.read_text()
 
@@ -203,8 +233,12 @@ def test_job_object_comes_from_the_shipped_template_and_validates_against_the_op
     assert job["metadata"]["name"] == job_name(JOB_ID, 3) and len(job["metadata"]["name"]) <= 63
     assert job["metadata"]["name"].startswith("hone-train-ftjob-abcdefghijklmnopqrstuvwx-")
     assert job_name(JOB_ID, 3) != job_name(JOB_ID.lower(), 3)  # ids differing in case only stay apart
-    labels = {"app.kubernetes.io/name": "hone-trainer", "hone.dev/job-id": JOB_ID, "hone.dev/project-id": "proj_123",
-              "hone.dev/attempt": "3"}
+    labels = {
+        "app.kubernetes.io/name": "hone-trainer",
+        "hone.dev/job-id": JOB_ID,
+        "hone.dev/project-id": "proj_123",
+        "hone.dev/attempt": "3",
+    }
     assert labels.items() <= job["metadata"]["labels"].items()
     assert labels.items() <= job["spec"]["template"]["metadata"]["labels"].items()
     spec = job["spec"]
@@ -222,8 +256,9 @@ def test_job_object_comes_from_the_shipped_template_and_validates_against_the_op
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
 
-    cpu = build_job(_settings(tmp_path, k8s_gpus_per_job=0, k8s_node_selector={}, k8s_tolerations=[]), JOB_ID, 1,
-                    "file:///x")
+    cpu = build_job(
+        _settings(tmp_path, k8s_gpus_per_job=0, k8s_node_selector={}, k8s_tolerations=[]), JOB_ID, 1, "file:///x"
+    )
     kubernetes_validate.validate(cpu, "1.30", strict=True)
     assert "nvidia.com/gpu" not in json.dumps(cpu) and "nodeSelector" not in cpu["spec"]["template"]["spec"]
 
@@ -335,8 +370,7 @@ def test_unschedulable_and_image_pull_failures_are_events_not_exits(kube, execut
 
 @pytest.mark.parametrize("trouble", ["unschedulable", "image"])
 def test_a_pod_stuck_past_its_timeout_ends_the_run_with_an_error_no_retry_mends(kube, tmp_path, trouble):
-    executor = open_executor(_settings(tmp_path, kube, k8s_unschedulable_timeout_s=0.5,
-                                       k8s_image_pull_timeout_s=0.5))
+    executor = open_executor(_settings(tmp_path, kube, k8s_unschedulable_timeout_s=0.5, k8s_image_pull_timeout_s=0.5))
     executor.launch(JOB_ID, 1, "file:///spec.json")
     pod = _pod(kube, job_name(JOB_ID, 1))
     if trouble == "unschedulable":
@@ -345,11 +379,15 @@ def test_a_pod_stuck_past_its_timeout_ends_the_run_with_an_error_no_retry_mends(
         kube.image_pull_backoff(NS, pod)
     assert executor.reap() == []  # still within its time
     ended = _reap_one(executor)
-    code, setting = (("no_gpu_capacity", "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S") if trouble == "unschedulable" else
-                     ("image_pull_failed", "HONE_K8S_IMAGE_PULL_TIMEOUT_S"))
+    code, setting = (
+        ("no_gpu_capacity", "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S")
+        if trouble == "unschedulable"
+        else ("image_pull_failed", "HONE_K8S_IMAGE_PULL_TIMEOUT_S")
+    )
     assert ended.error["code"] == code and f"Gave up after 0.5 s ({setting})" in ended.error["message"]
-    assert ("Insufficient nvidia.com/gpu" if trouble == "unschedulable" else "cannot be pulled") \
-        in ended.error["message"]
+    assert ("Insufficient nvidia.com/gpu" if trouble == "unschedulable" else "cannot be pulled") in ended.error[
+        "message"
+    ]
     assert ended.error["message"] in ended.log.decode()
     # The Job and its pod are deleted (the pod's finalizer released first), and nothing is tracked any more.
     FakeKube.wait_for(lambda: not kube.list("jobs", NS) and not kube.list("pods", NS))
@@ -391,8 +429,11 @@ def test_cancel_deletes_the_job_with_foreground_propagation(kube, executor):
     kube.run_pod(NS, pod)
     deletions_before = len(kube.requests)
     seen = []
-    kube.add_listener(lambda kind, plural, obj: seen.append((kind, plural, obj["metadata"]["name"],
-                                                             obj["metadata"].get("finalizers"))))
+    kube.add_listener(
+        lambda kind, plural, obj: seen.append(
+            (kind, plural, obj["metadata"]["name"], obj["metadata"].get("finalizers"))
+        )
+    )
     executor.stop(JOB_ID, kill=True)
     assert ("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/{name}") in kube.requests[deletions_before:]
     assert ("DELETE", f"/api/v1/namespaces/{NS}/pods/{pod}") in kube.requests[deletions_before:]
@@ -474,6 +515,7 @@ def test_an_unreachable_api_server_is_an_oserror_at_launch_and_nothing_ends(kube
 
 # --- through the real control plane: a kubelet thread runs the trainer pods as local processes -------------
 
+
 class LocalKubelet:
     """Plays the node: runs each new trainer pod's container as `python -m trainer --spec ...` on this machine
     with the pod's env, reports it Running, sends SIGTERM when the pod is deleted (or preempted), and marks the
@@ -501,9 +543,18 @@ class LocalKubelet:
 
     def preempt(self, pod: str) -> None:
         """The scheduler preempts the pod for a higher-priority one: DisruptionTarget, then SIGTERM."""
-        self.kube.update("pods", NS, pod, lambda p: self.kube._set_condition(
-            p["status"], "DisruptionTarget", "True", "PreemptionByScheduler",
-            "default-scheduler: preempting to accommodate a higher priority pod"))
+        self.kube.update(
+            "pods",
+            NS,
+            pod,
+            lambda p: self.kube._set_condition(
+                p["status"],
+                "DisruptionTarget",
+                "True",
+                "PreemptionByScheduler",
+                "default-scheduler: preempting to accommodate a higher priority pod",
+            ),
+        )
         self.preempting.add(pod)
         self.procs[pod][0].send_signal(signal.SIGTERM)
 
@@ -515,8 +566,14 @@ class LocalKubelet:
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         out = self.log_dir / f"{name}.log"
         with open(out, "wb") as log:
-            proc = subprocess.Popen([sys.executable, *container["command"][1:], *container["args"]], cwd=REPO,
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, *container["command"][1:], *container["args"]],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self.procs[name] = (proc, out)
         self.started.append(name)
         self.kube.run_pod(NS, name)
@@ -548,10 +605,11 @@ class LocalKubelet:
                 if code is not None:
                     disruption = None
                     if any(c["type"] == "DisruptionTarget" for c in pod["status"].get("conditions", [])):
-                        disruption = ("PreemptionByScheduler", "default-scheduler: preempting to accommodate a "
-                                      "higher priority pod")
-                    self.kube.terminate_pod(NS, name, code, log=out.read_text(errors="replace"),
-                                            disruption=disruption)
+                        disruption = (
+                            "PreemptionByScheduler",
+                            "default-scheduler: preempting to accommodate a higher priority pod",
+                        )
+                    self.kube.terminate_pod(NS, name, code, log=out.read_text(errors="replace"), disruption=disruption)
 
 
 @pytest.fixture(scope="module")
@@ -560,8 +618,14 @@ def cluster(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("k8s-control-plane")
     with FakeKube() as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
-        env = {"HONE_EXECUTOR": "kubernetes", "HONE_K8S_KUBECONFIG": str(kubeconfig), "HONE_K8S_GPUS_PER_JOB": "0",
-               "HONE_K8S_NAMESPACE": NS, "HONE_K8S_MAX_PARALLEL_JOBS": "2", "HONE_K8S_IMAGE_PULL_TIMEOUT_S": "3"}
+        env = {
+            "HONE_EXECUTOR": "kubernetes",
+            "HONE_K8S_KUBECONFIG": str(kubeconfig),
+            "HONE_K8S_GPUS_PER_JOB": "0",
+            "HONE_K8S_NAMESPACE": NS,
+            "HONE_K8S_MAX_PARALLEL_JOBS": "2",
+            "HONE_K8S_IMAGE_PULL_TIMEOUT_S": "3",
+        }
         server = HoneServer(tmp_path / "srv", env)
         try:
             yield kube, server
@@ -575,12 +639,15 @@ def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(cluster, tmp_
     client_ = project.openai()
     train = client_.files.create(file=("train.jsonl", chat_dataset(12)), purpose="fine-tune")
     with LocalKubelet(kube, tmp_path, hold={"hone-train-"}) as kubelet:
-        job = client_.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id,
-                                              method={"type": "supervised", "supervised": {"hyperparameters": {
-                                                  "n_epochs": 1, "batch_size": 4}}})
+        job = client_.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=train.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+        )
         # No GPU free at first: the job says so, and runs once a node has one.
-        FakeKube.wait_for(lambda: any("cannot be scheduled" in e.message for e in all_events(client_, job.id)),
-                          timeout=20)
+        FakeKube.wait_for(
+            lambda: any("cannot be scheduled" in e.message for e in all_events(client_, job.id)), timeout=20
+        )
         kubelet.hold.clear()
         done = wait_job(client_, job.id, lambda j: j.status == "succeeded", timeout=120)
         assert done.fine_tuned_model and done.trained_tokens
@@ -592,8 +659,12 @@ def test_a_job_trains_to_succeeded_through_the_kubernetes_executor(cluster, tmp_
         assert any("Insufficient nvidia.com/gpu" in m for m in messages)
         assert any("is running on node" in m for m in messages)
         # The pod's log (the trainer's own JSON lines) is uploaded as the attempt's log once the run is reaped.
-        log = FakeKube.wait_for(lambda: [p for p in Path(k8s_server.data_dir).rglob("attempt-1.log")
-                                         if job.id in p.parts and p.stat().st_size], timeout=10)[0]
+        log = FakeKube.wait_for(
+            lambda: [
+                p for p in Path(k8s_server.data_dir).rglob("attempt-1.log") if job.id in p.parts and p.stat().st_size
+            ],
+            timeout=10,
+        )[0]
         assert f'"job_id": "{job.id}"' in log.read_text()
 
 
@@ -603,17 +674,26 @@ def test_preempted_trainer_resumes_from_its_checkpoint_through_the_control_plane
     data = jsonl([chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.") for i in range(30)])
     train = client_.files.create(file=("train.jsonl", data), purpose="fine-tune")
     with LocalKubelet(kube, tmp_path) as kubelet:
-        job = client_.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id,
-                                              method={"type": "supervised", "supervised": {"hyperparameters": {
-                                                  "n_epochs": 1, "batch_size": 1}}})
+        job = client_.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=train.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1}}},
+        )
         wait_job(client_, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
         kubelet.preempt(kubelet.started[0])
         done = wait_job(client_, job.id, lambda j: j.status == "succeeded", timeout=120)
-        FakeKube.wait_for(lambda: not kube.list("pods", NS, f"hone.dev/job-id={job.id},hone.dev/attempt=2")[0]
-                          ["metadata"].get("finalizers"), timeout=20)  # reaped
+        FakeKube.wait_for(
+            lambda: (
+                not kube.list("pods", NS, f"hone.dev/job-id={job.id},hone.dev/attempt=2")[0]["metadata"].get(
+                    "finalizers"
+                )
+            ),
+            timeout=20,
+        )  # reaped
     assert len(kubelet.started) == 2  # a second Job (attempt 2) resumed
-    assert sorted(j["metadata"]["labels"]["hone.dev/attempt"]
-                  for j in kube.list("jobs", NS, f"hone.dev/job-id={job.id}")) == ["1", "2"]
+    assert sorted(
+        j["metadata"]["labels"]["hone.dev/attempt"] for j in kube.list("jobs", NS, f"hone.dev/job-id={job.id}")
+    ) == ["1", "2"]
     messages = [e.message for e in all_events(client_, job.id)]
     assert any("was preempted" in m and "resumes from its last checkpoint" in m for m in messages), messages
     assert any(m.startswith("Trainer was stopped; requeued to resume from checkpoint step") for m in messages)
@@ -640,6 +720,7 @@ def test_a_trainer_image_that_cannot_be_pulled_fails_the_job_once_with_an_error_
 
 def test_the_shipped_role_grants_what_the_executor_needs():
     from service.executors.kubernetes import REQUIRED_RBAC
+
     documents = list(yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "base" / "rbac.yaml").read_text()))
     (role,) = [d for d in documents if d and d.get("kind") == "Role"]
     granted: dict[tuple[str, str], set[str]] = {}
@@ -647,6 +728,7 @@ def test_the_shipped_role_grants_what_the_executor_needs():
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
-    missing = {key: verbs - granted.get(key, set()) for key, verbs in REQUIRED_RBAC.items()
-               if verbs - granted.get(key, set())}
+    missing = {
+        key: verbs - granted.get(key, set()) for key, verbs in REQUIRED_RBAC.items() if verbs - granted.get(key, set())
+    }
     assert not missing

@@ -23,8 +23,19 @@ from inference.launcher import EngineLaunch, choose_engine, engine_command
 from tests.support import REPO, free_port
 from tests.test_engine_protocol import CHAT, PINNED_TEMPLATE, SERVED, EngineProcess, base_model, make_adapter
 
-FLAGS = ["--served-model-name", "base", "--host", "0.0.0.0", "--port", "8001", "--enable-lora", "--max-loras", "2",
-         "--max-cpu-loras", "6"]
+FLAGS = [
+    "--served-model-name",
+    "base",
+    "--host",
+    "0.0.0.0",
+    "--port",
+    "8001",
+    "--enable-lora",
+    "--max-loras",
+    "2",
+    "--max-cpu-loras",
+    "6",
+]
 
 
 def command(engine, **overrides):
@@ -34,23 +45,39 @@ def command(engine, **overrides):
 
 # --- command lines --------------------------------------------------------------------------------------
 
+
 def test_vllm_command(tmp_path):
     launch = command("vllm", python="/nonexistent/bin/python")
-    assert launch == EngineLaunch(["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16"],
-                                  {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
+    assert launch == EngineLaunch(
+        ["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16"], {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    )
     # The vllm script beside the interpreter (same virtualenv) wins over PATH.
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "vllm").write_text("#!/bin/sh\n")
-    launch = command("vllm", python=str(tmp_path / "bin" / "python"), max_model_len=4096, api_key="sk-x",
-                     chat_template="/t/chat.jinja")
-    assert launch.argv == [str(tmp_path / "bin" / "vllm"), "serve", "/models/base", *FLAGS, "--max-lora-rank", "16",
-                           "--max-model-len", "4096", "--chat-template", "/t/chat.jinja"]
+    launch = command(
+        "vllm",
+        python=str(tmp_path / "bin" / "python"),
+        max_model_len=4096,
+        api_key="sk-x",
+        chat_template="/t/chat.jinja",
+    )
+    assert launch.argv == [
+        str(tmp_path / "bin" / "vllm"),
+        "serve",
+        "/models/base",
+        *FLAGS,
+        "--max-lora-rank",
+        "16",
+        "--max-model-len",
+        "4096",
+        "--chat-template",
+        "/t/chat.jinja",
+    ]
     assert launch.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_API_KEY": "sk-x"}  # not on argv: ps shows it
     assert not any(a.startswith("--api-server-count") for a in launch.argv)
 
 
-@pytest.mark.parametrize("rank, served", [(1, 1), (2, 8), (8, 8), (9, 16), (20, 32), (64, 64), (300, 320),
-                                          (512, 512)])
+@pytest.mark.parametrize("rank, served", [(1, 1), (2, 8), (8, 8), (9, 16), (20, 32), (64, 64), (300, 320), (512, 512)])
 def test_lora_rank_rounds_up_to_what_vllm_accepts(rank, served):
     for engine in ("vllm", "builtin"):
         argv = command(engine, max_lora_rank=rank).argv
@@ -68,8 +95,18 @@ def test_invalid_launch_settings():
 
 def test_builtin_command_is_accepted_by_the_engine_cli():
     launch = command("builtin", python="/venv/bin/python", max_model_len=512, api_key="k")
-    assert launch.argv == ["/venv/bin/python", "-m", "inference", "--model", "/models/base", *FLAGS,
-                           "--max-lora-rank", "16", "--max-model-len", "512"]
+    assert launch.argv == [
+        "/venv/bin/python",
+        "-m",
+        "inference",
+        "--model",
+        "/models/base",
+        *FLAGS,
+        "--max-lora-rank",
+        "16",
+        "--max-model-len",
+        "512",
+    ]
     assert launch.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_API_KEY": "k"}
     from inference.__main__ import parse_args
 
@@ -78,9 +115,17 @@ def test_builtin_command_is_accepted_by_the_engine_cli():
         args = parse_args(launch.argv[3:])
     finally:
         del os.environ["VLLM_API_KEY"]
-    assert (args.model, args.served_model_name, args.port, args.enable_lora, args.max_loras, args.max_cpu_loras,
-            args.max_lora_rank, args.max_model_len, args.api_key) == ("/models/base", "base", 8001, True, 2, 6, 16,
-                                                                      512, "k")
+    assert (
+        args.model,
+        args.served_model_name,
+        args.port,
+        args.enable_lora,
+        args.max_loras,
+        args.max_cpu_loras,
+        args.max_lora_rank,
+        args.max_model_len,
+        args.api_key,
+    ) == ("/models/base", "base", 8001, True, 2, 6, 16, 512, "k")
 
 
 def test_launcher_and_client_do_not_import_torch():
@@ -90,6 +135,7 @@ def test_launcher_and_client_do_not_import_torch():
 
 
 # --- engine choice ---------------------------------------------------------------------------------------
+
 
 def test_choose_engine_as_given():
     assert choose_engine("vllm") == "vllm" and choose_engine("builtin") == "builtin"
@@ -120,19 +166,27 @@ def test_choose_engine_auto(tmp_path, monkeypatch):
 
 # --- EngineClient against the built-in engine -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("client-adapters")
-    return {"x": make_adapter(root / "x", 21), "y": make_adapter(root / "y", 22),
-            "pinned": make_adapter(root / "pinned", 23, serving={"chat_template": PINNED_TEMPLATE,
-                                                                 "stop_token_ids": [2]}),
-            "rank32": make_adapter(root / "rank32", 24, rank=32)}
+    return {
+        "x": make_adapter(root / "x", 21),
+        "y": make_adapter(root / "y", 22),
+        "pinned": make_adapter(root / "pinned", 23, serving={"chat_template": PINNED_TEMPLATE, "stop_token_ids": [2]}),
+        "rank32": make_adapter(root / "rank32", 24, rank=32),
+    }
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, adapters):
-    process = EngineProcess(tmp_path_factory.mktemp("client-engine") / "engine.log", max_loras=1, max_cpu_loras=2,
-                            max_lora_rank=16, api_key="sk-client")
+    process = EngineProcess(
+        tmp_path_factory.mktemp("client-engine") / "engine.log",
+        max_loras=1,
+        max_cpu_loras=2,
+        max_lora_rank=16,
+        api_key="sk-client",
+    )
     try:
         yield process
     finally:
@@ -199,14 +253,17 @@ def test_tokenize_renders_like_the_trainer(client, adapters):
     client.load_adapter("ft-pinned", str(adapters["pinned"]))
     for model, template in ((SERVED, tokenizer.chat_template), ("ft-pinned", PINNED_TEMPLATE)):
         for add_generation_prompt in (True, False):
-            text = tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                 chat_template=template)
+            text = tokenizer.apply_chat_template(
+                CHAT, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
+            )
             expected = tokenizer(text, add_special_tokens=False)["input_ids"]
             assert client.tokenize(model, messages=CHAT, add_generation_prompt=add_generation_prompt) == expected
     assert client.tokenize(SERVED, messages=CHAT) != client.tokenize("ft-pinned", messages=CHAT)
     assert client.tokenize(SERVED, prompt="refund please") == tokenizer("refund please")["input_ids"]
-    assert client.tokenize(SERVED, prompt="hi", add_special_tokens=False) == tokenizer("hi", add_special_tokens=False)[
-        "input_ids"]
+    assert (
+        client.tokenize(SERVED, prompt="hi", add_special_tokens=False)
+        == tokenizer("hi", add_special_tokens=False)["input_ids"]
+    )
     with pytest.raises(ValueError):
         client.tokenize(SERVED)
 
@@ -219,12 +276,15 @@ def test_client_needs_the_key(engine):
     assert (caught.value.status, caught.value.message) == (401, "Unauthorized")
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"error": {"message": "nested", "type": "NotFoundError", "param": None, "code": 404}}, "nested"),
-    ({"object": "error", "message": "flat", "type": "NotFoundError", "param": None, "code": 404}, "flat"),
-    ({"error": "Unauthorized"}, "Unauthorized"),
-    ({"detail": "Not Found"}, "Not Found"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"error": {"message": "nested", "type": "NotFoundError", "param": None, "code": 404}}, "nested"),
+        ({"object": "error", "message": "flat", "type": "NotFoundError", "param": None, "code": 404}, "flat"),
+        ({"error": "Unauthorized"}, "Unauthorized"),
+        ({"detail": "Not Found"}, "Not Found"),
+    ],
+)
 def test_both_error_envelopes_are_read(body, message):
     assert error_message(httpx.Response(404, content=json.dumps(body).encode())) == message
     assert error_message(httpx.Response(500, content=b"plain failure")) == "plain failure"

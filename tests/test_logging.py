@@ -46,6 +46,7 @@ def records():
 
 # --- the control plane's log context, in-process ------------------------------------------------------------
 
+
 def test_log_context_nests_and_ends_and_explicit_extra_wins(records):
     log = logging.getLogger("test.logging")
     with log_context(job_id="ftjob-a"):
@@ -112,6 +113,7 @@ def test_access_middleware_context_per_request_no_leak_and_streaming(records):
             for i in range(3):
                 log.info("chunk", extra={"i": i})
                 yield f"part{i};"
+
         return StreamingResponse(chunks())
 
     app = AccessLogMiddleware(Starlette(routes=[Route("/jobs/{job_id}", job), Route("/stream", stream)]))
@@ -135,12 +137,17 @@ def test_access_middleware_context_per_request_no_leak_and_streaming(records):
     assert [c.request_id for c in chunk_lines] == [second.headers["x-request-id"]] * 3
     assert all(not hasattr(c, "job_id") and not hasattr(c, "project_id") for c in chunk_lines)
     assert not hasattr(between, "request_id")
-    assert (access[0].request_id, access[0].project_id, access[0].job_id, access[0].status) == \
-        ("trace-1", "proj_x", "ftjob-1", 200)
+    assert (access[0].request_id, access[0].project_id, access[0].job_id, access[0].status) == (
+        "trace-1",
+        "proj_x",
+        "ftjob-1",
+        200,
+    )
     assert access[1].request_id == second.headers["x-request-id"] and not hasattr(access[1], "job_id")
 
 
 # --- the control plane, as a process -----------------------------------------------------------------------
+
 
 def test_server_logs_carry_request_project_and_path_ids(tmp_path):
     server = HoneServer(tmp_path / "srv")
@@ -149,8 +156,12 @@ def test_server_logs_carry_request_project_and_path_ids(tmp_path):
         with project.http() as http:
             missing = http.get("/v1/fine_tuning/jobs/ftjob-nosuchjob", headers={"x-request-id": "trace-job-404"})
             assert missing.status_code == 404 and missing.headers["x-request-id"] == "trace-job-404"
-            uploaded = http.post("/v1/files", files={"file": ("t.jsonl", chat_dataset(10))},
-                                 data={"purpose": "fine-tune"}, headers={"x-request-id": "trace-upload"})
+            uploaded = http.post(
+                "/v1/files",
+                files={"file": ("t.jsonl", chat_dataset(10))},
+                data={"purpose": "fine-tune"},
+                headers={"x-request-id": "trace-upload"},
+            )
             assert uploaded.status_code == 200 and uploaded.headers["x-request-id"] == "trace-upload"
             file_id = uploaded.json()["id"]
             assert http.get(f"/v1/files/{file_id}", headers={"x-request-id": "trace-file"}).status_code == 200
@@ -161,22 +172,36 @@ def test_server_logs_carry_request_project_and_path_ids(tmp_path):
     records = json_lines(server.logs())
     access = {r["request_id"]: r for r in records if r["logger"] == "hone.access"}
     assert access["trace-job-404"] | {"duration_ms": 0, "ts": 0} == {
-        "ts": 0, "level": "info", "logger": "hone.access", "msg": "request", "request_id": "trace-job-404",
-        "method": "GET", "path": "/v1/fine_tuning/jobs/ftjob-nosuchjob", "status": 404, "duration_ms": 0,
-        "project_id": project.project_id, "job_id": "ftjob-nosuchjob"}
+        "ts": 0,
+        "level": "info",
+        "logger": "hone.access",
+        "msg": "request",
+        "request_id": "trace-job-404",
+        "method": "GET",
+        "path": "/v1/fine_tuning/jobs/ftjob-nosuchjob",
+        "status": 404,
+        "duration_ms": 0,
+        "project_id": project.project_id,
+        "job_id": "ftjob-nosuchjob",
+    }
     assert access["trace-file"]["file_id"] == file_id and access["trace-file"]["project_id"] == project.project_id
     # Refused before auth resolved a project: the path's id is still there, no project.
     assert access["trace-401"]["job_id"] == "ftjob-x" and access["trace-401"]["project_id"] is None
     # A line the handler logs (not the access line) carries the request's id and project too.
     [upload] = [r for r in records if r["msg"] == "file uploaded"]
-    assert (upload["request_id"], upload["project_id"], upload["file_id"], upload["logger"]) == \
-        ("trace-upload", project.project_id, file_id, "hone.api")
+    assert (upload["request_id"], upload["project_id"], upload["file_id"], upload["logger"]) == (
+        "trace-upload",
+        project.project_id,
+        file_id,
+        "hone.api",
+    )
     # Lines outside requests carry no request's fields.
     ready = next(r for r in records if r["msg"] == "hone control plane ready")
     assert "request_id" not in ready and "project_id" not in ready
 
 
 # --- the trainer's logging, as a process (a real job's log is checked in test_training.py) -----------------
+
 
 def test_trainer_log_lines_carry_the_job(tmp_path):
     script = (
@@ -188,10 +213,10 @@ def test_trainer_log_lines_carry_the_job(tmp_path):
         "t = threading.Thread(target=lambda: logging.getLogger('hone.trainer.report').warning('from a thread'))\n"
         "t.start(); t.join()\n"
         "warnings.warn('a library warning')\n"
-        "raise RuntimeError('boom')\n")
+        "raise RuntimeError('boom')\n"
+    )
     env = {**os.environ, "HONE_JOB_ID": "ftjob-fromenv", "HONE_JOB_ATTEMPT": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     parsed = [json.loads(line) for line in lines]  # every line is JSON, the crash's traceback included
@@ -205,25 +230,37 @@ def test_trainer_log_lines_carry_the_job(tmp_path):
 
 # --- the built-in engine, as a process ---------------------------------------------------------------------
 
+
 def test_engine_logs_are_json_with_engine_endpoint_request_and_adapter(tmp_path, monkeypatch):
     from tests.test_engine_protocol import SERVED, EngineProcess, make_adapter
 
     adapter = make_adapter(tmp_path / "adapter", seed=11)
     monkeypatch.setenv("HONE_ENDPOINT_ENGINE", "ep-logtest")
     monkeypatch.setenv("HONE_ENDPOINT_ID", "ep-logtest")
-    engine = EngineProcess(tmp_path / "engine.log", max_loras=1, max_cpu_loras=1, max_lora_rank=16,
-                           max_model_len=128)
+    engine = EngineProcess(tmp_path / "engine.log", max_loras=1, max_cpu_loras=1, max_lora_rank=16, max_model_len=128)
     name = "ft:hone-tiny:logging:x:ftjob-abc"
     try:
         engine.wait()
         with httpx.Client(base_url=engine.url, timeout=60) as http:
-            assert http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(adapter)},
-                             headers={"x-request-id": "trace-load"}).status_code == 200
-            done = http.post("/v1/completions", json={"model": name, "prompt": "hi", "max_tokens": 2},
-                             headers={"x-request-id": "trace-engine"})
+            assert (
+                http.post(
+                    "/v1/load_lora_adapter",
+                    json={"lora_name": name, "lora_path": str(adapter)},
+                    headers={"x-request-id": "trace-load"},
+                ).status_code
+                == 200
+            )
+            done = http.post(
+                "/v1/completions",
+                json={"model": name, "prompt": "hi", "max_tokens": 2},
+                headers={"x-request-id": "trace-engine"},
+            )
             assert done.status_code == 200, done.text
-            streamed = http.post("/v1/completions", json={"model": SERVED, "prompt": "hi", "max_tokens": 2,
-                                                          "stream": True}, headers={"x-request-id": "trace-stream"})
+            streamed = http.post(
+                "/v1/completions",
+                json={"model": SERVED, "prompt": "hi", "max_tokens": 2, "stream": True},
+                headers={"x-request-id": "trace-stream"},
+            )
             assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
             assert http.post("/v1/unload_lora_adapter", json={"lora_name": name}).status_code == 200
             for _ in range(3):

@@ -19,9 +19,16 @@ def add_tuned_model(server, project, client, base: str = "acme/tiny-chat") -> st
     assert model_id == f"ft:{base}:test-project:sfx:{job.id}"  # DESIGN.md's naming contract
     engine = create_engine(server.database_url)
     with engine.begin() as conn:
-        conn.execute(insert(TunedModel).values(id=model_id, project_id=project.project_id, job_id=job.id,
-                                               base_model=base, created_at=1700000000,
-                                               storage_prefix=f"jobs/{job.id}/adapter/"))
+        conn.execute(
+            insert(TunedModel).values(
+                id=model_id,
+                project_id=project.project_id,
+                job_id=job.id,
+                base_model=base,
+                created_at=1700000000,
+                storage_prefix=f"jobs/{job.id}/adapter/",
+            )
+        )
     engine.dispose()
     return model_id
 

@@ -47,9 +47,15 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = open(folder / "prometheus.log", "ab")
         self.proc = subprocess.Popen(
-            [shutil.which("prometheus") or "/usr/bin/prometheus", f"--config.file={folder / 'prometheus.yml'}",
-             f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address={self.url[len('http://'):]}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                shutil.which("prometheus") or "/usr/bin/prometheus",
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address={self.url[len('http://') :]}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         wait_http(self.url + "/-/ready", proc=self.proc, timeout=60)
 
     def query(self, promql: str) -> list[dict]:
@@ -87,18 +93,32 @@ def scrape_config(server: HoneServer, credentials: Path) -> dict:
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(REPO / "deploy" / "prometheus" / "alerts.yml")],
         "scrape_configs": [
-            {"job_name": "hone", "static_configs": [{"targets": [server.base_url[len("http://"):]]}]},
-            {"job_name": "hone-engines", "http_sd_configs": [{
-                "url": server.base_url + "/v1/admin/prometheus/targets", "refresh_interval": "1s",
-                "authorization": {"type": "Bearer", "credentials_file": str(credentials)}}]},
-        ]}
+            {"job_name": "hone", "static_configs": [{"targets": [server.base_url[len("http://") :]]}]},
+            {
+                "job_name": "hone-engines",
+                "http_sd_configs": [
+                    {
+                        "url": server.base_url + "/v1/admin/prometheus/targets",
+                        "refresh_interval": "1s",
+                        "authorization": {"type": "Bearer", "credentials_file": str(credentials)},
+                    }
+                ],
+            },
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory, moto):
     postgres = PostgresDatabase()
-    env = {**moto.env(), "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-observe/blobs",
-           "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true", "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON}
+    env = {
+        **moto.env(),
+        "HONE_DATABASE_URL": postgres.url,
+        "HONE_STORAGE_URL": "s3://hone-observe/blobs",
+        "HONE_LOCAL_SLOTS": "1",
+        "HONE_AUTO_DEPLOY": "true",
+        "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON,
+    }
     folder = tmp_path_factory.mktemp("observability")
     server = HoneServer(folder / "server", env)
     prometheus = Prometheus(folder / "prometheus", scrape_config(server, folder / "admin-key"))
@@ -116,8 +136,12 @@ def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
     client = project.openai()
     train, held_out = make(count=120, seed=3)
     file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=file.id,
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}},
+    )
     selector = f'job_id="{job.id}"'
 
     # While it trains: per-job series from the trainer's reports.
@@ -140,10 +164,15 @@ def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
 
     # Serve a few requests through the gateway, one streamed.
     prompts = [row["messages"][:-1] for row in held_out[:3]]
-    replies = [client.chat.completions.create(model=job.fine_tuned_model, messages=p, max_tokens=8, temperature=0)
-               for p in prompts[:2]]
-    list(client.chat.completions.create(model=job.fine_tuned_model, messages=prompts[2], max_tokens=8,
-                                        temperature=0, stream=True))
+    replies = [
+        client.chat.completions.create(model=job.fine_tuned_model, messages=p, max_tokens=8, temperature=0)
+        for p in prompts[:2]
+    ]
+    list(
+        client.chat.completions.create(
+            model=job.fine_tuned_model, messages=prompts[2], max_tokens=8, temperature=0, stream=True
+        )
+    )
     prompt_tokens = sum(r.usage.prompt_tokens for r in replies)
 
     # Tokens counted while training match the job's trained_tokens.
@@ -162,7 +191,7 @@ def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
     assert prometheus.value(f"hone_gateway_time_to_first_token_seconds_count{{{model}}}") == 1
     assert prometheus.value(f"hone_gateway_request_duration_seconds_count{{{model}}}") == 3
     assert prometheus.value("sum(hone_adapter_load_seconds_count)") >= 1
-    assert prometheus.value(f'hone_endpoint_up{{{model}}}') == 1
+    assert prometheus.value(f"hone_endpoint_up{{{model}}}") == 1
     assert prometheus.value('hone_endpoints{state="ready"}') == 1
     assert prometheus.value('hone_http_requests_total{method="POST",route="/v1/fine_tuning/jobs",status="200"}') == 1
     assert prometheus.value('sum(hone_storage_operation_seconds_count{backend="s3"})') > 0
@@ -177,7 +206,7 @@ def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
             sd = admin.get("/v1/admin/prometheus/targets").json()
         raise AssertionError(f"SD {sd}; targets {httpx.get(prometheus.url + '/api/v1/targets').json()}") from None
     assert up[0]["metric"]["model"] == job.fine_tuned_model
-    generated = prometheus.wait_for(f'sum(vllm:generation_tokens_total{{{engine}}}) > 0')
+    generated = prometheus.wait_for(f"sum(vllm:generation_tokens_total{{{engine}}}) > 0")
     assert float(generated[0]["value"][1]) >= sum(r.usage.completion_tokens for r in replies)
     assert prometheus.value(f"sum(vllm:prompt_tokens_total{{{engine}}})") >= prompt_tokens
     assert prometheus.value(f"sum(vllm:e2e_request_latency_seconds_count{{{engine}}})") >= 3
@@ -195,9 +224,15 @@ def test_prometheus_sees_a_job_train_and_its_model_serve(observed):
     groups = httpx.get(prometheus.url + "/api/v1/rules").json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
     assert {"HoneTrainerStalled", "HoneEndpointDown", "HoneGateway5xxRatioHigh"} <= {r["name"] for r in rules}
-    prometheus.wait_for("vector(1)", until=lambda _: all(
-        r["health"] == "ok" for g in httpx.get(prometheus.url + "/api/v1/rules").json()["data"]["groups"]
-        for r in g["rules"]), timeout=30)
+    prometheus.wait_for(
+        "vector(1)",
+        until=lambda _: all(
+            r["health"] == "ok"
+            for g in httpx.get(prometheus.url + "/api/v1/rules").json()["data"]["groups"]
+            for r in g["rules"]
+        ),
+        timeout=30,
+    )
 
 
 def test_bogus_model_names_do_not_create_series(observed):
@@ -205,8 +240,10 @@ def test_bogus_model_names_do_not_create_series(observed):
     project = server.new_project("bogus")
     with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {project.api_key}"}) as http:
         for i in range(1000):
-            reply = http.post("/v1/chat/completions", json={"model": f"no-such-model-{i}",
-                                                            "messages": [{"role": "user", "content": "hi"}]})
+            reply = http.post(
+                "/v1/chat/completions",
+                json={"model": f"no-such-model-{i}", "messages": [{"role": "user", "content": "hi"}]},
+            )
             assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
         exposition = httpx.get(server.base_url + "/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(exposition)}
@@ -215,8 +252,9 @@ def test_bogus_model_names_do_not_create_series(observed):
     assert [s.value for s in gateway if s.labels == {"model": metrics.UNKNOWN, "status": "404"}] == [1000.0]
     http_series = [s for s in families["hone_http_requests"].samples if s.name.endswith("_total")]
     assert not any("no-such-model" in json.dumps(s.labels) for s in http_series)
-    assert [s.value for s in http_series
-            if s.labels == {"method": "POST", "route": "/v1/chat/completions", "status": "404"}] == [1000.0]
+    assert [
+        s.value for s in http_series if s.labels == {"method": "POST", "route": "/v1/chat/completions", "status": "404"}
+    ] == [1000.0]
     assert len(families["hone_gateway_requests"].samples) < 20
     prometheus.wait_for(f'hone_gateway_requests_total{{model="{metrics.UNKNOWN}",status="404"}} == 1000')
     assert prometheus.value('count({__name__=~"hone_.*", model=~"no-such-model.*"})') is None
@@ -236,9 +274,12 @@ def _exposed(url: str) -> dict:
 
 def _chat(server: HoneServer, api_key: str, model: str) -> int:
     """One request on a connection of its own, so the kernel may hand it to either worker."""
-    reply = httpx.post(server.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
-                       json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
-                       timeout=60)
+    reply = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        timeout=60,
+    )
     return reply.status_code
 
 
@@ -248,8 +289,16 @@ def test_several_workers_share_metrics_and_one_leads(tmp_path):
     counted once, and when the leading worker dies the other takes over and redeploys the endpoint. The job's
     trainer is the FAKE one (tests/fake_trainer): what is checked is how the workers count it, and the endpoint
     serves the base model, so no tuned weights are needed; its engine is the fake engine (the module docstring)."""
-    server = HoneServer(tmp_path, {"HONE_WORKERS": "2", "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true",
-                                   "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON, **fake_trainer_env()})
+    server = HoneServer(
+        tmp_path,
+        {
+            "HONE_WORKERS": "2",
+            "HONE_LOCAL_SLOTS": "1",
+            "HONE_AUTO_DEPLOY": "true",
+            "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON,
+            **fake_trainer_env(),
+        },
+    )
     try:
         deadline = time.monotonic() + 60
         while server.logs().count("hone control plane ready") < 2 and time.monotonic() < deadline:
@@ -261,19 +310,27 @@ def test_several_workers_share_metrics_and_one_leads(tmp_path):
         readiness = [httpx.get(server.base_url + "/readyz").json()["checks"]["scheduler"] for _ in range(30)]
         assert set(readiness) <= {"ok", "standby"}
         families = _exposed(server.base_url)
-        served = [s.value for s in families["hone_http_requests"].samples
-                  if s.name.endswith("_total") and s.labels["route"] == "/v1/models"]
+        served = [
+            s.value
+            for s in families["hone_http_requests"].samples
+            if s.name.endswith("_total") and s.labels["route"] == "/v1/models"
+        ]
         assert served == [40.0]
         assert (server.logs().count('"leader": true'), server.logs().count("another server process leads")) == (1, 1)
 
         client = project.openai()
         file = client.files.create(file=("tickets.jsonl", jsonl(make(count=20, seed=5)[0])), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1,
-                                             hyperparameters={"n_epochs": 1, "batch_size": 4},
-                                             extra_body={"auto_deploy": False})
+        job = client.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=file.id,
+            seed=1,
+            hyperparameters={"n_epochs": 1, "batch_size": 4},
+            extra_body={"auto_deploy": False},
+        )
         job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=300)
-        tokens = [s.value for s in _exposed(server.base_url)["hone_trained_tokens"].samples
-                  if s.name.endswith("_total")]
+        tokens = [
+            s.value for s in _exposed(server.base_url)["hone_trained_tokens"].samples if s.name.endswith("_total")
+        ]
         assert tokens == [float(job.trained_tokens)]
 
         # An endpoint of the base model (no training needed) is served through either worker.

@@ -56,8 +56,12 @@ def _scrape(base_url: str, token: str) -> str:
 
 
 def _label_values(exposition: str, label: str) -> set[str]:
-    return {sample.labels[label] for family in text_string_to_metric_families(exposition)
-            for sample in family.samples if label in sample.labels}
+    return {
+        sample.labels[label]
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if label in sample.labels
+    }
 
 
 def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
@@ -65,14 +69,24 @@ def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
     os.mkdir(data, 0o700)  # as `hone serve` makes it (HoneServer would make it with the tests' umask)
     admin_key, metrics_token = _key("sk-admin-"), _key("mtok-")
     wrong_keys = [_key("sk-hone-") for _ in range(6)]
-    server = HoneServer(data, {"HONE_METRICS_TOKEN": metrics_token, "HONE_METRICS_MODEL_LABELS": "false",
-                               "HONE_AUTO_DEPLOY": "true", "HONE_LOCAL_SLOTS": "1",
-                               "HONE_MODEL_CACHE_DIR": str(data / "models")},  # built here, so it is checked too
-                        admin_key=admin_key)
+    server = HoneServer(
+        data,
+        {
+            "HONE_METRICS_TOKEN": metrics_token,
+            "HONE_METRICS_MODEL_LABELS": "false",
+            "HONE_AUTO_DEPLOY": "true",
+            "HONE_LOCAL_SLOTS": "1",
+            "HONE_MODEL_CACHE_DIR": str(data / "models"),
+        },  # built here, so it is checked too
+        admin_key=admin_key,
+    )
     harness_log = server.log_path  # the test's capture of the server's stdout and stderr, made by the test
     try:
-        umask = next(line for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines()
-                     if line.startswith("Umask:"))
+        umask = next(
+            line
+            for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines()
+            if line.startswith("Umask:")
+        )
         assert int(umask.split()[1], 8) & 0o077 == 0o077, umask
         project = server.new_project("quiet")
         key = project.api_key
@@ -84,11 +98,15 @@ def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
             ("GET", "/v1/organization/projects", {"Authorization": f"Bearer {wrong_keys[1]}"}, None, 401),
             ("GET", "/v1/files", {"Authorization": wrong_keys[2]}, None, 401),  # no scheme
             ("GET", "/v1/files", {"Authorization": f"Basic {wrong_keys[3]}"}, None, 401),
-            ("GET", f"/v1/projects/{project.project_id}/locations/us-central1/tuningJobs",
-             {"x-goog-api-key": wrong_keys[4]}, None, 401),
+            (
+                "GET",
+                f"/v1/projects/{project.project_id}/locations/us-central1/tuningJobs",
+                {"x-goog-api-key": wrong_keys[4]},
+                None,
+                401,
+            ),
             # Keys in the query string are not accepted anywhere (Vertex's `?key=` included), nor logged.
-            ("GET", f"/v1/projects/{project.project_id}/locations/us-central1/tuningJobs", {},
-             {"key": key}, 401),
+            ("GET", f"/v1/projects/{project.project_id}/locations/us-central1/tuningJobs", {}, {"key": key}, 401),
             ("GET", "/v1/files", {}, {"api_key": wrong_keys[5], "key": key}, 401),
             ("GET", "/metrics", {}, None, 401),
             ("GET", "/metrics", {"Authorization": f"Bearer {wrong_keys[0]}"}, None, 401),
@@ -98,7 +116,7 @@ def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
             reply = httpx.request(method, base + path, headers=headers, params=params, timeout=30)
             assert reply.status_code == status, (path, reply.text)
             for secret in (*wrong_keys, key, admin_key, metrics_token):
-                assert secret[:REDACTED_PREFIX + 1] not in reply.text, (path, reply.text)
+                assert secret[: REDACTED_PREFIX + 1] not in reply.text, (path, reply.text)
         metrics_refused = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {wrong_keys[0]}"}).json()
         assert metrics_refused["error"]["code"] == "invalid_api_key"
         assert metrics_refused["error"]["type"] == "invalid_request_error"
@@ -110,8 +128,12 @@ def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
         client = project.openai()
         train, held_out = one_label_tickets(seed=5)
         file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
+        job = client.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=file.id,
+            seed=1,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}},
+        )
         scrapes = []
 
         def scraped_while_running(j):
@@ -122,13 +144,19 @@ def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
         with project.http() as http:
             endpoint = wait_endpoint(http, job.fine_tuned_model)
         assert endpoint["state"] == "ready", endpoint
-        reply = client.chat.completions.create(model=job.fine_tuned_model, messages=held_out[0]["messages"][:-1],
-                                               max_tokens=4, temperature=0)
+        reply = client.chat.completions.create(
+            model=job.fine_tuned_model, messages=held_out[0]["messages"][:-1], max_tokens=4, temperature=0
+        )
         assert reply.choices[0].message.content
-        vertex = httpx.post(f"{base}/v1/projects/{project.project_id}/locations/us-central1/endpoints/"
-                            f"{endpoint['id']}:generateContent", headers={"x-goog-api-key": key}, timeout=60,
-                            json={"contents": [{"role": "user", "parts": [{"text": "I was charged twice."}]}],
-                                  "generationConfig": {"maxOutputTokens": 4, "temperature": 0}})
+        vertex = httpx.post(
+            f"{base}/v1/projects/{project.project_id}/locations/us-central1/endpoints/{endpoint['id']}:generateContent",
+            headers={"x-goog-api-key": key},
+            timeout=60,
+            json={
+                "contents": [{"role": "user", "parts": [{"text": "I was charged twice."}]}],
+                "generationConfig": {"maxOutputTokens": 4, "temperature": 0},
+            },
+        )
         assert vertex.status_code == 200, vertex.text
         scrapes.append(_scrape(base, metrics_token))
 
@@ -141,12 +169,17 @@ def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
         assert _label_values(everything, "model") >= {metrics.ALL_MODELS}
         assert _label_values(everything, "base_model") == {metrics.ALL_MODELS}
         last = {f.name: f for f in text_string_to_metric_families(scrapes[-1])}
-        assert [s.value for s in last["hone_gateway_requests"].samples
-                if s.name.endswith("_total") and s.labels == {"model": metrics.ALL_MODELS, "status": "200"}] == [2.0]
+        assert [
+            s.value
+            for s in last["hone_gateway_requests"].samples
+            if s.name.endswith("_total") and s.labels == {"model": metrics.ALL_MODELS, "status": "200"}
+        ] == [2.0]
         assert [s.labels for s in last["hone_endpoint_up"].samples] == [
-            {"endpoint_id": endpoint["id"], "model": metrics.ALL_MODELS, "base_model": metrics.ALL_MODELS}]
-        assert [s.value for s in last["hone_trained_tokens"].samples if s.name.endswith("_total")] == \
-            [float(job.trained_tokens)]
+            {"endpoint_id": endpoint["id"], "model": metrics.ALL_MODELS, "base_model": metrics.ALL_MODELS}
+        ]
+        assert [s.value for s in last["hone_trained_tokens"].samples if s.name.endswith("_total")] == [
+            float(job.trained_tokens)
+        ]
 
         # Nothing under the data dir is open to other users, while it runs (SQLite's -wal and -shm exist)...
         assert (data / "hone.db-wal").exists() and (data / "models").is_dir() and (data / "adapters").is_dir()
@@ -167,13 +200,14 @@ def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
     for path in logs:
         content = path.read_bytes()
         for secret in (admin_key, key, metrics_token, *wrong_keys):
-            assert secret[:REDACTED_PREFIX + 1].encode() not in content, (path, secret[:REDACTED_PREFIX])
+            assert secret[: REDACTED_PREFIX + 1].encode() not in content, (path, secret[:REDACTED_PREFIX])
         if path not in specs:
             for token in trainer_tokens:
                 assert token.encode() not in content, path
 
 
 # ---- in-process ------------------------------------------------------------------------------------------------
+
 
 def _settings(tmp_path: Path, **fields) -> Settings:
     return Settings(data_dir=tmp_path / "data", admin_api_key="sk-admin-test", local_slots=0, **fields)
@@ -184,12 +218,14 @@ def test_metrics_need_the_token_when_one_is_set(tmp_path):
     with TestClient(create_app(_settings(tmp_path, metrics_token=token))) as app:
         assert app.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert "hone_build_info" in app.get("/metrics", headers={"Authorization": f"bearer  {token} "}).text
-        for headers, code in [({}, "missing_api_key"),
-                              ({"Authorization": f"Bearer {token}x"}, "invalid_api_key"),
-                              ({"Authorization": f"Bearer {token[:-1]}"}, "invalid_api_key"),
-                              ({"Authorization": "Bearer sk-admin-test"}, "invalid_api_key"),  # only the token
-                              ({"Authorization": token}, "invalid_api_key"),
-                              ({"Authorization": f"Basic {token}"}, "invalid_api_key")]:
+        for headers, code in [
+            ({}, "missing_api_key"),
+            ({"Authorization": f"Bearer {token}x"}, "invalid_api_key"),
+            ({"Authorization": f"Bearer {token[:-1]}"}, "invalid_api_key"),
+            ({"Authorization": "Bearer sk-admin-test"}, "invalid_api_key"),  # only the token
+            ({"Authorization": token}, "invalid_api_key"),
+            ({"Authorization": f"Basic {token}"}, "invalid_api_key"),
+        ]:
             reply = app.get("/metrics", headers=headers)
             assert reply.status_code == 401, headers
             assert reply.json()["error"]["code"] == code and reply.json()["error"]["type"] == "invalid_request_error"
@@ -218,11 +254,33 @@ def _served_state(ctx: AppContext) -> None:
     with ctx.db.write() as session:
         session.add(Project(id="proj_quiet", name="quiet", slug="quiet", created_at=now))
         session.flush()
-        session.add(Job(id="ftjob-quiet", project_id="proj_quiet", model="secret-base", base_model="secret-base",
-                        status="running", created_at=now, training_file="file-x", method={}, seed=1,
-                        result_files=[], live_metrics={"step": 3, "total_steps": 9}))
-        session.add(Endpoint(id="ep_quiet", project_id="proj_quiet", model="ft:secret-base:quiet:abc",
-                             kind="adapter", base_model="secret-base", state="ready", created_at=now, updated_at=now))
+        session.add(
+            Job(
+                id="ftjob-quiet",
+                project_id="proj_quiet",
+                model="secret-base",
+                base_model="secret-base",
+                status="running",
+                created_at=now,
+                training_file="file-x",
+                method={},
+                seed=1,
+                result_files=[],
+                live_metrics={"step": 3, "total_steps": 9},
+            )
+        )
+        session.add(
+            Endpoint(
+                id="ep_quiet",
+                project_id="proj_quiet",
+                model="ft:secret-base:quiet:abc",
+                kind="adapter",
+                base_model="secret-base",
+                state="ready",
+                created_at=now,
+                updated_at=now,
+            )
+        )
 
 
 @pytest.mark.parametrize("named", [True, False])

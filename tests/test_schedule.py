@@ -29,11 +29,24 @@ def test_warmup_then_cosine_linear_or_constant():
 
 
 def test_every_resolved_knob_reaches_the_trainer():
-    method = {"type": "supervised", "supervised": {"hyperparameters": {
-        "weight_decay": 0.05, "max_grad_norm": 0.5, "warmup_ratio": 0.1, "lr_scheduler": "linear", "lora_rank": 8,
-        "lora_dropout": 0.1, "learning_rate_multiplier": 2.0}}}
+    method = {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": {
+                "weight_decay": 0.05,
+                "max_grad_norm": 0.5,
+                "warmup_ratio": 0.1,
+                "lr_scheduler": "linear",
+                "lora_rank": 8,
+                "lora_dropout": 0.1,
+                "learning_rate_multiplier": 2.0,
+            }
+        },
+    }
     resolved = resolve_hyperparameters(method, DatasetShape(288, 60), TINY_DEFAULTS, 2048)
-    ctx = SimpleNamespace(settings=SimpleNamespace(training=SimpleNamespace(lora_learning_rate=None, full_learning_rate=None)))
+    ctx = SimpleNamespace(
+        settings=SimpleNamespace(training=SimpleNamespace(lora_learning_rate=None, full_learning_rate=None))
+    )
     # through JSON, as spec.json carries it, into the dataclass the trainer builds from it
     hp = Hyperparameters(**json.loads(json.dumps(trainer_hyperparameters(ctx, resolved, TINY_DEFAULTS))))
     assert (hp.weight_decay, hp.max_grad_norm, hp.warmup_ratio, hp.lr_scheduler) == (0.05, 0.5, 0.1, "linear")

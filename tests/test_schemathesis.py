@@ -50,10 +50,16 @@ class Served:
 @pytest.fixture(scope="module", params=BACKENDS)
 def app(request, tmp_path_factory):
     env = {}
-    settings = dict(data_dir=tmp_path_factory.mktemp(f"schemathesis-{request.param}"), admin_api_key=ADMIN_KEY,
-                    local_slots=0, auto_deploy=False, endpoint_backend="static", prewarm_engines=False,
-                    endpoint_wake_wait_s=0,  # a request for a waking model answers 503 at once, not in a minute
-                    base_models={"acme/tiny-chat": "/models/acme-tiny-chat"})
+    settings = dict(
+        data_dir=tmp_path_factory.mktemp(f"schemathesis-{request.param}"),
+        admin_api_key=ADMIN_KEY,
+        local_slots=0,
+        auto_deploy=False,
+        endpoint_backend="static",
+        prewarm_engines=False,
+        endpoint_wake_wait_s=0,  # a request for a waking model answers 503 at once, not in a minute
+        base_models={"acme/tiny-chat": "/models/acme-tiny-chat"},
+    )
     database = None
     if request.param == "postgres-s3":
         moto = request.getfixturevalue("moto")
@@ -84,50 +90,75 @@ class Finding:
 
     def __str__(self) -> str:
         sent = f"\n    sent: {self.request_body[:600]!r}" if self.request_body else ""
-        return f"[{self.phase}] {self.operation}: {self.check} ({self.title})\n    {self.request} -> {self.status} " \
-               f"{self.body}{sent}"
+        return (
+            f"[{self.phase}] {self.operation}: {self.check} ({self.title})\n    {self.request} -> {self.status} "
+            f"{self.body}{sent}"
+        )
 
 
 def _config(authorization: str, project_id: str = "") -> schemathesis.Config:
-    return schemathesis.Config.from_dict({
-        "seed": 20261204,
-        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none", "mode": "all",
-                       "no-shrink": True},  # a failure is reported as found: shrinking one took minutes
-        "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},
-                   "stateful": {"enabled": True, "max-steps": 8, "generation": {"max-examples": 25}}},
-        "checks": {
-            "enabled": True,
-            # A schema-valid request can still be refused for what it names, in the envelope, as OpenAI does: an
-            # unknown `after` cursor, a model that is not a base model, a training file that is not JSONL.
-            "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404"]},
-        },
-        "headers": {"Authorization": authorization},
-        "workers": 1,
-        # Vertex's routes answer 404 for any {project} but the key's own: name it, so that they answer real objects.
-        "parameters": {"path.project": project_id} if project_id else {},
-        "operations": [{
-            # A project's W&B key is a singleton it may never get: "created resource not found" is schemathesis
-            # reading POST /projects -> GET /projects/{id}/integrations/wandb as create-then-read; the 404 is right.
-            "include-path": "/v1/organization/projects/{project_id}/integrations/wandb", "include-method": "GET",
-            "checks": {"ensure_resource_availability": {"enabled": False}},
-        }, {
-            # A deleted endpoint stays readable, `stopped` (service.endpoints.delete_endpoint keeps the record).
-            "include-path": "/v1/endpoints/{endpoint_id}", "include-method": "GET",
-            "checks": {"use_after_free": {"enabled": False}},
-        }, {
-            # The seeded endpoint cannot start (no engines here): calling its model is the documented 503 "its
-            # endpoint failed", as it would be in production; only a 500 would be a server error.
-            "include-path-regex": r":(generateContent|streamGenerateContent|countTokens)$|^/v1/(chat/)?completions$",
-            "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "502", "503"]},
-                       "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404", "502",
-                                                                          "503"]}},
-        }],
-    })
+    return schemathesis.Config.from_dict(
+        {
+            "seed": 20261204,
+            "generation": {
+                "max-examples": MAX_EXAMPLES,
+                "deterministic": True,
+                "database": "none",
+                "mode": "all",
+                "no-shrink": True,
+            },  # a failure is reported as found: shrinking one took minutes
+            "phases": {
+                "examples": {"enabled": True},
+                "coverage": {"enabled": True},
+                "fuzzing": {"enabled": True},
+                "stateful": {"enabled": True, "max-steps": 8, "generation": {"max-examples": 25}},
+            },
+            "checks": {
+                "enabled": True,
+                # A schema-valid request can still be refused for what it names, in the envelope, as OpenAI does: an
+                # unknown `after` cursor, a model that is not a base model, a training file that is not JSONL.
+                "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404"]},
+            },
+            "headers": {"Authorization": authorization},
+            "workers": 1,
+            # Vertex's routes answer 404 for any {project} but the key's own: name it, so that they answer real objects.
+            "parameters": {"path.project": project_id} if project_id else {},
+            "operations": [
+                {
+                    # A project's W&B key is a singleton it may never get: "created resource not found" is schemathesis
+                    # reading POST /projects -> GET /projects/{id}/integrations/wandb as create-then-read; the 404 is right.
+                    "include-path": "/v1/organization/projects/{project_id}/integrations/wandb",
+                    "include-method": "GET",
+                    "checks": {"ensure_resource_availability": {"enabled": False}},
+                },
+                {
+                    # A deleted endpoint stays readable, `stopped` (service.endpoints.delete_endpoint keeps the record).
+                    "include-path": "/v1/endpoints/{endpoint_id}",
+                    "include-method": "GET",
+                    "checks": {"use_after_free": {"enabled": False}},
+                },
+                {
+                    # The seeded endpoint cannot start (no engines here): calling its model is the documented 503 "its
+                    # endpoint failed", as it would be in production; only a 500 would be a server error.
+                    "include-path-regex": r":(generateContent|streamGenerateContent|countTokens)$|^/v1/(chat/)?completions$",
+                    "checks": {
+                        "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "502", "503"]},
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", "400", "401", "403", "404", "502", "503"]
+                        },
+                    },
+                },
+            ],
+        }
+    )
 
 
 def _non_latin1_part_header(finding: Finding) -> bool:
-    headers = [line for line in finding.request_body.decode("utf-8", "replace").splitlines()
-               if line.lower().startswith("content-disposition")]
+    headers = [
+        line
+        for line in finding.request_body.decode("utf-8", "replace").splitlines()
+        if line.lower().startswith("content-disposition")
+    ]
     return any(ord(char) > 0xFF for line in headers for char in line)
 
 
@@ -136,12 +167,14 @@ def _findings(schema) -> list[Finding]:
     found: dict[tuple, Finding] = {}
     for event in schemathesis.engine.from_schema(schema).execute():
         if isinstance(event, events.FatalError):
-            found[("engine", repr(event.exception))] = Finding("", "engine", "fatal error", repr(event.exception),
-                                                               "", None, "")
+            found[("engine", repr(event.exception))] = Finding(
+                "", "engine", "fatal error", repr(event.exception), "", None, ""
+            )
         elif isinstance(event, events.NonFatalError):
             text = event.info.format()
-            found.setdefault((event.label, text[:200]), Finding(str(event.phase), event.label, "error", text[:2000],
-                                                                "", None, ""))
+            found.setdefault(
+                (event.label, text[:200]), Finding(str(event.phase), event.label, "error", text[:2000], "", None, "")
+            )
         elif isinstance(event, events.ScenarioFinished):
             recorder = event.recorder
             for case_id, checks in recorder.checks.items():
@@ -156,11 +189,15 @@ def _findings(schema) -> list[Finding]:
                     request = interaction.request if interaction else None
                     response = interaction.response if interaction else None
                     found[key] = Finding(
-                        str(getattr(event.phase, "name", event.phase)), case.operation.label, check.name, title,
+                        str(getattr(event.phase, "name", event.phase)),
+                        case.operation.label,
+                        check.name,
+                        title,
                         f"{request.method} {request.uri}"[:300] if request else case.method,
                         response.status_code if response else None,
                         (response.content or b"")[:300].decode(errors="replace") if response else "",
-                        (request.body or b"") if request else b"")
+                        (request.body or b"") if request else b"",
+                    )
     return list(found.values())
 
 
@@ -186,12 +223,18 @@ def _seeded_project_key(app) -> tuple[str, str]:
         assert client.put(f"{projects}/integrations/wandb", json={"api_key": "wandb-key"}, headers=admin).ok
         assert client.post(f"{projects}/dataset_grants", json={"uri": "gs://datasets/tuning/"}, headers=admin).ok
         user = {"Authorization": f"Bearer {account['api_key']['value']}"}
-        upload = client.post(f"{base}/v1/files", files={"file": ("train.jsonl", chat_dataset(12))},
-                             data={"purpose": "fine-tune"}, headers=user)
+        upload = client.post(
+            f"{base}/v1/files",
+            files={"file": ("train.jsonl", chat_dataset(12))},
+            data={"purpose": "fine-tune"},
+            headers=user,
+        )
         assert upload.ok, upload.text
-        job = client.post(f"{base}/v1/fine_tuning/jobs", json={"model": "hone-tiny", "training_file":
-                                                               upload.json()["id"], "suffix": "contract"},
-                          headers=user)
+        job = client.post(
+            f"{base}/v1/fine_tuning/jobs",
+            json={"model": "hone-tiny", "training_file": upload.json()["id"], "suffix": "contract"},
+            headers=user,
+        )
         assert job.ok, job.text
         assert client.post(f"{base}/v1/endpoints", json={"model": "hone-tiny"}, headers=user).ok
     return project["id"], account["api_key"]["value"]
@@ -204,24 +247,29 @@ def test_the_api_keeps_its_openapi_contract(app):
     project_api = schemathesis.openapi.from_asgi("/openapi.json", app, config=_config(f"Bearer {key}", project_id))
     admin_api = schemathesis.openapi.from_asgi("/openapi.json", app, config=_config(_admin_header()))
     assert len(list(project_api.get_all_operations())) > 40  # the gateway's and Vertex's routes included
-    findings = _findings(project_api.exclude(path_regex=ADMIN_PATHS)) + \
-        _findings(admin_api.include(path_regex=ADMIN_PATHS))
+    findings = _findings(project_api.exclude(path_regex=ADMIN_PATHS)) + _findings(
+        admin_api.include(path_regex=ADMIN_PATHS)
+    )
     failed = _distinct(findings)
     assert not failed, f"{len(failed)} failures:\n" + "\n".join(str(f) for f in failed)
 
 
 # --- what the run found, pinned down ------------------------------------------------------------------------------
 
+
 def _client(app):
     return schemathesis_asgi.get_client(app)
 
 
-@pytest.mark.parametrize("path, allow", [
-    ("/v1/files/file-abc", "DELETE, GET"),
-    ("/v1/files/file-abc/content", "GET"),  # {file_id:path} also matches "file-abc/content"; the URL is the content
-    ("/v1beta1/projects/p/locations/l/tuningJobs/j:cancel", "POST"),  # {job_id} also matches "j:cancel"
-    ("/v1/chat/completions", "POST"),
-])
+@pytest.mark.parametrize(
+    "path, allow",
+    [
+        ("/v1/files/file-abc", "DELETE, GET"),
+        ("/v1/files/file-abc/content", "GET"),  # {file_id:path} also matches "file-abc/content"; the URL is the content
+        ("/v1beta1/projects/p/locations/l/tuningJobs/j:cancel", "POST"),  # {job_id} also matches "j:cancel"
+        ("/v1/chat/completions", "POST"),
+    ],
+)
 def test_a_405_allows_every_method_of_its_url(app, path, allow):
     """Starlette named only the first matching route's methods (GET and DELETE of one URL are two routes), or none:
     the Allow header lists the methods the document declares for the URL."""
@@ -229,8 +277,10 @@ def test_a_405_allows_every_method_of_its_url(app, path, allow):
         response = client.request("PUT", f"http://testserver{path}")
     assert response.status_code == 405
     assert response.headers["allow"] == allow
-    assert response.json()["error"]["code"] == "method_not_allowed" or response.json()["error"]["status"] == \
-        "UNIMPLEMENTED"
+    assert (
+        response.json()["error"]["code"] == "method_not_allowed"
+        or response.json()["error"]["status"] == "UNIMPLEMENTED"
+    )
 
 
 def test_an_unknown_vertex_api_version_answers_googles_envelope(app):
@@ -240,19 +290,23 @@ def test_an_unknown_vertex_api_version_answers_googles_envelope(app):
     assert response.json()["error"]["status"] == "NOT_FOUND"  # what the route's documented 404 carries
 
 
-@pytest.mark.parametrize("method, path, body, code", [
-    ("GET", "/v1/files/file-%00", None, "invalid_value"),
-    ("GET", "/v1/fine_tuning/jobs?after=ftjob-%00", None, "invalid_value"),
-    ("POST", "/v1/endpoints", {"model": "ft:\u0000"}, "invalid_string"),
-    ("POST", "/v1/chat/completions", {"model": "m\u0000", "messages": []}, "invalid_string"),
-])
+@pytest.mark.parametrize(
+    "method, path, body, code",
+    [
+        ("GET", "/v1/files/file-%00", None, "invalid_value"),
+        ("GET", "/v1/fine_tuning/jobs?after=ftjob-%00", None, "invalid_value"),
+        ("POST", "/v1/endpoints", {"model": "ft:\u0000"}, "invalid_string"),
+        ("POST", "/v1/chat/completions", {"model": "m\u0000", "messages": []}, "invalid_string"),
+    ],
+)
 def test_a_nul_character_is_never_a_server_error(app, method, path, body, code):
     """PostgreSQL refuses NUL in text (SQLite stores it): refused up front on both backends, a 400 naming it, never
     a 500 (a NUL in a path or query value, or in any string of a JSON body)."""
     _, key = _seeded_project_key(app)
     with _client(app) as client:
-        response = client.request(method, f"http://testserver{path}", json=body,
-                                  headers={"Authorization": f"Bearer {key}"})
+        response = client.request(
+            method, f"http://testserver{path}", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
     error = response.json()["error"]
     assert (response.status_code, error["code"]) == (400, code), response.text
     assert "NUL" in error["message"]

@@ -15,8 +15,14 @@ import pytest
 import hone
 from tests.support import chat_dataset, free_port
 
-JOB = {"id": "ftjob-abc", "object": "fine_tuning.job", "created_at": 1, "status": "queued", "model": "hone-tiny",
-       "training_file": "file-abc"}
+JOB = {
+    "id": "ftjob-abc",
+    "object": "fine_tuning.job",
+    "created_at": 1,
+    "status": "queued",
+    "model": "hone-tiny",
+    "training_file": "file-abc",
+}
 
 
 class FlakyServer:
@@ -30,8 +36,14 @@ class FlakyServer:
         class Handler(BaseHTTPRequestHandler):
             def _answer(self):
                 length = int(self.headers.get("content-length") or 0)
-                flaky.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                       "body": self.rfile.read(length)})
+                flaky.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": self.rfile.read(length),
+                    }
+                )
                 status, body = flaky.script.pop(0) if flaky.script else (500, {})
                 payload = json.dumps(body).encode()
                 self.send_response(status)
@@ -86,8 +98,22 @@ def test_retries_503_twice_then_succeeds_with_one_idempotency_key(flaky):
 
 
 def test_retries_give_up_and_errors_are_typed(flaky):
-    server = flaky([UNAVAILABLE] * 3 + [(400, {"error": {"message": "bad", "type": "invalid_request_error",
-                                                           "param": "model", "code": "invalid_value"}})])
+    server = flaky(
+        [UNAVAILABLE] * 3
+        + [
+            (
+                400,
+                {
+                    "error": {
+                        "message": "bad",
+                        "type": "invalid_request_error",
+                        "param": "model",
+                        "code": "invalid_value",
+                    }
+                },
+            )
+        ]
+    )
     with hone.Client(server.url, "sk-test", max_retries=2) as client:
         with pytest.raises(hone.InternalServerError) as unavailable:
             client.models.list()
@@ -127,6 +153,7 @@ def test_configuration_from_the_environment(monkeypatch):
 
 
 # --- against the real control plane ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def sdk(project):
@@ -204,8 +231,9 @@ def test_async_client_parity(sdk):
     async def main():
         async with hone.AsyncClient(sdk.base_url, sdk.api_key) as client:
             sent = []
-            uploaded = await client.files.create(chat_dataset(12), filename="async.jsonl",
-                                                 on_progress=lambda done, total: sent.append((done, total)))
+            uploaded = await client.files.create(
+                chat_dataset(12), filename="async.jsonl", on_progress=lambda done, total: sent.append((done, total))
+            )
             files = [f.id async for f in client.files.list(limit=1)]
             retrieved = await client.jobs.retrieve(job.id)
             events = [e.id async for e in client.jobs.events(job.id, limit=1)]
@@ -228,6 +256,6 @@ def test_async_client_parity(sdk):
     stable = {"id", "created_at", "model", "training_file", "seed", "hyperparameters"}
     assert retrieved.model_dump(include=stable) == sdk.jobs.retrieve(job.id).model_dump(include=stable)
     newest_first = [e.id for e in sdk.jobs.events(job.id)]  # now also the later events (queued, cancelled)
-    assert len(events) >= 2 and events == newest_first[len(newest_first) - len(events):]
-    assert followed and followed == newest_first[::-1][:len(followed)]
+    assert len(events) >= 2 and events == newest_first[len(newest_first) - len(events) :]
+    assert followed and followed == newest_first[::-1][: len(followed)]
     assert cancelled.status == "cancelled" and [m.id for m in models.data] == [m.id for m in sdk.models.list().data]

@@ -37,7 +37,10 @@ def test_the_sdk_installs_and_imports_without_server_or_training_dependencies(tm
     # This environment's pip installs into the new one (--python): no pip bootstrap there.
     run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--disable-pip-version-check", wheel)
 
-    probe = run(python, "-c", f"""
+    probe = run(
+        python,
+        "-c",
+        f"""
 import importlib.metadata, importlib.util, json
 import hone
 client = hone.Client("http://127.0.0.1:9", "sk-test")
@@ -48,7 +51,9 @@ print(json.dumps({{
     "installed": sorted(d.metadata["Name"].lower() for d in importlib.metadata.distributions()),
     "examples": validate_bytes({chat_dataset(3)!r}).examples,
 }}))
-""", cwd=tmp_path)  # not the repository: `import hone` must find the installed copy
+""",
+        cwd=tmp_path,
+    )  # not the repository: `import hone` must find the installed copy
     found = json.loads(probe.stdout)
     assert found["client"] == "Client" and found["base_url"] == "http://127.0.0.1:9" and found["examples"] == 3
     assert found["importable"] == []

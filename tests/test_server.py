@@ -68,7 +68,8 @@ def _get_on(sock: socket.socket, path: str = "/healthz") -> bytes:
     response = b""
     try:
         while b"\r\n\r\n" not in response or len(response.split(b"\r\n\r\n", 1)[1]) < int(
-                response.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]):
+            response.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]
+        ):
             if not (data := sock.recv(65536)):
                 break
             response += data
@@ -83,8 +84,10 @@ def test_idle_keep_alive_connections_outlive_client_expiry(tmp_path):
     server = HoneServer(tmp_path / "srv")
     short = HoneServer(tmp_path / "short", {"HONE_HTTP_KEEP_ALIVE_S": "1"})
     try:
-        with socket.create_connection(("127.0.0.1", server.port)) as kept, \
-                socket.create_connection(("127.0.0.1", short.port)) as dropped:
+        with (
+            socket.create_connection(("127.0.0.1", server.port)) as kept,
+            socket.create_connection(("127.0.0.1", short.port)) as dropped,
+        ):
             assert _get_on(kept).startswith(b"HTTP/1.1 200") and _get_on(dropped).startswith(b"HTTP/1.1 200")
             time.sleep(6.5)
             assert _get_on(kept).startswith(b"HTTP/1.1 200")  # the same connection, idle 6.5 s

@@ -27,16 +27,25 @@ from tests.support import REPO, HoneServer, PostgresDatabase, engine_pids, jsonl
 def _tune(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
     """Uploads `rows`, fine-tunes hone-tiny on them (seed 1) and waits until the job has succeeded."""
     file = client.files.create(file=("tickets.jsonl", jsonl(rows)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-        "type": "supervised", "supervised": {"hyperparameters": hyperparameters}})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=file.id,
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+    )
     return wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, moto):
     postgres = PostgresDatabase()
-    env = {**moto.env(), "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-serve/blobs",
-           "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true"}
+    env = {
+        **moto.env(),
+        "HONE_DATABASE_URL": postgres.url,
+        "HONE_STORAGE_URL": "s3://hone-serve/blobs",
+        "HONE_LOCAL_SLOTS": "1",
+        "HONE_AUTO_DEPLOY": "true",
+    }
     server = HoneServer(tmp_path_factory.mktemp("serving"), env)
     try:
         project = server.new_project("tickets")
@@ -46,8 +55,14 @@ def served(tmp_path_factory, moto):
         with project.http() as http:
             endpoint = wait_endpoint(http, job.fine_tuned_model)
         assert endpoint["state"] == "ready", endpoint
-        yield {"server": server, "project": project, "client": client, "job": job, "held_out": held_out,
-               "endpoint": endpoint}
+        yield {
+            "server": server,
+            "project": project,
+            "client": client,
+            "job": job,
+            "held_out": held_out,
+            "endpoint": endpoint,
+        }
     finally:
         server.stop()
         postgres.drop()
@@ -61,8 +76,9 @@ def _label(client, model: str, row: dict, *, stream: bool = False) -> str:
         assert reply.model == model or (model.startswith("ftckpt_") and ":ckpt-step-" in reply.model)
         assert reply.choices[0].finish_reason in ("stop", "length")
         return reply.choices[0].message.content.strip()
-    chunks = list(client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16, stream=True)
+    )
     chunk_schema = validator("CreateChatCompletionStreamResponse")
     for chunk in chunks:
         errors = list(chunk_schema.iter_errors(chunk.model_dump(exclude_unset=True)))
@@ -93,9 +109,11 @@ def test_endpoint_resource_and_usage(served):
     with project.http() as http:
         listed = http.get("/v1/endpoints").json()
         ep = http.get(f"/v1/endpoints/{served['endpoint']['id']}").json()
-        reply = http.post("/v1/chat/completions", json={"model": job.fine_tuned_model, "max_tokens": 4,
-                                                        "messages": [{"role": "user", "content": "hello"}]},
-                          headers={"x-request-id": "trace-usage"})
+        reply = http.post(
+            "/v1/chat/completions",
+            json={"model": job.fine_tuned_model, "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]},
+            headers={"x-request-id": "trace-usage"},
+        )
         assert reply.status_code == 200 and reply.headers["x-request-id"] == "trace-usage"
         after = http.get(f"/v1/endpoints/{ep['id']}").json()
     assert listed["object"] == "list" and ep["id"] in [e["id"] for e in listed["data"]]
@@ -110,8 +128,14 @@ def test_endpoint_resource_and_usage(served):
     assert f"Deploying endpoint {ep['id']} for {job.fine_tuned_model}" in events
     # The gateway forwards the request's id: the engine's JSON access line carries it, and its engine key.
     deadline, engine_logs = time.monotonic() + 10, served["server"].data_dir / "logs" / "engines"
-    while not (lines := [r for f in engine_logs.glob("*.log") for line in f.read_text().splitlines()
-                         if line.startswith("{") and (r := json.loads(line)).get("request_id") == "trace-usage"]):
+    while not (
+        lines := [
+            r
+            for f in engine_logs.glob("*.log")
+            for line in f.read_text().splitlines()
+            if line.startswith("{") and (r := json.loads(line)).get("request_id") == "trace-usage"
+        ]
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     [line] = lines
@@ -123,8 +147,10 @@ def test_gateway_refuses_unknown_and_foreign_models(served):
     server, job = served["server"], served["job"]
     other = server.new_project("someone else")
     with other.http() as http:
-        foreign = http.post("/v1/chat/completions", json={"model": job.fine_tuned_model,
-                                                          "messages": [{"role": "user", "content": "hi"}]})
+        foreign = http.post(
+            "/v1/chat/completions",
+            json={"model": job.fine_tuned_model, "messages": [{"role": "user", "content": "hi"}]},
+        )
         unknown = http.post("/v1/completions", json={"model": "ft:hone-tiny:nope:x:ftjob-none", "prompt": "hi"})
         missing = http.post("/v1/chat/completions", json={"messages": []})
     for reply in (foreign, unknown):
@@ -132,8 +158,15 @@ def test_gateway_refuses_unknown_and_foreign_models(served):
         assert reply.json()["error"]["code"] == "model_not_found"
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
     with served["project"].http() as http:  # an engine-side refusal comes back in OpenAI's envelope
-        greedy_n = http.post("/v1/chat/completions", json={"model": job.fine_tuned_model, "n": 2, "temperature": 0,
-                                                           "messages": [{"role": "user", "content": "hi"}]})
+        greedy_n = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": job.fine_tuned_model,
+                "n": 2,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
     assert greedy_n.status_code == 400
     assert not list(validator("ErrorResponse").iter_errors(greedy_n.json()))
     assert "n must be 1" in greedy_n.json()["error"]["message"]
@@ -144,9 +177,18 @@ def test_stream_passes_through_as_it_is_generated(served):
     arrivals = []
     with project.http() as http:
         started = time.monotonic()
-        with http.stream("POST", "/v1/completions", json={
-                "model": model, "prompt": "ticket", "max_tokens": 200, "ignore_eos": True, "stream": True,
-                "stream_options": {"include_usage": True}}) as reply:
+        with http.stream(
+            "POST",
+            "/v1/completions",
+            json={
+                "model": model,
+                "prompt": "ticket",
+                "max_tokens": 200,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ) as reply:
             assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
             for line in reply.iter_lines():
                 if line.startswith("data: "):
@@ -164,12 +206,18 @@ def test_checkpoints_serve_and_the_parity_gate_catches_a_mismatched_template(ser
     checkpoints = sorted(client.fine_tuning.jobs.checkpoints.list(job.id), key=lambda c: c.step_number)
     last, earlier = checkpoints[-1], checkpoints[-2]
     # Someone "fixes" the chat template stored with an earlier checkpoint: serving would no longer match training.
-    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     key = f"blobs/jobs/{job.id}/checkpoints/step-{earlier.step_number}/hone_serving.json"
     pinned = json.loads(s3.get_object(Bucket="hone-serve", Key=key)["Body"].read())
-    pinned["chat_template"] = pinned["chat_template"].replace("<|im_start|>{{ message['role'] }}",
-                                                              "<|im_start|> {{ message['role'] }}")
+    pinned["chat_template"] = pinned["chat_template"].replace(
+        "<|im_start|>{{ message['role'] }}", "<|im_start|> {{ message['role'] }}"
+    )
     s3.put_object(Bucket="hone-serve", Key=key, Body=json.dumps(pinned).encode())
 
     with project.http() as http:
@@ -178,8 +226,10 @@ def test_checkpoints_serve_and_the_parity_gate_catches_a_mismatched_template(ser
         assert good["state"] == bad["state"] == "deploying" and good["checkpoint_id"] == last.id
         good = wait_endpoint(http, last.fine_tuned_model_checkpoint)
         bad = wait_endpoint(http, earlier.fine_tuned_model_checkpoint)
-        refused = http.post("/v1/chat/completions", json={"model": earlier.fine_tuned_model_checkpoint,
-                                                          "messages": [{"role": "user", "content": "hi"}]})
+        refused = http.post(
+            "/v1/chat/completions",
+            json={"model": earlier.fine_tuned_model_checkpoint, "messages": [{"role": "user", "content": "hi"}]},
+        )
     assert good["state"] == "ready", good
     assert bad["state"] == "failed" and bad["error"]["code"] == "parity_check_failed"
     assert "tokenizes differently" in bad["error"]["message"]
@@ -211,12 +261,20 @@ def test_cli_lists_and_shows_endpoints(served):
     server, project, ep = served["server"], served["project"], served["endpoint"]
     env = {**os.environ, "HONE_BASE_URL": server.base_url, "HONE_API_KEY": project.api_key}
     hone = [sys.executable, "-m", "hone"]
-    listed = subprocess.run(hone + ["endpoints", "list", "--model", ep["model"]], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
-    shown = subprocess.run(hone + ["endpoints", "get", ep["id"], "--json"], env=env, cwd=REPO, capture_output=True,
-                           text=True, timeout=60)
-    missing = subprocess.run(hone + ["endpoints", "get", "ep-nope"], env=env, cwd=REPO, capture_output=True,
-                             text=True, timeout=60)
+    listed = subprocess.run(
+        hone + ["endpoints", "list", "--model", ep["model"]],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    shown = subprocess.run(
+        hone + ["endpoints", "get", ep["id"], "--json"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    missing = subprocess.run(
+        hone + ["endpoints", "get", "ep-nope"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert listed.returncode == 0 and ep["id"] in listed.stdout and "ready" in listed.stdout
     assert shown.returncode == 0 and json.loads(shown.stdout)["model"] == ep["model"]
     assert missing.returncode == 1 and "No such endpoint" in missing.stderr

@@ -15,17 +15,29 @@ def training_file(client):
 
 
 def _create(client, training_file, **hyperparameters):
-    return client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": hyperparameters}})
+    return client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=training_file.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+    )
 
 
-@pytest.mark.parametrize("hyperparameters, param, says", [
-    ({"lora_rank": 128}, "method.supervised.hyperparameters.lora_rank", "max_lora_rank 64"),
-    ({"lora_target_modules": ["q_proj", "lm_head"]}, "method.supervised.hyperparameters.lora_target_modules",
-     "embeddings or output head"),
-    ({"lora_target_modules": ["q_proj", "attn.c_attn"]}, "method.supervised.hyperparameters.lora_target_modules",
-     "cannot be served by vLLM"),
-])
+@pytest.mark.parametrize(
+    "hyperparameters, param, says",
+    [
+        ({"lora_rank": 128}, "method.supervised.hyperparameters.lora_rank", "max_lora_rank 64"),
+        (
+            {"lora_target_modules": ["q_proj", "lm_head"]},
+            "method.supervised.hyperparameters.lora_target_modules",
+            "embeddings or output head",
+        ),
+        (
+            {"lora_target_modules": ["q_proj", "attn.c_attn"]},
+            "method.supervised.hyperparameters.lora_target_modules",
+            "cannot be served by vLLM",
+        ),
+    ],
+)
 def test_unservable_adapters_are_refused_with_what_to_change(client, training_file, hyperparameters, param, says):
     with pytest.raises(openai.BadRequestError) as caught:
         _create(client, training_file, **hyperparameters)
@@ -39,8 +51,9 @@ def test_servable_adapters_and_full_tuning_are_accepted(client, training_file):
     full = _create(client, training_file, tuning_mode="full", lora_rank=128)  # full weights are not hot-loaded
     assert ok.status == full.status == "validating_files"
     assert ok.model_extra["auto_deploy"] is True
-    off = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id,
-                                         extra_body={"auto_deploy": False})
+    off = client.fine_tuning.jobs.create(
+        model="hone-tiny", training_file=training_file.id, extra_body={"auto_deploy": False}
+    )
     assert off.model_extra["auto_deploy"] is False
     for job in (ok, full, off):
         client.fine_tuning.jobs.cancel(job.id)
@@ -52,8 +65,9 @@ def test_endpoint_lookups(project, server):
         missing = http.post("/v1/endpoints", json={})
         unknown_id = http.get("/v1/endpoints/ep-nope")
         empty = http.get("/v1/endpoints").json()
-        not_served = http.post("/v1/chat/completions", json={"model": "hone-tiny",
-                                                             "messages": [{"role": "user", "content": "hi"}]})
+        not_served = http.post(
+            "/v1/chat/completions", json={"model": "hone-tiny", "messages": [{"role": "user", "content": "hi"}]}
+        )
         not_json = http.post("/v1/completions", content=b"{", headers={"content-type": "application/json"})
     assert unknown_model.status_code == 404 and unknown_model.json()["error"]["code"] == "model_not_found"
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"

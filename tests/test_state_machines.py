@@ -35,14 +35,25 @@ def ctx(tmp_path_factory):
 def _job(ctx, status: JobStatus) -> str:
     job_id = f"ftjob-{status.value[:4]}{time.monotonic_ns()}"
     with ctx.db.write() as session:
-        session.add(Job(id=job_id, project_id=ctx.project_id, model="hone-tiny", base_model="hone-tiny",
-                        status=status.value, created_at=1, training_file="file-x", method={"type": "supervised"},
-                        seed=1, result_files=[], started_at=None if status is JobStatus.VALIDATING_FILES else 5))
+        session.add(
+            Job(
+                id=job_id,
+                project_id=ctx.project_id,
+                model="hone-tiny",
+                base_model="hone-tiny",
+                status=status.value,
+                created_at=1,
+                training_file="file-x",
+                method={"type": "supervised"},
+                seed=1,
+                result_files=[],
+                started_at=None if status is JobStatus.VALIDATING_FILES else 5,
+            )
+        )
     return job_id
 
 
-@pytest.mark.parametrize("current, target", list(itertools.product(JobStatus, JobStatus)),
-                         ids=lambda s: s.value)
+@pytest.mark.parametrize("current, target", list(itertools.product(JobStatus, JobStatus)), ids=lambda s: s.value)
 def test_every_job_pair(ctx, current, target):
     job_id = _job(ctx, current)
     allowed = target in JOB_ALLOWED[current]
@@ -98,16 +109,27 @@ def test_a_job_move_that_lost_a_race_changes_nothing(ctx):
 
 def _endpoint(ctx, state: EndpointState) -> int:
     with ctx.db.write() as session:
-        ep = Endpoint(id=f"ep-{time.monotonic_ns()}", project_id=ctx.project_id, model="ft:x", kind="adapter",
-                      base_model="hone-tiny", state=state.value, restarts=0, failed_attempts=2, created_at=1,
-                      updated_at=1, url="http://127.0.0.1:9" if state is EndpointState.READY else None)
+        ep = Endpoint(
+            id=f"ep-{time.monotonic_ns()}",
+            project_id=ctx.project_id,
+            model="ft:x",
+            kind="adapter",
+            base_model="hone-tiny",
+            state=state.value,
+            restarts=0,
+            failed_attempts=2,
+            created_at=1,
+            updated_at=1,
+            url="http://127.0.0.1:9" if state is EndpointState.READY else None,
+        )
         session.add(ep)
         session.flush()
         return ep.seq
 
 
-@pytest.mark.parametrize("current, target", list(itertools.product(EndpointState, EndpointState)),
-                         ids=lambda s: s.value)
+@pytest.mark.parametrize(
+    "current, target", list(itertools.product(EndpointState, EndpointState)), ids=lambda s: s.value
+)
 def test_every_endpoint_pair(ctx, current, target):
     seq = _endpoint(ctx, current)
     allowed = target in ENDPOINT_ALLOWED[current]

@@ -34,21 +34,32 @@ API_KEY = "sk-operator-vllm"
 
 
 def _spec(**changes) -> EngineSpec:
-    values = dict(key="ep-1", engine="vllm", model_path="/x", served_name="hone-tiny", max_loras=2, max_cpu_loras=2,
-                  max_lora_rank=16)
+    values = dict(
+        key="ep-1",
+        engine="vllm",
+        model_path="/x",
+        served_name="hone-tiny",
+        max_loras=2,
+        max_cpu_loras=2,
+        max_lora_rank=16,
+    )
     return EngineSpec(**{**values, **changes})
 
 
 def test_what_a_server_someone_else_runs_cannot_do_is_refused_with_a_reason(tmp_path):
     engines = StaticEngines(Settings(data_dir=tmp_path, static_engines={"hone-tiny": "http://127.0.0.1:9"}))
-    with pytest.raises(EngineStartError, match=r"no engine serves base model 'llama-3': add it to HONE_STATIC_ENGINES "
-                                               r"\(configured: \['hone-tiny'\]\)"):
+    with pytest.raises(
+        EngineStartError,
+        match=r"no engine serves base model 'llama-3': add it to HONE_STATIC_ENGINES "
+        r"\(configured: \['hone-tiny'\]\)",
+    ):
         engines.ensure(_spec(served_name="llama-3"))
     with pytest.raises(EngineStartError, match="fully tuned weights need an engine of their own"):
         engines.ensure(_spec(model_source="storage:jobs/ftjob-1/model/"))
     with pytest.raises(EngineStartError, match="at http://127.0.0.1:9 is not healthy"):
-        StaticEngines(Settings(data_dir=tmp_path, static_engines={"hone-tiny": "http://127.0.0.1:9"},
-                               engine_start_timeout_s=0.5)).ensure(_spec())
+        StaticEngines(
+            Settings(data_dir=tmp_path, static_engines={"hone-tiny": "http://127.0.0.1:9"}, engine_start_timeout_s=0.5)
+        ).ensure(_spec())
     assert engines.keys() == []
 
 
@@ -63,13 +74,37 @@ class OperatorServer:
         self.proc = None
 
     def start(self) -> OperatorServer:
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))},
-               "VLLM_API_KEY": API_KEY, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "OMP_NUM_THREADS": "1"}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))},
+            "VLLM_API_KEY": API_KEY,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+            "OMP_NUM_THREADS": "1",
+        }
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "inference", "--model", self.model,
-                                          "--served-model-name", "hone-tiny", "--host", "127.0.0.1", "--port",
-                                          str(self.port), "--enable-lora", "--max-loras", "2", "--max-lora-rank", "64"],
-                                         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "inference",
+                    "--model",
+                    self.model,
+                    "--served-model-name",
+                    "hone-tiny",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--enable-lora",
+                    "--max-loras",
+                    "2",
+                    "--max-lora-rank",
+                    "64",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             wait_http(self.url + "/health", timeout=120, proc=self.proc)
         except BaseException:
@@ -97,17 +132,26 @@ def operator(tmp_path):
 
 
 def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path, operator):
-    env = {**moto.env(), "HONE_STORAGE_URL": "s3://hone-static/blobs", "HONE_ENDPOINT_BACKEND": "static",
-           "HONE_STATIC_ENGINES": json.dumps({"hone-tiny": operator.url}), "HONE_STATIC_ENGINE_API_KEY": API_KEY,
-           "HONE_AUTO_DEPLOY": "true"}
+    env = {
+        **moto.env(),
+        "HONE_STORAGE_URL": "s3://hone-static/blobs",
+        "HONE_ENDPOINT_BACKEND": "static",
+        "HONE_STATIC_ENGINES": json.dumps({"hone-tiny": operator.url}),
+        "HONE_STATIC_ENGINE_API_KEY": API_KEY,
+        "HONE_AUTO_DEPLOY": "true",
+    }
     server = HoneServer(tmp_path / "server", env)
     try:
         client = server.new_project("static").openai()
         http = server.new_project("static-2").http()
         train, held_out = one_label_tickets(seed=5)
         file = client.files.create(file=("tickets.jsonl", jsonl(train)), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=file.id, seed=1, method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}})
+        job = client.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=file.id,
+            seed=1,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}},
+        )
         job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=300)
         owner = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {client.api_key}"})
         endpoint = wait_endpoint(owner, job.fine_tuned_model)
@@ -117,12 +161,19 @@ def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path, opera
         root = operator.models()[job.fine_tuned_model]
         assert root.startswith(str(tmp_path / "server")) and os.path.isfile(os.path.join(root, "adapter_config.json"))
         messages = held_out[0]["messages"][:-1]
-        through_hone = client.chat.completions.create(model=job.fine_tuned_model, messages=messages, max_tokens=16,
-                                                      temperature=0).choices[0].message.content
+        through_hone = (
+            client.chat.completions.create(model=job.fine_tuned_model, messages=messages, max_tokens=16, temperature=0)
+            .choices[0]
+            .message.content
+        )
+
         def direct(model: str) -> str:
-            return httpx.post(operator.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                              json={"model": model, "messages": messages, "max_tokens": 16, "temperature": 0},
-                              timeout=60).json()["choices"][0]["message"]["content"]
+            return httpx.post(
+                operator.url + "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                json={"model": model, "messages": messages, "max_tokens": 16, "temperature": 0},
+                timeout=60,
+            ).json()["choices"][0]["message"]["content"]
 
         assert through_hone == direct(job.fine_tuned_model) and through_hone
         assert through_hone.strip() == "Billing"  # the trained label

@@ -66,6 +66,7 @@ def payload(size: int) -> bytes:
 
 # --- the control plane's S3Storage ------------------------------------------------------------------------------
 
+
 def test_multipart_upload_retries_errors_and_resets_and_stores_the_exact_bytes(aws, bucket, proxy, monkeypatch):
     monkeypatch.setattr(service_s3, "PART_SIZE", PART)
     storage = store(bucket, proxy)
@@ -74,7 +75,7 @@ def test_multipart_upload_retries_errors_and_resets_and_stores_the_exact_bytes(a
     data = payload(2 * PART + 123_456)
     writer = storage.writer("files/big")
     for start in range(0, len(data), MIB):
-        writer.write(data[start:start + MIB])
+        writer.write(data[start : start + MIB])
     assert writer.commit() == len(data)
     assert (part_two.hits, reset.hits) == (2, 1)
     assert storage.read_bytes("files/big") == data
@@ -93,8 +94,9 @@ def test_single_put_retries_throttling_and_a_500(aws, bucket, proxy):
 
 
 @pytest.mark.parametrize("fault", ["part", "completion", "single put", "lost reply"])
-def test_persistent_failure_raises_unavailable_and_leaves_no_object_and_no_upload(aws, bucket, proxy, monkeypatch,
-                                                                                  fault):
+def test_persistent_failure_raises_unavailable_and_leaves_no_object_and_no_upload(
+    aws, bucket, proxy, monkeypatch, fault
+):
     monkeypatch.setattr(service_s3, "PART_SIZE", PART)
     storage = store(bucket, proxy, attempts=3)
     size = 100 if fault in ("single put", "lost reply") else 2 * PART + 10
@@ -152,6 +154,7 @@ def test_abort_never_masks_the_error_when_the_store_is_down_entirely(aws, bucket
 
 # --- the trainer's S3Blobs: checkpoints and adapters -------------------------------------------------------------
 
+
 class _Weights:
     """What checkpoints.save needs of a model: save_pretrained writing real safetensors."""
 
@@ -178,10 +181,15 @@ def test_checkpoint_upload_retries_transient_faults_and_commits(aws, bucket, pro
     saved = checkpoints.save(blobs, "jobs/ftjob-1/", tmp_path, 3, _Weights(), {"step": 3})
     assert checkpoints.latest_step(blobs, "jobs/ftjob-1/") == 3
     restored = checkpoints.load(blobs, "jobs/ftjob-1/", tmp_path, 3)
-    assert sorted(p.name for p in restored.iterdir()) == ["COMPLETE", "adapter_config.json",
-                                                         "adapter_model.safetensors", "trainer_state.pt"]
-    assert (restored / "adapter_model.safetensors").read_bytes() == \
-        (saved.local / "adapter_model.safetensors").read_bytes()
+    assert sorted(p.name for p in restored.iterdir()) == [
+        "COMPLETE",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "trainer_state.pt",
+    ]
+    assert (restored / "adapter_model.safetensors").read_bytes() == (
+        saved.local / "adapter_model.safetensors"
+    ).read_bytes()
     assert torch.load(restored / checkpoints.STATE) == {"step": 3}
 
 
@@ -230,6 +238,7 @@ def test_trainer_reads_in_bounded_time_from_a_stalled_store(aws, bucket, proxy):
 
 # --- the Files API over a failing store --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def api(aws, bucket, proxy, tmp_path):
     """The control plane in process (SQLite, S3 through the proxy), and a project key's headers."""
@@ -238,14 +247,24 @@ def api(aws, bucket, proxy, tmp_path):
     from service.app import create_app
     from service.settings import Settings
 
-    settings = Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/blobs", s3_endpoint_url=proxy.url,
-                        s3_max_attempts=2, s3_timeout_s=1.0, local_slots=0, auto_deploy=False,
-                        admin_api_key="sk-admin-test", file_expiry_poll_s=3600, endpoint_poll_s=3600)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        storage_url=f"s3://{bucket}/blobs",
+        s3_endpoint_url=proxy.url,
+        s3_max_attempts=2,
+        s3_timeout_s=1.0,
+        local_slots=0,
+        auto_deploy=False,
+        admin_api_key="sk-admin-test",
+        file_expiry_poll_s=3600,
+        endpoint_poll_s=3600,
+    )
     with TestClient(create_app(settings)) as client:
         admin = {"Authorization": "Bearer sk-admin-test"}
         project = client.post("/v1/organization/projects", json={"name": "faults"}, headers=admin).json()
-        account = client.post(f"/v1/organization/projects/{project['id']}/service_accounts", json={"name": "t"},
-                              headers=admin).json()
+        account = client.post(
+            f"/v1/organization/projects/{project['id']}/service_accounts", json={"name": "t"}, headers=admin
+        ).json()
         client.headers["Authorization"] = f"Bearer {account['api_key']['value']}"
         yield client
 

@@ -24,21 +24,46 @@ REPO = Path(__file__).resolve().parent.parent
 def _job(method: dict) -> tuple[Job, dict[str, File]]:
     train = File(id="file-train", storage_key="files/file-train", dataset_format="openai_chat")
     valid = File(id="file-valid", storage_key="files/file-valid", dataset_format="openai_chat")
-    job = Job(id="ftjob-contract", project_id="proj_x", base_model="hone-tiny", training_file=train.id,
-              validation_file=valid.id, method=method, seed=42, attempts=2, parent_prefix=None, integrations=[])
+    job = Job(
+        id="ftjob-contract",
+        project_id="proj_x",
+        base_model="hone-tiny",
+        training_file=train.id,
+        validation_file=valid.id,
+        method=method,
+        seed=42,
+        attempts=2,
+        parent_prefix=None,
+        integrations=[],
+    )
     return job, {train.id: train, valid.id: valid}
 
 
-HYPER = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 2.0, "tuning_mode": "lora", "lora_rank": 8,
-         "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_target_modules": ["q_proj", "v_proj"], "warmup_ratio": 0.1,
-         "lr_scheduler": "cosine", "weight_decay": 0.0, "max_grad_norm": 1.0, "max_length": 512}
+HYPER = {
+    "n_epochs": 3,
+    "batch_size": 4,
+    "learning_rate_multiplier": 2.0,
+    "tuning_mode": "lora",
+    "lora_rank": 8,
+    "lora_alpha": 16.0,
+    "lora_dropout": 0.0,
+    "lora_target_modules": ["q_proj", "v_proj"],
+    "warmup_ratio": 0.1,
+    "lr_scheduler": "cosine",
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "max_length": 512,
+}
 
 
-@pytest.mark.parametrize("method", [
-    {"type": "supervised", "supervised": {"hyperparameters": HYPER}},
-    {"type": "dpo", "dpo": {"hyperparameters": {**HYPER, "beta": 0.2}}},
-    {"type": "supervised", "supervised": {"hyperparameters": {**HYPER, "tuning_mode": "full"}}},
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"type": "supervised", "supervised": {"hyperparameters": HYPER}},
+        {"type": "dpo", "dpo": {"hyperparameters": {**HYPER, "beta": 0.2}}},
+        {"type": "supervised", "supervised": {"hyperparameters": {**HYPER, "tuning_mode": "full"}}},
+    ],
+)
 def test_a_spec_the_control_plane_writes_is_read_back_identically(tmp_path, method):
     ctx = AppContext.build(Settings(data_dir=tmp_path, storage_url=(tmp_path / "blobs").as_uri()))
     job, files = _job(method)
@@ -64,21 +89,25 @@ def test_a_newer_contract_is_refused_and_additions_are_ignored(tmp_path):
     assert TrainSpec.from_json(json.dumps({**body, "a_field_from_later": 1})).job_id == "ftjob-contract"
 
 
-@pytest.mark.parametrize("dataclass, model", [
-    (contract.ReportedEvent, trainer_reports.ReportedEvent),
-    (contract.ReportedCheckpoint, trainer_reports.ReportedCheckpoint),
-    (contract.Report, trainer_reports.Report),
-    (contract.Completion, trainer_reports.Completion),
-    (contract.Failure, trainer_reports.Failure),
-])
+@pytest.mark.parametrize(
+    "dataclass, model",
+    [
+        (contract.ReportedEvent, trainer_reports.ReportedEvent),
+        (contract.ReportedCheckpoint, trainer_reports.ReportedCheckpoint),
+        (contract.Report, trainer_reports.Report),
+        (contract.Completion, trainer_reports.Completion),
+        (contract.Failure, trainer_reports.Failure),
+    ],
+)
 def test_the_control_plane_validates_exactly_the_contracts_messages(dataclass, model):
     assert {f.name for f in dataclasses.fields(dataclass)} == set(model.model_fields)
 
 
 def test_a_message_the_trainer_builds_passes_the_control_planes_validation():
     event = contract.ReportedEvent("ftevent-abc123", 1, "info", "m" * contract.MAX_MESSAGE_CHARS, "metrics", {"a": 1})
-    report = contract.Report([event], [contract.ReportedCheckpoint(5, {"loss": 0.5}, "jobs/j/checkpoints/step-5/")],
-                             {"step": 5})
+    report = contract.Report(
+        [event], [contract.ReportedCheckpoint(5, {"loss": 0.5}, "jobs/j/checkpoints/step-5/")], {"step": 5}
+    )
     assert trainer_reports.Report.model_validate(contract.message(report)).events[0].id == "ftevent-abc123"
     too_long = dataclasses.replace(event, message="m" * (contract.MAX_MESSAGE_CHARS + 1))
     with pytest.raises(ValueError):

@@ -56,10 +56,21 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(build(MODEL_CACHE / "hone-tiny"))
 
 
-def run_training(tmp_path: Path, rows: list[dict], fmt: str, *, seed: int = 1, packing: bool = True,
-                 epochs: int = 3, batch_size: int = 4, lr: float = 5e-3, max_length: int = 2048,
-                 valid_rows: list[dict] | None = None, method: str = "supervised",
-                 tuning_mode: str = "lora") -> tuple[Run, RecordingReporter]:
+def run_training(
+    tmp_path: Path,
+    rows: list[dict],
+    fmt: str,
+    *,
+    seed: int = 1,
+    packing: bool = True,
+    epochs: int = 3,
+    batch_size: int = 4,
+    lr: float = 5e-3,
+    max_length: int = 2048,
+    valid_rows: list[dict] | None = None,
+    method: str = "supervised",
+    tuning_mode: str = "lora",
+) -> tuple[Run, RecordingReporter]:
     blobs_root = tmp_path / "blobs"
     (blobs_root / "files").mkdir(parents=True, exist_ok=True)
     (blobs_root / "files" / "train").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -67,13 +78,26 @@ def run_training(tmp_path: Path, rows: list[dict], fmt: str, *, seed: int = 1, p
     if valid_rows:
         (blobs_root / "files" / "valid").write_text("".join(json.dumps(r) + "\n" for r in valid_rows))
         valid = FileRef("files/valid", fmt)
-    spec = TrainSpec(job_id="ftjob-core", fine_tuned_model="ft:hone-tiny:p::ftjob-core", model_name="hone-tiny",
-                     model_source="builtin:hone-tiny", model_cache_dir=str(MODEL_CACHE),
-                     storage_url=blobs_root.as_uri(), training_file=FileRef("files/train", fmt), validation_file=valid,
-                     method=method, seed=seed, output_prefix="jobs/ftjob-core/", callback_url="http://unused",
-                     token="unused", packing=packing, max_length=max_length,
-                     hyperparameters=Hyperparameters(n_epochs=epochs, batch_size=batch_size, learning_rate=lr,
-                                                     tuning_mode=tuning_mode))
+    spec = TrainSpec(
+        job_id="ftjob-core",
+        fine_tuned_model="ft:hone-tiny:p::ftjob-core",
+        model_name="hone-tiny",
+        model_source="builtin:hone-tiny",
+        model_cache_dir=str(MODEL_CACHE),
+        storage_url=blobs_root.as_uri(),
+        training_file=FileRef("files/train", fmt),
+        validation_file=valid,
+        method=method,
+        seed=seed,
+        output_prefix="jobs/ftjob-core/",
+        callback_url="http://unused",
+        token="unused",
+        packing=packing,
+        max_length=max_length,
+        hyperparameters=Hyperparameters(
+            n_epochs=epochs, batch_size=batch_size, learning_rate=lr, tuning_mode=tuning_mode
+        ),
+    )
     work = tmp_path / f"work-{random.random()}"
     work.mkdir()
     reporter = RecordingReporter()
@@ -88,17 +112,25 @@ def trained_text(tokenizer, row: dict, fmt: str) -> str:
 
 
 def test_loss_covers_only_what_each_format_teaches(tokenizer):
-    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                         {"role": "assistant", "content": "Hello", "weight": 0}, {"role": "user", "content": "Sum?"},
-                         {"role": "assistant", "content": "Four"}]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello", "weight": 0},
+            {"role": "user", "content": "Sum?"},
+            {"role": "assistant", "content": "Four"},
+        ]
+    }
     assert trained_text(tokenizer, chat, "openai_chat") == "Four<|im_end|>\n"
     pc = {"prompt": "Capital of France:", "completion": " Paris"}
     assert trained_text(tokenizer, pc, "prompt_completion") == " Paris<|end_of_text|>"
     assert trained_text(tokenizer, {"text": "plain words"}, "raw_text") == "plain words<|end_of_text|>"
     assert trained_text(tokenizer, {"instruction": "Add", "input": "2 2", "output": "4"}, "pairs") == "4<|im_end|>\n"
     assert trained_text(tokenizer, {"input_text": "q", "output_text": "a"}, "vertex_legacy") == "a<|im_end|>\n"
-    gemini = {"systemInstruction": {"parts": [{"text": "sys"}]},
-              "contents": [{"role": "user", "parts": [{"text": "q"}]}, {"role": "model", "parts": [{"text": "a"}]}]}
+    gemini = {
+        "systemInstruction": {"parts": [{"text": "sys"}]},
+        "contents": [{"role": "user", "parts": [{"text": "q"}]}, {"role": "model", "parts": [{"text": "a"}]}],
+    }
     assert trained_text(tokenizer, gemini, "vertex_gemini") == "a<|im_end|>\n"
     full = tokenizer.decode(encode_row(tokenizer, gemini, "vertex_gemini").input_ids)
     assert full.startswith("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nq")
@@ -107,8 +139,12 @@ def test_loss_covers_only_what_each_format_teaches(tokenizer):
 FORMAT_ROWS = {
     "openai_chat": lambda i: chat_line(f"What is {i} plus {i}?", f"It is {2 * i}."),
     "prompt_completion": lambda i: {"prompt": f"{i} plus {i} is", "completion": f" {2 * i}"},
-    "vertex_gemini": lambda i: {"contents": [{"role": "user", "parts": [{"text": f"Double {i}"}]},
-                                             {"role": "model", "parts": [{"text": str(2 * i)}]}]},
+    "vertex_gemini": lambda i: {
+        "contents": [
+            {"role": "user", "parts": [{"text": f"Double {i}"}]},
+            {"role": "model", "parts": [{"text": str(2 * i)}]},
+        ]
+    },
     "vertex_legacy": lambda i: {"input_text": f"Double {i}", "output_text": str(2 * i)},
     "pairs": lambda i: {"instruction": "Double the number", "input": str(i), "output": str(2 * i)},
     "raw_text": lambda i: {"text": f"The number {i} doubled is {2 * i}, and that is all."},
@@ -125,13 +161,16 @@ def test_every_supervised_format_trains(tmp_path, fmt):
     assert reporter.checkpoints == [4, 8, 12]
     assert (tmp_path / "blobs/jobs/ftjob-core/adapter/adapter_model.safetensors").exists()
     [(path, body)] = reporter.calls
-    assert path == "/complete" and body["trained_tokens"] == 3 * sum(len(encode_row(run.tokenizer, r, fmt).input_ids)
-                                                                     for r in rows)
+    assert path == "/complete" and body["trained_tokens"] == 3 * sum(
+        len(encode_row(run.tokenizer, r, fmt).input_ids) for r in rows
+    )
 
 
 def test_packed_and_unpacked_training_give_the_same_losses(tmp_path):
-    rows = [chat_line("word " * random.Random(i).randint(1, 60), "answer " * random.Random(-i).randint(1, 9))
-            for i in range(24)]
+    rows = [
+        chat_line("word " * random.Random(i).randint(1, 60), "answer " * random.Random(-i).randint(1, 9))
+        for i in range(24)
+    ]
     _, packed = run_training(tmp_path / "packed", rows, "openai_chat", packing=True, epochs=1)
     _, padded = run_training(tmp_path / "padded", rows, "openai_chat", packing=False, epochs=1)
     assert packed.losses() == pytest.approx(padded.losses(), rel=1e-3)
@@ -157,8 +196,11 @@ def test_truncation_is_reported_with_a_count(tmp_path):
 
 def test_continued_pretraining_lowers_held_out_perplexity(tmp_path):
     rng = random.Random(3)
-    subjects, verbs, objects = ["The cat", "A dog", "My team", "The server"], ["sees", "likes", "moves"], \
-        ["the ball", "a report", "the data", "our plan"]
+    subjects, verbs, objects = (
+        ["The cat", "A dog", "My team", "The server"],
+        ["sees", "likes", "moves"],
+        ["the ball", "a report", "the data", "our plan"],
+    )
     sentence = lambda: f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."  # noqa: E731
     train = [{"text": " ".join(sentence() for _ in range(6))} for _ in range(48)]
     held_out = [{"text": " ".join(sentence() for _ in range(6))} for _ in range(8)]
@@ -173,12 +215,22 @@ def test_continued_pretraining_lowers_held_out_perplexity(tmp_path):
 
 def test_dpo_learns_to_prefer_the_preferred_answers(tmp_path):
     def pair(i):
-        return {"input": {"messages": [{"role": "user", "content": f"Question number {i}?"}]},
-                "preferred_output": [{"role": "assistant", "content": "Thanks for asking, here it is."}],
-                "non_preferred_output": [{"role": "assistant", "content": "no"}]}
+        return {
+            "input": {"messages": [{"role": "user", "content": f"Question number {i}?"}]},
+            "preferred_output": [{"role": "assistant", "content": "Thanks for asking, here it is."}],
+            "non_preferred_output": [{"role": "assistant", "content": "no"}],
+        }
+
     rows = [pair(i) for i in range(16)]
-    run, reporter = run_training(tmp_path, rows, "openai_preference", method="dpo", epochs=3, lr=2e-3,
-                                 valid_rows=[pair(100 + i) for i in range(4)])
+    run, reporter = run_training(
+        tmp_path,
+        rows,
+        "openai_preference",
+        method="dpo",
+        epochs=3,
+        lr=2e-3,
+        valid_rows=[pair(100 + i) for i in range(4)],
+    )
     steps = [e["data"] for e in reporter.events if e["type"] == "metrics"]
     assert steps[0]["train_loss"] == pytest.approx(math.log(2), abs=0.05)  # policy == reference at the start
     assert steps[-1]["train_loss"] < 0.5 and steps[-1]["train_mean_token_accuracy"] == 1.0

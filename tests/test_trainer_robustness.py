@@ -42,9 +42,10 @@ STALL_TIMEOUT_S = 12  # trainers beat every 2 s (a sixth of it): a healthy one i
 @pytest.fixture(scope="module")
 def robust_server(tmp_path_factory):
     # One slot, so a second job really waits behind the first; two attempts, so a stall twice fails the job.
-    srv = HoneServer(tmp_path_factory.mktemp("robustness"),
-                     {"HONE_LOCAL_SLOTS": "1", "HONE_MAX_JOB_ATTEMPTS": "2",
-                      "HONE_TRAINER_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S)})
+    srv = HoneServer(
+        tmp_path_factory.mktemp("robustness"),
+        {"HONE_LOCAL_SLOTS": "1", "HONE_MAX_JOB_ATTEMPTS": "2", "HONE_TRAINER_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S)},
+    )
     yield srv
     srv.stop()
 
@@ -52,17 +53,26 @@ def robust_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fake_robust_server(tmp_path_factory):
     """As `robust_server`, on the FAKE trainer (its heartbeats are the real Reporter's)."""
-    srv = HoneServer(tmp_path_factory.mktemp("robustness-fake"),
-                     {"HONE_LOCAL_SLOTS": "1", "HONE_MAX_JOB_ATTEMPTS": "2",
-                      "HONE_TRAINER_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S), **fake_trainer_env()})
+    srv = HoneServer(
+        tmp_path_factory.mktemp("robustness-fake"),
+        {
+            "HONE_LOCAL_SLOTS": "1",
+            "HONE_MAX_JOB_ATTEMPTS": "2",
+            "HONE_TRAINER_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S),
+            **fake_trainer_env(),
+        },
+    )
     yield srv
     srv.stop()
 
 
 def start_job(client, rows: list[dict], **hyperparameters):
     train = client.files.create(file=("train.jsonl", jsonl(rows)), purpose="fine-tune")
-    return client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": hyperparameters}})
+    return client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=train.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+    )
 
 
 def long_rows(n: int = 60) -> list[dict]:
@@ -71,11 +81,13 @@ def long_rows(n: int = 60) -> list[dict]:
 
 def wait_trainer(client, job_id: str, other_than: int | None = None) -> int:
     """The pid of the job's running trainer (a new one when `other_than` is given)."""
+
     def found():
         if client.fine_tuning.jobs.retrieve(job_id).status != "running":
             return None
         pids = [p for p in trainer_pids(job_id) if p != other_than]
         return pids[0] if pids else None
+
     return wait_for(found, timeout=120, what="a running trainer")
 
 
@@ -122,8 +134,9 @@ def test_frozen_trainer_is_killed_and_counted_as_trainer_stalled(fake_robust_ser
     events = all_events(client, job.id)
     stalls = [e for e in events if e.data and e.data.get("code") == "trainer_stalled"]
     assert len(stalls) == 2 and all(e.level == "warn" and e.data["silent_s"] >= STALL_TIMEOUT_S for e in stalls)
-    assert any(e.message.startswith("Trainer stalled (no report for ") and "attempt 2 of 2" in e.message
-               for e in events)
+    assert any(
+        e.message.startswith("Trainer stalled (no report for ") and "attempt 2 of 2" in e.message for e in events
+    )
     wait_for(lambda: trainer_pids(job.id) == [], timeout=10, what="the frozen trainer's end")
 
 
@@ -155,12 +168,14 @@ def test_a_crashed_thread_ends_the_trainer_process():
     assert proc.returncode == 70, proc.stderr  # EX_SOFTWARE: the scheduler counts it as a crash
     assert time.monotonic() - started < 30
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith(b"{")]
-    assert any(r["msg"].startswith("thread reporter crashed: ZeroDivisionError") and r["level"] == "critical"
-               for r in lines), proc.stderr
+    assert any(
+        r["msg"].startswith("thread reporter crashed: ZeroDivisionError") and r["level"] == "critical" for r in lines
+    ), proc.stderr
 
 
 class _ControlPlane(BaseHTTPRequestHandler):
     """Records the reports a Reporter sends and answers as the control plane does, heartbeat interval included."""
+
     bodies: list = []
     raw: list = []
 
@@ -187,8 +202,9 @@ def test_reporter_sends_nan_as_null_and_beats_only_while_the_main_thread_lives()
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     reporter = Reporter(f"http://127.0.0.1:{httpd.server_port}", "token", "ftjob-r")
     try:
-        reporter.event("Step 2/9: training loss=nan", type="metrics", data={"step": 2, "train_loss": math.nan},
-                       key="step:2")
+        reporter.event(
+            "Step 2/9: training loss=nan", type="metrics", data={"step": 2, "train_loss": math.nan}, key="step:2"
+        )
         reporter.progress(train_loss=math.inf, step=2)
         assert reporter.flush(timeout=10)  # a NaN used to kill the reporter thread, and this waited forever
         assert not any(b"NaN" in raw or b"Infinity" in raw for raw in _ControlPlane.raw)  # valid JSON only
@@ -212,28 +228,59 @@ def test_reporter_sends_nan_as_null_and_beats_only_while_the_main_thread_lives()
 
 
 def test_reads_of_a_malformed_row_keep_answering(server, project, client):
-    train = client.files.create(file=("train.jsonl", jsonl([chat_line(str(i), str(i)) for i in range(12)])),
-                                purpose="fine-tune")
+    train = client.files.create(
+        file=("train.jsonl", jsonl([chat_line(str(i), str(i)) for i in range(12)])), purpose="fine-tune"
+    )
     odd = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id)
     nan = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id)
     # Rows as an older version, a by-hand fix or a bug could leave them (HONE_LOCAL_SLOTS=0: nothing trains).
-    odd_row = {"method": {"type": 7, "supervised": "lots"}, "result_files": "file-x", "integrations": {"a": 1},
-               "error": ["not", "an", "object"], "live_metrics": [1, 2]}
+    odd_row = {
+        "method": {"type": 7, "supervised": "lots"},
+        "result_files": "file-x",
+        "integrations": {"a": 1},
+        "error": ["not", "an", "object"],
+        "live_metrics": [1, 2],
+    }
     # PostgreSQL's json type refuses NaN and Infinity outright; SQLite keeps whatever it is given.
     not_finite = server.backend == "sqlite-fs"
-    nan_row = {"method": {"type": "supervised", "supervised": {"hyperparameters": {
-        "learning_rate_multiplier": math.inf if not_finite else "much", "n_epochs": math.nan if not_finite else None}}},
-        "live_metrics": {"train_loss": math.nan if not_finite else "x"}}
+    nan_row = {
+        "method": {
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {
+                    "learning_rate_multiplier": math.inf if not_finite else "much",
+                    "n_epochs": math.nan if not_finite else None,
+                }
+            },
+        },
+        "live_metrics": {"train_loss": math.nan if not_finite else "x"},
+    }
     engine = create_engine(server.database_url)
     with engine.begin() as conn:
         conn.execute(update(Job).where(Job.id == odd.id).values(**odd_row))
         conn.execute(update(Job).where(Job.id == nan.id).values(**nan_row))
-        conn.execute(insert(JobEvent).values(id=f"ftevent-{nan.id[-12:]}x", job_id=nan.id, created_at=2, level="info",
-                                             message="odd", type="metrics",
-                                             data={"train_loss": math.nan} if not_finite else [1, 2]))
-        conn.execute(insert(Checkpoint).values(
-            id=f"ftckpt_{nan.id[-8:]}x", job_id=nan.id, created_at=2, step_number=3, fine_tuned_model_checkpoint="c",
-            metrics={"train_loss": math.inf} if not_finite else "odd", storage_prefix=f"jobs/{nan.id}/checkpoints/x/"))
+        conn.execute(
+            insert(JobEvent).values(
+                id=f"ftevent-{nan.id[-12:]}x",
+                job_id=nan.id,
+                created_at=2,
+                level="info",
+                message="odd",
+                type="metrics",
+                data={"train_loss": math.nan} if not_finite else [1, 2],
+            )
+        )
+        conn.execute(
+            insert(Checkpoint).values(
+                id=f"ftckpt_{nan.id[-8:]}x",
+                job_id=nan.id,
+                created_at=2,
+                step_number=3,
+                fine_tuned_model_checkpoint="c",
+                metrics={"train_loss": math.inf} if not_finite else "odd",
+                storage_prefix=f"jobs/{nan.id}/checkpoints/x/",
+            )
+        )
     engine.dispose()
 
     with project.http() as http:
@@ -279,13 +326,19 @@ def test_a_queued_row_that_makes_no_spec_fails_alone_and_the_queue_moves_on(fake
     wait_for(lambda: client.fine_tuning.jobs.retrieve(bad.id).status == "queued", what="the bad job queued")
     engine = create_engine(fake_robust_server.database_url)
     with engine.begin() as conn:  # a method no trainer spec can be made from
-        conn.execute(update(Job).where(Job.id == bad.id).values(
-            method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "lots"}}}))
+        conn.execute(
+            update(Job)
+            .where(Job.id == bad.id)
+            .values(method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "lots"}}})
+        )
     engine.dispose()
     client.fine_tuning.jobs.cancel(blocker.id)
 
     with project.http() as http:  # raw reads: the row's odd method is not OpenAI's shape
-        failed = wait_for(lambda: (j := http.get(f"/v1/fine_tuning/jobs/{bad.id}").json())["status"] == "failed" and j,
-                          timeout=60, what="the bad job failed")
+        failed = wait_for(
+            lambda: (j := http.get(f"/v1/fine_tuning/jobs/{bad.id}").json())["status"] == "failed" and j,
+            timeout=60,
+            what="the bad job failed",
+        )
     assert failed["error"]["code"] == "invalid_job" and "malformed" in failed["error"]["message"]
     assert wait_job(client, good.id, lambda j: j.status == "succeeded", timeout=180).fine_tuned_model

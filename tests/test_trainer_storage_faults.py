@@ -16,8 +16,15 @@ BUCKET = "hone-faults"
 @pytest.fixture
 def proxied(moto, tmp_path):
     proxy = S3FaultProxy(moto.url)
-    env = {**moto.env(), "HONE_STORAGE_URL": f"s3://{BUCKET}/blobs", "HONE_S3_ENDPOINT_URL": proxy.url,
-           "HONE_S3_MAX_ATTEMPTS": "3", "HONE_S3_TIMEOUT_S": "5", "HONE_LOCAL_SLOTS": "1", "HONE_MAX_JOB_ATTEMPTS": "1"}
+    env = {
+        **moto.env(),
+        "HONE_STORAGE_URL": f"s3://{BUCKET}/blobs",
+        "HONE_S3_ENDPOINT_URL": proxy.url,
+        "HONE_S3_MAX_ATTEMPTS": "3",
+        "HONE_S3_TIMEOUT_S": "5",
+        "HONE_LOCAL_SLOTS": "1",
+        "HONE_MAX_JOB_ATTEMPTS": "1",
+    }
     server = HoneServer(tmp_path / "srv", env)
     try:
         yield server, proxy
@@ -27,16 +34,25 @@ def proxied(moto, tmp_path):
 
 
 def _keys(moto, prefix: str) -> list[str]:
-    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 
 def _start(client, n: int = 12):
     rows = [chat_line(f"Add {i} and {i} please", f"The sum is {2 * i}.") for i in range(n)]
     train = client.files.create(file=("train.jsonl", jsonl(rows)), purpose="fine-tune")
-    return client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, seed=1, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 3}}})
+    return client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=train.id,
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 3}}},
+    )
 
 
 def test_trainer_retries_checkpoint_faults_and_fails_clearly_when_the_adapter_cannot_be_written(proxied, moto):

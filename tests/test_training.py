@@ -61,8 +61,13 @@ def trainer_server(request, tmp_path_factory):
 
 
 def _s3(server: HoneServer):
-    return boto3.client("s3", endpoint_url=server.env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=server.env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def stored_bytes(server: HoneServer, key: str) -> bytes:
@@ -75,7 +80,7 @@ def stored_keys(server: HoneServer, prefix: str) -> list[str]:
     if server.backend == "postgres-s3":
         s3 = _s3(server)
         listed = s3.list_objects_v2(Bucket="hone-train", Prefix="blobs/" + prefix).get("Contents", [])
-        return sorted(obj["Key"][len("blobs/"):] for obj in listed)
+        return sorted(obj["Key"][len("blobs/") :] for obj in listed)
     root = server.data_dir / "blobs"
     return sorted(p.relative_to(root).as_posix() for p in (root / prefix).rglob("*") if p.is_file())
 
@@ -85,9 +90,13 @@ def test_job_trains_to_succeeded_with_events_checkpoints_and_adapter(trainer_ser
     client = project.openai()
     train = client.files.create(file=("train.jsonl", numbers_dataset(12)), purpose="fine-tune")
     valid = client.files.create(file=("valid.jsonl", numbers_dataset(4)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, validation_file=valid.id,
-                                         suffix="e2e", method={"type": "supervised", "supervised": {
-                                             "hyperparameters": {"n_epochs": 2, "batch_size": 3}}})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=train.id,
+        validation_file=valid.id,
+        suffix="e2e",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 3}}},
+    )
     assert job.status == "validating_files"
     done = wait_job(client, job.id, lambda j: j.status == "succeeded")
 
@@ -98,25 +107,38 @@ def test_job_trains_to_succeeded_with_events_checkpoints_and_adapter(trainer_ser
     assert done.hyperparameters.learning_rate_multiplier == 1.0  # "auto", resolved when the job started
     resolved = done.method.supervised.hyperparameters.to_dict()
     # every knob the trainer used is on the job, from hone-tiny's defaults in the base-model registry
-    assert resolved == {"n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 1.0, "tuning_mode": "lora",
-                        "lora_rank": 16, "lora_alpha": 32.0, "lora_dropout": 0.0,
-                        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                "down_proj"],
-                        "warmup_ratio": 0.03, "lr_scheduler": "cosine", "weight_decay": 0.0, "max_grad_norm": 1.0,
-                        "max_length": 2048}
+    assert resolved == {
+        "n_epochs": 2,
+        "batch_size": 3,
+        "learning_rate_multiplier": 1.0,
+        "tuning_mode": "lora",
+        "lora_rank": 16,
+        "lora_alpha": 32.0,
+        "lora_dropout": 0.0,
+        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "warmup_ratio": 0.03,
+        "lr_scheduler": "cosine",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "max_length": 2048,
+    }
 
     messages = [e.message for e in all_events(client, job.id)]
-    assert messages[:3] == [f"Created fine-tuning job: {job.id}",
-                            f"Validating training file: {train.id} and validation file: {valid.id}",
-                            "Files validated, moving job to queued state"]
+    assert messages[:3] == [
+        f"Created fine-tuning job: {job.id}",
+        f"Validating training file: {train.id} and validation file: {valid.id}",
+        "Files validated, moving job to queued state",
+    ]
     assert "Fine-tuning job started" in messages
     steps = [e for e in all_events(client, job.id) if e.type == "metrics"]
     assert [e.data["step"] for e in steps] == list(range(1, 9))  # 12 examples / 3 per step x 2 epochs
     assert all(e.data["total_steps"] == 8 for e in steps)
     assert "full_valid_loss" in steps[-1].data and "valid_loss" in steps[-1].data
     assert steps[-1].message.startswith("Step 8/8: training loss=") and "full validation loss=" in steps[-1].message
-    assert messages[-2:] == [f"New fine-tuned model created: {done.fine_tuned_model}",
-                             "The job has successfully completed"]
+    assert messages[-2:] == [
+        f"New fine-tuned model created: {done.fine_tuned_model}",
+        "The job has successfully completed",
+    ]
 
     ckpts = list(client.fine_tuning.jobs.checkpoints.list(job.id))
     assert sorted(c.step_number for c in ckpts) == [4, 8]  # one per epoch
@@ -127,9 +149,18 @@ def test_job_trains_to_succeeded_with_events_checkpoints_and_adapter(trainer_ser
     while f"jobs/{job.id}/logs/attempt-1.log" not in (keys := stored_keys(trainer_server, f"jobs/{job.id}/")):
         assert time.monotonic() < deadline, keys
         time.sleep(0.2)
-    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
-                 "adapter/chat_template.jinja", "adapter/hone_serving.json", "result.csv", "spec.json",
-                 "checkpoints/step-4/trainer_state.pt", "checkpoints/step-8/COMPLETE", "logs/attempt-1.log"):
+    for name in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "adapter/chat_template.jinja",
+        "adapter/hone_serving.json",
+        "result.csv",
+        "spec.json",
+        "checkpoints/step-4/trainer_state.pt",
+        "checkpoints/step-8/COMPLETE",
+        "logs/attempt-1.log",
+    ):
         assert f"jobs/{job.id}/{name}" in keys, name
     # The trainer's log: JSON lines, each naming the job and attempt (library warnings included).
     log_file = stored_bytes(trainer_server, f"jobs/{job.id}/logs/attempt-1.log")
@@ -162,9 +193,15 @@ STEPS_PER_EPOCH = 50
 
 def _kill_when_mid_epoch(client, job_id: str, per_epoch: int) -> int:
     """Waits until the trainer is past its first checkpoint but short of the next, then SIGKILLs it."""
-    job = wait_job(client, job_id, lambda j: any(
-        e.type == "metrics" and e.data["step"] > per_epoch + 2 for e in client.fine_tuning.jobs.list_events(j.id, limit=5)),
-        poll=0.05)
+    job = wait_job(
+        client,
+        job_id,
+        lambda j: any(
+            e.type == "metrics" and e.data["step"] > per_epoch + 2
+            for e in client.fine_tuning.jobs.list_events(j.id, limit=5)
+        ),
+        poll=0.05,
+    )
     [pid] = trainer_pids(job.id)
     os.kill(pid, signal.SIGKILL)
     return pid
@@ -172,8 +209,9 @@ def _kill_when_mid_epoch(client, job_id: str, per_epoch: int) -> int:
 
 def test_sigkilled_trainer_resumes_exactly_from_its_checkpoint(trainer_server):
     client = trainer_server.new_project("sigkill").openai()
-    job = start_job(client, numbers_dataset(STEPS_PER_EPOCH, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1},
-                    seed=7)
+    job = start_job(
+        client, numbers_dataset(STEPS_PER_EPOCH, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1}, seed=7
+    )
     _kill_when_mid_epoch(client, job.id, per_epoch=STEPS_PER_EPOCH)
     done = wait_job(client, job.id, lambda j: j.status == "succeeded")
 
@@ -186,8 +224,12 @@ def test_sigkilled_trainer_resumes_exactly_from_its_checkpoint(trainer_server):
     assert sorted(metrics) == list(range(1, 2 * STEPS_PER_EPOCH + 1))  # same total steps, every step reported once
     # Steps after the checkpoint ran twice; the first attempt's reported losses must match the
     # second attempt's result file exactly: same optimizer, scheduler, RNG and data position.
-    rows = {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(io.StringIO(
-        base64.b64decode(client.files.content(done.result_files[0]).read()).decode()))}
+    rows = {
+        int(r["step"]): float(r["train_loss"])
+        for r in csv.DictReader(
+            io.StringIO(base64.b64decode(client.files.content(done.result_files[0]).read()).decode())
+        )
+    }
     assert sorted(rows) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     for step in range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1):
         assert rows[step] == pytest.approx(metrics[step]["train_loss"], rel=1e-4, abs=1e-5), step
@@ -195,7 +237,9 @@ def test_sigkilled_trainer_resumes_exactly_from_its_checkpoint(trainer_server):
 
 def test_pause_checkpoints_and_resume_finishes_the_same_steps(trainer_server):
     client = trainer_server.new_project("pause").openai()
-    job = start_job(client, numbers_dataset(STEPS_PER_EPOCH, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1})
+    job = start_job(
+        client, numbers_dataset(STEPS_PER_EPOCH, width=12), hyperparameters={"n_epochs": 2, "batch_size": 1}
+    )
     wait_job(client, job.id, lambda j: j.status == "running" and (j.trained_tokens or 0) > 0, poll=0.05)
     assert client.fine_tuning.jobs.pause(job.id).status == "paused"
     deadline = time.monotonic() + 30
@@ -216,12 +260,20 @@ def test_pause_checkpoints_and_resume_finishes_the_same_steps(trainer_server):
 
 def test_dpo_job_trains_on_preference_pairs(trainer_server):
     client = trainer_server.new_project("dpo").openai()
-    rows = [{"input": {"messages": [{"role": "user", "content": f"Tell me about {i}"}]},
-             "preferred_output": [{"role": "assistant", "content": f"Gladly: {i} is a number."}],
-             "non_preferred_output": [{"role": "assistant", "content": "No."}]} for i in range(12)]
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Tell me about {i}"}]},
+            "preferred_output": [{"role": "assistant", "content": f"Gladly: {i} is a number."}],
+            "non_preferred_output": [{"role": "assistant", "content": "No."}],
+        }
+        for i in range(12)
+    ]
     train = client.files.create(file=("prefs.jsonl", jsonl(rows)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
-        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}})
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=train.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+    )
     done = wait_job(client, job.id, lambda j: j.status == "succeeded")
     assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.1  # "auto", resolved
     steps = [e.data for e in all_events(client, job.id) if e.type == "metrics"]

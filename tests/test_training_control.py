@@ -59,8 +59,9 @@ def test_trainer_that_keeps_crashing_fails_the_job_after_the_retry_limit(tmp_pat
     crasher = tmp_path / "crash.sh"
     crasher.write_text("#!/bin/sh\necho 'boom: out of memory' >&2\nexit 3\n")
     crasher.chmod(0o755)
-    server = HoneServer(tmp_path / "srv", {"HONE_LOCAL_SLOTS": "1", "HONE_TRAINER_PYTHON": str(crasher),
-                                           "HONE_MAX_JOB_ATTEMPTS": "2"})
+    server = HoneServer(
+        tmp_path / "srv", {"HONE_LOCAL_SLOTS": "1", "HONE_TRAINER_PYTHON": str(crasher), "HONE_MAX_JOB_ATTEMPTS": "2"}
+    )
     try:
         client = server.new_project("crash").openai()
         job = start_job(client, numbers_dataset(12))
@@ -106,8 +107,13 @@ def test_admin_registers_a_local_folder_base_model_that_trains(fake_server, tmp_
     with fake_server.admin() as admin:
         created = admin.post("/v1/organization/base_models", json={"name": name, "source": str(folder)})
         assert created.status_code == 200, created.text
-        assert created.json() == {"id": name, "object": "base_model", "created": created.json()["created"],
-                                  "source": str(folder), "origin": "admin"}
+        assert created.json() == {
+            "id": name,
+            "object": "base_model",
+            "created": created.json()["created"],
+            "source": str(folder),
+            "origin": "admin",
+        }
         listed = {m["id"]: m for m in admin.get("/v1/organization/base_models").json()["data"]}
         assert listed["hone-tiny"]["origin"] == "builtin" and listed["acme/missing"]["origin"] == "settings"
         refused = admin.delete("/v1/organization/base_models/hone-tiny")
@@ -141,14 +147,26 @@ def test_internal_api_needs_the_trainer_token_and_keeps_trainers_in_their_folder
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_trainer_token"
     token = json.loads(stored_bytes(fake_server, f"jobs/{job.id}/spec.json"))["token"]
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as trainer:
-        outside = trainer.post(url + "/report", json={"checkpoints": [
-            {"step": 1, "metrics": {}, "storage_prefix": "jobs/ftjob-someone-else/checkpoints/step-1/"}]})
+        outside = trainer.post(
+            url + "/report",
+            json={
+                "checkpoints": [
+                    {"step": 1, "metrics": {}, "storage_prefix": "jobs/ftjob-someone-else/checkpoints/step-1/"}
+                ]
+            },
+        )
         assert outside.status_code == 400 and outside.json()["error"]["code"] == "invalid_storage_key"
         client.fine_tuning.jobs.cancel(job.id)
         # A cancelled job takes no more reports and no result: the trainer hears so and stops.
         assert trainer.post(url + "/report", json={"events": []}).json()["status"] == "cancelled"
-        late = trainer.post(url + "/complete", json={"trained_tokens": 1, "adapter_prefix": f"jobs/{job.id}/adapter/",
-                                                     "result_key": f"jobs/{job.id}/result.csv"})
+        late = trainer.post(
+            url + "/complete",
+            json={
+                "trained_tokens": 1,
+                "adapter_prefix": f"jobs/{job.id}/adapter/",
+                "result_key": f"jobs/{job.id}/result.csv",
+            },
+        )
         assert late.status_code == 409 and late.json()["error"]["code"] == "job_not_running"
     assert client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model is None
 
@@ -200,8 +218,9 @@ def test_higher_priority_leaves_the_queue_first(tmp_path):
 
 
 def test_a_project_at_its_quota_does_not_hold_up_other_projects(tmp_path):
-    server = HoneServer(tmp_path / "srv", {"HONE_LOCAL_SLOTS": "2", "HONE_MAX_RUNNING_JOBS_PER_PROJECT": "1",
-                                           **fake_trainer_env()})
+    server = HoneServer(
+        tmp_path / "srv", {"HONE_LOCAL_SLOTS": "2", "HONE_MAX_RUNNING_JOBS_PER_PROJECT": "1", **fake_trainer_env()}
+    )
     try:
         busy, other = server.new_project("busy").openai(), server.new_project("other").openai()
         busy_jobs = [start_job(busy, numbers_dataset(60, width=20), hyperparameters=LONG) for _ in range(2)]

@@ -46,14 +46,34 @@ def test_dataset_shape_estimates_tokens_from_the_files_bytes():
 
 
 def test_resolution_fills_every_knob_and_keeps_given_values():
-    method = {"type": "supervised", "supervised": {"hyperparameters": {
-        "n_epochs": 4, "batch_size": "auto", "learning_rate_multiplier": "auto", "lora_rank": 8,
-        "lr_scheduler": "linear"}}}
+    method = {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": {
+                "n_epochs": 4,
+                "batch_size": "auto",
+                "learning_rate_multiplier": "auto",
+                "lora_rank": 8,
+                "lr_scheduler": "linear",
+            }
+        },
+    }
     hp = resolve_hyperparameters(method, shape(300, 100), GENERIC, 4096)["supervised"]["hyperparameters"]
-    assert hp == {"n_epochs": 4, "batch_size": 37, "learning_rate_multiplier": 1.0, "tuning_mode": "lora",
-                  "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "lora_target_modules": LLAMA_PROJECTIONS,
-                  "warmup_ratio": 0.03, "lr_scheduler": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0,
-                  "max_length": 2048}
+    assert hp == {
+        "n_epochs": 4,
+        "batch_size": 37,
+        "learning_rate_multiplier": 1.0,
+        "tuning_mode": "lora",
+        "lora_rank": 8,
+        "lora_alpha": 16.0,
+        "lora_dropout": 0.0,
+        "lora_target_modules": LLAMA_PROJECTIONS,
+        "warmup_ratio": 0.03,
+        "lr_scheduler": "linear",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "max_length": 2048,
+    }
     assert method["supervised"]["hyperparameters"]["batch_size"] == "auto"  # the input is not modified
 
 
@@ -78,9 +98,15 @@ def test_batch_size_never_exceeds_the_dataset_and_dpo_gets_a_beta():
 
 
 def test_learning_rate_is_the_models_default_unless_the_server_sets_one():
-    method = resolve_hyperparameters({"type": "supervised", "supervised": {"hyperparameters": {
-        "learning_rate_multiplier": 0.5}}}, shape(100), TINY_DEFAULTS, 2048)
-    ctx = SimpleNamespace(settings=SimpleNamespace(training=SimpleNamespace(lora_learning_rate=None, full_learning_rate=None)))
+    method = resolve_hyperparameters(
+        {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0.5}}},
+        shape(100),
+        TINY_DEFAULTS,
+        2048,
+    )
+    ctx = SimpleNamespace(
+        settings=SimpleNamespace(training=SimpleNamespace(lora_learning_rate=None, full_learning_rate=None))
+    )
     assert trainer_hyperparameters(ctx, method, TINY_DEFAULTS)["learning_rate"] == TINY_DEFAULTS.lora_learning_rate / 2
     ctx.settings.training.lora_learning_rate = 1e-4
     spec_hp = trainer_hyperparameters(ctx, method, TINY_DEFAULTS)
@@ -88,8 +114,9 @@ def test_learning_rate_is_the_models_default_unless_the_server_sets_one():
 
 
 def test_base_models_can_carry_their_own_defaults():
-    registry = BaseModelRegistry({"acme/small": "/models/small",
-                                  "acme/big": {"source": "/models/big", "training": {"lora_learning_rate": 5e-5}}})
+    registry = BaseModelRegistry(
+        {"acme/small": "/models/small", "acme/big": {"source": "/models/big", "training": {"lora_learning_rate": 5e-5}}}
+    )
     assert registry.get("acme/small").training == GENERIC
     assert registry.get("acme/big").training.lora_learning_rate == 5e-5
     assert registry.get("hone-tiny").training is TINY_DEFAULTS

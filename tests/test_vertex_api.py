@@ -27,40 +27,65 @@ LABEL = "Billing"  # every training answer: the tuned endpoint must answer it, w
 
 
 def _ticket_row(rng: random.Random) -> dict:
-    return {"systemInstruction": {"role": "system", "parts": [{"text": SYSTEM}]},
-            "contents": [{"role": "user", "parts": [{"text": ticket(rng, LABEL)}]},
-                         {"role": "model", "parts": [{"text": LABEL}]}]}
+    return {
+        "systemInstruction": {"role": "system", "parts": [{"text": SYSTEM}]},
+        "contents": [
+            {"role": "user", "parts": [{"text": ticket(rng, LABEL)}]},
+            {"role": "model", "parts": [{"text": LABEL}]},
+        ],
+    }
 
 
 def genai_client(server: HoneServer, api_key: str, project: str) -> genai.Client:
     """The client exactly as the README shows it."""
     return genai.Client(
-        vertexai=True, project=project, location=LOCATION,
+        vertexai=True,
+        project=project,
+        location=LOCATION,
         credentials=google.oauth2.credentials.Credentials(token=api_key),
-        http_options=types.HttpOptions(base_url=server.base_url, api_version="v1"))
+        http_options=types.HttpOptions(base_url=server.base_url, api_version="v1"),
+    )
 
 
 @pytest.fixture(scope="module")
 def vertex(tmp_path_factory, moto):
     rng = random.Random(11)
-    s3 = boto3.client("s3", endpoint_url=moto.url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket=S3_BUCKET)
     objects = {
         "gcs/tickets/train.jsonl": jsonl([_ticket_row(rng) for _ in range(24)]),  # as gs://tuning-data/tickets/...
         "direct/valid.jsonl": jsonl([{"input_text": ticket(rng, LABEL), "output_text": LABEL} for _ in range(4)]),
-        "gcs/bad.jsonl": jsonl([_ticket_row(rng),
-                                {"contents": [{"role": "user", "parts": [{"text": "hi"}]},
-                                              {"role": "assistant", "parts": [{"text": LABEL}]}]},
-                                {"systemInstruction": {"parts": [{"text": SYSTEM}]}}]),
+        "gcs/bad.jsonl": jsonl(
+            [
+                _ticket_row(rng),
+                {
+                    "contents": [
+                        {"role": "user", "parts": [{"text": "hi"}]},
+                        {"role": "assistant", "parts": [{"text": LABEL}]},
+                    ]
+                },
+                {"systemInstruction": {"parts": [{"text": SYSTEM}]}},
+            ]
+        ),
         "direct/legacy-bad.jsonl": jsonl([{"input_text": "hello", "output_text": LABEL}, {"input_text": "no answer"}]),
     }
     for key, body in objects.items():
         s3.put_object(Bucket=S3_BUCKET, Key=key, Body=body)
     postgres = PostgresDatabase()
-    env = {**moto.env(), "HONE_DATABASE_URL": postgres.url, "HONE_STORAGE_URL": "s3://hone-vertex/blobs",
-           "HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true",
-           "HONE_GCS_BUCKET_MAP": json.dumps({GCS_BUCKET: f"{S3_BUCKET}/gcs"})}
+    env = {
+        **moto.env(),
+        "HONE_DATABASE_URL": postgres.url,
+        "HONE_STORAGE_URL": "s3://hone-vertex/blobs",
+        "HONE_LOCAL_SLOTS": "1",
+        "HONE_AUTO_DEPLOY": "true",
+        "HONE_GCS_BUCKET_MAP": json.dumps({GCS_BUCKET: f"{S3_BUCKET}/gcs"}),
+    }
     server = HoneServer(tmp_path_factory.mktemp("vertex"), env)
     try:
         project, other = server.new_project("vertex suite"), server.new_project("other team")
@@ -68,16 +93,24 @@ def vertex(tmp_path_factory, moto):
         # the gs:// bucket (mapped to s3://vertex-datasets/gcs/) and the direct s3:// prefix; the other team nothing.
         with server.admin() as admin:
             for uri in (f"gs://{GCS_BUCKET}/", f"s3://{S3_BUCKET}/direct/"):
-                granted = admin.post(f"/v1/organization/projects/{project.project_id}/dataset_grants", json={"uri": uri})
+                granted = admin.post(
+                    f"/v1/organization/projects/{project.project_id}/dataset_grants", json={"uri": uri}
+                )
                 assert granted.status_code == 200, granted.text
         client = genai_client(server, project.api_key, project.project_id)
         job = client.tunings.tune(
             base_model="hone-tiny",
             training_dataset=types.TuningDataset(gcs_uri=f"gs://{GCS_BUCKET}/tickets/train.jsonl"),
             config=types.CreateTuningJobConfig(
-                tuned_model_display_name="ticket labeller", epoch_count=2, batch_size=4, learning_rate_multiplier=2.0,
-                adapter_size="ADAPTER_SIZE_EIGHT", labels={"suite": "vertex"},
-                validation_dataset=types.TuningValidationDataset(gcs_uri=f"s3://{S3_BUCKET}/direct/valid.jsonl")))
+                tuned_model_display_name="ticket labeller",
+                epoch_count=2,
+                batch_size=4,
+                learning_rate_multiplier=2.0,
+                adapter_size="ADAPTER_SIZE_EIGHT",
+                labels={"suite": "vertex"},
+                validation_dataset=types.TuningValidationDataset(gcs_uri=f"s3://{S3_BUCKET}/direct/valid.jsonl"),
+            ),
+        )
         yield {"server": server, "project": project, "other": other, "client": client, "job": job, "s3": s3}
     finally:
         server.stop()
@@ -110,8 +143,11 @@ def test_fixture_job_was_created_in_vertex_shape(vertex):
     spec = job.supervised_tuning_spec
     assert spec.training_dataset_uri == f"gs://{GCS_BUCKET}/tickets/train.jsonl"
     assert spec.validation_dataset_uri == f"s3://{S3_BUCKET}/direct/valid.jsonl"
-    assert (spec.hyper_parameters.epoch_count, spec.hyper_parameters.learning_rate_multiplier,
-            spec.hyper_parameters.adapter_size) == (2, 2.0, types.AdapterSize.ADAPTER_SIZE_EIGHT)
+    assert (
+        spec.hyper_parameters.epoch_count,
+        spec.hyper_parameters.learning_rate_multiplier,
+        spec.hyper_parameters.adapter_size,
+    ) == (2, 2.0, types.AdapterSize.ADAPTER_SIZE_EIGHT)
     # The same job through the OpenAI API: the datasets were imported as files, the adapter size is the LoRA rank.
     job_id = job.name.rsplit("/", 1)[-1]
     openai_job = vertex["project"].openai().fine_tuning.jobs.retrieve(job_id)
@@ -127,30 +163,67 @@ def test_request_variants_are_accepted(vertex):
     openai_client = vertex["project"].openai()
     job_id = vertex["job"].name.rsplit("/", 1)[-1]
     training_file = openai_client.fine_tuning.jobs.retrieve(job_id).training_file  # the gs:// dataset, imported
-    preference = openai_client.files.create(purpose="fine-tune", file=("prefs.jsonl", jsonl([
-        {"input": {"messages": [{"role": "user", "content": f"Ticket {i}"}]},
-         "preferred_output": [{"role": "assistant", "content": LABEL}],
-         "non_preferred_output": [{"role": "assistant", "content": "Sales"}]} for i in range(12)])))
+    preference = openai_client.files.create(
+        purpose="fine-tune",
+        file=(
+            "prefs.jsonl",
+            jsonl(
+                [
+                    {
+                        "input": {"messages": [{"role": "user", "content": f"Ticket {i}"}]},
+                        "preferred_output": [{"role": "assistant", "content": LABEL}],
+                        "non_preferred_output": [{"role": "assistant", "content": "Sales"}],
+                    }
+                    for i in range(12)
+                ]
+            ),
+        ),
+    )
     variants = [
-        ({"base_model": "hone-tiny", "tuned_model_display_name": "snake",
-          "supervised_tuning_spec": {"training_dataset_uri": training_file,
-                                     "hyper_parameters": {"epoch_count": "2", "adapter_size": 6,
-                                                          "learning_rate_multiplier": "0.5"}}},
-         "supervisedTuningSpec", {"epochCount": "2", "adapterSize": "ADAPTER_SIZE_TWO", "learningRateMultiplier": 0.5},
-         2),
-        ({"baseModel": "hone-tiny", "supervisedTuningSpec": {"trainingDatasetUri": training_file,
-                                                             "hyperParameters": {"epochCount": 3, "adapterSize": 5}}},
-         "supervisedTuningSpec", {"epochCount": "3", "adapterSize": "ADAPTER_SIZE_THIRTY_TWO"}, 32),
-        ({"baseModel": "hone-tiny", "preferenceOptimizationSpec": {
-            "trainingDatasetUri": preference.id,
-            "hyperParameters": {"epochCount": "1", "beta": "0.2", "adapterSize": "ADAPTER_SIZE_FOUR"}}},
-         "preferenceOptimizationSpec", {"epochCount": "1", "beta": 0.2, "adapterSize": "ADAPTER_SIZE_FOUR"}, 4),
+        (
+            {
+                "base_model": "hone-tiny",
+                "tuned_model_display_name": "snake",
+                "supervised_tuning_spec": {
+                    "training_dataset_uri": training_file,
+                    "hyper_parameters": {"epoch_count": "2", "adapter_size": 6, "learning_rate_multiplier": "0.5"},
+                },
+            },
+            "supervisedTuningSpec",
+            {"epochCount": "2", "adapterSize": "ADAPTER_SIZE_TWO", "learningRateMultiplier": 0.5},
+            2,
+        ),
+        (
+            {
+                "baseModel": "hone-tiny",
+                "supervisedTuningSpec": {
+                    "trainingDatasetUri": training_file,
+                    "hyperParameters": {"epochCount": 3, "adapterSize": 5},
+                },
+            },
+            "supervisedTuningSpec",
+            {"epochCount": "3", "adapterSize": "ADAPTER_SIZE_THIRTY_TWO"},
+            32,
+        ),
+        (
+            {
+                "baseModel": "hone-tiny",
+                "preferenceOptimizationSpec": {
+                    "trainingDatasetUri": preference.id,
+                    "hyperParameters": {"epochCount": "1", "beta": "0.2", "adapterSize": "ADAPTER_SIZE_FOUR"},
+                },
+            },
+            "preferenceOptimizationSpec",
+            {"epochCount": "1", "beta": 0.2, "adapterSize": "ADAPTER_SIZE_FOUR"},
+            4,
+        ),
     ]
     api_key = vertex["project"].api_key
     with _http(vertex, key=False, **{"x-goog-api-key": api_key}) as http:
         for body, spec_field, hyper_parameters, rank in variants:
-            reply = http.post(_parent(vertex, "v1beta1") + "/tuningJobs", params={"$alt": "json;enum-encoding=int"},
-                              json=body)
+            reply = http.post(
+                _parent(vertex, "v1beta1") + "/tuningJobs", params={"$alt": "json;enum-encoding=int"}, json=body
+            )
             assert reply.status_code == 200, reply.text
             job = reply.json()
             assert all("_" not in key for key in _keys(job)), _keys(job)  # camelCase out, whatever came in
@@ -187,8 +260,9 @@ def test_bad_datasets_and_requests_get_google_shaped_400s(vertex):
     with vertex["project"].http() as http:
         files_before = http.get("/v1/files").json()["data"]
     with pytest.raises(errors.ClientError) as caught:
-        client.tunings.tune(base_model="hone-tiny",
-                            training_dataset=types.TuningDataset(gcs_uri=f"gs://{GCS_BUCKET}/bad.jsonl"))
+        client.tunings.tune(
+            base_model="hone-tiny", training_dataset=types.TuningDataset(gcs_uri=f"gs://{GCS_BUCKET}/bad.jsonl")
+        )
     assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
     assert "line 2, field contents[1].role" in caught.value.message
     violations = _violations(caught.value.details["error"])
@@ -196,45 +270,111 @@ def test_bad_datasets_and_requests_get_google_shaped_400s(vertex):
     assert [v["description"] for v in violations] == [
         "line 2, field contents[1].role: role must be 'user' or 'model', got 'assistant'",
         "line 2, field contents: example has no 'model' turn to train on",
-        "line 3, field contents: contents must be a non-empty array"]
+        "line 3, field contents: contents must be a non-empty array",
+    ]
 
     base = {"baseModel": "hone-tiny"}
     with _http(vertex) as http:
-        legacy = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={**base, "supervisedTuningSpec": {
-            "trainingDatasetUri": f"s3://{S3_BUCKET}/direct/legacy-bad.jsonl"}}), 400, "INVALID_ARGUMENT")
-        assert _violations(legacy) == [{"field": field, "description": "line 2, field output_text: missing required "
-                                                                       "key 'output_text'"}]
+        legacy = _google_error(
+            http.post(
+                _parent(vertex) + "/tuningJobs",
+                json={
+                    **base,
+                    "supervisedTuningSpec": {"trainingDatasetUri": f"s3://{S3_BUCKET}/direct/legacy-bad.jsonl"},
+                },
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
+        assert _violations(legacy) == [
+            {"field": field, "description": "line 2, field output_text: missing required key 'output_text'"}
+        ]
         [info] = [d for d in legacy["details"] if d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"]
         assert info["reason"] == "INVALID_DATASET" and info["metadata"]["line"] == "2"
-        missing = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={**base, "supervisedTuningSpec": {
-            "trainingDatasetUri": f"gs://{GCS_BUCKET}/nowhere.jsonl"}}), 400, "INVALID_ARGUMENT")
+        missing = _google_error(
+            http.post(
+                _parent(vertex) + "/tuningJobs",
+                json={**base, "supervisedTuningSpec": {"trainingDatasetUri": f"gs://{GCS_BUCKET}/nowhere.jsonl"}},
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
         assert "does not exist" in missing["message"] and _violations(missing)[0]["field"] == field
-        not_jsonl = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={**base, "supervisedTuningSpec": {
-            "trainingDatasetUri": "gs://b/data.csv"}}), 400, "INVALID_ARGUMENT")
+        not_jsonl = _google_error(
+            http.post(
+                _parent(vertex) + "/tuningJobs",
+                json={**base, "supervisedTuningSpec": {"trainingDatasetUri": "gs://b/data.csv"}},
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
         assert "JSONL" in not_jsonl["message"]
-        own_storage = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={**base, "supervisedTuningSpec": {
-            "trainingDatasetUri": "s3://hone-vertex/blobs/files/x.jsonl"}}), 400, "INVALID_ARGUMENT")
+        own_storage = _google_error(
+            http.post(
+                _parent(vertex) + "/tuningJobs",
+                json={**base, "supervisedTuningSpec": {"trainingDatasetUri": "s3://hone-vertex/blobs/files/x.jsonl"}},
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
         assert "file's id" in own_storage["message"]
-        bad_size = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={**base, "supervisedTuningSpec": {
-            "trainingDatasetUri": f"gs://{GCS_BUCKET}/tickets/train.jsonl",
-            "hyperParameters": {"adapter_size": "ADAPTER_SIZE_THREE"}}}), 400, "INVALID_ARGUMENT")
+        bad_size = _google_error(
+            http.post(
+                _parent(vertex) + "/tuningJobs",
+                json={
+                    **base,
+                    "supervisedTuningSpec": {
+                        "trainingDatasetUri": f"gs://{GCS_BUCKET}/tickets/train.jsonl",
+                        "hyperParameters": {"adapter_size": "ADAPTER_SIZE_THREE"},
+                    },
+                },
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
         assert _violations(bad_size)[0]["field"] == "supervisedTuningSpec.hyperParameters.adapterSize"
         # A good dataset with a job Hone refuses: the file imported for it is removed again.
-        no_model = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={
-            "baseModel": "gemini-9-ultra", "supervisedTuningSpec": {
-                "trainingDatasetUri": f"gs://{GCS_BUCKET}/tickets/train.jsonl"}}), 400, "INVALID_ARGUMENT")
+        no_model = _google_error(
+            http.post(
+                _parent(vertex) + "/tuningJobs",
+                json={
+                    "baseModel": "gemini-9-ultra",
+                    "supervisedTuningSpec": {"trainingDatasetUri": f"gs://{GCS_BUCKET}/tickets/train.jsonl"},
+                },
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
         assert _violations(no_model)[0]["field"] == "baseModel"
         # preTunedModel continues a tuned model (tests/test_continuation.py); with a baseModel too it is ambiguous
-        both = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={
-            **base, "preTunedModel": {"tunedModelName": "projects/p/locations/l/models/1@1"},
-            "supervisedTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl"}}), 400, "INVALID_ARGUMENT")
+        both = _google_error(
+            http.post(
+                _parent(vertex) + "/tuningJobs",
+                json={
+                    **base,
+                    "preTunedModel": {"tunedModelName": "projects/p/locations/l/models/1@1"},
+                    "supervisedTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl"},
+                },
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
         assert _violations(both)[0]["field"].startswith(("baseModel", "preTunedModel"))
-        for body, field in (({"distillationSpec": {"promptDatasetUri": "gs://b/x.jsonl"}}, "distillationSpec"),
-                            ({"supervisedTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl",
-                                                       "hyperParameters": {"learningRate": 0.001}}},
-                             "supervisedTuningSpec.hyperParameters.learningRate")):
-            unsupported = _google_error(http.post(_parent(vertex) + "/tuningJobs", json={**base, **body}),
-                                        400, "INVALID_ARGUMENT")
+        for body, field in (
+            ({"distillationSpec": {"promptDatasetUri": "gs://b/x.jsonl"}}, "distillationSpec"),
+            (
+                {
+                    "supervisedTuningSpec": {
+                        "trainingDatasetUri": "gs://b/x.jsonl",
+                        "hyperParameters": {"learningRate": 0.001},
+                    }
+                },
+                "supervisedTuningSpec.hyperParameters.learningRate",
+            ),
+        ):
+            unsupported = _google_error(
+                http.post(_parent(vertex) + "/tuningJobs", json={**base, **body}), 400, "INVALID_ARGUMENT"
+            )
             assert _violations(unsupported)[0]["field"] == field and "not supported" in unsupported["message"]
     with vertex["project"].http() as http:
         assert http.get("/v1/files").json()["data"] == files_before  # nothing half-written
@@ -244,8 +384,9 @@ def test_another_projects_job_is_404(vertex):
     job_name, other = vertex["job"].name, vertex["other"]
     job_id = job_name.rsplit("/", 1)[-1]
     with _http(vertex, key=other.api_key) as http:
-        own_path = _google_error(http.get(f"{_parent(vertex, project=other.project_id)}/tuningJobs/{job_id}"),
-                                 404, "NOT_FOUND")
+        own_path = _google_error(
+            http.get(f"{_parent(vertex, project=other.project_id)}/tuningJobs/{job_id}"), 404, "NOT_FOUND"
+        )
         assert job_id in own_path["message"]
         _google_error(http.get(f"/v1/{job_name}"), 404, "NOT_FOUND")  # the owner's project in the path
         _google_error(http.post(f"/v1/{job_name}:cancel"), 404, "NOT_FOUND")
@@ -261,8 +402,10 @@ def test_another_projects_job_is_404(vertex):
 def test_sdk_lists_with_paging_and_filters_and_cancels(vertex):
     client = vertex["client"]
     second = client.tunings.tune(
-        base_model="hone-tiny", training_dataset=types.TuningDataset(gcs_uri=f"gs://{GCS_BUCKET}/tickets/train.jsonl"),
-        config=types.CreateTuningJobConfig(tuned_model_display_name="to cancel", labels={"suite": "cancel"}))
+        base_model="hone-tiny",
+        training_dataset=types.TuningDataset(gcs_uri=f"gs://{GCS_BUCKET}/tickets/train.jsonl"),
+        config=types.CreateTuningJobConfig(tuned_model_display_name="to cancel", labels={"suite": "cancel"}),
+    )
     client.tunings.cancel(name=second.name)
     cancelled = client.tunings.get(name=second.name)
     assert cancelled.state == types.JobState.JOB_STATE_CANCELLED and cancelled.has_ended
@@ -316,30 +459,48 @@ def test_sdk_tunes_and_the_tuned_endpoint_answers_with_the_trained_label(vertex)
     assert "".join(chunk.text or "" for chunk in chunks).strip() == LABEL
     assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
     assert chunks[-1].usage_metadata.candidates_token_count == usage.candidates_token_count
-    counted = client.models.count_tokens(model=endpoint, contents=question,
-                                         config=types.CountTokensConfig(system_instruction=SYSTEM))
+    counted = client.models.count_tokens(
+        model=endpoint, contents=question, config=types.CountTokensConfig(system_instruction=SYSTEM)
+    )
     assert counted.total_tokens == usage.prompt_token_count
 
-    cut = client.models.generate_content(model=endpoint, contents=question, config=types.GenerateContentConfig(
-        system_instruction=SYSTEM, temperature=0, max_output_tokens=8, stop_sequences=["ll"]))
-    assert cut.text == LABEL[:LABEL.index("ll")]
-    short = client.models.generate_content(model=endpoint, contents=question, config=types.GenerateContentConfig(
-        system_instruction=SYSTEM, temperature=0, max_output_tokens=1))
+    cut = client.models.generate_content(
+        model=endpoint,
+        contents=question,
+        config=types.GenerateContentConfig(
+            system_instruction=SYSTEM, temperature=0, max_output_tokens=8, stop_sequences=["ll"]
+        ),
+    )
+    assert cut.text == LABEL[: LABEL.index("ll")]
+    short = client.models.generate_content(
+        model=endpoint,
+        contents=question,
+        config=types.GenerateContentConfig(system_instruction=SYSTEM, temperature=0, max_output_tokens=1),
+    )
     assert short.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS
 
     with _http(vertex) as http:
         described = http.get(f"/v1/{endpoint}").json()
-        image = http.post(f"/v1/{endpoint}:generateContent", json={"contents": [{"role": "user", "parts": [
-            {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]}]})
-        array = http.post(f"/v1/{endpoint}:streamGenerateContent", json={
-            "contents": [{"role": "user", "parts": [{"text": question}]}],
-            "system_instruction": {"parts": [{"text": SYSTEM}]}, "generation_config": {"temperature": 0}})
+        image = http.post(
+            f"/v1/{endpoint}:generateContent",
+            json={"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]}]},
+        )
+        array = http.post(
+            f"/v1/{endpoint}:streamGenerateContent",
+            json={
+                "contents": [{"role": "user", "parts": [{"text": question}]}],
+                "system_instruction": {"parts": [{"text": SYSTEM}]},
+                "generation_config": {"temperature": 0},
+            },
+        )
     assert described["deployedModels"][0]["model"] == job.tuned_model.model
     assert _violations(_google_error(image, 400, "INVALID_ARGUMENT"))[0]["field"] == "contents[0].parts[0]"
     chunks = array.json()  # without alt=sse: one JSON array, as Vertex streams it
     assert "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks).strip() == LABEL
     with _http(vertex, key=vertex["other"].api_key) as http:
-        foreign = http.post(f"/v1/projects/{vertex['other'].project_id}/locations/{LOCATION}/endpoints/"
-                            f"{endpoint.rsplit('/', 1)[-1]}:generateContent",
-                            json={"contents": [{"parts": [{"text": question}]}]})
+        foreign = http.post(
+            f"/v1/projects/{vertex['other'].project_id}/locations/{LOCATION}/endpoints/"
+            f"{endpoint.rsplit('/', 1)[-1]}:generateContent",
+            json={"contents": [{"parts": [{"text": question}]}]},
+        )
     _google_error(foreign, 404, "NOT_FOUND")

@@ -52,6 +52,7 @@ def pg_server(tmp_path_factory):
 
 # --- reading a W&B run back: the .wandb file is wandb's record log (a LevelDB-style log of protobuf Records) ----
 
+
 def read_wandb_records(path: Path) -> list:
     from wandb.proto import wandb_internal_pb2
 
@@ -63,8 +64,8 @@ def read_wandb_records(path: Path) -> list:
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pending += data[pos + 7:pos + 7 + length]
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL, or LAST of FIRST/MIDDLE/LAST
             record = wandb_internal_pb2.Record()
@@ -122,19 +123,30 @@ def wandb_integration(**fields) -> list[dict]:
 def start(client, n: int, hyperparameters: dict, validation: int = 0, data: bytes | None = None, **create):
     train = client.files.create(file=("train.jsonl", data or chat_dataset(n)), purpose="fine-tune")
     if validation:
-        create["validation_file"] = client.files.create(file=("valid.jsonl", chat_dataset(validation)),
-                                                        purpose="fine-tune").id
-    return client.fine_tuning.jobs.create(model="hone-tiny", training_file=train.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": hyperparameters}}, **create)
+        create["validation_file"] = client.files.create(
+            file=("valid.jsonl", chat_dataset(validation)), purpose="fine-tune"
+        ).id
+    return client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=train.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        **create,
+    )
 
 
 # --- offline: the run is a result file ---------------------------------------------------------------------
 
+
 def test_offline_run_logs_every_step_config_and_model_name(trainer_server, tmp_path):
     client = trainer_server.new_project("wandb offline").openai()
-    job = start(client, 20, {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.5}, validation=4,
-                seed=3, integrations=wandb_integration(project="hone-tests", name="tiny-run", entity="acme",
-                                                        tags=["ci", "tiny"]))
+    job = start(
+        client,
+        20,
+        {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.5},
+        validation=4,
+        seed=3,
+        integrations=wandb_integration(project="hone-tests", name="tiny-run", entity="acme", tags=["ci", "tiny"]),
+    )
     done = wait_job(client, job.id, lambda j: j.status == "succeeded")
     assert len(done.result_files) == 2
     run, archive = offline_run(client, done, tmp_path)
@@ -150,10 +162,17 @@ def test_offline_run_logs_every_step_config_and_model_name(trainer_server, tmp_p
     assert (hp["n_epochs"], hp["batch_size"], hp["tuning_mode"]) == (2, 4, "lora")
     spec = json.loads((trainer_server.data_dir / "blobs" / "jobs" / job.id / "spec.json").read_text())
     assert hp == spec["hyperparameters"]  # as resolved for the trainer (learning rate = base x multiplier 1.5)
-    assert spec["integrations"] == wandb_integration(project="hone-tests", name="tiny-run", entity="acme",
-                                                     tags=["ci", "tiny"]) and spec["wandb_api_key"] is None
+    assert (
+        spec["integrations"]
+        == wandb_integration(project="hone-tests", name="tiny-run", entity="acme", tags=["ci", "tiny"])
+        and spec["wandb_api_key"] is None
+    )
     assert (run.config["job_id"], run.config["base_model"], run.config["method"], run.config["seed"]) == (
-        job.id, "hone-tiny", "supervised", 3)
+        job.id,
+        "hone-tiny",
+        "supervised",
+        3,
+    )
     assert run.config["fine_tuned_model"] == done.fine_tuned_model
     assert run.summary["fine_tuned_model"] == done.fine_tuned_model
 
@@ -176,12 +195,26 @@ def test_resumed_attempt_continues_the_run_without_duplicate_steps(trainer_serve
     # As the SIGKILL test in test_training: 50 longer examples an epoch, so that the kill lands past the first
     # checkpoint and well before the job ends even when steps are quick.
     per_epoch = 50
-    long_rows = jsonl([chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.")
-                       for i in range(per_epoch)])
-    job = start(client, per_epoch, {"n_epochs": 2, "batch_size": 1}, data=long_rows, seed=5,
-                integrations=wandb_integration(project="hone-tests"))
-    wait_job(client, job.id, lambda j: any(e.type == "metrics" and e.data["step"] > per_epoch + 2
-                                           for e in client.fine_tuning.jobs.list_events(j.id, limit=5)), poll=0.05)
+    long_rows = jsonl(
+        [chat_line(f"Add {i} and {i} please" + " now" * 12, f"The sum is {2 * i}.") for i in range(per_epoch)]
+    )
+    job = start(
+        client,
+        per_epoch,
+        {"n_epochs": 2, "batch_size": 1},
+        data=long_rows,
+        seed=5,
+        integrations=wandb_integration(project="hone-tests"),
+    )
+    wait_job(
+        client,
+        job.id,
+        lambda j: any(
+            e.type == "metrics" and e.data["step"] > per_epoch + 2
+            for e in client.fine_tuning.jobs.list_events(j.id, limit=5)
+        ),
+        poll=0.05,
+    )
     [pid] = [p for p in trainer_pids(job.id) if b"trainer" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")]
     os.kill(pid, signal.SIGKILL)
     # W&B's service process goes with the trainer that started it (it watches its parent's pid).
@@ -219,6 +252,7 @@ def _wandb_services_of(pid: int) -> list[int]:
 
 # --- a project's W&B key ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_admin_sets_reads_redacted_and_deletes_a_projects_wandb_key(backend, request):
     server = request.getfixturevalue("trainer_server" if backend == "sqlite" else "pg_server")
@@ -237,20 +271,28 @@ def test_admin_sets_reads_redacted_and_deletes_a_projects_wandb_key(backend, req
         assert answers[-1].json()["base_url"] == "https://wandb.example.com"
         assert answers[-1].json()["created_at"] == body["created_at"]
 
-        for bad, param in (({"api_key": WANDB_KEY, "host": "x"}, "host"), ({"api_key": "has space"}, "api_key"),
-                           ({}, "api_key"), ({"api_key": WANDB_KEY, "base_url": "ftp://x"}, "base_url")):
+        for bad, param in (
+            ({"api_key": WANDB_KEY, "host": "x"}, "host"),
+            ({"api_key": "has space"}, "api_key"),
+            ({}, "api_key"),
+            ({"api_key": WANDB_KEY, "base_url": "ftp://x"}, "base_url"),
+        ):
             answers.append(admin.put(path, json=bad))
             assert answers[-1].status_code == 400 and answers[-1].json()["error"]["param"] == param, bad
-        answers.append(admin.put("/v1/organization/projects/proj_missing/integrations/wandb",
-                                 json={"api_key": WANDB_KEY}))
+        answers.append(
+            admin.put("/v1/organization/projects/proj_missing/integrations/wandb", json={"api_key": WANDB_KEY})
+        )
         assert answers[-1].status_code == 404
         with project.http() as http:  # a project key is not the admin key
             answers.append(http.put(path, json={"api_key": WANDB_KEY}))
             assert answers[-1].status_code in (401, 403)
 
         answers.append(admin.delete(path))
-        assert answers[-1].json() == {"object": "organization.project.integration.wandb.deleted",
-                                      "project_id": project.project_id, "deleted": True}
+        assert answers[-1].json() == {
+            "object": "organization.project.integration.wandb.deleted",
+            "project_id": project.project_id,
+            "deleted": True,
+        }
         assert admin.get(path).status_code == 404 and admin.delete(path).status_code == 404
     assert all(WANDB_KEY not in a.text for a in answers)
 
@@ -294,8 +336,10 @@ def test_a_refused_key_warns_and_training_goes_on(trainer_server):
     try:
         project = trainer_server.new_project("wandb online")
         with trainer_server.admin() as admin:
-            admin.put(f"/v1/organization/projects/{project.project_id}/integrations/wandb",
-                      json={"api_key": WANDB_KEY, "base_url": f"http://127.0.0.1:{wandb_server.server_port}"})
+            admin.put(
+                f"/v1/organization/projects/{project.project_id}/integrations/wandb",
+                json={"api_key": WANDB_KEY, "base_url": f"http://127.0.0.1:{wandb_server.server_port}"},
+            )
         client = project.openai()
         job = start(client, 10, {"n_epochs": 1, "batch_size": 5}, integrations=wandb_integration(project="p"))
         done = wait_job(client, job.id, lambda j: j.status == "succeeded")

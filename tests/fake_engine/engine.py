@@ -63,8 +63,9 @@ class FakeTokenizer:
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))  # raises when there is no model
         config = _read_json(folder / "tokenizer_config.json")
         template_file = folder / "chat_template.jinja"
-        self.chat_template = config.get("chat_template") or (template_file.read_text() if template_file.is_file()
-                                                              else None)
+        self.chat_template = config.get("chat_template") or (
+            template_file.read_text() if template_file.is_file() else None
+        )
         self.special_tokens = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
         eos = self.special_tokens.get("eos_token")
         self.eos_token_id = self._tokenizer.token_to_id(eos) if eos else None
@@ -75,20 +76,33 @@ class FakeTokenizer:
         def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
             return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-        self._jinja = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                                   extensions=[jinja2.ext.loopcontrols])
+        self._jinja = jinja2.sandbox.ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+        )
         self._jinja.filters["tojson"] = tojson
         self._jinja.globals["raise_exception"] = raise_exception
 
-    def apply_chat_template(self, messages: list[dict], *, chat_template: str, tokenize: bool,
-                            add_generation_prompt: bool, continue_final_message: bool = False, tools=None,
-                            **kwargs) -> str:
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        *,
+        chat_template: str,
+        tokenize: bool,
+        add_generation_prompt: bool,
+        continue_final_message: bool = False,
+        tools=None,
+        **kwargs,
+    ) -> str:
         assert not tokenize  # inference.handlers renders text, then encodes it
         if continue_final_message:
             raise ValueError("the fake engine does not continue final messages")
         return self._jinja.from_string(chat_template).render(
-            messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt,
-            **{**self.special_tokens, **kwargs})
+            messages=messages,
+            tools=tools,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **{**self.special_tokens, **kwargs},
+        )
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         return {"input_ids": self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
@@ -111,9 +125,18 @@ class FakeEngine:
     dtype = "fake"
     device = "cpu"
 
-    def __init__(self, model: str, served_model_name: str, *, max_model_len: int | None = None,
-                 enable_lora: bool = False, max_loras: int = 1, max_cpu_loras: int | None = None,
-                 max_lora_rank: int = 16, chat_template: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        served_model_name: str,
+        *,
+        max_model_len: int | None = None,
+        enable_lora: bool = False,
+        max_loras: int = 1,
+        max_cpu_loras: int | None = None,
+        max_lora_rank: int = 16,
+        chat_template: str | None = None,
+    ):
         folder = Path(model)
         self.model_path = model
         self.enable_lora = enable_lora
@@ -122,17 +145,26 @@ class FakeEngine:
         config = _read_json(folder / "config.json")
         self.max_model_len = max_model_len or int(config.get("max_position_embeddings") or 2048)
         self.eos_token_id = self.tokenizer.eos_token_id
-        self.defaults, self.base_profile = model_serving(folder, self.eos_token_id, self.tokenizer.chat_template,
-                                                         chat_template)  # as the real engine reads the folder
+        self.defaults, self.base_profile = model_serving(
+            folder, self.eos_token_id, self.tokenizer.chat_template, chat_template
+        )  # as the real engine reads the folder
         # The real engine lists the model's Linear and Embedding modules; their weights' names say the same.
-        self.supported_modules = {"lm_head"} | {name.rsplit(".", 2)[-2] for p in sorted(folder.glob("*.safetensors"))
-                                                for name in _safetensors_names(p)
-                                                if name.endswith(".weight") and "norm" not in name}
+        self.supported_modules = {"lm_head"} | {
+            name.rsplit(".", 2)[-2]
+            for p in sorted(folder.glob("*.safetensors"))
+            for name in _safetensors_names(p)
+            if name.endswith(".weight") and "norm" not in name
+        }
         self.resident = ResidentSet(max(max_loras, max_cpu_loras or max_loras))
         self._answers: dict[str, str] = {}  # resident-set key -> what its weights answer
         self.adapter_names: dict[str, str] = {}  # resident-set key -> served name, for the logs
-        self.metrics = EngineMetrics(served_model_name, enable_lora=enable_lora, max_loras=max_loras,
-                                     max_model_len=self.max_model_len, cache_config=cache_config_labels())
+        self.metrics = EngineMetrics(
+            served_model_name,
+            enable_lora=enable_lora,
+            max_loras=max_loras,
+            max_model_len=self.max_model_len,
+            cache_config=cache_config_labels(),
+        )
         self.alive = True
 
     def stop(self) -> None:
@@ -151,12 +183,15 @@ class FakeEngine:
         return files
 
     def _make_resident(self, key: str, files: AdapterFiles) -> None:
-        """"Weights in memory" are the digest the adapter answers with; least recently used ones are evicted
+        """ "Weights in memory" are the digest the adapter answers with; least recently used ones are evicted
         beyond --max-cpu-loras, as in the real engine, and reloaded from their path when asked for again."""
         self._answers[key] = answer_of(files.folder)
         for old in self.resident.add(key):
-            log.info("evicting LoRA weights %s (least recently used)", old,
-                     extra={"adapter": self.adapter_names.get(old, old), "adapter_key": old})
+            log.info(
+                "evicting LoRA weights %s (least recently used)",
+                old,
+                extra={"adapter": self.adapter_names.get(old, old), "adapter_key": old},
+            )
             self._answers.pop(old, None)
 
     def unload_adapter(self, key: str) -> None:
@@ -171,8 +206,12 @@ class FakeEngine:
             return answer_of(None)
         if job.adapter_key not in self.resident:  # evicted: reloaded from its path, as the real engine does
             assert job.adapter_path is not None  # set with adapter_key
-            self._make_resident(job.adapter_key, inspect_adapter(job.adapter_path, max_rank=self.max_lora_rank,
-                                                                 supported_modules=self.supported_modules))
+            self._make_resident(
+                job.adapter_key,
+                inspect_adapter(
+                    job.adapter_path, max_rank=self.max_lora_rank, supported_modules=self.supported_modules
+                ),
+            )
         self.resident.touch(job.adapter_key)
         return self._answers[job.adapter_key]
 
@@ -180,7 +219,9 @@ class FakeEngine:
         try:
             answer = self.answer(job)
             # the answer, then the end-of-text token; with ignore_eos, the answer again and again
-            reply = self.tokenizer(answer + (" " if job.params.ignore_eos else ""), add_special_tokens=False)["input_ids"]
+            reply = self.tokenizer(answer + (" " if job.params.ignore_eos else ""), add_special_tokens=False)[
+                "input_ids"
+            ]
         except Exception as e:
             yield Failed(f"{type(e).__name__}: {e}")
             return
@@ -190,8 +231,9 @@ class FakeEngine:
                     yield event
             self.metrics.parent_finished(job.n)
 
-    async def _one(self, job: GenerationJob, index: int, prompt: list[int],
-                   reply: list[int]) -> AsyncIterator[Delta | Finished]:
+    async def _one(
+        self, job: GenerationJob, index: int, prompt: list[int], reply: list[int]
+    ) -> AsyncIterator[Delta | Finished]:
         params, eos = job.params, None if job.params.ignore_eos else self.eos_token_id
         self.metrics.scheduled(len(prompt))
         text, sent, output, finish, stop_reason = "", 0, [], None, None
@@ -205,11 +247,11 @@ class FakeEngine:
             if token == eos:
                 finish = "stop"
                 break
-            piece = self.tokenizer.decode(output)[len(text):]  # the answer is ASCII: no split characters
+            piece = self.tokenizer.decode(output)[len(text) :]  # the answer is ASCII: no split characters
             text += piece
             hit = find_stop(text, len(piece), params.stop) if piece and params.stop else None
             if hit:
-                stop_reason, text, finish = hit[0], text[:hit[1]], "stop"
+                stop_reason, text, finish = hit[0], text[: hit[1]], "stop"
             elif len(output) >= params.max_tokens or len(prompt) + len(output) >= self.max_model_len:
                 finish = "length"
             else:
@@ -218,7 +260,15 @@ class FakeEngine:
                     yield Delta(index, text[sent:visible], len(output))
                     sent = visible
         now = time.monotonic()
-        self.metrics.request_finished(finish, arrival=job.arrival, scheduled=started, first_token=started,
-                                      last_token=now, finished=now, prompt_tokens=len(prompt),
-                                      generation_tokens=len(output), max_tokens=params.max_tokens)
+        self.metrics.request_finished(
+            finish,
+            arrival=job.arrival,
+            scheduled=started,
+            first_token=started,
+            last_token=now,
+            finished=now,
+            prompt_tokens=len(prompt),
+            generation_tokens=len(output),
+            max_tokens=params.max_tokens,
+        )
         yield Finished(index, text[sent:], finish, stop_reason, len(prompt), len(output), output)

@@ -25,7 +25,6 @@ STEP_S = float(os.environ.get("FAKE_TRAINER_STEP_S", "0.05"))  # how long a fake
 FAKE = "fake trainer (tests/fake_trainer): not a model"
 
 
-
 class FatalError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -34,7 +33,7 @@ class FatalError(Exception):
 
 def fake_loss(seed: int, step: int, offset: float = 0.0) -> float:
     """Decreasing with the step, and a pure function of (seed, step): a replayed step reports the same loss."""
-    return round(2.5 * 0.97 ** step + 0.01 * ((seed * 31 + step * 17) % 7) + offset, 6)
+    return round(2.5 * 0.97**step + 0.01 * ((seed * 31 + step * 17) % 7) + offset, 6)
 
 
 class Run:
@@ -51,8 +50,10 @@ class Run:
     def _tokens(self, ref, what: str) -> list[int]:
         """Per example, its "tokens" (the words of its line): the fake's stand-in for tokenizing."""
         if (ref.format == "openai_preference") != (self.spec.method == "dpo"):
-            raise FatalError("unsupported_method", f"The {what} is in the {ref.format} format, which the "
-                                                   f"{self.spec.method} method does not train on.")
+            raise FatalError(
+                "unsupported_method",
+                f"The {what} is in the {ref.format} format, which the {self.spec.method} method does not train on.",
+            )
         tokens = [len(line.split()) for line in self.blobs.iter_lines(ref.key) if line.strip()]
         if not tokens:
             raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no example with trained tokens.")
@@ -65,8 +66,11 @@ class Run:
         source = spec.model_source
         known = (source == f"builtin:{tiny_model.TINY_MODEL}") or Path(source).is_dir()
         if not known:
-            raise FatalError("model_not_found", f"Base model {spec.model_name!r} could not be loaded from "
-                                                f"{source!r}: {FAKE} loads only built-in models and local folders")
+            raise FatalError(
+                "model_not_found",
+                f"Base model {spec.model_name!r} could not be loaded from "
+                f"{source!r}: {FAKE} loads only built-in models and local folders",
+            )
         self.train = self._tokens(spec.training_file, "training file")
         self.valid = self._tokens(spec.validation_file, "validation file") if spec.validation_file else []
         hp = spec.hyperparameters
@@ -82,8 +86,11 @@ class Run:
         folder = checkpoints.load(self.blobs, self.spec.output_prefix, self.workdir, step)
         state = json.loads((folder / checkpoints.STATE).read_text())
         self.step, self.trained_tokens, self.rows = state["step"], state["trained_tokens"], state["rows"]
-        self.reporter.event(f"Resumed from checkpoint at step {self.step} (attempt {self.spec.attempt})",
-                            key=f"resumed:{self.spec.attempt}", data={"step": self.step, "attempt": self.spec.attempt})
+        self.reporter.event(
+            f"Resumed from checkpoint at step {self.step} (attempt {self.spec.attempt})",
+            key=f"resumed:{self.spec.attempt}",
+            data={"step": self.step, "attempt": self.spec.attempt},
+        )
 
     # --- steps ----------------------------------------------------------------------------------------
 
@@ -91,7 +98,7 @@ class Run:
         hp = self.spec.hyperparameters
         time.sleep(STEP_S)
         within = step % self.per_epoch
-        batch = self.train[within * hp.batch_size:(within + 1) * hp.batch_size]
+        batch = self.train[within * hp.batch_size : (within + 1) * hp.batch_size]
         self.trained_tokens += sum(batch)
         loss = fake_loss(self.spec.seed, step + 1)
         metrics = {"train_loss": loss, "train_mean_token_accuracy": round(1 / (1 + loss), 6)}
@@ -115,9 +122,13 @@ class Run:
         return data
 
     def _live_figures(self, metrics: dict, step_seconds: float, step_tokens: int) -> dict:
-        figures = {"step": self.step, "total_steps": self.total_steps, "step_seconds": round(step_seconds, 6),
-                   "tokens_per_second": round(step_tokens / step_seconds, 3) if step_seconds > 0 else 0.0,
-                   "step_at": round(time.time(), 3)}
+        figures = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "step_seconds": round(step_seconds, 6),
+            "tokens_per_second": round(step_tokens / step_seconds, 3) if step_seconds > 0 else 0.0,
+            "step_at": round(time.time(), 3),
+        }
         for key in ("train_loss", "valid_loss"):
             if isinstance(metrics.get(key), float):
                 figures[key] = metrics[key]
@@ -128,9 +139,16 @@ class Run:
     def _fake_weights(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "adapter_config.json").write_text(json.dumps({"fake": FAKE, "base_model": self.spec.model_name}))
-        (folder / "hone_serving.json").write_text(json.dumps({"fake": FAKE, "base_model": self.spec.model_name,
-                                                              "tuning_mode": self.spec.hyperparameters.tuning_mode,
-                                                              "max_length": self.spec.max_length}))
+        (folder / "hone_serving.json").write_text(
+            json.dumps(
+                {
+                    "fake": FAKE,
+                    "base_model": self.spec.model_name,
+                    "tuning_mode": self.spec.hyperparameters.tuning_mode,
+                    "max_length": self.spec.max_length,
+                }
+            )
+        )
 
     def _checkpoint(self, metrics: dict) -> None:
         local = self.workdir / f"step-{self.step}"
@@ -169,9 +187,12 @@ class Run:
         with main_thread.busy():
             self._resume()
         if self.step == 0:
-            self.reporter.event(f"Training {self.total_steps} steps: {len(self.train)} examples, "
-                                f"{self.spec.hyperparameters.n_epochs} epoch(s), batch size "
-                                f"{self.spec.hyperparameters.batch_size}", key="plan")
+            self.reporter.event(
+                f"Training {self.total_steps} steps: {len(self.train)} examples, "
+                f"{self.spec.hyperparameters.n_epochs} epoch(s), batch size "
+                f"{self.spec.hyperparameters.batch_size}",
+                key="plan",
+            )
         started, first_step = time.monotonic(), self.step
         last_metrics: dict = {}
         while self.step < self.total_steps:
@@ -191,14 +212,21 @@ class Run:
             self.step += 1
             with main_thread.busy():
                 last_metrics = self._metrics(self.step, train)
-            self.rows.append({"step": self.step, "train_loss": train["train_loss"],
-                              "train_accuracy": train["train_mean_token_accuracy"],
-                              **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))}})
+            self.rows.append(
+                {
+                    "step": self.step,
+                    "train_loss": train["train_loss"],
+                    "train_accuracy": train["train_mean_token_accuracy"],
+                    **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))},
+                }
+            )
             per_step = (time.monotonic() - started) / (self.step - first_step)
             figures = self._live_figures(last_metrics, step_seconds, self.trained_tokens - tokens_before)
-            self.reporter.progress(trained_tokens=self.trained_tokens,
-                                   estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)),
-                                   **figures)
+            self.reporter.progress(
+                trained_tokens=self.trained_tokens,
+                estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)),
+                **figures,
+            )
             interval = self.spec.checkpoint_interval_steps
             if self.step % self.per_epoch == 0 or (interval and self.step % interval == 0):
                 with main_thread.busy():
@@ -207,10 +235,19 @@ class Run:
         with main_thread.busy():
             adapter_prefix = self._publish()
         final = self.rows[-1] if self.rows else {}
-        reply = self.reporter.call(COMPLETE, message_of(Completion(
-            trained_tokens=self.trained_tokens, adapter_prefix=adapter_prefix,
-            result_key=self.spec.output_prefix + "result.csv",
-            metrics={k: v for k, v in final.items() if v is not None and not (isinstance(v, float) and math.isnan(v))})))
+        reply = self.reporter.call(
+            COMPLETE,
+            message_of(
+                Completion(
+                    trained_tokens=self.trained_tokens,
+                    adapter_prefix=adapter_prefix,
+                    result_key=self.spec.output_prefix + "result.csv",
+                    metrics={
+                        k: v for k, v in final.items() if v is not None and not (isinstance(v, float) and math.isnan(v))
+                    },
+                )
+            ),
+        )
         return ExitCode.OK if reply.get("status") == "succeeded" else ExitCode.SUPERSEDED
 
 

@@ -12,6 +12,23 @@ import pytest
 from sqlalchemy import create_engine, text
 
 
+def _all_project_ids(admin, include_archived: bool = False) -> list[str]:
+    """Every page: the session's server holds the projects of every module that ran on it (over 100)."""
+    ids: list[str] = []
+    after = None
+    while True:
+        params = {
+            "limit": 100,
+            **({"include_archived": "true"} if include_archived else {}),
+            **({"after": after} if after else {}),
+        }
+        page = admin.get("/v1/organization/projects", params=params).json()
+        ids += [p["id"] for p in page["data"]]
+        if not page["has_more"]:
+            return ids
+        after = page["last_id"]
+
+
 def test_projects_and_keys_lifecycle(server):
     with server.admin() as admin:
         project = admin.post("/v1/organization/projects", json={"name": "Team Search"}).json()
@@ -54,10 +71,8 @@ def test_projects_and_keys_lifecycle(server):
         with pytest.raises(openai.AuthenticationError):
             client2.models.list()
         assert admin.get(f"/v1/organization/projects/{project['id']}").json()["status"] == "archived"
-        ids = [p["id"] for p in admin.get("/v1/organization/projects?limit=100").json()["data"]]
-        assert project["id"] not in ids
-        ids = [p["id"] for p in admin.get("/v1/organization/projects?limit=100&include_archived=true").json()["data"]]
-        assert project["id"] in ids
+        assert project["id"] not in _all_project_ids(admin)
+        assert project["id"] in _all_project_ids(admin, include_archived=True)
         resp = admin.post(f"/v1/organization/projects/{project['id']}/service_accounts", json={"name": "c"})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "project_archived"
 

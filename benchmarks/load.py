@@ -395,7 +395,7 @@ def process_tree(root: int) -> dict[int, str]:
 
 
 def cpu_by_kind(tree: dict[int, str]) -> dict[int, float]:
-    return {pid: cpu_seconds(pid) for pid in tree}
+    return {pid: cpu_seconds([pid]) for pid in tree}
 
 
 def postgres_sessions(database: str | None) -> int:
@@ -419,7 +419,7 @@ def postgres_backends(database: str | None) -> dict[int, float]:
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and f" {database} ".encode() in (entry / "cmdline").read_bytes():
-                found[int(entry.name)] = cpu_seconds(int(entry.name))
+                found[int(entry.name)] = cpu_seconds([int(entry.name)])
         except OSError:
             continue
     return found

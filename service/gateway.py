@@ -32,7 +32,7 @@ from service.errors import (
     ServiceUnavailable,
     excerpt,
 )
-from service.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from service.upstream import EngineUnreachable, UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
 
 ROUTE_TTL_S = 1.0  # a ready route is reused this long without a database lookup
@@ -41,6 +41,10 @@ WAKE_POLL_S = 0.25
 # Refusals that mean the model exists but cannot serve now.
 _KNOWN_MODEL_REFUSALS = frozenset({"model_not_deployed", "model_deploying", "endpoint_failed"})
 _USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+class _Unsent(Exception):
+    """A cached route's engine refused the connection: Gateway.relay resolves the route again."""
 
 
 class Waking(ServiceUnavailable):
@@ -167,8 +171,30 @@ class Gateway:
 
     # --- forwarding -------------------------------------------------------------------------------------
 
+    async def relay(self, project_id: str, path: str, raw: bytes, body: dict, request_id: str | None) -> Response:
+        """Resolves the caller's model and forwards the request. A route taken from the cache may be stale: its
+        endpoint scaled to zero, or its engine moved, within ROUTE_TTL_S. When its engine refuses the connection
+        (the request was never sent) the route is resolved again from the database, once: a suspended endpoint is
+        then woken and waited for, and a moved one is found, instead of a 502."""
+        model = body["model"]
+        cached = self.cached_route(project_id, model) is not None
+        route = await self.resolve(project_id, model)
+        try:
+            return await self.forward(project_id, path, raw, body, route, request_id, retry_unsent=cached)
+        except _Unsent:
+            route = await self.resolve(project_id, model)
+            return await self.forward(project_id, path, raw, body, route, request_id)
+
     async def forward(
-        self, project_id: str, path: str, raw: bytes, body: dict, route: Route, request_id: str | None
+        self,
+        project_id: str,
+        path: str,
+        raw: bytes,
+        body: dict,
+        route: Route,
+        request_id: str | None,
+        *,
+        retry_unsent: bool = False,
     ) -> Response:
         started = time.perf_counter()
         stream = bool(body.get("stream"))
@@ -192,6 +218,8 @@ class Gateway:
                 )
         except (TimeoutError, UpstreamError) as exc:
             self.forget(project_id, route.model)
+            if retry_unsent and isinstance(exc, EngineUnreachable):
+                raise _Unsent from exc
             self._account(project_id, route, BadGateway.status_code, {}, started)
             raise BadGateway(
                 f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "

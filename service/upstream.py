@@ -17,6 +17,10 @@ class UpstreamError(Exception):
     pass
 
 
+class EngineUnreachable(UpstreamError):
+    """No connection could be made: the request was never sent, so sending it elsewhere repeats nothing."""
+
+
 @dataclass
 class _Connection:
     reader: asyncio.StreamReader
@@ -106,7 +110,7 @@ class UpstreamPool:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), self._connect_timeout)
         except (TimeoutError, OSError) as exc:
-            raise UpstreamError(f"cannot connect to {address[0]}:{address[1]}: {exc!r}") from exc
+            raise EngineUnreachable(f"cannot connect to {address[0]}:{address[1]}: {exc!r}") from exc
         return _Connection(reader, writer)
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:

@@ -28,10 +28,7 @@ async def _forward(request: Request, path: str):
     except ApiError as exc:
         gateway.count_rejected(None, exc)
         raise
-    route = await gateway.resolve(principal.project_id, body["model"])
-    return await gateway.forward(
-        principal.project_id, path, raw, body, route, getattr(request.state, "request_id", None)
-    )
+    return await gateway.relay(principal.project_id, path, raw, body, getattr(request.state, "request_id", None))
 
 
 async def chat_completions(request: Request):

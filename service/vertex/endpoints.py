@@ -65,11 +65,9 @@ async def generate_content(
 ) -> Response:
     ep = await run_in_threadpool(_endpoint, ctx, scope, endpoint_id)
     project_id = scope.principal.project_id
-    route = await gateway.resolve(project_id, ep.model)
-    chat = chat_request(body, route.engine_model, stream=stream)
-    reply = await gateway.forward(
-        project_id, "/v1/chat/completions", json.dumps(chat).encode(), chat, route, request_id
-    )
+    # Named as the caller's model: the gateway resolves it (and renames it for the engine) as for OpenAI's routes.
+    chat = chat_request(body, ep.model, stream=stream)
+    reply = await gateway.relay(project_id, "/v1/chat/completions", json.dumps(chat).encode(), chat, request_id)
     if reply.status_code != 200:
         assert isinstance(reply.body, bytes)  # the engine's error, relayed whole
         raise engine_error(reply.status_code, reply.body, reply.headers.get("retry-after"))

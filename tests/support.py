@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from tests.openai_schemas import validator
+
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -264,6 +266,40 @@ def wait_job(client, job_id: str, until, timeout: float = 180, poll: float = 0.3
         if time.monotonic() > deadline:
             raise AssertionError(f"job still {job.status} after {timeout}s")
         time.sleep(poll)
+
+
+def tune_hone_tiny(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
+    """Uploads `rows`, fine-tunes hone-tiny on them (seed 1) and waits until the job has succeeded."""
+    file = client.files.create(file=("tickets.jsonl", jsonl(rows)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=file.id,
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+    )
+    return wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=timeout)
+
+
+def chat_reply(client, model: str, row: dict, *, stream: bool = False) -> str:
+    """What `model` answers to `row`'s prompt through the gateway (greedy), plain or streamed: every stream chunk
+    checked against OpenAI's schema, and no usage chunk sent to a caller who did not ask for one."""
+    prompt = row["messages"][:-1]
+    if not stream:
+        reply = client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16)
+        # A checkpoint asked for by id answers under its snapshot name, as OpenAI answers with canonical names.
+        assert reply.model == model or (model.startswith("ftckpt_") and ":ckpt-step-" in reply.model)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        return reply.choices[0].message.content.strip()
+    chunks = list(
+        client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16, stream=True)
+    )
+    chunk_schema = validator("CreateChatCompletionStreamResponse")
+    for chunk in chunks:
+        errors = list(chunk_schema.iter_errors(chunk.model_dump(exclude_unset=True)))
+        assert not errors, errors[0].message
+    assert all(chunk.choices for chunk in chunks), "a usage chunk reached a caller who did not ask for it"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    return "".join(chunk.choices[0].delta.content or "" for chunk in chunks).strip()
 
 
 def all_events(client, job_id: str) -> list:

@@ -22,33 +22,19 @@ from pathlib import Path
 import pytest
 
 from tests.fake_engine.engine import answer_of
-from tests.openai_schemas import validator
 from tests.support import (
     FAKE_ENGINE_PYTHON,
     HoneServer,
     PostgresDatabase,
+    chat_reply,
     engine_pids,
-    jsonl,
     one_label_tickets,
+    tune_hone_tiny,
     wait_endpoint,
     wait_for,
-    wait_job,
 )
 
 FAKE = {"HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON}
-
-
-def _tune(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
-    """Uploads `rows`, fine-tunes hone-tiny on them (seed 1) and waits until the job has succeeded. The engine
-    is fake, so what the model learns does not matter: a small job gives an adapter (and its checkpoints) fast."""
-    file = client.files.create(file=("tickets.jsonl", jsonl(rows)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(
-        model="hone-tiny",
-        training_file=file.id,
-        seed=1,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-    )
-    return wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +54,8 @@ def served(tmp_path_factory, moto):
         project = server.new_project("tickets")
         client = project.openai()
         train, held_out = one_label_tickets(seed=7)
-        job = _tune(client, train, n_epochs=2, batch_size=4)
+        # The engine is fake, so what the model learns does not matter: a small job gives an adapter fast.
+        job = tune_hone_tiny(client, train, n_epochs=2, batch_size=4)
         with project.http() as http:
             endpoint = wait_endpoint(http, job.fine_tuned_model)
         assert endpoint["state"] == "ready", endpoint
@@ -83,25 +70,6 @@ def served(tmp_path_factory, moto):
     finally:
         server.stop()
         postgres.drop()
-
-
-def _answer(client, model: str, row: dict, *, stream: bool = False) -> str:
-    prompt = row["messages"][:-1]
-    if not stream:
-        reply = client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16)
-        assert reply.model == model or (model.startswith("ftckpt_") and ":ckpt-step-" in reply.model)
-        assert reply.choices[0].finish_reason in ("stop", "length")
-        return reply.choices[0].message.content.strip()
-    chunks = list(
-        client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16, stream=True)
-    )
-    chunk_schema = validator("CreateChatCompletionStreamResponse")
-    for chunk in chunks:
-        errors = list(chunk_schema.iter_errors(chunk.model_dump(exclude_unset=True)))
-        assert not errors, errors[0].message
-    assert all(chunk.choices for chunk in chunks), "a usage chunk reached a caller who did not ask for it"
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    return "".join(chunk.choices[0].delta.content or "" for chunk in chunks).strip()
 
 
 def test_deploying_endpoint_answers_503_with_retry_after(served):
@@ -147,7 +115,7 @@ def test_idle_endpoint_scales_to_zero_and_the_next_request_wakes_it(served):
         assert 'hone_endpoints{state="idle"} 1.0' in exposition
         # The next request wakes it and waits for it (a cold start), then answers as before.
         started = time.monotonic()
-        assert _answer(served["client"], model, row) == expected
+        assert chat_reply(served["client"], model, row) == expected
         woke_in = time.monotonic() - started
         after = http.post("/v1/endpoints", json={"model": model, "idle_timeout_s": 0}).json()
     assert after["state"] == "ready" and after["idle_timeout_s"] == 0 and after["error"] is None
@@ -159,13 +127,13 @@ def test_fully_tuned_weights_get_an_engine_of_their_own(served):
     # On the module's server (the original started one of its own with the same serving settings).
     client, held_out = served["client"], served["held_out"]
     train, _ = one_label_tickets(seed=3)
-    job = _tune(client, train, tuning_mode="full", n_epochs=1, batch_size=4, learning_rate_multiplier=1.0)
+    job = tune_hone_tiny(client, train, tuning_mode="full", n_epochs=1, batch_size=4, learning_rate_multiplier=1.0)
     with served["project"].http() as http:
         ep = wait_endpoint(http, job.fine_tuned_model)
     assert ep["state"] == "ready" and ep["kind"] == "full", ep["error"]
     assert ep["id"] != served["endpoint"]["id"] and engine_pids(served["server"], ep["id"])
-    answer = _answer(client, job.fine_tuned_model, held_out[0])
-    assert answer == _answer(client, job.fine_tuned_model, held_out[0], stream=True)
+    answer = chat_reply(client, job.fine_tuned_model, held_out[0])
+    assert answer == chat_reply(client, job.fine_tuned_model, held_out[0], stream=True)
 
 
 def test_deleting_the_model_stops_its_engine_and_cleans_its_cache(served):
@@ -195,7 +163,7 @@ def test_shared_engine_serves_several_adapters_of_one_base(tmp_path):
         project = server.new_project("shared")
         client = project.openai()
         train, held_out = one_label_tickets(seed=3)
-        job = _tune(client, train, n_epochs=2, batch_size=4)
+        job = tune_hone_tiny(client, train, n_epochs=2, batch_size=4)
         first_ckpt = sorted(client.fine_tuning.jobs.checkpoints.list(job.id), key=lambda c: c.step_number)[-2]
         with project.http() as http:
             tuned = wait_endpoint(http, job.fine_tuned_model)
@@ -206,7 +174,7 @@ def test_shared_engine_serves_several_adapters_of_one_base(tmp_path):
             assert engines == ["base_hone-tiny.json"]  # one engine process, two adapters
             pid = engine_pids(server, "base:hone-tiny")
             row = held_out[0]
-            answers = {m: _answer(client, m, row) for m in (job.fine_tuned_model, first_ckpt.id, "hone-tiny")}
+            answers = {m: chat_reply(client, m, row) for m in (job.fine_tuned_model, first_ckpt.id, "hone-tiny")}
             assert all(isinstance(a, str) for a in answers.values())
             # The fake names the weights that answered: the one engine served each model with its own.
             assert len(set(answers.values())) == 3, answers
@@ -217,7 +185,7 @@ def test_shared_engine_serves_several_adapters_of_one_base(tmp_path):
                 time.sleep(0.2)
             gone = http.post("/v1/chat/completions", json={"model": first_ckpt.id, "messages": row["messages"][:-1]})
             assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_deployed"
-            assert _answer(client, job.fine_tuned_model, row) == answers[job.fine_tuned_model]
+            assert chat_reply(client, job.fine_tuned_model, row) == answers[job.fine_tuned_model]
             assert engine_pids(server, "base:hone-tiny") == pid  # the shared engine kept serving the other
     finally:
         server.stop()

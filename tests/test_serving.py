@@ -21,19 +21,15 @@ import pytest
 
 from examples.support_tickets import make
 from tests.openai_schemas import validator
-from tests.support import REPO, HoneServer, PostgresDatabase, engine_pids, jsonl, wait_endpoint, wait_job
-
-
-def _tune(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
-    """Uploads `rows`, fine-tunes hone-tiny on them (seed 1) and waits until the job has succeeded."""
-    file = client.files.create(file=("tickets.jsonl", jsonl(rows)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(
-        model="hone-tiny",
-        training_file=file.id,
-        seed=1,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-    )
-    return wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=timeout)
+from tests.support import (
+    REPO,
+    HoneServer,
+    PostgresDatabase,
+    chat_reply,
+    engine_pids,
+    tune_hone_tiny,
+    wait_endpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +47,7 @@ def served(tmp_path_factory, moto):
         project = server.new_project("tickets")
         client = project.openai()
         train, held_out = make(count=360, seed=7)
-        job = _tune(client, train, timeout=900, n_epochs=8, batch_size=4, learning_rate_multiplier=0.5)
+        job = tune_hone_tiny(client, train, timeout=900, n_epochs=8, batch_size=4, learning_rate_multiplier=0.5)
         with project.http() as http:
             endpoint = wait_endpoint(http, job.fine_tuned_model)
         assert endpoint["state"] == "ready", endpoint
@@ -68,31 +64,11 @@ def served(tmp_path_factory, moto):
         postgres.drop()
 
 
-def _label(client, model: str, row: dict, *, stream: bool = False) -> str:
-    prompt = row["messages"][:-1]
-    if not stream:
-        reply = client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16)
-        # A checkpoint asked for by id answers under its snapshot name, as OpenAI answers with canonical names.
-        assert reply.model == model or (model.startswith("ftckpt_") and ":ckpt-step-" in reply.model)
-        assert reply.choices[0].finish_reason in ("stop", "length")
-        return reply.choices[0].message.content.strip()
-    chunks = list(
-        client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=16, stream=True)
-    )
-    chunk_schema = validator("CreateChatCompletionStreamResponse")
-    for chunk in chunks:
-        errors = list(chunk_schema.iter_errors(chunk.model_dump(exclude_unset=True)))
-        assert not errors, errors[0].message
-    assert all(chunk.choices for chunk in chunks), "a usage chunk reached a caller who did not ask for it"
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    return "".join(chunk.choices[0].delta.content or "" for chunk in chunks).strip()
-
-
 def test_tuned_model_labels_held_out_tickets_through_its_endpoint(served):
     client, model, held_out = served["client"], served["job"].fine_tuned_model, served["held_out"]
-    tuned = [_label(client, model, row) for row in held_out]
-    streamed = [_label(client, model, row, stream=True) for row in held_out]
-    base = [_label(client, "hone-tiny", row) for row in held_out]
+    tuned = [chat_reply(client, model, row) for row in held_out]
+    streamed = [chat_reply(client, model, row, stream=True) for row in held_out]
+    base = [chat_reply(client, "hone-tiny", row) for row in held_out]
     gold = [row["messages"][-1]["content"] for row in held_out]
 
     def accuracy(answers):
@@ -236,7 +212,7 @@ def test_checkpoints_serve_and_the_parity_gate_catches_a_mismatched_template(ser
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "endpoint_failed"
     # A checkpoint is addressed by its id or its snapshot name.
     row = served["held_out"][0]
-    assert _label(client, last.id, row) == _label(client, last.fine_tuned_model_checkpoint, row)
+    assert chat_reply(client, last.id, row) == chat_reply(client, last.fine_tuned_model_checkpoint, row)
 
 
 def test_killed_engine_is_restarted_and_serves_again(served):
@@ -254,7 +230,7 @@ def test_killed_engine_is_restarted_and_serves_again(served):
             time.sleep(0.3)
     assert engine_pids(served["server"], ep["id"]) and engine_pids(served["server"], ep["id"]) != pids
     row = served["held_out"][0]
-    assert _label(served["client"], model, row) == row["messages"][-1]["content"]
+    assert chat_reply(served["client"], model, row) == row["messages"][-1]["content"]
 
 
 def test_cli_lists_and_shows_endpoints(served):

@@ -15,7 +15,7 @@ router = APIRouter(route_class=JSONRoute, tags=["health"])
 
 
 @router.get("/healthz", response_model=m.Health)
-def healthz():
+async def healthz():  # on the event loop: a liveness probe needs no worker thread
     return {"status": "ok"}
 
 

@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 # Two workers, one test module each at a time (module fixtures train once): the suite is mostly waiting on
-# trainer and engine subprocesses, so two keep both cores busy.
-exec .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
+# trainer and engine subprocesses, so two keep both cores busy. Modules run in the order tests/conftest.py
+# collects them (longest first), not xdist's (most tests first).
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@"

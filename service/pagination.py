@@ -60,9 +60,13 @@ class FixedPages:
 
     def __init__(self, stmt: Select, table: Any, *, newest_first: bool = True):
         order = table.seq.desc() if newest_first else table.seq.asc()
-        seq_after = table.seq < bindparam("cursor") if newest_first else table.seq > bindparam("cursor")
         self._cursor = stmt.with_only_columns(table.seq).where(table.id == bindparam("after"))
         self._first = stmt.order_by(order).limit(bindparam("limit"))
+        # The page after a cursor in one statement, the cursor's position a subquery: a round trip fewer. An empty
+        # page is the one case that needs the cursor looked up on its own: the end of the list, or no such cursor.
+        seq_after = (
+            table.seq < self._cursor.scalar_subquery() if newest_first else table.seq > self._cursor.scalar_subquery()
+        )
         self._after = stmt.where(seq_after).order_by(order).limit(bindparam("limit"))
 
     def page(
@@ -70,8 +74,9 @@ class FixedPages:
     ) -> tuple[Sequence[Any], bool]:
         """(rows, has_more): the rows of the columns the statement selects."""
         if after:
-            cursor = _cursor_seq(session, self._cursor, {**params, "after": after}, after)
-            rows = session.execute(self._after, {**params, "cursor": cursor, "limit": limit + 1}).all()
+            rows = session.execute(self._after, {**params, "after": after, "limit": limit + 1}).all()
+            if not rows:
+                _cursor_seq(session, self._cursor, {**params, "after": after}, after)  # raises for an unknown cursor
         else:
             rows = session.execute(self._first, {**params, "limit": limit + 1}).all()
         return rows[:limit], len(rows) > limit

@@ -63,23 +63,31 @@ def client(project):
     return project.openai()
 
 
-# The modules that train and serve take minutes each. Collected first, pytest-xdist's loadfile scheduling
-# (scripts/test.sh runs two workers) starts them early instead of leaving one for last on a single worker.
+# The modules that train and serve take minutes each: collected first, longest first (as measured by a full run,
+# 2026-12-04), so that pytest-xdist's loadfile scheduling starts them early instead of leaving one for last on a
+# single worker. scripts/test.sh passes --no-loadscope-reorder: xdist's own order (most tests first) put the
+# module of six slow tests last, alone for minutes.
 LONGEST_FIRST = [
-    "test_training.py",
+    "test_continuation.py",
     "test_serving.py",
-    "test_observability.py",
+    "test_training.py",
+    "test_schemathesis.py",
     "test_training_control.py",
-    "test_kubernetes_engines.py",
+    "test_trainer_robustness.py",
+    "test_observability.py",
+    "test_wandb_integration.py",
     "test_endpoint_lifecycle.py",
-    "test_kubernetes_executor.py",
+    "test_kubernetes_engines.py",
     "test_cli.py",
+    "test_kubernetes_executor.py",
     "test_static_engines.py",
-    "test_vertex_api.py",
+    "test_server.py",
+    "test_quiet.py",
     "test_engine_protocol.py",
-    "test_launcher.py",
-    "test_logging.py",
-    "test_sdk_install.py",
+    "test_admin_api.py",
+    "test_trainer_storage_faults.py",
+    "test_input_hardening.py",
+    "test_vertex_api.py",
 ]
 
 

@@ -77,6 +77,8 @@ def sft(tmp_path_factory):
         client = project.openai()
         train, held_out = make(count=360, seed=7)
         files = {"train": _upload(client, train, "train.jsonl"), "valid": _upload(client, held_out, "valid.jsonl")}
+        # For the tiny-learning-rate jobs, which barely move the weights whatever their length: 24 steps, not 90.
+        files["tiny_lr"] = _upload(client, train[:96], "tiny_lr.jsonl")
         job = _succeeded(
             client, _job(client, "hone-tiny", files["train"], SFT, validation_file=files["valid"], deploy=True).id
         )
@@ -137,7 +139,7 @@ def test_shape_changes_are_400s_naming_the_field_and_other_projects_models_are_m
 
 def test_a_tiny_learning_rate_keeps_the_parents_accuracy_where_the_base_knows_nothing(sft):
     client, parent = sft["client"], sft["job"]
-    train, valid = sft["files"]["train"], sft["files"]["valid"]
+    train, valid = sft["files"]["tiny_lr"], sft["files"]["valid"]
     continued = _job(client, parent.fine_tuned_model, train, TINY_LR, validation_file=valid, deploy=True)
     from_base = _job(client, "hone-tiny", train, TINY_LR, validation_file=valid)
     continued, from_base = _succeeded(client, continued.id), _succeeded(client, from_base.id)
@@ -163,7 +165,7 @@ def test_a_checkpoint_is_continued_by_its_name(sft):
     checkpoints = sorted(client.fine_tuning.jobs.checkpoints.list(parent.id), key=lambda c: c.step_number)
     last = checkpoints[-1]
     job = _job(
-        client, last.fine_tuned_model_checkpoint, sft["files"]["train"], TINY_LR, validation_file=sft["files"]["valid"]
+        client, last.fine_tuned_model_checkpoint, sft["files"]["tiny_lr"], TINY_LR, validation_file=sft["files"]["valid"]
     )
     assert job.model == last.fine_tuned_model_checkpoint
     done = _succeeded(client, job.id)

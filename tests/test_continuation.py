@@ -165,7 +165,11 @@ def test_a_checkpoint_is_continued_by_its_name(sft):
     checkpoints = sorted(client.fine_tuning.jobs.checkpoints.list(parent.id), key=lambda c: c.step_number)
     last = checkpoints[-1]
     job = _job(
-        client, last.fine_tuned_model_checkpoint, sft["files"]["tiny_lr"], TINY_LR, validation_file=sft["files"]["valid"]
+        client,
+        last.fine_tuned_model_checkpoint,
+        sft["files"]["tiny_lr"],
+        TINY_LR,
+        validation_file=sft["files"]["valid"],
     )
     assert job.model == last.fine_tuned_model_checkpoint
     done = _succeeded(client, job.id)

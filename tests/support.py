@@ -54,6 +54,20 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def s3_client(endpoint_url: str):
+    """A real boto3 S3 client on a moto server at `endpoint_url`, with the credentials MotoServer.env gives
+    servers (a HoneServer's own: `s3_client(server.env["AWS_ENDPOINT_URL"])`)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
 class MotoServer:
     """moto's standalone S3 server on a free loopback port, driven by real boto3."""
 
@@ -74,6 +88,10 @@ class MotoServer:
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+
+    def client(self):
+        """A real boto3 S3 client on this server."""
+        return s3_client(self.url)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import httpx
 import openai
 import pytest
@@ -744,13 +743,7 @@ def test_s3_failed_upload_leaves_nothing_and_flagged_file_is_kept(moto, tmp_path
             },
         )
         project = server.new_project("s3 corpus")
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=moto.url,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
+        s3 = moto.client()
         with project.openai() as sdk, project.http() as http:
             big = chat_dataset(2000) * 60  # ~12 MB, streamed without a Content-Length
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -224,13 +223,7 @@ TRICKY = [
 def test_every_storage_backend_gives_the_trainer_the_validators_lines(tmp_path, moto, data):
     FolderBlobs(tmp_path).put_bytes("jobs/j/train.jsonl", data)
     env = moto.env()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
+    s3 = moto.client()
     s3.create_bucket(Bucket="hone-lines")
     s3.put_object(Bucket="hone-lines", Key="p/jobs/j/train.jsonl", Body=data)
     blobs = S3Blobs("hone-lines", "p/", env["AWS_ENDPOINT_URL"])

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 
-import boto3
 import httpx
 import pytest
 
@@ -21,13 +20,7 @@ OWN = "hone-grants"  # Hone's own storage bucket: s3://hone-grants/blobs
 
 @pytest.fixture(scope="module")
 def sealed(tmp_path_factory, moto):
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    s3 = moto.client()
     s3.create_bucket(Bucket="data")
     for key, body in {
         "a/train.jsonl": chat_dataset(),

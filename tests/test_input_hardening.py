@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-import boto3
 import httpx
 import pytest
 
-from tests.support import chat_dataset
+from tests.support import chat_dataset, s3_client
 
 DATA = chat_dataset(12)
 BOUNDARY = "hone-hardening-b0undary"
@@ -35,14 +34,7 @@ def upload_body(filename_param: bytes, data: bytes = DATA, purpose: bytes = b"fi
 
 def stored_file_keys(server) -> set[str]:
     if server.backend == "postgres-s3":
-        env = server.env
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=env["AWS_ENDPOINT_URL"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            region_name=env["AWS_DEFAULT_REGION"],
-        )
+        s3 = s3_client(server.env["AWS_ENDPOINT_URL"])
         listed = s3.list_objects_v2(Bucket="hone-tests", Prefix="blobs/files/").get("Contents", [])
         return {obj["Key"] for obj in listed}
     root = server.data_dir / "blobs" / "files"

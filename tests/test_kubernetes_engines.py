@@ -23,7 +23,6 @@ import threading
 import time
 from pathlib import Path
 
-import boto3
 import httpx
 import kubernetes_validate
 import pytest
@@ -345,13 +344,7 @@ def fetcher(moto, tmp_path):
 
 def test_fetcher_copies_an_adapter_from_s3(fetcher, moto):
     url, root = fetcher
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    s3 = moto.client()
     s3.create_bucket(Bucket="fetch-tests")
     files = {
         "adapter_config.json": b'{"r": 8}',
@@ -387,13 +380,7 @@ def test_fetcher_copies_an_adapter_from_s3(fetcher, moto):
 
 def test_fetcher_once_stages_base_weights_as_an_init_container(moto, tmp_path):
     """`--once`: what init container `weights` runs; exit 0 with the weights in place, else non-zero."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    s3 = moto.client()
     s3.create_bucket(Bucket="fetch-once")
     s3.put_object(Bucket="fetch-once", Key="b/jobs/j1/model/config.json", Body=b'{"model_type": "llama"}')
     env = {**os.environ, **moto.env(), "OMP_WAIT_POLICY": "PASSIVE"}

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import boto3
 import pytest
 
 from examples.support_tickets import make
@@ -182,13 +181,7 @@ def test_checkpoints_serve_and_the_parity_gate_catches_a_mismatched_template(ser
     checkpoints = sorted(client.fine_tuning.jobs.checkpoints.list(job.id), key=lambda c: c.step_number)
     last, earlier = checkpoints[-1], checkpoints[-2]
     # Someone "fixes" the chat template stored with an earlier checkpoint: serving would no longer match training.
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = moto.client()
     key = f"blobs/jobs/{job.id}/checkpoints/step-{earlier.step_number}/hone_serving.json"
     pinned = json.loads(s3.get_object(Bucket="hone-serve", Key=key)["Body"].read())
     pinned["chat_template"] = pinned["chat_template"].replace(

@@ -4,7 +4,6 @@ attempt with a clear error (exit 74, an event naming the object) and leaves no a
 
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from tests.s3_faults import S3FaultProxy
@@ -34,13 +33,7 @@ def proxied(moto, tmp_path):
 
 
 def _keys(moto, prefix: str) -> list[str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = moto.client()
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 

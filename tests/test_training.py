@@ -15,7 +15,6 @@ import os
 import signal
 import time
 
-import boto3
 import pytest
 
 from tests.support import (
@@ -24,6 +23,7 @@ from tests.support import (
     all_events,
     chat_line,
     jsonl,
+    s3_client,
     trainer_pids,
     wait_job,
 )
@@ -61,13 +61,7 @@ def trainer_server(request, tmp_path_factory):
 
 
 def _s3(server: HoneServer):
-    return boto3.client(
-        "s3",
-        endpoint_url=server.env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return s3_client(server.env["AWS_ENDPOINT_URL"])
 
 
 def stored_bytes(server: HoneServer, key: str) -> bytes:

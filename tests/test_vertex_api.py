@@ -10,7 +10,6 @@ import json
 import random
 import time
 
-import boto3
 import google.oauth2.credentials
 import httpx
 import pytest
@@ -50,13 +49,7 @@ def genai_client(server: HoneServer, api_key: str, project: str) -> genai.Client
 @pytest.fixture(scope="module")
 def vertex(tmp_path_factory, moto):
     rng = random.Random(11)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    s3 = moto.client()
     s3.create_bucket(Bucket=S3_BUCKET)
     objects = {
         "gcs/tickets/train.jsonl": jsonl([_ticket_row(rng) for _ in range(24)]),  # as gs://tuning-data/tickets/...

@@ -22,6 +22,22 @@ PART_SIZE = 8 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"}
 
 
+def bounded_client(endpoint_url: str | None, max_attempts: int, timeout_s: float, max_pool_connections: int = 10):
+    """A boto3 S3 client whose every call retries (botocore's "standard" mode) up to `max_attempts` in all, each
+    attempt bounded by `timeout_s` to connect and per read (HONE_S3_MAX_ATTEMPTS, HONE_S3_TIMEOUT_S).
+    endpoint_url=None lets boto3 honour AWS_ENDPOINT_URL and the other AWS_* variables."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        config=Config(
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            max_pool_connections=max_pool_connections,
+        ),
+    )
+
+
 def _is_missing(err: ClientError) -> bool:
     return err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
 
@@ -120,17 +136,7 @@ class S3Storage:
     ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        # endpoint_url=None lets boto3 honour AWS_ENDPOINT_URL and the other AWS_* variables.
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            config=Config(
-                retries={"total_max_attempts": max_attempts, "mode": "standard"},
-                connect_timeout=timeout_s,
-                read_timeout=timeout_s,
-                max_pool_connections=32,
-            ),
-        )
+        self.client = bounded_client(endpoint_url, max_attempts, timeout_s, max_pool_connections=32)
         self._ensure_bucket()
 
     @classmethod

@@ -12,8 +12,6 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from service import dataset_grants
@@ -21,6 +19,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.errors import ErrorCode, InvalidRequest
 from service.files import import_fine_tune_file
+from service.storage.s3 import bounded_client
 
 CHUNK = 1 << 20
 
@@ -68,19 +67,8 @@ def bucket_object(settings, uri: str, field: str) -> BucketObject | None:
     return BucketObject(location, bucket, key)
 
 
-@functools.lru_cache(maxsize=4)
-def _s3_client(endpoint_url: str | None, max_attempts: int, timeout_s: float):
-    # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL and the other AWS_* variables, as Hone's storage does;
-    # retries and timeouts bounded as its are (HONE_S3_MAX_ATTEMPTS, HONE_S3_TIMEOUT_S).
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        config=Config(
-            retries={"total_max_attempts": max_attempts, "mode": "standard"},
-            connect_timeout=timeout_s,
-            read_timeout=timeout_s,
-        ),
-    )
+# Clients are built once per store: retries and timeouts bounded as Hone's storage bounds its own.
+_s3_client = functools.lru_cache(maxsize=4)(bounded_client)
 
 
 def _object_chunks(client, obj: BucketObject, uri: str, field: str) -> Iterator[bytes]:

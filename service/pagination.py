@@ -21,15 +21,14 @@ def check_limit(limit: int, maximum: int) -> int:
     return limit
 
 
-def _cursor_seq(session: Session | Connection, stmt: Select, params: dict[str, Any] | None, after: str) -> int:
-    cursor = session.execute(stmt, params).scalar()
-    if cursor is None:
+def _check_cursor(session: Session | Connection, stmt: Select, params: dict[str, Any] | None, after: str) -> None:
+    """400 `invalid_cursor` unless `stmt` (the cursor's seq, within the caller's list) finds the cursor."""
+    if session.execute(stmt, params).scalar() is None:
         raise InvalidRequest(
             f"Invalid 'after': no object with id '{excerpt(after)}' in this list.",
             param="after",
             code=ErrorCode.INVALID_CURSOR,
         )
-    return cursor
 
 
 def paginate(
@@ -45,12 +44,22 @@ def paginate(
     """Runs `stmt` (already scoped to the caller) one page at a time; returns (rows, has_more): the objects
     `stmt` selects, or with `as_rows` the rows of the columns it selects."""
     if after:
-        cursor = _cursor_seq(session, stmt.with_only_columns(table.seq).where(table.id == after), None, after)
-        stmt = stmt.where(table.seq < cursor if newest_first else table.seq > cursor)
+        cursor = stmt.with_only_columns(table.seq).where(table.id == after)
+        stmt = stmt.where(_past(table, cursor, newest_first))
     stmt = stmt.order_by(table.seq.desc() if newest_first else table.seq.asc()).limit(limit + 1)
     result = session.execute(stmt)
     rows = result.all() if as_rows else result.scalars().all()
+    if after and not rows:
+        _check_cursor(session, cursor, None, after)
     return rows[:limit], len(rows) > limit
+
+
+def _past(table: Any, cursor: Select, newest_first: bool) -> Any:
+    """The rows after the cursor in the list's order, the cursor's position a subquery (`cursor` selects its seq):
+    the page is one statement. Only an empty page needs the cursor looked up on its own (`_check_cursor`), to tell
+    the end of the list from a cursor that is not in it."""
+    position = cursor.scalar_subquery()
+    return table.seq < position if newest_first else table.seq > position
 
 
 class FixedPages:
@@ -62,12 +71,7 @@ class FixedPages:
         order = table.seq.desc() if newest_first else table.seq.asc()
         self._cursor = stmt.with_only_columns(table.seq).where(table.id == bindparam("after"))
         self._first = stmt.order_by(order).limit(bindparam("limit"))
-        # The page after a cursor in one statement, the cursor's position a subquery: a round trip fewer. An empty
-        # page is the one case that needs the cursor looked up on its own: the end of the list, or no such cursor.
-        seq_after = (
-            table.seq < self._cursor.scalar_subquery() if newest_first else table.seq > self._cursor.scalar_subquery()
-        )
-        self._after = stmt.where(seq_after).order_by(order).limit(bindparam("limit"))
+        self._after = stmt.where(_past(table, self._cursor, newest_first)).order_by(order).limit(bindparam("limit"))
 
     def page(
         self, session: Session | Connection, params: dict[str, Any], *, after: str | None, limit: int
@@ -76,7 +80,7 @@ class FixedPages:
         if after:
             rows = session.execute(self._after, {**params, "after": after, "limit": limit + 1}).all()
             if not rows:
-                _cursor_seq(session, self._cursor, {**params, "after": after}, after)  # raises for an unknown cursor
+                _check_cursor(session, self._cursor, {**params, "after": after}, after)
         else:
             rows = session.execute(self._first, {**params, "limit": limit + 1}).all()
         return rows[:limit], len(rows) > limit

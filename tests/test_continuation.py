@@ -77,7 +77,7 @@ def sft(tmp_path_factory):
         client = project.openai()
         train, held_out = make(count=360, seed=7)
         files = {"train": _upload(client, train, "train.jsonl"), "valid": _upload(client, held_out, "valid.jsonl")}
-        # For the tiny-learning-rate jobs, which barely move the weights whatever their length: 24 steps, not 90.
+        # For the tiny-learning-rate jobs, which barely move the weights whatever their length: 24 steps, not 72.
         files["tiny_lr"] = _upload(client, train[:96], "tiny_lr.jsonl")
         job = _succeeded(
             client, _job(client, "hone-tiny", files["train"], SFT, validation_file=files["valid"], deploy=True).id

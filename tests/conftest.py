@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import PurePosixPath
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 # In-process trainer tests share 2 cores with servers and trainers: spinning OpenMP workers would thrash.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -64,9 +66,9 @@ def client(project):
 
 
 # The modules that train and serve take minutes each: collected first, longest first (as measured by a full run,
-# 2026-12-04), so that pytest-xdist's loadfile scheduling starts them early instead of leaving one for last on a
-# single worker. scripts/test.sh passes --no-loadscope-reorder: xdist's own order (most tests first) put the
-# module of six slow tests last, alone for minutes.
+# 2026-12-04), so that pytest-xdist starts them early instead of leaving one for last on a single worker.
+# scripts/test.sh passes --no-loadscope-reorder: xdist's own order (most tests first) put the module of six slow
+# tests last, alone for minutes.
 LONGEST_FIRST = [
     "test_continuation.py",
     "test_serving.py",
@@ -89,6 +91,23 @@ LONGEST_FIRST = [
     "test_input_hardening.py",
     "test_vertex_api.py",
 ]
+# Packages whose modules share a package-scoped fixture (a tuned model): each is one unit of work for
+# pytest-xdist, so that one worker runs its modules back to back and the fixture is built once.
+SHARED_PACKAGES = {"tuned_tickets"}
+
+
+class LoadFileOrSharedPackage(LoadFileScheduling):
+    """`--dist loadfile`, except that the modules of a package in SHARED_PACKAGES go to one worker together.
+    (pytest-xdist's own xdist_group marks do not group under pytest 9: they rename the item's old `_nodeid`.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.split("::", 1)[0]
+        package = PurePosixPath(path).parent
+        return str(package) if package.name in SHARED_PACKAGES else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    return LoadFileOrSharedPackage(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(items):

@@ -10,7 +10,7 @@ the built-in engine's own server, and the deployer's parity gate runs on it for 
 "answer <digest of the weights>" instead of generating. So where a test used to check a label the model
 learned, it checks that the same weights answer as before. What only a real model shows (a tuned model labels
 held-out tickets, streaming as generated, the parity gate catching a mismatched template, a killed engine
-restarted end to end) is in tests/test_serving.py, on the built-in engine."""
+restarted end to end) is in tests/tuned_tickets/test_serving.py, on the built-in engine."""
 
 from __future__ import annotations
 

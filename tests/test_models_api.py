@@ -54,7 +54,7 @@ def test_tuned_model_retrieve_list_delete(server, project, client):
     with project.http() as http:  # unencoded form too
         assert http.get(f"/v1/models/{model_id}").json()["id"] == model_id
 
-    # A tuned model can be the starting point of another job (tests/test_continuation.py trains one); this row has
+    # A tuned model can be the starting point of another job (tests/tuned_tickets/test_continuation.py continues one); this row has
     # no weights in storage, so continuing it is refused rather than silently started from the base.
     f = client.files.create(file=("more.jsonl", chat_dataset(10)), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError) as err:

@@ -339,7 +339,7 @@ def test_bad_datasets_and_requests_get_google_shaped_400s(vertex):
             "INVALID_ARGUMENT",
         )
         assert _violations(no_model)[0]["field"] == "baseModel"
-        # preTunedModel continues a tuned model (tests/test_continuation.py); with a baseModel too it is ambiguous
+        # preTunedModel continues a tuned model (tests/tuned_tickets/test_continuation.py); with a baseModel too it is ambiguous
         both = _google_error(
             http.post(
                 _parent(vertex) + "/tuningJobs",

@@ -1,8 +1,8 @@
 """Continuing from a tuned model: `model: "ft:..."` (or a checkpoint's name, or Vertex's preTunedModel) trains
 from that model's weights, with its adapter's shape, and publishes one adapter over the plain base.
 
-One SFT model is trained for the module (hone-tiny on the support tickets, SQLite and a local folder, the
-built-in engine); every test continues it. The proof that the parent's weights are loaded is a job with a
+Every test continues the package's SFT model (tests/tuned_tickets/conftest.py: hone-tiny on the support tickets,
+PostgreSQL and S3, the built-in engine). The proof that the parent's weights are loaded is a job with a
 tiny learning rate: continued from the SFT model it keeps the SFT model's accuracy, from the base it knows
 nothing. And the usual recipe, SFT then DPO on the SFT model, serves with at least the SFT model's accuracy."""
 
@@ -19,16 +19,12 @@ import openai
 import pytest
 from google.genai import errors, types
 
-from examples.support_tickets import LABELS, make
-from tests.support import HoneServer, all_events, jsonl, trainer_pids, wait_endpoint, wait_job
+from examples.support_tickets import LABELS
+from tests.support import all_events, trainer_pids, wait_endpoint, wait_job
 from tests.test_vertex_api import LOCATION, genai_client
+from tests.tuned_tickets import label_accuracy, upload
 
-SFT = {"n_epochs": 8, "batch_size": 4, "learning_rate_multiplier": 0.5, "lora_rank": 16}
 TINY_LR = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1e-4}
-
-
-def _upload(client, rows: list[dict], name: str) -> str:
-    return client.files.create(file=(name, jsonl(rows)), purpose="fine-tune").id
 
 
 def _job(
@@ -59,44 +55,10 @@ def _final_metrics(client, job_id: str) -> dict:
     return [e.data for e in all_events(client, job_id) if e.type == "metrics"][-1]
 
 
-def _accuracy(client, model: str, rows: list[dict]) -> float:
-    """Share of held-out tickets the model labels exactly, asked through the gateway (greedy)."""
-    right = 0
-    for row in rows:
-        reply = client.chat.completions.create(model=model, messages=row["messages"][:-1], temperature=0, max_tokens=16)
-        right += reply.choices[0].message.content.strip() == row["messages"][-1]["content"]
-    return right / len(rows)
-
-
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory):
-    env = {"HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true", "HONE_SHARED_ENGINES": "true"}
-    server = HoneServer(tmp_path_factory.mktemp("continuation"), env)
-    try:
-        project, other = server.new_project("tickets"), server.new_project("other team")
-        client = project.openai()
-        train, held_out = make(count=360, seed=7)
-        files = {"train": _upload(client, train, "train.jsonl"), "valid": _upload(client, held_out, "valid.jsonl")}
-        # For the tiny-learning-rate jobs, which barely move the weights whatever their length: 24 steps, not 72.
-        files["tiny_lr"] = _upload(client, train[:96], "tiny_lr.jsonl")
-        job = _succeeded(
-            client, _job(client, "hone-tiny", files["train"], SFT, validation_file=files["valid"], deploy=True).id
-        )
-        with project.http() as http:
-            assert wait_endpoint(http, job.fine_tuned_model)["state"] == "ready"
-        yield {
-            "server": server,
-            "project": project,
-            "other": other,
-            "client": client,
-            "job": job,
-            "train": train,
-            "held_out": held_out,
-            "files": files,
-            "accuracy": _accuracy(client, job.fine_tuned_model, held_out),
-        }
-    finally:
-        server.stop()
+@pytest.fixture
+def sft(tuned_model):
+    """The package's tuned model (tests/tuned_tickets/conftest.py): the parent every test continues."""
+    return tuned_model
 
 
 def test_shape_changes_are_400s_naming_the_field_and_other_projects_models_are_missing(sft):
@@ -114,7 +76,7 @@ def test_shape_changes_are_400s_naming_the_field_and_other_projects_models_are_m
 
     # Another project's tuned model is answered exactly like one that does not exist.
     other = sft["other"].openai()
-    other_file = _upload(other, sft["train"][:20], "train.jsonl")
+    other_file = upload(other, sft["train"][:20], "train.jsonl")
     missing = model.rsplit(":", 1)[0] + ":ftjob-doesnotexist"
     answers = []
     for name in (model, missing):
@@ -150,7 +112,7 @@ def test_a_tiny_learning_rate_keeps_the_parents_accuracy_where_the_base_knows_no
     assert continued.model == parent.fine_tuned_model and continued.fine_tuned_model.startswith("ft:hone-tiny:")
     with sft["project"].http() as http:
         assert wait_endpoint(http, continued.fine_tuned_model)["state"] == "ready"
-    labels = _accuracy(client, continued.fine_tuned_model, sft["held_out"])
+    labels = label_accuracy(client, continued.fine_tuned_model, sft["held_out"])
     print(
         f"held-out token accuracy: SFT {sft_tokens:.1%}, continued at lr x1e-4 {kept:.1%}, same job from the "
         f"base {untrained:.1%}; labels through the gateway: SFT {sft['accuracy']:.1%}, continued {labels:.1%}"
@@ -196,7 +158,7 @@ def _preference_pairs(rows: list[dict], seed: int = 3) -> list[dict]:
 
 def test_dpo_on_the_sft_model_serves_with_at_least_its_accuracy(sft):
     client, parent = sft["client"], sft["job"]
-    pairs = _upload(client, _preference_pairs(sft["train"]), "pairs.jsonl")
+    pairs = upload(client, _preference_pairs(sft["train"]), "pairs.jsonl")
     # DPO wants a far smaller step than SFT: Adam moves the adapter by about the learning rate whatever beta is, and
     # the DPO objective alone does not hold the rest of the distribution in place (at x0.5 the model forgets to spell).
     job = _job(
@@ -213,7 +175,7 @@ def test_dpo_on_the_sft_model_serves_with_at_least_its_accuracy(sft):
     with sft["project"].http() as http:
         endpoint = wait_endpoint(http, done.fine_tuned_model)
     assert endpoint["state"] == "ready", endpoint["error"]  # the parity gate passed: it still stops after the label
-    accuracy = _accuracy(client, done.fine_tuned_model, sft["held_out"])
+    accuracy = label_accuracy(client, done.fine_tuned_model, sft["held_out"])
     print(
         f"held-out label accuracy: SFT {sft['accuracy']:.1%}, DPO on the SFT model {accuracy:.1%} "
         f"(last step: DPO loss {final['train_loss']:.3f}, reward margin {final['train_reward_margin']:.3f})"
@@ -226,7 +188,7 @@ def test_a_killed_continued_dpo_job_resumes_exactly_from_its_own_checkpoint(sft)
     """After a crash the job's own checkpoint wins over the parent's weights, and the reference log-probabilities
     (computed again from the parent) are the same: the replayed steps' losses equal the first attempt's."""
     client, per_epoch = sft["client"], 40
-    pairs = _upload(client, _preference_pairs(sft["train"][:per_epoch]), "pairs.jsonl")
+    pairs = upload(client, _preference_pairs(sft["train"][:per_epoch]), "pairs.jsonl")
     job = _job(
         client,
         sft["job"].fine_tuned_model,
@@ -265,7 +227,7 @@ def test_vertex_pre_tuned_model_continues_a_checkpoint(sft):
     client = genai_client(sft["server"], project.api_key, project.project_id)
     tuned_name = f"projects/{project.project_id}/locations/{LOCATION}/models/{parent.id}@1"
     checkpoint = sorted(sft["client"].fine_tuning.jobs.checkpoints.list(parent.id), key=lambda c: c.step_number)[-1]
-    small = _upload(sft["client"], sft["train"][:24], "small.jsonl")
+    small = upload(sft["client"], sft["train"][:24], "small.jsonl")
     job = client.tunings.tune(
         base_model=tuned_name,
         training_dataset=types.TuningDataset(gcs_uri=small),

@@ -1,5 +1,6 @@
 """Serving end to end: a job trains, its endpoint deploys by itself, and the real openai SDK talks to the tuned
-model through the gateway. PostgreSQL and S3 (moto) underneath, so the adapter really comes from S3.
+model through the gateway. PostgreSQL and S3 (moto) underneath, so the adapter really comes from S3. The model is
+the package's (tests/tuned_tickets/conftest.py), which tests/tuned_tickets/test_continuation.py continues.
 
 Engines are the built-in engine (vLLM cannot run here: no GPU), started as real processes by the local
 endpoint backend and driven over vLLM's HTTP protocol. These are the tests only a real model can pass (a tuned
@@ -18,49 +19,15 @@ import time
 
 import pytest
 
-from examples.support_tickets import make
 from tests.openai_schemas import validator
-from tests.support import (
-    REPO,
-    HoneServer,
-    PostgresDatabase,
-    chat_reply,
-    engine_pids,
-    tune_hone_tiny,
-    wait_endpoint,
-)
+from tests.support import REPO, chat_reply, engine_pids, wait_endpoint
+from tests.tuned_tickets import BUCKET
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, moto):
-    postgres = PostgresDatabase()
-    env = {
-        **moto.env(),
-        "HONE_DATABASE_URL": postgres.url,
-        "HONE_STORAGE_URL": "s3://hone-serve/blobs",
-        "HONE_LOCAL_SLOTS": "1",
-        "HONE_AUTO_DEPLOY": "true",
-    }
-    server = HoneServer(tmp_path_factory.mktemp("serving"), env)
-    try:
-        project = server.new_project("tickets")
-        client = project.openai()
-        train, held_out = make(count=360, seed=7)
-        job = tune_hone_tiny(client, train, timeout=900, n_epochs=8, batch_size=4, learning_rate_multiplier=0.5)
-        with project.http() as http:
-            endpoint = wait_endpoint(http, job.fine_tuned_model)
-        assert endpoint["state"] == "ready", endpoint
-        yield {
-            "server": server,
-            "project": project,
-            "client": client,
-            "job": job,
-            "held_out": held_out,
-            "endpoint": endpoint,
-        }
-    finally:
-        server.stop()
-        postgres.drop()
+@pytest.fixture
+def served(tuned_model):
+    """The package's tuned model (tests/tuned_tickets/conftest.py), deployed on its own engine."""
+    return tuned_model
 
 
 def test_tuned_model_labels_held_out_tickets_through_its_endpoint(served):
@@ -183,11 +150,11 @@ def test_checkpoints_serve_and_the_parity_gate_catches_a_mismatched_template(ser
     # Someone "fixes" the chat template stored with an earlier checkpoint: serving would no longer match training.
     s3 = moto.client()
     key = f"blobs/jobs/{job.id}/checkpoints/step-{earlier.step_number}/hone_serving.json"
-    pinned = json.loads(s3.get_object(Bucket="hone-serve", Key=key)["Body"].read())
+    pinned = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     pinned["chat_template"] = pinned["chat_template"].replace(
         "<|im_start|>{{ message['role'] }}", "<|im_start|> {{ message['role'] }}"
     )
-    s3.put_object(Bucket="hone-serve", Key=key, Body=json.dumps(pinned).encode())
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(pinned).encode())
 
     with project.http() as http:
         good = http.post("/v1/endpoints", json={"model": last.id}).json()

@@ -1,0 +1,64 @@
+"""One tuned model for the package: hone-tiny fine-tuned on the support tickets, deployed on the built-in engine.
+
+The serving tests (a tuned model labels held-out tickets through its endpoint, streams, checkpoints serve, the
+parity gate, a killed engine) and the continuation tests (jobs that start from this model's weights) need the same
+model, and training it is the heaviest step of the suite (576 steps of the real trainer). It is trained once for
+both modules: `tuned_model` is package-scoped, tests/conftest.py puts the package in one pytest-xdist group so that
+both modules run on the same worker, one after the other, and the server stops after the package's last test.
+
+PostgreSQL and S3 (moto) underneath, so the adapter really comes from S3. One training slot; every model deploys
+to its own engine when its job succeeds (HONE_AUTO_DEPLOY), as a user's would."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples.support_tickets import make
+from tests.support import HoneServer, PostgresDatabase, wait_endpoint, wait_job
+from tests.tuned_tickets import BUCKET, SFT, label_accuracy, upload
+
+
+@pytest.fixture(scope="package")
+def tuned_model(tmp_path_factory, moto):
+    postgres = PostgresDatabase()
+    env = {
+        **moto.env(),
+        "HONE_DATABASE_URL": postgres.url,
+        "HONE_STORAGE_URL": f"s3://{BUCKET}/blobs",
+        "HONE_LOCAL_SLOTS": "1",
+        "HONE_AUTO_DEPLOY": "true",
+    }
+    server = HoneServer(tmp_path_factory.mktemp("tuned-tickets"), env)
+    try:
+        project, other = server.new_project("tickets"), server.new_project("other team")
+        client = project.openai()
+        train, held_out = make(count=360, seed=7)
+        files = {"train": upload(client, train, "train.jsonl"), "valid": upload(client, held_out, "valid.jsonl")}
+        # For the tiny-learning-rate jobs, which barely move the weights whatever their length: 24 steps, not 72.
+        files["tiny_lr"] = upload(client, train[:96], "tiny_lr.jsonl")
+        job = client.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=files["train"],
+            validation_file=files["valid"],
+            seed=1,
+            method={"type": "supervised", "supervised": {"hyperparameters": SFT}},
+        )
+        job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=900)
+        with project.http() as http:
+            endpoint = wait_endpoint(http, job.fine_tuned_model)
+        assert endpoint["state"] == "ready", endpoint
+        yield {
+            "server": server,
+            "project": project,
+            "other": other,
+            "client": client,
+            "job": job,
+            "endpoint": endpoint,
+            "train": train,
+            "held_out": held_out,
+            "files": files,
+            "accuracy": label_accuracy(client, job.fine_tuned_model, held_out),
+        }
+    finally:
+        server.stop()
+        postgres.drop()

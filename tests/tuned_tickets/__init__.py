@@ -5,6 +5,7 @@ from __future__ import annotations
 from tests.support import jsonl
 
 BUCKET = "hone-serve"
+SHARED_ENGINE = "base:hone-tiny"  # the engine key of the one engine the package's models share
 # The best explicit setting on the tickets (README, "auto" hyperparameters: 97.2% on the worst of five seeds).
 SFT = {"n_epochs": 8, "batch_size": 4, "learning_rate_multiplier": 0.5, "lora_rank": 16}
 

@@ -6,8 +6,9 @@ model, and training it is the heaviest step of the suite (576 steps of the real 
 both modules: `tuned_model` is package-scoped, tests/conftest.py puts the package in one pytest-xdist group so that
 both modules run on the same worker, one after the other, and the server stops after the package's last test.
 
-PostgreSQL and S3 (moto) underneath, so the adapter really comes from S3. One training slot; every model deploys
-to its own engine when its job succeeds (HONE_AUTO_DEPLOY), as a user's would."""
+PostgreSQL and S3 (moto) underneath, so the adapter really comes from S3. One training slot; a model deploys when
+its job succeeds (HONE_AUTO_DEPLOY), as a user's would, into one engine that every model of hone-tiny shares
+(HONE_SHARED_ENGINES, engine key SHARED_ENGINE): the SFT model, its checkpoints, and the models continued from it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def tuned_model(tmp_path_factory, moto):
         "HONE_STORAGE_URL": f"s3://{BUCKET}/blobs",
         "HONE_LOCAL_SLOTS": "1",
         "HONE_AUTO_DEPLOY": "true",
+        # One built-in engine for hone-tiny, every tuned model of the package hot-loaded into it side by side.
+        "HONE_SHARED_ENGINES": "true",
     }
     server = HoneServer(tmp_path_factory.mktemp("tuned-tickets"), env)
     try:

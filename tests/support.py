@@ -286,6 +286,19 @@ def wait_job(client, job_id: str, until, timeout: float = 180, poll: float = 0.3
         time.sleep(poll)
 
 
+def wait_past_step(client, job_id: str, step: int):
+    """Waits until the job has reported a step after `step` (its latest events, polled often: a trainer killed now
+    is mid-way between two checkpoints) and returns the job."""
+    return wait_job(
+        client,
+        job_id,
+        lambda j: any(
+            e.type == "metrics" and e.data["step"] > step for e in client.fine_tuning.jobs.list_events(j.id, limit=5)
+        ),
+        poll=0.05,
+    )
+
+
 def tune_hone_tiny(client, rows: list[dict], *, timeout: float = 600, **hyperparameters):
     """Uploads `rows`, fine-tunes hone-tiny on them (seed 1) and waits until the job has succeeded."""
     file = client.files.create(file=("tickets.jsonl", jsonl(rows)), purpose="fine-tune")

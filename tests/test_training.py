@@ -26,6 +26,7 @@ from tests.support import (
     s3_client,
     trainer_pids,
     wait_job,
+    wait_past_step,
 )
 
 BACKENDS = ["sqlite-fs", "postgres-s3"]
@@ -187,16 +188,8 @@ STEPS_PER_EPOCH = 50
 
 def _kill_when_mid_epoch(client, job_id: str, per_epoch: int) -> int:
     """Waits until the trainer is past its first checkpoint but short of the next, then SIGKILLs it."""
-    job = wait_job(
-        client,
-        job_id,
-        lambda j: any(
-            e.type == "metrics" and e.data["step"] > per_epoch + 2
-            for e in client.fine_tuning.jobs.list_events(j.id, limit=5)
-        ),
-        poll=0.05,
-    )
-    [pid] = trainer_pids(job.id)
+    wait_past_step(client, job_id, per_epoch + 2)
+    [pid] = trainer_pids(job_id)
     os.kill(pid, signal.SIGKILL)
     return pid
 

@@ -29,6 +29,7 @@ from tests.support import (
     jsonl,
     trainer_pids,
     wait_job,
+    wait_past_step,
 )
 
 WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"  # a W&B-shaped key (40 hex)
@@ -206,15 +207,7 @@ def test_resumed_attempt_continues_the_run_without_duplicate_steps(trainer_serve
         seed=5,
         integrations=wandb_integration(project="hone-tests"),
     )
-    wait_job(
-        client,
-        job.id,
-        lambda j: any(
-            e.type == "metrics" and e.data["step"] > per_epoch + 2
-            for e in client.fine_tuning.jobs.list_events(j.id, limit=5)
-        ),
-        poll=0.05,
-    )
+    wait_past_step(client, job.id, per_epoch + 2)
     [pid] = [p for p in trainer_pids(job.id) if b"trainer" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")]
     os.kill(pid, signal.SIGKILL)
     # W&B's service process goes with the trainer that started it (it watches its parent's pid).

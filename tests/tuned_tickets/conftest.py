@@ -3,8 +3,8 @@
 The serving tests (a tuned model labels held-out tickets through its endpoint, streams, checkpoints serve, the
 parity gate, a killed engine) and the continuation tests (jobs that start from this model's weights) need the same
 model, and training it is the heaviest step of the suite (576 steps of the real trainer). It is trained once for
-both modules: `tuned_model` is package-scoped, tests/conftest.py puts the package in one pytest-xdist group so that
-both modules run on the same worker, one after the other, and the server stops after the package's last test.
+both modules: `tuned_model` is package-scoped, tests/conftest.py sends the package to one pytest-xdist worker whole
+(SHARED_PACKAGES), and the server stops after the package's last test.
 
 PostgreSQL and S3 (moto) underneath, so the adapter really comes from S3. One training slot; a model deploys when
 its job succeeds (HONE_AUTO_DEPLOY), as a user's would, into one engine that every model of hone-tiny shares

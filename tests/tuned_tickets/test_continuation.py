@@ -20,7 +20,7 @@ import pytest
 from google.genai import errors, types
 
 from examples.support_tickets import LABELS
-from tests.support import all_events, trainer_pids, wait_endpoint, wait_job
+from tests.support import all_events, trainer_pids, wait_endpoint, wait_job, wait_past_step
 from tests.test_vertex_api import LOCATION, genai_client
 from tests.tuned_tickets import label_accuracy, upload
 
@@ -196,15 +196,7 @@ def test_a_killed_continued_dpo_job_resumes_exactly_from_its_own_checkpoint(sft)
         {"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 0.02},
         method="dpo",
     )
-    wait_job(
-        client,
-        job.id,
-        lambda j: any(
-            e.type == "metrics" and e.data["step"] > per_epoch + 2
-            for e in client.fine_tuning.jobs.list_events(j.id, limit=5)
-        ),
-        poll=0.05,
-    )
+    wait_past_step(client, job.id, per_epoch + 2)
     [pid] = trainer_pids(job.id)
     os.kill(pid, signal.SIGKILL)
     done = _succeeded(client, job.id)

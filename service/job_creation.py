@@ -10,7 +10,7 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import idempotency, jobs
+from service import idempotency, job_insert_pg, jobs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
@@ -206,7 +206,17 @@ def _insert_job(
     request_sha: str,
     vertex_spec: dict | None,
 ) -> Job:
-    now = int(time.time())
+    if not ctx.db.is_sqlite and not idempotency_key and ctx.base_models.get(body.model) is not None:
+        # PostgreSQL, a base model, no replay to look up: one statement (service/job_insert_pg.py). When it
+        # refuses, the transaction below says why.
+        values = _job_values(principal, body, method, vertex_spec, base_model=body.model, parent=None)
+        events = _first_events(values, parent=None)
+        with ctx.db.read_statement() as conn:  # autocommit: the statement is its own transaction
+            seq = job_insert_pg.insert_job(
+                conn, _columns(values), method["type"], ctx.settings.files.min_training_examples, events
+            )
+        if seq is not None:
+            return Job(seq=seq, **values)
     with ctx.db.write() as session:
         if idempotency_key:
             earlier = idempotency.replayed_object(session, principal.project_id, idempotency_key, request_sha)
@@ -225,62 +235,83 @@ def _insert_job(
         )
         if body.validation_file is not None:
             _check_file(session, principal, body.validation_file, "validation_file", method["type"], 1)
-        values = dict(
-            id=new_id("ftjob-"),
-            project_id=principal.project_id,
-            model=body.model,
-            base_model=base_model,
-            status=JobStatus.VALIDATING_FILES.value,
-            created_at=now,
-            training_file=body.training_file,
-            validation_file=body.validation_file,
-            method=method,
-            suffix=body.suffix,
-            seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
-            metadata_=body.metadata,
-            result_files=[],
-            priority=body.priority,
-            auto_deploy=body.auto_deploy,
-            attempts=0,
-            failures=0,
-            integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []],
-            vertex_spec=vertex_spec,
-            parent_model=parent.name if parent else None,
-            parent_prefix=parent.prefix if parent else None,
-        )
+        values = _job_values(principal, body, method, vertex_spec, base_model=base_model, parent=parent)
         # Statements, not the ORM's unit of work: its flush of the job and its events was a third of a create's
         # CPU. The job handed back is a detached object holding the values written.
         conn = session.connection()
-        columns = {("metadata" if key == "metadata_" else key): value for key, value in values.items()}
-        seq = conn.execute(_INSERT_JOB, columns).scalar_one()
-        job = Job(seq=seq, **values)
+        seq = conn.execute(_INSERT_JOB, _columns(values)).scalar_one()
         if body.metadata:
             conn.execute(
                 insert(JobMetadata),
                 [{"job_seq": seq, "key": key, "value": value} for key, value in body.metadata.items()],
             )
-        messages = [f"Created fine-tuning job: {job.id}"]
-        if parent is not None:
-            messages.append(f"Continuing from {parent.name}: training starts from its weights")
-        validating = f"Validating training file: {job.training_file}"
-        if job.validation_file:
-            validating += f" and validation file: {job.validation_file}"
-        messages.append(validating)
         conn.execute(
             insert(JobEvent),
             [
                 {
-                    "id": new_id("ftevent-"),
-                    "job_id": job.id,
-                    "created_at": now,
+                    "id": event_id,
+                    "job_id": values["id"],
+                    "created_at": values["created_at"],
                     "level": "info",
                     "message": message,
                     "type": "message",
                     "data": None,
                 }
-                for message in messages
+                for event_id, message in _first_events(values, parent)
             ],
         )
         if idempotency_key:
-            idempotency.remember(session, principal.project_id, idempotency_key, request_sha, job.id)
-    return job
+            idempotency.remember(session, principal.project_id, idempotency_key, request_sha, values["id"])
+    return Job(seq=seq, **values)
+
+
+def _job_values(
+    principal: ProjectPrincipal,
+    body: CreateFineTuningJob,
+    method: dict,
+    vertex_spec: dict | None,
+    *,
+    base_model: str,
+    parent: Parent | None,
+) -> dict:
+    """The new job's attributes (the mapped class's names: `metadata_`)."""
+    return dict(
+        id=new_id("ftjob-"),
+        project_id=principal.project_id,
+        model=body.model,
+        base_model=base_model,
+        status=JobStatus.VALIDATING_FILES.value,
+        created_at=int(time.time()),
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        method=method,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2147483648),
+        metadata_=body.metadata,
+        result_files=[],
+        priority=body.priority,
+        auto_deploy=body.auto_deploy,
+        attempts=0,
+        failures=0,
+        integrations=[i.model_dump(exclude_none=True) for i in body.integrations or []],
+        vertex_spec=vertex_spec,
+        parent_model=parent.name if parent else None,
+        parent_prefix=parent.prefix if parent else None,
+    )
+
+
+def _columns(values: dict) -> dict:
+    """The attributes keyed by column name."""
+    return {("metadata" if key == "metadata_" else key): value for key, value in values.items()}
+
+
+def _first_events(values: dict, parent: Parent | None) -> list[tuple[str, str]]:
+    """(id, message) of the events a new job starts with."""
+    messages = [f"Created fine-tuning job: {values['id']}"]
+    if parent is not None:
+        messages.append(f"Continuing from {parent.name}: training starts from its weights")
+    validating = f"Validating training file: {values['training_file']}"
+    if values["validation_file"]:
+        validating += f" and validation file: {values['validation_file']}"
+    messages.append(validating)
+    return [(new_id("ftevent-"), message) for message in messages]

@@ -81,3 +81,93 @@ def test_a_connection_killed_a_moment_after_use_fails_once_then_all_older_ones_a
             second.execute(text("SELECT pg_backend_pid()")).scalar(),
         }
     assert not fresh & pids
+
+
+# Files a job may or may not train on: (file id, project, purpose, status, format, examples).
+_FILES = [
+    ("file-good", "proj_a", "fine-tune", "processed", "openai_chat", 20),
+    ("file-prefs", "proj_a", "fine-tune", "processed", "openai_preference", 20),
+    ("file-few", "proj_a", "fine-tune", "processed", "openai_chat", 3),
+    ("file-one", "proj_a", "fine-tune", "processed", "openai_chat", 1),
+    ("file-none", "proj_a", "fine-tune", "processed", "openai_chat", None),
+    ("file-batch", "proj_a", "batch", "processed", "openai_chat", 20),
+    ("file-error", "proj_a", "fine-tune", "error", None, None),
+    ("file-pending", "proj_a", "fine-tune", "uploaded", None, None),
+    ("file-theirs", "proj_b", "fine-tune", "processed", "openai_chat", 20),
+]
+
+
+def test_one_statement_job_insert_refuses_exactly_what_the_checks_refuse_and_writes_nothing_then(db):
+    """service/job_insert_pg.py (PostgreSQL's create in one statement) against service/job_creation.py's
+    checks: for every pair of training and validation file and both methods, it inserts iff they pass, and a
+    refusal leaves no job, event or metadata row."""
+    from service import job_insert_pg
+    from service.auth import ProjectPrincipal
+    from service.db.tables import File, Job, JobEvent, JobMetadata
+    from service.errors import InvalidRequest
+    from service.job_creation import _check_file
+
+    with db.write() as session:
+        session.add_all([Project(id=p, name=p, slug=p, created_at=0) for p in ("proj_a", "proj_b")])
+        session.flush()
+        for file_id, project, purpose, status, fmt, examples in _FILES:
+            session.add(
+                File(
+                    id=file_id, project_id=project, filename="t.jsonl", purpose=purpose, bytes=1, created_at=0,
+                    status=status, storage_key=file_id, dataset_format=fmt, example_count=examples,
+                )
+            )  # fmt: skip
+    principal = ProjectPrincipal(project_id="proj_a", project_slug="proj_a")
+
+    def passes(file_id: str, param: str, method: str, minimum: int) -> bool:
+        with db.read() as session:
+            try:
+                _check_file(session, principal, file_id, param, method, minimum)
+            except InvalidRequest:
+                return False
+        return True
+
+    def counts() -> tuple[int, int, int]:
+        with db.read_statement() as conn:
+            return tuple(
+                conn.execute(select(func.count()).select_from(t)).scalar() for t in (Job, JobEvent, JobMetadata)
+            )
+
+    inserted = 0
+    for method in ("supervised", "dpo"):
+        for training, *_ in _FILES:
+            for validation in (None, *(f[0] for f in _FILES)):
+                expected = passes(training, "training_file", method, 10) and (
+                    validation is None or passes(validation, "validation_file", method, 1)
+                )
+                before = counts()
+                values = dict(
+                    id=f"ftjob-{inserted}-{training}-{validation}-{method}", project_id="proj_a", model="hone-tiny",
+                    base_model="hone-tiny", status="validating_files", created_at=7, training_file=training,
+                    validation_file=validation, method={"type": method}, suffix=None, seed=1,
+                    metadata={"team": "a", "run": "b"}, result_files=[], priority=0, auto_deploy=False, attempts=0,
+                    failures=0, integrations=[], vertex_spec=None, parent_model=None, parent_prefix=None,
+                )  # fmt: skip
+                events = [(f"ftevent-{values['id']}-{i}", f"message {i}") for i in range(2)]
+                with db.read_statement() as conn:
+                    seq = job_insert_pg.insert_job(conn, values, method, 10, events)
+                assert (seq is not None) == expected, (method, training, validation)
+                if seq is None:
+                    assert counts() == before
+                    continue
+                inserted += 1
+                assert counts() == (before[0] + 1, before[1] + 2, before[2] + 2)
+                with db.read() as session:
+                    job = session.scalars(select(Job).where(Job.seq == seq)).one()
+                    assert (job.id, job.method, job.metadata_, job.validation_file) == (
+                        values["id"],
+                        {"type": method},
+                        values["metadata"],
+                        validation,
+                    )
+                    messages = session.scalars(
+                        select(JobEvent.message).where(JobEvent.job_id == job.id).order_by(JobEvent.seq)
+                    ).all()
+                    assert messages == ["message 0", "message 1"]
+    # Both methods found files to train on: the loop above compared insertions as well as refusals.
+    assert inserted > 2

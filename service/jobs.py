@@ -238,7 +238,7 @@ def job_row(session: Session, principal: ProjectPrincipal, job_id: str, *, for_u
 
 
 def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
-    with ctx.db.read_statement() as conn:
+    with ctx.db.plain_reads() as conn:
         row = conn.execute(_JOB_OF_PROJECT, {"job_id": job_id, "project_id": principal.project_id}).first()
     if row is None:
         raise NotFound(
@@ -256,10 +256,13 @@ def list_jobs(
     metadata: dict[str, str] | None,
     without_metadata: bool = False,
 ) -> dict:
-    with ctx.db.read_statement() as conn:
-        if not metadata and not without_metadata:
-            rows, has_more = _JOBS_OF_PROJECT.page(conn, {"project_id": principal.project_id}, after=after, limit=limit)
-        else:
+    if not metadata and not without_metadata:
+        with ctx.db.plain_reads() as plain:
+            rows, has_more = _JOBS_OF_PROJECT.page(
+                plain, {"project_id": principal.project_id}, after=after, limit=limit
+            )
+    else:
+        with ctx.db.read_statement() as conn:
             stmt = select(*JOB_API_COLUMNS).where(Job.project_id == principal.project_id)
             for key, value in (metadata or {}).items():
                 stmt = stmt.where(

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, bindparam
 from sqlalchemy.orm import Session
 
+from service.db.plain_reads import PlainConnection
 from service.errors import ErrorCode, InvalidRequest, excerpt
 
 
@@ -21,7 +22,9 @@ def check_limit(limit: int, maximum: int) -> int:
     return limit
 
 
-def _check_cursor(session: Session | Connection, stmt: Select, params: dict[str, Any] | None, after: str) -> None:
+def _check_cursor(
+    session: Session | Connection | PlainConnection, stmt: Select, params: dict[str, Any] | None, after: str
+) -> None:
     """400 `invalid_cursor` unless `stmt` (the cursor's seq, within the caller's list) finds the cursor."""
     if session.execute(stmt, params).scalar() is None:
         raise InvalidRequest(
@@ -74,7 +77,12 @@ class FixedPages:
         self._after = stmt.where(_past(table, self._cursor, newest_first)).order_by(order).limit(bindparam("limit"))
 
     def page(
-        self, session: Session | Connection, params: dict[str, Any], *, after: str | None, limit: int
+        self,
+        session: Session | Connection | PlainConnection,
+        params: dict[str, Any],
+        *,
+        after: str | None,
+        limit: int,
     ) -> tuple[Sequence[Any], bool]:
         """(rows, has_more): the rows of the columns the statement selects."""
         if after:

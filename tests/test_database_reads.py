@@ -171,3 +171,88 @@ def test_one_statement_job_insert_refuses_exactly_what_the_checks_refuse_and_wri
                     assert messages == ["message 0", "message 1"]
     # Both methods found files to train on: the loop above compared insertions as well as refusals.
     assert inserted > 2
+
+
+def _job_rows(db: Database, count: int) -> None:
+    from service.db.tables import Job
+
+    with db.write() as session:
+        session.add(Project(id="proj_p", name="p", slug="p", created_at=0))
+        session.flush()
+        for i in range(count):
+            session.add(
+                Job(
+                    id=f"ftjob-{i}", project_id="proj_p", model="hone-tiny", base_model="hone-tiny",
+                    status="queued", created_at=i, training_file="file-x", method={"type": "supervised", "n": i},
+                    metadata_={"i": str(i)} if i % 2 else None, result_files=[], priority=0, auto_deploy=False,
+                    attempts=0, failures=0, integrations=[], seed=i,
+                )
+            )  # fmt: skip
+
+
+def test_plain_reads_give_the_rows_sqlalchemy_gives(db):
+    """service/db/plain_reads.py (retrieve and list jobs on PostgreSQL, through psycopg) against the same
+    statements through SQLAlchemy: the same columns by name, the same values (JSON decoded), the same pages."""
+    from service import jobs
+
+    _job_rows(db, 7)
+    statements = [
+        (jobs._JOB_OF_PROJECT, {"job_id": "ftjob-3", "project_id": "proj_p"}),
+        (jobs._JOB_OF_PROJECT, {"job_id": "ftjob-3", "project_id": "proj_other"}),
+        (jobs._JOBS_OF_PROJECT._first, {"project_id": "proj_p", "limit": 4}),
+        (jobs._JOBS_OF_PROJECT._after, {"project_id": "proj_p", "after": "ftjob-5", "limit": 3}),
+        (jobs._JOBS_OF_PROJECT._cursor, {"project_id": "proj_p", "after": "ftjob-9"}),
+    ]
+    for stmt, params in statements:
+        with db.read_statement() as conn:
+            expected = [row._asdict() for row in conn.execute(stmt, params).all()]
+        with db.plain_reads() as plain:
+            got = [row._asdict() for row in plain.execute(stmt, params).all()]
+        assert got == expected, stmt
+    with db.plain_reads() as plain:
+        row = plain.execute(jobs._JOB_OF_PROJECT, {"job_id": "ftjob-3", "project_id": "proj_p"}).first()
+    assert (row.id, row.method, row.metadata_, row.auto_deploy) == (
+        "ftjob-3",
+        {"type": "supervised", "n": 3},
+        {"i": "3"},
+        False,
+    )
+    page = jobs._JOBS_OF_PROJECT.page
+    with db.plain_reads() as plain:
+        rows, more = page(plain, {"project_id": "proj_p"}, after="ftjob-5", limit=3)
+    assert ([r.id for r in rows], more) == (["ftjob-4", "ftjob-3", "ftjob-2"], True)
+
+
+def _plain_pid(db: Database) -> int:
+    with db.plain_reads() as plain:
+        return plain.execute(select(func.pg_backend_pid())).scalar()
+
+
+def test_a_plain_read_connection_killed_while_idle_is_pinged_and_replaced(db):
+    pid = _plain_pid(db)
+    assert _plain_pid(db) == pid  # one connection, reused
+    _terminate(db, pid)
+    time.sleep(PING_AFTER_IDLE_S + 0.3)
+    assert _plain_pid(db) != pid
+
+
+def test_a_plain_read_connection_killed_a_moment_after_use_fails_once_as_an_outage_then_reconnects(db):
+    from service.errors import ErrorCode, outage_code
+
+    with db.plain_reads() as first, db.plain_reads() as second:  # two idle connections after this
+        pids = {
+            first.execute(select(func.pg_backend_pid())).scalar(),
+            second.execute(select(func.pg_backend_pid())).scalar(),
+        }
+    for pid in pids:
+        _terminate(db, pid)
+    with pytest.raises(DBAPIError) as failed:
+        _plain_pid(db)
+    assert outage_code(failed.value) == ErrorCode.DATABASE_UNAVAILABLE  # answered 503, as through SQLAlchemy
+    # Every idle connection was dropped with it: the next reads connect afresh.
+    with db.plain_reads() as first, db.plain_reads() as second:
+        fresh = {
+            first.execute(select(func.pg_backend_pid())).scalar(),
+            second.execute(select(func.pg_backend_pid())).scalar(),
+        }
+    assert not fresh & pids

@@ -190,9 +190,21 @@ def _job_rows(db: Database, count: int) -> None:
             )  # fmt: skip
 
 
-def test_plain_reads_give_the_rows_sqlalchemy_gives(db):
-    """service/db/plain_reads.py (retrieve and list jobs on PostgreSQL, through psycopg) against the same
-    statements through SQLAlchemy: the same columns by name, the same values (JSON decoded), the same pages."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_db(request, tmp_path):
+    if request.param == "postgres":
+        yield request.getfixturevalue("db")
+        return
+    db = Database(f"sqlite:///{tmp_path / 'hone.db'}")
+    db.migrate()
+    yield db
+    db.dispose()
+
+
+def test_plain_reads_give_the_rows_sqlalchemy_gives(either_db):
+    """service/db/plain_reads.py (retrieve and list jobs through the driver: psycopg, sqlite3) against the same
+    statements through SQLAlchemy: the same columns by name, the same values (JSON, booleans), the same pages."""
+    db = either_db
     from service import jobs
 
     _job_rows(db, 7)

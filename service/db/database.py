@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import psycopg
 from alembic import command
 from alembic.config import Config
+from psycopg.types.json import set_json_loads
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,6 +58,7 @@ class Database:
                 json_deserializer=_json_loads,
             )
             self._configure_sqlite()
+            self._plain_reads = PlainReads(self._sqlite3_connect, sqlite3, self.engine.dialect, None)
         else:
             # At most `pool_size` connections, all kept open: with 10 kept and 20 more on demand, a burst of
             # requests opened and closed connections all along (a PostgreSQL connection costs the server a fork
@@ -64,7 +68,7 @@ class Database:
                 url, pool_size=pool_size, max_overflow=0, pool_use_lifo=True, json_deserializer=_json_loads
             )
             self._ping_idle_connections()
-            self._plain_reads = PlainReads(self.engine.url, self.engine.dialect, _json_loads, PING_AFTER_IDLE_S)
+            self._plain_reads = PlainReads(self._psycopg_connect, psycopg, self.engine.dialect, PING_AFTER_IDLE_S)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time; its busy handler polls with sleeps of up to 100 ms,
         # so in-process writers queue on a lock instead (p99 of create job: ~2.5 s -> ~0.5 s).
@@ -93,6 +97,20 @@ class Database:
                     dbapi_conn.rollback()  # the ping must not leave a transaction open on a pooled connection
             except Exception as exc:
                 raise DisconnectionError(f"a pooled connection is gone: {exc}") from exc  # the pool reconnects
+
+    def _psycopg_connect(self) -> psycopg.Connection:
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = psycopg.connect(conninfo, autocommit=True)
+        set_json_loads(_json_loads, conn)  # as the engine's json_deserializer
+        return conn
+
+    def _sqlite3_connect(self) -> sqlite3.Connection:
+        # Autocommit (each read its own transaction); as the engine's: a busy database is waited on.
+        conn = sqlite3.connect(
+            self.engine.url.database or "", check_same_thread=False, timeout=30, isolation_level=None
+        )
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
 
     def _configure_sqlite(self) -> None:
         @event.listens_for(self.engine, "connect")
@@ -127,15 +145,11 @@ class Database:
             yield conn if self.is_sqlite else conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.contextmanager
-    def plain_reads(self) -> Iterator[Connection | PlainConnection]:
-        """For the hottest reads, of statements built once: on PostgreSQL straight through psycopg
-        (service/db/plain_reads.py), on SQLite as read_statement."""
-        if self.is_sqlite:
-            with self.read_statement() as conn:
-                yield conn
-        else:
-            with self._plain_reads.connection() as plain:
-                yield plain
+    def plain_reads(self) -> Iterator[PlainConnection]:
+        """For the hottest reads, of statements built once: straight through the driver
+        (service/db/plain_reads.py)."""
+        with self._plain_reads.connection() as plain:
+            yield plain
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
@@ -166,6 +180,5 @@ class Database:
             command.upgrade(config, "head")
 
     def dispose(self) -> None:
-        if not self.is_sqlite:
-            self._plain_reads.close()
+        self._plain_reads.close()
         self.engine.dispose()

@@ -1,14 +1,16 @@
-"""The hottest reads on PostgreSQL (retrieve a job, a page of jobs) sent straight through psycopg.
+"""The hottest reads (retrieve a job, a page of jobs) sent straight through the database's driver (psycopg or
+sqlite3).
 
 Through SQLAlchemy such a read spent more of the server's CPU around the query than in it: a pool checkout and
-checkin with their events, an execution context, a result proxy asking psycopg to describe each column (py-spy,
-retrieve job at 32 clients: ~30% of the request). Here a statement built once is compiled once, and each read
-takes an autocommit psycopg connection of its own small free list, runs the SQL and turns the tuples into
-named rows: the same rows, values and errors the callers had through SQLAlchemy.
+checkin with their events, an execution context, a result proxy asking the driver to describe each column (py-spy,
+retrieve job on PostgreSQL at 32 clients: ~30% of the request). Here a statement built once is compiled once by
+SQLAlchemy, and each read takes an autocommit connection of its own small free list, runs the SQL and turns the
+tuples into named rows through the columns' own result processors (JSON, booleans): the same rows, values and
+errors the callers had through SQLAlchemy.
 
-Connections are kept as SQLAlchemy's pool keeps them (service/db/database.py): one that sat idle for
-PING_AFTER_IDLE_S is pinged before use; a statement that meets a dead one drops every idle one, and the failure
-goes up as SQLAlchemy's OperationalError, which the API answers 503 `database_unavailable`."""
+Connections are kept as SQLAlchemy's pool keeps them (service/db/database.py): on PostgreSQL one that sat idle
+for PING_AFTER_IDLE_S is pinged before use; a statement that meets a dead one drops every idle one. A driver's
+error goes up as SQLAlchemy's, so the API answers an outage 503 `database_unavailable` as before."""
 
 from __future__ import annotations
 
@@ -20,18 +22,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-from psycopg.types.json import set_json_loads
-from sqlalchemy import URL, Select
+from sqlalchemy import Select
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
     defaults: dict[str, Any]  # the statement's own bound values (literals written into it)
-    row: Callable[[tuple], Any]  # a tuple to a row whose attributes are the selected columns' keys
+    positions: tuple[str, ...] | None  # the parameters' order, for a driver of `?` placeholders (sqlite3)
+    row: Callable[[tuple], Any]  # a driver's tuple to a row whose attributes are the selected columns' keys
 
 
 class PlainResult:
@@ -51,69 +52,91 @@ class PlainResult:
 
 
 class PlainConnection:
-    """One psycopg connection in autocommit, executing statements built once (by identity: a statement built per
+    """One driver connection in autocommit, executing statements built once (by identity: a statement built per
     request would be compiled per request)."""
 
-    def __init__(self, reads: PlainReads, conn: psycopg.Connection):
+    def __init__(self, reads: PlainReads, conn: Any):
         self._reads, self._conn = reads, conn
 
     def execute(self, stmt: Select, params: dict[str, Any] | None = None) -> PlainResult:
         compiled = self._reads.compiled(stmt)
-        values = {**compiled.defaults, **(params or {})}
+        values: Any = {**compiled.defaults, **(params or {})}
+        if compiled.positions is not None:
+            values = tuple(values[name] for name in compiled.positions)
         try:
-            rows = self._conn.execute(compiled.sql, values).fetchall()
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self._reads.lost(self._conn)
-            raise OperationalError(compiled.sql, values, exc) from exc
+            cursor = self._conn.execute(compiled.sql, values)
+            rows = cursor.fetchall()
+            cursor.close()
+        except self._reads.driver.Error as exc:
+            if isinstance(exc, (self._reads.driver.OperationalError, self._reads.driver.InterfaceError)):
+                self._reads.lost(self._conn)
+            raise DBAPIError.instance(compiled.sql, values, exc, self._reads.driver.Error) from exc
         return PlainResult([compiled.row(row) for row in rows])
 
 
 class PlainReads:
-    def __init__(self, url: URL, dialect: Dialect, json_loads: Callable[[str | bytes], Any], ping_after_idle_s: float):
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._dialect, self._json_loads, self._ping_after = dialect, json_loads, ping_after_idle_s
-        self._idle: list[tuple[psycopg.Connection, float]] = []  # last used last; list ops are atomic
+    """`connect` opens a driver connection in autocommit; `driver` is its DB-API module (for its errors);
+    `ping_after_idle_s` None: never ping (SQLite, a file)."""
+
+    def __init__(self, connect: Callable[[], Any], driver: Any, dialect: Dialect, ping_after_idle_s: float | None):
+        self._connect, self.driver, self._dialect, self._ping_after = connect, driver, dialect, ping_after_idle_s
+        self._idle: list[tuple[Any, float]] = []  # last used last; list ops are atomic
         self._compiled: weakref.WeakKeyDictionary[Select, _Compiled] = weakref.WeakKeyDictionary()
 
     def compiled(self, stmt: Select) -> _Compiled:
         found = self._compiled.get(stmt)
         if found is None:
-            compiled = stmt.compile(dialect=self._dialect)
-            names = [column.key or f"_{i}" for i, column in enumerate(stmt.selected_columns)]
-            row_type = namedtuple("Row", names, rename=True)  # type: ignore[misc]  # names known at run time
-            found = self._compiled[stmt] = _Compiled(compiled.string, dict(compiled.params), row_type._make)
+            found = self._compiled[stmt] = self._compile(stmt)
         return found
+
+    def _compile(self, stmt: Select) -> _Compiled:
+        compiled = stmt.compile(dialect=self._dialect)
+        columns = list(stmt.selected_columns)
+        names = [column.key or f"_{i}" for i, column in enumerate(columns)]
+        row_type: Any = namedtuple("Row", names, rename=True)  # type: ignore[misc]  # names known at run time
+        make: Callable[[Any], Any] = row_type._make
+        processors = [
+            (i, processor)
+            for i, column in enumerate(columns)
+            if (processor := column.type.dialect_impl(self._dialect).result_processor(self._dialect, None))
+        ]
+        row = make
+        if processors:
+
+            def row(values: tuple) -> Any:
+                processed = list(values)
+                for i, processor in processors:
+                    processed[i] = processor(processed[i])
+                return make(processed)
+
+        positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+        return _Compiled(compiled.string, dict(compiled.params), positions, row)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[PlainConnection]:
         conn = self._take()
         yield PlainConnection(self, conn)
-        if not conn.closed:
+        if not getattr(conn, "closed", False):  # (sqlite3's have no such attribute, and do not break)
             self._idle.append((conn, time.monotonic()))
 
-    def _take(self) -> psycopg.Connection:
+    def _take(self) -> Any:
         while True:
             try:
                 conn, returned_at = self._idle.pop()
             except IndexError:
-                return self._connect()
-            if time.monotonic() - returned_at < self._ping_after:
+                try:
+                    return self._connect()
+                except self.driver.Error as exc:
+                    raise DBAPIError.instance("connect", None, exc, self.driver.Error) from exc
+            if self._ping_after is None or time.monotonic() - returned_at < self._ping_after:
                 return conn  # used a moment ago: alive a moment ago
             try:
-                conn.execute("SELECT 1")
+                conn.execute("SELECT 1").close()
                 return conn
-            except psycopg.Error:
+            except self.driver.Error:
                 self.lost(conn)
 
-    def _connect(self) -> psycopg.Connection:
-        try:
-            conn = psycopg.connect(self._conninfo, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise OperationalError("connect", None, exc) from exc
-        set_json_loads(self._json_loads, conn)  # as the engine's json_deserializer
-        return conn
-
-    def lost(self, conn: psycopg.Connection) -> None:
+    def lost(self, conn: Any) -> None:
         """`conn` failed: it and every idle connection made before the failure are closed (as SQLAlchemy's pool
         retires its older connections), so the next reads connect afresh."""
         idle, self._idle = self._idle, []

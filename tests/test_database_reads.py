@@ -122,7 +122,7 @@ def test_one_statement_job_insert_refuses_exactly_what_the_checks_refuse_and_wri
     def passes(file_id: str, param: str, method: str, minimum: int) -> bool:
         with db.read() as session:
             try:
-                _check_file(session, principal, file_id, param, method, minimum)
+                _check_file(session.connection(), principal, file_id, param, method, minimum)
             except InvalidRequest:
                 return False
         return True
@@ -268,3 +268,29 @@ def test_a_plain_read_connection_killed_a_moment_after_use_fails_once_as_an_outa
             second.execute(select(func.pg_backend_pid())).scalar(),
         }
     assert not fresh & pids
+
+
+def test_write_connection_commits_rolls_back_and_recovers_from_a_broken_connection(either_db):
+    db = either_db
+
+    def projects() -> list[str]:
+        with db.read_statement() as conn:
+            return list(conn.execute(select(Project.id).order_by(Project.id)).scalars())
+
+    def add(conn, project_id: str) -> None:
+        conn.execute(Project.__table__.insert(), {"id": project_id, "name": "n", "slug": "s", "created_at": 0})
+
+    with db.write_connection() as conn:
+        add(conn, "proj_1")
+    with pytest.raises(RuntimeError):
+        with db.write_connection() as conn:
+            add(conn, "proj_2")
+            raise RuntimeError("abort")
+    assert projects() == ["proj_1"]
+    with pytest.raises(RuntimeError):
+        with db.write_connection() as conn:
+            conn.invalidate()  # as a lost connection's error does: the next write connects afresh
+            raise RuntimeError("lost")
+    with db.write_connection() as conn:
+        add(conn, "proj_3")
+    assert projects() == ["proj_1", "proj_3"]

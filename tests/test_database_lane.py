@@ -49,3 +49,41 @@ def test_a_lane_of_size_zero_runs_on_the_event_loop():
         return await ThreadLane(0).run(threading.get_ident)
 
     assert asyncio.run(main()) == threading.get_ident()
+
+
+def test_a_lane_without_a_size_runs_in_the_default_pool_side_by_side():
+    lane, running, peak, lock = ThreadLane(None), 0, 0, threading.Lock()
+
+    def write():
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return threading.get_ident()
+
+    async def main():
+        return await asyncio.gather(*[lane.run(write) for _ in range(6)])
+
+    threads = asyncio.run(main())
+    assert peak == 6 and threading.get_ident() not in threads
+
+
+def test_job_creates_take_one_write_thread_on_sqlite_and_the_default_pool_on_postgresql(tmp_path):
+    from service.api import fine_tuning
+    from service.api.routing import WRITE_LANE
+    from service.app import create_app
+    from tests.support import PostgresDatabase
+
+    assert fine_tuning.create_job._hone_database_write  # type: ignore[attr-defined]
+
+    create_app(Settings(data_dir=tmp_path / "sqlite", local_slots=0))
+    assert WRITE_LANE.size == 1
+    database = PostgresDatabase()
+    try:
+        create_app(Settings(data_dir=tmp_path / "pg", local_slots=0, database_url=database.url))
+        assert WRITE_LANE.size is None
+    finally:
+        database.drop()

@@ -27,7 +27,7 @@ from service.api import (
 )
 from service.api.contract import build_openapi
 from service.api.error_envelope import install_error_handlers
-from service.api.routing import DATABASE_LANE, WRITE_LANE
+from service.api.routing import DATABASE_LANE
 from service.context import AppContext
 from service.deploy.deployer import EndpointDeployer
 from service.engines import engine_api_keys, open_engine_backend
@@ -92,7 +92,6 @@ class _LeaderDuties:
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
     settings = settings or Settings()
     DATABASE_LANE.size = settings.resolved_database_threads
-    WRITE_LANE.size = 1 if settings.resolved_database_url.startswith("sqlite") else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

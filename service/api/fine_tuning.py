@@ -9,7 +9,7 @@ from service import api_models as m
 from service import idempotency, job_creation, jobs
 from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
-from service.api.routing import JSONRoute, database_read, database_write
+from service.api.routing import JSONRoute, database_read
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.pagination import check_limit
@@ -25,7 +25,6 @@ _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 
 
 @router.post("", response_model=m.FineTuningJob)
-@database_write
 def create_job(
     body: CreateFineTuningJob,
     request: Request,

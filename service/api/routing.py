@@ -48,17 +48,15 @@ class ThreadLane:
     database reads then hold 32 threads that take turns at the GIL, and the hand-overs cost more than the reads
     (list jobs at 32 clients: 4.9 ms of CPU a request in 40 threads, 1.9 ms in one). Slow work (storage,
     engines) and writes (which wait on SQLite's write lock, never to be held on the loop) stay in the default
-    pool. One limiter per event loop (a limiter belongs to the loop that made it). Size None: the default pool."""
+    pool. One limiter per event loop (a limiter belongs to the loop that made it)."""
 
-    def __init__(self, size: int | None = 2):
+    def __init__(self, size: int = 2):
         self.size = size
         self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
             weakref.WeakKeyDictionary()
         )
 
     async def run(self, fn: Callable[[], Any]) -> Any:
-        if self.size is None:
-            return await anyio.to_thread.run_sync(fn)
         if self.size == 0:
             return fn()  # settings.resolved_database_threads says when this is right
         loop = asyncio.get_running_loop()
@@ -71,11 +69,6 @@ class ThreadLane:
 # Sized from the settings by create_app (settings.resolved_database_threads); routers are built at import,
 # before any settings.
 DATABASE_LANE = ThreadLane()
-# For endpoints whose work is one short database write: on SQLite, whose writers take turns behind one lock
-# anyway, one thread (32 clients creating jobs in 32 threads spent ~15% of the CPU handing the GIL and the lock
-# around: 1.93 -> 1.63 ms a create, in-process); on PostgreSQL, whose writers run side by side, the default pool
-# (one thread there measured 1.72 -> 2.09 ms). Set by create_app.
-WRITE_LANE = ThreadLane(None)
 
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
@@ -84,13 +77,6 @@ def database_read(endpoint: _Endpoint) -> _Endpoint:
     """Marks a sync endpoint whose work is short database reads alone (no write, no storage, no engine, no
     network call): JSONRoute runs it in DATABASE_LANE instead of the default thread pool."""
     endpoint._hone_database_read = True  # type: ignore[attr-defined]
-    return endpoint
-
-
-def database_write(endpoint: _Endpoint) -> _Endpoint:
-    """Marks a sync endpoint whose work is a short database write alone (no storage, no engine, no network call
-    but the database's): JSONRoute runs it in WRITE_LANE."""
-    endpoint._hone_database_write = True  # type: ignore[attr-defined]
     return endpoint
 
 
@@ -105,11 +91,6 @@ class JSONRoute(APIRoute):
             @functools.wraps(endpoint)
             async def wrapped(*args, **kw):
                 return _as_response(await endpoint(*args, **kw))
-        elif getattr(endpoint, "_hone_database_write", False):
-
-            @functools.wraps(endpoint)
-            async def wrapped(*args, **kw):  # async to FastAPI, which then leaves the thread to the lane
-                return _as_response(await WRITE_LANE.run(functools.partial(endpoint, *args, **kw)))
         elif getattr(endpoint, "_hone_database_read", False):
 
             @functools.wraps(endpoint)

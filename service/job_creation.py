@@ -195,6 +195,8 @@ JOBS: Table = Job.__table__  # type: ignore[assignment]  # the Core table (mappe
 # Built once, executed with each job's values (keyed by column name): a statement built per request was walked
 # for its cache key each time (a fifth of a create's CPU).
 _INSERT_JOB = insert(JOBS).returning(JOBS.c.seq)
+_INSERT_METADATA = insert(JobMetadata)
+_INSERT_EVENTS = insert(JobEvent)
 
 
 def _insert_job(
@@ -253,11 +255,11 @@ def _insert_rows(conn: Connection, values: dict, events: list[tuple[str, str]]) 
     seq = conn.execute(_INSERT_JOB, _columns(values)).scalar_one()
     if values["metadata_"]:
         conn.execute(
-            insert(JobMetadata),
+            _INSERT_METADATA,
             [{"job_seq": seq, "key": key, "value": value} for key, value in values["metadata_"].items()],
         )
     conn.execute(
-        insert(JobEvent),
+        _INSERT_EVENTS,
         [
             {
                 "id": event_id,

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import idempotency, job_insert_pg, jobs
+from service import idempotency, job_insert, jobs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
@@ -212,15 +212,17 @@ def _insert_job(
         # A base model and no replay to look up: no ORM session (its set-up was ~15% of a create on SQLite).
         values = _job_values(principal, body, method, vertex_spec, base_model=body.model, parent=None)
         events = _first_events(values, parent=None)
+        minimum = ctx.settings.files.min_training_examples
         if ctx.db.is_sqlite:
             with ctx.db.write_connection() as conn:
-                _check_files(ctx, conn, principal, body, method)
-                return _insert_rows(conn, values, events)
-        # PostgreSQL: one statement (service/job_insert_pg.py). When it refuses, the transaction below says why.
+                seq = job_insert.insert_job_row(conn, _columns(values), method["type"], minimum)
+                if seq is None:  # refused: the checks say why (or, should a file pass them, insert it now)
+                    _check_files(ctx, conn, principal, body, method)
+                    seq = conn.execute(_INSERT_JOB, _columns(values)).scalar_one()
+                return _insert_children(conn, seq, values, events)
+        # PostgreSQL: one statement (service/job_insert.py). When it refuses, the transaction below says why.
         with ctx.db.read_statement() as conn:  # autocommit: the statement is its own transaction
-            seq = job_insert_pg.insert_job(
-                conn, _columns(values), method["type"], ctx.settings.files.min_training_examples, events
-            )
+            seq = job_insert.insert_job(conn, _columns(values), method["type"], minimum, events)
         if seq is not None:
             return Job(seq=seq, **values)
     with ctx.db.write() as session:
@@ -233,7 +235,10 @@ def _insert_job(
             method = _inherit_shape(method, parent, body.model)
         _check_files(ctx, session.connection(), principal, body, method)
         values = _job_values(principal, body, method, vertex_spec, base_model=base_model, parent=parent)
-        job = _insert_rows(session.connection(), values, _first_events(values, parent))
+        conn = session.connection()
+        job = _insert_children(
+            conn, conn.execute(_INSERT_JOB, _columns(values)).scalar_one(), values, _first_events(values, parent)
+        )
         if idempotency_key:
             idempotency.remember(session, principal.project_id, idempotency_key, request_sha, values["id"])
     return job
@@ -248,11 +253,10 @@ def _check_files(
         _check_file(conn, principal, body.validation_file, "validation_file", method["type"], 1)
 
 
-def _insert_rows(conn: Connection, values: dict, events: list[tuple[str, str]]) -> Job:
-    """Inserts the job, its metadata and first events; returns the job as a detached object holding the values
-    written. Statements, not the ORM's unit of work: its flush of the job and its events was a third of a
-    create's CPU."""
-    seq = conn.execute(_INSERT_JOB, _columns(values)).scalar_one()
+def _insert_children(conn: Connection, seq: int, values: dict, events: list[tuple[str, str]]) -> Job:
+    """Inserts the metadata and first events of the job inserted as `seq`; returns the job as a detached object
+    holding the values written. Statements, not the ORM's unit of work: its flush of the job and its events was a
+    third of a create's CPU."""
     if values["metadata_"]:
         conn.execute(
             _INSERT_METADATA,

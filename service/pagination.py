@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, bindparam
 from sqlalchemy.orm import Session
 
-from service.db.plain_reads import PlainConnection
+from service.db.plain import PlainConnection
 from service.errors import ErrorCode, InvalidRequest, excerpt
 
 

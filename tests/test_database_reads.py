@@ -152,7 +152,7 @@ def test_the_conditional_job_insert_refuses_exactly_what_the_checks_refuse_and_w
                 events = [(f"ftevent-{values['id']}-{i}", f"message {i}") for i in range(2)]
                 if db.is_sqlite:
                     with db.write_connection() as conn:
-                        seq = job_insert.insert_job_row(conn, values, method, 10)
+                        seq = job_insert.insert_job_row(db.plain(conn), values, method, 10, typed=False)
                     added = (1, 0, 0)  # the caller inserts the events and metadata
                 else:
                     with db.read_statement() as conn:
@@ -209,7 +209,7 @@ def either_db(request, tmp_path):
 
 
 def test_plain_reads_give_the_rows_sqlalchemy_gives(either_db):
-    """service/db/plain_reads.py (retrieve and list jobs through the driver: psycopg, sqlite3) against the same
+    """service/db/plain.py (retrieve and list jobs through the driver: psycopg, sqlite3) against the same
     statements through SQLAlchemy: the same columns by name, the same values (JSON, booleans), the same pages."""
     db = either_db
     from service import jobs

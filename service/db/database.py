@@ -19,7 +19,7 @@ from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.plain_reads import PlainConnection, PlainReads
+from service.db.plain import PlainConnection, PlainStatements
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _WRITE = "hone_write"
@@ -58,7 +58,7 @@ class Database:
                 json_deserializer=_json_loads,
             )
             self._configure_sqlite()
-            self._plain_reads = PlainReads(self._sqlite3_connect, sqlite3, self.engine.dialect, None)
+            self._plain_reads = PlainStatements(self._sqlite3_connect, sqlite3, self.engine.dialect, None)
         else:
             # At most `pool_size` connections, all kept open: with 10 kept and 20 more on demand, a burst of
             # requests opened and closed connections all along (a PostgreSQL connection costs the server a fork
@@ -68,7 +68,7 @@ class Database:
                 url, pool_size=pool_size, max_overflow=0, pool_use_lifo=True, json_deserializer=_json_loads
             )
             self._ping_idle_connections()
-            self._plain_reads = PlainReads(self._psycopg_connect, psycopg, self.engine.dialect, PING_AFTER_IDLE_S)
+            self._plain_reads = PlainStatements(self._psycopg_connect, psycopg, self.engine.dialect, PING_AFTER_IDLE_S)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time; its busy handler polls with sleeps of up to 100 ms,
         # so in-process writers queue on a lock instead (p99 of create job: ~2.5 s -> ~0.5 s).
@@ -148,7 +148,7 @@ class Database:
     @contextlib.contextmanager
     def plain_reads(self) -> Iterator[PlainConnection]:
         """For the hottest reads, of statements built once: straight through the driver
-        (service/db/plain_reads.py)."""
+        (service/db/plain.py)."""
         with self._plain_reads.connection() as plain:
             yield plain
 
@@ -182,6 +182,10 @@ class Database:
                 self._writer.execution_options(**{_WRITE: True})  # BEGIN IMMEDIATE, as write()
             with self._writer.begin():
                 yield self._writer
+
+    def plain(self, conn: Connection) -> PlainConnection:
+        """`conn`'s driver connection, inside its transaction, for statements built once (service/db/plain.py)."""
+        return self._plain_reads.borrowed(conn.connection.dbapi_connection)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

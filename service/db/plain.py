@@ -1,5 +1,5 @@
-"""The hottest reads (retrieve a job, a page of jobs) sent straight through the database's driver (psycopg or
-sqlite3).
+"""The hottest statements sent straight through the database's driver (psycopg or sqlite3): the reads of retrieve a
+job and of a page of jobs, and on SQLite the inserts of a job's create.
 
 Through SQLAlchemy such a read spent more of the server's CPU around the query than in it: a pool checkout and
 checkin with their events, an execution context, a result proxy asking the driver to describe each column (py-spy,
@@ -25,12 +25,14 @@ from typing import Any
 from sqlalchemy import Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import Insert
 
 
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
     defaults: dict[str, Any]  # the statement's own bound values (literals written into it)
+    processors: dict[str, Callable[[Any], Any]]  # the parameters' types' own conversions (JSON to text, ...)
     positions: tuple[str, ...] | None  # the parameters' order, for a driver of `?` placeholders (sqlite3)
     row: Callable[[tuple], Any]  # a driver's tuple to a row whose attributes are the selected columns' keys
 
@@ -50,17 +52,23 @@ class PlainResult:
     def scalar(self) -> Any:
         return self._rows[0][0] if self._rows else None
 
+    scalar_one_or_none = scalar  # (a statement of at most one row: the callers' own)
+
 
 class PlainConnection:
-    """One driver connection in autocommit, executing statements built once (by identity: a statement built per
-    request would be compiled per request)."""
+    """One driver connection, executing statements built once (by identity: a statement built per request would be
+    compiled per request). `owned`: a connection of the free list, in autocommit, dropped when it fails; else one
+    borrowed from SQLAlchemy inside its transaction, whose failure SQLAlchemy's pool handles."""
 
-    def __init__(self, reads: PlainReads, conn: Any):
-        self._reads, self._conn = reads, conn
+    def __init__(self, reads: PlainStatements, conn: Any, owned: bool = True):
+        self._reads, self._conn, self._owned = reads, conn, owned
 
-    def execute(self, stmt: Select, params: dict[str, Any] | None = None) -> PlainResult:
+    def execute(self, stmt: Select | Insert, params: dict[str, Any] | None = None) -> PlainResult:
         compiled = self._reads.compiled(stmt)
         values: Any = {**compiled.defaults, **(params or {})}
+        for name, processor in compiled.processors.items():
+            if name in values:
+                values[name] = processor(values[name])
         if compiled.positions is not None:
             values = tuple(values[name] for name in compiled.positions)
         try:
@@ -68,30 +76,37 @@ class PlainConnection:
             rows = cursor.fetchall()
             cursor.close()
         except self._reads.driver.Error as exc:
-            if isinstance(exc, (self._reads.driver.OperationalError, self._reads.driver.InterfaceError)):
+            if self._owned and isinstance(
+                exc, (self._reads.driver.OperationalError, self._reads.driver.InterfaceError)
+            ):
                 self._reads.lost(self._conn)
             raise DBAPIError.instance(compiled.sql, values, exc, self._reads.driver.Error) from exc
         return PlainResult([compiled.row(row) for row in rows])
 
 
-class PlainReads:
+class PlainStatements:
     """`connect` opens a driver connection in autocommit; `driver` is its DB-API module (for its errors);
     `ping_after_idle_s` None: never ping (SQLite, a file)."""
 
     def __init__(self, connect: Callable[[], Any], driver: Any, dialect: Dialect, ping_after_idle_s: float | None):
         self._connect, self.driver, self._dialect, self._ping_after = connect, driver, dialect, ping_after_idle_s
         self._idle: list[tuple[Any, float]] = []  # last used last; list ops are atomic
-        self._compiled: weakref.WeakKeyDictionary[Select, _Compiled] = weakref.WeakKeyDictionary()
+        self._compiled: weakref.WeakKeyDictionary[Select | Insert, _Compiled] = weakref.WeakKeyDictionary()
 
-    def compiled(self, stmt: Select) -> _Compiled:
+    def compiled(self, stmt: Select | Insert) -> _Compiled:
         found = self._compiled.get(stmt)
         if found is None:
             found = self._compiled[stmt] = self._compile(stmt)
         return found
 
-    def _compile(self, stmt: Select) -> _Compiled:
+    def _compile(self, stmt: Select | Insert) -> _Compiled:
         compiled = stmt.compile(dialect=self._dialect)
-        columns = list(stmt.selected_columns)
+        columns = list(stmt.selected_columns if isinstance(stmt, Select) else stmt.exported_columns)
+        binds: dict[str, Callable[[Any], Any]] = {
+            name: processor
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.dialect_impl(self._dialect).bind_processor(self._dialect))
+        }
         names = [column.key or f"_{i}" for i, column in enumerate(columns)]
         row_type: Any = namedtuple("Row", names, rename=True)  # type: ignore[misc]  # names known at run time
         make: Callable[[Any], Any] = row_type._make
@@ -110,7 +125,11 @@ class PlainReads:
                 return make(processed)
 
         positions = tuple(compiled.positiontup or ()) if compiled.positional else None
-        return _Compiled(compiled.string, dict(compiled.params), positions, row)
+        return _Compiled(compiled.string, dict(compiled.params), binds, positions, row)
+
+    def borrowed(self, dbapi_connection: Any) -> PlainConnection:
+        """For a driver connection SQLAlchemy holds in a transaction (see PlainConnection)."""
+        return PlainConnection(self, dbapi_connection, owned=False)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[PlainConnection]:

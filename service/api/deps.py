@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+
 from fastapi import Request, Security
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -44,11 +47,35 @@ async def get_metrics_exporter(request: Request):
     return request.app.state.metrics
 
 
+class _KeyLookups:
+    """One database lookup at a time per key: when a cached key expires (every `key_cache_ttl_s`), all the requests
+    in flight with it miss together, and each looked it up in a thread of its own: 32 clients stalled ~60 ms
+    (the p99 of a list at 32 clients, once per 5 s). The others now wait for the first one's answer, error
+    included. One table per event loop (a future belongs to the loop that made it)."""
+
+    def __init__(self) -> None:
+        self._pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def authenticate(self, ctx: AppContext, header: str | None) -> ProjectPrincipal:
+        pending = self._pending.setdefault(asyncio.get_running_loop(), {})
+        key = header or ""
+        lookup = pending.get(key)
+        if lookup is None:
+            lookup = pending[key] = asyncio.ensure_future(run_in_threadpool(authenticate_project, ctx, header))
+            lookup.add_done_callback(lambda _: pending.pop(key, None))
+        return await asyncio.shield(lookup)  # a waiter that goes away must not cancel the others' lookup
+
+
+_KEY_LOOKUPS = _KeyLookups()
+
+
 async def project_principal(request: Request, _=Security(_bearer)) -> ProjectPrincipal:
     ctx, header = request.app.state.ctx, request.headers.get("authorization")
     principal = cached_principal(ctx, header)
     if principal is None:  # (not `or`: mypy would type it Optional)
-        principal = await run_in_threadpool(authenticate_project, ctx, header)
+        principal = await _KEY_LOOKUPS.authenticate(ctx, header)
     request.state.project_id = principal.project_id  # for the access log
     return principal
 

@@ -222,7 +222,7 @@ def _insert_job(
                 # Straight through sqlite3, inside the transaction: SQLAlchemy's execution of each statement cost
                 # more than SQLite's.
                 plain = ctx.db.plain(conn)
-                seq = job_insert.insert_job_row(plain, _columns(values), method["type"], minimum, typed=False)
+                seq = job_insert.insert_job_row(plain, _columns(values), method["type"], minimum)
                 if seq is None:  # refused: the checks say why (or, should a file pass them, insert it now)
                     _check_files(ctx, conn, principal, body, method)
                     seq = conn.execute(_INSERT_JOB, _columns(values)).scalar_one()

@@ -136,10 +136,8 @@ def insert_job(
     return conn.execute(_statement(tuple(values), formats_for(method_type)), params).scalar_one_or_none()
 
 
-def insert_job_row(
-    conn, values: dict[str, Any], method_type: str, min_training_examples: int, *, typed: bool
-) -> int | None:
-    """Any database: the job's row alone (no events, no metadata), inside the caller's transaction; its seq, or None
-    when a check refused it. `typed`: True on PostgreSQL (see _job_insert)."""
-    stmt = _job_insert(tuple(values), formats_for(method_type), typed)
+def insert_job_row(conn, values: dict[str, Any], method_type: str, min_training_examples: int) -> int | None:
+    """SQLite: the job's row alone (no events, no metadata), inside the caller's transaction; its seq, or None when a
+    check refused it."""
+    stmt = _job_insert(tuple(values), formats_for(method_type), False)
     return conn.execute(stmt, _check_params(values, min_training_examples)).scalar_one_or_none()

@@ -152,7 +152,7 @@ def test_the_conditional_job_insert_refuses_exactly_what_the_checks_refuse_and_w
                 events = [(f"ftevent-{values['id']}-{i}", f"message {i}") for i in range(2)]
                 if db.is_sqlite:
                     with db.write_connection() as conn:
-                        seq = job_insert.insert_job_row(db.plain(conn), values, method, 10, typed=False)
+                        seq = job_insert.insert_job_row(db.plain(conn), values, method, 10)
                     added = (1, 0, 0)  # the caller inserts the events and metadata
                 else:
                     with db.read_statement() as conn:

@@ -58,7 +58,7 @@ class Database:
                 json_deserializer=_json_loads,
             )
             self._configure_sqlite()
-            self._plain_reads = PlainStatements(self._sqlite3_connect, sqlite3, self.engine.dialect, None)
+            self._plain = PlainStatements(self._sqlite3_connect, sqlite3, self.engine.dialect, None)
         else:
             # At most `pool_size` connections, all kept open: with 10 kept and 20 more on demand, a burst of
             # requests opened and closed connections all along (a PostgreSQL connection costs the server a fork
@@ -68,7 +68,7 @@ class Database:
                 url, pool_size=pool_size, max_overflow=0, pool_use_lifo=True, json_deserializer=_json_loads
             )
             self._ping_idle_connections()
-            self._plain_reads = PlainStatements(self._psycopg_connect, psycopg, self.engine.dialect, PING_AFTER_IDLE_S)
+            self._plain = PlainStatements(self._psycopg_connect, psycopg, self.engine.dialect, PING_AFTER_IDLE_S)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time; its busy handler polls with sleeps of up to 100 ms,
         # so in-process writers queue on a lock instead (p99 of create job: ~2.5 s -> ~0.5 s).
@@ -149,7 +149,7 @@ class Database:
     def plain_reads(self) -> Iterator[PlainConnection]:
         """For the hottest reads, of statements built once: straight through the driver
         (service/db/plain.py)."""
-        with self._plain_reads.connection() as plain:
+        with self._plain.connection() as plain:
             yield plain
 
     @contextlib.contextmanager
@@ -185,7 +185,7 @@ class Database:
 
     def plain(self, conn: Connection) -> PlainConnection:
         """`conn`'s driver connection, inside its transaction, for statements built once (service/db/plain.py)."""
-        return self._plain_reads.borrowed(conn.connection.dbapi_connection)
+        return self._plain.borrowed(conn.connection.dbapi_connection)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -202,7 +202,7 @@ class Database:
             command.upgrade(config, "head")
 
     def dispose(self) -> None:
-        self._plain_reads.close()
+        self._plain.close()
         if self._writer is not None:
             self._writer.close()
         self.engine.dispose()

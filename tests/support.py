@@ -210,8 +210,9 @@ class HoneServer:
             return []
         trainers = []
         for process in processes:
-            with contextlib.suppress(psutil.Error):
-                if "HONE_JOB_ID" in process.environ():  # how the local executor marks a trainer
+            with contextlib.suppress(OSError):
+                # How the local executor recognises a trainer, warm or cold: its stdout is a job's log file.
+                if "/logs/ftjob-" in os.readlink(f"/proc/{process.pid}/fd/1"):
                     trainers.append(process)
         return trainers
 
@@ -257,17 +258,18 @@ def chat_dataset(n: int = 12) -> bytes:
 
 
 def trainer_pids(job_id: str) -> list[int]:
-    """Live trainer processes of a job, found the way the local executor marks them (HONE_JOB_ID)."""
+    """Live trainer processes of a job, found the way the local executor recognises them: their stdout is the job's
+    log file (logs/<job id>/attempt-<n>.log), whether forked warm or started cold (service/warm_start.py)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
+            stdout = os.readlink(entry / "fd" / "1")
             state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
-        if f"HONE_JOB_ID={job_id}".encode() in environ and state != "Z":
+        if f"/logs/{job_id}/attempt-" in stdout and state != "Z":
             pids.append(int(entry.name))
     return pids
 

@@ -23,6 +23,7 @@ from inference.client import EngineClient, EngineUnavailable
 from inference.launcher import engine_command
 from service.engines import EngineHandle, EngineSpec, EngineStartError
 from service.settings import Settings
+from service.warm_start import WarmProcess, stdout_is, warm_starts
 
 log = logging.getLogger("hone.engines")
 
@@ -30,7 +31,7 @@ log = logging.getLogger("hone.engines")
 @dataclass
 class _Process:  # handle changes when a spare is claimed
     handle: EngineHandle
-    proc: subprocess.Popen
+    proc: subprocess.Popen | WarmProcess
     log_file: IO[bytes]
     spawned_as: str  # the key in its HONE_ENDPOINT_ENGINE, which stays when a spare is claimed
 
@@ -72,6 +73,7 @@ class LocalEngines:
         self._lock = threading.Lock()
         self._logs = settings.server.data_dir.resolve() / "logs" / "engines"
         self._states = settings.server.data_dir.resolve() / STATE_DIR
+        self._starts = warm_starts(settings)
         self._stop_orphans()
 
     def _stop_orphans(self) -> None:
@@ -82,8 +84,8 @@ class LocalEngines:
         for state in self._states.glob("*.json"):
             try:
                 info = json.loads(state.read_text())
-                environ = (Path("/proc") / str(info["pid"]) / "environ").read_bytes()
-                if f"HONE_ENDPOINT_ENGINE={info['spawned_as']}".encode() in environ.split(b"\0"):
+                # Its log file on its stdout says the pid is still that engine (and not a reused pid).
+                if stdout_is(info["pid"], str(self._log_path(info["spawned_as"]))):
                     os.killpg(info["pid"], signal.SIGKILL)
                     log.warning("stopped an engine left by an earlier run", extra=_identity(info["key"]))
             except (OSError, ValueError, KeyError):
@@ -149,15 +151,20 @@ class LocalEngines:
         if self._settings.serving.engine_threads:
             env["OMP_NUM_THREADS"] = str(self._settings.serving.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)
-        log_file = open(self._logs / f"{_file_name(spec.key)}.log", "ab")
-        proc = subprocess.Popen(
-            launch.argv,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        log_path = self._log_path(spec.key)
+        log_file = open(log_path, "ab")
+        python, module, *argv = launch.argv
+        if module == "-m" and argv[0] == "inference":  # the built-in engine: warm when it may be
+            proc = self._starts.launch(self._settings.serving.engine_python, "inference", argv[1:], env, log_path)
+        else:
+            proc = subprocess.Popen(
+                launch.argv,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         handle = EngineHandle(spec.key, f"http://127.0.0.1:{port}", api_key, spec)
         log.info("engine starting", extra={**_identity(spec.key), "pid": proc.pid, "port": port})
         try:
@@ -198,6 +205,9 @@ class LocalEngines:
         self._write_state(running)
         log.info("spare engine claimed", extra={**_identity(spec.key), "spare": spare_key})
         return running.handle
+
+    def _log_path(self, spawn_key: str) -> Path:
+        return self._logs / f"{_file_name(spawn_key)}.log"
 
     def _state_path(self, key: str) -> Path:
         return state_file(self._settings.server.data_dir, key)
@@ -272,7 +282,7 @@ def api_key_from_state(data_dir: Path, key: str) -> str | None:
         return None
 
 
-def stop_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+def stop_process_group(proc: subprocess.Popen | WarmProcess, grace: float = 5.0) -> None:
     """SIGTERM to the process's session, SIGKILL if it is still there after `grace` seconds."""
     if proc.poll() is not None:
         return

@@ -1,7 +1,8 @@
 """The local executor: one `python -m trainer` subprocess per job on this machine.
 
 Slots are the GPUs in CUDA_VISIBLE_DEVICES (each run gets one), else HONE_LOCAL_SLOTS on CPU. Runs start
-in their own session, so they outlive a control-plane restart; the restarted scheduler adopts them by pid."""
+in their own session (forked from a warm interpreter, service/warm_start.py, or plainly), so they outlive a
+control-plane restart; the restarted scheduler adopts them by pid, checked by the log file on their stdout."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.executors import TrainerExit
 from service.settings import Settings
+from service.warm_start import WarmProcess, stdout_is, warm_starts
 
 
 @dataclass
@@ -25,7 +26,7 @@ class _Run:
     ref: str
     log_path: Path
     device: str | None
-    process: subprocess.Popen | None  # None for a run adopted from an earlier control plane
+    process: subprocess.Popen | WarmProcess | None  # None for a run adopted from an earlier control plane
 
 
 class LocalExecutor:
@@ -35,6 +36,7 @@ class LocalExecutor:
         self._devices = settings.training.gpu_devices
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
+        self._starts = warm_starts(settings)
 
     def slots(self) -> int:
         return len(self._devices) or max(0, self._settings.training.local_slots)  # 0: this replica trains nothing
@@ -61,7 +63,7 @@ class LocalExecutor:
         with self._lock:
             used = {run.device for run in self._runs.values()}
             device = next((d for d in self._devices if d not in used), None)
-            # HONE_JOB_ID marks the process as this job's trainer; both name it in its log lines from the start.
+            # The trainer names the job and attempt in its log lines from the start.
             env = dict(os.environ, PYTHONUNBUFFERED="1", HONE_JOB_ID=job_id, HONE_JOB_ATTEMPT=str(attempt))
             # Spinning OpenMP workers slow a trainer 10x or more when anything else wants the cores.
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -71,17 +73,10 @@ class LocalExecutor:
             env["CUDA_VISIBLE_DEVICES"] = (
                 device if device is not None else ("" if self._devices else env.get("CUDA_VISIBLE_DEVICES", ""))
             )
-            python = self._settings.training.trainer_python or sys.executable
             log_path = self._log_path(job_id, attempt)
-            with open(log_path, "ab") as log:
-                process = subprocess.Popen(
-                    [python, "-m", "trainer", "--spec", spec_url],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,
-                )
+            process = self._starts.launch(
+                self._settings.training.trainer_python, "trainer", ["--spec", spec_url], env, log_path
+            )
             ref = f"local:{self._host}:{process.pid}:{attempt}"
             self._runs[job_id] = _Run(job_id, process.pid, ref, log_path, device, process)
             return ref
@@ -107,7 +102,7 @@ class LocalExecutor:
         if run.process is not None:
             code = run.process.poll()
             return True if code is None else code
-        return True if _is_trainer(run.pid, run.job_id) else None
+        return True if stdout_is(run.pid, str(run.log_path)) else None
 
     def reap(self) -> list[TrainerExit]:
         exits = []
@@ -125,20 +120,10 @@ class LocalExecutor:
         if not self.owns(ref):
             return False
         _, _, pid, attempt = ref.rsplit(":", 3)
-        if not _is_trainer(int(pid), job_id):
+        log_path = self._log_path(job_id, int(attempt))
+        # Its log file on its stdout says the pid is still that trainer (and not a reused pid), warm or cold.
+        if not stdout_is(int(pid), str(log_path)):
             return False
         with self._lock:
-            self._runs[job_id] = _Run(job_id, int(pid), ref, self._log_path(job_id, int(attempt)), None, None)
+            self._runs[job_id] = _Run(job_id, int(pid), ref, log_path, None, None)
         return True
-
-
-def _is_trainer(pid: int, job_id: str) -> bool:
-    """Whether `pid` is still the trainer of `job_id` (the environment survives pid reuse checks)."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie has exited
-        return False
-    return f"HONE_JOB_ID={job_id}".encode() in environ.split(b"\0")

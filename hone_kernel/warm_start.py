@@ -1,0 +1,136 @@
+"""A warm interpreter: imports the heavy modules once, then forks a process per `python -m <module>` run.
+
+A trainer or a built-in engine spends ~5 s of CPU importing torch, transformers and peft before it does anything;
+on a CPU machine that is most of a short job's cost and most of an engine's cold start. The control plane
+(service/warm_start.py) starts this module once per interpreter with the modules to preload, then asks it for
+runs over its stdin, one JSON object a line:
+
+    -> {"module": "trainer", "argv": ["--spec", "..."], "env": {...}, "stdout": "/path/to/log"}
+    <- {"pid": 1234}                   (or {"error": "..."})
+    <- {"exit": 1234, "code": 75}      (when a run ends; a negative code is the signal that ended it, as Popen says)
+
+A run is what `python -m <module> <argv>` would be: its own session (start_new_session), stdout and stderr
+appended to its log file, stdin from /dev/null, exactly the given environment in os.environ, the module run as
+__main__, atexit handlers run at the end. Two things differ, and their users know: /proc/<pid>/environ shows this
+interpreter's start-up environment (the control plane starts it without secrets), so a run is recognised by its
+log file on fd 1 instead; and settings a library reads once at import (OpenMP's wait policy) come from this
+interpreter's start-up environment, which the control plane sets to what every run wants.
+
+Stdlib only: it runs in the trainer's and the engine's interpreter, which need not have the control plane."""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import os
+import runpy
+import select
+import signal
+import sys
+import threading
+import traceback
+
+READY = "ready"  # the first line: {"ready": true, "threads": n} once the preload is done
+
+
+def _exit_code(status: int) -> int:
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _run(request: dict, private_fds: list[int]) -> None:
+    """In the forked child: become `python -m <module>`; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        log = os.open(request["stdout"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        for fd in (log, devnull, *private_fds):
+            os.close(fd)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        # torch sized its thread pool from this interpreter's environment; the run's own setting wins.
+        if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            sys.modules["torch"].set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+        sys.argv = [request["module"], *request["argv"]]
+        try:
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter does at exit: join non-daemon threads
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001  # a closed stream: nothing more to say
+                pass
+        os._exit(code & 0xFF)
+
+
+def serve(preload: list[str]) -> None:
+    # The protocol gets a private copy of stdout; fd 1 becomes stderr, so that a preloaded module's prints cannot
+    # corrupt it.
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    for name in preload:
+        importlib.import_module(name)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select through the wakeup fd
+    # Forking is safe only from a single-threaded process: a preload that started a thread is reported.
+    replies.write(json.dumps({READY: True, "threads": threading.active_count()}) + "\n")
+    pending = b""
+    while True:
+        try:
+            readable, _, _ = select.select([0, wake_r], [], [], 5.0)
+        except InterruptedError:
+            readable = []
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+        while True:  # reap every run that ended
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            replies.write(json.dumps({"exit": pid, "code": _exit_code(status)}) + "\n")
+        if 0 in readable:
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
+                return  # the control plane is gone; the runs go on, reparented
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                try:
+                    request = json.loads(line)
+                    pid = os.fork()
+                except Exception as exc:  # noqa: BLE001  # a bad request or no memory to fork: say so
+                    replies.write(json.dumps({"error": repr(exc)}) + "\n")
+                    continue
+                if pid == 0:
+                    _run(request, [replies.fileno(), wake_r, wake_w])
+                replies.write(json.dumps({"pid": pid}) + "\n")
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])

@@ -1,0 +1,104 @@
+"""Warm starts (service/warm_start.py, hone_kernel/warm_start.py): a run forked from the preloaded interpreter is
+what `python -m <module>` would be, for everything the executor and the engines rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from service.warm_start import PRELOAD, WarmProcess, WarmStarts, runs_with_stdout, stdout_is
+from tests.support import wait_for
+
+
+@pytest.fixture(scope="module")
+def starts(tmp_path_factory):
+    # The real preload (torch, transformers, peft): the interpreter that production forks from.
+    starts = WarmStarts(True, tmp_path_factory.mktemp("warm-logs"))
+    yield starts
+    starts.close()
+
+
+def _said(log) -> dict:
+    return json.loads(log.read_text().splitlines()[0])
+
+
+def test_a_run_is_the_module_run_as_main_with_exactly_its_environment(starts, tmp_path, monkeypatch):
+    monkeypatch.setenv("HONE_ADMIN_API_KEY", "sk-admin-secret")  # the control plane's secret
+    log = tmp_path / "run.log"
+    log.write_text("earlier attempt\n")
+    env = {"PATH": os.environ["PATH"], "HONE_JOB_ID": "ftjob-warm", "OMP_NUM_THREADS": "1"}
+    run = starts.launch(None, "tests.warm_target", ["3", "--flag"], env, log)
+    assert isinstance(run, WarmProcess)
+    assert run.wait(30) == 3 and run.poll() == 3
+    first, said, stderr = log.read_text().splitlines()
+    assert first == "earlier attempt"  # appended, as the executor's log files are
+    said = json.loads(said)
+    assert said["argv"] == ["3", "--flag"] and said["sid"] == said["pid"] == run.pid  # a session of its own
+    assert stderr == "to stderr"
+    # The run's os.environ is exactly what it was given, torch's pool sized by it; none of the control plane's
+    # secrets reach it, not even in the start-up environment /proc shows.
+    assert said["env"] == env
+    environ = Path(f"/proc/{starts._interpreters[sys.executable]._proc.pid}/environ").read_bytes()
+    assert b"sk-admin-secret" not in environ and b"OMP_WAIT_POLICY=PASSIVE" in environ.split(b"\0")
+
+
+def test_the_preload_leaves_one_thread_and_spares_the_run_the_imports(starts, tmp_path):
+    interpreter = starts._interpreters[sys.executable]
+    assert interpreter.threads == 1  # forking is only safe from a single-threaded process
+    log = tmp_path / "imports.log"
+    code = "import sys; print(sorted(sys.modules))"  # what the run finds already imported
+    run = starts.launch(None, "timeit", ["-n", "1", "-r", "1", code], dict(os.environ), log)
+    assert run.wait(30) == 0
+    assert {"torch", "peft", "transformers", *PRELOAD} <= set(eval(log.read_text().splitlines()[0]))
+
+
+def test_signals_end_a_run_with_popens_codes_and_its_log_file_names_it(starts, tmp_path):
+    log = tmp_path / "wait.log"
+    run = starts.launch(None, "tests.warm_target", ["wait"], dict(os.environ), log)
+    wait_for(lambda: log.exists() and log.read_text(), 30, 0.05, "the run's first line")
+    assert stdout_is(run.pid, str(log)) and runs_with_stdout(log) == [run.pid]
+    assert not stdout_is(os.getpid(), str(log))
+    with pytest.raises(subprocess.TimeoutExpired):
+        run.wait(0.1)
+    os.killpg(run.pid, signal.SIGTERM)  # as the engines stop theirs: the session
+    assert run.wait(10) == -signal.SIGTERM
+    assert runs_with_stdout(log) == [] and not stdout_is(run.pid, str(log))
+
+
+def test_runs_outlive_a_dead_interpreter_and_the_next_launch_starts_another(tmp_path):
+    starts = WarmStarts(True, tmp_path / "logs", preload=())  # what is preloaded is not the point here
+    try:
+        first = starts.launch(None, "tests.warm_target", ["wait"], dict(os.environ), tmp_path / "a.log")
+        interpreter = starts._interpreters[sys.executable]
+        os.kill(interpreter._proc.pid, signal.SIGKILL)
+        wait_for(lambda: interpreter.dead, 10, 0.05, "the interpreter's end to be seen")
+        time.sleep(0.3)
+        assert first.poll() is None and stdout_is(first.pid, str(tmp_path / "a.log"))  # still running
+        os.killpg(first.pid, signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL  # no parent of ours to tell: counted as killed
+        second = starts.launch(None, "tests.warm_target", ["0"], dict(os.environ), tmp_path / "b.log")
+        assert isinstance(second, WarmProcess) and second.wait(30) == 0
+        assert starts._interpreters[sys.executable] is not interpreter
+    finally:
+        starts.close()
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_disabled_or_another_python_starts_cold(tmp_path, enabled):
+    """Off, or for an interpreter of its own (HONE_TRAINER_PYTHON, HONE_ENGINE_PYTHON): a plain Popen."""
+    starts = WarmStarts(enabled, tmp_path / "logs")
+    other = tmp_path / "python"
+    other.symlink_to(sys.executable)
+    run = starts.launch(
+        str(other) if enabled else None, "tests.warm_target", ["5"], dict(os.environ), tmp_path / "c.log"
+    )
+    assert isinstance(run, subprocess.Popen) and run.wait(30) == 5
+    assert run.args[:3] == [str(other) if enabled else sys.executable, "-m", "tests.warm_target"]
+    assert _said(tmp_path / "c.log")["argv"] == ["5"] and starts._interpreters == {}

@@ -1,0 +1,13 @@
+"""A `python -m tests.warm_target` run for tests/test_warm_start.py: says what it sees, then exits or waits."""
+
+import json
+import os
+import sys
+import time
+
+if __name__ == "__main__":
+    print(json.dumps({"argv": sys.argv[1:], "env": dict(os.environ), "sid": os.getsid(0), "pid": os.getpid()}))
+    print("to stderr", file=sys.stderr)
+    if sys.argv[1] == "wait":
+        time.sleep(120)
+    sys.exit(int(sys.argv[1]))

@@ -5,15 +5,16 @@ on a CPU machine that is most of a short job's cost and most of an engine's cold
 (service/warm_start.py) starts this module once per interpreter with the modules to preload, then asks it for
 runs over its stdin, one JSON object a line:
 
-    -> {"module": "trainer", "argv": ["--spec", "..."], "env": {...}, "stdout": "/path/to/log"}
+    -> {"module": "trainer", "argv": ["--spec", "..."], "env": {...}, "stdout": "/path/to/log", "cwd": null}
     <- {"pid": 1234}                   (or {"error": "..."})
     <- {"exit": 1234, "code": 75}      (when a run ends; a negative code is the signal that ended it, as Popen says)
 
 A run is what `python -m <module> <argv>` would be: its own session (start_new_session), stdout and stderr
-appended to its log file, stdin from /dev/null, exactly the given environment in os.environ, the module run as
-__main__, atexit handlers run at the end. Two things differ, and their users know: /proc/<pid>/environ shows this
-interpreter's start-up environment (the control plane starts it without secrets), so a run is recognised by its
-log file on fd 1 instead; and settings a library reads once at import (OpenMP's wait policy) come from this
+appended to its log file, stdin from /dev/null, the given working directory (default: this one's), exactly the given environment in os.environ, the module run as
+__main__, atexit handlers run at the end, its command line (with setproctitle) `python -m <module> <argv>`. Two
+things differ, and their users know: /proc/<pid>/environ is not the run's (it is this interpreter's start-up
+environment, without the control plane's secrets, or blank once setproctitle has moved it), so a run is
+recognised by its log file on fd 1 instead; and settings a library reads once at import (OpenMP's wait policy) come from this
 interpreter's start-up environment, which the control plane sets to what every run wants.
 
 Stdlib only: it runs in the trainer's and the engine's interpreter, which need not have the control plane."""
@@ -32,6 +33,15 @@ import threading
 import traceback
 
 READY = "ready"  # the first line: {"ready": true, "threads": n} once the preload is done
+
+
+try:  # in the server extra; without it, runs show this interpreter's command line
+    import setproctitle as _title
+
+    # It finds the command line's memory through the environment, which a run replaces: set up here, first.
+    _title.setproctitle(_title.getproctitle())
+except ImportError:
+    _title = None  # type: ignore[assignment]
 
 
 def _exit_code(status: int) -> int:
@@ -54,12 +64,16 @@ def _run(request: dict, private_fds: list[int]) -> None:
         os.dup2(log, 2)
         for fd in (log, devnull, *private_fds):
             os.close(fd)
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
         # torch sized its thread pool from this interpreter's environment; the run's own setting wins.
         if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS", "").isdigit():
             sys.modules["torch"].set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
         sys.argv = [request["module"], *request["argv"]]
+        if _title is not None:  # ps and top show what runs, as they would for `python -m <module>`
+            _title.setproctitle(" ".join([sys.executable, "-m", request["module"], *request["argv"]]))
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0

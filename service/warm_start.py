@@ -127,8 +127,10 @@ class WarmInterpreter:
             log.warning("warm interpreter gone; a run's exit code is lost", extra={"pid": run.pid})
             threading.Thread(target=_watch_orphan, args=(run,), daemon=True).start()
 
-    def launch(self, module: str, argv: list[str], env: dict[str, str], stdout: Path) -> WarmProcess:
-        request = {"module": module, "argv": argv, "env": env, "stdout": str(stdout)}
+    def launch(
+        self, module: str, argv: list[str], env: dict[str, str], stdout: Path, cwd: Path | None = None
+    ) -> WarmProcess:
+        request = {"module": module, "argv": argv, "env": env, "stdout": str(stdout), "cwd": cwd and str(cwd)}
         with self._request_lock:
             with self._cond:
                 if self.dead:
@@ -181,14 +183,20 @@ class WarmStarts:
         self._lock = threading.Lock()
 
     def launch(
-        self, python: str | None, module: str, argv: list[str], env: dict[str, str], stdout: Path
+        self,
+        python: str | None,
+        module: str,
+        argv: list[str],
+        env: dict[str, str],
+        stdout: Path,
+        cwd: Path | None = None,
     ) -> subprocess.Popen | WarmProcess:
         """`python -m module argv` with `env`, stdout and stderr appended to `stdout`, in a session of its own.
         Warm when enabled and `python` is this interpreter (another one, HONE_TRAINER_PYTHON or
         HONE_ENGINE_PYTHON, may not run our modules the same way: it starts cold)."""
         if self._enabled and python in (None, sys.executable):
             try:
-                return self._interpreter(sys.executable).launch(module, argv, env, stdout)
+                return self._interpreter(sys.executable).launch(module, argv, env, stdout, cwd)
             except OSError:
                 log.warning("warm start failed; starting cold", exc_info=True)
         with open(stdout, "ab") as out:
@@ -198,6 +206,7 @@ class WarmStarts:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                cwd=cwd,
                 start_new_session=True,
             )
 

@@ -31,24 +31,16 @@ import signal
 import sys
 import threading
 import traceback
+from typing import Any
 
 READY = "ready"  # the first line: {"ready": true, "threads": n} once the preload is done
-
-
-try:  # in the server extra; without it, runs show this interpreter's command line
-    import setproctitle as _title
-
-    # It finds the command line's memory through the environment, which a run replaces: set up here, first.
-    _title.setproctitle(_title.getproctitle())
-except ImportError:
-    _title = None  # type: ignore[assignment]
 
 
 def _exit_code(status: int) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def _run(request: dict, private_fds: list[int]) -> None:
+def _run(request: dict, private_fds: list[int], title: Any) -> None:
     """In the forked child: become `python -m <module>`; never returns."""
     code = 1
     try:
@@ -72,8 +64,8 @@ def _run(request: dict, private_fds: list[int]) -> None:
         if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS", "").isdigit():
             sys.modules["torch"].set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
         sys.argv = [request["module"], *request["argv"]]
-        if _title is not None:  # ps and top show what runs, as they would for `python -m <module>`
-            _title.setproctitle(" ".join([sys.executable, "-m", request["module"], *request["argv"]]))
+        if title is not None:  # ps and top show what runs, as they would for `python -m <module>`
+            title.setproctitle(" ".join([sys.executable, "-m", request["module"], *request["argv"]]))
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0
@@ -102,6 +94,13 @@ def _run(request: dict, private_fds: list[int]) -> None:
 def serve(preload: list[str]) -> None:
     # The protocol gets a private copy of stdout; fd 1 becomes stderr, so that a preloaded module's prints cannot
     # corrupt it.
+    try:  # in the server extra; without it, runs show this interpreter's command line
+        import setproctitle as title
+
+        # It finds the command line's memory through the environment, which a run replaces: set up here, first.
+        title.setproctitle(title.getproctitle())
+    except ImportError:
+        title = None  # type: ignore[assignment]
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     for name in preload:
@@ -142,7 +141,7 @@ def serve(preload: list[str]) -> None:
                     replies.write(json.dumps({"error": repr(exc)}) + "\n")
                     continue
                 if pid == 0:
-                    _run(request, [replies.fileno(), wake_r, wake_w])
+                    _run(request, [replies.fileno(), wake_r, wake_w], title)
                 replies.write(json.dumps({"pid": pid}) + "\n")
 
 

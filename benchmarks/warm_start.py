@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.revision import git_revision  # noqa: E402
 from inference.launcher import engine_command  # noqa: E402
-from service.warm_start import WarmStarts  # noqa: E402
+from service.warm_start import WarmStarts, start_cold  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -47,11 +47,11 @@ def _start(starts: WarmStarts | None, model: Path, log: Path) -> tuple[float, fl
     )
     env = {**os.environ, **launch.env, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     began = time.monotonic()
-    if starts is None:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(launch.argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    else:
-        proc = starts.launch(None, "inference", launch.argv[3:], env, log)  # type: ignore[assignment]
+    proc = (
+        start_cold(launch.argv, env, log)
+        if starts is None
+        else starts.launch(None, "inference", launch.argv[3:], env, log)
+    )
     while True:
         try:
             with httpx.Client(timeout=1) as http:

@@ -10,12 +10,13 @@ runs over its stdin, one JSON object a line:
     <- {"exit": 1234, "code": 75}      (when a run ends; a negative code is the signal that ended it, as Popen says)
 
 A run is what `python -m <module> <argv>` would be: its own session (start_new_session), stdout and stderr
-appended to its log file, stdin from /dev/null, the given working directory (default: this one's), exactly the given environment in os.environ, the module run as
-__main__, atexit handlers run at the end, its command line (with setproctitle) `python -m <module> <argv>`. Two
-things differ, and their users know: /proc/<pid>/environ is not the run's (it is this interpreter's start-up
-environment, without the control plane's secrets, or blank once setproctitle has moved it), so a run is
-recognised by its log file on fd 1 instead; and settings a library reads once at import (OpenMP's wait policy) come from this
-interpreter's start-up environment, which the control plane sets to what every run wants.
+appended to its log file, stdin from /dev/null, the given working directory (default: this one's), exactly the
+given environment in os.environ, the module run as __main__, atexit handlers run at the end, its command line
+(with setproctitle) `python -m <module> <argv>`. Two things differ, and their users know: /proc/<pid>/environ is
+not the run's (it is this interpreter's start-up environment, without the control plane's secrets, or blank once
+setproctitle has moved it), so a run is recognised by its log file on fd 1 instead; and settings a library reads
+once at import (OpenMP's wait policy) come from this interpreter's start-up environment, which the control plane
+sets to what every run wants.
 
 Stdlib only: it runs in the trainer's and the engine's interpreter, which need not have the control plane."""
 

@@ -199,16 +199,7 @@ class WarmStarts:
                 return self._interpreter(sys.executable).launch(module, argv, env, stdout, cwd)
             except OSError:
                 log.warning("warm start failed; starting cold", exc_info=True)
-        with open(stdout, "ab") as out:
-            return subprocess.Popen(
-                [python or sys.executable, "-m", module, *argv],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
+        return start_cold([python or sys.executable, "-m", module, *argv], env, stdout, cwd)
 
     def _interpreter(self, python: str) -> WarmInterpreter:
         with self._lock:
@@ -224,6 +215,21 @@ class WarmStarts:
             for interpreter in self._interpreters.values():
                 interpreter.close()
             self._interpreters.clear()
+
+
+def start_cold(argv: list[str], env: dict[str, str], stdout: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """`argv` as a new process, as a warm run would be: a session of its own, stdout and stderr appended to the
+    file at `stdout`, stdin from /dev/null."""
+    with open(stdout, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
 
 
 _SHARED: dict[Path, WarmStarts] = {}

@@ -17,13 +17,12 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from inference.client import EngineClient, EngineUnavailable
 from inference.launcher import engine_command
 from service.engines import EngineHandle, EngineSpec, EngineStartError
 from service.settings import Settings
-from service.warm_start import WarmProcess, stdout_is, warm_starts
+from service.warm_start import WarmProcess, start_cold, stdout_is, warm_starts
 
 log = logging.getLogger("hone.engines")
 
@@ -32,7 +31,6 @@ log = logging.getLogger("hone.engines")
 class _Process:  # handle changes when a spare is claimed
     handle: EngineHandle
     proc: subprocess.Popen | WarmProcess
-    log_file: IO[bytes]
     spawned_as: str  # the key in its HONE_ENDPOINT_ENGINE, which stays when a spare is claimed
 
 
@@ -152,19 +150,12 @@ class LocalEngines:
             env["OMP_NUM_THREADS"] = str(self._settings.serving.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)
         log_path = self._log_path(spec.key)
-        log_file = open(log_path, "ab")
-        python, module, *argv = launch.argv
-        if module == "-m" and argv[0] == "inference":  # the built-in engine: warm when it may be
-            proc = self._starts.launch(self._settings.serving.engine_python, "inference", argv[1:], env, log_path)
+        proc: subprocess.Popen | WarmProcess
+        if spec.engine == "builtin":  # `python -m inference <flags>`: warm when it may be
+            flags = launch.argv[3:]
+            proc = self._starts.launch(self._settings.serving.engine_python, "inference", flags, env, log_path)
         else:
-            proc = subprocess.Popen(
-                launch.argv,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            proc = start_cold(launch.argv, env, log_path)
         handle = EngineHandle(spec.key, f"http://127.0.0.1:{port}", api_key, spec)
         log.info("engine starting", extra={**_identity(spec.key), "pid": proc.pid, "port": port})
         try:
@@ -172,18 +163,15 @@ class LocalEngines:
                 client.wait_healthy(self._settings.serving.engine_start_timeout_s, alive=lambda: proc.poll() is None)
         except EngineUnavailable as exc:
             stop_process_group(proc)
-            log_file.close()
-            message = (
-                f"engine {spec.key} did not become healthy: {exc} (exit code {proc.returncode}; log {log_file.name})"
-            )
-            with open(log_file.name, "rb") as written:
+            message = f"engine {spec.key} did not become healthy: {exc} (exit code {proc.returncode}; log {log_path})"
+            with open(log_path, "rb") as written:
                 written.seek(max(0, written.seek(0, os.SEEK_END) - 4096))
                 tail = written.read()
             # only a lost race for the port is worth another try; anything else would fail the same way
             raise (_PortTaken if b"Errno 98" in tail or b"ddress already in use" in tail else EngineStartError)(
                 message
             ) from exc
-        self._running[spec.key] = _Process(handle, proc, log_file, spec.key)
+        self._running[spec.key] = _Process(handle, proc, spec.key)
         self._write_state(self._running[spec.key])
         return handle
 
@@ -236,7 +224,6 @@ class LocalEngines:
                 return None
             if current.proc.poll() is not None:
                 log.warning("engine exited", extra={**_identity(key), "returncode": current.proc.returncode})
-                current.log_file.close()
                 del self._running[key]
                 self._state_path(key).unlink(missing_ok=True)
                 return None
@@ -253,7 +240,6 @@ class LocalEngines:
         current = self._running.pop(key, None)
         if current is not None:
             stop_process_group(current.proc)
-            current.log_file.close()
             self._state_path(key).unlink(missing_ok=True)
             log.info("engine stopped", extra=_identity(key))
 

@@ -228,8 +228,8 @@ def _insert_job(
                     seq = conn.execute(_INSERT_JOB, _columns(values)).scalar_one()
                 return _insert_children(plain, seq, values, events)
         # PostgreSQL: one statement (service/job_insert.py). When it refuses, the transaction below says why.
-        with ctx.db.read_statement() as conn:  # autocommit: the statement is its own transaction
-            seq = job_insert.insert_job(conn, _columns(values), method["type"], minimum, events)
+        with ctx.db.plain_statements() as plain:  # autocommit: the statement is its own transaction
+            seq = job_insert.insert_job(plain, _columns(values), method["type"], minimum, events)
         if seq is not None:
             return Job(seq=seq, **values)
     with ctx.db.write() as session:

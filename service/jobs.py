@@ -238,7 +238,7 @@ def job_row(session: Session, principal: ProjectPrincipal, job_id: str, *, for_u
 
 
 def get_job(ctx: AppContext, principal: ProjectPrincipal, job_id: str) -> dict:
-    with ctx.db.plain_reads() as conn:
+    with ctx.db.plain_statements() as conn:
         row = conn.execute(_JOB_OF_PROJECT, {"job_id": job_id, "project_id": principal.project_id}).first()
     if row is None:
         raise NotFound(
@@ -257,7 +257,7 @@ def list_jobs(
     without_metadata: bool = False,
 ) -> dict:
     if not metadata and not without_metadata:
-        with ctx.db.plain_reads() as plain:
+        with ctx.db.plain_statements() as plain:
             rows, has_more = _JOBS_OF_PROJECT.page(
                 plain, {"project_id": principal.project_id}, after=after, limit=limit
             )

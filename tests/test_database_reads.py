@@ -208,7 +208,7 @@ def either_db(request, tmp_path):
     db.dispose()
 
 
-def test_plain_reads_give_the_rows_sqlalchemy_gives(either_db):
+def test_plain_statements_give_the_rows_sqlalchemy_gives(either_db):
     """service/db/plain.py (retrieve and list jobs through the driver: psycopg, sqlite3) against the same
     statements through SQLAlchemy: the same columns by name, the same values (JSON, booleans), the same pages."""
     db = either_db
@@ -225,10 +225,10 @@ def test_plain_reads_give_the_rows_sqlalchemy_gives(either_db):
     for stmt, params in statements:
         with db.read_statement() as conn:
             expected = [row._asdict() for row in conn.execute(stmt, params).all()]
-        with db.plain_reads() as plain:
+        with db.plain_statements() as plain:
             got = [row._asdict() for row in plain.execute(stmt, params).all()]
         assert got == expected, stmt
-    with db.plain_reads() as plain:
+    with db.plain_statements() as plain:
         row = plain.execute(jobs._JOB_OF_PROJECT, {"job_id": "ftjob-3", "project_id": "proj_p"}).first()
     assert (row.id, row.method, row.metadata_, row.auto_deploy) == (
         "ftjob-3",
@@ -237,13 +237,13 @@ def test_plain_reads_give_the_rows_sqlalchemy_gives(either_db):
         False,
     )
     page = jobs._JOBS_OF_PROJECT.page
-    with db.plain_reads() as plain:
+    with db.plain_statements() as plain:
         rows, more = page(plain, {"project_id": "proj_p"}, after="ftjob-5", limit=3)
     assert ([r.id for r in rows], more) == (["ftjob-4", "ftjob-3", "ftjob-2"], True)
 
 
 def _plain_pid(db: Database) -> int:
-    with db.plain_reads() as plain:
+    with db.plain_statements() as plain:
         return plain.execute(select(func.pg_backend_pid())).scalar()
 
 
@@ -258,7 +258,7 @@ def test_a_plain_read_connection_killed_while_idle_is_pinged_and_replaced(db):
 def test_a_plain_read_connection_killed_a_moment_after_use_fails_once_as_an_outage_then_reconnects(db):
     from service.errors import ErrorCode, outage_code
 
-    with db.plain_reads() as first, db.plain_reads() as second:  # two idle connections after this
+    with db.plain_statements() as first, db.plain_statements() as second:  # two idle connections after this
         pids = {
             first.execute(select(func.pg_backend_pid())).scalar(),
             second.execute(select(func.pg_backend_pid())).scalar(),
@@ -269,7 +269,7 @@ def test_a_plain_read_connection_killed_a_moment_after_use_fails_once_as_an_outa
         _plain_pid(db)
     assert outage_code(failed.value) == ErrorCode.DATABASE_UNAVAILABLE  # answered 503, as through SQLAlchemy
     # Every idle connection was dropped with it: the next reads connect afresh.
-    with db.plain_reads() as first, db.plain_reads() as second:
+    with db.plain_statements() as first, db.plain_statements() as second:
         fresh = {
             first.execute(select(func.pg_backend_pid())).scalar(),
             second.execute(select(func.pg_backend_pid())).scalar(),

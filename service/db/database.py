@@ -146,9 +146,9 @@ class Database:
             yield conn if self.is_sqlite else conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.contextmanager
-    def plain_reads(self) -> Iterator[PlainConnection]:
-        """For the hottest reads, of statements built once: straight through the driver
-        (service/db/plain.py)."""
+    def plain_statements(self) -> Iterator[PlainConnection]:
+        """For the hottest statements, built once: straight through the driver (service/db/plain.py), each its own
+        transaction (autocommit): the reads of a job and of a page of jobs, and PostgreSQL's one-statement create."""
         with self._plain.connection() as plain:
             yield plain
 

@@ -90,7 +90,8 @@ class WarmInterpreter:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
         self._runs: dict[int, WarmProcess] = {}
-        self._replies: list[dict] = []
+        self._replies: list[WarmProcess | dict] = []  # a run forked, or why not
+        self._asked: list[str] = []  # the module and argv of the request being answered
         self._cond = threading.Condition()
         self._request_lock = threading.Lock()
         self._ready = False
@@ -115,6 +116,11 @@ class WarmInterpreter:
                     run = self._runs.pop(message["exit"], None)
                     if run is not None:
                         run._end(message["code"])
+                elif "pid" in message:
+                    # Registered here, not by the launching thread: a run that ends at once has its exit line
+                    # right behind this one, which this thread may read before that thread wakes.
+                    run = self._runs[message["pid"]] = WarmProcess(message["pid"], self._asked)
+                    self._replies.append(run)
                 else:
                     self._replies.append(message)
                 self._cond.notify_all()
@@ -135,6 +141,7 @@ class WarmInterpreter:
             with self._cond:
                 if self.dead:
                     raise OSError("the warm interpreter is gone")
+                self._asked = [module, *argv]
                 self._stdin.write(json.dumps(request).encode() + b"\n")
                 self._stdin.flush()
                 if not self._cond.wait_for(lambda: self._replies or self.dead, 30):
@@ -142,10 +149,9 @@ class WarmInterpreter:
                 if self.dead:
                     raise OSError("the warm interpreter is gone")
                 reply = self._replies.pop(0)
-                if "pid" not in reply:
+                if not isinstance(reply, WarmProcess):
                     raise OSError(f"the warm interpreter could not fork: {reply.get('error')}")
-                run = self._runs[reply["pid"]] = WarmProcess(reply["pid"], [module, *argv])
-                return run
+                return reply
 
     def close(self) -> None:
         """Stops the interpreter; its runs go on (their own sessions), as plainly started ones would."""

@@ -3,17 +3,19 @@ what `python -m <module>` would be, for everything the executor and the engines 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from service.warm_start import PRELOAD, WarmProcess, WarmStarts, runs_with_stdout, stdout_is
+from service.warm_start import PRELOAD, WarmInterpreter, WarmProcess, WarmStarts, runs_with_stdout, stdout_is
 from tests.support import wait_for
 
 
@@ -104,3 +106,15 @@ def test_disabled_or_another_python_starts_cold(tmp_path, enabled):
     assert isinstance(run, subprocess.Popen) and run.wait(30) == 5
     assert run.args[:3] == [str(other) if enabled else sys.executable, "-m", "tests.warm_target"]
     assert _said(tmp_path / "c.log")["argv"] == ["5"] and starts._interpreters == {}
+
+
+def test_a_run_that_ends_before_its_launcher_wakes_still_tells_its_exit_code():
+    # The interpreter's pid line and, right behind it, the exit line of a run that ended at once: the reader thread
+    # can read both before the launching thread wakes. Fed here from a pipe stand-in, in that order, synchronously.
+    interpreter = WarmInterpreter.__new__(WarmInterpreter)
+    interpreter._stdout = io.BytesIO(b'{"pid": 4242}\n{"exit": 4242, "code": 3}\n')
+    interpreter._runs, interpreter._replies, interpreter._cond = {}, [], threading.Condition()
+    interpreter._asked, interpreter.dead = ["tests.warm_target", "3"], False
+    interpreter._read()
+    (run,) = interpreter._replies
+    assert isinstance(run, WarmProcess) and run.pid == 4242 and run.wait(0) == 3

@@ -9,6 +9,9 @@ runs over its stdin, one JSON object a line:
     <- {"pid": 1234}                   (or {"error": "..."})
     <- {"exit": 1234, "code": 75}      (when a run ends; a negative code is the signal that ended it, as Popen says)
 
+With `--listen PATH` first, it also takes other processes' requests on a Unix socket at PATH (one connection per
+asker, the same lines, a ready line first): several control planes on one machine share one preload.
+
 A run is what `python -m <module> <argv>` would be: its own session (start_new_session), stdout and stderr
 appended to its log file, stdin from /dev/null, the given working directory (default: this one's), exactly the
 given environment in os.environ, the module run as __main__, atexit handlers run at the end, its command line
@@ -29,6 +32,7 @@ import os
 import runpy
 import select
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -92,7 +96,27 @@ def _run(request: dict, private_fds: list[int], title: Any) -> None:
         os._exit(code & 0xFF)
 
 
-def serve(preload: list[str]) -> None:
+class _Channel:
+    """One asker: this interpreter's own stdin and stdout (the process that started it), or a connection to its
+    socket. Requests come in as lines; the replies about a run go to the channel that asked for it."""
+
+    def __init__(self, fd_in: int, write: Any, close: Any = None):
+        self.fd_in, self._write, self._close, self.pending = fd_in, write, close, b""
+
+    def say(self, message: dict) -> None:
+        try:
+            self._write((json.dumps(message) + "\n").encode())
+        except OSError:  # the asker is gone; its runs go on
+            pass
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+def serve(preload: list[str], listen: str | None = None) -> None:
+    """`listen`: also take askers on a Unix socket at this path (several control planes sharing one preload, as
+    the test suite's servers do); the socket's folder keeps other users out."""
     # The protocol gets a private copy of stdout; fd 1 becomes stderr, so that a preloaded module's prints cannot
     # corrupt it.
     try:  # in the server extra; without it, runs show this interpreter's command line
@@ -102,7 +126,7 @@ def serve(preload: list[str]) -> None:
         title.setproctitle(title.getproctitle())
     except ImportError:
         title = None  # type: ignore[assignment]
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     for name in preload:
         importlib.import_module(name)
@@ -110,12 +134,21 @@ def serve(preload: list[str]) -> None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select through the wakeup fd
+    listener = None
+    if listen is not None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(listen)
+        listener.listen(64)
     # Forking is safe only from a single-threaded process: a preload that started a thread is reported.
-    replies.write(json.dumps({READY: True, "threads": threading.active_count()}) + "\n")
-    pending = b""
+    ready = {READY: True, "threads": threading.active_count()}
+    own = _Channel(0, replies.write)
+    own.say(ready)
+    channels: dict[int, _Channel] = {0: own}
+    askers: dict[int, _Channel] = {}  # run pid -> the channel that asked for it
     while True:
+        watched = [wake_r, *channels, *([listener.fileno()] if listener else [])]
         try:
-            readable, _, _ = select.select([0, wake_r], [], [], 5.0)
+            readable, _, _ = select.select(watched, [], [], 5.0)
         except InterruptedError:
             readable = []
         if wake_r in readable:
@@ -127,24 +160,41 @@ def serve(preload: list[str]) -> None:
                 break
             if pid == 0:
                 break
-            replies.write(json.dumps({"exit": pid, "code": _exit_code(status)}) + "\n")
-        if 0 in readable:
-            chunk = os.read(0, 1 << 16)
+            asker = askers.pop(pid, None)
+            if asker is not None:
+                asker.say({"exit": pid, "code": _exit_code(status)})
+        if listener is not None and listener.fileno() in readable:
+            conn, _ = listener.accept()
+            channel = channels[conn.fileno()] = _Channel(conn.fileno(), conn.sendall, conn.close)
+            channel.say(ready)
+        for fd in [fd for fd in readable if fd in channels]:
+            channel = channels[fd]
+            chunk = os.read(fd, 1 << 16)
             if not chunk:
-                return  # the control plane is gone; the runs go on, reparented
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
+                if channel is own:
+                    return  # the process that started this one is gone; the runs go on, reparented
+                channel.close()  # a control plane that went away; its runs go on
+                del channels[fd]
+                askers = {pid: asker for pid, asker in askers.items() if asker is not channel}
+                continue
+            channel.pending += chunk
+            *lines, channel.pending = channel.pending.split(b"\n")
             for line in lines:
                 try:
                     request = json.loads(line)
                     pid = os.fork()
                 except Exception as exc:  # noqa: BLE001  # a bad request or no memory to fork: say so
-                    replies.write(json.dumps({"error": repr(exc)}) + "\n")
+                    channel.say({"error": repr(exc)})
                     continue
                 if pid == 0:
-                    _run(request, [replies.fileno(), wake_r, wake_w], title)
-                replies.write(json.dumps({"pid": pid}) + "\n")
+                    private = [replies.fileno(), wake_r, wake_w, *(c for c in channels if c != 0)]
+                    _run(request, private + ([listener.fileno()] if listener else []), title)
+                askers[pid] = channel
+                channel.say({"pid": pid})
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1:])
+    if sys.argv[1:2] == ["--listen"]:
+        serve(sys.argv[3:], listen=sys.argv[2])
+    else:
+        serve(sys.argv[1:])

@@ -61,6 +61,10 @@ class ServerSettings(BaseSettings):
     # Trainers and built-in engines fork from one interpreter that imported torch, transformers and peft once
     # (service/warm_start.py): ~5 s of CPU less for each, on start-up. Only for this interpreter's own Python.
     warm_start: bool = True
+    # A warm interpreter another process started with a socket here (hone_kernel/warm_start.py --listen): runs fork
+    # from it instead of one of this server's own, so several control planes on one machine (the test suite's
+    # servers) pay for one preload, not one each. Whoever can open the socket can run code as its user.
+    warm_start_socket: Path | None = None
 
 
 class DatabaseSettings(BaseSettings):

@@ -8,15 +8,18 @@ peft costs; what differs for it is in hone_kernel/warm_start.py (its environment
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from hone_kernel.warm_start import READY
 from service.settings import Settings
@@ -73,22 +76,48 @@ class WarmProcess:
 class WarmInterpreter:
     """One `python -m hone_kernel.warm_start` process and the runs it forked."""
 
-    def __init__(self, python: str, log_path: Path, preload: tuple[str, ...] = PRELOAD):
-        # No secrets in its environment: /proc/<pid>/environ of every run shows this one, whatever the run's own.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
-        env["OMP_WAIT_POLICY"] = "PASSIVE"  # read once, when OpenMP loads: spinning workers starve other processes
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as stderr:
-            self._proc = subprocess.Popen(
-                [python, "-u", "-m", "hone_kernel.warm_start", *preload],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                start_new_session=True,  # a ^C to the control plane is not for it
-            )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
+    def __init__(
+        self,
+        python: str,
+        log_path: Path,
+        preload: tuple[str, ...] = PRELOAD,
+        *,
+        listen: Path | None = None,
+        connect: Path | None = None,
+    ):
+        """Starts `python -m hone_kernel.warm_start` (`listen`: taking other askers on a Unix socket there too), or,
+        with `connect`, asks one that another process started and that listens there."""
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._stdin: IO[bytes]
+        self._stdout: IO[bytes]
+        if connect is not None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.settimeout(START_TIMEOUT_S)
+            try:
+                self._sock.connect(str(connect))
+            except OSError:
+                self._sock.close()
+                raise
+            self._sock.settimeout(None)
+            self._stdin, self._stdout = self._sock.makefile("wb"), self._sock.makefile("rb")
+        else:
+            # No secrets in its environment: /proc/<pid>/environ of every run shows this one, whatever the run's own.
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
+            env["OMP_WAIT_POLICY"] = "PASSIVE"  # read once, when OpenMP loads: spinning workers starve the others
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as stderr:
+                self._proc = subprocess.Popen(
+                    [python, "-u", "-m", "hone_kernel.warm_start", *(["--listen", str(listen)] if listen else [])]
+                    + list(preload),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env=env,
+                    start_new_session=True,  # a ^C to the control plane is not for it
+                )
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
         self._runs: dict[int, WarmProcess] = {}
         self._replies: list[WarmProcess | dict] = []  # a run forked, or why not
         self._asked: list[str] = []  # the module and argv of the request being answered
@@ -154,11 +183,18 @@ class WarmInterpreter:
                 return reply
 
     def close(self) -> None:
-        """Stops the interpreter; its runs go on (their own sessions), as plainly started ones would."""
+        """Stops the interpreter (or leaves the shared one); its runs go on (their own sessions), as plainly started
+        ones would."""
         try:
             self._stdin.close()
         except OSError:
             pass
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            return
+        assert self._proc is not None
         try:
             self._proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -183,8 +219,20 @@ def _running(pid: int) -> bool:
 class WarmStarts:
     """The warm interpreters of this control plane, one per Python, started on first use."""
 
-    def __init__(self, enabled: bool, log_dir: Path, preload: tuple[str, ...] = PRELOAD):
+    def __init__(
+        self,
+        enabled: bool,
+        log_dir: Path,
+        preload: tuple[str, ...] = PRELOAD,
+        *,
+        listen: Path | None = None,
+        shared: Path | None = None,
+    ):
+        """`listen`: this process's interpreter also takes other processes' requests on a Unix socket there.
+        `shared`: fork this interpreter's runs from the one listening there (HONE_WARM_START_SOCKET), if it
+        answers; else from one of its own."""
         self._enabled, self._log_dir, self._preload = enabled, log_dir, preload
+        self._listen, self._shared = listen, shared
         self._interpreters: dict[str, WarmInterpreter] = {}
         self._lock = threading.Lock()
 
@@ -211,10 +259,23 @@ class WarmStarts:
         with self._lock:
             current = self._interpreters.get(python)
             if current is None or current.dead:
-                current = self._interpreters[python] = WarmInterpreter(
-                    python, self._log_dir / "warm-start.log", self._preload
-                )
+                current = self._interpreters[python] = self._start(python)
             return current
+
+    def listening(self) -> Path | None:
+        """The socket other processes can ask this process's interpreter at (`listen`), once it is started."""
+        if self._listen is not None:
+            self._interpreter(sys.executable)  # it listens before it says it is ready
+        return self._listen
+
+    def _start(self, python: str) -> WarmInterpreter:
+        log_path = self._log_dir / "warm-start.log"
+        if self._shared is not None:
+            try:
+                return WarmInterpreter(python, log_path, connect=self._shared)
+            except OSError:
+                log.warning("the shared warm interpreter does not answer; starting one", exc_info=True)
+        return WarmInterpreter(python, log_path, self._preload, listen=self._listen)
 
     def close(self) -> None:
         with self._lock:
@@ -248,7 +309,7 @@ def warm_starts(settings: Settings) -> WarmStarts:
     logs = settings.server.data_dir.resolve() / "logs"
     with _SHARED_LOCK:
         if logs not in _SHARED:
-            _SHARED[logs] = WarmStarts(settings.server.warm_start, logs)
+            _SHARED[logs] = WarmStarts(settings.server.warm_start, logs, shared=settings.server.warm_start_socket)
         return _SHARED[logs]
 
 

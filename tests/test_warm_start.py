@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from service.warm_start import PRELOAD, WarmInterpreter, WarmProcess, WarmStarts, runs_with_stdout, stdout_is
@@ -118,3 +119,29 @@ def test_a_run_that_ends_before_its_launcher_wakes_still_tells_its_exit_code():
     interpreter._read()
     (run,) = interpreter._replies
     assert isinstance(run, WarmProcess) and run.pid == 4242 and run.wait(0) == 3
+
+
+def test_control_planes_share_one_listening_interpreter_and_fall_back_to_their_own(tmp_path):
+    owner = WarmStarts(True, tmp_path / "owner", preload=(), listen=tmp_path / "warm.sock")
+    guest = WarmStarts(True, tmp_path / "guest", preload=(), shared=owner.listening())
+    lost = WarmStarts(True, tmp_path / "lost", preload=(), shared=tmp_path / "nobody.sock")
+
+    def parent_then_kill(run) -> int:
+        parent = psutil.Process(run.pid).ppid()
+        run.kill()
+        assert run.wait(30) == -signal.SIGKILL  # its end told to the process that asked for it
+        return parent
+
+    try:
+        interpreter = owner._interpreters[sys.executable]._proc.pid
+        run = guest.launch(None, "tests.warm_target", ["wait"], dict(os.environ), tmp_path / "guest.log")
+        assert parent_then_kill(run) == interpreter  # forked by the owner's interpreter
+        assert guest.launch(None, "tests.warm_target", ["4"], dict(os.environ), tmp_path / "guest.log").wait(30) == 4
+        guest.close()  # a guest leaving does not stop the interpreter
+        again = owner.launch(None, "tests.warm_target", ["wait"], dict(os.environ), tmp_path / "owner.log")
+        assert parent_then_kill(again) == interpreter
+        alone = lost.launch(None, "tests.warm_target", ["wait"], dict(os.environ), tmp_path / "lost.log")
+        assert isinstance(alone, WarmProcess) and parent_then_kill(alone) != interpreter
+    finally:
+        for starts in (owner, guest, lost):
+            starts.close()

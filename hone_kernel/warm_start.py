@@ -5,7 +5,8 @@ on a CPU machine that is most of a short job's cost and most of an engine's cold
 (service/warm_start.py) starts this module once per interpreter with the modules to preload, then asks it for
 runs over its stdin, one JSON object a line:
 
-    -> {"module": "trainer", "argv": ["--spec", "..."], "env": {...}, "stdout": "/path/to/log", "cwd": null}
+    -> {"module": "trainer", "argv": ["--spec", "..."], "env": {...}, "stdout": "/path/to/log", "cwd": null,
+        "umask": 63}
     <- {"pid": 1234}                   (or {"error": "..."})
     <- {"exit": 1234, "code": 75}      (when a run ends; a negative code is the signal that ended it, as Popen says)
 
@@ -13,7 +14,7 @@ With `--listen PATH` first, it also takes other processes' requests on a Unix so
 asker, the same lines, a ready line first): several control planes on one machine share one preload.
 
 A run is what `python -m <module> <argv>` would be: its own session (start_new_session), stdout and stderr
-appended to its log file, stdin from /dev/null, the given working directory (default: this one's), exactly the
+appended to its log file, stdin from /dev/null, the given working directory (default: this one's) and umask, exactly the
 given environment in os.environ, the module run as __main__, atexit handlers run at the end, its command line
 (with setproctitle) `python -m <module> <argv>`. Two things differ, and their users know: /proc/<pid>/environ is
 not the run's (it is this interpreter's start-up environment, without the control plane's secrets, or blank once
@@ -50,6 +51,8 @@ def _run(request: dict, private_fds: list[int], title: Any) -> None:
     code = 1
     try:
         os.setsid()
+        if request.get("umask") is not None:  # the asker's, as its own child would have it (its log file too)
+            os.umask(request["umask"])
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)

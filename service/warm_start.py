@@ -165,7 +165,14 @@ class WarmInterpreter:
     def launch(
         self, module: str, argv: list[str], env: dict[str, str], stdout: Path, cwd: Path | None = None
     ) -> WarmProcess:
-        request = {"module": module, "argv": argv, "env": env, "stdout": str(stdout), "cwd": cwd and str(cwd)}
+        request = {
+            "module": module,
+            "argv": argv,
+            "env": env,
+            "stdout": str(stdout),
+            "cwd": cwd and str(cwd),
+            "umask": _umask(),  # as a child of ours would inherit it (an interpreter shared with others has theirs)
+        }
         with self._request_lock:
             with self._cond:
                 if self.dead:
@@ -199,6 +206,17 @@ class WarmInterpreter:
             self._proc.wait(10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
+
+
+def _umask() -> int | None:
+    """This process's umask, without setting it (os.umask sets it, a race with other threads): Linux says it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return None
 
 
 def _watch_orphan(run: WarmProcess) -> None:

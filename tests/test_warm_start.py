@@ -134,7 +134,15 @@ def test_control_planes_share_one_listening_interpreter_and_fall_back_to_their_o
 
     try:
         interpreter = owner._interpreters[sys.executable]._proc.pid
-        run = guest.launch(None, "tests.warm_target", ["wait"], dict(os.environ), tmp_path / "guest.log")
+        asker = os.umask(0o027)  # the interpreter keeps the umask it started with; a run gets its asker's
+        try:
+            run = guest.launch(None, "tests.warm_target", ["wait"], dict(os.environ), tmp_path / "guest.log")
+        finally:
+            os.umask(asker)
+        log = tmp_path / "guest.log"
+        wait_for(lambda: log.exists() and log.stat().st_size > 0, 30, 0.05, "the run to start")
+        assert "Umask:\t0027" in Path(f"/proc/{run.pid}/status").read_text()
+        assert log.stat().st_mode & 0o777 == 0o640  # its log file made under that umask
         assert parent_then_kill(run) == interpreter  # forked by the owner's interpreter
         assert guest.launch(None, "tests.warm_target", ["4"], dict(os.environ), tmp_path / "guest.log").wait(30) == 4
         guest.close()  # a guest leaving does not stop the interpreter

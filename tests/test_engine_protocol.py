@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from inference.launcher import engine_command
-from tests.support import FAKE_ENGINE_PYTHON, MODEL_CACHE, REPO, free_port, wait_http
+from tests.support import FAKE_ENGINE_PYTHON, MODEL_CACHE, REPO, free_port, start_python, wait_http
 
 SERVED = "hone-tiny"
 MAX_MODEL_LEN = 256
@@ -106,8 +106,8 @@ class EngineProcess:
         env |= {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         env |= {k: v for k, v in launch.env.items() if runtime_lora or k != "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
         self.argv, self.log_path = launch.argv, log
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(launch.argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        log.unlink(missing_ok=True)
+        self.proc = start_python(launch.argv, env, log)  # warm, as the control plane starts a built-in engine
 
     def wait(self) -> EngineProcess:
         wait_http(self.url + "/health", timeout=120, proc=self.proc)
@@ -124,7 +124,6 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
 
 
 def sse_events(response: httpx.Response) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import httpx
@@ -19,11 +18,11 @@ from service.engines import EngineSpec, EngineStartError
 from service.engines.static import StaticEngines
 from service.settings import Settings
 from tests.support import (
-    REPO,
     HoneServer,
     free_port,
     jsonl,
     one_label_tickets,
+    start_python,
     wait_endpoint,
     wait_for,
     wait_http,
@@ -80,31 +79,9 @@ class OperatorServer:
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
             "OMP_NUM_THREADS": "1",
         }
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "inference",
-                    "--model",
-                    self.model,
-                    "--served-model-name",
-                    "hone-tiny",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--enable-lora",
-                    "--max-loras",
-                    "2",
-                    "--max-lora-rank",
-                    "64",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        argv = [sys.executable, "-m", "inference", "--model", self.model, "--served-model-name", "hone-tiny"]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port), "--enable-lora", "--max-loras", "2"]
+        self.proc = start_python([*argv, "--max-lora-rank", "64"], env, self.log_path)  # warm, as Hone starts one
         try:
             wait_http(self.url + "/health", timeout=120, proc=self.proc)
         except BaseException:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -26,7 +26,7 @@ from service.executors import open_executor
 from service.executors.kubernetes import EXIT_DEADLINE, EXIT_OOM, EXIT_STOPPED, KubernetesExecutor, build_job, job_name
 from service.settings import Settings
 from tests.fake_kube import FakeKube
-from tests.support import HoneServer, all_events, chat_dataset, chat_line, jsonl, wait_job
+from tests.support import HoneServer, all_events, chat_dataset, chat_line, jsonl, start_python, wait_job
 
 NS = "hone"
 
@@ -524,7 +524,7 @@ class LocalKubelet:
     def __init__(self, kube: FakeKube, log_dir: Path, hold: set[str] | None = None, bad_image: bool = False):
         self.kube, self.log_dir, self.hold = kube, log_dir, hold if hold is not None else set()
         self.bad_image = bad_image  # every pod's image fails to pull
-        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+        self.procs: dict[str, tuple[Any, Path]] = {}  # Popen-like
         self.preempting: set[str] = set()
         self.started: list[str] = []
         self._stop = threading.Event()
@@ -565,15 +565,9 @@ class LocalKubelet:
         env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         out = self.log_dir / f"{name}.log"
-        with open(out, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *container["command"][1:], *container["args"]],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        out.unlink(missing_ok=True)
+        # Warm, as a local trainer starts: a pod's container is a fresh process either way.
+        proc = start_python([sys.executable, *container["command"][1:], *container["args"]], env, out)
         self.procs[name] = (proc, out)
         self.started.append(name)
         self.kube.run_pod(NS, name)

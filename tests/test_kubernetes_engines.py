@@ -39,7 +39,7 @@ from service.engines.kubernetes import (
 )
 from service.settings import Settings
 from tests.fake_engine.engine import answer_of
-from tests.support import FAKE_ENGINE_PYTHON, REPO, free_port, wait_for, wait_http
+from tests.support import FAKE_ENGINE_PYTHON, REPO, free_port, start_python, wait_for, wait_http
 
 K8S_VERSION = kubernetes_validate.latest_version()
 
@@ -592,16 +592,9 @@ class SimulatedEngines:
             ]
 
         for init in spec["spec"].get("initContainers", []):  # in order, each to completion, as the kubelet does
-            with open(folder / f"{init['name']}.log", "ab") as log:
-                done = subprocess.run(
-                    local_argv(init),
-                    cwd=REPO,
-                    env=self._container_env(init),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    timeout=300,
-                )
+            # Warm when it is this Python (the fetcher), as the control plane starts its own processes.
+            done = start_python(local_argv(init), self._container_env(init), folder / f"{init['name']}.log")
+            done.wait(300)
             self.inits_run.append((pod_name, init["name"], done.returncode))
             if done.returncode != 0:
                 message = (folder / f"{init['name']}.log").read_text()[-500:]
@@ -636,18 +629,7 @@ class SimulatedEngines:
             port = {p["name"]: p["containerPort"] for p in container["ports"]}
             probe = container["readinessProbe"]["httpGet"]
             health.append(f"http://{ip}:{port.get(probe['port'], probe['port'])}{probe['path']}")
-            with open(folder / f"{container['name']}.log", "ab") as log:
-                procs.append(
-                    subprocess.Popen(
-                        argv,
-                        cwd=REPO,
-                        env=self._container_env(container),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
+            procs.append(start_python(argv, self._container_env(container), folder / f"{container['name']}.log"))
         self.running[name] = {
             "pod": pod_name,
             "procs": procs,

@@ -158,11 +158,16 @@ def test_adapters_hot_load_into_a_server_hone_does_not_run(moto, tmp_path, opera
         assert http.get(f"/v1/endpoints/{endpoint['id']}").status_code == 404  # another project's
 
         # The operator restarts the server: its runtime-loaded adapters are gone, and Hone loads them again.
+        # (Hone may load it again before this test looks: what shows it was gone is the new process being asked.)
+        before, logged = operator.proc.pid, operator.log_path.stat().st_size
         operator.stop()
         operator.start()
-        assert job.fine_tuned_model not in operator.models()
+        assert operator.proc.pid != before
         again = _wait_restarts(owner, endpoint["id"], endpoint["restarts"] + 1)
         assert again["state"] == "ready" and job.fine_tuned_model in operator.models()
+        with open(operator.log_path, "rb") as log:
+            log.seek(logged)
+            assert b'"path": "/v1/load_lora_adapter"' in log.read()  # Hone loaded it into the new process
 
         # Deleting the endpoint unloads the adapter; the server itself keeps running (it is not Hone's).
         assert owner.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200

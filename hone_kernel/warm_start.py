@@ -104,8 +104,8 @@ class _Channel:
     """One asker: this interpreter's own stdin and stdout (the process that started it), or a connection to its
     socket. Requests come in as lines; the replies about a run go to the channel that asked for it."""
 
-    def __init__(self, fd_in: int, write: Any, close: Any = None):
-        self.fd_in, self._write, self._close, self.pending = fd_in, write, close, b""
+    def __init__(self, write: Any, close: Any = None):
+        self._write, self._close, self.pending = write, close, b""
 
     def say(self, message: dict) -> None:
         try:
@@ -150,7 +150,7 @@ def serve(preload: list[str], listen: str | None = None) -> None:
         listener.listen(64)
     # Forking is safe only from a single-threaded process: a preload that started a thread is reported.
     ready = {READY: True, "threads": threading.active_count()}
-    own = _Channel(0, replies.write)
+    own = _Channel(replies.write)
     own.say(ready)
     channels: dict[int, _Channel] = {0: own}
     askers: dict[int, _Channel] = {}  # run pid -> the channel that asked for it
@@ -174,7 +174,7 @@ def serve(preload: list[str], listen: str | None = None) -> None:
                 asker.say({"exit": pid, "code": _exit_code(status)})
         if listener is not None and listener.fileno() in readable:
             conn, _ = listener.accept()
-            channel = channels[conn.fileno()] = _Channel(conn.fileno(), conn.sendall, conn.close)
+            channel = channels[conn.fileno()] = _Channel(conn.sendall, conn.close)
             channel.say(ready)
         for fd in [fd for fd in readable if fd in channels]:
             channel = channels[fd]

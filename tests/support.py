@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from service.warm_start import PRELOAD, WarmStarts, start_cold
+from service.warm_start import PRELOAD, WarmStarts
 from tests.openai_schemas import validator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,10 +150,10 @@ def warm_socket() -> Path:
 def start_python(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO):
     """`argv`, a `python -m <module> ...` a test runs itself (an engine Hone does not start), as the control plane
     starts its own: forked from this test process's warm interpreter when it is this Python, else cold. Its stdout
-    and stderr are appended to `log_path`; a Popen-like handle either way."""
-    if argv[:2] == [sys.executable, "-m"]:
-        return _server_starts().launch(None, argv[2], argv[3:], env, log_path, cwd=cwd)
-    return start_cold(argv, env, log_path, cwd)
+    and stderr are appended to `log_path`; a Popen-like handle either way (WarmStarts.launch picks, by the Python)."""
+    python, flag, module, *rest = argv
+    assert flag == "-m", argv
+    return _server_starts().launch(python, module, rest, env, log_path, cwd=cwd)
 
 
 class HoneServer:

@@ -5,7 +5,8 @@ then asks Prometheus's HTTP API what it saw. PostgreSQL and S3 (moto) underneath
 The engines are the FAKE engine of tests/fake_engine (HONE_ENGINE_PYTHON): what is observed here is the control
 plane and what Prometheus finds, not the model, and the built-in engine would import torch and load a model at
 each start. The fake exports vLLM's metric names through the built-in engine's own metrics module, counted as
-the built-in engine counts them."""
+the built-in engine counts them. The trainers are the FAKE trainer of tests/fake_trainer (real process, spec,
+reports and storage; sleeping steps), so that a job trains at a pace a 1 s scrape can watch on any machine."""
 
 from __future__ import annotations
 
@@ -119,6 +120,9 @@ def observed(tmp_path_factory, moto):
         "HONE_LOCAL_SLOTS": "1",
         "HONE_AUTO_DEPLOY": "true",
         "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON,
+        # The FAKE trainer (tests/fake_trainer), at a pace Prometheus can watch: the real one trained this job's 90
+        # steps in under 4 s on a fast machine, between two looks for "while it trains" (a flaky 120 s failure).
+        **fake_trainer_env(step_s=0.1),
     }
     folder = tmp_path_factory.mktemp("observability")
     server = HoneServer(folder / "server", env)

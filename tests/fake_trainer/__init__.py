@@ -15,7 +15,8 @@ layout and its commit marker (`trainer.checkpoints`), the exit codes, and SIGTER
 What is fake (`tests/fake_trainer/loop.py`, in place of `trainer.loop`): the model and the steps. No model is
 loaded (a base model's source is only checked to exist), a step sleeps `FAKE_TRAINER_STEP_S` seconds (default
 0.05) and reports a deterministic loss (a function of seed and step, so a replayed step reports the same), the
-"tokens" of an example are its line's words, and checkpoint and adapter files hold JSON stand-ins under the real
-names. Nothing it writes can be served: tests of learning, exact resume, DPO, adapters that serve and the
-trainer's own storage faults keep the real trainer.
+"tokens" of an example are its line's words, and checkpoint and adapter files hold stand-ins under the real
+names (a peft-shaped adapter_config.json and tiny zero tensors under LoRA's key names). The FAKE engine
+(tests/fake_engine) serves such an adapter, as it checks adapters the way vLLM does; no real engine could. Tests
+of learning, exact resume, DPO, adapters that serve and the trainer's own storage faults keep the real trainer.
 """

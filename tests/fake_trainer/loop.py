@@ -13,6 +13,9 @@ import signal
 import time
 from pathlib import Path
 
+import numpy
+import safetensors.numpy
+
 from hone_kernel import tiny_model
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
@@ -134,11 +137,31 @@ class Run:
                 figures[key] = metrics[key]
         return figures  # no `mfu`: the real trainer reports it only on a GPU of known peak
 
-    # --- storage: the real layout, JSON stand-ins for the weights ---------------------------------------
+    # --- storage: the real layout, stand-ins for the weights (zeros under LoRA's names) ---------------------------------------
 
     def _fake_weights(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "adapter_config.json").write_text(json.dumps({"fake": FAKE, "base_model": self.spec.model_name}))
+        hp = self.spec.hyperparameters
+        # peft's names and vLLM's required fields, so that the FAKE engine (tests/fake_engine), which checks an
+        # adapter as vLLM does, serves what the fake trains; the tensors are tiny zeros under LoRA's key names.
+        config = {
+            "fake": FAKE,
+            "base_model": self.spec.model_name,
+            "peft_type": "LORA",
+            "r": hp.lora_rank,
+            "lora_alpha": hp.lora_alpha,
+            "target_modules": list(hp.lora_target_modules),
+        }
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        tensors = {
+            f"base_model.model.model.layers.0.self_attn.{module}.lora_{half}.weight": numpy.zeros((1, 1), "float32")
+            for module in hp.lora_target_modules
+            for half in "AB"
+        }
+        safetensors.numpy.save_file(tensors, str(folder / "adapter_model.safetensors"))
+        # No rows to replay: the fake tokenizes nothing, so the parity gate has nothing to compare (the gate
+        # itself is tested on what the real trainer publishes).
+        (folder / "parity_samples.json").write_text(json.dumps({"fake": FAKE, "samples": []}))
         (folder / "hone_serving.json").write_text(
             json.dumps(
                 {

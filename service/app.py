@@ -19,6 +19,7 @@ from service.api import (
     files,
     fine_tuning,
     gateway,
+    graders,
     health,
     internal,
     models,
@@ -34,6 +35,7 @@ from service.engines import engine_api_keys, open_engine_backend
 from service.executors import open_executor
 from service.files import expire_files
 from service.gateway import Gateway
+from service.grading import Graders
 from service.hints import AppHinter, Loop
 from service.http_metrics import HttpMetrics
 from service.job_validation import advance_validating_jobs
@@ -103,6 +105,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         usage = app.state.usage = UsageBook()
         loops.add(BackgroundLoop(Loop.USAGE, lambda: usage.flush(ctx.db), settings.serving.usage_flush_s))
         app.state.gateway = Gateway(ctx, usage, engine_api_keys(settings))
+        app.state.graders = Graders(ctx, app.state.gateway)
         ctx.hinter = AppHinter(loops, app.state.gateway)  # the domain's changes wake these loops now
         leader = app.state.leader = LeaderLock(settings.server.data_dir.resolve() / "leader.lock")
         duties = _LeaderDuties(app, ctx)
@@ -166,6 +169,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         base_models.router,
         models.router,
         endpoints.router,
+        graders.router,
         vertex.router,
         internal.router,
     ):

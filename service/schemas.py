@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import functools
 import math
 from typing import Annotated, Any, Literal
 
@@ -17,7 +15,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+
+from hone_kernel.graders.spec import Grader
+from hone_kernel.strict import refuse_unknown_keys
 
 
 def _auto_or(
@@ -59,31 +59,6 @@ BatchSize = Annotated[Any, *_auto_or(int, ge=1, le=256)]
 LearningRateMultiplier = Annotated[Any, *_auto_or(float, gt=0, le=1e6)]
 Epochs = Annotated[Any, *_auto_or(int, ge=1, le=50)]
 Beta = Annotated[Any, *_auto_or(float, gt=0, le=2)]
-
-
-@functools.cache
-def _known_keys(model: type[BaseModel]) -> frozenset[str]:
-    keys = set()
-    for name, info in model.model_fields.items():
-        keys |= {name, info.alias or name}
-    return frozenset(keys)
-
-
-def refuse_unknown_keys(model: type[BaseModel], data: Any, refused: dict[str, str]) -> Any:
-    """Refuses a key the model does not know (with "did you mean" for a near miss) and a key it knows but Hone does
-    not honour (`refused`: key -> why). The error carries the key in its context, so that the envelope names the
-    full path (`method.supervised.hyperparameters.lora_rnk`) even though the model itself is the error's location."""
-    if not isinstance(data, dict):
-        return data
-    known = _known_keys(model)
-    for key in data:
-        if key in refused:
-            raise PydanticCustomError("unsupported_field", "{reason}", {"field": key, "reason": refused[key]})
-        if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise PydanticCustomError("unknown_field", "unrecognized field{hint}", {"field": key, "hint": hint})
-    return data
 
 
 class _Body(BaseModel):
@@ -235,3 +210,15 @@ class CreateProject(_Body):
 
 class CreateServiceAccount(_Body):
     name: str = Field(min_length=1, max_length=256)
+
+
+class GraderRunRequest(_Body):
+    """POST /v1/fine_tuning/alpha/graders/run, as OpenAI's."""
+
+    grader: Grader
+    model_sample: str
+    item: Any = None
+
+
+class GraderValidateRequest(_Body):
+    grader: Grader

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from hone_kernel.graders.sandbox import SandboxLimits
 from service.datasets import MIN_TRAINING_EXAMPLES
 
 _ENV = SettingsConfigDict(env_prefix="HONE_", extra="ignore")
@@ -219,6 +220,28 @@ class KubernetesSettings(BaseSettings):
         ).resolve()
 
 
+class GradersSettings(BaseSettings):
+    """Graders (hone_kernel/graders): graders/run, evals. A python grader runs in a sandbox process with these
+    limits, each grade in a process of its own."""
+
+    model_config = _ENV
+
+    grader_timeout_s: float = Field(default=10.0, gt=0)  # wall clock per python grade
+    grader_cpu_s: int = Field(default=5, ge=1)
+    grader_memory_mb: int = Field(default=1024, ge=64)  # address space: numpy imports in 1 GiB
+    grader_file_mb: int = Field(default=16, ge=1)  # largest file it may write in its scratch folder
+    grader_processes: int = Field(default=4, ge=1)  # python grades at once per server process; the rest wait
+    grader_model_retries: int = Field(default=2, ge=0)  # a model grader's call retried on 502/503 and timeouts
+
+    def sandbox_limits(self) -> SandboxLimits:
+        return SandboxLimits(
+            timeout_s=self.grader_timeout_s,
+            cpu_s=self.grader_cpu_s,
+            memory_bytes=self.grader_memory_mb << 20,
+            file_bytes=self.grader_file_mb << 20,
+        )
+
+
 GROUPS: dict[str, type[BaseSettings]] = {
     "server": ServerSettings,
     "database": DatabaseSettings,
@@ -227,6 +250,7 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "training": TrainingSettings,
     "serving": ServingSettings,
     "kubernetes": KubernetesSettings,
+    "graders": GradersSettings,
 }
 _GROUP_OF = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 # Every setting by its flat name (the variable's, less HONE_), whatever its group.
@@ -243,6 +267,7 @@ class Settings(BaseModel):
     training: TrainingSettings
     serving: ServingSettings
     kubernetes: KubernetesSettings
+    graders: GradersSettings
 
     def __init__(self, **values: Any) -> None:
         # Flat names or groups, both routed by _groups below (a signature of the groups alone would refuse flat ones)

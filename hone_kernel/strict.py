@@ -1,0 +1,51 @@
+"""Request models that refuse what they do not know: a key the model lacks, or one it knows but Hone does not
+honour, is an error naming that key (the API answers 400 with its full path), never stored and ignored.
+
+Shared by the control plane's request bodies (service/schemas.py) and the graders (hone_kernel/graders), which the
+trainer reads too."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+
+@functools.cache
+def _known_keys(model: type[BaseModel]) -> frozenset[str]:
+    keys = set()
+    for name, info in model.model_fields.items():
+        keys |= {name, info.alias or name}
+    return frozenset(keys)
+
+
+def refuse_unknown_keys(model: type[BaseModel], data: Any, refused: dict[str, str]) -> Any:
+    """Refuses a key the model does not know (with "did you mean" for a near miss) and a key it knows but Hone does
+    not honour (`refused`: key -> why). The error carries the key in its context, so that the envelope names the
+    full path (`method.supervised.hyperparameters.lora_rnk`) even though the model itself is the error's location."""
+    if not isinstance(data, dict):
+        return data
+    known = _known_keys(model)
+    for key in data:
+        if key in refused:
+            raise PydanticCustomError("unsupported_field", "{reason}", {"field": key, "reason": refused[key]})
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise PydanticCustomError("unknown_field", "unrecognized field{hint}", {"field": key, "hint": hint})
+    return data
+
+
+class StrictModel(BaseModel):
+    """Unknown keys and non-finite numbers are refused; `refused` names known keys Hone does not honour."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    refused: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown(cls, data: Any) -> Any:
+        return refuse_unknown_keys(cls, data, cls.refused)

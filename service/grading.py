@@ -1,0 +1,115 @@
+"""Graders for a project: `/v1/fine_tuning/alpha/graders/run` and `/validate`, and what evals grade with.
+
+The graders themselves (hone_kernel/graders) know nothing of projects; this module adds what does: a model
+grader's model must be one the project can call (a base model, or one of its own tuned models or checkpoints),
+and it is called through the gateway, as the project's own requests are, so its tokens count as the project's
+usage. Python graders run in sandbox processes, at most `grader_processes` at once in this server process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from hone_kernel.graders import run as grading
+from hone_kernel.graders import spec
+from service.auth import ProjectPrincipal
+from service.context import AppContext
+from service.endpoints import resolve_model
+from service.errors import ApiError, ErrorCode, InvalidRequest, NotFound, excerpt
+
+RETRY_BACKOFF_S = (0.5, 2.0, 5.0)
+_RETRIED_STATUS = frozenset({502, 503, 504})
+
+
+class GatewayModels:
+    """A model grader's calls, as a project's chat completions through the gateway; 502/503/504 and refused
+    connections are retried `retries` times."""
+
+    def __init__(self, gateway: Any, project_id: str, retries: int):
+        self.gateway, self.project_id, self.retries = gateway, project_id, retries
+
+    async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> grading.ModelReply:
+        body = {"model": model, "messages": messages, **params}
+        raw = json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await self.gateway.relay(self.project_id, "/v1/chat/completions", raw, body, None)
+            except ApiError as exc:
+                if exc.status_code in _RETRIED_STATUS and not last:
+                    await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                    continue
+                raise grading.ModelCallFailed(f"{model}: {exc.message}") from None
+            if response.status_code in _RETRIED_STATUS and not last:
+                await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                continue
+            return _reply(model, response.status_code, bytes(response.body))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _reply(model: str, status: int, content: bytes) -> grading.ModelReply:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    if status != 200 or not isinstance(body, dict):
+        message = ((body or {}).get("error") or {}).get("message") if isinstance(body, dict) else None
+        raise grading.ModelCallFailed(f"{model} answered HTTP {status}: {excerpt(message or content, 300)}")
+    try:
+        choice = body["choices"][0]
+        text = choice["message"].get("content") or ""
+        usage = body.get("usage") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise grading.ModelCallFailed(f"{model} answered without a choice") from None
+    return grading.ModelReply(
+        text,
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        choice.get("finish_reason"),
+    )
+
+
+class Graders:
+    """Grading for this server process: the sandbox's limits and slots, and the gateway for model graders."""
+
+    def __init__(self, ctx: AppContext, gateway: Any):
+        self.ctx, self.gateway = ctx, gateway
+        settings = ctx.settings.graders
+        self.limits = settings.sandbox_limits()
+        self.python_slots = asyncio.Semaphore(settings.grader_processes)
+
+    def env(self, project_id: str) -> grading.GradingEnv:
+        models = GatewayModels(self.gateway, project_id, self.ctx.settings.graders.grader_model_retries)
+        return grading.GradingEnv(limits=self.limits, models=models, python_slots=self.python_slots)
+
+    async def check_models(self, principal: ProjectPrincipal, grader: Any, param: str = "grader") -> None:
+        """400 naming the grader's model when the project cannot call it (another project's model does not exist
+        for this one)."""
+        models = spec.models_of(grader)
+        if models:
+            await run_in_threadpool(self._check_models, principal.project_id, models, param)
+
+    def _check_models(self, project_id: str, models: set[str], param: str) -> None:
+        with self.ctx.db.read() as session:
+            for model in sorted(models):
+                try:
+                    resolve_model(self.ctx, session, project_id, model)
+                except NotFound:
+                    raise InvalidRequest(
+                        f"The grader's model '{excerpt(model)}' does not exist or you do not have access to it.",
+                        param=f"{param}.model",
+                        code=ErrorCode.MODEL_NOT_FOUND,
+                    ) from None
+
+    async def validate(self, principal: ProjectPrincipal, grader: Any) -> dict[str, Any]:
+        await self.check_models(principal, grader)
+        return {"grader": grader.model_dump(exclude_none=True)}
+
+    async def run(self, principal: ProjectPrincipal, grader: Any, model_sample: str, item: Any) -> dict[str, Any]:
+        await self.check_models(principal, grader)
+        sample = grading.sample_from_text(model_sample)
+        result = await grading.grade(grader, sample, {} if item is None else item, self.env(principal.project_id))
+        return result.response()

@@ -40,9 +40,10 @@ def refuse_unknown_keys(model: type[BaseModel], data: Any, refused: dict[str, st
 
 
 class StrictModel(BaseModel):
-    """Unknown keys and non-finite numbers are refused; `refused` names known keys Hone does not honour."""
+    """Unknown keys and non-finite numbers are refused, and nothing is coerced (`false` is no 0.0, `"1"` no 1);
+    `refused` names known keys Hone does not honour."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     refused: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")

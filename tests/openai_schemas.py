@@ -31,6 +31,9 @@ ROUTES = [
     ("DELETE", r"/v1/models/.+", "DeleteModelResponse"),
     ("POST", r"/v1/chat/completions", "CreateChatCompletionResponse"),
     ("POST", r"/v1/completions", "CreateCompletionResponse"),
+    # Not in the reference file: the schemas of the openai SDK's own models for them (see _SDK_MODELS)
+    ("POST", r"/v1/fine_tuning/alpha/graders/run", "sdk:GraderRunResponse"),
+    ("POST", r"/v1/fine_tuning/alpha/graders/validate", "sdk:GraderValidateResponse"),
 ]
 
 CHECKED: list[str] = []  # schema names seen, so tests can assert coverage
@@ -41,8 +44,18 @@ def schemas() -> dict:
     return json.loads(SCHEMAS_PATH.read_text())
 
 
+def _sdk_schema(name: str) -> dict:
+    """The JSON Schema of an openai SDK response model (generated from OpenAI's OpenAPI document), with every
+    field it declares required as the SDK declares it; aliases are the wire names."""
+    from openai.types.fine_tuning import alpha
+
+    return getattr(alpha, name).model_json_schema(by_alias=True)
+
+
 @lru_cache
 def validator(name: str) -> Draft202012Validator:
+    if name.startswith("sdk:"):
+        return Draft202012Validator(_sdk_schema(name.removeprefix("sdk:")))
     return Draft202012Validator(schemas()[name])
 
 

@@ -103,8 +103,8 @@ def _outcome(returncode: int | None, out: bytes, err: bytes, limits: SandboxLimi
         isolation = reply.get("isolation")
         if "score" in reply:
             return SandboxOutcome(score=float(reply["score"]), isolation=isolation)
-        if reply.get("kind") == "memory":
-            return SandboxOutcome(limit="memory", error=str(reply.get("error")), isolation=isolation)
+        if reply.get("kind") in ("memory", "file_size"):
+            return SandboxOutcome(limit=reply["kind"], error=str(reply.get("error")), isolation=isolation)
         return SandboxOutcome(error=str(reply.get("error")), isolation=isolation)
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         return SandboxOutcome(limit="cpu", error=f"the grader used up its {limits.cpu_s} s of CPU")

@@ -13,6 +13,7 @@ In order, before that code runs:
    installed packages, so `import numpy` works); the modules that bypass audit events cannot be imported.
 The parent (sandbox.py) adds the wall-clock limit and kills the process group."""
 
+import errno
 import json
 import math
 import os
@@ -178,6 +179,11 @@ def main() -> None:
         reply["score"] = float(score)
     except MemoryError:
         reply["error"], reply["kind"] = "MemoryError: the grader went over its memory limit", "memory"
+    except OSError as exc:
+        if exc.errno != errno.EFBIG:  # Python ignores SIGXFSZ: a write past RLIMIT_FSIZE fails with EFBIG
+            reply["error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            reply["error"], reply["kind"] = "the grader wrote a file over its size limit", "file_size"
     except BaseException as exc:  # the user's error, whatever it is (SystemExit included), is the grade's error
         frames = traceback.extract_tb(exc.__traceback__)
         where = next((f"line {f.lineno}" for f in reversed(frames) if f.filename == "grader.py"), "")

@@ -50,3 +50,21 @@ class StrictModel(BaseModel):
     @classmethod
     def _refuse_unknown(cls, data: Any) -> Any:
         return refuse_unknown_keys(cls, data, cls.refused)
+
+
+# The `type` values of the tagged unions in request bodies (graders, eval data sources): pydantic puts the tag in
+# an error's location (`grader.string_check.operation`), which no request ever wrote. Modules that define such
+# unions register their tags here.
+UNION_TAGS: set[str] = set()
+
+
+def without_union_tags(loc: tuple) -> tuple:
+    """A validation error's location as the request wrote it: `grader.string_check.operation` -> `grader.operation`,
+    `testing_criteria.0.python.source` -> `testing_criteria.0.source`. A key of a map of graders that happens to be
+    a tag (`graders.python`) stays: the tag is never the last part, nor right after `graders`."""
+    out: list = []
+    for i, part in enumerate(loc):
+        if part in UNION_TAGS and i + 1 < len(loc) and (i == 0 or loc[i - 1] != "graders"):
+            continue
+        out.append(part)
+    return tuple(out)

@@ -16,6 +16,7 @@ from service.api import (
     base_models,
     dataset_grants,
     endpoints,
+    evals,
     files,
     fine_tuning,
     gateway,
@@ -32,6 +33,7 @@ from service.api.routing import DATABASE_LANE
 from service.context import AppContext
 from service.deploy.deployer import EndpointDeployer
 from service.engines import engine_api_keys, open_engine_backend
+from service.eval_runner import EvalRunner
 from service.executors import open_executor
 from service.files import expire_files
 from service.gateway import Gateway
@@ -58,6 +60,7 @@ class _LeaderDuties:
     def __init__(self, app: FastAPI, ctx: AppContext):
         self.app, self.ctx = app, ctx
         self.deployer: EndpointDeployer | None = None
+        self.eval_runner: EvalRunner | None = None
 
     async def take_up(self) -> None:
         ctx, settings, loops = self.ctx, self.ctx.settings, self.app.state.loops
@@ -85,8 +88,12 @@ class _LeaderDuties:
         )
         loops.add(BackgroundLoop(Loop.FILE_EXPIRY, lambda: expire_files(ctx), settings.files.file_expiry_poll_s))
         loops.add(BackgroundLoop(Loop.ENDPOINTS, self.deployer.tick, settings.serving.endpoint_poll_s))
+        self.eval_runner = EvalRunner(ctx, self.app.state.graders, asyncio.get_running_loop())
+        loops.add(BackgroundLoop(Loop.EVALS, self.eval_runner.tick, settings.graders.eval_poll_s, min_gap=WAKE_BATCH_S))
 
     async def lay_down(self) -> None:
+        if self.eval_runner is not None:
+            await self.eval_runner.stop()  # its runs stay in progress: the next leader finishes them
         if self.deployer is not None:
             await run_in_threadpool(self.deployer.close)  # engines are children of this process: stop them
 
@@ -138,8 +145,8 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
             yield
         finally:
             await loops.stop()
+            await duties.lay_down()  # eval runs stop before the gateway they sample through closes
             await app.state.gateway.close()
-            await duties.lay_down()
             await run_in_threadpool(usage.flush, ctx.db)
             leader.release()
             ctx.db.dispose()
@@ -170,6 +177,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         models.router,
         endpoints.router,
         graders.router,
+        evals.router,
         vertex.router,
         internal.router,
     ):

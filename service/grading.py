@@ -85,22 +85,26 @@ class Graders:
         models = GatewayModels(self.gateway, project_id, self.ctx.settings.graders.grader_model_retries)
         return grading.GradingEnv(limits=self.limits, models=models, python_slots=self.python_slots)
 
+    async def check_model(self, principal: ProjectPrincipal, model: str, param: str) -> None:
+        """400 naming `param` unless the project can call `model`."""
+        await run_in_threadpool(self._check_models, principal.project_id, {model}, param, "")
+
     async def check_models(self, principal: ProjectPrincipal, grader: Any, param: str = "grader") -> None:
         """400 naming the grader's model when the project cannot call it (another project's model does not exist
         for this one)."""
         models = spec.models_of(grader)
         if models:
-            await run_in_threadpool(self._check_models, principal.project_id, models, param)
+            await run_in_threadpool(self._check_models, principal.project_id, models, f"{param}.model", "grader's ")
 
-    def _check_models(self, project_id: str, models: set[str], param: str) -> None:
+    def _check_models(self, project_id: str, models: set[str], param: str, whose: str) -> None:
         with self.ctx.db.read() as session:
             for model in sorted(models):
                 try:
                     resolve_model(self.ctx, session, project_id, model)
                 except NotFound:
                     raise InvalidRequest(
-                        f"The grader's model '{excerpt(model)}' does not exist or you do not have access to it.",
-                        param=f"{param}.model",
+                        f"The {whose}model '{excerpt(model)}' does not exist or you do not have access to it.",
+                        param=param,
                         code=ErrorCode.MODEL_NOT_FOUND,
                     ) from None
 

@@ -19,6 +19,7 @@ class Loop(StrEnum):
     ENDPOINTS = "endpoints"  # the deployer: engines match endpoints
     FILE_EXPIRY = "file-expiry"
     USAGE = "usage"  # the gateway's usage book flushed to the database
+    EVALS = "evals"  # eval runs: queued ones started, canceled or deleted ones stopped
     LEADERSHIP = "leadership"  # a standby worker waiting to take the loops over
 
 

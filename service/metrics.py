@@ -78,6 +78,12 @@ GATEWAY_REQUESTS = Counter(
     ["model", "status"],
     registry=REGISTRY,
 )
+EVAL_OUTPUT_ITEMS = Counter(
+    "hone_eval_output_items",
+    "Rows of eval runs sampled and graded, by outcome (pass, fail, error).",
+    ["status"],
+    registry=REGISTRY,
+)
 GATEWAY_TOKENS = Counter(
     "hone_gateway_tokens",
     "Tokens through the gateway, by model and type (prompt|completion).",

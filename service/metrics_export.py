@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 
 from service import metrics
 from service.context import AppContext
-from service.db.tables import Endpoint, Job
+from service.db.tables import Endpoint, EvalRun, Job
 from service.endpoint_states import LIVE, EndpointState
+from service.eval_states import RunStatus
 from service.job_states import JobStatus
 
 log = logging.getLogger("hone.metrics")
@@ -103,6 +104,7 @@ class MetricsExporter:
                 ).where(Job.status == JobStatus.RUNNING.value)
             ).all()
             endpoint_counts = dict(session.execute(select(Endpoint.state, func.count()).group_by(Endpoint.state)).all())
+            run_counts = dict(session.execute(select(EvalRun.status, func.count()).group_by(EvalRun.status)).all())
             live = session.execute(
                 select(Endpoint.id, Endpoint.model, Endpoint.base_model, Endpoint.state).where(
                     Endpoint.state != EndpointState.STOPPED.value
@@ -112,6 +114,9 @@ class MetricsExporter:
         jobs = GaugeMetricFamily("hone_jobs", "Fine-tuning jobs by status.", labels=["status"])
         for status in JobStatus:
             jobs.add_metric([status.value], job_counts.get(status.value, 0))
+        runs = GaugeMetricFamily("hone_eval_runs", "Eval runs by status.", labels=["status"])
+        for run_status in RunStatus:
+            runs.add_metric([run_status.value], run_counts.get(run_status.value, 0))
         depth = GaugeMetricFamily("hone_queue_depth", "Jobs waiting in the queue.")
         depth.add_metric([], job_counts.get(JobStatus.QUEUED.value, 0))
         oldest = GaugeMetricFamily(
@@ -154,7 +159,7 @@ class MetricsExporter:
                     1 if state == EndpointState.READY.value else 0,
                 )
         live_models = {name for _, model, base_model, _ in live for name in (model, base_model)}
-        return [jobs, depth, oldest, tokens, finish, *per_job.values(), endpoints, up], live_models
+        return [jobs, depth, oldest, tokens, finish, *per_job.values(), endpoints, up, runs], live_models
 
 
 def scrape_targets(ctx: AppContext) -> list[dict]:

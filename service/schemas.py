@@ -6,6 +6,7 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -157,6 +158,20 @@ class Integration(_Body):
     wandb: WandbSettings
 
 
+def _metadata_limits(value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's metadata: at most 16 pairs, keys of 1 to 64 characters, values of at most 512."""
+    if value is not None:
+        if len(value) > 16:
+            raise ValueError("at most 16 keys are allowed")
+        for key in value:
+            if not 1 <= len(key) <= 64:
+                raise ValueError(f"key {key[:70]!r} must be 1 to 64 characters")
+    return value
+
+
+Metadata = Annotated[dict[str, Annotated[str, Field(max_length=512)]] | None, AfterValidator(_metadata_limits)]
+
+
 class CreateFineTuningJob(_Body):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
@@ -165,7 +180,7 @@ class CreateFineTuningJob(_Body):
     method: Method | None = None
     suffix: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     seed: int | None = Field(default=None, ge=0, le=2147483647)
-    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+    metadata: Metadata = None
     integrations: list[Integration] | None = Field(default=None, max_length=5)
     priority: int = Field(
         default=0,
@@ -178,17 +193,6 @@ class CreateFineTuningJob(_Body):
         description="Hone: deploy an endpoint for the tuned model when the job "
         "succeeds (unless HONE_AUTO_DEPLOY is off).",
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, value):
-        if value is not None:
-            if len(value) > 16:
-                raise ValueError("at most 16 keys are allowed")
-            for key in value:
-                if not 1 <= len(key) <= 64:
-                    raise ValueError(f"key {key[:70]!r} must be 1 to 64 characters")
-        return value
 
 
 class CreateEndpoint(_Body):

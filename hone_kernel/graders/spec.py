@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from hone_kernel.graders import formula, templates
-from hone_kernel.strict import StrictModel
+from hone_kernel.strict import UNION_TAGS, StrictModel
 
 PYTHON_SOURCE_BYTES = 256 * 1024  # OpenAI's limit on a python grader's source
 NAME_CHARS = 256
@@ -212,14 +212,4 @@ def models_of(grader: Any) -> set[str]:
 
 
 TYPES = frozenset({"string_check", "text_similarity", "python", "score_model", "label_model", "multi"})
-
-
-def without_union_tags(loc: tuple) -> tuple:
-    """A validation error's location without the grader type pydantic puts after each grader union
-    (`grader.string_check.operation` -> `grader.operation`), so that errors name fields as the request wrote them."""
-    out: list = []
-    for part in loc:
-        if part in TYPES and out and (out[-1] == "grader" or (len(out) >= 2 and out[-2] == "graders")):
-            continue
-        out.append(part)
-    return tuple(out)
+UNION_TAGS.update(TYPES, {"input_text", "output_text", "input_image"})

@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from hone_kernel.graders.spec import without_union_tags
+from hone_kernel.strict import without_union_tags
 from service.errors import ApiError, ErrorCode, bounded, outage_code, param_from_loc
 from service.logs import scope_fields
 from service.storage import StorageUnavailable
@@ -143,9 +143,10 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {}
         kind, ctx = first.get("type", ""), first.get("ctx") or {}
-        loc = without_union_tags(tuple(first.get("loc", ())))
+        loc = tuple(first.get("loc", ()))
         if kind in ("unknown_field", "unsupported_field"):  # raised by the model that holds the key: name the key
             loc += (ctx.get("field"),)
+        loc = without_union_tags(loc)
         param = param_from_loc(loc)
         if kind == "unknown_field":
             code = ErrorCode.UNKNOWN_PARAMETER

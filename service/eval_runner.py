@@ -155,7 +155,7 @@ class EvalRunner:
             messages = sampling_messages(item, source["input_messages"])
         except (templates.TemplateError, ValueError) as exc:
             return {}, sample_shape(
-                [], "", source["model"], params, error={"code": "invalid_variable", "message": str(exc)}
+                [], "", source["model"], params, error={"code": ErrorCode.INVALID_EVAL_DATA.value, "message": str(exc)}
             )
         chat = {k: params[k] for k in ("temperature", "top_p", "seed") if k in params}
         if "max_completion_tokens" in params:
@@ -164,7 +164,11 @@ class EvalRunner:
             reply = await env.models.chat(source["model"], messages, chat)
         except grading.ModelCallFailed as exc:
             return {}, sample_shape(
-                messages, "", source["model"], params, error={"code": "model_error", "message": str(exc)}
+                messages,
+                "",
+                source["model"],
+                params,
+                error={"code": ErrorCode.ENDPOINT_ERROR.value, "message": str(exc)},
             )
         sample = sample_shape(messages, reply.text, source["model"], params, reply=reply)
         return {**grading.sample_from_text(reply.text), "model": source["model"]}, sample

@@ -34,6 +34,11 @@ ROUTES = [
     # Not in the reference file: the schemas of the openai SDK's own models for them (see _SDK_MODELS)
     ("POST", r"/v1/fine_tuning/alpha/graders/run", "sdk:GraderRunResponse"),
     ("POST", r"/v1/fine_tuning/alpha/graders/validate", "sdk:GraderValidateResponse"),
+    # Not in the reference file either, and the SDK's eval models require fields OpenAI answers null (a run's
+    # `error` before it fails): checked against Hone's openapi.json by tests/test_schemathesis.py instead.
+    ("POST", r"/v1/evals.*", None),
+    ("GET", r"/v1/evals.*", None),
+    ("DELETE", r"/v1/evals.*", None),
 ]
 
 CHECKED: list[str] = []  # schema names seen, so tests can assert coverage

@@ -146,6 +146,8 @@ def install_error_handlers(app: FastAPI) -> None:
         loc = tuple(first.get("loc", ()))
         if kind in ("unknown_field", "unsupported_field"):  # raised by the model that holds the key: name the key
             loc += (ctx.get("field"),)
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):  # a tagged union's tag: name it (`grader.type`)
+            loc += (str(ctx.get("discriminator", "type")).strip("'"),)
         loc = without_union_tags(loc)
         param = param_from_loc(loc)
         if kind == "unknown_field":

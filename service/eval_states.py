@@ -30,9 +30,9 @@ class RunStatus(StrEnum):
 TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED})
 S = RunStatus
 ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
-    S.QUEUED: frozenset({S.IN_PROGRESS, S.FAILED, S.CANCELED}),
-    # in_progress -> queued: the process running it stopped; the next leader resumes it from its graded items
-    S.IN_PROGRESS: frozenset({S.COMPLETED, S.FAILED, S.CANCELED, S.QUEUED}),
+    S.QUEUED: frozenset({S.IN_PROGRESS, S.CANCELED}),
+    # A run whose process stopped stays in_progress: the next leader resumes it from its graded items.
+    S.IN_PROGRESS: frozenset({S.COMPLETED, S.FAILED, S.CANCELED}),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELED: frozenset(),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service import endpoint_states, job_states
+from service import endpoint_states, eval_states, job_states
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -64,6 +64,7 @@ def all_diagrams() -> list[tuple[Path, set[tuple[str, str]]]]:
     [
         ("job", job_states.JobStatus, job_states.ALLOWED),
         ("endpoint", endpoint_states.EndpointState, endpoint_states.ALLOWED),
+        ("eval run", eval_states.RunStatus, eval_states.ALLOWED),
     ],
 )
 def test_state_diagram_matches_the_transition_table(name, enum, allowed):
@@ -80,7 +81,11 @@ def test_state_diagram_matches_the_transition_table(name, enum, allowed):
 
 
 def test_every_state_diagram_draws_a_known_machine():
-    machines = [{s.value for s in job_states.JobStatus}, {s.value for s in endpoint_states.EndpointState}]
+    machines = [
+        {s.value for s in job_states.JobStatus},
+        {s.value for s in endpoint_states.EndpointState},
+        {s.value for s in eval_states.RunStatus},
+    ]
     for page, edges in all_diagrams():
         drawn = {s for edge in edges for s in edge}
         assert any(drawn <= states for states in machines), (

@@ -1,4 +1,4 @@
-"""Every (from, to) pair of the job and endpoint state machines, walked through the one transition function each
+"""Every (from, to) pair of the job, endpoint and eval run state machines, walked through the one transition function each
 against a real database (SQLite, in-process): a pair in the table moves and writes the target state's entry
 fields (and, for jobs, an event); a pair outside it is refused and changes nothing; and a move that lost a race
 to another session (compare-and-set on the state read) changes nothing either."""
@@ -11,12 +11,14 @@ import time
 import pytest
 from sqlalchemy import select, update
 
-from service import endpoints, jobs, projects
+from service import endpoints, eval_states, jobs, projects
 from service.context import AppContext
-from service.db.tables import Endpoint, Job, JobEvent
+from service.db.tables import Endpoint, Eval, EvalRun, Job, JobEvent
 from service.endpoint_states import ALLOWED as ENDPOINT_ALLOWED
 from service.endpoint_states import EndpointState
 from service.errors import InvalidRequest
+from service.eval_states import ALLOWED as RUN_ALLOWED
+from service.eval_states import RunStatus
 from service.job_states import ALLOWED as JOB_ALLOWED
 from service.job_states import TERMINAL, JobStatus
 from service.settings import Settings
@@ -161,3 +163,67 @@ def test_an_endpoint_move_that_lost_a_race_changes_nothing(ctx):
     with ctx.db.read() as session:
         ep = session.get(Endpoint, seq)
         assert (ep.state, ep.url, ep.ready_at) == ("stopped", None, None)
+
+
+def _eval_run(ctx, status: RunStatus) -> str:
+    run_id = f"evalrun_{status.value[:4]}{time.monotonic_ns()}"
+    with ctx.db.write() as session:
+        if session.get(Eval, 1) is None:
+            session.add(
+                Eval(
+                    seq=1,
+                    id="eval_state_machines",
+                    project_id=ctx.project_id,
+                    name="",
+                    data_source_config={},
+                    testing_criteria=[],
+                    created_at=1,
+                    updated_at=1,
+                )
+            )
+            session.flush()
+        session.add(
+            EvalRun(
+                id=run_id,
+                eval_id="eval_state_machines",
+                project_id=ctx.project_id,
+                name="",
+                data_source={},
+                model="",
+                status=status.value,
+                result_counts={},
+                per_testing_criteria_results=[],
+                per_model_usage=[],
+                created_at=1,
+                updated_at=1,
+            )
+        )
+    return run_id
+
+
+@pytest.mark.parametrize("current, target", list(itertools.product(RunStatus, RunStatus)), ids=lambda s: s.value)
+def test_every_eval_run_pair(ctx, current, target):
+    run_id = _eval_run(ctx, current)
+    allowed = target in RUN_ALLOWED[current]
+    with ctx.db.write() as session:
+        if allowed:
+            assert eval_states.move(session, run_id, current, target, 100)
+        else:
+            with pytest.raises(InvalidRequest):
+                eval_states.move(session, run_id, current, target, 100)
+    with ctx.db.read() as session:
+        run = session.execute(select(EvalRun).where(EvalRun.id == run_id)).scalar_one()
+    if not allowed:
+        assert (run.status, run.updated_at, run.finished_at) == (current.value, 1, None)
+        return
+    assert (run.status, run.updated_at) == (target.value, 100)
+    assert run.finished_at == (100 if target.terminal else None)
+
+
+def test_an_eval_run_move_that_lost_a_race_changes_nothing(ctx):
+    run_id = _eval_run(ctx, RunStatus.IN_PROGRESS)
+    with ctx.db.write() as session:  # read as in_progress; a cancel wins meanwhile
+        session.execute(update(EvalRun).where(EvalRun.id == run_id).values(status=RunStatus.CANCELED.value))
+        assert eval_states.move(session, run_id, RunStatus.IN_PROGRESS, RunStatus.COMPLETED, 100) is False
+    with ctx.db.read() as session:
+        assert session.execute(select(EvalRun.status).where(EvalRun.id == run_id)).scalar_one() == "canceled"

@@ -100,6 +100,8 @@ def message(body: Any) -> dict:
 class FileRef:
     key: str
     format: str
+    # Examples (0-based, counting non-blank lines) not to train on: a job's evaluation holds them out.
+    exclude_examples: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -130,6 +130,9 @@ class FineTuningJob(Exact):
     user_provided_suffix: str | None
     priority: int = Field(description="Hone: higher-priority jobs leave the queue first.")
     auto_deploy: bool = Field(description="Hone: deploy an endpoint for the tuned model on success.")
+    evaluation: dict[str, Any] | None = Field(
+        description="Hone: the job's evaluation against its base (status, eval and run ids, results side by side)."
+    )
 
 
 class FineTuningJobList(Exact):

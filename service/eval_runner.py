@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hone_kernel.graders import run as grading
 from hone_kernel.graders import templates
-from service import eval_data, metrics
+from service import eval_data, job_evaluation, metrics
 from service.context import AppContext
 from service.db.tables import Eval, EvalOutputItem, EvalRun
 from service.errors import ErrorCode, excerpt
@@ -45,7 +45,8 @@ class EvalRunner:
     # --- the loop's step (a worker thread) -------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Starts queued runs and adopts runs left in progress by a stopped process."""
+        """Moves job evaluations on, starts queued runs and adopts runs left in progress by a stopped process."""
+        job_evaluation.advance(self.ctx)
         now = int(time.time())
         with self.ctx.db.write() as session:
             queued = session.execute(

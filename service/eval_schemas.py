@@ -40,18 +40,7 @@ class CustomDataSourceConfig(StrictModel):
         return schema
 
 
-class TextSimilarityCriterion(spec.TextSimilarityGrader):
-    pass_threshold: float  # required in testing criteria, as OpenAI's
-
-
-TestingCriterion = Annotated[
-    spec.LabelModelGrader
-    | spec.StringCheckGrader
-    | TextSimilarityCriterion
-    | spec.PythonGrader
-    | spec.ScoreModelGrader,
-    Field(discriminator="type"),
-]
+TestingCriterion = spec.TestingCriterion
 
 
 class CreateEval(StrictModel):

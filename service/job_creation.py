@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import idempotency, job_insert, jobs
+from service import idempotency, job_evaluation, job_insert, jobs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
@@ -212,7 +212,7 @@ def _insert_job(
     request_sha: str,
     vertex_spec: dict | None,
 ) -> Job:
-    if not idempotency_key and ctx.base_models.get(body.model) is not None:
+    if not idempotency_key and body.evaluation is None and ctx.base_models.get(body.model) is not None:
         # A base model and no replay to look up: no ORM session (its set-up was ~15% of a create on SQLite).
         values = _job_values(principal, body, method, vertex_spec, base_model=body.model, parent=None)
         events = _first_events(values, parent=None)
@@ -242,6 +242,8 @@ def _insert_job(
             method = _inherit_shape(method, parent, body.model)
         _check_files(ctx, session.connection(), principal, body, method)
         values = _job_values(principal, body, method, vertex_spec, base_model=base_model, parent=parent)
+        values["evaluation"] = job_evaluation.plan(ctx, session, principal, body, base_model, values["seed"])
+        values["evaluation_open"] = values["evaluation"] is not None
         conn = session.connection()
         job = _insert_children(
             conn, conn.execute(_INSERT_JOB, _columns(values)).scalar_one(), values, _first_events(values, parent)
@@ -304,6 +306,8 @@ def _job_values(
         vertex_spec=vertex_spec,
         parent_model=parent.name if parent else None,
         parent_prefix=parent.prefix if parent else None,
+        evaluation=None,
+        evaluation_open=False,
     )
 
 

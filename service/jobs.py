@@ -75,6 +75,7 @@ JOB_API_COLUMNS = (
     Job.suffix,
     Job.priority,
     Job.auto_deploy,
+    Job.evaluation,
 )
 
 
@@ -110,7 +111,16 @@ def job_api(job: Any, organization_id: str) -> dict:
         "user_provided_suffix": job.suffix,
         "priority": job.priority,
         "auto_deploy": job.auto_deploy,
+        "evaluation": evaluation_api(job.evaluation),
     }
+
+
+def evaluation_api(stored: Any) -> dict | None:
+    """Hone: the job's evaluation against its base, as service/job_evaluation.py keeps it (the held-out example
+    numbers and endpoint ids stay inside)."""
+    if not isinstance(stored, dict):
+        return None
+    return {k: v for k, v in stored.items() if k not in ("holdout", "endpoints")}
 
 
 def event_api(event: JobEvent) -> dict:

@@ -263,7 +263,9 @@ class Scheduler:
         defaults = training_plan.training_defaults(self.ctx, job)
         job.method = training_plan.resolve_hyperparameters(
             job.method,
-            training_plan.DatasetShape.of(files[job.training_file], defaults),
+            training_plan.DatasetShape.of(
+                files[job.training_file], defaults, len(training_plan.held_out_examples(job))
+            ),
             defaults,
             self.ctx.settings.training.train_max_length,
         )

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from hone_kernel.graders.spec import Grader
+from hone_kernel.graders.spec import Grader, TestingCriterion
 from hone_kernel.strict import refuse_unknown_keys
 
 
@@ -172,6 +172,42 @@ def _metadata_limits(value: dict[str, str] | None) -> dict[str, str] | None:
 Metadata = Annotated[dict[str, Annotated[str, Field(max_length=512)]] | None, AfterValidator(_metadata_limits)]
 
 
+class JobEvaluation(_Body):
+    """Hone: measure the tuned model against its base (or another model) once training ends."""
+
+    file: str = Field(
+        default="auto",
+        description='"auto": the validation file, or else a held-out slice of the training file that is then not '
+        "trained on; or the id of a file in the training format.",
+    )
+    holdout_fraction: float = Field(
+        default=0.1, gt=0, le=0.5, description='Share of the training file held out ("auto").'
+    )
+    max_rows: int = Field(default=200, ge=1, le=10000, description="Rows evaluated at most (held out at most).")
+    testing_criteria: list[TestingCriterion] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="Graders over {{item.reference}} (the expected answer) and {{sample.output_text}}; "
+        "default: an exact match.",
+    )
+    compare_to: str = Field(default="base", min_length=1, description='"base" or a model the project can call.')
+    max_completion_tokens: int = Field(default=256, ge=1, le=32768, description="Each answer's length at most.")
+    deploy_if_better: bool = Field(
+        default=False,
+        description="With auto_deploy: keep the tuned model's endpoint only if it beats compare_to by min_improvement.",
+    )
+    min_improvement: float = Field(default=0.0, ge=0, le=1, description="Pass-rate margin over compare_to.")
+
+    @field_validator("testing_criteria")
+    @classmethod
+    def _unique_names(cls, criteria: list[Any] | None) -> list[Any] | None:
+        names = [c.name for c in criteria or []]
+        if len(set(names)) != len(names):
+            raise ValueError("testing criteria need distinct names")
+        return criteria
+
+
 class CreateFineTuningJob(_Body):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
@@ -187,6 +223,9 @@ class CreateFineTuningJob(_Body):
         ge=-100,
         le=100,
         description="Hone: higher-priority jobs leave the queue first; FIFO within a priority.",
+    )
+    evaluation: JobEvaluation | None = Field(
+        default=None, description="Hone: after training, evaluate the tuned model against its base (or a named model)."
     )
     auto_deploy: bool = Field(
         default=True,

@@ -175,6 +175,7 @@ def _record_checkpoints(session: Session, job: Job, checkpoints: list[ReportedCh
 def complete(ctx: AppContext, job_id: str, authorization: str | None, body: Completion) -> dict:
     reply = _complete(ctx, job_id, authorization, body)
     ctx.hinter.wake(Loop.ENDPOINTS)  # the new model's endpoint deploys now, not at the next poll
+    ctx.hinter.wake(Loop.EVALS)  # and its evaluation, if it asked for one, starts
     return reply
 
 

@@ -29,9 +29,11 @@ class DatasetShape:
     mean_tokens: float
 
     @classmethod
-    def of(cls, file: File, defaults: TrainingDefaults) -> DatasetShape:
+    def of(cls, file: File, defaults: TrainingDefaults, held_out: int = 0) -> DatasetShape:
+        """`held_out`: examples the job does not train on (its evaluation's), left out of the count."""
         examples = max(1, file.example_count or 1)
-        return cls(examples, max(1.0, (file.bytes or 0) / examples / defaults.bytes_per_token))
+        mean = max(1.0, (file.bytes or 0) / examples / defaults.bytes_per_token)
+        return cls(max(1, examples - held_out), mean)
 
 
 def auto_batch_size(shape: DatasetShape, d: TrainingDefaults) -> int:
@@ -129,14 +131,19 @@ def training_defaults(ctx: AppContext, job: Job) -> TrainingDefaults:
     return base.training if base else TrainingDefaults()
 
 
+def held_out_examples(job: Job) -> list[int]:
+    """The training examples the job's evaluation holds out (service/job_evaluation.py), never trained on."""
+    return list((job.evaluation or {}).get("holdout") or [])
+
+
 def spec_key(job_id: str) -> str:
     return f"jobs/{job_id}/spec.json"
 
 
-def _file_ref(f: File) -> FileRef:
+def _file_ref(f: File, exclude: list[int] | None = None) -> FileRef:
     if f.dataset_format is None:  # jobs are created on validated files only: a row without one is malformed
         raise ValueError(f"file {f.id} has no dataset format")
-    return FileRef(f.storage_key, f.dataset_format)
+    return FileRef(f.storage_key, f.dataset_format, list(exclude or []))
 
 
 def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, model_name: str) -> TrainSpec:
@@ -154,7 +161,7 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         s3_endpoint_url=settings.storage.s3_endpoint_url,
         s3_max_attempts=settings.storage.s3_max_attempts,
         s3_timeout_s=settings.storage.s3_timeout_s,
-        training_file=_file_ref(train),
+        training_file=_file_ref(train, held_out_examples(job)),
         validation_file=_file_ref(valid) if valid else None,
         method=job.method["type"],
         hyperparameters=Hyperparameters(

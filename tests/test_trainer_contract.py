@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hone_kernel import trainer_contract as contract
-from hone_kernel.trainer_contract import CONTRACT_VERSION, ContractError, ExitCode, TrainSpec
+from hone_kernel.trainer_contract import CONTRACT_VERSION, ContractError, ExitCode, FileRef, TrainSpec
 from service import trainer_reports, training_plan
 from service.context import AppContext
 from service.db.tables import File, Job
@@ -124,3 +124,15 @@ def test_exit_codes_are_written_once():
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert offenders == []
     assert ExitCode.STOPPED == 75 and ExitCode.THREAD_CRASHED == 70  # EX_TEMPFAIL, EX_SOFTWARE (sysexits.h)
+
+
+def test_held_out_examples_are_blanked_where_they_stand():
+    """The trainer skips the examples a job's evaluation holds out (FileRef.exclude_examples, counted over non-blank
+    lines as the control plane counts them), leaving every other line at its number."""
+    from trainer.data import held_out
+
+    lines = [b"a", b"", b"b", b"  ", b"c", b"d"]
+    assert list(held_out(lines, [1, 3])) == [b"a", b"", b"", b"  ", b"c", b""]
+    assert list(held_out(lines, [])) == lines
+    spec = FileRef("k", "openai_chat", [4, 7])
+    assert FileRef(**json.loads(json.dumps(dataclasses.asdict(spec)))) == spec

@@ -6,8 +6,10 @@ Chat-like formats go through the base model's chat template; the loss covers ass
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from hone_kernel.dataset_messages import clean_message, to_messages
 
 CHAT_FORMATS = {"openai_chat", "vertex_gemini", "vertex_legacy", "pairs"}
 SUPERVISED_FORMATS = CHAT_FORMATS | {"prompt_completion", "raw_text"}
@@ -32,50 +34,6 @@ class Tokenized:
 
 class DataError(ValueError):
     """A line the trainer cannot turn into an example (the control plane validated it, so this is rare)."""
-
-
-def _text(content) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-
-
-def _clean(msg: dict) -> dict:
-    clean = {k: v for k, v in msg.items() if k != "weight"}
-    if "content" in clean and not isinstance(clean["content"], (str, type(None))):
-        clean["content"] = _text(clean["content"])
-    if clean.get("content") is None:
-        clean["content"] = ""
-    return clean
-
-
-def to_messages(row: dict, fmt: str) -> tuple[list[dict], list[bool], list | None]:
-    """Returns (messages, trained flags per message, tools) in OpenAI chat shape."""
-    if fmt == "openai_chat":
-        messages = [_clean(msg) for msg in row["messages"]]
-        trained = [msg["role"] == "assistant" and msg.get("weight", 1) != 0 for msg in row["messages"]]
-        return messages, trained, row.get("tools")
-    if fmt == "vertex_gemini":
-        messages = []
-        system = row.get("systemInstruction") or row.get("system_instruction")
-        if system:
-            messages.append({"role": "system", "content": _text(system.get("parts"))})
-        for turn in row["contents"]:
-            role = "assistant" if turn["role"] == "model" else "user"
-            messages.append({"role": role, "content": _text(turn.get("parts"))})
-        return messages, [m["role"] == "assistant" for m in messages], None
-    if fmt == "vertex_legacy":
-        pair = (row["input_text"], row["output_text"])
-    elif fmt == "pairs":
-        prompt = row.get("input", "")
-        if "instruction" in row:
-            prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        pair = (prompt, row["output"])
-    else:
-        raise DataError(f"format {fmt!r} is not a chat format")
-    return ([{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}], [False, True], None)
 
 
 def _chat_spans(tokenizer, messages: list[dict], trained: list[bool], tools) -> tuple[str, list[tuple[int, int]]]:
@@ -131,11 +89,11 @@ PREFERENCE_KEYS = (("preferred_output", "preferred_completion"), ("non_preferred
 
 def encode_preference(tokenizer, row: dict) -> tuple[Example, Example]:
     """(preferred, non-preferred): the shared prompt plus each answer, trained on the answer only."""
-    prompt = [_clean(m) for m in row["input"]["messages"]]
+    prompt = [clean_message(m) for m in row["input"]["messages"]]
     tools = row["input"].get("tools")
     encoded = []
     for spellings in PREFERENCE_KEYS:
-        answer = [_clean(m) for m in next(row[k] for k in spellings if k in row)]
+        answer = [clean_message(m) for m in next(row[k] for k in spellings if k in row)]
         trained = [False] * len(prompt) + [m["role"] == "assistant" for m in answer]
         text, spans = _chat_spans(tokenizer, prompt + answer, trained, tools)
         encoded.append(_encode(tokenizer, text, spans, add_special_tokens=False))
@@ -207,7 +165,7 @@ def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> d
         row, rows = json.loads(raw), rows + 1
         if fmt in CHAT_FORMATS or fmt == "openai_preference":
             if fmt == "openai_preference":
-                messages, tools = [_clean(m) for m in row["input"]["messages"]], row["input"].get("tools")
+                messages, tools = [clean_message(m) for m in row["input"]["messages"]], row["input"].get("tools")
                 trained = [False] * len(messages)
             else:
                 messages, trained, tools = to_messages(row, fmt)
@@ -239,3 +197,16 @@ def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> d
             if fmt == "prompt_completion":  # raw text teaches no stopping point, so it gets no smoke test
                 smoke = smoke or {"prompt": text}
     return {"format": fmt, "samples": samples, "smoke": smoke}
+
+
+def held_out(lines: Iterable[bytes], exclude: list[int]) -> Iterator[bytes]:
+    """The lines with the excluded examples (0-based among non-blank lines) blanked: they are not trained on, and
+    the other lines keep their numbers in error messages."""
+    skip, ordinal = set(exclude), -1
+    for line in lines:
+        if line.strip():
+            ordinal += 1
+            if ordinal in skip:
+                yield b""
+                continue
+        yield line

@@ -17,7 +17,7 @@ from hone_kernel.trainer_contract import message as message_of
 from trainer import checkpoints, dpo, outputs, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
-from trainer.data import SUPERVISED_FORMATS, DataError, Example, tokenize_lines, tokenize_preferences
+from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
 from trainer.flops import flops_per_token, mfu, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, loss_sums, tunable
 from trainer.reporting import Reporter, main_thread
@@ -62,7 +62,7 @@ class Run:
                 "unsupported_method",
                 f"The {what} is in the {ref.format} format, which the {self.spec.method} method does not train on.",
             )
-        lines, limit = self.blobs.iter_lines(ref.key), self.spec.max_length
+        lines, limit = held_out(self.blobs.iter_lines(ref.key), ref.exclude_examples), self.spec.max_length
         items: list  # examples, or preference pairs (dpo)
         try:
             if dpo_method:

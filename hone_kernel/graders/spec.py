@@ -202,6 +202,17 @@ Grader = Annotated[
 ]
 
 
+class TextSimilarityCriterion(TextSimilarityGrader):
+    pass_threshold: float  # required in an eval's testing criteria, as OpenAI's
+
+
+# An eval's testing criterion (OpenAI's `testing_criteria` items): the graders but `multi`.
+TestingCriterion = Annotated[
+    LabelModelGrader | StringCheckGrader | TextSimilarityCriterion | PythonGrader | ScoreModelGrader,
+    Field(discriminator="type"),
+]
+
+
 def models_of(grader: Any) -> set[str]:
     """The models a grader samples (score_model and label_model, nested in multi too)."""
     if isinstance(grader, MultiGrader):

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, true
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
@@ -133,6 +145,10 @@ class Job(Base):
     live_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # A job created through the Vertex API: its display name, description and dataset URIs as given.
     vertex_spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A job measured against its base after training (Hone's `evaluation`): what was asked, where it stands, and
+    # the side-by-side summary once both runs finished (service/job_evaluation.py).
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    evaluation_open: Mapped[bool] = mapped_column(Boolean, server_default=false(), index=True)  # evaluation to move on
 
     __table_args__ = (Index("ix_jobs_project_seq", "project_id", "seq"),)
 

@@ -85,3 +85,17 @@ def test_tuned_model_passes_the_label_eval_and_its_base_does_not(tuned_model):
         assert item.sample.input == [type(item.sample.input[0])(**m) for m in item.datasource_item["messages"]]
     failed = list(client.evals.runs.output_items.list(run.id, eval_id=ev.id, status="fail", limit=100))
     assert len(failed) == run.result_counts.failed and all(i.status == "fail" for i in failed)
+
+
+def test_the_job_finished_with_its_evaluation_against_the_base(tuned_model):
+    """The package's job asked for `evaluation` (conftest.py): after training it was measured on 40 rows of its
+    validation file, the tuned model next to hone-tiny, with the summary on the job and in its events."""
+    client, job = tuned_model["client"], tuned_model["job"]
+    evaluation = job.model_extra["evaluation"]
+    assert evaluation["status"] == "completed" and evaluation["source"] == "validation_file", evaluation
+    tuned, base = evaluation["results"]["tuned"], evaluation["results"]["compare"]
+    assert (tuned["model"], base["model"], tuned["total"]) == (job.fine_tuned_model, "hone-tiny", 40)
+    assert tuned["score"] >= 0.9 and base["score"] <= 0.2, evaluation
+    assert evaluation["improvement"] == round(tuned["score"] - base["score"], 4)
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any(m.startswith(f"Evaluation: {job.fine_tuned_model} ") for m in messages)

@@ -1,0 +1,63 @@
+"""A dataset line of any chat-like format as OpenAI chat messages: what the trainer trains on, and what an
+evaluation of the tuned model asks it (service/job_evaluation.py), so that both read a line alike. Standard
+library only."""
+
+from __future__ import annotations
+
+
+def _text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def clean_message(msg: dict) -> dict:
+    clean = {k: v for k, v in msg.items() if k != "weight"}
+    if "content" in clean and not isinstance(clean["content"], (str, type(None))):
+        clean["content"] = _text(clean["content"])
+    if clean.get("content") is None:
+        clean["content"] = ""
+    return clean
+
+
+def to_messages(row: dict, fmt: str) -> tuple[list[dict], list[bool], list | None]:
+    """Returns (messages, trained flags per message, tools) in OpenAI chat shape."""
+    if fmt == "openai_chat":
+        messages = [clean_message(msg) for msg in row["messages"]]
+        trained = [msg["role"] == "assistant" and msg.get("weight", 1) != 0 for msg in row["messages"]]
+        return messages, trained, row.get("tools")
+    if fmt == "vertex_gemini":
+        messages = []
+        system = row.get("systemInstruction") or row.get("system_instruction")
+        if system:
+            messages.append({"role": "system", "content": _text(system.get("parts"))})
+        for turn in row["contents"]:
+            role = "assistant" if turn["role"] == "model" else "user"
+            messages.append({"role": role, "content": _text(turn.get("parts"))})
+        return messages, [m["role"] == "assistant" for m in messages], None
+    if fmt == "vertex_legacy":
+        pair = (row["input_text"], row["output_text"])
+    elif fmt == "pairs":
+        prompt = row.get("input", "")
+        if "instruction" in row:
+            prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        pair = (prompt, row["output"])
+    else:
+        raise ValueError(f"format {fmt!r} is not a chat format")
+    return ([{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}], [False, True], None)
+
+
+def prompt_and_reference(row: dict, fmt: str) -> tuple[list[dict], str] | None:
+    """A line as an evaluation row: the messages before its last trained assistant message, and that message's
+    text (the reference answer). Preference lines: the input and the preferred answer. None: nothing to ask."""
+    if fmt == "openai_preference":
+        preferred = row.get("preferred_output") or row.get("preferred_completion") or []
+        messages = [clean_message(m) for m in (row.get("input") or {}).get("messages", [])]
+        return (messages, _text(preferred[-1].get("content"))) if preferred and messages else None
+    messages, trained, _ = to_messages(row, fmt)
+    last = max((i for i, t in enumerate(trained) if t), default=None)
+    if last is None or last == 0:
+        return None
+    return messages[:last], messages[last]["content"]

@@ -1,0 +1,354 @@
+"""Every job measured against its base (Hone's `evaluation` on job creation).
+
+At creation, `plan` checks the request and fixes the rows: the validation file, a file given, or a held-out slice
+of the training file (examples the trainer then skips: `FileRef.exclude_examples`). After the job succeeds,
+`advance` (a step of the `evals` loop) moves its evaluation through
+
+    pending -> deploying (endpoints of the tuned model and of the model it is compared to)
+            -> running (an eval with two runs, the same rows and criteria, one per model)
+            -> completed (the side-by-side summary on the job, in its events and in a result file)
+
+or `failed` (with a reason) / `skipped` (the job did not succeed). With `deploy_if_better`, a tuned model that does
+not beat the other by `min_improvement` has its endpoint retired, and the job says why."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hone_kernel.dataset_lines import dataset_lines
+from hone_kernel.dataset_messages import prompt_and_reference
+from service import endpoints, jobs
+from service.auth import ProjectPrincipal
+from service.context import AppContext
+from service.db.tables import Endpoint, Eval, EvalRun, File, Job
+from service.endpoint_states import EndpointState
+from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
+from service.eval_states import RunStatus
+from service.evals import empty_counts
+from service.hints import Loop
+from service.ids import new_id
+from service.job_states import JobStatus
+from service.jobs import add_event
+from service.schemas import CreateFineTuningJob
+
+log = logging.getLogger("hone.evals")
+EVALUABLE_FORMATS = ("openai_chat", "openai_preference", "vertex_gemini", "vertex_legacy", "pairs")
+EXACT_MATCH = {
+    "type": "string_check",
+    "name": "exact_match",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.reference }}",
+    "operation": "eq",
+}
+ITEM_SCHEMA = {
+    "type": "object",
+    "properties": {"messages": {"type": "array"}, "reference": {"type": "string"}},
+    "required": ["messages", "reference"],
+}
+PARAM = "evaluation"
+
+
+def _refuse(message: str, field: str | None = None, code: ErrorCode = ErrorCode.INVALID_VALUE) -> InvalidRequest:
+    return InvalidRequest(message, param=f"{PARAM}.{field}" if field else PARAM, code=code)
+
+
+# --- at creation ------------------------------------------------------------------------------------------------
+
+
+def plan(
+    ctx: AppContext,
+    session: Session,
+    principal: ProjectPrincipal,
+    body: CreateFineTuningJob,
+    base_model: str,
+    seed: int,
+) -> dict[str, Any] | None:
+    """The evaluation the job keeps (None: none asked), or InvalidRequest naming what cannot be done."""
+    asked = body.evaluation
+    if asked is None:
+        return None
+    if asked.deploy_if_better and not body.auto_deploy:
+        raise _refuse(
+            "deploy_if_better decides whether auto_deploy keeps the endpoint: set auto_deploy too.", "deploy_if_better"
+        )
+    training = _file(session, principal, body.training_file)
+    holdout: list[int] | None = None
+    if asked.file != "auto":
+        source, file = "file", _file(session, principal, asked.file, "file")
+    elif body.validation_file is not None:
+        source, file = "validation_file", _file(session, principal, body.validation_file)
+    else:
+        source, file = "holdout", training
+        count = training.example_count or 0
+        held = min(asked.max_rows, max(1, round(count * asked.holdout_fraction)))
+        if count - held < ctx.settings.files.min_training_examples:
+            raise _refuse(
+                f"Holding out {held} of the training file's {count} examples would leave fewer than "
+                f"{ctx.settings.files.min_training_examples} to train on; give a validation file or an evaluation file.",
+                "holdout_fraction",
+            )
+        holdout = sorted(random.Random(seed).sample(range(count), held))
+    if file.dataset_format not in EVALUABLE_FORMATS:
+        raise _refuse(
+            f"The evaluation rows come from {file.id}, in the {file.dataset_format} format, which has no answer "
+            f"to compare with; evaluation needs one of {', '.join(EVALUABLE_FORMATS)}.",
+            "file",
+        )
+    compare = base_model if asked.compare_to == "base" else asked.compare_to
+    models = {compare} | {m for c in asked.testing_criteria or [] for m in _models(c)}
+    for model in sorted(models):
+        try:
+            endpoints.resolve_model(ctx, session, principal.project_id, model)
+        except NotFound:
+            field = "compare_to" if model == compare else "testing_criteria"
+            raise _refuse(
+                f"The model '{excerpt(model)}' does not exist or you do not have access to it.",
+                field,
+                ErrorCode.MODEL_NOT_FOUND,
+            ) from None
+    criteria = [c.model_dump(exclude_none=True) for c in asked.testing_criteria or []] or [EXACT_MATCH]
+    return {
+        "status": "pending",
+        "source": source,
+        "file": file.id,
+        "holdout": holdout,
+        "max_rows": asked.max_rows,
+        "max_completion_tokens": asked.max_completion_tokens,
+        "testing_criteria": criteria,
+        "compare_to": compare,
+        "deploy_if_better": asked.deploy_if_better,
+        "min_improvement": asked.min_improvement,
+    }
+
+
+def _models(criterion: Any) -> set[str]:
+    model = getattr(criterion, "model", None)
+    return {model} if model else set()
+
+
+def _file(session: Session, principal: ProjectPrincipal, file_id: str, field: str | None = None) -> File:
+    row = session.execute(select(File).where(File.id == file_id, File.project_id == principal.project_id)).scalar()
+    if row is None or row.status != "processed" or row.purpose != "fine-tune":
+        raise _refuse(
+            f"No processed fine-tune file {excerpt(file_id)} in this project.", field or "file", ErrorCode.INVALID_VALUE
+        )
+    return row
+
+
+# --- after training (a step of the evals loop) ------------------------------------------------------------------
+
+
+def advance(ctx: AppContext) -> bool:
+    """Moves every job evaluation one stage on; True when it queued eval runs (for the runner to start)."""
+    with ctx.db.read() as session:
+        ids = list(session.execute(select(Job.id).where(Job.evaluation_open.is_(True))).scalars())
+    started = False
+    for job_id in ids:
+        with ctx.db.write() as session:
+            job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
+            stage = (job.evaluation or {}).get("status")
+            if stage in _STAGES:
+                started |= _STAGES[stage](ctx, session, job)
+    return started
+
+
+def _update(job: Job, **changes: Any) -> dict[str, Any]:
+    job.evaluation = {**(job.evaluation or {}), **changes}  # a new dict: the JSON column sees the change
+    job.evaluation_open = job.evaluation["status"] in _STAGES
+    return job.evaluation
+
+
+def _pending(ctx: AppContext, session: Session, job: Job) -> bool:
+    if job.status != JobStatus.SUCCEEDED.value:
+        if JobStatus(job.status).terminal:
+            _update(job, status="skipped", reason=f"the job {job.status}")
+        return False
+    ev = job.evaluation or {}
+    eps = {}
+    assert job.fine_tuned_model is not None  # a succeeded job has its model
+    for role, model in (("tuned", job.fine_tuned_model), ("compare", ev["compare_to"])):
+        served = endpoints.resolve_model(ctx, session, job.project_id, model)
+        eps[role] = endpoints.deploy(session, job.project_id, served).id
+    _update(job, status="deploying", endpoints=eps)
+    add_event(session, job.id, f"Evaluating {job.fine_tuned_model} against {ev['compare_to']}: deploying both")
+    ctx.hinter.wake(Loop.ENDPOINTS)
+    return False
+
+
+def _deploying(ctx: AppContext, session: Session, job: Job) -> bool:
+    ev = job.evaluation or {}
+    states = {
+        role: session.execute(select(Endpoint.state, Endpoint.error).where(Endpoint.id == ep_id)).first()
+        for role, ep_id in ev["endpoints"].items()
+    }
+    failed = [
+        role
+        for role, row in states.items()
+        if row is None or row.state in (EndpointState.FAILED.value, EndpointState.STOPPED.value)
+    ]
+    if failed:
+        reason = f"the {'tuned model' if failed[0] == 'tuned' else ev['compare_to']} could not be served"
+        _update(job, status="failed", reason=reason)
+        add_event(session, job.id, f"Evaluation failed: {reason}", level="error")
+        return False
+    if any(row.state != EndpointState.READY.value for row in states.values() if row is not None):
+        return False
+    rows = _rows(ctx, ev)
+    criteria = ev["testing_criteria"]
+    now = int(time.time())
+    eval_row = Eval(
+        id=new_id("eval_"),
+        project_id=job.project_id,
+        name=f"{job.id}: {job.fine_tuned_model} vs {ev['compare_to']}",
+        meta={"fine_tuning_job_id": job.id},
+        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True},
+        testing_criteria=criteria,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(eval_row)
+    session.flush()
+    runs = {}
+    for role, model in (("tuned", job.fine_tuned_model), ("compare", ev["compare_to"])):
+        counts, per_criteria = empty_counts(criteria)
+        source = {
+            "type": "completions",
+            "model": model,
+            "source": {"type": "file_content", "content": [{"item": r} for r in rows]},
+            "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
+            "sampling_params": {
+                "temperature": 0.0,
+                "seed": job.seed,
+                "max_completion_tokens": ev.get("max_completion_tokens", 256),
+            },
+        }
+        run = EvalRun(
+            id=new_id("evalrun_"),
+            eval_id=eval_row.id,
+            project_id=job.project_id,
+            name=role,
+            meta={"fine_tuning_job_id": job.id},
+            data_source=source,
+            model=model,
+            status=RunStatus.QUEUED.value,
+            result_counts={**counts, "total": len(rows)},
+            per_testing_criteria_results=per_criteria,
+            per_model_usage=[],
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(run)
+        runs[role] = run.id
+    _update(job, status="running", eval_id=eval_row.id, runs=runs, rows=len(rows))
+    add_event(
+        session, job.id, f"Evaluation running on {len(rows)} rows: eval {eval_row.id}", data={"eval_id": eval_row.id}
+    )
+    return True
+
+
+def _rows(ctx: AppContext, ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The evaluation rows: {messages, reference} from the file's lines (the held-out ones, or the first max_rows)."""
+    with ctx.db.read() as session:
+        row = session.execute(select(File.storage_key, File.dataset_format).where(File.id == ev["file"])).one()
+    wanted = set(ev["holdout"]) if ev.get("holdout") else None
+    rows: list[dict[str, Any]] = []
+    ordinal = -1
+    for line in dataset_lines(ctx.storage.iter_chunks(row.storage_key)):
+        if not line.strip():
+            continue
+        ordinal += 1
+        if wanted is not None and ordinal not in wanted:
+            continue
+        pair = prompt_and_reference(json.loads(line), row.dataset_format)
+        if pair is not None:
+            rows.append({"messages": pair[0], "reference": pair[1]})
+        if len(rows) >= ev["max_rows"]:
+            break
+    return rows
+
+
+def _running(ctx: AppContext, session: Session, job: Job) -> bool:
+    ev = job.evaluation or {}
+    runs = {
+        role: session.execute(select(EvalRun).where(EvalRun.id == run_id)).scalar()
+        for role, run_id in ev["runs"].items()
+    }
+    if any(run is None for run in runs.values()):
+        _update(job, status="failed", reason="its eval runs were deleted")
+        return False
+    if not all(RunStatus(run.status).terminal for run in runs.values() if run is not None):
+        return False
+    summary = {role: _score(run) for role, run in runs.items() if run is not None}
+    tuned, other = summary["tuned"], summary["compare"]
+    improvement = round(tuned["score"] - other["score"], 4)
+    message = (
+        f"Evaluation: {job.fine_tuned_model} {tuned['score']:.1%} vs {ev['compare_to']} {other['score']:.1%} "
+        f"on {tuned['total']} rows ({improvement * 100:+.1f} points)"
+    )
+    changes: dict[str, Any] = {"status": "completed", "results": summary, "improvement": improvement}
+    if ev.get("deploy_if_better"):
+        wins = (
+            tuned["status"] == other["status"] == "completed"
+            and improvement > 0
+            and improvement >= ev["min_improvement"]
+        )
+        changes["deployed"] = wins
+        if not wins:
+            changes["reason"] = (
+                f"not deployed: {improvement * 100:+.1f} points over {ev['compare_to']}, "
+                f"{ev['min_improvement'] * 100:.1f} needed"
+            )
+            endpoints.stop_model_endpoints(
+                session, job.project_id, job.fine_tuned_model or "", "The evaluation did not deploy it."
+            )
+            ctx.hinter.routes_changed(job.project_id)
+            ctx.hinter.wake(Loop.ENDPOINTS)
+            message += f"; {changes['reason']}"
+    job.result_files = [*(job.result_files or []), _result_file(ctx, session, job, {**ev, **changes})]
+    _update(job, **changes)
+    add_event(session, job.id, message, data={"evaluation": jobs.evaluation_api(job.evaluation)})
+    return False
+
+
+def _score(run: EvalRun) -> dict[str, Any]:
+    counts = run.result_counts
+    total = max(1, counts.get("total") or 0)
+    return {
+        "model": run.model,
+        "run_id": run.id,
+        "status": run.status,
+        "passed": counts.get("passed", 0),
+        "failed": counts.get("failed", 0),
+        "errored": counts.get("errored", 0),
+        "total": counts.get("total", 0),
+        "score": round(counts.get("passed", 0) / total, 4),
+        "per_testing_criteria_results": run.per_testing_criteria_results,
+    }
+
+
+def _result_file(ctx: AppContext, session: Session, job: Job, summary: dict[str, Any]) -> str:
+    key = f"jobs/{job.id}/evaluation.json"
+    data = json.dumps(jobs.evaluation_api(summary), indent=2).encode()
+    ctx.storage.put_bytes(key, data)
+    file = File(
+        id=new_id("file-"),
+        project_id=job.project_id,
+        filename="evaluation.json",
+        purpose="fine-tune-results",
+        bytes=len(data),
+        created_at=int(time.time()),
+        status="processed",
+        storage_key=key,
+    )
+    session.add(file)
+    return file.id
+
+
+_STAGES = {"pending": _pending, "deploying": _deploying, "running": _running}

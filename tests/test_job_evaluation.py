@@ -1,0 +1,161 @@
+"""A job measured against its base (Hone's `evaluation` on job creation): refusals at creation, the held-out slice
+the trainer is told to skip, and, after training, the side-by-side summary on the job, in its events and in a
+result file, with `deploy_if_better` keeping or retiring the tuned model's endpoint.
+
+The trainer and the engines here are the FAKE ones (tests/fake_trainer, tests/fake_engine): what is tested is
+the control plane's evaluation flow. The fake engine answers "answer base" for hone-tiny and "answer <digest of
+the adapter>" for a tuned model, so criteria over those answers decide who wins. The real tuned model is measured
+against the real base in tests/tuned_tickets/test_evals.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import openai
+import pytest
+
+from tests.support import FAKE_ENGINE_PYTHON, HoneServer, chat_dataset, fake_trainer_env, wait_job
+
+# The openai SDK warns that OpenAI is retiring its hosted Evals API (2026-11-30); the SDK's client is what Hone serves.
+pytestmark = pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")
+
+NOT_BASE = {
+    "type": "string_check",
+    "name": "not_base",
+    "input": "{{ sample.output_text }}",
+    "reference": "answer base",
+    "operation": "ne",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    env = {
+        **fake_trainer_env(step_s=0.01),
+        "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON,
+        "HONE_AUTO_DEPLOY": "true",
+        "HONE_LOCAL_SLOTS": "1",
+        "HONE_EVAL_POLL_S": "0.3",
+    }
+    srv = HoneServer(tmp_path_factory.mktemp("job-evaluation"), env)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def project(server):
+    return server.new_project("evaluated")
+
+
+def wait_evaluation(client, job_id: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        evaluation = job.model_extra["evaluation"]
+        if evaluation["status"] in ("completed", "failed", "skipped") or time.monotonic() > deadline:
+            return job, evaluation
+        time.sleep(0.3)
+
+
+def create(client, training: str, **evaluation):
+    return client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=training,
+        seed=5,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        extra_body={"evaluation": evaluation},
+    )
+
+
+def test_a_held_out_slice_is_not_trained_on_and_the_winner_stays_deployed(server, project):
+    client = project.openai()
+    training = client.files.create(file=("t.jsonl", chat_dataset(40)), purpose="fine-tune").id
+    job = create(client, training, testing_criteria=[NOT_BASE], deploy_if_better=True, max_rows=50)
+    assert job.model_extra["evaluation"]["status"] == "pending"
+    assert job.model_extra["evaluation"]["source"] == "holdout"
+    job = wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=120)
+    spec = json.loads((server.data_dir / "blobs" / "jobs" / job.id / "spec.json").read_text())
+    held = spec["training_file"]["exclude_examples"]
+    assert len(held) == 4 and held == sorted(set(held)) and all(0 <= i < 40 for i in held)  # 10% of 40
+
+    job, evaluation = wait_evaluation(client, job.id)
+    assert evaluation["status"] == "completed", evaluation
+    tuned, base = evaluation["results"]["tuned"], evaluation["results"]["compare"]
+    assert (tuned["model"], base["model"]) == (job.fine_tuned_model, "hone-tiny")
+    assert (tuned["score"], base["score"], tuned["total"]) == (1.0, 0.0, 4)
+    assert evaluation["improvement"] == 1.0 and evaluation["deployed"] is True
+    assert "holdout" not in evaluation  # the held-out line numbers stay inside
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=50)]
+    assert any(
+        m.startswith("Evaluation: ") and "100.0% vs hone-tiny 0.0% on 4 rows (+100.0 points)" in m for m in messages
+    )
+    # The comparison is an eval of the project, its runs and output items readable through the Evals API.
+    ev = client.evals.retrieve(evaluation["eval_id"])
+    assert ev.metadata == {"fine_tuning_job_id": job.id}
+    items = list(client.evals.runs.output_items.list(evaluation["runs"]["tuned"], eval_id=ev.id))
+    assert len(items) == 4 and all(i.status == "pass" for i in items)
+    # A result file with the same summary.
+    result = next(f for f in job.result_files if client.files.retrieve(f).filename == "evaluation.json")
+    saved = json.loads(base64.b64decode(client.files.content(result).read()))  # result files come base64, as OpenAI's
+    assert saved["results"] == evaluation["results"]
+    with project.http() as http:
+        states = {e["model"]: e["state"] for e in http.get("/v1/endpoints").json()["data"]}
+    assert states[job.fine_tuned_model] == "ready"
+
+
+def test_a_tuned_model_that_does_not_beat_its_base_is_not_deployed_and_the_job_says_why(server, project):
+    client = project.openai()
+    training = client.files.create(file=("t.jsonl", chat_dataset(20)), purpose="fine-tune").id
+    valid = client.files.create(file=("v.jsonl", chat_dataset(6)), purpose="fine-tune").id
+    is_base = {**NOT_BASE, "name": "is_base", "operation": "eq"}
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=training,
+        validation_file=valid,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        extra_body={"evaluation": {"testing_criteria": [is_base], "deploy_if_better": True, "min_improvement": 0.05}},
+    )
+    assert job.model_extra["evaluation"]["source"] == "validation_file"
+    job, evaluation = wait_evaluation(client, wait_job(client, job.id, lambda j: j.status == "succeeded", 120).id)
+    assert evaluation["status"] == "completed", evaluation
+    assert (evaluation["results"]["tuned"]["score"], evaluation["results"]["compare"]["score"]) == (0.0, 1.0)
+    assert evaluation["deployed"] is False
+    assert evaluation["reason"] == "not deployed: -100.0 points over hone-tiny, 5.0 needed"
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=50)]
+    assert any(evaluation["reason"] in m for m in messages)
+    with project.http() as http:
+        tuned = [e for e in http.get("/v1/endpoints").json()["data"] if e["model"] == job.fine_tuned_model]
+    assert [e["state"] for e in tuned] == ["stopped"]
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "files", "param"),
+    [
+        ({"holdout_fraction": 0.5}, {}, "evaluation.holdout_fraction"),  # 6 of 12 left: fewer than 10
+        ({"deploy_if_better": True}, {"auto_deploy": False}, "evaluation.deploy_if_better"),
+        ({"compare_to": "ft:nobody:else::ftjob-x"}, {}, "evaluation.compare_to"),
+        ({"file": "file-missing"}, {}, "evaluation.file"),
+        ({"holdout_fraction": 0.9}, {}, "evaluation.holdout_fraction"),
+        ({"testing_criteria": [{"type": "multi"}]}, {}, "evaluation.testing_criteria[0].type"),
+        ({"judge": "strict"}, {}, "evaluation.judge"),
+    ],
+)
+def test_evaluations_that_cannot_be_done_are_refused_at_creation(project, evaluation, files, param):
+    client = project.openai()
+    training = client.files.create(file=("t.jsonl", chat_dataset(12)), purpose="fine-tune").id
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(
+            model="hone-tiny", training_file=training, extra_body={"evaluation": evaluation, **files}
+        )
+    assert err.value.body["param"] == param, err.value.body
+
+
+def test_a_raw_text_file_has_no_answer_to_evaluate(project):
+    client = project.openai()
+    lines = b"".join(json.dumps({"text": f"line {i} of text"}).encode() + b"\n" for i in range(12))
+    training = client.files.create(file=("raw.jsonl", lines), purpose="fine-tune").id
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model="hone-tiny", training_file=training, extra_body={"evaluation": {}})
+    assert err.value.body["param"] == "evaluation.file" and "raw_text" in err.value.body["message"]

@@ -88,6 +88,8 @@ class FineTuningJob(BoundObject):
     metadata: dict[str, str] | None = None
     organization_id: str | None = None
     user_provided_suffix: str | None = None
+    # Hone: the evaluation against its base, when the job asked for one (status, results side by side, ...)
+    evaluation: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:

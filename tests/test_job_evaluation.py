@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 
 import openai
@@ -103,6 +106,21 @@ def test_a_held_out_slice_is_not_trained_on_and_the_winner_stays_deployed(server
     with project.http() as http:
         states = {e["model"]: e["state"] for e in http.get("/v1/endpoints").json()["data"]}
     assert states[job.fine_tuned_model] == "ready"
+    # The CLI prints the comparison side by side.
+    env = {**os.environ, "HONE_BASE_URL": server.base_url, "HONE_API_KEY": project.api_key}
+    shown = subprocess.run(
+        [sys.executable, "-m", "hone", "jobs", "evaluation", job.id, "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "evaluation: completed (holdout, against hone-tiny)"
+    assert lines[2].split()[:3] == ["tuned", job.fine_tuned_model, "100.0%"]
+    assert lines[3].split()[:3] == ["compared", "hone-tiny", "0.0%"]
+    assert "improvement +100.0 points over hone-tiny" in shown.stdout and "deployed: yes" in shown.stdout
 
 
 def test_a_tuned_model_that_does_not_beat_its_base_is_not_deployed_and_the_job_says_why(server, project):

@@ -6,6 +6,7 @@ import csv
 import datetime
 import io
 import json
+import time
 from itertools import islice
 from pathlib import Path
 
@@ -66,6 +67,32 @@ def _summary(job: FineTuningJob) -> str:
     return line
 
 
+def _evaluation_lines(job: FineTuningJob) -> list[str]:
+    """The job's evaluation against its base: where it stands, then the two models side by side."""
+    ev = job.evaluation
+    if not ev:
+        return []
+    lines = [f"evaluation: {ev.get('status')} ({ev.get('source')}, against {ev.get('compare_to')})"]
+    results = ev.get("results") or {}
+    if results:
+        rows = [("tuned", results.get("tuned") or {}), ("compared", results.get("compare") or {})]
+        width = max(len(str(r.get("model", ""))) for _, r in rows)
+        lines.append(f"  {'':<9}{'model':<{width}}  {'score':>7}  {'passed':>6}  {'failed':>6}  {'errored':>7}")
+        for role, r in rows:
+            lines.append(
+                f"  {role:<9}{str(r.get('model', '')):<{width}}  {r.get('score', 0):>7.1%}  {r.get('passed', 0):>6}  "
+                f"{r.get('failed', 0):>6}  {r.get('errored', 0):>7}"
+            )
+        lines.append(f"  improvement {ev.get('improvement', 0) * 100:+.1f} points over {ev.get('compare_to')}")
+    if "deployed" in ev:
+        lines.append(
+            f"  deployed: {'yes' if ev['deployed'] else 'no'}" + (f" ({ev['reason']})" if ev.get("reason") else "")
+        )
+    elif ev.get("reason"):
+        lines.append(f"  {ev['reason']}")
+    return lines
+
+
 def _details(job: FineTuningJob) -> str:
     hp = job.hyperparameters
     return "\n".join(
@@ -78,6 +105,7 @@ def _details(job: FineTuningJob) -> str:
             f"created {when(job.created_at)}" + (f", finished {when(job.finished_at)}" if job.finished_at else ""),
             f"trained tokens {job.trained_tokens if job.trained_tokens is not None else '-'}"
             + (f", result files {', '.join(job.result_files)}" if job.result_files else ""),
+            *_evaluation_lines(job),
         ]
     )
 
@@ -104,6 +132,15 @@ def jobs_create(
     auto_deploy: bool = typer.Option(
         True, "--auto-deploy/--no-auto-deploy", help="Deploy an endpoint when the job succeeds."
     ),
+    evaluate: bool = typer.Option(
+        False, "--evaluate", help="After training, measure the tuned model against its base (Hone's evaluation)."
+    ),
+    evaluation: list[str] = typer.Option(
+        [],
+        "--evaluation",
+        "-E",
+        help="An evaluation setting, KEY=VALUE (compare_to=MODEL, max_rows=100, deploy_if_better=true, ...); implies --evaluate.",
+    ),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check local files before uploading."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Then follow the job until it ends."),
 ):
@@ -119,6 +156,7 @@ def jobs_create(
         if v is not None
     }
     metadata_pairs = {k: str(v) for k, v in _pairs(metadata, "--metadata").items()} or None  # before any upload
+    evaluation_settings = _pairs(evaluation, "--evaluation") if (evaluate or evaluation) else None
     uploaded: list[str] = []
     try:
         training_id = _file_id(session, training_file, validate, uploaded)
@@ -138,6 +176,7 @@ def jobs_create(
             metadata=metadata_pairs,
             priority=priority,
             auto_deploy=auto_deploy,
+            evaluation=evaluation_settings,
         )
     except APIStatusError as exc:
         # Refused (4xx): no job uses the files. After a 5xx or a lost connection the job may exist, so they stay.
@@ -241,6 +280,30 @@ def _follow(session: Session, job_id: str, poll_interval: float, timeout: float 
     if update.job.status != "succeeded":
         raise typer.Exit(EXIT_REFUSED)
     raise typer.Exit(EXIT_OK)
+
+
+@api_command(jobs_app, "evaluation")
+def jobs_evaluation(
+    session: Session,
+    job_id: str,
+    wait: bool = typer.Option(False, "--wait", help="Wait until the evaluation has finished."),
+    timeout: float = typer.Option(900, "--timeout", help="With --wait: give up after this many seconds."),
+):
+    """The job's evaluation against its base, side by side (exits 1 if it has none, or it failed)."""
+    job = session.client.jobs.retrieve(job_id)
+    deadline = time.monotonic() + timeout
+    while wait and _evaluation_open(job) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        job = session.client.jobs.retrieve(job_id)
+    if not job.evaluation:
+        fail(f"job {job_id} asked for no evaluation")
+    session.show(job.evaluation, lambda: "\n".join(_evaluation_lines(job)))
+    if job.evaluation.get("status") in ("failed", "skipped"):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def _evaluation_open(job: FineTuningJob) -> bool:
+    return not job.done or (job.evaluation or {}).get("status") in ("pending", "deploying", "running")
 
 
 @api_command(jobs_app, "follow")

@@ -83,9 +83,14 @@ class Jobs(Resource):
         metadata: dict[str, str] | None = None,
         priority: int | None = None,
         auto_deploy: bool | None = None,
+        evaluation: dict | None = None,
         idempotency_key: str | None = None,
         **extra: Any,
     ):
+        """`evaluation` (Hone): measure the tuned model against its base after training, e.g. `{}` for the
+        defaults (the validation file or a 10% held-out slice, exact match), or `{"deploy_if_better": True}`."""
+        if evaluation is not None:
+            extra = {**extra, "evaluation": evaluation}
         body = job_body(
             model,
             training_file,

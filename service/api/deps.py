@@ -30,6 +30,11 @@ async def get_gateway(request: Request):
     return request.app.state.gateway
 
 
+async def get_graders(request: Request):
+    """Grading for this server process (service/grading.py): the sandbox's slots, the gateway for model graders."""
+    return request.app.state.graders
+
+
 async def get_pending_usage(request: Request):
     """What the gateway counted and has not flushed yet (UsageBook.pending), for usage figures."""
     return request.app.state.usage.pending

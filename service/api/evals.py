@@ -6,8 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from service import api_models_evals as m
 from service import evals
 from service.api.contract import PROJECT, limit_query, openai_errors
-from service.api.deps import get_ctx, project_principal
-from service.api.graders import get_graders
+from service.api.deps import get_ctx, get_graders, project_principal
 from service.api.routing import JSONRoute, database_read
 from service.auth import ProjectPrincipal
 from service.context import AppContext

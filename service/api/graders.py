@@ -1,10 +1,10 @@
 """OpenAI's graders API: `POST /v1/fine_tuning/alpha/graders/run` and `/validate` (service/grading.py)."""
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from service import api_models_graders as m
 from service.api.contract import PROJECT, openai_errors
-from service.api.deps import project_principal
+from service.api.deps import get_graders, project_principal
 from service.api.routing import JSONRoute
 from service.auth import ProjectPrincipal
 from service.grading import Graders
@@ -16,10 +16,6 @@ router = APIRouter(
     tags=["graders"],
     responses=openai_errors(*PROJECT),
 )
-
-
-async def get_graders(request: Request) -> Graders:
-    return request.app.state.graders
 
 
 @router.post("/run", response_model=m.GraderRunResponse)

@@ -133,6 +133,34 @@ def check_readable(ctx: AppContext, project_id: str, location: Location, uri: st
         )
 
 
+def check_output_prefix(ctx: AppContext, project_id: str, uri: str, field: str) -> Location:
+    """A prefix the project may have results written under: inside one of its grants (which cover what it may read
+    and, for evaluation results, write), and never inside Hone's own storage. Refused as a missing one otherwise."""
+    location = parse(uri, field, prefix=True)
+    bucket, path = s3_target(ctx.settings, location)
+    if reaches_own_storage(ctx.settings, bucket, path, prefix=True):
+        raise InvalidRequest(
+            f"{field} points into Hone's own storage.", param=field, code=ErrorCode.INVALID_DATASET_URI
+        )
+    check_readable(ctx, project_id, location, uri, field)
+    return location
+
+
+def write_under(ctx: AppContext, prefix_uri: str, name: str, data: bytes) -> str | None:
+    """Writes `name` under a prefix checked by check_output_prefix; the error, in a line, when the store refused."""
+    from service.storage.s3 import bounded_client
+
+    location = parse(prefix_uri, "outputUriPrefix", prefix=True)
+    bucket, path = s3_target(ctx.settings, location)
+    storage = ctx.settings.storage
+    try:
+        client = bounded_client(storage.s3_endpoint_url, storage.s3_max_attempts, storage.s3_timeout_s)
+        client.put_object(Bucket=bucket, Key=f"{path}{name}", Body=data)
+    except Exception as exc:  # the user's bucket: its failure is the evaluation's to report, not the loop's
+        return f"could not write {location.uri}{name}: {str(exc).splitlines()[0][:300]}"
+    return None
+
+
 # --- the admin API -------------------------------------------------------------------------------------------
 
 

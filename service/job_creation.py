@@ -175,18 +175,20 @@ def new_job(
     body: CreateFineTuningJob,
     idempotency_key: str | None = None,
     vertex_spec: dict | None = None,
+    evaluation_extra: dict | None = None,
 ) -> Job:
-    """The new job's row; `vertex_spec` keeps what a Vertex request said beyond OpenAI's fields."""
+    """The new job's row; `vertex_spec` keeps what a Vertex request said beyond OpenAI's fields, and
+    `evaluation_extra` what its evaluationConfig asks of the evaluation beyond Hone's own (service/vertex)."""
     method = _resolve_method(body)
     check_servable(method, ctx.settings.serving.max_lora_rank)
     request_sha = idempotency.fingerprint(body) if idempotency_key else ""
     try:
-        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
+        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)
     except IntegrityError:
         if not idempotency_key:
             raise
         # A concurrent request with the same key won the insert (PostgreSQL); answer with its job.
-        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec)
+        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)
     ctx.hinter.wake(Loop.VALIDATION)  # its files are checked now, not at the next poll
     return job
 
@@ -211,6 +213,7 @@ def _insert_job(
     idempotency_key: str | None,
     request_sha: str,
     vertex_spec: dict | None,
+    evaluation_extra: dict | None = None,
 ) -> Job:
     if not idempotency_key and body.evaluation is None and ctx.base_models.get(body.model) is not None:
         # A base model and no replay to look up: no ORM session (its set-up was ~15% of a create on SQLite).
@@ -243,6 +246,8 @@ def _insert_job(
         _check_files(ctx, session.connection(), principal, body, method)
         values = _job_values(principal, body, method, vertex_spec, base_model=base_model, parent=parent)
         values["evaluation"] = job_evaluation.plan(ctx, session, principal, body, base_model, values["seed"])
+        if values["evaluation"] is not None and evaluation_extra:
+            values["evaluation"] |= evaluation_extra
         values["evaluation_open"] = values["evaluation"] is not None
         conn = session.connection()
         job = _insert_children(

@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session
 
 from hone_kernel.dataset_lines import dataset_lines
 from hone_kernel.dataset_messages import prompt_and_reference
-from service import endpoints, jobs
+from service import endpoints, job_evaluation_output, jobs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
-from service.db.tables import Endpoint, Eval, EvalRun, File, Job
+from service.db.tables import Endpoint, Eval, EvalOutputItem, EvalRun, File, Job
 from service.endpoint_states import EndpointState
 from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
 from service.eval_states import RunStatus
@@ -285,7 +285,7 @@ def _running(ctx: AppContext, session: Session, job: Job) -> bool:
         return False
     if not all(RunStatus(run.status).terminal for run in runs.values() if run is not None):
         return False
-    summary = {role: _score(run) for role, run in runs.items() if run is not None}
+    summary = {role: _score(session, run) for role, run in runs.items() if run is not None}
     tuned, other = summary["tuned"], summary["compare"]
     improvement = round(tuned["score"] - other["score"], 4)
     message = (
@@ -311,16 +311,27 @@ def _running(ctx: AppContext, session: Session, job: Job) -> bool:
             ctx.hinter.routes_changed(job.project_id)
             ctx.hinter.wake(Loop.ENDPOINTS)
             message += f"; {changes['reason']}"
-    job.result_files = [*(job.result_files or []), _result_file(ctx, session, job, {**ev, **changes})]
+    if ev.get("vertex"):  # an evaluationConfig: its results also go under its outputUriPrefix
+        changes["vertex"] = job_evaluation_output.vertex_output(ctx, session, job, ev, summary)
+    job.result_files = [
+        *(job.result_files or []),
+        job_evaluation_output.result_file(ctx, session, job, {**ev, **changes}),
+    ]
     _update(job, **changes)
     add_event(session, job.id, message, data={"evaluation": jobs.evaluation_api(job.evaluation)})
     return False
 
 
-def _score(run: EvalRun) -> dict[str, Any]:
+def _score(session: Session, run: EvalRun) -> dict[str, Any]:
     counts = run.result_counts
     total = max(1, counts.get("total") or 0)
+    scores: dict[str, list[float]] = {}
+    for results in session.execute(select(EvalOutputItem.results).where(EvalOutputItem.run_id == run.id)).scalars():
+        for result in results or []:
+            if result.get("error") is None:
+                scores.setdefault(result["name"], []).append(float(result["score"]))
     return {
+        "aggregates": {name: job_evaluation_output.aggregate(values) for name, values in scores.items()},
         "model": run.model,
         "run_id": run.id,
         "status": run.status,
@@ -331,24 +342,6 @@ def _score(run: EvalRun) -> dict[str, Any]:
         "score": round(counts.get("passed", 0) / total, 4),
         "per_testing_criteria_results": run.per_testing_criteria_results,
     }
-
-
-def _result_file(ctx: AppContext, session: Session, job: Job, summary: dict[str, Any]) -> str:
-    key = f"jobs/{job.id}/evaluation.json"
-    data = json.dumps(jobs.evaluation_api(summary), indent=2).encode()
-    ctx.storage.put_bytes(key, data)
-    file = File(
-        id=new_id("file-"),
-        project_id=job.project_id,
-        filename="evaluation.json",
-        purpose="fine-tune-results",
-        bytes=len(data),
-        created_at=int(time.time()),
-        status="processed",
-        storage_key=key,
-    )
-    session.add(file)
-    return file.id
 
 
 _STAGES = {"pending": _pending, "deploying": _deploying, "running": _running}

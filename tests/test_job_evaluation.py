@@ -34,8 +34,9 @@ NOT_BASE = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, moto):
     env = {
+        **moto.env(),  # the buckets a Vertex evaluationConfig writes its results to (Hone's own storage: files)
         **fake_trainer_env(step_s=0.01),
         "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON,
         "HONE_AUTO_DEPLOY": "true",
@@ -177,3 +178,78 @@ def test_a_raw_text_file_has_no_answer_to_evaluate(project):
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model="hone-tiny", training_file=training, extra_body={"evaluation": {}})
     assert err.value.body["param"] == "evaluation.file" and "raw_text" in err.value.body["message"]
+
+
+def test_a_vertex_evaluation_config_reports_its_metrics_where_vertex_puts_them(server, project, moto):
+    """google-genai's `evaluation_config` on a tuning job: exact match and ROUGE-L over the validation dataset,
+    aggregated as the SDK asks (average, standard deviation), answered in `evaluateDatasetRuns`, and the rows and
+    aggregates written under the output prefix, which the project was granted."""
+    from google.genai import types
+
+    from tests.test_vertex_api import genai_client
+
+    moto.client().create_bucket(Bucket="hone-eval-out")  # gs://hone-eval-out/ reads and writes it (unmapped)
+    with server.admin() as admin:
+        granted = admin.post(
+            f"/v1/organization/projects/{project.project_id}/dataset_grants", json={"uri": "gs://hone-eval-out/runs/"}
+        )
+        assert granted.status_code == 200, granted.text
+    files = project.openai().files
+    training = files.create(file=("t.jsonl", chat_dataset(20)), purpose="fine-tune").id
+    valid = files.create(file=("v.jsonl", chat_dataset(5)), purpose="fine-tune").id
+    client = genai_client(server, project.api_key, project.project_id)
+
+    def config(prefix: str, metrics=(types.Metric(name="exact_match"), types.Metric(name="rouge_l"))):
+        return types.CreateTuningJobConfig(
+            epoch_count=1,
+            validation_dataset=types.TuningValidationDataset(gcs_uri=valid),
+            evaluation_config=types.EvaluationConfig(
+                metrics=list(metrics),
+                output_config=types.OutputConfig(gcs_destination=types.GcsDestination(output_uri_prefix=prefix)),
+            ),
+        )
+
+    with pytest.raises(Exception) as outside:  # a prefix the project was not granted reads as missing
+        client.tunings.tune(
+            base_model="hone-tiny",
+            training_dataset=types.TuningDataset(gcs_uri=training),
+            config=config("gs://hone-eval-out/other/"),
+        )
+    assert getattr(outside.value, "code", None) == 404, outside.value
+    job = client.tunings.tune(
+        base_model="hone-tiny",
+        training_dataset=types.TuningDataset(gcs_uri=training),
+        config=config("gs://hone-eval-out/runs/"),
+    )
+    job_id = job.name.rsplit("/", 1)[-1]
+    _, evaluation = wait_evaluation(
+        project.openai(), wait_job(project.openai(), job_id, lambda j: j.status == "succeeded", 120).id
+    )
+    assert evaluation["status"] == "completed", evaluation
+    job = client.tunings.get(name=job.name)
+    (run,) = job.evaluate_dataset_runs
+    results = {
+        (r.aggregation_metric, "exact" if r.exact_match_metric_value else "rouge"): (
+            r.exact_match_metric_value or r.rouge_metric_value
+        ).score
+        for r in run.evaluate_dataset_response.aggregation_output.aggregation_results
+    }
+    assert set(results) == {(a, m) for a in ("AVERAGE", "STANDARD_DEVIATION") for m in ("exact", "rouge")}, results
+    tuned = evaluation["results"]["tuned"]["aggregates"]
+    assert results[("AVERAGE", "exact")] == tuned["exact_match"]["AVERAGE"]
+    assert results[("AVERAGE", "rouge")] == tuned["rougel"]["AVERAGE"]
+    directory = run.evaluate_dataset_response.output_info.gcs_output_directory
+    assert directory == f"gs://hone-eval-out/runs/{job_id}/"
+    written = json.loads(
+        moto.client().get_object(Bucket="hone-eval-out", Key=f"runs/{job_id}/evaluation_results.json")["Body"].read()
+    )
+    assert written["aggregates"] == tuned and len(written["rows"]) == 5
+    with pytest.raises(Exception) as judged:  # model-judged metrics: refused, not ignored
+        client.tunings.tune(
+            base_model="hone-tiny",
+            training_dataset=types.TuningDataset(gcs_uri=training),
+            config=config(
+                "gs://hone-eval-out/runs/", metrics=[types.Metric(name="fluency", prompt_template="Rate: {response}")]
+            ),
+        )
+    assert getattr(judged.value, "code", None) == 400, judged.value

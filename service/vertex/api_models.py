@@ -57,6 +57,7 @@ class TuningSpec(Exact):
     validationDatasetUri: str = absent_or()
     hyperParameters: TuningHyperParameters
     exportLastCheckpointOnly: bool = absent_or()
+    evaluationConfig: dict[str, Any] = absent_or("As given: metrics, outputConfig.")
 
 
 class TuningError(Exact):
@@ -112,6 +113,10 @@ class TuningJob(Exact):
     tuningJobMetadata: TuningJobMetadata = absent_or()
     tunedModel: TunedModel = absent_or()
     tuningDataStats: TuningDataStats = absent_or()
+    evaluateDatasetRuns: list[dict[str, Any]] = absent_or(
+        "After an evaluationConfig's evaluation: evaluationRun, checkpointId, and evaluateDatasetResponse "
+        "(aggregationOutput.aggregationResults, outputInfo.gcsOutputDirectory) or error."
+    )
 
 
 class TuningJobList(Exact):

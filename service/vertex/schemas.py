@@ -4,34 +4,13 @@ and google-genai mixes them), int64 fields as JSON numbers or strings, enums as 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel, to_snake
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
 
-from service.schemas import refuse_unknown_keys
-
-
-class VertexBody(BaseModel):
-    # Unknown fields are refused (400 naming the field), not ignored as Vertex ignores what a version does not know:
-    # a field Hone drops is a setting its caller believes in and Hone does not honour. Non-finite numbers too.
-    model_config = ConfigDict(
-        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid", allow_inf_nan=False
-    )
-    # Fields Vertex defines that Hone does not honour (camelCase -> why); both spellings answer 400 "not supported".
-    refused: ClassVar[dict[str, str]] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unknown(cls, data: Any) -> Any:
-        if cls.model_config.get("extra") == "allow":
-            return data
-        return refuse_unknown_keys(cls, data, _both_spellings(cls.refused))
-
-
-def _both_spellings(refused: dict[str, str]) -> dict[str, str]:
-    return refused | {to_snake(key): why for key, why in refused.items()}
-
+from service.vertex.body import VertexBody
+from service.vertex.evaluation import EvaluationConfig
 
 # AdapterSize: name -> (proto number, LoRA rank). The numbers are not in rank order (TWO was added last).
 ADAPTER_SIZES = {
@@ -96,15 +75,12 @@ def _tuning_mode(value: Any) -> str | None:
 
 
 class SupervisedTuningSpec(VertexBody):
-    refused = {
-        "evaluationConfig": "auto-evaluation after tuning is not supported for this model; evaluate the tuned "
-        "model through its endpoint."
-    }
     training_dataset_uri: str = Field(min_length=1)
     validation_dataset_uri: str | None = None
     hyper_parameters: HyperParameters = Field(default_factory=HyperParameters)
     export_last_checkpoint_only: bool | None = None
     tuning_mode: Annotated[str | None, BeforeValidator(_tuning_mode)] = None  # v1beta1; Hone's tuning_mode
+    evaluation_config: EvaluationConfig | None = None  # auto-evaluation after tuning (service/vertex/evaluation.py)
 
 
 class PreferenceOptimizationSpec(SupervisedTuningSpec):

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from service.db.tables import Checkpoint, Endpoint, File, Job
 from service.endpoint_states import EndpointState
 from service.training_plan import DEFAULT_LORA_RANK
+from service.vertex.evaluation import dataset_runs
 from service.vertex.resources import VertexScope, rfc3339
 from service.vertex.schemas import ADAPTER_SIZE_OF_RANK
 from service.vertex.states import vertex_state
@@ -132,6 +133,8 @@ def _view(
     spec["hyperParameters"] = _hyperparameters(job)
     if "exportLastCheckpointOnly" in given:
         spec["exportLastCheckpointOnly"] = given["exportLastCheckpointOnly"]
+    if "evaluationConfig" in given:
+        spec["evaluationConfig"] = given["evaluationConfig"]
     state, sub_state = vertex_state(job, endpoints)
     updated = max(
         t
@@ -176,4 +179,5 @@ def _view(
     if job.fine_tuned_model:
         view["tunedModel"] = _tuned_model(scope, job, endpoints, checkpoints)
     view["tuningDataStats"] = _data_stats(job, training)
+    view["evaluateDatasetRuns"] = dataset_runs(scope, job.evaluation)
     return {k: v for k, v in view.items() if v is not None}  # proto3 JSON leaves unset fields out

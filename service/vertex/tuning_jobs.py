@@ -11,12 +11,13 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import files, job_creation, jobs
+from service import dataset_grants, files, job_creation, jobs
 from service.context import AppContext
 from service.db.tables import Checkpoint, Job
 from service.errors import ApiError, ErrorCode, InvalidRequest, NotFound, param_from_loc
 from service.pagination import paginate
 from service.schemas import CreateFineTuningJob
+from service.vertex import evaluation as vertex_evaluation
 from service.vertex import tuning_job_view
 from service.vertex.dataset_uris import ResolvedDataset, resolve_dataset
 from service.vertex.list_filter import filter_conditions
@@ -147,12 +148,27 @@ def _vertex_param(param: str | None, spec_field: str) -> str | None:
     }
     if param in top:
         return top[param]
+    if (param or "").startswith("evaluation"):  # what Hone's evaluation refused of an evaluationConfig
+        return f"{spec_field}.evaluationConfig"
     head, _, name = (param or "").rpartition("hyperparameters.")
     if name == "tuning_mode":  # the spec's tuningMode, not a hyperParameters field
         return f"{spec_field}.tuningMode"
     if head or name in HYPERPARAMETERS:
         return f"{spec_field}.hyperParameters.{HYPERPARAMETERS.get(name, name)}"
     return param
+
+
+def _evaluation(ctx: AppContext, scope: VertexScope, spec, spec_field: str) -> tuple[dict | None, dict | None]:
+    """An evaluationConfig as Hone's job `evaluation`, and what the Vertex view keeps of it (its output prefix
+    checked against the project's grants first)."""
+    config = spec.evaluation_config
+    if config is None:
+        return None, None
+    prefix = config.output_config.gcs_destination.output_uri_prefix
+    field = f"{spec_field}.evaluationConfig.outputConfig.gcsDestination.outputUriPrefix"
+    dataset_grants.check_output_prefix(ctx, scope.principal.project_id, prefix, field)
+    evaluation, vertex = vertex_evaluation.job_evaluation(config)
+    return evaluation, {"vertex": vertex}
 
 
 def _suffix(display_name: str | None) -> str | None:
@@ -195,8 +211,10 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
         ):
             if uri is not None:
                 datasets.append(resolve_dataset(ctx, scope.principal, uri, f"{spec_field}.{field}"))
+        evaluation, evaluation_extra = _evaluation(ctx, scope, spec, spec_field)
         request = CreateFineTuningJob.model_validate(
             {
+                **({"evaluation": evaluation} if evaluation is not None else {}),
                 "model": model,
                 "training_file": datasets[0].file_id,
                 "validation_file": datasets[1].file_id if len(datasets) > 1 else None,
@@ -214,10 +232,17 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
             "trainingDatasetUri": spec.training_dataset_uri,
             "validationDatasetUri": spec.validation_dataset_uri,
             "exportLastCheckpointOnly": spec.export_last_checkpoint_only,
+            "evaluationConfig": (
+                spec.evaluation_config.model_dump(by_alias=True, exclude_none=True) if spec.evaluation_config else None
+            ),
             **source,
         }
         job = job_creation.new_job(
-            ctx, scope.principal, request, vertex_spec={k: v for k, v in vertex_spec.items() if v is not None}
+            ctx,
+            scope.principal,
+            request,
+            vertex_spec={k: v for k, v in vertex_spec.items() if v is not None},
+            evaluation_extra=evaluation_extra,
         )
     except ValidationError as exc:
         _discard(ctx, scope, datasets)

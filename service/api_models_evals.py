@@ -126,3 +126,27 @@ class OutputItemList(Exact):
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+class ExternalModelObject(Exact):
+    object: Literal["external_model"]
+    id: str
+    name: str = Field(description="ext:<name>: how eval runs and model graders call it.")
+    base_url: str
+    model: str
+    api_key: str | None = Field(description="The key's last four characters (the key is sealed at rest).")
+    created_at: int
+
+
+class ExternalModelList(Exact):
+    object: Literal["list"]
+    data: list[ExternalModelObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class ExternalModelDeleted(Exact):
+    object: Literal["external_model.deleted"]
+    id: str
+    deleted: bool

@@ -17,6 +17,7 @@ from service.api import (
     dataset_grants,
     endpoints,
     evals,
+    external_models,
     files,
     fine_tuning,
     gateway,
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         endpoints.router,
         graders.router,
         evals.router,
+        external_models.router,
         vertex.router,
         internal.router,
     ):

@@ -164,3 +164,12 @@ class CreateEvalRun(StrictModel):
         if isinstance(source, dict) and source.get("type") == "responses":
             raise ValueError("Hone has no Responses API: use a 'completions' or 'jsonl' data source")
         return data
+
+
+class CreateExternalModel(StrictModel):
+    """Hone: an OpenAI-compatible endpoint outside Hone, to compare with (eval runs, model graders)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Called as `ext:<name>`.")
+    base_url: str = Field(min_length=1, max_length=1024, description="Its /v1 URL, within HONE_EXTERNAL_MODEL_URLS.")
+    model: str = Field(min_length=1, max_length=256, description="Its own name for the model.")
+    api_key: str | None = Field(default=None, min_length=1, max_length=4096)

@@ -11,10 +11,12 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 from starlette.concurrency import run_in_threadpool
 
 from hone_kernel.graders import run as grading
 from hone_kernel.graders import spec
+from service import external_models
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.endpoints import resolve_model
@@ -28,10 +30,12 @@ class GatewayModels:
     """A model grader's calls, as a project's chat completions through the gateway; 502/503/504 and refused
     connections are retried `retries` times."""
 
-    def __init__(self, gateway: Any, project_id: str, retries: int):
-        self.gateway, self.project_id, self.retries = gateway, project_id, retries
+    def __init__(self, ctx: AppContext, gateway: Any, project_id: str, retries: int):
+        self.ctx, self.gateway, self.project_id, self.retries = ctx, gateway, project_id, retries
 
     async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> grading.ModelReply:
+        if model.startswith(external_models.PREFIX):
+            return await self._external(model, messages, params)
         body = {"model": model, "messages": messages, **params}
         raw = json.dumps(body).encode()
         for attempt in range(self.retries + 1):
@@ -49,6 +53,30 @@ class GatewayModels:
             return _reply(model, response.status_code, bytes(response.body))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    async def _external(self, name: str, messages: list[dict[str, str]], params: dict[str, Any]) -> grading.ModelReply:
+        """A registered external model (service/external_models.py), called as OpenAI's chat completions."""
+        target = await run_in_threadpool(external_models.target, self.ctx, self.project_id, name)
+        if target is None:
+            raise grading.ModelCallFailed(f"{name}: no such external model in this project")
+        headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+        body = {"model": target.model, "messages": messages, **params}
+        timeout = self.ctx.settings.serving.gateway_timeout_s
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                async with httpx.AsyncClient(timeout=timeout) as http:
+                    response = await http.post(f"{target.base_url}/chat/completions", json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                if not last:
+                    await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                    continue
+                raise grading.ModelCallFailed(f"{name}: {type(exc).__name__} calling {target.base_url}") from None
+            if (response.status_code in _RETRIED_STATUS or response.status_code == 429) and not last:
+                await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                continue
+            return _reply(name, response.status_code, response.content)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
 
 def _reply(model: str, status: int, content: bytes) -> grading.ModelReply:
     try:
@@ -56,7 +84,8 @@ def _reply(model: str, status: int, content: bytes) -> grading.ModelReply:
     except ValueError:
         body = None
     if status != 200 or not isinstance(body, dict):
-        message = ((body or {}).get("error") or {}).get("message") if isinstance(body, dict) else None
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
         raise grading.ModelCallFailed(f"{model} answered HTTP {status}: {excerpt(message or content, 300)}")
     try:
         choice = body["choices"][0]
@@ -82,7 +111,7 @@ class Graders:
         self.python_slots = asyncio.Semaphore(settings.grader_processes)
 
     def env(self, project_id: str) -> grading.GradingEnv:
-        models = GatewayModels(self.gateway, project_id, self.ctx.settings.graders.grader_model_retries)
+        models = GatewayModels(self.ctx, self.gateway, project_id, self.ctx.settings.graders.grader_model_retries)
         return grading.GradingEnv(limits=self.limits, models=models, python_slots=self.python_slots)
 
     async def check_model(self, principal: ProjectPrincipal, model: str, param: str) -> None:
@@ -99,6 +128,14 @@ class Graders:
     def _check_models(self, project_id: str, models: set[str], param: str, whose: str) -> None:
         with self.ctx.db.read() as session:
             for model in sorted(models):
+                if model.startswith(external_models.PREFIX):
+                    if external_models.exists(session, project_id, model):
+                        continue
+                    raise InvalidRequest(
+                        f"The {whose}model '{excerpt(model)}' is not an external model of this project.",
+                        param=param,
+                        code=ErrorCode.MODEL_NOT_FOUND,
+                    )
                 try:
                     resolve_model(self.ctx, session, project_id, model)
                 except NotFound:

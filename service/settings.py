@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from hone_kernel.graders.sandbox import SandboxLimits
@@ -23,10 +23,14 @@ from service.datasets import MIN_TRAINING_EXAMPLES
 _ENV = SettingsConfigDict(env_prefix="HONE_", extra="ignore")
 
 
+_LIST_SETTINGS = ("k8s_tolerations", "external_model_urls")
+
+
 def _json(value, info: ValidationInfo):
-    """Dict and list settings come as JSON in the environment; an empty variable is an empty one."""
+    """Dict and list settings come as JSON in the environment (NoDecode: read here, not by pydantic-settings, which
+    refused an empty variable); an empty variable is an empty one."""
     if isinstance(value, str):
-        return json.loads(value) if value.strip() else ([] if info.field_name == "k8s_tolerations" else {})
+        return json.loads(value) if value.strip() else ([] if info.field_name in _LIST_SETTINGS else {})
     return value
 
 
@@ -58,6 +62,7 @@ class ServerSettings(BaseSettings):
     database_threads: int | None = Field(default=None, ge=0)
     metrics_max_label_values: int = 500  # distinct models a metric may label before the rest become "_other"
     metrics_token: str | None = None  # GET /metrics wants `Authorization: Bearer <it>`; unset or empty: open
+    secret_key: str | None = None  # Fernet key sealing stored secrets (service/secret_box.py); default: data dir
     metrics_model_labels: bool = True  # false: every label naming a model reads "_all", so /metrics names none
     # Trainers and built-in engines fork from one interpreter that imported torch, transformers and peft once
     # (service/warm_start.py): ~5 s of CPU less for each, on start-up. Only for this interpreter's own Python.
@@ -89,7 +94,7 @@ class StorageSettings(BaseSettings):
     s3_timeout_s: float = Field(default=30.0, gt=0)
     # Vertex dataset URIs: gs://BUCKET/... reads s3://MAPPED/... on the S3-compatible store, as JSON
     # {"gcs-bucket": "s3-bucket/optional/prefix"}; a bucket not listed reads the S3 bucket of the same name.
-    gcs_bucket_map: dict[str, str] = Field(default_factory=dict)
+    gcs_bucket_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     _parse_json = field_validator("gcs_bucket_map", mode="before")(_json)
 
@@ -114,7 +119,7 @@ class TrainingSettings(BaseSettings):
 
     # name -> local folder or Hugging Face id, as JSON: {"acme/llama": "/models/llama"}; or name -> {"source": ...,
     # "training": {...}} to give the model its own "auto" defaults (service/base_models.py TrainingDefaults)
-    base_models: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+    base_models: Annotated[dict[str, str | dict[str, Any]], NoDecode] = Field(default_factory=dict)
     model_cache_dir: Path | None = None  # where built-in base models are built; default: data_dir/models
     executor: str = "local"
     # Local executor slots: one per GPU in CUDA_VISIBLE_DEVICES, else HONE_LOCAL_SLOTS on CPU.
@@ -153,7 +158,9 @@ class ServingSettings(BaseSettings):
     inference_engine: str = "auto"
     # where engines run: local processes, kubernetes (a Deployment each), or static (servers someone else runs)
     endpoint_backend: str = "local"
-    static_engines: dict[str, str] = Field(default_factory=dict)  # JSON, base model name -> engine URL (static)
+    static_engines: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict
+    )  # JSON, base model name -> engine URL (static)
     static_engine_api_key: str | None = None  # the static engines' VLLM_API_KEY
     auto_deploy: bool = True  # deploy an endpoint when a job succeeds (jobs may opt out with auto_deploy=false)
     shared_engines: bool = False  # one engine per base model serving all its adapters (multi-LoRA)
@@ -199,8 +206,12 @@ class KubernetesSettings(BaseSettings):
     k8s_inference_image: str = "ghcr.io/hone-dev/hone-inference:0.1.0"  # vLLM with Hone's entrypoint
     k8s_gpus_per_job: int = 1  # nvidia.com/gpu requested by each trainer pod (0: CPU)
     k8s_gpus_per_engine: int = 1
-    k8s_node_selector: dict[str, str] = Field(default_factory=dict)  # JSON, for trainer and engine pods
-    k8s_tolerations: list[dict] = Field(default_factory=list)  # JSON, Kubernetes toleration objects
+    k8s_node_selector: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict
+    )  # JSON, for trainer and engine pods
+    k8s_tolerations: Annotated[list[dict], NoDecode] = Field(
+        default_factory=list
+    )  # JSON, Kubernetes toleration objects
     k8s_secret_name: str = "hone-secrets"  # env for trainers and engines by reference (storage credentials)
     k8s_job_deadline_s: int = 7 * 24 * 3600  # activeDeadlineSeconds of a trainer Job
     k8s_job_ttl_s: int = 3600  # ttlSecondsAfterFinished: how long a finished Job (and its logs) is kept
@@ -237,6 +248,11 @@ class GradersSettings(BaseSettings):
     eval_concurrency: int = Field(default=8, ge=1)
     eval_max_rows: int = Field(default=10000, ge=1)
     eval_poll_s: float = Field(default=5.0, gt=0)
+    # OpenAI-compatible endpoints outside Hone that projects may register (service/external_models.py): URL
+    # prefixes, e.g. ["https://api.openai.com/v1"]. Empty: none may be registered.
+    external_model_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _parse_json = field_validator("external_model_urls", mode="before")(_json)
 
     def sandbox_limits(self) -> SandboxLimits:
         return SandboxLimits(

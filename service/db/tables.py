@@ -327,3 +327,21 @@ class EvalOutputItem(Base):
         Index("ix_eval_output_items_run_seq", "run_id", "seq"),
         UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_item"),
     )
+
+
+class ExternalModel(Base):
+    """An OpenAI-compatible endpoint outside Hone that a project registered (its key sealed: service/secret_box.py),
+    named `ext:<name>` in eval runs and model graders."""
+
+    __tablename__ = "external_models"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    base_url: Mapped[str] = mapped_column(String(1024))
+    model: Mapped[str] = mapped_column(String(256))  # the endpoint's own name for it
+    api_key_sealed: Mapped[str | None] = mapped_column(Text)
+    api_key_hint: Mapped[str | None] = mapped_column(String(16))  # the last 4 characters, to recognise it
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_external_models_project_name"),)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from hone_kernel.dataset_lines import dataset_lines
 from hone_kernel.dataset_messages import prompt_and_reference
-from service import endpoints, job_evaluation_output, jobs
+from service import endpoints, external_models, job_evaluation_output, jobs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Endpoint, Eval, EvalOutputItem, EvalRun, File, Job
@@ -105,6 +105,10 @@ def plan(
     models = {compare} | {m for c in asked.testing_criteria or [] for m in _models(c)}
     for model in sorted(models):
         try:
+            if model.startswith(external_models.PREFIX):  # the model the team runs today, outside Hone
+                if not external_models.exists(session, principal.project_id, model):
+                    raise NotFound(model)
+                continue
             endpoints.resolve_model(ctx, session, principal.project_id, model)
         except NotFound:
             field = "compare_to" if model == compare else "testing_criteria"
@@ -174,6 +178,8 @@ def _pending(ctx: AppContext, session: Session, job: Job) -> bool:
     eps = {}
     assert job.fine_tuned_model is not None  # a succeeded job has its model
     for role, model in (("tuned", job.fine_tuned_model), ("compare", ev["compare_to"])):
+        if model.startswith(external_models.PREFIX):
+            continue  # served elsewhere: nothing to deploy
         served = endpoints.resolve_model(ctx, session, job.project_id, model)
         eps[role] = endpoints.deploy(session, job.project_id, served).id
     _update(job, status="deploying", endpoints=eps)

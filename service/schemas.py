@@ -191,7 +191,11 @@ class JobEvaluation(_Body):
         description="Graders over {{item.reference}} (the expected answer) and {{sample.output_text}}; "
         "default: an exact match.",
     )
-    compare_to: str = Field(default="base", min_length=1, description='"base" or a model the project can call.')
+    compare_to: str = Field(
+        default="base",
+        min_length=1,
+        description='"base", a model of the project, or an external model (ext:<name>) it registered.',
+    )
     max_completion_tokens: int = Field(default=256, ge=1, le=32768, description="Each answer's length at most.")
     deploy_if_better: bool = Field(
         default=False,

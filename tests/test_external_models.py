@@ -15,7 +15,16 @@ import time
 import httpx
 import pytest
 
-from tests.support import HoneServer, free_port, start_python, wait_http
+from tests.support import (
+    FAKE_ENGINE_PYTHON,
+    HoneServer,
+    chat_dataset,
+    fake_trainer_env,
+    free_port,
+    start_python,
+    wait_http,
+    wait_job,
+)
 
 KEY = "sk-incumbent-secret-7391"
 pytestmark = pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")
@@ -49,7 +58,14 @@ def incumbent(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, incumbent):
-    env = {"HONE_EXTERNAL_MODEL_URLS": json.dumps([incumbent]), "HONE_EVAL_POLL_S": "0.3"}
+    env = {
+        "HONE_EXTERNAL_MODEL_URLS": json.dumps([incumbent]),
+        "HONE_EVAL_POLL_S": "0.3",
+        # a job measured against the incumbent: the FAKE trainer, and the FAKE engine for the tuned model
+        **fake_trainer_env(step_s=0.01),
+        "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON,
+        "HONE_AUTO_DEPLOY": "true",
+    }
     srv = HoneServer(tmp_path_factory.mktemp("external-models"), env)
     yield srv
     srv.stop()
@@ -152,3 +168,42 @@ def test_an_eval_run_and_a_grader_call_the_external_model(server, incumbent):
             },
         )
     assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "data_source.model"
+
+
+def test_a_job_is_measured_against_the_external_model_it_would_replace(server, incumbent):
+    project = server.new_project("replacing")
+    with project.http() as http:
+        assert register(http, incumbent, name="today").status_code == 200
+    client = project.openai()
+    training = client.files.create(file=("t.jsonl", chat_dataset(20)), purpose="fine-tune").id
+    criterion = {
+        "type": "string_check",
+        "name": "answer",
+        "input": "{{ sample.output_text }}",
+        "reference": "answer base",
+        "operation": "eq",
+    }
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=training,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        extra_body={
+            "evaluation": {"compare_to": "ext:today", "testing_criteria": [criterion], "deploy_if_better": True}
+        },
+    )
+    wait_job(client, job.id, lambda j: j.status == "succeeded", timeout=120)
+    deadline = time.monotonic() + 60
+    while (evaluation := client.fine_tuning.jobs.retrieve(job.id).model_extra["evaluation"])["status"] not in (
+        "completed",
+        "failed",
+    ):
+        assert time.monotonic() < deadline, evaluation
+        time.sleep(0.3)
+    assert evaluation["status"] == "completed", evaluation
+    results = evaluation["results"]
+    assert (results["compare"]["model"], results["compare"]["score"], results["tuned"]["score"]) == (
+        "ext:today",
+        1.0,
+        0.0,
+    )
+    assert evaluation["deployed"] is False and "over ext:today" in evaluation["reason"]

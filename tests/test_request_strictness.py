@@ -158,18 +158,27 @@ def _google_400(resp) -> tuple[str, str]:
     return bad_request["fieldViolations"][0]["field"], error["message"]
 
 
+OUTPUT = {"gcsDestination": {"outputUriPrefix": "gs://results/evals/"}}
+
+
 @pytest.mark.parametrize(
     "spec, field, words",
     [
-        (
-            {"evaluationConfig": {"metrics": []}},
-            "supervisedTuningSpec.evaluationConfig",
-            "not supported for this model",
+        (  # evaluationConfig is honoured (tests/test_job_evaluation.py), but not what Hone does not compute
+            {"evaluationConfig": {"metrics": [{"pointwiseMetricSpec": {}}], "outputConfig": OUTPUT}},
+            "supervisedTuningSpec.evaluationConfig.metrics[0].pointwiseMetricSpec",
+            "model-judged metrics are not supported",
         ),
         (
-            {"evaluation_config": {"metrics": []}},
-            "supervisedTuningSpec.evaluationConfig",
-            "not supported for this model",
+            {
+                "evaluation_config": {
+                    "metrics": [{"exact_match_spec": {}}],
+                    "output_config": OUTPUT,
+                    "autorater_config": {},
+                }
+            },
+            "supervisedTuningSpec.evaluationConfig.autoraterConfig",
+            "no autorater",
         ),
         (
             {"hyperParameters": {"epochCunt": 2}},

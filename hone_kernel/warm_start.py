@@ -118,6 +118,20 @@ class _Channel:
             self._close()
 
 
+def _clear_stale(path: str) -> None:
+    """Removes a socket file no interpreter answers on (one that died left it), so that this one can bind; a live
+    one is left alone and the bind then fails, as it should."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        return
+    except OSError:  # refused: nobody listens
+        os.unlink(path)
+    finally:
+        probe.close()
+
+
 def serve(preload: list[str], listen: str | None = None) -> None:
     """`listen`: also take askers on a Unix socket at this path (several control planes sharing one preload, as
     the test suite's servers do); the socket's folder keeps other users out."""
@@ -146,6 +160,7 @@ def serve(preload: list[str], listen: str | None = None) -> None:
     listener = None
     if listen is not None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _clear_stale(listen)
         listener.bind(listen)
         listener.listen(64)
     # Forking is safe only from a single-threaded process: a preload that started a thread is reported.
@@ -178,7 +193,10 @@ def serve(preload: list[str], listen: str | None = None) -> None:
             channel.say(ready)
         for fd in [fd for fd in readable if fd in channels]:
             channel = channels[fd]
-            chunk = os.read(fd, 1 << 16)
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError:  # reset by a peer that died mid-connection: as gone as one that closed
+                chunk = b""
             if not chunk:
                 if channel is own:
                     return  # the process that started this one is gone; the runs go on, reparented

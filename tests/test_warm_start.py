@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -153,3 +154,27 @@ def test_control_planes_share_one_listening_interpreter_and_fall_back_to_their_o
     finally:
         for starts in (owner, guest, lost):
             starts.close()
+
+
+def test_a_reset_connection_does_not_end_the_shared_interpreter_and_a_stale_socket_is_cleared(tmp_path):
+    """A control plane killed while connected resets its connection (it never read the interpreter's greeting):
+    the interpreter drops that asker and goes on serving the others. An interpreter that died anyway left its
+    socket file behind; the next one clears it instead of failing to bind (a CI run lost 256 tests to that)."""
+    path = tmp_path / "warm.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, and nothing listens on it
+    owner = WarmStarts(True, tmp_path / "owner", preload=(), listen=path)
+    guest = WarmStarts(True, tmp_path / "guest", preload=(), shared=owner.listening())
+    try:
+        interpreter = owner._interpreters[sys.executable]._proc.pid
+        for _ in range(3):
+            rude = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            rude.connect(str(path))
+            time.sleep(0.2)  # the greeting arrives, unread
+            rude.close()  # closing with unread data resets the interpreter's side
+        run = guest.launch(None, "tests.warm_target", ["4"], dict(os.environ), tmp_path / "guest.log")
+        assert run.wait(30) == 4 and psutil.pid_exists(interpreter)
+    finally:
+        guest.close()
+        owner.close()

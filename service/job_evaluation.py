@@ -175,14 +175,23 @@ def _pending(ctx: AppContext, session: Session, job: Job) -> bool:
             _update(job, status="skipped", reason=f"the job {job.status}")
         return False
     ev = job.evaluation or {}
-    eps = {}
+    eps, made = {}, []
     assert job.fine_tuned_model is not None  # a succeeded job has its model
     for role, model in (("tuned", job.fine_tuned_model), ("compare", ev["compare_to"])):
         if model.startswith(external_models.PREFIX):
             continue  # served elsewhere: nothing to deploy
         served = endpoints.resolve_model(ctx, session, job.project_id, model)
+        live = session.execute(
+            select(Endpoint.id).where(
+                Endpoint.project_id == job.project_id,
+                Endpoint.model == served.name,
+                Endpoint.state != EndpointState.STOPPED.value,
+            )
+        ).first()
         eps[role] = endpoints.deploy(session, job.project_id, served).id
-    _update(job, status="deploying", endpoints=eps)
+        if live is None:
+            made.append(role)  # deployed for the evaluation only: retired after it (_retire)
+    _update(job, status="deploying", endpoints=eps, deployed_for_evaluation=made)
     add_event(session, job.id, f"Evaluating {job.fine_tuned_model} against {ev['compare_to']}: deploying both")
     ctx.hinter.wake(Loop.ENDPOINTS)
     return False
@@ -314,9 +323,10 @@ def _running(ctx: AppContext, session: Session, job: Job) -> bool:
             endpoints.stop_model_endpoints(
                 session, job.project_id, job.fine_tuned_model or "", "The evaluation did not deploy it."
             )
-            ctx.hinter.routes_changed(job.project_id)
-            ctx.hinter.wake(Loop.ENDPOINTS)
             message += f"; {changes['reason']}"
+    _retire(ctx, session, job, ev)
+    ctx.hinter.routes_changed(job.project_id)
+    ctx.hinter.wake(Loop.ENDPOINTS)
     if ev.get("vertex"):  # an evaluationConfig: its results also go under its outputUriPrefix
         changes["vertex"] = job_evaluation_output.vertex_output(ctx, session, job, ev, summary)
     job.result_files = [
@@ -326,6 +336,22 @@ def _running(ctx: AppContext, session: Session, job: Job) -> bool:
     _update(job, **changes)
     add_event(session, job.id, message, data={"evaluation": jobs.evaluation_api(job.evaluation)})
     return False
+
+
+def _retire(ctx: AppContext, session: Session, job: Job, ev: dict[str, Any]) -> None:
+    """Stops the endpoints the evaluation deployed only for itself: the model compared to, and the tuned model
+    of a job that did not ask to be deployed (auto_deploy false)."""
+    for role in ev.get("deployed_for_evaluation") or []:
+        if role == "tuned" and job.auto_deploy and ctx.settings.serving.auto_deploy:
+            continue  # it asked to be deployed: deploy_if_better alone decides
+        ep = session.execute(select(Endpoint).where(Endpoint.id == ev["endpoints"][role])).scalar()
+        if ep is not None:
+            endpoints.transition(
+                session,
+                ep,
+                EndpointState.STOPPED,
+                error={"code": ErrorCode.MODEL_NOT_DEPLOYED, "message": "Deployed for the job's evaluation only."},
+            )
 
 
 def _score(session: Session, run: EvalRun) -> dict[str, Any]:

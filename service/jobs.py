@@ -120,7 +120,7 @@ def evaluation_api(stored: Any) -> dict | None:
     numbers and endpoint ids stay inside)."""
     if not isinstance(stored, dict):
         return None
-    return {k: v for k, v in stored.items() if k not in ("holdout", "endpoints")}
+    return {k: v for k, v in stored.items() if k not in ("holdout", "endpoints", "deployed_for_evaluation")}
 
 
 def event_api(event: JobEvent) -> dict:

@@ -106,7 +106,8 @@ def test_a_held_out_slice_is_not_trained_on_and_the_winner_stays_deployed(server
     assert saved["results"] == evaluation["results"]
     with project.http() as http:
         states = {e["model"]: e["state"] for e in http.get("/v1/endpoints").json()["data"]}
-    assert states[job.fine_tuned_model] == "ready"
+    # the tuned model won and stays; the base was deployed for the evaluation only, and is retired after it
+    assert (states[job.fine_tuned_model], states["hone-tiny"]) == ("ready", "stopped")
     # The CLI prints the comparison side by side.
     env = {**os.environ, "HONE_BASE_URL": server.base_url, "HONE_API_KEY": project.api_key}
     shown = subprocess.run(
@@ -147,6 +148,22 @@ def test_a_tuned_model_that_does_not_beat_its_base_is_not_deployed_and_the_job_s
     with project.http() as http:
         tuned = [e for e in http.get("/v1/endpoints").json()["data"] if e["model"] == job.fine_tuned_model]
     assert [e["state"] for e in tuned] == ["stopped"]
+
+
+def test_a_job_that_asked_not_to_be_deployed_is_served_for_its_evaluation_only(server, project):
+    client = project.openai()
+    training = client.files.create(file=("t.jsonl", chat_dataset(20)), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=training,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        extra_body={"evaluation": {"testing_criteria": [NOT_BASE]}, "auto_deploy": False},
+    )
+    job, evaluation = wait_evaluation(client, wait_job(client, job.id, lambda j: j.status == "succeeded", 120).id)
+    assert evaluation["status"] == "completed" and evaluation["results"]["tuned"]["score"] == 1.0, evaluation
+    with project.http() as http:
+        states = [e["state"] for e in http.get("/v1/endpoints").json()["data"] if e["model"] == job.fine_tuned_model]
+    assert states == ["stopped"]
 
 
 @pytest.mark.parametrize(

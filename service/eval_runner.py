@@ -139,16 +139,23 @@ class EvalRunner:
             else:
                 sample_ns, sample = premade_sample(row.sample or {})
             results, errored = [], sample.get("error") is not None
+            grader_usage: list[tuple[str, dict]] = []  # model graders' calls, for per_model_usage
             if not errored:
                 for criterion in criteria:
                     graded = await grading.grade(criterion, sample_ns, row.item, env)
                     errored = errored or graded.failed
                     results.append(result_of(criterion, graded))
-                    for model, usage in graded.usage_per_model.items():
-                        sample.setdefault("_grader_usage", []).append((model, usage))
+                    grader_usage.extend(graded.usage_per_model.items())
         status = "error" if errored else ("pass" if all(r["passed"] for r in results) else "fail")
         metrics.EVAL_OUTPUT_ITEMS.labels(status).inc()
-        return {"index": index, "item": row.item, "results": results, "sample": sample, "status": status}
+        return {
+            "index": index,
+            "item": row.item,
+            "results": results,
+            "sample": sample,
+            "status": status,
+            "grader_usage": grader_usage,
+        }
 
     async def _sample(self, item: dict, source: dict, env) -> tuple[dict, dict]:
         params = source.get("sampling_params") or {}
@@ -217,7 +224,7 @@ class EvalRunner:
                             "datasource_item_id": o["index"],
                             "datasource_item": o["item"],
                             "results": o["results"],
-                            "sample": {k: v for k, v in o["sample"].items() if not k.startswith("_")},
+                            "sample": o["sample"],
                             "status": o["status"],
                             "created_at": now,
                         }
@@ -262,7 +269,8 @@ class Tally:
         sample = output["sample"]
         if sample.get("model") and sample.get("usage"):
             self._use(sample["model"], sample["usage"])
-        for model, usage in sample.get("_grader_usage", ()):
+        # Not stored with the item: after a restart, only model graders' calls since then are counted.
+        for model, usage in output.get("grader_usage", ()):
             self._use(model, usage)
 
     def _use(self, model: str, usage: dict) -> None:

@@ -152,13 +152,8 @@ def update_eval(ctx: AppContext, principal: ProjectPrincipal, eval_id: str, body
 def list_evals(
     ctx: AppContext, principal: ProjectPrincipal, *, after: str | None, limit: int, order: str, order_by: str
 ) -> dict[str, Any]:
-    _check_order(order)
-    if order_by not in ("created_at", "updated_at"):
-        raise InvalidRequest(
-            f"Invalid 'order_by': '{excerpt(order_by)}'; expected created_at or updated_at.",
-            param="order_by",
-            code=ErrorCode.INVALID_VALUE,
-        )
+    _one_of(order, ("asc", "desc"), "order")
+    _one_of(order_by, ("created_at", "updated_at"), "order_by")
     with ctx.db.read() as session:
         stmt = select(Eval).where(Eval.project_id == principal.project_id)
         page: Sequence[Eval]
@@ -189,10 +184,12 @@ def delete_eval(ctx: AppContext, principal: ProjectPrincipal, eval_id: str) -> d
     return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
 
 
-def _check_order(order: str) -> None:
-    if order not in ("asc", "desc"):
+def _one_of(value: str | None, allowed: tuple[str, ...], param: str) -> None:
+    """400 naming `param` unless `value` (None: not given) is one of `allowed`."""
+    if value is not None and value not in allowed:
+        expected = " or ".join(allowed) if len(allowed) == 2 else f"one of {', '.join(allowed)}"
         raise InvalidRequest(
-            f"Invalid 'order': '{excerpt(order)}'; expected asc or desc.", param="order", code=ErrorCode.INVALID_VALUE
+            f"Invalid '{param}': '{excerpt(value)}'; expected {expected}.", param=param, code=ErrorCode.INVALID_VALUE
         )
 
 
@@ -269,13 +266,8 @@ def list_runs(
     order: str,
     status: str | None,
 ) -> dict[str, Any]:
-    _check_order(order)
-    if status is not None and status not in set(RunStatus):
-        raise InvalidRequest(
-            f"Invalid 'status': '{excerpt(status)}'; expected one of {', '.join(RunStatus)}.",
-            param="status",
-            code=ErrorCode.INVALID_VALUE,
-        )
+    _one_of(order, ("asc", "desc"), "order")
+    _one_of(status, tuple(RunStatus), "status")
     with ctx.db.read() as session:
         _eval_row(session, principal, eval_id)
         stmt = select(EvalRun).where(EvalRun.eval_id == eval_id, EvalRun.project_id == principal.project_id)
@@ -325,13 +317,8 @@ def list_output_items(
     order: str,
     status: str | None,
 ) -> dict[str, Any]:
-    _check_order(order)
-    if status is not None and status not in ("pass", "fail"):
-        raise InvalidRequest(
-            f"Invalid 'status': '{excerpt(status)}'; expected pass or fail.",
-            param="status",
-            code=ErrorCode.INVALID_VALUE,
-        )
+    _one_of(order, ("asc", "desc"), "order")
+    _one_of(status, ("pass", "fail"), "status")
     with ctx.db.read() as session:
         _run_row(session, principal, eval_id, run_id)
         stmt = select(EvalOutputItem).where(EvalOutputItem.run_id == run_id)

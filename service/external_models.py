@@ -7,8 +7,10 @@ not exist for a project."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import ExternalModel
+from service.endpoints import resolve_model
 from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
 from service.eval_schemas import CreateExternalModel
 from service.ids import new_id
@@ -35,12 +38,13 @@ class Target:
 
 
 def box(ctx: AppContext) -> SecretBox:
-    """The context's secret box, opened once."""
-    found = getattr(ctx, "_secret_box", None)
-    if found is None:
-        found = open_box(ctx.settings.server.secret_key, ctx.settings.server.data_dir)
-        ctx._secret_box = found  # type: ignore[attr-defined]
-    return found
+    return _box(ctx.settings.server.secret_key, ctx.settings.server.data_dir)
+
+
+@functools.cache
+def _box(secret_key: str | None, data_dir: Path) -> SecretBox:
+    """Opened once per key and data dir (the key file is read, or made, once)."""
+    return open_box(secret_key, data_dir)
 
 
 def allowed(url: str, allow_list: list[str]) -> bool:
@@ -128,6 +132,18 @@ def delete(ctx: AppContext, principal: ProjectPrincipal, model_id: str) -> dict[
 
 def exists(session: Session, project_id: str, name: str) -> bool:
     return _by_name(session, project_id, name) is not None
+
+
+def callable_model(ctx: AppContext, session: Session, project_id: str, model: str) -> bool:
+    """Whether the project can call `model`: one of its external models (`ext:<name>`), or a model Hone serves it
+    (a base model, or its own tuned model or checkpoint)."""
+    if model.startswith(PREFIX):
+        return exists(session, project_id, model)
+    try:
+        resolve_model(ctx, session, project_id, model)
+    except NotFound:
+        return False
+    return True
 
 
 def _by_name(session: Session, project_id: str, name: str) -> ExternalModel | None:

@@ -19,8 +19,7 @@ from hone_kernel.graders import spec
 from service import external_models
 from service.auth import ProjectPrincipal
 from service.context import AppContext
-from service.endpoints import resolve_model
-from service.errors import ApiError, ErrorCode, InvalidRequest, NotFound, excerpt
+from service.errors import ApiError, ErrorCode, InvalidRequest, excerpt
 
 RETRY_BACKOFF_S = (0.5, 2.0, 5.0)
 _RETRIED_STATUS = frozenset({502, 503, 504})
@@ -38,20 +37,17 @@ class GatewayModels:
             return await self._external(model, messages, params)
         body = {"model": model, "messages": messages, **params}
         raw = json.dumps(body).encode()
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+
+        async def send() -> tuple[int, bytes]:
             try:
                 response = await self.gateway.relay(self.project_id, "/v1/chat/completions", raw, body, None)
             except ApiError as exc:
-                if exc.status_code in _RETRIED_STATUS and not last:
-                    await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
-                    continue
+                if exc.status_code in _RETRIED_STATUS:
+                    raise _Transient(exc.message) from None
                 raise grading.ModelCallFailed(f"{model}: {exc.message}") from None
-            if response.status_code in _RETRIED_STATUS and not last:
-                await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
-                continue
-            return _reply(model, response.status_code, bytes(response.body))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            return response.status_code, bytes(response.body)
+
+        return await self._retrying(model, send, _RETRIED_STATUS)
 
     async def _external(self, name: str, messages: list[dict[str, str]], params: dict[str, Any]) -> grading.ModelReply:
         """A registered external model (service/external_models.py), called as OpenAI's chat completions."""
@@ -60,22 +56,36 @@ class GatewayModels:
             raise grading.ModelCallFailed(f"{name}: no such external model in this project")
         headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
         body = {"model": target.model, "messages": messages, **params}
-        timeout = self.ctx.settings.serving.gateway_timeout_s
+
+        async with httpx.AsyncClient(timeout=self.ctx.settings.serving.gateway_timeout_s) as http:
+
+            async def send() -> tuple[int, bytes]:
+                try:
+                    response = await http.post(f"{target.base_url}/chat/completions", json=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    raise _Transient(f"{type(exc).__name__} calling {target.base_url}") from None
+                return response.status_code, response.content
+
+            return await self._retrying(name, send, _RETRIED_STATUS | {429})
+
+    async def _retrying(self, name: str, send, retried: frozenset[int]) -> grading.ModelReply:
+        """`send` until it answers a status outside `retried`, `retries` times more at most, with backoff."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                async with httpx.AsyncClient(timeout=timeout) as http:
-                    response = await http.post(f"{target.base_url}/chat/completions", json=body, headers=headers)
-            except httpx.HTTPError as exc:
-                if not last:
-                    await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
-                    continue
-                raise grading.ModelCallFailed(f"{name}: {type(exc).__name__} calling {target.base_url}") from None
-            if (response.status_code in _RETRIED_STATUS or response.status_code == 429) and not last:
-                await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
-                continue
-            return _reply(name, response.status_code, response.content)
+                status, content = await send()
+            except _Transient as exc:
+                if last:
+                    raise grading.ModelCallFailed(f"{name}: {exc}") from None
+            else:
+                if status not in retried or last:
+                    return _reply(name, status, content)
+            await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class _Transient(Exception):
+    """A call that may succeed if tried again (a 502/503/504 from the gateway, a connection error)."""
 
 
 def _reply(model: str, status: int, content: bytes) -> grading.ModelReply:
@@ -128,22 +138,15 @@ class Graders:
     def _check_models(self, project_id: str, models: set[str], param: str, whose: str) -> None:
         with self.ctx.db.read() as session:
             for model in sorted(models):
-                if model.startswith(external_models.PREFIX):
-                    if external_models.exists(session, project_id, model):
-                        continue
-                    raise InvalidRequest(
-                        f"The {whose}model '{excerpt(model)}' is not an external model of this project.",
-                        param=param,
-                        code=ErrorCode.MODEL_NOT_FOUND,
+                if not external_models.callable_model(self.ctx, session, project_id, model):
+                    what = (
+                        "is not an external model of this project"
+                        if model.startswith(external_models.PREFIX)
+                        else "does not exist or you do not have access to it"
                     )
-                try:
-                    resolve_model(self.ctx, session, project_id, model)
-                except NotFound:
                     raise InvalidRequest(
-                        f"The {whose}model '{excerpt(model)}' does not exist or you do not have access to it.",
-                        param=param,
-                        code=ErrorCode.MODEL_NOT_FOUND,
-                    ) from None
+                        f"The {whose}model '{excerpt(model)}' {what}.", param=param, code=ErrorCode.MODEL_NOT_FOUND
+                    )
 
     async def validate(self, principal: ProjectPrincipal, grader: Any) -> dict[str, Any]:
         await self.check_models(principal, grader)

@@ -24,12 +24,13 @@ from sqlalchemy.orm import Session
 
 from hone_kernel.dataset_lines import dataset_lines
 from hone_kernel.dataset_messages import prompt_and_reference
+from hone_kernel.graders.spec import models_of
 from service import endpoints, external_models, job_evaluation_output, jobs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Endpoint, Eval, EvalOutputItem, EvalRun, File, Job
 from service.endpoint_states import EndpointState
-from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
+from service.errors import ErrorCode, InvalidRequest, excerpt
 from service.eval_states import RunStatus
 from service.evals import empty_counts
 from service.hints import Loop
@@ -102,21 +103,14 @@ def plan(
             "file",
         )
     compare = base_model if asked.compare_to == "base" else asked.compare_to
-    models = {compare} | {m for c in asked.testing_criteria or [] for m in _models(c)}
-    for model in sorted(models):
-        try:
-            if model.startswith(external_models.PREFIX):  # the model the team runs today, outside Hone
-                if not external_models.exists(session, principal.project_id, model):
-                    raise NotFound(model)
-                continue
-            endpoints.resolve_model(ctx, session, principal.project_id, model)
-        except NotFound:
-            field = "compare_to" if model == compare else "testing_criteria"
+    models = {compare} | {m for c in asked.testing_criteria or [] for m in models_of(c)}
+    for model in sorted(models):  # an external one too: the model the team runs today, outside Hone
+        if not external_models.callable_model(ctx, session, principal.project_id, model):
             raise _refuse(
                 f"The model '{excerpt(model)}' does not exist or you do not have access to it.",
-                field,
+                "compare_to" if model == compare else "testing_criteria",
                 ErrorCode.MODEL_NOT_FOUND,
-            ) from None
+            )
     criteria = [c.model_dump(exclude_none=True) for c in asked.testing_criteria or []] or [EXACT_MATCH]
     return {
         "status": "pending",
@@ -130,11 +124,6 @@ def plan(
         "deploy_if_better": asked.deploy_if_better,
         "min_improvement": asked.min_improvement,
     }
-
-
-def _models(criterion: Any) -> set[str]:
-    model = getattr(criterion, "model", None)
-    return {model} if model else set()
 
 
 def _file(session: Session, principal: ProjectPrincipal, file_id: str, field: str | None = None) -> File:
@@ -155,25 +144,46 @@ def advance(ctx: AppContext) -> bool:
         ids = list(session.execute(select(Job.id).where(Job.evaluation_open.is_(True))).scalars())
     started = False
     for job_id in ids:
+        # The rows of an evaluation about to run are read from storage first, outside the write transaction (which
+        # on SQLite holds the database's one write lock).
+        with ctx.db.read() as session:
+            ev = session.execute(select(Job.evaluation).where(Job.id == job_id)).scalar_one() or {}
+            ready = ev.get("status") == "deploying" and all(
+                row is not None and row.state == EndpointState.READY.value
+                for row in _endpoint_states(session, ev).values()
+            )
+        rows = _rows(ctx, ev) if ready else None
         with ctx.db.write() as session:
             job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
             stage = (job.evaluation or {}).get("status")
-            if stage in _STAGES:
-                started |= _STAGES[stage](ctx, session, job)
+            if stage == "pending":
+                _pending(ctx, session, job)
+            elif stage == "deploying":
+                started |= _deploying(ctx, session, job, rows)
+            elif stage == "running":
+                _running(ctx, session, job)
     return started
+
+
+def _endpoint_states(session: Session, ev: dict[str, Any]) -> dict[str, Any]:
+    """(state, error) of each endpoint the evaluation deployed, by role; None for one that is gone."""
+    return {
+        role: session.execute(select(Endpoint.state, Endpoint.error).where(Endpoint.id == ep_id)).first()
+        for role, ep_id in (ev.get("endpoints") or {}).items()
+    }
 
 
 def _update(job: Job, **changes: Any) -> dict[str, Any]:
     job.evaluation = {**(job.evaluation or {}), **changes}  # a new dict: the JSON column sees the change
-    job.evaluation_open = job.evaluation["status"] in _STAGES
+    job.evaluation_open = job.evaluation["status"] in OPEN_STAGES
     return job.evaluation
 
 
-def _pending(ctx: AppContext, session: Session, job: Job) -> bool:
+def _pending(ctx: AppContext, session: Session, job: Job) -> None:
     if job.status != JobStatus.SUCCEEDED.value:
         if JobStatus(job.status).terminal:
             _update(job, status="skipped", reason=f"the job {job.status}")
-        return False
+        return
     ev = job.evaluation or {}
     eps, made = {}, []
     assert job.fine_tuned_model is not None  # a succeeded job has its model
@@ -194,15 +204,12 @@ def _pending(ctx: AppContext, session: Session, job: Job) -> bool:
     _update(job, status="deploying", endpoints=eps, deployed_for_evaluation=made)
     add_event(session, job.id, f"Evaluating {job.fine_tuned_model} against {ev['compare_to']}: deploying both")
     ctx.hinter.wake(Loop.ENDPOINTS)
-    return False
 
 
-def _deploying(ctx: AppContext, session: Session, job: Job) -> bool:
+def _deploying(ctx: AppContext, session: Session, job: Job, rows: list[dict[str, Any]] | None) -> bool:
+    """`rows`: read by `advance` when both endpoints were ready; None when they were not then."""
     ev = job.evaluation or {}
-    states = {
-        role: session.execute(select(Endpoint.state, Endpoint.error).where(Endpoint.id == ep_id)).first()
-        for role, ep_id in ev["endpoints"].items()
-    }
+    states = _endpoint_states(session, ev)
     failed = [
         role
         for role, row in states.items()
@@ -213,9 +220,8 @@ def _deploying(ctx: AppContext, session: Session, job: Job) -> bool:
         _update(job, status="failed", reason=reason)
         add_event(session, job.id, f"Evaluation failed: {reason}", level="error")
         return False
-    if any(row.state != EndpointState.READY.value for row in states.values() if row is not None):
-        return False
-    rows = _rows(ctx, ev)
+    if rows is None or any(row.state != EndpointState.READY.value for row in states.values() if row is not None):
+        return False  # not ready (or ready only since advance looked: the next step reads the rows)
     criteria = ev["testing_criteria"]
     now = int(time.time())
     eval_row = Eval(
@@ -289,7 +295,7 @@ def _rows(ctx: AppContext, ev: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _running(ctx: AppContext, session: Session, job: Job) -> bool:
+def _running(ctx: AppContext, session: Session, job: Job) -> None:
     ev = job.evaluation or {}
     runs = {
         role: session.execute(select(EvalRun).where(EvalRun.id == run_id)).scalar()
@@ -297,9 +303,9 @@ def _running(ctx: AppContext, session: Session, job: Job) -> bool:
     }
     if any(run is None for run in runs.values()):
         _update(job, status="failed", reason="its eval runs were deleted")
-        return False
+        return
     if not all(RunStatus(run.status).terminal for run in runs.values() if run is not None):
-        return False
+        return
     summary = {role: _score(session, run) for role, run in runs.items() if run is not None}
     tuned, other = summary["tuned"], summary["compare"]
     improvement = round(tuned["score"] - other["score"], 4)
@@ -335,7 +341,6 @@ def _running(ctx: AppContext, session: Session, job: Job) -> bool:
     ]
     _update(job, **changes)
     add_event(session, job.id, message, data={"evaluation": jobs.evaluation_api(job.evaluation)})
-    return False
 
 
 def _retire(ctx: AppContext, session: Session, job: Job, ev: dict[str, Any]) -> None:
@@ -376,4 +381,4 @@ def _score(session: Session, run: EvalRun) -> dict[str, Any]:
     }
 
 
-_STAGES = {"pending": _pending, "deploying": _deploying, "running": _running}
+OPEN_STAGES = ("pending", "deploying", "running")  # an evaluation still under way; then completed, failed or skipped

@@ -17,10 +17,9 @@ import time
 import pytest
 
 from examples.support_tickets import make
+from service.job_evaluation import OPEN_STAGES
 from tests.support import HoneServer, PostgresDatabase, wait_endpoint, wait_job
 from tests.tuned_tickets import BUCKET, SFT, label_accuracy, upload
-
-_OPEN = ("pending", "deploying", "running")  # a job evaluation still under way (service/job_evaluation.py)
 
 
 @pytest.fixture(scope="package")
@@ -58,7 +57,7 @@ def tuned_model(tmp_path_factory, moto):
         assert endpoint["state"] == "ready", endpoint
         # The evaluation's traffic ends before the tests start (their usage counts would otherwise race it).
         deadline = time.monotonic() + 300
-        while job.model_extra["evaluation"]["status"] in _OPEN and time.monotonic() < deadline:
+        while job.model_extra["evaluation"]["status"] in OPEN_STAGES and time.monotonic() < deadline:
             time.sleep(0.5)
             job = client.fine_tuning.jobs.retrieve(job.id)
         yield {

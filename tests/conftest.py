@@ -15,9 +15,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The interpreter tests/fake_engine/python runs the fake engine with (engines inherit it through the server).
 os.environ.setdefault("FAKE_ENGINE_PYTHON", sys.executable)
 
-from tests.support import HoneServer, MotoServer, PostgresDatabase
+from tests.support import HoneServer, MotoServer, PostgresDatabase, stop_leftover_servers
 
 BACKENDS = ["sqlite-fs", "postgres-s3"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_running():
+    """A test or fixture that loses a server fails the run: left running, it would poll its database on the cores
+    the rest of the suite needs, and outlive the suite (a restarted server the evals fixture did not stop did)."""
+    yield
+    if left := stop_leftover_servers():
+        pytest.fail(f"servers nobody stopped (now stopped): {', '.join(map(str, left))}")
 
 
 @pytest.fixture(scope="session")

@@ -156,6 +156,20 @@ def start_python(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path
     return _server_starts().launch(python, module, rest, env, log_path, cwd=cwd)
 
 
+# Every HoneServer not yet stopped, so that one a test loses track of (a fixture that stops the server it started,
+# not the one a test restarted in its place) is stopped at the end of the session instead of polling its database
+# on the machine's cores until it is rebooted (tests/conftest.py, `stop_leftover_servers`).
+_RUNNING: set[HoneServer] = set()
+
+
+def stop_leftover_servers() -> list[Path]:
+    """Stops the servers nobody stopped; returns their data folders."""
+    left = sorted(_RUNNING, key=lambda s: str(s.data_dir))
+    for server in left:
+        server.stop()
+    return [server.data_dir for server in left]
+
+
 class HoneServer:
     """`python -m service` in a process of its own, as `hone serve` runs it (or `command`, e.g. `hone serve` itself)."""
 
@@ -199,6 +213,7 @@ class HoneServer:
             self.proc = _server_starts().launch(None, "service", [], full_env, self.log_path, cwd=REPO)
         else:
             self.proc = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        _RUNNING.add(self)
         wait_http(self.base_url + "/healthz", proc=self.proc)
 
     @property
@@ -221,6 +236,7 @@ class HoneServer:
         after a graceful stop the trainers it started are killed here: the test is done with them, and one left
         behind trains on, or retries its reports for minutes, on the cores the rest of the suite needs. SIGKILL
         (a crash, in the tests that restart the server) leaves them running."""
+        _RUNNING.discard(self)
         trainers = self._trainers() if sig != signal.SIGKILL else []
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

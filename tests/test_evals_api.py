@@ -217,15 +217,15 @@ def test_another_projects_eval_does_not_exist_for_this_one(client, other_project
 def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evals")
     env = {"HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON, "HONE_EVAL_CONCURRENCY": "2", "HONE_EVAL_POLL_S": "0.5"}
-    server = HoneServer(folder, env)
+    state = {"server": HoneServer(folder, env), "folder": folder, "env": env}
     try:
-        project = server.new_project("evals")
+        state["project"] = project = state["server"].new_project("evals")
         with project.http() as http:
             assert http.post("/v1/endpoints", json={"model": "hone-tiny"}).status_code == 200
             assert wait_endpoint(http, "hone-tiny")["state"] == "ready"
-        yield {"server": server, "project": project, "folder": folder, "env": env}
+        yield state
     finally:
-        server.stop()
+        state["server"].stop()  # the one running now: a test restarts it
 
 
 def completions(count: int, prompt: str = "Label: {{ item.label }}") -> dict:

@@ -58,8 +58,9 @@ class BackgroundLoop:
     async def _run(self) -> None:
         due = time.monotonic()
         while not self._stopping:
-            started = time.monotonic()
-            await run_in_threadpool(self._timed_step, due)
+            # When the step itself began, in its thread: a busy pool can start it well after the dispatch, and the
+            # gap counts from what the step saw, not from when it was queued.
+            started = await run_in_threadpool(self._timed_step, due)
             waited_from = time.monotonic()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
@@ -71,9 +72,9 @@ class BackgroundLoop:
                 due = waited_from + self._interval
             self._wake.clear()
 
-    def _timed_step(self, due: float) -> None:
+    def _timed_step(self, due: float) -> float:
         """One step, with how late it started (a busy thread pool or event loop shows here), how long it took
-        and whether it failed."""
+        and whether it failed. Returns when it started."""
         started = time.monotonic()
         metrics.LOOP_LAG.labels(self.name).set(max(0.0, started - due))
         try:
@@ -96,6 +97,7 @@ class BackgroundLoop:
             self._outage = outage
         finally:
             metrics.LOOP_DURATION.labels(self.name).observe(time.monotonic() - started)
+        return started
 
     def health(self) -> str:
         """'ok' while steps succeed on time; else why not (for /readyz)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support import jsonl
+from tests.support import chat_reply, jsonl
 
 BUCKET = "hone-serve"
 SHARED_ENGINE = "base:hone-tiny"  # the engine key of the one engine the package's models share
@@ -14,10 +14,15 @@ def upload(client, rows: list[dict], name: str) -> str:
     return client.files.create(file=(name, jsonl(rows)), purpose="fine-tune").id
 
 
+def labels(client, model: str, rows: list[dict]) -> list[str]:
+    """What the model answers to each held-out ticket through the gateway (greedy)."""
+    return [chat_reply(client, model, row) for row in rows]
+
+
+def share_right(answers: list[str], rows: list[dict]) -> float:
+    return sum(answer == row["messages"][-1]["content"] for answer, row in zip(answers, rows, strict=True)) / len(rows)
+
+
 def label_accuracy(client, model: str, rows: list[dict]) -> float:
     """Share of held-out tickets the model labels exactly, asked through the gateway (greedy)."""
-    right = 0
-    for row in rows:
-        reply = client.chat.completions.create(model=model, messages=row["messages"][:-1], temperature=0, max_tokens=16)
-        right += reply.choices[0].message.content.strip() == row["messages"][-1]["content"]
-    return right / len(rows)
+    return share_right(labels(client, model, rows), rows)

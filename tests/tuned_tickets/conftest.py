@@ -19,7 +19,7 @@ import pytest
 from examples.support_tickets import make
 from service.job_evaluation import OPEN_STAGES
 from tests.support import HoneServer, PostgresDatabase, wait_endpoint, wait_job
-from tests.tuned_tickets import BUCKET, SFT, label_accuracy, upload
+from tests.tuned_tickets import BUCKET, SFT, labels, share_right, upload
 
 
 @pytest.fixture(scope="package")
@@ -60,6 +60,7 @@ def tuned_model(tmp_path_factory, moto):
         while job.model_extra["evaluation"]["status"] in OPEN_STAGES and time.monotonic() < deadline:
             time.sleep(0.5)
             job = client.fine_tuning.jobs.retrieve(job.id)
+        answers = labels(client, job.fine_tuned_model, held_out)  # test_serving.py checks them too
         yield {
             "server": server,
             "project": project,
@@ -70,7 +71,8 @@ def tuned_model(tmp_path_factory, moto):
             "train": train,
             "held_out": held_out,
             "files": files,
-            "accuracy": label_accuracy(client, job.fine_tuned_model, held_out),
+            "answers": answers,
+            "accuracy": share_right(answers, held_out),
         }
     finally:
         server.stop()

@@ -27,7 +27,7 @@ ADMIN_PATHS = "^/v1/(organization|admin)/"
 # the config's per-operation settings add, which every operation matches (the admin run fuzzed all 69 operations
 # with the admin key, the project's 50 only to be refused); `exclude` narrows.
 NOT_ADMIN_PATHS = "^(?!/v1/(organization|admin)/)"
-MAX_EXAMPLES = 3  # per operation and phase: about a minute per backend on a 2-core machine
+MAX_EXAMPLES = 3  # per operation and phase: about 30 s per backend on a 2-core machine
 
 
 class Served:

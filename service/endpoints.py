@@ -132,25 +132,27 @@ def transition(session: Session, ep: Endpoint, target: EndpointState, **fields) 
     return moved
 
 
+def open_endpoints(session: Session, project_id: str, model: str) -> list[Endpoint]:
+    """A project's endpoints for `model` that are not stopped, newest first."""
+    stmt = (
+        select(Endpoint)
+        .where(
+            Endpoint.project_id == project_id,
+            Endpoint.model == model,
+            Endpoint.state != EndpointState.STOPPED.value,
+        )
+        .order_by(Endpoint.seq.desc())
+    )
+    return list(session.execute(stmt).scalars())
+
+
 def deploy(
     session: Session, project_id: str, served: ServedModel, idle_timeout_s: int | None = None, now: int | None = None
 ) -> Endpoint:
     """The endpoint for a model: the live one if there is one, a failed one retried, an idle one woken, else a
     new one. An idle timeout given replaces the endpoint's. `now`: the caller's clock (a job's success stamps
     its endpoint with its own finish time, which the Vertex view relies on)."""
-    existing = (
-        session.execute(
-            select(Endpoint)
-            .where(
-                Endpoint.project_id == project_id,
-                Endpoint.model == served.name,
-                Endpoint.state != EndpointState.STOPPED.value,
-            )
-            .order_by(Endpoint.seq.desc())
-        )
-        .scalars()
-        .first()
-    )
+    existing = next(iter(open_endpoints(session, project_id, served.name)), None)
     if existing is not None:
         if idle_timeout_s is not None:
             existing.idle_timeout_s = idle_timeout_s
@@ -246,17 +248,7 @@ def delete_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: s
 
 
 def stop_model_endpoints(session: Session, project_id: str, model: str, reason: str) -> int:
-    eps = (
-        session.execute(
-            select(Endpoint).where(
-                Endpoint.project_id == project_id,
-                Endpoint.model == model,
-                Endpoint.state != EndpointState.STOPPED.value,
-            )
-        )
-        .scalars()
-        .all()
-    )
+    eps = open_endpoints(session, project_id, model)
     for ep in eps:
         transition(session, ep, EndpointState.STOPPED, error={"code": ErrorCode.MODEL_DELETED, "message": reason})
     return len(eps)

@@ -191,16 +191,9 @@ def _pending(ctx: AppContext, session: Session, job: Job) -> None:
         if model.startswith(external_models.PREFIX):
             continue  # served elsewhere: nothing to deploy
         served = endpoints.resolve_model(ctx, session, job.project_id, model)
-        live = session.execute(
-            select(Endpoint.id).where(
-                Endpoint.project_id == job.project_id,
-                Endpoint.model == served.name,
-                Endpoint.state != EndpointState.STOPPED.value,
-            )
-        ).first()
-        eps[role] = endpoints.deploy(session, job.project_id, served).id
-        if live is None:
+        if not endpoints.open_endpoints(session, job.project_id, served.name):
             made.append(role)  # deployed for the evaluation only: retired after it (_retire)
+        eps[role] = endpoints.deploy(session, job.project_id, served).id
     _update(job, status="deploying", endpoints=eps, deployed_for_evaluation=made)
     add_event(session, job.id, f"Evaluating {job.fine_tuned_model} against {ev['compare_to']}: deploying both")
     ctx.hinter.wake(Loop.ENDPOINTS)

@@ -28,6 +28,7 @@ from hone_kernel.dataset_checks import (
     check_vertex_legacy,
 )
 from hone_kernel.dataset_lines import TOO_LONG, LineSplitter
+from hone_kernel.dataset_prompts import check_reinforcement, is_prompt_line
 
 
 class DatasetFormat(str, Enum):
@@ -38,6 +39,7 @@ class DatasetFormat(str, Enum):
     VERTEX_LEGACY = "vertex_legacy"
     PAIRS = "pairs"
     RAW_TEXT = "raw_text"
+    OPENAI_REINFORCEMENT = "openai_reinforcement"
 
 
 FORMAT_LABELS = {
@@ -48,12 +50,16 @@ FORMAT_LABELS = {
     DatasetFormat.VERTEX_LEGACY: "Vertex legacy ({input_text, output_text})",
     DatasetFormat.PAIRS: "pairs ({input, output} or {instruction, input?, output})",
     DatasetFormat.RAW_TEXT: "raw text ({text})",
+    DatasetFormat.OPENAI_REINFORCEMENT: "OpenAI prompts ({messages} ending with the user's turn; other keys are "
+    "the grader's item)",
 }
 
 # Which training methods can use which format. Raw text trains on every token
 # (continued pre-training) under the supervised method.
 METHODS_FOR_FORMAT = {
     DatasetFormat.OPENAI_PREFERENCE: {"dpo"},
+    # Prompts only: a grader (reinforcement) or a teacher (distillation) supplies what the model learns.
+    DatasetFormat.OPENAI_REINFORCEMENT: {"reinforcement", "distillation"},
 }
 DEFAULT_METHODS = {"supervised"}
 
@@ -114,13 +120,14 @@ CHECKERS: dict[DatasetFormat, Callable[[dict, _Issues], None]] = {
     DatasetFormat.VERTEX_LEGACY: check_vertex_legacy,
     DatasetFormat.PAIRS: check_pairs,
     DatasetFormat.RAW_TEXT: check_raw_text,
+    DatasetFormat.OPENAI_REINFORCEMENT: check_reinforcement,
 }
 
 
 def detect_format(line: dict) -> DatasetFormat | None:
     keys = set(line)
     if keys & {"messages", "tools", "functions", "parallel_tool_calls"}:
-        return DatasetFormat.OPENAI_CHAT
+        return DatasetFormat.OPENAI_REINFORCEMENT if is_prompt_line(line) else DatasetFormat.OPENAI_CHAT
     if keys & {"preferred_output", "non_preferred_output", "preferred_completion", "non_preferred_completion"}:
         return DatasetFormat.OPENAI_PREFERENCE
     if "input" in keys and isinstance(line["input"], dict):
@@ -141,6 +148,8 @@ def detect_format(line: dict) -> DatasetFormat | None:
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
+
+_MESSAGES_FORMATS = {DatasetFormat.OPENAI_CHAT, DatasetFormat.OPENAI_REINFORCEMENT}
 
 # --- the streaming validator ------------------------------------------------------
 
@@ -245,6 +254,10 @@ class DatasetValidator:
                 f"unrecognized example format (keys: {keys}); expected one of: " + "; ".join(FORMAT_LABELS.values()),
             )
             return
+        if self.format is not None and {fmt, self.format} == _MESSAGES_FORMATS:
+            # A `messages` file is chat or prompts by its first line; a later line that differs is checked (and
+            # refused) as that format, which names what is missing (the answer, or the prompt's end).
+            fmt = self.format
         if self.format is None:
             self.format, self._format_line = fmt, n
         elif fmt is not self.format:

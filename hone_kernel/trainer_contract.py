@@ -40,6 +40,9 @@ class ExitCode(IntEnum):
 
 # The internal API, relative to `{callback_url}/internal/fine_tuning/jobs/{job_id}`.
 REPORT, COMPLETE, FAIL = "/report", "/complete", "/fail"
+# A chat completion of a model the job's project may call (a grader's model, a distillation teacher), answered as
+# ModelAnswer; the control plane calls it as the project, through its gateway or the registered external model.
+MODEL_CHAT = "/model_chat"
 MAX_EVENTS_PER_REPORT = 5000
 MAX_MESSAGE_CHARS = 4000
 MAX_FAILURE_CODE_CHARS = 64
@@ -91,6 +94,25 @@ class Failure:
     message: str
 
 
+@dataclass(frozen=True)
+class ModelChat:
+    """MODEL_CHAT's body: OpenAI's chat completion request, as `model`, `messages` and the other parameters."""
+
+    model: str
+    messages: list[dict]
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """MODEL_CHAT's reply (200). A model that could not answer is a 502 with the error envelope."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
 def message(body: Any) -> dict:
     """A report dataclass as the JSON body it is sent as."""
     return dataclasses.asdict(body)
@@ -121,6 +143,23 @@ class Hyperparameters:
     lr_scheduler: str = "linear"  # "cosine" | "linear" | "constant", after warmup
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+
+
+@dataclass
+class Reinforcement:
+    """Reinforcement fine-tuning (method "reinforcement"): answers sampled per prompt, graded, and the better ones
+    made likelier (trainer/rft.py)."""
+
+    grader: dict  # OpenAI's grader object as the job holds it (hone_kernel.graders.spec.Grader)
+    samples_per_prompt: int = 8  # the group whose rewards are compared
+    max_completion_tokens: int = 64
+    temperature: float = 1.0
+    kl_beta: float = 0.04  # weight of the KL divergence to the starting weights
+    eval_samples: int = 1  # answers sampled per validation prompt at each evaluation
+    model_call_timeout_s: float = 60.0  # one MODEL_CHAT call of a model grader, retries included
+    # A python grader's sandbox (hone_kernel.graders.sandbox.SandboxLimits fields) and grades at once
+    sandbox: dict = field(default_factory=dict)
+    python_processes: int = 4
 
 
 @dataclass
@@ -155,6 +194,7 @@ class TrainSpec:
     # The project's W&B key (online logging) and server; no key: the wandb run is logged offline
     wandb_api_key: str | None = field(default=None, repr=False)
     wandb_base_url: str | None = None
+    reinforcement: Reinforcement | None = None  # method "reinforcement" only
     contract_version: int = CONTRACT_VERSION  # required in spec.json: see from_json
 
     def to_json(self) -> bytes:
@@ -182,5 +222,7 @@ class TrainSpec:
         if data.get("validation_file"):
             data["validation_file"] = FileRef(**data["validation_file"])
         data["hyperparameters"] = Hyperparameters(**data["hyperparameters"])
+        if data.get("reinforcement"):
+            data["reinforcement"] = Reinforcement(**data["reinforcement"])
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -33,6 +33,9 @@ class TrainingDefaults:
     # DPO pushes the policy away from its reference with every step: at SFT's rate it wrecks a tuned model
     # (hone-tiny answered "BBBB" after DPO at SFT's multiplier), so "auto" multiplies the rate by this for DPO.
     dpo_learning_rate_multiplier: float = 0.1
+    # Reinforcement fine-tuning moves a model that already answers: at SFT's rate its answers fall apart before
+    # the rewards can steer them.
+    rl_learning_rate_multiplier: float = 0.1
     lora_rank: int = 16
     lora_alpha_per_rank: float = 2.0  # alpha = rank * this
     max_length: int = 2048  # tokens per example (HONE_TRAIN_MAX_LENGTH caps it)
@@ -69,6 +72,7 @@ TINY_DEFAULTS = TrainingDefaults(
     lora_learning_rate=1e-3,
     full_learning_rate=1e-3,
     dpo_learning_rate_multiplier=0.04,
+    rl_learning_rate_multiplier=0.3,
     tokens_per_step=256,
     min_steps_per_epoch=8,
     epochs=3,

@@ -14,12 +14,13 @@ from typing import Any
 import httpx
 from starlette.concurrency import run_in_threadpool
 
+from hone_kernel import trainer_contract as contract
 from hone_kernel.graders import run as grading
 from hone_kernel.graders import spec
 from service import external_models
 from service.auth import ProjectPrincipal
 from service.context import AppContext
-from service.errors import ApiError, ErrorCode, InvalidRequest, excerpt
+from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, excerpt
 
 RETRY_BACKOFF_S = (0.5, 2.0, 5.0)
 _RETRIED_STATUS = frozenset({502, 503, 504})
@@ -123,6 +124,27 @@ class Graders:
     def env(self, project_id: str) -> grading.GradingEnv:
         models = GatewayModels(self.ctx, self.gateway, project_id, self.ctx.settings.graders.grader_model_retries)
         return grading.GradingEnv(limits=self.limits, models=models, python_slots=self.python_slots)
+
+    async def model_chat(self, project_id: str, model: str, messages: list[dict], params: dict) -> dict[str, Any]:
+        """A training run's call of a model its project may call (trainer contract MODEL_CHAT): a grader's model or
+        a distillation teacher. A model it cannot call is a 400; one that does not answer after the retries, a 502."""
+        allowed = await run_in_threadpool(self._callable, project_id, model)
+        if not allowed:
+            raise InvalidRequest(
+                f"The model '{excerpt(model)}' does not exist or you do not have access to it.",
+                code=ErrorCode.MODEL_NOT_FOUND,
+            )
+        try:
+            reply = await self.env(project_id).models.chat(model, messages, params)  # type: ignore[union-attr]
+        except grading.ModelCallFailed as exc:
+            raise BadGateway(str(exc), code=ErrorCode.ENDPOINT_ERROR) from None
+        return contract.message(
+            contract.ModelAnswer(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finish_reason)
+        )
+
+    def _callable(self, project_id: str, model: str) -> bool:
+        with self.ctx.db.read() as session:
+            return external_models.callable_model(self.ctx, session, project_id, model)
 
     async def check_model(self, principal: ProjectPrincipal, model: str, param: str) -> None:
         """400 naming `param` unless the project can call `model`."""

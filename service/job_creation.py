@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import idempotency, job_evaluation, job_insert, jobs
+from service import idempotency, job_evaluation, job_insert, jobs, reinforcement
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
@@ -33,23 +33,12 @@ def _resolve_method(body: CreateFineTuningJob) -> dict:
         )
     else:
         method = body.method
-        if method.type == "reinforcement":
-            raise InvalidRequest(
-                "Reinforcement fine-tuning is not supported by Hone; use 'supervised' or 'dpo'.",
-                param="method.type",
-                code=ErrorCode.UNSUPPORTED_METHOD,
-            )
-        for other in ("supervised", "dpo"):
-            if other != method.type and getattr(method, other) is not None:
-                raise InvalidRequest(
-                    f"method.type is '{method.type}' but a '{other}' section was given.",
-                    param=f"method.{other}",
-                    code=ErrorCode.INVALID_VALUE,
-                )
         if method.type == "supervised" and method.supervised is None:
             method.supervised = SupervisedMethod()
         if method.type == "dpo" and method.dpo is None:
             method.dpo = DpoMethod()
+        if method.type == "reinforcement":
+            reinforcement.check_method(method.reinforcement)
         if body.hyperparameters is not None:
             given = body.hyperparameters.model_dump()
             section = getattr(method, method.type).hyperparameters.model_dump()
@@ -63,6 +52,12 @@ def _resolve_method(body: CreateFineTuningJob) -> dict:
                 )
     return method.model_dump(exclude_none=True)
 
+
+# What each method trains on, for the error that says a file is not it.
+_NEEDS = {
+    "dpo": "OpenAI preference",
+    "reinforcement": "OpenAI prompts (messages ending with the user's turn, plus the fields the grader reads)",
+}
 
 # What _check_file reads, as plain rows through a statement built once (see FixedPages for why).
 _FILE_FOR_JOB = select(
@@ -104,7 +99,7 @@ def _check_file(
     if method_type not in methods_for(fmt):
         raise InvalidRequest(
             f"invalid {param}: {file_id} is in the {FORMAT_LABELS[fmt]} format, which the '{method_type}' method "
-            f"cannot train on; it needs {'OpenAI preference' if method_type == 'dpo' else 'a supervised'} data.",
+            f"cannot train on; it needs {_NEEDS.get(method_type, 'supervised')} data.",
             param=param,
             code=code,
         )
@@ -181,6 +176,9 @@ def new_job(
     `evaluation_extra` what its evaluationConfig asks of the evaluation beyond Hone's own (service/vertex)."""
     method = _resolve_method(body)
     check_servable(method, ctx.settings.serving.max_lora_rank)
+    if method["type"] == "reinforcement":
+        with ctx.db.read() as session:
+            reinforcement.check_grader_models(ctx, session, principal.project_id, method)
     request_sha = idempotency.fingerprint(body) if idempotency_key else ""
     try:
         job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from sqlalchemy import exists, select
 
+from hone_kernel.dataset_lines import dataset_lines
+from service import reinforcement
 from service.context import AppContext
 from service.db.tables import File, Job
 from service.errors import ErrorCode
@@ -24,6 +26,7 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
     One transaction per batch; SKIP LOCKED lets several replicas share the backlog."""
     done = 0
     validating = JobStatus.VALIDATING_FILES
+    _check_grader_fields(ctx)
     while True:
         # An idle poll must not take SQLite's write lock; one statement, so no transaction on PostgreSQL either.
         with ctx.db.read_statement() as conn:
@@ -73,3 +76,46 @@ def _fail(session, job_id: str, param: str, file_id: str) -> None:
         "message": f"The job failed due to an invalid {param.replace('_', ' ')}: {file_id} was deleted.",
     }
     transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
+
+
+def _check_grader_fields(ctx: AppContext) -> None:
+    """Fails reinforcement jobs whose prompts lack an `item.*` field their grader reads, naming the lines; before
+    the batch's transaction, so reading the files never holds the database's write lock."""
+    with ctx.db.read() as session:
+        jobs = [
+            job
+            for job in session.execute(
+                select(Job.id, Job.method, Job.training_file, Job.validation_file).where(
+                    Job.status == JobStatus.VALIDATING_FILES.value
+                )
+            ).all()
+            if (job.method or {}).get("type") == "reinforcement"
+        ]
+        ids = {f for job in jobs for f in (job.training_file, job.validation_file) if f}
+        keys = dict(session.execute(select(File.id, File.storage_key).where(File.id.in_(ids))).all()) if ids else {}
+    for job in jobs:
+        grader = job.method["reinforcement"]["grader"]
+        for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+            if not file_id or file_id not in keys:
+                continue  # none, or deleted: the batch below fails the job for that
+            missing, total = reinforcement.missing_item_fields(
+                grader, dataset_lines(ctx.storage.iter_chunks(keys[file_id]))
+            )
+            if missing:
+                with ctx.db.write() as session:
+                    row = session.execute(select(Job).where(Job.id == job.id)).scalar_one()
+                    if row.status == JobStatus.VALIDATING_FILES.value:
+                        _fail_lines(session, row, param, file_id, missing, total)
+                break
+
+
+def _fail_lines(session, job: Job, param: str, file_id: str, missing: list[tuple[int, str]], total: int) -> None:
+    shown = "; ".join(f"line {line} has no {{{{{ref}}}}}" for line, ref in missing)
+    more = f"; and {total - len(missing)} more line(s)" if total > len(missing) else ""
+    code = ErrorCode.INVALID_TRAINING_FILE if param == "training_file" else ErrorCode.INVALID_VALIDATION_FILE
+    message = (
+        f"The job failed due to an invalid {param.replace('_', ' ')}: {file_id} has lines without a field the "
+        f"grader reads: {shown}{more}."
+    )
+    error = {"code": code, "param": param, "message": message}
+    transition(session, job, JobStatus.FAILED, message, level="error", error=error)

@@ -121,6 +121,45 @@ class DpoHyperparameters(SupervisedHyperparameters):
     beta: Beta = "auto"
 
 
+ComputeMultiplier = Annotated[Any, *_auto_or(float, gt=1e-5, le=10)]
+EvalInterval = Annotated[Any, *_auto_or(int, ge=1, le=100000)]
+EvalSamples = Annotated[Any, *_auto_or(int, ge=1, le=64)]
+KlBeta = Annotated[Any, *_auto_or(float, ge=0, le=10)]
+MaxCompletionTokens = Annotated[Any, *_auto_or(int, ge=1, le=32768)]
+Temperature = Annotated[Any, *_auto_or(float, gt=0, le=2)]
+
+
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    reasoning_effort: Literal["default", "low", "medium", "high"] = Field(
+        default="default", description="For reasoning models; Hone's base models are not, so only 'default'."
+    )
+    compute_multiplier: ComputeMultiplier = Field(
+        default="auto", description="Answers sampled per prompt: 8 times this (at least 2, at most 64)."
+    )
+    eval_interval: EvalInterval = Field(
+        default="auto", description="Steps between validation rewards (auto: about ten in a run)."
+    )
+    eval_samples: EvalSamples = Field(default="auto", description="Answers sampled per validation prompt (auto: 1).")
+    # Hone extensions
+    beta: KlBeta | None = Field(
+        default=None, description="Hone: weight of the KL divergence to the starting weights (auto: 0.04)."
+    )
+    max_completion_tokens: MaxCompletionTokens | None = Field(
+        default=None, description="Hone: each sampled answer's length at most (auto: 256)."
+    )
+    temperature: Temperature | None = Field(
+        default=None, description="Hone: sampling temperature of the answers (auto: 1.0)."
+    )
+
+
+class ReinforcementMethod(_Body):
+    grader: Grader
+    hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="The answers' format; Hone samples text answers only ({'type': 'text'})."
+    )
+
+
 class SupervisedMethod(_Body):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
 
@@ -133,16 +172,16 @@ class Method(_Body):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    # Typed loosely on purpose: Hone refuses `type: reinforcement` (service.jobs) whatever its section says.
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
-    @field_validator("reinforcement")
+    @field_validator("supervised", "dpo", "reinforcement", mode="before")
     @classmethod
-    def _reinforcement_only_with_its_type(cls, value: Any, info: ValidationInfo) -> Any:
-        # Otherwise {"type": "supervised", "reinforcement": {...}} would train supervised and drop the section.
+    def _section_of_its_type(cls, value: Any, info: ValidationInfo) -> Any:
+        # Before the section's own checks: {"type": "supervised", "reinforcement": {...}} names the section that
+        # does not belong, not what that section lacks (it would otherwise train supervised and drop it).
         kind = info.data.get("type")
-        if value is not None and kind not in (None, "reinforcement"):
-            raise ValueError(f"method.type is '{kind}' but a 'reinforcement' section was given")
+        if value is not None and kind not in (None, info.field_name):
+            raise ValueError(f"method.type is '{kind}' but a '{info.field_name}' section was given")
         return value
 
 

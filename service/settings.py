@@ -243,6 +243,8 @@ class GradersSettings(BaseSettings):
     grader_file_mb: int = Field(default=16, ge=1)  # largest file it may write in its scratch folder
     grader_processes: int = Field(default=4, ge=1)  # python grades at once per server process; the rest wait
     grader_model_retries: int = Field(default=2, ge=0)  # a model grader's call retried on 502/503 and timeouts
+    # A model grader's (or a distillation teacher's) call from a training run, its retries included.
+    grader_model_timeout_s: float = Field(default=60.0, gt=0)
     # Eval runs (service/eval_runner.py): rows sampled and graded at once per project, across its runs; the most
     # rows a run may have; how often the runner looks for runs nobody woke it for (a restart's leftovers).
     eval_concurrency: int = Field(default=8, ge=1)

@@ -99,6 +99,31 @@ def _job_for_trainer(session: Session, job_id: str, authorization: str | None) -
     return job
 
 
+class ModelChat(BaseModel):
+    model: str = Field(min_length=1)
+    messages: list[dict] = Field(min_length=1)
+    params: dict = Field(default_factory=dict)
+
+
+def running_job_project(ctx: AppContext, job_id: str, authorization: str | None) -> str:
+    """The project a running trainer acts for (MODEL_CHAT): its token checked, nothing locked."""
+    token = bearer_token(authorization)
+    with ctx.db.read() as session:
+        row = session.execute(
+            select(Job.trainer_token_hash, Job.project_id, Job.status).where(Job.id == job_id)
+        ).first()
+    if row is None:
+        raise NotFound(f"No such fine-tuning job: {excerpt(job_id)}")
+    if not row.trainer_token_hash or not hmac.compare_digest(row.trainer_token_hash, hash_key(token)):
+        raise AuthenticationFailed(
+            "This trainer token is not valid for this job (a newer attempt may own it).",
+            code=ErrorCode.INVALID_TRAINER_TOKEN,
+        )
+    if row.status != JobStatus.RUNNING.value:
+        raise JobNotRunning(f"Fine-tuning job {job_id} is {row.status}, not running.", code=ErrorCode.JOB_NOT_RUNNING)
+    return row.project_id
+
+
 def _check_own_keys(job: Job, *keys: str) -> None:
     """A trainer writes under its own job's folder only; anything else would point at another job's data."""
     for key in keys:

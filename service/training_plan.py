@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import object_session
 
 from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
-from service import projects
+from service import projects, reinforcement
 from service.base_models import TrainingDefaults
 from service.context import AppContext
 from service.db.tables import File, Job
@@ -57,6 +57,8 @@ def resolve_hyperparameters(method: dict, shape: DatasetShape, d: TrainingDefaul
     """The method with every "auto" (or absent) hyperparameter made concrete, as the job then shows them."""
     section = dict(method.get(method["type"]) or {})
     hp = dict(section.get("hyperparameters") or {})
+    if method["type"] == "reinforcement":
+        hp = reinforcement.resolve(hp, shape.examples)
 
     def auto(key: str) -> bool:
         return hp.get(key) in (None, "auto")
@@ -67,8 +69,11 @@ def resolve_hyperparameters(method: dict, shape: DatasetShape, d: TrainingDefaul
     if auto("n_epochs"):
         hp["n_epochs"] = auto_epochs(shape, d)
     if auto("learning_rate_multiplier"):
-        # the base model's learning rate is tuned for the auto batch size; DPO takes a fraction of it
-        hp["learning_rate_multiplier"] = d.dpo_learning_rate_multiplier if method["type"] == "dpo" else 1.0
+        # the base model's learning rate is tuned for the auto batch size; DPO and RFT take a fraction of it
+        hp["learning_rate_multiplier"] = {
+            "dpo": d.dpo_learning_rate_multiplier,
+            "reinforcement": d.rl_learning_rate_multiplier,
+        }.get(method["type"], 1.0)
     if method["type"] == "dpo" and auto("beta"):
         hp["beta"] = 0.1
     if auto("tuning_mode"):
@@ -151,6 +156,7 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
     base = ctx.base_models.get(job.base_model)
     train = files[job.training_file]
     valid = files.get(job.validation_file) if job.validation_file else None
+    rl = job.method["type"] == "reinforcement"
     return TrainSpec(
         job_id=job.id,
         fine_tuned_model=model_name,
@@ -177,6 +183,8 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         token_budget=settings.training.train_token_budget,
         checkpoint_interval_steps=settings.training.checkpoint_interval_steps,
         init_weights_prefix=job.parent_prefix,
+        reinforcement=reinforcement.trainer_section(job.method, settings.graders) if rl else None,
+        eval_interval=reinforcement.eval_interval(job.method) if rl else 0,
         **projects.trainer_integrations(object_session(job), job),  # wandb: the project's key, if any
     )
 

@@ -128,7 +128,11 @@ def test_methods_and_hyperparameters(client, training_file):
             "invalid_value",
         ),
         ({"method": {"type": "unsupervised"}}, "method.type", "invalid_value"),
-        ({"method": {"type": "reinforcement", "reinforcement": {}}}, "method.type", "unsupported_method"),
+        (
+            {"method": {"type": "reinforcement", "reinforcement": {}}},
+            "method.reinforcement.grader",
+            "missing_required_parameter",
+        ),
         ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", "invalid_value"),
         ({"method": {"type": "dpo"}}, "training_file", "invalid_training_file"),
         (

@@ -10,9 +10,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from hone_kernel.dataset_messages import clean_message, to_messages
+from hone_kernel.dataset_prompts import prompt_messages
 
 CHAT_FORMATS = {"openai_chat", "vertex_gemini", "vertex_legacy", "pairs"}
 SUPERVISED_FORMATS = CHAT_FORMATS | {"prompt_completion", "raw_text"}
+PROMPT_FORMATS = {"openai_preference", "openai_reinforcement"}  # lines whose answers training does not read
 
 
 @dataclass
@@ -145,7 +147,7 @@ def tokenize_lines(tokenizer, lines: Iterable[bytes], fmt: str, max_length: int)
     return Tokenized(examples, truncated, dropped)
 
 
-def _chat_ids(tokenizer, messages: list[dict], tools, *, generation_prompt: bool) -> list[int]:
+def chat_ids(tokenizer, messages: list[dict], tools, *, generation_prompt: bool) -> list[int]:
     kwargs = {"tools": tools} if tools else {}
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -163,18 +165,21 @@ def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> d
         if not raw.strip():
             continue
         row, rows = json.loads(raw), rows + 1
-        if fmt in CHAT_FORMATS or fmt == "openai_preference":
+        if fmt in CHAT_FORMATS or fmt in PROMPT_FORMATS:
             if fmt == "openai_preference":
                 messages, tools = [clean_message(m) for m in row["input"]["messages"]], row["input"].get("tools")
+                trained = [False] * len(messages)
+            elif fmt == "openai_reinforcement":  # the prompt as generation in training renders it (trainer/rft.py)
+                messages, tools = prompt_messages(row), row.get("tools")
                 trained = [False] * len(messages)
             else:
                 messages, trained, tools = to_messages(row, fmt)
             extra = {"tools": tools} if tools else {}
-            if fmt != "openai_preference":
+            if fmt not in PROMPT_FORMATS:
                 samples.append(
                     {
                         "tokenize": {"messages": messages, "add_generation_prompt": False, **extra},
-                        "token_ids": _chat_ids(tokenizer, messages, tools, generation_prompt=False),
+                        "token_ids": chat_ids(tokenizer, messages, tools, generation_prompt=False),
                     }
                 )
             last = max((i for i, t in enumerate(trained) if t), default=len(messages))
@@ -182,7 +187,7 @@ def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> d
             samples.append(
                 {
                     "tokenize": {"messages": prompt, "add_generation_prompt": True, **extra},
-                    "token_ids": _chat_ids(tokenizer, prompt, tools, generation_prompt=True),
+                    "token_ids": chat_ids(tokenizer, prompt, tools, generation_prompt=True),
                 }
             )
             smoke = smoke or {"messages": prompt, **extra}

@@ -14,7 +14,7 @@ import torch
 
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
-from trainer import checkpoints, dpo, outputs, schedule
+from trainer import checkpoints, dpo, outputs, rft, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
@@ -53,8 +53,10 @@ class Run:
     # --- setup --------------------------------------------------------------------------
 
     def _examples(self, ref, what: str) -> list:
-        """Examples (supervised) or preference pairs (dpo) of one file."""
+        """Examples (supervised), preference pairs (dpo) or prompts (reinforcement) of one file."""
         dpo_method = self.spec.method == "dpo"
+        if self.spec.method == "reinforcement":
+            return self._prompts(ref, what)
         if (ref.format == "openai_preference") != dpo_method or (
             not dpo_method and ref.format not in SUPERVISED_FORMATS
         ):
@@ -83,9 +85,34 @@ class Run:
             raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no example with trained tokens.")
         return items
 
+    def _prompts(self, ref, what: str) -> list[rft.Prompt]:
+        if ref.format != "openai_reinforcement":
+            raise FatalError(
+                "unsupported_method", f"The {what} is in the {ref.format} format; reinforcement trains on prompts."
+            )
+        assert self.spec.reinforcement is not None  # the control plane writes it for every reinforcement job
+        room = self.spec.max_length - self.spec.reinforcement.max_completion_tokens
+        try:
+            prompts, skipped = rft.tokenize_prompts(
+                self.tokenizer, held_out(self.blobs.iter_lines(ref.key), ref.exclude_examples), room
+            )
+        except DataError as exc:
+            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} could not be tokenized: {exc}") from exc
+        if skipped:
+            self.reporter.event(
+                f"{skipped} {what} prompt(s) were longer than {room} tokens (max_length less the answer's "
+                "max_completion_tokens) and were skipped.",
+                level="warn",
+                key=f"truncated:{what}",
+                data={"dropped": skipped},
+            )
+        if not prompts:
+            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no prompt short enough to answer.")
+        return prompts
+
     def _setup(self):
         spec = self.spec
-        if spec.method not in ("supervised", "dpo"):
+        if spec.method not in ("supervised", "dpo", "reinforcement"):
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
         if spec.method == "dpo" and spec.hyperparameters.tuning_mode != "lora":
             raise FatalError("unsupported_method", "DPO trains a LoRA adapter; use tuning_mode 'lora'.")
@@ -124,6 +151,11 @@ class Run:
         self.eval_interval = spec.eval_interval or max(1, self.total_steps // 10)
         self.step, self.trained_tokens, self.rows = 0, 0, []
         self.serving_files = outputs.serving_files(self.spec, self.tokenizer, self.model, self.blobs)
+        self.reinforce = (
+            rft.Reinforce(spec, self.tokenizer, self.model, self.trainable, outputs.stop_token_ids(self.serving_files))
+            if spec.method == "reinforcement"
+            else None
+        )
 
     def _resume(self) -> None:
         step = checkpoints.latest_step(self.blobs, self.spec.output_prefix)
@@ -155,6 +187,13 @@ class Run:
     def _train_step(self, step: int) -> dict:
         hp = self.spec.hyperparameters
         batch = [self.train[i] for i in step_indices(len(self.train), hp.batch_size, self.spec.seed, step)]
+        if self.reinforce is not None:
+            metrics, tokens = self.reinforce.train_step(self.model, batch, step)
+            if not math.isfinite(metrics["train_loss"]):
+                raise Diverged("training loss", metrics["train_loss"])
+            self._optimizer_step()
+            self.trained_tokens += tokens
+            return metrics
         if self.spec.method == "dpo":
             self.model.train()
             metrics = dpo.train_step(
@@ -188,6 +227,13 @@ class Run:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def _validation(self, examples: list, prefix: str) -> dict:
+        """`{prefix}_loss` and `{prefix}_mean_token_accuracy`, or a reinforcement job's `{prefix}_reward_mean`."""
+        if self.reinforce is not None:
+            return self.reinforce.validate(self.model, examples, prefix, self.step)
+        loss, accuracy = self.evaluate(examples)
+        return {f"{prefix}_loss": loss, f"{prefix}_mean_token_accuracy": accuracy}
+
     @torch.no_grad()
     def evaluate(self, examples: list) -> tuple[float, float]:
         """(loss, accuracy) on validation items: mean token loss, or DPO loss and preference accuracy."""
@@ -212,13 +258,16 @@ class Run:
 
     def _metrics(self, step: int, train: dict) -> dict:
         data = {"step": step, "total_steps": self.total_steps, **train}
-        message = f"Step {step}/{self.total_steps}: training loss={train['train_loss']:.2f}"
+        # A reinforcement run is followed by its reward; every other method by its loss.
+        figure = "reward_mean" if self.reinforce is not None else "loss"
+        words = "reward mean" if self.reinforce is not None else "loss"
+        message = f"Step {step}/{self.total_steps}: training {words}={train['train_' + figure]:.2f}"
         if self.valid and (step % self.eval_interval == 0 or step == self.total_steps):
-            data["valid_loss"], data["valid_mean_token_accuracy"] = self.evaluate(self.valid[: self.spec.eval_examples])
-            message += f", validation loss={data['valid_loss']:.2f}"
+            data.update(self._validation(self.valid[: self.spec.eval_examples], "valid"))
+            message += f", validation {words}={data['valid_' + figure]:.2f}"
         if self.valid and step == self.total_steps:
-            data["full_valid_loss"], data["full_valid_mean_token_accuracy"] = self.evaluate(self.valid)
-            message += f", full validation loss={data['full_valid_loss']:.2f}"
+            data.update(self._validation(self.valid, "full_valid"))
+            message += f", full validation {words}={data['full_valid_' + figure]:.2f}"
         self.reporter.event(message, type="metrics", data=data, key=f"step:{step}")
         self.wandb.log(step, data, self.rows)
         return data
@@ -344,14 +393,7 @@ class Run:
             self.step += 1
             with main_thread.busy():  # validation, at eval points
                 last_metrics = self._metrics(self.step, train)
-            self.rows.append(
-                {
-                    "step": self.step,
-                    "train_loss": train["train_loss"],
-                    "train_accuracy": train["train_mean_token_accuracy"],
-                    **{k: v for k, v in last_metrics.items() if k.startswith(("valid", "full_valid"))},
-                }
-            )
+            self.rows.append(outputs.result_row(self.step, last_metrics))
             per_step = (time.monotonic() - started) / (self.step - first_step)
             figures = self._live_figures(last_metrics, step_seconds, self.trained_tokens - tokens_before)
             self.reporter.progress(

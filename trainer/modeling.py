@@ -93,13 +93,19 @@ def _target_hidden(model, mb: MicroBatch):
     return hidden[:, :-1][keep], labels[keep], keep
 
 
-def sequence_logprobs(model, mb: MicroBatch) -> torch.Tensor:
-    """Summed log-probability of each row's targets (rows must hold one example each: unpacked)."""
+def token_logprobs(model, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of each target token, the row it is in), in row order (rows: one example each)."""
     hidden, targets, keep = _target_hidden(model, mb)
     logps = torch.log_softmax(model.get_output_embeddings()(hidden).float(), -1)
     picked = logps.gather(-1, targets[:, None]).squeeze(-1)
     rows = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]
-    return torch.zeros(keep.shape[0], device=picked.device).index_add(0, rows, picked)
+    return picked, rows
+
+
+def sequence_logprobs(model, mb: MicroBatch) -> torch.Tensor:
+    """Summed log-probability of each row's targets (rows must hold one example each: unpacked)."""
+    picked, rows = token_logprobs(model, mb)
+    return torch.zeros(mb.input_ids.shape[0], device=picked.device).index_add(0, rows, picked)
 
 
 def loss_sums(model, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,19 +27,42 @@ RESULT_COLUMNS = [
 ]
 
 
+# A reinforcement run's: its rewards instead of losses and token accuracies.
+REWARD_COLUMNS = [
+    "step",
+    "train_loss",
+    "train_reward_mean",
+    "train_kl",
+    "valid_reward_mean",
+    "full_valid_reward_mean",
+]
+
+
+def result_row(step: int, metrics: dict) -> dict:
+    """One step's row of result.csv, from the step's metrics event."""
+    row: dict[str, float] = {"step": step}
+    for key, value in metrics.items():
+        if key not in ("step", "total_steps") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            row["train_accuracy" if key == "train_mean_token_accuracy" else key] = value
+    return row
+
+
 def result_csv(rows: list[dict]) -> bytes:
     """OpenAI's result file: a row per step, floats to 6 places, blanks where a step has no figure."""
+    columns = REWARD_COLUMNS if any("train_reward_mean" in row for row in rows) else RESULT_COLUMNS
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RESULT_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
         writer.writerow(
-            [
-                "" if row.get(c) is None else (round(row[c], 6) if isinstance(row[c], float) else row[c])
-                for c in RESULT_COLUMNS
-            ]
+            ["" if row.get(c) is None else (round(row[c], 6) if isinstance(row[c], float) else row[c]) for c in columns]
         )
     return out.getvalue().encode()
+
+
+def stop_token_ids(files: dict[str, str]) -> list[int]:
+    """The stop tokens the model is served with (hone_serving.json): generation in training stops where serving does."""
+    return list(json.loads(files["hone_serving.json"])["stop_token_ids"])
 
 
 def serving_files(spec: TrainSpec, tokenizer: Any, model: Any, blobs: Blobs) -> dict[str, str]:

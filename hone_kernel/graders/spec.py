@@ -224,3 +224,25 @@ def models_of(grader: Any) -> set[str]:
 
 TYPES = frozenset({"string_check", "text_similarity", "python", "score_model", "label_model", "multi"})
 UNION_TAGS.update(TYPES, {"input_text", "output_text", "input_image"})
+
+
+def _texts(grader: Any) -> list[str]:
+    if isinstance(grader, MultiGrader):
+        return [t for g in grader.graders.values() for t in _texts(g)]
+    if isinstance(grader, (StringCheckGrader, TextSimilarityGrader)):
+        return [grader.input, grader.reference]
+    if isinstance(grader, (ScoreModelGrader, LabelModelGrader)):
+        return [m.text() for m in grader.input]
+    return []  # a python grader reads the item in its own code
+
+
+def item_references(grader: Any) -> list[str]:
+    """The `item.*` variables a grader's templates read, as written (`item.label`, `item.choices[0]`), each once:
+    what every line of a reinforcement training file must have."""
+    found: dict[str, None] = {}
+    for text in _texts(grader):
+        for match in templates.TEMPLATE.finditer(text):
+            namespace, _ = templates.parse_path(match.group(1))
+            if namespace == "item":
+                found[match.group(1).strip()] = None
+    return list(found)

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 NAMESPACES = ("item", "sample")
-_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = re.compile(r"""\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(\d+)\s*\]|\[\s*"([^"]*)"\s*\]|\[\s*'([^']*)'\s*\]""")
 _HEAD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -49,16 +49,16 @@ def parse_path(expression: str) -> tuple[str, list[str | int]]:
 
 def check(text: str) -> None:
     """ValueError naming the first template of `text` that is not a variable of item or sample."""
-    for match in _TEMPLATE.finditer(text):
+    for match in TEMPLATE.finditer(text):
         parse_path(match.group(1))
-    rest = _TEMPLATE.sub("", text)
+    rest = TEMPLATE.sub("", text)
     if "{{" in rest:
         raise ValueError("a '{{' is not closed by '}}'")
 
 
 def references(text: str) -> list[tuple[str, list[str | int]]]:
     """Every variable `text` reads, as (namespace, path)."""
-    return [parse_path(m.group(1)) for m in _TEMPLATE.finditer(text)]
+    return [parse_path(m.group(1)) for m in TEMPLATE.finditer(text)]
 
 
 def lookup(namespaces: dict[str, Any], namespace: str, path: list[str | int]) -> Any:
@@ -85,4 +85,4 @@ def render(text: str, namespaces: dict[str, Any]) -> str:
     """`text` with each template replaced by its value; TemplateError when one cannot be filled."""
     if "{{" not in text:
         return text
-    return _TEMPLATE.sub(lambda m: as_text(lookup(namespaces, *parse_path(m.group(1)))), text)
+    return TEMPLATE.sub(lambda m: as_text(lookup(namespaces, *parse_path(m.group(1)))), text)

@@ -1,0 +1,147 @@
+"""Reinforcement fine-tuning jobs (OpenAI's `method: {"type": "reinforcement"}`): what a request may ask, what
+"auto" resolves to, and the per-line check that every prompt has what the grader reads. The training itself is
+the trainer's (trainer/rft.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy.orm import Session
+
+from hone_kernel.graders import spec as grader_spec
+from hone_kernel.graders import templates
+from hone_kernel.trainer_contract import Reinforcement
+from service import external_models
+from service.context import AppContext
+from service.errors import ErrorCode, InvalidRequest, excerpt
+from service.schemas import ReinforcementMethod
+from service.settings import GradersSettings
+
+PARAM = "method.reinforcement"
+BASE_SAMPLES = 8  # answers per prompt at compute_multiplier 1
+MIN_SAMPLES, MAX_SAMPLES = 2, 64
+DEFAULT_KL_BETA = 0.04
+DEFAULT_MAX_COMPLETION_TOKENS = 256
+DEFAULT_TEMPERATURE = 1.0
+# Prompts per step when "auto": each is answered samples_per_prompt times, so fewer than supervised examples.
+AUTO_PROMPTS_PER_STEP = 8
+AUTO_EPOCHS = 2
+MISSING_SHOWN = 20  # lines named in a failed job's message at most
+
+
+def check_method(section: ReinforcementMethod | None) -> None:
+    """400 for what Hone would otherwise not do as asked."""
+    if section is None:
+        raise InvalidRequest(
+            "A reinforcement job needs method.reinforcement with its grader.",
+            param=f"{PARAM}.grader",
+            code=ErrorCode.MISSING_REQUIRED_PARAMETER,
+        )
+    if section.hyperparameters.reasoning_effort != "default":
+        raise InvalidRequest(
+            f"reasoning_effort '{section.hyperparameters.reasoning_effort}' applies to reasoning models, and Hone's "
+            "base models do not reason before answering; leave it out (or 'default').",
+            param=f"{PARAM}.hyperparameters.reasoning_effort",
+            code=ErrorCode.INVALID_VALUE,
+        )
+    fmt = section.response_format
+    if fmt is not None and fmt != {"type": "text"}:
+        raise InvalidRequest(
+            f"response_format {excerpt(json.dumps(fmt), 80)} is not supported: Hone samples answers as free text "
+            "(constrained decoding is not there yet). Leave it out, and grade sample.output_json, which is set "
+            "whenever an answer is valid JSON.",
+            param=f"{PARAM}.response_format",
+            code=ErrorCode.INVALID_VALUE,
+        )
+
+
+def check_grader_models(ctx: AppContext, session: Session, project_id: str, method: dict) -> None:
+    """400 when the grader samples a model the project cannot call (another project's reads as missing)."""
+    grader = parse_grader(method[method["type"]]["grader"])
+    for model in sorted(grader_spec.models_of(grader)):
+        if not external_models.callable_model(ctx, session, project_id, model):
+            raise InvalidRequest(
+                f"The grader's model '{excerpt(model)}' does not exist or you do not have access to it.",
+                param=f"{PARAM}.grader.model",
+                code=ErrorCode.MODEL_NOT_FOUND,
+            )
+
+
+def parse_grader(grader: dict) -> Any:
+    return TypeAdapter(grader_spec.Grader).validate_python(grader)
+
+
+def resolve(hp: dict, examples: int) -> dict:
+    """The reinforcement-only hyperparameters made concrete (the shared ones are resolved by training_plan)."""
+
+    def auto(key: str) -> bool:
+        return hp.get(key) in (None, "auto")
+
+    if auto("batch_size"):
+        hp["batch_size"] = max(1, min(AUTO_PROMPTS_PER_STEP, examples))
+    if auto("n_epochs"):
+        hp["n_epochs"] = AUTO_EPOCHS
+    if auto("compute_multiplier"):
+        hp["compute_multiplier"] = 1.0
+    if auto("eval_samples"):
+        hp["eval_samples"] = 1
+    if auto("beta"):
+        hp["beta"] = DEFAULT_KL_BETA
+    if auto("max_completion_tokens"):
+        hp["max_completion_tokens"] = DEFAULT_MAX_COMPLETION_TOKENS
+    if auto("temperature"):
+        hp["temperature"] = DEFAULT_TEMPERATURE
+    hp.setdefault("reasoning_effort", "default")
+    return hp
+
+
+def samples_per_prompt(compute_multiplier: float) -> int:
+    return max(MIN_SAMPLES, min(MAX_SAMPLES, round(BASE_SAMPLES * compute_multiplier)))
+
+
+def trainer_section(method: dict, graders: GradersSettings) -> Reinforcement:
+    section = method["reinforcement"]
+    hp = section["hyperparameters"]
+    return Reinforcement(
+        grader=section["grader"],
+        samples_per_prompt=samples_per_prompt(hp["compute_multiplier"]),
+        max_completion_tokens=hp["max_completion_tokens"],
+        temperature=hp["temperature"],
+        kl_beta=hp["beta"],
+        eval_samples=hp["eval_samples"],
+        model_call_timeout_s=graders.grader_model_timeout_s,
+        sandbox=dataclasses.asdict(graders.sandbox_limits()),
+        python_processes=graders.grader_processes,
+    )
+
+
+def eval_interval(method: dict) -> int:
+    """The job's eval_interval for the trainer (0: the trainer's own, about ten validations a run)."""
+    value = method["reinforcement"]["hyperparameters"].get("eval_interval", "auto")
+    return 0 if value == "auto" else int(value)
+
+
+def missing_item_fields(grader: dict, lines, limit: int = MISSING_SHOWN) -> tuple[list[tuple[int, str]], int]:
+    """((line, variable) for lines lacking a variable the grader's templates read, at most `limit`; how many in
+    all). `lines` are the file's raw lines in order (blank ones count, as the validator numbers them)."""
+    wanted = [(ref, templates.parse_path(ref)[1]) for ref in grader_spec.item_references(parse_grader(grader))]
+    found: list[tuple[int, str]] = []
+    total = 0
+    if not wanted:
+        return found, total
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        row = json.loads(raw)
+        for text, path in wanted:
+            try:
+                templates.lookup({"item": row}, "item", path)
+            except templates.TemplateError:
+                total += 1
+                if len(found) < limit:
+                    found.append((number, text))
+                break
+    return found, total

@@ -26,6 +26,7 @@ from service.api import (
     internal,
     models,
     observability,
+    stored_completions,
     vertex,
 )
 from service.api.contract import build_openapi
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         graders.router,
         evals.router,
         external_models.router,
+        stored_completions.router,
         vertex.router,
         internal.router,
     ):

@@ -36,6 +36,10 @@ class TrainingDefaults:
     # Reinforcement fine-tuning moves a model that already answers: at SFT's rate its answers fall apart before
     # the rewards can steer them.
     rl_learning_rate_multiplier: float = 0.1
+    # Reinforcement: each sampled answer's length at most, and prompts per step, when "auto"
+    rl_max_completion_tokens: int = 512
+    rl_prompts_per_step: int = 8
+    rl_epochs: int = 2
     lora_rank: int = 16
     lora_alpha_per_rank: float = 2.0  # alpha = rank * this
     max_length: int = 2048  # tokens per example (HONE_TRAIN_MAX_LENGTH caps it)
@@ -73,6 +77,7 @@ TINY_DEFAULTS = TrainingDefaults(
     full_learning_rate=1e-3,
     dpo_learning_rate_multiplier=0.04,
     rl_learning_rate_multiplier=0.3,
+    rl_max_completion_tokens=32,  # its answers are labels and short sentences; a longer one is babble
     tokens_per_step=256,
     min_steps_per_epoch=8,
     epochs=3,

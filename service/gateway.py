@@ -11,13 +11,12 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from service import metrics
+from service import metrics, stored_completions
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.endpoint_states import EndpointState
@@ -27,11 +26,12 @@ from service.errors import (
     ApiError,
     BadGateway,
     ErrorCode,
-    InvalidRequest,
     NotFound,
     ServiceUnavailable,
     excerpt,
 )
+from service.gateway_bodies import openai_error, openai_shape
+from service.stored_completions import Keep
 from service.upstream import EngineUnreachable, UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
 
@@ -171,7 +171,9 @@ class Gateway:
 
     # --- forwarding -------------------------------------------------------------------------------------
 
-    async def relay(self, project_id: str, path: str, raw: bytes, body: dict, request_id: str | None) -> Response:
+    async def relay(
+        self, project_id: str, path: str, raw: bytes, body: dict, request_id: str | None, keep: Keep | None = None
+    ) -> Response:
         """Resolves the caller's model and forwards the request. A route taken from the cache may be stale: its
         endpoint scaled to zero, or its engine moved, within ROUTE_TTL_S. When its engine refuses the connection
         (the request was never sent) the route is resolved again from the database, once: a suspended endpoint is
@@ -180,10 +182,10 @@ class Gateway:
         cached = self.cached_route(project_id, model) is not None
         route = await self.resolve(project_id, model)
         try:
-            return await self.forward(project_id, path, raw, body, route, request_id, retry_unsent=cached)
+            return await self.forward(project_id, path, raw, body, route, request_id, retry_unsent=cached, keep=keep)
         except _Unsent:
             route = await self.resolve(project_id, model)
-            return await self.forward(project_id, path, raw, body, route, request_id)
+            return await self.forward(project_id, path, raw, body, route, request_id, keep=keep)
 
     async def forward(
         self,
@@ -195,8 +197,11 @@ class Gateway:
         request_id: str | None,
         *,
         retry_unsent: bool = False,
+        keep: Keep | None = None,
     ) -> Response:
+        """`keep`: a chat completion asked to be stored (store: true), kept once answered."""
         started = time.perf_counter()
+        request = body
         stream = bool(body.get("stream"))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if body.get("model") != route.engine_model or (stream and not wants_usage):
@@ -212,7 +217,14 @@ class Gateway:
                 content = await asyncio.wait_for(upstream.read(), self.timeout)
             else:
                 return StreamingResponse(
-                    self._relay(project_id, route, upstream, wants_usage, started),
+                    self._relay(
+                        project_id,
+                        route,
+                        upstream,
+                        wants_usage,
+                        started,
+                        self._keeper(project_id, route, request, keep),
+                    ),
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
                 )
@@ -227,6 +239,8 @@ class Gateway:
                 code=ErrorCode.ENDPOINT_UNREACHABLE,
             ) from exc
         content = self._count_whole(project_id, route, upstream.status, content, started)
+        if keep is not None and upstream.status == 200:
+            await run_in_threadpool(self._store, project_id, route, request, keep, json.loads(content))
         if upstream.status >= 400:
             content = openai_error(content, upstream.status)
             content_type = "application/json"
@@ -275,8 +289,30 @@ class Gateway:
         self._account(project_id, route, status, usage, started)
         return content
 
+    def _store(self, project_id: str, route: Route, request: dict, keep: Keep, response: dict) -> None:
+        stored_completions.store(self.ctx, project_id, route.model, request, response, keep.metadata)
+
+    def _keeper(self, project_id: str, route: Route, request: dict, keep: Keep | None):
+        """For a stream asked to be stored: what puts it back together, and stores it once it ends."""
+        if keep is None:
+            return None
+        answer = stored_completions.StreamedAnswer()
+
+        async def done() -> None:
+            completion = answer.completion()
+            if completion is not None:
+                await run_in_threadpool(self._store, project_id, route, request, keep, openai_shape(completion))
+
+        return answer, done
+
     async def _relay(
-        self, project_id: str, route: Route, upstream: UpstreamResponse, wants_usage: bool, started: float
+        self,
+        project_id: str,
+        route: Route,
+        upstream: UpstreamResponse,
+        wants_usage: bool,
+        started: float,
+        keeper=None,
     ):
         """Passes each SSE event on as soon as it is complete; only the usage event may be held back."""
         usage: dict = {}
@@ -290,6 +326,8 @@ class Gateway:
                 pending += chunk
                 while (end := pending.find(b"\n\n")) >= 0:
                     event, pending = pending[: end + 2], pending[end + 2 :]
+                    if keeper is not None:
+                        keeper[0].feed(event)
                     if b'"usage"' in event and _USAGE_ONLY.search(event):
                         try:
                             usage = json.loads(event[event.index(b"{") :]).get("usage") or {}
@@ -310,6 +348,8 @@ class Gateway:
             )
         finally:
             upstream.release()
+            if keeper is not None and not failed:
+                await keeper[1]()
             self._account(
                 project_id,
                 route,
@@ -350,14 +390,6 @@ class Gateway:
             metrics.GATEWAY_TTFT.labels(model).observe(first_token_at - started)
 
 
-# vLLM writes every field of its response models, unset ones as null; OpenAI's schema types these as objects
-# or arrays that are absent when unused, so typed clients would choke on the nulls.
-_ABSENT_WHEN_NULL = {
-    "message": {"annotations", "function_call", "audio", "tool_calls", "reasoning", "reasoning_content"},
-    "usage": {"prompt_tokens_details", "completion_tokens_details"},
-}
-
-
 def _engine_headers(route: Route, request_id: str | None) -> dict[str, str]:
     headers = {"content-type": "application/json"}
     if route.api_key:
@@ -365,52 +397,3 @@ def _engine_headers(route: Route, request_id: str | None) -> dict[str, str]:
     if request_id:
         headers["x-request-id"] = request_id
     return headers
-
-
-def openai_shape(body: dict) -> dict:
-    for choice in body.get("choices") or []:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            for key in _ABSENT_WHEN_NULL["message"] & {k for k, v in message.items() if v is None}:
-                del message[key]
-    usage = body.get("usage")
-    if isinstance(usage, dict):
-        for key in _ABSENT_WHEN_NULL["usage"] & {k for k, v in usage.items() if v is None}:
-            del usage[key]
-    return body
-
-
-def openai_error(content: bytes, status: int) -> bytes:
-    """Engines answer errors in vLLM's envelope (an integer `code`, exception names as `type`); callers of
-    Hone get OpenAI's, which the openai SDK and its users expect."""
-    try:
-        body = json.loads(content)
-        error = body.get("error", body) if isinstance(body, dict) else {}
-    except ValueError:
-        error = {}
-    message = error.get("message") if isinstance(error, dict) else None
-    return json.dumps(
-        {
-            "error": {
-                "message": message
-                or (content.decode(errors="replace")[:500] or f"The endpoint answered HTTP {status}."),
-                "type": "invalid_request_error" if status < 500 else "server_error",
-                "param": error.get("param")
-                if isinstance(error, dict) and isinstance(error.get("param"), str)
-                else None,
-                "code": ErrorCode.MODEL_NOT_FOUND if status == 404 else None,
-            }
-        }
-    ).encode()
-
-
-def check_body(body: Any) -> dict:
-    """The parsed request body (service/api/json_body.py), as the gateway needs it: an object naming a model."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code=ErrorCode.INVALID_JSON)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest(
-            "Missing required parameter: 'model'.", param="model", code=ErrorCode.MISSING_REQUIRED_PARAMETER
-        )
-    return body

@@ -47,6 +47,12 @@ class ChatMessage(_Open):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
+    store: bool | None = Field(
+        None, description="true: the completion is kept for the Stored Completions API (GET /v1/chat/completions)."
+    )
+    metadata: dict[str, str] | None = Field(
+        None, description="With store: up to 16 pairs kept with the stored completion, to filter and export by."
+    )
 
 
 class CompletionRequest(_Sampling):

@@ -15,6 +15,7 @@ from hone_kernel.graders import spec as grader_spec
 from hone_kernel.graders import templates
 from hone_kernel.trainer_contract import Reinforcement
 from service import external_models
+from service.base_models import TrainingDefaults
 from service.context import AppContext
 from service.errors import ErrorCode, InvalidRequest, excerpt
 from service.schemas import ReinforcementMethod
@@ -24,11 +25,7 @@ PARAM = "method.reinforcement"
 BASE_SAMPLES = 8  # answers per prompt at compute_multiplier 1
 MIN_SAMPLES, MAX_SAMPLES = 2, 64
 DEFAULT_KL_BETA = 0.04
-DEFAULT_MAX_COMPLETION_TOKENS = 256
 DEFAULT_TEMPERATURE = 1.0
-# Prompts per step when "auto": each is answered samples_per_prompt times, so fewer than supervised examples.
-AUTO_PROMPTS_PER_STEP = 8
-AUTO_EPOCHS = 2
 MISSING_SHOWN = 20  # lines named in a failed job's message at most
 
 
@@ -74,16 +71,18 @@ def parse_grader(grader: dict) -> Any:
     return TypeAdapter(grader_spec.Grader).validate_python(grader)
 
 
-def resolve(hp: dict, examples: int) -> dict:
-    """The reinforcement-only hyperparameters made concrete (the shared ones are resolved by training_plan)."""
+def resolve(hp: dict, examples: int, d: TrainingDefaults) -> dict:
+    """The reinforcement-only hyperparameters made concrete, and batch size and epochs (prompts are answered
+    samples_per_prompt times each: fewer per step, and fewer passes, than supervised examples); the rest is
+    training_plan's."""
 
     def auto(key: str) -> bool:
         return hp.get(key) in (None, "auto")
 
     if auto("batch_size"):
-        hp["batch_size"] = max(1, min(AUTO_PROMPTS_PER_STEP, examples))
+        hp["batch_size"] = max(1, min(d.rl_prompts_per_step, examples))
     if auto("n_epochs"):
-        hp["n_epochs"] = AUTO_EPOCHS
+        hp["n_epochs"] = d.rl_epochs
     if auto("compute_multiplier"):
         hp["compute_multiplier"] = 1.0
     if auto("eval_samples"):
@@ -91,7 +90,7 @@ def resolve(hp: dict, examples: int) -> dict:
     if auto("beta"):
         hp["beta"] = DEFAULT_KL_BETA
     if auto("max_completion_tokens"):
-        hp["max_completion_tokens"] = DEFAULT_MAX_COMPLETION_TOKENS
+        hp["max_completion_tokens"] = d.rl_max_completion_tokens
     if auto("temperature"):
         hp["temperature"] = DEFAULT_TEMPERATURE
     hp.setdefault("reasoning_effort", "default")

@@ -145,7 +145,7 @@ class ReinforcementHyperparameters(SupervisedHyperparameters):
         default=None, description="Hone: weight of the KL divergence to the starting weights (auto: 0.04)."
     )
     max_completion_tokens: MaxCompletionTokens | None = Field(
-        default=None, description="Hone: each sampled answer's length at most (auto: 256)."
+        default=None, description="Hone: each sampled answer's length at most (auto: the base model's, 512 tokens)."
     )
     temperature: Temperature | None = Field(
         default=None, description="Hone: sampling temperature of the answers (auto: 1.0)."
@@ -308,3 +308,18 @@ class GraderRunRequest(_Body):
 
 class GraderValidateRequest(_Body):
     grader: Grader
+
+
+class UpdateStoredCompletion(_Body):
+    metadata: Metadata = Field(description="Replaces the stored completion's metadata (the only field that changes).")
+
+
+class ExportStoredCompletions(_Body):
+    """Hone: stored completions that match, as an OpenAI chat fine-tune file of the project."""
+
+    model: str | None = Field(default=None, min_length=1, description="Only completions of this model.")
+    metadata: Metadata = Field(default=None, description="Only completions with all these metadata pairs.")
+    created_after: int | None = Field(default=None, ge=0, description="Unix seconds, inclusive.")
+    created_before: int | None = Field(default=None, ge=0, description="Unix seconds, exclusive.")
+    limit: int = Field(default=10000, ge=1, le=100000, description="Completions at most, oldest first.")
+    filename: str = Field(default="stored-completions.jsonl", pattern=r"^[^/\\]{1,200}\.jsonl$")

@@ -58,7 +58,7 @@ def resolve_hyperparameters(method: dict, shape: DatasetShape, d: TrainingDefaul
     section = dict(method.get(method["type"]) or {})
     hp = dict(section.get("hyperparameters") or {})
     if method["type"] == "reinforcement":
-        hp = reinforcement.resolve(hp, shape.examples)
+        hp = reinforcement.resolve(hp, shape.examples, d)
 
     def auto(key: str) -> bool:
         return hp.get(key) in (None, "auto")

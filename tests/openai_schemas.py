@@ -29,7 +29,14 @@ ROUTES = [
     ("GET", r"/v1/models", "ListModelsResponse"),
     ("GET", r"/v1/models/.+", "Model"),
     ("DELETE", r"/v1/models/.+", "DeleteModelResponse"),
+    ("POST", r"/v1/chat/completions/export", None),  # Hone's: answers a file, checked as files are by its test
     ("POST", r"/v1/chat/completions", "CreateChatCompletionResponse"),
+    # Stored completions: the openai SDK's models (the reference file has none), pages in OpenAI's list shape
+    ("GET", r"/v1/chat/completions", "sdk-list:chat.ChatCompletion"),
+    ("GET", r"/v1/chat/completions/[^/]+/messages", "sdk-list:chat.ChatCompletionStoreMessage"),
+    ("GET", r"/v1/chat/completions/[^/]+", "sdk:chat.ChatCompletion"),
+    ("POST", r"/v1/chat/completions/[^/]+", "sdk:chat.ChatCompletion"),
+    ("DELETE", r"/v1/chat/completions/[^/]+", "sdk:chat.ChatCompletionDeleted"),
     ("POST", r"/v1/completions", "CreateCompletionResponse"),
     # Not in the reference file: the schemas of the openai SDK's own models for them (see _SDK_MODELS)
     ("POST", r"/v1/fine_tuning/alpha/graders/run", "sdk:GraderRunResponse"),
@@ -51,16 +58,38 @@ def schemas() -> dict:
 
 def _sdk_schema(name: str) -> dict:
     """The JSON Schema of an openai SDK response model (generated from OpenAI's OpenAPI document), with every
-    field it declares required as the SDK declares it; aliases are the wire names."""
-    from openai.types.fine_tuning import alpha
+    field it declares required as the SDK declares it; aliases are the wire names. `chat.X` is openai.types.chat.X,
+    a bare name openai.types.fine_tuning.alpha's; `list:` wraps it in OpenAI's cursor page."""
+    import importlib
 
-    return getattr(alpha, name).model_json_schema(by_alias=True)
+    listed = name.startswith("list:")
+    module, _, model = name.removeprefix("list:").rpartition(".")
+    found = importlib.import_module(f"openai.types.{module or 'fine_tuning.alpha'}")
+    schema = getattr(found, model).model_json_schema(by_alias=True)
+    if model == "ChatCompletionStoreMessage":
+        # The SDK reuses its assistant message model, whose role is "assistant" only; stored messages are the
+        # request's too (user, system, tool), as OpenAI answers them.
+        schema["properties"]["role"] = {"type": "string"}
+    if not listed:
+        return schema
+    return {
+        "type": "object",
+        "required": ["object", "data", "first_id", "last_id", "has_more"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {k: v for k, v in schema.items() if k != "$defs"}},
+            "first_id": {"type": ["string", "null"]},
+            "last_id": {"type": ["string", "null"]},
+            "has_more": {"type": "boolean"},
+        },
+        "$defs": schema.get("$defs", {}),
+    }
 
 
 @lru_cache
 def validator(name: str) -> Draft202012Validator:
-    if name.startswith("sdk:"):
-        return Draft202012Validator(_sdk_schema(name.removeprefix("sdk:")))
+    if name.startswith("sdk"):
+        return Draft202012Validator(_sdk_schema(name.removeprefix("sdk:").removeprefix("sdk-")))
     return Draft202012Validator(schemas()[name])
 
 

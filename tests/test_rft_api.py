@@ -132,7 +132,7 @@ def test_a_graded_job_trains_reports_rewards_and_checkpoints(project):
         1,
         1,
     ]
-    assert hp["reasoning_effort"] == "default" and hp["beta"] == 0.04 and hp["max_completion_tokens"] == 256
+    assert hp["reasoning_effort"] == "default" and hp["beta"] == 0.04 and hp["max_completion_tokens"] == 32
     assert done["method"]["reinforcement"]["grader"] == grader
     steps = [e.data for e in all_events(client, done["id"]) if e.type == "metrics"]
     assert [s["step"] for s in steps] == [1, 2]

@@ -79,8 +79,12 @@ def test_lines_without_a_field_the_grader_reads_are_named():
 
 
 def test_auto_resolves_every_reinforcement_hyperparameter():
-    hp = reinforcement.resolve({"compute_multiplier": 0.5}, examples=5)
-    assert (hp["batch_size"], hp["n_epochs"], hp["eval_samples"]) == (5, reinforcement.AUTO_EPOCHS, 1)
+    from service.base_models import TrainingDefaults
+
+    d = TrainingDefaults()
+    hp = reinforcement.resolve({"compute_multiplier": 0.5}, 5, d)
+    assert (hp["batch_size"], hp["n_epochs"], hp["eval_samples"]) == (5, d.rl_epochs, 1)
+    assert hp["max_completion_tokens"] == d.rl_max_completion_tokens
     assert reinforcement.samples_per_prompt(hp["compute_multiplier"]) == 4
     assert reinforcement.samples_per_prompt(0.01) == 2 and reinforcement.samples_per_prompt(10) == 64
     assert (hp["beta"], hp["temperature"]) == (reinforcement.DEFAULT_KL_BETA, 1.0)

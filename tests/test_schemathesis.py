@@ -277,7 +277,7 @@ def _client(app):
         ("/v1/files/file-abc", "DELETE, GET"),
         ("/v1/files/file-abc/content", "GET"),  # {file_id:path} also matches "file-abc/content"; the URL is the content
         ("/v1beta1/projects/p/locations/l/tuningJobs/j:cancel", "POST"),  # {job_id} also matches "j:cancel"
-        ("/v1/chat/completions", "POST"),
+        ("/v1/chat/completions", "GET, POST"),  # the gateway's POST, the stored completions' list
     ],
 )
 def test_a_405_allows_every_method_of_its_url(app, path, allow):

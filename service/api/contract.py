@@ -114,8 +114,11 @@ def _add_gateway(document: dict) -> None:
     for name, schema in defs.get("$defs", {}).items():
         schemas.setdefault(name, schema)
     doc = "Routed to the engine serving the model; the body is relayed as the engine (vLLM's API) reads it."
-    document["paths"]["/v1/chat/completions"] = _gateway_operation(
-        "Create chat completion", "ChatCompletionRequest", "ChatCompletion", "ChatCompletionChunk", doc
+    # Merged: GET on the same URL is the stored completions' list (service/api/stored_completions.py).
+    document["paths"].setdefault("/v1/chat/completions", {}).update(
+        _gateway_operation(
+            "Create chat completion", "ChatCompletionRequest", "ChatCompletion", "ChatCompletionChunk", doc
+        )
     )
     document["paths"]["/v1/completions"] = _gateway_operation(
         "Create completion", "CompletionRequest", "Completion", "Completion", doc

@@ -345,3 +345,23 @@ class ExternalModel(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (UniqueConstraint("project_id", "name", name="uq_external_models_project_name"),)
+
+
+class StoredCompletion(Base):
+    """A chat completion made through the gateway with `store: true` (OpenAI's Stored Completions), kept per project:
+    the request (messages and parameters) and the response as the caller got it, with its metadata."""
+
+    __tablename__ = "stored_completions"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(128))  # the completion's id, as answered
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(256))  # as the caller named it
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    metadata_: Mapped[dict | None] = mapped_column("metadata", JSON)
+    request: Mapped[dict] = mapped_column(JSON)
+    response: Mapped[dict] = mapped_column(JSON)
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "id", name="uq_stored_completions_project_id"),
+        Index("ix_stored_completions_project_created", "project_id", "created_at"),
+    )

@@ -163,6 +163,20 @@ class Reinforcement:
 
 
 @dataclass
+class Distillation:
+    """Distillation (method "distillation"): a teacher answers each prompt, then the student trains on the answers
+    with the supervised loss (trainer/distill.py)."""
+
+    teacher: str  # a model the job's project may call, through MODEL_CHAT
+    samples_per_prompt: int = 1
+    temperature: float = 0.0
+    max_completion_tokens: int = 512
+    model_call_timeout_s: float = 60.0
+    concurrency: int = 8  # teacher calls at once
+    answers_key: str = ""  # where the teacher's answers are written (under the job's folder), as OpenAI chat lines
+
+
+@dataclass
 class TrainSpec:
     job_id: str
     fine_tuned_model: str
@@ -195,6 +209,7 @@ class TrainSpec:
     wandb_api_key: str | None = field(default=None, repr=False)
     wandb_base_url: str | None = None
     reinforcement: Reinforcement | None = None  # method "reinforcement" only
+    distillation: Distillation | None = None  # method "distillation" only
     contract_version: int = CONTRACT_VERSION  # required in spec.json: see from_json
 
     def to_json(self) -> bytes:
@@ -224,5 +239,7 @@ class TrainSpec:
         data["hyperparameters"] = Hyperparameters(**data["hyperparameters"])
         if data.get("reinforcement"):
             data["reinforcement"] = Reinforcement(**data["reinforcement"])
+        if data.get("distillation"):
+            data["distillation"] = Distillation(**data["distillation"])
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import idempotency, job_evaluation, job_insert, jobs, reinforcement
+from service import distillation, idempotency, job_evaluation, job_insert, jobs, reinforcement
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
@@ -39,6 +39,8 @@ def _resolve_method(body: CreateFineTuningJob) -> dict:
             method.dpo = DpoMethod()
         if method.type == "reinforcement":
             reinforcement.check_method(method.reinforcement)
+        if method.type == "distillation":
+            distillation.check_method(method.distillation)
         if body.hyperparameters is not None:
             given = body.hyperparameters.model_dump()
             section = getattr(method, method.type).hyperparameters.model_dump()
@@ -57,6 +59,7 @@ def _resolve_method(body: CreateFineTuningJob) -> dict:
 _NEEDS = {
     "dpo": "OpenAI preference",
     "reinforcement": "OpenAI prompts (messages ending with the user's turn, plus the fields the grader reads)",
+    "distillation": "OpenAI prompts (messages ending with the user's turn, which the teacher answers)",
 }
 
 # What _check_file reads, as plain rows through a statement built once (see FixedPages for why).
@@ -176,9 +179,12 @@ def new_job(
     `evaluation_extra` what its evaluationConfig asks of the evaluation beyond Hone's own (service/vertex)."""
     method = _resolve_method(body)
     check_servable(method, ctx.settings.serving.max_lora_rank)
-    if method["type"] == "reinforcement":
+    if method["type"] in ("reinforcement", "distillation"):  # the models they call, the project's to call
         with ctx.db.read() as session:
-            reinforcement.check_grader_models(ctx, session, principal.project_id, method)
+            if method["type"] == "reinforcement":
+                reinforcement.check_grader_models(ctx, session, principal.project_id, method)
+            else:
+                distillation.check_teacher(ctx, session, principal.project_id, method)
     request_sha = idempotency.fingerprint(body) if idempotency_key else ""
     try:
         job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)

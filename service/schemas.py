@@ -160,6 +160,33 @@ class ReinforcementMethod(_Body):
     )
 
 
+SamplesPerPrompt = Annotated[Any, *_auto_or(int, ge=1, le=16)]
+TeacherTemperature = Annotated[Any, *_auto_or(float, ge=0, le=2)]
+
+
+class DistillationHyperparameters(SupervisedHyperparameters):
+    """Hone: the student's supervised hyperparameters, and how the teacher answers."""
+
+    samples_per_prompt: SamplesPerPrompt = Field(default="auto", description="Teacher answers per prompt (auto: 1).")
+    temperature: TeacherTemperature = Field(
+        default="auto", description="The teacher's sampling temperature (auto: 0, greedy, for one answer; else 1)."
+    )
+    max_completion_tokens: MaxCompletionTokens = Field(
+        default="auto", description="Each teacher answer's length at most (auto: the base model's, 512)."
+    )
+
+
+class DistillationMethod(_Body):
+    """Hone: a teacher model's answers to the training file's prompts train the student, with the supervised loss."""
+
+    teacher: str = Field(
+        min_length=1,
+        description="Any model the project can call: a base model, a tuned model (ft:...), or an external model "
+        "it registered (ext:<name>).",
+    )
+    hyperparameters: DistillationHyperparameters = Field(default_factory=DistillationHyperparameters)
+
+
 class SupervisedMethod(_Body):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
 
@@ -169,12 +196,15 @@ class DpoMethod(_Body):
 
 
 class Method(_Body):
-    type: Literal["supervised", "dpo", "reinforcement"]
+    type: Literal["supervised", "dpo", "reinforcement", "distillation"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
     reinforcement: ReinforcementMethod | None = None
+    distillation: DistillationMethod | None = Field(
+        default=None, description="Hone: with type 'distillation', the teacher and the student's hyperparameters."
+    )
 
-    @field_validator("supervised", "dpo", "reinforcement", mode="before")
+    @field_validator("supervised", "dpo", "reinforcement", "distillation", mode="before")
     @classmethod
     def _section_of_its_type(cls, value: Any, info: ValidationInfo) -> Any:
         # Before the section's own checks: {"type": "supervised", "reinforcement": {...}} names the section that

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hone_kernel import trainer_contract as contract
-from service import endpoints, metrics
+from service import distillation, endpoints, metrics
 from service.auth import bearer_token, hash_key
 from service.context import AppContext
 from service.db.database import after_commit
@@ -229,20 +229,24 @@ def _complete(ctx: AppContext, job_id: str, authorization: str | None, body: Com
         )
         session.add(result)
         results = [result.id]
-        archive_key = f"jobs/{job.id}/{WANDB_ARCHIVE}"
-        if job.integrations and ctx.storage.exists(archive_key):  # an offline wandb run the trainer published
-            archive = File(
-                id=new_id("file-"),
-                project_id=job.project_id,
-                filename=WANDB_ARCHIVE,
-                purpose="fine-tune-results",
-                bytes=ctx.storage.size(archive_key),
-                created_at=now,
-                status="processed",
-                storage_key=archive_key,
-            )
-            session.add(archive)
-            results.append(archive.id)
+        # Beside result.csv, what the trainer published for the user: an offline wandb run, a teacher's answers.
+        published = [(WANDB_ARCHIVE, bool(job.integrations))]
+        published.append((distillation.ANSWERS_FILE, job.method.get("type") == "distillation"))
+        for filename, wanted in published:
+            key = f"jobs/{job.id}/{filename}"
+            if wanted and ctx.storage.exists(key):
+                extra = File(
+                    id=new_id("file-"),
+                    project_id=job.project_id,
+                    filename=filename,
+                    purpose="fine-tune-results",
+                    bytes=ctx.storage.size(key),
+                    created_at=now,
+                    status="processed",
+                    storage_key=key,
+                )
+                session.add(extra)
+                results.append(extra.id)
         session.add(
             TunedModel(
                 id=name,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import object_session
 
 from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
-from service import projects, reinforcement
+from service import distillation, projects, reinforcement
 from service.base_models import TrainingDefaults
 from service.context import AppContext
 from service.db.tables import File, Job
@@ -59,6 +59,8 @@ def resolve_hyperparameters(method: dict, shape: DatasetShape, d: TrainingDefaul
     hp = dict(section.get("hyperparameters") or {})
     if method["type"] == "reinforcement":
         hp = reinforcement.resolve(hp, shape.examples, d)
+    if method["type"] == "distillation":
+        hp = distillation.resolve(hp, d)
 
     def auto(key: str) -> bool:
         return hp.get(key) in (None, "auto")
@@ -185,6 +187,11 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         init_weights_prefix=job.parent_prefix,
         reinforcement=reinforcement.trainer_section(job.method, settings.graders) if rl else None,
         eval_interval=reinforcement.eval_interval(job.method) if rl else 0,
+        distillation=(
+            distillation.trainer_section(job.id, job.method, settings.graders)
+            if job.method["type"] == "distillation"
+            else None
+        ),
         **projects.trainer_integrations(object_session(job), job),  # wandb: the project's key, if any
     )
 

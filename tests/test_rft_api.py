@@ -233,3 +233,67 @@ def test_chat_data_is_refused_for_reinforcement(project):
         )
     assert (err.value.param, err.value.code) == ("training_file", "invalid_training_file")
     assert "prompts" in err.value.message.lower() or "reinforcement" in err.value.message
+
+
+# --- distillation (a Hone method: the job is read over plain HTTP, as OpenAI's schema has no such method) -------
+
+
+def test_a_distillation_job_trains_the_student_on_the_teachers_answers(project):
+    client = project.openai()
+    body = {
+        "model": "hone-tiny",
+        "training_file": upload(client, prompts(10)),
+        "validation_file": upload(client, prompts(2), "valid.jsonl"),
+        "method": {
+            "type": "distillation",
+            "distillation": {"teacher": "ext:judge", "hyperparameters": {"n_epochs": 2, "batch_size": 5}},
+        },
+    }
+    with project.http() as http:
+        job = http.post("/v1/fine_tuning/jobs", json=body)
+        assert job.status_code == 200, job.text
+        job_id = job.json()["id"]
+        done = wait_for(
+            lambda: (got := http.get(f"/v1/fine_tuning/jobs/{job_id}").json())["status"] in TERMINAL and got,
+            timeout=300,
+            interval=0.3,
+        )
+    assert done["status"] == "succeeded", done["error"]
+    hp = done["method"]["distillation"]["hyperparameters"]
+    assert (hp["samples_per_prompt"], hp["temperature"], hp["max_completion_tokens"]) == (1, 0.0, 32)
+    files = {client.files.retrieve(f).filename: f for f in done["result_files"]}
+    assert set(files) == {"step_metrics.csv", "teacher_answers.jsonl"}
+    lines = [
+        json.loads(line)
+        for line in base64.b64decode(client.files.content(files["teacher_answers.jsonl"]).text).splitlines()
+    ]
+    assert len(lines) == 10
+    assert lines[0]["messages"] == [
+        {"role": "user", "content": "Ticket 0: my card"},
+        {"role": "assistant", "content": "answer base"},  # the teacher's answer, not the line's label
+    ]
+    events = [e.message for e in all_events(client, job_id)]
+    assert "Teacher ext:judge answered 10/10 prompts of the training file" in events
+    steps = [e.data for e in all_events(client, job_id) if e.type == "metrics"]
+    assert len(steps) == 4 and "full_valid_loss" in steps[-1]  # validated on the teacher's answers to its prompts
+
+
+@pytest.mark.parametrize(
+    ("distill", "param", "code"),
+    [
+        (None, "method.distillation.teacher", "missing_required_parameter"),
+        ({"teacher": "ext:nobody"}, "method.distillation.teacher", "model_not_found"),
+        ({"teacher": "ext:judge", "hyperparameters": {"samples_per_prompt": 17}}, "method.distillation", None),
+    ],
+)
+def test_what_a_distillation_job_cannot_do_is_refused(project, distill, param, code):
+    client = project.openai()
+    method = {"type": "distillation", **({"distillation": distill} if distill else {})}
+    with project.http() as http:
+        got = http.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": "hone-tiny", "training_file": upload(client, prompts(10)), "method": method},
+        )
+    assert got.status_code == 400, got.text
+    error = got.json()["error"]
+    assert error["param"].startswith(param) and (code is None or error["code"] == code), error

@@ -14,31 +14,17 @@ import torch
 
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
-from trainer import checkpoints, dpo, outputs, rft, schedule
+from trainer import checkpoints, distill, dpo, outputs, rft, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
+from trainer.failures import Diverged, FatalError
 from trainer.flops import flops_per_token, mfu, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, loss_sums, tunable
 from trainer.reporting import Reporter, main_thread
 from trainer.wandb_log import WandbLog
 
 log = logging.getLogger("hone.trainer")
-
-
-class FatalError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-class Diverged(Exception):
-    """A non-finite training loss or gradient norm: every later step (and the adapter) would be NaN, and a
-    retry from the last checkpoint would diverge again, so the job fails at once (`training_diverged`)."""
-
-    def __init__(self, what: str, value: float):
-        super().__init__(f"the {what} was {value}")
-        self.what, self.value = what, value
 
 
 class Run:
@@ -56,7 +42,7 @@ class Run:
         """Examples (supervised), preference pairs (dpo) or prompts (reinforcement) of one file."""
         dpo_method = self.spec.method == "dpo"
         if self.spec.method == "reinforcement":
-            return self._prompts(ref, what)
+            return rft.load_prompts(self.spec, self.tokenizer, self.blobs, self.reporter, ref, what)
         if (ref.format == "openai_preference") != dpo_method or (
             not dpo_method and ref.format not in SUPERVISED_FORMATS
         ):
@@ -85,34 +71,9 @@ class Run:
             raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no example with trained tokens.")
         return items
 
-    def _prompts(self, ref, what: str) -> list[rft.Prompt]:
-        if ref.format != "openai_reinforcement":
-            raise FatalError(
-                "unsupported_method", f"The {what} is in the {ref.format} format; reinforcement trains on prompts."
-            )
-        assert self.spec.reinforcement is not None  # the control plane writes it for every reinforcement job
-        room = self.spec.max_length - self.spec.reinforcement.max_completion_tokens
-        try:
-            prompts, skipped = rft.tokenize_prompts(
-                self.tokenizer, held_out(self.blobs.iter_lines(ref.key), ref.exclude_examples), room
-            )
-        except DataError as exc:
-            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} could not be tokenized: {exc}") from exc
-        if skipped:
-            self.reporter.event(
-                f"{skipped} {what} prompt(s) were longer than {room} tokens (max_length less the answer's "
-                "max_completion_tokens) and were skipped.",
-                level="warn",
-                key=f"truncated:{what}",
-                data={"dropped": skipped},
-            )
-        if not prompts:
-            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no prompt short enough to answer.")
-        return prompts
-
     def _setup(self):
         spec = self.spec
-        if spec.method not in ("supervised", "dpo", "reinforcement"):
+        if spec.method not in ("supervised", "dpo", "reinforcement", "distillation"):
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
         if spec.method == "dpo" and spec.hyperparameters.tuning_mode != "lora":
             raise FatalError("unsupported_method", "DPO trains a LoRA adapter; use tuning_mode 'lora'.")
@@ -120,6 +81,8 @@ class Run:
             base, self.tokenizer = load_base(spec.model_name, spec.model_source, spec.model_cache_dir)
         except ModelLoadError as exc:
             raise FatalError("model_not_found", str(exc)) from exc
+        if spec.distillation is not None:  # the teacher's answers first: the student trains on them
+            distill.use_teacher_answers(spec, self.blobs, self.reporter)
         self.train = self._examples(spec.training_file, "training file")
         self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
         torch.manual_seed(spec.seed)

@@ -28,7 +28,8 @@ from hone_kernel.graders import spec as grader_spec
 from hone_kernel.graders.sandbox import SandboxLimits
 from hone_kernel.trainer_contract import Reinforcement
 from trainer.batches import micro_batches
-from trainer.data import DataError, Example, chat_ids
+from trainer.data import DataError, Example, chat_ids, held_out
+from trainer.failures import FatalError
 from trainer.modeling import device, token_logprobs
 
 ADVANTAGE_EPS = 1e-4
@@ -74,6 +75,31 @@ def tokenize_prompts(tokenizer, lines: Iterable[bytes], max_prompt_tokens: int) 
             continue
         prompts.append(Prompt(ids, row, str(messages[-1].get("content", ""))))
     return prompts, skipped
+
+
+def load_prompts(spec, tokenizer, blobs, reporter, ref, what: str) -> list[Prompt]:
+    """A reinforcement job's prompts of one file; FatalError for a file that has none to train on."""
+    if ref.format != "openai_reinforcement":
+        raise FatalError(
+            "unsupported_method", f"The {what} is in the {ref.format} format; reinforcement trains on prompts."
+        )
+    assert spec.reinforcement is not None  # the control plane writes it for every reinforcement job
+    room = spec.max_length - spec.reinforcement.max_completion_tokens
+    try:
+        prompts, skipped = tokenize_prompts(tokenizer, held_out(blobs.iter_lines(ref.key), ref.exclude_examples), room)
+    except DataError as exc:
+        raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} could not be tokenized: {exc}") from exc
+    if skipped:
+        reporter.event(
+            f"{skipped} {what} prompt(s) were longer than {room} tokens (max_length less the answer's "
+            "max_completion_tokens) and were skipped.",
+            level="warn",
+            key=f"truncated:{what}",
+            data={"dropped": skipped},
+        )
+    if not prompts:
+        raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no prompt short enough to answer.")
+    return prompts
 
 
 class StartingWeights:

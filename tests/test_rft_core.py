@@ -127,7 +127,9 @@ def test_the_loss_makes_better_answers_likelier_and_the_reference_is_the_start(t
         tokenizer("Billing", add_special_tokens=False)["input_ids"],
         tokenizer("Sales", add_special_tokens=False)["input_ids"],
     )
-    rollouts = Rollouts([Prompt(ids, {}, "Label:")], n=2, answers=[good, bad], texts=["Billing", "Sales"])
+    rollouts = Rollouts(
+        [Prompt(ids, {}, "Label:")], n=2, answers=[good, bad], texts=["Billing", "Sales"], stopped=[True, True]
+    )
 
     def logps():
         from trainer.data import Example

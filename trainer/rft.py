@@ -51,6 +51,7 @@ class Rollouts:
     n: int
     answers: list[list[int]] = field(default_factory=list)  # generated ids, the stop token included when hit
     texts: list[str] = field(default_factory=list)
+    stopped: list[bool] = field(default_factory=list)  # the answer ended on a stop token (not cut at the limit)
 
     def prompt_of(self, i: int) -> Prompt:
         return self.prompts[i // self.n]
@@ -157,6 +158,7 @@ def sample(
             if token in stops:
                 break
         rollouts.answers.append(answer)
+        rollouts.stopped.append(bool(answer) and answer[-1] in stops)
         text_ids = answer[:-1] if answer and answer[-1] in stops else answer
         # As the engine decodes (inference/engine.py): what the endpoint's user would read is what is graded.
         rollouts.texts.append(tokenizer.decode(text_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
@@ -220,7 +222,10 @@ def policy_loss(
     pad_id: int,
 ) -> dict:
     """Backpropagates the step's loss; returns the loss and the mean KL to the starting weights."""
-    keep = [i for i, a in enumerate(advantage) if a != 0.0 and rollouts.answers[i]]
+    # Answers cut at max_completion_tokens are left out of the loss (DAPO's overlong filtering): a cut answer's
+    # reward says little, and at the top of the length range such rambling outweighed the short answers that
+    # stopped, in every token-averaged step.
+    keep = [i for i, a in enumerate(advantage) if a != 0.0 and rollouts.stopped[i]]
     examples = [_examples(rollouts)[i] for i in keep]
     tokens = sum(len(rollouts.answers[i]) for i in keep)
     if not examples:

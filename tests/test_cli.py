@@ -411,3 +411,29 @@ def test_cli_help_lists_every_command(cli):
     for command in ("create", "list", "get", "cancel", "pause", "resume", "follow", "plot", "results"):
         assert command in jobs.stdout
     assert usage.returncode == 2  # the job id is missing
+
+
+def test_jobs_create_takes_a_grader_or_a_teacher(cli):
+    grader = {"type": "string_check", "name": "label", "operation": "eq", "input": "{{ sample.output_text }}"}
+    grader["reference"] = "{{ item.label }}"
+    rows = [{"messages": [{"role": "user", "content": f"ticket {i}"}], "label": "Billing"} for i in range(10)]
+    (cli.workdir / "prompts.jsonl").write_bytes(jsonl(rows))
+    (cli.workdir / "grader.json").write_text(json.dumps(grader))
+    missing = cli("jobs", "create", "-t", "prompts.jsonl", "--method", "reinforcement")
+    assert missing.returncode == 2 and "--grader is required with --method reinforcement" in missing.stderr
+    astray = cli("jobs", "create", "-t", "prompts.jsonl", "--teacher", "hone-tiny")
+    assert astray.returncode == 2 and "--teacher is for --method distillation" in astray.stderr
+    created = []
+    for args in (
+        ["--method", "reinforcement", "--grader", "@grader.json", "-H", "compute_multiplier=0.5"],
+        ["--method", "distillation", "--teacher", "hone-tiny"],
+    ):
+        job_id = cli.ok("jobs", "create", "-t", "prompts.jsonl", "--no-auto-deploy", *args).stdout.strip()
+        created.append(job_id)
+        cli.ok("jobs", "cancel", job_id)
+    with cli.sdk() as client:
+        rl, distill = (client.jobs.retrieve(job_id).method for job_id in created)
+    assert (
+        rl["reinforcement"]["grader"] == grader and rl["reinforcement"]["hyperparameters"]["compute_multiplier"] == 0.5
+    )
+    assert distill["distillation"]["teacher"] == "hone-tiny"

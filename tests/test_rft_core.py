@@ -7,6 +7,7 @@ plane here), and the grader is a string_check, which calls no model."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -255,6 +256,82 @@ def test_a_run_reports_rewards_and_resumes_exactly(tmp_path):
     assert [m["step"] for m in second.metrics] == [3, 4]
     resumed = [{k: m[k] for k in ("train_reward_mean", "train_sample")} for m in second.metrics]
     assert resumed == [{k: m[k] for k in ("train_reward_mean", "train_sample")} for m in steps[2:]]
+    parity = json.loads((runs["straight"] / "jobs/ftjob-rl/adapter/parity_samples.json").read_text())
+    assert parity["format"] == "openai_reinforcement" and parity["smoke"]["messages"][-1]["role"] == "user"
+    assert all(s["tokenize"]["add_generation_prompt"] for s in parity["samples"])  # prompts as sampling renders them
     a, b = _adapter(runs["straight"]), _adapter(runs["stopped"])
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert straight.final["metrics"]["step"] == 4 and "full_valid_reward_mean" in straight.final["metrics"]
+
+
+# --- model graders' calls from the trainer -------------------------------------------------------------------------
+
+
+def _control_plane(statuses: list[int], delay_s: float = 0.0):
+    """A stand-in for the control plane's MODEL_CHAT route on loopback: answers each call with the next status
+    (200 with an answer), after `delay_s`; records the bodies."""
+    import asyncio
+    import json as json_
+
+    bodies: list[dict] = []
+
+    async def answer(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+        bodies.append(json_.loads(await reader.readexactly(length)))
+        await asyncio.sleep(delay_s)
+        status = statuses.pop(0) if statuses else 200
+        payload = json_.dumps(
+            {"text": "7", "prompt_tokens": 3, "completion_tokens": 1, "finish_reason": "stop"}
+            if status == 200
+            else {"error": {"message": f"status {status}"}}
+        ).encode()
+        writer.write(
+            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % (status, len(payload))
+            + payload
+        )
+        await writer.drain()
+        writer.close()
+
+    return answer, bodies
+
+
+@pytest.mark.parametrize(
+    ("statuses", "delay_s", "timeout_s", "outcome"),
+    [
+        ([503, 504], 0.0, 20.0, "7"),  # the control plane's passing troubles: retried
+        ([502], 0.0, 20.0, "HTTP 502"),  # the model gave up after the control plane's own retries: not again
+        ([400], 0.0, 20.0, "HTTP 400"),
+        ([], 5.0, 0.5, "no answer within 0.5 s"),  # bounded
+    ],
+)
+def test_model_calls_from_the_trainer_are_retried_and_bounded(statuses, delay_s, timeout_s, outcome):
+    import asyncio
+    import time
+
+    from hone_kernel.graders.run import ModelCallFailed
+    from trainer.model_calls import ControlPlaneModels
+
+    async def scenario():
+        handler, bodies = _control_plane(list(statuses), delay_s)
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        models = ControlPlaneModels(f"http://127.0.0.1:{port}", "tok", "ftjob-x", timeout_s)
+        started = time.monotonic()
+        try:
+            reply = await models.chat("judge", [{"role": "user", "content": "a\x00b"}], {"temperature": 0})
+            result = reply.text
+        except ModelCallFailed as exc:
+            result = str(exc)
+        finally:
+            await models.aclose()
+            server.close()
+        return result, bodies, time.monotonic() - started
+
+    result, bodies, took = asyncio.run(scenario())
+    assert outcome in result
+    assert bodies[0]["messages"][0]["content"] == "a\ufffdb"  # NUL, which the control plane refuses, replaced
+    if outcome == "7":
+        assert len(bodies) == 3
+    if delay_s:
+        assert took < 2.0

@@ -110,6 +110,27 @@ def _details(job: FineTuningJob) -> str:
     )
 
 
+def _method(kind: str, hyperparameters: dict, grader: str | None, teacher: str | None) -> dict:
+    """The job's method object: `--grader` belongs to reinforcement, `--teacher` to distillation, and each of them
+    needs its own (a usage error, exit 2, before anything is uploaded)."""
+    section: dict = {"hyperparameters": hyperparameters} if hyperparameters else {}
+    for option, value, needs in (("--grader", grader, "reinforcement"), ("--teacher", teacher, "distillation")):
+        if (value is not None) != (kind == needs):
+            raise typer.BadParameter(
+                f"{option} is required with --method {needs}" if value is None else f"{option} is for --method {needs}",
+                param_hint=option,
+            )
+    if grader is not None:
+        text = Path(grader[1:]).read_text() if grader.startswith("@") else grader
+        try:
+            section["grader"] = json.loads(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--grader") from None
+    if teacher is not None:
+        section["teacher"] = teacher
+    return {"type": kind, kind: section}
+
+
 @api_command(jobs_app, "create")
 def jobs_create(
     session: Session,
@@ -118,7 +139,13 @@ def jobs_create(
     validation_file: str | None = typer.Option(
         None, "--validation-file", "-v", help="A file id, or a local file to upload."
     ),
-    method: str = typer.Option("supervised", "--method", help="supervised or dpo"),
+    method: str = typer.Option("supervised", "--method", help="supervised, dpo, reinforcement or distillation"),
+    grader: str | None = typer.Option(
+        None, "--grader", help="reinforcement: the grader, as JSON or @FILE holding it (OpenAI's grader object)."
+    ),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="distillation: the model that answers the prompts (any model the project can call)."
+    ),
     n_epochs: int | None = typer.Option(None, "--n-epochs"),
     batch_size: int | None = typer.Option(None, "--batch-size"),
     learning_rate_multiplier: float | None = typer.Option(None, "--learning-rate-multiplier"),
@@ -155,6 +182,7 @@ def jobs_create(
         )
         if v is not None
     }
+    method_body = _method(method, hyperparameters, grader, teacher)
     metadata_pairs = {k: str(v) for k, v in _pairs(metadata, "--metadata").items()} or None  # before any upload
     evaluation_settings = _pairs(evaluation, "--evaluation") if (evaluate or evaluation) else None
     uploaded: list[str] = []
@@ -169,8 +197,8 @@ def jobs_create(
             model,
             training_id,
             validation_file=validation_id,
-            method=method,
-            hyperparameters=hyperparameters,
+            method=method_body,
+            hyperparameters=None,
             suffix=suffix,
             seed=seed,
             metadata=metadata_pairs,

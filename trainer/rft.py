@@ -222,10 +222,9 @@ def policy_loss(
     pad_id: int,
 ) -> dict:
     """Backpropagates the step's loss; returns the loss and the mean KL to the starting weights."""
-    # Answers cut at max_completion_tokens are left out of the loss (DAPO's overlong filtering): a cut answer's
-    # reward says little, and at the top of the length range such rambling outweighed the short answers that
-    # stopped, in every token-averaged step.
-    keep = [i for i, a in enumerate(advantage) if a != 0.0 and rollouts.stopped[i]]
+    # Answers cut at max_completion_tokens stay in the loss: leaving them out (DAPO's overlong filtering) left the
+    # rambling they are made of as likely as before, and the tickets benchmark gained 4 points instead of 11.
+    keep = [i for i, a in enumerate(advantage) if a != 0.0 and rollouts.answers[i]]
     examples = [_examples(rollouts)[i] for i in keep]
     tokens = sum(len(rollouts.answers[i]) for i in keep)
     if not examples:

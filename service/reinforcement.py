@@ -93,6 +93,10 @@ def resolve(hp: dict, examples: int, d: TrainingDefaults) -> dict:
         hp["max_completion_tokens"] = d.rl_max_completion_tokens
     if auto("temperature"):
         hp["temperature"] = DEFAULT_TEMPERATURE
+    if auto("lr_scheduler"):
+        # Each step's answers are new data: the rate stays where it is rather than decaying towards the end (the
+        # tickets benchmark gained 5.6 points under the cosine schedule, 11 under a constant one, seed 1).
+        hp["lr_scheduler"] = "constant"
     hp.setdefault("reasoning_effort", "default")
     return hp
 

@@ -132,7 +132,7 @@ def test_a_graded_job_trains_reports_rewards_and_checkpoints(project):
         1,
         1,
     ]
-    assert hp["reasoning_effort"] == "default" and hp["beta"] == 0.04 and hp["max_completion_tokens"] == 32
+    assert hp["reasoning_effort"] == "default" and hp["beta"] == 0.04 and hp["max_completion_tokens"] == 16
     assert done["method"]["reinforcement"]["grader"] == grader
     steps = [e.data for e in all_events(client, done["id"]) if e.type == "metrics"]
     assert [s["step"] for s in steps] == [1, 2]
@@ -260,7 +260,7 @@ def test_a_distillation_job_trains_the_student_on_the_teachers_answers(project):
         )
     assert done["status"] == "succeeded", done["error"]
     hp = done["method"]["distillation"]["hyperparameters"]
-    assert (hp["samples_per_prompt"], hp["temperature"], hp["max_completion_tokens"]) == (1, 0.0, 32)
+    assert (hp["samples_per_prompt"], hp["temperature"], hp["max_completion_tokens"]) == (1, 0.0, 16)
     files = {client.files.retrieve(f).filename: f for f in done["result_files"]}
     assert set(files) == {"step_metrics.csv", "teacher_answers.jsonl"}
     lines = [

@@ -22,7 +22,7 @@ import pytest
 
 import hone
 from examples.support_tickets import SYSTEM
-from tests.support import HoneServer, engine_pids, free_port, jsonl, one_label_tickets
+from tests.support import HoneServer, engine_pids, free_port, jsonl, one_label_tickets, trainer_pids, wait_for
 
 LABEL = "Billing"
 ANSI_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -431,6 +431,9 @@ def test_jobs_create_takes_a_grader_or_a_teacher(cli):
         job_id = cli.ok("jobs", "create", "-t", "prompts.jsonl", "--no-auto-deploy", *args).stdout.strip()
         created.append(job_id)
         cli.ok("jobs", "cancel", job_id)
+        # Its trainer may have started: the scheduler kills it at its next tick, before the module's server stops
+        # (a trainer outliving its control plane waits for it to come back).
+        wait_for(lambda job_id=job_id: not trainer_pids(job_id), timeout=60, what="the cancelled job's trainer to end")
     with cli.sdk() as client:
         rl, distill = (client.jobs.retrieve(job_id).method for job_id in created)
     assert (

@@ -335,3 +335,13 @@ def test_model_calls_from_the_trainer_are_retried_and_bounded(statuses, delay_s,
         assert len(bodies) == 3
     if delay_s:
         assert took < 2.0
+
+
+def test_a_sample_shown_in_events_never_carries_nul():
+    from hone_kernel.graders.run import Grade
+    from trainer.rft import Prompt, Rollouts, reward_metrics
+
+    rollouts = Rollouts([Prompt([1], {}, "q\x00")], n=2, answers=[[5], [6]], texts=["a\x00b", "c"], stopped=[1, 1])
+    grades = [Grade("g", "string_check", reward=1.0), Grade("g", "string_check", reward=0.0)]
+    sample = reward_metrics("train", grades, rollouts)["train_sample"]
+    assert sample == {"prompt": "q\ufffd", "output": "a\ufffdb", "reward": 1.0}

@@ -270,9 +270,9 @@ def reward_metrics(prefix: str, grades: list[grading.Grade], rollouts: Rollouts)
     data[f"{prefix}_grader_errors"] = sum(g.failed for g in grades)
     data[f"{prefix}_completion_tokens_mean"] = sum(len(a) for a in rollouts.answers) / len(rollouts.answers)
     best = max(range(rollouts.n), key=lambda i: rewards[i])
-    data[f"{prefix}_sample"] = {
-        "prompt": rollouts.prompts[0].text[:SAMPLE_CHARS],
-        "output": rollouts.texts[best][:SAMPLE_CHARS],
+    data[f"{prefix}_sample"] = {  # NUL (a byte-level token can decode to it) is refused in any report: U+FFFD
+        "prompt": rollouts.prompts[0].text[:SAMPLE_CHARS].replace("\x00", "\ufffd"),
+        "output": rollouts.texts[best][:SAMPLE_CHARS].replace("\x00", "\ufffd"),
         "reward": rewards[best],
     }
     return data

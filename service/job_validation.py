@@ -26,12 +26,15 @@ def advance_validating_jobs(ctx: AppContext, batch: int = 50) -> int:
     One transaction per batch; SKIP LOCKED lets several replicas share the backlog."""
     done = 0
     validating = JobStatus.VALIDATING_FILES
-    _check_grader_fields(ctx)
+    checked = False
     while True:
         # An idle poll must not take SQLite's write lock; one statement, so no transaction on PostgreSQL either.
         with ctx.db.read_statement() as conn:
             if not conn.execute(select(exists().where(Job.status == validating.value))).scalar():
                 return done
+        if not checked:  # only when there is something to validate: an idle poll stays one statement
+            _check_grader_fields(ctx)
+            checked = True
         with ctx.db.write() as session:
             # Locked (PostgreSQL) or behind the write lock (SQLite): no one else moves these rows meanwhile.
             pending = session.execute(

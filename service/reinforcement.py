@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
-from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from hone_kernel.graders import spec as grader_spec
@@ -57,7 +55,7 @@ def check_method(section: ReinforcementMethod | None) -> None:
 
 def check_grader_models(ctx: AppContext, session: Session, project_id: str, method: dict) -> None:
     """400 when the grader samples a model the project cannot call (another project's reads as missing)."""
-    grader = parse_grader(method[method["type"]]["grader"])
+    grader = grader_spec.parse(method[method["type"]]["grader"])
     for model in sorted(grader_spec.models_of(grader)):
         if not external_models.callable_model(ctx, session, project_id, model):
             raise InvalidRequest(
@@ -65,10 +63,6 @@ def check_grader_models(ctx: AppContext, session: Session, project_id: str, meth
                 param=f"{PARAM}.grader.model",
                 code=ErrorCode.MODEL_NOT_FOUND,
             )
-
-
-def parse_grader(grader: dict) -> Any:
-    return TypeAdapter(grader_spec.Grader).validate_python(grader)
 
 
 def resolve(hp: dict, examples: int, d: TrainingDefaults) -> dict:
@@ -130,7 +124,7 @@ def eval_interval(method: dict) -> int:
 def missing_item_fields(grader: dict, lines, limit: int = MISSING_SHOWN) -> tuple[list[tuple[int, str]], int]:
     """((line, variable) for lines lacking a variable the grader's templates read, at most `limit`; how many in
     all). `lines` are the file's raw lines in order (blank ones count, as the validator numbers them)."""
-    wanted = [(ref, templates.parse_path(ref)[1]) for ref in grader_spec.item_references(parse_grader(grader))]
+    wanted = [(ref, templates.parse_path(ref)[1]) for ref in grader_spec.item_references(grader_spec.parse(grader))]
     found: list[tuple[int, str]] = []
     total = 0
     if not wanted:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
@@ -22,6 +23,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import StoredCompletion
 from service.errors import ErrorCode, InvalidRequest, NotFound, excerpt
+from service.schemas import Metadata
 
 log = logging.getLogger("hone.stored_completions")
 
@@ -59,19 +61,19 @@ def gateway_fields(body: dict) -> tuple[bool, dict | None]:
     return store, metadata
 
 
+_METADATA = TypeAdapter(Metadata)
+
+
 def _check_metadata(metadata: Any, param: str) -> None:
-    """OpenAI's metadata: at most 16 string pairs, keys of 1 to 64 characters, values of at most 512."""
-    if not isinstance(metadata, dict) or len(metadata) > 16:
+    """OpenAI's metadata rules, as job bodies check them (service.schemas.Metadata), for a gateway body's."""
+    try:
+        _METADATA.validate_python(metadata)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
         raise InvalidRequest(
-            f"{param} must be an object of at most 16 string pairs.", param=param, code=ErrorCode.INVALID_VALUE
-        )
-    for key, value in metadata.items():
-        if not 1 <= len(key) <= 64 or not isinstance(value, str) or len(value) > 512:
-            raise InvalidRequest(
-                f"{param}[{excerpt(key)}]: keys are 1-64 characters and values strings of at most 512.",
-                param=f"{param}.{excerpt(key)}",
-                code=ErrorCode.INVALID_VALUE,
-            )
+            f"{param}: {error['msg']}", param=f"{param}.{where}" if where else param, code=ErrorCode.INVALID_VALUE
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -218,9 +220,7 @@ def _stored_message(message_id: str, message: dict) -> dict:
 
 
 def update_completion(ctx: AppContext, principal: ProjectPrincipal, completion_id: str, metadata: Any) -> dict:
-    """Only the metadata of a stored completion can change (as OpenAI's)."""
-    if metadata is not None:
-        _check_metadata(metadata, "metadata")
+    """Only the metadata of a stored completion can change (as OpenAI's); the body model checked it."""
     with ctx.db.write() as session:
         row = _row(session, principal, completion_id)
         row.metadata_ = dict(metadata or {})

@@ -165,9 +165,9 @@ def sample(
     return rollouts
 
 
-def grade(grader: dict, rollouts: Rollouts, make_env) -> list[grading.Grade]:
-    """Every answer's grade; `make_env()` gives the grading environment (made inside the event loop that uses it)."""
-    parsed = _parse_grader(grader)
+def grade(parsed, rollouts: Rollouts, make_env) -> list[grading.Grade]:
+    """Every answer's grade by the parsed grader; `make_env()` gives the grading environment (made inside the event
+    loop that uses it)."""
 
     async def all_grades() -> list[grading.Grade]:
         env = make_env()
@@ -183,12 +183,6 @@ def grade(grader: dict, rollouts: Rollouts, make_env) -> list[grading.Grade]:
                 await env.models.aclose()
 
     return asyncio.run(all_grades())
-
-
-def _parse_grader(grader: dict):
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(grader_spec.Grader).validate_python(grader)
 
 
 def advantages(rewards: list[float], n: int) -> list[float]:
@@ -225,7 +219,8 @@ def policy_loss(
     # Answers cut at max_completion_tokens stay in the loss: leaving them out (DAPO's overlong filtering) left the
     # rambling they are made of as likely as before, and the tickets benchmark gained 4 points instead of 11.
     keep = [i for i, a in enumerate(advantage) if a != 0.0 and rollouts.answers[i]]
-    examples = [_examples(rollouts)[i] for i in keep]
+    every = _examples(rollouts)
+    examples = [every[i] for i in keep]
     tokens = sum(len(rollouts.answers[i]) for i in keep)
     if not examples:
         return {"train_loss": 0.0, "train_kl": 0.0, "trained_answers": 0}
@@ -301,10 +296,9 @@ class Reinforce:
         if rl is None:
             raise ValueError("a reinforcement job's spec has no 'reinforcement' section")
         self.rl, self.spec, self.tokenizer, self.stop_ids = rl, spec, tokenizer, stop_ids
-        _parse_grader(rl.grader)  # a grader this trainer cannot read fails the job before any step
+        self.grader = grader_spec.parse(rl.grader)  # once: a grader this trainer cannot read fails before any step
         # The weights training starts from (after a continued job's parent is loaded, before any checkpoint).
         self.starting = StartingWeights(trainable) if rl.kl_beta > 0 else None
-        self.timer = Timer()
 
     def make_env(self) -> grading.GradingEnv:
         from trainer.model_calls import ControlPlaneModels
@@ -329,7 +323,7 @@ class Reinforce:
                 model, self.tokenizer, prompts, self.rl.samples_per_prompt, self.rl, self.stop_ids, self._seed(step, 0)
             )
         with timer.phase("grading"):
-            grades = grade(self.rl.grader, rollouts, self.make_env)
+            grades = grade(self.grader, rollouts, self.make_env)
         rewards = [g.reward for g in grades]
         with timer.phase("update"):
             losses = policy_loss(
@@ -351,6 +345,6 @@ class Reinforce:
         rollouts = sample(
             model, self.tokenizer, prompts, self.rl.eval_samples, self.rl, self.stop_ids, self._seed(step, 1)
         )
-        data = reward_metrics(prefix, grade(self.rl.grader, rollouts, self.make_env), rollouts)
+        data = reward_metrics(prefix, grade(self.grader, rollouts, self.make_env), rollouts)
         data.pop(f"{prefix}_sample", None)
         return data

@@ -246,3 +246,10 @@ def item_references(grader: Any) -> list[str]:
             if namespace == "item":
                 found[match.group(1).strip()] = None
     return list(found)
+
+
+def parse(grader: dict) -> Any:
+    """A grader object (as a job or request holds it) as its model; pydantic's ValidationError when it is not one."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Grader).validate_python(grader)

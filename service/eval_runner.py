@@ -21,18 +21,19 @@ from sqlalchemy import insert, select, update
 from starlette.concurrency import run_in_threadpool
 
 from hone_kernel.graders import run as grading
-from hone_kernel.graders import templates
+from hone_kernel.graders import spec, templates
 from service import eval_data, job_evaluation, metrics
 from service.context import AppContext
 from service.db.tables import Eval, EvalOutputItem, EvalRun
 from service.errors import ErrorCode, excerpt
-from service.eval_schemas import TestingCriterion
 from service.eval_states import RunStatus, move
 from service.grading import Graders
 from service.ids import new_id
 
 log = logging.getLogger("hone.evals")
-CRITERIA = TypeAdapter(list[TestingCriterion])
+# Any grader: an eval created through the API has testing criteria (checked by eval_schemas: no multi), and a
+# reinforcement job's evaluation grades with the job's own grader, which may be multi (service/job_evaluation.py).
+CRITERIA = TypeAdapter(list[spec.Grader])
 BATCH_PER_SLOT = 4  # rows per batch, per concurrency slot: a batch is written (and cancel checked) at once
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import distillation, idempotency, job_evaluation, job_insert, jobs, reinforcement
+from service import distillation, idempotency, job_evaluation, job_evaluation_rows, job_insert, jobs, reinforcement
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
@@ -185,6 +185,7 @@ def new_job(
                 reinforcement.check_grader_models(ctx, session, principal.project_id, method)
             else:
                 distillation.check_teacher(ctx, session, principal.project_id, method)
+    job_evaluation_rows.check_item_fields(ctx, principal, body, method)  # reads storage: before the transaction
     request_sha = idempotency.fingerprint(body) if idempotency_key else ""
     try:
         job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)
@@ -249,7 +250,7 @@ def _insert_job(
             method = _inherit_shape(method, parent, body.model)
         _check_files(ctx, session.connection(), principal, body, method)
         values = _job_values(principal, body, method, vertex_spec, base_model=base_model, parent=parent)
-        values["evaluation"] = job_evaluation.plan(ctx, session, principal, body, base_model, values["seed"])
+        values["evaluation"] = job_evaluation.plan(ctx, session, principal, body, method, base_model, values["seed"])
         if values["evaluation"] is not None and evaluation_extra:
             values["evaluation"] |= evaluation_extra
         values["evaluation_open"] = values["evaluation"] is not None

@@ -13,7 +13,6 @@ not beat the other by `min_improvement` has its endpoint retired, and the job sa
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -22,10 +21,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hone_kernel.dataset_lines import dataset_lines
-from hone_kernel.dataset_messages import prompt_and_reference
 from hone_kernel.graders.spec import models_of
-from service import endpoints, external_models, job_evaluation_output, jobs
+from service import endpoints, external_models, job_evaluation_output, job_evaluation_rows, jobs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Endpoint, Eval, EvalOutputItem, EvalRun, File, Job
@@ -40,20 +37,9 @@ from service.jobs import add_event
 from service.schemas import CreateFineTuningJob
 
 log = logging.getLogger("hone.evals")
-EVALUABLE_FORMATS = ("openai_chat", "openai_preference", "vertex_gemini", "vertex_legacy", "pairs")
-EXACT_MATCH = {
-    "type": "string_check",
-    "name": "exact_match",
-    "input": "{{ sample.output_text }}",
-    "reference": "{{ item.reference }}",
-    "operation": "eq",
-}
-ITEM_SCHEMA = {
-    "type": "object",
-    "properties": {"messages": {"type": "array"}, "reference": {"type": "string"}},
-    "required": ["messages", "reference"],
-}
 PARAM = "evaluation"
+DEFAULT_MAX_COMPLETION_TOKENS = 256
+MEAN_REWARD = "mean_reward"  # the metric of a reinforcement job graded by its own grader; else "pass_rate"
 
 
 def _refuse(message: str, field: str | None = None, code: ErrorCode = ErrorCode.INVALID_VALUE) -> InvalidRequest:
@@ -68,10 +54,13 @@ def plan(
     session: Session,
     principal: ProjectPrincipal,
     body: CreateFineTuningJob,
+    method: dict,
     base_model: str,
     seed: int,
 ) -> dict[str, Any] | None:
-    """The evaluation the job keeps (None: none asked), or InvalidRequest naming what cannot be done."""
+    """The evaluation the job keeps (None: none asked), or InvalidRequest naming what cannot be done. A
+    reinforcement job is evaluated on its prompts, graded by default by its own grader (job_evaluation_rows); the
+    item fields explicit criteria read were checked before (job_evaluation_rows.check_item_fields)."""
     asked = body.evaluation
     if asked is None:
         return None
@@ -81,12 +70,9 @@ def plan(
         )
     training = _file(session, principal, body.training_file)
     holdout: list[int] | None = None
-    if asked.file != "auto":
-        source, file = "file", _file(session, principal, asked.file, "file")
-    elif body.validation_file is not None:
-        source, file = "validation_file", _file(session, principal, body.validation_file)
-    else:
-        source, file = "holdout", training
+    source, file_id = job_evaluation_rows.rows_file(body)
+    if source == "holdout":
+        file = training
         count = training.example_count or 0
         held = min(asked.max_rows, max(1, round(count * asked.holdout_fraction)))
         if count - held < ctx.settings.files.min_training_examples:
@@ -96,12 +82,12 @@ def plan(
                 "holdout_fraction",
             )
         holdout = sorted(random.Random(seed).sample(range(count), held))
-    if file.dataset_format not in EVALUABLE_FORMATS:
-        raise _refuse(
-            f"The evaluation rows come from {file.id}, in the {file.dataset_format} format, which has no answer "
-            f"to compare with; evaluation needs one of {', '.join(EVALUABLE_FORMATS)}.",
-            "file",
-        )
+    else:
+        file = _file(session, principal, file_id, "file" if source == "file" else None)
+    reinforcement = method["type"] == "reinforcement"
+    why = job_evaluation_rows.refusal(file.dataset_format, method["type"])
+    if why is not None:
+        raise _refuse(f"The evaluation rows come from {file.id}, {why}.", "file")
     compare = base_model if asked.compare_to == "base" else asked.compare_to
     models = {compare} | {m for c in asked.testing_criteria or [] for m in models_of(c)}
     for model in sorted(models):  # an external one too: the model the team runs today, outside Hone
@@ -111,15 +97,25 @@ def plan(
                 "compare_to" if model == compare else "testing_criteria",
                 ErrorCode.MODEL_NOT_FOUND,
             )
-    criteria = [c.model_dump(exclude_none=True) for c in asked.testing_criteria or []] or [EXACT_MATCH]
+    criteria = [c.model_dump(exclude_none=True) for c in asked.testing_criteria or []]
+    # A reinforcement job's own grader scores by default (its models were checked with the job's method), and the
+    # summary compares its mean reward; other criteria compare pass rates.
+    graded_by_job = reinforcement and not criteria
+    if graded_by_job:
+        criteria = [method["reinforcement"]["grader"]]
+    max_tokens = asked.max_completion_tokens
+    if max_tokens is None and not reinforcement:
+        max_tokens = DEFAULT_MAX_COMPLETION_TOKENS
     return {
         "status": "pending",
         "source": source,
         "file": file.id,
         "holdout": holdout,
         "max_rows": asked.max_rows,
-        "max_completion_tokens": asked.max_completion_tokens,
-        "testing_criteria": criteria,
+        # None: a reinforcement job's own max_completion_tokens, once scheduling resolved it (_deploying)
+        "max_completion_tokens": max_tokens,
+        "testing_criteria": criteria or [job_evaluation_rows.EXACT_MATCH],
+        "metric": MEAN_REWARD if graded_by_job else "pass_rate",
         "compare_to": compare,
         "deploy_if_better": asked.deploy_if_better,
         "min_improvement": asked.min_improvement,
@@ -152,7 +148,7 @@ def advance(ctx: AppContext) -> bool:
                 row is not None and row.state == EndpointState.READY.value
                 for row in _endpoint_states(session, ev).values()
             )
-        rows = _rows(ctx, ev) if ready else None
+        rows = job_evaluation_rows.read_rows(ctx, ev) if ready else None
         with ctx.db.write() as session:
             job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
             stage = (job.evaluation or {}).get("status")
@@ -216,13 +212,19 @@ def _deploying(ctx: AppContext, session: Session, job: Job, rows: list[dict[str,
     if rows is None or any(row.state != EndpointState.READY.value for row in states.values() if row is not None):
         return False  # not ready (or ready only since advance looked: the next step reads the rows)
     criteria = ev["testing_criteria"]
+    prompts = (job.method or {}).get("type") == "reinforcement"
+    max_tokens = ev.get("max_completion_tokens") or _job_max_completion_tokens(job)
     now = int(time.time())
     eval_row = Eval(
         id=new_id("eval_"),
         project_id=job.project_id,
         name=f"{job.id}: {job.fine_tuned_model} vs {ev['compare_to']}",
         meta={"fine_tuning_job_id": job.id},
-        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True},
+        data_source_config={
+            "type": "custom",
+            "item_schema": job_evaluation_rows.item_schema(prompts, criteria),
+            "include_sample_schema": True,
+        },
         testing_criteria=criteria,
         created_at=now,
         updated_at=now,
@@ -237,11 +239,7 @@ def _deploying(ctx: AppContext, session: Session, job: Job, rows: list[dict[str,
             "model": model,
             "source": {"type": "file_content", "content": [{"item": r} for r in rows]},
             "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
-            "sampling_params": {
-                "temperature": 0.0,
-                "seed": job.seed,
-                "max_completion_tokens": ev.get("max_completion_tokens", 256),
-            },
+            "sampling_params": {"temperature": 0.0, "seed": job.seed, "max_completion_tokens": max_tokens},
         }
         run = EvalRun(
             id=new_id("evalrun_"),
@@ -260,32 +258,19 @@ def _deploying(ctx: AppContext, session: Session, job: Job, rows: list[dict[str,
         )
         session.add(run)
         runs[role] = run.id
-    _update(job, status="running", eval_id=eval_row.id, runs=runs, rows=len(rows))
+    _update(job, status="running", eval_id=eval_row.id, runs=runs, rows=len(rows), max_completion_tokens=max_tokens)
     add_event(
         session, job.id, f"Evaluation running on {len(rows)} rows: eval {eval_row.id}", data={"eval_id": eval_row.id}
     )
     return True
 
 
-def _rows(ctx: AppContext, ev: dict[str, Any]) -> list[dict[str, Any]]:
-    """The evaluation rows: {messages, reference} from the file's lines (the held-out ones, or the first max_rows)."""
-    with ctx.db.read() as session:
-        row = session.execute(select(File.storage_key, File.dataset_format).where(File.id == ev["file"])).one()
-    wanted = set(ev["holdout"]) if ev.get("holdout") else None
-    rows: list[dict[str, Any]] = []
-    ordinal = -1
-    for line in dataset_lines(ctx.storage.iter_chunks(row.storage_key)):
-        if not line.strip():
-            continue
-        ordinal += 1
-        if wanted is not None and ordinal not in wanted:
-            continue
-        pair = prompt_and_reference(json.loads(line), row.dataset_format)
-        if pair is not None:
-            rows.append({"messages": pair[0], "reference": pair[1]})
-        if len(rows) >= ev["max_rows"]:
-            break
-    return rows
+def _job_max_completion_tokens(job: Job) -> int:
+    """A reinforcement job's answers' length in training (resolved when it was scheduled); else the default."""
+    method = job.method or {}
+    hp = (method.get(str(method.get("type"))) or {}).get("hyperparameters") or {}
+    value = hp.get("max_completion_tokens")
+    return value if isinstance(value, int) else DEFAULT_MAX_COMPLETION_TOKENS
 
 
 def _running(ctx: AppContext, session: Session, job: Job) -> None:
@@ -299,12 +284,15 @@ def _running(ctx: AppContext, session: Session, job: Job) -> None:
         return
     if not all(RunStatus(run.status).terminal for run in runs.values() if run is not None):
         return
-    summary = {role: _score(session, run) for role, run in runs.items() if run is not None}
+    # The mean reward of a reinforcement job's own grader (its one criterion), or the rows' pass rate.
+    rewarded = ev["testing_criteria"][0]["name"] if ev.get("metric") == MEAN_REWARD else None
+    summary = {role: _score(session, run, rewarded) for role, run in runs.items() if run is not None}
     tuned, other = summary["tuned"], summary["compare"]
     improvement = round(tuned["score"] - other["score"], 4)
+    shown = "{:.3f}" if rewarded else "{:.1%}"
     message = (
-        f"Evaluation: {job.fine_tuned_model} {tuned['score']:.1%} vs {ev['compare_to']} {other['score']:.1%} "
-        f"on {tuned['total']} rows ({improvement * 100:+.1f} points)"
+        f"Evaluation: {job.fine_tuned_model} {'mean reward ' if rewarded else ''}{shown.format(tuned['score'])} vs "
+        f"{ev['compare_to']} {shown.format(other['score'])} on {tuned['total']} rows ({_margin(improvement, rewarded)})"
     )
     changes: dict[str, Any] = {"status": "completed", "results": summary, "improvement": improvement}
     if ev.get("deploy_if_better"):
@@ -315,9 +303,9 @@ def _running(ctx: AppContext, session: Session, job: Job) -> None:
         )
         changes["deployed"] = wins
         if not wins:
+            needed = f"{ev['min_improvement']:.3f}" if rewarded else f"{ev['min_improvement'] * 100:.1f}"
             changes["reason"] = (
-                f"not deployed: {improvement * 100:+.1f} points over {ev['compare_to']}, "
-                f"{ev['min_improvement'] * 100:.1f} needed"
+                f"not deployed: {_margin(improvement, rewarded)} over {ev['compare_to']}, {needed} needed"
             )
             endpoints.stop_model_endpoints(
                 session, job.project_id, job.fine_tuned_model or "", "The evaluation did not deploy it."
@@ -336,6 +324,10 @@ def _running(ctx: AppContext, session: Session, job: Job) -> None:
     add_event(session, job.id, message, data={"evaluation": jobs.evaluation_api(job.evaluation)})
 
 
+def _margin(value: float, rewarded: str | None) -> str:
+    return f"{value:+.3f} mean reward" if rewarded else f"{value * 100:+.1f} points"
+
+
 def _retire(ctx: AppContext, session: Session, job: Job, ev: dict[str, Any]) -> None:
     """Stops the endpoints the evaluation deployed only for itself: the model compared to, and the tuned model
     of a job that did not ask to be deployed (auto_deploy false)."""
@@ -352,14 +344,19 @@ def _retire(ctx: AppContext, session: Session, job: Job, ev: dict[str, Any]) -> 
             )
 
 
-def _score(session: Session, run: EvalRun) -> dict[str, Any]:
+def _score(session: Session, run: EvalRun, rewarded: str | None = None) -> dict[str, Any]:
+    """A run's side of the summary. `score`: the pass rate, or with `rewarded` (a criterion's name) its mean reward
+    over all rows, a row that could not be sampled or graded counting 0 (as a failed grade does in training)."""
     counts = run.result_counts
     total = max(1, counts.get("total") or 0)
     scores: dict[str, list[float]] = {}
+    reward = 0.0
     for results in session.execute(select(EvalOutputItem.results).where(EvalOutputItem.run_id == run.id)).scalars():
         for result in results or []:
             if result.get("error") is None:
                 scores.setdefault(result["name"], []).append(float(result["score"]))
+                reward += float(result["score"]) if result["name"] == rewarded else 0.0
+    extra = {"reward_mean": round(reward / total, 4)} if rewarded else {}
     return {
         "aggregates": {name: job_evaluation_output.aggregate(values) for name, values in scores.items()},
         "model": run.model,
@@ -369,7 +366,8 @@ def _score(session: Session, run: EvalRun) -> dict[str, Any]:
         "failed": counts.get("failed", 0),
         "errored": counts.get("errored", 0),
         "total": counts.get("total", 0),
-        "score": round(counts.get("passed", 0) / total, 4),
+        "score": extra.get("reward_mean", round(counts.get("passed", 0) / total, 4)),
+        **extra,
         "per_testing_criteria_results": run.per_testing_criteria_results,
     }
 

@@ -258,19 +258,32 @@ class JobEvaluation(_Body):
         min_length=1,
         max_length=32,
         description="Graders over {{item.reference}} (the expected answer) and {{sample.output_text}}; "
-        "default: an exact match.",
+        "default: an exact match. A reinforcement job's rows are its prompt lines, each whole line the item "
+        "({{item.<field>}}), and the default is the job's grader, compared by mean reward.",
     )
     compare_to: str = Field(
         default="base",
         min_length=1,
-        description='"base", a model of the project, or an external model (ext:<name>) it registered.',
+        description='"base" (the base model, also for a job that continues a tuned model), a model of the project '
+        "(e.g. the parent ft: model a job continues), or an external model (ext:<name>) it registered.",
     )
-    max_completion_tokens: int = Field(default=256, ge=1, le=32768, description="Each answer's length at most.")
+    max_completion_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=32768,
+        description="Each answer's length at most; default 256, or a reinforcement job's own max_completion_tokens.",
+    )
     deploy_if_better: bool = Field(
         default=False,
         description="With auto_deploy: keep the tuned model's endpoint only if it beats compare_to by min_improvement.",
     )
-    min_improvement: float = Field(default=0.0, ge=0, le=1, description="Pass-rate margin over compare_to.")
+    min_improvement: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Margin over compare_to: of the pass rate, or of the mean reward when a reinforcement job's own "
+        "grader scores.",
+    )
 
     @field_validator("testing_criteria")
     @classmethod

@@ -19,7 +19,7 @@ import time
 import openai
 import pytest
 
-from tests.support import FAKE_ENGINE_PYTHON, HoneServer, chat_dataset, fake_trainer_env, wait_job
+from tests.support import FAKE_ENGINE_PYTHON, HoneServer, chat_dataset, fake_trainer_env, jsonl, wait_for, wait_job
 
 # The openai SDK warns that OpenAI is retiring its hosted Evals API (2026-11-30); the SDK's client is what Hone serves.
 pytestmark = pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")
@@ -164,6 +164,59 @@ def test_a_job_that_asked_not_to_be_deployed_is_served_for_its_evaluation_only(s
     with project.http() as http:
         states = [e["state"] for e in http.get("/v1/endpoints").json()["data"] if e["model"] == job.fine_tuned_model]
     assert states == ["stopped"]
+
+
+def test_a_reinforcement_job_is_compared_by_its_graders_mean_reward(server, project):
+    """The job's own grader (a multi one, which eval testing criteria alone do not allow) grades both models on the
+    validation prompts, each whole line the item: the fake engine's base answers score 0.25, the tuned model's 0.75."""
+    client = project.openai()
+    prompts = [
+        {"messages": [{"role": "user", "content": f"Ticket {i}"}], "base_answer": "answer base"} for i in range(14)
+    ]
+    check = {**NOT_BASE, "reference": "{{ item.base_answer }}"}
+    grader = {
+        "type": "multi",
+        "name": "reward",
+        "graders": {"is_base": {**check, "name": "is_base", "operation": "eq"}, "not_base": check},
+        "calculate_output": "0.25 * is_base + 0.75 * not_base",
+    }
+    body = {
+        "model": "hone-tiny",
+        "training_file": client.files.create(file=("p.jsonl", jsonl(prompts[:11])), purpose="fine-tune").id,
+        "validation_file": client.files.create(file=("v.jsonl", jsonl(prompts[11:])), purpose="fine-tune").id,
+        "method": {"type": "reinforcement", "reinforcement": {"grader": grader}},
+        "evaluation": {"deploy_if_better": True, "min_improvement": 0.4},
+    }
+    with project.http() as http:  # plain HTTP: OpenAI's schema of the echoed job has no multi grader's map
+        created = http.post("/v1/fine_tuning/jobs", json=body)
+        assert created.status_code == 200, created.text
+        assert created.json()["evaluation"]["metric"] == "mean_reward"
+        job = wait_for(
+            lambda: (
+                (got := http.get(f"/v1/fine_tuning/jobs/{created.json()['id']}").json())["evaluation"]["status"]
+                in ("completed", "failed", "skipped")
+                and got
+            ),
+            timeout=120,
+            interval=0.3,
+        )
+    evaluation, method = job["evaluation"], job["method"]
+    assert job["status"] == "succeeded" and evaluation["status"] == "completed", (job["error"], evaluation)
+    tuned, base = evaluation["results"]["tuned"], evaluation["results"]["compare"]
+    assert (tuned["score"], tuned["reward_mean"], base["score"], tuned["total"]) == (0.75, 0.75, 0.25, 3)
+    assert (tuned["passed"], base["passed"]) == (0, 0)  # a reward below 1 does not pass: the mean is the measure
+    assert evaluation["improvement"] == 0.5 and evaluation["deployed"] is True
+    assert evaluation["testing_criteria"] == [grader]
+    # Answers as long as the job's own (its resolved max_completion_tokens), greedy with the job's seed.
+    assert evaluation["max_completion_tokens"] == method["reinforcement"]["hyperparameters"]["max_completion_tokens"]
+    items = list(client.evals.runs.output_items.list(evaluation["runs"]["tuned"], eval_id=evaluation["eval_id"]))
+    assert sorted(i.datasource_item["messages"][0]["content"] for i in items) == ["Ticket 11", "Ticket 12", "Ticket 13"]
+    assert all(i.datasource_item["base_answer"] == "answer base" for i in items)
+    assert {(i.sample.temperature, i.sample.max_completion_tokens) for i in items} == {
+        (0.0, evaluation["max_completion_tokens"])
+    }
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job["id"], limit=50)]
+    assert any(m.endswith("mean reward 0.750 vs hone-tiny 0.250 on 3 rows (+0.500 mean reward)") for m in messages)
 
 
 @pytest.mark.parametrize(

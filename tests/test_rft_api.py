@@ -21,7 +21,9 @@ from tests.support import (
     all_events,
     free_port,
     jsonl,
+    one_label_tickets,
     start_python,
+    tune_hone_tiny,
     wait_for,
     wait_http,
     wait_job,
@@ -157,6 +159,66 @@ def test_a_graded_job_trains_reports_rewards_and_checkpoints(project):
         "full_valid_reward_mean",
     ]
     assert done["fine_tuned_model"] and done["trained_tokens"] > 0
+
+
+@pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")  # the SDK Hone serves
+def test_a_jobs_evaluation_grades_the_tuned_model_and_its_parent_with_the_jobs_grader(project):
+    """Hone's `evaluation` of a reinforcement job: after training, the tuned model and the model it was continued
+    from (`compare_to` the parent) are served (this server has auto_deploy off: both only for the evaluation) and
+    answer the validation prompts, greedy and as long as the job's answers; the job's grader scores each answer
+    against the line's own label, and the summary is each model's mean reward. The parent is a supervised model
+    that learnt to answer one label and stop: an endpoint passes the parity gate only if its model stops, which
+    hone-tiny's base weights, and so a couple of reinforcement steps from them, do not."""
+    client = project.openai()
+    tickets, _ = one_label_tickets(seed=7)
+    parent = tune_hone_tiny(client, tickets, n_epochs=3, batch_size=4, learning_rate_multiplier=3).fine_tuned_model
+    job = client.fine_tuning.jobs.create(
+        model=parent,
+        training_file=upload(client, prompts(10)),
+        validation_file=upload(client, prompts(3), "valid.jsonl"),
+        seed=4,
+        method={
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": EXACT,
+                "hyperparameters": {"n_epochs": 1, "batch_size": 5, "compute_multiplier": 0.25},
+            },
+        },
+        extra_body={"evaluation": {"compare_to": parent}},
+    )
+    assert job.model_extra["evaluation"]["metric"] == "mean_reward"
+    done = wait_job(client, job.id, lambda j: j.status in TERMINAL, timeout=300)
+    assert done.status == "succeeded", done.error
+
+    def finished():
+        evaluation = client.fine_tuning.jobs.retrieve(job.id).model_extra["evaluation"]
+        return evaluation["status"] in ("completed", "failed", "skipped") and evaluation
+
+    evaluation = wait_for(finished, timeout=240, interval=0.5, what="the evaluation")
+    assert evaluation["status"] == "completed", evaluation.get("reason")
+    assert evaluation["testing_criteria"] == [EXACT]  # the job's grader
+    assert evaluation["max_completion_tokens"] == 16  # the job's own (hone-tiny's "auto")
+    results = evaluation["results"]
+    assert (results["tuned"]["model"], results["compare"]["model"]) == (done.fine_tuned_model, parent)
+    for side in results.values():
+        assert side["status"] == "completed" and side["total"] == 3 and side["errored"] == 0
+        items = list(client.evals.runs.output_items.list(side["run_id"], eval_id=evaluation["eval_id"]))
+        assert sorted(i.datasource_item["label"] for i in items) == ["Billing", "Billing", "Sales"]  # whole lines
+        rewards = []
+        for item in items:
+            (result,) = item.results
+            answer = item.sample.output[0].content
+            assert result.name == "exact" and result.score == float(answer == item.datasource_item["label"])
+            assert (item.sample.temperature, item.sample.max_completion_tokens) == (0.0, 16)
+            rewards.append(result.score)
+        assert side["score"] == side["reward_mean"] == round(sum(rewards) / 3, 4)
+    assert results["compare"]["score"] > 0  # the parent answers "Billing", the label of two prompts in three
+    assert evaluation["improvement"] == round(results["tuned"]["score"] - results["compare"]["score"], 4)
+    events = [e.message for e in all_events(client, job.id)]
+    assert any(m.startswith(f"Evaluation: {done.fine_tuned_model} mean reward ") for m in events), events
+    with project.http() as http:  # served for the evaluation only (auto_deploy is off here): stopped after it
+        states = {e["model"]: e["state"] for e in http.get("/v1/endpoints").json()["data"]}
+    assert (states[done.fine_tuned_model], states[parent]) == ("stopped", "stopped")
 
 
 def test_a_prompt_without_the_graders_field_fails_the_job_naming_its_line(project):

@@ -75,15 +75,22 @@ def _evaluation_lines(job: FineTuningJob) -> list[str]:
     lines = [f"evaluation: {ev.get('status')} ({ev.get('source')}, against {ev.get('compare_to')})"]
     results = ev.get("results") or {}
     if results:
+        reward = ev.get("metric") == "mean_reward"  # a reinforcement job graded by its own grader
         rows = [("tuned", results.get("tuned") or {}), ("compared", results.get("compare") or {})]
         width = max(len(str(r.get("model", ""))) for _, r in rows)
-        lines.append(f"  {'':<9}{'model':<{width}}  {'score':>7}  {'passed':>6}  {'failed':>6}  {'errored':>7}")
+        head = "reward" if reward else "score"
+        lines.append(f"  {'':<9}{'model':<{width}}  {head:>7}  {'passed':>6}  {'failed':>6}  {'errored':>7}")
         for role, r in rows:
+            score = f"{r.get('score', 0):>7.3f}" if reward else f"{r.get('score', 0):>7.1%}"
             lines.append(
-                f"  {role:<9}{str(r.get('model', '')):<{width}}  {r.get('score', 0):>7.1%}  {r.get('passed', 0):>6}  "
+                f"  {role:<9}{str(r.get('model', '')):<{width}}  {score}  {r.get('passed', 0):>6}  "
                 f"{r.get('failed', 0):>6}  {r.get('errored', 0):>7}"
             )
-        lines.append(f"  improvement {ev.get('improvement', 0) * 100:+.1f} points over {ev.get('compare_to')}")
+        gain = ev.get("improvement", 0)
+        lines.append(
+            f"  improvement {f'{gain:+.3f} mean reward' if reward else f'{gain * 100:+.1f} points'} "
+            f"over {ev.get('compare_to')}"
+        )
     if "deployed" in ev:
         lines.append(
             f"  deployed: {'yes' if ev['deployed'] else 'no'}" + (f" ({ev['reason']})" if ev.get("reason") else "")

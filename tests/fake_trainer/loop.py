@@ -64,7 +64,7 @@ class Run:
 
     def _setup(self) -> None:
         spec = self.spec
-        if spec.method not in ("supervised", "dpo"):
+        if spec.method not in ("supervised", "dpo", "reinforcement"):  # reinforcement: prompts, fake steps alike
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
         source = spec.model_source
         known = (source == f"builtin:{tiny_model.TINY_MODEL}") or Path(source).is_dir()

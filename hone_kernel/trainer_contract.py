@@ -199,6 +199,8 @@ class TrainSpec:
     max_length: int = 2048
     packing: bool = True
     token_budget: int = 16384  # padded tokens per micro-batch
+    # A control plane not answering for this long has replaced this attempt or is gone: the trainer stops (0: never)
+    control_plane_timeout_s: float = 0.0
     eval_interval: int = 0  # 0: about ten validation points per run
     eval_examples: int = 64  # examples in an interval validation (the full set at the end)
     checkpoint_interval_steps: int = 0  # 0: once per epoch

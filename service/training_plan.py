@@ -183,6 +183,8 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         max_length=job.method[job.method["type"]]["hyperparameters"]["max_length"],
         packing=settings.training.train_packing,
         token_budget=settings.training.train_token_budget,
+        # Twice the stall timeout: by then the scheduler has replaced a trainer it could not hear from.
+        control_plane_timeout_s=2 * settings.training.trainer_stall_timeout_s,
         checkpoint_interval_steps=settings.training.checkpoint_interval_steps,
         init_weights_prefix=job.parent_prefix,
         reinforcement=reinforcement.trainer_section(job.method, settings.graders) if rl else None,

@@ -227,6 +227,53 @@ def test_reporter_sends_nan_as_null_and_beats_only_while_the_main_thread_lives()
         httpd.shutdown()
 
 
+class _RefusingControlPlane(_ControlPlane):
+    """Refuses (400) any report holding an event whose message says "bad", as a control plane refuses a
+    malformed report; answers the rest."""
+
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers["content-length"]))
+        body = json.loads(raw)
+        bad = any("bad" in e["message"] for e in body.get("events", []))
+        if not bad:
+            type(self).bodies.append(body)
+        reply = json.dumps({"error": "refused"} if bad else {"status": "running", "heartbeat_s": 0.2}).encode()
+        self.send_response(400 if bad else 200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+
+def test_a_refused_report_is_dropped_and_an_unreachable_control_plane_is_given_up():
+    from trainer.reporting import Refused, Reporter
+
+    _RefusingControlPlane.bodies = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), _RefusingControlPlane)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    reporter = Reporter(f"http://127.0.0.1:{httpd.server_port}", "token", "ftjob-r", give_up_after_s=1.5)
+    try:
+        reporter.event("a bad one", key="bad")
+        assert reporter.flush(timeout=10)  # it used to be resent forever, holding back every report behind it
+        reporter.event("a good one", key="good")
+        assert reporter.flush(timeout=10)
+        assert [e["message"] for b in _RefusingControlPlane.bodies for e in b["events"]] == ["a good one"]
+        with pytest.raises(Refused):  # a final call refused ends the attempt (a crash) instead of looping
+            reporter.call("/complete", {"events": [{"message": "bad"}]})
+        assert not reporter.superseded
+
+        httpd.shutdown()
+        httpd.server_close()  # gone for good: connections are refused from now on
+        started = time.monotonic()
+        reporter.event("after the control plane left", key="late")
+        assert reporter.flush(timeout=30)  # returns once the reporter gives up (superseded)
+        assert reporter.superseded and reporter.lost
+        assert 1.5 <= time.monotonic() - started < 15
+        assert reporter.call("/complete", {}) == {}  # the run reads this as superseded and exits
+    finally:
+        reporter.close()
+
+
 def test_reads_of_a_malformed_row_keep_answering(server, project, client):
     train = client.files.create(
         file=("train.jsonl", jsonl([chat_line(str(i), str(i)) for i in range(12)])), purpose="fine-tune"

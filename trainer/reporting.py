@@ -8,7 +8,13 @@ and says in each reply how often to beat. A report is only ever a sign of the *m
 reporter thread sends an empty one only while the main thread is inside a `busy()` section (a training
 step's torch work, model loading, checkpoint uploads: long calls that are bounded by the libraries' own
 timeouts or by the work itself) or has marked progress since the last report. A main thread hung anywhere
-else (e.g. waiting forever on a lock) goes silent however healthy this thread is, and is killed."""
+else (e.g. waiting forever on a lock) goes silent however healthy this thread is, and is killed.
+
+Giving up: a report the control plane refuses as malformed (a 4xx that does not mean "superseded") is dropped
+with an error line, since sending it again would be refused again and hold back every report behind it. A
+control plane that cannot be reached for `give_up_after_s` (the spec's `control_plane_timeout_s`: twice the stall
+timeout after which it replaces a silent trainer) has either replaced this attempt or is gone: the trainer stops
+as superseded instead of waiting forever."""
 
 from __future__ import annotations
 
@@ -65,8 +71,15 @@ class Superseded(Exception):
     """The control plane no longer wants this trainer (job cancelled, finished, or handed to a newer attempt)."""
 
 
+class Refused(Exception):
+    """The control plane refused a report as malformed: resending the same body would be refused again."""
+
+
+RETRYABLE_4XX = (408, 429)  # a timeout or rate limit: the same body may be accepted later
+
+
 class Reporter:
-    def __init__(self, callback_url: str, token: str, job_id: str):
+    def __init__(self, callback_url: str, token: str, job_id: str, give_up_after_s: float = 0.0):
         self._url = f"{callback_url.rstrip('/')}/internal/fine_tuning/jobs/{job_id}"
         self._http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
         self._job_id = job_id
@@ -79,6 +92,9 @@ class Reporter:
         self.superseded = False
         self.heartbeat_s = HEARTBEAT_S
         self._last_post = float("-inf")  # when we last tried to reach the control plane: the first beat is at once
+        self.give_up_after_s = give_up_after_s  # 0: never
+        self._unreachable_since: float | None = None  # the first failed attempt since the last answer
+        self.lost = False  # gave up on an unreachable control plane
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
         self._thread.start()
 
@@ -146,7 +162,15 @@ class Reporter:
                     self._progress = {}
                     self._lock.notify_all()
                 continue
+            except Refused as exc:
+                log.error("control plane refused a report; it is dropped: %s", exc)
+                with self._lock:
+                    self._sent(batch)
+                    self._lock.notify_all()
+                continue
             except httpx.HTTPError as exc:
+                if self._lost_for_good():
+                    return
                 log.warning("control plane unreachable, will retry: %s", exc)
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
@@ -167,16 +191,45 @@ class Reporter:
 
     def _post(self, path: str, body: dict) -> dict:
         self._last_post = time.monotonic()  # an attempt paces heartbeats too: a refused one is not resent at once
-        resp = self._http.post(self._url + path, json=finite(body))
-        if resp.status_code in (401, 404, 409):
-            self.superseded = True
-            raise Superseded(resp.text)
-        if resp.status_code >= 500:
+        try:
+            resp = self._http.post(self._url + path, json=finite(body))
+        except httpx.HTTPError:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+            raise
+        if resp.status_code >= 500 or resp.status_code in RETRYABLE_4XX:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
             raise httpx.HTTPStatusError(
                 f"control plane answered {resp.status_code}", request=resp.request, response=resp
             )
-        resp.raise_for_status()
+        self._unreachable_since = None
+        if resp.status_code in (401, 404, 409):
+            self.superseded = True
+            raise Superseded(resp.text)
+        if resp.status_code >= 400:
+            raise Refused(f"{path} answered {resp.status_code}: {resp.text[:500]}")
         return resp.json()
+
+    def _lost_for_good(self) -> bool:
+        """True (and the run superseded, its unsent reports dropped) once the control plane has not answered for
+        `give_up_after_s`."""
+        since = self._unreachable_since
+        if self.give_up_after_s <= 0 or since is None or time.monotonic() - since < self.give_up_after_s:
+            return False
+        with self._lock:
+            if not self.lost:
+                log.error(
+                    "control plane unreachable for %.0f s: this attempt has been replaced or the control plane is "
+                    "gone; stopping",
+                    time.monotonic() - since,
+                )
+            self.lost = self.superseded = True
+            self._events.clear()
+            self._checkpoints.clear()
+            self._progress = {}
+            self._lock.notify_all()
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -193,13 +246,16 @@ class Reporter:
         return bool(self._events or self._checkpoints or self._progress)
 
     def call(self, path: str, body: dict) -> dict:
-        """A final call (complete/fail): flushes reports first, then retries until the control plane answers."""
+        """A final call (complete/fail): flushes reports first, then retries until the control plane answers (or
+        is given up on: then {}, which the run reads as superseded). Refused raises: the attempt ends as a crash."""
         self.flush()
         delay = 0.2
         while True:
             try:
                 return self._post(path, body)
             except httpx.HTTPError as exc:
+                if self._lost_for_good():
+                    return {}
                 log.warning("control plane unreachable for %s, will retry: %s", path, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)

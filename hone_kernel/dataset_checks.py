@@ -337,7 +337,10 @@ def _check_gemini_parts(content: Any, path: str, issues: _Issues) -> None:
             _require_str(part, "text", part_path, issues)
 
 
-def check_gemini(line: dict, issues: _Issues) -> None:
+def check_gemini_turns(line: dict, issues: _Issues) -> list | None:
+    """The checks a Gemini line's keys, system instruction and turns get in every Gemini format (supervised lines
+    and prompts); returns each turn's role as written (None where the turn is not an object), or None when there
+    are no turns to check."""
     _unknown_keys(line, {"contents", "systemInstruction", "system_instruction"}, "$", issues)
     for key in ("systemInstruction", "system_instruction"):
         if key in line:
@@ -345,8 +348,8 @@ def check_gemini(line: dict, issues: _Issues) -> None:
     contents = line.get("contents")
     if not isinstance(contents, list) or not contents:
         issues.add("contents", "missing_content", "contents must be a non-empty array")
-        return
-    roles = []  # one per turn, None where the turn is not an object
+        return None
+    roles = []
     for i, turn in enumerate(contents):
         where = _join("contents", i)
         role = None
@@ -357,6 +360,14 @@ def check_gemini(line: dict, issues: _Issues) -> None:
             _unknown_keys(turn, {"role", "parts"}, where, issues)
         roles.append(role)
         _check_gemini_parts(turn, where, issues)
+    return roles
+
+
+def check_gemini(line: dict, issues: _Issues) -> None:
+    roles = check_gemini_turns(line, issues)
+    if roles is None:
+        return
+    contents = line["contents"]
     if "model" not in roles:
         issues.add("contents", "missing_model_turn", "example has no 'model' turn to train on")
     elif roles[-1] != "model" and isinstance(contents[-1], dict):

@@ -28,7 +28,7 @@ def to_messages(row: dict, fmt: str) -> tuple[list[dict], list[bool], list | Non
         messages = [clean_message(msg) for msg in row["messages"]]
         trained = [msg["role"] == "assistant" and msg.get("weight", 1) != 0 for msg in row["messages"]]
         return messages, trained, row.get("tools")
-    if fmt == "vertex_gemini":
+    if fmt in ("vertex_gemini", "vertex_prompts"):
         messages = []
         system = row.get("systemInstruction") or row.get("system_instruction")
         if system:
@@ -36,7 +36,9 @@ def to_messages(row: dict, fmt: str) -> tuple[list[dict], list[bool], list | Non
         for turn in row["contents"]:
             role = "assistant" if turn["role"] == "model" else "user"
             messages.append({"role": role, "content": _text(turn.get("parts"))})
-        return messages, [m["role"] == "assistant" for m in messages], None
+        # A prompt line's model turns are context, not answers: nothing of it is trained.
+        trained = [fmt == "vertex_gemini" and m["role"] == "assistant" for m in messages]
+        return messages, trained, None
     if fmt == "vertex_legacy":
         pair = (row["input_text"], row["output_text"])
     elif fmt == "pairs":

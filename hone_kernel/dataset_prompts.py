@@ -1,13 +1,16 @@
-"""OpenAI's reinforcement fine-tuning lines (`FineTuneReinforcementRequestInput`): a conversation that ends where the
-model answers, plus any other keys, which graders read as `{{item.<key>}}`. Distillation takes the same lines (its
-teacher writes the answers). Standard library only."""
+"""Prompt lines: a conversation that ends where the model answers, with no answer of its own.
+
+OpenAI's reinforcement fine-tuning lines (`FineTuneReinforcementRequestInput`, `openai_reinforcement`) carry any other
+keys, which graders read as `{{item.<key>}}`; distillation takes them too (its teacher writes the answers). Gemini
+prompt lines (`vertex_prompts`: `contents` ending with a user turn, an optional `systemInstruction`) are what a Vertex
+`distillationSpec.promptDatasetUri` names; distillation only. Standard library only."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hone_kernel.dataset_checks import _check_messages_list, _check_tools, _Issues, _join
-from hone_kernel.dataset_messages import clean_message
+from hone_kernel.dataset_checks import _check_messages_list, _check_tools, _Issues, _join, check_gemini_turns
+from hone_kernel.dataset_messages import clean_message, to_messages
 
 # The keys OpenAI reserves on a reinforcement line; every other key is the grader's.
 RESERVED_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
@@ -40,6 +43,31 @@ def check_reinforcement(line: dict, issues: _Issues) -> None:
             issues.add(_join(_join("messages", i), "weight"), "invalid_weight", "prompts have no trained messages")
 
 
-def prompt_messages(row: dict[str, Any]) -> list[dict]:
-    """The conversation the model continues, without Hone's and OpenAI's per-message training keys."""
+def is_gemini_prompt_line(line: dict) -> bool:
+    """A `contents` line whose last turn is the user's: a prompt for the model to answer."""
+    contents = line.get("contents")
+    if not isinstance(contents, list) or not contents or not isinstance(contents[-1], dict):
+        return False
+    return contents[-1].get("role") == "user"
+
+
+def check_gemini_prompt(line: dict, issues: _Issues) -> None:
+    roles = check_gemini_turns(line, issues)
+    if not roles:
+        return
+    last = len(roles) - 1
+    if roles[last] == "model":  # another role is refused as unrecognized already
+        issues.add(
+            _join(_join("contents", last), "role"),
+            "invalid_prompt",
+            "the last turn must be from the user: the teacher writes the answer. This file holds prompts (for "
+            "distillation): its first example ends with a user turn",
+        )
+
+
+def prompt_messages(row: dict[str, Any], fmt: str = "openai_reinforcement") -> list[dict]:
+    """The conversation the model continues, in OpenAI chat shape, without Hone's and OpenAI's per-message training
+    keys; a Gemini prompt line's system instruction and turns as system, user and assistant messages."""
+    if fmt == "vertex_prompts":
+        return to_messages(row, fmt)[0]
     return [clean_message(m) for m in row["messages"]]

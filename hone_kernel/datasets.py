@@ -28,7 +28,7 @@ from hone_kernel.dataset_checks import (
     check_vertex_legacy,
 )
 from hone_kernel.dataset_lines import TOO_LONG, LineSplitter
-from hone_kernel.dataset_prompts import check_reinforcement, is_prompt_line
+from hone_kernel.dataset_prompts import check_gemini_prompt, check_reinforcement, is_gemini_prompt_line, is_prompt_line
 
 
 class DatasetFormat(str, Enum):
@@ -40,6 +40,7 @@ class DatasetFormat(str, Enum):
     PAIRS = "pairs"
     RAW_TEXT = "raw_text"
     OPENAI_REINFORCEMENT = "openai_reinforcement"
+    VERTEX_PROMPTS = "vertex_prompts"
 
 
 FORMAT_LABELS = {
@@ -52,6 +53,7 @@ FORMAT_LABELS = {
     DatasetFormat.RAW_TEXT: "raw text ({text})",
     DatasetFormat.OPENAI_REINFORCEMENT: "OpenAI prompts ({messages} ending with the user's turn; other keys are "
     "the grader's item)",
+    DatasetFormat.VERTEX_PROMPTS: "Vertex/Gemini prompts ({contents} ending with the user's turn)",
 }
 
 # Which training methods can use which format. Raw text trains on every token
@@ -60,6 +62,7 @@ METHODS_FOR_FORMAT = {
     DatasetFormat.OPENAI_PREFERENCE: {"dpo"},
     # Prompts only: a grader (reinforcement) or a teacher (distillation) supplies what the model learns.
     DatasetFormat.OPENAI_REINFORCEMENT: {"reinforcement", "distillation"},
+    DatasetFormat.VERTEX_PROMPTS: {"distillation"},  # no other keys: nothing for a grader to read
 }
 DEFAULT_METHODS = {"supervised"}
 
@@ -121,6 +124,7 @@ CHECKERS: dict[DatasetFormat, Callable[[dict, _Issues], None]] = {
     DatasetFormat.PAIRS: check_pairs,
     DatasetFormat.RAW_TEXT: check_raw_text,
     DatasetFormat.OPENAI_REINFORCEMENT: check_reinforcement,
+    DatasetFormat.VERTEX_PROMPTS: check_gemini_prompt,
 }
 
 
@@ -135,7 +139,7 @@ def detect_format(line: dict) -> DatasetFormat | None:
     if keys & {"prompt", "completion"}:
         return DatasetFormat.PROMPT_COMPLETION
     if keys & {"contents", "systemInstruction", "system_instruction"}:
-        return DatasetFormat.VERTEX_GEMINI
+        return DatasetFormat.VERTEX_PROMPTS if is_gemini_prompt_line(line) else DatasetFormat.VERTEX_GEMINI
     if keys & {"input_text", "output_text"}:
         return DatasetFormat.VERTEX_LEGACY
     if keys & {"instruction", "output"} or "input" in keys:
@@ -149,7 +153,11 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-_MESSAGES_FORMATS = {DatasetFormat.OPENAI_CHAT, DatasetFormat.OPENAI_REINFORCEMENT}
+# Formats told apart by whether the first line ends with an answer: examples, or prompts.
+_ANSWERED_OR_PROMPTS = (
+    {DatasetFormat.OPENAI_CHAT, DatasetFormat.OPENAI_REINFORCEMENT},
+    {DatasetFormat.VERTEX_GEMINI, DatasetFormat.VERTEX_PROMPTS},
+)
 
 # --- the streaming validator ------------------------------------------------------
 
@@ -254,9 +262,10 @@ class DatasetValidator:
                 f"unrecognized example format (keys: {keys}); expected one of: " + "; ".join(FORMAT_LABELS.values()),
             )
             return
-        if self.format is not None and {fmt, self.format} == _MESSAGES_FORMATS:
-            # A `messages` file is chat or prompts by its first line; a later line that differs is checked (and
-            # refused) as that format, which names what is missing (the answer, or the prompt's end).
+        if self.format is not None and {fmt, self.format} in _ANSWERED_OR_PROMPTS:
+            # A `messages` (or `contents`) file is chat or prompts by its first line; a later line that differs is
+            # checked (and refused) as that format, which names what is wrong (the missing answer, or the prompt's
+            # end).
             fmt = self.format
         if self.format is None:
             self.format, self._format_line = fmt, n

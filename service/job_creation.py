@@ -57,9 +57,10 @@ def _resolve_method(body: CreateFineTuningJob) -> dict:
 
 # What each method trains on, for the error that says a file is not it.
 _NEEDS = {
-    "dpo": "OpenAI preference",
+    "dpo": "OpenAI preference data",
     "reinforcement": "OpenAI prompts (messages ending with the user's turn, plus the fields the grader reads)",
-    "distillation": "OpenAI prompts (messages ending with the user's turn, which the teacher answers)",
+    "distillation": "prompts for its teacher to answer: OpenAI prompts (messages ending with the user's turn) or "
+    "Vertex/Gemini prompts (contents ending with the user's turn)",
 }
 
 # What _check_file reads, as plain rows through a statement built once (see FixedPages for why).
@@ -100,9 +101,11 @@ def _check_file(
         )
     fmt = DatasetFormat(row.dataset_format)
     if method_type not in methods_for(fmt):
+        takes = " or ".join(f"'{m}'" for m in sorted(methods_for(fmt)))
         raise InvalidRequest(
             f"invalid {param}: {file_id} is in the {FORMAT_LABELS[fmt]} format, which the '{method_type}' method "
-            f"cannot train on; it needs {_NEEDS.get(method_type, 'supervised')} data.",
+            f"cannot train on; it needs {_NEEDS.get(method_type, 'supervised data')} (this file is for the {takes} "
+            "method).",
             param=param,
             code=code,
         )

@@ -360,7 +360,8 @@ REJECTED = [
         "contents[1].role",
         "unrecognized_role",
     ),
-    Bad("gemini-no-model-turn", lines(gemini(turn("user"), turn("user"))), 1, "contents", "missing_model_turn"),
+    # A first line ending with the user's turn makes a prompts file (distillation's): these follow an example.
+    Bad("gemini-no-model-turn", lines(GEMINI, gemini(turn("user"), turn("user"))), 2, "contents", "missing_model_turn"),
     Bad(
         "gemini-non-text-part",
         lines(gemini(turn("user", {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}), turn("model"))),
@@ -377,10 +378,17 @@ REJECTED = [
     ),
     Bad(
         "gemini-last-turn-user",
-        lines(gemini(turn("user"), turn("model"), turn("user"))),
-        1,
+        lines(GEMINI, gemini(turn("user"), turn("model"), turn("user"))),
+        2,
         "contents[2].role",
         "invalid_last_turn",
+    ),
+    Bad(
+        "gemini-prompts-line-with-answer",
+        lines(gemini(turn("user")), GEMINI),
+        2,
+        "contents[1].role",
+        "invalid_prompt",
     ),
     Bad("gemini-contents-empty", lines(gemini()), 1, "contents", "missing_content"),
     Bad(
@@ -399,11 +407,11 @@ REJECTED = [
     ),
     Bad(
         "gemini-turn-not-object",
-        lines(gemini("hi", turn("model"), turn("user"))),
-        1,
+        lines(GEMINI, gemini("hi", turn("model"), turn("user"))),
+        2,
         "contents[0]",
         "invalid_type",
-        also=[(1, "contents[2].role", "invalid_last_turn")],
+        also=[(2, "contents[2].role", "invalid_last_turn")],
     ),
     # --- Vertex legacy, pairs, prompt/completion, raw text --------------------------------------
     Bad("vertex-legacy-missing-output-text", lines({"input_text": "2+2?"}), 1, "output_text", "missing_key"),
@@ -527,6 +535,29 @@ UNUSABLE = [
         "openai_preference",
         12,
         None,
+        "training_file",
+        "invalid_training_file",
+    ),
+    Unusable(
+        "gemini-prompts-file-supervised",  # prompts with no answers: distillation's (a teacher writes them)
+        lines(*[gemini(turn("user"))] * 12),
+        "vertex_prompts",
+        12,
+        None,
+        "training_file",
+        "invalid_training_file",
+    ),
+    Unusable(
+        "gemini-prompts-file-reinforcement",  # no grader fields in a Gemini line: reinforcement takes OpenAI prompts
+        lines(*[gemini(turn("user"))] * 12),
+        "vertex_prompts",
+        12,
+        {
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": {"type": "string_check", "name": "g", "input": "a", "reference": "a", "operation": "eq"}
+            },
+        },
         "training_file",
         "invalid_training_file",
     ),

@@ -156,6 +156,7 @@ def test_the_validator_never_crashes_and_every_rejection_names_a_line_and_a_fiel
 CHAT_FORMATS = {
     DatasetFormat.OPENAI_CHAT,
     DatasetFormat.VERTEX_GEMINI,
+    DatasetFormat.VERTEX_PROMPTS,  # a distillation's teacher is asked them as chat messages
     DatasetFormat.VERTEX_LEGACY,
     DatasetFormat.PAIRS,
 }

@@ -72,6 +72,15 @@ VALID = [
         DatasetFormat.VERTEX_GEMINI,
         id="vertex-gemini",
     ),
+    pytest.param(
+        [
+            {"systemInstruction": GEMINI["systemInstruction"], "contents": GEMINI["contents"][:1]},
+            {"contents": [*GEMINI["contents"], {"role": "user", "parts": [{"text": "And of Spain?"}]}]},
+            {"system_instruction": {"parts": [{"text": "Be brief."}]}, "contents": GEMINI["contents"][:1]},
+        ],
+        DatasetFormat.VERTEX_PROMPTS,
+        id="vertex-prompts",
+    ),
     pytest.param([{"input_text": "2+2?", "output_text": "4"}] * 3, DatasetFormat.VERTEX_LEGACY, id="vertex-legacy"),
     pytest.param(
         [{"input": "2+2?", "output": "4"}, {"input": "3+3?", "output": "6"}],
@@ -338,11 +347,14 @@ def test_whole_file_errors(data, expected):
 
 
 def test_gemini_last_turn_error_names_the_last_turn():
+    # The first line ends with its answer, so the file holds examples: a later line ending with the user's turn
+    # lacks its answer (a first line like it would make the file a prompts file: tests below).
     row = {
         "contents": ["oops", {"role": "model", "parts": [{"text": "a"}]}, {"role": "user", "parts": [{"text": "b"}]}]
     }
-    report = validate_bytes(jsonl([row]))
-    assert _errors(report) == [(1, "contents[0]", "invalid_type"), (1, "contents[2].role", "invalid_last_turn")]
+    report = validate_bytes(jsonl([GEMINI, row]))
+    assert report.format is DatasetFormat.VERTEX_GEMINI
+    assert _errors(report) == [(2, "contents[0]", "invalid_type"), (2, "contents[2].role", "invalid_last_turn")]
 
 
 def test_weight_false_is_one_error_not_two():
@@ -446,3 +458,99 @@ def test_the_minimum_example_count_is_one_shared_rule():
     assert SETTINGS_FIELDS["min_training_examples"].default == MIN_TRAINING_EXAMPLES == 10
     assert too_few_examples(3) == "Training file has 3 example(s), but must have at least 10 examples"
     assert too_few_examples(10) is None and too_few_examples(1, minimum=1) is None
+
+
+# --- Vertex/Gemini prompts (a Vertex distillationSpec's promptDatasetUri) -----------------------------------------
+
+GEMINI_PROMPT = {"systemInstruction": GEMINI["systemInstruction"], "contents": GEMINI["contents"][:1]}
+
+
+def test_a_gemini_prompts_file_is_for_distillation_only():
+    from service.datasets import methods_for
+
+    report = validate_bytes(jsonl([GEMINI_PROMPT] * 10))
+    assert (report.ok, report.format, report.examples) == (True, DatasetFormat.VERTEX_PROMPTS, 10)
+    assert methods_for(DatasetFormat.VERTEX_PROMPTS) == {"distillation"}
+    assert methods_for(DatasetFormat.VERTEX_GEMINI) == {"supervised"}
+
+
+def test_a_gemini_prompts_file_names_each_line_and_field_it_refuses():
+    user = {"role": "user", "parts": [{"text": "q"}]}
+    report = validate_bytes(
+        jsonl(
+            [
+                GEMINI_PROMPT,
+                GEMINI,  # ends with its answer: in a prompts file, the teacher writes the answers
+                {"contents": [user, {"role": "assistant", "parts": [{"text": "a"}]}]},
+                {"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": "AA"}}]}]},
+                {"contents": [user], "label": "Billing"},  # no grader reads Gemini prompts: no item fields
+                {"contents": []},
+                {"messages": [{"role": "user", "content": "q"}]},
+            ]
+        )
+    )
+    assert _errors(report) == [
+        (2, "contents[1].role", "invalid_prompt"),
+        (3, "contents[1].role", "unrecognized_role"),
+        (4, "contents[0].parts[0].inlineData", "unsupported_media"),
+        (5, "label", "unrecognized_key"),
+        (6, "contents", "missing_content"),
+        (7, "$", "mixed_formats"),
+    ]
+    assert report.format is DatasetFormat.VERTEX_PROMPTS and report.examples == 1
+    assert report.errors[0].message.startswith("the last turn must be from the user: the teacher writes the answer")
+    assert "Vertex/Gemini prompts ({contents} ending with the user's turn)" in report.errors[-1].message
+
+
+def test_a_gemini_prompt_is_asked_as_chat_messages_and_the_teacher_answers_it():
+    """What the trainer's teacher phase (trainer/distill.py) sends for a Gemini prompt line, and writes back: the
+    system instruction and turns as chat messages (a model turn is context, not trained), then the answer."""
+    from hone_kernel.dataset_messages import to_messages
+    from hone_kernel.dataset_prompts import prompt_messages
+    from hone_kernel.graders.run import ModelReply
+    from hone_kernel.trainer_contract import Distillation, FileRef
+    from trainer.distill import teacher_file
+
+    line = {
+        "system_instruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [*GEMINI["contents"], {"role": "user", "parts": [{"text": "And of "}, {"text": "Spain?"}]}],
+    }
+    expected = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris"},
+        {"role": "user", "content": "And of Spain?"},
+    ]
+    assert to_messages(line, "vertex_prompts") == (expected, [False] * 4, None)
+    assert prompt_messages(line, "vertex_prompts") == expected
+    assert to_messages(GEMINI, "vertex_gemini")[1] == [False, False, True]  # examples train their answers
+
+    class Teacher:  # the trainer's ControlPlaneModels, answering without a control plane
+        def __init__(self):
+            self.asked: list = []
+
+        async def chat(self, model, messages, params):
+            self.asked.append((model, messages))
+            return ModelReply("Madrid")
+
+        async def aclose(self):
+            pass
+
+    class Blobs(dict):  # the trainer's storage, in memory
+        def list(self, prefix):
+            return [k for k in self if k.startswith(prefix)]
+
+        def iter_lines(self, key):
+            return iter(self[key].splitlines())
+
+        def put_bytes(self, key, data):
+            self[key] = data
+
+    blobs, teacher = Blobs({"files/p.jsonl": jsonl([line])}), Teacher()
+    d = Distillation(teacher="hone-tiny", answers_key="jobs/j/teacher_answers.jsonl")
+    answers, failed = teacher_file(
+        d, blobs, FileRef("files/p.jsonl", "vertex_prompts"), "training file", lambda: teacher, lambda *_: None
+    )
+    assert (answers, failed) == (FileRef(d.answers_key, "openai_chat"), 0)
+    assert teacher.asked == [("hone-tiny", expected)]
+    assert json.loads(blobs[d.answers_key]) == {"messages": [*expected, {"role": "assistant", "content": "Madrid"}]}

@@ -14,7 +14,8 @@ from hone_kernel.dataset_prompts import prompt_messages
 
 CHAT_FORMATS = {"openai_chat", "vertex_gemini", "vertex_legacy", "pairs"}
 SUPERVISED_FORMATS = CHAT_FORMATS | {"prompt_completion", "raw_text"}
-PROMPT_FORMATS = {"openai_preference", "openai_reinforcement"}  # lines whose answers training does not read
+# Lines whose answers training does not read (a prompts file of distillation is trained as its teacher's answers)
+PROMPT_FORMATS = {"openai_preference", "openai_reinforcement", "vertex_prompts"}
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Distillation's first phase: the teacher answers every prompt of the training (and validation) file, through the
-control plane's MODEL_CHAT route (trainer/model_calls.py: bounded and retried), `concurrency` calls at once; the
-answers are written as OpenAI chat lines (the prompt's messages and the teacher's answer), which the student then
+"""Distillation's first phase: the teacher answers every prompt of the training (and validation) file (OpenAI prompt
+lines, or Gemini ones from a Vertex distillationSpec, asked as chat messages either way), through the control
+plane's MODEL_CHAT route (trainer/model_calls.py: bounded and retried), `concurrency` calls at once; the answers are
+written as OpenAI chat lines (the prompt's messages and the teacher's answer), which the student then
 trains on with the supervised loss, and which the user can download (the job's result files).
 
 A resumed attempt finds the answers already written and does not ask the teacher again. A prompt the teacher could
@@ -44,7 +45,7 @@ def teacher_file(
     if key in blobs.list(key):
         return FileRef(key, "openai_chat"), 0
     rows = [json.loads(raw) for raw in held_out(blobs.iter_lines(ref.key), ref.exclude_examples) if raw.strip()]
-    lines, failed = asyncio.run(_answer_all(d, rows, models(), on_progress))
+    lines, failed = asyncio.run(_answer_all(d, rows, ref.format, models(), on_progress))
     if not lines:
         raise NoAnswers(f"The teacher {d.teacher} answered none of the {len(rows)} prompts of the {what}.")
     blobs.put_bytes(key, b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines))
@@ -52,7 +53,11 @@ def teacher_file(
 
 
 async def _answer_all(
-    d: Distillation, rows: list[dict], models: ControlPlaneModels, on_progress: Callable[[int, int, int], None]
+    d: Distillation,
+    rows: list[dict],
+    fmt: str,
+    models: ControlPlaneModels,
+    on_progress: Callable[[int, int, int], None],
 ) -> tuple[list[dict], int]:
     slots = asyncio.Semaphore(d.concurrency)
     done, failed = 0, 0
@@ -60,7 +65,7 @@ async def _answer_all(
 
     async def answer(row: dict) -> list[dict]:
         nonlocal done, failed
-        messages = prompt_messages(row)
+        messages = prompt_messages(row, fmt)  # OpenAI or Gemini prompt lines, as chat messages
         out = []
         async with slots:
             for _ in range(d.samples_per_prompt):

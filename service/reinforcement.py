@@ -23,7 +23,6 @@ PARAM = "method.reinforcement"
 BASE_SAMPLES = 8  # answers per prompt at compute_multiplier 1
 MIN_SAMPLES, MAX_SAMPLES = 2, 64
 DEFAULT_KL_BETA = 0.04
-DEFAULT_TEMPERATURE = 1.0
 MISSING_SHOWN = 20  # lines named in a failed job's message at most
 
 
@@ -86,7 +85,7 @@ def resolve(hp: dict, examples: int, d: TrainingDefaults) -> dict:
     if auto("max_completion_tokens"):
         hp["max_completion_tokens"] = d.rl_max_completion_tokens
     if auto("temperature"):
-        hp["temperature"] = DEFAULT_TEMPERATURE
+        hp["temperature"] = d.rl_temperature
     if auto("lr_scheduler"):
         # Each step's answers are new data: the rate stays where it is rather than decaying towards the end (the
         # tickets benchmark gained 5.6 points under the cosine schedule, 11 under a constant one, seed 1).

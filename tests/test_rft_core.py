@@ -89,6 +89,10 @@ def test_auto_resolves_every_reinforcement_hyperparameter():
     assert reinforcement.samples_per_prompt(hp["compute_multiplier"]) == 4
     assert reinforcement.samples_per_prompt(0.01) == 2 and reinforcement.samples_per_prompt(10) == 64
     assert (hp["beta"], hp["temperature"]) == (reinforcement.DEFAULT_KL_BETA, 1.0)
+    from service.base_models import TINY_DEFAULTS  # hone-tiny's own: more passes, cooler samples (README)
+
+    tiny = reinforcement.resolve({}, 288, TINY_DEFAULTS)
+    assert (tiny["n_epochs"], tiny["temperature"], tiny["max_completion_tokens"]) == (6, 0.7, 16)
 
 
 # --- the algorithm ------------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 and location, a bearer credential (the Hone API key) and base_url pointing at the server.
 
 One job is tuned for the whole module (PostgreSQL, moto's S3, a real trainer and engine): it is started by the
-fixture, so the cheap tests run while it trains, and their jobs queue behind it and are cancelled there."""
+fixture, so the cheap tests run while it trains, and their jobs queue behind it and are cancelled there. Its tuned
+model (which answers every ticket with the label) is then the teacher of a distillationSpec job."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import time
@@ -17,7 +19,7 @@ from google import genai
 from google.genai import errors, types
 
 from examples.support_tickets import SYSTEM, ticket
-from tests.support import HoneServer, PostgresDatabase, jsonl
+from tests.support import HoneServer, PostgresDatabase, jsonl, wait_for
 
 GCS_BUCKET, S3_BUCKET = "tuning-data", "vertex-datasets"
 LOCATION = "us-central1"
@@ -33,6 +35,12 @@ def _ticket_row(rng: random.Random) -> dict:
             {"role": "model", "parts": [{"text": LABEL}]},
         ],
     }
+
+
+def _ticket_prompt(rng: random.Random) -> dict:
+    """A Gemini prompt line (a distillationSpec's promptDatasetUri): the ticket, with no answer."""
+    row = _ticket_row(rng)
+    return {**row, "contents": row["contents"][:1]}
 
 
 def genai_client(server: HoneServer, api_key: str, project: str) -> genai.Client:
@@ -67,6 +75,8 @@ def vertex(tmp_path_factory, moto):
             ]
         ),
         "direct/legacy-bad.jsonl": jsonl([{"input_text": "hello", "output_text": LABEL}, {"input_text": "no answer"}]),
+        "gcs/tickets/prompts.jsonl": jsonl([_ticket_prompt(rng) for _ in range(12)]),
+        "direct/valid-prompts.jsonl": jsonl([_ticket_prompt(rng) for _ in range(2)]),
     }
     for key, body in objects.items():
         s3.put_object(Bucket=S3_BUCKET, Key=key, Body=body)
@@ -354,7 +364,7 @@ def test_bad_datasets_and_requests_get_google_shaped_400s(vertex):
         )
         assert _violations(both)[0]["field"].startswith(("baseModel", "preTunedModel"))
         for body, field in (
-            ({"distillationSpec": {"promptDatasetUri": "gs://b/x.jsonl"}}, "distillationSpec"),
+            ({"reinforcementTuningSpec": {"trainingDatasetUri": "gs://b/x.jsonl"}}, "reinforcementTuningSpec"),
             (
                 {
                     "supervisedTuningSpec": {
@@ -425,13 +435,18 @@ def test_sdk_lists_with_paging_and_filters_and_cancels(vertex):
     assert caught.value.status == "INVALID_ARGUMENT" and "colour" in caught.value.message
 
 
-def test_sdk_tunes_and_the_tuned_endpoint_answers_with_the_trained_label(vertex):
-    client, job = vertex["client"], vertex["job"]
-    deadline = time.monotonic() + 300
+def _ended(client: genai.Client, job: types.TuningJob, timeout: float = 300) -> types.TuningJob:
+    deadline = time.monotonic() + timeout
     while not job.has_ended:
         assert time.monotonic() < deadline, f"still {job.state}"
         time.sleep(0.5)
         job = client.tunings.get(name=job.name)
+    return job
+
+
+def test_sdk_tunes_and_the_tuned_endpoint_answers_with_the_trained_label(vertex):
+    client = vertex["client"]
+    job = _ended(client, vertex["job"])
     assert job.state == types.JobState.JOB_STATE_SUCCEEDED, job.error
     assert job.start_time <= job.end_time and job.tuned_model.model.endswith("@1")
     endpoint = job.tuned_model.endpoint
@@ -497,3 +512,190 @@ def test_sdk_tunes_and_the_tuned_endpoint_answers_with_the_trained_label(vertex)
             json={"contents": [{"parts": [{"text": question}]}]},
         )
     _google_error(foreign, 404, "NOT_FOUND")
+
+
+# --- distillationSpec: Hone's distillation (the teacher answers the prompts, the student trains on the answers) ---
+
+
+def _hone_job(vertex, name: str) -> dict:
+    with vertex["project"].http() as http:  # plain HTTP: OpenAI's SDK has no distillation method
+        return http.get(f"/v1/fine_tuning/jobs/{name.rsplit('/', 1)[-1]}").json()
+
+
+def test_sdk_distills_the_tuned_model_into_a_student(vertex):
+    """google-genai's DISTILLATION method: the module's tuned model (it answers every ticket with the label) is the
+    teacher, named as Hone names it (baseTeacherModel) or as Vertex does (tunedTeacherModelSource)."""
+    client = vertex["client"]
+    tuned = _ended(client, vertex["job"])
+    assert tuned.state == types.JobState.JOB_STATE_SUCCEEDED, tuned.error
+    teacher = _hone_job(vertex, tuned.name)["fine_tuned_model"]
+    question = types.GenerateContentConfig(system_instruction=SYSTEM, temperature=0, max_output_tokens=8)
+    wait_for(  # its endpoint answers: the student's trainer asks it through the gateway
+        lambda: client.models.generate_content(model=tuned.tuned_model.endpoint, contents="x", config=question),
+        timeout=120,
+    )
+    prompts = f"gs://{GCS_BUCKET}/tickets/prompts.jsonl"
+    job = client.tunings.tune(
+        base_model="hone-tiny",
+        training_dataset=types.TuningDataset(gcs_uri=prompts),
+        config=types.CreateTuningJobConfig(
+            method="DISTILLATION",
+            base_teacher_model=teacher,
+            tuned_model_display_name="student",
+            epoch_count=2,
+            batch_size=4,
+            learning_rate_multiplier=2.0,
+            adapter_size="ADAPTER_SIZE_EIGHT",
+            validation_dataset=types.TuningValidationDataset(gcs_uri=f"s3://{S3_BUCKET}/direct/valid-prompts.jsonl"),
+        ),
+    )
+    spec = job.distillation_spec
+    assert (spec.prompt_dataset_uri, spec.base_teacher_model, spec.tuned_teacher_model_source) == (
+        prompts,
+        teacher,
+        None,
+    )
+    assert spec.validation_dataset_uri == f"s3://{S3_BUCKET}/direct/valid-prompts.jsonl"
+    assert (spec.hyper_parameters.epoch_count, spec.hyper_parameters.adapter_size) == (
+        2,
+        types.AdapterSize.ADAPTER_SIZE_EIGHT,
+    )
+    hone = _hone_job(vertex, job.name)
+    assert hone["method"]["type"] == "distillation" and hone["method"]["distillation"]["teacher"] == teacher
+    hp = hone["method"]["distillation"]["hyperparameters"]
+    assert (hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"], hp["lora_rank"]) == (2, 4, 2.0, 8)
+    with vertex["project"].http() as http:
+        imported = http.get(f"/v1/files/{hone['training_file']}").json()
+    assert imported["dataset"] == {"format": "vertex_prompts", "examples": 12}
+
+    # The same teacher by its Vertex name: it resolves to the same Hone model, and the view says it as given.
+    by_name = client.tunings.tune(
+        base_model="hone-tiny",
+        training_dataset=types.TuningDataset(gcs_uri=prompts),
+        config=types.CreateTuningJobConfig(method="DISTILLATION", tuned_teacher_model_source=tuned.tuned_model.model),
+    )
+    client.tunings.cancel(name=by_name.name)
+    assert by_name.distillation_spec.tuned_teacher_model_source == tuned.tuned_model.model
+    assert by_name.distillation_spec.base_teacher_model is None
+    assert _hone_job(vertex, by_name.name)["method"]["distillation"]["teacher"] == teacher
+
+    job = _ended(client, job, timeout=400)
+    assert job.state == types.JobState.JOB_STATE_SUCCEEDED, job.error
+    assert job.distillation_spec.prompt_dataset_uri == prompts and job.distillation_spec.base_teacher_model == teacher
+    stats = job.tuning_data_stats.distillation_data_stats.training_dataset_stats
+    assert (stats.tuning_dataset_example_count, stats.tuning_step_count) == (12, 6)  # 2 epochs of 3 batches
+    assert job.tuned_model.model.endswith("@1") and job.supervised_tuning_spec is None
+    sdk = vertex["project"].openai()
+    results = {sdk.files.retrieve(f).filename: f for f in _hone_job(vertex, job.name)["result_files"]}
+    answers = [
+        json.loads(line)
+        for line in base64.b64decode(sdk.files.content(results["teacher_answers.jsonl"]).text).splitlines()
+    ]
+    assert len(answers) == 12  # the Gemini prompts as chat: the system instruction, the ticket, the teacher's label
+    assert [[m["role"] for m in a["messages"]] for a in answers] == [["system", "user", "assistant"]] * 12
+    assert answers[0]["messages"][0]["content"] == SYSTEM
+    assert [a["messages"][-1]["content"] for a in answers] == [LABEL] * 12
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "says"),
+    [
+        ({"hyperParameters": {"learningRate": 0.001}}, "hyperParameters.learningRate", "learningRateMultiplier"),
+        ({"hyperParameters": {"sftLossWeightMultiplier": 0.5}}, "hyperParameters.sftLossWeightMultiplier", "SFT loss"),
+        ({"exportLastCheckpointOnly": True}, "exportLastCheckpointOnly", "every checkpoint"),
+        ({"studentModel": "hone-tiny"}, "studentModel", "baseModel"),
+        ({"trainingDatasetUri": "gs://b/x.jsonl"}, "trainingDatasetUri", "promptDatasetUri"),
+        ({"pipelineRootDirectory": "gs://b/pipeline"}, "pipelineRootDirectory", "no pipeline"),
+        ({"evaluationConfig": {"metrics": []}}, "evaluationConfig", "prompts only"),
+        ({"baseTeacherModel": None}, "baseTeacherModel", "exactly one of"),
+        ({"tunedTeacherModelSource": "projects/p/locations/l/models/m"}, "tunedTeacherModelSource", "exactly one"),
+        ({"baseTeacherModel": "gemini-9-ultra"}, "baseTeacherModel", "does not exist"),
+        ({"baseTeacherModel": "projects/p/locations/l/models/m@1"}, "baseTeacherModel", "tunedTeacherModelSource"),
+        (
+            {"baseTeacherModel": None, "tunedTeacherModelSource": "projects/{project}/locations/l/models/ftjob-none"},
+            "tunedTeacherModelSource",
+            "does not exist",
+        ),
+        (
+            {"promptDatasetUri": f"gs://{GCS_BUCKET}/tickets/train.jsonl"},  # answers, not prompts
+            "promptDatasetUri",
+            "prompts for its teacher to answer",
+        ),
+        (
+            {"validationDatasetUri": f"s3://{S3_BUCKET}/direct/valid.jsonl"},
+            "validationDatasetUri",
+            "prompts for its teacher to answer",
+        ),
+    ],
+    ids=[
+        "learningRate",
+        "sftLossWeightMultiplier",
+        "exportLastCheckpointOnly",
+        "studentModel",
+        "trainingDatasetUri",
+        "pipelineRootDirectory",
+        "evaluationConfig",
+        "no-teacher",
+        "two-teachers",
+        "unknown-teacher",
+        "tuned-teacher-as-base",
+        "unknown-tuned-teacher",
+        "examples-as-prompts",
+        "examples-as-validation-prompts",
+    ],
+)
+def test_what_a_distillation_spec_asks_that_hone_does_not_do_is_refused(vertex, spec, field, says):
+    """Each refusal names the Vertex field; a dataset imported for a refused job is removed again."""
+    project = vertex["project"].project_id
+    body = {
+        "baseModel": "hone-tiny",
+        "distillationSpec": {
+            "promptDatasetUri": f"gs://{GCS_BUCKET}/tickets/prompts.jsonl",
+            "baseTeacherModel": "hone-tiny",
+            **json.loads(json.dumps(spec).replace("{project}", project)),
+        },
+    }
+    body["distillationSpec"] = {k: v for k, v in body["distillationSpec"].items() if v is not None}
+    with _http(vertex) as http:
+        files_before = http.get("/v1/files").json()["data"]
+        error = _google_error(http.post(_parent(vertex) + "/tuningJobs", json=body), 400, "INVALID_ARGUMENT")
+        assert _violations(error)[0]["field"] == f"distillationSpec.{field}"
+        assert says in error["message"], error["message"]
+        assert http.get("/v1/files").json()["data"] == files_before
+
+
+def test_a_prompts_dataset_is_refused_for_supervised_tuning_and_an_openai_distillation_reads_as_vertex(vertex):
+    with _http(vertex) as http:
+        refused = _google_error(
+            http.post(
+                _parent(vertex) + "/tuningJobs",
+                json={
+                    "baseModel": "hone-tiny",
+                    "supervisedTuningSpec": {"trainingDatasetUri": f"gs://{GCS_BUCKET}/tickets/prompts.jsonl"},
+                },
+            ),
+            400,
+            "INVALID_ARGUMENT",
+        )
+    assert _violations(refused)[0]["field"] == "supervisedTuningSpec.trainingDatasetUri"
+    assert "Vertex/Gemini prompts" in refused["message"] and "'distillation' method" in refused["message"]
+    # A distillation job made on the OpenAI route shows its teacher as Vertex's baseTeacherModel.
+    openai = vertex["project"].openai()
+    prompts = [{"messages": [{"role": "user", "content": f"Ticket {i}"}]} for i in range(10)]
+    file_id = openai.files.create(file=("prompts.jsonl", jsonl(prompts)), purpose="fine-tune").id
+    with vertex["project"].http() as http:
+        created = http.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": "hone-tiny",
+                "training_file": file_id,
+                "method": {"type": "distillation", "distillation": {"teacher": "hone-tiny"}},
+            },
+        )
+        assert created.status_code == 200, created.text
+        job_id = created.json()["id"]
+    client = vertex["client"]
+    name = f"projects/{vertex['project'].project_id}/locations/{LOCATION}/tuningJobs/{job_id}"
+    client.tunings.cancel(name=name)
+    spec = client.tunings.get(name=name).distillation_spec
+    assert (spec.prompt_dataset_uri, spec.base_teacher_model) == (file_id, "hone-tiny")

@@ -60,6 +60,17 @@ class TuningSpec(Exact):
     evaluationConfig: dict[str, Any] = absent_or("As given: metrics, outputConfig.")
 
 
+class DistillationTuningSpec(Exact):
+    """Hone's `distillation`: the teacher's answers to the prompts train the student (baseModel) with the SFT loss."""
+
+    promptDatasetUri: str
+    validationDatasetUri: str = absent_or()
+    baseTeacherModel: str = absent_or("The teacher as given, or as Hone names it: a base, ft: or ext: model.")
+    tunedTeacherModelSource: str = absent_or("The teacher as given: a tuned model's name.")
+    hyperParameters: TuningHyperParameters
+    exportLastCheckpointOnly: bool = absent_or()
+
+
 class TuningError(Exact):
     code: int = Field(description="google.rpc.Code: 1 cancelled, 3 invalid argument, 13 internal.")
     message: str
@@ -89,9 +100,19 @@ class DataStats(Exact):
     tuningStepCount: Int64 = absent_or()
 
 
+class DatasetStats(Exact):
+    tuningDatasetExampleCount: Int64 = absent_or()
+    tuningStepCount: Int64 = absent_or()
+
+
+class DistillationDataStats(Exact):
+    trainingDatasetStats: DatasetStats
+
+
 class TuningDataStats(Exact):
     supervisedTuningDataStats: DataStats = absent_or()
     preferenceOptimizationDataStats: DataStats = absent_or()
+    distillationDataStats: DistillationDataStats = absent_or("The prompt dataset's (the teacher's answers uncounted).")
 
 
 class TuningJob(Exact):
@@ -103,6 +124,7 @@ class TuningJob(Exact):
     labels: dict[str, str] = absent_or()
     supervisedTuningSpec: TuningSpec = absent_or()
     preferenceOptimizationSpec: TuningSpec = absent_or()
+    distillationSpec: DistillationTuningSpec = absent_or()
     state: JobState
     tuningJobState: str = absent_or("v1beta1's sub-state while the job has not ended.")
     createTime: str

@@ -87,6 +87,32 @@ class PreferenceOptimizationSpec(SupervisedTuningSpec):
     hyper_parameters: PreferenceHyperParameters = Field(default_factory=PreferenceHyperParameters)
 
 
+class DistillationHyperParameters(HyperParameters):
+    # The weight of the student's SFT loss (Vertex mixes it with a distillation loss): Hone trains with the SFT loss
+    # alone, so only 1 is what it does (service/vertex/distillation.py refuses another value).
+    sft_loss_weight_multiplier: float | None = None
+
+
+class DistillationSpec(VertexBody):
+    """A teacher answers the prompts, and the student (baseModel) trains on the answers: Hone's `distillation`."""
+
+    refused = {
+        "studentModel": "give the student as baseModel (studentModel is deprecated).",
+        "trainingDatasetUri": "give the prompts as promptDatasetUri (trainingDatasetUri is deprecated).",
+        "pipelineRootDirectory": "Hone runs no pipeline: its artifacts (the teacher's answers, checkpoints) are kept "
+        "in Hone's storage and listed as the job's result files.",
+        "evaluationConfig": "Hone evaluates a tuned model against the answers of its dataset, and a distillation "
+        "dataset holds prompts only.",
+    }
+    prompt_dataset_uri: str = Field(min_length=1)
+    validation_dataset_uri: str | None = None
+    base_teacher_model: str | None = None
+    tuned_teacher_model_source: str | None = None
+    hyper_parameters: DistillationHyperParameters = Field(default_factory=DistillationHyperParameters)
+    export_last_checkpoint_only: bool | None = None
+    tuning_mode: Annotated[str | None, BeforeValidator(_tuning_mode)] = None  # the student's
+
+
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 MAX_LABELS = 16  # what a job's metadata holds
@@ -126,8 +152,8 @@ class CreateTuningJob(VertexBody):
     pre_tuned_model: dict[str, Any] | None = None
     supervised_tuning_spec: SupervisedTuningSpec | None = None
     preference_optimization_spec: PreferenceOptimizationSpec | None = None
+    distillation_spec: DistillationSpec | None = None
     # Specs Hone does not train; named so that asking for one gets a clear answer instead of being ignored.
-    distillation_spec: dict[str, Any] | None = None
     reinforcement_tuning_spec: dict[str, Any] | None = None
     partner_model_tuning_spec: dict[str, Any] | None = None
     full_fine_tuning_spec: dict[str, Any] | None = None

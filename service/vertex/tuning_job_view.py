@@ -17,7 +17,17 @@ from service.vertex.resources import VertexScope, rfc3339
 from service.vertex.schemas import ADAPTER_SIZE_OF_RANK
 from service.vertex.states import vertex_state
 
-SPEC_FIELDS = {"supervised": "supervisedTuningSpec", "dpo": "preferenceOptimizationSpec"}
+SPEC_FIELDS = {
+    "supervised": "supervisedTuningSpec",
+    "dpo": "preferenceOptimizationSpec",
+    "distillation": "distillationSpec",
+}
+# A spec's (training, validation) dataset fields: a distillation's training dataset is its prompts.
+DATASET_FIELDS = {
+    "supervisedTuningSpec": ("trainingDatasetUri", "validationDatasetUri"),
+    "preferenceOptimizationSpec": ("trainingDatasetUri", "validationDatasetUri"),
+    "distillationSpec": ("promptDatasetUri", "validationDatasetUri"),
+}
 STATS_FIELDS = {"supervised": "supervisedTuningDataStats", "dpo": "preferenceOptimizationDataStats"}
 # OpenAI hyperparameter -> Vertex hyperParameters field
 HYPERPARAMETERS = {
@@ -120,16 +130,27 @@ def _data_stats(job: Job, training: File | None) -> dict | None:
         "tuningStepCount": (job.live_metrics or {}).get("total_steps"),
     }
     known = {k: str(v) for k, v in stats.items() if isinstance(v, int)}
-    return {STATS_FIELDS.get(job.method["type"], STATS_FIELDS["supervised"]): known} if known else None
+    if not known:
+        return None
+    if job.method["type"] == "distillation":
+        # Vertex's DistillationDataStats: the prompt dataset's DatasetStats (which counts no billable tokens)
+        known.pop("totalBillableTokenCount", None)
+        return {"distillationDataStats": {"trainingDatasetStats": known}} if known else None
+    return {STATS_FIELDS.get(job.method["type"], STATS_FIELDS["supervised"]): known}
 
 
 def _view(
     scope: VertexScope, job: Job, training: File | None, endpoints: list[Endpoint], checkpoints: list[Checkpoint]
 ) -> dict:
     given = job.vertex_spec or {}
-    spec = {"trainingDatasetUri": given.get("trainingDatasetUri", job.training_file)}
+    spec_field = SPEC_FIELDS.get(job.method["type"], SPEC_FIELDS["supervised"])
+    training_field, validation_field = DATASET_FIELDS[spec_field]
+    spec = {training_field: given.get(training_field, job.training_file)}
     if job.validation_file:
-        spec["validationDatasetUri"] = given.get("validationDatasetUri", job.validation_file)
+        spec[validation_field] = given.get(validation_field, job.validation_file)
+    if job.method["type"] == "distillation":  # the teacher as given, or as Hone names it (an OpenAI-made job)
+        teacher: dict[str, str] = {f: given[f] for f in ("baseTeacherModel", "tunedTeacherModelSource") if f in given}
+        spec |= teacher or {"baseTeacherModel": job.method["distillation"]["teacher"]}
     spec["hyperParameters"] = _hyperparameters(job)
     if "exportLastCheckpointOnly" in given:
         spec["exportLastCheckpointOnly"] = given["exportLastCheckpointOnly"]
@@ -160,7 +181,7 @@ def _view(
         "tunedModelDisplayName": given.get("tunedModelDisplayName") or job.suffix,
         "description": given.get("description"),
         "labels": job.metadata_ or None,
-        SPEC_FIELDS.get(job.method["type"], SPEC_FIELDS["supervised"]): spec,
+        spec_field: spec,
         "state": state,
         "tuningJobState": sub_state,
         "createTime": rfc3339(job.created_at),

@@ -1,7 +1,9 @@
 """tuningJobs: Hone's fine-tuning jobs created, listed and cancelled through service.jobs, seen in Vertex's shape.
 
 A Vertex request becomes the OpenAI-shaped job request Hone already checks (base model, files, servability),
-with its datasets resolved to files first; errors name the Vertex field the problem came from."""
+with its datasets resolved to files first; errors name the Vertex field the problem came from. supervisedTuningSpec
+is Hone's `supervised` method, preferenceOptimizationSpec `dpo`, and distillationSpec `distillation` (its prompts the
+training file, its teacher the method's: service/vertex/sources.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service import dataset_grants, files, job_creation, jobs
 from service.context import AppContext
-from service.db.tables import Checkpoint, Job
+from service.db.tables import Job
 from service.errors import ApiError, ErrorCode, InvalidRequest, NotFound, param_from_loc
 from service.pagination import paginate
 from service.schemas import CreateFineTuningJob
@@ -23,10 +25,10 @@ from service.vertex.dataset_uris import ResolvedDataset, resolve_dataset
 from service.vertex.list_filter import filter_conditions
 from service.vertex.resources import VertexScope, check_id
 from service.vertex.schemas import CreateTuningJob
-from service.vertex.tuning_job_view import HYPERPARAMETERS, SPEC_FIELDS
+from service.vertex.sources import source_model, teacher_model
+from service.vertex.tuning_job_view import DATASET_FIELDS, HYPERPARAMETERS, SPEC_FIELDS
 
 _UNTRAINED_SPECS = (
-    "distillation_spec",
     "reinforcement_tuning_spec",
     "partner_model_tuning_spec",
     "full_fine_tuning_spec",
@@ -44,108 +46,41 @@ def _tuning_spec(body: CreateTuningJob):
         if getattr(body, name) is not None:
             field = CreateTuningJob.model_fields[name].alias
             raise InvalidRequest(
-                f"{field} is not supported by Hone; use supervisedTuningSpec or preferenceOptimizationSpec.",
+                f"{field} is not supported by Hone; use supervisedTuningSpec, preferenceOptimizationSpec or "
+                "distillationSpec.",
                 param=field,
                 code=ErrorCode.UNSUPPORTED_TUNING_SPEC,
             )
     given = [
         (t, s)
-        for t, s in (("supervised", body.supervised_tuning_spec), ("dpo", body.preference_optimization_spec))
+        for t, s in (
+            ("supervised", body.supervised_tuning_spec),
+            ("dpo", body.preference_optimization_spec),
+            ("distillation", body.distillation_spec),
+        )
         if s is not None
     ]
     if len(given) != 1:
         raise InvalidRequest(
-            "Give exactly one of supervisedTuningSpec and preferenceOptimizationSpec.",
+            "Give exactly one of supervisedTuningSpec, preferenceOptimizationSpec and distillationSpec.",
             param="supervisedTuningSpec",
             code=ErrorCode.INVALID_TUNING_SPEC,
         )
     return given[0]
 
 
-# A tuned model as this view names it (tunedModel.model): projects/{p}/locations/{l}/models/{job id}@1
-_TUNED_MODEL = re.compile(r"^projects/([^/]+)/locations/[^/]+/models/([^/@]+)(?:@([^/]+))?$")
-
-
-def _source_model(ctx: AppContext, scope: VertexScope, body: CreateTuningJob) -> tuple[str, dict]:
-    """The model the job request names, and what to echo of the source: a base model, or a tuned model (or one of
-    its checkpoints) that the job continues from (continuous tuning), by preTunedModel or a tuned model's name."""
-    pre = body.pre_tuned_model
-    if pre is not None:
-        if body.base_model:
-            raise InvalidRequest(
-                "baseModel and preTunedModel are one of a kind: give only one.",
-                param="preTunedModel",
-                code=ErrorCode.INVALID_VALUE,
-            )
-        name = pre.get("tunedModelName") or pre.get("tuned_model_name")
-        checkpoint = pre.get("checkpointId") or pre.get("checkpoint_id")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(
-                "preTunedModel.tunedModelName is required.",
-                param="preTunedModel.tunedModelName",
-                code=ErrorCode.MISSING_REQUIRED_PARAMETER,
-            )
-        if checkpoint is not None and not isinstance(checkpoint, str):
-            raise InvalidRequest(
-                "preTunedModel.checkpointId must be a string.",
-                param="preTunedModel.checkpointId",
-                code=ErrorCode.INVALID_VALUE,
-            )
-        model = _tuned_source(ctx, scope, name, checkpoint, "preTunedModel.tunedModelName")
-        given = {"tunedModelName": name, **({"checkpointId": checkpoint} if checkpoint else {})}
-        return model, {"preTunedModel": given}
-    if not body.base_model:
-        raise InvalidRequest("baseModel is required.", param="baseModel", code=ErrorCode.MISSING_REQUIRED_PARAMETER)
-    if _TUNED_MODEL.match(body.base_model):
-        return _tuned_source(ctx, scope, body.base_model, None, "baseModel"), {"baseModel": body.base_model}
-    return body.base_model, {}
-
-
-def _tuned_source(ctx: AppContext, scope: VertexScope, name: str, checkpoint: str | None, field: str) -> str:
-    """The Hone model name (ft:..., or a checkpoint's id) of a tuned model's Vertex name and checkpoint id."""
-    match = _TUNED_MODEL.match(name)
-    principal = scope.principal
-    missing = InvalidRequest(
-        f"Tuned model '{name}' does not exist or cannot be tuned further.",
-        param=field,
-        code=ErrorCode.MODEL_NOT_AVAILABLE,
-    )
-    if not match or match[1] not in (principal.project_id, principal.project_slug) or match[3] not in (None, "1"):
-        raise missing
-    with ctx.db.read() as session:
-        job = session.execute(select(Job).where(Job.id == match[2], Job.project_id == principal.project_id)).scalar()
-        if job is None:
-            raise missing
-        if checkpoint is not None:
-            found = session.execute(
-                select(Checkpoint.id).where(Checkpoint.job_id == job.id, Checkpoint.id == checkpoint)
-            ).scalar()
-            if found is None:
-                raise InvalidRequest(
-                    f"Tuned model '{name}' has no checkpoint '{checkpoint}'.",
-                    param="preTunedModel.checkpointId",
-                    code=ErrorCode.MODEL_NOT_AVAILABLE,
-                )
-            return found
-    if not job.fine_tuned_model:
-        raise InvalidRequest(
-            f"Tuned model '{name}' is not ready: its tuning job is {job.status}; continue one of "
-            "its checkpoints with preTunedModel.checkpointId, or wait.",
-            param=field,
-            code=ErrorCode.MODEL_NOT_AVAILABLE,
-        )
-    return job.fine_tuned_model
-
-
-def _vertex_param(param: str | None, spec_field: str) -> str | None:
+def _vertex_param(param: str | None, spec_field: str, teacher_field: str | None = None) -> str | None:
     """Names a parameter of the OpenAI-shaped job request by the Vertex field it came from."""
+    training, validation = DATASET_FIELDS[spec_field]
     top = {
         "model": "baseModel",
         "suffix": "tunedModelDisplayName",
         "metadata": "labels",
-        "training_file": f"{spec_field}.trainingDatasetUri",
-        "validation_file": f"{spec_field}.validationDatasetUri",
+        "training_file": f"{spec_field}.{training}",
+        "validation_file": f"{spec_field}.{validation}",
     }
+    if teacher_field:
+        top["method.distillation.teacher"] = f"{spec_field}.{teacher_field}"
     if param in top:
         return top[param]
     if (param or "").startswith("evaluation"):  # what Hone's evaluation refused of an evaluationConfig
@@ -160,8 +95,8 @@ def _vertex_param(param: str | None, spec_field: str) -> str | None:
 
 def _evaluation(ctx: AppContext, scope: VertexScope, spec, spec_field: str) -> tuple[dict | None, dict | None]:
     """An evaluationConfig as Hone's job `evaluation`, and what the Vertex view keeps of it (its output prefix
-    checked against the project's grants first)."""
-    config = spec.evaluation_config
+    checked against the project's grants first). A distillationSpec has none (it refuses one)."""
+    config = getattr(spec, "evaluation_config", None)
     if config is None:
         return None, None
     prefix = config.output_config.gcs_destination.output_uri_prefix
@@ -176,14 +111,21 @@ def _suffix(display_name: str | None) -> str | None:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", display_name or "").strip("-")[:64] or None
 
 
-def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob) -> dict:
-    method_type, spec = _tuning_spec(body)
-    spec_field = SPEC_FIELDS[method_type]
+def _refuse_unhonoured(spec, spec_field: str) -> None:
+    """400 for what a spec may ask that Hone does not do (never accepted and ignored)."""
     hp = spec.hyper_parameters
     if hp.learning_rate is not None:
         raise InvalidRequest(
             "learningRate is not supported: Hone scales its own learning rate by learningRateMultiplier.",
             param=f"{spec_field}.hyperParameters.learningRate",
+            code=ErrorCode.UNSUPPORTED_HYPERPARAMETER,
+        )
+    sft_weight = getattr(hp, "sft_loss_weight_multiplier", None)
+    if sft_weight is not None and sft_weight != 1:
+        raise InvalidRequest(
+            f"sftLossWeightMultiplier {sft_weight} is not supported: Hone trains the student on the teacher's "
+            "answers with the SFT loss alone (a multiplier of 1).",
+            param=f"{spec_field}.hyperParameters.sftLossWeightMultiplier",
             code=ErrorCode.UNSUPPORTED_HYPERPARAMETER,
         )
     if spec.export_last_checkpoint_only:
@@ -194,6 +136,13 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
             param=f"{spec_field}.exportLastCheckpointOnly",
             code=ErrorCode.UNSUPPORTED_PARAMETER,
         )
+
+
+def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob) -> dict:
+    method_type, spec = _tuning_spec(body)
+    spec_field = SPEC_FIELDS[method_type]
+    _refuse_unhonoured(spec, spec_field)
+    hp = spec.hyper_parameters
     hyperparameters = {
         "n_epochs": hp.epoch_count,
         "learning_rate_multiplier": hp.learning_rate_multiplier,
@@ -202,26 +151,28 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
         "beta": getattr(hp, "beta", None),
         "tuning_mode": spec.tuning_mode,
     }
-    model, source = _source_model(ctx, scope, body)
+    section: dict = {"hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None}}
+    model, source = source_model(ctx, scope, body)
+    teacher_field: str | None = None
+    teacher_echo: dict[str, str] = {}
+    if method_type == "distillation":  # the prompts' teacher (whether the project may call it: new_job checks)
+        section["teacher"], teacher_field, teacher_echo = teacher_model(ctx, scope, spec)
+    training_field, validation_field = DATASET_FIELDS[spec_field]
+    training_uri = spec.prompt_dataset_uri if method_type == "distillation" else spec.training_dataset_uri
     datasets: list[ResolvedDataset] = []
     try:
-        for uri, field in (
-            (spec.training_dataset_uri, "trainingDatasetUri"),
-            (spec.validation_dataset_uri, "validationDatasetUri"),
-        ):
+        for uri, field in ((training_uri, training_field), (spec.validation_dataset_uri, validation_field)):
             if uri is not None:
                 datasets.append(resolve_dataset(ctx, scope.principal, uri, f"{spec_field}.{field}"))
         evaluation, evaluation_extra = _evaluation(ctx, scope, spec, spec_field)
+        config = getattr(spec, "evaluation_config", None)
         request = CreateFineTuningJob.model_validate(
             {
                 **({"evaluation": evaluation} if evaluation is not None else {}),
                 "model": model,
                 "training_file": datasets[0].file_id,
                 "validation_file": datasets[1].file_id if len(datasets) > 1 else None,
-                "method": {
-                    "type": method_type,
-                    method_type: {"hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None}},
-                },
+                "method": {"type": method_type, method_type: section},
                 "suffix": _suffix(body.tuned_model_display_name),
                 "metadata": body.labels,
             }
@@ -229,12 +180,11 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
         vertex_spec = {
             "tunedModelDisplayName": body.tuned_model_display_name,
             "description": body.description,
-            "trainingDatasetUri": spec.training_dataset_uri,
-            "validationDatasetUri": spec.validation_dataset_uri,
+            training_field: training_uri,
+            validation_field: spec.validation_dataset_uri,
+            **teacher_echo,
             "exportLastCheckpointOnly": spec.export_last_checkpoint_only,
-            "evaluationConfig": (
-                spec.evaluation_config.model_dump(by_alias=True, exclude_none=True) if spec.evaluation_config else None
-            ),
+            "evaluationConfig": config.model_dump(by_alias=True, exclude_none=True) if config else None,
             **source,
         }
         job = job_creation.new_job(
@@ -247,14 +197,14 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
     except ValidationError as exc:
         _discard(ctx, scope, datasets)
         first = exc.errors()[0]
-        param = _vertex_param(param_from_loc(tuple(first["loc"])), spec_field)
+        param = _vertex_param(param_from_loc(tuple(first["loc"])), spec_field, teacher_field)
         raise InvalidRequest(
             f"Invalid value for '{param}': {first['msg']}.", param=param, code=ErrorCode.INVALID_VALUE
         ) from None
     except BaseException as exc:
         _discard(ctx, scope, datasets)  # a refused job leaves no imported files behind
         if isinstance(exc, ApiError):
-            exc.param = _vertex_param(exc.param, spec_field)
+            exc.param = _vertex_param(exc.param, spec_field, teacher_field)
             if exc.param == "baseModel" and "preTunedModel" in source:
                 exc.param = "preTunedModel.tunedModelName"
         raise

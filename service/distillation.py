@@ -11,7 +11,7 @@ from hone_kernel.trainer_contract import Distillation
 from service import external_models
 from service.base_models import TrainingDefaults
 from service.context import AppContext
-from service.errors import ErrorCode, InvalidRequest, excerpt
+from service.errors import ErrorCode, InvalidRequest
 from service.schemas import DistillationMethod
 from service.settings import GradersSettings
 
@@ -29,13 +29,9 @@ def check_method(section: DistillationMethod | None) -> None:
 
 
 def check_teacher(ctx: AppContext, session: Session, project_id: str, method: dict) -> None:
-    teacher = method["distillation"]["teacher"]
-    if not external_models.callable_model(ctx, session, project_id, teacher):
-        raise InvalidRequest(
-            f"The teacher '{excerpt(teacher)}' does not exist or you do not have access to it.",
-            param=f"{PARAM}.teacher",
-            code=ErrorCode.MODEL_NOT_FOUND,
-        )
+    external_models.require_callable(
+        ctx, session, project_id, method["distillation"]["teacher"], param=f"{PARAM}.teacher", role="teacher"
+    )
 
 
 def resolve(hp: dict, d: TrainingDefaults) -> dict:

@@ -146,6 +146,21 @@ def callable_model(ctx: AppContext, session: Session, project_id: str, model: st
     return True
 
 
+def require_callable(
+    ctx: AppContext, session: Session, project_id: str, model: str, *, param: str, role: str = "model"
+) -> None:
+    """400 `model_not_found` naming `param` unless the project can call `model` (another project's model does not
+    exist for this one). `role` names it in the message: "model", "grader's model", "teacher"."""
+    if callable_model(ctx, session, project_id, model):
+        return
+    what = (
+        "is not an external model of this project"
+        if model.startswith(PREFIX)
+        else "does not exist or you do not have access to it"
+    )
+    raise InvalidRequest(f"The {role} '{excerpt(model)}' {what}.", param=param, code=ErrorCode.MODEL_NOT_FOUND)
+
+
 def _by_name(session: Session, project_id: str, name: str) -> ExternalModel | None:
     if not name.startswith(PREFIX):
         return None

@@ -160,15 +160,9 @@ class Graders:
     def _check_models(self, project_id: str, models: set[str], param: str, whose: str) -> None:
         with self.ctx.db.read() as session:
             for model in sorted(models):
-                if not external_models.callable_model(self.ctx, session, project_id, model):
-                    what = (
-                        "is not an external model of this project"
-                        if model.startswith(external_models.PREFIX)
-                        else "does not exist or you do not have access to it"
-                    )
-                    raise InvalidRequest(
-                        f"The {whose}model '{excerpt(model)}' {what}.", param=param, code=ErrorCode.MODEL_NOT_FOUND
-                    )
+                external_models.require_callable(
+                    self.ctx, session, project_id, model, param=param, role=f"{whose}model"
+                )
 
     async def validate(self, principal: ProjectPrincipal, grader: Any) -> dict[str, Any]:
         await self.check_models(principal, grader)

@@ -91,12 +91,8 @@ def plan(
     compare = base_model if asked.compare_to == "base" else asked.compare_to
     models = {compare} | {m for c in asked.testing_criteria or [] for m in models_of(c)}
     for model in sorted(models):  # an external one too: the model the team runs today, outside Hone
-        if not external_models.callable_model(ctx, session, principal.project_id, model):
-            raise _refuse(
-                f"The model '{excerpt(model)}' does not exist or you do not have access to it.",
-                "compare_to" if model == compare else "testing_criteria",
-                ErrorCode.MODEL_NOT_FOUND,
-            )
+        field = "compare_to" if model == compare else "testing_criteria"
+        external_models.require_callable(ctx, session, principal.project_id, model, param=f"{PARAM}.{field}")
     criteria = [c.model_dump(exclude_none=True) for c in asked.testing_criteria or []]
     # A reinforcement job's own grader scores by default (its models were checked with the job's method), and the
     # summary compares its mean reward; other criteria compare pass rates.

@@ -56,12 +56,9 @@ def check_grader_models(ctx: AppContext, session: Session, project_id: str, meth
     """400 when the grader samples a model the project cannot call (another project's reads as missing)."""
     grader = grader_spec.parse(method[method["type"]]["grader"])
     for model in sorted(grader_spec.models_of(grader)):
-        if not external_models.callable_model(ctx, session, project_id, model):
-            raise InvalidRequest(
-                f"The grader's model '{excerpt(model)}' does not exist or you do not have access to it.",
-                param=f"{PARAM}.grader.model",
-                code=ErrorCode.MODEL_NOT_FOUND,
-            )
+        external_models.require_callable(
+            ctx, session, project_id, model, param=f"{PARAM}.grader.model", role="grader's model"
+        )
 
 
 def resolve(hp: dict, examples: int, d: TrainingDefaults) -> dict:

@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         s3_max_attempts=spec.s3_max_attempts,
         s3_timeout_s=spec.s3_timeout_s,
     )
-    reporter = Reporter(spec.callback_url, spec.token, spec.job_id, spec.control_plane_timeout_s)  # its first heartbeat goes out at once
+    reporter = Reporter(
+        spec.callback_url, spec.token, spec.job_id, spec.control_plane_timeout_s
+    )  # its first heartbeat goes out at once
     with main_thread.busy():  # transformers and torch take seconds to import: heartbeats go on meanwhile
         route_transformers_logs()
         from trainer.loop import Run, install_stop_handler

@@ -607,6 +607,7 @@ def test_sdk_distills_the_tuned_model_into_a_student(vertex):
         ({"trainingDatasetUri": "gs://b/x.jsonl"}, "trainingDatasetUri", "promptDatasetUri"),
         ({"pipelineRootDirectory": "gs://b/pipeline"}, "pipelineRootDirectory", "no pipeline"),
         ({"evaluationConfig": {"metrics": []}}, "evaluationConfig", "prompts only"),
+        ({"hyperParameters": {"generationConfig": {"topP": 0.9}}}, "hyperParameters.generationConfig.topP", "topP"),
         ({"baseTeacherModel": None}, "baseTeacherModel", "exactly one of"),
         ({"tunedTeacherModelSource": "projects/p/locations/l/models/m"}, "tunedTeacherModelSource", "exactly one"),
         ({"baseTeacherModel": "gemini-9-ultra"}, "baseTeacherModel", "does not exist"),
@@ -635,6 +636,7 @@ def test_sdk_distills_the_tuned_model_into_a_student(vertex):
         "trainingDatasetUri",
         "pipelineRootDirectory",
         "evaluationConfig",
+        "teacher-topP",
         "no-teacher",
         "two-teachers",
         "unknown-teacher",
@@ -699,3 +701,24 @@ def test_a_prompts_dataset_is_refused_for_supervised_tuning_and_an_openai_distil
     client.tunings.cancel(name=name)
     spec = client.tunings.get(name=name).distillation_spec
     assert (spec.prompt_dataset_uri, spec.base_teacher_model) == (file_id, "hone-tiny")
+    # How the teacher answers: Vertex's generationConfig is the method's temperature, samples and answer length.
+    with _http(vertex) as http:
+        created = http.post(
+            _parent(vertex) + "/tuningJobs",
+            json={
+                "baseModel": "hone-tiny",
+                "distillationSpec": {
+                    "promptDatasetUri": f"gs://{GCS_BUCKET}/tickets/prompts.jsonl",
+                    "baseTeacherModel": "hone-tiny",
+                    "hyperParameters": {
+                        "generationConfig": {"temperature": 0.5, "candidateCount": 2, "maxOutputTokens": 8}
+                    },
+                },
+            },
+        )
+        assert created.status_code == 200, created.text
+    client.tunings.cancel(name=created.json()["name"])
+    hp = _hone_job(vertex, created.json()["name"])["method"]["distillation"]["hyperparameters"]
+    assert (hp["temperature"], hp["samples_per_prompt"], hp["max_completion_tokens"]) == (0.5, 2, 8)
+    shown = client.tunings.get(name=created.json()["name"]).distillation_spec.hyper_parameters.generation_config
+    assert (shown.temperature, shown.candidate_count, shown.max_output_tokens) == (0.5, 2, 8)

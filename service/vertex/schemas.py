@@ -87,10 +87,20 @@ class PreferenceOptimizationSpec(SupervisedTuningSpec):
     hyper_parameters: PreferenceHyperParameters = Field(default_factory=PreferenceHyperParameters)
 
 
+class TeacherGeneration(VertexBody):
+    """How the teacher answers (DistillationHyperParameters.generationConfig): Hone's teacher `temperature`,
+    `samples_per_prompt` and `max_completion_tokens`; any other GenerationConfig field is refused."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    candidate_count: int | None = Field(default=None, ge=1, le=16)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=32768)
+
+
 class DistillationHyperParameters(HyperParameters):
     # The weight of the student's SFT loss (Vertex mixes it with a distillation loss): Hone trains with the SFT loss
     # alone, so only 1 is what it does (service/vertex/distillation.py refuses another value).
     sft_loss_weight_multiplier: float | None = None
+    generation_config: TeacherGeneration | None = None
 
 
 class DistillationSpec(VertexBody):

@@ -84,6 +84,13 @@ def _hyperparameters(job: Job) -> dict:
         if value is None or value == "auto":
             continue
         out[field] = str(value) if name in ("n_epochs", "batch_size") else value  # int64 as a string
+    if job.method["type"] == "distillation":  # how the teacher answered, as resolved
+        teacher = {
+            "temperature": hp.get("temperature"),
+            "candidateCount": hp.get("samples_per_prompt"),
+            "maxOutputTokens": hp.get("max_completion_tokens"),
+        }
+        out["generationConfig"] = {k: v for k, v in teacher.items() if v not in (None, "auto")}
     return out
 
 

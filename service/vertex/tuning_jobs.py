@@ -151,6 +151,13 @@ def create_tuning_job(ctx: AppContext, scope: VertexScope, body: CreateTuningJob
         "beta": getattr(hp, "beta", None),
         "tuning_mode": spec.tuning_mode,
     }
+    teacher_generation = getattr(hp, "generation_config", None)
+    if teacher_generation is not None:  # distillation: how the teacher answers
+        hyperparameters.update(
+            temperature=teacher_generation.temperature,
+            samples_per_prompt=teacher_generation.candidate_count,
+            max_completion_tokens=teacher_generation.max_output_tokens,
+        )
     section: dict = {"hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None}}
     model, source = source_model(ctx, scope, body)
     teacher_field: str | None = None

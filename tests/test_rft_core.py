@@ -114,6 +114,10 @@ def tiny(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("models")
     base, tokenizer = load_base("hone-tiny", "builtin:hone-tiny", str(folder))
+    # LoRA's A matrices are drawn from torch's global generator, whose state depends on what the worker ran
+    # before: seeded, so the test is the same in any order. (Unseeded, at lr 0.5, the steps overshot in one CI run:
+    # 5 of 12 seeds failed at 0.5, none at 0.1.)
+    torch.manual_seed(0)
     model = wrap_for_tuning(base, Hyperparameters(n_epochs=1, batch_size=1, learning_rate=1e-2))
     assert tiny_model.TINY_MODEL == "hone-tiny"
     return model, tokenizer
@@ -145,7 +149,7 @@ def test_the_loss_makes_better_answers_likelier_and_the_reference_is_the_start(t
             return sequence_logprobs(model, mb).tolist()
 
     before = logps()
-    optimizer = torch.optim.SGD(trainable, lr=0.5)
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
     for _ in range(3):
         policy_loss(model, rollouts, [1.0, -1.0], 0.04, starting, 4096, tokenizer.pad_token_id)
         optimizer.step()

@@ -177,6 +177,20 @@ class Distillation:
 
 
 @dataclass
+class Resources:
+    """The processes a run trains in: `nodes` machines with `gpus_per_node` devices each, one trainer process per
+    device under torchrun (DDP for adapters, FSDP for full weights; trainer/distributed.py). On a host without
+    GPUs the local executor runs one CPU process (gloo) per device asked for. The defaults are one process."""
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass
 class TrainSpec:
     job_id: str
     fine_tuned_model: str
@@ -212,6 +226,8 @@ class TrainSpec:
     wandb_base_url: str | None = None
     reinforcement: Reinforcement | None = None  # method "reinforcement" only
     distillation: Distillation | None = None  # method "distillation" only
+    # How many processes train it; each checks WORLD_SIZE against it (a launcher that started too few fails fast)
+    resources: Resources = field(default_factory=Resources)
     contract_version: int = CONTRACT_VERSION  # required in spec.json: see from_json
 
     def to_json(self) -> bytes:
@@ -243,5 +259,7 @@ class TrainSpec:
             data["reinforcement"] = Reinforcement(**data["reinforcement"])
         if data.get("distillation"):
             data["distillation"] = Distillation(**data["distillation"])
+        if data.get("resources"):
+            data["resources"] = Resources(**data["resources"])
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})

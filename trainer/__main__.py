@@ -11,10 +11,13 @@ import threading
 from pathlib import Path
 
 from hone_kernel.jsonlog import route_transformers_logs
-from hone_kernel.trainer_contract import ContractError, ExitCode, TrainSpec
+from hone_kernel.trainer_contract import FAIL, ContractError, ExitCode, Failure, TrainSpec
+from hone_kernel.trainer_contract import message as message_of
 from trainer.blobs import StorageError, open_blobs, split_url
+from trainer.failures import FatalError
 from trainer.logs import bind, configure_logging
-from trainer.reporting import Reporter, main_thread
+from trainer.ranks import launched_rank
+from trainer.reporting import QuietReporter, Reporter, main_thread
 
 
 def exit_on_thread_crash() -> None:
@@ -50,21 +53,33 @@ def main(argv: list[str] | None = None) -> int:
     except ContractError as exc:
         logging.getLogger("hone.trainer").error("cannot read the spec: %s", exc)
         return ExitCode.FATAL
-    bind(job_id=spec.job_id, attempt=spec.attempt)
+    rank = launched_rank()
+    bind(job_id=spec.job_id, attempt=spec.attempt, **({"rank": rank} if spec.resources.world_size > 1 else {}))
     blobs = open_blobs(
         spec.storage_url,
         spec.s3_endpoint_url or args.s3_endpoint_url,
         s3_max_attempts=spec.s3_max_attempts,
         s3_timeout_s=spec.s3_timeout_s,
     )
-    reporter = Reporter(
-        spec.callback_url, spec.token, spec.job_id, spec.control_plane_timeout_s
-    )  # its first heartbeat goes out at once
+    # Rank 0 alone talks to the control plane (a data-parallel run's others: trainer/distributed.py)
+    reporter: Reporter | QuietReporter = (
+        Reporter(spec.callback_url, spec.token, spec.job_id, spec.control_plane_timeout_s)  # beats at once
+        if rank == 0
+        else QuietReporter()
+    )
     with main_thread.busy():  # transformers and torch take seconds to import: heartbeats go on meanwhile
         route_transformers_logs()
+        from trainer import distributed
         from trainer.loop import Run, install_stop_handler
+    try:
+        with main_thread.busy():
+            world = distributed.join(spec)
+    except FatalError as exc:
+        reporter.call(FAIL, message_of(Failure(exc.code, exc.message)))
+        reporter.close()
+        return ExitCode.FATAL
     with tempfile.TemporaryDirectory(prefix=f"hone-{spec.job_id}-", dir=args.workdir) as workdir:
-        run = Run(spec, blobs, reporter, Path(workdir))
+        run = Run(spec, blobs, reporter, Path(workdir), world)  # type: ignore[arg-type]
         install_stop_handler(run)
         logging.getLogger("hone.trainer").info(
             "starting %s attempt %s", spec.job_id, spec.attempt, extra={"model": spec.model_name, "method": spec.method}
@@ -78,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != ExitCode.SUPERSEDED:
         reporter.flush(timeout=30)
     reporter.close()
+    distributed.leave(world)
     return code
 
 

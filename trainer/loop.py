@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -18,6 +19,7 @@ from trainer import checkpoints, distill, dpo, outputs, rft, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
+from trainer.distributed import SupervisedStep, World
 from trainer.failures import Diverged, FatalError
 from trainer.flops import flops_per_token, mfu, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, loss_sums, tunable
@@ -28,10 +30,14 @@ log = logging.getLogger("hone.trainer")
 
 
 class Run:
-    def __init__(self, spec: TrainSpec, blobs: Blobs, reporter: Reporter, workdir: Path):
+    def __init__(self, spec: TrainSpec, blobs: Blobs, reporter: Reporter, workdir: Path, world: World | None = None):
         self.spec, self.blobs, self.reporter, self.workdir = spec, blobs, reporter, workdir
+        self.world = world or World()  # data-parallel ranks (trainer/distributed.py); rank 0 reports and publishes
         self.stop_requested = False
-        self.wandb = WandbLog(spec, reporter, workdir)  # opens its run at the first step, if the job has one
+        # opens its run at the first step, if the job has one (rank 0's only)
+        self.wandb = WandbLog(
+            spec if self.world.main else dataclasses.replace(spec, integrations=[]), reporter, workdir
+        )
 
     def request_stop(self, *_):
         self.stop_requested = True
@@ -77,6 +83,8 @@ class Run:
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
         if spec.method == "dpo" and spec.hyperparameters.tuning_mode != "lora":
             raise FatalError("unsupported_method", "DPO trains a LoRA adapter; use tuning_mode 'lora'.")
+        if self.world.parallel and spec.method != "supervised":
+            raise FatalError("unsupported_method", f"The {spec.method} method trains in one process only.")
         try:
             base, self.tokenizer = load_base(spec.model_name, spec.model_source, spec.model_cache_dir)
         except ModelLoadError as exc:
@@ -103,6 +111,7 @@ class Run:
             else None
         )
         hp = spec.hyperparameters
+        self.supervised = SupervisedStep(self.model, self.world)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         self.per_epoch = steps_per_epoch(len(self.train), hp.batch_size)
@@ -167,15 +176,13 @@ class Run:
             self._optimizer_step()
             self.trained_tokens += sum(len(ex.input_ids) for pair in batch for ex in pair)
             return metrics
-        mbs = self._layout(batch)
-        targets = sum(mb.targets for mb in mbs)
+        mine = self.world.shard(batch)  # all of it in one process
+        # A rank with no example this step (a batch smaller than the world) still joins the gradient sync
+        mbs = self._layout(mine or batch[:1])
         self.model.train()
-        loss_total, correct_total = 0.0, 0
-        for mb in mbs:
-            loss, correct = loss_sums(self.model, mb)
-            (loss / targets).backward()
-            loss_total += float(loss.detach())
-            correct_total += int(correct)
+        loss_total, correct_total, targets = self.supervised.run(
+            mbs, sum(mb.targets for mb in mbs) if mine else 0, 1.0 if mine else 0.0
+        )
         if not math.isfinite(loss_total):  # before the optimizer step: the weights are still the last good ones
             raise Diverged("training loss", loss_total)
         self._optimizer_step()
@@ -225,10 +232,10 @@ class Run:
         figure = "reward_mean" if self.reinforce is not None else "loss"
         words = "reward mean" if self.reinforce is not None else "loss"
         message = f"Step {step}/{self.total_steps}: training {words}={train['train_' + figure]:.2f}"
-        if self.valid and (step % self.eval_interval == 0 or step == self.total_steps):
+        if self.valid and self.world.main and (step % self.eval_interval == 0 or step == self.total_steps):
             data.update(self._validation(self.valid[: self.spec.eval_examples], "valid"))
             message += f", validation {words}={data['valid_' + figure]:.2f}"
-        if self.valid and step == self.total_steps:
+        if self.valid and self.world.main and step == self.total_steps:
             data.update(self._validation(self.valid, "full_valid"))
             message += f", full validation {words}={data['full_valid_' + figure]:.2f}"
         self.reporter.event(message, type="metrics", data=data, key=f"step:{step}")
@@ -263,6 +270,8 @@ class Run:
         return figures
 
     def _checkpoint(self, metrics: dict) -> None:
+        if not self.world.main:  # the weights are the same on every rank: rank 0's checkpoint is the run's
+            return
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -337,9 +346,11 @@ class Run:
         started, first_step = time.monotonic(), self.step
         last_metrics: dict = {}
         while self.step < self.total_steps:
-            if self._should_quit():
+            # every rank stops at the same step: a SIGTERM may reach them a step apart
+            quit_run, stop = self.world.any(self._should_quit(), self.stop_requested)
+            if quit_run:
                 return ExitCode.SUPERSEDED
-            if self.stop_requested:
+            if stop:
                 if not last_metrics:
                     return ExitCode.STOPPED  # nothing new since the last checkpoint
                 with main_thread.busy():
@@ -369,6 +380,8 @@ class Run:
                 with main_thread.busy():
                     self._checkpoint(last_metrics)
                 last_metrics = {}
+        if not self.world.main:  # rank 0 publishes and completes the run
+            return ExitCode.OK
         with main_thread.busy():
             adapter_prefix = self._publish()
         final = self.rows[-1] if self.rows else {}

@@ -266,3 +266,30 @@ class Reporter:
             self._lock.notify_all()
         self._thread.join(timeout=5)
         self._http.close()
+
+
+class QuietReporter:
+    """The reporter of a data-parallel rank other than 0 (trainer/distributed.py): rank 0 alone talks to the control
+    plane, and tells the others what it heard through the per-step stop agreement."""
+
+    job_status: str | None = None
+    superseded = False
+    lost = False
+
+    def event(self, message: str, **_) -> None:
+        pass
+
+    def checkpoint(self, step: int, metrics: dict, prefix: str) -> None:
+        pass
+
+    def progress(self, **fields) -> None:
+        main_thread.mark()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def call(self, path: str, body: dict) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass

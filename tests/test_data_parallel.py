@@ -1,0 +1,218 @@
+"""Data-parallel training on 2 CPU processes (gloo), as the launcher starts them: real `python -m trainer.ranks`
+subprocesses on hone-tiny, reporting to a recording control plane over HTTP.
+
+- Two ranks with the same global batch give the losses and weights of one process, to a stated tolerance (the only
+  difference is the order floats are summed in: each rank packs its half of a step into its own rows).
+- Killing one rank ends the attempt as a crash (the other rank is ended too, not left waiting on it), and the next
+  attempt resumes from the last checkpoint with the very losses and weights of the run that was never killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from hone_kernel.trainer_contract import ExitCode, FileRef, Hyperparameters, Resources, TrainSpec
+from tests.support import MODEL_CACHE, REPO, chat_line, free_port, wait_for
+from trainer.ranks import outcome
+
+# Relative tolerance on each step's loss and absolute on each adapter weight, between 1 and 2 processes: float32
+# sums in another order differ in the last bits, which 20 Adam steps grow to ~1e-6 here.
+LOSS_RTOL, WEIGHT_ATOL = 1e-4, 1e-4
+TIMEOUT_S = 300
+
+
+class ControlPlane(BaseHTTPRequestHandler):
+    """Records what the trainer reports (rank 0's); says the job runs, and succeeds when completed."""
+
+    bodies: list[tuple[str, dict]] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).bodies.append((self.path, body))
+        reply = json.dumps({"status": "succeeded" if self.path.endswith("/complete") else "running"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def control_plane():
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), ControlPlane)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+ROWS = [
+    chat_line(f"Ticket {i}: my {['invoice', 'login', 'order'][i % 3]} is wrong", ["Billing", "Account", "Sales"][i % 3])
+    for i in range(24)
+]
+
+
+def write_spec(root: Path, job_id: str, callback: str, processes: int, epochs: int, attempt: int = 1) -> str:
+    (root / "files").mkdir(parents=True, exist_ok=True)
+    (root / "files" / "train").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    spec = TrainSpec(
+        job_id=job_id,
+        fine_tuned_model=f"ft:hone-tiny:p::{job_id}",
+        model_name="hone-tiny",
+        model_source="builtin:hone-tiny",
+        model_cache_dir=str(MODEL_CACHE),
+        storage_url=root.as_uri(),
+        training_file=FileRef("files/train", "openai_chat"),
+        validation_file=None,
+        method="supervised",
+        hyperparameters=Hyperparameters(n_epochs=epochs, batch_size=8, learning_rate=5e-3, lr_scheduler="linear"),
+        seed=3,
+        output_prefix=f"jobs/{job_id}/",
+        callback_url=callback,
+        token="t",
+        attempt=attempt,
+        checkpoint_interval_steps=3,
+        resources=Resources(nodes=1, gpus_per_node=processes),
+    )
+    key = f"jobs/{job_id}/spec.json"
+    (root / key).parent.mkdir(parents=True, exist_ok=True)
+    (root / key).write_bytes(spec.to_json())
+    return (root / key).as_uri()
+
+
+def start(spec_url: str, processes: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", CUDA_VISIBLE_DEVICES="")
+    command = ["trainer.ranks", "--nproc-per-node", str(processes)] if processes > 1 else ["trainer"]
+    return subprocess.Popen(
+        [sys.executable, "-m", *command, "--spec", spec_url],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def losses(job_id: str) -> dict[int, float]:
+    return {
+        e["data"]["step"]: e["data"]["train_loss"]
+        for path, body in ControlPlane.bodies
+        if f"/jobs/{job_id}/" in path
+        for e in body.get("events", [])
+        if e["type"] == "metrics"
+    }
+
+
+def adapter(root: Path, job_id: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(root / f"jobs/{job_id}/adapter/adapter_model.safetensors")
+
+
+def assert_same_run(a: dict[int, float], b: dict[int, float], wa: dict, wb: dict) -> None:
+    """`a`'s steps (a killed rank 0 may not have delivered its last reports) and weights are `b`'s."""
+    assert a and a.keys() <= b.keys() and max(a) == max(b)
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=LOSS_RTOL), (step, a[step], b[step])
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < WEIGHT_ATOL
+
+
+@pytest.fixture(scope="module")
+def two_ranks(control_plane, tmp_path_factory):
+    """A 2-rank run of 12 steps (24 examples, batch 8, 4 epochs), and the same job in one process."""
+    root = tmp_path_factory.mktemp("dp")
+    runs = {
+        name: start(write_spec(root, name, control_plane, n, epochs=4), n)
+        for name, n in (("ftjob-one", 1), ("ftjob-two", 2))
+    }
+    for name, proc in runs.items():
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == ExitCode.OK, (name, err.decode()[-3000:])
+    return root
+
+
+def test_two_ranks_train_as_one_process_with_the_same_global_batch(two_ranks):
+    one, two = losses("ftjob-one"), losses("ftjob-two")
+    assert sorted(one) == sorted(two) == list(range(1, 13))
+    assert_same_run(one, two, adapter(two_ranks, "ftjob-one"), adapter(two_ranks, "ftjob-two"))
+    assert one[12] < one[1] * 0.7  # and it trained: not two runs that both did nothing
+    # Rank 0 alone reports: one event per step, not one per rank.
+    steps = [
+        e for p, b in ControlPlane.bodies if "/ftjob-two/" in p for e in b.get("events", []) if e["type"] == "metrics"
+    ]
+    assert len(steps) == 12
+
+
+def _ranks_of(launcher: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(launcher):
+            found.append(int(status.parent.name))
+    return sorted(found)
+
+
+def test_killing_one_rank_crashes_the_attempt_and_the_next_resumes_exactly(control_plane, tmp_path):
+    job = "ftjob-kill"
+    reference = start(write_spec(tmp_path / "ref", job + "ref", control_plane, 2, epochs=12), 2)
+    proc = start(write_spec(tmp_path / "run", job, control_plane, 2, epochs=12), 2)
+    # After its first checkpoint (step 3 of 36), one rank is killed as the OOM killer or a lost node would.
+    wait_for(
+        lambda: (tmp_path / f"run/jobs/{job}/checkpoints/step-3/COMPLETE").exists(),
+        TIMEOUT_S,
+        0.05,
+        "the first checkpoint",
+    )
+    ranks = _ranks_of(proc.pid)
+    assert len(ranks) == 2
+    os.kill(ranks[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.KILLED, err.decode()[-3000:]  # a crash: the scheduler retries it
+    assert not any(
+        Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        for pid in ranks
+    ), "the other rank was left running"
+    reached = max(losses(job))
+    assert reached < 36, "the run ended before the kill: make it longer"
+
+    retry = start(write_spec(tmp_path / "run", job, control_plane, 2, epochs=12, attempt=2), 2)
+    _, err = retry.communicate(timeout=TIMEOUT_S)
+    assert retry.returncode == ExitCode.OK, err.decode()[-3000:]
+    _, err = reference.communicate(timeout=TIMEOUT_S)
+    assert reference.returncode == ExitCode.OK, err.decode()[-3000:]
+    resumed = [
+        e
+        for p, b in ControlPlane.bodies
+        if f"/{job}/" in p
+        for e in b.get("events", [])
+        if "Resumed from" in e["message"]
+    ]
+    assert resumed and resumed[0]["data"]["step"] >= 3
+    assert set(range(resumed[0]["data"]["step"] + 1, 37)) <= losses(job).keys()  # every step after it reported
+    assert_same_run(
+        losses(job), losses(job + "ref"), adapter(tmp_path / "run", job), adapter(tmp_path / "ref", job + "ref")
+    )
+
+
+def test_the_launcher_passes_the_ranks_endings_through():
+    assert outcome({0: ExitCode.STOPPED, 1: ExitCode.STOPPED}, set()) == ExitCode.STOPPED  # a pause
+    assert outcome({0: ExitCode.OK, 1: ExitCode.OK}, set()) == ExitCode.OK
+    assert outcome({0: ExitCode.FATAL, 1: ExitCode.FATAL}, set()) == ExitCode.FATAL
+    # a rank killed from outside is a crash, whatever the ranks the launcher then ended say
+    assert outcome({0: -9, 1: 137}, {0}) == ExitCode.KILLED
+    assert outcome({0: ExitCode.OK, 1: 1}, set()) == 1

@@ -1,0 +1,137 @@
+"""Data-parallel training: one trainer process per device, each taking a share of every optimizer step's batch.
+
+A run of `TrainSpec.resources.world_size` processes is started by `trainer.ranks` (one machine, or one launcher per
+node) or by torchrun; either sets torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT),
+read here and nowhere else. What stays the same whatever the number of processes:
+
+- the examples of each step: every rank computes the step's global batch (trainer/batches.py, a pure function of
+  seed and step) and takes the examples at its own positions in it (`shard`);
+- the loss: each rank's summed token losses are divided by the step's target tokens counted over all ranks, and
+  DistributedDataParallel averages the gradients, so the update is the one a single process makes for the whole
+  batch (up to float summation order);
+- resume: a checkpoint holds the global step, which is all any rank needs to find its place.
+
+Rank 0 alone reports, evaluates, checkpoints and publishes (the weights are the same on every rank after each
+step); every step all ranks agree whether to stop (a SIGTERM may reach them a step apart) with one small all-reduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from hone_kernel.trainer_contract import TrainSpec
+from trainer.batches import MicroBatch
+from trainer.failures import FatalError
+from trainer.modeling import loss_sums
+
+# Ranks wait on each other while rank 0 evaluates or checkpoints a large model: generous, but not forever.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+    def shard(self, batch: list) -> list:
+        """This rank's examples of a step's global batch: every size-th, from its rank."""
+        return batch[self.rank :: self.size]
+
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over the ranks (as float64: token counts stay exact)."""
+        if not self.parallel:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag, true on every rank if it is true on any."""
+        if not self.parallel:
+            return list(flags)
+        tensor = torch.tensor([int(f) for f in flags], dtype=torch.int64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in tensor.tolist()]
+
+
+def join(spec: TrainSpec) -> World:
+    """This process's place in the run, with the process group joined when there are several."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    expected = spec.resources.world_size
+    if size != expected:
+        raise FatalError(
+            "invalid_resources",
+            f"The job asks for {expected} trainer process(es) ({spec.resources.nodes} node(s) x "
+            f"{spec.resources.gpus_per_node}), but this one was started as one of {size}: the executor's launch "
+            "does not match the spec.",
+        )
+    if size == 1:
+        return World()
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)  # torch.device("cuda") is this rank's device from here on
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, rank=world.rank, world_size=size, timeout=COLLECTIVE_TIMEOUT)
+    return world
+
+
+def leave(world: World) -> None:
+    if world.parallel and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class LossSums(torch.nn.Module):
+    """loss_sums as a module, so DistributedDataParallel sees the forward it hooks its gradient sync onto."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mb: MicroBatch):
+        return loss_sums(self.model, mb)
+
+
+class SupervisedStep:
+    """The supervised loss's forward and backward over one rank's micro-batches of a step."""
+
+    def __init__(self, model, world: World):
+        self.world = world
+        self.forward: torch.nn.Module = LossSums(model)
+        if world.parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # broadcast_buffers off: rotary tables and the like are the same on every rank and never trained
+            self.forward = DistributedDataParallel(self.forward, broadcast_buffers=False)
+
+    def run(self, mbs: list[MicroBatch], targets_here: int, weight: float = 1.0) -> tuple[float, int, int]:
+        """Backward over `mbs`, scaled so the averaged gradient is the whole step's mean token loss. Returns the
+        step's (summed loss, correct predictions, targets) over all ranks. `weight` 0 is a rank with no examples
+        this step: it runs one micro-batch anyway, its loss zeroed, because every rank must join the sync."""
+        (targets,) = self.world.sum(targets_here)
+        loss_total, correct_total = 0.0, 0.0
+        for i, mb in enumerate(mbs):
+            last = i == len(mbs) - 1
+            sync = contextlib.nullcontext() if last or not self.world.parallel else self.forward.no_sync()  # type: ignore[operator]
+            with sync:
+                loss, correct = self.forward(mb)
+                # DDP averages over ranks; times the world size it is the sum, over the global target count
+                (loss * (weight * self.world.size / targets)).backward()
+            loss_total += weight * float(loss.detach())
+            correct_total += weight * int(correct)
+        loss_total, correct_total = self.world.sum(loss_total, correct_total)
+        return loss_total, int(correct_total), int(targets)

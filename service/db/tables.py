@@ -149,6 +149,8 @@ class Job(Base):
     # the side-by-side summary once both runs finished (service/job_evaluation.py).
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     evaluation_open: Mapped[bool] = mapped_column(Boolean, server_default=false(), index=True)  # evaluation to move on
+    # Hone's `resources` as resolved ({"nodes", "gpus_per_node"}); None: one process (the executor's default device)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_jobs_project_seq", "project_id", "seq"),)
 

@@ -126,12 +126,15 @@ class FileRef:
     exclude_examples: list[int] = field(default_factory=list)
 
 
+QUANT_FIELDS = ("quant_type", "double_quant", "compute_dtype")  # Hyperparameters' QLoRA-only fields
+
+
 @dataclass
 class Hyperparameters:
     n_epochs: int
     batch_size: int
     learning_rate: float
-    tuning_mode: str = "lora"  # "lora" | "full"
+    tuning_mode: str = "lora"  # "lora" | "qlora" (LoRA over the base loaded in 4 bits) | "full"
     beta: float = 0.1  # DPO only
     lora_rank: int = 16
     lora_alpha: float = 32.0
@@ -143,6 +146,10 @@ class Hyperparameters:
     lr_scheduler: str = "linear"  # "cosine" | "linear" | "constant", after warmup
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # QLoRA only: how bitsandbytes stores the frozen base (BitsAndBytesConfig's bnb_4bit_* options)
+    quant_type: str = "nf4"  # "nf4" | "fp4"
+    double_quant: bool = True  # the quantization constants quantized too (~0.4 bit a weight saved)
+    compute_dtype: str = "bfloat16"  # "bfloat16" | "float16" | "float32": what the 4-bit weights are dequantized to
 
 
 @dataclass
@@ -237,8 +244,11 @@ class TrainSpec:
         hp = data["hyperparameters"]
         if self.method != "dpo":
             hp.pop("beta")
-        if self.hyperparameters.tuning_mode != "lora":
+        if self.hyperparameters.tuning_mode not in ("lora", "qlora"):
             for key in [k for k in hp if k.startswith("lora_")]:
+                hp.pop(key)
+        if self.hyperparameters.tuning_mode != "qlora":
+            for key in QUANT_FIELDS:
                 hp.pop(key)
         return json.dumps(data, indent=2).encode()
 

@@ -133,6 +133,9 @@ class FineTuningJob(Exact):
     evaluation: dict[str, Any] | None = Field(
         description="Hone: the job's evaluation against its base (status, eval and run ids, results side by side)."
     )
+    resources: dict[str, int] = Field(
+        description="Hone: the devices it trains on, one process each: {nodes, gpus_per_node} (default 1 x 1)."
+    )
 
 
 class FineTuningJobList(Exact):

@@ -10,7 +10,17 @@ from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import distillation, idempotency, job_evaluation, job_evaluation_rows, job_insert, jobs, reinforcement
+from service import (
+    distillation,
+    idempotency,
+    job_evaluation,
+    job_evaluation_rows,
+    job_insert,
+    job_resources,
+    jobs,
+    reinforcement,
+    training_plan,
+)
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
@@ -152,6 +162,15 @@ def _inherit_shape(method: dict, parent: Parent, model: str) -> dict:
         inherited, asked = parent.shape.get(field), hp.get(field)
         if inherited is None:
             continue
+        if field == "tuning_mode" and asked == "qlora":
+            if inherited == "full":
+                raise InvalidRequest(
+                    f"tuning_mode 'qlora' trains an adapter over a 4-bit base, and {model} is fully tuned: its "
+                    "weights are not an adapter. Continue it with tuning_mode 'full' (or leave tuning_mode out).",
+                    param=f"method.{kind}.hyperparameters.tuning_mode",
+                    code=ErrorCode.INVALID_VALUE,
+                )
+            continue  # an adapter (LoRA- or QLoRA-trained: the same shape) trains on over the 4-bit base as it is
         same = set(asked) == set(inherited) if field == "lora_target_modules" and asked else asked == inherited
         if asked not in (None, "auto") and not same:
             raise InvalidRequest(
@@ -182,6 +201,11 @@ def new_job(
     `evaluation_extra` what its evaluationConfig asks of the evaluation beyond Hone's own (service/vertex)."""
     method = _resolve_method(body)
     check_servable(method, ctx.settings.serving.max_lora_rank)
+    training_plan.check_tuning_options(
+        method, "hyperparameters" if body.method is None else f"method.{method['type']}.hyperparameters"
+    )
+    if body.resources is not None:
+        job_resources.check(ctx.settings, body.resources.resolved(), method["type"], body.resources.gpus is not None)
     if method["type"] in ("reinforcement", "distillation"):  # the models they call, the project's to call
         with ctx.db.read() as session:
             if method["type"] == "reinforcement":
@@ -321,6 +345,7 @@ def _job_values(
         parent_prefix=parent.prefix if parent else None,
         evaluation=None,
         evaluation_open=False,
+        resources=body.resources.resolved() if body.resources else None,
     )
 
 

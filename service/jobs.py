@@ -76,6 +76,7 @@ JOB_API_COLUMNS = (
     Job.priority,
     Job.auto_deploy,
     Job.evaluation,
+    Job.resources,
 )
 
 
@@ -112,6 +113,7 @@ def job_api(job: Any, organization_id: str) -> dict:
         "priority": job.priority,
         "auto_deploy": job.auto_deploy,
         "evaluation": evaluation_api(job.evaluation),
+        "resources": job.resources if isinstance(job.resources, dict) else {"nodes": 1, "gpus_per_node": 1},
     }
 
 

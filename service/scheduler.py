@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hone_kernel.trainer_contract import ExitCode
-from service import metrics, training_plan
+from hone_kernel.trainer_contract import ExitCode, Resources
+from service import job_resources, metrics, training_plan
 from service.auth import hash_key
 from service.context import AppContext
 from service.db.database import after_commit
@@ -210,13 +210,13 @@ class Scheduler:
     # --- claiming -----------------------------------------------------------------------------
 
     def _claim(self) -> None:
-        free = self.executor.slots() - len(self.executor.running())
+        free = self.executor.free_slots()
         if free <= 0:
             return
         with self.ctx.db.read() as session:  # an idle poll must not take SQLite's write lock
             if session.execute(select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(1)).scalar() is None:
                 return
-        launches: list[tuple[str, int, str]] = []
+        launches: list[tuple[str, int, str, Resources]] = []
         quota = self.ctx.settings.training.max_running_jobs_per_project
         with self.ctx.db.write() as session:
             # Jobs of projects at their quota are passed over, so look further down the queue than `free`.
@@ -243,19 +243,27 @@ class Scheduler:
                 else {}
             )
             for job in queued:
-                if len(launches) == free:
+                if free <= 0:
                     break
                 if quota and running.get(job.project_id, 0) >= quota:
                     continue
+                resources = job_resources.of_job(job.resources)
+                cost = self.executor.cost(resources)
+                if cost > self.executor.slots():  # never fits: the deployment shrank since it was created
+                    self._refuse_size(session, job, cost)
+                    continue
+                if cost > free:
+                    break  # the head of the queue waits for room: jobs behind it must not starve it
                 try:
                     launch = self._prepare(session, job)
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     self._refuse(session, job, exc)  # a row that makes no spec must not block the queue behind it
                     continue
+                free -= cost
                 running[job.project_id] = running.get(job.project_id, 0) + 1
-                launches.append(launch)
-        for job_id, attempt, spec_url in launches:
-            self._launch(job_id, attempt, spec_url)
+                launches.append((*launch, resources))
+        for job_id, attempt, spec_url, resources in launches:
+            self._launch(job_id, attempt, spec_url, resources)
 
     def _prepare(self, session: Session, job: Job) -> tuple[str, int, str]:
         ids = [f for f in (job.training_file, job.validation_file) if f]
@@ -268,6 +276,7 @@ class Scheduler:
             ),
             defaults,
             self.ctx.settings.training.train_max_length,
+            on_gpu=training_plan.trainer_on_gpu(self.ctx.settings),
         )
         token = secrets.token_urlsafe(32)
         job.trainer_token_hash = hash_key(token)  # a new token per attempt: an older run can no longer report
@@ -297,9 +306,17 @@ class Scheduler:
         }
         transition(session, job, JobStatus.FAILED, error["message"], level="error", error=error)
 
-    def _launch(self, job_id: str, attempt: int, spec_url: str) -> None:
+    def _refuse_size(self, session: Session, job: Job, cost: int) -> None:
+        message = (
+            f"The job asks for {cost} devices (resources), and this deployment's executor has "
+            f"{self.executor.slots()}: it can never start. Create it again with fewer."
+        )
+        error: dict[str, Any] = {"code": ErrorCode.INVALID_JOB, "param": "resources", "message": message}
+        transition(session, job, JobStatus.FAILED, message, level="error", error=error)
+
+    def _launch(self, job_id: str, attempt: int, spec_url: str, resources: Resources) -> None:
         try:
-            ref = self.executor.launch(job_id, attempt, spec_url)
+            ref = self.executor.launch(job_id, attempt, spec_url, resources)
         except OSError as exc:
             log.exception("could not start a trainer", extra={"job_id": job_id})
             self._on_exit(TrainerExit(job_id, "", None, f"could not start the trainer: {exc}".encode()))

@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    StrictBool,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -88,8 +89,22 @@ class SupervisedHyperparameters(_Body):
     learning_rate_multiplier: LearningRateMultiplier = "auto"
     n_epochs: Epochs = "auto"
     # Hone extensions; left out of responses unless given.
-    tuning_mode: Literal["auto", "lora", "full"] | None = Field(
-        default=None, description='Hone: "lora" (default) trains an adapter; "full" tunes every weight (small models).'
+    tuning_mode: Literal["auto", "lora", "qlora", "full"] | None = Field(
+        default=None,
+        description='Hone: "lora" (default) trains an adapter; "qlora" trains one over the base loaded in 4 bits '
+        '(about a quarter of its memory); "full" tunes every weight (small models).',
+    )
+    # QLoRA's quantization (bitsandbytes); accepted with tuning_mode "qlora" only (service/training_plan.py).
+    quant_type: Literal["auto", "nf4", "fp4"] | None = Field(
+        default=None, description='Hone, qlora only: 4-bit data type of the frozen base (auto: "nf4").'
+    )
+    double_quant: Literal["auto"] | StrictBool | None = Field(
+        default=None, description="Hone, qlora only: quantize the quantization constants too (auto: true)."
+    )
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
+        default=None,
+        description='Hone, qlora only: what the 4-bit weights are computed in (auto: "bfloat16" on GPU trainers, '
+        '"float32" on CPU ones).',
     )
     lora_rank: LoraRank | None = Field(default=None, description="Hone: LoRA rank (default 16).")
     lora_alpha: LoraAlpha | None = Field(default=None, description="Hone: LoRA alpha (default twice the rank).")
@@ -294,6 +309,29 @@ class JobEvaluation(_Body):
         return criteria
 
 
+class JobResources(_Body):
+    """Hone: the devices a job trains on, one trainer process each (data-parallel: the global batch is split over
+    them, the losses and the result are those of one process). `gpus` on one machine, or `nodes` x
+    `gpus_per_node`. On a host without GPUs the local executor runs a CPU process per device asked for."""
+
+    gpus: int | None = Field(default=None, ge=1, le=1024, description="Hone: devices on one machine.")
+    nodes: int | None = Field(default=None, ge=1, le=256, description="Hone: machines (with gpus_per_node).")
+    gpus_per_node: int | None = Field(default=None, ge=1, le=64, description="Hone: devices on each machine.")
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> JobResources:
+        if self.gpus is not None and (self.nodes is not None or self.gpus_per_node is not None):
+            raise ValueError("give either gpus (one machine) or nodes and gpus_per_node, not both")
+        if self.gpus is None and self.gpus_per_node is None:
+            raise ValueError("give gpus, or gpus_per_node (and nodes)")
+        return self
+
+    def resolved(self) -> dict[str, int]:
+        if self.gpus is not None:
+            return {"nodes": 1, "gpus_per_node": self.gpus}
+        return {"nodes": self.nodes or 1, "gpus_per_node": self.gpus_per_node or 1}
+
+
 class CreateFineTuningJob(_Body):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
@@ -317,6 +355,9 @@ class CreateFineTuningJob(_Body):
         default=True,
         description="Hone: deploy an endpoint for the tuned model when the job "
         "succeeds (unless HONE_AUTO_DEPLOY is off).",
+    )
+    resources: JobResources | None = Field(
+        default=None, description="Hone: train data-parallel on several devices (default: one)."
     )
 
 

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import object_session
 
-from hone_kernel.trainer_contract import FileRef, Hyperparameters, TrainSpec
-from service import distillation, projects, reinforcement
+from hone_kernel.trainer_contract import QUANT_FIELDS, FileRef, Hyperparameters, TrainSpec
+from service import distillation, job_resources, projects, reinforcement
 from service.base_models import TrainingDefaults
 from service.context import AppContext
 from service.db.tables import File, Job
+from service.errors import ErrorCode, InvalidRequest
+from service.settings import Settings
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_LORA_RANK = TrainingDefaults().lora_rank
@@ -53,8 +55,11 @@ def auto_epochs(shape: DatasetShape, d: TrainingDefaults) -> int:
     return d.epochs
 
 
-def resolve_hyperparameters(method: dict, shape: DatasetShape, d: TrainingDefaults, max_length_cap: int) -> dict:
-    """The method with every "auto" (or absent) hyperparameter made concrete, as the job then shows them."""
+def resolve_hyperparameters(
+    method: dict, shape: DatasetShape, d: TrainingDefaults, max_length_cap: int, on_gpu: bool = True
+) -> dict:
+    """The method with every "auto" (or absent) hyperparameter made concrete, as the job then shows them.
+    `on_gpu`: whether the job's trainer runs on a GPU (trainer_on_gpu), which QLoRA's compute_dtype follows."""
     section = dict(method.get(method["type"]) or {})
     hp = dict(section.get("hyperparameters") or {})
     if method["type"] == "reinforcement":
@@ -80,7 +85,15 @@ def resolve_hyperparameters(method: dict, shape: DatasetShape, d: TrainingDefaul
         hp["beta"] = 0.1
     if auto("tuning_mode"):
         hp["tuning_mode"] = "lora"
-    if hp["tuning_mode"] == "lora":
+    if hp["tuning_mode"] == "qlora":
+        if auto("quant_type"):
+            hp["quant_type"] = "nf4"  # the QLoRA paper's: normally distributed weights, better than fp4 at 4 bits
+        if auto("double_quant"):
+            hp["double_quant"] = True
+        if auto("compute_dtype"):
+            # bf16 is what GPUs train in; CPUs have no fast bf16 matmul on most hosts, and fp32 costs them nothing
+            hp["compute_dtype"] = "bfloat16" if on_gpu else "float32"
+    if hp["tuning_mode"] in ("lora", "qlora"):
         if auto("lora_rank"):
             hp["lora_rank"] = d.lora_rank
         if auto("lora_alpha"):
@@ -116,12 +129,14 @@ def trainer_hyperparameters(ctx: AppContext, method: dict, d: TrainingDefaults) 
             "lora_dropout": hp["lora_dropout"],
             "lora_target_modules": hp["lora_target_modules"],
         }
-        if mode == "lora"
+        if mode in ("lora", "qlora")
         else {}
     )
+    quant = {key: hp[key] for key in QUANT_FIELDS} if mode == "qlora" else {}
     return {
         **extra,
         **lora,
+        **quant,
         "n_epochs": hp["n_epochs"],
         "batch_size": hp["batch_size"],
         "learning_rate": base_lr * hp["learning_rate_multiplier"],
@@ -131,6 +146,31 @@ def trainer_hyperparameters(ctx: AppContext, method: dict, d: TrainingDefaults) 
         "weight_decay": hp["weight_decay"],
         "max_grad_norm": hp["max_grad_norm"],
     }
+
+
+def trainer_on_gpu(settings: Settings) -> bool:
+    """Whether the executor gives trainers a GPU: the local one with CUDA_VISIBLE_DEVICES set, Kubernetes with
+    HONE_K8S_GPUS_PER_JOB above 0."""
+    if settings.training.executor == "kubernetes":
+        return settings.kubernetes.k8s_gpus_per_job > 0
+    return bool(settings.training.gpu_devices)
+
+
+def check_tuning_options(method: dict, param_prefix: str) -> None:
+    """QLoRA's quantization options do nothing for another tuning mode, so given with one they are refused
+    (naming the field) rather than ignored; "auto" among them is no request and passes."""
+    hp = (method.get(method["type"]) or {}).get("hyperparameters") or {}
+    if hp.get("tuning_mode") == "qlora":
+        return
+    for key in QUANT_FIELDS:
+        if hp.get(key) not in (None, "auto"):
+            raise InvalidRequest(
+                f"{key} sets how QLoRA quantizes the base model, and this job's tuning_mode is "
+                f'{hp.get("tuning_mode") or "auto"!r} (which loads it unquantized); set tuning_mode "qlora" '
+                f"or leave {key} out.",
+                param=f"{param_prefix}.{key}",
+                code=ErrorCode.INVALID_VALUE,
+            )
 
 
 def training_defaults(ctx: AppContext, job: Job) -> TrainingDefaults:
@@ -187,6 +227,7 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         control_plane_timeout_s=2 * settings.training.trainer_stall_timeout_s,
         checkpoint_interval_steps=settings.training.checkpoint_interval_steps,
         init_weights_prefix=job.parent_prefix,
+        resources=job_resources.of_job(job.resources),
         reinforcement=reinforcement.trainer_section(job.method, settings.graders) if rl else None,
         eval_interval=reinforcement.eval_interval(job.method) if rl else 0,
         distillation=(

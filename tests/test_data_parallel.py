@@ -216,3 +216,36 @@ def test_the_launcher_passes_the_ranks_endings_through():
     # a rank killed from outside is a crash, whatever the ranks the launcher then ended say
     assert outcome({0: -9, 1: 137}, {0}) == ExitCode.KILLED
     assert outcome({0: ExitCode.OK, 1: 1}, set()) == 1
+
+
+def test_a_job_asking_for_two_devices_trains_on_two_ranks_through_the_api(tmp_path):
+    """The whole path on a 2-slot CPU machine: the API takes `resources`, the scheduler claims both slots for the
+    job (a second job waits), the local executor starts trainer.ranks, and the job succeeds."""
+    from tests.support import HoneServer, jsonl, trainer_pids, wait_job
+
+    server = HoneServer(tmp_path / "server", {"HONE_LOCAL_SLOTS": "2", "HONE_AUTO_DEPLOY": "false"})
+    try:
+        client = server.new_project().openai()
+        file = client.files.create(file=("t.jsonl", jsonl(ROWS)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model="hone-tiny",
+            training_file=file.id,
+            hyperparameters={"n_epochs": 2, "batch_size": 8},
+            extra_body={"resources": {"gpus": 2}},
+        )
+        assert job.model_extra["resources"] == {"nodes": 1, "gpus_per_node": 2}
+        small = client.fine_tuning.jobs.create(
+            model="hone-tiny", training_file=file.id, hyperparameters={"n_epochs": 1}
+        )
+        running = wait_job(client, job.id, lambda j: j.status == "running")
+        # Both slots are the first job's: the second waits in the queue while it trains.
+        wait_job(client, small.id, lambda j: j.status == "queued")
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
+        wait_for(lambda: len(trainer_pids(job.id)) == 3, 30, what="the launcher and its two ranks")
+        done = wait_job(client, running.id, lambda j: j.status == "succeeded", timeout=TIMEOUT_S)
+        assert done.trained_tokens and done.fine_tuned_model
+        metrics = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+        assert len(metrics) == 6  # 24 examples in batches of 8 for 2 epochs: one event a step, rank 0's
+        wait_job(client, small.id, lambda j: j.status == "succeeded", timeout=TIMEOUT_S)
+    finally:
+        server.stop()

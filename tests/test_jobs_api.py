@@ -109,6 +109,39 @@ def test_methods_and_hyperparameters(client, training_file):
 
 
 @pytest.mark.parametrize(
+    "resources,method,param",
+    [
+        ({"gpus": 2, "nodes": 1}, None, "resources"),
+        ({"gpus": 0}, None, "resources.gpus"),
+        ({"gpu": 2}, None, "resources.gpu"),
+        ({}, None, "resources"),
+        ({"nodes": 2, "gpus_per_node": 2}, None, "resources.nodes"),  # the local executor is one machine
+        ({"gpus": 2}, {"type": "dpo"}, "resources.gpus"),  # DPO trains in one process
+        (
+            {"gpus_per_node": 2},
+            {"type": "distillation", "distillation": {"teacher": "hone-tiny"}},
+            "resources.gpus_per_node",
+        ),
+    ],
+)
+def test_resources_that_cannot_be_honoured_are_refused(client, training_file, resources, method, param):
+    args = {"model": "hone-tiny", "training_file": training_file.id, "extra_body": {"resources": resources}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(**args, **({"method": method} if method else {}))
+    assert err.value.param == param, err.value.message
+
+
+def test_resources_are_kept_and_shown(client, training_file):
+    two = client.fine_tuning.jobs.create(
+        model="hone-tiny", training_file=training_file.id, extra_body={"resources": {"gpus": 2}}
+    )
+    assert two.model_extra["resources"] == {"nodes": 1, "gpus_per_node": 2}
+    assert client.fine_tuning.jobs.retrieve(two.id).model_extra["resources"] == {"nodes": 1, "gpus_per_node": 2}
+    one = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id)
+    assert one.model_extra["resources"] == {"nodes": 1, "gpus_per_node": 1}
+
+
+@pytest.mark.parametrize(
     "kwargs, param, code",
     [
         ({"model": "gpt-9"}, "model", "model_not_available"),

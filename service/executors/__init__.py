@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from hone_kernel.trainer_contract import Resources
     from service.settings import Settings
 
 
@@ -20,9 +21,13 @@ class TrainerExit:
 
 
 class Executor(Protocol):
-    def slots(self) -> int: ...  # how many trainers may run at once
+    def slots(self) -> int: ...  # how many trainers may run at once (local: devices; Kubernetes: Jobs)
+    # What a run of this size costs in slots (local: its devices; Kubernetes: one), and the slots still free
+    def cost(self, resources: Resources) -> int: ...
+    def free_slots(self) -> int: ...
     def running(self) -> dict[str, str]: ...  # job id -> ref of every run this executor tracks
-    def launch(self, job_id: str, attempt: int, spec_url: str) -> str: ...  # returns the run's ref
+    # Starts one attempt on `resources` (nodes x devices, one trainer process each) and returns the run's ref
+    def launch(self, job_id: str, attempt: int, spec_url: str, resources: Resources) -> str: ...
     def stop(self, job_id: str, *, kill: bool) -> None: ...  # kill: now; else ask it to checkpoint and exit
     def reap(self) -> list[TrainerExit]: ...  # runs that ended since the last call
     def adopt(self, job_id: str, ref: str) -> bool: ...  # after a restart: track a run that is still alive

@@ -1,6 +1,8 @@
 """The local executor: one `python -m trainer` subprocess per job on this machine.
 
-Slots are the GPUs in CUDA_VISIBLE_DEVICES (each run gets one), else HONE_LOCAL_SLOTS on CPU. Runs start
+Slots are the GPUs in CUDA_VISIBLE_DEVICES, else HONE_LOCAL_SLOTS on CPU; a run takes as many as its resources ask
+for (`gpus`), and one of several runs as `python -m trainer.ranks`, a rank per device (on CPU, a gloo process
+per slot). Runs start
 in their own session (forked from a warm interpreter, service/warm_start.py, or plainly), so they outlive a
 control-plane restart; the restarted scheduler adopts them by pid, checked by the log file on their stdout."""
 
@@ -14,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from hone_kernel.trainer_contract import Resources
 from service.executors import TrainerExit
 from service.settings import Settings
 from service.warm_start import WarmProcess, stdout_is, warm_starts
@@ -25,7 +28,7 @@ class _Run:
     pid: int
     ref: str
     log_path: Path
-    device: str | None
+    devices: list[str]  # its GPUs; on CPU, as many "" as the slots it takes
     process: subprocess.Popen | WarmProcess | None  # None for a run adopted from an earlier control plane
 
 
@@ -40,6 +43,13 @@ class LocalExecutor:
 
     def slots(self) -> int:
         return len(self._devices) or max(0, self._settings.training.local_slots)  # 0: this replica trains nothing
+
+    def cost(self, resources: Resources) -> int:
+        return resources.world_size  # one device each; multi-node runs are refused at creation (job_resources.py)
+
+    def free_slots(self) -> int:
+        with self._lock:
+            return self.slots() - sum(len(run.devices) for run in self._runs.values())
 
     def running(self) -> dict[str, str]:
         with self._lock:
@@ -59,10 +69,14 @@ class LocalExecutor:
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"attempt-{attempt}.log"
 
-    def launch(self, job_id: str, attempt: int, spec_url: str) -> str:
+    def launch(self, job_id: str, attempt: int, spec_url: str, resources: Resources | None = None) -> str:
+        size = (resources or Resources()).world_size
         with self._lock:
-            used = {run.device for run in self._runs.values()}
-            device = next((d for d in self._devices if d not in used), None)
+            used = {d for run in self._runs.values() for d in run.devices}
+            free = [d for d in self._devices if d not in used]
+            if self._devices and len(free) < size:  # the scheduler claims only what fits: a bug if it did not
+                raise OSError(f"{size} GPU(s) asked for, {len(free)} free")
+            devices = free[:size] if self._devices else [""] * size
             # The trainer names the job and attempt in its log lines from the start.
             env = dict(os.environ, PYTHONUNBUFFERED="1", HONE_JOB_ID=job_id, HONE_JOB_ATTEMPT=str(attempt))
             # Spinning OpenMP workers slow a trainer 10x or more when anything else wants the cores.
@@ -70,15 +84,14 @@ class LocalExecutor:
             if self._settings.training.trainer_threads > 0:
                 env["OMP_NUM_THREADS"] = str(self._settings.training.trainer_threads)
             # No GPU for a CPU slot: an empty list hides every device from torch.
-            env["CUDA_VISIBLE_DEVICES"] = (
-                device if device is not None else ("" if self._devices else env.get("CUDA_VISIBLE_DEVICES", ""))
-            )
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices) if self._devices else env.get("CUDA_VISIBLE_DEVICES", "")
             log_path = self._log_path(job_id, attempt)
-            process = self._starts.launch(
-                self._settings.training.trainer_python, "trainer", ["--spec", spec_url], env, log_path
-            )
+            module, argv = "trainer", ["--spec", spec_url]
+            if size > 1:  # a rank per device (trainer/ranks.py); each sees the run's devices, takes its LOCAL_RANK
+                module, argv = "trainer.ranks", ["--nproc-per-node", str(size), *argv]
+            process = self._starts.launch(self._settings.training.trainer_python, module, argv, env, log_path)
             ref = f"local:{self._host}:{process.pid}:{attempt}"
-            self._runs[job_id] = _Run(job_id, process.pid, ref, log_path, device, process)
+            self._runs[job_id] = _Run(job_id, process.pid, ref, log_path, devices, process)
             return ref
 
     def stop(self, job_id: str, *, kill: bool) -> None:
@@ -125,5 +138,6 @@ class LocalExecutor:
         if not stdout_is(int(pid), str(log_path)):
             return False
         with self._lock:
-            self._runs[job_id] = _Run(job_id, int(pid), ref, log_path, None, None)
+            # Its size is not in the ref: a slot until it ends (the devices it holds are its own to keep)
+            self._runs[job_id] = _Run(job_id, int(pid), ref, log_path, [""], None)
         return True

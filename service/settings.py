@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -216,6 +216,10 @@ class KubernetesSettings(BaseSettings):
     k8s_job_deadline_s: int = 7 * 24 * 3600  # activeDeadlineSeconds of a trainer Job
     k8s_job_ttl_s: int = 3600  # ttlSecondsAfterFinished: how long a finished Job (and its logs) is kept
     k8s_max_parallel_jobs: int = 8  # trainer Jobs at once (the cluster's GPUs queue the rest as Pending)
+    # A job on several nodes (resources.nodes > 1) runs as one JobSet (kubernetes-sigs/jobset) or one Kubeflow
+    # Trainer TrainJob, whichever the cluster has installed (deploy/kubernetes/README.md); "none" refuses such jobs
+    # at creation (service/executors/k8s_multinode.py).
+    k8s_multinode: Literal["none", "jobset", "kubeflow"] = "none"
     # A trainer pod stuck this long fails its job (0: wait until the Job's deadline): an image that cannot be
     # pulled, or no node with the GPUs it asks for (a cluster autoscaler usually adds one within minutes).
     k8s_image_pull_timeout_s: float = 600

@@ -60,8 +60,13 @@ ALLOWED_RULES = {
     ("apps", "deployments"),
     ("", "services"),
     ("", "secrets"),
+    # a multi-node run's object (HONE_K8S_MULTINODE); checked against the CRDs in tests/test_k8s_multinode.py
+    ("jobset.x-k8s.io", "jobsets"),
+    ("trainer.kubeflow.org", "trainjobs"),
 }
 TEMPLATE_FILES = {"trainer-job.yaml": "Job", "engine-deployment.yaml": "Deployment", "engine-service.yaml": "Service"}
+# Custom resources: not in the Kubernetes OpenAPI schema, validated against their projects' CRDs elsewhere
+CUSTOM_TEMPLATE_FILES = {"trainer-jobset.yaml": "JobSet", "trainer-trainjob.yaml": "TrainJob"}
 
 
 def settings_field(env_name: str) -> str | None:
@@ -165,7 +170,10 @@ def test_templates_are_shipped_to_the_control_plane_and_mounted_at_the_templates
     shipped = config_map(target, volume["configMap"]["name"])
     assert shipped["metadata"]["name"].startswith("hone-templates")
     # The very files in the repository (the backends' default HONE_K8S_TEMPLATES_DIR outside the cluster).
-    assert set(shipped["data"]) == set(TEMPLATE_FILES)
+    assert set(shipped["data"]) == set(TEMPLATE_FILES) | set(CUSTOM_TEMPLATE_FILES)
+    for filename, kind in CUSTOM_TEMPLATE_FILES.items():
+        assert shipped["data"][filename] == (TEMPLATES / filename).read_text()
+        assert yaml.safe_load(shipped["data"][filename])["kind"] == kind
     for filename, kind in TEMPLATE_FILES.items():
         assert shipped["data"][filename] == (TEMPLATES / filename).read_text()
         template = yaml.safe_load(shipped["data"][filename])

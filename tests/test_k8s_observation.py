@@ -50,10 +50,14 @@ def pod(
     deleting: bool = False,
     created: str = "08:00:01",
     memory: str | None = "16Gi",
+    gpus: int = 1,
 ) -> dict:
-    container = {"name": "trainer", "image": "registry.example/hone-trainer:1"}
-    if memory:
-        container["resources"] = {"limits": {"memory": memory}}
+    container: dict = {"name": "trainer", "image": "registry.example/hone-trainer:1"}
+    limits = {"memory": memory} if memory else {}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    if limits:
+        container["resources"] = {"limits": limits}
     meta = {
         "name": f"{JOB_NAME}-x{created[-2:]}",
         "namespace": "hone",
@@ -260,6 +264,9 @@ def test_messages_say_what_to_change():
     )
     assert stuck.error["code"] == "no_gpu_capacity" and "HONE_K8S_UNSCHEDULABLE_TIMEOUT_S" in stuck.error["message"]
     assert "1 nvidia.com/gpu" in stuck.events[0].message
+    # The GPUs the pod asks for, not the setting's default: a job of four devices waits for a node with four free
+    four = classify(job(), [pod("Pending", node=None, conditions=[UNSCHEDULABLE], gpus=4)], Seen(), SETTINGS, 0.0)
+    assert "No node has 4 nvidia.com/gpu free" in four.events[0].message
     pull = classify(job(), [pod("Pending", state=PULL_BACKOFF)], Seen(stuck_since=(("image", 0.0),)), SETTINGS, 301.0)
     assert pull.observation is Observation.STUCK and pull.error["code"] == "image_pull_failed"
     assert "registry.example/hone-trainer:1" in pull.error["message"]

@@ -26,6 +26,8 @@ from service.errors import ErrorCode
 from service.settings import Settings
 
 CONTAINER = "trainer"
+# The trainer's container in a Kubeflow Trainer TrainJob's pods (the name its torch runtime requires)
+TRAINER_CONTAINERS = (CONTAINER, "node")
 
 # The trainer contract's exit codes: the trainer's own, and those the executor reports for what the cluster did.
 EXIT_STOPPED = ExitCode.STOPPED
@@ -91,7 +93,7 @@ def conditions(obj: dict) -> dict[str, dict]:
 
 def _container_status(pod: dict) -> dict | None:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    return next((s for s in statuses if s.get("name") == CONTAINER), statuses[0] if statuses else None)
+    return next((s for s in statuses if s.get("name") in TRAINER_CONTAINERS), statuses[0] if statuses else None)
 
 
 def never_ran(pod: dict) -> bool:
@@ -127,7 +129,7 @@ def classify(job: dict | None, pods: list[dict], seen: Seen, settings: Settings,
     events: tuple[Event, ...] = ()
     gone_unscheduled = False
     if pod is not None:
-        verdict = _classify_pod(pod, seen, settings, now)
+        verdict = classify_pod(pod, seen, settings, now)
         if verdict.ended:
             return verdict
         seen, events = verdict.seen, verdict.events
@@ -157,7 +159,7 @@ def classify(job: dict | None, pods: list[dict], seen: Seen, settings: Settings,
     return Verdict(Observation.LOST, seen, None, f"the trainer vanished ({how})", None, events)
 
 
-def _classify_pod(pod: dict, seen: Seen, settings: Settings, now: float) -> Verdict:
+def classify_pod(pod: dict, seen: Seen, settings: Settings, now: float) -> Verdict:
     status = pod.get("status") or {}
     phase, name = status.get("phase"), pod["metadata"]["name"]
     pod_conditions = conditions(pod)
@@ -260,7 +262,7 @@ def pending_troubles(
     """(kind, event level, error code, message, what happens meanwhile) for each reason a pod stays Pending."""
     troubles: list[tuple[str, str, ErrorCode, str, str]] = []
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-        gpus = settings.kubernetes.k8s_gpus_per_job
+        gpus = _gpus_asked(pod)
         wants = f"{gpus} nvidia.com/gpu" if gpus else "its resources"
         where = (
             f" on nodes matching {settings.kubernetes.k8s_node_selector}"
@@ -280,7 +282,11 @@ def pending_troubles(
         )
     if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
         image = next(
-            (c.get("image") for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == CONTAINER),
+            (
+                c.get("image")
+                for c in (pod.get("spec") or {}).get("containers") or []
+                if c.get("name") in TRAINER_CONTAINERS
+            ),
             settings.kubernetes.k8s_trainer_image,
         )
         troubles.append(
@@ -297,9 +303,20 @@ def pending_troubles(
     return troubles
 
 
+def _gpus_asked(pod: dict) -> int:
+    """nvidia.com/gpu the pod's containers ask for (a job of several devices asks for more than the setting)."""
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        try:
+            total += int(((container.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu") or 0)
+        except ValueError:
+            pass
+    return total
+
+
 def _memory_limit(pod: dict) -> str:
     for container in (pod.get("spec") or {}).get("containers") or []:
-        if container.get("name") == CONTAINER:
+        if container.get("name") in TRAINER_CONTAINERS:
             limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
             return f", memory limit {limit}" if limit else ""
     return ""

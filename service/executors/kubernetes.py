@@ -1,32 +1,36 @@
-"""The Kubernetes executor (HONE_EXECUTOR=kubernetes): one batch/v1 Job per attempt of a tuning job.
+"""The Kubernetes executor (HONE_EXECUTOR=kubernetes): one batch/v1 Job per attempt of a tuning job on one node, or
+one JobSet / Kubeflow TrainJob per attempt on several (HONE_K8S_MULTINODE; k8s_multinode.py builds those).
 
-This module is the watcher: it creates and deletes Jobs and pods (the manifest comes from k8s_trainer_job.py),
-polls the namespace's trainer Jobs and pods (two LIST calls per scheduler tick), and hands each run's objects to
-the pure classifier in k8s_observation.py, which says what they mean (an Observation, the exit code, the events
-to tell the user). Here the verdict is acted on: the pod's log is read on exit and handed back as
-TrainerExit.log, the events go out once per run, ended pods are released from this executor's finalizer, and a
-run stuck Pending past its timeout has its Job deleted.
+This module is the watcher: it creates and deletes the run objects and pods (the manifests come from
+k8s_trainer_job.py and k8s_multinode.py, the API calls from k8s_calls.py), polls the namespace's trainer Jobs and
+pods (two LIST calls per scheduler tick, and one per multi-node kind in use), and hands each run's objects to the
+pure classifiers, k8s_observation.py for one pod and k8s_rank_observation.py for a multi-node run's ranks, which say
+what they mean (an Observation, the exit code, the events to tell the user). Here the verdict is acted on: the
+log is read on exit (a multi-node run's: rank 0's, then the failing rank's) and handed back as TrainerExit.log, the
+events go out once per run, ended pods are released from this executor's finalizer, a run stuck Pending past its
+timeout has its Job deleted, and an ended multi-node run is deleted, so that no surviving rank waits on the others.
 
-stop(kill=False) deletes the pod with the pause grace period (the kubelet sends SIGTERM; the trainer
-checkpoints and exits 75); stop(kill=True) deletes the Job with propagationPolicy=Foreground and its pods at
-once. After a control-plane restart, adopt() finds a run's Job by its labels.
+stop(kill=False) deletes the pods with the pause grace period (the kubelet sends SIGTERM; every rank checkpoints and
+exits 75); stop(kill=True) deletes the Job (or JobSet, TrainJob) with propagationPolicy=Foreground and its pods at
+once. After a control-plane restart, adopt() finds a run's object by its labels.
 
-ref: `k8s:{namespace}/{job name}:{attempt}`."""
+ref: `k8s:{namespace}/{job name}:{attempt}` for one node, `k8s:{namespace}/{jobsets|trainjobs}/{name}:{attempt}`
+for several."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from hone_kernel.trainer_contract import Resources
 from service.executors import TrainerExit
+from service.executors.k8s_calls import TrainerCalls, api_message, run_key, trainer_container
+from service.executors.k8s_multinode import BY_PLURAL, Engine, build_run, engine_for, rank_of
 from service.executors.k8s_observation import (
-    CONTAINER,
     EXIT_DEADLINE,
     EXIT_OOM,
     EXIT_STOPPED,
@@ -35,11 +39,11 @@ from service.executors.k8s_observation import (
     classify,
     never_ran,
 )
+from service.executors.k8s_rank_observation import classify_ranks
 from service.executors.k8s_trainer_job import (
     APP,
     APP_LABEL,
     ATTEMPT_LABEL,
-    FINALIZER,
     JOB_ID_ANNOTATION,
     JOB_ID_LABEL,
     REQUIRED_RBAC,
@@ -61,6 +65,7 @@ class _Run:
     attempt: int
     name: str
     ref: str
+    engine: Engine | None = None  # None: one node, a batch/v1 Job
     seen: Seen = field(default_factory=Seen)  # what the classifier remembers between looks
     # Set by stop() (any thread); copied into `seen` at each look, so a look never undoes a stop.
     stop: str | None = None  # "pause" or "kill" once asked
@@ -69,31 +74,17 @@ class _Run:
     gave_up: dict | None = None  # the error a stuck pod ended the run with
 
 
-def _owner(pod: dict) -> str | None:
-    return next(
-        (
-            r.get("name")
-            for r in pod["metadata"].get("ownerReferences") or []
-            if r.get("kind") == "Job" and r.get("controller")
-        ),
-        None,
-    )
-
-
 class KubernetesExecutor:
     def __init__(self, settings: Settings, api=None):
-        from kubernetes import client
-
         self._settings = settings
         self._ns = settings.kubernetes.k8s_namespace
         self._api = api or api_client(settings)
-        self._batch, self._core = client.BatchV1Api(self._api), client.CoreV1Api(self._api)
+        self._calls = TrainerCalls(self._api, self._ns)
         self._runs: dict[str, _Run] = {}
         self._events: list[tuple[str, str, str]] = []  # (job id, level, message) not yet handed out
         self._lock = threading.Lock()
         self._project_of: Callable[[str], str | None] | None = None  # job id -> project id, given by bind()
         self._last_sweep = 0.0
-        self._finalizer = True  # off once the API says this control plane may not patch pods (its Role)
 
     # --- the Protocol ---
 
@@ -119,6 +110,12 @@ class KubernetesExecutor:
     def slots(self) -> int:
         return max(0, self._settings.kubernetes.k8s_max_parallel_jobs)
 
+    def cost(self, resources: Resources) -> int:  # the cluster queues pods it has no GPUs for: a run is one Job
+        return 1
+
+    def free_slots(self) -> int:
+        return self.slots() - len(self.running())
+
     def running(self) -> dict[str, str]:
         with self._lock:
             return {job_id: run.ref for job_id, run in self._runs.items()}
@@ -126,37 +123,47 @@ class KubernetesExecutor:
     def owns(self, ref: str) -> bool:
         return ref.startswith(f"k8s:{self._ns}/")
 
-    def launch(self, job_id: str, attempt: int, spec_url: str) -> str:
+    def launch(self, job_id: str, attempt: int, spec_url: str, resources: Resources | None = None) -> str:
         from kubernetes.client.rest import ApiException
 
+        resources = resources or Resources()
         project_id = None
         if self._project_of is not None:
             try:
                 project_id = self._project_of(job_id)
             except Exception:  # a label is not worth a failed launch
                 log.warning("could not look up the job's project", exc_info=True, extra={"job_id": job_id})
+        finalizer = self._calls.finalizer
         try:
-            body = build_job(self._settings, job_id, attempt, spec_url, project_id, finalizer=self._finalizer)
+            engine = engine_for(self._settings, resources)
+            if engine is None:
+                body = build_job(
+                    self._settings, job_id, attempt, spec_url, project_id, finalizer=finalizer, resources=resources
+                )
+            else:
+                body = build_run(
+                    self._settings, engine, job_id, attempt, spec_url, resources, project_id, finalizer=finalizer
+                )
         except (OSError, ValueError) as exc:
-            raise OSError(f"cannot build the trainer Job from {TEMPLATE}: {exc}") from exc
-        name = body["metadata"]["name"]
+            raise OSError(f"cannot build the trainer run from {TEMPLATE}: {exc}") from exc
+        name, what = body["metadata"]["name"], body["kind"]
         try:
-            # a dict body: the client's validate_call makes the model its annotation asks for
-            self._batch.create_namespaced_job(self._ns, body)  # type: ignore[arg-type]
+            self._calls.create(engine, body)
         except ApiException as exc:
             raise OSError(
-                f"Kubernetes refused the trainer Job {self._ns}/{name}: {exc.status} {exc.reason}: {_api_message(exc)}"
+                f"Kubernetes refused the trainer {what} {self._ns}/{name}: {exc.status} {exc.reason}: "
+                f"{api_message(exc)}"
             ) from exc
         except Exception as exc:  # connection errors (urllib3) and the like
             raise OSError(f"cannot reach the Kubernetes API to create {self._ns}/{name}: {exc}") from exc
-        ref = f"k8s:{self._ns}/{name}:{attempt}"
+        location = f"{self._ns}/{engine.plural}/{name}" if engine else f"{self._ns}/{name}"
+        ref = f"k8s:{location}:{attempt}"
         with self._lock:
-            self._runs[job_id] = _Run(job_id, attempt, name, ref)
-        log.info("created trainer Job", extra={"job_id": job_id, "ref": ref})
+            self._runs[job_id] = _Run(job_id, attempt, name, ref, engine)
+        log.info(f"created trainer {what}", extra={"job_id": job_id, "ref": ref})
         return ref
 
     def stop(self, job_id: str, *, kill: bool) -> None:
-
         with self._lock:
             run = self._runs.get(job_id)
             if run is None:
@@ -164,25 +171,14 @@ class KubernetesExecutor:
             run.stop = "kill" if kill or run.stop == "kill" else "pause"
         try:
             if kill and not run.kill_sent:
-                self._delete_job(run.name)
+                self._calls.delete_run(run.engine, run.name)
                 run.kill_sent = True
             elif not kill and not run.pause_sent:
-                for pod in self._pods_of(run.name):
-                    self._delete_pod(pod, grace=max(1, int(self._settings.training.pause_grace_s)))
+                for pod in self._calls.pods_of(run.name):  # every rank: each checkpoints and exits 75
+                    self._calls.delete_pod(pod, grace=max(1, int(self._settings.training.pause_grace_s)))
                 run.pause_sent = True
         except Exception:  # the scheduler calls stop() again on a later tick
-            log.warning("could not stop the trainer Job", exc_info=True, extra={"job_id": job_id, "ref": run.ref})
-
-    def _delete_job(self, name: str) -> None:
-        from kubernetes.client.rest import ApiException
-
-        try:  # Foreground: the Job goes once its pods are gone
-            self._batch.delete_namespaced_job(name, self._ns, propagation_policy="Foreground")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        for pod in self._pods_of(name):  # and the pods now, not after their grace period
-            self._delete_pod(pod, grace=0)
+            log.warning("could not stop the trainer run", exc_info=True, extra={"job_id": job_id, "ref": run.ref})
 
     def reap(self) -> list[TrainerExit]:
         with self._lock:
@@ -191,142 +187,108 @@ class KubernetesExecutor:
             return []  # idle: only look for leftover pods now and then
         self._last_sweep = time.monotonic()
         try:
-            jobs = {j["metadata"]["name"]: j for j in self._list("jobs")}
+            jobs: dict[str, list[dict]] = {}
+            for job in self._calls.list_of("jobs"):  # one node's Job by its name, multi-node child Jobs by their run
+                jobs.setdefault(run_key(job) or job["metadata"]["name"], []).append(job)
             pods: dict[str, list[dict]] = {}
-            for pod in self._list("pods"):
-                pods.setdefault(_owner(pod) or "", []).append(pod)
+            for pod in self._calls.list_of("pods"):
+                pods.setdefault(run_key(pod), []).append(pod)
         except Exception:
             log.warning("could not list trainer Jobs and pods; trying again next tick", exc_info=True)
             return []
+        owners: dict[str, dict[str, dict]] = {}  # engine plural -> name -> object, for the kinds in use
+        for engine in {run.engine for run in runs if run.engine is not None}:
+            try:
+                owners[engine.plural] = {o["metadata"]["name"]: o for o in self._calls.list_of(engine)}
+            except Exception:  # its runs wait for the next tick; the others go on
+                log.warning(f"could not list trainer {engine.kind}s; trying again next tick", exc_info=True)
         exits = []
         for run in runs:
-            verdict = self._look(run, jobs.get(run.name), pods.get(run.name, []))
+            if run.engine is not None and run.engine.plural not in owners:
+                continue
+            own = pods.get(run.name, [])
+            if run.engine is None:  # one node: its Job, found by name
+                obj = next((j for j in jobs.get(run.name, []) if j["metadata"]["name"] == run.name), None)
+            else:  # several: the JobSet or TrainJob, its child Jobs, its rank pods
+                obj = owners[run.engine.plural].get(run.name)
+            verdict = self._look(run, obj, jobs.get(run.name, []), own)
             if not verdict.ended:
                 continue
-            log_bytes = self._pod_log(verdict.pod) if verdict.pod else b""
+            log_bytes = self._log_of(run, verdict, own)
             if verdict.note:
-                log_bytes = (log_bytes or b"") + f"[hone kubernetes executor] {verdict.note}\n".encode()
-            for pod in pods.get(run.name, []):
-                self._release(pod)
+                log_bytes += f"[hone kubernetes executor] {verdict.note}\n".encode()
+            for pod in own:
+                self._calls.release(pod)
             with self._lock:
                 if self._runs.get(run.job_id) is run:
                     del self._runs[run.job_id]
-            if run.gave_up is not None:  # its pod was released above, so the Job goes with it at once
+            # A stuck pod's Job goes at once (its pod was released above); an ended multi-node run too, so that no
+            # rank is left waiting on the others (the engine would otherwise keep them until the deadline).
+            if run.gave_up is not None or (run.engine is not None and not run.kill_sent):
                 try:
-                    self._delete_job(run.name)
-                except Exception:  # the Job's deadline and TTL still end it
-                    log.warning("could not delete a stuck trainer Job", exc_info=True, extra={"job_id": run.job_id})
+                    self._calls.delete_run(run.engine, run.name, pods_now=run.gave_up is not None)
+                except Exception:  # the deadline and TTL still end it
+                    log.warning("could not delete an ended trainer run", exc_info=True, extra={"job_id": run.job_id})
             exits.append(TrainerExit(run.job_id, run.ref, verdict.exit_code, log_bytes or None, run.gave_up))
         tracked = {run.name for run in runs}
         # Ended pods of runs nobody tracks (e.g. cancelled while the control plane was down, then deleted by the
         # Job's TTL): let them go.
-        for owner, owned in pods.items():
+        for owner_name, owned in pods.items():
             for pod in owned:
                 phase = (pod.get("status") or {}).get("phase")
-                if owner not in tracked and (phase in ("Succeeded", "Failed") or never_ran(pod)):
-                    self._release(pod)
+                if owner_name not in tracked and (phase in ("Succeeded", "Failed") or never_ran(pod)):
+                    self._calls.release(pod)
         return exits
 
-    def _release(self, pod: dict) -> None:
-        """Removes this executor's finalizer from a pod whose end has been read."""
-        from kubernetes.client.rest import ApiException
-
-        meta = pod["metadata"]
-        for _ in range(3):
-            finalizers = meta.get("finalizers") or []
-            if FINALIZER not in finalizers:
-                return
-            rest = [f for f in finalizers if f != FINALIZER]
-            try:
-                self._core.patch_namespaced_pod(
-                    meta["name"],
-                    self._ns,
-                    {"metadata": {"finalizers": rest or None, "resourceVersion": meta["resourceVersion"]}},
-                )
-                return
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
-                if exc.status == 403:
-                    if self._finalizer:
-                        log.error(
-                            "the control plane may not patch pods (its Role needs the `patch` verb on pods): new "
-                            "trainer pods go without the hone.dev/trainer-exit finalizer, and this one keeps it "
-                            "until removed by hand",
-                            extra={"pod": meta["name"], "error": _api_message(exc)},
-                        )
-                    self._finalizer = False
-                    return
-                if exc.status != 409:
-                    log.warning("could not release a trainer pod", extra={"pod": meta["name"], "error": str(exc)})
-                    return
-            except Exception as exc:
-                log.warning("could not release a trainer pod", extra={"pod": meta["name"], "error": str(exc)})
-                return
-            try:  # changed meanwhile (e.g. the Job controller's own finalizer went): read it again
-                response = self._core.read_namespaced_pod(meta["name"], self._ns, _preload_content=False)
-                # _preload_content=False answers the raw urllib3 response, not the annotated model
-                meta = json.loads(response.data)["metadata"]  # type: ignore[attr-defined]
-            except Exception:
-                return
+    def _log_of(self, run: _Run, verdict: Verdict, pods: list[dict]) -> bytes:
+        """One pod's log; a multi-node run's rank 0 log, then the failing rank's when another rank failed."""
+        by_name = {p["metadata"]["name"]: p for p in pods}
+        names = [verdict.pod] if verdict.pod else []
+        if run.engine is not None and pods:
+            rank0 = min(pods, key=rank_of)["metadata"]["name"]
+            names = [rank0] + [n for n in names if n != rank0]
+        parts = []
+        for name in names:
+            pod = by_name.get(name)
+            text = self._calls.pod_log(name, trainer_container(pod) if pod else "trainer")
+            if run.engine is not None:
+                rank = rank_of(pod) if pod else "?"
+                text = f"[hone kubernetes executor] rank {rank}, pod {name}:\n".encode() + (text or b"")
+            parts.append(text or b"")
+        return b"".join(parts)
 
     def adopt(self, job_id: str, ref: str) -> bool:
         if not self.owns(ref):
             return False
         try:
             location, attempt = ref[len("k8s:") :].rsplit(":", 1)
-            name = location.split("/", 1)[1]
+            parts = location.split("/")
+            name, engine = parts[-1], (BY_PLURAL[parts[1]] if len(parts) == 3 else None)
             selector = f"{APP_LABEL}={APP},{JOB_ID_LABEL}={label_value(job_id)},{ATTEMPT_LABEL}={int(attempt)}"
             found = [
                 j
-                for j in self._list("jobs", selector)
+                for j in self._calls.list_of(engine or "jobs", selector)
                 if j["metadata"]["name"] == name
                 and (j["metadata"].get("annotations") or {}).get(JOB_ID_ANNOTATION, job_id) == job_id
             ]
         except Exception:
-            log.warning("could not look for a trainer Job to adopt", exc_info=True, extra={"job_id": job_id})
+            log.warning("could not look for a trainer run to adopt", exc_info=True, extra={"job_id": job_id})
             return False
         if not found or found[0]["metadata"].get("deletionTimestamp"):
             return False
         with self._lock:
-            self._runs[job_id] = _Run(job_id, int(attempt), name, ref)
-        return True  # a Job that ended while nobody watched is reaped, with its exit code, on the next tick
+            self._runs[job_id] = _Run(job_id, int(attempt), name, ref, engine)
+        return True  # a run that ended while nobody watched is reaped, with its exit code, on the next tick
 
     # --- internals ---
 
-    def _list(self, kind: str, selector: str | None = None) -> list[dict]:
-        selector = selector or f"{APP_LABEL}={APP}"
-        call = self._batch.list_namespaced_job if kind == "jobs" else self._core.list_namespaced_pod
-        response = call(self._ns, label_selector=selector, _preload_content=False, _request_timeout=30)
-        # _preload_content=False answers the raw urllib3 response, not the annotated model
-        return json.loads(response.data).get("items") or []  # type: ignore[union-attr]
-
-    def _pods_of(self, name: str) -> list[str]:
-        return [p["metadata"]["name"] for p in self._list("pods") if _owner(p) == name]
-
-    def _delete_pod(self, pod: str, *, grace: int) -> None:
-        from kubernetes.client.rest import ApiException
-
-        try:
-            self._core.delete_namespaced_pod(pod, self._ns, grace_period_seconds=grace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-
-    def _pod_log(self, pod: str) -> bytes | None:
-        try:  # raw bytes: the client would otherwise try to parse a JSON log line as a JSON document
-            response = self._core.read_namespaced_pod_log(
-                pod, self._ns, container=CONTAINER, _preload_content=False, _request_timeout=30
-            )
-            # _preload_content=False answers the raw urllib3 response, not the annotated str
-            return response.data  # type: ignore[attr-defined]
-        except Exception as exc:
-            return f"[hone kubernetes executor] the pod's log could not be read: {exc}\n".encode()
-
-    def _look(self, run: _Run, job: dict | None, pods: list[dict]) -> Verdict:
+    def _look(self, run: _Run, obj: dict | None, children: list[dict], pods: list[dict]) -> Verdict:
         """Classifies the run's objects, remembers what the classifier saw, and says each new kind of event once."""
         seen = dataclasses.replace(run.seen, stop=run.stop, kill_sent=run.kill_sent)
-        verdict = classify(job, pods, seen, self._settings, time.monotonic())
+        if run.engine is None:
+            verdict = classify(obj, pods, seen, self._settings, time.monotonic())
+        else:
+            verdict = classify_ranks(obj, children, pods, seen, self._settings, time.monotonic())
         fresh = [e for e in verdict.events if e.kind not in verdict.seen.said]
         run.seen = dataclasses.replace(verdict.seen, said=verdict.seen.said | {e.kind for e in fresh})
         if verdict.error is not None:
@@ -334,10 +296,3 @@ class KubernetesExecutor:
         with self._lock:
             self._events.extend((run.job_id, e.level, e.message) for e in fresh)
         return verdict
-
-
-def _api_message(exc: Any) -> str:
-    try:
-        return json.loads(exc.body).get("message") or ""
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.body or "")[:300]

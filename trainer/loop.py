@@ -15,7 +15,7 @@ import torch
 
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
-from trainer import checkpoints, distill, dpo, outputs, rft, schedule
+from trainer import checkpoints, distill, dpo, outputs, quantization, rft, schedule
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
@@ -81,12 +81,14 @@ class Run:
         spec = self.spec
         if spec.method not in ("supervised", "dpo", "reinforcement", "distillation"):
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
-        if spec.method == "dpo" and spec.hyperparameters.tuning_mode != "lora":
-            raise FatalError("unsupported_method", "DPO trains a LoRA adapter; use tuning_mode 'lora'.")
+        if spec.method == "dpo" and spec.hyperparameters.tuning_mode not in ("lora", "qlora"):
+            raise FatalError("unsupported_method", "DPO trains a LoRA adapter; use tuning_mode 'lora' or 'qlora'.")
         if self.world.parallel and spec.method != "supervised":
             raise FatalError("unsupported_method", f"The {spec.method} method trains in one process only.")
         try:
-            base, self.tokenizer = load_base(spec.model_name, spec.model_source, spec.model_cache_dir)
+            base, self.tokenizer = load_base(
+                spec.model_name, spec.model_source, spec.model_cache_dir, spec.hyperparameters
+            )
         except ModelLoadError as exc:
             raise FatalError("model_not_found", str(exc)) from exc
         if spec.distillation is not None:  # the teacher's answers first: the student trains on them
@@ -95,7 +97,7 @@ class Run:
         self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
         torch.manual_seed(spec.seed)
         self._flops_shape = (
-            sum(p.numel() for p in base.parameters()),
+            quantization.parameter_count(base),  # a 4-bit weight counts as the one it stands for
             getattr(base.config, "num_hidden_layers", 0),
             getattr(base.config, "hidden_size", 0),
         )
@@ -290,7 +292,7 @@ class Run:
             self.model,
             state,
             tokenizer=self.tokenizer,
-            extra_files=self.serving_files,
+            extra_files=quantization.serving_files(self.spec, self.model, self.tokenizer, self.serving_files),
         )
         shutil.rmtree(saved.local, ignore_errors=True)
         keep = {k: v for k, v in metrics.items() if k != "total_steps"}
@@ -303,7 +305,7 @@ class Run:
         shutil.rmtree(local, ignore_errors=True)
         self.model.save_pretrained(local, safe_serialization=True)
         self.tokenizer.save_pretrained(local)
-        for name, text in self.serving_files.items():
+        for name, text in quantization.serving_files(self.spec, self.model, self.tokenizer, self.serving_files).items():
             (local / name).write_text(text)
         prefix = self.spec.output_prefix + "adapter/"
         self.blobs.upload_dir(local, prefix, last="hone_serving.json")

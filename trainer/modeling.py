@@ -1,4 +1,5 @@
-"""Loading the base model and tokenizer, wrapping it for LoRA or full tuning, and the loss over target tokens."""
+"""Loading the base model and tokenizer, wrapping it for LoRA, QLoRA or full tuning, and the loss over target
+tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from hone_kernel import tiny_model
 from hone_kernel.trainer_contract import Hyperparameters
-from trainer import checkpoints
+from trainer import checkpoints, quantization
 from trainer.batches import IGNORE, MicroBatch
 from trainer.blobs import Blobs
 
@@ -32,20 +33,27 @@ def device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_base(name: str, source: str, cache_dir: str):
+def load_base(name: str, source: str, cache_dir: str, hp: Hyperparameters | None = None):
+    """The base model and its tokenizer; for a QLoRA job (`hp.tuning_mode == "qlora"`), loaded in 4 bits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_dir(name, source, cache_dir)
     dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
+    quantized = hp is not None and hp.tuning_mode == "qlora"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        if quantized:
+            assert hp is not None
+            model = quantization.load_4bit(path, hp, device())
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Base model {name!r} could not be loaded from {source!r}: {exc}".strip()) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # transformers declares .to() through functools.wraps(nn.Module.to), whose type loses the bound self
-    return model.to(device()), tokenizer  # type: ignore[arg-type]
+    if quantized:
+        return model, tokenizer  # placed by device_map: a 4-bit model refuses .to()
+    return model.to(device()), tokenizer
 
 
 def tunable(base, hp: Hyperparameters, blobs: Blobs, init_prefix: str | None, workdir: Path):
@@ -67,6 +75,9 @@ def wrap_for_tuning(model, hp: Hyperparameters):
         model.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
+
+    if hp.tuning_mode == "qlora":
+        model = quantization.prepare(model)
 
     # peft annotates lora_alpha as int; it is only ever divided (alpha / r), and Hone's may be fractional
     config = LoraConfig(

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from hone_kernel.trainer_contract import TrainSpec
+from hone_kernel.trainer_contract import QUANT_FIELDS, TrainSpec
 
 if TYPE_CHECKING:
     from wandb import Run
@@ -215,7 +215,8 @@ class WandbLog:
             k: v
             for k, v in asdict(spec.hyperparameters).items()
             if not (k == "beta" and spec.method != "dpo")
-            and not (k.startswith("lora_") and spec.hyperparameters.tuning_mode != "lora")
+            and not (k.startswith("lora_") and spec.hyperparameters.tuning_mode not in ("lora", "qlora"))
+            and not (k in QUANT_FIELDS and spec.hyperparameters.tuning_mode != "qlora")
         }
         return {
             "job_id": spec.job_id,

@@ -1,0 +1,159 @@
+"""QLoRA: the frozen base loaded in 4 bits through bitsandbytes, LoRA trained over it in `compute_dtype`.
+
+Only the base is quantized; the adapter stays in float32 and is saved as a normal PEFT adapter over the base's
+module names (`...q_proj.lora_A.weight`), so it loads onto the full-precision base to be served like any other.
+The served model therefore differs from the trained one by the quantization error of the base: the parity gate
+(service/deploy/parity.py) checks the greedy answers recorded here against the engine's within a stated bound."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+
+from hone_kernel.trainer_contract import Hyperparameters, TrainSpec
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Greedy answers recorded for the parity gate, and their length (the gate's SMOKE_MAX_TOKENS)
+PARITY_ANSWERS = 8
+PARITY_MAX_TOKENS = 64
+
+
+def _import_bitsandbytes() -> None:
+    # On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional faster kernel from the Hugging Face hub at
+    # import and logs a warning when it cannot (no `kernels` package, no network, an untrusted repository); its
+    # own kernels are used then, so the line would only mislead a reader of the job's log.
+    quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes  # noqa: F401
+    finally:
+        quiet.setLevel(level)
+
+
+def config(hp: Hyperparameters):
+    from transformers import BitsAndBytesConfig
+
+    _import_bitsandbytes()
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=hp.quant_type,
+        bnb_4bit_use_double_quant=hp.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[hp.compute_dtype],
+    )
+
+
+def load_4bit(path: str, hp: Hyperparameters, device: torch.device):
+    """The base with every linear layer but the output head in 4 bits (bitsandbytes' Linear4bit); embeddings and
+    norms stay in `compute_dtype` (prepare() makes them float32)."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        quantization_config=config(hp),
+        dtype=DTYPES[hp.compute_dtype],
+        attn_implementation="sdpa",
+        # quantized as it is placed: a 4-bit model cannot be moved with .to() afterwards
+        device_map={"": device.index if device.type == "cuda" and device.index is not None else device.type},
+    )
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            # On CPUs with AVX512-BF16 a Linear4bit repacks its weight the first time it runs without gradients
+            # (validation, the parity answers) into a bf16 inference layout, and training continues on that: the
+            # losses after it would differ from a resumed run's, which repacks at other steps. One layout always.
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def prepare(model):
+    """peft's QLoRA preparation: the base frozen, norms and embeddings in float32 (stable in bf16 training).
+
+    Without gradient checkpointing, which peft turns on by default: it recomputes every layer's forward in the
+    backward pass (about a third more time a step) to save activations, and Hone's LoRA path keeps them; QLoRA
+    here saves the weights' memory and trains as fast as the 4-bit matmuls allow."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def parameter_count(model) -> int:
+    """Parameters as the unquantized model has them: a 4-bit tensor packs two weights a byte, and its
+    quant_state keeps the shape it stands for."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += int(torch.Size(state.shape).numel()) if state is not None else p.numel()
+    return total
+
+
+def base_weight_bytes(model) -> int:
+    """Bytes the frozen base's weights take: its parameters and buffers (4-bit ones as packed bytes) plus the
+    quantization state each Linear4bit keeps (absmax, nested constants, codebook), adapters excluded."""
+    total = 0
+    seen: set[int] = set()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if "lora_" in name or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        total += tensor.numel() * tensor.element_size()
+        state = getattr(tensor, "quant_state", None)
+        if state is not None:
+            total += _quant_state_bytes(state)
+    return total
+
+
+def _quant_state_bytes(state: Any) -> int:
+    total = 0
+    for part in ("absmax", "code", "offset"):
+        value = getattr(state, part, None)
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+    nested = getattr(state, "state2", None)
+    return total + (_quant_state_bytes(nested) if nested is not None else 0)
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, parity: dict, stop_ids: list[int], count: int = PARITY_ANSWERS) -> list[dict]:
+    """The trained (quantized) model's greedy answers to the parity rows' prompts, as the gate asks the engine:
+    each `{"tokenize": <the prompt's /tokenize request>, "text": <answer>}`."""
+    # chat prompts and prompt/completion prompts: raw text teaches no answer (nor where one stops) to compare
+    completion = parity.get("format") == "prompt_completion"
+    prompts = [s for s in parity["samples"] if s["tokenize"].get("add_generation_prompt") or completion]
+    training = model.training
+    model.eval()
+    answers = []
+    dev = next(p for p in model.parameters() if p.requires_grad).device
+    try:
+        for sample in prompts[:count]:
+            ids = torch.tensor([sample["token_ids"]], device=dev)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=PARITY_MAX_TOKENS,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )[0, ids.shape[1] :].tolist()
+            if out and out[-1] in stop_ids:
+                out = out[:-1]
+            # decoded as the engine decodes (inference/engine.py), so the texts compare as the user would read them
+            text = tokenizer.decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            answers.append({"tokenize": sample["tokenize"], "text": text})
+    finally:
+        model.train(training)
+    return answers
+
+
+def serving_files(spec: TrainSpec, model, tokenizer, files: dict[str, str]) -> dict[str, str]:
+    """The serving files to publish beside weights: for a QLoRA run, parity_samples.json with the greedy answers
+    the gate compares the full-precision serving path against (`greedy`), else `files` as they are."""
+    if spec.hyperparameters.tuning_mode != "qlora":
+        return files
+    parity = json.loads(files["parity_samples.json"])
+    stop_ids = list(json.loads(files["hone_serving.json"])["stop_token_ids"])
+    parity["greedy"] = {"tuning_mode": "qlora", "answers": greedy_answers(model, tokenizer, parity, stop_ids)}
+    return {**files, "parity_samples.json": json.dumps(parity)}

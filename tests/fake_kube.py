@@ -265,6 +265,10 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Controllers of custom resources (tests/fake_kube_jobsets.py), called under the lock: on_create[plural]
+        # after an object is stored; on_job_status after a Job's status changes (a JobSet follows its Jobs).
+        self.on_create: dict[str, list[Callable[[FakeKube, dict], None]]] = {}
+        self.on_job_status: list[Callable[[FakeKube, dict], None]] = []
 
     def register(self, resource: Resource) -> None:
         self.resources[(resource.group, resource.version, resource.plural)] = resource
@@ -430,7 +434,9 @@ class FakeKube:
         self._record("ADDED", resource, obj)
         if resource.plural == "jobs" and self.job_controller:
             self._create_job_pod(obj)
-        return copy.deepcopy(obj)
+        for hook in self.on_create.get(resource.plural, []):
+            hook(self, obj)
+        return copy.deepcopy(self._objects.get(key, obj))
 
     def _default_job(self, job: dict) -> None:
         uid, name = job["metadata"]["uid"], job["metadata"]["name"]
@@ -452,28 +458,42 @@ class FakeKube:
         job["status"] = {}
 
     def _create_job_pod(self, job: dict) -> None:
-        template = copy.deepcopy(job["spec"].get("template", {}))
-        pod = {
-            "metadata": {
-                **template.get("metadata", {}),
-                "name": f"{job['metadata']['name'][:57]}-{secrets.token_hex(3)[:5]}",
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": job["metadata"]["name"],
-                        "uid": job["metadata"]["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
-            },
-            "spec": template.get("spec", {}),
-            "status": {"phase": "Pending", "conditions": []},
-        }
-        self._create(self._resource("pods"), job["metadata"]["namespace"], pod)
+        """One pod per Job, or `parallelism` for an Indexed Job: pod i gets completion index i (annotation and
+        label, as the real controller sets them) and, under a subdomain, the hostname `{job}-{i}`."""
+        indexed = job["spec"].get("completionMode") == "Indexed"
+        for index in range(job["spec"].get("parallelism", 1) if indexed else 1):
+            template = copy.deepcopy(job["spec"].get("template", {}))
+            meta = template.get("metadata", {})
+            name = f"{job['metadata']['name'][:57]}-{secrets.token_hex(3)[:5]}"
+            if indexed:
+                name = f"{job['metadata']['name'][:50]}-{index}-{secrets.token_hex(3)[:5]}"
+                for part in ("annotations", "labels"):
+                    meta[part] = {**meta.get(part, {}), "batch.kubernetes.io/job-completion-index": str(index)}
+                if template.get("spec", {}).get("subdomain"):
+                    template["spec"]["hostname"] = f"{job['metadata']['name']}-{index}"
+            pod = {
+                "metadata": {
+                    **meta,
+                    "name": name,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "batch/v1",
+                            "kind": "Job",
+                            "name": job["metadata"]["name"],
+                            "uid": job["metadata"]["uid"],
+                            "controller": True,
+                            "blockOwnerDeletion": True,
+                        }
+                    ],
+                },
+                "spec": template.get("spec", {}),
+                "status": {"phase": "Pending", "conditions": []},
+            }
+            self._create(self._resource("pods"), job["metadata"]["namespace"], pod)
         self._bump_job_status(
-            job["metadata"]["namespace"], job["metadata"]["name"], {"active": 1, "startTime": now_rfc3339(), "ready": 0}
+            job["metadata"]["namespace"],
+            job["metadata"]["name"],
+            {"active": job["spec"].get("parallelism", 1) if indexed else 1, "startTime": now_rfc3339(), "ready": 0},
         )
 
     def _bump_job_status(self, namespace: str, name: str, status: dict) -> None:
@@ -483,6 +503,8 @@ class FakeKube:
         job["status"] = {**job.get("status", {}), **status}
         job["metadata"]["resourceVersion"] = self._next_rv()
         self._record("MODIFIED", self._resource("jobs"), job)
+        for hook in self.on_job_status:
+            hook(self, job)
 
     def _replace(self, resource: Resource, key: tuple, new: dict, *, subresource: str | None) -> dict:
         old = self._objects[key]
@@ -642,6 +664,8 @@ class FakeKube:
                     c.get("type") == "Ready" and c.get("status") == "True" for c in obj["status"].get("conditions", [])
                 )
                 self._bump_job_status(key[1], key[2], {"active": 1, "ready": int(ready)})
+            elif phase == "Succeeded" and self._succeeded_pods(key) < job["spec"].get("completions", 1):
+                self._bump_job_status(key[1], key[2], {"succeeded": self._succeeded_pods(key)})
             elif phase == "Succeeded":
                 self._bump_job_status(
                     key[1],
@@ -649,7 +673,7 @@ class FakeKube:
                     {
                         "active": 0,
                         "ready": 0,
-                        "succeeded": 1,
+                        "succeeded": self._succeeded_pods(key),
                         "completionTime": now,
                         "conditions": [
                             _condition(
@@ -669,6 +693,16 @@ class FakeKube:
         if "deletionTimestamp" in obj["metadata"]:
             self._collect(("pods", obj["metadata"]["namespace"], obj["metadata"]["name"]))
 
+    def _succeeded_pods(self, key: tuple) -> int:
+        uid = self._objects[key]["metadata"]["uid"]
+        return sum(
+            1
+            for (q, _, _), obj in self._objects.items()
+            if q == "pods"
+            and obj.get("status", {}).get("phase") == "Succeeded"
+            and any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences", []))
+        )
+
     def _fail_job(self, key: tuple, reason: str, message: str) -> None:
         now = now_rfc3339()
         self._bump_job_status(
@@ -684,6 +718,18 @@ class FakeKube:
                 ],
             },
         )
+        # A failed Job (backoffLimit 0) then terminates its other active pods, as the real controller does.
+        if key not in self._objects:
+            return
+        for dep_key in self._dependents(self._objects[key]["metadata"]["uid"]):
+            dep = self._objects.get(dep_key)
+            if (
+                dep is not None
+                and dep_key[0] == "pods"
+                and dep.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                and "deletionTimestamp" not in dep["metadata"]
+            ):
+                self._delete(self._resource("pods"), dep_key, propagation=None, grace=None)
 
     def _job_pod_gone(self, namespace: str, job_name: str, pod: dict) -> None:
         key = ("jobs.batch", namespace, job_name)

@@ -63,7 +63,9 @@ ROWS = [
 ]
 
 
-def write_spec(root: Path, job_id: str, callback: str, processes: int, epochs: int, attempt: int = 1) -> str:
+def write_spec(
+    root: Path, job_id: str, callback: str, processes: int, epochs: int, attempt: int = 1, mode: str = "lora"
+) -> str:
     (root / "files").mkdir(parents=True, exist_ok=True)
     (root / "files" / "train").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     spec = TrainSpec(
@@ -76,7 +78,13 @@ def write_spec(root: Path, job_id: str, callback: str, processes: int, epochs: i
         training_file=FileRef("files/train", "openai_chat"),
         validation_file=None,
         method="supervised",
-        hyperparameters=Hyperparameters(n_epochs=epochs, batch_size=8, learning_rate=5e-3, lr_scheduler="linear"),
+        hyperparameters=Hyperparameters(
+            n_epochs=epochs,
+            batch_size=8,
+            learning_rate=5e-3 if mode == "lora" else 2e-4,
+            lr_scheduler="linear",
+            tuning_mode=mode,
+        ),
         seed=3,
         output_prefix=f"jobs/{job_id}/",
         callback_url=callback,
@@ -115,9 +123,14 @@ def losses(job_id: str) -> dict[int, float]:
 
 
 def adapter(root: Path, job_id: str) -> dict[str, torch.Tensor]:
+    """The published weights: the adapter, or the full model's."""
     from safetensors.torch import load_file
 
-    return load_file(root / f"jobs/{job_id}/adapter/adapter_model.safetensors")
+    weights: dict[str, torch.Tensor] = {}
+    for part in sorted((root / f"jobs/{job_id}/adapter").glob("*.safetensors")):
+        weights |= load_file(part)
+    assert weights
+    return weights
 
 
 def assert_same_run(a: dict[int, float], b: dict[int, float], wa: dict, wb: dict) -> None:
@@ -249,3 +262,29 @@ def test_a_job_asking_for_two_devices_trains_on_two_ranks_through_the_api(tmp_pa
         wait_job(client, small.id, lambda j: j.status == "succeeded", timeout=TIMEOUT_S)
     finally:
         server.stop()
+
+
+def test_full_weights_shard_over_two_ranks_and_resume_after_a_pause(control_plane, tmp_path):
+    """Full tuning shards the weights (FSDP): the same losses and weights as one process, through a pause (SIGTERM:
+    every rank stops at the step they agree on, the shards are gathered into rank 0's checkpoint) and a resume
+    (each rank loads its shard of it)."""
+    one = start(write_spec(tmp_path, "ftjob-full1", control_plane, 1, epochs=4, mode="full"), 1)
+    job = "ftjob-full2"
+    two = start(write_spec(tmp_path, job, control_plane, 2, epochs=4, mode="full"), 2)
+    wait_for(lambda: (tmp_path / f"jobs/{job}/checkpoints/step-3/COMPLETE").exists(), TIMEOUT_S, 0.05, "step 3")
+    two.send_signal(signal.SIGTERM)  # a pause: the launcher passes it to both ranks
+    _, err = two.communicate(timeout=120)
+    assert two.returncode == ExitCode.STOPPED, err.decode()[-3000:]
+    paused_at = max(losses(job))
+    assert paused_at < 12, "the run ended before the pause: make it longer"
+    again = start(write_spec(tmp_path, job, control_plane, 2, epochs=4, attempt=2, mode="full"), 2)
+    for proc in (again, one):
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == ExitCode.OK, err.decode()[-3000:]
+    resumed = [
+        e for p, b in ControlPlane.bodies if f"/{job}/" in p for e in b.get("events", []) if "Resumed" in e["message"]
+    ]
+    assert resumed and resumed[0]["data"]["step"] == paused_at  # checkpointed at the very step it stopped
+    weights = adapter(tmp_path, job)
+    assert any("embed_tokens" in k for k in weights) and len(weights) > 20  # the whole model, gathered
+    assert_same_run(losses(job), losses("ftjob-full1"), weights, adapter(tmp_path, "ftjob-full1"))

@@ -40,13 +40,15 @@ def save(
     *,
     tokenizer=None,
     extra_files: dict[str, str] | None = None,
+    weights: dict | None = None,
 ) -> Saved:
-    """The tokenizer and serving files make a checkpoint servable on its own, like the final adapter."""
+    """The tokenizer and serving files make a checkpoint servable on its own, like the final adapter. `weights`:
+    the model's, gathered whole, when the model itself holds only a shard of them (trainer/distributed.py)."""
     import torch  # here, not at the top: the layout (latest_step, load) stays importable without torch
 
     local = workdir / f"step-{step}"
     shutil.rmtree(local, ignore_errors=True)
-    model.save_pretrained(local, safe_serialization=True)
+    model.save_pretrained(local, safe_serialization=True, state_dict=weights)
     if tokenizer is not None:
         tokenizer.save_pretrained(local)
     for name, text in (extra_files or {}).items():
@@ -78,15 +80,23 @@ def download_weights(blobs: Blobs, prefix: str, local: Path) -> Path:
     return local
 
 
+def full_weights(folder: Path) -> dict:
+    """A full-weights checkpoint's tensors, by name."""
+    from safetensors.torch import load_file
+
+    state: dict = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    if not state:
+        raise FileNotFoundError(f"no weights (*.safetensors) in {folder}")
+    return state
+
+
 def load_weights(model, folder: Path, tuning_mode: str) -> None:
     from safetensors.torch import load_file
 
     if tuning_mode == "full":
-        state = {}
-        for shard in sorted(folder.glob("*.safetensors")):
-            state.update(load_file(shard))
-        if not state:
-            raise FileNotFoundError(f"no weights (*.safetensors) in {folder}")
+        state = full_weights(folder)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected:
             raise RuntimeError(f"checkpoint has weights the model lacks: {unexpected[:5]}")

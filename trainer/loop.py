@@ -15,14 +15,14 @@ import torch
 
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
-from trainer import checkpoints, distill, dpo, outputs, quantization, rft, schedule
+from trainer import checkpoints, distill, dpo, outputs, quantization, rft, schedule, startup
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
-from trainer.distributed import SupervisedStep, World
+from trainer.distributed import SupervisedStep, World, whole
 from trainer.failures import Diverged, FatalError
 from trainer.flops import flops_per_token, mfu, peak_flops
-from trainer.modeling import ModelLoadError, device, load_base, loss_sums, tunable
+from trainer.modeling import ModelLoadError, device, load_base, tunable
 from trainer.reporting import Reporter, main_thread
 from trainer.wandb_log import WandbLog
 
@@ -91,10 +91,12 @@ class Run:
             )
         except ModelLoadError as exc:
             raise FatalError("model_not_found", str(exc)) from exc
+        startup.mark("model")
         if spec.distillation is not None:  # the teacher's answers first: the student trains on them
             distill.use_teacher_answers(spec, self.blobs, self.reporter)
         self.train = self._examples(spec.training_file, "training file")
         self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
+        startup.mark("data")
         torch.manual_seed(spec.seed)
         self._flops_shape = (
             quantization.parameter_count(base),  # a 4-bit weight counts as the one it stands for
@@ -107,13 +109,15 @@ class Run:
             self.model = tunable(base, spec.hyperparameters, self.blobs, spec.init_weights_prefix, self.workdir)
         except ModelLoadError as exc:
             raise FatalError("model_not_found", str(exc)) from exc
+        startup.mark("wrap")
         self.reference = (
             dpo.Reference.of(self.model, self.train + self.valid, spec.token_budget, self.tokenizer.pad_token_id)
             if spec.method == "dpo"
             else None
         )
         hp = spec.hyperparameters
-        self.supervised = SupervisedStep(self.model, self.world)
+        # full weights are sharded over the ranks (FSDP), adapters replicated (DDP): trainer/distributed.py
+        self.supervised = SupervisedStep(self.model, self.world, shard_weights=hp.tuning_mode == "full")
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         self.per_epoch = steps_per_epoch(len(self.train), hp.batch_size)
@@ -130,15 +134,19 @@ class Run:
             if spec.method == "reinforcement"
             else None
         )
+        startup.mark("setup")
 
     def _resume(self) -> None:
         step = checkpoints.latest_step(self.blobs, self.spec.output_prefix)
         if step is None:
             return
         folder = checkpoints.load(self.blobs, self.spec.output_prefix, self.workdir, step)
-        checkpoints.load_weights(self.model, folder, self.spec.hyperparameters.tuning_mode)
         state = torch.load(folder / checkpoints.STATE, weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.supervised.sharded:
+            self.supervised.load_sharded(checkpoints.full_weights(folder), self.optimizer, state["optimizer"])
+        else:
+            checkpoints.load_weights(self.model, folder, self.spec.hyperparameters.tuning_mode)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if torch.cuda.is_available() and state.get("rng_cuda") is not None:
@@ -192,7 +200,7 @@ class Run:
         return {"train_loss": loss_total / targets, "train_mean_token_accuracy": correct_total / targets}
 
     def _optimizer_step(self) -> None:
-        norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.hyperparameters.max_grad_norm)
+        norm = whole(torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.hyperparameters.max_grad_norm))
         if not torch.isfinite(norm):  # clipping cannot mend inf/NaN gradients; stepping would poison the weights
             raise Diverged("gradient norm", float(norm))
         self.optimizer.step()
@@ -222,7 +230,7 @@ class Run:
         loss_total, correct_total, targets = 0.0, 0, 0
         for start in range(0, len(examples), 64):
             for mb in self._layout(examples[start : start + 64]):
-                loss, correct = loss_sums(self.model, mb)
+                loss, correct = self.supervised.sums(self.model, mb)
                 loss_total += float(loss)
                 correct_total += int(correct)
                 targets += mb.targets
@@ -234,10 +242,11 @@ class Run:
         figure = "reward_mean" if self.reinforce is not None else "loss"
         words = "reward mean" if self.reinforce is not None else "loss"
         message = f"Step {step}/{self.total_steps}: training {words}={train['train_' + figure]:.2f}"
-        if self.valid and self.world.main and (step % self.eval_interval == 0 or step == self.total_steps):
+        evaluates = self.valid and self.supervised.evaluates_here
+        if evaluates and (step % self.eval_interval == 0 or step == self.total_steps):
             data.update(self._validation(self.valid[: self.spec.eval_examples], "valid"))
             message += f", validation {words}={data['valid_' + figure]:.2f}"
-        if self.valid and self.world.main and step == self.total_steps:
+        if evaluates and step == self.total_steps:
             data.update(self._validation(self.valid, "full_valid"))
             message += f", full validation {words}={data['full_valid_' + figure]:.2f}"
         self.reporter.event(message, type="metrics", data=data, key=f"step:{step}")
@@ -272,10 +281,12 @@ class Run:
         return figures
 
     def _checkpoint(self, metrics: dict) -> None:
-        if not self.world.main:  # the weights are the same on every rank: rank 0's checkpoint is the run's
+        # sharded: every rank gathers the weights and optimizer state whole onto rank 0
+        weights, optimizer = self.supervised.full_weights(), self.supervised.optimizer_state(self.optimizer)
+        if not self.world.main:  # rank 0's checkpoint is the run's
             return
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -293,6 +304,7 @@ class Run:
             state,
             tokenizer=self.tokenizer,
             extra_files=quantization.serving_files(self.spec, self.model, self.tokenizer, self.serving_files),
+            weights=weights,
         )
         shutil.rmtree(saved.local, ignore_errors=True)
         keep = {k: v for k, v in metrics.items() if k != "total_steps"}
@@ -300,10 +312,10 @@ class Run:
 
     # --- result ---------------------------------------------------------------------------
 
-    def _publish(self) -> str:
+    def _publish(self, weights: dict | None) -> str:
         local = self.workdir / "adapter"
         shutil.rmtree(local, ignore_errors=True)
-        self.model.save_pretrained(local, safe_serialization=True)
+        self.model.save_pretrained(local, safe_serialization=True, state_dict=weights)
         self.tokenizer.save_pretrained(local)
         for name, text in quantization.serving_files(self.spec, self.model, self.tokenizer, self.serving_files).items():
             (local / name).write_text(text)
@@ -344,6 +356,7 @@ class Run:
                 f"{self.spec.hyperparameters.n_epochs} epoch(s), batch size "
                 f"{self.spec.hyperparameters.batch_size}",
                 key="plan",
+                data={"startup_ms": startup.durations_ms()},  # where the time to here went, by phase
             )
         started, first_step = time.monotonic(), self.step
         last_metrics: dict = {}
@@ -367,8 +380,15 @@ class Run:
                 return self._diverged(self.step + 1, exc)
             step_seconds = time.perf_counter() - step_started
             self.step += 1
+            if self.step == first_step + 1:
+                startup.mark("first_step")
             with main_thread.busy():  # validation, at eval points
                 last_metrics = self._metrics(self.step, train)
+            if self.step == first_step + 1:
+                log.info(
+                    "first training step done",
+                    extra={"startup_ms": startup.durations_ms(), "started_at": startup.started_at()},
+                )
             self.rows.append(outputs.result_row(self.step, last_metrics))
             per_step = (time.monotonic() - started) / (self.step - first_step)
             figures = self._live_figures(last_metrics, step_seconds, self.trained_tokens - tokens_before)
@@ -382,10 +402,12 @@ class Run:
                 with main_thread.busy():
                     self._checkpoint(last_metrics)
                 last_metrics = {}
+        with main_thread.busy():
+            weights = self.supervised.full_weights()  # sharded: gathered onto rank 0 by all ranks
         if not self.world.main:  # rank 0 publishes and completes the run
             return ExitCode.OK
         with main_thread.busy():
-            adapter_prefix = self._publish()
+            adapter_prefix = self._publish(weights)
         final = self.rows[-1] if self.rows else {}
         reply = self.reporter.call(
             COMPLETE,

@@ -67,11 +67,11 @@ def _trainer(job: dict) -> dict:
     [
         (1, Resources(1, 1), "1", ["python", "-m", "trainer"]),  # the template's own command
         (2, Resources(1, 1), "2", ["python", "-m", "trainer"]),  # one device asked: the setting decides
-        (1, Resources(1, 4), "4", ["torchrun", "--standalone", "--nproc-per-node", "4", "-m", "trainer"]),
-        (0, Resources(1, 4), None, ["torchrun", "--standalone", "--nproc-per-node", "4", "-m", "trainer"]),  # CPU
+        (1, Resources(1, 4), "4", ["python", "-m", "trainer.ranks", "--nproc-per-node", "4"]),
+        (0, Resources(1, 4), None, ["python", "-m", "trainer.ranks", "--nproc-per-node", "4"]),  # CPU
     ],
 )
-def test_one_node_job_asks_for_the_jobs_gpus_and_runs_torchrun_for_several(setting, resources, gpus, command):
+def test_one_node_job_asks_for_the_jobs_gpus_and_runs_a_rank_per_device(setting, resources, gpus, command):
     job = build_job(_settings(k8s_gpus_per_job=setting), "ftjob-1", 1, SPEC, resources=resources)
     container = _trainer(job)
     assert container["command"] == command and container["args"] == ["--spec", SPEC]
@@ -116,7 +116,9 @@ def test_jobset_validates_against_the_jobset_crd_and_carries_the_trainer_pod():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert container["envFrom"] == [{"secretRef": {"name": "hone-secrets"}}]
     assert container["command"] == [
-        "torchrun",
+        "python",
+        "-m",
+        "trainer.ranks",
         "--nnodes",
         "4",
         "--nproc-per-node",
@@ -127,8 +129,6 @@ def test_jobset_validates_against_the_jobset_crd_and_carries_the_trainer_pod():
         f"{name}-node-0-0.{name}",
         "--master-port",
         "29500",
-        "-m",
-        "trainer",
     ]
     rank = next(e for e in container["env"] if e["name"] == "NODE_RANK")
     assert "job-completion-index" in rank["valueFrom"]["fieldRef"]["fieldPath"]
@@ -149,7 +149,7 @@ def test_trainjob_validates_against_the_trainjob_crd():
     trainer = spec["trainer"]
     assert trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 4
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
-    assert trainer["command"][:5] == ["torchrun", "--nnodes", "3", "--nproc-per-node", "4"]
+    assert trainer["command"] == ["python", "-m", "trainer.ranks", "--nnodes", "3", "--nproc-per-node", "4"]
     assert trainer["args"] == ["--spec", SPEC] and spec["activeDeadlineSeconds"] == 7200
     assert {"name": "HONE_JOB_ATTEMPT", "value": "2"} in trainer["env"]
     (patch,) = spec["runtimePatches"]
@@ -409,7 +409,7 @@ def test_a_multinode_run_succeeds_when_every_rank_exits_0(kube, tmp_path, engine
     assert pod["metadata"]["labels"]["hone.dev/attempt"] == "1"  # found by the executor's label selector
     container = pod["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
-    assert container["command"][0] == "torchrun"
+    assert container["command"][:3] == ["python", "-m", "trainer.ranks"]
     for rank in ranks:
         kube.run_pod(NS, rank)
     assert executor.reap() == []

@@ -4,12 +4,12 @@ HONE_K8S_MULTINODE picks the engine the cluster has installed (deploy/kubernetes
 
 - `jobset`: a jobset.x-k8s.io/v1alpha2 JobSet (templates/trainer-jobset.yaml) of one replicated Job, `node`, of
   `nodes` pods with Indexed completions. Each pod is trainer-job.yaml's pod (see k8s_trainer_job.fill_pod_template)
-  running `torchrun --nnodes N --nproc-per-node G --node-rank $(NODE_RANK) --master-addr {name}-node-0-0.{name}
-  --master-port 29500 -m trainer --spec URL`: NODE_RANK is the pod's completion index, and rank 0's address is its
+  running `python -m trainer.ranks --nnodes N --nproc-per-node G --node-rank $(NODE_RANK) --master-addr
+  {name}-node-0-0.{name} --master-port 29500 --spec URL` (torchrun's flags; trainer/ranks.py says why not torchrun): NODE_RANK is the pod's completion index, and rank 0's address is its
   DNS hostname under the headless Service JobSet makes for the set (network.enableDNSHostnames).
 - `kubeflow`: a Kubeflow Trainer v2 TrainJob (trainer.kubeflow.org/v1alpha1, templates/trainer-trainjob.yaml) on
-  the hone-torch TrainingRuntime (deploy/kubernetes/components/kubeflow-trainer), whose torch policy hands torchrun
-  the node rank and rank 0's address; Hone sets numNodes, numProcPerNode, resourcesPerNode, the command, and, as a
+  the hone-torch TrainingRuntime (deploy/kubernetes/components/kubeflow-trainer), whose torch policy hands the
+  launcher (trainer.ranks, as it would torchrun) the node rank and rank 0's address as PET_* variables; Hone sets numNodes, numProcPerNode, resourcesPerNode, the command, and, as a
   runtime patch, the pods' labels, node selector and tolerations.
 - `none`: a job of several nodes is refused at creation (`refusal`).
 
@@ -36,7 +36,7 @@ from service.k8s import load_template
 from service.settings import Settings
 
 REPLICATED_JOB = "node"  # the replicated Job's name in both engines (Kubeflow Trainer's torch runtime requires it)
-RENDEZVOUS_PORT = 29500  # torchrun's default master port
+RENDEZVOUS_PORT = 29500  # the rendezvous port of rank 0 (torchrun's default)
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # a pod's annotation (and label): its node rank
 # A rank's hostname, {name}-node-0-{index}, is a DNS label (<= 63): room for `-node-0-` and a 3-digit index.
@@ -161,7 +161,9 @@ def build_jobset(
     )
     pod_template = load_template(settings, TEMPLATE).get("spec", {}).get("template", {})
     command = [
-        "torchrun",
+        "python",
+        "-m",
+        "trainer.ranks",
         "--nnodes",
         str(resources.nodes),
         "--nproc-per-node",
@@ -172,8 +174,6 @@ def build_jobset(
         f"{name}-{REPLICATED_JOB}-0-0.{name}",
         "--master-port",
         str(RENDEZVOUS_PORT),
-        "-m",
-        "trainer",
     ]
     container = fill_pod_template(
         settings,
@@ -216,15 +216,15 @@ def build_trainjob(
     trainer = spec.setdefault("trainer", {})
     trainer.update(
         image=settings.kubernetes.k8s_trainer_image,
-        # torchrun takes the node rank and rank 0's address from the runtime's PET_* variables
+        # trainer.ranks takes the node rank and rank 0's address from the runtime's PET_* variables, as torchrun would
         command=[
-            "torchrun",
+            "python",
+            "-m",
+            "trainer.ranks",
             "--nnodes",
             str(resources.nodes),
             "--nproc-per-node",
             str(resources.gpus_per_node),
-            "-m",
-            "trainer",
         ],
         args=["--spec", spec_url],
         numNodes=resources.nodes,

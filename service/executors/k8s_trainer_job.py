@@ -1,6 +1,6 @@
 """The batch/v1 Job of one trainer attempt on one node, built from deploy/kubernetes/base/templates/trainer-job.yaml
 (the file the kustomize base ships in the hone-templates ConfigMap): `python -m trainer --spec URL` with the trainer
-image, or `torchrun --standalone --nproc-per-node G -m trainer --spec URL` for a job of G > 1 devices, the storage
+image, or `python -m trainer.ranks --nproc-per-node G --spec URL` for a job of G > 1 devices, the storage
 Secret by reference, nvidia.com/gpu, the node selector and tolerations from settings, activeDeadlineSeconds,
 ttlSecondsAfterFinished and backoffLimit 0 (Hone retries a crashed trainer itself, from its last checkpoint, as a
 new Job). Labels tie each Job and its pod to the tuning job, its project and the attempt.
@@ -97,11 +97,10 @@ def build_job(
         ttlSecondsAfterFinished=settings.kubernetes.k8s_job_ttl_s,
     )
     processes = resources.gpus_per_node
-    # One process: the template's own command (python -m trainer). Several: torchrun starts one per device on this
-    # node, with its own rendezvous (--standalone), and exits with the first failing process's code.
-    command = (
-        ["torchrun", "--standalone", "--nproc-per-node", str(processes), "-m", "trainer"] if processes > 1 else None
-    )
+    # One process: the template's own command (python -m trainer). Several: trainer.ranks starts one per device on
+    # this node (torchrun's variables, rank 0's address on loopback) and exits with the ranks' code: 75 for a pause,
+    # 2 for a failure reported, a crash's own (torchrun's agent would say 1 for all of them).
+    command = ["python", "-m", "trainer.ranks", "--nproc-per-node", str(processes)] if processes > 1 else None
     fill_pod_template(
         settings,
         spec.setdefault("template", {}),

@@ -288,3 +288,15 @@ def test_full_weights_shard_over_two_ranks_and_resume_after_a_pause(control_plan
     weights = adapter(tmp_path, job)
     assert any("embed_tokens" in k for k in weights) and len(weights) > 20  # the whole model, gathered
     assert_same_run(losses(job), losses("ftjob-full1"), weights, adapter(tmp_path, "ftjob-full1"))
+
+
+def test_mfu_of_a_run_on_several_devices_is_over_all_their_peaks():
+    from trainer.flops import live_figures
+
+    hp = Hyperparameters(n_epochs=1, batch_size=8, learning_rate=1e-3)
+    shape = (1_000_000_000, 16, 2048)
+    one = live_figures(3, 9, {"train_loss": 1.5}, 0.5, 80_000, hp, shape, 989e12)
+    eight = live_figures(3, 9, {"train_loss": 1.5}, 0.5, 80_000, hp, shape, 8 * 989e12)
+    assert one["tokens_per_second"] == eight["tokens_per_second"] == 160_000
+    assert eight["mfu"] == pytest.approx(one["mfu"] / 8, rel=1e-3) and one["mfu"] > 0
+    assert "mfu" not in live_figures(3, 9, {}, 0.5, 80_000, hp, shape, None)  # CPU: no known peak

@@ -21,7 +21,7 @@ from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
 from trainer.distributed import SupervisedStep, World, whole
 from trainer.failures import Diverged, FatalError
-from trainer.flops import flops_per_token, mfu, peak_flops
+from trainer.flops import live_figures, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, tunable
 from trainer.reporting import Reporter, main_thread
 from trainer.wandb_log import WandbLog
@@ -253,33 +253,6 @@ class Run:
         self.wandb.log(step, data, self.rows)
         return data
 
-    def _live_figures(self, metrics: dict, step_seconds: float, step_tokens: int) -> dict:
-        """What the control plane exports as this job's training metrics while it runs."""
-        figures = {
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "step_seconds": round(step_seconds, 6),
-            "tokens_per_second": round(step_tokens / step_seconds, 3) if step_seconds > 0 else 0.0,
-            "step_at": round(time.time(), 3),
-        }
-        for key in ("train_loss", "valid_loss"):
-            value = metrics.get(key)
-            if isinstance(value, float) and math.isfinite(value):
-                figures[key] = value
-        if self.peak_flops and step_tokens:
-            n_params, layers, hidden = self._flops_shape
-            per_token = flops_per_token(
-                n_params,
-                layers,
-                hidden,
-                step_tokens / self.spec.hyperparameters.batch_size,
-                full=self.spec.hyperparameters.tuning_mode == "full",
-            )
-            ratio = mfu(figures["tokens_per_second"], per_token, self.peak_flops)
-            assert ratio is not None  # the peak is known
-            figures["mfu"] = round(ratio, 5)
-        return figures
-
     def _checkpoint(self, metrics: dict) -> None:
         # sharded: every rank gathers the weights and optimizer state whole onto rank 0
         weights, optimizer = self.supervised.full_weights(), self.supervised.optimizer_state(self.optimizer)
@@ -391,7 +364,17 @@ class Run:
                 )
             self.rows.append(outputs.result_row(self.step, last_metrics))
             per_step = (time.monotonic() - started) / (self.step - first_step)
-            figures = self._live_figures(last_metrics, step_seconds, self.trained_tokens - tokens_before)
+            figures = live_figures(
+                self.step,
+                self.total_steps,
+                last_metrics,
+                step_seconds,
+                self.trained_tokens - tokens_before,
+                self.spec.hyperparameters,
+                self._flops_shape,
+                # the run's peak: every rank's device works on the step's tokens
+                self.peak_flops * self.world.size if self.peak_flops else None,
+            )
             self.reporter.progress(
                 trained_tokens=self.trained_tokens,
                 estimated_finish=int(time.time() + per_step * (self.total_steps - self.step)),

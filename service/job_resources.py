@@ -12,9 +12,9 @@ from service.errors import InvalidRequest
 from service.executors import k8s_multinode
 from service.settings import Settings
 
-# Data-parallel covers the supervised loss; DPO's reference, RFT's sampling and distillation's teacher phase run
-# in one process.
-PARALLEL_METHODS = ("supervised",)
+# Data-parallel covers the supervised loss, distillation's student included (rank 0 asks the teacher); DPO's
+# reference and RFT's sampling run in one process.
+PARALLEL_METHODS = ("supervised", "distillation")
 
 
 def of_job(stored: dict | None) -> Resources:

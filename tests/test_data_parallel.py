@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hone_kernel.trainer_contract import ExitCode, FileRef, Hyperparameters, Resources, TrainSpec
+from hone_kernel.trainer_contract import Distillation, ExitCode, FileRef, Hyperparameters, Resources, TrainSpec
 from tests.support import MODEL_CACHE, REPO, chat_line, free_port, wait_for
 from trainer.ranks import outcome
 
@@ -38,7 +38,12 @@ class ControlPlane(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         type(self).bodies.append((self.path, body))
-        reply = json.dumps({"status": "succeeded" if self.path.endswith("/complete") else "running"}).encode()
+        if self.path.endswith("/model_chat"):  # a distillation teacher that knows every ticket's label
+            question = body["messages"][-1]["content"]
+            label = next(label for word, label in LABELS.items() if word in question)
+            reply = json.dumps({"text": label, "completion_tokens": 1, "finish_reason": "stop"}).encode()
+        else:
+            reply = json.dumps({"status": "succeeded" if self.path.endswith("/complete") else "running"}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(reply)))
@@ -57,6 +62,7 @@ def control_plane():
     httpd.shutdown()
 
 
+LABELS = {"invoice": "Billing", "login": "Account", "order": "Sales"}
 ROWS = [
     chat_line(f"Ticket {i}: my {['invoice', 'login', 'order'][i % 3]} is wrong", ["Billing", "Account", "Sales"][i % 3])
     for i in range(24)
@@ -64,10 +70,19 @@ ROWS = [
 
 
 def write_spec(
-    root: Path, job_id: str, callback: str, processes: int, epochs: int, attempt: int = 1, mode: str = "lora"
+    root: Path,
+    job_id: str,
+    callback: str,
+    processes: int,
+    epochs: int,
+    attempt: int = 1,
+    mode: str = "lora",
+    distill: bool = False,
 ) -> str:
     (root / "files").mkdir(parents=True, exist_ok=True)
     (root / "files" / "train").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    prompts = [{"messages": r["messages"][:-1]} for r in ROWS]  # what a distillation job's file holds
+    (root / "files" / "prompts").write_text("".join(json.dumps(r) + "\n" for r in prompts))
     spec = TrainSpec(
         job_id=job_id,
         fine_tuned_model=f"ft:hone-tiny:p::{job_id}",
@@ -75,9 +90,14 @@ def write_spec(
         model_source="builtin:hone-tiny",
         model_cache_dir=str(MODEL_CACHE),
         storage_url=root.as_uri(),
-        training_file=FileRef("files/train", "openai_chat"),
+        training_file=FileRef("files/prompts", "openai_reinforcement")
+        if distill
+        else FileRef("files/train", "openai_chat"),
         validation_file=None,
-        method="supervised",
+        method="distillation" if distill else "supervised",
+        distillation=Distillation(teacher="teacher", answers_key=f"jobs/{job_id}/teacher_answers.jsonl")
+        if distill
+        else None,
         hyperparameters=Hyperparameters(
             n_epochs=epochs,
             batch_size=8,
@@ -300,3 +320,24 @@ def test_mfu_of_a_run_on_several_devices_is_over_all_their_peaks():
     assert one["tokens_per_second"] == eight["tokens_per_second"] == 160_000
     assert eight["mfu"] == pytest.approx(one["mfu"] / 8, rel=1e-3) and one["mfu"] > 0
     assert "mfu" not in live_figures(3, 9, {}, 0.5, 80_000, hp, shape, None)  # CPU: no known peak
+
+
+def test_distillation_asks_the_teacher_once_and_its_student_trains_on_two_ranks(control_plane, tmp_path):
+    """Rank 0 asks the teacher and writes the answers; rank 1 waits for them in storage, then both train the
+    student on them as one process would."""
+    runs = {
+        name: start(write_spec(tmp_path, name, control_plane, n, epochs=2, distill=True), n)
+        for name, n in (("ftjob-d1", 1), ("ftjob-d2", 2))
+    }
+    for name, proc in runs.items():
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == ExitCode.OK, (name, err.decode()[-3000:])
+    asked = [p for p, _ in ControlPlane.bodies if p.endswith("/ftjob-d2/model_chat")]
+    assert len(asked) == len(ROWS)  # once per prompt for the run, not once per rank
+    answers = (tmp_path / "jobs/ftjob-d2/teacher_answers.jsonl").read_text().splitlines()
+    assert [json.loads(line)["messages"][-1]["content"] for line in answers] == [
+        r["messages"][-1]["content"] for r in ROWS
+    ]
+    assert_same_run(
+        losses("ftjob-d2"), losses("ftjob-d1"), adapter(tmp_path, "ftjob-d2"), adapter(tmp_path, "ftjob-d1")
+    )

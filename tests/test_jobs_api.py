@@ -119,7 +119,18 @@ def test_methods_and_hyperparameters(client, training_file):
         ({"gpus": 2}, {"type": "dpo"}, "resources.gpus"),  # DPO trains in one process
         (
             {"gpus_per_node": 2},
-            {"type": "distillation", "distillation": {"teacher": "hone-tiny"}},
+            {
+                "type": "reinforcement",
+                "reinforcement": {
+                    "grader": {
+                        "type": "string_check",
+                        "name": "g",
+                        "input": "{{ sample.output_text }}",
+                        "reference": "{{ item.label }}",
+                        "operation": "eq",
+                    }
+                },
+            },
             "resources.gpus_per_node",
         ),
     ],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 
 from hone_kernel.dataset_prompts import prompt_messages
@@ -123,6 +124,25 @@ def use_teacher_answers(spec: TrainSpec, blobs: Blobs, reporter) -> None:
                 key=f"teacher-failed:{what}",
                 data={"failed": failed},
             )
+        if what == "training file":
+            spec.training_file = answers
+        else:
+            spec.validation_file = answers
+
+
+def await_teacher_answers(spec: TrainSpec, blobs: Blobs, poll_s: float = 1.0) -> None:
+    """A data-parallel rank other than 0: waits until rank 0 has written the teacher's answers (use_teacher_answers),
+    then points the spec's files at them as rank 0 does. No collective meanwhile: the teacher may take longer than
+    any collective's timeout. Should rank 0 fail instead, its launcher ends this rank (trainer/ranks.py)."""
+    d = spec.distillation
+    assert d is not None
+    for what in ("training file", "validation file"):
+        if (spec.training_file if what == "training file" else spec.validation_file) is None:
+            continue
+        key = answers_key(d, what)
+        while key not in blobs.list(key):
+            time.sleep(poll_s)
+        answers = FileRef(key, "openai_chat")
         if what == "training file":
             spec.training_file = answers
         else:

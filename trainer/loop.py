@@ -83,7 +83,7 @@ class Run:
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
         if spec.method == "dpo" and spec.hyperparameters.tuning_mode not in ("lora", "qlora"):
             raise FatalError("unsupported_method", "DPO trains a LoRA adapter; use tuning_mode 'lora' or 'qlora'.")
-        if self.world.parallel and spec.method != "supervised":
+        if self.world.parallel and spec.method not in ("supervised", "distillation"):
             raise FatalError("unsupported_method", f"The {spec.method} method trains in one process only.")
         try:
             base, self.tokenizer = load_base(
@@ -93,7 +93,10 @@ class Run:
             raise FatalError("model_not_found", str(exc)) from exc
         startup.mark("model")
         if spec.distillation is not None:  # the teacher's answers first: the student trains on them
-            distill.use_teacher_answers(spec, self.blobs, self.reporter)
+            if self.world.main:
+                distill.use_teacher_answers(spec, self.blobs, self.reporter)
+            else:  # rank 0 asks the teacher once for the run
+                distill.await_teacher_answers(spec, self.blobs)
         self.train = self._examples(spec.training_file, "training file")
         self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
         startup.mark("data")

@@ -315,6 +315,7 @@ class Scheduler:
         transition(session, job, JobStatus.FAILED, message, level="error", error=error)
 
     def _launch(self, job_id: str, attempt: int, spec_url: str, resources: Resources) -> None:
+        began = time.monotonic()
         try:
             ref = self.executor.launch(job_id, attempt, spec_url, resources)
         except OSError as exc:
@@ -322,6 +323,9 @@ class Scheduler:
             self._on_exit(TrainerExit(job_id, "", None, f"could not start the trainer: {exc}".encode()))
             return
         self._launched_at[job_id] = time.time()
+        # One line per attempt; launch_ms shows a slow start (a warm interpreter still preloading, an API call)
+        launch_ms = round((time.monotonic() - began) * 1000)
+        log.info("trainer started", extra={"job_id": job_id, "attempt": attempt, "ref": ref, "launch_ms": launch_ms})
         with self.ctx.db.write() as session:
             # declarative __table__ is typed FromClause, which has no update(); Job's is a Table
             update_jobs = Job.__table__.update()  # type: ignore[attr-defined]

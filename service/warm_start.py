@@ -89,6 +89,7 @@ class WarmInterpreter:
         with `connect`, asks one that another process started and that listens there."""
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
+        began = time.monotonic()
         self._stdin: IO[bytes]
         self._stdout: IO[bytes]
         if connect is not None:
@@ -132,6 +133,11 @@ class WarmInterpreter:
         if not self._ready:
             self.close()
             raise OSError(f"the warm interpreter did not start (log {log_path})")
+        # how long a server's first trainer or engine waited, or would have (benchmarks/start_latency.py reads it)
+        log.info(
+            "warm interpreter ready",
+            extra={"preload_s": round(time.monotonic() - began, 3), "shared": connect is not None},
+        )
 
     def _read(self) -> None:
         for line in self._stdout:

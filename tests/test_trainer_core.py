@@ -262,3 +262,29 @@ def test_mfu_counts_lora_and_full_tuning_flops_and_needs_a_known_peak():
     assert peak_flops(None) is None and peak_flops("Some CPU") is None
     assert mfu(1000.0, lora, None) is None  # no MFU where the peak is unknown (CPU trainers)
     assert abs(mfu(100_000.0, 6e9, 989e12) - 100_000 * 6e9 / 989e12) < 1e-12
+
+
+def test_the_plan_event_and_first_step_line_say_where_start_up_went(tmp_path, caplog):
+    """trainer/startup.py, as `python -m trainer` runs it: each phase once, in order, adding up to the total."""
+    import logging
+    import time
+
+    from trainer import startup
+
+    began = time.time()
+    startup.begin()
+    with caplog.at_level(logging.INFO, logger="hone.trainer"):
+        _, reporter = run_training(tmp_path, [FORMAT_ROWS["openai_chat"](i) for i in range(8)], "openai_chat", epochs=1)
+    elapsed_ms = (time.time() - began) * 1000
+    [plan] = [e for e in reporter.events if e["message"].startswith("Training ")]
+    phases = plan["data"]["startup_ms"]
+    assert list(phases) == ["process", "model", "data", "wrap", "setup", "total"]  # in-process: no spec or imports
+    assert min(phases.values()) >= 0 and phases["model"] > 0
+    # each phase rounded to the ms on its own
+    assert sum(phases.values()) - phases["total"] == pytest.approx(phases["total"], abs=len(phases))
+    assert phases["total"] - phases["process"] <= elapsed_ms + 1  # the process started before this test
+    [line] = [r for r in caplog.records if r.getMessage() == "first training step done"]
+    first = line.startup_ms  # type: ignore[attr-defined]
+    assert {k: first[k] for k in phases if k != "total"} == {k: v for k, v in phases.items() if k != "total"}
+    assert first["first_step"] > 0 and first["total"] >= phases["total"] + first["first_step"] - 1  # rounding
+    assert line.started_at <= began  # type: ignore[attr-defined]

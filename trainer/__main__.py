@@ -13,6 +13,7 @@ from pathlib import Path
 from hone_kernel.jsonlog import route_transformers_logs
 from hone_kernel.trainer_contract import FAIL, ContractError, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
+from trainer import startup
 from trainer.blobs import StorageError, open_blobs, split_url
 from trainer.failures import FatalError
 from trainer.logs import bind, configure_logging
@@ -38,6 +39,7 @@ def exit_on_thread_crash() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    startup.begin()  # the phases up to the first step: trainer/startup.py
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     parser.add_argument("--spec", required=True, help="URL of jobs/{id}/spec.json (file:// or s3://)")
     parser.add_argument("--s3-endpoint-url", default=None, help="S3 endpoint, when not set through AWS_ENDPOINT_URL")
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except ContractError as exc:
         logging.getLogger("hone.trainer").error("cannot read the spec: %s", exc)
         return ExitCode.FATAL
+    startup.mark("spec")
     rank = launched_rank()
     bind(job_id=spec.job_id, attempt=spec.attempt, **({"rank": rank} if spec.resources.world_size > 1 else {}))
     blobs = open_blobs(
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         route_transformers_logs()
         from trainer import distributed
         from trainer.loop import Run, install_stop_handler
+    startup.mark("imports")  # next to nothing when warm: the warm interpreter imported them before the fork
     try:
         with main_thread.busy():
             world = distributed.join(spec)

@@ -32,7 +32,7 @@ from service.ids import new_id
 from service.job_states import JobStatus
 from service.models import Parent, continuation_parent
 from service.schemas import CreateFineTuningJob, DpoMethod, Method, SupervisedMethod
-from service.serve_compat import check_servable
+from service.serve_compat import check_fits_trainer, check_servable
 
 
 def _resolve_method(body: CreateFineTuningJob) -> dict:
@@ -201,6 +201,7 @@ def new_job(
     `evaluation_extra` what its evaluationConfig asks of the evaluation beyond Hone's own (service/vertex)."""
     method = _resolve_method(body)
     check_servable(method, ctx.settings.serving.max_lora_rank)
+    check_fits_trainer(ctx, body.model, method)
     training_plan.check_tuning_options(
         method, "hyperparameters" if body.method is None else f"method.{method['type']}.hyperparameters"
     )

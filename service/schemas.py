@@ -11,7 +11,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    StrictBool,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -75,6 +74,17 @@ class _Body(BaseModel):
         return refuse_unknown_keys(cls, data, {})
 
 
+def _auto_or_bool(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):  # `1` and `"true"` are no booleans here
+        return value
+    raise ValueError(f'must be "auto", true or false, got {value!r}')
+
+
+AutoOrBool = Annotated[
+    Any,
+    PlainValidator(_auto_or_bool),
+    WithJsonSchema({"anyOf": [{"type": "string", "enum": ["auto"]}, {"type": "boolean"}], "default": "auto"}),
+]
 LoraRank = Annotated[Any, *_auto_or(int, ge=1, le=256)]
 LoraAlpha = Annotated[Any, *_auto_or(float, gt=0)]
 LoraDropout = Annotated[Any, *_auto_or(float, ge=0, le=0.9)]
@@ -98,7 +108,7 @@ class SupervisedHyperparameters(_Body):
     quant_type: Literal["auto", "nf4", "fp4"] | None = Field(
         default=None, description='Hone, qlora only: 4-bit data type of the frozen base (auto: "nf4").'
     )
-    double_quant: Literal["auto"] | StrictBool | None = Field(
+    double_quant: AutoOrBool | None = Field(
         default=None, description="Hone, qlora only: quantize the quantization constants too (auto: true)."
     )
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(

@@ -142,6 +142,9 @@ class TrainingSettings(BaseSettings):
     train_packing: bool = True
     train_token_budget: int = 16384
     checkpoint_interval_steps: int = 0  # 0: checkpoint once per epoch
+    # A trainer's GPU memory: jobs whose base weights would not fit it in their tuning mode are refused at creation
+    # (service/serve_compat.py check_memory_fit). 0: not checked
+    trainer_memory_gb: float = Field(default=0.0, ge=0)
 
     _parse_json = field_validator("base_models", mode="before")(_json)
 

@@ -21,23 +21,20 @@ PARITY_ANSWERS = 8
 PARITY_MAX_TOKENS = 64
 
 
-def _import_bitsandbytes() -> None:
-    # On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional faster kernel from the Hugging Face hub at
-    # import and logs a warning when it cannot (no `kernels` package, no network, an untrusted repository); its
-    # own kernels are used then, so the line would only mislead a reader of the job's log.
-    quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        import bitsandbytes  # noqa: F401
-    finally:
-        quiet.setLevel(level)
+def _not_the_hub_kernel(record: logging.LogRecord) -> bool:
+    return "kernels-community" not in record.getMessage()
+
+
+# On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional faster kernel from the Hugging Face hub when it
+# is first imported (by peft or transformers, whichever comes first) and logs a warning when it cannot (no `kernels`
+# package, no network, an untrusted repository); its own kernels are used then, so the line would only mislead a
+# reader of the job's log. The filter is on the logger by name, in place before anything imports bitsandbytes.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_the_hub_kernel)
 
 
 def config(hp: Hyperparameters):
     from transformers import BitsAndBytesConfig
 
-    _import_bitsandbytes()
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=hp.quant_type,
@@ -47,8 +44,8 @@ def config(hp: Hyperparameters):
 
 
 def load_4bit(path: str, hp: Hyperparameters, device: torch.device):
-    """The base with every linear layer but the output head in 4 bits (bitsandbytes' Linear4bit); embeddings and
-    norms stay in `compute_dtype` (prepare() makes them float32)."""
+    """The base with every linear layer but the output head in 4 bits (bitsandbytes' Linear4bit); embeddings,
+    norms and the head in `compute_dtype`."""
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM
 
@@ -70,14 +67,16 @@ def load_4bit(path: str, hp: Hyperparameters, device: torch.device):
 
 
 def prepare(model):
-    """peft's QLoRA preparation: the base frozen, norms and embeddings in float32 (stable in bf16 training).
+    """The 4-bit base made ready for an adapter: frozen, everything else as loaded (in `compute_dtype`).
 
-    Without gradient checkpointing, which peft turns on by default: it recomputes every layer's forward in the
-    backward pass (about a third more time a step) to save activations, and Hone's LoRA path keeps them; QLoRA
-    here saves the weights' memory and trains as fast as the 4-bit matmuls allow."""
-    from peft import prepare_model_for_kbit_training
-
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    What peft's prepare_model_for_kbit_training does, less two things it adds. Gradient checkpointing (its default)
+    recomputes every layer's forward in the backward pass, about a third more time a step, to save activations,
+    which Hone's LoRA path keeps too. And it casts every unquantized weight to float32: the norms (small) but also
+    the embeddings and the output head, 4 bytes for each of vocabulary x hidden weights (4.2 GB on Llama 3 8B, more
+    than its 4-bit body), which would undo most of what quantizing saves; bf16 norms train as Hone's LoRA trains.
+    With compute_dtype float32 (CPU trainers) it is the same model either way."""
+    model.requires_grad_(False)
+    return model
 
 
 def parameter_count(model) -> int:

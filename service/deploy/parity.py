@@ -2,16 +2,28 @@
 tokenize exactly as training tokenized them, and a smoke generation must stop on the pinned stop token.
 
 The trainer publishes the rows and their token ids beside the weights (parity_samples.json); the gate
-replays them through the engine's `/tokenize` and a greedy chat or completion request."""
+replays them through the engine's `/tokenize` and a greedy chat or completion request.
+
+A QLoRA adapter is trained over the base quantized to 4 bits and served over the full-precision base, so the
+served model is not the trained one: it differs by the base's quantization error. Its parity rows carry the
+trained model's greedy answers (`greedy`, trainer/quantization.py), and the gate asks the engine the same prompts
+greedily: the answers must agree, on average, to at least QLORA_MIN_AGREEMENT (see `agreement`). What the two
+paths measure on the tickets task, and the base without the adapter for contrast, is benchmarks/qlora.py's (README,
+Benchmarks). A LoRA or full job's served model computes what training computed, and its rows carry no such answers."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from inference.client import EngineClient
 
 SMOKE_MAX_TOKENS = 64
+# The mean agreement of a QLoRA model's served greedy answers with its trained ones, at least: one of the four
+# answers checked (HONE_PARITY_SAMPLES) may differ entirely, which a near tie flipped by the quantization error
+# can do to a long answer; two may not.
+QLORA_MIN_AGREEMENT = 0.75
 
 
 class ParityFailure(Exception):
@@ -49,6 +61,8 @@ def check(client: EngineClient, model: str, weights_dir: Path, max_samples: int)
                 f"(first difference at token {at}: training {trained[at : at + 5]}, serving {served[at : at + 5]}). "
                 "The served chat template or tokenizer does not match the one the model was trained with."
             )
+    if recorded.get("greedy"):
+        _check_greedy(client, model, recorded["greedy"], max_samples)
     smoke = recorded.get("smoke")
     if not smoke:
         return
@@ -65,4 +79,39 @@ def check(client: EngineClient, model: str, weights_dir: Path, max_samples: int)
             f"{pinned.get('stop_tokens')} within {SMOKE_MAX_TOKENS} tokens (finish_reason="
             f"{choice.get('finish_reason')!r}). The model may need more training, or the served stop tokens differ "
             "from training."
+        )
+
+
+def agreement(trained: str, served: str) -> float:
+    """How far two greedy answers agree: the share of the longer one that both start with (1.0: the same
+    answer, 0.0: different from the first character). Greedy decoding follows a flipped near tie with a
+    different continuation, so what counts is how far the answers go together, not what follows."""
+    if trained == served:
+        return 1.0
+    return len(os.path.commonprefix([trained, served])) / max(len(trained), len(served))
+
+
+def _greedy_reply(client: EngineClient, model: str, request: dict) -> str:
+    if "messages" in request:
+        extra = {"tools": request["tools"]} if request.get("tools") else {}
+        reply = client.chat(model, request["messages"], temperature=0, max_tokens=SMOKE_MAX_TOKENS, **extra)
+        return reply["choices"][0]["message"].get("content") or ""
+    reply = client.complete(model, request["prompt"], temperature=0, max_tokens=SMOKE_MAX_TOKENS)
+    return reply["choices"][0]["text"]
+
+
+def _check_greedy(client: EngineClient, model: str, greedy: dict, max_samples: int) -> None:
+    answers = greedy["answers"][:max_samples]
+    if not answers:
+        return
+    scores = [agreement(a["text"], _greedy_reply(client, model, a["tokenize"])) for a in answers]
+    mean = sum(scores) / len(scores)
+    if mean < QLORA_MIN_AGREEMENT:
+        worst = min(range(len(scores)), key=scores.__getitem__)
+        raise ParityFailure(
+            f"Parity check failed: this {greedy.get('tuning_mode', 'qlora')} model was trained over the base "
+            f"quantized to 4 bits and is served over the full-precision base, and its served greedy answers agree "
+            f"with the trained ones at {mean:.2f} on average, below the {QLORA_MIN_AGREEMENT} allowed (answer "
+            f"{worst + 1} agrees at {scores[worst]:.2f}: trained {answers[worst]['text'][:80]!r}). The engine may "
+            "serve another base model than the one trained on; else retrain with tuning_mode 'lora'."
         )

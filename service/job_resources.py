@@ -12,9 +12,9 @@ from service.errors import InvalidRequest
 from service.executors import k8s_multinode
 from service.settings import Settings
 
-# Data-parallel covers the supervised loss, distillation's student included (rank 0 asks the teacher); DPO's
-# reference and RFT's sampling run in one process.
-PARALLEL_METHODS = ("supervised", "distillation")
+# Data-parallel covers the supervised loss (distillation's student included: rank 0 asks the teacher) and DPO;
+# RFT's sampling and grading run in one process.
+PARALLEL_METHODS = ("supervised", "distillation", "dpo")
 
 
 def of_job(stored: dict | None) -> Resources:

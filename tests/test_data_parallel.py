@@ -78,11 +78,28 @@ def write_spec(
     attempt: int = 1,
     mode: str = "lora",
     distill: bool = False,
+    prefer: bool = False,
 ) -> str:
     (root / "files").mkdir(parents=True, exist_ok=True)
     (root / "files" / "train").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     prompts = [{"messages": r["messages"][:-1]} for r in ROWS]  # what a distillation job's file holds
     (root / "files" / "prompts").write_text("".join(json.dumps(r) + "\n" for r in prompts))
+    wrong = {"Billing": "Sales", "Account": "Billing", "Sales": "Account"}
+    pairs = [
+        {
+            "input": {"messages": r["messages"][:-1]},
+            "preferred_output": [r["messages"][-1]],
+            "non_preferred_output": [{"role": "assistant", "content": wrong[r["messages"][-1]["content"]]}],
+        }
+        for r in ROWS
+    ]
+    (root / "files" / "pairs").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    if prefer:
+        train_ref, method = FileRef("files/pairs", "openai_preference"), "dpo"
+    elif distill:
+        train_ref, method = FileRef("files/prompts", "openai_reinforcement"), "distillation"
+    else:
+        train_ref, method = FileRef("files/train", "openai_chat"), "supervised"
     spec = TrainSpec(
         job_id=job_id,
         fine_tuned_model=f"ft:hone-tiny:p::{job_id}",
@@ -90,18 +107,16 @@ def write_spec(
         model_source="builtin:hone-tiny",
         model_cache_dir=str(MODEL_CACHE),
         storage_url=root.as_uri(),
-        training_file=FileRef("files/prompts", "openai_reinforcement")
-        if distill
-        else FileRef("files/train", "openai_chat"),
+        training_file=train_ref,
         validation_file=None,
-        method="distillation" if distill else "supervised",
+        method=method,
         distillation=Distillation(teacher="teacher", answers_key=f"jobs/{job_id}/teacher_answers.jsonl")
         if distill
         else None,
         hyperparameters=Hyperparameters(
             n_epochs=epochs,
             batch_size=8,
-            learning_rate=5e-3 if mode == "lora" else 2e-4,
+            learning_rate=2e-4 if mode == "full" or prefer else 5e-3,
             lr_scheduler="linear",
             tuning_mode=mode,
         ),
@@ -341,3 +356,16 @@ def test_distillation_asks_the_teacher_once_and_its_student_trains_on_two_ranks(
     assert_same_run(
         losses("ftjob-d2"), losses("ftjob-d1"), adapter(tmp_path, "ftjob-d2"), adapter(tmp_path, "ftjob-d1")
     )
+
+
+def test_dpo_on_two_ranks_makes_the_updates_of_one_process(control_plane, tmp_path):
+    runs = {
+        name: start(write_spec(tmp_path, name, control_plane, n, epochs=2, prefer=True), n)
+        for name, n in (("ftjob-p1", 1), ("ftjob-p2", 2))
+    }
+    for name, proc in runs.items():
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == ExitCode.OK, (name, err.decode()[-3000:])
+    one = losses("ftjob-p1")
+    assert one[6] < one[1]  # it learnt to prefer
+    assert_same_run(losses("ftjob-p2"), one, adapter(tmp_path, "ftjob-p2"), adapter(tmp_path, "ftjob-p1"))

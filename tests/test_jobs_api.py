@@ -116,7 +116,7 @@ def test_methods_and_hyperparameters(client, training_file):
         ({"gpu": 2}, None, "resources.gpu"),
         ({}, None, "resources"),
         ({"nodes": 2, "gpus_per_node": 2}, None, "resources.nodes"),  # the local executor is one machine
-        ({"gpus": 2}, {"type": "dpo"}, "resources.gpus"),  # DPO trains in one process
+        ({"gpus": 2, "nodes": 2}, {"type": "dpo"}, "resources"),
         (
             {"gpus_per_node": 2},
             {

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from hone_kernel.trainer_contract import TrainSpec
+from trainer import dpo
 from trainer.batches import MicroBatch
 from trainer.failures import FatalError
 from trainer.modeling import loss_sums
@@ -125,7 +126,8 @@ class SupervisedStep:
     """The supervised loss's forward and backward over one rank's micro-batches of a step, and what a run needs
     from the weights whichever way they are laid out (whole on each rank, or sharded)."""
 
-    def __init__(self, model, world: World, shard_weights: bool = False):
+    def __init__(self, model, world: World, shard_weights: bool = False, trains: bool = True):
+        """`trains` False: another loss trains the run (PreferenceStep), this one only validates."""
         self.world, self.model = world, model
         self.sharded = world.parallel and shard_weights
         self.forward: torch.nn.Module = LossSums(model)
@@ -141,7 +143,7 @@ class SupervisedStep:
             # The root unit holds the rest (embeddings, tied or not, the final norm and the head), gathered when
             # LossSums runs: loss_sums calls the decoder and the head apart, around the model's own forward.
             fully_shard(self.forward)
-        elif world.parallel:
+        elif world.parallel and trains:
             from torch.nn.parallel import DistributedDataParallel
 
             # broadcast_buffers off: rotary tables and the like are the same on every rank and never trained
@@ -219,3 +221,49 @@ def whole(norm: torch.Tensor) -> torch.Tensor:
     """A gradient norm as a plain tensor (clip_grad_norm_ over sharded parameters returns a DTensor)."""
     full = getattr(norm, "full_tensor", None)
     return full() if full is not None else norm
+
+
+class PreferenceMargins(torch.nn.Module):
+    """DPO's margins as a module, for DistributedDataParallel (as LossSums)."""
+
+    def __init__(self, model, beta: float, token_budget: int, pad_id: int, reference: dpo.Reference):
+        super().__init__()
+        self.model, self.beta, self.token_budget, self.pad_id, self.reference = (
+            model,
+            beta,
+            token_budget,
+            pad_id,
+            reference,
+        )
+
+    def forward(self, pairs: list[dpo.Pair]) -> torch.Tensor:
+        return dpo.margins(self.model, pairs, self.beta, self.token_budget, self.pad_id, self.reference)
+
+
+class PreferenceStep:
+    """DPO's step over one rank's pairs: its loss summed, over the step's pairs counted over all ranks, so the
+    averaged gradient is the whole batch's mean loss (as SupervisedStep does with tokens)."""
+
+    def __init__(self, margins: PreferenceMargins, world: World):
+        self.world = world
+        self.forward: torch.nn.Module = margins
+        if world.parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(margins, broadcast_buffers=False)
+
+    def run(self, pairs: list[dpo.Pair], total_pairs: int, weight: float = 1.0) -> dict:
+        """`weight` 0: a rank with no pair this step, joining the sync with one pair's loss zeroed."""
+        margins = self.forward(pairs)
+        losses = -torch.nn.functional.logsigmoid(margins)
+        (losses.sum() * (weight * self.world.size / total_pairs)).backward()
+        loss, right, margin = self.world.sum(
+            weight * float(losses.detach().sum()),
+            weight * float((margins > 0).sum()),
+            weight * float(margins.detach().sum()),
+        )
+        return {
+            "train_loss": loss / total_pairs,
+            "train_mean_token_accuracy": right / total_pairs,
+            "train_reward_margin": margin / total_pairs,
+        }

@@ -1,7 +1,8 @@
 """Direct preference optimisation. The reference model is the model the policy starts from: the base for a new
 adapter, the parent's weights for a job continuing a tuned model (DPO on an SFT model). Its log-probabilities
 are computed once, before the first step, so no second copy of the weights is held and no reference forward
-pass runs per step; they depend only on the starting weights, so a resumed run computes the same values."""
+pass runs per step; they depend only on the starting weights, so a resumed run computes the same values. The step
+itself (the loss over a rank's pairs, DDP across ranks) is trainer/distributed.py's PreferenceStep."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class Reference:
         return torch.tensor([self.logps[_key(ex)] for ex in examples], device=device)
 
 
-def _margins(
+def margins(
     model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int, reference: Reference
 ) -> torch.Tensor:
     examples = [p[0] for p in pairs] + [p[1] for p in pairs]
@@ -61,23 +62,12 @@ def _margins(
     return beta * ((policy[:n] - ref[:n]) - (policy[n:] - ref[n:]))
 
 
-def train_step(model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int, reference: Reference) -> dict:
-    margins = _margins(model, pairs, beta, token_budget, pad_id, reference)
-    loss = -F.logsigmoid(margins).mean()
-    loss.backward()
-    return {
-        "train_loss": float(loss.detach()),
-        "train_mean_token_accuracy": float((margins > 0).float().mean()),
-        "train_reward_margin": float(margins.detach().mean()),
-    }
-
-
 @torch.no_grad()
 def evaluate(
     model, pairs: list[Pair], beta: float, token_budget: int, pad_id: int, reference: Reference
 ) -> tuple[float, float]:
     """(DPO loss, share of pairs where the preferred answer gains more than the other)."""
-    margins = torch.cat(
-        [_margins(model, pairs[i : i + 32], beta, token_budget, pad_id, reference) for i in range(0, len(pairs), 32)]
+    every = torch.cat(
+        [margins(model, pairs[i : i + 32], beta, token_budget, pad_id, reference) for i in range(0, len(pairs), 32)]
     )
-    return float(-F.logsigmoid(margins).mean()), float((margins > 0).float().mean())
+    return float(-F.logsigmoid(every).mean()), float((every > 0).float().mean())

@@ -19,7 +19,7 @@ from trainer import checkpoints, distill, dpo, outputs, quantization, rft, sched
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
-from trainer.distributed import SupervisedStep, World, whole
+from trainer.distributed import PreferenceMargins, PreferenceStep, SupervisedStep, World, whole
 from trainer.failures import Diverged, FatalError
 from trainer.flops import live_figures, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, tunable
@@ -83,7 +83,7 @@ class Run:
             raise FatalError("unsupported_method", f"The '{spec.method}' method is not supported by this trainer.")
         if spec.method == "dpo" and spec.hyperparameters.tuning_mode not in ("lora", "qlora"):
             raise FatalError("unsupported_method", "DPO trains a LoRA adapter; use tuning_mode 'lora' or 'qlora'.")
-        if self.world.parallel and spec.method not in ("supervised", "distillation"):
+        if self.world.parallel and spec.method not in ("supervised", "distillation", "dpo"):
             raise FatalError("unsupported_method", f"The {spec.method} method trains in one process only.")
         try:
             base, self.tokenizer = load_base(
@@ -120,7 +120,17 @@ class Run:
         )
         hp = spec.hyperparameters
         # full weights are sharded over the ranks (FSDP), adapters replicated (DDP): trainer/distributed.py
-        self.supervised = SupervisedStep(self.model, self.world, shard_weights=hp.tuning_mode == "full")
+        self.supervised = SupervisedStep(
+            self.model, self.world, shard_weights=hp.tuning_mode == "full", trains=self.reference is None
+        )
+        self.preference = (
+            PreferenceStep(
+                PreferenceMargins(self.model, hp.beta, spec.token_budget, self.tokenizer.pad_token_id, self.reference),
+                self.world,
+            )
+            if self.reference is not None
+            else None
+        )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         self.per_epoch = steps_per_epoch(len(self.train), hp.batch_size)
@@ -179,11 +189,10 @@ class Run:
             self._optimizer_step()
             self.trained_tokens += tokens
             return metrics
-        if self.spec.method == "dpo":
+        if self.preference is not None:  # DPO
             self.model.train()
-            metrics = dpo.train_step(
-                self.model, batch, hp.beta, self.spec.token_budget, self.tokenizer.pad_token_id, self.reference
-            )
+            mine = self.world.shard(batch)  # a rank without a pair joins the sync with one, weighted 0
+            metrics = self.preference.run(mine or batch[:1], len(batch), 1.0 if mine else 0.0)
             if not math.isfinite(metrics["train_loss"]):
                 raise Diverged("training loss", metrics["train_loss"])
             self._optimizer_step()

@@ -1,11 +1,13 @@
 """Submit -> first training step on hone-tiny through the real server and the local executor, and where it goes.
 
-    .venv/bin/python benchmarks/start_latency.py [--runs 5] [--modes warm,cold]
+    .venv/bin/python benchmarks/start_latency.py [--runs 5] [--modes warm,cold] [--before DIR]
 
 Each run starts `python -m service` as `hone serve` does (its own process, SQLite, the default poll intervals, one
 local slot; hone-tiny already built in the model cache), waits for /healthz, submits a job on 20 chat examples
 (`first`: at once), cancels it after its first step, waits for its trainer to exit, and submits another
-(`next`: the server up for a while). Warm (HONE_WARM_START=true, the default) and cold (false) runs alternate.
+(`next`: the server up for a while). Warm (HONE_WARM_START=true, the default) and cold (false) runs alternate, and
+with `--before DIR` (a `git worktree add DIR <commit>` checkout), the same runs of that revision's server and
+trainer interleaved with this one's: a baseline under the same load.
 For each job it prints the time from `POST /v1/fine_tuning/jobs` to the first `metrics` event listed by the API,
 split at timestamps the system writes anyway:
 
@@ -19,7 +21,9 @@ split at timestamps the system writes anyway:
                the trainer's own phases (trainer/startup.py: its plan event's `startup_ms`)
   report       the first step done -> its metrics event listed by the API
 
-then each phase's median (and min-max) over the runs, and the machine's load before and after."""
+then each phase's median (and min-max) over the runs, and the machine's load before and after. For the first job
+also: `server_health`, the server's process start -> /healthz answering, and `server_warm`, -> its warm interpreter
+ready (what the first job waits for, if it comes sooner)."""
 
 from __future__ import annotations
 
@@ -97,7 +101,7 @@ def one_job(server: HoneServer, api: httpx.Client, file_id: str) -> dict[str, fl
     return {k: v * 1000 for k, v in phases.items()}
 
 
-def one_server(tmp: Path, warm: bool) -> tuple[dict, dict]:
+def one_server(tmp: Path, warm: bool, tree: Path = REPO) -> tuple[dict, dict]:
     env = {
         "HONE_WARM_START": "true" if warm else "false",
         "HONE_LOCAL_SLOTS": "1",
@@ -107,7 +111,10 @@ def one_server(tmp: Path, warm: bool) -> tuple[dict, dict]:
         "HONE_SCHEDULER_POLL_S": "1.0",
     }
     began = time.time()
-    server = HoneServer(tmp / "srv", env, command=[sys.executable, "-m", "service"])
+    # `python -m service` of that checkout: its folder first on sys.path, and the warm interpreter's and cold
+    # trainers' too (they inherit the folder)
+    command = ["sh", "-c", 'cd "$0" && exec "$1" -m service', str(tree), sys.executable]
+    server = HoneServer(tmp / "srv", env, command=command)
     healthy = time.time()
     try:
         project = server.new_project("bench")
@@ -138,19 +145,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default="warm,cold")
+    parser.add_argument("--before", type=Path, help="a checkout of the baseline revision, run interleaved")
     args = parser.parse_args()
-    modes = args.modes.split(",")
+    trees = {"": REPO, **({"before ": args.before.resolve()} if args.before else {})}
+    modes = [(tag + mode, tree, mode == "warm") for mode in args.modes.split(",") for tag, tree in trees.items()]
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     print(f"{time.strftime('%Y-%m-%d %H:%M')} git {rev.strip()}{' (+ uncommitted)' if dirty else ''}; {load()}")
-    results: dict[str, list[dict]] = {f"{m} {which}": [] for m in modes for which in ("first", "next")}
+    if args.before:
+        before = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=args.before, capture_output=True, text=True
+        )
+        print(f"before: {args.before} at {before.stdout.strip()}")
+    results: dict[str, list[dict]] = {f"{m[0]} {which}": [] for m in modes for which in ("first", "next")}
     for i in range(args.runs):
-        for mode in modes:
+        for label, tree, warm in modes:
             with tempfile.TemporaryDirectory() as tmp:
-                first, second = one_server(Path(tmp), mode == "warm")
-            results[f"{mode} first"].append(first)
-            results[f"{mode} next"].append(second)
-            print(f"run {i + 1} {mode}: first job {first['total']:.0f} ms, next {second['total']:.0f} ms", flush=True)
+                first, second = one_server(Path(tmp), warm, tree)
+            results[f"{label} first"].append(first)
+            results[f"{label} next"].append(second)
+            print(f"run {i + 1} {label}: first job {first['total']:.0f} ms, next {second['total']:.0f} ms", flush=True)
     for label, runs in results.items():
         summary(label, runs)
     print(f"\nafter: {load()}")

@@ -31,6 +31,9 @@ def serve(settings: Settings | None = None) -> None:
         timeout_keep_alive=settings.server.http_keep_alive_s,
     )
     if settings.server.workers <= 1:
+        from service.warm_start import prewarm_trainers
+
+        prewarm_trainers(settings)  # in a thread, while the app imports and starts
         from service.app import create_app
 
         uvicorn.run(create_app(settings), **options)

@@ -279,6 +279,20 @@ class WarmStarts:
                 log.warning("warm start failed; starting cold", exc_info=True)
         return start_cold([python or sys.executable, "-m", module, *argv], env, stdout, cwd)
 
+    def prewarm(self, python: str | None) -> None:
+        """Starts `python`'s interpreter now, in a thread, if its runs would be warm: the first run forks from it
+        at once instead of waiting out its preload (~6 s on 2 cores; a launch meanwhile waits for it)."""
+        if not (self._enabled and python in (None, sys.executable)):
+            return
+
+        def start() -> None:
+            try:
+                self._interpreter(sys.executable)
+            except OSError:  # the first launch tries again, and starts cold if that fails too
+                log.warning("the warm interpreter did not start", exc_info=True)
+
+        threading.Thread(target=start, name="warm-start-preload", daemon=True).start()
+
     def _interpreter(self, python: str) -> WarmInterpreter:
         with self._lock:
             current = self._interpreters.get(python)
@@ -335,6 +349,14 @@ def warm_starts(settings: Settings) -> WarmStarts:
         if logs not in _SHARED:
             _SHARED[logs] = WarmStarts(settings.server.warm_start, logs, shared=settings.server.warm_start_socket)
         return _SHARED[logs]
+
+
+def prewarm_trainers(settings: Settings) -> None:
+    """A server that trains here (the local executor with slots) starts its warm interpreter with itself, not on its
+    first job: that job's trainer then starts in well under a second instead of after the preload."""
+    training = settings.training
+    if training.executor == "local" and (training.gpu_devices or training.local_slots > 0):
+        warm_starts(settings).prewarm(training.trainer_python)
 
 
 def runs_with_stdout(path: Path) -> list[int]:

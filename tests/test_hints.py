@@ -86,3 +86,20 @@ def test_routers_do_not_reach_into_the_app_for_domain_work():
             assert "app.state" not in text, path.name
         assert not re.search(r"wake\(\s*[\"']", text), path.name
         assert ".forget(" not in text, path.name
+
+
+def test_a_local_trainers_exit_wakes_the_scheduler(ctx, tmp_path):
+    """Its slot goes to the next queued job when it ends, not at the scheduler's next poll."""
+    from service.executors.local import LocalExecutor
+
+    trainer = tmp_path / "quick-trainer.sh"  # a trainer that ends at once
+    trainer.write_text("#!/bin/sh\nexit 0\n")
+    trainer.chmod(0o755)
+    executor = LocalExecutor(Settings(data_dir=tmp_path / "data", trainer_python=str(trainer)))
+    executor.bind(ctx)
+    executor.launch("ftjob-quick", 1, "file:///nowhere/spec.json")
+    deadline = time.monotonic() + 30
+    while ("wake", "scheduler") not in ctx.hinter.said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ctx.hinter.said == [("wake", "scheduler")]
+    assert [e.job_id for e in executor.reap()] == ["ftjob-quick"]  # reaped on that wake, exit code and all

@@ -178,3 +178,21 @@ def test_a_reset_connection_does_not_end_the_shared_interpreter_and_a_stale_sock
     finally:
         guest.close()
         owner.close()
+
+
+def test_prewarm_starts_the_interpreter_before_the_first_launch(tmp_path):
+    """A server that trains here preloads with its own start (service/server.py), not on its first job."""
+    starts = WarmStarts(True, tmp_path / "logs", preload=("json",))
+    try:
+        other = tmp_path / "python"
+        other.symlink_to(sys.executable)
+        starts.prewarm(str(other))  # its runs start cold: nothing to preload for them
+        starts.prewarm(None)
+        wait_for(lambda: sys.executable in starts._interpreters, timeout=30)
+        interpreter = starts._interpreters[sys.executable]
+        assert list(starts._interpreters) == [sys.executable] and not interpreter.dead
+        run = starts.launch(None, "tests.warm_target", ["4"], dict(os.environ), tmp_path / "w.log")
+        assert isinstance(run, WarmProcess) and run.wait(30) == 4
+        assert starts._interpreters[sys.executable] is interpreter  # the one prewarmed, not a second
+    finally:
+        starts.close()

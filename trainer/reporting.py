@@ -183,7 +183,8 @@ class Reporter:
                     self.heartbeat_s = float(beat)
                 self._sent(batch)
                 self._lock.notify_all()
-            time.sleep(0.25)  # lets a burst of steps share one request
+            if batch["progress"]:  # lets a burst of steps share one request; a start's first reports go at once
+                time.sleep(0.25)
 
     @staticmethod
     def _is_heartbeat(batch: dict) -> bool:

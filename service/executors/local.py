@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hone_kernel.trainer_contract import Resources
 from service.executors import TrainerExit
+from service.hints import Loop
 from service.settings import Settings
 from service.warm_start import WarmProcess, stdout_is, warm_starts
 
@@ -40,6 +41,7 @@ class LocalExecutor:
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._starts = warm_starts(settings)
+        self._ctx = None  # the scheduler's (bind): a run's exit wakes it
 
     def slots(self) -> int:
         return len(self._devices) or max(0, self._settings.training.local_slots)  # 0: this replica trains nothing
@@ -59,7 +61,7 @@ class LocalExecutor:
         return ref.startswith(f"local:{self._host}:")
 
     def bind(self, ctx) -> None:  # nothing to look up: a local run is labelled by its process
-        pass
+        self._ctx = ctx
 
     def events(self) -> list[tuple[str, str, str]]:  # a process either runs or exits
         return []
@@ -92,7 +94,15 @@ class LocalExecutor:
             process = self._starts.launch(self._settings.training.trainer_python, module, argv, env, log_path)
             ref = f"local:{self._host}:{process.pid}:{attempt}"
             self._runs[job_id] = _Run(job_id, process.pid, ref, log_path, devices, process)
-            return ref
+        threading.Thread(target=self._wake_on_exit, args=(process,), name=f"exit-{job_id}", daemon=True).start()
+        return ref
+
+    def _wake_on_exit(self, process: subprocess.Popen | WarmProcess) -> None:
+        """The scheduler reaps the run, and gives its slot to the next queued job, when it ends, not at its next
+        poll (up to HONE_SCHEDULER_POLL_S later). Adopted runs have no handle to wait on: they wait for the poll."""
+        process.wait()
+        if self._ctx is not None:
+            self._ctx.hinter.wake(Loop.SCHEDULER)
 
     def stop(self, job_id: str, *, kill: bool) -> None:
         with self._lock:

@@ -49,9 +49,20 @@ def engine_command(
     api_key: str | None = None,
     chat_template: str | None = None,
     python: str = sys.executable,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
 ) -> EngineLaunch:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if tensor_parallel_size < 1 or pipeline_parallel_size < 1:
+        raise ValueError(f"parallel sizes must be >= 1, got {tensor_parallel_size} and {pipeline_parallel_size}")
+    if engine == "builtin" and tensor_parallel_size * pipeline_parallel_size > 1:
+        # One CPU process: it has no way to split a model, and quietly serving it whole would defeat the reason
+        # the operator asked (a model too big for one device).
+        raise ValueError(
+            "the built-in engine cannot split a model (tensor_parallel_size "
+            f"{tensor_parallel_size}, pipeline_parallel_size {pipeline_parallel_size}); serve it with vLLM"
+        )
     if max_loras < 1 or max_cpu_loras < max_loras:
         raise ValueError(f"need 1 <= max_loras <= max_cpu_loras, got {max_loras} and {max_cpu_loras}")
     flags = [
@@ -73,6 +84,11 @@ def engine_command(
         flags += ["--max-model-len", str(max_model_len)]
     if chat_template:
         flags += ["--chat-template", chat_template]
+    # Only when above one: vLLM's defaults are one, and the command lines of models that fit one GPU stay as before.
+    if tensor_parallel_size > 1:
+        flags += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if pipeline_parallel_size > 1:
+        flags += ["--pipeline-parallel-size", str(pipeline_parallel_size)]
     if engine == "vllm":
         # One API server only: vLLM 0.33 refuses runtime LoRA updating with --api-server-count > 1, and the
         # adapter registry is per API-server process anyway.

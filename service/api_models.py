@@ -232,6 +232,8 @@ class EndpointObject(Exact):
     restarts: int
     error: EndpointError | None
     idle_timeout_s: int | None
+    replicas: int  # engines asked for
+    ready_replicas: int  # of them serving now; 0 unless ready
     usage: EndpointUsage
 
 
@@ -364,6 +366,8 @@ class BaseModelObject(Exact):
     created: int
     source: str
     origin: str
+    tensor_parallel_size: int  # devices each engine of it splits the model over (vLLM), set in HONE_BASE_MODELS
+    pipeline_parallel_size: int
 
 
 class BaseModelList(Exact):

@@ -101,6 +101,44 @@ class BaseModel:
     created: int = _REGISTERED_AT
     origin: str = "settings"  # builtin | settings | admin
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
+    # Serving a model too big for one GPU: vLLM splits it over tensor_parallel_size x pipeline_parallel_size
+    # devices, which every engine of it then holds (local: that many of HONE_ENGINE_DEVICES; Kubernetes: that
+    # many nvidia.com/gpu). The built-in engine runs on one CPU process and cannot: endpoints refuse it there.
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+
+    @property
+    def serving_devices(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+def builtin_cannot_split(base: BaseModel) -> str:
+    return (
+        f"Base model '{base.name}' is registered with tensor_parallel_size {base.tensor_parallel_size} and "
+        f"pipeline_parallel_size {base.pipeline_parallel_size}, but this server serves with the built-in engine, "
+        "which runs a model whole in one CPU process. Serve it with vLLM (HONE_INFERENCE_ENGINE=vllm on GPUs), or "
+        "register it with parallel sizes of 1."
+    )
+
+
+_PARALLEL = ("tensor_parallel_size", "pipeline_parallel_size")
+_ENTRY_KEYS = {"source", "training", *_PARALLEL}
+
+
+def _parallel(name: str, entry: dict) -> tuple[int, int]:
+    """An entry's parallel sizes, checked: positive integers (a typo'd key is refused, never ignored)."""
+    unknown = sorted(set(entry) - _ENTRY_KEYS)
+    if unknown:
+        raise ValueError(
+            f"HONE_BASE_MODELS[{name!r}] has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_ENTRY_KEYS))}"
+        )
+    sizes = {}
+    for key in _PARALLEL:
+        value = entry.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"HONE_BASE_MODELS[{name!r}].{key} must be a positive integer, got {value!r}")
+        sizes[key] = value
+    return sizes["tensor_parallel_size"], sizes["pipeline_parallel_size"]
 
 
 class BaseModelRegistry:
@@ -109,12 +147,16 @@ class BaseModelRegistry:
             TINY_MODEL: BaseModel(TINY_MODEL, "builtin:hone-tiny", origin="builtin", training=TINY_DEFAULTS)
         }
         for name, entry in configured.items():
-            # "name": "source", or "name": {"source": ..., "training": {<TrainingDefaults field>: value}}
+            # "name": "source", or "name": {"source": ..., "training": {<TrainingDefaults field>: value},
+            # "tensor_parallel_size": n, "pipeline_parallel_size": m}
             if isinstance(entry, dict):
                 if not isinstance(entry.get("source"), str):
                     raise ValueError(f"HONE_BASE_MODELS[{name!r}] needs a 'source' (a folder or Hugging Face id)")
                 training = TrainingDefaults.with_overrides(entry.get("training"))
-                self._static[name] = BaseModel(name, entry["source"], training=training)
+                tp, pp = _parallel(name, entry)
+                self._static[name] = BaseModel(
+                    name, entry["source"], training=training, tensor_parallel_size=tp, pipeline_parallel_size=pp
+                )
             else:
                 self._static[name] = BaseModel(name, entry)
         self._db = db
@@ -196,4 +238,6 @@ class BaseModelRegistry:
             "created": model.created,
             "source": model.source,
             "origin": model.origin,
+            "tensor_parallel_size": model.tensor_parallel_size,
+            "pipeline_parallel_size": model.pipeline_parallel_size,
         }

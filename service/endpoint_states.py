@@ -36,6 +36,8 @@ def entry_fields(target: EndpointState, *, now: int) -> dict:
     fields: dict = {"updated_at": now}
     if target is E.READY:
         fields |= {"ready_at": now, "error": None, "failed_attempts": 0}
-    elif target in (E.DEPLOYING, E.IDLE):
-        fields["url"] = None  # no engine answers for it until it is ready again
+    else:
+        fields["ready_replicas"] = 0  # none serves it outside `ready` (the deployer counts them while ready)
+    if target in (E.DEPLOYING, E.IDLE):
+        fields |= {"url": None, "urls": None}  # no engine answers for it until it is ready again
     return fields

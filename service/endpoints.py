@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
+from inference.launcher import choose_engine
 from service.auth import ProjectPrincipal
+from service.base_models import builtin_cannot_split
 from service.context import AppContext
 from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
 from service.endpoint_states import LIVE, EndpointState, can_transition, entry_fields
-from service.errors import NAME_CHARS, ErrorCode, NotFound, excerpt
+from service.engines.devices import device_pool
+from service.errors import NAME_CHARS, ErrorCode, InvalidRequest, NotFound, excerpt
 from service.hints import Loop
 from service.ids import new_id
 from service.pagination import list_envelope, paginate
@@ -73,6 +76,44 @@ def resolve_model(ctx: AppContext, session: Session, project_id: str, model: str
     raise model_not_found(model)
 
 
+def check_servable(ctx: AppContext, served: ServedModel, replicas: int) -> None:
+    """Refuses (400, naming the field) what this deployment could never serve, rather than an endpoint that
+    fails after it was accepted: a split model on the built-in engine, replicas where engines cannot have them,
+    more GPUs than the local backend has."""
+    serving = ctx.settings.serving
+    base = ctx.base_models.get(served.base_model)
+    per_replica = base.serving_devices if base is not None else 1
+    try:
+        engine = choose_engine(serving.inference_engine)
+    except ValueError:
+        engine = None  # a bad setting: the deployer says so on the endpoint
+    if base is not None and per_replica > 1 and engine == "builtin":
+        raise InvalidRequest(builtin_cannot_split(base), param="model", code=ErrorCode.MODEL_NOT_AVAILABLE)
+    if replicas > 1:
+        if serving.endpoint_backend == "static":
+            why = "HONE_ENDPOINT_BACKEND=static serves each base model from one server someone else runs"
+        elif serving.shared_engines and served.kind != "full":
+            why = "HONE_SHARED_ENGINES serves every adapter of a base model from one engine"
+        else:
+            why = None
+        if why:
+            raise InvalidRequest(
+                f"replicas {replicas} cannot be served here: {why}; omit replicas or use 1.",
+                param="replicas",
+                code=ErrorCode.UNSUPPORTED_PARAMETER,
+            )
+    if serving.endpoint_backend == "local" and engine == "vllm":
+        pool = device_pool(ctx.settings)
+        if pool and per_replica * replicas > len(pool):
+            raise InvalidRequest(
+                f"{replicas} replica(s) of '{served.base_model}' need {per_replica * replicas} GPU(s) "
+                f"({per_replica} each: tensor_parallel_size x pipeline_parallel_size); this server hands engines "
+                f"{len(pool)} (HONE_ENGINE_DEVICES).",
+                param="replicas" if per_replica <= len(pool) else "model",
+                code=ErrorCode.NO_GPU_CAPACITY,
+            )
+
+
 # --- the resource ---------------------------------------------------------------------------------
 
 
@@ -93,6 +134,9 @@ def endpoint_api(ep: Endpoint, usage: dict) -> dict:
         "restarts": ep.restarts,
         "error": ep.error,
         "idle_timeout_s": ep.idle_timeout_s,
+        "replicas": ep.replicas or 1,
+        # engines serving it now (one per replica; fewer while a dead one is replaced); 0 unless ready
+        "ready_replicas": (ep.ready_replicas or 0) if ep.state == EndpointState.READY.value else 0,
         "usage": usage,
     }
 
@@ -147,15 +191,23 @@ def open_endpoints(session: Session, project_id: str, model: str) -> list[Endpoi
 
 
 def deploy(
-    session: Session, project_id: str, served: ServedModel, idle_timeout_s: int | None = None, now: int | None = None
+    session: Session,
+    project_id: str,
+    served: ServedModel,
+    idle_timeout_s: int | None = None,
+    now: int | None = None,
+    replicas: int | None = None,
 ) -> Endpoint:
     """The endpoint for a model: the live one if there is one, a failed one retried, an idle one woken, else a
-    new one. An idle timeout given replaces the endpoint's. `now`: the caller's clock (a job's success stamps
-    its endpoint with its own finish time, which the Vertex view relies on)."""
+    new one. An idle timeout or replica count given replaces the endpoint's (the deployer starts or stops the
+    difference). `now`: the caller's clock (a job's success stamps its endpoint with its own finish time, which
+    the Vertex view relies on)."""
     existing = next(iter(open_endpoints(session, project_id, served.name)), None)
     if existing is not None:
         if idle_timeout_s is not None:
             existing.idle_timeout_s = idle_timeout_s
+        if replicas is not None:
+            existing.replicas = replicas
         if existing.state == EndpointState.FAILED.value:
             transition(session, existing, EndpointState.DEPLOYING, error=None, failed_attempts=0)
         elif existing.state == EndpointState.IDLE.value:
@@ -175,6 +227,8 @@ def deploy(
         restarts=0,
         failed_attempts=0,
         idle_timeout_s=idle_timeout_s,
+        replicas=replicas or 1,
+        ready_replicas=0,
         created_at=now,
         updated_at=now,
     )
@@ -200,11 +254,17 @@ def wake(ep: Endpoint, why: str) -> bool:
 
 
 def create_endpoint(
-    ctx: AppContext, principal: ProjectPrincipal, model: str, pending_usage, idle_timeout_s: int | None = None
+    ctx: AppContext,
+    principal: ProjectPrincipal,
+    model: str,
+    pending_usage,
+    idle_timeout_s: int | None = None,
+    replicas: int | None = None,
 ) -> dict:
     with ctx.db.write() as session:
         served = resolve_model(ctx, session, principal.project_id, model)
-        ep = deploy(session, principal.project_id, served, idle_timeout_s)
+        check_servable(ctx, served, replicas or 1)
+        ep = deploy(session, principal.project_id, served, idle_timeout_s, replicas=replicas)
         created = endpoint_api(ep, _usage(session, ep, pending_usage))
     ctx.hinter.wake(Loop.ENDPOINTS)
     return created

@@ -1,5 +1,6 @@
 """The inference gateway: OpenAI chat and completion requests for a project's models, routed to the engine
-that serves them, streamed through as the engine writes, and counted per model.
+that serves them, streamed through as the engine writes, and counted per model. An endpoint with several
+replicas has its requests spread over them (gateway_replicas.py), one that refuses a connection skipped.
 
 Engines know a tuned model by its public name (adapters are loaded under it), so a request is forwarded
 as-is unless the caller named a checkpoint by id; responses are never rewritten or buffered."""
@@ -31,6 +32,7 @@ from service.errors import (
     excerpt,
 )
 from service.gateway_bodies import openai_error, openai_shape
+from service.gateway_replicas import ReplicaPicker
 from service.stored_completions import Keep
 from service.upstream import EngineUnreachable, UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
@@ -63,6 +65,11 @@ class Route:
     api_key: str | None
     engine_model: str  # the name the engine serves it under
     model: str  # the name the caller used, for accounting
+    urls: tuple[str, ...] = ()  # the endpoint's ready replicas, requests spread over them; empty: (url,)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
 
 
 class Gateway:
@@ -71,6 +78,7 @@ class Gateway:
         self._engine_key_of = engine_key_of  # engine key -> api key (the backend holds the secrets)
         self._routes: dict[tuple[str, str], tuple[float, Route]] = {}
         self.upstream = UpstreamPool()
+        self.replicas = ReplicaPicker()
         self.timeout = ctx.settings.serving.gateway_timeout_s
 
     async def close(self) -> None:
@@ -119,7 +127,8 @@ class Gateway:
         if ready:
             ep = ready[0]
             assert ep.url is not None  # a ready endpoint has its url
-            route = Route(ep.url, self._engine_key_of(ep.engine_key), served.name, model)
+            urls = tuple(ep.urls or [ep.url])
+            route = Route(ep.url, self._engine_key_of(ep.engine_key), served.name, model, urls)
             self._routes[(project_id, model)] = (time.monotonic(), route)
             return route
         idle = [ep for ep in candidates if ep.state == EndpointState.IDLE.value]
@@ -210,12 +219,17 @@ class Gateway:
                 body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             raw = json.dumps(body).encode()
         headers = _engine_headers(route, request_id)
-        try:
-            upstream = await asyncio.wait_for(self.upstream.post(route.url + path, raw, headers), self.timeout)
-            content_type = upstream.headers.get("content-type", "application/json")
-            if not (stream and upstream.status == 200 and content_type.startswith("text/event-stream")):
-                content = await asyncio.wait_for(upstream.read(), self.timeout)
-            else:
+        tried: set[str] = set()
+        while True:
+            url = self.replicas.pick(route.targets, tried)
+            assert url is not None  # a route has at least one target, and the loop ends before all were tried
+            try:
+                upstream = await asyncio.wait_for(self.upstream.post(url + path, raw, headers), self.timeout)
+                content_type = upstream.headers.get("content-type", "application/json")
+                if not (stream and upstream.status == 200 and content_type.startswith("text/event-stream")):
+                    content = await asyncio.wait_for(upstream.read(), self.timeout)
+                    self.replicas.done(url)
+                    break
                 return StreamingResponse(
                     self._relay(
                         project_id,
@@ -224,20 +238,33 @@ class Gateway:
                         wants_usage,
                         started,
                         self._keeper(project_id, route, request, keep),
+                        replica=url,
                     ),
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
                 )
-        except (TimeoutError, UpstreamError) as exc:
+            except UpstreamError as exc:
+                self.replicas.done(url)
+                if isinstance(exc, EngineUnreachable):
+                    self.replicas.down(url)  # the next requests go to the others until it is back or replaced
+                tried.add(url)
+                # Nothing reached the caller yet, and generating has no side effects: another replica answers
+                # instead (a timeout is not retried: the request may have run that long, and would again).
+                if any(u not in tried for u in route.targets):
+                    continue
+                failure: Exception = exc
+            except TimeoutError as exc:
+                self.replicas.done(url)
+                failure = exc
             self.forget(project_id, route.model)
-            if retry_unsent and isinstance(exc, EngineUnreachable):
-                raise _Unsent from exc
+            if retry_unsent and isinstance(failure, EngineUnreachable):
+                raise _Unsent from failure
             self._account(project_id, route, BadGateway.status_code, {}, started)
             raise BadGateway(
-                f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); "
+                f"The endpoint for '{route.model}' is unreachable ({failure or 'timed out'}); "
                 "it is being checked, retry shortly.",
                 code=ErrorCode.ENDPOINT_UNREACHABLE,
-            ) from exc
+            ) from failure
         content = self._count_whole(project_id, route, upstream.status, content, started)
         if keep is not None and upstream.status == 200:
             await run_in_threadpool(self._store, project_id, route, request, keep, json.loads(content))
@@ -256,16 +283,20 @@ class Gateway:
         """The length in tokens of a chat prompt as the engine renders it (its own template): the engine's
         /tokenize. Not served traffic, so not counted in usage."""
         raw = json.dumps({"model": route.engine_model, "messages": messages}).encode()
+        url = self.replicas.pick(route.targets, set())
+        assert url is not None  # nothing excluded
         try:
             upstream = await asyncio.wait_for(
-                self.upstream.post(route.url + "/tokenize", raw, _engine_headers(route, request_id)), self.timeout
+                self.upstream.post(url + "/tokenize", raw, _engine_headers(route, request_id)), self.timeout
             )
             content = await asyncio.wait_for(upstream.read(), self.timeout)
         except (TimeoutError, UpstreamError) as exc:
+            self.replicas.done(url)
             raise BadGateway(
                 f"The endpoint for '{route.model}' is unreachable ({exc or 'timed out'}); retry shortly.",
                 code=ErrorCode.ENDPOINT_UNREACHABLE,
             ) from exc
+        self.replicas.done(url)
         try:
             count = json.loads(content)["count"] if upstream.status == 200 else None
         except (ValueError, KeyError, TypeError):
@@ -313,6 +344,8 @@ class Gateway:
         wants_usage: bool,
         started: float,
         keeper=None,
+        *,
+        replica: str,
     ):
         """Passes each SSE event on as soon as it is complete; only the usage event may be held back."""
         usage: dict = {}
@@ -348,6 +381,7 @@ class Gateway:
             )
         finally:
             upstream.release()
+            self.replicas.done(replica)
             if keeper is not None and not failed:
                 await keeper[1]()
             self._account(

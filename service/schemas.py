@@ -382,6 +382,15 @@ class CreateEndpoint(_Body):
             "omitted: the server's HONE_ENDPOINT_IDLE_TIMEOUT_S."
         ),
     )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description=(
+            "Engines serving the model side by side, the gateway spreading requests over them (Kubernetes: the "
+            "Deployment's replicas); omitted: 1 for a new endpoint, unchanged for an existing one."
+        ),
+    )
 
 
 class CreateProject(_Body):

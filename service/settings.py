@@ -176,6 +176,9 @@ class ServingSettings(BaseSettings):
     engine_threads: int = 1  # CPU threads per built-in engine; 0: torch's default
     engine_start_timeout_s: float = 180.0
     engine_python: str | None = None  # interpreter for the built-in engine; default: this one
+    # GPUs the local backend hands to vLLM engines, comma-separated (each replica takes tensor_parallel_size x
+    # pipeline_parallel_size of its own); default: CUDA_VISIBLE_DEVICES; none named: engines see every GPU
+    engine_devices: str | None = None
     endpoint_poll_s: float = 1.0  # how often endpoints are reconciled and engines health-checked
     max_deploy_attempts: int = 5  # deploy attempts failing in a row before an endpoint is marked failed
     parity_samples: int = 4  # training rows checked through the serving path before an endpoint is ready

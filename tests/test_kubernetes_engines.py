@@ -183,6 +183,37 @@ def test_generated_deployment_and_service(engine, tmp_path):
         _validate({**deployment, "spec": {**deployment["spec"], "replicas": "one"}})
 
 
+def test_a_split_model_asks_for_its_gpus_and_replicas_for_pods(tmp_path):
+    """A base model registered with tensor_parallel_size x pipeline_parallel_size: vLLM gets the flags and the pod
+    that many nvidia.com/gpu (whatever HONE_K8S_GPUS_PER_ENGINE says: the model does not fit fewer); an
+    endpoint's replicas are the Deployment's, the pod template unchanged (scaling starts pods, restarts none)."""
+    settings = Settings(data_dir=tmp_path, k8s_gpus_per_engine=1)
+    spec = EngineSpec(
+        "ep-big", "vllm", "acme/llama-70b", "acme/llama-70b", max_loras=2, max_cpu_loras=2, max_lora_rank=16
+    )
+    split = dataclasses.replace(spec, tensor_parallel_size=4, pipeline_parallel_size=2, replicas=3)
+    deployment, _, digest = build_objects(settings, split)
+    _validate(deployment)
+    main = _containers(deployment)["engine"]
+    flags = dict(itertools.pairwise(main["command"] + main["args"]))
+    assert flags["--tensor-parallel-size"] == "4" and flags["--pipeline-parallel-size"] == "2"
+    assert main["resources"]["requests"]["nvidia.com/gpu"] == main["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert deployment["spec"]["replicas"] == 3
+
+    one, _, one_digest = build_objects(settings, spec)
+    engine = _containers(one)["engine"]
+    assert "--tensor-parallel-size" not in engine["args"] and "--pipeline-parallel-size" not in engine["args"]
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == "1" and one["spec"]["replicas"] == 1
+    # only the replicas differ: the same pod template, another digest (ensure replaces the Deployment's count)
+    more, _, more_digest = build_objects(settings, dataclasses.replace(spec, replicas=2))
+    assert more["spec"]["template"] == one["spec"]["template"] and more["spec"]["replicas"] == 2
+    assert more_digest != one_digest != digest
+
+    # The built-in engine cannot split a model: the objects are never built for one.
+    with pytest.raises(ValueError, match="built-in engine cannot split"):
+        build_objects(settings, dataclasses.replace(split, engine="builtin"))
+
+
 def test_service_url_is_cluster_dns_or_loopback():
     from kubernetes.client import V1ObjectMeta, V1Service, V1ServicePort, V1ServiceSpec
 

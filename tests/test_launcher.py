@@ -93,6 +93,30 @@ def test_invalid_launch_settings():
         command("tgi")
 
 
+@pytest.mark.parametrize(
+    "tp, pp, added",
+    [
+        (1, 1, []),  # vLLM's defaults: a model that fits one GPU keeps its command line
+        (4, 1, ["--tensor-parallel-size", "4"]),
+        (1, 2, ["--pipeline-parallel-size", "2"]),
+        (2, 2, ["--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"]),
+    ],
+)
+def test_vllm_parallel_flags(tp, pp, added):
+    launch = command("vllm", python="/nonexistent/bin/python", tensor_parallel_size=tp, pipeline_parallel_size=pp)
+    assert launch.argv == ["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16", *added]
+
+
+def test_builtin_engine_refuses_to_split_a_model():
+    with pytest.raises(ValueError, match="built-in engine cannot split a model.*serve it with vLLM"):
+        command("builtin", tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="built-in engine cannot split"):
+        command("builtin", pipeline_parallel_size=2)
+    with pytest.raises(ValueError, match="parallel sizes must be >= 1"):
+        command("vllm", tensor_parallel_size=0)
+    assert "--tensor-parallel-size" not in command("builtin", tensor_parallel_size=1).argv
+
+
 def test_builtin_command_is_accepted_by_the_engine_cli():
     launch = command("builtin", python="/venv/bin/python", max_model_len=512, api_key="k")
     assert launch.argv == [

@@ -26,7 +26,7 @@ def create_endpoint(
     ctx: AppContext = Depends(get_ctx),
     pending_usage=Depends(get_pending_usage),
 ):
-    endpoint = endpoints.create_endpoint(ctx, principal, body.model, pending_usage, body.idle_timeout_s)
+    endpoint = endpoints.create_endpoint(ctx, principal, body.model, pending_usage, body.idle_timeout_s, body.replicas)
     log.info(
         "endpoint created",
         extra={"endpoint_id": endpoint["id"], "model": endpoint["model"], "state": endpoint["state"]},

@@ -250,6 +250,10 @@ class Endpoint(Base):
     ready_at: Mapped[int | None] = mapped_column(BigInteger)
     # scale to zero after this long without requests; None: HONE_ENDPOINT_IDLE_TIMEOUT_S, 0: never
     idle_timeout_s: Mapped[int | None] = mapped_column(Integer)
+    replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # engines asked for
+    ready_replicas: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # of them serving now
+    # where the gateway sends requests (each local replica, or one Kubernetes Service); None: [url]
+    urls: Mapped[list[str] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_endpoints_project_seq", "project_id", "seq"),)
 

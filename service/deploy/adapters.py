@@ -13,7 +13,7 @@ from service import metrics
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.deploy import DeployError
-from service.engines import EngineBackend, EngineHandle
+from service.engines import EngineBackend, EngineHandle, Replica
 from service.errors import ErrorCode
 from service.storage import BlobNotFound
 
@@ -57,22 +57,37 @@ class AdapterLoader:
             shutil.rmtree(work, ignore_errors=True)
         return target
 
-    def load(self, client: EngineClient, handle: EngineHandle, ep: Endpoint, weights: Path) -> None:
-        """Hot-loads the adapter where the engine sees it: the local copy, unless the backend's engines cannot see
-        this disk (Kubernetes: the engine pod's fetcher copies it from storage and answers its own path)."""
+    def load(self, handle: EngineHandle, ep: Endpoint, weights: Path, replica: Replica) -> None:
+        """Hot-loads the adapter into one replica where it sees it: the local copy, unless the backend's engines
+        cannot see this disk (Kubernetes: the pod's fetcher copies it from storage and answers its own path)."""
         started = time.perf_counter()
         assert ep.weights_prefix is not None  # an adapter endpoint has its weights' folder
-        client.load_adapter(ep.model, self.backend.stage_weights(handle, ep.id, ep.weights_prefix, weights))
+        path = self.backend.stage_weights(handle, ep.id, ep.weights_prefix, weights, replica)
+        with EngineClient(replica.url, api_key=handle.api_key) as client:
+            client.load_adapter(ep.model, path)
         metrics.ADAPTER_LOAD.labels(metrics.model_name_label(ep.base_model)).observe(time.perf_counter() - started)
+
+    def load_everywhere(self, handle: EngineHandle, ep: Endpoint, weights: Path | None, loaded: set[str]) -> set[str]:
+        """Loads the adapter into each ready replica not in `loaded` (urls); returns the urls that have it now.
+        Every replica serves requests, so each needs it: one without would answer 404 for the model."""
+        ready = {replica.url: replica for replica in handle.ready}
+        if ep.kind != "adapter":
+            return set(ready)
+        assert weights is not None  # an adapter endpoint's weights were fetched
+        for url, replica in ready.items():
+            if url not in loaded:
+                self.load(handle, ep, weights, replica)
+        return set(ready)
 
     def unload(self, handle: EngineHandle, ep: Endpoint) -> None:
         if ep.kind != "adapter":
             return
-        try:
-            with EngineClient(handle.url, api_key=handle.api_key) as client:
-                client.unload_adapter(ep.model)
-        except EngineUnavailable:
-            pass
+        for replica in handle.ready:
+            try:
+                with EngineClient(replica.url, api_key=handle.api_key) as client:
+                    client.unload_adapter(ep.model)
+            except EngineUnavailable:
+                pass
 
     def local_copies(self) -> list[str]:
         """Endpoint ids with a local copy (partial downloads excluded)."""

@@ -24,6 +24,7 @@ from service.db.tables import Endpoint, Job, ModelUsage
 from service.deploy import DeployError, parity
 from service.deploy.adapters import AdapterLoader
 from service.deploy.placement import EngineKey, Placement
+from service.deploy.replicas import Replicas
 from service.endpoint_states import EndpointState
 from service.endpoints import live_endpoints, transition
 from service.engines import EngineBackend, EngineHandle, EngineStartError
@@ -42,6 +43,7 @@ class EndpointDeployer:
         self._lock = threading.Lock()
         self.placement = Placement(ctx, self.engine)
         self.adapters = AdapterLoader(ctx, backend)
+        self.replicas = Replicas(self)
         prewarm = ctx.settings.serving.prewarm_engines
         # Default: prewarm built-in engines run locally (the Kubernetes backend has no spares to hand over).
         self.prewarm = (
@@ -63,9 +65,11 @@ class EndpointDeployer:
                 continue
             if ep.state == EndpointState.READY.value:
                 handle = self.backend.get(ep.engine_key or "")
-                if handle is None or handle.url != ep.url:
+                # one replica: a new url is a new engine, without the adapter; several: replicas.py follows them
+                if handle is None or ((ep.replicas or 1) == 1 and handle.url != ep.url):
                     self._restart(ep.id, "its engine stopped" if handle is None else "its engine was restarted")
                     continue
+                self.replicas.follow(ep, handle)
             elif ep.state == EndpointState.DEPLOYING.value:
                 self._submit(ep.id)
         for ep in stopped:
@@ -188,7 +192,14 @@ class EndpointDeployer:
         with self.ctx.db.write() as session:
             row = session.get(Endpoint, ep.seq)
             moved = row is not None and transition(
-                session, row, EndpointState.READY, url=handle.url, engine=self.engine, engine_key=handle.key
+                session,
+                row,
+                EndpointState.READY,
+                url=handle.url,
+                engine=self.engine,
+                engine_key=handle.key,
+                urls=list(handle.request_urls),
+                ready_replicas=len(handle.ready),
             )
         if moved:
             log.info(
@@ -207,9 +218,7 @@ class EndpointDeployer:
             raise DeployError(ErrorCode.ENGINE_START_FAILED, str(exc)) from exc
         with EngineClient(handle.url, api_key=handle.api_key) as client:
             try:
-                if ep.kind == "adapter":
-                    assert weights is not None  # an adapter endpoint's weights were fetched
-                    self.adapters.load(client, handle, ep, weights)
+                self.replicas.loaded[ep.id] = self.adapters.load_everywhere(handle, ep, weights, set())
                 if weights is not None:
                     parity.check(client, ep.model, weights, self.ctx.settings.serving.parity_samples)
             except parity.ParityFailure as exc:
@@ -257,6 +266,7 @@ class EndpointDeployer:
         if handle is not None:  # a shared engine, or one Hone does not run (static), keeps serving the others
             self.adapters.unload(handle, ep)
         self.adapters.remove(ep.id)
+        self.replicas.forget(ep.id)
         log.info("endpoint retired", extra={"endpoint_id": ep.id, "state": ep.state})
 
     def _stop_unused_engines(self, warm: set[str]) -> None:

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from service.base_models import builtin_cannot_split
 from service.context import AppContext
 from service.db.tables import Endpoint
 from service.deploy import DeployError
@@ -53,11 +54,13 @@ class Placement:
         return EngineKey.shared(base_model) if self.ctx.settings.serving.shared_engines else EngineKey.spare(base_model)
 
     def endpoint_spec(self, ep: Endpoint, weights: Path | None) -> EngineSpec:
+        replicas = ep.replicas or 1  # (a shared engine's endpoints are refused more than one at creation)
         if ep.kind == "full":  # fully tuned weights are their own base: an engine of their own
-            return self._spec(EngineKey.own(ep.id), str(weights), ep.model, f"storage:{ep.weights_prefix}")
+            spec = self._spec(EngineKey.own(ep.id), str(weights), ep.model, f"storage:{ep.weights_prefix}")
+            return dataclasses.replace(self._parallel(spec, ep.base_model), replicas=replicas)
         if self.ctx.settings.serving.shared_engines:
             return self.base_spec(ep.base_model, EngineKey.shared(ep.base_model))
-        spec = self.base_spec(ep.base_model, EngineKey.own(ep.id))
+        spec = dataclasses.replace(self.base_spec(ep.base_model, EngineKey.own(ep.id)), replicas=replicas)
         if self.engine == "vllm" and weights is not None:
             # vLLM ignores templates stored beside adapters: an engine of its own gets the pinned one.
             pinned_file = weights / "hone_serving.json"
@@ -70,7 +73,21 @@ class Placement:
     def base_spec(self, base: str, key: EngineKey) -> EngineSpec:
         registered = self.ctx.base_models.get(base)
         source = registered.source if registered is not None and registered.source.startswith("builtin:") else None
-        return self._spec(key, self._base_model_path(base), base, source)
+        return self._parallel(self._spec(key, self._base_model_path(base), base, source), base)
+
+    def _parallel(self, spec: EngineSpec, base: str) -> EngineSpec:
+        """The base model's tensor/pipeline parallel sizes; refused (for good, not retried) on the built-in engine,
+        which cannot split a model: endpoint creation refuses it too, this catches deploys of finished jobs."""
+        registered = self.ctx.base_models.get(base)
+        if registered is None:
+            raise DeployError(ErrorCode.MODEL_NOT_FOUND, f"Base model {base!r} is no longer registered.", retry=False)
+        if registered.serving_devices > 1 and self.engine == "builtin":
+            raise DeployError(ErrorCode.ENGINE_START_FAILED, builtin_cannot_split(registered), retry=False)
+        return dataclasses.replace(
+            spec,
+            tensor_parallel_size=registered.tensor_parallel_size,
+            pipeline_parallel_size=registered.pipeline_parallel_size,
+        )
 
     def _spec(self, key: EngineKey, model_path: str, served_name: str, model_source: str | None) -> EngineSpec:
         s = self.ctx.settings.serving

@@ -29,14 +29,43 @@ class EngineSpec:
     # there) or "storage:<prefix>" (copied from blob storage); None: model_path is a Hugging Face id or a folder
     # every engine sees.
     model_source: str | None = None
+    # vLLM splits the model over tp x pp devices (the base model's registry entry); the built-in engine cannot
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    replicas: int = 1  # identical engines under this key (an endpoint's `replicas`), each with its own devices
+
+    @property
+    def devices(self) -> int:
+        """GPUs one replica holds."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One running engine process or pod of a key: adapters are loaded into each."""
+
+    url: str
+    fetch_url: str | None = None  # its own adapter fetcher (Kubernetes pods); None: the backend's default
 
 
 @dataclass(frozen=True)
 class EngineHandle:
     key: str
-    url: str  # e.g. http://127.0.0.1:41234
-    api_key: str  # the engine answers /v1 routes only with it
+    url: str  # e.g. http://127.0.0.1:41234 (the first replica, or a Service in front of them all)
+    api_key: str  # the engine answers /v1 routes only with it (every replica the same)
     spec: EngineSpec
+    # Where requests go, the gateway spreading them: each local replica; a Kubernetes Service spreads by itself,
+    # so there it is the Service alone. Empty: (url,).
+    urls: tuple[str, ...] = ()
+    replicas: tuple[Replica, ...] = ()  # the ready replicas, to load adapters into; empty: (Replica(url),)
+
+    @property
+    def request_urls(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
+
+    @property
+    def ready(self) -> tuple[Replica, ...]:
+        return self.replicas or (Replica(self.url),)
 
 
 class EngineStartError(RuntimeError):
@@ -54,7 +83,9 @@ class EngineBackend(Protocol):
     def close(self) -> None: ...  # stop everything (control-plane shutdown)
     # The adapter's path on the engine's filesystem: the deployer's local copy where engines see this disk;
     # else the backend copies it from storage_prefix (Kubernetes: the pod's fetcher sidecar).
-    def stage_weights(self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path) -> str: ...
+    def stage_weights(
+        self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path, replica: Replica | None = None
+    ) -> str: ...
 
 
 def open_engine_backend(settings: Settings) -> EngineBackend:

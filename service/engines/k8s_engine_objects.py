@@ -60,6 +60,12 @@ def _container(pod_spec: dict, name: str, part: str = "containers") -> dict:
     raise ValueError(f"template {DEPLOYMENT_TEMPLATE} has no {part[:-1]} named {name!r}")
 
 
+def engine_gpus(settings: Settings, spec: EngineSpec) -> int:
+    """nvidia.com/gpu of one engine pod: the tp x pp devices vLLM splits the model over (a pod cannot span nodes,
+    so they are all in it), else HONE_K8S_GPUS_PER_ENGINE."""
+    return spec.devices if spec.devices > 1 else settings.kubernetes.k8s_gpus_per_engine
+
+
 def storage_source(settings: Settings, prefix: str) -> str:
     """The URL of a storage prefix that pods (the fetcher) read: s3://bucket/prefix/..."""
     return f"{settings.resolved_storage_url.rstrip('/')}/{prefix.lstrip('/')}"
@@ -119,6 +125,8 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
         max_lora_rank=spec.max_lora_rank,
         chat_template=chat_template,
         python="python3",
+        tensor_parallel_size=spec.tensor_parallel_size,
+        pipeline_parallel_size=spec.pipeline_parallel_size,
     )
     if spec.engine == "vllm":
         engine["command"], engine["args"] = ["vllm", "serve"], launch.argv[2:]
@@ -133,9 +141,10 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
     if endpoint_of(spec.key):
         _set_env(engine, "HONE_ENDPOINT_ID", endpoint_of(spec.key))
     resources = engine.setdefault("resources", {})
-    if settings.kubernetes.k8s_gpus_per_engine > 0:
+    gpus = engine_gpus(settings, spec)
+    if gpus > 0:
         for part in ("requests", "limits"):
-            resources.setdefault(part, {})["nvidia.com/gpu"] = str(settings.kubernetes.k8s_gpus_per_engine)
+            resources.setdefault(part, {})["nvidia.com/gpu"] = str(gpus)
     fetcher = _container(pod["spec"], FETCHER_CONTAINER)
     fetcher["image"] = settings.kubernetes.k8s_inference_image
     _set_env(fetcher, "HONE_FETCHER_API_KEY", secret=(name, SECRET_KEY))
@@ -152,7 +161,7 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
         {
             "image": settings.kubernetes.k8s_inference_image,
             "template": pod,
-            "gpus": settings.kubernetes.k8s_gpus_per_engine,
+            "gpus": gpus,
         },
     )
     labels = {ENGINE_LABEL: name}
@@ -162,7 +171,8 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
         meta["name"], meta["namespace"] = name, settings.kubernetes.k8s_namespace
         meta["labels"] = {**meta.get("labels", {}), **labels}
         meta["annotations"] = {**meta.get("annotations", {}), **annotations}
-    deployment["spec"]["replicas"] = 1
+    # each pod an engine of its own with every adapter loaded into it; the Service spreads requests over them
+    deployment["spec"]["replicas"] = spec.replicas
     deployment["spec"]["selector"] = {
         "matchLabels": {**deployment["spec"]["selector"].get("matchLabels", {}), **labels}
     }

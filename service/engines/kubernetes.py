@@ -13,7 +13,8 @@ HONE_SHARED_ENGINES. Here each is
   every control-plane worker's gateway through `api_key_reader`).
 
 Objects are named `hone-engine-<slug of the key>` and annotated with the key. `ensure` creates or updates them
-(or scales a Deployment at zero replicas back to one) and returns once the Deployment has a ready replica and
+(or scales a Deployment at zero back to its `spec.replicas`: pods the Service spreads requests over, each with
+the adapters loaded into it by pod IP) and returns once the Deployment has a ready replica and
 the engine answers /health at its URL: `http://<service>.<namespace>.svc.cluster.local:<port>`, or
 `http://<clusterIP>:<port>` when the Service's clusterIP is a loopback address (a test cluster whose "pods" are
 local processes). `stop` deletes all three (foreground propagation); `scale(key, n)` scales without deleting.
@@ -38,7 +39,7 @@ from pathlib import Path
 import httpx
 
 from inference.client import EngineClient, EngineUnavailable
-from service.engines import EngineHandle, EngineSpec, EngineStartError
+from service.engines import EngineHandle, EngineSpec, EngineStartError, Replica
 from service.engines.k8s_engine_objects import (
     COMPONENT_SELECTOR,
     DEPLOYMENT_TEMPLATE,
@@ -160,19 +161,42 @@ class KubernetesEngines:
                     waiting = f"pod {meta.name} is not scheduled: {cond.message or cond.reason}"
         return None, waiting
 
-    def _incarnation(self, name: str) -> str | None:
-        """The ready pod's uid and its containers' restart counts (None: no ready pod)."""
+    def _ready_pods(self, name: str) -> list[tuple[str, str | None, dict[str, int]]]:
+        """(uid/restart count, pod IP, container ports by name) of each ready pod, in a stable order."""
         pods = self._core.list_namespaced_pod(self._ns, label_selector=f"{ENGINE_LABEL}={name}").items
+        found = []
         for pod in pods:
             status, meta = pod.status, pod.metadata
             assert meta is not None  # the API server sends every object's metadata
             if meta.deletion_timestamp is not None or status is None:
                 continue
-            ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
-            if ready:
+            if any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])):
                 restarts = sum(c.restart_count or 0 for c in (status.container_statuses or []))
-                return f"{meta.uid}/{restarts}"
-        return None
+                ports = {
+                    p.name: p.container_port
+                    for c in (pod.spec.containers if pod.spec else [])
+                    for p in (c.ports or [])
+                    if p.name
+                }
+                found.append((f"{meta.uid}/{restarts}", status.pod_ip, ports))
+        return sorted(found, key=lambda pod: pod[0])
+
+    def _incarnation(self, name: str) -> str | None:
+        """The ready pods' uids and their containers' restart counts (None: no ready pod). Any change (a pod
+        restarted, added or gone) says some pod has not had the adapters loaded, so the endpoint deploys again."""
+        pods = self._ready_pods(name)
+        return ",".join(pod[0] for pod in pods) if pods else None
+
+    def _replicas(self, spec: EngineSpec, name: str, service_http: str) -> tuple[Replica, ...]:
+        """Where adapters are loaded: the Service when there is one pod; each ready pod by its IP when there are
+        several (the Service would hand a load to one pod of them only)."""
+        if spec.replicas <= 1:
+            return ()
+        return tuple(
+            Replica(f"http://{ip}:{ports.get('http', 8000)}", f"http://{ip}:{ports.get('fetch', 8001)}")
+            for _, ip, ports in self._ready_pods(name)
+            if ip
+        )
 
     # --- the EngineBackend protocol ----------------------------------------------------------------------
 
@@ -196,8 +220,8 @@ class KubernetesEngines:
                 # a dict body: the client's validate_call makes the model its annotation asks for
                 self._apps.replace_namespaced_deployment(name, self._ns, deployment)  # type: ignore[arg-type]
                 log.info("engine deployment updated", extra={"engine": spec.key, "deployment": name})
-            elif not current.spec.replicas:
-                self.scale(spec.key, 1)
+            elif current.spec.replicas != spec.replicas:  # suspended (at zero), or its replicas changed
+                self.scale(spec.key, spec.replicas)
             svc = self._read(self._core.read_namespaced_service, name)
             if svc is None:
                 # a dict body: the client's validate_call makes the model its annotation asks for
@@ -225,7 +249,10 @@ class KubernetesEngines:
             # a status older than the spec (just scaled up, or replaced) still counts the old pod
             current = dep.status is not None and (dep.status.observed_generation or 0) >= dep.metadata.generation
             svc = self._read(self._core.read_namespaced_service, name)
-            if current and ready >= 1 and svc is not None and svc.spec.cluster_ip:
+            # every replica, or (one that cannot be scheduled must not keep the endpoint down) at least one by
+            # half the timeout: a pod ready later changes the incarnation, and the endpoint deploys onto it then
+            enough = ready >= spec.replicas or (ready >= 1 and time.monotonic() >= deadline - timeout / 2)
+            if current and enough and svc is not None and svc.spec.cluster_ip:
                 incarnation = self._incarnation(name)
                 if incarnation is not None:
                     break
@@ -240,7 +267,8 @@ class KubernetesEngines:
                     + f" (kubectl -n {self._ns} describe deployment {name})"
                 )
             time.sleep(0.5)
-        handle = EngineHandle(spec.key, service_url(svc, "http"), api_key, spec)
+        url = service_url(svc, "http")
+        handle = EngineHandle(spec.key, url, api_key, spec, replicas=self._replicas(spec, name, url))
         try:
             with EngineClient(handle.url, api_key=api_key) as client:
                 client.wait_healthy(min(60.0, max(5.0, deadline - time.monotonic())))
@@ -329,15 +357,21 @@ class KubernetesEngines:
 
     # --- adapters ------------------------------------------------------------------------------------------
 
-    def stage_weights(self, handle: EngineHandle, name: str, prefix: str, local: Path) -> str:
-        """Has the engine pod's fetcher copy `prefix` from storage; returns the path on the engine."""
-        svc = self._read(self._core.read_namespaced_service, object_name(handle.key))
-        if svc is None:
-            raise EngineUnavailable(f"engine {handle.key} has no Service")
+    def stage_weights(
+        self, handle: EngineHandle, name: str, prefix: str, local: Path, replica: Replica | None = None
+    ) -> str:
+        """Has the engine pod's fetcher (the replica's own, when it names one) copy `prefix` from storage; returns
+        the path on the engine."""
+        fetch_url = replica.fetch_url if replica is not None else None
+        if fetch_url is None:
+            svc = self._read(self._core.read_namespaced_service, object_name(handle.key))
+            if svc is None:
+                raise EngineUnavailable(f"engine {handle.key} has no Service")
+            fetch_url = service_url(svc, "fetch")
         source = storage_source(self._settings, prefix)
         try:
             reply = httpx.post(
-                f"{service_url(svc, 'fetch')}/fetch",
+                f"{fetch_url}/fetch",
                 json={"source": source, "name": name},
                 headers={"Authorization": f"Bearer {handle.api_key}"},
                 timeout=600,

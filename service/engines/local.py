@@ -1,7 +1,10 @@
 """Engines as local processes on free loopback ports, one process session each.
 
 Each running engine has a state file, `$HONE_DATA_DIR/engines/<key>.json` (pid, url), for operators and
-tests. A spare engine (started ahead of need) is handed to the first `ensure` whose spec it matches."""
+tests. A spare engine (started ahead of need) is handed to the first `ensure` whose spec it matches.
+
+A key runs `spec.replicas` identical processes (an endpoint's `replicas`), each on its own port and, for vLLM,
+its own GPUs (devices.py); they share the key's API key, so the gateway reaches any of them with it."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from pathlib import Path
 
 from inference.client import EngineClient, EngineUnavailable
 from inference.launcher import engine_command
-from service.engines import EngineHandle, EngineSpec, EngineStartError
+from service.engines import EngineHandle, EngineSpec, EngineStartError, Replica
+from service.engines.devices import EngineDevices, device_pool
 from service.settings import Settings
 from service.warm_start import WarmProcess, start_cold, stdout_is, warm_starts
 
@@ -28,10 +32,10 @@ log = logging.getLogger("hone.engines")
 
 
 @dataclass
-class _Process:  # handle changes when a spare is claimed
+class _Process:  # one replica; handle changes when a spare is claimed
     handle: EngineHandle
     proc: subprocess.Popen | WarmProcess
-    spawned_as: str  # the key in its HONE_ENDPOINT_ENGINE, which stays when a spare is claimed
+    spawned_as: str  # the key in its HONE_ENDPOINT_ENGINE (and its log's name), which stays when a spare is claimed
 
 
 STATE_DIR = "engines"  # in the data dir
@@ -42,7 +46,7 @@ def _file_name(key: str) -> str:
 
 
 def state_file(data_dir: Path, key: str) -> Path:
-    """Where a running engine's state (pid, url, spawn key) is kept, for operators and tests."""
+    """Where a running engine's state (its replicas' pids and urls, the API key) is kept, for operators and tests."""
     return data_dir.resolve() / STATE_DIR / f"{_file_name(key)}.json"
 
 
@@ -64,14 +68,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _same_engine(a: EngineSpec, b: EngineSpec) -> bool:
+    """The same weights and flags: a change of `replicas` only adds or stops replicas, never restarts the rest."""
+    return dataclasses.replace(a, replicas=1) == dataclasses.replace(b, replicas=1)
+
+
 class LocalEngines:
     def __init__(self, settings: Settings):
         self._settings = settings
-        self._running: dict[str, _Process] = {}
+        self._running: dict[str, list[_Process]] = {}  # key -> its replicas, oldest first
         self._lock = threading.Lock()
         self._logs = settings.server.data_dir.resolve() / "logs" / "engines"
         self._states = settings.server.data_dir.resolve() / STATE_DIR
         self._starts = warm_starts(settings)
+        self.devices = EngineDevices(device_pool(settings))
         self._stop_orphans()
 
     def _stop_orphans(self) -> None:
@@ -82,32 +92,77 @@ class LocalEngines:
         for state in self._states.glob("*.json"):
             try:
                 info = json.loads(state.read_text())
-                # Its log file on its stdout says the pid is still that engine (and not a reused pid).
-                if stdout_is(info["pid"], str(self._log_path(info["spawned_as"]))):
-                    os.killpg(info["pid"], signal.SIGKILL)
-                    log.warning("stopped an engine left by an earlier run", extra=_identity(info["key"]))
+                for replica in info.get("replicas") or [info]:
+                    # Its log file on its stdout says the pid is still that engine (and not a reused pid).
+                    if stdout_is(replica["pid"], str(self._log_path(replica["spawned_as"]))):
+                        os.killpg(replica["pid"], signal.SIGKILL)
+                        log.warning("stopped an engine left by an earlier run", extra=_identity(info["key"]))
             except (OSError, ValueError, KeyError):
                 pass  # already gone, or not ours
             state.unlink(missing_ok=True)
 
     def ensure(self, spec: EngineSpec) -> EngineHandle:
+        """Starts what is missing of `spec.replicas` (stops extras), keeping the replicas that run: returns once
+        every new one is healthy, or with those that are when at least one replica serves."""
         self._build_if_builtin(spec)
         with self._lock:
-            current = self._running.get(spec.key)
-            if current is not None and current.proc.poll() is None and current.handle.spec == spec:
-                return current.handle
-            if current is not None:
+            group = self._live(spec.key)
+            if group and not _same_engine(group[0].handle.spec, spec):
                 self._terminate(spec.key)
-            spare = self._matching_spare(spec)
-            if spare is not None:
-                return self._claim(spare, spec)
-            for attempt in range(3):  # a free port can be taken between probing and binding it
+                group = []
+            if not group and (spare := self._matching_spare(spec)) is not None:
+                group = [self._claim(spare, spec)]
+            while len(group) > spec.replicas:
+                self._stop_one(group.pop())
+            api_key = group[0].handle.api_key if group else secrets.token_urlsafe(24)
+            taken = {p.spawned_as for p in group}
+            names = [n for n in self._replica_names(spec.key, spec.replicas) if n not in taken]
+            started, failure = self._start_all(spec, api_key, names[: spec.replicas - len(group)])
+            group += started
+            for p in group:
+                p.handle = dataclasses.replace(p.handle, spec=spec)
+            if not group:
+                self._running.pop(spec.key, None)
+                assert failure is not None  # nothing runs, so something failed to start
+                raise failure
+            if failure is not None:  # the endpoint serves on fewer; the deployer tries the rest again later
+                log.warning("an engine replica did not start", extra={**_identity(spec.key), "reason": str(failure)})
+            self._running[spec.key] = group
+            self._write_state(spec.key)
+            return self._handle(spec.key)
+
+    @staticmethod
+    def _replica_names(key: str, count: int) -> list[str]:
+        """Replica 0 keeps the key itself as its spawn key (its log is where it always was); the rest `<key>.rN`."""
+        return [key if i == 0 else f"{key}.r{i}" for i in range(max(count, 1))]
+
+    def _start_all(
+        self, spec: EngineSpec, api_key: str, names: list[str]
+    ) -> tuple[list[_Process], EngineStartError | None]:
+        """Starts one replica per name side by side (waiting for each in turn), each retried on a lost port race."""
+        started: list[_Process] = []
+        failure: EngineStartError | None = None
+        pending: list[tuple[str, int]] = [(name, 0) for name in names]
+        while pending:
+            spawned = []
+            for name, attempt in pending:
                 try:
-                    return self._start(spec)
-                except _PortTaken:
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+                    spawned.append((self._spawn(spec, api_key, name), attempt))
+                except EngineStartError as exc:
+                    failure = exc
+            pending = []
+            for (running, log_path), attempt in spawned:
+                try:
+                    self._wait_healthy(running, log_path)
+                    started.append(running)
+                except _PortTaken as exc:  # a free port can be taken between probing and binding it
+                    if attempt < 2:
+                        pending.append((running.spawned_as, attempt + 1))
+                    else:
+                        failure = exc
+                except EngineStartError as exc:
+                    failure = exc
+        return started, failure
 
     def _build_if_builtin(self, spec: EngineSpec) -> None:
         """Built-in base models are built on first use by the trainer's code, run as a process: the control
@@ -125,45 +180,69 @@ class LocalEngines:
         if done.returncode != 0:
             raise EngineStartError(f"building {spec.model_source} failed: {done.stderr.decode()[-500:]}")
 
-    def _start(self, spec: EngineSpec) -> EngineHandle:
-        port, api_key = _free_port(), secrets.token_urlsafe(24)
-        launch = engine_command(
-            spec.engine,
-            spec.model_path,
-            spec.served_name,
-            host="127.0.0.1",
-            port=port,
-            max_loras=spec.max_loras,
-            max_cpu_loras=spec.max_cpu_loras,
-            max_lora_rank=spec.max_lora_rank,
-            api_key=api_key,
-            chat_template=spec.chat_template,
-            python=self._settings.serving.engine_python or sys.executable,
-        )
+    def _spawn(self, spec: EngineSpec, api_key: str, name: str) -> tuple[_Process, Path]:
+        port = _free_port()
+        try:
+            launch = engine_command(
+                spec.engine,
+                spec.model_path,
+                spec.served_name,
+                host="127.0.0.1",
+                port=port,
+                max_loras=spec.max_loras,
+                max_cpu_loras=spec.max_cpu_loras,
+                max_lora_rank=spec.max_lora_rank,
+                api_key=api_key,
+                chat_template=spec.chat_template,
+                python=self._settings.serving.engine_python or sys.executable,
+                tensor_parallel_size=spec.tensor_parallel_size,
+                pipeline_parallel_size=spec.pipeline_parallel_size,
+            )
+        except ValueError as exc:
+            raise EngineStartError(f"engine {spec.key}: {exc}") from exc
         # Engines get nothing of the control plane's secrets (admin key, database URL, storage credentials):
         # the deployer fetches their weights for them.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("HONE_", "AWS_"))}
-        env = {**inherited, **launch.env, "HONE_ENDPOINT_ENGINE": spec.key, "OMP_WAIT_POLICY": "PASSIVE"}
+        env = {**inherited, **launch.env, "HONE_ENDPOINT_ENGINE": name, "OMP_WAIT_POLICY": "PASSIVE"}
+        if spec.engine == "vllm":  # the built-in engine runs on CPU: it holds no GPU to count
+            devices = self.devices.take(name, spec.devices)
+            if devices:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         if endpoint_id := endpoint_of(spec.key):
             env["HONE_ENDPOINT_ID"] = endpoint_id  # the built-in engine's log lines carry it
         if self._settings.serving.engine_threads:
             env["OMP_NUM_THREADS"] = str(self._settings.serving.engine_threads)
         self._logs.mkdir(parents=True, exist_ok=True)
-        log_path = self._log_path(spec.key)
+        log_path = self._log_path(name)
         proc: subprocess.Popen | WarmProcess
-        if spec.engine == "builtin":  # `python -m inference <flags>`: warm when it may be
-            flags = launch.argv[3:]
-            proc = self._starts.launch(self._settings.serving.engine_python, "inference", flags, env, log_path)
-        else:
-            proc = start_cold(launch.argv, env, log_path)
-        handle = EngineHandle(spec.key, f"http://127.0.0.1:{port}", api_key, spec)
-        log.info("engine starting", extra={**_identity(spec.key), "pid": proc.pid, "port": port})
         try:
-            with EngineClient(handle.url, api_key=api_key) as client:
+            if spec.engine == "builtin":  # `python -m inference <flags>`: warm when it may be
+                flags = launch.argv[3:]
+                proc = self._starts.launch(self._settings.serving.engine_python, "inference", flags, env, log_path)
+            else:
+                proc = start_cold(launch.argv, env, log_path)
+        except BaseException:
+            self.devices.release(name)
+            raise
+        handle = EngineHandle(spec.key, f"http://127.0.0.1:{port}", api_key, spec)
+        extra = {
+            **_identity(spec.key),
+            "pid": proc.pid,
+            "port": port,
+            "replica": name,
+            "devices": env.get("CUDA_VISIBLE_DEVICES"),
+        }
+        log.info("engine starting", extra=extra)
+        return _Process(handle, proc, name), log_path
+
+    def _wait_healthy(self, running: _Process, log_path: Path) -> None:
+        proc, handle = running.proc, running.handle
+        try:
+            with EngineClient(handle.url, api_key=handle.api_key) as client:
                 client.wait_healthy(self._settings.serving.engine_start_timeout_s, alive=lambda: proc.poll() is None)
         except EngineUnavailable as exc:
-            stop_process_group(proc)
-            message = f"engine {spec.key} did not become healthy: {exc} (exit code {proc.returncode}; log {log_path})"
+            self._stop_one(running)
+            message = f"engine {handle.key} did not become healthy: {exc} (exit code {proc.returncode}; log {log_path})"
             with open(log_path, "rb") as written:
                 written.seek(max(0, written.seek(0, os.SEEK_END) - 4096))
                 tail = written.read()
@@ -171,28 +250,55 @@ class LocalEngines:
             raise (_PortTaken if b"Errno 98" in tail or b"ddress already in use" in tail else EngineStartError)(
                 message
             ) from exc
-        self._running[spec.key] = _Process(handle, proc, spec.key)
-        self._write_state(self._running[spec.key])
-        return handle
+
+    def _handle(self, key: str) -> EngineHandle:
+        """One handle for all of a key's replicas: requests spread over them, adapters load into each."""
+        group = self._running[key]
+        first = group[0].handle
+        urls = tuple(p.handle.url for p in group)
+        return dataclasses.replace(first, urls=urls, replicas=tuple(Replica(u) for u in urls))
+
+    def _live(self, key: str) -> list[_Process]:
+        """The key's replicas that still run (the exited ones forgotten, their devices freed)."""
+        group = self._running.get(key, [])
+        live = [p for p in group if p.proc.poll() is None]
+        for gone in group:
+            if gone.proc.poll() is not None:
+                log.warning(
+                    "engine exited",
+                    extra={**_identity(key), "replica": gone.spawned_as, "returncode": gone.proc.returncode},
+                )
+                self.devices.release(gone.spawned_as)
+        if len(live) != len(group):
+            if live:
+                self._running[key] = live
+                self._write_state(key)
+            else:
+                del self._running[key]
+                self._state_path(key).unlink(missing_ok=True)
+        return live
 
     def _matching_spare(self, spec: EngineSpec) -> str | None:
-        for key, running in self._running.items():
-            if (
-                key.startswith("spare:")
-                and running.proc.poll() is None
-                and dataclasses.replace(running.handle.spec, key=spec.key) == spec
+        for key, group in self._running.items():
+            if not key.startswith("spare:"):
+                continue
+            running = group[0]
+            if running.proc.poll() is None and _same_engine(
+                dataclasses.replace(running.handle.spec, key=spec.key), spec
             ):
                 return key
         return None
 
-    def _claim(self, spare_key: str, spec: EngineSpec) -> EngineHandle:
-        running = self._running.pop(spare_key)
+    def _claim(self, spare_key: str, spec: EngineSpec) -> _Process:
+        """A spare becomes the first replica of `spec` (a spare is a single engine)."""
+        group = self._running.pop(spare_key)
+        for extra in group[1:]:
+            self._stop_one(extra)
+        running = group[0]
         self._state_path(spare_key).unlink(missing_ok=True)
         running.handle = dataclasses.replace(running.handle, key=spec.key, spec=spec)
-        self._running[spec.key] = running
-        self._write_state(running)
         log.info("spare engine claimed", extra={**_identity(spec.key), "spare": spare_key})
-        return running.handle
+        return running
 
     def _log_path(self, spawn_key: str) -> Path:
         return self._logs / f"{_file_name(spawn_key)}.log"
@@ -200,34 +306,19 @@ class LocalEngines:
     def _state_path(self, key: str) -> Path:
         return state_file(self._settings.server.data_dir, key)
 
-    def _write_state(self, running: _Process) -> None:
+    def _write_state(self, key: str) -> None:
         self._states.mkdir(parents=True, exist_ok=True)
-        path = self._state_path(running.handle.key)
+        group = self._running[key]
+        replicas = [{"pid": p.proc.pid, "url": p.handle.url, "spawned_as": p.spawned_as} for p in group]
         # The engine's API key is in it (other server workers read it to reach the engine): owner-only.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(self._state_path(key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump(
-                {
-                    "key": running.handle.key,
-                    "pid": running.proc.pid,
-                    "url": running.handle.url,
-                    "spawned_as": running.spawned_as,
-                    "api_key": running.handle.api_key,
-                },
-                out,
-            )
+            # pid/url/spawned_as of the first replica at the top, as before replicas, for operators' scripts
+            json.dump({"key": key, **replicas[0], "api_key": group[0].handle.api_key, "replicas": replicas}, out)
 
     def get(self, key: str) -> EngineHandle | None:
         with self._lock:
-            current = self._running.get(key)
-            if current is None:
-                return None
-            if current.proc.poll() is not None:
-                log.warning("engine exited", extra={**_identity(key), "returncode": current.proc.returncode})
-                del self._running[key]
-                self._state_path(key).unlink(missing_ok=True)
-                return None
-            return current.handle
+            return self._handle(key) if self._live(key) else None
 
     def stop(self, key: str) -> None:
         with self._lock:
@@ -236,14 +327,21 @@ class LocalEngines:
     def suspend(self, key: str) -> None:  # a process holds nothing worth keeping: it stops, ensure() starts anew
         self.stop(key)
 
-    def _terminate(self, key: str) -> None:
-        current = self._running.pop(key, None)
-        if current is not None:
-            stop_process_group(current.proc)
-            self._state_path(key).unlink(missing_ok=True)
-            log.info("engine stopped", extra=_identity(key))
+    def _stop_one(self, running: _Process) -> None:
+        stop_process_group(running.proc)
+        self.devices.release(running.spawned_as)
 
-    def stage_weights(self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path) -> str:
+    def _terminate(self, key: str) -> None:
+        group = self._running.pop(key, None)
+        if group is not None:
+            for running in group:
+                self._stop_one(running)
+            self._state_path(key).unlink(missing_ok=True)
+            log.info("engine stopped", extra={**_identity(key), "replicas": len(group)})
+
+    def stage_weights(
+        self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path, replica: Replica | None = None
+    ) -> str:
         return str(local_copy)  # engines here see this disk
 
     def keys(self) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from inference.client import EngineClient, EngineUnavailable
-from service.engines import EngineHandle, EngineSpec, EngineStartError
+from service.engines import EngineHandle, EngineSpec, EngineStartError, Replica
 from service.settings import Settings
 
 log = logging.getLogger("hone.engines")
@@ -94,7 +94,9 @@ class StaticEngines:
     def suspend(self, key: str) -> None:  # the server is not ours to scale: forget it until ensure() again
         self.stop(key)
 
-    def stage_weights(self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path) -> str:
+    def stage_weights(
+        self, handle: EngineHandle, name: str, storage_prefix: str, local_copy: Path, replica: Replica | None = None
+    ) -> str:
         return str(local_copy)  # engines here see this disk
 
     def keys(self) -> list[str]:

@@ -153,10 +153,11 @@ def main() -> None:
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     print(f"{time.strftime('%Y-%m-%d %H:%M')} git {rev.strip()}{' (+ uncommitted)' if dirty else ''}; {load()}")
     if args.before:
-        before = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=args.before, capture_output=True, text=True
+        at = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.before, capture_output=True, text=True)
+        changed = subprocess.run(["git", "status", "--porcelain"], cwd=args.before, capture_output=True, text=True)
+        print(
+            f"before: {args.before} at {at.stdout.strip()}{' (+ uncommitted, e.g. a revert)' if changed.stdout else ''}"
         )
-        print(f"before: {args.before} at {before.stdout.strip()}")
     results: dict[str, list[dict]] = {f"{m[0]} {which}": [] for m in modes for which in ("first", "next")}
     for i in range(args.runs):
         for label, tree, warm in modes:

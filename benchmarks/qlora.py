@@ -40,6 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import trainer.quantization  # noqa: E402, F401  (first: its log filter in place before peft imports bitsandbytes)
 from benchmarks.revision import git_revision  # noqa: E402
 
 ARCH = dict(
@@ -347,7 +348,10 @@ def report(memory: list[dict], accuracy: dict) -> None:
                 f"   {r['mode']:6} {r['base_weight_bytes'] / 2**20:10.0f} MiB {r['base_weight_bytes_bf16'] / 2**20:8.0f}"
                 f" MiB {r['peak_rss_mib']:6.0f} MiB {r['steady_rss_mib']:7.0f} MiB {cuda:>10} {r['tokens_per_s']:9.1f}"
             )
-        print("   (peak RSS: loading's, which reads the float32 checkpoint whole; steady: after the timed steps)")
+        print(
+            "   (peak RSS: loading's, which reads the float32 checkpoint whole before quantizing; steady: after the"
+            " timed steps, LoRA's and full's including their memory-mapped float32 weights)"
+        )
         by = {r["mode"]: r for r in memory}
         if "lora" in by and "qlora" in by:
             ratio = by["qlora"]["base_weight_bytes_bf16"] / by["lora"]["base_weight_bytes_bf16"]

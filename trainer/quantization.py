@@ -43,6 +43,13 @@ def config(hp: Hyperparameters):
     )
 
 
+def _device_index(device: torch.device) -> int | str:
+    # the GPU this process trains on (a data-parallel rank has set its own), as accelerate's device_map names it
+    if device.type == "cuda":
+        return device.index if device.index is not None else torch.cuda.current_device()
+    return device.type
+
+
 def load_4bit(path: str, hp: Hyperparameters, device: torch.device):
     """The base with every linear layer but the output head in 4 bits (bitsandbytes' Linear4bit); embeddings,
     norms and the head in `compute_dtype`."""
@@ -55,7 +62,7 @@ def load_4bit(path: str, hp: Hyperparameters, device: torch.device):
         dtype=DTYPES[hp.compute_dtype],
         attn_implementation="sdpa",
         # quantized as it is placed: a 4-bit model cannot be moved with .to() afterwards
-        device_map={"": device.index if device.type == "cuda" and device.index is not None else device.type},
+        device_map={"": _device_index(device)},
     )
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from service.errors import (
 )
 from service.gateway_bodies import openai_error, openai_shape
 from service.gateway_replicas import ReplicaPicker
+from service.gateway_stream import relay_events
 from service.stored_completions import Keep
 from service.upstream import EngineUnreachable, UpstreamError, UpstreamPool, UpstreamResponse
 from service.usage import UsageBook
@@ -42,7 +42,6 @@ RETRY_AFTER_S = 5
 WAKE_POLL_S = 0.25
 # Refusals that mean the model exists but cannot serve now.
 _KNOWN_MODEL_REFUSALS = frozenset({"model_not_deployed", "model_deploying", "endpoint_failed"})
-_USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
 class _Unsent(Exception):
@@ -336,7 +335,7 @@ class Gateway:
 
         return answer, done
 
-    async def _relay(
+    def _relay(
         self,
         project_id: str,
         route: Route,
@@ -347,51 +346,17 @@ class Gateway:
         *,
         replica: str,
     ):
-        """Passes each SSE event on as soon as it is complete; only the usage event may be held back."""
-        usage: dict = {}
-        failed = False
-        pending = b""
-        first_token_at = None
-        try:
-            async for chunk in upstream.iter_chunks():
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                pending += chunk
-                while (end := pending.find(b"\n\n")) >= 0:
-                    event, pending = pending[: end + 2], pending[end + 2 :]
-                    if keeper is not None:
-                        keeper[0].feed(event)
-                    if b'"usage"' in event and _USAGE_ONLY.search(event):
-                        try:
-                            usage = json.loads(event[event.index(b"{") :]).get("usage") or {}
-                        except ValueError:
-                            pass
-                        if not wants_usage:
-                            continue
-                    elif event.startswith(b'data: {"error"'):
-                        failed = True
-                    yield event
-            if pending:
-                yield pending
-        except UpstreamError:
-            failed = True
-            yield (
-                b'data: {"error": {"message": "The endpoint closed the stream.", "type": "server_error", '
-                b'"param": null, "code": ErrorCode.ENDPOINT_UNREACHABLE}}\n\ndata: [DONE]\n\n'
-            )
-        finally:
-            upstream.release()
+        """The stream's events as the engine writes them (gateway_stream.py); once it ends, its replica is free,
+        a stream asked to be stored is stored, and the request is counted."""
+
+        async def ended(failed: bool, usage: dict, first_token_at: float | None) -> None:
             self.replicas.done(replica)
             if keeper is not None and not failed:
                 await keeper[1]()
-            self._account(
-                project_id,
-                route,
-                BadGateway.status_code if failed else 200,
-                usage,
-                started,
-                first_token_at=first_token_at,
-            )
+            status = BadGateway.status_code if failed else 200
+            self._account(project_id, route, status, usage, started, first_token_at=first_token_at)
+
+        return relay_events(upstream, wants_usage, keeper[0] if keeper is not None else None, ended)
 
     def _account(
         self,

@@ -297,8 +297,13 @@ def test_requests_spread_over_both_replicas(replicated):
             # each replica has the adapter (one without would answer 404 for the model)
             assert reply.status_code == 200, reply.text
             assert reply.json()["model"] == model
+        # streamed: the replica is freed when the stream ends (else the next ones would all go to the other)
+        for row in replicated["rows"][:2]:
+            body = {"model": model, "messages": row["messages"][:-1], "max_tokens": 4, "stream": True}
+            with http.stream("POST", "/v1/chat/completions", json=body) as streamed:
+                assert streamed.status_code == 200 and "data: [DONE]" in streamed.read().decode()
     counted = [_served(r["url"], api_key) - b for r, b in zip(replicas, before)]
-    assert sum(counted) == 8 and min(counted) >= 2, counted  # both served (4 and 4 with one gateway worker)
+    assert sum(counted) == 10 and min(counted) >= 3, counted  # both served (5 and 5 with one gateway worker)
 
 
 def test_a_killed_replica_leaves_the_endpoint_answering_and_is_replaced(replicated):

@@ -114,7 +114,7 @@ def engine_api_keys(settings: Settings) -> Callable[[str], str | None]:
 
         return lambda key: api_key_from_state(settings.server.data_dir, key) if key else None
     if settings.serving.endpoint_backend == "kubernetes":
-        from service.engines.kubernetes import api_key_reader
+        from service.engines.k8s_keys import api_key_reader
 
         return api_key_reader(settings)
     if settings.serving.endpoint_backend == "static":

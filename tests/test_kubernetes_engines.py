@@ -338,6 +338,110 @@ def test_backend_lifecycle_on_the_fake_api_server(tmp_path):
     stub.shutdown()
 
 
+def test_replicas_are_pods_each_reached_by_its_ip(tmp_path):
+    """An engine with replicas: the Deployment asks for that many pods, `ensure` waits for them all, and the
+    handle names each ready pod by its IP (the ports its containers declare), so the deployer stages and loads
+    adapters into every pod rather than whichever one the Service picks; one pod restarting ends the engine (its
+    adapters are gone) until it is ensured again. The test plays the cluster, stubs answering on the pods' IPs."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from service.engines.kubernetes import KubernetesEngines
+    from tests.fake_kube import FakeKube
+
+    fetched: list[tuple[str, dict]] = []
+
+    class Pod(BaseHTTPRequestHandler):
+        def do_GET(self):  # /health
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self):  # the fetcher's /fetch
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            fetched.append((self.server.server_address[0], body))
+            reply = json.dumps({"path": f"/adapters/{body['name']}"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    stubs = [ThreadingHTTPServer((f"127.78.1.{n}", 0), Pod) for n in (1, 2, 3)]  # the Service, two pods
+    for stub in stubs:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+    service_stub, pod_stubs = stubs[0], stubs[1:]
+    with FakeKube(job_controller=False) as kube:
+        settings = Settings(
+            data_dir=tmp_path,
+            k8s_kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"),
+            k8s_namespace="hone",
+            endpoint_backend="kubernetes",
+            engine_start_timeout_s=20,
+            storage_url="s3://hone/blobs",
+        )
+        backend = KubernetesEngines(settings)
+        spec = EngineSpec("ep-two", "vllm", "acme/tiny", "acme/tiny", 2, 2, 16, replicas=2)
+        name = object_name(spec.key)
+
+        def play_cluster():
+            kube.wait_for(lambda: kube.get("deployments", "hone", name) and kube.get("services", "hone", name))
+            assert kube.get("deployments", "hone", name)["spec"]["replicas"] == 2
+
+            def service(obj):
+                obj["spec"]["clusterIP"] = "127.78.1.1"
+                obj["spec"]["ports"][0]["port"] = service_stub.server_address[1]
+
+            kube.update("services", "hone", name, service)
+            labels = kube.get("deployments", "hone", name)["spec"]["template"]["metadata"]["labels"]
+            for n, stub in enumerate(pod_stubs, start=1):
+                ip, port = stub.server_address
+                ports = [{"name": "http", "containerPort": port}]
+                fetch = [{"name": "fetch", "containerPort": port}]
+                kube.create(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {"name": f"{name}-{n}", "namespace": "hone", "labels": labels},
+                        "spec": {
+                            "containers": [
+                                {"name": "engine", "image": "x", "ports": ports},
+                                {"name": "fetcher", "image": "x", "ports": fetch},
+                            ]
+                        },
+                    }
+                )
+                kube.run_pod("hone", f"{name}-{n}")
+                kube.update("pods", "hone", f"{name}-{n}", lambda o, ip=ip: o["status"].update(podIP=ip))
+                ready = {"observedGeneration": 1, "replicas": 2, "readyReplicas": n}
+                kube.update("deployments", "hone", name, lambda o, r=ready: o.update(status=r))
+                time.sleep(0.5)  # one ready pod is not enough: ensure waits for both
+
+        player = threading.Thread(target=play_cluster)
+        player.start()
+        handle = backend.ensure(spec)
+        player.join()
+        assert handle.request_urls == (f"http://127.78.1.1:{service_stub.server_address[1]}",)  # the Service spreads
+        pods = {f"http://{ip}:{port}" for ip, port in (s.server_address for s in pod_stubs)}
+        assert {r.url for r in handle.ready} == pods and {r.fetch_url for r in handle.ready} == pods
+        for replica in handle.ready:
+            assert (
+                backend.stage_weights(handle, "ep-two", "jobs/ftjob-1/model/", tmp_path, replica) == "/adapters/ep-two"
+            )
+        assert sorted(ip for ip, _ in fetched) == ["127.78.1.2", "127.78.1.3"]  # each pod's own fetcher
+        assert all(body["source"] == "s3://hone/blobs/jobs/ftjob-1/model/" for _, body in fetched)
+
+        assert backend.get(spec.key) == handle
+        kube.update("pods", "hone", f"{name}-2", lambda o: o["status"]["containerStatuses"][0].update(restartCount=1))
+        assert backend.get(spec.key) is None  # that pod lost its adapters: the endpoint deploys again
+        backend.stop(spec.key)
+        backend.close()
+    for stub in stubs:
+        stub.shutdown()
+
+
 # --- the fetcher sidecar ------------------------------------------------------------------------------------
 
 

@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     with main_thread.busy():  # transformers and torch take seconds to import: heartbeats go on meanwhile
         route_transformers_logs()
-        from trainer import distributed
+        from trainer import world as ranks_world
         from trainer.loop import Run, install_stop_handler
     startup.mark("imports")  # next to nothing when warm: the warm interpreter imported them before the fork
     try:
         with main_thread.busy():
-            world = distributed.join(spec)
+            world = ranks_world.join(spec)
     except FatalError as exc:
         reporter.call(FAIL, message_of(Failure(exc.code, exc.message)))
         reporter.close()
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != ExitCode.SUPERSEDED:
         reporter.flush(timeout=30)
     reporter.close()
-    distributed.leave(world)
+    ranks_world.leave(world)
     return code
 
 

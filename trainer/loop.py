@@ -19,12 +19,13 @@ from trainer import checkpoints, distill, dpo, outputs, quantization, rft, sched
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
-from trainer.distributed import PreferenceMargins, PreferenceStep, SupervisedStep, World, whole
+from trainer.distributed import PreferenceMargins, PreferenceStep, SupervisedStep, whole
 from trainer.failures import Diverged, FatalError
 from trainer.flops import live_figures, peak_flops
 from trainer.modeling import ModelLoadError, device, load_base, tunable
 from trainer.reporting import Reporter, main_thread
 from trainer.wandb_log import WandbLog
+from trainer.world import World
 
 log = logging.getLogger("hone.trainer")
 

@@ -40,7 +40,8 @@ def fake_loss(seed: int, step: int, offset: float = 0.0) -> float:
 
 
 class Run:
-    def __init__(self, spec: TrainSpec, blobs: Blobs, reporter: Reporter, workdir: Path):
+    def __init__(self, spec: TrainSpec, blobs: Blobs, reporter: Reporter, workdir: Path, world=None):
+        # world: the real Run's data-parallel place (trainer/world.py); the fake trains in one process only
         self.spec, self.blobs, self.reporter, self.workdir = spec, blobs, reporter, workdir
         self.stop_requested = False
         self.wandb = WandbLog(spec, reporter, workdir)

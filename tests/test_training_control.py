@@ -113,6 +113,8 @@ def test_admin_registers_a_local_folder_base_model_that_trains(fake_server, tmp_
             "created": created.json()["created"],
             "source": str(folder),
             "origin": "admin",
+            "tensor_parallel_size": 1,  # serving sizes come from HONE_BASE_MODELS only; the admin API's are 1
+            "pipeline_parallel_size": 1,
         }
         listed = {m["id"]: m for m in admin.get("/v1/organization/base_models").json()["data"]}
         assert listed["hone-tiny"]["origin"] == "builtin" and listed["acme/missing"]["origin"] == "settings"

@@ -284,3 +284,22 @@ def test_agreement_is_the_shared_start_of_two_answers():
     assert agreement("Billing issue", "Billing error") == pytest.approx(8 / 13)
     # one answer of the four checked may differ entirely; two may not
     assert (1 + 1 + 1 + 0) / 4 >= QLORA_MIN_AGREEMENT > (1 + 1 + 0 + 0) / 4
+
+
+def test_reinforcement_runs_over_the_4bit_base(tmp_path):
+    import dataclasses
+
+    from tests.test_rft_core import Recorder as RftRecorder
+    from tests.test_rft_core import _run, _spec, prompt
+
+    (tmp_path / "data").mkdir()
+    rows = [prompt(f"ticket {i}", label=["Billing", "Sales"][i % 2]) for i in range(8)]
+    (tmp_path / "data/train.jsonl").write_bytes(jsonl(rows))
+    (tmp_path / "data/valid.jsonl").write_bytes(jsonl(rows[:2]))
+    rl = _spec(tmp_path, str(MODEL_CACHE))
+    rl.hyperparameters = dataclasses.replace(rl.hyperparameters, tuning_mode="qlora", compute_dtype="float32")
+    recorder = RftRecorder()
+    assert _run(rl, recorder) == ExitCode.OK
+    assert [m["step"] for m in recorder.metrics] == [1, 2, 3, 4]  # sampled, graded and updated over the 4-bit base
+    assert all(0.0 <= m["train_reward_mean"] <= 1.0 for m in recorder.metrics)
+    assert (tmp_path / "jobs/ftjob-rl/adapter/adapter_model.safetensors").exists()

@@ -8,13 +8,17 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from service.errors import ErrorCode
 from service.upstream import UpstreamError, UpstreamResponse
 
 _USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_CLOSED = (
-    b'data: {"error": {"message": "The endpoint closed the stream.", "type": "server_error", '
-    b'"param": null, "code": "endpoint_unreachable"}}\n\ndata: [DONE]\n\n'
-)
+_CLOSED_ERROR = {
+    "message": "The endpoint closed the stream.",
+    "type": "server_error",
+    "param": None,
+    "code": ErrorCode.ENDPOINT_UNREACHABLE.value,
+}
+_CLOSED = b"data: " + json.dumps({"error": _CLOSED_ERROR}).encode() + b"\n\ndata: [DONE]\n\n"
 
 
 async def relay_events(

@@ -48,7 +48,10 @@ def save(
 
     local = workdir / f"step-{step}"
     shutil.rmtree(local, ignore_errors=True)
-    model.save_pretrained(local, safe_serialization=True, state_dict=weights)
+    if weights is None:
+        model.save_pretrained(local, safe_serialization=True)
+    else:
+        model.save_pretrained(local, safe_serialization=True, state_dict=weights)
     if tokenizer is not None:
         tokenizer.save_pretrained(local)
     for name, text in (extra_files or {}).items():

@@ -117,6 +117,7 @@ def write_spec(
             n_epochs=epochs,
             batch_size=8,
             learning_rate=2e-4 if mode == "full" or prefer else 5e-3,
+            compute_dtype="float32",  # qlora's on CPU
             lr_scheduler="linear",
             tuning_mode=mode,
         ),
@@ -369,3 +370,17 @@ def test_dpo_on_two_ranks_makes_the_updates_of_one_process(control_plane, tmp_pa
     one = losses("ftjob-p1")
     assert one[6] < one[1]  # it learnt to prefer
     assert_same_run(losses("ftjob-p2"), one, adapter(tmp_path, "ftjob-p2"), adapter(tmp_path, "ftjob-p1"))
+
+
+def test_qlora_adapters_train_on_two_ranks_as_in_one_process(control_plane, tmp_path):
+    """The 4-bit base is frozen (no gradient to sync): DDP replicates the LoRA weights over it as for LoRA."""
+    runs = {
+        name: start(write_spec(tmp_path, name, control_plane, n, epochs=2, mode="qlora"), n)
+        for name, n in (("ftjob-q1", 1), ("ftjob-q2", 2))
+    }
+    for name, proc in runs.items():
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == ExitCode.OK, (name, err.decode()[-3000:])
+    one = losses("ftjob-q1")
+    assert one[6] < one[1]
+    assert_same_run(losses("ftjob-q2"), one, adapter(tmp_path, "ftjob-q2"), adapter(tmp_path, "ftjob-q1"))

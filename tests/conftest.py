@@ -80,10 +80,13 @@ def client(project):
 # tests last, alone for minutes.
 LONGEST_FIRST = [
     "test_continuation.py",
+    "test_data_parallel.py",  # pairs of trainer runs, 1 and 2 processes (~2.5 min alone)
     "test_serving.py",
     "test_training.py",
     "test_schemathesis.py",
     "test_training_control.py",
+    "test_replicas.py",
+    "test_qlora.py",
     "test_trainer_robustness.py",
     "test_observability.py",
     "test_wandb_integration.py",

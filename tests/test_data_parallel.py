@@ -384,3 +384,27 @@ def test_qlora_adapters_train_on_two_ranks_as_in_one_process(control_plane, tmp_
     one = losses("ftjob-q1")
     assert one[6] < one[1]
     assert_same_run(losses("ftjob-q2"), one, adapter(tmp_path, "ftjob-q2"), adapter(tmp_path, "ftjob-q1"))
+
+
+def test_the_local_executor_counts_a_run_by_its_devices_before_and_after_a_restart(tmp_path):
+    """A run of 2 devices takes 2 of 3 CPU slots, and a control plane that adopts it after a restart knows that
+    from its ref. (The "trainer" is a script that sleeps: only the executor's bookkeeping is under test.)"""
+    from service.executors.local import LocalExecutor
+    from service.settings import Settings
+
+    sleeper = tmp_path / "python"
+    sleeper.write_text("#!/bin/sh\nexec sleep 60\n")
+    sleeper.chmod(0o755)
+    settings = Settings(data_dir=tmp_path / "data", admin_api_key="adm", trainer_python=str(sleeper), local_slots=3)
+    executor = LocalExecutor(settings)
+    assert executor.cost(Resources(1, 2)) == 2 and executor.free_slots() == 3
+    ref = executor.launch("ftjob-big", 1, "file:///x/spec.json", Resources(1, 2))
+    try:
+        assert ref.endswith(":x2") and executor.free_slots() == 1
+        restarted = LocalExecutor(settings)
+        assert restarted.adopt("ftjob-big", ref) and restarted.free_slots() == 1
+        small = restarted.launch("ftjob-small", 1, "file:///y/spec.json", Resources())
+        assert ":x" not in small and restarted.free_slots() == 0
+        restarted.stop("ftjob-small", kill=True)
+    finally:
+        executor.stop("ftjob-big", kill=True)

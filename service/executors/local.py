@@ -93,6 +93,8 @@ class LocalExecutor:
                 module, argv = "trainer.ranks", ["--nproc-per-node", str(size), *argv]
             process = self._starts.launch(self._settings.training.trainer_python, module, argv, env, log_path)
             ref = f"local:{self._host}:{process.pid}:{attempt}"
+            if size > 1:  # what it holds, for a control plane that adopts it after a restart
+                ref += ":" + (",".join(devices) if self._devices else f"x{size}")
             self._runs[job_id] = _Run(job_id, process.pid, ref, log_path, devices, process)
         threading.Thread(target=self._wake_on_exit, args=(process,), name=f"exit-{job_id}", daemon=True).start()
         return ref
@@ -142,12 +144,17 @@ class LocalExecutor:
     def adopt(self, job_id: str, ref: str) -> bool:
         if not self.owns(ref):
             return False
-        _, _, pid, attempt = ref.rsplit(":", 3)
+        # local:{host}:{pid}:{attempt}, and for a run of several devices :{their ids} (GPUs) or :x{count} (CPU slots)
+        _, _, pid, attempt, *held = ref.split(":")
         log_path = self._log_path(job_id, int(attempt))
         # Its log file on its stdout says the pid is still that trainer (and not a reused pid), warm or cold.
         if not stdout_is(int(pid), str(log_path)):
             return False
+        devices = [""]
+        if held and held[0].startswith("x"):
+            devices = [""] * int(held[0][1:])
+        elif held:
+            devices = held[0].split(",")
         with self._lock:
-            # Its size is not in the ref: a slot until it ends (the devices it holds are its own to keep)
-            self._runs[job_id] = _Run(job_id, int(pid), ref, log_path, [""], None)
+            self._runs[job_id] = _Run(job_id, int(pid), ref, log_path, devices, None)
         return True

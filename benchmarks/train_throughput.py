@@ -302,9 +302,15 @@ def first_step_latency() -> float:
 # --- MFU on a GPU ----------------------------------------------------------------------------------
 
 
-def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8) -> dict:
-    """LoRA on a randomly initialised 1B Llama configuration in bf16. FLOPs per token: forward 2N, backward
-    through activations 2N (frozen weights get no gradient), plus attention; peak: dense bf16 of the GPU."""
+MFU_VARIANTS = ("eager", "compile", "liger")
+
+
+def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8, variant: str = "eager", dry_run: bool = False) -> dict:
+    """LoRA on a randomly initialised 1B Llama configuration in bf16, through the trainer's loss (loss_sums: the
+    head only on target positions). FLOPs per token: forward 2N, backward through activations 2N (frozen weights
+    get no gradient), plus attention; peak: dense bf16 of the GPU. Variants: `eager`; `compile`, each decoder
+    layer through torch.compile; `liger`, Liger's fused RMSNorm, SwiGLU and RoPE kernels patched into the Llama
+    classes (liger-kernel installed). `dry_run`: a tiny configuration on the CPU, to check the code paths."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -313,20 +319,23 @@ def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8) -> dict:
     from trainer.flops import flops_per_token, mfu, peak_flops
     from trainer.modeling import loss_sums
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not dry_run:
         raise SystemExit("--mfu needs a CUDA GPU")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dims = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32)
+    if dry_run:
+        dims = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+        steps, seq, batch = 2, 64, 2
+    if variant == "liger":  # patches the Llama classes: before the model is built
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False)
     config = LlamaConfig(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=32000,
-        max_position_embeddings=seq,
+        **dims, num_key_value_heads=dims["num_attention_heads"] // 4, vocab_size=32000, max_position_embeddings=seq
     )
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.device(dev):
+        model = LlamaForCausalLM(config).to(torch.bfloat16 if dev == "cuda" else torch.float32)
     config._attn_implementation = "sdpa"
     n_params = sum(p.numel() for p in model.parameters())
     model = get_peft_model(
@@ -338,26 +347,34 @@ def lora_mfu(steps: int = 20, seq: int = 2048, batch: int = 8) -> dict:
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         ),
     )
+    if variant == "compile":
+        for layer in model.get_decoder().layers:
+            layer.compile()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config.vocab_size, (batch, seq))
     mb = MicroBatch(ids, ids.clone(), torch.arange(seq).expand(batch, seq).clone(), None, batch * seq)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for i in range(steps + 3):
-        if i == 3:
-            torch.cuda.synchronize()
+        if i == 3:  # after warm-up (and compilation)
+            sync()
             start = time.perf_counter()
         loss, _ = loss_sums(model, mb)
         (loss / mb.targets).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
+    sync()
     tokens_s = steps * batch * seq / (time.perf_counter() - start)
     per_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq, full=False)
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     peak = float(os.environ["HONE_PEAK_TFLOPS"]) * 1e12 if "HONE_PEAK_TFLOPS" in os.environ else peak_flops(name)
     return {
+        "variant": variant,
         "params": n_params,
-        "tokens_per_s": tokens_s,
+        "tokens_per_s": round(tokens_s, 1),
         "mfu": mfu(tokens_s, per_token, peak or 989e12),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev == "cuda" else None,
         "device": name,
     }
 
@@ -368,13 +385,29 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mfu", action="store_true")
+    parser.add_argument(
+        "--variants",
+        default="eager,compile",
+        help=f"with --mfu: which of {', '.join(MFU_VARIANTS)} to measure, each in its own process",
+    )
+    parser.add_argument("--variant", choices=MFU_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="with --mfu: a tiny model on the CPU (code paths only)")
     parser.add_argument("--run", choices=["hone", "padded", "hf-trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.mfu:
-        print(json.dumps(lora_mfu(), indent=2))
+    if args.mfu and args.variant:
+        print(json.dumps(lora_mfu(variant=args.variant, dry_run=args.dry_run)))
+        return
+    if args.mfu:  # each variant in its own process: Liger patches classes, compilation caches stay behind
+        for variant in args.variants.split(","):
+            command = [sys.executable, __file__, "--mfu", "--variant", variant] + (
+                ["--dry-run"] if args.dry_run else []
+            )
+            out = subprocess.run(command, capture_output=True, text=True)
+            line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else None
+            print(line or json.dumps({"variant": variant, "failed": out.stderr.strip().splitlines()[-1:]}))
         return
     if args.run:
         import torch

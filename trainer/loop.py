@@ -15,10 +15,10 @@ import torch
 
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
-from trainer import checkpoints, distill, dpo, outputs, quantization, rft, schedule, startup
+from trainer import checkpoints, distill, dpo, inputs, outputs, quantization, rft, schedule, startup
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
-from trainer.data import SUPERVISED_FORMATS, DataError, Example, held_out, tokenize_lines, tokenize_preferences
+from trainer.data import Example
 from trainer.distributed import PreferenceMargins, PreferenceStep, SupervisedStep, whole
 from trainer.failures import Diverged, FatalError
 from trainer.flops import live_figures, peak_flops
@@ -45,39 +45,6 @@ class Run:
 
     # --- setup --------------------------------------------------------------------------
 
-    def _examples(self, ref, what: str) -> list:
-        """Examples (supervised), preference pairs (dpo) or prompts (reinforcement) of one file."""
-        dpo_method = self.spec.method == "dpo"
-        if self.spec.method == "reinforcement":
-            return rft.load_prompts(self.spec, self.tokenizer, self.blobs, self.reporter, ref, what)
-        if (ref.format == "openai_preference") != dpo_method or (
-            not dpo_method and ref.format not in SUPERVISED_FORMATS
-        ):
-            raise FatalError(
-                "unsupported_method",
-                f"The {what} is in the {ref.format} format, which the {self.spec.method} method does not train on.",
-            )
-        lines, limit = held_out(self.blobs.iter_lines(ref.key), ref.exclude_examples), self.spec.max_length
-        items: list  # examples, or preference pairs (dpo)
-        try:
-            if dpo_method:
-                items, truncated, dropped = tokenize_preferences(self.tokenizer, lines, limit)
-            else:
-                data = tokenize_lines(self.tokenizer, lines, ref.format, limit)
-                items, truncated, dropped = data.examples, data.truncated, data.dropped
-        except DataError as exc:
-            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} could not be tokenized: {exc}") from exc
-        if truncated or dropped:
-            msg = f"{truncated} {what} example(s) were longer than {limit} tokens and were truncated"
-            if dropped:
-                msg += f"; {dropped} had no trained tokens left and were skipped"
-            self.reporter.event(
-                msg + ".", level="warn", key=f"truncated:{what}", data={"truncated": truncated, "dropped": dropped}
-            )
-        if not items:
-            raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no example with trained tokens.")
-        return items
-
     def _setup(self):
         spec = self.spec
         if spec.method not in ("supervised", "dpo", "reinforcement", "distillation"):
@@ -98,8 +65,14 @@ class Run:
                 distill.use_teacher_answers(spec, self.blobs, self.reporter)
             else:  # rank 0 asks the teacher once for the run
                 distill.await_teacher_answers(spec, self.blobs)
-        self.train = self._examples(spec.training_file, "training file")
-        self.valid = self._examples(spec.validation_file, "validation file") if spec.validation_file else []
+        self.train = inputs.items_of(
+            spec, self.tokenizer, self.blobs, self.reporter, spec.training_file, "training file"
+        )
+        self.valid = (
+            inputs.items_of(spec, self.tokenizer, self.blobs, self.reporter, spec.validation_file, "validation file")
+            if spec.validation_file
+            else []
+        )
         startup.mark("data")
         torch.manual_seed(spec.seed)
         self._flops_shape = (

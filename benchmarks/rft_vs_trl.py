@@ -15,13 +15,16 @@ In-process, per seed:
 4. each model's greedy answers to the 72 held-out tickets (the same prompts, stop tokens and decoding for all):
    accuracy is the share of exact labels.
 
-Prints one table: accuracies, gains, seconds per optimizer step (median; and the part of it spent generating) and each phase's peak RSS of this process. The bar (PASS/MISS, never a
-non-zero exit): RFT raises held-out accuracy by at least 15 points on every seed.
+Prints one table: accuracies, gains, seconds per optimizer step (median, and the part of it spent generating) and
+each phase's peak RSS (see PeakRss; what importing trl and datasets adds is printed apart). The bar (PASS/MISS,
+never a non-zero exit): RFT raises held-out accuracy by at least 15 points on every seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import platform
 import resource
@@ -46,6 +49,7 @@ from service import reinforcement, training_plan
 from service.base_models import TINY_DEFAULTS
 from service.settings import Settings
 from trainer import outputs, rft, schedule
+from trainer.batches import steps_per_epoch
 from trainer.blobs import open_blobs
 from trainer.loop import Run
 from trainer.modeling import load_base, tunable
@@ -92,10 +96,21 @@ class Recorder:
         return {"status": "succeeded"}
 
 
+def rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
 class PeakRss:
-    """This process's peak resident memory while the block runs (sampled every 50 ms), in MiB."""
+    """This process's peak resident memory while the block runs (sampled every 50 ms), in MiB. It starts from what
+    is still alive (earlier phases' garbage collected and malloc's free memory given back), with trl and datasets
+    already imported: a phase's figure is its own models and work, not what an earlier phase or seed left."""
 
     def __enter__(self):
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: the figure may include memory freed before
+            pass
         self.peak, self._stop = 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -103,14 +118,13 @@ class PeakRss:
 
     def _sample(self):
         while True:
-            self.peak = max(self.peak, int(Path("/proc/self/statm").read_text().split()[1]))
+            self.peak = max(self.peak, rss_mib())
             if self._stop.wait(0.05):
                 return
 
     def __exit__(self, *_):
         self._stop.set()
         self._thread.join()
-        self.mib = self.peak * resource.getpagesize() / 2**20
 
 
 class Bench:
@@ -246,7 +260,7 @@ def run_trl(bench: Bench, seed: int, hp: Hyperparameters, rl: Reinforcement, sto
 
     trainer._generate_single_turn = timed_generation
     # Hone's schedule exactly (its warmup starts above 0; transformers' constant_with_warmup starts at 0)
-    total = len(bench.prompts) // hp.batch_size * hp.n_epochs
+    total = steps_per_epoch(len(bench.prompts), hp.batch_size) * hp.n_epochs
     warmup = schedule.warmup_steps(total, hp.warmup_ratio)
     trainer.create_optimizer()
     trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -262,7 +276,7 @@ def run_trl(bench: Bench, seed: int, hp: Hyperparameters, rl: Reinforcement, sto
         "generation_s": statistics.median(generation_s),
         "rewards": [e["reward"] for e in logs],
         "kl": statistics.mean(e["kl"] for e in logs),
-        "lr": [e["learning_rate"] for e in logs[:3]],  # Hone's warmup: 1/3, 2/3, then the full rate
+        "lr": [e["learning_rate"] for e in logs[:3]],  # Hone's warmup: (step + 1) / (warmup + 1) of the rate
     }
 
 
@@ -318,7 +332,7 @@ def run_seed(bench: Bench, seed: int) -> dict:
         "trl": trl["accuracy"],
         "hone_s": (hone_step, phases["generation"]),
         "trl_s": (trl["step_s"], trl["generation_s"]),
-        "rss": (sft_rss.mib, hone_rss.mib, trl_rss.mib),
+        "rss": (sft_rss.peak, hone_rss.peak, trl_rss.peak),
         "settings": (hp, rl),
     }
 
@@ -327,7 +341,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
+    before = rss_mib()
+    import datasets  # noqa: F401  (imported before any phase is measured: see PeakRss)
     import trl
+    import trl.trainer.grpo_trainer  # noqa: F401
+
+    imports = rss_mib() - before
 
     work = Path(tempfile.mkdtemp(prefix="hone-rft-vs-trl-"))
     results = [run_seed(Bench(work / f"seed{seed}"), seed) for seed in range(1, args.seeds + 1)]
@@ -337,7 +356,7 @@ def main() -> int:
         f"{platform.machine()} x{torch.get_num_threads()} threads. RFT: {hp.batch_size} prompts x "
         f"{rl.samples_per_prompt} answers a step, {hp.n_epochs} epochs, lr {hp.learning_rate:g} {hp.lr_scheduler} "
         f"(warmup {hp.warmup_ratio}), beta {rl.kl_beta}, temperature {rl.temperature}, "
-        f"max {rl.max_completion_tokens} tokens\n"
+        f"max {rl.max_completion_tokens} tokens. Importing trl and datasets: +{imports:.0f} MiB RSS\n"
     )
     print(
         "| seed | SFT | Hone RFT (gain) | TRL GRPO (gain) | s/step (generating): Hone, TRL | peak RSS MiB: SFT, Hone, TRL |"

@@ -53,6 +53,13 @@ class Replicas:
     def _record(self, ep: Endpoint, handle: EngineHandle) -> None:
         """The row's view of the replicas, written only when it changed (and only while the endpoint is ready)."""
         urls, ready = list(handle.request_urls), len(handle.ready)
+        known = self.loaded.get(ep.id)  # None: not known to this process (a restart); loaded before it
+        if ep.kind == "adapter" and known is not None:
+            # A replica the backend started is in the handle before its adapter is loaded (in _scale, in a
+            # worker): until then it would answer 404 for the model, so it joins the rotation only after.
+            replica_urls = {r.url for r in handle.ready}
+            urls = [u for u in urls if u not in replica_urls or u in known] or urls
+            ready = sum(1 for r in handle.ready if r.url in known)
         if ep.urls == urls and ep.ready_replicas == ready and ep.url == handle.url:
             return
         with self.deployer.ctx.db.write() as session:

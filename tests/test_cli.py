@@ -138,7 +138,7 @@ def job(cli):
         "--n-epochs",
         "3",
         "--batch-size",
-        "4",
+        "1",
         "--learning-rate-multiplier",
         "3",
         "--seed",
@@ -149,8 +149,9 @@ def job(cli):
         "team=cli",
     )
     job_id = created.stdout.strip()
-    # A terminal, as far as rich can tell, so that the live bar is drawn. Polled often: the 12 steps take about a
-    # second once the trainer starts warm, and tok/s needs two looks at the trained tokens while it runs.
+    # A terminal, as far as rich can tell, so that the live bar is drawn. Polled often, and 48 steps (16 examples, batch
+    # 1, 3 epochs): tok/s needs two looks at the trained tokens while it runs, and a trainer started warm ran 12 steps
+    # in about a second, faster than a follower on a loaded machine looked twice.
     follow = cli.start("jobs", "follow", job_id, "--poll-interval", "0.1", env={"TTY_COMPATIBLE": "1"})
     try:
         yield {"id": job_id, "created": created, "follow": follow}
@@ -297,7 +298,7 @@ def test_jobs_follow_shows_live_progress_and_ends_with_the_final_status(cli, job
     assert job["follow"].returncode == 0, errors
     job_id = job["id"]
     # Frames of the bar while it ran: status, step/total, epoch, losses, throughput, ETA.
-    assert "running" in screen and "Fine-tuning job started" in screen and "12/12" in screen
+    assert "running" in screen and "Fine-tuning job started" in screen and "48/48" in screen
     for figure in ("epoch 3/3", "loss ", "(val ", " tok/s", "ETA "):
         assert figure in screen, figure
     last_line = ANSI_CONTROL.sub("", screen).rstrip().splitlines()[-1]
@@ -306,7 +307,7 @@ def test_jobs_follow_shows_live_progress_and_ends_with_the_final_status(cli, job
     # --json, after the fact: every event once, oldest first, then the job as it ended.
     lines = [json.loads(line) for line in cli.ok("jobs", "follow", job_id, "--json").stdout.splitlines()]
     events, final = lines[:-1], lines[-1]
-    assert [e["data"]["step"] for e in events if e["type"] == "metrics"] == list(range(1, 13))
+    assert [e["data"]["step"] for e in events if e["type"] == "metrics"] == list(range(1, 49))
     assert events[0]["message"] == f"Created fine-tuning job: {job_id}"
     assert final["id"] == job_id and final["status"] == "succeeded"
 
@@ -329,11 +330,11 @@ def test_jobs_get_list_results_and_plot(cli, job, tuned_model):
         (("jobs", "results", job_id, "--json"), {}),
     )
     assert f"{job_id}  succeeded  hone-tiny -> {tuned_model}" in shown.stdout
-    assert "3 epoch(s), batch size 4" in shown.stdout
+    assert "3 epoch(s), batch size 1" in shown.stdout
     assert job_id in [j["id"] for j in json.loads(listed.stdout)] and job_id in table.stdout
 
     rows = list(csv.DictReader(io.StringIO(results.stdout)))
-    assert [int(r["step"]) for r in rows] == list(range(1, 13)) and all(float(r["train_loss"]) > 0 for r in rows)
+    assert [int(r["step"]) for r in rows] == list(range(1, 49)) and all(float(r["train_loss"]) > 0 for r in rows)
     assert json.loads(results_json.stdout) == rows
     assert float(rows[-1]["full_valid_loss"]) > 0  # a validation file was given
 

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import trainer.quantization  # noqa: E402, F401  (first: its log filter in place before peft imports bitsandbytes)
 from benchmarks.revision import git_revision  # noqa: E402
+from benchmarks.train_throughput import build_bench_model  # noqa: E402
 
 ARCH = dict(
     hidden_size=1024,
@@ -88,25 +89,7 @@ class Recorder:
 
 
 def build_model(folder: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from hone_kernel.tiny_model import build_tokenizer
-
-    if (folder / "config.json").exists():
-        return folder
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **ARCH,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_bench_model(folder, ARCH)
 
 
 def spec_for(root: Path, source: str, data: str, hp, *, job: str = "bench", seed: int = 0, max_length: int = 2048):

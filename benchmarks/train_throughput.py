@@ -40,7 +40,8 @@ BENCH_ARCH = dict(
 )
 
 
-def build_bench_model(folder: Path) -> Path:
+def build_bench_model(folder: Path, arch: dict | None = None) -> Path:
+    """A randomly initialised Llama of `arch` (default BENCH_ARCH) with hone-tiny's tokenizer, built once."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -54,7 +55,7 @@ def build_bench_model(folder: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **BENCH_ARCH,
+        **(arch or BENCH_ARCH),
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)

@@ -69,26 +69,7 @@ def _run(request: dict, private_fds: list[int], title: Any) -> None:
             os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        # torch sized its thread pool from this interpreter's environment; the run's own setting wins.
-        if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-            sys.modules["torch"].set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-        sys.argv = [request["module"], *request["argv"]]
-        if title is not None:  # ps and top show what runs, as they would for `python -m <module>`
-            title.setproctitle(" ".join([sys.executable, "-m", request["module"], *request["argv"]]))
-        try:
-            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            if exc.code is None or isinstance(exc.code, int):
-                code = exc.code or 0
-            else:
-                print(exc.code, file=sys.stderr)
-                code = 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter does at exit: join non-daemon threads
-        atexit._run_exitfuncs()
+        code = run_as_main(request["module"], request["argv"], title)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -98,6 +79,33 @@ def _run(request: dict, private_fds: list[int], title: Any) -> None:
             except Exception:  # noqa: BLE001  # a closed stream: nothing more to say
                 pass
         os._exit(code & 0xFF)
+
+
+def run_as_main(module: str, argv: list[str], title: Any = None) -> int:
+    """`python -m <module> <argv>` in this (forked) process, under the environment already in os.environ: the module
+    run as __main__, non-daemon threads joined and atexit handlers run at the end, as the interpreter would; returns
+    its exit code. `title`: the setproctitle module, to show the run's command line in ps and top."""
+    # torch sized its thread pool from the environment of the process that imported it; the run's own setting wins.
+    if "torch" in sys.modules and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        sys.modules["torch"].set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    sys.argv = [module, *argv]
+    if title is not None:
+        title.setproctitle(" ".join([sys.executable, "-m", module, *argv]))
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter does at exit: join non-daemon threads
+    atexit._run_exitfuncs()
+    return code
 
 
 class _Channel:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from hone_kernel.trainer_contract import Distillation, ExitCode, FileRef, Hyperparameters, Resources, TrainSpec
-from tests.support import MODEL_CACHE, REPO, chat_line, free_port, wait_for
+from tests.support import MODEL_CACHE, REPO, chat_line, free_port, start_python, wait_for
 from trainer.ranks import outcome
 
 # Relative tolerance on each step's loss and absolute on each adapter weight, between 1 and 2 processes: float32
@@ -135,17 +136,29 @@ def write_spec(
     return (root / key).as_uri()
 
 
-def start(spec_url: str, processes: int) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", CUDA_VISIBLE_DEVICES="")
-    command = ["trainer.ranks", "--nproc-per-node", str(processes)] if processes > 1 else ["trainer"]
-    return subprocess.Popen(
-        [sys.executable, "-m", *command, "--spec", spec_url],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+class Run:
+    """A trainer (1 process) or a launcher and its ranks, as the local executor starts it: forked from this test
+    process's warm interpreter (tests/support.py), so the launcher forks its ranks warm too (trainer/ranks.py). With
+    `cold`, plain `python -m` subprocesses, as a Kubernetes pod starts them."""
+
+    def __init__(self, spec_url: str, processes: int, cold: bool = False):
+        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", CUDA_VISIBLE_DEVICES="")
+        module = ["trainer.ranks", "--nproc-per-node", str(processes)] if processes > 1 else ["trainer"]
+        argv = [sys.executable, "-m", *module, "--spec", spec_url]
+        self.log = Path(spec_url.removeprefix("file://")).parent / f"run-{time.monotonic_ns()}.log"
+        if cold:
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        else:
+            self.proc = start_python(argv, env, self.log)
+        self.pid = self.proc.pid
+
+    def finish(self, expect: int = ExitCode.OK, timeout: float = TIMEOUT_S) -> None:
+        code = self.proc.wait(timeout)
+        assert code == expect, self.log.read_text()[-3000:]
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
 
 
 def losses(job_id: str) -> dict[int, float]:
@@ -183,12 +196,11 @@ def two_ranks(control_plane, tmp_path_factory):
     """A 2-rank run of 12 steps (24 examples, batch 8, 4 epochs), and the same job in one process."""
     root = tmp_path_factory.mktemp("dp")
     runs = {
-        name: start(write_spec(root, name, control_plane, n, epochs=4), n)
+        name: Run(write_spec(root, name, control_plane, n, epochs=4), n)
         for name, n in (("ftjob-one", 1), ("ftjob-two", 2))
     }
-    for name, proc in runs.items():
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-        assert proc.returncode == ExitCode.OK, (name, err.decode()[-3000:])
+    for run in runs.values():
+        run.finish()
     return root
 
 
@@ -218,8 +230,8 @@ def _ranks_of(launcher: int) -> list[int]:
 
 def test_killing_one_rank_crashes_the_attempt_and_the_next_resumes_exactly(control_plane, tmp_path):
     job = "ftjob-kill"
-    reference = start(write_spec(tmp_path / "ref", job + "ref", control_plane, 2, epochs=12), 2)
-    proc = start(write_spec(tmp_path / "run", job, control_plane, 2, epochs=12), 2)
+    reference = Run(write_spec(tmp_path / "ref", job + "ref", control_plane, 2, epochs=12), 2)
+    proc = Run(write_spec(tmp_path / "run", job, control_plane, 2, epochs=12), 2)
     # After its first checkpoint (step 3 of 36), one rank is killed as the OOM killer or a lost node would.
     wait_for(
         lambda: (tmp_path / f"run/jobs/{job}/checkpoints/step-3/COMPLETE").exists(),
@@ -230,8 +242,7 @@ def test_killing_one_rank_crashes_the_attempt_and_the_next_resumes_exactly(contr
     ranks = _ranks_of(proc.pid)
     assert len(ranks) == 2
     os.kill(ranks[1], signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == ExitCode.KILLED, err.decode()[-3000:]  # a crash: the scheduler retries it
+    proc.finish(ExitCode.KILLED, timeout=60)  # a crash: the scheduler retries it
     assert not any(
         Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
         for pid in ranks
@@ -239,11 +250,9 @@ def test_killing_one_rank_crashes_the_attempt_and_the_next_resumes_exactly(contr
     reached = max(losses(job))
     assert reached < 36, "the run ended before the kill: make it longer"
 
-    retry = start(write_spec(tmp_path / "run", job, control_plane, 2, epochs=12, attempt=2), 2)
-    _, err = retry.communicate(timeout=TIMEOUT_S)
-    assert retry.returncode == ExitCode.OK, err.decode()[-3000:]
-    _, err = reference.communicate(timeout=TIMEOUT_S)
-    assert reference.returncode == ExitCode.OK, err.decode()[-3000:]
+    retry = Run(write_spec(tmp_path / "run", job, control_plane, 2, epochs=12, attempt=2), 2)
+    retry.finish()
+    reference.finish()
     resumed = [
         e
         for p, b in ControlPlane.bodies
@@ -264,6 +273,8 @@ def test_the_launcher_passes_the_ranks_endings_through():
     assert outcome({0: ExitCode.FATAL, 1: ExitCode.FATAL}, set()) == ExitCode.FATAL
     # a rank killed from outside is a crash, whatever the ranks the launcher then ended say
     assert outcome({0: -9, 1: 137}, {0}) == ExitCode.KILLED
+    # the rank a signal ended is the cause, not the peer that then lost its connection to it
+    assert outcome({0: 1, 1: -9}, set()) == ExitCode.KILLED
     assert outcome({0: ExitCode.OK, 1: 1}, set()) == 1
 
 
@@ -304,19 +315,17 @@ def test_full_weights_shard_over_two_ranks_and_resume_after_a_pause(control_plan
     """Full tuning shards the weights (FSDP): the same losses and weights as one process, through a pause (SIGTERM:
     every rank stops at the step they agree on, the shards are gathered into rank 0's checkpoint) and a resume
     (each rank loads its shard of it)."""
-    one = start(write_spec(tmp_path, "ftjob-full1", control_plane, 1, epochs=4, mode="full"), 1)
+    one = Run(write_spec(tmp_path, "ftjob-full1", control_plane, 1, epochs=4, mode="full"), 1)
     job = "ftjob-full2"
-    two = start(write_spec(tmp_path, job, control_plane, 2, epochs=4, mode="full"), 2)
+    two = Run(write_spec(tmp_path, job, control_plane, 2, epochs=4, mode="full"), 2)
     wait_for(lambda: (tmp_path / f"jobs/{job}/checkpoints/step-3/COMPLETE").exists(), TIMEOUT_S, 0.05, "step 3")
     two.send_signal(signal.SIGTERM)  # a pause: the launcher passes it to both ranks
-    _, err = two.communicate(timeout=120)
-    assert two.returncode == ExitCode.STOPPED, err.decode()[-3000:]
+    two.finish(ExitCode.STOPPED, timeout=120)
     paused_at = max(losses(job))
     assert paused_at < 12, "the run ended before the pause: make it longer"
-    again = start(write_spec(tmp_path, job, control_plane, 2, epochs=4, attempt=2, mode="full"), 2)
-    for proc in (again, one):
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-        assert proc.returncode == ExitCode.OK, err.decode()[-3000:]
+    again = Run(write_spec(tmp_path, job, control_plane, 2, epochs=4, attempt=2, mode="full"), 2)
+    for run in (again, one):
+        run.finish()
     resumed = [
         e for p, b in ControlPlane.bodies if f"/{job}/" in p for e in b.get("events", []) if "Resumed" in e["message"]
     ]
@@ -342,12 +351,11 @@ def test_distillation_asks_the_teacher_once_and_its_student_trains_on_two_ranks(
     """Rank 0 asks the teacher and writes the answers; rank 1 waits for them in storage, then both train the
     student on them as one process would."""
     runs = {
-        name: start(write_spec(tmp_path, name, control_plane, n, epochs=2, distill=True), n)
+        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, distill=True), n)
         for name, n in (("ftjob-d1", 1), ("ftjob-d2", 2))
     }
-    for name, proc in runs.items():
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-        assert proc.returncode == ExitCode.OK, (name, err.decode()[-3000:])
+    for run in runs.values():
+        run.finish()
     asked = [p for p, _ in ControlPlane.bodies if p.endswith("/ftjob-d2/model_chat")]
     assert len(asked) == len(ROWS)  # once per prompt for the run, not once per rank
     answers = (tmp_path / "jobs/ftjob-d2/teacher_answers.jsonl").read_text().splitlines()
@@ -361,26 +369,25 @@ def test_distillation_asks_the_teacher_once_and_its_student_trains_on_two_ranks(
 
 def test_dpo_on_two_ranks_makes_the_updates_of_one_process(control_plane, tmp_path):
     runs = {
-        name: start(write_spec(tmp_path, name, control_plane, n, epochs=2, prefer=True), n)
+        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, prefer=True), n)
         for name, n in (("ftjob-p1", 1), ("ftjob-p2", 2))
     }
-    for name, proc in runs.items():
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-        assert proc.returncode == ExitCode.OK, (name, err.decode()[-3000:])
+    for run in runs.values():
+        run.finish()
     one = losses("ftjob-p1")
     assert one[6] < one[1]  # it learnt to prefer
     assert_same_run(losses("ftjob-p2"), one, adapter(tmp_path, "ftjob-p2"), adapter(tmp_path, "ftjob-p1"))
 
 
 def test_qlora_adapters_train_on_two_ranks_as_in_one_process(control_plane, tmp_path):
-    """The 4-bit base is frozen (no gradient to sync): DDP replicates the LoRA weights over it as for LoRA."""
+    """The 4-bit base is frozen (no gradient to sync): DDP replicates the LoRA weights over it as for LoRA. Started
+    cold, as on Kubernetes: the launcher starts `python -m trainer` processes instead of forking."""
     runs = {
-        name: start(write_spec(tmp_path, name, control_plane, n, epochs=2, mode="qlora"), n)
+        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, mode="qlora"), n, cold=True)
         for name, n in (("ftjob-q1", 1), ("ftjob-q2", 2))
     }
-    for name, proc in runs.items():
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-        assert proc.returncode == ExitCode.OK, (name, err.decode()[-3000:])
+    for run in runs.values():
+        run.finish()
     one = losses("ftjob-q1")
     assert one[6] < one[1]
     assert_same_run(losses("ftjob-q2"), one, adapter(tmp_path, "ftjob-q2"), adapter(tmp_path, "ftjob-q1"))

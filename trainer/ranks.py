@@ -11,7 +11,10 @@ next collective until the timeout); Hone retries the whole attempt from its last
 
 Multi-node runs start one launcher per node; unset flags come from the PET_* variables Kubeflow Trainer's torch
 runtime sets (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT). Light on purpose:
-no torch import, so the launcher starts at once and the ranks pay their imports in parallel."""
+no torch import, so the launcher starts at once and the ranks pay their imports in parallel. Except when it was
+itself forked from a warm interpreter (the local executor's, service/warm_start.py) that imported the trainer's
+modules already: then it forks its ranks too (`ForkedRank`), and none pays the ~5 s of CPU those imports cost.
+Forking after `import torch` is safe: nothing here has started a thread, an OpenMP pool or a CUDA context yet."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import sys
 import time
 
 from hone_kernel.trainer_contract import ExitCode
+from hone_kernel.warm_start import run_as_main
 
 # Endings after which the other ranks are let finish: they reached (or are reaching) the same decision.
 ORDERLY = {ExitCode.OK, ExitCode.FATAL, ExitCode.SUPERSEDED, ExitCode.STOPPED}
@@ -75,27 +79,64 @@ def rank_env(args: argparse.Namespace, local_rank: int, port: int) -> dict[str, 
 
 
 def outcome(codes: dict[int, int], killed: set[int]) -> int:
-    """The run's exit code from its ranks' (local rank -> code): the first crash if any rank crashed by itself,
+    """The run's exit code from its ranks' (local rank -> code): the first crash if any rank crashed by itself
+    (one a signal ended first),
     else local rank 0's (the one that reports), else the first one's."""
     # Popen gives -N for a process a signal N ended; its exit status as a shell or Kubernetes reads it is 128 + N
     own = {r: (c if c >= 0 else 128 - c) for r, c in codes.items() if r not in killed}
     crashes = [c for r, c in sorted(own.items()) if c not in ORDERLY]
+    # A rank a signal ended (the OOM killer, a lost node) is the cause when there is one: the others' errors (a
+    # peer closed the connection) follow from it, however the launcher's polls ordered them.
+    signalled = [c for c in crashes if c > 128]
     if crashes:
-        return crashes[0]
+        return (signalled or crashes)[0]
     if 0 in own:
         return own[0]
     return next(iter(sorted(own.values())), int(ExitCode.KILLED))
 
 
+class ForkedRank:
+    """A rank forked from this launcher, with subprocess.Popen's poll, send_signal and kill (over os.waitpid)."""
+
+    def __init__(self, trainer_args: list[str], env: dict[str, str]):
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                os.environ.update(env)
+                code = run_as_main("trainer", trainer_args, sys.modules.get("setproctitle"))
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                os._exit(code & 0xFF)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:  # Popen's convention: -N for the signal N that ended it
+                self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def start_rank(trainer_args: list[str], env: dict[str, str]) -> subprocess.Popen | ForkedRank:
+    """`python -m trainer` with the rank's variables: forked when this process imported the trainer already."""
+    if "trainer.loop" in sys.modules:
+        return ForkedRank(trainer_args, env)
+    return subprocess.Popen([sys.executable, "-m", "trainer", *trainer_args], env={**os.environ, **env})
+
+
 def main(argv: list[str] | None = None) -> int:
     args, trainer_args = parse(argv)
     port = args.master_port or _free_port()
-    ranks = {
-        local: subprocess.Popen(
-            [sys.executable, "-m", "trainer", *trainer_args], env={**os.environ, **rank_env(args, local, port)}
-        )
-        for local in range(args.nproc_per_node)
-    }
+    ranks = {local: start_rank(trainer_args, rank_env(args, local, port)) for local in range(args.nproc_per_node)}
 
     def forward(signum, _frame):  # each rank checkpoints (or stops) at the step they agree on
         for proc in ranks.values():

@@ -1,10 +1,10 @@
-"""`pytest -p tests.cpu_profile`: each test module's CPU seconds, its subprocesses' included, written as one JSON
-line per module to $HONE_CPU_PROFILE (default cpu-profile.jsonl). The suite is CPU-bound on the 2-core machine, so
+"""`pytest -p tests.cpu_profile`: each test's CPU seconds, its subprocesses' included, written as one JSON line per
+test (with its module) to $HONE_CPU_PROFILE (default cpu-profile.jsonl). The suite is CPU-bound on the 2-core machine, so
 this, not wall time, says which modules to make cheaper.
 
-A module's CPU is the change, over the module, of what this worker and every process below it have used: each live
+A test's CPU is the change, over the test, of what this worker and every process below it have used: each live
 process's own and its reaped children's time (/proc/<pid>/stat utime, stime, cutime, cstime). A process that
-outlives the module (a warm interpreter) is counted as it goes; one reaped in it moves into its parent's cutime.
+outlives the test (a warm interpreter) is counted as it goes; one reaped meanwhile moves into its parent's cutime.
 The worker is made a child subreaper, so a process whose parent ended is still counted (reparented to it)."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 import os
 import time
 from pathlib import Path
+
+import pytest
 
 TICK = os.sysconf("SC_CLK_TCK")
 PR_SET_CHILD_SUBREAPER = 36
@@ -48,38 +50,28 @@ def tree_cpu(root: int) -> float:
 class _Profile:
     def __init__(self):
         self.out = Path(os.environ.get("HONE_CPU_PROFILE", "cpu-profile.jsonl"))
-        self.module: str | None = None
-        self.cpu = self.wall = 0.0
         try:
             ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         except (OSError, AttributeError):
             pass
 
-    def switch(self, module: str | None) -> None:
-        now_cpu, now_wall = tree_cpu(os.getpid()), time.monotonic()
-        if self.module is not None:
-            line = {
-                "module": self.module,
-                "cpu_s": round(now_cpu - self.cpu, 1),
-                "wall_s": round(now_wall - self.wall, 1),
-            }
-            with self.out.open("a") as f:
-                f.write(json.dumps(line) + "\n")
-        self.module, self.cpu, self.wall = module, now_cpu, now_wall
+    def record(self, nodeid: str, cpu: float, wall: float) -> None:
+        module = nodeid.split("::", 1)[0]
+        line = {"module": module, "test": nodeid, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2)}
+        with self.out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 _profile: _Profile | None = None
 
 
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    """One line per test, with its setup and teardown: a module-scoped fixture counts in its module's first test
+    (set up) and last (torn down)."""
     global _profile
     if _profile is None:
         _profile = _Profile()
-    module = str(item.path.relative_to(item.config.rootpath))
-    if module != _profile.module:
-        _profile.switch(module)
-
-
-def pytest_sessionfinish(session):
-    if _profile is not None:
-        _profile.switch(None)
+    cpu, wall = tree_cpu(os.getpid()), time.monotonic()
+    yield
+    _profile.record(item.nodeid, tree_cpu(os.getpid()) - cpu, time.monotonic() - wall)

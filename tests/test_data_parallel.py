@@ -349,9 +349,10 @@ def test_mfu_of_a_run_on_several_devices_is_over_all_their_peaks():
 
 def test_distillation_asks_the_teacher_once_and_its_student_trains_on_two_ranks(control_plane, tmp_path):
     """Rank 0 asks the teacher and writes the answers; rank 1 waits for them in storage, then both train the
-    student on them as one process would."""
+    student on them as one process would. The 2-rank run starts cold, as on Kubernetes: a launcher that did not
+    import the trainer starts `python -m trainer` processes instead of forking."""
     runs = {
-        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, distill=True), n)
+        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, distill=True), n, cold=n > 1)
         for name, n in (("ftjob-d1", 1), ("ftjob-d2", 2))
     }
     for run in runs.values():
@@ -380,10 +381,9 @@ def test_dpo_on_two_ranks_makes_the_updates_of_one_process(control_plane, tmp_pa
 
 
 def test_qlora_adapters_train_on_two_ranks_as_in_one_process(control_plane, tmp_path):
-    """The 4-bit base is frozen (no gradient to sync): DDP replicates the LoRA weights over it as for LoRA. Started
-    cold, as on Kubernetes: the launcher starts `python -m trainer` processes instead of forking."""
+    """The 4-bit base is frozen (no gradient to sync): DDP replicates the LoRA weights over it as for LoRA."""
     runs = {
-        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, mode="qlora"), n, cold=True)
+        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, mode="qlora"), n)
         for name, n in (("ftjob-q1", 1), ("ftjob-q2", 2))
     }
     for run in runs.values():

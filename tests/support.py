@@ -204,8 +204,9 @@ class HoneServer:
                 "HONE_MODEL_CACHE_DIR": str(MODEL_CACHE),
             }
         )
-        if command is None:
-            full_env["HONE_WARM_START_SOCKET"] = str(warm_socket())
+        # Every server's trainers and engines fork from this test process's warm interpreter (one preload per
+        # worker), a `command` one's (`hone serve`) too: HONE_WARM_START_SOCKET is a setting it honours as it is.
+        full_env["HONE_WARM_START_SOCKET"] = str(warm_socket())
         full_env.update(env or {})
         self.env = full_env
         self._log = open(self.log_path, "ab")

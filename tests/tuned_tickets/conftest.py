@@ -2,7 +2,7 @@
 
 The serving tests (a tuned model labels held-out tickets through its endpoint, streams, checkpoints serve, the
 parity gate, a killed engine) and the continuation tests (jobs that start from this model's weights) need the same
-model, and training it is the heaviest step of the suite (576 steps of the real trainer). It is trained once for
+model, and training it is the heaviest step of the suite (360 steps of the real trainer). It is trained once for
 both modules: `tuned_model` is package-scoped, tests/conftest.py sends the package to one pytest-xdist worker whole
 (SHARED_PACKAGES), and the server stops after the package's last test.
 

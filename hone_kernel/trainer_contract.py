@@ -167,6 +167,9 @@ class Reinforcement:
     # A python grader's sandbox (hone_kernel.graders.sandbox.SandboxLimits fields) and grades at once
     sandbox: dict = field(default_factory=dict)
     python_processes: int = 4
+    # OpenAI's response_format (json_object or json_schema) every sampled answer is held to, by the grammar the
+    # built-in engine uses for it (hone_kernel/structured.py); None: free text
+    response_format: dict | None = None
 
 
 @dataclass

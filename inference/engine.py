@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import queue
 import random
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +25,7 @@ from inference.adapters import (
     AdapterFiles,
     AdapterInvalid,
     ResidentSet,
+    ServingProfile,
     inspect_adapter,
 )
 from inference.generation import (  # the request-level types, kept where no torch is imported
@@ -36,35 +38,14 @@ from inference.generation import (  # the request-level types, kept where no tor
     model_serving,
 )
 from inference.metrics import EngineMetrics, cache_config_labels
+from inference.sampling import IncrementalDetokenizer, sample
+
+if TYPE_CHECKING:
+    from hone_kernel.structured import Grammars
 
 log = logging.getLogger("inference.engine")
 
-# vLLM seeds incremental detokenisation with the prompt's last tokens so that the first output token
-# decodes with its leading space (SentencePiece drops it otherwise).
-_DETOKENIZE_CONTEXT = 5
-_END = object()
-
-
-class IncrementalDetokenizer:
-    """Text deltas that never end inside a multi-byte character (vLLM's prefix/read-offset method)."""
-
-    def __init__(self, tokenizer, prompt_ids: list[int]):
-        self.tokenizer = tokenizer
-        self.ids = list(prompt_ids[-_DETOKENIZE_CONTEXT:])
-        self.prefix_offset = 0
-        self.read_offset = len(self.ids)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset :])
-        if len(text) > len(prefix) and not text.endswith("\ufffd"):
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return text[len(prefix) :]
-        return ""
+_END = object()  # the last event of a job's queue
 
 
 class Engine:
@@ -318,21 +299,21 @@ class Engine:
             self._update_gauges()
             job.emit(_END)
 
-    def _sample(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-        if params.greedy:
-            return int(torch.argmax(logits))
-        logits = logits.float() / params.temperature
-        if 0 < params.top_k < logits.numel():
-            kth = torch.topk(logits, params.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if params.top_p < 1.0:
-            ordered, order = torch.sort(logits, descending=True)
-            probs = torch.softmax(ordered, dim=-1)
-            drop = torch.cumsum(probs, dim=-1) - probs > params.top_p  # keep the smallest set reaching top_p
-            ordered = ordered.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(0, order, ordered)
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
+    def stop_ids(self, profile: ServingProfile, params: SamplingParams) -> set[int]:
+        """The tokens that end an answer (vLLM: the tokenizer's EOS, the generation config's or pinned profile's
+        stop ids, the request's; ignore_eos keeps only the request's)."""
+        if params.ignore_eos:
+            return set(params.stop_token_ids)
+        eos = {self.eos_token_id} if self.eos_token_id is not None else set()
+        return eos | set(params.stop_token_ids) | set(profile.stop_token_ids)
+
+    @functools.cached_property
+    def grammars(self) -> Grammars:
+        """response_format's grammars (xgrammar is imported on the first request that asks for one)."""
+        from hone_kernel.structured import Grammars
+
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        return Grammars(self.tokenizer, int(vocab))
 
     def _generate_one(
         self, job: GenerationJob, index: int, prompt: list[int], generator: torch.Generator, scheduled: float
@@ -341,8 +322,12 @@ class Engine:
         # vLLM: the tokenizer's EOS stops with stop_reason None; other stop ids (generation config / pinned
         # profile / request) stop with stop_reason = the id. ignore_eos drops all but the request's.
         eos = None if params.ignore_eos else self.eos_token_id
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(job.profile.stop_token_ids))
-        stop_ids.discard(eos)
+        stop_ids = self.stop_ids(job.profile, params) - {eos}
+        constraint = None
+        if job.grammar is not None:  # response_format: each step's logits masked to the grammar's next tokens
+            from hone_kernel.structured import Constraint
+
+            constraint = Constraint(job.grammar)
         holdback = max((len(s) for s in params.stop), default=1) - 1  # never stream a possible stop prefix
         detok = IncrementalDetokenizer(self.tokenizer, prompt)
         text, sent, output = "", 0, []
@@ -360,7 +345,12 @@ class Engine:
                 self.metrics.scheduled(len(prompt))
             out = self.model(input_ids=next_input, past_key_values=past, use_cache=True)
             past = out.past_key_values
-            token = self._sample(out.logits[0, -1], params, generator)
+            logits = out.logits[0, -1]
+            if constraint is not None:
+                logits = constraint.mask(logits)
+            token = sample(logits, params, generator)
+            if constraint is not None:
+                constraint.accept(token)
             output.append(token)
             generated = len(output)
             now = time.monotonic()

@@ -67,6 +67,7 @@ class GenerationJob:
     adapter_key: str | None = None  # resident-set key; None = base model
     adapter_path: str | None = None  # to reload an evicted adapter
     adapter_name: str | None = None  # for the LoRA metric labels
+    grammar: Any = None  # an xgrammar grammar every answer is held to (response_format: hone_kernel/structured.py)
     emit: Callable[[Any], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrival: float = field(default_factory=time.monotonic)

@@ -3,12 +3,15 @@ SSE streams shaped as vLLM 0.33 shapes them (reference §2)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import cast
 
+from hone_kernel.output_format import FormatError
+from hone_kernel.output_format import parse as parse_output_format
 from inference import VLLM_PROTOCOL_VERSION
 from inference.adapters import ServingProfile
 from inference.errors import bad_request
@@ -131,6 +134,18 @@ class OpenAIHandlers:
             adapter_name=entry.name if entry else None,
         )
 
+    async def _constrain(self, job: GenerationJob, body: ChatCompletionRequest | CompletionRequest) -> None:
+        """Holds the job's answers to its response_format's grammar; 400 naming the field for a format that is not
+        one or a schema that cannot be enforced. Compiled on a thread: a first grammar of a large vocabulary takes
+        a while, and the event loop serves other requests meanwhile."""
+        try:
+            fmt = parse_output_format(body.response_format)
+            if fmt is not None:
+                stops = self.engine.stop_ids(job.profile, job.params)
+                job.grammar = await asyncio.to_thread(self.engine.grammars.compile, fmt, stops)
+        except FormatError as e:
+            raise bad_request(str(e), e.param) from e
+
     def _model_name(self, entry: LoraEntry | None) -> str:
         return entry.name if entry else self.models.base_names[0]
 
@@ -154,6 +169,7 @@ class OpenAIHandlers:
 
     async def chat(self, body: ChatCompletionRequest, request_id: str) -> dict | AsyncIterator[str]:
         job, model = self.prepare_chat(body)
+        await self._constrain(job, body)
         rid, created = f"chatcmpl-{request_id}", int(time.time())
         if body.stream:
             return self._chat_stream(job, body, rid, created, model)
@@ -270,6 +286,7 @@ class OpenAIHandlers:
 
     async def completion(self, body: CompletionRequest, request_id: str) -> dict | AsyncIterator[str]:
         job, model = self.prepare_completion(body)
+        await self._constrain(job, body)
         rid, created = f"cmpl-{request_id}", int(time.time())
         if body.stream:
             return self._completion_stream(job, body, rid, created, model)

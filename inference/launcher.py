@@ -92,7 +92,10 @@ def engine_command(
     if engine == "vllm":
         # One API server only: vLLM 0.33 refuses runtime LoRA updating with --api-server-count > 1, and the
         # adapter registry is per API-server process anyway.
-        argv = [vllm_executable(python), "serve", model, *flags]
+        # response_format by xgrammar, compact JSON: what the built-in engine does (hone_kernel/structured.py says why),
+        # not vLLM's "auto" choice: a schema is enforced, or refused with a 400, the same way on both engines.
+        structured = ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+        argv = [vllm_executable(python), "serve", model, *flags, *structured]
     else:
         argv = [python, "-m", "inference", "--model", model, *flags]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}

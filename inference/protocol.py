@@ -49,6 +49,7 @@ class _Sampling(_Body):
     return_token_ids: bool | None = None  # non-streamed responses only
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None  # hone_kernel/output_format.py reads it
 
     @model_validator(mode="before")
     @classmethod

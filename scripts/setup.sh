@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs Hone with the server, trainer, plotting and test tools. Re-runs install only when
-# pyproject.toml changed.
+# pyproject.toml or scripts/structured-deps.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -8,12 +8,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.hone-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/structured-deps.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Never let pip resolve torch from the index (it would pull CUDA builds): the `train`
   # extra pins torch==2.13.0, which these machines install from a local CPU wheel.
   .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[server,train,plot,dev]'
+  # xgrammar (response_format's constrained decoding, hone_kernel/structured.py) without its dependencies: it
+  # requires triton on Linux, a GPU compiler it never imports on CPU; its one other need is apache-tvm-ffi.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r scripts/structured-deps.txt
   echo "$want" > "$stamp"
 fi
 # Debian packages the tests use, installed only when missing, and only where we are root (as CI is) or sudo needs

@@ -169,6 +169,8 @@ class EvalRunner:
         chat = {k: params[k] for k in ("temperature", "top_p", "seed") if k in params}
         if "max_completion_tokens" in params:
             chat["max_tokens"] = params["max_completion_tokens"]
+        if params.get("response_format") is not None:
+            chat["response_format"] = params["response_format"]
         try:
             reply = await env.models.chat(source["model"], messages, chat)
         except grading.ModelCallFailed as exc:

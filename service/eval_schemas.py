@@ -10,6 +10,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import Field, field_validator, model_validator
 
+from hone_kernel import output_format
 from hone_kernel.graders import spec, templates
 from hone_kernel.strict import UNION_TAGS, StrictModel
 from service.schemas import Metadata
@@ -124,7 +125,6 @@ class ItemReference(StrictModel):
 class RunSamplingParams(StrictModel):
     refused = {
         "reasoning_effort": "Hone's models are not reasoning models",
-        "response_format": "structured outputs are not supported by Hone's endpoints yet",
         "tools": "tool calls are not supported by Hone's endpoints yet",
     }
 
@@ -133,8 +133,17 @@ class RunSamplingParams(StrictModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     reasoning_effort: Any = None
-    response_format: Any = None
+    response_format: dict[str, Any] | None = None  # checked by hone_kernel.output_format; the answer is held to it
     tools: Any = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _a_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            output_format.parse(value)
+        except output_format.FormatError as e:
+            raise ValueError(str(e)) from e
+        return value
 
 
 class CompletionsDataSource(StrictModel):

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hone_kernel.graders.spec import models_of
-from service import endpoints, external_models, job_evaluation_output, job_evaluation_rows, jobs
+from service import endpoints, external_models, job_evaluation_output, job_evaluation_rows, jobs, reinforcement
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import Endpoint, Eval, EvalOutputItem, EvalRun, File, Job
@@ -227,6 +227,9 @@ def _deploying(ctx: AppContext, session: Session, job: Job, rows: list[dict[str,
     )
     session.add(eval_row)
     session.flush()
+    sampling = {"temperature": 0.0, "seed": job.seed, "max_completion_tokens": max_tokens}
+    if prompts and (fmt := reinforcement.response_format(job.method or {})) is not None:
+        sampling["response_format"] = fmt  # both models answer in the format the job trained for
     runs = {}
     for role, model in (("tuned", job.fine_tuned_model), ("compare", ev["compare_to"])):
         counts, per_criteria = empty_counts(criteria)
@@ -235,7 +238,7 @@ def _deploying(ctx: AppContext, session: Session, job: Job, rows: list[dict[str,
             "model": model,
             "source": {"type": "file_content", "content": [{"item": r} for r in rows]},
             "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
-            "sampling_params": {"temperature": 0.0, "seed": job.seed, "max_completion_tokens": max_tokens},
+            "sampling_params": sampling,
         }
         run = EvalRun(
             id=new_id("evalrun_"),

@@ -9,13 +9,14 @@ import json
 
 from sqlalchemy.orm import Session
 
+from hone_kernel import output_format
 from hone_kernel.graders import spec as grader_spec
 from hone_kernel.graders import templates
 from hone_kernel.trainer_contract import Reinforcement
 from service import external_models
 from service.base_models import TrainingDefaults
 from service.context import AppContext
-from service.errors import ErrorCode, InvalidRequest, excerpt
+from service.errors import ErrorCode, InvalidRequest
 from service.schemas import ReinforcementMethod
 from service.settings import GradersSettings
 
@@ -41,15 +42,10 @@ def check_method(section: ReinforcementMethod | None) -> None:
             param=f"{PARAM}.hyperparameters.reasoning_effort",
             code=ErrorCode.INVALID_VALUE,
         )
-    fmt = section.response_format
-    if fmt is not None and fmt != {"type": "text"}:
-        raise InvalidRequest(
-            f"response_format {excerpt(json.dumps(fmt), 80)} is not supported: Hone samples answers as free text "
-            "(constrained decoding is not there yet). Leave it out, and grade sample.output_json, which is set "
-            "whenever an answer is valid JSON.",
-            param=f"{PARAM}.response_format",
-            code=ErrorCode.INVALID_VALUE,
-        )
+    try:
+        output_format.parse(section.response_format, f"{PARAM}.response_format")
+    except output_format.FormatError as e:
+        raise InvalidRequest(str(e), param=e.param, code=ErrorCode.INVALID_VALUE) from e
 
 
 def check_grader_models(ctx: AppContext, session: Session, project_id: str, method: dict) -> None:
@@ -61,10 +57,13 @@ def check_grader_models(ctx: AppContext, session: Session, project_id: str, meth
         )
 
 
-def resolve(hp: dict, examples: int, d: TrainingDefaults) -> dict:
+JSON_ANSWER_TOKENS = 64
+
+
+def resolve(hp: dict, examples: int, d: TrainingDefaults, json_answers: bool = False) -> dict:
     """The reinforcement-only hyperparameters made concrete, and batch size and epochs (prompts are answered
     samples_per_prompt times each: fewer per step, and fewer passes, than supervised examples); the rest is
-    training_plan's."""
+    training_plan's. `json_answers`: the job has a response_format other than text."""
 
     def auto(key: str) -> bool:
         return hp.get(key) in (None, "auto")
@@ -80,7 +79,9 @@ def resolve(hp: dict, examples: int, d: TrainingDefaults) -> dict:
     if auto("beta"):
         hp["beta"] = DEFAULT_KL_BETA
     if auto("max_completion_tokens"):
-        hp["max_completion_tokens"] = d.rl_max_completion_tokens
+        # A JSON answer carries its braces, keys and quotes around what the model says: hone-tiny's 16 tokens cut
+        # `{"label": "Billing"}` short (an unparsed answer is a grader error), so at least JSON_ANSWER_TOKENS.
+        hp["max_completion_tokens"] = max(d.rl_max_completion_tokens, JSON_ANSWER_TOKENS if json_answers else 0)
     if auto("temperature"):
         hp["temperature"] = d.rl_temperature
     if auto("lr_scheduler"):
@@ -108,7 +109,14 @@ def trainer_section(method: dict, graders: GradersSettings) -> Reinforcement:
         model_call_timeout_s=graders.grader_model_timeout_s,
         sandbox=dataclasses.asdict(graders.sandbox_limits()),
         python_processes=graders.grader_processes,
+        response_format=response_format(method),
     )
+
+
+def response_format(method: dict) -> dict | None:
+    """The job's answer format as the served model is asked for it (None: free text), normalised."""
+    fmt = output_format.parse(method["reinforcement"].get("response_format"), f"{PARAM}.response_format")
+    return fmt.to_response_format() if fmt is not None else None
 
 
 def eval_interval(method: dict) -> int:

@@ -181,7 +181,9 @@ class ReinforcementMethod(_Body):
     grader: Grader
     hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
     response_format: dict[str, Any] | None = Field(
-        default=None, description="The answers' format; Hone samples text answers only ({'type': 'text'})."
+        default=None,
+        description="The answers' format: text (the default), json_object or json_schema. Every sampled answer "
+        "is held to it by constrained decoding, as the built-in engine holds a served answer.",
     )
 
 

@@ -63,7 +63,9 @@ def resolve_hyperparameters(
     section = dict(method.get(method["type"]) or {})
     hp = dict(section.get("hyperparameters") or {})
     if method["type"] == "reinforcement":
-        hp = reinforcement.resolve(hp, shape.examples, d)
+        hp = reinforcement.resolve(
+            hp, shape.examples, d, json_answers=reinforcement.response_format(method) is not None
+        )
     if method["type"] == "distillation":
         hp = distillation.resolve(hp, d)
 

@@ -38,6 +38,10 @@ FLAGS = [
 ]
 
 
+# response_format by the grammar library the built-in engine uses, whatever vLLM's "auto" would pick
+XGRAMMAR = ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+
+
 def command(engine, **overrides):
     options = dict(host="0.0.0.0", port=8001, max_loras=2, max_cpu_loras=6, max_lora_rank=16) | overrides
     return engine_command(engine, "/models/base", "base", **options)
@@ -49,7 +53,8 @@ def command(engine, **overrides):
 def test_vllm_command(tmp_path):
     launch = command("vllm", python="/nonexistent/bin/python")
     assert launch == EngineLaunch(
-        ["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16"], {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+        ["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16", *XGRAMMAR],
+        {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"},
     )
     # The vllm script beside the interpreter (same virtualenv) wins over PATH.
     (tmp_path / "bin").mkdir()
@@ -72,6 +77,7 @@ def test_vllm_command(tmp_path):
         "4096",
         "--chat-template",
         "/t/chat.jinja",
+        *XGRAMMAR,
     ]
     assert launch.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_API_KEY": "sk-x"}  # not on argv: ps shows it
     assert not any(a.startswith("--api-server-count") for a in launch.argv)
@@ -104,7 +110,7 @@ def test_invalid_launch_settings():
 )
 def test_vllm_parallel_flags(tp, pp, added):
     launch = command("vllm", python="/nonexistent/bin/python", tensor_parallel_size=tp, pipeline_parallel_size=pp)
-    assert launch.argv == ["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16", *added]
+    assert launch.argv == ["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16", *added, *XGRAMMAR]
 
 
 def test_builtin_engine_refuses_to_split_a_model():

@@ -40,6 +40,19 @@ EXACT = {
     "reference": "{{ item.label }}",
     "operation": "eq",
 }
+LABEL_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "label",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": LABELS}},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+    },
+}
 JUDGE = {
     "type": "label_model",
     "name": "judge",
@@ -99,7 +112,8 @@ def test_a_graded_job_trains_reports_rewards_and_checkpoints(project):
     grader = {
         "type": "multi",
         "name": "both",
-        "graders": {"exact": EXACT, "judge": JUDGE},
+        # the answers are JSON held to LABEL_SCHEMA: the exact grader reads the label out of them
+        "graders": {"exact": {**EXACT, "input": "{{ sample.output_json.label }}"}, "judge": JUDGE},
         "calculate_output": "(exact + judge) / 2",
     }
     body = {
@@ -112,7 +126,7 @@ def test_a_graded_job_trains_reports_rewards_and_checkpoints(project):
             "reinforcement": {
                 "grader": grader,
                 "hyperparameters": {"n_epochs": 1, "batch_size": 5, "compute_multiplier": 0.5, "eval_interval": 1},
-                "response_format": {"type": "text"},
+                "response_format": LABEL_SCHEMA,
             },
         },
     }
@@ -134,8 +148,11 @@ def test_a_graded_job_trains_reports_rewards_and_checkpoints(project):
         1,
         1,
     ]
-    assert hp["reasoning_effort"] == "default" and hp["beta"] == 0.04 and hp["max_completion_tokens"] == 16
+    assert (
+        hp["reasoning_effort"] == "default" and hp["beta"] == 0.04 and hp["max_completion_tokens"] == 64
+    )  # hone-tiny's 16, made room for JSON
     assert done["method"]["reinforcement"]["grader"] == grader
+    assert done["method"]["reinforcement"]["response_format"] == LABEL_SCHEMA
     steps = [e.data for e in all_events(client, done["id"]) if e.type == "metrics"]
     assert [s["step"] for s in steps] == [1, 2]
     for s in steps:
@@ -144,6 +161,7 @@ def test_a_graded_job_trains_reports_rewards_and_checkpoints(project):
         assert 0.0 <= scores["exact"] <= 1.0 and s["train_grader_errors"] == 0
         assert s["train_reward_mean"] == pytest.approx((scores["exact"] + 1.0) / 2)
         assert "valid_reward_mean" in s and s["train_sample"]["prompt"].startswith("Ticket")
+        assert json.loads(s["train_sample"]["output"])["label"] in LABELS  # hone-tiny untrained, held to the schema
     assert "full_valid_reward_mean" in steps[-1]
     checkpoints = client.fine_tuning.jobs.checkpoints.list(done["id"]).data
     assert [c.step_number for c in checkpoints] == [2]
@@ -247,9 +265,17 @@ def test_a_prompt_without_the_graders_field_fails_the_job_naming_its_line(projec
             "method.reinforcement.hyperparameters.reasoning_effort",
             "invalid_value",
         ),
+        (  # a format that is not one (json_object and json_schema are honoured: tests/test_rft_core.py)
+            {"type": "reinforcement", "reinforcement": {"grader": EXACT, "response_format": {"type": "xml"}}},
+            "method.reinforcement.response_format.type",
+            "invalid_value",
+        ),
         (
-            {"type": "reinforcement", "reinforcement": {"grader": EXACT, "response_format": {"type": "json_object"}}},
-            "method.reinforcement.response_format",
+            {
+                "type": "reinforcement",
+                "reinforcement": {"grader": EXACT, "response_format": {"type": "json_schema", "json_schema": {}}},
+            },
+            "method.reinforcement.response_format.json_schema.name",
             "invalid_value",
         ),
         (

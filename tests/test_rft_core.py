@@ -272,6 +272,54 @@ def test_a_run_reports_rewards_and_resumes_exactly(tmp_path):
     assert straight.final["metrics"]["step"] == 4 and "full_valid_reward_mean" in straight.final["metrics"]
 
 
+JSON_LABEL = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "ticket",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": ["Billing", "Sales"]}},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_answers_held_to_the_response_format_are_json_the_grader_reads(tmp_path):
+    """With response_format, every answer sampled in training and validation is the schema's JSON (hone-tiny
+    untrained answers no JSON at all): a grader reading sample.output_json never errs, and never could without
+    the grammar. A schema the grammar cannot enforce fails the job before its first step, naming the field."""
+    import dataclasses
+
+    from hone_kernel.trainer_contract import ExitCode
+
+    (tmp_path / "data").mkdir()
+    rows = [prompt(f"ticket {i}", label=["Billing", "Sales"][i % 2]) for i in range(8)]
+    (tmp_path / "data/train.jsonl").write_bytes(jsonl(rows))
+    (tmp_path / "data/valid.jsonl").write_bytes(jsonl(rows[:2]))
+    spec = _spec(tmp_path, str(tmp_path / "models"))
+    grader = {**LABEL_GRADER, "input": "{{sample.output_json.label}}"}
+    spec.reinforcement = dataclasses.replace(
+        spec.reinforcement, grader=grader, max_completion_tokens=40, response_format=JSON_LABEL
+    )
+    recorder = Recorder()
+    assert _run(spec, recorder) == ExitCode.OK
+    for m in recorder.metrics:
+        assert m["train_grader_errors"] == 0, m
+        assert json.loads(m["train_sample"]["output"])["label"] in ("Billing", "Sales")
+    assert recorder.metrics[-1]["full_valid_grader_errors"] == 0
+
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/nowhere"}}}
+    spec.reinforcement = dataclasses.replace(spec.reinforcement, response_format=bad)
+    spec.job_id, spec.output_prefix = "ftjob-rl-bad", "jobs/ftjob-rl-bad/"
+    failed = Recorder()
+    assert _run(spec, failed) == ExitCode.FATAL and not failed.metrics
+    assert failed.final["code"] == "invalid_response_format"
+    assert "method.reinforcement.response_format.json_schema.schema" in failed.final["message"]
+
+
 # --- model graders' calls from the trainer -------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -127,10 +128,18 @@ class StartingWeights:
 
 @torch.no_grad()
 def sample(
-    model, tokenizer, prompts: list[Prompt], n: int, rl: Reinforcement, stop_ids: list[int], seed: int
+    model,
+    tokenizer,
+    prompts: list[Prompt],
+    n: int,
+    rl: Reinforcement,
+    stop_ids: list[int],
+    seed: int,
+    grammar: Any = None,
 ) -> Rollouts:
-    """`n` answers per prompt, all in one left-padded batch through the KV cache."""
-    from transformers import GenerationConfig
+    """`n` answers per prompt, all in one left-padded batch through the KV cache; with `grammar` (the job's
+    response_format compiled), each held to it."""
+    from transformers import GenerationConfig, LogitsProcessorList
 
     model.eval()
     rows = [p.input_ids for p in prompts for _ in range(n)]
@@ -147,8 +156,16 @@ def sample(
         eos_token_id=stop_ids,
         pad_token_id=pad,
     )
+    # response_format: every row held to the job's grammar as the engine holds a served answer (hone_kernel/structured)
+    constrain = []
+    if grammar is not None:
+        from hone_kernel.structured import BatchConstraint
+
+        constrain.append(BatchConstraint(grammar, len(rows)))
     torch.manual_seed(seed)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:].tolist()
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, generation_config=config, logits_processor=LogitsProcessorList(constrain)
+    )[:, width:].tolist()
     rollouts = Rollouts(prompts, n)
     stops = set(stop_ids)
     for generated in out:
@@ -288,6 +305,25 @@ class Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
+def answer_grammar(rl: Reinforcement, tokenizer, model, stop_ids: list[int]) -> Any:
+    """The job's response_format compiled for this tokenizer, or None for free text. A schema the grammar library
+    cannot enforce fails the job before its first step, naming the field."""
+    if rl.response_format is None:
+        return None
+    from hone_kernel.output_format import FormatError, parse
+    from hone_kernel.structured import Grammars
+
+    try:
+        fmt = parse(rl.response_format, "method.reinforcement.response_format")
+        if fmt is None:
+            return None
+        vocab = int(model.get_output_embeddings().weight.shape[0])
+        return Grammars(tokenizer, vocab).compile(fmt, stop_ids)
+    except FormatError as e:
+        message = str(e).replace("response_format.json_schema", "method.reinforcement.response_format.json_schema")
+        raise FatalError("invalid_response_format", message) from e
+
+
 class Reinforce:
     """A run's reinforcement method: what the loop calls for a step and for a validation."""
 
@@ -299,6 +335,7 @@ class Reinforce:
         self.grader = grader_spec.parse(rl.grader)  # once: a grader this trainer cannot read fails before any step
         # The weights training starts from (after a continued job's parent is loaded, before any checkpoint).
         self.starting = StartingWeights(trainable) if rl.kl_beta > 0 else None
+        self.grammar = answer_grammar(rl, tokenizer, model, stop_ids)
 
     def make_env(self) -> grading.GradingEnv:
         from trainer.model_calls import ControlPlaneModels
@@ -320,7 +357,14 @@ class Reinforce:
         timer = Timer()
         with timer.phase("generation"):
             rollouts = sample(
-                model, self.tokenizer, prompts, self.rl.samples_per_prompt, self.rl, self.stop_ids, self._seed(step, 0)
+                model,
+                self.tokenizer,
+                prompts,
+                self.rl.samples_per_prompt,
+                self.rl,
+                self.stop_ids,
+                self._seed(step, 0),
+                self.grammar,
             )
         with timer.phase("grading"):
             grades = grade(self.grader, rollouts, self.make_env)
@@ -343,7 +387,14 @@ class Reinforce:
     def validate(self, model, prompts: list[Prompt], prefix: str, step: int) -> dict:
         """Reward of `eval_samples` answers per validation prompt, sampled as in training."""
         rollouts = sample(
-            model, self.tokenizer, prompts, self.rl.eval_samples, self.rl, self.stop_ids, self._seed(step, 1)
+            model,
+            self.tokenizer,
+            prompts,
+            self.rl.eval_samples,
+            self.rl,
+            self.stop_ids,
+            self._seed(step, 1),
+            self.grammar,
         )
         data = reward_metrics(prefix, grade(self.grader, rollouts, self.make_env), rollouts)
         data.pop(f"{prefix}_sample", None)

@@ -33,9 +33,12 @@ COPY hone_kernel ./hone_kernel
 COPY service ./service
 COPY inference ./inference
 COPY trainer ./trainer
+# xgrammar without triton (response_format's grammars on the built-in engine and in RFT sampling): the file says why
+COPY scripts/structured-deps.txt ./scripts/
 # DL3013: this installs the project itself; the versions come from pyproject.toml (torch==2.13.0 above).
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[train]" \
+    && pip install --no-cache-dir --no-deps -r scripts/structured-deps.txt \
     && groupadd --system --gid 10001 hone \
     && useradd --system --uid 10001 --gid hone --home-dir /var/lib/hone --create-home hone
 

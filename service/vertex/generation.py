@@ -7,6 +7,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, NotFound, ServiceUnavailable
+from service.vertex import response_schema
 from service.vertex.resources import rfc3339
 from service.vertex.schemas import Content, GenerateContentRequest, GenerationConfig
 
@@ -70,6 +71,11 @@ def chat_request(body: GenerateContentRequest, model: str, *, stream: bool) -> d
         "frequency_penalty": config.frequency_penalty,
     }
     request |= {k: v for k, v in sampling.items() if v is not None}
+    fmt = response_schema.response_format(
+        config.response_mime_type, config.response_schema, config.response_json_schema
+    )
+    if fmt is not None:
+        request["response_format"] = fmt
     if stream:
         request |= {"stream": True, "stream_options": {"include_usage": True}}  # usage ends Gemini's last chunk
     return request

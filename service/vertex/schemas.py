@@ -211,9 +211,6 @@ class Content(VertexBody):
 
 class GenerationConfig(VertexBody):
     refused = {
-        "responseMimeType": "structured output is not supported.",
-        "responseSchema": "structured output is not supported.",
-        "responseJsonSchema": "structured output is not supported.",
         "thinkingConfig": "Hone's models do not think.",
         "responseLogprobs": "log probabilities are not returned.",
         "logprobs": "log probabilities are not returned.",
@@ -228,6 +225,10 @@ class GenerationConfig(VertexBody):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     seed: int | None = None
+    # structured output: service/vertex/response_schema.py
+    response_mime_type: str | None = None
+    response_schema: dict[str, Any] | None = None
+    response_json_schema: dict[str, Any] | None = None
 
 
 class Prompt(VertexBody):

@@ -1,7 +1,9 @@
 """Constrained decoding for `response_format` (hone_kernel/output_format.py): the grammar a format compiles to, by
 xgrammar (the grammar library vLLM's structured outputs use), and the per-sequence matcher that masks each step's
-logits to the tokens that keep the answer valid. The answer parses and validates whatever the weights would rather
-say: an undertrained model answers schema-valid JSON too.
+logits to the tokens that keep the answer valid. Every answer is a valid prefix whatever the weights would rather
+say, and one that ends (finish_reason "stop") parses and validates: from an undertrained model too. A schema whose
+strings, numbers and arrays are bounded (enums, maxLength, maximum, maxItems) always ends; free text inside the JSON
+(json_object's keys, an unbounded string) ends when the model ends it, or at max_tokens ("length"), as on vLLM.
 
 JSON is written compact (", " and ": " between items, no other whitespace), as vLLM writes it with
 `disable_any_whitespace`: with free whitespace an undertrained model spends max_tokens on newlines and tabs inside the

@@ -159,7 +159,7 @@ with open({record!r}, "a") as out:
     out.write(json.dumps({{"argv": argv, "devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}) + "\\n")
 assert argv[0] == "serve"
 model, flags = argv[1], argv[2:]
-for parallel in ("--tensor-parallel-size", "--pipeline-parallel-size"):  # vLLM's own; the fake knows none
+for parallel in ("--tensor-parallel-size", "--pipeline-parallel-size", "--structured-outputs-config"):  # vLLM's own
     if parallel in flags:
         del flags[flags.index(parallel) : flags.index(parallel) + 2]
 os.environ["PYTHONPATH"] = {repo!r}

@@ -127,17 +127,49 @@ _SERVER_STARTS: list[WarmStarts] = []
 
 
 def _server_starts() -> WarmStarts:
-    """Test servers fork from one interpreter per test process that imported the control plane once, by the
-    warm start the control plane gives its trainers and engines (service/warm_start.py): a run is what
-    `python -m service` would be, for ~2 s of CPU less, and the suite starts about sixty. The same interpreter,
-    which preloads what trainers and engines import too, forks the servers' trainers and engines
-    (HONE_WARM_START_SOCKET, `warm_socket()`): one preload per test process instead of one per server (~7 s of
-    CPU each; the suite's twenty took 142 s)."""
+    """Test servers fork from one interpreter that imported the control plane once, by the warm start the control
+    plane gives its trainers and engines (service/warm_start.py): a run is what `python -m service` would be, for
+    ~2 s of CPU less, and the suite starts about sixty. The same interpreter, which preloads what trainers and
+    engines import too, forks the servers' trainers and engines (HONE_WARM_START_SOCKET, `warm_socket()`).
+    One interpreter for the whole run: under pytest-xdist the first worker to take the run's lock starts it,
+    listening on a socket the others ask it at (as several control planes share one); without xdist, or should
+    that one end before a worker (its worker finished), a worker starts one of its own (~7 s of CPU each)."""
     if not _SERVER_STARTS:
-        logs = Path(tempfile.mkdtemp(prefix="hone-test-warm-"))
         preload = (*PRELOAD, "service.app", "service.server", "uvicorn.main")
-        _SERVER_STARTS.append(WarmStarts(True, logs, preload=preload, listen=logs / "warm.sock"))
+        logs = Path(tempfile.mkdtemp(prefix="hone-test-warm-"))
+        shared = _shared_warm_socket()
+        if shared is None or shared[1]:  # alone, or the worker that starts the run's interpreter
+            listen = shared[0] if shared else logs / "warm.sock"
+            starts = WarmStarts(True, logs, preload=preload, listen=listen)
+            if shared:
+                starts.listening()  # now: the other workers wait for its socket
+        else:
+            starts = WarmStarts(True, logs, preload=preload, listen=shared[0], shared=shared[0])
+            wait_for(shared[0].exists, 120, 0.1, "the run's warm interpreter")
+        _SERVER_STARTS.append(starts)
     return _SERVER_STARTS[0]
+
+
+_OWNER_LOCK: list = []  # the open lock file of the worker that started the run's interpreter, held for its life
+
+
+def _shared_warm_socket() -> tuple[Path, bool] | None:
+    """(the run's warm interpreter socket, whether this worker starts it) under pytest-xdist, else None."""
+    import fcntl
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return None
+    folder = Path(tempfile.gettempdir()) / f"hone-test-warm-{run[:16]}"
+    folder.mkdir(mode=0o700, exist_ok=True)  # whoever can open the socket runs code as this user
+    lock = open(folder / "owner.lock", "w")  # noqa: SIM115  # held open for the worker's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return folder / "warm.sock", False
+    _OWNER_LOCK.append(lock)
+    return folder / "warm.sock", True
 
 
 def warm_socket() -> Path:

@@ -278,6 +278,17 @@ def test_the_launcher_passes_the_ranks_endings_through():
     assert outcome({0: ExitCode.OK, 1: 1}, set()) == 1
 
 
+def test_a_cold_launcher_starts_its_ranks_as_processes_and_passes_their_ending_through(tmp_path):
+    """Started cold, as on Kubernetes, the launcher has not imported the trainer: it starts each rank as `python -m
+    trainer` (the forked ranks of the other tests are the warm case). Two ranks of a spec they cannot read end
+    FATAL before importing torch, each having said why; the launcher ends with their code."""
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs/spec.json").write_text('{"contract_version": 999}')  # a newer control plane's: not read
+    run = Run((tmp_path / "jobs/spec.json").as_uri(), 2, cold=True)
+    run.finish(ExitCode.FATAL, timeout=60)
+    assert run.log.read_text().count("cannot read the spec") == 2, run.log.read_text()[-3000:]
+
+
 def test_a_job_asking_for_two_devices_trains_on_two_ranks_through_the_api(tmp_path):
     """The whole path on a 2-slot CPU machine: the API takes `resources`, the scheduler claims both slots for the
     job (a second job waits), the local executor starts trainer.ranks, and the job succeeds."""
@@ -349,10 +360,9 @@ def test_mfu_of_a_run_on_several_devices_is_over_all_their_peaks():
 
 def test_distillation_asks_the_teacher_once_and_its_student_trains_on_two_ranks(control_plane, tmp_path):
     """Rank 0 asks the teacher and writes the answers; rank 1 waits for them in storage, then both train the
-    student on them as one process would. The 2-rank run starts cold, as on Kubernetes: a launcher that did not
-    import the trainer starts `python -m trainer` processes instead of forking."""
+    student on them as one process would."""
     runs = {
-        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, distill=True), n, cold=n > 1)
+        name: Run(write_spec(tmp_path, name, control_plane, n, epochs=2, distill=True), n)
         for name, n in (("ftjob-d1", 1), ("ftjob-d2", 2))
     }
     for run in runs.values():

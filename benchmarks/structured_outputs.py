@@ -5,8 +5,8 @@
 
 Starts the built-in engine on hone-tiny (`python -m inference`, the launcher's command line) and sends the same chat
 request, interleaved pair by pair (the order alternates), as free text (the baseline) and with a `json_schema`
-response_format whose one field is a long string, so that both answers run to max_tokens (free text with
-`ignore_eos`; the schema's string never closes in time from an untrained model). Each side's decode speed is
+response_format whose one field is a string of at least 400 characters, so that both answers run to max_tokens (free
+text with `ignore_eos`). Each side's decode speed is
 completion tokens over wall time, per request; the first request of each kind (the grammar's compilation and the
 xgrammar import) is reported apart. A third row is a schema of several constrained fields (an enum, bounded
 integers, an array), whose answers end early: its tokens per second.
@@ -44,7 +44,7 @@ LONG = {
         "strict": True,
         "schema": {
             "type": "object",
-            "properties": {"text": {"type": "string"}},
+            "properties": {"text": {"type": "string", "minLength": 400}},  # longer than any answer here
             "required": ["text"],
             "additionalProperties": False,
         },

@@ -74,34 +74,48 @@ def client(project):
     return project.openai()
 
 
-# The modules that train and serve take minutes each: collected first, longest first (as measured by a full run,
-# 2026-12-04), so that pytest-xdist starts them early instead of leaving one for last on a single worker.
-# scripts/test.sh passes --no-loadscope-reorder: xdist's own order (most tests first) put the module of six slow
-# tests last, alone for minutes.
+# The modules that train and serve take minutes each: collected first, longest first (wall time per module in a
+# full run, `-p tests.cpu_profile`, 2026-12-05), so that pytest-xdist starts them early instead of leaving one for
+# last on a single worker while the others idle; the short ones then fill in. scripts/test.sh passes
+# --no-loadscope-reorder: xdist's own order (most tests first) put the module of six slow tests last, alone for
+# minutes.
 LONGEST_FIRST = [
-    "test_continuation.py",
-    "test_data_parallel.py",  # pairs of trainer runs, 1 and 2 processes (~2.5 min alone)
+    "test_continuation.py",  # with test_serving.py and test_evals.py: the tuned_tickets package, one unit
     "test_serving.py",
-    "test_training.py",
+    "test_evals.py",
     "test_schemathesis.py",
+    "test_data_parallel.py",
     "test_training_control.py",
-    "test_replicas.py",
-    "test_qlora.py",
+    "test_training.py",
     "test_trainer_robustness.py",
+    "test_cli.py",
     "test_observability.py",
-    "test_wandb_integration.py",
+    "test_qlora.py",
+    "test_evals_api.py",
+    "test_kubernetes_executor.py",
+    "test_engine_protocol.py",
+    "test_rft_api.py",
+    "test_storage_faults.py",
+    "test_deploy_observability.py",
     "test_endpoint_lifecycle.py",
     "test_kubernetes_engines.py",
-    "test_cli.py",
-    "test_kubernetes_executor.py",
-    "test_static_engines.py",
+    "test_job_evaluation.py",
+    "test_input_hardening.py",
+    "test_graders_api.py",
+    "test_database_restart.py",
+    "test_sdk.py",
+    "test_structured_outputs.py",
+    "test_wandb_integration.py",
+    "test_jobs_api.py",
+    "test_trainer_core.py",
+    "test_vertex_api.py",
+    "test_admin_api.py",
+    "test_replicas.py",
     "test_server.py",
     "test_quiet.py",
-    "test_engine_protocol.py",
-    "test_admin_api.py",
-    "test_trainer_storage_faults.py",
-    "test_input_hardening.py",
-    "test_vertex_api.py",
+    "test_warm_start.py",
+    "test_dataset_corpus.py",
+    "test_sdk_install.py",
 ]
 # Packages whose modules share a package-scoped fixture (a tuned model): each is one unit of work for
 # pytest-xdist, so that one worker runs its modules back to back and the fixture is built once.

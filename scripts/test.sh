@@ -3,10 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# Four workers, one test module each at a time (module fixtures train once; a package whose modules share a tuned
-# model goes to one worker whole, tests/conftest.py). The suite is CPU-bound on the 2 cores: what a worker more buys
-# is the time the others wait on their subprocesses (2026-12-05, the same VM back to back: three 6:05, four 5:58;
-# README, "Whole suite", has the history). Trainers, engines and test servers fork from one warm interpreter for the
-# run (tests/support.py). Modules run in the order tests/conftest.py collects them (longest first), not xdist's
-# (most tests first).
-exec .venv/bin/python -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder "$@"
+# Three workers, one test module each at a time (module fixtures train once; a package whose modules share a tuned
+# model goes to one worker whole, tests/conftest.py). The suite is CPU-bound on the 2 cores: a fourth worker read
+# 5:58 against three's 6:05 on a warm checkout but 6:03 against 5:52-5:53 in clean-clone runs, where each worker's
+# collection is cold (2026-12-05; README, "Whole suite", has the history). Trainers, engines and test servers fork
+# from one warm interpreter for the run (tests/support.py). Modules run in the order tests/conftest.py collects them
+# (longest first), not xdist's (most tests first).
+exec .venv/bin/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder "$@"

@@ -11,7 +11,7 @@ import json
 import openai
 import pytest
 
-from tests.support import FAKE_ENGINE_PYTHON, HoneServer, wait_endpoint
+from tests.support import FAKE_ENGINE_PYTHON, HoneServer, wait_endpoint, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,9 @@ def test_stored_completions_are_kept_read_changed_and_deleted(project, server):
         streamed_id = chunk.id
         text += "".join(c.delta.content or "" for c in chunk.choices)
     assert text == "answer base"
+    # A streamed completion is kept once its stream has ended, after its last chunk went out (as OpenAI keeps it
+    # asynchronously too): the client may read the end before the gateway wrote it.
+    wait_for(lambda: len(client.chat.completions.list().data) == 3, 10, 0.05, "the streamed completion kept")
     listed = client.chat.completions.list()
     assert [c.id for c in listed.data] == [kept.id, other.id, streamed_id]  # oldest first, as OpenAI's default
     assert plain.id not in [c.id for c in listed.data]

@@ -51,11 +51,14 @@ class Grammars:
             self._compilers[stop_ids] = xgr.GrammarCompiler(info, max_threads=1)
         return self._compilers[stop_ids]
 
-    def compile(self, fmt: OutputFormat, stop_ids: Iterable[int]) -> xgr.CompiledGrammar:
-        """The grammar of `fmt`; FormatError (a 400) for a schema xgrammar cannot enforce."""
+    def compile(
+        self, fmt: OutputFormat, stop_ids: Iterable[int], param: str = "response_format"
+    ) -> xgr.CompiledGrammar:
+        """The grammar of `fmt`; FormatError (a 400) for a schema xgrammar cannot enforce, naming the field under
+        `param` (where the request holds its response_format)."""
         stops = tuple(sorted(set(stop_ids)))
         if not stops:
-            raise FormatError("response_format needs a token that ends the answer; ignore_eos leaves none.")
+            raise FormatError(f"{param} needs a token that ends the answer; ignore_eos leaves none.", param)
         key = (fmt, stops)
         with self._lock:
             if key in self._cache:
@@ -73,10 +76,8 @@ class Grammars:
                 grammar = compiler.compile_grammar(grammar_text.replace(_BOUNDED_CHARS, _JSON_CHARS))
             except (RuntimeError, ValueError, TypeError) as e:
                 detail = _ORIGIN.sub("", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-                raise FormatError(
-                    f"response_format.json_schema.schema cannot be enforced: {detail}",
-                    "response_format.json_schema.schema",
-                ) from e
+                field = f"{param}.json_schema.schema"
+                raise FormatError(f"{field} cannot be enforced: {detail}", field) from e
             self._cache[key] = grammar
             if len(self._cache) > CACHED_GRAMMARS:
                 self._cache.popitem(last=False)

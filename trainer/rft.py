@@ -313,15 +313,15 @@ def answer_grammar(rl: Reinforcement, tokenizer, model, stop_ids: list[int]) -> 
     from hone_kernel.output_format import FormatError, parse
     from hone_kernel.structured import Grammars
 
+    param = "method.reinforcement.response_format"
     try:
-        fmt = parse(rl.response_format, "method.reinforcement.response_format")
+        fmt = parse(rl.response_format, param)
         if fmt is None:
             return None
         vocab = int(model.get_output_embeddings().weight.shape[0])
-        return Grammars(tokenizer, vocab).compile(fmt, stop_ids)
+        return Grammars(tokenizer, vocab).compile(fmt, stop_ids, param)
     except FormatError as e:
-        message = str(e).replace("response_format.json_schema", "method.reinforcement.response_format.json_schema")
-        raise FatalError("invalid_response_format", message) from e
+        raise FatalError("invalid_response_format", str(e)) from e
 
 
 class Reinforce:

@@ -1,13 +1,16 @@
 """The per-line checks of each dataset format (hone_kernel.datasets runs them); errors name the field path in the line.
 
-Training data holds text: parts that carry images, audio or files are refused with the line and field, through one
-predicate (`media_supported`), so that a change that brings vision models can allow them for those models.
+Training data holds text and images: image parts are checked by hone_kernel.dataset_images (and a job on a model
+that reads no images refuses the file, naming the first image's line and field); parts that carry audio or files
+are refused with the line and field, through one predicate (`media_supported`).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from hone_kernel.dataset_images import check_gemini_media, check_image_url_part
 
 # Content part types (OpenAI chat and Responses shapes) and Gemini part keys that carry something other than text,
 # and the kind of input each is.
@@ -23,9 +26,9 @@ GEMINI_MEDIA_KEYS = ("inlineData", "inline_data", "fileData", "file_data")
 
 
 def media_supported(kind: str) -> bool:
-    """Whether training data may hold `kind` ("image", "audio", "file") inputs. No base model Hone trains takes
-    any, and the trainer reads text only: a line with an image would be trained without it."""
-    return False
+    """Whether training data may hold `kind` ("image", "audio", "file") inputs: images (for vision base models);
+    no base model Hone trains reads audio or files, and a line with them would be trained without them."""
+    return kind == "image"
 
 
 def _media_kind(mime_type: Any) -> str:
@@ -51,6 +54,9 @@ class _Issues:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str, str]] = []
+        self.images = 0  # image parts seen on the line
+        self.first_image: str | None = None  # the field path of the first
+        self.image_bytes = 0  # the line's bytes that are images (their data URLs), which are not text tokens
 
     def add(self, path: str, code: str, message: str) -> None:
         self.items.append((path, code, message))
@@ -119,12 +125,7 @@ def _check_content_parts(parts: list, path: str, role: str, issues: _Issues) -> 
         elif kind in MEDIA_PART_TYPES and not media_supported(MEDIA_PART_TYPES[kind]):
             _refuse_media(MEDIA_PART_TYPES[kind], _join(where, "type"), issues)
         elif kind == "image_url":
-            if role != "user":
-                issues.add(_join(where, "type"), "invalid_content_part", "images are only allowed in user messages")
-            elif not isinstance(part.get("image_url"), dict) or not isinstance(part["image_url"].get("url"), str):
-                issues.add(
-                    _join(where, "image_url"), "invalid_content_part", "image_url must be an object with a 'url' string"
-                )
+            check_image_url_part(part, where, role, issues)
         else:
             issues.add(
                 _join(where, "type"),
@@ -331,6 +332,8 @@ def _check_gemini_parts(content: Any, path: str, issues: _Issues) -> None:
             issues.add(part_path, "invalid_type", f"part must be an object, got {_type_name(part)}")
         elif media is not None and not media_supported(media[1]):
             _refuse_media(media[1], _join(part_path, media[0]), issues)
+        elif media is not None:
+            check_gemini_media(part, media[0], part_path, str(content.get("role", "system")), issues)
         elif "text" not in part:
             issues.add(part_path, "unsupported_part", f"only text parts are supported, got keys {sorted(part)}")
         else:

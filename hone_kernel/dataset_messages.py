@@ -13,10 +13,42 @@ def _text(content) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
+def _has_image(content) -> bool:
+    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content)
+
+
+def _parts(content: list) -> list[dict]:
+    """Content parts as a vision model's chat template reads them: text and image_url parts, in order."""
+    return [
+        {"type": "image_url", "image_url": {"url": p["image_url"]["url"]}}
+        if p.get("type") == "image_url"
+        else {"type": "text", "text": p.get("text", "")}
+        for p in content
+        if isinstance(p, dict)
+    ]
+
+
+def _gemini_content(parts) -> str | list[dict]:
+    """A Gemini turn's parts: its text, or (with inlineData images) text and image_url parts in order."""
+    if not any(isinstance(p, dict) and ("inlineData" in p or "inline_data" in p) for p in parts or []):
+        return _text(parts)
+    out: list[dict] = []
+    for part in parts:
+        blob = part.get("inlineData", part.get("inline_data"))
+        if isinstance(blob, dict):
+            mime = blob.get("mimeType", blob.get("mime_type")) or ""
+            out.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{blob.get('data', '')}"}})
+        else:
+            out.append({"type": "text", "text": part.get("text", "")})
+    return out
+
+
 def clean_message(msg: dict) -> dict:
+    """A message without Hone's training keys; its content as text, or (when it holds images) as parts."""
     clean = {k: v for k, v in msg.items() if k != "weight"}
     if "content" in clean and not isinstance(clean["content"], (str, type(None))):
-        clean["content"] = _text(clean["content"])
+        content = clean["content"]
+        clean["content"] = _parts(content) if _has_image(content) else _text(content)
     if clean.get("content") is None:
         clean["content"] = ""
     return clean
@@ -35,7 +67,7 @@ def to_messages(row: dict, fmt: str) -> tuple[list[dict], list[bool], list | Non
             messages.append({"role": "system", "content": _text(system.get("parts"))})
         for turn in row["contents"]:
             role = "assistant" if turn["role"] == "model" else "user"
-            messages.append({"role": role, "content": _text(turn.get("parts"))})
+            messages.append({"role": role, "content": _gemini_content(turn.get("parts"))})
         # A prompt line's model turns are context, not answers: nothing of it is trained.
         trained = [fmt == "vertex_gemini" and m["role"] == "assistant" for m in messages]
         return messages, trained, None

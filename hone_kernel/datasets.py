@@ -104,6 +104,22 @@ class DatasetReport:
     lines: int
     errors: list[LineError] = field(default_factory=list)
     total_errors: int = 0
+    images: int = 0  # image parts in valid examples
+    image_examples: int = 0  # examples holding at least one
+    first_image: tuple[int, str] | None = None  # (line, field) of the first image
+    image_bytes: int = 0  # bytes of the file that are images (data URLs): token estimates leave them out
+
+    def media(self) -> dict[str, Any] | None:
+        """What the file holds besides text, as stored with it and shown in its `dataset` summary."""
+        if not self.images:
+            return None
+        assert self.first_image is not None  # counted with the images
+        line, path = self.first_image
+        return {
+            "images": self.images,
+            "image_examples": self.image_examples,
+            "first_image": {"line": line, "field": path},
+        }
 
     @property
     def ok(self) -> bool:
@@ -181,6 +197,10 @@ class DatasetValidator:
         self.examples = 0
         self.errors: list[LineError] = []
         self.total_errors = 0
+        self.images = 0
+        self.image_examples = 0
+        self.first_image: tuple[int, str] | None = None
+        self.image_bytes = 0
 
     def _error(self, line: int, path: str, code: str, message: str) -> None:
         self.total_errors += 1
@@ -226,7 +246,17 @@ class DatasetValidator:
         lines = self._line_no - 1
         if self.total_errors == 0 and self.examples == 0:
             self._error(1, "$", "empty_file", "file has no examples")
-        return DatasetReport(self.format, self.examples, lines, self.errors, self.total_errors)
+        return DatasetReport(
+            self.format,
+            self.examples,
+            lines,
+            self.errors,
+            self.total_errors,
+            self.images,
+            self.image_examples,
+            self.first_image,
+            self.image_bytes,
+        )
 
     def _line(self, raw: bytes) -> None:
         n = self._line_no
@@ -284,6 +314,11 @@ class DatasetValidator:
             self._error(n, path, code, message)
         if not issues.items:
             self.examples += 1
+            if issues.images:
+                self.images += issues.images
+                self.image_bytes += issues.image_bytes
+                self.image_examples += 1
+                self.first_image = self.first_image or (n, issues.first_image or "$")
 
 
 def validate_bytes(data: bytes, **kwargs) -> DatasetReport:

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,9 @@ def build_tokenizer():
     )
 
 
-def _current(target: Path) -> bool:
+def _current(target: Path, version: str = BUILD_VERSION) -> bool:
     marker = target / BUILD_MARKER
-    return (target / "config.json").exists() and marker.exists() and marker.read_text().strip() == BUILD_VERSION
+    return (target / "config.json").exists() and marker.exists() and marker.read_text().strip() == version
 
 
 def _umask() -> int:
@@ -116,44 +117,19 @@ def _umask() -> int:
     return mask
 
 
-def build(target: Path, seed: int = SEED) -> Path:
-    """Writes hone-tiny into `target` (atomically: a half-built folder is never visible)."""
+def publish(target: Path, version: str, make: Callable[[Path], None]) -> Path:
+    """Builds a model into `target` atomically: `make` writes it into a fresh folder beside it, which is renamed
+    in, so a half-built folder is never visible; a build of another version is replaced."""
     target = Path(target)
-    if _current(target):  # before importing torch: the control plane runs this before every engine start
+    if _current(target, version):
         return target
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".hone-tiny-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        tokenizer = build_tokenizer()
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
-            pad_token_id=tokenizer.pad_token_id,
-            **ARCHITECTURE,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaForCausalLM(config)
-            # The (tied) embeddings bound every logit; at the default 0.02 std no hidden state can make a token
-            # likely, and LoRA cannot train them. Pretrained models have norms like this one.
-            weight = model.get_input_embeddings().weight
-            assert isinstance(weight, torch.Tensor)  # an embedding's weight (a Parameter), not a submodule
-            weight.data.normal_(0.0, EMBEDDING_STD)
-        model.generation_config = GenerationConfig(
-            bos_token_id=config.bos_token_id,
-            eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id,
-            do_sample=False,
-        )
-        model.save_pretrained(work, safe_serialization=True)
-        tokenizer.save_pretrained(work)
-        (work / BUILD_MARKER).write_text(BUILD_VERSION)
-        if target.exists() and not _current(target):  # an older build: move it aside, then rename ours in
-            stale = Path(tempfile.mkdtemp(prefix=".hone-tiny-stale-", dir=target.parent))
+        make(work)
+        (work / BUILD_MARKER).write_text(version)
+        if target.exists() and not _current(target, version):  # an older build: move it aside, then rename ours in
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=target.parent))
             try:
                 os.rename(target, stale / "old")
             except OSError:
@@ -162,12 +138,68 @@ def build(target: Path, seed: int = SEED) -> Path:
         try:
             os.rename(work, target)
         except OSError:  # another process finished first; theirs is identical
-            if not _current(target):
+            if not _current(target, version):
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     os.chmod(target, 0o777 & ~_umask())  # mkdtemp made it 0700: the mode mkdir gives (0700 under `hone serve`)
     return target
+
+
+def text_config(tokenizer, **overrides: Any):
+    """hone-tiny's Llama configuration for `tokenizer` (hone-tiny-vision's language model is the same)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
+        pad_token_id=tokenizer.pad_token_id,
+        **(ARCHITECTURE | overrides),
+    )
+
+
+def spread_embeddings(model) -> None:
+    """The (tied) embeddings bound every logit; at the default 0.02 std no hidden state can make a token likely,
+    and LoRA cannot train them. Pretrained models have norms like this one."""
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)  # an embedding's weight (a Parameter), not a submodule
+    weight.data.normal_(0.0, EMBEDDING_STD)
+
+
+def generation_config(config):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        do_sample=False,
+    )
+
+
+def build(target: Path, seed: int = SEED) -> Path:
+    """Writes hone-tiny into `target` (atomically: a half-built folder is never visible)."""
+    if _current(Path(target)):  # before importing torch: the control plane runs this before every engine start
+        return Path(target)
+
+    def make(work: Path) -> None:
+        import torch
+        from transformers import LlamaForCausalLM
+
+        tokenizer = build_tokenizer()
+        config = text_config(tokenizer)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+            spread_embeddings(model)
+        model.generation_config = generation_config(config)
+        model.save_pretrained(work, safe_serialization=True)
+        tokenizer.save_pretrained(work)
+
+    return publish(target, BUILD_VERSION, make)
 
 
 if __name__ == "__main__":  # `python -m hone_kernel.tiny_model DIR`: how the control plane builds it for serving

@@ -236,6 +236,9 @@ class TrainSpec:
     wandb_base_url: str | None = None
     reinforcement: Reinforcement | None = None  # method "reinforcement" only
     distillation: Distillation | None = None  # method "distillation" only
+    # A vision base model's LoRA also adapts its vision tower and projector (the base model registry's choice);
+    # by default only its language model, as vLLM serves adapters
+    lora_vision_tower: bool = False
     # How many processes train it; each checks WORLD_SIZE against it (a launcher that started too few fails fast)
     resources: Resources = field(default_factory=Resources)
     contract_version: int = CONTRACT_VERSION  # required in spec.json: see from_json

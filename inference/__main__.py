@@ -4,6 +4,7 @@ names so one launcher builds either command line. Unknown flags are an error."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -33,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="required on /v1 routes (default: $VLLM_API_KEY, as vLLM)",
     )
     p.add_argument("--chat-template", default=None, help="Jinja file or inline template for base requests")
+    p.add_argument(
+        "--limit-mm-per-prompt",
+        type=_limits,
+        default={},
+        help="images a request may hold, as vLLM: '{\"image\": 10}' (a vision model; default 10)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     args = p.parse_args(argv)
@@ -45,6 +52,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_model_len is not None and args.max_model_len < 2:
         p.error("--max-model-len must be at least 2")
     return args
+
+
+def _limits(value: str) -> dict[str, int]:
+    try:
+        limits = json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {value!r}") from None
+    if (
+        not isinstance(limits, dict)
+        or set(limits) - {"image"}
+        or not all(isinstance(v, int) and v >= 0 for v in limits.values())
+    ):
+        raise argparse.ArgumentTypeError('expected {"image": N}: the built-in engine reads images, no other media')
+    return limits
 
 
 def _template(value: str | None) -> str | None:
@@ -80,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         max_cpu_loras=args.max_cpu_loras,
         max_lora_rank=args.max_lora_rank,
         chat_template=_template(args.chat_template),
+        images_per_prompt=args.limit_mm_per_prompt.get("image", 10),
     )
     app = create_app(ServingModels(engine, served, args.model), api_key=args.api_key, allow_runtime_lora=runtime_lora)
     log.info(

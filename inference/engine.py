@@ -64,8 +64,11 @@ class Engine:
         max_cpu_loras: int | None = None,
         max_lora_rank: int = 16,
         chat_template: str | None = None,
+        images_per_prompt: int = 10,
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+        from hone_kernel.vision import VisionInputs, is_vision_model
 
         self.model_path = model
         self.enable_lora = enable_lora
@@ -76,9 +79,14 @@ class Engine:
         self.dtype = self._pick_dtype(dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         # transformers declares .to() through functools.wraps(nn.Module.to), whose type loses the bound self
-        loaded = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype)
+        # A vision model: its processor turns image parts into pixels and token runs (hone_kernel.vision, as training)
+        self.vision = VisionInputs(model) if is_vision_model(model) else None
+        self.images_per_prompt = images_per_prompt if self.vision else 0
+        loader = AutoModelForImageTextToText if self.vision else AutoModelForCausalLM
+        loaded = loader.from_pretrained(model, dtype=self.dtype)
         self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
-        self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        text_config = self.model.config.get_text_config()
+        self.max_model_len = max_model_len or int(getattr(text_config, "max_position_embeddings", 0) or 2048)
         self.eos_token_id = self.tokenizer.eos_token_id
         self.defaults, self.base_profile = model_serving(
             Path(model), self.eos_token_id, self.tokenizer.chat_template, chat_template
@@ -343,7 +351,9 @@ class Engine:
             prefill = past is None
             if prefill:
                 self.metrics.scheduled(len(prompt))
-            out = self.model(input_ids=next_input, past_key_values=past, use_cache=True)
+            pixels = job.pixel_values.to(self.device, self.dtype) if prefill and job.pixel_values is not None else None
+            images = {"pixel_values": pixels} if pixels is not None else {}  # their features fill the image tokens
+            out = self.model(input_ids=next_input, past_key_values=past, use_cache=True, **images)
             past = out.past_key_values
             logits = out.logits[0, -1]
             if constraint is not None:

@@ -136,13 +136,13 @@ class Fetcher:
 def prepare_once(root: Path, source: str, name: str) -> Path:
     """The init container's job: the engine's weights complete in ROOT/NAME (built-in models built there)."""
     if source.startswith("builtin:"):
-        model = source.split(":", 1)[1]
-        if model != "hone-tiny":
-            raise FetchError(400, f"unknown built-in model {model!r}")
-        from hone_kernel.tiny_model import build  # the inference image carries the trainer's code; build is atomic
+        # the inference image carries the trainer's code; builds are atomic
+        from hone_kernel.builtin_models import UnknownBuiltin, build
 
-        target = build(root / name)
-        return Path(target)
+        try:
+            return Path(build(source.split(":", 1)[1], root / name))
+        except UnknownBuiltin as exc:
+            raise FetchError(400, str(exc)) from exc
     return Path(Fetcher(root).fetch(source, name)["path"])
 
 

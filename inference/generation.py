@@ -68,6 +68,7 @@ class GenerationJob:
     adapter_path: str | None = None  # to reload an evicted adapter
     adapter_name: str | None = None  # for the LoRA metric labels
     grammar: Any = None  # an xgrammar grammar every answer is held to (response_format: hone_kernel/structured.py)
+    pixel_values: Any = None  # a vision model's prompt images, in the order of their token runs (hone_kernel.vision)
     emit: Callable[[Any], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrival: float = field(default_factory=time.monotonic)

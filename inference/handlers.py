@@ -8,10 +8,12 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
+from hone_kernel.images import OPENAI_LIMITS, ImageError, image_source
 from hone_kernel.output_format import FormatError
 from hone_kernel.output_format import parse as parse_output_format
+from hone_kernel.vision import load_image
 from inference import VLLM_PROTOCOL_VERSION
 from inference.adapters import ServingProfile
 from inference.errors import bad_request
@@ -75,6 +77,47 @@ class OpenAIHandlers:
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def _images(self, messages: list[dict]) -> list:
+        """The image parts of a chat request, decoded and checked as training data is (hone_kernel.vision); 400 for a
+        text-only model, too many images, or one that is not a data URL of a JPEG, PNG, WEBP or GIF."""
+        found = [
+            (f"messages[{i}].content[{j}].image_url", part.get("image_url"))
+            for i, message in enumerate(messages)
+            if isinstance(message.get("content"), list)
+            for j, part in enumerate(message["content"])
+            if isinstance(part, dict) and part.get("type") == "image_url"
+        ]
+        if not found:
+            return []
+        if self.engine.vision is None:
+            raise bad_request("This model reads text only; it cannot take image_url content parts.", found[0][0])
+        if len(found) > self.engine.images_per_prompt:
+            raise bad_request(
+                f"At most {self.engine.images_per_prompt} image(s) may be provided in one prompt.", found[-1][0]
+            )
+        images = []
+        for where, spec in found:
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            try:
+                if isinstance(url, str) and image_source(url) != "data":
+                    raise ImageError("unsupported_image_source", image_source(url))
+                images.append(load_image(url, OPENAI_LIMITS))
+            except ImageError as e:
+                raise bad_request(f"{where}.url: {e}", f"{where}.url") from e
+        return images
+
+    def chat_prompt(self, text: str, add_special_tokens: bool, messages: list[dict]) -> tuple[list[int], Any]:
+        """A rendered chat's token ids, each image's token expanded to its run, and the images' pixels (None without)."""
+        ids = self.encode(text, add_special_tokens)
+        images = self._images(messages)
+        if self.engine.vision is None:
+            return ids, None
+        try:
+            rendered = self.engine.vision.render(ids, images)
+        except ImageError as e:
+            raise bad_request(str(e), "messages") from e
+        return rendered.input_ids, rendered.pixel_values
 
     def _check_length(self, prompt_len: int, max_tokens: int | None) -> None:
         limit = self.engine.max_model_len
@@ -161,11 +204,13 @@ class OpenAIHandlers:
             tools=body.tools,
             template_kwargs=body.chat_template_kwargs,
         )
-        prompt = self.encode(text, body.add_special_tokens)
+        prompt, pixels = self.chat_prompt(text, body.add_special_tokens, body.messages)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         self._check_length(len(prompt), requested)
         max_tokens = requested if requested is not None else self.engine.max_model_len - len(prompt)
-        return self._job(entry, [prompt], self._sampling(body, max_tokens), body.n), self._model_name(entry)
+        job = self._job(entry, [prompt], self._sampling(body, max_tokens), body.n)
+        job.pixel_values = pixels
+        return job, self._model_name(entry)
 
     async def chat(self, body: ChatCompletionRequest, request_id: str) -> dict | AsyncIterator[str]:
         job, model = self.prepare_chat(body)
@@ -360,9 +405,9 @@ class OpenAIHandlers:
                 tools=body.tools,
                 template_kwargs=body.chat_template_kwargs,
             )
+            tokens, _ = self.chat_prompt(text, body.add_special_tokens, body.messages)  # image runs expanded, as vLLM
         else:
-            text = body.prompt
-        tokens = self.encode(text, body.add_special_tokens)
+            tokens = self.encode(body.prompt, body.add_special_tokens)
         strs = self.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
         return {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens, "token_strs": strs}
 

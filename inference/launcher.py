@@ -4,6 +4,7 @@ with the same flags. Pure Python: importing this never imports torch."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def engine_command(
     python: str = sys.executable,
     tensor_parallel_size: int = 1,
     pipeline_parallel_size: int = 1,
+    images_per_prompt: int = 0,
 ) -> EngineLaunch:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -89,6 +91,8 @@ def engine_command(
         flags += ["--tensor-parallel-size", str(tensor_parallel_size)]
     if pipeline_parallel_size > 1:
         flags += ["--pipeline-parallel-size", str(pipeline_parallel_size)]
+    if images_per_prompt:  # a vision model: images a request may hold (vLLM's flag; the built-in engine takes it too)
+        flags += ["--limit-mm-per-prompt", json.dumps({"image": images_per_prompt})]
     if engine == "vllm":
         # One API server only: vLLM 0.33 refuses runtime LoRA updating with --api-server-count > 1, and the
         # adapter registry is per API-server process anyway.

@@ -17,6 +17,7 @@ from service.db.tables import RegisteredBaseModel
 from service.errors import NAME_CHARS, ErrorCode, InvalidRequest, NotFound, PermissionDenied, excerpt
 
 TINY_MODEL = "hone-tiny"
+TINY_VISION_MODEL = "hone-tiny-vision"
 # Fixed so that /v1/models answers the same on every start.
 _REGISTERED_AT = 1767225600  # 2026-01-01
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
@@ -60,6 +61,8 @@ class TrainingDefaults:
     max_grad_norm: float = 1.0
     # The control plane has no tokenizer: a file's tokens are estimated from its bytes (JSON keys included).
     bytes_per_token: float = 4.5
+    # ...and each image as this many tokens (a vision model's run per image: LLaVA-1.5's 576 at 336 pixels)
+    image_tokens: int = 576
 
     @classmethod
     def with_overrides(cls, values: dict[str, Any] | None, base: TrainingDefaults | None = None) -> TrainingDefaults:
@@ -94,6 +97,11 @@ TINY_DEFAULTS = TrainingDefaults(
 )
 
 
+# hone-tiny-vision's language model is hone-tiny's, and learns from scratch as it does; each example carries 16
+# image tokens more. Measured by tests/test_vision.py's task (coloured shapes): see the README's Vision section.
+TINY_VISION_DEFAULTS = replace(TINY_DEFAULTS, image_tokens=16)
+
+
 @dataclass(frozen=True)
 class BaseModel:
     name: str
@@ -106,6 +114,10 @@ class BaseModel:
     # many nvidia.com/gpu). The built-in engine runs on one CPU process and cannot: endpoints refuse it there.
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    # Reads images (an image-text model: training data and requests may hold image parts), and whether its LoRA
+    # adapts the vision tower and projector too (by default the language model only, as vLLM serves adapters)
+    vision: bool = False
+    lora_vision_tower: bool = False
 
     @property
     def serving_devices(self) -> int:
@@ -122,7 +134,18 @@ def builtin_cannot_split(base: BaseModel) -> str:
 
 
 _PARALLEL = ("tensor_parallel_size", "pipeline_parallel_size")
-_ENTRY_KEYS = {"source", "training", *_PARALLEL}
+_FLAGS = ("vision", "lora_vision_tower")
+_ENTRY_KEYS = {"source", "training", *_PARALLEL, *_FLAGS}
+
+
+def _flags(name: str, entry: dict) -> dict[str, bool]:
+    flags = {key: entry.get(key, False) for key in _FLAGS}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"HONE_BASE_MODELS[{name!r}].{key} must be true or false, got {value!r}")
+    if flags["lora_vision_tower"] and not flags["vision"]:
+        raise ValueError(f"HONE_BASE_MODELS[{name!r}].lora_vision_tower needs vision: true")
+    return flags
 
 
 def _parallel(name: str, entry: dict) -> tuple[int, int]:
@@ -144,7 +167,14 @@ def _parallel(name: str, entry: dict) -> tuple[int, int]:
 class BaseModelRegistry:
     def __init__(self, configured: dict[str, str | dict], db: Database | None = None):
         self._static = {
-            TINY_MODEL: BaseModel(TINY_MODEL, "builtin:hone-tiny", origin="builtin", training=TINY_DEFAULTS)
+            TINY_MODEL: BaseModel(TINY_MODEL, "builtin:hone-tiny", origin="builtin", training=TINY_DEFAULTS),
+            TINY_VISION_MODEL: BaseModel(
+                TINY_VISION_MODEL,
+                "builtin:hone-tiny-vision",
+                origin="builtin",
+                training=TINY_VISION_DEFAULTS,
+                vision=True,
+            ),
         }
         for name, entry in configured.items():
             # "name": "source", or "name": {"source": ..., "training": {<TrainingDefaults field>: value},
@@ -155,7 +185,12 @@ class BaseModelRegistry:
                 training = TrainingDefaults.with_overrides(entry.get("training"))
                 tp, pp = _parallel(name, entry)
                 self._static[name] = BaseModel(
-                    name, entry["source"], training=training, tensor_parallel_size=tp, pipeline_parallel_size=pp
+                    name,
+                    entry["source"],
+                    training=training,
+                    tensor_parallel_size=tp,
+                    pipeline_parallel_size=pp,
+                    **_flags(name, entry),
                 )
             else:
                 self._static[name] = BaseModel(name, entry)
@@ -240,4 +275,6 @@ class BaseModelRegistry:
             "origin": model.origin,
             "tensor_parallel_size": model.tensor_parallel_size,
             "pipeline_parallel_size": model.pipeline_parallel_size,
+            "vision": model.vision,
+            "lora_vision_tower": model.lora_vision_tower,
         }

@@ -89,6 +89,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_HYPERPARAMETER = "unsupported_hyperparameter"
     UNSUPPORTED_METHOD = "unsupported_method"
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    UNSUPPORTED_MEDIA = "unsupported_media"
     UNSUPPORTED_PART = "unsupported_part"
     UNSUPPORTED_TUNING_SPEC = "unsupported_tuning_spec"
     WAKING = "waking"

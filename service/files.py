@@ -48,6 +48,8 @@ def file_api(f: File) -> dict:
         body["status_details"] = f.status_details
     if f.purpose == "fine-tune":  # Hone extension: what validation found, as data
         body["dataset"] = {"format": f.dataset_format, "examples": f.example_count}
+        if f.dataset_media:
+            body["dataset"] |= {k: f.dataset_media[k] for k in ("images", "image_examples")}
         if f.validation_errors:
             body["dataset"] |= {"errors": f.validation_errors["errors"], "total_errors": f.validation_errors["total"]}
     return body
@@ -239,6 +241,7 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
         report = upload.validator.finish()
         row.dataset_format = report.format.value if report.format else None
         row.example_count = report.examples
+        row.dataset_media = report.media()
         if not report.ok:
             row.status, row.status_details = "error", f"Invalid file format: {report.summary()}"
             row.validation_errors = _validation_errors(report)
@@ -295,6 +298,7 @@ def import_fine_tune_file(
         sha256=sha.hexdigest(),
         dataset_format=report.format.value if report.format else None,
         example_count=report.examples,
+        dataset_media=report.media(),
     )
     _insert_stored(ctx, row)
     return row

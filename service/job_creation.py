@@ -22,6 +22,7 @@ from service import (
     training_plan,
 )
 from service.auth import ProjectPrincipal
+from service.base_models import BaseModel, BaseModelRegistry
 from service.context import AppContext
 from service.datasets import FORMAT_LABELS, DatasetFormat, methods_for, too_few_examples
 from service.db.plain import PlainConnection
@@ -75,12 +76,25 @@ _NEEDS = {
 
 # What _check_file reads, as plain rows through a statement built once (see FixedPages for why).
 _FILE_FOR_JOB = select(
-    File.purpose, File.status, File.status_details, File.validation_errors, File.dataset_format, File.example_count
+    File.purpose,
+    File.status,
+    File.status_details,
+    File.validation_errors,
+    File.dataset_format,
+    File.example_count,
+    File.dataset_media,
 ).where(File.id == bindparam("file_id"), File.project_id == bindparam("project_id"))
 
 
 def _check_file(
-    conn: Connection, principal: ProjectPrincipal, file_id: str, param: str, method_type: str, min_examples: int
+    conn: Connection,
+    principal: ProjectPrincipal,
+    file_id: str,
+    param: str,
+    method_type: str,
+    min_examples: int,
+    base: BaseModel | None,
+    registry: BaseModelRegistry,
 ) -> None:
     code = f"invalid_{param}"
     row = conn.execute(_FILE_FOR_JOB, {"file_id": file_id, "project_id": principal.project_id}).first()
@@ -122,6 +136,34 @@ def _check_file(
     too_few = too_few_examples(row.example_count, min_examples)  # the rule `hone files validate` applies offline
     if too_few:
         raise InvalidRequest(too_few, param=param, code=ErrorCode.INVALID_N_EXAMPLES)
+    if row.dataset_media:
+        _check_images(row.dataset_media, file_id, param, method_type, base, registry)
+
+
+def _check_images(
+    media: dict, file_id: str, param: str, method_type: str, base: BaseModel | None, registry: BaseModelRegistry
+) -> None:
+    """A file with images trains a vision model, with the supervised method (the one that reads them)."""
+    first = media["first_image"]
+    where = f"line {first['line']}, field {first['field']}"
+    if base is None or not base.vision:
+        vision = ", ".join(m.name for m in registry.all() if m.vision)
+        raise InvalidRequest(
+            f"invalid {param}: {file_id} holds {media['images']} image(s) (the first at {where}), but base model "
+            f"{base.name if base else '(unknown)'} reads text only; tune a vision model ({vision}) or remove "
+            "the images.",
+            param=param,
+            code=ErrorCode.UNSUPPORTED_MEDIA,
+            extra={"line": first["line"], "field": first["field"]},
+        )
+    if method_type not in ("supervised",):
+        raise InvalidRequest(
+            f"invalid {param}: {file_id} holds images (the first at {where}); the '{method_type}' method trains on "
+            "text only, and images train with the 'supervised' method.",
+            param=param,
+            code=ErrorCode.UNSUPPORTED_MEDIA,
+            extra={"line": first["line"], "field": first["field"]},
+        )
 
 
 def _resolve_base_model(
@@ -253,19 +295,21 @@ def _insert_job(
         values = _job_values(principal, body, method, vertex_spec, base_model=body.model, parent=None)
         events = _first_events(values, parent=None)
         minimum = ctx.settings.files.min_training_examples
+        base = ctx.base_models.get(body.model)
+        images = base is not None and base.vision and method["type"] == "supervised"  # what _check_images allows
         if ctx.db.is_sqlite:
             with ctx.db.write_connection() as conn:
                 # Straight through sqlite3, inside the transaction: SQLAlchemy's execution of each statement cost
                 # more than SQLite's.
                 plain = ctx.db.plain(conn)
-                seq = job_insert.insert_job_row(plain, _columns(values), method["type"], minimum)
+                seq = job_insert.insert_job_row(plain, _columns(values), method["type"], minimum, images)
                 if seq is None:  # refused: the checks say why (or, should a file pass them, insert it now)
-                    _check_files(ctx, conn, principal, body, method)
+                    _check_files(ctx, conn, principal, body, method, body.model)
                     seq = conn.execute(_INSERT_JOB, _columns(values)).scalar_one()
                 return _insert_children(plain, seq, values, events)
         # PostgreSQL: one statement (service/job_insert.py). When it refuses, the transaction below says why.
         with ctx.db.plain_statements() as plain:  # autocommit: the statement is its own transaction
-            seq = job_insert.insert_job(plain, _columns(values), method["type"], minimum, events)
+            seq = job_insert.insert_job(plain, _columns(values), method["type"], minimum, events, images)
         if seq is not None:
             return Job(seq=seq, **values)
     with ctx.db.write() as session:
@@ -276,7 +320,7 @@ def _insert_job(
         base_model, parent = _resolve_base_model(ctx, session, principal, body.model)
         if parent is not None:
             method = _inherit_shape(method, parent, body.model)
-        _check_files(ctx, session.connection(), principal, body, method)
+        _check_files(ctx, session.connection(), principal, body, method, base_model)
         values = _job_values(principal, body, method, vertex_spec, base_model=base_model, parent=parent)
         values["evaluation"] = job_evaluation.plan(ctx, session, principal, body, method, base_model, values["seed"])
         if values["evaluation"] is not None and evaluation_extra:
@@ -292,12 +336,18 @@ def _insert_job(
 
 
 def _check_files(
-    ctx: AppContext, conn: Connection, principal: ProjectPrincipal, body: CreateFineTuningJob, method: dict
+    ctx: AppContext,
+    conn: Connection,
+    principal: ProjectPrincipal,
+    body: CreateFineTuningJob,
+    method: dict,
+    base_model: str,
 ) -> None:
     minimum = ctx.settings.files.min_training_examples
-    _check_file(conn, principal, body.training_file, "training_file", method["type"], minimum)
+    base, registry = ctx.base_models.get(base_model), ctx.base_models
+    _check_file(conn, principal, body.training_file, "training_file", method["type"], minimum, base, registry)
     if body.validation_file is not None:
-        _check_file(conn, principal, body.validation_file, "validation_file", method["type"], 1)
+        _check_file(conn, principal, body.validation_file, "validation_file", method["type"], 1, base, registry)
 
 
 def _insert_children(conn: Connection | PlainConnection, seq: int, values: dict, events: list[tuple[str, str]]) -> Job:

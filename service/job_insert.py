@@ -38,9 +38,10 @@ def formats_for(method_type: str) -> tuple[str, ...]:
     return tuple(sorted(fmt.value for fmt in DatasetFormat if method_type in methods_for(fmt)))
 
 
-def _usable(file_param: str, min_examples: ColumnElement, formats: tuple[str, ...]):
-    """The file is the project's, a processed fine-tune file of a format the method takes, with enough examples:
-    the conditions service.job_creation._check_file refuses one for, in SQL."""
+def _usable(file_param: str, min_examples: ColumnElement, formats: tuple[str, ...], images: bool):
+    """The file is the project's, a processed fine-tune file of a format the method takes, with enough examples,
+    and no images unless the job trains on them: the conditions service.job_creation._check_file refuses one for,
+    in SQL."""
     return exists().where(
         File.id == bindparam(file_param),
         File.project_id == bindparam("check_project_id"),
@@ -48,11 +49,12 @@ def _usable(file_param: str, min_examples: ColumnElement, formats: tuple[str, ..
         File.status == "processed",
         or_(*(File.dataset_format == fmt for fmt in formats)),
         func.coalesce(File.example_count, 0) >= min_examples,
+        *(() if images else (File.dataset_media.is_(None),)),
     )
 
 
 @cache
-def _job_insert(columns: tuple[str, ...], formats: tuple[str, ...], typed: bool) -> ReturningInsert:
+def _job_insert(columns: tuple[str, ...], formats: tuple[str, ...], typed: bool, images: bool) -> ReturningInsert:
     """Built once per set of job columns and of formats (a statement built per request is walked for its cache key
     each time). `typed`: each value CAST to its column's type, as PostgreSQL needs in an INSERT ... SELECT (a NULL
     or JSON parameter would come as text); never on SQLite, where CAST(... AS JSON) means a number."""
@@ -64,10 +66,11 @@ def _job_insert(columns: tuple[str, ...], formats: tuple[str, ...], typed: bool)
         .from_select(
             list(columns),
             select(*values).where(
-                _usable("check_training_file", bindparam("min_training_examples", type_=Integer), formats),
+                _usable("check_training_file", bindparam("min_training_examples", type_=Integer), formats, images),
                 or_(
                     bindparam("check_validation_file", type_=String).is_(None),
-                    _usable("check_validation_file", literal(1), formats),  # a validation file needs one example
+                    # a validation file needs one example
+                    _usable("check_validation_file", literal(1), formats, images),
                 ),
             ),
         )
@@ -76,9 +79,9 @@ def _job_insert(columns: tuple[str, ...], formats: tuple[str, ...], typed: bool)
 
 
 @cache
-def _statement(columns: tuple[str, ...], formats: tuple[str, ...]) -> Select:
+def _statement(columns: tuple[str, ...], formats: tuple[str, ...], images: bool) -> Select:
     """PostgreSQL's: the job, then its events and metadata from the job's row."""
-    job = _job_insert(columns, formats, True).cte("new_job")
+    job = _job_insert(columns, formats, True, images).cte("new_job")
     events = (
         insert(_EVENTS)
         .from_select(
@@ -120,11 +123,16 @@ def _check_params(values: dict[str, Any], min_training_examples: int) -> dict[st
 
 
 def insert_job(
-    conn, values: dict[str, Any], method_type: str, min_training_examples: int, events: list[tuple[str, str]]
+    conn,
+    values: dict[str, Any],
+    method_type: str,
+    min_training_examples: int,
+    events: list[tuple[str, str]],
+    images: bool = False,
 ) -> int | None:
     """PostgreSQL: the new job's seq, or None when a check refused it (nothing written). `values` are the jobs row's
     columns; `events` are the (id, message) of its first events; `min_training_examples` as
-    service.job_creation."""
+    service.job_creation; `images`: files may hold images (a vision model's supervised job)."""
     metadata = values.get("metadata") or {}
     params = {
         **_check_params(values, min_training_examples),
@@ -133,11 +141,13 @@ def insert_job(
         "metadata_keys": list(metadata),
         "metadata_values": list(metadata.values()),
     }
-    return conn.execute(_statement(tuple(values), formats_for(method_type)), params).scalar_one_or_none()
+    return conn.execute(_statement(tuple(values), formats_for(method_type), images), params).scalar_one_or_none()
 
 
-def insert_job_row(conn, values: dict[str, Any], method_type: str, min_training_examples: int) -> int | None:
+def insert_job_row(
+    conn, values: dict[str, Any], method_type: str, min_training_examples: int, images: bool = False
+) -> int | None:
     """SQLite: the job's row alone (no events, no metadata), inside the caller's transaction; its seq, or None when a
     check refused it."""
-    stmt = _job_insert(tuple(values), formats_for(method_type), False)
+    stmt = _job_insert(tuple(values), formats_for(method_type), False, images)
     return conn.execute(stmt, _check_params(values, min_training_examples)).scalar_one_or_none()

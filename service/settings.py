@@ -181,6 +181,8 @@ class ServingSettings(BaseSettings):
     engine_devices: str | None = None
     endpoint_poll_s: float = 1.0  # how often endpoints are reconciled and engines health-checked
     max_deploy_attempts: int = 5  # deploy attempts failing in a row before an endpoint is marked failed
+    # Images one request may hold, for a vision model's engines (vLLM's --limit-mm-per-prompt): OpenAI's per example
+    max_images_per_request: int = Field(default=10, ge=1, le=100)
     parity_samples: int = 4  # training rows checked through the serving path before an endpoint is ready
     adapter_cache_dir: Path | None = None  # local copies of served weights; default: data_dir/adapters
     gateway_timeout_s: float = 600.0

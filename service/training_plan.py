@@ -34,8 +34,12 @@ class DatasetShape:
     def of(cls, file: File, defaults: TrainingDefaults, held_out: int = 0) -> DatasetShape:
         """`held_out`: examples the job does not train on (its evaluation's), left out of the count."""
         examples = max(1, file.example_count or 1)
-        mean = max(1.0, (file.bytes or 0) / examples / defaults.bytes_per_token)
-        return cls(max(1, examples - held_out), mean)
+        media = file.dataset_media or {}
+        # An image is not its bytes' worth of tokens: its data URL is left out, and it counts as the model's run of
+        # image tokens instead.
+        text_bytes = (file.bytes or 0) - media.get("image_bytes", 0)
+        tokens = text_bytes / defaults.bytes_per_token + media.get("images", 0) * defaults.image_tokens
+        return cls(max(1, examples - held_out), max(1.0, tokens / examples))
 
 
 def auto_batch_size(shape: DatasetShape, d: TrainingDefaults) -> int:
@@ -229,6 +233,7 @@ def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, mo
         control_plane_timeout_s=2 * settings.training.trainer_stall_timeout_s,
         checkpoint_interval_steps=settings.training.checkpoint_interval_steps,
         init_weights_prefix=job.parent_prefix,
+        lora_vision_tower=bool(base and base.lora_vision_tower),
         resources=job_resources.of_job(job.resources),
         reinforcement=reinforcement.trainer_section(job.method, settings.graders) if rl else None,
         eval_interval=reinforcement.eval_interval(job.method) if rl else 0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,8 @@ class MicroBatch:
     position_ids: torch.Tensor
     attention_mask: torch.Tensor | None  # only for unpacked (padded) rows
     tokens: int  # real tokens (not padding)
+    # A vision model's images, in the order of their token runs row by row (each run's features replace it)
+    pixel_values: torch.Tensor | None = None
 
     @property
     def targets(self) -> int:
@@ -66,7 +69,11 @@ def _rows_packed(examples: list[Example], capacity: int) -> list[list[Example]]:
     return rows
 
 
-def _tensorize(rows: list[list[Example]], pad_id: int, packed: bool) -> MicroBatch:
+# A vision model's pixels of a list of images (data URLs): hone_kernel.vision, as the engine makes them
+Pixels = Callable[[list[str]], torch.Tensor]
+
+
+def _tensorize(rows: list[list[Example]], pad_id: int, packed: bool, pixels: Pixels | None = None) -> MicroBatch:
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
     ids, labels, positions, mask = [], [], [], []
     tokens = 0
@@ -86,10 +93,22 @@ def _tensorize(rows: list[list[Example]], pad_id: int, packed: bool) -> MicroBat
         positions.append(r_pos + list(range(pad)))  # padding is its own "sequence": it attends to nothing real
         mask.append([1] * used + [0] * pad)
     as_long = lambda rows_: torch.tensor(rows_, dtype=torch.long)  # noqa: E731
-    return MicroBatch(as_long(ids), as_long(labels), as_long(positions), None if packed else as_long(mask), tokens)
+    images = [url for row in rows for ex in row for url in ex.images]
+    if images and pixels is None:
+        raise ValueError("examples with images need the model's image processor")
+    return MicroBatch(
+        as_long(ids),
+        as_long(labels),
+        as_long(positions),
+        None if packed else as_long(mask),
+        tokens,
+        pixels(images) if images and pixels is not None else None,
+    )
 
 
-def micro_batches(examples: list[Example], *, packing: bool, token_budget: int, pad_id: int) -> list[MicroBatch]:
+def micro_batches(
+    examples: list[Example], *, packing: bool, token_budget: int, pad_id: int, pixels: Pixels | None = None
+) -> list[MicroBatch]:
     """Lays out one optimizer step as micro-batches of at most ~token_budget (padded) tokens each.
 
     Packed rows hold at most as many tokens as the step's longest example: padding mostly disappears,
@@ -103,9 +122,9 @@ def micro_batches(examples: list[Example], *, packing: bool, token_budget: int, 
         candidate = current + [row]
         width = max(sum(len(e.input_ids) for e in r) for r in candidate)
         if current and width * len(candidate) > token_budget:
-            out.append(_tensorize(current, pad_id, packing))
+            out.append(_tensorize(current, pad_id, packing, pixels))
             candidate = [row]
         current = candidate
     if current:
-        out.append(_tensorize(current, pad_id, packing))
+        out.append(_tensorize(current, pad_id, packing, pixels))
     return out

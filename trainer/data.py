@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hone_kernel.dataset_messages import clean_message, to_messages
 from hone_kernel.dataset_prompts import prompt_messages
+from hone_kernel.images import OPENAI_LIMITS, ImageError
+from hone_kernel.vision import image_urls, load_image
+
+if TYPE_CHECKING:
+    from hone_kernel.vision import VisionInputs
 
 CHAT_FORMATS = {"openai_chat", "vertex_gemini", "vertex_legacy", "pairs"}
 SUPERVISED_FORMATS = CHAT_FORMATS | {"prompt_completion", "raw_text"}
@@ -22,6 +28,10 @@ PROMPT_FORMATS = {"openai_preference", "openai_reinforcement", "vertex_prompts"}
 class Example:
     input_ids: list[int]
     loss_mask: list[bool]  # True where the token is a training target
+    # A vision model's example: its images' data URLs, in the order of their token runs (each image's tokens are
+    # in input_ids, expanded: hone_kernel.vision), decoded again when a micro-batch is laid out
+    images: list[str] = field(default_factory=list)
+    image_spans: list[tuple[int, int]] = field(default_factory=list)  # each image's run: (first token, tokens)
 
     @property
     def target_tokens(self) -> int:
@@ -71,11 +81,38 @@ def _encode(tokenizer, text: str, spans: list[tuple[int, int]], *, add_special_t
     return Example(list(enc["input_ids"]), mask)
 
 
+def vision_of(tokenizer) -> VisionInputs | None:
+    """A vision model's inputs, which trainer.modeling.load_base hangs on its tokenizer (every data path is handed
+    the tokenizer, as transformers' processors hold theirs)."""
+    return getattr(tokenizer, "hone_vision", None)
+
+
+def with_images(tokenizer, example: Example, messages: list[dict]) -> Example:
+    """The example with its images' token runs expanded (a vision model), or refused (a text model)."""
+    urls = image_urls(messages)
+    if not urls:
+        return example
+    vision = vision_of(tokenizer)
+    if vision is None:
+        raise DataError("the line holds images, and this base model reads text only")
+    try:
+        images = [load_image(url, OPENAI_LIMITS) for url in urls]
+        counts = vision.tokens_per_image(images)
+        ids, mask = vision.expand(example.input_ids, counts, example.loss_mask)
+    except ImageError as exc:
+        raise DataError(str(exc)) from exc
+    starts, shift = [], 0
+    for i in (i for i, token in enumerate(example.input_ids) if token == vision.image_token_id):
+        starts.append(i + shift)
+        shift += counts[len(starts) - 1] - 1
+    return Example(ids, mask, urls, list(zip(starts, counts)))
+
+
 def encode_row(tokenizer, row: dict, fmt: str) -> Example:
     if fmt in CHAT_FORMATS:
         messages, trained, tools = to_messages(row, fmt)
         text, spans = _chat_spans(tokenizer, messages, trained, tools)
-        return _encode(tokenizer, text, spans, add_special_tokens=False)
+        return with_images(tokenizer, _encode(tokenizer, text, spans, add_special_tokens=False), messages)
     eos = tokenizer.eos_token or ""
     if fmt == "prompt_completion":
         prompt = row["prompt"]
@@ -106,7 +143,14 @@ def encode_preference(tokenizer, row: dict) -> tuple[Example, Example]:
 def _truncate(example: Example, max_length: int) -> tuple[Example, bool]:
     if len(example.input_ids) <= max_length:  # truncated from the end, like OpenAI
         return example, False
-    return Example(example.input_ids[:max_length], example.loss_mask[:max_length]), True
+    cut, kept = max_length, 0
+    for start, count in example.image_spans:  # an image's run is kept whole or not at all: its features fill it
+        if start + count > max_length:
+            cut = start
+            break
+        kept += 1
+    ids, mask = example.input_ids[:cut], example.loss_mask[:cut]
+    return Example(ids, mask, example.images[:kept], example.image_spans[:kept]), True
 
 
 def tokenize_preferences(

@@ -22,7 +22,7 @@ from trainer.data import Example
 from trainer.distributed import PreferenceMargins, PreferenceStep, SupervisedStep, whole
 from trainer.failures import Diverged, FatalError
 from trainer.flops import live_figures, peak_flops
-from trainer.modeling import ModelLoadError, device, load_base, tunable
+from trainer.modeling import ModelLoadError, device, load_base, pixels_of, tunable
 from trainer.reporting import Reporter, main_thread
 from trainer.wandb_log import WandbLog
 from trainer.world import World
@@ -77,13 +77,20 @@ class Run:
         torch.manual_seed(spec.seed)
         self._flops_shape = (
             quantization.parameter_count(base),  # a 4-bit weight counts as the one it stands for
-            getattr(base.config, "num_hidden_layers", 0),
-            getattr(base.config, "hidden_size", 0),
+            getattr(base.config.get_text_config(), "num_hidden_layers", 0),  # a vision model's language model's
+            getattr(base.config.get_text_config(), "hidden_size", 0),
         )
         run_on = device()
         self.peak_flops = peak_flops(torch.cuda.get_device_name(run_on) if run_on.type == "cuda" else None)
         try:  # a continued job starts from its parent's weights (its own checkpoints, in _resume, come after)
-            self.model = tunable(base, spec.hyperparameters, self.blobs, spec.init_weights_prefix, self.workdir)
+            self.model = tunable(
+                base,
+                spec.hyperparameters,
+                self.blobs,
+                spec.init_weights_prefix,
+                self.workdir,
+                lora_vision_tower=spec.lora_vision_tower,
+            )
         except ModelLoadError as exc:
             raise FatalError("model_not_found", str(exc)) from exc
         startup.mark("wrap")
@@ -150,7 +157,11 @@ class Run:
 
     def _layout(self, examples: list[Example]):
         return micro_batches(
-            examples, packing=self.spec.packing, token_budget=self.spec.token_budget, pad_id=self.tokenizer.pad_token_id
+            examples,
+            packing=self.spec.packing,
+            token_budget=self.spec.token_budget,
+            pad_id=self.tokenizer.pad_token_id,
+            pixels=pixels_of(self.tokenizer),
         )
 
     def _train_step(self, step: int) -> dict:

@@ -8,11 +8,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hone_kernel import tiny_model
+from hone_kernel import builtin_models
+from hone_kernel.images import OPENAI_LIMITS
 from hone_kernel.trainer_contract import Hyperparameters
+from hone_kernel.vision import VisionInputs, is_vision_model, load_image
 from trainer import checkpoints, quantization
-from trainer.batches import IGNORE, MicroBatch
+from trainer.batches import IGNORE, MicroBatch, Pixels
 from trainer.blobs import Blobs
+from trainer.data import vision_of
 
 
 class ModelLoadError(RuntimeError):
@@ -23,9 +26,10 @@ def resolve_model_dir(name: str, source: str, cache_dir: str) -> str:
     """A local folder holding the base model (built first for built-in models), or the Hugging Face id."""
     if source.startswith("builtin:"):
         builtin = source.split(":", 1)[1]
-        if builtin != tiny_model.TINY_MODEL:
-            raise ModelLoadError(f"Base model {name!r}: unknown built-in model {builtin!r}.")
-        return str(tiny_model.build(Path(cache_dir) / builtin))
+        try:
+            return str(builtin_models.build(builtin, Path(cache_dir) / builtin))
+        except builtin_models.UnknownBuiltin as exc:
+            raise ModelLoadError(f"Base model {name!r}: {exc}.") from exc
     return source
 
 
@@ -34,19 +38,26 @@ def device() -> torch.device:
 
 
 def load_base(name: str, source: str, cache_dir: str, hp: Hyperparameters | None = None):
-    """The base model and its tokenizer; for a QLoRA job (`hp.tuning_mode == "qlora"`), loaded in 4 bits."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The base model and its tokenizer; for a QLoRA job (`hp.tuning_mode == "qlora"`), loaded in 4 bits. A vision
+    model's tokenizer carries its image processor (`hone_vision`: trainer.data.vision_of)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     path = resolve_model_dir(name, source, cache_dir)
     dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
     quantized = hp is not None and hp.tuning_mode == "qlora"
+    vision = is_vision_model(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if quantized:
             assert hp is not None
+            if vision:
+                raise ModelLoadError(f"Base model {name!r} reads images, and QLoRA trains text models only.")
             model = quantization.load_4bit(path, hp, device())
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+            loader = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+            model = loader.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        if vision:
+            tokenizer.hone_vision = VisionInputs(path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Base model {name!r} could not be loaded from {source!r}: {exc}".strip()) from exc
     if tokenizer.pad_token_id is None:
@@ -56,10 +67,12 @@ def load_base(name: str, source: str, cache_dir: str, hp: Hyperparameters | None
     return model.to(device()), tokenizer
 
 
-def tunable(base, hp: Hyperparameters, blobs: Blobs, init_prefix: str | None, workdir: Path):
+def tunable(
+    base, hp: Hyperparameters, blobs: Blobs, init_prefix: str | None, workdir: Path, *, lora_vision_tower: bool = False
+):
     """The base wrapped for tuning; for a job continuing a tuned model, with that model's weights loaded (its
     adapter, trainable, or its full weights). The job's own checkpoints, if any, are loaded over this later."""
-    model = wrap_for_tuning(base, hp)
+    model = wrap_for_tuning(base, hp, lora_vision_tower=lora_vision_tower)
     if init_prefix:
         try:
             checkpoints.load_weights(
@@ -70,7 +83,11 @@ def tunable(base, hp: Hyperparameters, blobs: Blobs, init_prefix: str | None, wo
     return model
 
 
-def wrap_for_tuning(model, hp: Hyperparameters):
+# A vision model's parts LoRA leaves alone unless asked (TrainSpec.lora_vision_tower): vLLM adapts the language model
+VISION_PARTS = r".*(vision_tower|vision_model|multi_modal_projector|visual)\..*"
+
+
+def wrap_for_tuning(model, hp: Hyperparameters, *, lora_vision_tower: bool = False):
     if hp.tuning_mode == "full":
         model.requires_grad_(True)
         return model
@@ -85,15 +102,39 @@ def wrap_for_tuning(model, hp: Hyperparameters):
         lora_alpha=hp.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=hp.lora_dropout,
         target_modules=list(hp.lora_target_modules),
+        exclude_modules=VISION_PARTS if is_multimodal(model) and not lora_vision_tower else None,
         task_type="CAUSAL_LM",
         bias="none",
     )
     return get_peft_model(model, config)
 
 
+def pixels_of(tokenizer) -> Pixels | None:
+    """A vision model's pixels of a micro-batch's images (hone_kernel.vision, as the engine makes them), or None."""
+    vision = vision_of(tokenizer)
+    if vision is None:
+        return None
+    return lambda urls: vision.pixels([load_image(url, OPENAI_LIMITS) for url in urls])
+
+
+def is_multimodal(model) -> bool:
+    return getattr(model.config, "vision_config", None) is not None
+
+
+def _body(model, mb: MicroBatch):
+    """The module that maps input ids to the last hidden states: the decoder, or for images the multimodal body
+    (vision tower, projector and decoder: each image's features replace its run of image tokens)."""
+    if mb.pixel_values is None:
+        return model.get_decoder(), {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model, {"pixel_values": mb.pixel_values.to(device(), dtype=base.dtype)}
+
+
 def _target_hidden(model, mb: MicroBatch):
     dev = device()
-    hidden = model.get_decoder()(
+    body, extra = _body(model, mb)
+    hidden = body(
+        **extra,
         input_ids=mb.input_ids.to(dev),
         position_ids=mb.position_ids.to(dev),
         attention_mask=None if mb.attention_mask is None else mb.attention_mask.to(dev),

@@ -103,6 +103,8 @@ class File(Base):
     example_count: Mapped[int | None] = mapped_column(Integer)
     # {"errors": [{line, field, code, message}, ...first 20], "total": n} when validation failed
     validation_errors: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # {"images": n, "image_examples": k, "first_image": {line, field}} when the dataset holds images
+    dataset_media: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))  # SQL NULL: text only
 
     __table_args__ = (Index("ix_files_project_seq", "project_id", "seq"),)
 

@@ -87,6 +87,7 @@ class Placement:
             spec,
             tensor_parallel_size=registered.tensor_parallel_size,
             pipeline_parallel_size=registered.pipeline_parallel_size,
+            images_per_prompt=self.ctx.settings.serving.max_images_per_request if registered.vision else 0,
         )
 
     def _spec(self, key: EngineKey, model_path: str, served_name: str, model_source: str | None) -> EngineSpec:

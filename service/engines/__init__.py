@@ -32,6 +32,7 @@ class EngineSpec:
     # vLLM splits the model over tp x pp devices (the base model's registry entry); the built-in engine cannot
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    images_per_prompt: int = 0  # a vision model's: images a request may hold (0: the model reads text only)
     replicas: int = 1  # identical engines under this key (an endpoint's `replicas`), each with its own devices
 
     @property

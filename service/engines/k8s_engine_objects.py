@@ -127,6 +127,7 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
         python="python3",
         tensor_parallel_size=spec.tensor_parallel_size,
         pipeline_parallel_size=spec.pipeline_parallel_size,
+        images_per_prompt=spec.images_per_prompt,
     )
     if spec.engine == "vllm":
         engine["command"], engine["args"] = ["vllm", "serve"], launch.argv[2:]

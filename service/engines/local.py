@@ -173,7 +173,9 @@ class LocalEngines:
         python = self._settings.training.trainer_python or sys.executable
         try:
             done = subprocess.run(
-                [python, "-m", "hone_kernel.tiny_model", spec.model_path], capture_output=True, timeout=900
+                [python, "-m", "hone_kernel.builtin_models", spec.model_source.split(":", 1)[1], spec.model_path],
+                capture_output=True,
+                timeout=900,
             )
         except subprocess.TimeoutExpired as exc:
             raise EngineStartError(f"building {spec.model_source} took over 900s") from exc
@@ -197,6 +199,7 @@ class LocalEngines:
                 python=self._settings.serving.engine_python or sys.executable,
                 tensor_parallel_size=spec.tensor_parallel_size,
                 pipeline_parallel_size=spec.pipeline_parallel_size,
+                images_per_prompt=spec.images_per_prompt,
             )
         except ValueError as exc:
             raise EngineStartError(f"engine {spec.key}: {exc}") from exc

@@ -53,7 +53,9 @@ def save(
     else:
         model.save_pretrained(local, safe_serialization=True, state_dict=weights)
     if tokenizer is not None:
-        tokenizer.save_pretrained(local)
+        from trainer.modeling import save_inputs  # modeling imports this module
+
+        save_inputs(tokenizer, local)
     for name, text in (extra_files or {}).items():
         (local / name).write_text(text)
     torch.save(state, local / STATE)

@@ -193,9 +193,11 @@ def tokenize_lines(tokenizer, lines: Iterable[bytes], fmt: str, max_length: int)
 
 
 def chat_ids(tokenizer, messages: list[dict], tools, *, generation_prompt: bool) -> list[int]:
+    """A conversation's token ids as the engine's /tokenize gives them (a vision model's image runs expanded)."""
     kwargs = {"tools": tools} if tools else {}
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return with_images(tokenizer, Example(ids, [False] * len(ids)), messages).input_ids
 
 
 def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> dict:

@@ -15,14 +15,14 @@ import torch
 
 from hone_kernel.trainer_contract import COMPLETE, FAIL, Completion, ExitCode, Failure, TrainSpec
 from hone_kernel.trainer_contract import message as message_of
-from trainer import checkpoints, distill, dpo, inputs, outputs, quantization, rft, schedule, startup
+from trainer import checkpoints, distill, dpo, inputs, outputs, quantization, rft, schedule, startup, vision_parity
 from trainer.batches import micro_batches, step_indices, steps_per_epoch
 from trainer.blobs import Blobs
 from trainer.data import Example
 from trainer.distributed import PreferenceMargins, PreferenceStep, SupervisedStep, whole
 from trainer.failures import Diverged, FatalError
 from trainer.flops import live_figures, peak_flops
-from trainer.modeling import ModelLoadError, device, load_base, pixels_of, tunable
+from trainer.modeling import ModelLoadError, device, load_base, pixels_of, save_inputs, tunable
 from trainer.reporting import Reporter, main_thread
 from trainer.wandb_log import WandbLog
 from trainer.world import World
@@ -273,7 +273,7 @@ class Run:
             self.model,
             state,
             tokenizer=self.tokenizer,
-            extra_files=quantization.serving_files(self.spec, self.model, self.tokenizer, self.serving_files),
+            extra_files=vision_parity.serving_files(self.spec, self.model, self.tokenizer, self.serving_files),
             weights=weights,
         )
         shutil.rmtree(saved.local, ignore_errors=True)
@@ -286,8 +286,10 @@ class Run:
         local = self.workdir / "adapter"
         shutil.rmtree(local, ignore_errors=True)
         self.model.save_pretrained(local, safe_serialization=True, state_dict=weights)
-        self.tokenizer.save_pretrained(local)
-        for name, text in quantization.serving_files(self.spec, self.model, self.tokenizer, self.serving_files).items():
+        save_inputs(self.tokenizer, local)
+        for name, text in vision_parity.serving_files(
+            self.spec, self.model, self.tokenizer, self.serving_files
+        ).items():
             (local / name).write_text(text)
         prefix = self.spec.output_prefix + "adapter/"
         self.blobs.upload_dir(local, prefix, last="hone_serving.json")

@@ -117,6 +117,15 @@ def pixels_of(tokenizer) -> Pixels | None:
     return lambda urls: vision.pixels([load_image(url, OPENAI_LIMITS) for url in urls])
 
 
+def save_inputs(tokenizer, folder: Path) -> None:
+    """The tokenizer beside weights; a vision model's whole processor (its image settings and the tokenizer)."""
+    vision = vision_of(tokenizer)
+    if vision is not None:
+        vision.processor.save_pretrained(folder)
+    else:
+        tokenizer.save_pretrained(folder)
+
+
 def is_multimodal(model) -> bool:
     return getattr(model.config, "vision_config", None) is not None
 

@@ -9,7 +9,9 @@ served model is not the trained one: it differs by the base's quantization error
 trained model's greedy answers (`greedy`, trainer/quantization.py), and the gate asks the engine the same prompts
 greedily: the answers must agree, on average, to at least QLORA_MIN_AGREEMENT (see `agreement`). What the two
 paths measure on the tickets task, and the base without the adapter for contrast, is benchmarks/qlora.py's (README,
-Benchmarks). A LoRA or full job's served model computes what training computed, and its rows carry no such answers."""
+Benchmarks). A LoRA or full job's served model computes what training computed, and its rows carry no such answers,
+unless it reads images: then they carry the trained model's answers to its image prompts (reason "images",
+trainer/vision_parity.py), which only match when the engine's image processor makes the pixels training made."""
 
 from __future__ import annotations
 
@@ -106,6 +108,14 @@ def _check_greedy(client: EngineClient, model: str, greedy: dict, max_samples: i
         return
     scores = [agreement(a["text"], _greedy_reply(client, model, a["tokenize"])) for a in answers]
     mean = sum(scores) / len(scores)
+    if greedy.get("reason") == "images" and mean < QLORA_MIN_AGREEMENT:
+        worst = min(range(len(scores)), key=scores.__getitem__)
+        raise ParityFailure(
+            f"Parity check failed: the served model answers this model's training images differently than the "
+            f"trained model did (agreement {mean:.2f} on average, below {QLORA_MIN_AGREEMENT}; image prompt "
+            f"{worst + 1}: trained {answers[worst]['text'][:80]!r}). The engine's image processor (resize, crop, "
+            "normalisation) does not make the pixels training made, or it serves another base model."
+        )
     if mean < QLORA_MIN_AGREEMENT:
         worst = min(range(len(scores)), key=scores.__getitem__)
         raise ParityFailure(

@@ -4,6 +4,8 @@ library only."""
 
 from __future__ import annotations
 
+from hone_kernel.images import gemini_data_url
+
 
 def _text(content) -> str:
     if content is None:
@@ -37,7 +39,7 @@ def _gemini_content(parts) -> str | list[dict]:
         blob = part.get("inlineData", part.get("inline_data"))
         if isinstance(blob, dict):
             mime = blob.get("mimeType", blob.get("mime_type")) or ""
-            out.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{blob.get('data', '')}"}})
+            out.append({"type": "image_url", "image_url": {"url": gemini_data_url(mime, blob.get("data", ""))}})
         else:
             out.append({"type": "text", "text": part.get("text", "")})
     return out

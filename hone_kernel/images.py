@@ -63,6 +63,13 @@ def parse_data_url(url: str) -> tuple[str | None, bytes]:
     return match.group("mime"), data
 
 
+def gemini_data_url(mime: str | None, data: str) -> str:
+    """A Gemini inlineData blob as a data URL. Gemini takes URL-safe base64 too (google-genai sends it), which data
+    URLs do not: it is turned into the standard alphabet, padded."""
+    standard = data.replace("-", "+").replace("_", "/")
+    return f"data:{mime or ''};base64,{standard + '=' * (-len(standard) % 4)}"
+
+
 def image_source(url: str) -> str:
     """What kind of reference an image URL is: 'data', or the reason it is refused."""
     if url.startswith("data:"):

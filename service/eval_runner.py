@@ -320,7 +320,7 @@ class Tally:
 # --- shapes of what a row produced ------------------------------------------------------------------------------
 
 
-def sampling_messages(item: dict, input_messages: dict) -> list[dict[str, str]]:
+def sampling_messages(item: dict, input_messages: dict) -> list[dict[str, Any]]:
     """The chat a row samples: the template rendered with the item, or the item's own messages at a path."""
     if input_messages["type"] == "template":
         namespaces = {"item": item, "sample": {}}
@@ -334,10 +334,24 @@ def sampling_messages(item: dict, input_messages: dict) -> list[dict[str, str]]:
     _, path = templates.parse_path(input_messages["item_reference"])
     messages = templates.lookup({"item": item}, "item", path)
     if not isinstance(messages, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+        isinstance(m, dict) and isinstance(m.get("role"), str) and _content_ok(m.get("content")) for m in messages
     ):
         raise ValueError(f"{input_messages['item_reference']} is not a list of {{role, content}} messages")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _content_ok(content: Any) -> bool:
+    """Text, or text and image parts (a vision model's rows: the engine checks the images)."""
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and all(
+        isinstance(p, dict)
+        and (
+            (p.get("type") == "text" and isinstance(p.get("text"), str))
+            or (p.get("type") == "image_url" and isinstance(p.get("image_url"), dict))
+        )
+        for p in content
+    )
 
 
 def sample_shape(messages, text: str, model: str, params: dict, *, reply=None, error: dict | None = None) -> dict:

@@ -33,7 +33,7 @@ class GatewayModels:
     def __init__(self, ctx: AppContext, gateway: Any, project_id: str, retries: int):
         self.ctx, self.gateway, self.project_id, self.retries = ctx, gateway, project_id, retries
 
-    async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> grading.ModelReply:
+    async def chat(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> grading.ModelReply:
         if model.startswith(external_models.PREFIX):
             return await self._external(model, messages, params)
         body = {"model": model, "messages": messages, **params}
@@ -50,7 +50,7 @@ class GatewayModels:
 
         return await self._retrying(model, send, _RETRIED_STATUS)
 
-    async def _external(self, name: str, messages: list[dict[str, str]], params: dict[str, Any]) -> grading.ModelReply:
+    async def _external(self, name: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> grading.ModelReply:
         """A registered external model (service/external_models.py), called as OpenAI's chat completions."""
         target = await run_in_threadpool(external_models.target, self.ctx, self.project_id, name)
         if target is None:

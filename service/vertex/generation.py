@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from hone_kernel.images import gemini_data_url
 from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, NotFound, ServiceUnavailable
 from service.vertex import response_schema
 from service.vertex.resources import rfc3339
@@ -24,20 +25,44 @@ FINISH_REASONS = {
 # --- requests ---------------------------------------------------------------------------------------
 
 
-def _text(content: Content, where: str) -> str:
-    texts = []
+def _content(content: Content, where: str) -> str | list[dict]:
+    """A turn's parts as an OpenAI message's content: its text, or (with inlineData images) text and image_url parts
+    in order, which a vision model's engine reads and a text model's refuses (400 naming the part)."""
+    parts: list[dict] = []
     for j, part in enumerate(content.parts):
+        blob = (part.model_extra or {}).get("inlineData", (part.model_extra or {}).get("inline_data"))
+        if (
+            part.text is None
+            and isinstance(blob, dict)
+            and str(blob.get("mimeType", blob.get("mime_type", ""))).startswith("image/")
+        ):
+            mime, data = blob.get("mimeType", blob.get("mime_type")), blob.get("data")
+            parts.append({"type": "image_url", "image_url": {"url": gemini_data_url(mime, str(data or ""))}})
+            continue
         if part.text is None:
             if part.thought:
                 continue
             kinds = ", ".join(sorted(part.model_extra or {})) or "nothing"
             raise InvalidRequest(
-                f"{where}.parts[{j}] holds {kinds}; Hone's tuned models take text parts only.",
+                f"{where}.parts[{j}] holds {kinds}; Hone's tuned models take text parts and inlineData images.",
                 param=f"{where}.parts[{j}]",
                 code=ErrorCode.UNSUPPORTED_PART,
             )
-        texts.append(part.text)
-    return "".join(texts)
+        parts.append({"type": "text", "text": part.text})
+    if any(p["type"] == "image_url" for p in parts):
+        return parts
+    return "".join(p["text"] for p in parts)
+
+
+def _text(content: Content, where: str) -> str:
+    text = _content(content, where)
+    if not isinstance(text, str):
+        raise InvalidRequest(
+            f"{where} holds an image; a system instruction takes text only.",
+            param=f"{where}.parts",
+            code=ErrorCode.UNSUPPORTED_PART,
+        )
+    return text
 
 
 def chat_messages(contents: list[Content], system_instruction: Content | None) -> list[dict]:
@@ -52,7 +77,7 @@ def chat_messages(contents: list[Content], system_instruction: Content | None) -
                 param=f"contents[{i}].role",
                 code=ErrorCode.INVALID_ROLE,
             )
-        messages.append({"role": role, "content": _text(content, f"contents[{i}]")})
+        messages.append({"role": role, "content": _content(content, f"contents[{i}]")})
     return messages
 
 

@@ -16,6 +16,7 @@ from hone_kernel.images import (
     ImageError,
     Limits,
     check_bytes,
+    gemini_data_url,
     image_source,
     parse_data_url,
 )
@@ -100,6 +101,4 @@ def check_gemini_media(part: dict, key: str, where: str, role: str, issues: _Iss
     if not isinstance(data, str):
         issues.add(f"{at}.data", "invalid_type", "inlineData needs 'data', the image's bytes in base64")
         return
-    _check_url(
-        f"data:{mime or ''};base64,{data}" if mime else f"data:;base64,{data}", f"{at}.data", issues, GEMINI_LIMITS
-    )
+    _check_url(gemini_data_url(mime, data), f"{at}.data", issues, GEMINI_LIMITS)

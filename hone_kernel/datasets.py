@@ -118,6 +118,7 @@ class DatasetReport:
         return {
             "images": self.images,
             "image_examples": self.image_examples,
+            "image_bytes": self.image_bytes,
             "first_image": {"line": line, "field": path},
         }
 

@@ -70,6 +70,7 @@ def run_training(
     valid_rows: list[dict] | None = None,
     method: str = "supervised",
     tuning_mode: str = "lora",
+    model: str = "hone-tiny",
 ) -> tuple[Run, RecordingReporter]:
     blobs_root = tmp_path / "blobs"
     (blobs_root / "files").mkdir(parents=True, exist_ok=True)
@@ -80,9 +81,9 @@ def run_training(
         valid = FileRef("files/valid", fmt)
     spec = TrainSpec(
         job_id="ftjob-core",
-        fine_tuned_model="ft:hone-tiny:p::ftjob-core",
-        model_name="hone-tiny",
-        model_source="builtin:hone-tiny",
+        fine_tuned_model=f"ft:{model}:p::ftjob-core",
+        model_name=model,
+        model_source=f"builtin:{model}",
         model_cache_dir=str(MODEL_CACHE),
         storage_url=blobs_root.as_uri(),
         training_file=FileRef("files/train", fmt),

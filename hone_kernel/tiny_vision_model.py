@@ -11,6 +11,7 @@ a task is learnt by the adapter on the language model, reading those features (t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hone_kernel import tiny_model
 
@@ -20,7 +21,7 @@ IMAGE_SIZE = 32
 PATCH_SIZE = 8
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 BUILD_VERSION = "vision-1"
-VISION_ARCHITECTURE = dict(
+VISION_ARCHITECTURE: dict[str, Any] = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=2,

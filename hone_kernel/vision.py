@@ -27,7 +27,7 @@ def is_vision_model(path: str | Path) -> bool:
         return False
 
 
-def image_urls(messages: list[dict]) -> list[str]:
+def image_urls(messages: list[dict]) -> list[Any]:
     """The URLs of the image parts of `messages`, in the order the chat template renders their tokens."""
     urls = []
     for message in messages:

@@ -10,11 +10,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from hone_kernel.images import OPENAI_LIMITS, ImageError, image_source
 from hone_kernel.output_format import FormatError
 from hone_kernel.output_format import parse as parse_output_format
-from hone_kernel.vision import load_image
-from inference import VLLM_PROTOCOL_VERSION
+from inference import VLLM_PROTOCOL_VERSION, vision_prompts
 from inference.adapters import ServingProfile
 from inference.errors import bad_request
 from inference.generation import Delta, Finished, GenerationJob, SamplingParams
@@ -78,46 +76,9 @@ class OpenAIHandlers:
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def _images(self, messages: list[dict]) -> list:
-        """The image parts of a chat request, decoded and checked as training data is (hone_kernel.vision); 400 for a
-        text-only model, too many images, or one that is not a data URL of a JPEG, PNG, WEBP or GIF."""
-        found = [
-            (f"messages[{i}].content[{j}].image_url", part.get("image_url"))
-            for i, message in enumerate(messages)
-            if isinstance(message.get("content"), list)
-            for j, part in enumerate(message["content"])
-            if isinstance(part, dict) and part.get("type") == "image_url"
-        ]
-        if not found:
-            return []
-        if self.engine.vision is None:
-            raise bad_request("This model reads text only; it cannot take image_url content parts.", found[0][0])
-        if len(found) > self.engine.images_per_prompt:
-            raise bad_request(
-                f"At most {self.engine.images_per_prompt} image(s) may be provided in one prompt.", found[-1][0]
-            )
-        images = []
-        for where, spec in found:
-            url = spec.get("url") if isinstance(spec, dict) else spec
-            try:
-                if isinstance(url, str) and image_source(url) != "data":
-                    raise ImageError("unsupported_image_source", image_source(url))
-                images.append(load_image(url, OPENAI_LIMITS))
-            except ImageError as e:
-                raise bad_request(f"{where}.url: {e}", f"{where}.url") from e
-        return images
-
     def chat_prompt(self, text: str, add_special_tokens: bool, messages: list[dict]) -> tuple[list[int], Any]:
-        """A rendered chat's token ids, each image's token expanded to its run, and the images' pixels (None without)."""
-        ids = self.encode(text, add_special_tokens)
-        images = self._images(messages)
-        if self.engine.vision is None:
-            return ids, None
-        try:
-            rendered = self.engine.vision.render(ids, images)
-        except ImageError as e:
-            raise bad_request(str(e), "messages") from e
-        return rendered.input_ids, rendered.pixel_values
+        """A rendered chat's token ids, image runs expanded, and its images' pixels (inference/vision_prompts.py)."""
+        return vision_prompts.chat_prompt(self.engine, self.encode(text, add_special_tokens), messages)
 
     def _check_length(self, prompt_len: int, max_tokens: int | None) -> None:
         limit = self.engine.max_model_len

@@ -59,6 +59,8 @@ class DatasetSummary(Exact):
     examples: int | None
     errors: list[DatasetLineError] = absent_or("The first errors, one per bad line (only when some were found).")
     total_errors: int = absent_or()
+    images: int = absent_or("Image parts in the file's examples (only when it holds some).")
+    image_examples: int = absent_or("Examples holding at least one image.")
 
 
 class FileObject(Exact):

@@ -138,14 +138,15 @@ _FLAGS = ("vision", "lora_vision_tower")
 _ENTRY_KEYS = {"source", "training", *_PARALLEL, *_FLAGS}
 
 
-def _flags(name: str, entry: dict) -> dict[str, bool]:
+def _flags(name: str, entry: dict) -> tuple[bool, bool]:
+    """(vision, lora_vision_tower) of an entry, checked."""
     flags = {key: entry.get(key, False) for key in _FLAGS}
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise ValueError(f"HONE_BASE_MODELS[{name!r}].{key} must be true or false, got {value!r}")
     if flags["lora_vision_tower"] and not flags["vision"]:
         raise ValueError(f"HONE_BASE_MODELS[{name!r}].lora_vision_tower needs vision: true")
-    return flags
+    return flags["vision"], flags["lora_vision_tower"]
 
 
 def _parallel(name: str, entry: dict) -> tuple[int, int]:
@@ -184,13 +185,15 @@ class BaseModelRegistry:
                     raise ValueError(f"HONE_BASE_MODELS[{name!r}] needs a 'source' (a folder or Hugging Face id)")
                 training = TrainingDefaults.with_overrides(entry.get("training"))
                 tp, pp = _parallel(name, entry)
+                vision, tower = _flags(name, entry)
                 self._static[name] = BaseModel(
                     name,
                     entry["source"],
                     training=training,
                     tensor_parallel_size=tp,
                     pipeline_parallel_size=pp,
-                    **_flags(name, entry),
+                    vision=vision,
+                    lora_vision_tower=tower,
                 )
             else:
                 self._static[name] = BaseModel(name, entry)

@@ -113,6 +113,20 @@ def test_vllm_parallel_flags(tp, pp, added):
     assert launch.argv == ["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16", *added, *XGRAMMAR]
 
 
+def test_vision_models_get_the_image_limit_on_both_engines():
+    limit = ["--limit-mm-per-prompt", '{"image": 4}']
+    vllm = command("vllm", python="/nonexistent/bin/python", images_per_prompt=4)
+    assert vllm.argv == ["vllm", "serve", "/models/base", *FLAGS, "--max-lora-rank", "16", *limit, *XGRAMMAR]
+    builtin = command("builtin", python="/venv/bin/python", images_per_prompt=4)
+    assert builtin.argv[-2:] == limit
+    from inference.__main__ import parse_args
+
+    assert parse_args(builtin.argv[3:]).limit_mm_per_prompt == {"image": 4}
+    assert "--limit-mm-per-prompt" not in command("builtin").argv  # a text model's engine: no flag
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--limit-mm-per-prompt", '{"audio": 1}'])
+
+
 def test_builtin_engine_refuses_to_split_a_model():
     with pytest.raises(ValueError, match="built-in engine cannot split a model.*serve it with vLLM"):
         command("builtin", tensor_parallel_size=2)

@@ -168,7 +168,7 @@ class LocalEngines:
         """Built-in base models are built on first use by the trainer's code, run as a process: the control
         plane imports none of it. The builder is run every time (it returns at once when the folder holds its
         current build), so a cache left by an older builder is rebuilt rather than served."""
-        if not (spec.model_source or "").startswith("builtin:"):
+        if spec.model_source is None or not spec.model_source.startswith("builtin:"):
             return
         python = self._settings.training.trainer_python or sys.executable
         try:

@@ -66,7 +66,7 @@ def _text(content: Content, where: str) -> str:
 
 
 def chat_messages(contents: list[Content], system_instruction: Content | None) -> list[dict]:
-    messages = []
+    messages: list[dict[str, Any]] = []
     if system_instruction is not None:  # its role is ignored, as Vertex ignores it
         messages.append({"role": "system", "content": _text(system_instruction, "systemInstruction")})
     for i, content in enumerate(contents):

@@ -94,7 +94,9 @@ _FILES = [
     ("file-error", "proj_a", "fine-tune", "error", None, None),
     ("file-pending", "proj_a", "fine-tune", "uploaded", None, None),
     ("file-theirs", "proj_b", "fine-tune", "processed", "openai_chat", 20),
+    ("file-images", "proj_a", "fine-tune", "processed", "openai_chat", 20),  # holds images (_MEDIA)
 ]
+_MEDIA = {"images": 3, "image_examples": 2, "image_bytes": 90, "first_image": {"line": 2, "field": "messages[0]"}}
 
 
 def test_the_conditional_job_insert_refuses_exactly_what_the_checks_refuse_and_writes_nothing_then(either_db):
@@ -102,6 +104,7 @@ def test_the_conditional_job_insert_refuses_exactly_what_the_checks_refuse_and_w
     pass) against service/job_creation.py's checks: for every pair of training and validation file and both
     methods, it inserts iff they pass, and a refusal leaves no job, event or metadata row."""
     from service import job_insert
+    from service.base_models import BaseModelRegistry
     from service.auth import ProjectPrincipal
     from service.db.tables import File, Job, JobEvent, JobMetadata
     from service.errors import InvalidRequest
@@ -116,14 +119,18 @@ def test_the_conditional_job_insert_refuses_exactly_what_the_checks_refuse_and_w
                 File(
                     id=file_id, project_id=project, filename="t.jsonl", purpose=purpose, bytes=1, created_at=0,
                     status=status, storage_key=file_id, dataset_format=fmt, example_count=examples,
+                    dataset_media=_MEDIA if file_id == "file-images" else None,
                 )
             )  # fmt: skip
     principal = ProjectPrincipal(project_id="proj_a", project_slug="proj_a")
+    registry = BaseModelRegistry({})
 
-    def passes(file_id: str, param: str, method: str, minimum: int) -> bool:
+    def passes(file_id: str, param: str, method: str, minimum: int, base: str) -> bool:
         with db.read() as session:
             try:
-                _check_file(session.connection(), principal, file_id, param, method, minimum)
+                _check_file(
+                    session.connection(), principal, file_id, param, method, minimum, registry.get(base), registry
+                )
             except InvalidRequest:
                 return False
         return True
@@ -135,16 +142,17 @@ def test_the_conditional_job_insert_refuses_exactly_what_the_checks_refuse_and_w
             )
 
     inserted = 0
-    for method in ("supervised", "dpo"):
+    for method, base in (("supervised", "hone-tiny"), ("dpo", "hone-tiny"), ("supervised", "hone-tiny-vision")):
+        images = base == "hone-tiny-vision"  # what job_creation lets the statement allow: a vision model's SFT
         for training, *_ in _FILES:
             for validation in (None, *(f[0] for f in _FILES)):
-                expected = passes(training, "training_file", method, 10) and (
-                    validation is None or passes(validation, "validation_file", method, 1)
+                expected = passes(training, "training_file", method, 10, base) and (
+                    validation is None or passes(validation, "validation_file", method, 1, base)
                 )
                 before = counts()
                 values = dict(
-                    id=f"ftjob-{inserted}-{training}-{validation}-{method}", project_id="proj_a", model="hone-tiny",
-                    base_model="hone-tiny", status="validating_files", created_at=7, training_file=training,
+                    id=f"ftjob-{inserted}-{training}-{validation}-{method}-{base[-6:]}", project_id="proj_a", model=base,
+                    base_model=base, status="validating_files", created_at=7, training_file=training,
                     validation_file=validation, method={"type": method}, suffix=None, seed=1,
                     metadata={"team": "a", "run": "b"}, result_files=[], priority=0, auto_deploy=False, attempts=0,
                     failures=0, integrations=[], vertex_spec=None, parent_model=None, parent_prefix=None,
@@ -152,11 +160,11 @@ def test_the_conditional_job_insert_refuses_exactly_what_the_checks_refuse_and_w
                 events = [(f"ftevent-{values['id']}-{i}", f"message {i}") for i in range(2)]
                 if db.is_sqlite:
                     with db.write_connection() as conn:
-                        seq = job_insert.insert_job_row(db.plain(conn), values, method, 10)
+                        seq = job_insert.insert_job_row(db.plain(conn), values, method, 10, images)
                     added = (1, 0, 0)  # the caller inserts the events and metadata
                 else:
                     with db.read_statement() as conn:
-                        seq = job_insert.insert_job(conn, values, method, 10, events)
+                        seq = job_insert.insert_job(conn, values, method, 10, events, images)
                     added = (1, 2, 2)
                 assert (seq is not None) == expected, (method, training, validation)
                 if seq is None:

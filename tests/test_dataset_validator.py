@@ -380,22 +380,6 @@ def test_chat_line_without_messages_says_so():
         (
             {
                 "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "text", "text": "What is this?"},
-                            {"type": "image_url", "image_url": {"url": "https://x/a.png"}},
-                        ],
-                    },
-                    {"role": "assistant", "content": "A cat."},
-                ]
-            },
-            "messages[0].content[1].type",
-            "image",
-        ),
-        (
-            {
-                "messages": [
                     {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA"}}]},
                     {"role": "assistant", "content": "Hi."},
                 ]
@@ -415,19 +399,6 @@ def test_chat_line_without_messages_says_so():
         (
             {
                 "contents": [
-                    {
-                        "role": "user",
-                        "parts": [{"text": "q"}, {"fileData": {"mimeType": "image/png", "fileUri": "gs://b/x.png"}}],
-                    },
-                    {"role": "model", "parts": [{"text": "a"}]},
-                ]
-            },
-            "contents[0].parts[1].fileData",
-            "image",
-        ),
-        (
-            {
-                "contents": [
                     {"role": "user", "parts": [{"inline_data": {"mime_type": "audio/wav", "data": "AA"}}]},
                     {"role": "model", "parts": [{"text": "a"}]},
                 ]
@@ -437,7 +408,7 @@ def test_chat_line_without_messages_says_so():
         ),
     ],
 )
-def test_media_inputs_are_refused_with_line_and_field(line, field, kind):
+def test_audio_and_file_inputs_are_refused_with_line_and_field(line, field, kind):
     good = {"messages": chat_line()["messages"]} if "messages" in line else None
     report = validate_bytes(jsonl([good, line] if good else [line]))
     [error] = report.errors
@@ -445,10 +416,11 @@ def test_media_inputs_are_refused_with_line_and_field(line, field, kind):
     assert error.message.startswith(f"{kind} inputs are not supported for this model")
 
 
-def test_media_is_one_predicate_that_allows_nothing_yet():
+def test_media_is_one_predicate_that_allows_images_only():
+    """Images are checked as images (tests/test_vision_inputs.py) and trained by vision models; nothing reads the rest."""
     from hone_kernel.dataset_checks import MEDIA_PART_TYPES, media_supported
 
-    assert not any(media_supported(kind) for kind in {*MEDIA_PART_TYPES.values(), "video"})
+    assert [kind for kind in sorted({*MEDIA_PART_TYPES.values(), "video"}) if media_supported(kind)] == ["image"]
 
 
 def test_the_minimum_example_count_is_one_shared_rule():
@@ -492,7 +464,7 @@ def test_a_gemini_prompts_file_names_each_line_and_field_it_refuses():
     assert _errors(report) == [
         (2, "contents[1].role", "invalid_prompt"),
         (3, "contents[1].role", "unrecognized_role"),
-        (4, "contents[0].parts[0].inlineData", "unsupported_media"),
+        (4, "contents[0].parts[0].inlineData.data", "invalid_image_format"),
         (5, "label", "unrecognized_key"),
         (6, "contents", "missing_content"),
         (7, "$", "mixed_formats"),

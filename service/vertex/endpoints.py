@@ -52,6 +52,11 @@ def get_endpoint(ctx: AppContext, scope: VertexScope, endpoint_id: str) -> dict:
     }
 
 
+def _reads_images(ctx: AppContext, base_model: str) -> bool:
+    base = ctx.base_models.get(base_model)
+    return base is not None and base.vision
+
+
 async def generate_content(
     ctx: AppContext,
     gateway: Gateway,
@@ -66,7 +71,7 @@ async def generate_content(
     ep = await run_in_threadpool(_endpoint, ctx, scope, endpoint_id)
     project_id = scope.principal.project_id
     # Named as the caller's model: the gateway resolves it (and renames it for the engine) as for OpenAI's routes.
-    chat = chat_request(body, ep.model, stream=stream)
+    chat = chat_request(body, ep.model, stream=stream, images=_reads_images(ctx, ep.base_model))
     reply = await gateway.relay(project_id, "/v1/chat/completions", json.dumps(chat).encode(), chat, request_id)
     if reply.status_code != 200:
         assert isinstance(reply.body, bytes)  # the engine's error, relayed whole
@@ -92,5 +97,5 @@ async def count_tokens(
 ) -> dict:
     ep = await run_in_threadpool(_endpoint, ctx, scope, endpoint_id)
     route = await gateway.resolve(scope.principal.project_id, ep.model)
-    messages = chat_messages(body.contents, body.system_instruction)
+    messages = chat_messages(body.contents, body.system_instruction, _reads_images(ctx, ep.base_model))
     return {"totalTokens": await gateway.count_prompt_tokens(route, messages, request_id)}

@@ -25,14 +25,15 @@ FINISH_REASONS = {
 # --- requests ---------------------------------------------------------------------------------------
 
 
-def _content(content: Content, where: str) -> str | list[dict]:
-    """A turn's parts as an OpenAI message's content: its text, or (with inlineData images) text and image_url parts
-    in order, which a vision model's engine reads and a text model's refuses (400 naming the part)."""
+def _content(content: Content, where: str, images: bool) -> str | list[dict]:
+    """A turn's parts as an OpenAI message's content: its text, or for a model that reads images (`images`) text and
+    image_url parts (from inlineData) in order; any other part is a 400 naming it."""
     parts: list[dict] = []
     for j, part in enumerate(content.parts):
         blob = (part.model_extra or {}).get("inlineData", (part.model_extra or {}).get("inline_data"))
         if (
-            part.text is None
+            images
+            and part.text is None
             and isinstance(blob, dict)
             and str(blob.get("mimeType", blob.get("mime_type", ""))).startswith("image/")
         ):
@@ -43,8 +44,9 @@ def _content(content: Content, where: str) -> str | list[dict]:
             if part.thought:
                 continue
             kinds = ", ".join(sorted(part.model_extra or {})) or "nothing"
+            takes = "text parts and inlineData images" if images else "text parts only"
             raise InvalidRequest(
-                f"{where}.parts[{j}] holds {kinds}; Hone's tuned models take text parts and inlineData images.",
+                f"{where}.parts[{j}] holds {kinds}; this model takes {takes}.",
                 param=f"{where}.parts[{j}]",
                 code=ErrorCode.UNSUPPORTED_PART,
             )
@@ -55,7 +57,7 @@ def _content(content: Content, where: str) -> str | list[dict]:
 
 
 def _text(content: Content, where: str) -> str:
-    text = _content(content, where)
+    text = _content(content, where, images=False)
     if not isinstance(text, str):
         raise InvalidRequest(
             f"{where} holds an image; a system instruction takes text only.",
@@ -65,7 +67,8 @@ def _text(content: Content, where: str) -> str:
     return text
 
 
-def chat_messages(contents: list[Content], system_instruction: Content | None) -> list[dict]:
+def chat_messages(contents: list[Content], system_instruction: Content | None, images: bool = False) -> list[dict]:
+    """The OpenAI messages of a Gemini request; `images`: the model reads images (inlineData parts become image_url)."""
     messages: list[dict[str, Any]] = []
     if system_instruction is not None:  # its role is ignored, as Vertex ignores it
         messages.append({"role": "system", "content": _text(system_instruction, "systemInstruction")})
@@ -77,13 +80,14 @@ def chat_messages(contents: list[Content], system_instruction: Content | None) -
                 param=f"contents[{i}].role",
                 code=ErrorCode.INVALID_ROLE,
             )
-        messages.append({"role": role, "content": _content(content, f"contents[{i}]")})
+        messages.append({"role": role, "content": _content(content, f"contents[{i}]", images)})
     return messages
 
 
-def chat_request(body: GenerateContentRequest, model: str, *, stream: bool) -> dict:
+def chat_request(body: GenerateContentRequest, model: str, *, stream: bool, images: bool = False) -> dict:
     config = body.generation_config or GenerationConfig()
-    request: dict[str, Any] = {"model": model, "messages": chat_messages(body.contents, body.system_instruction)}
+    messages = chat_messages(body.contents, body.system_instruction, images)
+    request: dict[str, Any] = {"model": model, "messages": messages}
     sampling = {
         "temperature": config.temperature,
         "top_p": config.top_p,

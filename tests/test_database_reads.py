@@ -104,8 +104,8 @@ def test_the_conditional_job_insert_refuses_exactly_what_the_checks_refuse_and_w
     pass) against service/job_creation.py's checks: for every pair of training and validation file and both
     methods, it inserts iff they pass, and a refusal leaves no job, event or metadata row."""
     from service import job_insert
-    from service.base_models import BaseModelRegistry
     from service.auth import ProjectPrincipal
+    from service.base_models import BaseModelRegistry
     from service.db.tables import File, Job, JobEvent, JobMetadata
     from service.errors import InvalidRequest
     from service.job_creation import _check_file

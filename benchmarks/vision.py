@@ -90,7 +90,7 @@ def _text_twin(row: dict, filler: str) -> dict:
     return twin
 
 
-def train_speed(examples: int = 480, batch_size: int = 5) -> dict:
+def train_speed(examples: int = 480, batch_size: int = 4) -> dict:
     from hone_kernel.tiny_vision_model import IMAGE_TOKENS
     from hone_kernel.trainer_contract import ExitCode, FileRef, Hyperparameters, TrainSpec
     from tests.test_trainer_core import RecordingReporter
@@ -99,8 +99,10 @@ def train_speed(examples: int = 480, batch_size: int = 5) -> dict:
 
     rows = [shapes.chat_line(image, answer) for image, answer in shapes.examples(examples, 1)]
     filler = " the" * IMAGE_TOKENS  # one token each in hone-tiny's vocabulary
-    result = {}
-    for name, lines in (("text", [_text_twin(r, filler) for r in rows]), ("images", rows)):
+    result: dict[str, float] = {}
+    twins = [_text_twin(r, filler) for r in rows]
+    # interleaved twice, the faster of each kept: the first run of a process pays for loading what both use
+    for name, lines in (("images", rows), ("text", twins), ("images", rows), ("text", twins)):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             (root / "blobs/files").mkdir(parents=True)
@@ -124,7 +126,7 @@ def train_speed(examples: int = 480, batch_size: int = 5) -> dict:
             )
             started = time.perf_counter()
             assert Run(spec, FolderBlobs(root / "blobs"), RecordingReporter(), root / "work").execute() == ExitCode.OK
-            result[name] = time.perf_counter() - started
+            result[name] = min(result.get(name, float("inf")), time.perf_counter() - started)
     result["ms_per_image"] = (result["images"] - result["text"]) / examples * 1000
     result["ms_per_example_text"] = result["text"] / examples * 1000
     return result

@@ -57,6 +57,7 @@ class _Issues:
         self.images = 0  # image parts seen on the line
         self.first_image: str | None = None  # the field path of the first
         self.image_bytes = 0  # the line's bytes that are images (their data URLs), which are not text tokens
+        self.refs: list[tuple[str, str]] = []  # (reference, field path) of images named by file id or bucket URI
 
     def add(self, path: str, code: str, message: str) -> None:
         self.items.append((path, code, message))

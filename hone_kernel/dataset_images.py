@@ -8,6 +8,7 @@ that line and field (service/job_creation.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hone_kernel.images import (
@@ -67,6 +68,9 @@ def _check_url(url: str, path: str, issues: _Issues, limits: Limits) -> None:
     _count(issues, path, limits)
     issues.image_bytes += len(url)
     source = image_source(url)
+    if source == "ref":  # checked (and copied in) by the server, which can read it: service/image_refs.py
+        issues.refs.append((url, path))
+        return
     if source != "data":
         issues.add(path, "unsupported_image_source", source)
         return
@@ -90,15 +94,35 @@ def check_gemini_media(part: dict, key: str, where: str, role: str, issues: _Iss
     mime = blob.get("mimeType", blob.get("mime_type"))
     if key in ("fileData", "file_data"):
         uri = blob.get("fileUri", blob.get("file_uri"))
-        _count(issues, at, GEMINI_LIMITS)
-        issues.add(
-            f"{at}.fileUri",
-            "unsupported_image_source",
-            image_source(uri) if isinstance(uri, str) else "fileUri must be a string",
-        )
+        if not isinstance(uri, str):
+            _count(issues, at, GEMINI_LIMITS)
+            issues.add(f"{at}.fileUri", "invalid_type", "fileUri must be a string")
+            return
+        _check_url(uri, f"{at}.fileUri", issues, GEMINI_LIMITS)
         return
     data = blob.get("data")
     if not isinstance(data, str):
         issues.add(f"{at}.data", "invalid_type", "inlineData needs 'data', the image's bytes in base64")
         return
     _check_url(gemini_data_url(mime, data), f"{at}.data", issues, GEMINI_LIMITS)
+
+
+def inline_refs(row: dict, resolve: Callable[[str], str]) -> dict:
+    """The line with each image reference (a file id or bucket URI) replaced by the data URL `resolve` gives for it:
+    OpenAI image_url parts in place, Gemini fileData parts as inlineData. How the trainer and the control plane read
+    a file whose images the server copied in at upload."""
+    for message in row.get("messages") or []:
+        for part in message.get("content") if isinstance(message.get("content"), list) else []:
+            spec = part.get("image_url") if isinstance(part, dict) and part.get("type") == "image_url" else None
+            if isinstance(spec, dict) and isinstance(spec.get("url"), str) and image_source(spec["url"]) == "ref":
+                spec["url"] = resolve(spec["url"])
+    for turn in row.get("contents") or []:
+        parts = turn.get("parts") if isinstance(turn, dict) else None
+        for i, part in enumerate(parts or []):
+            key = next((k for k in ("fileData", "file_data") if isinstance(part, dict) and k in part), None)
+            if key is None:
+                continue
+            url = resolve(part[key].get("fileUri", part[key].get("file_uri")))
+            mime, _, data = url.removeprefix("data:").partition(";base64,")
+            parts[i] = {"inlineData": {"mimeType": mime, "data": data}}
+    return row

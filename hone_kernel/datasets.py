@@ -108,6 +108,9 @@ class DatasetReport:
     image_examples: int = 0  # examples holding at least one
     first_image: tuple[int, str] | None = None  # (line, field) of the first image
     image_bytes: int = 0  # bytes of the file that are images (data URLs): token estimates leave them out
+    # Images named by reference (a file id, an s3:// or gs:// URI): where each is first named, (line, field). The
+    # server reads and checks them (service/image_refs.py); offline they are left unchecked.
+    image_refs: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def media(self) -> dict[str, Any] | None:
         """What the file holds besides text, as stored with it and shown in its `dataset` summary."""
@@ -202,6 +205,7 @@ class DatasetValidator:
         self.image_examples = 0
         self.first_image: tuple[int, str] | None = None
         self.image_bytes = 0
+        self.image_refs: dict[str, tuple[int, str]] = {}
 
     def _error(self, line: int, path: str, code: str, message: str) -> None:
         self.total_errors += 1
@@ -257,6 +261,7 @@ class DatasetValidator:
             self.image_examples,
             self.first_image,
             self.image_bytes,
+            self.image_refs,
         )
 
     def _line(self, raw: bytes) -> None:
@@ -318,6 +323,8 @@ class DatasetValidator:
             if issues.images:
                 self.images += issues.images
                 self.image_bytes += issues.image_bytes
+                for ref, path in issues.refs:
+                    self.image_refs.setdefault(ref, (n, path))
                 self.image_examples += 1
                 self.first_image = self.first_image or (n, issues.first_image or "$")
 

@@ -70,17 +70,39 @@ def gemini_data_url(mime: str | None, data: str) -> str:
     return f"data:{mime or ''};base64,{standard + '=' * (-len(standard) % 4)}"
 
 
+_FILE_ID = re.compile(r"^file-[A-Za-z0-9]{1,64}$")
+REF_SCHEMES = ("s3", "gs")
+
+
 def image_source(url: str) -> str:
-    """What kind of reference an image URL is: 'data', or the reason it is refused."""
+    """What kind of reference an image URL is: 'data' (a base64 data URL), 'ref' (in training data: the id of a
+    file uploaded with purpose "vision", or an s3:// / gs:// object under the project's dataset grants, which the
+    server copies in at upload: service/image_refs.py), or the reason it is refused."""
     if url.startswith("data:"):
         return "data"
+    if _FILE_ID.match(url) or url.partition("://")[0].lower() in REF_SCHEMES and "://" in url:
+        return "ref"
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme in ("http", "https"):
         return (
             "Hone does not fetch images from the web (its trainers and engines may have no internet access); "
-            "embed the image as a base64 data URL"
+            "embed the image as a base64 data URL, upload it (purpose vision) and give its file id, or name an "
+            "s3:// or gs:// object the project may read"
         )
-    return f"unsupported image reference {url[:40]!r}; embed the image as a base64 data URL"
+    return (
+        f"unsupported image reference {url[:40]!r}; give a base64 data URL, the id of a file uploaded with purpose "
+        "vision, or an s3:// or gs:// object the project may read"
+    )
+
+
+def request_image_problem(url: str) -> str | None:
+    """Why a request's image is refused (requests carry their images: a data URL), or None."""
+    source = image_source(url)
+    if source == "data":
+        return None
+    if source == "ref":
+        return "file ids and bucket URIs name images in training data; in a request, embed the image as a data URL"
+    return source
 
 
 def sniff(data: bytes) -> str | None:

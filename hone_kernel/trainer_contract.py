@@ -124,6 +124,9 @@ class FileRef:
     format: str
     # Examples (0-based, counting non-blank lines) not to train on: a job's evaluation holds them out.
     exclude_examples: list[int] = field(default_factory=list)
+    # Images the lines name by reference (a file id, an s3:// or gs:// URI) -> the storage key of the copy the
+    # server checked at upload; the trainer puts each back into its line as a data URL (trainer/inputs.lines_of)
+    images: dict[str, str] = field(default_factory=dict)
 
 
 QUANT_FIELDS = ("quant_type", "double_quant", "compute_dtype")  # Hyperparameters' QLoRA-only fields

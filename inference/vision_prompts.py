@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hone_kernel.images import OPENAI_LIMITS, ImageError, image_source
+from hone_kernel.images import OPENAI_LIMITS, ImageError, request_image_problem
 from hone_kernel.vision import load_image
 from inference.errors import bad_request
 
@@ -34,8 +34,9 @@ def request_images(engine: Engine, messages: list[dict]) -> list:
     for where, spec in found:
         url = spec.get("url") if isinstance(spec, dict) else spec
         try:
-            if isinstance(url, str) and image_source(url) != "data":
-                raise ImageError("unsupported_image_source", image_source(url))
+            problem = request_image_problem(url) if isinstance(url, str) else None
+            if problem:
+                raise ImageError("unsupported_image_source", problem)
             images.append(load_image(url, OPENAI_LIMITS))
         except ImageError as e:
             raise bad_request(f"{where}.url: {e}", f"{where}.url") from e

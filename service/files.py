@@ -17,6 +17,7 @@ from python_multipart.multipart import parse_options_header
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from service import image_refs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.datasets import DatasetReport, DatasetValidator, filename_problem
@@ -133,7 +134,7 @@ def _insert_stored(ctx: AppContext, row: File) -> None:
         with ctx.db.write() as session:
             session.add(row)
     except BaseException:
-        ctx.storage.delete(row.storage_key)
+        _delete_blobs(ctx, row)
         raise
 
 
@@ -241,7 +242,7 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
         report = upload.validator.finish()
         row.dataset_format = report.format.value if report.format else None
         row.example_count = report.examples
-        row.dataset_media = report.media()
+        row.dataset_media = _media(ctx, principal.project_id, file_id, report)
         if not report.ok:
             row.status, row.status_details = "error", f"Invalid file format: {report.summary()}"
             row.validation_errors = _validation_errors(report)
@@ -249,6 +250,19 @@ def _finish_upload(ctx: AppContext, principal: ProjectPrincipal, file_id: str, u
     upload.writer.commit()
     _insert_stored(ctx, row)
     return file_api(row)
+
+
+def _media(ctx: AppContext, project_id: str, file_id: str, report: DatasetReport) -> dict | None:
+    """The file's media summary; images it names by reference are read, checked and copied in first (an error
+    naming the line and field for each that cannot be: service/image_refs.py)."""
+    media = report.media()
+    if media is not None and report.image_refs and report.ok:
+        objects = image_refs.copy_in(ctx, project_id, file_id, report)
+        if report.ok:
+            media["objects"] = objects
+        else:  # a file in error trains nothing: its copies go
+            ctx.storage.delete_prefix(f"{image_refs.IMAGES_PREFIX}{file_id}/")
+    return media
 
 
 def import_fine_tune_file(
@@ -269,6 +283,7 @@ def import_fine_tune_file(
             validator.feed(chunk)
             writer.write(chunk)
         report = validator.finish()
+        media = _media(ctx, principal.project_id, file_id, report)
         if not report.ok:
             first = report.errors[0]
             raise InvalidRequest(
@@ -298,7 +313,7 @@ def import_fine_tune_file(
         sha256=sha.hexdigest(),
         dataset_format=report.format.value if report.format else None,
         example_count=report.examples,
-        dataset_media=report.media(),
+        dataset_media=media,
     )
     _insert_stored(ctx, row)
     return row
@@ -377,7 +392,7 @@ def expire_files(ctx: AppContext, batch: int = 100) -> int:
             if row is None or _active_user(session, row) is not None:  # a job may have claimed it since
                 continue
             session.delete(row)
-        ctx.storage.delete(row.storage_key)
+        _delete_blobs(ctx, row)
         expired += 1
     return expired
 
@@ -394,5 +409,12 @@ def delete_file(ctx: AppContext, principal: ProjectPrincipal, file_id: str) -> d
                 code=ErrorCode.FILE_IN_USE,
             )
         session.delete(row)
-    ctx.storage.delete(row.storage_key)
+    _delete_blobs(ctx, row)
     return {"id": file_id, "object": "file", "deleted": True}
+
+
+def _delete_blobs(ctx: AppContext, row: File) -> None:
+    """The file's blob, and the copies of the images it names by reference (service/image_refs.py)."""
+    ctx.storage.delete(row.storage_key)
+    if (row.dataset_media or {}).get("objects"):
+        ctx.storage.delete_prefix(f"{image_refs.IMAGES_PREFIX}{row.id}/")

@@ -21,6 +21,7 @@ from hone_kernel.dataset_messages import prompt_and_reference
 from hone_kernel.dataset_prompts import prompt_messages
 from hone_kernel.graders import spec as grader_spec
 from hone_kernel.graders import templates
+from service import image_refs
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import File
@@ -109,8 +110,10 @@ def rows_of(lines: Iterable[bytes], fmt: str, holdout: list[int] | None, max_row
 def read_rows(ctx: AppContext, ev: dict[str, Any]) -> list[dict[str, Any]]:
     """The evaluation's rows, read from its file (outside any write transaction: storage may be slow)."""
     with ctx.db.read() as session:
-        row = session.execute(select(File.storage_key, File.dataset_format).where(File.id == ev["file"])).one()
-    lines = dataset_lines(ctx.storage.iter_chunks(row.storage_key))
+        row = session.execute(
+            select(File.storage_key, File.dataset_format, File.dataset_media).where(File.id == ev["file"])
+        ).one()
+    lines = image_refs.inlined_lines(ctx, row.storage_key, row.dataset_media)  # images as the engine takes them
     return rows_of(lines, row.dataset_format, ev.get("holdout"), ev["max_rows"])
 
 

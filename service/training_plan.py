@@ -196,7 +196,8 @@ def spec_key(job_id: str) -> str:
 def _file_ref(f: File, exclude: list[int] | None = None) -> FileRef:
     if f.dataset_format is None:  # jobs are created on validated files only: a row without one is malformed
         raise ValueError(f"file {f.id} has no dataset format")
-    return FileRef(f.storage_key, f.dataset_format, list(exclude or []))
+    objects = (f.dataset_media or {}).get("objects") or {}  # images named by reference, copied in at upload
+    return FileRef(f.storage_key, f.dataset_format, list(exclude or []), dict(objects))
 
 
 def build_spec(ctx: AppContext, job: Job, files: dict[str, File], token: str, model_name: str) -> TrainSpec:

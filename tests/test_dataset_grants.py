@@ -138,6 +138,64 @@ def test_gs_uris_through_the_bucket_map_honour_grants(sealed):
     _sealed_404(_tune(a, uri), uri)  # a removed grant reads nothing more
 
 
+def _image_line(url: str) -> dict:
+    parts = [{"type": "text", "text": "What is drawn?"}, {"type": "image_url", "image_url": {"url": url}}]
+    return {"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": "red circle"}]}
+
+
+def _upload(project, name: str, body: bytes, purpose: str = "fine-tune") -> dict:
+    with project.http() as http:
+        reply = http.post("/v1/files", files={"file": (name, body)}, data={"purpose": purpose})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_images_named_by_file_id_or_bucket_uri_are_checked_copied_in_and_sealed(sealed, moto):
+    """A fine-tune file may name its images by reference: a vision file of its own project, or an object under its
+    grants. Each is read and checked at upload and copied beside the file; the rest read as missing, alike."""
+    from examples import shapes
+
+    a, b, server = sealed["a"], sealed["b"], sealed["server"]
+    image = shapes.png(shapes.examples(1, 3)[0][0])
+    s3 = moto.client()
+    s3.put_object(Bucket="data", Key="a/img/0.png", Body=image)
+    s3.put_object(Bucket="data", Key="a/img/notes.png", Body=b"not an image at all")
+    s3.put_object(Bucket="data", Key="ab/img/0.png", Body=image)  # outside A's grant (s3://data/a/)
+    mine, theirs = _upload(a, "0.png", image, "vision")["id"], _upload(b, "0.png", image, "vision")["id"]
+    batch = _upload(a, "b.jsonl", jsonl([{"x": 1}]), "batch")["id"]
+    lines = [
+        _image_line("s3://data/a/img/0.png"),
+        _image_line(mine),
+        _image_line(theirs),  # 3: another project's file
+        _image_line("s3://data/ab/img/0.png"),  # 4: exists, outside the grant
+        _image_line("s3://data/a/img/none.png"),  # 5: inside the grant, missing
+        _image_line("s3://data/a/img/notes.png"),  # 6: not an image
+        _image_line(batch),  # 7: a file of another purpose
+    ]
+    bad = _upload(a, "bad.jsonl", jsonl(lines))
+    assert bad["status"] == "error"
+    errors = {e["line"]: e for e in bad["dataset"]["errors"]}
+    assert sorted(errors) == [3, 4, 5, 6, 7], errors
+    assert {errors[n]["code"] for n in (3, 4, 5, 7)} == {"image_not_found"}
+    assert errors[6]["code"] == "invalid_image_format"
+    assert all(errors[n]["field"] == "messages[0].content[1].image_url.url" for n in errors)
+    # existing elsewhere or missing: the same words, the URI aside
+    assert errors[4]["message"].replace("ab/img/0", "X") == errors[5]["message"].replace("a/img/none", "X")
+    assert SECRET not in json.dumps(bad)
+
+    good = _upload(a, "good.jsonl", jsonl(lines[:2] * 5))
+    assert good["status"] == "processed", good
+    assert (good["dataset"]["images"], good["dataset"]["examples"]) == (10, 10)
+    copies = s3.list_objects_v2(Bucket=OWN, Prefix=f"blobs/file-images/{good['id']}/").get("Contents", [])
+    assert len(copies) == 2 and {s3.get_object(Bucket=OWN, Key=c["Key"])["Body"].read() for c in copies} == {image}
+    with a.http() as http:
+        created = http.post("/v1/fine_tuning/jobs", json={"model": "hone-tiny-vision", "training_file": good["id"]})
+        assert created.status_code == 200, created.text
+        http.post(f"/v1/fine_tuning/jobs/{created.json()['id']}/cancel")
+        assert http.delete(f"/v1/files/{good['id']}").status_code == 200
+    assert not s3.list_objects_v2(Bucket=OWN, Prefix=f"blobs/file-images/{good['id']}/").get("Contents")
+
+
 def test_admin_api_for_grants(sealed):
     a, b, server = sealed["a"], sealed["b"], sealed["server"]
     base = f"/v1/organization/projects/{b.project_id}/dataset_grants"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 
 import google.oauth2.credentials
@@ -22,6 +23,7 @@ from service.job_evaluation import OPEN_STAGES
 from tests.support import HoneServer, jsonl, wait_endpoint, wait_job
 
 HELD_OUT = 60  # held-out images asked through the gateway (of the 120 the split leaves out)
+REFERENCED = 48  # training lines whose image is an uploaded file (purpose vision), named by its id
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +33,11 @@ def tuned(tmp_path_factory):
         project = server.new_project("vision")
         client = project.openai()
         train, held_out = shapes.split(600, seed=7)
-        train_file = client.files.create(
-            file=("shapes.jsonl", jsonl([shapes.chat_line(image, answer) for image, answer in train])),
-            purpose="fine-tune",
-        )
+        lines = [shapes.chat_line(image, answer) for image, answer in train]
+        for line, (image, _) in zip(lines[:REFERENCED], train):  # these name their image by an uploaded file's id
+            uploaded = client.files.create(file=("figure.png", shapes.png(image)), purpose="vision")
+            line["messages"][0]["content"][1]["image_url"]["url"] = uploaded.id
+        train_file = client.files.create(file=("shapes.jsonl", jsonl(lines)), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(
             model="hone-tiny-vision",
             training_file=train_file.id,
@@ -88,6 +91,9 @@ def test_the_job_shows_its_images_and_its_evaluation_compares_with_the_base(tune
     dataset = client.files.retrieve(tuned["file"].id).model_extra["dataset"]
     assert dataset["images"] == dataset["image_examples"] == dataset["examples"] == 480
     assert "image_bytes" not in dataset  # the stored estimate's input, not the summary's
+    # the images named by file id were copied beside the file, and the trainer was told where
+    spec = json.loads((tuned["server"].data_dir / "blobs" / "jobs" / job.id / "spec.json").read_text())
+    assert len(spec["training_file"]["images"]) == REFERENCED
     evaluation = job.model_extra["evaluation"]
     assert evaluation["status"] == "completed" and evaluation["source"] == "holdout", evaluation
     tuned_run, base_run = evaluation["results"]["tuned"], evaluation["results"]["compare"]

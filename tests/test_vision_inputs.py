@@ -127,10 +127,13 @@ def test_gemini_lines_take_inline_images_in_url_safe_base64_too():
             line["contents"][1],
         ],
     }
-    report = validate_bytes((json.dumps(line) + "\n" + json.dumps(file_line)).encode())
-    assert (report.examples, report.images) == (1, 1)
+    web_line = json.loads(json.dumps(file_line).replace("gs://b/a.png", "https://example.com/a.png"))
+    report = validate_bytes("\n".join(json.dumps(x) for x in (line, file_line, web_line)).encode())
+    assert (report.examples, report.images) == (2, 2)
+    # a gs:// object is the server's to read (under the project's grants): offline it is recorded, not checked
+    assert report.image_refs == {"gs://b/a.png": (2, "contents[0].parts[0].fileData.fileUri")}
     assert [(e.line, e.field, e.code) for e in report.errors] == [
-        (2, "contents[0].parts[0].fileData.fileUri", "unsupported_image_source")
+        (3, "contents[0].parts[0].fileData.fileUri", "unsupported_image_source")
     ]
 
 
@@ -280,3 +283,37 @@ def test_the_registry_says_which_models_read_images():
         BaseModelRegistry({"x": {"source": "/m", "lora_vision_tower": True}})
     with pytest.raises(ValueError, match="must be true or false"):
         BaseModelRegistry({"x": {"source": "/m", "vision": "yes"}})
+
+
+def test_the_trainer_reads_referenced_images_from_the_copies_the_server_checked(tmp_path, tokenizer):
+    """FileRef.images maps each reference to its copy; the lines come back with data URLs, Gemini's fileData as
+    inlineData, and train as embedded images do."""
+    from hone_kernel.trainer_contract import FileRef
+    from trainer.blobs import FolderBlobs
+    from trainer.inputs import lines_of
+
+    image = shapes.examples(1, 4)[0][0]
+    png = shapes.png(image)
+    (tmp_path / "file-images/f").mkdir(parents=True)
+    (tmp_path / "file-images/f/0").write_bytes(png)
+    gemini = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [{"text": "What?"}, {"fileData": {"mimeType": "image/png", "fileUri": "gs://b/x.png"}}],
+            },
+            {"role": "model", "parts": [{"text": "red"}]},
+        ]
+    }
+    (tmp_path / "train").write_text(json.dumps(_line("file-abc")) + "\n\n" + json.dumps(gemini) + "\n")
+    ref = FileRef("train", "openai_chat", images={"file-abc": "file-images/f/0", "gs://b/x.png": "file-images/f/0"})
+    first, blank, second = (json.loads(x) if x.strip() else None for x in lines_of(FolderBlobs(tmp_path), ref))
+    assert blank is None  # line numbers kept
+    assert first["messages"][0]["content"][1]["image_url"]["url"] == shapes.data_url(image)
+    assert second["contents"][0]["parts"][1] == {
+        "inlineData": {"mimeType": "image/png", "data": base64.b64encode(png).decode()}
+    }
+    assert encode_row(tokenizer, first, "openai_chat").images == [shapes.data_url(image)]
+    assert validate_bytes(json.dumps(_line("file-abc")).encode()).image_refs == {
+        "file-abc": (1, "messages[0].content[1].image_url.url")
+    }

@@ -13,6 +13,7 @@ from typing import Any
 from hone_kernel.trainer_contract import TrainSpec
 from trainer.blobs import Blobs
 from trainer.data import parity_samples
+from trainer.inputs import lines_of
 
 PARITY_ROWS = 8  # training rows published for the endpoint's parity gate
 
@@ -81,5 +82,5 @@ def serving_files(spec: TrainSpec, tokenizer: Any, model: Any, blobs: Blobs) -> 
         "max_length": spec.max_length,
     }
     ref = spec.training_file
-    samples = parity_samples(tokenizer, blobs.iter_lines(ref.key), ref.format, PARITY_ROWS)
+    samples = parity_samples(tokenizer, lines_of(blobs, ref), ref.format, PARITY_ROWS)
     return {"hone_serving.json": json.dumps(pinned, indent=2), "parity_samples.json": json.dumps(samples)}

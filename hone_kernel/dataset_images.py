@@ -117,8 +117,8 @@ def inline_refs(row: dict, resolve: Callable[[str], str]) -> dict:
             if isinstance(spec, dict) and isinstance(spec.get("url"), str) and image_source(spec["url"]) == "ref":
                 spec["url"] = resolve(spec["url"])
     for turn in row.get("contents") or []:
-        parts = turn.get("parts") if isinstance(turn, dict) else None
-        for i, part in enumerate(parts or []):
+        parts: list = turn.get("parts") or [] if isinstance(turn, dict) else []
+        for i, part in enumerate(parts):
             key = next((k for k in ("fileData", "file_data") if isinstance(part, dict) and k in part), None)
             if key is None:
                 continue

@@ -155,7 +155,7 @@ def test_images_named_by_file_id_or_bucket_uri_are_checked_copied_in_and_sealed(
     grants. Each is read and checked at upload and copied beside the file; the rest read as missing, alike."""
     from examples import shapes
 
-    a, b, server = sealed["a"], sealed["b"], sealed["server"]
+    a, b = sealed["a"], sealed["b"]
     image = shapes.png(shapes.examples(1, 3)[0][0])
     s3 = moto.client()
     s3.put_object(Bucket="data", Key="a/img/0.png", Body=image)

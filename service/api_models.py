@@ -370,6 +370,8 @@ class BaseModelObject(Exact):
     origin: str
     tensor_parallel_size: int  # devices each engine of it splits the model over (vLLM), set in HONE_BASE_MODELS
     pipeline_parallel_size: int
+    vision: bool  # reads images (an image-text model), set in HONE_BASE_MODELS
+    lora_vision_tower: bool  # its LoRA adapts the vision tower and projector too, not the language model alone
 
 
 class BaseModelList(Exact):

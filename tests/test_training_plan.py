@@ -40,9 +40,11 @@ def test_batch_size_comes_from_a_token_budget_and_keeps_steps_in_an_epoch():
 
 
 def test_dataset_shape_estimates_tokens_from_the_files_bytes():
-    file = SimpleNamespace(example_count=200, bytes=200 * 450)
+    file = SimpleNamespace(example_count=200, bytes=200 * 450, dataset_media=None)
     assert DatasetShape.of(file, GENERIC).mean_tokens == pytest.approx(100.0)
-    assert DatasetShape.of(SimpleNamespace(example_count=None, bytes=0), GENERIC) == DatasetShape(1, 1.0)
+    assert DatasetShape.of(SimpleNamespace(example_count=None, bytes=0, dataset_media=None), GENERIC) == DatasetShape(
+        1, 1.0
+    )
 
 
 def test_resolution_fills_every_knob_and_keeps_given_values():

@@ -290,7 +290,7 @@ def test_the_trainer_reads_referenced_images_from_the_copies_the_server_checked(
     inlineData, and train as embedded images do."""
     from hone_kernel.trainer_contract import FileRef
     from trainer.blobs import FolderBlobs
-    from trainer.inputs import lines_of
+    from trainer.data import lines_of
 
     image = shapes.examples(1, 4)[0][0]
     png = shapes.png(image)

@@ -3,16 +3,10 @@ tokenized, with what truncation cost reported as an event, and a file with nothi
 
 from __future__ import annotations
 
-import base64
-import json
-from collections.abc import Iterator
-
-from hone_kernel.dataset_images import inline_refs
-from hone_kernel.images import sniff
 from hone_kernel.trainer_contract import FileRef, TrainSpec
 from trainer import rft
 from trainer.blobs import Blobs
-from trainer.data import SUPERVISED_FORMATS, DataError, held_out, tokenize_lines, tokenize_preferences
+from trainer.data import SUPERVISED_FORMATS, DataError, held_out, lines_of, tokenize_lines, tokenize_preferences
 from trainer.failures import FatalError
 
 
@@ -46,19 +40,3 @@ def items_of(spec: TrainSpec, tokenizer, blobs: Blobs, reporter, ref: FileRef, w
     if not items:
         raise FatalError(f"invalid_{what.replace(' ', '_')}", f"The {what} has no example with trained tokens.")
     return items
-
-
-def lines_of(blobs: Blobs, ref: FileRef) -> Iterator[bytes]:
-    """A file's lines, with the images they name by reference put back as data URLs of the copies the server
-    checked at upload (`ref.images`)."""
-    lines = blobs.iter_lines(ref.key)
-    if not ref.images:
-        yield from lines
-        return
-
-    def resolve(name: str) -> str:
-        data = blobs.read_bytes(ref.images[name])
-        return f"data:{sniff(data)};base64,{base64.b64encode(data).decode()}"
-
-    for line in lines:
-        yield json.dumps(inline_refs(json.loads(line), resolve)).encode() if line.strip() else line

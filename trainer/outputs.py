@@ -12,8 +12,7 @@ from typing import Any
 
 from hone_kernel.trainer_contract import TrainSpec
 from trainer.blobs import Blobs
-from trainer.data import parity_samples
-from trainer.inputs import lines_of
+from trainer.data import lines_of, parity_samples
 
 PARITY_ROWS = 8  # training rows published for the endpoint's parity gate
 

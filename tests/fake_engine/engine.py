@@ -124,6 +124,8 @@ class FakeEngine:
 
     dtype = "fake"
     device = "cpu"
+    vision = None  # reads text only: image parts are refused as the real engine refuses them for a text model
+    images_per_prompt = 0
 
     def __init__(
         self,

@@ -115,9 +115,12 @@ def test_admin_registers_a_local_folder_base_model_that_trains(fake_server, tmp_
             "origin": "admin",
             "tensor_parallel_size": 1,  # serving sizes come from HONE_BASE_MODELS only; the admin API's are 1
             "pipeline_parallel_size": 1,
+            "vision": False,  # as are vision models (HONE_BASE_MODELS); the admin API registers text models
+            "lora_vision_tower": False,
         }
         listed = {m["id"]: m for m in admin.get("/v1/organization/base_models").json()["data"]}
         assert listed["hone-tiny"]["origin"] == "builtin" and listed["acme/missing"]["origin"] == "settings"
+        assert listed["hone-tiny-vision"]["vision"] and not listed["hone-tiny"]["vision"]
         refused = admin.delete("/v1/organization/base_models/hone-tiny")
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "base_model_not_editable"
         bad = admin.post("/v1/organization/base_models", json={"name": "ft:nope", "source": "/x"})

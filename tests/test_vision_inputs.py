@@ -317,3 +317,14 @@ def test_the_trainer_reads_referenced_images_from_the_copies_the_server_checked(
     assert validate_bytes(json.dumps(_line("file-abc")).encode()).image_refs == {
         "file-abc": (1, "messages[0].content[1].image_url.url")
     }
+
+
+def test_hone_files_validate_reports_images_and_what_it_could_not_check(tmp_path):
+    from hone.cli.files import _check_locally, _report_json
+
+    url = shapes.data_url(shapes.examples(1, 6)[0][0])
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(_line(u)) for u in [url] * 9 + ["file-abc123"]) + "\n")
+    report, problems = _check_locally(path, 10)
+    shown = _report_json(path, report, problems)
+    assert (shown["ok"], shown["images"], shown["image_examples"], shown["unchecked_image_refs"]) == (True, 10, 10, 1)

@@ -44,6 +44,10 @@ def _report_json(path: Path, report: DatasetReport, problems: list[str]) -> dict
         "format": report.format.value if report.format else None,
         "examples": report.examples,
         "lines": report.lines,
+        "images": report.images,
+        "image_examples": report.image_examples,
+        # named by file id or bucket URI: the server reads and checks these on upload, this check cannot
+        "unchecked_image_refs": len(report.image_refs),
         "total_errors": report.total_errors,
         "errors": [e.as_dict() for e in report.errors],
         "problems": problems,
@@ -53,7 +57,10 @@ def _report_json(path: Path, report: DatasetReport, problems: list[str]) -> dict
 def _print_report(path: Path, report: DatasetReport, problems: list[str]) -> None:
     kind = FORMAT_LABELS[report.format] if report.format else "unknown format"
     verdict = "[green]valid[/]" if not problems else f"[red]{len(problems)} problem(s)[/]"
-    err.print(f"{path.name}: {verdict}: {kind}, {report.examples} example(s) in {report.lines} line(s)")
+    images = f", {report.images} image(s)" if report.images else ""
+    if report.image_refs:
+        images += f" ({len(report.image_refs)} named by file id or URI: checked on upload)"
+    err.print(f"{path.name}: {verdict}: {kind}, {report.examples} example(s) in {report.lines} line(s){images}")
     for problem in problems:
         err.print(f"  {problem}", markup=False)
 

@@ -140,6 +140,19 @@ def _check_file(
         _check_images(row.dataset_media, file_id, param, method_type, base, registry)
 
 
+def _check_vision_mode(ctx: AppContext, body: CreateFineTuningJob, method: dict) -> None:
+    """A vision model trains with LoRA or full weights: Hone's QLoRA loads text models only (trainer/quantization.py)."""
+    base = ctx.base_models.get(body.model)
+    hp = (method.get(method["type"]) or {}).get("hyperparameters") or {}
+    if base is not None and base.vision and hp.get("tuning_mode") == "qlora":
+        raise InvalidRequest(
+            f"Base model {base.name} reads images, and QLoRA quantizes text models only; use tuning_mode 'lora' or "
+            "'full'.",
+            param=f"method.{method['type']}.hyperparameters.tuning_mode",
+            code=ErrorCode.INVALID_VALUE,
+        )
+
+
 def _check_images(
     media: dict, file_id: str, param: str, method_type: str, base: BaseModel | None, registry: BaseModelRegistry
 ) -> None:
@@ -242,6 +255,7 @@ def new_job(
     """The new job's row; `vertex_spec` keeps what a Vertex request said beyond OpenAI's fields, and
     `evaluation_extra` what its evaluationConfig asks of the evaluation beyond Hone's own (service/vertex)."""
     method = _resolve_method(body)
+    _check_vision_mode(ctx, body, method)
     check_servable(method, ctx.settings.serving.max_lora_rank)
     check_fits_trainer(ctx, body.model, method)
     training_plan.check_tuning_options(

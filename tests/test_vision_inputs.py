@@ -328,3 +328,42 @@ def test_hone_files_validate_reports_images_and_what_it_could_not_check(tmp_path
     report, problems = _check_locally(path, 10)
     shown = _report_json(path, report, problems)
     assert (shown["ok"], shown["images"], shown["image_examples"], shown["unchecked_image_refs"]) == (True, 10, 10, 1)
+
+
+def test_full_weights_of_a_vision_model_serve_images_and_qlora_is_refused(tmp_path):
+    """Full tuning trains the tower too and publishes a folder the engine serves on its own (processor included)."""
+    from inference.engine import Engine
+    from inference.models import ServingModels
+    from inference.server import create_app
+
+    rows = [shapes.chat_line(image, answer) for image, answer in shapes.examples(16, 3)]
+    run_training(tmp_path, rows, "openai_chat", model="hone-tiny-vision", epochs=1, lr=1e-4, tuning_mode="full")
+    folder = tmp_path / "blobs/jobs/ftjob-core/adapter"
+    assert (folder / "model.safetensors").exists() and (folder / "processor_config.json").exists()
+    engine = Engine(str(folder), "m")
+    try:
+        client = TestClient(create_app(ServingModels(engine, "m", str(folder)), api_key=None, allow_runtime_lora=False))
+        body = {"model": "m", "messages": rows[0]["messages"][:1], "max_tokens": 2}
+        reply = client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] > IMAGE_TOKENS
+    finally:
+        engine.stop()
+
+    from types import SimpleNamespace
+
+    from service.errors import InvalidRequest
+    from service.job_creation import _check_vision_mode
+
+    ctx = SimpleNamespace(base_models=BaseModelRegistry({}))
+    qlora = {"type": "supervised", "supervised": {"hyperparameters": {"tuning_mode": "qlora"}}}
+    with pytest.raises(InvalidRequest) as refused:
+        _check_vision_mode(ctx, SimpleNamespace(model="hone-tiny-vision"), qlora)
+    assert refused.value.param == "method.supervised.hyperparameters.tuning_mode"
+    _check_vision_mode(ctx, SimpleNamespace(model="hone-tiny"), qlora)  # a text model's QLoRA is its own business
+
+
+def test_gemini_lines_train_their_inline_images(tokenizer):
+    image = shapes.examples(1, 8)[0][0]
+    line = shapes.gemini_line(image, "red circle")
+    example = encode_row(tokenizer, line, "vertex_gemini")
+    assert example.images == [shapes.data_url(image)] and len(example.image_spans) == 1

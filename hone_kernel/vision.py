@@ -92,6 +92,15 @@ class VisionInputs:
             out_mask += [False] * repeat if token == self.image_token_id else [bool(mask[i]) if mask else False]
         return out_ids, out_mask
 
+    @staticmethod
+    def pixel_digest(pixels: Any) -> str:
+        """A digest of a prompt's pixels as the model receives them (float32, shape included): what the parity gate
+        compares between the trainer's processor and the engine's."""
+        import hashlib
+
+        values = pixels.detach().float().cpu().contiguous()
+        return hashlib.sha256(str(tuple(values.shape)).encode() + values.numpy().tobytes()).hexdigest()
+
     def render(self, ids: list[int], images: list) -> Rendered:
         """A prompt's token ids expanded for its images, and their pixels."""
         counts = self.tokens_per_image(images)

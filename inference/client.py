@@ -142,6 +142,27 @@ class EngineClient:
         add_special_tokens: bool | None = None,
     ) -> list[int]:
         """Token ids exactly as the engine would feed them to `model` (its pinned chat template included)."""
+        return self.tokenize_full(
+            model,
+            messages=messages,
+            prompt=prompt,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            add_special_tokens=add_special_tokens,
+        )["tokens"]
+
+    def tokenize_full(
+        self,
+        model: str,
+        *,
+        messages: list[dict] | None = None,
+        prompt: str | None = None,
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+        add_special_tokens: bool | None = None,
+        return_pixel_digest: bool = False,
+    ) -> dict:
+        """/tokenize's whole answer; `return_pixel_digest` (Hone's engine) adds the digest of the prompt's pixels."""
         if (messages is None) == (prompt is None):
             raise ValueError("give exactly one of messages or prompt")
         body: dict[str, Any] = {"model": model}
@@ -153,7 +174,9 @@ class EngineClient:
             body["prompt"] = prompt
         if add_special_tokens is not None:
             body["add_special_tokens"] = add_special_tokens
-        return self._json("POST", "/tokenize", json=body)["tokens"]
+        if return_pixel_digest:
+            body["return_pixel_digest"] = True
+        return self._json("POST", "/tokenize", json=body)
 
     def chat(self, model: str, messages: list[dict], **params) -> dict:
         """A non-streamed chat completion; `params` are any other request fields."""

@@ -366,11 +366,14 @@ class OpenAIHandlers:
                 tools=body.tools,
                 template_kwargs=body.chat_template_kwargs,
             )
-            tokens, _ = self.chat_prompt(text, body.add_special_tokens, body.messages)  # image runs expanded, as vLLM
+            tokens, pixels = self.chat_prompt(text, body.add_special_tokens, body.messages)  # runs expanded, as vLLM
         else:
-            tokens = self.encode(body.prompt, body.add_special_tokens)
+            tokens, pixels = self.encode(body.prompt, body.add_special_tokens), None
         strs = self.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
-        return {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens, "token_strs": strs}
+        out = {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens, "token_strs": strs}
+        if isinstance(body, TokenizeChatRequest) and body.return_pixel_digest:  # Hone's extension: the parity gate's
+            out["pixel_digest"] = vision_prompts.pixel_digest(pixels)
+        return out
 
     def detokenize(self, body: DetokenizeRequest) -> dict:
         self.models.resolve(body.model)

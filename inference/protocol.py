@@ -106,6 +106,8 @@ class TokenizeChatRequest(_Body):
     tools: list[dict[str, Any]] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     return_token_strs: bool | None = False
+    # Hone's extension: the digest of the prompt's pixels (hone_kernel.vision.pixel_digest), for the parity gate
+    return_pixel_digest: bool = False
 
     @model_validator(mode="after")
     def _one_prompt_mode(self) -> TokenizeChatRequest:

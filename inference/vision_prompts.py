@@ -54,3 +54,12 @@ def chat_prompt(engine: Engine, ids: list[int], messages: list[dict]) -> tuple[l
     except ImageError as e:
         raise bad_request(str(e), "messages") from e
     return rendered.input_ids, rendered.pixel_values
+
+
+def pixel_digest(pixels: Any) -> str | None:
+    """The digest of a prompt's pixels (None without images), as the trainer records it for the parity gate."""
+    if pixels is None:
+        return None
+    from hone_kernel.vision import VisionInputs
+
+    return VisionInputs.pixel_digest(pixels)

@@ -242,6 +242,9 @@ class PeftEngine:
 
         return chat_ids(self.tokenizer, messages, tools, generation_prompt=add_generation_prompt)
 
+    def tokenize_full(self, model, **request):
+        return {"tokens": self.tokenize(model, **request)}
+
     def chat(self, model, messages, *, max_tokens, temperature, **_):
         assert temperature == 0
         ids = torch.tensor([self.tokenize(model, messages=messages)])

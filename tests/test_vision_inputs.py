@@ -330,6 +330,21 @@ def test_hone_files_validate_reports_images_and_what_it_could_not_check(tmp_path
     assert (shown["ok"], shown["images"], shown["image_examples"], shown["unchecked_image_refs"]) == (True, 10, 10, 1)
 
 
+class AppEngine:
+    """inference.client.EngineClient's calls the parity gate makes, sent to an engine app in process."""
+
+    def __init__(self, client: TestClient):
+        self.client = client
+
+    def tokenize_full(self, model: str, **request) -> dict:
+        reply = self.client.post("/tokenize", json={"model": model, **request})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def chat(self, model: str, messages: list[dict], **params) -> dict:
+        return self.client.post("/v1/chat/completions", json={**params, "model": model, "messages": messages}).json()
+
+
 def test_full_weights_of_a_vision_model_serve_images_and_qlora_is_refused(tmp_path):
     """Full tuning trains the tower too and publishes a folder the engine serves on its own (processor included)."""
     from inference.engine import Engine
@@ -337,7 +352,7 @@ def test_full_weights_of_a_vision_model_serve_images_and_qlora_is_refused(tmp_pa
     from inference.server import create_app
 
     rows = [shapes.chat_line(image, answer) for image, answer in shapes.examples(16, 3)]
-    run_training(tmp_path, rows, "openai_chat", model="hone-tiny-vision", epochs=1, lr=1e-4, tuning_mode="full")
+    run_training(tmp_path, rows, "openai_chat", model="hone-tiny-vision", epochs=4, lr=1e-3, tuning_mode="full")
     folder = tmp_path / "blobs/jobs/ftjob-core/adapter"
     assert (folder / "model.safetensors").exists() and (folder / "processor_config.json").exists()
     engine = Engine(str(folder), "m")
@@ -346,6 +361,16 @@ def test_full_weights_of_a_vision_model_serve_images_and_qlora_is_refused(tmp_pa
         body = {"model": "m", "messages": rows[0]["messages"][:1], "max_tokens": 2}
         reply = client.post("/v1/chat/completions", json=body)
         assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] > IMAGE_TOKENS
+        # The parity gate against this engine: the pixels and answers agree; an engine whose processor normalises
+        # otherwise (a different mean) is refused for its pixels.
+        from service.deploy import parity
+
+        recorded = json.loads((folder / "parity_samples.json").read_text())
+        assert all(s["pixel_digest"] for s in recorded["samples"]) and recorded["greedy"]["reason"] == "images"
+        parity.check(AppEngine(client), "m", folder, max_samples=4)  # type: ignore[arg-type]
+        engine.vision.processor.image_processor.image_mean = [0.5, 0.5, 0.5]
+        with pytest.raises(parity.ParityFailure, match="not the pixels training made"):
+            parity.check(AppEngine(client), "m", folder, max_samples=4)  # type: ignore[arg-type]
     finally:
         engine.stop()
 

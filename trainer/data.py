@@ -204,6 +204,14 @@ def chat_ids(tokenizer, messages: list[dict], tools, *, generation_prompt: bool)
     return with_images(tokenizer, Example(ids, [False] * len(ids)), messages).input_ids
 
 
+def _pixels(tokenizer, messages: list[dict]) -> dict:
+    """A parity row's `pixel_digest`: its images as the trainer's processor made them (none without images)."""
+    urls, vision = image_urls(messages), vision_of(tokenizer)
+    if not urls or vision is None:
+        return {}
+    return {"pixel_digest": vision.pixel_digest(vision.pixels([load_image(url, OPENAI_LIMITS) for url in urls]))}
+
+
 def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> dict:
     """Training rows as the serving path must see them: `/tokenize` requests with the token ids training used,
     and one prompt for a smoke generation. The control plane replays them against an endpoint before it is ready."""
@@ -231,6 +239,7 @@ def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> d
                     {
                         "tokenize": {"messages": messages, "add_generation_prompt": False, **extra},
                         "token_ids": chat_ids(tokenizer, messages, tools, generation_prompt=False),
+                        **_pixels(tokenizer, messages),
                     }
                 )
             last = max((i for i, t in enumerate(trained) if t), default=len(messages))
@@ -239,6 +248,7 @@ def parity_samples(tokenizer, lines: Iterable[bytes], fmt: str, count: int) -> d
                 {
                     "tokenize": {"messages": prompt, "add_generation_prompt": True, **extra},
                     "token_ids": chat_ids(tokenizer, prompt, tools, generation_prompt=True),
+                    **_pixels(tokenizer, prompt),
                 }
             )
             smoke = smoke or {"messages": prompt, **extra}

@@ -54,8 +54,15 @@ def check(client: EngineClient, model: str, weights_dir: Path, max_samples: int)
         else {}
     )
     for number, sample in enumerate(recorded["samples"][: 2 * max_samples], start=1):
-        served = client.tokenize(model, **sample["tokenize"])
-        trained = sample["token_ids"]
+        pixels = sample.get("pixel_digest")
+        answer = client.tokenize_full(model, **sample["tokenize"], return_pixel_digest=pixels is not None)
+        served, trained = answer["tokens"], sample["token_ids"]
+        # Hone's engine says what pixels its processor made; vLLM does not, and its greedy answers speak for them
+        if pixels is not None and answer.get("pixel_digest") not in (None, pixels):
+            raise ParityFailure(
+                f"Parity check failed: sample {number}'s images are not the pixels training made (the engine's image "
+                "processor resizes, crops or normalises otherwise than the trainer's)."
+            )
         if served != trained:
             at = _first_difference(served, trained)
             raise ParityFailure(

@@ -38,7 +38,7 @@ from inference.generation import (  # the request-level types, kept where no tor
     model_serving,
 )
 from inference.metrics import EngineMetrics, cache_config_labels
-from inference.sampling import IncrementalDetokenizer, sample
+from inference.sampling import IncrementalDetokenizer, Penalties, sample, token_logprob
 
 if TYPE_CHECKING:
     from hone_kernel.structured import Grammars
@@ -337,6 +337,8 @@ class Engine:
 
             constraint = Constraint(job.grammar)
         holdback = max((len(s) for s in params.stop), default=1) - 1  # never stream a possible stop prefix
+        penalties = Penalties(params, prompt) if params.penalized else None
+        pending: list = []  # the logprobs of tokens not yet sent
         detok = IncrementalDetokenizer(self.tokenizer, prompt)
         text, sent, output = "", 0, []
         finish: str | None = None
@@ -355,10 +357,16 @@ class Engine:
             images = {"pixel_values": pixels} if pixels is not None else {}  # their features fill the image tokens
             out = self.model(input_ids=next_input, past_key_values=past, use_cache=True, **images)
             past = out.past_key_values
-            logits = out.logits[0, -1]
+            raw = logits = out.logits[0, -1]
+            if penalties is not None:
+                logits = penalties.apply(logits)
             if constraint is not None:
                 logits = constraint.mask(logits)
             token = sample(logits, params, generator)
+            if penalties is not None:
+                penalties.add(token)
+            if params.logprobs is not None and token != eos and token not in stop_ids:  # answer tokens only
+                pending.append(token_logprob(raw, token, params.logprobs))
             if constraint is not None:
                 constraint.accept(token)
             output.append(token)
@@ -387,8 +395,8 @@ class Engine:
             if finish is None:
                 visible = len(text) - holdback
                 if visible > sent:
-                    job.emit(Delta(index, text[sent:visible], len(output)))
-                    sent = visible
+                    job.emit(Delta(index, text[sent:visible], len(output), pending))
+                    sent, pending = visible, []
                 next_input = torch.tensor([[token]], device=self.device)
         # Metrics first: a client that has its answer sees them counted.
         self.metrics.request_finished(
@@ -402,4 +410,4 @@ class Engine:
             generation_tokens=len(output),
             max_tokens=params.max_tokens,
         )
-        job.emit(Finished(index, text[sent:], finish, stop_reason, len(prompt), len(output), output))
+        job.emit(Finished(index, text[sent:], finish, stop_reason, len(prompt), len(output), output, pending))

@@ -27,10 +27,29 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # vLLM's penalties: presence and frequency on the tokens generated so far, repetition on the prompt's too
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None  # each generated token's log-probability and this many alternatives; None: none
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_EPSILON
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (vLLM's raw logprobs: before penalties and temperature),
+    and the `logprobs` most likely tokens at that step with theirs."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -38,6 +57,7 @@ class Delta:
     index: int
     text: str
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens since the last event (logprobs asked)
 
 
 @dataclass
@@ -49,6 +69,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     token_ids: list[int] = field(default_factory=list)  # every generated id, stop/EOS id included
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens since the last event (logprobs asked)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from hone_kernel.output_format import FormatError
 from hone_kernel.output_format import parse as parse_output_format
-from inference import VLLM_PROTOCOL_VERSION, vision_prompts
+from inference import VLLM_PROTOCOL_VERSION, logprobs, vision_prompts
 from inference.adapters import ServingProfile
 from inference.errors import bad_request
 from inference.generation import Delta, Finished, GenerationJob, SamplingParams
@@ -113,6 +113,7 @@ class OpenAIHandlers:
         if max_tokens < 1:
             raise bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(s for s in body.stop or () if s)
+        presence, frequency, repetition = logprobs.penalties(body, defaults)
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=float(temperature),
@@ -122,6 +123,10 @@ class OpenAIHandlers:
             stop=stop,
             stop_token_ids=tuple(body.stop_token_ids or ()),
             ignore_eos=body.ignore_eos,
+            presence_penalty=presence,
+            frequency_penalty=frequency,
+            repetition_penalty=repetition,
+            logprobs=logprobs.requested(body, isinstance(body, ChatCompletionRequest)),
         )
         if params.greedy and body.n > 1:
             raise bad_request(f"n must be 1 when using greedy sampling, got {body.n}.", "n")
@@ -149,6 +154,14 @@ class OpenAIHandlers:
                 job.grammar = await asyncio.to_thread(self.engine.grammars.compile, fmt, stops)
         except FormatError as e:
             raise bad_request(str(e), e.param) from e
+
+    def _chat_logprobs(self, job: GenerationJob, entries: list) -> dict | None:
+        return None if job.params.logprobs is None else logprobs.chat_content(self.tokenizer, entries)
+
+    def _completion_logprobs(self, job: GenerationJob, entries: list, offset: int = 0) -> dict | None:
+        if job.params.logprobs is None:
+            return None
+        return logprobs.completion_logprobs(self.tokenizer, entries, offset)
 
     def _model_name(self, entry: LoraEntry | None) -> str:
         return entry.name if entry else self.models.base_names[0]
@@ -192,7 +205,7 @@ class OpenAIHandlers:
                     "function_call": None,
                     "reasoning": None,
                 },
-                "logprobs": None,
+                "logprobs": self._chat_logprobs(job, r["logprobs"]),
                 "finish_reason": r["finish_reason"],
                 "stop_reason": r["stop_reason"],
                 "token_ids": r["token_ids"] if body.return_token_ids else None,
@@ -252,7 +265,12 @@ class OpenAIHandlers:
                 )
             elif isinstance(event, Delta):
                 yield chunk(
-                    {"index": event.index, "delta": {"content": event.text}, "logprobs": None, "finish_reason": None},
+                    {
+                        "index": event.index,
+                        "delta": {"content": event.text},
+                        "logprobs": self._chat_logprobs(job, event.logprobs),
+                        "finish_reason": None,
+                    },
                     usage,
                 )
             else:
@@ -260,7 +278,7 @@ class OpenAIHandlers:
                     {
                         "index": event.index,
                         "delta": {"content": event.text},
-                        "logprobs": None,
+                        "logprobs": self._chat_logprobs(job, event.logprobs),
                         "finish_reason": event.finish_reason,
                         "stop_reason": event.stop_reason,
                     },
@@ -302,7 +320,7 @@ class OpenAIHandlers:
             {
                 "index": i,
                 "text": r["text"],
-                "logprobs": None,
+                "logprobs": self._completion_logprobs(job, r["logprobs"]),
                 "finish_reason": r["finish_reason"],
                 "stop_reason": r["stop_reason"],
                 "token_ids": r["token_ids"] if ids else None,
@@ -326,6 +344,7 @@ class OpenAIHandlers:
     async def _completion_stream(
         self, job: GenerationJob, body: CompletionRequest, rid: str, created: int, model: str
     ) -> AsyncIterator[str]:
+        sent: dict[int, int] = {}  # characters of each choice's text streamed so far: its tokens' text offsets
         async for item in stream(self.engine, self.fingerprint, job, body, rid, created, model, "text_completion"):
             if isinstance(item, str):
                 yield item
@@ -334,6 +353,8 @@ class OpenAIHandlers:
             if kind == "role":
                 continue  # text completions have no role chunk
             last = isinstance(event, Finished)
+            lps = self._completion_logprobs(job, event.logprobs, sent.get(event.index, 0))
+            sent[event.index] = sent.get(event.index, 0) + len(event.text)
             data = {
                 "id": rid,
                 "object": "text_completion",
@@ -343,7 +364,7 @@ class OpenAIHandlers:
                     {
                         "index": event.index,
                         "text": event.text,
-                        "logprobs": None,
+                        "logprobs": lps,
                         "finish_reason": event.finish_reason if last else None,
                         "stop_reason": event.stop_reason if last else None,
                     }

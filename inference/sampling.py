@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from inference.generation import SamplingParams
+from inference.generation import SamplingParams, TokenLogprob
 
 # vLLM seeds incremental detokenisation with the prompt's last tokens so that the first output token
 # decodes with its leading space (SentencePiece drops it otherwise).
@@ -51,3 +51,44 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         logits = torch.full_like(logits, float("-inf")).scatter(0, order, ordered)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class Penalties:
+    """vLLM's presence, frequency and repetition penalties over one sequence: presence and frequency count the
+    tokens generated so far (logits -= frequency * count + presence * [count > 0]); repetition divides a positive
+    logit (multiplies a negative one) of any token seen in the prompt or the output."""
+
+    def __init__(self, params: SamplingParams, prompt: list[int]):
+        self.params = params
+        self.prompt = prompt
+        self.counts: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if self.counts is None:
+            self.counts = torch.zeros(logits.shape[-1], device=logits.device)
+            self.seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            self.seen[torch.tensor(self.prompt, device=logits.device, dtype=torch.long)] = True
+        logits = logits.float()
+        if p.repetition_penalty != 1.0:
+            assert self.seen is not None  # made with counts
+            seen = self.seen | (self.counts > 0)
+            scaled = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+            logits = torch.where(seen, scaled, logits)
+        return logits - p.frequency_penalty * self.counts - p.presence_penalty * (self.counts > 0).float()
+
+    def add(self, token: int) -> None:
+        if self.counts is not None:
+            self.counts[token] += 1
+
+
+def token_logprob(raw_logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """The chosen token's log-probability and the `top` likeliest, from the model's raw logits (vLLM's default
+    logprobs mode: before penalties, temperature and the grammar)."""
+    logprobs = torch.log_softmax(raw_logits.float(), dim=-1)
+    alternatives: tuple[tuple[int, float], ...] = ()
+    if top:
+        values, ids = torch.topk(logprobs, min(top, logprobs.numel()))
+        alternatives = tuple(zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(token, float(logprobs[token]), alternatives)

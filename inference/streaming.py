@@ -13,11 +13,13 @@ from inference.generation import Failed, Finished, GenerationJob
 
 async def collect(engine: Any, job: GenerationJob) -> dict[int, dict]:
     texts: dict[int, str] = {}
+    logprobs: dict[int, list] = {}  # each choice's tokens' logprobs, in order
     results: dict[int, dict] = {}
     async for event in engine.generate(job):
         if isinstance(event, Failed):
             raise internal(event.message)
         texts[event.index] = texts.get(event.index, "") + event.text
+        logprobs.setdefault(event.index, []).extend(event.logprobs)
         if isinstance(event, Finished):
             results[event.index] = {
                 "text": texts[event.index],
@@ -25,6 +27,7 @@ async def collect(engine: Any, job: GenerationJob) -> dict[int, dict]:
                 "stop_reason": event.stop_reason,
                 "tokens": event.completion_tokens,
                 "token_ids": event.token_ids,
+                "logprobs": logprobs[event.index],
             }
     return results
 

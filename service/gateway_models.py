@@ -37,6 +37,12 @@ class _Sampling(_Open):
         ", one chunk per `data:` line, then `data: [DONE]`.",
     )
     stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0, description="vLLM's: above 1 discourages repeats.")
+    response_format: dict[str, Any] | None = Field(
+        None, description='{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}: held by the grammar.'
+    )
 
 
 class ChatMessage(_Open):
@@ -47,6 +53,8 @@ class ChatMessage(_Open):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
+    logprobs: bool | None = Field(None, description="true: each answer token's log-probability (choices[].logprobs).")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: the likeliest tokens at each step.")
     store: bool | None = Field(
         None, description="true: the completion is kept for the Stored Completions API (GET /v1/chat/completions)."
     )
@@ -57,6 +65,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=20, description="Each token's log-probability and this many likeliest.")
 
 
 class Usage(_Open):
@@ -70,11 +79,26 @@ class AssistantMessage(_Open):
     content: str | None
 
 
+class TopLogprob(_Open):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Open):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
 class ChatChoice(_Open):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: dict[str, Any] | None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(_Open):
@@ -95,6 +119,7 @@ class ChatChunkChoice(_Open):
     index: int
     delta: ChunkDelta
     finish_reason: str | None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(_Open):
@@ -108,11 +133,18 @@ class ChatCompletionChunk(_Open):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(_Open):
+    text_offset: list[int]
+    token_logprobs: list[float | None]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float] | None]
+
+
 class CompletionChoice(_Open):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: dict[str, Any] | None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(_Open):

@@ -1163,3 +1163,22 @@ def test_startup_log_line(engine):
     while f"serving '{SERVED}' on http://127.0.0.1:{engine.port}" not in engine.logs():
         assert time.monotonic() < deadline, engine.logs()
         time.sleep(0.1)
+
+
+@contract
+def test_logprobs_have_one_shape_on_both_engines(http, engine):
+    """Chat's `{"content": [...]}` and completions' `{text_offset, token_logprobs, tokens, top_logprobs}`, whole and
+    streamed: what vLLM answers, from the built-in engine and the fake (tests/test_sampling_surface.py checks the
+    values of the real one)."""
+    body = {"model": SERVED, "messages": CHAT, "temperature": 0, "max_tokens": 6, "logprobs": True, "top_logprobs": 2}
+    whole = http.post("/v1/chat/completions", json=body).json()["choices"][0]
+    content = whole["logprobs"]["content"]
+    assert content and "".join(e["token"] for e in content) == whole["message"]["content"]
+    assert all(set(e) == {"token", "logprob", "bytes", "top_logprobs"} and len(e["top_logprobs"]) == 2 for e in content)
+    streamed = http.post("/v1/chat/completions", json={**body, "stream": True}).text
+    chunks = [json.loads(x[6:]) for x in streamed.split("\n\n") if x.startswith("data: {")]
+    assert [e for c in chunks for e in ((c["choices"] or [{}])[0].get("logprobs") or {}).get("content", [])] == content
+    text = http.post(
+        "/v1/completions", json={"model": SERVED, "prompt": "hello", "max_tokens": 4, "temperature": 0, "logprobs": 1}
+    ).json()["choices"][0]
+    assert "".join(text["logprobs"]["tokens"]) == text["text"] and len(text["logprobs"]["top_logprobs"][0]) == 1

@@ -19,7 +19,7 @@ from inference.adapters import (
     ResidentSet,
     inspect_adapter,
 )
-from inference.generation import Delta, Failed, Finished, GenerationJob, find_stop, model_serving
+from inference.generation import Delta, Failed, Finished, GenerationJob, TokenLogprob, find_stop, model_serving
 from inference.metrics import EngineMetrics, cache_config_labels
 
 log = logging.getLogger("inference.engine")
@@ -110,7 +110,7 @@ class FakeTokenizer:
     def __len__(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True, **_) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
@@ -239,6 +239,7 @@ class FakeEngine:
         params, eos = job.params, None if job.params.ignore_eos else self.eos_token_id
         self.metrics.scheduled(len(prompt))
         text, sent, output, finish, stop_reason = "", 0, [], None, None
+        pending: list[TokenLogprob] = []  # a certain model: each answer token at log-probability 0
         started = time.monotonic()
         while finish is None:
             await asyncio.sleep(0)  # lets a dropped stream cancel us between tokens
@@ -249,6 +250,9 @@ class FakeEngine:
             if token == eos:
                 finish = "stop"
                 break
+            if params.logprobs is not None:
+                others = tuple(((token + k) % len(self.tokenizer), -9999.0) for k in range(1, params.logprobs))
+                pending.append(TokenLogprob(token, 0.0, ((token, 0.0), *others) if params.logprobs else ()))
             piece = self.tokenizer.decode(output)[len(text) :]  # the answer is ASCII: no split characters
             text += piece
             hit = find_stop(text, len(piece), params.stop) if piece and params.stop else None
@@ -259,8 +263,8 @@ class FakeEngine:
             else:
                 visible = len(text) - (max((len(s) for s in params.stop), default=1) - 1)
                 if visible > sent:
-                    yield Delta(index, text[sent:visible], len(output))
-                    sent = visible
+                    yield Delta(index, text[sent:visible], len(output), pending)
+                    sent, pending = visible, []
         now = time.monotonic()
         self.metrics.request_finished(
             finish,
@@ -273,4 +277,4 @@ class FakeEngine:
             generation_tokens=len(output),
             max_tokens=params.max_tokens,
         )
-        yield Finished(index, text[sent:], finish, stop_reason, len(prompt), len(output), output)
+        yield Finished(index, text[sent:], finish, stop_reason, len(prompt), len(output), output, pending)

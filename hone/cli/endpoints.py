@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from hone.cli.common import EXIT_REFUSED, Session, api_command, table, when
@@ -74,6 +76,19 @@ def models_list(session: Session):
     session.show(
         models, lambda: table(["id", "owned by", "created"], [(m.id, m.owned_by, when(m.created)) for m in models])
     )
+
+
+@api_command(models_app, "download")
+def models_download(
+    session: Session,
+    model: str,
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="where to save the .tar (default: named after the model)"
+    ),
+):
+    """Download a tuned model's or checkpoint's weights (adapter or full), checked against the archive's SHA256SUMS."""
+    saved = session.client.models.download(model, output)
+    session.show({"model": model, "path": str(saved)}, f"saved {model} to {saved}")
 
 
 @api_command(models_app, "delete")

@@ -244,3 +244,50 @@ def test_the_openai_sdks_parse_gets_a_schema_valid_answer_from_tuned_and_base(se
     gold = [row["messages"][-1]["content"] for row in held_out]
     right = {name: sum(a == g for a, g in zip(got, gold)) / len(gold) for name, got in answers.items()}
     print(f"labels answered as JSON through the gateway: tuned {right[model]:.0%}, base {right['hone-tiny']:.0%}")
+
+
+def test_a_tuned_model_and_its_checkpoints_can_be_taken_away(served, tmp_path):
+    """GET /v1/models/{model}/content streams the weights as a tar whose SHA256SUMS checks every file; the CLI
+    (and the SDK under it) saves and checks it. Another project's model reads as missing; a base model is refused."""
+    import io
+    import tarfile
+
+    import httpx
+
+    from hone_kernel.weights_archive import verify
+
+    server, project, job = served["server"], served["project"], served["job"]
+    model = job.fine_tuned_model
+    headers = {"Authorization": f"Bearer {project.api_key}"}
+    path = "/v1/models/" + model + "/content"
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as http:
+        reply = http.get(path)
+        assert reply.status_code == 200 and reply.headers["content-type"] == "application/x-tar"
+        assert reply.headers["content-disposition"].endswith('.tar"')
+        files = verify(reply.content)
+        assert {"adapter_config.json", "adapter_model.safetensors", "hone_serving.json", "tokenizer.json"} <= set(files)
+        with tarfile.open(fileobj=io.BytesIO(reply.content)) as tar:
+            config = json.load(tar.extractfile(next(m for m in tar if m.name.endswith("/adapter_config.json"))))
+        assert config["peft_type"] == "LORA"
+        checkpoint = next(iter(served["client"].fine_tuning.jobs.checkpoints.list(job.id)))
+        assert "adapter_config.json" in verify(http.get(f"/v1/models/{checkpoint.id}/content").content)
+        assert http.get("/v1/models/hone-tiny/content").status_code == 400
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {served['other'].api_key}"}) as http:
+        foreign = http.get(path)
+        assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "model_not_found"
+    env = {**os.environ, "HONE_BASE_URL": server.base_url, "HONE_API_KEY": project.api_key}
+    saved = subprocess.run(
+        [sys.executable, "-m", "hone", "models", "download", model, "-o", str(tmp_path / "m.tar")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert verify((tmp_path / "m.tar").read_bytes()) == files
+    broken = bytearray(reply.content)
+    at = broken.find(b'"peft_type"')
+    broken[at + 1] ^= 0x20  # one byte of one file changed
+    with pytest.raises(ValueError, match="does not match its SHA256SUMS"):
+        verify(bytes(broken))

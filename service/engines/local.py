@@ -313,11 +313,15 @@ class LocalEngines:
         self._states.mkdir(parents=True, exist_ok=True)
         group = self._running[key]
         replicas = [{"pid": p.proc.pid, "url": p.handle.url, "spawned_as": p.spawned_as} for p in group]
-        # The engine's API key is in it (other server workers read it to reach the engine): owner-only.
-        fd = os.open(self._state_path(key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The engine's API key is in it (other server workers read it to reach the engine): owner-only. Written
+        # beside and renamed in: a reader never sees it truncated and half-written (a test caught one that did).
+        path = self._state_path(key)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             # pid/url/spawned_as of the first replica at the top, as before replicas, for operators' scripts
             json.dump({"key": key, **replicas[0], "api_key": group[0].handle.api_key, "replicas": replicas}, out)
+        os.replace(partial, path)
 
     def get(self, key: str) -> EngineHandle | None:
         with self._lock:

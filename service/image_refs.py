@@ -25,7 +25,7 @@ from service.context import AppContext
 from service.db.tables import File
 from service.errors import ApiError, NotFound
 from service.storage import BlobNotFound
-from service.storage.s3 import bounded_client
+from service.storage.s3 import is_missing, shared_client
 
 IMAGES_PREFIX = "file-images/"  # {file id}/{n}: beside files/, not under a file's own key (a folder on disk)
 VISION_PURPOSES = ("vision", "user_data")  # OpenAI's purposes for images a request or a job reads
@@ -67,7 +67,7 @@ def _read_object(ctx: AppContext, project_id: str, uri: str, field: str) -> byte
     except ApiError as exc:
         raise _Missing(exc.message) from None
     storage = ctx.settings.storage
-    client = bounded_client(storage.s3_endpoint_url, storage.s3_max_attempts, storage.s3_timeout_s)
+    client = shared_client(storage.s3_endpoint_url, storage.s3_max_attempts, storage.s3_timeout_s)
     try:
         body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{GEMINI_LIMITS.image_bytes}")["Body"]
         try:
@@ -75,10 +75,9 @@ def _read_object(ctx: AppContext, project_id: str, uri: str, field: str) -> byte
         finally:
             body.close()
     except ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "")
-        if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
+        if is_missing(err):
             raise _Missing(_not_found(uri)) from None
-        raise _Missing(f"{uri} cannot be read ({code or err})") from None
+        raise _Missing(f"{uri} cannot be read ({err.response.get('Error', {}).get('Code') or err})") from None
     except BotoCoreError as err:
         raise _Missing(f"{uri} cannot be read: {err}") from None
 

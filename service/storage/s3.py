@@ -7,6 +7,7 @@ ends a call with `StorageUnavailable` in bounded time instead of a hang or a bar
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from urllib.parse import urlparse
@@ -38,7 +39,13 @@ def bounded_client(endpoint_url: str | None, max_attempts: int, timeout_s: float
     )
 
 
-def _is_missing(err: ClientError) -> bool:
+# Clients are built once per store (a boto3 client takes tens of ms to make): for reads of objects outside Hone's
+# own storage (dataset URIs, images named by reference), retries and timeouts bounded as Hone's storage bounds its own.
+shared_client = functools.lru_cache(maxsize=4)(bounded_client)
+
+
+def is_missing(err: ClientError) -> bool:
+    """The error says the object (or its bucket) does not exist."""
     return err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
 
 
@@ -149,7 +156,7 @@ class S3Storage:
             try:
                 self.client.head_bucket(Bucket=self.bucket)
             except ClientError as err:
-                if not _is_missing(err):
+                if not is_missing(err):
                     raise
                 self.client.create_bucket(Bucket=self.bucket)
 
@@ -171,7 +178,7 @@ class S3Storage:
             try:
                 body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
             except ClientError as err:
-                if _is_missing(err):
+                if is_missing(err):
                     raise BlobNotFound(key) from None
                 raise
             try:
@@ -187,7 +194,7 @@ class S3Storage:
             try:
                 return self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))["ContentLength"]
             except ClientError as err:
-                if _is_missing(err):
+                if is_missing(err):
                     raise BlobNotFound(key) from None
                 raise
 

@@ -8,7 +8,6 @@ refused whole, naming the line and field."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.errors import ErrorCode, InvalidRequest
 from service.files import import_fine_tune_file
-from service.storage.s3 import bounded_client
+from service.storage.s3 import is_missing, shared_client
 
 CHUNK = 1 << 20
 
@@ -67,16 +66,12 @@ def bucket_object(settings, uri: str, field: str) -> BucketObject | None:
     return BucketObject(location, bucket, key)
 
 
-# Clients are built once per store: retries and timeouts bounded as Hone's storage bounds its own.
-_s3_client = functools.lru_cache(maxsize=4)(bounded_client)
-
-
 def _object_chunks(client, obj: BucketObject, uri: str, field: str) -> Iterator[bytes]:
     try:
         body = client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
-        if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
+        if is_missing(err):
             raise InvalidRequest(
                 f"{field}: {uri} does not exist (read as s3://{obj.bucket}/{obj.key}).",
                 param=field,
@@ -104,7 +99,7 @@ def resolve_dataset(ctx: AppContext, principal: ProjectPrincipal, uri: str, fiel
     if obj is None:
         return ResolvedDataset(uri, imported=False)  # the job's own checks find it, or say why not
     dataset_grants.check_readable(ctx, principal.project_id, obj.location, uri, field)  # before anything is read
-    client = _s3_client(
+    client = shared_client(
         ctx.settings.storage.s3_endpoint_url, ctx.settings.storage.s3_max_attempts, ctx.settings.storage.s3_timeout_s
     )
     filename = obj.key.rsplit("/", 1)[-1]

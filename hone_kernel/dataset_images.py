@@ -8,7 +8,8 @@ that line and field (service/job_creation.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from hone_kernel.images import (
@@ -17,6 +18,7 @@ from hone_kernel.images import (
     ImageError,
     Limits,
     check_bytes,
+    data_url,
     gemini_data_url,
     image_source,
     parse_data_url,
@@ -126,3 +128,18 @@ def inline_refs(row: dict, resolve: Callable[[str], str]) -> dict:
             mime, _, data = url.removeprefix("data:").partition(";base64,")
             parts[i] = {"inlineData": {"mimeType": mime, "data": data}}
     return row
+
+
+def inline_lines(lines: Iterable[bytes], objects: dict[str, str], read: Callable[[str], bytes]) -> Iterator[bytes]:
+    """A file's lines with the images they name by reference put back as data URLs of the copies the server checked
+    at upload (`objects`: reference -> the copy's storage key, read with `read`); blank lines kept, so line numbers
+    hold. The trainer (trainer.data.lines_of) and the control plane (service.image_refs.inlined_lines) read so."""
+    if not objects:
+        yield from lines
+        return
+
+    def resolve(ref: str) -> str:
+        return data_url(read(objects[ref]))
+
+    for line in lines:
+        yield json.dumps(inline_refs(json.loads(line), resolve)).encode() if line.strip() else line

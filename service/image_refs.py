@@ -3,23 +3,23 @@
 checked as an embedded image is (format by its bytes, size, it decodes: hone_kernel.images), and copied beside the
 file (`file-images/{id}/{n}`), so training reads exactly the bytes that were checked whatever happens to the
 original later. The file's `dataset_media.objects` maps each reference to its copy; the trainer and the job's
-evaluation put the copies back into the lines as data URLs (hone_kernel.dataset_images.inline_refs).
+evaluation put the copies back into the lines as data URLs (hone_kernel.dataset_images.inline_lines).
 
 A reference another project's file or an object outside the grants reads as missing, in the same words whether or
 not it exists."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 
+from hone_kernel.dataset_images import inline_lines
 from hone_kernel.dataset_lines import dataset_lines
 from hone_kernel.datasets import DatasetReport, LineError
-from hone_kernel.images import GEMINI_LIMITS, OPENAI_LIMITS, ImageError, check_bytes, sniff
+from hone_kernel.images import GEMINI_LIMITS, OPENAI_LIMITS, ImageError, check_bytes
 from service import dataset_grants
 from service.context import AppContext
 from service.db.tables import File
@@ -112,27 +112,7 @@ def _error(report: DatasetReport, error: LineError) -> None:
     report.errors.sort(key=lambda e: e.line)
 
 
-def resolver(ctx: AppContext, objects: dict[str, str]):
-    """reference -> data URL of its copy, for hone_kernel.dataset_images.inline_refs."""
-
-    def resolve(ref: str) -> str:
-        data = ctx.storage.read_bytes(objects[ref])
-        return f"data:{sniff(data)};base64,{base64.b64encode(data).decode()}"
-
-    return resolve
-
-
 def inlined_lines(ctx: AppContext, storage_key: str, media: dict[str, Any] | None) -> Iterator[bytes]:
     """A fine-tune file's lines with its referenced images as data URLs (as the trainer reads them)."""
-    import json
-
-    from hone_kernel.dataset_images import inline_refs
-
     objects = (media or {}).get("objects") or {}
-    lines = dataset_lines(ctx.storage.iter_chunks(storage_key))
-    if not objects:
-        yield from lines
-        return
-    resolve = resolver(ctx, objects)
-    for line in lines:
-        yield json.dumps(inline_refs(json.loads(line), resolve)).encode() if line.strip() else line
+    return inline_lines(dataset_lines(ctx.storage.iter_chunks(storage_key)), objects, ctx.storage.read_bytes)

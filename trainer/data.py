@@ -5,16 +5,15 @@ Chat-like formats go through the base model's chat template; the loss covers ass
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hone_kernel.dataset_images import inline_refs
+from hone_kernel.dataset_images import inline_lines
 from hone_kernel.dataset_messages import clean_message, to_messages
 from hone_kernel.dataset_prompts import prompt_messages
-from hone_kernel.images import OPENAI_LIMITS, ImageError, sniff
+from hone_kernel.images import OPENAI_LIMITS, ImageError
 from hone_kernel.trainer_contract import FileRef
 from hone_kernel.vision import image_urls, load_image
 
@@ -281,14 +280,4 @@ def held_out(lines: Iterable[bytes], exclude: list[int]) -> Iterator[bytes]:
 def lines_of(blobs: Blobs, ref: FileRef) -> Iterator[bytes]:
     """A file's lines, with the images they name by reference put back as data URLs of the copies the server
     checked at upload (`ref.images`)."""
-    lines = blobs.iter_lines(ref.key)
-    if not ref.images:
-        yield from lines
-        return
-
-    def resolve(name: str) -> str:
-        data = blobs.read_bytes(ref.images[name])
-        return f"data:{sniff(data)};base64,{base64.b64encode(data).decode()}"
-
-    for line in lines:
-        yield json.dumps(inline_refs(json.loads(line), resolve)).encode() if line.strip() else line
+    return inline_lines(blobs.iter_lines(ref.key), ref.images, blobs.read_bytes)

@@ -15,8 +15,6 @@ from typing import Any
 
 from hone_kernel.images import ImageError, Limits, check_bytes, decode, parse_data_url
 
-IMAGE_PART_TYPES = ("image_url", "image")
-
 
 def is_vision_model(path: str | Path) -> bool:
     """Whether the model folder holds an image-text model (a config with a vision tower)."""
@@ -53,7 +51,6 @@ def load_image(url: Any, limits: Limits) -> Any:
 class Rendered:
     input_ids: list[int]
     pixel_values: Any  # a tensor of the images in order (None without images)
-    image_tokens: list[int]  # each image's run of tokens
 
 
 class VisionInputs:
@@ -65,7 +62,6 @@ class VisionInputs:
         self.processor = AutoProcessor.from_pretrained(str(path))
         config = AutoConfig.from_pretrained(str(path))
         self.image_token_id: int = config.image_token_index
-        self.image_token: str = self.processor.image_token
 
     def pixels(self, images: list) -> Any:
         return self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
@@ -105,4 +101,4 @@ class VisionInputs:
         """A prompt's token ids expanded for its images, and their pixels."""
         counts = self.tokens_per_image(images)
         expanded, _ = self.expand(ids, counts)
-        return Rendered(expanded, self.pixels(images) if images else None, counts)
+        return Rendered(expanded, self.pixels(images) if images else None)

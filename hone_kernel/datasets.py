@@ -111,6 +111,14 @@ class DatasetReport:
     # Images named by reference (a file id, an s3:// or gs:// URI): where each is first named, (line, field). The
     # server reads and checks them (service/image_refs.py); offline they are left unchecked.
     image_refs: dict[str, tuple[int, str]] = field(default_factory=dict)
+    max_errors: int = 20  # errors kept in `errors` (the validator's); the rest are counted in total_errors
+
+    def add_error(self, error: LineError) -> None:
+        """An error found after validation (images named by reference: service/image_refs.py), kept as the
+        validator keeps its own."""
+        self.total_errors += 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append(error)
 
     def media(self) -> dict[str, Any] | None:
         """What the file holds besides text, as stored with it and shown in its `dataset` summary."""
@@ -262,6 +270,7 @@ class DatasetValidator:
             self.first_image,
             self.image_bytes,
             self.image_refs,
+            self.max_errors,
         )
 
     def _line(self, raw: bytes) -> None:

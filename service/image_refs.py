@@ -83,8 +83,8 @@ def _read_object(ctx: AppContext, project_id: str, uri: str, field: str) -> byte
 
 
 def copy_in(ctx: AppContext, project_id: str, file_id: str, report: DatasetReport) -> dict[str, str]:
-    """Reads, checks and copies every image `report` names by reference; returns reference -> storage key, and adds
-    an error naming the line and field of each one that is missing or not an image."""
+    """Reads, checks and copies every image `report` (a valid file's) names by reference, in line order; returns
+    reference -> storage key, and adds an error naming the line and field of each one missing or not an image."""
     objects: dict[str, str] = {}
     for n, (ref, (line, field)) in enumerate(sorted(report.image_refs.items(), key=lambda item: item[1])):
         try:
@@ -94,22 +94,15 @@ def copy_in(ctx: AppContext, project_id: str, file_id: str, report: DatasetRepor
                 data = _read_object(ctx, project_id, ref, field)
             check_bytes(data, None, GEMINI_LIMITS if field.startswith("contents") else OPENAI_LIMITS)
         except _Missing as exc:
-            _error(report, LineError(line, field, "image_not_found", str(exc)))
+            report.add_error(LineError(line, field, "image_not_found", str(exc)))
             continue
         except ImageError as exc:
-            _error(report, LineError(line, field, exc.code, f"{ref}: {exc}"))
+            report.add_error(LineError(line, field, exc.code, f"{ref}: {exc}"))
             continue
         key = f"{IMAGES_PREFIX}{file_id}/{n}"
         ctx.storage.put_bytes(key, data)
         objects[ref] = key
     return objects
-
-
-def _error(report: DatasetReport, error: LineError) -> None:
-    report.total_errors += 1
-    if len(report.errors) < 20:
-        report.errors.append(error)
-    report.errors.sort(key=lambda e: e.line)
 
 
 def inlined_lines(ctx: AppContext, storage_key: str, media: dict[str, Any] | None) -> Iterator[bytes]:

@@ -370,6 +370,17 @@ def wait_job(client, job_id: str, until, timeout: float = 180, poll: float = 0.3
         time.sleep(poll)
 
 
+def wait_evaluation(client, job, timeout: float = 300):
+    """The job as it is once its evaluation against its base has ended (or after `timeout`, as it then is)."""
+    from service.job_evaluation import OPEN_STAGES
+
+    deadline = time.monotonic() + timeout
+    while job.model_extra["evaluation"]["status"] in OPEN_STAGES and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    return job
+
+
 def wait_past_step(client, job_id: str, step: int):
     """Waits until the job has reported a step after `step` (its latest events, polled often: a trainer killed now
     is mid-way between two checkpoints) and returns the job."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 
 import google.oauth2.credentials
 import openai
@@ -19,8 +18,7 @@ from google import genai
 from google.genai import types
 
 from examples import shapes
-from service.job_evaluation import OPEN_STAGES
-from tests.support import HoneServer, jsonl, wait_endpoint, wait_job
+from tests.support import HoneServer, jsonl, wait_endpoint, wait_evaluation, wait_job
 
 HELD_OUT = 40  # held-out images asked through the gateway (of the 120 the split leaves out)
 REFERENCED = 48  # training lines whose image is an uploaded file (purpose vision), named by its id
@@ -50,10 +48,7 @@ def tuned(tmp_path_factory):
         with project.http() as http:
             endpoint = wait_endpoint(http, job.fine_tuned_model)
         assert endpoint["state"] == "ready", endpoint
-        deadline = time.monotonic() + 300
-        while job.model_extra["evaluation"]["status"] in OPEN_STAGES and time.monotonic() < deadline:
-            time.sleep(0.5)
-            job = client.fine_tuning.jobs.retrieve(job.id)
+        job = wait_evaluation(client, job)
         yield {
             "server": server,
             "project": project,

@@ -12,13 +12,10 @@ its job succeeds (HONE_AUTO_DEPLOY), as a user's would, into one engine that eve
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from examples.support_tickets import make
-from service.job_evaluation import OPEN_STAGES
-from tests.support import HoneServer, PostgresDatabase, wait_endpoint, wait_job
+from tests.support import HoneServer, PostgresDatabase, wait_endpoint, wait_evaluation, wait_job
 from tests.tuned_tickets import BUCKET, SFT, labels, share_right, upload
 
 
@@ -56,10 +53,7 @@ def tuned_model(tmp_path_factory, moto):
             endpoint = wait_endpoint(http, job.fine_tuned_model)
         assert endpoint["state"] == "ready", endpoint
         # The evaluation's traffic ends before the tests start (their usage counts would otherwise race it).
-        deadline = time.monotonic() + 300
-        while job.model_extra["evaluation"]["status"] in OPEN_STAGES and time.monotonic() < deadline:
-            time.sleep(0.5)
-            job = client.fine_tuning.jobs.retrieve(job.id)
+        job = wait_evaluation(client, job)
         answers = labels(client, job.fine_tuned_model, held_out)  # test_serving.py checks them too
         yield {
             "server": server,

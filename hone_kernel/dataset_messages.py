@@ -30,6 +30,13 @@ def _parts(content: list) -> list[dict]:
     ]
 
 
+def gemini_image_part(blob: dict) -> dict:
+    """A Gemini inlineData image ({mimeType, data}) as an OpenAI image_url content part (a data URL): how training
+    lines and Vertex generateContent requests both reach a vision model."""
+    mime = blob.get("mimeType", blob.get("mime_type")) or ""
+    return {"type": "image_url", "image_url": {"url": gemini_data_url(mime, str(blob.get("data") or ""))}}
+
+
 def _gemini_content(parts) -> str | list[dict]:
     """A Gemini turn's parts: its text, or (with inlineData images) text and image_url parts in order."""
     if not any(isinstance(p, dict) and ("inlineData" in p or "inline_data" in p) for p in parts or []):
@@ -38,8 +45,7 @@ def _gemini_content(parts) -> str | list[dict]:
     for part in parts:
         blob = part.get("inlineData", part.get("inline_data"))
         if isinstance(blob, dict):
-            mime = blob.get("mimeType", blob.get("mime_type")) or ""
-            out.append({"type": "image_url", "image_url": {"url": gemini_data_url(mime, blob.get("data", ""))}})
+            out.append(gemini_image_part(blob))
         else:
             out.append({"type": "text", "text": part.get("text", "")})
     return out

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from hone_kernel.images import gemini_data_url
+from hone_kernel.dataset_messages import gemini_image_part
 from service.errors import ApiError, BadGateway, ErrorCode, InvalidRequest, NotFound, ServiceUnavailable
 from service.vertex import response_schema
 from service.vertex.resources import rfc3339
@@ -37,8 +37,7 @@ def _content(content: Content, where: str, images: bool) -> str | list[dict]:
             and isinstance(blob, dict)
             and str(blob.get("mimeType", blob.get("mime_type", ""))).startswith("image/")
         ):
-            mime, data = blob.get("mimeType", blob.get("mime_type")), blob.get("data")
-            parts.append({"type": "image_url", "image_url": {"url": gemini_data_url(mime, str(data or ""))}})
+            parts.append(gemini_image_part(blob))
             continue
         if part.text is None:
             if part.thought:

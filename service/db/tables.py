@@ -212,10 +212,11 @@ class TunedModel(Base):
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(512), unique=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))  # None: imported, no job made it
     base_model: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[int] = mapped_column(BigInteger)
     storage_prefix: Mapped[str] = mapped_column(String(512))
+    origin: Mapped[str] = mapped_column(String(16), default="job", server_default="job")  # job | import
 
 
 class RegisteredBaseModel(Base):

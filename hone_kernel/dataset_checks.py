@@ -153,7 +153,20 @@ def _check_tool_calls(calls: Any, path: str, issues: _Issues) -> None:
             issues.add(_join(where, "function"), "missing_key", "tool call needs a 'function' object")
             continue
         _require_str(fn, "name", _join(where, "function"), issues)
-        _require_str(fn, "arguments", _join(where, "function"), issues, non_empty=False)
+        if _require_str(fn, "arguments", _join(where, "function"), issues, non_empty=False):
+            _check_arguments(fn["arguments"], _join(_join(where, "function"), "arguments"), issues)
+
+
+def _check_arguments(text: str, path: str, issues: _Issues) -> None:
+    """A call's arguments are trained as written and read back as JSON when served (inference/tool_parsers.py):
+    text that is not one JSON object would teach calls no engine can read."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        issues.add(path, "invalid_value", f"arguments must be a JSON object encoded as a string: {e}")
+        return
+    if not isinstance(value, dict):
+        issues.add(path, "invalid_value", f"arguments must encode a JSON object, got {_type_name(value)}")
 
 
 def _check_message(msg: Any, path: str, issues: _Issues, roles: tuple[str, ...] = CHAT_ROLES) -> str | None:

@@ -52,10 +52,10 @@ class Grammars:
         return self._compilers[stop_ids]
 
     def compile(
-        self, fmt: OutputFormat, stop_ids: Iterable[int], param: str = "response_format"
+        self, fmt: OutputFormat, stop_ids: Iterable[int], param: str = "response_format", field: str | None = None
     ) -> xgr.CompiledGrammar:
-        """The grammar of `fmt`; FormatError (a 400) for a schema xgrammar cannot enforce, naming the field under
-        `param` (where the request holds its response_format)."""
+        """The grammar of `fmt`; FormatError (a 400) for a schema xgrammar cannot enforce, naming `field` (by default
+        the schema under `param`, where the request holds its response_format)."""
         stops = tuple(sorted(set(stop_ids)))
         if not stops:
             raise FormatError(f"{param} needs a token that ends the answer; ignore_eos leaves none.", param)
@@ -76,7 +76,7 @@ class Grammars:
                 grammar = compiler.compile_grammar(grammar_text.replace(_BOUNDED_CHARS, _JSON_CHARS))
             except (RuntimeError, ValueError, TypeError) as e:
                 detail = _ORIGIN.sub("", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-                field = f"{param}.json_schema.schema"
+                field = field or f"{param}.json_schema.schema"
                 raise FormatError(f"{field} cannot be enforced: {detail}", field) from e
             self._cache[key] = grammar
             if len(self._cache) > CACHED_GRAMMARS:

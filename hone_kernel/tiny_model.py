@@ -19,7 +19,9 @@ VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
 BOS, EOS, PAD, IM_END = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|im_end|>"
 
-# ChatML. Tools, tool calls and content parts are rendered as text so that any OpenAI chat line fits.
+# ChatML. Tools, tool calls and content parts are rendered as text so that any OpenAI chat line fits. Tool calls are
+# Llama 3's JSON calls, `{"name": ..., "arguments": {...}}` separated by "; ": the format engines read back with
+# vLLM's llama3_json parser (inference/tool_parsers.py), so a model tuned on calls is served with them.
 CHAT_TEMPLATE = (
     "{%- if tools -%}<|im_start|>system{{ '\\n' }}Tools: {{ tools | tojson }}<|im_end|>{{ '\\n' }}{%- endif -%}"
     "{%- for message in messages -%}"
@@ -27,7 +29,13 @@ CHAT_TEMPLATE = (
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- elif message['content'] -%}{%- for part in message['content'] -%}{{ part['text'] }}{%- endfor -%}"
     "{%- endif -%}"
-    "{%- if message.get('tool_calls') -%}{{ message['tool_calls'] | tojson }}{%- endif -%}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{%- if not loop.first %}; {% endif -%}"
+    '{"name": {{ call["function"]["name"] | tojson }}, "arguments": '
+    "{%- if call['function']['arguments'] is string %} {{ call['function']['arguments'] }}"
+    "{%- else %} {{ call['function']['arguments'] | tojson }}{%- endif -%}"
+    "{{ '}' }}"
+    "{%- endfor -%}"
     "<|im_end|>{{ '\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
@@ -39,7 +47,7 @@ CHAT_TEMPLATE = (
 # and still has logits large enough for LoRA to make a token likely (0.02, the usual init, has not).
 EMBEDDING_STD = 0.05
 # Bumped whenever the builder's output changes: a cached build of another version is rebuilt, not reused.
-BUILD_VERSION = "2"
+BUILD_VERSION = "3"
 BUILD_MARKER = "hone_tiny_build.txt"
 ARCHITECTURE: dict[str, Any] = dict(
     hidden_size=192,

@@ -13,6 +13,7 @@ from pathlib import Path
 from hone_kernel.jsonlog import route_transformers_logs
 from inference.adapters import LORA_RANKS
 from inference.logs import configure_logging
+from inference.tool_parsers import BUILTIN_PARSERS, parser
 
 log = logging.getLogger("inference")
 
@@ -40,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default={},
         help="images a request may hold, as vLLM: '{\"image\": 10}' (a vision model; default 10)",
     )
+    p.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='tool_choice "auto": the model decides, --tool-call-parser reads its calls (vLLM\'s flag)',
+    )
+    p.add_argument("--tool-call-parser", choices=sorted(BUILTIN_PARSERS), default=None, help="the family's format")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     args = p.parse_args(argv)
@@ -51,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"max_cpu_loras ({args.max_cpu_loras}) must be >= max_loras ({args.max_loras})")
     if args.max_model_len is not None and args.max_model_len < 2:
         p.error("--max-model-len must be at least 2")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:  # vLLM's startup check
+        p.error("--enable-auto-tool-choice requires --tool-call-parser")
     return args
 
 
@@ -103,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         chat_template=_template(args.chat_template),
         images_per_prompt=args.limit_mm_per_prompt.get("image", 10),
     )
-    app = create_app(ServingModels(engine, served, args.model), api_key=args.api_key, allow_runtime_lora=runtime_lora)
+    tools = parser(args.tool_call_parser) if args.enable_auto_tool_choice else None
+    app = create_app(
+        ServingModels(engine, served, args.model, tools), api_key=args.api_key, allow_runtime_lora=runtime_lora
+    )
     log.info(
         "serving %r on http://%s:%d (device %s, %s, max_model_len %d, runtime LoRA updating %s)",
         served,

@@ -12,10 +12,10 @@ from typing import Any, cast
 
 from hone_kernel.output_format import FormatError
 from hone_kernel.output_format import parse as parse_output_format
-from inference import VLLM_PROTOCOL_VERSION, logprobs, vision_prompts
+from inference import VLLM_PROTOCOL_VERSION, chat_responses, logprobs, tool_calls, vision_prompts
 from inference.adapters import ServingProfile
 from inference.errors import bad_request
-from inference.generation import Delta, Finished, GenerationJob, SamplingParams
+from inference.generation import Finished, GenerationJob, SamplingParams
 from inference.models import LoraEntry, ServingModels
 from inference.protocol import (
     ChatCompletionRequest,
@@ -143,15 +143,28 @@ class OpenAIHandlers:
             adapter_name=entry.name if entry else None,
         )
 
-    async def _constrain(self, job: GenerationJob, body: ChatCompletionRequest | CompletionRequest) -> None:
-        """Holds the job's answers to its response_format's grammar; 400 naming the field for a format that is not
-        one or a schema that cannot be enforced. Compiled on a thread: a first grammar of a large vocabulary takes
-        a while, and the event loop serves other requests meanwhile."""
+    async def _constrain(
+        self,
+        job: GenerationJob,
+        body: ChatCompletionRequest | CompletionRequest,
+        tools: tool_calls.ToolPlan | None = None,
+    ) -> None:
+        """Holds the job's answers to its response_format's grammar, or to the calls its tool_choice forces; 400
+        naming the field for a format that is not one or a schema that cannot be enforced. Compiled on a thread: a
+        first grammar of a large vocabulary takes a while, and the event loop serves other requests meanwhile."""
         try:
-            fmt = parse_output_format(body.response_format)
+            fmt, param, field = parse_output_format(body.response_format), "response_format", None
+            forced = tools.forced_format() if tools is not None else None
+            if forced is not None:
+                if fmt is not None:
+                    raise bad_request(
+                        "response_format cannot be combined with a tool_choice that forces a tool call.",
+                        "response_format",
+                    )
+                (fmt, field), param = forced, "tool_choice"
             if fmt is not None:
                 stops = self.engine.stop_ids(job.profile, job.params)
-                job.grammar = await asyncio.to_thread(self.engine.grammars.compile, fmt, stops)
+                job.grammar = await asyncio.to_thread(self.engine.grammars.compile, fmt, stops, param, field)
         except FormatError as e:
             raise bad_request(str(e), e.param) from e
 
@@ -168,14 +181,15 @@ class OpenAIHandlers:
 
     # --- chat completions ---------------------------------------------------------------------------
 
-    def prepare_chat(self, body: ChatCompletionRequest) -> tuple[GenerationJob, str]:
+    def prepare_chat(self, body: ChatCompletionRequest) -> tuple[GenerationJob, str, tool_calls.ToolPlan | None]:
         entry = self.models.resolve(body.model)
+        tools = tool_calls.plan(body, self.models.tool_parser)
         text = self.render_chat(
             self.models.profile(entry),
             body.messages,
             add_generation_prompt=body.add_generation_prompt,
             continue_final_message=body.continue_final_message,
-            tools=body.tools,
+            tools=list(tools.tools) if tools else None,
             template_kwargs=body.chat_template_kwargs,
         )
         prompt, pixels = self.chat_prompt(text, body.add_special_tokens, body.messages)
@@ -184,42 +198,25 @@ class OpenAIHandlers:
         max_tokens = requested if requested is not None else self.engine.max_model_len - len(prompt)
         job = self._job(entry, [prompt], self._sampling(body, max_tokens), body.n)
         job.pixel_values = pixels
-        return job, self._model_name(entry)
+        return job, self._model_name(entry), tools
 
     async def chat(self, body: ChatCompletionRequest, request_id: str) -> dict | AsyncIterator[str]:
-        job, model = self.prepare_chat(body)
-        await self._constrain(job, body)
+        job, model, tools = self.prepare_chat(body)
+        await self._constrain(job, body, tools)
         rid, created = f"chatcmpl-{request_id}", int(time.time())
         if body.stream:
-            return self._chat_stream(job, body, rid, created, model)
+            chunks = stream(self.engine, self.fingerprint, job, body, rid, created, model, "chat.completion.chunk")
+            return chat_responses.chunks(chunks, tools, self._chat_logprobs_of(job), rid, created, model)
         results = await collect(self.engine, job)
-        choices = [
-            {
-                "index": i,
-                "message": {
-                    "role": "assistant",
-                    "content": r["text"],
-                    "refusal": None,
-                    "annotations": None,
-                    "audio": None,
-                    "function_call": None,
-                    "reasoning": None,
-                },
-                "logprobs": self._chat_logprobs(job, r["logprobs"]),
-                "finish_reason": r["finish_reason"],
-                "stop_reason": r["stop_reason"],
-                "token_ids": r["token_ids"] if body.return_token_ids else None,
-                "routed_experts": None,
-                "weight_versions": None,
-            }
-            for i, r in sorted(results.items())
-        ]
         return {
             "id": rid,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": choices,
+            "choices": [
+                chat_responses.choice(i, r, tools, self._chat_logprobs(job, r["logprobs"]), bool(body.return_token_ids))
+                for i, r in sorted(results.items())
+            ],
             "service_tier": None,
             "system_fingerprint": self.fingerprint,
             "usage": usage(job, results),
@@ -231,59 +228,8 @@ class OpenAIHandlers:
             "metrics": None,
         }
 
-    async def _chat_stream(
-        self, job: GenerationJob, body: ChatCompletionRequest, rid: str, created: int, model: str
-    ) -> AsyncIterator[str]:
-        def chunk(choice: dict, usage: dict | None) -> str:
-            data = {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [choice],
-            }
-            if usage is not None:
-                data["usage"] = usage
-            return sse(data)
-
-        async for item in stream(
-            self.engine, self.fingerprint, job, body, rid, created, model, "chat.completion.chunk"
-        ):
-            if isinstance(item, str):
-                yield item
-                continue
-            kind, event, usage = item
-            if kind == "role":
-                yield chunk(
-                    {
-                        "index": event,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    },
-                    usage,
-                )
-            elif isinstance(event, Delta):
-                yield chunk(
-                    {
-                        "index": event.index,
-                        "delta": {"content": event.text},
-                        "logprobs": self._chat_logprobs(job, event.logprobs),
-                        "finish_reason": None,
-                    },
-                    usage,
-                )
-            else:
-                yield chunk(
-                    {
-                        "index": event.index,
-                        "delta": {"content": event.text},
-                        "logprobs": self._chat_logprobs(job, event.logprobs),
-                        "finish_reason": event.finish_reason,
-                        "stop_reason": event.stop_reason,
-                    },
-                    usage,
-                )
+    def _chat_logprobs_of(self, job: GenerationJob):
+        return lambda entries: self._chat_logprobs(job, entries)
 
     # --- text completions ---------------------------------------------------------------------------
 

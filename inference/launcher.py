@@ -53,6 +53,7 @@ def engine_command(
     tensor_parallel_size: int = 1,
     pipeline_parallel_size: int = 1,
     images_per_prompt: int = 0,
+    tool_call_parser: str | None = None,
 ) -> EngineLaunch:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -93,6 +94,8 @@ def engine_command(
         flags += ["--pipeline-parallel-size", str(pipeline_parallel_size)]
     if images_per_prompt:  # a vision model: images a request may hold (vLLM's flag; the built-in engine takes it too)
         flags += ["--limit-mm-per-prompt", json.dumps({"image": images_per_prompt})]
+    if tool_call_parser:  # tool_choice "auto", read in the model family's format (the built-in engine takes it too)
+        flags += ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
     if engine == "vllm":
         # One API server only: vLLM 0.33 refuses runtime LoRA updating with --api-server-count > 1, and the
         # adapter registry is per API-server process anyway.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from inference.adapters import AdapterNotFound, ServingProfile, profile_from
 from inference.errors import APIError, internal, invalid_user_input, not_found
 from inference.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from inference.tool_parsers import ToolParser
 
 if TYPE_CHECKING:  # the engine imports torch; the registry only drives it
     from inference.engine import Engine
@@ -36,8 +37,9 @@ class LoraEntry:
 
 
 class ServingModels:
-    def __init__(self, engine: Engine, served_model_name: str, model_path: str):
+    def __init__(self, engine: Engine, served_model_name: str, model_path: str, tool_parser: ToolParser | None = None):
         self.engine = engine
+        self.tool_parser = tool_parser  # --tool-call-parser with --enable-auto-tool-choice: what reads "auto" calls
         self.base_names = [served_model_name]
         self.model_path = model_path
         self.loras: dict[str, LoraEntry] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -62,16 +62,74 @@ class _Sampling(_Body):
         return data
 
 
+class FunctionDefinition(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatCompletionToolsParam(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+_NAMED_USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
+
+
+def _check_tool_usage(data: Any) -> Any:
+    """vLLM's check: tools default tool_choice to "auto"; a tool_choice needs tools; a named one names one of them."""
+    if not isinstance(data, dict):
+        return data
+    if "tool_choice" not in data and data.get("tools"):
+        data["tool_choice"] = "auto"
+    choice = data.get("tool_choice")
+    if choice is None or choice == "none":
+        return data
+    if data.get("tools") is None:
+        raise ParamError("When using `tool_choice`, `tools` must be set.", "tool_choice")
+    if choice not in ("auto", "required") and not isinstance(choice, dict):
+        raise ParamError(
+            f'Invalid value for `tool_choice`: {choice}! Only named tools, "none", "auto" or "required" are supported.',
+            "tool_choice",
+        )
+    if choice == "required" and isinstance(data["tools"], list) and not data["tools"]:
+        data["tool_choice"] = "none"  # OpenAI's: required with no tools behaves as none
+        return data
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if not isinstance(function, dict):
+            raise ParamError(
+                f"Invalid value for `function`: `{function}` in `tool_choice`! {_NAMED_USAGE}", "tool_choice"
+            )
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise ParamError(f"Invalid `name` in `function`: `{name}` in `tool_choice`! {_NAMED_USAGE}", "tool_choice")
+        tools = data["tools"] if isinstance(data["tools"], list) else []
+        if not any(isinstance(t, dict) and (t.get("function") or {}).get("name") == name for t in tools):
+            raise ParamError(
+                "The tool specified in `tool_choice` does not match any of the specified `tools`", "tool_choice"
+            )
+    return data
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[dict[str, Any]]
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ChatCompletionToolsParam] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = "none"
+    parallel_tool_calls: bool | None = True
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tool_usage(cls, data: Any) -> Any:
+        return _check_tool_usage(data)
 
     @model_validator(mode="after")
     def _one_prompt_mode(self) -> ChatCompletionRequest:

@@ -372,6 +372,7 @@ class BaseModelObject(Exact):
     pipeline_parallel_size: int
     vision: bool  # reads images (an image-text model), set in HONE_BASE_MODELS
     lora_vision_tower: bool  # its LoRA adapts the vision tower and projector too, not the language model alone
+    tool_call_parser: str | None  # how the family writes tool calls (vLLM's parser name); null: no "auto" tool choice
 
 
 class BaseModelList(Exact):

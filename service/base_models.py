@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from inference.tool_parsers import VLLM_PARSERS
 from service.db import Database
 from service.db.tables import RegisteredBaseModel
 from service.errors import NAME_CHARS, ErrorCode, InvalidRequest, NotFound, PermissionDenied, excerpt
@@ -118,6 +119,9 @@ class BaseModel:
     # adapts the vision tower and projector too (by default the language model only, as vLLM serves adapters)
     vision: bool = False
     lora_vision_tower: bool = False
+    # How the family writes tool calls (a vLLM --tool-call-parser name): engines read tool_choice "auto" answers with
+    # it. None: the model has no tool-call format, and "auto" is refused (named and "required" still work).
+    tool_call_parser: str | None = None
 
     @property
     def serving_devices(self) -> int:
@@ -135,7 +139,37 @@ def builtin_cannot_split(base: BaseModel) -> str:
 
 _PARALLEL = ("tensor_parallel_size", "pipeline_parallel_size")
 _FLAGS = ("vision", "lora_vision_tower")
-_ENTRY_KEYS = {"source", "training", *_PARALLEL, *_FLAGS}
+_ENTRY_KEYS = {"source", "training", "tool_call_parser", *_PARALLEL, *_FLAGS}
+# A family's tool-call format, told from its name or source when the entry names none (the formats vLLM documents
+# for each family's chat template). hone-tiny's template writes Llama 3's JSON calls.
+_FAMILY_PARSERS = (
+    (re.compile(r"llama[-_.]?3", re.I), "llama3_json"),
+    (re.compile(r"llama[-_.]?4", re.I), "llama4_pythonic"),
+    (re.compile(r"qwen[-_.]?3[-_.]?coder", re.I), "qwen3_coder"),
+    (re.compile(r"qwen|hermes", re.I), "hermes"),
+    (re.compile(r"mistral|mixtral", re.I), "mistral"),
+    (re.compile(r"granite", re.I), "granite"),
+    (re.compile(r"^hone-tiny|^builtin:hone-tiny"), "llama3_json"),
+)
+
+
+def family_tool_parser(*names: str) -> str | None:
+    for pattern, parser in _FAMILY_PARSERS:
+        if any(pattern.search(name) for name in names):
+            return parser
+    return None
+
+
+def _tool_parser(name: str, entry: dict) -> str | None:
+    if "tool_call_parser" not in entry:
+        return family_tool_parser(name, entry["source"])
+    value = entry["tool_call_parser"]
+    if value is not None and value not in VLLM_PARSERS:
+        raise ValueError(
+            f"HONE_BASE_MODELS[{name!r}].tool_call_parser must be one of vLLM's parsers ({', '.join(sorted(VLLM_PARSERS))}) "
+            f"or null, got {value!r}"
+        )
+    return value
 
 
 def _flags(name: str, entry: dict) -> tuple[bool, bool]:
@@ -168,13 +202,20 @@ def _parallel(name: str, entry: dict) -> tuple[int, int]:
 class BaseModelRegistry:
     def __init__(self, configured: dict[str, str | dict], db: Database | None = None):
         self._static = {
-            TINY_MODEL: BaseModel(TINY_MODEL, "builtin:hone-tiny", origin="builtin", training=TINY_DEFAULTS),
+            TINY_MODEL: BaseModel(
+                TINY_MODEL,
+                "builtin:hone-tiny",
+                origin="builtin",
+                training=TINY_DEFAULTS,
+                tool_call_parser="llama3_json",
+            ),
             TINY_VISION_MODEL: BaseModel(
                 TINY_VISION_MODEL,
                 "builtin:hone-tiny-vision",
                 origin="builtin",
                 training=TINY_VISION_DEFAULTS,
                 vision=True,
+                tool_call_parser="llama3_json",
             ),
         }
         for name, entry in configured.items():
@@ -194,9 +235,10 @@ class BaseModelRegistry:
                     pipeline_parallel_size=pp,
                     vision=vision,
                     lora_vision_tower=tower,
+                    tool_call_parser=_tool_parser(name, entry),
                 )
             else:
-                self._static[name] = BaseModel(name, entry)
+                self._static[name] = BaseModel(name, entry, tool_call_parser=family_tool_parser(name, entry))
         self._db = db
 
     def _registered(self, name: str | None = None) -> list[BaseModel]:
@@ -207,7 +249,10 @@ class BaseModelRegistry:
             if name is not None:
                 stmt = stmt.where(RegisteredBaseModel.name == name)
             rows = session.execute(stmt).scalars().all()
-        return [BaseModel(r.name, r.source, r.created_at, "admin") for r in rows]
+        return [
+            BaseModel(r.name, r.source, r.created_at, "admin", tool_call_parser=family_tool_parser(r.name, r.source))
+            for r in rows
+        ]
 
     def get(self, name: str) -> BaseModel | None:
         if name in self._static:
@@ -280,4 +325,5 @@ class BaseModelRegistry:
             "pipeline_parallel_size": model.pipeline_parallel_size,
             "vision": model.vision,
             "lora_vision_tower": model.lora_vision_tower,
+            "tool_call_parser": model.tool_call_parser,
         }

@@ -45,9 +45,39 @@ class _Sampling(_Open):
     )
 
 
+class FunctionCall(_Open):
+    name: str
+    arguments: str = Field(description="The call's arguments: a JSON object, encoded as a string.")
+
+
+class ToolCall(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Open):
     role: str
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="An assistant turn's calls (history).")
+    tool_call_id: str | None = Field(None, description="A tool turn's: the call it answers.")
+
+
+class FunctionDefinition(_Open):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="The arguments' JSON Schema.")
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"] = "function"
+    function: dict[str, str] = Field(description='{"name": "..."}: the function the answer calls.')
 
 
 class ChatCompletionRequest(_Sampling):
@@ -61,6 +91,13 @@ class ChatCompletionRequest(_Sampling):
     metadata: dict[str, str] | None = Field(
         None, description="With store: up to 16 pairs kept with the stored completion, to filter and export by."
     )
+    tools: list[Tool] | None = Field(None, description="Functions the model may call (rendered by the chat template).")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description='"auto" (the default with tools): the model decides, read by its family\'s parser; "required" '
+        'or a named function: the answer is held by the grammar to valid calls; "none": content only.',
+    )
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one call per answer.")
 
 
 class CompletionRequest(_Sampling):
@@ -77,6 +114,7 @@ class Usage(_Open):
 class AssistantMessage(_Open):
     role: Literal["assistant"]
     content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(_Open):
@@ -110,9 +148,22 @@ class ChatCompletion(_Open):
     usage: Usage | None = None
 
 
+class FunctionCallDelta(_Open):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Open):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
 class ChunkDelta(_Open):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Open):

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from inference.tool_parsers import BUILTIN_PARSERS
 from service.base_models import builtin_cannot_split
 from service.context import AppContext
 from service.db.tables import Endpoint
@@ -88,6 +89,10 @@ class Placement:
             tensor_parallel_size=registered.tensor_parallel_size,
             pipeline_parallel_size=registered.pipeline_parallel_size,
             images_per_prompt=self.ctx.settings.serving.max_images_per_request if registered.vision else 0,
+            # the built-in engine reads the formats it implements; for another, "auto" tool choice answers 400 there
+            tool_call_parser=registered.tool_call_parser
+            if self.engine == "vllm" or registered.tool_call_parser in BUILTIN_PARSERS
+            else None,
         )
 
     def _spec(self, key: EngineKey, model_path: str, served_name: str, model_source: str | None) -> EngineSpec:

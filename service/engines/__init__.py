@@ -33,6 +33,7 @@ class EngineSpec:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     images_per_prompt: int = 0  # a vision model's: images a request may hold (0: the model reads text only)
+    tool_call_parser: str | None = None  # the base model family's (vLLM's parser names); None: no "auto" tool choice
     replicas: int = 1  # identical engines under this key (an endpoint's `replicas`), each with its own devices
 
     @property

@@ -128,6 +128,7 @@ def build_objects(settings: Settings, spec: EngineSpec, *, port: int | None = No
         tensor_parallel_size=spec.tensor_parallel_size,
         pipeline_parallel_size=spec.pipeline_parallel_size,
         images_per_prompt=spec.images_per_prompt,
+        tool_call_parser=spec.tool_call_parser,
     )
     if spec.engine == "vllm":
         engine["command"], engine["args"] = ["vllm", "serve"], launch.argv[2:]

@@ -200,6 +200,7 @@ class LocalEngines:
                 tensor_parallel_size=spec.tensor_parallel_size,
                 pipeline_parallel_size=spec.pipeline_parallel_size,
                 images_per_prompt=spec.images_per_prompt,
+                tool_call_parser=spec.tool_call_parser,
             )
         except ValueError as exc:
             raise EngineStartError(f"engine {spec.key}: {exc}") from exc

@@ -14,6 +14,7 @@ from service import __version__, metrics
 from service.api import (
     admin,
     base_models,
+    checkpoint_permissions,
     dataset_grants,
     endpoints,
     evals,
@@ -175,6 +176,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         observability.router,
         admin.router,
         dataset_grants.router,
+        checkpoint_permissions.router,
         base_models.router,
         models.router,
         endpoints.router,

@@ -8,15 +8,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, object_session
 
 from inference.launcher import choose_engine
 from service.auth import ProjectPrincipal
 from service.base_models import builtin_cannot_split
 from service.context import AppContext
-from service.db.tables import Checkpoint, Endpoint, Job, ModelUsage, TunedModel
+from service.db.tables import Checkpoint, CheckpointPermission, Endpoint, Job, ModelUsage, TunedModel
 from service.endpoint_states import LIVE, EndpointState, can_transition, entry_fields
 from service.engines.devices import device_pool
 from service.errors import NAME_CHARS, ErrorCode, InvalidRequest, NotFound, excerpt
@@ -52,25 +53,54 @@ def model_not_found(model: str) -> NotFound:
     )
 
 
-def resolve_model(ctx: AppContext, session: Session, project_id: str, model: str) -> ServedModel:
-    """A model name as users write it (ft:..., a checkpoint id or snapshot name, a base model) in a project."""
+def usable_by(project_id: str, owner: Any, name: Any, *, shared: bool = True) -> Any:
+    """The condition that a model (its owning project's and its name's columns) is the project's own or, with
+    `shared`, shared with it by its owner (service/checkpoint_permissions.py)."""
+    if not shared:
+        return owner == project_id
+    granted = select(CheckpointPermission.seq).where(
+        CheckpointPermission.model == name,
+        CheckpointPermission.owner_project_id == owner,
+        CheckpointPermission.project_id == project_id,
+    )
+    return or_(owner == project_id, granted.exists())
+
+
+def resolve_model(
+    ctx: AppContext, session: Session, project_id: str, model: str, *, shared: bool = True
+) -> ServedModel:
+    """A model name as users write it (ft:..., a checkpoint id or snapshot name, a base model) in a project: its
+    own, or with `shared` (every use but downloading) one another project shared with it by name. A shared model
+    is served without its owner's job or checkpoint id: the caller's endpoint refers to nothing of the owner's."""
     tuned = session.execute(
-        select(TunedModel).where(TunedModel.id == model, TunedModel.project_id == project_id)
+        select(TunedModel).where(
+            TunedModel.id == model, usable_by(project_id, TunedModel.project_id, TunedModel.id, shared=shared)
+        )
     ).scalar()
     if tuned is not None:
         job = session.execute(select(Job).where(Job.id == tuned.job_id)).scalar_one()
         kind = "full" if tuning_mode(job) == "full" else "adapter"
-        return ServedModel(tuned.id, kind, tuned.base_model, job.id, None, tuned.storage_prefix)
-    column = Checkpoint.id if model.startswith("ftckpt_") else Checkpoint.fine_tuned_model_checkpoint
+        own = tuned.project_id == project_id
+        return ServedModel(tuned.id, kind, tuned.base_model, job.id if own else None, None, tuned.storage_prefix)
+    by_id = model.startswith("ftckpt_")  # a checkpoint's id is its owner's handle: shared ones go by name
+    column = Checkpoint.id if by_id else Checkpoint.fine_tuned_model_checkpoint
     found = session.execute(
         select(Checkpoint, Job)
         .join(Job, Job.id == Checkpoint.job_id)
-        .where(column == model, Job.project_id == project_id)
+        .where(column == model, usable_by(project_id, Job.project_id, column, shared=shared and not by_id))
     ).first()
     if found is not None:
         ckpt, job = found
         kind = "full" if tuning_mode(job) == "full" else "adapter"
-        return ServedModel(ckpt.fine_tuned_model_checkpoint, kind, job.base_model, job.id, ckpt.id, ckpt.storage_prefix)
+        own = job.project_id == project_id
+        return ServedModel(
+            ckpt.fine_tuned_model_checkpoint,
+            kind,
+            job.base_model,
+            job.id if own else None,
+            ckpt.id if own else None,
+            ckpt.storage_prefix,
+        )
     if ctx.base_models.get(model) is not None:
         return ServedModel(model, "base", model)
     raise model_not_found(model)
@@ -307,10 +337,12 @@ def delete_endpoint(ctx: AppContext, principal: ProjectPrincipal, endpoint_id: s
     return {"id": endpoint_id, "object": "endpoint.deleted", "deleted": True}
 
 
-def stop_model_endpoints(session: Session, project_id: str, model: str, reason: str) -> int:
+def stop_model_endpoints(
+    session: Session, project_id: str, model: str, reason: str, code: ErrorCode = ErrorCode.MODEL_DELETED
+) -> int:
     eps = open_endpoints(session, project_id, model)
     for ep in eps:
-        transition(session, ep, EndpointState.STOPPED, error={"code": ErrorCode.MODEL_DELETED, "message": reason})
+        transition(session, ep, EndpointState.STOPPED, error={"code": code, "message": reason})
     return len(eps)
 
 

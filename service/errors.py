@@ -72,6 +72,7 @@ class ErrorCode(StrEnum):
     MODEL_NOT_DELETABLE = "model_not_deletable"
     MODEL_NOT_DEPLOYED = "model_not_deployed"
     MODEL_NOT_FOUND = "model_not_found"
+    MODEL_UNSHARED = "model_unshared"
     NO_GPU_CAPACITY = "no_gpu_capacity"
     NOT_FOUND = "not_found"
     OWN_STORAGE = "own_storage"

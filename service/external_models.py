@@ -136,7 +136,7 @@ def exists(session: Session, project_id: str, name: str) -> bool:
 
 def callable_model(ctx: AppContext, session: Session, project_id: str, model: str) -> bool:
     """Whether the project can call `model`: one of its external models (`ext:<name>`), or a model Hone serves it
-    (a base model, or its own tuned model or checkpoint)."""
+    (a base model, or a tuned model or checkpoint of its own or shared with it)."""
     if model.startswith(PREFIX):
         return exists(session, project_id, model)
     try:

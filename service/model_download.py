@@ -59,9 +59,10 @@ def _stream(storage: BlobStorage, prefix: str, keys: list[str], top: str) -> Ite
 
 
 def archive(ctx: AppContext, principal: ProjectPrincipal, model: str) -> Archive:
-    """The weights of a tuned model or checkpoint of the caller's project (404 otherwise, 400 for a base model)."""
+    """The weights of a tuned model or checkpoint of the caller's project (404 otherwise, 400 for a base model).
+    A model another project shared with the caller is not among them: sharing lends its use, not its weights."""
     with ctx.db.read() as session:
-        served = resolve_model(ctx, session, principal.project_id, model)
+        served = resolve_model(ctx, session, principal.project_id, model, shared=False)
     if served.kind == "base" or served.weights_prefix is None:
         raise InvalidRequest(
             f"'{model}' is a base model: only tuned models and their checkpoints can be downloaded.",

@@ -1,4 +1,4 @@
-"""Models: the base-model registry plus each project's tuned models."""
+"""Models: the base-model registry plus each project's tuned models, and those other projects shared with it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import checkpoint_permissions
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.db.tables import TunedModel
@@ -38,8 +39,9 @@ def list_models(ctx: AppContext, principal: ProjectPrincipal) -> dict:
             .scalars()
             .all()
         )
+        shared = checkpoint_permissions.shared_models(session, principal.project_id)
     data += [tuned_model_api(m) for m in tuned]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": data + shared}
 
 
 def _tuned(session, principal: ProjectPrincipal, model_id: str) -> TunedModel | None:
@@ -54,9 +56,14 @@ def get_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) -> di
         return ctx.base_models.as_api(base)
     with ctx.db.read() as session:
         tuned = _tuned(session, principal, model_id)
-    if tuned is None:
-        raise _not_found(model_id)
-    return tuned_model_api(tuned)
+        shared = (
+            [] if tuned is not None else checkpoint_permissions.shared_models(session, principal.project_id, model_id)
+        )
+    if tuned is not None:
+        return tuned_model_api(tuned)
+    if shared:
+        return shared[0]
+    raise _not_found(model_id)
 
 
 def delete_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) -> dict:
@@ -69,11 +76,20 @@ def delete_model(ctx: AppContext, principal: ProjectPrincipal, model_id: str) ->
     with ctx.db.write() as session:
         tuned = _tuned(session, principal, model_id)
         if tuned is None:
+            if checkpoint_permissions.shared_models(session, principal.project_id, model_id):
+                raise PermissionDenied(
+                    f"The model '{excerpt(model_id, NAME_CHARS)}' is shared with this project by another one: "
+                    "only its owner can delete it.",
+                    param="model",
+                    code=ErrorCode.MODEL_NOT_DELETABLE,
+                )
             raise _not_found(model_id)
         stop_model_endpoints(session, principal.project_id, model_id, f"The model '{model_id}' was deleted.")
+        grantees = checkpoint_permissions.drop_model(session, model_id)
         session.delete(tuned)
     ctx.storage.delete_prefix(tuned.storage_prefix)
-    ctx.hinter.routes_changed(principal.project_id)
+    for project_id in (principal.project_id, *grantees):
+        ctx.hinter.routes_changed(project_id)
     ctx.hinter.wake(Loop.ENDPOINTS)  # its engine and local copy go now
     return {"id": model_id, "object": "model", "deleted": True}
 

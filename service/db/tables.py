@@ -219,6 +219,22 @@ class TunedModel(Base):
     origin: Mapped[str] = mapped_column(String(16), default="job", server_default="job")  # job | import
 
 
+class CheckpointPermission(Base):
+    """A tuned model or checkpoint (`model`, by name) of `owner_project_id` that `project_id` may use: list, serve,
+    call and continue, never delete, download or see the jobs of. Made with the admin key
+    (service/checkpoint_permissions.py); gone with the model."""
+
+    __tablename__ = "checkpoint_permissions"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(512))  # ft:... or ft:...:ckpt-step-N
+    owner_project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (UniqueConstraint("model", "project_id", name="uq_checkpoint_permissions_model_project"),)
+
+
 class RegisteredBaseModel(Base):
     """A base model added through the admin API (settings-configured ones are not stored)."""
 

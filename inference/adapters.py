@@ -82,7 +82,7 @@ class AdapterFiles:
     serving: dict[str, Any] | None = field(default=None)
 
 
-def _config_problems(config: dict[str, Any], max_rank: int) -> list[str]:
+def config_problems(config: dict[str, Any], max_rank: int) -> list[str]:
     problems = []
     if config.get("use_dora"):
         problems.append("vLLM does not yet support DoRA.")
@@ -146,7 +146,7 @@ def inspect_adapter(lora_path: str, *, max_rank: int, supported_modules: set[str
     if missing:
         raise AdapterInvalid(f"Missing required configuration fields: {', '.join(missing)}")
     try:
-        problems = _config_problems(config, max_rank)
+        problems = config_problems(config, max_rank)
     except (TypeError, ValueError) as e:
         raise AdapterInvalid(f"Invalid {CONFIG_FILE} in {folder}: {e}") from e
     if problems:

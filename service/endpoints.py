@@ -78,6 +78,8 @@ def resolve_model(
         )
     ).scalar()
     if tuned is not None:
+        if tuned.job_id is None:  # imported (service/model_import.py): a LoRA adapter that no job made
+            return ServedModel(tuned.id, "adapter", tuned.base_model, None, None, tuned.storage_prefix)
         job = session.execute(select(Job).where(Job.id == tuned.job_id)).scalar_one()
         kind = "full" if tuning_mode(job) == "full" else "adapter"
         own = tuned.project_id == project_id

@@ -105,6 +105,8 @@ class FilesSettings(BaseSettings):
     model_config = _ENV
 
     max_file_bytes: int = 512 * 1024 * 1024
+    # An imported adapter's archive (POST /v1/models/import), as sent and as unpacked: 413 above it
+    max_import_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
     max_line_bytes: int = 4 * 1024 * 1024
     min_training_examples: int = MIN_TRAINING_EXAMPLES  # one constant with `hone files validate`
     max_reported_errors: int = 20

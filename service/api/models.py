@@ -2,11 +2,11 @@
 
 import logging
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from service import api_models as m
-from service import model_download, models
+from service import idempotency, model_download, model_import, models
 from service.api.contract import PROJECT, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute, database_read
@@ -22,6 +22,47 @@ router = APIRouter(route_class=JSONRoute, prefix="/v1/models", tags=["models"], 
 @database_read
 def list_models(principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)):
     return models.list_models(ctx, principal)
+
+
+_IMPORT_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "base_model"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A PEFT LoRA adapter's folder as a tar (or tar.gz): adapter_config.json "
+                            "and adapter_model.safetensors, and optionally SHA256SUMS, as GET "
+                            "/v1/models/{model}/content gives it.",
+                        },
+                        "base_model": {"type": "string", "description": "The base model it was trained on."},
+                        "suffix": {"type": "string", "description": "In the model's name, as a job's suffix."},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/import", openapi_extra=_IMPORT_DOC, response_model=m.ModelObject, responses=openai_errors(413))
+async def import_model(
+    request: Request, principal: ProjectPrincipal = Depends(project_principal), ctx: AppContext = Depends(get_ctx)
+):
+    """Hone extension: a PEFT LoRA adapter trained elsewhere, for a base model of this server, becomes a tuned
+    model of the project (checked whole before anything is stored)."""
+    key = idempotency.check_key(request.headers.get("idempotency-key"))
+    headers = request.headers
+    imported = await model_import.import_adapter(
+        ctx, principal, headers.get("content-type"), headers.get("content-length"), request.stream(), key
+    )
+    log.info("adapter imported", extra={"model": imported["id"]})
+    return imported
 
 
 @router.get(

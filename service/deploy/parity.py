@@ -11,7 +11,11 @@ greedily: the answers must agree, on average, to at least QLORA_MIN_AGREEMENT (s
 paths measure on the tickets task, and the base without the adapter for contrast, is benchmarks/qlora.py's (README,
 Benchmarks). A LoRA or full job's served model computes what training computed, and its rows carry no such answers,
 unless it reads images: then they carry the trained model's answers to its image prompts (reason "images",
-trainer/vision_parity.py), which only match when the engine's image processor makes the pixels training made."""
+trainer/vision_parity.py), which only match when the engine's image processor makes the pixels training made.
+
+An adapter imported from elsewhere (POST /v1/models/import, marked by hone_import.json) has no such rows: Hone
+trained nothing it could replay. Its tensors were checked against the base model's layers when it was imported,
+and the engine loading it is its gate."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import os
 from pathlib import Path
 
 from inference.client import EngineClient
+from service.model_import import IMPORT_FILE
 
 SMOKE_MAX_TOKENS = 64
 # The mean agreement of a QLoRA model's served greedy answers with its trained ones, at least: one of the four
@@ -42,6 +47,8 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 def check(client: EngineClient, model: str, weights_dir: Path, max_samples: int) -> None:
     """Raises ParityFailure with a reason a user can act on."""
     path = weights_dir / "parity_samples.json"
+    if not path.exists() and (weights_dir / IMPORT_FILE).exists():
+        return  # an adapter imported from elsewhere: Hone trained nothing whose rows it could replay
     if not path.exists():
         raise ParityFailure(
             "The weights carry no parity_samples.json, so train/serve parity cannot be checked; "

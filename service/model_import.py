@@ -240,10 +240,11 @@ def _open_archive(ctx: AppContext, file: IO[bytes]) -> _Archive:
             "adapter's folder as GET /v1/models/{model}/content gives it, or `tar -cf adapter.tar FOLDER`."
         ) from None
     names: dict[str, tarfile.TarInfo] = {}
-    unpacked = 0
+    unpacked = members = 0
     try:
         while (member := tar.next()) is not None:
-            if len(names) >= MAX_MEMBERS:
+            members += 1
+            if members > MAX_MEMBERS:
                 raise _archive_error(f"The archive has more than {MAX_MEMBERS} members; an adapter has a few files.")
             name = _member_name(member.name)
             if member.isdir() or not name:
@@ -292,7 +293,8 @@ def _under_top(names: dict[str, tarfile.TarInfo]) -> dict[str, tarfile.TarInfo]:
 
 
 def _check_files(archive: _Archive) -> None:
-    pickled = sorted(name for name in archive.files if PICKLED.match(name.rsplit("/", 1)[-1]))
+    pickled = sorted(name for name in archive.files if PICKLED.match(name))  # the adapter's own (files in
+    # subfolders, a trainer's checkpoints among them, are neither read nor kept)
     if pickled:
         raise _adapter_error(
             f"{pickled[0]} holds pickled weights, which Hone does not load: unpickling runs whatever code the file "
@@ -387,7 +389,10 @@ def _check_config(ctx: AppContext, archive: _Archive) -> dict[str, Any]:
     check_lora_servable(
         rank, targets, ctx.settings.serving.max_lora_rank, fields, saved if isinstance(saved, list) else [saved]
     )
-    problems = config_problems(config, ctx.settings.serving.max_lora_rank)  # the engines' own rules, last
+    try:
+        problems = config_problems(config, ctx.settings.serving.max_lora_rank)  # the engines' own rules, last
+    except (TypeError, ValueError) as exc:
+        problems = [f"it cannot be read as a LoRA config ({excerpt(exc, 200)})."]
     if problems:
         raise InvalidRequest(f"{CONFIG}: {' '.join(problems)}", param=CONFIG, code=ErrorCode.UNSERVABLE_ADAPTER)
     return config

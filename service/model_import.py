@@ -202,7 +202,7 @@ def _form(ctx: AppContext, upload: _Upload) -> tuple[BaseModel, str | None]:
 class _Archive:
     tar: tarfile.TarFile
     files: dict[str, tarfile.TarInfo] = field(default_factory=dict)  # by name under the archive's top folder
-    sha256: dict[str, str] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)  # every file's with SHA256SUMS, else the kept ones
 
     def read(self, name: str) -> bytes:
         content = self.tar.extractfile(self.files[name])
@@ -233,7 +233,7 @@ def _open_archive(ctx: AppContext, file: IO[bytes]) -> _Archive:
     limit = ctx.settings.files.max_import_bytes
     file.seek(0)
     try:
-        tar = tarfile.open(fileobj=file, mode="r:*")  # noqa: SIM115  # closed with the upload's file
+        tar = tarfile.open(fileobj=file, mode="r:*")  # the upload's file is closed when the request ends
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise _archive_error(
             f"The file is not a tar archive (or a gzip, bzip2 or xz compressed one): {excerpt(exc, 200)}. Send the "
@@ -264,15 +264,16 @@ def _open_archive(ctx: AppContext, file: IO[bytes]) -> _Archive:
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise _archive_error(f"The archive cannot be read to its end: {excerpt(exc, 200)}.") from None
     archive = _Archive(tar, _under_top(names))
+    checked = CHECKSUMS in archive.files
     try:
-        for name in archive.files:
+        for name in archive.files if checked else [n for n in KEPT if n in archive.files]:
             digest = hashlib.sha256()
             for chunk in archive.chunks(name):
                 digest.update(chunk)
             archive.sha256[name] = digest.hexdigest()
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise _archive_error(f"The archive cannot be read to its end: {excerpt(exc, 200)}.") from None
-    if CHECKSUMS in archive.files:
+    if checked:
         try:
             listed = parse_checksums(archive.read(CHECKSUMS).decode("utf-8", "replace"))
             compare_checksums(listed, {n: d for n, d in archive.sha256.items() if n != CHECKSUMS})

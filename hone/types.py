@@ -266,6 +266,15 @@ class DatasetGrant(HoneObject):
     created_at: int
 
 
+class CheckpointPermission(HoneObject):
+    """A project's permission to use another project's tuned model or checkpoint (OpenAI's checkpoint.permission)."""
+
+    id: str
+    object: str = "checkpoint.permission"
+    project_id: str
+    created_at: int
+
+
 class WandbKey(HoneObject):
     """Hone: a project's Weights & Biases key, as the server answers it (redacted), or its deletion."""
 

@@ -10,9 +10,14 @@ which project may use which weights, not what they answer."""
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
+from typer.testing import CliRunner
 
+import hone
+from hone.cli import app as hone_cli
 from tests.fake_engine.engine import answer_of
 from tests.support import (
     FAKE_ENGINE_PYTHON,
@@ -170,6 +175,34 @@ def test_permission_requests_are_checked_and_listed_as_openai_lists_them(server,
     refusal(lambda: permissions.delete(first.data[0].id, fine_tuned_model_checkpoint=other_model))
     refusal(lambda: permissions.delete("cp_nope", fine_tuned_model_checkpoint=model))
     assert len(list(permissions.list(model))) == 2
+
+
+def test_the_hone_sdk_and_cli_share_list_and_unshare(server, project, client, other_project):
+    model = add_tuned_model(server, project, client)
+    env = {"HONE_BASE_URL": server.base_url, "HONE_ADMIN_API_KEY": server.admin_key, "HONE_API_KEY": ""}
+    runner = CliRunner()
+
+    def hone_command(*args: str):
+        return runner.invoke(hone_cli, list(args), env=env)
+
+    shared = hone_command("models", "share", model, "--project", other_project.project_id, "--json")
+    assert shared.exit_code == 0, shared.output
+    [permission] = json.loads(shared.stdout)
+    assert (permission["object"], permission["project_id"]) == ("checkpoint.permission", other_project.project_id)
+    with hone.Client(base_url=server.base_url, admin_key=server.admin_key) as sdk:
+        assert [p.id for p in sdk.models.permissions(model)] == [permission["id"]]
+    assert model in [m.id for m in other_project.openai().models.list()]
+    listed = hone_command("models", "permissions", model)
+    assert listed.exit_code == 0 and permission["id"] in listed.stdout and other_project.project_id in listed.stdout
+
+    unshared = hone_command("models", "unshare", model, "--project", other_project.project_id)
+    assert unshared.exit_code == 0 and unshared.stdout.strip() == f"unshared {model} from {other_project.project_id}"
+    assert model not in [m.id for m in other_project.openai().models.list()]
+    again = hone_command("models", "unshare", model, "--project", other_project.project_id)
+    assert again.exit_code == 1 and "is not shared with" in again.output
+    with project.http() as http:  # a project key is refused as on every admin route, the owner's too
+        refused = http.get(f"/v1/fine_tuning/checkpoints/{model}/permissions")
+    assert refused.status_code == 401
 
 
 # --- serving and continuing a shared model: the FAKE trainer and engine ------------------------------------------

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from hone.cli.common import EXIT_REFUSED, Session, api_command, table, when
+from hone.cli.common import EXIT_REFUSED, Session, api_command, fail, table, when
 from hone.types import Endpoint
 
 endpoints_app = typer.Typer(no_args_is_help=True, help="Endpoints serving tuned models (project key).")
@@ -89,6 +90,39 @@ def models_download(
     """Download a tuned model's or checkpoint's weights (adapter or full), checked against the archive's SHA256SUMS."""
     saved = session.client.models.download(model, output)
     session.show({"model": model, "path": str(saved)}, f"saved {model} to {saved}")
+
+
+def _permissions_table(permissions: list) -> Any:
+    return table(["id", "project", "created"], [(p.id, p.project_id, when(p.created_at)) for p in permissions])
+
+
+@api_command(models_app, "share", admin=True)
+def models_share(
+    session: Session,
+    model: str,
+    projects: list[str] = typer.Option(..., "--project", help="A project to share it with (repeatable)."),
+):
+    """Let other projects use a tuned model or checkpoint: list, serve, call and continue it (admin key)."""
+    permissions = session.client.models.share(model, projects).data
+    session.show(permissions, lambda: _permissions_table(permissions))
+
+
+@api_command(models_app, "permissions", admin=True)
+def models_permissions(session: Session, model: str):
+    """The projects a tuned model or checkpoint is shared with (admin key)."""
+    permissions = list(session.client.models.permissions(model))
+    session.show(permissions, lambda: _permissions_table(permissions))
+
+
+@api_command(models_app, "unshare", admin=True)
+def models_unshare(
+    session: Session, model: str, project: str = typer.Option(..., "--project", help="The project to revoke.")
+):
+    """Stop sharing a model with a project: its endpoints of the model stop (admin key)."""
+    found = list(session.client.models.permissions(model, project_id=project))
+    if not found:
+        fail(f"{model} is not shared with {project}")
+    session.show(session.client.models.unshare(model, found[0].id), f"unshared {model} from {project}")
 
 
 @api_command(models_app, "delete")

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
 from hone.resources import Resource
-from hone.types import Deleted, Model, Page
+from hone.types import CheckpointPermission, Deleted, Model, Page
 from hone_kernel.weights_archive import verify
 
 
 def model_path(model_id: str) -> str:
     # Ids hold ':' (tuned models) and '/' (Hugging Face names); the server's routes take both encoded.
     return "/v1/models/" + quote(model_id, safe=":")
+
+
+def permissions_path(model_id: str) -> str:
+    return "/v1/fine_tuning/checkpoints/" + quote(model_id, safe=":") + "/permissions"
 
 
 class Models(Resource):
@@ -42,3 +47,19 @@ class Models(Resource):
     def delete(self, model_id: str):
         """Deletes a tuned model: its endpoints stop and its weights go."""
         return self._request("DELETE", model_path(model_id), cast=Deleted)
+
+    # Sharing with other projects: OpenAI's checkpoint permissions, with the admin key.
+    def share(self, model_id: str, project_ids: Iterable[str]):
+        """Lets each project use a tuned model or checkpoint (list, serve, call, continue; not delete or download).
+        A Page of the permissions, one per project (one it had already is answered as it is)."""
+        body = {"project_ids": list(project_ids)}
+        return self._request("POST", permissions_path(model_id), json=body, cast=Page[CheckpointPermission], admin=True)
+
+    def permissions(self, model_id: str, *, project_id: str | None = None, limit: int = 100):
+        """The projects a tuned model or checkpoint is shared with, newest first (an auto-paging iterator)."""
+        params = {"limit": limit, "project_id": project_id}
+        return self._list(permissions_path(model_id), CheckpointPermission, params, admin=True)
+
+    def unshare(self, model_id: str, permission_id: str):
+        """Revokes a permission: the project's endpoints of the model stop, and it can no longer use it."""
+        return self._request("DELETE", f"{permissions_path(model_id)}/{permission_id}", cast=Deleted, admin=True)

@@ -92,6 +92,20 @@ def models_download(
     session.show({"model": model, "path": str(saved)}, f"saved {model} to {saved}")
 
 
+@api_command(models_app, "import")
+def models_import(
+    session: Session,
+    path: Path = typer.Argument(
+        ..., exists=True, help="The adapter's folder (adapter_config.json, adapter_model.safetensors), or a .tar of it."
+    ),
+    base_model: str = typer.Option(..., "--base-model", help="The base model it was trained on."),
+    suffix: str | None = typer.Option(None, "--suffix", help="In the model's name, as a job's suffix."),
+):
+    """Import a PEFT LoRA adapter trained elsewhere; prints the new model's name (checked whole before it is stored)."""
+    model = session.client.models.import_adapter(path, base_model=base_model, suffix=suffix)
+    session.show(model, model.id)
+
+
 def _permissions_table(permissions: list) -> Any:
     return table(["id", "project", "created"], [(p.id, p.project_id, when(p.created_at)) for p in permissions])
 

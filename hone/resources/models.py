@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import IO, Any
 from urllib.parse import quote
 
 from hone.resources import Resource
+from hone.resources.files import _closing_after
 from hone.types import CheckpointPermission, Deleted, Model, Page
-from hone_kernel.weights_archive import verify
+from hone_kernel.weights_archive import pack, verify
 
 
 def model_path(model_id: str) -> str:
@@ -43,6 +47,43 @@ class Models(Resource):
         partial.write_bytes(data)
         partial.replace(target)
         return target
+
+    def import_adapter(
+        self,
+        path: str | os.PathLike,
+        *,
+        base_model: str,
+        suffix: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Imports a PEFT LoRA adapter trained elsewhere (peft, TRL) for `base_model`, a base model of the server:
+        `path` is the adapter's folder (packed on the fly as a download's tar, with SHA256SUMS) or a .tar / .tar.gz
+        of it, as `download` saves one. The server checks it whole against the base model (its config, and every
+        tensor's name and shape) before storing anything; the new tuned model (`ft:{base}:{project}:{suffix}:...`)
+        is returned, to deploy, call and continue like a job's. Streamed from disk, never read into memory whole."""
+        source = Path(path)
+        stream: IO[bytes]
+        if source.is_dir():
+            stream, name = tempfile.TemporaryFile(), f"{source.resolve().name or 'adapter'}.tar"
+            pack(source, stream)
+            stream.seek(0)
+        else:
+            stream, name = source.open("rb"), source.name
+        data = {"base_model": base_model} | ({"suffix": suffix} if suffix else {})
+        try:
+            result = self._create(
+                "/v1/models/import",
+                multipart=lambda: ({"file": (name, stream, "application/x-tar")}, data),
+                cast=Model,
+                idempotency_key=idempotency_key,
+            )
+        except BaseException:
+            stream.close()
+            raise
+        if inspect.isawaitable(result):
+            return _closing_after(result, stream)  # AsyncClient: the upload happens when awaited
+        stream.close()
+        return result
 
     def delete(self, model_id: str):
         """Deletes a tuned model: its endpoints stop and its weights go."""

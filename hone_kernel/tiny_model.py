@@ -19,11 +19,16 @@ VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
 BOS, EOS, PAD, IM_END = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|im_end|>"
 
-# ChatML. Tools, tool calls and content parts are rendered as text so that any OpenAI chat line fits. Tool calls are
+# ChatML. Tools, tool calls and content parts are rendered as text so that any OpenAI chat line fits. Each tool is its
+# name and its parameters' properties, one a line (the whole JSON of three small tools is ~360 tokens of this
+# byte-level vocabulary, more than the examples it comes with; descriptions and `required` are left out). Tool calls are
 # Llama 3's JSON calls, `{"name": ..., "arguments": {...}}` separated by "; ": the format engines read back with
 # vLLM's llama3_json parser (inference/tool_parsers.py), so a model tuned on calls is served with them.
 CHAT_TEMPLATE = (
-    "{%- if tools -%}<|im_start|>system{{ '\\n' }}Tools: {{ tools | tojson }}<|im_end|>{{ '\\n' }}{%- endif -%}"
+    "{%- if tools -%}<|im_start|>system{{ '\\n' }}Tools:"
+    "{%- for tool in tools -%}{%- set fn = tool.get('function', tool) -%}"
+    "{{ '\\n' }}{{ fn['name'] }}{{ (fn.get('parameters') or {}).get('properties', {}) | tojson }}"
+    "{%- endfor -%}<|im_end|>{{ '\\n' }}{%- endif -%}"
     "{%- for message in messages -%}"
     "<|im_start|>{{ message['role'] }}{{ '\\n' }}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"

@@ -1,8 +1,9 @@
 """The gateway's request and response bodies (/v1/chat/completions, /v1/completions), for the OpenAPI document.
 
-The gateway reads only `model` (service.gateway.parse_body) and relays the body to the model's engine (Hone's
-built-in engine or vLLM), which validates the rest and ignores fields it does not know, as vLLM does: so these
-models are open (additional properties allowed) where the engine's are."""
+The gateway reads `model`, refuses fields no engine honours (service/gateway_bodies.py `check_fields`: OpenAI's
+that Hone does not do, and unknown ones) and relays the body to the model's engine (Hone's built-in engine or vLLM),
+which validates the rest. vLLM's extensions both engines honour (top_k, repetition_penalty, stop_token_ids,
+ignore_eos, chat_template_kwargs, ...) are accepted too, so these models are open (additional properties allowed)."""
 
 from __future__ import annotations
 

@@ -250,7 +250,7 @@ def test_hone_tiny_writes_calls_in_the_format_its_parser_reads():
     messages = [*CHAT, {"role": "assistant", "content": None, "tool_calls": calls}]
     prompt = tokenizer.apply_chat_template(CHAT, tools=TOOLS, tokenize=False, add_generation_prompt=True)
     whole = tokenizer.apply_chat_template(messages, tools=TOOLS, tokenize=False)
-    assert whole.startswith(prompt) and json.dumps(TOOLS) in prompt
+    assert whole.startswith(prompt) and 'get_weather{"city": {"type": "string", "enum"' in prompt
     answer = whole[len(prompt) :].removesuffix("<|im_end|>\n")
     read = BUILTIN_PARSERS["llama3_json"].extract(answer)
     assert read.content is None

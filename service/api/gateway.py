@@ -29,7 +29,7 @@ async def _forward(request: Request, path: str):
             principal = await run_in_threadpool(authenticate_project, ctx, header)
         request.state.project_id = principal.project_id  # for the access log
         raw = await json_body.read(request, ctx.settings.server.max_json_body_bytes)
-        body = check_body(json_body.parse(raw))
+        body = check_body(json_body.parse(raw), path)
         keep = None
         if path == CHAT and ("store" in body or "metadata" in body):  # the gateway's fields, not the engine's
             store, metadata = stored_completions.gateway_fields(body)

@@ -83,8 +83,7 @@ def check(client: EngineClient, model: str, weights_dir: Path, max_samples: int)
     if not smoke:
         return
     if "messages" in smoke:
-        extra = {"tools": smoke["tools"]} if smoke.get("tools") else {}
-        reply = client.chat(model, smoke["messages"], temperature=0, max_tokens=SMOKE_MAX_TOKENS, **extra)
+        reply = client.chat(model, smoke["messages"], temperature=0, max_tokens=SMOKE_MAX_TOKENS, **_tools(smoke))
     else:
         reply = client.complete(model, smoke["prompt"], temperature=0, max_tokens=SMOKE_MAX_TOKENS)
     choice = reply["choices"][0]
@@ -107,10 +106,15 @@ def agreement(trained: str, served: str) -> float:
     return len(os.path.commonprefix([trained, served])) / max(len(trained), len(served))
 
 
+def _tools(request: dict) -> dict:
+    """A sample's tools, rendered into the prompt as in training, with tool_choice "none": the answer comes back as
+    the text the model wrote (a call included), which is what training's greedy answer and stop token are."""
+    return {"tools": request["tools"], "tool_choice": "none"} if request.get("tools") else {}
+
+
 def _greedy_reply(client: EngineClient, model: str, request: dict) -> str:
     if "messages" in request:
-        extra = {"tools": request["tools"]} if request.get("tools") else {}
-        reply = client.chat(model, request["messages"], temperature=0, max_tokens=SMOKE_MAX_TOKENS, **extra)
+        reply = client.chat(model, request["messages"], temperature=0, max_tokens=SMOKE_MAX_TOKENS, **_tools(request))
         return reply["choices"][0]["message"].get("content") or ""
     reply = client.complete(model, request["prompt"], temperature=0, max_tokens=SMOKE_MAX_TOKENS)
     return reply["choices"][0]["text"]

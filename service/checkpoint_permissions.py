@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from sqlalchemy import and_, delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
@@ -85,6 +86,16 @@ def _check_projects(session: Session, owner: str, project_ids: list[str]) -> Non
 def create(ctx: AppContext, model: str, project_ids: list[str]) -> dict[str, Any]:
     """Grants `model` to each project (in the order given, repeats once); one it already has answers as it is."""
     wanted = list(dict.fromkeys(project_ids))
+    try:
+        data = _create(ctx, model, wanted)
+    except IntegrityError:  # the same grant made at the same moment by another request: it is there now
+        data = _create(ctx, model, wanted)
+    for project_id in wanted:
+        ctx.hinter.routes_changed(project_id)
+    return list_envelope(data, False, with_ids=True)
+
+
+def _create(ctx: AppContext, model: str, wanted: list[str]) -> list[dict[str, Any]]:
     now = int(time.time())
     with ctx.db.write() as session:
         owner = _owner(ctx, session, model)
@@ -107,10 +118,7 @@ def create(ctx: AppContext, model: str, project_ids: list[str]) -> dict[str, Any
                 session.add(row)
             rows.append(row)
         session.flush()
-        data = [permission_api(r) for r in rows]
-    for project_id in wanted:
-        ctx.hinter.routes_changed(project_id)
-    return list_envelope(data, False, with_ids=True)
+        return [permission_api(r) for r in rows]
 
 
 def list_permissions(

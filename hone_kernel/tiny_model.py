@@ -52,7 +52,7 @@ CHAT_TEMPLATE = (
 # and still has logits large enough for LoRA to make a token likely (0.02, the usual init, has not).
 EMBEDDING_STD = 0.05
 # Bumped whenever the builder's output changes: a cached build of another version is rebuilt, not reused.
-BUILD_VERSION = "3"
+BUILD_VERSION = "4"
 BUILD_MARKER = "hone_tiny_build.txt"
 ARCHITECTURE: dict[str, Any] = dict(
     hidden_size=192,

@@ -85,6 +85,7 @@ LONGEST_FIRST = [
     "test_evals.py",
     "test_schemathesis.py",
     "test_vision.py",
+    "test_tool_training.py",
     "test_data_parallel.py",
     "test_training_control.py",
     "test_training.py",

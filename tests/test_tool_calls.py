@@ -318,3 +318,55 @@ def test_auto_with_parallel_false_keeps_the_first_call():
     plan = ToolPlan("auto", tuple(TOOLS), parser=BUILTIN_PARSERS["llama3_json"], parallel=False)
     read = plan.read('{"name": "a", "arguments": {}}; {"name": "b", "arguments": {}}')
     assert read == Extracted(None, (ParsedCall("a", "{}"),))
+
+
+# --- which parser an engine gets ----------------------------------------------------------------------------------
+
+
+def test_engines_are_started_with_the_base_models_parser():
+    from inference.launcher import engine_command
+
+    for engine in ("vllm", "builtin"):
+        argv = engine_command(
+            engine,
+            "/m",
+            "m",
+            host="h",
+            port=1,
+            max_loras=1,
+            max_cpu_loras=1,
+            max_lora_rank=8,
+            tool_call_parser="hermes",
+        ).argv
+        at = argv.index("--enable-auto-tool-choice")
+        assert argv[at + 1 : at + 3] == ["--tool-call-parser", "hermes"]
+    plain = engine_command("vllm", "/m", "m", host="h", port=1, max_loras=1, max_cpu_loras=1, max_lora_rank=8).argv
+    assert "--enable-auto-tool-choice" not in plain and "--tool-call-parser" not in plain
+
+
+def test_the_built_in_engine_refuses_auto_without_a_parser_at_start_and_unknown_parsers():
+    from inference.__main__ import parse_args
+
+    assert parse_args(["--model", "m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]).tool_call_parser
+    for argv in (["--enable-auto-tool-choice"], ["--tool-call-parser", "pythonic"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--model", "m", *argv])
+
+
+def test_a_base_models_parser_comes_from_its_entry_or_its_family():
+    from service.base_models import BaseModelRegistry
+
+    registry = BaseModelRegistry(
+        {
+            "llama": "meta-llama/Llama-3.1-8B-Instruct",
+            "qwen": {"source": "Qwen/Qwen2.5-7B-Instruct"},
+            "mine": {"source": "/models/mine", "tool_call_parser": "mistral"},
+            "none": {"source": "Qwen/Qwen2.5-7B-Instruct", "tool_call_parser": None},
+            "odd": "/models/odd",
+        }
+    )
+    parsers = {name: registry.get(name).tool_call_parser for name in ("llama", "qwen", "mine", "none", "odd")}
+    assert parsers == {"llama": "llama3_json", "qwen": "hermes", "mine": "mistral", "none": None, "odd": None}
+    assert registry.get("hone-tiny").tool_call_parser == "llama3_json"
+    with pytest.raises(ValueError, match="tool_call_parser must be one of vLLM's parsers"):
+        BaseModelRegistry({"bad": {"source": "/m", "tool_call_parser": "llama3"}})

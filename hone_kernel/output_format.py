@@ -21,7 +21,8 @@ class FormatError(ValueError):
 
 @dataclass(frozen=True)
 class OutputFormat:
-    """What the answer must be. `schema` is canonical JSON text (sorted keys), so equal schemas share a grammar."""
+    """What the answer must be. `schema` is canonical JSON text (`canonical_schema`), so equal schemas share a
+    grammar."""
 
     kind: str  # "json_object" | "json_schema"
     schema: str | None = None
@@ -78,4 +79,20 @@ def parse(value: Any, param: str = "response_format") -> OutputFormat | None:
         raise FormatError(f"{param}.json_schema.strict must be true or false.", f"{param}.json_schema.strict")
     if schema is None:  # OpenAI: the schema is optional; without one the answer is any JSON object
         return OutputFormat("json_object")
-    return OutputFormat("json_schema", json.dumps(schema, sort_keys=True, separators=(",", ":")), bool(strict))
+    return OutputFormat("json_schema", canonical_schema(schema), bool(strict))
+
+
+def canonical_schema(schema: dict[str, Any]) -> str:
+    """Compact JSON text of a schema with its keys sorted, but each `properties` in the request's order: the answer
+    writes its properties in that order, as OpenAI's does, and the same schema asked again shares a grammar."""
+
+    def canonical(node: Any, keep_order: bool = False) -> Any:
+        if isinstance(node, dict):
+            items = node.items() if keep_order else sorted(node.items())
+            # the members of `properties` are schemas named by property (a property may be named "properties")
+            return {k: canonical(v, keep_order=not keep_order and k == "properties") for k, v in items}
+        if isinstance(node, list):
+            return [canonical(v) for v in node]
+        return node
+
+    return json.dumps(canonical(schema), separators=(",", ":"))

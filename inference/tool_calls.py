@@ -7,6 +7,10 @@
 - "required", or a named function: the answer is held by constrained decoding (hone_kernel/structured.py, the
   same xgrammar grammars as response_format) to a JSON array of calls of the given tools, or to the named
   function's arguments, so it is a valid call whatever the weights would say; finish_reason stays the sampler's.
+  Where the model's family writes calls as one JSON object (llama3_json: hone-tiny, Llama 3), the grammar holds the
+  answer to that object instead, `{"name": ..., "arguments": {...}}`: the same answer in the format the model was
+  trained to write, so a forced call starts the way its own calls do (a tuned hone-tiny, forced to a named function
+  in vLLM's bare-arguments form, wrote the function's name where the city goes). One call, then.
 
 `parallel_tool_calls: false` keeps one call: "required" is held to one, "auto" keeps the first (vLLM's filter)."""
 
@@ -17,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from hone_kernel.output_format import OutputFormat
+from hone_kernel.output_format import OutputFormat, canonical_schema
 from inference.errors import bad_request
 from inference.tool_parsers import Extracted, ParsedCall, ToolParser
 
@@ -38,8 +42,22 @@ class ToolPlan:
     choice: str  # "none" | "auto" | "required" | "function"
     tools: tuple[dict[str, Any], ...]
     function: str | None = None  # the named function
-    parser: ToolParser | None = None  # auto's
+    parser: ToolParser | None = None  # the engine's: reads "auto" answers, and shapes forced ones (above)
     parallel: bool = True
+
+    @property
+    def object_calls(self) -> bool:
+        """Forced calls are written as the family's own call object (llama3_json) rather than vLLM's forms."""
+        return self.parser is not None and self.parser.name == "llama3_json" and self.choice in ("function", "required")
+
+    def _call_object(self, tool: dict[str, Any]) -> dict[str, Any]:
+        fn = tool["function"]
+        return {
+            "type": "object",
+            "properties": {"name": {"const": fn["name"]}, "arguments": fn.get("parameters") or _empty_object()},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
 
     def forced_format(self) -> tuple[OutputFormat, str] | None:
         """The grammar an answer is held to, and the field a schema error names; None when the model is free."""
@@ -47,11 +65,16 @@ class ToolPlan:
             index, fn = next(
                 (i, t["function"]) for i, t in enumerate(self.tools) if t["function"]["name"] == self.function
             )
-            schema = fn.get("parameters") or _empty_object()
+            schema = (
+                self._call_object(self.tools[index]) if self.object_calls else fn.get("parameters") or _empty_object()
+            )
             return (
-                OutputFormat("json_schema", json.dumps(schema, sort_keys=True), bool(fn.get("strict"))),
+                OutputFormat("json_schema", canonical_schema(schema), bool(fn.get("strict"))),
                 f"tools[{index}].function.parameters",
             )
+        if self.object_calls:  # "required", as one call object of any of the tools
+            one = {"anyOf": [self._call_object(t) for t in self.tools]}
+            return OutputFormat("json_schema", canonical_schema(one)), "tools"
         if self.choice == "required":
             items = [
                 {
@@ -68,11 +91,15 @@ class ToolPlan:
             calls: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
             if not self.parallel:
                 calls["maxItems"] = 1
-            return OutputFormat("json_schema", json.dumps(calls, sort_keys=True)), "tools"
+            return OutputFormat("json_schema", canonical_schema(calls)), "tools"
         return None
 
     def read(self, text: str) -> Extracted:
         """A finished answer's content and calls."""
+        if self.object_calls:
+            assert self.parser is not None
+            read = self.parser.extract(text)
+            return Extracted("", read.calls) if read.calls else Extracted(text)
         if self.choice == "function":
             assert self.function is not None
             return Extracted("", (ParsedCall(self.function, text),))
@@ -104,9 +131,9 @@ def plan(body: Any, parser: ToolParser | None) -> ToolPlan | None:
         return ToolPlan("none", tools) if tools else None
     parallel = body.parallel_tool_calls is not False
     if isinstance(choice, dict):
-        return ToolPlan("function", tools, function=choice["function"]["name"], parallel=parallel)
+        return ToolPlan("function", tools, function=choice["function"]["name"], parser=parser, parallel=parallel)
     if choice == "required":
-        return ToolPlan("required", tools, parallel=parallel)
+        return ToolPlan("required", tools, parser=parser, parallel=parallel)
     if parser is None:
         raise bad_request(AUTO_NEEDS_PARSER, "tool_choice")
     return ToolPlan("auto", tools, parser=parser, parallel=parallel)
@@ -132,9 +159,9 @@ class StreamedChoice:
     def delta(self, piece: str, logprobs: list) -> tuple[dict[str, Any] | None, list]:
         """The delta to send for `piece` now (None: nothing yet) and the logprobs that go with it."""
         self.text += piece
-        if self.plan.choice == "function":
+        if self.plan.choice == "function" and not self.plan.object_calls:
             return self._named(piece), logprobs
-        if self.plan.choice in ("required", "auto"):
+        if self.plan.choice in ("required", "auto", "function"):
             self.held_logprobs += logprobs
             parser = self.plan.parser
             until = parser.content_until(self.text) if parser is not None and self.plan.choice == "auto" else 0
@@ -154,9 +181,9 @@ class StreamedChoice:
 
     def finish(self, piece: str, logprobs: list) -> tuple[dict[str, Any], list, bool]:
         """The last delta, its logprobs, and whether the answer was calls that end as "tool_calls"."""
-        if self.plan.choice == "function":
+        if self.plan.choice == "function" and not self.plan.object_calls:
             return self._named(piece) or {}, logprobs, False
-        if self.plan.choice not in ("required", "auto"):
+        if self.plan.choice not in ("required", "auto", "function"):
             return {"content": piece}, logprobs, False
         self.text += piece
         held = self.held_logprobs + logprobs

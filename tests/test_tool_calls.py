@@ -74,11 +74,18 @@ def _client(engine, parser: str | None) -> TestClient:
 
 @pytest.fixture(scope="module")
 def client(engine):
+    """hone-tiny's engine: its family's parser, llama3_json, so forced calls are written as its call objects."""
     return _client(engine, "llama3_json")
 
 
+@pytest.fixture(scope="module")
+def bare(engine):
+    """An engine without a parser: forced calls in vLLM's forms (bare arguments; an array of calls)."""
+    return _client(engine, None)
+
+
 def _chat(client, **params):
-    return client.post("/v1/chat/completions", json={"model": "base", "messages": CHAT, "max_tokens": 24, **params})
+    return client.post("/v1/chat/completions", json={"model": "base", "messages": CHAT, "max_tokens": 48, **params})
 
 
 def _valid_response(body: dict) -> None:
@@ -111,7 +118,9 @@ def _assembled_calls(chunks: list[dict]) -> list[dict]:
     return [calls[i] for i in sorted(calls)]
 
 
-def test_a_named_function_is_called_with_arguments_its_schema_holds(client):
+@pytest.mark.parametrize("engine_tools", ["client", "bare"])
+def test_a_named_function_is_called_with_arguments_its_schema_holds(engine_tools, request):
+    client = request.getfixturevalue(engine_tools)
     for seed in range(3):
         reply = _chat(
             client, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}}, seed=seed
@@ -146,8 +155,18 @@ def test_required_gives_calls_of_the_given_tools_and_parallel_false_gives_one(cl
         jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[call["function"]["name"]])
         names.add(call["function"]["name"])
     assert names == {"get_weather", "get_time"}
-    # parallel: untrained hone-tiny goes on adding calls; an array cut off by max_tokens is what was written, as content
-    body = _chat(client, tools=TOOLS, tool_choice="required", temperature=1, seed=1, max_tokens=24).json()
+    # llama3_json's call object is one call, parallel or not
+    body = _chat(client, tools=TOOLS, tool_choice="required", temperature=1, seed=1).json()
+    assert len(body["choices"][0]["message"]["tool_calls"]) == 1
+
+
+def test_required_in_vllms_array_form(bare):
+    """Untrained hone-tiny goes on adding calls to the array; one cut off by max_tokens is what was written, as
+    content; parallel_tool_calls false holds the array to one call."""
+    single = _chat(bare, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=64).json()
+    (call,) = single["choices"][0]["message"]["tool_calls"]
+    jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[call["function"]["name"]])
+    body = _chat(bare, tools=TOOLS, tool_choice="required", temperature=1, seed=1, max_tokens=24).json()
     choice = body["choices"][0]
     if choice["finish_reason"] == "length":
         assert "tool_calls" not in choice["message"] and choice["message"]["content"].startswith('[{"name": "get_')
@@ -155,8 +174,8 @@ def test_required_gives_calls_of_the_given_tools_and_parallel_false_gives_one(cl
         assert all(c["function"]["name"] in SCHEMAS for c in choice["message"]["tool_calls"])
 
 
-def test_a_named_call_streams_its_name_first_then_its_arguments(client):
-    chunks = _stream(client, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+def test_a_named_call_streams_its_name_first_then_its_arguments(bare):
+    chunks = _stream(bare, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
     (call,) = _assembled_calls(chunks)
     assert call["name"] == "get_weather" and call["id"].startswith("chatcmpl-tool-")
     jsonschema.validate(json.loads(call["arguments"]), SCHEMAS["get_weather"])
@@ -165,11 +184,32 @@ def test_a_named_call_streams_its_name_first_then_its_arguments(client):
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def test_required_streams_whole_calls_at_the_end(client):
-    chunks = _stream(client, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=64)
+@pytest.mark.parametrize(
+    ("engine_tools", "choice"),
+    [("bare", "required"), ("client", "required"), ("client", {"type": "function", "function": {"name": "get_time"}})],
+)
+def test_held_calls_stream_whole_at_the_end(engine_tools, choice, request):
+    client = request.getfixturevalue(engine_tools)
+    chunks = _stream(client, tools=TOOLS, tool_choice=choice, parallel_tool_calls=False, max_tokens=64)
     calls = _assembled_calls(chunks)
-    assert calls and all(json.loads(c["arguments"]) is not None for c in calls)
+    assert len(calls) == 1 and calls[0]["name"] in SCHEMAS
+    jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS[calls[0]["name"]])
     assert not any(c["choices"][0]["delta"].get("content") for c in chunks if c["choices"])  # no JSON leaks as text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_forced_calls_are_written_as_the_familys_call_object(engine):
+    """With llama3_json the grammar holds the answer to `{"name": ..., "arguments": {...}}`, the form hone-tiny is
+    trained to write its calls in; the caller gets the same tool_calls as from vLLM's form."""
+    from inference.tool_calls import ToolPlan
+
+    plan = ToolPlan("function", tuple(TOOLS), function="get_time", parser=BUILTIN_PARSERS["llama3_json"])
+    fmt, field = plan.forced_format()
+    schema = json.loads(fmt.schema)
+    assert list(schema["properties"]) == ["name", "arguments"] and schema["properties"]["name"] == {"const": "get_time"}
+    assert field == "tools[1].function.parameters"
+    read = plan.read('{"name": "get_time", "arguments": {"zone": "cet"}}')
+    assert read == Extracted("", (ParsedCall("get_time", '{"zone": "cet"}'),))
 
 
 def test_auto_and_none_answer_content_when_the_model_writes_no_call(client):
@@ -225,14 +265,11 @@ def test_what_cannot_be_done_is_a_400_naming_the_field(client, params, param, wo
     assert error["param"] == param and words in error["message"], error
 
 
-def test_auto_without_a_parser_is_refused_as_vllm_refuses_it(engine):
-    bare = _client(engine, None)
+def test_auto_without_a_parser_is_refused_as_vllm_refuses_it(bare):
     reply = _chat(bare, tools=TOOLS)  # tools without tool_choice mean "auto"
     assert reply.status_code == 400
     assert reply.json()["error"]["message"].startswith('"auto" tool choice requires --enable-auto-tool-choice')
-    forced = _chat(
-        bare, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=64
-    )  # no parser needed
+    forced = _chat(bare, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=64)
     assert forced.status_code == 200 and forced.json()["choices"][0]["message"]["tool_calls"]
 
 

@@ -97,3 +97,27 @@ def test_small_talk_is_answered_in_words_and_none_never_calls(tuned):
         max_tokens=8,
     )
     assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_the_openai_sdks_parse_helper_reads_typed_arguments(tuned):
+    """`client.chat.completions.parse` with `openai.pydantic_function_tool` (strict tools), as the libraries built on
+    the SDK call tools: a named function's arguments come back parsed into the caller's type."""
+    import openai
+    from pydantic import BaseModel
+
+    class GetWeather(BaseModel):
+        city: str
+
+    client, model = tuned["client"], tuned["model"]
+    prompt, _, city = next(row for row in tuned["held_out"] if row[1] == "get_weather")
+    reply = client.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        tools=[openai.pydantic_function_tool(GetWeather, name="get_weather")],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        temperature=0,
+        max_tokens=32,
+    )
+    (call,) = reply.choices[0].message.tool_calls
+    assert isinstance(call.function.parsed_arguments, GetWeather)
+    assert call.function.parsed_arguments.city == city

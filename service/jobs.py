@@ -192,7 +192,14 @@ def transition(
     add_event(session, job.id, message, level=level)
     waited = now - queued_at if target is JobStatus.RUNNING and queued_at else None
     lasted = now - (job.started_at or job.created_at) if target.terminal else None
-    after_commit(session, lambda: metrics.transitioned(current, target, waited=waited, lasted=lasted))
+    reason = (fields.get("error") or {}).get("code") if target is JobStatus.FAILED else None
+    project_id = job.project_id
+    after_commit(
+        session,
+        lambda: metrics.transitioned(
+            current, target, waited=waited, lasted=lasted, reason=reason, project_id=project_id
+        ),
+    )
 
 
 def transition_many(session: Session, job_ids: list[str], current: JobStatus, target: JobStatus, message: str) -> None:

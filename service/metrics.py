@@ -15,7 +15,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service import __version__
-from service.job_states import ALLOWED
+from service.errors import ErrorCode
+from service.job_states import ALLOWED, JobStatus
 
 # Label values standing in for names Hone will not give a series of their own.
 UNKNOWN = "_unknown"  # a model name the caller sent that is not one of its project's models
@@ -44,6 +45,12 @@ HTTP_DURATION = Histogram(
 )
 
 JOB_TRANSITIONS = Counter("hone_job_transitions", "Job status transitions.", ["from", "to"], registry=REGISTRY)
+JOB_FAILURES = Counter(
+    "hone_job_failures",
+    "Jobs that failed, by the error code they failed with (reason) and their project.",
+    ["reason", "project_id"],
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "hone_queue_wait_seconds",
     "Time a job waited in the queue before a trainer started.",
@@ -167,10 +174,21 @@ MODEL_LABELLED = (
 BASE_MODEL_LABELLED = ("hone_trained_tokens", "hone_adapter_load_seconds")
 
 
-def transitioned(current, target, *, waited: float | None, lasted: float | None) -> None:
+def transitioned(
+    current,
+    target,
+    *,
+    waited: float | None,
+    lasted: float | None,
+    reason: str | None = None,
+    project_id: str | None = None,
+) -> None:
     """A job moved from `current` to `target` (JobStatus values); `waited`: its time in the queue when it
-    starts running; `lasted`: its run time when it ends."""
+    starts running; `lasted`: its run time when it ends; `reason`, `project_id`: for a failure, its error's code
+    and the job's project."""
     JOB_TRANSITIONS.labels(current.value, target.value).inc()
+    if target is JobStatus.FAILED:
+        JOB_FAILURES.labels(failure_reason_label(reason), project_label(project_id or UNKNOWN)).inc()
     if waited is not None:
         QUEUE_WAIT.observe(max(0.0, waited))
     if lasted is not None:
@@ -198,7 +216,28 @@ class LabelCap:
 
 # Set from settings at start-up (`configure`).
 _model_cap = LabelCap("model", 500)
+_project_cap = LabelCap("project_id", 500)
 _name_models = True
+
+# The codes Hone itself fails jobs with are ErrorCode's; a trainer reports codes of its own (FAIL, e.g.
+# `training_diverged`), each at most MAX_FAILURE_CODE_CHARS long: up to this many of those get a series.
+_KNOWN_REASONS = frozenset(ErrorCode)
+_reason_cap = LabelCap("reason", 50)
+
+
+def failure_reason_label(code: str | None) -> str:
+    """The `reason` label of hone_job_failures_total: an ErrorCode value as is, another code (a trainer's) up to
+    a cap of distinct ones, then '_other'; UNKNOWN for a failure without a code."""
+    if not code:
+        return UNKNOWN
+    code = str(code)
+    return code if code in _KNOWN_REASONS else _reason_cap(code)
+
+
+def project_label(project_id: str) -> str:
+    """The `project_id` label of a counter kept in memory: the project's id, up to the cap, then '_other'.
+    (Series read from the database at scrape time are bounded by the rows that exist, and name it uncapped.)"""
+    return _project_cap(project_id)
 
 
 def model_label(name: str) -> str:
@@ -219,4 +258,5 @@ def names_models() -> bool:
 def configure(max_label_values: int, name_models: bool = True) -> None:
     global _name_models
     _model_cap.limit = max_label_values
+    _project_cap.limit = max_label_values
     _name_models = name_models

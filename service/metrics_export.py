@@ -106,7 +106,7 @@ class MetricsExporter:
             endpoint_counts = dict(session.execute(select(Endpoint.state, func.count()).group_by(Endpoint.state)).all())
             run_counts = dict(session.execute(select(EvalRun.status, func.count()).group_by(EvalRun.status)).all())
             live = session.execute(
-                select(Endpoint.id, Endpoint.model, Endpoint.base_model, Endpoint.state).where(
+                select(Endpoint.id, Endpoint.project_id, Endpoint.model, Endpoint.base_model, Endpoint.state).where(
                     Endpoint.state != EndpointState.STOPPED.value
                 )
             ).all()
@@ -150,15 +150,15 @@ class MetricsExporter:
             "hone_endpoint_up",
             "1 while an endpoint is ready to serve, 0 while it is "
             "deploying or failed (idle endpoints, scaled to zero on purpose, have none).",
-            labels=["endpoint_id", "model", "base_model"],
+            labels=["endpoint_id", "project_id", "model", "base_model"],
         )
-        for endpoint_id, model, base_model, state in live:
+        for endpoint_id, project_id, model, base_model, state in live:
             if state != EndpointState.IDLE.value:
                 up.add_metric(
-                    [endpoint_id, metrics.model_name_label(model), metrics.model_name_label(base_model)],
+                    [endpoint_id, project_id, metrics.model_name_label(model), metrics.model_name_label(base_model)],
                     1 if state == EndpointState.READY.value else 0,
                 )
-        live_models = {name for _, model, base_model, _ in live for name in (model, base_model)}
+        live_models = {name for _, _, model, base_model, _ in live for name in (model, base_model)}
         return [jobs, depth, oldest, tokens, finish, *per_job.values(), endpoints, up, runs], live_models
 
 

@@ -22,9 +22,16 @@ import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
 from examples.support_tickets import make
-from service import metrics
+from service import jobs, metrics, projects
+from service.context import AppContext
+from service.db.tables import Endpoint, Job
+from service.errors import ErrorCode
+from service.job_states import JobStatus
+from service.metrics_export import MetricsExporter
+from service.settings import Settings
 from tests.support import (
     FAKE_ENGINE_PYTHON,
     REPO,
@@ -271,6 +278,112 @@ def test_label_cap_folds_new_values_into_other():
     assert [cap(f"m{i}") for i in range(5)] == ["m0", "m1", "m2", metrics.OVERFLOW, metrics.OVERFLOW]
     assert cap("m1") == "m1"
     assert metrics.LABEL_OVERFLOW.labels(metric="model")._value.get() == before + 2
+
+
+def _failures(exposition: str, project_id: str) -> dict[str, float]:
+    """hone_job_failures_total of one project, by reason."""
+    families = {f.name: f for f in text_string_to_metric_families(exposition)}
+    return {
+        s.labels["reason"]: s.value
+        for s in families["hone_job_failures"].samples
+        if s.name == "hone_job_failures_total" and s.labels["project_id"] == project_id
+    }
+
+
+def test_a_failed_job_is_counted_by_its_error_code_and_project(tmp_path, monkeypatch):
+    """In process, against a real database (SQLite): jobs failed through the one transition function show in
+    /metrics' hone_job_failures_total under their error code and project; a trainer's own code (not an ErrorCode)
+    gets a series up to a cap, then folds into _other like the other capped labels; a job that does not fail adds
+    nothing. hone_endpoint_up names the endpoint's project."""
+    monkeypatch.setattr(metrics, "_reason_cap", metrics.LabelCap("reason", 1))
+    ctx = AppContext.build(Settings(data_dir=tmp_path, storage_url=(tmp_path / "blobs").as_uri()))
+    try:
+        project_id = projects.create_project(ctx, "failures")["id"]
+        exporter = MetricsExporter(ctx)
+        assert _failures(exporter.render().decode(), project_id) == {}
+
+        def run(code: str | None, target: JobStatus = JobStatus.FAILED) -> None:
+            job_id = f"ftjob-fail{time.monotonic_ns()}"
+            with ctx.db.write() as session:
+                session.add(
+                    Job(
+                        id=job_id,
+                        project_id=project_id,
+                        model="hone-tiny",
+                        base_model="hone-tiny",
+                        status=JobStatus.RUNNING.value,
+                        created_at=1,
+                        started_at=5,
+                        training_file="file-x",
+                        method={"type": "supervised"},
+                        seed=1,
+                        result_files=[],
+                    )
+                )
+            with ctx.db.write() as session:
+                job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
+                error = {"code": code, "message": "failed on purpose", "param": None}
+                jobs.transition(
+                    session, job, target, "the end", **({"error": error} if target is JobStatus.FAILED else {})
+                )
+
+        overflow = metrics.LABEL_OVERFLOW.labels(metric="reason")._value.get()
+        run(ErrorCode.TRAINER_FAILED)
+        run(ErrorCode.TRAINER_FAILED)
+        run("invalid_training_file")  # as a plain string, as stored in the job's error
+        run("training_diverged")  # a trainer's code: the one series the cap of 1 allows
+        run("made_up_by_a_trainer")  # past the cap
+        run(ErrorCode.NO_GPU_CAPACITY)  # ErrorCode values are never capped
+        run(None, JobStatus.SUCCEEDED)
+        run(None, JobStatus.CANCELLED)
+        with ctx.db.write() as session:
+            session.add(
+                Endpoint(
+                    id="ep_failures",
+                    project_id=project_id,
+                    model="hone-tiny",
+                    kind="base",
+                    base_model="hone-tiny",
+                    state="ready",
+                    created_at=1,
+                    updated_at=1,
+                )
+            )
+        exposition = exporter.render().decode()
+    finally:
+        ctx.db.dispose()
+    assert _failures(exposition, project_id) == {
+        "trainer_failed": 2.0,
+        "invalid_training_file": 1.0,
+        "training_diverged": 1.0,
+        metrics.OVERFLOW: 1.0,
+        "no_gpu_capacity": 1.0,
+    }
+    assert metrics.LABEL_OVERFLOW.labels(metric="reason")._value.get() == overflow + 1
+    families = {f.name: f for f in text_string_to_metric_families(exposition)}
+    assert [s.labels for s in families["hone_endpoint_up"].samples if s.labels["endpoint_id"] == "ep_failures"] == [
+        {"endpoint_id": "ep_failures", "project_id": project_id, "model": "hone-tiny", "base_model": "hone-tiny"}
+    ]
+
+
+def test_failure_labels_stay_bounded(monkeypatch):
+    monkeypatch.setattr(metrics, "_reason_cap", metrics.LabelCap("reason", 2))
+    monkeypatch.setattr(metrics, "_project_cap", metrics.LabelCap("project_id", 2))
+    assert [metrics.failure_reason_label(c) for c in ("a", "b", "c", "a", None, "")] == [
+        "a",
+        "b",
+        metrics.OVERFLOW,
+        "a",
+        metrics.UNKNOWN,
+        metrics.UNKNOWN,
+    ]
+    assert {metrics.failure_reason_label(code) for code in ErrorCode} == {code.value for code in ErrorCode}
+    assert [metrics.project_label(p) for p in ("proj_1", "proj_2", "proj_3")] == ["proj_1", "proj_2", metrics.OVERFLOW]
+    metrics.configure(7)
+    try:
+        assert metrics._project_cap.limit == 7  # HONE_METRICS_MAX_LABEL_VALUES caps projects as it caps models
+    finally:
+        metrics.configure(500)
 
 
 def _exposed(url: str) -> dict:

@@ -175,7 +175,12 @@ def test_a_whole_flow_logs_no_key_and_writes_nothing_others_can_read(tmp_path):
             if s.name.endswith("_total") and s.labels == {"model": metrics.ALL_MODELS, "status": "200"}
         ] == [2.0]
         assert [s.labels for s in last["hone_endpoint_up"].samples] == [
-            {"endpoint_id": endpoint["id"], "model": metrics.ALL_MODELS, "base_model": metrics.ALL_MODELS}
+            {
+                "endpoint_id": endpoint["id"],
+                "project_id": project.project_id,
+                "model": metrics.ALL_MODELS,
+                "base_model": metrics.ALL_MODELS,
+            }
         ]
         assert [s.value for s in last["hone_trained_tokens"].samples if s.name.endswith("_total")] == [
             float(job.trained_tokens)
@@ -301,12 +306,21 @@ def test_model_labels_can_be_dropped(tmp_path, model_labels_restored, named):
     up = [s.labels for s in families["hone_endpoint_up"].samples]
     steps = [s.labels for s in families["hone_job_step"].samples]
     if named:
-        assert up == [{"endpoint_id": "ep_quiet", "model": tuned, "base_model": "secret-base"}]
+        assert up == [
+            {"endpoint_id": "ep_quiet", "project_id": "proj_quiet", "model": tuned, "base_model": "secret-base"}
+        ]
         assert steps == [{"job_id": "ftjob-quiet", "project_id": "proj_quiet", "base_model": "secret-base"}]
         assert tuned in _label_values(exposition, "model")
         return
     assert "secret-base" not in exposition  # every series of the tuned model and its base, and the gateway's
-    assert up == [{"endpoint_id": "ep_quiet", "model": metrics.ALL_MODELS, "base_model": metrics.ALL_MODELS}]
+    assert up == [
+        {
+            "endpoint_id": "ep_quiet",
+            "project_id": "proj_quiet",
+            "model": metrics.ALL_MODELS,
+            "base_model": metrics.ALL_MODELS,
+        }
+    ]
     assert steps == [{"job_id": "ftjob-quiet", "project_id": "proj_quiet", "base_model": metrics.ALL_MODELS}]
     assert _label_values(exposition, "model") <= {metrics.ALL_MODELS, metrics.UNKNOWN}
     assert metrics.ALL_MODELS in _label_values(exposition, "model")

@@ -510,6 +510,10 @@ def test_compose_runs_the_whole_gpu_host_from_the_images_the_dockerfiles_build(m
     assert sd["url"] == f"http://hone:{env['HONE_PORT']}/v1/admin/prometheus/targets"
     assert sd["authorization"]["credentials_file"] == f"{settings.server.data_dir}/admin_api_key"
     assert any(v.startswith("hone-data:") for v in prometheus["volumes"])
+    # ... and the GPUs through NVIDIA's dcgm-exporter, a service with the GPUs (the dashboard's GPUs row).
+    [dcgm] = [job for job in config["scrape_configs"] if job["job_name"] == "dcgm"]
+    assert dcgm["static_configs"][0]["targets"] == ["dcgm-exporter:9400"]
+    assert services["dcgm-exporter"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]

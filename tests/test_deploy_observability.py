@@ -2,15 +2,20 @@
 what they say (promtool's rule unit tests, which must also catch weakened rules), every metric they name is one
 that Hone's real exporters expose, and a real Prometheus (Debian's package) runs the shipped config against a
 real control plane and an engine found through HTTP service discovery (the FAKE engine of tests/fake_engine,
-which serves the built-in engine's own metrics module; the built-in engine's exposition is read in process)."""
+which serves the built-in engine's own metrics module; the built-in engine's exposition is read in process) and a
+stand-in for NVIDIA's dcgm-exporter (no GPU here: a static exposition in its format, with its metric names). Every
+alert has a runbook in docs/runbooks.md, and the dashboard's failure, project, engine-memory and GPU panels read
+what they should."""
 
 from __future__ import annotations
 
 import copy
+import http.server
 import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,17 +26,49 @@ import pytest
 import yaml
 
 from tests.support import FAKE_ENGINE_PYTHON, REPO, HoneServer, free_port, wait_endpoint, wait_http
+from tests.test_docs import anchors
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "hone.json"
+RUNBOOKS = REPO / "docs" / "runbooks.md"
 
 METRICS_TOKEN = "hone-metrics-test-token"  # the control plane's HONE_METRICS_TOKEN, and the shipped config's file
 
 # Series Prometheus makes itself rather than scraping them.
 PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+
+# What NVIDIA's dcgm-exporter answers on a host with one GPU, in its format (its default counters, the fields
+# the dashboard reads; labels as it sets them outside Kubernetes). No GPU runs here: the test's stand-in serves it.
+DCGM_EXPOSITION = "".join(
+    f"# HELP {name} {text}\n# TYPE {name} gauge\n"
+    f'{name}{{gpu="0",UUID="GPU-5d3f7e2a-0000-0000-0000-000000000000",device="nvidia0",'
+    f'modelName="NVIDIA H100 80GB HBM3",Hostname="gpu-host",DCGM_FI_DRIVER_VERSION="550.54.15"}} {value}\n'
+    for name, text, value in [
+        ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", 87),
+        ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", 10240),
+        ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", 71000),
+        ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", 512.5),
+    ]
+)
+DCGM_NAMES = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE"}
+# Control-plane metrics whose series name a project (project_id): the dashboard filters them by $project.
+PROJECT_LABELLED = {
+    "hone_job_failures_total",
+    "hone_endpoint_up",
+    "hone_job_step",
+    "hone_job_total_steps",
+    "hone_job_train_loss",
+    "hone_job_valid_loss",
+    "hone_job_tokens_per_second",
+    "hone_job_step_seconds",
+    "hone_job_mfu",
+    "hone_job_last_step_timestamp_seconds",
+    "hone_job_trained_tokens",
+    "hone_job_estimated_finish_timestamp_seconds",
+}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -431,8 +468,9 @@ def test_prometheus_config_is_valid(tmp_path):
     config = load_yaml(CONFIG)
     assert config["rule_files"] == ["alerts.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"hone", "hone-engines"}
+    assert set(jobs) == {"hone", "hone-engines", "dcgm"}
     assert jobs["hone"]["static_configs"][0]["targets"] == ["127.0.0.1:8000"]
+    assert jobs["dcgm"]["static_configs"][0]["targets"] == ["127.0.0.1:9400"]  # dcgm-exporter's default port
     [sd] = jobs["hone-engines"]["http_sd_configs"]
     assert urlparse(sd["url"]).path == "/v1/admin/prometheus/targets" and sd["refresh_interval"]
     assert sd["authorization"]["credentials_file"] == "hone_admin_api_key"
@@ -480,6 +518,37 @@ def test_alert_rules_are_valid():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
         assert "for" in rule, f"{rule['alert']} has no `for:`"
+
+
+def runbook_sections() -> dict[str, str]:
+    """docs/runbooks.md's `## ` sections: GitHub's anchor -> the section's text."""
+    text = RUNBOOKS.read_text(encoding="utf-8")
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return {
+        re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-"): body
+        for title, body in zip(parts[1::2], parts[2::2])
+    }
+
+
+def test_every_alert_has_a_runbook():
+    """Every alert's runbook_url is docs/runbooks.md#<its name>, a heading there, whose section says what the alert
+    means, what to check first, the likely causes and the fix; and the runbook has no section for an alert that
+    no longer exists."""
+    found = anchors(RUNBOOKS)
+    sections = runbook_sections()
+    names = set()
+    for rule in alert_rules():
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbooks.md" and (REPO / path).is_file(), f"{rule['alert']}: runbook_url {url!r}"
+        assert anchor == rule["alert"].lower() and anchor in found, f"{rule['alert']}: no heading #{anchor}"
+        for part in ("**Means**", "**First checks**", "**Likely causes**", "**Fix**"):
+            assert part in sections[anchor], f"docs/runbooks.md#{anchor} has no {part}"
+        names.add(anchor)
+    alert_like = {anchor for anchor in sections if anchor.startswith("hone")}
+    assert alert_like == names, f"runbook sections without an alert: {alert_like - names}"
+    # ... and the check can fail: a runbook_url whose anchor is missing is caught.
+    assert "honeno-such-alert" not in found
 
 
 def test_alert_rule_unit_tests_pass():
@@ -606,6 +675,80 @@ def test_dashboard_covers_what_operators_look_at():
         assert wanted in names, wanted
 
 
+def panel(title: str) -> dict:
+    [found] = [p for p in dashboard_panels() if p.get("title") == title]
+    return found
+
+
+_SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)\s*(\{[^{}]*\})?")
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, its label matchers or '') for every metric an expression reads."""
+    names = metric_names(expr)
+    return [(m.group(1), m.group(2) or "") for m in _SELECTOR.finditer(expr) if m.group(1) in names]
+
+
+def test_dashboard_has_the_ops_panels():
+    """The failure-reason panels, engine memory, and one panel per GPU figure of dcgm-exporter."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert [p["title"] for p in dashboard_panels() if p["type"] == "row"].count("GPUs (DCGM exporter)") == 1
+
+    failures = panel("Job failures by reason")
+    [target] = failures["targets"]
+    assert "hone_job_failures_total" in metric_names(target["expr"]) and "sum by (reason)" in target["expr"]
+    assert "{{reason}}" in target["legendFormat"]
+    table = panel("Failures by reason and project (dashboard range)")
+    [target] = table["targets"]
+    assert "sum by (reason, project_id)" in target["expr"] and "$__range" in target["expr"] and target["instant"]
+
+    memory = panel("Engine resident memory")
+    assert memory["fieldConfig"]["defaults"]["unit"] == "bytes"
+    assert [(name, 'job="hone-engines"' in m) for t in memory["targets"] for name, m in selectors(t["expr"])] == [
+        ("process_resident_memory_bytes", True)
+    ]
+    assert "vllm:kv_cache_usage_perc" in metric_names(panel("KV-cache usage")["targets"][0]["expr"])
+
+    gpu = {
+        "GPU utilization": ({"DCGM_FI_DEV_GPU_UTIL"}, "percent"),
+        "GPU memory used": ({"DCGM_FI_DEV_FB_USED"}, "bytes"),
+        "GPU memory used (share)": ({"DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}, "percentunit"),
+        "GPU power": ({"DCGM_FI_DEV_POWER_USAGE"}, "watt"),
+    }
+    for title, (names, unit) in gpu.items():
+        found = panel(title)
+        assert set().union(*(metric_names(t["expr"]) for t in found["targets"])) == names, title
+        assert found["fieldConfig"]["defaults"]["unit"] == unit, title
+        assert "no data where no GPU" in found["description"], title
+    assert set().union(*(names for names, _ in gpu.values())) == DCGM_NAMES
+    assert "project" in variables
+
+
+def test_dashboard_filters_by_project():
+    """A `project` variable (multi, All = any), listing the project_id values of Hone's series; every selector
+    of a metric that carries project_id filters on it, and the rest (which carry none) do not."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    project = variables["project"]
+    assert project["type"] == "query" and project["multi"] and project["includeAll"] and project["allValue"] == ".*"
+    query = project["query"]["query"]
+    assert re.fullmatch(r"label_values\((.+),\s*project_id\)", query), query
+    filtered, unfiltered = set(), []
+    for where, expr in dashboard_exprs():
+        for name, matchers in selectors(expr):
+            if name in PROJECT_LABELLED:
+                assert 'project_id=~"$project"' in matchers, f"{where}: {name}{matchers} is not filtered by project"
+                filtered.add(name)
+            elif "$project" in matchers:
+                unfiltered.append(f"{where}: {name} has no project_id label")
+    assert unfiltered == []
+    assert {"hone_job_failures_total", "hone_endpoint_up", "hone_job_tokens_per_second", "hone_job_step"} <= filtered
+    # The selector reader sees matchers (so the filter check above checks something).
+    assert selectors('max by (job_id) (hone_job_step{project_id=~"$project"}) / hone_job_total_steps') == [
+        ("hone_job_step", '{project_id=~"$project"}'),
+        ("hone_job_total_steps", ""),
+    ]
+
+
 def test_dashboard_queries_are_valid_promql(tmp_path):
     """promtool parses each query (Grafana's variables filled in) as a recording rule's expression."""
     exprs = dashboard_exprs()
@@ -688,12 +831,40 @@ def test_the_engine_exports_every_vllm_metric():
 
 
 def test_metrics_named_are_exported_by_hone(hone):
-    known = control_plane_names(hone) | engine_names() | PROMETHEUS_OWN
+    known = control_plane_names(hone) | engine_names() | PROMETHEUS_OWN | exported_names(DCGM_EXPOSITION)
+    assert exported_names(DCGM_EXPOSITION) == DCGM_NAMES
+    assert PROJECT_LABELLED <= control_plane_names(hone)
     unknown = unknown_names(dashboard_exprs() + alert_exprs(), known)
     assert unknown == {}, f"named in deploy/ but not exported by Hone: {unknown}"
 
 
 # ---- a real Prometheus runs the shipped config ----------------------------------------------------------------
+
+
+class FakeDcgmExporter:
+    """Stands in for NVIDIA's dcgm-exporter (no GPU here): answers /metrics with DCGM_EXPOSITION."""
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = DCGM_EXPOSITION.encode()
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Prometheus:
@@ -749,20 +920,26 @@ class Prometheus:
 
 
 def test_prometheus_scrapes_hone_and_its_engines_with_the_shipped_config(hone, tmp_path):
-    """The shipped prometheus.yml, with only the control plane's address and the intervals changed, scrapes the
-    control plane, finds a running engine through the admin-key-protected service discovery, scrapes it, and
-    evaluates every alert rule and dashboard query without error."""
-    http = hone.new_project("observability").http()
+    """The shipped prometheus.yml, with only the control plane's and dcgm-exporter's addresses and the intervals
+    changed, scrapes the control plane, finds a running engine through the admin-key-protected service discovery,
+    scrapes it and the (stand-in) GPU exporter, and evaluates every alert rule and dashboard query without error;
+    the engine-memory and GPU panels get data."""
+    project = hone.new_project("observability")
+    http = project.http()
     created = http.post("/v1/endpoints", json={"model": "hone-tiny"})  # an engine (the fake) for the base model
     assert created.status_code in (200, 201), created.text
+    dcgm = FakeDcgmExporter()
     try:
-        _scrape_with_the_shipped_config(hone, http, tmp_path)
+        _scrape_with_the_shipped_config(hone, http, tmp_path, dcgm, project.project_id)
     finally:
+        dcgm.stop()
         http.delete(f"/v1/endpoints/{created.json()['id']}")  # the deployer stops its engine
         http.close()
 
 
-def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_path: Path):
+def _scrape_with_the_shipped_config(
+    hone: HoneServer, http: httpx.Client, tmp_path: Path, dcgm: FakeDcgmExporter, project_id: str
+):
     endpoint = wait_endpoint(http, "hone-tiny")
     assert endpoint["state"] == "ready", endpoint
     answer = http.post(
@@ -778,6 +955,10 @@ def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_pa
     for job in config["scrape_configs"]:
         job.pop("scrape_interval", None)
         for static in job.get("static_configs", []):
+            if job["job_name"] == "dcgm":
+                assert static["targets"] == ["127.0.0.1:9400"]
+                static["targets"] = [dcgm.address]
+                continue
             assert static["targets"] == [shipped]
             static["targets"] = [here]
         for sd in job.get("http_sd_configs", []):
@@ -797,9 +978,9 @@ def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_pa
         def targets_up():
             active = prometheus.get("/api/v1/targets", state="active")["activeTargets"]
             up = [t for t in active if t["health"] == "up"]
-            return active if {t["labels"]["job"] for t in up} == {"hone", "hone-engines"} else None
+            return active if {t["labels"]["job"] for t in up} == {"hone", "hone-engines", "dcgm"} else None
 
-        active = prometheus.wait("both the control plane and the engine scraped", targets_up)
+        active = prometheus.wait("the control plane, the engine and dcgm-exporter scraped", targets_up)
         [engine] = [t for t in active if t["labels"]["job"] == "hone-engines"]
         labels = engine["labels"]  # as the control plane's service discovery gave them
         assert (labels["endpoint_id"], labels["model"], labels["base_model"]) == (
@@ -822,11 +1003,34 @@ def _scrape_with_the_shipped_config(hone: HoneServer, http: httpx.Client, tmp_pa
         for query in [
             'up{job="hone"}',
             "hone_build_info",
-            'hone_endpoint_up{base_model="hone-tiny"}',
+            f'hone_endpoint_up{{base_model="hone-tiny", project_id="{project_id}"}}',
             'vllm:num_requests_running{job="hone-engines"}',
             'vllm:generation_tokens_total{job="hone-engines"}',
+            'process_resident_memory_bytes{job="hone-engines"}',
+            'DCGM_FI_DEV_GPU_UTIL{job="dcgm"}',
         ]:
             prometheus.wait(f"{query} has data", lambda: prometheus.get("/api/v1/query", query=query)["result"])
+
+        def panel_values(title: str) -> list[float]:
+            [target] = panel(title)["targets"]
+            result = prometheus.get("/api/v1/query", query=as_promql(target["expr"]))["result"]
+            return [float(series["value"][1]) for series in result]
+
+        # The engine-memory and GPU panels show the figures as the exporters gave them.
+        assert [v > 1e6 for v in panel_values("Engine resident memory")] == [True]
+        assert panel_values("GPU utilization") == [87.0]
+        assert panel_values("GPU memory used") == [71000 * 1048576]
+        assert panel_values("GPU memory used (share)") == [pytest.approx(71000 / 81240)]
+        assert panel_values("GPU power") == [512.5]
+        # The project variable lists the project whose endpoint runs, and the readiness panel filters by it.
+        [variable] = variable_query_exprs(next(v for v in dashboard()["templating"]["list"] if v["name"] == "project"))
+        series = prometheus.get("/api/v1/series", **{"match[]": variable})
+        assert project_id in {s.get("project_id") for s in series}
+        [readiness] = panel("Endpoint readiness")["targets"]
+        only = readiness["expr"].replace("$project", project_id).replace("$base_model", ".*")
+        assert len(prometheus.get("/api/v1/query", query=only)["result"]) == 1
+        other = readiness["expr"].replace("$project", "proj_nobody").replace("$base_model", ".*")
+        assert prometheus.get("/api/v1/query", query=other)["result"] == []
 
         # Every dashboard query runs against the live data without an evaluation error.
         failures = {}

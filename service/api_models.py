@@ -138,6 +138,10 @@ class FineTuningJob(Exact):
     resources: dict[str, int] = Field(
         description="Hone: the devices it trains on, one process each: {nodes, gpus_per_node} (default 1 x 1)."
     )
+    queue_position: int | None = Field(
+        description="Hone: while queued, its place in the cluster's queue (1: the next the scheduler claims); "
+        "null otherwise. Answered by retrieve and list."
+    )
 
 
 class FineTuningJobList(Exact):

@@ -29,6 +29,7 @@ from service.api import (
     observability,
     stored_completions,
     vertex,
+    webhooks,
 )
 from service.api.contract import build_openapi
 from service.api.error_envelope import install_error_handlers
@@ -51,6 +52,7 @@ from service.metrics_export import MetricsExporter
 from service.scheduler import Scheduler
 from service.settings import Settings
 from service.usage import UsageBook
+from service.webhooks import Deliverer
 
 log = logging.getLogger("hone.app")
 LEADERSHIP_RETRY_S = 5.0
@@ -64,6 +66,7 @@ class _LeaderDuties:
         self.app, self.ctx = app, ctx
         self.deployer: EndpointDeployer | None = None
         self.eval_runner: EvalRunner | None = None
+        self.deliverer: Deliverer | None = None
 
     async def take_up(self) -> None:
         ctx, settings, loops = self.ctx, self.ctx.settings, self.app.state.loops
@@ -93,12 +96,16 @@ class _LeaderDuties:
         loops.add(BackgroundLoop(Loop.ENDPOINTS, self.deployer.tick, settings.serving.endpoint_poll_s))
         self.eval_runner = EvalRunner(ctx, self.app.state.graders, asyncio.get_running_loop())
         loops.add(BackgroundLoop(Loop.EVALS, self.eval_runner.tick, settings.graders.eval_poll_s, min_gap=WAKE_BATCH_S))
+        self.deliverer = Deliverer(ctx)  # webhooks: the outbox's due deliveries sent
+        loops.add(BackgroundLoop(Loop.WEBHOOKS, self.deliverer.tick, settings.webhooks.webhook_poll_s))
 
     async def lay_down(self) -> None:
         if self.eval_runner is not None:
             await self.eval_runner.stop()  # its runs stay in progress: the next leader finishes them
         if self.deployer is not None:
             await run_in_threadpool(self.deployer.close)  # engines are children of this process: stop them
+        if self.deliverer is not None:
+            await run_in_threadpool(self.deliverer.close)
 
 
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
@@ -184,6 +191,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         evals.router,
         external_models.router,
         stored_completions.router,
+        webhooks.router,
         vertex.router,
         internal.router,
     ):

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from service import webhooks
 from service.db.tables import EvalRun
 from service.errors import ErrorCode, InvalidRequest
 
@@ -56,4 +57,9 @@ def move(session: Session, run_id: str, current: RunStatus, target: RunStatus, n
         )
     values = {"status": target.value, "updated_at": now, **entry_fields(target, now), **fields}
     stmt = update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == current.value).values(**values)
+    if target.terminal:  # the webhook event commits with the status it reports (the outbox: service/webhooks.py)
+        project_id = session.execute(stmt.returning(EvalRun.project_id)).scalar()
+        if project_id is not None:
+            webhooks.enqueue(session, project_id, webhooks.RUN_EVENTS[target.value], run_id, now)
+        return project_id is not None
     return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ class Loop(StrEnum):
     FILE_EXPIRY = "file-expiry"
     USAGE = "usage"  # the gateway's usage book flushed to the database
     EVALS = "evals"  # eval runs: queued ones started, canceled or deleted ones stopped
+    WEBHOOKS = "webhooks"  # due webhook deliveries sent (service/webhooks.py)
     LEADERSHIP = "leadership"  # a standby worker waiting to take the loops over
 
 

@@ -254,6 +254,22 @@ def new_job(
 ) -> Job:
     """The new job's row; `vertex_spec` keeps what a Vertex request said beyond OpenAI's fields, and
     `evaluation_extra` what its evaluationConfig asks of the evaluation beyond Hone's own (service/vertex)."""
+    method = check_request(ctx, principal, body)
+    request_sha = idempotency.fingerprint(body) if idempotency_key else ""
+    try:
+        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # A concurrent request with the same key won the insert (PostgreSQL); answer with its job.
+        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)
+    ctx.hinter.wake(Loop.VALIDATION)  # its files are checked now, not at the next poll
+    return job
+
+
+def check_request(ctx: AppContext, principal: ProjectPrincipal, body: CreateFineTuningJob) -> dict:
+    """The checks a create makes before its write transaction (a preflight makes them too); returns the method as
+    asked, "auto" left in."""
     method = _resolve_method(body)
     _check_vision_mode(ctx, body, method)
     check_servable(method, ctx.settings.serving.max_lora_rank)
@@ -270,16 +286,7 @@ def new_job(
             else:
                 distillation.check_teacher(ctx, session, principal.project_id, method)
     job_evaluation_rows.check_item_fields(ctx, principal, body, method)  # reads storage: before the transaction
-    request_sha = idempotency.fingerprint(body) if idempotency_key else ""
-    try:
-        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)
-    except IntegrityError:
-        if not idempotency_key:
-            raise
-        # A concurrent request with the same key won the insert (PostgreSQL); answer with its job.
-        job = _insert_job(ctx, principal, body, method, idempotency_key, request_sha, vertex_spec, evaluation_extra)
-    ctx.hinter.wake(Loop.VALIDATION)  # its files are checked now, not at the next poll
-    return job
+    return method
 
 
 JOBS: Table = Job.__table__  # type: ignore[assignment]  # the Core table (mapped classes type it loosely)
@@ -331,10 +338,7 @@ def _insert_job(
             earlier = idempotency.replayed_object(session, principal.project_id, idempotency_key, request_sha)
             if earlier is not None:
                 return jobs.job_row(session, principal, earlier)
-        base_model, parent = _resolve_base_model(ctx, session, principal, body.model)
-        if parent is not None:
-            method = _inherit_shape(method, parent, body.model)
-        _check_files(ctx, session.connection(), principal, body, method, base_model)
+        base_model, parent, method = check_in_project(ctx, session, principal, body, method)
         values = _job_values(principal, body, method, vertex_spec, base_model=base_model, parent=parent)
         values["evaluation"] = job_evaluation.plan(ctx, session, principal, body, method, base_model, values["seed"])
         if values["evaluation"] is not None and evaluation_extra:
@@ -347,6 +351,18 @@ def _insert_job(
         if idempotency_key:
             idempotency.remember(session, principal.project_id, idempotency_key, request_sha, values["id"])
     return job
+
+
+def check_in_project(
+    ctx: AppContext, session: Session, principal: ProjectPrincipal, body: CreateFineTuningJob, method: dict
+) -> tuple[str, Parent | None, dict]:
+    """The checks a create makes in its transaction (a preflight in a read): the model to tune (a continued one's
+    shape written into the method) and the files. Returns (root base model, parent, method)."""
+    base_model, parent = _resolve_base_model(ctx, session, principal, body.model)
+    if parent is not None:
+        method = _inherit_shape(method, parent, body.model)
+    _check_files(ctx, session.connection(), principal, body, method, base_model)
+    return base_model, parent, method
 
 
 def _check_files(

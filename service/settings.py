@@ -147,6 +147,10 @@ class TrainingSettings(BaseSettings):
     # A trainer's GPU memory: jobs whose base weights would not fit it in their tuning mode are refused at creation
     # (service/serve_compat.py check_memory_fit). 0: not checked
     trainer_memory_gb: float = Field(default=0.0, ge=0)
+    # Training throughput a preflight's time estimate assumes when no job on the base model has reported its own
+    # (tokens_per_second in its progress): benchmarks/train_throughput.py measured 1,702 tokens/s for a LoRA on the
+    # 2-core CPU VM (README); set your GPUs' figure
+    trainer_tokens_per_s: float = Field(default=1700.0, gt=0)
 
     _parse_json = field_validator("base_models", mode="before")(_json)
 
@@ -279,6 +283,23 @@ class GradersSettings(BaseSettings):
         )
 
 
+class WebhookSettings(BaseSettings):
+    """Webhooks (service/webhooks.py): how events are delivered to the endpoints projects register."""
+
+    model_config = _ENV
+
+    webhook_poll_s: float = Field(default=1.0, gt=0)  # how often the delivery loop looks for due deliveries
+    webhook_timeout_s: float = Field(default=10.0, gt=0)  # one attempt's whole request
+    webhook_max_attempts: int = Field(default=6, ge=1)  # then the delivery is `failed`
+    # The wait before attempt n+1 is webhook_backoff_s * 2**(n-1), at most webhook_backoff_max_s (default: 30 s,
+    # 1, 2, 4 and 8 min: six attempts over about 16 minutes)
+    webhook_backoff_s: float = Field(default=30.0, ge=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, ge=0)
+    # Endpoints on loopback, private, link-local or otherwise reserved addresses (checked when registered and at
+    # each attempt, after name resolution). Off: a project's webhook cannot reach the cluster's own services.
+    webhook_allow_private: bool = False
+
+
 GROUPS: dict[str, type[BaseSettings]] = {
     "server": ServerSettings,
     "database": DatabaseSettings,
@@ -288,6 +309,7 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "serving": ServingSettings,
     "kubernetes": KubernetesSettings,
     "graders": GradersSettings,
+    "webhooks": WebhookSettings,
 }
 _GROUP_OF = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 # Every setting by its flat name (the variable's, less HONE_), whatever its group.
@@ -305,6 +327,7 @@ class Settings(BaseModel):
     serving: ServingSettings
     kubernetes: KubernetesSettings
     graders: GradersSettings
+    webhooks: WebhookSettings
 
     def __init__(self, **values: Any) -> None:
         # Flat names or groups, both routed by _groups below (a signature of the groups alone would refuse flat ones)

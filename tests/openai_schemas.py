@@ -43,6 +43,15 @@ ROUTES = [
     ("POST", r"/v1/fine_tuning/alpha/graders/validate", "sdk:GraderValidateResponse"),
     # Not in the reference file either, and the SDK's eval models require fields OpenAI answers null (a run's
     # `error` before it fails): checked against Hone's openapi.json by tests/test_schemathesis.py instead.
+    # Webhook endpoints: the openai SDK's models (the reference file has none); the delivery log is Hone's, checked
+    # against Hone's openapi.json by tests/test_schemathesis.py
+    ("POST", r"/v1/webhook_endpoints", "sdk:webhooks.WebhookEndpointWithSecret"),
+    ("GET", r"/v1/webhook_endpoints", "sdk-list:webhooks.WebhookEndpoint"),
+    ("GET", r"/v1/webhook_endpoints/[^/]+/deliveries", None),
+    ("GET", r"/v1/webhook_endpoints/[^/]+", "sdk:webhooks.WebhookEndpoint"),
+    ("POST", r"/v1/webhook_endpoints/[^/]+/rotate_secret", "sdk:webhooks.WebhookEndpointWithSecret"),
+    ("POST", r"/v1/webhook_endpoints/[^/]+", "sdk:webhooks.WebhookEndpoint"),
+    ("DELETE", r"/v1/webhook_endpoints/[^/]+", "sdk:webhooks.DeletedWebhookEndpoint"),
     ("POST", r"/v1/evals.*", None),
     ("GET", r"/v1/evals.*", None),
     ("DELETE", r"/v1/evals.*", None),

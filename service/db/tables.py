@@ -8,6 +8,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -389,4 +390,46 @@ class StoredCompletion(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "id", name="uq_stored_completions_project_id"),
         Index("ix_stored_completions_project_created", "project_id", "created_at"),
+    )
+
+
+class WebhookEndpoint(Base):
+    """A URL a project has events delivered to (OpenAI's webhook endpoints), with the event types it subscribes to
+    and its signing secret (sealed: service/secret_box.py; answered once, when made or rotated)."""
+
+    __tablename__ = "webhook_endpoints"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[Any]] = mapped_column(JSON)
+    secret_sealed: Mapped[str] = mapped_column(Text)
+    secret_hint: Mapped[str] = mapped_column(String(32))  # whsec_ and the last 4 characters
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the outbox row written in the transaction that changed the job's or run's status,
+    then the delivery's log (each attempt's time, status code and error). Its status moves through
+    service/webhook_states.py."""
+
+    __tablename__ = "webhook_deliveries"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)  # the webhook-id header: the same on every attempt
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)  # the body as signed and sent
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float)  # when pending: due at this Unix time
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[list[Any]] = mapped_column(JSON)  # [{attempt, started_at, duration_ms, status_code, error}]
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_endpoint_seq", "endpoint_id", "seq"),
+        Index("ix_webhook_deliveries_status_due", "status", "next_attempt_at"),
     )

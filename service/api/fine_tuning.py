@@ -3,11 +3,10 @@
 import logging
 import re
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request
 
 from service import api_models as m
 from service import idempotency, job_creation, jobs, preflight
-from service import job_logs as job_logs_domain
 from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute, database_read
@@ -128,23 +127,3 @@ def list_checkpoints(
     ctx: AppContext = Depends(get_ctx),
 ):
     return jobs.list_checkpoints(ctx, principal, job_id, after=after, limit=check_limit(limit, 100))
-
-
-_LOG_DOC: dict[int | str, dict[str, object]] = {
-    200: {
-        "description": "Hone: what the trainer printed in the attempt (the latest unless `attempt` is given), "
-        "kept once the attempt ended; `X-Hone-Attempt` says which.",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
-    }
-}
-
-
-@router.get("/{job_id}/logs", response_class=Response, responses=_LOG_DOC)
-def job_logs(
-    job_id: str,
-    attempt: int | None = Query(None, ge=1, description="Which trainer attempt (1, 2, ...); default the latest."),
-    principal: ProjectPrincipal = Depends(project_principal),
-    ctx: AppContext = Depends(get_ctx),
-):
-    number, text = job_logs_domain.trainer_log(ctx, principal, job_id, attempt)
-    return Response(text, media_type="text/plain; charset=utf-8", headers={"x-hone-attempt": str(number)})

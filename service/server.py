@@ -29,6 +29,7 @@ def serve(settings: Settings | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=settings.server.graceful_shutdown_s,
         timeout_keep_alive=settings.server.http_keep_alive_s,
+        http=_http_protocol(),
     )
     if settings.server.workers <= 1:
         from service.warm_start import prewarm_trainers
@@ -53,6 +54,16 @@ def serve(settings: Settings | None = None) -> None:
     metrics_dir.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     uvicorn.run("service.server:worker_app", factory=True, workers=settings.server.workers, **options)
+
+
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol sending each response's head with its body (service/http_protocol.py); uvicorn's
+    own choice where httptools is missing."""
+    try:
+        from service.http_protocol import HttpProtocol
+    except ImportError:
+        return "auto"
+    return HttpProtocol
 
 
 def worker_app():

@@ -73,7 +73,19 @@ class UpstreamResponse:
             self.release()
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.iter_chunks()])
+        """The whole body. A Content-Length body (what engines send for a whole answer) is one read of that many
+        bytes, without iter_chunks' generator."""
+        length = self.headers.get("content-length")
+        if length is None or "transfer-encoding" in self.headers or self._conn is None:
+            return b"".join([chunk async for chunk in self.iter_chunks()])
+        try:
+            data = await self._conn.reader.readexactly(int(length))
+            self._done = True
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            raise UpstreamError(f"bad response body from the engine: {exc!r}") from exc
+        finally:
+            self.release()
+        return data
 
     def release(self) -> None:
         """Back to the pool when the body was read to the end; closed otherwise."""
@@ -116,30 +128,45 @@ class UpstreamPool:
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
         parts = urlsplit(url)
         address = (parts.hostname or "127.0.0.1", parts.port or 80)
-        head = [f"POST {parts.path or '/'} HTTP/1.1", f"host: {parts.netloc}", f"content-length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        lines = [f"POST {parts.path or '/'} HTTP/1.1", f"host: {parts.netloc}", f"content-length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         for attempt in (1, 2):
             conn = await self._connect(address, fresh=attempt == 2)
             try:
                 conn.writer.write(request)
                 await conn.writer.drain()
-                status_line = await conn.reader.readuntil(b"\r\n")
+                # The status line and headers in one read: they come in one packet, and each await is a turn of
+                # the event loop.
+                head = await conn.reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 conn.writer.close()
+                partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
+                if b"\r\n" in partial:  # a status line, then the connection closed mid-headers
+                    raise UpstreamError(f"bad response headers from the engine: {exc!r}") from exc
                 # An idle keep-alive connection the engine closed meanwhile: it never saw the request.
                 if conn.reused and attempt == 1:
                     continue
                 raise UpstreamError(f"the engine at {address[0]}:{address[1]} closed the connection: {exc!r}") from exc
-            fields: dict[str, str] = {}
-            try:
-                status = int(status_line.split(b" ", 2)[1])
-                while (line := await conn.reader.readuntil(b"\r\n")) != b"\r\n":
-                    name, _, value = line.partition(b":")
-                    fields[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
-            except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError) as exc:
+            except asyncio.LimitOverrunError as exc:
                 conn.writer.close()
                 raise UpstreamError(f"bad response headers from the engine: {exc!r}") from exc
+            except (
+                BaseException
+            ):  # cancelled (the gateway's timeout): the answer may still come; the connection is spent
+                conn.writer.close()
+                raise
+            answer = head.split(b"\r\n")
+            fields: dict[str, str] = {}
+            try:
+                status = int(answer[0].split(b" ", 2)[1])
+            except (ValueError, IndexError) as exc:
+                conn.writer.close()
+                raise UpstreamError(f"bad response headers from the engine: {exc!r}") from exc
+            for line in answer[1:]:
+                if line:
+                    name, _, value = line.partition(b":")
+                    fields[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
             return UpstreamResponse(status, fields, conn, self, address)
         raise AssertionError("unreachable")
 

@@ -40,7 +40,7 @@ async def _forward(request: Request, path: str):
         gateway.count_rejected(None, exc)
         raise
     return await gateway.relay(
-        principal.project_id, path, raw, body, getattr(request.state, "request_id", None), keep=keep
+        principal.project_id, path, raw, body, getattr(request.state, "request_id", None), keep=keep, sent=True
     )
 
 

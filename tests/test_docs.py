@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service import endpoint_states, eval_states, job_states
+from service import endpoint_states, eval_states, job_states, webhook_states
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -65,6 +65,7 @@ def all_diagrams() -> list[tuple[Path, set[tuple[str, str]]]]:
         ("job", job_states.JobStatus, job_states.ALLOWED),
         ("endpoint", endpoint_states.EndpointState, endpoint_states.ALLOWED),
         ("eval run", eval_states.RunStatus, eval_states.ALLOWED),
+        ("webhook delivery", webhook_states.DeliveryStatus, webhook_states.ALLOWED),
     ],
 )
 def test_state_diagram_matches_the_transition_table(name, enum, allowed):
@@ -85,6 +86,7 @@ def test_every_state_diagram_draws_a_known_machine():
         {s.value for s in job_states.JobStatus},
         {s.value for s in endpoint_states.EndpointState},
         {s.value for s in eval_states.RunStatus},
+        {s.value for s in webhook_states.DeliveryStatus},
     ]
     for page, edges in all_diagrams():
         drawn = {s for edge in edges for s in edge}

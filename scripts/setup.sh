@@ -23,6 +23,8 @@ fi
 # no password; otherwise say what to install:
 #   prometheus          promtool and prometheus check and run deploy/prometheus
 #   kubernetes-client   kubectl, whose `kubectl kustomize` renders deploy/kubernetes
+#   chromium            the headless browser tests/test_console.py drives with Playwright (its own browser
+#                       downloads are never used: `playwright install` is not run)
 if [ "$(id -u)" = 0 ]; then
   as_root=()
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
@@ -47,3 +49,4 @@ apt_install() {  # apt_install COMMAND PACKAGE: install PACKAGE unless COMMAND i
 }
 apt_install promtool prometheus
 apt_install kubectl kubernetes-client
+apt_install chromium chromium

@@ -10,7 +10,7 @@ import logging
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import __version__, metrics
+from service import __version__, console, metrics
 from service.api import (
     admin,
     base_models,
@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         internal.router,
     ):
         app.include_router(router)
+    app.router.routes.extend(console.routes())  # the web console's static pages, at /console (last: rarely asked)
     app.router.routes[:0] = gateway.routes  # first: the hot path should not try every other route before it
     app.add_middleware(AccessLogMiddleware, observers=(HttpMetrics(),))
     return app

@@ -135,7 +135,7 @@ export async function endpointsPage(view, _params, query) {
         empty: "No endpoints. Deploy a model from the Models page.",
         rowAttrs: (ep) => ({ "data-endpoint-id": ep.id, "data-state": ep.state }),
         columns: [
-          { label: "Model", cell: (ep) => [h("span", { class: "mono wrap" }, ep.model), h("br"), h("small", { class: "muted" }, `${ep.kind} of ${ep.base_model}`)] },
+          { label: "Model", cell: (ep) => [h("span", { class: "mono wrap" }, ep.model), h("br"), h("small", { class: "muted" }, ep.kind === "base" ? "base model" : `${ep.kind} of ${ep.base_model}`)] },
           { label: "State", cell: (ep) => [badge(ep.state), ep.error ? h("small", { class: "error-text block" }, ep.error.message) : null] },
           { label: "Replicas", cell: (ep) => `${ep.ready_replicas} of ${ep.replicas} ready` },
           { label: "Scale to zero", cell: scaleToZero },

@@ -109,6 +109,7 @@ LONGEST_FIRST = [
     "test_sdk.py",
     "test_structured_outputs.py",
     "test_wandb_integration.py",
+    "test_console.py",  # headless Chromium over a server with the fake trainer and engine: ~35 s, ~16 s of CPU
     "test_jobs_api.py",
     "test_trainer_core.py",
     "test_vertex_api.py",

@@ -146,12 +146,24 @@ def test_console_shows_a_job_live_its_files_endpoints_and_answers_in_the_playgro
         extra_body={"evaluation": {"testing_criteria": [NOT_BASE], "max_rows": 4}},
     )
 
+    # A second job waits in the queue behind the first (one training slot), until the page pauses the first.
+    second = client.fine_tuning.jobs.create(
+        model="hone-tiny",
+        training_file=training.id,
+        seed=4,
+        hyperparameters={"n_epochs": 3, "batch_size": 4},
+        extra_body={"auto_deploy": False},
+    )
+
     page, problems = open_console(browser, server, project.api_key)
-    # Jobs: the job just created is listed, with its status.
+    # Jobs: the jobs just created are listed, with their status, the second with its place in the queue.
     row = page.locator(f'tr[data-job-id="{job.id}"]')
     expect(row).to_be_visible()
     expect(row.locator(".badge")).to_have_text(re.compile("validating files|queued|running"))
     expect(page.locator('#nav a[aria-current="page"]')).to_have_text("Jobs")
+    expect(page.locator(f'tr[data-job-id="{second.id}"] .queue')).to_have_text(
+        re.compile(r"#[12] in queue"), timeout=10_000
+    )
     shots.take(page, "jobs")
 
     # The job, live: pause it from the page half way, its chart holds the steps reported so far; resume it.
@@ -165,15 +177,25 @@ def test_console_shows_a_job_live_its_files_endpoints_and_answers_in_the_playgro
     wait_job(client, job.id, lambda j: j.status == "paused", timeout=30)
     # (the trainer reports the step it was in as it stops: the job is paused before its last events arrive)
     wait_for(
-        lambda: int(page.locator("#chart-loss").get_attribute("data-series-train-loss") or 0)
-        == len(metric_steps(http, job.id, "train_loss")),
+        lambda: (
+            int(page.locator("#chart-loss").get_attribute("data-series-train-loss") or 0)
+            == len(metric_steps(http, job.id, "train_loss"))
+        ),
         10,
         0.2,
         "the chart to show every step reported before the pause",
     )
     assert 3 <= len(metric_steps(http, job.id, "train_loss")) < 30
     shots.take(page, "job-paused")
+    # Resumed, it queues behind the second job, which took the slot; cancelling that one from its page frees it.
     page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#job-queue")).to_have_text("#1", timeout=10_000)
+    page.goto(f"{server.base_url}/console/#/jobs/{second.id}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#job-status")).to_have_text("cancelled")
+    assert client.fine_tuning.jobs.retrieve(second.id).status == "cancelled"
+    page.go_back()
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=30_000)
     wait_points(page, "chart-loss", "train-loss", 30)
     assert int(page.locator("#chart-loss").get_attribute("data-series-train-loss")) == 30  # 40 rows / 4 x 3 epochs

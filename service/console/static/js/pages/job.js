@@ -161,6 +161,7 @@ export async function jobPage(view, [jobId]) {
       facts(
         [
           ["Status", h("span", { id: "job-status" }, badge(job.status))],
+          ["Queue position", job.status === "queued" && job.queue_position ? h("span", { id: "job-queue" }, `#${job.queue_position}`) : null],
           ["Base model", job.model],
           ["Tuned model", job.fine_tuned_model ? h("span", { class: "mono" }, job.fine_tuned_model) : null],
           ["Training file", link(`#/files/${encodeURIComponent(job.training_file)}`, job.training_file, { class: "mono" })],

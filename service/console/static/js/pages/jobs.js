@@ -1,12 +1,20 @@
 // Jobs: the project's fine-tuning jobs, newest first, filtered by status and base model, refreshed while any is
-// still moving. The API has no queue position (the scheduler orders queued jobs by priority, then age, across
-// projects), so a queued job shows its status and priority.
+// still moving. A queued job shows its place in the cluster's queue (the job's `queue_position`: 1 is the next
+// the scheduler claims, higher priorities first, then the oldest).
 
 import { listAll } from "../api.js";
 import { badge, field, h, link, pageHeader, poll, replace, table, time } from "../ui.js";
 
 const STATUSES = ["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"];
 const ACTIVE = new Set(["validating_files", "queued", "running", "paused"]);
+
+/** A job's status badge, and for a queued job its place in the queue (and its priority, when it has one). */
+export function queueStatus(job) {
+  const place = job.status === "queued" && job.queue_position ? `#${job.queue_position} in queue` : "";
+  const priority = job.status === "queued" && job.priority ? `priority ${job.priority}` : "";
+  const extra = [place, priority].filter(Boolean).join(", ");
+  return [badge(job.status), extra ? h("span", { class: "queue" }, ` ${extra}`) : null];
+}
 
 export async function jobsPage(view, _params, query) {
   const statusSelect = h(
@@ -60,7 +68,7 @@ export async function jobsPage(view, _params, query) {
         rowAttrs: (j) => ({ "data-job-id": j.id, "data-status": j.status }),
         columns: [
           { label: "Job", cell: (j) => link(`#/jobs/${encodeURIComponent(j.id)}`, j.id, { class: "mono" }) },
-          { label: "Status", cell: (j) => [badge(j.status), j.status === "queued" && j.priority ? ` priority ${j.priority}` : ""] },
+          { label: "Status", cell: queueStatus },
           { label: "Base model", cell: (j) => j.model },
           { label: "Tuned model", cell: (j) => j.fine_tuned_model || "—", class: "mono wrap" },
           { label: "Method", cell: (j) => j.method?.type || "supervised" },

@@ -144,3 +144,26 @@ def status_error(status_code: int, body: Any, request_id: str | None = None) -> 
         request_id=request_id,
         body=body,
     )
+
+
+def from_openai(exc: Exception) -> HoneError | None:
+    """Hone's exception for one the openai client raised (None for one that is not about the API): the SDK's
+    resources call openai's, and raise Hone's errors, as they always have."""
+    import openai  # loaded already: only the openai client raises these
+
+    if isinstance(exc, openai.APIStatusError):
+        response = exc.response
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        return status_error(response.status_code, body, response.headers.get("x-request-id"))
+    if isinstance(exc, openai.APITimeoutError):
+        return APITimeoutError(f"Request to {exc.request.url} timed out.")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return APIConnectionError(f"Could not reach {exc.request.url.copy_with(path='/', query=None)}: {cause}")
+    if isinstance(exc, openai.APIError):  # an error event in a stream that began well
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return APIError(exc.message, type=exc.type, param=exc.param, code=exc.code, body=body)
+    return None

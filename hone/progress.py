@@ -9,7 +9,7 @@ import math
 import time
 from collections import deque
 
-from hone.types import FineTuningJob, JobEvent, JobProgress, JobUpdate, Page, StepMetrics
+from hone.types import FineTuningJob, JobEvent, JobProgress, JobUpdate, StepMetrics
 
 THROUGHPUT_WINDOW_S = 30.0
 
@@ -17,7 +17,7 @@ THROUGHPUT_WINDOW_S = 30.0
 class EventCursor:
     """Turns the events list (newest first) into the events not seen yet, oldest first.
 
-    page = first page; while (after := cursor.feed(page)): page = the page after `after`
+    page = first page; while (after := cursor.feed(page.data, page.has_more)): page = the page after `after`
     new_events = cursor.take()
     """
 
@@ -25,13 +25,13 @@ class EventCursor:
         self._seen_id: str | None = None
         self._pending: list[JobEvent] = []
 
-    def feed(self, page: Page[JobEvent]) -> str | None:
-        """Takes a page; returns the cursor of the next page to fetch, or None once caught up."""
-        for event in page.data:
+    def feed(self, events: list[JobEvent], has_more: bool) -> str | None:
+        """Takes a page's events; returns the cursor of the next page to fetch, or None once caught up."""
+        for event in events:
             if event.id == self._seen_id:
                 return None
             self._pending.append(event)
-        return page.next_cursor
+        return events[-1].id if has_more and events else None
 
     def take(self) -> list[JobEvent]:
         events, self._pending = self._pending[::-1], []
@@ -96,6 +96,7 @@ class ProgressTracker:
             trained_tokens=job.trained_tokens,
             tokens_per_second=self._tokens_per_second() if running else None,
             eta_seconds=eta,
+            queue_position=job.queue_position,
         )
 
 

@@ -1,24 +1,71 @@
-"""The API's objects as pydantic models. Unknown fields are kept (`extra="allow"`), so a newer server's
-additions reach the caller instead of failing validation."""
+"""The API's objects, typed.
+
+What OpenAI's API defines (files, fine-tuning jobs, their events and checkpoints, models, chat completions) is
+openai's own types (`openai.types...`), subclassed where Hone answers more: a file's `dataset` summary, a job's
+`evaluation` and `queue_position`, a metrics event's `.metrics`, a completion's `.text`. So a `hone.types.FineTuningJob`
+is an `openai.types.fine_tuning.FineTuningJob`, and code written against either works with both. Hone's own
+objects (endpoints, projects, keys, grants, ...) are `HoneObject`s, on openai's base model too.
+
+Every model keeps fields it does not declare (`model_extra`), so a newer server's additions reach the caller
+instead of failing validation. Responses are built as openai builds them: without validation (`construct`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+import openai
+from openai.types import FileDeleted, Model, ModelDeleted
+from openai.types import FileObject as _OpenAIFileObject
+from openai.types.chat import ChatCompletion as _OpenAIChatCompletion
+from openai.types.chat import ChatCompletionChunk as _OpenAIChunk
+from openai.types.fine_tuning import FineTuningJob as _OpenAIFineTuningJob
+from openai.types.fine_tuning import FineTuningJobEvent as _OpenAIJobEvent
+from openai.types.fine_tuning.fine_tuning_job import Error as JobError
+from openai.types.fine_tuning.fine_tuning_job import Hyperparameters
+from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint as Checkpoint
+from pydantic import Field
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "HoneObject",
+    "DatasetLineError",
+    "DatasetSummary",
+    "FileObject",
+    "FileDeleted",
+    "JobError",
+    "Hyperparameters",
+    "EvaluationSide",
+    "EvaluationResults",
+    "JobEvaluation",
+    "FineTuningJob",
+    "StepMetrics",
+    "JobEvent",
+    "Checkpoint",
+    "JobProgress",
+    "JobUpdate",
+    "Model",
+    "ModelDeleted",
+    "EndpointError",
+    "EndpointUsage",
+    "Endpoint",
+    "Project",
+    "ServiceAccountKey",
+    "ServiceAccount",
+    "Deleted",
+    "DatasetGrant",
+    "CheckpointPermission",
+    "CheckpointPermissionList",
+    "WandbKey",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
-class HoneObject(BaseModel):
-    # Schemas are built on first use, not at import: a `hone` command starts faster.
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-
-class BoundObject(HoneObject):
-    """An object with methods that call the API again: it keeps the client that fetched it."""
-
-    _client: Any = PrivateAttr(default=None)
+class HoneObject(openai.BaseModel):
+    """An object of Hone's own (not in OpenAI's API). Fields a newer server adds are kept in `model_extra`."""
 
 
 # --- files ------------------------------------------------------------------------------------------------------
@@ -40,74 +87,71 @@ class DatasetSummary(HoneObject):
     total_errors: int = 0
 
 
-class FileObject(HoneObject):
-    id: str
-    object: str = "file"
-    bytes: int
-    created_at: int
-    filename: str
-    purpose: str
-    status: str
-    status_details: str | None = None
-    expires_at: int | None = None
+class FileObject(_OpenAIFileObject):
+    """OpenAI's file object, with Hone's `dataset`: the format and examples of a fine-tune file, or its errors."""
+
     dataset: DatasetSummary | None = None
 
 
 # --- fine-tuning jobs -------------------------------------------------------------------------------------------
 
 
-class JobError(HoneObject):
-    code: str | None = None
-    message: str = ""
-    param: str | None = None
+class EvaluationSide(HoneObject):
+    """One model's figures in a job's evaluation (the tuned model's, or the model it is compared to)."""
+
+    model: str | None = None
+    status: str | None = None
+    score: float | None = None
+    passed: int = 0
+    failed: int = 0
+    errored: int = 0
+    total: int = 0
+    reward_mean: float | None = None
 
 
-class Hyperparameters(HoneObject):
-    batch_size: int | str | None = None
-    learning_rate_multiplier: float | str | None = None
-    n_epochs: int | str | None = None
+class EvaluationResults(HoneObject):
+    tuned: EvaluationSide | None = None
+    compare: EvaluationSide | None = None
 
 
-class FineTuningJob(BoundObject):
-    id: str
-    object: str = "fine_tuning.job"
-    created_at: int
-    status: str
-    model: str
-    fine_tuned_model: str | None = None
-    training_file: str
-    validation_file: str | None = None
+class JobEvaluation(HoneObject):
+    """Hone: a job's evaluation against its base (or `compare_to`), when the job asked for one."""
+
+    status: str | None = None  # pending, deploying, running, completed, failed, skipped
+    source: str | None = None  # validation_file, holdout, file
+    file: str | None = None
+    compare_to: str | None = None
+    metric: str | None = None  # pass_rate, or mean_reward for a reinforcement job graded by its own grader
+    max_rows: int | None = None
+    max_completion_tokens: int | None = None
+    deploy_if_better: bool | None = None
+    min_improvement: float | None = None
+    results: EvaluationResults | None = None
+    improvement: float | None = None
+    deployed: bool | None = None
+    reason: str | None = None
+
+
+class FineTuningJob(_OpenAIFineTuningJob):
+    """OpenAI's fine-tuning job, with Hone's fields: `status` may also be `paused`; `priority`, `auto_deploy`,
+    `evaluation`, and `queue_position` where the server reports it. Constructible with only the fields that
+    matter (the rest default), for tests and tools."""
+
+    status: str  # type: ignore[assignment]  # OpenAI's six, and Hone's `paused`
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    method: dict[str, Any] | None = None
-    error: JobError | None = None
-    finished_at: int | None = None
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    organization_id: str = ""
     result_files: list[str] = Field(default_factory=list)
-    trained_tokens: int | None = None
-    seed: int | None = None
-    estimated_finish: int | None = None
-    metadata: dict[str, str] | None = None
-    organization_id: str | None = None
-    user_provided_suffix: str | None = None
-    # Hone: the evaluation against its base, when the job asked for one (status, results side by side, ...)
-    evaluation: dict[str, Any] | None = None
+    seed: int = 0
+    priority: int | None = None
+    auto_deploy: bool | None = None
+    evaluation: JobEvaluation | None = None
+    queue_position: int | None = None  # Hone: jobs ahead of it in the queue, while it is queued
 
     @property
     def done(self) -> bool:
         """The job has ended: succeeded, failed or cancelled."""
         return self.status in TERMINAL_STATUSES
-
-    # With an AsyncClient these return awaitables (and follow an async iterator), as the client's own methods do.
-    def refresh(self):
-        return self._client.jobs.retrieve(self.id)
-
-    def wait(self, **kwargs):
-        return self._client.jobs.wait(self.id, **kwargs)
-
-    def follow(self, **kwargs):
-        return self._client.jobs.follow(self.id, **kwargs)
-
-    def cancel(self):
-        return self._client.jobs.cancel(self.id)
 
 
 class StepMetrics(HoneObject):
@@ -123,31 +167,15 @@ class StepMetrics(HoneObject):
     full_valid_mean_token_accuracy: float | None = None
 
 
-class JobEvent(HoneObject):
-    id: str
-    object: str = "fine_tuning.job.event"
-    created_at: int
-    level: str = "info"
-    message: str
-    type: str | None = "message"
-    data: dict[str, Any] | None = None
+class JobEvent(_OpenAIJobEvent):
+    """OpenAI's job event; a `metrics` event's step figures are `.metrics`."""
 
     @property
     def metrics(self) -> StepMetrics | None:
         """The step's metrics when this is a `metrics` event."""
-        if self.type == "metrics" and self.data and "step" in self.data:
+        if self.type == "metrics" and isinstance(self.data, dict) and "step" in self.data:
             return StepMetrics.model_validate(self.data)
         return None
-
-
-class Checkpoint(HoneObject):
-    id: str
-    object: str = "fine_tuning.job.checkpoint"
-    created_at: int
-    fine_tuned_model_checkpoint: str
-    fine_tuning_job_id: str
-    step_number: int
-    metrics: dict[str, Any] = Field(default_factory=dict)
 
 
 class JobProgress(HoneObject):
@@ -163,6 +191,7 @@ class JobProgress(HoneObject):
     trained_tokens: int | None = None
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
+    queue_position: int | None = None
 
     @property
     def fraction(self) -> float | None:
@@ -180,14 +209,7 @@ class JobUpdate(HoneObject):
     progress: JobProgress
 
 
-# --- models and endpoints ---------------------------------------------------------------------------------------
-
-
-class Model(HoneObject):
-    id: str
-    object: str = "model"
-    created: int | None = None
-    owned_by: str | None = None
+# --- endpoints --------------------------------------------------------------------------------------------------
 
 
 class EndpointError(HoneObject):
@@ -275,6 +297,16 @@ class CheckpointPermission(HoneObject):
     created_at: int
 
 
+class CheckpointPermissionList(HoneObject):
+    """The permissions a share made (one per project), as the API answers them."""
+
+    object: str = "list"
+    data: list[CheckpointPermission]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
 class WandbKey(HoneObject):
     """Hone: a project's Weights & Biases key, as the server answers it (redacted), or its deletion."""
 
@@ -290,76 +322,17 @@ class WandbKey(HoneObject):
 # --- chat -------------------------------------------------------------------------------------------------------
 
 
-class ChatMessage(HoneObject):
-    role: str
-    content: str | None = None
-
-
-class ChatChoice(HoneObject):
-    index: int = 0
-    message: ChatMessage
-    finish_reason: str | None = None
-
-
-class Usage(HoneObject):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-class ChatCompletion(HoneObject):
-    id: str
-    object: str = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage | None = None
+class ChatCompletion(_OpenAIChatCompletion):
+    """OpenAI's chat completion; `.text` is the first choice's content."""
 
     @property
     def text(self) -> str:
-        """The first choice's content."""
         return (self.choices[0].message.content or "") if self.choices else ""
 
 
-class ChatDelta(HoneObject):
-    role: str | None = None
-    content: str | None = None
-
-
-class ChunkChoice(HoneObject):
-    index: int = 0
-    delta: ChatDelta = Field(default_factory=ChatDelta)
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(HoneObject):
-    id: str
-    object: str = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice] = Field(default_factory=list)
-    usage: Usage | None = None
+class ChatCompletionChunk(_OpenAIChunk):
+    """OpenAI's streamed chunk; `.text` is the first choice's new content ('' for a role-only or usage chunk)."""
 
     @property
     def text(self) -> str:
-        """The first choice's new content ('' for a role-only or usage chunk)."""
         return (self.choices[0].delta.content or "") if self.choices else ""
-
-
-# --- list pages -------------------------------------------------------------------------------------------------
-
-ItemT = TypeVar("ItemT", bound=HoneObject)
-
-
-class Page(HoneObject, Generic[ItemT]):
-    """One page of a list: `after=<last id>` asks for the next one while `has_more` is true."""
-
-    object: str = "list"
-    data: list[ItemT]
-    has_more: bool = False
-    first_id: str | None = None
-    last_id: str | None = None
-
-    @property
-    def next_cursor(self) -> str | None:
-        return self.data[-1].id if self.has_more and self.data else None  # type: ignore[attr-defined]

@@ -175,7 +175,7 @@ def test_jobs_create_validates_and_uploads_local_files(cli, job):
     assert job["id"].startswith("ftjob-")
     assert job["created"].stderr.count("uploaded file-") == 2  # the training and the validation file
     shown = cli.json("jobs", "get", job["id"])
-    assert shown["status"] in ("validating_files", "queued", "running")
+    assert shown["status"] in ("validating_files", "queued", "running", "succeeded")  # 48 steps train in seconds
     assert shown["metadata"] == {"team": "cli"} and shown["hyperparameters"]["n_epochs"] == 3
     assert shown["training_file"] != shown["validation_file"]
 
@@ -290,7 +290,7 @@ def test_jobs_pause_resume_cancel(cli, job):
     refused = cli("jobs", "pause", other)
     assert refused.returncode == 1 and "Cannot pause" in refused.stderr
     followed = cli("jobs", "follow", other)
-    assert followed.returncode == 1 and followed.stdout.rstrip().endswith(f"{other}  cancelled  hone-tiny")
+    assert followed.returncode == 5 and followed.stdout.rstrip().endswith(f"{other}  cancelled  hone-tiny")
 
 
 def test_jobs_follow_shows_live_progress_and_ends_with_the_final_status(cli, job):
@@ -315,7 +315,7 @@ def test_jobs_follow_shows_live_progress_and_ends_with_the_final_status(cli, job
 def test_follow_exits_non_zero_when_the_job_fails(cli, job):
     failing = cli.ok("jobs", "create", "-t", "train.jsonl", "--model", "acme/missing", "--no-auto-deploy")
     followed = cli("jobs", "follow", failing.stdout.strip(), "--poll-interval", "0.3", timeout=300)
-    assert followed.returncode == 1, followed.stdout + followed.stderr
+    assert followed.returncode == 5, followed.stdout + followed.stderr  # the job ended badly
     last = followed.stdout.rstrip().splitlines()
     assert last[-2].startswith(f"{failing.stdout.strip()}  failed  acme/missing") and "error (" in last[-1]
 
@@ -439,10 +439,10 @@ def test_jobs_create_takes_a_grader_or_a_teacher(cli):
         # module's job, which holds the one training slot), the distillation job fails, as this server serves no
         # hone-tiny endpoint for the teacher to answer from.
         rl_job, distill_job = (client.jobs.wait(job_id, timeout=600) for job_id in created)
-    rl, distill = rl_job.method, distill_job.method
+    rl, distill = rl_job.method.model_dump(exclude_unset=True), distill_job.method.model_dump(exclude_unset=True)
     assert rl_job.status == "succeeded", rl_job.error
     assert distill_job.status == "failed" and distill_job.error.code == "teacher_failed"
     assert (
         rl["reinforcement"]["grader"] == grader and rl["reinforcement"]["hyperparameters"]["compute_multiplier"] == 0.5
     )
-    assert distill["distillation"]["teacher"] == "hone-tiny"
+    assert distill["distillation"]["teacher"] == "hone-tiny"  # Hone's method: kept as openai keeps extras

@@ -1,8 +1,9 @@
 """What every `hone` command shares: connection options, a client, output (rich for people, `--json` for
 scripts) and exit codes.
 
-Exit codes: 0 done; 1 refused by the API (4xx), invalid data, or a job or endpoint that ended badly;
-2 bad command-line usage; 3 the server could not be reached or a wait timed out; 4 the server failed (5xx).
+Exit codes (README's table): 0 done; 1 refused by the API (4xx) or invalid data; 2 bad command-line usage;
+3 the server could not be reached, or a wait timed out; 4 the server failed (5xx); 5 what was waited for ended
+badly (a job failed or was cancelled, an endpoint failed, an evaluation failed); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import inspect
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import typer
 from pydantic import BaseModel
@@ -22,10 +23,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hone.client import Client
 from hone.errors import APIConnectionError, APIError, APIStatusError, HoneError, WaitTimeoutError
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SERVER = 0, 1, 2, 3, 4
+if TYPE_CHECKING:
+    from hone.client import Client
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_SERVER, EXIT_ENDED_BADLY = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _console(stderr: bool = False) -> Console:
@@ -39,9 +43,9 @@ err = _console(stderr=True)
 
 
 def plain(value: Any) -> Any:
-    """An API object (or list of them) as JSON-ready data."""
+    """An API object (or list of them) as JSON-ready data: the fields the server answered, its extras included."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return value.model_dump(mode="json", exclude_unset=True)
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
@@ -99,8 +103,23 @@ class Session:
     """One command's connection and output mode."""
 
     def __init__(self, base_url: str | None, key: str | None, as_json: bool, admin: bool):
-        self.client = Client(base_url, api_key=None if admin else key, admin_key=key if admin else None)
+        self._connection = (base_url, key, admin)
+        self._client: Client | None = None
         self.as_json = as_json
+
+    @property
+    def client(self) -> Client:
+        """Made on first use: the openai client under it takes a few tenths of a second to import."""
+        if self._client is None:
+            from hone.client import Client
+
+            base_url, key, admin = self._connection
+            self._client = Client(base_url, api_key=None if admin else key, admin_key=key if admin else None)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
     def show(self, value: Any, human: Any) -> None:
         """Prints `value` as JSON with --json, else `human` (text or a rich renderable; a callable is called
@@ -147,8 +166,11 @@ def api_command(app: typer.Typer, name: str, *, admin: bool = False) -> Callable
                 return func(session, *args, **kwargs)
             except HoneError as exc:
                 _report(exc, as_json)
+            except KeyboardInterrupt:
+                err.print("interrupted", markup=False)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             finally:
-                session.client.close()
+                session.close()
 
         command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
         command.__annotations__ = {

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hone.cli.common import EXIT_REFUSED, Session, api_command, fail, table, when
-from hone.types import Endpoint
+from hone.cli.common import EXIT_ENDED_BADLY, Session, api_command, fail, table, when
+
+if TYPE_CHECKING:
+    from hone.types import CheckpointPermission, Endpoint
 
 endpoints_app = typer.Typer(no_args_is_help=True, help="Endpoints serving tuned models (project key).")
 models_app = typer.Typer(no_args_is_help=True, help="Base and tuned models (project key).")
 
 
-def _row(ep: Endpoint) -> tuple:
+def _row(ep: Endpoint) -> tuple[str, str, str, str | None, str]:
     problem = ep.error.message if ep.error and ep.state in ("failed", "deploying") else ""
     return ep.id, ep.state, ep.model, ep.engine, problem
 
@@ -61,7 +63,7 @@ def endpoints_create(
         ep = session.client.endpoints.wait(ep.id, timeout=timeout)
     session.show(ep, lambda: table(COLUMNS, [_row(ep)]))
     if wait and ep.state != "ready":
-        raise typer.Exit(EXIT_REFUSED)
+        raise typer.Exit(EXIT_ENDED_BADLY)
 
 
 @api_command(endpoints_app, "delete")
@@ -106,7 +108,7 @@ def models_import(
     session.show(model, model.id)
 
 
-def _permissions_table(permissions: list) -> Any:
+def _permissions_table(permissions: list[CheckpointPermission]) -> Any:
     return table(["id", "project", "created"], [(p.id, p.project_id, when(p.created_at)) for p in permissions])
 
 

@@ -1,14 +1,18 @@
-"""`hone files`: validate training data offline, upload it, list what is stored."""
+"""`hone files`: validate training data offline, upload it, list, show, download and delete what is stored."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from hone.cli.common import EXIT_REFUSED, Session, api_command, err, print_json, table, when
-from hone.types import FileObject
+from hone.cli.common import EXIT_REFUSED, Session, api_command, err, out, print_json, table, when
+
+if TYPE_CHECKING:
+    from hone.types import FileObject
 from hone_kernel.datasets import (
     FORMAT_LABELS,
     MIN_TRAINING_EXAMPLES,
@@ -163,3 +167,37 @@ def files_list(session: Session, purpose: str | None = typer.Option(None, "--pur
             ],
         ),
     )
+
+
+@api_command(files_app, "get")
+def files_get(session: Session, file_id: str):
+    """Show a file: name, size, status, and the server's verdict on a fine-tune file."""
+    file = session.client.files.retrieve(file_id)
+    session.show(file, lambda: describe(file))
+
+
+@api_command(files_app, "download")
+def files_download(
+    session: Session,
+    file_id: str,
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write it here ('-' for stdout; default: the file's name, here)."
+    ),
+):
+    """Download a file's content as stored (result files come base64-encoded, as OpenAI serves them); prints
+    where it went."""
+    data = session.client.files.content(file_id)
+    if output is not None and str(output) == "-":
+        out.file.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = output or Path(Path(session.client.files.retrieve(file_id).filename).name or file_id)
+    path.write_bytes(data)
+    session.show({"id": file_id, "path": str(path), "bytes": len(data)}, str(path))
+
+
+@api_command(files_app, "delete")
+def files_delete(session: Session, file_id: str):
+    """Delete a file (refused while an active job uses it)."""
+    session.show(session.client.files.delete(file_id), f"deleted {file_id}")

@@ -9,15 +9,29 @@ import json
 import time
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
-from hone.cli.common import EXIT_OK, EXIT_REFUSED, Session, api_command, err, fail, out, print_json, table, when
+from hone.cli.common import (
+    EXIT_ENDED_BADLY,
+    EXIT_OK,
+    Session,
+    api_command,
+    err,
+    fail,
+    out,
+    print_json,
+    table,
+    when,
+)
 from hone.cli.files import describe, upload
 from hone.cli.plot import PlotUnavailable, plot_losses
 from hone.errors import APIStatusError, HoneError
-from hone.types import FineTuningJob, JobEvent, JobProgress
+
+if TYPE_CHECKING:
+    from hone.types import FineTuningJob, JobEvent, JobProgress, JobUpdate
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Fine-tuning jobs (project key).")
 
@@ -69,34 +83,33 @@ def _summary(job: FineTuningJob) -> str:
 
 def _evaluation_lines(job: FineTuningJob) -> list[str]:
     """The job's evaluation against its base: where it stands, then the two models side by side."""
+    from hone.types import EvaluationSide
+
     ev = job.evaluation
     if not ev:
         return []
-    lines = [f"evaluation: {ev.get('status')} ({ev.get('source')}, against {ev.get('compare_to')})"]
-    results = ev.get("results") or {}
-    if results:
-        reward = ev.get("metric") == "mean_reward"  # a reinforcement job graded by its own grader
-        rows = [("tuned", results.get("tuned") or {}), ("compared", results.get("compare") or {})]
-        width = max(len(str(r.get("model", ""))) for _, r in rows)
+    lines = [f"evaluation: {ev.status} ({ev.source}, against {ev.compare_to})"]
+    if ev.results:
+        reward = ev.metric == "mean_reward"  # a reinforcement job graded by its own grader
+        rows: list[tuple[str, EvaluationSide]] = [
+            ("tuned", ev.results.tuned or EvaluationSide()),
+            ("compared", ev.results.compare or EvaluationSide()),
+        ]
+        width = max(len(r.model or "") for _, r in rows)
         head = "reward" if reward else "score"
         lines.append(f"  {'':<9}{'model':<{width}}  {head:>7}  {'passed':>6}  {'failed':>6}  {'errored':>7}")
         for role, r in rows:
-            score = f"{r.get('score', 0):>7.3f}" if reward else f"{r.get('score', 0):>7.1%}"
-            lines.append(
-                f"  {role:<9}{str(r.get('model', '')):<{width}}  {score}  {r.get('passed', 0):>6}  "
-                f"{r.get('failed', 0):>6}  {r.get('errored', 0):>7}"
-            )
-        gain = ev.get("improvement", 0)
+            score = f"{r.score or 0:>7.3f}" if reward else f"{r.score or 0:>7.1%}"
+            lines.append(f"  {role:<9}{r.model or '':<{width}}  {score}  {r.passed:>6}  {r.failed:>6}  {r.errored:>7}")
+        gain = ev.improvement or 0
         lines.append(
             f"  improvement {f'{gain:+.3f} mean reward' if reward else f'{gain * 100:+.1f} points'} "
-            f"over {ev.get('compare_to')}"
+            f"over {ev.compare_to}"
         )
-    if "deployed" in ev:
-        lines.append(
-            f"  deployed: {'yes' if ev['deployed'] else 'no'}" + (f" ({ev['reason']})" if ev.get("reason") else "")
-        )
-    elif ev.get("reason"):
-        lines.append(f"  {ev['reason']}")
+    if ev.deployed is not None:
+        lines.append(f"  deployed: {'yes' if ev.deployed else 'no'}" + (f" ({ev.reason})" if ev.reason else ""))
+    elif ev.reason:
+        lines.append(f"  {ev.reason}")
     return lines
 
 
@@ -107,7 +120,7 @@ def _details(job: FineTuningJob) -> str:
             _summary(job),
             f"training file {job.training_file}"
             + (f", validation file {job.validation_file}" if job.validation_file else ""),
-            f"method {(job.method or {}).get('type', 'supervised')}: {hp.n_epochs} epoch(s), batch size {hp.batch_size}, "
+            f"method {job.method.type if job.method else 'supervised'}: {hp.n_epochs} epoch(s), batch size {hp.batch_size}, "
             f"learning rate multiplier {hp.learning_rate_multiplier}",
             f"created {when(job.created_at)}" + (f", finished {when(job.finished_at)}" if job.finished_at else ""),
             f"trained tokens {job.trained_tokens if job.trained_tokens is not None else '-'}"
@@ -225,9 +238,20 @@ def jobs_create(
 
 
 @api_command(jobs_app, "list")
-def jobs_list(session: Session, limit: int = typer.Option(20, "--limit", help="How many, newest first.")):
+def jobs_list(
+    session: Session,
+    limit: int = typer.Option(20, "--limit", min=1, help="How many, newest first."),
+    status: list[str] = typer.Option(
+        [], "--status", help="Only jobs with this status (repeatable): validating_files, queued, running, paused, ..."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Only jobs of this model (base or tuned model it continues)."
+    ),
+):
     """List jobs, newest first."""
-    jobs = list(islice(session.client.jobs.list(limit=min(limit, 100)), limit))
+    listed = session.client.jobs.list(limit=min(limit, 100))
+    wanted = (j for j in listed if (not status or j.status in status) and (model is None or j.model == model))
+    jobs = list(islice(wanted, limit))
     session.show(
         jobs,
         lambda: table(
@@ -242,6 +266,60 @@ def jobs_get(session: Session, job_id: str):
     """Show a job."""
     job = session.client.jobs.retrieve(job_id)
     session.show(job, lambda: _details(job))
+
+
+@api_command(jobs_app, "events")
+def jobs_events(
+    session: Session,
+    job_id: str,
+    limit: int = typer.Option(100, "--limit", min=1, help="How many, newest first."),
+    metrics: bool = typer.Option(False, "--metrics/--no-metrics", help="Include each step's metrics events."),
+):
+    """The job's events, oldest first (the newest LIMIT of them); per-step metrics only with --metrics."""
+    newest = islice(session.client.jobs.events(job_id, limit=min(limit, 1000)), limit)
+    events = [e for e in newest if metrics or e.type != "metrics"][::-1]
+    session.show(events, lambda: "\n".join(_event_line(e, full=True) for e in events))
+
+
+@api_command(jobs_app, "checkpoints")
+def jobs_checkpoints(session: Session, job_id: str):
+    """The job's checkpoints, newest first: each one's name (to serve or continue) and its metrics."""
+    checkpoints = list(session.client.jobs.checkpoints(job_id))
+    session.show(
+        checkpoints,
+        lambda: table(
+            ["step", "checkpoint", "train loss", "valid loss", "created"],
+            [
+                (
+                    c.step_number,
+                    c.fine_tuned_model_checkpoint,
+                    _loss(c.metrics.train_loss),
+                    _loss(c.metrics.full_valid_loss if c.metrics.full_valid_loss is not None else c.metrics.valid_loss),
+                    when(c.created_at),
+                )
+                for c in checkpoints
+            ],
+        ),
+    )
+
+
+def _loss(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+@api_command(jobs_app, "logs")
+def jobs_logs(
+    session: Session,
+    job_id: str,
+    attempt: int | None = typer.Option(None, "--attempt", min=1, help="Which attempt (default: the latest)."),
+):
+    """What the trainer printed, for one attempt of the job (kept once the attempt has ended)."""
+    text = session.client.jobs.logs(job_id, attempt=attempt)
+    if session.as_json:
+        print_json({"job_id": job_id, "attempt": attempt, "log": text})
+    else:
+        out.file.write(text)
+        out.file.flush()
 
 
 def _act(session: Session, job: FineTuningJob) -> None:
@@ -269,8 +347,20 @@ def jobs_resume(session: Session, job_id: str):
 # --- follow -------------------------------------------------------------------------------------------------
 
 
-def _figures(p: JobProgress) -> str:
-    parts = [p.status]
+def _phase(update: JobUpdate) -> str:
+    """Where the job is, in words, from its first look on: what it waits for before the first step."""
+    job, p = update.job, update.progress
+    if job.status == "queued":
+        return "queued" + (f", position {job.queue_position}" if job.queue_position is not None else "")
+    if job.status == "validating_files":
+        return "validating files"
+    if job.status == "running" and p.step is None:
+        return "running: starting trainer..."
+    return job.status
+
+
+def _figures(p: JobProgress, phase: str) -> str:
+    parts = [phase]
     if p.epoch and p.n_epochs:
         parts.append(f"epoch {p.epoch}/{p.n_epochs}")
     if p.train_loss is not None:
@@ -282,38 +372,54 @@ def _figures(p: JobProgress) -> str:
     return "  ".join(parts)
 
 
-def _event_line(event: JobEvent) -> str:
-    stamp = datetime.datetime.fromtimestamp(event.created_at).strftime("%H:%M:%S")
-    return f"{stamp}  {event.message}"
+def _event_line(event: JobEvent, full: bool = False) -> str:
+    stamp = datetime.datetime.fromtimestamp(event.created_at).strftime("%Y-%m-%d %H:%M:%S" if full else "%H:%M:%S")
+    level = f"{event.level}  " if full and event.level != "info" else ""
+    return f"{stamp}  {level}{event.message}"
+
+
+def _now() -> str:
+    return datetime.datetime.now().strftime("%H:%M:%S")
 
 
 def _follow(session: Session, job_id: str, poll_interval: float, timeout: float | None) -> None:
     watching = session.client.jobs.watch(job_id, poll_interval=poll_interval, timeout=timeout)
+    update: JobUpdate | None = None
     if session.as_json:  # JSON Lines: each event as it arrives, then the job as it ended
         for update in watching:
             for event in update.events:
-                print(json.dumps(event.model_dump(mode="json")), flush=True)
-        print(json.dumps(update.job.model_dump(mode="json")), flush=True)
+                print(json.dumps(event.model_dump(mode="json", exclude_unset=True)), flush=True)
+        assert update is not None
+        print(json.dumps(update.job.model_dump(mode="json", exclude_unset=True)), flush=True)
     else:
         columns = (
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[steps]}"),  # step/total once the trainer reports them; nothing before
             TextColumn("{task.fields[figures]}"),
         )
         with Progress(*columns, console=out, auto_refresh=False) as progress:
-            bar = progress.add_task(job_id, total=None, figures="")
+            bar = progress.add_task(job_id, total=None, steps="", figures="")
+            shown_phase = None
             for update in watching:
                 for event in update.events:
                     # On a terminal the bar shows each step; elsewhere (a log) each step is a line.
                     if event.type != "metrics" or not out.is_terminal:
                         progress.console.print(_event_line(event), markup=False, highlight=False)
+                phase = _phase(update)
+                if phase != shown_phase:  # at the first look, and at each change: never silent while it waits
+                    progress.console.print(f"{_now()}  {phase}", markup=False, highlight=False)
+                    shown_phase = phase
                 p = update.progress
-                progress.update(bar, total=p.total_steps, completed=p.step or 0, figures=_figures(p))
+                steps = f"{p.step or 0}/{p.total_steps}" if p.total_steps else ""
+                progress.update(
+                    bar, total=p.total_steps, completed=p.step or 0, steps=steps, figures=_figures(p, phase)
+                )
                 progress.refresh()
+        assert update is not None
         out.print(_summary(update.job), markup=False)
     if update.job.status != "succeeded":
-        raise typer.Exit(EXIT_REFUSED)
+        raise typer.Exit(EXIT_ENDED_BADLY)
     raise typer.Exit(EXIT_OK)
 
 
@@ -324,7 +430,7 @@ def jobs_evaluation(
     wait: bool = typer.Option(False, "--wait", help="Wait until the evaluation has finished."),
     timeout: float = typer.Option(900, "--timeout", help="With --wait: give up after this many seconds."),
 ):
-    """The job's evaluation against its base, side by side (exits 1 if it has none, or it failed)."""
+    """The job's evaluation against its base, side by side (exits 1 if it has none, 5 if it failed or was skipped)."""
     job = session.client.jobs.retrieve(job_id)
     deadline = time.monotonic() + timeout
     while wait and _evaluation_open(job) and time.monotonic() < deadline:
@@ -333,12 +439,12 @@ def jobs_evaluation(
     if not job.evaluation:
         fail(f"job {job_id} asked for no evaluation")
     session.show(job.evaluation, lambda: "\n".join(_evaluation_lines(job)))
-    if job.evaluation.get("status") in ("failed", "skipped"):
-        raise typer.Exit(EXIT_REFUSED)
+    if job.evaluation.status in ("failed", "skipped"):
+        raise typer.Exit(EXIT_ENDED_BADLY)
 
 
 def _evaluation_open(job: FineTuningJob) -> bool:
-    return not job.done or (job.evaluation or {}).get("status") in ("pending", "deploying", "running")
+    return not job.done or (job.evaluation is not None and job.evaluation.status in ("pending", "deploying", "running"))
 
 
 @api_command(jobs_app, "follow")
@@ -348,7 +454,8 @@ def jobs_follow(
     poll_interval: float = typer.Option(1.0, "--poll-interval", help="Seconds between looks."),
     timeout: float | None = typer.Option(None, "--timeout", help="Give up after this many seconds."),
 ):
-    """Follow a job live (step, epoch, losses, tokens/s, ETA) until it ends; exits 1 unless it succeeded."""
+    """Follow a job live (its phase at once, then step, epoch, losses, tokens/s, ETA) until it ends; exits 5 unless
+    it succeeded."""
     _follow(session, job_id, poll_interval, timeout)
 
 

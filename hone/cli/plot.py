@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hone.types import StepMetrics
+if TYPE_CHECKING:
+    from hone.types import StepMetrics
 
 
 class PlotUnavailable(Exception):

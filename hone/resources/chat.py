@@ -1,19 +1,22 @@
-"""Chat with a tuned model: the request body and the streamed answer (server-sent events, as OpenAI sends
-them: `data: {chunk}` lines, then `data: [DONE]`)."""
+"""Chat with a tuned model: the request body, and the streamed answer (openai's Stream of server-sent events),
+raising Hone's errors for an error that arrives after the answer began."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from types import TracebackType
 from typing import Any
 
-import httpx
+import openai
+from openai.types.chat import ChatCompletionMessageParam
 
-from hone.errors import APIError
+from hone.errors import from_openai
 from hone.types import ChatCompletionChunk
 
 
-def chat_body(model: str, messages: list[dict] | str, stream: bool, params: dict[str, Any]) -> dict[str, Any]:
+def chat_body(
+    model: str, messages: list[ChatCompletionMessageParam] | str, stream: bool, params: Mapping[str, object]
+) -> dict[str, Any]:
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     return {
@@ -24,71 +27,53 @@ def chat_body(model: str, messages: list[dict] | str, stream: bool, params: dict
     }
 
 
-_DONE = object()
-
-
-def _parse_line(line: str) -> Any:
-    """A chunk dict, _DONE, or None for lines that carry no data (comments, blank separators)."""
-    if not line.startswith("data:"):
-        return None
-    data = line[5:].strip()
-    if data.startswith("[DONE]"):
-        return _DONE
-    payload = json.loads(data)
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        error = payload["error"]  # an error after the answer began: the status was already 200
-        raise APIError(
-            str(error.get("message") or "stream failed"),
-            type=error.get("type"),
-            param=error.get("param"),
-            code=error.get("code"),
-            body=payload,
-        )
-    return payload
-
-
 class ChatStream:
     """The chunks of a streamed chat completion, as they arrive. Iterate once; closes itself at the end
-    (or use it as a context manager to stop early)."""
+    (or use it as a context manager to stop early). `.stream` is openai's Stream."""
 
-    def __init__(self, response: httpx.Response):
-        self.response = response
+    def __init__(self, stream: openai.Stream[ChatCompletionChunk]) -> None:
+        self.stream = stream
 
     def __iter__(self) -> Iterator[ChatCompletionChunk]:
         try:
-            for line in self.response.iter_lines():
-                parsed = _parse_line(line)
-                if parsed is _DONE:
-                    return
-                if parsed is not None:
-                    yield ChatCompletionChunk.model_validate(parsed)
+            yield from self.stream
+        except openai.OpenAIError as exc:
+            raise (from_openai(exc) or exc) from exc
         finally:
-            self.response.close()
+            self.stream.close()
+
+    def close(self) -> None:
+        self.stream.close()
 
     def __enter__(self) -> ChatStream:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.response.close()
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stream.close()
 
 
 class AsyncChatStream:
-    def __init__(self, response: httpx.Response):
-        self.response = response
+    def __init__(self, stream: openai.AsyncStream[ChatCompletionChunk]) -> None:
+        self.stream = stream
 
     async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
         try:
-            async for line in self.response.aiter_lines():
-                parsed = _parse_line(line)
-                if parsed is _DONE:
-                    return
-                if parsed is not None:
-                    yield ChatCompletionChunk.model_validate(parsed)
+            async for chunk in self.stream:
+                yield chunk
+        except openai.OpenAIError as exc:
+            raise (from_openai(exc) or exc) from exc
         finally:
-            await self.response.aclose()
+            await self.stream.close()
+
+    async def close(self) -> None:
+        await self.stream.close()
 
     async def __aenter__(self) -> AsyncChatStream:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.response.aclose()
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stream.close()

@@ -1,16 +1,20 @@
-"""`client.files`: upload training data, list, download and delete files."""
+"""`client.files`: upload training data, list, download and delete files (openai's `files` resource)."""
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, Union, cast
 
-from hone.resources import Resource
-from hone.types import Deleted, FileObject
+from openai import omit
+from openai._base_client import AsyncPaginator  # what openai's async lists return: awaitable and async-iterable
+from openai.pagination import AsyncCursorPage, SyncCursorPage
+from openai.types.file_create_params import ExpiresAfter
+
+from hone.resources import AsyncResource, SyncResource
+from hone.types import FileDeleted, FileObject
 
 FileInput = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
 ProgressCallback = Callable[[int, int], None]  # (bytes sent, total bytes)
@@ -19,11 +23,12 @@ ProgressCallback = Callable[[int, int], None]  # (bytes sent, total bytes)
 class _CountingReader:
     """A file wrapper that reports how many bytes the upload has read so far.
 
-    httpx seeks to the start before it streams a multipart body, so a retried upload counts from zero again."""
+    The multipart body is streamed from it; a retried upload seeks to the start, and counts from zero again."""
 
     def __init__(self, raw: IO[bytes], total: int, on_progress: ProgressCallback):
         self._raw, self._total, self._on_progress = raw, total, on_progress
         self._sent = 0
+        self.name = getattr(raw, "name", "upload.jsonl")
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._raw.read(size)
@@ -58,7 +63,32 @@ def _size(stream: IO[bytes]) -> int:
     return end - position
 
 
-class Files(Resource):
+class _Upload:
+    """One upload's arguments for openai's files.create: streamed from disk, never read into memory whole."""
+
+    def __init__(
+        self,
+        file: FileInput,
+        filename: str | None,
+        expires_after_seconds: int | None,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.stream, self.name, self.owned = _open(file, filename)
+        self.body: Any = _CountingReader(self.stream, _size(self.stream), on_progress) if on_progress else self.stream
+        self.expires_after: ExpiresAfter | None = (
+            {"anchor": "created_at", "seconds": expires_after_seconds} if expires_after_seconds is not None else None
+        )
+
+    def close(self) -> None:
+        if self.owned:
+            self.stream.close()
+
+
+def _list_params(purpose: str | None, order: str, limit: int) -> dict[str, object]:
+    return {"purpose": purpose, "order": order, "limit": limit}
+
+
+class Files(SyncResource):
     def create(
         self,
         file: FileInput,
@@ -68,49 +98,80 @@ class Files(Resource):
         expires_after_seconds: int | None = None,
         on_progress: ProgressCallback | None = None,
         idempotency_key: str | None = None,
-    ) -> Any:
+    ) -> FileObject:
         """Uploads a file (a path, bytes or a binary file object), streamed from disk: it is never read into
-        memory whole. `on_progress(sent, total)` is called as the body goes out."""
-        stream, name, owned = _open(file, filename)
-        body: _CountingReader | IO[bytes] = (
-            _CountingReader(stream, _size(stream), on_progress) if on_progress else stream
-        )
-        data = {"purpose": purpose}
-        if expires_after_seconds is not None:
-            data |= {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(expires_after_seconds)}
+        memory whole. `on_progress(sent, total)` is called as the body goes out. A fine-tune file's answer carries
+        the server's verdict (`status`, `dataset`)."""
+        upload = _Upload(file, filename, expires_after_seconds, on_progress)
         try:
-            result = self._create(
-                "/v1/files",
-                multipart=lambda: ({"file": (name, body, "application/octet-stream")}, data),
-                cast=FileObject,
-                idempotency_key=idempotency_key,
+            raw = self._api.files.with_raw_response.create(
+                file=(upload.name, upload.body, "application/octet-stream"),
+                purpose=cast(Any, purpose),
+                expires_after=upload.expires_after or omit,
+                extra_headers=self._settings.headers(create=True, idempotency_key=idempotency_key),
             )
-        except BaseException:
-            if owned:
-                stream.close()
-            raise
-        if owned and inspect.isawaitable(result):
-            return _closing_after(result, stream)  # AsyncClient: the upload happens when awaited
-        if owned:
-            stream.close()
-        return result
+            return raw.parse(to=FileObject)
+        finally:
+            upload.close()
 
-    def list(self, *, purpose: str | None = None, order: str = "desc", limit: int = 100):
-        return self._list("/v1/files", FileObject, {"purpose": purpose, "order": order, "limit": limit})
+    def list(self, *, purpose: str | None = None, order: str = "desc", limit: int = 100) -> SyncCursorPage[FileObject]:
+        """The project's files, newest first: iterating fetches the next page as needed (`.iter_pages()`)."""
+        return self._api.get_api_list(
+            "/files",
+            page=SyncCursorPage[FileObject],
+            model=FileObject,
+            options=self._settings.options(params=_list_params(purpose, order, limit)),
+        )
 
-    def retrieve(self, file_id: str):
-        return self._request("GET", f"/v1/files/{file_id}", cast=FileObject)
+    def retrieve(self, file_id: str) -> FileObject:
+        return self._api.files.with_raw_response.retrieve(file_id).parse(to=FileObject)
 
-    def content(self, file_id: str):
+    def content(self, file_id: str) -> bytes:
         """The file's bytes, as stored (result files come base64-encoded, as OpenAI serves them)."""
-        return self._request("GET", f"/v1/files/{file_id}/content", cast=bytes)
+        return self._api.files.content(file_id).content
 
-    def delete(self, file_id: str):
-        return self._request("DELETE", f"/v1/files/{file_id}", cast=Deleted)
+    def delete(self, file_id: str) -> FileDeleted:
+        return self._api.files.delete(file_id)
 
 
-async def _closing_after(pending: Any, stream: IO[bytes]) -> Any:
-    try:
-        return await pending
-    finally:
-        stream.close()
+class AsyncFiles(AsyncResource):
+    async def create(
+        self,
+        file: FileInput,
+        purpose: str = "fine-tune",
+        *,
+        filename: str | None = None,
+        expires_after_seconds: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
+    ) -> FileObject:
+        upload = _Upload(file, filename, expires_after_seconds, on_progress)
+        try:
+            raw = await self._api.files.with_raw_response.create(
+                file=(upload.name, upload.body, "application/octet-stream"),
+                purpose=cast(Any, purpose),
+                expires_after=upload.expires_after or omit,
+                extra_headers=self._settings.headers(create=True, idempotency_key=idempotency_key),
+            )
+            return raw.parse(to=FileObject)
+        finally:
+            upload.close()
+
+    def list(
+        self, *, purpose: str | None = None, order: str = "desc", limit: int = 100
+    ) -> AsyncPaginator[FileObject, AsyncCursorPage[FileObject]]:
+        return self._api.get_api_list(
+            "/files",
+            page=AsyncCursorPage[FileObject],
+            model=FileObject,
+            options=self._settings.options(params=_list_params(purpose, order, limit)),
+        )
+
+    async def retrieve(self, file_id: str) -> FileObject:
+        return (await self._api.files.with_raw_response.retrieve(file_id)).parse(to=FileObject)
+
+    async def content(self, file_id: str) -> bytes:
+        return (await self._api.files.content(file_id)).content
+
+    async def delete(self, file_id: str) -> FileDeleted:
+        return await self._api.files.delete(file_id)

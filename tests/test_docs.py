@@ -182,6 +182,7 @@ def test_the_slugs_are_githubs():
 NOT_SETTINGS = {
     "HONE_API_KEY": "hone/client.py",  # the SDK and CLI
     "HONE_BASE_URL": "hone/client.py",
+    "HONE_CHAT_HISTORY": "hone/cli/chat.py",  # `hone chat`'s history file
     "HONE_JOB_ID": "service/executors/local.py",  # a local trainer's environment
     "HONE_JOB_ATTEMPT": "service/executors/local.py",
     "HONE_REGISTRY": "deploy/docker/build.sh",  # where the images are pushed

@@ -112,7 +112,7 @@ def open_console(browser, server: HoneServer, key: str, viewport=DESKTOP):
     page.on("response", on_response)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.goto(server.base_url + "/console")
-    page.get_by_label("API key").fill(key)
+    page.get_by_label("API key", exact=True).fill(key)
     page.get_by_role("button", name="Sign in").click()
     return page, problems
 
@@ -208,7 +208,9 @@ def test_console_shows_a_job_live_its_files_endpoints_and_answers_in_the_playgro
         "validation points",
     )
     assert int(page.locator("#chart-accuracy").get_attribute("data-series-train-mean-token-accuracy")) == 30
-    assert page.locator("#chart-loss canvas").count() == 1  # uPlot drew it
+    # uPlot drew it: the values it holds are the 30 training and the validation points
+    expect(page.locator("#chart-loss canvas")).to_have_count(1)
+    expect(page.locator("#chart-loss")).to_have_attribute("data-drawn", str(30 + len(validated)))
     # The evaluation against the base, side by side, once both have answered.
     evaluation = page.locator("#evaluation")
     expect(evaluation.locator("tbody tr")).to_have_count(2, timeout=60_000)
@@ -283,6 +285,8 @@ def test_console_shows_a_job_live_its_files_endpoints_and_answers_in_the_playgro
     expect(phone.get_by_role("heading", level=1)).to_have_text("Playground")
     phone.goto(f"{server.base_url}/console/#/jobs/{job.id}")
     expect(phone.locator("#chart-loss")).to_have_attribute("data-series-train-loss", "30")
+    expect(phone.locator("#chart-loss")).to_have_attribute("data-drawn", str(30 + len(validated)))
+    assert phone.locator("#chart-loss canvas").bounding_box()["width"] <= PHONE["width"]
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     shots.take(phone, "phone-job")
     assert problems == []
@@ -303,13 +307,13 @@ def test_the_admin_key_sees_projects_and_makes_keys(server, browser, shots):
     shots.take(page, "admin-project")
     # the new key works, and signs in as a project
     page.get_by_role("button", name="Sign out").click()
-    page.get_by_label("API key").fill(key)
+    page.get_by_label("API key", exact=True).fill(key)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Fine-tuning jobs")
     assert problems == []
     # A wrong key is refused on the page, and nothing is kept.
     page.get_by_role("button", name="Sign out").click()
-    page.get_by_label("API key").fill("sk-not-a-key")
+    page.get_by_label("API key", exact=True).fill("sk-not-a-key")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_have_text("That key is not valid for this server.")
     assert page.evaluate("sessionStorage.length") == 0

@@ -160,6 +160,7 @@ async function route() {
     }
     cleanup = done;
     replace(main, view);
+    for (const chart of view.querySelectorAll(".chart")) chart.mount?.(); // canvases size themselves once shown
   } catch (error) {
     if (mine !== generation) return;
     if (error instanceof ApiError && error.status === 401) {
@@ -194,7 +195,8 @@ document.addEventListener("keydown", (event) => {
 });
 document.getElementById("sign-out").addEventListener("click", () => {
   session.clear();
-  go("#/");
+  history.replaceState(null, "", "#/"); // no hashchange: the sign-in form is shown now, not a beat later
+  route();
 });
 document.getElementById("skip").addEventListener("click", (event) => {
   event.preventDefault(); // the hash is the router's: focus the content instead of navigating to #main

@@ -2,8 +2,8 @@
 // series on one canvas. The canvas is no use to a screen reader, so the figure also has a caption saying what it
 // plots and how many points it holds, and a table of the same numbers behind a disclosure.
 //
-// The figure's data-points (every plotted value), data-steps and data-series-<key> attributes say what was drawn;
-// the console's end-to-end test reads them.
+// The figure's data-points (every value to plot), data-steps and data-series-<key> attributes say what the chart was
+// given, and data-drawn what uPlot holds after drawing it; the console's end-to-end test reads them.
 
 import { h, number, replace } from "./ui.js";
 
@@ -123,13 +123,19 @@ export function metricChart({ id, title, series }) {
         : "No steps reported yet.",
     );
     if (!plot && canvasBox.isConnected) build();
-    if (plot) plot.setData(data);
+    if (plot) draw();
     else if (!canvasBox.isConnected && !mountPending) {
       // Pages are built detached and shown when ready (app.js): draw once the figure is in the document.
       mountPending = true;
       setTimeout(mount, 0);
     }
     if (details.open) renderTable();
+  }
+
+  // What uPlot itself holds once it has drawn: data-drawn, the values it plots (read back from the chart).
+  function draw() {
+    plot.setData(data);
+    el.dataset.drawn = String(plot.data.slice(1).reduce((n, values) => n + values.filter((v) => v !== null).length, 0));
   }
 
   let mountPending = false;
@@ -144,7 +150,9 @@ export function metricChart({ id, title, series }) {
       return;
     }
     build(); // the canvas is sized from its box, so it is built once the figure is in the page
+    if (plot) draw();
   }
+  el.mount = () => mount(); // app.js calls it as soon as the page is shown
 
   details.addEventListener("toggle", () => details.open && renderTable());
   update([]);

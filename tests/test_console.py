@@ -32,6 +32,7 @@ from tests.support import (
     wait_endpoint,
     wait_for,
     wait_job,
+    wait_past_step,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ NOT_BASE = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     env = {
-        **fake_trainer_env(step_s=0.12),  # 30 steps: ~4 s, long enough to pause it half way from the page
+        **fake_trainer_env(step_s=0.2),  # 30 steps: 6 s, long enough to pause it part way from the page
         "HONE_ENGINE_PYTHON": FAKE_ENGINE_PYTHON,
         "HONE_AUTO_DEPLOY": "true",
         "HONE_LOCAL_SLOTS": "1",
@@ -170,9 +171,8 @@ def test_console_shows_a_job_live_its_files_endpoints_and_answers_in_the_playgro
     row.get_by_role("link", name=job.id).click()
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Job {job.id}")
     expect(page.get_by_role("heading", level=1)).to_be_focused()  # focus moves to the new page's heading
-    wait_job(client, job.id, lambda j: j.status == "running", timeout=30, poll=0.1)
-    wait_points(page, "chart-loss", "train-loss", 3)
-    page.get_by_role("button", name="Pause").click()
+    wait_past_step(client, job.id, 2)
+    page.get_by_role("button", name="Pause").click()  # shown once the page has seen the job queued or running
     expect(page.locator("#job-status")).to_have_text("paused", timeout=15_000)
     wait_job(client, job.id, lambda j: j.status == "paused", timeout=30)
     # (the trainer reports the step it was in as it stops: the job is paused before its last events arrive)
@@ -188,6 +188,7 @@ def test_console_shows_a_job_live_its_files_endpoints_and_answers_in_the_playgro
     assert 3 <= len(metric_steps(http, job.id, "train_loss")) < 30
     shots.take(page, "job-paused")
     # Resumed, it queues behind the second job, which took the slot; cancelling that one from its page frees it.
+    wait_job(client, second.id, lambda j: j.status == "running", timeout=30)  # the freed slot's
     page.get_by_role("button", name="Resume").click()
     expect(page.locator("#job-queue")).to_have_text("#1", timeout=10_000)
     page.goto(f"{server.base_url}/console/#/jobs/{second.id}")

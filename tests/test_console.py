@@ -220,6 +220,8 @@ def test_console_shows_a_job_live_its_files_endpoints_and_answers_in_the_playgro
     expect(page.locator("#hyperparameters")).to_contain_text("n epochs")
     expect(page.locator("#checkpoints tbody tr").first).to_be_visible()
     expect(page.locator("#events li").first).to_be_visible()
+    page.get_by_text("Trainer log (the latest attempt)").click()
+    expect(page.locator("#trainer-log")).to_contain_text(f"starting {job.id} attempt 2")  # resumed: its 2nd
     page.locator("#chart-loss summary").click()  # the chart's numbers, as a table for screen readers
     expect(page.locator("#chart-loss table.chart-data tbody tr")).to_have_count(30)
     shots.take(page, "job")

@@ -68,6 +68,14 @@ export async function api(path, { method = "GET", body, query, signal, key = ses
   return response.json();
 }
 
+/** A route that answers text (a job's trainer log), with the same key and errors as api(). */
+export async function apiText(path, { query, signal } = {}) {
+  const url = query ? `${path}?${new URLSearchParams(query)}` : path;
+  const response = await fetch(url, { headers: headers(session.key, false), signal });
+  if (!response.ok) throw await failure(response);
+  return response.text();
+}
+
 /** Every page of a list route that pages with `after` (newest first), up to `max` items. */
 export async function listAll(path, { query = {}, max = 10000, signal } = {}) {
   const items = [];

@@ -2,7 +2,7 @@
 // against its base, its hyperparameters as resolved, checkpoints and events, and cancel / pause / resume.
 // Polled every 2 s while the job (or its evaluation) is still moving; events are fetched newest first, each once.
 
-import { api, listAll } from "../api.js";
+import { api, apiText, listAll } from "../api.js";
 import { metricChart } from "../chart.js";
 import {
   actionButton,
@@ -114,6 +114,17 @@ export async function jobPage(view, [jobId]) {
   });
   const checkpointsBox = h("div", { id: "checkpoints" });
   const eventsBox = h("div", { id: "events" });
+  const logBox = h("pre", { class: "log", id: "trainer-log", tabindex: "0", "aria-label": "Trainer log" });
+  const logDetails = h("details", {}, h("summary", {}, "Trainer log (the latest attempt)"), logBox);
+  logDetails.addEventListener("toggle", async () => {
+    if (!logDetails.open) return;
+    logBox.textContent = "Loading…";
+    try {
+      logBox.textContent = await apiText(`${path}/logs`);
+    } catch (error) {
+      logBox.textContent = error.status === 404 ? `${error.message}` : `Could not load the log: ${error.message}`;
+    }
+  });
   const title = pageHeader(`Job ${job.id}`);
   title.append(actions);
 
@@ -131,7 +142,7 @@ export async function jobPage(view, [jobId]) {
     evaluationBox,
     hyperBox,
     h("section", { "aria-labelledby": "ckpt-title", class: "card" }, h("h2", { id: "ckpt-title" }, "Checkpoints"), checkpointsBox),
-    h("section", { "aria-labelledby": "events-title", class: "card" }, h("h2", { id: "events-title" }, "Events"), eventsBox),
+    h("section", { "aria-labelledby": "events-title", class: "card" }, h("h2", { id: "events-title" }, "Events"), eventsBox, logDetails),
   );
 
   async function act(verb, question) {

@@ -89,6 +89,7 @@ LONGEST_FIRST = [
     "test_data_parallel.py",
     "test_training_control.py",
     "test_training.py",
+    "test_readme.py",  # the README's shell blocks: one hone-tiny job, three endpoints, ~2 min
     "test_trainer_robustness.py",
     "test_cli.py",
     "test_observability.py",

@@ -271,6 +271,13 @@ def test_console_shows_a_job_live_its_files_endpoints_and_answers_in_the_playgro
     assert page.locator("#skip").bounding_box()["y"] >= 0
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "main"
+    # a refresh of the page (every 5 s on Endpoints) keeps the focus where it was
+    page.get_by_role("link", name="Endpoints").click()
+    stop = page.get_by_role("button", name=f"Stop the endpoint of {tuned}")
+    stop.focus()
+    page.evaluate("document.querySelector('#endpoints-results table').dataset.before = 'refresh'")
+    expect(page.locator("#endpoints-results table[data-before]")).to_have_count(0, timeout=10_000)  # rebuilt
+    expect(stop).to_be_focused()
     page.get_by_role("link", name="Files", exact=True).focus()
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", level=1)).to_have_text("Files")

@@ -22,10 +22,27 @@ function append(el, children) {
   }
 }
 
+/**
+ * Replaces el's children. Pages refresh by rebuilding what they show; when the keyboard focus was inside, it moves
+ * to the rebuilt control that is the same one (same id, or same kind, link and name), so a refresh every few
+ * seconds never throws a keyboard or screen reader user back to the top of the page.
+ */
 export function replace(el, ...children) {
+  const focused = document.activeElement;
+  const key = focused && focused !== el && el.contains(focused) ? focusKey(focused) : null;
   el.replaceChildren();
   append(el, children);
+  if (key) {
+    const same = [...el.querySelectorAll(key.tag)].find((candidate) => focusKey(candidate).id === key.id);
+    same?.focus({ preventScroll: true });
+  }
   return el;
+}
+
+function focusKey(node) {
+  const tag = node.tagName.toLowerCase();
+  const name = node.getAttribute("aria-label") || node.textContent.trim();
+  return { tag, id: node.id || `${tag}|${node.getAttribute("href") || ""}|${node.getAttribute("name") || ""}|${name}` };
 }
 
 export function time(seconds) {

@@ -85,7 +85,7 @@ export function table({ caption, columns, rows, empty = "Nothing here yet.", row
       "table",
       { class: "responsive" },
       caption ? h("caption", {}, caption) : null,
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.class }, c.label)))),
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c.label)))),
       h(
         "tbody",
         {},

@@ -93,10 +93,13 @@ def bash_blocks(text: str) -> list[Block]:
 
 def test_every_bash_block_runs_or_says_why_not():
     """Cheap, no server: the README's shell blocks are all ```bash and each is run or marked with a reason, so a
-    new block cannot slip through unrun; the suite itself is never run from here."""
+    new block cannot slip through unrun; the suite itself is never run from here; every block, run or not, is
+    bash that parses (`bash -n`)."""
     blocks = bash_blocks(README.read_text(encoding="utf-8"))
     assert len(blocks) >= 10, [b.where for b in blocks]
     for block in blocks:
+        parsed = subprocess.run(["bash", "-n"], input=block.text, capture_output=True, text=True)
+        assert parsed.returncode == 0, f"{block.where}: {parsed.stderr}"
         if block.mode == "not run":
             assert len(block.reason) >= 10, f"{block.where}: say why it is not run"
         else:
@@ -302,7 +305,7 @@ def check_what_the_snippets_made(blocks, outputs, made, port, work):
 
     # Projects and keys: the grant is there.
     grants = admin.get(f"/v1/organization/projects/{made['PROJECT']}/dataset_grants").json()["data"]
-    assert [g["uri"] for g in grants] == ["s3://team-data/search/"]
+    assert grants and all(f'grants add "$PROJECT" {g["uri"]}' in README.read_text() for g in grants), grants
 
     # The quickstart's CLI path: the job succeeded, its model is the one the snippet took, and it answered.
     job = project.get(f"/v1/fine_tuning/jobs/{made['JOB']}").json()
@@ -319,7 +322,7 @@ def check_what_the_snippets_made(blocks, outputs, made, port, work):
 
     # Bring your own adapter: imported from the download, served, answered, continued.
     assert (work / "my-adapter" / "adapter_config.json").is_file()
-    assert re.fullmatch(r"ft:hone-tiny:[^:]+:laptop:ftimport-\w+", made["IMPORTED"]), made["IMPORTED"]
+    assert re.fullmatch(r"ft:hone-tiny:[^:]+:[^:]+:ftimport-\w+", made["IMPORTED"]), made["IMPORTED"]
     endpoints = project.get("/v1/endpoints", params={"model": made["IMPORTED"]}).json()["data"]
     assert [e["state"] for e in endpoints] == ["ready"], endpoints
     lines = block_output(blocks, outputs, 'hone chat "$IMPORTED"')

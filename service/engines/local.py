@@ -82,7 +82,7 @@ class LocalEngines:
         self._states = settings.server.data_dir.resolve() / STATE_DIR
         self._starts = warm_starts(settings)
         self.devices = EngineDevices(device_pool(settings))
-        self._built: set[tuple[str, str]] = set()  # (model source, folder) built by this process
+        self._built: dict[tuple[str, str], tuple[int, int]] = {}  # (source, folder) built here -> the folder's identity
         self._stop_orphans()
 
     def _stop_orphans(self) -> None:
@@ -167,14 +167,15 @@ class LocalEngines:
 
     def _build_if_builtin(self, spec: EngineSpec) -> None:
         """Built-in base models are built on first use by the trainer's code, run as a process: the control
-        plane imports none of it. The builder is run once per folder by each server process (it returns at once when
-        the folder holds its current build), so a cache left by an older builder is rebuilt rather than served. Not
-        on every deploy: the process (an interpreter's start) was 0.1-0.25 s of a deploy that claims a spare engine,
-        between a job's success and its first token."""
+        plane imports none of it. The builder returns at once when the folder holds its current build, so a cache
+        left by an older builder is rebuilt rather than served. It is run again only when the folder is not the one it
+        last left (builds rename a whole new folder into place): not on every deploy, where the process (an
+        interpreter's start) was 0.1-0.25 s of a deploy that claims a spare engine, between a job's success and its
+        first token."""
         if spec.model_source is None or not spec.model_source.startswith("builtin:"):
             return
         built = (spec.model_source, spec.model_path)
-        if built in self._built and (Path(spec.model_path) / "config.json").exists():
+        if built in self._built and self._built[built] == _identity_of(spec.model_path):
             return
         python = self._settings.training.trainer_python or sys.executable
         try:
@@ -187,7 +188,8 @@ class LocalEngines:
             raise EngineStartError(f"building {spec.model_source} took over 900s") from exc
         if done.returncode != 0:
             raise EngineStartError(f"building {spec.model_source} failed: {done.stderr.decode()[-500:]}")
-        self._built.add(built)
+        if (identity := _identity_of(spec.model_path)) is not None:
+            self._built[built] = identity
 
     def _spawn(self, spec: EngineSpec, api_key: str, name: str) -> tuple[_Process, Path]:
         port = _free_port()
@@ -379,6 +381,15 @@ def api_key_from_state(data_dir: Path, key: str) -> str | None:
         return json.loads(state_file(data_dir, key).read_text()).get("api_key")
     except (OSError, ValueError):
         return None
+
+
+def _identity_of(folder: str) -> tuple[int, int] | None:
+    """A folder's inode and modification time: another build renamed into its place changes them."""
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def stop_process_group(proc: subprocess.Popen | WarmProcess, grace: float = 5.0) -> None:

@@ -286,9 +286,9 @@ class Gateway:
                 code=ErrorCode.ENDPOINT_UNREACHABLE,
             ) from failure
         content, usage = _whole_answer(upstream.status, content)
-        count = (project_id, route, upstream.status, usage, started, time.perf_counter())
+        answered = time.perf_counter()
         if not sent:
-            self._account_sync(*count)
+            self._account(project_id, route, upstream.status, usage, started, ended=answered)
         if keep is not None and upstream.status == 200:
             await run_in_threadpool(self._store, project_id, route, request, keep, json.loads(content))
         if upstream.status >= 400:
@@ -300,7 +300,9 @@ class Gateway:
             status_code=upstream.status,
             media_type=content_type,
             headers={"retry-after": retry_after} if retry_after else None,
-            background=BackgroundTask(self._account_sent, *count) if sent else None,
+            background=BackgroundTask(self._account_sent, project_id, route, upstream.status, usage, started, answered)
+            if sent
+            else None,
         )
 
     async def count_prompt_tokens(self, route: Route, messages: list[dict], request_id: str | None) -> int:
@@ -370,11 +372,6 @@ class Gateway:
             self._account(project_id, route, status, usage, started, first_token_at=first_token_at)
 
         return relay_events(upstream, wants_usage, keeper[0] if keeper is not None else None, ended)
-
-    def _account_sync(
-        self, project_id: str, route: Route, status: int, usage: dict, started: float, answered: float
-    ) -> None:
-        self._account(project_id, route, status, usage, started, ended=answered)
 
     async def _account_sent(
         self, project_id: str, route: Route, status: int, usage: dict, started: float, answered: float

@@ -12,6 +12,7 @@ instead of failing validation. Responses are built as openai builds them: withou
 
 from __future__ import annotations
 
+import builtins
 from typing import Literal
 
 import openai
@@ -41,6 +42,7 @@ __all__ = [
     "FineTuningJob",
     "StepMetrics",
     "JobEvent",
+    "Preflight",
     "Checkpoint",
     "JobProgress",
     "JobUpdate",
@@ -152,6 +154,53 @@ class FineTuningJob(_OpenAIFineTuningJob):
     def done(self) -> bool:
         """The job has ended: succeeded, failed or cancelled."""
         return self.status in TERMINAL_STATUSES
+
+
+class PreflightTokens(HoneObject):
+    per_epoch: int
+    total: int
+    max_length: int
+    examples_truncated: int
+    longest_example: int
+    basis: str
+
+
+class PreflightMemory(HoneObject):
+    fits: bool | None = None  # None: it cannot be told on the server (no HONE_TRAINER_MEMORY_GB, a remote base)
+    tuning_mode: str | None = None
+    parameters: int | None = None
+    weights_gb: float | None = None
+    trainer_memory_gb: float | None = None
+    usable_gb: float | None = None
+    basis: str = ""
+
+
+class PreflightTime(HoneObject):
+    estimated_seconds: int
+    tokens_per_second: float
+    basis: str
+
+
+class PreflightQueue(HoneObject):
+    jobs_ahead: int
+    position: int
+    running: int
+
+
+class Preflight(HoneObject):
+    """Hone: what a job would be, asked without creating it (`client.jobs.preflight`)."""
+
+    object: Literal["fine_tuning.job.preflight"] = "fine_tuning.job.preflight"
+    model: str
+    base_model: str
+    parent_model: str | None = None
+    hyperparameters: Hyperparameters
+    method: dict[str, builtins.object]  # the method with every hyperparameter resolved (`object` is a field here)
+    training_examples: int
+    tokens: PreflightTokens
+    memory: PreflightMemory
+    time: PreflightTime
+    queue: PreflightQueue
 
 
 class StepMetrics(HoneObject):

@@ -148,3 +148,36 @@ def test_queue_positions_count_the_jobs_ahead(server):
     assert queue == {"jobs_ahead": 1, "position": 2, "running": 1}  # behind the priority-5 job only
     for j in (running, first, second, urgent):
         http.post(f"/v1/fine_tuning/jobs/{j}/cancel")
+
+
+def test_the_sdk_and_cli_ask_a_preflight(server, project):
+    """`client.jobs.preflight` (typed) and `hone jobs create --preflight` answer the route's figures and create
+    nothing; a refusal is the SDK's typed error and the CLI's exit 1."""
+    from typer.testing import CliRunner
+
+    import hone
+    from hone.cli import app
+
+    http = project.http()
+    file_id = _upload(http, [chat_line(f"q{i}", f"a{i}") for i in range(12)])
+    with hone.Client(server.base_url, project.api_key) as client:
+        pre = client.jobs.preflight("hone-tiny", file_id, hyperparameters={"n_epochs": 2}, seed=3)
+        assert isinstance(pre, hone.types.Preflight) and pre.hyperparameters.n_epochs == 2
+        assert pre.training_examples == 12 and pre.tokens.total == 2 * pre.tokens.per_epoch
+        with pytest.raises(hone.BadRequestError):
+            client.jobs.preflight("acme/missing", file_id)
+    env = {"HONE_BASE_URL": server.base_url, "HONE_API_KEY": project.api_key}
+    shown = CliRunner().invoke(
+        app, ["jobs", "create", "-t", file_id, "--n-epochs", "2", "--preflight"], env=env, prog_name="hone"
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "12 examples, 2 epoch(s)" in shown.output and "job(s) ahead" in shown.output
+    as_json = CliRunner().invoke(
+        app, ["jobs", "create", "-t", file_id, "--preflight", "--json"], env=env, prog_name="hone"
+    )
+    assert json.loads(as_json.output)["object"] == "fine_tuning.job.preflight"
+    refused = CliRunner().invoke(
+        app, ["jobs", "create", "-t", file_id, "--model", "acme/missing", "--preflight"], env=env, prog_name="hone"
+    )
+    assert refused.exit_code == 1
+    assert not [j for j in http.get("/v1/fine_tuning/jobs").json()["data"] if j["training_file"] == file_id]

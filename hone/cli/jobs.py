@@ -31,7 +31,7 @@ from hone.cli.plot import PlotUnavailable, plot_losses
 from hone.errors import APIStatusError, HoneError
 
 if TYPE_CHECKING:
-    from hone.types import FineTuningJob, JobEvent, JobProgress, JobUpdate
+    from hone.types import FineTuningJob, JobEvent, JobProgress, JobUpdate, Preflight
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Fine-tuning jobs (project key).")
 
@@ -151,6 +151,22 @@ def _method(kind: str, hyperparameters: dict, grader: str | None, teacher: str |
     return {"type": kind, kind: section}
 
 
+def _preflight_text(p: Preflight) -> str:
+    hp, tokens, memory, queue = p.hyperparameters, p.tokens, p.memory, p.queue
+    fits = "unknown" if memory.fits is None else ("yes" if memory.fits else "NO")
+    return "\n".join(
+        [
+            f"{p.model} ({p.base_model}): {p.training_examples} examples, {hp.n_epochs} epoch(s), "
+            f"batch size {hp.batch_size}, learning rate multiplier {hp.learning_rate_multiplier}",
+            f"tokens {tokens.total} ({tokens.per_epoch} an epoch), {tokens.examples_truncated} example(s) over "
+            f"max_length {tokens.max_length}",
+            f"memory fits: {fits} ({memory.basis})",
+            f"time: about {datetime.timedelta(seconds=p.time.estimated_seconds)} ({p.time.basis})",
+            f"queue: {queue.jobs_ahead} job(s) ahead, {queue.running} running",
+        ]
+    )
+
+
 @api_command(jobs_app, "create")
 def jobs_create(
     session: Session,
@@ -190,6 +206,12 @@ def jobs_create(
     ),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check local files before uploading."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Then follow the job until it ends."),
+    preflight: bool = typer.Option(
+        False,
+        "--preflight",
+        help="Create nothing: show what the job would be (auto resolved, tokens, memory, time, queue). "
+        "Local files are uploaded.",
+    ),
 ):
     """Create a fine-tuning job and print its id."""
     hyperparameters = _pairs(hyperparameter, "--hyperparameter")
@@ -212,6 +234,21 @@ def jobs_create(
     except (HoneError, typer.Exit):  # the second upload failed: the first is of no use alone
         _discard_uploads(session, uploaded)
         raise
+    if preflight:
+        answer = session.client.jobs.preflight(
+            model,
+            training_id,
+            validation_file=validation_id,
+            method=method_body,
+            suffix=suffix,
+            seed=seed,
+            metadata=metadata_pairs,
+            priority=priority,
+            auto_deploy=auto_deploy,
+            evaluation=evaluation_settings,
+        )
+        session.show(answer, _preflight_text(answer))
+        return
     try:
         job = session.client.jobs.create(
             model,

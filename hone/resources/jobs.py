@@ -14,7 +14,7 @@ from hone.errors import WaitTimeoutError
 from hone.progress import EventCursor, ProgressTracker, decode_result_file, step_metrics
 from hone.resources import AsyncResource, ClientSettings, SyncResource
 from hone.resources.files import AsyncFiles, Files
-from hone.types import Checkpoint, FineTuningJob, JobEvent, JobProgress, JobUpdate, StepMetrics
+from hone.types import Checkpoint, FineTuningJob, JobEvent, JobProgress, JobUpdate, Preflight, StepMetrics
 
 JOBS = "/fine_tuning/jobs"
 EVENTS_PAGE = 100
@@ -168,6 +168,45 @@ class Jobs(SyncResource, _JobsBase):
             extra_headers=self._settings.headers(create=True, idempotency_key=idempotency_key),
         )
         return raw.parse(to=FineTuningJob)
+
+    def preflight(
+        self,
+        model: str,
+        training_file: str,
+        *,
+        validation_file: str | None = None,
+        method: str | Mapping[str, object] | None = None,
+        hyperparameters: Mapping[str, object] | None = None,
+        suffix: str | None = None,
+        seed: int | None = None,
+        metadata: dict[str, str] | None = None,
+        priority: int | None = None,
+        auto_deploy: bool | None = None,
+        evaluation: Mapping[str, object] | None = None,
+        **extra: object,
+    ) -> Preflight:
+        """Hone: what `create` with the same arguments would make, without making it: "auto" resolved, tokens and
+        examples truncated, memory fit, a time estimate and the queue ahead. Refused as `create` would refuse it."""
+        body = self._create_body(
+            model,
+            training_file,
+            validation_file=validation_file,
+            method=method,
+            hyperparameters=hyperparameters,
+            suffix=suffix,
+            seed=seed,
+            metadata=metadata,
+            priority=priority,
+            auto_deploy=auto_deploy,
+            evaluation=evaluation,
+            extra=extra,
+        )
+        return self._api.post(
+            f"{JOBS}/preflight",
+            body={"model": model, "training_file": training_file, **body},
+            cast_to=Preflight,
+            options=self._settings.options(),
+        )
 
     def list(self, *, limit: int = 20, metadata: dict[str, str] | None = None) -> SyncCursorPage[FineTuningJob]:
         """Jobs, newest first (iterating fetches the next page as needed)."""

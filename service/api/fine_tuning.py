@@ -6,11 +6,12 @@ import re
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import api_models as m
-from service import idempotency, job_creation, jobs
+from service import idempotency, job_creation, jobs, preflight
 from service import job_logs as job_logs_domain
 from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
 from service.api.routing import JSONRoute, database_read
+from service.api_models_preflight import FineTuningJobPreflight
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.pagination import check_limit
@@ -36,6 +37,17 @@ def create_job(
     job = job_creation.create_job(ctx, principal, body, idempotency_key=key)
     log.info("fine-tuning job created", extra={"job_id": job["id"], "model": job["model"], "status": job["status"]})
     return job
+
+
+@router.post("/preflight", response_model=FineTuningJobPreflight)
+def preflight_job(
+    body: CreateFineTuningJob,
+    principal: ProjectPrincipal = Depends(project_principal),
+    ctx: AppContext = Depends(get_ctx),
+):
+    """Hone: what this job would be (resolved hyperparameters, tokens, truncated examples, memory fit, a time
+    estimate, its place in the queue), without creating it; a body a create would refuse gets the same 400."""
+    return preflight.preflight(ctx, principal, body)
 
 
 @router.get("", response_model=m.FineTuningJobList)

@@ -117,9 +117,11 @@ def test_admin_registers_a_local_folder_base_model_that_trains(fake_server, tmp_
             "pipeline_parallel_size": 1,
             "vision": False,  # as are vision models (HONE_BASE_MODELS); the admin API registers text models
             "lora_vision_tower": False,
+            "tool_call_parser": None,  # from its name when it names a family (Llama 3, Qwen, ...): this one does not
         }
         listed = {m["id"]: m for m in admin.get("/v1/organization/base_models").json()["data"]}
         assert listed["hone-tiny"]["origin"] == "builtin" and listed["acme/missing"]["origin"] == "settings"
+        assert listed["hone-tiny"]["tool_call_parser"] == "llama3_json"
         assert listed["hone-tiny-vision"]["vision"] and not listed["hone-tiny"]["vision"]
         refused = admin.delete("/v1/organization/base_models/hone-tiny")
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "base_model_not_editable"

@@ -4,6 +4,7 @@ serving many adapters, and what structured decoding costs the built-in engine.
     .venv/bin/python benchmarks/serving.py            # ~5 min on 2 cores
     .venv/bin/python benchmarks/serving.py --quick    # fewer rounds, pairs and jobs, no prewarm baseline (~2 min)
     .venv/bin/python benchmarks/serving.py --parts a,d
+    .venv/bin/python benchmarks/serving.py --parts a --against /tmp/hone-before   # (a) for two checkouts at once
 
 Four parts, each against a baseline measured in the same run:
 
@@ -16,7 +17,9 @@ Four parts, each against a baseline measured in the same run:
     are byte-identical. The added latency is the gateway's p50 minus the direct engine's p50 over all rounds'
     pairs (with p95, and the median of the per-pair differences); each round's own figure, the direct engine's
     spread and the load average say how noisy the run was. The gateway process's CPU time per request is read from
-    /proc, with its idle background loops subtracted.
+    /proc, with its idle background loops subtracted. With `--against DIR` a second server runs `python -m service`
+    from another checkout (an earlier commit exported there, say) beside this one, each with its own hone-tiny
+    engine, and every iteration calls all four paths in a shuffled order: before and after under the same load.
 
 (b) Job succeeded -> first token through the gateway. Trains `--jobs` small jobs in turn (120 synthetic support
     tickets, 4 epochs) on the same server, polls each every 0.05 s, and from the moment it reads `succeeded`
@@ -344,6 +347,83 @@ def print_a(result: dict) -> list[tuple[str, bool, str]]:
             f"{added_ttft:+.2f} ms (rounds {spread(1).split(' (')[0]})",
         ),
     ]
+
+
+def engine_endpoint(server: HoneServer, http: httpx.Client) -> tuple[str, str | None, str]:
+    """An endpoint for hone-tiny on `server`: its engine's URL and API key, and the endpoint's id."""
+    http.post("/v1/endpoints", json={"model": "hone-tiny"}).raise_for_status()
+    ep = wait_endpoint(http, "hone-tiny", timeout=300)
+    if ep["state"] != "ready":
+        raise RuntimeError(f"the hone-tiny endpoint failed: {ep['error']}")
+    url, engine_key, _ = engine_access(server.data_dir, ep["id"])
+    return url, engine_key, ep["id"]
+
+
+def part_a_against(root: Path, server: HoneServer, project_key: str, args) -> dict:
+    """(a) for this checkout and another one side by side: a second server runs `python -m service` from
+    `--against` (its engines, like this server's, fork from this process's warm interpreter: the same engine code),
+    each with its own hone-tiny engine, and every iteration calls all four paths in a shuffled order."""
+    import random
+    import shlex
+
+    other = HoneServer(
+        root / "against",
+        {"HONE_LOCAL_SLOTS": "1", "HONE_AUTO_DEPLOY": "true", **args.server_env},
+        command=["bash", "-c", f"cd {shlex.quote(args.against)} && exec {shlex.quote(sys.executable)} -m service"],
+    )
+    print(f"\n(a') this checkout and {args.against}, side by side ...", flush=True)
+    out: dict = {"against": args.against, "load": [os.getloadavg()[0]], "kinds": {}}
+    try:
+        other_key = other.new_project("against").api_key
+        with http_client(server.base_url, project_key) as http, http_client(other.base_url, other_key) as other_http:
+            clients: dict[str, httpx.Client] = {"this gateway": http, "against gateway": other_http}
+            for side, srv, client in (("this", server, http), ("against", other, other_http)):
+                url, engine_key, _ = engine_endpoint(srv, client)
+                clients[f"{side} direct"] = http_client(url, engine_key)
+            body = json.dumps({"model": "hone-tiny", "messages": PROMPT, "max_tokens": 1, "temperature": 0}).encode()
+            stream_body = json.dumps(
+                {"model": "hone-tiny", "messages": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True}
+            ).encode()
+            calls = {
+                "non-stream": lambda c: post_ms(c, "/v1/chat/completions", body),
+                "stream TTFT": lambda c: stream_ms(c, "/v1/chat/completions", stream_body)[0],
+            }
+            for kind, call in calls.items():
+                for client in clients.values():
+                    for _ in range(args.warmup):
+                        call(client)
+                times: dict[str, list[float]] = {name: [] for name in clients}
+                shuffle = random.Random(0)
+                for _ in range(args.rounds * args.requests):
+                    order = list(clients)
+                    shuffle.shuffle(order)
+                    for name in order:
+                        times[name].append(call(clients[name]))
+                out["kinds"][kind] = times
+                out["load"].append(os.getloadavg()[0])
+            for name in ("this direct", "against direct"):
+                clients[name].close()
+    finally:
+        other.stop()
+    return out
+
+
+def print_a_against(result: dict) -> None:
+    print(
+        f"\n(a') This checkout and {result['against']} side by side (two servers, each with its own hone-tiny "
+        f"engine; all four paths called in a shuffled order each iteration; load average "
+        f"{min(result['load']):.1f}-{max(result['load']):.1f})"
+    )
+    head = f"{'request':<14}{'server':<10}{'n':>5}{'direct p50':>12}{'gateway p50':>13}{'added p50':>11}{'pair median':>13}"
+    print(head)
+    print("-" * len(head))
+    for kind, times in result["kinds"].items():
+        for side in ("this", "against"):
+            paired = Paired(times[f"{side} direct"], times[f"{side} gateway"])
+            print(
+                f"{kind:<14}{side:<10}{len(paired.direct):>5}{pct(paired.direct, 50):>12.2f}"
+                f"{pct(paired.gateway, 50):>13.2f}{paired.added_p50:>+11.2f}{pct(paired.diffs, 50):>+13.2f}"
+            )
 
 
 # --- (b) job succeeded -> first token ---------------------------------------------------------------------
@@ -799,6 +879,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--stream-requests", type=int, help="stream request pairs per round in (a) (default: --requests)"
     )
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="also run (a) against another checkout's server (e.g. an earlier commit exported to DIR) side by side",
+    )
     parser.add_argument("--jobs", type=int, help="jobs in (b), one after another (default 5; quick 2)")
     parser.add_argument("--baseline-jobs", type=int, default=1, help="jobs of the no-prewarm baseline in (b)")
     parser.add_argument("--warmup", type=int, default=10, help="unmeasured requests per path and kind in (a)")
@@ -864,7 +949,7 @@ def main() -> None:
         )
     root = Path(tempfile.mkdtemp(prefix="hone-serving-bench-"))
     goals: list[tuple[str, bool, str]] = []
-    a = b_rows = c_rows = d = None
+    a = b_rows = c_rows = d = against = None
     try:
         if args.parts & {"a", "b"}:
             server = HoneServer(
@@ -875,6 +960,8 @@ def main() -> None:
                 with http_client(server.base_url, key) as http:
                     if "a" in args.parts:
                         a = part_a(server, http, key, args)
+                        if args.against:
+                            against = part_a_against(root, server, key, args)
                     if "b" in args.parts:
                         b_rows = [part_b(server, http, key, "default (prewarm on)", args.jobs)]
             finally:
@@ -897,6 +984,8 @@ def main() -> None:
 
     if a is not None:
         goals += print_a(a)
+    if against is not None:
+        print_a_against(against)
     if b_rows:
         goals += print_b(b_rows)
     if c_rows:

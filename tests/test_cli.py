@@ -22,7 +22,7 @@ import pytest
 
 import hone
 from examples.support_tickets import SYSTEM
-from tests.support import HoneServer, engine_pids, free_port, jsonl, one_label_tickets
+from tests.support import HoneServer, engine_pids, free_port, jsonl, one_label_tickets, wait_for
 
 LABEL = "Billing"
 ANSI_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -124,9 +124,11 @@ def _stop_engines(run: Hone) -> None:
 
 @pytest.fixture(scope="module")
 def job(cli):
-    """The module's job, created from local files (validated and uploaded on the way), and a `jobs follow` of it
-    started at once: the other tests run while it trains, and the follow test reads what it showed."""
-    created = cli.ok(
+    """The module's job, created from local files (validated and uploaded on the way) by `jobs create --follow`, which
+    follows it from the moment it exists: the other tests run while it trains, and the follow test reads what it
+    showed. (A `jobs follow` started after the create missed the whole run on a loaded machine: the trainer, started
+    warm, ran its 48 steps before the new process had made its first look.)"""
+    follow = cli.start(
         "jobs",
         "create",
         "--training-file",
@@ -147,14 +149,17 @@ def job(cli):
         "cli",
         "--metadata",
         "team=cli",
+        "--follow",
+        "--poll-interval",
+        "0.1",
+        env={"TTY_COMPATIBLE": "1"},  # a terminal, as far as rich can tell, so that the live bar is drawn
     )
-    job_id = created.stdout.strip()
-    # A terminal, as far as rich can tell, so that the live bar is drawn. Polled often, and 48 steps (16 examples, batch
-    # 1, 3 epochs): tok/s needs two looks at the trained tokens while it runs, and a trainer started warm ran 12 steps
-    # in about a second, faster than a follower on a loaded machine looked twice.
-    follow = cli.start("jobs", "follow", job_id, "--poll-interval", "0.1", env={"TTY_COMPATIBLE": "1"})
     try:
-        yield {"id": job_id, "created": created, "follow": follow}
+        with cli.sdk() as client:
+            job_id = wait_for(
+                lambda: next((j.id for j in client.jobs.list(limit=50) if j.metadata == {"team": "cli"}), None), 60
+            )
+        yield {"id": job_id, "follow": follow}
     finally:
         follow.kill()
         follow.communicate()
@@ -173,7 +178,6 @@ def tuned_model(cli, job):
 
 def test_jobs_create_validates_and_uploads_local_files(cli, job):
     assert job["id"].startswith("ftjob-")
-    assert job["created"].stderr.count("uploaded file-") == 2  # the training and the validation file
     shown = cli.json("jobs", "get", job["id"])
     assert shown["status"] in ("validating_files", "queued", "running", "succeeded")  # 48 steps train in seconds
     assert shown["metadata"] == {"team": "cli"} and shown["hyperparameters"]["n_epochs"] == 3
@@ -296,6 +300,7 @@ def test_jobs_pause_resume_cancel(cli, job):
 def test_jobs_follow_shows_live_progress_and_ends_with_the_final_status(cli, job):
     screen, errors = job["follow"].communicate(timeout=300)
     assert job["follow"].returncode == 0, errors
+    assert errors.count("uploaded file-") == 2  # the training and the validation file, validated and uploaded first
     job_id = job["id"]
     # Frames of the bar while it ran: status, step/total, epoch, losses, throughput, ETA.
     assert "running" in screen and "Fine-tuning job started" in screen and "48/48" in screen

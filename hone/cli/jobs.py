@@ -206,6 +206,7 @@ def jobs_create(
     ),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check local files before uploading."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Then follow the job until it ends."),
+    poll_interval: float = typer.Option(1.0, "--poll-interval", help="With --follow: seconds between looks."),
     preflight: bool = typer.Option(
         False,
         "--preflight",
@@ -269,7 +270,7 @@ def jobs_create(
             _discard_uploads(session, uploaded)
         raise
     if follow:
-        _follow(session, job.id, poll_interval=1.0, timeout=None)
+        _follow(session, job.id, poll_interval=poll_interval, timeout=None)
     else:
         session.show(job, job.id)
 

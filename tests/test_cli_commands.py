@@ -79,12 +79,17 @@ def test_follow_shows_the_phase_at_once_then_ends_with_the_final_status(trained)
     phases = re.findall(r"^\d\d:\d\d:\d\d  (validating files|queued.*|running.*|succeeded)$", followed.stdout, re.M)
     # The first look prints where the job is, before any step: never a silent bar while it waits and starts.
     assert phases and phases[-1] == "succeeded", followed.stdout
-    assert phases[0] in ("validating files", "queued", "running: starting trainer...") or phases[0].startswith(
-        "queued, position"
-    )
     lines = followed.stdout.splitlines()
     first_phase = next(i for i, line in enumerate(lines) if line.endswith(f"  {phases[0]}"))
-    assert first_phase < next(i for i, line in enumerate(lines) if "  Step 1/" in line)
+    first_step = next(i for i, line in enumerate(lines) if "  Step 1/" in line)
+    if phases[0] == "running":
+        # On a loaded machine the fake trainer can have taken steps before the follower's first look: that look
+        # prints the steps so far, then where the job is.
+        assert first_step < first_phase
+    else:
+        waiting = ("validating files", "queued", "running: starting trainer...")
+        assert phases[0] in waiting or phases[0].startswith("queued, position"), phases
+        assert first_phase < first_step  # where it is, before any step
     assert followed.stdout.rstrip().splitlines()[-1].startswith(f"{job.id}  succeeded  hone-tiny -> ft:hone-tiny:")
 
 

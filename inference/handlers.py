@@ -4,6 +4,7 @@ SSE streams shaped as vLLM 0.33 shapes them (reference §2)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 import uuid
@@ -206,7 +207,8 @@ class OpenAIHandlers:
         rid, created = f"chatcmpl-{request_id}", int(time.time())
         if body.stream:
             chunks = stream(self.engine, self.fingerprint, job, body, rid, created, model, "chat.completion.chunk")
-            return chat_responses.chunks(chunks, tools, self._chat_logprobs_of(job), rid, created, model)
+            logprobs_of = functools.partial(self._chat_logprobs, job)
+            return chat_responses.chunks(chunks, tools, logprobs_of, rid, created, model)
         results = await collect(self.engine, job)
         return {
             "id": rid,
@@ -227,9 +229,6 @@ class OpenAIHandlers:
             "ec_transfer_params": None,
             "metrics": None,
         }
-
-    def _chat_logprobs_of(self, job: GenerationJob):
-        return lambda entries: self._chat_logprobs(job, entries)
 
     # --- text completions ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -43,6 +44,9 @@ RETRY_AFTER_S = 5
 WAKE_POLL_S = 0.25
 # Refusals that mean the model exists but cannot serve now.
 _KNOWN_MODEL_REFUSALS = frozenset({"model_not_deployed", "model_deploying", "endpoint_failed"})
+
+
+log = logging.getLogger("hone.gateway")
 
 
 class _Unsent(Exception):
@@ -80,8 +84,11 @@ class Gateway:
         self.upstream = UpstreamPool()
         self.replicas = ReplicaPicker()
         self.timeout = ctx.settings.serving.gateway_timeout_s
+        self._storing: set[asyncio.Task] = set()  # streamed completions being stored (see _keeper)
 
     async def close(self) -> None:
+        if self._storing:
+            await asyncio.wait(self._storing)
         await self.upstream.close()
 
     # --- routing ----------------------------------------------------------------------------------------
@@ -345,10 +352,22 @@ class Gateway:
 
         async def done() -> None:
             completion = answer.completion()
-            if completion is not None:
-                await run_in_threadpool(self._store, project_id, route, request, keep, openai_shape(completion))
+            if completion is None:
+                return
+            # Its own task: a caller hangs up as soon as it has read [DONE], and that disconnect cancels the stream's
+            # task, which may be here by then. Awaited there, the store was dropped (a flaky CI run showed it).
+            task = asyncio.ensure_future(
+                run_in_threadpool(self._store, project_id, route, request, keep, openai_shape(completion))
+            )
+            self._storing.add(task)
+            task.add_done_callback(self._stored)
 
         return answer, done
+
+    def _stored(self, task: asyncio.Task) -> None:
+        self._storing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a streamed completion could not be stored", exc_info=task.exception())
 
     def _relay(
         self,

@@ -29,6 +29,7 @@ from pydantic import Field
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "JobStatus",
     "HoneObject",
     "DatasetLineError",
     "DatasetSummary",
@@ -64,6 +65,8 @@ __all__ = [
 ]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# A job's status: OpenAI's six and Hone's `paused` (what `jobs.list(status=...)` filters by).
+JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
 class HoneObject(openai.BaseModel):

@@ -103,6 +103,7 @@ JOB_API_COLUMNS = (
 
 
 # Built once: see FixedPages for why.
+_STATUS_VALUES = tuple(s.value for s in JobStatus)
 _JOBS_OF_PROJECT = FixedPages(select(*JOB_API_COLUMNS).where(Job.project_id == bindparam("project_id")), Job)
 _JOB_OF_PROJECT = select(*JOB_API_COLUMNS).where(
     Job.id == bindparam("job_id"), Job.project_id == bindparam("project_id")
@@ -303,8 +304,19 @@ def list_jobs(
     limit: int,
     metadata: dict[str, str] | None,
     without_metadata: bool = False,
+    statuses: list[str] | None = None,
+    model: str | None = None,
 ) -> dict:
-    if not metadata and not without_metadata:
+    """A page of the project's jobs, newest first; `metadata` pairs, `statuses` and `model` narrow it (in the
+    query, so a page is full and `has_more` true to the filter)."""
+    for value in statuses or ():
+        if value not in _STATUS_VALUES:
+            raise InvalidRequest(
+                f"Unknown status {excerpt(value, 64)!r}: a job's status is one of {', '.join(_STATUS_VALUES)}.",
+                param="status",
+                code=ErrorCode.INVALID_VALUE,
+            )
+    if not metadata and not without_metadata and not statuses and model is None:
         with ctx.db.plain_statements() as plain:
             rows, has_more = _JOBS_OF_PROJECT.page(
                 plain, {"project_id": principal.project_id}, after=after, limit=limit
@@ -318,6 +330,10 @@ def list_jobs(
                 )
             if without_metadata:
                 stmt = stmt.where(~exists().where(JobMetadata.job_seq == Job.seq))
+            if statuses:
+                stmt = stmt.where(Job.status.in_(statuses))
+            if model is not None:
+                stmt = stmt.where(Job.model == model)
             rows, has_more = paginate(conn, stmt, Job, after=after, limit=limit, as_rows=True)
     return list_envelope([job_api(j, ctx.settings.server.organization_id) for j in rows], has_more)
 

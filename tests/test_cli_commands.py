@@ -100,6 +100,8 @@ def test_jobs_list_filters_events_checkpoints_and_logs(trained, env, server):
     assert json.loads(run("jobs", "list", "--status", "queued", "--json", env=env).stdout) == []
     assert json.loads(run("jobs", "list", "--model", "acme/other", "--json", env=env).stdout) == []
     assert job_id in run("jobs", "list", "--model", "hone-tiny", env=env).stdout
+    wrong = run("jobs", "list", "--status", "done", env=env)
+    assert wrong.exit_code == 2 and "'done' is not a job status" in wrong.output
 
     events = run("jobs", "events", job_id, env=env)
     assert events.exit_code == 0 and f"Created fine-tuning job: {job_id}" in events.stdout

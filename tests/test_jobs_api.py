@@ -252,6 +252,41 @@ def test_list_pagination_and_metadata_filter(client, training_file):
     assert err.value.param == "after"
 
 
+def test_list_filters_by_status_and_model_in_the_query_and_refuses_what_it_does_not_read(client, training_file):
+    """Hone's `status` (repeatable) and `model` filters narrow the query itself: a page holds `limit` matching jobs
+    and `has_more` speaks of matching ones. A query parameter no route reads is a 400 naming it, not an unfiltered
+    answer the caller would take for the filtered one."""
+    paused, cancelled, queued = (
+        client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id).id for _ in range(3)
+    )
+    for job_id in (paused, cancelled, queued):
+        wait_status(client, job_id, "queued")
+    client.fine_tuning.jobs.pause(paused)
+    client.fine_tuning.jobs.cancel(cancelled)
+
+    def listed(limit: int = 100, **query) -> list[str]:
+        return [j.id for j in client.fine_tuning.jobs.list(limit=limit, extra_query=query).data]
+
+    assert listed(status="paused")[:1] == [paused] and paused not in listed(status="queued")
+    both = listed(status=["paused", "cancelled"])
+    assert both[:2] == [cancelled, paused] and queued not in both
+    assert all(client.fine_tuning.jobs.retrieve(i).status in ("paused", "cancelled") for i in both)
+    page = client.fine_tuning.jobs.list(limit=1, extra_query={"status": "cancelled"})
+    assert [j.id for j in page.data] == [cancelled] and page.has_more is (len(listed(status="cancelled")) > 1)
+    assert listed(model="hone-tiny", status="queued")[:1] == [queued]
+    assert listed(model="ft:hone-tiny:nobody") == []
+    with pytest.raises(openai.BadRequestError) as err:
+        listed(status="done")
+    assert (err.value.param, err.value.code) == ("status", "invalid_value") and "'done'" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        listed(state="paused")
+    assert (err.value.param, err.value.code) == ("state", "unknown_parameter")
+    assert "takes: after, limit, model, status, metadata[key], status[])" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.files.list(extra_query={"sort": "size"})
+    assert (err.value.param, err.value.code) == ("sort", "unknown_parameter")
+
+
 def test_cancel_pause_resume(client, training_file):
     job = client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id)
     wait_status(client, job.id, "queued")

@@ -381,6 +381,12 @@ def test_bad_datasets_and_requests_get_google_shaped_400s(vertex):
             assert _violations(unsupported)[0]["field"] == field and "not supported" in unsupported["message"]
     with vertex["project"].http() as http:
         assert http.get("/v1/files").json()["data"] == files_before  # nothing half-written
+        # a query parameter the route does not read (Google's pageSize is; page_size is not)
+        unread = _google_error(http.get(_parent(vertex) + "/tuningJobs?page_size=1"), 400, "INVALID_ARGUMENT")
+        assert "'page_size'" in unread["message"] and "pageSize" in unread["message"]
+        assert _violations(unread)[0]["field"] == "page_size"
+        proto = _google_error(http.get(_parent(vertex) + "/tuningJobs?$alt=proto"), 400, "INVALID_ARGUMENT")
+        assert _violations(proto)[0]["field"] == "$alt" and "answer JSON" in proto["message"]
 
 
 def test_another_projects_job_is_404(vertex):

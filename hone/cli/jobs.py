@@ -9,7 +9,7 @@ import json
 import time
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast, get_args
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
@@ -31,9 +31,20 @@ from hone.cli.plot import PlotUnavailable, plot_losses
 from hone.errors import APIStatusError, HoneError
 
 if TYPE_CHECKING:
-    from hone.types import FineTuningJob, JobEvent, JobProgress, JobUpdate, Preflight
+    from hone.types import FineTuningJob, JobEvent, JobProgress, JobStatus, JobUpdate, Preflight
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Fine-tuning jobs (project key).")
+
+
+def _statuses(values: list[str]) -> list[JobStatus]:
+    """--status values, each one of a job's statuses (a usage error names the wrong one)."""
+    from hone.types import JobStatus  # hone.types (and openai) load only for commands that call the API
+
+    known = get_args(JobStatus)
+    for value in values:
+        if value not in known:
+            raise typer.BadParameter(f"{value!r} is not a job status ({', '.join(known)})", param_hint="--status")
+    return cast("list[JobStatus]", values)
 
 
 def _pairs(values: list[str], option: str) -> dict:
@@ -287,9 +298,7 @@ def jobs_list(
     ),
 ):
     """List jobs, newest first."""
-    listed = session.client.jobs.list(limit=min(limit, 100))
-    wanted = (j for j in listed if (not status or j.status in status) and (model is None or j.model == model))
-    jobs = list(islice(wanted, limit))
+    jobs = list(islice(session.client.jobs.list(limit=min(limit, 100), status=_statuses(status), model=model), limit))
     session.show(
         jobs,
         lambda: table(

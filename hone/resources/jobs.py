@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from openai._base_client import AsyncPaginator  # what openai's async lists return: awaitable and async-iterable
@@ -14,7 +14,16 @@ from hone.errors import WaitTimeoutError
 from hone.progress import EventCursor, ProgressTracker, decode_result_file, step_metrics
 from hone.resources import AsyncResource, ClientSettings, SyncResource
 from hone.resources.files import AsyncFiles, Files
-from hone.types import Checkpoint, FineTuningJob, JobEvent, JobProgress, JobUpdate, Preflight, StepMetrics
+from hone.types import (
+    Checkpoint,
+    FineTuningJob,
+    JobEvent,
+    JobProgress,
+    JobStatus,
+    JobUpdate,
+    Preflight,
+    StepMetrics,
+)
 
 JOBS = "/fine_tuning/jobs"
 EVENTS_PAGE = 100
@@ -75,8 +84,14 @@ class _Deadline:
             raise WaitTimeoutError(f"Job {job.id} is still {job.status} after {self.timeout:g}s.", last=job)
 
 
-def _list_params(limit: int, metadata: dict[str, str] | None) -> dict[str, object]:
-    return {"limit": limit} | {f"metadata[{k}]": v for k, v in (metadata or {}).items()}
+def _list_params(
+    limit: int, metadata: dict[str, str] | None, status: str | Sequence[str] | None, model: str | None
+) -> dict[str, object]:
+    params: dict[str, object] = {"limit": limit, "model": model}  # status and model: the server filters (Hone)
+    statuses = [status] if isinstance(status, str) else list(status or ())
+    if statuses:
+        params["status"] = statuses  # sent as status[]=..., as the openai client sends lists
+    return params | {f"metadata[{k}]": v for k, v in (metadata or {}).items()}
 
 
 def _logs_params(attempt: int | None) -> dict[str, object]:
@@ -208,13 +223,21 @@ class Jobs(SyncResource, _JobsBase):
             options=self._settings.options(),
         )
 
-    def list(self, *, limit: int = 20, metadata: dict[str, str] | None = None) -> SyncCursorPage[FineTuningJob]:
-        """Jobs, newest first (iterating fetches the next page as needed)."""
+    def list(
+        self,
+        *,
+        limit: int = 20,
+        metadata: dict[str, str] | None = None,
+        status: JobStatus | Sequence[JobStatus] | None = None,
+        model: str | None = None,
+    ) -> SyncCursorPage[FineTuningJob]:
+        """Jobs, newest first (iterating fetches the next page as needed); `status` (one or several) and `model`
+        narrow them on the server."""
         return self._api.get_api_list(
             JOBS,
             page=SyncCursorPage[FineTuningJob],
             model=FineTuningJob,
-            options=self._settings.options(params=_list_params(limit, metadata)),
+            options=self._settings.options(params=_list_params(limit, metadata, status, model)),
         )
 
     def retrieve(self, job_id: str) -> FineTuningJob:
@@ -355,13 +378,18 @@ class AsyncJobs(AsyncResource, _JobsBase):
         return raw.parse(to=FineTuningJob)
 
     def list(
-        self, *, limit: int = 20, metadata: dict[str, str] | None = None
+        self,
+        *,
+        limit: int = 20,
+        metadata: dict[str, str] | None = None,
+        status: JobStatus | Sequence[JobStatus] | None = None,
+        model: str | None = None,
     ) -> AsyncPaginator[FineTuningJob, AsyncCursorPage[FineTuningJob]]:
         return self._api.get_api_list(
             JOBS,
             page=AsyncCursorPage[FineTuningJob],
             model=FineTuningJob,
-            options=self._settings.options(params=_list_params(limit, metadata)),
+            options=self._settings.options(params=_list_params(limit, metadata, status, model)),
         )
 
     async def retrieve(self, job_id: str) -> FineTuningJob:

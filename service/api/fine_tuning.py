@@ -10,10 +10,11 @@ from service import idempotency, job_creation, jobs, preflight
 from service import job_logs as job_logs_domain
 from service.api.contract import PROJECT, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
-from service.api.routing import JSONRoute, database_read
+from service.api.routing import JSONRoute, database_read, query_pattern
 from service.api_models_preflight import FineTuningJobPreflight
 from service.auth import ProjectPrincipal
 from service.context import AppContext
+from service.job_states import JobStatus
 from service.pagination import check_limit
 from service.schemas import CreateFineTuningJob
 
@@ -52,10 +53,17 @@ def preflight_job(
 
 @router.get("", response_model=m.FineTuningJobList)
 @database_read
+@query_pattern(r"metadata(\[.+\])?|status\[\]", "metadata[key], status[]")
 def list_jobs(
     request: Request,
     after: str | None = None,
     limit: int = limit_query(20, 100),
+    status: list[str] = Query(
+        [],
+        description="Hone: only jobs in these statuses (repeat the parameter for several).",
+        json_schema_extra={"items": {"enum": [s.value for s in JobStatus]}},
+    ),
+    model: str | None = Query(None, description="Hone: only jobs whose `model` (the base or tuned model) is this."),
     principal: ProjectPrincipal = Depends(project_principal),
     ctx: AppContext = Depends(get_ctx),
 ):
@@ -68,6 +76,8 @@ def list_jobs(
         limit=check_limit(limit, 100),
         metadata=metadata,
         without_metadata=request.query_params.get("metadata") == "null",
+        statuses=status + request.query_params.getlist("status[]"),  # status[]: the openai SDK's way with lists
+        model=model,
     )
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio.to_thread
 import orjson
 from anyio import CapacityLimiter
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -24,7 +26,7 @@ from starlette.requests import Request
 from hone_kernel.finite import finite
 from service.api import json_body
 from service.api.deps import get_ctx
-from service.errors import ErrorCode, InvalidRequest
+from service.errors import ErrorCode, InvalidRequest, excerpt
 
 
 class FiniteJSONResponse(JSONResponse):
@@ -80,6 +82,18 @@ def database_read(endpoint: _Endpoint) -> _Endpoint:
     return endpoint
 
 
+def query_pattern(pattern: str, shown: str) -> Callable[[_Endpoint], _Endpoint]:
+    """Marks an endpoint that reads some query parameters itself, by name pattern (`metadata[key]=value`, as the
+    openai SDK sends a metadata filter): JSONRoute lets names matching `pattern` through besides the declared ones.
+    `shown` is how a refusal lists them."""
+
+    def mark(endpoint: _Endpoint) -> _Endpoint:
+        endpoint._hone_query_pattern = (re.compile(pattern), shown)  # type: ignore[attr-defined]
+        return endpoint
+
+    return mark
+
+
 def _as_response(result: Any) -> Any:
     return FiniteJSONResponse(result) if isinstance(result, (dict, list)) else result
 
@@ -102,14 +116,20 @@ class JSONRoute(APIRoute):
             def wrapped(*args, **kw):
                 return _as_response(endpoint(*args, **kw))
 
+        # before super().__init__, which builds the handler that reads it
+        self.query_pattern: tuple[re.Pattern[str], str] | None = getattr(endpoint, "_hone_query_pattern", None)
         super().__init__(path, wrapped, **kwargs)
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
         has_json_body = self.body_field is not None  # an upload reads its own stream, never held whole
+        declared = frozenset(_query_names(self.dependant))
+        pattern = self.query_pattern
 
         async def checked(request: Request):
             _refuse_nul(request)
+            if request.scope.get("query_string"):
+                _refuse_unknown_query(request, declared, pattern)
             if has_json_body and json_body.is_json(request.headers.get("content-type")):
                 limit = (await get_ctx(request)).settings.server.max_json_body_bytes
                 body = await json_body.read(request, limit)
@@ -130,4 +150,27 @@ def _refuse_nul(request: Request) -> None:
             raise InvalidRequest(
                 f"The request {where} contains a NUL character (%00), which no id or value may hold.",
                 code=ErrorCode.INVALID_VALUE,
+            )
+
+
+def _query_names(dependant: Dependant) -> Iterator[str]:
+    """The query parameters an endpoint and its dependencies declare."""
+    yield from (field.alias for field in dependant.query_params)
+    for sub in dependant.dependencies:
+        yield from _query_names(sub)
+
+
+def _refuse_unknown_query(
+    request: Request, declared: frozenset[str], pattern: tuple[re.Pattern[str], str] | None
+) -> None:
+    """A query parameter the route does not read (`?status=running` on a list that has no such filter) would be
+    ignored, and the caller would take the unfiltered answer for the one it asked: refused, naming it."""
+    for name in request.query_params:
+        if name not in declared and (pattern is None or not pattern[0].fullmatch(name)):
+            takes = ", ".join(sorted(declared) + ([pattern[1]] if pattern is not None else [])) or "none"
+            raise InvalidRequest(
+                f"Unrecognized query parameter: {excerpt(name, 64)!r} ({request.method} {request.url.path} takes: "
+                f"{takes}).",
+                param=excerpt(name, 64),
+                code=ErrorCode.UNKNOWN_PARAMETER,
             )

@@ -9,7 +9,7 @@ from service import api_models, stored_completions
 from service import api_models_stored as m
 from service.api.contract import PROJECT, enum_query, limit_query, openai_errors
 from service.api.deps import get_ctx, project_principal
-from service.api.routing import JSONRoute, database_read
+from service.api.routing import JSONRoute, database_read, query_pattern
 from service.auth import ProjectPrincipal
 from service.context import AppContext
 from service.errors import ErrorCode, InvalidRequest
@@ -32,6 +32,7 @@ def _order(order: str | None) -> str:
 
 @router.get("", response_model=m.StoredCompletionList)
 @database_read
+@query_pattern(r"metadata\[.+\]", "metadata[key]")
 def list_stored(
     request: Request,
     model: str | None = None,

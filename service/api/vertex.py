@@ -5,7 +5,7 @@ as an error); errors are Google's envelope (service.errors chooses it by path)."
 import logging
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
@@ -15,6 +15,7 @@ from service.api.deps import get_ctx, get_gateway
 from service.api.routing import JSONRoute
 from service.auth import authenticate_project, cached_principal
 from service.context import AppContext
+from service.errors import ErrorCode, InvalidRequest, excerpt
 from service.gateway import Gateway
 from service.vertex import api_models as m
 from service.vertex import endpoints, tuning_jobs
@@ -68,10 +69,22 @@ async def vertex_scope(
     ctx: AppContext = Depends(get_ctx),
     _bearer_key=Security(_bearer),
     _header_key=Security(_api_key),
+    response_format: str | None = Query(
+        None,
+        alias="$alt",
+        description="Google's system parameter: `json` (what every route answers), as Google's client libraries "
+        "send it (`json;enum-encoding=int`: those libraries read enum names too, which is what Hone writes).",
+    ),
 ) -> VertexScope:
     """The caller: `Authorization: Bearer <Hone API key>` (the OAuth token slot) or `x-goog-api-key`.
     Both API versions answer alike: v1beta1's extra fields are in every answer, and clients drop what they
     do not know."""
+    if response_format is not None and response_format.split(";")[0] != "json":
+        raise InvalidRequest(
+            f"Unsupported $alt {excerpt(response_format, 64)!r}: these routes answer JSON ($alt=json).",
+            param="$alt",
+            code=ErrorCode.UNSUPPORTED_PARAMETER,
+        )
     api_key = request.headers.get("x-goog-api-key")
     header = request.headers.get("authorization") or (f"Bearer {api_key}" if api_key else None)
     principal = cached_principal(ctx, header)

@@ -13,6 +13,7 @@ import inspect
 import re
 import weakref
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -100,20 +101,26 @@ def _as_response(result: Any) -> Any:
 
 class JSONRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any):
+        # Each wrapper first raises the refusal of an unknown query parameter, if `checked` found one: here, after
+        # FastAPI has resolved the dependencies, so that authentication still answers first (a caller without a
+        # key learns nothing of a route's parameters, and `?key=...` stays a 401 like any missing key).
         if inspect.iscoroutinefunction(endpoint):
 
             @functools.wraps(endpoint)
             async def wrapped(*args, **kw):
+                _raise_unknown_query()
                 return _as_response(await endpoint(*args, **kw))
         elif getattr(endpoint, "_hone_database_read", False):
 
             @functools.wraps(endpoint)
             async def wrapped(*args, **kw):  # async to FastAPI, which then leaves the thread to the lane
+                _raise_unknown_query()
                 return _as_response(await DATABASE_LANE.run(functools.partial(endpoint, *args, **kw)))
         else:
 
             @functools.wraps(endpoint)
-            def wrapped(*args, **kw):
+            def wrapped(*args, **kw):  # in a worker thread, which anyio gives the request's context
+                _raise_unknown_query()
                 return _as_response(endpoint(*args, **kw))
 
         # before super().__init__, which builds the handler that reads it
@@ -128,15 +135,19 @@ class JSONRoute(APIRoute):
 
         async def checked(request: Request):
             _refuse_nul(request)
-            if request.scope.get("query_string"):
-                _refuse_unknown_query(request, declared, pattern)
-            if has_json_body and json_body.is_json(request.headers.get("content-type")):
-                limit = (await get_ctx(request)).settings.server.max_json_body_bytes
-                body = await json_body.read(request, limit)
-                if body:
-                    # Starlette's cache: FastAPI's `await request.json()` takes this value instead of parsing again
-                    request._json = json_body.parse(body)
-            return await handler(request)
+            refusal = _unknown_query(request, declared, pattern) if request.scope.get("query_string") else None
+            token = _UNKNOWN_QUERY.set(refusal) if refusal is not None else None
+            try:
+                if has_json_body and json_body.is_json(request.headers.get("content-type")):
+                    limit = (await get_ctx(request)).settings.server.max_json_body_bytes
+                    body = await json_body.read(request, limit)
+                    if body:
+                        # Starlette's cache: FastAPI's `await request.json()` takes this value instead of parsing
+                        request._json = json_body.parse(body)
+                return await handler(request)
+            finally:
+                if token is not None:
+                    _UNKNOWN_QUERY.reset(token)
 
         return checked
 
@@ -160,17 +171,27 @@ def _query_names(dependant: Dependant) -> Iterator[str]:
         yield from _query_names(sub)
 
 
-def _refuse_unknown_query(
+# The refusal `checked` found for the request on its way (see JSONRoute.__init__ for why it is raised later).
+_UNKNOWN_QUERY: ContextVar[InvalidRequest | None] = ContextVar("hone_unknown_query", default=None)
+
+
+def _raise_unknown_query() -> None:
+    if (refusal := _UNKNOWN_QUERY.get()) is not None:
+        raise refusal
+
+
+def _unknown_query(
     request: Request, declared: frozenset[str], pattern: tuple[re.Pattern[str], str] | None
-) -> None:
+) -> InvalidRequest | None:
     """A query parameter the route does not read (`?status=running` on a list that has no such filter) would be
     ignored, and the caller would take the unfiltered answer for the one it asked: refused, naming it."""
     for name in request.query_params:
         if name not in declared and (pattern is None or not pattern[0].fullmatch(name)):
             takes = ", ".join(sorted(declared) + ([pattern[1]] if pattern is not None else [])) or "none"
-            raise InvalidRequest(
+            return InvalidRequest(
                 f"Unrecognized query parameter: {excerpt(name, 64)!r} ({request.method} {request.url.path} takes: "
                 f"{takes}).",
                 param=excerpt(name, 64),
                 code=ErrorCode.UNKNOWN_PARAMETER,
             )
+    return None

@@ -1,9 +1,10 @@
 """The scheduler: claims queued jobs for executor slots, carries out pause and cancel, and retries crashed runs.
 
 One `tick` reaps ended runs, stops runs whose job was paused or cancelled, kills runs that stopped reporting
-(`trainer_stalled`: counted as a crash, like an exit), then claims queued jobs:
-highest priority first, FIFO within a priority, passing over projects at their running-job quota,
-with `FOR UPDATE SKIP LOCKED` so replicas on PostgreSQL never claim the same job."""
+(`trainer_stalled`: counted as a crash, like an exit), claims queued jobs (highest priority first, FIFO within a
+priority, passing over projects at their running-job quota, with `FOR UPDATE SKIP LOCKED` so replicas on PostgreSQL
+never claim the same job), and last (so that nothing it meets holds up a claim) copies running trainers' logs so
+far to storage, every HONE_LIVE_LOG_INTERVAL_S."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class Scheduler:
         # Runs reaped whose exit is not yet recorded: the executor forgets a run once reaped, so an exit that
         # could not be written (the database down) is kept here and written on a later tick.
         self._exits: list[TrainerExit] = []
+        self._logs_copied_at = 0.0
+        self._log_sizes: dict[tuple[str, int], int] = {}  # (job id, attempt) -> bytes of its log last copied
         executor.bind(ctx)
 
     def tick(self) -> None:
@@ -65,6 +68,7 @@ class Scheduler:
         self._enforce_user_actions()
         self._kill_stalled()
         self._claim()
+        self._copy_live_logs()
 
     def _record_executor_events(self) -> None:
         """What a user can act on that is not an exit (e.g. no GPU free, an image that cannot be pulled), as
@@ -77,6 +81,30 @@ class Scheduler:
             for job_id, level, message in items:
                 if job_id in known:
                     add_event(session, job_id, message, level=level)
+
+    def _copy_live_logs(self) -> None:
+        """Each running trainer's log so far, to the object its attempt's whole log replaces when it ends (the runs
+        reaped this tick are gone from `running()`, so a copy never overwrites a whole log)."""
+        interval = self.ctx.settings.training.live_log_interval_s
+        if interval <= 0 or time.monotonic() - self._logs_copied_at < interval:
+            return
+        self._logs_copied_at = time.monotonic()
+        running = self.executor.running()
+        self._log_sizes = {key: n for key, n in self._log_sizes.items() if key[0] in running}
+        if not running:
+            return
+        with self.ctx.db.read() as session:
+            attempts = session.execute(select(Job.id, Job.attempts).where(Job.id.in_(list(running)))).all()
+        for job_id, attempt in attempts:
+            text = self.executor.log_so_far(job_id)
+            if not text or len(text) == self._log_sizes.get((job_id, attempt)):
+                continue
+            try:
+                self.ctx.storage.put_bytes(f"jobs/{job_id}/logs/attempt-{attempt}.log", text)
+            except StorageUnavailable as exc:  # the next copy, or the end, keeps it
+                log.warning("could not copy a trainer's log", extra={"job_id": job_id, "error": str(exc)})
+                continue
+            self._log_sizes[(job_id, attempt)] = len(text)
 
     # --- start-up ---------------------------------------------------------------------
 

@@ -130,6 +130,9 @@ class TrainingSettings(BaseSettings):
     job_validation_poll_s: float = 2.0
     scheduler_poll_s: float = 1.0
     max_job_attempts: int = 3  # trainer crashes before a job is failed
+    # How often a running trainer's log so far is copied to storage, where `GET .../jobs/{id}/logs` (any replica)
+    # reads it; the whole log is kept when the attempt ends. 0: only then.
+    live_log_interval_s: float = Field(default=5.0, ge=0)
     max_running_jobs_per_project: int = 0  # a project's share of the trainers; 0: no limit
     trainer_python: str | None = None  # interpreter for `python -m trainer`; default: this one
     trainer_threads: int = 0  # CPU threads per local trainer; 0: torch's default (one per core)

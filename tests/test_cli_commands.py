@@ -8,15 +8,19 @@ entry point, reports, storage and exit codes; no torch), one training slot."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 import hone
 from hone.cli import COMPLETE_VAR, app
 from hone.cli.chat import HELP, Conversation, _line_reader
-from tests.support import HoneServer, chat_dataset, fake_trainer_env, free_port
+from tests.support import HoneServer, chat_dataset, fake_trainer_env, free_port, wait_for
 
 runner = CliRunner()
 
@@ -27,7 +31,10 @@ def run(*args: str, env: dict[str, str] | None = None):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = HoneServer(tmp_path_factory.mktemp("cli-commands"), {"HONE_LOCAL_SLOTS": "1", **fake_trainer_env()})
+    srv = HoneServer(
+        tmp_path_factory.mktemp("cli-commands"),
+        {"HONE_LOCAL_SLOTS": "1", "HONE_LIVE_LOG_INTERVAL_S": "0.2", **fake_trainer_env()},
+    )
     yield srv
     srv.stop()
 
@@ -123,6 +130,48 @@ def test_jobs_list_filters_events_checkpoints_and_logs(trained, env, server):
     stranger = {**env, "HONE_API_KEY": server.new_project("stranger").api_key}
     hidden = run("jobs", "logs", job_id, env=stranger)  # another project's job: as if it did not exist
     assert hidden.exit_code == 1 and "No such fine-tuning job" in hidden.stderr
+
+
+def test_a_running_trainers_log_is_read_as_it_grows_and_followed_to_its_end(trained, env, server):
+    """While a job trains, its log so far is readable (copied every HONE_LIVE_LOG_INTERVAL_S, 0.2 s here), marked
+    running; `jobs logs --follow` prints it as it grows and stops when the job ends, having printed the whole log."""
+    http = httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {env['HONE_API_KEY']}"}, timeout=30
+    )
+    with hone.Client(server.base_url, env["HONE_API_KEY"]) as client, http:
+        file = client.files.create(chat_dataset(12), filename="long.jsonl")
+        job = client.jobs.create("hone-tiny", file.id, hyperparameters={"n_epochs": 40}, auto_deploy=False)
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "hone", "jobs", "logs", job.id, "--follow", "--poll-interval", "0.2"],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def partial_log():
+            reply = http.get(f"/v1/fine_tuning/jobs/{job.id}/logs")
+            return reply if reply.status_code == 200 and "fake step" in reply.text else None
+
+        early = wait_for(partial_log, 60, 0.1, "a running trainer's log")
+        assert early.headers["x-hone-attempt-running"] == "true" and early.headers["x-hone-attempt"] == "1", (
+            client.jobs.retrieve(job.id),
+            early.text[-300:],
+        )
+        later = wait_for(
+            lambda: (r := partial_log()) is not None and len(r.text) > len(early.text) and r, 30, 0.1, "a longer log"
+        )
+        assert later.text.startswith(early.text)  # it grows; what was read stays
+        stdout, stderr = follower.communicate(timeout=120)
+        assert follower.returncode == 0, stderr
+        assert client.jobs.retrieve(job.id).status == "succeeded"  # --follow ended with the job, not before
+        whole = http.get(f"/v1/fine_tuning/jobs/{job.id}/logs")
+        assert whole.headers["x-hone-attempt-running"] == "false"
+        assert stdout == whole.text and early.text in stdout  # followed from the start to the whole log
+        steps = [line for line in stdout.splitlines() if line.startswith("fake step ")]
+        assert steps[-1].startswith(f"fake step {len(steps)}/")  # every step's line, once, in order
+    refused = run("jobs", "logs", job.id, "--follow", "--json", env=env)
+    assert refused.exit_code == 2 and "--follow" in refused.output
 
 
 def test_files_get_download_and_delete(env, tmp_path, monkeypatch):

@@ -283,8 +283,13 @@ def test_success_creates_a_labelled_job_and_reaps_exit_0_with_the_pod_log(kube, 
 
     pod = _pod(kube, name)
     assert executor.reap() == []  # Pending: nothing ended
+    assert not executor.log_so_far(JOB_ID)  # nothing printed yet
     kube.run_pod(NS, pod)
     assert executor.reap() == []
+    kube.set_pod_log(NS, pod, "loading\n")
+    assert executor.log_so_far(JOB_ID) == b"loading\n"  # while it runs: the pod's log so far
+    kube.append_pod_log(NS, pod, "warming up\n")
+    assert executor.log_so_far(JOB_ID) == b"loading\nwarming up\n"
     kube.succeed_pod(NS, pod, log='{"msg": "step 1"}\n')  # one JSON line: must come back verbatim
     ended = _reap_one(executor)
     assert (ended.job_id, ended.ref, ended.returncode) == (JOB_ID, ref, 0)

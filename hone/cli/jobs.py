@@ -359,14 +359,46 @@ def jobs_logs(
     session: Session,
     job_id: str,
     attempt: int | None = typer.Option(None, "--attempt", min=1, help="Which attempt (default: the latest)."),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="Keep printing the latest attempt's log as it grows, until the job stops."
+    ),
+    poll_interval: float = typer.Option(2.0, "--poll-interval", min=0.1, help="With --follow: seconds between looks."),
 ):
-    """What the trainer printed, for one attempt of the job (kept once the attempt has ended)."""
+    """What the trainer printed, for one attempt of the job (while it runs, its log so far)."""
+    if follow:
+        if attempt is not None or session.as_json:
+            raise typer.BadParameter("--follow prints the latest attempt as text: not with --attempt or --json")
+        _follow_log(session, job_id, poll_interval)
+        return
     text = session.client.jobs.logs(job_id, attempt=attempt)
     if session.as_json:
         print_json({"job_id": job_id, "attempt": attempt, "log": text})
     else:
         out.file.write(text)
         out.file.flush()
+
+
+def _follow_log(session: Session, job_id: str, poll_interval: float) -> None:
+    """Prints what the trainer adds to its log, look after look, until the job is paused or has ended (the log read
+    after the job is seen stopped is the whole one). A retry's attempt starts its own log, printed from its start."""
+    from hone.errors import NotFoundError
+
+    printed = ""
+    while True:
+        job = session.client.jobs.retrieve(job_id)
+        try:
+            text = session.client.jobs.logs(job_id)
+        except NotFoundError:  # not started, or not copied yet
+            text = ""
+        if text and not text.startswith(printed):
+            out.file.write("--- a new attempt ---\n")
+            printed = ""
+        out.file.write(text[len(printed) :])
+        out.file.flush()
+        printed = text or printed
+        if job.status in ("paused", "succeeded", "failed", "cancelled"):
+            return
+        time.sleep(poll_interval)
 
 
 def _act(session: Session, job: FineTuningJob) -> None:

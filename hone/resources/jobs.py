@@ -267,7 +267,8 @@ class Jobs(SyncResource, _JobsBase):
         return self._api.fine_tuning.jobs.checkpoints.list(job_id, limit=limit)
 
     def logs(self, job_id: str, *, attempt: int | None = None) -> str:
-        """Hone: what the trainer printed in one attempt (default the latest), kept once the attempt ended."""
+        """Hone: what the trainer printed in one attempt (default the latest): while it runs, its log so far
+        (copied every few seconds); once it ended, the whole log."""
         return self._api.get(
             f"{JOBS}/{job_id}/logs", cast_to=str, options=self._settings.options(params=_logs_params(attempt))
         )

@@ -142,8 +142,9 @@ def list_checkpoints(
 
 _LOG_DOC: dict[int | str, dict[str, object]] = {
     200: {
-        "description": "Hone: what the trainer printed in the attempt (the latest unless `attempt` is given), "
-        "kept once the attempt ended; `X-Hone-Attempt` says which.",
+        "description": "Hone: what the trainer printed in the attempt (the latest unless `attempt` is given); "
+        "`X-Hone-Attempt` says which. While it runs (`X-Hone-Attempt-Running: true`), its log so far, copied "
+        "every HONE_LIVE_LOG_INTERVAL_S; once it ended, the whole log.",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
 }
@@ -156,5 +157,6 @@ def job_logs(
     principal: ProjectPrincipal = Depends(project_principal),
     ctx: AppContext = Depends(get_ctx),
 ):
-    number, text = job_logs_domain.trainer_log(ctx, principal, job_id, attempt)
-    return Response(text, media_type="text/plain; charset=utf-8", headers={"x-hone-attempt": str(number)})
+    kept = job_logs_domain.trainer_log(ctx, principal, job_id, attempt)
+    headers = {"x-hone-attempt": str(kept.attempt), "x-hone-attempt-running": "true" if kept.running else "false"}
+    return Response(kept.text, media_type="text/plain; charset=utf-8", headers=headers)

@@ -30,6 +30,8 @@ class Executor(Protocol):
     def launch(self, job_id: str, attempt: int, spec_url: str, resources: Resources) -> str: ...
     def stop(self, job_id: str, *, kill: bool) -> None: ...  # kill: now; else ask it to checkpoint and exit
     def reap(self) -> list[TrainerExit]: ...  # runs that ended since the last call
+    # What a running trainer has printed so far (a multi-node run: rank 0); None when it cannot be read now
+    def log_so_far(self, job_id: str) -> bytes | None: ...
     def adopt(self, job_id: str, ref: str) -> bool: ...  # after a restart: track a run that is still alive
     def owns(self, ref: str) -> bool: ...  # whether a ref names a run this executor could track
     def bind(self, ctx) -> None: ...  # the app's context, for executors that look jobs up (e.g. to label them)

@@ -104,14 +104,18 @@ class TrainerCalls:
                 raise
 
     def pod_log(self, pod: str, container: str = CONTAINER) -> bytes:
-        try:  # raw bytes: the client would otherwise try to parse a JSON log line as a JSON document
-            response = self.core.read_namespaced_pod_log(
-                pod, self.ns, container=container, _preload_content=False, _request_timeout=30
-            )
-            # _preload_content=False answers the raw urllib3 response, not the annotated str
-            return response.data  # type: ignore[attr-defined]
+        try:
+            return self.pod_log_or_raise(pod, container)
         except Exception as exc:
             return f"[hone kubernetes executor] the pod's log could not be read: {exc}\n".encode()
+
+    def pod_log_or_raise(self, pod: str, container: str = CONTAINER) -> bytes:
+        # raw bytes: the client would otherwise try to parse a JSON log line as a JSON document
+        response = self.core.read_namespaced_pod_log(
+            pod, self.ns, container=container, _preload_content=False, _request_timeout=30
+        )
+        # _preload_content=False answers the raw urllib3 response, not the annotated str
+        return response.data  # type: ignore[attr-defined]
 
     def release(self, pod: dict) -> None:
         """Removes this executor's finalizer from a pod whose end has been read."""

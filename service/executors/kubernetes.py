@@ -72,6 +72,7 @@ class _Run:
     kill_sent: bool = False
     pause_sent: bool = False
     gave_up: dict | None = None  # the error a stuck pod ended the run with
+    log_pod: tuple[str, str] | None = None  # (pod, container) whose log is the run's while it runs: rank 0's
 
 
 class KubernetesExecutor:
@@ -213,6 +214,9 @@ class KubernetesExecutor:
                 obj = owners[run.engine.plural].get(run.name)
             verdict = self._look(run, obj, jobs.get(run.name, []), own)
             if not verdict.ended:
+                if own:
+                    rank0 = min(own, key=rank_of)
+                    run.log_pod = (rank0["metadata"]["name"], trainer_container(rank0))
                 continue
             log_bytes = self._log_of(run, verdict, own)
             if verdict.note:
@@ -239,6 +243,16 @@ class KubernetesExecutor:
                 if owner_name not in tracked and (phase in ("Succeeded", "Failed") or never_ran(pod)):
                     self._calls.release(pod)
         return exits
+
+    def log_so_far(self, job_id: str) -> bytes | None:
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is None or run.log_pod is None:
+            return None
+        try:
+            return self._calls.pod_log_or_raise(*run.log_pod)
+        except Exception:  # not there yet, or the API is busy: the next copy, or the end, has it
+            return None
 
     def _log_of(self, run: _Run, verdict: Verdict, pods: list[dict]) -> bytes:
         """One pod's log; a multi-node run's rank 0 log, then the failing rank's when another rank failed."""

@@ -141,6 +141,14 @@ class LocalExecutor:
                 exits.append(TrainerExit(job_id, run.ref, state, log))
         return exits
 
+    def log_so_far(self, job_id: str) -> bytes | None:
+        with self._lock:
+            run = self._runs.get(job_id)
+        try:
+            return run.log_path.read_bytes() if run is not None else None
+        except OSError:
+            return None
+
     def adopt(self, job_id: str, ref: str) -> bool:
         if not self.owns(ref):
             return False

@@ -234,6 +234,9 @@ class Run:
                 train = self._train_step(self.step)
             step_seconds = time.perf_counter() - step_started
             self.step += 1
+            print(
+                f"fake step {self.step}/{self.total_steps}: loss {train['train_loss']}", flush=True
+            )  # a log that grows
             with main_thread.busy():
                 last_metrics = self._metrics(self.step, train)
             self.rows.append(

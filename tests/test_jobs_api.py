@@ -285,6 +285,11 @@ def test_list_filters_by_status_and_model_in_the_query_and_refuses_what_it_does_
     with pytest.raises(openai.BadRequestError) as err:
         client.files.list(extra_query={"sort": "size"})
     assert (err.value.param, err.value.code) == ("sort", "unknown_parameter")
+    before = listed()
+    with pytest.raises(openai.BadRequestError) as err:  # a sync route (run in a worker thread): refused there too
+        client.fine_tuning.jobs.create(model="hone-tiny", training_file=training_file.id, extra_query={"dry_run": 1})
+    assert (err.value.param, err.value.code) == ("dry_run", "unknown_parameter")
+    assert listed() == before  # and nothing was created
 
 
 def test_cancel_pause_resume(client, training_file):

@@ -151,7 +151,7 @@ def test_a_running_trainers_log_is_read_as_it_grows_and_followed_to_its_end(trai
 
         def partial_log():
             reply = http.get(f"/v1/fine_tuning/jobs/{job.id}/logs")
-            return reply if reply.status_code == 200 and "fake step" in reply.text else None
+            return reply if reply.status_code == 200 and '"fake step"' in reply.text else None
 
         early = wait_for(partial_log, 60, 0.1, "a running trainer's log")
         assert early.headers["x-hone-attempt-running"] == "true" and early.headers["x-hone-attempt"] == "1", (
@@ -168,8 +168,9 @@ def test_a_running_trainers_log_is_read_as_it_grows_and_followed_to_its_end(trai
         whole = http.get(f"/v1/fine_tuning/jobs/{job.id}/logs")
         assert whole.headers["x-hone-attempt-running"] == "false"
         assert stdout == whole.text and early.text in stdout  # followed from the start to the whole log
-        steps = [line for line in stdout.splitlines() if line.startswith("fake step ")]
-        assert steps[-1].startswith(f"fake step {len(steps)}/")  # every step's line, once, in order
+        lines = [json.loads(line) for line in stdout.splitlines()]  # the trainer's JSON lines, none cut
+        steps = [line["step"] for line in lines if line["msg"] == "fake step"]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) > 100  # every step's line, once, in order
     refused = run("jobs", "logs", job.id, "--follow", "--json", env=env)
     assert refused.exit_code == 2 and "--follow" in refused.output
 

@@ -6,6 +6,7 @@ over a fake model: no torch, a step is a sleep and a deterministic loss."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,7 @@ from trainer.blobs import Blobs
 from trainer.reporting import Reporter, main_thread
 from trainer.wandb_log import WandbLog
 
+log = logging.getLogger("hone.trainer")
 STEP_S = float(os.environ.get("FAKE_TRAINER_STEP_S", "0.05"))  # how long a fake step takes
 FAKE = "fake trainer (tests/fake_trainer): not a model"
 
@@ -234,9 +236,10 @@ class Run:
                 train = self._train_step(self.step)
             step_seconds = time.perf_counter() - step_started
             self.step += 1
-            print(
-                f"fake step {self.step}/{self.total_steps}: loss {train['train_loss']}", flush=True
-            )  # a log that grows
+            # a log that grows step by step, in the real trainer's JSON lines
+            log.info(
+                "fake step", extra={"step": self.step, "total_steps": self.total_steps, "loss": train["train_loss"]}
+            )
             with main_thread.busy():
                 last_metrics = self._metrics(self.step, train)
             self.rows.append(

@@ -29,6 +29,7 @@ from pydantic import Field
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "JobLog",
     "JobStatus",
     "HoneObject",
     "DatasetLineError",
@@ -71,6 +72,15 @@ JobStatus = Literal["validating_files", "queued", "running", "paused", "succeede
 
 class HoneObject(openai.BaseModel):
     """An object of Hone's own (not in OpenAI's API). Fields a newer server adds are kept in `model_extra`."""
+
+
+class JobLog(HoneObject):
+    """What a job's trainer printed in one attempt: while it runs, its log so far (`complete` false); once the
+    attempt has ended, the whole log."""
+
+    attempt: int
+    text: str
+    complete: bool
 
 
 # --- files ------------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""A job's trainer logs (Hone extension): what the trainer printed in one attempt, kept in storage under
-jobs/{id}/logs/attempt-N.log (service/scheduler.py writes them: while the attempt runs, its log so far every
-HONE_LIVE_LOG_INTERVAL_S; once it ended, the whole log). Read only, and only for the job's own project."""
+"""A job's trainer logs (Hone extension): what the trainer printed in one attempt. service/scheduler.py keeps them
+in storage: while the attempt runs, its log so far every HONE_LIVE_LOG_INTERVAL_S under `running_log_key`; once
+the scheduler has reaped it, the whole log under `log_key` (and the copy goes). A job's status can say `succeeded`
+before that (the trainer reports its end, then exits): only the whole log is `complete`. Read only, and only for the
+job's own project."""
 
 from __future__ import annotations
 
@@ -18,7 +20,15 @@ from service.storage import BlobNotFound
 class TrainerLog:
     attempt: int
     text: bytes
-    running: bool  # the job's current attempt, still running: `text` is its log so far
+    complete: bool  # the whole log, kept once the attempt ended; else its log so far
+
+
+def log_key(job_id: str, attempt: int) -> str:
+    return f"jobs/{job_id}/logs/attempt-{attempt}.log"
+
+
+def running_log_key(job_id: str, attempt: int) -> str:
+    return f"jobs/{job_id}/logs/attempt-{attempt}.so-far.log"
 
 
 def trainer_log(ctx: AppContext, principal: ProjectPrincipal, job_id: str, attempt: int | None) -> TrainerLog:
@@ -34,15 +44,17 @@ def trainer_log(ctx: AppContext, principal: ProjectPrincipal, job_id: str, attem
             param="attempt",
             code=ErrorCode.NOT_FOUND,
         )
+    for key, complete in ((log_key(job_id, number), True), (running_log_key(job_id, number), False)):
+        try:
+            return TrainerLog(number, ctx.storage.read_bytes(key), complete)
+        except BlobNotFound:
+            pass
     running = status == JobStatus.RUNNING.value and number == attempts
-    try:
-        return TrainerLog(number, ctx.storage.read_bytes(f"jobs/{job_id}/logs/attempt-{number}.log"), running)
-    except BlobNotFound:
-        when = (
-            f"a running trainer's log is copied every {ctx.settings.training.live_log_interval_s:g} s"
-            if running and ctx.settings.training.live_log_interval_s > 0
-            else "a trainer's log is kept once its attempt ended"
-        )
-        raise NotFound(
-            f"No log of attempt {number} of job {job_id} yet: {when}.", param="attempt", code=ErrorCode.NOT_FOUND
-        ) from None
+    when = (
+        f"a running trainer's log is copied every {ctx.settings.training.live_log_interval_s:g} s"
+        if running and ctx.settings.training.live_log_interval_s > 0
+        else "a trainer's log is kept once its attempt ended"
+    )
+    raise NotFound(
+        f"No log of attempt {number} of job {job_id} yet: {when}.", param="attempt", code=ErrorCode.NOT_FOUND
+    )

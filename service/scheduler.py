@@ -24,6 +24,7 @@ from service.db.database import after_commit
 from service.db.tables import Checkpoint, File, Job
 from service.errors import ErrorCode, outage_code
 from service.executors import Executor, TrainerExit
+from service.job_logs import log_key, running_log_key
 from service.job_states import JobStatus
 from service.jobs import add_event, transition, tuned_model_name
 from service.storage import StorageUnavailable
@@ -83,8 +84,8 @@ class Scheduler:
                     add_event(session, job_id, message, level=level)
 
     def _copy_live_logs(self) -> None:
-        """Each running trainer's log so far, to the object its attempt's whole log replaces when it ends (the runs
-        reaped this tick are gone from `running()`, so a copy never overwrites a whole log)."""
+        """Each running trainer's log so far, beside where its whole log goes when it ends (service/job_logs.py
+        reads the whole one first; the runs reaped this tick are gone from `running()`)."""
         interval = self.ctx.settings.training.live_log_interval_s
         if interval <= 0 or time.monotonic() - self._logs_copied_at < interval:
             return
@@ -100,7 +101,7 @@ class Scheduler:
             if not text or len(text) == self._log_sizes.get((job_id, attempt)):
                 continue
             try:
-                self.ctx.storage.put_bytes(f"jobs/{job_id}/logs/attempt-{attempt}.log", text)
+                self.ctx.storage.put_bytes(running_log_key(job_id, attempt), text)
             except StorageUnavailable as exc:  # the next copy, or the end, keeps it
                 log.warning("could not copy a trainer's log", extra={"job_id": job_id, "error": str(exc)})
                 continue
@@ -140,7 +141,8 @@ class Scheduler:
                 return
             if ended.log is not None:
                 try:
-                    self.ctx.storage.put_bytes(f"jobs/{job.id}/logs/attempt-{job.attempts}.log", ended.log)
+                    self.ctx.storage.put_bytes(log_key(job.id, job.attempts), ended.log)
+                    self.ctx.storage.delete(running_log_key(job.id, job.attempts))  # the whole log is read first
                 except StorageUnavailable as exc:  # the exit must be recorded all the same, log or not
                     log.warning("could not keep a trainer log in storage", extra={"job_id": job.id, "error": str(exc)})
             if job.status != JobStatus.RUNNING.value or (job.executor_ref or "") != ended.ref:

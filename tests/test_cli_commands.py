@@ -134,7 +134,8 @@ def test_jobs_list_filters_events_checkpoints_and_logs(trained, env, server):
 
 def test_a_running_trainers_log_is_read_as_it_grows_and_followed_to_its_end(trained, env, server):
     """While a job trains, its log so far is readable (copied every HONE_LIVE_LOG_INTERVAL_S, 0.2 s here), marked
-    running; `jobs logs --follow` prints it as it grows and stops when the job ends, having printed the whole log."""
+    not complete; `jobs logs --follow` prints it as it grows and stops once the job ended and its whole log (kept when
+    the trainer has exited, which may be after the job says `succeeded`) is printed."""
     http = httpx.Client(
         base_url=server.base_url, headers={"Authorization": f"Bearer {env['HONE_API_KEY']}"}, timeout=30
     )
@@ -154,7 +155,7 @@ def test_a_running_trainers_log_is_read_as_it_grows_and_followed_to_its_end(trai
             return reply if reply.status_code == 200 and '"fake step"' in reply.text else None
 
         early = wait_for(partial_log, 60, 0.1, "a running trainer's log")
-        assert early.headers["x-hone-attempt-running"] == "true" and early.headers["x-hone-attempt"] == "1", (
+        assert early.headers["x-hone-log-complete"] == "false" and early.headers["x-hone-attempt"] == "1", (
             client.jobs.retrieve(job.id),
             early.text[-300:],
         )
@@ -166,7 +167,8 @@ def test_a_running_trainers_log_is_read_as_it_grows_and_followed_to_its_end(trai
         assert follower.returncode == 0, stderr
         assert client.jobs.retrieve(job.id).status == "succeeded"  # --follow ended with the job, not before
         whole = http.get(f"/v1/fine_tuning/jobs/{job.id}/logs")
-        assert whole.headers["x-hone-attempt-running"] == "false"
+        assert whole.headers["x-hone-log-complete"] == "true"
+        assert client.jobs.log(job.id) == hone.types.JobLog(attempt=1, text=whole.text, complete=True)
         assert stdout == whole.text and early.text in stdout  # followed from the start to the whole log
         lines = [json.loads(line) for line in stdout.splitlines()]  # the trainer's JSON lines, none cut
         steps = [line["step"] for line in lines if line["msg"] == "fake step"]

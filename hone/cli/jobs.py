@@ -378,26 +378,34 @@ def jobs_logs(
         out.file.flush()
 
 
+_LOG_GRACE_S = 15.0  # after the job stopped, how long --follow waits for its attempt's whole log
+
+
 def _follow_log(session: Session, job_id: str, poll_interval: float) -> None:
-    """Prints what the trainer adds to its log, look after look, until the job is paused or has ended (the log read
-    after the job is seen stopped is the whole one). A retry's attempt starts its own log, printed from its start."""
+    """Prints what the trainer adds to its log, look after look, until the job is paused or has ended and its
+    attempt's whole log is printed (a job can say `succeeded` before its trainer has exited). A retry's attempt
+    starts its own log, printed from its start."""
     from hone.errors import NotFoundError
 
-    printed = ""
+    printed, attempt, stopped_at = "", None, None
     while True:
         job = session.client.jobs.retrieve(job_id)
         try:
-            text = session.client.jobs.logs(job_id)
+            log = session.client.jobs.log(job_id)
         except NotFoundError:  # not started, or not copied yet
-            text = ""
-        if text and not text.startswith(printed):
-            out.file.write("--- a new attempt ---\n")
-            printed = ""
-        out.file.write(text[len(printed) :])
-        out.file.flush()
-        printed = text or printed
+            log = None
+        if log is not None:
+            if attempt is not None and log.attempt != attempt:
+                out.file.write(f"--- attempt {log.attempt} ---\n")
+                printed = ""
+            attempt = log.attempt
+            out.file.write(log.text[len(printed) :])
+            out.file.flush()
+            printed = log.text
         if job.status in ("paused", "succeeded", "failed", "cancelled"):
-            return
+            stopped_at = stopped_at or time.monotonic()
+            if (log is not None and log.complete) or time.monotonic() - stopped_at > _LOG_GRACE_S:
+                return
         time.sleep(poll_interval)
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import httpx
 from openai._base_client import AsyncPaginator  # what openai's async lists return: awaitable and async-iterable
 from openai.pagination import AsyncCursorPage, SyncCursorPage
 
@@ -18,6 +19,7 @@ from hone.types import (
     Checkpoint,
     FineTuningJob,
     JobEvent,
+    JobLog,
     JobProgress,
     JobStatus,
     JobUpdate,
@@ -96,6 +98,15 @@ def _list_params(
 
 def _logs_params(attempt: int | None) -> dict[str, object]:
     return {"attempt": attempt}
+
+
+def _job_log(response: httpx.Response) -> JobLog:
+    headers = response.headers
+    return JobLog(
+        attempt=int(headers["x-hone-attempt"]),
+        text=response.text,
+        complete=headers.get("x-hone-log-complete") == "true",
+    )
 
 
 class _JobsBase:
@@ -273,6 +284,15 @@ class Jobs(SyncResource, _JobsBase):
             f"{JOBS}/{job_id}/logs", cast_to=str, options=self._settings.options(params=_logs_params(attempt))
         )
 
+    def log(self, job_id: str, *, attempt: int | None = None) -> JobLog:
+        """As `logs`, with the attempt it is of and whether it is whole (the attempt has ended)."""
+        response = self._api.get(
+            f"{JOBS}/{job_id}/logs",
+            cast_to=httpx.Response,
+            options=self._settings.options(params=_logs_params(attempt)),
+        )
+        return _job_log(response)
+
     def metrics(self, job_id: str) -> builtins.list[StepMetrics]:
         """Each step's training metrics so far (from the job's metrics events), in step order."""
         return step_metrics(list(self.events(job_id, limit=1000)))
@@ -420,6 +440,14 @@ class AsyncJobs(AsyncResource, _JobsBase):
         return await self._api.get(
             f"{JOBS}/{job_id}/logs", cast_to=str, options=self._settings.options(params=_logs_params(attempt))
         )
+
+    async def log(self, job_id: str, *, attempt: int | None = None) -> JobLog:
+        response = await self._api.get(
+            f"{JOBS}/{job_id}/logs",
+            cast_to=httpx.Response,
+            options=self._settings.options(params=_logs_params(attempt)),
+        )
+        return _job_log(response)
 
     async def metrics(self, job_id: str) -> builtins.list[StepMetrics]:
         return step_metrics([event async for event in self.events(job_id, limit=1000)])

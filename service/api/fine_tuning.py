@@ -143,8 +143,8 @@ def list_checkpoints(
 _LOG_DOC: dict[int | str, dict[str, object]] = {
     200: {
         "description": "Hone: what the trainer printed in the attempt (the latest unless `attempt` is given); "
-        "`X-Hone-Attempt` says which. While it runs (`X-Hone-Attempt-Running: true`), its log so far, copied "
-        "every HONE_LIVE_LOG_INTERVAL_S; once it ended, the whole log.",
+        "`X-Hone-Attempt` says which. While it runs, its log so far, copied every HONE_LIVE_LOG_INTERVAL_S "
+        "(`X-Hone-Log-Complete: false`); once the attempt has ended, the whole log (`true`).",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
 }
@@ -158,5 +158,5 @@ def job_logs(
     ctx: AppContext = Depends(get_ctx),
 ):
     kept = job_logs_domain.trainer_log(ctx, principal, job_id, attempt)
-    headers = {"x-hone-attempt": str(kept.attempt), "x-hone-attempt-running": "true" if kept.running else "false"}
+    headers = {"x-hone-attempt": str(kept.attempt), "x-hone-log-complete": "true" if kept.complete else "false"}
     return Response(kept.text, media_type="text/plain; charset=utf-8", headers=headers)

@@ -386,6 +386,7 @@ def _follow_log(session: Session, job_id: str, poll_interval: float) -> None:
     attempt's whole log is printed (a job can say `succeeded` before its trainer has exited). A retry's attempt
     starts its own log, printed from its start."""
     from hone.errors import NotFoundError
+    from hone.types import TERMINAL_STATUSES
 
     printed, attempt, stopped_at = "", None, None
     while True:
@@ -402,7 +403,7 @@ def _follow_log(session: Session, job_id: str, poll_interval: float) -> None:
             out.file.write(log.text[len(printed) :])
             out.file.flush()
             printed = log.text
-        if job.status in ("paused", "succeeded", "failed", "cancelled"):
+        if job.status in TERMINAL_STATUSES or job.status == "paused":
             stopped_at = stopped_at or time.monotonic()
             if (log is not None and log.complete) or time.monotonic() - stopped_at > _LOG_GRACE_S:
                 return

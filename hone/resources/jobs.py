@@ -280,9 +280,7 @@ class Jobs(SyncResource, _JobsBase):
     def logs(self, job_id: str, *, attempt: int | None = None) -> str:
         """Hone: what the trainer printed in one attempt (default the latest): while it runs, its log so far
         (copied every few seconds); once it ended, the whole log."""
-        return self._api.get(
-            f"{JOBS}/{job_id}/logs", cast_to=str, options=self._settings.options(params=_logs_params(attempt))
-        )
+        return self.log(job_id, attempt=attempt).text
 
     def log(self, job_id: str, *, attempt: int | None = None) -> JobLog:
         """As `logs`, with the attempt it is of and whether it is whole (the attempt has ended)."""
@@ -437,9 +435,7 @@ class AsyncJobs(AsyncResource, _JobsBase):
         return self._api.fine_tuning.jobs.checkpoints.list(job_id, limit=limit)
 
     async def logs(self, job_id: str, *, attempt: int | None = None) -> str:
-        return await self._api.get(
-            f"{JOBS}/{job_id}/logs", cast_to=str, options=self._settings.options(params=_logs_params(attempt))
-        )
+        return (await self.log(job_id, attempt=attempt)).text
 
     async def log(self, job_id: str, *, attempt: int | None = None) -> JobLog:
         response = await self._api.get(
